@@ -1,0 +1,1 @@
+"""The proxyless-mesh control plane: Istio YAML in, xDS out."""

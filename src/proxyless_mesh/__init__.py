@@ -1,0 +1,1 @@
+"""proxyless-mesh: a service mesh inside the process, configured over xDS."""
