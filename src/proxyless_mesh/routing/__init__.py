@@ -1,1 +1,21 @@
-"""routing"""
+"""Request -> route -> weighted cluster choice (Envoy's route semantics)."""
+
+from proxyless_mesh.routing._matching import HeaderLookup, compile_route_match, mapping_lookup
+from proxyless_mesh.routing._table import (
+    CompiledRoute,
+    RouteDecision,
+    RouteTable,
+    compile_virtual_host,
+    find_virtual_host,
+)
+
+__all__ = [
+    "CompiledRoute",
+    "HeaderLookup",
+    "RouteDecision",
+    "RouteTable",
+    "compile_route_match",
+    "compile_virtual_host",
+    "find_virtual_host",
+    "mapping_lookup",
+]

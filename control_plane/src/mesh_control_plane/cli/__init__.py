@@ -1,1 +1,1 @@
-"""cli"""
+"""`meshctl`, the control plane's command line (see cli/main.py)."""

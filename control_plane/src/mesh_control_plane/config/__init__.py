@@ -1,1 +1,59 @@
-"""config"""
+"""Istio YAML configuration: load, validate strictly, cross-check, watch.
+
+`load_config_dir()` turns a directory of networking.istio.io resources into a
+`MeshConfig` (model.py) or raises `ConfigLoadError` listing every problem;
+`ConfigWatcher` follows the directory and keeps the last good configuration.
+"""
+
+from .errors import ConfigError, ConfigLoadError, ConfigProblem
+from .loader import config_files, load_config_dir, parse_documents
+from .model import (
+    Destination,
+    DestinationRule,
+    HTTPMatchRequest,
+    HTTPRoute,
+    HTTPRouteDestination,
+    LoadBalancerSettings,
+    MeshConfig,
+    Meta,
+    ServiceEntry,
+    ServicePort,
+    StringMatch,
+    Subset,
+    TrafficPolicy,
+    VirtualService,
+    WorkloadEndpoint,
+    WorkloadEntry,
+)
+from .references import check_references
+from .syntax import parse_duration
+from .watch import ConfigWatcher, directory_signature
+
+__all__ = [
+    "ConfigError",
+    "ConfigLoadError",
+    "ConfigProblem",
+    "ConfigWatcher",
+    "Destination",
+    "DestinationRule",
+    "HTTPMatchRequest",
+    "HTTPRoute",
+    "HTTPRouteDestination",
+    "LoadBalancerSettings",
+    "MeshConfig",
+    "Meta",
+    "ServiceEntry",
+    "ServicePort",
+    "StringMatch",
+    "Subset",
+    "TrafficPolicy",
+    "VirtualService",
+    "WorkloadEndpoint",
+    "WorkloadEntry",
+    "check_references",
+    "config_files",
+    "directory_signature",
+    "load_config_dir",
+    "parse_documents",
+    "parse_duration",
+]

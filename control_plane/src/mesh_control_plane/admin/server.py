@@ -1,0 +1,83 @@
+"""A minimal HTTP/1.1 server for JSON endpoints, on asyncio streams.
+
+The admin surface is a handful of GET endpoints read by `meshctl status` and
+by people with curl; a web framework would be a dependency for nothing. One
+request per connection (`Connection: close`) keeps the parser trivial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+JsonView = Callable[[], Any]
+
+_READ_TIMEOUT = 10.0
+_MAX_HEADER_LINES = 100
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+class JsonHttpServer:
+    """Serves `GET <path>` with the JSON of `routes[path]()`; 404 for other paths."""
+
+    def __init__(self, routes: Mapping[str, JsonView]) -> None:
+        self._routes = dict(routes)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self, host: str | None, port: int) -> int:
+        """Listen on host:port (None: all interfaces; port 0 picks one); returns the port."""
+        self._server = await asyncio.start_server(self._handle, host, port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            status, body = await asyncio.wait_for(self._respond(reader), _READ_TIMEOUT)
+            data = json.dumps(body, indent=2, sort_keys=True).encode() + b"\n"
+            head = (
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+                "Content-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            writer.write(head.encode("ascii") + data)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.debug("admin connection dropped: %r", exc)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, Any]:
+        request_line = (await reader.readline()).decode("latin-1").strip()
+        for _ in range(_MAX_HEADER_LINES):  # headers are read and ignored
+            if (await reader.readline()) in (b"\r\n", b"\n", b""):
+                break
+        parts = request_line.split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return 400, {"error": f"malformed request line {request_line!r}"}
+        method, target = parts[0], parts[1]
+        path = target.split("?", 1)[0]
+        view = self._routes.get(path)
+        if view is None:
+            return 404, {"error": f"no such endpoint {path}", "endpoints": sorted(self._routes)}
+        if method != "GET":
+            return 405, {"error": f"{method} not allowed, use GET"}
+        return 200, view()

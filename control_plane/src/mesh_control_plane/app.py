@@ -1,0 +1,159 @@
+"""The running control plane: config watcher -> snapshot cache -> ADS server, plus admin.
+
+`ControlPlane` owns the parts and their order of start and stop; `serve()`
+runs one until told to stop. Config problems never stop serving: the first
+load may fail (an empty config is served meanwhile) and a bad reload keeps
+the last good config; both are reported through `on_config_error` and the
+admin `/status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh_control_plane.admin import JsonHttpServer, config_dump, healthz, status
+from mesh_control_plane.config import ConfigLoadError, ConfigWatcher
+from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.xds import InconsistentConfigError, SnapshotCache, XdsServer
+
+log = logging.getLogger(__name__)
+
+ConfigErrorCallback = Callable[[Sequence[str]], None]
+
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where the control plane listens, as clients should dial it ("HOST:PORT")."""
+
+    xds: str
+    admin: str
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """ "HOST:PORT" (or "[V6]:PORT") -> (host, port); ValueError if malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+def _dialable(host: str, port: int) -> str:
+    return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{port}"
+
+
+class ControlPlane:
+    """One control plane serving one config directory."""
+
+    def __init__(
+        self,
+        config_dir: Path,
+        *,
+        on_config_error: ConfigErrorCallback | None = None,
+        poll_interval: float = 0.1,
+    ) -> None:
+        self.config_dir = Path(config_dir)
+        self.cache = SnapshotCache()
+        self.xds = XdsServer(self.cache)
+        self.admin = JsonHttpServer(
+            {
+                "/healthz": healthz,
+                "/status": lambda: status(
+                    self.cache.version, self.xds.servicer.clients(), self.config_errors
+                ),
+                "/config_dump": lambda: config_dump(self.cache),
+            }
+        )
+        self.config_errors: list[str] = []
+        self._on_config_error = on_config_error
+        self._poll_interval = poll_interval
+        self._watcher: ConfigWatcher | None = None
+
+    async def start(self, xds_address: str, admin_address: str) -> Addresses:
+        """Load the config (problems reported, not raised), then listen; returns
+        the addresses once both servers accept connections."""
+        xds_host, _ = split_address(xds_address)
+        admin_host, admin_port = split_address(admin_address)
+        await self._start_watching()
+        try:
+            xds_port = await self.xds.start(xds_address)
+            admin_port = await self.admin.start(admin_host.strip("[]") or None, admin_port)
+        except OSError:
+            await self.stop(grace=0)
+            raise
+        return Addresses(_dialable(xds_host, xds_port), _dialable(admin_host, admin_port))
+
+    async def _start_watching(self) -> None:
+        """Start the watcher and wait for its first load, so the first clients
+        get the directory's config rather than an empty one."""
+        first_load = asyncio.Event()
+
+        def on_config(config: MeshConfig) -> None:
+            first_load.set()
+            self.apply_config(config)
+
+        def on_error(error: ConfigLoadError) -> None:
+            first_load.set()
+            self._report([str(p) for p in error.problems])
+
+        self._watcher = ConfigWatcher(
+            self.config_dir, on_config, on_error, poll_interval=self._poll_interval
+        )
+        watching = self._watcher.start()
+        loaded = asyncio.create_task(first_load.wait())
+        await asyncio.wait({watching, loaded}, return_when=asyncio.FIRST_COMPLETED)
+        if not loaded.done():
+            loaded.cancel()
+            await self._watcher.stop()  # re-raises why the watcher ended
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stop watching, stop admin, then end the ADS streams within `grace` seconds."""
+        if self._watcher is not None:
+            watcher, self._watcher = self._watcher, None
+            await watcher.stop()
+        await self.admin.stop()
+        await self.xds.stop(grace)
+
+    def apply_config(self, config: MeshConfig) -> None:
+        """Make `config` current unless it is inconsistent (then keep the last good)."""
+        try:
+            self.cache.set_config(config)
+        except InconsistentConfigError as exc:
+            self._report(exc.problems)
+            return
+        self.config_errors = []
+
+    def _report(self, problems: Sequence[str]) -> None:
+        # Not logged here: the watcher and the cache already log what they refuse.
+        self.config_errors = list(problems)
+        if self._on_config_error is not None:
+            self._on_config_error(self.config_errors)
+
+
+async def serve(
+    config_dir: Path,
+    *,
+    xds_address: str = "127.0.0.1:0",
+    admin_address: str = "127.0.0.1:0",
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Addresses], None] | None = None,
+    on_config_error: ConfigErrorCallback | None = None,
+    grace: float = 1.0,
+) -> None:
+    """Run a control plane until `stop` is set (or, without one, until this
+    task is cancelled); `on_ready` gets the addresses once both listen."""
+    stop = stop or asyncio.Event()
+    plane = ControlPlane(config_dir, on_config_error=on_config_error)
+    addresses = await plane.start(xds_address, admin_address)
+    try:
+        log.info("serving xDS on %s, admin on %s", addresses.xds, addresses.admin)
+        if on_ready is not None:
+            on_ready(addresses)
+        await stop.wait()
+    finally:
+        await plane.stop(grace)

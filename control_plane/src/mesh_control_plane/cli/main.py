@@ -1,0 +1,35 @@
+"""`meshctl`: the control plane's command line. One module per command.
+
+Each command module exposes `add_parser(subparsers)` (which sets `run` as the
+parser's handler) so this file only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mesh_control_plane.cli import bootstrap_cmd, control_plane_cmd, status_cmd
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshctl", description="Run and inspect the proxyless-mesh control plane."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    control_plane_cmd.add_parser(commands)
+    bootstrap_cmd.add_parser(commands)
+    status_cmd.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `meshctl` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""One YAML document -> one typed resource: apiVersion, kind, metadata, spec.
+
+The envelope is checked like Kubernetes would (name syntax, known metadata
+keys) so a manifest that works here also applies to a cluster, and output of
+`kubectl get -o yaml` (status, resourceVersion, ``kind: List``) loads as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .model import DestinationRule, Meta, ServiceEntry, VirtualService, WorkloadEntry
+from .parse_routing import parse_destination_rule, parse_virtual_service
+from .parse_services import parse_service_entry, parse_workload_entry
+from .schema import (
+    MISSING,
+    NOT_SUPPORTED,
+    Problems,
+    check_str,
+    check_str_map,
+    is_dns_label,
+    is_dns_subdomain,
+    read_object,
+    type_name,
+)
+
+Resource = ServiceEntry | WorkloadEntry | DestinationRule | VirtualService
+_Parser = Callable[[Problems, Meta, Mapping[str, Any]], Resource]
+
+NETWORKING_API_VERSIONS = (
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+)
+PARSERS: dict[str, _Parser] = {
+    "DestinationRule": parse_destination_rule,
+    "ServiceEntry": parse_service_entry,
+    "VirtualService": parse_virtual_service,
+    "WorkloadEntry": parse_workload_entry,
+}
+# Istio kinds a user may reasonably write: named so the error says "not yet", not "what?".
+_LATER_KINDS = (
+    "AuthorizationPolicy",
+    "EnvoyFilter",
+    "Gateway",
+    "PeerAuthentication",
+    "ProxyConfig",
+    "RequestAuthentication",
+    "Sidecar",
+    "Telemetry",
+    "WasmPlugin",
+    "WorkloadGroup",
+)
+_TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+# Kubernetes ObjectMeta: what kubectl prints is accepted; only these four are read.
+_META_FIELDS = ("name", "namespace", "labels", "annotations")
+_META_IGNORED = (
+    "generateName",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+)
+
+
+@dataclass(frozen=True)
+class Document:
+    """A YAML document and where it starts (1-based line, None when not from a file)."""
+
+    file: str
+    data: object
+    line: int | None = None
+
+
+def expand_lists(doc: Document, problems: Problems) -> Iterator[Document]:
+    """A `kind: List` (kubectl's output for several objects) stands for its items."""
+    data = doc.data
+    if not (isinstance(data, Mapping) and data.get("kind") == "List"):
+        yield doc
+        return
+    obj = read_object(problems, data, "", ("apiVersion", "kind", "items", "metadata"))
+    items = obj.get("items", [])
+    if not isinstance(items, list):
+        problems.add("items", f"expected a list, got {type_name(items)}")
+        return
+    for item in items:
+        yield Document(doc.file, item, doc.line)
+
+
+def parse_document(problems: Problems, doc: Document) -> tuple[Meta | None, Resource | None]:
+    """The identity and typed resource of `doc`, each None when not valid.
+
+    The identity (kind, namespace, name) can be valid while the spec is not;
+    the caller still uses it to catch a resource defined twice. `problems`
+    locates by file and line; once the kind and name are known, problems are
+    scoped to the resource so each message names it.
+    """
+    start = len(problems.sink)
+    data = doc.data
+    if not isinstance(data, Mapping):
+        problems.add("", f"expected a Kubernetes-style resource (a mapping), got {type_name(data)}")
+        return None, None
+    kind = _check_kind(problems, data)
+    if kind is None:
+        read_object(problems, data, "", _TOP_FIELDS)
+        return None, None
+    meta, scoped = _parse_meta(problems, data.get("metadata"), kind, doc.file)
+    identity = meta if meta.name else None
+    read_object(scoped, data, "", _TOP_FIELDS)
+    if data.get("spec") is None:
+        scoped.add("spec", MISSING)
+        return identity, None
+    resource = PARSERS[kind](scoped, meta, data["spec"])
+    if len(problems.sink) != start or identity is None:
+        return identity, None
+    return identity, resource
+
+
+def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
+    """The kind, when it and the apiVersion are both supported."""
+    kind = None
+    if envelope.get("kind") is None:
+        problems.add("kind", MISSING)
+    else:
+        kind = check_str(problems, envelope["kind"], "kind")
+    api_version = envelope.get("apiVersion")
+    if api_version is None:
+        problems.add("apiVersion", MISSING)
+    if kind is None:
+        return None
+    if kind not in PARSERS:
+        if kind in _LATER_KINDS:
+            problems.add("kind", f"{kind} is {NOT_SUPPORTED}")
+        else:
+            supported = ", ".join(sorted(PARSERS))
+            problems.add("kind", f'unknown kind "{kind}" (supported: {supported})')
+        return None
+    if api_version is not None and api_version not in NETWORKING_API_VERSIONS:
+        expected = ", ".join(NETWORKING_API_VERSIONS)
+        problems.add(
+            "apiVersion", f'unsupported apiVersion "{api_version}" for {kind} (expected {expected})'
+        )
+        return None
+    return kind if api_version is not None else None
+
+
+def _parse_meta(problems: Problems, raw: object, kind: str, file: str) -> tuple[Meta, Problems]:
+    """The resource's Meta (name "" when missing or invalid) and the Problems to
+    report the rest of it to: named after the resource once its name is known."""
+    if raw is None:
+        problems.add("metadata", MISSING)
+        return Meta(kind=kind, name="", namespace="default", file=file), problems
+    if not isinstance(raw, Mapping):
+        problems.add("metadata", f"expected a mapping, got {type_name(raw)}")
+        return Meta(kind=kind, name="", namespace="default", file=file), problems
+    obj = raw
+    name = _name_part(problems, obj, "name", is_dns_subdomain, '"-" and "."')
+    namespace = "default"
+    if obj.get("namespace") is not None:
+        namespace = _name_part(problems, obj, "namespace", is_dns_label, 'and "-"')
+        name = name if namespace else ""
+    meta = Meta(kind=kind, name=name, namespace=namespace or "default", file=file)
+    scoped = Problems(problems.sink, file, meta.ref) if name else problems
+    read_object(scoped, raw, "metadata", (*_META_FIELDS, *_META_IGNORED))
+    for key in ("labels", "annotations"):
+        if obj.get(key) is not None:
+            check_str_map(scoped, obj[key], f"metadata.{key}")
+    return meta, scoped
+
+
+def _name_part(
+    problems: Problems,
+    obj: Mapping[str, Any],
+    key: str,
+    valid: Callable[[str], bool],
+    allowed: str,
+) -> str:
+    """metadata.name or .namespace if valid, else "" (reported)."""
+    where = f"metadata.{key}"
+    if obj.get(key) is None:
+        problems.add(where, MISSING)
+        return ""
+    text = check_str(problems, obj[key], where)
+    if text is None:
+        return ""
+    if not valid(text):
+        problems.add(where, f'invalid {key} "{text}" (lower-case letters, digits {allowed})')
+        return ""
+    return text

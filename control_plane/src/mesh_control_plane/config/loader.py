@@ -1,0 +1,187 @@
+"""Load a directory of Istio YAML into a validated `MeshConfig`.
+
+All-or-nothing: either every file, document and reference is valid and a
+`MeshConfig` is returned, or `ConfigLoadError` lists every problem found. A
+partly valid configuration is never returned, because serving half of an
+operator's change (a route without the subset it points to) is worse than
+keeping the last good one (see watch.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import yaml
+
+from .documents import Document, Resource, expand_lists, parse_document
+from .errors import ConfigLoadError, ConfigProblem
+from .model import DestinationRule, MeshConfig, ServiceEntry, VirtualService, WorkloadEntry
+from .references import check_references
+from .schema import Problems
+
+__all__ = ["config_files", "load_config_dir", "parse_documents"]
+
+_SUFFIXES = (".yaml", ".yml")
+
+
+def config_files(root: Path) -> list[Path]:
+    """The YAML files under `root` that make up the configuration, sorted.
+
+    Hidden files and directories are skipped: editors' swap and lock files
+    (`.x.swp`, `.#x`) and the `..data` directories of a Kubernetes ConfigMap
+    volume (whose visible symlinks are read instead). So are backups (`x~`)
+    and Emacs auto-saves (`#x#`). Symlinked directories are not followed.
+    """
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith((".", "#")) or name.endswith("~"):
+                continue
+            if name.lower().endswith(_SUFFIXES):
+                found.append(Path(dirpath, name))
+    return sorted(found, key=lambda path: path.relative_to(root).as_posix())
+
+
+def load_config_dir(path: Path) -> MeshConfig:
+    """Read, validate and cross-check every config file under `path`.
+
+    Raises ConfigLoadError with all problems found, in file order.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        reason = "does not exist" if not root.exists() else "is not a directory"
+        raise ConfigLoadError([ConfigProblem(str(root), "", "", f"config directory {reason}")])
+    builder = _Builder()
+    for file in config_files(root):
+        builder.add(_read_documents(root, file, builder.problems))
+    return builder.finish()
+
+
+def parse_documents(docs: Iterable[tuple[str, object]]) -> MeshConfig:
+    """Validate already-parsed documents, each given with the file name to report.
+
+    The same checks as `load_config_dir`, without touching the filesystem
+    (for tests, and for tools that get YAML from elsewhere).
+    """
+    builder = _Builder()
+    builder.add(Document(file, data) for file, data in docs)
+    return builder.finish()
+
+
+class _Builder:
+    """Collects resources and problems document by document, then checks references."""
+
+    def __init__(self) -> None:
+        self.problems: list[ConfigProblem] = []
+        self._resources: list[Resource] = []
+        self._seen: dict[tuple[str, str, str], str] = {}
+
+    def add(self, documents: Iterable[Document]) -> None:
+        for doc in documents:
+            if doc.data is None:  # an empty document, e.g. after a trailing "---"
+                continue
+            for item in expand_lists(doc, Problems(self.problems, doc.file, line=doc.line)):
+                self._add_one(item)
+
+    def _add_one(self, doc: Document) -> None:
+        meta, resource = parse_document(Problems(self.problems, doc.file, line=doc.line), doc)
+        if meta is None:
+            return
+        key = (meta.kind, meta.namespace, meta.name)
+        if key in self._seen:
+            message = f"duplicate resource, also defined in {self._seen[key]}"
+            self.problems.append(ConfigProblem(meta.file, meta.ref, "", message))
+            return
+        self._seen[key] = meta.file
+        if resource is not None:
+            self._resources.append(resource)
+
+    def finish(self) -> MeshConfig:
+        if self.problems:
+            # References are checked only on a fully parsed configuration: a resource
+            # that failed to parse would otherwise show up as a dangling reference.
+            raise ConfigLoadError(self.problems)
+        config = _assemble(self._resources)
+        dangling = check_references(config)
+        if dangling:
+            raise ConfigLoadError(dangling)
+        return config
+
+
+def _assemble(resources: list[Resource]) -> MeshConfig:
+    """Group by kind and sort by (namespace, name) so translation is deterministic."""
+    resources.sort(key=lambda r: (r.meta.namespace, r.meta.name))
+    return MeshConfig(
+        service_entries=tuple(r for r in resources if isinstance(r, ServiceEntry)),
+        workload_entries=tuple(r for r in resources if isinstance(r, WorkloadEntry)),
+        destination_rules=tuple(r for r in resources if isinstance(r, DestinationRule)),
+        virtual_services=tuple(r for r in resources if isinstance(r, VirtualService)),
+    )
+
+
+def _read_documents(root: Path, path: Path, sink: list[ConfigProblem]) -> list[Document]:
+    """The documents of one file; none when the file is not valid YAML.
+
+    A file with a syntax error contributes nothing, not the documents before
+    the error: half a file is not what the operator meant either.
+    """
+    file = path.relative_to(root).as_posix()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        sink.append(ConfigProblem(file, "", "", "not UTF-8 text"))
+        return []
+    except OSError as err:
+        sink.append(ConfigProblem(file, "", "", f"could not read file: {err.strerror or err}"))
+        return []
+    documents: list[Document] = []
+    before = len(sink)
+    try:
+        for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            sink.extend(
+                ConfigProblem(file, "", "", f'duplicate key "{key}"', line)
+                for key, line in sorted(_duplicate_keys(node), key=lambda pair: pair[1])
+            )
+            loader = yaml.SafeLoader("")
+            try:
+                data = loader.construct_document(node)
+            finally:
+                loader.dispose()
+            documents.append(Document(file, data, node.start_mark.line + 1))
+    except yaml.YAMLError as err:
+        sink.append(_yaml_problem(file, err))
+        return []
+    return documents if len(sink) == before else []
+
+
+def _yaml_problem(file: str, err: yaml.YAMLError) -> ConfigProblem:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    message = f"could not parse YAML: {problem}" + (f" ({context})" if context else "")
+    return ConfigProblem(file, "", "", message, mark.line + 1 if mark is not None else None)
+
+
+def _duplicate_keys(node: yaml.Node) -> Iterator[tuple[str, int]]:
+    """Keys given twice in one mapping: PyYAML silently keeps the last one, which
+    would hide half of what the operator wrote (two `route:` keys, say)."""
+    stack = [node]
+    visited: set[int] = set()  # anchors make the node graph a DAG, even a cyclic one
+    while stack:
+        current = stack.pop()
+        if id(current) in visited:
+            continue
+        visited.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in current.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in seen:
+                        yield key.value, key.start_mark.line + 1
+                    seen.add(key.value)
+                stack.extend((key, value))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)

@@ -1,0 +1,301 @@
+"""DestinationRule and VirtualService specs -> model objects.
+
+Only the traffic features the translator implements are accepted; every other
+Istio field is named in an "unsupported" list so the operator reads
+"not supported yet" instead of "unknown field" and knows it is not a typo.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .model import (
+    Destination,
+    DestinationRule,
+    HTTPMatchRequest,
+    HTTPRoute,
+    HTTPRouteDestination,
+    LoadBalancerSettings,
+    Meta,
+    StringMatch,
+    Subset,
+    TrafficPolicy,
+    VirtualService,
+)
+from .schema import (
+    MISSING,
+    NOT_SUPPORTED,
+    Problems,
+    check_enum,
+    check_host,
+    check_str,
+    get_bool,
+    get_int,
+    get_list,
+    get_object,
+    get_str,
+    get_str_map,
+    index,
+    is_dns_label,
+    join,
+    read_object,
+)
+from .syntax import not_in_re2, parse_duration
+
+LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+
+_DR_FIELDS = ("host", "trafficPolicy", "subsets")
+_DR_UNSUPPORTED = ("exportTo", "workloadSelector")
+_TP_FIELDS = ("loadBalancer",)
+_TP_UNSUPPORTED = (
+    "connectionPool",
+    "outlierDetection",
+    "tls",
+    "portLevelSettings",
+    "tunnel",
+    "proxyProtocol",
+)
+_LB_UNSUPPORTED = ("consistentHash", "localityLbSetting", "warmupDurationSecs", "warmup")
+_VS_FIELDS = ("hosts", "gateways", "http")
+_VS_UNSUPPORTED = ("tcp", "tls", "exportTo")
+_ROUTE_FIELDS = ("name", "match", "route", "timeout")
+_ROUTE_UNSUPPORTED = (
+    "retries",
+    "fault",
+    "mirror",
+    "mirrors",
+    "mirrorPercentage",
+    "mirrorPercent",
+    "mirror_percent",
+    "rewrite",
+    "redirect",
+    "headers",
+    "corsPolicy",
+    "delegate",
+    "directResponse",
+)
+_MATCH_FIELDS = ("name", "uri", "headers", "method", "ignoreUriCase")
+_MATCH_UNSUPPORTED = (
+    "queryParams",
+    "port",
+    "sourceLabels",
+    "authority",
+    "scheme",
+    "withoutHeaders",
+    "gateways",
+    "sourceNamespace",
+    "statPrefix",
+)
+_STRING_MATCH_KINDS = ("exact", "prefix", "regex")
+_HEADER_NAME = re.compile(r":?[!#$%&'*+\-.^_`|~0-9a-z]+")
+
+
+def parse_destination_rule(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> DestinationRule:
+    spec = read_object(p, spec, "spec", _DR_FIELDS, _DR_UNSUPPORTED)
+    host = ""
+    if "host" not in spec:
+        p.add("spec.host", MISSING)
+    else:
+        host = check_host(p, spec["host"], "spec.host")
+    subsets: list[Subset] = []
+    for i, raw in enumerate(get_list(p, spec, "subsets", "spec")):
+        where = index("spec.subsets", i)
+        obj = read_object(p, raw, where, ("name", "labels", "trafficPolicy"))
+        name = get_str(p, obj, "name", where, required=True) or ""
+        if name and not is_dns_label(name):
+            p.add(join(where, "name"), f'invalid subset name "{name}" (expected a DNS label)')
+        if name and any(s.name == name for s in subsets):
+            p.add(join(where, "name"), f'duplicate subset name "{name}"')
+        subsets.append(
+            Subset(
+                name=name,
+                labels=get_str_map(p, obj, "labels", where),
+                traffic_policy=_parse_traffic_policy(p, obj, where),
+            )
+        )
+    return DestinationRule(
+        meta=meta,
+        host=host,
+        traffic_policy=_parse_traffic_policy(p, spec, "spec"),
+        subsets=tuple(subsets),
+    )
+
+
+def _parse_traffic_policy(p: Problems, obj: Mapping[str, Any], path: str) -> TrafficPolicy | None:
+    policy = get_object(p, obj, "trafficPolicy", path, _TP_FIELDS, _TP_UNSUPPORTED)
+    if policy is None:
+        return None
+    where = join(path, "trafficPolicy")
+    lb = get_object(p, policy, "loadBalancer", where, ("simple",), _LB_UNSUPPORTED)
+    if lb is None:
+        return TrafficPolicy()
+    lb_where = join(where, "loadBalancer")
+    simple = get_str(p, lb, "simple", lb_where)
+    if simple == "LEAST_CONN":
+        p.add(join(lb_where, "simple"), "LEAST_CONN is deprecated in Istio; use LEAST_REQUEST")
+        simple = None
+    elif simple is not None:
+        simple = check_enum(p, simple, join(lb_where, "simple"), LB_POLICIES, ("PASSTHROUGH",))
+    return TrafficPolicy(load_balancer=LoadBalancerSettings(simple=simple))
+
+
+def parse_virtual_service(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> VirtualService:
+    spec = read_object(p, spec, "spec", _VS_FIELDS, _VS_UNSUPPORTED)
+    hosts: list[str] = []
+    for i, raw in enumerate(get_list(p, spec, "hosts", "spec", required=True, non_empty=True)):
+        host = check_host(p, raw, index("spec.hosts", i))
+        if host and host in hosts:
+            p.add(index("spec.hosts", i), f'duplicate host "{host}"')
+        hosts.append(host)
+    for i, raw in enumerate(get_list(p, spec, "gateways", "spec")):
+        name = check_str(p, raw, index("spec.gateways", i))
+        if name is not None and name != "mesh":
+            p.add(
+                index("spec.gateways", i),
+                f'gateway "{name}" is {NOT_SUPPORTED} (only "mesh")',
+            )
+    routes = tuple(
+        _parse_http_route(p, raw, index("spec.http", i))
+        for i, raw in enumerate(get_list(p, spec, "http", "spec", required=True, non_empty=True))
+    )
+    return VirtualService(meta=meta, hosts=tuple(hosts), http=routes)
+
+
+def _parse_http_route(p: Problems, raw: object, where: str) -> HTTPRoute:
+    obj = read_object(p, raw, where, _ROUTE_FIELDS, _ROUTE_UNSUPPORTED)
+    matches = tuple(
+        _parse_match(p, m, index(join(where, "match"), i))
+        for i, m in enumerate(get_list(p, obj, "match", where))
+    )
+    timeout = None
+    if "timeout" in obj:
+        timeout_where = join(where, "timeout")
+        text = check_str(p, obj["timeout"], timeout_where)
+        if text is not None:
+            timeout = parse_duration(text)
+            if timeout is None:
+                p.add(
+                    timeout_where,
+                    f'invalid duration "{text}" (expected e.g. "1.5s", "300ms", "2m")',
+                )
+    return HTTPRoute(
+        name=get_str(p, obj, "name", where) or "",
+        match=matches,
+        route=_parse_destinations(p, obj, where),
+        timeout=timeout,
+    )
+
+
+def _parse_destinations(
+    p: Problems, obj: Mapping[str, Any], where: str
+) -> tuple[HTTPRouteDestination, ...]:
+    """Weighted destinations: Istio's rule is that several must sum to 100."""
+    route_where = join(where, "route")
+    raws = get_list(p, obj, "route", where)
+    if "route" not in obj:
+        p.add(route_where, f"{MISSING} (a route needs at least one destination)")
+    elif isinstance(obj["route"], list) and not raws:
+        p.add(route_where, "must have at least one destination")
+    result: list[HTTPRouteDestination] = []
+    weights: list[int | None] = []
+    for i, raw in enumerate(raws):
+        dest_where = index(route_where, i)
+        item = read_object(p, raw, dest_where, ("destination", "weight"), ("headers",))
+        weight = get_int(p, item, "weight", dest_where, low=0, high=100)
+        weights.append(weight)
+        result.append(
+            HTTPRouteDestination(
+                destination=_parse_destination(p, item, dest_where), weight=weight or 0
+            )
+        )
+    if len(raws) > 1:
+        total = sum(w or 0 for w in weights)
+        if total != 100:
+            p.add(route_where, f"weights must sum to 100, got {total}")
+    elif len(raws) == 1 and weights[0] not in (None, 100):
+        p.add(
+            join(index(route_where, 0), "weight"),
+            "a single destination takes all traffic: omit weight or set it to 100",
+        )
+    return tuple(result)
+
+
+def _parse_destination(p: Problems, item: Mapping[str, Any], where: str) -> Destination:
+    obj = get_object(p, item, "destination", where, ("host", "subset", "port"), required=True)
+    where = join(where, "destination")
+    obj = obj or {}
+    host = ""
+    if "host" in obj:
+        host = check_host(p, obj["host"], join(where, "host"))
+    elif "destination" in item:
+        p.add(join(where, "host"), MISSING)
+    subset = get_str(p, obj, "subset", where)
+    if subset is not None and not is_dns_label(subset):
+        p.add(join(where, "subset"), f'invalid subset name "{subset}" (expected a DNS label)')
+    port = None
+    port_obj = get_object(p, obj, "port", where, ("number",))
+    if port_obj is not None:
+        port = get_int(p, port_obj, "number", join(where, "port"), required=True, low=1, high=65535)
+    return Destination(host=host, subset=subset, port=port)
+
+
+def _parse_match(p: Problems, raw: object, where: str) -> HTTPMatchRequest:
+    obj = read_object(p, raw, where, _MATCH_FIELDS, _MATCH_UNSUPPORTED)
+    headers: dict[str, StringMatch] = {}
+    if "headers" in obj:
+        headers_where = join(where, "headers")
+        raw_headers = obj["headers"]
+        if not isinstance(raw_headers, Mapping):
+            read_object(p, raw_headers, headers_where, ())  # reports the type
+        else:
+            for name, value in raw_headers.items():
+                header_where = join(headers_where, name)
+                lowered = str(name).lower()
+                if not isinstance(name, str) or not _HEADER_NAME.fullmatch(lowered):
+                    p.add(header_where, f"invalid header name {name!r}")
+                    continue
+                match = _parse_string_match(p, value, header_where)
+                if lowered in headers:
+                    p.add(header_where, f'header "{lowered}" is matched twice')
+                elif match is not None:
+                    headers[lowered] = match
+    return HTTPMatchRequest(
+        name=get_str(p, obj, "name", where) or "",
+        uri=_parse_string_match(p, obj.get("uri"), join(where, "uri")),
+        method=_parse_string_match(p, obj.get("method"), join(where, "method")),
+        headers=headers,
+        ignore_uri_case=bool(get_bool(p, obj, "ignoreUriCase", where)),
+    )
+
+
+def _parse_string_match(p: Problems, raw: object, where: str) -> StringMatch | None:
+    """Istio's StringMatch: exactly one of exact / prefix / regex (Python `re` syntax
+    checks it; RE2, which Envoy and gRPC use, is close to a subset of it)."""
+    if raw is None:
+        return None
+    obj = read_object(p, raw, where, _STRING_MATCH_KINDS)
+    if not isinstance(raw, Mapping):
+        return None
+    kinds = [kind for kind in _STRING_MATCH_KINDS if kind in obj]
+    if len(kinds) != 1:
+        # An unknown key was reported already; don't pile this message onto it.
+        if all(key in _STRING_MATCH_KINDS for key in raw):
+            p.add(where, "must set exactly one of exact, prefix, regex")
+        return None
+    kind = kinds[0]
+    value = check_str(p, obj[kind], join(where, kind))
+    if value is None:
+        return None
+    if kind == "regex":
+        try:
+            re.compile(value)
+        except re.error as err:
+            p.add(join(where, kind), f"invalid regex {value!r}: {err}")
+            return None
+        missing = not_in_re2(value)
+        if missing:
+            p.add(join(where, kind), f"invalid regex {value!r}: RE2 (Envoy, gRPC) has no {missing}")
+            return None
+    return StringMatch(kind=kind, value=value)

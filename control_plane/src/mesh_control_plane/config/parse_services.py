@@ -1,0 +1,208 @@
+"""ServiceEntry and WorkloadEntry specs -> model objects.
+
+These declare what exists (services, their ports and instances); routing
+kinds refer to them, see parse_routing.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from .model import Meta, ServiceEntry, ServicePort, WorkloadEndpoint, WorkloadEntry
+from .schema import (
+    MISSING,
+    NOT_SUPPORTED,
+    Problems,
+    check_enum,
+    check_host,
+    check_int,
+    check_str,
+    get_int,
+    get_list,
+    get_object,
+    get_str,
+    get_str_map,
+    index,
+    join,
+    read_object,
+)
+
+SUPPORTED_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "TCP")
+# Istio protocols this mesh does not carry yet: named, so the error can say so.
+UNSUPPORTED_PROTOCOLS = ("HTTPS", "TLS", "GRPC-WEB", "MONGO", "MYSQL", "REDIS", "UDP")
+UNSUPPORTED_RESOLUTIONS = ("NONE", "DNS", "DNS_ROUND_ROBIN")
+LOCATIONS = ("MESH_INTERNAL", "MESH_EXTERNAL")
+
+_SE_FIELDS = ("hosts", "ports", "resolution", "location", "endpoints", "workloadSelector")
+_SE_UNSUPPORTED = ("addresses", "exportTo", "subjectAltNames")
+_PORT_FIELDS = ("number", "protocol", "name", "targetPort")
+_ENDPOINT_FIELDS = (
+    "address",
+    "ports",
+    "labels",
+    "locality",
+    "weight",
+    "network",
+    "serviceAccount",
+)
+_MAX_PORT = 65535
+
+
+def parse_service_entry(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> ServiceEntry:
+    spec = read_object(p, spec, "spec", _SE_FIELDS, _SE_UNSUPPORTED)
+    hosts = _parse_hosts(p, spec)
+    ports = _parse_ports(p, spec)
+    resolution = "STATIC"
+    text = get_str(p, spec, "resolution", "spec")
+    if text is not None:
+        checked = check_enum(p, text, "spec.resolution", ("STATIC",), UNSUPPORTED_RESOLUTIONS)
+        resolution = checked or resolution
+    location = "MESH_INTERNAL"
+    text = get_str(p, spec, "location", "spec")
+    if text is not None:
+        location = check_enum(p, text, "spec.location", LOCATIONS) or location
+    port_names = {port.name for port in ports}
+    endpoints = tuple(
+        parse_endpoint(p, raw, index("spec.endpoints", i), port_names)
+        for i, raw in enumerate(get_list(p, spec, "endpoints", "spec"))
+    )
+    selector_obj = get_object(p, spec, "workloadSelector", "spec", ("labels",))
+    selector = None
+    if selector_obj is not None:
+        selector = get_str_map(p, selector_obj, "labels", "spec.workloadSelector")
+        if "endpoints" in spec:
+            p.add(
+                "spec.workloadSelector",
+                "cannot be used together with spec.endpoints (Istio forbids it)",
+            )
+    return ServiceEntry(
+        meta=meta,
+        hosts=hosts,
+        ports=ports,
+        resolution=resolution,
+        location=location,
+        endpoints=endpoints,
+        workload_selector=selector,
+    )
+
+
+def parse_workload_entry(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> WorkloadEntry:
+    return WorkloadEntry(meta=meta, endpoint=parse_endpoint(p, spec, "spec", None))
+
+
+def _parse_hosts(p: Problems, spec: Mapping[str, Any]) -> tuple[str, ...]:
+    hosts: list[str] = []
+    for i, raw in enumerate(get_list(p, spec, "hosts", "spec", required=True, non_empty=True)):
+        where = index("spec.hosts", i)
+        host = check_host(p, raw, where)
+        if host and host in hosts:
+            p.add(where, f'duplicate host "{host}"')
+        elif host:
+            hosts.append(host)
+    return tuple(hosts)
+
+
+def _parse_ports(p: Problems, spec: Mapping[str, Any]) -> tuple[ServicePort, ...]:
+    ports: list[ServicePort] = []
+    names: set[str] = set()
+    numbers: set[int] = set()
+    for i, raw in enumerate(get_list(p, spec, "ports", "spec", required=True, non_empty=True)):
+        where = index("spec.ports", i)
+        obj = read_object(p, raw, where, _PORT_FIELDS)
+        number = get_int(p, obj, "number", where, required=True, low=1, high=_MAX_PORT)
+        name = get_str(p, obj, "name", where, required=True)
+        if name == "":
+            p.add(join(where, "name"), "must not be empty")
+        target = get_int(p, obj, "targetPort", where, low=1, high=_MAX_PORT)
+        protocol = _parse_protocol(p, obj, where, name or "")
+        if name and name in names:
+            p.add(join(where, "name"), f'duplicate port name "{name}"')
+        if number is not None and number in numbers:
+            p.add(join(where, "number"), f"duplicate port number {number}")
+        names.add(name or "")
+        numbers.add(number or 0)
+        ports.append(ServicePort(number or 0, protocol or "TCP", name or "", target))
+    return tuple(ports)
+
+
+def _parse_protocol(p: Problems, obj: Mapping[str, Any], where: str, name: str) -> str | None:
+    """The port's protocol, upper-cased.
+
+    Like Istio, a port without `protocol` takes it from its name's prefix
+    ("http-web" is HTTP, "grpc" is GRPC); otherwise the protocol is required.
+    """
+    text = get_str(p, obj, "protocol", where)
+    field = join(where, "protocol")
+    if text is None and "protocol" in obj:
+        return None
+    if text is None:
+        prefix = name.split("-", 1)[0].upper()
+        if prefix in SUPPORTED_PROTOCOLS:
+            return prefix
+        if prefix in UNSUPPORTED_PROTOCOLS:
+            p.add(field, f"{prefix} (from the port name) is {NOT_SUPPORTED}")
+            return None
+        p.add(field, f'{MISSING} (or name the port "<protocol>-<suffix>", e.g. "http-web")')
+        return None
+    return check_enum(p, text.upper(), field, SUPPORTED_PROTOCOLS, UNSUPPORTED_PROTOCOLS)
+
+
+def parse_endpoint(
+    p: Problems, raw: object, where: str, port_names: set[str] | None
+) -> WorkloadEndpoint:
+    """One instance; `port_names` (a ServiceEntry's) limits the names `ports` may use."""
+    obj = read_object(p, raw, where, _ENDPOINT_FIELDS)
+    address = _parse_address(p, obj, where)
+    ports: dict[str, int] = {}
+    if "ports" in obj:
+        ports_where = join(where, "ports")
+        raw_ports = obj["ports"]
+        if not isinstance(raw_ports, Mapping):
+            read_object(p, raw_ports, ports_where, ())  # reports the type
+        else:
+            for name, value in raw_ports.items():
+                port_where = join(ports_where, name)
+                number = check_int(p, value, port_where, low=1, high=_MAX_PORT)
+                if port_names is not None and name not in port_names:
+                    p.add(port_where, f'no port named "{name}" in spec.ports')
+                if number is not None and isinstance(name, str):
+                    ports[name] = number
+    weight = 1
+    if "weight" in obj:
+        value = check_int(p, obj["weight"], join(where, "weight"))
+        if value is not None and value < 1:
+            p.add(join(where, "weight"), "weight must be >= 1")
+        weight = value or 1
+    locality = get_str(p, obj, "locality", where) or ""
+    if locality.count("/") > 2:
+        p.add(join(where, "locality"), 'expected "region/zone/subzone"')
+    return WorkloadEndpoint(
+        address=address,
+        ports=ports,
+        labels=get_str_map(p, obj, "labels", where),
+        locality=locality,
+        weight=weight,
+        network=get_str(p, obj, "network", where) or "",
+        service_account=get_str(p, obj, "serviceAccount", where) or "",
+    )
+
+
+def _parse_address(p: Problems, obj: Mapping[str, Any], where: str) -> str:
+    """An IP literal: with STATIC resolution nothing turns names into addresses."""
+    field = join(where, "address")
+    if "address" not in obj:
+        p.add(field, MISSING)
+        return ""
+    text = check_str(p, obj["address"], field)
+    if text is None:
+        return ""
+    if text.startswith("unix://"):
+        p.add(field, f"unix domain socket addresses are {NOT_SUPPORTED}")
+        return text
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        p.add(field, f'"{text}" is not an IP address (DNS names are {NOT_SUPPORTED})')
+        return text

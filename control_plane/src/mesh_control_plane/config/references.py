@@ -1,0 +1,131 @@
+"""Checks across resources: every host, subset and port a resource names exists.
+
+Run on a configuration whose resources each parsed cleanly; a problem is
+reported on the resource and field that refers, since that is what the
+operator has to edit (or whose target they have to add).
+
+Hosts are global: two resources of one kind may not claim the same host,
+even in different namespaces. Istio merges such resources only for gateways,
+and silently picking one would route traffic by file order.
+
+Destination ports. The translator builds one route table per port of the
+VirtualService's hosts (one listener per host and port). A destination that
+names `port.number` must name a port of its ServiceEntry. A destination
+without a port is sent, on listener port P, to its own port P if it has one,
+else to its only port. So an omitted port is an error exactly when the
+destination has several ports and lacks one of the ports of the
+VirtualService's hosts: there the target port would be a guess.
+"""
+
+from __future__ import annotations
+
+from .errors import ConfigProblem
+from .model import Destination, DestinationRule, MeshConfig, Meta, ServiceEntry, VirtualService
+
+__all__ = ["check_references"]
+
+
+def check_references(config: MeshConfig) -> list[ConfigProblem]:
+    """Every dangling or conflicting reference in `config`, in resource order."""
+    problems: list[ConfigProblem] = []
+    services = _index_services(config, problems)
+    rules = _index_rules(config, services, problems)
+    routed: dict[str, VirtualService] = {}
+    for vs in config.virtual_services:
+        for i, host in enumerate(vs.hosts):
+            where = f"spec.hosts[{i}]"
+            if host not in services:
+                problems.append(_problem(vs.meta, where, _no_service(host)))
+            if host in routed:
+                claim = f'host "{host}" is already routed by {_where(routed[host].meta)}'
+                problems.append(_problem(vs.meta, where, claim))
+            else:
+                routed[host] = vs
+        listener_ports = sorted(
+            {port.number for host in vs.hosts if host in services for port in services[host].ports}
+        )
+        for i, route in enumerate(vs.http):
+            for j, weighted in enumerate(route.route):
+                where = f"spec.http[{i}].route[{j}].destination"
+                problems.extend(
+                    _check_destination(
+                        vs.meta, where, weighted.destination, services, rules, listener_ports
+                    )
+                )
+    return problems
+
+
+def _index_services(config: MeshConfig, problems: list[ConfigProblem]) -> dict[str, ServiceEntry]:
+    services: dict[str, ServiceEntry] = {}
+    for se in config.service_entries:
+        for i, host in enumerate(se.hosts):
+            if host in services:
+                claim = f'host "{host}" is already declared by {_where(services[host].meta)}'
+                problems.append(_problem(se.meta, f"spec.hosts[{i}]", claim))
+            else:
+                services[host] = se
+    return services
+
+
+def _index_rules(
+    config: MeshConfig, services: dict[str, ServiceEntry], problems: list[ConfigProblem]
+) -> dict[str, DestinationRule]:
+    rules: dict[str, DestinationRule] = {}
+    for dr in config.destination_rules:
+        if dr.host not in services:
+            problems.append(_problem(dr.meta, "spec.host", _no_service(dr.host)))
+        if dr.host in rules:
+            claim = f'host "{dr.host}" already has {_where(rules[dr.host].meta)}'
+            problems.append(_problem(dr.meta, "spec.host", claim))
+        else:
+            rules[dr.host] = dr
+    return rules
+
+
+def _check_destination(
+    meta: Meta,
+    where: str,
+    dest: Destination,
+    services: dict[str, ServiceEntry],
+    rules: dict[str, DestinationRule],
+    listener_ports: list[int],
+) -> list[ConfigProblem]:
+    service = services.get(dest.host)
+    if service is None:
+        return [_problem(meta, f"{where}.host", _no_service(dest.host))]
+    problems: list[ConfigProblem] = []
+    if dest.subset is not None:
+        rule = rules.get(dest.host)
+        if rule is None or all(s.name != dest.subset for s in rule.subsets):
+            message = f'no DestinationRule for host "{dest.host}" defines subset "{dest.subset}"'
+            problems.append(_problem(meta, f"{where}.subset", message))
+    numbers = [port.number for port in service.ports]
+    listed = ", ".join(map(str, numbers))
+    if dest.port is not None and dest.port not in numbers:
+        message = f"{service.meta.ref} has no port {dest.port} (ports: {listed})"
+        problems.append(_problem(meta, f"{where}.port.number", message))
+    elif dest.port is None and len(numbers) > 1:
+        unmatched = [port for port in listener_ports if port not in numbers]
+        if unmatched:
+            message = (
+                f'required: host "{dest.host}" has several ports ({listed}) '
+                f"and none is {_or(unmatched)}, a port of this VirtualService's hosts"
+            )
+            problems.append(_problem(meta, f"{where}.port", message))
+    return problems
+
+
+def _or(numbers: list[int]) -> str:
+    return " or ".join(map(str, numbers))
+
+
+def _no_service(host: str) -> str:
+    return f'no ServiceEntry declares host "{host}"'
+
+
+def _where(meta: Meta) -> str:
+    return f"{meta.ref} ({meta.file})"
+
+
+def _problem(meta: Meta, field: str, message: str) -> ConfigProblem:
+    return ConfigProblem(meta.file, meta.ref, field, message)

@@ -1,0 +1,108 @@
+"""Who is asking: the few facts about an xDS client that change what it is sent.
+
+Three kinds of client follow the same control plane and accept different shapes
+(see /work/shared/XDS_NOTES.md): grpcio's own xDS client, our library, and Envoy.
+``NodeInfo.cache_key`` names exactly the node fields ``translate()`` reads, so the
+server can translate once per distinct key and share the result between clients.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import struct_pb2
+
+DEFAULT_OUTBOUND_PORT = 15001
+"""Where an Envoy sidecar listens for outbound traffic when the node does not say
+(Istio's ``virtualOutbound`` port)."""
+
+OUTBOUND_PORT_METADATA_KEY = "OUTBOUND_PORT"
+
+MESH_USER_AGENT = "proxyless-mesh"
+ENVOY_USER_AGENT = "envoy"
+
+
+class ClientKind(enum.Enum):
+    """The shape of configuration a client accepts."""
+
+    GRPC = "grpc"  # grpcio's own xDS client (node.user_agent_name starts with "gRPC")
+    MESH = "mesh"  # our library (user_agent_name == "proxyless-mesh")
+    ENVOY = "envoy"  # user_agent_name == "envoy"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """The translator's view of an xDS node."""
+
+    id: str
+    kind: ClientKind
+    locality: tuple[str, str, str] = ("", "", "")  # region, zone, sub_zone
+    outbound_port: int = DEFAULT_OUTBOUND_PORT
+
+    @classmethod
+    def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
+        """Read a node as sent in a DiscoveryRequest.
+
+        Unknown user agents are treated as gRPC: the gRPC shape is the one every
+        proxyless client accepts (gRPC Java and Go also send "gRPC ..."), and a
+        client that cannot take it would fail loudly with a NACK rather than quietly.
+
+        Raises ValueError when an Envoy node's OUTBOUND_PORT metadata is not a port:
+        binding the outbound listener to a guessed port would fail silently later.
+        """
+        kind = _kind_of(node.user_agent_name)
+        outbound_port = DEFAULT_OUTBOUND_PORT
+        if kind is ClientKind.ENVOY and OUTBOUND_PORT_METADATA_KEY in node.metadata.fields:
+            outbound_port = _parse_port(node.metadata.fields[OUTBOUND_PORT_METADATA_KEY], node.id)
+        return cls(
+            id=node.id,
+            kind=kind,
+            locality=(node.locality.region, node.locality.zone, node.locality.sub_zone),
+            outbound_port=outbound_port,
+        )
+
+    @property
+    def cache_key(self) -> tuple[object, ...]:
+        """Everything ``translate()`` reads from the node, and nothing else.
+
+        Two nodes with equal keys get identical resources. Today that is the kind,
+        plus the outbound port for Envoy (proxyless clients have no listening port).
+        Locality and id are not read yet; whoever makes translate() read them must
+        add them here, or cached translations would be shared wrongly.
+        """
+        if self.kind is ClientKind.ENVOY:
+            return (self.kind.value, self.outbound_port)
+        return (self.kind.value,)
+
+
+def _kind_of(user_agent_name: str) -> ClientKind:
+    if user_agent_name == MESH_USER_AGENT:
+        return ClientKind.MESH
+    if user_agent_name == ENVOY_USER_AGENT:
+        return ClientKind.ENVOY
+    return ClientKind.GRPC
+
+
+def _parse_port(value: struct_pb2.Value, node_id: str) -> int:
+    kind = value.WhichOneof("kind")
+    port: int | None = None
+    if kind == "string_value" and value.string_value.strip().isdigit():
+        port = int(value.string_value.strip())
+    elif kind == "number_value" and float(value.number_value).is_integer():
+        port = int(value.number_value)
+    if port is None or not 0 <= port <= 65535:  # 0: Envoy binds a free port (tests)
+        raise ValueError(
+            f"node {node_id!r}: metadata {OUTBOUND_PORT_METADATA_KEY} must be a port "
+            f"number 0-65535 (a string or a number), got {_describe(value)}; "
+            "fix the Envoy bootstrap's node.metadata"
+        )
+    return port
+
+
+def _describe(value: struct_pb2.Value) -> str:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return "an empty value"
+    return f"{kind} {getattr(value, kind)!r}"

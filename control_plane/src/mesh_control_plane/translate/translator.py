@@ -1,0 +1,93 @@
+"""translate(): config + registry + client node -> the client's xDS resources.
+
+A pure function, like Istio's ConfigGenerator and Kuma's generators: every input is
+an argument, nothing is read from the environment or the clock, and equal inputs
+give byte-identical output (everything is sorted). So the server may cache a result
+by (config, registry, ``node.cache_key``) and push only when it changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import MappingProxyType
+
+from google.protobuf.message import Message
+
+from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.registry.static import Registry
+from mesh_control_plane.translate.clusters import build_cluster, cluster_specs
+from mesh_control_plane.translate.endpoints import build_load_assignment
+from mesh_control_plane.translate.index import MeshIndex
+from mesh_control_plane.translate.listeners import api_listener, envoy_outbound_listener
+from mesh_control_plane.translate.names import ENVOY_OUTBOUND, authority
+from mesh_control_plane.translate.node import ClientKind, NodeInfo
+from mesh_control_plane.translate.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    ResourceSet,
+)
+from mesh_control_plane.translate.routes import route_configuration, virtual_host
+
+
+def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> ResourceSet:
+    """All resources ``node`` may ask for.
+
+    Proxyless clients (GRPC, MESH) get, per HTTP/HTTP2/GRPC service port, a listener
+    and a route configuration named ``<host>:<port>``; Envoy gets the single
+    ``virtualOutbound`` listener and route configuration covering the same virtual
+    hosts. Clusters and endpoints are the same for all kinds, except that gRPC gets
+    only the load-balancing policies it implements and Envoy is told to use HTTP/2
+    towards HTTP2/GRPC ports. Reads only ``node.cache_key``'s fields.
+    """
+    index = MeshIndex.build(config)
+    specs = cluster_specs(index)
+    clusters = [build_cluster(spec, node.kind) for spec in specs]
+    assignments = [build_load_assignment(spec, registry) for spec in specs]
+    if node.kind is ClientKind.ENVOY:
+        listeners, routes = _envoy_listeners(index, node.outbound_port)
+    else:
+        listeners, routes = _proxyless_listeners(index)
+    return ResourceSet(
+        MappingProxyType(
+            {
+                LISTENER: _by_name(listeners),
+                ROUTE: _by_name(routes),
+                CLUSTER: _by_name(clusters),
+                ENDPOINT: _by_name(assignments, name_field="cluster_name"),
+            }
+        )
+    )
+
+
+def _proxyless_listeners(index: MeshIndex) -> tuple[list[Message], list[Message]]:
+    listeners: list[Message] = []
+    routes: list[Message] = []
+    for service in index.services.values():
+        for port in service.http_ports:
+            name = authority(service.host, port.number)
+            listeners.append(api_listener(name))
+            vhost = virtual_host(index, service, port.number, disable_default_timeout=False)
+            routes.append(route_configuration(name, [vhost]))
+    return listeners, routes
+
+
+def _envoy_listeners(index: MeshIndex, outbound_port: int) -> tuple[list[Message], list[Message]]:
+    vhosts = [
+        virtual_host(index, service, port.number, disable_default_timeout=True)
+        for service in index.services.values()
+        for port in service.http_ports
+    ]
+    # Always sent, even with no HTTP services: an empty route table is a valid answer.
+    return (
+        [envoy_outbound_listener(outbound_port)],
+        [route_configuration(ENVOY_OUTBOUND, vhosts)],
+    )
+
+
+def _by_name(
+    messages: Iterable[Message], name_field: str = "name"
+) -> MappingProxyType[str, Message]:
+    named = {getattr(message, name_field): message for message in messages}
+    return MappingProxyType({name: named[name] for name in sorted(named)})

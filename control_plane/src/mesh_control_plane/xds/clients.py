@@ -1,0 +1,89 @@
+"""What the control plane remembers about each connected xDS client.
+
+One `ClientRecord` per ADS stream. It is both the protocol state the server
+needs (what each type is subscribed to, what was last sent under which nonce)
+and what `meshctl status` shows (what the client ACKed or NACKed), so the two
+can never disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh_control_plane.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+# LDS and CDS are the types a SotW client may subscribe to as a wildcard
+# (empty resource_names on its first request); RDS and EDS are always by name.
+WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
+
+# Push order on a config change: clusters and their endpoints exist before a
+# listener or route that refers to them arrives.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+
+SHORT_NAMES = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
+
+
+def short_type_name(type_url: str) -> str:
+    """`LDS`/`RDS`/`CDS`/`EDS` for the four types, the message name otherwise."""
+    return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """The names a client asked for. `wildcard` means every resource of the type."""
+
+    wildcard: bool
+    names: frozenset[str]
+
+    def includes(self, name: str) -> bool:
+        return self.wildcard or name in self.names
+
+
+@dataclass(slots=True)
+class TypeState:
+    """Protocol state for one type URL on one stream."""
+
+    subscription: Subscription
+    sent_version: str = ""
+    sent_nonce: str = ""
+    # name -> content hash of what the last response carried; a push happens
+    # only when what the client would receive now differs from this.
+    sent_hashes: Mapping[str, str] = field(default_factory=dict)
+    acked_version: str = ""
+    nacked_version: str | None = None
+    nack_message: str | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        sub = self.subscription
+        return {
+            "subscribed": ["*"] if sub.wildcard else sorted(sub.names),
+            "sent": self.sent_version,
+            "acked": self.acked_version,
+            "nacked": self.nacked_version,
+            "error": self.nack_message,
+        }
+
+
+@dataclass(slots=True)
+class ClientRecord:
+    """One ADS stream: who the client is and where each type stands."""
+
+    peer: str
+    connected_at: float = field(default_factory=time.time)
+    node_id: str = ""
+    kind: str = ""
+    user_agent: str = ""
+    types: dict[str, TypeState] = field(default_factory=dict)
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "kind": self.kind,
+            "user_agent": self.user_agent,
+            "peer": self.peer,
+            "connected_at": self.connected_at,
+            "types": {short_type_name(t): s.to_status() for t, s in sorted(self.types.items())},
+        }

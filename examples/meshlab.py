@@ -1,0 +1,237 @@
+"""Run a small mesh on 127.0.0.1: a control plane, backends, config files.
+
+Shared by `make demo`, the benchmarks and the integration tests, so all
+three start real processes the same way. Every process binds port 0 and
+reports its port through a ready file; `LocalMesh.close()` stops them all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+class ProcessFailed(RuntimeError):
+    """A helper process exited or did not become ready in time."""
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    ready: dict[str, Any]
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def start_process(
+    name: str,
+    argv: Sequence[str],
+    workdir: Path,
+    *,
+    timeout: float = 20.0,
+    env: dict[str, str] | None = None,
+) -> Proc:
+    """Start argv with `--ready-file` appended and wait for the file."""
+    ready = workdir / f"{name}.ready.json"
+    ready.unlink(missing_ok=True)
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(
+            [*argv, "--ready-file", str(ready)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=HERE,
+        )
+    deadline = time.monotonic() + timeout
+    while not ready.exists():  # the process announces readiness by creating the file
+        if popen.poll() is not None:
+            raise ProcessFailed(f"{name} exited with {popen.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            popen.kill()
+            raise ProcessFailed(f"{name} not ready after {timeout}s:\n{log.read_text()}")
+        time.sleep(0.01)
+    return Proc(name, popen, json.loads(ready.read_text()), log)
+
+
+def write_file_atomically(path: Path, text: str) -> None:
+    """Replace a config file in one step so the watcher never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def service_entry(
+    host: str,
+    port: int,
+    endpoints: Iterable[tuple[str, int, dict[str, str]]],
+    *,
+    protocol: str = "HTTP",
+    name: str | None = None,
+    namespace: str = "default",
+) -> str:
+    """YAML for a STATIC ServiceEntry with one port and the given instances."""
+    doc = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": name or host.split(".")[0], "namespace": namespace},
+        "spec": {
+            "hosts": [host],
+            "ports": [{"number": port, "name": protocol.lower(), "protocol": protocol}],
+            "resolution": "STATIC",
+            "location": "MESH_INTERNAL",
+            "endpoints": [
+                {"address": addr, "ports": {protocol.lower(): p}, "labels": labels}
+                for addr, p, labels in endpoints
+            ],
+        },
+    }
+    return json.dumps(doc, indent=2)  # JSON is YAML
+
+
+def subsets_rule(host: str, versions: Iterable[str], *, namespace: str = "default") -> str:
+    doc = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": host.split(".")[0], "namespace": namespace},
+        "spec": {
+            "host": host,
+            "subsets": [{"name": v, "labels": {"version": v}} for v in versions],
+        },
+    }
+    return json.dumps(doc, indent=2)
+
+
+def weighted_route(host: str, weights: dict[str, int], *, namespace: str = "default") -> str:
+    """A VirtualService splitting all traffic for host across subsets."""
+    doc = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": host.split(".")[0], "namespace": namespace},
+        "spec": {
+            "hosts": [host],
+            "http": [
+                {
+                    "route": [
+                        {"destination": {"host": host, "subset": subset}, "weight": weight}
+                        for subset, weight in weights.items()
+                    ]
+                }
+            ],
+        },
+    }
+    return json.dumps(doc, indent=2)
+
+
+@dataclass
+class LocalMesh:
+    """A control plane plus backends in one work directory."""
+
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+    control_plane: Proc | None = None
+
+    @property
+    def config_dir(self) -> Path:
+        path = self.workdir / "config"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def xds_address(self) -> str:
+        if self.control_plane is None:
+            raise RuntimeError("control plane not started")
+        return str(self.control_plane.ready["xds"])
+
+    @property
+    def admin_address(self) -> str:
+        if self.control_plane is None:
+            raise RuntimeError("control plane not started")
+        return str(self.control_plane.ready["admin"])
+
+    def write_config(self, name: str, text: str) -> None:
+        write_file_atomically(self.config_dir / name, text)
+
+    def start_control_plane(self, xds_port: int = 0) -> Proc:
+        proc = start_process(
+            "control-plane",
+            [
+                str(BIN / "meshctl"),
+                "control-plane",
+                "--config-dir",
+                str(self.config_dir),
+                "--xds-address",
+                f"127.0.0.1:{xds_port}",
+                "--admin-address",
+                "127.0.0.1:0",
+            ],
+            self.workdir,
+        )
+        self.control_plane = proc
+        self.procs.append(proc)
+        return proc
+
+    def start_http_backend(self, service: str, version: str) -> Proc:
+        return self._start_example("backend.py", service, version)
+
+    def start_grpc_backend(self, service: str, version: str) -> Proc:
+        return self._start_example("grpc_backend.py", service, version)
+
+    def _start_example(self, script: str, service: str, version: str) -> Proc:
+        proc = start_process(
+            f"{service}-{version}-{len(self.procs)}",
+            [sys.executable, str(HERE / script), "--service", service, "--version", version],
+            self.workdir,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def bootstrap(self, node_id: str, namespace: str = "default", sa: str = "default") -> Path:
+        path = self.workdir / f"bootstrap-{node_id}.json"
+        subprocess.run(
+            [
+                str(BIN / "meshctl"),
+                "bootstrap",
+                "--xds-address",
+                self.xds_address,
+                "--node-id",
+                node_id,
+                "--namespace",
+                namespace,
+                "--service-account",
+                sa,
+                "-o",
+                str(path),
+            ],
+            check=True,
+        )
+        return path
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()

@@ -1,0 +1,91 @@
+"""The outbound decision, free of I/O: authority + request facts -> endpoint.
+
+Both httpx transports (sync and async) call `plan()`; they differ only in how
+they wait when an authority has never been seen (block vs await).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Final
+
+from proxyless_mesh._snapshot import MeshSnapshot
+from proxyless_mesh.errors import (
+    NoHealthyUpstreamError,
+    NoRouteError,
+    OutsideMeshError,
+)
+from proxyless_mesh.model import Endpoint
+from proxyless_mesh.routing import HeaderLookup
+
+ALLOW_ANY: Final = "ALLOW_ANY"
+REGISTRY_ONLY: Final = "REGISTRY_ONLY"
+
+
+class _Unresolved:
+    """Marker: the snapshot does not know this authority yet; resolve, then retry."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNRESOLVED"
+
+
+UNRESOLVED: Final = _Unresolved()
+
+
+def is_ip_literal(host: str) -> bool:
+    """IP literals are never mesh hosts (no service has an IP as its name)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def plan(
+    snapshot: MeshSnapshot,
+    authority: str,
+    path: str,
+    method: str,
+    lookup: HeaderLookup,
+    *,
+    outbound_policy: str,
+    request: object = None,
+) -> Endpoint | _Unresolved | None:
+    """Where this request goes: an Endpoint, None to pass it through untouched
+    (not a mesh service, outbound policy ALLOW_ANY), or UNRESOLVED.
+
+    `request` is handed to the raised errors (httpx wants it on its errors).
+    """
+    table = snapshot.routes.get(authority)
+    if table is None:
+        if authority in snapshot.absent or is_ip_literal(authority.rpartition(":")[0]):
+            if outbound_policy == REGISTRY_ONLY:
+                raise OutsideMeshError(
+                    f"{authority} is not a mesh service and the outbound policy is "
+                    "REGISTRY_ONLY; declare it in a ServiceEntry or allow any",
+                    request=request,  # type: ignore[arg-type]
+                )
+            return None
+        return UNRESOLVED
+    decision = table.pick(path, method, lookup)
+    if decision is None:
+        raise NoRouteError(
+            f"no route of {authority} matches {method} {path}",
+            request=request,  # type: ignore[arg-type]
+        )
+    balancer = snapshot.balancers.get(decision.cluster)
+    if balancer is None:
+        raise NoHealthyUpstreamError(
+            f"{authority}: route {decision.route_name!r} names cluster {decision.cluster} "
+            "which this client does not have yet",
+            request=request,  # type: ignore[arg-type]
+        )
+    endpoint = balancer.pick()
+    if endpoint is None:
+        raise NoHealthyUpstreamError(
+            f"{authority}: no healthy upstream in cluster {decision.cluster}: {balancer.reason}",
+            request=request,  # type: ignore[arg-type]
+        )
+    return endpoint

@@ -1,0 +1,93 @@
+"""The immutable routing snapshot the data path reads.
+
+Each xDS update builds a new `MeshSnapshot` from the client's `XdsState`
+(compiling routes, building pickers) and the mesh swaps one reference. A
+request reads whatever snapshot was current when it started and never takes
+a lock. Balancers whose cluster and assignment did not change are carried
+over, so round-robin positions (and later, load counters) survive updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from proxyless_mesh.balancer import ClusterBalancer, UsableEndpoints, usable_endpoints
+from proxyless_mesh.model import Cluster, ClusterLoadAssignment
+from proxyless_mesh.routing import RouteTable, compile_virtual_host, find_virtual_host
+from proxyless_mesh.xds_client import XdsState
+
+
+@dataclass(frozen=True, slots=True)
+class _BalancerSource:
+    cluster: Cluster | None
+    assignment: ClusterLoadAssignment | None
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSnapshot:
+    """Routes per authority (`host:port`), balancers per cluster, and the
+    authorities the control plane said are not mesh services."""
+
+    routes: Mapping[str, RouteTable] = field(default_factory=dict)
+    balancers: Mapping[str, ClusterBalancer] = field(default_factory=dict)
+    absent: frozenset[str] = frozenset()
+    # What each balancer was built from, to reuse unchanged ones next time.
+    sources: Mapping[str, _BalancerSource] = field(default_factory=dict)
+
+    def knows(self, authority: str) -> bool:
+        return authority in self.routes or authority in self.absent
+
+
+def build_snapshot(state: XdsState, previous: MeshSnapshot | None = None) -> MeshSnapshot:
+    """A snapshot for `state`, never worse than `previous`.
+
+    The xDS client publishes intermediate states (a route naming a cluster
+    whose CDS/EDS has not arrived yet). Such an authority keeps its previous
+    routes and balancers until everything it needs is here
+    (make-before-break), so a config change never causes a burst of errors.
+    """
+    old_routes = previous.routes if previous else {}
+    old_balancers = previous.balancers if previous else {}
+    old_sources = previous.sources if previous else {}
+    routes: dict[str, RouteTable] = {}
+    for name in state.listeners:
+        config = state.route_config_for(name)
+        if config is not None and state.is_resolved(name):
+            vhost = find_virtual_host(config, name)
+            routes[name] = (
+                compile_virtual_host(vhost)
+                if vhost is not None
+                else RouteTable(f"{name} (no virtual host)", ())
+            )
+        elif name in old_routes:
+            routes[name] = old_routes[name]
+    balancers: dict[str, ClusterBalancer] = {}
+    sources: dict[str, _BalancerSource] = {}
+    wanted = {c for table in routes.values() for c in table.referenced_clusters()}
+    for name in sorted(wanted):
+        cluster = state.clusters.get(name)
+        assignment = state.assignments.get(cluster.eds_service_name) if cluster else None
+        source = _BalancerSource(cluster, assignment)
+        old = old_balancers.get(name)
+        if old is not None and (
+            old_sources.get(name) == source
+            or (name not in state.absent_clusters and (cluster is None or assignment is None))
+        ):
+            # Unchanged, or its new version is still on the way: keep the old one.
+            balancers[name] = old
+            sources[name] = old_sources.get(name, source)
+            continue
+        usable = (
+            usable_endpoints(assignment)
+            if cluster is not None
+            else UsableEndpoints((), "the control plane has no such cluster")
+        )
+        balancers[name] = ClusterBalancer(name, usable)
+        sources[name] = source
+    return MeshSnapshot(
+        routes=routes,
+        balancers=balancers,
+        absent=frozenset(state.absent_listeners),
+        sources=sources,
+    )

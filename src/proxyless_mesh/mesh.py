@@ -1,0 +1,227 @@
+"""`Mesh`: the lifecycle of the in-process mesh.
+
+A Mesh owns the xDS client and the current routing snapshot. Used with
+`with`, it runs the xDS client on a background thread with its own event
+loop (sync applications); used with `async with`, it runs on the caller's
+loop. Either way, entering waits (bounded by `ready_timeout`) until the
+control plane answered, so the first request does not race the first config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from proxyless_mesh._outbound import ALLOW_ANY, REGISTRY_ONLY
+from proxyless_mesh._snapshot import MeshSnapshot, build_snapshot
+from proxyless_mesh.bootstrap import Bootstrap
+from proxyless_mesh.errors import ControlPlaneUnavailableError, MeshError
+from proxyless_mesh.integrations import AsyncMeshTransport, MeshTransport
+from proxyless_mesh.xds_client import XdsClient, XdsState
+
+log = logging.getLogger("proxyless_mesh")
+
+
+class Mesh:
+    """The mesh inside this process.
+
+    Args:
+        bootstrap: where the control plane is and who this workload is.
+        ready_timeout: seconds to wait, on entering, for the control plane.
+        resolve_timeout: seconds a request to a never-seen host waits for the
+            control plane to say whether it is a mesh service.
+        preload: authorities (`host:port`) to fetch on start, so their first
+            request does not wait for a round trip to the control plane.
+        outbound_policy: `ALLOW_ANY` passes non-mesh hosts through untouched;
+            `REGISTRY_ONLY` refuses them with OutsideMeshError.
+    """
+
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        *,
+        ready_timeout: float = 10.0,
+        resolve_timeout: float = 5.0,
+        preload: Iterable[str] = (),
+        outbound_policy: str = ALLOW_ANY,
+    ) -> None:
+        if outbound_policy not in (ALLOW_ANY, REGISTRY_ONLY):
+            raise MeshError(
+                f"outbound_policy must be {ALLOW_ANY} or {REGISTRY_ONLY}, not {outbound_policy!r}"
+            )
+        self.bootstrap = bootstrap
+        self.ready_timeout = ready_timeout
+        self.resolve_timeout = resolve_timeout
+        self.outbound_policy = outbound_policy
+        self._preload = tuple(preload)
+        self.snapshot = MeshSnapshot()
+        self._xds: XdsClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_bootstrap(cls, path: str | os.PathLike[str] | None = None, **options: object) -> Mesh:
+        """A Mesh from a bootstrap file, or from GRPC_XDS_BOOTSTRAP /
+        GRPC_XDS_BOOTSTRAP_CONFIG when no path is given (as grpcio does)."""
+        bootstrap = Bootstrap.from_file(path) if path is not None else Bootstrap.from_env()
+        return cls(bootstrap, **options)  # type: ignore[arg-type]
+
+    @property
+    def control_plane(self) -> str:
+        return self.bootstrap.xds_servers[0].server_uri
+
+    @property
+    def xds(self) -> XdsClient:
+        if self._xds is None:
+            raise MeshError("the mesh is not started: use `with Mesh(...)` or `async with`")
+        return self._xds
+
+    # -- transports --------------------------------------------------------
+
+    def httpx_transport(self, inner: httpx.BaseTransport | None = None) -> MeshTransport:
+        return MeshTransport(self, inner)
+
+    def async_httpx_transport(
+        self, inner: httpx.AsyncBaseTransport | None = None
+    ) -> AsyncMeshTransport:
+        return AsyncMeshTransport(self, inner)
+
+    # -- config updates ----------------------------------------------------
+
+    def _on_update(self, state: XdsState) -> None:
+        """Called by the xDS client on its loop after each applied response.
+        Building happens off the request path; the swap is one assignment."""
+        self.snapshot = build_snapshot(state, self.snapshot)
+
+    async def _start(self) -> None:
+        self._xds = XdsClient(self.bootstrap, on_update=self._on_update)
+        await self._xds.start()
+        try:
+            await self._xds.wait_connected(self.ready_timeout)
+            if self._preload:
+                await self._xds.watch(self._preload, timeout=self.ready_timeout)
+        except BaseException:
+            await self._xds.close()
+            raise
+
+    async def _watch(self, authority: str) -> None:
+        try:
+            await self.xds.watch([authority], timeout=self.resolve_timeout)
+        except ControlPlaneUnavailableError as exc:
+            log.warning("could not resolve %s: %s", authority, exc)
+            return
+        # The state may be newer than the last snapshot if the watch
+        # completed between two updates; rebuild if this authority is missing.
+        if not self.snapshot.knows(authority):
+            self._on_update(self.xds.state)
+
+    def resolve_blocking(self, authority: str) -> None:
+        """Block until the control plane said what `authority` is (sync path)."""
+        loop = self._loop
+        if loop is None:
+            raise MeshError("the mesh is not started: use `with Mesh(...)` or `async with`")
+        if self._thread is None and _on_loop_thread(loop):
+            raise MeshError(
+                "the sync httpx transport was used on the event loop that runs the mesh; "
+                "use mesh.async_httpx_transport() in async code"
+            )
+        future = asyncio.run_coroutine_threadsafe(self._watch(authority), loop)
+        try:
+            future.result(self.resolve_timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+
+    async def resolve_async(self, authority: str) -> None:
+        loop = self._loop
+        if loop is None:
+            raise MeshError("the mesh is not started: use `with Mesh(...)` or `async with`")
+        if asyncio.get_running_loop() is loop:
+            await self._watch(authority)
+        else:
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._watch(authority), loop)
+            )
+
+    # -- sync lifecycle: a private loop on a daemon thread -----------------
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start on a background thread and wait until the control plane answered."""
+        if self._loop is not None:
+            raise MeshError("this mesh is already started")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="proxyless-mesh-xds", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            asyncio.run_coroutine_threadsafe(self._start(), loop).result()
+        except BaseException:
+            self._stop_thread()
+            raise
+
+    def close(self) -> None:
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+        if self._xds is not None:
+            asyncio.run_coroutine_threadsafe(self._xds.close(), loop).result(5.0)
+        self._stop_thread()
+
+    def _stop_thread(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5.0)
+            loop.close()
+        self._loop = self._thread = None
+        self._xds = None
+
+    # -- async lifecycle: the caller's loop ---------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._loop is not None:
+            raise MeshError("this mesh is already started")
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._start()
+        except BaseException:
+            self._loop = None
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._xds is not None:
+            await self._xds.close()
+        self._xds = None
+        self._loop = None
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

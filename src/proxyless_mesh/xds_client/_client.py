@@ -1,0 +1,292 @@
+"""The asyncio/gRPC shell around `AdsProtocol`: one ADS stream to the first xDS
+server, reconnected forever, publishing an `XdsState` after each applied update.
+
+Our own channel is a plain `grpc.aio` channel, never passed through the
+library's interceptors: meshing the connection that delivers the mesh's config
+would make it depend on itself (and trace/retry its own control traffic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from importlib import metadata
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from proxyless_mesh.bootstrap import Bootstrap
+from proxyless_mesh.errors import ControlPlaneUnavailableError
+from proxyless_mesh.xds_client._backoff import Backoff, WaitStrategy, default_wait
+from proxyless_mesh.xds_client._protocol import AdsProtocol
+from proxyless_mesh.xds_client._state import ResourceStatus, XdsState
+from proxyless_mesh.xds_client._types import ResourceType
+
+__all__ = ["XdsClient", "build_node"]
+
+log = logging.getLogger("proxyless_mesh.xds_client")
+
+CLIENT_FEATURES = ("envoy.lb.does_not_support_overprovisioning", "xds.config.resource-in-sotw")
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("proxyless-mesh")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_node(bootstrap: Bootstrap, user_agent_name: str) -> Any:
+    """The envoy.config.core.v3.Node sent on the first request of each stream."""
+    node = base_pb2.Node(
+        id=bootstrap.node_id,
+        cluster=bootstrap.node_cluster,
+        user_agent_name=user_agent_name,
+        user_agent_version=_package_version(),
+        client_features=list(CLIENT_FEATURES),
+    )
+    node.locality.region = bootstrap.locality.region
+    node.locality.zone = bootstrap.locality.zone
+    node.locality.sub_zone = bootstrap.locality.sub_zone
+    if bootstrap.node_metadata:
+        node.metadata.update(_plain(bootstrap.node_metadata))
+    return node
+
+
+def _plain(value: Any) -> Any:
+    """Mapping proxies -> dicts, tuples -> lists, as Struct.update wants."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class XdsClient:
+    """Follows the listeners it is asked to watch, and everything they reference,
+    over one ADS (State of the World) stream."""
+
+    def __init__(
+        self,
+        bootstrap: Bootstrap,
+        *,
+        on_update: Callable[[XdsState], None],
+        user_agent_name: str = "proxyless-mesh",
+        wait: WaitStrategy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._server_uri = bootstrap.xds_servers[0].server_uri
+        self._protocol = AdsProtocol(build_node(bootstrap, user_agent_name))
+        self._on_update = on_update
+        self._backoff = Backoff(wait or default_wait())
+        self._sleep = sleep
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._outbox: asyncio.Queue[Any] | None = None  # the live stream's, else None
+        self._connected = False
+        self._closed = False
+        self._last_error = "no connection attempted yet"
+        self._got_response = False  # on the current stream: a healthy server resets backoff
+        self._changed = asyncio.Event()  # replaced after each set: one per change
+
+    @property
+    def state(self) -> XdsState:
+        return self._protocol.state
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def server_uri(self) -> str:
+        return self._server_uri
+
+    async def start(self) -> None:
+        """Start the stream task on the running loop; returns at once."""
+        if self._closed:
+            raise RuntimeError("XdsClient is closed")
+        if self._task is not None:
+            return
+        # Plain channel on purpose: see the module docstring.
+        self._channel = grpc.aio.insecure_channel(self._server_uri)
+        self._task = asyncio.create_task(self._run(), name=f"xds-ads {self._server_uri}")
+
+    async def close(self) -> None:
+        """Stop the stream and close the channel; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+        self._set_connected(False)
+
+    async def watch(self, listener_names: Iterable[str], *, timeout: float | None) -> None:
+        """Subscribe to listeners (kept until `unwatch`) and wait until each is
+        resolved: present with its routes, clusters and endpoints, or known not
+        to exist. Raises ControlPlaneUnavailableError after `timeout` seconds."""
+        names = list(dict.fromkeys(listener_names))
+        self._send(self._protocol.watch(names))
+        try:
+            async with asyncio.timeout(timeout):
+                while any(not self.state.is_resolved(n) for n in names):
+                    await self._changed.wait()
+        except TimeoutError:
+            raise ControlPlaneUnavailableError(self._unresolved_message(names, timeout)) from None
+
+    def unwatch(self, listener_names: Iterable[str]) -> None:
+        """Unsubscribe listeners and whatever only they referenced."""
+        requests, changed = self._protocol.unwatch(listener_names)
+        self._send(requests)
+        if changed:
+            self._publish()
+
+    async def wait_connected(self, timeout: float) -> None:
+        """Wait until the ADS stream is up; raises ControlPlaneUnavailableError."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self._connected:
+                    await self._changed.wait()
+        except TimeoutError:
+            raise ControlPlaneUnavailableError(
+                f"no ADS stream to xDS server {self._server_uri} after {timeout:g}s "
+                f"(last error: {self._last_error}); is the control plane running there?"
+            ) from None
+
+    def resource_status(self) -> list[ResourceStatus]:
+        """Per type and subscribed name: version, ACKED/NACKED/..., error."""
+        return self._protocol.resource_status()
+
+    # -- the stream --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Reconnect forever; the last good state stays published meanwhile."""
+        while True:
+            self._got_response = False
+            try:
+                await self._run_stream()
+            except grpc.aio.AioRpcError as exc:
+                self._last_error = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:
+                # A bug while handling a response must not end this task: that
+                # would freeze the config silently forever. Log it loudly and
+                # reconnect (with backoff), as for any broken stream.
+                log.exception("xDS stream to %s failed", self._server_uri)
+                self._last_error = repr(exc)
+            self._protocol.end_stream()
+            if self._connected:
+                log.info("xDS stream to %s ended: %s", self._server_uri, self._last_error)
+            elif self._backoff.attempt == 1:
+                # First failure in a row at INFO; the retries that follow at DEBUG.
+                log.info("cannot reach xDS server %s: %s", self._server_uri, self._last_error)
+            self._set_connected(False)
+            if self._got_response:
+                self._backoff.reset()  # the server was healthy: start small again
+            delay = self._backoff.next_delay()
+            log.debug("reconnecting to %s in %.2fs", self._server_uri, delay)
+            await self._sleep(delay)
+
+    async def _run_stream(self) -> None:
+        """One ADS stream, until the server ends it (returns) or it fails (raises)."""
+        if self._channel is None:
+            raise RuntimeError("XdsClient.start() was not called")
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
+        call = stub.StreamAggregatedResources()
+        outbox: asyncio.Queue[Any] = asyncio.Queue()
+        for request in self._protocol.start_stream():
+            outbox.put_nowait(request)
+        self._outbox = outbox
+        writer = asyncio.create_task(self._write_loop(call, outbox))
+        try:
+            await call.wait_for_connection()
+            log.info("xDS stream to %s connected", self._server_uri)
+            self._set_connected(True)
+            while True:
+                response = await call.read()
+                if not isinstance(response, discovery_pb2.DiscoveryResponse):  # grpc.aio.EOF
+                    self._last_error = "stream closed by the server"
+                    return
+                self._got_response = True
+                self._handle(response)
+        finally:
+            self._outbox = None
+            writer.cancel()
+            call.cancel()
+            await asyncio.wait([writer])
+
+    async def _write_loop(self, call: Any, outbox: asyncio.Queue[Any]) -> None:
+        """Send queued requests in order. gRPC allows one write at a time, and
+        watch()/unwatch() enqueue from other tasks, hence one writer per stream."""
+        while True:
+            request = await outbox.get()
+            try:
+                await call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                # The stream is broken; the reader sees why and reconnects.
+                log.debug("xDS write failed: %s", exc)
+                return
+
+    def _handle(self, response: Any) -> None:
+        outcome = self._protocol.handle_response(response)
+        rtype = ResourceType.from_type_url(response.type_url)
+        kind = rtype.short_name if rtype else response.type_url
+        for name, reason in outcome.rejected.items():
+            log.warning(
+                "NACK %s version %r from %s: %s: %s",
+                kind,
+                response.version_info,
+                self._server_uri,
+                name,
+                reason,
+            )
+        self._send(outcome.requests)
+        if outcome.changed:
+            self._publish()
+
+    def _send(self, requests: list[Any]) -> None:
+        # Without a live stream, start_stream() sends every subscription anyway.
+        if self._outbox is not None:
+            for request in requests:
+                self._outbox.put_nowait(request)
+
+    def _publish(self) -> None:
+        state = self._protocol.state
+        try:
+            self._on_update(state)
+        except Exception:
+            # on_update belongs to the layer above; if it raised out of here it
+            # would end the stream task and freeze the mesh's config for good.
+            # The state is still published to waiters; the bug is logged loudly.
+            log.exception("xDS on_update callback failed")
+        self._notify()
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self._connected:
+            self._connected = connected
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _unresolved_message(self, names: list[str], timeout: float | None) -> str:
+        state = self.state
+        parts = [
+            f"{n} (missing {', '.join(state.missing(n))})"
+            for n in names
+            if not state.is_resolved(n)
+        ]
+        errors = [f"{s.name}: {s.error}" for s in self.resource_status() if s.error]
+        text = (
+            f"xDS server {self._server_uri} did not resolve within {timeout:g}s: {'; '.join(parts)}"
+        )
+        if not self._connected:
+            text += f"; not connected (last error: {self._last_error})"
+        if errors:
+            text += f"; rejected: {'; '.join(errors)}"
+        return text

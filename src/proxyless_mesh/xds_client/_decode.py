@@ -1,0 +1,289 @@
+"""xDS protobufs -> model objects, with the validation gRPC applies.
+
+Each decoder takes one resource (an `Any`, possibly wrapped in a discovery
+`Resource`, or the message itself) and either returns the model object or raises
+`XdsResourceError` with the reason the resource is NACKed. Decoding is per
+resource: the client decodes siblings independently, so one bad resource never
+spoils the others. Route configurations live in `_decode_routes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError, Message
+
+from proxyless_mesh.errors import XdsResourceError
+from proxyless_mesh.model import (
+    Cluster,
+    ClusterLoadAssignment,
+    Endpoint,
+    HealthStatus,
+    LbPolicy,
+    Listener,
+    Locality,
+    LocalityEndpoints,
+    RouteConfiguration,
+)
+from proxyless_mesh.xds_client._decode_routes import decode_route_configuration_message
+from proxyless_mesh.xds_client._types import (
+    HCM_TYPE_URL,
+    RESOURCE_WRAPPER_TYPE_URL,
+    ROUTER_TYPE_URL,
+    ResourceType,
+)
+
+__all__ = [
+    "decode_cluster",
+    "decode_cluster_load_assignment",
+    "decode_listener",
+    "decode_resource",
+    "decode_route_configuration",
+    "resource_name",
+    "unpack_resource",
+]
+
+_MESSAGE_CLASSES: dict[ResourceType, type[Message]] = {
+    ResourceType.LISTENER: listener_pb2.Listener,
+    ResourceType.ROUTE_CONFIGURATION: route_pb2.RouteConfiguration,
+    ResourceType.CLUSTER: cluster_pb2.Cluster,
+    ResourceType.CLUSTER_LOAD_ASSIGNMENT: endpoint_pb2.ClusterLoadAssignment,
+}
+
+_LB_POLICIES = {
+    cluster_pb2.Cluster.ROUND_ROBIN: LbPolicy.ROUND_ROBIN,
+    cluster_pb2.Cluster.LEAST_REQUEST: LbPolicy.LEAST_REQUEST,
+    cluster_pb2.Cluster.RANDOM: LbPolicy.RANDOM,
+    cluster_pb2.Cluster.RING_HASH: LbPolicy.RING_HASH,
+    cluster_pb2.Cluster.MAGLEV: LbPolicy.MAGLEV,
+}
+
+# load_balancing_policy (the typed form) -> our enum; gRPC uses the first it knows.
+_TYPED_LB_POLICIES = {
+    "type.googleapis.com/envoy.extensions.load_balancing_policies." + suffix: policy
+    for suffix, policy in (
+        ("round_robin.v3.RoundRobin", LbPolicy.ROUND_ROBIN),
+        ("least_request.v3.LeastRequest", LbPolicy.LEAST_REQUEST),
+        ("random.v3.Random", LbPolicy.RANDOM),
+        ("ring_hash.v3.RingHash", LbPolicy.RING_HASH),
+        ("maglev.v3.Maglev", LbPolicy.MAGLEV),
+    )
+}
+
+
+def unpack_resource(rtype: ResourceType, resource: Any) -> Any:
+    """The typed message inside `resource` (an Any, a discovery `Resource` wrapper
+    as allowed by the `xds.config.resource-in-sotw` client feature, or already the
+    message)."""
+    cls = _MESSAGE_CLASSES[rtype]
+    if isinstance(resource, cls):
+        return resource
+    if not isinstance(resource, any_pb2.Any):
+        raise TypeError(f"expected an Any or {cls.__name__}, got {type(resource).__name__}")
+    if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
+        wrapper = discovery_pb2.Resource()
+        _unpack_any(resource, wrapper, "Resource wrapper")
+        resource = wrapper.resource
+    if resource.type_url != rtype.type_url:
+        raise XdsResourceError(
+            f"resource has type {resource.type_url!r}, expected {rtype.type_url!r}"
+        )
+    msg = cls()
+    _unpack_any(resource, msg, cls.__name__)
+    return msg
+
+
+def resource_name(rtype: ResourceType, msg: Any) -> str:
+    """The name a resource is subscribed by (EDS resources by `cluster_name`)."""
+    if rtype is ResourceType.CLUSTER_LOAD_ASSIGNMENT:
+        return str(msg.cluster_name)
+    return str(msg.name)
+
+
+def decode_listener(resource: Any) -> Listener:
+    """A client-side Listener: an api_listener holding an HttpConnectionManager."""
+    msg = unpack_resource(ResourceType.LISTENER, resource)
+    if not msg.name:
+        raise XdsResourceError("Listener has no name")
+    if not msg.HasField("api_listener"):
+        raise XdsResourceError(
+            "Listener has no api_listener (only client-side listeners are supported)"
+        )
+    inner = msg.api_listener.api_listener
+    if inner.type_url != HCM_TYPE_URL:
+        raise XdsResourceError(
+            f"api_listener holds {inner.type_url!r}, expected an HttpConnectionManager"
+        )
+    hcm = hcm_pb2.HttpConnectionManager()
+    _unpack_any(inner, hcm, "HttpConnectionManager")
+    _check_http_filters(hcm.http_filters)
+    which = hcm.WhichOneof("route_specifier")
+    if which == "rds":
+        _check_config_source(hcm.rds.config_source, "HttpConnectionManager.rds.config_source")
+        if not hcm.rds.route_config_name:
+            raise XdsResourceError("HttpConnectionManager.rds.route_config_name is empty")
+        return Listener(name=msg.name, rds_name=hcm.rds.route_config_name)
+    if which == "route_config":
+        try:
+            routes = decode_route_configuration_message(hcm.route_config)
+        except XdsResourceError as exc:
+            raise XdsResourceError(f"inline route_config: {exc}") from None
+        return Listener(name=msg.name, inline_routes=routes)
+    if which == "scoped_routes":
+        raise XdsResourceError("HttpConnectionManager.scoped_routes is not supported")
+    raise XdsResourceError("HttpConnectionManager has neither rds nor route_config")
+
+
+def decode_route_configuration(resource: Any) -> RouteConfiguration:
+    """A RouteConfiguration (RDS)."""
+    msg = unpack_resource(ResourceType.ROUTE_CONFIGURATION, resource)
+    return decode_route_configuration_message(msg)
+
+
+def decode_cluster(resource: Any) -> Cluster:
+    """An EDS cluster fed over ADS, with a load-balancing policy the mesh knows."""
+    msg = unpack_resource(ResourceType.CLUSTER, resource)
+    if not msg.name:
+        raise XdsResourceError("Cluster has no name")
+    if msg.WhichOneof("cluster_discovery_type") == "cluster_type":
+        raise XdsResourceError(
+            f"cluster_type {msg.cluster_type.name!r} (custom cluster types) is not supported"
+        )
+    if msg.type != cluster_pb2.Cluster.EDS:
+        kind = cluster_pb2.Cluster.DiscoveryType.Name(msg.type)
+        raise XdsResourceError(f"discovery type {kind} is not supported (only EDS)")
+    _check_config_source(msg.eds_cluster_config.eds_config, "eds_cluster_config.eds_config")
+    return Cluster(
+        name=msg.name,
+        eds_service_name=msg.eds_cluster_config.service_name or msg.name,
+        lb_policy=_lb_policy(msg),
+    )
+
+
+def decode_cluster_load_assignment(resource: Any) -> ClusterLoadAssignment:
+    """Endpoints by locality. As in gRPC, a locality without a (non-zero)
+    load_balancing_weight is dropped, and priorities must have no gaps."""
+    msg = unpack_resource(ResourceType.CLUSTER_LOAD_ASSIGNMENT, resource)
+    if not msg.cluster_name:
+        raise XdsResourceError("ClusterLoadAssignment has no cluster_name")
+    localities: list[LocalityEndpoints] = []
+    seen: set[tuple[str, int]] = set()
+    for i, lle in enumerate(msg.endpoints):
+        if not lle.HasField("load_balancing_weight") or lle.load_balancing_weight.value == 0:
+            continue
+        endpoints = tuple(
+            _endpoint(lb, f"endpoints[{i}].lb_endpoints[{j}]", seen)
+            for j, lb in enumerate(lle.lb_endpoints)
+        )
+        localities.append(
+            LocalityEndpoints(
+                locality=Locality(lle.locality.region, lle.locality.zone, lle.locality.sub_zone),
+                endpoints=endpoints,
+                weight=lle.load_balancing_weight.value,
+                priority=lle.priority,
+            )
+        )
+    priorities = sorted({loc.priority for loc in localities})
+    if priorities != list(range(len(priorities))):
+        raise XdsResourceError(f"sparse priority list {priorities}: priorities must be 0..N-1")
+    return ClusterLoadAssignment(cluster_name=msg.cluster_name, localities=tuple(localities))
+
+
+DECODERS: dict[ResourceType, Callable[[Any], Any]] = {
+    ResourceType.LISTENER: decode_listener,
+    ResourceType.ROUTE_CONFIGURATION: decode_route_configuration,
+    ResourceType.CLUSTER: decode_cluster,
+    ResourceType.CLUSTER_LOAD_ASSIGNMENT: decode_cluster_load_assignment,
+}
+
+
+def decode_resource(rtype: ResourceType, msg: Any) -> Any:
+    """Decode an unpacked message of type `rtype` into its model object."""
+    return DECODERS[rtype](msg)
+
+
+def _unpack_any(any_msg: any_pb2.Any, into: Message, what: str) -> None:
+    try:
+        ok = any_msg.Unpack(into)
+    except DecodeError as exc:
+        raise XdsResourceError(f"cannot parse {what}: {exc}") from None
+    if not ok:
+        raise XdsResourceError(f"cannot unpack {any_msg.type_url!r} as {what}")
+
+
+def _check_config_source(source: Any, where: str) -> None:
+    """Only ADS is spoken: the resource must come over this same stream."""
+    if source.WhichOneof("config_source_specifier") not in ("ads", "self"):
+        raise XdsResourceError(f"{where}: ConfigSource is not ads or self")
+
+
+def _check_http_filters(filters: Any) -> None:
+    """The router filter must be present and last: it is what forwards the
+    request, so filters after it would never run (gRPC NACKs the same)."""
+    if not filters:
+        raise XdsResourceError("http_filters is empty: the router filter must be last")
+    last = len(filters) - 1
+    for i, f in enumerate(filters):
+        url = f.typed_config.type_url if f.HasField("typed_config") else ""
+        if not url and not f.is_optional:
+            raise XdsResourceError(f"http filter {f.name!r} has no typed_config")
+        if url == ROUTER_TYPE_URL and i != last:
+            raise XdsResourceError(f"router filter {f.name!r} is not the last http filter")
+        if i == last and url != ROUTER_TYPE_URL:
+            raise XdsResourceError(
+                f"the last http filter must be the router, got {f.name!r} ({url or 'no config'})"
+            )
+
+
+def _lb_policy(msg: Any) -> LbPolicy:
+    """gRPC prefers the typed `load_balancing_policy` when set, taking the first
+    policy it supports; otherwise the `lb_policy` enum."""
+    if msg.HasField("load_balancing_policy"):
+        urls = [
+            p.typed_extension_config.typed_config.type_url
+            for p in msg.load_balancing_policy.policies
+        ]
+        for url in urls:
+            if url in _TYPED_LB_POLICIES:
+                return _TYPED_LB_POLICIES[url]
+        raise XdsResourceError(f"load_balancing_policy has no supported policy (got {urls})")
+    policy = _LB_POLICIES.get(msg.lb_policy)
+    if policy is None:
+        name = cluster_pb2.Cluster.LbPolicy.Name(msg.lb_policy)
+        raise XdsResourceError(f"lb_policy {name} is not supported")
+    return policy
+
+
+def _endpoint(lb: Any, where: str, seen: set[tuple[str, int]]) -> Endpoint:
+    if lb.WhichOneof("host_identifier") != "endpoint":
+        raise XdsResourceError(f"{where}: only inline endpoints are supported (no endpoint_name)")
+    address = lb.endpoint.address
+    if address.WhichOneof("address") != "socket_address":
+        raise XdsResourceError(f"{where}: only socket_address endpoints are supported")
+    sa = address.socket_address
+    if not sa.address:
+        raise XdsResourceError(f"{where}: empty address")
+    if sa.WhichOneof("port_specifier") != "port_value" or not 0 < sa.port_value <= 65535:
+        raise XdsResourceError(f"{where}: invalid port (need port_value in 1..65535)")
+    weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
+    if weight == 0:
+        raise XdsResourceError(f"{where}: load_balancing_weight must be greater than 0")
+    key = (sa.address, sa.port_value)
+    if key in seen:
+        raise XdsResourceError(f"{where}: duplicate endpoint address {sa.address}:{sa.port_value}")
+    seen.add(key)
+    try:
+        health = HealthStatus(lb.health_status)
+    except ValueError:
+        health = HealthStatus.UNKNOWN
+    return Endpoint(address=sa.address, port=sa.port_value, weight=weight, health=health)

@@ -1,0 +1,190 @@
+"""RouteConfiguration protobuf -> model, with the checks gRPC applies to routes.
+
+Regexes are compiled here with Python's `re` so a pattern the router could not
+use is NACKed at config time rather than failing on the request path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from proxyless_mesh.errors import XdsResourceError
+from proxyless_mesh.model import (
+    HeaderMatcher,
+    MatchKind,
+    PathMatcher,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    StringMatcher,
+    VirtualHost,
+    WeightedCluster,
+)
+
+_UINT32_MAX = 2**32 - 1
+
+# Legacy HeaderMatcher fields that hold a plain string, and what they mean.
+_HEADER_STRING_FIELDS = {
+    "exact_match": MatchKind.EXACT,
+    "prefix_match": MatchKind.PREFIX,
+    "suffix_match": MatchKind.SUFFIX,
+    "contains_match": MatchKind.CONTAINS,
+}
+
+_STRING_MATCHER_FIELDS = {
+    "exact": MatchKind.EXACT,
+    "prefix": MatchKind.PREFIX,
+    "suffix": MatchKind.SUFFIX,
+    "contains": MatchKind.CONTAINS,
+}
+
+
+def decode_route_configuration_message(msg: Any) -> RouteConfiguration:
+    """Decode a RouteConfiguration message (from RDS or inline in an HCM)."""
+    vhosts = tuple(
+        _virtual_host(vh, f"virtual_hosts[{i}]") for i, vh in enumerate(msg.virtual_hosts)
+    )
+    return RouteConfiguration(name=msg.name, virtual_hosts=vhosts)
+
+
+def _virtual_host(vh: Any, where: str) -> VirtualHost:
+    if not vh.domains:
+        raise XdsResourceError(f"{where} ({vh.name!r}): no domains")
+    routes = []
+    for i, r in enumerate(vh.routes):
+        route = _route(r, f"{where}.routes[{i}]")
+        if route is not None:
+            routes.append(route)
+    return VirtualHost(name=vh.name, domains=tuple(vh.domains), routes=tuple(routes))
+
+
+def _route(r: Any, where: str) -> Route | None:
+    """A Route, or None for a route that can never match here and is skipped
+    (gRPC does the same for routes with query-parameter matchers)."""
+    match = _route_match(r.match, f"{where}.match")
+    if match is None:
+        return None
+    which = r.WhichOneof("action")
+    if which is None:
+        raise XdsResourceError(f"{where}: route has no action")
+    # redirect / direct_response / filter_action / non_forwarding_action: the
+    # mesh does not serve these, but the route still matches (and then fails
+    # the request), so it is kept with action None instead of skipped.
+    action = _route_action(r.route, f"{where}.route") if which == "route" else None
+    return Route(name=r.name, match=match, action=action)
+
+
+def _route_match(m: Any, where: str) -> RouteMatch | None:
+    if m.query_parameters:
+        return None
+    if m.HasField("runtime_fraction"):
+        raise XdsResourceError(f"{where}: runtime_fraction is not supported")
+    case_sensitive = m.case_sensitive.value if m.HasField("case_sensitive") else True
+    kind = m.WhichOneof("path_specifier")
+    if kind == "prefix":
+        path = PathMatcher(MatchKind.PREFIX, m.prefix, case_sensitive)
+    elif kind == "path":
+        path = PathMatcher(MatchKind.EXACT, m.path, case_sensitive)
+    elif kind == "safe_regex":
+        # Envoy: case_sensitive does not apply to safe_regex.
+        path = PathMatcher(MatchKind.REGEX, _regex(m.safe_regex.regex, f"{where}.safe_regex"))
+    elif kind is None:
+        raise XdsResourceError(f"{where}: path specifier missing (prefix, path or safe_regex)")
+    else:
+        raise XdsResourceError(f"{where}: path specifier {kind} is not supported")
+    headers = tuple(_header_matcher(h, f"{where}.headers[{i}]") for i, h in enumerate(m.headers))
+    return RouteMatch(path=path, headers=headers)
+
+
+def _header_matcher(h: Any, where: str) -> HeaderMatcher:
+    name = h.name.lower()
+    if not name:
+        raise XdsResourceError(f"{where}: header name is empty")
+    invert = h.invert_match
+    which = h.WhichOneof("header_match_specifier")
+    if which in _HEADER_STRING_FIELDS:
+        matcher = StringMatcher(_HEADER_STRING_FIELDS[which], getattr(h, which))
+    elif which == "safe_regex_match":
+        regex = _regex(h.safe_regex_match.regex, f"{where}.safe_regex_match")
+        matcher = StringMatcher(MatchKind.REGEX, regex)
+    elif which == "string_match":
+        matcher = _string_matcher(h.string_match, f"{where}.string_match")
+    elif which == "present_match" or which is None:
+        # Envoy: no specifier means "present"; present_match false means "absent".
+        matcher = StringMatcher(MatchKind.PRESENT)
+        if which == "present_match" and not h.present_match:
+            invert = not invert
+    else:
+        raise XdsResourceError(f"{where}: header matcher {which} is not supported")
+    return HeaderMatcher(name=name, matcher=matcher, invert=invert)
+
+
+def _string_matcher(sm: Any, where: str) -> StringMatcher:
+    which = sm.WhichOneof("match_pattern")
+    if which in _STRING_MATCHER_FIELDS:
+        return StringMatcher(_STRING_MATCHER_FIELDS[which], getattr(sm, which), sm.ignore_case)
+    if which == "safe_regex":
+        # Envoy: ignore_case has no effect on safe_regex.
+        return StringMatcher(MatchKind.REGEX, _regex(sm.safe_regex.regex, f"{where}.safe_regex"))
+    raise XdsResourceError(f"{where}: string matcher {which or '(none)'} is not supported")
+
+
+def _regex(pattern: str, where: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise XdsResourceError(f"{where}: invalid regex {pattern!r}: {exc}") from None
+    return pattern
+
+
+def _route_action(a: Any, where: str) -> RouteAction:
+    which = a.WhichOneof("cluster_specifier")
+    if which == "cluster":
+        if not a.cluster:
+            raise XdsResourceError(f"{where}.cluster is empty")
+        clusters: tuple[WeightedCluster, ...] = (WeightedCluster(a.cluster, 1),)
+    elif which == "weighted_clusters":
+        clusters = _weighted_clusters(a.weighted_clusters, f"{where}.weighted_clusters")
+    elif which is None:
+        raise XdsResourceError(f"{where}: no cluster specifier")
+    else:
+        raise XdsResourceError(f"{where}: cluster specifier {which} is not supported")
+    return RouteAction(clusters=clusters, timeout=_timeout(a, where))
+
+
+def _weighted_clusters(wc: Any, where: str) -> tuple[WeightedCluster, ...]:
+    """Clusters with weight 0 are dropped (gRPC does the same); at least one
+    must remain, and the sum must fit in a uint32."""
+    out: list[WeightedCluster] = []
+    for i, cw in enumerate(wc.clusters):
+        if cw.cluster_header:
+            raise XdsResourceError(f"{where}.clusters[{i}]: cluster_header is not supported")
+        if not cw.name:
+            raise XdsResourceError(f"{where}.clusters[{i}]: cluster name is empty")
+        weight = cw.weight.value if cw.HasField("weight") else 0
+        if weight > 0:
+            out.append(WeightedCluster(cw.name, weight))
+    if not out:
+        raise XdsResourceError(f"{where}: no valid clusters specified (empty or all weights zero)")
+    if sum(c.weight for c in out) > _UINT32_MAX:
+        raise XdsResourceError(f"{where}: sum of weights exceeds uint32 max")
+    return tuple(out)
+
+
+def _timeout(a: Any, where: str) -> float | None:
+    """route.timeout if set, else max_stream_duration (what gRPC uses); zero
+    means "no timeout" in both."""
+    if a.HasField("timeout"):
+        duration, field = a.timeout, "timeout"
+    elif a.HasField("max_stream_duration") and a.max_stream_duration.HasField(
+        "max_stream_duration"
+    ):
+        duration, field = a.max_stream_duration.max_stream_duration, "max_stream_duration"
+    else:
+        return None
+    seconds = duration.seconds + duration.nanos / 1e9
+    if seconds < 0:
+        raise XdsResourceError(f"{where}.{field}: negative duration")
+    return seconds or None

@@ -1,0 +1,287 @@
+"""The ADS State-of-the-World protocol as a sans-I/O state machine.
+
+It owns subscriptions, versions, nonces and the last good resources, and turns
+events (a watch changed, a stream started, a response arrived) into the
+DiscoveryRequests to send. No I/O here, so every protocol rule is a plain
+method call in the tests; `_client` is only the asyncio/gRPC shell around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import code_pb2, status_pb2
+
+from proxyless_mesh.errors import XdsResourceError
+from proxyless_mesh.xds_client._decode import decode_resource, resource_name, unpack_resource
+from proxyless_mesh.xds_client._state import (
+    ClientStatus,
+    ResourceStatus,
+    XdsState,
+    cluster_names,
+)
+from proxyless_mesh.xds_client._types import ResourceType
+
+log = logging.getLogger("proxyless_mesh.xds_client")
+
+_LDS = ResourceType.LISTENER
+_RDS = ResourceType.ROUTE_CONFIGURATION
+_CDS = ResourceType.CLUSTER
+_EDS = ResourceType.CLUSTER_LOAD_ASSIGNMENT
+
+
+@dataclass
+class _TypeState:
+    """Everything kept per resource type."""
+
+    names: frozenset[str] = frozenset()  # what we want now
+    sent_names: frozenset[str] | None = None  # last sent on this stream; None: nothing yet
+    version: str = ""  # last ACKed version; kept across streams
+    nonce: str = ""  # last response nonce; per stream
+    resources: dict[str, Any] = field(default_factory=dict)  # last good model objects
+    versions: dict[str, str] = field(default_factory=dict)  # version each was accepted at
+    errors: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, why)
+    absent: set[str] = field(default_factory=set)  # full-state types: known not to exist
+
+    def forget(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.resources.pop(name, None)
+            self.versions.pop(name, None)
+            self.errors.pop(name, None)
+            self.absent.discard(name)
+
+
+@dataclass(frozen=True)
+class ResponseOutcome:
+    """What handling one DiscoveryResponse produced."""
+
+    requests: list[Any]  # DiscoveryRequests to send, in order
+    rejected: dict[str, str]  # resource name (or "resource index N") -> reason
+    changed: bool  # whether the published state changed
+
+
+class AdsProtocol:
+    """One client's ADS bookkeeping, surviving across streams."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+        self._types = {t: _TypeState() for t in ResourceType}
+        self._watched: frozenset[str] = frozenset()
+        self._stream_active = False
+        self._node_sent = False
+        self._state: XdsState | None = None
+
+    # -- subscriptions ---------------------------------------------------------
+
+    def watch(self, listener_names: Iterable[str]) -> list[Any]:
+        """Add listeners to the subscription; returns the requests to send."""
+        self._watched = self._watched | frozenset(listener_names)
+        return self._resubscribe()
+
+    def unwatch(self, listener_names: Iterable[str]) -> tuple[list[Any], bool]:
+        """Drop listeners (and whatever only they referenced): requests to send,
+        and whether the published state changed."""
+        self._watched = self._watched - frozenset(listener_names)
+        before = self._resource_count()
+        requests = self._resubscribe()
+        return requests, self._resource_count() != before
+
+    @property
+    def watched(self) -> frozenset[str]:
+        return self._watched
+
+    # -- stream lifecycle ------------------------------------------------------
+
+    def start_stream(self) -> list[Any]:
+        """A new stream: nonces are per stream and reset; versions are kept so the
+        server can skip what we already have. Every non-empty subscription is sent
+        (an empty first request would mean "wildcard" for LDS/CDS)."""
+        self._stream_active = True
+        self._node_sent = False
+        for ts in self._types.values():
+            ts.nonce = ""
+            ts.sent_names = None
+        return self._pending_requests()
+
+    def end_stream(self) -> None:
+        """The stream is gone; resources are kept (traffic goes on with the last
+        good config) until a new stream brings updates."""
+        self._stream_active = False
+
+    # -- responses -------------------------------------------------------------
+
+    def handle_response(self, response: Any) -> ResponseOutcome:
+        """Apply one DiscoveryResponse: valid resources replace their last good
+        value, invalid ones are NACKed and keep theirs (as gRPC does)."""
+        rtype = ResourceType.from_type_url(response.type_url)
+        if rtype is None or self._types[rtype].sent_names is None:
+            why = f"type URL {response.type_url!r} was not requested"
+            request = self._make_request(response.type_url, [], "", response.nonce, why)
+            return ResponseOutcome([request], {"<response>": why}, changed=False)
+        ts = self._types[rtype]
+        ts.nonce = response.nonce
+        decoded, rejected, seen, complete = self._decode_all(rtype, ts, response.resources)
+        changed = False
+        for name, value in decoded.items():
+            changed |= ts.resources.get(name) != value or name in ts.absent
+            ts.resources[name] = value
+            ts.versions[name] = response.version_info
+            ts.errors.pop(name, None)
+            ts.absent.discard(name)
+        for name, reason in rejected.items():
+            if name in ts.names:
+                ts.errors[name] = (response.version_info, reason)
+        # A name missing from a full-state (LDS/CDS) response does not exist. If
+        # some resource could not even be named, it may be the missing one, so
+        # nothing is declared absent from that response.
+        if rtype.is_full_state and complete:
+            for name in ts.names - seen:
+                if name not in ts.absent or name in ts.resources:
+                    changed = True
+                ts.forget([name])
+                ts.absent.add(name)
+        if rejected:
+            detail = "\n".join(f"{name}: {reason}" for name, reason in rejected.items())
+        else:
+            ts.version = response.version_info
+            detail = None
+        requests = [self._request_for(rtype, detail)]
+        if changed:
+            self._state = None
+            requests += self._resubscribe()
+        return ResponseOutcome(requests, rejected, changed)
+
+    def _decode_all(
+        self, rtype: ResourceType, ts: _TypeState, resources: Iterable[Any]
+    ) -> tuple[dict[str, Any], dict[str, str], set[str], bool]:
+        """Decode each subscribed resource on its own: (decoded, rejected, names
+        seen, whether every resource could be named)."""
+        decoded: dict[str, Any] = {}
+        rejected: dict[str, str] = {}
+        seen: set[str] = set()
+        complete = True
+        for i, res in enumerate(resources):
+            try:
+                msg = unpack_resource(rtype, res)
+            except XdsResourceError as exc:
+                rejected[f"resource index {i}"] = str(exc)
+                complete = False
+                continue
+            name = resource_name(rtype, msg)
+            if name not in ts.names:
+                continue  # not subscribed (SotW servers may send more): ignored, like gRPC
+            if name in seen:
+                decoded.pop(name, None)
+                rejected[name] = "duplicate resource name in one response"
+                continue
+            seen.add(name)
+            try:
+                decoded[name] = decode_resource(rtype, msg)
+            except XdsResourceError as exc:
+                rejected[name] = str(exc)
+        return decoded, rejected, seen, complete
+
+    # -- published views -------------------------------------------------------
+
+    @property
+    def state(self) -> XdsState:
+        if self._state is None:
+            t = self._types
+            self._state = XdsState(
+                listeners=MappingProxyType(dict(t[_LDS].resources)),
+                absent_listeners=frozenset(t[_LDS].absent),
+                route_configs=MappingProxyType(dict(t[_RDS].resources)),
+                clusters=MappingProxyType(dict(t[_CDS].resources)),
+                assignments=MappingProxyType(dict(t[_EDS].resources)),
+                absent_clusters=frozenset(t[_CDS].absent),
+            )
+        return self._state
+
+    def resource_status(self) -> list[ResourceStatus]:
+        out = []
+        for rtype, ts in self._types.items():
+            for name in sorted(ts.names):
+                error = ts.errors.get(name)
+                if error is not None:
+                    status = ClientStatus.NACKED
+                elif name in ts.resources:
+                    status = ClientStatus.ACKED
+                elif name in ts.absent:
+                    status = ClientStatus.DOES_NOT_EXIST
+                else:
+                    status = ClientStatus.REQUESTED
+                out.append(
+                    ResourceStatus(
+                        type_url=rtype.type_url,
+                        name=name,
+                        status=status,
+                        version=ts.versions.get(name, ""),
+                        error=error[1] if error else None,
+                        error_version=error[0] if error else None,
+                    )
+                )
+        return out
+
+    # -- internals -------------------------------------------------------------
+
+    def _resubscribe(self) -> list[Any]:
+        """Recompute what each type must subscribe to from what is cached, in
+        dependency order, forget what is no longer referenced, and return the
+        requests for every type whose names changed."""
+        t = self._types
+        listeners = [t[_LDS].resources[n] for n in self._watched if n in t[_LDS].resources]
+        self._set_names(_LDS, self._watched)
+        self._set_names(_RDS, {lis.rds_name for lis in listeners if lis.rds_name})
+        routes = [lis.inline_routes for lis in listeners if lis.inline_routes is not None]
+        routes += [t[_RDS].resources[n] for n in t[_RDS].names if n in t[_RDS].resources]
+        self._set_names(_CDS, {c for rc in routes for c in cluster_names(rc)})
+        clusters = [t[_CDS].resources[n] for n in t[_CDS].names if n in t[_CDS].resources]
+        self._set_names(_EDS, {c.eds_service_name for c in clusters})
+        return self._pending_requests()
+
+    def _set_names(self, rtype: ResourceType, names: Iterable[str]) -> None:
+        ts = self._types[rtype]
+        new = frozenset(names)
+        dropped = ts.names - new
+        if dropped:
+            ts.forget(dropped)
+            self._state = None
+        ts.names = new
+
+    def _resource_count(self) -> int:
+        return sum(len(ts.resources) + len(ts.absent) for ts in self._types.values())
+
+    def _pending_requests(self) -> list[Any]:
+        if not self._stream_active:
+            return []
+        out = []
+        for rtype, ts in self._types.items():
+            if ts.names == ts.sent_names or (ts.sent_names is None and not ts.names):
+                continue
+            out.append(self._request_for(rtype, None))
+        return out
+
+    def _request_for(self, rtype: ResourceType, error: str | None) -> Any:
+        ts = self._types[rtype]
+        ts.sent_names = ts.names
+        return self._make_request(rtype.type_url, sorted(ts.names), ts.version, ts.nonce, error)
+
+    def _make_request(
+        self, type_url: str, names: list[str], version: str, nonce: str, error: str | None
+    ) -> Any:
+        request = discovery_pb2.DiscoveryRequest(
+            type_url=type_url, resource_names=names, version_info=version, response_nonce=nonce
+        )
+        if error is not None:
+            request.error_detail.CopyFrom(
+                status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=error)
+            )
+        if not self._node_sent:
+            request.node.CopyFrom(self._node)
+            self._node_sent = True
+        return request

@@ -1,0 +1,60 @@
+"""grpcio's own xDS client follows the control plane: the same VirtualService
+split that our library follows, served to `xds:///` channels."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from meshlab import LocalMesh, service_entry, subsets_rule, weighted_route
+
+pytestmark = pytest.mark.interop
+
+HOST = "greeter.default.mesh"
+CALLS = 1000
+# 1,000 calls at 80/20: sigma of the v2 share is 1.26 points; 6 points ~ 4.7 sigma.
+TOLERANCE = 0.06
+
+
+def test_grpc_xds_channel_follows_80_20_split(lab: LocalMesh) -> None:
+    v1 = lab.start_grpc_backend("greeter", "v1")
+    v2 = lab.start_grpc_backend("greeter", "v2")
+    lab.write_config(
+        "greeter.yaml",
+        service_entry(
+            HOST,
+            50051,
+            [
+                ("127.0.0.1", v1.ready["port"], {"version": "v1"}),
+                ("127.0.0.1", v2.ready["port"], {"version": "v2"}),
+            ],
+            protocol="GRPC",
+        )
+        + "\n---\n"
+        + subsets_rule(HOST, ["v1", "v2"]),
+    )
+    lab.write_config("route.yaml", weighted_route(HOST, {"v1": 80, "v2": 20}))
+    lab.start_control_plane()
+    bootstrap = lab.bootstrap("grpc-native-client")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("grpc_xds_client.py")),
+            f"xds:///{HOST}:50051",
+            str(CALLS),
+        ],
+        env={**os.environ, "GRPC_XDS_BOOTSTRAP": str(bootstrap)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout)
+    assert set(counts) == {"greeter/v1", "greeter/v2"}
+    assert sum(counts.values()) == CALLS
+    assert abs(counts["greeter/v2"] / CALLS - 0.20) < TOLERANCE, counts

@@ -1,0 +1,257 @@
+"""Sample MeshConfigs for translator and registry tests, built directly (no YAML).
+
+Each sample exercises one idea; the golden files show what it becomes on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from mesh_control_plane.config.model import (
+    Destination,
+    DestinationRule,
+    HTTPMatchRequest,
+    HTTPRoute,
+    HTTPRouteDestination,
+    LoadBalancerSettings,
+    MeshConfig,
+    Meta,
+    ServiceEntry,
+    ServicePort,
+    StringMatch,
+    Subset,
+    TrafficPolicy,
+    VirtualService,
+    WorkloadEndpoint,
+    WorkloadEntry,
+)
+
+
+def meta(kind: str, name: str, namespace: str = "default") -> Meta:
+    return Meta(kind=kind, name=name, namespace=namespace, file=f"{namespace}/{name}.yaml")
+
+
+def service(
+    host: str,
+    ports: tuple[ServicePort, ...],
+    endpoints: tuple[WorkloadEndpoint, ...] = (),
+    namespace: str = "default",
+    selector: Mapping[str, str] | None = None,
+) -> ServiceEntry:
+    return ServiceEntry(
+        meta=meta("ServiceEntry", host.split(".")[0], namespace),
+        hosts=(host,),
+        ports=ports,
+        endpoints=endpoints,
+        workload_selector=selector,
+    )
+
+
+def http(number: int, name: str = "http", target_port: int | None = None) -> ServicePort:
+    return ServicePort(number=number, protocol="HTTP", name=name, target_port=target_port)
+
+
+def policy(simple: str) -> TrafficPolicy:
+    return TrafficPolicy(load_balancer=LoadBalancerSettings(simple=simple))
+
+
+def to(
+    host: str, subset: str | None = None, weight: int = 0, port: int | None = None
+) -> HTTPRouteDestination:
+    return HTTPRouteDestination(Destination(host=host, subset=subset, port=port), weight=weight)
+
+
+def simple() -> MeshConfig:
+    """A service on port 80 (target 8080) and a TCP port, two instances, no routing."""
+    return MeshConfig(
+        service_entries=(
+            service(
+                "ratings.default.mesh",
+                (http(80, target_port=8080), ServicePort(9000, "TCP", "tcp")),
+                (
+                    WorkloadEndpoint(address="10.0.0.2"),
+                    WorkloadEndpoint(address="10.0.0.1", ports={"http": 9080}),
+                ),
+            ),
+        )
+    )
+
+
+REVIEWS = "reviews.default.mesh"
+
+
+def canary() -> MeshConfig:
+    """80/20 between subsets v1 and v2; v2 overrides the RANDOM policy."""
+    return MeshConfig(
+        service_entries=(
+            service(
+                REVIEWS,
+                (http(8080),),
+                (
+                    WorkloadEndpoint(address="10.0.1.1", labels={"version": "v1"}),
+                    WorkloadEndpoint(address="10.0.1.2", labels={"version": "v1", "tier": "a"}),
+                    WorkloadEndpoint(address="10.0.1.3", labels={"version": "v2"}),
+                ),
+            ),
+        ),
+        destination_rules=(
+            DestinationRule(
+                meta=meta("DestinationRule", "reviews"),
+                host=REVIEWS,
+                traffic_policy=policy("RANDOM"),
+                subsets=(
+                    Subset("v1", {"version": "v1"}),
+                    Subset("v2", {"version": "v2"}, traffic_policy=policy("LEAST_REQUEST")),
+                ),
+            ),
+        ),
+        virtual_services=(
+            VirtualService(
+                meta=meta("VirtualService", "reviews"),
+                hosts=(REVIEWS,),
+                http=(HTTPRoute(route=(to(REVIEWS, "v1", 80), to(REVIEWS, "v2", 20))),),
+            ),
+        ),
+    )
+
+
+API = "api.shop.mesh"
+BACKEND = "backend.shop.mesh"
+
+
+def matches() -> MeshConfig:
+    """Header, method and regex matches, OR-ed match blocks, a timeout, a weight-0
+    destination, explicit and implied destination ports."""
+    vs = VirtualService(
+        meta=meta("VirtualService", "api", "shop"),
+        hosts=(API,),
+        http=(
+            HTTPRoute(
+                name="admin",
+                match=(
+                    HTTPMatchRequest(
+                        uri=StringMatch("prefix", "/admin"),
+                        headers={"x-user": StringMatch("exact", "root")},
+                    ),
+                    HTTPMatchRequest(uri=StringMatch("regex", "/root/.*"), ignore_uri_case=True),
+                ),
+                route=(to(BACKEND, port=9000),),
+            ),
+            HTTPRoute(
+                match=(
+                    HTTPMatchRequest(
+                        uri=StringMatch("exact", "/orders"),
+                        method=StringMatch("exact", "POST"),
+                        headers={
+                            "x-tenant": StringMatch("prefix", "acme-"),
+                            "x-trace": StringMatch("regex", "[0-9a-f]{32}"),
+                        },
+                    ),
+                ),
+                route=(to(BACKEND),),
+                timeout=2.5,
+            ),
+            HTTPRoute(name="rest", route=(to(API, weight=0), to(BACKEND, weight=100))),
+        ),
+    )
+    return MeshConfig(
+        service_entries=(
+            service(API, (http(8000),), (WorkloadEndpoint(address="10.0.2.1"),), "shop"),
+            service(
+                BACKEND,
+                (http(8000), http(9000, name="admin")),
+                (WorkloadEndpoint(address="10.0.2.9", ports={"admin": 19000}),),
+                "shop",
+            ),
+        ),
+        virtual_services=(vs,),
+    )
+
+
+GREETER = "greeter.mesh"
+
+
+def grpc_service() -> MeshConfig:
+    """A gRPC service with LEAST_REQUEST (gRPC clients get ROUND_ROBIN) and a deadline."""
+    return MeshConfig(
+        service_entries=(
+            service(
+                GREETER,
+                (ServicePort(50051, "GRPC", "grpc"),),
+                (WorkloadEndpoint(address="127.0.0.1", ports={"grpc": 50061}),),
+            ),
+        ),
+        destination_rules=(
+            DestinationRule(
+                meta=meta("DestinationRule", "greeter"),
+                host=GREETER,
+                traffic_policy=policy("LEAST_REQUEST"),
+            ),
+        ),
+        virtual_services=(
+            VirtualService(
+                meta=meta("VirtualService", "greeter"),
+                hosts=(GREETER,),
+                http=(HTTPRoute(name="all", route=(to(GREETER),), timeout=1.0),),
+            ),
+        ),
+    )
+
+
+PAY = "pay.mesh"
+
+
+def localities() -> MeshConfig:
+    """Instances over three localities (and none), with weights."""
+    return MeshConfig(
+        service_entries=(
+            service(
+                PAY,
+                (http(8080),),
+                (
+                    WorkloadEndpoint(address="10.1.0.2", locality="us-east/a/rack1", weight=3),
+                    WorkloadEndpoint(address="10.1.0.1", locality="us-east/a/rack1"),
+                    WorkloadEndpoint(address="10.1.1.1", locality="us-east/b"),
+                    WorkloadEndpoint(address="10.2.0.1", locality="eu-west", weight=0),
+                    WorkloadEndpoint(address="10.9.0.1"),
+                ),
+            ),
+        )
+    )
+
+
+INVENTORY = "inventory.shop.mesh"
+
+
+def workload_entries() -> MeshConfig:
+    """A ServiceEntry selecting WorkloadEntries of its own namespace by labels."""
+
+    def entry(name: str, namespace: str, address: str, labels: Mapping[str, str]) -> WorkloadEntry:
+        return WorkloadEntry(
+            meta=meta("WorkloadEntry", name, namespace),
+            endpoint=WorkloadEndpoint(
+                address=address, labels=labels, ports={"http": 7000}, locality="eu/z1"
+            ),
+        )
+
+    return MeshConfig(
+        service_entries=(
+            service(INVENTORY, (http(8080),), namespace="shop", selector={"app": "inventory"}),
+        ),
+        workload_entries=(
+            entry("other-ns", "other", "10.3.0.9", {"app": "inventory"}),
+            entry("inv-b", "shop", "10.3.0.2", {"app": "inventory", "version": "v2"}),
+            entry("inv-a", "shop", "10.3.0.1", {"app": "inventory", "version": "v1"}),
+            entry("cart", "shop", "10.3.0.5", {"app": "cart"}),
+        ),
+    )
+
+
+SAMPLES: Mapping[str, Callable[[], MeshConfig]] = {
+    "simple": simple,
+    "canary": canary,
+    "matches": matches,
+    "grpc": grpc_service,
+    "localities": localities,
+    "workload_entries": workload_entries,
+}

@@ -1,0 +1,174 @@
+"""Cross-resource checks: hosts, subsets and ports that are named must exist, once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from mesh_control_plane.config import ConfigLoadError, MeshConfig, parse_documents
+
+API = "networking.istio.io/v1"
+
+
+def service(name: str, host: str, *ports: int) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "ServiceEntry",
+        "metadata": {"name": name},
+        "spec": {"hosts": [host], "ports": [{"number": p, "name": f"http-{p}"} for p in ports]},
+    }
+
+
+def rule(name: str, host: str, *subsets: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "DestinationRule",
+        "metadata": {"name": name},
+        "spec": {"host": host, "subsets": [{"name": s, "labels": {"v": s}} for s in subsets]},
+    }
+
+
+def virtual_service(name: str, host: str, *destinations: dict[str, Any]) -> dict[str, Any]:
+    """A VirtualService with one route splitting traffic evenly (remainder to the first)."""
+    route: list[dict[str, Any]] = [{"destination": d} for d in destinations]
+    if len(route) > 1:
+        share = 100 // len(route)
+        for item in route:
+            item["weight"] = share
+        route[0]["weight"] = 100 - share * (len(route) - 1)
+    return {
+        "apiVersion": API,
+        "kind": "VirtualService",
+        "metadata": {"name": name},
+        "spec": {"hosts": [host], "http": [{"route": route}]},
+    }
+
+
+BASE = [
+    service("reviews", "reviews.mesh", 8080, 9090),
+    service("ratings", "ratings.mesh", 8080),
+    service("details", "details.mesh", 80),
+    rule("reviews", "reviews.mesh", "v1", "v2"),
+]
+
+
+def load(*docs: dict[str, Any]) -> MeshConfig:
+    return parse_documents(("mesh.yaml", doc) for doc in [*BASE, *docs])
+
+
+def problems(*docs: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigLoadError) as caught:
+        load(*docs)
+    return [str(problem) for problem in caught.value.problems]
+
+
+VS = "mesh.yaml: VirtualService default/vs: "
+DEST = VS + "spec.http[0].route[0].destination"
+
+
+def test_resolving_references_load() -> None:
+    config = load(
+        virtual_service(
+            "vs",
+            "reviews.mesh",
+            {"host": "reviews.mesh", "subset": "v1"},  # same ports as the listener
+            {"host": "ratings.mesh"},  # has 8080 only: a port of reviews
+            {"host": "details.mesh"},  # has a single port
+            {"host": "reviews.mesh", "subset": "v2", "port": {"number": 9090}},
+        )
+    )
+    (vs,) = config.virtual_services
+    assert [d.destination.host for d in vs.http[0].route] == [
+        "reviews.mesh",
+        "ratings.mesh",
+        "details.mesh",
+        "reviews.mesh",
+    ]
+    assert sum(d.weight for d in vs.http[0].route) == 100
+
+
+def test_virtual_service_host_must_be_declared() -> None:
+    assert problems(virtual_service("vs", "nope.mesh", {"host": "ratings.mesh"})) == [
+        VS + 'spec.hosts[0]: no ServiceEntry declares host "nope.mesh"'
+    ]
+
+
+def test_destination_host_must_be_declared() -> None:
+    assert problems(virtual_service("vs", "ratings.mesh", {"host": "nope.mesh"})) == [
+        DEST + '.host: no ServiceEntry declares host "nope.mesh"'
+    ]
+
+
+def test_destination_rule_host_must_be_declared() -> None:
+    assert problems(rule("dr", "nope.mesh")) == [
+        "mesh.yaml: DestinationRule default/dr: "
+        'spec.host: no ServiceEntry declares host "nope.mesh"'
+    ]
+
+
+def test_subset_must_be_defined_by_a_destination_rule() -> None:
+    assert problems(
+        virtual_service(
+            "vs",
+            "reviews.mesh",
+            {"host": "reviews.mesh", "subset": "v3"},
+            {"host": "ratings.mesh", "subset": "v1"},
+        )
+    ) == [
+        DEST + '.subset: no DestinationRule for host "reviews.mesh" defines subset "v3"',
+        VS + "spec.http[0].route[1].destination.subset: no DestinationRule for host "
+        '"ratings.mesh" defines subset "v1"',
+    ]
+
+
+def test_destination_port_must_be_a_port_of_the_service() -> None:
+    dest = {"host": "ratings.mesh", "port": {"number": 9999}}
+    assert problems(virtual_service("vs", "ratings.mesh", dest)) == [
+        DEST + ".port.number: ServiceEntry default/ratings has no port 9999 (ports: 8080)"
+    ]
+
+
+def test_omitted_port_must_be_resolvable_on_every_listener_port() -> None:
+    # details listens on 80; reviews has two ports and neither is 80: which one?
+    assert problems(virtual_service("vs", "details.mesh", {"host": "reviews.mesh"})) == [
+        DEST + '.port: required: host "reviews.mesh" has several ports (8080, 9090) '
+        "and none is 80, a port of this VirtualService's hosts"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            service("reviews-again", "reviews.mesh", 80),
+            "ServiceEntry default/reviews-again: spec.hosts[0]: "
+            'host "reviews.mesh" is already declared by ServiceEntry default/reviews (mesh.yaml)',
+        ),
+        (
+            rule("reviews-again", "reviews.mesh"),
+            "DestinationRule default/reviews-again: spec.host: "
+            'host "reviews.mesh" already has DestinationRule default/reviews (mesh.yaml)',
+        ),
+    ],
+)
+def test_a_host_is_declared_and_configured_once(extra: dict[str, Any], message: str) -> None:
+    assert problems(extra) == ["mesh.yaml: " + message]
+
+
+def test_a_host_is_routed_by_one_virtual_service() -> None:
+    first = virtual_service("a", "ratings.mesh", {"host": "ratings.mesh"})
+    second = virtual_service("b", "ratings.mesh", {"host": "ratings.mesh"})
+    assert problems(second, first) == [
+        "mesh.yaml: VirtualService default/b: spec.hosts[0]: "
+        'host "ratings.mesh" is already routed by VirtualService default/a (mesh.yaml)'
+    ]
+
+
+def test_reference_checks_wait_for_clean_parsing() -> None:
+    """A ServiceEntry that fails to parse must not also show up as dangling references."""
+    broken = service("broken", "broken.mesh", 80)
+    broken["spec"]["resolution"] = "DNS"
+    assert problems(broken, virtual_service("vs", "broken.mesh", {"host": "broken.mesh"})) == [
+        "mesh.yaml: ServiceEntry default/broken: spec.resolution: "
+        "DNS is not supported yet (supported: STATIC)"
+    ]

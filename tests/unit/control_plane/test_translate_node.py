@@ -1,0 +1,55 @@
+"""NodeInfo: recognising the client kind and Envoy's outbound port from the node."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from mesh_control_plane.translate import ClientKind, NodeInfo
+
+
+def node(user_agent: str, **metadata: object) -> base_pb2.Node:
+    proto = base_pb2.Node(id="node-1", user_agent_name=user_agent)
+    proto.locality.region, proto.locality.zone, proto.locality.sub_zone = "eu", "z1", "r7"
+    if metadata:
+        proto.metadata.update(metadata)
+    return proto
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "kind"),
+    [
+        ("gRPC C-core linux Python", ClientKind.GRPC),
+        ("gRPC Go", ClientKind.GRPC),
+        ("proxyless-mesh", ClientKind.MESH),
+        ("envoy", ClientKind.ENVOY),
+        ("", ClientKind.GRPC),  # unknown: the shape every proxyless client accepts
+    ],
+)
+def test_kind_from_user_agent(user_agent: str, kind: ClientKind) -> None:
+    info = NodeInfo.from_proto(node(user_agent))
+    assert info == NodeInfo(id="node-1", kind=kind, locality=("eu", "z1", "r7"))
+
+
+@pytest.mark.parametrize("value", ["16001", 16001, 16001.0])
+def test_envoy_outbound_port_from_metadata_string_or_number(value: object) -> None:
+    assert NodeInfo.from_proto(node("envoy", OUTBOUND_PORT=value)).outbound_port == 16001
+
+
+def test_outbound_port_is_ignored_for_proxyless_clients() -> None:
+    info = NodeInfo.from_proto(node("proxyless-mesh", OUTBOUND_PORT="16001"))
+    assert info.outbound_port == 15001
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", 70000, 1.5, True, ""])
+def test_bad_outbound_port_is_refused_with_the_node_named(value: object) -> None:
+    with pytest.raises(ValueError, match=r"node 'node-1': metadata OUTBOUND_PORT"):
+        NodeInfo.from_proto(node("envoy", OUTBOUND_PORT=value))
+
+
+def test_cache_key_covers_only_what_translate_reads() -> None:
+    grpc_a = NodeInfo(id="a", kind=ClientKind.GRPC, locality=("x", "", ""))
+    grpc_b = NodeInfo(id="b", kind=ClientKind.GRPC, outbound_port=1)
+    assert grpc_a.cache_key == grpc_b.cache_key
+    assert grpc_a.cache_key != NodeInfo(id="a", kind=ClientKind.MESH).cache_key
+    envoy = NodeInfo(id="e", kind=ClientKind.ENVOY)
+    assert envoy.cache_key != NodeInfo(id="e", kind=ClientKind.ENVOY, outbound_port=1).cache_key
