@@ -97,18 +97,17 @@ def run(lab: LocalMesh) -> None:
             lab.write_config("reviews-route.yaml", weighted_route(REVIEWS, weights))
             took = wait_for_share(client, target, share)
             rows.append((label, count_versions(client, REQUESTS_PER_PHASE), took))
+        print("\nmeshctl status (what each connected client ACKed):")
+        sys.stdout.flush()
+        subprocess.run(
+            [str(BIN / "meshctl"), "status", "--admin-address", lab.admin_address], check=False
+        )
 
     print()
     print(f"{'split v1/v2':<12} {'v1':>6} {'v2':>6}   change reached the client after")
     for label, served, took in rows:
         after = "-" if took is None else f"{took * 1000:.0f} ms"
         print(f"{label:<12} {served['v1']:>6} {served['v2']:>6}   {after}")
-    print()
-    print("meshctl status:")
-    subprocess.run(
-        [str(BIN / "meshctl"), "status", "--admin-address", lab.admin_address], check=False
-    )
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -118,7 +118,10 @@ class ConfigWatcher:
         await self.reload()
         changed_at: float | None = None
         while True:
-            await self._sleep(self._poll_interval)
+            # While a change settles, look again after the debounce window
+            # rather than a whole poll interval: it saves up to one interval
+            # of propagation delay.
+            await self._sleep(self._debounce if changed_at is not None else self._poll_interval)
             signature = directory_signature(self.path)
             if signature != seen:
                 seen, changed_at = signature, self._clock()
