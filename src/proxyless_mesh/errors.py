@@ -13,7 +13,7 @@ import httpx
 
 
 class MeshError(Exception):
-    """Root of every error the library raises."""
+    """Root of every error the library raises: catch this to catch them all."""
 
 
 class BootstrapError(MeshError):

@@ -13,9 +13,7 @@ def test_all_is_sorted_and_importable() -> None:
 
 
 def test_every_public_error_is_a_mesh_error_and_documented() -> None:
-    errors = [
-        getattr(proxyless_mesh, n) for n in proxyless_mesh.__all__ if n.endswith("Error")
-    ]
+    errors = [getattr(proxyless_mesh, n) for n in proxyless_mesh.__all__ if n.endswith("Error")]
     assert errors
     for error in errors:
         assert issubclass(error, proxyless_mesh.MeshError)
