@@ -25,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-from meshlab import LocalMesh, service_entry, subsets_rule, weighted_route
+from meshlab import LocalMesh
 
 from proxyless_mesh import Mesh
 
@@ -83,7 +83,7 @@ def propagation(lab: LocalMesh, mesh: Mesh, changes: int) -> None:
     times = []
     for i in range(changes):
         v2 = 10 + (i % 2) * 80  # alternate 90/10 and 10/90
-        lab.write_config("route.yaml", weighted_route(HOST, {"v1": 100 - v2, "v2": v2}))
+        lab.set_weights(HOST, {"v1": 100 - v2, "v2": v2})
         start = time.perf_counter()
         want = ("outbound|8080|v2|" + HOST, v2)
         while True:
@@ -120,20 +120,7 @@ def main() -> None:
         try:
             v1 = lab.start_http_backend("bench", "v1")
             v2 = lab.start_http_backend("bench", "v2")
-            lab.write_config(
-                "bench.yaml",
-                service_entry(
-                    HOST,
-                    PORT,
-                    [
-                        ("127.0.0.1", v1.ready["port"], {"version": "v1"}),
-                        ("127.0.0.1", v2.ready["port"], {"version": "v2"}),
-                    ],
-                )
-                + "\n---\n"
-                + subsets_rule(HOST, ["v1", "v2"]),
-            )
-            lab.write_config("route.yaml", weighted_route(HOST, {"v1": 100, "v2": 0}))
+            lab.deploy_versions(HOST, PORT, {"v1": v1, "v2": v2}, {"v1": 100, "v2": 0})
             lab.start_control_plane()
             with Mesh.from_bootstrap(lab.bootstrap("bench"), preload=[f"{HOST}:{PORT}"]) as mesh:
                 data_path(lab, mesh, v1.ready["port"], args.requests, args.rounds)

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from meshlab import BIN, LocalMesh, service_entry, subsets_rule, weighted_route
+from meshlab import BIN, LocalMesh, service_entry
 
 from proxyless_mesh import Mesh
 
@@ -60,24 +60,11 @@ def run(lab: LocalMesh) -> None:
     v1 = lab.start_http_backend("reviews", "v1")
     v2 = lab.start_http_backend("reviews", "v2")
     ratings = lab.start_http_backend("ratings", "v1")
-    lab.write_config(
-        "reviews.yaml",
-        service_entry(
-            REVIEWS,
-            PORT,
-            [
-                ("127.0.0.1", v1.ready["port"], {"version": "v1"}),
-                ("127.0.0.1", v2.ready["port"], {"version": "v2"}),
-            ],
-        )
-        + "\n---\n"
-        + subsets_rule(REVIEWS, ["v1", "v2"]),
-    )
+    lab.deploy_versions(REVIEWS, PORT, {"v1": v1, "v2": v2}, {"v1": 90, "v2": 10})
     lab.write_config(
         "ratings.yaml",
         service_entry(RATINGS, PORT, [("127.0.0.1", ratings.ready["port"], {"version": "v1"})]),
     )
-    lab.write_config("reviews-route.yaml", weighted_route(REVIEWS, {"v1": 90, "v2": 10}))
     cp = lab.start_control_plane()
     print(f"control plane: xDS {cp.ready['xds']}, admin {cp.ready['admin']}")
     bootstrap = lab.bootstrap("demo-client")
@@ -94,7 +81,7 @@ def run(lab: LocalMesh) -> None:
             ("50/50", {"v1": 50, "v2": 50}, "v2", 0.3),
             ("0/100", {"v1": 0, "v2": 100}, "v2", 1.0),
         ):
-            lab.write_config("reviews-route.yaml", weighted_route(REVIEWS, weights))
+            lab.set_weights(REVIEWS, weights)
             took = wait_for_share(client, target, share)
             rows.append((label, count_versions(client, REQUESTS_PER_PHASE), took))
         print("\nmeshctl status (what each connected client ACKed):")

@@ -176,6 +176,30 @@ class LocalMesh:
     def write_config(self, name: str, text: str) -> None:
         write_file_atomically(self.config_dir / name, text)
 
+    def deploy_versions(
+        self,
+        host: str,
+        port: int,
+        backends: dict[str, Proc],
+        weights: dict[str, int],
+        *,
+        protocol: str = "HTTP",
+    ) -> None:
+        """Declare `host` served by one backend per version (labels
+        version=<v>), a subset per version, and a split by `weights`. Files:
+        `<name>.yaml` for the service, `route.yaml` for the split."""
+        instances = [("127.0.0.1", p.ready["port"], {"version": v}) for v, p in backends.items()]
+        self.write_config(
+            f"{host.split('.')[0]}.yaml",
+            service_entry(host, port, instances, protocol=protocol)
+            + "\n---\n"
+            + subsets_rule(host, list(backends)),
+        )
+        self.set_weights(host, weights)
+
+    def set_weights(self, host: str, weights: dict[str, int]) -> None:
+        self.write_config("route.yaml", weighted_route(host, weights))
+
     def start_control_plane(self, xds_port: int = 0) -> Proc:
         proc = start_process(
             "control-plane",

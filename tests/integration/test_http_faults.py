@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from meshlab import LocalMesh, service_entry, subsets_rule, weighted_route
+from meshlab import LocalMesh, service_entry, weighted_route
 
 from proxyless_mesh import (
     ControlPlaneUnavailableError,
@@ -42,20 +42,7 @@ def wait_for(predicate, limit: float = 10.0, what: str = "condition") -> None:  
 def start_two_versions(lab: LocalMesh, weights: dict[str, int]) -> None:
     v1 = lab.start_http_backend("reviews", "v1")
     v2 = lab.start_http_backend("reviews", "v2")
-    lab.write_config(
-        "reviews.yaml",
-        service_entry(
-            HOST,
-            8080,
-            [
-                ("127.0.0.1", v1.ready["port"], {"version": "v1"}),
-                ("127.0.0.1", v2.ready["port"], {"version": "v2"}),
-            ],
-        )
-        + "\n---\n"
-        + subsets_rule(HOST, ["v1", "v2"]),
-    )
-    lab.write_config("route.yaml", weighted_route(HOST, weights))
+    lab.deploy_versions(HOST, 8080, {"v1": v1, "v2": v2}, weights)
 
 
 def admin_status(lab: LocalMesh) -> dict:  # type: ignore[type-arg]
@@ -99,7 +86,7 @@ def test_clients_survive_a_control_plane_restart(lab: LocalMesh) -> None:
         # Control plane gone: the last good config keeps routing.
         assert versions(client, 100) == {"v1": 100}
         # Change the config while it is down, restart it on the same port.
-        lab.write_config("route.yaml", weighted_route(HOST, {"v1": 0, "v2": 100}))
+        lab.set_weights(HOST, {"v1": 0, "v2": 100})
         lab.start_control_plane(xds_port=xds_port)
         wait_for(lambda: versions(client, 1) == {"v2": 1}, limit=20, what="the new route")
         assert versions(client, 50) == {"v2": 50}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from meshlab import LocalMesh, Proc, service_entry, subsets_rule, weighted_route
+from meshlab import LocalMesh
 
 from proxyless_mesh import Mesh
 
@@ -26,28 +26,11 @@ N = 1000
 TOLERANCE = 0.06
 
 
-def configure_reviews(lab: LocalMesh, v1: Proc, v2: Proc, weights: dict[str, int]) -> None:
-    lab.write_config(
-        "reviews.yaml",
-        service_entry(
-            HOST,
-            8080,
-            [
-                ("127.0.0.1", v1.ready["port"], {"version": "v1"}),
-                ("127.0.0.1", v2.ready["port"], {"version": "v2"}),
-            ],
-        )
-        + "\n---\n"
-        + subsets_rule(HOST, ["v1", "v2"]),
-    )
-    lab.write_config("reviews-route.yaml", weighted_route(HOST, weights))
-
-
 @pytest.fixture
 def reviews(lab: LocalMesh) -> Iterator[tuple[LocalMesh, Path]]:
     v1 = lab.start_http_backend("reviews", "v1")
     v2 = lab.start_http_backend("reviews", "v2")
-    configure_reviews(lab, v1, v2, {"v1": 80, "v2": 20})
+    lab.deploy_versions(HOST, 8080, {"v1": v1, "v2": v2}, {"v1": 80, "v2": 20})
     lab.start_control_plane()
     yield lab, lab.bootstrap("client-1")
 
@@ -106,7 +89,7 @@ def test_changing_the_file_moves_traffic(reviews: tuple[LocalMesh, Path]) -> Non
         httpx.Client(transport=mesh.httpx_transport()) as client,
     ):
         client.get(URL)
-        lab.write_config("reviews-route.yaml", weighted_route(HOST, {"v1": 0, "v2": 100}))
+        lab.set_weights(HOST, {"v1": 0, "v2": 100})
         took = wait_until_all(client, "v2", window=30, limit=10.0)
         print(f"file write -> full switch to v2: {took * 1000:.0f} ms")
         assert all(client.get(URL).json()["version"] == "v2" for _ in range(200))

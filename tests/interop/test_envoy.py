@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from meshlab import LocalMesh, service_entry, subsets_rule, weighted_route
+from meshlab import LocalMesh
 
 pytestmark = pytest.mark.interop
 
@@ -128,20 +128,7 @@ def outbound_port(admin: str) -> int | None:
 def lab_with_reviews(lab: LocalMesh) -> LocalMesh:
     v1 = lab.start_http_backend("reviews", "v1")
     v2 = lab.start_http_backend("reviews", "v2")
-    lab.write_config(
-        "reviews.yaml",
-        service_entry(
-            HOST,
-            8080,
-            [
-                ("127.0.0.1", v1.ready["port"], {"version": "v1"}),
-                ("127.0.0.1", v2.ready["port"], {"version": "v2"}),
-            ],
-        )
-        + "\n---\n"
-        + subsets_rule(HOST, ["v1", "v2"]),
-    )
-    lab.write_config("route.yaml", weighted_route(HOST, {"v1": 0, "v2": 100}))
+    lab.deploy_versions(HOST, 8080, {"v1": v1, "v2": v2}, {"v1": 0, "v2": 100})
     lab.start_control_plane()
     return lab
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from meshlab import LocalMesh, service_entry, subsets_rule, weighted_route
+from meshlab import LocalMesh
 
 pytestmark = pytest.mark.interop
 
@@ -23,21 +23,7 @@ TOLERANCE = 0.06
 def test_grpc_xds_channel_follows_80_20_split(lab: LocalMesh) -> None:
     v1 = lab.start_grpc_backend("greeter", "v1")
     v2 = lab.start_grpc_backend("greeter", "v2")
-    lab.write_config(
-        "greeter.yaml",
-        service_entry(
-            HOST,
-            50051,
-            [
-                ("127.0.0.1", v1.ready["port"], {"version": "v1"}),
-                ("127.0.0.1", v2.ready["port"], {"version": "v2"}),
-            ],
-            protocol="GRPC",
-        )
-        + "\n---\n"
-        + subsets_rule(HOST, ["v1", "v2"]),
-    )
-    lab.write_config("route.yaml", weighted_route(HOST, {"v1": 80, "v2": 20}))
+    lab.deploy_versions(HOST, 50051, {"v1": v1, "v2": v2}, {"v1": 80, "v2": 20}, protocol="GRPC")
     lab.start_control_plane()
     bootstrap = lab.bootstrap("grpc-native-client")
     result = subprocess.run(
