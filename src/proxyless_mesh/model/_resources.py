@@ -65,6 +65,69 @@ class LocalityEndpoints:
 class ClusterLoadAssignment:
     cluster_name: str
     localities: tuple[LocalityEndpoints, ...]
+    # policy.overprovisioning_factor, in percent (Envoy default 140): how far
+    # a priority may degrade before traffic spills to the next one.
+    overprovisioning_factor: int = 140
+
+
+@dataclass(frozen=True, slots=True)
+class RingHashConfig:
+    minimum_ring_size: int = 1024
+    maximum_ring_size: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MaglevConfig:
+    table_size: int = 65537  # must be prime
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStartConfig:
+    """Envoy slow_start_config: a new endpoint's weight ramps over `window`
+    seconds; effective weight = weight * max(min_weight_percent/100,
+    (time_since_start / window) ** (1 / aggression))."""
+
+    window: float
+    aggression: float = 1.0
+    min_weight_percent: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Envoy OutlierDetection (durations in seconds). A `None` threshold is a
+    detector that is off. Istio maps consecutive5xxErrors to consecutive_5xx,
+    consecutiveGatewayErrors to consecutive_gateway_failure, and
+    consecutiveLocalOriginFailures to consecutive_local_origin_failure."""
+
+    consecutive_5xx: int | None = 5
+    consecutive_gateway_failure: int | None = None
+    consecutive_local_origin_failure: int | None = None
+    split_external_local_origin_errors: bool = False
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """Envoy circuit_breakers.thresholds.retry_budget: active retries may be
+    at most `budget_percent` of active requests, but `min_retry_concurrency`
+    retries are always allowed."""
+
+    budget_percent: float = 20.0
+    min_retry_concurrency: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakers:
+    """Envoy's default-priority thresholds (Envoy's defaults)."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+    retry_budget: RetryBudget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +135,17 @@ class Cluster:
     name: str
     eds_service_name: str  # the ClusterLoadAssignment to watch (the cluster name when unset)
     lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    ring_hash: RingHashConfig | None = None  # set when lb_policy is RING_HASH
+    maglev: MaglevConfig | None = None  # set when lb_policy is MAGLEV
+    slow_start: SlowStartConfig | None = None
+    outlier_detection: OutlierDetection | None = None
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    # common_lb_config.healthy_panic_threshold (percent): below this share of
+    # healthy endpoints, balance over all of them (Istio: minHealthPercent).
+    panic_threshold: float = 50.0
+    connect_timeout: float = 10.0
+    idle_timeout: float | None = None  # HttpProtocolOptions.common_http_protocol_options
+    max_requests_per_connection: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +187,57 @@ class WeightedCluster:
     weight: int
 
 
+class HashPolicyKind(enum.Enum):
+    HEADER = "header"
+    COOKIE = "cookie"
+    SOURCE_IP = "source_ip"
+    QUERY_PARAMETER = "query_parameter"
+
+
+@dataclass(frozen=True, slots=True)
+class HashPolicy:
+    """Envoy RouteAction.HashPolicy: where a consistent-hash key comes from.
+    `name` is the header (lower-case), cookie or query parameter name. For a
+    cookie with a `cookie_ttl`, the mesh sets the cookie when it is absent."""
+
+    kind: HashPolicyKind
+    name: str = ""
+    cookie_path: str = ""
+    cookie_ttl: float | None = None
+    terminal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Envoy RetryPolicy. `retry_on` holds Envoy's condition names (`5xx`,
+    `gateway-error`, `reset`, `connect-failure`, `refused-stream`,
+    `retriable-4xx`, `retriable-status-codes`, `retriable-headers`, and the
+    gRPC ones `cancelled`, `deadline-exceeded`, `internal`,
+    `resource-exhausted`, `unavailable`). Durations in seconds."""
+
+    retry_on: frozenset[str]
+    num_retries: int = 1
+    per_try_timeout: float | None = None
+    retriable_status_codes: tuple[int, ...] = ()
+    retriable_headers: tuple[HeaderMatcher, ...] = ()
+    base_interval: float = 0.025
+    max_interval: float = 0.25
+    retry_other_hosts: bool = True  # retry_host_predicate previous_hosts
+    retry_other_priorities: bool = False  # retry_priority previous_priorities (retryRemoteLocalities)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    cluster: str
+    fraction: float = 1.0  # 0..1 of requests copied
+
+
+@dataclass(frozen=True, slots=True)
+class RegexRewrite:
+    pattern: str  # RE2; every match is replaced
+    substitution: str
+
+
 @dataclass(frozen=True, slots=True)
 class RouteAction:
     """Where a matched request goes: one cluster (a single WeightedCluster) or
@@ -120,13 +245,65 @@ class RouteAction:
 
     clusters: tuple[WeightedCluster, ...]
     timeout: float | None = None
+    retry_policy: RetryPolicy | None = None
+    hash_policies: tuple[HashPolicy, ...] = ()
+    mirrors: tuple[MirrorPolicy, ...] = ()
+    prefix_rewrite: str | None = None
+    regex_rewrite: RegexRewrite | None = None
+    host_rewrite: str | None = None  # host_rewrite_literal (Istio rewrite.authority)
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectAction:
+    """Envoy RedirectAction; None fields keep the request's own value."""
+
+    response_code: int = 301
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    prefix_rewrite: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDelay:
+    delay: float  # seconds
+    percentage: float  # 0..100
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAbort:
+    percentage: float  # 0..100
+    http_status: int | None = None
+    grpc_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    """Envoy HTTPFault (per route, from typed_per_filter_config)."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutation:
+    """Headers to set (replace), add (append) and remove, Envoy-style."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
     match: RouteMatch
-    action: RouteAction | None  # None: a non-forwarding action the mesh does not serve
+    action: RouteAction | None  # None: not forwarded (see redirect), else NR
+    redirect: RedirectAction | None = None
+    fault: FaultConfig | None = None
+    request_headers: HeaderMutation = HeaderMutation()
+    response_headers: HeaderMutation = HeaderMutation()
 
 
 @dataclass(frozen=True, slots=True)
