@@ -13,22 +13,31 @@ from proxyless_mesh.errors import (
     ControlPlaneUnavailableError,
     MeshError,
     MeshRequestError,
+    MeshRpcError,
     NoHealthyUpstreamError,
     NoRouteError,
     OutsideMeshError,
     ServiceResolutionError,
 )
-from proxyless_mesh.integrations import AsyncMeshTransport, MeshTransport
+from proxyless_mesh.integrations import (
+    AioMeshChannel,
+    AsyncMeshTransport,
+    MeshChannel,
+    MeshTransport,
+)
 from proxyless_mesh.mesh import Mesh
 
 __all__ = [
+    "AioMeshChannel",
     "AsyncMeshTransport",
     "Bootstrap",
     "BootstrapError",
     "ControlPlaneUnavailableError",
     "Mesh",
+    "MeshChannel",
     "MeshError",
     "MeshRequestError",
+    "MeshRpcError",
     "MeshTransport",
     "NoHealthyUpstreamError",
     "NoRouteError",

@@ -16,7 +16,7 @@ from proxyless_mesh.errors import (
     OutsideMeshError,
 )
 from proxyless_mesh.model import Endpoint
-from proxyless_mesh.routing import HeaderLookup
+from proxyless_mesh.routing import HeaderLookup, RouteDecision
 
 ALLOW_ANY: Final = "ALLOW_ANY"
 REGISTRY_ONLY: Final = "REGISTRY_ONLY"
@@ -43,7 +43,7 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
-def plan(
+def route_request(
     snapshot: MeshSnapshot,
     authority: str,
     path: str,
@@ -52,9 +52,10 @@ def plan(
     *,
     outbound_policy: str,
     request: object = None,
-) -> Endpoint | _Unresolved | None:
-    """Where this request goes: an Endpoint, None to pass it through untouched
-    (not a mesh service, outbound policy ALLOW_ANY), or UNRESOLVED.
+) -> RouteDecision | _Unresolved | None:
+    """The route decision for this request: a RouteDecision, None to pass it
+    through untouched (not a mesh service, outbound policy ALLOW_ANY), or
+    UNRESOLVED when the snapshot has not heard of the authority yet.
 
     `request` is handed to the raised errors (httpx wants it on its errors).
     """
@@ -75,6 +76,13 @@ def plan(
             f"no route of {authority} matches {method} {path}",
             request=request,  # type: ignore[arg-type]
         )
+    return decision
+
+
+def pick_endpoint(
+    snapshot: MeshSnapshot, authority: str, decision: RouteDecision, request: object = None
+) -> Endpoint:
+    """An endpoint of the decision's cluster, or NoHealthyUpstreamError saying why not."""
     balancer = snapshot.balancers.get(decision.cluster)
     if balancer is None:
         raise NoHealthyUpstreamError(
@@ -89,3 +97,22 @@ def plan(
             request=request,  # type: ignore[arg-type]
         )
     return endpoint
+
+
+def plan(
+    snapshot: MeshSnapshot,
+    authority: str,
+    path: str,
+    method: str,
+    lookup: HeaderLookup,
+    *,
+    outbound_policy: str,
+    request: object = None,
+) -> Endpoint | _Unresolved | None:
+    """route_request() then pick_endpoint(): an Endpoint, None or UNRESOLVED."""
+    decision = route_request(
+        snapshot, authority, path, method, lookup, outbound_policy=outbound_policy, request=request
+    )
+    if decision is None or decision is UNRESOLVED:
+        return decision
+    return pick_endpoint(snapshot, authority, decision, request)  # type: ignore[arg-type]

@@ -7,8 +7,10 @@ do about it.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Collection
+from typing import Any, ClassVar
 
+import grpc
 import httpx
 
 
@@ -76,3 +78,91 @@ class ServiceResolutionError(MeshRequestError):
     unreachable and this host was never resolved before."""
 
     response_flag = "NC"
+
+
+class MeshRpcError(MeshError, grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """A gRPC call the mesh could not make (library-mode channels). It is a
+    `grpc.RpcError` and a `grpc.Call`, like the errors grpcio raises, so
+    `except grpc.RpcError as e: e.code()` works unchanged. The Envoy response
+    flag is in `response_flag` and in the trailing metadata
+    (`x-mesh-response-flags`)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, response_flag: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+        self.response_flag = response_flag
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def initial_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def trailing_metadata(self) -> Any:
+        return (("x-mesh-response-flags", self.response_flag),)
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: object) -> bool:
+        return False
+
+
+class IdentityError(MeshError):
+    """This workload could not get or keep its mesh identity (its SPIFFE
+    certificate from the control plane's CA). Subclasses say why."""
+
+
+class IdentityConfigError(IdentityError):
+    """The identity settings are incomplete: no CA address, no namespace or
+    service account in the bootstrap node metadata, or no join token (neither
+    `proxyless_mesh.token` in the bootstrap nor PROXYLESS_MESH_TOKEN). The
+    message names what is missing and where to put it."""
+
+
+class TokenRejectedError(IdentityError):
+    """The CA refused to sign: the join token is expired, forged, or grants
+    another identity than the one asked for, or the renewal certificate is no
+    longer trusted. `code` is the gRPC status name (UNAUTHENTICATED or
+    PERMISSION_DENIED) and `reason` the CA's explanation; mint a fresh token
+    with `meshctl token create --namespace NS --service-account SA`."""
+
+    def __init__(self, message: str, *, code: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class CertificateAuthorityUnavailableError(IdentityError):
+    """The CA could not be reached or failed (not a refusal): the workload
+    keeps its current certificate, if any, and retries with backoff. The
+    message names the CA address and the gRPC status."""
+
+
+class PeerIdentityError(MeshRequestError):
+    """The peer's certificate chain is valid but names another SPIFFE ID than
+    the ones expected (or none), so the connection was closed. `expected` and
+    `actual` say both; check the destination's `serviceAccount` (ServiceEntry /
+    WorkloadEntry) against the identity the peer was issued. A subclass of
+    httpx.TransportError through MeshRequestError, so httpx callers catch it
+    where they catch connection failures (Envoy flag UF)."""
+
+    response_flag = "UF"
+
+    def __init__(self, expected: Collection[str], actual: str | None, *, peer: str = "") -> None:
+        self.expected = frozenset(expected)
+        self.actual = actual
+        self.peer = peer
+        want = ", ".join(sorted(self.expected)) or "any SPIFFE ID"
+        where = f" at {peer}" if peer else ""
+        super().__init__(f"peer{where} presented {actual or 'no SPIFFE ID'}, expected {want}")

@@ -14,17 +14,25 @@ import concurrent.futures
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
+import grpc
+import grpc.aio
 import httpx
 
 from proxyless_mesh._outbound import ALLOW_ANY, REGISTRY_ONLY
 from proxyless_mesh._snapshot import MeshSnapshot, build_snapshot
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import ControlPlaneUnavailableError, MeshError
-from proxyless_mesh.integrations import AsyncMeshTransport, MeshTransport
+from proxyless_mesh.integrations import (
+    AioMeshChannel,
+    AsyncMeshTransport,
+    MeshChannel,
+    MeshTransport,
+    normalize_target,
+)
 from proxyless_mesh.xds_client import XdsClient, XdsState
 
 log = logging.getLogger("proxyless_mesh")
@@ -93,6 +101,36 @@ class Mesh:
         self, inner: httpx.AsyncBaseTransport | None = None
     ) -> AsyncMeshTransport:
         return AsyncMeshTransport(self, inner)
+
+    def grpc_channel(
+        self, target: str, *, native: bool = False, options: Sequence[tuple[str, Any]] = ()
+    ) -> grpc.Channel:
+        """A sync gRPC channel to a mesh service (`host:port`).
+
+        Library mode (default): the mesh routes and balances each call over
+        per-endpoint sub-channels. `native=True`: grpcio's own xDS client
+        (`xds:///` target) follows the same control plane; see the README for
+        what each mode supports.
+        """
+        if native:
+            return grpc.insecure_channel(self._native_target(target), options=options)
+        return MeshChannel(self, target, options)
+
+    def aio_grpc_channel(
+        self, target: str, *, native: bool = False, options: Sequence[tuple[str, Any]] = ()
+    ) -> grpc.aio.Channel:
+        """The asyncio twin of grpc_channel()."""
+        if native:
+            return grpc.aio.insecure_channel(self._native_target(target), options=options)
+        return AioMeshChannel(self, target, options)
+
+    def _native_target(self, target: str) -> str:
+        """grpcio reads its bootstrap from the environment when it creates its
+        xDS client (once per process). Unless the application set one, give it
+        this mesh's bootstrap, so both clients follow the same control plane."""
+        if "GRPC_XDS_BOOTSTRAP" not in os.environ and "GRPC_XDS_BOOTSTRAP_CONFIG" not in os.environ:
+            os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = self.bootstrap.to_json()
+        return f"xds:///{normalize_target(target)}"
 
     # -- config updates ----------------------------------------------------
 

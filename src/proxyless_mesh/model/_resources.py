@@ -223,7 +223,8 @@ class RetryPolicy:
     base_interval: float = 0.025
     max_interval: float = 0.25
     retry_other_hosts: bool = True  # retry_host_predicate previous_hosts
-    retry_other_priorities: bool = False  # retry_priority previous_priorities (retryRemoteLocalities)
+    # retry_priority previous_priorities (Istio retryRemoteLocalities)
+    retry_other_priorities: bool = False
 
 
 @dataclass(frozen=True, slots=True)
