@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from proxyless_mesh.balancer import ClusterBalancer, UsableEndpoints, usable_endpoints
+from proxyless_mesh.balancer import ClusterBalancer
 from proxyless_mesh.model import Cluster, ClusterLoadAssignment
 from proxyless_mesh.routing import RouteTable, compile_virtual_host, find_virtual_host
 from proxyless_mesh.xds_client import XdsState
@@ -78,12 +78,7 @@ def build_snapshot(state: XdsState, previous: MeshSnapshot | None = None) -> Mes
             balancers[name] = old
             sources[name] = old_sources.get(name, source)
             continue
-        usable = (
-            usable_endpoints(assignment)
-            if cluster is not None
-            else UsableEndpoints((), "the control plane has no such cluster")
-        )
-        balancers[name] = ClusterBalancer(name, usable)
+        balancers[name] = ClusterBalancer(cluster, assignment, previous=old, name=name)
         sources[name] = source
     return MeshSnapshot(
         routes=routes,

@@ -1,12 +1,16 @@
-"""Endpoint choice for a cluster: health filtering and load-balancing pickers."""
+"""Endpoint choice for a cluster: Envoy's load-balancing policies, priority
+and locality weighting, health, slow start and outlier detection."""
 
-from proxyless_mesh.balancer._cluster import ClusterBalancer, UsableEndpoints, usable_endpoints
-from proxyless_mesh.balancer._round_robin import RoundRobinPicker, smooth_schedule
+from proxyless_mesh.balancer._cluster import ClusterBalancer
+from proxyless_mesh.balancer._hashing import CookieToSet, hash64, hash_key
+from proxyless_mesh.balancer._outcome import Outcome
+from proxyless_mesh.balancer._schedule import smooth_schedule
 
 __all__ = [
     "ClusterBalancer",
-    "RoundRobinPicker",
-    "UsableEndpoints",
+    "CookieToSet",
+    "Outcome",
+    "hash64",
+    "hash_key",
     "smooth_schedule",
-    "usable_endpoints",
 ]
