@@ -1,0 +1,309 @@
+"""One request's life as a generator: faults, limits, tries, retries, deadline.
+
+Like httpx's `Auth.auth_flow`, the engine makes every decision and does no
+I/O: it yields `Sleep`, `WaitForSlot` and `Send` commands, a driver (sync or
+async) performs them and sends back None or an `AttemptResult`, and the
+generator's return value (`StopIteration.value`) is the `Finish`.
+
+Order, as Envoy's filter chain has it: the fault filter first (a delay, then an
+abort that never touches the cluster), then the cluster's circuit breakers,
+then the router's tries. The route timeout starts after the fault delay, as
+Envoy's router timer does.
+
+Decisions where Envoy gave us a choice to make in-process, stated once:
+- A retry is skipped when the route deadline would pass during its backoff:
+  Envoy would sleep into a certain 504; we end at once with the outcome we have
+  (noted on the Finish).
+- Out of retries (flag URX) with a response: that response is returned, as
+  Envoy does. Without one: the error of the last failure (UF, UC, UR or UT),
+  with URX among the flags.
+- No endpoint left for a retry: error UH (Envoy answers a local 503 UH then),
+  not the previous attempt's response.
+- A retry denied by max_retries or the retry budget: the outcome we have,
+  with flag UO (Envoy's router sets UpstreamOverflow then).
+- Counters are released in a `finally`, so a driver that abandons the flow
+  (`close()`, an exception thrown in, garbage collection) releases them too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection, Generator
+
+from proxyless_mesh.model import Endpoint, FaultConfig, RetryPolicy
+from proxyless_mesh.resilience._backoff import wait_envoy_jittered
+from proxyless_mesh.resilience._deadline import expected_timeout_ms
+from proxyless_mesh.resilience._limits import Admission, ClusterResources, SlotTicket
+from proxyless_mesh.resilience._retry_on import compile_retry_on
+from proxyless_mesh.resilience._types import (
+    AttemptResult,
+    Command,
+    FailureKind,
+    Finish,
+    MeshFailure,
+    Send,
+    Sleep,
+    WaitForSlot,
+)
+
+Flow = Generator[Command, AttemptResult | None, Finish]
+
+_FAILURE_FLAGS = {
+    FailureKind.CONNECT_FAILURE: ("UF", "connect failure"),
+    FailureKind.RESET: ("UC", "connection reset before a response"),
+    FailureKind.REFUSED_STREAM: ("UR", "stream refused (REFUSED_STREAM)"),
+    FailureKind.TIMEOUT: ("UT", "per-try timeout"),
+}
+
+
+def _no_reason() -> str:
+    return "no endpoint can take the request"
+
+
+def fault_draw(rng: random.Random, percentage: float) -> bool:
+    """True with probability `percentage`/100 (one draw, as gRFC A33 does)."""
+    return percentage >= 100.0 or (percentage > 0.0 and rng.random() * 100.0 < percentage)
+
+
+def request_flow(
+    *,
+    route_name: str,
+    cluster: str,
+    policy: RetryPolicy | None,
+    route_timeout: float | None,
+    pick: Callable[[Collection[Endpoint]], Endpoint | None],
+    resources: ClusterResources,
+    clock: Callable[[], float],
+    rng: random.Random,
+    replayable: bool,
+    fault: FaultConfig | None = None,
+    no_endpoint_reason: Callable[[], str] = _no_reason,
+) -> Flow:
+    """Drive one request (see the module docstring for the protocol).
+
+    `pick(exclude)` returns an endpoint, avoiding those in `exclude` when it
+    can (it may return one of them when nothing else is left, as Envoy's
+    previous_hosts predicate gives up after a few reselections), or None when
+    the cluster has none; `no_endpoint_reason()` then says why (flag UH).
+    `replayable` is False when the body cannot be sent again (not buffered):
+    such a request gets one try. `route_timeout` None or 0 means no deadline.
+    """
+    flags: list[str] = []
+    if fault is not None:
+        if fault.delay is not None and fault_draw(rng, fault.delay.percentage):
+            flags.append("DI")
+            yield Sleep(fault.delay.delay)
+        abort = fault.abort
+        if (
+            abort is not None
+            and (abort.http_status is not None or abort.grpc_status is not None)
+            and fault_draw(rng, abort.percentage)
+        ):
+            flags.append("FI")
+            return Finish(
+                abort_status=abort.http_status,
+                abort_grpc_status=abort.grpc_status,
+                flags=tuple(flags),
+            )
+    deadline = clock() + route_timeout if route_timeout else None
+    lease = _Lease(resources)
+    try:
+        refusal = yield from _limited(
+            lease, cluster, route_name, route_timeout, deadline, clock, flags
+        )
+        if refusal is not None:
+            return refusal
+        return (
+            yield from _tries(
+                lease,
+                route_name=route_name,
+                cluster=cluster,
+                policy=policy,
+                route_timeout=route_timeout,
+                deadline=deadline,
+                pick=pick,
+                clock=clock,
+                rng=rng,
+                replayable=replayable,
+                no_endpoint_reason=no_endpoint_reason,
+                flags=flags,
+            )
+        )
+    finally:
+        lease.release()
+
+
+class _Lease:
+    """What one flow holds in its cluster's counters, released exactly once."""
+
+    __slots__ = ("holds_request", "holds_retry", "resources", "ticket")
+
+    def __init__(self, resources: ClusterResources) -> None:
+        self.resources = resources
+        self.holds_request = False
+        self.holds_retry = False
+        self.ticket: SlotTicket | None = None
+
+    def end_retry(self) -> None:
+        if self.holds_retry:
+            self.holds_retry = False
+            self.resources.release_retry()
+
+    def release(self) -> None:
+        self.end_retry()
+        if self.ticket is not None:
+            ticket, self.ticket = self.ticket, None
+            if self.resources.cancel(ticket):
+                self.holds_request = True
+        if self.holds_request:
+            self.holds_request = False
+            self.resources.release_request()
+
+
+def _limited(
+    lease: _Lease,
+    cluster: str,
+    route_name: str,
+    route_timeout: float | None,
+    deadline: float | None,
+    clock: Callable[[], float],
+    flags: list[str],
+) -> Generator[Command, AttemptResult | None, Finish | None]:
+    """Take an active slot (waiting in line if pending); a Finish on failure."""
+    resources = lease.resources
+    admission, ticket = resources.admit()
+    if admission is Admission.ADMITTED:
+        lease.holds_request = True
+        return None
+    if admission is Admission.OVERFLOW or ticket is None:
+        limits = resources.limits
+        flags.append("UO")
+        return Finish(
+            error=MeshFailure(
+                "UO",
+                f"cluster {cluster} is over its limits: {limits.max_requests} concurrent "
+                f"requests (http2MaxRequests) and {limits.max_pending_requests} pending "
+                "(http1MaxPendingRequests) are taken; the request was not sent",
+            ),
+            flags=tuple(flags),
+        )
+    lease.ticket = ticket
+    while not ticket.granted:
+        remaining = None if deadline is None else deadline - clock()
+        if remaining is not None and remaining <= 0:
+            if lease.resources.cancel(ticket):
+                break  # granted at the last moment: take it (the clock decides below)
+            lease.ticket = None
+            flags.append("UT")
+            return Finish(error=_route_timeout(route_name, route_timeout, 0), flags=tuple(flags))
+        yield WaitForSlot(ticket, remaining)
+    lease.ticket = None
+    lease.holds_request = True
+    return None
+
+
+def _route_timeout(route_name: str, limit: float | None, attempts: int) -> MeshFailure:
+    return MeshFailure(
+        "UT",
+        f"route {route_name!r} timed out: its timeout of {limit:g}s passed "
+        f"after {attempts} attempt(s); raise the VirtualService timeout or fix the upstream",
+        timeout=limit,
+    )
+
+
+def _tries(
+    lease: _Lease,
+    *,
+    route_name: str,
+    cluster: str,
+    policy: RetryPolicy | None,
+    route_timeout: float | None,
+    deadline: float | None,
+    pick: Callable[[Collection[Endpoint]], Endpoint | None],
+    clock: Callable[[], float],
+    rng: random.Random,
+    replayable: bool,
+    no_endpoint_reason: Callable[[], str],
+    flags: list[str],
+) -> Generator[Command, AttemptResult | None, Finish]:
+    notes: list[str] = []
+    per_try = policy.per_try_timeout if policy is not None else None
+    retriable = compile_retry_on(policy) if policy is not None else None
+    avoid_tried = policy is not None and policy.retry_other_hosts
+    tried: list[Endpoint] = []
+    attempt = 0
+
+    def end(result: AttemptResult | None, error: MeshFailure | None = None) -> Finish:
+        if error is None and result is not None and result.status is None:
+            flag, what = _FAILURE_FLAGS[result.failure or FailureKind.RESET]
+            limit = per_try if result.failure is FailureKind.TIMEOUT else None
+            detail = f" of {per_try:g}s" if limit is not None else ""
+            error = MeshFailure(
+                flag,
+                f"{what}{detail} to {tried[-1].address}:{tried[-1].port} in cluster "
+                f"{cluster} (route {route_name!r}, attempt {attempt})",
+                timeout=limit,
+            )
+        if error is not None and error.flag not in flags:
+            flags.insert(0, error.flag)
+        return Finish(
+            use_last_response=error is None,
+            error=error,
+            flags=tuple(flags),
+            notes=tuple(notes),
+            attempts=attempt,
+        )
+
+    while True:
+        attempt += 1
+        endpoint = pick(tried if avoid_tried else ())
+        if endpoint is None:
+            return end(
+                None,
+                MeshFailure(
+                    "UH", f"no healthy upstream in cluster {cluster}: {no_endpoint_reason()}"
+                ),
+            )
+        timeout = per_try
+        by_route = False
+        if deadline is not None:
+            remaining = deadline - clock()
+            if remaining <= 0:
+                return end(None, _route_timeout(route_name, route_timeout, attempt - 1))
+            if timeout is None or remaining <= timeout:
+                timeout, by_route = remaining, True
+        headers: tuple[tuple[str, str], ...] = (("x-envoy-attempt-count", str(attempt)),)
+        if timeout is not None:
+            headers += (("x-envoy-expected-rq-timeout-ms", expected_timeout_ms(timeout)),)
+        tried.append(endpoint)
+        result = yield Send(endpoint, timeout, attempt, headers)
+        lease.end_retry()
+        if result is None:
+            raise TypeError("the driver must send an AttemptResult after a Send")
+        if result.failure is FailureKind.TIMEOUT and by_route:
+            return end(None, _route_timeout(route_name, route_timeout, attempt))
+        if retriable is None or policy is None or not retriable(result):
+            return end(result)
+        if attempt > policy.num_retries:
+            flags.append("URX")
+            return end(result)
+        if not replayable:
+            notes.append("not retried: the request body cannot be replayed (not buffered)")
+            return end(result)
+        backoff = wait_envoy_jittered(policy.base_interval, policy.max_interval, rng)
+        delay = backoff.interval(attempt)
+        if deadline is not None and clock() + delay >= deadline:
+            notes.append(
+                f"not retried: the route timeout of {route_timeout:g}s would pass during "
+                f"the {delay * 1000:.0f} ms backoff"
+            )
+            return end(result)
+        if not lease.resources.try_acquire_retry():
+            flags.append("UO")
+            notes.append(
+                f"not retried: cluster {cluster} is at its concurrent retry limit "
+                "(max_retries or retry budget)"
+            )
+            return end(result)
+        lease.holds_retry = True
+        yield Sleep(delay)
