@@ -34,6 +34,7 @@ from proxyless_mesh.model import (
     LocalityEndpoints,
     MatchKind,
     PathMatcher,
+    RedirectAction,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -315,11 +316,12 @@ def test_route_configuration_full() -> None:
                         match=RouteMatch(path=PathMatcher(MatchKind.REGEX, "/items/[0-9]+")),
                         action=RouteAction(clusters=(WeightedCluster("c1", 1),), timeout=3.0),
                     ),
-                    # Not forwarded by the mesh, but still matches: kept with no action.
+                    # Answered by the mesh with a redirect: no forwarding action.
                     Route(
                         name="redir",
                         match=RouteMatch(path=PathMatcher(MatchKind.PREFIX, "/old")),
                         action=None,
+                        redirect=RedirectAction(response_code=301, path="/new"),
                     ),
                     # The query-parameter route is skipped (gRPC does the same).
                 ),

@@ -35,6 +35,7 @@ from proxyless_mesh.model import (
     LocalityEndpoints,
     RouteConfiguration,
 )
+from proxyless_mesh.xds_client import _decode_policies as policies
 from proxyless_mesh.xds_client._decode_routes import decode_route_configuration_message
 from proxyless_mesh.xds_client._types import (
     HCM_TYPE_URL,
@@ -151,7 +152,8 @@ def decode_route_configuration(resource: Any) -> RouteConfiguration:
 
 
 def decode_cluster(resource: Any) -> Cluster:
-    """An EDS cluster fed over ADS, with a load-balancing policy the mesh knows."""
+    """An EDS cluster fed over ADS, with a load-balancing policy the mesh knows
+    and its tables, outlier detection, limits and timeouts (`_decode_policies`)."""
     msg = unpack_resource(ResourceType.CLUSTER, resource)
     if not msg.name:
         raise XdsResourceError("Cluster has no name")
@@ -163,10 +165,24 @@ def decode_cluster(resource: Any) -> Cluster:
         kind = cluster_pb2.Cluster.DiscoveryType.Name(msg.type)
         raise XdsResourceError(f"discovery type {kind} is not supported (only EDS)")
     _check_config_source(msg.eds_cluster_config.eds_config, "eds_cluster_config.eds_config")
+    lb_policy = _lb_policy(msg)
+    idle_timeout, max_requests_per_connection = policies.http_options(msg)
+    extra: dict[str, Any] = {}
+    if msg.HasField("connect_timeout"):
+        extra["connect_timeout"] = policies.seconds(msg.connect_timeout, "connect_timeout")
     return Cluster(
         name=msg.name,
         eds_service_name=msg.eds_cluster_config.service_name or msg.name,
-        lb_policy=_lb_policy(msg),
+        lb_policy=lb_policy,
+        ring_hash=policies.ring_hash(msg) if lb_policy is LbPolicy.RING_HASH else None,
+        maglev=policies.maglev(msg) if lb_policy is LbPolicy.MAGLEV else None,
+        slow_start=policies.slow_start(msg),
+        outlier_detection=policies.outlier_detection(msg),
+        circuit_breakers=policies.circuit_breakers(msg),
+        panic_threshold=policies.panic_threshold(msg),
+        idle_timeout=idle_timeout,
+        max_requests_per_connection=max_requests_per_connection,
+        **extra,
     )
 
 
@@ -196,7 +212,16 @@ def decode_cluster_load_assignment(resource: Any) -> ClusterLoadAssignment:
     priorities = sorted({loc.priority for loc in localities})
     if priorities != list(range(len(priorities))):
         raise XdsResourceError(f"sparse priority list {priorities}: priorities must be 0..N-1")
-    return ClusterLoadAssignment(cluster_name=msg.cluster_name, localities=tuple(localities))
+    factor = 140
+    if msg.policy.HasField("overprovisioning_factor"):
+        factor = msg.policy.overprovisioning_factor.value
+        if factor == 0:
+            raise XdsResourceError("policy.overprovisioning_factor must be greater than 0")
+    return ClusterLoadAssignment(
+        cluster_name=msg.cluster_name,
+        localities=tuple(localities),
+        overprovisioning_factor=factor,
+    )
 
 
 DECODERS: dict[ResourceType, Callable[[Any], Any]] = {

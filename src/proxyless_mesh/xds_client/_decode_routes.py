@@ -11,9 +11,14 @@ from typing import Any
 
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import (
+    HashPolicy,
+    HashPolicyKind,
     HeaderMatcher,
     MatchKind,
+    MirrorPolicy,
     PathMatcher,
+    RegexRewrite,
+    RetryPolicy,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -22,8 +27,11 @@ from proxyless_mesh.model import (
     VirtualHost,
     WeightedCluster,
 )
+from proxyless_mesh.xds_client import _decode_policies as policies
 
 _UINT32_MAX = 2**32 - 1
+_PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+_PREVIOUS_PRIORITIES = "previous_priorities"
 
 # Legacy HeaderMatcher fields that hold a plain string, and what they mean.
 _HEADER_STRING_FIELDS = {
@@ -54,13 +62,13 @@ def _virtual_host(vh: Any, where: str) -> VirtualHost:
         raise XdsResourceError(f"{where} ({vh.name!r}): no domains")
     routes = []
     for i, r in enumerate(vh.routes):
-        route = _route(r, f"{where}.routes[{i}]")
+        route = _route(r, vh, f"{where}.routes[{i}]")
         if route is not None:
             routes.append(route)
     return VirtualHost(name=vh.name, domains=tuple(vh.domains), routes=tuple(routes))
 
 
-def _route(r: Any, where: str) -> Route | None:
+def _route(r: Any, vh: Any, where: str) -> Route | None:
     """A Route, or None for a route that can never match here and is skipped
     (gRPC does the same for routes with query-parameter matchers)."""
     match = _route_match(r.match, f"{where}.match")
@@ -69,11 +77,24 @@ def _route(r: Any, where: str) -> Route | None:
     which = r.WhichOneof("action")
     if which is None:
         raise XdsResourceError(f"{where}: route has no action")
-    # redirect / direct_response / filter_action / non_forwarding_action: the
-    # mesh does not serve these, but the route still matches (and then fails
-    # the request), so it is kept with action None instead of skipped.
-    action = _route_action(r.route, f"{where}.route") if which == "route" else None
-    return Route(name=r.name, match=match, action=action)
+    # direct_response / filter_action / non_forwarding_action: the mesh does not
+    # serve these, but the route still matches (and then fails the request), so
+    # it is kept with action None instead of skipped.
+    action = _route_action(r.route, vh, f"{where}.route") if which == "route" else None
+    redirect = policies.redirect(r.redirect, f"{where}.redirect") if which == "redirect" else None
+    return Route(
+        name=r.name,
+        match=match,
+        action=action,
+        redirect=redirect,
+        fault=policies.fault(r, vh, where),
+        request_headers=policies.header_mutation(
+            r.request_headers_to_add, r.request_headers_to_remove, f"{where}.request_headers"
+        ),
+        response_headers=policies.header_mutation(
+            r.response_headers_to_add, r.response_headers_to_remove, f"{where}.response_headers"
+        ),
+    )
 
 
 def _route_match(m: Any, where: str) -> RouteMatch | None:
@@ -139,7 +160,7 @@ def _regex(pattern: str, where: str) -> str:
     return pattern
 
 
-def _route_action(a: Any, where: str) -> RouteAction:
+def _route_action(a: Any, vh: Any, where: str) -> RouteAction:
     which = a.WhichOneof("cluster_specifier")
     if which == "cluster":
         if not a.cluster:
@@ -151,7 +172,125 @@ def _route_action(a: Any, where: str) -> RouteAction:
         raise XdsResourceError(f"{where}: no cluster specifier")
     else:
         raise XdsResourceError(f"{where}: cluster specifier {which} is not supported")
-    return RouteAction(clusters=clusters, timeout=_timeout(a, where))
+    return RouteAction(
+        clusters=clusters,
+        timeout=_timeout(a, where),
+        # gRPC: the route's retry policy, else the virtual host's.
+        retry_policy=_retry_policy(
+            a.retry_policy if a.HasField("retry_policy") else vh.retry_policy,
+            f"{where}.retry_policy",
+        )
+        if a.HasField("retry_policy") or vh.HasField("retry_policy")
+        else None,
+        hash_policies=tuple(
+            p
+            for i, h in enumerate(a.hash_policy)
+            if (p := _hash_policy(h, f"{where}.hash_policy[{i}]")) is not None
+        ),
+        mirrors=tuple(
+            _mirror(m, f"{where}.request_mirror_policies[{i}]")
+            for i, m in enumerate(a.request_mirror_policies)
+        ),
+        prefix_rewrite=a.prefix_rewrite or None,
+        regex_rewrite=_regex_rewrite(a, where),
+        host_rewrite=_host_rewrite(a, where),
+    )
+
+
+def _retry_policy(rp: Any, where: str) -> RetryPolicy:
+    """Envoy's RetryPolicy with gRPC's checks on the backoff (gRFC A44)."""
+    conditions = frozenset(c.strip() for c in rp.retry_on.split(",") if c.strip())
+    base, maximum = 0.025, None
+    if rp.HasField("retry_back_off"):
+        back_off = rp.retry_back_off
+        if not back_off.HasField("base_interval"):
+            raise XdsResourceError(f"{where}.retry_back_off.base_interval is required")
+        base = policies.seconds(back_off.base_interval, f"{where}.retry_back_off.base_interval")
+        if base == 0:
+            raise XdsResourceError(f"{where}.retry_back_off.base_interval must be greater than 0")
+        if back_off.HasField("max_interval"):
+            maximum = policies.seconds(back_off.max_interval, f"{where}.retry_back_off")
+            if maximum < base:
+                raise XdsResourceError(f"{where}.retry_back_off.max_interval < base_interval")
+    per_try = None
+    if rp.HasField("per_try_timeout"):
+        per_try = policies.seconds(rp.per_try_timeout, f"{where}.per_try_timeout") or None
+    names = {p.name for p in rp.retry_host_predicate} | {
+        p.typed_config.type_url.rsplit(".", 1)[-1] for p in rp.retry_host_predicate
+    }
+    priority = {rp.retry_priority.name, rp.retry_priority.typed_config.type_url}
+    return RetryPolicy(
+        retry_on=conditions,
+        num_retries=rp.num_retries.value if rp.HasField("num_retries") else 1,
+        per_try_timeout=per_try,
+        retriable_status_codes=tuple(rp.retriable_status_codes),
+        retriable_headers=tuple(
+            _header_matcher(h, f"{where}.retriable_headers[{i}]")
+            for i, h in enumerate(rp.retriable_headers)
+        ),
+        base_interval=base,
+        max_interval=maximum if maximum is not None else 10 * base,
+        retry_other_hosts=bool(names & {_PREVIOUS_HOSTS, "PreviousHostsPredicate"}),
+        retry_other_priorities=any(_PREVIOUS_PRIORITIES in p for p in priority if p),
+    )
+
+
+def _hash_policy(h: Any, where: str) -> HashPolicy | None:
+    """A hash key source; kinds the mesh does not know (filter_state) are skipped,
+    as gRPC skips the ones it does not support."""
+    which = h.WhichOneof("policy_specifier")
+    if which == "header":
+        if not h.header.header_name:
+            raise XdsResourceError(f"{where}.header.header_name is empty")
+        return HashPolicy(HashPolicyKind.HEADER, h.header.header_name.lower(), terminal=h.terminal)
+    if which == "cookie":
+        if not h.cookie.name:
+            raise XdsResourceError(f"{where}.cookie.name is empty")
+        ttl = (
+            policies.seconds(h.cookie.ttl, f"{where}.cookie.ttl")
+            if h.cookie.HasField("ttl")
+            else None
+        )
+        return HashPolicy(
+            HashPolicyKind.COOKIE, h.cookie.name, h.cookie.path, ttl, terminal=h.terminal
+        )
+    if which == "connection_properties":
+        if not h.connection_properties.source_ip:
+            return None
+        return HashPolicy(HashPolicyKind.SOURCE_IP, terminal=h.terminal)
+    if which == "query_parameter":
+        if not h.query_parameter.name:
+            raise XdsResourceError(f"{where}.query_parameter.name is empty")
+        return HashPolicy(
+            HashPolicyKind.QUERY_PARAMETER, h.query_parameter.name, terminal=h.terminal
+        )
+    return None
+
+
+def _mirror(m: Any, where: str) -> MirrorPolicy:
+    if m.cluster_header or not m.cluster:
+        raise XdsResourceError(f"{where}: only a named cluster is supported")
+    fraction = 1.0
+    if m.HasField("runtime_fraction"):
+        value = m.runtime_fraction.default_value
+        fraction = policies.fraction_percent(value, f"{where}.runtime_fraction") / 100.0
+    return MirrorPolicy(cluster=m.cluster, fraction=fraction)
+
+
+def _regex_rewrite(a: Any, where: str) -> RegexRewrite | None:
+    if not a.HasField("regex_rewrite"):
+        return None
+    pattern = _regex(a.regex_rewrite.pattern.regex, f"{where}.regex_rewrite.pattern")
+    return RegexRewrite(pattern=pattern, substitution=a.regex_rewrite.substitution)
+
+
+def _host_rewrite(a: Any, where: str) -> str | None:
+    which = a.WhichOneof("host_rewrite_specifier")
+    if which is None:
+        return None
+    if which != "host_rewrite_literal":
+        raise XdsResourceError(f"{where}.{which} is not supported (only host_rewrite_literal)")
+    return a.host_rewrite_literal or None
 
 
 def _weighted_clusters(wc: Any, where: str) -> tuple[WeightedCluster, ...]:

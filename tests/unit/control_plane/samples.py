@@ -8,14 +8,29 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from mesh_control_plane.config.model import (
+    ConnectionPool,
+    ConsistentHash,
     Destination,
     DestinationRule,
+    FaultAbort,
+    FaultDelay,
+    HeaderOperations,
+    Headers,
+    HTTPFaultInjection,
     HTTPMatchRequest,
+    HTTPRedirect,
+    HTTPRetry,
+    HTTPRewrite,
     HTTPRoute,
     HTTPRouteDestination,
     LoadBalancerSettings,
+    LocalityLbSetting,
+    LocalityRule,
     MeshConfig,
     Meta,
+    Mirror,
+    OutlierDetection,
+    PortTrafficPolicy,
     ServiceEntry,
     ServicePort,
     StringMatch,
@@ -247,6 +262,137 @@ def workload_entries() -> MeshConfig:
     )
 
 
+SHOP = "shop.mesh"
+SHADOW = "shadow.mesh"
+STOCK = "stock.mesh"
+
+
+def policies() -> MeshConfig:
+    """Every DestinationRule policy and VirtualService resilience field at once."""
+    shop_rule = DestinationRule(
+        meta=meta("DestinationRule", "shop"),
+        host=SHOP,
+        traffic_policy=TrafficPolicy(
+            load_balancer=LoadBalancerSettings(
+                consistent_hash=ConsistentHash("header", "x-user", minimum_ring_size=2048),
+                locality_lb_setting=LocalityLbSetting(
+                    failover=(LocalityRule("us-east", {"eu-west": 0}),)
+                ),
+            ),
+            outlier_detection=OutlierDetection(
+                consecutive_5xx_errors=3,
+                consecutive_gateway_errors=2,
+                consecutive_local_origin_failures=4,
+                split_external_local_origin_errors=True,
+                interval=5.0,
+                base_ejection_time=60.0,
+                max_ejection_percent=50,
+                min_health_percent=25,
+            ),
+            connection_pool=ConnectionPool(
+                max_connections=10,
+                connect_timeout=0.25,
+                http1_max_pending_requests=1,
+                http2_max_requests=2,
+                max_requests_per_connection=3,
+                idle_timeout=30.0,
+            ),
+            port_level_settings=(
+                PortTrafficPolicy(
+                    9090,
+                    load_balancer=LoadBalancerSettings(simple="LEAST_REQUEST", warmup_duration=20),
+                ),
+            ),
+        ),
+        subsets=(
+            Subset("v1", {"version": "v1"}),
+            Subset(
+                "v2",
+                {"version": "v2"},
+                TrafficPolicy(
+                    load_balancer=LoadBalancerSettings(
+                        consistent_hash=ConsistentHash("cookie", "sid", "/", 3600.0, maglev=True),
+                        locality_lb_setting=LocalityLbSetting(
+                            distribute=(LocalityRule("*", {"us-east/*": 70, "eu-west/*": 30}),)
+                        ),
+                    ),
+                    connection_pool=ConnectionPool(max_retries=7),
+                ),
+            ),
+        ),
+    )
+    stock_rule = DestinationRule(
+        meta=meta("DestinationRule", "stock"),
+        host=STOCK,
+        traffic_policy=TrafficPolicy(
+            load_balancer=LoadBalancerSettings(simple="ROUND_ROBIN", warmup_duration=30.0),
+            connection_pool=ConnectionPool(idle_timeout=60.0),
+        ),
+    )
+    shop_routes = VirtualService(
+        meta=meta("VirtualService", "shop"),
+        hosts=(SHOP,),
+        http=(
+            HTTPRoute(
+                name="moved",
+                match=(HTTPMatchRequest(uri=StringMatch("prefix", "/old")),),
+                redirect=HTTPRedirect("/new", "new.mesh", 8443, "https", 308),
+                headers=Headers(response=HeaderOperations(set=(("x-moved", "yes"),))),
+            ),
+            HTTPRoute(
+                name="api",
+                match=(HTTPMatchRequest(uri=StringMatch("prefix", "/api")),),
+                route=(to(SHOP, "v1", 90), to(SHOP, "v2", 10)),
+                timeout=3.0,
+                retries=HTTPRetry(
+                    attempts=3,
+                    per_try_timeout=0.5,
+                    retry_on=("5xx", "unavailable", "retriable-status-codes"),
+                    retriable_status_codes=(503, 429),
+                    retry_remote_localities=True,
+                ),
+                fault=HTTPFaultInjection(
+                    delay=FaultDelay(0.1, 0.5), abort=FaultAbort(0.0, grpc_status=14)
+                ),
+                mirrors=(Mirror(Destination(SHADOW), 12.5),),
+                rewrite=HTTPRewrite(uri="/v2/api", authority="internal.shop.mesh"),
+                headers=Headers(
+                    request=HeaderOperations(
+                        set=(("x-a", "1"),), add=(("x-b", "2"),), remove=("x-c",)
+                    ),
+                    response=HeaderOperations(remove=("server",)),
+                ),
+            ),
+            HTTPRoute(
+                name="rest",
+                route=(to(SHOP, "v1"),),
+                retries=HTTPRetry(attempts=0),
+                fault=HTTPFaultInjection(abort=FaultAbort(100.0, http_status=503)),
+                mirrors=(Mirror(Destination(SHADOW), 100.0, in_list=True),),
+                rewrite=HTTPRewrite(uri_regex=("^/a/(.*)$", "/b/\\1")),
+            ),
+        ),
+    )
+    return MeshConfig(
+        service_entries=(
+            service(
+                SHOP,
+                (http(8080), ServicePort(9090, "GRPC", "grpc")),
+                (
+                    WorkloadEndpoint("10.4.0.1", labels={"version": "v1"}, locality="us-east/a"),
+                    WorkloadEndpoint("10.4.0.2", labels={"version": "v1"}, locality="us-west/b"),
+                    WorkloadEndpoint("10.4.0.3", labels={"version": "v2"}, locality="eu-west/c"),
+                    WorkloadEndpoint("10.4.0.4", labels={"version": "v2"}, locality="us-east/a"),
+                ),
+            ),
+            service(SHADOW, (http(8080),), (WorkloadEndpoint("10.4.1.1"),)),
+            service(STOCK, (ServicePort(9090, "GRPC", "grpc"),), (WorkloadEndpoint("10.4.2.1"),)),
+        ),
+        destination_rules=(shop_rule, stock_rule),
+        virtual_services=(shop_routes,),
+    )
+
+
 SAMPLES: Mapping[str, Callable[[], MeshConfig]] = {
     "simple": simple,
     "canary": canary,
@@ -254,4 +400,5 @@ SAMPLES: Mapping[str, Callable[[], MeshConfig]] = {
     "grpc": grpc_service,
     "localities": localities,
     "workload_entries": workload_entries,
+    "policies": policies,
 }

@@ -242,7 +242,7 @@ def test_unsupported_features_are_named_not_ignored() -> None:
     text = vs(
         """
         http:
-        - retries: {attempts: 3}
+        - corsPolicy: {}
           match: [{queryParams: {a: {exact: b}}}]
           route: [{destination: {host: reviews.mesh}}]
         tcp: []
@@ -250,19 +250,22 @@ def test_unsupported_features_are_named_not_ignored() -> None:
     )
     assert problems(text) == [
         VS + "spec.tcp: not supported yet",
-        VS + "spec.http[0].retries: not supported yet",
+        VS + "spec.http[0].corsPolicy: not supported yet",
         VS + "spec.http[0].match[0].queryParams: not supported yet",
     ]
     text = DR_HEAD + (
         "  trafficPolicy:\n"
-        "    connectionPool: {}\n"
-        "    loadBalancer: {consistentHash: {}, simple: PASSTHROUGH}\n"
+        "    tls: {}\n"
+        "    connectionPool: {tcp: {tcpKeepalive: {}}, http: {h2UpgradePolicy: UPGRADE}}\n"
+        "    loadBalancer: {simple: PASSTHROUGH}\n"
     )
     assert problems(text) == [
-        DR + "spec.trafficPolicy.connectionPool: not supported yet",
-        DR + "spec.trafficPolicy.loadBalancer.consistentHash: not supported yet",
-        DR + "spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported yet "
-        "(supported: ROUND_ROBIN, LEAST_REQUEST, RANDOM)",
+        DR + "spec.trafficPolicy.tls: not supported yet",
+        DR + "spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported: it forwards "
+        "to the original destination address, which a proxyless client does not have (it dials "
+        "by service name); use ROUND_ROBIN, LEAST_REQUEST or RANDOM",
+        DR + "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive: not supported yet",
+        DR + "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: not supported yet",
     ]
     text = SE_HEAD + "  ports: [{number: 443, name: web, protocol: HTTPS}]\n  resolution: DNS\n"
     assert problems(text) == [
@@ -399,7 +402,7 @@ def test_all_problems_of_all_files_are_reported_together(tmp_path: Path) -> None
                 http:
                 - route: [{destination: {host: reviews.mesh}, weight: 100}]
                   timeout: soon
-                  fault: {}
+                  corsPolicy: {}
                 """
             )
         )
@@ -410,7 +413,7 @@ def test_all_problems_of_all_files_are_reported_together(tmp_path: Path) -> None
     assert problems_found == [
         "a.yaml: line 2: could not parse YAML: expected the node content, "
         "but found '<stream end>' (while parsing a flow node)",
-        "b.yaml: VirtualService default/bad: spec.http[0].fault: not supported yet",
+        "b.yaml: VirtualService default/bad: spec.http[0].corsPolicy: not supported yet",
         'b.yaml: VirtualService default/bad: spec.http[0].timeout: invalid duration "soon" '
         '(expected e.g. "1.5s", "300ms", "2m")',
         "b.yaml: ServiceEntry default/bad: spec.ports: missing required field",

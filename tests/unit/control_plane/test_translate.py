@@ -149,7 +149,7 @@ def test_nodes_with_equal_cache_keys_get_identical_resources() -> None:
     config = canary()
     registry = build_static_registry(config)
     a = NodeInfo(id="a", kind=ClientKind.GRPC, locality=("r", "z", "s"))
-    b = NodeInfo(id="b", kind=ClientKind.GRPC, outbound_port=9999)
+    b = NodeInfo(id="b", kind=ClientKind.GRPC, outbound_port=9999, locality=("r", "z", "s"))
     assert a.cache_key == b.cache_key
     assert serialized(translate(config, registry, a)) == serialized(translate(config, registry, b))
     e1 = NodeInfo(id="e", kind=ClientKind.ENVOY, outbound_port=15001)

@@ -68,7 +68,7 @@ def bootstrap_for(rs: ResourceSet) -> bootstrap_pb2.Bootstrap:
     for index, route_config in enumerate(rs.resources[ROUTE].values()):
         manager = hcm_pb2.HttpConnectionManager(stat_prefix=f"inline{index}")
         manager.route_config.CopyFrom(route_config)
-        manager.http_filters.add().CopyFrom(_router(rs))
+        manager.http_filters.extend(_filters(rs))
         inline = listener_pb2.Listener(name=f"inline-routes-{index}")
         inline.address.socket_address.address = "127.0.0.1"
         inline.address.socket_address.port_value = 0
@@ -93,11 +93,14 @@ def _h2_options() -> http_protocol_options_pb2.HttpProtocolOptions:
     return options
 
 
-def _router(rs: ResourceSet) -> hcm_pb2.HttpFilter:
+def _filters(rs: ResourceSet) -> list[hcm_pb2.HttpFilter]:
+    """The outbound listener's HTTP filters (fault, router), so that per-route
+    filter configs are validated by the filter they configure."""
     listener: Any = next(iter(rs.resources[LISTENER].values()))
     manager = hcm_pb2.HttpConnectionManager()
     listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
-    return manager.http_filters[-1]
+    assert [f.name for f in manager.http_filters][-1] == "envoy.filters.http.router"
+    return list(manager.http_filters)
 
 
 @pytest.mark.parametrize("sample", sorted(SAMPLES))

@@ -48,8 +48,19 @@ def test_bad_outbound_port_is_refused_with_the_node_named(value: object) -> None
 
 def test_cache_key_covers_only_what_translate_reads() -> None:
     grpc_a = NodeInfo(id="a", kind=ClientKind.GRPC, locality=("x", "", ""))
-    grpc_b = NodeInfo(id="b", kind=ClientKind.GRPC, outbound_port=1)
+    grpc_b = NodeInfo(id="b", kind=ClientKind.GRPC, outbound_port=1, locality=("x", "", ""))
     assert grpc_a.cache_key == grpc_b.cache_key
+    # Locality and labels decide EDS priorities (localityLbSetting): part of the key.
+    assert grpc_a.cache_key != NodeInfo(id="a", kind=ClientKind.GRPC).cache_key
+    labelled = NodeInfo(id="a", kind=ClientKind.GRPC, locality=("x", "", ""), labels=(("k", "v"),))
+    assert grpc_a.cache_key != labelled.cache_key
     assert grpc_a.cache_key != NodeInfo(id="a", kind=ClientKind.MESH).cache_key
     envoy = NodeInfo(id="e", kind=ClientKind.ENVOY)
     assert envoy.cache_key != NodeInfo(id="e", kind=ClientKind.ENVOY, outbound_port=1).cache_key
+
+
+def test_labels_come_from_istio_labels_metadata() -> None:
+    proto = base_pb2.Node(id="n", user_agent_name="gRPC C-core")
+    proto.metadata.fields["LABELS"].struct_value.fields["app"].string_value = "web"
+    proto.metadata.fields["LABELS"].struct_value.fields["n"].number_value = 1
+    assert NodeInfo.from_proto(proto).labels == (("app", "web"),)

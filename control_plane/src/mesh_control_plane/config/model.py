@@ -64,13 +64,96 @@ class WorkloadEntry:
 
 
 @dataclass(frozen=True)
+class ConsistentHash:
+    """Istio consistentHash: where the key comes from and which hash table.
+
+    `key` is "header", "cookie", "source_ip" or "query_parameter"; `name` is
+    the header (lower-case), cookie or query parameter name. `maglev` chooses
+    a Maglev table (size `table_size`, None for Envoy's default) over a ring
+    (`minimum_ring_size`, None for Envoy's default).
+    """
+
+    key: str
+    name: str = ""
+    cookie_path: str = ""
+    cookie_ttl: float | None = None  # seconds
+    maglev: bool = False
+    minimum_ring_size: int | None = None
+    table_size: int | None = None
+
+
+@dataclass(frozen=True)
+class LocalityRule:
+    """One `distribute` entry (`to`: locality pattern -> weight) or one
+    `failover` entry (`to`: {region: 0}, read by `to_region`)."""
+
+    from_: str
+    to: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def to_region(self) -> str:
+        return next(iter(self.to), "")
+
+
+@dataclass(frozen=True)
+class LocalityLbSetting:
+    enabled: bool = True
+    distribute: tuple[LocalityRule, ...] = ()
+    failover: tuple[LocalityRule, ...] = ()
+    failover_priority: tuple[str, ...] = ()  # label names, most important first
+
+
+@dataclass(frozen=True)
 class LoadBalancerSettings:
-    simple: str | None = None  # ROUND_ROBIN | LEAST_REQUEST | RANDOM | PASSTHROUGH
+    simple: str | None = None  # ROUND_ROBIN | LEAST_REQUEST | RANDOM
+    consistent_hash: ConsistentHash | None = None
+    locality_lb_setting: LocalityLbSetting | None = None
+    warmup_duration: float | None = None  # seconds (warmupDurationSecs)
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    """Istio OutlierDetection; None means "not written" (Istio/Envoy default)."""
+
+    consecutive_5xx_errors: int | None = None
+    consecutive_gateway_errors: int | None = None
+    consecutive_local_origin_failures: int | None = None
+    split_external_local_origin_errors: bool = False
+    interval: float | None = None  # seconds
+    base_ejection_time: float | None = None
+    max_ejection_percent: int | None = None
+    min_health_percent: int | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionPool:
+    """Istio connectionPool tcp/http settings, flattened; None = not written."""
+
+    max_connections: int | None = None
+    connect_timeout: float | None = None  # seconds
+    http1_max_pending_requests: int | None = None
+    http2_max_requests: int | None = None
+    max_requests_per_connection: int | None = None
+    max_retries: int | None = None
+    idle_timeout: float | None = None  # seconds
+
+
+@dataclass(frozen=True)
+class PortTrafficPolicy:
+    """portLevelSettings[]: replaces the policy's fields of the same name on one port."""
+
+    port: int
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
 
 
 @dataclass(frozen=True)
 class TrafficPolicy:
     load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
+    port_level_settings: tuple[PortTrafficPolicy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,11 +202,86 @@ class HTTPRouteDestination:
 
 
 @dataclass(frozen=True)
+class HTTPRetry:
+    """Istio HTTPRetry. `retry_on` holds condition names; numbers written in
+    retryOn are moved to `retriable_status_codes` (Istio's reading)."""
+
+    attempts: int = 0  # 0 disables retries (Istio)
+    per_try_timeout: float | None = None  # seconds
+    retry_on: tuple[str, ...] = ()
+    retriable_status_codes: tuple[int, ...] = ()
+    retry_remote_localities: bool = False
+
+
+@dataclass(frozen=True)
+class FaultDelay:
+    fixed_delay: float  # seconds
+    percentage: float = 0.0  # 0..100; Istio: unset means no request is delayed
+
+
+@dataclass(frozen=True)
+class FaultAbort:
+    percentage: float = 0.0  # 0..100; Istio: unset means no request is aborted
+    http_status: int | None = None
+    grpc_status: int | None = None  # numeric code (the YAML names it, e.g. UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class HTTPFaultInjection:
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+@dataclass(frozen=True)
+class Mirror:
+    destination: Destination
+    percentage: float = 100.0  # 0..100
+    in_list: bool = False  # written in mirrors[] rather than as mirror (for messages)
+
+
+@dataclass(frozen=True)
+class HTTPRewrite:
+    uri: str | None = None
+    authority: str | None = None
+    uri_regex: tuple[str, str] | None = None  # (match, rewrite)
+
+
+@dataclass(frozen=True)
+class HTTPRedirect:
+    uri: str | None = None
+    authority: str | None = None
+    port: int | None = None
+    scheme: str | None = None
+    redirect_code: int = 301
+
+
+@dataclass(frozen=True)
+class HeaderOperations:
+    set: tuple[tuple[str, str], ...] = ()  # lower-case names, sorted
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Headers:
+    request: HeaderOperations = HeaderOperations()
+    response: HeaderOperations = HeaderOperations()
+
+
+@dataclass(frozen=True)
 class HTTPRoute:
+    """One http[] rule: forwarded (`route`) or answered with a `redirect`."""
+
     name: str = ""
     match: tuple[HTTPMatchRequest, ...] = ()
     route: tuple[HTTPRouteDestination, ...] = ()
     timeout: float | None = None  # seconds
+    retries: HTTPRetry | None = None  # None: Istio's default policy applies
+    fault: HTTPFaultInjection | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    rewrite: HTTPRewrite | None = None
+    redirect: HTTPRedirect | None = None
+    headers: Headers = Headers()
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 Only the traffic features the translator implements are accepted; every other
 Istio field is named in an "unsupported" list so the operator reads
 "not supported yet" instead of "unknown field" and knows it is not a typo.
+Traffic policies are read by parse_policies.py, the http[] resilience and
+rewriting fields by parse_http.py.
 """
 
 from __future__ import annotations
@@ -17,18 +19,24 @@ from .model import (
     HTTPMatchRequest,
     HTTPRoute,
     HTTPRouteDestination,
-    LoadBalancerSettings,
     Meta,
     StringMatch,
     Subset,
-    TrafficPolicy,
     VirtualService,
 )
+from .parse_http import (
+    parse_fault,
+    parse_headers,
+    parse_mirrors,
+    parse_redirect,
+    parse_retries,
+    parse_rewrite,
+)
+from .parse_policies import parse_traffic_policy
 from .schema import (
     MISSING,
     NOT_SUPPORTED,
     Problems,
-    check_enum,
     check_host,
     check_str,
     get_bool,
@@ -44,38 +52,25 @@ from .schema import (
 )
 from .syntax import not_in_re2, parse_duration
 
-LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
-
 _DR_FIELDS = ("host", "trafficPolicy", "subsets")
 _DR_UNSUPPORTED = ("exportTo", "workloadSelector")
-_TP_FIELDS = ("loadBalancer",)
-_TP_UNSUPPORTED = (
-    "connectionPool",
-    "outlierDetection",
-    "tls",
-    "portLevelSettings",
-    "tunnel",
-    "proxyProtocol",
-)
-_LB_UNSUPPORTED = ("consistentHash", "localityLbSetting", "warmupDurationSecs", "warmup")
 _VS_FIELDS = ("hosts", "gateways", "http")
 _VS_UNSUPPORTED = ("tcp", "tls", "exportTo")
-_ROUTE_FIELDS = ("name", "match", "route", "timeout")
-_ROUTE_UNSUPPORTED = (
+_ROUTE_FIELDS = (
+    "name",
+    "match",
+    "route",
+    "timeout",
     "retries",
     "fault",
     "mirror",
     "mirrors",
     "mirrorPercentage",
-    "mirrorPercent",
-    "mirror_percent",
     "rewrite",
     "redirect",
     "headers",
-    "corsPolicy",
-    "delegate",
-    "directResponse",
 )
+_ROUTE_UNSUPPORTED = ("mirrorPercent", "mirror_percent", "corsPolicy", "delegate", "directResponse")
 _MATCH_FIELDS = ("name", "uri", "headers", "method", "ignoreUriCase")
 _MATCH_UNSUPPORTED = (
     "queryParams",
@@ -112,33 +107,15 @@ def parse_destination_rule(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> 
             Subset(
                 name=name,
                 labels=get_str_map(p, obj, "labels", where),
-                traffic_policy=_parse_traffic_policy(p, obj, where),
+                traffic_policy=parse_traffic_policy(p, obj, where),
             )
         )
     return DestinationRule(
         meta=meta,
         host=host,
-        traffic_policy=_parse_traffic_policy(p, spec, "spec"),
+        traffic_policy=parse_traffic_policy(p, spec, "spec"),
         subsets=tuple(subsets),
     )
-
-
-def _parse_traffic_policy(p: Problems, obj: Mapping[str, Any], path: str) -> TrafficPolicy | None:
-    policy = get_object(p, obj, "trafficPolicy", path, _TP_FIELDS, _TP_UNSUPPORTED)
-    if policy is None:
-        return None
-    where = join(path, "trafficPolicy")
-    lb = get_object(p, policy, "loadBalancer", where, ("simple",), _LB_UNSUPPORTED)
-    if lb is None:
-        return TrafficPolicy()
-    lb_where = join(where, "loadBalancer")
-    simple = get_str(p, lb, "simple", lb_where)
-    if simple == "LEAST_CONN":
-        p.add(join(lb_where, "simple"), "LEAST_CONN is deprecated in Istio; use LEAST_REQUEST")
-        simple = None
-    elif simple is not None:
-        simple = check_enum(p, simple, join(lb_where, "simple"), LB_POLICIES, ("PASSTHROUGH",))
-    return TrafficPolicy(load_balancer=LoadBalancerSettings(simple=simple))
 
 
 def parse_virtual_service(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> VirtualService:
@@ -180,11 +157,23 @@ def _parse_http_route(p: Problems, raw: object, where: str) -> HTTPRoute:
                     timeout_where,
                     f'invalid duration "{text}" (expected e.g. "1.5s", "300ms", "2m")',
                 )
+    redirect = parse_redirect(p, obj, where)
+    if redirect is not None:
+        # Istio: a redirect answers the request itself, so nothing may forward it.
+        for key in ("route", "rewrite", "mirror", "mirrors", "fault", "retries", "timeout"):
+            if key in obj:
+                p.add(join(where, key), "cannot be used together with redirect")
     return HTTPRoute(
         name=get_str(p, obj, "name", where) or "",
         match=matches,
-        route=_parse_destinations(p, obj, where),
+        route=() if redirect is not None else _parse_destinations(p, obj, where),
         timeout=timeout,
+        retries=parse_retries(p, obj, where),
+        fault=parse_fault(p, obj, where),
+        mirrors=parse_mirrors(p, obj, where, _parse_destination),
+        rewrite=parse_rewrite(p, obj, where),
+        redirect=redirect,
+        headers=parse_headers(p, obj, where),
     )
 
 

@@ -8,6 +8,8 @@ Hosts are global: two resources of one kind may not claim the same host,
 even in different namespaces. Istio merges such resources only for gateways,
 and silently picking one would route traffic by file order.
 
+Mirrors (`mirror`, `mirrors[]`) are destinations too and are checked alike.
+
 Destination ports. The translator builds one route table per port of the
 VirtualService's hosts (one listener per host and port). A destination that
 names `port.number` must name a port of its ServiceEntry. A destination
@@ -50,6 +52,15 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                 problems.extend(
                     _check_destination(
                         vs.meta, where, weighted.destination, services, rules, listener_ports
+                    )
+                )
+            for j, mirror in enumerate(route.mirrors):
+                where = f"spec.http[{i}]." + (
+                    f"mirrors[{j}].destination" if mirror.in_list else "mirror"
+                )
+                problems.extend(
+                    _check_destination(
+                        vs.meta, where, mirror.destination, services, rules, listener_ports
                     )
                 )
     return problems

@@ -25,7 +25,8 @@ from mesh_control_plane.translate.resources import CLUSTER, ENDPOINT, LISTENER, 
 
 def check_consistency(rs: ResourceSet) -> list[str]:
     """Problems found, one sentence each, sorted; ``[]`` when every LDS->RDS,
-    RDS->CDS and CDS->EDS reference resolves within the set."""
+    RDS->CDS (route and mirror targets) and CDS->EDS reference resolves within
+    the set."""
     routes = rs.resources.get(ROUTE, {})
     clusters = rs.resources.get(CLUSTER, {})
     endpoints = rs.resources.get(ENDPOINT, {})
@@ -89,3 +90,5 @@ def _route_clusters(route_config: route_pb2.RouteConfiguration) -> Iterator[tupl
                 yield vhost.name, route.name, action.cluster
             for weighted in action.weighted_clusters.clusters:
                 yield vhost.name, route.name, weighted.name
+            for mirror in action.request_mirror_policies:
+                yield vhost.name, route.name, mirror.cluster

@@ -13,37 +13,75 @@ from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from mesh_control_plane.config.model import ServicePort, WorkloadEndpoint
+from mesh_control_plane.config.model import LocalityLbSetting, ServicePort, WorkloadEndpoint
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.translate.clusters import ClusterSpec
+from mesh_control_plane.translate.locality import (
+    Locality,
+    Member,
+    compact,
+    distribute_weights,
+    failover_priority,
+    label_priority,
+)
+from mesh_control_plane.translate.node import NodeInfo
 
-Locality = tuple[str, str, str]
+Group = tuple[int, Locality]  # (priority, locality)
 
 
 def build_load_assignment(
-    spec: ClusterSpec, registry: Registry
+    spec: ClusterSpec, registry: Registry, node: NodeInfo
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    """The endpoints of one cluster.
+    """The endpoints of one cluster, as `node` should see them.
 
     Instances of the host that carry every label of the subset (all of them for the
-    whole-service cluster), on the port resolved by ``endpoint_port``. Localities are
-    sorted; each carries ``load_balancing_weight`` = the sum of its endpoints'
-    weights, since gRPC drops a locality without one.
+    whole-service cluster), on the port resolved by ``endpoint_port``, grouped by
+    (priority, locality), sorted. Each group carries ``load_balancing_weight`` = the
+    sum of its endpoints' weights (gRPC drops a locality without one) unless a
+    ``distribute`` rule sets it. Priorities depend on the node only when the
+    cluster's policy has an enabled ``localityLbSetting`` (see locality.py).
     """
     labels = spec.subset.labels if spec.subset else {}
-    members = [
-        instance
+    members: list[Member] = [
+        (instance, parse_locality(instance.locality))
         for instance in registry.get(spec.service.host, ())
         if all(instance.labels.get(key) == value for key, value in labels.items())
     ]
-    by_locality: dict[Locality, list[tuple[str, int, int]]] = {}
-    for instance in members:
+    priorities = compact({i: _priority(spec, node, member) for i, member in enumerate(members)})
+    groups: dict[Group, list[tuple[str, int, int]]] = {}
+    for i, (instance, locality) in enumerate(members):
         endpoint = (instance.address, endpoint_port(instance, spec.port), _weight(instance))
-        by_locality.setdefault(parse_locality(instance.locality), []).append(endpoint)
+        groups.setdefault((priorities[i], locality), []).append(endpoint)
+    weights = {group: max(1, sum(e[2] for e in eps)) for group, eps in groups.items()}
+    setting = _setting(spec)
+    if setting is not None and setting.distribute:
+        by_locality = {loc: w for (_, loc), w in weights.items()}
+        shares = distribute_weights(setting, node.locality, by_locality)
+        if shares is not None:
+            weights = {g: shares[g[1]] for g in weights if g[1] in shares}
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=spec.name)
-    for locality in sorted(by_locality):
-        assignment.endpoints.append(_locality_endpoints(locality, sorted(by_locality[locality])))
+    for group in sorted(weights):
+        assignment.endpoints.append(
+            _locality_endpoints(group, sorted(groups[group]), weights[group])
+        )
     return assignment
+
+
+def _setting(spec: ClusterSpec) -> LocalityLbSetting | None:
+    lb = spec.policy.load_balancer
+    setting = lb.locality_lb_setting if lb else None
+    return setting if setting is not None and setting.enabled else None
+
+
+def _priority(spec: ClusterSpec, node: NodeInfo, member: Member) -> int:
+    setting = _setting(spec)
+    # Istio fails over only with outlier detection: without ejection, endpoints of
+    # priority 0 never look unhealthy and the other priorities would never be used.
+    if setting is None or setting.distribute or spec.policy.outlier_detection is None:
+        return 0
+    if setting.failover_priority:
+        return label_priority(setting.failover_priority, dict(node.labels), node.locality, member)
+    return failover_priority(setting, node.locality, member[1])
 
 
 def endpoint_port(instance: WorkloadEndpoint, port: ServicePort) -> int:
@@ -68,20 +106,20 @@ def _weight(instance: WorkloadEndpoint) -> int:
 
 
 def _locality_endpoints(
-    locality: Locality, endpoints: Iterable[tuple[str, int, int]]
+    key: Group, endpoints: Iterable[tuple[str, int, int]], weight: int
 ) -> ec_pb2.LocalityLbEndpoints:
+    priority, locality = key
     group = ec_pb2.LocalityLbEndpoints(
-        locality=base_pb2.Locality(region=locality[0], zone=locality[1], sub_zone=locality[2])
+        locality=base_pb2.Locality(region=locality[0], zone=locality[1], sub_zone=locality[2]),
+        priority=priority,
     )
-    total = 0
-    for address, port, weight in endpoints:
-        total += weight
+    for address, port, endpoint_weight in endpoints:
         lb_endpoint = group.lb_endpoints.add(health_status=health_check_pb2.HEALTHY)
         lb_endpoint.endpoint.address.CopyFrom(
             address_pb2.Address(
                 socket_address=address_pb2.SocketAddress(address=address, port_value=port)
             )
         )
-        lb_endpoint.load_balancing_weight.value = weight
-    group.load_balancing_weight.value = max(1, total)
+        lb_endpoint.load_balancing_weight.value = endpoint_weight
+    group.load_balancing_weight.value = weight
     return group

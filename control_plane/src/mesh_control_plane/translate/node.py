@@ -19,6 +19,8 @@ DEFAULT_OUTBOUND_PORT = 15001
 (Istio's ``virtualOutbound`` port)."""
 
 OUTBOUND_PORT_METADATA_KEY = "OUTBOUND_PORT"
+LABELS_METADATA_KEY = "LABELS"
+"""Istio's node metadata key for the workload's labels (a string -> string struct)."""
 
 MESH_USER_AGENT = "proxyless-mesh"
 ENVOY_USER_AGENT = "envoy"
@@ -40,6 +42,7 @@ class NodeInfo:
     kind: ClientKind
     locality: tuple[str, str, str] = ("", "", "")  # region, zone, sub_zone
     outbound_port: int = DEFAULT_OUTBOUND_PORT
+    labels: tuple[tuple[str, str], ...] = ()  # node.metadata LABELS (Istio's key), sorted
 
     @classmethod
     def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
@@ -61,20 +64,37 @@ class NodeInfo:
             kind=kind,
             locality=(node.locality.region, node.locality.zone, node.locality.sub_zone),
             outbound_port=outbound_port,
+            labels=_labels(node.metadata.fields.get(LABELS_METADATA_KEY)),
         )
 
     @property
     def cache_key(self) -> tuple[object, ...]:
         """Everything ``translate()`` reads from the node, and nothing else.
 
-        Two nodes with equal keys get identical resources. Today that is the kind,
-        plus the outbound port for Envoy (proxyless clients have no listening port).
-        Locality and id are not read yet; whoever makes translate() read them must
-        add them here, or cached translations would be shared wrongly.
+        Two nodes with equal keys get identical resources. That is the kind, the
+        outbound port for Envoy (proxyless clients have no listening port), and the
+        locality and labels: with a DestinationRule's localityLbSetting, EDS
+        priorities and weights are computed from where the client runs (and
+        failoverPriority compares its labels). The id is not read; whoever makes
+        translate() read more of the node must add it here, or cached translations
+        would be shared wrongly.
         """
-        if self.kind is ClientKind.ENVOY:
-            return (self.kind.value, self.outbound_port)
-        return (self.kind.value,)
+        port = self.outbound_port if self.kind is ClientKind.ENVOY else None
+        return (self.kind.value, port, self.locality, self.labels)
+
+
+def _labels(value: struct_pb2.Value | None) -> tuple[tuple[str, str], ...]:
+    """String labels from the LABELS struct; other value types are not labels."""
+    if value is None or value.WhichOneof("kind") != "struct_value":
+        return ()
+    fields = value.struct_value.fields
+    return tuple(
+        sorted(
+            (key, item.string_value)
+            for key, item in fields.items()
+            if item.WhichOneof("kind") == "string_value"
+        )
+    )
 
 
 def _kind_of(user_agent_name: str) -> ClientKind:

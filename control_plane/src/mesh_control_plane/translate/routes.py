@@ -14,6 +14,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from mesh_control_plane.config.model import (
+    ConsistentHash,
     Destination,
     HTTPMatchRequest,
     HTTPRoute,
@@ -27,7 +28,17 @@ from mesh_control_plane.translate.names import (
     cluster_name,
     route_name,
 )
+from mesh_control_plane.translate.policy import effective_policy, subset_of
 from mesh_control_plane.translate.protos import duration
+from mesh_control_plane.translate.route_policies import (
+    apply_fault,
+    apply_headers,
+    apply_rewrite,
+    hash_policy,
+    mirror_policy,
+    redirect_action,
+    retry_policy,
+)
 
 METHOD_HEADER = ":method"
 
@@ -71,20 +82,33 @@ def _routes(
         action = rc_pb2.RouteAction(cluster=cluster_name(service.host, port))
         if disable_default_timeout:
             action.timeout.CopyFrom(duration(0))
+        hashing = _consistent_hash(index, Destination(host=service.host), port)
+        _add_hash_and_retries(action, hashing, HTTPRoute())
         return [
             rc_pb2.Route(name=DEFAULT_ROUTE_NAME, match=rc_pb2.RouteMatch(prefix="/"), route=action)
         ]
     routes: list[rc_pb2.Route] = []
     for position, http in enumerate(vs.http):
-        action_or_none = _action(index, http, port, disable_default_timeout)
-        if action_or_none is None:
-            # No destination to forward to: nothing a client could do with the route.
-            # Istio's validation rejects such rules; the loader is expected to as well.
-            continue
         name = route_name(vs.meta.namespace, vs.meta.name, http.name, position)
+        template = rc_pb2.Route(name=name)
+        if http.redirect is not None:
+            template.redirect.CopyFrom(redirect_action(http.redirect))
+        else:
+            action_or_none = _action(index, http, port, disable_default_timeout)
+            if action_or_none is None:
+                # No destination to forward to: nothing a client could do with the route.
+                # Istio's validation rejects such rules; the loader does as well.
+                continue
+            template.route.CopyFrom(action_or_none)
+        if http.fault is not None:
+            apply_fault(template, http.fault)
+        apply_headers(template, http.headers.request, http.headers.response)
         # Several match blocks are alternatives (OR): one Route each, same action.
         for match in http.match or (HTTPMatchRequest(),):
-            routes.append(rc_pb2.Route(name=name, match=_route_match(match), route=action_or_none))
+            route = rc_pb2.Route()
+            route.CopyFrom(template)
+            route.match.CopyFrom(_route_match(match))
+            routes.append(route)
     return routes
 
 
@@ -106,7 +130,41 @@ def _action(
         action.max_stream_duration.max_stream_duration.CopyFrom(duration(http.timeout))
     elif disable_default_timeout:
         action.timeout.CopyFrom(duration(0))
+    hashing = next(
+        (
+            found
+            for d in http.route
+            if (found := _consistent_hash(index, d.destination, listener_port)) is not None
+        ),
+        None,
+    )
+    _add_hash_and_retries(action, hashing, http)
+    for mirror in http.mirrors:
+        target = _destination_cluster(index, mirror.destination, listener_port)
+        action.request_mirror_policies.append(mirror_policy(target, mirror.percentage))
+    if http.rewrite is not None:
+        apply_rewrite(action, http.rewrite)
     return action
+
+
+def _add_hash_and_retries(
+    action: rc_pb2.RouteAction, hashing: ConsistentHash | None, http: HTTPRoute
+) -> None:
+    """The hash key of the (first) destination that hashes, as Istio picks it for
+    a weighted route, and the route's retry policy."""
+    if hashing is not None:
+        action.hash_policy.append(hash_policy(hashing))
+    policy = retry_policy(http.retries, hashed=hashing is not None)
+    if policy is not None:
+        action.retry_policy.CopyFrom(policy)
+
+
+def _consistent_hash(
+    index: MeshIndex, destination: Destination, listener_port: int
+) -> ConsistentHash | None:
+    rule = index.destination_rules.get(destination.host)
+    port = destination_port(index, destination, listener_port)
+    return effective_policy(rule, subset_of(rule, destination.subset), port).consistent_hash
 
 
 def _weighted_clusters(

@@ -39,12 +39,14 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     ``virtualOutbound`` listener and route configuration covering the same virtual
     hosts. Clusters and endpoints are the same for all kinds, except that gRPC gets
     only the load-balancing policies it implements and Envoy is told to use HTTP/2
-    towards HTTP2/GRPC ports. Reads only ``node.cache_key``'s fields.
+    towards HTTP2/GRPC ports, and EDS priorities and weights follow the node's
+    locality where a DestinationRule asks for it. Reads only ``node.cache_key``'s
+    fields.
     """
     index = MeshIndex.build(config)
     specs = cluster_specs(index)
     clusters = [build_cluster(spec, node.kind) for spec in specs]
-    assignments = [build_load_assignment(spec, registry) for spec in specs]
+    assignments = [build_load_assignment(spec, registry, node) for spec in specs]
     if node.kind is ClientKind.ENVOY:
         listeners, routes = _envoy_listeners(index, node.outbound_port)
     else:
