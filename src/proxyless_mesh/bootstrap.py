@@ -56,6 +56,10 @@ class Bootstrap:
     node_metadata: Mapping[str, Any] = field(default_factory=_empty)
     server_listener_resource_name_template: str | None = None
     certificate_providers: Mapping[str, Any] = field(default_factory=_empty)
+    #: Top-level "proxyless_mesh" object: settings only this library reads
+    #: (CA address, trust domain, join token, credentials dir; see
+    #: proxyless_mesh.security.IdentityConfig). grpcio ignores unknown keys.
+    proxyless_mesh: Mapping[str, Any] = field(default_factory=_empty)
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "<string>") -> Bootstrap:
@@ -116,6 +120,8 @@ class Bootstrap:
             )
         if self.certificate_providers:
             doc["certificate_providers"] = _thaw(self.certificate_providers)
+        if self.proxyless_mesh:
+            doc["proxyless_mesh"] = _thaw(self.proxyless_mesh)
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
@@ -128,15 +134,40 @@ def make_bootstrap_json(
     cluster: str = "",
     locality: Locality = Locality(),  # noqa: B008 - frozen, so sharing the default is safe
     metadata: Mapping[str, Any] | None = None,
+    ca_address: str | None = None,
+    trust_domain: str | None = None,
+    token: str | None = None,
+    credentials_dir: str | None = None,
 ) -> str:
     """The bootstrap `meshctl bootstrap` writes for one workload.
 
     NAMESPACE and SERVICE_ACCOUNT go into node metadata (Istio's keys) so the
     control plane can scope configuration and identity to the workload.
+    The identity settings go into the top-level "proxyless_mesh" object (never
+    node metadata, which every xDS request carries); `credentials_dir` also
+    adds grpcio's `file_watcher` certificate provider ("default") for the
+    files the library keeps there.
     """
     meta = dict(metadata or {})
     meta["NAMESPACE"] = namespace
     meta["SERVICE_ACCOUNT"] = service_account
+    section = {
+        k: v
+        for k, v in (
+            ("ca_address", ca_address),
+            ("trust_domain", trust_domain),
+            ("token", token),
+            ("credentials_dir", credentials_dir),
+        )
+        if v
+    }
+    providers: dict[str, Any] = {}
+    if credentials_dir:
+        # Imported here: the security package reads Bootstrap, so a top-level
+        # import would be circular.
+        from proxyless_mesh.security._grpc_files import file_watcher_provider
+
+        providers = file_watcher_provider(credentials_dir)
     return Bootstrap(
         xds_servers=(XdsServer(server_uri, ("insecure",), ("xds_v3",)),),
         node_id=node_id,
@@ -144,6 +175,8 @@ def make_bootstrap_json(
         locality=locality,
         node_metadata=meta,
         server_listener_resource_name_template="grpc/server?xds.resource.listening_address=%s",
+        certificate_providers=providers,
+        proxyless_mesh=section,
     ).to_json()
 
 
@@ -199,6 +232,7 @@ def _parse(doc: Any, source: str) -> Bootstrap:
     )
     metadata = _get(node, "metadata", dict, source, "node.metadata") or {}
     certs = _get(doc, "certificate_providers", dict, source, "certificate_providers") or {}
+    ours = _get(doc, "proxyless_mesh", dict, source, "proxyless_mesh") or {}
     return Bootstrap(
         xds_servers=servers,
         node_id=_get(node, "id", str, source, "node.id") or "",
@@ -213,6 +247,7 @@ def _parse(doc: Any, source: str) -> Bootstrap:
             "server_listener_resource_name_template",
         ),
         certificate_providers=MappingProxyType(certs),
+        proxyless_mesh=MappingProxyType(ours),
     )
 
 

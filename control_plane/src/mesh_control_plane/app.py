@@ -5,6 +5,11 @@ runs one until told to stop. Config problems never stop serving: the first
 load may fail (an empty config is served meanwhile) and a bad reload keeps
 the last good config; both are reported through `on_config_error` and the
 admin `/status`.
+
+With `ca=CaSettings(...)` it also runs the CA's certificate-signing service on
+its own gRPC port (`ca_address`, Istio's 15012 by default on the command
+line): its own server so the CA can later get TLS and its own exposure
+without touching ADS.
 """
 
 from __future__ import annotations
@@ -16,6 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mesh_control_plane.admin import JsonHttpServer, config_dump, healthz, status
+from mesh_control_plane.ca import (
+    CaServer,
+    CaSettings,
+    CertificateAuthority,
+    CertificateService,
+    TokenAuthority,
+)
 from mesh_control_plane.config import ConfigLoadError, ConfigWatcher
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.xds import InconsistentConfigError, SnapshotCache, XdsServer
@@ -33,6 +45,7 @@ class Addresses:
 
     xds: str
     admin: str
+    ca: str = ""  # empty when the control plane runs without a CA
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -56,8 +69,13 @@ class ControlPlane:
         *,
         on_config_error: ConfigErrorCallback | None = None,
         poll_interval: float = 0.1,
+        ca: CaSettings | None = None,
     ) -> None:
         self.config_dir = Path(config_dir)
+        self.ca_server: CaServer | None = None
+        if ca is not None:  # opened here: bad CA files fail before anything listens
+            authority = CertificateAuthority.open(ca)
+            self.ca_server = CaServer(CertificateService(authority, TokenAuthority.open(ca.ca_dir)))
         self.cache = SnapshotCache()
         self.xds = XdsServer(self.cache)
         self.admin = JsonHttpServer(
@@ -74,19 +92,25 @@ class ControlPlane:
         self._poll_interval = poll_interval
         self._watcher: ConfigWatcher | None = None
 
-    async def start(self, xds_address: str, admin_address: str) -> Addresses:
+    async def start(
+        self, xds_address: str, admin_address: str, ca_address: str = "127.0.0.1:0"
+    ) -> Addresses:
         """Load the config (problems reported, not raised), then listen; returns
-        the addresses once both servers accept connections."""
+        the addresses once all servers accept connections."""
         xds_host, _ = split_address(xds_address)
         admin_host, admin_port = split_address(admin_address)
         await self._start_watching()
         try:
             xds_port = await self.xds.start(xds_address)
             admin_port = await self.admin.start(admin_host.strip("[]") or None, admin_port)
+            ca = ""
+            if self.ca_server is not None:
+                ca_port = await self.ca_server.start(ca_address)
+                ca = _dialable(split_address(ca_address)[0], ca_port)
         except OSError:
             await self.stop(grace=0)
             raise
-        return Addresses(_dialable(xds_host, xds_port), _dialable(admin_host, admin_port))
+        return Addresses(_dialable(xds_host, xds_port), _dialable(admin_host, admin_port), ca)
 
     async def _start_watching(self) -> None:
         """Start the watcher and wait for its first load, so the first clients
@@ -117,6 +141,8 @@ class ControlPlane:
             watcher, self._watcher = self._watcher, None
             await watcher.stop()
         await self.admin.stop()
+        if self.ca_server is not None:
+            await self.ca_server.stop(grace)
         await self.xds.stop(grace)
 
     def apply_config(self, config: MeshConfig) -> None:
@@ -144,14 +170,18 @@ async def serve(
     on_ready: Callable[[Addresses], None] | None = None,
     on_config_error: ConfigErrorCallback | None = None,
     grace: float = 1.0,
+    ca: CaSettings | None = None,
+    ca_address: str = "127.0.0.1:0",
 ) -> None:
     """Run a control plane until `stop` is set (or, without one, until this
     task is cancelled); `on_ready` gets the addresses once both listen."""
     stop = stop or asyncio.Event()
-    plane = ControlPlane(config_dir, on_config_error=on_config_error)
-    addresses = await plane.start(xds_address, admin_address)
+    plane = ControlPlane(config_dir, on_config_error=on_config_error, ca=ca)
+    addresses = await plane.start(xds_address, admin_address, ca_address)
     try:
         log.info("serving xDS on %s, admin on %s", addresses.xds, addresses.admin)
+        if addresses.ca:
+            log.info("serving the CA on %s", addresses.ca)
         if on_ready is not None:
             on_ready(addresses)
         await stop.wait()

@@ -1,1 +1,48 @@
-"""security"""
+"""Workload identity: SPIFFE certificates from the control plane's CA, rotated
+in-process, and the TLS pieces built from them.
+
+- `IdentityManager(IdentityConfig.from_bootstrap(b))`: `await start()` gets the
+  first certificate with the join token, then renews at half life with jitter;
+  `spiffe_id`, `credentials`, `client_ssl_context()`, `server_ssl_context()`,
+  `add_listener()`, `certificate_providers()` (grpcio's file_watcher).
+- `Credentials`: one immutable key/chain/roots set and its cached SSL contexts.
+- `peer_spiffe_id()` / `verify_peer()`: who the peer of a TLS connection is,
+  checked after the handshake (Python's ssl cannot match URI SANs).
+- `ca_wire`: the CA's gRPC protocol, shared with the control plane.
+"""
+
+from proxyless_mesh.security._ca_client import CaClient, SignedChain
+from proxyless_mesh.security._config import TOKEN_ENV, IdentityConfig
+from proxyless_mesh.security._credentials import Credentials
+from proxyless_mesh.security._files import ensure_private_dir, write_private_file
+from proxyless_mesh.security._grpc_files import CredentialFiles, file_watcher_provider
+from proxyless_mesh.security._identity import CredentialsListener, IdentityManager
+from proxyless_mesh.security._keys import make_csr, new_private_key
+from proxyless_mesh.security._spiffe import (
+    DEFAULT_TRUST_DOMAIN,
+    SpiffeId,
+    peer_spiffe_id,
+    spiffe_id_of,
+    verify_peer,
+)
+
+__all__ = [
+    "DEFAULT_TRUST_DOMAIN",
+    "TOKEN_ENV",
+    "CaClient",
+    "CredentialFiles",
+    "Credentials",
+    "CredentialsListener",
+    "IdentityConfig",
+    "IdentityManager",
+    "SignedChain",
+    "SpiffeId",
+    "ensure_private_dir",
+    "file_watcher_provider",
+    "make_csr",
+    "new_private_key",
+    "peer_spiffe_id",
+    "spiffe_id_of",
+    "verify_peer",
+    "write_private_file",
+]

@@ -119,7 +119,7 @@ def test_control_plane_serves_then_exits_cleanly_on_sigterm(
     tmp_path: Path, start_control_plane: Callable[[Path], Running]
 ) -> None:
     running = start_control_plane(config_dir(tmp_path, **{"services.yaml": SERVICE_YAML}))
-    assert set(running.ready) == {"xds", "admin"}
+    assert set(running.ready) == {"xds", "admin", "ca"}
     assert running.ready["xds"].startswith("127.0.0.1:")
     assert httpx.get(f"{running.admin}/healthz").json() == {"status": "ok"}
     status = httpx.get(f"{running.admin}/status").json()

@@ -13,6 +13,7 @@ from typing import Any
 
 from proxyless_mesh.bootstrap import make_bootstrap_json
 from proxyless_mesh.model import Locality
+from proxyless_mesh.security import write_private_file
 
 
 def add_parser(commands: Any) -> None:
@@ -26,6 +27,15 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--cluster", default="", help="node.cluster (the workload's service)")
     p.add_argument("--locality", default="", type=parse_locality, help="region/zone/subzone")
     p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    identity = p.add_argument_group("identity (the control plane's CA)")
+    identity.add_argument("--ca-address", help="HOST:PORT of the CA (its ready file's 'ca')")
+    identity.add_argument("--trust-domain", help="SPIFFE trust domain (default cluster.local)")
+    identity.add_argument(
+        "--token", help="join token (meshctl token create); else $PROXYLESS_MESH_TOKEN at run time"
+    )
+    identity.add_argument(
+        "--credentials-dir", help="where the library keeps cert/key/roots for grpcio's xDS"
+    )
     p.set_defaults(run=run)
 
 
@@ -46,11 +56,17 @@ def run(args: argparse.Namespace) -> int:
         service_account=args.service_account,
         cluster=args.cluster,
         locality=args.locality,
+        ca_address=args.ca_address,
+        trust_domain=args.trust_domain,
+        token=args.token,
+        credentials_dir=args.credentials_dir,
     )
     if not text.endswith("\n"):
         text += "\n"
     if args.output is None:
         sys.stdout.write(text)
+    elif args.token:  # a secret inside: owner-only, like the files holding keys
+        write_private_file(args.output, text.encode())
     else:
         args.output.write_text(text)
     return 0

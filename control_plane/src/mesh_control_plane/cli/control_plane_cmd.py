@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mesh_control_plane.app import Addresses, serve
+from mesh_control_plane.ca import CaError, CaSettings, default_ca_dir, parse_duration
+from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN
 
 
 def add_parser(commands: Any) -> None:
@@ -29,13 +31,64 @@ def add_parser(commands: Any) -> None:
         help='once listening, write {"xds": ..., "admin": ...} here (atomically)',
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    _add_ca_arguments(p)
     p.set_defaults(run=run)
+
+
+def _add_ca_arguments(p: argparse.ArgumentParser) -> None:
+    ca = p.add_argument_group("certificate authority")
+    ca.add_argument(
+        "--ca-address",
+        help="HOST:PORT for the CA (default: --xds-address's host, port 15012; a free port "
+        "when --xds-address's port is 0)",
+    )
+    ca.add_argument(
+        "--ca-dir",
+        type=Path,
+        help="CA state: generated roots and the token key, 0700 dir / 0600 files "
+        "(default: $MESHCTL_CA_DIR, else mesh-ca/ beside --config-dir)",
+    )
+    ca.add_argument("--ca-cert", type=Path, help="your own root or intermediate (PEM)")
+    ca.add_argument("--ca-key", type=Path, help="the key of --ca-cert (PEM)")
+    ca.add_argument("--ca-chain", type=Path, help="intermediates up to the root (PEM)")
+    ca.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    ca.add_argument(
+        "--leaf-ttl", default="24h", type=_duration, help="workload certificate lifetime (max)"
+    )
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def ca_address(args: argparse.Namespace) -> str:
+    if args.ca_address:
+        return str(args.ca_address)
+    host, _, port = str(args.xds_address).rpartition(":")
+    return f"{host}:{0 if port == '0' else 15012}"
+
+
+def ca_settings(args: argparse.Namespace) -> CaSettings:
+    return CaSettings(
+        ca_dir=args.ca_dir or default_ca_dir(args.config_dir),
+        trust_domain=args.trust_domain,
+        leaf_ttl=args.leaf_ttl,
+        ca_cert=args.ca_cert,
+        ca_key=args.ca_key,
+        ca_chain=args.ca_chain,
+    )
 
 
 def write_ready_file(path: Path, addresses: Addresses) -> None:
     """Write then rename, so a reader never sees a half-written file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"xds": addresses.xds, "admin": addresses.admin}) + "\n")
+    doc = {"xds": addresses.xds, "admin": addresses.admin}
+    if addresses.ca:
+        doc["ca"] = addresses.ca
+    tmp.write_text(json.dumps(doc) + "\n")
     tmp.replace(path)
 
 
@@ -61,6 +114,8 @@ async def _run(args: argparse.Namespace) -> None:
         stop=stop,
         on_ready=ready,
         on_config_error=print_config_errors,
+        ca=ca_settings(args),
+        ca_address=ca_address(args),
     )
 
 
@@ -75,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(_run(args))
+    except CaError as exc:
+        print(f"meshctl: CA: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"meshctl: cannot listen: {exc}", file=sys.stderr)
         return 1

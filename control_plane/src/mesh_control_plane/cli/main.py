@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mesh_control_plane.cli import bootstrap_cmd, control_plane_cmd, status_cmd
+from mesh_control_plane.cli import bootstrap_cmd, control_plane_cmd, status_cmd, token_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     control_plane_cmd.add_parser(commands)
     bootstrap_cmd.add_parser(commands)
     status_cmd.add_parser(commands)
+    token_cmd.add_parser(commands)
     return parser
 
 

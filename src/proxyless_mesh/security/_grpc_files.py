@@ -1,0 +1,72 @@
+"""The credential files grpcio's native xDS reads (gRFC A29 `file_watcher`).
+
+grpcio cannot take credentials from Python objects for `xds:///` channels and
+`grpc.server(xds=True)`; it reads PEM files named in the bootstrap's
+`certificate_providers` and re-reads them every `refresh_interval`. The
+identity manager rewrites them on every rotation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from proxyless_mesh.security._credentials import Credentials
+from proxyless_mesh.security._files import (
+    CA_CERTIFICATE_FILE,
+    CERTIFICATE_FILE,
+    PRIVATE_KEY_FILE,
+    ensure_private_dir,
+    write_private_file,
+)
+
+__all__ = ["CredentialFiles", "file_watcher_provider"]
+
+#: gRFC A29's instance name, the one the control plane's xDS refers to.
+DEFAULT_PROVIDER_INSTANCE = "default"
+
+
+def file_watcher_provider(directory: str | Path, refresh_interval: float = 1.0) -> dict[str, Any]:
+    """The `certificate_providers` entry for the files kept in `directory`:
+    {"default": {"plugin_name": "file_watcher", "config": {...}}}."""
+    d = Path(directory)
+    return {
+        DEFAULT_PROVIDER_INSTANCE: {
+            "plugin_name": "file_watcher",
+            "config": {
+                "certificate_file": str(d / CERTIFICATE_FILE),
+                "private_key_file": str(d / PRIVATE_KEY_FILE),
+                "ca_certificate_file": str(d / CA_CERTIFICATE_FILE),
+                "refresh_interval": f"{refresh_interval:g}s",
+            },
+        }
+    }
+
+
+class CredentialFiles:
+    """Keeps cert chain, key and roots as 0600 files in a 0700 directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def certificate_file(self) -> Path:
+        return self.directory / CERTIFICATE_FILE
+
+    @property
+    def private_key_file(self) -> Path:
+        return self.directory / PRIVATE_KEY_FILE
+
+    @property
+    def ca_certificate_file(self) -> Path:
+        return self.directory / CA_CERTIFICATE_FILE
+
+    def write(self, credentials: Credentials) -> None:
+        """Roots first (a new root must be trusted before a peer's cert signed
+        by it arrives), then key, then chain. grpcio checks the key matches the
+        chain and keeps the old pair until both agree, so the window between
+        the two renames costs at most one refresh interval."""
+        ensure_private_dir(self.directory)
+        write_private_file(self.ca_certificate_file, credentials.roots_pem.encode())
+        write_private_file(self.private_key_file, credentials.private_key_pem())
+        write_private_file(self.certificate_file, credentials.chain_pem.encode())

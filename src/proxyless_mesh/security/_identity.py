@@ -1,0 +1,242 @@
+"""`IdentityManager`: get this workload's certificate, keep it fresh, tell others.
+
+Lifecycle, all on the mesh's event loop:
+- `start()`: new ECDSA key, CSR for our SPIFFE ID, signed by the CA on the
+  strength of the join token. Raises if that fails: a workload that cannot
+  get an identity cannot talk mTLS, better to say so at start.
+- then a task renews at a jittered 40-50 % of the lifetime (a new key each
+  time), authenticating with the current certificate (falling back to the token
+  if that is refused). Failures keep the current certificate and retry with
+  backoff. Each renewal also brings the CA's current trust bundle, which is how
+  a new root arrives before anything is signed by it.
+- every new `Credentials` is swapped in with one assignment, written to the
+  grpcio files if configured, and passed to the listeners.
+Clock, sleep and randomness are injectable so tests never wait for real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from cryptography import x509
+
+from proxyless_mesh.errors import (
+    CertificateAuthorityUnavailableError,
+    IdentityConfigError,
+    IdentityError,
+    TokenRejectedError,
+)
+from proxyless_mesh.security._ca_client import CaClient, SignedChain
+from proxyless_mesh.security._config import TOKEN_ENV, IdentityConfig
+from proxyless_mesh.security._credentials import Credentials
+from proxyless_mesh.security._grpc_files import CredentialFiles, file_watcher_provider
+from proxyless_mesh.security._keys import make_csr, new_private_key
+from proxyless_mesh.security._spiffe import spiffe_id_of
+
+__all__ = ["CredentialsListener", "IdentityManager"]
+
+log = logging.getLogger("proxyless_mesh.security")
+
+CredentialsListener = Callable[[Credentials], None]
+
+#: Renew between these fractions of the lifetime: at half life, jittered
+#: earlier so a fleet started together does not renew together.
+RENEW_AT = (0.4, 0.5)
+MAX_RETRY_DELAY = 30.0
+
+
+class IdentityManager:
+    """This workload's SPIFFE identity and its rotating credentials."""
+
+    def __init__(
+        self,
+        config: IdentityConfig,
+        *,
+        client: CaClient | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._client = client or CaClient(config.ca_address)
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._files = CredentialFiles(config.credentials_dir) if config.credentials_dir else None
+        self._credentials: Credentials | None = None
+        self._listeners: list[CredentialsListener] = []
+        self._task: asyncio.Task[None] | None = None
+
+    # -- what the rest of the mesh reads -------------------------------------
+
+    @property
+    def spiffe_id(self) -> str:
+        """Our SPIFFE ID (known from config even before the first certificate)."""
+        return self.config.identity.uri
+
+    @property
+    def credentials(self) -> Credentials:
+        """The current key/chain/roots; IdentityError before `start()` succeeded."""
+        if self._credentials is None:
+            raise IdentityError("no workload certificate yet: the identity is not started")
+        return self._credentials
+
+    @property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        return self.credentials.roots
+
+    def client_ssl_context(self, alpn_protocols: Sequence[str] = ()) -> ssl.SSLContext:
+        """The outbound mTLS context of the current credentials (see Credentials)."""
+        return self.credentials.client_ssl_context(alpn_protocols)
+
+    def server_ssl_context(
+        self, alpn_protocols: Sequence[str] = (), *, require_client_cert: bool = True
+    ) -> ssl.SSLContext:
+        """The inbound mTLS context of the current credentials (see Credentials)."""
+        return self.credentials.server_ssl_context(
+            alpn_protocols, require_client_cert=require_client_cert
+        )
+
+    def certificate_providers(self, refresh_interval: float = 1.0) -> dict[str, Any]:
+        """The bootstrap `certificate_providers` for grpcio's native xDS, pointing
+        at the files this manager keeps; IdentityError without credentials_dir."""
+        if self.config.credentials_dir is None:
+            raise IdentityError("no credentials_dir configured: grpcio needs credential files")
+        return file_watcher_provider(self.config.credentials_dir, refresh_interval)
+
+    def add_listener(self, listener: CredentialsListener) -> Callable[[], None]:
+        """Call `listener(credentials)` after each rotation (on the mesh's loop);
+        returns a function that removes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> Credentials:
+        """Get the first certificate (with the join token), then renew in the
+        background until `close()`."""
+        if self._task is not None:
+            raise IdentityError("the identity manager is already started")
+        if not self.config.token:
+            raise IdentityConfigError(
+                f"no join token for {self.spiffe_id}: put one in the bootstrap's "
+                f"'proxyless_mesh.token' or in ${TOKEN_ENV} "
+                "(mint it with `meshctl token create`)"
+            )
+        credentials = await self._fetch(use_current=False)
+        self._task = asyncio.create_task(self._renew_forever(), name="proxyless-mesh-identity")
+        return credentials
+
+    async def close(self) -> None:
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._client.close()
+
+    async def renew(self) -> Credentials:
+        """Renew now: with the current certificate while it is valid, else (or if
+        that is refused) with the token."""
+        return await self._fetch(use_current=True)
+
+    def renewal_delay(self, credentials: Credentials) -> float:
+        """Seconds from now until `credentials` should be renewed."""
+        lifetime = credentials.expires_at - credentials.fetched_at
+        due = credentials.fetched_at + lifetime * self._rng.uniform(*RENEW_AT)
+        return max(0.0, due - self._clock())
+
+    # -- internals --------------------------------------------------------------
+
+    async def _fetch(self, *, use_current: bool) -> Credentials:
+        key = new_private_key()
+        csr = make_csr(key, self.config.identity)
+        ttl = self.config.requested_ttl
+        current = self._credentials if use_current else None
+        signed: SignedChain | None = None
+        if current is not None and self._clock() < current.expires_at:
+            try:
+                signed = await self._client.create_certificate(csr, ttl, renewal=current)
+            except TokenRejectedError as exc:
+                if not self.config.token:
+                    raise
+                log.warning(
+                    "renewal with the current certificate refused (%s); trying the join token",
+                    exc.reason,
+                )
+        if signed is None:
+            if not self.config.token:
+                raise IdentityConfigError(f"no join token to request {self.spiffe_id} with")
+            signed = await self._client.create_certificate(csr, ttl, token=self.config.token)
+        credentials = self._accept(key, signed)
+        self._install(credentials)
+        return credentials
+
+    def _accept(self, key: Any, signed: SignedChain) -> Credentials:
+        """Check the answer is a chain for our key and our identity, then wrap it."""
+        try:
+            chain = tuple(x509.load_pem_x509_certificate(p.encode()) for p in signed.cert_chain)
+            bundle = tuple(x509.load_pem_x509_certificate(p.encode()) for p in signed.trust_bundle)
+        except ValueError as exc:
+            raise CertificateAuthorityUnavailableError(
+                f"the CA at {self.config.ca_address} sent an unreadable certificate: {exc}"
+            ) from None
+        leaf = chain[0]
+        if leaf.public_key() != key.public_key() or spiffe_id_of(leaf) != self.spiffe_id:
+            raise CertificateAuthorityUnavailableError(
+                f"the CA at {self.config.ca_address} returned a certificate for another key "
+                f"or identity ({spiffe_id_of(leaf)}), not for {self.spiffe_id}"
+            )
+        # Without the bundle extension, the root is the chain's last element.
+        roots = bundle or chain[-1:]
+        issued = tuple(c for c in chain[1:] if c not in roots)
+        return Credentials(key, (leaf, *issued), roots, fetched_at=self._clock())
+
+    def _install(self, credentials: Credentials) -> None:
+        previous, self._credentials = self._credentials, credentials
+        if self._files is not None:
+            self._files.write(credentials)
+        if previous is not None and set(previous.roots) != set(credentials.roots):
+            log.info("trust bundle changed: %d root(s)", len(credentials.roots))
+        log.info(
+            "workload certificate for %s valid until %s",
+            self.spiffe_id,
+            credentials.not_after.isoformat(),
+        )
+        for listener in list(self._listeners):
+            try:
+                listener(credentials)
+            except Exception:
+                # A listener's bug must not stop rotation for everyone else.
+                log.exception("credentials listener %r failed", listener)
+
+    async def _renew_forever(self) -> None:
+        attempt = 0
+        delay = self.renewal_delay(self.credentials)
+        while True:
+            await self._sleep(delay)
+            try:
+                credentials = await self.renew()
+            except IdentityError as exc:
+                attempt += 1
+                remaining = self.credentials.expires_at - self._clock()
+                delay = min(2.0**attempt, MAX_RETRY_DELAY, max(1.0, remaining / 4))
+                log.warning(
+                    "certificate renewal for %s failed (attempt %d, retrying in %.1fs, "
+                    "current certificate expires in %.0fs): %s",
+                    self.spiffe_id,
+                    attempt,
+                    delay,
+                    remaining,
+                    exc,
+                )
+                continue
+            attempt = 0
+            delay = self.renewal_delay(credentials)

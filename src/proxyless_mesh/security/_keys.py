@@ -1,0 +1,41 @@
+"""Workload keys and CSRs. The private key is made here and never serialised
+except into this process's own TLS stack and the 0600 files grpcio reads."""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from proxyless_mesh.security._spiffe import SpiffeId
+
+__all__ = ["make_csr", "new_private_key", "private_key_pem"]
+
+
+def new_private_key() -> ec.EllipticCurvePrivateKey:
+    """ECDSA P-256: what Istio uses for workloads, fast to make and to handshake."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, identity: SpiffeId) -> str:
+    """A PEM CSR whose only SAN is the SPIFFE URI; the subject is empty (the
+    SVID convention: the identity lives in the SAN, nowhere else)."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """PKCS#8 PEM, for the TLS stack and the file_watcher key file only."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )

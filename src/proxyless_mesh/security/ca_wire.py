@@ -1,0 +1,99 @@
+"""The certificate-signing protocol shared by the library (client) and the control
+plane's CA (server): Istio's `istio.v1.auth.IstioCertificateService`.
+
+The message types are built at import from a descriptor (no generated code), in
+a private descriptor pool so they cannot clash with Istio's own generated
+modules if an application imports those. Field numbers and types are Istio's
+(`security/proto/pb/ca.proto`), so the bytes are wire-compatible:
+
+    IstioCertificateRequest  { string csr = 1; int64 validity_duration = 3;
+                               google.protobuf.Struct metadata = 4; }
+    IstioCertificateResponse { repeated string cert_chain = 1;   // leaf first, root last
+                               repeated string trust_bundle = 100; }  // our extension
+
+`trust_bundle` (every root currently trusted, PEM) is our addition: it is how
+workloads learn a new root before it signs anything. Istio's clients skip the
+unknown field; ours fall back to the last cert of `cert_chain` without it.
+
+Authentication travels in call metadata (see `AUTHORIZATION`, `RENEWAL_CHAIN`,
+`RENEWAL_PROOF`): a join token, or, for renewal, the current certificate chain
+plus a signature by the current key over the new CSR (`renewal_payload`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
+
+__all__ = [
+    "AUTHORIZATION",
+    "CREATE_CERTIFICATE",
+    "RENEWAL_CHAIN",
+    "RENEWAL_PROOF",
+    "SERVICE_NAME",
+    "CertificateRequest",
+    "CertificateResponse",
+    "renewal_payload",
+]
+
+SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
+#: The full gRPC method path, as `channel.unary_unary` wants it.
+CREATE_CERTIFICATE = f"/{SERVICE_NAME}/CreateCertificate"
+
+#: "authorization: Bearer <join token>" (the header Istio's CA reads).
+AUTHORIZATION = "authorization"
+#: Renewal: the caller's current chain (PEM, leaf first), binary metadata.
+RENEWAL_CHAIN = "x-mesh-cert-chain-bin"
+#: Renewal: ECDSA signature (DER) by the current key over `renewal_payload(csr)`.
+RENEWAL_PROOF = "x-mesh-renewal-proof-bin"
+
+_PROOF_CONTEXT = b"proxyless-mesh certificate renewal v1\n"
+
+
+def renewal_payload(csr_pem: str) -> bytes:
+    """What the current key signs to prove the renewal: bound to this CSR, so a
+    captured request is useless to anyone without the CSR's private key."""
+    return _PROOF_CONTEXT + hashlib.sha256(csr_pem.encode()).digest()
+
+
+def _build() -> tuple[Any, Any]:
+    pool = descriptor_pool.DescriptorPool()
+    struct_file = descriptor_pb2.FileDescriptorProto()
+    struct_pb2.DESCRIPTOR.CopyToProto(struct_file)
+    pool.Add(struct_file)
+
+    f = descriptor_pb2.FileDescriptorProto(
+        name="proxyless_mesh/istio_ca.proto",
+        package="istio.v1.auth",
+        syntax="proto3",
+        dependency=["google/protobuf/struct.proto"],
+    )
+    T = descriptor_pb2.FieldDescriptorProto
+    req = f.message_type.add(name="IstioCertificateRequest")
+    req.field.add(name="csr", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    req.field.add(name="validity_duration", number=3, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
+    req.field.add(
+        name="metadata",
+        number=4,
+        type=T.TYPE_MESSAGE,
+        label=T.LABEL_OPTIONAL,
+        type_name=".google.protobuf.Struct",
+    )
+    resp = f.message_type.add(name="IstioCertificateResponse")
+    resp.field.add(name="cert_chain", number=1, type=T.TYPE_STRING, label=T.LABEL_REPEATED)
+    resp.field.add(name="trust_bundle", number=100, type=T.TYPE_STRING, label=T.LABEL_REPEATED)
+    pool.Add(f)
+    return (
+        message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("istio.v1.auth.IstioCertificateRequest")
+        ),
+        message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("istio.v1.auth.IstioCertificateResponse")
+        ),
+    )
+
+
+#: Message classes (protobuf `Message` subclasses; typed Any: built at runtime).
+CertificateRequest, CertificateResponse = _build()
