@@ -1,0 +1,243 @@
+"""The inbound decision: normalize, authenticate (JWT), authorize (RBAC), log.
+
+Sans-I/O and shared by every integration (ASGI, WSGI, gRPC sync and aio):
+they turn their request into an `InboundRequest`, call `PolicySet.check`, and
+either answer the `Decision`'s status or hand the app the rewritten request.
+
+Istio's order comes from the RBAC filters istiod emits, kept in order here:
+an AUDIT (LOG) engine, then a DENY engine, then an ALLOW engine. A LOG match
+writes an audit line and never blocks; the first DENY match denies; an ALLOW
+engine that exists but matches nothing denies (so an ALLOW policy with no
+rules denies everything); no ALLOW engine means allow.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from proxyless_mesh.model._rbac import JwtAuthentication, Rbac, RbacAction
+from proxyless_mesh.policy._compile import IpAddress, Predicate, RequestContext, compile_rule
+from proxyless_mesh.policy._errors import MalformedRequestError
+from proxyless_mesh.policy._jwt import ISTIO_AUTHN, JwtAuthenticator, JwtAuthError, strip_params
+from proxyless_mesh.policy._normalize import (
+    PathNormalization,
+    normalize_host,
+    normalize_path,
+    split_target,
+)
+
+logger = logging.getLogger("proxyless_mesh.policy")
+
+DENIED_BODY = b"RBAC: access denied"
+UNAUTHENTICATED_BODY = b"Jwt verification fails"
+BAD_REQUEST_BODY = b"Bad Request"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRequest:
+    """One request as the integrations see it, before normalization.
+
+    `target` is the raw request target (path, optional `?query`, optional
+    fragment) as received; `headers` has lower-case names with duplicate
+    values joined by "," (use `join_headers`); `peer_principal` is the
+    verified SPIFFE ID of the mTLS peer, None without mTLS."""
+
+    method: str
+    target: bytes
+    headers: Mapping[str, str]
+    peer_principal: str | None = None
+    source_ip: str | None = None
+    destination_port: int | None = None
+    destination_ip: str | None = None
+    sni: str | None = None
+    scheme: str = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome. `status` is 200 when allowed, else 400/401/403. When
+    allowed, the app must be given `path` (normalized, percent-encoded),
+    `query`, and the headers minus `remove_headers` plus `add_headers`."""
+
+    status: int
+    policy: str = ""
+    reason: str = ""
+    path: str = ""
+    query: str = ""
+    remove_headers: frozenset[str] = frozenset()
+    add_headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+
+@dataclass(frozen=True, slots=True)
+class _Engine:
+    action: RbacAction
+    policies: tuple[tuple[str, Predicate], ...]
+
+    def first_match(self, ctx: RequestContext) -> str | None:
+        for name, matches in self.policies:
+            if matches(ctx):
+                return name
+        return None
+
+
+def _compile_policy_pair(perms: Predicate, princ: Predicate) -> Predicate:
+    return lambda ctx: perms(ctx) and princ(ctx)
+
+
+def _any_of(preds: tuple[Predicate, ...]) -> Predicate:
+    if len(preds) == 1:
+        return preds[0]
+    return lambda ctx: any(p(ctx) for p in preds)
+
+
+class PolicySet:
+    """The immutable, compiled inbound policy of one workload.
+
+    Built once per config update (regexes, CIDRs and JWKS compiled here);
+    `check` is the per-request call. A provider returns the current one."""
+
+    __slots__ = ("_engines", "_jwt", "_mode")
+
+    def __init__(
+        self,
+        rbacs: Sequence[Rbac] = (),
+        jwt: JwtAuthentication | None = None,
+        path_normalization: PathNormalization = PathNormalization.BASE,
+    ) -> None:
+        engines = []
+        for rbac in rbacs:
+            compiled = []
+            for name, policy in rbac.policies:
+                if not policy.permissions or not policy.principals:
+                    continue  # Envoy: a policy with no permission or principal matches nothing
+                perms = _any_of(tuple(compile_rule(r) for r in policy.permissions))
+                princ = _any_of(tuple(compile_rule(r) for r in policy.principals))
+                compiled.append((name, _compile_policy_pair(perms, princ)))
+            engines.append(_Engine(rbac.action, tuple(compiled)))
+        self._engines = tuple(engines)
+        self._jwt = JwtAuthenticator(jwt or JwtAuthentication())
+        self._mode = path_normalization
+
+    @classmethod
+    def allow_all(cls) -> PolicySet:
+        return cls()
+
+    def check(self, request: InboundRequest) -> Decision:
+        raw_path, raw_query = split_target(request.target)
+        try:
+            path = normalize_path(raw_path, self._mode)
+            query = raw_query.decode("ascii")
+        except (MalformedRequestError, UnicodeDecodeError) as exc:
+            return self._refuse(400, "", f"malformed path: {exc}", request, None)
+        authority = request.headers.get(":authority") or request.headers.get("host", "")
+        if "," in authority:  # several Host headers: RFC 9112 says 400, and they'd be ambiguous
+            return self._refuse(400, "", "more than one Host header", request, None)
+        host = normalize_host(authority)
+        ctx = RequestContext(
+            method=request.method,
+            host=host,
+            path=path,
+            query=query,
+            scheme=request.scheme,
+            headers=request.headers,
+            peer_principal=request.peer_principal,
+            source_ip=_ip(request.source_ip),
+            destination_ip=_ip(request.destination_ip),
+            destination_port=request.destination_port,
+            sni=request.sni,
+        )
+        remove: frozenset[str] = self._jwt.claim_headers
+        add: tuple[tuple[str, str], ...] = ()
+        if self._jwt.enabled:
+            try:
+                result = self._jwt.authenticate(request.headers, query)
+            except JwtAuthError as exc:
+                return self._refuse(401, "", str(exc), request, ctx)
+            if result is not None:
+                ctx.metadata = {ISTIO_AUTHN: result.metadata()}
+                remove = remove | result.remove_headers
+                add = result.add_headers
+                query = strip_params(query, result.remove_params)
+        for engine in self._engines:
+            matched = engine.first_match(ctx)
+            if engine.action is RbacAction.LOG:
+                if matched is not None:
+                    _log("audit", matched, "matched AUDIT policy", ctx, request)
+            elif engine.action is RbacAction.DENY:
+                if matched is not None:
+                    return self._refuse(403, matched, "matched DENY policy", request, ctx)
+            elif matched is None:
+                return self._refuse(403, "", "no ALLOW policy matched", request, ctx)
+        return Decision(200, path=path, query=query, remove_headers=remove, add_headers=add)
+
+    def _refuse(
+        self,
+        status: int,
+        policy: str,
+        reason: str,
+        request: InboundRequest,
+        ctx: RequestContext | None,
+    ) -> Decision:
+        kind = {400: "bad_request", 401: "unauthenticated", 403: "deny"}[status]
+        _log(kind, policy, reason, ctx, request)
+        return Decision(status, policy=policy, reason=reason)
+
+
+def _ip(value: str | None) -> IpAddress | None:
+    if not value:
+        return None
+    try:
+        return ipaddress.ip_address(value.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _namespace(principal: str | None) -> str | None:
+    if principal is None or "/ns/" not in principal:
+        return None
+    return principal.split("/ns/", 1)[1].split("/", 1)[0]
+
+
+def _log(
+    decision: str,
+    policy: str,
+    reason: str,
+    ctx: RequestContext | None,
+    request: InboundRequest,
+) -> None:
+    """One JSON line: who, what, which policy. Never headers, query or token."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    meta = ctx.metadata.get(ISTIO_AUTHN, {}) if ctx is not None else {}
+    line = {
+        "decision": decision,
+        "policy": policy,
+        "reason": reason,
+        "principal": request.peer_principal,
+        "namespace": _namespace(request.peer_principal),
+        "source_ip": request.source_ip,
+        "request_principal": meta.get("request.auth.principal"),
+        "method": request.method,
+        "host": ctx.host if ctx is not None else None,
+        "path": ctx.path if ctx is not None else None,
+        "destination_port": request.destination_port,
+    }
+    logger.info(json.dumps(line, separators=(",", ":")))
+
+
+def join_headers(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Lower-case names; duplicate headers joined with "," as Envoy does."""
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower()
+        prev = out.get(key)
+        out[key] = value if prev is None else prev + "," + value
+    return out

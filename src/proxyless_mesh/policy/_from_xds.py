@@ -1,0 +1,188 @@
+"""Envoy RBAC protobufs -> RBAC model (the library's decoder for the RBAC HTTP
+filter on inbound listeners, and the inverse of `_to_xds`).
+
+What the model cannot enforce faithfully raises PolicyConfigError naming the
+field, so the xDS client can NACK the listener instead of enforcing a
+different policy than the control plane meant: CEL conditions, `matcher`
+trees, filter_state, `sourced_metadata`, `uri_template`, custom matchers,
+header `range_match`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.type.matcher.v3 import metadata_pb2, string_pb2
+
+from proxyless_mesh.model._rbac import (
+    AndRules,
+    AnyRule,
+    Authenticated,
+    CidrRange,
+    DestinationIp,
+    DestinationPort,
+    DestinationPortRange,
+    DirectRemoteIp,
+    Metadata,
+    NotRule,
+    OrRules,
+    Policy,
+    Rbac,
+    RbacAction,
+    RbacRule,
+    RemoteIp,
+    RequestedServerName,
+    UrlPath,
+)
+from proxyless_mesh.model._resources import HeaderMatcher, MatchKind, StringMatcher
+from proxyless_mesh.policy._errors import UnsupportedPolicyError
+
+
+def rbac_filter_from_proto(msg: http_rbac_pb2.RBAC) -> Rbac | None:
+    """The HTTP filter -> its engine; None when `rules` is unset (Envoy: the
+    filter then does nothing)."""
+    if msg.HasField("matcher") or msg.HasField("shadow_matcher"):
+        raise UnsupportedPolicyError("RBAC.matcher", "matcher-based RBAC is not supported")
+    if not msg.HasField("rules"):
+        return None
+    return rbac_from_proto(msg.rules)
+
+
+def rbac_from_proto(msg: rbac_pb2.RBAC) -> Rbac:
+    action = rbac_pb2.RBAC.Action.Name(msg.action)
+    policies = []
+    for name in sorted(msg.policies):  # Envoy keeps policies in a std::map: name order
+        p = msg.policies[name]
+        where = f"RBAC.policies[{name}]"
+        if p.HasField("condition") or p.HasField("checked_condition"):
+            raise UnsupportedPolicyError(f"{where}.condition", "CEL conditions are not supported")
+        perms = tuple(permission_from_proto(x, f"{where}.permissions") for x in p.permissions)
+        princ = tuple(principal_from_proto(x, f"{where}.principals") for x in p.principals)
+        policies.append((name, Policy(perms, princ)))
+    return Rbac(RbacAction(action), tuple(policies))
+
+
+def string_matcher_from_proto(m: string_pb2.StringMatcher, where: str) -> StringMatcher:
+    which = m.WhichOneof("match_pattern")
+    if which == "exact":
+        return StringMatcher(MatchKind.EXACT, m.exact, m.ignore_case)
+    if which == "prefix":
+        return StringMatcher(MatchKind.PREFIX, m.prefix, m.ignore_case)
+    if which == "suffix":
+        return StringMatcher(MatchKind.SUFFIX, m.suffix, m.ignore_case)
+    if which == "contains":
+        return StringMatcher(MatchKind.CONTAINS, m.contains, m.ignore_case)
+    if which == "safe_regex":
+        return StringMatcher(MatchKind.REGEX, m.safe_regex.regex)
+    raise UnsupportedPolicyError(where, f"string matcher {which!r} is not supported")
+
+
+def _cidr(c: address_pb2.CidrRange) -> CidrRange:
+    return CidrRange(c.address_prefix, c.prefix_len.value)
+
+
+def _header(h: route_components_pb2.HeaderMatcher, where: str) -> HeaderMatcher:
+    which = h.WhichOneof("header_match_specifier")
+    name, invert = h.name.lower(), h.invert_match
+    if h.treat_missing_header_as_empty:
+        raise UnsupportedPolicyError(f"{where}.treat_missing_header_as_empty", "not supported")
+    legacy: dict[str, MatchKind] = {
+        "exact_match": MatchKind.EXACT,
+        "prefix_match": MatchKind.PREFIX,
+        "suffix_match": MatchKind.SUFFIX,
+        "contains_match": MatchKind.CONTAINS,
+    }
+    if which == "string_match":
+        return HeaderMatcher(name, string_matcher_from_proto(h.string_match, where), invert)
+    if which in legacy:
+        return HeaderMatcher(name, StringMatcher(legacy[which], getattr(h, which)), invert)
+    if which == "safe_regex_match":
+        return HeaderMatcher(name, StringMatcher(MatchKind.REGEX, h.safe_regex_match.regex), invert)
+    if which == "present_match":
+        # present_match: false is "absent", i.e. an inverted PRESENT.
+        return HeaderMatcher(name, StringMatcher(MatchKind.PRESENT), invert == h.present_match)
+    raise UnsupportedPolicyError(where, f"header matcher {which!r} is not supported")
+
+
+def _metadata(m: metadata_pb2.MetadataMatcher, where: str) -> Metadata:
+    path = tuple(seg.key for seg in m.path)
+    value = m.value
+    which = value.WhichOneof("match_pattern")
+    if which == "present_match" and value.present_match:
+        return Metadata(m.filter, path, StringMatcher(MatchKind.PRESENT), invert=m.invert)
+    if which == "string_match":
+        return Metadata(
+            m.filter, path, string_matcher_from_proto(value.string_match, where), invert=m.invert
+        )
+    if (
+        which == "list_match"
+        and value.list_match.one_of.WhichOneof("match_pattern") == "string_match"
+    ):
+        inner = string_matcher_from_proto(value.list_match.one_of.string_match, where)
+        return Metadata(m.filter, path, inner, list_match=True, invert=m.invert)
+    raise UnsupportedPolicyError(where, f"metadata value matcher {which!r} is not supported")
+
+
+def _common(msg: Any, which: str | None, where: str) -> RbacRule | None:
+    if which == "any":
+        return AnyRule()
+    if which == "header":
+        return _header(msg.header, f"{where}.header")
+    if which == "url_path":
+        if msg.url_path.WhichOneof("rule") != "path":
+            raise UnsupportedPolicyError(f"{where}.url_path", "only `path` is supported")
+        return UrlPath(string_matcher_from_proto(msg.url_path.path, f"{where}.url_path"))
+    if which == "metadata":
+        return _metadata(msg.metadata, f"{where}.metadata")
+    return None
+
+
+def permission_from_proto(msg: rbac_pb2.Permission, where: str = "permission") -> RbacRule:
+    which = msg.WhichOneof("rule")
+    common = _common(msg, which, where)
+    if common is not None:
+        return common
+    if which == "and_rules":
+        return AndRules(tuple(permission_from_proto(r, where) for r in msg.and_rules.rules))
+    if which == "or_rules":
+        return OrRules(tuple(permission_from_proto(r, where) for r in msg.or_rules.rules))
+    if which == "not_rule":
+        return NotRule(permission_from_proto(msg.not_rule, where))
+    if which == "destination_port":
+        return DestinationPort(msg.destination_port)
+    if which == "destination_port_range":
+        r = msg.destination_port_range
+        return DestinationPortRange(r.start, r.end)
+    if which == "destination_ip":
+        return DestinationIp(_cidr(msg.destination_ip))
+    if which == "requested_server_name":
+        sni = string_matcher_from_proto(msg.requested_server_name, f"{where}.requested_server_name")
+        return RequestedServerName(sni)
+    raise UnsupportedPolicyError(f"{where}.{which}", "permission rule is not supported")
+
+
+def principal_from_proto(msg: rbac_pb2.Principal, where: str = "principal") -> RbacRule:
+    which = msg.WhichOneof("identifier")
+    common = _common(msg, which, where)
+    if common is not None:
+        return common
+    if which == "and_ids":
+        return AndRules(tuple(principal_from_proto(r, where) for r in msg.and_ids.ids))
+    if which == "or_ids":
+        return OrRules(tuple(principal_from_proto(r, where) for r in msg.or_ids.ids))
+    if which == "not_id":
+        return NotRule(principal_from_proto(msg.not_id, where))
+    if which == "authenticated":
+        a = msg.authenticated
+        if not a.HasField("principal_name"):
+            return Authenticated(None)
+        return Authenticated(string_matcher_from_proto(a.principal_name, f"{where}.authenticated"))
+    if which in ("direct_remote_ip", "source_ip"):
+        return DirectRemoteIp(_cidr(getattr(msg, which)))
+    if which == "remote_ip":
+        return RemoteIp(_cidr(msg.remote_ip))
+    raise UnsupportedPolicyError(f"{where}.{which}", "principal rule is not supported")

@@ -1,0 +1,411 @@
+"""Istio AuthorizationPolicy / RequestAuthentication (YAML dicts) -> RBAC model.
+
+A pure function of its inputs, made the way istiod builds the RBAC filters:
+- one RBAC engine per action, in the order LOG (AUDIT), DENY, ALLOW; the ALLOW
+  engine exists as soon as one ALLOW policy exists, even with no rules, so
+  `spec: {}` (allow-nothing) denies everything; `rules: [{}]` allows all;
+- one RBAC policy per rule, named `ns[<ns>]-policy[<name>]-rule[<i>]`;
+- a rule = (any of `from`) AND (any of `to`) AND (every `when`); within one
+  source/operation every field must match; a field matches if any value
+  does; `notX` becomes a `not_rule` over the values;
+- principals get the `spiffe://` prefix (Istio writes
+  `cluster.local/ns/x/sa/y`); namespaces become the principal regex
+  `.*/ns/<ns>/.*`; values take `*` as "any", `prefix*` and `*suffix`;
+- hosts match case-insensitively on the normalized authority, which has no
+  port: a port written in a policy host is dropped (`foo.com:*` -> `foo.com`).
+  An Envoy that enforces this RBAC needs HCM `strip_any_host_port: true`.
+
+Anything the mesh does not enforce raises UnsupportedPolicyError naming the
+field: a policy is applied entirely or not at all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from proxyless_mesh.model._rbac import (
+    AndRules,
+    AnyRule,
+    Authenticated,
+    CidrRange,
+    ClaimToHeader,
+    DestinationIp,
+    DestinationPort,
+    DirectRemoteIp,
+    JwtAuthentication,
+    JwtHeader,
+    JwtProvider,
+    Metadata,
+    NotRule,
+    OrRules,
+    Policy,
+    Rbac,
+    RbacAction,
+    RbacRule,
+    RemoteIp,
+    RequestedServerName,
+    UrlPath,
+)
+from proxyless_mesh.model._resources import HeaderMatcher, MatchKind, StringMatcher
+from proxyless_mesh.policy._errors import PolicyConfigError, UnsupportedPolicyError
+
+SPIFFE_PREFIX = "spiffe://"
+AUTHN_FILTER = "istio_authn"
+_ACTIONS = {"ALLOW": RbacAction.ALLOW, "DENY": RbacAction.DENY, "AUDIT": RbacAction.LOG}
+_SPEC_KEYS = {"selector", "action", "rules"}
+_RULE_KEYS = {"from", "to", "when"}
+_SOURCE_FIELDS = (
+    "principals",
+    "requestPrincipals",
+    "namespaces",
+    "ipBlocks",
+    "remoteIpBlocks",
+)
+_OPERATION_FIELDS = ("hosts", "ports", "methods", "paths")
+_JWT_RULE_KEYS = {
+    "issuer",
+    "audiences",
+    "jwks",
+    "jwksUri",
+    "fromHeaders",
+    "fromParams",
+    "forwardOriginalToken",
+    "outputClaimToHeaders",
+}
+
+
+def authorization_policies_to_rbac(policies: Iterable[Mapping[str, Any]]) -> tuple[Rbac, ...]:
+    """The RBAC engines (LOG, DENY, ALLOW; only those needed) for the
+    AuthorizationPolicies that apply to one workload (selection is the
+    caller's: see `selects_workload`)."""
+    by_action: dict[RbacAction, list[tuple[str, Policy]]] = {a: [] for a in RbacAction}
+    has_allow = False
+    for i, resource in enumerate(policies):
+        action, named = authorization_policy_to_rbac(resource, where=f"policies[{i}]")
+        has_allow = has_allow or action is RbacAction.ALLOW
+        by_action[action].extend(named)
+    engines = []
+    if by_action[RbacAction.LOG]:
+        engines.append(Rbac(RbacAction.LOG, tuple(by_action[RbacAction.LOG])))
+    if by_action[RbacAction.DENY]:
+        engines.append(Rbac(RbacAction.DENY, tuple(by_action[RbacAction.DENY])))
+    if has_allow:
+        engines.append(Rbac(RbacAction.ALLOW, tuple(by_action[RbacAction.ALLOW])))
+    return tuple(engines)
+
+
+def authorization_policy_to_rbac(
+    resource: Mapping[str, Any], where: str = "AuthorizationPolicy"
+) -> tuple[RbacAction, list[tuple[str, Policy]]]:
+    """One AuthorizationPolicy -> its action and its named RBAC policies."""
+    meta = _mapping(resource.get("metadata", {}), f"{where}.metadata")
+    name = str(meta.get("name", ""))
+    namespace = str(meta.get("namespace", "default"))
+    where = f"AuthorizationPolicy {namespace}/{name}"
+    spec = _mapping(resource.get("spec", {}), f"{where}.spec")
+    _check_keys(spec, _SPEC_KEYS | {"provider", "targetRef", "targetRefs"}, f"{where}.spec")
+    for unsupported in ("provider", "targetRef", "targetRefs"):
+        if unsupported in spec:
+            raise UnsupportedPolicyError(f"{where}.spec.{unsupported}", "is not supported")
+    action_name = str(spec.get("action", "ALLOW"))
+    if action_name not in _ACTIONS:
+        raise UnsupportedPolicyError(f"{where}.spec.action", f"{action_name!r} is not supported")
+    rules = spec.get("rules") or []
+    named = []
+    for r, rule in enumerate(_sequence(rules, f"{where}.spec.rules")):
+        policy = _rule(_mapping(rule, f"{where}.spec.rules[{r}]"), f"{where}.spec.rules[{r}]")
+        named.append((f"ns[{namespace}]-policy[{name}]-rule[{r}]", policy))
+    return _ACTIONS[action_name], named
+
+
+def selects_workload(
+    resource: Mapping[str, Any],
+    namespace: str,
+    labels: Mapping[str, str],
+    root_namespace: str = "istio-system",
+) -> bool:
+    """Istio's applicability: same namespace (or the root namespace, mesh-wide)
+    and every `selector.matchLabels` entry present on the workload."""
+    meta = resource.get("metadata") or {}
+    ns = meta.get("namespace", "default")
+    if ns not in (namespace, root_namespace):
+        return False
+    selector = (resource.get("spec") or {}).get("selector") or {}
+    wanted = selector.get("matchLabels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _rule(rule: Mapping[str, Any], where: str) -> Policy:
+    _check_keys(rule, _RULE_KEYS, where)
+    principals: list[RbacRule] = []
+    permissions: list[RbacRule] = []
+    sources = []
+    for i, item in enumerate(_sequence(rule.get("from") or [], f"{where}.from")):
+        item = _mapping(item, f"{where}.from[{i}]")
+        _check_keys(item, {"source"}, f"{where}.from[{i}]")
+        sources.append(
+            _source(
+                _mapping(item.get("source", {}), f"{where}.from[{i}].source"),
+                f"{where}.from[{i}].source",
+            )
+        )
+    if sources:
+        principals.append(_or(sources))
+    operations = []
+    for i, item in enumerate(_sequence(rule.get("to") or [], f"{where}.to")):
+        item = _mapping(item, f"{where}.to[{i}]")
+        _check_keys(item, {"operation"}, f"{where}.to[{i}]")
+        operations.append(
+            _operation(
+                _mapping(item.get("operation", {}), f"{where}.to[{i}].operation"),
+                f"{where}.to[{i}].operation",
+            )
+        )
+    if operations:
+        permissions.append(_or(operations))
+    for i, cond in enumerate(_sequence(rule.get("when") or [], f"{where}.when")):
+        is_permission, node = _condition(_mapping(cond, f"{where}.when[{i}]"), f"{where}.when[{i}]")
+        (permissions if is_permission else principals).append(node)
+    return Policy(permissions=(_and(permissions),), principals=(_and(principals),))
+
+
+def _source(source: Mapping[str, Any], where: str) -> RbacRule:
+    allowed = set(_SOURCE_FIELDS) | {"not" + f[0].upper() + f[1:] for f in _SOURCE_FIELDS}
+    _check_keys(source, allowed, where)
+    makers = {
+        "principals": _principal,
+        "requestPrincipals": _request_principal,
+        "namespaces": _namespace,
+        "ipBlocks": lambda v, w: DirectRemoteIp(_cidr(v, w)),
+        "remoteIpBlocks": lambda v, w: RemoteIp(_cidr(v, w)),
+    }
+    return _fields(source, makers, where)
+
+
+def _operation(op: Mapping[str, Any], where: str) -> RbacRule:
+    allowed = set(_OPERATION_FIELDS) | {"not" + f[0].upper() + f[1:] for f in _OPERATION_FIELDS}
+    _check_keys(op, allowed, where)
+    makers = {
+        "hosts": _host,
+        "ports": lambda v, w: DestinationPort(_port(v, w)),
+        "methods": lambda v, w: HeaderMatcher(":method", StringMatcher(MatchKind.EXACT, str(v))),
+        "paths": _path,
+    }
+    return _fields(op, makers, where)
+
+
+def _fields(block: Mapping[str, Any], makers: Mapping[str, Any], where: str) -> RbacRule:
+    parts: list[RbacRule] = []
+    for field, make in makers.items():
+        for key, negate in ((field, False), ("not" + field[0].upper() + field[1:], True)):
+            values = _sequence(block.get(key) or [], f"{where}.{key}")
+            if not values:
+                continue
+            node = _or([make(v, f"{where}.{key}[{i}]") for i, v in enumerate(values)])
+            parts.append(NotRule(node) if negate else node)
+    return _and(parts)
+
+
+def _condition(cond: Mapping[str, Any], where: str) -> tuple[bool, RbacRule]:
+    """A `when` entry -> (goes to permissions?, rule)."""
+    _check_keys(cond, {"key", "values", "notValues"}, where)
+    key = str(cond.get("key", ""))
+    values = _sequence(cond.get("values") or [], f"{where}.values")
+    not_values = _sequence(cond.get("notValues") or [], f"{where}.notValues")
+    if not values and not not_values:
+        raise PolicyConfigError(where, f"condition {key!r} needs values or notValues")
+    is_permission, make = _condition_maker(key, f"{where}.key")
+    parts: list[RbacRule] = []
+    if values:
+        parts.append(_or([make(v, f"{where}.values[{i}]") for i, v in enumerate(values)]))
+    if not_values:
+        node = _or([make(v, f"{where}.notValues[{i}]") for i, v in enumerate(not_values)])
+        parts.append(NotRule(node))
+    return is_permission, _and(parts)
+
+
+def _condition_maker(key: str, where: str) -> tuple[bool, Any]:
+    simple: dict[str, tuple[bool, Any]] = {
+        "source.ip": (False, lambda v, w: DirectRemoteIp(_cidr(v, w))),
+        "remote.ip": (False, lambda v, w: RemoteIp(_cidr(v, w))),
+        "source.namespace": (False, _namespace),
+        "source.principal": (False, _principal),
+        "request.auth.principal": (False, _request_principal),
+        "request.auth.audiences": (False, _metadata_maker(("request.auth.audiences",), True)),
+        "request.auth.presenter": (False, _metadata_maker(("request.auth.presenter",), False)),
+        "destination.ip": (True, lambda v, w: DestinationIp(_cidr(v, w))),
+        "destination.port": (True, lambda v, w: DestinationPort(_port(v, w))),
+        "connection.sni": (True, lambda v, w: RequestedServerName(_string(str(v)))),
+    }
+    if key in simple:
+        return simple[key]
+    match = re.fullmatch(r"request\.headers\[([^\[\]]+)\]", key)
+    if match:
+        name = match.group(1).lower()
+        return False, lambda v, w: HeaderMatcher(name, _string(str(v), wildcard_present=True))
+    match = re.fullmatch(r"request\.auth\.claims((?:\[[^\[\]]+\])+)", key)
+    if match:
+        path = ("request.auth.claims", *re.findall(r"\[([^\[\]]+)\]", match.group(1)))
+        return False, _metadata_maker(path, True)
+    raise UnsupportedPolicyError(where, f"condition key {key!r} is not supported")
+
+
+def _metadata_maker(path: tuple[str, ...], list_match: bool) -> Any:
+    return lambda v, w: Metadata(AUTHN_FILTER, path, _string(str(v)), list_match=list_match)
+
+
+def _string(
+    v: str,
+    *,
+    prefix: str = "",
+    required: bool = False,
+    wildcard_present: bool = False,
+    ignore_case: bool = False,
+) -> StringMatcher:
+    """Istio's wildcard rule: `*` any (`.+` when the value is required),
+    `*suffix`, `prefix*`, else exact; `prefix` is prepended (spiffe://)."""
+    if v == "*":
+        if wildcard_present:
+            return StringMatcher(MatchKind.PRESENT)
+        return StringMatcher(MatchKind.REGEX, ".+" if required else ".*")
+    if v.startswith("*"):
+        if prefix:
+            return StringMatcher(MatchKind.REGEX, re.escape(prefix) + ".*" + re.escape(v[1:]))
+        return StringMatcher(MatchKind.SUFFIX, v[1:], ignore_case)
+    if v.endswith("*"):
+        return StringMatcher(MatchKind.PREFIX, prefix + v[:-1], ignore_case)
+    return StringMatcher(MatchKind.EXACT, prefix + v, ignore_case)
+
+
+def _principal(v: Any, where: str) -> RbacRule:
+    return Authenticated(_string(str(v), prefix=SPIFFE_PREFIX, required=True))
+
+
+def _request_principal(v: Any, where: str) -> RbacRule:
+    matcher = _string(str(v), required=True)
+    return Metadata(AUTHN_FILTER, ("request.auth.principal",), matcher)
+
+
+def _namespace(v: Any, where: str) -> RbacRule:
+    ns = re.escape(str(v)).replace(r"\*", ".*")
+    return Authenticated(StringMatcher(MatchKind.REGEX, f".*/ns/{ns}/.*"))
+
+
+def _host(v: Any, where: str) -> RbacRule:
+    host = str(v).lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1] if "]" in host else host
+    elif ":" in host:
+        host = host.split(":", 1)[0]
+    host = host.rstrip(".") or "*"
+    return HeaderMatcher(":authority", _string(host, wildcard_present=True, ignore_case=True))
+
+
+def _path(v: Any, where: str) -> RbacRule:
+    path = str(v)
+    if "{" in path or "}" in path:
+        raise UnsupportedPolicyError(where, f"path template {path!r} is not supported")
+    return UrlPath(_string(path))
+
+
+def _port(v: Any, where: str) -> int:
+    try:
+        port = int(str(v))
+    except ValueError:
+        raise PolicyConfigError(where, f"invalid port {v!r}") from None
+    if not 0 < port < 65536:
+        raise PolicyConfigError(where, f"port {port} out of range")
+    return port
+
+
+def _cidr(v: Any, where: str) -> CidrRange:
+    try:
+        net = ipaddress.ip_network(str(v), strict=False)
+    except ValueError:
+        raise PolicyConfigError(where, f"invalid IP or CIDR {v!r}") from None
+    return CidrRange(str(net.network_address), net.prefixlen)
+
+
+def _or(nodes: Sequence[RbacRule]) -> RbacRule:
+    return nodes[0] if len(nodes) == 1 else OrRules(tuple(nodes))
+
+
+def _and(nodes: Sequence[RbacRule]) -> RbacRule:
+    if not nodes:
+        return AnyRule()
+    return nodes[0] if len(nodes) == 1 else AndRules(tuple(nodes))
+
+
+def _check_keys(block: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for key in block:
+        if key not in allowed:
+            raise UnsupportedPolicyError(f"{where}.{key}", "is not a supported field")
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PolicyConfigError(where, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _sequence(value: Any, where: str) -> Sequence[Any]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise PolicyConfigError(where, f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def request_authentications_to_jwt(
+    resources: Iterable[Mapping[str, Any]], fetched_jwks: Mapping[str, str] | None = None
+) -> JwtAuthentication:
+    """RequestAuthentications -> jwt_authn providers. `jwksUri` keys are looked
+    up in `fetched_jwks` (the control plane fetches them, as istiod does)."""
+    providers = []
+    for resource in resources:
+        meta = _mapping(resource.get("metadata", {}), "RequestAuthentication.metadata")
+        where = f"RequestAuthentication {meta.get('namespace', 'default')}/{meta.get('name', '')}"
+        spec = _mapping(resource.get("spec", {}), f"{where}.spec")
+        _check_keys(spec, {"selector", "jwtRules"}, f"{where}.spec")
+        for i, rule in enumerate(_sequence(spec.get("jwtRules") or [], f"{where}.spec.jwtRules")):
+            providers.append(
+                _jwt_rule(
+                    _mapping(rule, f"{where}.spec.jwtRules[{i}]"),
+                    f"{where}.spec.jwtRules[{i}]",
+                    fetched_jwks or {},
+                )
+            )
+    return JwtAuthentication(tuple(providers))
+
+
+def _jwt_rule(rule: Mapping[str, Any], where: str, fetched: Mapping[str, str]) -> JwtProvider:
+    _check_keys(rule, _JWT_RULE_KEYS, where)
+    issuer = str(rule.get("issuer", ""))
+    if not issuer:
+        raise PolicyConfigError(f"{where}.issuer", "is required")
+    jwks = rule.get("jwks")
+    if jwks is None and "jwksUri" in rule:
+        jwks = fetched.get(str(rule["jwksUri"]))
+        if jwks is None:
+            raise PolicyConfigError(f"{where}.jwksUri", "was not fetched by the control plane")
+    if jwks is None:
+        raise PolicyConfigError(where, "needs jwks or jwksUri")
+    headers = tuple(
+        JwtHeader(str(h["name"]), str(h.get("prefix", "")))
+        for h in _sequence(rule.get("fromHeaders") or [], f"{where}.fromHeaders")
+    )
+    claims = tuple(
+        ClaimToHeader(str(c["header"]), str(c["claim"]))
+        for c in _sequence(rule.get("outputClaimToHeaders") or [], f"{where}.outputClaimToHeaders")
+    )
+    return JwtProvider(
+        name=issuer,
+        issuer=issuer,
+        jwks=str(jwks),
+        audiences=tuple(str(a) for a in rule.get("audiences") or ()),
+        from_headers=headers,
+        from_params=tuple(str(p) for p in rule.get("fromParams") or ()),
+        forward=bool(rule.get("forwardOriginalToken", False)),
+        claim_to_headers=claims,
+    )

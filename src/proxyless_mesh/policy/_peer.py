@@ -1,0 +1,39 @@
+"""The peer's SPIFFE ID from its verified certificate (URI SAN).
+
+Until the mTLS layer hands the identity over directly, the integrations find
+it where servers expose the peer certificate: the ASGI `tls` extension's
+`client_cert_chain` (PEM), or gRPC's auth context (PEM or the SAN list).
+The certificate must already have been verified by the TLS layer: this only
+reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cryptography import x509
+
+SPIFFE_SCHEME = "spiffe://"
+
+
+def spiffe_id_from_pem(pem: str | bytes) -> str | None:
+    """The single `spiffe://` URI SAN of a PEM certificate, else None (a
+    certificate with several SPIFFE IDs is invalid per the SPIFFE spec)."""
+    data = pem.encode("ascii") if isinstance(pem, str) else pem
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    return _single_spiffe(san.value.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def spiffe_id_from_names(names: Iterable[str | bytes]) -> str | None:
+    """The single `spiffe://` name among SAN strings (gRPC's auth context)."""
+    decoded = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
+    return _single_spiffe(decoded)
+
+
+def _single_spiffe(uris: Iterable[str]) -> str | None:
+    found = [u for u in uris if u.startswith(SPIFFE_SCHEME)]
+    return found[0] if len(found) == 1 else None

@@ -1,0 +1,168 @@
+"""RBAC model -> Envoy protobufs (envoy.config.rbac.v3, and the HTTP filter
+envoy.extensions.filters.http.rbac.v3.RBAC). Used by the control plane to put
+the RBAC filters on inbound listeners, in the order of the model's engines.
+
+Leaves are placed on the side Envoy allows (permission-only or principal-only
+leaves on the wrong side raise PolicyConfigError). Header matchers use
+`string_match`, the non-deprecated form; a PRESENT matcher becomes
+`present_match` (headers, metadata) - elsewhere it has no protobuf form.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
+from envoy.type.v3 import range_pb2
+from google.protobuf import any_pb2, wrappers_pb2
+
+from proxyless_mesh.model._rbac import (
+    AndRules,
+    AnyRule,
+    Authenticated,
+    CidrRange,
+    DestinationIp,
+    DestinationPort,
+    DestinationPortRange,
+    DirectRemoteIp,
+    Metadata,
+    NotRule,
+    OrRules,
+    Rbac,
+    RbacRule,
+    RemoteIp,
+    RequestedServerName,
+    UrlPath,
+)
+from proxyless_mesh.model._resources import HeaderMatcher, MatchKind, StringMatcher
+from proxyless_mesh.policy._errors import PolicyConfigError
+
+RBAC_FILTER_NAME = "envoy.filters.http.rbac"
+
+
+def rbac_to_proto(rbac: Rbac) -> rbac_pb2.RBAC:
+    msg = rbac_pb2.RBAC(action=rbac_pb2.RBAC.Action.Value(rbac.action.value))
+    for name, policy in rbac.policies:
+        p = msg.policies[name]
+        p.permissions.extend(permission_to_proto(r) for r in policy.permissions)
+        p.principals.extend(principal_to_proto(r) for r in policy.principals)
+    return msg
+
+
+def rbac_filter_to_proto(rbac: Rbac) -> http_rbac_pb2.RBAC:
+    """The HTTP filter config: one engine per filter, as istiod lays them out."""
+    return http_rbac_pb2.RBAC(rules=rbac_to_proto(rbac))
+
+
+def rbac_filter_to_any(rbac: Rbac) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(rbac_filter_to_proto(rbac))
+    return packed
+
+
+def string_matcher_to_proto(m: StringMatcher) -> string_pb2.StringMatcher:
+    out = string_pb2.StringMatcher(ignore_case=m.ignore_case)
+    if m.kind is MatchKind.EXACT:
+        out.exact = m.value
+    elif m.kind is MatchKind.PREFIX:
+        out.prefix = m.value
+    elif m.kind is MatchKind.SUFFIX:
+        out.suffix = m.value
+    elif m.kind is MatchKind.CONTAINS:
+        out.contains = m.value
+    elif m.kind is MatchKind.REGEX:
+        out.ignore_case = False
+        regex = ("(?i)" + m.value) if m.ignore_case else m.value
+        out.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=regex))
+    else:
+        raise PolicyConfigError("matcher", f"{m.kind} has no StringMatcher form")
+    return out
+
+
+def _cidr(c: CidrRange) -> address_pb2.CidrRange:
+    return address_pb2.CidrRange(
+        address_prefix=c.address_prefix, prefix_len=wrappers_pb2.UInt32Value(value=c.prefix_len)
+    )
+
+
+def _header(h: HeaderMatcher) -> route_components_pb2.HeaderMatcher:
+    out = route_components_pb2.HeaderMatcher(name=h.name, invert_match=h.invert)
+    if h.matcher.kind is MatchKind.PRESENT:
+        out.present_match = True
+    else:
+        out.string_match.CopyFrom(string_matcher_to_proto(h.matcher))
+    return out
+
+
+def _metadata(m: Metadata) -> metadata_pb2.MetadataMatcher:
+    out = metadata_pb2.MetadataMatcher(filter=m.filter, invert=m.invert)
+    out.path.extend(metadata_pb2.MetadataMatcher.PathSegment(key=k) for k in m.path)
+    if m.matcher.kind is MatchKind.PRESENT:
+        out.value.present_match = True
+        return out
+    value = value_pb2.ValueMatcher(string_match=string_matcher_to_proto(m.matcher))
+    if m.list_match:
+        out.value.list_match.one_of.CopyFrom(value)
+    else:
+        out.value.CopyFrom(value)
+    return out
+
+
+def permission_to_proto(rule: RbacRule) -> rbac_pb2.Permission:
+    out = rbac_pb2.Permission()
+    if isinstance(rule, AnyRule):
+        out.any = True
+    elif isinstance(rule, AndRules):
+        out.and_rules.rules.extend(permission_to_proto(r) for r in rule.rules)
+    elif isinstance(rule, OrRules):
+        out.or_rules.rules.extend(permission_to_proto(r) for r in rule.rules)
+    elif isinstance(rule, NotRule):
+        out.not_rule.CopyFrom(permission_to_proto(rule.rule))
+    elif isinstance(rule, HeaderMatcher):
+        out.header.CopyFrom(_header(rule))
+    elif isinstance(rule, UrlPath):
+        out.url_path.CopyFrom(path_pb2.PathMatcher(path=string_matcher_to_proto(rule.matcher)))
+    elif isinstance(rule, DestinationPort):
+        out.destination_port = rule.port
+    elif isinstance(rule, DestinationPortRange):
+        out.destination_port_range.CopyFrom(range_pb2.Int32Range(start=rule.start, end=rule.end))
+    elif isinstance(rule, DestinationIp):
+        out.destination_ip.CopyFrom(_cidr(rule.cidr))
+    elif isinstance(rule, RequestedServerName):
+        out.requested_server_name.CopyFrom(string_matcher_to_proto(rule.matcher))
+    elif isinstance(rule, Metadata):
+        out.metadata.CopyFrom(_metadata(rule))
+    else:
+        raise PolicyConfigError("permission", f"{type(rule).__name__} is a principal-only rule")
+    return out
+
+
+def principal_to_proto(rule: RbacRule) -> rbac_pb2.Principal:
+    out = rbac_pb2.Principal()
+    if isinstance(rule, AnyRule):
+        out.any = True
+    elif isinstance(rule, AndRules):
+        out.and_ids.ids.extend(principal_to_proto(r) for r in rule.rules)
+    elif isinstance(rule, OrRules):
+        out.or_ids.ids.extend(principal_to_proto(r) for r in rule.rules)
+    elif isinstance(rule, NotRule):
+        out.not_id.CopyFrom(principal_to_proto(rule.rule))
+    elif isinstance(rule, HeaderMatcher):
+        out.header.CopyFrom(_header(rule))
+    elif isinstance(rule, UrlPath):
+        out.url_path.CopyFrom(path_pb2.PathMatcher(path=string_matcher_to_proto(rule.matcher)))
+    elif isinstance(rule, Authenticated):
+        out.authenticated.SetInParent()
+        if rule.principal_name is not None:
+            out.authenticated.principal_name.CopyFrom(string_matcher_to_proto(rule.principal_name))
+    elif isinstance(rule, DirectRemoteIp):
+        out.direct_remote_ip.CopyFrom(_cidr(rule.cidr))
+    elif isinstance(rule, RemoteIp):
+        out.remote_ip.CopyFrom(_cidr(rule.cidr))
+    elif isinstance(rule, Metadata):
+        out.metadata.CopyFrom(_metadata(rule))
+    else:
+        raise PolicyConfigError("principal", f"{type(rule).__name__} is a permission-only rule")
+    return out

@@ -1,0 +1,145 @@
+"""RequestAuthentication: which tokens pass, which get 401, what the app sees."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from proxyless_mesh.policy import InboundRequest, PolicySet, request_authentications_to_jwt
+
+ISSUER = "https://issuer.example"
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _jwks() -> str:
+    rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(RSA_KEY.public_key()))
+    ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(EC_KEY.public_key()))
+    rsa_jwk.update(kid="rsa1", alg="RS256")
+    ec_jwk.update(kid="ec1")
+    return json.dumps({"keys": [rsa_jwk, ec_jwk]})
+
+
+JWKS = _jwks()
+
+
+def token(key: Any = RSA_KEY, alg: str = "RS256", kid: str = "rsa1", **claims: Any) -> str:
+    body = {"iss": ISSUER, "sub": "alice", "aud": "api", "exp": int(time.time()) + 600}
+    body.update(claims)
+    return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+
+
+def unsigned(**claims: Any) -> str:
+    body = {"iss": ISSUER, "sub": "alice", "aud": "api", "exp": int(time.time()) + 600, **claims}
+    return jwt.encode(body, None, algorithm="none")
+
+
+def reqauth(**rule: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"issuer": ISSUER, "jwks": JWKS, "audiences": ["api"]}
+    base.update(rule)
+    return {"metadata": {"name": "jwt", "namespace": "foo"}, "spec": {"jwtRules": [base]}}
+
+
+def check(policies: PolicySet, headers: dict[str, str], target: bytes = b"/") -> Any:
+    return policies.check(InboundRequest("GET", target, {"host": "svc", **headers}))
+
+
+@pytest.fixture
+def ps() -> PolicySet:
+    return PolicySet(jwt=request_authentications_to_jwt([reqauth()]))
+
+
+def test_valid_token_passes_and_is_stripped(ps: PolicySet) -> None:
+    d = check(ps, {"authorization": f"Bearer {token()}"})
+    assert d.status == 200
+    assert "authorization" in d.remove_headers
+
+
+def test_ec_token_with_kid_passes(ps: PolicySet) -> None:
+    assert check(ps, {"authorization": f"Bearer {token(EC_KEY, 'ES256', 'ec1')}"}).status == 200
+
+
+def test_absent_token_passes_without_principal(ps: PolicySet) -> None:
+    assert check(ps, {}).status == 200
+    assert check(ps, {"authorization": "Basic dXNlcjpwYXNz"}).status == 200
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(lambda: unsigned(), id="alg-none"),
+        pytest.param(lambda: token(exp=int(time.time()) - 3600), id="expired"),
+        pytest.param(lambda: token(nbf=int(time.time()) + 3600), id="not-yet-valid"),
+        pytest.param(lambda: token(iss="https://evil.example"), id="wrong-issuer"),
+        pytest.param(lambda: token(aud="other"), id="wrong-audience"),
+        pytest.param(lambda: token(OTHER_KEY), id="bad-signature"),
+        pytest.param(lambda: token(kid="unknown"), id="unknown-kid"),
+        pytest.param(lambda: token()[:-4] + "AAAA", id="tampered"),
+        pytest.param(lambda: "not.a.jwt", id="garbage"),
+        pytest.param(lambda: "", id="empty"),
+        pytest.param(
+            lambda: jwt.encode({"iss": ISSUER, "sub": "x", "aud": "api"}, "s" * 32, "HS256"),
+            id="hmac",
+        ),
+    ],
+)
+def test_present_and_invalid_token_is_401(ps: PolicySet, bad: Any) -> None:
+    assert check(ps, {"authorization": f"Bearer {bad()}"}).status == 401
+
+
+def test_two_different_tokens_are_401(ps: PolicySet) -> None:
+    both = f"Bearer {token()},Bearer {token(sub='bob')}"
+    assert check(ps, {"authorization": both}).status == 401
+    assert check(ps, {"authorization": f"Bearer {token()}"}, b"/?access_token=x").status == 401
+
+
+def test_default_query_parameter_location(ps: PolicySet) -> None:
+    d = check(ps, {}, f"/p?a=1&access_token={token()}&b=2".encode())
+    assert d.status == 200
+    assert d.query == "a=1&b=2"
+    assert check(ps, {}, b"/p?access_token=bad").status == 401
+
+
+def test_custom_locations_forward_and_claim_headers() -> None:
+    ps = PolicySet(
+        jwt=request_authentications_to_jwt(
+            [
+                reqauth(
+                    fromHeaders=[{"name": "x-jwt", "prefix": "Token "}],
+                    forwardOriginalToken=True,
+                    outputClaimToHeaders=[{"header": "x-sub", "claim": "sub"}],
+                )
+            ]
+        )
+    )
+    d = check(ps, {"x-jwt": f"Token {token()}", "x-sub": "forged"})
+    assert d.status == 200
+    assert "x-jwt" not in d.remove_headers
+    assert "x-sub" in d.remove_headers
+    assert d.add_headers == (("x-sub", "alice"),)
+    # Authorization is not a location of this provider: ignored.
+    assert check(ps, {"authorization": "Bearer junk"}).status == 200
+    # Without a token the client's own x-sub is still removed.
+    assert "x-sub" in check(ps, {"x-sub": "forged"}).remove_headers
+
+
+def test_no_audiences_configured_accepts_any_audience() -> None:
+    ps = PolicySet(jwt=request_authentications_to_jwt([reqauth(audiences=[])]))
+    assert check(ps, {"authorization": f"Bearer {token(aud='whatever')}"}).status == 200
+
+
+def test_two_issuers_each_verified_with_their_keys() -> None:
+    other = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(OTHER_KEY.public_key()))
+    other["kid"] = "o1"
+    second = reqauth(issuer="https://two.example", jwks=json.dumps({"keys": [other]}))
+    ps = PolicySet(jwt=request_authentications_to_jwt([reqauth(), second]))
+    good_two = token(OTHER_KEY, kid="o1", iss="https://two.example")
+    assert check(ps, {"authorization": f"Bearer {good_two}"}).status == 200
+    forged = token(RSA_KEY, kid="rsa1", iss="https://two.example")
+    assert check(ps, {"authorization": f"Bearer {forged}"}).status == 401
