@@ -5,6 +5,11 @@ with JSON naming its service and version, so callers can count who served.
 
 Binds 127.0.0.1 on a free port (or --port) and writes {"port": N} to the
 ready file once it accepts connections.
+
+Failure modes for resilience tests: `--fail-rate 0.3` answers 503 (or
+`--fail-status`) to that share of requests, `--delay 2` waits before
+answering. `GET /__stats` reports how many requests it served, by Host
+header (that request itself is not counted).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 from typing import Any
 
@@ -21,7 +27,35 @@ import uvicorn
 Scope = dict[str, Any]
 
 
-def make_app(service: str, version: str) -> Any:
+class Behaviour:
+    """How this backend misbehaves (all off by default)."""
+
+    def __init__(self, fail_rate: float = 0.0, fail_status: int = 503, delay: float = 0.0) -> None:
+        self.fail_rate = fail_rate
+        self.fail_status = fail_status
+        self.delay = delay
+        self.served: dict[str, int] = {}
+        self.rng = random.Random()
+
+
+async def respond(send: Any, status: int, body: bytes, version: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-version", version.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def make_app(service: str, version: str, behaviour: Behaviour | None = None) -> Any:
+    behaviour = behaviour or Behaviour()
+
     async def app(scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -38,6 +72,17 @@ def make_app(service: str, version: str) -> Any:
             message = await receive()
             more = message.get("more_body", False)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope["path"] == "/__stats":
+            stats = {"requests": sum(behaviour.served.values()), "hosts": behaviour.served}
+            await respond(send, 200, json.dumps(stats).encode(), version)
+            return
+        host = headers.get("host", "")
+        behaviour.served[host] = behaviour.served.get(host, 0) + 1
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
+        if behaviour.fail_rate and behaviour.rng.random() < behaviour.fail_rate:
+            await respond(send, behaviour.fail_status, b'{"error": "injected"}', version)
+            return
         body = json.dumps(
             {
                 "service": service,
@@ -46,18 +91,7 @@ def make_app(service: str, version: str) -> Any:
                 "host": headers.get("host", ""),
             }
         ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-version", version.encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, 200, body, version)
 
     return app
 
@@ -69,14 +103,18 @@ def write_ready(path: str, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-async def serve(service: str, version: str, port: int, ready_file: str | None) -> None:
+async def serve(
+    service: str, version: str, port: int, ready_file: str | None, behaviour: Behaviour
+) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted sockets inherit this on Linux: without it, a response written
     # in two pieces waits for the client's delayed ACK (about 40 ms).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", port))
-    config = uvicorn.Config(make_app(service, version), log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        make_app(service, version, behaviour), log_level="warning", access_log=False
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -94,8 +132,12 @@ def main() -> None:
     parser.add_argument("--version", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ready-file")
+    parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--fail-status", type=int, default=503)
+    parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
-    asyncio.run(serve(args.service, args.version, args.port, args.ready_file))
+    behaviour = Behaviour(args.fail_rate, args.fail_status, args.delay)
+    asyncio.run(serve(args.service, args.version, args.port, args.ready_file, behaviour))
 
 
 if __name__ == "__main__":

@@ -200,7 +200,8 @@ class LocalMesh:
     def set_weights(self, host: str, weights: dict[str, int]) -> None:
         self.write_config("route.yaml", weighted_route(host, weights))
 
-    def start_control_plane(self, xds_port: int = 0) -> Proc:
+    def start_control_plane(self, xds_port: int = 0, extra_args: Sequence[str] = ()) -> Proc:
+        """`extra_args` go to `meshctl control-plane` (e.g. ["--leaf-ttl", "20s"])."""
         proc = start_process(
             "control-plane",
             [
@@ -212,6 +213,7 @@ class LocalMesh:
                 f"127.0.0.1:{xds_port}",
                 "--admin-address",
                 "127.0.0.1:0",
+                *extra_args,
             ],
             self.workdir,
         )
@@ -219,23 +221,81 @@ class LocalMesh:
         self.procs.append(proc)
         return proc
 
-    def start_http_backend(self, service: str, version: str) -> Proc:
-        return self._start_example("backend.py", service, version)
+    def start_http_backend(self, service: str, version: str, *extra: str) -> Proc:
+        """A uvicorn backend; `extra` are backend.py flags (--fail-rate, --delay)."""
+        return self._start_example("backend.py", service, version, *extra)
 
     def start_grpc_backend(self, service: str, version: str) -> Proc:
         return self._start_example("grpc_backend.py", service, version)
 
-    def _start_example(self, script: str, service: str, version: str) -> Proc:
+    def _start_example(self, script: str, service: str, version: str, *extra: str) -> Proc:
         proc = start_process(
             f"{service}-{version}-{len(self.procs)}",
-            [sys.executable, str(HERE / script), "--service", service, "--version", version],
+            [
+                sys.executable,
+                str(HERE / script),
+                "--service",
+                service,
+                "--version",
+                version,
+                *extra,
+            ],
             self.workdir,
         )
         self.procs.append(proc)
         return proc
 
-    def bootstrap(self, node_id: str, namespace: str = "default", sa: str = "default") -> Path:
+    @property
+    def ca_address(self) -> str:
+        """Where the control plane's CA listens (its ready file's "ca")."""
+        if self.control_plane is None:
+            raise RuntimeError("control plane not started")
+        return str(self.control_plane.ready["ca"])
+
+    @property
+    def ca_dir(self) -> Path:
+        """The control plane's default CA dir: `mesh-ca` beside the config dir."""
+        return self.workdir / "mesh-ca"
+
+    def token(self, namespace: str, sa: str, ttl: str = "1h") -> str:
+        """A join token from `meshctl token create` for this mesh's CA."""
+        done = subprocess.run(
+            [
+                str(BIN / "meshctl"),
+                "token",
+                "create",
+                "--namespace",
+                namespace,
+                "--service-account",
+                sa,
+                "--ttl",
+                ttl,
+                "--ca-dir",
+                str(self.ca_dir),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip()
+
+    def bootstrap(
+        self,
+        node_id: str,
+        namespace: str = "default",
+        sa: str = "default",
+        *,
+        token: str | None = None,
+        credentials_dir: Path | None = None,
+    ) -> Path:
+        """Write a workload bootstrap; with `token` it also carries the CA
+        address and the token (and `credentials_dir` for grpcio's files)."""
         path = self.workdir / f"bootstrap-{node_id}.json"
+        identity: list[str] = []
+        if token is not None:
+            identity += ["--ca-address", self.ca_address, "--token", token]
+        if credentials_dir is not None:
+            identity += ["--credentials-dir", str(credentials_dir)]
         subprocess.run(
             [
                 str(BIN / "meshctl"),
@@ -250,6 +310,7 @@ class LocalMesh:
                 sa,
                 "-o",
                 str(path),
+                *identity,
             ],
             check=True,
         )

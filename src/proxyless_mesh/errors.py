@@ -49,6 +49,9 @@ class MeshRequestError(MeshError, httpx.TransportError):
     `response_flag` is the Envoy response flag for the failure."""
 
     response_flag: ClassVar[str] = ""
+    # Every Envoy flag the request collected (e.g. ("UF", "URX")); set by the
+    # transports when they raise, empty otherwise.
+    flags: tuple[str, ...] = ()
 
 
 class NoRouteError(MeshRequestError):
@@ -78,6 +81,31 @@ class ServiceResolutionError(MeshRequestError):
     unreachable and this host was never resolved before."""
 
     response_flag = "NC"
+
+
+class UpstreamTimeoutError(MeshRequestError, httpx.TimeoutException):
+    """The route's `timeout` (the whole call, retries included) or its
+    `retries.perTryTimeout` ran out (Envoy flag UT). A subclass of
+    httpx.TimeoutException; the message names the route and the limit."""
+
+    response_flag = "UT"
+
+
+class UpstreamOverflowError(MeshRequestError):
+    """A circuit-breaker limit of the destination (DestinationRule
+    `connectionPool`: concurrent requests plus pending ones) is full, so the
+    request failed at once rather than queueing (Envoy flag UO)."""
+
+    response_flag = "UO"
+
+
+class UpstreamConnectionError(MeshRequestError):
+    """Every try failed without a response: connect failure (UF), reset (UC)
+    or refused stream (UR), after the retries the route allows. `flags` holds
+    every flag the request collected (e.g. UF and URX); the last httpx error
+    is the `__cause__`."""
+
+    response_flag = "UF"
 
 
 class MeshRpcError(MeshError, grpc.RpcError, grpc.Call):  # type: ignore[misc]

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import random
 import threading
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -33,6 +34,8 @@ from proxyless_mesh.integrations import (
     MeshTransport,
     normalize_target,
 )
+from proxyless_mesh.model import CircuitBreakers, Cluster
+from proxyless_mesh.resilience import ClusterResources
 from proxyless_mesh.xds_client import XdsClient, XdsState
 
 log = logging.getLogger("proxyless_mesh")
@@ -71,6 +74,14 @@ class Mesh:
         self.outbound_policy = outbound_policy
         self._preload = tuple(preload)
         self.snapshot = MeshSnapshot()
+        self.rng = random.Random()
+        # Circuit-breaker counters per cluster: shared by every request of
+        # this process and kept across config updates (only limits change).
+        self._resources: dict[str, ClusterResources] = {}
+        self._resources_lock = threading.Lock()
+        # Mirrored copies are sent from here, so they never slow the caller.
+        self.background = _Background(max_workers=4, max_queued=64)
+        self.mirror_failures = 0
         self._xds: XdsClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -131,6 +142,22 @@ class Mesh:
         if "GRPC_XDS_BOOTSTRAP" not in os.environ and "GRPC_XDS_BOOTSTRAP_CONFIG" not in os.environ:
             os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = self.bootstrap.to_json()
         return f"xds:///{normalize_target(target)}"
+
+    def cluster_resources(self, name: str, cluster: Cluster | None) -> ClusterResources:
+        """The process-wide limits and counters of one cluster (created on
+        first use, thresholds refreshed when the cluster's config changed)."""
+        limits = cluster.circuit_breakers if cluster is not None else CircuitBreakers()
+        resources = self._resources.get(name)
+        if resources is None:
+            with self._resources_lock:
+                resources = self._resources.setdefault(name, ClusterResources(name, limits))
+        if resources.limits is not limits and resources.limits != limits:
+            resources.update(limits)
+        return resources
+
+    def count_mirror_failure(self) -> None:
+        """A mirrored copy failed or was dropped; never the caller's concern."""
+        self.mirror_failures += 1
 
     # -- config updates ----------------------------------------------------
 
@@ -217,6 +244,7 @@ class Mesh:
             raise
 
     def close(self) -> None:
+        self.background.shutdown()
         loop = self._loop
         if loop is None or self._thread is None:
             return
@@ -252,6 +280,7 @@ class Mesh:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.background.shutdown()
         if self._xds is not None:
             await self._xds.close()
         self._xds = None
@@ -263,3 +292,36 @@ def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
+
+
+class _Background:
+    """A small thread pool that drops work instead of queueing without bound:
+    mirrored copies must never pile up behind a slow mirror."""
+
+    def __init__(self, *, max_workers: int, max_queued: int) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="proxyless-mesh-bg"
+        )
+        self._slots = threading.BoundedSemaphore(max_workers + max_queued)
+        self.dropped = 0
+
+    def submit(self, fn: Any, *args: Any) -> bool:
+        if not self._slots.acquire(blocking=False):
+            self.dropped += 1
+            return False
+
+        def run() -> None:
+            try:
+                fn(*args)
+            finally:
+                self._slots.release()
+
+        try:
+            self._pool.submit(run)
+        except RuntimeError:  # shut down: the mesh is closing
+            self._slots.release()
+            return False
+        return True
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -31,12 +31,14 @@ def greeter(lab: LocalMesh) -> Iterator[LocalMesh]:
 
 
 def test_sync_channel_follows_80_20_split(greeter: LocalMesh) -> None:
-    with Mesh.from_bootstrap(greeter.bootstrap("grpc-lib")) as mesh:
-        with mesh.grpc_channel(TARGET) as channel:
-            say_hello = channel.unary_unary(METHOD)
-            counts = Counter(say_hello(b"hi", timeout=10).decode() for _ in range(N))
-            reply, call = say_hello.with_call(b"hi", timeout=10)
-            assert call.code() == grpc.StatusCode.OK
+    with (
+        Mesh.from_bootstrap(greeter.bootstrap("grpc-lib")) as mesh,
+        mesh.grpc_channel(TARGET) as channel,
+    ):
+        say_hello = channel.unary_unary(METHOD)
+        counts = Counter(say_hello(b"hi", timeout=10).decode() for _ in range(N))
+        _reply, call = say_hello.with_call(b"hi", timeout=10)
+        assert call.code() == grpc.StatusCode.OK
     assert set(counts) == {"greeter/v1", "greeter/v2"}
     assert abs(counts["greeter/v2"] / N - 0.20) < TOLERANCE, counts
 

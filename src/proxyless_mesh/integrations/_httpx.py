@@ -6,85 +6,32 @@ handed to the inner transport with the chosen endpoint's address in the URL;
 the Host header still names the service, as it would through a sidecar.
 Anything else passes through untouched (outbound policy ALLOW_ANY).
 
+Retries, timeouts, limits and fault injection are decided by the sans-I/O
+engine in `resilience` (`request_flow`); everything request-shaped that both
+drivers share lives in `_Exchange`, so the sync and async transports differ
+only in how they wait and send.
+
 The request's URL is restored after the call, so `response.request.url` is
 what the caller asked for, not the endpoint.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+import time
+from typing import TYPE_CHECKING
 
 import httpx
 
-from proxyless_mesh._outbound import UNRESOLVED, plan
-from proxyless_mesh.errors import ServiceResolutionError
-from proxyless_mesh.model import Endpoint
+from proxyless_mesh.integrations._httpx_exchange import (
+    Exchange,
+    failure_kind,
+    passthrough_or_route,
+)
+from proxyless_mesh.resilience import AttemptResult, Send, Sleep
 
 if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def _fast_url_ok() -> bool:
-    """httpx.URL keeps its parts in a NamedTuple; replacing host and port
-    there is ~10x cheaper than URL.copy_with(), which re-parses the URL. Use it
-    only when this httpx has that shape."""
-    try:
-        ref = httpx.URL("http://a:1/p")._uri_reference
-        return hasattr(ref, "_replace") and ref.host == "a" and ref.port == 1
-    except AttributeError:
-        return False
-
-
-_FAST_URL = _fast_url_ok()
-
-
-def _url_parts(url: httpx.URL) -> tuple[str, str]:
-    """(authority as `host:port`, path without query) of a request URL."""
-    if _FAST_URL:
-        ref: Any = url._uri_reference
-        port = ref.port or _DEFAULT_PORTS.get(ref.scheme, 80)
-        return f"{ref.host}:{port}", ref.path or "/"
-    port = url.port or _DEFAULT_PORTS.get(url.scheme, 80)
-    return f"{url.host}:{port}", url.raw_path.split(b"?", 1)[0].decode("ascii") or "/"
-
-
-def _endpoint_url(url: httpx.URL, endpoint: Endpoint) -> httpx.URL:
-    if _FAST_URL:
-        new = httpx.URL.__new__(httpx.URL)
-        ref: Any = url._uri_reference
-        new._uri_reference = ref._replace(host=endpoint.address, port=endpoint.port)
-        return new
-    return url.copy_with(host=endpoint.address, port=endpoint.port)
-
-
-def _unresolved(mesh: Mesh, authority: str, request: httpx.Request) -> ServiceResolutionError:
-    return ServiceResolutionError(
-        f"could not learn whether {authority} is a mesh service: "
-        f"no answer from the control plane ({mesh.control_plane}) "
-        f"within {mesh.resolve_timeout:g}s",
-        request=request,
-    )
-
-
-def _decide(mesh: Mesh, request: httpx.Request, authority: str, path: str) -> Any:
-    return plan(
-        mesh.snapshot,
-        authority,
-        path,
-        request.method,
-        request.headers.get,
-        outbound_policy=mesh.outbound_policy,
-        request=request,
-    )
-
-
-def _resolved(target: Any, mesh: Mesh, authority: str, request: httpx.Request) -> Endpoint | None:
-    """The target after one resolution attempt; still unknown is an error."""
-    if target is UNRESOLVED:
-        raise _unresolved(mesh, authority, request)
-    return target  # type: ignore[no-any-return]
 
 
 class MeshTransport(httpx.BaseTransport):
@@ -95,20 +42,54 @@ class MeshTransport(httpx.BaseTransport):
         self._inner = inner if inner is not None else httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        mesh = self._mesh
-        url = request.url
-        authority, path = _url_parts(url)
-        target = _decide(mesh, request, authority, path)
-        if target is UNRESOLVED:
-            mesh.resolve_blocking(authority)
-            target = _resolved(_decide(mesh, request, authority, path), mesh, authority, request)
-        if target is None:
+        routed = passthrough_or_route(self._mesh, request, blocking=True)
+        if routed is None:
             return self._inner.handle_request(request)
-        request.url = _endpoint_url(url, target)
+        if isinstance(routed, httpx.Response):
+            return routed
+        if routed.needs_body:
+            request.read()
+        exchange = Exchange(self._mesh, request, routed)
+        exchange.mirror(self._mirror_sync)
+        flow = exchange.flow
+        reply: AttemptResult | None = None
+        response: httpx.Response | None = None
         try:
-            return self._inner.handle_request(request)
+            while True:
+                try:
+                    command = flow.send(reply)
+                except StopIteration as stop:
+                    return exchange.conclude(stop.value, response)
+                if response is not None:  # superseded by a retry, a sleep or a wait
+                    response.close()
+                    response = None
+                if isinstance(command, Send):
+                    exchange.prepare(command)
+                    try:
+                        response = self._inner.handle_request(request)
+                    except httpx.TransportError as exc:
+                        reply = exchange.failed(command, failure_kind(exc), exc)
+                    else:
+                        reply = exchange.answered(command, response)
+                elif isinstance(command, Sleep):
+                    time.sleep(command.seconds)
+                    reply = None
+                else:
+                    command.ticket.wait(command.timeout)
+                    reply = None
         finally:
-            request.url = url
+            flow.close()
+            exchange.restore()
+
+    def _mirror_sync(self, copy: httpx.Request) -> None:
+        self._mesh.background.submit(self._send_mirror, copy)
+
+    def _send_mirror(self, copy: httpx.Request) -> None:
+        """Fire and forget: a mirror's answer and failures never reach the caller."""
+        try:
+            self._inner.handle_request(copy).close()
+        except httpx.HTTPError:
+            self._mesh.count_mirror_failure()
 
     def close(self) -> None:
         self._inner.close()
@@ -120,22 +101,69 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._mesh = mesh
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self._mirrors: set[asyncio.Task[None]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        mesh = self._mesh
-        url = request.url
-        authority, path = _url_parts(url)
-        target = _decide(mesh, request, authority, path)
-        if target is UNRESOLVED:
-            await mesh.resolve_async(authority)
-            target = _resolved(_decide(mesh, request, authority, path), mesh, authority, request)
-        if target is None:
+        routed = passthrough_or_route(self._mesh, request, blocking=False)
+        if routed is not None and not isinstance(routed, httpx.Response) and routed.unresolved:
+            await self._mesh.resolve_async(routed.authority)
+            routed = passthrough_or_route(self._mesh, request, blocking=False, last_try=True)
+        if routed is None:
             return await self._inner.handle_async_request(request)
-        request.url = _endpoint_url(url, target)
+        if isinstance(routed, httpx.Response):
+            return routed
+        if routed.needs_body:
+            await request.aread()
+        exchange = Exchange(self._mesh, request, routed)
+        exchange.mirror(self._mirror_async)
+        flow = exchange.flow
+        reply: AttemptResult | None = None
+        response: httpx.Response | None = None
         try:
-            return await self._inner.handle_async_request(request)
+            while True:
+                try:
+                    command = flow.send(reply)
+                except StopIteration as stop:
+                    return exchange.conclude(stop.value, response)
+                if response is not None:
+                    await response.aclose()
+                    response = None
+                if isinstance(command, Send):
+                    exchange.prepare(command)
+                    try:
+                        # A real bound on the whole try (httpx's own timeouts
+                        # are per I/O phase).
+                        async with asyncio.timeout(command.timeout):
+                            response = await self._inner.handle_async_request(request)
+                    except TimeoutError as exc:
+                        reply = exchange.failed(command, failure_kind(exc), exc)
+                    except httpx.TransportError as exc:
+                        reply = exchange.failed(command, failure_kind(exc), exc)
+                    else:
+                        reply = exchange.answered(command, response)
+                elif isinstance(command, Sleep):
+                    await asyncio.sleep(command.seconds)
+                    reply = None
+                else:
+                    await command.ticket.wait_async(command.timeout)
+                    reply = None
         finally:
-            request.url = url
+            flow.close()
+            exchange.restore()
+
+    def _mirror_async(self, copy: httpx.Request) -> None:
+        task = asyncio.get_running_loop().create_task(self._send_mirror(copy))
+        self._mirrors.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._mirrors.discard)
+
+    async def _send_mirror(self, copy: httpx.Request) -> None:
+        try:
+            response = await self._inner.handle_async_request(copy)
+            await response.aclose()
+        except httpx.HTTPError:
+            self._mesh.count_mirror_failure()
 
     async def aclose(self) -> None:
+        for task in list(self._mirrors):
+            task.cancel()
         await self._inner.aclose()

@@ -11,18 +11,20 @@ import bisect
 import random
 from dataclasses import dataclass
 
-from proxyless_mesh.model import RouteConfiguration, VirtualHost
+from proxyless_mesh.model import Route, RouteConfiguration, VirtualHost
 from proxyless_mesh.routing._matching import HeaderLookup, RequestPredicate, compile_route_match
 
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     """What routing decided for one request: the route's name, the chosen
-    cluster, and the route timeout (seconds or None)."""
+    cluster ("" for a redirect), the route timeout (seconds or None), and the
+    route itself (retries, faults, rewrites, headers, redirect)."""
 
     route_name: str
     cluster: str
     timeout: float | None
+    route: Route | None = None
 
 
 class CompiledRoute:
@@ -36,6 +38,7 @@ class CompiledRoute:
         matches: RequestPredicate,
         clusters: tuple[tuple[str, int], ...],
         timeout: float | None,
+        route: Route | None = None,
     ) -> None:
         self.name = name
         self.matches = matches
@@ -50,7 +53,11 @@ class CompiledRoute:
         self._cumulative = cumulative
         self._total = total
         # One decision object per cluster, made here so a request allocates none.
-        self._choices = tuple(RouteDecision(name, c, timeout) for c, _ in live)
+        self._choices = tuple(RouteDecision(name, c, timeout, route) for c, _ in live)
+        if not live and route is not None and route.redirect is not None:
+            self._choices = (RouteDecision(name, "", None, route),)
+            self._cumulative = [1]
+            self._total = 1
 
     @property
     def forwards(self) -> bool:
@@ -96,6 +103,7 @@ def compile_virtual_host(vhost: VirtualHost) -> RouteTable:
             matches=compile_route_match(r.match),
             clusters=tuple((c.name, c.weight) for c in r.action.clusters) if r.action else (),
             timeout=r.action.timeout if r.action else None,
+            route=r,
         )
         for r in vhost.routes
     )

@@ -1,0 +1,399 @@
+"""One meshed httpx request, minus the I/O: what the sync and async
+transports share.
+
+`passthrough_or_route()` decides whether the mesh handles a request at all
+(and answers redirects itself); `Exchange` carries one routed request
+through the resilience engine: it points each try at its endpoint, reports
+outcomes to the balancer, and turns the engine's `Finish` into a response or
+a typed error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from proxyless_mesh._outbound import UNRESOLVED, route_request
+from proxyless_mesh.balancer import Outcome, hash_key
+from proxyless_mesh.errors import (
+    MeshRequestError,
+    NoHealthyUpstreamError,
+    ServiceResolutionError,
+    UpstreamConnectionError,
+    UpstreamOverflowError,
+    UpstreamTimeoutError,
+)
+from proxyless_mesh.model import Endpoint, Route
+from proxyless_mesh.resilience import (
+    AttemptResult,
+    FailureKind,
+    Finish,
+    Send,
+    apply_header_mutation,
+    redirect_location,
+    request_flow,
+    rewrite_path,
+    shadow_host,
+    should_mirror,
+)
+from proxyless_mesh.routing import RouteDecision
+
+if TYPE_CHECKING:
+    from proxyless_mesh._snapshot import MeshSnapshot
+    from proxyless_mesh.mesh import Mesh
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Bodies that are not already in memory are buffered for retries up to this
+# size (from Content-Length); larger or unsized streaming bodies are sent
+# once, never retried, and the reason is recorded on the response.
+MAX_REPLAY_BYTES = 1 << 20
+_GATEWAY = frozenset({502, 503, 504})
+_ERRORS: dict[str, type[MeshRequestError]] = {
+    "UT": UpstreamTimeoutError,
+    "UO": UpstreamOverflowError,
+    "UH": NoHealthyUpstreamError,
+}
+
+
+def _fast_url_ok() -> bool:
+    """httpx.URL keeps its parts in a NamedTuple; replacing host and port
+    there is ~10x cheaper than URL.copy_with(), which re-parses the URL. Use it
+    only when this httpx has that shape."""
+    try:
+        ref = httpx.URL("http://a:1/p?q")._uri_reference
+        return hasattr(ref, "_replace") and ref.host == "a" and ref.port == 1 and ref.query == "q"
+    except AttributeError:
+        return False
+
+
+_FAST_URL = _fast_url_ok()
+
+
+def url_parts(url: httpx.URL) -> tuple[str, str]:
+    """(authority as `host:port`, path without query) of a request URL."""
+    if _FAST_URL:
+        ref: Any = url._uri_reference
+        port = ref.port or _DEFAULT_PORTS.get(ref.scheme, 80)
+        return f"{ref.host}:{port}", ref.path or "/"
+    port = url.port or _DEFAULT_PORTS.get(url.scheme, 80)
+    return f"{url.host}:{port}", url.raw_path.split(b"?", 1)[0].decode("ascii") or "/"
+
+
+def endpoint_url(url: httpx.URL, endpoint: Endpoint, path: str | None = None) -> httpx.URL:
+    """`url` pointed at `endpoint`; `path` (with its query) replaces the
+    path when the route rewrote it."""
+    if _FAST_URL and path is None:
+        new = httpx.URL.__new__(httpx.URL)
+        ref: Any = url._uri_reference
+        new._uri_reference = ref._replace(host=endpoint.address, port=endpoint.port)
+        return new
+    target = url.copy_with(host=endpoint.address, port=endpoint.port)
+    if path is not None:
+        target = target.copy_with(raw_path=path.encode("ascii"))
+    return target
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """How an exception from the inner transport reads to the retry engine."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return FailureKind.CONNECT_FAILURE
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return FailureKind.TIMEOUT
+    return FailureKind.RESET
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A request the mesh will handle (or must first resolve)."""
+
+    authority: str
+    path: str
+    snapshot: MeshSnapshot
+    decision: RouteDecision | None
+    unresolved: bool = False
+    needs_body: bool = False
+
+
+def _unresolved_error(mesh: Mesh, authority: str, request: httpx.Request) -> ServiceResolutionError:
+    return ServiceResolutionError(
+        f"could not learn whether {authority} is a mesh service: "
+        f"no answer from the control plane ({mesh.control_plane}) "
+        f"within {mesh.resolve_timeout:g}s",
+        request=request,
+    )
+
+
+def passthrough_or_route(
+    mesh: Mesh, request: httpx.Request, *, blocking: bool, last_try: bool = False
+) -> Routed | httpx.Response | None:
+    """None: not a mesh request, pass it through. A Response: the mesh
+    answered itself (a redirect). Routed: send it through the engine (or, when
+    `unresolved`, resolve the authority first and call again with last_try)."""
+    authority, path = url_parts(request.url)
+    snapshot = mesh.snapshot
+    policy = mesh.outbound_policy
+    decision = route_request(
+        snapshot, authority, path, request.method, request.headers.get,
+        outbound_policy=policy, request=request,
+    )  # fmt: skip
+    if decision is UNRESOLVED:
+        if not blocking:
+            if last_try:
+                raise _unresolved_error(mesh, authority, request)
+            return Routed(authority, path, snapshot, None, unresolved=True)
+        mesh.resolve_blocking(authority)
+        snapshot = mesh.snapshot
+        decision = route_request(
+            snapshot, authority, path, request.method, request.headers.get,
+            outbound_policy=policy, request=request,
+        )  # fmt: skip
+        if decision is UNRESOLVED:
+            raise _unresolved_error(mesh, authority, request)
+    if not isinstance(decision, RouteDecision):
+        return None
+    route = decision.route
+    if route is not None and route.redirect is not None and not decision.cluster:
+        url = request.url
+        status, location = redirect_location(
+            scheme=url.scheme,
+            host=url.host,
+            port=url.port,
+            path=url.raw_path.decode("ascii"),
+            redirect=route.redirect,
+            match=route.match.path,
+        )
+        return httpx.Response(status, headers={"location": location}, request=request)
+    return Routed(authority, path, snapshot, decision, needs_body=_needs_buffering(request))
+
+
+def _needs_buffering(request: httpx.Request) -> bool:
+    if isinstance(request.stream, httpx.ByteStream):
+        return False
+    length = request.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= MAX_REPLAY_BYTES
+
+
+def _cookie_lookup(request: httpx.Request) -> Callable[[str], str | None]:
+    def lookup(name: str) -> str | None:
+        for raw in request.headers.get_list("cookie"):
+            for part in raw.split(";"):
+                key, _, value = part.strip().partition("=")
+                if key == name:
+                    return value
+        return None
+
+    return lookup
+
+
+class Exchange:
+    """One routed request on its way through `request_flow`."""
+
+    def __init__(self, mesh: Mesh, request: httpx.Request, routed: Routed) -> None:
+        decision = routed.decision
+        if decision is None:
+            raise ValueError("Exchange needs a routed request")
+        self.mesh = mesh
+        self.request = request
+        self.authority = routed.authority
+        self.original_url = request.url
+        self.base_timeout = request.extensions.get("timeout")
+        self.route: Route | None = decision.route
+        self.last_error: BaseException | None = None
+        action = self.route.action if self.route is not None else None
+        balancer = routed.snapshot.balancers.get(decision.cluster)
+        self.balancer = balancer
+        key = None
+        self.cookie = None
+        if action is not None and action.hash_policies:
+            key, self.cookie = hash_key(
+                action.hash_policies,
+                header=request.headers.get,
+                cookie=_cookie_lookup(request),
+                query=request.url.params.get,
+                source_ip=mesh.bootstrap.node_id,  # this process is the "downstream"
+            )
+        self.path: str | None = None
+        route = self.route
+        rewrites = action is not None and (
+            action.prefix_rewrite is not None or action.regex_rewrite is not None
+        )
+        if route is not None and action is not None and rewrites:
+            path = request.url.raw_path.decode("ascii")
+            self.path = rewrite_path(path, route.match.path, action)
+        if self.route is not None:
+            mutation = self.route.request_headers
+            if mutation.set or mutation.add or mutation.remove:
+                request.headers = httpx.Headers(
+                    apply_header_mutation(request.headers.multi_items(), mutation)
+                )
+            if action is not None and action.host_rewrite:
+                request.headers["host"] = action.host_rewrite
+
+        def pick(exclude: Any) -> Endpoint | None:
+            return balancer.pick(key, exclude) if balancer is not None else None
+
+        def reason() -> str:
+            if balancer is None:
+                return f"cluster {decision.cluster} is not known to this client yet"
+            return f"{self.authority}: no healthy upstream in cluster {decision.cluster}: " + (
+                balancer.reason
+            )
+
+        source = routed.snapshot.sources.get(decision.cluster)
+        cluster = source.cluster if source is not None else None
+        self.flow = request_flow(
+            route_name=decision.route_name,
+            cluster=decision.cluster,
+            policy=action.retry_policy if action is not None else None,
+            route_timeout=decision.timeout,
+            pick=pick,
+            resources=mesh.cluster_resources(decision.cluster, cluster),
+            clock=time.monotonic,
+            rng=mesh.rng,
+            replayable=isinstance(request.stream, httpx.ByteStream),
+            fault=self.route.fault if self.route is not None else None,
+            no_endpoint_reason=reason,
+        )
+
+    # -- one try ------------------------------------------------------------
+
+    def prepare(self, send: Send) -> None:
+        request = self.request
+        request.url = endpoint_url(self.original_url, send.endpoint, self.path)
+        for name, value in send.headers:
+            request.headers[name] = value
+        if send.timeout is not None:
+            request.extensions["timeout"] = _capped(self.base_timeout, send.timeout)
+        if self.balancer is not None:
+            self.balancer.on_start(send.endpoint)
+
+    def answered(self, send: Send, response: httpx.Response) -> AttemptResult:
+        status = response.status_code
+        grpc = response.headers.get("grpc-status")
+        if self.balancer is not None:
+            if status >= 500:
+                outcome = Outcome.GATEWAY_ERROR if status in _GATEWAY else Outcome.HTTP_5XX
+            else:
+                outcome = Outcome.SUCCESS
+            self.balancer.on_finish(send.endpoint, outcome)
+        return AttemptResult(
+            status=status,
+            headers=response.headers.get,
+            grpc_status=int(grpc) if grpc is not None and grpc.isdigit() else None,
+        )
+
+    def failed(self, send: Send, kind: FailureKind, exc: BaseException) -> AttemptResult:
+        self.last_error = exc
+        if self.balancer is not None:
+            self.balancer.on_finish(send.endpoint, Outcome.LOCAL_ORIGIN_FAILURE)
+        return AttemptResult(failure=kind)
+
+    # -- the end ------------------------------------------------------------
+
+    def conclude(self, finish: Finish, response: httpx.Response | None) -> httpx.Response:
+        request = self.request
+        if finish.use_last_response and response is not None:
+            route = self.route
+            if route is not None:
+                mutation = route.response_headers
+                if mutation.set or mutation.add or mutation.remove:
+                    response.headers = httpx.Headers(
+                        apply_header_mutation(response.headers.multi_items(), mutation)
+                    )
+            if self.cookie is not None:
+                response.headers = httpx.Headers(
+                    [*response.headers.multi_items(), ("set-cookie", _set_cookie(self.cookie))]
+                )
+            if finish.flags:
+                response.extensions["mesh_response_flags"] = finish.flags
+            return response
+        if response is not None:
+            response.close()
+        if finish.abort_status is not None:
+            return self._synthetic(finish.abort_status, {}, finish.flags)
+        if finish.abort_grpc_status is not None:
+            return self._synthetic(
+                200,
+                {
+                    "content-type": "application/grpc",
+                    "grpc-status": str(finish.abort_grpc_status),
+                    "grpc-message": "fault filter abort",
+                },
+                finish.flags,
+            )
+        failure = finish.error
+        if failure is None:  # the engine promises one outcome; be loud if not
+            raise RuntimeError(f"request flow ended without an outcome: {finish}")
+        error_class = _ERRORS.get(failure.flag, UpstreamConnectionError)
+        error = error_class(failure.message, request=request)
+        error.flags = finish.flags
+        raise error from self.last_error
+
+    def _synthetic(
+        self, status: int, headers: dict[str, str], flags: tuple[str, ...]
+    ) -> httpx.Response:
+        response = httpx.Response(
+            status, headers=headers, content=b"fault filter abort", request=self.request
+        )
+        response.extensions["mesh_response_flags"] = flags
+        return response
+
+    def restore(self) -> None:
+        self.request.url = self.original_url
+        if self.base_timeout is not None:
+            self.request.extensions["timeout"] = self.base_timeout
+
+    # -- mirroring ----------------------------------------------------------
+
+    def mirror(self, send_copy: Callable[[httpx.Request], None]) -> None:
+        """Hand a copy to each mirror the route samples this request for.
+        Only requests whose body is in memory are mirrored."""
+        route = self.route
+        if route is None or route.action is None or not route.action.mirrors:
+            return
+        request = self.request
+        if not isinstance(request.stream, httpx.ByteStream):
+            return
+        for policy in route.action.mirrors:
+            if not should_mirror(policy, self.mesh.rng):
+                continue
+            balancer = self.mesh.snapshot.balancers.get(policy.cluster)
+            endpoint = balancer.pick() if balancer is not None else None
+            if endpoint is None:
+                self.mesh.count_mirror_failure()
+                continue
+            headers = httpx.Headers(request.headers.multi_items())
+            headers["host"] = shadow_host(request.headers.get("host", self.authority))
+            copy = httpx.Request(
+                request.method,
+                endpoint_url(self.original_url, endpoint, self.path),
+                headers=headers,
+                content=request.content,
+            )
+            send_copy(copy)
+
+
+def _capped(base: Any, limit: float) -> dict[str, float | None]:
+    """httpx's per-phase timeouts, each capped at `limit` seconds."""
+    phases = ("connect", "read", "write", "pool")
+    if not isinstance(base, dict):
+        return dict.fromkeys(phases, limit)
+    capped: dict[str, float | None] = {}
+    for phase in phases:
+        value = base.get(phase)
+        capped[phase] = limit if value is None else min(value, limit)
+    return capped
+
+
+def _set_cookie(cookie: Any) -> str:
+    parts = [f"{cookie.name}={cookie.value}"]
+    if cookie.path:
+        parts.append(f"Path={cookie.path}")
+    if cookie.ttl:
+        parts.append(f"Max-Age={int(cookie.ttl)}")
+    parts.append("HttpOnly")
+    return "; ".join(parts)
