@@ -41,6 +41,7 @@ from proxyless_mesh.model._resources import (
     VirtualHost,
     WeightedCluster,
 )
+from proxyless_mesh.model._security import InboundListener, TlsMode, UpstreamTls
 
 __all__ = [
     "CircuitBreakers",
@@ -55,6 +56,7 @@ __all__ = [
     "HeaderMatcher",
     "HeaderMutation",
     "HealthStatus",
+    "InboundListener",
     "LbPolicy",
     "Listener",
     "Locality",
@@ -75,6 +77,8 @@ __all__ = [
     "RouteMatch",
     "SlowStartConfig",
     "StringMatcher",
+    "TlsMode",
+    "UpstreamTls",
     "VirtualHost",
     "WeightedCluster",
 ]

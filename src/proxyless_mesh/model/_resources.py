@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxyless_mesh.model._security import UpstreamTls
 
 
 class HealthStatus(enum.IntEnum):
@@ -146,6 +150,8 @@ class Cluster:
     connect_timeout: float = 10.0
     idle_timeout: float | None = None  # HttpProtocolOptions.common_http_protocol_options
     max_requests_per_connection: int | None = None
+    # transport_socket: mutual TLS with these expectations; None is plaintext.
+    tls: UpstreamTls | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,54 @@
+"""Security intent as xDS carries it: upstream TLS per cluster, and what a
+server-side (inbound) listener enforces on one port.
+
+Upstream: Istio's ISTIO_MUTUAL becomes an UpstreamTlsContext whose
+certificates come from the certificate provider instance "default" (gRFC
+A29) and whose SAN matchers name the SPIFFE IDs the destination's workloads
+hold. Inbound: a server listener (gRPC's `server_listener_resource_name_
+template`, e.g. `grpc/server?xds.resource.listening_address=0.0.0.0:8080`)
+whose filter chains carry the DownstreamTlsContext (PeerAuthentication) and
+whose HTTP filters carry JWT authentication and RBAC (RequestAuthentication,
+AuthorizationPolicy).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from proxyless_mesh.model._rbac import JwtAuthentication, Rbac
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """Client-side mutual TLS toward a cluster: present the workload
+    certificate, verify the peer's chain against the mesh roots, and accept
+    only these SPIFFE IDs (empty: any identity the mesh roots vouch for)."""
+
+    expected_spiffe_ids: tuple[str, ...] = ()
+    sni: str = ""
+
+
+class TlsMode(enum.Enum):
+    """Inbound mTLS mode per PeerAuthentication."""
+
+    STRICT = "STRICT"  # mTLS only; plaintext is refused
+    PERMISSIVE = "PERMISSIVE"  # mTLS and plaintext on the same port
+    DISABLE = "DISABLE"  # plaintext only
+
+
+@dataclass(frozen=True, slots=True)
+class InboundListener:
+    """What the workload's server on one address enforces.
+
+    `rbac` holds the RBAC engines in the order they run (Istio lays them out
+    as AUDIT (LOG), DENY, ALLOW); `jwt` is request authentication, run before
+    them. `tls_mode` decides whether the server demands a client certificate.
+    """
+
+    name: str
+    address: str
+    port: int
+    tls_mode: TlsMode = TlsMode.PERMISSIVE
+    rbac: tuple[Rbac, ...] = ()
+    jwt: JwtAuthentication | None = None
