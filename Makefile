@@ -27,8 +27,10 @@ test: $(STAMP) lint typecheck
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# All tables side by side (~10 min on 2 cores); results in benchmarks/results/.
+# BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--only data,cp".
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,133 +1,207 @@
 """`make bench`: what the mesh costs, measured side by side in one run.
 
-Tables printed:
-1. Per-request latency (p50, p99) and requests/s of plain httpx and of httpx
-   through the mesh transport, against the same loopback uvicorn server, one
-   keep-alive connection, closed loop. Rounds alternate between the two
-   clients so drift on a noisy machine hits both alike.
-2. Propagation: time from writing a VirtualService file to the client's
-   routing snapshot holding the new weights (control plane poll + debounce
-   + translate + push + client decode + snapshot build).
+    python benchmarks/run.py [--quick] [--only http,grpc,balancer,cp,propagation]
 
-    python benchmarks/run.py [--requests 2000] [--rounds 5] [--changes 10] [--quick]
+Sections (benchmarks/README.md has the method):
+  http         data path, HTTP: plain httpx vs the mesh transport vs an Envoy
+               sidecar pair (mTLS and plaintext), 1 KB each way, closed loop
+               and open loop at fixed rates
+  grpc         data path, gRPC unary 1 KB: plain channel vs grpcio's native xDS
+  balancer     pick cost per policy (benchmarks/bench_balancer.py)
+  cp           control plane with 100 / 1,000 / 10,000 connected xDS clients
+  propagation  VirtualService file write -> our library's routing snapshot
+`--only data` means http,grpc. Every table is printed at the end and written
+to benchmarks/results/ (bench.md, latency.png).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import datetime
+import importlib.util
+import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+import common  # also makes examples/ importable
+import cp_scale
+import data_path
+import propagation
+from chart import write_chart
+from common import Verdict, verdict_table
+from meshlab import LocalMesh, Proc, service_entry, start_process
+from rows import ROWS, Setup
+from sidecars import ENVOY
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-
-from meshlab import LocalMesh
-
-from proxyless_mesh import Mesh
-
-HOST = "bench.default.mesh"
-PORT = 8080
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-def timed_requests(client: httpx.Client, url: str, n: int) -> tuple[list[float], float]:
-    latencies = []
-    start = time.perf_counter()
-    for _ in range(n):
-        t0 = time.perf_counter()
-        client.get(url).read()
-        latencies.append(time.perf_counter() - t0)
-    return latencies, time.perf_counter() - start
+HERE = Path(__file__).resolve().parent
+SECTIONS = ("http", "grpc", "balancer", "cp", "propagation")
+HTTP_HOST, HTTP_PORT = "bench.default.mesh", 8080
+GRPC_HOST, GRPC_PORT = "grpcbench.default.mesh", 50051
 
 
-def data_path(lab: LocalMesh, mesh: Mesh, backend_port: int, requests: int, rounds: int) -> None:
-    direct_url = f"http://127.0.0.1:{backend_port}/bench"
-    mesh_url = f"http://{HOST}:{PORT}/bench"
-    results: dict[str, tuple[list[float], float, int]] = {}
-    with httpx.Client() as plain, httpx.Client(transport=mesh.httpx_transport()) as meshed:
-        for client, url in ((plain, direct_url), (meshed, mesh_url)):
-            timed_requests(client, url, 200)  # warm-up: connections, caches
-        for _ in range(rounds):
-            for name, client, url in (
-                ("plain httpx", plain, direct_url),
-                ("mesh transport", meshed, mesh_url),
-            ):
-                lat, elapsed = timed_requests(client, url, requests)
-                prev = results.get(name, ([], 0.0, 0))
-                results[name] = (prev[0] + lat, prev[1] + elapsed, prev[2] + requests)
-    base_p50 = base_p99 = base_rps = 0.0
-    print(f"\n## Data path: {rounds} x {requests} sequential GETs, one connection, loopback\n")
-    print("| path | p50 (ms) | p99 (ms) | added p50 (us) | added p99 (us) | req/s | vs plain |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, (lat, elapsed, n) in results.items():
-        lat.sort()
-        p50, p99, rps = percentile(lat, 0.5), percentile(lat, 0.99), n / elapsed
-        if name == "plain httpx":
-            base_p50, base_p99, base_rps = p50, p99, rps
-        print(
-            f"| {name} | {p50 * 1e3:.3f} | {p99 * 1e3:.3f} | {(p50 - base_p50) * 1e6:+.0f} "
-            f"| {(p99 - base_p99) * 1e6:+.0f} | {rps:,.0f} | {rps / base_rps:.1%} |"
-        )
-
-
-def propagation(lab: LocalMesh, mesh: Mesh, changes: int) -> None:
-    authority = f"{HOST}:{PORT}"
-    times = []
-    for i in range(changes):
-        v2 = 10 + (i % 2) * 80  # alternate 90/10 and 10/90
-        lab.set_weights(HOST, {"v1": 100 - v2, "v2": v2})
-        start = time.perf_counter()
-        want = ("outbound|8080|v2|" + HOST, v2)
-        while True:
-            table = mesh.snapshot.routes.get(authority)
-            if table is not None and want in table.routes[0].clusters:
-                break
-            if time.perf_counter() - start > 10:
-                raise SystemExit("a change did not reach the client within 10 s")
-            time.sleep(0.0005)
-        times.append(time.perf_counter() - start)
-        time.sleep(0.2)  # let the watcher's debounce window close before the next write
-    times.sort()
-    print(f"\n## Propagation: VirtualService file write -> client snapshot ({changes} changes)\n")
-    print("| p50 (ms) | max (ms) | min (ms) |")
-    print("|---:|---:|---:|")
-    print(
-        f"| {statistics.median(times) * 1e3:.0f} | {times[-1] * 1e3:.0f} | {times[0] * 1e3:.0f} |"
-    )
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    parser.add_argument("--requests", type=int, default=2000, help="closed loop, per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rates", default="100,250", help="open-loop rates, req/s")
+    parser.add_argument("--open-seconds", type=float, default=3.0, help="open loop, per round")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--cp-clients", default="100,1000,10000")
+    parser.add_argument("--cp-timeout", type=float, default=120.0)
     parser.add_argument("--changes", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--quick", action="store_true", help="a smoke run (tests use it)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.rounds, args.changes = 50, 1, 2
+        args.requests, args.rounds, args.rates, args.open_seconds = 60, 1, "100", 0.3
+        args.warmup, args.cp_clients, args.cp_timeout, args.changes = 10, "20", 20.0, 2
+    only = set(args.only.replace("data", "http,grpc").split(","))
+    unknown = only - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    args.sections = [s for s in SECTIONS if s in only]
+    return args
+
+
+def _start_server(lab: LocalMesh, kind: str, version: str) -> Proc:
+    argv = [sys.executable, str(HERE / "servers.py"), "--kind", kind]
+    proc = start_process(f"server-{kind}-{version}", argv, lab.workdir)
+    lab.procs.append(proc)
+    return proc
+
+
+def start_lab(lab: LocalMesh) -> Setup:
+    """The shared servers, registered in the mesh: HTTP v1 (all data-path
+    traffic) and v2 (propagation flips weights to it), and one gRPC server."""
+    v1, v2 = _start_server(lab, "http", "v1"), _start_server(lab, "http", "v2")
+    grpc_server = _start_server(lab, "grpc", "v1")
+    lab.deploy_versions(HTTP_HOST, HTTP_PORT, {"v1": v1, "v2": v2}, {"v1": 100, "v2": 0})
+    endpoint = [("127.0.0.1", grpc_server.ready["port"], {"version": "v1"})]
+    lab.write_config(
+        "grpcbench.yaml", service_entry(GRPC_HOST, GRPC_PORT, endpoint, protocol="GRPC")
+    )
+    lab.start_control_plane()
+    return Setup(
+        lab=lab,
+        http_port=v1.ready["port"],
+        grpc_port=grpc_server.ready["port"],
+        http_authority=f"{HTTP_HOST}:{HTTP_PORT}",
+        grpc_authority=f"{GRPC_HOST}:{GRPC_PORT}",
+        mesh_bootstrap=lab.bootstrap("bench-mesh"),
+        grpc_bootstrap=lab.bootstrap("bench-grpc-native"),
+    )
+
+
+def balancer_section(quick: bool) -> str:
+    """bench_balancer.py is written separately; a missing file is reported, not fatal."""
+    path = HERE / "bench_balancer.py"
+    if not path.exists():
+        return "bench_balancer.py is missing: no balancer figures in this run."
+    spec = importlib.util.spec_from_file_location("bench_balancer", path)
+    if spec is None or spec.loader is None:
+        return "bench_balancer.py could not be loaded."
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run: Callable[..., str] = module.run
+    return run(quick=quick)
+
+
+def machine_line() -> str:
+    envoy = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True, check=False)
+    version = envoy.stdout.strip().split("version: ")[-1].split("/")[1:2]
+    return (
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, Envoy {version[0] if version else '?'}, "
+        f"{platform.machine()} Linux {platform.release()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    rates = [int(r) for r in args.rates.split(",") if r]
+    started = time.monotonic()
+    report = [
+        f"# make bench: {'quick smoke run' if args.quick else 'full run'}",
+        "",
+        machine_line(),
+    ]
+    verdicts: list[Verdict] = []
+    charts: dict[str, data_path.Results] = {}
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
-        lab = LocalMesh(Path(tmp))
-        try:
-            v1 = lab.start_http_backend("bench", "v1")
-            v2 = lab.start_http_backend("bench", "v2")
-            lab.deploy_versions(HOST, PORT, {"v1": v1, "v2": v2}, {"v1": 100, "v2": 0})
-            lab.start_control_plane()
-            with Mesh.from_bootstrap(lab.bootstrap("bench"), preload=[f"{HOST}:{PORT}"]) as mesh:
-                data_path(lab, mesh, v1.ready["port"], args.requests, args.rounds)
-                propagation(lab, mesh, args.changes)
-        finally:
-            lab.close()
+        if {"http", "grpc", "propagation"} & set(args.sections):
+            (Path(tmp) / "data").mkdir()
+            lab = LocalMesh(Path(tmp) / "data")
+            try:
+                setup = start_lab(lab)
+                plan = data_path.scenarios(args.requests, rates, args.open_seconds)
+                for section in ("http", "grpc"):
+                    if section not in args.sections:
+                        continue
+                    rows = [r for r in ROWS if r.section == section]
+                    results = data_path.measure(setup, rows, plan, args.rounds, args.warmup)
+                    charts[section] = results
+                    report.append(f"\n## Data path, {section.upper()}: 1 KB each way, loopback\n")
+                    report.append(_data_note(section, args, rates))
+                    for scenario in plan:
+                        report.append(f"\n### {scenario.name}\n")
+                        report.append(
+                            data_path.scenario_table(rows, scenario, results[scenario.name])
+                        )
+                    if section == "http":
+                        verdicts += data_path.http_verdicts(plan, results)
+                if "propagation" in args.sections:
+                    print("  propagation ...", file=sys.stderr, flush=True)
+                    report.append(
+                        "\n## Propagation: VirtualService file write -> library snapshot\n"
+                    )
+                    report.append(propagation.run(lab, HTTP_HOST, HTTP_PORT, args.changes))
+            finally:
+                lab.close()
+        if "balancer" in args.sections:
+            print("  balancer ...", file=sys.stderr, flush=True)
+            report.append("\n## Balancer: pick cost per policy\n")
+            report.append(balancer_section(args.quick))
+        if "cp" in args.sections:
+            sizes = [int(n) for n in args.cp_clients.split(",") if n]
+            table, cp_verdicts = cp_scale.run(Path(tmp) / "cp", sizes, args.cp_timeout)
+            verdicts += cp_verdicts
+            report.append("\n## Control plane: connected xDS clients, one config change\n")
+            report.append(cp_scale.NOTE)
+            report.append("\n" + table)
+    if verdicts:
+        report.append("\n## Targets (issue 9)\n")
+        report.append(verdict_table(verdicts))
+    report.append(f"\nTotal run time: {time.monotonic() - started:.0f} s.")
+    text = "\n".join(report) + "\n"
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "bench-quick" if args.quick else "bench"
+    (args.out / f"{name}.md").write_text(text)
+    if charts:
+        write_chart(args.out / f"{name}-latency.png", charts)
+    print(f"written: {args.out / (name + '.md')}" + (f", {name}-latency.png" if charts else ""))
+
+
+def _data_note(section: str, args: argparse.Namespace, rates: list[int]) -> str:
+    what = "POST" if section == "http" else "unary call"
+    return (
+        f"One client process per row, one connection, 1 KB {what} and 1 KB answer. "
+        f"{args.rounds} rounds alternating between rows; closed loop {args.requests} "
+        f"requests per round, open loop {args.open_seconds:g} s per round at "
+        f"{', '.join(map(str, rates))} req/s. Added = minus the first row. req/s per core = "
+        "requests / CPU seconds of the client and its sidecars. RSS added = client "
+        "process + sidecars minus the baseline client process."
+    )
 
 
 if __name__ == "__main__":
+    _ = common
     main()

@@ -1,5 +1,7 @@
 """The benchmark harness runs (a short version), so `make bench` cannot rot.
-It checks the harness, not the figures: performance is never asserted here."""
+It checks the harness, not the figures: performance is never asserted here.
+`--quick` runs every section with a handful of requests and 20 xDS clients;
+its report goes to a temporary directory, not benchmarks/results/."""
 
 from __future__ import annotations
 
@@ -10,15 +12,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_quick_run_prints_its_tables() -> None:
+def test_bench_quick_run_prints_and_writes_every_table(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "| plain httpx |" in result.stdout
-    assert "| mesh transport |" in result.stdout
-    assert "## Propagation" in result.stdout
+    out = result.stdout
+    for row in (
+        "| plain httpx |",
+        "| mesh transport, plaintext |",
+        "| Envoy sidecar pair, mTLS |",
+        "| Envoy sidecar pair, plaintext |",
+        "| plain channel |",
+        "| grpcio native xDS (xds:///) |",
+    ):
+        assert row in out, row
+    # Every measured row answered every request, and rows not built yet say so.
+    for line in out.splitlines():
+        if line.startswith("| ") and "not measured" not in line and "errors" not in line:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) == 13:
+                assert cells[-1] == "0", line
+    assert "| mesh transport, mTLS | not measured:" in out
+    assert "## Propagation" in out
+    assert "## Balancer" in out
+    assert "## Control plane" in out
+    assert "| 20 |" in out  # the control-plane row: all 20 clients measured
+    assert "**MET**" in out or "**MISSED**" in out
+    assert (tmp_path / "bench-quick.md").read_text().strip()
+    assert (tmp_path / "bench-quick-latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,271 @@
+"""Many lightweight xDS clients in one process, for the control-plane table.
+
+    python benchmarks/xds_load_clients.py --xds 127.0.0.1:N --count 2500 \
+        --authority bench.default.mesh:8080 --id-prefix p0-
+
+Each client is one raw ADS stream on a connection of its own (a real client
+process has one), subscribing the way our library does: one LDS name, then
+the RDS, CDS and EDS names as responses reference them, ACKing every
+response. It keeps no model objects: what a resource references is decoded
+once per distinct resource and shared, so the clients cost the control plane
+what real ones do while costing this process as little as possible.
+
+Driven over stdin/stdout, one JSON object per line:
+    "go"    connect every client; answer {"synced": n, "last": t} once each
+            has ACKed endpoints (t: time.monotonic(), shared by processes)
+    "arm"   remember each client's route version; answer {"armed": n}
+    "wait"  answer {"acks": [t, ...]} once every client has ACKed a route
+            version other than the armed one (or after --timeout seconds,
+            with the times of those that did)
+    "quit"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+_T = "type.googleapis.com/envoy.config."
+LDS, RDS = _T + "listener.v3.Listener", _T + "route.v3.RouteConfiguration"
+CDS, EDS = _T + "cluster.v3.Cluster", _T + "endpoint.v3.ClusterLoadAssignment"
+NEXT_TYPE = {LDS: RDS, RDS: CDS, CDS: EDS}
+
+_references: dict[tuple[str, bytes], tuple[str, ...]] = {}
+
+
+def _route_clusters(config: route_pb2.RouteConfiguration) -> Iterable[str]:
+    for vhost in config.virtual_hosts:
+        for route in vhost.routes:
+            action = route.route
+            if action.cluster:
+                yield action.cluster
+            for weighted in action.weighted_clusters.clusters:
+                yield weighted.name
+
+
+def references(type_url: str, value: bytes) -> tuple[str, ...]:
+    """Names of the next type that one serialized resource refers to (cached)."""
+    key = (type_url, value)
+    found = _references.get(key)
+    if found is not None:
+        return found
+    names: list[str] = []
+    if type_url == LDS:
+        listener = listener_pb2.Listener.FromString(value)
+        hcm = hcm_pb2.HttpConnectionManager()
+        listener.api_listener.api_listener.Unpack(hcm)
+        if hcm.HasField("rds"):
+            names.append(hcm.rds.route_config_name)
+    elif type_url == RDS:
+        names.extend(_route_clusters(route_pb2.RouteConfiguration.FromString(value)))
+    elif type_url == CDS:
+        cluster = cluster_pb2.Cluster.FromString(value)
+        names.append(cluster.eds_cluster_config.service_name or cluster.name)
+    found = tuple(sorted(set(names)))
+    _references[key] = found
+    return found
+
+
+@dataclass
+class Client:
+    """One ADS stream's bookkeeping."""
+
+    node_id: str
+    names: dict[str, frozenset[str]] = field(default_factory=dict)
+    nonces: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+    synced_at: float = 0.0
+    armed_version: str | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    changed_at: float = 0.0
+    failure: str = ""  # why a stream first failed, if one did
+    resets: int = 0  # streams that failed and were reopened
+
+
+async def run_client(
+    channel: grpc.aio.Channel, client: Client, authority: str, stop: asyncio.Event
+) -> None:
+    """Follow the ADS stream until `stop`. A failed stream is counted (the
+    table reports resets with the first reason) and reopened after a jittered
+    wait of 0.1-1 s, as gRPC's reconnect backoff and our library do."""
+    while not stop.is_set():
+        try:
+            await _one_stream(channel, client, authority, stop)
+        except grpc.aio.AioRpcError as exc:
+            client.resets += 1
+            client.failure = client.failure or repr(exc)
+            await asyncio.sleep(random.uniform(0.1, 1.0))
+
+
+async def _one_stream(
+    channel: grpc.aio.Channel, client: Client, authority: str, stop: asyncio.Event
+) -> None:
+    outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        # grpc.aio writes from this iterator one at a time; issuing writes
+        # ourselves from the reader failed under load ("Failed execute_batch").
+        while (request := await outbox.get()) is not None:
+            yield request
+
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    call = stub.StreamAggregatedResources(requests(), wait_for_ready=True)
+    request = discovery_pb2.DiscoveryRequest(type_url=LDS, resource_names=[authority])
+    request.node.id, request.node.cluster = client.node_id, "bench"
+    request.node.user_agent_name = "proxyless-mesh"
+    client.names = {LDS: frozenset([authority])}
+    client.nonces = {}
+    outbox.put_nowait(request)
+    reader = asyncio.ensure_future(_follow(call, client, outbox))
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({reader, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done():
+            reader.result()
+    finally:
+        outbox.put_nowait(None)
+        call.cancel()
+        stopping.cancel()
+        reader.cancel()
+
+
+async def _follow(
+    call: Any, client: Client, outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None]
+) -> None:
+    """Read responses until the stream ends, queueing ACKs and subscriptions.
+    `call` is a grpc.aio stream-stream call (its stubs lack the message types)."""
+    async for response in call:
+        type_url = response.type_url
+        client.nonces[type_url] = response.nonce
+        client.versions[type_url] = response.version_info
+        outbox.put_nowait(
+            discovery_pb2.DiscoveryRequest(
+                type_url=type_url,
+                version_info=response.version_info,
+                response_nonce=response.nonce,
+                resource_names=sorted(client.names.get(type_url, ())),
+            )
+        )
+        now = time.monotonic()
+        if type_url == EDS and response.resources and not client.synced.is_set():
+            client.synced_at = now
+            client.synced.set()
+        if (
+            type_url == RDS
+            and client.armed_version is not None
+            and response.version_info != client.armed_version
+            and not client.changed.is_set()
+        ):
+            client.changed_at = now
+            client.changed.set()
+        next_type = NEXT_TYPE.get(type_url)
+        if next_type is None:
+            continue
+        wanted = frozenset(
+            name for any_ in response.resources for name in references(type_url, any_.value)
+        )
+        if wanted and wanted != client.names.get(next_type):
+            client.names[next_type] = wanted
+            outbox.put_nowait(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=next_type,
+                    version_info=client.versions.get(next_type, ""),
+                    response_nonce=client.nonces.get(next_type, ""),
+                    resource_names=sorted(wanted),
+                )
+            )
+
+
+def reply(message: object) -> None:
+    print(json.dumps(message), flush=True)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[str] = asyncio.Queue()
+    loop.add_reader(sys.stdin.fileno(), lambda: commands.put_nowait(sys.stdin.readline().strip()))
+    clients = [Client(f"{args.id_prefix}{i}") for i in range(args.count)]
+    stop = asyncio.Event()
+    channels: list[grpc.aio.Channel] = []
+    tasks: list[asyncio.Task[None]] = []
+    reply({"ready": True})
+    try:
+        while (command := await commands.get()) not in ("quit", ""):
+            if command == "go":
+                for client in clients:
+                    # A local subchannel pool: one TCP connection per client, as
+                    # separate processes would have, not one shared connection.
+                    channel = grpc.aio.insecure_channel(
+                        args.xds, options=[("grpc.use_local_subchannel_pool", 1)]
+                    )
+                    channels.append(channel)
+                    tasks.append(
+                        asyncio.create_task(run_client(channel, client, args.authority, stop))
+                    )
+                await _wait_all((c.synced for c in clients), args.timeout)
+                done = [c.synced_at for c in clients if c.synced.is_set()]
+                reply(
+                    {
+                        "synced": len(done),
+                        "last": max(done, default=0.0),
+                        "resets": sum(c.resets for c in clients),
+                        "why": next((c.failure for c in clients if c.failure), ""),
+                    }
+                )
+            elif command == "arm":
+                for client in clients:
+                    client.armed_version = client.versions.get(RDS, "")
+                    client.changed.clear()
+                reply({"armed": len(clients)})
+            elif command == "wait":
+                await _wait_all((c.changed for c in clients), args.timeout)
+                reply(
+                    {
+                        "acks": [c.changed_at for c in clients if c.changed.is_set()],
+                        "resets": sum(c.resets for c in clients),
+                    }
+                )
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(ch.close(None) for ch in channels))
+
+
+async def _wait_all(events: Iterable[asyncio.Event], timeout: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    if not waiters:
+        return
+    _, pending = await asyncio.wait(waiters, timeout=timeout)
+    for waiter in pending:
+        waiter.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--xds", required=True, help="HOST:PORT of the ADS server")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--authority", required=True, help="the one LDS name to ask for")
+    parser.add_argument("--id-prefix", default="load-")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
