@@ -127,6 +127,7 @@ def test_listener_with_inline_routes_and_self_config_source() -> None:
         route_config=route_config(a_route()), http_filters=[router()]
     )
     got = decode_listener(listener(hcm))
+    assert isinstance(got, Listener)
     assert got.rds_name is None
     assert got.inline_routes is not None
     assert only_route(got.inline_routes).action == RouteAction((WeightedCluster("c1", 1),))
@@ -135,18 +136,19 @@ def test_listener_with_inline_routes_and_self_config_source() -> None:
         rds=hcm_pb2.Rds(config_source=self_source, route_config_name="r9"),
         http_filters=[router()],
     )
-    assert decode_listener(listener(hcm)).rds_name == "r9"
+    assert decode_listener(listener(hcm)) == Listener(name="p.mesh:80", rds_name="r9")
 
 
 def test_other_filters_before_router_are_accepted() -> None:
     fault = hcm_pb2.HttpFilter(name="fault", typed_config=packed(fault_pb2.HTTPFault()))
-    assert decode_listener(listener(rds_hcm(filters=[fault, router()]))).rds_name == "r1"
+    got = decode_listener(listener(rds_hcm(filters=[fault, router()])))
+    assert got == Listener(name="p.mesh:80", rds_name="r1")
 
 
 @pytest.mark.parametrize(
     ("msg", "reason"),
     [
-        (listener_pb2.Listener(name="x"), "Listener has no api_listener"),
+        (listener_pb2.Listener(name="x"), "server Listener needs address.socket_address"),
         (listener(rds_hcm(), name=""), "Listener has no name"),
         (
             listener_pb2.Listener(

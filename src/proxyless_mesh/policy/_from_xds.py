@@ -5,7 +5,8 @@ What the model cannot enforce faithfully raises PolicyConfigError naming the
 field, so the xDS client can NACK the listener instead of enforcing a
 different policy than the control plane meant: CEL conditions, `matcher`
 trees, filter_state, `sourced_metadata`, `uri_template`, custom matchers,
-header `range_match`.
+header `range_match`. The jwt_authn filter is read back only in the form
+`_to_xds` writes (Istio's rule), with local JWKS.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from envoy.config.core.v3 import address_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2
 
@@ -23,10 +25,14 @@ from proxyless_mesh.model._rbac import (
     AnyRule,
     Authenticated,
     CidrRange,
+    ClaimToHeader,
     DestinationIp,
     DestinationPort,
     DestinationPortRange,
     DirectRemoteIp,
+    JwtAuthentication,
+    JwtHeader,
+    JwtProvider,
     Metadata,
     NotRule,
     OrRules,
@@ -186,3 +192,94 @@ def principal_from_proto(msg: rbac_pb2.Principal, where: str = "principal") -> R
     if which == "remote_ip":
         return RemoteIp(_cidr(msg.remote_ip))
     raise UnsupportedPolicyError(f"{where}.{which}", "principal rule is not supported")
+
+
+# Fields that would change which tokens are accepted: not enforced, so refused.
+_JWT_UNSUPPORTED_FIELDS = (
+    "subjects",
+    "require_expiration",
+    "max_lifetime",
+    "remote_jwks",
+    "from_cookies",
+    "forward_payload_header",
+    "header_in_metadata",
+    "failed_status_in_metadata",
+)
+
+
+def jwt_authentication_from_proto(msg: jwt_pb2.JwtAuthentication) -> JwtAuthentication:
+    """The jwt_authn filter -> the model. Only Istio's layout is accepted: one
+    rule for every path (`prefix: "/"`) requiring any of the providers or none
+    (`allow_missing`); anything else would mean other semantics."""
+    where = "JwtAuthentication"
+    if msg.HasField("filter_state_rules"):
+        raise UnsupportedPolicyError(f"{where}.filter_state_rules", "is not supported")
+    if msg.requirement_map:
+        raise UnsupportedPolicyError(f"{where}.requirement_map", "is not supported")
+    if len(msg.rules) != 1:
+        raise UnsupportedPolicyError(
+            f"{where}.rules", 'expected exactly one rule (prefix "/", requires_any)'
+        )
+    rule = msg.rules[0]
+    if rule.match.WhichOneof("path_specifier") != "prefix" or rule.match.prefix != "/":
+        raise UnsupportedPolicyError(f"{where}.rules[0].match", 'only prefix "/" is supported')
+    if rule.match.headers or rule.match.query_parameters:
+        raise UnsupportedPolicyError(f"{where}.rules[0].match", 'only prefix "/" is supported')
+    if rule.requires.WhichOneof("requires_type") != "requires_any":
+        raise UnsupportedPolicyError(f"{where}.rules[0].requires", "must be requires_any")
+    names: list[str] = []
+    allow_missing = False
+    for i, req in enumerate(rule.requires.requires_any.requirements):
+        kind = req.WhichOneof("requires_type")
+        if kind == "provider_name":
+            names.append(req.provider_name)
+        elif kind == "allow_missing":
+            allow_missing = True
+        else:
+            raise UnsupportedPolicyError(
+                f"{where}.rules[0].requires.requires_any.requirements[{i}]",
+                f"{kind!r} is not supported (provider_name or allow_missing)",
+            )
+    if not allow_missing:
+        raise UnsupportedPolicyError(
+            f"{where}.rules[0].requires", "must allow a missing token (allow_missing), as Istio"
+        )
+    providers = []
+    for name in names:
+        if name not in msg.providers:
+            raise UnsupportedPolicyError(f"{where}.rules[0]", f"unknown provider {name!r}")
+        providers.append(jwt_provider_from_proto(name, msg.providers[name]))
+    return JwtAuthentication(tuple(providers))
+
+
+def jwt_provider_from_proto(name: str, p: jwt_pb2.JwtProvider) -> JwtProvider:
+    where = f"JwtAuthentication.providers[{name}]"
+    for field in _JWT_UNSUPPORTED_FIELDS:
+        if _is_set(p, field):
+            raise UnsupportedPolicyError(f"{where}.{field}", "is not supported")
+    if not p.issuer:
+        raise UnsupportedPolicyError(f"{where}.issuer", "is required")
+    if p.local_jwks.WhichOneof("specifier") != "inline_string":
+        raise UnsupportedPolicyError(f"{where}.local_jwks", "only inline_string is supported")
+    return JwtProvider(
+        name=name,
+        issuer=p.issuer,
+        jwks=p.local_jwks.inline_string,
+        audiences=tuple(p.audiences),
+        from_headers=tuple(JwtHeader(h.name, h.value_prefix) for h in p.from_headers),
+        from_params=tuple(p.from_params),
+        forward=p.forward,
+        claim_to_headers=tuple(
+            ClaimToHeader(c.header_name, c.claim_name) for c in p.claim_to_headers
+        ),
+        clock_skew_seconds=p.clock_skew_seconds or 60,  # 0: Envoy's default, 60 s
+    )
+
+
+def _is_set(msg: Any, field: str) -> bool:
+    descriptor = msg.DESCRIPTOR.fields_by_name[field]
+    if descriptor.is_repeated:
+        return bool(getattr(msg, field))
+    if descriptor.message_type is not None:
+        return bool(msg.HasField(field))
+    return bool(getattr(msg, field))

@@ -1,6 +1,7 @@
 """RBAC model -> Envoy protobufs (envoy.config.rbac.v3, and the HTTP filter
 envoy.extensions.filters.http.rbac.v3.RBAC). Used by the control plane to put
 the RBAC filters on inbound listeners, in the order of the model's engines.
+JWT authentication -> the jwt_authn HTTP filter (`jwt_authentication_to_proto`).
 
 Leaves are placed on the side Envoy allows (permission-only or principal-only
 leaves on the wrong side raise PolicyConfigError). Header matchers use
@@ -13,10 +14,11 @@ from __future__ import annotations
 from envoy.config.core.v3 import address_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 from envoy.type.v3 import range_pb2
-from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf import any_pb2, empty_pb2, wrappers_pb2
 
 from proxyless_mesh.model._rbac import (
     AndRules,
@@ -27,6 +29,8 @@ from proxyless_mesh.model._rbac import (
     DestinationPort,
     DestinationPortRange,
     DirectRemoteIp,
+    JwtAuthentication,
+    JwtProvider,
     Metadata,
     NotRule,
     OrRules,
@@ -40,6 +44,7 @@ from proxyless_mesh.model._resources import HeaderMatcher, MatchKind, StringMatc
 from proxyless_mesh.policy._errors import PolicyConfigError
 
 RBAC_FILTER_NAME = "envoy.filters.http.rbac"
+JWT_FILTER_NAME = "envoy.filters.http.jwt_authn"
 
 
 def rbac_to_proto(rbac: Rbac) -> rbac_pb2.RBAC:
@@ -165,4 +170,42 @@ def principal_to_proto(rule: RbacRule) -> rbac_pb2.Principal:
         out.metadata.CopyFrom(_metadata(rule))
     else:
         raise PolicyConfigError("principal", f"{type(rule).__name__} is a permission-only rule")
+    return out
+
+
+def jwt_authentication_to_proto(jwt: JwtAuthentication) -> jwt_pb2.JwtAuthentication:
+    """The jwt_authn filter config with Istio's rule: every request, any one
+    provider may validate the token, and a missing token is allowed
+    (`requires_any: [provider..., allow_missing]`); a present token that no
+    provider accepts fails. Provider map keys are the providers' names, made
+    unique with `#<n>` when two share one (e.g. the same issuer twice)."""
+    out = jwt_pb2.JwtAuthentication()
+    requirements = []
+    for i, provider in enumerate(jwt.providers):
+        key = provider.name if provider.name not in out.providers else f"{provider.name}#{i}"
+        out.providers[key].CopyFrom(jwt_provider_to_proto(provider))
+        requirements.append(jwt_pb2.JwtRequirement(provider_name=key))
+    requirements.append(jwt_pb2.JwtRequirement(allow_missing=empty_pb2.Empty()))
+    rule = out.rules.add()
+    rule.match.prefix = "/"
+    rule.requires.requires_any.requirements.extend(requirements)
+    return out
+
+
+def jwt_provider_to_proto(p: JwtProvider) -> jwt_pb2.JwtProvider:
+    out = jwt_pb2.JwtProvider(
+        issuer=p.issuer,
+        audiences=list(p.audiences),
+        forward=p.forward,
+        from_params=list(p.from_params),
+        clock_skew_seconds=p.clock_skew_seconds,
+    )
+    out.local_jwks.inline_string = p.jwks
+    out.from_headers.extend(
+        jwt_pb2.JwtHeader(name=h.name, value_prefix=h.value_prefix) for h in p.from_headers
+    )
+    out.claim_to_headers.extend(
+        jwt_pb2.JwtClaimToHeader(header_name=c.header_name, claim_name=c.claim_name)
+        for c in p.claim_to_headers
+    )
     return out

@@ -29,6 +29,7 @@ from proxyless_mesh.model import (
     ClusterLoadAssignment,
     Endpoint,
     HealthStatus,
+    InboundListener,
     LbPolicy,
     Listener,
     Locality,
@@ -36,7 +37,9 @@ from proxyless_mesh.model import (
     RouteConfiguration,
 )
 from proxyless_mesh.xds_client import _decode_policies as policies
+from proxyless_mesh.xds_client._decode_inbound import decode_inbound_listener
 from proxyless_mesh.xds_client._decode_routes import decode_route_configuration_message
+from proxyless_mesh.xds_client._decode_security import decode_upstream_tls
 from proxyless_mesh.xds_client._types import (
     HCM_TYPE_URL,
     RESOURCE_WRAPPER_TYPE_URL,
@@ -50,6 +53,7 @@ __all__ = [
     "decode_listener",
     "decode_resource",
     "decode_route_configuration",
+    "decode_server_listener",
     "resource_name",
     "unpack_resource",
 ]
@@ -111,15 +115,28 @@ def resource_name(rtype: ResourceType, msg: Any) -> str:
     return str(msg.name)
 
 
-def decode_listener(resource: Any) -> Listener:
-    """A client-side Listener: an api_listener holding an HttpConnectionManager."""
+def decode_listener(resource: Any) -> Listener | InboundListener:
+    """A client-side Listener (an api_listener holding an HttpConnectionManager)
+    -> Listener; a server-side one (address + filter chains, gRFC A36) ->
+    InboundListener (see `_decode_inbound`). The xDS client checks that it is
+    the side the name was watched for."""
     msg = unpack_resource(ResourceType.LISTENER, resource)
     if not msg.name:
         raise XdsResourceError("Listener has no name")
-    if not msg.HasField("api_listener"):
-        raise XdsResourceError(
-            "Listener has no api_listener (only client-side listeners are supported)"
-        )
+    if msg.HasField("api_listener"):
+        return _client_listener(msg)
+    return decode_inbound_listener(msg)
+
+
+def decode_server_listener(resource: Any) -> InboundListener:
+    """A server-side Listener only (a client one is an error)."""
+    decoded = decode_listener(resource)
+    if not isinstance(decoded, InboundListener):
+        raise XdsResourceError("expected a server listener (no api_listener, gRFC A36)")
+    return decoded
+
+
+def _client_listener(msg: Any) -> Listener:
     inner = msg.api_listener.api_listener
     if inner.type_url != HCM_TYPE_URL:
         raise XdsResourceError(
@@ -182,6 +199,7 @@ def decode_cluster(resource: Any) -> Cluster:
         panic_threshold=policies.panic_threshold(msg),
         idle_timeout=idle_timeout,
         max_requests_per_connection=max_requests_per_connection,
+        tls=decode_upstream_tls(msg),
         **extra,
     )
 

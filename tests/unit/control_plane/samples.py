@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from mesh_control_plane.config.model import (
+    AuthorizationPolicy,
+    ClientTls,
     ConnectionPool,
     ConsistentHash,
     Destination,
@@ -30,7 +32,9 @@ from mesh_control_plane.config.model import (
     Meta,
     Mirror,
     OutlierDetection,
+    PeerAuthentication,
     PortTrafficPolicy,
+    RequestAuthentication,
     ServiceEntry,
     ServicePort,
     StringMatch,
@@ -393,6 +397,96 @@ def policies() -> MeshConfig:
     )
 
 
+PAYMENTS = "payments.mesh"
+LEDGER = "ledger.mesh"
+LEGACY = "legacy.mesh"
+JWKS = '{"keys": []}'
+
+
+def security() -> MeshConfig:
+    """mTLS and inbound policy: auto mTLS (every instance has a service account),
+    an explicit DISABLE, a mixed service left plaintext, PeerAuthentication at
+    three levels with a port override, AuthorizationPolicies and a
+    RequestAuthentication for the `payments` workload (render it for a node
+    with SERVICE_ACCOUNT payments in namespace shop, labels app=payments)."""
+
+    def endpoint(
+        address: str, port: int, account: str = "", version: str = "v1"
+    ) -> WorkloadEndpoint:
+        return WorkloadEndpoint(
+            address=address,
+            ports={"http": port},
+            labels={"version": version},
+            service_account=account,
+        )
+
+    def secured(kind: str, name: str, namespace: str = "shop") -> Meta:
+        return meta(kind, name, namespace)
+
+    return MeshConfig(
+        service_entries=(
+            service(PAYMENTS, (http(8080),), (endpoint("10.4.0.1", 9000, "payments"),), "shop"),
+            service(
+                LEDGER,
+                (http(8080),),
+                (endpoint("10.4.0.2", 9000, "ledger"), endpoint("10.4.0.3", 9000, "ledger", "v2")),
+                "shop",
+            ),
+            service(
+                LEGACY,
+                (http(8080),),
+                (endpoint("10.4.0.4", 9000, "legacy"), endpoint("10.4.0.5", 9000)),
+                "shop",
+            ),
+        ),
+        destination_rules=(
+            DestinationRule(
+                meta=meta("DestinationRule", "ledger", "shop"),
+                host=LEDGER,
+                subsets=(Subset("v2", {"version": "v2"}, TrafficPolicy(tls=ClientTls("DISABLE"))),),
+            ),
+        ),
+        peer_authentications=(
+            PeerAuthentication(
+                secured("PeerAuthentication", "mesh", "istio-system"), mode="STRICT"
+            ),
+            PeerAuthentication(
+                secured("PeerAuthentication", "payments"),
+                selector={"app": "payments"},
+                mode="UNSET",
+                port_modes={9000: "PERMISSIVE"},
+            ),
+        ),
+        authorization_policies=(
+            AuthorizationPolicy(
+                secured("AuthorizationPolicy", "deny-admin"),
+                {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]},
+            ),
+            AuthorizationPolicy(
+                secured("AuthorizationPolicy", "audit-all", "istio-system"),
+                {"action": "AUDIT", "rules": [{}]},
+            ),
+            AuthorizationPolicy(
+                secured("AuthorizationPolicy", "allow-web"),
+                {
+                    "selector": {"matchLabels": {"app": "payments"}},
+                    "rules": [{"from": [{"source": {"namespaces": ["web"]}}]}],
+                },
+            ),
+            AuthorizationPolicy(
+                secured("AuthorizationPolicy", "other-workload"),
+                {"selector": {"matchLabels": {"app": "ledger"}}, "rules": [{}]},
+            ),
+        ),
+        request_authentications=(
+            RequestAuthentication(
+                secured("RequestAuthentication", "jwt"),
+                {"jwtRules": [{"issuer": "https://issuer.example", "jwks": JWKS}]},
+            ),
+        ),
+    )
+
+
 SAMPLES: Mapping[str, Callable[[], MeshConfig]] = {
     "simple": simple,
     "canary": canary,
@@ -401,4 +495,5 @@ SAMPLES: Mapping[str, Callable[[], MeshConfig]] = {
     "localities": localities,
     "workload_entries": workload_entries,
     "policies": policies,
+    "security": security,
 }

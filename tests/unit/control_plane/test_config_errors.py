@@ -255,17 +255,19 @@ def test_unsupported_features_are_named_not_ignored() -> None:
     ]
     text = DR_HEAD + (
         "  trafficPolicy:\n"
-        "    tls: {}\n"
+        "    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}\n"
         "    connectionPool: {tcp: {tcpKeepalive: {}}, http: {h2UpgradePolicy: UPGRADE}}\n"
         "    loadBalancer: {simple: PASSTHROUGH}\n"
     )
     assert problems(text) == [
-        DR + "spec.trafficPolicy.tls: not supported yet",
         DR + "spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported: it forwards "
         "to the original destination address, which a proxyless client does not have (it dials "
         "by service name); use ROUND_ROBIN, LEAST_REQUEST or RANDOM",
         DR + "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive: not supported yet",
         DR + "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: not supported yet",
+        DR + "spec.trafficPolicy.tls.caCertificates: not supported yet",
+        DR + "spec.trafficPolicy.tls.mode: SIMPLE is not supported yet "
+        "(supported: ISTIO_MUTUAL, DISABLE)",
     ]
     text = SE_HEAD + "  ports: [{number: 443, name: web, protocol: HTTPS}]\n  resolution: DNS\n"
     assert problems(text) == [
@@ -329,7 +331,8 @@ def test_unknown_kind_and_api_version() -> None:
     """
     assert problems(text) == [
         'bad.yaml: kind: unknown kind "Frobnicator" '
-        "(supported: DestinationRule, ServiceEntry, VirtualService, WorkloadEntry)",
+        "(supported: AuthorizationPolicy, DestinationRule, PeerAuthentication, "
+        "RequestAuthentication, ServiceEntry, VirtualService, WorkloadEntry)",
         "bad.yaml: kind: Gateway is not supported yet",
         'bad.yaml: apiVersion: unsupported apiVersion "networking.istio.io/v2" for ServiceEntry '
         "(expected networking.istio.io/v1, networking.istio.io/v1beta1, "

@@ -275,10 +275,11 @@ def dr(policy: str) -> str:
             ],
         ),
         (
-            "portLevelSettings: [{port: {number: 1}}, {port: {number: 1}, tls: {}}]",
+            "portLevelSettings: [{port: {number: 1}}, {port: {number: 1}, tls: {mode: MUTUAL}}]",
             [
-                "spec.trafficPolicy.portLevelSettings[1].tls: not supported yet",
                 "spec.trafficPolicy.portLevelSettings[1].port.number: port 1 is set twice",
+                "spec.trafficPolicy.portLevelSettings[1].tls.mode: MUTUAL is not supported yet "
+                "(supported: ISTIO_MUTUAL, DISABLE)",
             ],
         ),
     ],

@@ -1,6 +1,6 @@
 """Istio YAML configuration: load, validate strictly, cross-check, watch.
 
-`load_config_dir()` turns a directory of networking.istio.io resources into a
+`load_config_dir()` turns a directory of networking.istio.io and security.istio.io resources into a
 `MeshConfig` (model.py) or raises `ConfigLoadError` listing every problem;
 `ConfigWatcher` follows the directory and keeps the last good configuration.
 """
@@ -8,6 +8,10 @@
 from .errors import ConfigError, ConfigLoadError, ConfigProblem
 from .loader import config_files, load_config_dir, parse_documents
 from .model import (
+    DEFAULT_ROOT_NAMESPACE,
+    DEFAULT_TRUST_DOMAIN,
+    AuthorizationPolicy,
+    ClientTls,
     ConnectionPool,
     ConsistentHash,
     Destination,
@@ -27,10 +31,13 @@ from .model import (
     LocalityLbSetting,
     LocalityRule,
     MeshConfig,
+    MeshSettings,
     Meta,
     Mirror,
     OutlierDetection,
+    PeerAuthentication,
     PortTrafficPolicy,
+    RequestAuthentication,
     ServiceEntry,
     ServicePort,
     StringMatch,
@@ -45,6 +52,10 @@ from .syntax import parse_duration
 from .watch import ConfigWatcher, directory_signature
 
 __all__ = [
+    "DEFAULT_ROOT_NAMESPACE",
+    "DEFAULT_TRUST_DOMAIN",
+    "AuthorizationPolicy",
+    "ClientTls",
     "ConfigError",
     "ConfigLoadError",
     "ConfigProblem",
@@ -68,10 +79,13 @@ __all__ = [
     "LocalityLbSetting",
     "LocalityRule",
     "MeshConfig",
+    "MeshSettings",
     "Meta",
     "Mirror",
     "OutlierDetection",
+    "PeerAuthentication",
     "PortTrafficPolicy",
+    "RequestAuthentication",
     "ServiceEntry",
     "ServicePort",
     "StringMatch",

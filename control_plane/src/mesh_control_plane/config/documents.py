@@ -11,8 +11,22 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .model import DestinationRule, Meta, ServiceEntry, VirtualService, WorkloadEntry
+from .model import (
+    AuthorizationPolicy,
+    DestinationRule,
+    Meta,
+    PeerAuthentication,
+    RequestAuthentication,
+    ServiceEntry,
+    VirtualService,
+    WorkloadEntry,
+)
 from .parse_routing import parse_destination_rule, parse_virtual_service
+from .parse_security import (
+    parse_authorization_policy,
+    parse_peer_authentication,
+    parse_request_authentication,
+)
 from .parse_services import parse_service_entry, parse_workload_entry
 from .schema import (
     MISSING,
@@ -26,7 +40,15 @@ from .schema import (
     type_name,
 )
 
-Resource = ServiceEntry | WorkloadEntry | DestinationRule | VirtualService
+Resource = (
+    ServiceEntry
+    | WorkloadEntry
+    | DestinationRule
+    | VirtualService
+    | PeerAuthentication
+    | AuthorizationPolicy
+    | RequestAuthentication
+)
 _Parser = Callable[[Problems, Meta, Mapping[str, Any]], Resource]
 
 NETWORKING_API_VERSIONS = (
@@ -34,20 +56,22 @@ NETWORKING_API_VERSIONS = (
     "networking.istio.io/v1beta1",
     "networking.istio.io/v1alpha3",
 )
+SECURITY_API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 PARSERS: dict[str, _Parser] = {
+    "AuthorizationPolicy": parse_authorization_policy,
     "DestinationRule": parse_destination_rule,
+    "PeerAuthentication": parse_peer_authentication,
+    "RequestAuthentication": parse_request_authentication,
     "ServiceEntry": parse_service_entry,
     "VirtualService": parse_virtual_service,
     "WorkloadEntry": parse_workload_entry,
 }
+_SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 # Istio kinds a user may reasonably write: named so the error says "not yet", not "what?".
 _LATER_KINDS = (
-    "AuthorizationPolicy",
     "EnvoyFilter",
     "Gateway",
-    "PeerAuthentication",
     "ProxyConfig",
-    "RequestAuthentication",
     "Sidecar",
     "Telemetry",
     "WasmPlugin",
@@ -143,8 +167,9 @@ def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
             supported = ", ".join(sorted(PARSERS))
             problems.add("kind", f'unknown kind "{kind}" (supported: {supported})')
         return None
-    if api_version is not None and api_version not in NETWORKING_API_VERSIONS:
-        expected = ", ".join(NETWORKING_API_VERSIONS)
+    versions = SECURITY_API_VERSIONS if kind in _SECURITY_KINDS else NETWORKING_API_VERSIONS
+    if api_version is not None and api_version not in versions:
+        expected = ", ".join(versions)
         problems.add(
             "apiVersion", f'unsupported apiVersion "{api_version}" for {kind} (expected {expected})'
         )

@@ -17,7 +17,17 @@ import yaml
 
 from .documents import Document, Resource, expand_lists, parse_document
 from .errors import ConfigLoadError, ConfigProblem
-from .model import DestinationRule, MeshConfig, ServiceEntry, VirtualService, WorkloadEntry
+from .model import (
+    AuthorizationPolicy,
+    DestinationRule,
+    MeshConfig,
+    MeshSettings,
+    PeerAuthentication,
+    RequestAuthentication,
+    ServiceEntry,
+    VirtualService,
+    WorkloadEntry,
+)
 from .references import check_references
 from .schema import Problems
 
@@ -45,28 +55,32 @@ def config_files(root: Path) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(root).as_posix())
 
 
-def load_config_dir(path: Path) -> MeshConfig:
+def load_config_dir(path: Path, settings: MeshSettings | None = None) -> MeshConfig:
     """Read, validate and cross-check every config file under `path`.
 
-    Raises ConfigLoadError with all problems found, in file order.
+    `settings` (trust domain, root namespace) come from control-plane flags and
+    are carried in the result, since translation depends on them. Raises
+    ConfigLoadError with all problems found, in file order.
     """
     root = Path(path)
     if not root.is_dir():
         reason = "does not exist" if not root.exists() else "is not a directory"
         raise ConfigLoadError([ConfigProblem(str(root), "", "", f"config directory {reason}")])
-    builder = _Builder()
+    builder = _Builder(settings or MeshSettings())
     for file in config_files(root):
         builder.add(_read_documents(root, file, builder.problems))
     return builder.finish()
 
 
-def parse_documents(docs: Iterable[tuple[str, object]]) -> MeshConfig:
+def parse_documents(
+    docs: Iterable[tuple[str, object]], settings: MeshSettings | None = None
+) -> MeshConfig:
     """Validate already-parsed documents, each given with the file name to report.
 
     The same checks as `load_config_dir`, without touching the filesystem
     (for tests, and for tools that get YAML from elsewhere).
     """
-    builder = _Builder()
+    builder = _Builder(settings or MeshSettings())
     builder.add(Document(file, data) for file, data in docs)
     return builder.finish()
 
@@ -74,7 +88,8 @@ def parse_documents(docs: Iterable[tuple[str, object]]) -> MeshConfig:
 class _Builder:
     """Collects resources and problems document by document, then checks references."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: MeshSettings) -> None:
+        self.settings = settings
         self.problems: list[ConfigProblem] = []
         self._resources: list[Resource] = []
         self._seen: dict[tuple[str, str, str], str] = {}
@@ -104,14 +119,14 @@ class _Builder:
             # References are checked only on a fully parsed configuration: a resource
             # that failed to parse would otherwise show up as a dangling reference.
             raise ConfigLoadError(self.problems)
-        config = _assemble(self._resources)
+        config = _assemble(self._resources, self.settings)
         dangling = check_references(config)
         if dangling:
             raise ConfigLoadError(dangling)
         return config
 
 
-def _assemble(resources: list[Resource]) -> MeshConfig:
+def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
     """Group by kind and sort by (namespace, name) so translation is deterministic."""
     resources.sort(key=lambda r: (r.meta.namespace, r.meta.name))
     return MeshConfig(
@@ -119,6 +134,10 @@ def _assemble(resources: list[Resource]) -> MeshConfig:
         workload_entries=tuple(r for r in resources if isinstance(r, WorkloadEntry)),
         destination_rules=tuple(r for r in resources if isinstance(r, DestinationRule)),
         virtual_services=tuple(r for r in resources if isinstance(r, VirtualService)),
+        peer_authentications=tuple(r for r in resources if isinstance(r, PeerAuthentication)),
+        authorization_policies=tuple(r for r in resources if isinstance(r, AuthorizationPolicy)),
+        request_authentications=tuple(r for r in resources if isinstance(r, RequestAuthentication)),
+        settings=settings,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,15 @@ class ConnectionPool:
 
 
 @dataclass(frozen=True)
+class ClientTls:
+    """DestinationRule `tls` (Istio ClientTLSSettings): ISTIO_MUTUAL (the mesh's
+    certificates, peer SPIFFE IDs checked) or DISABLE (plaintext)."""
+
+    mode: str  # ISTIO_MUTUAL | DISABLE
+    sni: str = ""
+
+
+@dataclass(frozen=True)
 class PortTrafficPolicy:
     """portLevelSettings[]: replaces the policy's fields of the same name on one port."""
 
@@ -146,6 +156,7 @@ class PortTrafficPolicy:
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: ClientTls | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,7 @@ class TrafficPolicy:
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
     port_level_settings: tuple[PortTrafficPolicy, ...] = ()
+    tls: ClientTls | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +304,69 @@ class VirtualService:
 
 
 @dataclass(frozen=True)
+class PeerAuthentication:
+    """security.istio.io PeerAuthentication: the inbound mTLS mode of the
+    workloads it selects. `selector` None: every workload of the namespace (of
+    the whole mesh in the root namespace). Modes are STRICT, PERMISSIVE,
+    DISABLE or UNSET (inherit from the next less specific policy)."""
+
+    meta: Meta
+    selector: Mapping[str, str] | None = None
+    mode: str = "UNSET"
+    port_modes: Mapping[int, str] = field(default_factory=dict)  # portLevelMtls
+
+
+@dataclass(frozen=True)
+class AuthorizationPolicy:
+    """security.istio.io AuthorizationPolicy. `spec` is kept as written: the
+    loader has checked it with the library's translator
+    (proxyless_mesh.policy), which the control plane reuses to build RBAC, so
+    the two can never disagree on what a field means."""
+
+    meta: Meta
+    spec: Mapping[str, Any]
+
+    def resource(self) -> dict[str, Any]:
+        """The Kubernetes-style dict the library's translator reads."""
+        return {
+            "metadata": {"name": self.meta.name, "namespace": self.meta.namespace},
+            "spec": self.spec,
+        }
+
+
+@dataclass(frozen=True)
+class RequestAuthentication:
+    """security.istio.io RequestAuthentication, kept as written (checked at load
+    like AuthorizationPolicy)."""
+
+    meta: Meta
+    spec: Mapping[str, Any]
+
+    def resource(self) -> dict[str, Any]:
+        return {
+            "metadata": {"name": self.meta.name, "namespace": self.meta.namespace},
+            "spec": self.spec,
+        }
+
+
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+DEFAULT_ROOT_NAMESPACE = "istio-system"
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """Mesh-wide settings that come from control-plane flags, not from YAML.
+
+    `trust_domain` names workload identities (spiffe://<td>/ns/<ns>/sa/<sa>)
+    and must be the CA's; `root_namespace` is Istio's: security policies there
+    without a selector apply to the whole mesh (Istio's default istio-system).
+    """
+
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     """Everything loaded from the config directory, in a stable order
     (by namespace, then name) so translation is deterministic."""
@@ -300,3 +375,7 @@ class MeshConfig:
     workload_entries: tuple[WorkloadEntry, ...] = ()
     destination_rules: tuple[DestinationRule, ...] = ()
     virtual_services: tuple[VirtualService, ...] = ()
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    request_authentications: tuple[RequestAuthentication, ...] = ()
+    settings: MeshSettings = MeshSettings()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .model import (
+    ClientTls,
     ConnectionPool,
     ConsistentHash,
     LoadBalancerSettings,
@@ -42,9 +43,22 @@ UINT32_MAX = 2**32 - 1
 MAX_RING_SIZE = 8 * 1024 * 1024  # gRPC's and Envoy's upper bound for minimum_ring_size
 MAX_MAGLEV_TABLE = 5000011  # Envoy's bound (exclusive)
 
-_TP_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection", "portLevelSettings")
-_TP_UNSUPPORTED = ("tls", "tunnel", "proxyProtocol")
-_PORT_FIELDS = ("port", "loadBalancer", "connectionPool", "outlierDetection")
+_TP_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection", "portLevelSettings", "tls")
+_TP_UNSUPPORTED = ("tunnel", "proxyProtocol")
+_PORT_FIELDS = ("port", "loadBalancer", "connectionPool", "outlierDetection", "tls")
+TLS_MODES = ("ISTIO_MUTUAL", "DISABLE")
+_TLS_UNSUPPORTED_MODES = ("SIMPLE", "MUTUAL")
+_TLS_FIELDS = ("mode", "sni")
+# Certificates of the operator's own (SIMPLE/MUTUAL origination) are not carried yet.
+_TLS_UNSUPPORTED = (
+    "clientCertificate",
+    "privateKey",
+    "caCertificates",
+    "credentialName",
+    "subjectAltNames",
+    "insecureSkipVerify",
+    "caCrl",
+)
 _LB_FIELDS = ("simple", "consistentHash", "localityLbSetting", "warmupDurationSecs")
 _LB_UNSUPPORTED = ("warmup",)
 _HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
@@ -82,7 +96,7 @@ def parse_traffic_policy(p: Problems, obj: Mapping[str, Any], path: str) -> Traf
     ports: list[PortTrafficPolicy] = []
     for i, raw in enumerate(get_list(p, policy, "portLevelSettings", where)):
         port_where = index(join(where, "portLevelSettings"), i)
-        item = read_object(p, raw, port_where, _PORT_FIELDS, ("tls",))
+        item = read_object(p, raw, port_where, _PORT_FIELDS)
         selector = get_object(p, item, "port", port_where, ("number",), required=True)
         number = None
         if selector is not None:
@@ -91,8 +105,30 @@ def parse_traffic_policy(p: Problems, obj: Mapping[str, Any], path: str) -> Traf
             )
         if number is not None and any(port.port == number for port in ports):
             p.add(join(port_where, "port.number"), f"port {number} is set twice")
-        ports.append(PortTrafficPolicy(number or 0, *_policy_fields(p, item, port_where)))
-    return TrafficPolicy(*_policy_fields(p, policy, where), port_level_settings=tuple(ports))
+        ports.append(
+            PortTrafficPolicy(
+                number or 0, *_policy_fields(p, item, port_where), tls=_tls(p, item, port_where)
+            )
+        )
+    return TrafficPolicy(
+        *_policy_fields(p, policy, where),
+        port_level_settings=tuple(ports),
+        tls=_tls(p, policy, where),
+    )
+
+
+def _tls(p: Problems, obj: Mapping[str, Any], path: str) -> ClientTls | None:
+    """`tls`: ISTIO_MUTUAL or DISABLE. Like Istio, a `tls` without `mode` is DISABLE."""
+    tls = get_object(p, obj, "tls", path, _TLS_FIELDS, _TLS_UNSUPPORTED)
+    if tls is None:
+        return None
+    where = join(path, "tls")
+    mode = get_str(p, tls, "mode", where) or "DISABLE"
+    checked = check_enum(p, mode, join(where, "mode"), TLS_MODES, _TLS_UNSUPPORTED_MODES)
+    sni = get_str(p, tls, "sni", where) or ""
+    if sni and checked == "DISABLE":
+        p.add(join(where, "sni"), "has no effect with mode DISABLE")
+    return ClientTls(checked or "DISABLE", sni)
 
 
 def _policy_fields(
@@ -347,4 +383,4 @@ def _duration(p: Problems, obj: Mapping[str, Any], key: str, where: str) -> floa
     return seconds
 
 
-__all__ = ["LB_POLICIES", "parse_traffic_policy"]
+__all__ = ["LB_POLICIES", "TLS_MODES", "parse_traffic_policy"]

@@ -63,6 +63,25 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                         vs.meta, where, mirror.destination, services, rules, listener_ports
                     )
                 )
+    problems.extend(_check_peer_authentications(config))
+    return problems
+
+
+def _check_peer_authentications(config: MeshConfig) -> list[ConfigProblem]:
+    """At most one namespace-wide (selector-less) PeerAuthentication per
+    namespace: Istio would pick the oldest, which a directory cannot tell."""
+    problems: list[ConfigProblem] = []
+    wide: dict[str, Meta] = {}
+    for pa in config.peer_authentications:
+        if pa.selector is not None:
+            continue
+        first = wide.setdefault(pa.meta.namespace, pa.meta)
+        if first is not pa.meta:
+            message = (
+                f"namespace {pa.meta.namespace!r} already has a namespace-wide "
+                f"PeerAuthentication, {_where(first)}; give this one a selector or merge them"
+            )
+            problems.append(_problem(pa.meta, "spec", message))
     return problems
 
 

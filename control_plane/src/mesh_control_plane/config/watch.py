@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from .errors import ConfigLoadError, ConfigProblem
 from .loader import config_files, load_config_dir
-from .model import MeshConfig
+from .model import MeshConfig, MeshSettings
 
 __all__ = ["ConfigWatcher", "directory_signature"]
 
@@ -71,8 +71,12 @@ class ConfigWatcher:
         debounce: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        settings: MeshSettings | None = None,
     ) -> None:
+        """`settings` (trust domain, root namespace: control-plane flags) go
+        into every loaded MeshConfig."""
         self.path = Path(path)
+        self._settings = settings or MeshSettings()
         self._on_config = on_config
         self._on_error = on_error
         self._poll_interval = poll_interval
@@ -136,7 +140,7 @@ class ConfigWatcher:
         Returns whether the load succeeded.
         """
         try:
-            config = await asyncio.to_thread(load_config_dir, self.path)
+            config = await asyncio.to_thread(load_config_dir, self.path, self._settings)
         except ConfigLoadError as err:
             self._last_errors = err.problems
             logger.warning("%s; keeping the last good configuration", err)

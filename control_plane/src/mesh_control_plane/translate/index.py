@@ -31,6 +31,8 @@ class Service:
 
     host: str
     ports: tuple[ServicePort, ...]
+    namespace: str = "default"  # the declaring ServiceEntry's (its instances' identities)
+    location: str = "MESH_INTERNAL"
 
     def port(self, number: int) -> ServicePort | None:
         for port in self.ports:
@@ -54,13 +56,15 @@ class MeshIndex:
     @classmethod
     def build(cls, config: MeshConfig) -> MeshIndex:
         ports_by_host: dict[str, dict[int, ServicePort]] = {}
+        owner: dict[str, tuple[str, str]] = {}
         for entry in config.service_entries:
             for host in entry.hosts:
                 known = ports_by_host.setdefault(host, {})
+                owner.setdefault(host, (entry.meta.namespace, entry.location))
                 for port in entry.ports:
                     known.setdefault(port.number, port)
         services = {
-            host: Service(host, tuple(ports[n] for n in sorted(ports)))
+            host: Service(host, tuple(ports[n] for n in sorted(ports)), *owner[host])
             for host, ports in sorted(ports_by_host.items())
         }
         rules: dict[str, DestinationRule] = {}

@@ -31,3 +31,16 @@ def cluster_name(host: str, port: int, subset: str = "") -> str:
 def route_name(namespace: str, vs_name: str, http_name: str, index: int) -> str:
     """``<vs-namespace>/<vs-name>/<http name or index>``: says which rule matched."""
     return f"{namespace}/{vs_name}/{http_name or index}"
+
+
+SERVER_LISTENER_TEMPLATE = "grpc/server?xds.resource.listening_address=%s"
+"""The bootstrap's ``server_listener_resource_name_template`` that ``meshctl
+bootstrap`` (the library's writer) puts in every bootstrap: gRPC servers and
+the library ask for their inbound listener by it (gRFC A36)."""
+
+
+def server_listener_name(ip: str, port: int) -> str:
+    """The inbound listener name for a server listening on ``ip:port``, with
+    IPv6 addresses in brackets as gRPC writes them (``[::]:8080``)."""
+    host = f"[{ip}]" if ":" in ip else ip
+    return SERVER_LISTENER_TEMPLATE % f"{host}:{port}"

@@ -21,6 +21,11 @@ DEFAULT_OUTBOUND_PORT = 15001
 OUTBOUND_PORT_METADATA_KEY = "OUTBOUND_PORT"
 LABELS_METADATA_KEY = "LABELS"
 """Istio's node metadata key for the workload's labels (a string -> string struct)."""
+NAMESPACE_METADATA_KEY = "NAMESPACE"
+SERVICE_ACCOUNT_METADATA_KEY = "SERVICE_ACCOUNT"
+INSTANCE_IPS_METADATA_KEY = "INSTANCE_IPS"
+"""Istio's keys: the workload's namespace, service account, and its IPs (comma-separated)."""
+DEFAULT_NAMESPACE = "default"
 
 MESH_USER_AGENT = "proxyless-mesh"
 ENVOY_USER_AGENT = "envoy"
@@ -43,6 +48,9 @@ class NodeInfo:
     locality: tuple[str, str, str] = ("", "", "")  # region, zone, sub_zone
     outbound_port: int = DEFAULT_OUTBOUND_PORT
     labels: tuple[tuple[str, str], ...] = ()  # node.metadata LABELS (Istio's key), sorted
+    namespace: str = DEFAULT_NAMESPACE  # node.metadata NAMESPACE
+    service_account: str = ""  # node.metadata SERVICE_ACCOUNT
+    instance_ips: tuple[str, ...] = ()  # node.metadata INSTANCE_IPS, sorted
 
     @classmethod
     def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
@@ -65,6 +73,14 @@ class NodeInfo:
             locality=(node.locality.region, node.locality.zone, node.locality.sub_zone),
             outbound_port=outbound_port,
             labels=_labels(node.metadata.fields.get(LABELS_METADATA_KEY)),
+            namespace=_string(node, NAMESPACE_METADATA_KEY) or DEFAULT_NAMESPACE,
+            service_account=_string(node, SERVICE_ACCOUNT_METADATA_KEY),
+            instance_ips=tuple(
+                sorted(
+                    {ip.strip() for ip in _string(node, INSTANCE_IPS_METADATA_KEY).split(",")}
+                    - {""}
+                )
+            ),
         )
 
     @property
@@ -75,12 +91,17 @@ class NodeInfo:
         outbound port for Envoy (proxyless clients have no listening port), and the
         locality and labels: with a DestinationRule's localityLbSetting, EDS
         priorities and weights are computed from where the client runs (and
-        failoverPriority compares its labels). The id is not read; whoever makes
+        failoverPriority compares its labels). Proxyless clients also get their
+        inbound (server) listeners, which depend on the workload: namespace and
+        labels select its security policies, service account and IPs say which
+        instances (ports) are its own. The id is not read; whoever makes
         translate() read more of the node must add it here, or cached translations
         would be shared wrongly.
         """
-        port = self.outbound_port if self.kind is ClientKind.ENVOY else None
-        return (self.kind.value, port, self.locality, self.labels)
+        if self.kind is ClientKind.ENVOY:
+            return (self.kind.value, self.outbound_port, self.locality, self.labels)
+        workload = (self.namespace, self.service_account, self.instance_ips)
+        return (self.kind.value, None, self.locality, self.labels, workload)
 
 
 def _labels(value: struct_pb2.Value | None) -> tuple[tuple[str, str], ...]:
@@ -95,6 +116,13 @@ def _labels(value: struct_pb2.Value | None) -> tuple[tuple[str, str], ...]:
             if item.WhichOneof("kind") == "string_value"
         )
     )
+
+
+def _string(node: base_pb2.Node, key: str) -> str:
+    value = node.metadata.fields.get(key)
+    if value is None or value.WhichOneof("kind") != "string_value":
+        return ""
+    return str(value.string_value)
 
 
 def _kind_of(user_agent_name: str) -> ClientKind:

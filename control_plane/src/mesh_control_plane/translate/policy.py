@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mesh_control_plane.config.model import (
+    ClientTls,
     ConnectionPool,
     ConsistentHash,
     DestinationRule,
@@ -28,6 +29,7 @@ class EffectivePolicy:
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: ClientTls | None = None  # None: not written, auto mTLS decides
 
     @property
     def consistent_hash(self) -> ConsistentHash | None:
@@ -59,6 +61,7 @@ def _apply(base: EffectivePolicy, policy: TrafficPolicy | None, port: int) -> Ef
         policy.load_balancer or base.load_balancer,
         policy.connection_pool or base.connection_pool,
         policy.outlier_detection or base.outlier_detection,
+        policy.tls or base.tls,
     )
     for settings in policy.port_level_settings:
         if settings.port == port:
@@ -66,5 +69,6 @@ def _apply(base: EffectivePolicy, policy: TrafficPolicy | None, port: int) -> Ef
                 settings.load_balancer or merged.load_balancer,
                 settings.connection_pool or merged.connection_pool,
                 settings.outlier_detection or merged.outlier_detection,
+                settings.tls or merged.tls,
             )
     return merged

@@ -17,6 +17,7 @@ from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.translate.clusters import build_cluster, cluster_specs
 from mesh_control_plane.translate.endpoints import build_load_assignment
+from mesh_control_plane.translate.inbound import inbound_listeners
 from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.listeners import api_listener, envoy_outbound_listener
 from mesh_control_plane.translate.names import ENVOY_OUTBOUND, authority
@@ -29,6 +30,11 @@ from mesh_control_plane.translate.resources import (
     ResourceSet,
 )
 from mesh_control_plane.translate.routes import route_configuration, virtual_host
+from mesh_control_plane.translate.tls import (
+    upstream_identities,
+    upstream_sni,
+    upstream_transport_socket,
+)
 
 
 def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> ResourceSet:
@@ -40,17 +46,26 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     hosts. Clusters and endpoints are the same for all kinds, except that gRPC gets
     only the load-balancing policies it implements and Envoy is told to use HTTP/2
     towards HTTP2/GRPC ports, and EDS priorities and weights follow the node's
-    locality where a DestinationRule asks for it. Reads only ``node.cache_key``'s
-    fields.
+    locality where a DestinationRule asks for it. Proxyless clients also get
+    upstream mTLS on clusters (tls.py) and their workload's inbound listeners
+    (inbound.py). Reads only ``node.cache_key``'s fields.
     """
     index = MeshIndex.build(config)
     specs = cluster_specs(index)
     clusters = [build_cluster(spec, node.kind) for spec in specs]
+    if node.kind is not ClientKind.ENVOY:
+        for spec, cluster in zip(specs, clusters, strict=True):
+            identities = upstream_identities(spec, registry, config.settings)
+            if identities is not None:
+                cluster.transport_socket.CopyFrom(
+                    upstream_transport_socket(identities, upstream_sni(spec))
+                )
     assignments = [build_load_assignment(spec, registry, node) for spec in specs]
     if node.kind is ClientKind.ENVOY:
         listeners, routes = _envoy_listeners(index, node.outbound_port)
     else:
         listeners, routes = _proxyless_listeners(index)
+        listeners += inbound_listeners(config, index, registry, node)
     return ResourceSet(
         MappingProxyType(
             {

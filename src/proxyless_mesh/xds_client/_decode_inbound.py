@@ -1,0 +1,179 @@
+"""Server-side (inbound) Listener -> `InboundListener`.
+
+What a workload's server enforces on one address (gRFC A36's server
+listener): the mTLS mode from the filter chains (a chain with a
+DownstreamTlsContext requiring client certificates is mTLS, one without a
+transport socket is plaintext: all mTLS is STRICT, all plaintext DISABLE, both
+PERMISSIVE, told apart by `filter_chain_match.transport_protocol` "tls" /
+"raw_buffer"), and from the HttpConnectionManager the jwt_authn filter
+(request authentication) and the RBAC filters, in order. The model holds one
+policy per listener, so every chain must carry the same HTTP filters.
+Anything else the mesh would silently not enforce is NACKed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf.message import DecodeError, Message
+
+from proxyless_mesh.errors import XdsResourceError
+from proxyless_mesh.model import InboundListener, TlsMode
+from proxyless_mesh.model._rbac import JwtAuthentication, Rbac
+from proxyless_mesh.policy._errors import PolicyConfigError
+from proxyless_mesh.policy._from_xds import jwt_authentication_from_proto, rbac_filter_from_proto
+from proxyless_mesh.xds_client._decode_security import decode_downstream_tls
+from proxyless_mesh.xds_client._types import HCM_TYPE_URL, ROUTER_TYPE_URL
+
+__all__ = ["decode_inbound_listener"]
+
+_FILTERS = "type.googleapis.com/envoy.extensions.filters."
+RBAC_TYPE_URL = _FILTERS + "http.rbac.v3.RBAC"
+JWT_TYPE_URL = _FILTERS + "http.jwt_authn.v3.JwtAuthentication"
+TLS_INSPECTOR_TYPE_URL = _FILTERS + "listener.tls_inspector.v3.TlsInspector"
+_MATCH_FIELDS_UNSUPPORTED = (
+    "destination_port",
+    "prefix_ranges",
+    "address_suffix",
+    "suffix_len",
+    "direct_source_prefix_ranges",
+    "source_prefix_ranges",
+    "source_ports",
+    "server_names",
+    "application_protocols",
+)
+
+
+def decode_inbound_listener(msg: Any) -> InboundListener:
+    """A Listener without api_listener (already unpacked), as a server's."""
+    if not msg.name:
+        raise XdsResourceError("Listener has no name")
+    sa = msg.address.socket_address
+    if msg.address.WhichOneof("address") != "socket_address" or not sa.address:
+        raise XdsResourceError("server Listener needs address.socket_address (gRFC A36)")
+    if sa.WhichOneof("port_specifier") != "port_value" or not 0 < sa.port_value <= 65535:
+        raise XdsResourceError("server Listener needs a port_value in 1..65535")
+    for i, lf in enumerate(msg.listener_filters):
+        if lf.typed_config.type_url != TLS_INSPECTOR_TYPE_URL:
+            raise XdsResourceError(
+                f"listener_filters[{i}] {lf.name!r}: only the tls_inspector is supported"
+            )
+    chains = list(msg.filter_chains)
+    if msg.HasField("default_filter_chain"):
+        chains.append(msg.default_filter_chain)
+    if not chains:
+        raise XdsResourceError("server Listener has no filter_chains")
+    modes: set[bool] = set()
+    filters: bytes | None = None
+    manager = hcm_pb2.HttpConnectionManager()
+    for i, chain in enumerate(chains):
+        where = f"filter_chains[{i}]"
+        modes.add(_chain_is_tls(chain, where))
+        current = _connection_manager(chain, where)
+        serialized = b"".join(f.SerializeToString(deterministic=True) for f in current.http_filters)
+        if filters is None:
+            filters, manager = serialized, current
+        elif serialized != filters:
+            raise XdsResourceError(
+                f"{where}: http_filters differ from filter_chains[0]'s; the mesh enforces "
+                "one policy per listener"
+            )
+    if modes == {True, False} and not msg.listener_filters:
+        raise XdsResourceError(
+            "TLS and plaintext filter chains need the tls_inspector listener filter"
+        )
+    mode = (
+        TlsMode.PERMISSIVE
+        if len(modes) == 2
+        else (TlsMode.STRICT if True in modes else TlsMode.DISABLE)
+    )
+    rbac, jwt = _http_filters(manager)
+    return InboundListener(
+        name=msg.name, address=sa.address, port=sa.port_value, tls_mode=mode, rbac=rbac, jwt=jwt
+    )
+
+
+def _chain_is_tls(chain: Any, where: str) -> bool:
+    match = chain.filter_chain_match
+    for field in _MATCH_FIELDS_UNSUPPORTED:
+        descriptor = match.DESCRIPTOR.fields_by_name[field]
+        is_set = bool(
+            getattr(match, field)
+            if descriptor.is_repeated or descriptor.message_type is None
+            else match.HasField(field)
+        )
+        if is_set:
+            raise XdsResourceError(f"{where}.filter_chain_match.{field} is not supported")
+    if match.source_type:
+        raise XdsResourceError(f"{where}.filter_chain_match.source_type is not supported")
+    tls = bool(chain.HasField("transport_socket"))
+    if tls:
+        decode_downstream_tls(chain.transport_socket, f"{where}.transport_socket")
+    expected = "tls" if tls else "raw_buffer"
+    if match.transport_protocol not in ("", expected):
+        raise XdsResourceError(
+            f"{where}.filter_chain_match.transport_protocol {match.transport_protocol!r} "
+            f"does not fit a {'TLS' if tls else 'plaintext'} chain (expected {expected!r})"
+        )
+    return tls
+
+
+def _connection_manager(chain: Any, where: str) -> hcm_pb2.HttpConnectionManager:
+    if len(chain.filters) != 1:
+        raise XdsResourceError(f"{where}: expected exactly one filter, the HttpConnectionManager")
+    config = chain.filters[0].typed_config
+    if config.type_url != HCM_TYPE_URL:
+        raise XdsResourceError(f"{where}.filters[0]: expected an HttpConnectionManager")
+    manager = hcm_pb2.HttpConnectionManager()
+    _unpack(config, manager, f"{where}.filters[0]")
+    if manager.WhichOneof("route_specifier") != "route_config":
+        raise XdsResourceError(f"{where}: the server's HttpConnectionManager needs route_config")
+    return manager
+
+
+def _http_filters(
+    manager: hcm_pb2.HttpConnectionManager,
+) -> tuple[tuple[Rbac, ...], JwtAuthentication | None]:
+    """jwt_authn (at most one, before any RBAC), RBAC engines in order, router last."""
+    filters = list(manager.http_filters)
+    if not filters or filters[-1].typed_config.type_url != ROUTER_TYPE_URL:
+        raise XdsResourceError("the last http filter must be the router")
+    engines: list[Rbac] = []
+    jwt: JwtAuthentication | None = None
+    for i, f in enumerate(filters[:-1]):
+        where = f"http_filters[{i}] {f.name!r}"
+        url = f.typed_config.type_url
+        try:
+            if url == RBAC_TYPE_URL:
+                rbac = http_rbac_pb2.RBAC()
+                _unpack(f.typed_config, rbac, where)
+                engine = rbac_filter_from_proto(rbac)
+                if engine is not None:
+                    engines.append(engine)
+            elif url == JWT_TYPE_URL:
+                if jwt is not None or engines:
+                    raise XdsResourceError(f"{where}: jwt_authn must come once, before RBAC")
+                config = jwt_pb2.JwtAuthentication()
+                _unpack(f.typed_config, config, where)
+                jwt = jwt_authentication_from_proto(config)
+            elif url == ROUTER_TYPE_URL:
+                raise XdsResourceError(f"{where}: the router must be the last http filter")
+            elif not f.is_optional:
+                raise XdsResourceError(f"{where}: {url or 'no config'} is not supported")
+        except PolicyConfigError as exc:
+            raise XdsResourceError(f"{where}: {exc}") from None
+    return tuple(engines), jwt
+
+
+def _unpack(config: Any, into: Message, where: str) -> None:
+    try:
+        ok = config.Unpack(into)
+    except DecodeError as exc:
+        raise XdsResourceError(f"{where}: cannot parse: {exc}") from None
+    if not ok:
+        raise XdsResourceError(f"{where}: cannot unpack {config.type_url!r}")
