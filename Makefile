@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck unit demo bench clean
+.PHONY: install tools test lint typecheck unit demo bench clean
 
 $(STAMP): pyproject.toml control_plane/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: $(STAMP) lint typecheck
+# System tools the tests start (Debian packages): Prometheus for the telemetry tests.
+tools:
+	command -v prometheus >/dev/null || (apt-get update && apt-get install -y prometheus)
+
+test: $(STAMP) tools lint typecheck
 	$(PY) -m pytest -q -ra
 
 demo: $(STAMP)

@@ -27,6 +27,8 @@ from proxyless_mesh._outbound import UNRESOLVED, pick_endpoint, route_request
 from proxyless_mesh.errors import MeshRequestError, MeshRpcError
 from proxyless_mesh.model import Endpoint
 from proxyless_mesh.routing import RouteDecision
+from proxyless_mesh.telemetry import Call
+from proxyless_mesh.telemetry import _grpc_client as telemetry_hooks
 
 if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh
@@ -102,7 +104,7 @@ class _Router:
         self.mesh = mesh
         self.authority = normalize_target(target)
 
-    def decide(self, method: str, metadata: Metadata) -> Any:
+    def decide(self, method: str, metadata: Metadata, call: Call | None = None) -> Any:
         """(endpoint, route timeout) for a call; (None, None) to pass it
         through; UNRESOLVED when the authority is not known yet."""
         snapshot = self.mesh.snapshot
@@ -119,6 +121,8 @@ class _Router:
                 return None, None
             if not isinstance(decision, RouteDecision):
                 return UNRESOLVED
+            if call is not None:
+                telemetry_hooks.routed(call, snapshot, decision)
             return pick_endpoint(snapshot, self.authority, decision), decision.timeout
         except MeshRequestError as exc:
             raise rpc_error(exc) from exc
@@ -154,12 +158,14 @@ class _SyncCallable:
         self._serializer = serializer
         self._deserializer = deserializer
 
-    def _target(self, metadata: Metadata, timeout: float | None) -> tuple[Any, float | None]:
+    def _target(
+        self, metadata: Metadata, timeout: float | None, call: Call | None = None
+    ) -> tuple[Any, float | None, Metadata]:
         router = self._channel.router
-        decided = router.decide(self._method, metadata)
+        decided = router.decide(self._method, metadata, call)
         if decided is UNRESOLVED:
             router.mesh.resolve_blocking(router.authority)
-            decided = router.decide(self._method, metadata)
+            decided = router.decide(self._method, metadata, call)
             if decided is UNRESOLVED:
                 raise router.unresolved()
         endpoint, route_timeout = decided
@@ -167,30 +173,49 @@ class _SyncCallable:
             sub = self._channel.passthrough()
         else:
             sub = self._channel.subchannels.get(endpoint)
+        serializer, deserializer = self._serializer, self._deserializer
+        if call is not None:
+            serializer, deserializer, metadata = telemetry_hooks.outbound(
+                call, endpoint, serializer, deserializer, metadata
+            )
         callable_ = getattr(sub, self._kind)(
             self._method,
-            request_serializer=self._serializer,
-            response_deserializer=self._deserializer,
+            request_serializer=serializer,
+            response_deserializer=deserializer,
         )
-        return callable_, bounded(timeout, route_timeout)
+        return callable_, bounded(timeout, route_timeout), metadata
+
+    def _invoke(
+        self, how: str, request: Any, timeout: float | None, metadata: Metadata, kw: Any
+    ) -> Any:
+        router = self._channel.router
+        call = telemetry_hooks.client_call(router.mesh.telemetry, router.authority, self._method)
+        try:
+            callable_, timeout, metadata = self._target(metadata, timeout, call)
+            invoke = callable_ if how == "call" else getattr(callable_, how)
+            result = invoke(request, timeout=timeout, metadata=metadata, **kw)
+        except BaseException as exc:
+            if call is not None:
+                telemetry_hooks.failed(call, exc)
+            raise
+        return (
+            result if call is None else telemetry_hooks.sync_result(call, self._kind, how, result)
+        )
 
     def __call__(
         self, request: Any, timeout: float | None = None, metadata: Metadata = None, **kw: Any
     ) -> Any:
-        callable_, timeout = self._target(metadata, timeout)
-        return callable_(request, timeout=timeout, metadata=metadata, **kw)
+        return self._invoke("call", request, timeout, metadata, kw)
 
     def with_call(
         self, request: Any, timeout: float | None = None, metadata: Metadata = None, **kw: Any
     ) -> Any:
-        callable_, timeout = self._target(metadata, timeout)
-        return callable_.with_call(request, timeout=timeout, metadata=metadata, **kw)
+        return self._invoke("with_call", request, timeout, metadata, kw)
 
     def future(
         self, request: Any, timeout: float | None = None, metadata: Metadata = None, **kw: Any
     ) -> Any:
-        callable_, timeout = self._target(metadata, timeout)
-        return callable_.future(request, timeout=timeout, metadata=metadata, **kw)
+        return self._invoke("future", request, timeout, metadata, kw)
 
 
 class _UnaryUnary(_SyncCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc,type-arg]
@@ -325,16 +350,25 @@ class _AioCallable:
         timeout: float | None,
         metadata: Metadata,
         kw: dict[str, Any],
+        call: Call | None = None,
     ) -> Any:
         endpoint, route_timeout = decided
         channel = self._channel
         sub = channel.passthrough() if endpoint is None else channel.subchannels.get(endpoint)
+        serializer, deserializer = self._serializer, self._deserializer
+        if call is not None:
+            serializer, deserializer, metadata = telemetry_hooks.outbound(
+                call, endpoint, serializer, deserializer, metadata
+            )
         callable_ = getattr(sub, self._kind)(
             self._method,
-            request_serializer=self._serializer,
-            response_deserializer=self._deserializer,
+            request_serializer=serializer,
+            response_deserializer=deserializer,
         )
-        return callable_(request, timeout=bounded(timeout, route_timeout), metadata=metadata, **kw)
+        result = callable_(
+            request, timeout=bounded(timeout, route_timeout), metadata=metadata, **kw
+        )
+        return result if call is None else telemetry_hooks.aio_result(call, result)
 
     def __call__(
         self,
@@ -345,16 +379,27 @@ class _AioCallable:
         **kw: Any,
     ) -> Any:
         router = self._channel.router
-        decided = router.decide(self._method, metadata)
-        if decided is not UNRESOLVED:
-            return self._call(decided, request, timeout, metadata, kw)
+        call = telemetry_hooks.client_call(router.mesh.telemetry, router.authority, self._method)
+        try:
+            decided = router.decide(self._method, metadata, call)
+            if decided is not UNRESOLVED:
+                return self._call(decided, request, timeout, metadata, kw, call)
+        except BaseException as exc:
+            if call is not None:
+                telemetry_hooks.failed(call, exc)
+            raise
 
         async def start() -> Any:
-            await router.mesh.resolve_async(router.authority)
-            again = router.decide(self._method, metadata)
-            if again is UNRESOLVED:
-                raise router.unresolved()
-            return self._call(again, request, timeout, metadata, kw)
+            try:
+                await router.mesh.resolve_async(router.authority)
+                again = router.decide(self._method, metadata, call)
+                if again is UNRESOLVED:
+                    raise router.unresolved()
+                return self._call(again, request, timeout, metadata, kw, call)
+            except BaseException as exc:
+                if call is not None:
+                    telemetry_hooks.failed(call, exc)
+                raise
 
         return _Deferred(start)
 

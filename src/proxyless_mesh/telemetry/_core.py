@@ -1,0 +1,496 @@
+"""`Telemetry` (one per Mesh or per inbound stack) and `Call` (one request).
+
+Integrations create a Call when a request starts and feed it facts as they
+happen (routed, each attempt, the outcome); at `finish()` it ends the spans,
+records the metrics and writes the access line, once. Every hook contains
+its own failures: telemetry must never break a request, so an exception from
+an exporter, a propagator or a hook is swallowed, counted in
+`Telemetry.errors` and logged at DEBUG.
+
+Span shape (as Envoy with the router's `start_child_span`): an outbound call
+is one CLIENT span; each try (the first and every retry) is a CLIENT child
+span, and the trace context sent to the upstream is the try's, so the
+server's span hangs under the try that reached it. Spans are named
+`{METHOD} {host}` (HTTP) or `{package.Service}/{Method}` (gRPC).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from proxyless_mesh.telemetry._access_log import AccessLog, iso_time
+from proxyless_mesh.telemetry._b3 import B3Propagator
+from proxyless_mesh.telemetry._config import (
+    PEER_HEADER,
+    UNKNOWN,
+    TelemetryConfig,
+    Workload,
+    parse_peer,
+    service_labels,
+)
+from proxyless_mesh.telemetry._metrics import IstioMetrics
+
+if TYPE_CHECKING:
+    from opentelemetry.propagators.textmap import TextMapPropagator
+
+    from proxyless_mesh.bootstrap import Bootstrap
+
+log = logging.getLogger("proxyless_mesh.telemetry")
+SetHeader = Callable[[str, str], None]
+GetHeader = Callable[[str], "str | None"]
+
+#: The status Envoy's local reply carries for a flag, reported (as a sidecar
+#: would have answered) when the library raised instead of responding.
+LOCAL_REPLY_STATUS = {"NR": 404, "UT": 504, "NC": 503, "UH": 503, "UO": 503}
+_SECURE = "mutual_tls"
+
+
+def _contained(telemetry: Telemetry, exc: BaseException) -> None:
+    telemetry.errors += 1
+    log.debug("telemetry hook failed (request unaffected)", exc_info=exc)
+
+
+class _Setter(Setter[SetHeader]):
+    """OTel Setter over a `set_header(name, value)` callable."""
+
+    def set(self, carrier: SetHeader, key: str, value: str) -> None:
+        carrier(key, value)
+
+
+class _Getter(Getter[GetHeader]):
+    """OTel Getter over a `get_header(name)` callable."""
+
+    def get(self, carrier: GetHeader, key: str) -> list[str] | None:
+        value = carrier(key)
+        return [value] if value is not None else None
+
+    def keys(self, carrier: GetHeader) -> list[str]:
+        return []
+
+
+_SETTER = _Setter()
+_GETTER = _Getter()
+
+
+class Telemetry:
+    """The signals of one process side: built from a TelemetryConfig and
+    the workload's identity (`Telemetry.from_bootstrap`)."""
+
+    def __init__(self, config: TelemetryConfig | None = None, workload: Workload | None = None):
+        config = config if config is not None else TelemetryConfig()
+        self.config = config
+        self.workload = workload if workload is not None else Workload()
+        self.enabled = config.enabled
+        #: Hook failures swallowed so far (telemetry never fails a request).
+        self.errors = 0
+        self.metrics: IstioMetrics | None = None
+        if config.metrics:
+            provider = config.meter_provider or metrics.get_meter_provider()
+            self.metrics = IstioMetrics(
+                provider.get_meter("proxyless_mesh"), max_label_sets=config.max_label_sets
+            )
+        self.tracer: trace.Tracer | None = None
+        if config.tracing:
+            tracer_provider = config.tracer_provider or trace.get_tracer_provider()
+            self.tracer = tracer_provider.get_tracer("proxyless_mesh")
+        self._b3 = B3Propagator() if config.b3 else None
+        self.access = AccessLog(config.access_logger) if config.access_log else None
+        #: Send/answer PEER_HEADER: only the peer-labelled signals need it.
+        self.exchange_peers = self.metrics is not None or self.access is not None
+        self._sampling = config.access_log_sampling
+        self._rng = random.Random()
+        self._hosts: dict[str, tuple[str, str, str]] = {}
+
+    @classmethod
+    def from_bootstrap(
+        cls, bootstrap: Bootstrap, config: TelemetryConfig | None = None
+    ) -> Telemetry:
+        return cls(config, Workload.from_bootstrap(bootstrap))
+
+    # -- propagation --------------------------------------------------------
+
+    def _propagator(self) -> TextMapPropagator:
+        # Read per use so an application that sets its propagator after the
+        # mesh started is still honoured.
+        return self.config.propagator or propagate.get_global_textmap()
+
+    def inject(self, context: Context, set_header: SetHeader) -> None:
+        self._propagator().inject(set_header, context, _SETTER)
+        if self._b3 is not None:
+            self._b3.inject(set_header, context, _SETTER)
+
+    def extract(self, get_header: GetHeader) -> Context:
+        context = self._propagator().extract(get_header, None, _GETTER)
+        if self._b3 is not None and not trace.get_current_span(context).get_span_context().is_valid:
+            context = self._b3.extract(get_header, context, _GETTER)
+        return context
+
+    # -- calls ----------------------------------------------------------------
+
+    def host_labels(self, authority: str) -> tuple[str, str, str]:
+        """(service host, name, namespace) of an authority, cached."""
+        labels = self._hosts.get(authority)
+        if labels is None:
+            host = authority.rpartition(":")[0] if ":" in authority else authority
+            name, namespace = service_labels(host)
+            labels = (host, name, namespace)
+            if len(self._hosts) < self.config.max_label_sets:
+                self._hosts[authority] = labels
+        return labels
+
+    def call(
+        self, reporter: str, protocol: str, method: str, authority: str, path: str
+    ) -> Call | None:
+        """A Call for one request, or None when every signal is off."""
+        if not self.enabled:
+            return None
+        logged = self.access is not None and (
+            self._sampling >= 1.0 or self._rng.random() < self._sampling
+        )
+        return Call(self, reporter, protocol, method, authority, path, logged)
+
+
+class Call:
+    """One request as telemetry sees it (either reporter)."""
+
+    __slots__ = (
+        "_attempt_span",
+        "_t0",
+        "attempts",
+        "authority",
+        "cluster",
+        "done",
+        "grpc_status",
+        "http_version",
+        "logged",
+        "method",
+        "path",
+        "peer_principal",
+        "peer_workload",
+        "protocol",
+        "reporter",
+        "request_bytes",
+        "request_id",
+        "response_bytes",
+        "route_name",
+        "secure",
+        "service",
+        "span",
+        "start_ns",
+        "status",
+        "telemetry",
+        "upstream_host",
+    )
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        reporter: str,
+        protocol: str,
+        method: str,
+        authority: str,
+        path: str,
+        logged: bool,
+    ) -> None:
+        self.telemetry = telemetry
+        self.reporter = reporter
+        self.protocol = protocol
+        self.method = method
+        self.authority = authority
+        self.path = path
+        self.logged = logged
+        self.start_ns = time.time_ns()
+        self._t0 = time.perf_counter()
+        self.span: trace.Span | None = None
+        self._attempt_span: trace.Span | None = None
+        self.attempts = 0
+        self.route_name = ""
+        self.cluster = ""
+        self.upstream_host = ""
+        self.secure = False
+        self.peer_principal = UNKNOWN
+        self.peer_workload = (UNKNOWN, UNKNOWN)
+        self.service = ""
+        self.status = 0
+        self.grpc_status: int | None = None
+        self.request_bytes = 0
+        self.response_bytes = 0
+        self.request_id = ""
+        self.http_version = ""
+        self.done = False
+
+    # -- spans ------------------------------------------------------------------
+
+    def _span_name(self) -> str:
+        if self.protocol == "grpc":
+            return self.path.lstrip("/")
+        return f"{self.method} {self.telemetry.host_labels(self.authority)[0]}"
+
+    def _base_attributes(self) -> dict[str, Any]:
+        host, _, port = self.authority.rpartition(":")
+        if self.protocol == "grpc":
+            service, _, method = self.path.lstrip("/").partition("/")
+            attributes: dict[str, Any] = {
+                "rpc.system": "grpc",
+                "rpc.service": service,
+                "rpc.method": method,
+            }
+        else:
+            attributes = {"http.request.method": self.method, "url.path": self.path}
+        attributes["server.address"] = host or self.authority
+        if port.isdigit():
+            attributes["server.port"] = int(port)
+        return attributes
+
+    def start_client_span(self) -> None:
+        """Open the call span (under the current context), once."""
+        tracer = self.telemetry.tracer
+        if tracer is None or self.span is not None:
+            return
+        try:
+            span = tracer.start_span(
+                self._span_name(), kind=SpanKind.CLIENT, start_time=self.start_ns
+            )
+            if span.is_recording():
+                span.set_attributes(self._base_attributes())
+            self.span = span
+        except Exception as exc:  # telemetry never breaks a request
+            _contained(self.telemetry, exc)
+
+    def start_server_span(self, get_header: GetHeader, scheme: str = "http") -> Context | None:
+        """Open the server span under the caller's propagated context; the
+        returned context is what the application should run in."""
+        telemetry = self.telemetry
+        try:
+            peer = parse_peer(get_header(PEER_HEADER))
+            if peer is not None:
+                self.peer_workload = peer
+            self.request_id = get_header("x-request-id") or ""
+            if telemetry.tracer is None:
+                return None
+            parent = telemetry.extract(get_header)
+            name = self._span_name() if self.protocol == "grpc" else self.method
+            span = telemetry.tracer.start_span(
+                name, context=parent, kind=SpanKind.SERVER, start_time=self.start_ns
+            )
+            if span.is_recording():
+                attributes = self._base_attributes()
+                attributes["url.scheme"] = scheme
+                span.set_attributes(attributes)
+            self.span = span
+            return trace.set_span_in_context(span, parent)
+        except Exception as exc:  # telemetry never breaks a request
+            _contained(telemetry, exc)
+            return None
+
+    # -- outbound facts ---------------------------------------------------------
+
+    def routed(self, route_name: str, cluster: str, secure: bool, principal: str) -> None:
+        self.route_name = route_name
+        self.cluster = cluster
+        self.secure = secure
+        if principal:
+            self.peer_principal = principal
+        self.start_client_span()
+
+    def attempt_start(self, attempt: int, host: str, port: int, set_header: SetHeader) -> None:
+        """A try is about to go to `host:port`: open its span and put the
+        trace context (the try's), the peer header and x-request-id on it."""
+        telemetry = self.telemetry
+        try:
+            self.attempts = attempt
+            self.upstream_host = f"{host}:{port}"
+            self._end_attempt(None, None)
+            span = self.span
+            tracer = telemetry.tracer
+            if tracer is not None and span is not None:
+                parent = trace.set_span_in_context(span)
+                child = tracer.start_span(self._span_name(), context=parent, kind=SpanKind.CLIENT)
+                if child.is_recording():
+                    attributes = self._base_attributes()
+                    attributes["network.peer.address"] = host
+                    attributes["network.peer.port"] = port
+                    attributes["mesh.upstream_cluster"] = self.cluster
+                    if attempt > 1:
+                        attributes["http.request.resend_count"] = attempt - 1
+                    child.set_attributes(attributes)
+                self._attempt_span = child
+                telemetry.inject(trace.set_span_in_context(child), set_header)
+            if telemetry.exchange_peers:
+                set_header(PEER_HEADER, telemetry.workload.peer_value)
+            if self.logged:
+                if not self.request_id:
+                    self.request_id = _request_id()
+                set_header("x-request-id", self.request_id)
+        except Exception as exc:  # telemetry never breaks a request
+            _contained(telemetry, exc)
+
+    def attempt_end(self, status: int | None, failure: str | None) -> None:
+        try:
+            self._end_attempt(status, failure)
+        except Exception as exc:  # telemetry never breaks a request
+            _contained(self.telemetry, exc)
+
+    def _end_attempt(self, status: int | None, failure: str | None) -> None:
+        span = self._attempt_span
+        if span is None:
+            return
+        self._attempt_span = None
+        if span.is_recording():
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            if failure is not None:
+                span.set_attribute("error.type", failure)
+                span.set_status(Status(StatusCode.ERROR, failure))
+            elif status is not None and status >= 500:
+                span.set_attribute("error.type", str(status))
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def peer_from_response(self, get_header: GetHeader) -> None:
+        try:
+            peer = parse_peer(get_header(PEER_HEADER))
+            if peer is not None:
+                self.peer_workload = peer
+        except Exception as exc:  # telemetry never breaks a request
+            _contained(self.telemetry, exc)
+
+    # -- the end ----------------------------------------------------------------
+
+    def finish(
+        self,
+        status: int,
+        flags: tuple[str, ...] = (),
+        *,
+        grpc_status: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record the outcome once: spans, metrics, access line."""
+        if self.done:
+            return
+        self.done = True
+        telemetry = self.telemetry
+        try:
+            self.status = status
+            self.grpc_status = grpc_status
+            duration_ms = (time.perf_counter() - self._t0) * 1000.0
+            flag_text = ",".join(dict.fromkeys(flags)) if flags else "-"
+            self._end_attempt(None, error)
+            if self.span is None and self.reporter == "source":
+                self.start_client_span()  # a request refused before routing (NR, NC)
+            span = self.span
+            if span is not None:
+                self._end_span(span, flag_text, error)
+            if telemetry.metrics is not None:
+                telemetry.metrics.record(
+                    self._labels(flag_text), duration_ms, self.request_bytes, self.response_bytes
+                )
+            if self.logged and telemetry.access is not None:
+                telemetry.access.write(self._access_record(flag_text, duration_ms))
+        except Exception as exc:  # telemetry never breaks a request
+            _contained(telemetry, exc)
+
+    def _end_span(self, span: trace.Span, flag_text: str, error: str | None) -> None:
+        if span.is_recording():
+            attributes: dict[str, Any] = {"mesh.response_flags": flag_text}
+            if self.route_name:
+                attributes["mesh.route_name"] = self.route_name
+            if self.cluster:
+                attributes["mesh.upstream_cluster"] = self.cluster
+            if self.upstream_host:
+                attributes["mesh.upstream_host"] = self.upstream_host
+            if self.status:
+                attributes["http.response.status_code"] = self.status
+            if self.grpc_status is not None:
+                attributes["rpc.grpc.status_code"] = self.grpc_status
+            failed = error is not None or self.status >= 500 or bool(self.grpc_status)
+            if failed:
+                attributes["error.type"] = error or str(self.grpc_status or self.status)
+                span.set_status(Status(StatusCode.ERROR, error))
+            span.set_attributes(attributes)
+        span.end()
+
+    def _labels(self, flag_text: str) -> tuple[str, ...]:
+        telemetry = self.telemetry
+        me = telemetry.workload
+        host, name, namespace = telemetry.host_labels(self.service or self.authority)
+        peer_name, peer_namespace = self.peer_workload
+        secure = self.secure
+        grpc = "" if self.grpc_status is None else str(self.grpc_status)
+        policy = _SECURE if secure else "none"
+        if self.reporter == "source":
+            return (
+                "source", me.name, me.namespace, me.principal if secure else UNKNOWN,
+                host, name, namespace, peer_name,
+                self.peer_principal if secure else UNKNOWN,
+                self.protocol, str(self.status), grpc, flag_text, policy,
+            )  # fmt: skip
+        if peer_namespace == UNKNOWN:
+            peer_namespace = _namespace_of(self.peer_principal)
+        return (
+            "destination", peer_name, peer_namespace, self.peer_principal,
+            host, name, namespace, me.name, me.principal if secure else UNKNOWN,
+            self.protocol, str(self.status), grpc, flag_text, policy,
+        )  # fmt: skip
+
+    def _access_record(self, flag_text: str, duration_ms: float) -> dict[str, Any]:
+        me = self.telemetry.workload
+        peer_name, peer_namespace = self.peer_workload
+        span = self.span
+        trace_id = ""
+        if span is not None and span.get_span_context().is_valid:
+            trace_id = f"{span.get_span_context().trace_id:032x}"
+        mine = me.principal if self.secure else UNKNOWN
+        source = f"{me.namespace}/{me.name}"
+        destination = f"{peer_namespace}/{peer_name}"
+        if self.reporter == "destination":
+            source, destination = destination, source
+        return {
+            "start_time": iso_time(self.start_ns),
+            "reporter": self.reporter,
+            "method": self.method,
+            "authority": self.authority,
+            "path": self.path,
+            "protocol": self.http_version or ("HTTP/2" if self.protocol == "grpc" else "HTTP/1.1"),
+            "response_code": self.status,
+            "grpc_status": self.grpc_status,
+            "response_flags": flag_text,
+            "bytes_received": self.request_bytes,
+            "bytes_sent": self.response_bytes,
+            "duration_ms": round(duration_ms, 3),
+            "upstream_host": self.upstream_host or None,
+            "upstream_cluster": self.cluster or None,
+            "route_name": self.route_name or None,
+            "attempts": self.attempts,
+            "x_request_id": self.request_id or None,
+            "trace_id": trace_id or None,
+            "source_workload": source,
+            "source_principal": mine if self.reporter == "source" else self.peer_principal,
+            "destination_workload": destination,
+            "destination_principal": self.peer_principal if self.reporter == "source" else mine,
+            "connection_security_policy": _SECURE if self.secure else "none",
+        }
+
+
+def _namespace_of(principal: str) -> str:
+    """The namespace of a SPIFFE ID `spiffe://td/ns/NS/sa/SA`, or unknown."""
+    parts = principal.split("/")
+    if len(parts) >= 7 and parts[3] == "ns":
+        return parts[4]
+    return UNKNOWN
+
+
+def _request_id() -> str:
+    """A UUID4, as Envoy generates x-request-id (random.getrandbits is
+    several times cheaper than uuid.uuid4's os.urandom)."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))

@@ -1,0 +1,227 @@
+"""Inbound gRPC telemetry (destination reporter): server interceptors.
+
+Put the telemetry interceptor first in `interceptors=[...]` so it wraps the
+authorization interceptor and refused RPCs are recorded. Message sizes are
+counted through the handler's (de)serializers, the status is the servicer
+context's code when the handler returns (OK unless set), or the code it
+aborted with (UNKNOWN for an uncaught exception). A streaming response is
+recorded when its last message was produced.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+from opentelemetry import context as otel_context
+
+from proxyless_mesh.integrations._grpc_server import (
+    PeerPrincipal,
+    _kind,
+    _rebuild,
+    auth_context_peer_principal,
+)
+from proxyless_mesh.telemetry._core import Call, Telemetry, _contained
+
+if TYPE_CHECKING:
+    _SyncInterceptor = grpc.ServerInterceptor[Any, Any]
+    _AioInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _SyncInterceptor = grpc.ServerInterceptor
+    _AioInterceptor = grpc.aio.ServerInterceptor
+
+_STREAMING = ("unary_stream", "stream_stream")
+
+
+class _Recorder:
+    """Shared by the sync and aio interceptors: one Call per RPC."""
+
+    def __init__(
+        self, telemetry: Telemetry, service: str | None, peer_principal: PeerPrincipal
+    ) -> None:
+        self.telemetry = telemetry
+        self.service = service
+        self.peer_principal = peer_principal
+
+    def begin(
+        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> tuple[Call, _Handler, str, Any] | None:
+        call = self.telemetry.call("destination", "grpc", "POST", "", details.method)
+        if call is None:
+            return None
+        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        call.authority = metadata.get(":authority", "")
+        if self.service:
+            call.service = self.service
+        call.http_version = "HTTP/2"
+        kind, inner = _kind(handler)
+        deserializer, serializer = handler.request_deserializer, handler.response_serializer
+
+        def deserialize(data: bytes) -> Any:
+            call.request_bytes += len(data)
+            return deserializer(data) if deserializer is not None else data
+
+        def serialize(message: Any) -> bytes:
+            data: bytes = serializer(message) if serializer is not None else message
+            call.response_bytes += len(data)
+            return data
+
+        return call, _Handler(deserialize, serialize), kind, (inner, metadata)
+
+    def start(self, call: Call, metadata: dict[str, str], context: Any) -> Any:
+        """Peer identity, then the server span; returns a context token."""
+        try:
+            principal = self.peer_principal(context)
+            if principal:
+                call.peer_principal = principal
+                call.secure = True
+        except Exception as exc:  # telemetry never breaks a request
+            _contained(self.telemetry, exc)
+        ctx = call.start_server_span(metadata.get)
+        return otel_context.attach(ctx) if ctx is not None else None
+
+    @staticmethod
+    def end(call: Call, context: Any, exc: BaseException | None) -> None:
+        code: Any = None
+        try:
+            code = context.code()
+        except (AttributeError, TypeError):
+            code = None
+        if code is None:
+            code = grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
+        status = code.value[0] if isinstance(code, grpc.StatusCode) else int(code)
+        call.finish(200, grpc_status=status, error=None if status == 0 else code.name)
+
+
+class _Handler:
+    """The counting (de)serializers, shaped like the handler fields _rebuild reads."""
+
+    def __init__(self, deserialize: Callable[[bytes], Any], serialize: Callable[[Any], bytes]):
+        self.request_deserializer = deserialize
+        self.response_serializer = serialize
+
+
+class TelemetryServerInterceptor(_SyncInterceptor):
+    """Sync grpc server interceptor recording every RPC."""
+
+    def __init__(
+        self,
+        *,
+        telemetry: Telemetry,
+        service: str | None = None,
+        peer_principal: PeerPrincipal = auth_context_peer_principal,
+    ) -> None:
+        self._recorder = _Recorder(telemetry, service, peer_principal)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        recorder = self._recorder
+        begun = recorder.begin(handler_call_details, handler)
+        if begun is None:
+            return handler
+        call, counting, kind, (inner, metadata) = begun
+
+        def behavior(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
+            token = recorder.start(call, metadata, context)
+            try:
+                result = inner(request_or_iterator, context)
+            except BaseException as exc:
+                recorder.end(call, context, exc)
+                raise
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+            if kind in _STREAMING:
+                return _stream(result, call, context)
+            recorder.end(call, context, None)
+            return result
+
+        return _rebuild(counting, kind, behavior)  # type: ignore[arg-type]
+
+
+def _stream(result: Iterator[Any], call: Call, context: Any) -> Iterator[Any]:
+    try:
+        yield from result
+    except BaseException as exc:
+        _Recorder.end(call, context, exc)
+        raise
+    _Recorder.end(call, context, None)
+
+
+class AioTelemetryServerInterceptor(_AioInterceptor):
+    """grpc.aio server interceptor recording every RPC."""
+
+    def __init__(
+        self,
+        *,
+        telemetry: Telemetry,
+        service: str | None = None,
+        peer_principal: PeerPrincipal = auth_context_peer_principal,
+    ) -> None:
+        self._recorder = _Recorder(telemetry, service, peer_principal)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        recorder = self._recorder
+        begun = recorder.begin(handler_call_details, handler)
+        if begun is None:
+            return handler
+        call, counting, kind, (inner, metadata) = begun
+
+        if kind not in _STREAMING:
+
+            async def unary_response(request_or_iterator: Any, context: Any) -> Any:
+                token = recorder.start(call, metadata, context)
+                try:
+                    result = inner(request_or_iterator, context)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except BaseException as exc:
+                    recorder.end(call, context, exc)
+                    raise
+                finally:
+                    if token is not None:
+                        otel_context.detach(token)
+                recorder.end(call, context, None)
+                return result
+
+            return _rebuild(counting, kind, unary_response)  # type: ignore[arg-type]
+
+        async def streaming_response(request_or_iterator: Any, context: Any) -> AsyncIterator[Any]:
+            token = recorder.start(call, metadata, context)
+            try:
+                result = inner(request_or_iterator, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):
+                    await result
+                else:
+                    for item in result:
+                        yield item
+            except BaseException as exc:
+                recorder.end(call, context, exc)
+                raise
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+            recorder.end(call, context, None)
+
+        return _rebuild(counting, kind, streaming_response)  # type: ignore[arg-type]

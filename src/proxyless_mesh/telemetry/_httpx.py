@@ -1,0 +1,139 @@
+"""Telemetry glue for the httpx mesh transports (source reporter).
+
+The transports call `client_call()` when a request arrives, hand the Call to
+the Exchange (which reports routing and each try), and finish with
+`responded()` or `raised()`. A response is recorded when its body is closed,
+so duration and `istio_response_bytes` cover the body, as Envoy's do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+import httpx
+
+from proxyless_mesh.errors import MeshRequestError
+from proxyless_mesh.telemetry._core import LOCAL_REPLY_STATUS, Call, Telemetry, _contained
+
+if TYPE_CHECKING:
+    from proxyless_mesh.model import Cluster
+
+
+def client_call(telemetry: Telemetry, request: httpx.Request, authority: str) -> Call | None:
+    """A source-reporter Call for a meshed httpx request (None when off)."""
+    call = telemetry.call("source", "http", request.method, authority, request.url.path)
+    if call is None:
+        return None
+    if isinstance(request.stream, httpx.ByteStream):
+        call.request_bytes = len(request.content)
+    else:
+        length = request.headers.get("content-length")
+        call.request_bytes = int(length) if length is not None and length.isdigit() else 0
+    if "grpc" in request.headers.get("content-type", ""):
+        call.protocol = "grpc"
+    if call.logged:
+        call.request_id = request.headers.get("x-request-id") or ""
+    return call
+
+
+def routed(call: Call, route_name: str, cluster_name: str, cluster: Cluster | None) -> None:
+    """The request was routed to `cluster_name` (its TLS says mTLS or not)."""
+    tls = cluster.tls if cluster is not None else None
+    principal = ""
+    if tls is not None and len(tls.expected_spiffe_ids) == 1:
+        principal = tls.expected_spiffe_ids[0]
+    call.routed(route_name, cluster_name, tls is not None, principal)
+
+
+def responded(call: Call, response: httpx.Response) -> httpx.Response:
+    """Record the response when its body is closed (now, if it already is)."""
+    if call.done:  # passed through: not a mesh request
+        return response
+    try:
+        call.peer_from_response(response.headers.get)
+        version = response.extensions.get("http_version")
+        if isinstance(version, bytes):
+            call.http_version = version.decode("ascii", "replace")
+        flags: tuple[str, ...] = response.extensions.get("mesh_response_flags", ())
+        grpc_status = None
+        if call.protocol == "grpc":
+            raw = response.headers.get("grpc-status")
+            grpc_status = int(raw) if raw is not None and raw.isdigit() else None
+        if response.is_closed:
+            call.response_bytes = len(response.content)
+            call.finish(response.status_code, flags, grpc_status=grpc_status)
+            return response
+        response.stream = _Metered(response.stream, call, response.status_code, flags, grpc_status)
+    except Exception as exc:  # telemetry never breaks a request
+        _contained(call.telemetry, exc)
+    return response
+
+
+def raised(call: Call, exc: BaseException) -> None:
+    """The request ended in an exception: a mesh failure carries its flags."""
+    if isinstance(exc, MeshRequestError):
+        flags = exc.flags or (exc.response_flag,)
+        flag = exc.response_flag or (flags[0] if flags else "")
+        call.finish(LOCAL_REPLY_STATUS.get(flag, 503), flags, error=flag or type(exc).__name__)
+    else:
+        call.finish(0, (), error=type(exc).__name__)
+
+
+def passthrough(call: Call) -> None:
+    """Not a mesh request after all: nothing is recorded (no span was opened)."""
+    call.done = True
+
+
+class _Metered(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """Counts body bytes and finishes the Call when the body is closed."""
+
+    def __init__(
+        self,
+        inner: httpx.SyncByteStream | httpx.AsyncByteStream,
+        call: Call,
+        status: int,
+        flags: tuple[str, ...],
+        grpc_status: int | None,
+    ) -> None:
+        self._inner = inner
+        self._call = call
+        self._status = status
+        self._flags = flags
+        self._grpc_status = grpc_status
+        self._count = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        inner = self._inner
+        if not isinstance(inner, httpx.SyncByteStream):
+            raise RuntimeError("Attempted to call a sync iterator on an async stream.")
+        for chunk in inner:
+            self._count += len(chunk)
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        inner = self._inner
+        if not isinstance(inner, httpx.AsyncByteStream):
+            raise RuntimeError("Attempted to call an async iterator on a sync stream.")
+        async for chunk in inner:
+            self._count += len(chunk)
+            yield chunk
+
+    def _finish(self) -> None:
+        call = self._call
+        call.response_bytes = self._count
+        call.finish(self._status, self._flags, grpc_status=self._grpc_status)
+
+    def close(self) -> None:
+        try:
+            if isinstance(self._inner, httpx.SyncByteStream):
+                self._inner.close()
+        finally:
+            self._finish()
+
+    async def aclose(self) -> None:
+        try:
+            if isinstance(self._inner, httpx.AsyncByteStream):
+                await self._inner.aclose()
+        finally:
+            self._finish()

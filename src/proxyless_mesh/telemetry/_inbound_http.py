@@ -1,0 +1,212 @@
+"""Inbound HTTP telemetry (destination reporter): ASGI and WSGI middleware.
+
+Separate from the authorization middleware on purpose: wrap the app as
+`TelemetryMiddleware(AuthorizationMiddleware(app, ...), telemetry=...)` so
+refused requests (403/401) are counted and logged too, and either can be
+used without the other. The server span is made current while the app
+runs, so the app's own outbound mesh calls become its children.
+
+`service` names the destination service for the labels; without it, the
+request's Host (port dropped) is used, bounded by the label-set guard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from opentelemetry import context as otel_context
+
+from proxyless_mesh.integrations._asgi import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    tls_peer_principal,
+)
+from proxyless_mesh.integrations._wsgi import PEER_PRINCIPAL_KEY, Environ, StartResponse, WSGIApp
+from proxyless_mesh.telemetry._config import PEER_HEADER
+from proxyless_mesh.telemetry._core import Call, Telemetry, _contained
+
+
+def _start(call: Call, service: str | None, principal: str | None) -> None:
+    if service:
+        call.service = service
+    if principal:
+        call.peer_principal = principal
+        call.secure = True
+
+
+def _grpc_status(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
+
+
+class TelemetryMiddleware:
+    """Pure ASGI middleware recording every HTTP request it serves."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        telemetry: Telemetry,
+        service: str | None = None,
+        peer_principal: Callable[[Scope], str | None] = tls_peer_principal,
+    ) -> None:
+        self.app = app
+        self.telemetry = telemetry
+        self._service = service
+        self._peer_principal = peer_principal
+        self._peer_value = telemetry.workload.peer_value.encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[str, str] = {}
+        for key, value in scope.get("headers") or ():
+            headers[key.decode("latin-1").lower()] = value.decode("latin-1")
+        authority = headers.get("host") or _server(scope)
+        call = self.telemetry.call(
+            "destination", "http", scope.get("method", "GET"), authority, scope.get("path", "/")
+        )
+        if call is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            if "grpc" in headers.get("content-type", ""):
+                call.protocol = "grpc"
+            call.http_version = f"HTTP/{scope.get('http_version', '1.1')}"
+            _start(call, self._service, self._peer_principal(scope))
+        except Exception as exc:  # telemetry never breaks a request
+            _contained(self.telemetry, exc)
+        ctx = call.start_server_span(headers.get, scope.get("scheme", "http"))
+        answer_peer = PEER_HEADER in headers and self.telemetry.exchange_peers
+        state: dict[str, Any] = {"status": 0, "grpc": None}
+
+        async def counted_receive() -> Message:
+            message = await receive()
+            if message.get("type") == "http.request":
+                call.request_bytes += len(message.get("body") or b"")
+            return message
+
+        async def observed_send(message: Message) -> None:
+            kind = message.get("type")
+            if kind == "http.response.start":
+                state["status"] = message.get("status", 0)
+                if answer_peer:
+                    message = dict(message)
+                    message["headers"] = [
+                        *message.get("headers", ()),
+                        (PEER_HEADER.encode("latin-1"), self._peer_value),
+                    ]
+            elif kind == "http.response.body":
+                call.response_bytes += len(message.get("body") or b"")
+            elif kind == "http.response.trailers":
+                for key, value in message.get("headers", ()):
+                    if key.lower() == b"grpc-status":
+                        state["grpc"] = _grpc_status(value.decode("latin-1"))
+            await send(message)
+
+        token = otel_context.attach(ctx) if ctx is not None else None
+        try:
+            await self.app(scope, counted_receive, observed_send)
+        except BaseException as exc:
+            call.finish(state["status"] or 500, error=type(exc).__name__)
+            raise
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        call.finish(state["status"], grpc_status=state["grpc"])
+
+
+def _server(scope: Scope) -> str:
+    server = scope.get("server")
+    return f"{server[0]}:{server[1]}" if server else ""
+
+
+class WsgiTelemetryMiddleware:
+    """WSGI middleware recording every request it serves; the request is
+    recorded when the server closes the response iterable (so the body's
+    size and time are in)."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        telemetry: Telemetry,
+        service: str | None = None,
+        peer_principal_key: str = PEER_PRINCIPAL_KEY,
+    ) -> None:
+        self.app = app
+        self.telemetry = telemetry
+        self._service = service
+        self._key = peer_principal_key
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        authority = environ.get("HTTP_HOST") or (
+            f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
+        )
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        call = self.telemetry.call(
+            "destination", "http", environ.get("REQUEST_METHOD", "GET"), authority, path or "/"
+        )
+        if call is None:
+            return self.app(environ, start_response)
+
+        def get_header(name: str) -> str | None:
+            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+            return value if isinstance(value, str) else None
+
+        try:
+            principal = environ.get(self._key)
+            _start(call, self._service, principal if isinstance(principal, str) else None)
+            length = environ.get("CONTENT_LENGTH") or ""
+            call.request_bytes = int(length) if length.isdigit() else 0
+            call.http_version = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
+        except Exception as exc:  # telemetry never breaks a request
+            _contained(self.telemetry, exc)
+        answer_peer = get_header(PEER_HEADER) is not None and self.telemetry.exchange_peers
+        peer_value = self.telemetry.workload.peer_value
+        ctx = call.start_server_span(get_header, environ.get("wsgi.url_scheme", "http"))
+        status = [0]
+
+        def observed_start(status_line: str, headers: list[tuple[str, str]], *exc: Any) -> Any:
+            head = status_line.split(" ", 1)[0]
+            status[0] = int(head) if head.isdigit() else 0
+            if answer_peer:
+                headers = [*headers, (PEER_HEADER, peer_value)]
+            return start_response(status_line, headers, *exc)
+
+        token = otel_context.attach(ctx) if ctx is not None else None
+        try:
+            body = self.app(environ, observed_start)
+        except BaseException as exc:
+            call.finish(status[0] or 500, error=type(exc).__name__)
+            raise
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        return _Body(body, call, status)
+
+
+class _Body:
+    """The app's iterable, counted; finishing the Call on close()."""
+
+    def __init__(self, inner: Iterable[bytes], call: Call, status: list[int]) -> None:
+        self._inner = inner
+        self._call = call
+        self._status = status
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            self._call.response_bytes += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._call.finish(self._status[0])
