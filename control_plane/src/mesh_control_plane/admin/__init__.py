@@ -1,6 +1,27 @@
-"""The control plane's admin HTTP endpoint: /healthz, /status, /config_dump."""
+"""The control plane's admin HTTP endpoint: /healthz, /status, /config_dump,
+/describe, /metrics."""
 
-from mesh_control_plane.admin.server import JsonHttpServer, JsonView
-from mesh_control_plane.admin.views import CONFIG_DUMP_NODE, config_dump, healthz, status
+from mesh_control_plane.admin.server import HttpError, JsonHttpServer, JsonView, TextResponse
+from mesh_control_plane.admin.views import (
+    CONFIG_DUMP_NODE,
+    config_dump,
+    describe_view,
+    healthz,
+    metrics_page,
+    node_config_dump,
+    status,
+)
 
-__all__ = ["CONFIG_DUMP_NODE", "JsonHttpServer", "JsonView", "config_dump", "healthz", "status"]
+__all__ = [
+    "CONFIG_DUMP_NODE",
+    "HttpError",
+    "JsonHttpServer",
+    "JsonView",
+    "TextResponse",
+    "config_dump",
+    "describe_view",
+    "healthz",
+    "metrics_page",
+    "node_config_dump",
+    "status",
+]

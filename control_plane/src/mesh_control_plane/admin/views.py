@@ -6,11 +6,16 @@ parses) are built and tested without sockets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf import json_format
 
+from mesh_control_plane.admin.describe import UnknownHostError, describe_host, policies_of
+from mesh_control_plane.admin.mesh_view import mesh_view
+from mesh_control_plane.admin.server import HttpError, TextResponse
+from mesh_control_plane.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from mesh_control_plane.translate import ClientKind, NodeInfo
 from mesh_control_plane.xds.clients import ClientRecord, short_type_name
 from mesh_control_plane.xds.snapshot import SnapshotCache
@@ -24,14 +29,67 @@ def healthz() -> dict[str, Any]:
 
 
 def status(
-    version: str, clients: Sequence[ClientRecord], config_errors: Sequence[str]
+    version: str,
+    clients: Sequence[ClientRecord],
+    config_errors: Sequence[str],
+    trust_domain: str = "cluster.local",
 ) -> dict[str, Any]:
-    """`GET /status`: the version served, every connected client, config errors."""
+    """`GET /status`: the version served, every connected client (with the
+    SPIFFE ID its node metadata claims, "" when it names none), config errors."""
     return {
         "version": version,
-        "clients": [c.to_status() for c in clients],
+        "clients": [{**c.to_status(), "spiffe": c.spiffe_id(trust_domain)} for c in clients],
         "config_errors": list(config_errors),
     }
+
+
+def node_config_dump(clients: Sequence[ClientRecord], node_id: str) -> dict[str, Any]:
+    """`GET /config_dump?node=ID`: what the control plane last sent each
+    stream of that node, per type: versions, ACK/NACK and the resources.
+    404 (HttpError) when no client with that node id is connected."""
+    streams = [c for c in clients if c.node_id == node_id]
+    if not streams:
+        known = ", ".join(sorted({c.node_id for c in clients})) or "none"
+        raise HttpError(404, f"no connected client has node id {node_id!r} (connected: {known})")
+    return {
+        "node_id": node_id,
+        "streams": [
+            {
+                "kind": record.kind,
+                "peer": record.peer,
+                "types": {
+                    short_type_name(type_url): {
+                        **state.to_status(),
+                        "resources": {
+                            name: _to_dict(packed.message)
+                            for name, packed in sorted(state.sent_resources.items())
+                        },
+                    }
+                    for type_url, state in sorted(record.types.items())
+                },
+            }
+            for record in streams
+        ],
+    }
+
+
+def metrics_page(
+    metrics: ControlPlaneMetrics,
+    clients: Sequence[ClientRecord],
+    config_errors: Sequence[str],
+    version: str,
+) -> TextResponse:
+    """`GET /metrics`: Prometheus text; every client kind is listed (0 when
+    none is connected) so a dashboard's series never vanish."""
+    by_kind: Mapping[str, int] = Counter(c.kind for c in clients if c.kind)
+    counts = {kind.name: by_kind.get(kind.name, 0) for kind in ClientKind}
+    page = metrics.render(clients_by_kind=counts, config_errors=len(config_errors), version=version)
+    return TextResponse(page, CONTENT_TYPE)
+
+
+def _to_dict(message: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return result
 
 
 def config_dump(cache: SnapshotCache, node: NodeInfo = CONFIG_DUMP_NODE) -> dict[str, Any]:
@@ -41,10 +99,18 @@ def config_dump(cache: SnapshotCache, node: NodeInfo = CONFIG_DUMP_NODE) -> dict
         "version": cache.version,
         "kind": node.kind.name,
         "resources": {
-            short_type_name(type_url): {
-                name: json_format.MessageToDict(msg, preserving_proto_field_name=True)
-                for name, msg in by_name.items()
-            }
+            short_type_name(type_url): {name: _to_dict(msg) for name, msg in by_name.items()}
             for type_url, by_name in resources.items()
         },
     }
+
+
+def describe_view(cache: SnapshotCache, host: str) -> dict[str, Any]:
+    """`GET /describe?host=H`: `describe_host` on the config being served."""
+    if not host:
+        raise HttpError(400, "say which host: /describe?host=HOST")
+    try:
+        state = mesh_view(cache.config, cache.registry)
+        return describe_host(cache.config, cache.registry, state, host, policies_of(cache.config))
+    except UnknownHostError as exc:
+        raise HttpError(404, str(exc)) from None

@@ -10,7 +10,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from mesh_control_plane.cli import bootstrap_cmd, control_plane_cmd, status_cmd, token_cmd
+from mesh_control_plane.cli import (
+    analyze_cmd,
+    bootstrap_cmd,
+    config_dump_cmd,
+    control_plane_cmd,
+    describe_cmd,
+    simulate_cmd,
+    status_cmd,
+    token_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_parser(commands)
     status_cmd.add_parser(commands)
     token_cmd.add_parser(commands)
+    config_dump_cmd.add_parser(commands)
+    describe_cmd.add_parser(commands)
+    analyze_cmd.add_parser(commands)
+    simulate_cmd.add_parser(commands)
     return parser
 
 

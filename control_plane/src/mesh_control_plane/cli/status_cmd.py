@@ -55,6 +55,14 @@ def _cell(state: Mapping[str, Any] | None) -> str:
     return f"(sent {state.get('sent') or '-'})"
 
 
+def _identity(client: Mapping[str, Any]) -> str:
+    """The SPIFFE ID the client's node claims, else `ns/sa` if only those are known."""
+    if client.get("spiffe"):
+        return str(client["spiffe"])
+    ns, sa = client.get("namespace"), client.get("service_account")
+    return f"{ns}/{sa}" if ns and sa else ""
+
+
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
@@ -71,14 +79,18 @@ def render_status(payload: Mapping[str, Any]) -> str:
         {t for c in clients for t in c.get("types", {}) if t not in TYPE_COLUMNS},
     )
     columns = [*TYPE_COLUMNS, *extra]
+    # The identity column appears once some client names one (older control
+    # planes and bare clients send none: their output is unchanged).
+    with_identity = any(_identity(c) for c in clients)
     if clients:
-        rows = [["NODE ID", "KIND", *columns]]
+        rows = [["NODE ID", "KIND", *(["IDENTITY"] if with_identity else []), *columns]]
         for client in clients:
             types = client.get("types", {})
             rows.append(
                 [
                     str(client.get("node_id") or "?"),
                     str(client.get("kind") or "?"),
+                    *([_identity(client) or "-"] if with_identity else []),
                     *(_cell(types.get(t)) for t in columns),
                 ]
             )
