@@ -20,7 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh_control_plane.admin import JsonHttpServer, config_dump, healthz, status
+from mesh_control_plane.admin import (
+    JsonHttpServer,
+    config_dump,
+    describe_view,
+    healthz,
+    metrics_page,
+    node_config_dump,
+    status,
+)
 from mesh_control_plane.ca import (
     CaServer,
     CaSettings,
@@ -28,9 +36,13 @@ from mesh_control_plane.ca import (
     CertificateService,
     TokenAuthority,
 )
+from mesh_control_plane.ca.tokens import TokenError
 from mesh_control_plane.config import ConfigLoadError, ConfigWatcher
 from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.metrics import ControlPlaneMetrics
+from mesh_control_plane.registry.runtime import RegistryRuntime, RegistrySettings
 from mesh_control_plane.xds import InconsistentConfigError, SnapshotCache, XdsServer
+from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +82,50 @@ class ControlPlane:
         on_config_error: ConfigErrorCallback | None = None,
         poll_interval: float = 0.1,
         ca: CaSettings | None = None,
+        registry: RegistrySettings | None = None,
     ) -> None:
         self.config_dir = Path(config_dir)
         self.ca_server: CaServer | None = None
+        verify = None
         if ca is not None:  # opened here: bad CA files fail before anything listens
             authority = CertificateAuthority.open(ca)
-            self.ca_server = CaServer(CertificateService(authority, TokenAuthority.open(ca.ca_dir)))
-        self.cache = SnapshotCache()
-        self.xds = XdsServer(self.cache)
+            tokens = TokenAuthority.open(ca.ca_dir)
+            self.ca_server = CaServer(CertificateService(authority, tokens))
+            verify = _token_verifier(tokens)
+        self.registry = RegistryRuntime(registry or RegistrySettings(), verify)
+        self.cache = SnapshotCache(registry_builder=self.registry.hub.build)
+        self.metrics = ControlPlaneMetrics()
+        self.xds = XdsServer(
+            self.cache,
+            metrics=self.metrics,
+            observer=self.registry.observer,
+            extra_handlers=self.registry.handlers,
+        )
         self.admin = JsonHttpServer(
             {
                 "/healthz": healthz,
                 "/status": lambda: status(
-                    self.cache.version, self.xds.servicer.clients(), self.config_errors
+                    self.cache.version,
+                    self.xds.servicer.clients(),
+                    self.config_errors,
+                    ca.trust_domain if ca is not None else DEFAULT_TRUST_DOMAIN,
                 ),
-                "/config_dump": lambda: config_dump(self.cache),
-            }
+                "/metrics": lambda: metrics_page(
+                    self.metrics,
+                    self.xds.servicer.clients(),
+                    self.config_errors,
+                    self.cache.version,
+                ),
+                "/registry": self.registry.status,
+            },
+            {
+                "/config_dump": lambda q: (
+                    node_config_dump(self.xds.servicer.clients(), q["node"])
+                    if "node" in q
+                    else config_dump(self.cache)
+                ),
+                "/describe": lambda q: describe_view(self.cache, q.get("host", "")),
+            },
         )
         self.config_errors: list[str] = []
         self._on_config_error = on_config_error
@@ -99,6 +139,7 @@ class ControlPlane:
         the addresses once all servers accept connections."""
         xds_host, _ = split_address(xds_address)
         admin_host, admin_port = split_address(admin_address)
+        await self.registry.start(lambda c: self._set_config(c, force=True))
         await self._start_watching()
         try:
             xds_port = await self.xds.start(xds_address)
@@ -143,20 +184,29 @@ class ControlPlane:
         await self.admin.stop()
         if self.ca_server is not None:
             await self.ca_server.stop(grace)
+        await self.registry.stop()
         await self.xds.stop(grace)
 
     def apply_config(self, config: MeshConfig) -> None:
         """Make `config` current unless it is inconsistent (then keep the last good)."""
         try:
-            self.cache.set_config(config)
+            self.cache.set_config(self.registry.augment(config))
         except InconsistentConfigError as exc:
             self._report(exc.problems)
             return
         self.config_errors = []
 
+    def _set_config(self, config: MeshConfig, *, force: bool) -> None:
+        """A registry source changed: the same config now has other endpoints."""
+        try:
+            self.cache.set_config(config, force=force)
+        except InconsistentConfigError as exc:
+            self._report(exc.problems)
+
     def _report(self, problems: Sequence[str]) -> None:
         # Not logged here: the watcher and the cache already log what they refuse.
         self.config_errors = list(problems)
+        self.metrics.config_rejected()
         if self._on_config_error is not None:
             self._on_config_error(self.config_errors)
 
@@ -172,11 +222,12 @@ async def serve(
     grace: float = 1.0,
     ca: CaSettings | None = None,
     ca_address: str = "127.0.0.1:0",
+    registry: RegistrySettings | None = None,
 ) -> None:
     """Run a control plane until `stop` is set (or, without one, until this
     task is cancelled); `on_ready` gets the addresses once both listen."""
     stop = stop or asyncio.Event()
-    plane = ControlPlane(config_dir, on_config_error=on_config_error, ca=ca)
+    plane = ControlPlane(config_dir, on_config_error=on_config_error, ca=ca, registry=registry)
     addresses = await plane.start(xds_address, admin_address, ca_address)
     try:
         log.info("serving xDS on %s, admin on %s", addresses.xds, addresses.admin)
@@ -187,3 +238,16 @@ async def serve(
         await stop.wait()
     finally:
         await plane.stop(grace)
+
+
+def _token_verifier(tokens: TokenAuthority) -> Callable[[str], tuple[str, str]]:
+    """Join token -> (namespace, service account), ValueError(reason) if refused."""
+
+    def verify(token: str) -> tuple[str, str]:
+        try:
+            identity = tokens.verify(token)
+        except TokenError as exc:
+            raise ValueError(exc.reason) from None
+        return identity.namespace, identity.service_account
+
+    return verify

@@ -1,5 +1,11 @@
-"""The asyncio/gRPC shell around `AdsProtocol`: one ADS stream to the first xDS
-server, reconnected forever, publishing an `XdsState` after each applied update.
+"""The asyncio/gRPC shell around `AdsProtocol`: one ADS stream, reconnected
+forever, publishing an `XdsState` after each applied update.
+
+Several `xds_servers` fail over as gRPC's A71 says: each (re)connection tries them
+in the bootstrap's order and uses the first that answers; while on a fallback
+server, the primary's channel keeps trying to connect, and the stream moves back
+to the primary as soon as that channel is READY. Backoff applies only after every
+server failed in a row. The last good config stays published throughout.
 
 Our own channel is a plain `grpc.aio` channel, never passed through the
 library's interceptors: meshing the connection that delivers the mesh's config
@@ -65,6 +71,29 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_PRIMARY_BACK = object()
+
+
+async def _ready(channel: grpc.aio.Channel) -> None:
+    """Return once `channel` is READY (asking it to connect meanwhile)."""
+    state = channel.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+
+
+async def _read_unless(call: Any, back: asyncio.Future[None] | None) -> Any:
+    """`call.read()`, or _PRIMARY_BACK when `back` completes first."""
+    if back is None:
+        return await call.read()
+    read = asyncio.ensure_future(call.read())
+    await asyncio.wait({read, back}, return_when=asyncio.FIRST_COMPLETED)
+    if read.done():
+        return read.result()
+    read.cancel()
+    return _PRIMARY_BACK
+
+
 class XdsClient:
     """Follows the listeners it is asked to watch, and everything they reference,
     over one ADS (State of the World) stream."""
@@ -78,7 +107,9 @@ class XdsClient:
         wait: WaitStrategy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._server_uri = bootstrap.xds_servers[0].server_uri
+        self._servers = [s.server_uri for s in bootstrap.xds_servers]
+        self._server_uri = self._servers[0]  # the one in use (or last tried)
+        self._channels: list[grpc.aio.Channel] = []
         self._protocol = AdsProtocol(build_node(bootstrap, user_agent_name))
         self._on_update = on_update
         self._backoff = Backoff(wait or default_wait())
@@ -110,8 +141,14 @@ class XdsClient:
             raise RuntimeError("XdsClient is closed")
         if self._task is not None:
             return
-        # Plain channel on purpose: see the module docstring.
-        self._channel = grpc.aio.insecure_channel(self._server_uri)
+        # Plain channels on purpose: see the module docstring. A short reconnect
+        # backoff lets the primary's return be noticed within seconds (A71).
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        self._channels = [grpc.aio.insecure_channel(u, options=options) for u in self._servers]
+        self._channel = self._channels[0]
         self._task = asyncio.create_task(self._run(), name=f"xds-ads {self._server_uri}")
 
     async def close(self) -> None:
@@ -122,8 +159,8 @@ class XdsClient:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])
-        if self._channel is not None:
-            await self._channel.close(grace=None)
+        for channel in self._channels:
+            await channel.close(grace=None)
         self._set_connected(False)
 
     async def watch(self, listener_names: Iterable[str], *, timeout: float | None) -> None:
@@ -138,6 +175,27 @@ class XdsClient:
                     await self._changed.wait()
         except TimeoutError:
             raise ControlPlaneUnavailableError(self._unresolved_message(names, timeout)) from None
+
+    async def watch_inbound(self, names: Iterable[str], *, timeout: float | None) -> None:
+        """Subscribe to server (inbound) listeners by name - the bootstrap's
+        `server_listener_resource_name_template` with "IP:PORT", as gRPC asks
+        (gRFC A36) - kept until `unwatch`, and wait until each is in
+        `state.inbound` or known not to exist. Raises
+        ControlPlaneUnavailableError after `timeout` seconds."""
+        wanted = list(dict.fromkeys(names))
+        self._send(self._protocol.watch(wanted, inbound=True))
+        try:
+            async with asyncio.timeout(timeout):
+                while not all(self.state.inbound_resolved(n) for n in wanted):
+                    await self._changed.wait()
+        except TimeoutError:
+            missing = [n for n in wanted if not self.state.inbound_resolved(n)]
+            errors = [f"{s.name}: {s.error}" for s in self.resource_status() if s.error]
+            text = f"xDS server {self._server_uri} did not send server listeners {missing}"
+            text += f" within {timeout:g}s" if timeout is not None else ""
+            if errors:
+                text += f"; rejected: {'; '.join(errors)}"
+            raise ControlPlaneUnavailableError(text) from None
 
     def unwatch(self, listener_names: Iterable[str]) -> None:
         """Unsubscribe listeners and whatever only they referenced."""
@@ -166,10 +224,12 @@ class XdsClient:
 
     async def _run(self) -> None:
         """Reconnect forever; the last good state stays published meanwhile."""
+        index = 0
         while True:
             self._got_response = False
+            self._channel, self._server_uri = self._channels[index], self._servers[index]
             try:
-                await self._run_stream()
+                await self._run_stream(primary=self._channels[0] if index else None)
             except grpc.aio.AioRpcError as exc:
                 self._last_error = f"{exc.code().name}: {exc.details()}"
             except Exception as exc:
@@ -184,15 +244,25 @@ class XdsClient:
             elif self._backoff.attempt == 1:
                 # First failure in a row at INFO; the retries that follow at DEBUG.
                 log.info("cannot reach xDS server %s: %s", self._server_uri, self._last_error)
+            connected_here = self._connected
             self._set_connected(False)
             if self._got_response:
                 self._backoff.reset()  # the server was healthy: start small again
+            if connected_here:
+                index = 0  # A71: after a lost stream, start again from the primary
+            elif index + 1 < len(self._servers):
+                index += 1  # this one is down: try the next at once
+                continue
+            else:
+                index = 0
             delay = self._backoff.next_delay()
             log.debug("reconnecting to %s in %.2fs", self._server_uri, delay)
             await self._sleep(delay)
 
-    async def _run_stream(self) -> None:
-        """One ADS stream, until the server ends it (returns) or it fails (raises)."""
+    async def _run_stream(self, primary: grpc.aio.Channel | None = None) -> None:
+        """One ADS stream, until the server ends it (returns) or it fails (raises).
+        With `primary` (we are on a fallback server) it also returns once the
+        primary's channel is READY, so the next attempt goes back to it."""
         if self._channel is None:
             raise RuntimeError("XdsClient.start() was not called")
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
@@ -202,12 +272,18 @@ class XdsClient:
             outbox.put_nowait(request)
         self._outbox = outbox
         writer = asyncio.create_task(self._write_loop(call, outbox))
+        back: asyncio.Future[None] | None = None
         try:
             await call.wait_for_connection()
             log.info("xDS stream to %s connected", self._server_uri)
             self._set_connected(True)
+            if primary is not None:
+                back = asyncio.ensure_future(_ready(primary))
             while True:
-                response = await call.read()
+                response = await _read_unless(call, back)
+                if response is _PRIMARY_BACK:
+                    self._last_error = "the primary xDS server is back: switching to it"
+                    return
                 if not isinstance(response, discovery_pb2.DiscoveryResponse):  # grpc.aio.EOF
                     self._last_error = "stream closed by the server"
                     return
@@ -215,6 +291,8 @@ class XdsClient:
                 self._handle(response)
         finally:
             self._outbox = None
+            if back is not None:
+                back.cancel()
             writer.cancel()
             call.cancel()
             await asyncio.wait([writer])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh_control_plane.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from mesh_control_plane.xds.snapshot import PackedResource
 
 # LDS and CDS are the types a SotW client may subscribe to as a wildcard
 # (empty resource_names on its first request); RDS and EDS are always by name.
@@ -52,6 +53,9 @@ class TypeState:
     # name -> content hash of what the last response carried; a push happens
     # only when what the client would receive now differs from this.
     sent_hashes: Mapping[str, str] = field(default_factory=dict)
+    # What that response carried (shared objects, no copy): the control
+    # plane's record of what this client was sent, for `/config_dump?node=`.
+    sent_resources: Mapping[str, PackedResource] = field(default_factory=dict)
     acked_version: str = ""
     nacked_version: str | None = None
     nack_message: str | None = None
@@ -76,7 +80,23 @@ class ClientRecord:
     node_id: str = ""
     kind: str = ""
     user_agent: str = ""
+    namespace: str = ""  # node metadata NAMESPACE (Istio's key), "" if not sent
+    service_account: str = ""  # node metadata SERVICE_ACCOUNT
     types: dict[str, TypeState] = field(default_factory=dict)
+
+    def set_identity(self, node: Any) -> None:
+        """Read who the workload says it is from its node metadata; shown by
+        `meshctl status` (the SPIFFE ID it would be issued)."""
+        fields = node.metadata.fields
+        self.namespace = fields["NAMESPACE"].string_value if "NAMESPACE" in fields else ""
+        sa = fields["SERVICE_ACCOUNT"].string_value if "SERVICE_ACCOUNT" in fields else ""
+        self.service_account = sa
+
+    def spiffe_id(self, trust_domain: str) -> str:
+        """`spiffe://<td>/ns/<ns>/sa/<sa>`, or "" when the node did not say."""
+        if not self.namespace or not self.service_account:
+            return ""
+        return f"spiffe://{trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -84,6 +104,8 @@ class ClientRecord:
             "kind": self.kind,
             "user_agent": self.user_agent,
             "peer": self.peer,
+            "namespace": self.namespace,
+            "service_account": self.service_account,
             "connected_at": self.connected_at,
             "types": {short_type_name(t): s.to_status() for t, s in sorted(self.types.items())},
         }

@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.translate import NodeInfo
 from mesh_control_plane.xds.clients import (
     PUSH_ORDER,
@@ -35,12 +37,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 64
 
+StreamObserver = Callable[[base_pb2.Node, bool], None]
+"""Told (node, True) when a stream identifies its node and (node, False) when that
+stream ends: self-registration ties a workload's health to its streams."""
+
 
 @dataclass(eq=False, slots=True)
 class _Stream:
     record: ClientRecord
     queue: asyncio.Queue[discovery_pb2.DiscoveryResponse | None]
     node: NodeInfo | None = None
+    node_proto: base_pb2.Node | None = None
     close_reason: str | None = None
     close_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     closing: bool = False
@@ -66,9 +73,18 @@ def _subscription(type_url: str, names: list[str], previous: Subscription | None
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves the snapshot cache to any number of ADS streams."""
 
-    def __init__(self, cache: SnapshotCache, *, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        metrics: ControlPlaneMetrics | None = None,
+        observer: StreamObserver | None = None,
+    ) -> None:
         self._cache = cache
         self._queue_size = queue_size
+        self._observer = observer
+        self.metrics = metrics or ControlPlaneMetrics()
         self._streams: set[_Stream] = set()
         self._nonces = itertools.count(1)
         self._remove_listener = cache.add_listener(self._on_config_change)
@@ -105,8 +121,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         finally:
             reader.cancel()
             self._streams.discard(stream)
+            self.metrics.stream_closed(stream)
             if stream.node is not None:
                 self._cache.release(stream.node)
+            if self._observer is not None and stream.node_proto is not None:
+                self._observer(stream.node_proto, False)
             log.info("ADS stream from %s (%s) ended", stream.record.node_id, stream.record.peer)
 
     async def _read(
@@ -157,6 +176,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             if request.HasField("error_detail"):
                 state.nacked_version = request.version_info
                 state.nack_message = request.error_detail.message
+                self.metrics.nacked(stream, type_url, short_type_name(type_url))
                 log.warning(
                     "NACK from %s for %s version %s: %s",
                     stream.record.node_id,
@@ -167,6 +187,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             else:
                 state.acked_version = request.version_info
                 state.nacked_version = state.nack_message = None
+                self.metrics.acked(stream, type_url)
         subscription = _subscription(
             type_url, list(request.resource_names), state.subscription if state else None
         )
@@ -189,7 +210,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             p for p in (node_proto.user_agent_name, node_proto.user_agent_version) if p
         )
         stream.record.kind = node.kind.name
+        stream.record.set_identity(node_proto)
         self._cache.retain(node)
+        if self._observer is not None:
+            stream.node_proto = node_proto
+            self._observer(node_proto, True)
         log.info(
             "ADS stream from %s (%s, %s, %s)",
             node_proto.id,
@@ -224,13 +249,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         response.resources.extend(r.any for r in selection.values())
         state.sent_version, state.sent_nonce = version, nonce
         state.sent_hashes = {name: r.hash for name, r in selection.items()}
+        state.sent_resources = selection
+        self.metrics.pushed(short_type_name(type_url))
         try:
             stream.queue.put_nowait(response)
         except asyncio.QueueFull:
             self._close(stream, f"client too slow: {self._queue_size} responses not yet written")
 
     def _on_config_change(self, version: str) -> None:
-        pushed = 0
+        started = self.metrics.now()
+        round_pushes: list[tuple[_Stream, str]] = []
         for stream in list(self._streams):
             if stream.node is None or stream.closing:
                 continue
@@ -242,11 +270,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 selection = self._selection(stream, type_url, state)
                 if {n: r.hash for n, r in selection.items()} != state.sent_hashes:
                     self._send(stream, type_url, state, selection)
-                    pushed += 1
+                    round_pushes.append((stream, type_url))
                 if stream.closing:
                     break
+        self.metrics.config_pushed(started, (p for p in round_pushes if not p[0].closing))
         log.info(
-            "version %s: %d responses pushed to %d streams", version, pushed, len(self._streams)
+            "version %s: %d responses pushed to %d streams",
+            version,
+            len(round_pushes),
+            len(self._streams),
         )
 
     def _close(
@@ -273,8 +305,20 @@ class XdsServer:
     """A grpc.aio server carrying the ADS service; holds the server reference
     (a collected grpc server stops serving)."""
 
-    def __init__(self, cache: SnapshotCache, *, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
-        self.servicer = AdsServicer(cache, queue_size=queue_size)
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        metrics: ControlPlaneMetrics | None = None,
+        observer: StreamObserver | None = None,
+        extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+    ) -> None:
+        """`extra_handlers` are served on the same port (the registration service)."""
+        self.servicer = AdsServicer(
+            cache, queue_size=queue_size, metrics=metrics, observer=observer
+        )
+        self._extra_handlers = tuple(extra_handlers)
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -282,6 +326,8 @@ class XdsServer:
         """Listen on "HOST:PORT" (port 0 picks one); returns the bound port."""
         server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
+        if self._extra_handlers:
+            server.add_generic_rpc_handlers(self._extra_handlers)
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpcio's way of saying the bind failed

@@ -162,13 +162,17 @@ class SnapshotCache:
         else:
             self._retained[key] = (held[0], held[1] - 1)
 
-    def set_config(self, config: MeshConfig) -> bool:
+    def set_config(self, config: MeshConfig, *, force: bool = False) -> bool:
         """Make `config` current. Returns False when it equals the current one
-        (nothing to push); raises InconsistentConfigError (and keeps the last
-        good config) when it translates to dangling references."""
-        if config == self._config:
+        (nothing to push) unless `force` (a registry source changed: the same
+        config gives other endpoints, see registry/hub.py); raises
+        InconsistentConfigError (and keeps the last good config) when it
+        translates to dangling references."""
+        if config == self._config and not force:
             return False
         registry = self._build_registry(config)
+        if force and config == self._config and registry == self._registry:
+            return False
         nodes: dict[Hashable, NodeInfo] = dict(self._reference)
         nodes.update((k, held[0]) for k, held in self._retained.items())
         interned: dict[tuple[str, str, str], PackedResource] = {}

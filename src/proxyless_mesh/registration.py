@@ -1,0 +1,255 @@
+"""Joining the mesh by starting: `Mesh(..., register=Registration(...))`.
+
+`Registration` asks the control plane to add this process to a WorkloadGroup
+(embedded registry): after the ADS stream is up, one unary call carries the
+group, the address and ports the server listens on, and the join token that proves
+the identity (the group's serviceAccount must be the token's). A refusal fails the
+Mesh's start with the control plane's reason. On close it deregisters first (the
+control plane drops it from EDS and pushes that to every client), waits
+`drain_seconds` for clients to stop picking it and in-flight requests to finish,
+and only then lets the Mesh close its stream.
+
+`ConsulRegistration` registers the service in a Consul agent instead (py-consul,
+the `consul` extra) with a TTL check this process keeps passing, and deregisters on
+close, so tools outside the mesh see it too. Both have `start(mesh)`/`stop()`; a
+sequence of them may be given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import grpc
+import grpc.aio
+
+from proxyless_mesh.bootstrap import Bootstrap
+from proxyless_mesh.errors import ControlPlaneUnavailableError, MeshError
+
+if TYPE_CHECKING:
+    from proxyless_mesh.mesh import Mesh
+
+__all__ = ["ConsulRegistration", "Registrar", "Registration", "RegistrationError"]
+
+log = logging.getLogger("proxyless_mesh.registration")
+
+_SERVICE = "/proxyless_mesh.registration.v1.Registration/"
+GROUP_METADATA_KEY = "WORKLOAD_GROUP"
+ADDRESS_METADATA_KEY = "WORKLOAD_ADDRESS"
+PORTS_METADATA_KEY = "WORKLOAD_PORTS"
+
+
+class RegistrationError(MeshError):
+    """The control plane (or Consul) refused this workload's registration."""
+
+
+class Registrar(Protocol):
+    async def start(self, mesh: Mesh) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _load(data: bytes) -> Any:
+    return json.loads(data.decode())
+
+
+@dataclass
+class Registration:
+    """Self-registration into a WorkloadGroup ("namespace/name").
+
+    `token` defaults to the bootstrap's join token (`meshctl bootstrap --token`);
+    `labels` add to the group's; `drain_seconds` is how long close() waits between
+    deregistering and closing (clients need one push to stop choosing us).
+    """
+
+    group: str
+    ports: Mapping[str, int]
+    address: str = "127.0.0.1"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    locality: str = ""
+    token: str | None = None
+    drain_seconds: float = 1.0
+    timeout: float = 5.0
+    _channel: grpc.aio.Channel | None = field(default=None, init=False, repr=False)
+    _node_id: str = field(default="", init=False, repr=False)
+    _token: str = field(default="", init=False, repr=False)
+
+    @classmethod
+    def from_bootstrap(cls, bootstrap: Bootstrap) -> Registration | None:
+        """A Registration from node metadata WORKLOAD_GROUP, WORKLOAD_ADDRESS and
+        WORKLOAD_PORTS ({name: port}); None when the bootstrap names no group."""
+        meta = bootstrap.node_metadata
+        group = meta.get(GROUP_METADATA_KEY)
+        if not group:
+            return None
+        ports = meta.get(PORTS_METADATA_KEY) or {}
+        return cls(
+            group=str(group),
+            ports={str(k): int(v) for k, v in dict(ports).items()},
+            address=str(meta.get(ADDRESS_METADATA_KEY) or "127.0.0.1"),
+        )
+
+    async def start(self, mesh: Mesh) -> None:
+        bootstrap = mesh.bootstrap
+        self._node_id = bootstrap.node_id
+        self._token = self.token or str(bootstrap.proxyless_mesh.get("token") or "")
+        self._channel = grpc.aio.insecure_channel(mesh.xds.server_uri)
+        body = {
+            "node_id": self._node_id,
+            "group": self.group,
+            "address": self.address,
+            "ports": dict(self.ports),
+            "labels": dict(self.labels),
+            "locality": self.locality,
+            "token": self._token,
+        }
+        try:
+            answer = await self._call("Register", body)
+        except grpc.aio.AioRpcError as exc:
+            await self._close_channel()
+            raise RegistrationError(
+                f"registration of {self._node_id} into WorkloadGroup {self.group} refused "
+                f"by {mesh.xds.server_uri}: {exc.code().name}: {exc.details()}"
+            ) from None
+        log.info("registered into %s (%s)", self.group, answer.get("state"))
+        await self._watch_inbound(mesh)
+
+    async def _watch_inbound(self, mesh: Mesh) -> None:
+        """Subscribe to our inbound listeners, as a gRPC xDS server does. Besides
+        being what a server should follow, it makes the ADS stream carry our node
+        (the first request does), which is what ties our health to the stream."""
+        template = mesh.bootstrap.server_listener_resource_name_template or (
+            "grpc/server?xds.resource.listening_address=%s"
+        )
+        names = [template.replace("%s", f"{self.address}:{p}") for p in self.ports.values()]
+        try:
+            await mesh.xds.watch(names, timeout=self.timeout)
+        except ControlPlaneUnavailableError as exc:
+            log.warning("inbound listeners not resolved: %s", exc)
+
+    async def stop(self) -> None:
+        """Deregister (drain), wait `drain_seconds`, then release the channel."""
+        if self._channel is None:
+            return
+        try:
+            await self._call("Deregister", {"node_id": self._node_id, "token": self._token})
+            await asyncio.sleep(self.drain_seconds)
+        except grpc.aio.AioRpcError as exc:
+            # The control plane is gone: it will drop us when our stream ends.
+            log.warning("could not deregister %s: %s", self._node_id, exc.details())
+        finally:
+            await self._close_channel()
+
+    async def _call(self, method: str, body: Mapping[str, Any]) -> Any:
+        if self._channel is None:
+            raise RuntimeError("Registration.start() was not called")
+        call = self._channel.unary_unary(
+            _SERVICE + method, request_serializer=_dump, response_deserializer=_load
+        )
+        return await call(body, timeout=self.timeout)
+
+    async def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close(grace=None)
+
+
+@dataclass
+class ConsulRegistration:
+    """Register this service in a Consul agent with a TTL check kept passing.
+
+    Needs py-consul (`pip install proxyless-mesh[consul]`). `consul_address` is
+    "host:port" of the agent's HTTP API; `scheme="https"` plus `verify` (a CA file
+    or bool) for TLS; `token` is the ACL token. Tags/meta become mesh labels in the
+    control plane's Consul backend (`version=v2` tags work in subsets).
+    """
+
+    name: str
+    port: int
+    address: str = "127.0.0.1"
+    service_id: str = ""
+    tags: Sequence[str] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+    consul_address: str = "127.0.0.1:8500"
+    scheme: str = "http"
+    token: str | None = None
+    datacenter: str | None = None
+    verify: bool | str = True
+    ttl: float = 10.0
+    _client: Any = field(default=None, init=False, repr=False)
+    _heartbeat: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def check_id(self) -> str:
+        return f"service:{self.service_id or self.name}"
+
+    async def start(self, mesh: Mesh | None = None) -> None:
+        try:
+            import consul  # type: ignore[import-untyped]
+        except ImportError:
+            raise RegistrationError(
+                "ConsulRegistration needs py-consul: pip install 'proxyless-mesh[consul]'"
+            ) from None
+        host, _, port = self.consul_address.rpartition(":")
+        self._client = consul.Consul(
+            host=host or "127.0.0.1",
+            port=int(port),
+            token=self.token,
+            scheme=self.scheme,
+            dc=self.datacenter,
+            verify=self.verify,
+        )
+        try:
+            await asyncio.to_thread(
+                self._client.agent.service.register,
+                self.name,
+                service_id=self.service_id or self.name,
+                address=self.address,
+                port=self.port,
+                tags=list(self.tags),
+                meta=dict(self.meta),
+                check=consul.Check.ttl(f"{self.ttl:g}s"),
+            )
+            await asyncio.to_thread(self._client.agent.check.ttl_pass, self.check_id)
+        except (consul.ConsulException, OSError) as exc:
+            raise RegistrationError(
+                f"Consul at {self.consul_address} refused to register {self.name}: {exc}"
+            ) from None
+        self._heartbeat = asyncio.create_task(self._keep_passing(), name="consul-ttl")
+
+    async def _keep_passing(self) -> None:
+        import consul  # type: ignore[import-untyped]
+
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                await asyncio.to_thread(self._client.agent.check.ttl_pass, self.check_id)
+            except (consul.ConsulException, OSError) as exc:
+                # Stated reason: Consul being away for a moment must not end the
+                # heartbeat; the next beat re-passes the check.
+                log.warning("Consul TTL pass for %s failed: %s", self.check_id, exc)
+
+    async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.wait([self._heartbeat])
+            self._heartbeat = None
+        if self._client is None:
+            return
+        import consul  # type: ignore[import-untyped]
+
+        try:
+            await asyncio.to_thread(
+                self._client.agent.service.deregister, self.service_id or self.name
+            )
+        except (consul.ConsulException, OSError) as exc:
+            log.warning("Consul deregistration of %s failed: %s", self.name, exc)
+        self._client = None

@@ -1,0 +1,336 @@
+"""One registry conformance suite, run against every backend.
+
+Static YAML (ServiceEntry + WorkloadEntries through the real loader), the embedded
+self-registration registry (registrations + ADS stream liveness), and the Consul
+backend against the Consul double (real HTTP, blocking queries). Each driver turns
+the same abstract operations into its backend's terms; every test then reads the
+`Registry` the translator would get (`RegistryHub.build`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mesh_control_plane.config import ConfigLoadError, MeshConfig, parse_documents
+from mesh_control_plane.registry.consul import ConsulRegistry, ConsulSettings
+from mesh_control_plane.registry.embedded import EmbeddedRegistry, RegistrationRequest
+from mesh_control_plane.registry.hub import RegistryHub
+from mesh_control_plane.registry.static import Registry
+from mesh_control_plane.registry.workload_group import WorkloadGroup
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from consul_double import ConsulDouble
+
+HOST = "reviews.default.svc"
+
+
+def service_entry(selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {
+            "hosts": [HOST],
+            "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}],
+            "resolution": "STATIC",
+            "workloadSelector": {"labels": selector},
+        },
+    }
+
+
+class Driver:
+    """The abstract operations; `changed` is set whenever the backend changes."""
+
+    name = ""
+    has_health = True
+
+    def __init__(self) -> None:
+        self.hub = RegistryHub()
+        self.config = MeshConfig()
+        self.changed = asyncio.Event()
+
+    def registry(self) -> Registry:
+        return self.hub.build(self.hub.augment(self.config))
+
+    async def until(self, check: Callable[[Registry], bool], timeout: float = 5.0) -> Registry:
+        """Wait (on change events) until `check(registry)` holds."""
+        async with asyncio.timeout(timeout):
+            while not check(reg := self.registry()):
+                self.changed.clear()
+                await self.changed.wait()
+        return reg
+
+    def notify(self) -> None:
+        self.changed.set()
+
+
+class StaticDriver(Driver):
+    name = "static"
+    has_health = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.broken = False
+        self.config = self._load()
+
+    def _load(self) -> MeshConfig:
+        docs: list[tuple[str, object]] = [("se.yaml", service_entry({"app": "reviews"}))]
+        for name, spec in self.entries.items():
+            docs.append(
+                (
+                    f"{name}.yaml",
+                    {
+                        "apiVersion": "networking.istio.io/v1",
+                        "kind": "WorkloadEntry",
+                        "metadata": {"name": name, "namespace": "default"},
+                        "spec": spec,
+                    },
+                )
+            )
+        if self.broken:
+            docs.append(("bad.yaml", {"kind": "WorkloadEntry", "metadata": {"name": "x"}}))
+        return parse_documents(docs)
+
+    def _apply(self) -> None:
+        # The watcher's rule: a config that does not load keeps the last good one.
+        with contextlib.suppress(ConfigLoadError):
+            self.config = self._load()
+        self.notify()
+
+    async def add(
+        self, name: str, address: str, port: int, labels: dict[str, str], loc: str = ""
+    ) -> None:
+        self.entries[name] = {
+            "address": address,
+            "ports": {"http": port},
+            "labels": {"app": "reviews", **labels},
+            "locality": loc,
+        }
+        self._apply()
+
+    async def remove(self, name: str) -> None:
+        del self.entries[name]
+        self._apply()
+
+    async def set_healthy(self, name: str, healthy: bool) -> None:
+        raise NotImplementedError
+
+    async def set_labels(self, name: str, labels: dict[str, str]) -> None:
+        self.entries[name]["labels"] = {"app": "reviews", **labels}
+        self._apply()
+
+    async def break_source(self) -> None:
+        self.broken = True
+        self._apply()
+
+    async def heal_source(self) -> None:
+        self.broken = False
+        self._apply()
+
+    async def close(self) -> None:
+        pass
+
+
+class EmbeddedDriver(Driver):
+    name = "embedded"
+
+    def __init__(self) -> None:
+        super().__init__()
+        group = WorkloadGroup("default", "reviews", labels={"app": "reviews"}, service_account="sa")
+        self.groups = [group]
+        self.reg = EmbeddedRegistry(
+            lambda: self.groups, self._verify, grace=30.0, on_change=self.notify
+        )
+        self.hub.sources = [self.reg]
+        self.config = parse_documents([("se.yaml", service_entry({"app": "reviews"}))])
+        self.requests: dict[str, RegistrationRequest] = {}
+
+    @staticmethod
+    def _verify(token: str) -> tuple[str, str]:
+        if token != "good":
+            raise ValueError("the join token's signature is invalid")
+        return ("default", "sa")
+
+    async def add(
+        self, name: str, address: str, port: int, labels: dict[str, str], loc: str = ""
+    ) -> None:
+        req = RegistrationRequest(
+            name, "default/reviews", address, {"http": port}, labels, loc, "good"
+        )
+        self.requests[name] = req
+        self.reg.register(req)
+        self.reg.stream_opened(name)
+
+    async def remove(self, name: str) -> None:
+        self.reg.deregister(name)
+
+    async def set_healthy(self, name: str, healthy: bool) -> None:
+        if healthy:
+            self.reg.stream_opened(name)
+        else:
+            self.reg.stream_closed(name)
+
+    async def set_labels(self, name: str, labels: dict[str, str]) -> None:
+        old = self.requests[name]
+        req = RegistrationRequest(
+            name, old.group, old.address, old.ports, labels, old.locality, "good"
+        )
+        self.reg.register(req)
+
+    async def break_source(self) -> None:
+        self.groups = []  # the group disappears: new registrations are refused
+        with pytest.raises(Exception, match="no WorkloadGroup"):
+            self.reg.register(RegistrationRequest("x", "default/reviews", "10.9.9.9", token="good"))
+
+    async def heal_source(self) -> None:
+        self.groups = [
+            WorkloadGroup("default", "reviews", labels={"app": "reviews"}, service_account="sa")
+        ]
+
+    async def close(self) -> None:
+        self.reg.close()
+
+
+class ConsulDriver(Driver):
+    name = "consul"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.double = ConsulDouble(token="secret")
+        self.ids: dict[str, str] = {}
+        self.consul: ConsulRegistry | None = None
+
+    async def start(self) -> None:
+        address = self.double.start()
+        settings = ConsulSettings(
+            address=address, token="secret", wait="2s", backoff_initial=0.05, backoff_max=0.2
+        )
+        self.consul = ConsulRegistry(settings, on_change=self.notify)
+        self.hub.sources = [self.consul]
+        self.config = parse_documents([("se.yaml", service_entry({"consul.service": "reviews"}))])
+        await self.consul.start()
+
+    async def add(
+        self, name: str, address: str, port: int, labels: dict[str, str], loc: str = ""
+    ) -> None:
+        region, _, zone = loc.partition("/")
+        node_meta = {"region": region, "zone": zone} if loc else {}
+        tags = [f"{k}={v}" for k, v in labels.items()]
+        self.ids[name] = await asyncio.to_thread(
+            self.double.register, "reviews", address, port, id=name, tags=tags, node_meta=node_meta
+        )
+
+    async def remove(self, name: str) -> None:
+        await asyncio.to_thread(self.double.deregister, self.ids[name])
+
+    async def set_healthy(self, name: str, healthy: bool) -> None:
+        await asyncio.to_thread(
+            self.double.update, name, status="passing" if healthy else "critical"
+        )
+
+    async def set_labels(self, name: str, labels: dict[str, str]) -> None:
+        await asyncio.to_thread(
+            self.double.update, name, tags=[f"{k}={v}" for k, v in labels.items()]
+        )
+
+    async def break_source(self) -> None:
+        await asyncio.to_thread(self.double.stop)
+
+    async def heal_source(self) -> None:
+        await asyncio.to_thread(self.double.start)
+
+    async def close(self) -> None:
+        if self.consul is not None:
+            await self.consul.stop()
+        self.double.close()
+
+
+@pytest.fixture(params=["static", "embedded", "consul"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Driver]:
+    driver: Driver
+    if request.param == "static":
+        driver = StaticDriver()
+    elif request.param == "embedded":
+        driver = EmbeddedDriver()
+    else:
+        consul = ConsulDriver()
+        await consul.start()
+        driver = consul
+    try:
+        yield driver
+    finally:
+        await driver.close()  # type: ignore[attr-defined]
+
+
+def addresses(reg: Registry) -> list[str]:
+    return sorted(i.address for i in reg.get(HOST, ()))
+
+
+async def test_add(backend: Any) -> None:
+    await backend.add("a", "10.0.0.1", 9001, {"version": "v1"})
+    await backend.add("b", "10.0.0.2", 9002, {"version": "v2"})
+    reg = await backend.until(lambda r: addresses(r) == ["10.0.0.1", "10.0.0.2"])
+    ports = {i.address: list(i.ports.values()) for i in reg[HOST]}
+    assert ports == {"10.0.0.1": [9001], "10.0.0.2": [9002]}
+
+
+async def test_remove(backend: Any) -> None:
+    await backend.add("a", "10.0.0.1", 9001, {"version": "v1"})
+    await backend.add("b", "10.0.0.2", 9002, {"version": "v1"})
+    await backend.until(lambda r: len(addresses(r)) == 2)
+    await backend.remove("a")
+    await backend.until(lambda r: addresses(r) == ["10.0.0.2"])
+
+
+async def test_health_change(backend: Any) -> None:
+    if not backend.has_health:
+        pytest.skip("static YAML has no health: an instance is whatever the file says")
+    await backend.add("a", "10.0.0.1", 9001, {"version": "v1"})
+    await backend.add("b", "10.0.0.2", 9002, {"version": "v1"})
+    await backend.until(lambda r: len(addresses(r)) == 2)
+    await backend.set_healthy("a", False)
+    await backend.until(lambda r: addresses(r) == ["10.0.0.2"])
+    await backend.set_healthy("a", True)
+    await backend.until(lambda r: addresses(r) == ["10.0.0.1", "10.0.0.2"])
+
+
+async def test_label_change(backend: Any) -> None:
+    await backend.add("a", "10.0.0.1", 9001, {"version": "v1"})
+    await backend.until(lambda r: [i.labels.get("version") for i in r.get(HOST, ())] == ["v1"])
+    await backend.set_labels("a", {"version": "v2"})
+    reg = await backend.until(
+        lambda r: [i.labels.get("version") for i in r.get(HOST, ())] == ["v2"]
+    )
+    assert reg[HOST][0].address == "10.0.0.1"
+
+
+async def test_locality(backend: Any) -> None:
+    await backend.add("a", "10.0.0.1", 9001, {"version": "v1"}, "eu-west/eu-west-1a")
+    reg = await backend.until(lambda r: len(addresses(r)) == 1)
+    assert reg[HOST][0].locality == "eu-west/eu-west-1a"
+
+
+async def test_large_list(backend: Any) -> None:
+    count = 300
+    for n in range(count):
+        await backend.add(f"w{n}", f"10.1.{n // 250}.{n % 250 + 1}", 9000, {"version": "v1"})
+    reg = await backend.until(lambda r: len(addresses(r)) == count, timeout=20)
+    assert addresses(reg) == sorted(addresses(reg))  # deterministic order
+
+
+async def test_watch_after_error(backend: Any) -> None:
+    await backend.add("a", "10.0.0.1", 9001, {"version": "v1"})
+    await backend.until(lambda r: addresses(r) == ["10.0.0.1"])
+    await backend.break_source()
+    # While broken, the last known instances stay: the mesh is never emptied.
+    assert addresses(backend.registry()) == ["10.0.0.1"]
+    await backend.heal_source()
+    await backend.add("b", "10.0.0.2", 9002, {"version": "v1"})
+    await backend.until(lambda r: addresses(r) == ["10.0.0.1", "10.0.0.2"], timeout=10)
