@@ -27,8 +27,12 @@ from proxyless_mesh.integrations._httpx_exchange import (
     Exchange,
     failure_kind,
     passthrough_or_route,
+    url_parts,
 )
+from proxyless_mesh.integrations._tls_transport import AsyncTlsTransports, TlsTransports
 from proxyless_mesh.resilience import AttemptResult, Send, Sleep
+from proxyless_mesh.telemetry import Call
+from proxyless_mesh.telemetry import _httpx as telemetry_hooks
 
 if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh
@@ -40,16 +44,34 @@ class MeshTransport(httpx.BaseTransport):
     def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
         self._mesh = mesh
         self._inner = inner if inner is not None else httpx.HTTPTransport()
+        # Mutual TLS toward clusters whose xDS says so; one pool per identity set.
+        self._tls = TlsTransports(mesh)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        telemetry = self._mesh.telemetry
+        if not telemetry.enabled:
+            return self._handle(request, None)
+        call = telemetry_hooks.client_call(telemetry, request, url_parts(request.url)[0])
+        if call is None:
+            return self._handle(request, None)
+        try:
+            response = self._handle(request, call)
+        except BaseException as exc:
+            telemetry_hooks.raised(call, exc)
+            raise
+        return telemetry_hooks.responded(call, response)
+
+    def _handle(self, request: httpx.Request, call: Call | None) -> httpx.Response:
         routed = passthrough_or_route(self._mesh, request, blocking=True)
         if routed is None:
+            if call is not None:
+                telemetry_hooks.passthrough(call)
             return self._inner.handle_request(request)
         if isinstance(routed, httpx.Response):
             return routed
         if routed.needs_body:
             request.read()
-        exchange = Exchange(self._mesh, request, routed)
+        exchange = Exchange(self._mesh, request, routed, call)
         exchange.mirror(self._mirror_sync)
         flow = exchange.flow
         reply: AttemptResult | None = None
@@ -65,8 +87,9 @@ class MeshTransport(httpx.BaseTransport):
                     response = None
                 if isinstance(command, Send):
                     exchange.prepare(command)
+                    inner = self._tls.for_cluster(exchange.tls) or self._inner
                     try:
-                        response = self._inner.handle_request(request)
+                        response = inner.handle_request(request)
                     except httpx.TransportError as exc:
                         reply = exchange.failed(command, failure_kind(exc), exc)
                     else:
@@ -92,6 +115,7 @@ class MeshTransport(httpx.BaseTransport):
             self._mesh.count_mirror_failure()
 
     def close(self) -> None:
+        self._tls.close()
         self._inner.close()
 
 
@@ -101,20 +125,37 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._mesh = mesh
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self._tls = AsyncTlsTransports(mesh)
         self._mirrors: set[asyncio.Task[None]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        telemetry = self._mesh.telemetry
+        if not telemetry.enabled:
+            return await self._handle(request, None)
+        call = telemetry_hooks.client_call(telemetry, request, url_parts(request.url)[0])
+        if call is None:
+            return await self._handle(request, None)
+        try:
+            response = await self._handle(request, call)
+        except BaseException as exc:
+            telemetry_hooks.raised(call, exc)
+            raise
+        return telemetry_hooks.responded(call, response)
+
+    async def _handle(self, request: httpx.Request, call: Call | None) -> httpx.Response:
         routed = passthrough_or_route(self._mesh, request, blocking=False)
         if routed is not None and not isinstance(routed, httpx.Response) and routed.unresolved:
             await self._mesh.resolve_async(routed.authority)
             routed = passthrough_or_route(self._mesh, request, blocking=False, last_try=True)
         if routed is None:
+            if call is not None:
+                telemetry_hooks.passthrough(call)
             return await self._inner.handle_async_request(request)
         if isinstance(routed, httpx.Response):
             return routed
         if routed.needs_body:
             await request.aread()
-        exchange = Exchange(self._mesh, request, routed)
+        exchange = Exchange(self._mesh, request, routed, call)
         exchange.mirror(self._mirror_async)
         flow = exchange.flow
         reply: AttemptResult | None = None
@@ -130,11 +171,12 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     response = None
                 if isinstance(command, Send):
                     exchange.prepare(command)
+                    inner = self._tls.for_cluster(exchange.tls) or self._inner
                     try:
                         # A real bound on the whole try (httpx's own timeouts
                         # are per I/O phase).
                         async with asyncio.timeout(command.timeout):
-                            response = await self._inner.handle_async_request(request)
+                            response = await inner.handle_async_request(request)
                     except TimeoutError as exc:
                         reply = exchange.failed(command, failure_kind(exc), exc)
                     except httpx.TransportError as exc:
@@ -166,4 +208,5 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for task in list(self._mirrors):
             task.cancel()
+        await self._tls.aclose()
         await self._inner.aclose()

@@ -22,6 +22,7 @@ from proxyless_mesh.balancer import Outcome, hash_key
 from proxyless_mesh.errors import (
     MeshRequestError,
     NoHealthyUpstreamError,
+    PeerIdentityError,
     ServiceResolutionError,
     UpstreamConnectionError,
     UpstreamOverflowError,
@@ -41,6 +42,8 @@ from proxyless_mesh.resilience import (
     should_mirror,
 )
 from proxyless_mesh.routing import RouteDecision
+from proxyless_mesh.telemetry import Call
+from proxyless_mesh.telemetry._httpx import routed as telemetry_routed
 
 if TYPE_CHECKING:
     from proxyless_mesh._snapshot import MeshSnapshot
@@ -99,6 +102,8 @@ def endpoint_url(url: httpx.URL, endpoint: Endpoint, path: str | None = None) ->
 
 def failure_kind(exc: BaseException) -> FailureKind:
     """How an exception from the inner transport reads to the retry engine."""
+    if isinstance(exc, PeerIdentityError):  # the handshake found the wrong peer
+        return FailureKind.CONNECT_FAILURE
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return FailureKind.CONNECT_FAILURE
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
@@ -192,7 +197,9 @@ def _cookie_lookup(request: httpx.Request) -> Callable[[str], str | None]:
 class Exchange:
     """One routed request on its way through `request_flow`."""
 
-    def __init__(self, mesh: Mesh, request: httpx.Request, routed: Routed) -> None:
+    def __init__(
+        self, mesh: Mesh, request: httpx.Request, routed: Routed, call: Call | None = None
+    ) -> None:
         decision = routed.decision
         if decision is None:
             raise ValueError("Exchange needs a routed request")
@@ -237,14 +244,17 @@ class Exchange:
             return balancer.pick(key, exclude) if balancer is not None else None
 
         def reason() -> str:
+            # The engine says "no healthy upstream in cluster C: <this>".
             if balancer is None:
-                return f"cluster {decision.cluster} is not known to this client yet"
-            return f"{self.authority}: no healthy upstream in cluster {decision.cluster}: " + (
-                balancer.reason
-            )
+                return f"{self.authority}: this client does not have the cluster yet"
+            return f"{self.authority}: {balancer.reason}"
 
         source = routed.snapshot.sources.get(decision.cluster)
         cluster = source.cluster if source is not None else None
+        self.tls = cluster.tls if cluster is not None else None
+        self.call = call  # telemetry: told of the route and of each try
+        if call is not None:
+            telemetry_routed(call, decision.route_name, decision.cluster, cluster)
         self.flow = request_flow(
             route_name=decision.route_name,
             cluster=decision.cluster,
@@ -270,6 +280,11 @@ class Exchange:
             request.extensions["timeout"] = _capped(self.base_timeout, send.timeout)
         if self.balancer is not None:
             self.balancer.on_start(send.endpoint)
+        if self.call is not None:
+            endpoint = send.endpoint
+            self.call.attempt_start(
+                send.attempt, endpoint.address, endpoint.port, request.headers.__setitem__
+            )
 
     def answered(self, send: Send, response: httpx.Response) -> AttemptResult:
         status = response.status_code
@@ -280,6 +295,8 @@ class Exchange:
             else:
                 outcome = Outcome.SUCCESS
             self.balancer.on_finish(send.endpoint, outcome)
+        if self.call is not None:
+            self.call.attempt_end(status, None)
         return AttemptResult(
             status=status,
             headers=response.headers.get,
@@ -290,6 +307,8 @@ class Exchange:
         self.last_error = exc
         if self.balancer is not None:
             self.balancer.on_finish(send.endpoint, Outcome.LOCAL_ORIGIN_FAILURE)
+        if self.call is not None:
+            self.call.attempt_end(None, kind.value)
         return AttemptResult(failure=kind)
 
     # -- the end ------------------------------------------------------------
@@ -328,6 +347,10 @@ class Exchange:
         failure = finish.error
         if failure is None:  # the engine promises one outcome; be loud if not
             raise RuntimeError(f"request flow ended without an outcome: {finish}")
+        if isinstance(self.last_error, PeerIdentityError):
+            # The caller learns which identity was expected and which it met.
+            self.last_error.flags = finish.flags
+            raise self.last_error
         error_class = _ERRORS.get(failure.flag, UpstreamConnectionError)
         error = error_class(failure.message, request=request)
         error.flags = finish.flags

@@ -8,6 +8,9 @@ in-process, and the TLS pieces built from them.
 - `Credentials`: one immutable key/chain/roots set and its cached SSL contexts.
 - `peer_spiffe_id()` / `verify_peer()`: who the peer of a TLS connection is,
   checked after the handshake (Python's ssl cannot match URI SANs).
+- `InboundTls`, `peek_first_byte()`, `asgi_tls_extension()`: the serving
+  side (PeerAuthentication modes, TLS-or-plaintext sniffing, the ASGI `tls`
+  extension), used by integrations/_serving.py.
 - `ca_wire`: the CA's gRPC protocol, shared with the control plane.
 """
 
@@ -17,6 +20,12 @@ from proxyless_mesh.security._credentials import Credentials
 from proxyless_mesh.security._files import ensure_private_dir, write_private_file
 from proxyless_mesh.security._grpc_files import CredentialFiles, file_watcher_provider
 from proxyless_mesh.security._identity import CredentialsListener, IdentityManager
+from proxyless_mesh.security._inbound import (
+    TLS_HANDSHAKE_BYTE,
+    InboundTls,
+    asgi_tls_extension,
+    peek_first_byte,
+)
 from proxyless_mesh.security._keys import make_csr, new_private_key
 from proxyless_mesh.security._spiffe import (
     DEFAULT_TRUST_DOMAIN,
@@ -28,6 +37,7 @@ from proxyless_mesh.security._spiffe import (
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
+    "TLS_HANDSHAKE_BYTE",
     "TOKEN_ENV",
     "CaClient",
     "CredentialFiles",
@@ -35,12 +45,15 @@ __all__ = [
     "CredentialsListener",
     "IdentityConfig",
     "IdentityManager",
+    "InboundTls",
     "SignedChain",
     "SpiffeId",
+    "asgi_tls_extension",
     "ensure_private_dir",
     "file_watcher_provider",
     "make_csr",
     "new_private_key",
+    "peek_first_byte",
     "peer_spiffe_id",
     "spiffe_id_of",
     "verify_peer",

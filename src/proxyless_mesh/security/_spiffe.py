@@ -82,7 +82,7 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
     roots (the contexts of `Credentials` require that); this function reads,
     it does not verify.
     """
-    der = ssl_object.getpeercert(binary_form=True)
+    der = ssl_object.getpeercert(True)  # positional: httpcore hands out _ssl._SSLSocket
     if not der:
         return None
     return spiffe_id_of(x509.load_der_x509_certificate(der))

@@ -21,7 +21,7 @@ gets TLS; renewal is safe on any network (see above).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 
 from mesh_control_plane.ca.authority import CertificateAuthority
+from mesh_control_plane.ca.rotation_signal import install_rotation_signal
 from mesh_control_plane.ca.tokens import TokenAuthority, TokenError
 from proxyless_mesh.security import SpiffeId, ca_wire
 
@@ -198,6 +199,7 @@ class CaServer:
         self.service = service
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        self._remove_signal: Callable[[], None] = lambda: None
 
     async def start(self, address: str) -> int:
         """Listen on "HOST:PORT" (port 0 picks one); returns the bound port."""
@@ -211,9 +213,13 @@ class CaServer:
             ) from exc
         await server.start()
         self._server, self.port = server, port
+        # kill -USR1 <control plane> rotates the root (see rotation_signal).
+        self._remove_signal = install_rotation_signal(self.service.ca)
         return port
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        self._remove_signal()
+        self._remove_signal = lambda: None
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)

@@ -1,0 +1,352 @@
+"""Serving with mesh mTLS: uvicorn (ASGI) and grpcio helpers.
+
+uvicorn: `asgi_config(app, mesh, ...)` returns a `uvicorn.Config` whose HTTP
+protocol class (`Config(http=...)`, uvicorn's extension point) does the
+TLS itself, per connection, by the port's PeerAuthentication mode:
+- it peeks at the first byte without reading it (security.peek_first_byte);
+  a TLS ClientHello (0x16) gets the mTLS handshake with the workload
+  certificate current at that moment (`loop.start_tls`), plaintext is
+  served (PERMISSIVE) or answered 426 and closed (STRICT); DISABLE serves
+  plaintext without peeking.
+- after the handshake the app sees the ASGI `tls` extension
+  (`scope["extensions"]["tls"]`: `client_cert_chain`, `tls_version`,
+  `cipher_suite`, ... and our `spiffe_id`), which the authorization
+  middleware reads. uvicorn itself gets no ssl_* settings: do not pass any.
+Limits: WebSocket upgrades are handed to uvicorn's ws protocol, which builds
+its scope from the app itself, so a WebSocket scope has no `tls` extension
+(the middleware then sees no principal: fail closed). asyncio's own loop is
+used (`loop="asyncio"`): the peek needs asyncio's socket transports.
+
+grpcio: `grpc_server_credentials(mesh)` are rotating server credentials
+(`grpc.dynamic_ssl_server_credentials`: grpcio asks the fetch function at
+each new handshake, which returns a new certificate config only after a
+rotation), client certificates required and verified against the mesh
+roots; `add_mesh_port(server, address, mesh)` adds a port by mode. grpcio
+cannot serve TLS and plaintext on one port, so PERMISSIVE is refused there.
+The handler reads the peer with `grpc_peer_identity(context)` (grpc's auth
+context carries the verified leaf as PEM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import uvicorn
+from cryptography.hazmat.primitives.serialization import Encoding
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from proxyless_mesh.errors import MeshError
+from proxyless_mesh.integrations._grpc_server import auth_context_peer_principal
+from proxyless_mesh.model import TlsMode
+from proxyless_mesh.security import Credentials
+from proxyless_mesh.security._inbound import (
+    TLS_HANDSHAKE_BYTE,
+    InboundTls,
+    asgi_tls_extension,
+    peek_first_byte,
+    plaintext_refusal,
+)
+
+if TYPE_CHECKING:
+    from proxyless_mesh.mesh import Mesh
+
+__all__ = [
+    "MeshH11Protocol",
+    "MeshHttpToolsProtocol",
+    "MeshUvicornConfig",
+    "add_mesh_port",
+    "asgi_config",
+    "grpc_peer_identity",
+    "grpc_server_credentials",
+    "inbound_tls",
+    "serve_asgi",
+]
+
+log = logging.getLogger("proxyless_mesh.serving")
+
+ModeArg = TlsMode | str | None
+
+
+def inbound_tls(mesh: Mesh, mode: ModeArg = None) -> InboundTls:
+    """The inbound mTLS settings of `mesh`: an explicit `mode` (TlsMode or its
+    name), else per port what the mesh says (`mesh.inbound_tls_mode`)."""
+    fixed = TlsMode(mode) if mode is not None else None
+    if fixed is not None and fixed is not TlsMode.DISABLE and not mesh.mtls:
+        raise MeshError(
+            f"PeerAuthentication {fixed.value} needs a workload identity, and this mesh has "
+            "none: put the CA address and a join token in the bootstrap"
+        )
+
+    def mode_of(port: int) -> TlsMode:
+        return fixed if fixed is not None else mesh.inbound_tls_mode(port)
+
+    return InboundTls(credentials=mesh.credentials, mode=mode_of)
+
+
+# -- uvicorn -----------------------------------------------------------------------
+
+
+class _WithTls:
+    """The app of one mTLS connection: every HTTP scope gets the extension."""
+
+    __slots__ = ("app", "tls")
+
+    def __init__(self, app: Any, tls: dict[str, Any]) -> None:
+        self.app = app
+        self.tls = tls
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            extensions = scope.get("extensions")
+            if extensions is None:
+                scope["extensions"] = extensions = {}
+            extensions["tls"] = self.tls
+        await self.app(scope, receive, send)
+
+
+class _Held(asyncio.Protocol):
+    """Holds what the TLS layer delivers between the end of the handshake and
+    the hand-over to the HTTP protocol (asyncio may read right away)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.eof = False
+        self.lost: tuple[Exception | None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = (exc,)
+
+    def replay(self, protocol: asyncio.Protocol) -> None:
+        for chunk in self.chunks:
+            protocol.data_received(chunk)
+        if self.eof:
+            protocol.eof_received()
+        if self.lost is not None:
+            protocol.connection_lost(self.lost[0])
+
+
+class _Refuser(asyncio.Protocol):
+    """STRICT, plaintext client: read the request head, answer, close (closing
+    with unread bytes would reset the connection before the answer is read)."""
+
+    def __init__(self, transport: asyncio.BaseTransport, answer: bytes) -> None:
+        self._transport = transport
+        self._answer = answer
+        self._head = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._head += data
+        if b"\r\n\r\n" in self._head or len(self._head) > 65536:
+            transport = self._transport
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(self._answer)
+            transport.close()
+
+
+class _MeshProtocolMixin:
+    """Sniff, handshake and verify, then hand the transport to uvicorn's
+    protocol (the class this is mixed into)."""
+
+    config: Any  # a MeshUvicornConfig (uvicorn types it as Config)
+    loop: asyncio.AbstractEventLoop
+    app: Any
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._handed_over = False
+        inbound = self.config.mesh_inbound
+        sockname = transport.get_extra_info("sockname")
+        port = sockname[1] if isinstance(sockname, tuple) else 0
+        mode = inbound.mode(port)
+        if mode is TlsMode.DISABLE:
+            self._hand_over(transport, None)
+            return
+        if not isinstance(transport, asyncio.Transport):
+            transport.close()
+            return
+        transport.pause_reading()
+        self._setup = self.loop.create_task(self._classify(transport, inbound, mode))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handed_over:
+            super().connection_lost(exc)  # type: ignore[misc]
+
+    def _hand_over(self, transport: asyncio.BaseTransport, tls: dict[str, Any] | None) -> None:
+        if tls is not None:
+            self.app = _WithTls(self.app, tls)
+        self._handed_over = True
+        super().connection_made(transport)  # type: ignore[misc]
+
+    async def _classify(
+        self, transport: asyncio.Transport, inbound: InboundTls, mode: TlsMode
+    ) -> None:
+        peer = transport.get_extra_info("peername")
+        try:
+            first = await peek_first_byte(transport.get_extra_info("socket"), inbound.sniff_timeout)
+        except (TimeoutError, OSError):
+            first = None
+        if first is None:
+            transport.close()
+            return
+        if first != TLS_HANDSHAKE_BYTE:
+            if mode is TlsMode.STRICT:
+                log.info("refused a plaintext connection from %s: PeerAuthentication STRICT", peer)
+                self._refuse(transport, plaintext_refusal(first))
+                return
+            self._hand_over(transport, None)
+            transport.resume_reading()
+            return
+        held = _Held()
+        try:
+            tls_transport = await self.loop.start_tls(
+                transport,
+                held,
+                inbound.server_context(),
+                server_side=True,
+                ssl_handshake_timeout=inbound.handshake_timeout,
+            )
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            log.info("refused a TLS connection from %s: %s", peer, exc)
+            transport.close()
+            return
+        if tls_transport is None:  # closed during the handshake
+            return
+        ssl_object = tls_transport.get_extra_info("ssl_object")
+        tls = asgi_tls_extension(ssl_object, self._server_pem(inbound))
+        if tls["spiffe_id"] is None:
+            log.info("refused a TLS connection from %s: no SPIFFE ID in its certificate", peer)
+            tls_transport.abort()
+            return
+        self._hand_over(tls_transport, tls)
+        tls_transport.set_protocol(self)  # type: ignore[arg-type]
+        held.replay(self)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _server_pem(inbound: InboundTls) -> str:
+        return inbound.credentials().leaf.public_bytes(Encoding.PEM).decode("ascii")
+
+    def _refuse(self, transport: asyncio.Transport, answer: bytes) -> None:
+        if not answer:
+            transport.close()
+            return
+        transport.set_protocol(_Refuser(transport, answer))
+        self.loop.call_later(self.config.mesh_inbound.sniff_timeout, transport.close)
+        transport.resume_reading()
+
+
+class MeshH11Protocol(_MeshProtocolMixin, H11Protocol):
+    """uvicorn's h11 protocol with mesh mTLS (see module docstring)."""
+
+
+class MeshHttpToolsProtocol(_MeshProtocolMixin, HttpToolsProtocol):
+    """uvicorn's httptools protocol with mesh mTLS (see module docstring)."""
+
+
+_PROTOCOLS: dict[str, type[asyncio.Protocol]] = {
+    "h11": MeshH11Protocol,
+    "httptools": MeshHttpToolsProtocol,
+}
+
+
+class MeshUvicornConfig(uvicorn.Config):
+    """A uvicorn.Config serving through the mesh protocol classes; `inbound`
+    says which credentials and which mode (see `inbound_tls`)."""
+
+    def __init__(self, app: Any, *, inbound: InboundTls, http: str = "h11", **kwargs: Any) -> None:
+        for key in ("ssl_keyfile", "ssl_certfile", "ssl_ca_certs"):
+            if kwargs.get(key):
+                raise MeshError(f"{key}: the mesh does the TLS (its workload certificate)")
+        if http not in _PROTOCOLS:
+            raise MeshError(f"http must be one of {sorted(_PROTOCOLS)}, not {http!r}")
+        kwargs.setdefault("loop", "asyncio")
+        super().__init__(app, http=_PROTOCOLS[http], **kwargs)
+        self.mesh_inbound = inbound
+
+
+def asgi_config(app: Any, mesh: Mesh, *, mode: ModeArg = None, **kwargs: Any) -> MeshUvicornConfig:
+    """`uvicorn.Server(asgi_config(app, mesh, host=..., port=...)).run()`:
+    serve `app` with mesh mTLS; `kwargs` are uvicorn.Config's."""
+    return MeshUvicornConfig(app, inbound=inbound_tls(mesh, mode), **kwargs)
+
+
+async def serve_asgi(
+    app: Any,
+    mesh: Mesh,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    mode: ModeArg = None,
+    sockets: list[Any] | None = None,
+    **kwargs: Any,
+) -> None:
+    """Serve until uvicorn is told to stop (signal, or the task cancelled)."""
+    config = asgi_config(app, mesh, mode=mode, host=host, port=port, **kwargs)
+    await uvicorn.Server(config).serve(sockets=sockets)
+
+
+# -- grpcio ------------------------------------------------------------------------
+
+
+def _certificate_configuration(credentials: Credentials) -> Any:
+    return grpc.ssl_server_certificate_configuration(
+        [(credentials.private_key_pem(), credentials.chain_pem.encode())],
+        root_certificates=credentials.roots_pem.encode(),
+    )
+
+
+def grpc_server_credentials(source: Mesh | Callable[[], Credentials]) -> grpc.ServerCredentials:
+    """Rotating mTLS server credentials from a mesh (or a credentials source)."""
+    current: Callable[[], Credentials] = source.credentials if not callable(source) else source
+    served = [current()]
+
+    def fetch() -> Any:
+        # Called by grpcio on its own threads at each handshake: cheap unless
+        # the credentials object changed (one identity comparison).
+        now = current()
+        if now is served[0]:
+            return None
+        served[0] = now
+        return _certificate_configuration(now)
+
+    return grpc.dynamic_ssl_server_credentials(
+        _certificate_configuration(served[0]), fetch, require_client_authentication=True
+    )
+
+
+def add_mesh_port(server: Any, address: str, mesh: Mesh, *, mode: ModeArg = None) -> int:
+    """Add `address` to a grpc (or grpc.aio) server: mTLS (STRICT; the
+    default with an identity) or plaintext (DISABLE; the default without).
+    Returns the bound port."""
+    fixed = TlsMode(mode) if mode is not None else None
+    if fixed is None:
+        fixed = TlsMode.STRICT if mesh.mtls else TlsMode.DISABLE
+    if fixed is TlsMode.PERMISSIVE:
+        raise MeshError(
+            "grpcio cannot serve mTLS and plaintext on one port: serve STRICT (or DISABLE) "
+            "here, or use grpc.server(xds=True), whose xDS credentials follow the control "
+            "plane's PeerAuthentication"
+        )
+    if fixed is TlsMode.DISABLE:
+        port: int = server.add_insecure_port(address)
+        return port
+    if not mesh.mtls:
+        raise MeshError("STRICT needs a workload identity, and this mesh has none")
+    port = server.add_secure_port(address, grpc_server_credentials(mesh))
+    return port
+
+
+def grpc_peer_identity(context: Any) -> str | None:
+    """The verified SPIFFE ID of the caller of an RPC (None over plaintext)."""
+    return auth_context_peer_principal(context)

@@ -1,0 +1,395 @@
+"""Inner httpx transports that speak mesh mTLS to one destination's endpoints.
+
+The mesh transports (`MeshTransport` / `AsyncMeshTransport`) route a request
+to an endpoint; when the chosen cluster carries upstream TLS (Istio's
+ISTIO_MUTUAL), they hand it to a transport from here instead of the plain
+inner one:
+
+- `TlsTransports.for_cluster(tls)` / `AsyncTlsTransports.for_cluster(tls)`
+  return the transport for one expected-identity set (None when the cluster
+  has no TLS or this mesh has no identity), one connection pool per set, so
+  a pool never holds a connection verified against another set.
+- Each connection's TLS handshake uses the workload certificate current at
+  that moment (`credentials()`), verifies the server's chain against the mesh
+  roots (hostname checking off: mesh peers are named by SPIFFE ID), then
+  checks the server's SPIFFE ID against the expected ones *before* httpcore
+  writes a request byte: the check wraps the network stream's `start_tls`.
+  A mismatch closes the connection and raises `PeerIdentityError` naming
+  both identities.
+- Rotation needs no hook: new connections read the new credentials; open
+  connections keep the handshake they made (as Envoy's do), so requests in
+  flight are never cut.
+
+The request keeps its `http://` URL on the way in (the mesh picks
+endpoints by address); the transport sends it as `https://` to the same
+address and port and puts the URL back afterwards.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpcore
+import httpx
+
+from proxyless_mesh.errors import PeerIdentityError
+from proxyless_mesh.model import UpstreamTls
+from proxyless_mesh.security import Credentials, verify_peer
+
+__all__ = [
+    "AsyncMtlsTransport",
+    "AsyncTlsTransports",
+    "CredentialsSource",
+    "MtlsTransport",
+    "TlsTransports",
+]
+
+CredentialsSource = Callable[[], Credentials]
+PoolKey = tuple[frozenset[str], str]
+
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+_HTTP1 = ("http/1.1",)
+_HTTP2 = ("h2", "http/1.1")
+
+
+def _alpn(http2: bool) -> tuple[str, ...]:
+    return _HTTP2 if http2 else _HTTP1
+
+
+def _scratch_context() -> ssl.SSLContext:
+    """What the httpcore pool is given as its ssl_context. httpcore sets ALPN
+    on the context it holds before each handshake, so it must not be a shared
+    Credentials context; our stream ignores it and uses the current workload
+    context instead."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def _to_https(request: httpx.Request) -> httpx.URL:
+    """Point the request at https on the same address and explicit port;
+    returns the original URL to restore."""
+    url = request.url
+    if url.scheme == "http":
+        request.url = url.copy_with(scheme="https", port=url.port or 80)
+    return url
+
+
+# -- the identity check, inside the handshake step -----------------------------
+
+
+class _Verifier:
+    """What every stream of one pool checks: the expected SPIFFE IDs, and
+    where the current workload credentials come from."""
+
+    def __init__(self, credentials: CredentialsSource, expected: frozenset[str], http2: bool):
+        self.credentials = credentials
+        self.expected = expected
+        self.alpn = _alpn(http2)
+
+    def context(self) -> ssl.SSLContext:
+        return self.credentials().client_ssl_context(self.alpn)
+
+    def check(self, stream: Any, peer: str) -> None:
+        ssl_object = stream.get_extra_info("ssl_object")
+        if ssl_object is None:  # cannot happen after start_tls; refuse rather than trust
+            raise PeerIdentityError(self.expected, None, peer=peer)
+        verify_peer(ssl_object, self.expected, peer=peer)
+
+
+class _MtlsStream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream, verifier: _Verifier, peer: str) -> None:
+        self._stream = stream
+        self._verifier = verifier
+        self._peer = peer
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        tls = self._stream.start_tls(self._verifier.context(), server_hostname, timeout)
+        try:
+            self._verifier.check(tls, self._peer)
+        except PeerIdentityError:
+            tls.close()
+            raise
+        return tls
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _MtlsBackend(httpcore.NetworkBackend):
+    def __init__(self, verifier: _Verifier) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._verifier = verifier
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _MtlsStream(stream, self._verifier, f"{host}:{port}")
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(path, timeout, socket_options)
+        return _MtlsStream(stream, self._verifier, path)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _AsyncMtlsStream(httpcore.AsyncNetworkStream):
+    def __init__(self, stream: httpcore.AsyncNetworkStream, verifier: _Verifier, peer: str) -> None:
+        self._stream = stream
+        self._verifier = verifier
+        self._peer = peer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        tls = await self._stream.start_tls(self._verifier.context(), server_hostname, timeout)
+        try:
+            self._verifier.check(tls, self._peer)
+        except PeerIdentityError:
+            await tls.aclose()
+            raise
+        return tls
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _AsyncMtlsBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, verifier: _Verifier) -> None:
+        self._inner = httpcore.AnyIOBackend()
+        self._verifier = verifier
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _AsyncMtlsStream(stream, self._verifier, f"{host}:{port}")
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
+        return _AsyncMtlsStream(stream, self._verifier, path)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+# -- the transports ---------------------------------------------------------------
+
+
+def _swap_pool(transport: Any, pool: Any) -> None:
+    """httpx's transports take no network backend, but keep their httpcore pool
+    in `_pool` and only map its exceptions and wrap its responses: replace
+    the pool, keep that mapping. Checked here so an httpx that changes this
+    fails at construction, not on a request."""
+    if not isinstance(getattr(transport, "_pool", None), type(pool)):
+        raise RuntimeError(
+            f"httpx {httpx.__version__} keeps no httpcore pool in {type(transport).__name__}."
+            "_pool: this proxyless-mesh version cannot add mTLS to it"
+        )
+    transport._pool = pool
+
+
+class MtlsTransport(httpx.BaseTransport):
+    """Sync httpx transport: mesh mTLS to any endpoint, accepting only servers
+    whose SPIFFE ID is in `expected` (empty: any the mesh roots vouch for)."""
+
+    def __init__(
+        self,
+        credentials: CredentialsSource,
+        expected: Iterable[str] = (),
+        *,
+        sni: str = "",
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.expected = frozenset(expected)
+        self.sni = sni
+        self._transport = httpx.HTTPTransport(http2=http2, limits=limits)
+        verifier = _Verifier(credentials, self.expected, http2)
+        pool = httpcore.ConnectionPool(
+            ssl_context=_scratch_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=http2,
+            network_backend=_MtlsBackend(verifier),
+        )
+        _swap_pool(self._transport, pool)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = _to_https(request)
+        if self.sni:
+            request.extensions["sni_hostname"] = self.sni
+        try:
+            return self._transport.handle_request(request)
+        except PeerIdentityError as exc:
+            exc.request = request
+            raise
+        finally:
+            request.url = url
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+class AsyncMtlsTransport(httpx.AsyncBaseTransport):
+    """The asyncio twin of MtlsTransport."""
+
+    def __init__(
+        self,
+        credentials: CredentialsSource,
+        expected: Iterable[str] = (),
+        *,
+        sni: str = "",
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.expected = frozenset(expected)
+        self.sni = sni
+        self._transport = httpx.AsyncHTTPTransport(http2=http2, limits=limits)
+        verifier = _Verifier(credentials, self.expected, http2)
+        pool = httpcore.AsyncConnectionPool(
+            ssl_context=_scratch_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=http2,
+            network_backend=_AsyncMtlsBackend(verifier),
+        )
+        _swap_pool(self._transport, pool)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = _to_https(request)
+        if self.sni:
+            request.extensions["sni_hostname"] = self.sni
+        try:
+            return await self._transport.handle_async_request(request)
+        except PeerIdentityError as exc:
+            exc.request = request
+            raise
+        finally:
+            request.url = url
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+class _Registry:
+    """Transports by (expected IDs, SNI), created on first use; lookups are
+    lock-free dict reads, creation takes a lock."""
+
+    def __init__(self, credentials: CredentialsSource | None, factory: Callable[..., Any]):
+        self._credentials = credentials
+        self._factory = factory
+        self._transports: dict[PoolKey, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tls: UpstreamTls | None) -> Any:
+        if tls is None or self._credentials is None:
+            return None
+        key = (frozenset(tls.expected_spiffe_ids), tls.sni)
+        transport = self._transports.get(key)
+        if transport is None:
+            with self._lock:
+                transport = self._transports.get(key)
+                if transport is None:
+                    transport = self._factory(self._credentials, key[0], sni=key[1])
+                    self._transports[key] = transport
+        return transport
+
+    def drain(self) -> list[Any]:
+        with self._lock:
+            transports, self._transports = list(self._transports.values()), {}
+        return transports
+
+
+def mesh_credentials(mesh: Any) -> CredentialsSource | None:
+    """The credentials source of a mesh with mTLS on, else None. Read at each
+    handshake, so it follows rotation and a mesh started after this call."""
+    if not getattr(mesh, "mtls", False):
+        return None
+    credentials: CredentialsSource = mesh.credentials
+    return credentials
+
+
+class TlsTransports:
+    """The sync mTLS transports of one MeshTransport, one per expected-ID set."""
+
+    def __init__(self, mesh: Any, **options: Any) -> None:
+        def factory(credentials: CredentialsSource, expected: frozenset[str], **kw: Any) -> Any:
+            return MtlsTransport(credentials, expected, **options, **kw)
+
+        self._registry = _Registry(mesh_credentials(mesh), factory)
+
+    def for_cluster(self, tls: UpstreamTls | None) -> MtlsTransport | None:
+        """The transport for a cluster's upstream TLS; None: send it plaintext
+        (no TLS asked for, or this mesh has no identity)."""
+        transport: MtlsTransport | None = self._registry.get(tls)
+        return transport
+
+    def close(self) -> None:
+        for transport in self._registry.drain():
+            transport.close()
+
+
+class AsyncTlsTransports:
+    """The asyncio twin of TlsTransports."""
+
+    def __init__(self, mesh: Any, **options: Any) -> None:
+        def factory(credentials: CredentialsSource, expected: frozenset[str], **kw: Any) -> Any:
+            return AsyncMtlsTransport(credentials, expected, **options, **kw)
+
+        self._registry = _Registry(mesh_credentials(mesh), factory)
+
+    def for_cluster(self, tls: UpstreamTls | None) -> AsyncMtlsTransport | None:
+        transport: AsyncMtlsTransport | None = self._registry.get(tls)
+        return transport
+
+    async def aclose(self) -> None:
+        for transport in self._registry.drain():
+            await transport.aclose()

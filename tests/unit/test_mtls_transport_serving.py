@@ -1,0 +1,242 @@
+"""The mTLS client transports against the mTLS uvicorn protocol, with
+certificates from an in-process CA, over real sockets on 127.0.0.1: who sees
+whom, what each refusal looks like, PERMISSIVE/STRICT, rotation."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import uvicorn
+from cryptography import x509
+from mesh_control_plane.ca import CaSettings, CertificateAuthority
+
+from proxyless_mesh.errors import PeerIdentityError
+from proxyless_mesh.integrations._serving import MeshUvicornConfig, grpc_server_credentials
+from proxyless_mesh.integrations._tls_transport import (
+    AsyncMtlsTransport,
+    AsyncTlsTransports,
+    MtlsTransport,
+    TlsTransports,
+)
+from proxyless_mesh.model import TlsMode, UpstreamTls
+from proxyless_mesh.security import Credentials, SpiffeId, make_csr, new_private_key
+from proxyless_mesh.security._inbound import InboundTls
+
+ALICE = SpiffeId("cluster.local", "shop", "alice").uri
+BOB = SpiffeId("cluster.local", "shop", "bob").uri
+CAROL = SpiffeId("cluster.local", "shop", "carol").uri
+
+
+def issue(ca: CertificateAuthority, uri: str) -> Credentials:
+    key = new_private_key()
+    csr = x509.load_pem_x509_csr(make_csr(key, SpiffeId.parse(uri)).encode())
+    chain = ca.sign(csr, uri, 600)
+    return Credentials(key, tuple(chain[:-1]), tuple(ca.trust_bundle()), fetched_at=0.0)
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority.open(CaSettings(tmp_path / "ca"))
+
+
+@dataclass
+class Served:
+    port: int
+    mode: list[TlsMode]
+    creds: list[Credentials]
+    scopes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hello"
+
+
+@pytest.fixture
+def server(ca: CertificateAuthority) -> Iterator[Served]:
+    """uvicorn serving BOB's certificate; mode and credentials swappable."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    served = Served(sock.getsockname()[1], [TlsMode.STRICT], [issue(ca, BOB)])
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        served.scopes.append(scope)
+        tls = scope.get("extensions", {}).get("tls")
+        body = (tls["spiffe_id"] if tls else "plaintext").encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    inbound = InboundTls(credentials=lambda: served.creds[-1], mode=lambda port: served.mode[-1])
+    config = MeshUvicornConfig(app, inbound=inbound, log_level="warning", lifespan="off")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield served
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_mutual_tls_both_sides_verified(ca: CertificateAuthority, server: Served) -> None:
+    alice = issue(ca, ALICE)
+    with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB})) as client:
+        response = client.get(server.url)
+        assert response.text == ALICE
+        assert response.request.url == httpx.URL(server.url)  # put back after the call
+    tls = server.scopes[0]["extensions"]["tls"]
+    assert server.scopes[0]["scheme"] == "https"
+    assert tls["tls_version"] == 0x0304 and isinstance(tls["cipher_suite"], int)
+    assert x509.load_pem_x509_certificate(tls["client_cert_chain"][0].encode()) == alice.leaf
+    assert tls["client_cert_error"] is None
+
+
+async def test_async_transport(ca: CertificateAuthority, server: Served) -> None:
+    alice = issue(ca, ALICE)
+    async with httpx.AsyncClient(transport=AsyncMtlsTransport(lambda: alice, {BOB})) as client:
+        assert (await client.get(server.url)).text == ALICE
+    async with httpx.AsyncClient(transport=AsyncMtlsTransport(lambda: alice, {CAROL})) as client:
+        with pytest.raises(PeerIdentityError) as info:
+            await client.get(server.url)
+    assert info.value.actual == BOB and info.value.expected == {CAROL}
+
+
+def test_wrong_server_identity_is_refused_before_the_request(
+    ca: CertificateAuthority, server: Served
+) -> None:
+    alice = issue(ca, ALICE)
+    client = httpx.Client(transport=MtlsTransport(lambda: alice, {CAROL}))
+    with client, pytest.raises(PeerIdentityError) as info:
+        client.get(server.url)
+    err = info.value
+    assert err.expected == {CAROL} and err.actual == BOB
+    assert f"127.0.0.1:{server.port}" in str(err) and CAROL in str(err) and BOB in str(err)
+    assert err.request.url == httpx.URL(server.url)
+    assert server.scopes == []  # not one request byte reached the app
+
+
+def test_plaintext_client_to_strict_gets_426(server: Served) -> None:
+    response = httpx.get(server.url)
+    assert response.status_code == 426 and "STRICT" in response.text
+    assert server.scopes == []
+
+
+def test_client_from_another_ca_is_refused(server: Served, tmp_path: Path) -> None:
+    stranger = issue(CertificateAuthority.open(CaSettings(tmp_path / "other")), ALICE)
+    client = httpx.Client(transport=MtlsTransport(lambda: stranger, {BOB}))
+    with client, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        client.get(server.url)  # our side cannot verify the server either
+    # A client that trusts the mesh root but holds another CA's certificate.
+    lax = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    lax.check_hostname, lax.verify_mode = False, ssl.CERT_NONE
+    (tmp_path / "c.pem").write_text(stranger.chain_pem)
+    (tmp_path / "k.pem").write_bytes(stranger.private_key_pem())
+    lax.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.url.replace("http:", "https:"), verify=lax)
+    assert server.scopes == []
+
+
+def test_permissive_serves_both_on_one_port(ca: CertificateAuthority, server: Served) -> None:
+    server.mode.append(TlsMode.PERMISSIVE)
+    alice = issue(ca, ALICE)
+    with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB})) as client:
+        assert client.get(server.url).text == ALICE
+    assert httpx.get(server.url).text == "plaintext"
+    assert "tls" not in server.scopes[1].get("extensions", {})
+    server.mode.append(TlsMode.DISABLE)
+    assert httpx.get(server.url).text == "plaintext"
+    client = httpx.Client(transport=MtlsTransport(lambda: alice, {BOB}))
+    with client, pytest.raises(httpx.TransportError):
+        client.get(server.url)
+
+
+def test_rotation_reaches_new_connections_only(ca: CertificateAuthority, server: Served) -> None:
+    current = [issue(ca, ALICE)]
+    transport = MtlsTransport(lambda: current[-1], {BOB})
+    with httpx.Client(transport=transport) as client:
+        assert client.get(server.url).status_code == 200
+        current.append(issue(ca, ALICE))
+        server.creds.append(issue(ca, BOB))
+        client.get(server.url)  # the kept-alive connection: old certificates
+        client.get(server.url, headers={"connection": "close"})
+        client.get(server.url)  # a new connection: the new certificate
+    leaves = [
+        x509.load_pem_x509_certificate(s["extensions"]["tls"]["client_cert_chain"][0].encode())
+        for s in server.scopes
+    ]
+    assert leaves == [current[0].leaf] * 3 + [current[1].leaf]
+
+
+class _FakeMesh:
+    mtls = True
+
+    def __init__(self, creds: Credentials) -> None:
+        self._creds = creds
+
+    def credentials(self) -> Credentials:
+        return self._creds
+
+
+async def test_registries_key_pools_by_expected_identities(ca: CertificateAuthority) -> None:
+    mesh = _FakeMesh(issue(ca, ALICE))
+    sync = TlsTransports(mesh)
+    assert sync.for_cluster(None) is None
+    a = sync.for_cluster(UpstreamTls((BOB,)))
+    assert a is not None and a is sync.for_cluster(UpstreamTls((BOB,)))
+    assert a is not sync.for_cluster(UpstreamTls((BOB, CAROL)))
+    assert TlsTransports(type("NoTls", (), {"mtls": False})()).for_cluster(UpstreamTls()) is None
+    sync.close()
+    aio = AsyncTlsTransports(mesh)
+    b = aio.for_cluster(UpstreamTls((BOB,), sni="bob.shop"))
+    assert b is not None and b.expected == {BOB} and b.sni == "bob.shop"
+    await aio.aclose()
+
+
+def test_grpc_server_credentials_rotate_and_require_a_client_certificate(
+    ca: CertificateAuthority,
+) -> None:
+    current = [issue(ca, BOB)]
+    grpc_server = grpc.server(futures.ThreadPoolExecutor(2))
+    port = grpc_server.add_secure_port("127.0.0.1:0", grpc_server_credentials(lambda: current[-1]))
+    grpc_server.start()
+    try:
+        alice = issue(ca, ALICE)
+
+        def handshake(ctx: ssl.SSLContext) -> tuple[bytes, bytes]:
+            """(server leaf, first byte of the server's HTTP/2 SETTINGS)."""
+            raw = socket.create_connection(("127.0.0.1", port))
+            with raw, ctx.wrap_socket(raw) as tls:
+                der = tls.getpeercert(binary_form=True) or b""
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                try:
+                    return der, tls.recv(1)
+                except (ssl.SSLError, ConnectionError):
+                    return der, b""
+
+        first, settings = handshake(alice.client_ssl_context(("h2",)))
+        assert settings != b""  # accepted: grpc speaks HTTP/2 to us
+        current.append(issue(ca, BOB))
+        second, _ = handshake(alice.client_ssl_context(("h2",)))
+        assert x509.load_der_x509_certificate(first) == current[0].leaf
+        assert x509.load_der_x509_certificate(second) == current[1].leaf
+        anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        anonymous.check_hostname = False
+        anonymous.load_verify_locations(cadata=alice.roots_pem)
+        anonymous.set_alpn_protocols(["h2"])
+        assert handshake(anonymous)[1] == b""  # no client certificate: cut off
+    finally:
+        grpc_server.stop(None)
