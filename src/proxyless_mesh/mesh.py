@@ -5,6 +5,13 @@ A Mesh owns the xDS client and the current routing snapshot. Used with
 loop (sync applications); used with `async with`, it runs on the caller's
 loop. Either way, entering waits (bounded by `ready_timeout`) until the
 control plane answered, so the first request does not race the first config.
+
+Identity: when the bootstrap names a CA (`proxyless_mesh.ca_address`), the
+mesh gets this workload's SPIFFE certificate on start (bounded by
+`ready_timeout`, failing with a typed IdentityError rather than starting
+without one) and renews it on the mesh's loop; mutual TLS is then on by
+default for destinations whose cluster carries upstream TLS, and for the
+serving helpers. Without a CA the mesh runs plaintext, as before.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import concurrent.futures
 import logging
 import os
 import random
+import ssl
 import threading
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -26,7 +34,13 @@ import httpx
 from proxyless_mesh._outbound import ALLOW_ANY, REGISTRY_ONLY
 from proxyless_mesh._snapshot import MeshSnapshot, build_snapshot
 from proxyless_mesh.bootstrap import Bootstrap
-from proxyless_mesh.errors import ControlPlaneUnavailableError, MeshError
+from proxyless_mesh.diagnostics import DiagnosticsServer
+from proxyless_mesh.errors import (
+    CertificateAuthorityUnavailableError,
+    ControlPlaneUnavailableError,
+    IdentityError,
+    MeshError,
+)
 from proxyless_mesh.integrations import (
     AioMeshChannel,
     AsyncMeshTransport,
@@ -34,8 +48,11 @@ from proxyless_mesh.integrations import (
     MeshTransport,
     normalize_target,
 )
-from proxyless_mesh.model import CircuitBreakers, Cluster
+from proxyless_mesh.model import CircuitBreakers, Cluster, TlsMode
+from proxyless_mesh.registration import Registrar
 from proxyless_mesh.resilience import ClusterResources
+from proxyless_mesh.security import Credentials, IdentityConfig, IdentityManager
+from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
 from proxyless_mesh.xds_client import XdsClient, XdsState
 
 log = logging.getLogger("proxyless_mesh")
@@ -53,6 +70,15 @@ class Mesh:
             request does not wait for a round trip to the control plane.
         outbound_policy: `ALLOW_ANY` passes non-mesh hosts through untouched;
             `REGISTRY_ONLY` refuses them with OutsideMeshError.
+        admin_address: `HOST:PORT` (port 0 picks one) to serve CSDS on while
+            started (see `proxyless_mesh.diagnostics`); None (default): no
+            admin endpoint. The bound address is `mesh.diagnostics.address`.
+        mtls: None (default): get an identity and talk mTLS when the bootstrap
+            names a CA; False: never (plaintext even with a CA configured);
+            True: require it (IdentityConfigError if the bootstrap has no CA).
+        telemetry: the metrics, traces and access logs of the transports and
+            channels (default: metrics and traces to the global OpenTelemetry
+            providers, no access logs; `TelemetryConfig.off()` for none).
     """
 
     def __init__(
@@ -63,6 +89,10 @@ class Mesh:
         resolve_timeout: float = 5.0,
         preload: Iterable[str] = (),
         outbound_policy: str = ALLOW_ANY,
+        register: Registrar | Sequence[Registrar] | None = None,
+        admin_address: str | None = None,
+        mtls: bool | None = None,
+        telemetry: TelemetryConfig | None = None,
     ) -> None:
         if outbound_policy not in (ALLOW_ANY, REGISTRY_ONLY):
             raise MeshError(
@@ -72,7 +102,10 @@ class Mesh:
         self.ready_timeout = ready_timeout
         self.resolve_timeout = resolve_timeout
         self.outbound_policy = outbound_policy
+        self.telemetry = Telemetry.from_bootstrap(bootstrap, telemetry)
         self._preload = tuple(preload)
+        # register=: join on start (proxyless_mesh.registration); leave, draining, first on close.
+        self._registrars = _registrars(register)
         self.snapshot = MeshSnapshot()
         self.rng = random.Random()
         # Circuit-breaker counters per cluster: shared by every request of
@@ -82,7 +115,11 @@ class Mesh:
         # Mirrored copies are sent from here, so they never slow the caller.
         self.background = _Background(max_workers=4, max_queued=64)
         self.mirror_failures = 0
+        self._identity_config = _identity_config(bootstrap, mtls)
+        self._identity: IdentityManager | None = None
         self._xds: XdsClient | None = None
+        self.admin_address = admin_address
+        self.diagnostics: DiagnosticsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -102,6 +139,62 @@ class Mesh:
         if self._xds is None:
             raise MeshError("the mesh is not started: use `with Mesh(...)` or `async with`")
         return self._xds
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def identity(self) -> str | None:
+        """This workload's SPIFFE ID when mTLS is on (known from the
+        bootstrap even before the first certificate), else None."""
+        config = self._identity_config
+        return config.identity.uri if config is not None else None
+
+    @property
+    def mtls(self) -> bool:
+        """Whether this mesh has (or will get on start) a workload identity."""
+        return self._identity_config is not None
+
+    @property
+    def identity_manager(self) -> IdentityManager | None:
+        """The running identity manager (None before start or without mTLS)."""
+        return self._identity
+
+    def credentials(self) -> Credentials:
+        """The current key/chain/roots; IdentityError without a started identity."""
+        if self._identity is None:
+            raise IdentityError(
+                "this mesh has no workload identity: the bootstrap names no CA "
+                "('proxyless_mesh.ca_address'), mtls=False, or the mesh is not started"
+            )
+        return self._identity.credentials
+
+    def client_ssl_context(self, alpn_protocols: Sequence[str] = ()) -> ssl.SSLContext:
+        """Outbound mTLS context of the current certificate (new per rotation):
+        verifies the peer's chain, not its SPIFFE ID (see security.verify_peer)."""
+        return self.credentials().client_ssl_context(alpn_protocols)
+
+    def server_ssl_context(
+        self, alpn_protocols: Sequence[str] = (), *, require_client_cert: bool = True
+    ) -> ssl.SSLContext:
+        """Inbound mTLS context of the current certificate (new per rotation)."""
+        return self.credentials().server_ssl_context(
+            alpn_protocols, require_client_cert=require_client_cert
+        )
+
+    def inbound_tls_mode(self, port: int) -> TlsMode:
+        """The PeerAuthentication mode for an inbound port: DISABLE without an
+        identity; else the mode of the inbound listener the control plane sent
+        for this port, if the snapshot has one; else PERMISSIVE (Istio's
+        default, so a workload joining the mesh keeps its plaintext callers)."""
+        if not self.mtls:
+            return TlsMode.DISABLE
+        listeners = getattr(self.snapshot, "inbound_listeners", None) or ()
+        for listener in listeners:
+            if getattr(listener, "port", None) == port:
+                mode = getattr(listener, "tls_mode", None)
+                if isinstance(mode, TlsMode):
+                    return mode
+        return TlsMode.PERMISSIVE
 
     # -- transports --------------------------------------------------------
 
@@ -167,15 +260,65 @@ class Mesh:
         self.snapshot = build_snapshot(state, self.snapshot)
 
     async def _start(self) -> None:
+        await self._start_identity()
         self._xds = XdsClient(self.bootstrap, on_update=self._on_update)
         await self._xds.start()
         try:
+            if self.admin_address is not None:
+                self.diagnostics = DiagnosticsServer.for_client(self._xds, self.bootstrap)
+                await self.diagnostics.start(self.admin_address)
             await self._xds.wait_connected(self.ready_timeout)
             if self._preload:
                 await self._xds.watch(self._preload, timeout=self.ready_timeout)
+            for registrar in self._registrars:
+                await registrar.start(self)
         except BaseException:
-            await self._xds.close()
+            await self._close_xds()
             raise
+
+    async def _start_identity(self) -> None:
+        """First certificate before anything else: a workload that cannot
+        prove who it is must not start half-meshed. A refusal by the CA
+        (TokenRejectedError) or a CA that does not answer in `ready_timeout`
+        (CertificateAuthorityUnavailableError) ends the start."""
+        config = self._identity_config
+        if config is None:
+            return
+        manager = IdentityManager(config)
+        try:
+            async with asyncio.timeout(self.ready_timeout):
+                await manager.start()
+        except TimeoutError:
+            await manager.close()
+            raise CertificateAuthorityUnavailableError(
+                f"no workload certificate for {config.identity.uri} from the CA at "
+                f"{config.ca_address} within {self.ready_timeout:g}s"
+            ) from None
+        except BaseException:
+            await manager.close()
+            raise
+        self._identity = manager
+
+    async def _close_xds(self) -> None:
+        """Stop the admin endpoint (if any), the xDS client, then the identity
+        (its renewal task and its channel to the CA)."""
+        try:
+            await self._close_xds_only()
+        finally:
+            manager, self._identity = self._identity, None
+            if manager is not None:
+                await manager.close()
+
+    async def _close_xds_only(self) -> None:
+        """Deregister (draining) first, then stop the admin endpoint (if any),
+        then the xDS client."""
+        for registrar in reversed(self._registrars):
+            await registrar.stop()
+        if self.diagnostics is not None:
+            diagnostics, self.diagnostics = self.diagnostics, None
+            await diagnostics.stop()
+        if self._xds is not None:
+            await self._xds.close()
 
     async def _watch(self, authority: str) -> None:
         try:
@@ -248,8 +391,8 @@ class Mesh:
         loop = self._loop
         if loop is None or self._thread is None:
             return
-        if self._xds is not None:
-            asyncio.run_coroutine_threadsafe(self._xds.close(), loop).result(5.0)
+        if self._xds is not None or self._identity is not None:
+            asyncio.run_coroutine_threadsafe(self._close_xds(), loop).result(5.0)
         self._stop_thread()
 
     def _stop_thread(self) -> None:
@@ -281,10 +424,24 @@ class Mesh:
         tb: TracebackType | None,
     ) -> None:
         self.background.shutdown()
-        if self._xds is not None:
-            await self._xds.close()
+        await self._close_xds()
         self._xds = None
         self._loop = None
+
+
+def _registrars(register: Registrar | Sequence[Registrar] | None) -> tuple[Registrar, ...]:
+    if register is None:
+        return ()
+    return tuple(register) if isinstance(register, Sequence) else (register,)
+
+
+def _identity_config(bootstrap: Bootstrap, mtls: bool | None) -> IdentityConfig | None:
+    """The identity settings when mTLS is on for this mesh (see `mtls`)."""
+    if mtls is False:
+        return None
+    if mtls is None and not bootstrap.proxyless_mesh.get("ca_address"):
+        return None
+    return IdentityConfig.from_bootstrap(bootstrap)
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

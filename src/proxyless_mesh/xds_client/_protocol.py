@@ -15,9 +15,11 @@ from types import MappingProxyType
 from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
 from google.rpc import code_pb2, status_pb2
 
 from proxyless_mesh.errors import XdsResourceError
+from proxyless_mesh.model import InboundListener, Listener
 from proxyless_mesh.xds_client._decode import decode_resource, resource_name, unpack_resource
 from proxyless_mesh.xds_client._state import (
     ClientStatus,
@@ -47,10 +49,12 @@ class _TypeState:
     versions: dict[str, str] = field(default_factory=dict)  # version each was accepted at
     errors: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, why)
     absent: set[str] = field(default_factory=set)  # full-state types: known not to exist
+    raw: dict[str, Any] = field(default_factory=dict)  # name -> packed Any of the last good (CSDS)
 
     def forget(self, names: Iterable[str]) -> None:
         for name in names:
             self.resources.pop(name, None)
+            self.raw.pop(name, None)
             self.versions.pop(name, None)
             self.errors.pop(name, None)
             self.absent.discard(name)
@@ -72,21 +76,28 @@ class AdsProtocol:
         self._node = node
         self._types = {t: _TypeState() for t in ResourceType}
         self._watched: frozenset[str] = frozenset()
+        self._inbound: frozenset[str] = frozenset()  # of _watched: server listeners
         self._stream_active = False
         self._node_sent = False
         self._state: XdsState | None = None
 
     # -- subscriptions ---------------------------------------------------------
 
-    def watch(self, listener_names: Iterable[str]) -> list[Any]:
-        """Add listeners to the subscription; returns the requests to send."""
-        self._watched = self._watched | frozenset(listener_names)
+    def watch(self, listener_names: Iterable[str], *, inbound: bool = False) -> list[Any]:
+        """Add listeners to the subscription; returns the requests to send.
+        `inbound`: these are server listeners (gRFC A36), which must decode to
+        an InboundListener (a client listener under such a name is NACKed,
+        and the other way round)."""
+        names = frozenset(listener_names)
+        self._watched = self._watched | names
+        self._inbound = (self._inbound | names) if inbound else (self._inbound - names)
         return self._resubscribe()
 
     def unwatch(self, listener_names: Iterable[str]) -> tuple[list[Any], bool]:
         """Drop listeners (and whatever only they referenced): requests to send,
         and whether the published state changed."""
         self._watched = self._watched - frozenset(listener_names)
+        self._inbound = self._inbound & self._watched
         before = self._resource_count()
         requests = self._resubscribe()
         return requests, self._resource_count() != before
@@ -125,11 +136,13 @@ class AdsProtocol:
             return ResponseOutcome([request], {"<response>": why}, changed=False)
         ts = self._types[rtype]
         ts.nonce = response.nonce
-        decoded, rejected, seen, complete = self._decode_all(rtype, ts, response.resources)
+        raws: dict[str, Any] = {}
+        decoded, rejected, seen, complete = self._decode_all(rtype, ts, response.resources, raws)
         changed = False
         for name, value in decoded.items():
             changed |= ts.resources.get(name) != value or name in ts.absent
             ts.resources[name] = value
+            ts.raw[name] = raws[name]
             ts.versions[name] = response.version_info
             ts.errors.pop(name, None)
             ts.absent.discard(name)
@@ -139,8 +152,18 @@ class AdsProtocol:
         # A name missing from a full-state (LDS/CDS) response does not exist. If
         # some resource could not even be named, it may be the missing one, so
         # nothing is declared absent from that response.
+        #
+        # Except a cluster this stream never received: a push the server built
+        # before it read our new subscription omits it, and in State of the
+        # World nothing tells the two apart. gRPC waits (a does-not-exist timer)
+        # for such names; so do we: the route that names it keeps its previous
+        # routing until the cluster arrives. The control plane only sends
+        # consistent snapshots, so a named cluster does exist. Listeners keep
+        # the prompt answer: resolving a never-seen host must not wait.
         if rtype.is_full_state and complete:
             for name in ts.names - seen:
+                if rtype is ResourceType.CLUSTER and name not in ts.resources:
+                    continue
                 if name not in ts.absent or name in ts.resources:
                     changed = True
                 ts.forget([name])
@@ -157,10 +180,11 @@ class AdsProtocol:
         return ResponseOutcome(requests, rejected, changed)
 
     def _decode_all(
-        self, rtype: ResourceType, ts: _TypeState, resources: Iterable[Any]
+        self, rtype: ResourceType, ts: _TypeState, resources: Iterable[Any], raws: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, str], set[str], bool]:
         """Decode each subscribed resource on its own: (decoded, rejected, names
-        seen, whether every resource could be named)."""
+        seen, whether every resource could be named). `raws` receives the packed
+        form of each decoded resource (unwrapped from a `Resource`), for CSDS."""
         decoded: dict[str, Any] = {}
         rejected: dict[str, str] = {}
         seen: set[str] = set()
@@ -181,10 +205,24 @@ class AdsProtocol:
                 continue
             seen.add(name)
             try:
-                decoded[name] = decode_resource(rtype, msg)
+                decoded[name] = self._check_side(rtype, name, decode_resource(rtype, msg))
             except XdsResourceError as exc:
                 rejected[name] = str(exc)
+                continue
+            raws[name] = res if res.type_url == rtype.type_url else _packed(msg)
         return decoded, rejected, seen, complete
+
+    def _check_side(self, rtype: ResourceType, name: str, value: Any) -> Any:
+        """A listener must be of the side it was watched for."""
+        if rtype is _LDS:
+            inbound = name in self._inbound
+            if inbound and not isinstance(value, InboundListener):
+                raise XdsResourceError("expected a server listener (no api_listener, gRFC A36)")
+            if not inbound and isinstance(value, InboundListener):
+                raise XdsResourceError(
+                    "Listener has no api_listener (a server listener, watched as a client one)"
+                )
+        return value
 
     # -- published views -------------------------------------------------------
 
@@ -192,8 +230,14 @@ class AdsProtocol:
     def state(self) -> XdsState:
         if self._state is None:
             t = self._types
+            lds = t[_LDS].resources
             self._state = XdsState(
-                listeners=MappingProxyType(dict(t[_LDS].resources)),
+                listeners=MappingProxyType(
+                    {n: v for n, v in lds.items() if isinstance(v, Listener)}
+                ),
+                inbound=MappingProxyType(
+                    {n: v for n, v in lds.items() if isinstance(v, InboundListener)}
+                ),
                 absent_listeners=frozenset(t[_LDS].absent),
                 route_configs=MappingProxyType(dict(t[_RDS].resources)),
                 clusters=MappingProxyType(dict(t[_CDS].resources)),
@@ -223,6 +267,7 @@ class AdsProtocol:
                         version=ts.versions.get(name, ""),
                         error=error[1] if error else None,
                         error_version=error[0] if error else None,
+                        xds_config=ts.raw.get(name),
                     )
                 )
         return out
@@ -234,7 +279,9 @@ class AdsProtocol:
         dependency order, forget what is no longer referenced, and return the
         requests for every type whose names changed."""
         t = self._types
-        listeners = [t[_LDS].resources[n] for n in self._watched if n in t[_LDS].resources]
+        listeners = [
+            lis for n in self._watched if isinstance(lis := t[_LDS].resources.get(n), Listener)
+        ]
         self._set_names(_LDS, self._watched)
         self._set_names(_RDS, {lis.rds_name for lis in listeners if lis.rds_name})
         routes = [lis.inline_routes for lis in listeners if lis.inline_routes is not None]
@@ -285,3 +332,9 @@ class AdsProtocol:
             request.node.CopyFrom(self._node)
             self._node_sent = True
         return request
+
+
+def _packed(msg: Any) -> Any:
+    out = any_pb2.Any()
+    out.Pack(msg)
+    return out

@@ -7,10 +7,12 @@ import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from proxyless_mesh.model import (
     Cluster,
     ClusterLoadAssignment,
+    InboundListener,
     Listener,
     RouteConfiguration,
 )
@@ -44,6 +46,9 @@ class XdsState:
         default_factory=lambda: MappingProxyType({})
     )
     absent_clusters: frozenset[str] = frozenset()
+    # Server listeners (watched with XdsClient.watch_inbound), by name; a
+    # name known not to exist is in `absent_listeners`.
+    inbound: Mapping[str, InboundListener] = field(default_factory=lambda: MappingProxyType({}))
 
     def route_config_for(self, listener_name: str) -> RouteConfiguration | None:
         """The listener's routes: inline in its HCM, or the RDS resource it names."""
@@ -78,6 +83,10 @@ class XdsState:
                 out.append(f"endpoints {cluster.eds_service_name!r}")
         return tuple(out)
 
+    def inbound_resolved(self, name: str) -> bool:
+        """The server listener arrived, or is known not to exist."""
+        return name in self.inbound or name in self.absent_listeners
+
     def is_resolved(self, listener_name: str) -> bool:
         """True when the listener is known not to exist, or it, its routes, every
         cluster they name and each cluster's endpoints are all present (clusters
@@ -98,7 +107,9 @@ class ClientStatus(enum.Enum):
 class ResourceStatus:
     """One subscribed resource. `version` is the version of the value in use
     (empty if none arrived yet); for NACKED, `error` is the reason and
-    `error_version` the version of the rejected update."""
+    `error_version` the version of the rejected update. `xds_config` is the
+    packed protobuf (`google.protobuf.Any`) of the value in use, kept as
+    received so CSDS can show exactly what the client holds (None if none)."""
 
     type_url: str
     name: str
@@ -106,3 +117,4 @@ class ResourceStatus:
     version: str = ""
     error: str | None = None
     error_version: str | None = None
+    xds_config: Any = field(default=None, compare=False, repr=False)
