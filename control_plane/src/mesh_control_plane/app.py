@@ -37,7 +37,7 @@ from mesh_control_plane.ca import (
     TokenAuthority,
 )
 from mesh_control_plane.ca.tokens import TokenError
-from mesh_control_plane.config import ConfigLoadError, ConfigWatcher
+from mesh_control_plane.config import ConfigLoadError, ConfigWatcher, MeshSettings
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.registry.runtime import RegistryRuntime, RegistrySettings
@@ -83,8 +83,14 @@ class ControlPlane:
         poll_interval: float = 0.1,
         ca: CaSettings | None = None,
         registry: RegistrySettings | None = None,
+        settings: MeshSettings | None = None,
     ) -> None:
         self.config_dir = Path(config_dir)
+        # Trust domain: the CA's, so the SPIFFE IDs the translator expects are
+        # the ones the CA signs.
+        self.settings = settings or MeshSettings(
+            trust_domain=ca.trust_domain if ca is not None else DEFAULT_TRUST_DOMAIN
+        )
         self.ca_server: CaServer | None = None
         verify = None
         if ca is not None:  # opened here: bad CA files fail before anything listens
@@ -167,7 +173,11 @@ class ControlPlane:
             self._report([str(p) for p in error.problems])
 
         self._watcher = ConfigWatcher(
-            self.config_dir, on_config, on_error, poll_interval=self._poll_interval
+            self.config_dir,
+            on_config,
+            on_error,
+            poll_interval=self._poll_interval,
+            settings=self.settings,
         )
         watching = self._watcher.start()
         loaded = asyncio.create_task(first_load.wait())
@@ -223,11 +233,14 @@ async def serve(
     ca: CaSettings | None = None,
     ca_address: str = "127.0.0.1:0",
     registry: RegistrySettings | None = None,
+    settings: MeshSettings | None = None,
 ) -> None:
     """Run a control plane until `stop` is set (or, without one, until this
     task is cancelled); `on_ready` gets the addresses once both listen."""
     stop = stop or asyncio.Event()
-    plane = ControlPlane(config_dir, on_config_error=on_config_error, ca=ca, registry=registry)
+    plane = ControlPlane(
+        config_dir, on_config_error=on_config_error, ca=ca, registry=registry, settings=settings
+    )
     addresses = await plane.start(xds_address, admin_address, ca_address)
     try:
         log.info("serving xDS on %s, admin on %s", addresses.xds, addresses.admin)

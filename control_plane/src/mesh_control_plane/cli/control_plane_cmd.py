@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -15,6 +16,9 @@ from typing import Any
 
 from mesh_control_plane.app import Addresses, serve
 from mesh_control_plane.ca import CaError, CaSettings, default_ca_dir, parse_duration
+from mesh_control_plane.config import DEFAULT_ROOT_NAMESPACE, MeshSettings
+from mesh_control_plane.registry.consul import ConsulSettings
+from mesh_control_plane.registry.runtime import RegistrySettings
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN
 
 
@@ -31,8 +35,52 @@ def add_parser(commands: Any) -> None:
         help='once listening, write {"xds": ..., "admin": ...} here (atomically)',
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--root-namespace",
+        default=DEFAULT_ROOT_NAMESPACE,
+        help="security policies here without a selector apply mesh-wide (Istio's istio-system)",
+    )
     _add_ca_arguments(p)
+    _add_registry_arguments(p)
     p.set_defaults(run=run)
+
+
+def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
+    reg = p.add_argument_group("service registries")
+    reg.add_argument(
+        "--workload-groups-dir",
+        type=Path,
+        help="directory of WorkloadGroup YAML: workloads naming a group register themselves",
+    )
+    reg.add_argument(
+        "--registration-grace",
+        type=_duration,
+        default=None,
+        help="how long a self-registered workload whose stream dropped is kept (e.g. 30s)",
+    )
+    reg.add_argument("--consul-address", help="watch this Consul (scheme://host:port)")
+    reg.add_argument("--consul-token", default="", help="Consul ACL token")
+    reg.add_argument("--consul-datacenter", default="")
+    reg.add_argument("--consul-ca-file", default="", help="trust this CA for Consul's TLS")
+    reg.add_argument(
+        "--consul-host-suffix", default=".service.consul", help="mesh host = <service><suffix>"
+    )
+
+
+def registry_settings(args: argparse.Namespace) -> RegistrySettings:
+    consul = None
+    if args.consul_address:
+        consul = ConsulSettings(
+            address=args.consul_address,
+            token=args.consul_token,
+            datacenter=args.consul_datacenter,
+            ca_file=args.consul_ca_file,
+            host_suffix=args.consul_host_suffix,
+        )
+    settings = RegistrySettings(workload_groups_dir=args.workload_groups_dir, consul=consul)
+    if args.registration_grace is not None:
+        settings = dataclasses.replace(settings, grace=args.registration_grace)
+    return settings
 
 
 def _add_ca_arguments(p: argparse.ArgumentParser) -> None:
@@ -116,6 +164,8 @@ async def _run(args: argparse.Namespace) -> None:
         on_config_error=print_config_errors,
         ca=ca_settings(args),
         ca_address=ca_address(args),
+        registry=registry_settings(args),
+        settings=MeshSettings(trust_domain=args.trust_domain, root_namespace=args.root_namespace),
     )
 
 

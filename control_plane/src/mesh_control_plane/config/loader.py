@@ -160,6 +160,17 @@ def _read_documents(root: Path, path: Path, sink: list[ConfigProblem]) -> list[D
     before = len(sink)
     try:
         for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            if _depth(node) > MAX_DEPTH:
+                sink.append(
+                    ConfigProblem(
+                        file,
+                        "",
+                        "",
+                        f"YAML nested more than {MAX_DEPTH} levels deep",
+                        node.start_mark.line + 1,
+                    )
+                )
+                return []
             sink.extend(
                 ConfigProblem(file, "", "", f'duplicate key "{key}"', line)
                 for key, line in sorted(_duplicate_keys(node), key=lambda pair: pair[1])
@@ -173,7 +184,35 @@ def _read_documents(root: Path, path: Path, sink: list[ConfigProblem]) -> list[D
     except yaml.YAMLError as err:
         sink.append(_yaml_problem(file, err))
         return []
+    except RecursionError:
+        # PyYAML's composer recurses per nesting level; a hostile file must
+        # be an error naming it, not a crash of the watcher.
+        sink.append(ConfigProblem(file, "", "", "YAML nested too deeply to parse"))
+        return []
     return documents if len(sink) == before else []
+
+
+# No Istio resource comes near this; deeper documents are rejected before
+# anything recursive (construction, validation) walks them.
+MAX_DEPTH = 64
+
+
+def _depth(root: yaml.Node) -> int:
+    """Nesting depth of a composed YAML node, without recursion."""
+    deepest = 0
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    seen: set[int] = set()
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:  # aliases can make the graph cyclic
+            continue
+        seen.add(id(node))
+        deepest = max(deepest, depth)
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+    return deepest
 
 
 def _yaml_problem(file: str, err: yaml.YAMLError) -> ConfigProblem:
