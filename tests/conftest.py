@@ -13,6 +13,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from meshlab import LocalMesh
 
 
+@pytest.fixture(autouse=True)
+def private_config_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library caches its last good xDS config under $XDG_CACHE_HOME by
+    default: give every test (and the processes it starts) its own, so no test
+    starts from another's config or writes to the real home directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[LocalMesh]:
     """A work directory for real processes; everything started is stopped."""

@@ -28,7 +28,7 @@ import grpc
 import grpc.aio
 
 from proxyless_mesh.bootstrap import Bootstrap
-from proxyless_mesh.errors import ControlPlaneUnavailableError, MeshError
+from proxyless_mesh.errors import ControlPlaneUnavailableError, RegistrationError
 
 if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh
@@ -41,10 +41,6 @@ _SERVICE = "/proxyless_mesh.registration.v1.Registration/"
 GROUP_METADATA_KEY = "WORKLOAD_GROUP"
 ADDRESS_METADATA_KEY = "WORKLOAD_ADDRESS"
 PORTS_METADATA_KEY = "WORKLOAD_PORTS"
-
-
-class RegistrationError(MeshError):
-    """The control plane (or Consul) refused this workload's registration."""
 
 
 class Registrar(Protocol):

@@ -1,12 +1,23 @@
-"""Adapters between the mesh core and client/server libraries (httpx, grpcio)."""
+"""Adapters between the mesh core and client/server libraries (httpx, grpcio,
+ASGI, WSGI)."""
 
+from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
 from proxyless_mesh.integrations._grpc_client import AioMeshChannel, MeshChannel, normalize_target
+from proxyless_mesh.integrations._grpc_server import (
+    AioAuthorizationServerInterceptor,
+    AuthorizationServerInterceptor,
+)
 from proxyless_mesh.integrations._httpx import AsyncMeshTransport, MeshTransport
+from proxyless_mesh.integrations._wsgi import WsgiAuthorizationMiddleware
 
 __all__ = [
+    "AioAuthorizationServerInterceptor",
     "AioMeshChannel",
     "AsyncMeshTransport",
+    "AuthorizationMiddleware",
+    "AuthorizationServerInterceptor",
     "MeshChannel",
     "MeshTransport",
+    "WsgiAuthorizationMiddleware",
     "normalize_target",
 ]

@@ -27,6 +27,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import ControlPlaneUnavailableError
 from proxyless_mesh.xds_client._backoff import Backoff, WaitStrategy, default_wait
+from proxyless_mesh.xds_client._disk_cache import ConfigCache
 from proxyless_mesh.xds_client._protocol import AdsProtocol
 from proxyless_mesh.xds_client._state import ResourceStatus, XdsState
 from proxyless_mesh.xds_client._types import ResourceType
@@ -122,6 +123,10 @@ class XdsClient:
         self._last_error = "no connection attempted yet"
         self._got_response = False  # on the current stream: a healthy server resets backoff
         self._changed = asyncio.Event()  # replaced after each set: one per change
+        # The last good config on disk: a restart while the control plane is
+        # down starts from it instead of from nothing (bootstrap can turn it off).
+        self._cache = ConfigCache.from_bootstrap(bootstrap)
+        self.restored_from_cache = False
 
     @property
     def state(self) -> XdsState:
@@ -149,6 +154,13 @@ class XdsClient:
         ]
         self._channels = [grpc.aio.insecure_channel(u, options=options) for u in self._servers]
         self._channel = self._channels[0]
+        if self._cache is not None and self._cache.restore(self._protocol):
+            self.restored_from_cache = True
+            log.info(
+                "starting from the cached config (%s) until the control plane answers",
+                self._cache.path,
+            )
+            self._publish()
         self._task = asyncio.create_task(self._run(), name=f"xds-ads {self._server_uri}")
 
     async def close(self) -> None:
@@ -159,6 +171,8 @@ class XdsClient:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])
+        if self._cache is not None:
+            self._cache.flush()
         for channel in self._channels:
             await channel.close(grace=None)
         self._set_connected(False)
@@ -323,8 +337,12 @@ class XdsClient:
                 reason,
             )
         self._send(outcome.requests)
+        if self._cache is not None:
+            self._cache.record(response, outcome.rejected)
         if outcome.changed:
             self._publish()
+            if self._cache is not None:
+                self._cache.save(self.state)
 
     def _send(self, requests: list[Any]) -> None:
         # Without a live stream, start_stream() sends every subscription anyway.
