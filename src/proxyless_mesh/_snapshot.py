@@ -5,23 +5,40 @@ Each xDS update builds a new `MeshSnapshot` from the client's `XdsState`
 request reads whatever snapshot was current when it started and never takes
 a lock. Balancers whose cluster and assignment did not change are carried
 over, so round-robin positions (and later, load counters) survive updates.
+
+Inbound: each server listener the mesh watches (`Mesh.serve_inbound`) gets
+its compiled `PolicySet` here, built when the listener changed and reused
+otherwise, so the authorization middleware only reads a reference per
+request and never compiles on the request path.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from proxyless_mesh.balancer import ClusterBalancer
-from proxyless_mesh.model import Cluster, ClusterLoadAssignment
+from proxyless_mesh.model import Cluster, ClusterLoadAssignment, InboundListener
+from proxyless_mesh.policy import PolicyConfigError, PolicySet
 from proxyless_mesh.routing import RouteTable, compile_virtual_host, find_virtual_host
 from proxyless_mesh.xds_client import XdsState
+
+log = logging.getLogger("proxyless_mesh")
 
 
 @dataclass(frozen=True, slots=True)
 class _BalancerSource:
     cluster: Cluster | None
     assignment: ClusterLoadAssignment | None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPolicy:
+    """One server listener and the PolicySet compiled from it."""
+
+    listener: InboundListener
+    policies: PolicySet
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +51,8 @@ class MeshSnapshot:
     absent: frozenset[str] = frozenset()
     # What each balancer was built from, to reuse unchanged ones next time.
     sources: Mapping[str, _BalancerSource] = field(default_factory=dict)
+    # Server listeners by name (the inbound half), with their compiled policy.
+    inbound: Mapping[str, InboundPolicy] = field(default_factory=dict)
 
     def knows(self, authority: str) -> bool:
         return authority in self.routes or authority in self.absent
@@ -85,4 +104,30 @@ def build_snapshot(state: XdsState, previous: MeshSnapshot | None = None) -> Mes
         balancers=balancers,
         absent=frozenset(state.absent_listeners),
         sources=sources,
+        inbound=_inbound_policies(state, previous.inbound if previous else {}),
     )
+
+
+def _inbound_policies(
+    state: XdsState, previous: Mapping[str, InboundPolicy]
+) -> dict[str, InboundPolicy]:
+    """A PolicySet per server listener: reused when the listener is unchanged
+    (every update rebuilds the snapshot; compiling JWKS and regexes each time
+    would be waste), compiled when it changed. A listener whose policy does
+    not compile keeps its previous PolicySet (the xDS client's decoder should
+    have NACKed it already; this is the last line, never an open door)."""
+    out: dict[str, InboundPolicy] = {}
+    for name, listener in state.inbound.items():
+        old = previous.get(name)
+        if old is not None and (old.listener is listener or old.listener == listener):
+            out[name] = old
+            continue
+        try:
+            policies = PolicySet(listener.rbac, listener.jwt)
+        except PolicyConfigError as exc:
+            log.error("server listener %s: policy not applied, keeping the previous: %s", name, exc)
+            if old is not None:
+                out[name] = old
+            continue
+        out[name] = InboundPolicy(listener, policies)
+    return out

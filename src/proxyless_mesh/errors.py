@@ -195,6 +195,7 @@ class PeerIdentityError(MeshRequestError):
         where = f" at {peer}" if peer else ""
         super().__init__(f"peer{where} presented {actual or 'no SPIFFE ID'}, expected {want}")
 
+
 class PolicyConfigError(MeshError, ValueError):
     """An AuthorizationPolicy, RequestAuthentication or RBAC config cannot be
     used. `field` is the dotted path of the offending field (e.g.
@@ -223,4 +224,3 @@ class RegistrationError(MeshError):
     """The control plane (or Consul) refused this workload's registration:
     the message carries its reason (e.g. the join token's identity is not the
     WorkloadGroup's serviceAccount)."""
-

@@ -12,6 +12,14 @@ mesh gets this workload's SPIFFE certificate on start (bounded by
 without one) and renews it on the mesh's loop; mutual TLS is then on by
 default for destinations whose cluster carries upstream TLS, and for the
 serving helpers. Without a CA the mesh runs plaintext, as before.
+
+Inbound: `serve_inbound(port, address)` subscribes to the server listener the
+control plane sends for that address (gRFC A36 naming, the bootstrap's
+`server_listener_resource_name_template`), carrying PeerAuthentication,
+RequestAuthentication and AuthorizationPolicy. The snapshot keeps a compiled
+PolicySet per listener; `inbound_policies(port)` is the provider the
+authorization middleware calls per request, `inbound_tls_mode(port)` the
+mode the serving helpers read per connection.
 """
 
 from __future__ import annotations
@@ -23,9 +31,9 @@ import os
 import random
 import ssl
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -48,7 +56,9 @@ from proxyless_mesh.integrations import (
     MeshTransport,
     normalize_target,
 )
-from proxyless_mesh.model import CircuitBreakers, Cluster, TlsMode
+from proxyless_mesh.model import CircuitBreakers, Cluster, InboundListener, TlsMode
+from proxyless_mesh.model._rbac import Rbac, RbacAction
+from proxyless_mesh.policy import PolicySet
 from proxyless_mesh.registration import Registrar
 from proxyless_mesh.resilience import ClusterResources
 from proxyless_mesh.security import Credentials, IdentityConfig, IdentityManager
@@ -56,6 +66,14 @@ from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
 from proxyless_mesh.xds_client import XdsClient, XdsState
 
 log = logging.getLogger("proxyless_mesh")
+_T = TypeVar("_T")
+
+# No server listener from the control plane for an address it was asked about
+# (not declared by any ServiceEntry/WorkloadEntry for this workload): nothing
+# the operator wrote applies, as for a workload outside the mesh.
+_ALLOW_ALL = PolicySet.allow_all()
+# Watched but not known yet, or its policy failed to compile: fail closed.
+_DENY_ALL = PolicySet([Rbac(RbacAction.ALLOW)])
 
 
 class Mesh:
@@ -122,6 +140,8 @@ class Mesh:
         self.diagnostics: DiagnosticsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        # Local port -> the server listener name watched for it (serve_inbound).
+        self._inbound_names: dict[int, str] = {}
 
     @classmethod
     def from_bootstrap(cls, path: str | os.PathLike[str] | None = None, **options: object) -> Mesh:
@@ -183,18 +203,115 @@ class Mesh:
 
     def inbound_tls_mode(self, port: int) -> TlsMode:
         """The PeerAuthentication mode for an inbound port: DISABLE without an
-        identity; else the mode of the inbound listener the control plane sent
-        for this port, if the snapshot has one; else PERMISSIVE (Istio's
-        default, so a workload joining the mesh keeps its plaintext callers)."""
+        identity; else the mode of the server listener the control plane sent
+        for this port (see `serve_inbound`); else PERMISSIVE (Istio's default,
+        so a workload joining the mesh keeps its plaintext callers)."""
         if not self.mtls:
             return TlsMode.DISABLE
-        listeners = getattr(self.snapshot, "inbound_listeners", None) or ()
-        for listener in listeners:
-            if getattr(listener, "port", None) == port:
-                mode = getattr(listener, "tls_mode", None)
-                if isinstance(mode, TlsMode):
-                    return mode
-        return TlsMode.PERMISSIVE
+        listener = self.inbound_listener(port)
+        return listener.tls_mode if listener is not None else TlsMode.PERMISSIVE
+
+    # -- inbound (server side) ---------------------------------------------
+
+    def inbound_listener_name(self, port: int, address: str = "0.0.0.0") -> str:
+        """The server listener name for `address:port`, by the bootstrap's
+        `server_listener_resource_name_template` (IPv6 in brackets, as gRPC)."""
+        template = self.bootstrap.server_listener_resource_name_template
+        if not template:
+            raise MeshError(
+                "the bootstrap has no server_listener_resource_name_template: the control "
+                "plane cannot be asked for inbound policy (meshctl bootstrap writes one)"
+            )
+        host = f"[{address}]" if ":" in address else address
+        return template.replace("%s", f"{host}:{port}")
+
+    async def serve_inbound_async(
+        self, port: int, address: str = "0.0.0.0", *, timeout: float | None = None
+    ) -> str:
+        """Follow the control plane's inbound policy for a server on
+        `address:port`: subscribe to its server listener and wait (at most
+        `timeout`, default `ready_timeout`) until it arrived or is known not to
+        exist; then `inbound_policies(port)` and `inbound_tls_mode(port)` follow
+        it, updates included. Returns the listener name.
+
+        `address` is the address the server binds: the control plane answers
+        for the instance address it knows and for 0.0.0.0 / [::]. Raises
+        ControlPlaneUnavailableError when it does not answer in time. May be
+        awaited on any loop (the watch itself runs on the mesh's)."""
+        coro = self._serve_inbound(port, address, timeout)
+        loop = self._loop
+        if loop is None or _on_loop_thread(loop):
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    async def _serve_inbound(self, port: int, address: str, timeout: float | None) -> str:
+        name = self.inbound_listener_name(port, address)
+        await self.xds.watch_inbound([name], timeout=self._timeout(timeout))
+        self._inbound_names[port] = name
+        state = self.xds.state
+        if name in state.inbound and name not in self.snapshot.inbound:
+            self._on_update(state)  # the watch finished between two updates
+        if name not in state.inbound:
+            log.warning(
+                "no inbound policy for %s from the control plane (no ServiceEntry or "
+                "WorkloadEntry declares this workload on that address and port): serving "
+                "without authorization, PeerAuthentication PERMISSIVE",
+                name,
+            )
+        return name
+
+    def serve_inbound(
+        self, port: int, address: str = "0.0.0.0", *, timeout: float | None = None
+    ) -> str:
+        """The blocking twin of serve_inbound_async() (not on the mesh's loop)."""
+        return self._run_on_loop(
+            self._serve_inbound(port, address, timeout),
+            self._timeout(timeout) + 1.0,
+        )
+
+    def inbound_listener(self, port: int) -> InboundListener | None:
+        """The server listener in use for `port` (None: not watched, not
+        arrived, or the control plane has none for it)."""
+        name = self._inbound_names.get(port)
+        entry = self.snapshot.inbound.get(name) if name is not None else None
+        return entry.listener if entry is not None else None
+
+    def inbound_policies(self, port: int) -> Callable[[], PolicySet]:
+        """The provider the authorization middlewares take (`policies=`): each
+        call returns the PolicySet current for `port` (compiled at update time,
+        so a call is two dictionary reads). Listener known not to exist: allow
+        (nothing the operator wrote selects this server); watched but not
+        usable (not arrived, policy rejected): deny. Raises MeshError when
+        `port` was not passed to serve_inbound first."""
+        if port not in self._inbound_names:
+            raise MeshError(
+                f"port {port} is not followed: call mesh.serve_inbound({port}) before "
+                "asking for its policies"
+            )
+
+        def current() -> PolicySet:
+            name = self._inbound_names[port]
+            snapshot = self.snapshot
+            entry = snapshot.inbound.get(name)
+            if entry is not None:
+                return entry.policies
+            return _ALLOW_ALL if name in snapshot.absent else _DENY_ALL
+
+        return current
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.ready_timeout if timeout is None else timeout
+
+    def _run_on_loop(self, coro: Coroutine[Any, Any, _T], timeout: float) -> _T:
+        """Run `coro` on the mesh's loop and wait for it from another thread."""
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise MeshError("the mesh is not started: use `with Mesh(...)` or `async with`")
+        if _on_loop_thread(loop):
+            coro.close()
+            raise MeshError("a blocking mesh call on the mesh's own loop: await the _async twin")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
     # -- transports --------------------------------------------------------
 
@@ -267,7 +384,18 @@ class Mesh:
             if self.admin_address is not None:
                 self.diagnostics = DiagnosticsServer.for_client(self._xds, self.bootstrap)
                 await self.diagnostics.start(self.admin_address)
-            await self._xds.wait_connected(self.ready_timeout)
+            try:
+                await self._xds.wait_connected(self.ready_timeout)
+            except ControlPlaneUnavailableError:
+                if not self._xds.restored_from_cache:
+                    raise
+                # Started from the disk copy of the last good config: serve
+                # with it and keep reconnecting rather than refuse to start.
+                log.warning(
+                    "control plane %s unreachable; routing with the cached config",
+                    self.control_plane,
+                )
+                return
             if self._preload:
                 await self._xds.watch(self._preload, timeout=self.ready_timeout)
             for registrar in self._registrars:

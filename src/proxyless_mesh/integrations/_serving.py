@@ -12,6 +12,13 @@ TLS itself, per connection, by the port's PeerAuthentication mode:
   (`scope["extensions"]["tls"]`: `client_cert_chain`, `tls_version`,
   `cipher_suite`, ... and our `spiffe_id`), which the authorization
   middleware reads. uvicorn itself gets no ssl_* settings: do not pass any.
+`serve_asgi` also follows the control plane: it binds first (so port 0
+works), asks the mesh for each bound port's server listener
+(`mesh.serve_inbound`), and wraps the app in the AuthorizationMiddleware fed
+by `mesh.inbound_policies(port)`; the TLS mode per connection is then the
+listener's PeerAuthentication. An operator's policy change reaches the next
+request (policy) or the next connection (mode) without a restart.
+
 Limits: WebSocket upgrades are handed to uvicorn's ws protocol, which builds
 its scope from the app itself, so a WebSocket scope has no `tls` extension
 (the middleware then sees no principal: fail closed). asyncio's own loop is
@@ -42,6 +49,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxyless_mesh.errors import MeshError
+from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
 from proxyless_mesh.integrations._grpc_server import auth_context_peer_principal
 from proxyless_mesh.model import TlsMode
 from proxyless_mesh.security import Credentials
@@ -62,6 +70,7 @@ __all__ = [
     "MeshUvicornConfig",
     "add_mesh_port",
     "asgi_config",
+    "authorized_asgi",
     "grpc_peer_identity",
     "grpc_server_credentials",
     "inbound_tls",
@@ -289,11 +298,65 @@ async def serve_asgi(
     port: int = 8000,
     mode: ModeArg = None,
     sockets: list[Any] | None = None,
+    authorize: bool | None = None,
     **kwargs: Any,
 ) -> None:
-    """Serve until uvicorn is told to stop (signal, or the task cancelled)."""
+    """Serve until uvicorn is told to stop (signal, or the task cancelled).
+
+    `authorize` (default: when the bootstrap names a server listener
+    template, as meshctl's do): follow the control plane's inbound policy for
+    each bound port, as the module docstring says; False serves `app` as is.
+    `mode` fixes the PeerAuthentication mode instead of following xDS."""
     config = asgi_config(app, mesh, mode=mode, host=host, port=port, **kwargs)
-    await uvicorn.Server(config).serve(sockets=sockets)
+    if authorize is None:
+        authorize = bool(mesh.bootstrap.server_listener_resource_name_template)
+    if not authorize:
+        await uvicorn.Server(config).serve(sockets=sockets)
+        return
+    owned = sockets is None
+    bound = sockets if sockets is not None else [config.bind_socket()]
+    try:
+        ports = []
+        for sock in bound:
+            address, local_port = sock.getsockname()[:2]
+            await mesh.serve_inbound_async(local_port, address)
+            ports.append(local_port)
+        config.app = authorized_asgi(app, mesh, ports)
+        config.loaded = False  # uvicorn wraps config.app when it loads
+        await uvicorn.Server(config).serve(sockets=bound)
+    finally:
+        if owned:
+            for sock in bound:
+                sock.close()
+
+
+def authorized_asgi(app: Any, mesh: Mesh, ports: list[int]) -> Any:
+    """`app` behind the AuthorizationMiddleware fed by the mesh's policy for
+    each of `ports` (each already followed with `mesh.serve_inbound`); with
+    several ports the request's local port (`scope["server"]`) picks it."""
+    guarded = {p: AuthorizationMiddleware(app, policies=mesh.inbound_policies(p)) for p in ports}
+    if len(guarded) == 1:
+        return next(iter(guarded.values()))
+    return _ByPort(app, guarded)
+
+
+class _ByPort:
+    """Dispatch to the middleware of the local port; a port without one (an
+    HTTP scope without `server`) is refused rather than served unchecked."""
+
+    def __init__(self, app: Any, guarded: dict[int, AuthorizationMiddleware]) -> None:
+        self.app = app
+        self.guarded = guarded
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        server = scope.get("server")
+        middleware = self.guarded.get(server[1]) if server else None
+        if middleware is None:
+            raise MeshError(f"no inbound policy followed for local address {server}")
+        await middleware(scope, receive, send)
 
 
 # -- grpcio ------------------------------------------------------------------------

@@ -1,0 +1,13 @@
+"""WSGI apps under gunicorn with mesh mutual TLS and authorization:
+
+    GRPC_XDS_BOOTSTRAP=bootstrap.json gunicorn -k proxyless_mesh.gunicorn.MeshSyncWorker app:app
+
+Each worker starts its own Mesh after the fork; a connection is served per its
+port's PeerAuthentication mode, the verified SPIFFE ID is in
+`environ["proxyless_mesh.peer_principal"]`, and the port's AuthorizationPolicy
+is enforced. Needs gunicorn (`pip install proxyless-mesh[gunicorn]`).
+"""
+
+from proxyless_mesh.integrations._wsgi_serving import MeshSyncWorker, accept_mesh_connection
+
+__all__ = ["MeshSyncWorker", "accept_mesh_connection"]

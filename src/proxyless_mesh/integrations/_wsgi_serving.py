@@ -1,0 +1,176 @@
+"""Serving a WSGI app with mesh mTLS under gunicorn.
+
+`gunicorn -k proxyless_mesh.integrations._wsgi_serving.MeshSyncWorker ...`
+with the workload's bootstrap in GRPC_XDS_BOOTSTRAP (or
+GRPC_XDS_BOOTSTRAP_CONFIG). Each worker process starts its own `Mesh` after
+the fork (a mesh's loop thread and its xDS stream do not survive a fork),
+follows the control plane's server listener for every bound address
+(`mesh.serve_inbound`), and serves each connection by that listener's
+PeerAuthentication mode:
+- the first byte is peeked (not read): a TLS ClientHello (0x16) gets the
+  mTLS handshake with the workload certificate current at that moment;
+  plaintext is served (PERMISSIVE) or answered 426 and closed (STRICT);
+  DISABLE serves plaintext without peeking.
+- the app gets the verified SPIFFE ID in `environ["proxyless_mesh.peer_principal"]`
+  (absent over plaintext: the key is set by the server only, a client can
+  reach environ solely through HTTP_* keys) and `wsgi.url_scheme` "https",
+  behind the WsgiAuthorizationMiddleware fed by `mesh.inbound_policies`.
+gunicorn itself gets no certfile/keyfile: the worker does the TLS.
+Only the sync worker (one connection at a time per process) is provided,
+which is what lets the connection's identity be handed to the request
+through the worker without a per-thread map.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+from gunicorn.workers.sync import SyncWorker  # type: ignore[import-untyped]
+
+from proxyless_mesh.errors import MeshError
+from proxyless_mesh.integrations._wsgi import (
+    PEER_PRINCIPAL_KEY,
+    StartResponse,
+    WSGIApp,
+    WsgiAuthorizationMiddleware,
+)
+from proxyless_mesh.mesh import Mesh
+from proxyless_mesh.model import TlsMode
+from proxyless_mesh.security._inbound import TLS_HANDSHAKE_BYTE, plaintext_refusal
+from proxyless_mesh.security._spiffe import peer_spiffe_id
+
+__all__ = ["MeshSyncWorker", "accept_mesh_connection"]
+
+log = logging.getLogger("proxyless_mesh.serving")
+
+SNIFF_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class Refused(Exception):
+    """The connection was answered and closed by the mesh (not for the app)."""
+
+
+def accept_mesh_connection(
+    client: socket.socket, mesh: Mesh, port: int
+) -> tuple[socket.socket, str | None]:
+    """Classify one accepted connection by the port's mode and, for TLS, do
+    the mTLS handshake: returns the socket to serve (SSLSocket after a
+    handshake) and the peer's verified SPIFFE ID (None over plaintext).
+    Raises Refused when the connection must not reach the app."""
+    mode = mesh.inbound_tls_mode(port)
+    if mode is TlsMode.DISABLE:
+        return client, None
+    client.settimeout(SNIFF_TIMEOUT)
+    try:
+        first = client.recv(1, socket.MSG_PEEK)
+    except OSError as exc:
+        raise Refused(f"nothing readable: {exc}") from None
+    if not first:
+        raise Refused("closed before sending anything")
+    if first[0] != TLS_HANDSHAKE_BYTE:
+        if mode is TlsMode.STRICT:
+            _refuse_plaintext(client, first[0])
+            raise Refused("plaintext on a STRICT port")
+        client.settimeout(None)
+        return client, None
+    context = mesh.credentials().server_ssl_context(require_client_cert=True)
+    client.settimeout(HANDSHAKE_TIMEOUT)
+    try:
+        tls = context.wrap_socket(client, server_side=True)
+    except (ssl.SSLError, OSError) as exc:
+        raise Refused(f"TLS handshake failed: {exc}") from None
+    principal = peer_spiffe_id(tls)
+    if principal is None:
+        tls.close()
+        raise Refused("no SPIFFE ID in the client certificate")
+    tls.settimeout(None)
+    return tls, principal
+
+
+def _refuse_plaintext(client: socket.socket, first: int) -> None:
+    """Read the request head (closing with unread bytes would reset the
+    connection before the client reads the answer), answer, and let the
+    caller close."""
+    answer = plaintext_refusal(first)
+    if not answer:
+        return
+    head = b""
+    try:
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            chunk = client.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        client.sendall(answer)
+    except OSError:
+        return
+
+
+class MeshSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
+    """gunicorn's sync worker serving with mesh mTLS (module docstring)."""
+
+    mesh: Mesh | None = None
+    _peer: str | None = None
+    _port: int = 0
+
+    def init_process(self) -> None:
+        """Start the mesh in this (forked) worker, follow each bound address,
+        then run gunicorn's loop; the mesh closes when the loop ends."""
+        if self.cfg.is_ssl:
+            raise MeshError("certfile/keyfile: the mesh does the TLS (its workload certificate)")
+        self.mesh = Mesh.from_bootstrap()
+        self.mesh.start()
+        try:
+            for sock in self.sockets:
+                address, port = sock.getsockname()[:2]
+                self.mesh.serve_inbound(port, address)
+            super().init_process()
+        finally:
+            self.mesh.close()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        mesh = self.mesh
+        if mesh is None:
+            raise MeshError("MeshSyncWorker: the mesh is not started")
+        app: WSGIApp = getattr(self, "wsgi")  # noqa: B009 - set by gunicorn, untyped
+        guarded: dict[int, WSGIApp] = {}
+        for sock in self.sockets:
+            port = sock.getsockname()[1]
+            guarded[port] = WsgiAuthorizationMiddleware(app, policies=mesh.inbound_policies(port))
+        self.wsgi = self._with_peer(guarded)
+
+    def _with_peer(self, guarded: dict[int, WSGIApp]) -> WSGIApp:
+        """The app of the connection being served: its verified identity put
+        into environ, then the authorization middleware of its local port."""
+
+        def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            environ.pop(PEER_PRINCIPAL_KEY, None)
+            if self._peer is not None:
+                environ[PEER_PRINCIPAL_KEY] = self._peer
+                environ["wsgi.url_scheme"] = "https"
+            return guarded[self._port](environ, start_response)
+
+        return app
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        mesh = self.mesh
+        if mesh is None:
+            client.close()
+            return
+        self._port = listener.getsockname()[1]
+        try:
+            served, self._peer = accept_mesh_connection(client, mesh, self._port)
+        except Refused as exc:
+            log.info("refused a connection from %s: %s", addr, exc)
+            client.close()
+            return
+        try:
+            super().handle(listener, served, addr)
+        finally:
+            self._peer = None

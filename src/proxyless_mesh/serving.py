@@ -1,0 +1,38 @@
+"""Serving with the mesh: mutual TLS (STRICT / PERMISSIVE / DISABLE from the
+workload's PeerAuthentication), the peer's verified identity for the app, and
+AuthorizationPolicy enforced from xDS.
+
+ASGI under uvicorn (`pip install proxyless-mesh[serve]`):
+
+    async with Mesh.from_bootstrap() as mesh:
+        await serve_asgi(app, mesh, host="0.0.0.0", port=9080)
+
+gRPC servers: `add_mesh_port(server, "0.0.0.0:50051", mesh)` (rotating
+credentials; the peer's SPIFFE ID via `grpc_peer_identity(context)`).
+WSGI under gunicorn: see `proxyless_mesh.gunicorn`.
+
+A module of its own because it needs uvicorn, which the library itself does
+not depend on.
+"""
+
+from proxyless_mesh.integrations._serving import (
+    MeshUvicornConfig,
+    add_mesh_port,
+    asgi_config,
+    authorized_asgi,
+    grpc_peer_identity,
+    grpc_server_credentials,
+    inbound_tls,
+    serve_asgi,
+)
+
+__all__ = [
+    "MeshUvicornConfig",
+    "add_mesh_port",
+    "asgi_config",
+    "authorized_asgi",
+    "grpc_peer_identity",
+    "grpc_server_credentials",
+    "inbound_tls",
+    "serve_asgi",
+]

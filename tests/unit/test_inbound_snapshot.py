@@ -1,0 +1,95 @@
+"""The snapshot's inbound half: a PolicySet per server listener, compiled
+when the listener changed and reused otherwise; and the mesh's provider
+semantics (absent: allow, not usable: deny) and TLS mode per port."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+
+from proxyless_mesh import Mesh
+from proxyless_mesh._snapshot import build_snapshot
+from proxyless_mesh.bootstrap import Bootstrap
+from proxyless_mesh.errors import MeshError
+from proxyless_mesh.model import InboundListener, TlsMode
+from proxyless_mesh.model._rbac import Rbac, RbacAction
+from proxyless_mesh.policy import InboundRequest
+from proxyless_mesh.xds_client import XdsState
+
+NAME = "grpc/server?xds.resource.listening_address=127.0.0.1:8080"
+DENY_ALL = (Rbac(RbacAction.ALLOW),)  # an ALLOW engine with no policy denies everything
+
+
+def _state(*listeners: InboundListener, absent: frozenset[str] = frozenset()) -> XdsState:
+    return XdsState(
+        inbound=MappingProxyType({lst.name: lst for lst in listeners}), absent_listeners=absent
+    )
+
+
+def _listener(rbac: tuple[Rbac, ...] = (), mode: TlsMode = TlsMode.STRICT) -> InboundListener:
+    return InboundListener(NAME, "127.0.0.1", 8080, tls_mode=mode, rbac=rbac)
+
+
+def _status(policies: object) -> int:
+    request = InboundRequest("GET", b"/api", {"host": "x"})
+    return policies.check(request).status  # type: ignore[attr-defined,no-any-return]
+
+
+def test_a_policy_set_is_compiled_per_listener_and_reused_while_unchanged() -> None:
+    first = build_snapshot(_state(_listener(DENY_ALL)))
+    assert _status(first.inbound[NAME].policies) == 403
+    # An unrelated update (a new but equal listener object): same compiled set.
+    again = build_snapshot(_state(_listener(DENY_ALL)), first)
+    assert again.inbound[NAME].policies is first.inbound[NAME].policies
+    # The policy changed: recompiled, and the new decision applies.
+    changed = build_snapshot(_state(_listener(())), again)
+    assert changed.inbound[NAME].policies is not first.inbound[NAME].policies
+    assert _status(changed.inbound[NAME].policies) == 200
+    # The listener went away: no entry.
+    assert NAME not in build_snapshot(_state(absent=frozenset({NAME})), changed).inbound
+
+
+def _mesh() -> Mesh:
+    return Mesh(
+        Bootstrap.from_json(
+            '{"xds_servers": [{"server_uri": "127.0.0.1:1",'
+            ' "channel_creds": [{"type": "insecure"}]}]}'
+        )
+    )
+
+
+def test_the_mesh_provider_follows_the_snapshot() -> None:
+    mesh = _mesh()
+    with pytest.raises(MeshError, match="serve_inbound"):
+        mesh.inbound_policies(8080)
+    mesh._inbound_names[8080] = NAME  # what serve_inbound records
+    provider = mesh.inbound_policies(8080)
+    assert _status(provider()) == 403  # watched, nothing arrived yet: fail closed
+    mesh.snapshot = build_snapshot(_state(absent=frozenset({NAME})), mesh.snapshot)
+    assert _status(provider()) == 200  # the control plane has no policy for it
+    mesh.snapshot = build_snapshot(_state(_listener(DENY_ALL)), mesh.snapshot)
+    assert _status(provider()) == 403  # the operator's policy, read per call
+    assert mesh.inbound_listener(8080) == _listener(DENY_ALL)
+
+
+def test_inbound_tls_mode_comes_from_the_listener_when_the_mesh_has_an_identity() -> None:
+    mesh = _mesh()
+    mesh._inbound_names[8080] = NAME
+    mesh.snapshot = build_snapshot(_state(_listener(mode=TlsMode.STRICT)))
+    assert mesh.inbound_tls_mode(8080) is TlsMode.DISABLE  # no identity: plaintext only
+    mesh._identity_config = object()  # type: ignore[assignment]  # "has an identity"
+    assert mesh.inbound_tls_mode(8080) is TlsMode.STRICT
+    assert mesh.inbound_tls_mode(9090) is TlsMode.PERMISSIVE  # not followed: Istio's default
+
+
+def test_listener_names_follow_the_bootstrap_template() -> None:
+    mesh = _mesh()
+    mesh.bootstrap = Bootstrap.from_json(
+        '{"xds_servers": [{"server_uri": "127.0.0.1:1",'
+        ' "channel_creds": [{"type": "insecure"}]}],'
+        ' "server_listener_resource_name_template":'
+        ' "grpc/server?xds.resource.listening_address=%s"}'
+    )
+    assert mesh.inbound_listener_name(8080, "127.0.0.1") == NAME
+    assert mesh.inbound_listener_name(80, "::").endswith("=[::]:80")
