@@ -10,6 +10,12 @@ Failure modes for resilience tests: `--fail-rate 0.3` answers 503 (or
 `--fail-status`) to that share of requests, `--delay 2` waits before
 answering. `GET /__stats` reports how many requests it served, by Host
 header (that request itself is not counted).
+
+`POST /__mode` with a JSON object changes those modes while the backend
+runs, so a test can make a live endpoint start failing and later recover
+without restarting it (a restart would change its port and its identity in
+the mesh): {"fail_rate": 1.0, "fail_status": 503, "delay": 0}; keys left out
+keep their value. It answers the resulting mode and is not counted either.
 """
 
 from __future__ import annotations
@@ -36,6 +42,25 @@ class Behaviour:
         self.delay = delay
         self.served: dict[str, int] = {}
         self.rng = random.Random()
+
+    def change(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Apply a `POST /__mode` body; (400, error) leaves the mode unchanged."""
+        try:
+            wanted = json.loads(body or b"{}")
+            if not isinstance(wanted, dict) or set(wanted) - {"fail_rate", "fail_status", "delay"}:
+                raise ValueError("expected an object with fail_rate, fail_status, delay")
+            fail_rate = float(wanted.get("fail_rate", self.fail_rate))
+            fail_status = int(wanted.get("fail_status", self.fail_status))
+            delay = float(wanted.get("delay", self.delay))
+            if not 0.0 <= fail_rate <= 1.0 or not 100 <= fail_status <= 599 or delay < 0:
+                raise ValueError("fail_rate in [0, 1], fail_status in 100..599, delay >= 0")
+        except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            return 400, {"error": str(exc)}
+        self.fail_rate, self.fail_status, self.delay = fail_rate, fail_status, delay
+        return 200, self.mode()
+
+    def mode(self) -> dict[str, Any]:
+        return {"fail_rate": self.fail_rate, "fail_status": self.fail_status, "delay": self.delay}
 
 
 async def respond(send: Any, status: int, body: bytes, version: str) -> None:
@@ -67,11 +92,17 @@ def make_app(service: str, version: str, behaviour: Behaviour | None = None) -> 
                     return
         if scope["type"] != "http":
             return
+        body = b""
         more = True
         while more:  # drain the request body
             message = await receive()
+            body += message.get("body", b"")
             more = message.get("more_body", False)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope["path"] == "/__mode" and scope["method"] == "POST":
+            status, answer = behaviour.change(body)
+            await respond(send, status, json.dumps(answer).encode(), version)
+            return
         if scope["path"] == "/__stats":
             stats = {"requests": sum(behaviour.served.values()), "hosts": behaviour.served}
             await respond(send, 200, json.dumps(stats).encode(), version)
