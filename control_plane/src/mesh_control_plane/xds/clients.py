@@ -11,10 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mesh_control_plane.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from mesh_control_plane.xds.snapshot import PackedResource
+
+if TYPE_CHECKING:
+    from mesh_control_plane.xds.responses import PreparedResponse
 
 # LDS and CDS are the types a SotW client may subscribe to as a wildcard
 # (empty resource_names on its first request); RDS and EDS are always by name.
@@ -43,22 +46,39 @@ class Subscription:
         return self.wildcard or name in self.names
 
 
+_NOTHING: Mapping[str, PackedResource] = {}
+
+
 @dataclass(slots=True)
 class TypeState:
-    """Protocol state for one type URL on one stream."""
+    """Protocol state for one type URL on one stream.
+
+    Everything here is shared with other streams where it can be (the
+    subscription and the last response are the very objects every stream of
+    the same kind holds): at 10,000 clients, per-stream copies were most of
+    the control plane's memory per client.
+    """
 
     subscription: Subscription
-    sent_version: str = ""
-    sent_nonce: str = ""
-    # name -> content hash of what the last response carried; a push happens
-    # only when what the client would receive now differs from this.
-    sent_hashes: Mapping[str, str] = field(default_factory=dict)
-    # What that response carried (shared objects, no copy): the control
-    # plane's record of what this client was sent, for `/config_dump?node=`.
-    sent_resources: Mapping[str, PackedResource] = field(default_factory=dict)
+    # The latest response sent for this type (shared): its fingerprint decides
+    # whether a config change needs a push, its resources are the control
+    # plane's record of what this client was sent (`/config_dump?node=`).
+    sent: PreparedResponse | None = None
     acked_version: str = ""
     nacked_version: str | None = None
     nack_message: str | None = None
+
+    @property
+    def sent_version(self) -> str:
+        return self.sent.version if self.sent is not None else ""
+
+    @property
+    def sent_nonce(self) -> str:
+        return self.sent.nonce if self.sent is not None else ""
+
+    @property
+    def sent_resources(self) -> Mapping[str, PackedResource]:
+        return self.sent.resources if self.sent is not None else _NOTHING
 
     def to_status(self) -> dict[str, Any]:
         sub = self.subscription

@@ -3,23 +3,28 @@
 Per stream, a reader task applies each DiscoveryRequest to the client's
 record (ACK, NACK, subscription change) and queues any response; the RPC
 handler itself is the one writer. Config changes are pushed through the same
-bounded queue, only to streams whose resources actually changed. A stream
+bounded outbox, only to streams whose resources actually changed. A stream
 that cannot keep up is closed (the client reconnects and gets a fresh State of
 the World) instead of stalling the push to everyone else.
+
+Built for 10,000 streams on one event loop: responses are serialized once per
+(client kind, type, subscription) and the same bytes queued on every stream
+(responses.py), so a push costs each stream a dict lookup, a tuple compare and
+an append; per-stream state is slotted and shares what it can.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import AsyncIterable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.translate import NodeInfo
@@ -31,11 +36,28 @@ from mesh_control_plane.xds.clients import (
     TypeState,
     short_type_name,
 )
-from mesh_control_plane.xds.snapshot import PackedResource, SnapshotCache
+from mesh_control_plane.xds.responses import PreparedResponse, ResponseCache
+from mesh_control_plane.xds.snapshot import SnapshotCache
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 64
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+# A connect storm of thousands of clients arrives faster than one Python event
+# loop accepts calls, and grpc core's defaults for calls the application has not
+# picked up yet reset most of it (and every client retries, so the storm only
+# grows): a call left waiting more than 30 s (server_max_unrequested_time_in_
+# server) is CANCELLED, and beyond 1,000 waiting (max_pending_requests) new ones
+# are refused with RESOURCE_EXHAUSTED, certainly so beyond 3,000 (the hard
+# limit). A waiting call costs a few KB in core; 100,000 is a deliberate
+# ceiling, not "unlimited". Values: count, count, seconds.
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 100_000),
+    ("grpc.server_max_unrequested_time_in_server", 300),
+)
 
 StreamObserver = Callable[[base_pb2.Node, bool], None]
 """Told (node, True) when a stream identifies its node and (node, False) when that
@@ -44,13 +66,26 @@ stream ends: self-registration ties a workload's health to its streams."""
 
 @dataclass(eq=False, slots=True)
 class _Stream:
+    """One ADS stream. An outbox list and one future stand in for an
+    asyncio.Queue, which costs four deques and an Event per stream."""
+
     record: ClientRecord
-    queue: asyncio.Queue[discovery_pb2.DiscoveryResponse | None]
+    outbox: list[bytes] = field(default_factory=list)
+    waiter: asyncio.Future[None] | None = None
     node: NodeInfo | None = None
+    key: Hashable = None  # node.cache_key, computed once
     node_proto: base_pb2.Node | None = None
     close_reason: str | None = None
     close_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     closing: bool = False
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+_Context = grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, bytes]
 
 
 class _BadNode(Exception):
@@ -70,8 +105,13 @@ def _subscription(type_url: str, names: list[str], previous: Subscription | None
     return Subscription(False, wanted)
 
 
-class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    """Serves the snapshot cache to any number of ADS streams."""
+class AdsServicer:
+    """Serves the snapshot cache to any number of ADS streams.
+
+    Its stream method writes serialized responses (bytes): register it with
+    `method_handlers()`, not the generated servicer helper, whose serializer
+    would try to serialize them again.
+    """
 
     def __init__(
         self,
@@ -86,8 +126,23 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         self._observer = observer
         self.metrics = metrics or ControlPlaneMetrics()
         self._streams: set[_Stream] = set()
-        self._nonces = itertools.count(1)
+        self._responses = ResponseCache(cache.resources)
+        self._responses.reset(cache.version)
         self._remove_listener = cache.add_listener(self._on_config_change)
+
+    def method_handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
+        """The ADS service for `grpc.aio.Server.add_generic_rpc_handlers`:
+        requests are parsed, responses go out as the bytes they already are
+        (a None serializer is grpc's pass-through). Delta xDS is not served
+        (UNIMPLEMENTED, as grpc answers for an unknown method)."""
+        handler = grpc.stream_stream_rpc_method_handler(
+            self.StreamAggregatedResources,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=None,
+        )
+        return grpc.method_handlers_generic_handler(
+            ADS_SERVICE, {"StreamAggregatedResources": handler}
+        )
 
     def clients(self) -> list[ClientRecord]:
         """The record of every connected client, oldest first."""
@@ -106,16 +161,24 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterable[discovery_pb2.DiscoveryRequest],
-        context: grpc.aio.ServicerContext[
-            discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
-        ],
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        stream = _Stream(ClientRecord(peer=context.peer()), asyncio.Queue(self._queue_size))
+        context: _Context,
+    ) -> None:
+        """Writes with `context.write` and reads with `context.read` (the
+        request iterator is not used): each skips an async generator layer,
+        and at 10,000 streams per push those layers were a visible share."""
+        del request_iterator  # read through context.read() instead
+        stream = _Stream(ClientRecord(peer=context.peer()))
         self._streams.add(stream)
-        reader = asyncio.create_task(self._read(stream, request_iterator))
+        reader = asyncio.create_task(self._read(stream, context))
+        loop = asyncio.get_running_loop()
         try:
-            while (response := await stream.queue.get()) is not None:
-                yield response
+            while not stream.closing:
+                if stream.outbox:
+                    await context.write(stream.outbox.pop(0))  # type: ignore[arg-type]
+                    continue
+                waiter = stream.waiter = loop.create_future()
+                await waiter
+                stream.waiter = None
             if stream.close_reason is not None:
                 await context.abort(stream.close_code, stream.close_reason)
         finally:
@@ -128,11 +191,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 self._observer(stream.node_proto, False)
             log.info("ADS stream from %s (%s) ended", stream.record.node_id, stream.record.peer)
 
-    async def _read(
-        self, stream: _Stream, requests: AsyncIterable[discovery_pb2.DiscoveryRequest]
-    ) -> None:
+    async def _read(self, stream: _Stream, context: _Context) -> None:
         try:
-            async for request in requests:
+            # read() gives grpc.aio.EOF (untyped in the stubs) once the client half-closes
+            while isinstance(request := await context.read(), discovery_pb2.DiscoveryRequest):
                 self._on_request(stream, request)
         except asyncio.CancelledError:
             raise
@@ -160,7 +222,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         possibly inside a NACK), or when the request carries no nonce at all."""
         if stream.node is None:
             self._identify(stream, request.node)
-        type_url = request.type_url
+        # one string per type URL, not one per stream (it keys record.types)
+        type_url = sys.intern(request.type_url)
         state = stream.record.types.get(type_url)
         nonce = request.response_nonce
         if state is not None and nonce and nonce != state.sent_nonce:
@@ -185,7 +248,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                     request.error_detail.message,
                 )
             else:
-                state.acked_version = request.version_info
+                version = request.version_info
+                # share the sent version's string rather than keep a copy per stream
+                state.acked_version = (
+                    state.sent_version if version == state.sent_version else version
+                )
                 state.nacked_version = state.nack_message = None
                 self.metrics.acked(stream, type_url)
         subscription = _subscription(
@@ -197,7 +264,11 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         elif subscription == state.subscription and nonce:
             return  # an ACK or NACK of what was sent: nothing new to say
         state.subscription = subscription
-        self._send(stream, type_url, state, self._selection(stream, type_url, state))
+        if stream.node is not None:
+            response = self._responses.get(stream.node, stream.key, type_url, subscription)
+            if response is state.sent:
+                response = self._responses.fresh_copy(response)
+            self._send(stream, state, response)
 
     def _identify(self, stream: _Stream, node_proto: base_pb2.Node) -> None:
         stream.record.node_id = node_proto.id
@@ -205,9 +276,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             node = NodeInfo.from_proto(node_proto)
         except ValueError as exc:
             raise _BadNode(str(exc)) from exc
-        stream.node = node
-        stream.record.user_agent = " ".join(
-            p for p in (node_proto.user_agent_name, node_proto.user_agent_version) if p
+        stream.node, stream.key = node, node.cache_key
+        stream.record.user_agent = sys.intern(
+            " ".join(p for p in (node_proto.user_agent_name, node_proto.user_agent_version) if p)
         )
         stream.record.kind = node.kind.name
         stream.record.set_identity(node_proto)
@@ -223,53 +294,34 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             stream.record.peer,
         )
 
-    def _selection(
-        self, stream: _Stream, type_url: str, state: TypeState
-    ) -> Mapping[str, PackedResource]:
-        if stream.node is None:
-            return {}
-        available = self._cache.resources(stream.node, type_url)
-        sub = state.subscription
-        if sub.wildcard:
-            return available
-        return {n: available[n] for n in sorted(sub.names) if n in available}
-
-    def _send(
-        self,
-        stream: _Stream,
-        type_url: str,
-        state: TypeState,
-        selection: Mapping[str, PackedResource],
-    ) -> None:
-        nonce = str(next(self._nonces))
-        version = self._cache.version
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version, type_url=type_url, nonce=nonce
-        )
-        response.resources.extend(r.any for r in selection.values())
-        state.sent_version, state.sent_nonce = version, nonce
-        state.sent_hashes = {name: r.hash for name, r in selection.items()}
-        state.sent_resources = selection
-        self.metrics.pushed(short_type_name(type_url))
-        try:
-            stream.queue.put_nowait(response)
-        except asyncio.QueueFull:
+    def _send(self, stream: _Stream, state: TypeState, response: PreparedResponse) -> None:
+        state.sent = response
+        # the subscription object of a shared response is shared too: one
+        # frozenset of names per distinct subscription, not one per stream
+        state.subscription = response.subscription
+        self.metrics.pushed(short_type_name(response.type_url))
+        if len(stream.outbox) >= self._queue_size:
             self._close(stream, f"client too slow: {self._queue_size} responses not yet written")
+            return
+        stream.outbox.append(response.payload)
+        stream.wake()
 
     def _on_config_change(self, version: str) -> None:
         started = self.metrics.now()
+        self._responses.reset(version)
+        responses = self._responses
         round_pushes: list[tuple[_Stream, str]] = []
         for stream in list(self._streams):
-            if stream.node is None or stream.closing:
+            node = stream.node
+            if node is None or stream.closing:
                 continue
             types = stream.record.types
-            ordered = [t for t in PUSH_ORDER if t in types]
-            ordered += sorted(t for t in types if t not in PUSH_ORDER)
-            for type_url in ordered:
+            for type_url in _push_order(types):
                 state = types[type_url]
-                selection = self._selection(stream, type_url, state)
-                if {n: r.hash for n, r in selection.items()} != state.sent_hashes:
-                    self._send(stream, type_url, state, selection)
+                response = responses.get(node, stream.key, type_url, state.subscription)
+                sent = state.sent
+                if sent is None or response.fingerprint != sent.fingerprint:
+                    self._send(stream, state, response)
                     round_pushes.append((stream, type_url))
                 if stream.closing:
                     break
@@ -296,9 +348,17 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         stream.close_reason, stream.close_code = reason, code
         if reason is not None:
             log.log(level, "closing ADS stream from %s: %s", stream.record.node_id, reason)
-        while not stream.queue.empty():
-            stream.queue.get_nowait()
-        stream.queue.put_nowait(None)
+        stream.outbox.clear()
+        stream.wake()
+
+
+def _push_order(types: dict[str, TypeState]) -> Sequence[str]:
+    """Clusters and endpoints before the listeners and routes that refer to them."""
+    if len(types) == len(PUSH_ORDER) and all(t in types for t in PUSH_ORDER):
+        return PUSH_ORDER
+    ordered = [t for t in PUSH_ORDER if t in types]
+    ordered += sorted(t for t in types if t not in PUSH_ORDER)
+    return ordered
 
 
 class XdsServer:
@@ -324,10 +384,8 @@ class XdsServer:
 
     async def start(self, address: str) -> int:
         """Listen on "HOST:PORT" (port 0 picks one); returns the bound port."""
-        server = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.servicer, server)
-        if self._extra_handlers:
-            server.add_generic_rpc_handlers(self._extra_handlers)
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((self.servicer.method_handlers(), *self._extra_handlers))
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpcio's way of saying the bind failed
