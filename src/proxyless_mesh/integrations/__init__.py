@@ -2,7 +2,9 @@
 ASGI, WSGI)."""
 
 from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
-from proxyless_mesh.integrations._grpc_client import AioMeshChannel, MeshChannel, normalize_target
+from proxyless_mesh.integrations._grpc_aio import AioMeshChannel
+from proxyless_mesh.integrations._grpc_client import MeshChannel
+from proxyless_mesh.integrations._grpc_exchange import normalize_target
 from proxyless_mesh.integrations._grpc_server import (
     AioAuthorizationServerInterceptor,
     AuthorizationServerInterceptor,
