@@ -80,7 +80,7 @@ def _loop(client: httpx.Client, n: int) -> float:
 
 def measure(quick: bool) -> list[tuple[str, float]]:
     """(variant, median microseconds per request)."""
-    n, rounds = (1500, 3) if quick else (5000, 7)
+    n, rounds = (300, 3) if quick else (5000, 7)
     log = logging.getLogger("proxyless_mesh.access")
     handler = logging.StreamHandler(io.StringIO())  # formatted and written, in memory
     log.addHandler(handler)

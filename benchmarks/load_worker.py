@@ -2,6 +2,7 @@
 
     python benchmarks/load_worker.py --kind http --target URL [--mesh-bootstrap F]
     python benchmarks/load_worker.py --kind grpc --target 127.0.0.1:N | xds:///host:port
+    python benchmarks/load_worker.py --kind grpc --target host:port --mesh-bootstrap F
 
 Why a process per row: its CPU time and memory are then the row's alone
 (read from /proc by the harness, or reported here), grpcio's native xDS mode
@@ -47,7 +48,9 @@ def rss_kb() -> int:
     return 0
 
 
-def http_caller(stack: ExitStack, target: str, bootstrap: str | None) -> Callable[[], bool]:
+def http_caller(
+    stack: ExitStack, target: str, bootstrap: str | None, new_connection: bool = False
+) -> Callable[[], bool]:
     import httpx
 
     transport: httpx.BaseTransport | None = None
@@ -58,18 +61,27 @@ def http_caller(stack: ExitStack, target: str, bootstrap: str | None) -> Callabl
         mesh = stack.enter_context(Mesh.from_bootstrap(bootstrap, preload=[authority]))
         transport = mesh.httpx_transport()
     client = stack.enter_context(httpx.Client(transport=transport, timeout=30))
+    # `Connection: close`: the pool drops the connection after the response, so
+    # every request pays a connect (and, with mTLS, a handshake).
+    headers = {"connection": "close"} if new_connection else {}
 
     def call() -> bool:
-        response = client.post(target, content=PAYLOAD)
+        response = client.post(target, content=PAYLOAD, headers=headers)
         return response.status_code == 200 and len(response.content) == 1024
 
     return call
 
 
-def grpc_caller(stack: ExitStack, target: str) -> Callable[[], bool]:
+def grpc_caller(stack: ExitStack, target: str, bootstrap: str | None) -> Callable[[], bool]:
     import grpc
 
-    channel = stack.enter_context(grpc.insecure_channel(target))
+    if bootstrap is not None:  # library mode: the mesh routes each call
+        from proxyless_mesh import Mesh
+
+        mesh = stack.enter_context(Mesh.from_bootstrap(bootstrap, preload=[target]))
+        channel = stack.enter_context(mesh.grpc_channel(target))
+    else:
+        channel = stack.enter_context(grpc.insecure_channel(target))
     echo = channel.unary_unary(GRPC_METHOD, None, None)  # raw bytes both ways
 
     def call() -> bool:
@@ -145,12 +157,13 @@ def main() -> None:
     parser.add_argument("--kind", choices=("http", "grpc"), required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("--mesh-bootstrap")
+    parser.add_argument("--new-connection", action="store_true", help="HTTP: Connection: close")
     args = parser.parse_args()
     with ExitStack() as stack:
         if args.kind == "http":
-            call = http_caller(stack, args.target, args.mesh_bootstrap)
+            call = http_caller(stack, args.target, args.mesh_bootstrap, args.new_connection)
         else:
-            call = grpc_caller(stack, args.target)
+            call = grpc_caller(stack, args.target, args.mesh_bootstrap)
         serve_commands(call)
 
 

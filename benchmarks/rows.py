@@ -6,8 +6,8 @@ processes whose CPU and memory count for the row. A row whose feature does
 not exist yet is listed with `missing` set: the tables show it as not
 measured and say why, so the gap is visible until someone fills it in.
 
-To add a row (e.g. when the library's mTLS lands): write a start function
-returning `Running` and append a `Row` to ROWS. The first row of a section
+To add a row: write a start function returning `Running` and append a `Row`
+to ROWS (sections: http, grpc, resilience, mtls). The first row of a section
 is its baseline; added latency and ratios are against it.
 """
 
@@ -41,6 +41,9 @@ class Setup:
     grpc_authority: str  # the mesh name of the gRPC server, "host:port"
     mesh_bootstrap: Path  # for our library (node user agent proxyless-mesh)
     grpc_bootstrap: Path  # for grpcio's native xDS (its own process, its own node id)
+    mtls_authority: str  # the mesh name of the mTLS (STRICT) HTTP server
+    mesh_mtls_bootstrap: Path  # with the CA address and a join token (sa/bench-client)
+    outage_port: int  # the server answering 503 (GET /count: requests it saw)
 
 
 class Worker:
@@ -57,7 +60,13 @@ class Worker:
             text=True,
             env={**os.environ, **env},
         )
-        self.started = self._read()
+        self.started: dict[str, Any] | None = None
+
+    def wait_ready(self) -> None:
+        """Its ready line. Separate from starting, so all rows' workers start
+        (import, connect, fetch their config) at once."""
+        if self.started is None:
+            self.started = self._read()
 
     def _read(self) -> dict[str, Any]:
         line = self.popen.stdout.readline() if self.popen.stdout is not None else ""
@@ -70,6 +79,7 @@ class Worker:
         return answer
 
     def run(self, command: dict[str, Any]) -> dict[str, Any]:
+        self.wait_ready()
         if self.popen.stdin is None:
             raise RuntimeError("worker has no stdin")
         self.popen.stdin.write(json.dumps(command) + "\n")
@@ -105,7 +115,7 @@ class Running:
 
 @dataclass(frozen=True)
 class Row:
-    section: str  # "http" or "grpc"
+    section: str  # "http", "grpc", "resilience" or "mtls"
     name: str
     start: Callable[[Setup], Running] | None
     missing: str = ""  # why it cannot be measured yet (start is None)
@@ -120,10 +130,47 @@ def plain_httpx(setup: Setup) -> Running:
     return Running(_http_worker(setup, "plain httpx", url))
 
 
+def own_bootstrap(setup: Setup, node: str, mtls: bool) -> Path:
+    """A bootstrap (node id) per row, as every workload has its own: rows that
+    shared one would also share the library's on-disk xDS cache, keyed by
+    node id, and start from another row's config. mTLS rows share one
+    identity (sa/bench-client): a join token may be used more than once."""
+    base = setup.mesh_mtls_bootstrap if mtls else setup.mesh_bootstrap
+    document = json.loads(base.read_text())
+    document["node"]["id"] = node  # a copy, not `meshctl bootstrap`: a process start less
+    path = base.with_name(f"bootstrap-{node}.json")
+    path.write_text(json.dumps(document))
+    path.chmod(0o600)  # it may carry a join token
+    return path
+
+
 def mesh_plaintext(setup: Setup) -> Running:
     url = f"http://{setup.http_authority}{HTTP_PATH}"
-    bootstrap = ["--mesh-bootstrap", str(setup.mesh_bootstrap)]
+    bootstrap = ["--mesh-bootstrap", str(own_bootstrap(setup, "row-mesh-plain", False))]
     return Running(_http_worker(setup, "mesh plaintext", url, *bootstrap))
+
+
+def mesh_mtls(setup: Setup) -> Running:
+    """Both sides meshed: the client's identity from its bootstrap's token,
+    upstream mTLS from the cluster's xDS (auto mTLS), the server STRICT."""
+    url = f"http://{setup.mtls_authority}{HTTP_PATH}"
+    bootstrap = ["--mesh-bootstrap", str(own_bootstrap(setup, "row-mesh-mtls", True))]
+    return Running(_http_worker(setup, "mesh mtls", url, *bootstrap))
+
+
+def _mesh_row(authority: str, mtls: bool, new_connection: bool) -> Callable[[Setup], Running]:
+    """A mesh-transport client of `authority` (or, when mTLS, the mTLS server)."""
+
+    def start(setup: Setup) -> Running:
+        target = setup.mtls_authority if mtls else authority
+        name = f"mesh {target} tls={mtls} new={new_connection}"
+        node = "row-" + name.replace(" ", "-").replace(":", "-").replace("=", "-")
+        extra = ["--mesh-bootstrap", str(own_bootstrap(setup, node, mtls))]
+        if new_connection:
+            extra.append("--new-connection")
+        return Running(_http_worker(setup, name, f"http://{target}{HTTP_PATH}", *extra))
+
+    return start
 
 
 def _envoy_pair(tls: bool) -> Callable[[Setup], Running]:
@@ -143,6 +190,12 @@ def plain_grpc(setup: Setup) -> Running:
     )
 
 
+def grpc_library_mode(setup: Setup) -> Running:
+    argv = ["--kind", "grpc", "--target", setup.grpc_authority]
+    argv += ["--mesh-bootstrap", str(own_bootstrap(setup, "row-grpc-library", False))]
+    return Running(Worker("grpc library", argv, setup.lab.workdir, {}))
+
+
 def grpc_native_xds(setup: Setup) -> Running:
     """grpcio reads GRPC_XDS_BOOTSTRAP once per process: this row's worker
     process is the only one that gets it."""
@@ -154,13 +207,35 @@ def grpc_native_xds(setup: Setup) -> Running:
 MESH_MTLS = "mesh transport, mTLS"
 ENVOY_MTLS = "Envoy sidecar pair, mTLS"
 
+BENCH = "bench.default.mesh:8080"
+MTLS_BASE = "mesh plaintext, kept-alive"
+MTLS_PLAIN_NEW = "mesh plaintext, new connection per request"
+MTLS_NEW = "mesh mTLS, new connection per request"
+
 ROWS: list[Row] = [
     Row("http", "plain httpx", plain_httpx),
     Row("http", "mesh transport, plaintext", mesh_plaintext),
-    Row("http", MESH_MTLS, None, missing="library mTLS is not built yet"),
+    Row("http", MESH_MTLS, mesh_mtls),
     Row("http", ENVOY_MTLS, _envoy_pair(tls=True)),
     Row("http", "Envoy sidecar pair, plaintext", _envoy_pair(tls=False)),
     Row("grpc", "plain channel", plain_grpc),
-    Row("grpc", "library mode", None, missing="the library's gRPC integration is not built yet"),
+    Row("grpc", "library mode (mesh.grpc_channel)", grpc_library_mode),
     Row("grpc", "grpcio native xDS (xds:///)", grpc_native_xds),
+    # Resilience engine cost on the no-failure path (closed loop only).
+    Row("resilience", "plain httpx", plain_httpx),
+    Row(
+        "resilience",
+        "mesh, Istio's default retry policy",
+        _mesh_row("resdefault.default.mesh:8080", mtls=False, new_connection=False),
+    ),
+    Row(
+        "resilience",
+        "mesh, retries: {attempts: 0}",
+        _mesh_row("resoff.default.mesh:8080", mtls=False, new_connection=False),
+    ),
+    # mTLS: handshake per request vs kept-alive connections (closed loop only).
+    Row("mtls", MTLS_BASE, _mesh_row(BENCH, mtls=False, new_connection=False)),
+    Row("mtls", "mesh mTLS, kept-alive", _mesh_row(BENCH, mtls=True, new_connection=False)),
+    Row("mtls", MTLS_PLAIN_NEW, _mesh_row(BENCH, mtls=False, new_connection=True)),
+    Row("mtls", MTLS_NEW, _mesh_row(BENCH, mtls=True, new_connection=True)),
 ]

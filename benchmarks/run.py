@@ -6,8 +6,14 @@ Sections (benchmarks/README.md has the method):
   http         data path, HTTP: plain httpx vs the mesh transport vs an Envoy
                sidecar pair (mTLS and plaintext), 1 KB each way, closed loop
                and open loop at fixed rates
-  grpc         data path, gRPC unary 1 KB: plain channel vs grpcio's native xDS
+  grpc         data path, gRPC unary 1 KB: plain channel vs library mode vs
+               grpcio's native xDS
+  resilience   mesh route with Istio's default retry policy vs attempts: 0
+  mtls         mesh mTLS vs plaintext, new connection per request and kept alive
+  outage       upstream attempts per request in a total outage, budget vs none
+  policy       PolicySet.check cost for 1 / 10 / 100 AuthorizationPolicies
   balancer     pick cost per policy (benchmarks/bench_balancer.py)
+  telemetry    telemetry cost per request (benchmarks/bench_telemetry.py)
   cp           control plane with 100 / 1,000 / 10,000 connected xDS clients
   propagation  VirtualService file write -> our library's routing snapshot
 `--only data` means http,grpc. Every table is printed at the end and written
@@ -28,20 +34,38 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import bench_outage
 import common  # also makes examples/ importable
 import cp_scale
 import data_path
 import propagation
 from chart import write_chart
 from common import Verdict, verdict_table
-from meshlab import LocalMesh, Proc, service_entry, start_process
-from rows import ROWS, Setup
+from lab import HTTP_HOST, HTTP_PORT, start_lab
+from meshlab import LocalMesh
+from rows import ROWS
 from sidecars import ENVOY
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("http", "grpc", "balancer", "cp", "propagation")
-HTTP_HOST, HTTP_PORT = "bench.default.mesh", 8080
-GRPC_HOST, GRPC_PORT = "grpcbench.default.mesh", 50051
+SECTIONS = (
+    "http",
+    "grpc",
+    "resilience",
+    "mtls",
+    "outage",
+    "policy",
+    "balancer",
+    "telemetry",
+    "cp",
+    "propagation",
+)
+LAB_SECTIONS = {"http", "grpc", "resilience", "mtls", "outage", "propagation"}
+TITLES = {
+    "http": "Data path, HTTP: 1 KB each way, loopback",
+    "grpc": "Data path, GRPC: 1 KB each way, loopback",
+    "resilience": "Resilience engine, no-failure path: default retry policy vs retries off",
+    "mtls": "mTLS through the mesh: handshake per request vs kept-alive connection",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,43 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _start_server(lab: LocalMesh, kind: str, version: str) -> Proc:
-    argv = [sys.executable, str(HERE / "servers.py"), "--kind", kind]
-    proc = start_process(f"server-{kind}-{version}", argv, lab.workdir)
-    lab.procs.append(proc)
-    return proc
-
-
-def start_lab(lab: LocalMesh) -> Setup:
-    """The shared servers, registered in the mesh: HTTP v1 (all data-path
-    traffic) and v2 (propagation flips weights to it), and one gRPC server."""
-    v1, v2 = _start_server(lab, "http", "v1"), _start_server(lab, "http", "v2")
-    grpc_server = _start_server(lab, "grpc", "v1")
-    lab.deploy_versions(HTTP_HOST, HTTP_PORT, {"v1": v1, "v2": v2}, {"v1": 100, "v2": 0})
-    endpoint = [("127.0.0.1", grpc_server.ready["port"], {"version": "v1"})]
-    lab.write_config(
-        "grpcbench.yaml", service_entry(GRPC_HOST, GRPC_PORT, endpoint, protocol="GRPC")
-    )
-    lab.start_control_plane()
-    return Setup(
-        lab=lab,
-        http_port=v1.ready["port"],
-        grpc_port=grpc_server.ready["port"],
-        http_authority=f"{HTTP_HOST}:{HTTP_PORT}",
-        grpc_authority=f"{GRPC_HOST}:{GRPC_PORT}",
-        mesh_bootstrap=lab.bootstrap("bench-mesh"),
-        grpc_bootstrap=lab.bootstrap("bench-grpc-native"),
-    )
-
-
-def balancer_section(quick: bool) -> str:
-    """bench_balancer.py is written separately; a missing file is reported, not fatal."""
-    path = HERE / "bench_balancer.py"
+def optional_section(name: str, quick: bool) -> str:
+    """bench_<name>.py's run(quick=...), written separately; a missing file is
+    reported, not fatal."""
+    path = HERE / f"bench_{name}.py"
     if not path.exists():
-        return "bench_balancer.py is missing: no balancer figures in this run."
-    spec = importlib.util.spec_from_file_location("bench_balancer", path)
+        return f"{path.name} is missing: no {name} figures in this run."
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     if spec is None or spec.loader is None:
-        return "bench_balancer.py could not be loaded."
+        return f"{path.name} could not be loaded."
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     run: Callable[..., str] = module.run
@@ -136,19 +132,22 @@ def main(argv: list[str] | None = None) -> None:
     verdicts: list[Verdict] = []
     charts: dict[str, data_path.Results] = {}
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
-        if {"http", "grpc", "propagation"} & set(args.sections):
+        if LAB_SECTIONS & set(args.sections):
             (Path(tmp) / "data").mkdir()
             lab = LocalMesh(Path(tmp) / "data")
             try:
                 setup = start_lab(lab)
-                plan = data_path.scenarios(args.requests, rates, args.open_seconds)
-                for section in ("http", "grpc"):
+                full = data_path.scenarios(args.requests, rates, args.open_seconds)
+                for section in ("http", "grpc", "resilience", "mtls"):
                     if section not in args.sections:
                         continue
+                    # The extra sections compare per-request cost: closed loop only.
+                    plan = full if section in ("http", "grpc") else full[:1]
                     rows = [r for r in ROWS if r.section == section]
                     results = data_path.measure(setup, rows, plan, args.rounds, args.warmup)
-                    charts[section] = results
-                    report.append(f"\n## Data path, {section.upper()}: 1 KB each way, loopback\n")
+                    if section in ("http", "grpc"):
+                        charts[section] = results
+                    report.append(f"\n## {TITLES[section]}\n")
                     report.append(_data_note(section, args, rates))
                     for scenario in plan:
                         report.append(f"\n### {scenario.name}\n")
@@ -157,6 +156,12 @@ def main(argv: list[str] | None = None) -> None:
                         )
                     if section == "http":
                         verdicts += data_path.http_verdicts(plan, results)
+                    if section == "mtls":
+                        report.append("\n" + data_path.handshake_note(rows, results[full[0].name]))
+                if "outage" in args.sections:
+                    print("  outage ...", file=sys.stderr, flush=True)
+                    report.append("\n## Resilience: upstream attempts per request, total outage\n")
+                    report.append(bench_outage.run(setup, args.quick))
                 if "propagation" in args.sections:
                     print("  propagation ...", file=sys.stderr, flush=True)
                     report.append(
@@ -165,10 +170,15 @@ def main(argv: list[str] | None = None) -> None:
                     report.append(propagation.run(lab, HTTP_HOST, HTTP_PORT, args.changes))
             finally:
                 lab.close()
-        if "balancer" in args.sections:
-            print("  balancer ...", file=sys.stderr, flush=True)
-            report.append("\n## Balancer: pick cost per policy\n")
-            report.append(balancer_section(args.quick))
+        for section, title in (
+            ("policy", "Inbound authorization: policy evaluation cost per request"),
+            ("balancer", "Balancer: pick cost per policy"),
+            ("telemetry", "Telemetry: cost per request"),
+        ):
+            if section in args.sections:
+                print(f"  {section} ...", file=sys.stderr, flush=True)
+                report.append(f"\n## {title}\n")
+                report.append(optional_section(section, args.quick))
         if "cp" in args.sections:
             sizes = [int(n) for n in args.cp_clients.split(",") if n]
             table, cp_verdicts = cp_scale.run(Path(tmp) / "cp", sizes, args.cp_timeout)
@@ -191,7 +201,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _data_note(section: str, args: argparse.Namespace, rates: list[int]) -> str:
-    what = "POST" if section == "http" else "unary call"
+    what = "unary call" if section == "grpc" else "POST"
+    if section not in ("http", "grpc"):
+        return (
+            f"One client process per row, 1 KB POST and 1 KB answer, {args.rounds} rounds "
+            f"alternating between rows, closed loop {args.requests} requests per round. "
+            "Added = minus the first row."
+        )
     return (
         f"One client process per row, one connection, 1 KB {what} and 1 KB answer. "
         f"{args.rounds} rounds alternating between rows; closed loop {args.requests} "

@@ -2,6 +2,8 @@
 
     python benchmarks/servers.py --kind http --ready-file F   # ASGI app under uvicorn
     python benchmarks/servers.py --kind grpc --ready-file F   # unary /bench.Bench/Echo
+    python benchmarks/servers.py --kind http --mesh-bootstrap B  # the same app, mesh mTLS (STRICT)
+    python benchmarks/servers.py --kind http --status 503     # an outage; GET /count: requests seen
 
 Istio's published latency figures use 1 KB payloads; the example backend
 answers ~100 bytes of JSON, so the benchmark has servers of its own rather
@@ -25,6 +27,10 @@ GRPC_METHOD = "/bench.Bench/Echo"
 Scope = dict[str, Any]
 
 
+STATUS = [200]  # --status: what every answer says (an outage answers 503)
+SEEN = [0]  # requests answered, for GET /count
+
+
 async def app(scope: Scope, receive: Any, send: Any) -> None:
     """Drain the request body, answer 1 KB. Nothing else: the server's cost must
     be the same small constant under every row."""
@@ -42,10 +48,16 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     while more:
         message = await receive()
         more = message.get("more_body", False)
+    if scope["path"] == "/count":
+        body = str(SEEN[0]).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+        return
+    SEEN[0] += 1
     await send(
         {
             "type": "http.response.start",
-            "status": 200,
+            "status": STATUS[0],
             "headers": [
                 (b"content-type", b"application/octet-stream"),
                 (b"content-length", b"1024"),
@@ -64,7 +76,9 @@ def write_ready(path: str | None, port: int) -> None:
     os.replace(tmp, path)
 
 
-async def serve_http(ready_file: str | None) -> None:
+async def serve_http(ready_file: str | None, mesh_bootstrap: str | None) -> None:
+    """Plaintext, or with `mesh_bootstrap` (naming the CA and a join token) mesh
+    mTLS, STRICT, through the library's uvicorn protocol (integrations._serving)."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -73,7 +87,22 @@ async def serve_http(ready_file: str | None) -> None:
     # wait for the client's delayed ACK (~40 ms).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, http="httptools")
+    sock.listen(1024)
+    config: uvicorn.Config
+    if mesh_bootstrap is None:
+        config = uvicorn.Config(app, log_level="warning", access_log=False, http="httptools")
+    else:
+        from proxyless_mesh import Mesh
+        from proxyless_mesh.integrations._serving import asgi_config
+
+        # Its own thread and loop (sync start): the identity's renewals and the
+        # xDS stream stay off the loop that serves requests. Lives as long as
+        # the process.
+        mesh = Mesh.from_bootstrap(mesh_bootstrap)
+        mesh.start()
+        config = asgi_config(
+            app, mesh, mode="STRICT", log_level="warning", access_log=False, http="httptools"
+        )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -105,9 +134,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--kind", choices=("http", "grpc"), required=True)
     parser.add_argument("--ready-file")
+    parser.add_argument("--mesh-bootstrap", help="HTTP: serve mesh mTLS with this identity")
+    parser.add_argument("--status", type=int, default=200, help="HTTP: the answer's status")
     args = parser.parse_args()
+    STATUS[0] = args.status
     if args.kind == "http":
-        asyncio.run(serve_http(args.ready_file))
+        asyncio.run(serve_http(args.ready_file, args.mesh_bootstrap))
     else:
         serve_grpc(args.ready_file)
 
