@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bench_outage
+import bench_renewal
 import common  # also makes examples/ importable
 import cp_scale
 import data_path
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
                         verdicts += data_path.http_verdicts(plan, results)
                     if section == "mtls":
                         report.append("\n" + data_path.handshake_note(rows, results[full[0].name]))
+                if "mtls" in args.sections:
+                    report.append("\n## Identity: workload certificate latency\n")
+                    report.append(bench_renewal.run(lab, args.quick))
                 if "outage" in args.sections:
                     print("  outage ...", file=sys.stderr, flush=True)
                     report.append("\n## Resilience: upstream attempts per request, total outage\n")

@@ -48,6 +48,7 @@ def test_bench_quick_run_prints_and_writes_every_table(tmp_path: Path) -> None:
         "## Resilience: upstream attempts per request",
         "## Inbound authorization: policy evaluation cost",
         "## Telemetry: cost per request",
+        "## Identity: workload certificate latency",
         "### Telemetry overhead per request",
     ):
         assert title in out, title
