@@ -39,6 +39,7 @@ import grpc
 import grpc.aio
 import httpx
 
+from proxyless_mesh._background import Background
 from proxyless_mesh._outbound import ALLOW_ANY, REGISTRY_ONLY
 from proxyless_mesh._snapshot import MeshSnapshot, build_snapshot
 from proxyless_mesh.bootstrap import Bootstrap
@@ -131,7 +132,7 @@ class Mesh:
         self._resources: dict[str, ClusterResources] = {}
         self._resources_lock = threading.Lock()
         # Mirrored copies are sent from here, so they never slow the caller.
-        self.background = _Background(max_workers=4, max_queued=64)
+        self.background = Background(max_workers=4, max_queued=64)
         self.mirror_failures = 0
         self._identity_config = _identity_config(bootstrap, mtls)
         self._identity: IdentityManager | None = None
@@ -577,36 +578,3 @@ def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-class _Background:
-    """A small thread pool that drops work instead of queueing without bound:
-    mirrored copies must never pile up behind a slow mirror."""
-
-    def __init__(self, *, max_workers: int, max_queued: int) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="proxyless-mesh-bg"
-        )
-        self._slots = threading.BoundedSemaphore(max_workers + max_queued)
-        self.dropped = 0
-
-    def submit(self, fn: Any, *args: Any) -> bool:
-        if not self._slots.acquire(blocking=False):
-            self.dropped += 1
-            return False
-
-        def run() -> None:
-            try:
-                fn(*args)
-            finally:
-                self._slots.release()
-
-        try:
-            self._pool.submit(run)
-        except RuntimeError:  # shut down: the mesh is closing
-            self._slots.release()
-            return False
-        return True
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
