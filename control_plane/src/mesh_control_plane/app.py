@@ -38,6 +38,8 @@ from mesh_control_plane.ca import (
 )
 from mesh_control_plane.ca.tokens import TokenError
 from mesh_control_plane.config import ConfigLoadError, ConfigWatcher, MeshSettings
+from mesh_control_plane.config.errors import ConfigProblem
+from mesh_control_plane.config.jwks import JwksRefresher, JwksResolver
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.registry.runtime import RegistryRuntime, RegistrySettings
@@ -84,7 +86,9 @@ class ControlPlane:
         ca: CaSettings | None = None,
         registry: RegistrySettings | None = None,
         settings: MeshSettings | None = None,
+        jwks: JwksResolver | None = None,
     ) -> None:
+        """`jwks` fetches RequestAuthentication jwksUris (timeouts, refresh period)."""
         self.config_dir = Path(config_dir)
         # Trust domain: the CA's, so the SPIFFE IDs the translator expects are
         # the ones the CA signs.
@@ -137,6 +141,8 @@ class ControlPlane:
         self._on_config_error = on_config_error
         self._poll_interval = poll_interval
         self._watcher: ConfigWatcher | None = None
+        self._jwks = JwksRefresher(jwks or JwksResolver(), self._apply_resolved)
+        self._first_load = asyncio.Event()
 
     async def start(
         self, xds_address: str, admin_address: str, ca_address: str = "127.0.0.1:0"
@@ -162,11 +168,12 @@ class ControlPlane:
     async def _start_watching(self) -> None:
         """Start the watcher and wait for its first load, so the first clients
         get the directory's config rather than an empty one."""
-        first_load = asyncio.Event()
+        first_load = self._first_load
+        self._jwks.start()
 
         def on_config(config: MeshConfig) -> None:
-            first_load.set()
-            self.apply_config(config)
+            # Applied by the refresher once its jwksUris are fetched (it sets first_load).
+            self._jwks.submit(config)
 
         def on_error(error: ConfigLoadError) -> None:
             first_load.set()
@@ -184,6 +191,7 @@ class ControlPlane:
         await asyncio.wait({watching, loaded}, return_when=asyncio.FIRST_COMPLETED)
         if not loaded.done():
             loaded.cancel()
+            await self._jwks.stop()
             await self._watcher.stop()  # re-raises why the watcher ended
 
     async def stop(self, grace: float = 1.0) -> None:
@@ -191,6 +199,7 @@ class ControlPlane:
         if self._watcher is not None:
             watcher, self._watcher = self._watcher, None
             await watcher.stop()
+        await self._jwks.stop()
         await self.admin.stop()
         if self.ca_server is not None:
             await self.ca_server.stop(grace)
@@ -205,6 +214,14 @@ class ControlPlane:
             self._report(exc.problems)
             return
         self.config_errors = []
+
+    def _apply_resolved(self, config: MeshConfig, problems: Sequence[ConfigProblem]) -> None:
+        """A config with its jwksUris inlined: applied even when a fetch failed
+        (that rule keeps its last keys, or rejects its tokens), which is reported."""
+        self._first_load.set()
+        self.apply_config(config)
+        if problems:
+            self._report([str(p) for p in problems])
 
     def _set_config(self, config: MeshConfig, *, force: bool) -> None:
         """A registry source changed: the same config now has other endpoints."""

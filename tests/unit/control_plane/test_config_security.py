@@ -103,17 +103,12 @@ def test_authorization_policy_is_checked_by_the_library_translator() -> None:
     ]
 
 
-def test_request_authentication_inline_jwks_only() -> None:
+def test_request_authentication_jwks() -> None:
     good = f"jwtRules: [{{issuer: iss, jwks: '{JWKS}', fromHeaders: [{{name: x-jwt}}]}}]\n"
     (ra,) = load(security("RequestAuthentication", "jwt", good)).request_authentications
     assert ra.spec["jwtRules"][0]["issuer"] == "iss"
     ra_ref = "RequestAuthentication shop/jwt"
-    assert problems(
-        security("RequestAuthentication", "jwt", "jwtRules: [{issuer: iss, jwksUri: 'http://x'}]\n")
-    ) == [
-        f"{ra_ref}: spec.jwtRules[0].jwksUri: not supported yet: the control plane does not "
-        "fetch JWKS; inline it as `jwks`"
-    ]
+    # jwksUri is fetched by the running control plane (tests: test_jwks_fetch.py).
     assert problems(
         security(
             "RequestAuthentication",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxyless_mesh.policy import (
     PolicyConfigError,
@@ -24,7 +25,6 @@ from proxyless_mesh.policy import (
 from .model import AuthorizationPolicy, Meta, PeerAuthentication, RequestAuthentication
 from .schema import (
     MISSING,
-    NOT_SUPPORTED,
     Problems,
     check_enum,
     check_int,
@@ -54,6 +54,7 @@ _JWT_FIELDS = (
     "issuer",
     "audiences",
     "jwks",
+    "jwksUri",  # fetched by the control plane before a config is applied (jwks.py)
     "fromHeaders",
     "fromParams",
     "forwardOriginalToken",
@@ -119,19 +120,17 @@ def parse_request_authentication(
     resource = RequestAuthentication(meta, dict(spec) if isinstance(spec, Mapping) else {})
     if len(p.sink) == start:  # the translator trusts the shapes checked above
         try:
-            request_authentications_to_jwt([resource.resource()])
+            request_authentications_to_jwt([resource.resource()], _placeholder_jwks(spec))
         except PolicyConfigError as exc:
             _report(p, meta, exc)
     return resource
 
 
 def _jwt_rule(p: Problems, raw: object, where: str) -> None:
-    rule = read_object(p, raw, where, (*_JWT_FIELDS, "jwksUri"), _JWT_UNSUPPORTED)
-    if "jwksUri" in rule:
-        p.add(
-            join(where, "jwksUri"),
-            f"{NOT_SUPPORTED}: the control plane does not fetch JWKS; inline it as `jwks`",
-        )
+    rule = read_object(p, raw, where, _JWT_FIELDS, _JWT_UNSUPPORTED)
+    uri = get_str(p, rule, "jwksUri", where)
+    if uri is not None and urlsplit(uri).scheme not in ("http", "https"):
+        p.add(join(where, "jwksUri"), "must be an http:// or https:// URL")
     issuer = get_str(p, rule, "issuer", where, required=True)
     if issuer == "":
         p.add(join(where, "issuer"), "must not be empty")
@@ -156,6 +155,13 @@ def _jwt_rule(p: Problems, raw: object, where: str) -> None:
         item = read_object(p, claim, item_where, ("header", "claim"))
         get_str(p, item, "header", item_where, required=True)
         get_str(p, item, "claim", item_where, required=True)
+
+
+def _placeholder_jwks(spec: Mapping[str, Any]) -> dict[str, str]:
+    """Stand-in keys for the jwksUri rules, so the rest of each rule is checked
+    at load time; the real keys are fetched later, when the config is applied."""
+    rules = spec.get("jwtRules") or []
+    return {rule["jwksUri"]: '{"keys": []}' for rule in rules if "jwksUri" in rule}
 
 
 def _check_jwks(p: Problems, text: str, where: str) -> None:
