@@ -4,14 +4,16 @@ A real control plane (in this process, on its own loop and thread, so the test c
 read its registry) with a CA and WorkloadGroups; real backend processes that join
 with `Mesh(register=Registration(...))`; a mesh client routing through a
 VirtualService split. Covers: the split applies to registered instances, an
-abruptly killed one leaves within the grace period, a clean stop under load fails
-no request, and registering into another identity's group is refused.
+abruptly killed one turns UNHEALTHY in EDS and leaves within the grace period, a
+clean stop under load is DRAINING in EDS before it leaves and fails no request, and
+registering into another identity's group is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import threading
 import time
@@ -21,9 +23,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from envoy.config.core.v3 import health_check_pb2
 from mesh_control_plane.app import ControlPlane
 from mesh_control_plane.ca import CaSettings, TokenAuthority
 from mesh_control_plane.registry.runtime import RegistrySettings
+from mesh_control_plane.translate.names import cluster_name
+from mesh_control_plane.translate.node import ClientKind, NodeInfo
+from mesh_control_plane.translate.resources import ENDPOINT
 from meshlab import LocalMesh, start_process, subsets_rule, weighted_route
 
 from proxyless_mesh import Mesh
@@ -100,10 +106,23 @@ class Plane:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(20)
 
     def ports(self) -> list[int]:
-        """The registered instances' ports the translator serves for HOST now."""
+        """The registered instances' ports the translator serves (HEALTHY) for HOST now."""
+        return sorted(port for port, health in self.eds().items() if health == "HEALTHY")
 
-        async def read() -> list[int]:
-            return sorted(i.ports["http"] for i in self.plane.cache.registry.get(HOST, ()))
+    def eds(self) -> dict[int, str]:
+        """port -> health_status of every endpoint of HOST in the EDS a mesh client
+        gets now (the whole-service cluster: it holds every instance)."""
+
+        async def read() -> dict[int, str]:
+            node = NodeInfo(id="observer", kind=ClientKind.MESH)
+            packed = self.plane.cache.resources(node, ENDPOINT)[cluster_name(HOST, 9080)]
+            return {
+                lb.endpoint.address.socket_address.port_value: (
+                    health_check_pb2.HealthStatus.Name(lb.health_status)
+                )
+                for group in packed.message.endpoints  # type: ignore[attr-defined]
+                for lb in group.lb_endpoints
+            }
 
         return self._run(read())  # type: ignore[no-any-return]
 
@@ -207,20 +226,27 @@ def test_registered_workloads_serve_the_split_and_leave_cleanly(
             share = load.counts["v2"] / sum(load.counts.values())
             assert 0.35 < share < 0.65, load.counts
 
-            # Clean stop under load: deregister, drain, then exit. Zero failures.
-            b.stop()
-            assert b.popen.returncode == 0
-            wait_for(lambda: b.ready["port"] not in plane.ports(), 5, "b leaving")
+            # Clean stop under load: deregister (DRAINING in EDS), drain, then exit.
+            # Zero failures.
+            port_b = b.ready["port"]
+            b.popen.send_signal(signal.SIGTERM)
+            wait_for(lambda: plane.eds().get(port_b) == "DRAINING", 5, "b draining in EDS")
+            assert b.stop() == 0
+            wait_for(lambda: port_b not in plane.eds(), GRACE + 5, "b leaving EDS")
             served = sum(load.counts.values())
             wait_for(lambda: sum(load.counts.values()) > served + 100, 10, "more traffic")
         assert load.failures == []
 
         # Abrupt kill: out of the endpoints within the grace period.
+        # Abrupt kill: UNHEALTHY in EDS at once, gone within the grace period.
+        port_a = a.ready["port"]
         killed_at = time.monotonic()
         a.kill()
-        wait_for(lambda: a.ready["port"] not in plane.ports(), GRACE + 1.0, "a leaving")
+        wait_for(lambda: plane.eds().get(port_a) != "HEALTHY", 1.0, "a unhealthy")
+        assert plane.eds().get(port_a) in ("UNHEALTHY", None)
+        wait_for(lambda: port_a not in plane.eds(), GRACE + 1.0, "a leaving")
         assert time.monotonic() - killed_at < GRACE + 1.0
-        assert plane.ports() == [c.ready["port"]]
+        assert plane.eds() == {c.ready["port"]: "HEALTHY"}
 
 
 def test_registering_into_another_identitys_group_is_refused(lab: LocalMesh, plane: Plane) -> None:

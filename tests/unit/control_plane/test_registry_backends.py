@@ -85,8 +85,10 @@ async def test_unhealthy_at_once_then_removed_after_grace() -> None:
     assert [i.endpoint.address for i in reg.instances()] == ["10.0.0.1"]
     reg.on_change = lambda: removed.set() if reg.state_of("n1") is None else None
     reg.stream_closed("n1")
-    assert reg.state_of("n1") is MemberState.UNHEALTHY and reg.instances() == []
+    assert reg.state_of("n1") is MemberState.UNHEALTHY
+    assert [i.endpoint.health for i in reg.instances()] == ["UNHEALTHY"]
     await asyncio.wait_for(removed.wait(), 2)
+    assert reg.instances() == []
 
 
 async def test_deregister_drains_and_another_identity_cannot_drain() -> None:
@@ -98,7 +100,12 @@ async def test_deregister_drains_and_another_identity_cannot_drain() -> None:
         reg.check_owner("n1", "shop:ratings")
     reg.check_owner("n1", "shop:reviews")
     assert reg.deregister("n1")
-    assert reg.state_of("n1") is MemberState.DRAINING and reg.instances() == []
+    assert reg.state_of("n1") is MemberState.DRAINING
+    assert [(i.endpoint.address, i.endpoint.health) for i in reg.instances()] == [
+        ("10.0.0.1", "DRAINING")
+    ]
+    reg.stream_opened("n1")  # a late reconnect does not undo a clean deregistration
+    assert [i.endpoint.health for i in reg.instances()] == ["DRAINING"]
     reg.close()
 
 

@@ -5,6 +5,11 @@ self-registration registry (registrations + ADS stream liveness), and the Consul
 backend against the Consul double (real HTTP, blocking queries). Each driver turns
 the same abstract operations into its backend's terms; every test then reads the
 `Registry` the translator would get (`RegistryHub.build`).
+
+"Served" means HEALTHY. A backend that `keeps_leaving` instances (embedded) lists one
+that is going away with its status (DRAINING after a clean removal, UNHEALTHY after
+a lost stream) until its grace period ends; the others (Consul: only passing
+instances are endpoints) drop it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Driver:
 
     name = ""
     has_health = True
+    keeps_leaving = False
 
     def __init__(self) -> None:
         self.hub = RegistryHub()
@@ -140,6 +146,7 @@ class StaticDriver(Driver):
 
 class EmbeddedDriver(Driver):
     name = "embedded"
+    keeps_leaving = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -270,7 +277,13 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Driver]:
 
 
 def addresses(reg: Registry) -> list[str]:
-    return sorted(i.address for i in reg.get(HOST, ()))
+    """The served (HEALTHY) instances."""
+    return sorted(i.address for i in reg.get(HOST, ()) if i.health == "HEALTHY")
+
+
+def health(reg: Registry) -> dict[str, str]:
+    """address -> health of every listed instance, served or not."""
+    return {i.address: i.health for i in reg.get(HOST, ())}
 
 
 async def test_add(backend: Any) -> None:
@@ -286,7 +299,11 @@ async def test_remove(backend: Any) -> None:
     await backend.add("b", "10.0.0.2", 9002, {"version": "v1"})
     await backend.until(lambda r: len(addresses(r)) == 2)
     await backend.remove("a")
-    await backend.until(lambda r: addresses(r) == ["10.0.0.2"])
+    reg = await backend.until(lambda r: addresses(r) == ["10.0.0.2"])
+    if backend.keeps_leaving:
+        assert health(reg) == {"10.0.0.1": "DRAINING", "10.0.0.2": "HEALTHY"}
+    else:
+        assert health(reg) == {"10.0.0.2": "HEALTHY"}
 
 
 async def test_health_change(backend: Any) -> None:
@@ -296,9 +313,14 @@ async def test_health_change(backend: Any) -> None:
     await backend.add("b", "10.0.0.2", 9002, {"version": "v1"})
     await backend.until(lambda r: len(addresses(r)) == 2)
     await backend.set_healthy("a", False)
-    await backend.until(lambda r: addresses(r) == ["10.0.0.2"])
+    reg = await backend.until(lambda r: addresses(r) == ["10.0.0.2"])
+    if backend.keeps_leaving:
+        assert health(reg) == {"10.0.0.1": "UNHEALTHY", "10.0.0.2": "HEALTHY"}
+    else:
+        assert health(reg) == {"10.0.0.2": "HEALTHY"}
     await backend.set_healthy("a", True)
-    await backend.until(lambda r: addresses(r) == ["10.0.0.1", "10.0.0.2"])
+    reg = await backend.until(lambda r: addresses(r) == ["10.0.0.1", "10.0.0.2"])
+    assert health(reg) == {"10.0.0.1": "HEALTHY", "10.0.0.2": "HEALTHY"}
 
 
 async def test_label_change(backend: Any) -> None:

@@ -45,6 +45,14 @@ class WorkloadEndpoint:
     weight: int = 1
     network: str = ""
     service_account: str = ""
+    health: str = "HEALTHY"
+    """HEALTHY | UNHEALTHY | DRAINING (ENDPOINT_HEALTH). Static config is always
+    HEALTHY; a dynamic source keeps an instance that is going away (stream lost,
+    clean shutdown) with its status instead of dropping it, so clients learn that
+    it is draining or unhealthy from EDS rather than from failed requests."""
+
+
+ENDPOINT_HEALTH = ("HEALTHY", "UNHEALTHY", "DRAINING")
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ grants (namespace and service account), so nobody registers as someone else.
 
 Health follows the workload's ADS stream (keyed by node id): an instance is served
 (HEALTHY) while at least one stream with its node id is open and its group's probe,
-if any, passes. When the last stream drops it is UNHEALTHY at once (out of EDS) and
-forgotten after `grace` seconds unless it reconnects. A clean shutdown deregisters
-first (DRAINING: out of EDS, pushed to every client) and closes afterwards, so no
-new request is sent to it while it still answers the ones in flight.
+if any, passes. When the last stream drops it is UNHEALTHY at once (still in EDS with
+that status, so balancers stop picking it) and forgotten after `grace` seconds unless
+it reconnects. A clean shutdown deregisters first (DRAINING in EDS, pushed to every
+client) and closes afterwards, so no new request is sent to it while it still answers
+the ones in flight. Keeping the status, rather than dropping the instance, tells
+clients why it left; a member that never opened a stream (CONNECTING) is not listed.
 
 The state lives in this process: with the embedded registry a single control plane
 replica is the limit (several replicas need a shared registry such as Consul).
@@ -93,6 +95,7 @@ class _Member:
             weight=group.weight,
             network=group.network,
             service_account=group.service_account or "default",
+            health=self.state.value,
         )
 
 
@@ -193,7 +196,7 @@ class EmbeddedRegistry:
             )
 
     def deregister(self, node_id: str) -> bool:
-        """A clean shutdown: DRAINING (out of EDS at once), forgotten after `grace`."""
+        """A clean shutdown: DRAINING in EDS at once, forgotten after `grace`."""
         member = self._members.get(node_id)
         if member is None:
             return False
@@ -281,10 +284,13 @@ class EmbeddedRegistry:
     # -- the RegistrySource side ----------------------------------------------
 
     def instances(self) -> Sequence[DynamicInstance]:
+        """Every member that has been served, with its health: HEALTHY, UNHEALTHY
+        (until the grace period forgets it) or DRAINING. CONNECTING members are left
+        out: no client ever knew them, so there is nothing to tell."""
         return [
             DynamicInstance(m.group.namespace, m.endpoint())
             for m in self._members.values()
-            if m.state is MemberState.HEALTHY
+            if m.state is not MemberState.CONNECTING
         ]
 
     def service_entries(self, config: MeshConfig) -> Sequence[ServiceEntry]:

@@ -3,6 +3,11 @@
 Every cluster gets an assignment, an empty one when nothing serves it: a client then
 learns at once that the cluster is empty, where gRPC would otherwise wait 15 s before
 calling the resource missing.
+
+Instances carry their registry health to ``health_status`` (HEALTHY, UNHEALTHY,
+DRAINING): a client stops picking a draining or unhealthy endpoint the moment the
+assignment arrives, and locality weights count only the healthy ones, so a locality
+whose workloads are leaving does not keep its share of the traffic.
 """
 
 from __future__ import annotations
@@ -27,6 +32,17 @@ from mesh_control_plane.translate.locality import (
 from mesh_control_plane.translate.node import NodeInfo
 
 Group = tuple[int, Locality]  # (priority, locality)
+Entry = tuple[str, int, int, int]  # (address, port, weight, health_status)
+
+_STATUS: dict[str, int] = {
+    "HEALTHY": health_check_pb2.HEALTHY,
+    "DRAINING": health_check_pb2.DRAINING,
+    "UNHEALTHY": health_check_pb2.UNHEALTHY,
+}
+# When two instances resolve to the same address and port (a workload restarted on
+# its old port while its previous registration drains), the client would reject the
+# whole assignment for the duplicate: keep the one that serves.
+_PREFERENCE = {"HEALTHY": 0, "DRAINING": 1, "UNHEALTHY": 2}
 
 
 def build_load_assignment(
@@ -37,22 +53,33 @@ def build_load_assignment(
     Instances of the host that carry every label of the subset (all of them for the
     whole-service cluster), on the port resolved by ``endpoint_port``, grouped by
     (priority, locality), sorted. Each group carries ``load_balancing_weight`` = the
-    sum of its endpoints' weights (gRPC drops a locality without one) unless a
-    ``distribute`` rule sets it. Priorities depend on the node only when the
+    sum of its healthy endpoints' weights, at least 1 (gRPC drops a locality without
+    one) unless a ``distribute`` rule sets it. Priorities depend on the node only when the
     cluster's policy has an enabled ``localityLbSetting`` (see locality.py).
     """
     labels = spec.subset.labels if spec.subset else {}
-    members: list[Member] = [
-        (instance, parse_locality(instance.locality))
-        for instance in registry.get(spec.service.host, ())
-        if all(instance.labels.get(key) == value for key, value in labels.items())
-    ]
+    members = _one_per_address(
+        spec,
+        [
+            (instance, parse_locality(instance.locality))
+            for instance in registry.get(spec.service.host, ())
+            if all(instance.labels.get(key) == value for key, value in labels.items())
+        ],
+    )
     priorities = compact({i: _priority(spec, node, member) for i, member in enumerate(members)})
-    groups: dict[Group, list[tuple[str, int, int]]] = {}
+    groups: dict[Group, list[Entry]] = {}
     for i, (instance, locality) in enumerate(members):
-        endpoint = (instance.address, endpoint_port(instance, spec.port), _weight(instance))
+        endpoint = (
+            instance.address,
+            endpoint_port(instance, spec.port),
+            _weight(instance),
+            _status(instance),
+        )
         groups.setdefault((priorities[i], locality), []).append(endpoint)
-    weights = {group: max(1, sum(e[2] for e in eps)) for group, eps in groups.items()}
+    weights = {
+        group: max(1, sum(e[2] for e in eps if e[3] == _STATUS["HEALTHY"]))
+        for group, eps in groups.items()
+    }
     setting = _setting(spec)
     if setting is not None and setting.distribute:
         by_locality = {loc: w for (_, loc), w in weights.items()}
@@ -65,6 +92,26 @@ def build_load_assignment(
             _locality_endpoints(group, sorted(groups[group]), weights[group])
         )
     return assignment
+
+
+def _one_per_address(spec: ClusterSpec, members: list[Member]) -> list[Member]:
+    """`members` without address:port duplicates, the best-serving one kept."""
+    best: dict[tuple[str, int], Member] = {}
+    for member in members:
+        key = (member[0].address, endpoint_port(member[0], spec.port))
+        kept = best.get(key)
+        if kept is None or _preference(member[0]) < _preference(kept[0]):
+            best[key] = member
+    return list(best.values())
+
+
+def _preference(instance: WorkloadEndpoint) -> int:
+    return _PREFERENCE.get(instance.health, len(_PREFERENCE))
+
+
+def _status(instance: WorkloadEndpoint) -> int:
+    # A status this translator does not know is not served: fail closed.
+    return _STATUS.get(instance.health, _STATUS["UNHEALTHY"])
 
 
 def _setting(spec: ClusterSpec) -> LocalityLbSetting | None:
@@ -106,15 +153,15 @@ def _weight(instance: WorkloadEndpoint) -> int:
 
 
 def _locality_endpoints(
-    key: Group, endpoints: Iterable[tuple[str, int, int]], weight: int
+    key: Group, endpoints: Iterable[Entry], weight: int
 ) -> ec_pb2.LocalityLbEndpoints:
     priority, locality = key
     group = ec_pb2.LocalityLbEndpoints(
         locality=base_pb2.Locality(region=locality[0], zone=locality[1], sub_zone=locality[2]),
         priority=priority,
     )
-    for address, port, endpoint_weight in endpoints:
-        lb_endpoint = group.lb_endpoints.add(health_status=health_check_pb2.HEALTHY)
+    for address, port, endpoint_weight, status in endpoints:
+        lb_endpoint = group.lb_endpoints.add(health_status=status)
         lb_endpoint.endpoint.address.CopyFrom(
             address_pb2.Address(
                 socket_address=address_pb2.SocketAddress(address=address, port_value=port)
