@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from proxyless_mesh.balancer import ClusterBalancer
 from proxyless_mesh.model import Cluster, ClusterLoadAssignment, InboundListener
-from proxyless_mesh.policy import PolicyConfigError, PolicySet
+from proxyless_mesh.policy import PathNormalization, PolicyConfigError, PolicySet
 from proxyless_mesh.routing import RouteTable, compile_virtual_host, find_virtual_host
 from proxyless_mesh.xds_client import XdsState
 
@@ -123,8 +123,10 @@ def _inbound_policies(
             out[name] = old
             continue
         try:
-            policies = PolicySet(listener.rbac, listener.jwt)
-        except PolicyConfigError as exc:
+            policies = PolicySet(
+                listener.rbac, listener.jwt, PathNormalization(listener.path_normalization)
+            )
+        except (PolicyConfigError, ValueError) as exc:
             log.error("server listener %s: policy not applied, keeping the previous: %s", name, exc)
             if old is not None:
                 out[name] = old

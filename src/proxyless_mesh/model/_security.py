@@ -52,3 +52,6 @@ class InboundListener:
     tls_mode: TlsMode = TlsMode.PERMISSIVE
     rbac: tuple[Rbac, ...] = ()
     jwt: JwtAuthentication | None = None
+    # Istio's pathNormalization applied before authorization: BASE,
+    # MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
+    path_normalization: str = "BASE"

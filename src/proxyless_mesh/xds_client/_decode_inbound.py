@@ -94,8 +94,26 @@ def decode_inbound_listener(msg: Any) -> InboundListener:
     )
     rbac, jwt = _http_filters(manager)
     return InboundListener(
-        name=msg.name, address=sa.address, port=sa.port_value, tls_mode=mode, rbac=rbac, jwt=jwt
+        name=msg.name,
+        address=sa.address,
+        port=sa.port_value,
+        tls_mode=mode,
+        rbac=rbac,
+        jwt=jwt,
+        path_normalization=_path_normalization(manager),
     )
+
+
+def _path_normalization(manager: Any) -> str:
+    """Istio's pathNormalization from the HCM's fields. Never weaker than BASE:
+    the library always normalizes before it authorizes."""
+    decode = (
+        manager.path_with_escaped_slashes_action
+        == hcm_pb2.HttpConnectionManager.UNESCAPE_AND_FORWARD
+    )
+    if decode:
+        return "DECODE_AND_MERGE_SLASHES"
+    return "MERGE_SLASHES" if manager.merge_slashes else "BASE"
 
 
 def _chain_is_tls(chain: Any, where: str) -> bool:

@@ -170,3 +170,35 @@ def test_node_reads_istio_metadata_keys() -> None:
     assert (info.namespace, info.service_account) == ("shop", "payments")
     assert info.instance_ips == ("10.4.0.1", "10.4.0.9")
     assert NodeInfo.from_proto(base_pb2.Node(id="m")).namespace == "default"
+
+
+@pytest.mark.parametrize("mode", ["BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"])
+def test_path_normalization_reaches_the_library(mode: str) -> None:
+    """Istio's pathNormalization (a control-plane flag) travels in the inbound
+    HCM to the library, whose policy engine then normalizes that way."""
+    from proxyless_mesh.policy import InboundRequest, PathNormalization, PolicySet
+
+    config = replace(security(), settings=MeshSettings(path_normalization=mode))
+    info = NodeInfo(kind=ClientKind.MESH, **PAYMENTS_NODE)  # type: ignore[arg-type]
+    rs = translate(config, build_static_registry(config), info)
+    decoded = decode_listener(rs.resources[LISTENER][SERVER + "10.4.0.1:9000"])
+    assert isinstance(decoded, InboundListener)
+    assert decoded.path_normalization == mode
+    policies = PolicySet((), None, PathNormalization(decoded.path_normalization))
+    decision = policies.check(InboundRequest(method="GET", target=b"//a//b", headers={}))
+    assert decision.path == ("//a//b" if mode == "BASE" else "/a/b")
+
+
+def test_grpc_servers_get_no_normalization_fields() -> None:
+    config = replace(security(), settings=MeshSettings(path_normalization="MERGE_SLASHES"))
+    info = NodeInfo(kind=ClientKind.GRPC, **PAYMENTS_NODE)  # type: ignore[arg-type]
+    rs = translate(config, build_static_registry(config), info)
+    listener = rs.resources[LISTENER][SERVER + "10.4.0.1:9000"]
+    assert isinstance(listener, listener_pb2.Listener)
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+
+    manager = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    assert not manager.merge_slashes and not manager.HasField("normalize_path")

@@ -40,6 +40,12 @@ def add_parser(commands: Any) -> None:
         default=DEFAULT_ROOT_NAMESPACE,
         help="security policies here without a selector apply mesh-wide (Istio's istio-system)",
     )
+    p.add_argument(
+        "--path-normalization",
+        default="BASE",
+        choices=("BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"),
+        help="Istio's pathNormalization, applied before inbound authorization",
+    )
     _add_ca_arguments(p)
     _add_registry_arguments(p)
     p.set_defaults(run=run)
@@ -165,7 +171,11 @@ async def _run(args: argparse.Namespace) -> None:
         ca=ca_settings(args),
         ca_address=ca_address(args),
         registry=registry_settings(args),
-        settings=MeshSettings(trust_domain=args.trust_domain, root_namespace=args.root_namespace),
+        settings=MeshSettings(
+            trust_domain=args.trust_domain,
+            root_namespace=args.root_namespace,
+            path_normalization=args.path_normalization,
+        ),
     )
 
 

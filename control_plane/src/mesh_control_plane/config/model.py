@@ -372,6 +372,10 @@ class MeshSettings:
 
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    # Istio's meshConfig.pathNormalization for inbound authorization:
+    # BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES (NONE is not offered:
+    # matching unnormalized paths is how authorization gets bypassed).
+    path_normalization: str = "BASE"
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,9 @@ def inbound_listeners(
         mode = peer_mode(config, node, port)
         for ip in (address, *WILDCARD_ADDRESSES):
             name = server_listener_name(ip, port)
-            listeners[name] = server_listener(name, ip, port, mode, filters, node.kind)
+            listeners[name] = server_listener(
+                name, ip, port, mode, filters, node.kind, config.settings.path_normalization
+            )
     return list(listeners.values())
 
 
@@ -175,8 +177,14 @@ def server_listener(
     mode: str,
     filters: Iterable[hcm_pb2.HttpFilter],
     kind: ClientKind,
+    path_normalization: str = "BASE",
 ) -> listener_pb2.Listener:
     manager = _connection_manager(port, filters)
+    if kind is ClientKind.MESH:
+        # Only our library gets these HCM fields: it applies them before
+        # authorization exactly as Envoy does. gRPC servers match RBAC on the
+        # path as received and are not sent what they would not apply.
+        _normalization(manager, path_normalization)
     listener = listener_pb2.Listener(
         name=name,
         address=address_pb2.Address(
@@ -211,6 +219,19 @@ def _chain(
     if tls:
         chain.transport_socket.CopyFrom(downstream_transport_socket())
     return chain
+
+
+def _normalization(manager: hcm_pb2.HttpConnectionManager, mode: str) -> None:
+    """Istio's pathNormalization in Envoy's HCM terms: BASE normalizes
+    (RFC 3986); MERGE_SLASHES also merges slashes; DECODE_AND_MERGE_SLASHES
+    also decodes escaped slashes before matching."""
+    manager.normalize_path.value = True
+    if mode in ("MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"):
+        manager.merge_slashes = True
+    if mode == "DECODE_AND_MERGE_SLASHES":
+        manager.path_with_escaped_slashes_action = (
+            hcm_pb2.HttpConnectionManager.UNESCAPE_AND_FORWARD
+        )
 
 
 def _connection_manager(
