@@ -202,3 +202,20 @@ def test_grpc_servers_get_no_normalization_fields() -> None:
     manager = hcm_pb2.HttpConnectionManager()
     listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
     assert not manager.merge_slashes and not manager.HasField("normalize_path")
+
+
+def test_auto_mtls_follows_the_destinations_peer_authentication() -> None:
+    """Istio's auto mTLS: plaintext toward workloads whose PeerAuthentication
+    is DISABLE (a DestinationRule's explicit tls still wins)."""
+    config = security()
+    name = f"outbound|8080||{PAYMENTS}"
+
+    def tls_of(cfg: object) -> UpstreamTls | None:
+        info = NodeInfo(id="n", kind=ClientKind.GRPC)
+        rs = translate(cfg, build_static_registry(cfg), info)  # type: ignore[arg-type]
+        return decode_cluster(rs.resources[CLUSTER][name]).tls
+
+    assert tls_of(config) is not None
+    off = PeerAuthentication(meta("PeerAuthentication", "off", "shop"), mode="DISABLE")
+    disabled = replace(config, peer_authentications=(off,))
+    assert tls_of(disabled) is None

@@ -15,9 +15,9 @@ from google.protobuf.message import Message
 
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry.static import Registry
-from mesh_control_plane.translate.clusters import build_cluster, cluster_specs
-from mesh_control_plane.translate.endpoints import build_load_assignment
-from mesh_control_plane.translate.inbound import inbound_listeners
+from mesh_control_plane.translate.clusters import ClusterSpec, build_cluster, cluster_specs
+from mesh_control_plane.translate.endpoints import build_load_assignment, endpoint_port
+from mesh_control_plane.translate.inbound import inbound_listeners, peer_mode
 from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.listeners import api_listener, envoy_outbound_listener
 from mesh_control_plane.translate.names import ENVOY_OUTBOUND, authority
@@ -31,6 +31,7 @@ from mesh_control_plane.translate.resources import (
 )
 from mesh_control_plane.translate.routes import route_configuration, virtual_host
 from mesh_control_plane.translate.tls import (
+    cluster_instances,
     upstream_identities,
     upstream_sni,
     upstream_transport_socket,
@@ -56,6 +57,9 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     if node.kind is not ClientKind.ENVOY:
         for spec, cluster in zip(specs, clusters, strict=True):
             identities = upstream_identities(spec, registry, config.settings)
+            auto = spec.policy.tls is None  # auto mTLS defers to the peers' mode
+            if identities is not None and auto and _peers_refuse_mtls(config, spec, registry):
+                identities = None
             if identities is not None:
                 cluster.transport_socket.CopyFrom(
                     upstream_transport_socket(identities, upstream_sni(spec))
@@ -108,3 +112,19 @@ def _by_name(
 ) -> MappingProxyType[str, Message]:
     named = {getattr(message, name_field): message for message in messages}
     return MappingProxyType({name: named[name] for name in sorted(named)})
+
+
+def _peers_refuse_mtls(config: MeshConfig, spec: ClusterSpec, registry: Registry) -> bool:
+    """Istio's auto mTLS asks the destination: a workload whose
+    PeerAuthentication (for that port) is DISABLE is sent plaintext. A cluster
+    has one transport socket, so one such instance makes it plaintext."""
+    for instance in cluster_instances(spec, registry):
+        workload = NodeInfo(
+            id="",
+            kind=ClientKind.MESH,
+            labels=tuple(sorted(instance.labels.items())),
+            namespace=spec.service.namespace,
+        )
+        if peer_mode(config, workload, endpoint_port(instance, spec.port)) == "DISABLE":
+            return True
+    return False
