@@ -261,20 +261,11 @@ class Lab:
             },
         }
 
-        def plaintext(host: str) -> dict[str, Any]:
-            """Callers of the authz servers skip auto mTLS: they have no identity."""
-            return {
-                "apiVersion": "networking.istio.io/v1",
-                "kind": "DestinationRule",
-                "metadata": {"name": host.split(".")[0], "namespace": "default"},
-                "spec": {"host": host, "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
-            }
-
         docs = [entry(h, "default", self.authz_ports[m], "authz-server") for m, h in AUTHZ.items()]
-        docs += [plaintext(h) for h in AUTHZ.values()]
         docs += [entry(MTLS, "shop", self.mtls_port, "greeter"), deny]
-        # Plaintext in `default` (a gRPC server cannot serve PERMISSIVE's two chains);
-        # STRICT mTLS in `shop`, where the identity test's server lives.
+        # Plaintext in `default` (a gRPC server cannot serve PERMISSIVE's two chains;
+        # auto mTLS follows DISABLE, so callers go plaintext too); STRICT mTLS in
+        # `shop`, where the identity test's server lives.
         docs += [peer_auth("default", "DISABLE"), peer_auth("shop", "STRICT")]
         return [json.dumps(d) for d in docs]
 
