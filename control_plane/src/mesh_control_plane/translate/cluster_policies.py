@@ -6,7 +6,8 @@
   warmupDurationSecs -> ``{round_robin,least_request}_lb_config.slow_start_config``.
 - outlierDetection -> ``outlier_detection`` (Istio's mapping: each consecutive
   detector that is written is enforced at 100 %, success-rate ejection is off)
-  and ``common_lb_config.healthy_panic_threshold`` = minHealthPercent.
+  and ``common_lb_config.healthy_panic_threshold`` = minHealthPercent; gRPC
+  clients also get a failure-percentage approximation (``_grpc_failure_percentage``).
 - connectionPool -> ``circuit_breakers.thresholds[0]`` (unset limits are
   Istio's "unlimited" 2^32-1), ``connect_timeout``, and
   ``HttpProtocolOptions.common_http_protocol_options``.
@@ -38,6 +39,9 @@ HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 UNLIMITED = 2**32 - 1
 RETRY_BUDGET_PERCENT = 20.0
 MIN_RETRY_CONCURRENCY = 3
+ISTIO_CONSECUTIVE_5XX_DEFAULT = 5
+GRPC_FAILURE_PERCENTAGE_THRESHOLD = 85
+"""gRPC ejects a host whose failure percentage in an interval is above this."""
 
 _LB_POLICIES: dict[str, int] = {
     "ROUND_ROBIN": cluster_pb2.Cluster.ROUND_ROBIN,
@@ -56,7 +60,7 @@ def apply_policy(
     the port speaks HTTP/2 upstream (HTTP2/GRPC)."""
     _load_balancer(cluster, policy.load_balancer, kind)
     if policy.outlier_detection is not None:
-        _outlier_detection(cluster, policy.outlier_detection)
+        _outlier_detection(cluster, policy.outlier_detection, kind)
     pool = policy.connection_pool or ConnectionPool()
     cluster.connect_timeout.CopyFrom(duration(pool.connect_timeout or CONNECT_TIMEOUT_SECONDS))
     cluster.circuit_breakers.thresholds.append(_thresholds(pool))
@@ -105,7 +109,9 @@ def _load_balancer(
     slow_start.slow_start_window.CopyFrom(duration(lb.warmup_duration))
 
 
-def _outlier_detection(cluster: cluster_pb2.Cluster, od: OutlierDetection) -> None:
+def _outlier_detection(
+    cluster: cluster_pb2.Cluster, od: OutlierDetection, kind: ClientKind
+) -> None:
     out = outlier_detection_pb2.OutlierDetection()
     if od.consecutive_5xx_errors is not None:
         out.consecutive_5xx.value = od.consecutive_5xx_errors
@@ -128,9 +134,69 @@ def _outlier_detection(cluster: cluster_pb2.Cluster, od: OutlierDetection) -> No
     if od.max_ejection_percent is not None:
         out.max_ejection_percent.value = od.max_ejection_percent
     out.enforcing_success_rate.value = 0
+    if kind is ClientKind.GRPC:
+        _grpc_failure_percentage(out, od)
     cluster.outlier_detection.CopyFrom(out)
     # Istio: with outlier detection on, panic mode starts below minHealthPercent (0: never).
     cluster.common_lb_config.healthy_panic_threshold.value = float(od.min_health_percent or 0)
+
+
+def consecutive_errors(od: OutlierDetection) -> int | None:
+    """The smallest enabled consecutive-error count of `od`, None when every
+    consecutive detector is off. An unwritten consecutive5xxErrors is Istio's
+    (and Envoy's) default of 5, enforced at 100 %; 0 turns a detector off."""
+    counts = [
+        ISTIO_CONSECUTIVE_5XX_DEFAULT
+        if od.consecutive_5xx_errors is None
+        else od.consecutive_5xx_errors,
+        od.consecutive_gateway_errors or 0,
+    ]
+    enabled = [n for n in counts if n > 0]
+    return min(enabled) if enabled else None
+
+
+def _grpc_failure_percentage(
+    out: outlier_detection_pb2.OutlierDetection, od: OutlierDetection
+) -> None:
+    """Istio's consecutive-error detectors, restated as the failure-percentage
+    algorithm that grpcio (gRFC A50) implements. A50 ignores ``consecutive_*``
+    (they are defined on HTTP codes) and runs failure-percentage ejection only
+    when ``enforcing_failure_percentage`` is set and non-zero, so without this a
+    gRPC client ACKs the rule and never ejects anyone.
+
+    The semantics differ, and the approximation is stated here:
+
+    - Envoy ejects a host inline, the moment it returns N errors in a row.
+      A50 counts each host's calls per ``interval`` and, when the timer fires,
+      ejects a host that had at least ``request_volume`` calls of which MORE
+      than ``threshold`` percent failed (C-core compares strictly). We send
+      request_volume = N and threshold = 85 (the xDS default): a host that
+      failed all of its N or more calls in an interval is ejected at the end of
+      that interval, not at the N-th error; a host failing intermittently (say
+      50 %), which Envoy would eventually eject after N unlucky calls in a row,
+      is not ejected by gRPC; and a host with fewer than N calls in an interval
+      is never judged.
+    - ``minimum_hosts`` = 1: A50 compares it with the number of hosts that
+      reached the request volume (default 5 would switch the algorithm off in
+      every small cluster); consecutive detectors judge each host alone too.
+      ``max_ejection_percent`` still caps ejections, except that A50, like
+      Envoy, always allows the first one.
+    - What is a failure: A50 counts every non-OK status (NOT_FOUND,
+      PERMISSION_DENIED and INVALID_ARGUMENT included). Envoy maps a gRPC
+      status to an HTTP code for its detector, so consecutive5xxErrors counts
+      only server-error statuses (UNKNOWN, INTERNAL, UNIMPLEMENTED,
+      UNAVAILABLE, DEADLINE_EXCEEDED, DATA_LOSS) and consecutiveGatewayErrors
+      only UNAVAILABLE and DEADLINE_EXCEEDED (503/504).
+    - A50 runs per priority, not per cluster; interval, baseEjectionTime and
+      maxEjectionPercent are the fields both read.
+    """
+    errors = consecutive_errors(od)
+    if errors is None:
+        return
+    out.failure_percentage_threshold.value = GRPC_FAILURE_PERCENTAGE_THRESHOLD
+    out.enforcing_failure_percentage.value = 100
+    out.failure_percentage_minimum_hosts.value = 1
+    out.failure_percentage_request_volume.value = errors
 
 
 def _thresholds(pool: ConnectionPool) -> circuit_breaker_pb2.CircuitBreakers.Thresholds:
