@@ -21,9 +21,11 @@ ejection or slow-start state (never per request):
   threshold is above 0). A threshold of 0 turns panic off.
 - Localities: within a priority, a locality's weight is its
   LocalityEndpoints.weight times its own availability (min(1, factor *
-  healthy/total)), as Envoy's locality-weighted LB and gRPC's
-  weighted_target do; a locality of weight 0 gets nothing. Within a
-  locality, endpoints share by weight (times the slow-start factor).
+  healthy/total)), as Envoy's locality-weighted LB does (gRPC's
+  weighted_target does not scale by health, so the control plane sends gRPC
+  clients healthy-only weights and us the configured ones); a locality of
+  weight 0 gets nothing. Within a locality, endpoints share by weight (times
+  the slow-start factor).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""EDS carries registry health: statuses, healthy-only locality weights, and one
+"""EDS carries registry health: statuses, healthy-only locality weights (gRPC), and one
 endpoint per address when a restarted workload reuses its draining predecessor's port."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ CLUSTER_NAME = f"outbound|8080||{HOST}"
 NODE = NodeInfo(id="client", kind=ClientKind.MESH)
 
 
-def assignment(*instances: WorkloadEndpoint) -> Any:
+def assignment(*instances: WorkloadEndpoint, node: NodeInfo = NODE) -> Any:
     """The whole-service ClusterLoadAssignment for a registry holding `instances`."""
     cfg = MeshConfig(service_entries=(service(HOST, (ServicePort(8080, "HTTP", "http"),), ()),))
     registry = MappingProxyType({HOST: tuple(instances)})
-    return translate(cfg, registry, NODE).resources[ENDPOINT][CLUSTER_NAME]
+    return translate(cfg, registry, node).resources[ENDPOINT][CLUSTER_NAME]
 
 
 def statuses(cla: Any) -> dict[str, str]:
@@ -49,13 +49,16 @@ def test_registry_health_becomes_health_status() -> None:
     }
 
 
-def test_locality_weight_counts_only_healthy_instances() -> None:
+def test_grpc_locality_weight_counts_only_healthy_instances() -> None:
+    """gRPC's weighted_target does not scale by health (other kinds: see
+    test_locality_weights.py)."""
     cla = assignment(
         WorkloadEndpoint("10.0.0.1", locality="r/a", weight=3),
         WorkloadEndpoint("10.0.0.2", locality="r/a", weight=5, health="DRAINING"),
         WorkloadEndpoint("10.0.0.3", locality="r/b", weight=2),
         WorkloadEndpoint("10.0.0.4", locality="r/b", weight=2, health="UNHEALTHY"),
         WorkloadEndpoint("10.0.0.5", locality="r/c", weight=4, health="DRAINING"),
+        node=NodeInfo(id="client", kind=ClientKind.GRPC),
     )
     weights = {g.locality.zone: g.load_balancing_weight.value for g in cla.endpoints}
     # r/c has no healthy instance: weight 1, the smallest gRPC accepts.

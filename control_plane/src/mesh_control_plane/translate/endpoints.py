@@ -6,8 +6,8 @@ calling the resource missing.
 
 Instances carry their registry health to ``health_status`` (HEALTHY, UNHEALTHY,
 DRAINING): a client stops picking a draining or unhealthy endpoint the moment the
-assignment arrives, and locality weights count only the healthy ones, so a locality
-whose workloads are leaving does not keep its share of the traffic.
+assignment arrives. How health reaches the locality weight depends on the client
+(``locality_weight``), so that a locality loses its unhealthy share exactly once.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from mesh_control_plane.translate.locality import (
     failover_priority,
     label_priority,
 )
-from mesh_control_plane.translate.node import NodeInfo
+from mesh_control_plane.translate.node import ClientKind, NodeInfo
 
 Group = tuple[int, Locality]  # (priority, locality)
 Entry = tuple[str, int, int, int]  # (address, port, weight, health_status)
@@ -52,10 +52,10 @@ def build_load_assignment(
 
     Instances of the host that carry every label of the subset (all of them for the
     whole-service cluster), on the port resolved by ``endpoint_port``, grouped by
-    (priority, locality), sorted. Each group carries ``load_balancing_weight`` = the
-    sum of its healthy endpoints' weights, at least 1 (gRPC drops a locality without
-    one) unless a ``distribute`` rule sets it. Priorities depend on the node only when the
-    cluster's policy has an enabled ``localityLbSetting`` (see locality.py).
+    (priority, locality), sorted. Each group carries ``load_balancing_weight`` =
+    ``locality_weight(node.kind, ...)`` unless a ``distribute`` rule sets it.
+    Priorities depend on the node only when the cluster's policy has an enabled
+    ``localityLbSetting`` (see locality.py).
     """
     labels = spec.subset.labels if spec.subset else {}
     members = _one_per_address(
@@ -76,10 +76,7 @@ def build_load_assignment(
             _status(instance),
         )
         groups.setdefault((priorities[i], locality), []).append(endpoint)
-    weights = {
-        group: max(1, sum(e[2] for e in eps if e[3] == _STATUS["HEALTHY"]))
-        for group, eps in groups.items()
-    }
+    weights = {group: locality_weight(node.kind, eps) for group, eps in groups.items()}
     setting = _setting(spec)
     if setting is not None and setting.distribute:
         by_locality = {loc: w for (_, loc), w in weights.items()}
@@ -92,6 +89,32 @@ def build_load_assignment(
             _locality_endpoints(group, sorted(groups[group]), weights[group])
         )
     return assignment
+
+
+def locality_weight(kind: ClientKind, endpoints: Iterable[Entry]) -> int:
+    """A locality's ``load_balancing_weight`` for a client of `kind`, at least 1
+    (gRPC drops a locality without one).
+
+    Envoy and our library apply Envoy's locality rule themselves: effective weight =
+    weight x min(1, overprovisioning_factor/100 x healthy/total), where total leaves
+    out DRAINING (excluded) hosts. They must get the weight of the locality's whole
+    non-draining population: a weight already cut to the healthy endpoints would be
+    cut a second time by the healthy ratio (with A: 2 of 4 unhealthy, B: 4 healthy,
+    A would get 1.4/5.4 = 26 % instead of Envoy's 2.8/6.8 = 41 %). DRAINING
+    endpoints stay out of the sum because those clients leave them out of `total`
+    too; counting them would inflate the locality.
+
+    grpcio's weighted_target picks a locality by its configured weight alone: it
+    does not scale by health (its xDS client sends no new call to an UNHEALTHY or
+    DRAINING endpoint, and only a locality with no READY endpoint is skipped), so a
+    gRPC client gets the sum over HEALTHY endpoints: the only place its share can
+    shrink.
+    """
+    if kind is ClientKind.GRPC:
+        counted = [e for e in endpoints if e[3] == _STATUS["HEALTHY"]]
+    else:
+        counted = [e for e in endpoints if e[3] != _STATUS["DRAINING"]]
+    return max(1, sum(e[2] for e in counted))
 
 
 def _one_per_address(spec: ClusterSpec, members: list[Member]) -> list[Member]:
