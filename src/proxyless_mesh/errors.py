@@ -224,3 +224,32 @@ class RegistrationError(MeshError):
     """The control plane (or Consul) refused this workload's registration:
     the message carries its reason (e.g. the join token's identity is not the
     WorkloadGroup's serviceAccount)."""
+
+
+class WorkloadCertificateExpiredError(IdentityError, MeshRequestError):
+    """This workload's own certificate has expired and no CA renewed it in
+    time, so the mesh refuses to start an outbound mTLS handshake that every
+    peer would reject: failing closed here names the cause instead of a TLS
+    alert from the far side. `spiffe_id`, `expired_at` (POSIX seconds) and
+    `last_renewal_error` say whose, when and why renewal failed. Renewal keeps
+    retrying in the background; requests succeed again as soon as the CA is
+    back. Both an IdentityError and (through MeshRequestError) an
+    httpx.TransportError (Envoy flag UF)."""
+
+    response_flag = "UF"
+
+    def __init__(
+        self, spiffe_id: str, expired_at: float, last_renewal_error: str | None = None
+    ) -> None:
+        self.spiffe_id = spiffe_id
+        self.expired_at = expired_at
+        self.last_renewal_error = last_renewal_error
+        # A local import: only this message needs datetime.
+        from datetime import UTC, datetime
+
+        when = datetime.fromtimestamp(expired_at, UTC).isoformat(timespec="seconds")
+        why = f"; last renewal error: {last_renewal_error}" if last_renewal_error else ""
+        super().__init__(
+            f"the workload certificate of {spiffe_id} expired at {when} and the CA has not "
+            f"renewed it: outbound mTLS refused until it does{why}"
+        )

@@ -5,6 +5,10 @@ in-process, and the TLS pieces built from them.
   first certificate with the join token, then renews at half life with jitter;
   `spiffe_id`, `credentials`, `client_ssl_context()`, `server_ssl_context()`,
   `add_listener()`, `certificate_providers()` (grpcio's file_watcher).
+- Expiry risk: `IdentityManager.status()` -> `IdentityStatus` (`IdentityState`
+  ok / at_risk / expired / disabled, seconds to expiry, last renewal error);
+  `valid_credentials()` fails closed with WorkloadCertificateExpiredError once
+  the certificate expired; `MeshHealth` is what `Mesh.health()` returns.
 - `Credentials`: one immutable key/chain/roots set and its cached SSL contexts.
 - `peer_spiffe_id()` / `verify_peer()`: who the peer of a TLS connection is,
   checked after the handshake (Python's ssl cannot match URI SANs).
@@ -17,8 +21,10 @@ in-process, and the TLS pieces built from them.
 from proxyless_mesh.security._ca_client import CaClient, SignedChain
 from proxyless_mesh.security._config import TOKEN_ENV, IdentityConfig
 from proxyless_mesh.security._credentials import Credentials
+from proxyless_mesh.security._expiry import IdentityState, IdentityStatus
 from proxyless_mesh.security._files import ensure_private_dir, write_private_file
 from proxyless_mesh.security._grpc_files import CredentialFiles, file_watcher_provider
+from proxyless_mesh.security._health import MeshHealth
 from proxyless_mesh.security._identity import CredentialsListener, IdentityManager
 from proxyless_mesh.security._inbound import (
     TLS_HANDSHAKE_BYTE,
@@ -45,7 +51,10 @@ __all__ = [
     "CredentialsListener",
     "IdentityConfig",
     "IdentityManager",
+    "IdentityState",
+    "IdentityStatus",
     "InboundTls",
+    "MeshHealth",
     "SignedChain",
     "SpiffeId",
     "asgi_tls_extension",

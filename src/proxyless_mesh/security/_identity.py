@@ -11,6 +11,12 @@ Lifecycle, all on the mesh's event loop:
   a new root arrives before anything is signed by it.
 - every new `Credentials` is swapped in with one assignment, written to the
   grpcio files if configured, and passed to the listeners.
+- when the CA stays away, `ExpiryWatch` (see _expiry.py) turns the remaining
+  lifetime into ok / at_risk / expired, logged once per change, exposed by
+  `status()` and the `mesh_workload_cert_expiry_seconds` gauge. At expiry,
+  `valid_credentials()` (outbound mTLS) raises WorkloadCertificateExpiredError
+  rather than offer peers a certificate they reject; renewal never stops, so
+  the workload recovers by itself when the CA is back.
 Clock, sleep and randomness are injectable so tests never wait for real time.
 """
 
@@ -23,7 +29,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -32,13 +38,20 @@ from proxyless_mesh.errors import (
     IdentityConfigError,
     IdentityError,
     TokenRejectedError,
+    WorkloadCertificateExpiredError,
 )
 from proxyless_mesh.security._ca_client import CaClient, SignedChain
 from proxyless_mesh.security._config import TOKEN_ENV, IdentityConfig
 from proxyless_mesh.security._credentials import Credentials
+from proxyless_mesh.security._expiry import ExpiryWatch, IdentityStatus
 from proxyless_mesh.security._grpc_files import CredentialFiles, file_watcher_provider
 from proxyless_mesh.security._keys import make_csr, new_private_key
 from proxyless_mesh.security._spiffe import spiffe_id_of
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
+
+    from proxyless_mesh.telemetry._metrics import IdentityMetrics
 
 __all__ = ["CredentialsListener", "IdentityManager"]
 
@@ -50,6 +63,11 @@ CredentialsListener = Callable[[Credentials], None]
 #: earlier so a fleet started together does not renew together.
 RENEW_AT = (0.4, 0.5)
 MAX_RETRY_DELAY = 30.0
+#: Once expired the workload is out of service and a retry is its only way
+#: back: retry at least this often (one small RPC per workload).
+EXPIRED_RETRY_DELAY = 5.0
+# Wake this long after a threshold, so the clock read then is surely past it.
+_THRESHOLD_MARGIN = 0.01
 
 
 class IdentityManager:
@@ -63,7 +81,10 @@ class IdentityManager:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
+        meter: Meter | None = None,
     ) -> None:
+        """`meter`: where the identity metrics go (see telemetry's
+        IdentityMetrics); None: no metrics."""
         self.config = config
         self._client = client or CaClient(config.ca_address)
         self._clock = clock
@@ -73,6 +94,14 @@ class IdentityManager:
         self._credentials: Credentials | None = None
         self._listeners: list[CredentialsListener] = []
         self._task: asyncio.Task[None] | None = None
+        self._watch = ExpiryWatch(self.spiffe_id, clock)
+        self._metrics: IdentityMetrics | None = None
+        if meter is not None:
+            # Imported here: the telemetry package imports the integrations,
+            # which import this package (a cycle at import time).
+            from proxyless_mesh.telemetry._metrics import IdentityMetrics
+
+            self._metrics = IdentityMetrics(meter, self.spiffe_id, self._expires_in)
 
     # -- what the rest of the mesh reads -------------------------------------
 
@@ -87,6 +116,24 @@ class IdentityManager:
         if self._credentials is None:
             raise IdentityError("no workload certificate yet: the identity is not started")
         return self._credentials
+
+    def valid_credentials(self) -> Credentials:
+        """The current credentials if their certificate has not expired, for
+        starting outbound mTLS: past notAfter every peer would refuse the
+        handshake, so this fails closed with WorkloadCertificateExpiredError
+        (naming the expiry and the last renewal error) instead."""
+        credentials = self.credentials
+        if self._clock() >= credentials.expires_at:
+            raise WorkloadCertificateExpiredError(
+                self.spiffe_id, credentials.expires_at, self._watch.last_error
+            )
+        return credentials
+
+    def status(self) -> IdentityStatus:
+        """ok / at_risk / expired (see _expiry.py for the thresholds), seconds
+        to expiry and the last renewal error. Safe from any thread; a change
+        of state first noticed here is logged here."""
+        return self._watch.status(self._credentials)
 
     @property
     def roots(self) -> tuple[x509.Certificate, ...]:
@@ -135,6 +182,8 @@ class IdentityManager:
         return credentials
 
     async def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
         if self._task is not None:
             task, self._task = self._task, None
             task.cancel()
@@ -205,6 +254,7 @@ class IdentityManager:
             self._files.write(credentials)
         if previous is not None and set(previous.roots) != set(credentials.roots):
             log.info("trust bundle changed: %d root(s)", len(credentials.roots))
+        self._watch.renewed(credentials)
         log.info(
             "workload certificate for %s valid until %s",
             self.spiffe_id,
@@ -226,17 +276,32 @@ class IdentityManager:
                 credentials = await self.renew()
             except IdentityError as exc:
                 attempt += 1
-                remaining = self.credentials.expires_at - self._clock()
-                delay = min(2.0**attempt, MAX_RETRY_DELAY, max(1.0, remaining / 4))
-                log.warning(
-                    "certificate renewal for %s failed (attempt %d, retrying in %.1fs, "
-                    "current certificate expires in %.0fs): %s",
-                    self.spiffe_id,
-                    attempt,
-                    delay,
-                    remaining,
-                    exc,
-                )
+                delay = self._retry_delay(attempt)
+                if self._metrics is not None:
+                    self._metrics.renewal_failed()
+                self._watch.failed(self.credentials, exc, delay)
                 continue
             attempt = 0
             delay = self.renewal_delay(credentials)
+
+    def _retry_delay(self, attempt: int) -> float:
+        """Exponential backoff, capped at MAX_RETRY_DELAY and, while the
+        certificate is valid, at a quarter of what is left of it (more tries
+        as expiry nears); shortened to wake just past the next risk threshold,
+        so its log line and state change are on time rather than a retry late."""
+        credentials = self.credentials
+        delay = min(2.0**attempt, MAX_RETRY_DELAY)
+        remaining = credentials.expires_at - self._clock()
+        if remaining > 0:
+            delay = min(delay, max(1.0, remaining / 4))
+        else:
+            delay = min(delay, EXPIRED_RETRY_DELAY)
+        until = self._watch.until_next_level(credentials)
+        if until is not None:
+            delay = min(delay, until + _THRESHOLD_MARGIN)
+        return delay
+
+    def _expires_in(self) -> float | None:
+        """For the gauge: seconds left on the current certificate."""
+        credentials = self._credentials
+        return None if credentials is None else credentials.expires_at - self._clock()

@@ -1,4 +1,5 @@
-"""Istio's standard request metrics through the OpenTelemetry metrics API.
+"""Istio's standard request metrics (and the mesh's identity metrics) through
+the OpenTelemetry metrics API.
 
 Names, units and labels are Istio's, so existing Prometheus dashboards and
 alerts work unchanged. Instruments are created once per Telemetry; label
@@ -8,12 +9,18 @@ per-request cost is a dict lookup plus four instrument calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from proxyless_mesh.telemetry._config import UNKNOWN
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Meter
+
+    from proxyless_mesh.telemetry._config import TelemetryConfig
 
 LABELS = (
     "reporter",
@@ -98,3 +105,55 @@ class IstioMetrics:
         self.duration.record(duration_ms, attributes)
         self.request_bytes.record(request_bytes, attributes)
         self.response_bytes.record(response_bytes, attributes)
+
+
+#: The workload identity's signals (not Istio's: Envoy's nearest is
+#: `server.days_until_first_cert_expiring`, too coarse for hour-long leaves).
+CERT_EXPIRY_GAUGE = "mesh_workload_cert_expiry_seconds"
+CERT_RENEWAL_FAILURES = "mesh_workload_cert_renewal_failures_total"
+
+
+class IdentityMetrics:
+    """Seconds until this workload's certificate expires (an observable
+    gauge, negative once expired, so `< 600` is a ready-made alert) and the
+    count of failed renewals. The gauge is read only when a metric reader
+    collects: with the API alone (no SDK) it costs nothing, not even a clock
+    read. `expires_in` returns None when there is no certificate (nothing is
+    reported then)."""
+
+    def __init__(
+        self, meter: Meter, spiffe_id: str, expires_in: Callable[[], float | None]
+    ) -> None:
+        self._attributes = {"spiffe_id": spiffe_id}
+        self._expires_in = expires_in
+        self.closed = False
+        meter.create_observable_gauge(
+            CERT_EXPIRY_GAUGE,
+            callbacks=[self._observe],
+            unit="s",
+            description="Seconds until the workload certificate expires (negative: expired)",
+        )
+        self.renewal_failures = meter.create_counter(
+            CERT_RENEWAL_FAILURES, unit="1", description="Failed workload certificate renewals"
+        )
+
+    def renewal_failed(self) -> None:
+        self.renewal_failures.add(1, self._attributes)
+
+    def close(self) -> None:
+        """Stop reporting: the API cannot unregister a callback, so a closed
+        identity reports nothing rather than a certificate nobody uses."""
+        self.closed = True
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        value = None if self.closed else self._expires_in()
+        return [] if value is None else [Observation(value, self._attributes)]
+
+
+def metrics_meter(config: TelemetryConfig) -> Meter | None:
+    """The meter the mesh's own (non-request) metrics use: the configured
+    provider's, the global one's by default, None with metrics off."""
+    if not config.metrics:
+        return None
+    provider = config.meter_provider or metrics.get_meter_provider()
+    return provider.get_meter("proxyless_mesh")
