@@ -11,6 +11,8 @@
 - connectionPool -> ``circuit_breakers.thresholds[0]`` (unset limits are
   Istio's "unlimited" 2^32-1), ``connect_timeout``, and
   ``HttpProtocolOptions.common_http_protocol_options``.
+- localityLbSetting -> ``common_lb_config.locality_weighted_lb_config`` for Envoy
+  when the locality weights of the assignment carry intent (``_locality_weighted``).
 - Every cluster carries a retry budget (20 % of active requests, at least 3
   concurrent retries) so an outage cannot become a retry storm; an explicit
   ``http.maxRetries`` replaces it, because Envoy ignores max_retries when a
@@ -61,6 +63,8 @@ def apply_policy(
     _load_balancer(cluster, policy.load_balancer, kind)
     if policy.outlier_detection is not None:
         _outlier_detection(cluster, policy.outlier_detection, kind)
+    if kind is ClientKind.ENVOY and _locality_weighted(policy):
+        cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
     pool = policy.connection_pool or ConnectionPool()
     cluster.connect_timeout.CopyFrom(duration(pool.connect_timeout or CONNECT_TIMEOUT_SECONDS))
     cluster.circuit_breakers.thresholds.append(_thresholds(pool))
@@ -107,6 +111,34 @@ def _load_balancer(
     else:
         slow_start = cluster.round_robin_lb_config.slow_start_config
     slow_start.slow_start_window.CopyFrom(duration(lb.warmup_duration))
+
+
+def _locality_weighted(policy: EffectivePolicy) -> bool:
+    """Whether Envoy must pick localities by their EDS ``load_balancing_weight``.
+
+    Envoy ignores locality weights unless the cluster turns on locality weighted
+    load balancing: without it, a ``distribute`` of 80/20 becomes a flat pick over
+    all hosts of the priority. Istio turns it on (and so do we) when ``distribute``
+    is written, or when explicit ``failover``/``failoverPriority`` rules apply (they
+    apply only with outlier detection, see endpoints._priority); a plain enabled
+    setting keeps Envoy's flat pick, as Istio's default does. The oneof excludes
+    zone aware routing, which we never set.
+
+    Every LB policy we emit honours it: ROUND_ROBIN, LEAST_REQUEST and RANDOM pick a
+    locality first; RING_HASH and MAGLEV (Envoy's thread-aware balancers) read the
+    flag from ``common_lb_config`` and scale each host's share on the ring/table by its
+    locality's weight. Envoy 1.40 validates all five (test_envoy_locality_weighted).
+    gRPC and our library always weight localities and never read the field, so
+    their output stays as it was.
+    """
+    lb = policy.load_balancer
+    setting = lb.locality_lb_setting if lb else None
+    if setting is None or not setting.enabled:
+        return False
+    if setting.distribute:
+        return True
+    failover = bool(setting.failover or setting.failover_priority)
+    return failover and policy.outlier_detection is not None
 
 
 def _outlier_detection(
