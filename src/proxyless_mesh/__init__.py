@@ -30,6 +30,7 @@ from proxyless_mesh.errors import (
     UpstreamConnectionError,
     UpstreamOverflowError,
     UpstreamTimeoutError,
+    WorkloadCertificateExpiredError,
 )
 from proxyless_mesh.integrations import (
     AioAuthorizationServerInterceptor,
@@ -43,6 +44,7 @@ from proxyless_mesh.integrations import (
 )
 from proxyless_mesh.mesh import Mesh
 from proxyless_mesh.registration import ConsulRegistration, Registration
+from proxyless_mesh.security import IdentityState, MeshHealth
 from proxyless_mesh.telemetry import (
     AioTelemetryServerInterceptor,
     TelemetryConfig,
@@ -65,10 +67,12 @@ __all__ = [
     "ControlPlaneUnavailableError",
     "IdentityConfigError",
     "IdentityError",
+    "IdentityState",
     "MalformedRequestError",
     "Mesh",
     "MeshChannel",
     "MeshError",
+    "MeshHealth",
     "MeshRequestError",
     "MeshRpcError",
     "MeshTransport",
@@ -88,6 +92,7 @@ __all__ = [
     "UpstreamConnectionError",
     "UpstreamOverflowError",
     "UpstreamTimeoutError",
+    "WorkloadCertificateExpiredError",
     "WsgiAuthorizationMiddleware",
     "WsgiTelemetryMiddleware",
 ]
