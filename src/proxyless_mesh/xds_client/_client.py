@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import metadata
 from typing import Any
@@ -123,6 +124,7 @@ class XdsClient:
         self._last_error = "no connection attempted yet"
         self._got_response = False  # on the current stream: a healthy server resets backoff
         self._changed = asyncio.Event()  # replaced after each set: one per change
+        self._expiry: asyncio.TimerHandle | None = None  # the does-not-exist timer
         # The last good config on disk: a restart while the control plane is
         # down starts from it instead of from nothing (bootstrap can turn it off).
         self._cache = ConfigCache.from_bootstrap(bootstrap)
@@ -171,6 +173,7 @@ class XdsClient:
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])
+        self._arm_expiry()  # the stream is gone: cancels it
         if self._cache is not None:
             self._cache.flush()
         for channel in self._channels:
@@ -253,6 +256,7 @@ class XdsClient:
                 log.exception("xDS stream to %s failed", self._server_uri)
                 self._last_error = repr(exc)
             self._protocol.end_stream()
+            self._arm_expiry()
             if self._connected:
                 log.info("xDS stream to %s ended: %s", self._server_uri, self._last_error)
             elif self._backoff.attempt == 1:
@@ -285,6 +289,7 @@ class XdsClient:
         for request in self._protocol.start_stream():
             outbox.put_nowait(request)
         self._outbox = outbox
+        self._arm_expiry()
         writer = asyncio.create_task(self._write_loop(call, outbox))
         back: asyncio.Future[None] | None = None
         try:
@@ -349,6 +354,27 @@ class XdsClient:
         if self._outbox is not None:
             for request in requests:
                 self._outbox.put_nowait(request)
+            self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        """(Re)schedule the one timer for the protocol's earliest does-not-exist
+        deadline (the protocol keeps the deadlines; this only wakes it)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        at = self._protocol.next_expiry()
+        if at is None or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(max(0.0, at - time.monotonic()), self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._expiry = None
+        requests, changed = self._protocol.expire()
+        self._send(requests)
+        if changed:
+            self._publish()
+        self._arm_expiry()
 
     def _publish(self) -> None:
         state = self._protocol.state

@@ -9,7 +9,8 @@ method call in the tests; `_client` is only the asyncio/gRPC shell around it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -21,6 +22,7 @@ from google.rpc import code_pb2, status_pb2
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import InboundListener, Listener
 from proxyless_mesh.xds_client._decode import decode_resource, resource_name, unpack_resource
+from proxyless_mesh.xds_client._server_view import ServerView
 from proxyless_mesh.xds_client._state import (
     ClientStatus,
     ResourceStatus,
@@ -36,6 +38,11 @@ _RDS = ResourceType.ROUTE_CONFIGURATION
 _CDS = ResourceType.CLUSTER
 _EDS = ResourceType.CLUSTER_LOAD_ASSIGNMENT
 
+DOES_NOT_EXIST_TIMEOUT = 15.0
+"""Seconds a subscribed LDS/CDS name may stay unanswered on a connected stream
+before it is taken as absent: gRPC's does-not-exist timer (gRFC A27). Only the
+fallback: a response known to reflect the subscription decides at once."""
+
 
 @dataclass
 class _TypeState:
@@ -50,9 +57,12 @@ class _TypeState:
     errors: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (version, why)
     absent: set[str] = field(default_factory=set)  # full-state types: known not to exist
     raw: dict[str, Any] = field(default_factory=dict)  # name -> packed Any of the last good (CSDS)
+    view: ServerView = field(default_factory=ServerView)  # per stream: what the server has seen
+    asked_at: dict[str, float] = field(default_factory=dict)  # unresolved name -> first sent
 
     def forget(self, names: Iterable[str]) -> None:
         for name in names:
+            self.asked_at.pop(name, None)
             self.resources.pop(name, None)
             self.raw.pop(name, None)
             self.versions.pop(name, None)
@@ -72,8 +82,16 @@ class ResponseOutcome:
 class AdsProtocol:
     """One client's ADS bookkeeping, surviving across streams."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(
+        self,
+        node: Any,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        does_not_exist_timeout: float = DOES_NOT_EXIST_TIMEOUT,
+    ) -> None:
         self._node = node
+        self._clock = clock
+        self._dne_timeout = does_not_exist_timeout
         self._types = {t: _TypeState() for t in ResourceType}
         self._watched: frozenset[str] = frozenset()
         self._inbound: frozenset[str] = frozenset()  # of _watched: server listeners
@@ -117,12 +135,16 @@ class AdsProtocol:
         for ts in self._types.values():
             ts.nonce = ""
             ts.sent_names = None
+            ts.view.reset()
+            ts.asked_at.clear()  # timers run only while a stream is up (as gRPC's)
         return self._pending_requests()
 
     def end_stream(self) -> None:
         """The stream is gone; resources are kept (traffic goes on with the last
         good config) until a new stream brings updates."""
         self._stream_active = False
+        for ts in self._types.values():
+            ts.asked_at.clear()
 
     # -- responses -------------------------------------------------------------
 
@@ -138,7 +160,10 @@ class AdsProtocol:
         ts.nonce = response.nonce
         raws: dict[str, Any] = {}
         decoded, rejected, seen, complete = self._decode_all(rtype, ts, response.resources, raws)
+        subscribed = ts.view.received(response.version_info, seen if complete else None)
         changed = False
+        for name in seen:
+            ts.asked_at.pop(name, None)  # answered (valid or not): no timer
         for name, value in decoded.items():
             changed |= ts.resources.get(name) != value or name in ts.absent
             ts.resources[name] = value
@@ -153,21 +178,18 @@ class AdsProtocol:
         # some resource could not even be named, it may be the missing one, so
         # nothing is declared absent from that response.
         #
-        # Except a cluster this stream never received: a push the server built
-        # before it read our new subscription omits it, and in State of the
-        # World nothing tells the two apart. gRPC waits (a does-not-exist timer)
-        # for such names; so do we: the route that names it keeps its previous
-        # routing until the cluster arrives. The control plane only sends
-        # consistent snapshots, so a named cluster does exist. Listeners keep
-        # the prompt answer: resolving a never-seen host must not wait.
+        # A name we hold was in the server's subscription when it was sent, and
+        # stays there (every later request carries it), so its absence is a
+        # deletion. A name never received is absent only if the server had read
+        # our subscription to it when it built this response (`subscribed`, see
+        # _server_view): a response built before omits it too. Otherwise the
+        # does-not-exist timer decides, as in gRPC. This keeps a non-mesh host
+        # resolved in one round trip without a brand-new one passing for it.
         if rtype.is_full_state and complete:
             for name in ts.names - seen:
-                if rtype is ResourceType.CLUSTER and name not in ts.resources:
+                if name not in ts.resources and name not in subscribed:
                     continue
-                if name not in ts.absent or name in ts.resources:
-                    changed = True
-                ts.forget([name])
-                ts.absent.add(name)
+                changed |= self._declare_absent(ts, name)
         if rejected:
             detail = "\n".join(f"{name}: {reason}" for name, reason in rejected.items())
         else:
@@ -178,6 +200,39 @@ class AdsProtocol:
             self._state = None
             requests += self._resubscribe()
         return ResponseOutcome(requests, rejected, changed)
+
+    def _declare_absent(self, ts: _TypeState, name: str) -> bool:
+        """Mark `name` as known not to exist; returns whether that is news."""
+        news = name not in ts.absent or name in ts.resources
+        ts.forget([name])
+        ts.absent.add(name)
+        return news
+
+    # -- the does-not-exist timer ----------------------------------------------
+
+    def next_expiry(self) -> float | None:
+        """When (on the `clock`) the earliest does-not-exist timer fires; None
+        when none runs. The shell schedules a call to `expire` then."""
+        starts = [t for ts in self._types.values() for t in ts.asked_at.values()]
+        return min(starts) + self._dne_timeout if starts else None
+
+    def expire(self) -> tuple[list[Any], bool]:
+        """Declare absent every LDS/CDS name unanswered for the timeout on this
+        stream: requests to send, and whether the published state changed."""
+        now = self._clock()
+        changed = False
+        for rtype in (_LDS, _CDS):
+            ts = self._types[rtype]
+            for name, asked in list(ts.asked_at.items()):
+                if now - asked >= self._dne_timeout:
+                    log.info(
+                        "%s %r not received in %gs: absent", rtype.short_name, name, now - asked
+                    )
+                    changed |= self._declare_absent(ts, name)
+        if not changed:
+            return [], False
+        self._state = None
+        return self._resubscribe(), True
 
     def _decode_all(
         self, rtype: ResourceType, ts: _TypeState, resources: Iterable[Any], raws: dict[str, Any]
@@ -310,12 +365,20 @@ class AdsProtocol:
         for rtype, ts in self._types.items():
             if ts.names == ts.sent_names or (ts.sent_names is None and not ts.names):
                 continue
+            if ts.view.awaiting_first_response:
+                continue  # one nonce-less request per type: the ACK carries these names
             out.append(self._request_for(rtype, None))
         return out
 
     def _request_for(self, rtype: ResourceType, error: str | None) -> Any:
         ts = self._types[rtype]
         ts.sent_names = ts.names
+        ts.view.sent(ts.names)
+        if rtype.is_full_state:
+            now = self._clock()
+            for name in ts.names:
+                if name not in ts.resources and name not in ts.absent and name not in ts.errors:
+                    ts.asked_at.setdefault(name, now)  # unanswered so far: timer runs
         return self._make_request(rtype.type_url, sorted(ts.names), ts.version, ts.nonce, error)
 
     def _make_request(
