@@ -19,6 +19,14 @@ warning. Mode 0600: the config names every service and endpoint.
 Path: the bootstrap's `proxyless_mesh.config_cache_path`; absent means the
 default (`$XDG_CACHE_HOME` or `~/.cache`, `proxyless-mesh/xds-<hash>.cache`,
 hash of node id and server), `false` or `""` turns the cache off.
+
+Several processes with one node id (gunicorn workers, replicas on one host)
+share that file on purpose: a restart must find it, whatever its pid. The
+rule is last writer wins, whole file: each writer writes its own uniquely
+named temporary file and renames it over the cache, so a reader sees one
+writer's complete file, never a mix, and a torn or half-written file fails
+the checksum and is ignored. The writers hold the same config (same node, same
+server), so whichever wins is a good start.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -61,6 +70,7 @@ FORMAT = "proxyless-mesh-xds-cache"
 SCHEMA_VERSION = 1
 _MAY_HOLD_SECRETS = (".Listener", ".Cluster")  # transport sockets live only there
 _SECRET_FIELDS = frozenset({"private_key", "tls_certificates", "session_ticket_keys", "password"})
+_ORPHAN_AGE = 600.0  # seconds: a temporary file this old belongs to a writer that died
 
 
 @dataclass(frozen=True)
@@ -353,8 +363,11 @@ class ConfigCache:
         data = json.dumps(header, sort_keys=True).encode() + b"\n" + body
         directory = self.path.parent
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = directory / f".{self.path.name}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A name no other writer uses, in this process or another (mkstemp:
+        # O_EXCL, random suffix, mode 0600): with a per-pid name, two clients of
+        # one process would truncate each other's file mid-write.
+        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+        tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -369,3 +382,15 @@ class ConfigCache:
         finally:
             os.close(dir_fd)
         self.writes += 1
+        self._remove_orphans(directory)
+
+    def _remove_orphans(self, directory: Path) -> None:
+        """Delete temporary files left by writers killed mid-write; only old
+        ones, so a live writer's file is never pulled from under it."""
+        cutoff = time.time() - _ORPHAN_AGE
+        for orphan in directory.glob(f".{self.path.name}.*.tmp"):
+            try:
+                if orphan.stat().st_mtime < cutoff:
+                    orphan.unlink()
+            except OSError:
+                continue  # gone already, or not ours to delete: harmless either way
