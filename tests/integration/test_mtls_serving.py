@@ -168,6 +168,8 @@ class _Fixed:
     def credentials(self) -> Credentials:
         return self._credentials
 
+    outbound_credentials = credentials
+
 
 def test_permissive_serves_mtls_and_plaintext_on_one_port(
     workloads: Workloads, permissive: Served

@@ -190,6 +190,8 @@ class _FakeMesh:
     def credentials(self) -> Credentials:
         return self._creds
 
+    outbound_credentials = credentials
+
 
 async def test_registries_key_pools_by_expected_identities(ca: CertificateAuthority) -> None:
     mesh = _FakeMesh(issue(ca, ALICE))
