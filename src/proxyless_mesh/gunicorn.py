@@ -5,7 +5,9 @@
 Each worker starts its own Mesh after the fork; a connection is served per its
 port's PeerAuthentication mode, the verified SPIFFE ID is in
 `environ["proxyless_mesh.peer_principal"]`, and the port's AuthorizationPolicy
-is enforced. Needs gunicorn (`pip install proxyless-mesh[gunicorn]`).
+is enforced. The worker announces its port as "http" (`MeshSyncWorker.port_name`;
+subclass to change) for a `Registration` that leaves its ports to the servers.
+Needs gunicorn (`pip install proxyless-mesh[gunicorn]`).
 """
 
 from proxyless_mesh.integrations._wsgi_serving import MeshSyncWorker, accept_mesh_connection

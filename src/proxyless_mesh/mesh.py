@@ -60,10 +60,17 @@ from proxyless_mesh.integrations import (
 from proxyless_mesh.model import CircuitBreakers, Cluster, InboundListener, TlsMode
 from proxyless_mesh.model._rbac import Rbac, RbacAction
 from proxyless_mesh.policy import PolicySet
-from proxyless_mesh.registration import Registrar
+from proxyless_mesh.registration import PortAnnouncements, Registrar, check_port
 from proxyless_mesh.resilience import ClusterResources
-from proxyless_mesh.security import Credentials, IdentityConfig, IdentityManager
+from proxyless_mesh.security import (
+    Credentials,
+    IdentityConfig,
+    IdentityManager,
+    IdentityState,
+    MeshHealth,
+)
 from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
+from proxyless_mesh.telemetry._metrics import metrics_meter
 from proxyless_mesh.xds_client import XdsClient, XdsState
 
 log = logging.getLogger("proxyless_mesh")
@@ -125,6 +132,8 @@ class Mesh:
         self._preload = tuple(preload)
         # register=: join on start (proxyless_mesh.registration); leave, draining, first on close.
         self._registrars = _registrars(register)
+        # Ports the server helpers bound (announce_port): name -> port.
+        self._announced_ports: dict[str, int] = {}
         self.snapshot = MeshSnapshot()
         self.rng = random.Random()
         # Circuit-breaker counters per cluster: shared by every request of
@@ -189,10 +198,42 @@ class Mesh:
             )
         return self._identity.credentials
 
+    def outbound_credentials(self) -> Credentials:
+        """The credentials to start an outbound mTLS handshake with: as
+        credentials(), but fails closed once the certificate has expired
+        (WorkloadCertificateExpiredError, naming the expiry and the last
+        renewal error) rather than let every peer refuse it with a TLS alert.
+        Inbound keeps serving the current certificate: the peer decides."""
+        manager = self._identity
+        if manager is None:
+            return self.credentials()  # raises the IdentityError documented there
+        return manager.valid_credentials()
+
     def client_ssl_context(self, alpn_protocols: Sequence[str] = ()) -> ssl.SSLContext:
         """Outbound mTLS context of the current certificate (new per rotation):
-        verifies the peer's chain, not its SPIFFE ID (see security.verify_peer)."""
-        return self.credentials().client_ssl_context(alpn_protocols)
+        verifies the peer's chain, not its SPIFFE ID (see security.verify_peer).
+        WorkloadCertificateExpiredError once it expired (see outbound_credentials)."""
+        return self.outbound_credentials().client_ssl_context(alpn_protocols)
+
+    def health(self) -> MeshHealth:
+        """The mesh's view of itself for a health endpoint: identity ok /
+        at_risk / expired / disabled, seconds to the certificate's expiry, the
+        last renewal error, and whether the xDS stream is up. Cheap (a clock
+        read, no I/O) and safe from any thread; a change of identity state
+        first noticed here is logged here (see security/_expiry.py)."""
+        manager = self._identity
+        xds = self._xds
+        connected = xds.connected if xds is not None else False
+        if manager is None:
+            return MeshHealth(IdentityState.DISABLED, xds_connected=connected)
+        status = manager.status()
+        return MeshHealth(
+            status.state,
+            status.expires_in,
+            status.last_renewal_error,
+            status.renewal_failures,
+            connected,
+        )
 
     def server_ssl_context(
         self, alpn_protocols: Sequence[str] = (), *, require_client_cert: bool = True
@@ -269,6 +310,52 @@ class Mesh:
             self._serve_inbound(port, address, timeout),
             self._timeout(timeout) + 1.0,
         )
+
+    # -- ports announced by the server helpers (registration) ---------------
+
+    @property
+    def announced_ports(self) -> dict[str, int]:
+        """The ports announced so far (a copy): name -> port."""
+        return dict(self._announced_ports)
+
+    def announce_port(self, name: str, port: int) -> concurrent.futures.Future[None]:
+        """A server of this workload accepts connections on `port`, the port
+        called `name` in its WorkloadGroup template ("http", "grpc"): the
+        registrars that wait for it (`Registration` with ports 0 or None) register
+        or re-register. Callable from any thread, before or after start; does not
+        block: the returned future ends when the registration that carries the
+        port is done (RegistrationError if refused; failures are also logged).
+        The server helpers call it after binding; see `announce_port_async`."""
+        check_port(name, port)
+        self._announced_ports[name] = port
+        loop = self._loop
+        if loop is None or self._xds is None:
+            # Not started (or stopped): start() hands the ports to the registrars.
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            done.set_result(None)
+            return done
+        future = asyncio.run_coroutine_threadsafe(self._announce(name, port), loop)
+        future.add_done_callback(_log_announce_failure)
+        return future
+
+    async def announce_port_async(self, name: str, port: int) -> None:
+        """announce_port(), awaited until registered (RegistrationError if
+        refused); may be awaited on any loop."""
+        check_port(name, port)
+        self._announced_ports[name] = port
+        loop = self._loop
+        if loop is None or self._xds is None:
+            return
+        coro = self._announce(name, port)
+        if _on_loop_thread(loop):
+            await coro
+        else:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    async def _announce(self, name: str, port: int) -> None:
+        for registrar in self._registrars:
+            if isinstance(registrar, PortAnnouncements):
+                await registrar.port_announced(self, name, port)
 
     def inbound_listener(self, port: int) -> InboundListener | None:
         """The server listener in use for `port` (None: not watched, not
@@ -413,7 +500,7 @@ class Mesh:
         config = self._identity_config
         if config is None:
             return
-        manager = IdentityManager(config)
+        manager = IdentityManager(config, meter=metrics_meter(self.telemetry.config))
         try:
             async with asyncio.timeout(self.ready_timeout):
                 await manager.start()
@@ -562,6 +649,13 @@ def _registrars(register: Registrar | Sequence[Registrar] | None) -> tuple[Regis
     if register is None:
         return ()
     return tuple(register) if isinstance(register, Sequence) else (register,)
+
+
+def _log_announce_failure(future: concurrent.futures.Future[None]) -> None:
+    # The only place a failed announcement of a sync helper (which does not
+    # wait for the future) is seen.
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("registration after a port announcement failed: %s", exc)
 
 
 def _identity_config(bootstrap: Bootstrap, mtls: bool | None) -> IdentityConfig | None:

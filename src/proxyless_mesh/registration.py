@@ -9,6 +9,21 @@ control plane drops it from EDS and pushes that to every client), waits
 `drain_seconds` for clients to stop picking it and in-flight requests to finish,
 and only then lets the Mesh close its stream.
 
+Ports announced by the servers: a server bound on port 0 only knows its port
+after binding, so `Registration(ports=...)` may leave ports to the server helpers
+(`serve_asgi`, the WSGI worker, `add_mesh_port`), which call
+`mesh.announce_port(name, port)` once they accept connections:
+- `ports={"http": 8080}` (explicit numbers): registered on start, as given;
+  announcements change nothing.
+- `ports={"http": 0, "grpc": 0}` (0: announced): Register is deferred until every
+  named port is announced, then sent once with all of them. Name every server
+  this way: an endpoint is never advertised with a port that does not answer yet.
+- `ports=None` (or {}): registered at the first announcement; a later server
+  announcing a new name re-registers with the port added (the control plane
+  keeps the member's health, so it does not flap). Until then that name falls
+  back to the template's or the service's port number, hence the advice above.
+Announcements of names the explicit `ports` do not list are ignored.
+
 `ConsulRegistration` registers the service in a Consul agent instead (py-consul,
 the `consul` extra) with a TTL check this process keeps passing, and deregisters on
 close, so tools outside the mesh see it too. Both have `start(mesh)`/`stop()`; a
@@ -22,7 +37,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import grpc
 import grpc.aio
@@ -33,7 +48,13 @@ from proxyless_mesh.errors import ControlPlaneUnavailableError, RegistrationErro
 if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh
 
-__all__ = ["ConsulRegistration", "Registrar", "Registration", "RegistrationError"]
+__all__ = [
+    "ConsulRegistration",
+    "PortAnnouncements",
+    "Registrar",
+    "Registration",
+    "RegistrationError",
+]
 
 log = logging.getLogger("proxyless_mesh.registration")
 
@@ -49,6 +70,25 @@ class Registrar(Protocol):
     async def stop(self) -> None: ...
 
 
+@runtime_checkable
+class PortAnnouncements(Protocol):
+    """A registrar that learns ports from the server helpers: `Mesh.announce_port`
+    calls this on the mesh's loop, after `start` (ports announced before the mesh
+    started are in `mesh.announced_ports` when `start` runs)."""
+
+    async def port_announced(self, mesh: Mesh, name: str, port: int) -> None: ...
+
+
+def check_port(name: str, port: int, *, announced: bool = True) -> None:
+    """Refuse what no control plane could list: an empty name, or a port outside
+    1..65535 (0 too when `announced`: a server announces the port it really bound)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a port name must be a non-empty string, not {name!r}")
+    low = 1 if announced else 0
+    if isinstance(port, bool) or not isinstance(port, int) or not low <= port < 65536:
+        raise ValueError(f"port {name!r} must be a number in {low}..65535, not {port!r}")
+
+
 def _dump(obj: Any) -> bytes:
     return json.dumps(obj).encode()
 
@@ -61,13 +101,15 @@ def _load(data: bytes) -> Any:
 class Registration:
     """Self-registration into a WorkloadGroup ("namespace/name").
 
+    `ports` maps the group template's port names to numbers; 0 (or `ports=None`)
+    leaves them to the server helpers' announcements (module docstring).
     `token` defaults to the bootstrap's join token (`meshctl bootstrap --token`);
     `labels` add to the group's; `drain_seconds` is how long close() waits between
     deregistering and closing (clients need one push to stop choosing us).
     """
 
     group: str
-    ports: Mapping[str, int]
+    ports: Mapping[str, int] | None = None
     address: str = "127.0.0.1"
     labels: Mapping[str, str] = field(default_factory=dict)
     locality: str = ""
@@ -77,11 +119,50 @@ class Registration:
     _channel: grpc.aio.Channel | None = field(default=None, init=False, repr=False)
     _node_id: str = field(default="", init=False, repr=False)
     _token: str = field(default="", init=False, repr=False)
+    _announced: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _registered: dict[str, int] | None = field(default=None, init=False, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name, port in (self.ports or {}).items():
+            check_port(name, port, announced=False)
+
+    @property
+    def awaited(self) -> tuple[str, ...]:
+        """The port names still to be announced before Register can be sent
+        ("*": any one, for `ports=None`); empty once it can be."""
+        declared = self.ports or {}
+        if not declared:
+            return () if self._announced else ("*",)
+        return tuple(n for n, p in declared.items() if not p and n not in self._announced)
+
+    @property
+    def registered_ports(self) -> dict[str, int] | None:
+        """The ports the control plane accepted last (None: not registered)."""
+        return None if self._registered is None else dict(self._registered)
+
+    def current_ports(self) -> dict[str, int]:
+        """What Register carries now: explicit numbers plus the announced ones."""
+        fixed = {n: p for n, p in (self.ports or {}).items() if p}
+        return {**self._announced, **fixed}
+
+    def _accept(self, name: str, port: int) -> bool:
+        """Record an announcement; False when it changes nothing (explicit
+        number, a name the explicit ports do not list, or already known)."""
+        declared = self.ports or {}
+        if declared and declared.get(name, -1) != 0:
+            log.debug("port %s=%d announced; Registration ports are explicit: ignored", name, port)
+            return False
+        if self._announced.get(name) == port:
+            return False
+        self._announced[name] = port
+        return True
 
     @classmethod
     def from_bootstrap(cls, bootstrap: Bootstrap) -> Registration | None:
         """A Registration from node metadata WORKLOAD_GROUP, WORKLOAD_ADDRESS and
-        WORKLOAD_PORTS ({name: port}); None when the bootstrap names no group."""
+        WORKLOAD_PORTS ({name: port}, 0: announced by the server helper; absent:
+        the first announced port); None when the bootstrap names no group."""
         meta = bootstrap.node_metadata
         group = meta.get(GROUP_METADATA_KEY)
         if not group:
@@ -89,7 +170,7 @@ class Registration:
         ports = meta.get(PORTS_METADATA_KEY) or {}
         return cls(
             group=str(group),
-            ports={str(k): int(v) for k, v in dict(ports).items()},
+            ports={str(k): int(v) for k, v in dict(ports).items()} or None,
             address=str(meta.get(ADDRESS_METADATA_KEY) or "127.0.0.1"),
         )
 
@@ -98,11 +179,40 @@ class Registration:
         self._node_id = bootstrap.node_id
         self._token = self.token or str(bootstrap.proxyless_mesh.get("token") or "")
         self._channel = grpc.aio.insecure_channel(mesh.xds.server_uri)
+        for name, port in mesh.announced_ports.items():
+            self._accept(name, port)
+        await self._register_when_ready(mesh)
+
+    async def port_announced(self, mesh: Mesh, name: str, port: int) -> None:
+        """A server helper bound `port` for `name`: register if that was the
+        last one awaited, or re-register with it added (ports=None)."""
+        if self._accept(name, port) and self._channel is not None:
+            await self._register_when_ready(mesh)
+
+    async def _register_when_ready(self, mesh: Mesh) -> None:
+        # One Register at a time, so two servers announcing at once cannot
+        # send an older port set after a newer one.
+        async with self._lock:
+            awaited = self.awaited
+            if awaited:
+                log.info(
+                    "registration of %s into %s waits for the server to announce port %s",
+                    self._node_id,
+                    self.group,
+                    ", ".join(awaited),
+                )
+                return
+            ports = self.current_ports()
+            if ports == self._registered:
+                return
+            await self._register(mesh, ports)
+
+    async def _register(self, mesh: Mesh, ports: dict[str, int]) -> None:
         body = {
             "node_id": self._node_id,
             "group": self.group,
             "address": self.address,
-            "ports": dict(self.ports),
+            "ports": ports,
             "labels": dict(self.labels),
             "locality": self.locality,
             "token": self._token,
@@ -110,22 +220,25 @@ class Registration:
         try:
             answer = await self._call("Register", body)
         except grpc.aio.AioRpcError as exc:
-            await self._close_channel()
+            if self._registered is None:  # keep the channel to deregister with
+                await self._close_channel()
             raise RegistrationError(
                 f"registration of {self._node_id} into WorkloadGroup {self.group} refused "
                 f"by {mesh.xds.server_uri}: {exc.code().name}: {exc.details()}"
             ) from None
-        log.info("registered into %s (%s)", self.group, answer.get("state"))
-        await self._watch_inbound(mesh)
+        added = [p for n, p in ports.items() if (self._registered or {}).get(n) != p]
+        self._registered = ports
+        log.info("registered into %s with %s (%s)", self.group, ports, answer.get("state"))
+        await self._watch_inbound(mesh, added)
 
-    async def _watch_inbound(self, mesh: Mesh) -> None:
+    async def _watch_inbound(self, mesh: Mesh, ports: Sequence[int]) -> None:
         """Subscribe to our inbound listeners, as a gRPC xDS server does. Besides
         being what a server should follow, it makes the ADS stream carry our node
         (the first request does), which is what ties our health to the stream."""
         template = mesh.bootstrap.server_listener_resource_name_template or (
             "grpc/server?xds.resource.listening_address=%s"
         )
-        names = [template.replace("%s", f"{self.address}:{p}") for p in self.ports.values()]
+        names = [template.replace("%s", f"{self.address}:{p}") for p in ports]
         try:
             await mesh.xds.watch(names, timeout=self.timeout)
         except ControlPlaneUnavailableError as exc:
@@ -134,6 +247,11 @@ class Registration:
     async def stop(self) -> None:
         """Deregister (drain), wait `drain_seconds`, then release the channel."""
         if self._channel is None:
+            return
+        registered, self._registered = self._registered, None
+        self._announced.clear()
+        if registered is None:  # never announced all its ports: nothing to drain
+            await self._close_channel()
             return
         try:
             await self._call("Deregister", {"node_id": self._node_id, "token": self._token})

@@ -11,6 +11,11 @@ gRPC servers: `add_mesh_port(server, "0.0.0.0:50051", mesh)` (rotating
 credentials; the peer's SPIFFE ID via `grpc_peer_identity(context)`).
 WSGI under gunicorn: see `proxyless_mesh.gunicorn`.
 
+Port 0: each helper announces the port it bound (`mesh.announce_port`, as
+"http" for serve_asgi and the gunicorn worker, "grpc" for add_mesh_port;
+`port_name=` changes it), so `Registration(group=..., ports=None)` or
+`ports={"http": 0}` registers the real port once the server answers.
+
 A module of its own because it needs uvicorn, which the library itself does
 not depend on.
 """

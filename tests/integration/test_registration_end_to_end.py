@@ -77,7 +77,7 @@ def wait_for(check: Callable[[], bool], limit: float, what: str) -> None:
 class Plane:
     """A ControlPlane on its own event loop thread."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_config: str = "") -> None:
         self.config_dir = workdir / "config"
         self.groups_dir = workdir / "groups"
         self.ca_dir = workdir / "mesh-ca"
@@ -87,6 +87,8 @@ class Plane:
             json.dumps(SERVICE_ENTRY) + "\n---\n" + subsets_rule(HOST, ["v1", "v2"])
         )
         (self.config_dir / "route.yaml").write_text(weighted_route(HOST, {"v1": 50, "v2": 50}))
+        if extra_config:
+            (self.config_dir / "extra.yaml").write_text(extra_config)
         (self.groups_dir / "groups.yaml").write_text(
             json.dumps(group("reviews", "reviews"))
             + "\n---\n"
@@ -109,13 +111,13 @@ class Plane:
         """The registered instances' ports the translator serves (HEALTHY) for HOST now."""
         return sorted(port for port, health in self.eds().items() if health == "HEALTHY")
 
-    def eds(self) -> dict[int, str]:
-        """port -> health_status of every endpoint of HOST in the EDS a mesh client
-        gets now (the whole-service cluster: it holds every instance)."""
+    def eds(self, host: str = HOST, port: int = 9080) -> dict[int, str]:
+        """port -> health_status of every endpoint of host:port in the EDS a mesh
+        client gets now (the whole-service cluster: it holds every instance)."""
 
         async def read() -> dict[int, str]:
             node = NodeInfo(id="observer", kind=ClientKind.MESH)
-            packed = self.plane.cache.resources(node, ENDPOINT)[cluster_name(HOST, 9080)]
+            packed = self.plane.cache.resources(node, ENDPOINT)[cluster_name(host, port)]
             return {
                 lb.endpoint.address.socket_address.port_value: (
                     health_check_pb2.HealthStatus.Name(lb.health_status)

@@ -17,7 +17,10 @@ works), asks the mesh for each bound port's server listener
 (`mesh.serve_inbound`), and wraps the app in the AuthorizationMiddleware fed
 by `mesh.inbound_policies(port)`; the TLS mode per connection is then the
 listener's PeerAuthentication. An operator's policy change reaches the next
-request (policy) or the next connection (mode) without a restart.
+request (policy) or the next connection (mode) without a restart. Once uvicorn
+accepts connections it announces the (first) bound port as `port_name`
+(default "http"; None: no announcement) with `mesh.announce_port`, which is
+what a `Registration` without port numbers waits for (port 0 works).
 
 Limits: WebSocket upgrades are handed to uvicorn's ws protocol, which builds
 its scope from the app itself, so a WebSocket scope has no `tls` extension
@@ -30,6 +33,10 @@ each new handshake, which returns a new certificate config only after a
 rotation), client certificates required and verified against the mesh
 roots; `add_mesh_port(server, address, mesh)` adds a port by mode. grpcio
 cannot serve TLS and plaintext on one port, so PERMISSIVE is refused there.
+`add_mesh_port` announces the bound port as `port_name` (default "grpc"):
+grpcio listens from add_port on, so callers connecting before
+`server.start()` wait in the backlog rather than fail; start the server
+right after, or pass port_name=None and announce after start yourself.
 The handler reads the peer with `grpc_peer_identity(context)` (grpc's auth
 context carries the verified leaf as PEM).
 """
@@ -52,6 +59,7 @@ from proxyless_mesh.errors import MeshError
 from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
 from proxyless_mesh.integrations._grpc_server import auth_context_peer_principal
 from proxyless_mesh.model import TlsMode
+from proxyless_mesh.registration import check_port
 from proxyless_mesh.security import Credentials
 from proxyless_mesh.security._inbound import (
     TLS_HANDSHAKE_BYTE,
@@ -290,6 +298,27 @@ def asgi_config(app: Any, mesh: Mesh, *, mode: ModeArg = None, **kwargs: Any) ->
     return MeshUvicornConfig(app, inbound=inbound_tls(mesh, mode), **kwargs)
 
 
+class _AnnouncingServer(uvicorn.Server):
+    """uvicorn.Server that announces its port once it accepts connections
+    (after `startup`), so the mesh never lists it before it can answer; a
+    refused registration stops the server and is raised by `serve_asgi`."""
+
+    def __init__(self, config: uvicorn.Config, announce: Callable[[], Any] | None) -> None:
+        super().__init__(config)
+        self._announce = announce
+        self.announce_error: BaseException | None = None
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.started or self._announce is None:
+            return
+        try:
+            await self._announce()
+        except MeshError as exc:  # RegistrationError: stop serving, raise it after
+            self.announce_error = exc
+            self.should_exit = True
+
+
 async def serve_asgi(
     app: Any,
     mesh: Mesh,
@@ -299,6 +328,7 @@ async def serve_asgi(
     mode: ModeArg = None,
     sockets: list[Any] | None = None,
     authorize: bool | None = None,
+    port_name: str | None = "http",
     **kwargs: Any,
 ) -> None:
     """Serve until uvicorn is told to stop (signal, or the task cancelled).
@@ -306,11 +336,16 @@ async def serve_asgi(
     `authorize` (default: when the bootstrap names a server listener
     template, as meshctl's do): follow the control plane's inbound policy for
     each bound port, as the module docstring says; False serves `app` as is.
-    `mode` fixes the PeerAuthentication mode instead of following xDS."""
+    `mode` fixes the PeerAuthentication mode instead of following xDS.
+    `port_name`: the WorkloadGroup port name the first bound port is
+    announced as once serving (None: not announced). Raises
+    RegistrationError when the registration that waited for it is refused."""
+    if port_name is not None:
+        check_port(port_name, 1)  # a bad name fails here, not inside uvicorn's startup
     config = asgi_config(app, mesh, mode=mode, host=host, port=port, **kwargs)
     if authorize is None:
         authorize = bool(mesh.bootstrap.server_listener_resource_name_template)
-    if not authorize:
+    if config.uds or config.fd is not None:  # no TCP port to follow or announce
         await uvicorn.Server(config).serve(sockets=sockets)
         return
     owned = sockets is None
@@ -319,11 +354,23 @@ async def serve_asgi(
         ports = []
         for sock in bound:
             address, local_port = sock.getsockname()[:2]
-            await mesh.serve_inbound_async(local_port, address)
+            if authorize:
+                await mesh.serve_inbound_async(local_port, address)
             ports.append(local_port)
-        config.app = authorized_asgi(app, mesh, ports)
-        config.loaded = False  # uvicorn wraps config.app when it loads
-        await uvicorn.Server(config).serve(sockets=bound)
+        if authorize:
+            config.app = authorized_asgi(app, mesh, ports)
+            config.loaded = False  # uvicorn wraps config.app when it loads
+        announce = None
+        if port_name is not None and ports:
+            name, first = port_name, ports[0]
+
+            async def announce() -> None:
+                await mesh.announce_port_async(name, first)
+
+        server = _AnnouncingServer(config, announce)
+        await server.serve(sockets=bound)
+        if server.announce_error is not None:
+            raise server.announce_error
     finally:
         if owned:
             for sock in bound:
@@ -388,10 +435,25 @@ def grpc_server_credentials(source: Mesh | Callable[[], Credentials]) -> grpc.Se
     )
 
 
-def add_mesh_port(server: Any, address: str, mesh: Mesh, *, mode: ModeArg = None) -> int:
+def add_mesh_port(
+    server: Any,
+    address: str,
+    mesh: Mesh,
+    *,
+    mode: ModeArg = None,
+    port_name: str | None = "grpc",
+) -> int:
     """Add `address` to a grpc (or grpc.aio) server: mTLS (STRICT; the
     default with an identity) or plaintext (DISABLE; the default without).
-    Returns the bound port."""
+    Returns the bound port, announced as `port_name` (None: not announced;
+    see the module docstring: start the server right after)."""
+    port = _add_port(server, address, mesh, mode)
+    if port_name is not None and port:
+        mesh.announce_port(port_name, port)
+    return port
+
+
+def _add_port(server: Any, address: str, mesh: Mesh, mode: ModeArg) -> int:
     fixed = TlsMode(mode) if mode is not None else None
     if fixed is None:
         fixed = TlsMode.STRICT if mesh.mtls else TlsMode.DISABLE

@@ -16,6 +16,11 @@ PeerAuthentication mode:
   reach environ solely through HTTP_* keys) and `wsgi.url_scheme` "https",
   behind the WsgiAuthorizationMiddleware fed by `mesh.inbound_policies`.
 gunicorn itself gets no certfile/keyfile: the worker does the TLS.
+Each worker announces the first bound port as `port_name` (class attribute,
+default "http"; None: none) with `mesh.announce_port`, for a `Registration`
+without port numbers (gunicorn's sockets listen before workers fork, so the
+port answers as soon as it is announced); a refused registration fails the
+worker's boot, as a refused `Mesh` start does.
 Only the sync worker (one connection at a time per process) is provided,
 which is what lets the connection's identity be handed to the request
 through the worker without a per-thread map.
@@ -115,6 +120,7 @@ class MeshSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
     """gunicorn's sync worker serving with mesh mTLS (module docstring)."""
 
     mesh: Mesh | None = None
+    port_name: str | None = "http"
     _peer: str | None = None
     _port: int = 0
 
@@ -129,6 +135,10 @@ class MeshSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
             for sock in self.sockets:
                 address, port = sock.getsockname()[:2]
                 self.mesh.serve_inbound(port, address)
+            if self.port_name is not None and self.sockets:
+                port = self.sockets[0].getsockname()[1]
+                announced = self.mesh.announce_port(self.port_name, port)
+                announced.result(self.mesh.ready_timeout + 1.0)
             super().init_process()
         finally:
             self.mesh.close()

@@ -13,6 +13,12 @@ client) and closes afterwards, so no new request is sent to it while it still an
 the ones in flight. Keeping the status, rather than dropping the instance, tells
 clients why it left; a member that never opened a stream (CONNECTING) is not listed.
 
+A workload registers again when one of its servers announces a port later (port 0):
+the same node id into the same group is an update of the member (ports, labels,
+address), keeping its health, stream, probe and grace timer, so the endpoint does
+not flap to CONNECTING (hidden) or UNHEALTHY while it keeps answering. A different
+group, or a member that is draining, starts afresh.
+
 The state lives in this process: with the embedded registry a single control plane
 replica is the limit (several replicas need a shared registry such as Consul).
 """
@@ -130,11 +136,13 @@ class EmbeddedRegistry:
             self.refusals = [*self.refusals[-19:], f"{request.node_id}: {exc.reason}"]
             log.warning("registration of %s refused: %s", request.node_id, exc.reason)
             raise
-        old = self._members.pop(request.node_id, None)
-        if old is not None:
-            _cancel(old)
-        member = _Member(request, group)
-        self._members[request.node_id] = member
+        member = self._update(request, group)
+        if member is None:
+            old = self._members.pop(request.node_id, None)
+            if old is not None:
+                _cancel(old)
+            member = _Member(request, group)
+            self._members[request.node_id] = member
         log.info(
             "%s registered into WorkloadGroup %s at %s %s",
             request.node_id,
@@ -145,6 +153,18 @@ class EmbeddedRegistry:
         self._refresh(member)
         self.on_change()
         return member.state
+
+    def _update(self, request: RegistrationRequest, group: WorkloadGroup) -> _Member | None:
+        """The member `request` re-registers, updated in place (its state and
+        timers kept); None when it is a new one (see the module docstring)."""
+        member = self._members.get(request.node_id)
+        if member is None or member.state is MemberState.DRAINING or member.group.ref != group.ref:
+            return None
+        if member.group.probe != group.probe and member.prober is not None:
+            member.prober.cancel()  # the probe changed: the next refresh starts the new one
+            member.prober = None
+        member.request, member.group = request, group
+        return member
 
     def _admit(self, request: RegistrationRequest) -> WorkloadGroup:
         if not request.node_id or not request.address:
