@@ -5,7 +5,15 @@ record (ACK, NACK, subscription change) and queues any response; the RPC
 handler itself is the one writer. Config changes are pushed through the same
 bounded outbox, only to streams whose resources actually changed. A stream
 that cannot keep up is closed (the client reconnects and gets a fresh State of
-the World) instead of stalling the push to everyone else.
+the World) instead of stalling the push to everyone else. A client that stops
+reading altogether leaves the stream's last write blocked by HTTP/2 flow
+control, and grpc.aio can then neither finish that write nor send a status
+behind it: after WRITE_STALL_GRACE the stream is forgotten (no longer pushed
+to, counted, or holding its client kind or self-registration), while its
+handler still waits on that one write. Should the client read again (a paused
+process resumes), the write completes and the stream ends with UNAVAILABLE,
+so it reconnects rather than sit on a stream nobody feeds; if it never does,
+the call goes with its connection.
 
 Built for 10,000 streams on one event loop: responses are serialized once per
 (client kind, type, subscription) and the same bytes queued on every stream
@@ -16,6 +24,7 @@ an append; per-stream state is slotted and shares what it can.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterable, Callable, Hashable, Sequence
@@ -42,6 +51,9 @@ from mesh_control_plane.xds.snapshot import SnapshotCache
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 64
+WRITE_STALL_GRACE = 5.0
+"""Seconds a stream already closed as too slow may stay blocked in its last
+write (a peer that reads slowly still drains it) before it is forgotten."""
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
@@ -58,6 +70,21 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.server.max_pending_requests_hard_limit", 100_000),
     ("grpc.server_max_unrequested_time_in_server", 300),
 )
+
+GC_THRESHOLDS = (50_000, 20, 10)
+"""Collector thresholds for a control plane process (see `tune_gc`)."""
+
+
+def tune_gc() -> None:
+    """Make the cyclic collector run less often in this process; for the
+    control plane's entry point, not for libraries or tests. A push allocates a
+    handful of objects per stream (futures, grpc operations) at 10,000 streams
+    at once, nearly all freed by reference counting, yet with the default
+    threshold (700) they trigger collections that also walk the streams' long-
+    lived state: at 10,000 clients this took a push from 1.8 to 1.4 CPU seconds.
+    Memory per client did not change (45.8 KB)."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 StreamObserver = Callable[[base_pb2.Node, bool], None]
 """Told (node, True) when a stream identifies its node and (node, False) when that
@@ -78,6 +105,12 @@ class _Stream:
     close_reason: str | None = None
     close_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     closing: bool = False
+    writing: bool = False  # the writer is inside context.write
+    forgotten: bool = False
+    abandon: asyncio.TimerHandle | None = None
+    # record.types in push order, kept as types are added: a push walks it
+    # for every stream, so it is not recomputed per push
+    order: Sequence[str] = ()
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -120,9 +153,11 @@ class AdsServicer:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         metrics: ControlPlaneMetrics | None = None,
         observer: StreamObserver | None = None,
+        write_stall_grace: float = WRITE_STALL_GRACE,
     ) -> None:
         self._cache = cache
         self._queue_size = queue_size
+        self._write_stall_grace = write_stall_grace
         self._observer = observer
         self.metrics = metrics or ControlPlaneMetrics()
         self._streams: set[_Stream] = set()
@@ -174,7 +209,9 @@ class AdsServicer:
         try:
             while not stream.closing:
                 if stream.outbox:
+                    stream.writing = True
                     await context.write(stream.outbox.pop(0))  # type: ignore[arg-type]
+                    stream.writing = False
                     continue
                 waiter = stream.waiter = loop.create_future()
                 await waiter
@@ -183,13 +220,36 @@ class AdsServicer:
                 await context.abort(stream.close_code, stream.close_reason)
         finally:
             reader.cancel()
-            self._streams.discard(stream)
-            self.metrics.stream_closed(stream)
-            if stream.node is not None:
-                self._cache.release(stream.node)
-            if self._observer is not None and stream.node_proto is not None:
-                self._observer(stream.node_proto, False)
-            log.info("ADS stream from %s (%s) ended", stream.record.node_id, stream.record.peer)
+            if stream.abandon is not None:
+                stream.abandon.cancel()
+            self._forget(stream)
+
+    def _forget(self, stream: _Stream) -> None:
+        """Drop everything the control plane holds for a stream that has
+        ended, or whose peer stopped reading (once, whichever comes first)."""
+        if stream.forgotten:
+            return
+        stream.forgotten = True
+        self._streams.discard(stream)
+        self.metrics.stream_closed(stream)
+        if stream.node is not None:
+            self._cache.release(stream.node)
+        if self._observer is not None and stream.node_proto is not None:
+            self._observer(stream.node_proto, False)
+        log.info("ADS stream from %s (%s) ended", stream.record.node_id, stream.record.peer)
+
+    def _abandon(self, stream: _Stream) -> None:
+        """A stream closed as too slow is still blocked in its last write:
+        its peer does not read. Forget it now rather than when (if ever) the
+        write completes."""
+        if stream.writing and not stream.forgotten:
+            log.warning(
+                "ADS stream from %s (%s) does not read: its last write is blocked, "
+                "forgetting the stream",
+                stream.record.node_id,
+                stream.record.peer,
+            )
+            self._forget(stream)
 
     async def _read(self, stream: _Stream, context: _Context) -> None:
         try:
@@ -220,6 +280,8 @@ class AdsServicer:
         out when the type is new on the stream, when the subscribed names
         changed (gRPC changes them inside ACKs, even at the same version, and
         possibly inside a NACK), or when the request carries no nonce at all."""
+        if stream.closing:
+            return  # closed (maybe forgotten): whatever it asks, it gets nothing more
         if stream.node is None:
             self._identify(stream, request.node)
         # one string per type URL, not one per stream (it keys record.types)
@@ -261,6 +323,7 @@ class AdsServicer:
         if state is None:
             state = TypeState(subscription)
             stream.record.types[type_url] = state
+            stream.order = _push_order(stream.record.types)
         elif subscription == state.subscription and nonce:
             return  # an ACK or NACK of what was sent: nothing new to say
         state.subscription = subscription
@@ -316,7 +379,7 @@ class AdsServicer:
             if node is None or stream.closing:
                 continue
             types = stream.record.types
-            for type_url in _push_order(types):
+            for type_url in stream.order:
                 state = types[type_url]
                 response = responses.get(node, stream.key, type_url, state.subscription)
                 sent = state.sent
@@ -350,15 +413,18 @@ class AdsServicer:
             log.log(level, "closing ADS stream from %s: %s", stream.record.node_id, reason)
         stream.outbox.clear()
         stream.wake()
+        if stream.writing:
+            stream.abandon = asyncio.get_running_loop().call_later(
+                self._write_stall_grace, self._abandon, stream
+            )
 
 
 def _push_order(types: dict[str, TypeState]) -> Sequence[str]:
     """Clusters and endpoints before the listeners and routes that refer to them."""
-    if len(types) == len(PUSH_ORDER) and all(t in types for t in PUSH_ORDER):
-        return PUSH_ORDER
     ordered = [t for t in PUSH_ORDER if t in types]
     ordered += sorted(t for t in types if t not in PUSH_ORDER)
-    return ordered
+    found = tuple(ordered)
+    return PUSH_ORDER if found == PUSH_ORDER else found  # shared by most streams
 
 
 class XdsServer:
@@ -373,10 +439,15 @@ class XdsServer:
         metrics: ControlPlaneMetrics | None = None,
         observer: StreamObserver | None = None,
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+        write_stall_grace: float = WRITE_STALL_GRACE,
     ) -> None:
         """`extra_handlers` are served on the same port (the registration service)."""
         self.servicer = AdsServicer(
-            cache, queue_size=queue_size, metrics=metrics, observer=observer
+            cache,
+            queue_size=queue_size,
+            metrics=metrics,
+            observer=observer,
+            write_stall_grace=write_stall_grace,
         )
         self._extra_handlers = tuple(extra_handlers)
         self._server: grpc.aio.Server | None = None
