@@ -1,12 +1,15 @@
-"""Control plane at scale: N connected xDS clients and one config change.
+"""Control plane at scale: N connected xDS clients and config changes.
 
 For each N: a fresh control plane (so memory figures are its own), N raw ADS
 clients spread over a few processes (xds_load_clients.py), then:
 - connect storm: from "go" until every client has ACKed its endpoints;
 - RSS per client: control plane VmRSS after the storm minus before, / N;
-- one change (a VirtualService file rewritten with new weights): time from
-  the write until each client ACKed the new route version (p50, p99, max),
-  and the control plane's CPU seconds (utime+stime) over that interval.
+- CHANGES changes, one after the other (a VirtualService file rewritten with
+  new weights): time from each write until each client ACKed the new route
+  version (p50, p99, max over all of them), and the CPU seconds (utime+stime)
+  of the control plane and of the load clients over that interval, per change.
+  The clients share the machine's cores with the server, so both are shown:
+  on 2 cores their sum bounds how fast the push can possibly be.
 The time from the write includes the control plane's file polling (100 ms
 interval, 50 ms debounce); "spread" is from the first client's ACK to each
 client's, i.e. the push itself.
@@ -28,16 +31,18 @@ from meshlab import BIN, LocalMesh, Proc, service_entry, start_process, subsets_
 
 HERE = Path(__file__).resolve().parent
 CLIENTS_PER_PROCESS = 2500
+CHANGES = 3
 NOTE = (
     "A fresh control plane per size (meshctl, log level WARNING); N raw ADS clients "
     f"(up to {CLIENTS_PER_PROCESS:,} per process, one connection each) subscribe like the library: "
     "one LDS name, then RDS/CDS/EDS by reference, ACKing. Connect storm: all start at "
-    "once, until every client has ACKed endpoints. One change: a VirtualService file "
-    "rewritten with new weights; ACKed = from the write (includes the control plane's "
-    "100 ms file poll and 50 ms debounce) until the client ACKed the new route "
-    "version; push spread = from the first client's ACK. CP CPU = control plane "
-    "utime+stime from the write until the last ACK. RSS per client = control plane "
-    "VmRSS after the storm minus before, / clients."
+    f"once, until every client has ACKed endpoints. {CHANGES} changes, one after the other: "
+    "a VirtualService file rewritten with new weights; ACKed = from the write (includes "
+    "the control plane's 100 ms file poll and 50 ms debounce) until the client ACKed the "
+    "new route version, over all changes; push spread = from the first client's ACK. "
+    "CPU per push = utime+stime from the write until the last ACK, mean per change, of "
+    "the control plane and of all load client processes (they share the cores). RSS "
+    "per client = control plane VmRSS after the storm minus before, / clients."
 )
 HOST = "scale.default.mesh"
 PORT = 8080
@@ -55,13 +60,16 @@ class ScaleResult:
     max_ms: float
     spread_p99_ms: float
     push_cpu_s: float
+    clients_cpu_s: float
     note: str = ""
 
 
 class LoadClients:
     """The client processes of one run; each speaks the JSON-lines protocol."""
 
-    def __init__(self, lab: LocalMesh, n: int, timeout: float) -> None:
+    def __init__(
+        self, lab: LocalMesh, n: int, timeout: float, streams_per_connection: int = 1
+    ) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         per = max(1, math.ceil(n / math.ceil(n / CLIENTS_PER_PROCESS)))
         start = 0
@@ -82,6 +90,8 @@ class LoadClients:
                         f"load-{start}-",
                         "--timeout",
                         str(timeout),
+                        "--streams-per-channel",
+                        str(streams_per_connection),
                     ],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -104,6 +114,10 @@ class LoadClients:
                 raise RuntimeError(f"load client process exited ({proc.poll()})")
             answers.append(json.loads(line))
         return answers
+
+    def cpu_seconds(self) -> float:
+        """utime+stime of all the client processes together."""
+        return sum(cpu_seconds(proc.pid) for proc in self.procs)
 
     def close(self) -> None:
         for proc in self.procs:
@@ -149,7 +163,9 @@ def _route(weights: dict[str, int]) -> str:
     return str(weighted_route(HOST, weights))
 
 
-def measure(workdir: Path, n: int, timeout: float) -> ScaleResult:
+def measure(
+    workdir: Path, n: int, timeout: float, changes: int = CHANGES, streams_per_connection: int = 1
+) -> ScaleResult:
     workdir.mkdir(parents=True, exist_ok=True)
     lab = LocalMesh(workdir)
     clients: LoadClients | None = None
@@ -162,7 +178,7 @@ def measure(workdir: Path, n: int, timeout: float) -> ScaleResult:
         lab.write_config("route.yaml", _route({"v1": 90, "v2": 10}))
         cp = start_quiet_control_plane(lab)
         pid = int(cp.popen.pid)
-        clients = LoadClients(lab, n, timeout)
+        clients = LoadClients(lab, n, timeout, streams_per_connection)
         rss_before = rss_kb(pid)
         go = time.monotonic()
         synced_answers = clients.ask_all("go")
@@ -172,42 +188,50 @@ def measure(workdir: Path, n: int, timeout: float) -> ScaleResult:
         why = next((str(a["why"]) for a in synced_answers if a["why"]), "")
         time.sleep(0.5)  # let the storm's garbage settle before reading memory
         rss_after = rss_kb(pid)
-        clients.ask_all("arm")
-        cpu0 = cpu_seconds(pid)
-        written = time.monotonic()
-        lab.write_config("route.yaml", _route({"v1": 10, "v2": 90}))
-        waited = clients.ask_all("wait")
-        acks = [float(t) for a in waited for t in a["acks"]]  # type: ignore[attr-defined]
-        push_resets = sum(int(a["resets"]) for a in waited) - storm_resets  # type: ignore[call-overload]
-        push_cpu = cpu_seconds(pid) - cpu0
         hist = HdrHistogram(1, 600_000_000, 3)
         spread = HdrHistogram(1, 600_000_000, 3)
-        first = min(acks, default=written)
-        for t in acks:
-            hist.record_value(max(1, int((t - written) * 1e6)))
-            spread.record_value(max(1, int((t - first) * 1e6)))
+        acked = n
+        push_cpu = clients_cpu = 0.0
+        push_resets = 0
+        for change in range(changes):
+            clients.ask_all("arm")
+            cpu0, clients0 = cpu_seconds(pid), clients.cpu_seconds()
+            written = time.monotonic()
+            weights = {"v1": 10, "v2": 90} if change % 2 == 0 else {"v1": 90, "v2": 10}
+            lab.write_config("route.yaml", _route(weights))
+            waited = clients.ask_all("wait")
+            push_cpu += cpu_seconds(pid) - cpu0
+            clients_cpu += clients.cpu_seconds() - clients0
+            acks = [float(t) for a in waited for t in a["acks"]]  # type: ignore[attr-defined]
+            acked = min(acked, len(acks))
+            push_resets = sum(int(a["resets"]) for a in waited) - storm_resets  # type: ignore[call-overload]
+            first = min(acks, default=written)
+            for t in acks:
+                hist.record_value(max(1, int((t - written) * 1e6)))
+                spread.record_value(max(1, int((t - first) * 1e6)))
         notes = []
         if storm_resets:
             status = why.split("status = ")[-1].split("\n")[0] if "status = " in why else why[:60]
             notes.append(f"{storm_resets} streams reset during the storm ({status}), reopened")
         if push_resets:
-            notes.append(f"{push_resets} streams reset during the push")
+            notes.append(f"{push_resets} streams reset during the pushes")
         note = "; ".join(notes)
         if synced < n:
             note += f"; only {synced} of {n} clients synced within {timeout:.0f} s"
-        elif len(acks) < n:
-            note += f"; only {len(acks)} of {n} clients ACKed the change within {timeout:.0f} s"
+        elif acked < n:
+            note += f"; only {acked} of {n} clients ACKed a change within {timeout:.0f} s"
         return ScaleResult(
             clients=n,
             synced=synced,
             storm_s=storm,
             rss_per_client_kb=(rss_after - rss_before) / max(1, synced),
-            acked=len(acks),
+            acked=acked,
             p50_ms=hist.get_value_at_percentile(50) / 1e3,
             p99_ms=hist.get_value_at_percentile(99) / 1e3,
             max_ms=hist.get_max_value() / 1e3,
             spread_p99_ms=spread.get_value_at_percentile(99) / 1e3,
-            push_cpu_s=push_cpu,
+            push_cpu_s=push_cpu / max(1, changes),
+            clients_cpu_s=clients_cpu / max(1, changes),
             note=note,
         )
     finally:
@@ -230,6 +254,8 @@ def run(workdir: Path, sizes: list[int], timeout: float) -> tuple[str, list[Verd
             f"{r.max_ms:.0f}",
             f"{r.spread_p99_ms:.0f}",
             f"{r.push_cpu_s:.2f}",
+            f"{r.push_cpu_s / r.clients * 1e6:.0f}",
+            f"{r.clients_cpu_s:.2f}",
             f"{r.rss_per_client_kb:.1f}",
             r.note or "",
         ]
@@ -243,7 +269,9 @@ def run(workdir: Path, sizes: list[int], timeout: float) -> tuple[str, list[Verd
             "p99 (ms)",
             "max (ms)",
             "push spread p99 (ms)",
-            "CP CPU for the push (s)",
+            "CP CPU per push (s)",
+            "CP CPU per client per push (µs)",
+            "load clients' CPU per push (s)",
             "CP RSS per client (KB)",
             "note",
         ],

