@@ -93,6 +93,10 @@ class _Round:
     started: float
     pending: set[tuple[Hashable, str]]
     broken: bool = False
+    type_urls: set[str] = field(default_factory=set)
+    """Every type URL ever pending in this round: a closing stream is looked
+    up by these few keys, not by a scan of every pending item (thousands of
+    streams closing at once would otherwise cost quadratic time)."""
 
 
 class ControlPlaneMetrics:
@@ -132,6 +136,7 @@ class ControlPlaneMetrics:
             self._round = _Round(started, items)
         else:
             self._round.pending |= items
+        self._round.type_urls.update(type_url for _, type_url in items)
         self._maybe_converged()
 
     def acked(self, stream: Hashable, type_url: str) -> None:
@@ -147,8 +152,8 @@ class ControlPlaneMetrics:
     def stream_closed(self, stream: Hashable) -> None:
         """A stream ended: it no longer holds a round open."""
         if self._round is not None:
-            for key in [k for k in self._round.pending if k[0] == stream]:
-                self._leave(*key)
+            for type_url in list(self._round.type_urls):
+                self._leave(stream, type_url)
 
     def config_rejected(self) -> None:
         self.rejected_reloads += 1
