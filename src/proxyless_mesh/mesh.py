@@ -60,7 +60,7 @@ from proxyless_mesh.integrations import (
 from proxyless_mesh.model import CircuitBreakers, Cluster, InboundListener, TlsMode
 from proxyless_mesh.model._rbac import Rbac, RbacAction
 from proxyless_mesh.policy import PolicySet
-from proxyless_mesh.registration import PortAnnouncements, Registrar, check_port
+from proxyless_mesh.registration import PortAnnouncements, Registrar, Registration, check_port
 from proxyless_mesh.resilience import ClusterResources
 from proxyless_mesh.security import (
     Credentials,
@@ -130,8 +130,9 @@ class Mesh:
         self.outbound_policy = outbound_policy
         self.telemetry = Telemetry.from_bootstrap(bootstrap, telemetry)
         self._preload = tuple(preload)
-        # register=: join on start (proxyless_mesh.registration); leave, draining, first on close.
-        self._registrars = _registrars(register)
+        # register=: join on start (proxyless_mesh.registration); leave, draining, first on
+        # close. None: as the bootstrap's WORKLOAD_GROUP metadata says (if any); (): never.
+        self._registrars = _registrars(register, bootstrap)
         # Ports the server helpers bound (announce_port): name -> port.
         self._announced_ports: dict[str, int] = {}
         self.snapshot = MeshSnapshot()
@@ -645,9 +646,12 @@ class Mesh:
         self._loop = None
 
 
-def _registrars(register: Registrar | Sequence[Registrar] | None) -> tuple[Registrar, ...]:
+def _registrars(
+    register: Registrar | Sequence[Registrar] | None, bootstrap: Bootstrap
+) -> tuple[Registrar, ...]:
     if register is None:
-        return ()
+        from_metadata = Registration.from_bootstrap(bootstrap)
+        return () if from_metadata is None else (from_metadata,)
     return tuple(register) if isinstance(register, Sequence) else (register,)
 
 

@@ -26,8 +26,9 @@ Announcements of names the explicit `ports` do not list are ignored.
 
 `ConsulRegistration` registers the service in a Consul agent instead (py-consul,
 the `consul` extra) with a TTL check this process keeps passing, and deregisters on
-close, so tools outside the mesh see it too. Both have `start(mesh)`/`stop()`; a
-sequence of them may be given.
+close, so tools outside the mesh see it too; its `port` follows the same rule
+(0 or None: registered at the announcement, `port_name` picks which). Both have
+`start(mesh)`/`stop()`; a sequence of them may be given.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ log = logging.getLogger("proxyless_mesh.registration")
 
 _SERVICE = "/proxyless_mesh.registration.v1.Registration/"
 GROUP_METADATA_KEY = "WORKLOAD_GROUP"
+LABELS_METADATA_KEY = "LABELS"
 ADDRESS_METADATA_KEY = "WORKLOAD_ADDRESS"
 PORTS_METADATA_KEY = "WORKLOAD_PORTS"
 
@@ -160,18 +162,22 @@ class Registration:
 
     @classmethod
     def from_bootstrap(cls, bootstrap: Bootstrap) -> Registration | None:
-        """A Registration from node metadata WORKLOAD_GROUP, WORKLOAD_ADDRESS and
+        """A Registration from node metadata WORKLOAD_GROUP, WORKLOAD_ADDRESS,
         WORKLOAD_PORTS ({name: port}, 0: announced by the server helper; absent:
-        the first announced port); None when the bootstrap names no group."""
+        the first announced port) and LABELS (Istio's key, also the translator's
+        view of this workload); None when the bootstrap names no group.
+        `Mesh(register=None)` uses it (`meshctl bootstrap --workload-group`)."""
         meta = bootstrap.node_metadata
         group = meta.get(GROUP_METADATA_KEY)
         if not group:
             return None
         ports = meta.get(PORTS_METADATA_KEY) or {}
+        labels = meta.get(LABELS_METADATA_KEY) or {}
         return cls(
             group=str(group),
             ports={str(k): int(v) for k, v in dict(ports).items()} or None,
             address=str(meta.get(ADDRESS_METADATA_KEY) or "127.0.0.1"),
+            labels={str(k): str(v) for k, v in dict(labels).items()},
         )
 
     async def start(self, mesh: Mesh) -> None:
@@ -284,10 +290,19 @@ class ConsulRegistration:
     "host:port" of the agent's HTTP API; `scheme="https"` plus `verify` (a CA file
     or bool) for TLS; `token` is the ACL token. Tags/meta become mesh labels in the
     control plane's Consul backend (`version=v2` tags work in subsets).
+
+    `port` as `Registration`'s: a number registers on start as given
+    (announcements change nothing); 0 or None waits for a server helper to
+    announce it (`mesh.announce_port`), so a port-0 server is in Consul only once
+    it answers, with the port it really bound. `port_name` picks the announcement
+    ("http", "grpc"); None takes the first one announced (a Consul service has one
+    port: name it when several servers announce). A later announcement of that
+    name with another port re-registers. The TTL check starts with the first
+    registration.
     """
 
     name: str
-    port: int
+    port: int | None = None
     address: str = "127.0.0.1"
     service_id: str = ""
     tags: Sequence[str] = ()
@@ -298,14 +313,39 @@ class ConsulRegistration:
     datacenter: str | None = None
     verify: bool | str = True
     ttl: float = 10.0
+    port_name: str | None = None
     _client: Any = field(default=None, init=False, repr=False)
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _announced: tuple[str, int] | None = field(default=None, init=False, repr=False)
+    _registered: int | None = field(default=None, init=False, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.port is not None:
+            check_port("port", self.port, announced=False)
+        if self.port_name is not None:
+            check_port(self.port_name, 1)  # only the name is checked here
 
     @property
     def check_id(self) -> str:
         return f"service:{self.service_id or self.name}"
 
+    @property
+    def awaited(self) -> str | None:
+        """The port name still to be announced ("*": any), None once the
+        port is known."""
+        if self.port or self._announced is not None:
+            return None
+        return self.port_name or "*"
+
+    @property
+    def registered_port(self) -> int | None:
+        """The port Consul has for this service now (None: not registered)."""
+        return self._registered
+
     async def start(self, mesh: Mesh | None = None) -> None:
+        """Connect; register now when the port is known (explicit, or announced
+        before the mesh started), else at the announcement (`port_announced`)."""
         try:
             import consul  # type: ignore[import-untyped]
         except ImportError:
@@ -321,23 +361,66 @@ class ConsulRegistration:
             dc=self.datacenter,
             verify=self.verify,
         )
+        for name, announced in (mesh.announced_ports if mesh is not None else {}).items():
+            self._accept(name, announced)
+        await self._register_when_ready()
+
+    async def port_announced(self, mesh: Mesh | None, name: str, port: int) -> None:
+        """A server helper bound `port` for `name`: register (or re-register
+        with the new port) when it is the port this service waits for."""
+        if self._accept(name, port) and self._client is not None:
+            await self._register_when_ready()
+
+    def _accept(self, name: str, port: int) -> bool:
+        """Record an announcement; False when it changes nothing (explicit
+        port, another name, or the port already known)."""
+        if self.port:
+            return False
+        wanted = self.port_name or (self._announced[0] if self._announced else name)
+        if name != wanted or self._announced == (name, port):
+            return False
+        self._announced = (name, port)
+        return True
+
+    async def _register_when_ready(self) -> None:
+        # One registration at a time: two announcements racing cannot leave
+        # Consul with the older port.
+        async with self._lock:
+            port = self.port or (self._announced[1] if self._announced else 0)
+            if not port:
+                log.info(
+                    "Consul registration of %s waits for the server to announce port %s",
+                    self.name,
+                    self.awaited,
+                )
+                return
+            if port != self._registered:
+                await self._register(port)
+
+    async def _register(self, port: int) -> None:
+        import consul  # type: ignore[import-untyped]
+
         try:
             await asyncio.to_thread(
                 self._client.agent.service.register,
                 self.name,
                 service_id=self.service_id or self.name,
                 address=self.address,
-                port=self.port,
+                port=port,
                 tags=list(self.tags),
                 meta=dict(self.meta),
                 check=consul.Check.ttl(f"{self.ttl:g}s"),
             )
+            # Consul starts a (re-)registered TTL check critical: pass it now.
             await asyncio.to_thread(self._client.agent.check.ttl_pass, self.check_id)
         except (consul.ConsulException, OSError) as exc:
             raise RegistrationError(
                 f"Consul at {self.consul_address} refused to register {self.name}: {exc}"
             ) from None
-        self._heartbeat = asyncio.create_task(self._keep_passing(), name="consul-ttl")
+        self._registered = port
+        log.info("registered %s in Consul with port %d", self.name, port)
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._keep_passing(), name="consul-ttl")
 
     async def _keep_passing(self) -> None:
         import consul  # type: ignore[import-untyped]
@@ -352,18 +435,19 @@ class ConsulRegistration:
                 log.warning("Consul TTL pass for %s failed: %s", self.check_id, exc)
 
     async def stop(self) -> None:
+        """Stop the heartbeat, then deregister (if it ever registered)."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             await asyncio.wait([self._heartbeat])
             self._heartbeat = None
-        if self._client is None:
+        client, self._client = self._client, None
+        registered, self._registered = self._registered, None
+        self._announced = None
+        if client is None or registered is None:
             return
         import consul  # type: ignore[import-untyped]
 
         try:
-            await asyncio.to_thread(
-                self._client.agent.service.deregister, self.service_id or self.name
-            )
+            await asyncio.to_thread(client.agent.service.deregister, self.service_id or self.name)
         except (consul.ConsulException, OSError) as exc:
             log.warning("Consul deregistration of %s failed: %s", self.name, exc)
-        self._client = None

@@ -27,6 +27,28 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--cluster", default="", help="node.cluster (the workload's service)")
     p.add_argument("--locality", default="", type=parse_locality, help="region/zone/subzone")
     p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=parse_pair,
+        metavar="KEY=VALUE",
+        help="a workload label (node metadata LABELS; repeatable)",
+    )
+    joining = p.add_argument_group("self-registration (a WorkloadGroup of the control plane)")
+    joining.add_argument(
+        "--workload-group", help="NAMESPACE/NAME: the Mesh registers into it when it starts"
+    )
+    joining.add_argument(
+        "--workload-port",
+        action="append",
+        default=[],
+        type=parse_port,
+        metavar="NAME=PORT",
+        help="a port to register (0: announced by the server helper; repeatable; "
+        "none: the first port a server helper announces)",
+    )
+    joining.add_argument("--workload-address", help="the address peers reach (default 127.0.0.1)")
     identity = p.add_argument_group("identity (the control plane's CA)")
     identity.add_argument("--ca-address", help="HOST:PORT of the CA (its ready file's 'ca')")
     identity.add_argument("--trust-domain", help="SPIFFE trust domain (default cluster.local)")
@@ -48,8 +70,45 @@ def parse_locality(text: str) -> Locality:
     return Locality(region=region, zone=zone, sub_zone=sub_zone)
 
 
+def parse_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def parse_port(text: str) -> tuple[str, int]:
+    name, value = parse_pair(text)
+    if not value.isdigit() or int(value) > 65535:
+        raise argparse.ArgumentTypeError(f"expected NAME=PORT (0-65535), got {text!r}")
+    return name, int(value)
+
+
+def registration_metadata(args: argparse.Namespace) -> dict[str, Any]:
+    """Node metadata for labels and self-registration, in the keys
+    `Registration.from_bootstrap` and the translator read."""
+    meta: dict[str, Any] = {}
+    if args.label:
+        meta["LABELS"] = dict(args.label)
+    if args.workload_group:
+        meta["WORKLOAD_GROUP"] = args.workload_group
+        if args.workload_port:
+            meta["WORKLOAD_PORTS"] = dict(args.workload_port)
+        if args.workload_address:
+            meta["WORKLOAD_ADDRESS"] = args.workload_address
+    elif args.workload_port or args.workload_address:
+        raise ValueError("--workload-port and --workload-address need --workload-group")
+    return meta
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        metadata = registration_metadata(args)
+    except ValueError as exc:
+        print(f"meshctl bootstrap: {exc}", file=sys.stderr)
+        return 2
     text = make_bootstrap_json(
+        metadata=metadata,
         server_uri=args.xds_address,
         node_id=args.node_id,
         namespace=args.namespace,
