@@ -46,6 +46,7 @@ from .model import (
     VirtualService,
     WorkloadEndpoint,
     WorkloadEntry,
+    WorkloadGroup,
 )
 from .references import check_references
 from .syntax import parse_duration
@@ -94,6 +95,7 @@ __all__ = [
     "VirtualService",
     "WorkloadEndpoint",
     "WorkloadEntry",
+    "WorkloadGroup",
     "check_references",
     "config_files",
     "directory_signature",

@@ -20,6 +20,7 @@ from .model import (
     ServiceEntry,
     VirtualService,
     WorkloadEntry,
+    WorkloadGroup,
 )
 from .parse_routing import parse_destination_rule, parse_virtual_service
 from .parse_security import (
@@ -28,6 +29,7 @@ from .parse_security import (
     parse_request_authentication,
 )
 from .parse_services import parse_service_entry, parse_workload_entry
+from .parse_workload_group import parse_workload_group_resource
 from .schema import (
     MISSING,
     NOT_SUPPORTED,
@@ -48,6 +50,7 @@ Resource = (
     | PeerAuthentication
     | AuthorizationPolicy
     | RequestAuthentication
+    | WorkloadGroup
 )
 _Parser = Callable[[Problems, Meta, Mapping[str, Any]], Resource]
 
@@ -65,6 +68,7 @@ PARSERS: dict[str, _Parser] = {
     "ServiceEntry": parse_service_entry,
     "VirtualService": parse_virtual_service,
     "WorkloadEntry": parse_workload_entry,
+    "WorkloadGroup": parse_workload_group_resource,
 }
 _SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 # Istio kinds a user may reasonably write: named so the error says "not yet", not "what?".
@@ -75,7 +79,6 @@ _LATER_KINDS = (
     "Sidecar",
     "Telemetry",
     "WasmPlugin",
-    "WorkloadGroup",
 )
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 # Kubernetes ObjectMeta: what kubectl prints is accepted; only these four are read.

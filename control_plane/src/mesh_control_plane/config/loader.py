@@ -27,6 +27,7 @@ from .model import (
     ServiceEntry,
     VirtualService,
     WorkloadEntry,
+    WorkloadGroup,
 )
 from .references import check_references
 from .schema import Problems
@@ -138,6 +139,7 @@ def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
         authorization_policies=tuple(r for r in resources if isinstance(r, AuthorizationPolicy)),
         request_authentications=tuple(r for r in resources if isinstance(r, RequestAuthentication)),
         settings=settings,
+        workload_groups=tuple(r for r in resources if isinstance(r, WorkloadGroup)),
     )
 
 

@@ -379,6 +379,57 @@ class MeshSettings:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """How the control plane checks a self-registered member is ready (a
+    WorkloadGroup's `probe`: one of http, tcp, grpc, with Kubernetes' timing)."""
+
+    kind: str  # "http" | "tcp" | "grpc"
+    port: int
+    path: str = "/"
+    grpc_service: str = ""
+    timeout: float = 1.0
+    period: float = 10.0
+    initial_delay: float = 0.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+@dataclass(frozen=True)
+class WorkloadGroup:
+    """The template self-registering workloads are stamped from.
+
+    Not translated: the embedded registry (registry/embedded.py) admits members
+    into it, and they reach xDS as endpoints of the ServiceEntries that select
+    them. Flat fields (not a `Meta`) because the registry builds groups from
+    `--workload-groups-dir` too; `meta` gives the loader's view.
+    """
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)  # spec.metadata.labels
+    service_account: str = ""
+    ports: Mapping[str, int] = field(default_factory=dict)
+    template_labels: Mapping[str, str] = field(default_factory=dict)
+    network: str = ""
+    locality: str = ""
+    weight: int = 1
+    probe: Probe | None = None
+    file: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def meta(self) -> Meta:
+        return Meta(kind="WorkloadGroup", name=self.name, namespace=self.namespace, file=self.file)
+
+    def member_labels(self, own: Mapping[str, str]) -> dict[str, str]:
+        """A member's labels: the group's, then the template's, then its own."""
+        return {**self.labels, **self.template_labels, **own}
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     """Everything loaded from the config directory, in a stable order
     (by namespace, then name) so translation is deterministic."""
@@ -391,3 +442,5 @@ class MeshConfig:
     authorization_policies: tuple[AuthorizationPolicy, ...] = ()
     request_authentications: tuple[RequestAuthentication, ...] = ()
     settings: MeshSettings = MeshSettings()
+    # Last, so positional construction of the fields above is unchanged.
+    workload_groups: tuple[WorkloadGroup, ...] = ()
