@@ -9,6 +9,8 @@ load down (the coordinated-omission trap)."""
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +22,12 @@ import httpx
 from meshlab import LocalMesh, Proc, service_entry
 
 from proxyless_mesh import Mesh
+from proxyless_mesh.model import HealthStatus
+
+log = logging.getLogger(__name__)
 
 HOST = "chaos.default.mesh"
+DRAIN = 20.0
 PORT = 8080
 URL = f"http://{HOST}:{PORT}/"
 
@@ -45,6 +51,12 @@ class Outcomes:
             return [s for s in self.samples if t0 <= s[0] < t1]
 
 
+def _stack(task: asyncio.Task[object]) -> str:
+    out = io.StringIO()
+    task.print_stack(file=out)
+    return out.getvalue()
+
+
 def p99(samples: list[tuple[float, float, bool]]) -> float:
     lat = sorted(s[1] for s in samples)
     return lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
@@ -54,8 +66,15 @@ class Load:
     """`rate` requests/s, half through a sync client (thread pool), half
     through an async client (one event loop thread)."""
 
-    def __init__(self, mesh: Mesh, rate: float = 200.0) -> None:
+    def __init__(self, mesh: Mesh, rate: float = 200.0, close_every: int = 0) -> None:
         self.outcomes = Outcomes()
+        # Every `close_every`-th request asks for `connection: close`, so new
+        # connections (and, with mTLS, handshakes) keep happening during the fault.
+        self._close_every = close_every
+        self._count = 0
+        self._count_lock = threading.Lock()
+        self._scheduled_async = 0
+        self._async_done = 0
         self._interval = 2.0 / rate
         self._stop = threading.Event()
         self._sync = httpx.Client(transport=mesh.httpx_transport(), timeout=10)
@@ -68,10 +87,18 @@ class Load:
         ]
         self._mesh = mesh
 
+    def _headers(self) -> dict[str, str]:
+        if not self._close_every:
+            return {}
+        with self._count_lock:
+            self._count += 1
+            closing = self._count % self._close_every == 0
+        return {"connection": "close"} if closing else {}
+
     def _one_sync(self) -> None:
         start = time.monotonic()
         try:
-            status = self._sync.get(URL).status_code
+            status = self._sync.get(URL, headers=self._headers()).status_code
             error = None if status == 200 else f"HTTP {status}"
         except httpx.HTTPError as exc:
             error = type(exc).__name__
@@ -84,16 +111,23 @@ class Load:
             )
         start = time.monotonic()
         try:
-            status = (await self._async.get(URL)).status_code
+            status = (await self._async.get(URL, headers=self._headers())).status_code
             error = None if status == 200 else f"HTTP {status}"
         except httpx.HTTPError as exc:
             error = type(exc).__name__
+        except asyncio.CancelledError:
+            # Cancelled by _drain: still unanswered long after its own timeout.
+            self.outcomes.add(start, time.monotonic() - start, "unfinished at the end")
+            self._async_done += 1
+            raise
         self.outcomes.add(start, time.monotonic() - start, error)
+        self._async_done += 1
 
     def _sync_driver(self) -> None:
         tick = time.monotonic()
         while not self._stop.is_set():
             self._pool.submit(self._one_sync)
+            self._scheduled_async += 1
             self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._one_async()))
             tick += self._interval
             self._stop.wait(max(0.0, tick - time.monotonic()))
@@ -108,17 +142,48 @@ class Load:
         self._threads[0].join()
         self._pool.shutdown(wait=True)
         pending = asyncio.run_coroutine_threadsafe(self._drain(), self._loop)
-        pending.result(timeout=30)
+        try:
+            pending.result(timeout=DRAIN + 10)
+        except TimeoutError:
+            # The loop is too busy even to cancel (CPU-starved: httpcore's pool
+            # queue costs O(queued x connections) per request). Count what never
+            # finished as failed and leave the daemon loop thread behind.
+            missing = self._scheduled_async - self._async_done
+            for _ in range(missing):
+                self.outcomes.add(time.monotonic(), DRAIN, "unfinished: client loop saturated")
+            log.error("%d async requests unfinished: the client's event loop is saturated", missing)
+            self._sync.close()
+            return
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._threads[1].join()
         self._loop.close()
         self._sync.close()
 
     async def _drain(self) -> None:
+        """Let the requests in flight finish; any still running after DRAIN s
+        (well past the client's own 10 s timeout) is cancelled and counted as a
+        failure, its stack logged: a hang must show in the table, not stall it."""
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=DRAIN)
+        for task in list(stuck)[:1]:
+            log.error("request unfinished after %gs:\n%s", DRAIN, _stack(task))
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
         if self._async is not None:
             await self._async.aclose()
+
+
+def endpoint_health(mesh: Mesh) -> dict[int, HealthStatus]:
+    """port -> EDS health of every endpoint the client holds now."""
+    return {
+        ep.port: ep.health
+        for cla in mesh.xds.state.assignments.values()
+        for lo in cla.localities
+        for ep in lo.endpoints
+    }
 
 
 @dataclass
@@ -175,19 +240,31 @@ class Cluster:
             time.sleep(0.02)
 
 
+class ScenarioCheckFailed(RuntimeError):
+    """The fault did not happen the way the scenario claims (e.g. no endpoint was
+    ever seen DRAINING): the outcome counts would prove nothing."""
+
+
 @contextmanager
 def measured(
-    name: str, mesh: Mesh, rate: float, before: float, results: list[Result], **kw: bool
+    name: str,
+    mesh: Mesh,
+    rate: float,
+    before: float,
+    results: list[Result],
+    *,
+    close_every: int = 0,
+    **kw: bool,
 ) -> Iterator[Load]:
-    with Load(mesh, rate) as load:
+    with Load(mesh, rate, close_every) as load:
         t0 = time.monotonic()
         time.sleep(before)
         t1 = time.monotonic()
         yield load
         time.sleep(0.5)  # requests started during the fault get to finish in __exit__
-        t2 = time.monotonic()
-    all_samples = load.outcomes.window(t0, t2)
-    during = load.outcomes.window(t1, t2)
+    # Up to infinity: requests counted as unfinished when the load stopped are failures.
+    all_samples = load.outcomes.window(t0, float("inf"))
+    during = load.outcomes.window(t1, float("inf"))
     results.append(
         Result(
             name,

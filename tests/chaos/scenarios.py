@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import time
 
+from draining import draining_rolling_restart
 from faults import RawBackend
 from harness import HOST, PORT, Cluster, Result, measured
 from meshlab import LocalMesh, service_entry, subsets_rule
+from replicas import control_plane_replica_swap
+from rotation import certificate_rotation
 
 from proxyless_mesh import Mesh
 
@@ -147,6 +150,11 @@ def _bad_backend(
             time.sleep(hold)
             svc.publish()
             svc.wait_for(mesh, good)
+        # Retries refused by the retry budget (flag UO) explain failures that a retry
+        # would otherwise have saved; private read, the mesh has no public counter.
+        overflows = sum(r.retry_overflows for r in mesh._resources.values())
+        if overflows:
+            results[-1].errors["retries refused by the budget"] = overflows
     finally:
         bad.close()
 
@@ -161,10 +169,13 @@ def resetting_backend(lab: LocalMesh, rate: float, hold: float, r: list[Result])
 
 SCENARIOS = {
     "rolling_restart": rolling_restart,
+    "rolling_restart_draining": draining_rolling_restart,
     "scale": scale_up_and_down,
     "subset_rule_first": subset_switch_rule_first,
     "subset_route_first": subset_switch_route_first,
     "control_plane_restart": control_plane_restart,
+    "control_plane_replica_swap": control_plane_replica_swap,
+    "certificate_rotation": certificate_rotation,
     "hanging_backend": hanging_backend,
     "resetting_backend": resetting_backend,
 }
