@@ -246,7 +246,7 @@ class Registration:
         )
         names = [template.replace("%s", f"{self.address}:{p}") for p in ports]
         try:
-            await mesh.xds.watch(names, timeout=self.timeout)
+            await mesh.xds.watch_inbound(names, timeout=self.timeout)
         except ControlPlaneUnavailableError as exc:
             log.warning("inbound listeners not resolved: %s", exc)
 

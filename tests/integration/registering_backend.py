@@ -42,7 +42,6 @@ async def main(args: argparse.Namespace) -> int:
     server = uvicorn.Server(
         uvicorn.Config(make_app(args.service, args.version), log_level="warning")
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)

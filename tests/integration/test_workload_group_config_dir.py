@@ -133,3 +133,7 @@ def test_a_workload_joins_a_group_from_the_config_dir(lab: LocalMesh, plane: Pla
     assert refused.popen.wait(10) == 3
     assert plane.members()["reviews-a"]["state"] == "HEALTHY"
     assert "reviews-b" not in plane.members()
+    # It followed its own server listener as a server (gRFC A36), not as a
+    # client one (which it would NACK): read once the process has ended.
+    assert first.stop() == 0
+    assert "NACK" not in first.log.read_text()
