@@ -14,10 +14,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace as _trace_api
+from opentelemetry.metrics import NoOpMeterProvider, get_meter_provider
+from opentelemetry.metrics import _internal as _metrics_api
+from opentelemetry.trace import (
+    NoOpTracer,
+    NoOpTracerProvider,
+    ProxyTracer,
+    ProxyTracerProvider,
+    get_tracer_provider,
+)
+
+try:
+    from opentelemetry.metrics._internal import _ProxyMeterProvider as _ProxyMeters
+except ImportError:  # pragma: no cover - a future API that moved its private class
+    _ProxyMeters = None  # type: ignore[assignment,misc]
+
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.propagators.textmap import TextMapPropagator
-    from opentelemetry.trace import TracerProvider
+    from opentelemetry.trace import Tracer, TracerProvider
 
     from proxyless_mesh.bootstrap import Bootstrap
 
@@ -117,3 +133,88 @@ def service_labels(host: str) -> tuple[str, str]:
     if len(parts) >= 3:
         return parts[0], parts[1]
     return parts[0] or UNKNOWN, UNKNOWN
+
+
+class ProviderGate:
+    """Whether the OpenTelemetry providers a Telemetry uses record anything.
+
+    By default the mesh uses the *global* providers, which are the API's
+    proxies until the application installs an SDK: then every span is a
+    non-recording stand-in and every metric call a no-op, yet building them
+    costs microseconds per request. The gate lets the hot path skip that
+    work while nothing records, and still starts recording when the
+    application sets a real global provider later (the proxies' promise).
+    A proxy is "pending": the global is looked at on every request until a
+    real provider appears; the API lets the global be set only once, so the
+    first real answer is kept.
+    """
+
+    __slots__ = ("_metrics", "_tracing")
+
+    def __init__(self, tracer: Tracer | None, meter_provider: MeterProvider | None) -> None:
+        # None: pending (a proxy); True/False: decided for good.
+        self._tracing: bool | None = False
+        if tracer is not None and not isinstance(tracer, NoOpTracer):
+            self._tracing = None if isinstance(tracer, ProxyTracer) else True
+        self._metrics: bool | None = False
+        if meter_provider is not None:
+            self._metrics = _meter_state(meter_provider)
+
+    def tracing(self) -> bool:
+        """Would a span started now record (or reach a real tracer)?"""
+        state = self._tracing
+        if state is None:
+            provider = _global_tracer_provider()
+            if provider is None:
+                return False
+            state = self._tracing = not isinstance(provider, NoOpTracerProvider)
+        return state
+
+    def metrics(self) -> bool:
+        """Would a metric recorded now reach a real meter?"""
+        state = self._metrics
+        if state is None:
+            provider = _global_meter_provider()
+            if provider is None:
+                return False
+            state = self._metrics = not isinstance(provider, NoOpMeterProvider)
+        return state
+
+
+# The set global providers, None while unset. The public getters cost ~1 µs
+# each (they consult os.environ on every call); the API's own proxies read
+# these module globals instead, and so does the gate, falling back to the
+# getters if a future API renames them.
+if hasattr(_trace_api, "_TRACER_PROVIDER"):
+
+    def _global_tracer_provider() -> TracerProvider | None:
+        return _trace_api._TRACER_PROVIDER
+
+else:  # pragma: no cover - depends on the API's internals
+
+    def _global_tracer_provider() -> TracerProvider | None:
+        provider = get_tracer_provider()
+        return None if isinstance(provider, ProxyTracerProvider) else provider
+
+
+if hasattr(_metrics_api, "_METER_PROVIDER"):
+
+    def _global_meter_provider() -> MeterProvider | None:
+        return _metrics_api._METER_PROVIDER
+
+else:  # pragma: no cover - depends on the API's internals
+
+    def _global_meter_provider() -> MeterProvider | None:
+        provider = get_meter_provider()
+        return None if _meter_state(provider) is None else provider
+
+
+def _meter_state(provider: MeterProvider) -> bool | None:
+    """True: a real meter provider; False: the no-op one; None: the API's
+    proxy (pending). The proxy's class is private to the API: if a future
+    API moves it, every provider counts as real (slower, never wrong)."""
+    if isinstance(provider, NoOpMeterProvider):
+        return False
+    if _ProxyMeters is None:  # pragma: no cover - depends on the API's internals
+        return True
+    return None if isinstance(provider, _ProxyMeters) else True

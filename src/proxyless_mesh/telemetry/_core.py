@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -33,6 +33,7 @@ from proxyless_mesh.telemetry._b3 import B3Propagator
 from proxyless_mesh.telemetry._config import (
     PEER_HEADER,
     UNKNOWN,
+    ProviderGate,
     TelemetryConfig,
     Workload,
     parse_peer,
@@ -94,15 +95,18 @@ class Telemetry:
         #: Hook failures swallowed so far (telemetry never fails a request).
         self.errors = 0
         self.metrics: IstioMetrics | None = None
+        meter_provider = None
         if config.metrics:
-            provider = config.meter_provider or metrics.get_meter_provider()
+            meter_provider = config.meter_provider or metrics.get_meter_provider()
             self.metrics = IstioMetrics(
-                provider.get_meter("proxyless_mesh"), max_label_sets=config.max_label_sets
+                meter_provider.get_meter("proxyless_mesh"), max_label_sets=config.max_label_sets
             )
         self.tracer: trace.Tracer | None = None
         if config.tracing:
             tracer_provider = config.tracer_provider or trace.get_tracer_provider()
             self.tracer = tracer_provider.get_tracer("proxyless_mesh")
+        #: Whether those providers record yet (the no-SDK fast path).
+        self.gate = ProviderGate(self.tracer, meter_provider)
         self._b3 = B3Propagator() if config.b3 else None
         self.access = AccessLog(config.access_logger) if config.access_log else None
         #: Send/answer PEER_HEADER: only the peer-labelled signals need it.
@@ -157,7 +161,11 @@ class Telemetry:
         logged = self.access is not None and (
             self._sampling >= 1.0 or self._rng.random() < self._sampling
         )
-        return Call(self, reporter, protocol, method, authority, path, logged)
+        # Decided once per call, as the span is: a provider set mid-request
+        # starts with the next one.
+        istio = self.metrics
+        measured = istio is not None and istio.wanted(self.gate.metrics())
+        return Call(self, reporter, protocol, method, authority, path, logged, measured)
 
 
 class Call:
@@ -165,6 +173,7 @@ class Call:
 
     __slots__ = (
         "_attempt_span",
+        "_quiet",
         "_t0",
         "attempts",
         "authority",
@@ -173,6 +182,7 @@ class Call:
         "grpc_status",
         "http_version",
         "logged",
+        "measured",
         "method",
         "path",
         "peer_principal",
@@ -201,6 +211,7 @@ class Call:
         authority: str,
         path: str,
         logged: bool,
+        measured: bool = True,
     ) -> None:
         self.telemetry = telemetry
         self.reporter = reporter
@@ -209,10 +220,15 @@ class Call:
         self.authority = authority
         self.path = path
         self.logged = logged
+        #: The request metrics will be recorded (a provider records them).
+        self.measured = measured
         self.start_ns = time.time_ns()
         self._t0 = time.perf_counter()
         self.span: trace.Span | None = None
         self._attempt_span: trace.Span | None = None
+        #: No provider records: no spans of ours, the caller's context is
+        #: still propagated (what the API's no-op tracer amounts to).
+        self._quiet = False
         self.attempts = 0
         self.route_name = ""
         self.cluster = ""
@@ -228,6 +244,14 @@ class Call:
         self.request_id = ""
         self.http_version = ""
         self.done = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing is left to record: no span of ours, no metrics, no access
+        line (the no-SDK default), so the response need not be metered."""
+        if self.measured or self.logged:
+            return False
+        return self._quiet or self.telemetry.tracer is None
 
     # -- spans ------------------------------------------------------------------
 
@@ -255,9 +279,16 @@ class Call:
     def start_client_span(self) -> None:
         """Open the call span (under the current context), once."""
         tracer = self.telemetry.tracer
-        if tracer is None or self.span is not None:
+        if tracer is None or self.span is not None or self._quiet:
             return
         try:
+            if not self.telemetry.gate.tracing():
+                # The no-op tracer would hand back the current span: keep it
+                # only where it is read (the access line's trace_id).
+                self._quiet = True
+                if self.logged:
+                    self.span = trace.get_current_span()
+                return
             span = tracer.start_span(
                 self._span_name(), kind=SpanKind.CLIENT, start_time=self.start_ns
             )
@@ -279,6 +310,12 @@ class Call:
             if telemetry.tracer is None:
                 return None
             parent = telemetry.extract(get_header)
+            if not telemetry.gate.tracing():
+                # The no-op tracer's span is the caller's: run in its context.
+                self._quiet = True
+                if self.logged:
+                    self.span = trace.get_current_span(parent)
+                return parent
             name = self._span_name() if self.protocol == "grpc" else self.method
             span = telemetry.tracer.start_span(
                 name, context=parent, kind=SpanKind.SERVER, start_time=self.start_ns
@@ -313,7 +350,13 @@ class Call:
             self._end_attempt(None, None)
             span = self.span
             tracer = telemetry.tracer
-            if tracer is not None and span is not None:
+            if self._quiet:
+                # Headers come from the context only: an empty one (no span,
+                # no baggage) has nothing to propagate.
+                context = get_current()
+                if context:
+                    telemetry.inject(context, set_header)
+            elif tracer is not None and span is not None:
                 parent = trace.set_span_in_context(span)
                 child = tracer.start_span(self._span_name(), context=parent, kind=SpanKind.CLIENT)
                 if child.is_recording():
@@ -391,8 +434,9 @@ class Call:
             span = self.span
             if span is not None:
                 self._end_span(span, flag_text, error)
-            if telemetry.metrics is not None:
-                telemetry.metrics.record(
+            istio = telemetry.metrics
+            if istio is not None and self.measured:
+                istio.record(
                     self._labels(flag_text), duration_ms, self.request_bytes, self.response_bytes
                 )
             if self.logged and telemetry.access is not None:

@@ -50,6 +50,9 @@ def responded(call: Call, response: httpx.Response) -> httpx.Response:
     """Record the response when its body is closed (now, if it already is)."""
     if call.done:  # passed through: not a mesh request
         return response
+    if call.idle:  # nothing would be recorded: leave the body unwrapped
+        call.done = True
+        return response
     try:
         call.peer_from_response(response.headers.get)
         version = response.extensions.get("http_version")

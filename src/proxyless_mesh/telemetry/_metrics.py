@@ -78,6 +78,17 @@ class IstioMetrics:
         )
         self._sets: dict[LabelValues, dict[str, str]] = {}
         self._max = max_label_sets
+        self._made = self._instruments()
+
+    def _instruments(self) -> tuple[object, ...]:
+        return (self.requests, self.duration, self.request_bytes, self.response_bytes)
+
+    def wanted(self, provider_records: bool) -> bool:
+        """Is a record worth making? Not while the meter provider is the
+        API's no-op or unbound proxy (`provider_records` False) and the
+        instruments are still the ones it handed out: they would drop it.
+        An instrument swapped in since (a wrapper, a test double) is called."""
+        return provider_records or self._instruments() != self._made
 
     def attributes(self, values: LabelValues) -> dict[str, str]:
         """The prepared attribute dict for these label values (in LABELS order)."""

@@ -1,0 +1,196 @@
+"""The no-SDK fast path: while no OpenTelemetry provider records, a call
+opens no spans and records no metrics, yet still propagates the caller's
+trace context, and it starts recording once the application sets real
+global providers (the API proxies' late binding)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
+
+TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
+SPAN_ID = 0xB7AD6B7169203331
+NOOP = trace.NoOpTracerProvider()
+
+
+@pytest.fixture
+def incoming() -> Iterator[None]:
+    """The application runs inside a (remote, sampled) caller's span."""
+    span = NonRecordingSpan(
+        SpanContext(TRACE_ID, SPAN_ID, is_remote=True, trace_flags=TraceFlags(1))
+    )
+    ctx = baggage.set_baggage("tenant", "blue", trace.set_span_in_context(span))
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def outbound(telemetry: Telemetry) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    call = telemetry.call("source", "http", "GET", "reviews.shop.mesh:9080", "/r")
+    assert call is not None
+    call.routed("route", "outbound|9080||reviews.shop.mesh", False, "")
+    call.attempt_start(1, "10.0.0.1", 9080, headers.__setitem__)
+    call.attempt_end(200, None)
+    call.finish(200)
+    assert call.span is None  # no span of ours was opened
+    return headers
+
+
+def test_quiet_call_still_propagates_the_callers_context(incoming: None) -> None:
+    headers = outbound(Telemetry(TelemetryConfig(tracer_provider=NOOP, b3=True)))
+    assert headers["traceparent"] == f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
+    assert headers["baggage"] == "tenant=blue"
+    assert headers["x-b3-traceid"] == f"{TRACE_ID:032x}"
+    assert headers["x-b3-spanid"] == f"{SPAN_ID:016x}"
+    assert headers["x-b3-sampled"] == "1"
+
+
+def test_quiet_call_without_context_sends_only_the_peer_header() -> None:
+    headers = outbound(Telemetry(TelemetryConfig(tracer_provider=NOOP, b3=True)))
+    assert set(headers) == {"x-mesh-peer-workload"}
+
+
+def test_quiet_server_span_runs_the_app_in_the_callers_context() -> None:
+    telemetry = Telemetry(TelemetryConfig(tracer_provider=NOOP))
+    call = telemetry.call("destination", "http", "GET", "reviews.shop.mesh", "/r")
+    assert call is not None
+    headers = {"traceparent": f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"}
+    ctx = call.start_server_span(headers.get)
+    assert ctx is not None
+    assert trace.get_current_span(ctx).get_span_context().trace_id == TRACE_ID
+    assert call.span is None
+
+
+def test_quiet_access_line_keeps_the_callers_trace_id(
+    incoming: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    telemetry = Telemetry(TelemetryConfig(tracer_provider=NOOP, access_log=True))
+    with caplog.at_level(logging.INFO, logger="proxyless_mesh.access"):
+        headers: dict[str, str] = {}
+        call = telemetry.call("source", "http", "GET", "reviews.shop.mesh:9080", "/r")
+        assert call is not None
+        call.routed("route", "c", False, "")
+        call.attempt_start(1, "10.0.0.1", 9080, headers.__setitem__)
+        call.finish(200)
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records]
+    assert line["trace_id"] == f"{TRACE_ID:032x}"
+    assert headers["traceparent"].startswith(f"00-{TRACE_ID:032x}-")
+
+
+def test_noop_meter_provider_records_nothing() -> None:
+    telemetry = Telemetry(TelemetryConfig(meter_provider=NoOpMeterProvider(), tracing=False))
+    assert telemetry.metrics is not None
+    assert not telemetry.metrics.wanted(telemetry.gate.metrics())
+    recorded: list[object] = []
+    telemetry.metrics.record = lambda *a: recorded.append(a)  # type: ignore[method-assign]
+    outbound(telemetry)
+    assert recorded == []
+
+
+# The global providers can be set once per process: the late-binding check
+# runs in a fresh interpreter so no other test's globals leak in or out.
+LATE_BINDING = textwrap.dedent(
+    """
+    import json
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
+
+    telemetry = Telemetry(TelemetryConfig())  # the global proxies, no SDK yet
+
+    def request():
+        headers = {}
+        call = telemetry.call("source", "http", "GET", "reviews.shop.mesh:9080", "/r")
+        call.routed("route", "outbound|9080||reviews.shop.mesh", False, "")
+        call.attempt_start(1, "10.0.0.1", 9080, headers.__setitem__)
+        call.attempt_end(200, None)
+        call.finish(200)
+        return sorted(headers), call.span is not None
+
+    before = request()
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(tracer_provider)
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    after = request()
+    data = reader.get_metrics_data()
+    counted = [
+        p.value
+        for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+        if m.name == "istio_requests_total" for p in m.data.data_points
+    ]
+    print(json.dumps({
+        "before": before, "after": after, "counted": counted,
+        "spans": sorted(s.name for s in exporter.get_finished_spans()),
+    }))
+    """
+)
+
+
+def test_fast_path_starts_recording_once_a_real_provider_is_set() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_BINDING], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["before"] == [["x-mesh-peer-workload"], False]
+    assert result["after"] == [["traceparent", "x-mesh-peer-workload"], True]
+    assert result["spans"] == ["GET reviews.shop.mesh", "GET reviews.shop.mesh"]
+    assert result["counted"] == [1]  # the request before the SDK was not counted
+
+
+def test_idle_call_leaves_the_response_body_alone() -> None:
+    """With nothing to record (no SDK, no access log) the body is not
+    wrapped for byte counting; with a real meter provider it is."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from proxyless_mesh.telemetry import _httpx as hooks
+
+    def answer(telemetry: Telemetry) -> tuple[bool, httpx.Response]:
+        request = httpx.Request("GET", "http://reviews.shop.mesh:9080/r")
+        call = hooks.client_call(telemetry, request, "reviews.shop.mesh:9080")
+        assert call is not None
+        hooks.routed(call, "route", "outbound|9080||reviews.shop.mesh", None)
+        call.attempt_start(1, "10.0.0.1", 9080, request.headers.__setitem__)
+        response = httpx.Response(200, stream=httpx.ByteStream(b"body"))
+        stream = response.stream
+        out = hooks.responded(call, response)
+        return out.stream is stream, out
+
+    quiet = Telemetry(TelemetryConfig(tracer_provider=NOOP, meter_provider=NoOpMeterProvider()))
+    unwrapped, _ = answer(quiet)
+    assert unwrapped
+
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader])
+    unwrapped, response = answer(Telemetry(TelemetryConfig(meter_provider=meter, tracing=False)))
+    assert not unwrapped
+    response.read()
+    response.close()
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert "istio_response_bytes" in names
