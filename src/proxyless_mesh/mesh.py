@@ -526,11 +526,32 @@ class Mesh:
             if manager is not None:
                 await manager.close()
 
+    async def withdraw_async(self) -> None:
+        """Leave the registries before the server stops accepting: deregister
+        (the endpoint turns DRAINING, so clients stop choosing it) and wait each
+        registration's drain time while the server still answers. The server
+        helpers call it when told to stop; close() does it too, and a second
+        call does nothing. May be awaited on any loop."""
+        coro = self._withdraw()
+        loop = self._loop
+        if loop is None or _on_loop_thread(loop):
+            await coro
+            return
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    def withdraw(self, timeout: float = 30.0) -> None:
+        """The blocking twin of withdraw_async() (not on the mesh's loop)."""
+        if self._loop is not None:
+            self._run_on_loop(self._withdraw(), timeout)
+
+    async def _withdraw(self) -> None:
+        for registrar in reversed(self._registrars):
+            await registrar.stop()
+
     async def _close_xds_only(self) -> None:
         """Deregister (draining) first, then stop the admin endpoint (if any),
         then the xDS client."""
-        for registrar in reversed(self._registrars):
-            await registrar.stop()
+        await self._withdraw()
         if self.diagnostics is not None:
             diagnostics, self.diagnostics = self.diagnostics, None
             await diagnostics.stop()

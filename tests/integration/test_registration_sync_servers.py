@@ -70,8 +70,14 @@ def test_gunicorn_worker_registers_the_port_gunicorn_bound(lab: LocalMesh, plane
             versions[response.json()["version"]] += 1
         assert versions["v1"] > 0 and versions["v2"] > 0, versions
 
-    # SIGTERM to the arbiter: the worker closes its mesh, which deregisters.
-    assert a.stop(signal.SIGTERM, timeout=15) == 0
+    # SIGTERM to the arbiter: the worker deregisters (DRAINING in EDS) and keeps
+    # answering through the drain, then stops and leaves EDS.
+    port_a = a.ready["http"]
+    a.popen.send_signal(signal.SIGTERM)
+    wait_for(lambda: plane.eds().get(port_a) == "DRAINING", 5, "a draining in EDS")
+    answer = httpx.get(f"http://127.0.0.1:{port_a}/", timeout=2)
+    assert answer.status_code == 200 and answer.json()["version"] == "v1"
+    assert a.popen.wait(15) == 0
     wait_for(lambda: plane.ports() == [b.ready["http"]], 10, "the stopped worker out of EDS")
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -142,6 +143,25 @@ class MeshSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
             super().init_process()
         finally:
             self.mesh.close()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """Graceful stop (SIGTERM): deregister and drain first, still serving,
+        then let gunicorn's loop end. The drain runs on a thread: a signal
+        handler must return at once, and gunicorn's graceful_timeout bounds it."""
+        mesh = self.mesh
+        if mesh is None or not self.alive:
+            super().handle_exit(sig, frame)
+            return
+
+        def drain_then_exit() -> None:
+            try:
+                mesh.withdraw(timeout=max(1.0, float(self.cfg.graceful_timeout) - 1.0))
+            except Exception:
+                log.exception("draining before exit failed")
+            finally:
+                self.alive = False
+
+        threading.Thread(target=drain_then_exit, name="mesh-drain", daemon=True).start()
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
