@@ -120,6 +120,7 @@ def _refuse_plaintext(client: socket.socket, first: int) -> None:
 class MeshSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
     """gunicorn's sync worker serving with mesh mTLS (module docstring)."""
 
+    alive: bool  # gunicorn's: the worker loop runs while it is True
     mesh: Mesh | None = None
     port_name: str | None = "http"
     _peer: str | None = None
