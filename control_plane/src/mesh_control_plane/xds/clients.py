@@ -27,6 +27,12 @@ WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
 # listener or route that refers to them arrives.
 PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 
+# Types whose removals wait for the rest of the push (make-before-break, Envoy's
+# "eventual consistency considerations"): a cluster the new routes no longer use
+# is first kept (with its endpoints, as last sent) and removed by a final
+# response after LDS and RDS, so no route ever names a cluster declared absent.
+MAKE_BEFORE_BREAK = frozenset({CLUSTER, ENDPOINT})
+
 SHORT_NAMES = {LISTENER: "LDS", ROUTE: "RDS", CLUSTER: "CDS", ENDPOINT: "EDS"}
 
 

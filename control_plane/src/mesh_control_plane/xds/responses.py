@@ -13,6 +13,13 @@ a request's nonce with the latest one *it* was sent), and a nonce only has to
 tell one stream's responses of one type apart. The one case where a stream
 could be sent the very same response twice (its subscription changes and
 changes back within a version) gets a private copy with a fresh nonce.
+
+Removals are made before-break (`transition`): a stream whose clusters (or
+endpoints) shrink is first sent the new resources plus the removed ones as it
+last got them, and the plain new response only after its listeners and routes.
+That union depends only on (response last sent, response now due), both shared,
+so it is built once per such pair: 10,000 streams making the same move share
+one serialization, as they share the plain responses.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ from mesh_control_plane.translate import NodeInfo
 from mesh_control_plane.xds.clients import Subscription
 from mesh_control_plane.xds.snapshot import PackedResource
 
-__all__ = ["PreparedResponse", "ResponseCache"]
+__all__ = ["TRANSITION_SUFFIX", "PreparedResponse", "ResponseCache"]
+
+TRANSITION_SUFFIX = "-transition"
+"""Appended to the version of a make-before-break union. It must differ from
+both the version before and the version after: a SotW client tells a push (new
+version) from the answer to its own request (same version) by it, and our
+library infers from that which names the server had read (`_server_view.py`),
+so two responses at one version would pass the final one for an answer to a
+subscription the server in fact ignored (its nonce was the union's)."""
 
 ResourceSource = Callable[[NodeInfo, str], Mapping[str, PackedResource]]
 """(node, type URL) -> every resource of that type for such a client."""
@@ -63,11 +78,53 @@ class ResponseCache:
         self._nonces = itertools.count(1)
         self._version = ""
         self._entries: dict[tuple[Hashable, str, Subscription], PreparedResponse] = {}
+        # (nonce last sent, nonce now due) -> the union to send first, or None
+        # when nothing is removed; nonces name prepared responses uniquely
+        self._transitions: dict[tuple[str, str], PreparedResponse | None] = {}
 
     def reset(self, version: str) -> None:
         """A new version is current: forget responses built for the last one."""
         self._version = version
         self._entries = {}
+        self._transitions = {}
+
+    def transition(self, sent: PreparedResponse, due: PreparedResponse) -> PreparedResponse | None:
+        """What a stream whose latest response of this type is `sent` gets
+        before `due`, when `due` lacks resources `sent` had: `due`'s resources
+        plus those, as `sent` carried them (under its own nonce, at the current
+        version + TRANSITION_SUFFIX). None when `due` removes nothing: send `due`
+        at once; `sent` itself when the union is just that (`due` only
+        removes): send nothing before `due`.
+
+        `sent` may be of any earlier version (a stream that was behind, or
+        that several versions reached in one push): the union is always taken
+        with what that stream was last told, so nothing it holds disappears
+        before the routes that might use it have moved. Memoized per pair
+        until the next version."""
+        key = (sent.nonce, due.nonce)
+        try:
+            return self._transitions[key]
+        except KeyError:
+            pass
+        kept = due.resources
+        gone = [name for name in sent.resources if name not in kept]
+        union: PreparedResponse | None = None
+        if gone:
+            selection = dict(kept)
+            selection.update((name, sent.resources[name]) for name in gone)
+            fingerprint = tuple((name, r.hash) for name, r in selection.items())
+            if sorted(fingerprint) == sorted(sent.fingerprint):
+                union = sent  # nothing added or changed: the client already has it
+            else:
+                union = self._serialize(
+                    due.type_url,
+                    due.subscription,
+                    selection,
+                    fingerprint,
+                    f"{due.version}{TRANSITION_SUFFIX}",
+                )
+        self._transitions[key] = union
+        return union
 
     def get(
         self, node: NodeInfo, key: Hashable, type_url: str, subscription: Subscription
@@ -103,15 +160,17 @@ class ResponseCache:
         subscription: Subscription,
         selection: Mapping[str, PackedResource],
         fingerprint: tuple[tuple[str, str], ...],
+        version: str | None = None,
     ) -> PreparedResponse:
+        version = self._version if version is None else version
         nonce = str(next(self._nonces))
         message = discovery_pb2.DiscoveryResponse(
-            version_info=self._version, type_url=type_url, nonce=nonce
+            version_info=version, type_url=type_url, nonce=nonce
         )
         message.resources.extend(r.any for r in selection.values())
         return PreparedResponse(
             type_url=type_url,
-            version=self._version,
+            version=version,
             nonce=nonce,
             subscription=subscription,
             resources=selection,

@@ -18,7 +18,9 @@ the call goes with its connection.
 Built for 10,000 streams on one event loop: responses are serialized once per
 (client kind, type, subscription) and the same bytes queued on every stream
 (responses.py), so a push costs each stream a dict lookup, a tuple compare and
-an append; per-stream state is slotted and shares what it can.
+an append; per-stream state is slotted and shares what it can. A push that
+removes clusters costs streams two more responses each (the union of old and
+new first, the removal last), shared the same way.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.translate import NodeInfo
 from mesh_control_plane.xds.clients import (
+    MAKE_BEFORE_BREAK,
     PUSH_ORDER,
     WILDCARD_TYPES,
     ClientRecord,
@@ -370,6 +373,14 @@ class AdsServicer:
         stream.wake()
 
     def _on_config_change(self, version: str) -> None:
+        """Push `version` to every stream it changes, make-before-break (the
+        order of Envoy's "eventual consistency considerations"): CDS, EDS, LDS,
+        RDS, and only then the removal of stale clusters and their endpoints.
+        A stream that would lose clusters (or endpoints) it was last sent gets
+        first the new ones plus those (`ResponseCache.transition`), then the
+        rest of the version, then the plain CDS/EDS of the version. That final
+        response is the one its ACK must name for the round to converge (an
+        ACK of the union carries a nonce no longer the latest: ignored)."""
         started = self.metrics.now()
         self._responses.reset(version)
         responses = self._responses
@@ -379,15 +390,30 @@ class AdsServicer:
             if node is None or stream.closing:
                 continue
             types = stream.record.types
+            finals: list[tuple[TypeState, PreparedResponse]] | None = None
             for type_url in stream.order:
                 state = types[type_url]
                 response = responses.get(node, stream.key, type_url, state.subscription)
                 sent = state.sent
                 if sent is None or response.fingerprint != sent.fingerprint:
-                    self._send(stream, state, response)
                     round_pushes.append((stream, type_url))
+                    union = None
+                    if sent is not None and type_url in MAKE_BEFORE_BREAK:
+                        union = responses.transition(sent, response)
+                    if union is None:
+                        self._send(stream, state, response)
+                    else:
+                        finals = finals or []
+                        finals.append((state, response))
+                        if union is not sent:  # `sent` itself: it only removes, wait
+                            self._send(stream, state, union)
                 if stream.closing:
                     break
+            if finals is not None:
+                for state, response in finals:
+                    if stream.closing:
+                        break
+                    self._send(stream, state, response)
         self.metrics.config_pushed(started, (p for p in round_pushes if not p[0].closing))
         log.info(
             "version %s: %d responses pushed to %d streams",
