@@ -139,7 +139,14 @@ def main() -> None:
     args = parser.parse_args()
     STATUS[0] = args.status
     if args.kind == "http":
-        asyncio.run(serve_http(args.ready_file, args.mesh_bootstrap))
+        # Every row's server (baseline, mesh, behind Envoy) runs the same loop:
+        # uvloop where installed, as the mesh's own server helpers prefer.
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve_http(args.ready_file, args.mesh_bootstrap))
+        else:
+            uvloop.run(serve_http(args.ready_file, args.mesh_bootstrap))
     else:
         serve_grpc(args.ready_file)
 

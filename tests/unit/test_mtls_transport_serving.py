@@ -4,6 +4,7 @@ whom, what each refusal looks like, PERMISSIVE/STRICT, rotation."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import threading
@@ -55,31 +56,38 @@ class Served:
     mode: list[TlsMode]
     creds: list[Credentials]
     scopes: list[dict[str, Any]] = field(default_factory=list)
+    loops: set[type[asyncio.AbstractEventLoop]] = field(default_factory=set)
+    loop: str = "auto"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hello"
 
 
-@pytest.fixture
-def server(ca: CertificateAuthority) -> Iterator[Served]:
-    """uvicorn serving BOB's certificate; mode and credentials swappable."""
+@pytest.fixture(params=["auto", "asyncio"])
+def server(ca: CertificateAuthority, request: pytest.FixtureRequest) -> Iterator[Served]:
+    """uvicorn serving BOB's certificate; mode and credentials swappable. On
+    the default loop (uvloop when importable) and on asyncio's, the fallback."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    served = Served(sock.getsockname()[1], [TlsMode.STRICT], [issue(ca, BOB)])
+    served = Served(sock.getsockname()[1], [TlsMode.STRICT], [issue(ca, BOB)], loop=request.param)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         served.scopes.append(scope)
+        served.loops.add(type(asyncio.get_running_loop()))
         tls = scope.get("extensions", {}).get("tls")
         body = (tls["spiffe_id"] if tls else "plaintext").encode()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": body})
 
-    inbound = InboundTls(credentials=lambda: served.creds[-1], mode=lambda port: served.mode[-1])
-    config = MeshUvicornConfig(app, inbound=inbound, log_level="warning", lifespan="off")
+    inbound = InboundTls(
+        credentials=lambda: served.creds[-1], mode=lambda port: served.mode[-1], sniff_timeout=1.0
+    )
+    loop = {} if served.loop == "auto" else {"loop": served.loop}  # "auto": left unset
+    config = MeshUvicornConfig(app, inbound=inbound, log_level="warning", lifespan="off", **loop)
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -162,6 +170,70 @@ def test_permissive_serves_both_on_one_port(ca: CertificateAuthority, server: Se
     client = httpx.Client(transport=MtlsTransport(lambda: alice, {BOB}))
     with client, pytest.raises(httpx.TransportError):
         client.get(server.url)
+
+
+def test_default_loop_is_uvloop_and_serves_both_modes(
+    ca: CertificateAuthority, server: Served
+) -> None:
+    """uvloop when importable (its TLS costs less CPU than asyncio's sslproto):
+    the peek, start_tls and the hand-over work on its transports, which are no
+    asyncio.Transport subclasses. The fixture runs uvicorn with loop= unset."""
+    uvloop = pytest.importorskip("uvloop")
+    server.mode.append(TlsMode.PERMISSIVE)
+    alice = issue(ca, ALICE)
+    with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB})) as client:
+        assert [client.get(server.url).text for _ in range(2)] == [ALICE, ALICE]  # kept alive
+    assert httpx.get(server.url).text == "plaintext"
+    assert server.scopes[0]["scheme"] == "https" and server.scopes[2]["scheme"] == "http"
+    if server.loop == "auto":
+        assert server.loops == {uvloop.Loop}
+    else:
+        assert server.loops and uvloop.Loop not in server.loops
+
+
+def test_silent_and_split_clients(ca: CertificateAuthority, server: Served) -> None:
+    """A client that sends nothing is closed after the sniff timeout; a
+    ClientHello in pieces (the first read holds one byte) still handshakes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as silent:
+        assert silent.recv(1) == b""  # closed by the server, not by our timeout
+    alice = issue(ca, ALICE)
+    context = alice.client_ssl_context(())
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.sendall(hello[:1])
+        threading.Event().wait(0.2)  # the server reads the one byte alone
+        raw.sendall(hello[1:])
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pending = outgoing.read()
+                if pending:
+                    raw.sendall(pending)
+                incoming.write(raw.recv(65536))
+        raw.sendall(outgoing.read())
+        tls.write(b"GET /hello HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        raw.sendall(outgoing.read())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                incoming.write(raw.recv(65536))
+    assert answer.startswith(b"HTTP/1.1 200")
+
+
+def test_loop_stays_overridable(ca: CertificateAuthority) -> None:
+    bob = issue(ca, BOB)
+    inbound = InboundTls(credentials=lambda: bob, mode=lambda port: TlsMode.STRICT)
+    assert MeshUvicornConfig(None, inbound=inbound).loop == "auto"
+    assert MeshUvicornConfig(None, inbound=inbound, loop="asyncio").loop == "asyncio"
 
 
 def test_rotation_reaches_new_connections_only(ca: CertificateAuthority, server: Served) -> None:

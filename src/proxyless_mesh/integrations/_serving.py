@@ -3,11 +3,11 @@
 uvicorn: `asgi_config(app, mesh, ...)` returns a `uvicorn.Config` whose HTTP
 protocol class (`Config(http=...)`, uvicorn's extension point) does the
 TLS itself, per connection, by the port's PeerAuthentication mode:
-- it peeks at the first byte without reading it (security.peek_first_byte);
-  a TLS ClientHello (0x16) gets the mTLS handshake with the workload
-  certificate current at that moment (`loop.start_tls`), plaintext is
+- it looks at the first byte the client sends: a TLS ClientHello (0x16)
+  gets the mTLS handshake with the workload certificate current at that
+  moment (`loop.start_tls`, fed the bytes already read), plaintext is
   served (PERMISSIVE) or answered 426 and closed (STRICT); DISABLE serves
-  plaintext without peeking.
+  plaintext without looking.
 - after the handshake the app sees the ASGI `tls` extension
   (`scope["extensions"]["tls"]`: `client_cert_chain`, `tls_version`,
   `cipher_suite`, ... and our `spiffe_id`), which the authorization
@@ -24,8 +24,17 @@ what a `Registration` without port numbers waits for (port 0 works).
 
 Limits: WebSocket upgrades are handed to uvicorn's ws protocol, which builds
 its scope from the app itself, so a WebSocket scope has no `tls` extension
-(the middleware then sees no principal: fail closed). asyncio's own loop is
-used (`loop="asyncio"`): the peek needs asyncio's socket transports.
+(the middleware then sees no principal: fail closed).
+
+Event loop: `loop="auto"` by default, uvicorn's choice: uvloop when it is
+importable (its C TLS layer costs less CPU per request than asyncio's
+pure-Python sslproto), else asyncio; `loop=` overrides it. It applies where
+uvicorn makes the loop (`uvicorn.Server(config).run()`); `serve_asgi` is a
+coroutine and serves on the loop that runs it (`uvloop.run(serve_asgi(...))`
+for uvloop). Both loops work: the first bytes are read, not peeked (uvloop
+reads right after `connection_made` even when paused there), and the TLS
+layer is `loop.start_tls`. uvloop's transports are not `asyncio.Transport`
+subclasses, so transports are checked by what they can do (`_stream`).
 
 grpcio: `grpc_server_credentials(mesh)` are rotating server credentials
 (`grpc.dynamic_ssl_server_credentials`: grpcio asks the fetch function at
@@ -47,7 +56,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import uvicorn
@@ -65,7 +74,6 @@ from proxyless_mesh.security._inbound import (
     TLS_HANDSHAKE_BYTE,
     InboundTls,
     asgi_tls_extension,
-    peek_first_byte,
     plaintext_refusal,
 )
 
@@ -107,6 +115,16 @@ def inbound_tls(mesh: Mesh, mode: ModeArg = None) -> InboundTls:
 
 
 # -- uvicorn -----------------------------------------------------------------------
+
+
+def _stream(transport: asyncio.BaseTransport) -> asyncio.Transport | None:
+    """`transport` as a readable and writable stream transport, or None (a
+    datagram or pipe one). By its methods, not its class: uvloop's TCP
+    transport has them all but derives from none of asyncio's classes."""
+    for method in ("pause_reading", "resume_reading", "set_protocol", "write", "abort"):
+        if not callable(getattr(transport, method, None)):
+            return None
+    return cast(asyncio.Transport, transport)
 
 
 class _WithTls:
@@ -167,38 +185,77 @@ class _Refuser(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._head += data
         if b"\r\n\r\n" in self._head or len(self._head) > 65536:
-            transport = self._transport
-            if isinstance(transport, asyncio.WriteTransport):
+            transport = _stream(self._transport)
+            if transport is not None:
                 transport.write(self._answer)
-            transport.close()
+            self._transport.close()
 
 
 class _MeshProtocolMixin:
-    """Sniff, handshake and verify, then hand the transport to uvicorn's
-    protocol (the class this is mixed into)."""
+    """Classify by the first bytes, handshake and verify, then hand the
+    transport to uvicorn's protocol (the class this is mixed into).
+
+    The first chunk is read, not peeked: uvloop starts reading right after
+    `connection_made` whatever it asked (a pause there does not hold), so the
+    bytes would reach this protocol anyway. Plaintext gets the chunk replayed
+    to uvicorn; a ClientHello is fed to the TLS layer `start_tls` installs
+    (`_feed`), before any later byte, as if the loop had read it there."""
 
     config: Any  # a MeshUvicornConfig (uvicorn types it as Config)
     loop: asyncio.AbstractEventLoop
     app: Any
+    _sniff: asyncio.TimerHandle | None  # closes a connection that sends nothing
+    _raw: asyncio.Transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._handed_over = False
+        self._sniff = None
         inbound = self.config.mesh_inbound
         sockname = transport.get_extra_info("sockname")
         port = sockname[1] if isinstance(sockname, tuple) else 0
-        mode = inbound.mode(port)
+        self._mode = mode = inbound.mode(port)
         if mode is TlsMode.DISABLE:
             self._hand_over(transport, None)
             return
-        if not isinstance(transport, asyncio.Transport):
+        stream = _stream(transport)
+        if stream is None:
             transport.close()
             return
+        self._raw = stream
+        self._sniff = self.loop.call_later(inbound.sniff_timeout, stream.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self._handed_over:
+            super().data_received(data)  # type: ignore[misc]
+            return
+        if self._sniff is not None:
+            self._sniff.cancel()
+        transport = self._raw
         transport.pause_reading()
-        self._setup = self.loop.create_task(self._classify(transport, inbound, mode))
+        if data[0] != TLS_HANDSHAKE_BYTE:
+            if self._mode is TlsMode.STRICT:
+                peer = transport.get_extra_info("peername")
+                log.info("refused a plaintext connection from %s: PeerAuthentication STRICT", peer)
+                self._refuse(transport, plaintext_refusal(data[0]), data)
+                return
+            self._hand_over(transport, None)
+            super().data_received(data)  # type: ignore[misc]
+            transport.resume_reading()
+            return
+        self._setup = self.loop.create_task(self._handshake(transport, self.config.mesh_inbound))
+        # After the task's first step (start_tls installs its protocol and
+        # schedules the handshake and resume_reading), before those run.
+        self.loop.call_soon(self._feed, transport, data)
+
+    def eof_received(self) -> None:
+        if self._handed_over:  # else closed before a byte: the transport closes itself
+            super().eof_received()  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._handed_over:
             super().connection_lost(exc)  # type: ignore[misc]
+        elif self._sniff is not None:  # before the first byte
+            self._sniff.cancel()
 
     def _hand_over(self, transport: asyncio.BaseTransport, tls: dict[str, Any] | None) -> None:
         if tls is not None:
@@ -206,25 +263,26 @@ class _MeshProtocolMixin:
         self._handed_over = True
         super().connection_made(transport)  # type: ignore[misc]
 
-    async def _classify(
-        self, transport: asyncio.Transport, inbound: InboundTls, mode: TlsMode
-    ) -> None:
+    @staticmethod
+    def _feed(transport: asyncio.Transport, data: bytes) -> None:
+        """Give the TLS layer the ClientHello already read (asyncio's and
+        uvloop's TLS protocols are buffered protocols: get_buffer and
+        buffer_updated are how a loop hands them bytes)."""
+        protocol: Any = transport.get_protocol()
+        get_buffer = getattr(protocol, "get_buffer", None)  # uvloop's: not a subclass
+        if transport.is_closing() or get_buffer is None:  # start_tls failed at once
+            transport.abort()
+            return
+        view = memoryview(data)
+        while view:
+            buffer = get_buffer(len(view))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            protocol.buffer_updated(size)
+            view = view[size:]
+
+    async def _handshake(self, transport: asyncio.Transport, inbound: InboundTls) -> None:
         peer = transport.get_extra_info("peername")
-        try:
-            first = await peek_first_byte(transport.get_extra_info("socket"), inbound.sniff_timeout)
-        except (TimeoutError, OSError):
-            first = None
-        if first is None:
-            transport.close()
-            return
-        if first != TLS_HANDSHAKE_BYTE:
-            if mode is TlsMode.STRICT:
-                log.info("refused a plaintext connection from %s: PeerAuthentication STRICT", peer)
-                self._refuse(transport, plaintext_refusal(first))
-                return
-            self._hand_over(transport, None)
-            transport.resume_reading()
-            return
         held = _Held()
         try:
             tls_transport = await self.loop.start_tls(
@@ -254,12 +312,14 @@ class _MeshProtocolMixin:
     def _server_pem(inbound: InboundTls) -> str:
         return inbound.credentials().leaf.public_bytes(Encoding.PEM).decode("ascii")
 
-    def _refuse(self, transport: asyncio.Transport, answer: bytes) -> None:
+    def _refuse(self, transport: asyncio.Transport, answer: bytes, head: bytes) -> None:
         if not answer:
             transport.close()
             return
-        transport.set_protocol(_Refuser(transport, answer))
+        refuser = _Refuser(transport, answer)
+        transport.set_protocol(refuser)
         self.loop.call_later(self.config.mesh_inbound.sniff_timeout, transport.close)
+        refuser.data_received(head)
         transport.resume_reading()
 
 
@@ -287,7 +347,7 @@ class MeshUvicornConfig(uvicorn.Config):
                 raise MeshError(f"{key}: the mesh does the TLS (its workload certificate)")
         if http not in _PROTOCOLS:
             raise MeshError(f"http must be one of {sorted(_PROTOCOLS)}, not {http!r}")
-        kwargs.setdefault("loop", "asyncio")
+        kwargs.setdefault("loop", "auto")  # uvloop if importable (module docstring)
         super().__init__(app, http=_PROTOCOLS[http], **kwargs)
         self.mesh_inbound = inbound
 
