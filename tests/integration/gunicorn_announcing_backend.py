@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from backend_support import backend_parser, write_ready
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
-from registering_backend import write_ready
 
 from proxyless_mesh.gunicorn import MeshSyncWorker
 
@@ -100,9 +100,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--version", required=True)
-    parser.add_argument("--ready-file", required=True)
-    sys.exit(main(parser.parse_args()))
+    sys.exit(main(backend_parser().parse_args()))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -22,16 +21,11 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from backend import make_app
+from backend_support import backend_parser, write_ready
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.registration import Registration, RegistrationError
-
-
-def write_ready(path: str, payload: dict[str, object]) -> None:
-    tmp = f"{path}.tmp"
-    Path(tmp).write_text(json.dumps(payload))
-    os.replace(tmp, path)  # atomic: the parent reads it as soon as it exists
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -70,11 +64,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--group", required=True)
+    parser = backend_parser()
     parser.add_argument("--service", default="reviews")
-    parser.add_argument("--version", required=True)
     parser.add_argument("--drain", type=float, default=1.0)
-    parser.add_argument("--ready-file", required=True)
     sys.exit(asyncio.run(main(parser.parse_args())))

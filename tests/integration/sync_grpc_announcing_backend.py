@@ -19,11 +19,9 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import grpc
-from announcing_backend import ECHO_SERVICE
-from registering_backend import write_ready
+from backend_support import backend_parser, echo_handler, write_ready
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
@@ -31,14 +29,6 @@ from proxyless_mesh.registration import Registration
 from proxyless_mesh.serving import add_mesh_port
 
 REGISTER_LIMIT = 15.0
-
-
-def echo_handler(version: str) -> grpc.GenericRpcHandler[Any, Any]:
-    def answer(request: bytes, context: Any) -> bytes:
-        return version.encode()
-
-    method = grpc.unary_unary_rpc_method_handler(answer)
-    return grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Version": method})
 
 
 def main(args: argparse.Namespace) -> int:
@@ -52,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     )
     with Mesh(Bootstrap.from_file(args.bootstrap), register=registration) as mesh:
         server = grpc.server(ThreadPoolExecutor(max_workers=2))
-        server.add_generic_rpc_handlers([echo_handler(args.version)])
+        server.add_generic_rpc_handlers([echo_handler(args.version, aio=False)])
         bound = add_mesh_port(server, "127.0.0.1:0", mesh)
         server.start()
         try:
@@ -74,9 +64,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--group", required=True)
-    parser.add_argument("--version", required=True)
-    parser.add_argument("--ready-file", required=True)
-    sys.exit(main(parser.parse_args()))
+    sys.exit(main(backend_parser().parse_args()))

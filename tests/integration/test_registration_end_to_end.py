@@ -11,175 +11,23 @@ registering into another identity's group is refused.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import signal
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
-from envoy.config.core.v3 import health_check_pb2
-from mesh_control_plane.app import ControlPlane
-from mesh_control_plane.ca import CaSettings, TokenAuthority
-from mesh_control_plane.registry.runtime import RegistrySettings
-from mesh_control_plane.translate.names import cluster_name
-from mesh_control_plane.translate.node import ClientKind, NodeInfo
-from mesh_control_plane.translate.resources import ENDPOINT
-from meshlab import LocalMesh, start_process, subsets_rule, weighted_route
+from meshlab import LocalMesh
+from registration_plane import GRACE, URL, Plane, serve_plane, start_workload, wait_for
 
 from proxyless_mesh import Mesh
-from proxyless_mesh.bootstrap import Bootstrap, make_bootstrap_json
-from proxyless_mesh.security import SpiffeId
-
-HOST = "reviews.default.svc"
-URL = f"http://{HOST}:9080/reviews"
-GRACE = 1.5
-SCRIPT = Path(__file__).with_name("registering_backend.py")
-
-SERVICE_ENTRY = {
-    "apiVersion": "networking.istio.io/v1",
-    "kind": "ServiceEntry",
-    "metadata": {"name": "reviews", "namespace": "default"},
-    "spec": {
-        "hosts": [HOST],
-        "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}],
-        "resolution": "STATIC",
-        "workloadSelector": {"labels": {"app": "reviews"}},
-    },
-}
-
-
-def group(name: str, sa: str) -> dict[str, object]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "WorkloadGroup",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "metadata": {"labels": {"app": name}},
-            "template": {"serviceAccount": sa, "ports": {"http": 9080}},
-        },
-    }
-
-
-def wait_for(check: Callable[[], bool], limit: float, what: str) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {limit}s")
-        time.sleep(0.02)
-
-
-class Plane:
-    """A ControlPlane on its own event loop thread."""
-
-    def __init__(self, workdir: Path, extra_config: str = "") -> None:
-        self.config_dir = workdir / "config"
-        self.groups_dir = workdir / "groups"
-        self.ca_dir = workdir / "mesh-ca"
-        for d in (self.config_dir, self.groups_dir):
-            d.mkdir()
-        (self.config_dir / "reviews.yaml").write_text(
-            json.dumps(SERVICE_ENTRY) + "\n---\n" + subsets_rule(HOST, ["v1", "v2"])
-        )
-        (self.config_dir / "route.yaml").write_text(weighted_route(HOST, {"v1": 50, "v2": 50}))
-        if extra_config:
-            (self.config_dir / "extra.yaml").write_text(extra_config)
-        (self.groups_dir / "groups.yaml").write_text(
-            json.dumps(group("reviews", "reviews"))
-            + "\n---\n"
-            + json.dumps(group("ratings", "ratings"))
-        )
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.plane = ControlPlane(
-            self.config_dir,
-            ca=CaSettings(ca_dir=self.ca_dir),
-            registry=RegistrySettings(workload_groups_dir=self.groups_dir, grace=GRACE),
-        )
-        self.addresses = self._run(self.plane.start("127.0.0.1:0", "127.0.0.1:0"))
-
-    def _run(self, coro):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(20)
-
-    def ports(self) -> list[int]:
-        """The registered instances' ports the translator serves (HEALTHY) for HOST now."""
-        return sorted(port for port, health in self.eds().items() if health == "HEALTHY")
-
-    def eds(self, host: str = HOST, port: int = 9080) -> dict[int, str]:
-        """port -> health_status of every endpoint of host:port in the EDS a mesh
-        client gets now (the whole-service cluster: it holds every instance)."""
-
-        async def read() -> dict[int, str]:
-            node = NodeInfo(id="observer", kind=ClientKind.MESH)
-            packed = self.plane.cache.resources(node, ENDPOINT)[cluster_name(host, port)]
-            return {
-                lb.endpoint.address.socket_address.port_value: (
-                    health_check_pb2.HealthStatus.Name(lb.health_status)
-                )
-                for group in packed.message.endpoints  # type: ignore[attr-defined]
-                for lb in group.lb_endpoints
-            }
-
-        return self._run(read())  # type: ignore[no-any-return]
-
-    def bootstrap(self, workdir: Path, node: str, sa: str) -> Path:
-        token = TokenAuthority.open(self.ca_dir).mint(
-            SpiffeId("cluster.local", "default", sa), 3600
-        )
-        path = workdir / f"bootstrap-{node}.json"
-        path.write_text(
-            make_bootstrap_json(
-                server_uri=self.addresses.xds,
-                node_id=node,
-                namespace="default",
-                service_account=sa,
-                token=token,
-            )
-        )
-        return path
-
-    def close(self) -> None:
-        self._run(self.plane.stop(grace=0))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture
 def plane(lab: LocalMesh) -> Iterator[Plane]:
-    p = Plane(lab.workdir)
-    try:
-        yield p
-    finally:
-        lab.close()  # the workloads first, then the control plane they talk to
-        p.close()
-
-
-def start_workload(
-    lab: LocalMesh, plane: Plane, node: str, version: str, grp: str = "reviews", sa: str = "reviews"
-):  # type: ignore[no-untyped-def]
-    proc = start_process(
-        node,
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--bootstrap",
-            str(plane.bootstrap(lab.workdir, node, sa)),
-            "--group",
-            f"default/{grp}",
-            "--version",
-            version,
-        ],
-        lab.workdir,
-    )
-    lab.procs.append(proc)
-    return proc
+    yield from serve_plane(lab, Plane.with_groups_dir(lab.workdir))
 
 
 class Load:
@@ -220,8 +68,10 @@ def test_registered_workloads_serve_the_split_and_leave_cleanly(
     all_ports = sorted(p.ready["port"] for p in (a, b, c))
     wait_for(lambda: plane.ports() == all_ports, 10, "three registrations")
 
-    client_bootstrap = Bootstrap.from_file(plane.bootstrap(lab.workdir, "client", "client"))
-    with Mesh(client_bootstrap) as mesh, httpx.Client(transport=mesh.httpx_transport()) as client:
+    with (
+        Mesh(plane.client_bootstrap(lab.workdir)) as mesh,
+        httpx.Client(transport=mesh.httpx_transport()) as client,
+    ):
         with Load(client) as load:
             wait_for(lambda: min(load.counts["v1"], load.counts["v2"]) > 100, 20, "the split")
             # 50/50 between subsets even though v1 has two instances: the split applies.

@@ -10,50 +10,44 @@ announced; a mesh client must reach it there, and a clean stop must take it out.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from meshlab import LocalMesh, Proc, start_process
-from test_registration_end_to_end import URL, Plane, wait_for
-from test_registration_port_zero import GRPC_HOST, GRPC_SERVICE_ENTRY
+from meshlab import LocalMesh, Proc
+from registration_plane import (
+    GRPC_HOST,
+    HERE,
+    Plane,
+    echo_version,
+    serve_plane,
+    start_backend,
+    versions_answering,
+    wait_for,
+)
 
 from proxyless_mesh import Mesh
-from proxyless_mesh.bootstrap import Bootstrap
 
-HERE = Path(__file__).parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 
 
 @pytest.fixture
 def plane(lab: LocalMesh) -> Iterator[Plane]:
-    p = Plane(lab.workdir, extra_config=json.dumps(GRPC_SERVICE_ENTRY))
-    try:
-        yield p
-    finally:
-        lab.close()  # the workloads first, then the control plane they talk to
-        p.close()
+    yield from serve_plane(lab, Plane.with_groups_dir(lab.workdir, grpc_service=True))
 
 
-def start_backend(lab: LocalMesh, plane: Plane, script: str, node: str, version: str) -> Proc:
-    bootstrap = plane.bootstrap(lab.workdir, node, "reviews")
-    argv = [sys.executable, str(HERE / script), "--bootstrap", str(bootstrap)]
-    proc = start_process(
-        node, [*argv, "--group", "default/reviews", "--version", version], lab.workdir
-    )
-    lab.procs.append(proc)
-    return proc
+def start_version(lab: LocalMesh, plane: Plane, script: str, node: str, version: str) -> Proc:
+    args = ("--group", "default/reviews", "--version", version)
+    return start_backend(lab, plane, HERE / script, node, *args)
 
 
 @pytest.mark.skipif(not GUNICORN.exists(), reason="gunicorn is not installed in this venv")
 def test_gunicorn_worker_registers_the_port_gunicorn_bound(lab: LocalMesh, plane: Plane) -> None:
-    a = start_backend(lab, plane, "gunicorn_announcing_backend.py", "reviews-a", "v1")
-    b = start_backend(lab, plane, "gunicorn_announcing_backend.py", "reviews-b", "v2")
+    a = start_version(lab, plane, "gunicorn_announcing_backend.py", "reviews-a", "v1")
+    b = start_version(lab, plane, "gunicorn_announcing_backend.py", "reviews-b", "v2")
     for proc in (a, b):
         # Registered with the worker's bound socket port, from a forked worker.
         assert proc.ready["http"] == proc.ready["bound"] != 9080, proc.ready
@@ -61,13 +55,11 @@ def test_gunicorn_worker_registers_the_port_gunicorn_bound(lab: LocalMesh, plane
     ports = sorted([a.ready["http"], b.ready["http"]])
     wait_for(lambda: plane.ports() == ports, 10, "both gunicorn ports in EDS")
 
-    client_bootstrap = Bootstrap.from_file(plane.bootstrap(lab.workdir, "client", "client"))
-    with Mesh(client_bootstrap) as mesh, httpx.Client(transport=mesh.httpx_transport()) as client:
-        versions: Counter[str] = Counter()
-        for _ in range(20):
-            response = client.get(URL)
-            assert response.status_code == 200, response.text
-            versions[response.json()["version"]] += 1
+    with (
+        Mesh(plane.client_bootstrap(lab.workdir)) as mesh,
+        httpx.Client(transport=mesh.httpx_transport()) as client,
+    ):
+        versions = versions_answering(client, 20)
         assert versions["v1"] > 0 and versions["v2"] > 0, versions
 
     # SIGTERM to the arbiter: the worker deregisters (DRAINING in EDS) and keeps
@@ -84,7 +76,7 @@ def test_gunicorn_worker_registers_the_port_gunicorn_bound(lab: LocalMesh, plane
 def test_sync_grpc_server_registers_the_port_add_mesh_port_bound(
     lab: LocalMesh, plane: Plane
 ) -> None:
-    proc = start_backend(lab, plane, "sync_grpc_announcing_backend.py", "reviews-grpc", "v7")
+    proc = start_version(lab, plane, "sync_grpc_announcing_backend.py", "reviews-grpc", "v7")
     assert proc.ready["grpc"] == proc.ready["bound"] != 9090, proc.ready
     wait_for(
         lambda: plane.eds(GRPC_HOST, 9090) == {proc.ready["grpc"]: "HEALTHY"},
@@ -92,14 +84,8 @@ def test_sync_grpc_server_registers_the_port_add_mesh_port_bound(
         "the announced gRPC port in EDS",
     )
 
-    client_bootstrap = Bootstrap.from_file(plane.bootstrap(lab.workdir, "client", "client"))
-    with Mesh(client_bootstrap) as mesh:
-        channel = mesh.grpc_channel(f"{GRPC_HOST}:9090")
-        try:
-            call = channel.unary_unary("/test.Echo/Version")
-            assert call(b"", timeout=10) == b"v7"
-        finally:
-            channel.close()
+    with Mesh(plane.client_bootstrap(lab.workdir)) as mesh:
+        assert echo_version(mesh) == b"v7"
 
     assert proc.stop(signal.SIGTERM, timeout=15) == 0
     wait_for(lambda: plane.eds(GRPC_HOST, 9090) == {}, 10, "the stopped server out of EDS")
