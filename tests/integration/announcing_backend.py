@@ -17,29 +17,18 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import grpc
 import grpc.aio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from backend import make_app
-from registering_backend import write_ready
+from backend_support import backend_parser, echo_handler, write_ready
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.registration import Registration
 from proxyless_mesh.serving import add_mesh_port, serve_asgi
-
-ECHO_SERVICE = "test.Echo"
-
-
-def echo_handler(version: str) -> grpc.GenericRpcHandler[Any, Any]:
-    async def answer(request: bytes, context: Any) -> bytes:
-        return version.encode()
-
-    method = grpc.unary_unary_rpc_method_handler(answer)
-    return grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Version": method})
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -48,13 +37,16 @@ async def main(args: argparse.Namespace) -> int:
     if args.grpc:
         labels["speaks"] = "grpc"
     registration = Registration(
-        group=args.group, ports={n: 0 for n in names} or None, labels=labels, drain_seconds=0
+        group=args.group,
+        ports={n: 0 for n in names} or None,
+        labels=labels,
+        drain_seconds=args.drain,
     )
     async with Mesh(Bootstrap.from_file(args.bootstrap), register=registration) as mesh:
         grpc_server = None
         if args.grpc:
             grpc_server = grpc.aio.server()
-            grpc_server.add_generic_rpc_handlers([echo_handler(args.version)])
+            grpc_server.add_generic_rpc_handlers([echo_handler(args.version, aio=True)])
             add_mesh_port(grpc_server, "127.0.0.1:0", mesh)
             await grpc_server.start()
         app = make_app(args.service, args.version)
@@ -75,12 +67,9 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--group", required=True)
+    parser = backend_parser()
     parser.add_argument("--service", default="reviews")
-    parser.add_argument("--version", required=True)
     parser.add_argument("--announce", default="")
     parser.add_argument("--grpc", action="store_true")
-    parser.add_argument("--ready-file", required=True)
+    parser.add_argument("--drain", type=float, default=0.0, help="Registration.drain_seconds")
     sys.exit(asyncio.run(main(parser.parse_args())))

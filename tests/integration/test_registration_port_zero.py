@@ -2,60 +2,44 @@
 
 Backends (announcing_backend.py) start a Mesh whose Registration names no port
 number, then serve on port 0: `serve_asgi` announces "http", `add_mesh_port`
-announces "grpc". The control plane (test_registration_end_to_end.Plane) must list
+announces "grpc". The control plane (registration_plane.Plane) must list
 them with their real ports, and a mesh client's HTTP requests and gRPC call must
 reach them there.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from collections import Counter
+import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from meshlab import LocalMesh, Proc, ProcessFailed, start_process
-from test_registration_end_to_end import URL, Plane, wait_for
+from meshlab import LocalMesh, Proc, ProcessFailed
+from registration_plane import (
+    GRPC_HOST,
+    HERE,
+    Plane,
+    echo_version,
+    serve_plane,
+    start_backend,
+    versions_answering,
+    wait_for,
+)
 
 from proxyless_mesh import Mesh
-from proxyless_mesh.bootstrap import Bootstrap
 
-SCRIPT = Path(__file__).with_name("announcing_backend.py")
-GRPC_HOST = "reviews-grpc.default.svc"
-GRPC_SERVICE_ENTRY = {
-    "apiVersion": "networking.istio.io/v1",
-    "kind": "ServiceEntry",
-    "metadata": {"name": "reviews-grpc", "namespace": "default"},
-    "spec": {
-        "hosts": [GRPC_HOST],
-        "ports": [{"number": 9090, "name": "grpc", "protocol": "GRPC"}],
-        "resolution": "STATIC",
-        "workloadSelector": {"labels": {"app": "reviews", "speaks": "grpc"}},
-    },
-}
+SCRIPT = HERE / "announcing_backend.py"
 
 
 @pytest.fixture
 def plane(lab: LocalMesh) -> Iterator[Plane]:
-    p = Plane(lab.workdir, extra_config=json.dumps(GRPC_SERVICE_ENTRY))
-    try:
-        yield p
-    finally:
-        lab.close()  # the workloads first, then the control plane they talk to
-        p.close()
+    yield from serve_plane(lab, Plane.with_groups_dir(lab.workdir, grpc_service=True))
 
 
 def start_announcing(
     lab: LocalMesh, plane: Plane, node: str, *extra: str, group: str = "default/reviews"
 ) -> Proc:
-    bootstrap = plane.bootstrap(lab.workdir, node, "reviews")
-    argv = [sys.executable, str(SCRIPT), "--bootstrap", str(bootstrap), "--group"]
-    proc = start_process(node, [*argv, group, *extra], lab.workdir)
-    lab.procs.append(proc)
-    return proc
+    return start_backend(lab, plane, SCRIPT, node, "--group", group, *extra)
 
 
 def test_port_zero_servers_are_reached_on_the_ports_they_announce(
@@ -76,24 +60,30 @@ def test_port_zero_servers_are_reached_on_the_ports_they_announce(
         "the announced gRPC port in EDS",
     )
 
-    client_bootstrap = Bootstrap.from_file(plane.bootstrap(lab.workdir, "client", "client"))
-    with Mesh(client_bootstrap) as mesh:
+    with Mesh(plane.client_bootstrap(lab.workdir)) as mesh:
         with httpx.Client(transport=mesh.httpx_transport()) as client:
-            versions: Counter[str] = Counter()
-            for _ in range(40):
-                response = client.get(URL)
-                assert response.status_code == 200, response.text
-                versions[response.json()["version"]] += 1
+            versions = versions_answering(client, 40)
             assert versions["v1"] > 0 and versions["v2"] > 0, versions
-        channel = mesh.grpc_channel(f"{GRPC_HOST}:9090")
-        try:
-            call = channel.unary_unary("/test.Echo/Version")
-            assert call(b"", timeout=10) == b"v2"
-        finally:
-            channel.close()
+        assert echo_version(mesh) == b"v2"
 
     # A deferred registration refused (another identity's group): serve_asgi
     # raises it and the server stops, rather than serving outside the mesh.
     with pytest.raises(ProcessFailed) as refused:
         start_announcing(lab, plane, "impostor", "--version", "v1", group="default/ratings")
     assert "RegistrationError" in str(refused.value) and "PERMISSION_DENIED" in str(refused.value)
+
+
+def test_serve_asgi_drains_before_it_stops_listening(lab: LocalMesh, plane: Plane) -> None:
+    """SIGTERM: the endpoint turns DRAINING while the server still answers, and
+    only after the drain time does the server close its port and leave EDS."""
+    backend = start_announcing(lab, plane, "reviews-a", "--version", "v1", "--drain", "2")
+    port = backend.ready["http"]
+    wait_for(lambda: plane.eds() == {port: "HEALTHY"}, 10, "the endpoint in EDS")
+    backend.popen.send_signal(signal.SIGTERM)
+    wait_for(lambda: plane.eds().get(port) == "DRAINING", 5, "the endpoint DRAINING")
+    answer = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+    assert answer.status_code == 200 and answer.json()["version"] == "v1"
+    # uvicorn re-raises the signal it caught once it has shut down cleanly.
+    assert backend.popen.wait(15) in (0, -signal.SIGTERM)
+    wait_for(lambda: port not in plane.eds(), 10, "the endpoint out of EDS")
+

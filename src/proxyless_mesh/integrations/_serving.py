@@ -361,12 +361,31 @@ def asgi_config(app: Any, mesh: Mesh, *, mode: ModeArg = None, **kwargs: Any) ->
 class _AnnouncingServer(uvicorn.Server):
     """uvicorn.Server that announces its port once it accepts connections
     (after `startup`), so the mesh never lists it before it can answer; a
-    refused registration stops the server and is raised by `serve_asgi`."""
+    refused registration stops the server and is raised by `serve_asgi`.
+    Told to stop, it leaves the registries first (`withdraw`: DRAINING, then
+    the drain time) while still accepting, and only then closes its listeners,
+    so no client is sent to a port that stopped answering."""
 
-    def __init__(self, config: uvicorn.Config, announce: Callable[[], Any] | None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        announce: Callable[[], Any] | None,
+        withdraw: Callable[[], Any] | None = None,
+    ) -> None:
         super().__init__(config)
         self._announce = announce
+        self._withdraw = withdraw
         self.announce_error: BaseException | None = None
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        if self._withdraw is not None and self.announce_error is None:
+            try:
+                await self._withdraw()
+            except Exception:
+                # The drain is a courtesy to clients; a failure (control plane
+                # gone) must not keep the server from stopping.
+                log.exception("leaving the registries before stopping failed")
+        await super().shutdown(sockets=sockets)
 
     async def startup(self, sockets: list[Any] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -399,7 +418,10 @@ async def serve_asgi(
     `mode` fixes the PeerAuthentication mode instead of following xDS.
     `port_name`: the WorkloadGroup port name the first bound port is
     announced as once serving (None: not announced). Raises
-    RegistrationError when the registration that waited for it is refused."""
+    RegistrationError when the registration that waited for it is refused.
+    When told to stop, it first withdraws the mesh's registrations
+    (`mesh.withdraw_async`: DRAINING, then the drain time) while still
+    serving, then closes its listeners."""
     if port_name is not None:
         check_port(port_name, 1)  # a bad name fails here, not inside uvicorn's startup
     config = asgi_config(app, mesh, mode=mode, host=host, port=port, **kwargs)
@@ -427,7 +449,7 @@ async def serve_asgi(
             async def announce() -> None:
                 await mesh.announce_port_async(name, first)
 
-        server = _AnnouncingServer(config, announce)
+        server = _AnnouncingServer(config, announce, mesh.withdraw_async)
         await server.serve(sockets=bound)
         if server.announce_error is not None:
             raise server.announce_error
