@@ -86,4 +86,3 @@ def test_serve_asgi_drains_before_it_stops_listening(lab: LocalMesh, plane: Plan
     # uvicorn re-raises the signal it caught once it has shut down cleanly.
     assert backend.popen.wait(15) in (0, -signal.SIGTERM)
     wait_for(lambda: port not in plane.eds(), 10, "the endpoint out of EDS")
-
