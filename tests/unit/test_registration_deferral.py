@@ -62,7 +62,8 @@ class FakeXds:
     server_uri: str
     watched: list[str] = field(default_factory=list)
 
-    async def watch(self, names: list[str], timeout: float) -> None:
+    async def watch_inbound(self, names: list[str], timeout: float) -> None:
+        """Registration follows its own listeners as server listeners."""
         self.watched.extend(names)
 
 
