@@ -19,6 +19,11 @@ inner one:
 - Rotation needs no hook: new connections read the new credentials; open
   connections keep the handshake they made (as Envoy's do), so requests in
   flight are never cut.
+- The httpcore pools count idle connections right and plan in linear time
+  (`_pool.py`): httpcore's own plan, once more than 20 connections are open,
+  closes the connection that just went idle on every request, so every
+  request pays a handshake and the pool never recovers; that stalled the
+  asyncio client for 20-45 s in a root rotation (issue 11).
 
 The request keeps its `http://` URL on the way in (the mesh picks
 endpoints by address); the transport sends it as `https://` to the same
@@ -36,6 +41,11 @@ import httpcore
 import httpx
 
 from proxyless_mesh.errors import PeerIdentityError
+from proxyless_mesh.integrations._pool import (
+    LinearAsyncConnectionPool,
+    LinearConnectionPool,
+    supported,
+)
 from proxyless_mesh.model import UpstreamTls
 from proxyless_mesh.security import Credentials, verify_peer
 
@@ -51,6 +61,16 @@ CredentialsSource = Callable[[], Credentials]
 PoolKey = tuple[frozenset[str], str]
 
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+# Pools that count idle connections right and plan in linear time where this
+# httpcore allows (see _pool.py). Idle connections stay capped at 20: httpcore
+# polls every connection's socket on each request start and end, so a pool
+# of 100 idle ones costs the loop more than the handshakes it would save.
+_SyncPool: type[httpcore.ConnectionPool] = (
+    LinearConnectionPool if supported() else httpcore.ConnectionPool
+)
+_AsyncPool: type[httpcore.AsyncConnectionPool] = (
+    LinearAsyncConnectionPool if supported() else httpcore.AsyncConnectionPool
+)
 _HTTP1 = ("http/1.1",)
 _HTTP2 = ("h2", "http/1.1")
 
@@ -244,7 +264,9 @@ def _swap_pool(transport: Any, pool: Any) -> None:
     in `_pool` and only map its exceptions and wrap its responses: replace
     the pool, keep that mapping. Checked here so an httpx that changes this
     fails at construction, not on a request."""
-    if not isinstance(getattr(transport, "_pool", None), type(pool)):
+    asynchronous = isinstance(pool, httpcore.AsyncConnectionPool)
+    stock = httpcore.AsyncConnectionPool if asynchronous else httpcore.ConnectionPool
+    if not isinstance(getattr(transport, "_pool", None), stock):
         raise RuntimeError(
             f"httpx {httpx.__version__} keeps no httpcore pool in {type(transport).__name__}."
             "_pool: this proxyless-mesh version cannot add mTLS to it"
@@ -269,7 +291,7 @@ class MtlsTransport(httpx.BaseTransport):
         self.sni = sni
         self._transport = httpx.HTTPTransport(http2=http2, limits=limits)
         verifier = _Verifier(credentials, self.expected, http2)
-        pool = httpcore.ConnectionPool(
+        pool = _SyncPool(
             ssl_context=_scratch_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
@@ -312,7 +334,7 @@ class AsyncMtlsTransport(httpx.AsyncBaseTransport):
         self.sni = sni
         self._transport = httpx.AsyncHTTPTransport(http2=http2, limits=limits)
         verifier = _Verifier(credentials, self.expected, http2)
-        pool = httpcore.AsyncConnectionPool(
+        pool = _AsyncPool(
             ssl_context=_scratch_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,

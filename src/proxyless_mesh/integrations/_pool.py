@@ -1,0 +1,116 @@
+"""httpcore connection pools that count idle connections right and plan in
+linear time.
+
+httpcore (1.0.9) re-plans its pool at every request start and end
+(`_assign_requests_to_connections`), and that plan goes wrong under load:
+
+- to decide whether an idle connection exceeds max_keepalive_connections it
+  compares the *total* connection count, not the idle count. With more
+  requests in flight than the cap (20 by default), the connection that just
+  went idle is closed at the next request, which opens a new one: every
+  request pays a handshake (an mTLS one here), latency and the number in
+  flight stay up, and the pool does not come back by itself;
+- it rebuilds that count for every idle connection (idle x connections) and
+  scans every connection for every queued request (queued x connections).
+
+On one asyncio loop under open-loop load that turns a hiccup into a collapse
+(issue 11: from a CPU burst while every workload renewed during a root
+rotation, async requests took 20-45 s, the loop busy in this plan and in
+handshakes). These pools make the same plan in O(connections + queued),
+counting idle connections for the cap: the same three cases in the same
+order (reuse an available connection, open one under max_connections,
+replace an idle one). Used only on an httpcore whose pools have that method
+(`supported()`); otherwise the stock pools are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpcore
+
+__all__ = ["LinearAsyncConnectionPool", "LinearConnectionPool", "supported"]
+
+
+def supported() -> bool:
+    """Whether this httpcore plans its pool the way `_plan` replaces."""
+    return all(
+        callable(getattr(pool, "_assign_requests_to_connections", None))
+        and callable(getattr(pool, "create_connection", None))
+        for pool in (httpcore.ConnectionPool, httpcore.AsyncConnectionPool)
+    )
+
+
+def _plan(pool: Any) -> list[Any]:
+    """httpcore's plan, linear: drop closed connections, close expired ones
+    and idle ones beyond max_keepalive_connections (counting idle ones), then
+    give each queued request an available connection for its origin, else a
+    new one while under max_connections, else replace an idle one. Returns
+    the connections to close (the pool closes them outside its lock)."""
+    closing: list[Any] = []
+    live: list[Any] = []
+    for connection in pool._connections:
+        if connection.is_closed():
+            continue
+        if connection.has_expired():
+            closing.append(connection)
+            continue
+        live.append(connection)
+    surplus = sum(1 for c in live if c.is_idle()) - pool._max_keepalive_connections
+    if surplus > 0:
+        kept = []
+        for connection in live:
+            if surplus > 0 and connection.is_idle():
+                closing.append(connection)
+                surplus -= 1
+            else:
+                kept.append(connection)
+        live = kept
+    pool._connections = live
+
+    queued = [request for request in pool._requests if request.is_queued()]
+    if not queued:
+        return closing
+    # (origin, its available connections), listed once per origin queued
+    # for; a list, not a dict: httpcore's Origin is not hashable. A pool
+    # serves one cluster's endpoints, so it is short.
+    available: list[tuple[Any, list[Any]]] = []
+    idle = [c for c in live if c.is_idle()]
+    for pool_request in queued:
+        origin = pool_request.request.url.origin
+        ready = next((r for o, r in available if o == origin), None)
+        if ready is None:
+            ready = [c for c in live if c.can_handle_request(origin) and c.is_available()]
+            available.append((origin, ready))
+        if ready:
+            pool_request.assign_to_connection(ready[0])
+            continue
+        if len(live) >= pool._max_connections:
+            if not idle:
+                continue  # stays queued until a connection frees up
+            replaced = idle.pop(0)
+            live.remove(replaced)
+            closing.append(replaced)
+            for _, others in available:
+                if replaced in others:
+                    others.remove(replaced)
+        connection = pool.create_connection(origin)
+        live.append(connection)
+        pool_request.assign_to_connection(connection)
+        if connection.is_available():  # an HTTP/2 candidate takes more requests
+            ready.append(connection)
+    return closing
+
+
+class LinearConnectionPool(httpcore.ConnectionPool):
+    """httpcore.ConnectionPool with the linear plan (see the module doc)."""
+
+    def _assign_requests_to_connections(self) -> list[Any]:
+        return _plan(self)
+
+
+class LinearAsyncConnectionPool(httpcore.AsyncConnectionPool):
+    """httpcore.AsyncConnectionPool with the linear plan (see the module doc)."""
+
+    def _assign_requests_to_connections(self) -> list[Any]:
+        return _plan(self)
