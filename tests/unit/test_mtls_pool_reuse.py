@@ -369,3 +369,24 @@ def test_the_linear_plan_decides_as_httpcore_does(seed: int) -> None:
     linear = plan(LinearConnectionPool, 1)
     assert linear == stock
     assert made[0] == made[1]
+
+
+class _PlaintextMesh:
+    """What a MeshTransport reads at construction from a mesh without mTLS."""
+
+    mtls = False
+
+
+def test_the_plaintext_inner_transport_plans_linearly_with_httpx_settings() -> None:
+    from proxyless_mesh.integrations._httpx import AsyncMeshTransport, MeshTransport
+    from proxyless_mesh.integrations._pool import LinearAsyncConnectionPool
+
+    stock = httpx.HTTPTransport()._pool
+    sync_pool = MeshTransport(_PlaintextMesh())._inner._pool  # type: ignore[arg-type, attr-defined]
+    async_pool = AsyncMeshTransport(_PlaintextMesh())._inner._pool  # type: ignore[arg-type, attr-defined]
+    assert type(sync_pool) is LinearConnectionPool
+    assert type(async_pool) is LinearAsyncConnectionPool
+    # Switched in place: every setting httpx chose is kept.
+    for name in ("_max_connections", "_max_keepalive_connections", "_keepalive_expiry"):
+        assert getattr(sync_pool, name) == getattr(stock, name), name
+        assert getattr(async_pool, name) == getattr(stock, name), name

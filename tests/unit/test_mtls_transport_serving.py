@@ -314,3 +314,37 @@ def test_grpc_server_credentials_rotate_and_require_a_client_certificate(
         assert handshake(anonymous)[1] == b""  # no client certificate: cut off
     finally:
         grpc_server.stop(None)
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True])
+def test_accepted_connections_turn_nagle_off(use_uvloop: bool) -> None:
+    """A listening socket from socket.socket() (protocol field 0, as uvicorn's
+    bind_socket makes) gets no TCP_NODELAY from asyncio; the mesh server's
+    connection_made turns it on, or each mTLS answer waits ~40 ms for an ACK."""
+    import socket
+
+    import uvloop
+
+    from proxyless_mesh.integrations._serving import _no_delay
+
+    seen: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            _no_delay(transport)
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def main() -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        assert listener.proto == 0
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        async with server:
+            reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            await reader.read()  # the server closes once it has looked
+            writer.close()
+
+    (uvloop.run if use_uvloop else asyncio.run)(main())
+    assert seen == [1]

@@ -29,6 +29,7 @@ from proxyless_mesh.integrations._httpx_exchange import (
     passthrough_or_route,
     url_parts,
 )
+from proxyless_mesh.integrations._pool import linear
 from proxyless_mesh.integrations._tls_transport import AsyncTlsTransports, TlsTransports
 from proxyless_mesh.resilience import AttemptResult, Send, Sleep
 from proxyless_mesh.telemetry import Call
@@ -43,7 +44,7 @@ class MeshTransport(httpx.BaseTransport):
 
     def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
         self._mesh = mesh
-        self._inner = inner if inner is not None else httpx.HTTPTransport()
+        self._inner = inner if inner is not None else linear(httpx.HTTPTransport())
         # Mutual TLS toward clusters whose xDS says so; one pool per identity set.
         self._tls = TlsTransports(mesh)
 
@@ -124,7 +125,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._mesh = mesh
-        self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self._inner = inner if inner is not None else linear(httpx.AsyncHTTPTransport())
         self._tls = AsyncTlsTransports(mesh)
         self._mirrors: set[asyncio.Task[None]] = set()
 

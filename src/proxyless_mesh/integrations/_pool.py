@@ -29,7 +29,7 @@ from typing import Any
 
 import httpcore
 
-__all__ = ["LinearAsyncConnectionPool", "LinearConnectionPool", "supported"]
+__all__ = ["LinearAsyncConnectionPool", "LinearConnectionPool", "linear", "supported"]
 
 
 def supported() -> bool:
@@ -114,3 +114,17 @@ class LinearAsyncConnectionPool(httpcore.AsyncConnectionPool):
 
     def _assign_requests_to_connections(self) -> list[Any]:
         return _plan(self)
+
+
+def linear(transport: Any) -> Any:
+    """httpx's own transport with its pool switched, in place, to the linear
+    plan: the subclasses add no state, so changing the pool's class keeps every
+    setting httpx gave it. Any other pool (or an httpcore without the planning
+    method) is left as it is. Returns `transport`."""
+    pool = getattr(transport, "_pool", None)
+    if supported():
+        if type(pool) is httpcore.ConnectionPool:
+            pool.__class__ = LinearConnectionPool
+        elif type(pool) is httpcore.AsyncConnectionPool:
+            pool.__class__ = LinearAsyncConnectionPool
+    return transport
