@@ -12,14 +12,12 @@ written to the config dir change the server's decisions without a restart.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,37 +26,27 @@ from typing import Any
 
 import httpx
 import pytest
+from identities import (
+    FRONTEND,
+    RATINGS,
+    REVIEWS,
+    REVIEWS_HOST,
+    listening_socket,
+    service_entry,
+    serving_asgi,
+    start_control_plane,
+    workload_bootstrap,
+    workload_mesh,
+)
 from meshlab import LocalMesh
 
 from proxyless_mesh import Mesh
-from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.integrations._asgi import tls_peer_principal
-from proxyless_mesh.integrations._serving import serve_asgi
 from proxyless_mesh.model import TlsMode
 
-FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend"
-RATINGS = "spiffe://cluster.local/ns/shop/sa/ratings"
-REVIEWS = "spiffe://cluster.local/ns/shop/sa/reviews"
-HOST = "reviews.shop.svc.cluster.local"
+HOST = REVIEWS_HOST
 WSGI_HOST = "reviews-wsgi.shop.svc.cluster.local"
 BIN = Path(sys.executable).parent
-
-
-def _service_entry(host: str, port: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "ServiceEntry",
-        "metadata": {"name": host.split(".")[0], "namespace": "shop"},
-        "spec": {
-            "hosts": [host],
-            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
-            "resolution": "STATIC",
-            "location": "MESH_INTERNAL",
-            "endpoints": [
-                {"address": "127.0.0.1", "ports": {"http": port}, "serviceAccount": "reviews"}
-            ],
-        },
-    }
 
 
 def _policies(allowed: list[str]) -> str:
@@ -99,13 +87,6 @@ def _peer_authentication(mode: str) -> str:
     )
 
 
-def _listening_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    return sock
-
-
 def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
     """The xDS update reaches the server mesh on its own thread; there is no
     public event for "this listener changed", so poll it, bounded."""
@@ -124,20 +105,19 @@ class Lab:
     wsgi_sock: socket.socket
 
     def mesh(self, node: str, sa: str) -> Mesh:
-        token = self.lab.token("shop", sa)
-        return Mesh(Bootstrap.from_file(self.lab.bootstrap(node, "shop", sa, token=token)))
+        return workload_mesh(self.lab, node, sa)
 
 
 @pytest.fixture
 def mesh_lab(lab: LocalMesh) -> Iterator[Lab]:
-    asgi_sock, wsgi_sock = _listening_socket(), _listening_socket()
+    asgi_sock, wsgi_sock = listening_socket(), listening_socket()
     lab.write_config(
         "services.yaml",
-        json.dumps(_service_entry(HOST, asgi_sock.getsockname()[1]))
+        json.dumps(service_entry(HOST, asgi_sock.getsockname()[1]))
         + "\n---\n"
-        + json.dumps(_service_entry(WSGI_HOST, wsgi_sock.getsockname()[1])),
+        + json.dumps(service_entry(WSGI_HOST, wsgi_sock.getsockname()[1])),
     )
-    lab.start_control_plane(extra_args=["--leaf-ttl", "1h"])
+    start_control_plane(lab)
     try:
         yield Lab(lab, asgi_sock.getsockname()[1], asgi_sock, wsgi_sock)
     finally:
@@ -154,32 +134,6 @@ async def _echo(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@contextlib.contextmanager
-def _serving(mesh: Mesh, sock: socket.socket) -> Iterator[None]:
-    """serve_asgi on its own loop and thread, cancelled on exit."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    task: list[asyncio.Task[None]] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        coro = serve_asgi(_echo, mesh, sockets=[sock], log_level="warning", lifespan="off")
-        task.append(loop.create_task(coro))
-        started.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(task[0])
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    started.wait(5)
-    try:
-        yield
-    finally:
-        loop.call_soon_threadsafe(task[0].cancel)
-        thread.join(10)
-        loop.close()
-
-
 def _client(mesh: Mesh) -> httpx.Client:
     return httpx.Client(transport=mesh.httpx_transport(), timeout=30.0)
 
@@ -190,7 +144,7 @@ def test_asgi_mtls_and_policy_from_the_config_dir(mesh_lab: Lab) -> None:
     frontend = mesh_lab.mesh("frontend-1", "frontend")
     ratings = mesh_lab.mesh("ratings-1", "ratings")
     port = mesh_lab.asgi_port
-    with reviews, frontend, ratings, _serving(reviews, mesh_lab.asgi_sock):
+    with reviews, frontend, ratings, serving_asgi(_echo, reviews, mesh_lab.asgi_sock):
         with _client(frontend) as client:
             # a) mTLS both ways: the app saw the frontend's SPIFFE ID, and the
             #    client's transport checked the server's against the cluster's.
@@ -223,7 +177,7 @@ def test_peer_authentication_from_the_config_dir(mesh_lab: Lab) -> None:
     frontend = mesh_lab.mesh("frontend-1", "frontend")
     port = mesh_lab.asgi_port
     plain_url = f"http://127.0.0.1:{port}/api"
-    with reviews, frontend, _serving(reviews, mesh_lab.asgi_sock):
+    with reviews, frontend, serving_asgi(_echo, reviews, mesh_lab.asgi_sock):
         # No AuthorizationPolicy: only the mode decides.
         with _client(frontend) as client:
             assert client.get(f"http://{HOST}/api").text == FRONTEND
@@ -253,9 +207,7 @@ def app(environ, start_response):
 def _gunicorn(mesh_lab: Lab) -> Iterator[subprocess.Popen[bytes]]:
     workdir = mesh_lab.lab.workdir
     (workdir / "wsgi_app.py").write_text(WSGI_APP)
-    bootstrap = mesh_lab.lab.bootstrap(
-        "reviews-wsgi", "shop", "reviews", token=mesh_lab.lab.token("shop", "reviews")
-    )
+    bootstrap = workload_bootstrap(mesh_lab.lab, "reviews-wsgi", "reviews")
     fd = mesh_lab.wsgi_sock.fileno()
     env = dict(os.environ, GRPC_XDS_BOOTSTRAP=str(bootstrap))
     env.pop("GRPC_XDS_BOOTSTRAP_CONFIG", None)

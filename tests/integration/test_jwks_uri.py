@@ -10,10 +10,8 @@ by the published key (200) and answers 401 to one signed by another key.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,14 +21,18 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from identities import (
+    REVIEWS_HOST,
+    listening_socket,
+    service_entry,
+    serving_asgi,
+    start_control_plane,
+    workload_mesh,
+)
 from jwt.algorithms import ECAlgorithm
 from meshlab import LocalMesh
 
-from proxyless_mesh import Mesh
-from proxyless_mesh.bootstrap import Bootstrap
-from proxyless_mesh.integrations._serving import serve_asgi
-
-HOST = "reviews.shop.svc.cluster.local"
+HOST = REVIEWS_HOST
 ISSUER = "https://idp.example"
 
 
@@ -71,20 +73,7 @@ def _jwks_server(body: bytes) -> Iterator[str]:
 
 
 def _config(port: int, jwks_uri: str) -> str:
-    service = {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "ServiceEntry",
-        "metadata": {"name": "reviews", "namespace": "shop"},
-        "spec": {
-            "hosts": [HOST],
-            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
-            "resolution": "STATIC",
-            "location": "MESH_INTERNAL",
-            "endpoints": [
-                {"address": "127.0.0.1", "ports": {"http": port}, "serviceAccount": "reviews"}
-            ],
-        },
-    }
+    service = service_entry(HOST, port)
     authn = {
         "apiVersion": "security.istio.io/v1",
         "kind": "RequestAuthentication",
@@ -110,51 +99,19 @@ async def _hello(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-@contextlib.contextmanager
-def _serving(mesh: Mesh, sock: socket.socket) -> Iterator[None]:
-    """serve_asgi on its own loop and thread, cancelled on exit."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    task: list[asyncio.Task[None]] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        coro = serve_asgi(_hello, mesh, sockets=[sock], log_level="warning", lifespan="off")
-        task.append(loop.create_task(coro))
-        started.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(task[0])
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    started.wait(5)
-    try:
-        yield
-    finally:
-        loop.call_soon_threadsafe(task[0].cancel)
-        thread.join(10)
-        loop.close()
-
-
-def _mesh(lab: LocalMesh, node: str, sa: str) -> Mesh:
-    token = lab.token("shop", sa)
-    return Mesh(Bootstrap.from_file(lab.bootstrap(node, "shop", sa, token=token)))
-
-
 @pytest.mark.timeout(120)
 def test_tokens_are_checked_against_the_fetched_jwks(lab: LocalMesh) -> None:
     published, other = (
         ec.generate_private_key(ec.SECP256R1()),
         ec.generate_private_key(ec.SECP256R1()),
     )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
+    sock = listening_socket()
     with _jwks_server(_jwks(published)) as uri, contextlib.closing(sock):
         lab.write_config("mesh.yaml", _config(sock.getsockname()[1], uri))
-        lab.start_control_plane(extra_args=["--leaf-ttl", "1h"])
-        reviews, frontend = _mesh(lab, "reviews-1", "reviews"), _mesh(lab, "frontend-1", "frontend")
-        with reviews, frontend, _serving(reviews, sock):
+        start_control_plane(lab)
+        reviews = workload_mesh(lab, "reviews-1", "reviews")
+        frontend = workload_mesh(lab, "frontend-1", "frontend")
+        with reviews, frontend, serving_asgi(_hello, reviews, sock):
             client = httpx.Client(transport=frontend.httpx_transport(), timeout=30.0)
             with client:
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import stat
 import threading
 from collections.abc import Iterator
@@ -19,6 +18,14 @@ import httpx
 import pytest
 import uvicorn
 from cryptography import x509
+from identities import (
+    FRONTEND,
+    RATINGS,
+    REVIEWS,
+    listening_socket,
+    start_control_plane,
+    workload_mesh,
+)
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
 from meshlab import LocalMesh
 
@@ -31,10 +38,6 @@ from proxyless_mesh.integrations._tls_transport import TlsTransports
 from proxyless_mesh.model import UpstreamTls
 from proxyless_mesh.security import Credentials, SpiffeId, make_csr, new_private_key
 
-FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend"
-REVIEWS = "spiffe://cluster.local/ns/shop/sa/reviews"
-RATINGS = "spiffe://cluster.local/ns/shop/sa/ratings"
-
 
 @dataclass
 class Workloads:
@@ -45,24 +48,10 @@ class Workloads:
 
 @pytest.fixture
 def workloads(lab: LocalMesh, tmp_path: Path) -> Iterator[Workloads]:
-    lab.start_control_plane(extra_args=["--leaf-ttl", "1h"])
+    start_control_plane(lab)
     creds_dir = tmp_path / "frontend-certs"
-    frontend = Mesh(
-        Bootstrap.from_file(
-            lab.bootstrap(
-                "frontend-1",
-                "shop",
-                "frontend",
-                token=lab.token("shop", "frontend"),
-                credentials_dir=creds_dir,
-            )
-        )
-    )
-    reviews = Mesh(
-        Bootstrap.from_file(
-            lab.bootstrap("reviews-1", "shop", "reviews", token=lab.token("shop", "reviews"))
-        )
-    )
+    frontend = workload_mesh(lab, "frontend-1", "frontend", credentials_dir=creds_dir)
+    reviews = workload_mesh(lab, "reviews-1", "reviews")
     with frontend, reviews:
         yield Workloads(frontend, reviews, creds_dir)
 
@@ -79,9 +68,7 @@ class Served:
 
 @contextlib.contextmanager
 def _serve(mesh: Mesh, mode: str) -> Iterator[Served]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
+    sock = listening_socket()
     served = Served(sock.getsockname()[1])
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -183,7 +170,7 @@ def test_permissive_serves_mtls_and_plaintext_on_one_port(
 def test_the_key_stays_private(
     lab: LocalMesh, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    lab.start_control_plane(extra_args=["--leaf-ttl", "1h"])
+    start_control_plane(lab)
     creds_dir = tmp_path / "certs"
     token = lab.token("shop", "frontend")
     path = lab.bootstrap("frontend-2", "shop", "frontend", token=token, credentials_dir=creds_dir)
