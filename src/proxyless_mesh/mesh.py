@@ -40,12 +40,12 @@ import grpc.aio
 import httpx
 
 from proxyless_mesh._background import Background
+from proxyless_mesh._joining import Joining, log_announce_failure
 from proxyless_mesh._outbound import ALLOW_ANY, REGISTRY_ONLY
 from proxyless_mesh._snapshot import MeshSnapshot, build_snapshot
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.diagnostics import DiagnosticsServer
 from proxyless_mesh.errors import (
-    CertificateAuthorityUnavailableError,
     ControlPlaneUnavailableError,
     IdentityError,
     MeshError,
@@ -60,13 +60,12 @@ from proxyless_mesh.integrations import (
 from proxyless_mesh.model import CircuitBreakers, Cluster, InboundListener, TlsMode
 from proxyless_mesh.model._rbac import Rbac, RbacAction
 from proxyless_mesh.policy import PolicySet
-from proxyless_mesh.registration import PortAnnouncements, Registrar, Registration, check_port
+from proxyless_mesh.registration import Registrar
 from proxyless_mesh.resilience import ClusterResources
 from proxyless_mesh.security import (
     Credentials,
     IdentityConfig,
     IdentityManager,
-    IdentityState,
     MeshHealth,
 )
 from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
@@ -132,9 +131,8 @@ class Mesh:
         self._preload = tuple(preload)
         # register=: join on start (proxyless_mesh.registration); leave, draining, first on
         # close. None: as the bootstrap's WORKLOAD_GROUP metadata says (if any); (): never.
-        self._registrars = _registrars(register, bootstrap)
-        # Ports the server helpers bound (announce_port): name -> port.
-        self._announced_ports: dict[str, int] = {}
+        # Also the ports the server helpers bound (announce_port).
+        self._joining = Joining(register, bootstrap)
         self.snapshot = MeshSnapshot()
         self.rng = random.Random()
         # Circuit-breaker counters per cluster: shared by every request of
@@ -144,7 +142,7 @@ class Mesh:
         # Mirrored copies are sent from here, so they never slow the caller.
         self.background = Background(max_workers=4, max_queued=64)
         self.mirror_failures = 0
-        self._identity_config = _identity_config(bootstrap, mtls)
+        self._identity_config = IdentityConfig.for_mesh(bootstrap, mtls)
         self._identity: IdentityManager | None = None
         self._xds: XdsClient | None = None
         self.admin_address = admin_address
@@ -222,18 +220,10 @@ class Mesh:
         last renewal error, and whether the xDS stream is up. Cheap (a clock
         read, no I/O) and safe from any thread; a change of identity state
         first noticed here is logged here (see security/_expiry.py)."""
-        manager = self._identity
-        xds = self._xds
-        connected = xds.connected if xds is not None else False
-        if manager is None:
-            return MeshHealth(IdentityState.DISABLED, xds_connected=connected)
-        status = manager.status()
-        return MeshHealth(
-            status.state,
-            status.expires_in,
-            status.last_renewal_error,
-            status.renewal_failures,
-            connected,
+        manager, xds = self._identity, self._xds
+        return MeshHealth.of(
+            manager.status() if manager is not None else None,
+            xds.connected if xds is not None else False,
         )
 
     def server_ssl_context(
@@ -281,11 +271,7 @@ class Mesh:
         for the instance address it knows and for 0.0.0.0 / [::]. Raises
         ControlPlaneUnavailableError when it does not answer in time. May be
         awaited on any loop (the watch itself runs on the mesh's)."""
-        coro = self._serve_inbound(port, address, timeout)
-        loop = self._loop
-        if loop is None or _on_loop_thread(loop):
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+        return await self._await_on_loop(self._serve_inbound(port, address, timeout))
 
     async def _serve_inbound(self, port: int, address: str, timeout: float | None) -> str:
         name = self.inbound_listener_name(port, address)
@@ -315,9 +301,15 @@ class Mesh:
     # -- ports announced by the server helpers (registration) ---------------
 
     @property
+    def registrars(self) -> tuple[Registrar, ...]:
+        """What this mesh joins on start and leaves on close: `register=`, or the
+        Registration the bootstrap's WORKLOAD_GROUP metadata describes."""
+        return self._joining.registrars
+
+    @property
     def announced_ports(self) -> dict[str, int]:
         """The ports announced so far (a copy): name -> port."""
-        return dict(self._announced_ports)
+        return dict(self._joining.announced)
 
     def announce_port(self, name: str, port: int) -> concurrent.futures.Future[None]:
         """A server of this workload accepts connections on `port`, the port
@@ -327,36 +319,23 @@ class Mesh:
         block: the returned future ends when the registration that carries the
         port is done (RegistrationError if refused; failures are also logged).
         The server helpers call it after binding; see `announce_port_async`."""
-        check_port(name, port)
-        self._announced_ports[name] = port
+        self._joining.remember(name, port)
         loop = self._loop
         if loop is None or self._xds is None:
             # Not started (or stopped): start() hands the ports to the registrars.
             done: concurrent.futures.Future[None] = concurrent.futures.Future()
             done.set_result(None)
             return done
-        future = asyncio.run_coroutine_threadsafe(self._announce(name, port), loop)
-        future.add_done_callback(_log_announce_failure)
+        future = asyncio.run_coroutine_threadsafe(self._joining.announce(self, name, port), loop)
+        future.add_done_callback(log_announce_failure)
         return future
 
     async def announce_port_async(self, name: str, port: int) -> None:
         """announce_port(), awaited until registered (RegistrationError if
         refused); may be awaited on any loop."""
-        check_port(name, port)
-        self._announced_ports[name] = port
-        loop = self._loop
-        if loop is None or self._xds is None:
-            return
-        coro = self._announce(name, port)
-        if _on_loop_thread(loop):
-            await coro
-        else:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-
-    async def _announce(self, name: str, port: int) -> None:
-        for registrar in self._registrars:
-            if isinstance(registrar, PortAnnouncements):
-                await registrar.port_announced(self, name, port)
+        self._joining.remember(name, port)
+        if self._loop is not None and self._xds is not None:
+            await self._await_on_loop(self._joining.announce(self, name, port))
 
     def inbound_listener(self, port: int) -> InboundListener | None:
         """The server listener in use for `port` (None: not watched, not
@@ -390,6 +369,14 @@ class Mesh:
 
     def _timeout(self, timeout: float | None) -> float:
         return self.ready_timeout if timeout is None else timeout
+
+    async def _await_on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Await `coro` on the mesh's loop from any loop (the xDS client and the
+        registrars live there); directly when on it or not started."""
+        loop = self._loop
+        if loop is None or _on_loop_thread(loop):
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
     def _run_on_loop(self, coro: Coroutine[Any, Any, _T], timeout: float) -> _T:
         """Run `coro` on the mesh's loop and wait for it from another thread."""
@@ -487,8 +474,7 @@ class Mesh:
                 return
             if self._preload:
                 await self._xds.watch(self._preload, timeout=self.ready_timeout)
-            for registrar in self._registrars:
-                await registrar.start(self)
+            await self._joining.start(self)
         except BaseException:
             await self._close_xds()
             raise
@@ -502,18 +488,7 @@ class Mesh:
         if config is None:
             return
         manager = IdentityManager(config, meter=metrics_meter(self.telemetry.config))
-        try:
-            async with asyncio.timeout(self.ready_timeout):
-                await manager.start()
-        except TimeoutError:
-            await manager.close()
-            raise CertificateAuthorityUnavailableError(
-                f"no workload certificate for {config.identity.uri} from the CA at "
-                f"{config.ca_address} within {self.ready_timeout:g}s"
-            ) from None
-        except BaseException:
-            await manager.close()
-            raise
+        await manager.start_within(self.ready_timeout)
         self._identity = manager
 
     async def _close_xds(self) -> None:
@@ -532,26 +507,17 @@ class Mesh:
         registration's drain time while the server still answers. The server
         helpers call it when told to stop; close() does it too, and a second
         call does nothing. May be awaited on any loop."""
-        coro = self._withdraw()
-        loop = self._loop
-        if loop is None or _on_loop_thread(loop):
-            await coro
-            return
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+        await self._await_on_loop(self._joining.leave())
 
     def withdraw(self, timeout: float = 30.0) -> None:
         """The blocking twin of withdraw_async() (not on the mesh's loop)."""
         if self._loop is not None:
-            self._run_on_loop(self._withdraw(), timeout)
-
-    async def _withdraw(self) -> None:
-        for registrar in reversed(self._registrars):
-            await registrar.stop()
+            self._run_on_loop(self._joining.leave(), timeout)
 
     async def _close_xds_only(self) -> None:
         """Deregister (draining) first, then stop the admin endpoint (if any),
         then the xDS client."""
-        await self._withdraw()
+        await self._joining.leave()
         if self.diagnostics is not None:
             diagnostics, self.diagnostics = self.diagnostics, None
             await diagnostics.stop()
@@ -665,31 +631,6 @@ class Mesh:
         await self._close_xds()
         self._xds = None
         self._loop = None
-
-
-def _registrars(
-    register: Registrar | Sequence[Registrar] | None, bootstrap: Bootstrap
-) -> tuple[Registrar, ...]:
-    if register is None:
-        from_metadata = Registration.from_bootstrap(bootstrap)
-        return () if from_metadata is None else (from_metadata,)
-    return tuple(register) if isinstance(register, Sequence) else (register,)
-
-
-def _log_announce_failure(future: concurrent.futures.Future[None]) -> None:
-    # The only place a failed announcement of a sync helper (which does not
-    # wait for the future) is seen.
-    if not future.cancelled() and (exc := future.exception()) is not None:
-        log.error("registration after a port announcement failed: %s", exc)
-
-
-def _identity_config(bootstrap: Bootstrap, mtls: bool | None) -> IdentityConfig | None:
-    """The identity settings when mTLS is on for this mesh (see `mtls`)."""
-    if mtls is False:
-        return None
-    if mtls is None and not bootstrap.proxyless_mesh.get("ca_address"):
-        return None
-    return IdentityConfig.from_bootstrap(bootstrap)
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

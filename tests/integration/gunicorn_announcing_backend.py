@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
 
     def post_worker_init(worker: Any) -> None:
         # init_process has waited for the announcement's registration by now.
-        (registration,) = worker.mesh._registrars  # the one from the bootstrap
+        (registration,) = worker.mesh.registrars  # the one from the bootstrap
         registered = registration.registered_ports or {}
         bound = worker.sockets[0].getsockname()[1]
         write_ready(args.ready_file, {**registered, "bound": bound, "pid": os.getpid()})

@@ -43,6 +43,17 @@ class IdentityConfig:
     requested_ttl: int = 0  # seconds; 0 = the CA's default
 
     @classmethod
+    def for_mesh(cls, bootstrap: Bootstrap, mtls: bool | None) -> IdentityConfig | None:
+        """The identity settings of a Mesh: `mtls=False` none; None: from the
+        bootstrap when it names a CA, else none; True: from the bootstrap
+        (IdentityConfigError when it names no CA)."""
+        if mtls is False:
+            return None
+        if mtls is None and not bootstrap.proxyless_mesh.get("ca_address"):
+            return None
+        return cls.from_bootstrap(bootstrap)
+
+    @classmethod
     def from_bootstrap(
         cls, bootstrap: Bootstrap, environ: Mapping[str, str] | None = None
     ) -> IdentityConfig:

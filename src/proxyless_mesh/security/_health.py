@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxyless_mesh.security._expiry import IdentityState
+from proxyless_mesh.security._expiry import IdentityState, IdentityStatus
 
 __all__ = ["MeshHealth"]
 
@@ -44,3 +44,17 @@ class MeshHealth:
         certificate expired): the signal for a readiness probe. A lost xDS
         stream is not included: routing continues with the last config."""
         return self.identity is not IdentityState.EXPIRED
+
+    @classmethod
+    def of(cls, identity: IdentityStatus | None, xds_connected: bool) -> MeshHealth:
+        """From the identity manager's status (None: no identity) and the
+        state of the xDS stream."""
+        if identity is None:
+            return cls(IdentityState.DISABLED, xds_connected=xds_connected)
+        return cls(
+            identity.state,
+            identity.expires_in,
+            identity.last_renewal_error,
+            identity.renewal_failures,
+            xds_connected,
+        )

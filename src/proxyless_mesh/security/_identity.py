@@ -166,6 +166,23 @@ class IdentityManager:
 
     # -- lifecycle -------------------------------------------------------------
 
+    async def start_within(self, timeout: float) -> Credentials:
+        """start(), bounded: a CA that does not answer in `timeout` is
+        CertificateAuthorityUnavailableError. On any failure the manager is
+        closed, so a workload that cannot prove who it is leaves nothing behind."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.start()
+        except TimeoutError:
+            await self.close()
+            raise CertificateAuthorityUnavailableError(
+                f"no workload certificate for {self.spiffe_id} from the CA at "
+                f"{self.config.ca_address} within {timeout:g}s"
+            ) from None
+        except BaseException:
+            await self.close()
+            raise
+
     async def start(self) -> Credentials:
         """Get the first certificate (with the join token), then renew in the
         background until `close()`."""

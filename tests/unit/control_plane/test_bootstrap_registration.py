@@ -41,17 +41,17 @@ def test_flags_become_a_registration(tmp_path: Path) -> None:
 
 def test_mesh_registers_from_the_bootstrap_unless_told_not_to(tmp_path: Path) -> None:
     bootstrap = write(tmp_path, "--workload-group", "shop/reviews", "--label", "version=v1")
-    (implicit,) = Mesh(bootstrap)._registrars
+    (implicit,) = Mesh(bootstrap).registrars
     assert isinstance(implicit, Registration) and implicit.ports is None
     assert implicit.labels == {"version": "v1"}
-    assert Mesh(bootstrap, register=())._registrars == ()
+    assert Mesh(bootstrap, register=()).registrars == ()
 
 
 def test_labels_alone_register_nothing(tmp_path: Path) -> None:
     bootstrap = write(tmp_path, "--label", "version=v1")
     assert bootstrap.node_metadata["LABELS"] == {"version": "v1"}
     assert Registration.from_bootstrap(bootstrap) is None
-    assert Mesh(bootstrap)._registrars == ()
+    assert Mesh(bootstrap).registrars == ()
 
 
 @pytest.mark.parametrize(
