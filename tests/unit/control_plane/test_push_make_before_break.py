@@ -9,15 +9,12 @@ a removal that arrives one response too early fails it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import grpc
 import pytest
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.translate import CLUSTER, ENDPOINT, ROUTE
-from mesh_control_plane.xds import SnapshotCache, XdsServer
+from mesh_control_plane.xds import SnapshotCache
 from mesh_control_plane.xds.clients import Subscription
 from mesh_control_plane.xds.responses import TRANSITION_SUFFIX, ResponseCache
 
@@ -69,30 +66,6 @@ async def cache() -> SnapshotCache:
         MeshConfig(service_entries=(A, B), virtual_services=(route_to("a.mesh", "b.mesh"),))
     )
     return cache
-
-
-@pytest.fixture
-async def server(cache: SnapshotCache) -> AsyncIterator[XdsServer]:
-    server = XdsServer(cache)
-    await server.start("127.0.0.1:0")
-    yield server
-    await server.stop(grace=None)
-
-
-@pytest.fixture
-async def stub(server: XdsServer) -> AsyncIterator[ads_pb2_grpc.AggregatedDiscoveryServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-
-
-@pytest.fixture
-async def clients(
-    stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub,
-) -> AsyncIterator[list[AdsClient]]:
-    opened: list[AdsClient] = []
-    yield opened
-    for client in opened:
-        await client.close()
 
 
 async def subscribed(

@@ -9,7 +9,7 @@ queues pushes synchronously, so anything sent earlier would arrive first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 import grpc
 import pytest
@@ -124,31 +124,6 @@ async def cache() -> SnapshotCache:
     cache = SnapshotCache()
     cache.set_config(MeshConfig(service_entries=(A, B)))
     return cache
-
-
-@pytest.fixture
-async def server(cache: SnapshotCache) -> AsyncIterator[XdsServer]:
-    server = XdsServer(cache)
-    await server.start("127.0.0.1:0")
-    yield server
-    await server.stop(grace=None)
-
-
-@pytest.fixture
-async def stub(server: XdsServer) -> AsyncIterator[ads_pb2_grpc.AggregatedDiscoveryServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-
-
-@pytest.fixture
-async def clients(
-    stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub,
-) -> AsyncIterator[list[AdsClient]]:
-    """Open clients with `clients.append(AdsClient(stub, id))`; all closed after."""
-    opened: list[AdsClient] = []
-    yield opened
-    for client in opened:
-        await client.close()
 
 
 async def test_named_listener_subscription_is_answered(stub, clients) -> None:
