@@ -280,5 +280,10 @@ class ConsulDouble:
         req.send_header("Content-Length", str(len(data)))
         req.send_header("X-Consul-Index", str(self.index))
         req.send_header("X-Consul-KnownLeader", "true")
-        req.end_headers()
-        req.wfile.write(data)
+        try:
+            req.end_headers()
+            req.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # A blocking query whose caller gave up (a watcher stopping): as
+            # Consul does, drop the answer.
+            return
