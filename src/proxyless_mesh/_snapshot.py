@@ -65,6 +65,8 @@ def build_snapshot(state: XdsState, previous: MeshSnapshot | None = None) -> Mes
     whose CDS/EDS has not arrived yet). Such an authority keeps its previous
     routes and balancers until everything it needs is here
     (make-before-break), so a config change never causes a burst of errors.
+    Likewise an authority known not to be a mesh service stays so until its
+    new listener is complete.
     """
     old_routes = previous.routes if previous else {}
     old_balancers = previous.balancers if previous else {}
@@ -99,10 +101,18 @@ def build_snapshot(state: XdsState, previous: MeshSnapshot | None = None) -> Mes
             continue
         balancers[name] = ClusterBalancer(cluster, assignment, previous=old, name=name)
         sources[name] = source
+    absent = state.absent_listeners
+    if previous is not None and previous.absent:
+        # A name that was not a mesh service and now appears, but whose
+        # routes, clusters or endpoints are still on the way, stays what it
+        # was (passed through) until it is whole: never "unknown" in between.
+        arriving = {n for n in previous.absent if n in state.listeners and n not in routes}
+        if arriving:
+            absent = absent | arriving
     return MeshSnapshot(
         routes=routes,
         balancers=balancers,
-        absent=frozenset(state.absent_listeners),
+        absent=absent,
         sources=sources,
         inbound=_inbound_policies(state, previous.inbound if previous else {}),
     )
