@@ -183,7 +183,9 @@ def test_max_ejection_percent_keeps_a_second_failing_backend_in(
     # One failing backend was ejected after exactly its 3 failures...
     assert sorted(counts[:2])[0] == CONSECUTIVE_5XX, counts
     # ...the other was not: it shares the rest of the traffic with the healthy one,
-    # and its 503s reach the caller until the very end.
-    assert abs(counts[2] - sorted(counts[:2])[1]) <= 1, counts
+    # and its 503s reach the caller until the very end. Round robin alternates
+    # the two; which of them comes first after the ejection (and the one
+    # request before it) may each tip the split by one: 2 at most.
+    assert abs(counts[2] - sorted(counts[:2])[1]) <= 2, f"{counts} {outcomes}"
     assert outcomes.count(503) == CONSECUTIVE_5XX + sorted(counts[:2])[1], outcomes
     assert outcomes[-20:].count(503) >= 9, outcomes

@@ -67,6 +67,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxyless_mesh.errors import MeshError
 from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
+from proxyless_mesh.integrations._coalescing import CorkedTransport
 from proxyless_mesh.integrations._grpc_server import auth_context_peer_principal
 from proxyless_mesh.model import TlsMode
 from proxyless_mesh.registration import check_port
@@ -278,7 +279,10 @@ class _MeshProtocolMixin:
         if tls is not None:
             self.app = _WithTls(self.app, tls)
         self._handed_over = True
-        super().connection_made(transport)  # type: ignore[misc]
+        # uvicorn writes a response's head and body separately: one write
+        # (one TLS record, one send) per loop turn instead (_coalescing.py).
+        corked = CorkedTransport(cast(asyncio.Transport, transport), self.loop)
+        super().connection_made(corked)  # type: ignore[misc]
 
     @staticmethod
     def _feed(transport: asyncio.Transport, data: bytes) -> None:

@@ -15,7 +15,8 @@ inner one:
   checks the server's SPIFFE ID against the expected ones *before* httpcore
   writes a request byte: the check wraps the network stream's `start_tls`.
   A mismatch closes the connection and raises `PeerIdentityError` naming
-  both identities.
+  both identities. An HTTP/1.1 connection then sends each request's head
+  and body as one TLS record (`_coalescing.py`).
 - Rotation needs no hook: new connections read the new credentials; open
   connections keep the handshake they made (as Envoy's do), so requests in
   flight are never cut.
@@ -41,6 +42,11 @@ import httpcore
 import httpx
 
 from proxyless_mesh.errors import PeerIdentityError
+from proxyless_mesh.integrations._coalescing import (
+    AsyncHeadHoldingStream,
+    HeadHoldingStream,
+    hold_heads,
+)
 from proxyless_mesh.integrations._pool import (
     LinearAsyncConnectionPool,
     LinearConnectionPool,
@@ -138,20 +144,15 @@ class _Verifier:
         verify_peer(ssl_object, self.expected, peer=peer)
 
 
-class _MtlsStream(httpcore.NetworkStream):
+class _MtlsStream(HeadHoldingStream):
+    """The TCP stream before the handshake: `start_tls` makes it with the
+    current workload credentials and checks the server's SPIFFE ID. Reads and
+    writes pass through (none happen before the handshake)."""
+
     def __init__(self, stream: httpcore.NetworkStream, verifier: _Verifier, peer: str) -> None:
-        self._stream = stream
+        super().__init__(stream)
         self._verifier = verifier
         self._peer = peer
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, timeout)
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, timeout)
-
-    def close(self) -> None:
-        self._stream.close()
 
     def start_tls(
         self,
@@ -165,10 +166,7 @@ class _MtlsStream(httpcore.NetworkStream):
         except PeerIdentityError:
             tls.close()
             raise
-        return tls
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
+        return HeadHoldingStream(tls) if hold_heads(tls) else tls
 
 
 class _MtlsBackend(httpcore.NetworkBackend):
@@ -197,20 +195,13 @@ class _MtlsBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-class _AsyncMtlsStream(httpcore.AsyncNetworkStream):
+class _AsyncMtlsStream(AsyncHeadHoldingStream):
+    """The asyncio twin of _MtlsStream."""
+
     def __init__(self, stream: httpcore.AsyncNetworkStream, verifier: _Verifier, peer: str) -> None:
-        self._stream = stream
+        super().__init__(stream)
         self._verifier = verifier
         self._peer = peer
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._stream.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
     async def start_tls(
         self,
@@ -224,10 +215,7 @@ class _AsyncMtlsStream(httpcore.AsyncNetworkStream):
         except PeerIdentityError:
             await tls.aclose()
             raise
-        return tls
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
+        return AsyncHeadHoldingStream(tls) if hold_heads(tls) else tls
 
 
 class _AsyncMtlsBackend(httpcore.AsyncNetworkBackend):
