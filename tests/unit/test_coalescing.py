@@ -9,7 +9,6 @@ import ssl
 from typing import Any
 
 import httpcore
-import httpx
 
 from proxyless_mesh.integrations._coalescing import (
     JOIN_LIMIT,
@@ -17,7 +16,6 @@ from proxyless_mesh.integrations._coalescing import (
     CorkedTransport,
     HeadHoldingStream,
     hold_heads,
-    hold_request_heads,
 )
 
 HEAD = b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n\r\n"
@@ -152,15 +150,6 @@ def test_async_twin_joins_the_same_way() -> None:
         return inner.writes
 
     assert asyncio.run(scenario()) == [HEAD + b"body", b"GET / HTTP/1.1\r\n\r\n"]
-
-
-def test_only_http1_only_httpx_transports_are_wrapped() -> None:
-    plain = hold_request_heads(httpx.HTTPTransport())
-    assert type(plain._pool._network_backend).__name__ == "_HeadHoldingBackend"
-    asynchronous = hold_request_heads(httpx.AsyncHTTPTransport())
-    assert type(asynchronous._pool._network_backend).__name__ == "_AsyncHeadHoldingBackend"
-    h2 = hold_request_heads(httpx.HTTPTransport(http2=True))
-    assert isinstance(h2._pool._network_backend, httpcore.SyncBackend)
 
 
 class TransportRecorder:

@@ -14,9 +14,8 @@ request here (see benchmarks/README.md, "mTLS"). These wrappers join them:
   come. HTTP/1.1 only: there a connection carries one request at a time and
   always writes before it reads. An HTTP/2 connection is shared by requests
   on other threads, and a held frame could wait on another request's read.
-- `hold_request_heads(transport)` gives httpx's own (HTTP/1.1-only)
-  transport such streams for plain TCP too: the mesh's default inner
-  transport, which carries plaintext mesh traffic and passthrough.
+  Used for mTLS connections only: on plain TCP an A/B on the bench showed no
+  gain (the records are what cost).
 - `CorkedTransport` (server, asyncio transport under uvicorn): writes made in
   one turn of the event loop leave together at the end of that turn, so a
   response whose head and body are sent back to back is one record.
@@ -35,7 +34,6 @@ __all__ = [
     "CorkedTransport",
     "HeadHoldingStream",
     "hold_heads",
-    "hold_request_heads",
 ]
 
 JOIN_LIMIT = 16 * 1024
@@ -153,50 +151,6 @@ class AsyncHeadHoldingStream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
-
-
-class _HeadHoldingBackend(httpcore.NetworkBackend):
-    def __init__(self, inner: httpcore.NetworkBackend) -> None:
-        self._inner = inner
-
-    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        return HeadHoldingStream(self._inner.connect_tcp(*args, **kwargs))
-
-    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        return HeadHoldingStream(self._inner.connect_unix_socket(*args, **kwargs))
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
-class _AsyncHeadHoldingBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
-        self._inner = inner
-
-    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        return AsyncHeadHoldingStream(await self._inner.connect_tcp(*args, **kwargs))
-
-    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        return AsyncHeadHoldingStream(await self._inner.connect_unix_socket(*args, **kwargs))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def hold_request_heads(transport: Any) -> Any:
-    """httpx's own transport with its connections sending heads with bodies:
-    its httpcore pool's network backend is wrapped in place. Left as it is
-    when the pool is not httpcore's or may speak HTTP/2 (see the module doc).
-    Returns `transport`."""
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if backend is None or getattr(pool, "_http2", True) or not getattr(pool, "_http1", False):
-        return transport
-    if isinstance(backend, httpcore.AsyncNetworkBackend):
-        pool._network_backend = _AsyncHeadHoldingBackend(backend)  # type: ignore[union-attr]
-    elif isinstance(backend, httpcore.NetworkBackend):
-        pool._network_backend = _HeadHoldingBackend(backend)  # type: ignore[union-attr]
-    return transport
 
 
 class CorkedTransport:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
-from proxyless_mesh.integrations._coalescing import hold_request_heads
 from proxyless_mesh.integrations._httpx_exchange import (
     Exchange,
     failure_kind,
@@ -40,19 +39,12 @@ if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh
 
 
-def _default(transport: Any) -> Any:
-    """httpx's own transport as the inner one (plaintext mesh traffic and
-    passthrough): a pool that plans in linear time (_pool.py), connections
-    that send a request's head with its body (_coalescing.py)."""
-    return linear(hold_request_heads(transport))
-
-
 class MeshTransport(httpx.BaseTransport):
     """Sync httpx transport: `httpx.Client(transport=mesh.httpx_transport())`."""
 
     def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
         self._mesh = mesh
-        self._inner = inner if inner is not None else _default(httpx.HTTPTransport())
+        self._inner = inner if inner is not None else linear(httpx.HTTPTransport())
         # Mutual TLS toward clusters whose xDS says so; one pool per identity set.
         self._tls = TlsTransports(mesh)
 
@@ -133,7 +125,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._mesh = mesh
-        self._inner = inner if inner is not None else _default(httpx.AsyncHTTPTransport())
+        self._inner = inner if inner is not None else linear(httpx.AsyncHTTPTransport())
         self._tls = AsyncTlsTransports(mesh)
         self._mirrors: set[asyncio.Task[None]] = set()
 
