@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,6 +25,7 @@ from mesh_control_plane.app import ControlPlane
 from mesh_control_plane.registry.consul import ConsulSettings
 from mesh_control_plane.registry.runtime import RegistrySettings
 from meshlab import LocalMesh
+from registration_plane import wait_for
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap, make_bootstrap_json
@@ -34,14 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from consul_double import ConsulDouble
 
 URL = "http://web.service.consul:80/"
-
-
-def wait_for(check: Callable[[], bool], limit: float, what: str) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {limit}s")
-        time.sleep(0.05)
 
 
 def _free_port() -> int:

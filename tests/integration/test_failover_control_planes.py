@@ -10,26 +10,17 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
 
 import httpx
 from meshlab import LocalMesh
+from registration_plane import wait_for
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
 
 HOST = "reviews.default.mesh"
 URL = f"http://{HOST}:8080/reviews"
-
-
-def wait_for(check: Callable[[], bool], limit: float, what: str) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {limit}s")
-        time.sleep(0.02)
 
 
 class Load:
