@@ -50,20 +50,23 @@ class MeshTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         telemetry = self._mesh.telemetry
+        parts = url_parts(request.url)
         if not telemetry.enabled:
-            return self._handle(request, None)
-        call = telemetry_hooks.client_call(telemetry, request, url_parts(request.url)[0])
+            return self._handle(request, parts, None)
+        call = telemetry_hooks.client_call(telemetry, request, parts[0])
         if call is None:
-            return self._handle(request, None)
+            return self._handle(request, parts, None)
         try:
-            response = self._handle(request, call)
+            response = self._handle(request, parts, call)
         except BaseException as exc:
             telemetry_hooks.raised(call, exc)
             raise
         return telemetry_hooks.responded(call, response)
 
-    def _handle(self, request: httpx.Request, call: Call | None) -> httpx.Response:
-        routed = passthrough_or_route(self._mesh, request, blocking=True)
+    def _handle(
+        self, request: httpx.Request, parts: tuple[str, str], call: Call | None
+    ) -> httpx.Response:
+        routed = passthrough_or_route(self._mesh, request, parts, blocking=True)
         if routed is None:
             if call is not None:
                 telemetry_hooks.passthrough(call)
@@ -131,23 +134,26 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         telemetry = self._mesh.telemetry
+        parts = url_parts(request.url)
         if not telemetry.enabled:
-            return await self._handle(request, None)
-        call = telemetry_hooks.client_call(telemetry, request, url_parts(request.url)[0])
+            return await self._handle(request, parts, None)
+        call = telemetry_hooks.client_call(telemetry, request, parts[0])
         if call is None:
-            return await self._handle(request, None)
+            return await self._handle(request, parts, None)
         try:
-            response = await self._handle(request, call)
+            response = await self._handle(request, parts, call)
         except BaseException as exc:
             telemetry_hooks.raised(call, exc)
             raise
         return telemetry_hooks.responded(call, response)
 
-    async def _handle(self, request: httpx.Request, call: Call | None) -> httpx.Response:
-        routed = passthrough_or_route(self._mesh, request, blocking=False)
+    async def _handle(
+        self, request: httpx.Request, parts: tuple[str, str], call: Call | None
+    ) -> httpx.Response:
+        routed = passthrough_or_route(self._mesh, request, parts, blocking=False)
         if routed is not None and not isinstance(routed, httpx.Response) and routed.unresolved:
             await self._mesh.resolve_async(routed.authority)
-            routed = passthrough_or_route(self._mesh, request, blocking=False, last_try=True)
+            routed = passthrough_or_route(self._mesh, request, parts, blocking=False, last_try=True)
         if routed is None:
             if call is not None:
                 telemetry_hooks.passthrough(call)

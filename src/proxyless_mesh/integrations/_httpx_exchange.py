@@ -133,12 +133,18 @@ def _unresolved_error(mesh: Mesh, authority: str, request: httpx.Request) -> Ser
 
 
 def passthrough_or_route(
-    mesh: Mesh, request: httpx.Request, *, blocking: bool, last_try: bool = False
+    mesh: Mesh,
+    request: httpx.Request,
+    parts: tuple[str, str],
+    *,
+    blocking: bool,
+    last_try: bool = False,
 ) -> Routed | httpx.Response | None:
     """None: not a mesh request, pass it through. A Response: the mesh
     answered itself (a redirect). Routed: send it through the engine (or, when
-    `unresolved`, resolve the authority first and call again with last_try)."""
-    authority, path = url_parts(request.url)
+    `unresolved`, resolve the authority first and call again with last_try).
+    `parts` are the request's `url_parts()`."""
+    authority, path = parts
     snapshot = mesh.snapshot
     policy = mesh.outbound_policy
     decision = route_request(
@@ -240,15 +246,7 @@ class Exchange:
             if action is not None and action.host_rewrite:
                 request.headers["host"] = action.host_rewrite
 
-        def pick(exclude: Any) -> Endpoint | None:
-            return balancer.pick(key, exclude) if balancer is not None else None
-
-        def reason() -> str:
-            # The engine says "no healthy upstream in cluster C: <this>".
-            if balancer is None:
-                return f"{self.authority}: this client does not have the cluster yet"
-            return f"{self.authority}: {balancer.reason}"
-
+        self._key = key
         source = routed.snapshot.sources.get(decision.cluster)
         cluster = source.cluster if source is not None else None
         self.tls = cluster.tls if cluster is not None else None
@@ -260,14 +258,24 @@ class Exchange:
             cluster=decision.cluster,
             policy=action.retry_policy if action is not None else None,
             route_timeout=decision.timeout,
-            pick=pick,
+            pick=self._pick,
             resources=mesh.cluster_resources(decision.cluster, cluster),
             clock=time.monotonic,
             rng=mesh.rng,
             replayable=isinstance(request.stream, httpx.ByteStream),
             fault=self.route.fault if self.route is not None else None,
-            no_endpoint_reason=reason,
+            no_endpoint_reason=self._no_endpoint_reason,
         )
+
+    def _pick(self, exclude: Any) -> Endpoint | None:
+        balancer = self.balancer
+        return balancer.pick(self._key, exclude) if balancer is not None else None
+
+    def _no_endpoint_reason(self) -> str:
+        """The engine says "no healthy upstream in cluster C: <this>"."""
+        if self.balancer is None:
+            return f"{self.authority}: this client does not have the cluster yet"
+        return f"{self.authority}: {self.balancer.reason}"
 
     # -- one try ------------------------------------------------------------
 

@@ -108,27 +108,20 @@ def request_flow(
     deadline = clock() + route_timeout if route_timeout else None
     lease = _Lease(resources)
     try:
-        refusal = yield from _limited(
-            lease, cluster, route_name, route_timeout, deadline, clock, flags
-        )
-        if refusal is not None:
-            return refusal
-        return (
-            yield from _tries(
-                lease,
-                route_name=route_name,
-                cluster=cluster,
-                policy=policy,
-                route_timeout=route_timeout,
-                deadline=deadline,
-                pick=pick,
-                clock=clock,
-                rng=rng,
-                replayable=replayable,
-                no_endpoint_reason=no_endpoint_reason,
-                flags=flags,
+        admission, ticket = resources.admit()
+        if admission is Admission.ADMITTED:  # the common case, without a generator
+            lease.holds_request = True
+        else:
+            refusal = yield from _limited(
+                lease, admission, ticket, cluster, route_name, route_timeout, deadline, clock, flags
             )
-        )
+            if refusal is not None:
+                return refusal
+        tries = _tries(
+            lease, route_name, cluster, policy, route_timeout, deadline,
+            pick, clock, rng, replayable, no_endpoint_reason, flags,
+        )  # fmt: skip
+        return (yield from tries)
     finally:
         lease.release()
 
@@ -162,6 +155,8 @@ class _Lease:
 
 def _limited(
     lease: _Lease,
+    admission: Admission,
+    ticket: SlotTicket | None,
     cluster: str,
     route_name: str,
     route_timeout: float | None,
@@ -169,12 +164,9 @@ def _limited(
     clock: Callable[[], float],
     flags: list[str],
 ) -> Generator[Command, AttemptResult | None, Finish | None]:
-    """Take an active slot (waiting in line if pending); a Finish on failure."""
+    """Wait in line for an active slot (admission PENDING), or end the
+    request (OVERFLOW); a Finish on failure, None once the slot is held."""
     resources = lease.resources
-    admission, ticket = resources.admit()
-    if admission is Admission.ADMITTED:
-        lease.holds_request = True
-        return None
     if admission is Admission.OVERFLOW or ticket is None:
         limits = resources.limits
         flags.append("UO")
@@ -213,7 +205,6 @@ def _route_timeout(route_name: str, limit: float | None, attempts: int) -> MeshF
 
 def _tries(
     lease: _Lease,
-    *,
     route_name: str,
     cluster: str,
     policy: RetryPolicy | None,
@@ -232,64 +223,49 @@ def _tries(
     avoid_tried = policy is not None and policy.retry_other_hosts
     tried: list[Endpoint] = []
     attempt = 0
-
-    def end(result: AttemptResult | None, error: MeshFailure | None = None) -> Finish:
-        if error is None and result is not None and result.status is None:
-            flag, what = _FAILURE_FLAGS[result.failure or FailureKind.RESET]
-            limit = per_try if result.failure is FailureKind.TIMEOUT else None
-            detail = f" of {per_try:g}s" if limit is not None else ""
-            error = MeshFailure(
-                flag,
-                f"{what}{detail} to {tried[-1].address}:{tried[-1].port} in cluster "
-                f"{cluster} (route {route_name!r}, attempt {attempt})",
-                timeout=limit,
-            )
-        if error is not None and error.flag not in flags:
-            flags.insert(0, error.flag)
-        return Finish(
-            use_last_response=error is None,
-            error=error,
-            flags=tuple(flags),
-            notes=tuple(notes),
-            attempts=attempt,
-        )
+    facts = (cluster, route_name, per_try, tried, flags, notes)
 
     while True:
         attempt += 1
         endpoint = pick(tried if avoid_tried else ())
         if endpoint is None:
-            return end(
-                None,
-                MeshFailure(
-                    "UH", f"no healthy upstream in cluster {cluster}: {no_endpoint_reason()}"
-                ),
+            failure = MeshFailure(
+                "UH", f"no healthy upstream in cluster {cluster}: {no_endpoint_reason()}"
             )
+            return _end(None, failure, attempt, facts)
         timeout = per_try
         by_route = False
         if deadline is not None:
             remaining = deadline - clock()
             if remaining <= 0:
-                return end(None, _route_timeout(route_name, route_timeout, attempt - 1))
+                failure = _route_timeout(route_name, route_timeout, attempt - 1)
+                return _end(None, failure, attempt, facts)
             if timeout is None or remaining <= timeout:
                 timeout, by_route = remaining, True
-        headers: tuple[tuple[str, str], ...] = (("x-envoy-attempt-count", str(attempt)),)
         if timeout is not None:
-            headers += (("x-envoy-expected-rq-timeout-ms", expected_timeout_ms(timeout)),)
+            headers: tuple[tuple[str, str], ...] = (
+                ("x-envoy-attempt-count", str(attempt)),
+                ("x-envoy-expected-rq-timeout-ms", expected_timeout_ms(timeout)),
+            )
+        elif attempt == 1:
+            headers = _FIRST_ATTEMPT
+        else:
+            headers = (("x-envoy-attempt-count", str(attempt)),)
         tried.append(endpoint)
         result = yield Send(endpoint, timeout, attempt, headers)
         lease.end_retry()
         if result is None:
             raise TypeError("the driver must send an AttemptResult after a Send")
         if result.failure is FailureKind.TIMEOUT and by_route:
-            return end(None, _route_timeout(route_name, route_timeout, attempt))
+            return _end(None, _route_timeout(route_name, route_timeout, attempt), attempt, facts)
         if retriable is None or policy is None or not retriable(result):
-            return end(result)
+            return _end(result, None, attempt, facts)
         if attempt > policy.num_retries:
             flags.append("URX")
-            return end(result)
+            return _end(result, None, attempt, facts)
         if not replayable:
             notes.append("not retried: the request body cannot be replayed (not buffered)")
-            return end(result)
+            return _end(result, None, attempt, facts)
         backoff = wait_envoy_jittered(policy.base_interval, policy.max_interval, rng)
         delay = backoff.interval(attempt)
         if deadline is not None and clock() + delay >= deadline:
@@ -297,13 +273,49 @@ def _tries(
                 f"not retried: the route timeout of {route_timeout:g}s would pass during "
                 f"the {delay * 1000:.0f} ms backoff"
             )
-            return end(result)
+            return _end(result, None, attempt, facts)
         if not lease.resources.try_acquire_retry():
             flags.append("UO")
             notes.append(
                 f"not retried: cluster {cluster} is at its concurrent retry limit "
                 "(max_retries or retry budget)"
             )
-            return end(result)
+            return _end(result, None, attempt, facts)
         lease.holds_retry = True
         yield Sleep(delay)
+
+
+_FIRST_ATTEMPT = (("x-envoy-attempt-count", "1"),)
+_FIRST_TRY_ANSWERED = Finish(use_last_response=True, attempts=1)
+"""The usual ending, shared (Finish is frozen): no flags, no notes."""
+
+_TryFacts = tuple[str, str, float | None, list[Endpoint], list[str], list[str]]
+
+
+def _end(
+    result: AttemptResult | None, error: MeshFailure | None, attempt: int, facts: _TryFacts
+) -> Finish:
+    """The Finish of `_tries`: the last response, or `error`, or (no response
+    and no error given) the error the last try's failure makes."""
+    cluster, route_name, per_try, tried, flags, notes = facts
+    if error is None and result is not None and result.status is None:
+        flag, what = _FAILURE_FLAGS[result.failure or FailureKind.RESET]
+        limit = per_try if result.failure is FailureKind.TIMEOUT else None
+        detail = f" of {per_try:g}s" if limit is not None else ""
+        error = MeshFailure(
+            flag,
+            f"{what}{detail} to {tried[-1].address}:{tried[-1].port} in cluster "
+            f"{cluster} (route {route_name!r}, attempt {attempt})",
+            timeout=limit,
+        )
+    if error is None and attempt == 1 and not flags and not notes:
+        return _FIRST_TRY_ANSWERED
+    if error is not None and error.flag not in flags:
+        flags.insert(0, error.flag)
+    return Finish(
+        use_last_response=error is None,
+        error=error,
+        flags=tuple(flags),
+        notes=tuple(notes),
+        attempts=attempt,
+    )

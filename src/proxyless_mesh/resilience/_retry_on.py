@@ -89,13 +89,15 @@ def compile_retry_on(policy: RetryPolicy) -> RetryPredicate:
         if result.failure is not None:
             return result.failure in frozen_failures
         lookup = result.headers
-        if lookup is not None and lookup("x-envoy-overloaded") is not None:
-            return False
         status = result.status
-        if status is not None and ((any_5xx and status >= 500) or status in frozen_statuses):
-            return True
-        if result.grpc_status is not None and result.grpc_status in grpc_codes:
-            return True
-        return lookup is not None and any(check(lookup, "") for check in header_checks)
+        if not (
+            (status is not None and ((any_5xx and status >= 500) or status in frozen_statuses))
+            or (result.grpc_status is not None and result.grpc_status in grpc_codes)
+            or (lookup is not None and any(check(lookup, "") for check in header_checks))
+        ):
+            return False
+        # An overloaded upstream is never retried (Envoy): asked last, so
+        # the usual answer (not retriable anyway) costs no header lookup.
+        return lookup is None or lookup("x-envoy-overloaded") is None
 
     return retriable
