@@ -19,7 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
+from proxyless_mesh.telemetry import Call, QuietCall, Telemetry, TelemetryConfig
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 SPAN_ID = 0xB7AD6B7169203331
@@ -40,20 +40,26 @@ def incoming() -> Iterator[None]:
         otel_context.detach(token)
 
 
-def outbound(telemetry: Telemetry) -> dict[str, str]:
+def outbound(telemetry: Telemetry, entry: str = "call") -> dict[str, str]:
+    """One request's hooks; `entry` "client_call" is the httpx transports'
+    way in, which hands out the shared QuietCall while nothing records."""
     headers: dict[str, str] = {}
-    call = telemetry.call("source", "http", "GET", "reviews.shop.mesh:9080", "/r")
+    if entry == "client_call":
+        call: Call | QuietCall | None = telemetry.client_call("GET", "reviews.shop.mesh:9080", "/r")
+    else:
+        call = telemetry.call("source", "http", "GET", "reviews.shop.mesh:9080", "/r")
     assert call is not None
     call.routed("route", "outbound|9080||reviews.shop.mesh", False, "")
     call.attempt_start(1, "10.0.0.1", 9080, headers.__setitem__)
     call.attempt_end(200, None)
     call.finish(200)
-    assert call.span is None  # no span of ours was opened
+    assert getattr(call, "span", None) is None  # no span of ours was opened
     return headers
 
 
-def test_quiet_call_still_propagates_the_callers_context(incoming: None) -> None:
-    headers = outbound(Telemetry(TelemetryConfig(tracer_provider=NOOP, b3=True)))
+@pytest.mark.parametrize("entry", ["call", "client_call"])
+def test_quiet_call_still_propagates_the_callers_context(incoming: None, entry: str) -> None:
+    headers = outbound(Telemetry(TelemetryConfig(tracer_provider=NOOP, b3=True)), entry)
     assert headers["traceparent"] == f"00-{TRACE_ID:032x}-{SPAN_ID:016x}-01"
     assert headers["baggage"] == "tenant=blue"
     assert headers["x-b3-traceid"] == f"{TRACE_ID:032x}"
@@ -61,9 +67,36 @@ def test_quiet_call_still_propagates_the_callers_context(incoming: None) -> None
     assert headers["x-b3-sampled"] == "1"
 
 
-def test_quiet_call_without_context_sends_only_the_peer_header() -> None:
-    headers = outbound(Telemetry(TelemetryConfig(tracer_provider=NOOP, b3=True)))
+@pytest.mark.parametrize("entry", ["call", "client_call"])
+def test_quiet_call_without_context_sends_only_the_peer_header(entry: str) -> None:
+    headers = outbound(Telemetry(TelemetryConfig(tracer_provider=NOOP, b3=True)), entry)
     assert set(headers) == {"x-mesh-peer-workload"}
+
+
+def test_tracing_off_propagates_nothing_on_either_way_in(incoming: None) -> None:
+    config = TelemetryConfig(tracing=False, meter_provider=NoOpMeterProvider())
+    assert outbound(Telemetry(config), "call") == {"x-mesh-peer-workload": "unknown/unknown"}
+    assert outbound(Telemetry(config), "client_call") == {"x-mesh-peer-workload": "unknown/unknown"}
+
+
+def test_client_call_is_shared_and_quiet_only_while_nothing_records() -> None:
+    quiet = Telemetry(TelemetryConfig(tracer_provider=NOOP, meter_provider=NoOpMeterProvider()))
+    first = quiet.client_call("GET", "reviews.shop.mesh:9080", "/r")
+    assert isinstance(first, QuietCall)
+    assert quiet.client_call("GET", "ratings.shop.mesh:9080", "/") is first  # no per-request state
+
+    logged = Telemetry(TelemetryConfig(tracer_provider=NOOP, access_log=True))
+    assert isinstance(logged.client_call("GET", "reviews.shop.mesh:9080", "/r"), Call)
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    measured = Telemetry(TelemetryConfig(tracer_provider=NOOP, meter_provider=MeterProvider()))
+    assert isinstance(measured.client_call("GET", "reviews.shop.mesh:9080", "/r"), Call)
+    traced = Telemetry(TelemetryConfig(tracer_provider=TracerProvider(), metrics=False))
+    assert isinstance(traced.client_call("GET", "reviews.shop.mesh:9080", "/r"), Call)
+    off = TelemetryConfig(metrics=False, tracing=False, access_log=False)
+    assert Telemetry(off).client_call("GET", "a:1", "/") is None
 
 
 def test_quiet_server_span_runs_the_app_in_the_callers_context() -> None:
@@ -118,16 +151,20 @@ LATE_BINDING = textwrap.dedent(
 
     telemetry = Telemetry(TelemetryConfig())  # the global proxies, no SDK yet
 
-    def request():
+    def request(quiet_allowed=False):
         headers = {}
-        call = telemetry.call("source", "http", "GET", "reviews.shop.mesh:9080", "/r")
+        if quiet_allowed:
+            call = telemetry.client_call("GET", "reviews.shop.mesh:9080", "/r")
+        else:
+            call = telemetry.call("source", "http", "GET", "reviews.shop.mesh:9080", "/r")
         call.routed("route", "outbound|9080||reviews.shop.mesh", False, "")
         call.attempt_start(1, "10.0.0.1", 9080, headers.__setitem__)
         call.attempt_end(200, None)
         call.finish(200)
-        return sorted(headers), call.span is not None
+        return sorted(headers), getattr(call, "span", None) is not None
 
     before = request()
+    before_quiet = request(quiet_allowed=True)
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -135,6 +172,7 @@ LATE_BINDING = textwrap.dedent(
     reader = InMemoryMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     after = request()
+    after_quiet = request(quiet_allowed=True)
     data = reader.get_metrics_data()
     counted = [
         p.value
@@ -143,6 +181,7 @@ LATE_BINDING = textwrap.dedent(
     ]
     print(json.dumps({
         "before": before, "after": after, "counted": counted,
+        "before_quiet": before_quiet, "after_quiet": after_quiet,
         "spans": sorted(s.name for s in exporter.get_finished_spans()),
     }))
     """
@@ -157,8 +196,11 @@ def test_fast_path_starts_recording_once_a_real_provider_is_set() -> None:
     result = json.loads(done.stdout)
     assert result["before"] == [["x-mesh-peer-workload"], False]
     assert result["after"] == [["traceparent", "x-mesh-peer-workload"], True]
-    assert result["spans"] == ["GET reviews.shop.mesh", "GET reviews.shop.mesh"]
-    assert result["counted"] == [1]  # the request before the SDK was not counted
+    assert result["before_quiet"] == result["before"]
+    assert result["after_quiet"] == result["after"]
+    # The two requests made after the SDK was set, one per way in.
+    assert result["spans"] == ["GET reviews.shop.mesh"] * 4
+    assert result["counted"] == [2]  # the requests before the SDK were not counted
 
 
 def test_idle_call_leaves_the_response_body_alone() -> None:

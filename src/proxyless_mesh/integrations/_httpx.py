@@ -32,7 +32,7 @@ from proxyless_mesh.integrations._httpx_exchange import (
 from proxyless_mesh.integrations._pool import linear
 from proxyless_mesh.integrations._tls_transport import AsyncTlsTransports, TlsTransports
 from proxyless_mesh.resilience import AttemptResult, Send, Sleep
-from proxyless_mesh.telemetry import Call
+from proxyless_mesh.telemetry import Call, QuietCall
 from proxyless_mesh.telemetry import _httpx as telemetry_hooks
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class MeshTransport(httpx.BaseTransport):
         return telemetry_hooks.responded(call, response)
 
     def _handle(
-        self, request: httpx.Request, parts: tuple[str, str], call: Call | None
+        self, request: httpx.Request, parts: tuple[str, str], call: Call | QuietCall | None
     ) -> httpx.Response:
         routed = passthrough_or_route(self._mesh, request, parts, blocking=True)
         if routed is None:
@@ -148,7 +148,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         return telemetry_hooks.responded(call, response)
 
     async def _handle(
-        self, request: httpx.Request, parts: tuple[str, str], call: Call | None
+        self, request: httpx.Request, parts: tuple[str, str], call: Call | QuietCall | None
     ) -> httpx.Response:
         routed = passthrough_or_route(self._mesh, request, parts, blocking=False)
         if routed is not None and not isinstance(routed, httpx.Response) and routed.unresolved:

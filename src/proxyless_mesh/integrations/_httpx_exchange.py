@@ -42,7 +42,7 @@ from proxyless_mesh.resilience import (
     should_mirror,
 )
 from proxyless_mesh.routing import RouteDecision
-from proxyless_mesh.telemetry import Call
+from proxyless_mesh.telemetry import Call, QuietCall
 from proxyless_mesh.telemetry._httpx import routed as telemetry_routed
 
 if TYPE_CHECKING:
@@ -204,7 +204,11 @@ class Exchange:
     """One routed request on its way through `request_flow`."""
 
     def __init__(
-        self, mesh: Mesh, request: httpx.Request, routed: Routed, call: Call | None = None
+        self,
+        mesh: Mesh,
+        request: httpx.Request,
+        routed: Routed,
+        call: Call | QuietCall | None = None,
     ) -> None:
         decision = routed.decision
         if decision is None:

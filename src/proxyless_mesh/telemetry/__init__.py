@@ -10,7 +10,7 @@ application outside the authorization middleware so refusals are counted.
 
 from proxyless_mesh.telemetry._b3 import B3Propagator
 from proxyless_mesh.telemetry._config import PEER_HEADER, TelemetryConfig, Workload
-from proxyless_mesh.telemetry._core import Call, Telemetry
+from proxyless_mesh.telemetry._core import Call, QuietCall, Telemetry
 from proxyless_mesh.telemetry._grpc_server import (
     AioTelemetryServerInterceptor,
     TelemetryServerInterceptor,
@@ -22,6 +22,7 @@ __all__ = [
     "AioTelemetryServerInterceptor",
     "B3Propagator",
     "Call",
+    "QuietCall",
     "Telemetry",
     "TelemetryConfig",
     "TelemetryMiddleware",

@@ -114,6 +114,7 @@ class Telemetry:
         self._sampling = config.access_log_sampling
         self._rng = random.Random()
         self._hosts: dict[str, tuple[str, str, str]] = {}
+        self._quiet = QuietCall(self)
 
     @classmethod
     def from_bootstrap(
@@ -158,14 +159,68 @@ class Telemetry:
         """A Call for one request, or None when every signal is off."""
         if not self.enabled:
             return None
+        logged, measured = self._signals()
+        return Call(self, reporter, protocol, method, authority, path, logged, measured)
+
+    def client_call(self, method: str, authority: str, path: str) -> Call | QuietCall | None:
+        """An outbound HTTP request's Call; the shared QuietCall when nothing
+        would be recorded (no access line, no metrics, no span of ours: the
+        API without an SDK), which only propagates; None when all is off."""
+        if not self.enabled:
+            return None
+        logged, measured = self._signals()
+        if not logged and not measured and (self.tracer is None or not self.gate.tracing()):
+            return self._quiet
+        return Call(self, "source", "http", method, authority, path, logged, measured)
+
+    def _signals(self) -> tuple[bool, bool]:
+        """(access line, metrics) for one call. Decided once per call, as the
+        span is: a provider set mid-request starts with the next one."""
         logged = self.access is not None and (
             self._sampling >= 1.0 or self._rng.random() < self._sampling
         )
-        # Decided once per call, as the span is: a provider set mid-request
-        # starts with the next one.
         istio = self.metrics
-        measured = istio is not None and istio.wanted(self.gate.metrics())
-        return Call(self, reporter, protocol, method, authority, path, logged, measured)
+        return logged, istio is not None and istio.wanted(self.gate.metrics())
+
+
+class QuietCall:
+    """An outbound request nothing records: the caller's trace context and
+    the peer header still go out on each try, as Call does when quiet. One
+    instance per Telemetry, shared: it holds no per-request state."""
+
+    __slots__ = ("done", "telemetry")
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self.done = True  # nothing to finish (responded() and passthrough())
+
+    def routed(self, route_name: str, cluster: str, secure: bool, principal: str) -> None:
+        return
+
+    def attempt_start(self, attempt: int, host: str, port: int, set_header: SetHeader) -> None:
+        telemetry = self.telemetry
+        try:
+            if telemetry.tracer is not None:
+                context = get_current()
+                if context:  # an empty one (no span, no baggage) has nothing to propagate
+                    telemetry.inject(context, set_header)
+            if telemetry.exchange_peers:
+                set_header(PEER_HEADER, telemetry.workload.peer_value)
+        except Exception as exc:  # telemetry never breaks a request
+            _contained(telemetry, exc)
+
+    def attempt_end(self, status: int | None, failure: str | None) -> None:
+        return
+
+    def finish(
+        self,
+        status: int,
+        flags: tuple[str, ...] = (),
+        *,
+        grpc_status: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        return
 
 
 class Call:

@@ -14,17 +14,25 @@ from typing import TYPE_CHECKING
 import httpx
 
 from proxyless_mesh.errors import MeshRequestError
-from proxyless_mesh.telemetry._core import LOCAL_REPLY_STATUS, Call, Telemetry, _contained
+from proxyless_mesh.telemetry._core import (
+    LOCAL_REPLY_STATUS,
+    Call,
+    QuietCall,
+    Telemetry,
+    _contained,
+)
 
 if TYPE_CHECKING:
     from proxyless_mesh.model import Cluster
 
 
-def client_call(telemetry: Telemetry, request: httpx.Request, authority: str) -> Call | None:
+def client_call(
+    telemetry: Telemetry, request: httpx.Request, authority: str
+) -> Call | QuietCall | None:
     """A source-reporter Call for a meshed httpx request (None when off)."""
-    call = telemetry.call("source", "http", request.method, authority, request.url.path)
-    if call is None:
-        return None
+    call = telemetry.client_call(request.method, authority, request.url.path)
+    if call is None or isinstance(call, QuietCall):
+        return call
     if isinstance(request.stream, httpx.ByteStream):
         call.request_bytes = len(request.content)
     else:
@@ -37,8 +45,12 @@ def client_call(telemetry: Telemetry, request: httpx.Request, authority: str) ->
     return call
 
 
-def routed(call: Call, route_name: str, cluster_name: str, cluster: Cluster | None) -> None:
+def routed(
+    call: Call | QuietCall, route_name: str, cluster_name: str, cluster: Cluster | None
+) -> None:
     """The request was routed to `cluster_name` (its TLS says mTLS or not)."""
+    if isinstance(call, QuietCall):
+        return
     tls = cluster.tls if cluster is not None else None
     principal = ""
     if tls is not None and len(tls.expected_spiffe_ids) == 1:
@@ -46,9 +58,9 @@ def routed(call: Call, route_name: str, cluster_name: str, cluster: Cluster | No
     call.routed(route_name, cluster_name, tls is not None, principal)
 
 
-def responded(call: Call, response: httpx.Response) -> httpx.Response:
+def responded(call: Call | QuietCall, response: httpx.Response) -> httpx.Response:
     """Record the response when its body is closed (now, if it already is)."""
-    if call.done:  # passed through: not a mesh request
+    if isinstance(call, QuietCall) or call.done:  # nothing to record, or passed through
         return response
     if call.idle:  # nothing would be recorded: leave the body unwrapped
         call.done = True
@@ -73,8 +85,10 @@ def responded(call: Call, response: httpx.Response) -> httpx.Response:
     return response
 
 
-def raised(call: Call, exc: BaseException) -> None:
+def raised(call: Call | QuietCall, exc: BaseException) -> None:
     """The request ended in an exception: a mesh failure carries its flags."""
+    if isinstance(call, QuietCall):
+        return
     if isinstance(exc, MeshRequestError):
         flags = exc.flags or (exc.response_flag,)
         flag = exc.response_flag or (flags[0] if flags else "")
@@ -83,7 +97,7 @@ def raised(call: Call, exc: BaseException) -> None:
         call.finish(0, (), error=type(exc).__name__)
 
 
-def passthrough(call: Call) -> None:
+def passthrough(call: Call | QuietCall) -> None:
     """Not a mesh request after all: nothing is recorded (no span was opened)."""
     call.done = True
 
