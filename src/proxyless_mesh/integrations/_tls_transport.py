@@ -358,10 +358,16 @@ class _Registry:
         self._factory = factory
         self._transports: dict[PoolKey, Any] = {}
         self._lock = threading.Lock()
+        # The last (UpstreamTls, transport) looked up: a cluster's TLS object
+        # stays the same until its CDS changes, so most lookups end here.
+        self._last: tuple[UpstreamTls | None, Any] = (None, None)
 
     def get(self, tls: UpstreamTls | None) -> Any:
         if tls is None or self._credentials is None:
             return None
+        last_tls, last = self._last
+        if last_tls is tls:
+            return last
         key = (frozenset(tls.expected_spiffe_ids), tls.sni)
         transport = self._transports.get(key)
         if transport is None:
@@ -370,11 +376,13 @@ class _Registry:
                 if transport is None:
                     transport = self._factory(self._credentials, key[0], sni=key[1])
                     self._transports[key] = transport
+        self._last = (tls, transport)
         return transport
 
     def drain(self) -> list[Any]:
         with self._lock:
             transports, self._transports = list(self._transports.values()), {}
+            self._last = (None, None)
         return transports
 
 
