@@ -180,10 +180,13 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     exchange.prepare(command)
                     inner = self._tls.for_cluster(exchange.tls) or self._inner
                     try:
-                        # A real bound on the whole try (httpx's own timeouts
-                        # are per I/O phase).
-                        async with asyncio.timeout(command.timeout):
+                        if command.timeout is None:
                             response = await inner.handle_async_request(request)
+                        else:
+                            # A real bound on the whole try (httpx's own
+                            # timeouts are per I/O phase).
+                            async with asyncio.timeout(command.timeout):
+                                response = await inner.handle_async_request(request)
                     except TimeoutError as exc:
                         reply = exchange.failed(command, failure_kind(exc), exc)
                     except httpx.TransportError as exc:
