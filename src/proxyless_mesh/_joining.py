@@ -48,6 +48,15 @@ class Joining:
         check_port(name, port)
         self.announced[name] = port
 
+    def awaits_inbound_policy(self, port: int) -> bool:
+        """Is one of our Registrations registering `port` right now (its
+        inbound listener on its way)? Only Registration promises one: the
+        control plane derives it from the WorkloadEntry it makes."""
+        return any(
+            isinstance(registrar, Registration) and registrar.awaits_inbound_policy(port)
+            for registrar in self.registrars
+        )
+
     async def start(self, mesh: Mesh) -> None:
         for registrar in self.registrars:
             await registrar.start(mesh)

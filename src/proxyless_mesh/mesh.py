@@ -81,6 +81,9 @@ _T = TypeVar("_T")
 _ALLOW_ALL = PolicySet.allow_all()
 # Watched but not known yet, or its policy failed to compile: fail closed.
 _DENY_ALL = PolicySet([Rbac(RbacAction.ALLOW)])
+# Known absent, but this workload is registering the port: the listener the
+# registration makes is on its way. 503: clients' default retry policy retries it.
+_AWAITING = PolicySet.awaiting()
 
 
 class Mesh:
@@ -348,7 +351,9 @@ class Mesh:
         """The provider the authorization middlewares take (`policies=`): each
         call returns the PolicySet current for `port` (compiled at update time,
         so a call is two dictionary reads). Listener known not to exist: allow
-        (nothing the operator wrote selects this server); watched but not
+        (nothing the operator wrote selects this server), unless this mesh is
+        registering the port: then 503 until the listener the registration
+        makes arrives (at most the Registration's timeout); watched but not
         usable (not arrived, policy rejected): deny. Raises MeshError when
         `port` was not passed to serve_inbound first."""
         if port not in self._inbound_names:
@@ -363,7 +368,9 @@ class Mesh:
             entry = snapshot.inbound.get(name)
             if entry is not None:
                 return entry.policies
-            return _ALLOW_ALL if name in snapshot.absent else _DENY_ALL
+            if name not in snapshot.absent:
+                return _DENY_ALL
+            return _AWAITING if self._joining.awaits_inbound_policy(port) else _ALLOW_ALL
 
         return current
 

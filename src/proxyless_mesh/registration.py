@@ -123,6 +123,7 @@ class Registration:
     _token: str = field(default="", init=False, repr=False)
     _announced: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _registered: dict[str, int] | None = field(default=None, init=False, repr=False)
+    _arriving: set[int] = field(default_factory=set, init=False, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -137,6 +138,14 @@ class Registration:
         if not declared:
             return () if self._announced else ("*",)
         return tuple(n for n, p in declared.items() if not p and n not in self._announced)
+
+    def awaits_inbound_policy(self, port: int) -> bool:
+        """Is `port` being registered, its inbound listener not followed yet?
+        From the Register call until that listener arrived or is known not to
+        exist (at most `timeout` after the call): the push that lists us in
+        clients' EDS may reach them first, and until our policy is here the
+        mesh answers 503 rather than serve unchecked (`Mesh.inbound_policies`)."""
+        return port in self._arriving
 
     @property
     def registered_ports(self) -> dict[str, int] | None:
@@ -223,19 +232,23 @@ class Registration:
             "locality": self.locality,
             "token": self._token,
         }
-        try:
-            answer = await self._call("Register", body)
-        except grpc.aio.AioRpcError as exc:
-            if self._registered is None:  # keep the channel to deregister with
-                await self._close_channel()
-            raise RegistrationError(
-                f"registration of {self._node_id} into WorkloadGroup {self.group} refused "
-                f"by {mesh.xds.server_uri}: {exc.code().name}: {exc.details()}"
-            ) from None
         added = [p for n, p in ports.items() if (self._registered or {}).get(n) != p]
-        self._registered = ports
-        log.info("registered into %s with %s (%s)", self.group, ports, answer.get("state"))
-        await self._watch_inbound(mesh, added)
+        self._arriving.update(added)
+        try:
+            try:
+                answer = await self._call("Register", body)
+            except grpc.aio.AioRpcError as exc:
+                if self._registered is None:  # keep the channel to deregister with
+                    await self._close_channel()
+                raise RegistrationError(
+                    f"registration of {self._node_id} into WorkloadGroup {self.group} "
+                    f"refused by {mesh.xds.server_uri}: {exc.code().name}: {exc.details()}"
+                ) from None
+            self._registered = ports
+            log.info("registered into %s with %s (%s)", self.group, ports, answer.get("state"))
+            await self._watch_inbound(mesh, added)
+        finally:
+            self._arriving.difference_update(added)
 
     async def _watch_inbound(self, mesh: Mesh, ports: Sequence[int]) -> None:
         """Subscribe to our inbound listeners, as a gRPC xDS server does. Besides

@@ -15,6 +15,7 @@ from proxyless_mesh.errors import MeshError
 from proxyless_mesh.model import InboundListener, TlsMode
 from proxyless_mesh.model._rbac import Rbac, RbacAction
 from proxyless_mesh.policy import InboundRequest
+from proxyless_mesh.registration import Registration
 from proxyless_mesh.xds_client import XdsState
 
 NAME = "grpc/server?xds.resource.listening_address=127.0.0.1:8080"
@@ -93,3 +94,93 @@ def test_listener_names_follow_the_bootstrap_template() -> None:
     )
     assert mesh.inbound_listener_name(8080, "127.0.0.1") == NAME
     assert mesh.inbound_listener_name(80, "::").endswith("=[::]:80")
+
+
+def test_a_port_being_registered_answers_503_until_its_listener_arrives() -> None:
+    registration = Registration(group="shop/reviews", ports={"http": 8080})
+    mesh = Mesh(_mesh().bootstrap, register=registration)
+    mesh._inbound_names[8080] = NAME
+    provider = mesh.inbound_policies(8080)
+    mesh.snapshot = build_snapshot(_state(absent=frozenset({NAME})), mesh.snapshot)
+    registration._arriving.add(8080)  # Register sent, its listener not followed yet
+    assert _status(provider()) == 503  # not unchecked, and retriable by clients
+    mesh.snapshot = build_snapshot(_state(_listener(DENY_ALL)), mesh.snapshot)
+    assert _status(provider()) == 403  # arrived: the operator's policy
+    registration._arriving.discard(8080)  # the registration settled
+    mesh.snapshot = build_snapshot(_state(absent=frozenset({NAME})), mesh.snapshot)
+    assert _status(provider()) == 200  # absent for good: nothing selects this server
+
+
+def test_the_503_reaches_asgi_and_wsgi_callers_with_its_reason() -> None:
+    import asyncio
+
+    from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
+    from proxyless_mesh.integrations._wsgi import WsgiAuthorizationMiddleware
+    from proxyless_mesh.policy import NOT_READY_BODY, PolicySet
+
+    awaiting = PolicySet.awaiting()
+    decision = awaiting.check(InboundRequest("GET", b"/api", {"host": "x"}))
+    assert (decision.status, decision.allowed) == (503, False)
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("the app must not run")
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": "GET", "raw_path": b"/api", "path": "/api",
+             "query_string": b"", "headers": [(b"host", b"x")], "scheme": "http"}  # fmt: skip
+    asgi = AuthorizationMiddleware(app, policies=lambda: awaiting)
+    asyncio.run(asgi(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 503 and sent[1]["body"] == NOT_READY_BODY
+
+    statuses: list[str] = []
+
+    def wsgi_app(environ: object, start_response: object) -> list[bytes]:
+        raise AssertionError("the app must not run")
+
+    wsgi = WsgiAuthorizationMiddleware(wsgi_app, policies=lambda: awaiting)  # type: ignore[arg-type]
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api", "QUERY_STRING": "",
+               "HTTP_HOST": "x", "wsgi.url_scheme": "http"}  # fmt: skip
+    body = wsgi(environ, lambda status, headers: statuses.append(status))
+    assert statuses == ["503 Service Unavailable"] and list(body) == [NOT_READY_BODY]
+
+
+def test_the_503_reaches_grpc_callers_as_unavailable() -> None:
+    from types import SimpleNamespace
+
+    import grpc
+
+    from proxyless_mesh.integrations._grpc_server import AuthorizationServerInterceptor
+    from proxyless_mesh.policy import PolicySet
+
+    class Context:
+        def abort(self, code: grpc.StatusCode, message: str) -> None:
+            raise RuntimeError(code, message)
+
+        def auth_context(self) -> dict[str, object]:
+            return {}
+
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:40000"
+
+    def unary(request: bytes, context: object) -> bytes:
+        raise AssertionError("the handler must not run")
+
+    interceptor = AuthorizationServerInterceptor(
+        policies=PolicySet.awaiting, peer_principal=lambda context: None
+    )
+    details = SimpleNamespace(method="/shop.Reviews/Get", invocation_metadata=())
+    guarded = interceptor.intercept_service(
+        lambda d: grpc.unary_unary_rpc_method_handler(unary),
+        details,  # type: ignore[arg-type]
+    )
+    assert guarded is not None
+    with pytest.raises(RuntimeError) as refused:
+        guarded.unary_unary(b"", Context())
+    assert refused.value.args == (grpc.StatusCode.UNAVAILABLE, "inbound policy not received yet")

@@ -25,6 +25,7 @@ from mesh_control_plane.xds.registration import RegistrationService
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap, make_bootstrap_json
+from proxyless_mesh.errors import RegistrationError
 from proxyless_mesh.registration import Registration
 
 GROUP = parse_workload_group(
@@ -175,3 +176,48 @@ def test_bad_ports_are_refused() -> None:
         assert mesh.announced_ports == {"http": 4001}
     finally:
         mesh.close()
+
+
+@dataclass
+class HeldXds(FakeXds):
+    """An inbound watch that ends when the test says the listener arrived."""
+
+    watching: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def watch_inbound(self, names: list[str], timeout: float) -> None:
+        self.watched.extend(names)
+        self.watching.set()
+        await self.arrived.wait()
+
+
+async def test_a_registering_port_awaits_its_policy_until_its_listener_is_followed(
+    plane: tuple[Recording, FakeMesh],
+) -> None:
+    """From Register until the inbound listener it makes is followed, the port
+    is one whose policy is on its way (the mesh answers 503, not unchecked)."""
+    registry, mesh = plane
+    held = HeldXds(mesh.xds.server_uri)
+    mesh.xds = held
+    reg = Registration(group="shop/reviews", ports={"http": 0}, drain_seconds=0)
+    await reg.start(_mesh(mesh))
+    assert not reg.awaits_inbound_policy(4001)  # nothing announced, nothing sent
+    registering = asyncio.create_task(reg.port_announced(_mesh(mesh), "http", 4001))
+    await held.watching.wait()
+    assert registry.registered == [{"http": 4001}]
+    assert reg.awaits_inbound_policy(4001)
+    assert not reg.awaits_inbound_policy(4002)
+    held.arrived.set()
+    await registering
+    assert not reg.awaits_inbound_policy(4001)
+    await reg.stop()
+
+
+async def test_a_refused_registration_awaits_no_policy(plane: tuple[Recording, FakeMesh]) -> None:
+    registry, mesh = plane
+    mesh.bootstrap = _bootstrap(mesh.xds.server_uri, token="shop:ratings")  # another identity
+    reg = Registration(group="shop/reviews", ports={"http": 4001}, drain_seconds=0)
+    with pytest.raises(RegistrationError, match="refused"):
+        await reg.start(_mesh(mesh))
+    assert not reg.awaits_inbound_policy(4001)
+    assert registry.registered == [{"http": 4001}]

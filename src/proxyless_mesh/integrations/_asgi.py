@@ -19,9 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from proxyless_mesh.policy._engine import (
-    BAD_REQUEST_BODY,
-    DENIED_BODY,
-    UNAUTHENTICATED_BODY,
+    REFUSAL_BODIES,
     Decision,
     InboundRequest,
     PolicySet,
@@ -36,7 +34,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_BODIES = {400: BAD_REQUEST_BODY, 401: UNAUTHENTICATED_BODY, 403: DENIED_BODY}
 # Path characters an ASGI server may have decoded that are literal in a raw path.
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
 
@@ -122,7 +119,7 @@ async def _refuse(kind: str, status: int, send: Send) -> None:
     if kind == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
-    body = _BODIES[status]
+    body = REFUSAL_BODIES[status]
     await send(
         {
             "type": "http.response.start",

@@ -28,6 +28,7 @@ _CODES = {
     400: (grpc.StatusCode.INVALID_ARGUMENT, "bad request path"),
     401: (grpc.StatusCode.UNAUTHENTICATED, "Jwt verification fails"),
     403: (grpc.StatusCode.PERMISSION_DENIED, "RBAC: access denied"),
+    503: (grpc.StatusCode.UNAVAILABLE, "inbound policy not received yet"),
 }
 PeerPrincipal = Callable[[Any], "str | None"]
 

@@ -21,8 +21,7 @@ from urllib.parse import quote, urlsplit
 
 from proxyless_mesh.policy._engine import (
     BAD_REQUEST_BODY,
-    DENIED_BODY,
-    UNAUTHENTICATED_BODY,
+    REFUSAL_BODIES,
     Decision,
     InboundRequest,
     PolicySet,
@@ -34,8 +33,12 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 PEER_PRINCIPAL_KEY = "proxyless_mesh.peer_principal"
-_STATUS = {400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden"}
-_BODIES = {400: BAD_REQUEST_BODY, 401: UNAUTHENTICATED_BODY, 403: DENIED_BODY}
+_STATUS = {
+    400: "400 Bad Request",
+    401: "401 Unauthorized",
+    403: "403 Forbidden",
+    503: "503 Service Unavailable",
+}
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
 
 
@@ -58,7 +61,7 @@ class WsgiAuthorizationMiddleware:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         decision = self._policies().check(self._request(environ))
         if not decision.allowed:
-            body = _BODIES[decision.status]
+            body = REFUSAL_BODIES[decision.status]
             headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
             start_response(_STATUS[decision.status], headers)
             return [body]

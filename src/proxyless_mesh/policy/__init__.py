@@ -10,6 +10,7 @@ Istio YAML into the RBAC model the same way istiod does; `rbac_to_proto` /
 from proxyless_mesh.policy._engine import (
     BAD_REQUEST_BODY,
     DENIED_BODY,
+    NOT_READY_BODY,
     UNAUTHENTICATED_BODY,
     Decision,
     InboundRequest,
@@ -32,6 +33,7 @@ from proxyless_mesh.policy._normalize import PathNormalization, normalize_host, 
 __all__ = [
     "BAD_REQUEST_BODY",
     "DENIED_BODY",
+    "NOT_READY_BODY",
     "UNAUTHENTICATED_BODY",
     "Decision",
     "InboundRequest",

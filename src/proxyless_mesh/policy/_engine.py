@@ -35,6 +35,14 @@ logger = logging.getLogger("proxyless_mesh.policy")
 DENIED_BODY = b"RBAC: access denied"
 UNAUTHENTICATED_BODY = b"Jwt verification fails"
 BAD_REQUEST_BODY = b"Bad Request"
+NOT_READY_BODY = b"inbound policy not received yet"
+REFUSAL_BODIES = {
+    400: BAD_REQUEST_BODY,
+    401: UNAUTHENTICATED_BODY,
+    403: DENIED_BODY,
+    503: NOT_READY_BODY,
+}
+"""The body of each status `PolicySet.check` refuses with."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,8 @@ class InboundRequest:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome. `status` is 200 when allowed, else 400/401/403. When
+    """The outcome. `status` is 200 when allowed, else 400/401/403 (or 503
+    while a registering server's policy is on its way). When
     allowed, the app must be given `path` (normalized, percent-encoded),
     `query`, and the headers minus `remove_headers` plus `add_headers`."""
 
@@ -104,7 +113,7 @@ class PolicySet:
     Built once per config update (regexes, CIDRs and JWKS compiled here);
     `check` is the per-request call. A provider returns the current one."""
 
-    __slots__ = ("_engines", "_jwt", "_mode")
+    __slots__ = ("_awaiting", "_engines", "_jwt", "_mode")
 
     def __init__(
         self,
@@ -125,12 +134,24 @@ class PolicySet:
         self._engines = tuple(engines)
         self._jwt = JwtAuthenticator(jwt or JwtAuthentication())
         self._mode = path_normalization
+        self._awaiting = False
 
     @classmethod
     def allow_all(cls) -> PolicySet:
         return cls()
 
+    @classmethod
+    def awaiting(cls) -> PolicySet:
+        """Refuses every request with 503 (retriable, as Istio's default retry
+        policy has it): the policy is known to be on its way but not here yet."""
+        policies = cls()
+        policies._awaiting = True
+        return policies
+
     def check(self, request: InboundRequest) -> Decision:
+        if self._awaiting:
+            reason = "this server registered moments ago; its inbound policy is on its way"
+            return self._refuse(503, "", reason, request, None)
         raw_path, raw_query = split_target(request.target)
         try:
             path = normalize_path(raw_path, self._mode)
@@ -186,7 +207,7 @@ class PolicySet:
         request: InboundRequest,
         ctx: RequestContext | None,
     ) -> Decision:
-        kind = {400: "bad_request", 401: "unauthenticated", 403: "deny"}[status]
+        kind = {400: "bad_request", 401: "unauthenticated", 403: "deny", 503: "not_ready"}[status]
         _log(kind, policy, reason, ctx, request)
         return Decision(status, policy=policy, reason=reason)
 
