@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--requests", type=int, default=2000, help="closed loop, per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--rates", default="100,250", help="open-loop rates, req/s")
     parser.add_argument("--open-seconds", type=float, default=3.0, help="open loop, per round")
     parser.add_argument("--warmup", type=int, default=300)
