@@ -113,7 +113,7 @@ class PolicySet:
     Built once per config update (regexes, CIDRs and JWKS compiled here);
     `check` is the per-request call. A provider returns the current one."""
 
-    __slots__ = ("_awaiting", "_engines", "_jwt", "_mode")
+    __slots__ = ("_engines", "_jwt", "_mode")
 
     def __init__(
         self,
@@ -134,7 +134,6 @@ class PolicySet:
         self._engines = tuple(engines)
         self._jwt = JwtAuthenticator(jwt or JwtAuthentication())
         self._mode = path_normalization
-        self._awaiting = False
 
     @classmethod
     def allow_all(cls) -> PolicySet:
@@ -144,14 +143,9 @@ class PolicySet:
     def awaiting(cls) -> PolicySet:
         """Refuses every request with 503 (retriable, as Istio's default retry
         policy has it): the policy is known to be on its way but not here yet."""
-        policies = cls()
-        policies._awaiting = True
-        return policies
+        return _Awaiting()
 
     def check(self, request: InboundRequest) -> Decision:
-        if self._awaiting:
-            reason = "this server registered moments ago; its inbound policy is on its way"
-            return self._refuse(503, "", reason, request, None)
         raw_path, raw_query = split_target(request.target)
         try:
             path = normalize_path(raw_path, self._mode)
@@ -210,6 +204,16 @@ class PolicySet:
         kind = {400: "bad_request", 401: "unauthenticated", 403: "deny", 503: "not_ready"}[status]
         _log(kind, policy, reason, ctx, request)
         return Decision(status, policy=policy, reason=reason)
+
+
+class _Awaiting(PolicySet):
+    """`PolicySet.awaiting()`: a subclass, so the policies in use pay nothing for it."""
+
+    __slots__ = ()
+
+    def check(self, request: InboundRequest) -> Decision:
+        reason = "this server registered moments ago; its inbound policy is on its way"
+        return self._refuse(503, "", reason, request, None)
 
 
 def _ip(value: str | None) -> IpAddress | None:

@@ -242,15 +242,9 @@ def _tries(
                 return _end(None, failure, attempt, facts)
             if timeout is None or remaining <= timeout:
                 timeout, by_route = remaining, True
+        headers = _FIRST_ATTEMPT if attempt == 1 else (("x-envoy-attempt-count", str(attempt)),)
         if timeout is not None:
-            headers: tuple[tuple[str, str], ...] = (
-                ("x-envoy-attempt-count", str(attempt)),
-                ("x-envoy-expected-rq-timeout-ms", expected_timeout_ms(timeout)),
-            )
-        elif attempt == 1:
-            headers = _FIRST_ATTEMPT
-        else:
-            headers = (("x-envoy-attempt-count", str(attempt)),)
+            headers += (("x-envoy-expected-rq-timeout-ms", expected_timeout_ms(timeout)),)
         tried.append(endpoint)
         result = yield Send(endpoint, timeout, attempt, headers)
         lease.end_retry()
@@ -285,7 +279,7 @@ def _tries(
         yield Sleep(delay)
 
 
-_FIRST_ATTEMPT = (("x-envoy-attempt-count", "1"),)
+_FIRST_ATTEMPT: tuple[tuple[str, str], ...] = (("x-envoy-attempt-count", "1"),)
 _FIRST_TRY_ANSWERED = Finish(use_last_response=True, attempts=1)
 """The usual ending, shared (Finish is frozen): no flags, no notes."""
 
