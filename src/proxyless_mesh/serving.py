@@ -20,13 +20,15 @@ A module of its own because it needs uvicorn, which the library itself does
 not depend on.
 """
 
-from proxyless_mesh.integrations._serving import (
-    MeshUvicornConfig,
+from proxyless_mesh.integrations._grpc_serving import (
     add_mesh_port,
-    asgi_config,
-    authorized_asgi,
     grpc_peer_identity,
     grpc_server_credentials,
+)
+from proxyless_mesh.integrations._serving import (
+    MeshUvicornConfig,
+    asgi_config,
+    authorized_asgi,
     inbound_tls,
     serve_asgi,
 )

@@ -22,7 +22,8 @@ from cryptography import x509
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
 
 from proxyless_mesh.errors import PeerIdentityError
-from proxyless_mesh.integrations._serving import MeshUvicornConfig, grpc_server_credentials
+from proxyless_mesh.integrations._grpc_serving import grpc_server_credentials
+from proxyless_mesh.integrations._serving import MeshUvicornConfig
 from proxyless_mesh.integrations._tls_transport import (
     AsyncMtlsTransport,
     AsyncTlsTransports,

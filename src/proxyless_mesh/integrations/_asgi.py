@@ -8,8 +8,9 @@ body (403 `RBAC: access denied`, 401, 400; a WebSocket is closed with 1008
 before accept, which servers turn into a 403).
 
 The app is given the request the policy judged: `path`/`raw_path` rewritten
-to the normalized form, the token header removed unless `forward`, claim
-headers added. The query string is kept as received, minus a token parameter.
+to the normalized form, an absolute-form target's authority as the Host, the
+token header removed unless `forward`, claim headers added. The query string
+is kept as received, minus a token parameter.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class AuthorizationMiddleware:
             destination_port=port,
             destination_ip=server[0] if server else None,
             scheme=scope.get("scheme", "http"),
+            http_version=scope.get("http_version", "1.1"),
         )
 
 
@@ -107,9 +109,13 @@ def _rewritten(scope: Scope, decision: Decision) -> Scope:
     new["raw_path"] = decision.path.encode("ascii")
     new["path"] = app_path(decision.path).decode("utf-8", "replace")
     new["query_string"] = decision.query.encode("ascii")
-    if decision.remove_headers or decision.add_headers:
+    if decision.remove_headers or decision.add_headers or decision.authority is not None:
         drop = decision.remove_headers
+        if decision.authority is not None:  # absolute-form target: its authority is the Host
+            drop = drop | {"host"}
         headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in drop]
+        if decision.authority is not None:
+            headers.insert(0, (b"host", decision.authority.encode("ascii")))
         headers.extend((k.encode("latin-1"), v.encode("utf-8")) for k, v in decision.add_headers)
         new["headers"] = headers
     return new
@@ -120,14 +126,8 @@ async def _refuse(kind: str, status: int, send: Send) -> None:
         await send({"type": "websocket.close", "code": 1008})
         return
     body = REFUSAL_BODIES[status]
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain"),
-                (b"content-length", str(len(body)).encode("ascii")),
-            ],
-        }
-    )
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    if status == 400:  # the server's framing of what follows is not to be trusted
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

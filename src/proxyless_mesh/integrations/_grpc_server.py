@@ -5,7 +5,8 @@ The RPC is judged as the HTTP/2 request it is: method POST, path
 the servicer context (peer address, auth context), which `intercept_service`
 does not get, so the interceptor returns a handler of the same kind that
 checks first and then calls the real one; refusals abort with
-PERMISSION_DENIED / UNAUTHENTICATED / INVALID_ARGUMENT and a short message.
+PERMISSION_DENIED / UNAUTHENTICATED / INTERNAL (a malformed request: what
+Envoy's local 400 becomes for a gRPC caller) and a short message.
 
 grpc's Python server does not expose `:authority` to interceptors: policies
 on hosts do not match gRPC requests here. The token header is not removed
@@ -25,7 +26,9 @@ from proxyless_mesh.policy._engine import Decision, InboundRequest, PolicySet, j
 from proxyless_mesh.policy._peer import spiffe_id_from_names, spiffe_id_from_pem
 
 _CODES = {
-    400: (grpc.StatusCode.INVALID_ARGUMENT, "bad request path"),
+    # Envoy answers a malformed gRPC request with a local 400, which it turns
+    # into grpc-status by gRPC's HTTP mapping (httpToGrpcStatus): INTERNAL.
+    400: (grpc.StatusCode.INTERNAL, "Bad Request"),
     401: (grpc.StatusCode.UNAUTHENTICATED, "Jwt verification fails"),
     403: (grpc.StatusCode.PERMISSION_DENIED, "RBAC: access denied"),
     503: (grpc.StatusCode.UNAVAILABLE, "inbound policy not received yet"),
@@ -83,6 +86,7 @@ class _Checker:
             source_ip=_peer_ip(context.peer()),
             destination_port=self._port,
             scheme="https" if (context.auth_context() or {}).get("x509_pem_cert") else "http",
+            http_version="2",
         )
         return self._policies().check(request)
 

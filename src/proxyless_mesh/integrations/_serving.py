@@ -36,18 +36,7 @@ reads right after `connection_made` even when paused there), and the TLS
 layer is `loop.start_tls`. uvloop's transports are not `asyncio.Transport`
 subclasses, so transports are checked by what they can do (`_stream`).
 
-grpcio: `grpc_server_credentials(mesh)` are rotating server credentials
-(`grpc.dynamic_ssl_server_credentials`: grpcio asks the fetch function at
-each new handshake, which returns a new certificate config only after a
-rotation), client certificates required and verified against the mesh
-roots; `add_mesh_port(server, address, mesh)` adds a port by mode. grpcio
-cannot serve TLS and plaintext on one port, so PERMISSIVE is refused there.
-`add_mesh_port` announces the bound port as `port_name` (default "grpc"):
-grpcio listens from add_port on, so callers connecting before
-`server.start()` wait in the backlog rather than fail; start the server
-right after, or pass port_name=None and announce after start yourself.
-The handler reads the peer with `grpc_peer_identity(context)` (grpc's auth
-context carries the verified leaf as PEM).
+grpcio: see `_grpc_serving` (add_mesh_port, rotating server credentials).
 """
 
 from __future__ import annotations
@@ -59,7 +48,6 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-import grpc
 import uvicorn
 from cryptography.hazmat.primitives.serialization import Encoding
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -68,10 +56,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from proxyless_mesh.errors import MeshError
 from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
 from proxyless_mesh.integrations._coalescing import CorkedTransport
-from proxyless_mesh.integrations._grpc_server import auth_context_peer_principal
+from proxyless_mesh.integrations._grpc_serving import ModeArg
 from proxyless_mesh.model import TlsMode
 from proxyless_mesh.registration import check_port
-from proxyless_mesh.security import Credentials
 from proxyless_mesh.security._inbound import (
     TLS_HANDSHAKE_BYTE,
     InboundTls,
@@ -86,18 +73,13 @@ __all__ = [
     "MeshH11Protocol",
     "MeshHttpToolsProtocol",
     "MeshUvicornConfig",
-    "add_mesh_port",
     "asgi_config",
     "authorized_asgi",
-    "grpc_peer_identity",
-    "grpc_server_credentials",
     "inbound_tls",
     "serve_asgi",
 ]
 
 log = logging.getLogger("proxyless_mesh.serving")
-
-ModeArg = TlsMode | str | None
 
 
 def inbound_tls(mesh: Mesh, mode: ModeArg = None) -> InboundTls:
@@ -349,7 +331,20 @@ class MeshH11Protocol(_MeshProtocolMixin, H11Protocol):
 
 
 class MeshHttpToolsProtocol(_MeshProtocolMixin, HttpToolsProtocol):
-    """uvicorn's httptools protocol with mesh mTLS (see module docstring)."""
+    """uvicorn's httptools protocol with mesh mTLS (see module docstring).
+
+    httptools drops an absolute-form target's authority (`GET http://h/x`):
+    `raw_path` is set to the target as received, as h11 leaves it, so the
+    authorization middleware's hygiene step uses that authority as the Host."""
+
+    url: bytes
+    scope: Any
+    root_path: str
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()  # builds the scope; the app task runs later
+        if not self.url.startswith(b"/") and "raw_path" in self.scope:
+            self.scope["raw_path"] = self.root_path.encode() + self.url.partition(b"?")[0]
 
 
 _PROTOCOLS: dict[str, type[asyncio.Protocol]] = {
@@ -507,74 +502,3 @@ class _ByPort:
         if middleware is None:
             raise MeshError(f"no inbound policy followed for local address {server}")
         await middleware(scope, receive, send)
-
-
-# -- grpcio ------------------------------------------------------------------------
-
-
-def _certificate_configuration(credentials: Credentials) -> Any:
-    return grpc.ssl_server_certificate_configuration(
-        [(credentials.private_key_pem(), credentials.chain_pem.encode())],
-        root_certificates=credentials.roots_pem.encode(),
-    )
-
-
-def grpc_server_credentials(source: Mesh | Callable[[], Credentials]) -> grpc.ServerCredentials:
-    """Rotating mTLS server credentials from a mesh (or a credentials source)."""
-    current: Callable[[], Credentials] = source.credentials if not callable(source) else source
-    served = [current()]
-
-    def fetch() -> Any:
-        # Called by grpcio on its own threads at each handshake: cheap unless
-        # the credentials object changed (one identity comparison).
-        now = current()
-        if now is served[0]:
-            return None
-        served[0] = now
-        return _certificate_configuration(now)
-
-    return grpc.dynamic_ssl_server_credentials(
-        _certificate_configuration(served[0]), fetch, require_client_authentication=True
-    )
-
-
-def add_mesh_port(
-    server: Any,
-    address: str,
-    mesh: Mesh,
-    *,
-    mode: ModeArg = None,
-    port_name: str | None = "grpc",
-) -> int:
-    """Add `address` to a grpc (or grpc.aio) server: mTLS (STRICT; the
-    default with an identity) or plaintext (DISABLE; the default without).
-    Returns the bound port, announced as `port_name` (None: not announced;
-    see the module docstring: start the server right after)."""
-    port = _add_port(server, address, mesh, mode)
-    if port_name is not None and port:
-        mesh.announce_port(port_name, port)
-    return port
-
-
-def _add_port(server: Any, address: str, mesh: Mesh, mode: ModeArg) -> int:
-    fixed = TlsMode(mode) if mode is not None else None
-    if fixed is None:
-        fixed = TlsMode.STRICT if mesh.mtls else TlsMode.DISABLE
-    if fixed is TlsMode.PERMISSIVE:
-        raise MeshError(
-            "grpcio cannot serve mTLS and plaintext on one port: serve STRICT (or DISABLE) "
-            "here, or use grpc.server(xds=True), whose xDS credentials follow the control "
-            "plane's PeerAuthentication"
-        )
-    if fixed is TlsMode.DISABLE:
-        port: int = server.add_insecure_port(address)
-        return port
-    if not mesh.mtls:
-        raise MeshError("STRICT needs a workload identity, and this mesh has none")
-    port = server.add_secure_port(address, grpc_server_credentials(mesh))
-    return port
-
-
-def grpc_peer_identity(context: Any) -> str | None:
-    """The verified SPIFFE ID of the caller of an RPC (None over plaintext)."""
-    return auth_context_peer_principal(context)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from proxyless_mesh.policy._engine import (
     BAD_REQUEST_BODY,
@@ -63,6 +63,8 @@ class WsgiAuthorizationMiddleware:
         if not decision.allowed:
             body = REFUSAL_BODIES[decision.status]
             headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+            if decision.status == 400:  # the server's framing of what follows is suspect
+                headers.append(("Connection", "close"))
             start_response(_STATUS[decision.status], headers)
             return [body]
         script = environ.get("SCRIPT_NAME", "")
@@ -74,10 +76,7 @@ class WsgiAuthorizationMiddleware:
 
     def _request(self, environ: Environ) -> InboundRequest:
         raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-        if raw:
-            if not raw.startswith("/") and "://" in raw:  # absolute-form target
-                parts = urlsplit(raw)
-                raw = parts.path + ("?" + parts.query if parts.query else "")
+        if raw:  # as received; an absolute-form target is reduced by the policy's hygiene
             target = raw.encode("latin-1")
         else:
             path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
@@ -92,8 +91,6 @@ class WsgiAuthorizationMiddleware:
         for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             if environ.get(key):
                 headers[key.replace("_", "-").lower()] = environ[key]
-        if "host" not in headers:
-            headers["host"] = environ.get("SERVER_NAME", "")
         port = self._port
         if port is None and str(environ.get("SERVER_PORT", "")).isdigit():
             port = int(environ["SERVER_PORT"])
@@ -106,6 +103,7 @@ class WsgiAuthorizationMiddleware:
             source_ip=environ.get("REMOTE_ADDR"),
             destination_port=port,
             scheme=environ.get("wsgi.url_scheme", "http"),
+            http_version=environ.get("SERVER_PROTOCOL", "HTTP/1.1").removeprefix("HTTP/"),
         )
 
 
@@ -117,6 +115,8 @@ def _rewritten(environ: Environ, decision: Decision, path_info: str) -> Environ:
     for key in ("RAW_URI", "REQUEST_URI"):
         if key in new:
             new[key] = raw
+    if decision.authority is not None:  # absolute-form target: its authority is the Host
+        new["HTTP_HOST"] = decision.authority
     for name in decision.remove_headers:
         new.pop("HTTP_" + name.upper().replace("-", "_"), None)
     for name, value in decision.add_headers:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from proxyless_mesh.model._rbac import JwtAuthentication, Rbac, RbacAction
 from proxyless_mesh.policy._compile import IpAddress, Predicate, RequestContext, compile_rule
 from proxyless_mesh.policy._errors import MalformedRequestError
+from proxyless_mesh.policy._hygiene import request_hygiene
 from proxyless_mesh.policy._jwt import ISTIO_AUTHN, JwtAuthenticator, JwtAuthError, strip_params
 from proxyless_mesh.policy._normalize import (
     PathNormalization,
@@ -52,7 +53,8 @@ class InboundRequest:
     `target` is the raw request target (path, optional `?query`, optional
     fragment) as received; `headers` has lower-case names with duplicate
     values joined by "," (use `join_headers`); `peer_principal` is the
-    verified SPIFFE ID of the mTLS peer, None without mTLS."""
+    verified SPIFFE ID of the mTLS peer, None without mTLS; `http_version`
+    is "1.1", "1.0" or "2" (HTTP/1.1 must carry a Host)."""
 
     method: str
     target: bytes
@@ -63,6 +65,7 @@ class InboundRequest:
     destination_ip: str | None = None
     sni: str | None = None
     scheme: str = "http"
+    http_version: str = "1.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,8 @@ class Decision:
     """The outcome. `status` is 200 when allowed, else 400/401/403 (or 503
     while a registering server's policy is on its way). When
     allowed, the app must be given `path` (normalized, percent-encoded),
-    `query`, and the headers minus `remove_headers` plus `add_headers`."""
+    `query`, and the headers minus `remove_headers` plus `add_headers`; and,
+    when `authority` is set (an absolute-form target), that as its Host."""
 
     status: int
     policy: str = ""
@@ -79,6 +83,7 @@ class Decision:
     query: str = ""
     remove_headers: frozenset[str] = frozenset()
     add_headers: tuple[tuple[str, str], ...] = ()
+    authority: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -146,15 +151,18 @@ class PolicySet:
         return _Awaiting()
 
     def check(self, request: InboundRequest) -> Decision:
-        raw_path, raw_query = split_target(request.target)
         try:
+            target, replaced = request_hygiene(
+                request.method, request.target, request.headers, request.http_version
+            )
+            raw_path, raw_query = split_target(target)
             path = normalize_path(raw_path, self._mode)
             query = raw_query.decode("ascii")
         except (MalformedRequestError, UnicodeDecodeError) as exc:
-            return self._refuse(400, "", f"malformed path: {exc}", request, None)
-        authority = request.headers.get(":authority") or request.headers.get("host", "")
-        if "," in authority:  # several Host headers: RFC 9112 says 400, and they'd be ambiguous
-            return self._refuse(400, "", "more than one Host header", request, None)
+            return self._refuse(400, "", f"malformed request: {exc}", request, None)
+        authority = replaced
+        if authority is None:
+            authority = request.headers.get(":authority") or request.headers.get("host", "")
         host = normalize_host(authority)
         ctx = RequestContext(
             method=request.method,
@@ -191,7 +199,14 @@ class PolicySet:
                     return self._refuse(403, matched, "matched DENY policy", request, ctx)
             elif matched is None:
                 return self._refuse(403, "", "no ALLOW policy matched", request, ctx)
-        return Decision(200, path=path, query=query, remove_headers=remove, add_headers=add)
+        return Decision(
+            200,
+            path=path,
+            query=query,
+            remove_headers=remove,
+            add_headers=add,
+            authority=replaced,
+        )
 
     def _refuse(
         self,
