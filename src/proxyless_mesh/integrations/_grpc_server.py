@@ -9,8 +9,10 @@ PERMISSION_DENIED / UNAUTHENTICATED / INTERNAL (a malformed request: what
 Envoy's local 400 becomes for a gRPC caller) and a short message.
 
 grpc's Python server does not expose `:authority` to interceptors: policies
-on hosts do not match gRPC requests here. The token header is not removed
-from what the handler sees (gRPC metadata is read-only to interceptors).
+on hosts do not match gRPC requests here. An allowed call whose `:path` is
+not already in normal form is refused (the handler is picked by the raw
+path). The token header is not removed from what the handler sees (gRPC
+metadata is read-only to interceptors).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ _CODES = {
     503: (grpc.StatusCode.UNAVAILABLE, "inbound policy not received yet"),
 }
 PeerPrincipal = Callable[[Any], "str | None"]
+# grpcio dispatches on the :path as sent, and an interceptor cannot change it:
+# a call whose path normalization changes (dot segments, escapes, a query)
+# would run a handler the policy did not judge, so it is refused.
+_NOT_AS_SENT = Decision(400, reason="gRPC :path is not in normal form")
 
 if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
     _SyncInterceptor = grpc.ServerInterceptor[Any, Any]
@@ -88,7 +94,10 @@ class _Checker:
             scheme="https" if (context.auth_context() or {}).get("x509_pem_cert") else "http",
             http_version="2",
         )
-        return self._policies().check(request)
+        decision = self._policies().check(request)
+        if decision.allowed and decision.path != method:
+            return _NOT_AS_SENT
+        return decision
 
 
 def _kind(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[str, Any]:

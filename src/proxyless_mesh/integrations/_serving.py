@@ -342,9 +342,21 @@ class MeshHttpToolsProtocol(_MeshProtocolMixin, HttpToolsProtocol):
     root_path: str
 
     def on_headers_complete(self) -> None:
-        super().on_headers_complete()  # builds the scope; the app task runs later
-        if not self.url.startswith(b"/") and "raw_path" in self.scope:
-            self.scope["raw_path"] = self.root_path.encode() + self.url.partition(b"?")[0]
+        target = self.url
+        if target.startswith(b"/"):
+            super().on_headers_complete()
+            return
+        # uvicorn would parse it (and fail on `http://h` without a path): give
+        # it "/" and then the target as received; the app task runs later.
+        self.url = b"/"
+        try:
+            super().on_headers_complete()
+        finally:
+            self.url = target
+        if "raw_path" in self.scope:  # not a WebSocket upgrade
+            raw, _, query = target.partition(b"?")
+            self.scope["raw_path"] = self.root_path.encode() + raw
+            self.scope["query_string"] = query
 
 
 _PROTOCOLS: dict[str, type[asyncio.Protocol]] = {

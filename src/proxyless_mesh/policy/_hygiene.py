@@ -7,8 +7,8 @@ from the policy (Django upper-cases `delete`, so a DENY on `DELETE` would not
 match what its view runs). `request_hygiene` is the one check every stack
 runs, through `PolicySet.check`, before normalization and authorization:
 
-- method: an RFC 9110 token; a method whose upper-case form is one Envoy's
-  codec knows (GET, DELETE, ...) must be written upper-case.
+- method: one of the methods Envoy's codec knows (GET, DELETE, ...; Istio
+  does not set `allow_custom_methods`), written upper-case as they are.
 - target: origin-form (`/path?query`), or absolute-form
   (`http://authority/path`), which is reduced to origin-form with its
   authority taking the place of Host (RFC 9112 section 3.2.2, as Envoy does).
@@ -30,8 +30,8 @@ from collections.abc import Mapping
 
 from proxyless_mesh.policy._errors import MalformedRequestError
 
-# The methods of Envoy's (http-parser / Balsa) built-in list: a lower- or
-# mixed-case spelling of one of these is refused, whatever the server allows.
+# The methods of Envoy's (http-parser / Balsa) built-in list, the only ones it
+# accepts by default; any other spelling (`delete`) is refused.
 _KNOWN = """GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH COPY LOCK MKCOL MOVE PROPFIND
 PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY
 SUBSCRIBE UNSUBSCRIBE PURGE MKCALENDAR LINK UNLINK SOURCE QUERY"""
@@ -63,10 +63,13 @@ def request_hygiene(
 
 
 def _check_method(method: str) -> None:
-    if _TOKEN.fullmatch(method) is None:
-        raise MalformedRequestError(f"method is not an HTTP token: {method[:20]!r}")
     if method.upper() in KNOWN_METHODS:
         raise MalformedRequestError(f"method {method!r} must be written {method.upper()!r}")
+    if _TOKEN.fullmatch(method) is None:
+        raise MalformedRequestError(f"method is not an HTTP token: {method[:20]!r}")
+    # Envoy's codec (without allow_custom_methods, which Istio does not set),
+    # llhttp and so httptools refuse the rest too: every stack answers alike.
+    raise MalformedRequestError(f"method {method[:20]!r} is not one Envoy accepts")
 
 
 def _origin_form(target: bytes) -> tuple[bytes, str]:
