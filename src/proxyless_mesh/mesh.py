@@ -57,7 +57,13 @@ from proxyless_mesh.integrations import (
     MeshTransport,
     normalize_target,
 )
-from proxyless_mesh.model import CircuitBreakers, Cluster, InboundListener, TlsMode
+from proxyless_mesh.model import (
+    INBOUND_PASSTHROUGH,
+    CircuitBreakers,
+    Cluster,
+    InboundListener,
+    TlsMode,
+)
 from proxyless_mesh.model._rbac import Rbac, RbacAction
 from proxyless_mesh.policy import PolicySet
 from proxyless_mesh.registration import Registrar
@@ -75,9 +81,8 @@ from proxyless_mesh.xds_client import XdsClient, XdsState
 log = logging.getLogger("proxyless_mesh")
 _T = TypeVar("_T")
 
-# No server listener from the control plane for an address it was asked about
-# (not declared by any ServiceEntry/WorkloadEntry for this workload): nothing
-# the operator wrote applies, as for a workload outside the mesh.
+# No server listener from the control plane for an address it was asked about,
+# and no passthrough either (a control plane that sends none): as before it.
 _ALLOW_ALL = PolicySet.allow_all()
 # Watched but not known yet, or its policy failed to compile: fail closed.
 _DENY_ALL = PolicySet([Rbac(RbacAction.ALLOW)])
@@ -240,7 +245,8 @@ class Mesh:
     def inbound_tls_mode(self, port: int) -> TlsMode:
         """The PeerAuthentication mode for an inbound port: DISABLE without an
         identity; else the mode of the server listener the control plane sent
-        for this port (see `serve_inbound`); else PERMISSIVE (Istio's default,
+        for this port (see `serve_inbound`; an undeclared port: the workload's
+        passthrough listener's); else PERMISSIVE (Istio's default,
         so a workload joining the mesh keeps its plaintext callers)."""
         if not self.mtls:
             return TlsMode.DISABLE
@@ -278,17 +284,20 @@ class Mesh:
 
     async def _serve_inbound(self, port: int, address: str, timeout: float | None) -> str:
         name = self.inbound_listener_name(port, address)
-        await self.xds.watch_inbound([name], timeout=self._timeout(timeout))
+        watched = [name, INBOUND_PASSTHROUGH]
+        await self.xds.watch_inbound(watched, timeout=self._timeout(timeout))
         self._inbound_names[port] = name
         state = self.xds.state
-        if name in state.inbound and name not in self.snapshot.inbound:
+        if any(n in state.inbound and n not in self.snapshot.inbound for n in watched):
             self._on_update(state)  # the watch finished between two updates
         if name not in state.inbound:
             log.warning(
-                "no inbound policy for %s from the control plane (no ServiceEntry or "
-                "WorkloadEntry declares this workload on that address and port): serving "
-                "without authorization, PeerAuthentication PERMISSIVE",
+                "no inbound listener for %s from the control plane (no ServiceEntry or "
+                "WorkloadEntry declares this workload on that address and port): %s",
                 name,
+                "serving with the workload's passthrough policy (its namespace and labels)"
+                if INBOUND_PASSTHROUGH in state.inbound
+                else "serving without authorization, PeerAuthentication PERMISSIVE",
             )
         return name
 
@@ -344,14 +353,18 @@ class Mesh:
         """The server listener in use for `port` (None: not watched, not
         arrived, or the control plane has none for it)."""
         name = self._inbound_names.get(port)
-        entry = self.snapshot.inbound.get(name) if name is not None else None
+        snapshot = self.snapshot
+        entry = snapshot.inbound.get(name) if name is not None else None
+        if entry is None and name in snapshot.absent:  # undeclared port: the passthrough
+            entry = snapshot.inbound.get(INBOUND_PASSTHROUGH)
         return entry.listener if entry is not None else None
 
     def inbound_policies(self, port: int) -> Callable[[], PolicySet]:
         """The provider the authorization middlewares take (`policies=`): each
         call returns the PolicySet current for `port` (compiled at update time,
-        so a call is two dictionary reads). Listener known not to exist: allow
-        (nothing the operator wrote selects this server), unless this mesh is
+        so a call is two dictionary reads). Listener known not to exist: the
+        workload's passthrough policy (`INBOUND_PASSTHROUGH`: what selects its
+        namespace and labels; 503 until it arrived), unless this mesh is
         registering the port: then 503 until the listener the registration
         makes arrives (at most the Registration's timeout); watched but not
         usable (not arrived, policy rejected): deny. Raises MeshError when
@@ -370,7 +383,14 @@ class Mesh:
                 return entry.policies
             if name not in snapshot.absent:
                 return _DENY_ALL
-            return _AWAITING if self._joining.awaits_inbound_policy(port) else _ALLOW_ALL
+            if self._joining.awaits_inbound_policy(port):
+                return _AWAITING
+            passthrough = snapshot.inbound.get(INBOUND_PASSTHROUGH)
+            if passthrough is not None:
+                return passthrough.policies
+            # Not yet known: fail closed, retriably; known absent: a control
+            # plane that sends no passthrough (not meshctl's), as before.
+            return _AWAITING if INBOUND_PASSTHROUGH not in snapshot.absent else _ALLOW_ALL
 
         return current
 

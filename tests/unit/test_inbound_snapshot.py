@@ -1,6 +1,7 @@
 """The snapshot's inbound half: a PolicySet per server listener, compiled
 when the listener changed and reused otherwise; and the mesh's provider
-semantics (absent: allow, not usable: deny) and TLS mode per port."""
+semantics (absent: the workload's passthrough, not usable: deny) and TLS
+mode per port."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from proxyless_mesh import Mesh
 from proxyless_mesh._snapshot import build_snapshot
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import MeshError
-from proxyless_mesh.model import InboundListener, TlsMode
+from proxyless_mesh.model import INBOUND_PASSTHROUGH, InboundListener, TlsMode
 from proxyless_mesh.model._rbac import Rbac, RbacAction
 from proxyless_mesh.policy import InboundRequest
 from proxyless_mesh.registration import Registration
@@ -68,10 +69,38 @@ def test_the_mesh_provider_follows_the_snapshot() -> None:
     provider = mesh.inbound_policies(8080)
     assert _status(provider()) == 403  # watched, nothing arrived yet: fail closed
     mesh.snapshot = build_snapshot(_state(absent=frozenset({NAME})), mesh.snapshot)
-    assert _status(provider()) == 200  # the control plane has no policy for it
+    assert _status(provider()) == 503  # undeclared, the passthrough not here yet
+    both = frozenset({NAME, INBOUND_PASSTHROUGH})
+    mesh.snapshot = build_snapshot(_state(absent=both), mesh.snapshot)
+    assert _status(provider()) == 200  # a control plane that sends no passthrough
     mesh.snapshot = build_snapshot(_state(_listener(DENY_ALL)), mesh.snapshot)
     assert _status(provider()) == 403  # the operator's policy, read per call
     assert mesh.inbound_listener(8080) == _listener(DENY_ALL)
+
+
+def _passthrough(rbac: tuple[Rbac, ...], mode: TlsMode) -> InboundListener:
+    return InboundListener(INBOUND_PASSTHROUGH, "0.0.0.0", 15006, tls_mode=mode, rbac=rbac)
+
+
+def test_an_undeclared_port_enforces_the_workload_passthrough() -> None:
+    """No listener for the port (nothing declares it): the PeerAuthentication
+    and AuthorizationPolicies the control plane sent for the workload itself
+    (namespace, labels) apply, as Istio's inbound passthrough chain does."""
+    mesh = _mesh()
+    mesh._identity_config = object()  # type: ignore[assignment]  # "has an identity"
+    mesh._inbound_names[8080] = NAME
+    provider = mesh.inbound_policies(8080)
+    state = _state(_passthrough(DENY_ALL, TlsMode.STRICT), absent=frozenset({NAME}))
+    mesh.snapshot = build_snapshot(state, mesh.snapshot)
+    assert _status(provider()) == 403
+    assert mesh.inbound_tls_mode(8080) is TlsMode.STRICT
+    # The port gets declared: its own listener wins.
+    mesh.snapshot = build_snapshot(
+        _state(_listener(mode=TlsMode.PERMISSIVE), _passthrough(DENY_ALL, TlsMode.STRICT)),
+        mesh.snapshot,
+    )
+    assert _status(provider()) == 200
+    assert mesh.inbound_tls_mode(8080) is TlsMode.PERMISSIVE
 
 
 def test_inbound_tls_mode_comes_from_the_listener_when_the_mesh_has_an_identity() -> None:
@@ -107,7 +136,8 @@ def test_a_port_being_registered_answers_503_until_its_listener_arrives() -> Non
     mesh.snapshot = build_snapshot(_state(_listener(DENY_ALL)), mesh.snapshot)
     assert _status(provider()) == 403  # arrived: the operator's policy
     registration._arriving.discard(8080)  # the registration settled
-    mesh.snapshot = build_snapshot(_state(absent=frozenset({NAME})), mesh.snapshot)
+    absent = frozenset({NAME, INBOUND_PASSTHROUGH})  # and no passthrough either
+    mesh.snapshot = build_snapshot(_state(absent=absent), mesh.snapshot)
     assert _status(provider()) == 200  # absent for good: nothing selects this server
 
 

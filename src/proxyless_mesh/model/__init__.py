@@ -41,9 +41,17 @@ from proxyless_mesh.model._resources import (
     VirtualHost,
     WeightedCluster,
 )
-from proxyless_mesh.model._security import InboundListener, TlsMode, UpstreamTls
+from proxyless_mesh.model._security import (
+    INBOUND_PASSTHROUGH,
+    INBOUND_PASSTHROUGH_PORT,
+    InboundListener,
+    TlsMode,
+    UpstreamTls,
+)
 
 __all__ = [
+    "INBOUND_PASSTHROUGH",
+    "INBOUND_PASSTHROUGH_PORT",
     "CircuitBreakers",
     "Cluster",
     "ClusterLoadAssignment",

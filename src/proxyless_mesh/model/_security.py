@@ -29,6 +29,15 @@ class UpstreamTls:
     sni: str = ""
 
 
+INBOUND_PASSTHROUGH = "virtualInbound"
+"""The server listener a mesh workload also watches: the control plane's answer
+for a port no ServiceEntry or WorkloadEntry declares (Istio's inbound
+passthrough chain): the PeerAuthentication and AuthorizationPolicies that
+select the workload by its namespace and labels (node metadata)."""
+INBOUND_PASSTHROUGH_PORT = 15006
+"""Its address port: Istio's virtual inbound port (nothing binds it here)."""
+
+
 class TlsMode(enum.Enum):
     """Inbound mTLS mode per PeerAuthentication."""
 

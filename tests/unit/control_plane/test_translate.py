@@ -33,6 +33,8 @@ from mesh_control_plane.translate import (
     translate,
 )
 
+from proxyless_mesh.model import INBOUND_PASSTHROUGH
+
 from .samples import (
     API,
     BACKEND,
@@ -305,7 +307,7 @@ def test_tcp_ports_get_clusters_but_no_listener() -> None:
         )
     )
     rs = run(config)
-    assert dict(rs.resources[LISTENER]) == {}
+    assert list(rs.resources[LISTENER]) == [INBOUND_PASSTHROUGH]  # the library's, always
     assert list(rs.resources[CLUSTER]) == [cluster_name("db.mesh", 5432)]
     assert _addresses(rs, cluster_name("db.mesh", 5432)) == [("10.0.0.5", 5432)]
     envoy = run(config, ClientKind.ENVOY)

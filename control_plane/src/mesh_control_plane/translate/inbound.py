@@ -10,6 +10,12 @@ node's SERVICE_ACCOUNT), one listener per bind address: the instance address,
 ``0.0.0.0`` and ``[::]``. Any other name is answered as absent. Envoy gets none (it is used
 as a client-side proxy here, and would try to bind them).
 
+The library also gets ``virtualInbound`` (``proxyless_mesh.model.INBOUND_PASSTHROUGH``),
+Istio's inbound passthrough: a server on a port nothing declares (or running under
+a service account no instance names) still enforces the PeerAuthentication and the
+AuthorizationPolicies that select the node's namespace and labels. gRPC servers
+need none: grpcio does not serve a port whose listener does not exist.
+
 Each listener: ``address`` = the IP:PORT of its name; filter chains with an
 HttpConnectionManager whose inline route table has one ``*`` virtual host and
 one ``non_forwarding_action`` route (A36); HTTP filters: jwt_authn (library
@@ -50,6 +56,7 @@ from mesh_control_plane.translate.names import server_listener_name
 from mesh_control_plane.translate.node import ClientKind, NodeInfo
 from mesh_control_plane.translate.protos import HCM_FILTER, pack, router_filter
 from mesh_control_plane.translate.tls import downstream_transport_socket
+from proxyless_mesh.model import INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH_PORT
 from proxyless_mesh.model._rbac import RbacAction
 from proxyless_mesh.policy import (
     authorization_policies_to_rbac,
@@ -81,14 +88,27 @@ def inbound_listeners(
     if node.kind is ClientKind.ENVOY:
         return []
     filters = _http_filters(config, node)
+    normalization = config.settings.path_normalization
     listeners: dict[str, listener_pb2.Listener] = {}
     for address, port in sorted(workload_ports(index, registry, node)):
         mode = peer_mode(config, node, port)
         for ip in (address, *WILDCARD_ADDRESSES):
             name = server_listener_name(ip, port)
             listeners[name] = server_listener(
-                name, ip, port, mode, filters, node.kind, config.settings.path_normalization
+                name, ip, port, mode, filters, node.kind, normalization
             )
+    if node.kind is ClientKind.MESH:
+        # Istio's inbound passthrough: what a port nobody declared enforces.
+        # Workload-wide modes only (portLevelMtls names declared ports).
+        listeners[INBOUND_PASSTHROUGH] = server_listener(
+            INBOUND_PASSTHROUGH,
+            WILDCARD_ADDRESSES[0],
+            INBOUND_PASSTHROUGH_PORT,
+            peer_mode(config, node, 0),
+            filters,
+            node.kind,
+            normalization,
+        )
     return list(listeners.values())
 
 
