@@ -287,11 +287,13 @@ class LocalMesh:
         *,
         token: str | None = None,
         credentials_dir: Path | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Path:
         """Write a workload bootstrap; with `token` it also carries the CA
-        address and the token (and `credentials_dir` for grpcio's files)."""
+        address and the token (and `credentials_dir` for grpcio's files);
+        `labels` are the workload's (node metadata LABELS)."""
         path = self.workdir / f"bootstrap-{node_id}.json"
-        identity: list[str] = []
+        identity: list[str] = [f"--label={k}={v}" for k, v in (labels or {}).items()]
         if token is not None:
             identity += ["--ca-address", self.ca_address, "--token", token]
         if credentials_dir is not None:
