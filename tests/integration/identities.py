@@ -84,16 +84,17 @@ def service_entry(host: str, port: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def serving_asgi(app: Any, mesh: Mesh, sock: socket.socket) -> Iterator[None]:
+def serving_asgi(app: Any, mesh: Mesh, sock: socket.socket, **options: Any) -> Iterator[None]:
     """serve_asgi on its own loop and thread (the tests' clients are sync),
-    cancelled and joined on exit."""
+    cancelled and joined on exit; `options` go to serve_asgi (uvicorn's)."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     task: list[asyncio.Task[None]] = []
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        coro = serve_asgi(app, mesh, sockets=[sock], log_level="warning", lifespan="off")
+        options.setdefault("log_level", "warning")
+        coro = serve_asgi(app, mesh, sockets=[sock], lifespan="off", **options)
         task.append(loop.create_task(coro))
         started.set()
         with contextlib.suppress(asyncio.CancelledError):
