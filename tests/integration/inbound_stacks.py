@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -31,7 +31,7 @@ import jwt
 import uvicorn
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
-from identities import serving_asgi
+from identities import listening_socket, serving_asgi
 from inbound_table import ISSUER, NORMALIZATION, POLICIES, ROWS, Row
 from meshlab import LocalMesh
 
@@ -119,10 +119,23 @@ async def echo_asgi(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+ECHO_WSGI = """
+import json
+
+
+def app(environ, start_response):
+    environ["wsgi.input"].read()
+    body = json.dumps({"method": environ["REQUEST_METHOD"], "host": environ.get("HTTP_HOST", ""),
+                       "path": environ["PATH_INFO"]}).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
 WSGI_APP = """
 import json, os
-import yaml
 from proxyless_mesh.integrations._wsgi import WsgiAuthorizationMiddleware
+from table_echo import app as echo
 from proxyless_mesh.policy import (
     PathNormalization, PolicySet, authorization_policies_to_rbac, request_authentications_to_jwt)
 
@@ -137,14 +150,6 @@ def _policy_set(entry):
         request_authentications_to_jwt([d for d in docs if d["kind"] == "RequestAuthentication"]),
         PathNormalization(entry["normalization"]),
     )
-
-
-def echo(environ, start_response):
-    environ["wsgi.input"].read()
-    body = json.dumps({"method": environ["REQUEST_METHOD"], "host": environ.get("HTTP_HOST", ""),
-                       "path": environ["PATH_INFO"]}).encode()
-    start_response("200 OK", [("Content-Length", str(len(body)))])
-    return [body]
 
 
 GUARDED = {}
@@ -184,15 +189,22 @@ class HttpStack:
         return status, json.loads(body) if status == 200 else {}
 
 
-def _listening() -> socket.socket:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
+def _stop(procs: list[subprocess.Popen[bytes]], sockets: Iterable[socket.socket]) -> None:
+    """Terminate, wait (kill after 15 s), close the listening sockets."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for sock in sockets:
+        sock.close()
 
 
 def uvicorn_stack(http: str) -> Iterator[HttpStack]:
-    sockets = {group: _listening() for group in GROUPS}
+    sockets = {group: listening_socket() for group in GROUPS}
     by_port = {
         sock.getsockname()[1]: AuthorizationMiddleware(
             echo_asgi, policies=partial(POLICY_SETS.__getitem__, group)
@@ -236,7 +248,7 @@ def _wait_started(started: Callable[[], bool]) -> None:
 
 
 def gunicorn_stack(tmp: Path) -> Iterator[HttpStack]:
-    sockets = {group: _listening() for group in GROUPS}
+    sockets = {group: listening_socket() for group in GROUPS}
     config = {
         str(s.getsockname()[1]): {
             "documents": policy_documents(g),
@@ -246,6 +258,7 @@ def gunicorn_stack(tmp: Path) -> Iterator[HttpStack]:
     }
     (tmp / "policies.json").write_text(json.dumps(config))
     (tmp / "table_wsgi.py").write_text(WSGI_APP)
+    (tmp / "table_echo.py").write_text(ECHO_WSGI)
     binds = [arg for s in sockets.values() for arg in ("--bind", f"fd://{s.fileno()}")]
     proc = subprocess.Popen(
         [
@@ -263,14 +276,7 @@ def gunicorn_stack(tmp: Path) -> Iterator[HttpStack]:
         _wait_started(lambda: proc.poll() is None and stack.send(ready)[0] == 200)
         yield stack
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for sock in sockets.values():
-            sock.close()
+        _stop([proc], sockets.values())
 
 
 def _echo_handler(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
@@ -368,17 +374,6 @@ def grpc_aio_stack() -> Iterator[GrpcStack]:
 # "deny-merge" needs a control plane with a mesh-wide MERGE_SLASHES: not run here.
 XDS_GROUPS = ["allow", "deny", "jwt"]
 NAMESPACE = "foo"
-ECHO_WSGI = """
-import json
-
-
-def app(environ, start_response):
-    environ["wsgi.input"].read()
-    body = json.dumps({"method": environ["REQUEST_METHOD"], "host": environ.get("HTTP_HOST", ""),
-                       "path": environ["PATH_INFO"]}).encode()
-    start_response("200 OK", [("Content-Length", str(len(body)))])
-    return [body]
-"""
 
 
 @contextlib.contextmanager
@@ -412,7 +407,7 @@ def serve_asgi_stack(lab: LocalMesh, http: str) -> Iterator[HttpStack]:
         for group in XDS_GROUPS:
             mesh = Mesh(Bootstrap.from_file(_bootstrap(lab, f"{http}-{group}", group)))
             stack.enter_context(mesh)
-            sock = _listening()
+            sock = listening_socket()
             stack.callback(sock.close)
             ports[group] = sock.getsockname()[1]
             stack.enter_context(serving_asgi(echo_asgi, mesh, sock, http=http, port_name=None))
@@ -423,7 +418,7 @@ def mesh_sync_worker_stack(lab: LocalMesh) -> Iterator[HttpStack]:
     """gunicorn with `MeshSyncWorker`, one process per group."""
     (lab.workdir / "table_echo.py").write_text(ECHO_WSGI)
     procs: list[subprocess.Popen[bytes]] = []
-    sockets = {group: _listening() for group in XDS_GROUPS}
+    sockets = {group: listening_socket() for group in XDS_GROUPS}
     try:
         for group, sock in sockets.items():
             env = dict(os.environ, GRPC_XDS_BOOTSTRAP=str(_bootstrap(lab, f"wsgi-{group}", group)))
@@ -443,13 +438,4 @@ def mesh_sync_worker_stack(lab: LocalMesh) -> Iterator[HttpStack]:
             )
         yield HttpStack({g: s.getsockname()[1] for g, s in sockets.items()})
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for sock in sockets.values():
-            sock.close()
+        _stop(procs, sockets.values())
