@@ -42,10 +42,19 @@ _TARGET_BAD = re.compile(rb"[\x00-\x20\x7f]")
 # reg-name / IP-literal / port characters (RFC 3986), no userinfo, no ",".
 _AUTHORITY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+;=:%\[\]]*")
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)(.*)", re.DOTALL)
-# Header names already found to be tokens: most requests then check their
-# names with one set operation. Bounded, so random names cannot grow it.
-_VALID_NAMES: set[str] = set()
-_VALID_NAMES_MAX = 4096
+# Common header names (all tokens): a request carrying only these has its
+# names checked with one set operation; any other name is matched as a token.
+_COMMON = """host user-agent accept accept-encoding accept-language accept-charset authorization
+cookie connection keep-alive content-type content-length content-encoding transfer-encoding
+te trailer upgrade cache-control pragma origin referer expect if-match if-none-match
+if-modified-since if-unmodified-since if-range range via forwarded x-forwarded-for
+x-forwarded-proto x-forwarded-host x-forwarded-port x-real-ip x-request-id x-correlation-id
+traceparent tracestate baggage b3 x-b3-traceid x-b3-spanid x-b3-parentspanid x-b3-sampled
+x-b3-flags x-envoy-attempt-count x-envoy-expected-rq-timeout-ms x-envoy-original-path
+grpc-timeout grpc-encoding grpc-accept-encoding grpc-previous-rpc-attempts
+x-forwarded-client-cert sec-fetch-mode sec-fetch-site sec-fetch-dest dnt
+x-requested-with"""
+_COMMON_NAMES = frozenset(_COMMON.split())
 
 
 def request_hygiene(
@@ -88,7 +97,7 @@ def _origin_form(target: bytes) -> tuple[bytes, str]:
 
 
 def _check_headers(headers: Mapping[str, str], authority: str | None, http_version: str) -> None:
-    if not _VALID_NAMES.issuperset(headers):
+    if not _COMMON_NAMES.issuperset(headers):
         _check_names(headers)
     values = "".join(headers.values())
     if "\x00" in values or "\r" in values or "\n" in values:
@@ -109,12 +118,9 @@ def _check_headers(headers: Mapping[str, str], authority: str | None, http_versi
 
 def _check_names(headers: Mapping[str, str]) -> None:
     for name in headers:
-        # (The one pseudo-header an HTTP/2 server's header list may carry.)
-        if name not in _VALID_NAMES and name != ":authority":
-            if _TOKEN.fullmatch(name) is None:
-                raise MalformedRequestError(f"header name is not an HTTP token: {name[:40]!r}")
-            if len(_VALID_NAMES) < _VALID_NAMES_MAX:
-                _VALID_NAMES.add(name)
+        # (":authority": the one pseudo-header an HTTP/2 server's list may carry.)
+        if name not in _COMMON_NAMES and name != ":authority" and not _TOKEN.fullmatch(name):
+            raise MalformedRequestError(f"header name is not an HTTP token: {name[:40]!r}")
 
 
 def _check_authority(value: str) -> None:
