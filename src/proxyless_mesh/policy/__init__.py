@@ -1,4 +1,4 @@
-"""Inbound policy: request normalization, JWT authentication and RBAC.
+"""Inbound policy: request hygiene and normalization, JWT authentication and RBAC.
 
 `PolicySet` is the compiled, immutable policy of one workload; the
 integrations (ASGI, WSGI, gRPC server) call `PolicySet.check` per request.

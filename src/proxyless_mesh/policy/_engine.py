@@ -1,4 +1,7 @@
-"""The inbound decision: normalize, authenticate (JWT), authorize (RBAC), log.
+"""The inbound decision: hygiene, normalize, authenticate (JWT), authorize (RBAC), log.
+
+Hygiene (`_hygiene.request_hygiene`) first refuses with 400 what Envoy's HTTP
+codec would refuse, so every server stack decides alike.
 
 Sans-I/O and shared by every integration (ASGI, WSGI, gRPC sync and aio):
 they turn their request into an `InboundRequest`, call `PolicySet.check`, and
