@@ -25,13 +25,8 @@ from proxyless_mesh.integrations._grpc_serving import (
     grpc_peer_identity,
     grpc_server_credentials,
 )
-from proxyless_mesh.integrations._serving import (
-    MeshUvicornConfig,
-    asgi_config,
-    authorized_asgi,
-    inbound_tls,
-    serve_asgi,
-)
+from proxyless_mesh.integrations._serve_asgi import authorized_asgi, serve_asgi
+from proxyless_mesh.integrations._serving import MeshUvicornConfig, asgi_config, inbound_tls
 
 __all__ = [
     "MeshUvicornConfig",

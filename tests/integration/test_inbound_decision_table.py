@@ -81,6 +81,7 @@ def test_table_is_large_and_sourced() -> None:
     assert len({r.id for r in ROWS}) == len(ROWS)
     assert all(r.source and r.policy in POLICIES for r in ROWS)
     assert sum(r.grpc is True for r in ROWS) >= 20
+    assert all(r.stricter for r in ROWS if r.grpc_status is not None)  # said, not silent
 
 
 @pytest.mark.parametrize("stack", HTTP_STACKS + GRPC_STACKS)
@@ -101,6 +102,8 @@ def test_every_row_on_stack(outcomes: dict[str, dict[str, Outcome]], stack: str)
             wrong.append(f"{row.id}: the app was handed path {seen.get('path')!r}")
         elif status == 200 and stack in HTTP_STACKS and seen.get("host") != row.host:
             wrong.append(f"{row.id}: the app was handed Host {seen.get('host')!r}")
+        elif status == 200 and seen.get("method") != row.request.split(b" ", 1)[0].decode():
+            wrong.append(f"{row.id}: the app was handed method {seen.get('method')!r}")
     assert not wrong, "\n".join(wrong)
 
 
