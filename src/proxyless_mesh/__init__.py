@@ -14,6 +14,7 @@ from proxyless_mesh.errors import (
     ControlPlaneUnavailableError,
     IdentityConfigError,
     IdentityError,
+    LibraryModeMtlsError,
     MalformedRequestError,
     MeshError,
     MeshRequestError,
@@ -41,6 +42,7 @@ from proxyless_mesh.integrations import (
     MeshChannel,
     MeshTransport,
     WsgiAuthorizationMiddleware,
+    peer_identity,
 )
 from proxyless_mesh.mesh import Mesh
 from proxyless_mesh.registration import ConsulRegistration, Registration
@@ -68,6 +70,7 @@ __all__ = [
     "IdentityConfigError",
     "IdentityError",
     "IdentityState",
+    "LibraryModeMtlsError",
     "MalformedRequestError",
     "Mesh",
     "MeshChannel",
@@ -95,4 +98,5 @@ __all__ = [
     "WorkloadCertificateExpiredError",
     "WsgiAuthorizationMiddleware",
     "WsgiTelemetryMiddleware",
+    "peer_identity",
 ]

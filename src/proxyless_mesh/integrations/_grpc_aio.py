@@ -26,9 +26,9 @@ from proxyless_mesh.integrations._grpc_exchange import (
     _UNARY_RESPONSE,
     _Exchange,
     _Replay,
-    _Router,
     _SubChannels,
 )
+from proxyless_mesh.integrations._grpc_security import SecureRouter, refuse_mtls_clusters
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
 
@@ -246,7 +246,8 @@ class AioMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio.Channel whose calls the mesh routes: `mesh.aio_grpc_channel(target)`."""
 
     def __init__(self, mesh: Mesh, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
-        self.router = _Router(mesh, target)
+        self.router = SecureRouter(mesh, target)
+        refuse_mtls_clusters(mesh, self.router.authority)
         self.subchannels = _SubChannels(options, grpc.aio.insecure_channel)
         self._options = tuple(options)
         self._passthrough: grpc.aio.Channel | None = None

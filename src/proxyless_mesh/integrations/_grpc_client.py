@@ -74,12 +74,12 @@ from proxyless_mesh.integrations._grpc_exchange import (
     _UNARY_RESPONSE,
     _Exchange,
     _Replay,
-    _Router,
     _stream_report,
     _SubChannels,
     bounded,
     rpc_error,
 )
+from proxyless_mesh.integrations._grpc_security import SecureRouter, refuse_mtls_clusters
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
 
@@ -276,7 +276,8 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
     """A sync grpc.Channel whose calls the mesh routes: `mesh.grpc_channel(target)`."""
 
     def __init__(self, mesh: Mesh, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
-        self.router = _Router(mesh, target)
+        self.router = SecureRouter(mesh, target)
+        refuse_mtls_clusters(mesh, self.router.authority)
         self.subchannels = _SubChannels(options, grpc.insecure_channel)
         self._target = target
         self._options = tuple(options)
