@@ -5,7 +5,8 @@
 One JSON object: "native" is the peer identity the server answered to
 `mesh.grpc_channel(target, native=True)`; "library_call" what the first call
 of a library-mode channel made before the mesh knew the service raised;
-"library_create" what making a library-mode channel raised once it knew.
+"library_create" / "aio_create" what making a library-mode channel (sync,
+asyncio) raised once it knew.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ def main(target: str) -> int:
             out["library_call"] = {"ok": True}
         except MeshRpcError as exc:
             out["library_call"] = {"code": exc.code().name, "details": exc.details()}
-        try:
-            mesh.grpc_channel(target)
-            out["library_create"] = {"ok": True}
-        except LibraryModeMtlsError as exc:
-            out["library_create"] = {"error": type(exc).__name__, "message": str(exc)}
+        for name, make in (
+            ("library_create", mesh.grpc_channel),
+            ("aio_create", mesh.aio_grpc_channel),
+        ):
+            try:
+                make(target)
+                out[name] = {"ok": True}
+            except LibraryModeMtlsError as exc:
+                out[name] = {"error": type(exc).__name__, "message": str(exc)}
         with mesh.grpc_channel(target, native=True) as channel:
             grpc.channel_ready_future(channel).result(timeout=READY_TIMEOUT)
             out["native"] = channel.unary_unary(PEER)(b"", timeout=10).decode()

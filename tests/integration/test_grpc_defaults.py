@@ -81,6 +81,6 @@ def test_strict_grpc_server_with_default_bootstraps(lab: LocalMesh) -> None:
     call = out["library_call"]
     assert call["code"] == "UNAVAILABLE", out
     assert "native=True" in call["details"] and "mutual TLS" in call["details"], out
-    create = out["library_create"]
-    assert create["error"] == "LibraryModeMtlsError", out
-    assert f"{HOST}:{PORT}" in create["message"] and "native=True" in create["message"], out
+    for create in (out["library_create"], out["aio_create"]):
+        assert create["error"] == "LibraryModeMtlsError", out
+        assert f"{HOST}:{PORT}" in create["message"] and "native=True" in create["message"], out

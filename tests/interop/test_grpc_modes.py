@@ -60,8 +60,9 @@ CONCURRENT = 6
 FAIL_FAST = 0.25  # an overflowing call fails in milliseconds; an admitted one takes 2 s
 
 LIBRARY_NO_MTLS = (
-    "library mode has no mTLS: grpcio cannot verify SPIFFE URI SANs on its sub-channels "
-    "(src/proxyless_mesh/integrations/_grpc_client.py); use native mode for mTLS"
+    "library mode has no mTLS: grpcio cannot verify SPIFFE URI SANs on its sub-channels, so "
+    "it refuses mTLS services by name (src/proxyless_mesh/integrations/_grpc_security.py, "
+    "tests/integration/test_grpc_defaults.py); use native mode for mTLS"
 )
 NATIVE_EARLY_TIMEOUT = (
     "grpcio (Python, 1.85) applies an xDS route timeout (max_stream_duration) about 1 s "

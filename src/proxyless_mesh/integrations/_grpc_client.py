@@ -42,8 +42,9 @@ endpoint, overflow or an unknown service (as grpcio's own xDS client
 answers), DEADLINE_EXCEEDED when the route timeout passed. The Envoy response
 flags are in the trailing metadata under `x-mesh-response-flags`.
 
-Security: library-mode gRPC channels are plaintext; use native mode
-(`native=True`) for mTLS, which grpcio supports via xds credentials.
+Security: library-mode gRPC channels are plaintext, and refuse a service
+whose clusters require mTLS (`_grpc_security`); use native mode
+(`native=True`) for mTLS, which grpcio supports via xDS credentials.
 grpcio's TLS always checks the server's name against DNS/IP SANs and the
 mesh's workload certificates carry only a SPIFFE URI SAN, which
 `ssl_target_name_override` cannot name.
