@@ -196,32 +196,6 @@ class PeerIdentityError(MeshRequestError):
         super().__init__(f"peer{where} presented {actual or 'no SPIFFE ID'}, expected {want}")
 
 
-class LibraryModeMtlsError(MeshError):
-    """A library-mode gRPC channel (`mesh.grpc_channel(target)`) to a service
-    whose cluster requires mutual TLS (ISTIO_MUTUAL). grpcio's TLS checks the
-    server's name against DNS/IP SANs only, and mesh certificates carry a SPIFFE
-    URI SAN alone, so library mode cannot verify the server: it refuses rather
-    than send plaintext a STRICT server would close. Use
-    `mesh.grpc_channel(target, native=True)` (grpcio's xDS credentials verify
-    the SPIFFE ID), or let the server take plaintext (PeerAuthentication
-    PERMISSIVE/DISABLE and DestinationRule `tls.mode: DISABLE`)."""
-
-    def __init__(self, authority: str, cluster: str) -> None:
-        self.authority = authority
-        self.cluster = cluster
-        super().__init__(library_mode_mtls_message(authority, cluster))
-
-
-def library_mode_mtls_message(authority: str, cluster: str) -> str:
-    """What LibraryModeMtlsError and the matching call error say."""
-    return (
-        f"{authority}: cluster {cluster} requires mutual TLS (ISTIO_MUTUAL), which "
-        "library-mode gRPC channels cannot verify (grpcio checks DNS/IP SANs, mesh "
-        "certificates carry a SPIFFE URI SAN): use mesh.grpc_channel(target, native=True), "
-        "or serve this port PERMISSIVE/DISABLE with DestinationRule tls.mode DISABLE"
-    )
-
-
 class PolicyConfigError(MeshError, ValueError):
     """An AuthorizationPolicy, RequestAuthentication or RBAC config cannot be
     used. `field` is the dotted path of the offending field (e.g.

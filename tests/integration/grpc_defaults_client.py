@@ -1,46 +1,46 @@
-"""Calls a STRICT mesh gRPC server both ways with the defaults, and prints what happened.
+"""Calls a STRICT mesh gRPC server every way with the defaults, and prints what happened.
 
-    GRPC_XDS_BOOTSTRAP=B python grpc_defaults_client.py TARGET
+    GRPC_XDS_BOOTSTRAP=B python grpc_defaults_client.py TARGET IMPOSTOR
 
-One JSON object: "native" is the peer identity the server answered to
-`mesh.grpc_channel(target, native=True)`; "library_call" what the first call
-of a library-mode channel made before the mesh knew the service raised;
-"library_create" / "aio_create" what making a library-mode channel (sync,
-asyncio) raised once it knew.
+One JSON object: "library", "aio" and "native" are the peer identities the server answered to
+`mesh.grpc_channel(target)`, `mesh.aio_grpc_channel(target)` and
+`mesh.grpc_channel(target, native=True)`; "impostor" what a library-mode
+call raised to IMPOSTOR, the same server declared with another serviceAccount.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
 import grpc
 
-from proxyless_mesh import LibraryModeMtlsError, Mesh, MeshRpcError
+from proxyless_mesh import Mesh
 
 READY_TIMEOUT = 20.0
 PEER = "/test.Echo/Peer"
 
 
-def main(target: str) -> int:
+async def aio_call(mesh: Mesh, target: str) -> str:
+    async with mesh.aio_grpc_channel(target) as channel:
+        answer: bytes = await channel.unary_unary(PEER)(b"", timeout=10)
+        return answer.decode()
+
+
+def main(target: str, impostor: str) -> int:
     out: dict[str, object] = {}
     with Mesh.from_bootstrap() as mesh:
         out["identity"] = mesh.identity
-        library = mesh.grpc_channel(target)  # the mesh has not heard of target yet
-        try:
-            library.unary_unary(PEER)(b"", timeout=10)
-            out["library_call"] = {"ok": True}
-        except MeshRpcError as exc:
-            out["library_call"] = {"code": exc.code().name, "details": exc.details()}
-        for name, make in (
-            ("library_create", mesh.grpc_channel),
-            ("aio_create", mesh.aio_grpc_channel),
-        ):
+        with mesh.grpc_channel(target) as library:
+            out["library"] = library.unary_unary(PEER)(b"", timeout=10).decode()
+        out["aio"] = asyncio.run(aio_call(mesh, target))
+        with mesh.grpc_channel(impostor) as wrong:
             try:
-                make(target)
-                out[name] = {"ok": True}
-            except LibraryModeMtlsError as exc:
-                out[name] = {"error": type(exc).__name__, "message": str(exc)}
+                wrong.unary_unary(PEER)(b"", timeout=10)
+                out["impostor"] = {"ok": True}
+            except grpc.RpcError as exc:
+                out["impostor"] = {"code": exc.code().name, "details": exc.details()}
         with mesh.grpc_channel(target, native=True) as channel:
             grpc.channel_ready_future(channel).result(timeout=READY_TIMEOUT)
             out["native"] = channel.unary_unary(PEER)(b"", timeout=10).decode()
@@ -49,4 +49,4 @@ def main(target: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], sys.argv[2]))

@@ -5,10 +5,10 @@ both with bootstraps the real `meshctl bootstrap` wrote with the tour's flags
 - `mesh.grpc_channel(target, native=True)` reaches the server over mTLS and the
   server sees the client's SPIFFE ID (grpcio's xDS credentials, reading the
   certificate files the bootstrap's default `certificate_providers` name).
-- `mesh.grpc_channel(target)` (library mode) cannot verify a SPIFFE ID, so it
-  refuses by name: a call routed to the mTLS cluster fails UNAVAILABLE saying
-  what to do (not grpcio's "Socket closed"), and a channel made once the mesh
-  knows the service raises LibraryModeMtlsError.
+- `mesh.grpc_channel(target)` and `mesh.aio_grpc_channel(target)` (library
+  mode) reach it over mTLS through the in-process TLS bridge, the server sees
+  the client's SPIFFE ID, and the bridge checks the server's: the same server
+  declared with another `serviceAccount` is never sent the call.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from meshlab import LocalMesh, service_entry, start_process
 
 HERE = Path(__file__).resolve().parent
 HOST = "greeter.default.mesh"
+IMPOSTOR = "impostor.default.mesh"
 PORT = 50051
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/frontend"
 SERVER_ID = "spiffe://cluster.local/ns/default/sa/greeter"
@@ -66,9 +67,19 @@ def test_strict_grpc_server_with_default_bootstraps(lab: LocalMesh) -> None:
     )
     entry["spec"]["endpoints"][0]["serviceAccount"] = "greeter"
     lab.write_config("greeter.yaml", json.dumps(entry))
+    # The same server under another name, declared to run as someone else.
+    entry["metadata"]["name"] = "impostor"
+    entry["spec"]["hosts"] = [IMPOSTOR]
+    entry["spec"]["endpoints"][0]["serviceAccount"] = "someone-else"
+    lab.write_config("impostor.yaml", json.dumps(entry))
 
     done = subprocess.run(
-        [sys.executable, str(HERE / "grpc_defaults_client.py"), f"{HOST}:{PORT}"],
+        [
+            sys.executable,
+            str(HERE / "grpc_defaults_client.py"),
+            f"{HOST}:{PORT}",
+            f"{IMPOSTOR}:{PORT}",
+        ],
         env={**os.environ, "GRPC_XDS_BOOTSTRAP": str(client_boot)},
         capture_output=True,
         text=True,
@@ -78,9 +89,12 @@ def test_strict_grpc_server_with_default_bootstraps(lab: LocalMesh) -> None:
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["identity"] == CLIENT_ID
     assert out["native"] == CLIENT_ID, out
-    call = out["library_call"]
-    assert call["code"] == "UNAVAILABLE", out
-    assert "native=True" in call["details"] and "mutual TLS" in call["details"], out
-    for create in (out["library_create"], out["aio_create"]):
-        assert create["error"] == "LibraryModeMtlsError", out
-        assert f"{HOST}:{PORT}" in create["message"] and "native=True" in create["message"], out
+    assert out["library"] == CLIENT_ID, out
+    assert out["aio"] == CLIENT_ID, out
+    # Library mode checks the server's SPIFFE ID before sending: the wrong one
+    # is refused (the bridge logs both IDs; grpcio sees the connection fail).
+    assert out["impostor"]["code"] == "UNAVAILABLE", out
+    assert f"presented {SERVER_ID}, expected spiffe://cluster.local/ns/default/sa/someone-else" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr and "destroyed" not in done.stderr, done.stderr

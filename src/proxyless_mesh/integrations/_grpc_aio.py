@@ -26,9 +26,9 @@ from proxyless_mesh.integrations._grpc_exchange import (
     _UNARY_RESPONSE,
     _Exchange,
     _Replay,
-    _SubChannels,
+    _Router,
 )
-from proxyless_mesh.integrations._grpc_security import SecureRouter, refuse_mtls_clusters
+from proxyless_mesh.integrations._grpc_tls_bridge import MeshSubChannels
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
 
@@ -246,9 +246,8 @@ class AioMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio.Channel whose calls the mesh routes: `mesh.aio_grpc_channel(target)`."""
 
     def __init__(self, mesh: Mesh, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
-        self.router = SecureRouter(mesh, target)
-        refuse_mtls_clusters(mesh, self.router.authority)
-        self.subchannels = _SubChannels(options, grpc.aio.insecure_channel)
+        self.router = _Router(mesh, target)
+        self.subchannels = MeshSubChannels(mesh, options, grpc.aio.insecure_channel)
         self._options = tuple(options)
         self._passthrough: grpc.aio.Channel | None = None
 
@@ -322,6 +321,7 @@ class AioMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
             await channel.close(grace)
         if self._passthrough is not None:
             await self._passthrough.close(grace)
+        self.subchannels.close_bridge()
 
     async def __aenter__(self) -> AioMeshChannel:
         return self

@@ -1,4 +1,4 @@
-"""Transport security of mesh gRPC channels, decided when a channel is made.
+"""Transport security of native-mode gRPC channels, decided when one is made.
 
 Native mode (`native=True`): grpcio's own xDS client reads the cluster's
 UpstreamTlsContext and verifies the server's SPIFFE ID itself, but only on a
@@ -9,14 +9,8 @@ the cluster refers to. So a mesh with an identity gets xDS credentials
 providers is refused here by name rather than by grpcio's "unrecognized
 certificate provider instance name" on the first call.
 
-Library mode cannot verify a SPIFFE ID: grpcio's `ssl_channel_credentials`
-check the server name against DNS/IP SANs only (even
-`grpc.ssl_target_name_override` set to the SPIFFE URI fails hostname
-verification), and mesh certificates carry a URI SAN alone. Rather than send
-plaintext that a STRICT server closes as `Socket closed`, a library-mode
-channel refuses a service whose clusters require mTLS: at creation when the
-mesh already knows the service (`LibraryModeMtlsError`), else at the call
-that routes to such a cluster (`MeshRpcError` UNAVAILABLE, flag UF).
+Library mode speaks mTLS through its own in-process TLS bridge
+(`_grpc_tls_bridge`).
 """
 
 from __future__ import annotations
@@ -28,16 +22,12 @@ import grpc
 import grpc.aio
 import grpc.experimental
 
-from proxyless_mesh.errors import LibraryModeMtlsError, MeshError, MeshRpcError
-from proxyless_mesh.errors import library_mode_mtls_message as _message
-from proxyless_mesh.integrations._grpc_exchange import Metadata, _Router
-from proxyless_mesh.routing import RouteDecision
-from proxyless_mesh.telemetry import Call
+from proxyless_mesh.errors import MeshError
 
 if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh
 
-__all__ = ["SecureRouter", "native_channel", "refuse_mtls_clusters"]
+__all__ = ["native_channel"]
 
 
 def native_channel(
@@ -58,33 +48,3 @@ def native_channel(
     fallback = grpc.experimental.insecure_channel_credentials()  # type: ignore[no-untyped-call]
     credentials = grpc.xds_channel_credentials(fallback)
     return module.secure_channel(xds_target, credentials, options=options)
-
-
-def _mtls_cluster(mesh: Mesh, cluster: str) -> bool:
-    source = mesh.snapshot.sources.get(cluster)
-    return source is not None and source.cluster is not None and source.cluster.tls is not None
-
-
-def refuse_mtls_clusters(mesh: Mesh, authority: str) -> None:
-    """LibraryModeMtlsError when the mesh already knows that a route of
-    `authority` leads to a cluster requiring mTLS."""
-    table = mesh.snapshot.routes.get(authority)
-    if table is None:
-        return
-    for route in table.routes:
-        for cluster, _weight in route.clusters:
-            if _mtls_cluster(mesh, cluster):
-                raise LibraryModeMtlsError(authority, cluster)
-
-
-class SecureRouter(_Router):
-    """The library-mode router, refusing each call routed to an mTLS cluster
-    (the service's config may change after the channel was made)."""
-
-    def route(self, method: str, metadata: Metadata, call: Call | None) -> Any:
-        decision = super().route(method, metadata, call)
-        if isinstance(decision, RouteDecision) and _mtls_cluster(self.mesh, decision.cluster):
-            raise MeshRpcError(
-                grpc.StatusCode.UNAVAILABLE, _message(self.authority, decision.cluster), "UF"
-            )
-        return decision
