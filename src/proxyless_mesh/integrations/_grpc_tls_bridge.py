@@ -29,6 +29,8 @@ turns mTLS on or off takes effect for new calls; sub-channels are kept per
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import shutil
 import socket
@@ -111,66 +113,74 @@ class TlsBridge:
         self._dir = Path(tempfile.mkdtemp(prefix="proxyless-mesh-grpc-"))  # 0700
         self._loop = asyncio.new_event_loop()
         self._servers: list[asyncio.AbstractServer] = []
+        self._numbers = itertools.count()  # socket names; listen() runs under a lock
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="proxyless-mesh-grpc-tls", daemon=True
         )
         self._thread.start()
-        self._finalizer = weakref.finalize(self, _stop, self._loop, self._thread, self._dir)
+        self._finalizer = weakref.finalize(
+            self, _stop, self._loop, self._thread, self._servers, self._dir
+        )
 
     def listen(self, address: str, port: int, expected: _Expected) -> str:
         """The `unix:` target of a new listener bridging to address:port.
         The socket listens before this returns (connections wait in its
         backlog until the loop serves it), so grpcio can connect at once."""
-        path = self._dir / f"{len(self._servers)}-{port}.sock"
+        path = self._dir / f"{next(self._numbers)}.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(path))
         sock.listen(128)
         sock.setblocking(False)
 
-        def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-            return self._bridge(reader, writer, address, port, expected)
+        # The loop must not hold the bridge itself (only the mesh), so a
+        # channel dropped without close() still stops it when collected.
+        serve = functools.partial(_bridge, self._mesh, address, port, expected)
+        servers = self._servers
 
         async def start() -> None:
-            self._servers.append(await asyncio.start_unix_server(serve, sock=sock))
+            servers.append(await asyncio.start_unix_server(serve, sock=sock))
 
         asyncio.run_coroutine_threadsafe(start(), self._loop)
         return f"unix:{path}"
 
-    async def _bridge(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        address: str,
-        port: int,
-        expected: _Expected,
-    ) -> None:
-        peer = f"{address}:{port}"
-        try:
-            context = self._mesh.outbound_credentials().client_ssl_context(_ALPN_H2)
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(address, port, ssl=context), _CONNECT_TIMEOUT
-            )
-        except (OSError, TimeoutError, MeshError) as exc:
-            log.warning("library-mode gRPC: no mTLS connection to %s: %s", peer, exc)
-            writer.close()
-            return
-        try:
-            verify_peer(up_writer.get_extra_info("ssl_object"), expected, peer=peer)
-        except MeshError as exc:  # PeerIdentityError: nothing was sent
-            log.warning("library-mode gRPC: %s", exc)
-            up_writer.close()
-            writer.close()
-            return
-        try:
-            await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
-        except asyncio.CancelledError:
-            # The bridge is stopping (each _copy closed its side). Ending
-            # normally, not cancelled: asyncio's stream server (3.11) logs a
-            # traceback for a cancelled connection task.
-            return
-
     def close(self) -> None:
         self._finalizer()
+
+
+async def _bridge(
+    mesh: Mesh,
+    address: str,
+    port: int,
+    expected: _Expected,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
+    """One connection grpcio opened: mTLS to the endpoint, the server's
+    SPIFFE ID checked, then bytes both ways until either side closes."""
+    peer = f"{address}:{port}"
+    try:
+        context = mesh.outbound_credentials().client_ssl_context(_ALPN_H2)
+        up_reader, up_writer = await asyncio.wait_for(
+            asyncio.open_connection(address, port, ssl=context), _CONNECT_TIMEOUT
+        )
+    except (OSError, TimeoutError, MeshError) as exc:
+        log.warning("library-mode gRPC: no mTLS connection to %s: %s", peer, exc)
+        writer.close()
+        return
+    try:
+        verify_peer(up_writer.get_extra_info("ssl_object"), expected, peer=peer)
+    except MeshError as exc:  # PeerIdentityError: nothing was sent
+        log.warning("library-mode gRPC: %s", exc)
+        up_writer.close()
+        writer.close()
+        return
+    try:
+        await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+    except asyncio.CancelledError:
+        # The bridge is stopping (each _copy closed its side). Ending
+        # normally, not cancelled: asyncio's stream server (3.11) logs a
+        # traceback for a cancelled connection task.
+        return
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -186,9 +196,11 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel every bridged connection (their `_copy` closes both sides),
-    then stop the loop."""
+async def _shutdown(loop: asyncio.AbstractEventLoop, servers: list[asyncio.AbstractServer]) -> None:
+    """Stop listening, cancel every bridged connection (their `_copy` closes
+    both sides), then stop the loop."""
+    for server in servers:
+        server.close()
     tasks = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
     for task in tasks:
         task.cancel()
@@ -196,9 +208,14 @@ async def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
     loop.stop()
 
 
-def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, directory: Path) -> None:
+def _stop(
+    loop: asyncio.AbstractEventLoop,
+    thread: threading.Thread,
+    servers: list[asyncio.AbstractServer],
+    directory: Path,
+) -> None:
     if thread.is_alive():
-        asyncio.run_coroutine_threadsafe(_shutdown(loop), loop)
+        asyncio.run_coroutine_threadsafe(_shutdown(loop, servers), loop)
         thread.join(5.0)
     if not thread.is_alive():
         loop.close()

@@ -1,10 +1,15 @@
 """Which library-mode gRPC endpoints go through the TLS bridge, and which
-SPIFFE IDs each must present (`TlsIndex`): per cluster, failing closed."""
+SPIFFE IDs each must present (`TlsIndex`: per cluster, failing closed), and
+the bridge's own lifecycle. The bridged calls themselves are in
+tests/integration/test_grpc_defaults.py and tests/interop/test_grpc_modes.py."""
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 from proxyless_mesh._snapshot import MeshSnapshot, _BalancerSource
-from proxyless_mesh.integrations._grpc_tls_bridge import TlsIndex
+from proxyless_mesh.integrations._grpc_tls_bridge import TlsBridge, TlsIndex
 from proxyless_mesh.model import (
     Cluster,
     ClusterLoadAssignment,
@@ -60,3 +65,19 @@ def test_by_address_keeps_what_every_cluster_agrees_on() -> None:
     )
     assert index.expected(Endpoint("10.0.0.1", 80)) == {GREETER}
     assert index.expected(Endpoint("10.0.0.3", 80)) == frozenset()  # any mesh identity
+
+
+def test_the_bridge_stops_and_removes_its_sockets_on_close_or_when_dropped() -> None:
+    for drop in (False, True):
+        bridge = TlsBridge(mesh=None)  # type: ignore[arg-type]  # no connection is made
+        target = bridge.listen("127.0.0.1", 1, frozenset())
+        socket_path = Path(target.removeprefix("unix:"))
+        thread = bridge._thread
+        assert socket_path.exists() and thread.is_alive()
+        if drop:
+            del bridge
+            gc.collect()
+        else:
+            bridge.close()
+        assert not thread.is_alive()
+        assert not socket_path.parent.exists()
