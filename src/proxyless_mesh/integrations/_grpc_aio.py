@@ -321,7 +321,7 @@ class AioMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
             await channel.close(grace)
         if self._passthrough is not None:
             await self._passthrough.close(grace)
-        self.subchannels.close_bridge()
+        await asyncio.to_thread(self.subchannels.close_bridge)  # joins the bridge's thread
 
     async def __aenter__(self) -> AioMeshChannel:
         return self
