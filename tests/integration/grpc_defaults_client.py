@@ -2,10 +2,11 @@
 
     GRPC_XDS_BOOTSTRAP=B python grpc_defaults_client.py TARGET IMPOSTOR
 
-One JSON object: "library", "aio" and "native" are the peer identities the server answered to
-`mesh.grpc_channel(target)`, `mesh.aio_grpc_channel(target)` and
-`mesh.grpc_channel(target, native=True)`; "impostor" what a library-mode
-call raised to IMPOSTOR, the same server declared with another serviceAccount.
+One JSON object: "library", "aio", "native" and "aio_native" are the peer
+identities the server answered to `mesh.grpc_channel(target)`,
+`mesh.aio_grpc_channel(target)` and the same with `native=True`; "impostor"
+what a library-mode call raised to IMPOSTOR, the same server declared with
+another serviceAccount.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ READY_TIMEOUT = 20.0
 PEER = "/test.Echo/Peer"
 
 
-async def aio_call(mesh: Mesh, target: str) -> str:
-    async with mesh.aio_grpc_channel(target) as channel:
+async def aio_call(mesh: Mesh, target: str, *, native: bool = False) -> str:
+    async with mesh.aio_grpc_channel(target, native=native) as channel:
         answer: bytes = await channel.unary_unary(PEER)(b"", timeout=10)
         return answer.decode()
 
@@ -44,6 +45,7 @@ def main(target: str, impostor: str) -> int:
         with mesh.grpc_channel(target, native=True) as channel:
             grpc.channel_ready_future(channel).result(timeout=READY_TIMEOUT)
             out["native"] = channel.unary_unary(PEER)(b"", timeout=10).decode()
+        out["aio_native"] = asyncio.run(aio_call(mesh, target, native=True))
     print(json.dumps(out))
     return 0
 

@@ -89,6 +89,7 @@ def test_strict_grpc_server_with_default_bootstraps(lab: LocalMesh) -> None:
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["identity"] == CLIENT_ID
     assert out["native"] == CLIENT_ID, out
+    assert out["aio_native"] == CLIENT_ID, out
     assert out["library"] == CLIENT_ID, out
     assert out["aio"] == CLIENT_ID, out
     # Library mode checks the server's SPIFFE ID before sending: the wrong one
