@@ -187,6 +187,9 @@ def test_the_tour_runs_as_written(tour: Tour) -> None:
     ports[9082] = tour.bound_port("gunicorn", *v2)
     (tour.dir / "mesh" / "reviews.yaml").write_text(substitute(files["mesh/reviews.yaml"], ports))
     tour.wait_for("the ServiceEntry", proc, log, lambda: endpoints_served(tour, ports))
+    # gunicorn says "Listening" before its worker's Mesh has started; the
+    # route's 2 s timeout must not race that start.
+    tour.wait_for("both backends' meshes", proc, log, lambda: backends_connected(tour, ports))
 
     # 5. The frontends.
     out = tour.run([str(BIN / "python"), "frontend.py"]).splitlines()
@@ -229,3 +232,16 @@ def endpoints_served(tour: Tour, ports: dict[int, int]) -> bool:
     )
     text = done.stdout
     return done.returncode == 0 and all(str(ports[p]) in text for p in (9081, 9082))
+
+
+def backends_connected(tour: Tour, ports: dict[int, int]) -> bool:
+    """Whether both backends' meshes hold an xDS stream (`meshctl status`)."""
+    done = subprocess.run(
+        [str(BIN / "meshctl"), "status", "--admin-address", f"127.0.0.1:{ports[15014]}"],
+        env=tour.env,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    nodes = {line.split()[0] for line in done.stdout.splitlines()[2:] if line.strip()}
+    return done.returncode == 0 and {"reviews-v1", "reviews-v2"} <= nodes
