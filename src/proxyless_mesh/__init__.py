@@ -41,6 +41,7 @@ from proxyless_mesh.integrations import (
     MeshChannel,
     MeshTransport,
     WsgiAuthorizationMiddleware,
+    peer_identity,
 )
 from proxyless_mesh.mesh import Mesh
 from proxyless_mesh.registration import ConsulRegistration, Registration
@@ -95,4 +96,5 @@ __all__ = [
     "WorkloadCertificateExpiredError",
     "WsgiAuthorizationMiddleware",
     "WsgiTelemetryMiddleware",
+    "peer_identity",
 ]

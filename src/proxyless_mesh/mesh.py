@@ -55,6 +55,7 @@ from proxyless_mesh.integrations import (
     AsyncMeshTransport,
     MeshChannel,
     MeshTransport,
+    native_channel,
     normalize_target,
 )
 from proxyless_mesh.model import (
@@ -437,7 +438,8 @@ class Mesh:
         what each mode supports.
         """
         if native:
-            return grpc.insecure_channel(self._native_target(target), options=options)
+            channel: grpc.Channel = native_channel(self, self._native_target(target), options)
+            return channel
         return MeshChannel(self, target, options)
 
     def aio_grpc_channel(
@@ -445,7 +447,10 @@ class Mesh:
     ) -> grpc.aio.Channel:
         """The asyncio twin of grpc_channel()."""
         if native:
-            return grpc.aio.insecure_channel(self._native_target(target), options=options)
+            aio: grpc.aio.Channel = native_channel(
+                self, self._native_target(target), options, aio=True
+            )
+            return aio
         return AioMeshChannel(self, target, options)
 
     def _native_target(self, target: str) -> str:

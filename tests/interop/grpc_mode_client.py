@@ -100,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("bootstrap")
     parser.add_argument("target", nargs="?")
-    parser.add_argument("--mtls", action="store_true", help="xds_channel_credentials")
+    parser.add_argument("--mtls", action="store_true", help="the mTLS client bootstrap")
     parser.add_argument("--serve", metavar="ADDRESS", help="run the xDS server instead")
     parser.add_argument("--calls", type=int, default=1)
     parser.add_argument("--concurrent", action="store_true")
@@ -115,13 +115,9 @@ def main() -> None:
             os.environ["GRPC_XDS_BOOTSTRAP"] = args.bootstrap
             serve_native(args.serve)
             return
-        if args.mtls:
+        if args.mtls:  # the mesh's own native channel carries xDS credentials
             os.environ["GRPC_XDS_BOOTSTRAP"] = args.bootstrap
-            fallback = grpc.experimental.insecure_channel_credentials()  # type: ignore[no-untyped-call]
-            creds = grpc.xds_channel_credentials(fallback)
-            channel = grpc.secure_channel(f"xds:///{args.target}", creds)
-        else:
-            channel = mesh.grpc_channel(args.target, native=True)
+        channel = mesh.grpc_channel(args.target, native=True)
         with channel:
             grpc.channel_ready_future(channel).result(timeout=READY_TIMEOUT)
             results = run_calls(

@@ -59,10 +59,6 @@ MAX_REQUESTS = 2
 CONCURRENT = 6
 FAIL_FAST = 0.25  # an overflowing call fails in milliseconds; an admitted one takes 2 s
 
-LIBRARY_NO_MTLS = (
-    "library mode has no mTLS: grpcio cannot verify SPIFFE URI SANs on its sub-channels "
-    "(src/proxyless_mesh/integrations/_grpc_client.py); use native mode for mTLS"
-)
 NATIVE_EARLY_TIMEOUT = (
     "grpcio (Python, 1.85) applies an xDS route timeout (max_stream_duration) about 1 s "
     "early (grpc/grpc#34547; see test_grpc_native_resilience.py)"
@@ -273,8 +269,14 @@ class Lab:
         """The mode adapter: the same calls through a library-mode channel here,
         or through grpcio's xDS channel in grpc_mode_client.py."""
         target = f"{host}:{PORT}"
+        if mode == "library" and options.pop("mtls", False):
+            # A mesh with the client's identity: library mode's TLS bridge.
+            with (
+                Mesh.from_bootstrap(self.mtls_bootstrap) as mesh,
+                mesh.grpc_channel(target) as channel,
+            ):
+                return run_calls(channel, calls, **options)
         if mode == "library":
-            options.pop("mtls", None)
             with self.mesh.grpc_channel(target) as channel:
                 return run_calls(channel, calls, **options)
         flags = ["--calls", str(calls), "--deadline", str(options.get("deadline", 10.0))]
@@ -433,9 +435,7 @@ def test_authorization_deny_is_permission_denied(lab: Lab, mode: str) -> None:
     assert answers(allowed) == {"plaintext": 3}, allowed
 
 
-@pytest.mark.parametrize(
-    "mode", [pytest.param("library", marks=pytest.mark.skip(reason=LIBRARY_NO_MTLS)), "native"]
-)
+@pytest.mark.parametrize("mode", ["library", "native"])
 def test_mtls_identity_seen_by_the_server(lab: Lab, mode: str) -> None:
     """The server (grpc.server(xds=True), STRICT) answers the SPIFFE ID it verified."""
     results = lab.call(mode, MTLS, 2, mtls=True)

@@ -178,7 +178,8 @@ async def test_credential_files_are_0600_and_match(ca: CapturingCa, tmp_path: Pa
     directory = tmp_path / "creds"
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     files = {p.name: p for p in directory.iterdir()}
-    assert set(files) == {"cert-chain.pem", "key.pem", "root-cert.pem"}  # no temp files left
+    # No temp files left; the lock file serializes processes sharing the directory.
+    assert set(files) == {"cert-chain.pem", "key.pem", "root-cert.pem", ".write.lock"}
     for path in files.values():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     key = serialization.load_pem_private_key(files["key.pem"].read_bytes(), None)

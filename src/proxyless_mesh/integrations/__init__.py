@@ -5,11 +5,13 @@ from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
 from proxyless_mesh.integrations._grpc_aio import AioMeshChannel
 from proxyless_mesh.integrations._grpc_client import MeshChannel
 from proxyless_mesh.integrations._grpc_exchange import normalize_target
+from proxyless_mesh.integrations._grpc_security import native_channel
 from proxyless_mesh.integrations._grpc_server import (
     AioAuthorizationServerInterceptor,
     AuthorizationServerInterceptor,
 )
 from proxyless_mesh.integrations._httpx import AsyncMeshTransport, MeshTransport
+from proxyless_mesh.integrations._peer import peer_identity
 from proxyless_mesh.integrations._wsgi import WsgiAuthorizationMiddleware
 
 __all__ = [
@@ -21,5 +23,7 @@ __all__ = [
     "MeshChannel",
     "MeshTransport",
     "WsgiAuthorizationMiddleware",
+    "native_channel",
     "normalize_target",
+    "peer_identity",
 ]

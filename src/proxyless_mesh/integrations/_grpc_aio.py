@@ -27,8 +27,8 @@ from proxyless_mesh.integrations._grpc_exchange import (
     _Exchange,
     _Replay,
     _Router,
-    _SubChannels,
 )
+from proxyless_mesh.integrations._grpc_tls_bridge import MeshSubChannels
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
 
@@ -247,7 +247,7 @@ class AioMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     def __init__(self, mesh: Mesh, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
         self.router = _Router(mesh, target)
-        self.subchannels = _SubChannels(options, grpc.aio.insecure_channel)
+        self.subchannels = MeshSubChannels(mesh, options, grpc.aio.insecure_channel)
         self._options = tuple(options)
         self._passthrough: grpc.aio.Channel | None = None
 
@@ -321,6 +321,7 @@ class AioMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
             await channel.close(grace)
         if self._passthrough is not None:
             await self._passthrough.close(grace)
+        await asyncio.to_thread(self.subchannels.close_bridge)  # joins the bridge's thread
 
     async def __aenter__(self) -> AioMeshChannel:
         return self

@@ -42,11 +42,12 @@ endpoint, overflow or an unknown service (as grpcio's own xDS client
 answers), DEADLINE_EXCEEDED when the route timeout passed. The Envoy response
 flags are in the trailing metadata under `x-mesh-response-flags`.
 
-Security: library-mode gRPC channels are plaintext; use native mode
-(`native=True`) for mTLS, which grpcio supports via xds credentials.
-grpcio's TLS always checks the server's name against DNS/IP SANs and the
-mesh's workload certificates carry only a SPIFFE URI SAN, which
-`ssl_target_name_override` cannot name.
+Security: a sub-channel to an endpoint of a cluster that requires mTLS goes
+through the in-process TLS bridge (`_grpc_tls_bridge`), which checks the
+server's SPIFFE ID before forwarding: grpcio's own TLS checks the server's
+name against DNS/IP SANs and the mesh's workload certificates carry only a
+SPIFFE URI SAN, which `ssl_target_name_override` cannot name. A mesh without
+an identity sends plaintext, as the httpx transports do.
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ from proxyless_mesh.integrations._grpc_exchange import (
     _Replay,
     _Router,
     _stream_report,
-    _SubChannels,
     bounded,
     rpc_error,
 )
+from proxyless_mesh.integrations._grpc_tls_bridge import MeshSubChannels
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
 
@@ -277,7 +278,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
 
     def __init__(self, mesh: Mesh, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
         self.router = _Router(mesh, target)
-        self.subchannels = _SubChannels(options, grpc.insecure_channel)
+        self.subchannels = MeshSubChannels(mesh, options, grpc.insecure_channel)
         self._target = target
         self._options = tuple(options)
         self._passthrough: grpc.Channel | None = None
@@ -337,6 +338,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
             channel.close()
         if self._passthrough is not None:
             self._passthrough.close()
+        self.subchannels.close_bridge()
 
     def __enter__(self) -> MeshChannel:
         return self

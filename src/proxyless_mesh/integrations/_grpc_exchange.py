@@ -103,31 +103,6 @@ def outcome_of(code: grpc.StatusCode, details: str | None, local_timeout: bool) 
     return Outcome.of_status(_HTTP_FOR_GRPC.get(code, 500))
 
 
-class _SubChannels:
-    """One grpcio channel per endpoint, created on first use."""
-
-    def __init__(self, options: Sequence[tuple[str, Any]], factory: Callable[..., Any]) -> None:
-        self._options = tuple(options)
-        self._factory = factory
-        self._channels: dict[tuple[str, int], Any] = {}
-        self._lock = threading.Lock()  # creation only; lookups are lock-free dict reads
-
-    def get(self, endpoint: Endpoint) -> Any:
-        key = (endpoint.address, endpoint.port)
-        channel = self._channels.get(key)
-        if channel is None:
-            with self._lock:
-                channel = self._channels.get(key)
-                if channel is None:
-                    host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
-                    channel = self._factory(f"{host}:{endpoint.port}", options=self._options)
-                    self._channels[key] = channel
-        return channel
-
-    def all(self) -> list[Any]:
-        return list(self._channels.values())
-
-
 class _Router:
     """Shared by sync and async channels: route one call."""
 

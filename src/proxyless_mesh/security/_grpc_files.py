@@ -8,6 +8,8 @@ identity manager rewrites them on every rotation.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from proxyless_mesh.security._files import (
 )
 
 __all__ = ["CredentialFiles", "file_watcher_provider"]
+
+LOCK_FILE = ".write.lock"
 
 #: gRFC A29's instance name, the one the control plane's xDS refers to.
 DEFAULT_PROVIDER_INSTANCE = "default"
@@ -61,12 +65,27 @@ class CredentialFiles:
     def ca_certificate_file(self) -> Path:
         return self.directory / CA_CERTIFICATE_FILE
 
+    @property
+    def lock_file(self) -> Path:
+        return self.directory / LOCK_FILE
+
     def write(self, credentials: Credentials) -> None:
         """Roots first (a new root must be trusted before a peer's cert signed
         by it arrives), then key, then chain. grpcio checks the key matches the
         chain and keeps the old pair until both agree, so the window between
-        the two renames costs at most one refresh interval."""
+        the two renames costs at most one refresh interval.
+
+        Several processes may share one directory (one bootstrap for every
+        gunicorn worker, `meshctl bootstrap`'s default): each has its own key,
+        so the three writes hold an exclusive lock on the directory's lock
+        file, and the last writer's files are the ones left, all of a pair,
+        never one process's key beside another's chain."""
         ensure_private_dir(self.directory)
-        write_private_file(self.ca_certificate_file, credentials.roots_pem.encode())
-        write_private_file(self.private_key_file, credentials.private_key_pem())
-        write_private_file(self.certificate_file, credentials.chain_pem.encode())
+        fd = os.open(self.lock_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            write_private_file(self.ca_certificate_file, credentials.roots_pem.encode())
+            write_private_file(self.private_key_file, credentials.private_key_pem())
+            write_private_file(self.certificate_file, credentials.chain_pem.encode())
+        finally:
+            os.close(fd)  # releases the lock

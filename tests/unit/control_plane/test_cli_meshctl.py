@@ -287,6 +287,35 @@ def test_bootstrap_to_file_and_stdout(tmp_path: Path, capsys: pytest.CaptureFixt
     assert json.loads(capsys.readouterr().out) == written
 
 
+def test_bootstrap_with_a_ca_names_grpcio_credential_files_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --ca-address and no --credentials-dir, grpcio's file_watcher
+    provider points beside the -o file (or under the cache dir for stdout);
+    'none' leaves it out; without a CA there is nothing to name."""
+    args = ["bootstrap", "--xds-address=x:1", "--node-id=web-1", "--namespace=shop"]
+    args += ["--service-account=web", "--ca-address=127.0.0.1:15012"]
+    out = tmp_path / "bootstrap.json"
+    assert main([*args, "-o", str(out)]) == 0
+    written = json.loads(out.read_text())
+    certs = tmp_path / "bootstrap.credentials"
+    assert written["proxyless_mesh"]["credentials_dir"] == str(certs)
+    provider = written["certificate_providers"]["default"]
+    assert provider["plugin_name"] == "file_watcher"
+    assert provider["config"]["certificate_file"] == str(certs / "cert-chain.pem")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = tmp_path / "cache" / "proxyless-mesh" / "credentials" / "web-1"
+    assert printed["proxyless_mesh"]["credentials_dir"] == str(expected)
+
+    assert main([*args, "--credentials-dir", "none"]) == 0
+    assert "certificate_providers" not in json.loads(capsys.readouterr().out)
+    assert main(args[:-1]) == 0
+    assert "certificate_providers" not in json.loads(capsys.readouterr().out)
+
+
 def test_bootstrap_refuses_a_bad_locality(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(

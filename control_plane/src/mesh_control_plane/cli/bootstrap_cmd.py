@@ -7,6 +7,7 @@ The same file drives our library and grpcio's own xDS client
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,12 @@ def add_parser(commands: Any) -> None:
         "--token", help="join token (meshctl token create); else $PROXYLESS_MESH_TOKEN at run time"
     )
     identity.add_argument(
-        "--credentials-dir", help="where the library keeps cert/key/roots for grpcio's xDS"
+        "--credentials-dir",
+        help="where the library keeps cert/key/roots for grpcio's xDS (its file_watcher "
+        "certificate provider). Default with --ca-address: beside the -o file, its name with "
+        "the suffix '.credentials' (bootstrap.json -> bootstrap.credentials/); without -o, "
+        "$XDG_CACHE_HOME/proxyless-mesh/credentials/NODE_ID. 'none': no files (native "
+        "gRPC channels and grpc.server(xds=True) then cannot do mTLS)",
     )
     p.set_defaults(run=run)
 
@@ -101,6 +107,22 @@ def registration_metadata(args: argparse.Namespace) -> dict[str, Any]:
     return meta
 
 
+def credentials_dir(args: argparse.Namespace) -> str | None:
+    """Where grpcio's file_watcher reads the workload certificate. On by
+    default with an identity, so native channels and xDS servers get mTLS with
+    no extra flag: beside the bootstrap (one directory per bootstrap file, an
+    absolute path, so it holds wherever the workload's working directory is),
+    or per node under the user's cache directory when printing to stdout."""
+    if args.credentials_dir is not None:
+        return None if args.credentials_dir == "none" else str(args.credentials_dir)
+    if not args.ca_address:
+        return None
+    if args.output is not None:
+        return str(args.output.absolute().with_suffix(".credentials"))
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(cache) / "proxyless-mesh" / "credentials" / args.node_id)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         metadata = registration_metadata(args)
@@ -118,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         ca_address=args.ca_address,
         trust_domain=args.trust_domain,
         token=args.token,
-        credentials_dir=args.credentials_dir,
+        credentials_dir=credentials_dir(args),
     )
     if not text.endswith("\n"):
         text += "\n"

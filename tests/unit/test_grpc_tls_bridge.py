@@ -1,0 +1,83 @@
+"""Which library-mode gRPC endpoints go through the TLS bridge, and which
+SPIFFE IDs each must present (`TlsIndex`: per cluster, failing closed), and
+the bridge's own lifecycle. The bridged calls themselves are in
+tests/integration/test_grpc_defaults.py and tests/interop/test_grpc_modes.py."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+from proxyless_mesh._snapshot import MeshSnapshot, _BalancerSource
+from proxyless_mesh.integrations._grpc_tls_bridge import TlsBridge, TlsIndex
+from proxyless_mesh.model import (
+    Cluster,
+    ClusterLoadAssignment,
+    Endpoint,
+    Locality,
+    LocalityEndpoints,
+    UpstreamTls,
+)
+
+GREETER = "spiffe://cluster.local/ns/default/sa/greeter"
+OTHER = "spiffe://cluster.local/ns/default/sa/other"
+
+
+def source(name: str, tls: UpstreamTls | None, *endpoints: Endpoint) -> _BalancerSource:
+    assignment = ClusterLoadAssignment(name, (LocalityEndpoints(Locality(), endpoints),))
+    return _BalancerSource(Cluster(name, name, tls=tls), assignment)
+
+
+def test_each_cluster_gets_its_own_ids_for_one_address() -> None:
+    mine, theirs, plain = (
+        Endpoint("10.0.0.1", 80),
+        Endpoint("10.0.0.1", 80),
+        Endpoint("10.0.0.2", 80),
+    )
+    index = TlsIndex(
+        MeshSnapshot(
+            sources={
+                "a": source("a", UpstreamTls((GREETER,)), mine),
+                "b": source("b", UpstreamTls((OTHER,)), theirs),
+                "c": source("c", None, plain),
+            }
+        )
+    )
+    assert index.expected(mine) == {GREETER}
+    assert index.expected(theirs) == {OTHER}
+    assert index.expected(plain) is None
+    # An endpoint object of another snapshot: by address; the two clusters
+    # disagree, so no identity is accepted.
+    stranger = index.expected(Endpoint("10.0.0.1", 80))
+    assert stranger is not None and GREETER not in stranger and OTHER not in stranger
+    assert index.expected(Endpoint("10.0.0.2", 80)) is None
+
+
+def test_by_address_keeps_what_every_cluster_agrees_on() -> None:
+    index = TlsIndex(
+        MeshSnapshot(
+            sources={
+                "a": source("a", UpstreamTls((GREETER, OTHER)), Endpoint("10.0.0.1", 80)),
+                "b": source("b", UpstreamTls((GREETER,)), Endpoint("10.0.0.1", 80)),
+                "any": source("any", UpstreamTls(()), Endpoint("10.0.0.3", 80)),
+            }
+        )
+    )
+    assert index.expected(Endpoint("10.0.0.1", 80)) == {GREETER}
+    assert index.expected(Endpoint("10.0.0.3", 80)) == frozenset()  # any mesh identity
+
+
+def test_the_bridge_stops_and_removes_its_sockets_on_close_or_when_dropped() -> None:
+    for drop in (False, True):
+        bridge = TlsBridge(mesh=None)  # type: ignore[arg-type]  # no connection is made
+        target = bridge.listen("127.0.0.1", 1, frozenset())
+        socket_path = Path(target.removeprefix("unix:"))
+        thread = bridge._thread
+        assert socket_path.exists() and thread.is_alive()
+        if drop:
+            del bridge
+            gc.collect()
+        else:
+            bridge.close()
+        assert not thread.is_alive()
+        assert not socket_path.parent.exists()
