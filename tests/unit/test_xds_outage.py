@@ -17,7 +17,7 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from meshlab import reserve_port
-from test_xds_client import STEP, ScriptedAds, XdsClient, bootstrap, resolve_all
+from test_xds_client import RDS, STEP, ScriptedAds, ServerStream, XdsClient, bootstrap, resolve_all
 
 LOGGER = "proxyless_mesh.xds_client"
 
@@ -89,6 +89,7 @@ async def _an_outage_and_back(
     async with ads_on(port) as servicer:
         stream = await servicer.next_stream()
         await client.wait_connected(STEP)
+        await _hello(stream)
         await resolve_all_after_watch(client, stream)
         lines = _outage_lines(caplog)
         assert [level for level, _ in lines] == [logging.WARNING, logging.INFO], lines
@@ -99,6 +100,14 @@ async def _an_outage_and_back(
     lines = _outage_lines(caplog)
     assert [level for level, _ in lines] == [logging.WARNING, logging.INFO, logging.WARNING]
     assert "serving the last good config" in lines[2][1]
+
+
+async def _hello(stream: ServerStream) -> None:
+    """A client that subscribes to nothing yet still names itself on a new
+    stream: one RDS request with no names (never answered here: the later
+    RDS subscription must not wait for it)."""
+    hello = await stream.request(RDS)
+    assert hello.node.id == "node-1" and list(hello.resource_names) == []
 
 
 async def resolve_all_after_watch(client: XdsClient, stream: object) -> None:
@@ -117,6 +126,8 @@ async def test_a_cached_config_is_ready_when_every_server_refused(
             first = XdsClient(bootstrap(uri), on_update=lambda state: None)
             await first.start()
             stream = await servicer.next_stream()
+            await first.wait_connected(STEP)
+            await _hello(stream)
             await resolve_all_after_watch(first, stream)
             await first.close()  # flushes the cache
         assert not any(r.levelno >= logging.WARNING for r in caplog.records)  # a quiet start

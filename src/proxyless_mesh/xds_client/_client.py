@@ -314,6 +314,7 @@ class XdsClient:
         try:
             await call.wait_for_connection()
             self._log_connected()
+            self._send(self._protocol.identify())
             self._set_connected(True)
             if primary is not None:
                 back = asyncio.ensure_future(_ready(primary))
