@@ -171,6 +171,8 @@ class Mesh:
         self._thread: threading.Thread | None = None
         # Local port -> the server listener name watched for it (serve_inbound).
         self._inbound_names: dict[int, str] = {}
+        # Started from the cache: preload and registration wait for the control plane.
+        self._deferred_join: asyncio.Task[None] | None = None
 
     @classmethod
     def from_bootstrap(cls, path: str | os.PathLike[str] | None = None, **options: object) -> Mesh:
@@ -491,13 +493,26 @@ class Mesh:
             remaining = max(0.0, deadline - asyncio.get_running_loop().time())
             if not await self._xds.wait_ready(remaining, warm_wait=WARM_START_WAIT):
                 log.info("started from the cached config; connecting in the background")
+                self._deferred_join = asyncio.create_task(self._join_when_connected())
                 return
-            if self._preload:
-                await self._xds.watch(self._preload, timeout=self.ready_timeout)
-            await self._joining.start(self)
+            await self._join()
         except BaseException:
             await self._close_xds()
             raise
+
+    async def _join(self) -> None:
+        """Once connected: fetch `preload`, then register (`register=`)."""
+        if self._preload:
+            await self.xds.watch(self._preload, timeout=self.ready_timeout)
+        await self._joining.start(self)
+
+    async def _join_when_connected(self) -> None:
+        """Started from the cache: join when the control plane answers."""
+        await self.xds.wait_connected(None)
+        try:
+            await self._join()
+        except MeshError as exc:  # RegistrationError, or no answer in time
+            log.error("joining the mesh after the control plane came back failed: %s", exc)
 
     async def _start_identity(self) -> None:
         """First certificate before anything else: a workload that cannot
@@ -541,6 +556,10 @@ class Mesh:
     async def _close_xds_only(self) -> None:
         """Deregister (draining) first, then stop the admin endpoint (if any),
         then the xDS client."""
+        if self._deferred_join is not None:
+            task, self._deferred_join = self._deferred_join, None
+            task.cancel()
+            await asyncio.wait([task])
         await self._joining.leave()
         if self.diagnostics is not None:
             diagnostics, self.diagnostics = self.diagnostics, None

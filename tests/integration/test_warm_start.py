@@ -26,11 +26,16 @@ from typing import Any
 
 import pytest
 from meshlab import LocalMesh, Proc, reserve_port, start_process
+from registration_plane import SERVICE_ENTRY, group, wait_for
+
+from proxyless_mesh import Mesh, Registration
+from proxyless_mesh.bootstrap import Bootstrap
 
 HOST = "reviews.default.mesh"
 URL = f"http://{HOST}:8080/"
 WORKLOAD = Path(__file__).with_name("warm_start_workload.py")
 READY_TIMEOUT = 30.0
+GROUP = group("reviews", "reviews")
 
 
 @pytest.fixture
@@ -145,3 +150,32 @@ def test_with_no_cache_it_starts_once_the_ca_is_back(
     log = workload.log.read_text()
     assert log.count("asking again until the CA answers") == 1
     assert log.count("the CA at") >= 1 and "answered after" in log
+
+
+def test_a_warm_started_workload_registers_when_the_control_plane_comes(
+    lab: LocalMesh, ports: tuple[int, int]
+) -> None:
+    """`register=` waits for the control plane instead of being skipped. (The
+    config cache holds client listeners only: `preload` gives it one.)"""
+    lab.write_config("reviews.yaml", json.dumps(SERVICE_ENTRY) + "\n---\n" + json.dumps(GROUP))
+    cp = _control_plane(lab, ports)
+    bootstrap = Bootstrap.from_file(
+        lab.bootstrap("reg-1", sa="reviews", token=lab.token("default", "reviews"))
+    )
+
+    def registration() -> Registration:
+        return Registration(group="default/reviews", ports={"http": 9999}, drain_seconds=0)
+
+    preload = ["reviews.default.svc:9080"]
+    with Mesh(bootstrap, register=registration(), preload=preload) as mesh:  # warms the caches
+        assert mesh.registrars[0].registered_ports == {"http": 9999}
+    cp.stop()
+    began = time.monotonic()
+    with Mesh(
+        bootstrap, register=registration(), preload=preload, ready_timeout=READY_TIMEOUT
+    ) as mesh:
+        assert time.monotonic() - began < 2.0 and not mesh.xds.connected
+        (registrar,) = mesh.registrars
+        assert registrar.registered_ports is None
+        _control_plane(lab, ports)
+        wait_for(lambda: registrar.registered_ports == {"http": 9999}, 20, "registration")

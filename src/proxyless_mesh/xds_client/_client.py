@@ -224,8 +224,9 @@ class XdsClient:
         if changed:
             self._publish()
 
-    async def wait_connected(self, timeout: float) -> None:
-        """Wait until the ADS stream is up; raises ControlPlaneUnavailableError."""
+    async def wait_connected(self, timeout: float | None) -> None:
+        """Wait until the ADS stream is up (None: however long it takes);
+        raises ControlPlaneUnavailableError."""
         try:
             async with asyncio.timeout(timeout):
                 while not self._connected:
