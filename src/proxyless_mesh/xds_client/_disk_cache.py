@@ -7,7 +7,8 @@ What is stored: for each of LDS/RDS/CDS/EDS, the serialized protobuf of every
 resource the client accepted and still uses, never our decoded objects (a
 cache written by one library version is re-decoded, and so re-validated, by
 the next). Resources carrying key material (inline TLS private keys or
-certificates) are never written: keys stay in memory only.
+certificates) are never written here (the workload's own key and certificate
+have their own cache, with its own opt-out: security/_cert_cache.py).
 
 The file: one JSON header line (format, schema version, node id, xDS server,
 SHA-256 of the body), then the body (JSON). Written to a temporary file in
