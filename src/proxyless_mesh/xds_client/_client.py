@@ -274,6 +274,10 @@ class XdsClient:
                 # reconnect (with backoff), as for any broken stream.
                 log.exception("xDS stream to %s failed", self._server_uri)
                 self._last_error = repr(exc)
+            if self._closed:
+                # close() cancelled us, and grpc.aio may have turned that
+                # cancellation into an RpcError (CANCELLED) caught above.
+                return
             self._protocol.end_stream()
             self._arm_expiry()
             if self._connected:
