@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import metadata
@@ -78,6 +79,8 @@ def _plain(value: Any) -> Any:
 
 
 _PRIMARY_BACK = object()
+#: Until the first stream, reconnect at least this often (seconds, jittered below).
+START_RECONNECT_CAP = 2.0
 
 
 async def _ready(channel: grpc.aio.Channel) -> None:
@@ -128,6 +131,7 @@ class XdsClient:
         self._last_error = "no connection attempted yet"
         self._got_response = False  # on the current stream: a healthy server resets backoff
         self._got_any_response = False  # since start: the cached config was replaced
+        self._ever_connected = False
         self._changed = asyncio.Event()  # replaced after each set: one per change
         self._expiry: asyncio.TimerHandle | None = None  # the does-not-exist timer
         # The last good config on disk: a restart while the control plane is
@@ -298,6 +302,10 @@ class XdsClient:
             if not connected_here:
                 self._round_failed()
             delay = self._backoff.next_delay()
+            if not self._ever_connected:
+                # A workload waiting to start: keep the wait after the control
+                # plane's return short (as the CA's, security/_identity.py).
+                delay = min(delay, START_RECONNECT_CAP * random.uniform(0.5, 1.0))
             log.debug("reconnecting to %s in %.2fs", self._server_uri, delay)
             await self._sleep(delay)
 
@@ -319,6 +327,7 @@ class XdsClient:
         try:
             await call.wait_for_connection()
             self._log_connected()
+            self._ever_connected = True
             self._send(self._protocol.identify())
             self._set_connected(True)
             if primary is not None:
