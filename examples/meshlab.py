@@ -7,13 +7,15 @@ reports its port through a ready file; `LocalMesh.close()` stops them all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,15 @@ class Proc:
     popen: subprocess.Popen[bytes]
     ready: dict[str, Any]
     log: Path
+    ready_file: Path | None = None
+
+    def wait_ready(self, timeout: float = 20.0) -> dict[str, Any]:
+        """For a process started with `wait=False`: wait for its ready file."""
+        if self.ready_file is None:
+            return self.ready
+        _await_ready_file(self.name, self.popen, self.ready_file, self.log, timeout)
+        self.ready = json.loads(self.ready_file.read_text())
+        return self.ready
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
         if self.popen.poll() is None:
@@ -54,8 +65,10 @@ def start_process(
     *,
     timeout: float = 20.0,
     env: dict[str, str] | None = None,
+    wait: bool = True,
 ) -> Proc:
-    """Start argv with `--ready-file` appended and wait for the file."""
+    """Start argv with `--ready-file` appended and wait for the file (unless
+    `wait` is False: then `Proc.wait_ready()` does)."""
     ready = workdir / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
     log = workdir / f"{name}.log"
@@ -67,6 +80,15 @@ def start_process(
             env={**os.environ, **(env or {})},
             cwd=HERE,
         )
+    if not wait:
+        return Proc(name, popen, {}, log, ready)
+    _await_ready_file(name, popen, ready, log, timeout)
+    return Proc(name, popen, json.loads(ready.read_text()), log)
+
+
+def _await_ready_file(
+    name: str, popen: subprocess.Popen[bytes], ready: Path, log: Path, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while not ready.exists():  # the process announces readiness by creating the file
         if popen.poll() is not None:
@@ -75,7 +97,21 @@ def start_process(
             popen.kill()
             raise ProcessFailed(f"{name} not ready after {timeout}s:\n{log.read_text()}")
         time.sleep(0.01)
-    return Proc(name, popen, json.loads(ready.read_text()), log)
+
+
+@contextlib.contextmanager
+def reserve_port() -> Iterator[int]:
+    """A loopback port held for a server that starts later: bound with
+    SO_REUSEPORT but not listening, so until that server starts a connection is
+    refused (as with nothing there), and no other process can take the port
+    meanwhile. gRPC servers bind with SO_REUSEPORT by default, so the later
+    server (a `meshctl control-plane --xds-address 127.0.0.1:<port>`) binds it
+    beside this socket and gets every connection. Held, never closed early:
+    no port is freed and guessed again."""
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
 
 
 def write_file_atomically(path: Path, text: str) -> None:
@@ -201,7 +237,8 @@ class LocalMesh:
         self.write_config("route.yaml", weighted_route(host, weights))
 
     def start_control_plane(self, xds_port: int = 0, extra_args: Sequence[str] = ()) -> Proc:
-        """`extra_args` go to `meshctl control-plane` (e.g. ["--leaf-ttl", "20s"])."""
+        """`extra_args` go to `meshctl control-plane` (e.g. ["--leaf-ttl", "20s"]).
+        A port other than 0 is one this test holds (see `reserve_port`)."""
         proc = start_process(
             "control-plane",
             [
@@ -288,14 +325,17 @@ class LocalMesh:
         token: str | None = None,
         credentials_dir: Path | None = None,
         labels: dict[str, str] | None = None,
+        xds_address: str | None = None,
+        ca_address: str | None = None,
     ) -> Path:
         """Write a workload bootstrap; with `token` it also carries the CA
         address and the token (and `credentials_dir` for grpcio's files);
-        `labels` are the workload's (node metadata LABELS)."""
+        `labels` are the workload's (node metadata LABELS). The addresses
+        default to the running control plane's."""
         path = self.workdir / f"bootstrap-{node_id}.json"
         identity: list[str] = [f"--label={k}={v}" for k, v in (labels or {}).items()]
         if token is not None:
-            identity += ["--ca-address", self.ca_address, "--token", token]
+            identity += ["--ca-address", ca_address or self.ca_address, "--token", token]
         if credentials_dir is not None:
             identity += ["--credentials-dir", str(credentials_dir)]
         subprocess.run(
@@ -303,7 +343,7 @@ class LocalMesh:
                 str(BIN / "meshctl"),
                 "bootstrap",
                 "--xds-address",
-                self.xds_address,
+                xds_address or self.xds_address,
                 "--node-id",
                 node_id,
                 "--namespace",

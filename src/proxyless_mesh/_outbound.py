@@ -7,6 +7,7 @@ they wait when an authority has never been seen (block vs await).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Final
 
 from proxyless_mesh._snapshot import MeshSnapshot
@@ -14,6 +15,7 @@ from proxyless_mesh.errors import (
     NoHealthyUpstreamError,
     NoRouteError,
     OutsideMeshError,
+    UnknownServicePortError,
 )
 from proxyless_mesh.model import Endpoint
 from proxyless_mesh.routing import HeaderLookup, RouteDecision
@@ -116,3 +118,40 @@ def plan(
     if decision is None or decision is UNRESOLVED:
         return decision
     return pick_endpoint(snapshot, authority, decision, request)  # type: ignore[arg-type]
+
+
+def passthrough_failure(
+    snapshot: MeshSnapshot, authority: str, error: BaseException, request: object = None
+) -> UnknownServicePortError | None:
+    """For a passed-through request that failed: when DNS does not know the
+    host of an authority the control plane said is not a mesh service, the
+    typed error naming the host and the mesh ports of it this client knows
+    (a mesh host on the wrong port); else None (the caller re-raises)."""
+    if authority not in snapshot.absent or not _is_name_resolution_failure(error):
+        return None
+    host, _, port = authority.rpartition(":")
+    ports = tuple(
+        sorted(int(p) for h, _, p in (a.rpartition(":") for a in snapshot.routes) if h == host)
+    )
+    known = (
+        f"the mesh serves {host} on port(s) {', '.join(map(str, ports))}"
+        if ports
+        else f"no port of {host} is known to this client (`meshctl describe {host}` lists them)"
+    )
+    return UnknownServicePortError(
+        f"{authority}: the control plane has no service at this host and port, and DNS does "
+        f"not know {host} ({error}); {known}",
+        host=host,
+        port=port,
+        mesh_ports=ports,
+        request=request,
+    )
+
+
+def _is_name_resolution_failure(error: BaseException | None) -> bool:
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, socket.gaierror):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False

@@ -61,6 +61,21 @@ class NoRouteError(MeshRequestError):
     response_flag = "NR"
 
 
+class UnknownServicePortError(NoRouteError):
+    """The control plane has no service at this `host:port` and DNS does not
+    know the host either (Envoy flag NR), typically a mesh host on a port its
+    ServiceEntry does not declare. Under ALLOW_ANY such a request is passed
+    through to DNS; rather than DNS's "Name or service not known", this names
+    the host and the ports of it this client knows (`mesh_ports`, empty when
+    it has used none: `meshctl describe HOST` lists them)."""
+
+    def __init__(
+        self, message: str, *, host: str, port: str, mesh_ports: tuple[int, ...], request: object
+    ) -> None:
+        super().__init__(message, request=request)  # type: ignore[arg-type]
+        self.host, self.port, self.mesh_ports = host, port, mesh_ports
+
+
 class NoHealthyUpstreamError(MeshRequestError):
     """The chosen cluster has no endpoint that can take the request (Envoy
     flag UH): none registered, all unhealthy or draining, or the cluster is

@@ -4,12 +4,16 @@ A Mesh owns the xDS client and the current routing snapshot. Used with
 `with`, it runs the xDS client on a background thread with its own event
 loop (sync applications); used with `async with`, it runs on the caller's
 loop. Either way, entering waits (bounded by `ready_timeout`) until the
-control plane answered, so the first request does not race the first config.
+control plane answered, so the first request does not race the first config;
+a workload with a cached config (see xds_client's disk cache) starts from it
+as soon as the control plane is found unreachable, and connects in the
+background.
 
 Identity: when the bootstrap names a CA (`proxyless_mesh.ca_address`), the
-mesh gets this workload's SPIFFE certificate on start (bounded by
-`ready_timeout`, failing with a typed IdentityError rather than starting
-without one) and renews it on the mesh's loop; mutual TLS is then on by
+mesh gets this workload's SPIFFE certificate on start (asking again with
+backoff, bounded by `ready_timeout`, failing with a typed IdentityError rather
+than starting without one; a still-valid cached certificate starts at once,
+see security's CertificateCache) and renews it on the mesh's loop; mutual TLS is then on by
 default for destinations whose cluster carries upstream TLS, and for the
 serving helpers. Without a CA the mesh runs plaintext, as before.
 
@@ -70,6 +74,7 @@ from proxyless_mesh.policy import PolicySet
 from proxyless_mesh.registration import Registrar
 from proxyless_mesh.resilience import ClusterResources
 from proxyless_mesh.security import (
+    CertificateCache,
     Credentials,
     IdentityConfig,
     IdentityManager,
@@ -77,7 +82,7 @@ from proxyless_mesh.security import (
 )
 from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
 from proxyless_mesh.telemetry._metrics import metrics_meter
-from proxyless_mesh.xds_client import XdsClient, XdsState
+from proxyless_mesh.xds_client import XdsClient, XdsState, config_cache_path
 
 log = logging.getLogger("proxyless_mesh")
 _T = TypeVar("_T")
@@ -90,6 +95,9 @@ _DENY_ALL = PolicySet([Rbac(RbacAction.ALLOW)])
 # Known absent, but this workload is registering the port: the listener the
 # registration makes is on its way. 503: clients' default retry policy retries it.
 _AWAITING = PolicySet.awaiting()
+# With a cached config, entering waits at most this long for the control plane
+# (less when every server refused at once), then serves from the cache.
+WARM_START_WAIT = 1.0
 
 
 class Mesh:
@@ -113,6 +121,11 @@ class Mesh:
         telemetry: the metrics, traces and access logs of the transports and
             channels (default: metrics and traces to the global OpenTelemetry
             providers, no access logs; `TelemetryConfig.off()` for none).
+        cache_certificate: keep the workload key and certificate (0600) beside
+            the config cache, so a restart while the CA is down starts with
+            them until they expire. None (default): as the bootstrap's
+            `proxyless_mesh.certificate_cache` says (on unless false); False:
+            memory only (a restart then needs the CA).
     """
 
     def __init__(
@@ -127,6 +140,7 @@ class Mesh:
         admin_address: str | None = None,
         mtls: bool | None = None,
         telemetry: TelemetryConfig | None = None,
+        cache_certificate: bool | None = None,
     ) -> None:
         if outbound_policy not in (ALLOW_ANY, REGISTRY_ONLY):
             raise MeshError(
@@ -152,6 +166,9 @@ class Mesh:
         self.background = Background(max_workers=4, max_queued=64)
         self.mirror_failures = 0
         self._identity_config = IdentityConfig.for_mesh(bootstrap, mtls)
+        self._certificate_cache = CertificateCache.beside(
+            config_cache_path(bootstrap), bootstrap, cache_certificate
+        )
         self._identity: IdentityManager | None = None
         self._xds: XdsClient | None = None
         self.admin_address = admin_address
@@ -160,6 +177,8 @@ class Mesh:
         self._thread: threading.Thread | None = None
         # Local port -> the server listener name watched for it (serve_inbound).
         self._inbound_names: dict[int, str] = {}
+        # Started from the cache: preload and registration wait for the control plane.
+        self._deferred_join: asyncio.Task[None] | None = None
 
     @classmethod
     def from_bootstrap(cls, path: str | os.PathLike[str] | None = None, **options: object) -> Mesh:
@@ -485,31 +504,40 @@ class Mesh:
         self.snapshot = build_snapshot(state, self.snapshot)
 
     async def _start(self) -> None:
-        await self._start_identity()
+        """The xDS stream connects in the background while the identity is
+        got (one deadline for both); a cached config starts at once when the
+        control plane is not there (the xDS client logs that outage)."""
+        deadline = asyncio.get_running_loop().time() + self.ready_timeout
         self._xds = XdsClient(self.bootstrap, on_update=self._on_update)
         await self._xds.start()
         try:
             if self.admin_address is not None:
                 self.diagnostics = DiagnosticsServer.for_client(self._xds, self.bootstrap)
                 await self.diagnostics.start(self.admin_address)
-            try:
-                await self._xds.wait_connected(self.ready_timeout)
-            except ControlPlaneUnavailableError:
-                if not self._xds.restored_from_cache:
-                    raise
-                # Started from the disk copy of the last good config: serve
-                # with it and keep reconnecting rather than refuse to start.
-                log.warning(
-                    "control plane %s unreachable; routing with the cached config",
-                    self.control_plane,
-                )
+            await self._start_identity()
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            if not await self._xds.wait_ready(remaining, warm_wait=WARM_START_WAIT):
+                log.info("started from the cached config; connecting in the background")
+                self._deferred_join = asyncio.create_task(self._join_when_connected())
                 return
-            if self._preload:
-                await self._xds.watch(self._preload, timeout=self.ready_timeout)
-            await self._joining.start(self)
+            await self._join()
         except BaseException:
             await self._close_xds()
             raise
+
+    async def _join(self) -> None:
+        """Once connected: fetch `preload`, then register (`register=`)."""
+        if self._preload:
+            await self.xds.watch(self._preload, timeout=self.ready_timeout)
+        await self._joining.start(self)
+
+    async def _join_when_connected(self) -> None:
+        """Started from the cache: join when the control plane answers."""
+        await self.xds.wait_connected(None)
+        try:
+            await self._join()
+        except MeshError as exc:  # RegistrationError, or no answer in time
+            log.error("joining the mesh after the control plane came back failed: %s", exc)
 
     async def _start_identity(self) -> None:
         """First certificate before anything else: a workload that cannot
@@ -519,7 +547,11 @@ class Mesh:
         config = self._identity_config
         if config is None:
             return
-        manager = IdentityManager(config, meter=metrics_meter(self.telemetry.config))
+        manager = IdentityManager(
+            config,
+            meter=metrics_meter(self.telemetry.config),
+            cache=self._certificate_cache,
+        )
         await manager.start_within(self.ready_timeout)
         self._identity = manager
 
@@ -549,6 +581,10 @@ class Mesh:
     async def _close_xds_only(self) -> None:
         """Deregister (draining) first, then stop the admin endpoint (if any),
         then the xDS client."""
+        if self._deferred_join is not None:
+            task, self._deferred_join = self._deferred_join, None
+            task.cancel()
+            await asyncio.wait([task])
         await self._joining.leave()
         if self.diagnostics is not None:
             diagnostics, self.diagnostics = self.diagnostics, None

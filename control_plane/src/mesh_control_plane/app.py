@@ -27,6 +27,7 @@ from mesh_control_plane.admin import (
     healthz,
     metrics_page,
     node_config_dump,
+    simulate_view,
     status,
 )
 from mesh_control_plane.ca import (
@@ -135,6 +136,7 @@ class ControlPlane:
                     else config_dump(self.cache)
                 ),
                 "/describe": lambda q: describe_view(self.cache, q.get("host", "")),
+                "/simulate": lambda q: simulate_view(self.cache, q),
             },
         )
         self.config_errors: list[str] = []

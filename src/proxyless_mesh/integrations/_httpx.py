@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from proxyless_mesh._outbound import passthrough_failure
 from proxyless_mesh.integrations._httpx_exchange import (
     Exchange,
     failure_kind,
@@ -70,7 +71,13 @@ class MeshTransport(httpx.BaseTransport):
         if routed is None:
             if call is not None:
                 telemetry_hooks.passthrough(call)
-            return self._inner.handle_request(request)
+            try:
+                return self._inner.handle_request(request)
+            except httpx.ConnectError as exc:
+                typed = passthrough_failure(self._mesh.snapshot, parts[0], exc, request)
+                if typed is None:
+                    raise
+                raise typed from exc
         if isinstance(routed, httpx.Response):
             return routed
         if routed.needs_body:
@@ -157,7 +164,13 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         if routed is None:
             if call is not None:
                 telemetry_hooks.passthrough(call)
-            return await self._inner.handle_async_request(request)
+            try:
+                return await self._inner.handle_async_request(request)
+            except httpx.ConnectError as exc:
+                typed = passthrough_failure(self._mesh.snapshot, parts[0], exc, request)
+                if typed is None:
+                    raise
+                raise typed from exc
         if isinstance(routed, httpx.Response):
             return routed
         if routed.needs_body:

@@ -28,7 +28,9 @@ through the worker without a per-thread map.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -148,9 +150,10 @@ class MeshSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
     def handle_exit(self, sig: int, frame: Any) -> None:
         """Graceful stop (SIGTERM): deregister and drain first, still serving,
         then let gunicorn's loop end. The drain runs on a thread: a signal
-        handler must return at once, and gunicorn's graceful_timeout bounds it."""
+        handler must return at once, and gunicorn's graceful_timeout bounds it.
+        Nothing registered: nothing to drain, stop at once."""
         mesh = self.mesh
-        if mesh is None or not self.alive:
+        if mesh is None or not self.alive or not mesh.registrars:
             super().handle_exit(sig, frame)
             return
 
@@ -161,8 +164,17 @@ class MeshSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
                 log.exception("draining before exit failed")
             finally:
                 self.alive = False
+                self._wake()
 
         threading.Thread(target=drain_then_exit, name="mesh-drain", daemon=True).start()
+
+    def _wake(self) -> None:
+        """Wake gunicorn's loop, asleep in select() for up to half its `timeout`
+        (15 s by default), so it sees `alive` is False now: a byte on the pipe
+        it selects on, as gunicorn's own signal wake-up does."""
+        # A full pipe means it is awake anyway; a missing one, that the loop ended.
+        with contextlib.suppress(OSError, IndexError):
+            os.write(self.PIPE[1], b"1")
 
     def load_wsgi(self) -> None:
         super().load_wsgi()

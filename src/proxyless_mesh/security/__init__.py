@@ -9,6 +9,8 @@ in-process, and the TLS pieces built from them.
   ok / at_risk / expired / disabled, seconds to expiry, last renewal error);
   `valid_credentials()` fails closed with WorkloadCertificateExpiredError once
   the certificate expired; `MeshHealth` is what `Mesh.health()` returns.
+- `CertificateCache`: the workload key and certificate on disk (0600) for a
+  restart during a CA outage; the trade-off is in _cert_cache.py.
 - `Credentials`: one immutable key/chain/roots set and its cached SSL contexts.
 - `peer_spiffe_id()` / `verify_peer()`: who the peer of a TLS connection is,
   checked after the handshake (Python's ssl cannot match URI SANs).
@@ -19,6 +21,7 @@ in-process, and the TLS pieces built from them.
 """
 
 from proxyless_mesh.security._ca_client import CaClient, SignedChain
+from proxyless_mesh.security._cert_cache import CERTIFICATE_CACHE_FIELD, CertificateCache
 from proxyless_mesh.security._config import TOKEN_ENV, IdentityConfig
 from proxyless_mesh.security._credentials import Credentials
 from proxyless_mesh.security._expiry import IdentityState, IdentityStatus
@@ -42,10 +45,12 @@ from proxyless_mesh.security._spiffe import (
 )
 
 __all__ = [
+    "CERTIFICATE_CACHE_FIELD",
     "DEFAULT_TRUST_DOMAIN",
     "TLS_HANDSHAKE_BYTE",
     "TOKEN_ENV",
     "CaClient",
+    "CertificateCache",
     "CredentialFiles",
     "Credentials",
     "CredentialsListener",

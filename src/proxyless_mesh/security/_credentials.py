@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from proxyless_mesh.security._keys import private_key_pem
 from proxyless_mesh.security._spiffe import spiffe_id_of
 
-__all__ = ["Credentials"]
+__all__ = ["Credentials", "pem_of"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,11 +73,11 @@ class Credentials:
 
     @property
     def chain_pem(self) -> str:
-        return "".join(_pem(c) for c in self.chain)
+        return "".join(pem_of(c) for c in self.chain)
 
     @property
     def roots_pem(self) -> str:
-        return "".join(_pem(c) for c in self.roots)
+        return "".join(pem_of(c) for c in self.roots)
 
     def private_key_pem(self) -> bytes:
         """The key as PKCS#8 PEM: a method, not a property, so it is never
@@ -127,7 +127,7 @@ class Credentials:
         return ctx
 
 
-def _pem(cert: x509.Certificate) -> str:
+def pem_of(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 

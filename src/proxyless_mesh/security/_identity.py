@@ -2,8 +2,13 @@
 
 Lifecycle, all on the mesh's event loop:
 - `start()`: new ECDSA key, CSR for our SPIFFE ID, signed by the CA on the
-  strength of the join token. Raises if that fails: a workload that cannot
-  get an identity cannot talk mTLS, better to say so at start.
+  strength of the join token; a CA that does not answer is asked again with
+  jittered backoff (capped at START_RETRY_CAP) until `start_within`'s timeout.
+  A refusal, or no answer in time, raises: a workload that cannot get an
+  identity cannot talk mTLS, better to say so at start.
+- with a `CertificateCache` (see _cert_cache.py), `start_within` first looks
+  for a still-valid cached certificate of our SPIFFE ID: the workload starts
+  with it at once and the renewal loop asks the CA for a new one right away.
 - then a task renews at a jittered 40-50 % of the lifetime (a new key each
   time), authenticating with the current certificate (falling back to the token
   if that is refused). Failures keep the current certificate and retry with
@@ -41,6 +46,7 @@ from proxyless_mesh.errors import (
     WorkloadCertificateExpiredError,
 )
 from proxyless_mesh.security._ca_client import CaClient, SignedChain
+from proxyless_mesh.security._cert_cache import CertificateCache
 from proxyless_mesh.security._config import TOKEN_ENV, IdentityConfig
 from proxyless_mesh.security._credentials import Credentials
 from proxyless_mesh.security._expiry import ExpiryWatch, IdentityStatus
@@ -66,6 +72,11 @@ MAX_RETRY_DELAY = 30.0
 #: Once expired the workload is out of service and a retry is its only way
 #: back: retry at least this often (one small RPC per workload).
 EXPIRED_RETRY_DELAY = 5.0
+#: The first certificate (and the first renewal of a cached one): asked again
+#: after jittered delays from START_RETRY_BASE doubling up to this cap, so a
+#: workload starts within about this long of its CA's return.
+START_RETRY_BASE = 0.1
+START_RETRY_CAP = 2.0
 # Wake this long after a threshold, so the clock read then is surely past it.
 _THRESHOLD_MARGIN = 0.01
 
@@ -82,9 +93,11 @@ class IdentityManager:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
         meter: Meter | None = None,
+        cache: CertificateCache | None = None,
     ) -> None:
         """`meter`: where the identity metrics go (see telemetry's
-        IdentityMetrics); None: no metrics."""
+        IdentityMetrics); None: no metrics. `cache`: where the current
+        certificate is kept for a restart (None: memory only)."""
         self.config = config
         self._client = client or CaClient(config.ca_address)
         self._clock = clock
@@ -94,6 +107,9 @@ class IdentityManager:
         self._credentials: Credentials | None = None
         self._listeners: list[CredentialsListener] = []
         self._task: asyncio.Task[None] | None = None
+        self._cache = cache
+        self._from_cache = False  # running on a cached certificate not yet renewed
+        self._start_error: str | None = None  # the first certificate's last failure
         self._watch = ExpiryWatch(self.spiffe_id, clock)
         self._metrics: IdentityMetrics | None = None
         if meter is not None:
@@ -167,17 +183,24 @@ class IdentityManager:
     # -- lifecycle -------------------------------------------------------------
 
     async def start_within(self, timeout: float) -> Credentials:
-        """start(), bounded: a CA that does not answer in `timeout` is
-        CertificateAuthorityUnavailableError. On any failure the manager is
-        closed, so a workload that cannot prove who it is leaves nothing behind."""
+        """start(), bounded: a CA that does not answer in `timeout` (asked
+        again with backoff meanwhile) is CertificateAuthorityUnavailableError.
+        A valid cached certificate (see CertificateCache) starts at once
+        instead. On any failure the manager is closed, so a workload that
+        cannot prove who it is leaves nothing behind."""
         try:
+            cached = self._cache.load(self.spiffe_id, self._clock()) if self._cache else None
+            if cached is not None:
+                return self._start_cached(cached)
             async with asyncio.timeout(timeout):
                 return await self.start()
         except TimeoutError:
             await self.close()
+            last = self._start_error
             raise CertificateAuthorityUnavailableError(
                 f"no workload certificate for {self.spiffe_id} from the CA at "
                 f"{self.config.ca_address} within {timeout:g}s"
+                + (f" (last error: {last})" if last else "")
             ) from None
         except BaseException:
             await self.close()
@@ -194,9 +217,62 @@ class IdentityManager:
                 f"'proxyless_mesh.token' or in ${TOKEN_ENV} "
                 "(mint it with `meshctl token create`)"
             )
-        credentials = await self._fetch(use_current=False)
+        credentials = await self._first_certificate()
         self._task = asyncio.create_task(self._renew_forever(), name="proxyless-mesh-identity")
         return credentials
+
+    def _start_cached(self, cached: Credentials) -> Credentials:
+        """Start with a certificate from the cache; renew it at once."""
+        if self._task is not None:
+            raise IdentityError("the identity manager is already started")
+        self._from_cache = True
+        self._install(cached, save=False)
+        log.info(
+            "starting with the cached workload certificate for %s (valid until %s); "
+            "asking the CA at %s for a new one now",
+            self.spiffe_id,
+            cached.not_after.isoformat(),
+            self.config.ca_address,
+        )
+        self._task = asyncio.create_task(
+            self._renew_forever(first_delay=0.0), name="proxyless-mesh-identity"
+        )
+        return cached
+
+    async def _first_certificate(self) -> Credentials:
+        """Ask until the CA answers; a refusal (TokenRejectedError) ends it at
+        once. One WARNING when the CA first fails, one INFO when it answers."""
+        failures = 0
+        while True:
+            try:
+                credentials = await self._fetch(use_current=False)
+            except CertificateAuthorityUnavailableError as exc:
+                failures += 1
+                self._start_error = str(exc)
+                delay = self._start_delay(failures)
+                if failures == 1:
+                    log.warning(
+                        "no workload certificate for %s yet: %s; asking again until the CA answers",
+                        self.spiffe_id,
+                        exc,
+                    )
+                await self._sleep(delay)
+                continue
+            if failures:
+                log.info(
+                    "the CA at %s answered after %d failed attempt(s): workload certificate "
+                    "for %s issued",
+                    self.config.ca_address,
+                    failures,
+                    self.spiffe_id,
+                )
+            return credentials
+
+    def _start_delay(self, attempt: int) -> float:
+        """Exponential from START_RETRY_BASE, capped, with jitter (half to
+        all of it) so workloads started together do not ask together."""
+        ceiling = min(START_RETRY_CAP, START_RETRY_BASE * 2.0 ** (attempt - 1))
+        return ceiling * self._rng.uniform(0.5, 1.0)
 
     async def close(self) -> None:
         if self._metrics is not None:
@@ -265,10 +341,13 @@ class IdentityManager:
         issued = tuple(c for c in chain[1:] if c not in roots)
         return Credentials(key, (leaf, *issued), roots, fetched_at=self._clock())
 
-    def _install(self, credentials: Credentials) -> None:
+    def _install(self, credentials: Credentials, *, save: bool = True) -> None:
         previous, self._credentials = self._credentials, credentials
         if self._files is not None:
             self._files.write(credentials)
+        if save and self._cache is not None:
+            self._from_cache = False
+            self._cache.save(credentials)
         if previous is not None and set(previous.roots) != set(credentials.roots):
             log.info("trust bundle changed: %d root(s)", len(credentials.roots))
         self._watch.renewed(credentials)
@@ -284,9 +363,9 @@ class IdentityManager:
                 # A listener's bug must not stop rotation for everyone else.
                 log.exception("credentials listener %r failed", listener)
 
-    async def _renew_forever(self) -> None:
+    async def _renew_forever(self, first_delay: float | None = None) -> None:
         attempt = 0
-        delay = self.renewal_delay(self.credentials)
+        delay = self.renewal_delay(self.credentials) if first_delay is None else first_delay
         while True:
             await self._sleep(delay)
             try:
@@ -308,6 +387,8 @@ class IdentityManager:
         so its log line and state change are on time rather than a retry late."""
         credentials = self.credentials
         delay = min(2.0**attempt, MAX_RETRY_DELAY)
+        if self._from_cache:
+            delay = self._start_delay(attempt)  # a restart's certificate: replace it soon
         remaining = credentials.expires_at - self._clock()
         if remaining > 0:
             delay = min(delay, max(1.0, remaining / 4))

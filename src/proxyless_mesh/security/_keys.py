@@ -1,5 +1,6 @@
 """Workload keys and CSRs. The private key is made here and never serialised
-except into this process's own TLS stack and the 0600 files grpcio reads."""
+except into this process's own TLS stack, the 0600 files grpcio reads, and the
+0600 certificate cache for a restart (see _cert_cache.py)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from proxyless_mesh.xds_client._decode import (
     decode_listener,
     decode_route_configuration,
 )
+from proxyless_mesh.xds_client._disk_cache import config_cache_path
 from proxyless_mesh.xds_client._state import ClientStatus, ResourceStatus, XdsState
 from proxyless_mesh.xds_client._types import ResourceType
 
@@ -21,6 +22,7 @@ __all__ = [
     "WaitStrategy",
     "XdsClient",
     "XdsState",
+    "config_cache_path",
     "decode_cluster",
     "decode_cluster_load_assignment",
     "decode_listener",

@@ -7,6 +7,9 @@ server, the primary's channel keeps trying to connect, and the stream moves back
 to the primary as soon as that channel is READY. Backoff applies only after every
 server failed in a row. The last good config stays published throughout.
 
+Logs: an outage (every server failed in a row) is one WARNING, the connection
+that ends it one INFO; the retries in between are DEBUG.
+
 Our own channel is a plain `grpc.aio` channel, never passed through the
 library's interceptors: meshing the connection that delivers the mesh's config
 would make it depend on itself (and trace/retry its own control traffic).
@@ -15,7 +18,9 @@ would make it depend on itself (and trace/retry its own control traffic).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import metadata
@@ -74,6 +79,8 @@ def _plain(value: Any) -> Any:
 
 
 _PRIMARY_BACK = object()
+#: Until the first stream, reconnect at least this often (seconds, jittered below).
+START_RECONNECT_CAP = 2.0
 
 
 async def _ready(channel: grpc.aio.Channel) -> None:
@@ -123,12 +130,16 @@ class XdsClient:
         self._closed = False
         self._last_error = "no connection attempted yet"
         self._got_response = False  # on the current stream: a healthy server resets backoff
+        self._got_any_response = False  # since start: the cached config was replaced
+        self._ever_connected = False
         self._changed = asyncio.Event()  # replaced after each set: one per change
         self._expiry: asyncio.TimerHandle | None = None  # the does-not-exist timer
         # The last good config on disk: a restart while the control plane is
         # down starts from it instead of from nothing (bootstrap can turn it off).
         self._cache = ConfigCache.from_bootstrap(bootstrap)
         self.restored_from_cache = False
+        self._failed_rounds = 0  # every server failed in a row, since start
+        self._outage_since: float | None = None  # monotonic, while in a logged outage
 
     @property
     def state(self) -> XdsState:
@@ -158,10 +169,6 @@ class XdsClient:
         self._channel = self._channels[0]
         if self._cache is not None and self._cache.restore(self._protocol):
             self.restored_from_cache = True
-            log.info(
-                "starting from the cached config (%s) until the control plane answers",
-                self._cache.path,
-            )
             self._publish()
         self._task = asyncio.create_task(self._run(), name=f"xds-ads {self._server_uri}")
 
@@ -221,8 +228,9 @@ class XdsClient:
         if changed:
             self._publish()
 
-    async def wait_connected(self, timeout: float) -> None:
-        """Wait until the ADS stream is up; raises ControlPlaneUnavailableError."""
+    async def wait_connected(self, timeout: float | None) -> None:
+        """Wait until the ADS stream is up (None: however long it takes);
+        raises ControlPlaneUnavailableError."""
         try:
             async with asyncio.timeout(timeout):
                 while not self._connected:
@@ -232,6 +240,21 @@ class XdsClient:
                 f"no ADS stream to xDS server {self._server_uri} after {timeout:g}s "
                 f"(last error: {self._last_error}); is the control plane running there?"
             ) from None
+
+    async def wait_ready(self, timeout: float, *, warm_wait: float) -> bool:
+        """Wait for the ADS stream on start. Without a restored cache, as
+        wait_connected(timeout) (raises ControlPlaneUnavailableError). With one,
+        return as soon as the stream is up or every server failed once, at
+        most `warm_wait` seconds: a workload with a cached config does not wait
+        for a control plane that is not there. Returns whether connected."""
+        if not self.restored_from_cache:
+            await self.wait_connected(timeout)
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(timeout, warm_wait)):
+                while not self._connected and not self._failed_rounds:
+                    await self._changed.wait()
+        return self._connected
 
     def resource_status(self) -> list[ResourceStatus]:
         """Per type and subscribed name: version, ACKED/NACKED/..., error."""
@@ -255,13 +278,16 @@ class XdsClient:
                 # reconnect (with backoff), as for any broken stream.
                 log.exception("xDS stream to %s failed", self._server_uri)
                 self._last_error = repr(exc)
+            if self._closed:
+                # close() cancelled us, and grpc.aio may have turned that
+                # cancellation into an RpcError (CANCELLED) caught above.
+                return
             self._protocol.end_stream()
             self._arm_expiry()
             if self._connected:
                 log.info("xDS stream to %s ended: %s", self._server_uri, self._last_error)
-            elif self._backoff.attempt == 1:
-                # First failure in a row at INFO; the retries that follow at DEBUG.
-                log.info("cannot reach xDS server %s: %s", self._server_uri, self._last_error)
+            else:
+                log.debug("cannot reach xDS server %s: %s", self._server_uri, self._last_error)
             connected_here = self._connected
             self._set_connected(False)
             if self._got_response:
@@ -273,7 +299,13 @@ class XdsClient:
                 continue
             else:
                 index = 0
+            if not connected_here:
+                self._round_failed()
             delay = self._backoff.next_delay()
+            if not self._ever_connected:
+                # A workload waiting to start: keep the wait after the control
+                # plane's return short (as the CA's, security/_identity.py).
+                delay = min(delay, START_RECONNECT_CAP * random.uniform(0.5, 1.0))
             log.debug("reconnecting to %s in %.2fs", self._server_uri, delay)
             await self._sleep(delay)
 
@@ -294,7 +326,9 @@ class XdsClient:
         back: asyncio.Future[None] | None = None
         try:
             await call.wait_for_connection()
-            log.info("xDS stream to %s connected", self._server_uri)
+            self._log_connected()
+            self._ever_connected = True
+            self._send(self._protocol.identify())
             self._set_connected(True)
             if primary is not None:
                 back = asyncio.ensure_future(_ready(primary))
@@ -306,7 +340,7 @@ class XdsClient:
                 if not isinstance(response, discovery_pb2.DiscoveryResponse):  # grpc.aio.EOF
                     self._last_error = "stream closed by the server"
                     return
-                self._got_response = True
+                self._got_response = self._got_any_response = True
                 self._handle(response)
         finally:
             self._outbox = None
@@ -348,6 +382,40 @@ class XdsClient:
             self._publish()
             if self._cache is not None:
                 self._cache.save(self.state)
+
+    def _round_failed(self) -> None:
+        """Every server failed in a row: an outage starts (one WARNING)."""
+        self._failed_rounds += 1
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning(
+                "cannot reach the control plane (%s): %s; retrying with backoff, %s",
+                ", ".join(self._servers),
+                self._last_error,
+                self._serving_what(),
+            )
+        self._notify()
+
+    def _serving_what(self) -> str:
+        state = self._protocol.state
+        if not state.listeners:
+            return "no config yet"
+        written = self._cache.restored_written_at if self._cache is not None else None
+        if self.restored_from_cache and not self._got_any_response and written is not None:
+            return f"serving the cached config written {time.time() - written:.0f}s ago"
+        return "serving the last good config"
+
+    def _log_connected(self) -> None:
+        """One INFO line per connection; the one that ends an outage says so."""
+        if self._outage_since is not None:
+            log.info(
+                "control plane reachable again: xDS stream to %s connected after %.1fs",
+                self._server_uri,
+                time.monotonic() - self._outage_since,
+            )
+            self._outage_since = None
+        else:
+            log.info("xDS stream to %s connected", self._server_uri)
 
     def _send(self, requests: list[Any]) -> None:
         # Without a live stream, start_stream() sends every subscription anyway.

@@ -7,7 +7,8 @@ What is stored: for each of LDS/RDS/CDS/EDS, the serialized protobuf of every
 resource the client accepted and still uses, never our decoded objects (a
 cache written by one library version is re-decoded, and so re-validated, by
 the next). Resources carrying key material (inline TLS private keys or
-certificates) are never written: keys stay in memory only.
+certificates) are never written here (the workload's own key and certificate
+have their own cache, with its own opt-out: security/_cert_cache.py).
 
 The file: one JSON header line (format, schema version, node id, xDS server,
 SHA-256 of the body), then the body (JSON). Written to a temporary file in
@@ -59,6 +60,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CachedConfig",
     "ConfigCache",
+    "config_cache_path",
     "contains_key_material",
     "default_cache_path",
 ]
@@ -104,6 +106,22 @@ def default_cache_path(bootstrap: Bootstrap, environ: Mapping[str, str] | None =
     server = bootstrap.xds_servers[0].server_uri if bootstrap.xds_servers else ""
     digest = hashlib.sha256(f"{bootstrap.node_id}\0{server}".encode()).hexdigest()[:16]
     return base / "proxyless-mesh" / f"xds-{digest}.cache"
+
+
+def config_cache_path(
+    bootstrap: Bootstrap, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """Where the bootstrap asks the config to be cached; None when turned off.
+    (The workload certificate cache, if on, is kept beside it.)"""
+    setting = bootstrap.proxyless_mesh.get(CACHE_PATH_FIELD)
+    if setting is False or setting == "":
+        return None
+    if setting is None or setting is True:
+        return default_cache_path(bootstrap, environ)
+    if isinstance(setting, str):
+        return Path(os.path.expanduser(setting))
+    log.warning("bootstrap proxyless_mesh.%s must be a path or false", CACHE_PATH_FIELD)
+    return None
 
 
 def contains_key_material(resource: any_pb2.Any) -> bool:
@@ -186,21 +204,15 @@ class ConfigCache:
         self._pending: XdsState | None = None
         self._timer: Any = None
         self.writes = 0  # files written, for tests and metrics
+        self.restored_written_at: float | None = None  # the restored file's write time
 
     @classmethod
     def from_bootstrap(
         cls, bootstrap: Bootstrap, environ: Mapping[str, str] | None = None
     ) -> ConfigCache | None:
         """The cache the bootstrap asks for; None when turned off."""
-        setting = bootstrap.proxyless_mesh.get(CACHE_PATH_FIELD)
-        if setting is False or setting == "":
-            return None
-        if setting is None or setting is True:
-            path = default_cache_path(bootstrap, environ)
-        elif isinstance(setting, str):
-            path = Path(os.path.expanduser(setting))
-        else:
-            log.warning("bootstrap proxyless_mesh.%s must be a path or false", CACHE_PATH_FIELD)
+        path = config_cache_path(bootstrap, environ)
+        if path is None:
             return None
         server = bootstrap.xds_servers[0].server_uri if bootstrap.xds_servers else ""
         return cls(path, node_id=bootstrap.node_id, server_uri=server)
@@ -270,8 +282,11 @@ class ConfigCache:
         for ts in types.values():  # drop what no cached listener reaches
             ts.forget([n for n in ts.resources if n not in ts.names])
         protocol._state = None
+        self.restored_written_at = cached.written_at
         age = time.time() - cached.written_at
-        log.warning(
+        # INFO: every normal restart does this; only an unreachable control
+        # plane makes it matter, and the client warns about that itself.
+        log.info(
             "xDS config restored from cache %s (written %.0fs ago): %d listeners, %d clusters;"
             " it will be replaced as soon as the control plane answers",
             self.path,

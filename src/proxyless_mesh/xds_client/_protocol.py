@@ -365,10 +365,21 @@ class AdsProtocol:
         for rtype, ts in self._types.items():
             if ts.names == ts.sent_names or (ts.sent_names is None and not ts.names):
                 continue
-            if ts.view.awaiting_first_response:
+            if ts.view.awaiting_first_response and ts.sent_names:
                 continue  # one nonce-less request per type: the ACK carries these names
             out.append(self._request_for(rtype, None))
         return out
+
+    def identify(self) -> list[Any]:
+        """On a connected stream that has sent nothing (nothing subscribed yet:
+        a mesh that only serves, or has not made a request), the request that
+        says who we are; else none. Without it the control plane holds a stream
+        with no node. RDS with no names subscribes to nothing (LDS/CDS would
+        mean "everything"); a server that leaves it unanswered delays nothing
+        (a later RDS subscription does not wait for its answer)."""
+        if not self._stream_active or self._node_sent:
+            return []
+        return [self._request_for(_RDS, None)]
 
     def _request_for(self, rtype: ResourceType, error: str | None) -> Any:
         ts = self._types[rtype]

@@ -1,5 +1,5 @@
 """The control plane's admin HTTP endpoint: /healthz, /status, /config_dump,
-/describe, /metrics."""
+/describe, /simulate, /metrics."""
 
 from mesh_control_plane.admin.server import HttpError, JsonHttpServer, JsonView, TextResponse
 from mesh_control_plane.admin.views import (
@@ -9,6 +9,7 @@ from mesh_control_plane.admin.views import (
     healthz,
     metrics_page,
     node_config_dump,
+    simulate_view,
     status,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "healthz",
     "metrics_page",
     "node_config_dump",
+    "simulate_view",
     "status",
 ]

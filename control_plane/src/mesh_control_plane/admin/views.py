@@ -6,19 +6,23 @@ parses) are built and tested without sockets.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import httpx
 from google.protobuf import json_format
 
 from mesh_control_plane.admin.describe import UnknownHostError, describe_host, policies_of
 from mesh_control_plane.admin.mesh_view import mesh_view
 from mesh_control_plane.admin.server import HttpError, TextResponse
+from mesh_control_plane.admin.simulate import ConfigView, simulate
 from mesh_control_plane.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from mesh_control_plane.translate import ClientKind, NodeInfo
 from mesh_control_plane.xds.clients import ClientRecord, short_type_name
 from mesh_control_plane.xds.snapshot import SnapshotCache
+from proxyless_mesh.errors import XdsResourceError
 
 CONFIG_DUMP_NODE = NodeInfo(id="reference-mesh", kind=ClientKind.MESH)
 """The node config_dump translates for: what our library's clients receive."""
@@ -114,3 +118,24 @@ def describe_view(cache: SnapshotCache, host: str) -> dict[str, Any]:
         return describe_host(cache.config, cache.registry, state, host, policies_of(cache.config))
     except UnknownHostError as exc:
         raise HttpError(404, str(exc)) from None
+
+
+def simulate_view(cache: SnapshotCache, query: Mapping[str, str]) -> dict[str, Any]:
+    """`GET /simulate?method=M&url=U[&headers=[[k,v],...]][&from=NS/SA]`:
+    `simulate` on the config and registry being served."""
+    method, url = query.get("method", "GET"), query.get("url", "")
+    if not url:
+        raise HttpError(400, "say which request: /simulate?method=GET&url=http://HOST:PORT/PATH")
+    try:
+        pairs = json.loads(query.get("headers", "[]"))
+        headers = [(str(k), str(v)) for k, v in pairs]
+    except (ValueError, TypeError) as exc:
+        raise HttpError(400, f"headers must be a JSON list of [name, value] pairs: {exc}") from None
+    source = query.get("from")
+    if source is not None and source.count("/") != 1:
+        raise HttpError(400, f"from wants NAMESPACE/SERVICE_ACCOUNT, got {source!r}")
+    try:
+        view = ConfigView.of(cache.config, cache.registry)
+        return simulate(view, method, url, headers, source)
+    except (XdsResourceError, httpx.InvalidURL) as exc:
+        raise HttpError(400, str(exc)) from None

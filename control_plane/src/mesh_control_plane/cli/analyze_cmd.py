@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mesh_control_plane.cli.offline import OfflineConfig, load_offline
+from mesh_control_plane.admin.simulate import ConfigView
+from mesh_control_plane.cli.offline import load_offline
 from mesh_control_plane.config import ConfigLoadError, ConfigProblem
 from mesh_control_plane.config.model import Meta
 from mesh_control_plane.translate import cluster_name
@@ -59,7 +60,7 @@ def analyze_dir(config_dir: Path) -> list[Finding]:
     return analyze(offline)
 
 
-def analyze(offline: OfflineConfig) -> list[Finding]:
+def analyze(offline: ConfigView) -> list[Finding]:
     """The warnings of a config that loads, by file and resource."""
     findings = [
         *_empty_subsets(offline),
@@ -95,7 +96,7 @@ def _warn(meta: Meta, field: str, message: str) -> Finding:
     return Finding(WARNING, ConfigProblem(meta.file, meta.ref, field, message))
 
 
-def _empty_subsets(offline: OfflineConfig) -> list[Finding]:
+def _empty_subsets(offline: ConfigView) -> list[Finding]:
     """A subset whose clusters (one per port) the translator left empty."""
     ports = {h: se.ports for se in offline.config.service_entries for h in se.hosts}
     out = []
@@ -117,7 +118,7 @@ def _size(assignment: Any) -> int:
     return sum(len(le.endpoints) for le in assignment.localities)
 
 
-def _unused_subsets(offline: OfflineConfig) -> list[Finding]:
+def _unused_subsets(offline: ConfigView) -> list[Finding]:
     routes = [route for vs in offline.config.virtual_services for route in vs.http]
     used = {(d.destination.host, d.destination.subset) for r in routes for d in r.route}
     used |= {(m.destination.host, m.destination.subset) for r in routes for m in r.mirrors}
@@ -130,7 +131,7 @@ def _unused_subsets(offline: OfflineConfig) -> list[Finding]:
     return out
 
 
-def _routes(offline: OfflineConfig) -> list[Finding]:
+def _routes(offline: ConfigView) -> list[Finding]:
     """Per VirtualService route: destinations without endpoints, weight 0,
     and routes after one that matches every request."""
     out = []
@@ -154,7 +155,7 @@ def _routes(offline: OfflineConfig) -> list[Finding]:
     return out
 
 
-def _idle_policies(offline: OfflineConfig) -> list[Finding]:
+def _idle_policies(offline: ConfigView) -> list[Finding]:
     """AuthorizationPolicies with a selector that matches no known workload."""
     workloads = [
         (se.meta.namespace, dict(instance.labels))

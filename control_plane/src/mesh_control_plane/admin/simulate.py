@@ -1,0 +1,156 @@
+"""`simulate`: where one request would go, as JSON-able data.
+
+Shared by `meshctl simulate` (offline, from a directory) and the admin
+endpoint `GET /simulate` (the running config and registry), as `describe` is.
+The config is translated for a library client and decoded by the library's
+decoders; the library builds its routing snapshot from that; the request is
+matched by the library's compiled routes with the same inputs the httpx
+transport uses (`url_parts`, the request's headers). So simulate cannot
+disagree with the transport about the route, the clusters and their weights,
+or the endpoint set. Which AuthorizationPolicies select the destination
+workloads, and whether the library's policy engine would allow the request
+from `NS/SA`, is reported beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from mesh_control_plane.admin.describe import policies_of
+from mesh_control_plane.admin.mesh_view import mesh_view
+from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.registry import Registry
+from proxyless_mesh._snapshot import build_snapshot
+from proxyless_mesh.integrations._httpx_exchange import url_parts
+from proxyless_mesh.policy import (
+    InboundRequest,
+    PolicySet,
+    authorization_policies_to_rbac,
+    selects_workload,
+)
+from proxyless_mesh.xds_client import XdsState
+
+__all__ = ["ConfigView", "simulate"]
+
+
+@dataclass(frozen=True)
+class ConfigView:
+    """A config and registry as the diagnostics see them: with what a library
+    client would hold (translated, decoded) and the AuthorizationPolicies as
+    the policy engine reads them."""
+
+    config: MeshConfig
+    registry: Registry
+    state: XdsState
+    policies: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def of(cls, config: MeshConfig, registry: Registry) -> ConfigView:
+        """Raises XdsResourceError when the library would NACK the translation."""
+        return cls(config, registry, mesh_view(config, registry), tuple(policies_of(config)))
+
+    @property
+    def trust_domain(self) -> str:
+        settings = getattr(self.config, "settings", None)
+        return str(getattr(settings, "trust_domain", "cluster.local"))
+
+
+def simulate(
+    offline: ConfigView,
+    method: str,
+    url: str,
+    headers: Sequence[tuple[str, str]] = (),
+    source: str | None = None,
+) -> dict[str, Any]:
+    """The decision for one request, as JSON-able data."""
+    request = httpx.Request(method.upper(), url, headers=list(headers))
+    authority, path = url_parts(request.url)
+    result: dict[str, Any] = {"request": f"{request.method} {url}", "authority": authority}
+    snapshot = build_snapshot(offline.state)
+    table = snapshot.routes.get(authority)
+    if table is None:
+        result["outcome"] = "not a mesh service: passed through (ALLOW_ANY) or refused"
+        return result
+    matched = next(
+        (r for r in table.routes if r.matches(path, request.method, request.headers.get)), None
+    )
+    if matched is None or not matched.forwards:
+        result["outcome"] = f"no route of {authority} matches {request.method} {path} (NR)"
+        return result
+    result["route"] = matched.name
+    if not matched.clusters:  # forwards with no cluster: the route answers a redirect
+        result["outcome"] = "redirect (answered by the mesh, no upstream)"
+        return result
+    live = [(c, w) for c, w in matched.clusters if w > 0]
+    total = sum(w for _, w in live)
+    result["outcome"] = "routed"
+    result["timeout"] = matched.timeout
+    result["clusters"] = [
+        {
+            "name": name,
+            "percent": round(100 * weight / total, 1),
+            "endpoints": _endpoints(snapshot.balancers.get(name)),
+        }
+        for name, weight in live
+    ]
+    result["authorization"] = _authorization(offline, request, live, source)
+    return result
+
+
+def _endpoints(balancer: Any) -> list[dict[str, str]]:
+    if balancer is None:
+        return []
+    return [
+        {"address": f"{e.address}:{e.port}", "health": e.health.name}
+        for e in sorted(balancer.endpoints, key=lambda e: (e.address, e.port))
+    ]
+
+
+def _authorization(
+    offline: ConfigView,
+    request: httpx.Request,
+    clusters: Sequence[tuple[str, int]],
+    source: str | None,
+) -> list[str]:
+    """One verdict per destination service: the policies that select its
+    workloads, evaluated by the library's engine for the caller `source`."""
+    if not hasattr(offline.config, "authorization_policies"):
+        return ["not evaluated: this config loader does not read AuthorizationPolicy"]
+    principal = None
+    if source is not None:
+        namespace, _, account = source.partition("/")
+        principal = f"spiffe://{offline.trust_domain}/ns/{namespace}/sa/{account}"
+    verdicts = []
+    for cluster, _ in clusters:
+        host = cluster.rsplit("|", 1)[-1]
+        service = next((se for se in offline.config.service_entries if host in se.hosts), None)
+        if service is None:
+            continue
+        label_sets = [dict(i.labels) for i in offline.registry.get(host, ())] or [{}]
+        selected = [
+            p
+            for p in offline.policies
+            if any(selects_workload(p, service.meta.namespace, ls) for ls in label_sets)
+        ]
+        if not selected:
+            verdicts.append(f"{cluster}: ALLOW (no AuthorizationPolicy applies)")
+            continue
+        names = ", ".join(f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in selected)
+        decision = PolicySet(authorization_policies_to_rbac(selected)).check(
+            InboundRequest(
+                method=request.method,
+                target=request.url.raw_path,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                peer_principal=principal,
+            )
+        )
+        if decision.allowed:
+            verdicts.append(f"{cluster}: ALLOW by {names}")
+        else:
+            why = f"{decision.reason}" + (f" ({decision.policy})" if decision.policy else "")
+            verdicts.append(f"{cluster}: DENY {decision.status}: {why}; policies {names}")
+    return verdicts
