@@ -25,6 +25,7 @@ from mesh_control_plane.app import ControlPlane
 from mesh_control_plane.registry.consul import ConsulSettings
 from mesh_control_plane.registry.runtime import RegistrySettings
 from meshlab import LocalMesh
+from processes import stop
 from registration_plane import wait_for
 
 from proxyless_mesh import Mesh
@@ -78,8 +79,7 @@ def consul_address(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         wait_for(lambda: _leader(address), 20, "consul agent -dev leader")
         yield address
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 def _leader(address: str) -> bool:

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 import pytest
 from meshlab import HERE, LocalMesh, service_entry, start_process
+from processes import stop
 
 pytestmark = pytest.mark.interop
 
@@ -113,9 +114,7 @@ def run_users(lab: LocalMesh) -> tuple[list[tuple[str, str]], dict[str, Any]]:
         proc.stdin.close()
         assert proc.wait(20) == 0, proc.stderr.read().decode()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
     return answers, types
 
 
