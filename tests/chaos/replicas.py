@@ -12,27 +12,14 @@ its own, never the dead one's."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
 from harness import HOST, PORT, Cluster, Result, ScenarioCheckFailed, measured
 from meshlab import LocalMesh, Proc
-from relay import Relay
+from relay import Relay, bootstrap_for
 
 from proxyless_mesh import Mesh
-from proxyless_mesh.bootstrap import Bootstrap
-
-
-def two_server_bootstrap(lab: LocalMesh, node_id: str, addresses: list[str]) -> Bootstrap:
-    """meshctl's bootstrap for `node_id` with `xds_servers` listing `addresses`
-    in order (meshctl writes only one)."""
-    doc = json.loads(Bootstrap.from_file(lab.bootstrap(node_id)).to_json())
-    doc["xds_servers"] = [
-        {"server_uri": a, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}
-        for a in addresses
-    ]
-    return Bootstrap.from_json(json.dumps(doc))
 
 
 def wait_until(check: Callable[[], bool], limit: float, what: str) -> None:
@@ -57,7 +44,7 @@ def control_plane_replica_swap(
     # new port, and the relay in front of its slot follows it (relay.py).
     relays = [Relay(str(r.ready["xds"])) for r in replicas]
     addresses = [r.address for r in relays]
-    bootstrap = two_server_bootstrap(lab, "chaos-client", addresses)
+    bootstrap = bootstrap_for(lab, "chaos-client", addresses)
     try:
         with (
             Mesh(bootstrap, preload=[f"{HOST}:{PORT}"]) as mesh,

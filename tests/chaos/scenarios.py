@@ -14,8 +14,8 @@ from draining import draining_rolling_restart
 from faults import RawBackend
 from harness import HOST, PORT, URL, Cluster, Result, ScenarioCheckFailed, measured
 from meshlab import LocalMesh, service_entry, subsets_rule
-from relay import Relay
-from replicas import control_plane_replica_swap, two_server_bootstrap, wait_until
+from relay import Relay, bootstrap_for
+from replicas import control_plane_replica_swap, wait_until
 from rotation import certificate_rotation
 
 from proxyless_mesh import Mesh
@@ -208,7 +208,7 @@ def control_plane_restart(lab: LocalMesh, rate: float, hold: float, results: lis
     svc = Cluster(lab)
     cp = lab.start_control_plane()
     relay = Relay(str(cp.ready["xds"]))
-    bootstrap = two_server_bootstrap(lab, "chaos-client", [relay.address])
+    bootstrap = bootstrap_for(lab, "chaos-client", [relay.address])
     try:
         with (
             Mesh(bootstrap, preload=[f"{HOST}:{PORT}"]) as mesh,

@@ -12,8 +12,13 @@ as a refused stream, just as it would without the relay."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
+
+from meshlab import LocalMesh
+
+from proxyless_mesh.bootstrap import Bootstrap
 
 
 class Relay:
@@ -82,3 +87,14 @@ def _close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
+
+
+def bootstrap_for(lab: LocalMesh, node_id: str, addresses: list[str]) -> Bootstrap:
+    """meshctl's bootstrap for `node_id` with `xds_servers` listing `addresses`
+    in order (meshctl writes only one): relays, or several control planes."""
+    doc = json.loads(Bootstrap.from_file(lab.bootstrap(node_id)).to_json())
+    doc["xds_servers"] = [
+        {"server_uri": a, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}
+        for a in addresses
+    ]
+    return Bootstrap.from_json(json.dumps(doc))
