@@ -39,6 +39,9 @@ URL = "http://web.service.consul:80/"
 
 
 def _free_port() -> int:
+    """For a real `consul agent -dev` only (not installed here: the double binds
+    port 0 itself). Consul neither reports a port it picked nor sets
+    SO_REUSEPORT (so processes.reserved_port cannot hold one for it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
