@@ -33,7 +33,6 @@ from typing import Any
 import grpc
 import pytest
 from meshlab import HERE, LocalMesh, service_entry, start_process
-from processes import stop
 
 pytestmark = pytest.mark.interop
 
@@ -114,6 +113,8 @@ def run_users(lab: LocalMesh) -> tuple[list[tuple[str, str]], dict[str, Any]]:
         proc.stdin.close()
         assert proc.wait(20) == 0, proc.stderr.read().decode()
     finally:
+        from processes import stop  # here: this module also runs as a script, without tests/
+
         stop(proc)
     return answers, types
 
