@@ -80,11 +80,11 @@ async def setup(servicer: ScriptedAds) -> AsyncIterator[tuple[XdsClient, Autopil
         await server.stop(None)
 
 
-async def settle(pilot: Autopilot, acks_or_nacks: int = 1) -> None:
-    """Wait until the client answered `acks_or_nacks` more responses."""
-    target = len(pilot.acks) + len(pilot.nacks) + acks_or_nacks
+async def settle(pilot: Autopilot, nonce: str | None) -> None:
+    """Until the client answered (ACK or NACK) the response with `nonce`: not
+    just any answer, which may be a late one to an earlier response."""
     async with asyncio.timeout(STEP):
-        while len(pilot.acks) + len(pilot.nacks) < target:
+        while not any(r.response_nonce == nonce for r in pilot.acks + pilot.nacks):
             await asyncio.sleep(0.005)
 
 
@@ -173,14 +173,12 @@ async def test_bad_responses_are_nacked_and_the_last_good_config_kept(
     client, pilot, holder = setup
     type_url, resources, nacked = CASES[case]()
     nacks = len(pilot.nacks)
-    pilot.send(type_url, "evil", *resources)
-    await settle(pilot)
+    await settle(pilot, pilot.send(type_url, "evil", *resources))
     assert len(pilot.nacks) == nacks + int(nacked), case
     assert_last_good(client, holder)
     # ...and the next good update is still taken.
     pilot.resources[RDS]["r1"] = _good_routes_90_10()
-    pilot.send(RDS, "good-2", pilot.resources[RDS]["r1"])
-    await settle(pilot)
+    await settle(pilot, pilot.send(RDS, "good-2", pilot.resources[RDS]["r1"]))
     assert (
         client.state.route_configs["r1"].virtual_hosts[0].routes[0].action.clusters[0].weight == 90
     )  # type: ignore[union-attr]
@@ -197,9 +195,7 @@ async def test_a_response_without_nonce_does_not_break_the_stream(
 ) -> None:
     client, pilot, holder = setup
     pilot.send(RDS, "no-nonce", _good_routes_90_10(), nonce=False)
-    await asyncio.sleep(0.1)  # its answer carries no nonce: not counted as an ACK
-    pilot.send(RDS, "after", good_resources()[RDS]["r1"])
-    await settle(pilot)
+    await settle(pilot, pilot.send(RDS, "after", good_resources()[RDS]["r1"]))
     assert_last_good(client, holder)
     assert client.connected
 
@@ -211,8 +207,7 @@ async def test_dangling_references_keep_the_previous_routes(
     from test_xds_client import routes
 
     pilot.silent.add(CDS)  # the CDS for ghost never comes
-    pilot.send(RDS, "dangling", routes("r1", {"ghost": 100}))
-    await settle(pilot)
+    await settle(pilot, pilot.send(RDS, "dangling", routes("r1", {"ghost": 100})))
     await asyncio.sleep(0.2)
     assert not client.state.is_resolved(LISTENER)
     # The hot path keeps routing with the previous, complete routes.
