@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent.parent / "examples")]
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent.parent / "examples")]
 
 from harness import HEADER, Result  # noqa: E402
 from meshlab import LocalMesh  # noqa: E402

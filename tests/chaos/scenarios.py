@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import httpx
 from draining import draining_rolling_restart
 from faults import RawBackend
-from harness import HOST, PORT, Cluster, Result, measured
+from harness import HOST, PORT, URL, Cluster, Result, ScenarioCheckFailed, measured
 from meshlab import LocalMesh, service_entry, subsets_rule
-from replicas import control_plane_replica_swap
+from relay import Relay, bootstrap_for
+from replicas import control_plane_replica_swap, wait_until
 from rotation import certificate_rotation
 
 from proxyless_mesh import Mesh
@@ -102,30 +107,90 @@ def _subset_switch(
     lab: LocalMesh, rate: float, hold: float, results: list[Result], *, rule_first: bool
 ) -> None:
     """Add subset v2 and route all traffic to it, then back to no subsets: the
-    DestinationRule and VirtualService written in either order."""
+    DestinationRule and VirtualService written in either order, the second only
+    once the control plane has taken the first. Traffic must really move to v2
+    (a control plane that ignored the VirtualService would fail nothing)."""
     v1 = lab.start_http_backend("chaos", "v1")
     v2 = lab.start_http_backend("chaos", "v2")
     endpoints = [("127.0.0.1", v1.ready["port"], {"version": "v1"})]
     endpoints.append(("127.0.0.1", v2.ready["port"], {"version": "v2"}))
     lab.write_config("chaos.yaml", service_entry(HOST, PORT, endpoints))
     lab.start_control_plane()
-    to_v2 = virtual_service({"route": [{"destination": {"host": HOST, "subset": "v2"}}]})
-    plain = virtual_service({"route": [{"destination": {"host": HOST}}]})
-    rule = subsets_rule(HOST, ["v1", "v2"])
     order = "DR then VS" if rule_first else "VS then DR"
-    with _mesh(lab) as mesh, measured(f"add subset + route ({order})", mesh, rate, hold, results):
+    dr, back_dr = subsets_rule(HOST, ["v1", "v2"]), subsets_rule(HOST, ["v1"])
+    vs = virtual_service({"route": [{"destination": {"host": HOST, "subset": "v2"}}]})
+    back_vs = virtual_service({"route": [{"destination": {"host": HOST}}]})
+
+    # Each write, and what the running control plane shows once it has taken it:
+    # a VirtualService naming a subset no DestinationRule defines (yet, or any
+    # more) is refused with a config error until the other file follows.
+    def both(v: View) -> bool:
+        return v.subsets == ["v1", "v2"] and v.routed == ["v2"] and not v.errors
+
+    def plain_v1(v: View) -> bool:
+        return v.subsets == ["v1"] and v.routed == [""] and not v.errors
+
+    def refused(v: View) -> bool:
+        return any("vs.yaml" in e and "subset" in e for e in v.errors)
+
+    Steps = list[tuple[str, str, Callable[[View], bool]]]
+    forward: Steps
+    back: Steps
+    if rule_first:
+        forward = [("dr.yaml", dr, lambda v: v.subsets == ["v1", "v2"]), ("vs.yaml", vs, both)]
+        back = [("vs.yaml", back_vs, lambda v: v.routed == [""]), ("dr.yaml", back_dr, plain_v1)]
+    else:
+        forward = [("vs.yaml", vs, refused), ("dr.yaml", dr, both)]
+        back = [("dr.yaml", back_dr, refused), ("vs.yaml", back_vs, plain_v1)]
+    with (
+        _mesh(lab) as mesh,
+        httpx.Client(transport=mesh.httpx_transport(), timeout=10) as probe,
+        measured(f"add subset + route ({order})", mesh, rate, hold, results),
+    ):
         for _ in range(2):
-            steps = [("dr.yaml", rule), ("vs.yaml", to_v2)]
-            for name, text in steps if rule_first else reversed(steps):
-                lab.write_config(name, text)
-                time.sleep(0.05)
-            time.sleep(hold / 2)
-            # ...and the reverse: route away from the subset, then drop it.
-            back = [("vs.yaml", plain), ("dr.yaml", subsets_rule(HOST, ["v1"]))]
-            for name, text in back if rule_first else reversed(back):
-                lab.write_config(name, text)
-                time.sleep(0.05)
-            time.sleep(hold / 2)
+            for steps in (forward, back):
+                for name, text, taken in steps:
+                    lab.write_config(name, text)
+                    wait_until(lambda t=taken: t(_view(lab)), 15, f"the control plane on {name}")
+                if steps is forward:
+                    _wait_served_only_by(probe, "v2")
+                else:  # no subset any more: v1 serves again
+                    wait_until(lambda: _served_by(probe) == "v1", 15, "traffic on v1 again")
+                time.sleep(hold / 2)
+
+
+@dataclass(frozen=True)
+class View:
+    """What the running control plane has taken: the DestinationRule's
+    subsets, the VirtualService's routed subsets, its config errors."""
+
+    subsets: list[str]
+    routed: list[str]
+    errors: list[str]
+
+
+def _view(lab: LocalMesh) -> View:
+    admin = f"http://{lab.admin_address}"
+    doc = httpx.get(f"{admin}/describe?host={HOST}", timeout=5).raise_for_status().json()
+    errors = httpx.get(f"{admin}/status", timeout=5).raise_for_status().json()["config_errors"]
+    rule, service = doc.get("destination_rule") or {}, doc.get("virtual_service") or {}
+    return View(
+        [s["name"] for s in rule.get("subsets", [])],
+        [d["subset"] for r in service.get("routes", []) for d in r["destinations"]],
+        [str(e) for e in errors],
+    )
+
+
+def _served_by(probe: httpx.Client) -> str:
+    return str(probe.get(URL).headers.get("x-version", "?"))
+
+
+def _wait_served_only_by(probe: httpx.Client, version: str, window: int = 20) -> None:
+    """Until `window` requests in a row are answered by `version`."""
+    wait_until(lambda: _served_by(probe) == version, 15, f"traffic moving to {version}")
+    seen = Counter(_served_by(probe) for _ in range(window))
+    if seen != {version: window}:
+        raise ScenarioCheckFailed(f"traffic not all on {version}: {dict(seen)}")
 
 
 def subset_switch_rule_first(lab: LocalMesh, rate: float, hold: float, r: list[Result]) -> None:
@@ -137,21 +202,31 @@ def subset_switch_route_first(lab: LocalMesh, rate: float, hold: float, r: list[
 
 
 def control_plane_restart(lab: LocalMesh, rate: float, hold: float, results: list[Result]) -> None:
-    Cluster(lab)
+    """The only control plane killed and started again (on a new port, behind
+    the stable address of a Relay): the client must notice the loss, reconnect
+    to the new process, and then take a change only the new one can send."""
+    svc = Cluster(lab)
     cp = lab.start_control_plane()
-    port = int(lab.xds_address.rsplit(":", 1)[1])
-    with (
-        _mesh(lab) as mesh,
-        measured("control plane killed + restarted", mesh, rate, hold, results),
-    ):
-        cp.kill()
-        lab.procs.remove(cp)
-        time.sleep(hold)
-        lab.start_control_plane(xds_port=port)
-        deadline = time.monotonic() + 15
-        while not mesh.xds.connected and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(hold / 2)
+    relay = Relay(str(cp.ready["xds"]))
+    bootstrap = bootstrap_for(lab, "chaos-client", [relay.address])
+    try:
+        with (
+            Mesh(bootstrap, preload=[f"{HOST}:{PORT}"]) as mesh,
+            measured("control plane killed + restarted", mesh, rate, hold, results),
+        ):
+            wait_until(lambda: mesh.xds.connected, 15, "the first connection")
+            cp.kill()
+            lab.procs.remove(cp)
+            wait_until(lambda: not mesh.xds.connected, 15, "the client noticing the loss")
+            time.sleep(hold)
+            relay.point_at(str(lab.start_control_plane().ready["xds"]))
+            wait_until(lambda: mesh.xds.connected, 15, "reconnecting to the new control plane")
+            svc.backends.append(lab.start_http_backend("chaos", "v1"))
+            svc.publish()
+            svc.wait_for(mesh, {b.ready["port"] for b in svc.backends})
+            time.sleep(hold / 2)
+    finally:
+        relay.close()
 
 
 def _bad_backend(

@@ -76,11 +76,10 @@ class Autopilot:
         wanted = names if names is not None else self.answered.get(type_url, ())
         self.stream.respond(type_url, str(self.version), *(table[n] for n in wanted if n in table))
 
-    def send(self, type_url: str, version: str, *resources: Any, nonce: bool = True) -> None:
-        """A raw response; `nonce=False` sends one without a nonce."""
+    def send(self, type_url: str, version: str, *resources: Any, nonce: bool = True) -> str | None:
+        """A raw response; returns its nonce (`nonce=False` sends one without)."""
         if nonce:
-            self.stream.respond(type_url, version, *resources)
-            return
+            return self.stream.respond(type_url, version, *resources)
         from envoy.service.discovery.v3 import discovery_pb2
 
         self.stream.outbox.put_nowait(
@@ -90,6 +89,7 @@ class Autopilot:
                 resources=[r if isinstance(r, any_pb2.Any) else packed(r) for r in resources],
             )
         )
+        return None
 
     async def stop(self) -> None:
         self.task.cancel()

@@ -25,6 +25,7 @@ from mesh_control_plane.app import ControlPlane
 from mesh_control_plane.registry.consul import ConsulSettings
 from mesh_control_plane.registry.runtime import RegistrySettings
 from meshlab import LocalMesh
+from processes import stop
 from registration_plane import wait_for
 
 from proxyless_mesh import Mesh
@@ -38,6 +39,9 @@ URL = "http://web.service.consul:80/"
 
 
 def _free_port() -> int:
+    """For a real `consul agent -dev` only (not installed here: the double binds
+    port 0 itself). Consul neither reports a port it picked nor sets
+    SO_REUSEPORT (so processes.reserved_port cannot hold one for it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -78,8 +82,7 @@ def consul_address(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
         wait_for(lambda: _leader(address), 20, "consul agent -dev leader")
         yield address
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 def _leader(address: str) -> bool:

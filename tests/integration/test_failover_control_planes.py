@@ -8,16 +8,16 @@ it, and when a control plane is back on the primary's address the client returns
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
+from contextlib import closing
 
 import httpx
 from meshlab import LocalMesh
 from registration_plane import wait_for
+from relay import Relay, bootstrap_for
 
 from proxyless_mesh import Mesh
-from proxyless_mesh.bootstrap import Bootstrap
 
 HOST = "reviews.default.mesh"
 URL = f"http://{HOST}:8080/reviews"
@@ -59,17 +59,16 @@ def test_client_fails_over_and_returns_to_the_primary(lab: LocalMesh) -> None:
     v2 = lab.start_http_backend("reviews", "v2")
     lab.deploy_versions(HOST, 8080, {"v1": v1, "v2": v2}, {"v1": 100, "v2": 0})
     primary = lab.start_control_plane()
-    primary_address = str(primary.ready["xds"])
+    # The primary comes back on a port of its own, behind the address the
+    # bootstrap lists first (a Service address in a deployment).
+    relay = Relay(str(primary.ready["xds"]))
+    primary_address = relay.address
     secondary = lab.start_control_plane()
     secondary_address = str(secondary.ready["xds"])
-    doc = json.loads(Bootstrap.from_file(lab.bootstrap("client-1")).to_json())
-    doc["xds_servers"] = [
-        {"server_uri": a, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}
-        for a in (primary_address, secondary_address)
-    ]
-    bootstrap = Bootstrap.from_json(json.dumps(doc))
+    bootstrap = bootstrap_for(lab, "client-1", [primary_address, secondary_address])
 
     with (
+        closing(relay),
         Mesh(bootstrap) as mesh,
         httpx.Client(transport=mesh.httpx_transport()) as client,
         Load(client) as load,
@@ -90,8 +89,7 @@ def test_client_fails_over_and_returns_to_the_primary(lab: LocalMesh) -> None:
         wait_for(lambda: load.counts["v2"] > 50, 10, "the change made on the second")
 
         # A control plane is back at the primary's address: the client goes home.
-        port = int(primary_address.rsplit(":", 1)[1])
-        lab.start_control_plane(xds_port=port)
+        relay.point_at(str(lab.start_control_plane().ready["xds"]))
         wait_for(
             lambda: mesh.xds.connected and mesh.xds.server_uri == primary_address,
             15,

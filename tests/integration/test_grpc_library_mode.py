@@ -11,6 +11,7 @@ from concurrent import futures
 import grpc
 import pytest
 from meshlab import LocalMesh, service_entry
+from stats import assert_binomial
 
 from proxyless_mesh import Mesh, MeshRpcError
 
@@ -18,8 +19,7 @@ HOST = "greeter.default.mesh"
 TARGET = f"{HOST}:50051"
 METHOD = "/greeter.Greeter/SayHello"
 N = 1000
-# 1,000 calls at 80/20: sigma of the v2 share is 1.26 points; 6 points ~ 4.7 sigma.
-TOLERANCE = 0.06
+# 1,000 calls at 80/20: v2's count is checked at 5 sigma (tests/stats.py).
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_sync_channel_follows_80_20_split(greeter: LocalMesh) -> None:
         _reply, call = say_hello.with_call(b"hi", timeout=10)
         assert call.code() == grpc.StatusCode.OK
     assert set(counts) == {"greeter/v1", "greeter/v2"}
-    assert abs(counts["greeter/v2"] / N - 0.20) < TOLERANCE, counts
+    assert_binomial(counts["greeter/v2"], N, 0.20, f"v2 of the 80/20 split {counts}")
 
 
 async def test_aio_channel_follows_80_20_split(greeter: LocalMesh) -> None:
@@ -53,7 +53,7 @@ async def test_aio_channel_follows_80_20_split(greeter: LocalMesh) -> None:
         for _ in range(N - 1):
             counts[(await say_hello(b"hi", timeout=10)).decode()] += 1
         await channel.close()
-    assert abs(counts["greeter/v2"] / N - 0.20) < TOLERANCE, counts
+    assert_binomial(counts["greeter/v2"], N, 0.20, f"v2 of the 80/20 split {counts}")
 
 
 def test_metadata_routes_and_unmatched_calls_are_unavailable(greeter: LocalMesh) -> None:

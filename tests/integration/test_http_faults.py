@@ -8,11 +8,13 @@ import signal
 import time
 import urllib.request
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
 from meshlab import LocalMesh, service_entry, weighted_route
+from relay import Relay, bootstrap_for
 
 from proxyless_mesh import (
     ControlPlaneUnavailableError,
@@ -74,9 +76,11 @@ def test_bad_file_is_reported_and_last_good_keeps_serving(lab: LocalMesh) -> Non
 def test_clients_survive_a_control_plane_restart(lab: LocalMesh) -> None:
     start_two_versions(lab, {"v1": 100, "v2": 0})
     cp = lab.start_control_plane()
-    xds_port = int(lab.xds_address.rsplit(":", 1)[1])
+    # The restarted control plane gets a port of its own behind a stable address.
+    relay = Relay(lab.xds_address)
     with (
-        Mesh.from_bootstrap(lab.bootstrap("c")) as mesh,
+        closing(relay),
+        Mesh(bootstrap_for(lab, "c", [relay.address])) as mesh,
         httpx.Client(transport=mesh.httpx_transport()) as client,
     ):
         assert versions(client, 20) == {"v1": 20}
@@ -85,9 +89,9 @@ def test_clients_survive_a_control_plane_restart(lab: LocalMesh) -> None:
         wait_for(lambda: not mesh.xds.connected, what="the client to notice")
         # Control plane gone: the last good config keeps routing.
         assert versions(client, 100) == {"v1": 100}
-        # Change the config while it is down, restart it on the same port.
+        # Change the config while it is down, then start it again.
         lab.set_weights(HOST, {"v1": 0, "v2": 100})
-        lab.start_control_plane(xds_port=xds_port)
+        relay.point_at(str(lab.start_control_plane().ready["xds"]))
         wait_for(lambda: versions(client, 1) == {"v2": 1}, limit=20, what="the new route")
         assert versions(client, 50) == {"v2": 50}
 

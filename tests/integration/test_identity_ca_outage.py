@@ -6,6 +6,7 @@ and recover by itself when a control plane with the same CA comes back."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -16,6 +17,7 @@ import pytest
 from meshlab import LocalMesh
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+from relay import Relay
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
@@ -80,13 +82,18 @@ def test_ca_outage_goes_at_risk_then_expired_then_recovers(
     lab: LocalMesh, transitions: Transitions
 ) -> None:
     cp = lab.start_control_plane(extra_args=["--leaf-ttl", f"{LEAF_TTL:g}s"])
-    xds_port = int(lab.xds_address.rsplit(":", 1)[1])
-    ca_address = lab.ca_address
-    bootstrap = lab.bootstrap("fe-1", "shop", "frontend", token=lab.token("shop", "frontend"))
+    # The control plane comes back on ports of its own, behind the stable
+    # addresses the bootstrap names (relay.py): its xDS and its CA.
+    xds, ca = Relay(lab.xds_address), Relay(lab.ca_address)
+    ca_address = ca.address
+    path = lab.bootstrap("fe-1", "shop", "frontend", token=lab.token("shop", "frontend"))
+    doc = json.loads(path.read_text())
+    doc["xds_servers"][0]["server_uri"] = xds.address
+    doc["proxyless_mesh"]["ca_address"] = ca_address
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     mesh = Mesh(
-        Bootstrap.from_file(bootstrap),
+        Bootstrap.from_json(json.dumps(doc)),
         telemetry=TelemetryConfig(meter_provider=provider, tracing=False),
     )
     try:
@@ -126,9 +133,9 @@ def test_ca_outage_goes_at_risk_then_expired_then_recovers(
             assert failures == health.renewal_failures
 
             # A control plane with the same CA state, where the bootstrap expects it.
-            lab.start_control_plane(
-                xds_port, extra_args=["--leaf-ttl", f"{LEAF_TTL:g}s", "--ca-address", ca_address]
-            )
+            back = lab.start_control_plane(extra_args=["--leaf-ttl", f"{LEAF_TTL:g}s"])
+            xds.point_at(str(back.ready["xds"]))
+            ca.point_at(str(back.ready["ca"]))
             assert transitions.recovered.wait(15)
             health = mesh.health()
             assert health.identity == "ok" and health.last_renewal_error is None
@@ -138,4 +145,6 @@ def test_ca_outage_goes_at_risk_then_expired_then_recovers(
             assert failures >= 4
             assert len(transitions.lines) <= 6
     finally:
+        xds.close()
+        ca.close()
         provider.shutdown()

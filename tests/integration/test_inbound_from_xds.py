@@ -39,6 +39,7 @@ from identities import (
     workload_mesh,
 )
 from meshlab import LocalMesh
+from processes import stop
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.integrations._asgi import tls_peer_principal
@@ -233,12 +234,7 @@ def _gunicorn(mesh_lab: Lab) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def test_wsgi_under_gunicorn_enforces_the_same_policy(mesh_lab: Lab) -> None:

@@ -29,6 +29,7 @@ import jwt
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
+from processes import stop
 
 ISSUER = "https://issuer.example"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -347,8 +348,7 @@ def _start_gunicorn(config: Path) -> Iterator[Server]:
     try:
         yield Server(sock.getsockname()[1], config)
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop(proc)
         sock.close()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from meshlab import LocalMesh, Proc, service_entry
+from stats import assert_binomial
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.errors import UpstreamOverflowError, UpstreamTimeoutError
@@ -237,9 +238,8 @@ def test_fault_injection_follows_its_percentages(lab: LocalMesh) -> None:
             response = client.get(URL)
             statuses[response.status_code] += 1
             delayed += "DI" in response.extensions.get("mesh_response_flags", ())
-    # 1,000 draws: sigma is 1.45 points at 30% and 1.26 at 20%; 6 points ~ 4 sigma.
-    assert abs(statuses[418] / n - 0.30) < 0.06, statuses
-    assert abs(delayed / n - 0.20) < 0.06, delayed
+    assert_binomial(statuses[418], n, 0.30, f"aborted at 30 % {statuses}")
+    assert_binomial(delayed, n, 0.20, "delayed at 20 %")
     assert served(backend) == statuses[200]  # aborted requests never reached it
 
 

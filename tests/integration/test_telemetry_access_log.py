@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 from meshlab import LocalMesh, service_entry
 from opentelemetry.sdk.trace import TracerProvider
+from stats import assert_binomial
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.errors import NoRouteError, UpstreamOverflowError, UpstreamTimeoutError
@@ -219,7 +220,8 @@ def test_access_log_is_off_by_default_and_sampled() -> None:
     calls = [never.call("source", "http", "GET", "a.b.mesh:80", "/") for _ in range(50)]
     assert not any(call is not None and call.logged for call in calls)
     half = Telemetry(TelemetryConfig(access_log=True, access_log_sampling=0.5))
+    n = 20_000  # at 5 sigma the accepted rate is 0.482-0.518
     logged = sum(
-        1 for _ in range(2000) if (c := half.call("source", "http", "GET", "h:1", "/")) and c.logged
+        1 for _ in range(n) if (c := half.call("source", "http", "GET", "h:1", "/")) and c.logged
     )
-    assert 800 < logged < 1200  # 1000 expected, sigma ~22
+    assert_binomial(logged, n, 0.5, "access log lines sampled at 0.5")

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -259,6 +260,9 @@ def test_a_trace_spans_frontend_and_backend_with_one_span_per_attempt(lab: Local
 # -- Prometheus ---------------------------------------------------------------------
 
 
+LISTENING = re.compile(r'msg="Listening on" address=(127\.0\.0\.1:\d+)')
+
+
 class Prometheus:
     """A real Prometheus (Debian's package) on 127.0.0.1 scraping `jobs`
     every 250 ms. Other tests add targets (e.g. the control plane's admin
@@ -283,22 +287,31 @@ class Prometheus:
         config.write_text(
             json.dumps({"global": {"scrape_interval": "250ms"}, "scrape_configs": scrape})
         )
-        with socket.socket() as s:  # Prometheus cannot report a port-0 bind: pick one
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.address = f"127.0.0.1:{port}"
-        log = open(self.workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
-                f"--web.listen-address={self.address}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        log_path = self.workdir / "prometheus.log"
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+                    "--web.listen-address=127.0.0.1:0",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.address = self._listening_address(log_path)
+
+    def _listening_address(self, log: Path, timeout: float = 30.0) -> str:
+        """Prometheus binds port 0 and logs the address it got
+        (`msg="Listening on" address=127.0.0.1:PORT`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if found := LISTENING.search(log.read_text(errors="replace")):
+                return found.group(1)
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        pytest.fail(f"prometheus reported no listening address: {log.read_text()[-3000:]}")
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         answer = httpx.get(f"http://{self.address}/api/v1/query", params={"query": promql})
@@ -324,13 +337,10 @@ class Prometheus:
         raise AssertionError(f"{promql} never returned {expected}; last answer: {last}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        from processes import stop  # here: this module also runs as a script, without tests/
+
+        if self.proc is not None:
+            stop(self.proc)
 
 
 @pytest.fixture

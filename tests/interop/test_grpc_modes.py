@@ -6,20 +6,20 @@ process of its own: grpcio reads its bootstrap once per process).
 One control plane and one set of real backends (examples/grpc_backend.py) serve
 the whole module, each feature under a host of its own, to keep it fast. Both
 modes go through `grpc_mode_client.run_calls`, so only the channel differs.
-Where a mode falls short the case is marked with the reason (README, "gRPC
-modes"), never silently skipped.
+Where a mode falls short the case is a strict xfail with the reason (README,
+"gRPC modes"): it turns red the day the mode starts working.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ import grpc
 import pytest
 from grpc_mode_client import greeter_handler, run_calls
 from meshlab import HERE, LocalMesh, Proc, service_entry, start_process, subsets_rule
+from processes import reserved_port, stop
+from stats import assert_binomial
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.integrations import AuthorizationServerInterceptor
@@ -49,13 +51,12 @@ MTLS = "greeter.shop.mesh"
 CLIENT_ID = "spiffe://cluster.local/ns/web/sa/frontend"
 
 WEIGHTS = {"v1": 80, "v2": 20}
-SPLIT_CALLS = 200
-# 200 calls at 20 %: sigma of the share is 2.8 points; 10 points is over 3 sigma.
-SPLIT_TOLERANCE = 0.10
+SPLIT_CALLS = 1000  # v2's count checked at 5 sigma (tests/stats.py): 137-263
 SLOW_SECONDS = 2.0
 ROUTE_TIMEOUT = 0.5
 TIMEOUT_MARGIN = 0.4  # a loaded 2-core machine; far below the backend's 2 s
 MAX_REQUESTS = 2
+PENDING = 1  # http1MaxPendingRequests: library mode's queue (grpcio has none)
 CONCURRENT = 6
 FAIL_FAST = 0.25  # an overflowing call fails in milliseconds; an admitted one takes 2 s
 
@@ -100,8 +101,10 @@ class Lab:
         self.slow = self._backend("slow", "--delay", str(SLOW_SECONDS))
         self.servers: list[subprocess.Popen[str]] = []
         self.meshes: list[Mesh] = []
-        self.authz_ports = {mode: free_port() for mode in AUTHZ}
-        self.mtls_port = free_port()
+        self.ports = ExitStack()  # ports held for the native servers until teardown
+        self.authz_ports = {"native": self.ports.enter_context(reserved_port())}
+        self.mtls_port = self.ports.enter_context(reserved_port())
+        self.library_server = self._library_server()  # binds port 0: authz_ports["library"]
         self._configure()
         self.lab.write_config("security.yaml", "\n---\n".join(self._security()))
         lab.start_control_plane()
@@ -109,9 +112,16 @@ class Lab:
         self.mesh = self._mesh(Mesh.from_bootstrap(self.bootstrap, preload=list(self.targets())))
         self._start_servers()
         self.mtls_bootstrap = self._identity("mtls-client", "web", "frontend")
+        self._mtls_mesh: Mesh | None = None
 
     def targets(self) -> Iterator[str]:
         yield from (f"{h}:{PORT}" for h in (*HOSTS, *AUTHZ.values()))
+
+    def mtls_mesh(self) -> Mesh:
+        """Library mode with the client identity the native mTLS call uses."""
+        if self._mtls_mesh is None:
+            self._mtls_mesh = self._mesh(Mesh.from_bootstrap(self.mtls_bootstrap))
+        return self._mtls_mesh
 
     def _mesh(self, mesh: Mesh) -> Mesh:
         self.meshes.append(mesh)
@@ -126,19 +136,25 @@ class Lab:
         path: Path = self.lab.bootstrap(node, namespace, sa, token=token, credentials_dir=certs)
         return path
 
-    def _start_servers(self) -> None:
+    def _library_server(self) -> grpc.Server:
         """Library mode's server: a grpc.server with the mesh's authorization
-        interceptor, following its inbound policy. Native mode's: grpc.server(xds=True),
-        enforcing the RBAC filters of its xDS listener (and mTLS, for MTLS)."""
+        interceptor, bound to port 0 now and following its inbound policy once
+        `_start_servers` starts it."""
+        interceptor = AuthorizationServerInterceptor(policies=lambda: self._library_policy())
+        server = grpc.server(ThreadPoolExecutor(4), interceptors=[interceptor])
+        server.add_generic_rpc_handlers((greeter_handler(),))
+        self.authz_ports["library"] = server.add_insecure_port("127.0.0.1:0")
+        return server
+
+    def _start_servers(self) -> None:
+        """The library server, and native mode's: grpc.server(xds=True), enforcing
+        the RBAC filters of its xDS listener (and mTLS, for MTLS)."""
         port = self.authz_ports["library"]
         server_mesh = self._mesh(
             Mesh.from_bootstrap(self.lab.bootstrap("authz-lib", "default", "authz-server"))
         )
         server_mesh.serve_inbound(port, "127.0.0.1")
-        interceptor = AuthorizationServerInterceptor(policies=server_mesh.inbound_policies(port))
-        self.library_server = grpc.server(ThreadPoolExecutor(4), interceptors=[interceptor])
-        self.library_server.add_generic_rpc_handlers((greeter_handler(),))
-        self.library_server.add_insecure_port(f"127.0.0.1:{port}")
+        self._library_policy = server_mesh.inbound_policies(port)
         self.library_server.start()
         boot = self.lab.bootstrap("authz-native", "default", "authz-server")
         self._spawn_server(boot, self.authz_ports["native"])
@@ -180,7 +196,10 @@ class Lab:
                 "host": LIMITED,
                 "trafficPolicy": {
                     "connectionPool": {
-                        "http": {"http2MaxRequests": MAX_REQUESTS, "http1MaxPendingRequests": 1}
+                        "http": {
+                            "http2MaxRequests": MAX_REQUESTS,
+                            "http1MaxPendingRequests": PENDING,
+                        }
                     }
                 },
             },
@@ -269,15 +288,9 @@ class Lab:
         """The mode adapter: the same calls through a library-mode channel here,
         or through grpcio's xDS channel in grpc_mode_client.py."""
         target = f"{host}:{PORT}"
-        if mode == "library" and options.pop("mtls", False):
-            # A mesh with the client's identity: library mode's TLS bridge.
-            with (
-                Mesh.from_bootstrap(self.mtls_bootstrap) as mesh,
-                mesh.grpc_channel(target) as channel,
-            ):
-                return run_calls(channel, calls, **options)
         if mode == "library":
-            with self.mesh.grpc_channel(target) as channel:
+            mesh = self.mtls_mesh() if options.pop("mtls", False) else self.mesh
+            with mesh.grpc_channel(target) as channel:
                 return run_calls(channel, calls, **options)
         flags = ["--calls", str(calls), "--deadline", str(options.get("deadline", 10.0))]
         if options.get("concurrent"):
@@ -299,14 +312,6 @@ class Lab:
             raise AssertionError(f"native client failed ({done.returncode}):\n{done.stderr}")
         results: list[dict[str, Any]] = json.loads(done.stdout)["results"]
         return results
-
-
-def free_port() -> int:
-    """A port for a server the config must name before it starts (an xDS server
-    asks for its listener by IP:PORT)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stats(backend: Proc) -> Counter[str]:
@@ -339,16 +344,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         shared.__init__(local)  # type: ignore[misc]
         yield shared
     finally:
-        for proc in shared.servers:
-            if proc.stdin is not None:
-                proc.stdin.close()  # the server's signal to stop
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for proc in shared.servers:  # closing stdin is their signal to stop
+            stop(proc, grace=5, ask=lambda p: p.stdin.close() if p.stdin else None)
         if getattr(shared, "library_server", None) is not None:
             shared.library_server.stop(None).wait(5)
+        if getattr(shared, "ports", None) is not None:
+            shared.ports.close()
         for mesh in shared.meshes:
             mesh.close()
         local.close()
@@ -362,8 +363,7 @@ MODES = ("library", "native")
 def test_weighted_split(lab: Lab, mode: str) -> None:
     seen = answers(lab.call(mode, SPLIT, SPLIT_CALLS))
     assert sum(seen.values()) == SPLIT_CALLS and set(seen) == {"greeter/v1", "greeter/v2"}, seen
-    share = seen["greeter/v2"] / SPLIT_CALLS
-    assert abs(share - WEIGHTS["v2"] / 100) < SPLIT_TOLERANCE, seen
+    assert_binomial(seen["greeter/v2"], SPLIT_CALLS, WEIGHTS["v2"] / 100, f"v2 share {seen}")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -410,14 +410,16 @@ def test_route_timeout_does_not_fire_early(lab: Lab, mode: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_overflow_fails_fast(lab: Lab, mode: str) -> None:
     """http2MaxRequests 2: calls over it fail at once with UNAVAILABLE instead of
-    queueing. Library mode also admits one pending call (http1MaxPendingRequests
-    1, Envoy's pending queue); grpcio has no pending limit (A32), hence `<= 3`."""
+    queueing. Library mode also admits exactly one pending call
+    (http1MaxPendingRequests 1, Envoy's pending queue); grpcio has no pending
+    queue (A32): it admits exactly the 2."""
     before = stats(lab.slow)
     results = lab.call(mode, LIMITED, CONCURRENT, concurrent=True)
     slow = stats(lab.slow) - before
     ok = [r for r in results if r["code"] == "OK"]
     dropped = [r for r in results if r["code"] == "UNAVAILABLE"]
-    assert MAX_REQUESTS <= len(ok) <= MAX_REQUESTS + 1, results
+    admitted = MAX_REQUESTS + PENDING if mode == "library" else MAX_REQUESTS
+    assert len(ok) == admitted, results
     assert len(ok) + len(dropped) == CONCURRENT, results
     assert all(r["seconds"] < FAIL_FAST for r in dropped), results
     assert all(r["seconds"] >= SLOW_SECONDS for r in ok), results

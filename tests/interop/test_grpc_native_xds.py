@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from meshlab import LocalMesh
+from stats import assert_binomial
 
 pytestmark = pytest.mark.interop
 
 HOST = "greeter.default.mesh"
 CALLS = 1000
-# 1,000 calls at 80/20: sigma of the v2 share is 1.26 points; 6 points ~ 4.7 sigma.
-TOLERANCE = 0.06
+# 1,000 calls at 80/20: v2's count is checked at 5 sigma (tests/stats.py).
 
 
 def test_grpc_xds_channel_follows_80_20_split(lab: LocalMesh) -> None:
@@ -43,4 +43,4 @@ def test_grpc_xds_channel_follows_80_20_split(lab: LocalMesh) -> None:
     counts = json.loads(result.stdout)
     assert set(counts) == {"greeter/v1", "greeter/v2"}
     assert sum(counts.values()) == CALLS
-    assert abs(counts["greeter/v2"] / CALLS - 0.20) < TOLERANCE, counts
+    assert_binomial(counts["greeter/v2"], CALLS, 0.20, f"v2 of the 80/20 split {counts}")

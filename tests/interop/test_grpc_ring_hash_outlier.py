@@ -113,9 +113,9 @@ def run_users(lab: LocalMesh) -> tuple[list[tuple[str, str]], dict[str, Any]]:
         proc.stdin.close()
         assert proc.wait(20) == 0, proc.stderr.read().decode()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        from processes import stop  # here: this module also runs as a script, without tests/
+
+        stop(proc)
     return answers, types
 
 

@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 from meshlab import LocalMesh, Proc
-from test_envoy import ENVOY, admin_get, envoy_bootstrap, outbound_port
+from processes import envoy_binary, stop
+from test_envoy import admin_get, envoy_bootstrap, outbound_port
 
 pytestmark = pytest.mark.interop
 
@@ -272,9 +273,7 @@ def test_grpc_native_xds_client_acks_every_policy_and_calls_flow(policy_lab: Loc
         proc.stdin.close()
         assert proc.wait(20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
 
 
 @pytest.fixture
@@ -286,7 +285,7 @@ def envoy_admin(policy_lab: LocalMesh) -> Iterator[str]:
     with open(lab.workdir / "envoy.log", "wb") as log:
         proc = subprocess.Popen(
             [
-                str(ENVOY),
+                envoy_binary(),
                 "-c",
                 str(config),
                 "--admin-address-path",
@@ -308,8 +307,7 @@ def envoy_admin(policy_lab: LocalMesh) -> Iterator[str]:
                 time.sleep(0.02)
             yield admin_file.read_text().strip()
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop(proc)
 
 
 def test_envoy_acks_every_policy_and_proxies_by_it(policy_lab: LocalMesh, envoy_admin: str) -> None:

@@ -21,7 +21,14 @@ from typing import Any
 
 import pytest
 from meshlab import LocalMesh
-from test_security_xds import fetch_credentials, free_port, grpc_env, procs, spawn
+from test_security_xds import (  # procs and xds_server_port: fixtures
+    fetch_credentials,
+    grpc_env,
+    procs,
+    spawn,
+    start_xds_server,
+    xds_server_port,  # noqa: F401
+)
 
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.policy import InboundRequest, PolicySet
@@ -52,7 +59,8 @@ class Any(grpc.GenericRpcHandler):
 
 server = grpc.server(futures.ThreadPoolExecutor(4), xds=True)
 server.add_generic_rpc_handlers((Any(),))
-server.add_secure_port(sys.argv[1], grpc.xds_server_credentials(grpc.insecure_server_credentials()))
+creds = grpc.xds_server_credentials(grpc.insecure_server_credentials())
+server.add_secure_port(sys.argv[1], creds)
 server.start()
 print("started", flush=True)
 sys.stdin.read()
@@ -167,9 +175,12 @@ async def library_policy(bootstrap: Path, port: int) -> PolicySet:
 
 
 async def test_grpc_server_and_library_decide_alike(
-    lab: LocalMesh, procs: list[subprocess.Popen[str]], tmp_path: Path
+    lab: LocalMesh,
+    procs: list[subprocess.Popen[str]],
+    tmp_path: Path,
+    xds_server_port: int,  # noqa: F811
 ) -> None:
-    port = free_port()
+    port = xds_server_port
     lab.write_config("policies.yaml", config(port))
     lab.start_control_plane()
     server_boot = lab.bootstrap(
@@ -180,10 +191,7 @@ async def test_grpc_server_and_library_decide_alike(
         credentials_dir=tmp_path / "server-certs",
     )
     await fetch_credentials(server_boot)
-    server = spawn(
-        procs, SERVER, f"127.0.0.1:{port}", grpc_env(server_boot), tmp_path / "server.log"
-    )
-    assert server.stdout is not None and server.stdout.readline().strip() == "started"
+    start_xds_server(procs, server_boot, tmp_path / "server.log", port, SERVER)
 
     grpc_codes: dict[tuple[str, str, str], str] = {}
     for caller, (namespace, account) in CALLERS.items():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,8 @@ from typing import Any
 
 import pytest
 from meshlab import LocalMesh
-from test_envoy import ENVOY, envoy_bootstrap
+from processes import envoy_binary, reserved_port, stop
+from test_envoy import envoy_bootstrap
 from test_policies_accepted import assert_all_acked, client_types
 
 from proxyless_mesh.bootstrap import Bootstrap
@@ -79,12 +79,21 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
 """
 
 
-def free_port() -> int:
-    """A port for the xDS server: the control plane's config must name it before
-    the server starts (gRPC asks for its listener by IP:PORT)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture
+def xds_server_port() -> Iterator[int]:
+    """The xDS server's port, held for it (processes.reserved_port): the config
+    names it before the server starts, as gRPC asks for its listener by IP:PORT."""
+    with reserved_port() as port:
+        yield port
+
+
+def start_xds_server(
+    procs: list[subprocess.Popen[str]], bootstrap: Path, log: Path, port: int, script: str = SERVER
+) -> subprocess.Popen[str]:
+    """`script` (it prints `started` once serving) on 127.0.0.1:`port`."""
+    server = spawn(procs, script, f"127.0.0.1:{port}", grpc_env(bootstrap), log)
+    assert server.stdout is not None and server.stdout.readline().strip() == "started"
+    return server
 
 
 def security_config(port: int) -> str:
@@ -144,14 +153,8 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
     try:
         yield started
     finally:
-        for proc in started:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for proc in started:  # closing stdin is their signal to stop
+            stop(proc, grace=5, ask=lambda p: p.stdin.close() if p.stdin else None)
 
 
 def spawn(
@@ -170,9 +173,9 @@ def spawn(
 
 
 async def test_grpc_native_client_and_server_talk_mtls(
-    lab: LocalMesh, procs: list[subprocess.Popen[str]], tmp_path: Path
+    lab: LocalMesh, procs: list[subprocess.Popen[str]], tmp_path: Path, xds_server_port: int
 ) -> None:
-    port = free_port()
+    port = xds_server_port
     lab.write_config("security.yaml", security_config(port))
     lab.start_control_plane()
     server_boot = lab.bootstrap(
@@ -192,17 +195,8 @@ async def test_grpc_native_client_and_server_talk_mtls(
     await fetch_credentials(server_boot)
     await fetch_credentials(client_boot)
 
-    server = spawn(
-        procs, SERVER, f"127.0.0.1:{port}", grpc_env(server_boot), tmp_path / "server.log"
-    )
-    assert server.stdout is not None and server.stdout.readline().strip() == "started"
-    client = spawn(
-        procs, CLIENT, f"xds:///{HOST}:50051", grpc_env(client_boot), tmp_path / "client.log"
-    )
-    assert client.stdout is not None
-    line = client.stdout.readline()
-    assert line, (tmp_path / "client.log").read_text()[-3000:]
-    seen = json.loads(line)
+    server = start_xds_server(procs, server_boot, tmp_path / "server.log", port)
+    seen = mtls_call(procs, client_boot, tmp_path / "client.log")
     # The server saw the client's verified identity: the call went over mTLS.
     assert seen["auth"].get("transport_security_type") == ["tls"], seen
     assert seen["peer_identities"] == [CLIENT_ID], seen
@@ -220,17 +214,16 @@ async def test_grpc_native_client_and_server_talk_mtls(
     config = tmp_path / "envoy.json"
     config.write_text(json.dumps(envoy_bootstrap(int(lab.xds_address.rsplit(":", 1)[1]))))
     envoy = subprocess.Popen(
-        [str(ENVOY), "-c", str(config), "--disable-hot-restart", "-l", "warning"],
+        [envoy_binary(), "-c", str(config), "--disable-hot-restart", "-l", "warning"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "envoy.log").open("w"),
         text=True,
     )
-    procs.append(envoy)
     try:
         assert_all_acked(lab, "envoy-1")
     finally:
-        envoy.terminate()
+        stop(envoy)
 
     # STRICT: a plaintext client is refused at the handshake.
     plain = subprocess.run(
@@ -241,6 +234,20 @@ async def test_grpc_native_client_and_server_talk_mtls(
         check=True,
     )
     assert plain.stdout.strip() == "UNAVAILABLE", plain.stdout
+    # ...refused, not crashed: the server is alive and still answers mTLS.
+    assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+    again = mtls_call(procs, client_boot, tmp_path / "client-after.log")
+    assert again["peer_identities"] == [CLIENT_ID], again
+
+
+def mtls_call(procs: list[subprocess.Popen[str]], bootstrap: Path, log: Path) -> dict[str, Any]:
+    """One call by CLIENT (grpcio's xDS client, mTLS from xDS): what the server saw."""
+    client = spawn(procs, CLIENT, f"xds:///{HOST}:50051", grpc_env(bootstrap), log)
+    assert client.stdout is not None
+    line = client.stdout.readline()
+    assert line, log.read_text()[-3000:]
+    seen: dict[str, Any] = json.loads(line)
+    return seen
 
 
 def wait_all_acked(lab: LocalMesh, node_id: str) -> dict[str, Any]:

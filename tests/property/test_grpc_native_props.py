@@ -160,6 +160,7 @@ def _message(packed: Any) -> Any:
 
 @settings(max_examples=4, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(docs=mesh_documents())
+@pytest.mark.interop  # grpcio's own xDS client, in a process
 def test_grpcio_acks_generated_configs(
     docs: list[dict[str, Any]], plane: Plane, grpc_client: subprocess.Popen[str]
 ) -> None:

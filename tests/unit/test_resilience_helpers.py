@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from stats import assert_binomial
 from tenacity import Retrying, retry_if_result, stop_after_attempt
 
 from proxyless_mesh.model import (
@@ -175,6 +176,6 @@ def test_shadow_host_goes_before_the_port(host: str, shadow: str) -> None:
 def test_mirror_fraction_over_ten_thousand_draws() -> None:
     rng = random.Random(11)
     hits = sum(should_mirror(MirrorPolicy("reviews-v2", 0.25), rng) for _ in range(10_000))
-    assert abs(hits - 2500) < 130  # 3 sigma
+    assert_binomial(hits, 10_000, 0.25, "mirrored at 25 %")
     assert all(should_mirror(MirrorPolicy("m", 1.0), rng) for _ in range(100))
     assert not any(should_mirror(MirrorPolicy("m", 0.0), rng) for _ in range(100))

