@@ -7,15 +7,13 @@ reports its port through a ready file; `LocalMesh.close()` stops them all.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,21 +95,6 @@ def _await_ready_file(
             popen.kill()
             raise ProcessFailed(f"{name} not ready after {timeout}s:\n{log.read_text()}")
         time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def reserve_port() -> Iterator[int]:
-    """A loopback port held for a server that starts later: bound with
-    SO_REUSEPORT but not listening, so until that server starts a connection is
-    refused (as with nothing there), and no other process can take the port
-    meanwhile. gRPC servers bind with SO_REUSEPORT by default, so the later
-    server (a `meshctl control-plane --xds-address 127.0.0.1:<port>`) binds it
-    beside this socket and gets every connection. Held, never closed early:
-    no port is freed and guessed again."""
-    with socket.socket() as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        holder.bind(("127.0.0.1", 0))
-        yield holder.getsockname()[1]
 
 
 def write_file_atomically(path: Path, text: str) -> None:
@@ -238,7 +221,7 @@ class LocalMesh:
 
     def start_control_plane(self, xds_port: int = 0, extra_args: Sequence[str] = ()) -> Proc:
         """`extra_args` go to `meshctl control-plane` (e.g. ["--leaf-ttl", "20s"]).
-        A port other than 0 is one this test holds (see `reserve_port`)."""
+        A port other than 0 is one this test holds (see tests/processes.py `reserved_port`)."""
         proc = start_process(
             "control-plane",
             [

@@ -3,7 +3,7 @@ mTLS on, as the default bootstrap has it (issue 17). Real processes: a
 `meshctl control-plane`, a backend, and warm_start_workload.py.
 
 The control plane's xDS and CA ports are held by the test from the start
-(meshlab.reserve_port: bound, not listening, so connections are refused as
+(processes.reserved_port: bound, not listening, so connections are refused as
 with nothing there); the control plane binds them beside the holder when it
 starts. No port is freed and guessed again.
 
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from meshlab import LocalMesh, Proc, reserve_port, start_process
+from meshlab import LocalMesh, Proc, start_process
+from processes import reserved_port
 from registration_plane import SERVICE_ENTRY, group, wait_for
 
 from proxyless_mesh import Mesh, Registration
@@ -42,7 +43,7 @@ GROUP = group("reviews", "reviews")
 def ports() -> Iterator[tuple[int, int]]:
     """The control plane's xDS and CA ports, held for the whole test."""
     with ExitStack() as stack:
-        yield stack.enter_context(reserve_port()), stack.enter_context(reserve_port())
+        yield stack.enter_context(reserved_port()), stack.enter_context(reserved_port())
 
 
 def _control_plane(lab: LocalMesh, ports: tuple[int, int]) -> Proc:

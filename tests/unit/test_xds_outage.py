@@ -3,7 +3,7 @@ one WARNING however many retries fail, its end one INFO; a client with a cached
 config is ready as soon as every server refused, not after the timeout.
 
 The server is the scripted ADS server of test_xds_client on a port this test
-holds (meshlab.reserve_port: refused until the server binds it beside us)."""
+holds (processes.reserved_port: refused until the server binds it beside us)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from meshlab import reserve_port
+from processes import reserved_port
 from test_xds_client import RDS, STEP, ScriptedAds, ServerStream, XdsClient, bootstrap, resolve_all
 
 LOGGER = "proxyless_mesh.xds_client"
@@ -70,7 +70,7 @@ async def test_an_outage_is_one_warning_and_its_end_one_info(
 ) -> None:
     caplog.set_level(logging.DEBUG, LOGGER)
     sleeps = ShortSleeps()
-    with reserve_port() as port:
+    with reserved_port() as port:
         client = XdsClient(bootstrap(f"127.0.0.1:{port}"), on_update=lambda s: None, sleep=sleeps)
         try:
             await _an_outage_and_back(client, sleeps, port, caplog)
@@ -120,7 +120,7 @@ async def test_a_cached_config_is_ready_when_every_server_refused(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, LOGGER)
-    with reserve_port() as port:
+    with reserved_port() as port:
         uri = f"127.0.0.1:{port}"
         async with ads_on(port) as servicer:
             first = XdsClient(bootstrap(uri), on_update=lambda state: None)
