@@ -2,9 +2,9 @@
 
 `PolicySet` is the compiled, immutable policy of one workload; the
 integrations (ASGI, WSGI, gRPC server) call `PolicySet.check` per request.
-`authorization_policies_to_rbac` and `request_authentications_to_jwt` turn
-Istio YAML into the RBAC model the same way istiod does; `rbac_to_proto` /
-`rbac_from_proto` convert that model to and from Envoy's RBAC protobufs.
+The engine works on the plain RBAC model (`proxyless_mesh.model`) only: the
+control plane translates Istio YAML into that model and to protobufs, and the
+xDS client decodes it, so nothing here touches protobufs.
 """
 
 from proxyless_mesh.policy._engine import (
@@ -22,12 +22,6 @@ from proxyless_mesh.policy._errors import (
     PolicyConfigError,
     UnsupportedPolicyError,
 )
-from proxyless_mesh.policy._istio import (
-    authorization_policies_to_rbac,
-    authorization_policy_to_rbac,
-    request_authentications_to_jwt,
-    selects_workload,
-)
 from proxyless_mesh.policy._normalize import PathNormalization, normalize_host, normalize_path
 
 __all__ = [
@@ -42,11 +36,7 @@ __all__ = [
     "PolicyConfigError",
     "PolicySet",
     "UnsupportedPolicyError",
-    "authorization_policies_to_rbac",
-    "authorization_policy_to_rbac",
     "join_headers",
     "normalize_host",
     "normalize_path",
-    "request_authentications_to_jwt",
-    "selects_workload",
 ]
