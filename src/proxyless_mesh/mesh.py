@@ -41,8 +41,6 @@ import httpx
 
 from proxyless_mesh._background import Background
 from proxyless_mesh._joining import Joining, log_announce_failure
-from proxyless_mesh._outbound import ALLOW_ANY, REGISTRY_ONLY
-from proxyless_mesh._snapshot import MeshSnapshot, build_snapshot
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.diagnostics import DiagnosticsServer
 from proxyless_mesh.errors import (
@@ -57,19 +55,26 @@ from proxyless_mesh.integrations import (
     MeshTransport,
     normalize_target,
 )
-from proxyless_mesh.model import CircuitBreakers, Cluster, InboundListener, TlsMode
-from proxyless_mesh.model._rbac import Rbac, RbacAction
+from proxyless_mesh.model import (
+    CircuitBreakers,
+    Cluster,
+    InboundListener,
+    Rbac,
+    RbacAction,
+    TlsMode,
+)
 from proxyless_mesh.policy import PolicySet
 from proxyless_mesh.registration import Registrar
 from proxyless_mesh.resilience import ClusterResources
+from proxyless_mesh.runtime import ALLOW_ANY, REGISTRY_ONLY, MeshSnapshot
 from proxyless_mesh.security import (
     Credentials,
     IdentityConfig,
     IdentityManager,
     MeshHealth,
 )
-from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
-from proxyless_mesh.telemetry._metrics import metrics_meter
+from proxyless_mesh.snapshot import build_snapshot
+from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, metrics_meter
 from proxyless_mesh.xds_client import XdsClient, XdsState
 
 log = logging.getLogger("proxyless_mesh")

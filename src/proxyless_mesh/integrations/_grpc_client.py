@@ -58,12 +58,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from proxyless_mesh._outbound import UNRESOLVED, pick_endpoint
 from proxyless_mesh.errors import MeshRequestError
+from proxyless_mesh.integrations import _grpc_client_telemetry as telemetry_hooks
 from proxyless_mesh.resilience import AttemptResult, Send, Sleep
 from proxyless_mesh.routing import RouteDecision
+from proxyless_mesh.runtime import UNRESOLVED, pick_endpoint
 from proxyless_mesh.telemetry import Call
-from proxyless_mesh.telemetry import _grpc_client as telemetry_hooks
 
 if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh

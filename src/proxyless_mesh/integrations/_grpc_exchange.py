@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from proxyless_mesh._outbound import UNRESOLVED, pick_endpoint, route_request
 from proxyless_mesh.balancer import Outcome, hash_key
 from proxyless_mesh.errors import MeshRequestError, MeshRpcError
+from proxyless_mesh.integrations import _grpc_client_telemetry as telemetry_hooks
 from proxyless_mesh.model import Endpoint
 from proxyless_mesh.resilience import AttemptResult, FailureKind, Finish, Send, request_flow
 from proxyless_mesh.routing import RouteDecision
+from proxyless_mesh.runtime import UNRESOLVED, pick_endpoint, route_request
 from proxyless_mesh.telemetry import Call
-from proxyless_mesh.telemetry import _grpc_client as telemetry_hooks
 
 if TYPE_CHECKING:
     from proxyless_mesh.integrations._grpc_client import _Callable

@@ -21,8 +21,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from proxyless_mesh.policy._engine import Decision, InboundRequest, PolicySet, join_headers
-from proxyless_mesh.policy._peer import spiffe_id_from_names, spiffe_id_from_pem
+from proxyless_mesh.policy import (
+    Decision,
+    InboundRequest,
+    PolicySet,
+    join_headers,
+    spiffe_id_from_names,
+    spiffe_id_from_pem,
+)
 
 _CODES = {
     400: (grpc.StatusCode.INVALID_ARGUMENT, "bad request path"),

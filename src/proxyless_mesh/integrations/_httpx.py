@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from proxyless_mesh.integrations import _httpx_telemetry as telemetry_hooks
 from proxyless_mesh.integrations._httpx_exchange import (
     Exchange,
     failure_kind,
@@ -33,7 +34,6 @@ from proxyless_mesh.integrations._pool import linear
 from proxyless_mesh.integrations._tls_transport import AsyncTlsTransports, TlsTransports
 from proxyless_mesh.resilience import AttemptResult, Send, Sleep
 from proxyless_mesh.telemetry import Call, QuietCall
-from proxyless_mesh.telemetry import _httpx as telemetry_hooks
 
 if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from proxyless_mesh._outbound import UNRESOLVED, route_request
 from proxyless_mesh.balancer import Outcome, hash_key
 from proxyless_mesh.errors import (
     MeshRequestError,
@@ -28,6 +27,7 @@ from proxyless_mesh.errors import (
     UpstreamOverflowError,
     UpstreamTimeoutError,
 )
+from proxyless_mesh.integrations._httpx_telemetry import routed as telemetry_routed
 from proxyless_mesh.model import Endpoint, Route
 from proxyless_mesh.resilience import (
     AttemptResult,
@@ -42,12 +42,12 @@ from proxyless_mesh.resilience import (
     should_mirror,
 )
 from proxyless_mesh.routing import RouteDecision
+from proxyless_mesh.runtime import UNRESOLVED, route_request
 from proxyless_mesh.telemetry import Call, QuietCall
-from proxyless_mesh.telemetry._httpx import routed as telemetry_routed
 
 if TYPE_CHECKING:
-    from proxyless_mesh._snapshot import MeshSnapshot
     from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import MeshSnapshot
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Bodies that are not already in memory are buffered for retries up to this

@@ -71,9 +71,9 @@ from proxyless_mesh.integrations._coalescing import CorkedTransport
 from proxyless_mesh.integrations._grpc_server import auth_context_peer_principal
 from proxyless_mesh.model import TlsMode
 from proxyless_mesh.registration import check_port
-from proxyless_mesh.security import Credentials
-from proxyless_mesh.security._inbound import (
+from proxyless_mesh.security import (
     TLS_HANDSHAKE_BYTE,
+    Credentials,
     InboundTls,
     asgi_tls_extension,
     plaintext_refusal,

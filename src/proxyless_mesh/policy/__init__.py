@@ -11,6 +11,7 @@ from proxyless_mesh.policy._engine import (
     BAD_REQUEST_BODY,
     DENIED_BODY,
     NOT_READY_BODY,
+    REFUSAL_BODIES,
     UNAUTHENTICATED_BODY,
     Decision,
     InboundRequest,
@@ -22,12 +23,19 @@ from proxyless_mesh.policy._errors import (
     PolicyConfigError,
     UnsupportedPolicyError,
 )
-from proxyless_mesh.policy._normalize import PathNormalization, normalize_host, normalize_path
+from proxyless_mesh.policy._normalize import (
+    PathNormalization,
+    app_path,
+    normalize_host,
+    normalize_path,
+)
+from proxyless_mesh.policy._peer import spiffe_id_from_names, spiffe_id_from_pem
 
 __all__ = [
     "BAD_REQUEST_BODY",
     "DENIED_BODY",
     "NOT_READY_BODY",
+    "REFUSAL_BODIES",
     "UNAUTHENTICATED_BODY",
     "Decision",
     "InboundRequest",
@@ -36,7 +44,10 @@ __all__ = [
     "PolicyConfigError",
     "PolicySet",
     "UnsupportedPolicyError",
+    "app_path",
     "join_headers",
     "normalize_host",
     "normalize_path",
+    "spiffe_id_from_names",
+    "spiffe_id_from_pem",
 ]

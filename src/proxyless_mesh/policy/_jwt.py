@@ -27,7 +27,7 @@ from urllib.parse import unquote_plus
 
 import jwt
 
-from proxyless_mesh.model._rbac import JwtAuthentication, JwtHeader, JwtProvider
+from proxyless_mesh.model import JwtAuthentication, JwtHeader, JwtProvider
 from proxyless_mesh.policy._errors import PolicyConfigError
 
 ASYMMETRIC_ALGORITHMS = frozenset(

@@ -30,6 +30,7 @@ from proxyless_mesh.security._inbound import (
     TLS_HANDSHAKE_BYTE,
     InboundTls,
     asgi_tls_extension,
+    plaintext_refusal,
 )
 from proxyless_mesh.security._keys import make_csr, new_private_key
 from proxyless_mesh.security._spiffe import (
@@ -62,6 +63,7 @@ __all__ = [
     "make_csr",
     "new_private_key",
     "peer_spiffe_id",
+    "plaintext_refusal",
     "spiffe_id_of",
     "verify_peer",
     "write_private_file",

@@ -22,9 +22,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf.message import DecodeError, Message
 
-from proxyless_mesh.errors import XdsResourceError
+from proxyless_mesh.errors import PolicyConfigError, XdsResourceError
 from proxyless_mesh.model import InboundListener, JwtAuthentication, Rbac, TlsMode
-from proxyless_mesh.policy import PolicyConfigError
 from proxyless_mesh.xds_client._decode_rbac import (
     jwt_authentication_from_proto,
     rbac_filter_from_proto,

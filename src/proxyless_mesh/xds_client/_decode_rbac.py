@@ -20,6 +20,7 @@ from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2
 
+from proxyless_mesh.errors import UnsupportedPolicyError
 from proxyless_mesh.model import (
     AndRules,
     AnyRule,
@@ -47,7 +48,6 @@ from proxyless_mesh.model import (
     StringMatcher,
     UrlPath,
 )
-from proxyless_mesh.policy import UnsupportedPolicyError
 
 
 def rbac_filter_from_proto(msg: http_rbac_pb2.RBAC) -> Rbac | None:

@@ -24,10 +24,10 @@ import httpx
 from mesh_control_plane.cli.offline import OfflineConfig, load_offline
 from mesh_control_plane.config import ConfigLoadError
 from mesh_control_plane.config.authorization import authorization_policies_to_rbac, selects_workload
-from proxyless_mesh._snapshot import build_snapshot
 from proxyless_mesh.errors import XdsResourceError
-from proxyless_mesh.integrations._httpx_exchange import url_parts
+from proxyless_mesh.integrations import url_parts
 from proxyless_mesh.policy import InboundRequest, PolicySet
+from proxyless_mesh.snapshot import build_snapshot
 
 
 def add_parser(commands: Any) -> None:

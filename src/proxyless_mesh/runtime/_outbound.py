@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-from proxyless_mesh._snapshot import MeshSnapshot
 from proxyless_mesh.errors import (
     NoHealthyUpstreamError,
     NoRouteError,
@@ -18,6 +17,7 @@ from proxyless_mesh.errors import (
 )
 from proxyless_mesh.model import Endpoint
 from proxyless_mesh.routing import HeaderLookup, RouteDecision
+from proxyless_mesh.runtime._snapshot import MeshSnapshot
 
 ALLOW_ANY: Final = "ALLOW_ANY"
 REGISTRY_ONLY: Final = "REGISTRY_ONLY"

@@ -1,0 +1,29 @@
+"""The runtime seam: what the integrations need from a running mesh, and nothing more.
+
+The integrations (httpx, grpcio, ASGI/WSGI) read the current `MeshSnapshot`
+and make the outbound decision with `route_request` / `pick_endpoint`; they
+never import `Mesh` or the xDS client. This package sits between them and the
+core (routing, balancer, policy), so the request path touches no protobuf.
+"""
+
+from proxyless_mesh.runtime._outbound import (
+    ALLOW_ANY,
+    REGISTRY_ONLY,
+    UNRESOLVED,
+    is_ip_literal,
+    pick_endpoint,
+    route_request,
+)
+from proxyless_mesh.runtime._snapshot import BalancerSource, InboundPolicy, MeshSnapshot
+
+__all__ = [
+    "ALLOW_ANY",
+    "REGISTRY_ONLY",
+    "UNRESOLVED",
+    "BalancerSource",
+    "InboundPolicy",
+    "MeshSnapshot",
+    "is_ip_literal",
+    "pick_endpoint",
+    "route_request",
+]
