@@ -51,7 +51,6 @@ mesh's workload certificates carry only a SPIFFE URI SAN, which
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +59,7 @@ import grpc.aio
 
 from proxyless_mesh.errors import MeshRequestError
 from proxyless_mesh.integrations import _grpc_client_telemetry as telemetry_hooks
-from proxyless_mesh.resilience import AttemptResult, Send, Sleep
+from proxyless_mesh.resilience import AttemptResult, Send, drive
 from proxyless_mesh.routing import RouteDecision
 from proxyless_mesh.runtime import UNRESOLVED, pick_endpoint
 from proxyless_mesh.telemetry import Call
@@ -195,37 +194,28 @@ class _SyncCallable(_Callable):
     ) -> Any:
         exchange = _Exchange(self.channel, self, decision, timeout, metadata, call)
         replay = _Replay(request) if self.kind == "stream_unary" else None
-        flow = exchange.flow
-        reply: AttemptResult | None = None
         last: Any = None
-        try:
-            while True:
-                try:
-                    command = flow.send(reply)
-                except StopIteration as stop:
-                    return exchange.conclude(stop.value, last)
-                last = None
-                if isinstance(command, Send):
-                    multi, md = exchange.prepare(command)
-                    message = replay.view() if replay is not None else request
-                    try:
-                        response, done = multi.with_call(
-                            message, timeout=command.timeout, metadata=md, **kw
-                        )
-                    except grpc.RpcError as exc:
-                        last = exc
-                        reply = exchange.ended(command, exc.code(), exc.details())
-                    else:
-                        last = (response, done) if how == "with_call" else response
-                        reply = exchange.ended(command, _SC.OK, None)
-                elif isinstance(command, Sleep):
-                    time.sleep(command.seconds)
-                    reply = None
-                else:
-                    command.ticket.wait(command.timeout)
-                    reply = None
-        finally:
-            flow.close()
+
+        def attempt(command: Send) -> AttemptResult:
+            nonlocal last
+            multi, md = exchange.prepare(command)
+            message = replay.view() if replay is not None else request
+            try:
+                response, done = multi.with_call(
+                    message, timeout=command.timeout, metadata=md, **kw
+                )
+            except grpc.RpcError as exc:
+                last = exc
+                return exchange.ended(command, exc.code(), exc.details())
+            last = (response, done) if how == "with_call" else response
+            return exchange.ended(command, _SC.OK, None)
+
+        def supersede() -> None:
+            nonlocal last
+            last = None
+
+        finish = drive(exchange.flow, attempt, supersede)
+        return exchange.conclude(finish, last)
 
     def __call__(
         self, request: Any, timeout: float | None = None, metadata: Metadata = None, **kw: Any

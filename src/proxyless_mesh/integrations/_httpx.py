@@ -7,9 +7,10 @@ the Host header still names the service, as it would through a sidecar.
 Anything else passes through untouched (outbound policy ALLOW_ANY).
 
 Retries, timeouts, limits and fault injection are decided by the sans-I/O
-engine in `resilience` (`request_flow`); everything request-shaped that both
-drivers share lives in `_Exchange`, so the sync and async transports differ
-only in how they wait and send.
+engine in `resilience` (`request_flow`) and run by its drivers (`drive`,
+`drive_async`); everything request-shaped lives in `Exchange`, so the sync and
+async transports differ only in how one try sends and waits. A try with a
+timeout is bounded as a whole, its body included (`_httpx_deadline`).
 
 The request's URL is restored after the call, so `response.request.url` is
 what the caller asked for, not the endpoint.
@@ -24,6 +25,11 @@ from typing import TYPE_CHECKING
 import httpx
 
 from proxyless_mesh.integrations import _httpx_telemetry as telemetry_hooks
+from proxyless_mesh.integrations._httpx_deadline import (
+    AsyncBoundedBody,
+    SyncBoundedBody,
+    body_timeout,
+)
 from proxyless_mesh.integrations._httpx_exchange import (
     Exchange,
     failure_kind,
@@ -32,7 +38,7 @@ from proxyless_mesh.integrations._httpx_exchange import (
 )
 from proxyless_mesh.integrations._pool import linear
 from proxyless_mesh.integrations._tls_transport import AsyncTlsTransports, TlsTransports
-from proxyless_mesh.resilience import AttemptResult, Send, Sleep
+from proxyless_mesh.resilience import AttemptResult, FailureKind, Send, drive, drive_async
 from proxyless_mesh.telemetry import Call, QuietCall
 
 if TYPE_CHECKING:
@@ -77,35 +83,11 @@ class MeshTransport(httpx.BaseTransport):
             request.read()
         exchange = Exchange(self._mesh, request, routed, call)
         exchange.mirror(self._mirror_sync)
-        flow = exchange.flow
-        reply: AttemptResult | None = None
-        response: httpx.Response | None = None
+        tries = _SyncTries(self, exchange)
         try:
-            while True:
-                try:
-                    command = flow.send(reply)
-                except StopIteration as stop:
-                    return exchange.conclude(stop.value, response)
-                if response is not None:  # superseded by a retry, a sleep or a wait
-                    response.close()
-                    response = None
-                if isinstance(command, Send):
-                    exchange.prepare(command)
-                    inner = self._tls.for_cluster(exchange.tls) or self._inner
-                    try:
-                        response = inner.handle_request(request)
-                    except httpx.TransportError as exc:
-                        reply = exchange.failed(command, failure_kind(exc), exc)
-                    else:
-                        reply = exchange.answered(command, response)
-                elif isinstance(command, Sleep):
-                    time.sleep(command.seconds)
-                    reply = None
-                else:
-                    command.ticket.wait(command.timeout)
-                    reply = None
+            finish = drive(exchange.flow, tries.attempt, tries.supersede)
+            return exchange.conclude(finish, tries.response)
         finally:
-            flow.close()
             exchange.restore()
 
     def _mirror_sync(self, copy: httpx.Request) -> None:
@@ -164,43 +146,11 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             await request.aread()
         exchange = Exchange(self._mesh, request, routed, call)
         exchange.mirror(self._mirror_async)
-        flow = exchange.flow
-        reply: AttemptResult | None = None
-        response: httpx.Response | None = None
+        tries = _AsyncTries(self, exchange)
         try:
-            while True:
-                try:
-                    command = flow.send(reply)
-                except StopIteration as stop:
-                    return exchange.conclude(stop.value, response)
-                if response is not None:
-                    await response.aclose()
-                    response = None
-                if isinstance(command, Send):
-                    exchange.prepare(command)
-                    inner = self._tls.for_cluster(exchange.tls) or self._inner
-                    try:
-                        if command.timeout is None:
-                            response = await inner.handle_async_request(request)
-                        else:
-                            # A real bound on the whole try (httpx's own
-                            # timeouts are per I/O phase).
-                            async with asyncio.timeout(command.timeout):
-                                response = await inner.handle_async_request(request)
-                    except TimeoutError as exc:
-                        reply = exchange.failed(command, failure_kind(exc), exc)
-                    except httpx.TransportError as exc:
-                        reply = exchange.failed(command, failure_kind(exc), exc)
-                    else:
-                        reply = exchange.answered(command, response)
-                elif isinstance(command, Sleep):
-                    await asyncio.sleep(command.seconds)
-                    reply = None
-                else:
-                    await command.ticket.wait_async(command.timeout)
-                    reply = None
+            finish = await drive_async(exchange.flow, tries.attempt, tries.supersede)
+            return exchange.conclude(finish, tries.response)
         finally:
-            flow.close()
             exchange.restore()
 
     def _mirror_async(self, copy: httpx.Request) -> None:
@@ -220,3 +170,87 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             task.cancel()
         await self._tls.aclose()
         await self._inner.aclose()
+
+
+class _SyncTries:
+    """The sync transport's tries of one request: what `drive` calls."""
+
+    __slots__ = ("exchange", "response", "transport")
+
+    def __init__(self, transport: MeshTransport, exchange: Exchange) -> None:
+        self.transport = transport
+        self.exchange = exchange
+        self.response: httpx.Response | None = None
+
+    def attempt(self, send: Send) -> AttemptResult:
+        exchange = self.exchange
+        exchange.prepare(send)
+        transport = self.transport
+        inner = transport._tls.for_cluster(exchange.tls) or transport._inner
+        request = exchange.request
+        started = time.monotonic()
+        try:
+            response = inner.handle_request(request)
+        except httpx.TransportError as exc:
+            return exchange.failed(send, failure_kind(exc), exc)
+        limit = send.timeout
+        if limit is not None:
+            # httpx bounded each phase by `limit`; the try as a whole must be too.
+            deadline = started + limit
+            if time.monotonic() >= deadline:
+                response.close()
+                late = TimeoutError(f"per-try timeout of {limit:g}s passed before the head")
+                return exchange.failed(send, FailureKind.TIMEOUT, late)
+            response.stream = SyncBoundedBody(
+                response.stream,  # type: ignore[arg-type]
+                response.extensions.get("network_stream"),
+                deadline,
+                lambda: body_timeout(request, limit),
+            )
+        self.response = response
+        return exchange.answered(send, response)
+
+    def supersede(self) -> None:
+        if self.response is not None:
+            self.response.close()
+            self.response = None
+
+
+class _AsyncTries:
+    """The async transport's tries of one request: what `drive_async` calls."""
+
+    __slots__ = ("exchange", "response", "transport")
+
+    def __init__(self, transport: AsyncMeshTransport, exchange: Exchange) -> None:
+        self.transport = transport
+        self.exchange = exchange
+        self.response: httpx.Response | None = None
+
+    async def attempt(self, send: Send) -> AttemptResult:
+        exchange = self.exchange
+        exchange.prepare(send)
+        transport = self.transport
+        inner = transport._tls.for_cluster(exchange.tls) or transport._inner
+        request = exchange.request
+        limit = send.timeout
+        try:
+            if limit is None:
+                response = await inner.handle_async_request(request)
+            else:
+                deadline = asyncio.get_running_loop().time() + limit
+                async with asyncio.timeout_at(deadline):
+                    response = await inner.handle_async_request(request)
+                response.stream = AsyncBoundedBody(
+                    response.stream,  # type: ignore[arg-type]
+                    deadline,
+                    lambda: body_timeout(request, limit),
+                )
+        except (TimeoutError, httpx.TransportError) as exc:
+            return exchange.failed(send, failure_kind(exc), exc)
+        self.response = response
+        return exchange.answered(send, response)
+
+    async def supersede(self) -> None:
+        if self.response is not None:
+            await self.response.aclose()
+            self.response = None
