@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -172,21 +172,31 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-class _SyncTries:
-    """The sync transport's tries of one request: what `drive` calls."""
+class _Tries:
+    """The tries of one request: `attempt` is what the driver calls per Send,
+    `supersede` closes a response a retry replaces."""
 
     __slots__ = ("exchange", "response", "transport")
 
-    def __init__(self, transport: MeshTransport, exchange: Exchange) -> None:
+    def __init__(self, transport: MeshTransport | AsyncMeshTransport, exchange: Exchange) -> None:
         self.transport = transport
         self.exchange = exchange
         self.response: httpx.Response | None = None
 
-    def attempt(self, send: Send) -> AttemptResult:
+    def _start(self, send: Send) -> Any:
+        """Point the request at the try's endpoint; the transport to send it by."""
         exchange = self.exchange
         exchange.prepare(send)
         transport = self.transport
-        inner = transport._tls.for_cluster(exchange.tls) or transport._inner
+        return transport._tls.for_cluster(exchange.tls) or transport._inner
+
+
+class _SyncTries(_Tries):
+    __slots__ = ()
+
+    def attempt(self, send: Send) -> AttemptResult:
+        inner = self._start(send)
+        exchange = self.exchange
         request = exchange.request
         started = time.monotonic()
         try:
@@ -216,21 +226,12 @@ class _SyncTries:
             self.response = None
 
 
-class _AsyncTries:
-    """The async transport's tries of one request: what `drive_async` calls."""
-
-    __slots__ = ("exchange", "response", "transport")
-
-    def __init__(self, transport: AsyncMeshTransport, exchange: Exchange) -> None:
-        self.transport = transport
-        self.exchange = exchange
-        self.response: httpx.Response | None = None
+class _AsyncTries(_Tries):
+    __slots__ = ()
 
     async def attempt(self, send: Send) -> AttemptResult:
+        inner = self._start(send)
         exchange = self.exchange
-        exchange.prepare(send)
-        transport = self.transport
-        inner = transport._tls.for_cluster(exchange.tls) or transport._inner
         request = exchange.request
         limit = send.timeout
         try:

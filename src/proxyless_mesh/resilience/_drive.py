@@ -12,65 +12,70 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 
 from proxyless_mesh.resilience._flow import Flow
-from proxyless_mesh.resilience._types import AttemptResult, Finish, Send, Sleep
+from proxyless_mesh.resilience._types import (
+    AttemptResult,
+    Command,
+    Finish,
+    Send,
+    Sleep,
+    WaitForSlot,
+)
 
 Attempt = Callable[[Send], AttemptResult]
 AsyncAttempt = Callable[[Send], Awaitable[AttemptResult]]
 
 
-def drive(flow: Flow, attempt: Attempt, supersede: Callable[[], None] | None = None) -> Finish:
+def _next(flow: Flow, reply: AttemptResult | None) -> Command | Finish:
+    """The flow's next command, or its Finish once it has returned."""
+    try:
+        return flow.send(reply)
+    except StopIteration as stop:
+        finish: Finish = stop.value
+        return finish
+
+
+def drive(flow: Flow, attempt: Attempt, supersede: Callable[[], None]) -> Finish:
     """Run `flow` to its Finish, blocking the thread while it waits.
 
     `supersede()` runs before each command: the outcome of the try before
     it, if any, will not be the answer (a retry, a backoff or a wait follows),
     so the integration can release it (close a response)."""
-    reply: AttemptResult | None = None
-    try:
-        while True:
-            try:
-                command = flow.send(reply)
-            except StopIteration as stop:
-                finish: Finish = stop.value
-                return finish
-            if supersede is not None:
-                supersede()
-            if type(command) is Send:
-                reply = attempt(command)
-            elif type(command) is Sleep:
-                time.sleep(command.seconds)
-                reply = None
-            else:
-                command.ticket.wait(command.timeout)  # type: ignore[union-attr]
-                reply = None
-    finally:
-        flow.close()
+    with closing(flow):
+        reply = None
+        while type(command := _next(flow, reply)) is not Finish:
+            supersede()
+            reply = attempt(command) if type(command) is Send else _wait(command)  # type: ignore[arg-type]
+        return command  # type: ignore[return-value]
 
 
 async def drive_async(
-    flow: Flow,
-    attempt: AsyncAttempt,
-    supersede: Callable[[], Awaitable[None]] | None = None,
+    flow: Flow, attempt: AsyncAttempt, supersede: Callable[[], Awaitable[None]]
 ) -> Finish:
     """`drive` for asyncio: the same commands, awaited instead of blocked on."""
-    reply: AttemptResult | None = None
-    try:
-        while True:
-            try:
-                command = flow.send(reply)
-            except StopIteration as stop:
-                finish: Finish = stop.value
-                return finish
-            if supersede is not None:
-                await supersede()
-            if type(command) is Send:
-                reply = await attempt(command)
-            elif type(command) is Sleep:
-                await asyncio.sleep(command.seconds)
-                reply = None
-            else:
-                await command.ticket.wait_async(command.timeout)  # type: ignore[union-attr]
-                reply = None
-    finally:
-        flow.close()
+    with closing(flow):
+        reply = None
+        while type(command := _next(flow, reply)) is not Finish:
+            await supersede()
+            send = type(command) is Send
+            reply = await (attempt(command) if send else _wait_async(command))  # type: ignore[arg-type]
+        return command  # type: ignore[return-value]
+
+
+def _wait(command: Sleep | WaitForSlot) -> AttemptResult | None:
+    """Sleep a backoff or wait for a slot; the flow's reply is None."""
+    if type(command) is Sleep:
+        time.sleep(command.seconds)
+    else:
+        command.ticket.wait(command.timeout)  # type: ignore[union-attr]
+    return None
+
+
+async def _wait_async(command: Sleep | WaitForSlot) -> AttemptResult | None:
+    if type(command) is Sleep:
+        await asyncio.sleep(command.seconds)
+    else:
+        await command.ticket.wait_async(command.timeout)  # type: ignore[union-attr]
+    return None
