@@ -31,6 +31,7 @@ import os
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -440,6 +441,13 @@ class Mesh:
         if "GRPC_XDS_BOOTSTRAP" not in os.environ and "GRPC_XDS_BOOTSTRAP_CONFIG" not in os.environ:
             os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = self.bootstrap.to_json()
         return f"xds:///{normalize_target(target)}"
+
+    # The runtime seam (`proxyless_mesh.runtime.Runtime`) the integrations see.
+    clock = staticmethod(time.monotonic)
+
+    @property
+    def node_id(self) -> str:
+        return self.bootstrap.node_id
 
     def cluster_resources(self, name: str, cluster: Cluster | None) -> ClusterResources:
         """The process-wide limits and counters of one cluster (created on

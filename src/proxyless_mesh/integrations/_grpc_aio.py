@@ -17,7 +17,7 @@ from proxyless_mesh.runtime import UNRESOLVED
 from proxyless_mesh.telemetry import Call
 
 if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import Runtime
 
 
 from proxyless_mesh.integrations._grpc_client import _Callable
@@ -236,7 +236,7 @@ class _AioStreamStream(_AioCallable, grpc.aio.StreamStreamMultiCallable):  # typ
 class AioMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio.Channel whose calls the mesh routes: `mesh.aio_grpc_channel(target)`."""
 
-    def __init__(self, mesh: Mesh, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(self, mesh: Runtime, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
         self.router = _Router(mesh, target)
         self.subchannels = _SubChannels(options, grpc.aio.insecure_channel)
         self._options = tuple(options)

@@ -65,7 +65,7 @@ from proxyless_mesh.runtime import UNRESOLVED, pick_endpoint
 from proxyless_mesh.telemetry import Call
 
 if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import Runtime
 
 
 from proxyless_mesh.integrations._grpc_exchange import (
@@ -265,7 +265,7 @@ class _StreamStream(_SyncCallable, grpc.StreamStreamMultiCallable):  # type: ign
 class MeshChannel(grpc.Channel):  # type: ignore[misc]
     """A sync grpc.Channel whose calls the mesh routes: `mesh.grpc_channel(target)`."""
 
-    def __init__(self, mesh: Mesh, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(self, mesh: Runtime, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
         self.router = _Router(mesh, target)
         self.subchannels = _SubChannels(options, grpc.insecure_channel)
         self._target = target

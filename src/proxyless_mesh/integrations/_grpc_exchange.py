@@ -24,7 +24,7 @@ from proxyless_mesh.telemetry import Call
 
 if TYPE_CHECKING:
     from proxyless_mesh.integrations._grpc_client import _Callable
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import Runtime
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
 
@@ -131,7 +131,7 @@ class _SubChannels:
 class _Router:
     """Shared by sync and async channels: route one call."""
 
-    def __init__(self, mesh: Mesh, target: str) -> None:
+    def __init__(self, mesh: Runtime, target: str) -> None:
         self.mesh = mesh
         self.authority = normalize_target(target)
 
@@ -269,7 +269,7 @@ class _Exchange:
                 header=_metadata_lookup(metadata),
                 cookie=_none,
                 query=_none,
-                source_ip=mesh.bootstrap.node_id,
+                source_ip=mesh.node_id,
             )
 
         def pick(exclude: Any) -> Endpoint | None:
@@ -287,7 +287,7 @@ class _Exchange:
             route_timeout=bounded(timeout, decision.timeout),
             pick=pick,
             resources=mesh.cluster_resources(decision.cluster, cluster),
-            clock=time.monotonic,
+            clock=mesh.clock,
             rng=mesh.rng,
             replayable=True,
             fault=route.fault if route is not None else None,

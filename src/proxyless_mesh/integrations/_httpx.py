@@ -42,13 +42,13 @@ from proxyless_mesh.resilience import AttemptResult, FailureKind, Send, drive, d
 from proxyless_mesh.telemetry import Call, QuietCall
 
 if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import Runtime
 
 
 class MeshTransport(httpx.BaseTransport):
     """Sync httpx transport: `httpx.Client(transport=mesh.httpx_transport())`."""
 
-    def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, mesh: Runtime, inner: httpx.BaseTransport | None = None) -> None:
         self._mesh = mesh
         self._inner = inner if inner is not None else linear(httpx.HTTPTransport())
         # Mutual TLS toward clusters whose xDS says so; one pool per identity set.
@@ -108,7 +108,7 @@ class MeshTransport(httpx.BaseTransport):
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
     """Async httpx transport: `httpx.AsyncClient(transport=mesh.async_httpx_transport())`."""
 
-    def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, mesh: Runtime, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._mesh = mesh
         self._inner = inner if inner is not None else linear(httpx.AsyncHTTPTransport())
         self._tls = AsyncTlsTransports(mesh)

@@ -10,7 +10,6 @@ a typed error.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,8 +45,7 @@ from proxyless_mesh.runtime import UNRESOLVED, route_request
 from proxyless_mesh.telemetry import Call, QuietCall
 
 if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
-    from proxyless_mesh.runtime import MeshSnapshot
+    from proxyless_mesh.runtime import MeshSnapshot, Runtime
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Bodies that are not already in memory are buffered for retries up to this
@@ -123,7 +121,9 @@ class Routed:
     needs_body: bool = False
 
 
-def _unresolved_error(mesh: Mesh, authority: str, request: httpx.Request) -> ServiceResolutionError:
+def _unresolved_error(
+    mesh: Runtime, authority: str, request: httpx.Request
+) -> ServiceResolutionError:
     return ServiceResolutionError(
         f"could not learn whether {authority} is a mesh service: "
         f"no answer from the control plane ({mesh.control_plane}) "
@@ -133,7 +133,7 @@ def _unresolved_error(mesh: Mesh, authority: str, request: httpx.Request) -> Ser
 
 
 def passthrough_or_route(
-    mesh: Mesh,
+    mesh: Runtime,
     request: httpx.Request,
     parts: tuple[str, str],
     *,
@@ -205,7 +205,7 @@ class Exchange:
 
     def __init__(
         self,
-        mesh: Mesh,
+        mesh: Runtime,
         request: httpx.Request,
         routed: Routed,
         call: Call | QuietCall | None = None,
@@ -231,7 +231,7 @@ class Exchange:
                 header=request.headers.get,
                 cookie=_cookie_lookup(request),
                 query=request.url.params.get,
-                source_ip=mesh.bootstrap.node_id,  # this process is the "downstream"
+                source_ip=mesh.node_id,  # this process is the "downstream"
             )
         self.path: str | None = None
         route = self.route
@@ -264,7 +264,7 @@ class Exchange:
             route_timeout=decision.timeout,
             pick=self._pick,
             resources=mesh.cluster_resources(decision.cluster, cluster),
-            clock=time.monotonic,
+            clock=mesh.clock,
             rng=mesh.rng,
             replayable=isinstance(request.stream, httpx.ByteStream),
             fault=self.route.fault if self.route is not None else None,
