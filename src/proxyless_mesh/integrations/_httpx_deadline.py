@@ -55,6 +55,12 @@ class _Watchdog:
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
 
+    def forget(self) -> None:
+        """After a fork: the thread did not survive it, nor do the timers."""
+        self._cond = threading.Condition()
+        self._heap = []
+        self._thread = None
+
     def arm(self, deadline: float, callback: Callable[[], None]) -> list[Any]:
         entry = [deadline, next(self._order), callback]
         with self._cond:
@@ -89,12 +95,9 @@ class _Watchdog:
                 finally:
                     self._cond.acquire()
 
-    def after_fork(self) -> None:
-        self.__init__()  # type: ignore[misc]  # the thread did not survive the fork
-
 
 _WATCHDOG = _Watchdog()
-os.register_at_fork(after_in_child=_WATCHDOG.after_fork)
+os.register_at_fork(after_in_child=_WATCHDOG.forget)
 
 
 class SyncBoundedBody(httpx.SyncByteStream):
