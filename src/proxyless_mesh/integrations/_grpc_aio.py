@@ -209,7 +209,7 @@ class _AioCallable(_Callable):
                 return exchange.ended(command, exc.code(), exc.details())
             return exchange.ended(command, _SC.OK, None)
 
-        async def supersede() -> None:
+        def supersede() -> None:
             nonlocal last
             last = None
 

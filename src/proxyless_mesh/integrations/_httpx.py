@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -83,12 +84,40 @@ class MeshTransport(httpx.BaseTransport):
             request.read()
         exchange = Exchange(self._mesh, request, routed, call)
         exchange.mirror(self._mirror_sync)
-        tries = _SyncTries(self, exchange)
         try:
-            finish = drive(exchange.flow, tries.attempt, tries.supersede)
-            return exchange.conclude(finish, tries.response)
+            finish = drive(exchange.flow, partial(self._attempt, exchange), exchange.supersede)
+            return exchange.conclude(finish, exchange.response)
         finally:
             exchange.restore()
+
+    def _attempt(self, exchange: Exchange, send: Send) -> AttemptResult:
+        """One try (what `drive` calls per Send), bounded as a whole by its timeout."""
+        if exchange.response is not None:  # a retry replaces it
+            exchange.supersede()
+        exchange.prepare(send)
+        inner = self._tls.for_cluster(exchange.tls) or self._inner
+        request = exchange.request
+        limit = send.timeout
+        started = time.monotonic() if limit is not None else 0.0
+        try:
+            response = inner.handle_request(request)
+        except httpx.TransportError as exc:
+            return exchange.failed(send, failure_kind(exc), exc)
+        if limit is not None:
+            # httpx bounded each phase by `limit`; the try as a whole must be too.
+            deadline = started + limit
+            if time.monotonic() >= deadline:
+                response.close()
+                late = TimeoutError(f"per-try timeout of {limit:g}s passed before the head")
+                return exchange.failed(send, FailureKind.TIMEOUT, late)
+            response.stream = SyncBoundedBody(
+                response.stream,  # type: ignore[arg-type]
+                response.extensions.get("network_stream"),
+                deadline,
+                lambda: body_timeout(request, limit),
+            )
+        exchange.response = response
+        return exchange.answered(send, response)
 
     def _mirror_sync(self, copy: httpx.Request) -> None:
         self._mesh.background.submit(self._send_mirror, copy)
@@ -146,12 +175,38 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             await request.aread()
         exchange = Exchange(self._mesh, request, routed, call)
         exchange.mirror(self._mirror_async)
-        tries = _AsyncTries(self, exchange)
         try:
-            finish = await drive_async(exchange.flow, tries.attempt, tries.supersede)
-            return exchange.conclude(finish, tries.response)
+            flow, attempt = exchange.flow, partial(self._attempt, exchange)
+            finish = await drive_async(flow, attempt, exchange.supersede_async)
+            return exchange.conclude(finish, exchange.response)
         finally:
             exchange.restore()
+
+    async def _attempt(self, exchange: Exchange, send: Send) -> AttemptResult:
+        """One try (what `drive_async` calls per Send), bounded as a whole by its timeout."""
+        if exchange.response is not None:  # a retry replaces it
+            response, exchange.response = exchange.response, None
+            await response.aclose()
+        exchange.prepare(send)
+        inner = self._tls.for_cluster(exchange.tls) or self._inner
+        request = exchange.request
+        limit = send.timeout
+        try:
+            if limit is None:
+                response = await inner.handle_async_request(request)
+            else:
+                deadline = asyncio.get_running_loop().time() + limit
+                async with asyncio.timeout_at(deadline):
+                    response = await inner.handle_async_request(request)
+                response.stream = AsyncBoundedBody(
+                    response.stream,  # type: ignore[arg-type]
+                    deadline,
+                    lambda: body_timeout(request, limit),
+                )
+        except (TimeoutError, httpx.TransportError) as exc:
+            return exchange.failed(send, failure_kind(exc), exc)
+        exchange.response = response
+        return exchange.answered(send, response)
 
     def _mirror_async(self, copy: httpx.Request) -> None:
         task = asyncio.get_running_loop().create_task(self._send_mirror(copy))
@@ -170,88 +225,3 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             task.cancel()
         await self._tls.aclose()
         await self._inner.aclose()
-
-
-class _Tries:
-    """The tries of one request: `attempt` is what the driver calls per Send,
-    `supersede` closes a response a retry replaces."""
-
-    __slots__ = ("exchange", "response", "transport")
-
-    def __init__(self, transport: MeshTransport | AsyncMeshTransport, exchange: Exchange) -> None:
-        self.transport = transport
-        self.exchange = exchange
-        self.response: httpx.Response | None = None
-
-    def _start(self, send: Send) -> Any:
-        """Point the request at the try's endpoint; the transport to send it by."""
-        exchange = self.exchange
-        exchange.prepare(send)
-        transport = self.transport
-        return transport._tls.for_cluster(exchange.tls) or transport._inner
-
-
-class _SyncTries(_Tries):
-    __slots__ = ()
-
-    def attempt(self, send: Send) -> AttemptResult:
-        inner = self._start(send)
-        exchange = self.exchange
-        request = exchange.request
-        started = time.monotonic()
-        try:
-            response = inner.handle_request(request)
-        except httpx.TransportError as exc:
-            return exchange.failed(send, failure_kind(exc), exc)
-        limit = send.timeout
-        if limit is not None:
-            # httpx bounded each phase by `limit`; the try as a whole must be too.
-            deadline = started + limit
-            if time.monotonic() >= deadline:
-                response.close()
-                late = TimeoutError(f"per-try timeout of {limit:g}s passed before the head")
-                return exchange.failed(send, FailureKind.TIMEOUT, late)
-            response.stream = SyncBoundedBody(
-                response.stream,  # type: ignore[arg-type]
-                response.extensions.get("network_stream"),
-                deadline,
-                lambda: body_timeout(request, limit),
-            )
-        self.response = response
-        return exchange.answered(send, response)
-
-    def supersede(self) -> None:
-        if self.response is not None:
-            self.response.close()
-            self.response = None
-
-
-class _AsyncTries(_Tries):
-    __slots__ = ()
-
-    async def attempt(self, send: Send) -> AttemptResult:
-        inner = self._start(send)
-        exchange = self.exchange
-        request = exchange.request
-        limit = send.timeout
-        try:
-            if limit is None:
-                response = await inner.handle_async_request(request)
-            else:
-                deadline = asyncio.get_running_loop().time() + limit
-                async with asyncio.timeout_at(deadline):
-                    response = await inner.handle_async_request(request)
-                response.stream = AsyncBoundedBody(
-                    response.stream,  # type: ignore[arg-type]
-                    deadline,
-                    lambda: body_timeout(request, limit),
-                )
-        except (TimeoutError, httpx.TransportError) as exc:
-            return exchange.failed(send, failure_kind(exc), exc)
-        self.response = response
-        return exchange.answered(send, response)
-
-    async def supersede(self) -> None:
-        if self.response is not None:
-            await self.response.aclose()
-            self.response = None

@@ -10,7 +10,7 @@ a typed error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -234,6 +234,7 @@ class Exchange:
                 source_ip=mesh.node_id,  # this process is the "downstream"
             )
         self.path: str | None = None
+        self.response: httpx.Response | None = None  # the last try's, until superseded
         route = self.route
         rewrites = action is not None and (
             action.prefix_rewrite is not None or action.regex_rewrite is not None
@@ -322,6 +323,17 @@ class Exchange:
         if self.call is not None:
             self.call.attempt_end(None, kind.value)
         return AttemptResult(failure=kind)
+
+    def supersede(self) -> None:
+        """The last try's response will not be the answer: release it."""
+        response, self.response = self.response, None
+        if response is not None:
+            response.close()
+
+    def supersede_async(self) -> Awaitable[None] | None:
+        """`supersede` for the async transport: what to await, or None."""
+        response, self.response = self.response, None
+        return response.aclose() if response is not None else None
 
     # -- the end ------------------------------------------------------------
 

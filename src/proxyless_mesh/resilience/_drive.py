@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import closing
 
 from proxyless_mesh.resilience._flow import Flow
 from proxyless_mesh.resilience._types import (
     AttemptResult,
-    Command,
     Finish,
     Send,
     Sleep,
@@ -28,40 +26,57 @@ Attempt = Callable[[Send], AttemptResult]
 AsyncAttempt = Callable[[Send], Awaitable[AttemptResult]]
 
 
-def _next(flow: Flow, reply: AttemptResult | None) -> Command | Finish:
-    """The flow's next command, or its Finish once it has returned."""
-    try:
-        return flow.send(reply)
-    except StopIteration as stop:
-        finish: Finish = stop.value
-        return finish
+def _finish(stop: StopIteration) -> Finish:
+    """The flow's return value; anything else means a StopIteration escaped
+    from an attempt, not from the flow: a bug to surface, not an outcome."""
+    finish = stop.value
+    if type(finish) is not Finish:
+        raise RuntimeError("a StopIteration escaped from a try, not from the flow") from stop
+    return finish
 
 
 def drive(flow: Flow, attempt: Attempt, supersede: Callable[[], None]) -> Finish:
     """Run `flow` to its Finish, blocking the thread while it waits.
 
-    `supersede()` runs before each command: the outcome of the try before
-    it, if any, will not be the answer (a retry, a backoff or a wait follows),
-    so the integration can release it (close a response)."""
-    with closing(flow):
-        reply = None
-        while type(command := _next(flow, reply)) is not Finish:
+    `attempt(send)` makes one try; before a retry it releases the previous
+    try's outcome itself (close a response). `supersede()` does that before a
+    backoff or a wait, so nothing is held while the flow waits."""
+    send = flow.send
+    reply = None
+    try:
+        while True:
+            command = send(reply)  # the flow's StopIteration carries the Finish
+            if type(command) is Send:
+                reply = attempt(command)
+                continue
             supersede()
-            reply = attempt(command) if type(command) is Send else _wait(command)  # type: ignore[arg-type]
-        return command  # type: ignore[return-value]
+            reply = _wait(command)  # type: ignore[arg-type]
+    except StopIteration as stop:
+        return _finish(stop)
+    finally:
+        flow.close()
 
 
 async def drive_async(
-    flow: Flow, attempt: AsyncAttempt, supersede: Callable[[], Awaitable[None]]
+    flow: Flow, attempt: AsyncAttempt, supersede: Callable[[], Awaitable[None] | None]
 ) -> Finish:
-    """`drive` for asyncio: the same commands, awaited instead of blocked on."""
-    with closing(flow):
-        reply = None
-        while type(command := _next(flow, reply)) is not Finish:
-            await supersede()
-            send = type(command) is Send
-            reply = await (attempt(command) if send else _wait_async(command))  # type: ignore[arg-type]
-        return command  # type: ignore[return-value]
+    """`drive` for asyncio: the same commands, awaited instead of blocked on.
+    `supersede()` returns what to await for the release, or None."""
+    send = flow.send
+    reply = None
+    try:
+        while True:
+            command = send(reply)
+            if type(command) is not Send:
+                if (releasing := supersede()) is not None:
+                    await releasing
+                reply = await _wait_async(command)  # type: ignore[arg-type]
+            else:
+                reply = await attempt(command)
+    except StopIteration as stop:
+        return _finish(stop)
+    finally:
+        flow.close()
 
 
 def _wait(command: Sleep | WaitForSlot) -> AttemptResult | None:
