@@ -60,12 +60,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     # The CA client's wire format (Istio's certificate service) is protobuf;
     # it moves out of security with the CA client (#17a is editing it).
     ("proxyless_mesh.security.ca_wire", "google.protobuf"): "CA wire, #17a",
-    # Control plane: the registry's runtime serves registrations over the xDS
-    # server's gRPC service, and the xDS server reads the registry.
-    (
-        "mesh_control_plane.registry.runtime",
-        "mesh_control_plane.xds.registration",
-    ): "registry<->xds",
 }
 
 
