@@ -22,7 +22,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from proxyless_mesh.policy import InboundRequest, PolicySet, authorization_policies_to_rbac
+from mesh_control_plane.config.authorization import authorization_policies_to_rbac
+
+from proxyless_mesh.policy import InboundRequest, PolicySet
 
 SIZES = (1, 10, 100)
 

@@ -36,24 +36,22 @@ from proxyless_mesh.errors import (
 from proxyless_mesh.integrations import (
     AioAuthorizationServerInterceptor,
     AioMeshChannel,
+    AioTelemetryServerInterceptor,
     AsyncMeshTransport,
     AuthorizationMiddleware,
     AuthorizationServerInterceptor,
     MeshChannel,
     MeshTransport,
+    TelemetryMiddleware,
+    TelemetryServerInterceptor,
     WsgiAuthorizationMiddleware,
+    WsgiTelemetryMiddleware,
     peer_identity,
 )
 from proxyless_mesh.mesh import Mesh
 from proxyless_mesh.registration import ConsulRegistration, Registration
 from proxyless_mesh.security import IdentityState, MeshHealth
-from proxyless_mesh.telemetry import (
-    AioTelemetryServerInterceptor,
-    TelemetryConfig,
-    TelemetryMiddleware,
-    TelemetryServerInterceptor,
-    WsgiTelemetryMiddleware,
-)
+from proxyless_mesh.telemetry import TelemetryConfig
 
 __all__ = [
     "AioAuthorizationServerInterceptor",

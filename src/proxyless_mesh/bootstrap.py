@@ -165,7 +165,7 @@ def make_bootstrap_json(
     if credentials_dir:
         # Imported here: the security package reads Bootstrap, so a top-level
         # import would be circular.
-        from proxyless_mesh.security._grpc_files import file_watcher_provider
+        from proxyless_mesh.security import file_watcher_provider
 
         providers = file_watcher_provider(credentials_dir)
     return Bootstrap(

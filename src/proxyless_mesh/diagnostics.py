@@ -19,9 +19,7 @@ import grpc.aio
 from envoy.service.status.v3 import csds_pb2_grpc
 
 from proxyless_mesh.errors import MeshError
-from proxyless_mesh.xds_client import XdsClient
-from proxyless_mesh.xds_client._client import build_node
-from proxyless_mesh.xds_client._csds import CsdsServicer, client_config
+from proxyless_mesh.xds_client import CsdsServicer, XdsClient, build_node, client_config
 
 __all__ = ["DiagnosticsServer"]
 

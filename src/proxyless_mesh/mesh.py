@@ -35,6 +35,7 @@ import os
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -45,8 +46,6 @@ import httpx
 
 from proxyless_mesh._background import Background
 from proxyless_mesh._joining import Joining, log_announce_failure
-from proxyless_mesh._outbound import ALLOW_ANY, REGISTRY_ONLY
-from proxyless_mesh._snapshot import MeshSnapshot, build_snapshot
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.diagnostics import DiagnosticsServer
 from proxyless_mesh.errors import (
@@ -67,12 +66,14 @@ from proxyless_mesh.model import (
     CircuitBreakers,
     Cluster,
     InboundListener,
+    Rbac,
+    RbacAction,
     TlsMode,
 )
-from proxyless_mesh.model._rbac import Rbac, RbacAction
 from proxyless_mesh.policy import PolicySet
 from proxyless_mesh.registration import Registrar
 from proxyless_mesh.resilience import ClusterResources
+from proxyless_mesh.runtime import ALLOW_ANY, REGISTRY_ONLY, MeshSnapshot
 from proxyless_mesh.security import (
     CertificateCache,
     Credentials,
@@ -80,8 +81,8 @@ from proxyless_mesh.security import (
     IdentityManager,
     MeshHealth,
 )
-from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
-from proxyless_mesh.telemetry._metrics import metrics_meter
+from proxyless_mesh.snapshot import build_snapshot
+from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, metrics_meter
 from proxyless_mesh.xds_client import XdsClient, XdsState, config_cache_path
 
 log = logging.getLogger("proxyless_mesh")
@@ -457,7 +458,9 @@ class Mesh:
         what each mode supports.
         """
         if native:
-            channel: grpc.Channel = native_channel(self, self._native_target(target), options)
+            channel: grpc.Channel = native_channel(
+                self._native_target(target), options, **self._native_security()
+            )
             return channel
         return MeshChannel(self, target, options)
 
@@ -467,10 +470,13 @@ class Mesh:
         """The asyncio twin of grpc_channel()."""
         if native:
             aio: grpc.aio.Channel = native_channel(
-                self, self._native_target(target), options, aio=True
+                self._native_target(target), options, aio=True, **self._native_security()
             )
             return aio
         return AioMeshChannel(self, target, options)
+
+    def _native_security(self) -> dict[str, Any]:
+        return {"mtls": self.mtls, "certificate_providers": self.bootstrap.certificate_providers}
 
     def _native_target(self, target: str) -> str:
         """grpcio reads its bootstrap from the environment when it creates its
@@ -479,6 +485,13 @@ class Mesh:
         if "GRPC_XDS_BOOTSTRAP" not in os.environ and "GRPC_XDS_BOOTSTRAP_CONFIG" not in os.environ:
             os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = self.bootstrap.to_json()
         return f"xds:///{normalize_target(target)}"
+
+    # The runtime seam (`proxyless_mesh.runtime.Runtime`) the integrations see.
+    clock = staticmethod(time.monotonic)
+
+    @property
+    def node_id(self) -> str:
+        return self.bootstrap.node_id
 
     def cluster_resources(self, name: str, cluster: Cluster | None) -> ClusterResources:
         """The process-wide limits and counters of one cluster (created on

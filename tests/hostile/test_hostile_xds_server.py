@@ -22,9 +22,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import any_pb2
 from hostile_server import CDS, EDS, RDS, Autopilot, ScriptedAds, good_resources
 
-from proxyless_mesh._snapshot import MeshSnapshot, build_snapshot
 from proxyless_mesh.bootstrap import Bootstrap, XdsServer
 from proxyless_mesh.routing._matching import mapping_lookup
+from proxyless_mesh.runtime import MeshSnapshot
+from proxyless_mesh.snapshot import build_snapshot
 from proxyless_mesh.xds_client import XdsClient, XdsState
 
 LISTENER = "p.mesh:80"

@@ -18,16 +18,16 @@ import grpc.aio
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from mesh_control_plane.config.authorization import (
+    authorization_policies_to_rbac,
+    request_authentications_to_jwt,
+)
 
 from proxyless_mesh.integrations._grpc_server import (
     AioAuthorizationServerInterceptor,
     AuthorizationServerInterceptor,
 )
-from proxyless_mesh.policy import (
-    PolicySet,
-    authorization_policies_to_rbac,
-    request_authentications_to_jwt,
-)
+from proxyless_mesh.policy import PolicySet
 
 ISSUER = "https://issuer.example"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

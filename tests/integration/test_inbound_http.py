@@ -43,8 +43,9 @@ DEV = "spiffe://cluster.local/ns/dev/sa/tool"
 APP_SOURCE = '''
 import json, os
 import yaml
-from proxyless_mesh.policy import (
-    PolicySet, authorization_policies_to_rbac, request_authentications_to_jwt)
+from proxyless_mesh.policy import PolicySet
+from mesh_control_plane.config.authorization import (
+    authorization_policies_to_rbac, request_authentications_to_jwt)
 from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
 from proxyless_mesh.integrations._wsgi import WsgiAuthorizationMiddleware
 

@@ -27,7 +27,8 @@ from stats import assert_binomial
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.errors import NoRouteError, UpstreamOverflowError, UpstreamTimeoutError
-from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, TelemetryMiddleware, Workload
+from proxyless_mesh.integrations import TelemetryMiddleware
+from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, Workload
 
 HOST = "logged.default.mesh"
 URL = f"http://{HOST}:8080"

@@ -89,7 +89,8 @@ def _service_app(
 ) -> Any:
     from proxyless_mesh import Mesh
     from proxyless_mesh.bootstrap import Bootstrap
-    from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, TelemetryMiddleware, Workload
+    from proxyless_mesh.integrations import TelemetryMiddleware
+    from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, Workload
 
     calls = {"flaky": 0}
     state: dict[str, Any] = {}

@@ -31,13 +31,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.errors import NoRouteError, UpstreamOverflowError
-from proxyless_mesh.telemetry import (
-    Telemetry,
-    TelemetryConfig,
-    TelemetryMiddleware,
-    TelemetryServerInterceptor,
-    Workload,
-)
+from proxyless_mesh.integrations import TelemetryMiddleware, TelemetryServerInterceptor
+from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, Workload
 
 HOST = "echo.default.mesh"
 GRPC_HOST = "greeter.default.mesh"

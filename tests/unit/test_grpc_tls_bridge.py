@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from proxyless_mesh._snapshot import MeshSnapshot, _BalancerSource
 from proxyless_mesh.integrations._grpc_tls_bridge import TlsBridge, TlsIndex
 from proxyless_mesh.model import (
     Cluster,
@@ -18,6 +17,8 @@ from proxyless_mesh.model import (
     LocalityEndpoints,
     UpstreamTls,
 )
+from proxyless_mesh.runtime import BalancerSource as _BalancerSource
+from proxyless_mesh.runtime import MeshSnapshot
 
 GREETER = "spiffe://cluster.local/ns/default/sa/greeter"
 OTHER = "spiffe://cluster.local/ns/default/sa/other"
@@ -69,7 +70,7 @@ def test_by_address_keeps_what_every_cluster_agrees_on() -> None:
 
 def test_the_bridge_stops_and_removes_its_sockets_on_close_or_when_dropped() -> None:
     for drop in (False, True):
-        bridge = TlsBridge(mesh=None)  # type: ignore[arg-type]  # no connection is made
+        bridge = TlsBridge(credentials=None)  # type: ignore[arg-type]  # no connection is made
         target = bridge.listen("127.0.0.1", 1, frozenset())
         socket_path = Path(target.removeprefix("unix:"))
         thread = bridge._thread

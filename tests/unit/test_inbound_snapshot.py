@@ -10,13 +10,12 @@ from types import MappingProxyType
 import pytest
 
 from proxyless_mesh import Mesh
-from proxyless_mesh._snapshot import build_snapshot
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import MeshError
-from proxyless_mesh.model import INBOUND_PASSTHROUGH, InboundListener, TlsMode
-from proxyless_mesh.model._rbac import Rbac, RbacAction
+from proxyless_mesh.model import INBOUND_PASSTHROUGH, InboundListener, Rbac, RbacAction, TlsMode
 from proxyless_mesh.policy import InboundRequest
 from proxyless_mesh.registration import Registration
+from proxyless_mesh.snapshot import build_snapshot
 from proxyless_mesh.xds_client import XdsState
 
 NAME = "grpc/server?xds.resource.listening_address=127.0.0.1:8080"

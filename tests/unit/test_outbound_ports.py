@@ -11,9 +11,8 @@ import httpx
 import pytest
 
 from proxyless_mesh import NoRouteError, UnknownServicePortError
-from proxyless_mesh._outbound import passthrough_failure
-from proxyless_mesh._snapshot import MeshSnapshot
 from proxyless_mesh.routing import RouteTable
+from proxyless_mesh.runtime import MeshSnapshot, passthrough_failure
 
 HOST = "reviews.default.mesh"
 

@@ -9,9 +9,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from mesh_control_plane.config.authorization import authorization_policies_to_rbac
 
 from proxyless_mesh.integrations._asgi import AuthorizationMiddleware, tls_peer_principal
-from proxyless_mesh.policy import PolicySet, authorization_policies_to_rbac
+from proxyless_mesh.policy import PolicySet
 from proxyless_mesh.policy._peer import spiffe_id_from_names, spiffe_id_from_pem
 
 SPIFFE = "spiffe://cluster.local/ns/foo/sa/sleep"

@@ -9,8 +9,9 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from mesh_control_plane.config.authorization import request_authentications_to_jwt
 
-from proxyless_mesh.policy import InboundRequest, PolicySet, request_authentications_to_jwt
+from proxyless_mesh.policy import InboundRequest, PolicySet
 
 ISSUER = "https://issuer.example"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

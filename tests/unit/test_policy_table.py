@@ -15,14 +15,12 @@ import jwt
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from proxyless_mesh.policy import (
-    InboundRequest,
-    PolicySet,
-    UnsupportedPolicyError,
+from mesh_control_plane.config.authorization import (
     authorization_policies_to_rbac,
     request_authentications_to_jwt,
 )
+
+from proxyless_mesh.policy import InboundRequest, PolicySet, UnsupportedPolicyError
 
 ISSUER = "testing@secure.istio.io"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from proxyless_mesh._snapshot import build_snapshot
 from proxyless_mesh.model import Listener, RouteConfiguration
+from proxyless_mesh.snapshot import build_snapshot
 from proxyless_mesh.xds_client import XdsState
 
 NAME = "web.service.consul:80"

@@ -209,7 +209,7 @@ def test_idle_call_leaves_the_response_body_alone() -> None:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from proxyless_mesh.telemetry import _httpx as hooks
+    from proxyless_mesh.integrations import _httpx_telemetry as hooks
 
     def answer(telemetry: Telemetry) -> tuple[bool, httpx.Response]:
         request = httpx.Request("GET", "http://reviews.shop.mesh:9080/r")

@@ -16,14 +16,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from proxyless_mesh.telemetry import (
+from proxyless_mesh.integrations import (
     AioTelemetryServerInterceptor,
-    Telemetry,
-    TelemetryConfig,
     TelemetryMiddleware,
-    Workload,
     WsgiTelemetryMiddleware,
 )
+from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, Workload
 
 ME = Workload("api", "shop", "spiffe://cluster.local/ns/shop/sa/api")
 

@@ -20,22 +20,27 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
+from mesh_control_plane.translate.rbac_protos import (
+    jwt_authentication_to_proto,
+    rbac_filter_to_proto,
+)
 
 from proxyless_mesh.errors import XdsResourceError
-from proxyless_mesh.model import InboundListener, TlsMode, UpstreamTls
-from proxyless_mesh.model._rbac import (
+from proxyless_mesh.model import (
     AnyRule,
+    InboundListener,
     JwtAuthentication,
     JwtHeader,
     JwtProvider,
     Policy,
     Rbac,
     RbacAction,
+    TlsMode,
+    UpstreamTls,
 )
 from proxyless_mesh.policy import PolicyConfigError
-from proxyless_mesh.policy._from_xds import jwt_authentication_from_proto
-from proxyless_mesh.policy._to_xds import jwt_authentication_to_proto, rbac_filter_to_proto
 from proxyless_mesh.xds_client import decode_cluster, decode_listener
+from proxyless_mesh.xds_client._decode_rbac import jwt_authentication_from_proto
 from proxyless_mesh.xds_client._protocol import AdsProtocol
 
 SPIFFE = "spiffe://cluster.local/ns/shop/sa/reviews"

@@ -45,6 +45,7 @@ from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.registry.runtime import RegistryRuntime, RegistrySettings
 from mesh_control_plane.xds import InconsistentConfigError, SnapshotCache, XdsServer
+from mesh_control_plane.xds.registration import RegistrationService, StreamObserver
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,13 @@ class ControlPlane:
         self.registry = RegistryRuntime(registry or RegistrySettings(), verify)
         self.cache = SnapshotCache(registry_builder=self.registry.hub.build)
         self.metrics = ControlPlaneMetrics()
+        # Self-registration is served beside ADS and follows its streams.
+        embedded = self.registry.embedded
         self.xds = XdsServer(
             self.cache,
             metrics=self.metrics,
-            observer=self.registry.observer,
-            extra_handlers=self.registry.handlers,
+            observer=StreamObserver(embedded),
+            extra_handlers=[RegistrationService(embedded).handler()],
         )
         self.admin = JsonHttpServer(
             {

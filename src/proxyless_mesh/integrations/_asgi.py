@@ -19,15 +19,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
-from proxyless_mesh.policy._engine import (
+from proxyless_mesh.policy import (
     REFUSAL_BODIES,
     Decision,
     InboundRequest,
     PolicySet,
+    app_path,
     join_headers,
+    spiffe_id_from_pem,
 )
-from proxyless_mesh.policy._normalize import app_path
-from proxyless_mesh.policy._peer import spiffe_id_from_pem
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

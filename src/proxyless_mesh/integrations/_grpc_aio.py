@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from proxyless_mesh._outbound import UNRESOLVED
-from proxyless_mesh.resilience import AttemptResult, Send, Sleep
+from proxyless_mesh.integrations import _grpc_client_telemetry as telemetry_hooks
+from proxyless_mesh.resilience import AttemptResult, Send, drive_async
 from proxyless_mesh.routing import RouteDecision
+from proxyless_mesh.runtime import UNRESOLVED
 from proxyless_mesh.telemetry import Call
-from proxyless_mesh.telemetry import _grpc_client as telemetry_hooks
 
 if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import Runtime
 
 
 from proxyless_mesh.integrations._grpc_client import _Callable
@@ -193,37 +193,28 @@ class _AioCallable(_Callable):
     ) -> Any:
         exchange = _Exchange(self.channel, self, decision, timeout, metadata, call)
         replay = _Replay(request) if self.kind == "stream_unary" else None
-        flow = exchange.flow
-        reply: AttemptResult | None = None
         last: Any = None
-        try:
-            while True:
-                try:
-                    command = flow.send(reply)
-                except StopIteration as stop:
-                    return exchange.conclude(stop.value, last)
-                last = None
-                if isinstance(command, Send):
-                    multi, md = exchange.prepare(command)
-                    message = replay.aview() if replay is not None else request
-                    try:
-                        last = await multi(message, timeout=command.timeout, metadata=md, **kw)
-                    except asyncio.CancelledError:
-                        exchange.ended(command, _SC.CANCELLED, None)  # the caller gave up
-                        raise
-                    except grpc.RpcError as exc:
-                        last = exc
-                        reply = exchange.ended(command, exc.code(), exc.details())
-                    else:
-                        reply = exchange.ended(command, _SC.OK, None)
-                elif isinstance(command, Sleep):
-                    await asyncio.sleep(command.seconds)
-                    reply = None
-                else:
-                    await command.ticket.wait_async(command.timeout)
-                    reply = None
-        finally:
-            flow.close()
+
+        async def attempt(command: Send) -> AttemptResult:
+            nonlocal last
+            multi, md = exchange.prepare(command)
+            message = replay.aview() if replay is not None else request
+            try:
+                last = await multi(message, timeout=command.timeout, metadata=md, **kw)
+            except asyncio.CancelledError:
+                exchange.ended(command, _SC.CANCELLED, None)  # the caller gave up
+                raise
+            except grpc.RpcError as exc:
+                last = exc
+                return exchange.ended(command, exc.code(), exc.details())
+            return exchange.ended(command, _SC.OK, None)
+
+        def supersede() -> None:
+            nonlocal last
+            last = None
+
+        finish = await drive_async(exchange.flow, attempt, supersede)
+        return exchange.conclude(finish, last)
 
 
 class _AioUnaryUnary(_AioCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc,type-arg]
@@ -245,7 +236,7 @@ class _AioStreamStream(_AioCallable, grpc.aio.StreamStreamMultiCallable):  # typ
 class AioMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio.Channel whose calls the mesh routes: `mesh.aio_grpc_channel(target)`."""
 
-    def __init__(self, mesh: Mesh, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(self, mesh: Runtime, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
         self.router = _Router(mesh, target)
         self.subchannels = MeshSubChannels(mesh, options, grpc.aio.insecure_channel)
         self._options = tuple(options)

@@ -52,22 +52,21 @@ an identity sends plaintext, as the httpx transports do.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
-from proxyless_mesh._outbound import UNRESOLVED, pick_endpoint
 from proxyless_mesh.errors import MeshRequestError
-from proxyless_mesh.resilience import AttemptResult, Send, Sleep
+from proxyless_mesh.integrations import _grpc_client_telemetry as telemetry_hooks
+from proxyless_mesh.resilience import AttemptResult, Send, drive
 from proxyless_mesh.routing import RouteDecision
+from proxyless_mesh.runtime import UNRESOLVED, pick_endpoint
 from proxyless_mesh.telemetry import Call
-from proxyless_mesh.telemetry import _grpc_client as telemetry_hooks
 
 if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import Runtime
 
 
 from proxyless_mesh.integrations._grpc_exchange import (
@@ -196,37 +195,28 @@ class _SyncCallable(_Callable):
     ) -> Any:
         exchange = _Exchange(self.channel, self, decision, timeout, metadata, call)
         replay = _Replay(request) if self.kind == "stream_unary" else None
-        flow = exchange.flow
-        reply: AttemptResult | None = None
         last: Any = None
-        try:
-            while True:
-                try:
-                    command = flow.send(reply)
-                except StopIteration as stop:
-                    return exchange.conclude(stop.value, last)
-                last = None
-                if isinstance(command, Send):
-                    multi, md = exchange.prepare(command)
-                    message = replay.view() if replay is not None else request
-                    try:
-                        response, done = multi.with_call(
-                            message, timeout=command.timeout, metadata=md, **kw
-                        )
-                    except grpc.RpcError as exc:
-                        last = exc
-                        reply = exchange.ended(command, exc.code(), exc.details())
-                    else:
-                        last = (response, done) if how == "with_call" else response
-                        reply = exchange.ended(command, _SC.OK, None)
-                elif isinstance(command, Sleep):
-                    time.sleep(command.seconds)
-                    reply = None
-                else:
-                    command.ticket.wait(command.timeout)
-                    reply = None
-        finally:
-            flow.close()
+
+        def attempt(command: Send) -> AttemptResult:
+            nonlocal last
+            multi, md = exchange.prepare(command)
+            message = replay.view() if replay is not None else request
+            try:
+                response, done = multi.with_call(
+                    message, timeout=command.timeout, metadata=md, **kw
+                )
+            except grpc.RpcError as exc:
+                last = exc
+                return exchange.ended(command, exc.code(), exc.details())
+            last = (response, done) if how == "with_call" else response
+            return exchange.ended(command, _SC.OK, None)
+
+        def supersede() -> None:
+            nonlocal last
+            last = None
+
+        finish = drive(exchange.flow, attempt, supersede)
+        return exchange.conclude(finish, last)
 
     def __call__(
         self, request: Any, timeout: float | None = None, metadata: Metadata = None, **kw: Any
@@ -276,7 +266,7 @@ class _StreamStream(_SyncCallable, grpc.StreamStreamMultiCallable):  # type: ign
 class MeshChannel(grpc.Channel):  # type: ignore[misc]
     """A sync grpc.Channel whose calls the mesh routes: `mesh.grpc_channel(target)`."""
 
-    def __init__(self, mesh: Mesh, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(self, mesh: Runtime, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
         self.router = _Router(mesh, target)
         self.subchannels = MeshSubChannels(mesh, options, grpc.insecure_channel)
         self._target = target

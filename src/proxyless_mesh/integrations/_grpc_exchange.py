@@ -13,18 +13,18 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from proxyless_mesh._outbound import UNRESOLVED, pick_endpoint, route_request
 from proxyless_mesh.balancer import Outcome, hash_key
 from proxyless_mesh.errors import MeshRequestError, MeshRpcError
+from proxyless_mesh.integrations import _grpc_client_telemetry as telemetry_hooks
 from proxyless_mesh.model import Endpoint
 from proxyless_mesh.resilience import AttemptResult, FailureKind, Finish, Send, request_flow
 from proxyless_mesh.routing import RouteDecision
+from proxyless_mesh.runtime import UNRESOLVED, pick_endpoint, route_request
 from proxyless_mesh.telemetry import Call
-from proxyless_mesh.telemetry import _grpc_client as telemetry_hooks
 
 if TYPE_CHECKING:
     from proxyless_mesh.integrations._grpc_client import _Callable
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import Runtime
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
 
@@ -106,7 +106,7 @@ def outcome_of(code: grpc.StatusCode, details: str | None, local_timeout: bool) 
 class _Router:
     """Shared by sync and async channels: route one call."""
 
-    def __init__(self, mesh: Mesh, target: str) -> None:
+    def __init__(self, mesh: Runtime, target: str) -> None:
         self.mesh = mesh
         self.authority = normalize_target(target)
 
@@ -244,7 +244,7 @@ class _Exchange:
                 header=_metadata_lookup(metadata),
                 cookie=_none,
                 query=_none,
-                source_ip=mesh.bootstrap.node_id,
+                source_ip=mesh.node_id,
             )
 
         def pick(exclude: Any) -> Endpoint | None:
@@ -262,7 +262,7 @@ class _Exchange:
             route_timeout=bounded(timeout, decision.timeout),
             pick=pick,
             resources=mesh.cluster_resources(decision.cluster, cluster),
-            clock=time.monotonic,
+            clock=mesh.clock,
             rng=mesh.rng,
             replayable=True,
             fault=route.fault if route is not None else None,

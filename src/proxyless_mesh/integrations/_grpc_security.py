@@ -16,7 +16,7 @@ Library mode speaks mTLS through its own in-process TLS bridge
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -24,21 +24,24 @@ import grpc.experimental
 
 from proxyless_mesh.errors import MeshError
 
-if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
-
 __all__ = ["native_channel"]
 
 
 def native_channel(
-    mesh: Mesh, xds_target: str, options: Sequence[tuple[str, Any]], *, aio: bool = False
+    xds_target: str,
+    options: Sequence[tuple[str, Any]],
+    *,
+    mtls: bool,
+    certificate_providers: object,
+    aio: bool = False,
 ) -> Any:
     """grpcio's `xds:///` channel: with xDS credentials when the mesh has an
-    identity (mTLS where the cluster says so), insecure otherwise."""
+    identity (`mtls`; mTLS where the cluster says so), insecure otherwise.
+    `certificate_providers` is the bootstrap's (refused by name when empty)."""
     module: Any = grpc.aio if aio else grpc
-    if not mesh.mtls:
+    if not mtls:
         return module.insecure_channel(xds_target, options=options)
-    if not mesh.bootstrap.certificate_providers:
+    if not certificate_providers:
         raise MeshError(
             "native mTLS needs the bootstrap's 'certificate_providers' (grpcio reads the "
             "workload certificate from files): write the bootstrap with `meshctl bootstrap "

@@ -24,8 +24,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from proxyless_mesh.policy._engine import Decision, InboundRequest, PolicySet, join_headers
-from proxyless_mesh.policy._peer import spiffe_id_from_names, spiffe_id_from_pem
+from proxyless_mesh.policy import (
+    Decision,
+    InboundRequest,
+    PolicySet,
+    join_headers,
+    spiffe_id_from_names,
+    spiffe_id_from_pem,
+)
 
 _CODES = {
     # Envoy answers a malformed gRPC request with a local 400, which it turns

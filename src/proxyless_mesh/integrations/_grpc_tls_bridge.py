@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proxyless_mesh.errors import MeshError
+from proxyless_mesh.integrations._tls_transport import CredentialsSource, mesh_credentials
 from proxyless_mesh.model import Endpoint
 from proxyless_mesh.security import verify_peer
 
 if TYPE_CHECKING:
-    from proxyless_mesh._snapshot import MeshSnapshot
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import MeshSnapshot, Runtime
 
 __all__ = ["MeshSubChannels", "TlsBridge", "TlsIndex"]
 
@@ -108,8 +108,8 @@ class TlsBridge:
     """Unix-socket listeners in a private directory, each bridging to one
     endpoint over verified mTLS, served on a loop thread of their own."""
 
-    def __init__(self, mesh: Mesh) -> None:
-        self._mesh = mesh
+    def __init__(self, credentials: CredentialsSource) -> None:
+        self._credentials = credentials
         self._dir = Path(tempfile.mkdtemp(prefix="proxyless-mesh-grpc-"))  # 0700
         self._loop = asyncio.new_event_loop()
         self._servers: list[asyncio.AbstractServer] = []
@@ -132,9 +132,9 @@ class TlsBridge:
         sock.listen(128)
         sock.setblocking(False)
 
-        # The loop must not hold the bridge itself (only the mesh), so a
+        # The loop must not hold the bridge itself (only the credentials), so a
         # channel dropped without close() still stops it when collected.
-        serve = functools.partial(_bridge, self._mesh, address, port, expected)
+        serve = functools.partial(_bridge, self._credentials, address, port, expected)
         servers = self._servers
 
         async def start() -> None:
@@ -148,7 +148,7 @@ class TlsBridge:
 
 
 async def _bridge(
-    mesh: Mesh,
+    credentials: CredentialsSource,
     address: str,
     port: int,
     expected: _Expected,
@@ -159,7 +159,7 @@ async def _bridge(
     SPIFFE ID checked, then bytes both ways until either side closes."""
     peer = f"{address}:{port}"
     try:
-        context = mesh.outbound_credentials().client_ssl_context(_ALPN_H2)
+        context = credentials().client_ssl_context(_ALPN_H2)
         up_reader, up_writer = await asyncio.wait_for(
             asyncio.open_connection(address, port, ssl=context), _CONNECT_TIMEOUT
         )
@@ -228,9 +228,10 @@ class MeshSubChannels:
     cluster requires mTLS. Lookups are lock-free dict reads."""
 
     def __init__(
-        self, mesh: Mesh, options: Sequence[tuple[str, Any]], factory: Callable[..., Any]
+        self, mesh: Runtime, options: Sequence[tuple[str, Any]], factory: Callable[..., Any]
     ) -> None:
         self._mesh = mesh
+        self._credentials = mesh_credentials(mesh)
         self._options = tuple(options)
         self._factory = factory
         self._channels: dict[tuple[str, int, _Expected | None], Any] = {}
@@ -241,7 +242,7 @@ class MeshSubChannels:
     def expected(self, endpoint: Endpoint) -> _Expected | None:
         """The SPIFFE IDs an mTLS endpoint must present; None for plaintext
         (also from a mesh without an identity, as the httpx transports do)."""
-        if not self._mesh.mtls:
+        if self._credentials is None:
             return None
         snapshot = self._mesh.snapshot
         index = self._index
@@ -262,11 +263,11 @@ class MeshSubChannels:
         return channel
 
     def _target(self, endpoint: Endpoint, expected: _Expected | None) -> str:
-        if expected is None:
+        if expected is None or self._credentials is None:
             host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
             return f"{host}:{endpoint.port}"
         if self._bridge is None:
-            self._bridge = TlsBridge(self._mesh)
+            self._bridge = TlsBridge(self._credentials)
         return self._bridge.listen(endpoint.address, endpoint.port, expected)
 
     def all(self) -> list[Any]:

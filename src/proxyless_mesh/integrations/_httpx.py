@@ -7,9 +7,10 @@ the Host header still names the service, as it would through a sidecar.
 Anything else passes through untouched (outbound policy ALLOW_ANY).
 
 Retries, timeouts, limits and fault injection are decided by the sans-I/O
-engine in `resilience` (`request_flow`); everything request-shaped that both
-drivers share lives in `_Exchange`, so the sync and async transports differ
-only in how they wait and send.
+engine in `resilience` (`request_flow`) and run by its drivers (`drive`,
+`drive_async`); everything request-shaped lives in `Exchange`, so the sync and
+async transports differ only in how one try sends and waits. A try with a
+timeout is bounded as a whole, its body included (`_httpx_deadline`).
 
 The request's URL is restored after the call, so `response.request.url` is
 what the caller asked for, not the endpoint.
@@ -19,11 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import httpx
 
-from proxyless_mesh._outbound import passthrough_failure
+from proxyless_mesh.integrations import _httpx_telemetry as telemetry_hooks
+from proxyless_mesh.integrations._httpx_deadline import (
+    AsyncBoundedBody,
+    SyncBoundedBody,
+    body_timeout,
+)
 from proxyless_mesh.integrations._httpx_exchange import (
     Exchange,
     failure_kind,
@@ -32,18 +39,18 @@ from proxyless_mesh.integrations._httpx_exchange import (
 )
 from proxyless_mesh.integrations._pool import linear
 from proxyless_mesh.integrations._tls_transport import AsyncTlsTransports, TlsTransports
-from proxyless_mesh.resilience import AttemptResult, Send, Sleep
+from proxyless_mesh.resilience import AttemptResult, FailureKind, Send, drive, drive_async
+from proxyless_mesh.runtime import passthrough_failure
 from proxyless_mesh.telemetry import Call, QuietCall
-from proxyless_mesh.telemetry import _httpx as telemetry_hooks
 
 if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import Runtime
 
 
 class MeshTransport(httpx.BaseTransport):
     """Sync httpx transport: `httpx.Client(transport=mesh.httpx_transport())`."""
 
-    def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, mesh: Runtime, inner: httpx.BaseTransport | None = None) -> None:
         self._mesh = mesh
         self._inner = inner if inner is not None else linear(httpx.HTTPTransport())
         # Mutual TLS toward clusters whose xDS says so; one pool per identity set.
@@ -84,36 +91,40 @@ class MeshTransport(httpx.BaseTransport):
             request.read()
         exchange = Exchange(self._mesh, request, routed, call)
         exchange.mirror(self._mirror_sync)
-        flow = exchange.flow
-        reply: AttemptResult | None = None
-        response: httpx.Response | None = None
         try:
-            while True:
-                try:
-                    command = flow.send(reply)
-                except StopIteration as stop:
-                    return exchange.conclude(stop.value, response)
-                if response is not None:  # superseded by a retry, a sleep or a wait
-                    response.close()
-                    response = None
-                if isinstance(command, Send):
-                    exchange.prepare(command)
-                    inner = self._tls.for_cluster(exchange.tls) or self._inner
-                    try:
-                        response = inner.handle_request(request)
-                    except httpx.TransportError as exc:
-                        reply = exchange.failed(command, failure_kind(exc), exc)
-                    else:
-                        reply = exchange.answered(command, response)
-                elif isinstance(command, Sleep):
-                    time.sleep(command.seconds)
-                    reply = None
-                else:
-                    command.ticket.wait(command.timeout)
-                    reply = None
+            finish = drive(exchange.flow, partial(self._attempt, exchange), exchange.supersede)
+            return exchange.conclude(finish, exchange.response)
         finally:
-            flow.close()
             exchange.restore()
+
+    def _attempt(self, exchange: Exchange, send: Send) -> AttemptResult:
+        """One try (what `drive` calls per Send), bounded as a whole by its timeout."""
+        if exchange.response is not None:  # a retry replaces it
+            exchange.supersede()
+        exchange.prepare(send)
+        inner = self._tls.for_cluster(exchange.tls) or self._inner
+        request = exchange.request
+        limit = send.timeout
+        started = time.monotonic() if limit is not None else 0.0
+        try:
+            response = inner.handle_request(request)
+        except httpx.TransportError as exc:
+            return exchange.failed(send, failure_kind(exc), exc)
+        if limit is not None:
+            # httpx bounded each phase by `limit`; the try as a whole must be too.
+            deadline = started + limit
+            if time.monotonic() >= deadline:
+                response.close()
+                late = TimeoutError(f"per-try timeout of {limit:g}s passed before the head")
+                return exchange.failed(send, FailureKind.TIMEOUT, late)
+            response.stream = SyncBoundedBody(
+                response.stream,  # type: ignore[arg-type]
+                response.extensions.get("network_stream"),
+                deadline,
+                lambda: body_timeout(request, limit),
+            )
+        exchange.response = response
+        return exchange.answered(send, response)
 
     def _mirror_sync(self, copy: httpx.Request) -> None:
         self._mesh.background.submit(self._send_mirror, copy)
@@ -133,7 +144,7 @@ class MeshTransport(httpx.BaseTransport):
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
     """Async httpx transport: `httpx.AsyncClient(transport=mesh.async_httpx_transport())`."""
 
-    def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, mesh: Runtime, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._mesh = mesh
         self._inner = inner if inner is not None else linear(httpx.AsyncHTTPTransport())
         self._tls = AsyncTlsTransports(mesh)
@@ -177,44 +188,38 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             await request.aread()
         exchange = Exchange(self._mesh, request, routed, call)
         exchange.mirror(self._mirror_async)
-        flow = exchange.flow
-        reply: AttemptResult | None = None
-        response: httpx.Response | None = None
         try:
-            while True:
-                try:
-                    command = flow.send(reply)
-                except StopIteration as stop:
-                    return exchange.conclude(stop.value, response)
-                if response is not None:
-                    await response.aclose()
-                    response = None
-                if isinstance(command, Send):
-                    exchange.prepare(command)
-                    inner = self._tls.for_cluster(exchange.tls) or self._inner
-                    try:
-                        if command.timeout is None:
-                            response = await inner.handle_async_request(request)
-                        else:
-                            # A real bound on the whole try (httpx's own
-                            # timeouts are per I/O phase).
-                            async with asyncio.timeout(command.timeout):
-                                response = await inner.handle_async_request(request)
-                    except TimeoutError as exc:
-                        reply = exchange.failed(command, failure_kind(exc), exc)
-                    except httpx.TransportError as exc:
-                        reply = exchange.failed(command, failure_kind(exc), exc)
-                    else:
-                        reply = exchange.answered(command, response)
-                elif isinstance(command, Sleep):
-                    await asyncio.sleep(command.seconds)
-                    reply = None
-                else:
-                    await command.ticket.wait_async(command.timeout)
-                    reply = None
+            flow, attempt = exchange.flow, partial(self._attempt, exchange)
+            finish = await drive_async(flow, attempt, exchange.supersede_async)
+            return exchange.conclude(finish, exchange.response)
         finally:
-            flow.close()
             exchange.restore()
+
+    async def _attempt(self, exchange: Exchange, send: Send) -> AttemptResult:
+        """One try (what `drive_async` calls per Send), bounded as a whole by its timeout."""
+        if exchange.response is not None:  # a retry replaces it
+            response, exchange.response = exchange.response, None
+            await response.aclose()
+        exchange.prepare(send)
+        inner = self._tls.for_cluster(exchange.tls) or self._inner
+        request = exchange.request
+        limit = send.timeout
+        try:
+            if limit is None:
+                response = await inner.handle_async_request(request)
+            else:
+                deadline = asyncio.get_running_loop().time() + limit
+                async with asyncio.timeout_at(deadline):
+                    response = await inner.handle_async_request(request)
+                response.stream = AsyncBoundedBody(
+                    response.stream,  # type: ignore[arg-type]
+                    deadline,
+                    lambda: body_timeout(request, limit),
+                )
+        except (TimeoutError, httpx.TransportError) as exc:
+            return exchange.failed(send, failure_kind(exc), exc)
+        exchange.response = response
+        return exchange.answered(send, response)
 
     def _mirror_async(self, copy: httpx.Request) -> None:
         task = asyncio.get_running_loop().create_task(self._send_mirror(copy))

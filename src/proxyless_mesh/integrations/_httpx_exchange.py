@@ -10,14 +10,12 @@ a typed error.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from proxyless_mesh._outbound import UNRESOLVED, route_request
 from proxyless_mesh.balancer import Outcome, hash_key
 from proxyless_mesh.errors import (
     MeshRequestError,
@@ -28,6 +26,7 @@ from proxyless_mesh.errors import (
     UpstreamOverflowError,
     UpstreamTimeoutError,
 )
+from proxyless_mesh.integrations._httpx_telemetry import routed as telemetry_routed
 from proxyless_mesh.model import Endpoint, Route
 from proxyless_mesh.resilience import (
     AttemptResult,
@@ -42,12 +41,11 @@ from proxyless_mesh.resilience import (
     should_mirror,
 )
 from proxyless_mesh.routing import RouteDecision
+from proxyless_mesh.runtime import UNRESOLVED, route_request
 from proxyless_mesh.telemetry import Call, QuietCall
-from proxyless_mesh.telemetry._httpx import routed as telemetry_routed
 
 if TYPE_CHECKING:
-    from proxyless_mesh._snapshot import MeshSnapshot
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import MeshSnapshot, Runtime
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Bodies that are not already in memory are buffered for retries up to this
@@ -123,7 +121,9 @@ class Routed:
     needs_body: bool = False
 
 
-def _unresolved_error(mesh: Mesh, authority: str, request: httpx.Request) -> ServiceResolutionError:
+def _unresolved_error(
+    mesh: Runtime, authority: str, request: httpx.Request
+) -> ServiceResolutionError:
     return ServiceResolutionError(
         f"could not learn whether {authority} is a mesh service: "
         f"no answer from the control plane ({mesh.control_plane}) "
@@ -133,7 +133,7 @@ def _unresolved_error(mesh: Mesh, authority: str, request: httpx.Request) -> Ser
 
 
 def passthrough_or_route(
-    mesh: Mesh,
+    mesh: Runtime,
     request: httpx.Request,
     parts: tuple[str, str],
     *,
@@ -205,7 +205,7 @@ class Exchange:
 
     def __init__(
         self,
-        mesh: Mesh,
+        mesh: Runtime,
         request: httpx.Request,
         routed: Routed,
         call: Call | QuietCall | None = None,
@@ -231,9 +231,10 @@ class Exchange:
                 header=request.headers.get,
                 cookie=_cookie_lookup(request),
                 query=request.url.params.get,
-                source_ip=mesh.bootstrap.node_id,  # this process is the "downstream"
+                source_ip=mesh.node_id,  # this process is the "downstream"
             )
         self.path: str | None = None
+        self.response: httpx.Response | None = None  # the last try's, until superseded
         route = self.route
         rewrites = action is not None and (
             action.prefix_rewrite is not None or action.regex_rewrite is not None
@@ -264,7 +265,7 @@ class Exchange:
             route_timeout=decision.timeout,
             pick=self._pick,
             resources=mesh.cluster_resources(decision.cluster, cluster),
-            clock=time.monotonic,
+            clock=mesh.clock,
             rng=mesh.rng,
             replayable=isinstance(request.stream, httpx.ByteStream),
             fault=self.route.fault if self.route is not None else None,
@@ -322,6 +323,17 @@ class Exchange:
         if self.call is not None:
             self.call.attempt_end(None, kind.value)
         return AttemptResult(failure=kind)
+
+    def supersede(self) -> None:
+        """The last try's response will not be the answer: release it."""
+        response, self.response = self.response, None
+        if response is not None:
+            response.close()
+
+    def supersede_async(self) -> Awaitable[None] | None:
+        """`supersede` for the async transport: what to await, or None."""
+        response, self.response = self.response, None
+        return response.aclose() if response is not None else None
 
     # -- the end ------------------------------------------------------------
 

@@ -2,25 +2,16 @@
 linear time.
 
 httpcore (1.0.9) re-plans its pool at every request start and end
-(`_assign_requests_to_connections`), and that plan goes wrong under load:
-
-- to decide whether an idle connection exceeds max_keepalive_connections it
-  compares the *total* connection count, not the idle count. With more
-  requests in flight than the cap (20 by default), the connection that just
-  went idle is closed at the next request, which opens a new one: every
-  request pays a handshake (an mTLS one here), latency and the number in
-  flight stay up, and the pool does not come back by itself;
-- it rebuilds that count for every idle connection (idle x connections) and
-  scans every connection for every queued request (queued x connections).
-
-On one asyncio loop under open-loop load that turns a hiccup into a collapse
-(issue 11: from a CPU burst while every workload renewed during a root
-rotation, async requests took 20-45 s, the loop busy in this plan and in
-handshakes). These pools make the same plan in O(connections + queued),
-counting idle connections for the cap: the same three cases in the same
-order (reuse an available connection, open one under max_connections,
-replace an idle one). Used only on an httpcore whose pools have that method
-(`supported()`); otherwise the stock pools are.
+(`_assign_requests_to_connections`, private: httpcore has no public hook)
+and, to apply max_keepalive_connections, compares the *total* connection
+count with the cap: with more requests in flight than the cap, the
+connection that just went idle is closed and the next request opens (and
+handshakes) a new one. It also rebuilds that count per idle connection and
+scans every connection per queued request. These pools make the same plan
+(reuse an available connection, open one under max_connections, replace an
+idle one) in O(connections + queued), counting idle connections for the cap.
+Used only where httpcore's pools have that method (`supported()`); the
+README lists this and the other httpx internals the transports rely on.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from proxyless_mesh.errors import MeshError
 from proxyless_mesh.integrations._coalescing import CorkedTransport
 from proxyless_mesh.integrations._grpc_serving import ModeArg
 from proxyless_mesh.model import TlsMode
-from proxyless_mesh.security._inbound import (
+from proxyless_mesh.security import (
     TLS_HANDSHAKE_BYTE,
     InboundTls,
     asgi_tls_extension,

@@ -21,10 +21,7 @@ inner one:
   connections keep the handshake they made (as Envoy's do), so requests in
   flight are never cut.
 - The httpcore pools count idle connections right and plan in linear time
-  (`_pool.py`): httpcore's own plan, once more than 20 connections are open,
-  closes the connection that just went idle on every request, so every
-  request pays a handshake and the pool never recovers; that stalled the
-  asyncio client for 20-45 s in a root rotation (issue 11).
+  (`_pool.py`; the README says why and which httpcore internals that takes).
 
 The request keeps its `http://` URL on the way in (the mesh picks
 endpoints by address); the transport sends it as `https://` to the same

@@ -19,14 +19,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
-from proxyless_mesh.policy._engine import (
+from proxyless_mesh.policy import (
     BAD_REQUEST_BODY,
     REFUSAL_BODIES,
     Decision,
     InboundRequest,
     PolicySet,
+    app_path,
 )
-from proxyless_mesh.policy._normalize import app_path
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]

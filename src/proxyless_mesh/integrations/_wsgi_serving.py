@@ -48,8 +48,7 @@ from proxyless_mesh.integrations._wsgi import (
 )
 from proxyless_mesh.mesh import Mesh
 from proxyless_mesh.model import TlsMode
-from proxyless_mesh.security._inbound import TLS_HANDSHAKE_BYTE, plaintext_refusal
-from proxyless_mesh.security._spiffe import peer_spiffe_id
+from proxyless_mesh.security import TLS_HANDSHAKE_BYTE, peer_spiffe_id, plaintext_refusal
 
 __all__ = ["MeshSyncWorker", "accept_mesh_connection"]
 

@@ -2,15 +2,16 @@
 
 `PolicySet` is the compiled, immutable policy of one workload; the
 integrations (ASGI, WSGI, gRPC server) call `PolicySet.check` per request.
-`authorization_policies_to_rbac` and `request_authentications_to_jwt` turn
-Istio YAML into the RBAC model the same way istiod does; `rbac_to_proto` /
-`rbac_from_proto` convert that model to and from Envoy's RBAC protobufs.
+The engine works on the plain RBAC model (`proxyless_mesh.model`) only: the
+control plane translates Istio YAML into that model and to protobufs, and the
+xDS client decodes it, so nothing here touches protobufs.
 """
 
 from proxyless_mesh.policy._engine import (
     BAD_REQUEST_BODY,
     DENIED_BODY,
     NOT_READY_BODY,
+    REFUSAL_BODIES,
     UNAUTHENTICATED_BODY,
     Decision,
     InboundRequest,
@@ -22,18 +23,19 @@ from proxyless_mesh.policy._errors import (
     PolicyConfigError,
     UnsupportedPolicyError,
 )
-from proxyless_mesh.policy._istio import (
-    authorization_policies_to_rbac,
-    authorization_policy_to_rbac,
-    request_authentications_to_jwt,
-    selects_workload,
+from proxyless_mesh.policy._normalize import (
+    PathNormalization,
+    app_path,
+    normalize_host,
+    normalize_path,
 )
-from proxyless_mesh.policy._normalize import PathNormalization, normalize_host, normalize_path
+from proxyless_mesh.policy._peer import spiffe_id_from_names, spiffe_id_from_pem
 
 __all__ = [
     "BAD_REQUEST_BODY",
     "DENIED_BODY",
     "NOT_READY_BODY",
+    "REFUSAL_BODIES",
     "UNAUTHENTICATED_BODY",
     "Decision",
     "InboundRequest",
@@ -42,11 +44,10 @@ __all__ = [
     "PolicyConfigError",
     "PolicySet",
     "UnsupportedPolicyError",
-    "authorization_policies_to_rbac",
-    "authorization_policy_to_rbac",
+    "app_path",
     "join_headers",
     "normalize_host",
     "normalize_path",
-    "request_authentications_to_jwt",
-    "selects_workload",
+    "spiffe_id_from_names",
+    "spiffe_id_from_pem",
 ]

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from proxyless_mesh.model._rbac import (
+from proxyless_mesh.model import (
     AndRules,
     AnyRule,
     Authenticated,
@@ -30,15 +30,17 @@ from proxyless_mesh.model._rbac import (
     DestinationPort,
     DestinationPortRange,
     DirectRemoteIp,
+    HeaderMatcher,
+    MatchKind,
     Metadata,
     NotRule,
     OrRules,
     RbacRule,
     RemoteIp,
     RequestedServerName,
+    StringMatcher,
     UrlPath,
 )
-from proxyless_mesh.model._resources import HeaderMatcher, MatchKind, StringMatcher
 from proxyless_mesh.policy._errors import PolicyConfigError
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from proxyless_mesh.model._rbac import JwtAuthentication, Rbac, RbacAction
+from proxyless_mesh.model import JwtAuthentication, Rbac, RbacAction
 from proxyless_mesh.policy._compile import IpAddress, Predicate, RequestContext, compile_rule
 from proxyless_mesh.policy._errors import MalformedRequestError
 from proxyless_mesh.policy._hygiene import request_hygiene

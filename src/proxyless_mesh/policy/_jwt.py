@@ -27,7 +27,7 @@ from urllib.parse import unquote_plus
 
 import jwt
 
-from proxyless_mesh.model._rbac import JwtAuthentication, JwtHeader, JwtProvider
+from proxyless_mesh.model import JwtAuthentication, JwtHeader, JwtProvider
 from proxyless_mesh.policy._errors import PolicyConfigError
 
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -230,8 +230,3 @@ def strip_params(query: str, names: frozenset[str]) -> str:
         return query
     kept = [p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in names]
     return "&".join(kept)
-
-
-def jwks_json(keys: list[dict[str, object]]) -> str:
-    """Serialize JWK dicts into a JWKS document (helper for callers and tests)."""
-    return json.dumps({"keys": keys})

@@ -1,12 +1,14 @@
 """Resilience, sans I/O: retries, timeouts, circuit breaking, faults, mirroring.
 
-`request_flow` is one request's life as a generator of commands; the httpx
-transports (sync and async) drive it. Everything here takes its clock and RNG
-as arguments and never sleeps.
+`request_flow` is one request's life as a generator of commands; `drive` and
+`drive_async` run it for every integration (httpx and gRPC, sync and async),
+which supply only what one try is. The flow takes its clock and RNG as
+arguments and never sleeps; the drivers do the waiting.
 """
 
 from proxyless_mesh.resilience._backoff import backoff_cap, wait_envoy_jittered
 from proxyless_mesh.resilience._deadline import expected_timeout_ms, grpc_timeout_header
+from proxyless_mesh.resilience._drive import AsyncAttempt, Attempt, drive, drive_async
 from proxyless_mesh.resilience._flow import Flow, fault_draw, request_flow
 from proxyless_mesh.resilience._limits import Admission, ClusterResources, SlotTicket
 from proxyless_mesh.resilience._mirror import shadow_host, should_mirror
@@ -37,6 +39,8 @@ __all__ = [
     "GRPC_RETRY_CODES",
     "KNOWN_CONDITIONS",
     "Admission",
+    "AsyncAttempt",
+    "Attempt",
     "AttemptResult",
     "ClusterResources",
     "Command",
@@ -52,6 +56,8 @@ __all__ = [
     "apply_header_mutation",
     "backoff_cap",
     "compile_retry_on",
+    "drive",
+    "drive_async",
     "expected_timeout_ms",
     "fault_draw",
     "grpc_timeout_header",

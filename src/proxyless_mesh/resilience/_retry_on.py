@@ -24,7 +24,7 @@ from typing import Final
 
 from proxyless_mesh.model import RetryPolicy
 from proxyless_mesh.resilience._types import AttemptResult, FailureKind
-from proxyless_mesh.routing._matching import compile_header_matcher
+from proxyless_mesh.routing import compile_header_matcher
 
 GRPC_RETRY_CODES: Final = {
     "cancelled": 1,

@@ -1,6 +1,11 @@
 """Request -> route -> weighted cluster choice (Envoy's route semantics)."""
 
-from proxyless_mesh.routing._matching import HeaderLookup, compile_route_match, mapping_lookup
+from proxyless_mesh.routing._matching import (
+    HeaderLookup,
+    compile_header_matcher,
+    compile_route_match,
+    mapping_lookup,
+)
 from proxyless_mesh.routing._table import (
     CompiledRoute,
     RouteDecision,
@@ -14,6 +19,7 @@ __all__ = [
     "HeaderLookup",
     "RouteDecision",
     "RouteTable",
+    "compile_header_matcher",
     "compile_route_match",
     "compile_virtual_host",
     "find_virtual_host",

@@ -14,8 +14,8 @@ in-process, and the TLS pieces built from them.
 - `Credentials`: one immutable key/chain/roots set and its cached SSL contexts.
 - `peer_spiffe_id()` / `verify_peer()`: who the peer of a TLS connection is,
   checked after the handshake (Python's ssl cannot match URI SANs).
-- `InboundTls`, `peek_first_byte()`, `asgi_tls_extension()`: the serving
-  side (PeerAuthentication modes, TLS-or-plaintext sniffing, the ASGI `tls`
+- `InboundTls`, `asgi_tls_extension()`: the serving side
+  (PeerAuthentication modes, TLS-or-plaintext sniffing, the ASGI `tls`
   extension), used by integrations/_serving.py.
 - `ca_wire`: the CA's gRPC protocol, shared with the control plane.
 """
@@ -33,7 +33,7 @@ from proxyless_mesh.security._inbound import (
     TLS_HANDSHAKE_BYTE,
     InboundTls,
     asgi_tls_extension,
-    peek_first_byte,
+    plaintext_refusal,
 )
 from proxyless_mesh.security._keys import make_csr, new_private_key
 from proxyless_mesh.security._spiffe import (
@@ -67,8 +67,8 @@ __all__ = [
     "file_watcher_provider",
     "make_csr",
     "new_private_key",
-    "peek_first_byte",
     "peer_spiffe_id",
+    "plaintext_refusal",
     "spiffe_id_of",
     "verify_peer",
     "write_private_file",

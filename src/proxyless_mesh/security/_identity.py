@@ -57,7 +57,7 @@ from proxyless_mesh.security._spiffe import spiffe_id_of
 if TYPE_CHECKING:
     from opentelemetry.metrics import Meter
 
-    from proxyless_mesh.telemetry._metrics import IdentityMetrics
+    from proxyless_mesh.telemetry import IdentityMetrics
 
 __all__ = ["CredentialsListener", "IdentityManager"]
 
@@ -115,7 +115,7 @@ class IdentityManager:
         if meter is not None:
             # Imported here: the telemetry package imports the integrations,
             # which import this package (a cycle at import time).
-            from proxyless_mesh.telemetry._metrics import IdentityMetrics
+            from proxyless_mesh.telemetry import IdentityMetrics
 
             self._metrics = IdentityMetrics(meter, self.spiffe_id, self._expires_in)
 

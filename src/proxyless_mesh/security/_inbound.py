@@ -12,8 +12,6 @@ socket, so the TLS layer or the HTTP parser then reads the stream whole.
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +25,6 @@ __all__ = [
     "TLS_HANDSHAKE_BYTE",
     "InboundTls",
     "asgi_tls_extension",
-    "peek_first_byte",
     "plaintext_refusal",
 ]
 
@@ -52,36 +49,6 @@ class InboundTls:
         """mTLS is mutual in every mode: a TLS client must present a mesh
         certificate (Istio's PERMISSIVE too: TLS without one is refused)."""
         return self.credentials().server_ssl_context(alpn, require_client_cert=True)
-
-
-async def peek_first_byte(sock: Any, timeout: float) -> int | None:
-    """The first byte the client sent, left unread in the socket; None if it
-    closed first. `sock` is the transport's socket (asyncio's TransportSocket
-    or a socket): a duplicate descriptor is peeked, the original untouched."""
-    loop = asyncio.get_running_loop()
-    dup = sock.dup()
-    try:
-        dup.setblocking(False)
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    data: bytes = dup.recv(1, socket.MSG_PEEK)
-                except (BlockingIOError, InterruptedError):
-                    ready = loop.create_future()
-                    loop.add_reader(dup.fileno(), _set_once, ready)
-                    try:
-                        await ready
-                    finally:
-                        loop.remove_reader(dup.fileno())
-                    continue
-                return data[0] if data else None
-    finally:
-        dup.close()
-
-
-def _set_once(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def plaintext_refusal(first_byte: int) -> bytes:

@@ -4,29 +4,29 @@ OpenTelemetry API (the SDK and exporters are the application's choice: the
 
 Outbound calls are recorded by the mesh transports and channels (turn
 signals on or off with `Mesh(..., telemetry=TelemetryConfig(...))`); inbound
-requests by the middleware and interceptors here, which wrap the
-application outside the authorization middleware so refusals are counted.
+requests by the telemetry middleware and interceptors of
+`proxyless_mesh.integrations`, which wrap the application outside the
+authorization middleware so refusals are counted. This package knows no
+client or server library: the integrations adapt it to httpx, grpcio, ASGI
+and WSGI, and call `hook_failed` when a telemetry hook raises.
 """
 
 from proxyless_mesh.telemetry._b3 import B3Propagator
 from proxyless_mesh.telemetry._config import PEER_HEADER, TelemetryConfig, Workload
-from proxyless_mesh.telemetry._core import Call, QuietCall, Telemetry
-from proxyless_mesh.telemetry._grpc_server import (
-    AioTelemetryServerInterceptor,
-    TelemetryServerInterceptor,
-)
-from proxyless_mesh.telemetry._inbound_http import TelemetryMiddleware, WsgiTelemetryMiddleware
+from proxyless_mesh.telemetry._core import LOCAL_REPLY_STATUS, Call, QuietCall, Telemetry
+from proxyless_mesh.telemetry._core import _contained as hook_failed
+from proxyless_mesh.telemetry._metrics import IdentityMetrics, metrics_meter
 
 __all__ = [
+    "LOCAL_REPLY_STATUS",
     "PEER_HEADER",
-    "AioTelemetryServerInterceptor",
     "B3Propagator",
     "Call",
+    "IdentityMetrics",
     "QuietCall",
     "Telemetry",
     "TelemetryConfig",
-    "TelemetryMiddleware",
-    "TelemetryServerInterceptor",
     "Workload",
-    "WsgiTelemetryMiddleware",
+    "hook_failed",
+    "metrics_meter",
 ]

@@ -57,6 +57,7 @@ _SECURE = "mutual_tls"
 
 
 def _contained(telemetry: Telemetry, exc: BaseException) -> None:
+    """A telemetry hook failed: count and log it, the request goes on."""
     telemetry.errors += 1
     log.debug("telemetry hook failed (request unaffected)", exc_info=exc)
 

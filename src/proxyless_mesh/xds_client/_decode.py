@@ -53,7 +53,6 @@ __all__ = [
     "decode_listener",
     "decode_resource",
     "decode_route_configuration",
-    "decode_server_listener",
     "resource_name",
     "unpack_resource",
 ]
@@ -126,14 +125,6 @@ def decode_listener(resource: Any) -> Listener | InboundListener:
     if msg.HasField("api_listener"):
         return _client_listener(msg)
     return decode_inbound_listener(msg)
-
-
-def decode_server_listener(resource: Any) -> InboundListener:
-    """A server-side Listener only (a client one is an error)."""
-    decoded = decode_listener(resource)
-    if not isinstance(decoded, InboundListener):
-        raise XdsResourceError("expected a server listener (no api_listener, gRFC A36)")
-    return decoded
 
 
 def _client_listener(msg: Any) -> Listener:

@@ -22,11 +22,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf.message import DecodeError, Message
 
-from proxyless_mesh.errors import XdsResourceError
-from proxyless_mesh.model import InboundListener, TlsMode
-from proxyless_mesh.model._rbac import JwtAuthentication, Rbac
-from proxyless_mesh.policy._errors import PolicyConfigError
-from proxyless_mesh.policy._from_xds import jwt_authentication_from_proto, rbac_filter_from_proto
+from proxyless_mesh.errors import PolicyConfigError, XdsResourceError
+from proxyless_mesh.model import InboundListener, JwtAuthentication, Rbac, TlsMode
+from proxyless_mesh.xds_client._decode_rbac import (
+    jwt_authentication_from_proto,
+    rbac_filter_from_proto,
+)
 from proxyless_mesh.xds_client._decode_security import decode_downstream_tls
 from proxyless_mesh.xds_client._types import HCM_TYPE_URL, ROUTER_TYPE_URL
 

@@ -19,6 +19,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from mesh_control_plane.config import ConfigLoadError, MeshConfig, parse_documents
+from mesh_control_plane.config.authorization import request_authentications_to_jwt
 from mesh_control_plane.config.jwks import (
     JwksFetchError,
     JwksResolver,
@@ -26,7 +27,6 @@ from mesh_control_plane.config.jwks import (
     fetch_jwks,
 )
 
-from proxyless_mesh.policy import request_authentications_to_jwt
 from proxyless_mesh.policy._jwt import JwtAuthenticator, JwtAuthError
 
 ISSUER = "https://issuer.example"

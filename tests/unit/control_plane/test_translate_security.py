@@ -22,8 +22,7 @@ from mesh_control_plane.translate import (
 )
 from mesh_control_plane.translate.inbound import peer_mode
 
-from proxyless_mesh.model import InboundListener, TlsMode, UpstreamTls
-from proxyless_mesh.model._rbac import RbacAction
+from proxyless_mesh.model import InboundListener, RbacAction, TlsMode, UpstreamTls
 from proxyless_mesh.xds_client import decode_cluster, decode_listener
 
 from .samples import JWKS, LEDGER, LEGACY, PAYMENTS, meta, security

@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mesh_control_plane.config.authorization import selects_workload
 from mesh_control_plane.config.model import (
     Destination,
     HTTPMatchRequest,
@@ -27,7 +28,6 @@ from mesh_control_plane.config.model import (
 )
 from mesh_control_plane.registry import Registry
 from mesh_control_plane.translate import cluster_name
-from proxyless_mesh.policy import selects_workload
 from proxyless_mesh.xds_client import XdsState
 
 __all__ = ["UnknownHostError", "describe_host", "match_text", "policies_of"]

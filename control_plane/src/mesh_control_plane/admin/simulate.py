@@ -22,16 +22,12 @@ import httpx
 
 from mesh_control_plane.admin.describe import policies_of
 from mesh_control_plane.admin.mesh_view import mesh_view
+from mesh_control_plane.config.authorization import authorization_policies_to_rbac, selects_workload
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry import Registry
-from proxyless_mesh._snapshot import build_snapshot
-from proxyless_mesh.integrations._httpx_exchange import url_parts
-from proxyless_mesh.policy import (
-    InboundRequest,
-    PolicySet,
-    authorization_policies_to_rbac,
-    selects_workload,
-)
+from proxyless_mesh.integrations import url_parts
+from proxyless_mesh.policy import InboundRequest, PolicySet
+from proxyless_mesh.snapshot import build_snapshot
 from proxyless_mesh.xds_client import XdsState
 
 __all__ = ["ConfigView", "simulate"]

@@ -22,10 +22,10 @@ from typing import Any
 from mesh_control_plane.admin.simulate import ConfigView
 from mesh_control_plane.cli.offline import load_offline
 from mesh_control_plane.config import ConfigLoadError, ConfigProblem
+from mesh_control_plane.config.authorization import selects_workload
 from mesh_control_plane.config.model import Meta
 from mesh_control_plane.translate import cluster_name
 from proxyless_mesh.errors import XdsResourceError
-from proxyless_mesh.policy import selects_workload
 
 ERROR = "error"
 WARNING = "warning"

@@ -16,12 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxyless_mesh.policy import (
-    PolicyConfigError,
-    authorization_policy_to_rbac,
-    request_authentications_to_jwt,
-)
+from proxyless_mesh.policy import PolicyConfigError
 
+from .authorization import authorization_policy_to_rbac, request_authentications_to_jwt
 from .model import AuthorizationPolicy, Meta, PeerAuthentication, RequestAuthentication
 from .schema import (
     MISSING,

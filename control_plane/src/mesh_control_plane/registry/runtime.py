@@ -1,8 +1,9 @@
 """Wiring of the registry backends into a running control plane.
 
-`RegistryRuntime` owns the hub, the embedded (self-registration) registry, the
-optional Consul watcher, and the pieces the xDS server needs (the stream observer
-and the registration gRPC handler). The control plane calls `augment()` on every
+`RegistryRuntime` owns the hub, the embedded (self-registration) registry and the
+optional Consul watcher; the control plane (app.py) serves the embedded registry's
+registration service and stream observer beside ADS (xds/ depends on the registry,
+never the reverse). The control plane calls `augment()` on every
 config it applies and gives `hub.build` to the snapshot cache; a registry change
 re-applies the last config with `force=True`.
 
@@ -31,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry.consul import ConsulRegistry, ConsulSettings
 from mesh_control_plane.registry.embedded import DEFAULT_GRACE, EmbeddedRegistry
@@ -59,9 +58,6 @@ class RegistrySettings:
 
 class RegistryRuntime:
     def __init__(self, settings: RegistrySettings, verify_token: TokenVerifier | None) -> None:
-        # Imported here: xds/ imports the registry package, not the other way round.
-        from mesh_control_plane.xds.registration import RegistrationService, StreamObserver
-
         self.settings = settings
         self._config = MeshConfig()
         self._apply: Callable[[MeshConfig], None] | None = None
@@ -77,10 +73,6 @@ class RegistryRuntime:
             self.consul = ConsulRegistry(settings.consul, on_change=self.hub.changed)
             sources.append(self.consul)
         self.hub.sources = sources
-        self.observer = StreamObserver(self.embedded)
-        self.handlers: list[grpc.GenericRpcHandler[Any, Any]] = [
-            RegistrationService(self.embedded).handler()
-        ]
 
     def workload_groups(self) -> tuple[WorkloadGroup, ...]:
         """The groups now: the config's, then the directory's (re-read; last good

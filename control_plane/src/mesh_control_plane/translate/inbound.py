@@ -48,6 +48,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from mesh_control_plane.config.authorization import (
+    authorization_policies_to_rbac,
+    request_authentications_to_jwt,
+    selects_workload,
+)
 from mesh_control_plane.config.model import MeshConfig, PeerAuthentication, WorkloadEndpoint
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.translate.endpoints import endpoint_port
@@ -55,20 +60,14 @@ from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.names import server_listener_name
 from mesh_control_plane.translate.node import ClientKind, NodeInfo
 from mesh_control_plane.translate.protos import HCM_FILTER, pack, router_filter
-from mesh_control_plane.translate.tls import downstream_transport_socket
-from proxyless_mesh.model import INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH_PORT
-from proxyless_mesh.model._rbac import RbacAction
-from proxyless_mesh.policy import (
-    authorization_policies_to_rbac,
-    request_authentications_to_jwt,
-    selects_workload,
-)
-from proxyless_mesh.policy._to_xds import (
+from mesh_control_plane.translate.rbac_protos import (
     JWT_FILTER_NAME,
     RBAC_FILTER_NAME,
     jwt_authentication_to_proto,
     rbac_filter_to_proto,
 )
+from mesh_control_plane.translate.tls import downstream_transport_socket
+from proxyless_mesh.model import INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH_PORT, RbacAction
 
 WILDCARD_ADDRESSES = ("0.0.0.0", "::")
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"

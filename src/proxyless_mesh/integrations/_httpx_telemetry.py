@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import httpx
 
 from proxyless_mesh.errors import MeshRequestError
-from proxyless_mesh.telemetry._core import (
+from proxyless_mesh.telemetry import (
     LOCAL_REPLY_STATUS,
     Call,
     QuietCall,
     Telemetry,
-    _contained,
+    hook_failed,
 )
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def responded(call: Call | QuietCall, response: httpx.Response) -> httpx.Respons
             return response
         response.stream = _Metered(response.stream, call, response.status_code, flags, grpc_status)
     except Exception as exc:  # telemetry never breaks a request
-        _contained(call.telemetry, exc)
+        hook_failed(call.telemetry, exc)
     return response
 
 

@@ -1,12 +1,12 @@
 """Envoy RBAC protobufs -> RBAC model (the library's decoder for the RBAC HTTP
-filter on inbound listeners, and the inverse of `_to_xds`).
+filter on inbound listeners, and the inverse of the control plane's `translate.rbac_protos`).
 
 What the model cannot enforce faithfully raises PolicyConfigError naming the
 field, so the xDS client can NACK the listener instead of enforcing a
 different policy than the control plane meant: CEL conditions, `matcher`
 trees, filter_state, `sourced_metadata`, `uri_template`, custom matchers,
 header `range_match`. The jwt_authn filter is read back only in the form
-`_to_xds` writes (Istio's rule), with local JWKS.
+`translate.rbac_protos` writes (Istio's rule), with local JWKS.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2
 
-from proxyless_mesh.model._rbac import (
+from proxyless_mesh.errors import UnsupportedPolicyError
+from proxyless_mesh.model import (
     AndRules,
     AnyRule,
     Authenticated,
@@ -30,9 +31,11 @@ from proxyless_mesh.model._rbac import (
     DestinationPort,
     DestinationPortRange,
     DirectRemoteIp,
+    HeaderMatcher,
     JwtAuthentication,
     JwtHeader,
     JwtProvider,
+    MatchKind,
     Metadata,
     NotRule,
     OrRules,
@@ -42,10 +45,9 @@ from proxyless_mesh.model._rbac import (
     RbacRule,
     RemoteIp,
     RequestedServerName,
+    StringMatcher,
     UrlPath,
 )
-from proxyless_mesh.model._resources import HeaderMatcher, MatchKind, StringMatcher
-from proxyless_mesh.policy._errors import UnsupportedPolicyError
 
 
 def rbac_filter_from_proto(msg: http_rbac_pb2.RBAC) -> Rbac | None:

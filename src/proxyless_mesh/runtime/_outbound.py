@@ -1,7 +1,8 @@
 """The outbound decision, free of I/O: authority + request facts -> endpoint.
 
-Both httpx transports (sync and async) call `plan()`; they differ only in how
-they wait when an authority has never been seen (block vs await).
+The httpx and gRPC integrations call `route_request()` then `pick_endpoint()`;
+they differ only in how they wait when an authority has never been seen
+(block vs await).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import ipaddress
 import socket
 from typing import Final
 
-from proxyless_mesh._snapshot import MeshSnapshot
 from proxyless_mesh.errors import (
     NoHealthyUpstreamError,
     NoRouteError,
@@ -19,6 +19,7 @@ from proxyless_mesh.errors import (
 )
 from proxyless_mesh.model import Endpoint
 from proxyless_mesh.routing import HeaderLookup, RouteDecision
+from proxyless_mesh.runtime._snapshot import MeshSnapshot
 
 ALLOW_ANY: Final = "ALLOW_ANY"
 REGISTRY_ONLY: Final = "REGISTRY_ONLY"
@@ -99,25 +100,6 @@ def pick_endpoint(
             request=request,  # type: ignore[arg-type]
         )
     return endpoint
-
-
-def plan(
-    snapshot: MeshSnapshot,
-    authority: str,
-    path: str,
-    method: str,
-    lookup: HeaderLookup,
-    *,
-    outbound_policy: str,
-    request: object = None,
-) -> Endpoint | _Unresolved | None:
-    """route_request() then pick_endpoint(): an Endpoint, None or UNRESOLVED."""
-    decision = route_request(
-        snapshot, authority, path, method, lookup, outbound_policy=outbound_policy, request=request
-    )
-    if decision is None or decision is UNRESOLVED:
-        return decision
-    return pick_endpoint(snapshot, authority, decision, request)  # type: ignore[arg-type]
 
 
 def passthrough_failure(

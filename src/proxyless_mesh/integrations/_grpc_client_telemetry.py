@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from proxyless_mesh.errors import MeshRpcError
-from proxyless_mesh.telemetry._core import Call, Telemetry, _contained
+from proxyless_mesh.telemetry import Call, Telemetry, hook_failed
 
 if TYPE_CHECKING:
-    from proxyless_mesh._snapshot import MeshSnapshot
     from proxyless_mesh.routing import RouteDecision
+    from proxyless_mesh.runtime import MeshSnapshot
 
 Serializer = Callable[[Any], Any] | None
 _UNARY_RESPONSE = ("unary_unary", "stream_unary")
@@ -104,7 +104,7 @@ def sync_result(call: Call, kind: str, how: str, result: Any) -> Any:
         try:
             _finish(call, future.code())
         except Exception as exc:  # telemetry never breaks a request
-            _contained(call.telemetry, exc)
+            hook_failed(call.telemetry, exc)
 
     result.add_done_callback(done)
     return result
@@ -119,7 +119,7 @@ def aio_result(call: Call, result: Any) -> Any:
         try:
             _finish(call, await finished.code())
         except Exception as exc:  # telemetry never breaks a request
-            _contained(call.telemetry, exc)
+            hook_failed(call.telemetry, exc)
 
     def done(finished: Any) -> None:
         task = asyncio.get_running_loop().create_task(record(finished))

@@ -17,6 +17,10 @@ A pure function of its inputs, made the way istiod builds the RBAC filters:
 
 Anything the mesh does not enforce raises UnsupportedPolicyError naming the
 field: a policy is applied entirely or not at all.
+
+It lives in the control plane's config layer: loading validates a policy by
+translating it, `translate.inbound` emits the result; the library only ever
+sees the model (decoded from xDS), never the Istio YAML.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from proxyless_mesh.model._rbac import (
+from proxyless_mesh.model import (
     AndRules,
     AnyRule,
     Authenticated,
@@ -35,9 +39,11 @@ from proxyless_mesh.model._rbac import (
     DestinationIp,
     DestinationPort,
     DirectRemoteIp,
+    HeaderMatcher,
     JwtAuthentication,
     JwtHeader,
     JwtProvider,
+    MatchKind,
     Metadata,
     NotRule,
     OrRules,
@@ -47,10 +53,10 @@ from proxyless_mesh.model._rbac import (
     RbacRule,
     RemoteIp,
     RequestedServerName,
+    StringMatcher,
     UrlPath,
 )
-from proxyless_mesh.model._resources import HeaderMatcher, MatchKind, StringMatcher
-from proxyless_mesh.policy._errors import PolicyConfigError, UnsupportedPolicyError
+from proxyless_mesh.policy import PolicyConfigError, UnsupportedPolicyError
 
 SPIFFE_PREFIX = "spiffe://"
 AUTHN_FILTER = "istio_authn"

@@ -24,7 +24,7 @@ from proxyless_mesh.integrations._grpc_server import (
     _rebuild,
     auth_context_peer_principal,
 )
-from proxyless_mesh.telemetry._core import Call, Telemetry, _contained
+from proxyless_mesh.telemetry import Call, Telemetry, hook_failed
 
 if TYPE_CHECKING:
     _SyncInterceptor = grpc.ServerInterceptor[Any, Any]
@@ -79,7 +79,7 @@ class _Recorder:
                 call.peer_principal = principal
                 call.secure = True
         except Exception as exc:  # telemetry never breaks a request
-            _contained(self.telemetry, exc)
+            hook_failed(self.telemetry, exc)
         ctx = call.start_server_span(metadata.get)
         return otel_context.attach(ctx) if ctx is not None else None
 

@@ -20,7 +20,7 @@ from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2,
 from envoy.type.v3 import range_pb2
 from google.protobuf import any_pb2, empty_pb2, wrappers_pb2
 
-from proxyless_mesh.model._rbac import (
+from proxyless_mesh.model import (
     AndRules,
     AnyRule,
     Authenticated,
@@ -29,8 +29,10 @@ from proxyless_mesh.model._rbac import (
     DestinationPort,
     DestinationPortRange,
     DirectRemoteIp,
+    HeaderMatcher,
     JwtAuthentication,
     JwtProvider,
+    MatchKind,
     Metadata,
     NotRule,
     OrRules,
@@ -38,10 +40,10 @@ from proxyless_mesh.model._rbac import (
     RbacRule,
     RemoteIp,
     RequestedServerName,
+    StringMatcher,
     UrlPath,
 )
-from proxyless_mesh.model._resources import HeaderMatcher, MatchKind, StringMatcher
-from proxyless_mesh.policy._errors import PolicyConfigError
+from proxyless_mesh.policy import PolicyConfigError
 
 RBAC_FILTER_NAME = "envoy.filters.http.rbac"
 JWT_FILTER_NAME = "envoy.filters.http.jwt_authn"

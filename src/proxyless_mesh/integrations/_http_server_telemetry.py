@@ -26,8 +26,7 @@ from proxyless_mesh.integrations._asgi import (
     tls_peer_principal,
 )
 from proxyless_mesh.integrations._wsgi import PEER_PRINCIPAL_KEY, Environ, StartResponse, WSGIApp
-from proxyless_mesh.telemetry._config import PEER_HEADER
-from proxyless_mesh.telemetry._core import Call, Telemetry, _contained
+from proxyless_mesh.telemetry import PEER_HEADER, Call, Telemetry, hook_failed
 
 
 def _start(call: Call, service: str | None, principal: str | None) -> None:
@@ -79,7 +78,7 @@ class TelemetryMiddleware:
             call.http_version = f"HTTP/{scope.get('http_version', '1.1')}"
             _start(call, self._service, self._peer_principal(scope))
         except Exception as exc:  # telemetry never breaks a request
-            _contained(self.telemetry, exc)
+            hook_failed(self.telemetry, exc)
         ctx = call.start_server_span(headers.get, scope.get("scheme", "http"))
         answer_peer = PEER_HEADER in headers and self.telemetry.exchange_peers
         state: dict[str, Any] = {"status": 0, "grpc": None}
@@ -165,7 +164,7 @@ class WsgiTelemetryMiddleware:
             call.request_bytes = int(length) if length.isdigit() else 0
             call.http_version = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
         except Exception as exc:  # telemetry never breaks a request
-            _contained(self.telemetry, exc)
+            hook_failed(self.telemetry, exc)
         answer_peer = get_header(PEER_HEADER) is not None and self.telemetry.exchange_peers
         peer_value = self.telemetry.workload.peer_value
         ctx = call.start_server_span(get_header, environ.get("wsgi.url_scheme", "http"))

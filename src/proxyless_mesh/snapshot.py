@@ -1,10 +1,12 @@
-"""The immutable routing snapshot the data path reads.
+"""`build_snapshot`: the xDS client's state -> the `MeshSnapshot` the data path reads.
 
 Each xDS update builds a new `MeshSnapshot` from the client's `XdsState`
-(compiling routes, building pickers) and the mesh swaps one reference. A
-request reads whatever snapshot was current when it started and never takes
-a lock. Balancers whose cluster and assignment did not change are carried
-over, so round-robin positions (and later, load counters) survive updates.
+(compiling routes, building pickers) and the mesh swaps one reference. It
+lives here, beside the composition root that owns the xDS client, rather
+than beside the type: the integrations read `MeshSnapshot` and must not
+import the xDS client. `meshctl simulate` calls it offline. Balancers whose
+cluster and assignment did not change are carried over, so round-robin
+positions (and later, load counters) survive updates.
 
 Inbound: each server listener the mesh watches (`Mesh.serve_inbound`) gets
 its compiled `PolicySet` here, built when the listener changed and reused
@@ -16,46 +18,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from proxyless_mesh.balancer import ClusterBalancer
-from proxyless_mesh.model import Cluster, ClusterLoadAssignment, InboundListener
 from proxyless_mesh.policy import PathNormalization, PolicyConfigError, PolicySet
 from proxyless_mesh.routing import RouteTable, compile_virtual_host, find_virtual_host
+from proxyless_mesh.runtime import BalancerSource, InboundPolicy, MeshSnapshot
 from proxyless_mesh.xds_client import XdsState
 
 log = logging.getLogger("proxyless_mesh")
-
-
-@dataclass(frozen=True, slots=True)
-class _BalancerSource:
-    cluster: Cluster | None
-    assignment: ClusterLoadAssignment | None
-
-
-@dataclass(frozen=True, slots=True)
-class InboundPolicy:
-    """One server listener and the PolicySet compiled from it."""
-
-    listener: InboundListener
-    policies: PolicySet
-
-
-@dataclass(frozen=True, slots=True)
-class MeshSnapshot:
-    """Routes per authority (`host:port`), balancers per cluster, and the
-    authorities the control plane said are not mesh services."""
-
-    routes: Mapping[str, RouteTable] = field(default_factory=dict)
-    balancers: Mapping[str, ClusterBalancer] = field(default_factory=dict)
-    absent: frozenset[str] = frozenset()
-    # What each balancer was built from, to reuse unchanged ones next time.
-    sources: Mapping[str, _BalancerSource] = field(default_factory=dict)
-    # Server listeners by name (the inbound half), with their compiled policy.
-    inbound: Mapping[str, InboundPolicy] = field(default_factory=dict)
-
-    def knows(self, authority: str) -> bool:
-        return authority in self.routes or authority in self.absent
 
 
 def build_snapshot(state: XdsState, previous: MeshSnapshot | None = None) -> MeshSnapshot:
@@ -84,12 +54,12 @@ def build_snapshot(state: XdsState, previous: MeshSnapshot | None = None) -> Mes
         elif name in old_routes:
             routes[name] = old_routes[name]
     balancers: dict[str, ClusterBalancer] = {}
-    sources: dict[str, _BalancerSource] = {}
+    sources: dict[str, BalancerSource] = {}
     wanted = {c for table in routes.values() for c in table.referenced_clusters()}
     for name in sorted(wanted):
         cluster = state.clusters.get(name)
         assignment = state.assignments.get(cluster.eds_service_name) if cluster else None
-        source = _BalancerSource(cluster, assignment)
+        source = BalancerSource(cluster, assignment)
         old = old_balancers.get(name)
         if old is not None and (
             old_sources.get(name) == source

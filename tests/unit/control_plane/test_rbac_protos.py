@@ -7,8 +7,14 @@ from typing import Any
 import pytest
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from mesh_control_plane.config.authorization import authorization_policies_to_rbac
+from mesh_control_plane.translate.rbac_protos import (
+    rbac_filter_to_any,
+    rbac_filter_to_proto,
+    rbac_to_proto,
+)
 
-from proxyless_mesh.model._rbac import (
+from proxyless_mesh.model import (
     Authenticated,
     CidrRange,
     DestinationIp,
@@ -25,10 +31,8 @@ from proxyless_mesh.policy import (
     PolicyConfigError,
     PolicySet,
     UnsupportedPolicyError,
-    authorization_policies_to_rbac,
 )
-from proxyless_mesh.policy._from_xds import rbac_filter_from_proto, rbac_from_proto
-from proxyless_mesh.policy._to_xds import rbac_filter_to_any, rbac_filter_to_proto, rbac_to_proto
+from proxyless_mesh.xds_client._decode_rbac import rbac_filter_from_proto, rbac_from_proto
 
 EVERYTHING = [
     {
