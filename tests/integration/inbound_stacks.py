@@ -33,6 +33,10 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from identities import listening_socket, serving_asgi
 from inbound_table import ISSUER, NORMALIZATION, POLICIES, ROWS, Row
+from mesh_control_plane.config.authorization import (
+    authorization_policies_to_rbac,
+    request_authentications_to_jwt,
+)
 from meshlab import LocalMesh
 
 from proxyless_mesh import Mesh
@@ -44,12 +48,7 @@ from proxyless_mesh.integrations._grpc_server import (
 )
 from proxyless_mesh.integrations._serving import MeshUvicornConfig
 from proxyless_mesh.model import TlsMode
-from proxyless_mesh.policy import (
-    PathNormalization,
-    PolicySet,
-    authorization_policies_to_rbac,
-    request_authentications_to_jwt,
-)
+from proxyless_mesh.policy import PathNormalization, PolicySet
 from proxyless_mesh.security._inbound import InboundTls
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -136,8 +135,9 @@ WSGI_APP = """
 import json, os
 from proxyless_mesh.integrations._wsgi import WsgiAuthorizationMiddleware
 from table_echo import app as echo
-from proxyless_mesh.policy import (
-    PathNormalization, PolicySet, authorization_policies_to_rbac, request_authentications_to_jwt)
+from proxyless_mesh.policy import PathNormalization, PolicySet
+from mesh_control_plane.config.authorization import (
+    authorization_policies_to_rbac, request_authentications_to_jwt)
 
 with open(os.environ["TABLE_POLICIES"]) as f:
     CONFIG = json.load(f)
