@@ -62,7 +62,7 @@ POLICIES = PolicySet(authorization_policies_to_rbac(AUTHZ), request_authenticati
 
 
 def _token(**claims: Any) -> str:
-    body = {"iss": ISSUER, "sub": "admin", "exp": int(time.time()) + 600, **claims}
+    body = {"iss": ISSUER, "sub": "admin", "exp": int(time.time()) + 86400, **claims}
     return jwt.encode(body, KEY, algorithm="RS256")
 
 

@@ -221,7 +221,7 @@ HOST_CORPUS = [
 
 
 def _tok(key: Any = KEY, alg: str = "RS256", **claims: Any) -> str:
-    body = {"iss": ISSUER, "sub": "admin", "aud": "api", "exp": int(time.time()) + 600, **claims}
+    body = {"iss": ISSUER, "sub": "admin", "aud": "api", "exp": int(time.time()) + 86400, **claims}
     if alg == "none":
         return jwt.encode(body, None, algorithm="none")
     return jwt.encode(body, key, algorithm=alg, headers={"kid": "k1"})

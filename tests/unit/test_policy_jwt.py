@@ -31,13 +31,13 @@ JWKS = _jwks()
 
 
 def token(key: Any = RSA_KEY, alg: str = "RS256", kid: str = "rsa1", **claims: Any) -> str:
-    body = {"iss": ISSUER, "sub": "alice", "aud": "api", "exp": int(time.time()) + 600}
+    body = {"iss": ISSUER, "sub": "alice", "aud": "api", "exp": int(time.time()) + 86400}
     body.update(claims)
     return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
 
 
 def unsigned(**claims: Any) -> str:
-    body = {"iss": ISSUER, "sub": "alice", "aud": "api", "exp": int(time.time()) + 600, **claims}
+    body = {"iss": ISSUER, "sub": "alice", "aud": "api", "exp": int(time.time()) + 86400, **claims}
     return jwt.encode(body, None, algorithm="none")
 
 

@@ -32,7 +32,7 @@ ADMIN = "spiffe://cluster.local/ns/admin/sa/ops"
 
 
 def jwt_for(sub: str, **claims: Any) -> str:
-    body = {"iss": ISSUER, "sub": sub, "exp": int(time.time()) + 600, **claims}
+    body = {"iss": ISSUER, "sub": sub, "exp": int(time.time()) + 86400, **claims}
     return jwt.encode(body, KEY, algorithm="RS256")
 
 
