@@ -56,7 +56,10 @@ class TelemetryMiddleware:
         self.telemetry = telemetry
         self._service = service
         self._peer_principal = peer_principal
-        self._peer_value = telemetry.workload.peer_value.encode("latin-1")
+        self._peer_headers = [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in telemetry.peer_headers
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -95,10 +98,7 @@ class TelemetryMiddleware:
                 state["status"] = message.get("status", 0)
                 if answer_peer:
                     message = dict(message)
-                    message["headers"] = [
-                        *message.get("headers", ()),
-                        (PEER_HEADER.encode("latin-1"), self._peer_value),
-                    ]
+                    message["headers"] = [*message.get("headers", ()), *self._peer_headers]
             elif kind == "http.response.body":
                 call.response_bytes += len(message.get("body") or b"")
             elif kind == "http.response.trailers":
@@ -166,7 +166,7 @@ class WsgiTelemetryMiddleware:
         except Exception as exc:  # telemetry never breaks a request
             hook_failed(self.telemetry, exc)
         answer_peer = get_header(PEER_HEADER) is not None and self.telemetry.exchange_peers
-        peer_value = self.telemetry.workload.peer_value
+        peer_headers = self.telemetry.peer_headers
         ctx = call.start_server_span(get_header, environ.get("wsgi.url_scheme", "http"))
         status = [0]
 
@@ -174,7 +174,7 @@ class WsgiTelemetryMiddleware:
             head = status_line.split(" ", 1)[0]
             status[0] = int(head) if head.isdigit() else 0
             if answer_peer:
-                headers = [*headers, (PEER_HEADER, peer_value)]
+                headers = [*headers, *peer_headers]
             return start_response(status_line, headers, *exc)
 
         token = otel_context.attach(ctx) if ctx is not None else None

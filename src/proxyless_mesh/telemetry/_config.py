@@ -9,10 +9,8 @@ application installs an SDK; access logs cost more and are off by default.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace as _trace_api
 from opentelemetry.metrics import NoOpMeterProvider, get_meter_provider
@@ -25,6 +23,8 @@ from opentelemetry.trace import (
     get_tracer_provider,
 )
 
+from proxyless_mesh.telemetry._labels import UNKNOWN
+
 try:
     from opentelemetry.metrics._internal import _ProxyMeterProvider as _ProxyMeters
 except ImportError:  # pragma: no cover - a future API that moved its private class
@@ -34,15 +34,6 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.propagators.textmap import TextMapPropagator
     from opentelemetry.trace import Tracer, TracerProvider
-
-    from proxyless_mesh.bootstrap import Bootstrap
-
-UNKNOWN = "unknown"
-#: The header a meshed caller names its workload in, and a meshed server
-#: answers with its own (Istio's metadata exchange does the same with
-#: x-envoy-peer-metadata), so both reporters can fill the peer's labels.
-PEER_HEADER = "x-mesh-peer-workload"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,48 +73,6 @@ class TelemetryConfig:
     @property
     def enabled(self) -> bool:
         return self.metrics or self.tracing or self.access_log
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    """This process as Istio's labels name it."""
-
-    name: str = UNKNOWN
-    namespace: str = UNKNOWN
-    principal: str = UNKNOWN  # its SPIFFE ID, reported only on mTLS connections
-
-    @property
-    def peer_value(self) -> str:
-        """The value of PEER_HEADER this workload sends."""
-        return f"{self.namespace}/{self.name}"
-
-    @classmethod
-    def from_bootstrap(cls, bootstrap: Bootstrap) -> Workload:
-        """Istio's node metadata keys (NAMESPACE, WORKLOAD_NAME,
-        SERVICE_ACCOUNT); without WORKLOAD_NAME, the node cluster, else the
-        node id, names the workload."""
-        meta: Mapping[str, Any] = bootstrap.node_metadata
-        namespace = _str(meta.get("NAMESPACE")) or UNKNOWN
-        name = _str(meta.get("WORKLOAD_NAME")) or bootstrap.node_cluster or bootstrap.node_id
-        account = _str(meta.get("SERVICE_ACCOUNT"))
-        trust = _str(bootstrap.proxyless_mesh.get("trust_domain")) or "cluster.local"
-        principal = f"spiffe://{trust}/ns/{namespace}/sa/{account}" if account else UNKNOWN
-        return cls(name or UNKNOWN, namespace, principal)
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def parse_peer(value: str | None) -> tuple[str, str] | None:
-    """(workload, namespace) from a PEER_HEADER value, or None when absent or
-    malformed (it comes from the network: only plain names are accepted)."""
-    if not value or len(value) > 128:
-        return None
-    namespace, sep, name = value.partition("/")
-    if not sep or not _NAME.match(namespace) or not _NAME.match(name):
-        return None
-    return name, namespace
 
 
 def service_labels(host: str) -> tuple[str, str]:

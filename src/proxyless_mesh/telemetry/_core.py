@@ -30,14 +30,17 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from proxyless_mesh.telemetry._access_log import AccessLog, iso_time
 from proxyless_mesh.telemetry._b3 import B3Propagator
-from proxyless_mesh.telemetry._config import (
+from proxyless_mesh.telemetry._config import ProviderGate, TelemetryConfig, service_labels
+from proxyless_mesh.telemetry._labels import (
+    GRPC_PEER_HEADER,
+    NO_PEER,
     PEER_HEADER,
     UNKNOWN,
-    ProviderGate,
-    TelemetryConfig,
+    Peer,
     Workload,
+    grpc_headers,
+    label_prefix,
     parse_peer,
-    service_labels,
 )
 from proxyless_mesh.telemetry._metrics import IstioMetrics
 
@@ -115,6 +118,10 @@ class Telemetry:
         self._sampling = config.access_log_sampling
         self._rng = random.Random()
         self._hosts: dict[str, tuple[str, str, str]] = {}
+        #: The Istio exchange headers this workload sends and answers with.
+        self.peer_headers = self.workload.peer_headers
+        self.grpc_peer_headers = grpc_headers(self.peer_headers)
+        self._prefixes: dict[tuple[str, Peer, str, bool, str], tuple[str, ...]] = {}
         self._quiet = QuietCall(self)
 
     @classmethod
@@ -153,6 +160,19 @@ class Telemetry:
             if len(self._hosts) < self.config.max_label_sets:
                 self._hosts[authority] = labels
         return labels
+
+    def labels(
+        self, reporter: str, peer: Peer, authority: str, secure: bool, principal: str
+    ) -> tuple[str, ...]:
+        """The per-(peer, service) part of a request's labels, cached."""
+        key = (reporter, peer, authority, secure, principal)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            service = self.host_labels(authority)
+            prefix = label_prefix(reporter, self.workload, peer, service, secure, principal)
+            if len(self._prefixes) < self.config.max_label_sets:
+                self._prefixes[key] = prefix
+        return prefix
 
     def call(
         self, reporter: str, protocol: str, method: str, authority: str, path: str
@@ -206,7 +226,8 @@ class QuietCall:
                 if context:  # an empty one (no span, no baggage) has nothing to propagate
                     telemetry.inject(context, set_header)
             if telemetry.exchange_peers:
-                set_header(PEER_HEADER, telemetry.workload.peer_value)
+                for name, value in telemetry.peer_headers:
+                    set_header(name, value)
         except Exception as exc:  # telemetry never breaks a request
             _contained(telemetry, exc)
 
@@ -291,7 +312,7 @@ class Call:
         self.upstream_host = ""
         self.secure = False
         self.peer_principal = UNKNOWN
-        self.peer_workload = (UNKNOWN, UNKNOWN)
+        self.peer_workload = NO_PEER
         self.service = ""
         self.status = 0
         self.grpc_status: int | None = None
@@ -359,7 +380,7 @@ class Call:
         returned context is what the application should run in."""
         telemetry = self.telemetry
         try:
-            peer = parse_peer(get_header(PEER_HEADER))
+            peer = parse_peer(get_header(PEER_HEADER) or get_header(GRPC_PEER_HEADER))
             if peer is not None:
                 self.peer_workload = peer
             self.request_id = get_header("x-request-id") or ""
@@ -426,7 +447,9 @@ class Call:
                 self._attempt_span = child
                 telemetry.inject(trace.set_span_in_context(child), set_header)
             if telemetry.exchange_peers:
-                set_header(PEER_HEADER, telemetry.workload.peer_value)
+                grpc = self.protocol == "grpc"
+                for name, value in telemetry.grpc_peer_headers if grpc else telemetry.peer_headers:
+                    set_header(name, value)
             if self.logged:
                 if not self.request_id:
                     self.request_id = _request_id()
@@ -521,31 +544,20 @@ class Call:
         span.end()
 
     def _labels(self, flag_text: str) -> tuple[str, ...]:
-        telemetry = self.telemetry
-        me = telemetry.workload
-        host, name, namespace = telemetry.host_labels(self.service or self.authority)
-        peer_name, peer_namespace = self.peer_workload
-        secure = self.secure
+        prefix = self.telemetry.labels(
+            self.reporter,
+            self.peer_workload,
+            self.service or self.authority,
+            self.secure,
+            self.peer_principal,
+        )
         grpc = "" if self.grpc_status is None else str(self.grpc_status)
-        policy = _SECURE if secure else "none"
-        if self.reporter == "source":
-            return (
-                "source", me.name, me.namespace, me.principal if secure else UNKNOWN,
-                host, name, namespace, peer_name,
-                self.peer_principal if secure else UNKNOWN,
-                self.protocol, str(self.status), grpc, flag_text, policy,
-            )  # fmt: skip
-        if peer_namespace == UNKNOWN:
-            peer_namespace = _namespace_of(self.peer_principal)
-        return (
-            "destination", peer_name, peer_namespace, self.peer_principal,
-            host, name, namespace, me.name, me.principal if secure else UNKNOWN,
-            self.protocol, str(self.status), grpc, flag_text, policy,
-        )  # fmt: skip
+        return (*prefix, self.protocol, str(self.status), grpc, flag_text)
 
     def _access_record(self, flag_text: str, duration_ms: float) -> dict[str, Any]:
         me = self.telemetry.workload
-        peer_name, peer_namespace = self.peer_workload
+        peer = self.peer_workload
+        peer_name, peer_namespace = peer.name, peer.namespace
         span = self.span
         trace_id = ""
         if span is not None and span.get_span_context().is_valid:
@@ -580,14 +592,6 @@ class Call:
             "destination_principal": self.peer_principal if self.reporter == "source" else mine,
             "connection_security_policy": _SECURE if self.secure else "none",
         }
-
-
-def _namespace_of(principal: str) -> str:
-    """The namespace of a SPIFFE ID `spiffe://td/ns/NS/sa/SA`, or unknown."""
-    parts = principal.split("/")
-    if len(parts) >= 7 and parts[3] == "ns":
-        return parts[4]
-    return UNKNOWN
 
 
 def _request_id() -> str:
