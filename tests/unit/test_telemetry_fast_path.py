@@ -111,7 +111,7 @@ def test_quiet_server_span_runs_the_app_in_the_callers_context() -> None:
     assert call.span is None
 
 
-def test_quiet_access_line_keeps_the_callers_trace_id(
+def test_quiet_access_line_and_the_callers_trace(
     incoming: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     telemetry = Telemetry(TelemetryConfig(tracer_provider=NOOP, access_log=True))
@@ -122,8 +122,9 @@ def test_quiet_access_line_keeps_the_callers_trace_id(
         call.routed("route", "c", False, "")
         call.attempt_start(1, "10.0.0.1", 9080, headers.__setitem__)
         call.finish(200)
-    (line,) = [json.loads(r.getMessage()) for r in caplog.records]
-    assert line["trace_id"] == f"{TRACE_ID:032x}"
+    (line,) = [r.getMessage() for r in caplog.records]
+    # Istio's line names the request by the x-request-id it sent upstream.
+    assert f'"{headers["x-request-id"]}" "reviews.shop.mesh:9080" "10.0.0.1:9080" c' in line
     assert headers["traceparent"].startswith(f"00-{TRACE_ID:032x}-")
 
 

@@ -24,6 +24,7 @@ from proxyless_mesh.integrations._grpc_server import (
     _rebuild,
     auth_context_peer_principal,
 )
+from proxyless_mesh.integrations._http_server_telemetry import log_extra
 from proxyless_mesh.telemetry import Call, Telemetry, hook_failed
 
 if TYPE_CHECKING:
@@ -78,6 +79,10 @@ class _Recorder:
             if principal:
                 call.peer_principal = principal
                 call.secure = True
+            if call.logged:
+                peer = context.peer() if hasattr(context, "peer") else ""
+                remote = peer.partition(":")[2] if isinstance(peer, str) else ""
+                call.log_extra = log_extra(metadata.get, remote or None, None)
         except Exception as exc:  # telemetry never breaks a request
             hook_failed(self.telemetry, exc)
         ctx = call.start_server_span(metadata.get)

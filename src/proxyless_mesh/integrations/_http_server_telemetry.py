@@ -80,6 +80,10 @@ class TelemetryMiddleware:
                 call.protocol = "grpc"
             call.http_version = f"HTTP/{scope.get('http_version', '1.1')}"
             _start(call, self._service, self._peer_principal(scope))
+            if call.logged:
+                call.log_extra = log_extra(
+                    headers.get, _address(scope.get("client")), _address(scope.get("server"))
+                )
         except Exception as exc:  # telemetry never breaks a request
             hook_failed(self.telemetry, exc)
         ctx = call.start_server_span(headers.get, scope.get("scheme", "http"))
@@ -117,6 +121,30 @@ class TelemetryMiddleware:
             if token is not None:
                 otel_context.detach(token)
         call.finish(state["status"], grpc_status=state["grpc"])
+
+
+def log_extra(
+    get_header: Callable[[str], str | None], remote: str | None, local: str | None
+) -> dict[str, str]:
+    """The access-log operators only the inbound side knows."""
+    extra: dict[str, str] = {}
+    for operator, header in (
+        ("REQ(USER-AGENT)", "user-agent"),
+        ("REQ(X-FORWARDED-FOR)", "x-forwarded-for"),
+    ):
+        value = get_header(header)
+        if value:
+            extra[operator] = value
+    if remote:
+        extra["DOWNSTREAM_REMOTE_ADDRESS"] = remote
+    if local:
+        extra["DOWNSTREAM_LOCAL_ADDRESS"] = local
+        extra["UPSTREAM_HOST"] = local  # the app, as an inbound sidecar's upstream
+    return extra
+
+
+def _address(pair: Any) -> str | None:
+    return f"{pair[0]}:{pair[1]}" if pair else None
 
 
 def _server(scope: Scope) -> str:
@@ -163,6 +191,13 @@ class WsgiTelemetryMiddleware:
             length = environ.get("CONTENT_LENGTH") or ""
             call.request_bytes = int(length) if length.isdigit() else 0
             call.http_version = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
+            if call.logged:
+                remote = environ.get("REMOTE_ADDR")
+                call.log_extra = log_extra(
+                    get_header,
+                    f"{remote}:{environ.get('REMOTE_PORT', 0)}" if remote else None,
+                    f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}",
+                )
         except Exception as exc:  # telemetry never breaks a request
             hook_failed(self.telemetry, exc)
         answer_peer = get_header(PEER_HEADER) is not None and self.telemetry.exchange_peers

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from proxyless_mesh.errors import MeshRequestError
+from proxyless_mesh.integrations._http_server_telemetry import log_extra
 from proxyless_mesh.telemetry import (
     LOCAL_REPLY_STATUS,
     Call,
@@ -42,6 +43,7 @@ def client_call(
         call.protocol = "grpc"
     if call.logged:
         call.request_id = request.headers.get("x-request-id") or ""
+        call.log_extra = log_extra(request.headers.get, None, None)
     return call
 
 

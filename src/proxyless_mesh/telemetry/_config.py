@@ -23,6 +23,7 @@ from opentelemetry.trace import (
     get_tracer_provider,
 )
 
+from proxyless_mesh.telemetry._istio_access_log import FORMATS
 from proxyless_mesh.telemetry._labels import UNKNOWN
 
 try:
@@ -43,7 +44,10 @@ class TelemetryConfig:
     Args:
         metrics: Istio's standard request metrics through the OTel metrics API.
         tracing: client/server spans and trace-context propagation.
-        access_log: one JSON line per request on `access_logger`.
+        access_log: one line per request on `access_logger`.
+        access_log_format: "text" (Envoy's default format, as Istio's
+            proxies write it) or "json" (Istio's JSON keys).
+        access_log_stdout: write lines to standard output instead of the logger.
         access_log_sampling: share of requests logged (0..1) when on.
         b3: also inject/extract Zipkin B3 headers beside the propagator's.
         meter_provider / tracer_provider: None means the global provider.
@@ -58,12 +62,21 @@ class TelemetryConfig:
     tracing: bool = True
     access_log: bool = False
     access_log_sampling: float = 1.0
+    access_log_format: str = "text"
+    access_log_stdout: bool = False
     b3: bool = False
     meter_provider: MeterProvider | None = None
     tracer_provider: TracerProvider | None = None
     propagator: TextMapPropagator | None = None
     access_logger: str = "proxyless_mesh.access"
     max_label_sets: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.access_log_format not in FORMATS:
+            raise ValueError(
+                f"TelemetryConfig.access_log_format: {self.access_log_format!r} "
+                f"is not one of {FORMATS}"
+            )
 
     @classmethod
     def off(cls) -> TelemetryConfig:

@@ -28,9 +28,10 @@ from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from proxyless_mesh.telemetry._access_log import AccessLog, iso_time
+from proxyless_mesh.telemetry._access_log import AccessLog
 from proxyless_mesh.telemetry._b3 import B3Propagator
 from proxyless_mesh.telemetry._config import ProviderGate, TelemetryConfig, service_labels
+from proxyless_mesh.telemetry._istio_access_log import operators
 from proxyless_mesh.telemetry._labels import (
     GRPC_PEER_HEADER,
     NO_PEER,
@@ -112,7 +113,11 @@ class Telemetry:
         #: Whether those providers record yet (the no-SDK fast path).
         self.gate = ProviderGate(self.tracer, meter_provider)
         self._b3 = B3Propagator() if config.b3 else None
-        self.access = AccessLog(config.access_logger) if config.access_log else None
+        self.access = (
+            AccessLog(config.access_logger, config.access_log_format, config.access_log_stdout)
+            if config.access_log
+            else None
+        )
         #: Send/answer PEER_HEADER: only the peer-labelled signals need it.
         self.exchange_peers = self.metrics is not None or self.access is not None
         self._sampling = config.access_log_sampling
@@ -258,6 +263,7 @@ class Call:
         "done",
         "grpc_status",
         "http_version",
+        "log_extra",
         "logged",
         "measured",
         "method",
@@ -320,6 +326,9 @@ class Call:
         self.response_bytes = 0
         self.request_id = ""
         self.http_version = ""
+        #: Access-log operator values only an integration knows (user agent,
+        #: socket addresses), set when `logged`.
+        self.log_extra: dict[str, str] | None = None
         self.done = False
 
     @property
@@ -360,11 +369,7 @@ class Call:
             return
         try:
             if not self.telemetry.gate.tracing():
-                # The no-op tracer would hand back the current span: keep it
-                # only where it is read (the access line's trace_id).
-                self._quiet = True
-                if self.logged:
-                    self.span = trace.get_current_span()
+                self._quiet = True  # the no-op tracer would hand back the current span
                 return
             span = tracer.start_span(
                 self._span_name(), kind=SpanKind.CLIENT, start_time=self.start_ns
@@ -390,8 +395,6 @@ class Call:
             if not telemetry.gate.tracing():
                 # The no-op tracer's span is the caller's: run in its context.
                 self._quiet = True
-                if self.logged:
-                    self.span = trace.get_current_span(parent)
                 return parent
             name = self._span_name() if self.protocol == "grpc" else self.method
             span = telemetry.tracer.start_span(
@@ -519,7 +522,7 @@ class Call:
                     self._labels(flag_text), duration_ms, self.request_bytes, self.response_bytes
                 )
             if self.logged and telemetry.access is not None:
-                telemetry.access.write(self._access_record(flag_text, duration_ms))
+                telemetry.access.write(operators(self, flag_text, duration_ms))
         except Exception as exc:  # telemetry never breaks a request
             _contained(telemetry, exc)
 
@@ -553,45 +556,6 @@ class Call:
         )
         grpc = "" if self.grpc_status is None else str(self.grpc_status)
         return (*prefix, self.protocol, str(self.status), grpc, flag_text)
-
-    def _access_record(self, flag_text: str, duration_ms: float) -> dict[str, Any]:
-        me = self.telemetry.workload
-        peer = self.peer_workload
-        peer_name, peer_namespace = peer.name, peer.namespace
-        span = self.span
-        trace_id = ""
-        if span is not None and span.get_span_context().is_valid:
-            trace_id = f"{span.get_span_context().trace_id:032x}"
-        mine = me.principal if self.secure else UNKNOWN
-        source = f"{me.namespace}/{me.name}"
-        destination = f"{peer_namespace}/{peer_name}"
-        if self.reporter == "destination":
-            source, destination = destination, source
-        return {
-            "start_time": iso_time(self.start_ns),
-            "reporter": self.reporter,
-            "method": self.method,
-            "authority": self.authority,
-            "path": self.path,
-            "protocol": self.http_version or ("HTTP/2" if self.protocol == "grpc" else "HTTP/1.1"),
-            "response_code": self.status,
-            "grpc_status": self.grpc_status,
-            "response_flags": flag_text,
-            "bytes_received": self.request_bytes,
-            "bytes_sent": self.response_bytes,
-            "duration_ms": round(duration_ms, 3),
-            "upstream_host": self.upstream_host or None,
-            "upstream_cluster": self.cluster or None,
-            "route_name": self.route_name or None,
-            "attempts": self.attempts,
-            "x_request_id": self.request_id or None,
-            "trace_id": trace_id or None,
-            "source_workload": source,
-            "source_principal": mine if self.reporter == "source" else self.peer_principal,
-            "destination_workload": destination,
-            "destination_principal": self.peer_principal if self.reporter == "source" else mine,
-            "connection_security_policy": _SECURE if self.secure else "none",
-        }
 
 
 def _request_id() -> str:
