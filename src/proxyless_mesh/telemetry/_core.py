@@ -32,6 +32,7 @@ from proxyless_mesh.telemetry._access_log import AccessLog
 from proxyless_mesh.telemetry._b3 import B3Propagator
 from proxyless_mesh.telemetry._config import ProviderGate, TelemetryConfig, service_labels
 from proxyless_mesh.telemetry._istio_access_log import operators
+from proxyless_mesh.telemetry._istio_tags import end_tags, span_name, start_tags, workload_tags
 from proxyless_mesh.telemetry._labels import (
     GRPC_PEER_HEADER,
     NO_PEER,
@@ -126,6 +127,8 @@ class Telemetry:
         #: The Istio exchange headers this workload sends and answers with.
         self.peer_headers = self.workload.peer_headers
         self.grpc_peer_headers = grpc_headers(self.peer_headers)
+        #: Istio's per-proxy span tags (component, node_id, istio.*), once.
+        self.span_tags = workload_tags(self.workload)
         self._prefixes: dict[tuple[str, Peer, str, bool, str], tuple[str, ...]] = {}
         self._quiet = QuietCall(self)
 
@@ -342,11 +345,9 @@ class Call:
     # -- spans ------------------------------------------------------------------
 
     def _span_name(self) -> str:
-        if self.protocol == "grpc":
-            return self.path.lstrip("/")
-        return f"{self.method} {self.telemetry.host_labels(self.authority)[0]}"
+        return span_name(self.authority)
 
-    def _base_attributes(self) -> dict[str, Any]:
+    def _base_attributes(self, scheme: str = "http") -> dict[str, Any]:
         host, _, port = self.authority.rpartition(":")
         if self.protocol == "grpc":
             service, _, method = self.path.lstrip("/").partition("/")
@@ -360,6 +361,7 @@ class Call:
         attributes["server.address"] = host or self.authority
         if port.isdigit():
             attributes["server.port"] = int(port)
+        attributes.update(start_tags(self, scheme))
         return attributes
 
     def start_client_span(self) -> None:
@@ -396,12 +398,11 @@ class Call:
                 # The no-op tracer's span is the caller's: run in its context.
                 self._quiet = True
                 return parent
-            name = self._span_name() if self.protocol == "grpc" else self.method
             span = telemetry.tracer.start_span(
-                name, context=parent, kind=SpanKind.SERVER, start_time=self.start_ns
+                self._span_name(), context=parent, kind=SpanKind.SERVER, start_time=self.start_ns
             )
             if span.is_recording():
-                attributes = self._base_attributes()
+                attributes = self._base_attributes(scheme)
                 attributes["url.scheme"] = scheme
                 span.set_attributes(attributes)
             self.span = span
@@ -540,6 +541,7 @@ class Call:
             if self.grpc_status is not None:
                 attributes["rpc.grpc.status_code"] = self.grpc_status
             failed = error is not None or self.status >= 500 or bool(self.grpc_status)
+            attributes.update(end_tags(self, flag_text, failed))
             if failed:
                 attributes["error.type"] = error or str(self.grpc_status or self.status)
                 span.set_status(Status(StatusCode.ERROR, error))

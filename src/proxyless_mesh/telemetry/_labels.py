@@ -116,6 +116,7 @@ class Workload:
     cluster: str = DEFAULT_CLUSTER
     node_id: str = ""
     mesh_id: str = "cluster.local"
+    zone: str = ""
 
     @property
     def peer(self) -> Peer:
@@ -178,6 +179,7 @@ class Workload:
             _str(meta.get("CLUSTER_ID")) or DEFAULT_CLUSTER,
             bootstrap.node_id,
             _str(meta.get("MESH_ID")) or trust,
+            bootstrap.locality.zone,
         )
 
 
