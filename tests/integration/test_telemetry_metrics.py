@@ -359,6 +359,10 @@ def check_grpc(client_reader: InMemoryMetricReader, server: GrpcServer) -> None:
     assert summary(server.reader, *KEYS) == GRPC_DESTINATION
     workloads = summary(server.reader, "source_workload", "destination_workload")
     assert workloads == {("frontend", "greeter-v1"): 5}
+    # The source learned the server from its exchange answer (in the trailers),
+    # for calls that reached it; the NR refusal names no destination workload.
+    seen = summary(client_reader, "destination_workload", "grpc_response_status")
+    assert seen == {("greeter-v1", "0"): 3, ("greeter-v1", "13"): 2, ("unknown", "14"): 1}
 
 
 def test_grpc_sync_exact_counts(lab: LocalMesh, grpc_server: GrpcServer) -> None:

@@ -15,11 +15,18 @@ from proxyless_mesh.telemetry._b3 import B3Propagator
 from proxyless_mesh.telemetry._config import TelemetryConfig
 from proxyless_mesh.telemetry._core import LOCAL_REPLY_STATUS, Call, QuietCall, Telemetry
 from proxyless_mesh.telemetry._core import _contained as hook_failed
-from proxyless_mesh.telemetry._labels import PEER_HEADER, PEER_ID_HEADER, Peer, Workload
+from proxyless_mesh.telemetry._labels import (
+    NO_PEER,
+    PEER_HEADER,
+    PEER_ID_HEADER,
+    Peer,
+    Workload,
+)
 from proxyless_mesh.telemetry._metrics import IdentityMetrics, metrics_meter
 
 __all__ = [
     "LOCAL_REPLY_STATUS",
+    "NO_PEER",
     "PEER_HEADER",
     "PEER_ID_HEADER",
     "B3Propagator",

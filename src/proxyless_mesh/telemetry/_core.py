@@ -485,7 +485,7 @@ class Call:
 
     def peer_from_response(self, get_header: GetHeader) -> None:
         try:
-            peer = parse_peer(get_header(PEER_HEADER))
+            peer = parse_peer(get_header(PEER_HEADER) or get_header(GRPC_PEER_HEADER))
             if peer is not None:
                 self.peer_workload = peer
         except Exception as exc:  # telemetry never breaks a request
