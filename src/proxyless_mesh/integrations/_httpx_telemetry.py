@@ -41,6 +41,7 @@ def client_call(
         call.request_bytes = int(length) if length is not None and length.isdigit() else 0
     if "grpc" in request.headers.get("content-type", ""):
         call.protocol = "grpc"
+    call.request_header = request.headers.get
     if call.logged:
         call.request_id = request.headers.get("x-request-id") or ""
         call.log_extra = log_extra(request.headers.get, None, None)

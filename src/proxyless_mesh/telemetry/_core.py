@@ -45,6 +45,7 @@ from proxyless_mesh.telemetry._labels import (
     parse_peer,
 )
 from proxyless_mesh.telemetry._metrics import IstioMetrics
+from proxyless_mesh.telemetry._policy import NO_POLICY, TelemetryPolicy
 
 if TYPE_CHECKING:
     from opentelemetry.propagators.textmap import TextMapPropagator
@@ -131,6 +132,37 @@ class Telemetry:
         self.span_tags = workload_tags(self.workload)
         self._prefixes: dict[tuple[str, Peer, str, bool, str], tuple[str, ...]] = {}
         self._quiet = QuietCall(self)
+        #: The Telemetry API's policy for this workload (from the control
+        #: plane, see `apply_policy`); replaced whole, read per call.
+        self.policy = NO_POLICY
+
+    def apply_policy(self, policy: TelemetryPolicy) -> None:
+        """Follow a Telemetry API policy from now on (next calls). It may turn
+        access logs on, but not a Telemetry the application turned off."""
+        if (
+            self.access is None
+            and self.enabled
+            and (policy.source.access_log or policy.destination.access_log)
+        ):
+            config = self.config
+            self.access = AccessLog(
+                config.access_logger, config.access_log_format, config.access_log_stdout
+            )
+            self.exchange_peers = True
+        self.policy = policy
+
+    def traced(self, reporter: str, context: Context | None) -> bool:
+        """Would the policy have this call's spans made? Sampling decides new
+        traces only: a caller's propagated decision is followed."""
+        side = self.policy.side(reporter)
+        if not side.report_spans:
+            return False
+        if side.sampling is None:
+            return True
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.is_valid:
+            return bool(parent.trace_flags.sampled)
+        return self._rng.random() * 100.0 < side.sampling
 
     @classmethod
     def from_bootstrap(
@@ -188,7 +220,7 @@ class Telemetry:
         """A Call for one request, or None when every signal is off."""
         if not self.enabled:
             return None
-        logged, measured = self._signals()
+        logged, measured = self._signals(reporter)
         return Call(self, reporter, protocol, method, authority, path, logged, measured)
 
     def client_call(self, method: str, authority: str, path: str) -> Call | QuietCall | None:
@@ -197,16 +229,19 @@ class Telemetry:
         API without an SDK), which only propagates; None when all is off."""
         if not self.enabled:
             return None
-        logged, measured = self._signals()
+        logged, measured = self._signals("source")
         if not logged and not measured and (self.tracer is None or not self.gate.tracing()):
             return self._quiet
         return Call(self, "source", "http", method, authority, path, logged, measured)
 
-    def _signals(self) -> tuple[bool, bool]:
+    def _signals(self, reporter: str) -> tuple[bool, bool]:
         """(access line, metrics) for one call. Decided once per call, as the
         span is: a provider set mid-request starts with the next one."""
-        logged = self.access is not None and (
-            self._sampling >= 1.0 or self._rng.random() < self._sampling
+        wanted = self.policy.side(reporter).access_log
+        logged = (
+            self.access is not None
+            and (self.config.access_log if wanted is None else wanted)
+            and (self._sampling >= 1.0 or self._rng.random() < self._sampling)
         )
         istio = self.metrics
         return logged, istio is not None and istio.wanted(self.gate.metrics())
@@ -276,6 +311,7 @@ class Call:
         "protocol",
         "reporter",
         "request_bytes",
+        "request_header",
         "request_id",
         "response_bytes",
         "route_name",
@@ -332,6 +368,8 @@ class Call:
         #: Access-log operator values only an integration knows (user agent,
         #: socket addresses), set when `logged`.
         self.log_extra: dict[str, str] | None = None
+        #: The request's headers, for the Telemetry API's header custom tags.
+        self.request_header: GetHeader | None = None
         self.done = False
 
     @property
@@ -362,6 +400,9 @@ class Call:
         if port.isdigit():
             attributes["server.port"] = int(port)
         attributes.update(start_tags(self, scheme))
+        side = self.telemetry.policy.side(self.reporter)
+        if side.tags:
+            attributes.update(side.span_tags(self.request_header))
         return attributes
 
     def start_client_span(self) -> None:
@@ -370,7 +411,7 @@ class Call:
         if tracer is None or self.span is not None or self._quiet:
             return
         try:
-            if not self.telemetry.gate.tracing():
+            if not self.telemetry.gate.tracing() or not self.telemetry.traced("source", None):
                 self._quiet = True  # the no-op tracer would hand back the current span
                 return
             span = tracer.start_span(
@@ -393,8 +434,9 @@ class Call:
             self.request_id = get_header("x-request-id") or ""
             if telemetry.tracer is None:
                 return None
+            self.request_header = get_header
             parent = telemetry.extract(get_header)
-            if not telemetry.gate.tracing():
+            if not telemetry.gate.tracing() or not telemetry.traced(self.reporter, parent):
                 # The no-op tracer's span is the caller's: run in its context.
                 self._quiet = True
                 return parent
@@ -518,12 +560,20 @@ class Call:
             if span is not None:
                 self._end_span(span, flag_text, error)
             istio = telemetry.metrics
+            side = telemetry.policy.side(self.reporter)
             if istio is not None and self.measured:
                 istio.record(
-                    self._labels(flag_text), duration_ms, self.request_bytes, self.response_bytes
+                    self._labels(flag_text),
+                    duration_ms,
+                    self.request_bytes,
+                    self.response_bytes,
+                    side,
                 )
-            if self.logged and telemetry.access is not None:
-                telemetry.access.write(operators(self, flag_text, duration_ms))
+            access = telemetry.access if self.logged else None
+            if access is not None and (
+                side.log_filter is None or side.log_filter(status, duration_ms)
+            ):
+                access.write(operators(self, flag_text, duration_ms))
         except Exception as exc:  # telemetry never breaks a request
             _contained(telemetry, exc)
 

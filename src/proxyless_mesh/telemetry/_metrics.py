@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import Meter
 
     from proxyless_mesh.telemetry._config import TelemetryConfig
+    from proxyless_mesh.telemetry._policy import SidePolicy
 
 #: Istio's standard labels, in the order the label tuples carry them.
 LABELS = (
@@ -103,6 +104,11 @@ class IstioMetrics:
             unit="1",
             description="The proxy's build: component and tag (the library version)",
         )
+        self._histograms = {
+            "istio_request_duration_milliseconds": self.duration,
+            "istio_request_bytes": self.request_bytes,
+            "istio_response_bytes": self.response_bytes,
+        }
         self._sets: dict[LabelValues, dict[str, str]] = {}
         self._max = max_label_sets
         self._made = self._instruments()
@@ -136,13 +142,45 @@ class IstioMetrics:
         return prepared
 
     def record(
-        self, values: LabelValues, duration_ms: float, request_bytes: int, response_bytes: int
+        self,
+        values: LabelValues,
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+        policy: SidePolicy | None = None,
     ) -> None:
         attributes = self.attributes(values)
+        if policy is not None and (policy.disabled_metrics or policy.tag_overrides):
+            self._record_with(policy, attributes, duration_ms, request_bytes, response_bytes)
+            return
         self.requests.add(1, attributes)
         self.duration.record(duration_ms, attributes)
         self.request_bytes.record(request_bytes, attributes)
         self.response_bytes.record(response_bytes, attributes)
+
+    def _record_with(
+        self,
+        policy: SidePolicy,
+        attributes: dict[str, str],
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
+        """The Telemetry API's metric overrides: disabled metrics, tags
+        removed or set (the rewritten label dicts are cached by the policy)."""
+        for name, value in (
+            ("istio_requests_total", 1),
+            ("istio_request_duration_milliseconds", duration_ms),
+            ("istio_request_bytes", request_bytes),
+            ("istio_response_bytes", response_bytes),
+        ):
+            if name in policy.disabled_metrics:
+                continue
+            labels = policy.labels(name, attributes) if policy.tag_overrides else attributes
+            if name == "istio_requests_total":
+                self.requests.add(1, labels)
+            else:
+                self._histograms[name].record(value, labels)
 
 
 def _build_observation(options: CallbackOptions) -> Iterable[Observation]:
