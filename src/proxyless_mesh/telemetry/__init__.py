@@ -23,10 +23,18 @@ from proxyless_mesh.telemetry._labels import (
     Workload,
 )
 from proxyless_mesh.telemetry._metrics import IdentityMetrics, metrics_meter
+from proxyless_mesh.telemetry._policy import (
+    NO_POLICY,
+    TelemetryPolicy,
+    TelemetrySpecError,
+    check_spec,
+    policy_from_specs,
+)
 
 __all__ = [
     "LOCAL_REPLY_STATUS",
     "NO_PEER",
+    "NO_POLICY",
     "PEER_HEADER",
     "PEER_ID_HEADER",
     "B3Propagator",
@@ -36,7 +44,11 @@ __all__ = [
     "QuietCall",
     "Telemetry",
     "TelemetryConfig",
+    "TelemetryPolicy",
+    "TelemetrySpecError",
     "Workload",
+    "check_spec",
     "hook_failed",
     "metrics_meter",
+    "policy_from_specs",
 ]
