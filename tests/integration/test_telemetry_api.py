@@ -5,8 +5,10 @@ editing it changes that again, without a restart (issue 23)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -97,3 +99,45 @@ def test_telemetry_resource_reaches_and_changes_the_client(
         lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
         assert len(lines) == 1 and '"GET /ok HTTP/1.1" 200' in lines[0]
         assert "istio_request_bytes" in metric_names(reader)
+
+
+def test_peer_metadata_never_leaves_the_mesh(
+    lab: LocalMesh,
+    http_server: HttpServer,  # noqa: F811
+) -> None:
+    """A host outside the mesh (ALLOW_ANY passthrough) sees no exchange
+    headers; a meshed call carries them and gets the server's answer."""
+    seen: list[dict[str, str]] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    outside = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=outside.serve_forever, daemon=True)
+    thread.start()
+    http_config(lab, http_server.port)
+    reader = InMemoryMetricReader()
+    config = TelemetryConfig(meter_provider=MeterProvider(metric_readers=[reader]))
+    try:
+        with (
+            Mesh.from_bootstrap(lab.bootstrap("frontend"), telemetry=config) as mesh,
+            httpx.Client(transport=mesh.httpx_transport(), timeout=10) as client,
+        ):
+            direct = client.get(f"http://127.0.0.1:{outside.server_address[1]}/x")
+            assert direct.status_code == 200
+            meshed = client.get(f"http://{HOST}:8080/ok")
+            assert meshed.status_code == 200
+    finally:
+        outside.shutdown()
+        thread.join(10)
+        outside.server_close()
+    (headers,) = seen
+    assert not [name for name in headers if "peer-metadata" in name], headers
+    assert "x-envoy-peer-metadata" in meshed.headers  # the meshed server answered
