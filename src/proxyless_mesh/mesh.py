@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import os
 import random
@@ -82,7 +83,14 @@ from proxyless_mesh.security import (
     MeshHealth,
 )
 from proxyless_mesh.snapshot import build_snapshot
-from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, metrics_meter
+from proxyless_mesh.telemetry import (
+    NO_POLICY,
+    Telemetry,
+    TelemetryConfig,
+    TelemetrySpecError,
+    metrics_meter,
+    policy_from_specs,
+)
 from proxyless_mesh.xds_client import XdsClient, XdsState, config_cache_path
 
 log = logging.getLogger("proxyless_mesh")
@@ -152,6 +160,7 @@ class Mesh:
         self.resolve_timeout = resolve_timeout
         self.outbound_policy = outbound_policy
         self.telemetry = Telemetry.from_bootstrap(bootstrap, telemetry)
+        self._telemetry_specs: str | None = None  # as the listeners last carried them
         self._preload = tuple(preload)
         # register=: join on start (proxyless_mesh.registration); leave, draining, first on
         # close. None: as the bootstrap's WORKLOAD_GROUP metadata says (if any); (): never.
@@ -515,6 +524,15 @@ class Mesh:
         """Called by the xDS client on its loop after each applied response.
         Building happens off the request path; the swap is one assignment."""
         self.snapshot = build_snapshot(state, self.snapshot)
+        specs = _telemetry_specs(state)
+        if specs != self._telemetry_specs:
+            self._telemetry_specs = specs
+            try:
+                policy = policy_from_specs(json.loads(specs)) if specs else NO_POLICY
+            except (TelemetrySpecError, ValueError) as exc:
+                log.error("Telemetry from the control plane not applied: %s", exc)
+            else:
+                self.telemetry.apply_policy(policy)
 
     async def _start(self) -> None:
         """The xDS stream connects in the background while the identity is
@@ -719,3 +737,15 @@ def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
+
+
+def _telemetry_specs(state: XdsState) -> str | None:
+    """The Telemetry specs the control plane put on this workload's listeners
+    (node-scoped: any listener's are every listener's)."""
+    for listener in state.listeners.values():
+        if listener.telemetry is not None:
+            return listener.telemetry
+    for inbound in state.inbound.values():
+        if inbound.telemetry is not None:
+            return inbound.telemetry
+    return None

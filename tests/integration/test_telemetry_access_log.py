@@ -1,10 +1,13 @@
-"""Access log lines carry Envoy's response flags (issue 8 acceptance).
+"""Access log lines carry Envoy's response flags (issue 8 acceptance) in
+Istio's formats (issue 23).
 
 A real control plane routes the async mesh client to an ASGI server in this
-process; access logging is on for the client (source) and the server
-(destination). Each outcome - success, a retried success, exhausted retries,
-route timeout (UT), overflow (UO), no route (NR) - must give one JSON line
-with the right flags and fields.
+process; access logging is on for the client (source, Istio's default text
+format) and the server (destination, Istio's JSON keys). Each outcome -
+success, a retried success, exhausted retries, route timeout (UT), overflow
+(UO), no route (NR) - must give one line with the right flags and fields.
+The text lines are read by a parser built from Envoy's default format
+string as Istio documents it (written out here, not taken from the library).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -33,6 +37,49 @@ from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, Workload
 HOST = "logged.default.mesh"
 URL = f"http://{HOST}:8080"
 LOGGER = "proxyless_mesh.access"
+SERVER_LOGGER = "proxyless_mesh.access.server"
+#: Envoy's default access log format, which Istio's proxies use (Istio docs,
+#: "Envoy Access Logs"; Envoy docs, "Default format string").
+ISTIO_TEXT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% "
+    '%CONNECTION_TERMINATION_DETAILS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" '
+    "%BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "
+    '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" '
+    '"%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% '
+    "%DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% "
+    "%ROUTE_NAME%"
+)
+#: Istio's JSON access log keys (accessLogEncoding: JSON).
+ISTIO_JSON_KEYS = {
+    "start_time", "route_name", "method", "path", "protocol", "response_code",
+    "response_flags", "response_code_details", "connection_termination_details",
+    "bytes_received", "bytes_sent", "duration", "upstream_service_time", "x_forwarded_for",
+    "user_agent", "request_id", "authority", "upstream_host", "upstream_cluster",
+    "upstream_local_address", "downstream_local_address", "downstream_remote_address",
+    "requested_server_name", "upstream_transport_failure_reason",
+}  # fmt: skip
+
+
+def format_parser(fmt: str) -> Any:
+    """A line parser derived from an Envoy format string: each %OPERATOR%
+    is a field running to the next quote, bracket or space (what follows
+    it in the format), literal text must match exactly."""
+    pattern, names, pos = "", [], 0
+    for match in re.finditer(r"%([A-Z_]+(?:\([^)]*\))?)%", fmt):
+        pattern += re.escape(fmt[pos : match.start()])
+        after = fmt[match.end() : match.end() + 1]
+        pattern += {'"': '([^"]*)', "]": r"([^\]]*)"}.get(after, r"(\S+)")
+        names.append(match.group(1))
+        pos = match.end()
+    compiled = re.compile("^" + pattern + re.escape(fmt[pos:]) + "$")
+
+    def parse(line: str) -> dict[str, str]:
+        found = compiled.match(line)
+        assert found is not None, f"not Istio's format: {line!r}"
+        return dict(zip(names, found.groups(), strict=True))
+
+    return parse
 
 
 class App:
@@ -76,7 +123,13 @@ class App:
 @pytest.fixture
 def server() -> Iterator[tuple[int, App]]:
     app = App()
-    config = TelemetryConfig(access_log=True, metrics=False, tracing=False)
+    config = TelemetryConfig(
+        access_log=True,
+        metrics=False,
+        tracing=False,
+        access_log_format="json",
+        access_logger=SERVER_LOGGER,
+    )
     wrapped = TelemetryMiddleware(
         app, telemetry=Telemetry(config, Workload("logged-v1", "default")), service=HOST
     )
@@ -178,41 +231,48 @@ async def test_access_log_flags(
             await client.get(f"{URL}/slow")
         app.release.set()
         await asyncio.gather(*slow)
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == LOGGER]
-    client_lines = [line for line in lines if line["reporter"] == "source"]
+    parse = format_parser(ISTIO_TEXT_FORMAT)
+    client_lines = [parse(r.getMessage()) for r in caplog.records if r.name == LOGGER]
     got = [
-        (line["path"], line["response_code"], line["response_flags"], line["attempts"])
+        (line["REQ(X-ENVOY-ORIGINAL-PATH?:PATH)"], line["RESPONSE_CODE"], line["RESPONSE_FLAGS"])
         for line in client_lines
     ]
     assert got == [
-        ("/ok", 200, "-", 1),
-        ("/flaky", 200, "-", 2),
-        ("/down", 503, "URX", 3),
-        ("/hang", 504, "UT", 1),
-        ("/nope", 404, "NR", 0),
-        ("/slow", 503, "UO", 0),
-        ("/slow", 200, "-", 1),
-        ("/slow", 200, "-", 1),
+        ("/ok", "200", "-"),
+        ("/flaky", "200", "-"),
+        ("/down", "503", "URX"),
+        ("/hang", "504", "UT"),
+        ("/nope", "404", "NR"),
+        ("/slow", "503", "UO"),
+        ("/slow", "200", "-"),
+        ("/slow", "200", "-"),
     ], got
     ok = client_lines[0]
-    assert ok["x_request_id"] == "req-ok"
-    assert ok["method"] == "GET" and ok["authority"] == f"{HOST}:8080"
-    assert ok["upstream_host"] == f"127.0.0.1:{port}"
-    assert ok["upstream_cluster"] == f"outbound|8080||{HOST}"
-    assert ok["route_name"] == "default/logged/ok"
-    assert ok["bytes_sent"] == len(b"logged") and ok["protocol"] == "HTTP/1.1"
-    assert ok["trace_id"] and len(ok["trace_id"]) == 32
-    assert ok["source_workload"] == "default/caller"
-    assert ok["destination_workload"] == "default/logged-v1"
-    assert ok["start_time"].endswith("Z") and ok["duration_ms"] >= 0
-    # The server logged each try that reached it, with the caller's request id.
-    server_lines = [line for line in lines if line["reporter"] == "destination"]
+    assert ok["REQ(X-REQUEST-ID)"] == "req-ok"
+    assert ok["REQ(:METHOD)"] == "GET" and ok["REQ(:AUTHORITY)"] == f"{HOST}:8080"
+    assert ok["UPSTREAM_HOST"] == f"127.0.0.1:{port}"
+    assert ok["UPSTREAM_CLUSTER"] == f"outbound|8080||{HOST}"
+    assert ok["ROUTE_NAME"] == "default/logged/ok"
+    assert ok["BYTES_SENT"] == str(len(b"logged")) and ok["PROTOCOL"] == "HTTP/1.1"
+    assert ok["REQ(USER-AGENT)"].startswith("python-httpx/")
+    assert ok["RESPONSE_CODE_DETAILS"] == "via_upstream"
+    assert ok["START_TIME"].endswith("Z") and ok["DURATION"].isdigit()
+    assert client_lines[4]["RESPONSE_CODE_DETAILS"] == "route_not_found"
+    assert client_lines[4]["UPSTREAM_HOST"] == "-"  # unset, as Envoy writes it
+    # The server logged each try that reached it, with the caller's request id,
+    # in Istio's JSON keys.
+    server_lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == SERVER_LOGGER]
+    assert all(set(line) == ISTIO_JSON_KEYS for line in server_lines)
     flaky = [
         (line["path"], line["response_code"]) for line in server_lines if line["path"] == "/flaky"
     ]
     assert flaky == [("/flaky", 503), ("/flaky", 200)]
-    assert server_lines[0]["x_request_id"] == "req-ok"
-    assert server_lines[0]["source_workload"] == "default/caller"
+    first = server_lines[0]
+    assert first["request_id"] == "req-ok"
+    assert first["user_agent"].startswith("python-httpx/")
+    assert first["downstream_remote_address"].startswith("127.0.0.1:")
+    assert first["downstream_local_address"] == f"127.0.0.1:{port}"
+    assert first["upstream_service_time"] is None  # unset: null, as Envoy writes it
 
 
 def test_access_log_is_off_by_default_and_sampled() -> None:

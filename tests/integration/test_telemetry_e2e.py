@@ -236,7 +236,17 @@ def test_a_trace_spans_frontend_and_backend_with_one_span_per_attempt(lab: Local
 
     ok = tree(ok_trace)
     assert ok["call"]["kind"] == "CLIENT"
-    assert ok["call"]["name"] == f"GET {BACKEND_HOST}"
+    assert ok["call"]["name"] == f"{BACKEND_HOST}:8080/*"  # as Envoy names it
+    # Istio's tags, beside the OpenTelemetry attributes:
+    tags = ok["call"]["attributes"]
+    assert tags["component"] == "proxy" and tags["istio.namespace"] == "default"
+    assert tags["http.method"] == "GET" and tags["http.status_code"] == "200"
+    assert tags["http.url"] == f"http://{BACKEND_HOST}:8080/ok"
+    assert tags["upstream_cluster"] == f"outbound|8080||{BACKEND_HOST}"
+    assert tags["response_flags"] == "-" and tags["peer.address"].startswith("127.0.0.1:")
+    assert tags["istio.canonical_service"] and tags["istio.mesh_id"] == "cluster.local"
+    assert ok["backends"][0]["name"] == f"{BACKEND_HOST}:8080/*"
+    assert ok["backends"][0]["attributes"]["node_id"] == "backend"
     assert ok["call"]["attributes"]["mesh.upstream_cluster"]
     assert ok["call"]["attributes"]["mesh.response_flags"] == "-"
     assert ok["call"]["attributes"]["http.response.status_code"] == 200

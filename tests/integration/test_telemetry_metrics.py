@@ -191,19 +191,31 @@ def check_http(client_reader: InMemoryMetricReader, server: HttpServer) -> None:
         "destination_service": HOST,
         "destination_service_name": "echo",
         "destination_service_namespace": "default",
-        "destination_workload": "echo-v1",  # learned from the server's peer header
+        "source_app": "unknown",
+        "source_version": "unknown",
+        "source_cluster": "Kubernetes",
+        "source_canonical_service": "frontend",
+        "source_canonical_revision": "latest",
+        # learned from the server's x-envoy-peer-metadata answer:
+        "destination_workload": "echo-v1",
+        "destination_workload_namespace": "default",
         "destination_principal": "unknown",
+        "destination_app": "unknown",
+        "destination_version": "unknown",
+        "destination_cluster": "Kubernetes",
+        "destination_canonical_service": "echo-v1",
+        "destination_canonical_revision": "latest",
         "request_protocol": "http",
         "response_code": "200",
         "grpc_response_status": "",
         "response_flags": "-",
-        "connection_security_policy": "none",
+        "connection_security_policy": "unknown",  # Istio: the destination decides
     }
     assert requests_total(client_reader)[frozenset(ok_client.items())] == 5
     ok_server = {
         **ok_client,
         "reporter": "destination",
-        "source_workload": "frontend",  # learned from the client's peer header
+        "connection_security_policy": "none",
     }
     assert requests_total(server.reader)[frozenset(ok_server.items())] == 5
 
@@ -347,6 +359,10 @@ def check_grpc(client_reader: InMemoryMetricReader, server: GrpcServer) -> None:
     assert summary(server.reader, *KEYS) == GRPC_DESTINATION
     workloads = summary(server.reader, "source_workload", "destination_workload")
     assert workloads == {("frontend", "greeter-v1"): 5}
+    # The source learned the server from its exchange answer (in the trailers),
+    # for calls that reached it; the NR refusal names no destination workload.
+    seen = summary(client_reader, "destination_workload", "grpc_response_status")
+    assert seen == {("greeter-v1", "0"): 3, ("greeter-v1", "13"): 2, ("unknown", "14"): 1}
 
 
 def test_grpc_sync_exact_counts(lab: LocalMesh, grpc_server: GrpcServer) -> None:

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from proxyless_mesh.bootstrap import Bootstrap, XdsServer
 from proxyless_mesh.telemetry import B3Propagator, Telemetry, TelemetryConfig, Workload
-from proxyless_mesh.telemetry._config import parse_peer, service_labels
+from proxyless_mesh.telemetry._config import service_labels
 
 
 def tracing() -> tuple[InMemorySpanExporter, TracerProvider]:
@@ -48,8 +48,11 @@ def test_workload_from_bootstrap_metadata() -> None:
         node_metadata={"NAMESPACE": "shop", "SERVICE_ACCOUNT": "reviews-sa"},
         proxyless_mesh={"trust_domain": "example.org"},
     )
-    assert Workload.from_bootstrap(bootstrap) == Workload(
-        "reviews", "shop", "spiffe://example.org/ns/shop/sa/reviews-sa"
+    workload = Workload.from_bootstrap(bootstrap)
+    assert (workload.name, workload.namespace, workload.principal) == (
+        "reviews",
+        "shop",
+        "spiffe://example.org/ns/shop/sa/reviews-sa",
     )
     named = Bootstrap(
         xds_servers=(XdsServer("127.0.0.1:1"),),
@@ -60,11 +63,7 @@ def test_workload_from_bootstrap_metadata() -> None:
     assert Workload.from_bootstrap(named).principal == "unknown"
 
 
-def test_peer_header_and_service_labels() -> None:
-    assert parse_peer("shop/reviews-v1") == ("reviews-v1", "shop")
-    assert parse_peer("shop") is None
-    assert parse_peer("shop/<script>") is None
-    assert parse_peer("a/" + "b" * 200) is None
+def test_service_labels() -> None:
     assert service_labels("reviews.shop.mesh") == ("reviews", "shop")
     assert service_labels("reviews.shop.svc.cluster.local") == ("reviews", "shop")
     assert service_labels("localhost") == ("localhost", "unknown")
@@ -91,16 +90,27 @@ def test_metrics_have_istio_names_labels_and_values() -> None:
         "source_workload": "front",
         "source_workload_namespace": "shop",
         "source_principal": "spiffe://cluster.local/ns/shop/sa/front",
+        "source_app": "unknown",
+        "source_version": "unknown",
+        "source_cluster": "Kubernetes",
+        "source_canonical_service": "front",
+        "source_canonical_revision": "latest",
         "destination_service": "reviews.shop.mesh",
         "destination_service_name": "reviews",
         "destination_service_namespace": "shop",
         "destination_workload": "unknown",
+        "destination_workload_namespace": "unknown",
         "destination_principal": "spiffe://cluster.local/ns/shop/sa/rev",
+        "destination_app": "unknown",
+        "destination_version": "unknown",
+        "destination_cluster": "unknown",
+        "destination_canonical_service": "unknown",
+        "destination_canonical_revision": "unknown",
         "request_protocol": "http",
         "response_code": "503",
         "grpc_response_status": "",
         "response_flags": "UF,URX",
-        "connection_security_policy": "mutual_tls",
+        "connection_security_policy": "unknown",  # Istio: the destination decides
     }
     (size,) = points(reader, "istio_response_bytes")
     assert size.sum == 300

@@ -19,7 +19,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from proxyless_mesh.telemetry import Call, QuietCall, Telemetry, TelemetryConfig
+from proxyless_mesh.telemetry import Call, QuietCall, Telemetry, TelemetryConfig, Workload
 
 TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 SPAN_ID = 0xB7AD6B7169203331
@@ -70,13 +70,14 @@ def test_quiet_call_still_propagates_the_callers_context(incoming: None, entry: 
 @pytest.mark.parametrize("entry", ["call", "client_call"])
 def test_quiet_call_without_context_sends_only_the_peer_header(entry: str) -> None:
     headers = outbound(Telemetry(TelemetryConfig(tracer_provider=NOOP, b3=True)), entry)
-    assert set(headers) == {"x-mesh-peer-workload"}
+    assert set(headers) == {"x-envoy-peer-metadata", "x-envoy-peer-metadata-id"}
 
 
 def test_tracing_off_propagates_nothing_on_either_way_in(incoming: None) -> None:
     config = TelemetryConfig(tracing=False, meter_provider=NoOpMeterProvider())
-    assert outbound(Telemetry(config), "call") == {"x-mesh-peer-workload": "unknown/unknown"}
-    assert outbound(Telemetry(config), "client_call") == {"x-mesh-peer-workload": "unknown/unknown"}
+    exchange = dict(Workload().peer_headers)  # Istio's metadata exchange, nothing else
+    assert outbound(Telemetry(config), "call") == exchange
+    assert outbound(Telemetry(config), "client_call") == exchange
 
 
 def test_client_call_is_shared_and_quiet_only_while_nothing_records() -> None:
@@ -110,7 +111,7 @@ def test_quiet_server_span_runs_the_app_in_the_callers_context() -> None:
     assert call.span is None
 
 
-def test_quiet_access_line_keeps_the_callers_trace_id(
+def test_quiet_access_line_and_the_callers_trace(
     incoming: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     telemetry = Telemetry(TelemetryConfig(tracer_provider=NOOP, access_log=True))
@@ -121,8 +122,9 @@ def test_quiet_access_line_keeps_the_callers_trace_id(
         call.routed("route", "c", False, "")
         call.attempt_start(1, "10.0.0.1", 9080, headers.__setitem__)
         call.finish(200)
-    (line,) = [json.loads(r.getMessage()) for r in caplog.records]
-    assert line["trace_id"] == f"{TRACE_ID:032x}"
+    (line,) = [r.getMessage() for r in caplog.records]
+    # Istio's line names the request by the x-request-id it sent upstream.
+    assert f'"{headers["x-request-id"]}" "reviews.shop.mesh:9080" "10.0.0.1:9080" c' in line
     assert headers["traceparent"].startswith(f"00-{TRACE_ID:032x}-")
 
 
@@ -194,12 +196,13 @@ def test_fast_path_starts_recording_once_a_real_provider_is_set() -> None:
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["before"] == [["x-mesh-peer-workload"], False]
-    assert result["after"] == [["traceparent", "x-mesh-peer-workload"], True]
+    exchange = ["x-envoy-peer-metadata", "x-envoy-peer-metadata-id"]
+    assert result["before"] == [exchange, False]
+    assert result["after"] == [["traceparent", *exchange], True]
     assert result["before_quiet"] == result["before"]
     assert result["after_quiet"] == result["after"]
     # The two requests made after the SDK was set, one per way in.
-    assert result["spans"] == ["GET reviews.shop.mesh"] * 4
+    assert result["spans"] == ["reviews.shop.mesh:9080/*"] * 4
     assert result["counted"] == [2]  # the requests before the SDK were not counted
 
 

@@ -22,6 +22,7 @@ from proxyless_mesh.integrations import (
     WsgiTelemetryMiddleware,
 )
 from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, Workload
+from proxyless_mesh.telemetry._labels import parse_peer
 
 ME = Workload("api", "shop", "spiffe://cluster.local/ns/shop/sa/api")
 
@@ -68,15 +69,16 @@ async def test_asgi_middleware_records_and_answers_the_peer_header() -> None:
             "/x",
             content=b"12345",
             headers={
-                "x-mesh-peer-workload": "web/frontend",
+                **dict(Workload("frontend", "web").peer_headers),
                 "traceparent": f"00-{'a' * 32}-{'b' * 16}-01",
             },
         )
         assert answer.status_code == 201
-        assert answer.headers["x-mesh-peer-workload"] == "shop/api"
+        answered = parse_peer(answer.headers["x-envoy-peer-metadata"])
+        assert answered is not None and (answered.name, answered.namespace) == ("api", "shop")
         assert (await client.get("/boom")).status_code == 500
         plain = await client.get("/y")  # no peer header: none answered
-        assert "x-mesh-peer-workload" not in plain.headers
+        assert "x-envoy-peer-metadata" not in plain.headers
     keys = ("reporter", "source_workload", "source_workload_namespace", "response_code")
     assert series(reader, *keys) == {
         ("destination", "frontend", "web", "201"): 1,

@@ -200,13 +200,17 @@ class _AioCallable(_Callable):
             multi, md = exchange.prepare(command)
             message = replay.aview() if replay is not None else request
             try:
-                last = await multi(message, timeout=command.timeout, metadata=md, **kw)
+                rpc = multi(message, timeout=command.timeout, metadata=md, **kw)
+                last = await rpc
             except asyncio.CancelledError:
                 exchange.ended(command, _SC.CANCELLED, None)  # the caller gave up
                 raise
             except grpc.RpcError as exc:
                 last = exc
+                telemetry_hooks.peer_from_trailers(call, exc)
                 return exchange.ended(command, exc.code(), exc.details())
+            if call is not None:
+                telemetry_hooks.peer_from_trailers(call, await rpc.trailing_metadata())
             return exchange.ended(command, _SC.OK, None)
 
         def supersede() -> None:

@@ -207,7 +207,9 @@ class _SyncCallable(_Callable):
                 )
             except grpc.RpcError as exc:
                 last = exc
+                telemetry_hooks.peer_from_trailers(call, exc)
                 return exchange.ended(command, exc.code(), exc.details())
+            telemetry_hooks.peer_from_trailers(call, done)
             last = (response, done) if how == "with_call" else response
             return exchange.ended(command, _SC.OK, None)
 

@@ -75,6 +75,19 @@ def outbound(
     return serialize, deserialize, out
 
 
+def peer_from_trailers(call: Call | None, source: Any) -> None:
+    """The server's exchange answer, from a finished call's (or an
+    RpcError's) trailing metadata, or from the metadata itself."""
+    if call is None or call.done:
+        return
+    try:
+        trailers = source.trailing_metadata() if hasattr(source, "trailing_metadata") else source
+        found = {k: v for k, v in (trailers or ()) if isinstance(v, str)}
+        call.peer_from_response(found.get)
+    except (AttributeError, TypeError, ValueError) as exc:  # telemetry never breaks a request
+        hook_failed(call.telemetry, exc)
+
+
 def _finish(call: Call, code: grpc.StatusCode | None, flag: str = "") -> None:
     status = code.value[0] if code is not None else 2
     flags = (flag,) if flag else ()
@@ -102,6 +115,7 @@ def sync_result(call: Call, kind: str, how: str, result: Any) -> Any:
 
     def done(future: Any) -> None:
         try:
+            peer_from_trailers(call, future)
             _finish(call, future.code())
         except Exception as exc:  # telemetry never breaks a request
             hook_failed(call.telemetry, exc)
@@ -117,6 +131,7 @@ def aio_result(call: Call, result: Any) -> Any:
 
     async def record(finished: Any) -> None:
         try:
+            peer_from_trailers(call, await finished.trailing_metadata())
             _finish(call, await finished.code())
         except Exception as exc:  # telemetry never breaks a request
             hook_failed(call.telemetry, exc)

@@ -24,7 +24,8 @@ from proxyless_mesh.integrations._grpc_server import (
     _rebuild,
     auth_context_peer_principal,
 )
-from proxyless_mesh.telemetry import Call, Telemetry, hook_failed
+from proxyless_mesh.integrations._http_server_telemetry import log_extra
+from proxyless_mesh.telemetry import NO_PEER, Call, Telemetry, hook_failed
 
 if TYPE_CHECKING:
     _SyncInterceptor = grpc.ServerInterceptor[Any, Any]
@@ -78,6 +79,10 @@ class _Recorder:
             if principal:
                 call.peer_principal = principal
                 call.secure = True
+            if call.logged:
+                peer = context.peer() if hasattr(context, "peer") else ""
+                remote = peer.partition(":")[2] if isinstance(peer, str) else ""
+                call.log_extra = log_extra(metadata.get, remote or None, None)
         except Exception as exc:  # telemetry never breaks a request
             hook_failed(self.telemetry, exc)
         ctx = call.start_server_span(metadata.get)
@@ -85,6 +90,7 @@ class _Recorder:
 
     @staticmethod
     def end(call: Call, context: Any, exc: BaseException | None) -> None:
+        answer_peer(call, context)
         code: Any = None
         try:
             code = context.code()
@@ -94,6 +100,20 @@ class _Recorder:
             code = grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
         status = code.value[0] if isinstance(code, grpc.StatusCode) else int(code)
         call.finish(200, grpc_status=status, error=None if status == 0 else code.name)
+
+
+def answer_peer(call: Call, context: Any) -> None:
+    """Name this workload to a meshed caller that named itself (Istio's
+    exchange), in the trailers: the response headers may already be gone
+    and belong to the application. Only to a caller that sent its own."""
+    telemetry = call.telemetry
+    if call.peer_workload is NO_PEER or not telemetry.exchange_peers:
+        return
+    try:
+        existing = tuple(context.trailing_metadata() or ())
+        context.set_trailing_metadata((*existing, *telemetry.grpc_peer_headers))
+    except (AttributeError, TypeError, ValueError, RuntimeError) as exc:  # a context double
+        hook_failed(telemetry, exc)
 
 
 class _Handler:

@@ -56,7 +56,10 @@ class TelemetryMiddleware:
         self.telemetry = telemetry
         self._service = service
         self._peer_principal = peer_principal
-        self._peer_value = telemetry.workload.peer_value.encode("latin-1")
+        self._peer_headers = [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in telemetry.peer_headers
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,6 +80,10 @@ class TelemetryMiddleware:
                 call.protocol = "grpc"
             call.http_version = f"HTTP/{scope.get('http_version', '1.1')}"
             _start(call, self._service, self._peer_principal(scope))
+            if call.logged:
+                call.log_extra = log_extra(
+                    headers.get, _address(scope.get("client")), _address(scope.get("server"))
+                )
         except Exception as exc:  # telemetry never breaks a request
             hook_failed(self.telemetry, exc)
         ctx = call.start_server_span(headers.get, scope.get("scheme", "http"))
@@ -95,10 +102,7 @@ class TelemetryMiddleware:
                 state["status"] = message.get("status", 0)
                 if answer_peer:
                     message = dict(message)
-                    message["headers"] = [
-                        *message.get("headers", ()),
-                        (PEER_HEADER.encode("latin-1"), self._peer_value),
-                    ]
+                    message["headers"] = [*message.get("headers", ()), *self._peer_headers]
             elif kind == "http.response.body":
                 call.response_bytes += len(message.get("body") or b"")
             elif kind == "http.response.trailers":
@@ -117,6 +121,30 @@ class TelemetryMiddleware:
             if token is not None:
                 otel_context.detach(token)
         call.finish(state["status"], grpc_status=state["grpc"])
+
+
+def log_extra(
+    get_header: Callable[[str], str | None], remote: str | None, local: str | None
+) -> dict[str, str]:
+    """The access-log operators only the inbound side knows."""
+    extra: dict[str, str] = {}
+    for operator, header in (
+        ("REQ(USER-AGENT)", "user-agent"),
+        ("REQ(X-FORWARDED-FOR)", "x-forwarded-for"),
+    ):
+        value = get_header(header)
+        if value:
+            extra[operator] = value
+    if remote:
+        extra["DOWNSTREAM_REMOTE_ADDRESS"] = remote
+    if local:
+        extra["DOWNSTREAM_LOCAL_ADDRESS"] = local
+        extra["UPSTREAM_HOST"] = local  # the app, as an inbound sidecar's upstream
+    return extra
+
+
+def _address(pair: Any) -> str | None:
+    return f"{pair[0]}:{pair[1]}" if pair else None
 
 
 def _server(scope: Scope) -> str:
@@ -163,10 +191,17 @@ class WsgiTelemetryMiddleware:
             length = environ.get("CONTENT_LENGTH") or ""
             call.request_bytes = int(length) if length.isdigit() else 0
             call.http_version = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
+            if call.logged:
+                remote = environ.get("REMOTE_ADDR")
+                call.log_extra = log_extra(
+                    get_header,
+                    f"{remote}:{environ.get('REMOTE_PORT', 0)}" if remote else None,
+                    f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}",
+                )
         except Exception as exc:  # telemetry never breaks a request
             hook_failed(self.telemetry, exc)
         answer_peer = get_header(PEER_HEADER) is not None and self.telemetry.exchange_peers
-        peer_value = self.telemetry.workload.peer_value
+        peer_headers = self.telemetry.peer_headers
         ctx = call.start_server_span(get_header, environ.get("wsgi.url_scheme", "http"))
         status = [0]
 
@@ -174,7 +209,7 @@ class WsgiTelemetryMiddleware:
             head = status_line.split(" ", 1)[0]
             status[0] = int(head) if head.isdigit() else 0
             if answer_peer:
-                headers = [*headers, (PEER_HEADER, peer_value)]
+                headers = [*headers, *peer_headers]
             return start_response(status_line, headers, *exc)
 
         token = otel_context.attach(ctx) if ctx is not None else None

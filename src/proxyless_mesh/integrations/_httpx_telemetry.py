@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from proxyless_mesh.errors import MeshRequestError
+from proxyless_mesh.integrations._http_server_telemetry import log_extra
 from proxyless_mesh.telemetry import (
     LOCAL_REPLY_STATUS,
     Call,
@@ -40,8 +41,10 @@ def client_call(
         call.request_bytes = int(length) if length is not None and length.isdigit() else 0
     if "grpc" in request.headers.get("content-type", ""):
         call.protocol = "grpc"
+    call.request_header = request.headers.get
     if call.logged:
         call.request_id = request.headers.get("x-request-id") or ""
+        call.log_extra = log_extra(request.headers.get, None, None)
     return call
 
 

@@ -333,3 +333,6 @@ class Listener:
     name: str
     rds_name: str | None = None
     inline_routes: RouteConfiguration | None = None
+    # The Telemetry API specs that apply to this workload, as JSON (node-scoped
+    # listener metadata, see xds_client/_decode.telemetry_metadata).
+    telemetry: str | None = None

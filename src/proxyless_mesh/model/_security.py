@@ -64,3 +64,5 @@ class InboundListener:
     # Istio's pathNormalization applied before authorization: BASE,
     # MERGE_SLASHES or DECODE_AND_MERGE_SLASHES.
     path_normalization: str = "BASE"
+    # The Telemetry API specs that apply to this workload, as JSON.
+    telemetry: str | None = None

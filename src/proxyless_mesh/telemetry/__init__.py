@@ -12,21 +12,43 @@ and WSGI, and call `hook_failed` when a telemetry hook raises.
 """
 
 from proxyless_mesh.telemetry._b3 import B3Propagator
-from proxyless_mesh.telemetry._config import PEER_HEADER, TelemetryConfig, Workload
+from proxyless_mesh.telemetry._config import TelemetryConfig
 from proxyless_mesh.telemetry._core import LOCAL_REPLY_STATUS, Call, QuietCall, Telemetry
 from proxyless_mesh.telemetry._core import _contained as hook_failed
+from proxyless_mesh.telemetry._labels import (
+    NO_PEER,
+    PEER_HEADER,
+    PEER_ID_HEADER,
+    Peer,
+    Workload,
+)
 from proxyless_mesh.telemetry._metrics import IdentityMetrics, metrics_meter
+from proxyless_mesh.telemetry._policy import (
+    NO_POLICY,
+    TelemetryPolicy,
+    TelemetrySpecError,
+    check_spec,
+    policy_from_specs,
+)
 
 __all__ = [
     "LOCAL_REPLY_STATUS",
+    "NO_PEER",
+    "NO_POLICY",
     "PEER_HEADER",
+    "PEER_ID_HEADER",
     "B3Propagator",
     "Call",
     "IdentityMetrics",
+    "Peer",
     "QuietCall",
     "Telemetry",
     "TelemetryConfig",
+    "TelemetryPolicy",
+    "TelemetrySpecError",
     "Workload",
+    "check_spec",
     "hook_failed",
     "metrics_meter",
+    "policy_from_specs",
 ]

@@ -9,10 +9,8 @@ application installs an SDK; access logs cost more and are off by default.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace as _trace_api
 from opentelemetry.metrics import NoOpMeterProvider, get_meter_provider
@@ -25,6 +23,9 @@ from opentelemetry.trace import (
     get_tracer_provider,
 )
 
+from proxyless_mesh.telemetry._istio_access_log import FORMATS
+from proxyless_mesh.telemetry._labels import UNKNOWN
+
 try:
     from opentelemetry.metrics._internal import _ProxyMeterProvider as _ProxyMeters
 except ImportError:  # pragma: no cover - a future API that moved its private class
@@ -35,15 +36,6 @@ if TYPE_CHECKING:
     from opentelemetry.propagators.textmap import TextMapPropagator
     from opentelemetry.trace import Tracer, TracerProvider
 
-    from proxyless_mesh.bootstrap import Bootstrap
-
-UNKNOWN = "unknown"
-#: The header a meshed caller names its workload in, and a meshed server
-#: answers with its own (Istio's metadata exchange does the same with
-#: x-envoy-peer-metadata), so both reporters can fill the peer's labels.
-PEER_HEADER = "x-mesh-peer-workload"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
 
 @dataclass(frozen=True, slots=True)
 class TelemetryConfig:
@@ -52,7 +44,10 @@ class TelemetryConfig:
     Args:
         metrics: Istio's standard request metrics through the OTel metrics API.
         tracing: client/server spans and trace-context propagation.
-        access_log: one JSON line per request on `access_logger`.
+        access_log: one line per request on `access_logger`.
+        access_log_format: "text" (Envoy's default format, as Istio's
+            proxies write it) or "json" (Istio's JSON keys).
+        access_log_stdout: write lines to standard output instead of the logger.
         access_log_sampling: share of requests logged (0..1) when on.
         b3: also inject/extract Zipkin B3 headers beside the propagator's.
         meter_provider / tracer_provider: None means the global provider.
@@ -67,12 +62,21 @@ class TelemetryConfig:
     tracing: bool = True
     access_log: bool = False
     access_log_sampling: float = 1.0
+    access_log_format: str = "text"
+    access_log_stdout: bool = False
     b3: bool = False
     meter_provider: MeterProvider | None = None
     tracer_provider: TracerProvider | None = None
     propagator: TextMapPropagator | None = None
     access_logger: str = "proxyless_mesh.access"
     max_label_sets: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.access_log_format not in FORMATS:
+            raise ValueError(
+                f"TelemetryConfig.access_log_format: {self.access_log_format!r} "
+                f"is not one of {FORMATS}"
+            )
 
     @classmethod
     def off(cls) -> TelemetryConfig:
@@ -82,48 +86,6 @@ class TelemetryConfig:
     @property
     def enabled(self) -> bool:
         return self.metrics or self.tracing or self.access_log
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    """This process as Istio's labels name it."""
-
-    name: str = UNKNOWN
-    namespace: str = UNKNOWN
-    principal: str = UNKNOWN  # its SPIFFE ID, reported only on mTLS connections
-
-    @property
-    def peer_value(self) -> str:
-        """The value of PEER_HEADER this workload sends."""
-        return f"{self.namespace}/{self.name}"
-
-    @classmethod
-    def from_bootstrap(cls, bootstrap: Bootstrap) -> Workload:
-        """Istio's node metadata keys (NAMESPACE, WORKLOAD_NAME,
-        SERVICE_ACCOUNT); without WORKLOAD_NAME, the node cluster, else the
-        node id, names the workload."""
-        meta: Mapping[str, Any] = bootstrap.node_metadata
-        namespace = _str(meta.get("NAMESPACE")) or UNKNOWN
-        name = _str(meta.get("WORKLOAD_NAME")) or bootstrap.node_cluster or bootstrap.node_id
-        account = _str(meta.get("SERVICE_ACCOUNT"))
-        trust = _str(bootstrap.proxyless_mesh.get("trust_domain")) or "cluster.local"
-        principal = f"spiffe://{trust}/ns/{namespace}/sa/{account}" if account else UNKNOWN
-        return cls(name or UNKNOWN, namespace, principal)
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def parse_peer(value: str | None) -> tuple[str, str] | None:
-    """(workload, namespace) from a PEER_HEADER value, or None when absent or
-    malformed (it comes from the network: only plain names are accepted)."""
-    if not value or len(value) > 128:
-        return None
-    namespace, sep, name = value.partition("/")
-    if not sep or not _NAME.match(namespace) or not _NAME.match(name):
-        return None
-    return name, namespace
 
 
 def service_labels(host: str) -> tuple[str, str]:

@@ -28,18 +28,24 @@ from opentelemetry.context import Context, get_current
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from proxyless_mesh.telemetry._access_log import AccessLog, iso_time
+from proxyless_mesh.telemetry._access_log import AccessLog
 from proxyless_mesh.telemetry._b3 import B3Propagator
-from proxyless_mesh.telemetry._config import (
+from proxyless_mesh.telemetry._config import ProviderGate, TelemetryConfig, service_labels
+from proxyless_mesh.telemetry._istio_access_log import operators
+from proxyless_mesh.telemetry._istio_tags import end_tags, span_name, start_tags, workload_tags
+from proxyless_mesh.telemetry._labels import (
+    GRPC_PEER_HEADER,
+    NO_PEER,
     PEER_HEADER,
     UNKNOWN,
-    ProviderGate,
-    TelemetryConfig,
+    Peer,
     Workload,
+    grpc_headers,
+    label_prefix,
     parse_peer,
-    service_labels,
 )
 from proxyless_mesh.telemetry._metrics import IstioMetrics
+from proxyless_mesh.telemetry._policy import NO_POLICY, TelemetryPolicy
 
 if TYPE_CHECKING:
     from opentelemetry.propagators.textmap import TextMapPropagator
@@ -109,13 +115,54 @@ class Telemetry:
         #: Whether those providers record yet (the no-SDK fast path).
         self.gate = ProviderGate(self.tracer, meter_provider)
         self._b3 = B3Propagator() if config.b3 else None
-        self.access = AccessLog(config.access_logger) if config.access_log else None
+        self.access = (
+            AccessLog(config.access_logger, config.access_log_format, config.access_log_stdout)
+            if config.access_log
+            else None
+        )
         #: Send/answer PEER_HEADER: only the peer-labelled signals need it.
         self.exchange_peers = self.metrics is not None or self.access is not None
         self._sampling = config.access_log_sampling
         self._rng = random.Random()
         self._hosts: dict[str, tuple[str, str, str]] = {}
+        #: The Istio exchange headers this workload sends and answers with.
+        self.peer_headers = self.workload.peer_headers
+        self.grpc_peer_headers = grpc_headers(self.peer_headers)
+        #: Istio's per-proxy span tags (component, node_id, istio.*), once.
+        self.span_tags = workload_tags(self.workload)
+        self._prefixes: dict[tuple[str, Peer, str, bool, str], tuple[str, ...]] = {}
         self._quiet = QuietCall(self)
+        #: The Telemetry API's policy for this workload (from the control
+        #: plane, see `apply_policy`); replaced whole, read per call.
+        self.policy = NO_POLICY
+
+    def apply_policy(self, policy: TelemetryPolicy) -> None:
+        """Follow a Telemetry API policy from now on (next calls). It may turn
+        access logs on, but not a Telemetry the application turned off."""
+        if (
+            self.access is None
+            and self.enabled
+            and (policy.source.access_log or policy.destination.access_log)
+        ):
+            config = self.config
+            self.access = AccessLog(
+                config.access_logger, config.access_log_format, config.access_log_stdout
+            )
+            self.exchange_peers = True
+        self.policy = policy
+
+    def traced(self, reporter: str, context: Context | None) -> bool:
+        """Would the policy have this call's spans made? Sampling decides new
+        traces only: a caller's propagated decision is followed."""
+        side = self.policy.side(reporter)
+        if not side.report_spans:
+            return False
+        if side.sampling is None:
+            return True
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.is_valid:
+            return bool(parent.trace_flags.sampled)
+        return self._rng.random() * 100.0 < side.sampling
 
     @classmethod
     def from_bootstrap(
@@ -154,13 +201,26 @@ class Telemetry:
                 self._hosts[authority] = labels
         return labels
 
+    def labels(
+        self, reporter: str, peer: Peer, authority: str, secure: bool, principal: str
+    ) -> tuple[str, ...]:
+        """The per-(peer, service) part of a request's labels, cached."""
+        key = (reporter, peer, authority, secure, principal)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            service = self.host_labels(authority)
+            prefix = label_prefix(reporter, self.workload, peer, service, secure, principal)
+            if len(self._prefixes) < self.config.max_label_sets:
+                self._prefixes[key] = prefix
+        return prefix
+
     def call(
         self, reporter: str, protocol: str, method: str, authority: str, path: str
     ) -> Call | None:
         """A Call for one request, or None when every signal is off."""
         if not self.enabled:
             return None
-        logged, measured = self._signals()
+        logged, measured = self._signals(reporter)
         return Call(self, reporter, protocol, method, authority, path, logged, measured)
 
     def client_call(self, method: str, authority: str, path: str) -> Call | QuietCall | None:
@@ -169,16 +229,19 @@ class Telemetry:
         API without an SDK), which only propagates; None when all is off."""
         if not self.enabled:
             return None
-        logged, measured = self._signals()
+        logged, measured = self._signals("source")
         if not logged and not measured and (self.tracer is None or not self.gate.tracing()):
             return self._quiet
         return Call(self, "source", "http", method, authority, path, logged, measured)
 
-    def _signals(self) -> tuple[bool, bool]:
+    def _signals(self, reporter: str) -> tuple[bool, bool]:
         """(access line, metrics) for one call. Decided once per call, as the
         span is: a provider set mid-request starts with the next one."""
-        logged = self.access is not None and (
-            self._sampling >= 1.0 or self._rng.random() < self._sampling
+        wanted = self.policy.side(reporter).access_log
+        logged = (
+            self.access is not None
+            and (self.config.access_log if wanted is None else wanted)
+            and (self._sampling >= 1.0 or self._rng.random() < self._sampling)
         )
         istio = self.metrics
         return logged, istio is not None and istio.wanted(self.gate.metrics())
@@ -206,7 +269,8 @@ class QuietCall:
                 if context:  # an empty one (no span, no baggage) has nothing to propagate
                     telemetry.inject(context, set_header)
             if telemetry.exchange_peers:
-                set_header(PEER_HEADER, telemetry.workload.peer_value)
+                for name, value in telemetry.peer_headers:
+                    set_header(name, value)
         except Exception as exc:  # telemetry never breaks a request
             _contained(telemetry, exc)
 
@@ -237,6 +301,7 @@ class Call:
         "done",
         "grpc_status",
         "http_version",
+        "log_extra",
         "logged",
         "measured",
         "method",
@@ -246,6 +311,7 @@ class Call:
         "protocol",
         "reporter",
         "request_bytes",
+        "request_header",
         "request_id",
         "response_bytes",
         "route_name",
@@ -291,7 +357,7 @@ class Call:
         self.upstream_host = ""
         self.secure = False
         self.peer_principal = UNKNOWN
-        self.peer_workload = (UNKNOWN, UNKNOWN)
+        self.peer_workload = NO_PEER
         self.service = ""
         self.status = 0
         self.grpc_status: int | None = None
@@ -299,6 +365,11 @@ class Call:
         self.response_bytes = 0
         self.request_id = ""
         self.http_version = ""
+        #: Access-log operator values only an integration knows (user agent,
+        #: socket addresses), set when `logged`.
+        self.log_extra: dict[str, str] | None = None
+        #: The request's headers, for the Telemetry API's header custom tags.
+        self.request_header: GetHeader | None = None
         self.done = False
 
     @property
@@ -312,11 +383,9 @@ class Call:
     # -- spans ------------------------------------------------------------------
 
     def _span_name(self) -> str:
-        if self.protocol == "grpc":
-            return self.path.lstrip("/")
-        return f"{self.method} {self.telemetry.host_labels(self.authority)[0]}"
+        return span_name(self.authority)
 
-    def _base_attributes(self) -> dict[str, Any]:
+    def _base_attributes(self, scheme: str = "http") -> dict[str, Any]:
         host, _, port = self.authority.rpartition(":")
         if self.protocol == "grpc":
             service, _, method = self.path.lstrip("/").partition("/")
@@ -330,6 +399,10 @@ class Call:
         attributes["server.address"] = host or self.authority
         if port.isdigit():
             attributes["server.port"] = int(port)
+        attributes.update(start_tags(self, scheme))
+        side = self.telemetry.policy.side(self.reporter)
+        if side.tags:
+            attributes.update(side.span_tags(self.request_header))
         return attributes
 
     def start_client_span(self) -> None:
@@ -338,12 +411,8 @@ class Call:
         if tracer is None or self.span is not None or self._quiet:
             return
         try:
-            if not self.telemetry.gate.tracing():
-                # The no-op tracer would hand back the current span: keep it
-                # only where it is read (the access line's trace_id).
-                self._quiet = True
-                if self.logged:
-                    self.span = trace.get_current_span()
+            if not self.telemetry.gate.tracing() or not self.telemetry.traced("source", None):
+                self._quiet = True  # the no-op tracer would hand back the current span
                 return
             span = tracer.start_span(
                 self._span_name(), kind=SpanKind.CLIENT, start_time=self.start_ns
@@ -359,25 +428,23 @@ class Call:
         returned context is what the application should run in."""
         telemetry = self.telemetry
         try:
-            peer = parse_peer(get_header(PEER_HEADER))
+            peer = parse_peer(get_header(PEER_HEADER) or get_header(GRPC_PEER_HEADER))
             if peer is not None:
                 self.peer_workload = peer
             self.request_id = get_header("x-request-id") or ""
             if telemetry.tracer is None:
                 return None
+            self.request_header = get_header
             parent = telemetry.extract(get_header)
-            if not telemetry.gate.tracing():
+            if not telemetry.gate.tracing() or not telemetry.traced(self.reporter, parent):
                 # The no-op tracer's span is the caller's: run in its context.
                 self._quiet = True
-                if self.logged:
-                    self.span = trace.get_current_span(parent)
                 return parent
-            name = self._span_name() if self.protocol == "grpc" else self.method
             span = telemetry.tracer.start_span(
-                name, context=parent, kind=SpanKind.SERVER, start_time=self.start_ns
+                self._span_name(), context=parent, kind=SpanKind.SERVER, start_time=self.start_ns
             )
             if span.is_recording():
-                attributes = self._base_attributes()
+                attributes = self._base_attributes(scheme)
                 attributes["url.scheme"] = scheme
                 span.set_attributes(attributes)
             self.span = span
@@ -426,7 +493,9 @@ class Call:
                 self._attempt_span = child
                 telemetry.inject(trace.set_span_in_context(child), set_header)
             if telemetry.exchange_peers:
-                set_header(PEER_HEADER, telemetry.workload.peer_value)
+                grpc = self.protocol == "grpc"
+                for name, value in telemetry.grpc_peer_headers if grpc else telemetry.peer_headers:
+                    set_header(name, value)
             if self.logged:
                 if not self.request_id:
                     self.request_id = _request_id()
@@ -458,7 +527,7 @@ class Call:
 
     def peer_from_response(self, get_header: GetHeader) -> None:
         try:
-            peer = parse_peer(get_header(PEER_HEADER))
+            peer = parse_peer(get_header(PEER_HEADER) or get_header(GRPC_PEER_HEADER))
             if peer is not None:
                 self.peer_workload = peer
         except Exception as exc:  # telemetry never breaks a request
@@ -491,12 +560,20 @@ class Call:
             if span is not None:
                 self._end_span(span, flag_text, error)
             istio = telemetry.metrics
+            side = telemetry.policy.side(self.reporter)
             if istio is not None and self.measured:
                 istio.record(
-                    self._labels(flag_text), duration_ms, self.request_bytes, self.response_bytes
+                    self._labels(flag_text),
+                    duration_ms,
+                    self.request_bytes,
+                    self.response_bytes,
+                    side,
                 )
-            if self.logged and telemetry.access is not None:
-                telemetry.access.write(self._access_record(flag_text, duration_ms))
+            access = telemetry.access if self.logged else None
+            if access is not None and (
+                side.log_filter is None or side.log_filter(status, duration_ms)
+            ):
+                access.write(operators(self, flag_text, duration_ms))
         except Exception as exc:  # telemetry never breaks a request
             _contained(telemetry, exc)
 
@@ -514,6 +591,7 @@ class Call:
             if self.grpc_status is not None:
                 attributes["rpc.grpc.status_code"] = self.grpc_status
             failed = error is not None or self.status >= 500 or bool(self.grpc_status)
+            attributes.update(end_tags(self, flag_text, failed))
             if failed:
                 attributes["error.type"] = error or str(self.grpc_status or self.status)
                 span.set_status(Status(StatusCode.ERROR, error))
@@ -521,73 +599,15 @@ class Call:
         span.end()
 
     def _labels(self, flag_text: str) -> tuple[str, ...]:
-        telemetry = self.telemetry
-        me = telemetry.workload
-        host, name, namespace = telemetry.host_labels(self.service or self.authority)
-        peer_name, peer_namespace = self.peer_workload
-        secure = self.secure
+        prefix = self.telemetry.labels(
+            self.reporter,
+            self.peer_workload,
+            self.service or self.authority,
+            self.secure,
+            self.peer_principal,
+        )
         grpc = "" if self.grpc_status is None else str(self.grpc_status)
-        policy = _SECURE if secure else "none"
-        if self.reporter == "source":
-            return (
-                "source", me.name, me.namespace, me.principal if secure else UNKNOWN,
-                host, name, namespace, peer_name,
-                self.peer_principal if secure else UNKNOWN,
-                self.protocol, str(self.status), grpc, flag_text, policy,
-            )  # fmt: skip
-        if peer_namespace == UNKNOWN:
-            peer_namespace = _namespace_of(self.peer_principal)
-        return (
-            "destination", peer_name, peer_namespace, self.peer_principal,
-            host, name, namespace, me.name, me.principal if secure else UNKNOWN,
-            self.protocol, str(self.status), grpc, flag_text, policy,
-        )  # fmt: skip
-
-    def _access_record(self, flag_text: str, duration_ms: float) -> dict[str, Any]:
-        me = self.telemetry.workload
-        peer_name, peer_namespace = self.peer_workload
-        span = self.span
-        trace_id = ""
-        if span is not None and span.get_span_context().is_valid:
-            trace_id = f"{span.get_span_context().trace_id:032x}"
-        mine = me.principal if self.secure else UNKNOWN
-        source = f"{me.namespace}/{me.name}"
-        destination = f"{peer_namespace}/{peer_name}"
-        if self.reporter == "destination":
-            source, destination = destination, source
-        return {
-            "start_time": iso_time(self.start_ns),
-            "reporter": self.reporter,
-            "method": self.method,
-            "authority": self.authority,
-            "path": self.path,
-            "protocol": self.http_version or ("HTTP/2" if self.protocol == "grpc" else "HTTP/1.1"),
-            "response_code": self.status,
-            "grpc_status": self.grpc_status,
-            "response_flags": flag_text,
-            "bytes_received": self.request_bytes,
-            "bytes_sent": self.response_bytes,
-            "duration_ms": round(duration_ms, 3),
-            "upstream_host": self.upstream_host or None,
-            "upstream_cluster": self.cluster or None,
-            "route_name": self.route_name or None,
-            "attempts": self.attempts,
-            "x_request_id": self.request_id or None,
-            "trace_id": trace_id or None,
-            "source_workload": source,
-            "source_principal": mine if self.reporter == "source" else self.peer_principal,
-            "destination_workload": destination,
-            "destination_principal": self.peer_principal if self.reporter == "source" else mine,
-            "connection_security_policy": _SECURE if self.secure else "none",
-        }
-
-
-def _namespace_of(principal: str) -> str:
-    """The namespace of a SPIFFE ID `spiffe://td/ns/NS/sa/SA`, or unknown."""
-    parts = principal.split("/")
-    if len(parts) >= 7 and parts[3] == "ns":
-        return parts[4]
-    return UNKNOWN
+        return (*prefix, self.protocol, str(self.status), grpc, flag_text)
 
 
 def _request_id() -> str:

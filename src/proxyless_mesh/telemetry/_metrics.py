@@ -10,37 +10,52 @@ per-request cost is a dict lookup plus four instrument calls.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from proxyless_mesh.telemetry._config import UNKNOWN
+from proxyless_mesh.telemetry._labels import UNKNOWN
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Meter
 
     from proxyless_mesh.telemetry._config import TelemetryConfig
+    from proxyless_mesh.telemetry._policy import SidePolicy
 
+#: Istio's standard labels, in the order the label tuples carry them.
 LABELS = (
     "reporter",
     "source_workload",
     "source_workload_namespace",
     "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_cluster",
+    "destination_canonical_service",
+    "destination_canonical_revision",
     "destination_service",
     "destination_service_name",
     "destination_service_namespace",
-    "destination_workload",
-    "destination_principal",
+    "connection_security_policy",
     "request_protocol",
     "response_code",
     "grpc_response_status",
     "response_flags",
-    "connection_security_policy",
 )
-# Labels whose values a peer or a Host header can choose: these collapse to
-# "unknown" once the label-set bound is reached.
-_PEER_CHOSEN = (1, 2, 4, 5, 6, 7)
+# Labels whose values a peer or a Host header can choose (everything naming
+# a workload or service, both sides): these collapse to "unknown" once the
+# label-set bound is reached.
+_PEER_CHOSEN = (1, 2, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19)
 # Istio's default histogram buckets (milliseconds; bytes).
 DURATION_BUCKETS = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
@@ -49,6 +64,13 @@ DURATION_BUCKETS = (
 BYTES_BUCKETS = tuple(float(1 << (2 * i)) for i in range(0, 13))  # 1 B .. 16 MiB
 
 LabelValues = tuple[str, ...]
+
+
+def _library_version() -> str:
+    try:
+        return version("proxyless-mesh")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return UNKNOWN
 
 
 class IstioMetrics:
@@ -76,6 +98,17 @@ class IstioMetrics:
             description="Response body size",
             explicit_bucket_boundaries_advisory=BYTES_BUCKETS,
         )
+        meter.create_observable_gauge(
+            "istio_build",
+            callbacks=[_build_observation],
+            unit="1",
+            description="The proxy's build: component and tag (the library version)",
+        )
+        self._histograms = {
+            "istio_request_duration_milliseconds": self.duration,
+            "istio_request_bytes": self.request_bytes,
+            "istio_response_bytes": self.response_bytes,
+        }
         self._sets: dict[LabelValues, dict[str, str]] = {}
         self._max = max_label_sets
         self._made = self._instruments()
@@ -109,13 +142,53 @@ class IstioMetrics:
         return prepared
 
     def record(
-        self, values: LabelValues, duration_ms: float, request_bytes: int, response_bytes: int
+        self,
+        values: LabelValues,
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+        policy: SidePolicy | None = None,
     ) -> None:
         attributes = self.attributes(values)
+        if policy is not None and (policy.disabled_metrics or policy.tag_overrides):
+            self._record_with(policy, attributes, duration_ms, request_bytes, response_bytes)
+            return
         self.requests.add(1, attributes)
         self.duration.record(duration_ms, attributes)
         self.request_bytes.record(request_bytes, attributes)
         self.response_bytes.record(response_bytes, attributes)
+
+    def _record_with(
+        self,
+        policy: SidePolicy,
+        attributes: dict[str, str],
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
+        """The Telemetry API's metric overrides: disabled metrics, tags
+        removed or set (the rewritten label dicts are cached by the policy)."""
+        for name, value in (
+            ("istio_requests_total", 1),
+            ("istio_request_duration_milliseconds", duration_ms),
+            ("istio_request_bytes", request_bytes),
+            ("istio_response_bytes", response_bytes),
+        ):
+            if name in policy.disabled_metrics:
+                continue
+            labels = policy.labels(name, attributes) if policy.tag_overrides else attributes
+            if name == "istio_requests_total":
+                self.requests.add(1, labels)
+            else:
+                self._histograms[name].record(value, labels)
+
+
+def _build_observation(options: CallbackOptions) -> Iterable[Observation]:
+    return [_BUILD]
+
+
+#: Istio's build gauge, as its proxies report it (value 1).
+_BUILD = Observation(1, {"component": "proxy", "tag": _library_version()})
 
 
 #: The workload identity's signals (not Istio's: Envoy's nearest is

@@ -9,7 +9,9 @@ spoils the others. Route configurations live in `_decode_routes`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -20,7 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, json_format
 from google.protobuf.message import DecodeError, Message
 
 from proxyless_mesh.errors import XdsResourceError
@@ -122,9 +124,27 @@ def decode_listener(resource: Any) -> Listener | InboundListener:
     msg = unpack_resource(ResourceType.LISTENER, resource)
     if not msg.name:
         raise XdsResourceError("Listener has no name")
-    if msg.HasField("api_listener"):
-        return _client_listener(msg)
-    return decode_inbound_listener(msg)
+    listener = (
+        _client_listener(msg) if msg.HasField("api_listener") else decode_inbound_listener(msg)
+    )
+    telemetry = telemetry_metadata(msg)
+    return listener if telemetry is None else replace(listener, telemetry=telemetry)
+
+
+#: Node-scoped listener metadata: the Telemetry API specs for this workload.
+TELEMETRY_METADATA = "proxyless_mesh.io/telemetry"
+
+
+def telemetry_metadata(msg: Any) -> str | None:
+    """The Telemetry specs a listener carries (`{"specs": [...]}`), as
+    canonical JSON, checked when applied (Mesh); None when it carries none."""
+    if TELEMETRY_METADATA not in msg.metadata.filter_metadata:
+        return None
+    value = json_format.MessageToDict(msg.metadata.filter_metadata[TELEMETRY_METADATA])
+    specs = value.get("specs")
+    if not isinstance(specs, list):
+        raise XdsResourceError(f"metadata {TELEMETRY_METADATA!r}: expected a list 'specs'")
+    return json.dumps(specs, sort_keys=True)
 
 
 def _client_listener(msg: Any) -> Listener:

@@ -12,6 +12,7 @@ from mesh_control_plane.cli.main import main
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.registration import Registration
+from proxyless_mesh.telemetry import Workload
 
 BASE = ["bootstrap", "--xds-address", "127.0.0.1:1", "--node-id", "r-1"]
 BASE += ["--namespace", "shop", "--service-account", "reviews"]
@@ -65,3 +66,14 @@ def test_bad_flags_are_refused(tmp_path: Path, flags: tuple[str, str]) -> None:
     except SystemExit as refused:  # argparse's own refusal
         code = int(refused.code or 0)
     assert code == 2 and not out.exists()
+
+
+def test_metric_identity_flags_name_the_workload_as_istio_does(tmp_path: Path) -> None:
+
+    default = Workload.from_bootstrap(write(tmp_path, "--label", "version=v2"))
+    assert (default.name, default.cluster) == ("r", "Kubernetes")  # node id r-1, suffix dropped
+    assert default.peer.canonical_revision == "v2"
+    named = Workload.from_bootstrap(
+        write(tmp_path, "--workload-name", "reviews-v2", "--cluster-id", "east")
+    )
+    assert (named.name, named.cluster) == ("reviews-v2", "east")

@@ -27,6 +27,14 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--service-account", required=True)
     p.add_argument("--cluster", default="", help="node.cluster (the workload's service)")
     p.add_argument("--locality", default="", type=parse_locality, help="region/zone/subzone")
+    p.add_argument(
+        "--workload-name",
+        help="the workload's name in metrics (WORKLOAD_NAME; default: --cluster, the app "
+        "label, or the node id without its instance suffix)",
+    )
+    p.add_argument(
+        "--cluster-id", help="the Kubernetes cluster in metrics (CLUSTER_ID; default Kubernetes)"
+    )
     p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     p.add_argument(
         "--label",
@@ -96,6 +104,10 @@ def registration_metadata(args: argparse.Namespace) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if args.label:
         meta["LABELS"] = dict(args.label)
+    if args.workload_name:
+        meta["WORKLOAD_NAME"] = args.workload_name
+    if args.cluster_id:
+        meta["CLUSTER_ID"] = args.cluster_id
     if args.workload_group:
         meta["WORKLOAD_GROUP"] = args.workload_group
         if args.workload_port:

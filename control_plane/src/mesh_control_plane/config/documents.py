@@ -29,6 +29,8 @@ from .parse_security import (
     parse_request_authentication,
 )
 from .parse_services import parse_service_entry, parse_workload_entry
+from .parse_telemetry import API_VERSIONS as TELEMETRY_API_VERSIONS
+from .parse_telemetry import Telemetry, parse_telemetry
 from .parse_workload_group import parse_workload_group_resource
 from .schema import (
     MISSING,
@@ -51,6 +53,7 @@ Resource = (
     | AuthorizationPolicy
     | RequestAuthentication
     | WorkloadGroup
+    | Telemetry
 )
 _Parser = Callable[[Problems, Meta, Mapping[str, Any]], Resource]
 
@@ -66,6 +69,7 @@ PARSERS: dict[str, _Parser] = {
     "PeerAuthentication": parse_peer_authentication,
     "RequestAuthentication": parse_request_authentication,
     "ServiceEntry": parse_service_entry,
+    "Telemetry": parse_telemetry,
     "VirtualService": parse_virtual_service,
     "WorkloadEntry": parse_workload_entry,
     "WorkloadGroup": parse_workload_group_resource,
@@ -77,7 +81,6 @@ _LATER_KINDS = (
     "Gateway",
     "ProxyConfig",
     "Sidecar",
-    "Telemetry",
     "WasmPlugin",
 )
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
@@ -171,6 +174,8 @@ def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
             problems.add("kind", f'unknown kind "{kind}" (supported: {supported})')
         return None
     versions = SECURITY_API_VERSIONS if kind in _SECURITY_KINDS else NETWORKING_API_VERSIONS
+    if kind == "Telemetry":
+        versions = TELEMETRY_API_VERSIONS
     if api_version is not None and api_version not in versions:
         expected = ", ".join(versions)
         problems.add(

@@ -29,6 +29,7 @@ from .model import (
     WorkloadEntry,
     WorkloadGroup,
 )
+from .parse_telemetry import Telemetry
 from .references import check_references
 from .schema import Problems
 
@@ -140,6 +141,7 @@ def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
         request_authentications=tuple(r for r in resources if isinstance(r, RequestAuthentication)),
         settings=settings,
         workload_groups=tuple(r for r in resources if isinstance(r, WorkloadGroup)),
+        telemetries=tuple(r for r in resources if isinstance(r, Telemetry)),
     )
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .parse_telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -444,3 +447,4 @@ class MeshConfig:
     settings: MeshSettings = MeshSettings()
     # Last, so positional construction of the fields above is unchanged.
     workload_groups: tuple[WorkloadGroup, ...] = ()
+    telemetries: tuple[Telemetry, ...] = ()

@@ -30,6 +30,7 @@ from mesh_control_plane.translate.resources import (
     ResourceSet,
 )
 from mesh_control_plane.translate.routes import route_configuration, virtual_host
+from mesh_control_plane.translate.telemetry import attach_telemetry, telemetry_specs
 from mesh_control_plane.translate.tls import (
     cluster_instances,
     upstream_identities,
@@ -70,6 +71,8 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     else:
         listeners, routes = _proxyless_listeners(index)
         listeners += inbound_listeners(config, index, registry, node)
+        if node.kind is ClientKind.MESH:
+            attach_telemetry(listeners, telemetry_specs(config, node))
     return ResourceSet(
         MappingProxyType(
             {
