@@ -12,10 +12,11 @@ and WSGI, and call `hook_failed` when a telemetry hook raises.
 """
 
 from proxyless_mesh.telemetry._b3 import B3Propagator
+from proxyless_mesh.telemetry._call import LOCAL_REPLY_STATUS, Call, QuietCall
+from proxyless_mesh.telemetry._call import _contained as hook_failed
 from proxyless_mesh.telemetry._config import PEER_HEADER, TelemetryConfig, Workload
-from proxyless_mesh.telemetry._core import LOCAL_REPLY_STATUS, Call, QuietCall, Telemetry
-from proxyless_mesh.telemetry._core import _contained as hook_failed
 from proxyless_mesh.telemetry._metrics import IdentityMetrics, metrics_meter
+from proxyless_mesh.telemetry._telemetry import Telemetry
 
 __all__ = [
     "LOCAL_REPLY_STATUS",
