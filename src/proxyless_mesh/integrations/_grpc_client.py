@@ -263,21 +263,30 @@ class _StreamStream(_SyncCallable, grpc.StreamStreamMultiCallable):  # type: ign
     pass
 
 
-class MeshChannel(grpc.Channel):  # type: ignore[misc]
-    """A sync grpc.Channel whose calls the mesh routes: `mesh.grpc_channel(target)`."""
+class ChannelBase:
+    """What the sync and aio mesh channels share: the router, the sub-channels
+    per endpoint, the passthrough channel and the four multi-callable
+    factories (each channel class names its plain-channel constructor and
+    its callable classes)."""
+
+    new_channel: Callable[..., Any]  # grpc.insecure_channel or its aio twin
+    callables: dict[str, type[_Callable]]
 
     def __init__(self, mesh: Runtime, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
         self.router = _Router(mesh, target)
-        self.subchannels = MeshSubChannels(mesh, options, grpc.insecure_channel)
+        self.subchannels = MeshSubChannels(mesh, options, self.new_channel)
         self._target = target
         self._options = tuple(options)
-        self._passthrough: grpc.Channel | None = None
+        self._passthrough: Any = None
 
-    def passthrough(self) -> grpc.Channel:
+    def passthrough(self) -> Any:
         """A plain channel to the target itself, for non-mesh hosts (ALLOW_ANY)."""
         if self._passthrough is None:
-            self._passthrough = grpc.insecure_channel(self.router.authority, options=self._options)
+            self._passthrough = self.new_channel(self.router.authority, options=self._options)
         return self._passthrough
+
+    def _callable(self, kind: str, method: str, serializer: Any, deserializer: Any) -> Any:
+        return self.callables[kind](self, kind, method, serializer, deserializer)
 
     def unary_unary(
         self,
@@ -286,7 +295,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return _UnaryUnary(self, "unary_unary", method, request_serializer, response_deserializer)
+        return self._callable("unary_unary", method, request_serializer, response_deserializer)
 
     def unary_stream(
         self,
@@ -295,7 +304,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return _UnaryStream(self, "unary_stream", method, request_serializer, response_deserializer)
+        return self._callable("unary_stream", method, request_serializer, response_deserializer)
 
     def stream_unary(
         self,
@@ -304,7 +313,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return _StreamUnary(self, "stream_unary", method, request_serializer, response_deserializer)
+        return self._callable("stream_unary", method, request_serializer, response_deserializer)
 
     def stream_stream(
         self,
@@ -313,9 +322,19 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return _StreamStream(
-            self, "stream_stream", method, request_serializer, response_deserializer
-        )
+        return self._callable("stream_stream", method, request_serializer, response_deserializer)
+
+
+class MeshChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
+    """A sync grpc.Channel whose calls the mesh routes: `mesh.grpc_channel(target)`."""
+
+    new_channel = staticmethod(grpc.insecure_channel)
+    callables = {
+        "unary_unary": _UnaryUnary,
+        "unary_stream": _UnaryStream,
+        "stream_unary": _StreamUnary,
+        "stream_stream": _StreamStream,
+    }
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         """Connectivity of a meshed channel is per endpoint; nothing to report."""
