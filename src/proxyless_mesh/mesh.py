@@ -62,7 +62,7 @@ from proxyless_mesh.model import (
     Cluster,
 )
 from proxyless_mesh.registration import Registrar
-from proxyless_mesh.resilience import ClusterResources
+from proxyless_mesh.resilience import ClusterResources, PassthroughBreaker
 from proxyless_mesh.runtime import ALLOW_ANY, REGISTRY_ONLY, MeshSnapshot
 from proxyless_mesh.security import (
     CertificateCache,
@@ -70,7 +70,7 @@ from proxyless_mesh.security import (
     IdentityManager,
 )
 from proxyless_mesh.snapshot import build_snapshot
-from proxyless_mesh.telemetry import Telemetry, TelemetryConfig
+from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, metrics_meter
 from proxyless_mesh.xds_client import XdsClient, XdsState, config_cache_path
 
 log = logging.getLogger("proxyless_mesh")
@@ -107,6 +107,9 @@ class Mesh(MeshIdentity, MeshInbound):
             them until they expire. None (default): as the bootstrap's
             `proxyless_mesh.certificate_cache` says (on unless false); False:
             memory only (a restart then needs the CA).
+        passthrough_breaker: per-host circuit breakers for the hosts outside the
+            mesh that ALLOW_ANY passes through (see resilience's
+            PassthroughBreaker); None (default): not guarded.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class Mesh(MeshIdentity, MeshInbound):
         mtls: bool | None = None,
         telemetry: TelemetryConfig | None = None,
         cache_certificate: bool | None = None,
+        passthrough_breaker: PassthroughBreaker | None = None,
     ) -> None:
         if outbound_policy not in (ALLOW_ANY, REGISTRY_ONLY):
             raise MeshError(
@@ -132,6 +136,9 @@ class Mesh(MeshIdentity, MeshInbound):
         self.resolve_timeout = resolve_timeout
         self.outbound_policy = outbound_policy
         self.telemetry = Telemetry.from_bootstrap(bootstrap, telemetry)
+        self.passthrough_breaker = passthrough_breaker
+        if passthrough_breaker is not None:
+            passthrough_breaker.use_meter(metrics_meter(self.telemetry.config))
         self._preload = tuple(preload)
         # register=: join on start (proxyless_mesh.registration); leave, draining, first on
         # close. None: as the bootstrap's WORKLOAD_GROUP metadata says (if any); (): never.
