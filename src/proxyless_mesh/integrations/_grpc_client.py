@@ -263,6 +263,24 @@ class _StreamStream(_SyncCallable, grpc.StreamStreamMultiCallable):  # type: ign
     pass
 
 
+def _factory(kind: str) -> Callable[..., Any]:
+    """A channel's `unary_unary` (etc.): the channel's callable class for `kind`."""
+
+    def make(
+        channel: ChannelBase,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return channel.callables[kind](
+            channel, kind, method, request_serializer, response_deserializer
+        )
+
+    make.__name__ = make.__qualname__ = kind
+    return make
+
+
 class ChannelBase:
     """What the sync and aio mesh channels share: the router, the sub-channels
     per endpoint, the passthrough channel and the four multi-callable
@@ -285,44 +303,10 @@ class ChannelBase:
             self._passthrough = self.new_channel(self.router.authority, options=self._options)
         return self._passthrough
 
-    def _callable(self, kind: str, method: str, serializer: Any, deserializer: Any) -> Any:
-        return self.callables[kind](self, kind, method, serializer, deserializer)
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return self._callable("unary_unary", method, request_serializer, response_deserializer)
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return self._callable("unary_stream", method, request_serializer, response_deserializer)
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return self._callable("stream_unary", method, request_serializer, response_deserializer)
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return self._callable("stream_stream", method, request_serializer, response_deserializer)
+    unary_unary = _factory("unary_unary")
+    unary_stream = _factory("unary_stream")
+    stream_unary = _factory("stream_unary")
+    stream_stream = _factory("stream_stream")
 
 
 class MeshChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
