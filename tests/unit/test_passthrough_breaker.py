@@ -218,3 +218,52 @@ def test_refuses_nonsense_settings() -> None:
         PassthroughBreaker(fail_max=0)
     with pytest.raises(ValueError, match="reset_timeout"):
         PassthroughBreaker(reset_timeout=0)
+
+
+def test_a_request_sent_before_it_opened_does_not_decide_the_trial(upstream: Upstream) -> None:
+    """A late success of a request sent while closed neither closes the
+    half-open breaker nor counts as its trial; the trial's failure reopens it."""
+    clock = Clock()
+    breaker = PassthroughBreaker(fail_max=2, reset_timeout=5.0, clock=clock)
+    held = {name: (threading.Event(), threading.Event()) for name in ("early", "trial")}
+
+    class Holding(httpx.BaseTransport):
+        """Holds a request named by its x-hold header until released."""
+
+        def __init__(self) -> None:
+            self.real = httpx.HTTPTransport()
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            name = request.headers.get("x-hold")
+            if name is not None:
+                arrived, release = held[name]
+                arrived.set()
+                assert release.wait(10.0)
+            return self.real.handle_request(request)
+
+    transport = MeshTransport(PassthroughRuntime(breaker), Holding())  # type: ignore[arg-type]
+    statuses: dict[str, int] = {}
+    with httpx.Client(transport=transport) as client:
+
+        def send(name: str) -> None:
+            statuses[name] = client.get(upstream.url, headers={"x-hold": name}).status_code
+
+        early = threading.Thread(target=send, args=("early",))
+        early.start()
+        assert held["early"][0].wait(10.0)
+        assert [client.get(upstream.url).status_code for _ in range(2)] == [503, 503]
+        assert breaker.state(upstream.authority) == "open"
+        clock.now += 5.0
+        trial = threading.Thread(target=send, args=("trial",))
+        trial.start()
+        assert held["trial"][0].wait(10.0)
+        upstream.status = 200
+        held["early"][1].set()  # the early request succeeds now
+        early.join(10.0)
+        assert statuses["early"] == 200
+        assert breaker.state(upstream.authority) == "half-open"
+        upstream.status = 503
+        held["trial"][1].set()
+        trial.join(10.0)
+        assert statuses["trial"] == 503
+        assert breaker.state(upstream.authority) == "open"

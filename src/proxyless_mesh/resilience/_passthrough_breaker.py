@@ -145,30 +145,32 @@ class PassthroughBreaker:
         self, authority: str, send: Callable[[httpx.Request], _R], request: httpx.Request
     ) -> _R:
         """`send(request)` guarded by the breaker of `authority`."""
-        host = self._admit(authority, request)
+        host, trial = self._admit(authority, request)
         if host is None:
             return send(request)
         try:
             response = send(request)
         except BaseException as exc:
-            self._record(host, exc)
+            self._record(host, trial, exc)
             raise
-        self._record(host, _Failed(response.status_code) if response.status_code >= 500 else None)
+        failed = _Failed(response.status_code) if response.status_code >= 500 else None
+        self._record(host, trial, failed)
         return response
 
     async def send_async(
         self, authority: str, send: Callable[[httpx.Request], Awaitable[_R]], request: httpx.Request
     ) -> _R:
         """send() for asyncio."""
-        host = self._admit(authority, request)
+        host, trial = self._admit(authority, request)
         if host is None:
             return await send(request)
         try:
             response = await send(request)
         except BaseException as exc:
-            self._record(host, exc)
+            self._record(host, trial, exc)
             raise
-        self._record(host, _Failed(response.status_code) if response.status_code >= 500 else None)
+        failed = _Failed(response.status_code) if response.status_code >= 500 else None
+        self._record(host, trial, failed)
         return response
 
     def _host(self, authority: str) -> _Host | None:
@@ -191,11 +193,12 @@ class PassthroughBreaker:
                     host = self._hosts[authority] = _Host(breaker, storage)
         return host
 
-    def _admit(self, authority: str, request: httpx.Request) -> _Host | None:
-        """The host's breaker when the request may go; raises when it is open."""
+    def _admit(self, authority: str, request: httpx.Request) -> tuple[_Host | None, bool]:
+        """(the host's breaker, whether this request is the half-open trial)
+        when the request may go; raises when the breaker is open."""
         host = self._host(authority)
         if host is None or host.breaker.current_state == pybreaker.STATE_CLOSED:
-            return host
+            return host, False
         with host.lock:
             state = host.breaker.current_state
             if state == pybreaker.STATE_OPEN:
@@ -203,9 +206,9 @@ class PassthroughBreaker:
                 if waited >= self.reset_timeout and not host.trial_out:
                     host.trial_out = True
                     host.breaker.half_open()
-                    return host
+                    return host, True
             elif state == pybreaker.STATE_CLOSED:
-                return host
+                return host, False
         raise PassthroughCircuitOpenError(
             f"{authority}: the circuit breaker of this passed-through host is {state} after "
             f"{self.fail_max} consecutive failures; it lets one request try again "
@@ -213,17 +216,17 @@ class PassthroughBreaker:
             request=request,
         )
 
-    def _record(self, host: _Host, failure: BaseException | None) -> None:
-        """Feed one outcome to pybreaker (outcomes of requests sent before the
-        breaker opened are dropped: the open breaker already counted enough)."""
+    def _record(self, host: _Host, trial: bool, failure: BaseException | None) -> None:
+        """Feed one outcome to pybreaker. While it is open or half-open, only
+        the trial's outcome counts: a request sent before it opened says
+        nothing about the host now."""
         breaker = host.breaker
-        state = breaker.current_state
-        if state == pybreaker.STATE_OPEN:
+        if not trial and breaker.current_state != pybreaker.STATE_CLOSED:
             return
         try:
             breaker.call(_replay, failure)
-        except BaseException:
+        except BaseException:  # the replayed failure, already raised to the caller
             pass
         finally:
-            if state == pybreaker.STATE_HALF_OPEN:
+            if trial:
                 host.trial_out = False
