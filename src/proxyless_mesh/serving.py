@@ -21,24 +21,6 @@ not depend on. The helpers take any `InboundRuntime` (`proxyless_mesh.runtime`),
 which `Mesh` implements.
 """
 
-from proxyless_mesh.integrations.serving import (
-    MeshUvicornConfig,
-    add_mesh_port,
-    asgi_config,
-    authorized_asgi,
-    grpc_peer_identity,
-    grpc_server_credentials,
-    inbound_tls,
-    serve_asgi,
-)
-
-__all__ = [
-    "MeshUvicornConfig",
-    "add_mesh_port",
-    "asgi_config",
-    "authorized_asgi",
-    "grpc_peer_identity",
-    "grpc_server_credentials",
-    "inbound_tls",
-    "serve_asgi",
-]
+# The same names as integrations.serving (this is the path users import).
+from proxyless_mesh.integrations.serving import *  # noqa: F403
+from proxyless_mesh.integrations.serving import __all__ as __all__
