@@ -78,7 +78,7 @@ def write_ready(path: str | None, port: int) -> None:
 
 async def serve_http(ready_file: str | None, mesh_bootstrap: str | None) -> None:
     """Plaintext, or with `mesh_bootstrap` (naming the CA and a join token) mesh
-    mTLS, STRICT, through the library's uvicorn protocol (integrations._serving)."""
+    mTLS, STRICT, through the library's uvicorn protocol (proxyless_mesh.serving)."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -93,7 +93,7 @@ async def serve_http(ready_file: str | None, mesh_bootstrap: str | None) -> None
         config = uvicorn.Config(app, log_level="warning", access_log=False, http="httptools")
     else:
         from proxyless_mesh import Mesh
-        from proxyless_mesh.integrations._serving import asgi_config
+        from proxyless_mesh.serving import asgi_config
 
         # Its own thread and loop (sync start): the identity's renewals and the
         # xDS stream stay off the loop that serves requests. Lives as long as

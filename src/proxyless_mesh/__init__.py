@@ -21,6 +21,7 @@ from proxyless_mesh.errors import (
     NoHealthyUpstreamError,
     NoRouteError,
     OutsideMeshError,
+    PassthroughCircuitOpenError,
     PeerIdentityError,
     PolicyConfigError,
     RegistrationError,
@@ -50,6 +51,7 @@ from proxyless_mesh.integrations import (
 )
 from proxyless_mesh.mesh import Mesh
 from proxyless_mesh.registration import ConsulRegistration, Registration
+from proxyless_mesh.resilience import PassthroughBreaker
 from proxyless_mesh.security import IdentityState, MeshHealth
 from proxyless_mesh.telemetry import TelemetryConfig
 
@@ -79,6 +81,8 @@ __all__ = [
     "NoHealthyUpstreamError",
     "NoRouteError",
     "OutsideMeshError",
+    "PassthroughBreaker",
+    "PassthroughCircuitOpenError",
     "PeerIdentityError",
     "PolicyConfigError",
     "Registration",

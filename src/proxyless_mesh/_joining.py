@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from proxyless_mesh.bootstrap import Bootstrap
-from proxyless_mesh.registration import PortAnnouncements, Registrar, Registration, check_port
+from proxyless_mesh.registration import PortAnnouncements, Registrar, Registration
+from proxyless_mesh.runtime import check_port
 
 if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh

@@ -13,13 +13,14 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from proxyless_mesh.errors import BootstrapError
 from proxyless_mesh.model import Locality
 
-__all__ = ["Bootstrap", "XdsServer", "make_bootstrap_json"]
+__all__ = ["Bootstrap", "XdsServer", "file_watcher_provider", "make_bootstrap_json"]
 
 #: The environment variables grpcio reads, in the order it reads them.
 BOOTSTRAP_PATH_ENV = "GRPC_XDS_BOOTSTRAP"
@@ -125,6 +126,35 @@ class Bootstrap:
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
+#: The credential files grpcio's native xDS reads (gRFC A29 `file_watcher`),
+#: in the directory the bootstrap names; security's CredentialFiles writes them.
+CERTIFICATE_FILE = "cert-chain.pem"
+PRIVATE_KEY_FILE = "key.pem"
+CA_CERTIFICATE_FILE = "root-cert.pem"
+#: gRFC A29's instance name, the one the control plane's xDS refers to.
+DEFAULT_PROVIDER_INSTANCE = "default"
+
+
+def file_watcher_provider(
+    directory: str | os.PathLike[str], refresh_interval: float = 1.0
+) -> dict[str, Any]:
+    """The `certificate_providers` entry for the files kept in `directory`:
+    {"default": {"plugin_name": "file_watcher", "config": {...}}}. Part of the
+    bootstrap format, so here: security writes the files, grpcio reads this."""
+    d = Path(directory)
+    return {
+        DEFAULT_PROVIDER_INSTANCE: {
+            "plugin_name": "file_watcher",
+            "config": {
+                "certificate_file": str(d / CERTIFICATE_FILE),
+                "private_key_file": str(d / PRIVATE_KEY_FILE),
+                "ca_certificate_file": str(d / CA_CERTIFICATE_FILE),
+                "refresh_interval": f"{refresh_interval:g}s",
+            },
+        }
+    }
+
+
 def make_bootstrap_json(
     *,
     server_uri: str,
@@ -163,10 +193,6 @@ def make_bootstrap_json(
     }
     providers: dict[str, Any] = {}
     if credentials_dir:
-        # Imported here: the security package reads Bootstrap, so a top-level
-        # import would be circular.
-        from proxyless_mesh.security import file_watcher_provider
-
         providers = file_watcher_provider(credentials_dir)
     return Bootstrap(
         xds_servers=(XdsServer(server_uri, ("insecure",), ("xds_v3",)),),

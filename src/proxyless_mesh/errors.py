@@ -114,6 +114,15 @@ class UpstreamOverflowError(MeshRequestError):
     response_flag = "UO"
 
 
+class PassthroughCircuitOpenError(UpstreamOverflowError):
+    """The circuit breaker of a host outside the mesh is open (the mesh's
+    `passthrough_breaker`): the request failed at once, never sent. Flag UO,
+    Envoy's flag for a request its circuit breaking refused locally (UF
+    would say a connection was tried and failed)."""
+
+    response_flag = "UO"
+
+
 class UpstreamConnectionError(MeshRequestError):
     """Every try failed without a response: connect failure (UF), reset (UC)
     or refused stream (UR), after the retries the route allows. `flags` holds

@@ -10,6 +10,15 @@ subclass to change) for a `Registration` that leaves its ports to the servers.
 Needs gunicorn (`pip install proxyless-mesh[gunicorn]`).
 """
 
-from proxyless_mesh.integrations._wsgi_serving import MeshSyncWorker, accept_mesh_connection
+from proxyless_mesh.integrations.wsgi_serving import InboundSyncWorker, accept_mesh_connection
+from proxyless_mesh.mesh import Mesh
 
 __all__ = ["MeshSyncWorker", "accept_mesh_connection"]
+
+
+class MeshSyncWorker(InboundSyncWorker):  # type: ignore[misc]  # gunicorn is untyped
+    """The sync worker whose runtime is a `Mesh` from the bootstrap, started
+    in each worker after the fork."""
+
+    def open_runtime(self) -> Mesh:
+        return Mesh.from_bootstrap()

@@ -45,6 +45,7 @@ import grpc.aio
 
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import ControlPlaneUnavailableError, RegistrationError
+from proxyless_mesh.runtime import check_port
 
 if TYPE_CHECKING:
     from proxyless_mesh.mesh import Mesh
@@ -79,16 +80,6 @@ class PortAnnouncements(Protocol):
     started are in `mesh.announced_ports` when `start` runs)."""
 
     async def port_announced(self, mesh: Mesh, name: str, port: int) -> None: ...
-
-
-def check_port(name: str, port: int, *, announced: bool = True) -> None:
-    """Refuse what no control plane could list: an empty name, or a port outside
-    1..65535 (0 too when `announced`: a server announces the port it really bound)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a port name must be a non-empty string, not {name!r}")
-    low = 1 if announced else 0
-    if isinstance(port, bool) or not isinstance(port, int) or not low <= port < 65536:
-        raise ValueError(f"port {name!r} must be a number in {low}..65535, not {port!r}")
 
 
 def _dump(obj: Any) -> bytes:

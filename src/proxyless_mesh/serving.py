@@ -17,24 +17,10 @@ Port 0: each helper announces the port it bound (`mesh.announce_port`, as
 `ports={"http": 0}` registers the real port once the server answers.
 
 A module of its own because it needs uvicorn, which the library itself does
-not depend on.
+not depend on. The helpers take any `InboundRuntime` (`proxyless_mesh.runtime`),
+which `Mesh` implements.
 """
 
-from proxyless_mesh.integrations._grpc_serving import (
-    add_mesh_port,
-    grpc_peer_identity,
-    grpc_server_credentials,
-)
-from proxyless_mesh.integrations._serve_asgi import authorized_asgi, serve_asgi
-from proxyless_mesh.integrations._serving import MeshUvicornConfig, asgi_config, inbound_tls
-
-__all__ = [
-    "MeshUvicornConfig",
-    "add_mesh_port",
-    "asgi_config",
-    "authorized_asgi",
-    "grpc_peer_identity",
-    "grpc_server_credentials",
-    "inbound_tls",
-    "serve_asgi",
-]
+# The same names as integrations.serving (this is the path users import).
+from proxyless_mesh.integrations.serving import *  # noqa: F403
+from proxyless_mesh.integrations.serving import __all__ as __all__

@@ -26,8 +26,8 @@ import uvicorn
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
-from proxyless_mesh.integrations._serving import asgi_config
 from proxyless_mesh.security import Credentials
+from proxyless_mesh.serving import asgi_config
 
 
 def write_atomically(path: Path, payload: dict[str, object]) -> None:

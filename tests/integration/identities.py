@@ -21,7 +21,7 @@ from meshlab import LocalMesh
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
-from proxyless_mesh.integrations._serve_asgi import serve_asgi
+from proxyless_mesh.serving import serve_asgi
 
 NAMESPACE = "shop"
 FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend"

@@ -46,10 +46,10 @@ from proxyless_mesh.integrations._grpc_server import (
     AioAuthorizationServerInterceptor,
     AuthorizationServerInterceptor,
 )
-from proxyless_mesh.integrations._serving import MeshUvicornConfig
 from proxyless_mesh.model import TlsMode
 from proxyless_mesh.policy import PathNormalization, PolicySet
 from proxyless_mesh.security._inbound import InboundTls
+from proxyless_mesh.serving import MeshUvicornConfig
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -217,7 +217,7 @@ def _gunicorn(mesh_lab: Lab) -> Iterator[subprocess.Popen[bytes]]:
             [
                 str(BIN / "gunicorn"),
                 "-k",
-                "proxyless_mesh.integrations._wsgi_serving.MeshSyncWorker",
+                "proxyless_mesh.gunicorn.MeshSyncWorker",
                 "--bind",
                 f"fd://{fd}",
                 "--workers",

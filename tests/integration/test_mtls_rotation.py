@@ -21,10 +21,10 @@ from meshlab import LocalMesh
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
-from proxyless_mesh.integrations._serving import asgi_config
 from proxyless_mesh.integrations._tls_transport import TlsTransports
 from proxyless_mesh.model import UpstreamTls
 from proxyless_mesh.security import Credentials
+from proxyless_mesh.serving import asgi_config
 
 REVIEWS = "spiffe://cluster.local/ns/shop/sa/reviews"
 FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend"

@@ -33,10 +33,10 @@ from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import IdentityError, PeerIdentityError, TokenRejectedError
 from proxyless_mesh.integrations._asgi import tls_peer_principal
-from proxyless_mesh.integrations._serving import asgi_config
 from proxyless_mesh.integrations._tls_transport import TlsTransports
 from proxyless_mesh.model import UpstreamTls
 from proxyless_mesh.security import Credentials, SpiffeId, make_csr, new_private_key
+from proxyless_mesh.serving import asgi_config
 
 
 @dataclass

@@ -7,15 +7,18 @@ functions count: they are dependencies all the same.
 A package is a subpackage (`proxyless_mesh.routing`) or a top-level module
 of the control plane (`mesh_control_plane.app`); the library's top-level
 modules (`mesh`, `registration`, ...) are its composition root, one package,
-except `errors` and `bootstrap`, which have layers of their own. ALLOWED
-lists the edges still to be removed, each with the reason it is still
-there; the test fails on a new edge and on an allowed edge that no longer
-exists, so the list only ever shrinks.
+except `errors` and `bootstrap`, which have layers of their own. There is
+no list of exceptions: the last allowed edges (the serving helpers'
+imports of Mesh, bootstrap -> security, the CA wire's protobuf) went with
+the inbound seam (`runtime.InboundRuntime`), the bootstrap's own
+`file_watcher_provider` and the `ca_wire` package.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,38 +36,23 @@ SOURCES = {
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("model", "errors"),
     ("bootstrap",),
-    ("routing", "balancer", "resilience", "policy", "security", "telemetry", "xds_client"),
+    (
+        "routing",
+        "balancer",
+        "resilience",
+        "policy",
+        "security",
+        "telemetry",
+        "xds_client",
+        "ca_wire",
+    ),
     ("runtime",),
     ("integrations",),
 )
-# Below the integrations only the xDS client speaks protobuf.
+# Below the integrations only the wire codecs of the control plane's two gRPC
+# services speak protobuf: the xDS client and the CA's messages (ca_wire).
 PROTOBUF = ("envoy", "google.protobuf", "xds", "udpa", "validate")
-PROTOBUF_ALLOWED = {"proxyless_mesh.xds_client"}
-
-# Edges to remove, (importer module, imported module): why each is still here.
-ALLOWED: dict[tuple[str, str], str] = {
-    # serving.py and gunicorn.py are the public faces of the inbound helpers
-    # that #16 and #17a are changing this session; re-exporting those helpers
-    # from integrations/__init__ waits for their merge (_wsgi_serving imports
-    # Mesh at runtime, which would make proxyless_mesh.integrations import mesh).
-    ("proxyless_mesh.serving", "proxyless_mesh.integrations._serving"): "#16 owns _serving",
-    ("proxyless_mesh.serving", "proxyless_mesh.integrations._serve_asgi"): "as _serving",
-    ("proxyless_mesh.serving", "proxyless_mesh.integrations._grpc_serving"): "as _serving",
-    ("proxyless_mesh.gunicorn", "proxyless_mesh.integrations._wsgi_serving"): "#16/#17a",
-    # The inbound serving helpers take a Mesh (announce, serve_inbound,
-    # inbound policies): the seam does not cover the inbound half yet.
-    ("proxyless_mesh.integrations._serving", "proxyless_mesh.mesh"): "inbound seam, #16",
-    ("proxyless_mesh.integrations._wsgi_serving", "proxyless_mesh.mesh"): "inbound seam, #16",
-    ("proxyless_mesh.integrations._serve_asgi", "proxyless_mesh.mesh"): "inbound seam",
-    ("proxyless_mesh.integrations._grpc_serving", "proxyless_mesh.mesh"): "inbound seam",
-    ("proxyless_mesh.integrations._serve_asgi", "proxyless_mesh.registration"): "inbound seam",
-    # bootstrap.py builds grpcio's certificate provider config from security;
-    # security and telemetry read the Bootstrap type. #17b is editing bootstrap.py.
-    ("proxyless_mesh.bootstrap", "proxyless_mesh.security"): "#17b owns bootstrap.py",
-    # The CA client's wire format (Istio's certificate service) is protobuf;
-    # it moves out of security with the CA client (#17a is editing it).
-    ("proxyless_mesh.security.ca_wire", "google.protobuf"): "CA wire, #17a",
-}
+PROTOBUF_ALLOWED = {"proxyless_mesh.xds_client", "proxyless_mesh.ca_wire"}
 
 
 def _module_name(top: str, path: Path) -> str:
@@ -124,12 +112,6 @@ def _imports() -> list[tuple[str, str]]:
 EDGES = _imports()
 
 
-def _allowed(importer: str, imported: str) -> bool:
-    return any(
-        importer == a and (imported == b or imported.startswith(b + ".")) for a, b in ALLOWED
-    )
-
-
 def _private_of_other_package(importer: str, imported: str) -> bool:
     if imported.split(".")[0] not in SOURCES:
         return False
@@ -147,9 +129,7 @@ def _layer(package: str) -> int:
 
 
 def test_no_import_of_another_packages_private_module() -> None:
-    bad = sorted(
-        f"{a} -> {b}" for a, b in EDGES if _private_of_other_package(a, b) and not _allowed(a, b)
-    )
+    bad = sorted(f"{a} -> {b}" for a, b in EDGES if _private_of_other_package(a, b))
     assert bad == []
 
 
@@ -159,11 +139,7 @@ def test_library_imports_follow_the_layers() -> None:
         if not (importer.startswith("proxyless_mesh") and imported.startswith("proxyless_mesh.")):
             continue
         source, target = _package(importer), _package(imported)
-        if (
-            source != target
-            and _layer(target) > _layer(source)
-            and not _allowed(importer, imported)
-        ):
+        if source != target and _layer(target) > _layer(source):
             bad.append(f"{importer} -> {imported}")
     assert sorted(bad) == []
 
@@ -177,7 +153,6 @@ def test_nothing_below_the_integrations_imports_protobuf() -> None:
         and _layer(_package(importer)) < integrations
         and _package(importer) not in PROTOBUF_ALLOWED
         and any(imported == p or imported.startswith(p + ".") for p in PROTOBUF)
-        and not _allowed(importer, imported)
     ]
     assert sorted(bad) == []
 
@@ -189,7 +164,7 @@ def test_no_cycle_between_packages(top: str) -> None:
         if not (importer.startswith(top) and imported.startswith(top + ".")):
             continue
         source, target = _package(importer), _package(imported)
-        if source != target and not _allowed(importer, imported):
+        if source != target:
             graph[source].add(target)
     cycles = []
     state: dict[str, int] = {}  # 1: on the path, 2: done
@@ -212,11 +187,19 @@ def test_no_cycle_between_packages(top: str) -> None:
     assert cycles == []
 
 
-def test_every_allowed_edge_still_exists() -> None:
-    """An edge removed from the code must leave the list too."""
-    gone = [
-        f"{a} -> {b}"
-        for a, b in ALLOWED
-        if not any(i == a and (m == b or m.startswith(b + ".")) for i, m in EDGES)
-    ]
-    assert gone == []
+def test_the_library_imports_without_the_optional_servers() -> None:
+    """uvicorn and gunicorn are extras: `proxyless_mesh` and its integrations
+    package must not import them (only serving.py and gunicorn.py do)."""
+    code = (
+        "import sys, proxyless_mesh, proxyless_mesh.integrations, proxyless_mesh.runtime\n"
+        "print(sorted(m for m in ('uvicorn', 'gunicorn') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+    code = "import sys, proxyless_mesh.serving\nprint('uvicorn' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "True"  # the check above can see an import

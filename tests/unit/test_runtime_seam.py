@@ -71,6 +71,7 @@ class FakeRuntime:
         self.telemetry = Telemetry(TelemetryConfig.off())
         self.rng = random.Random(7)
         self.resolve_timeout = 1.0
+        self.passthrough_breaker = None
         self.resources: dict[str, ClusterResources] = {}
         self.mirror_failures = 0
 

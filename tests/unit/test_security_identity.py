@@ -26,6 +26,7 @@ from mesh_control_plane.ca import (
     TokenAuthority,
 )
 
+from proxyless_mesh import ca_wire
 from proxyless_mesh.errors import IdentityConfigError, IdentityError, TokenRejectedError
 from proxyless_mesh.security import (
     CaClient,
@@ -33,7 +34,6 @@ from proxyless_mesh.security import (
     IdentityConfig,
     IdentityManager,
     SpiffeId,
-    ca_wire,
     spiffe_id_of,
 )
 

@@ -1,7 +1,12 @@
 """Adapters between the mesh core and client/server libraries (httpx, grpcio,
 ASGI, WSGI): the transports and channels, the authorization and telemetry
 middleware and interceptors. `url_parts` is the httpx transport's reading of
-a URL (authority, path), shared with `meshctl simulate` so both route alike."""
+a URL (authority, path), shared with `meshctl simulate` so both route alike.
+
+The server helpers are public modules not imported here, because they need
+optional extras: `integrations.serving` (uvicorn, grpcio servers) and
+`integrations.wsgi_serving` (gunicorn); `proxyless_mesh.serving` and
+`proxyless_mesh.gunicorn` are their faces. They take an `InboundRuntime`."""
 
 from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
 from proxyless_mesh.integrations._grpc_aio import AioMeshChannel

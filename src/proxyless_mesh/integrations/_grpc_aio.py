@@ -17,18 +17,16 @@ from proxyless_mesh.runtime import UNRESOLVED
 from proxyless_mesh.telemetry import Call
 
 if TYPE_CHECKING:
-    from proxyless_mesh.runtime import Runtime
+    pass
 
 
-from proxyless_mesh.integrations._grpc_client import _Callable
+from proxyless_mesh.integrations._grpc_client import ChannelBase, _Callable
 from proxyless_mesh.integrations._grpc_exchange import (
     _SC,
     _UNARY_RESPONSE,
     _Exchange,
     _Replay,
-    _Router,
 )
-from proxyless_mesh.integrations._grpc_tls_bridge import MeshSubChannels
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
 
@@ -237,65 +235,16 @@ class _AioStreamStream(_AioCallable, grpc.aio.StreamStreamMultiCallable):  # typ
     pass
 
 
-class AioMeshChannel(grpc.aio.Channel):  # type: ignore[misc]
+class AioMeshChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio.Channel whose calls the mesh routes: `mesh.aio_grpc_channel(target)`."""
 
-    def __init__(self, mesh: Runtime, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
-        self.router = _Router(mesh, target)
-        self.subchannels = MeshSubChannels(mesh, options, grpc.aio.insecure_channel)
-        self._options = tuple(options)
-        self._passthrough: grpc.aio.Channel | None = None
-
-    def passthrough(self) -> grpc.aio.Channel:
-        if self._passthrough is None:
-            self._passthrough = grpc.aio.insecure_channel(
-                self.router.authority, options=self._options
-            )
-        return self._passthrough
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _AioUnaryUnary(
-            self, "unary_unary", method, request_serializer, response_deserializer
-        )
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _AioUnaryStream(
-            self, "unary_stream", method, request_serializer, response_deserializer
-        )
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _AioStreamUnary(
-            self, "stream_unary", method, request_serializer, response_deserializer
-        )
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _AioStreamStream(
-            self, "stream_stream", method, request_serializer, response_deserializer
-        )
+    new_channel = staticmethod(grpc.aio.insecure_channel)
+    callables = {
+        "unary_unary": _AioUnaryUnary,
+        "unary_stream": _AioUnaryStream,
+        "stream_unary": _AioStreamUnary,
+        "stream_stream": _AioStreamStream,
+    }
 
     async def channel_ready(self) -> None:
         """Ready when the control plane has said what the target is."""

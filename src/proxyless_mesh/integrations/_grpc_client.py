@@ -265,59 +265,62 @@ class _StreamStream(_SyncCallable, grpc.StreamStreamMultiCallable):  # type: ign
     pass
 
 
-class MeshChannel(grpc.Channel):  # type: ignore[misc]
-    """A sync grpc.Channel whose calls the mesh routes: `mesh.grpc_channel(target)`."""
+def _factory(kind: str) -> Callable[..., Any]:
+    """A channel's `unary_unary` (etc.): the channel's callable class for `kind`."""
+
+    def make(
+        channel: ChannelBase,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return channel.callables[kind](
+            channel, kind, method, request_serializer, response_deserializer
+        )
+
+    make.__name__ = make.__qualname__ = kind
+    return make
+
+
+class ChannelBase:
+    """What the sync and aio mesh channels share: the router, the sub-channels
+    per endpoint, the passthrough channel and the four multi-callable
+    factories (each channel class names its plain-channel constructor and
+    its callable classes)."""
+
+    new_channel: Callable[..., Any]  # grpc.insecure_channel or its aio twin
+    callables: dict[str, type[_Callable]]
 
     def __init__(self, mesh: Runtime, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
         self.router = _Router(mesh, target)
-        self.subchannels = MeshSubChannels(mesh, options, grpc.insecure_channel)
+        self.subchannels = MeshSubChannels(mesh, options, self.new_channel)
         self._target = target
         self._options = tuple(options)
-        self._passthrough: grpc.Channel | None = None
+        self._passthrough: Any = None
 
-    def passthrough(self) -> grpc.Channel:
+    def passthrough(self) -> Any:
         """A plain channel to the target itself, for non-mesh hosts (ALLOW_ANY)."""
         if self._passthrough is None:
-            self._passthrough = grpc.insecure_channel(self.router.authority, options=self._options)
+            self._passthrough = self.new_channel(self.router.authority, options=self._options)
         return self._passthrough
 
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _UnaryUnary(self, "unary_unary", method, request_serializer, response_deserializer)
+    unary_unary = _factory("unary_unary")
+    unary_stream = _factory("unary_stream")
+    stream_unary = _factory("stream_unary")
+    stream_stream = _factory("stream_stream")
 
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _UnaryStream(self, "unary_stream", method, request_serializer, response_deserializer)
 
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _StreamUnary(self, "stream_unary", method, request_serializer, response_deserializer)
+class MeshChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
+    """A sync grpc.Channel whose calls the mesh routes: `mesh.grpc_channel(target)`."""
 
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        return _StreamStream(
-            self, "stream_stream", method, request_serializer, response_deserializer
-        )
+    new_channel = staticmethod(grpc.insecure_channel)
+    callables = {
+        "unary_unary": _UnaryUnary,
+        "unary_stream": _UnaryStream,
+        "stream_unary": _StreamUnary,
+        "stream_stream": _StreamStream,
+    }
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         """Connectivity of a meshed channel is per endpoint; nothing to report."""

@@ -27,7 +27,7 @@ from proxyless_mesh.model import TlsMode
 from proxyless_mesh.security import Credentials
 
 if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import InboundRuntime
 
 __all__ = ["ModeArg", "add_mesh_port", "grpc_peer_identity", "grpc_server_credentials"]
 
@@ -42,7 +42,9 @@ def _certificate_configuration(credentials: Credentials) -> Any:
     )
 
 
-def grpc_server_credentials(source: Mesh | Callable[[], Credentials]) -> grpc.ServerCredentials:
+def grpc_server_credentials(
+    source: InboundRuntime | Callable[[], Credentials],
+) -> grpc.ServerCredentials:
     """Rotating mTLS server credentials from a mesh (or a credentials source)."""
     current: Callable[[], Credentials] = source.credentials if not callable(source) else source
     served = [current()]
@@ -64,7 +66,7 @@ def grpc_server_credentials(source: Mesh | Callable[[], Credentials]) -> grpc.Se
 def add_mesh_port(
     server: Any,
     address: str,
-    mesh: Mesh,
+    mesh: InboundRuntime,
     *,
     mode: ModeArg = None,
     port_name: str | None = "grpc",
@@ -79,7 +81,7 @@ def add_mesh_port(
     return port
 
 
-def _add_port(server: Any, address: str, mesh: Mesh, mode: ModeArg) -> int:
+def _add_port(server: Any, address: str, mesh: InboundRuntime, mode: ModeArg) -> int:
     fixed = TlsMode(mode) if mode is not None else None
     if fixed is None:
         fixed = TlsMode.STRICT if mesh.mtls else TlsMode.DISABLE

@@ -52,7 +52,9 @@ class MeshTransport(httpx.BaseTransport):
 
     def __init__(self, mesh: Runtime, inner: httpx.BaseTransport | None = None) -> None:
         self._mesh = mesh
-        self._inner = inner if inner is not None else linear(httpx.HTTPTransport())
+        self._inner: httpx.BaseTransport = (
+            inner if inner is not None else linear(httpx.HTTPTransport())
+        )
         # Mutual TLS toward clusters whose xDS says so; one pool per identity set.
         self._tls = TlsTransports(mesh)
 
@@ -78,8 +80,11 @@ class MeshTransport(httpx.BaseTransport):
         if routed is None:
             if call is not None:
                 telemetry_hooks.passthrough(call)
+            breaker = self._mesh.passthrough_breaker
             try:
-                return self._inner.handle_request(request)
+                if breaker is None:
+                    return self._inner.handle_request(request)
+                return breaker.send(parts[0], self._inner.handle_request, request)
             except httpx.ConnectError as exc:
                 typed = passthrough_failure(self._mesh.snapshot, parts[0], exc, request)
                 if typed is None:
@@ -146,7 +151,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, mesh: Runtime, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._mesh = mesh
-        self._inner = inner if inner is not None else linear(httpx.AsyncHTTPTransport())
+        self._inner: httpx.AsyncBaseTransport = (
+            inner if inner is not None else linear(httpx.AsyncHTTPTransport())
+        )
         self._tls = AsyncTlsTransports(mesh)
         self._mirrors: set[asyncio.Task[None]] = set()
 
@@ -175,8 +182,11 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         if routed is None:
             if call is not None:
                 telemetry_hooks.passthrough(call)
+            breaker = self._mesh.passthrough_breaker
             try:
-                return await self._inner.handle_async_request(request)
+                if breaker is None:
+                    return await self._inner.handle_async_request(request)
+                return await breaker.send_async(parts[0], self._inner.handle_async_request, request)
             except httpx.ConnectError as exc:
                 typed = passthrough_failure(self._mesh.snapshot, parts[0], exc, request)
                 if typed is None:

@@ -22,10 +22,10 @@ from proxyless_mesh.errors import MeshError
 from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
 from proxyless_mesh.integrations._grpc_serving import ModeArg
 from proxyless_mesh.integrations._serving import asgi_config
-from proxyless_mesh.registration import check_port
+from proxyless_mesh.runtime import check_port
 
 if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import InboundRuntime
 
 __all__ = ["authorized_asgi", "serve_asgi"]
 
@@ -74,7 +74,7 @@ class _AnnouncingServer(uvicorn.Server):
 
 async def serve_asgi(
     app: Any,
-    mesh: Mesh,
+    mesh: InboundRuntime,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -133,7 +133,7 @@ async def serve_asgi(
                 sock.close()
 
 
-def authorized_asgi(app: Any, mesh: Mesh, ports: list[int]) -> Any:
+def authorized_asgi(app: Any, mesh: InboundRuntime, ports: list[int]) -> Any:
     """`app` behind the AuthorizationMiddleware fed by the mesh's policy for
     each of `ports` (each already followed with `mesh.serve_inbound`); with
     several ports the request's local port (`scope["server"]`) picks it."""

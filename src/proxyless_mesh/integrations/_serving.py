@@ -56,7 +56,7 @@ from proxyless_mesh.security import (
 )
 
 if TYPE_CHECKING:
-    from proxyless_mesh.mesh import Mesh
+    from proxyless_mesh.runtime import InboundRuntime
 
 __all__ = [
     "MeshH11Protocol",
@@ -69,7 +69,7 @@ __all__ = [
 log = logging.getLogger("proxyless_mesh.serving")
 
 
-def inbound_tls(mesh: Mesh, mode: ModeArg = None) -> InboundTls:
+def inbound_tls(mesh: InboundRuntime, mode: ModeArg = None) -> InboundTls:
     """The inbound mTLS settings of `mesh`: an explicit `mode` (TlsMode or its
     name), else per port what the mesh says (`mesh.inbound_tls_mode`)."""
     fixed = TlsMode(mode) if mode is not None else None
@@ -367,7 +367,9 @@ class MeshUvicornConfig(uvicorn.Config):
         self.mesh_inbound = inbound
 
 
-def asgi_config(app: Any, mesh: Mesh, *, mode: ModeArg = None, **kwargs: Any) -> MeshUvicornConfig:
+def asgi_config(
+    app: Any, mesh: InboundRuntime, *, mode: ModeArg = None, **kwargs: Any
+) -> MeshUvicornConfig:
     """`uvicorn.Server(asgi_config(app, mesh, host=..., port=...)).run()`:
     serve `app` with mesh mTLS; `kwargs` are uvicorn.Config's."""
     return MeshUvicornConfig(app, inbound=inbound_tls(mesh, mode), **kwargs)

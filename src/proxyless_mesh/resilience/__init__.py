@@ -12,6 +12,7 @@ from proxyless_mesh.resilience._drive import AsyncAttempt, Attempt, drive, drive
 from proxyless_mesh.resilience._flow import Flow, fault_draw, request_flow
 from proxyless_mesh.resilience._limits import Admission, ClusterResources, SlotTicket
 from proxyless_mesh.resilience._mirror import shadow_host, should_mirror
+from proxyless_mesh.resilience._passthrough_breaker import PassthroughBreaker
 from proxyless_mesh.resilience._retry_on import (
     GRPC_RETRY_CODES,
     KNOWN_CONDITIONS,
@@ -48,6 +49,7 @@ __all__ = [
     "Finish",
     "Flow",
     "MeshFailure",
+    "PassthroughBreaker",
     "RetryPredicate",
     "Send",
     "Sleep",

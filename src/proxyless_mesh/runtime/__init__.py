@@ -3,10 +3,12 @@
 The outbound integrations (httpx, grpcio) take a `Runtime` (which `Mesh`
 implements), read its current `MeshSnapshot` and make the outbound decision
 with `route_request` / `pick_endpoint`; they never import `Mesh` or the xDS
-client. This package sits between them and the
+client; the serving helpers take an `InboundRuntime` the same way. This
+package sits between them and the
 core (routing, balancer, policy), so the request path touches no protobuf.
 """
 
+from proxyless_mesh.runtime._inbound import InboundRuntime, check_port
 from proxyless_mesh.runtime._outbound import (
     ALLOW_ANY,
     REGISTRY_ONLY,
@@ -26,8 +28,10 @@ __all__ = [
     "BackgroundWork",
     "BalancerSource",
     "InboundPolicy",
+    "InboundRuntime",
     "MeshSnapshot",
     "Runtime",
+    "check_port",
     "is_ip_literal",
     "passthrough_failure",
     "pick_endpoint",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from proxyless_mesh.model import Cluster
-from proxyless_mesh.resilience import ClusterResources
+from proxyless_mesh.resilience import ClusterResources, PassthroughBreaker
 from proxyless_mesh.runtime._snapshot import MeshSnapshot
 from proxyless_mesh.telemetry import Telemetry
 
@@ -38,6 +38,8 @@ class Runtime(Protocol):
     rng: random.Random
     # How long resolving an unknown authority may take (seconds).
     resolve_timeout: float
+    # The circuit breakers of passed-through hosts (None: not guarded).
+    passthrough_breaker: PassthroughBreaker | None
 
     @property
     def background(self) -> BackgroundWork:

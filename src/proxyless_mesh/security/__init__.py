@@ -17,7 +17,8 @@ in-process, and the TLS pieces built from them.
 - `InboundTls`, `asgi_tls_extension()`: the serving side
   (PeerAuthentication modes, TLS-or-plaintext sniffing, the ASGI `tls`
   extension), used by integrations/_serving.py.
-- `ca_wire`: the CA's gRPC protocol, shared with the control plane.
+- The CA client's wire format (protobuf) is `proxyless_mesh.ca_wire`, kept out
+  of this package: below the integrations only the wire codecs use protobuf.
 """
 
 from proxyless_mesh.security._ca_client import CaClient, SignedChain

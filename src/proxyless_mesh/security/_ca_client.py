@@ -15,8 +15,8 @@ import grpc
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from proxyless_mesh import ca_wire
 from proxyless_mesh.errors import CertificateAuthorityUnavailableError, TokenRejectedError
-from proxyless_mesh.security import ca_wire
 from proxyless_mesh.security._credentials import Credentials
 
 __all__ = ["CaClient", "SignedChain"]

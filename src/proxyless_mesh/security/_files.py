@@ -37,8 +37,3 @@ def write_private_file(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-CERTIFICATE_FILE = "cert-chain.pem"
-PRIVATE_KEY_FILE = "key.pem"
-CA_CERTIFICATE_FILE = "root-cert.pem"

@@ -11,40 +11,19 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
-from typing import Any
 
-from proxyless_mesh.security._credentials import Credentials
-from proxyless_mesh.security._files import (
+from proxyless_mesh.bootstrap import (
     CA_CERTIFICATE_FILE,
     CERTIFICATE_FILE,
     PRIVATE_KEY_FILE,
-    ensure_private_dir,
-    write_private_file,
+    file_watcher_provider,
 )
+from proxyless_mesh.security._credentials import Credentials
+from proxyless_mesh.security._files import ensure_private_dir, write_private_file
 
 __all__ = ["CredentialFiles", "file_watcher_provider"]
 
 LOCK_FILE = ".write.lock"
-
-#: gRFC A29's instance name, the one the control plane's xDS refers to.
-DEFAULT_PROVIDER_INSTANCE = "default"
-
-
-def file_watcher_provider(directory: str | Path, refresh_interval: float = 1.0) -> dict[str, Any]:
-    """The `certificate_providers` entry for the files kept in `directory`:
-    {"default": {"plugin_name": "file_watcher", "config": {...}}}."""
-    d = Path(directory)
-    return {
-        DEFAULT_PROVIDER_INSTANCE: {
-            "plugin_name": "file_watcher",
-            "config": {
-                "certificate_file": str(d / CERTIFICATE_FILE),
-                "private_key_file": str(d / PRIVATE_KEY_FILE),
-                "ca_certificate_file": str(d / CA_CERTIFICATE_FILE),
-                "refresh_interval": f"{refresh_interval:g}s",
-            },
-        }
-    }
 
 
 class CredentialFiles:

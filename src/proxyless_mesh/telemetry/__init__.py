@@ -12,9 +12,9 @@ and WSGI, and call `hook_failed` when a telemetry hook raises.
 """
 
 from proxyless_mesh.telemetry._b3 import B3Propagator
+from proxyless_mesh.telemetry._call import LOCAL_REPLY_STATUS, Call, QuietCall
+from proxyless_mesh.telemetry._call import _contained as hook_failed
 from proxyless_mesh.telemetry._config import TelemetryConfig
-from proxyless_mesh.telemetry._core import LOCAL_REPLY_STATUS, Call, QuietCall, Telemetry
-from proxyless_mesh.telemetry._core import _contained as hook_failed
 from proxyless_mesh.telemetry._labels import (
     NO_PEER,
     PEER_HEADER,
@@ -30,6 +30,7 @@ from proxyless_mesh.telemetry._policy import (
     check_spec,
     policy_from_specs,
 )
+from proxyless_mesh.telemetry._telemetry import Telemetry
 
 __all__ = [
     "LOCAL_REPLY_STATUS",

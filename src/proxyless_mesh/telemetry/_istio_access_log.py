@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from proxyless_mesh.telemetry._core import Call
+    from proxyless_mesh.telemetry._call import Call
 
 #: Envoy's default access log format, as Istio configures it.
 TEXT_FORMAT = (

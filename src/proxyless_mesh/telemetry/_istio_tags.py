@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from proxyless_mesh.telemetry._core import Call
+    from proxyless_mesh.telemetry._call import Call
     from proxyless_mesh.telemetry._labels import Workload
 
 

@@ -25,12 +25,12 @@ from mesh_control_plane.ca import (
 )
 from mesh_control_plane.cli.main import main as meshctl
 
+from proxyless_mesh import ca_wire
 from proxyless_mesh.errors import TokenRejectedError
 from proxyless_mesh.security import (
     CaClient,
     Credentials,
     SpiffeId,
-    ca_wire,
     make_csr,
     new_private_key,
     spiffe_id_of,

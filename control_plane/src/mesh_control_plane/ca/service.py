@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from mesh_control_plane.ca.authority import CertificateAuthority
 from mesh_control_plane.ca.rotation_signal import install_rotation_signal
 from mesh_control_plane.ca.tokens import TokenAuthority, TokenError
-from proxyless_mesh.security import SpiffeId, ca_wire
+from proxyless_mesh import ca_wire
+from proxyless_mesh.security import SpiffeId
 
 __all__ = ["CaServer", "CertificateService", "Refusal"]
 

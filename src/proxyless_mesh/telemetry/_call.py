@@ -1,4 +1,4 @@
-"""`Telemetry` (one per Mesh or per inbound stack) and `Call` (one request).
+"""`Call` (one request) and `QuietCall`, made by `Telemetry` (_telemetry.py).
 
 Integrations create a Call when a request starts and feed it facts as they
 happen (routed, each attempt, the outcome); at `finish()` it ends the spans,
@@ -10,8 +10,8 @@ an exporter, a propagator or a hook is swallowed, counted in
 Span shape (as Envoy with the router's `start_child_span`): an outbound call
 is one CLIENT span; each try (the first and every retry) is a CLIENT child
 span, and the trace context sent to the upstream is the try's, so the
-server's span hangs under the try that reached it. Spans are named
-`{METHOD} {host}` (HTTP) or `{package.Service}/{Method}` (gRPC).
+server's span hangs under the try that reached it. Spans are named as Envoy
+names them (`<host>:<port>/*`), with Istio's tags beside OpenTelemetry's.
 """
 
 from __future__ import annotations
@@ -23,34 +23,22 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context, get_current
-from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from proxyless_mesh.telemetry._access_log import AccessLog
-from proxyless_mesh.telemetry._b3 import B3Propagator
-from proxyless_mesh.telemetry._config import ProviderGate, TelemetryConfig, service_labels
 from proxyless_mesh.telemetry._istio_access_log import operators
-from proxyless_mesh.telemetry._istio_tags import end_tags, span_name, start_tags, workload_tags
+from proxyless_mesh.telemetry._istio_tags import end_tags, span_name, start_tags
 from proxyless_mesh.telemetry._labels import (
     GRPC_PEER_HEADER,
     NO_PEER,
     PEER_HEADER,
     UNKNOWN,
-    Peer,
-    Workload,
-    grpc_headers,
-    label_prefix,
     parse_peer,
 )
-from proxyless_mesh.telemetry._metrics import IstioMetrics
-from proxyless_mesh.telemetry._policy import NO_POLICY, TelemetryPolicy
 
 if TYPE_CHECKING:
-    from opentelemetry.propagators.textmap import TextMapPropagator
-
-    from proxyless_mesh.bootstrap import Bootstrap
+    from proxyless_mesh.telemetry._telemetry import Telemetry
 
 log = logging.getLogger("proxyless_mesh.telemetry")
 SetHeader = Callable[[str, str], None]
@@ -66,185 +54,6 @@ def _contained(telemetry: Telemetry, exc: BaseException) -> None:
     """A telemetry hook failed: count and log it, the request goes on."""
     telemetry.errors += 1
     log.debug("telemetry hook failed (request unaffected)", exc_info=exc)
-
-
-class _Setter(Setter[SetHeader]):
-    """OTel Setter over a `set_header(name, value)` callable."""
-
-    def set(self, carrier: SetHeader, key: str, value: str) -> None:
-        carrier(key, value)
-
-
-class _Getter(Getter[GetHeader]):
-    """OTel Getter over a `get_header(name)` callable."""
-
-    def get(self, carrier: GetHeader, key: str) -> list[str] | None:
-        value = carrier(key)
-        return [value] if value is not None else None
-
-    def keys(self, carrier: GetHeader) -> list[str]:
-        return []
-
-
-_SETTER = _Setter()
-_GETTER = _Getter()
-
-
-class Telemetry:
-    """The signals of one process side: built from a TelemetryConfig and
-    the workload's identity (`Telemetry.from_bootstrap`)."""
-
-    def __init__(self, config: TelemetryConfig | None = None, workload: Workload | None = None):
-        config = config if config is not None else TelemetryConfig()
-        self.config = config
-        self.workload = workload if workload is not None else Workload()
-        self.enabled = config.enabled
-        #: Hook failures swallowed so far (telemetry never fails a request).
-        self.errors = 0
-        self.metrics: IstioMetrics | None = None
-        meter_provider = None
-        if config.metrics:
-            meter_provider = config.meter_provider or metrics.get_meter_provider()
-            self.metrics = IstioMetrics(
-                meter_provider.get_meter("proxyless_mesh"), max_label_sets=config.max_label_sets
-            )
-        self.tracer: trace.Tracer | None = None
-        if config.tracing:
-            tracer_provider = config.tracer_provider or trace.get_tracer_provider()
-            self.tracer = tracer_provider.get_tracer("proxyless_mesh")
-        #: Whether those providers record yet (the no-SDK fast path).
-        self.gate = ProviderGate(self.tracer, meter_provider)
-        self._b3 = B3Propagator() if config.b3 else None
-        self.access = (
-            AccessLog(config.access_logger, config.access_log_format, config.access_log_stdout)
-            if config.access_log
-            else None
-        )
-        #: Send/answer PEER_HEADER: only the peer-labelled signals need it.
-        self.exchange_peers = self.metrics is not None or self.access is not None
-        self._sampling = config.access_log_sampling
-        self._rng = random.Random()
-        self._hosts: dict[str, tuple[str, str, str]] = {}
-        #: The Istio exchange headers this workload sends and answers with.
-        self.peer_headers = self.workload.peer_headers
-        self.grpc_peer_headers = grpc_headers(self.peer_headers)
-        #: Istio's per-proxy span tags (component, node_id, istio.*), once.
-        self.span_tags = workload_tags(self.workload)
-        self._prefixes: dict[tuple[str, Peer, str, bool, str], tuple[str, ...]] = {}
-        self._quiet = QuietCall(self)
-        #: The Telemetry API's policy for this workload (from the control
-        #: plane, see `apply_policy`); replaced whole, read per call.
-        self.policy = NO_POLICY
-
-    def apply_policy(self, policy: TelemetryPolicy) -> None:
-        """Follow a Telemetry API policy from now on (next calls). It may turn
-        access logs on, but not a Telemetry the application turned off."""
-        if (
-            self.access is None
-            and self.enabled
-            and (policy.source.access_log or policy.destination.access_log)
-        ):
-            config = self.config
-            self.access = AccessLog(
-                config.access_logger, config.access_log_format, config.access_log_stdout
-            )
-            self.exchange_peers = True
-        self.policy = policy
-
-    def traced(self, reporter: str, context: Context | None) -> bool:
-        """Would the policy have this call's spans made? Sampling decides new
-        traces only: a caller's propagated decision is followed."""
-        side = self.policy.side(reporter)
-        if not side.report_spans:
-            return False
-        if side.sampling is None:
-            return True
-        parent = trace.get_current_span(context).get_span_context()
-        if parent.is_valid:
-            return bool(parent.trace_flags.sampled)
-        return self._rng.random() * 100.0 < side.sampling
-
-    @classmethod
-    def from_bootstrap(
-        cls, bootstrap: Bootstrap, config: TelemetryConfig | None = None
-    ) -> Telemetry:
-        return cls(config, Workload.from_bootstrap(bootstrap))
-
-    # -- propagation --------------------------------------------------------
-
-    def _propagator(self) -> TextMapPropagator:
-        # Read per use so an application that sets its propagator after the
-        # mesh started is still honoured.
-        return self.config.propagator or propagate.get_global_textmap()
-
-    def inject(self, context: Context, set_header: SetHeader) -> None:
-        self._propagator().inject(set_header, context, _SETTER)
-        if self._b3 is not None:
-            self._b3.inject(set_header, context, _SETTER)
-
-    def extract(self, get_header: GetHeader) -> Context:
-        context = self._propagator().extract(get_header, None, _GETTER)
-        if self._b3 is not None and not trace.get_current_span(context).get_span_context().is_valid:
-            context = self._b3.extract(get_header, context, _GETTER)
-        return context
-
-    # -- calls ----------------------------------------------------------------
-
-    def host_labels(self, authority: str) -> tuple[str, str, str]:
-        """(service host, name, namespace) of an authority, cached."""
-        labels = self._hosts.get(authority)
-        if labels is None:
-            host = authority.rpartition(":")[0] if ":" in authority else authority
-            name, namespace = service_labels(host)
-            labels = (host, name, namespace)
-            if len(self._hosts) < self.config.max_label_sets:
-                self._hosts[authority] = labels
-        return labels
-
-    def labels(
-        self, reporter: str, peer: Peer, authority: str, secure: bool, principal: str
-    ) -> tuple[str, ...]:
-        """The per-(peer, service) part of a request's labels, cached."""
-        key = (reporter, peer, authority, secure, principal)
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            service = self.host_labels(authority)
-            prefix = label_prefix(reporter, self.workload, peer, service, secure, principal)
-            if len(self._prefixes) < self.config.max_label_sets:
-                self._prefixes[key] = prefix
-        return prefix
-
-    def call(
-        self, reporter: str, protocol: str, method: str, authority: str, path: str
-    ) -> Call | None:
-        """A Call for one request, or None when every signal is off."""
-        if not self.enabled:
-            return None
-        logged, measured = self._signals(reporter)
-        return Call(self, reporter, protocol, method, authority, path, logged, measured)
-
-    def client_call(self, method: str, authority: str, path: str) -> Call | QuietCall | None:
-        """An outbound HTTP request's Call; the shared QuietCall when nothing
-        would be recorded (no access line, no metrics, no span of ours: the
-        API without an SDK), which only propagates; None when all is off."""
-        if not self.enabled:
-            return None
-        logged, measured = self._signals("source")
-        if not logged and not measured and (self.tracer is None or not self.gate.tracing()):
-            return self._quiet
-        return Call(self, "source", "http", method, authority, path, logged, measured)
-
-    def _signals(self, reporter: str) -> tuple[bool, bool]:
-        """(access line, metrics) for one call. Decided once per call, as the
-        span is: a provider set mid-request starts with the next one."""
-        wanted = self.policy.side(reporter).access_log
-        logged = (
-            self.access is not None
-            and (self.config.access_log if wanted is None else wanted)
-            and (self._sampling >= 1.0 or self._rng.random() < self._sampling)
-        )
-        istio = self.metrics
-        return logged, istio is not None and istio.wanted(self.gate.metrics())
 
 
 class QuietCall:

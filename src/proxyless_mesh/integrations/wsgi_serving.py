@@ -1,6 +1,6 @@
 """Serving a WSGI app with mesh mTLS under gunicorn.
 
-`gunicorn -k proxyless_mesh.integrations._wsgi_serving.MeshSyncWorker ...`
+`gunicorn -k proxyless_mesh.gunicorn.MeshSyncWorker ...`
 with the workload's bootstrap in GRPC_XDS_BOOTSTRAP (or
 GRPC_XDS_BOOTSTRAP_CONFIG). Each worker process starts its own `Mesh` after
 the fork (a mesh's loop thread and its xDS stream do not survive a fork),
@@ -46,11 +46,11 @@ from proxyless_mesh.integrations._wsgi import (
     WSGIApp,
     WsgiAuthorizationMiddleware,
 )
-from proxyless_mesh.mesh import Mesh
 from proxyless_mesh.model import TlsMode
+from proxyless_mesh.runtime import InboundRuntime
 from proxyless_mesh.security import TLS_HANDSHAKE_BYTE, peer_spiffe_id, plaintext_refusal
 
-__all__ = ["MeshSyncWorker", "accept_mesh_connection"]
+__all__ = ["InboundSyncWorker", "accept_mesh_connection"]
 
 log = logging.getLogger("proxyless_mesh.serving")
 
@@ -63,7 +63,7 @@ class Refused(Exception):
 
 
 def accept_mesh_connection(
-    client: socket.socket, mesh: Mesh, port: int
+    client: socket.socket, mesh: InboundRuntime, port: int
 ) -> tuple[socket.socket, str | None]:
     """Classify one accepted connection by the port's mode and, for TLS, do
     the mTLS handshake: returns the socket to serve (SSLSocket after a
@@ -118,33 +118,36 @@ def _refuse_plaintext(client: socket.socket, first: int) -> None:
         return
 
 
-class MeshSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
-    """gunicorn's sync worker serving with mesh mTLS (module docstring)."""
+class InboundSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
+    """gunicorn's sync worker serving with mesh mTLS (module docstring), for
+    the runtime `open_runtime()` starts: `proxyless_mesh.gunicorn.MeshSyncWorker`
+    starts a `Mesh` from the bootstrap."""
 
     alive: bool  # gunicorn's: the worker loop runs while it is True
-    mesh: Mesh | None = None
+    mesh: InboundRuntime | None = None
     port_name: str | None = "http"
     _peer: str | None = None
     _port: int = 0
+
+    def open_runtime(self) -> contextlib.AbstractContextManager[InboundRuntime]:
+        """The runtime of this (forked) worker: entering starts it, leaving closes it."""
+        raise NotImplementedError("a subclass says which runtime serves (MeshSyncWorker)")
 
     def init_process(self) -> None:
         """Start the mesh in this (forked) worker, follow each bound address,
         then run gunicorn's loop; the mesh closes when the loop ends."""
         if self.cfg.is_ssl:
             raise MeshError("certfile/keyfile: the mesh does the TLS (its workload certificate)")
-        self.mesh = Mesh.from_bootstrap()
-        self.mesh.start()
-        try:
+        with self.open_runtime() as mesh:
+            self.mesh = mesh
             for sock in self.sockets:
                 address, port = sock.getsockname()[:2]
-                self.mesh.serve_inbound(port, address)
+                mesh.serve_inbound(port, address)
             if self.port_name is not None and self.sockets:
                 port = self.sockets[0].getsockname()[1]
-                announced = self.mesh.announce_port(self.port_name, port)
-                announced.result(self.mesh.ready_timeout + 1.0)
+                announced = mesh.announce_port(self.port_name, port)
+                announced.result(mesh.ready_timeout + 1.0)
             super().init_process()
-        finally:
-            self.mesh.close()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """Graceful stop (SIGTERM): deregister and drain first, still serving,
@@ -179,7 +182,7 @@ class MeshSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untyped
         super().load_wsgi()
         mesh = self.mesh
         if mesh is None:
-            raise MeshError("MeshSyncWorker: the mesh is not started")
+            raise MeshError("the worker's mesh is not started")
         app: WSGIApp = getattr(self, "wsgi")  # noqa: B009 - set by gunicorn, untyped
         guarded: dict[int, WSGIApp] = {}
         for sock in self.sockets:

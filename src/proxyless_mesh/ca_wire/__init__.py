@@ -1,6 +1,11 @@
 """The certificate-signing protocol shared by the library (client) and the control
 plane's CA (server): Istio's `istio.v1.auth.IstioCertificateService`.
 
+A package of its own, beside xds_client in the layer that may speak protobuf
+(the wire codecs of the control plane's two gRPC services): security's CA
+client uses it and so stays free of protobuf, and the control plane's CA
+imports only this, not the xDS client.
+
 The message types are built at import from a descriptor (no generated code), in
 a private descriptor pool so they cannot clash with Istio's own generated
 modules if an application imports those. Field numbers and types are Istio's
