@@ -175,10 +175,19 @@ class Policy:
 @dataclass(frozen=True, slots=True)
 class Rbac:
     """One RBAC HTTP filter's `rules`: an action and named policies (Envoy's
-    map, kept in order). ALLOW with no policies denies everything."""
+    map, kept in order). ALLOW with no policies denies everything.
+
+    `shadow` marks the filter's `shadow_rules` (Istio's dry-run policies):
+    evaluated and recorded, never deciding."""
 
     action: RbacAction
     policies: tuple[tuple[str, Policy], ...] = ()
+    shadow: bool = False
+
+    @property
+    def shadow_prefix(self) -> str:
+        """Istio's `shadow_rules_stat_prefix` for this engine's action."""
+        return f"istio_dry_run_{self.action.value.lower()}_"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ keys) so a manifest that works here also applies to a cluster, and output of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .model import (
@@ -201,6 +201,10 @@ def _parse_meta(problems: Problems, raw: object, kind: str, file: str) -> tuple[
     for key in ("labels", "annotations"):
         if obj.get(key) is not None:
             check_str_map(scoped, obj[key], f"metadata.{key}")
+    annotations = obj.get("annotations")
+    if isinstance(annotations, Mapping) and annotations:
+        pairs = sorted((str(k), str(v)) for k, v in annotations.items())
+        meta = replace(meta, annotations=tuple(pairs))
     return meta, scoped
 
 

@@ -20,6 +20,8 @@ class Meta:
     name: str
     namespace: str
     file: str  # path relative to the config directory
+    # metadata.annotations, sorted; not part of what identifies the resource
+    annotations: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def ref(self) -> str:
@@ -335,11 +337,12 @@ class AuthorizationPolicy:
     spec: Mapping[str, Any]
 
     def resource(self) -> dict[str, Any]:
-        """The Kubernetes-style dict the library's translator reads."""
-        return {
-            "metadata": {"name": self.meta.name, "namespace": self.meta.namespace},
-            "spec": self.spec,
-        }
+        """The Kubernetes-style dict the library's translator reads (with the
+        annotations: `istio.io/dry-run` changes what the policy does)."""
+        metadata: dict[str, Any] = {"name": self.meta.name, "namespace": self.meta.namespace}
+        if self.meta.annotations:
+            metadata["annotations"] = dict(self.meta.annotations)
+        return {"metadata": metadata, "spec": self.spec}
 
 
 @dataclass(frozen=True)
