@@ -45,7 +45,10 @@ SERVICE_A: list[tuple[str, object]] = [
             "apiVersion": API,
             "kind": "ServiceEntry",
             "metadata": {"name": "a"},
-            "spec": {"hosts": ["a", "reviews.mesh"], "ports": [{"number": 80, "name": "http"}]},
+            "spec": {
+                "hosts": ["a.default.svc.cluster.local", "reviews.mesh"],
+                "ports": [{"number": 80, "name": "http"}],
+            },
         },
     )
 ]
@@ -150,6 +153,7 @@ def test_bad_regex_names_the_field() -> None:
 
 def uri_regex_docs(regex: str) -> list[tuple[str, object]]:
     """A VirtualService matching `regex` on the path, and the service it routes to."""
+    # "a" is short for a.default.svc.cluster.local (Istio's short names)
     route = {"match": [{"uri": {"regex": regex}}], "route": [{"destination": {"host": "a"}}]}
     spec = {"hosts": ["reviews.mesh"], "http": [route]}
     meta = {"name": "bad"}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from mesh_control_plane.cli.offline import load_offline
 from mesh_control_plane.cli.simulate_cmd import simulate
+from mesh_control_plane.config import load_config_dir
+from mesh_control_plane.config.model import MeshSettings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "istio_samples"
 RATINGS = "http://ratings.bookinfo.svc.cluster.local:9080/ratings/0"
@@ -30,3 +32,27 @@ def test_dry_run_policies_never_decide_and_simulate_shows_them() -> None:
         f"; dry-run DENY policies would have denied it by {DENY_POST}"
         f"; dry-run ALLOW policies would have denied it"
     ]
+
+
+REVIEWS = "http://reviews.bookinfo.svc.cluster.local:9080/reviews/0"
+
+
+def test_short_names_mean_the_resource_namespace_service() -> None:
+    offline = load_offline(SAMPLES / "bookinfo-short-names")
+    jason = simulate(offline, "GET", REVIEWS, headers=[("end-user", "jason")])
+    anyone = simulate(offline, "GET", REVIEWS)
+    assert jason["outcome"] == "routed" and anyone["outcome"] == "routed"
+    assert [c["name"] for c in jason["clusters"]] == [
+        "outbound|9080|v2|reviews.bookinfo.svc.cluster.local"
+    ]
+    assert [e["address"] for e in jason["clusters"][0]["endpoints"]] == ["10.1.0.12:9080"]
+    assert [e["address"] for e in anyone["clusters"][0]["endpoints"]] == ["10.1.0.11:9080"]
+
+
+def test_the_domain_of_short_names_is_the_control_planes(tmp_path: Path) -> None:
+    text = (SAMPLES / "bookinfo-short-names" / "bookinfo.yaml").read_text()
+    (tmp_path / "bookinfo.yaml").write_text(text.replace("svc.cluster.local", "svc.corp.example"))
+    config = load_config_dir(tmp_path, MeshSettings(domain="corp.example"))
+    (service,) = config.virtual_services
+    assert service.hosts == ("reviews.bookinfo.svc.corp.example",)
+    assert config.destination_rules[0].host == "reviews.bookinfo.svc.corp.example"

@@ -31,6 +31,7 @@ from .model import (
 )
 from .references import check_references
 from .schema import Problems
+from .short_hosts import qualify_rule, qualify_virtual_service
 
 __all__ = ["config_files", "load_config_dir", "parse_documents"]
 
@@ -128,13 +129,20 @@ class _Builder:
 
 
 def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
-    """Group by kind and sort by (namespace, name) so translation is deterministic."""
+    """Group by kind and sort by (namespace, name) so translation is deterministic;
+    short host names qualified (see short_hosts)."""
     resources.sort(key=lambda r: (r.meta.namespace, r.meta.name))
     return MeshConfig(
         service_entries=tuple(r for r in resources if isinstance(r, ServiceEntry)),
         workload_entries=tuple(r for r in resources if isinstance(r, WorkloadEntry)),
-        destination_rules=tuple(r for r in resources if isinstance(r, DestinationRule)),
-        virtual_services=tuple(r for r in resources if isinstance(r, VirtualService)),
+        destination_rules=tuple(
+            qualify_rule(r, settings.domain) for r in resources if isinstance(r, DestinationRule)
+        ),
+        virtual_services=tuple(
+            qualify_virtual_service(r, settings.domain)
+            for r in resources
+            if isinstance(r, VirtualService)
+        ),
         peer_authentications=tuple(r for r in resources if isinstance(r, PeerAuthentication)),
         authorization_policies=tuple(r for r in resources if isinstance(r, AuthorizationPolicy)),
         request_authentications=tuple(r for r in resources if isinstance(r, RequestAuthentication)),

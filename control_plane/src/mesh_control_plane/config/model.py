@@ -379,6 +379,9 @@ class MeshSettings:
     # BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES (NONE is not offered:
     # matching unnormalized paths is how authorization gets bypassed).
     path_normalization: str = "BASE"
+    # Istio's DNS domain suffix (istiod --domain): a short host `reviews` in a
+    # VirtualService or DestinationRule means reviews.<namespace>.svc.<domain>.
+    domain: str = DEFAULT_TRUST_DOMAIN
 
 
 @dataclass(frozen=True)
