@@ -56,3 +56,32 @@ def test_the_domain_of_short_names_is_the_control_planes(tmp_path: Path) -> None
     (service,) = config.virtual_services
     assert service.hosts == ("reviews.bookinfo.svc.corp.example",)
     assert config.destination_rules[0].host == "reviews.bookinfo.svc.corp.example"
+
+
+FAULTS_RATINGS = "http://ratings.bookinfo.svc.cluster.local:9080"
+
+
+def test_a_full_abort_is_not_reported_as_routed() -> None:
+    offline = load_offline(SAMPLES / "bookinfo-faults")
+    jason = simulate(offline, "GET", f"{FAULTS_RATINGS}/r", headers=[("end-user", "jason")])
+    assert jason["outcome"].startswith("aborted by fault injection: HTTP 500 (flag FI)")
+    assert "clusters" not in jason
+    assert jason["effects"][0] == "fault abort HTTP 500 for 100% of requests (FI)"
+    # Istio's default retry policy applies to a route that sets none
+    assert jason["effects"][1].startswith("retries 2 on ")
+
+
+def test_simulate_lists_every_effect_of_the_route() -> None:
+    offline = load_offline(SAMPLES / "bookinfo-faults")
+    slow = simulate(offline, "GET", f"{FAULTS_RATINGS}/slow/1")
+    assert slow["outcome"] == "routed"
+    assert slow["timeout"] == 10.0
+    effects = slow["effects"]
+    assert "fault delay 7s for 10% of requests" in effects
+    assert "rewrite uri prefix to /ratings" in effects
+    assert "mirror 50% to outbound|9080||ratings-canary.bookinfo.svc.cluster.local" in effects
+    assert "request header set x-tier: gold" in effects
+    assert "response header remove x-internal" in effects
+    assert any(e.startswith("retries 3 on ") and e.endswith("per try 2s") for e in effects)
+    plain = simulate(offline, "GET", f"{FAULTS_RATINGS}/r")
+    assert plain["outcome"] == "routed" and "fault" not in " ".join(plain.get("effects", []))

@@ -22,6 +22,7 @@ import httpx
 
 from mesh_control_plane.admin.describe import policies_of
 from mesh_control_plane.admin.mesh_view import mesh_view
+from mesh_control_plane.admin.simulate_effects import abort_outcome, route_effects
 from mesh_control_plane.config.authorization import (
     authorization_policies_to_rbac,
     is_dry_run,
@@ -82,6 +83,14 @@ def simulate(
         result["outcome"] = f"no route of {authority} matches {request.method} {path} (NR)"
         return result
     result["route"] = matched.name
+    route = matched.choose(0.0).route
+    effects = route_effects(route) if route is not None else []
+    if effects:
+        result["effects"] = effects
+    aborted = abort_outcome(route) if route is not None else None
+    if aborted is not None:
+        result["outcome"] = aborted
+        return result
     if not matched.clusters:  # forwards with no cluster: the route answers a redirect
         result["outcome"] = "redirect (answered by the mesh, no upstream)"
         return result
