@@ -334,10 +334,10 @@ def test_unknown_kind_and_api_version() -> None:
     - just a list
     """
     assert problems(text) == [
-        'bad.yaml: kind: unknown kind "Frobnicator" '
+        'bad.yaml: Frobnicator default/a: kind: unknown kind "Frobnicator" '
         "(supported: AuthorizationPolicy, DestinationRule, PeerAuthentication, "
         "RequestAuthentication, ServiceEntry, VirtualService, WorkloadEntry, WorkloadGroup)",
-        "bad.yaml: kind: Gateway is not supported yet",
+        "bad.yaml: Gateway default/a: kind: Gateway is not supported yet",
         'bad.yaml: apiVersion: unsupported apiVersion "networking.istio.io/v2" for ServiceEntry '
         "(expected networking.istio.io/v1, networking.istio.io/v1beta1, "
         "networking.istio.io/v1alpha3)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mesh_control_plane.cli.analyze_cmd import analyze_dir, render_findings
 from mesh_control_plane.cli.offline import load_offline
 from mesh_control_plane.cli.simulate_cmd import simulate
 from mesh_control_plane.config import load_config_dir
@@ -85,3 +86,23 @@ def test_simulate_lists_every_effect_of_the_route() -> None:
     assert any(e.startswith("retries 3 on ") and e.endswith("per try 2s") for e in effects)
     plain = simulate(offline, "GET", f"{FAULTS_RATINGS}/r")
     assert plain["outcome"] == "routed" and "fault" not in " ".join(plain.get("effects", []))
+
+
+def test_envoy_specific_kinds_and_tcp_routes_are_refused_by_name() -> None:
+    assert render_findings(analyze_dir(SAMPLES / "refused")) == (
+        "error: envoy-specific.yaml: EnvoyFilter istio-system/add-lua: kind: "
+        "EnvoyFilter is Envoy-specific, not applicable in-process\n"
+        "error: envoy-specific.yaml: WasmPlugin istio-system/basic-auth: kind: "
+        "WasmPlugin is Envoy-specific, not applicable in-process\n"
+        "error: envoy-specific.yaml: VirtualService echo/tcp-echo: spec.tcp: not supported yet\n"
+        "3 errors, 0 warnings\n"
+    )
+
+
+def test_remote_keys_are_a_warning_not_a_crash() -> None:
+    assert render_findings(analyze_dir(SAMPLES / "httpbin-jwt")) == (
+        "warning: httpbin.yaml: RequestAuthentication foo/jwt-example: "
+        "spec.jwtRules[0].jwksUri: keys at https://keys.example.invalid/jwks.json are fetched "
+        "by the running control plane, not offline: analyze did not check them\n"
+        "0 errors, 1 warning\n"
+    )
