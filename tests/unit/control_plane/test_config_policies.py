@@ -357,13 +357,6 @@ ROUTE = "  route: [{destination: {host: reviews.mesh}}]\n"
             "- mirror: {host: nowhere.mesh}\n" + ROUTE,
             ['spec.http[0].mirror.host: no ServiceEntry declares host "nowhere.mesh"'],
         ),
-        (
-            "- mirrors: [{destination: {host: shadow.mesh, subset: v9}}]\n" + ROUTE,
-            [
-                "spec.http[0].mirrors[0].destination.subset: no DestinationRule for host "
-                '"shadow.mesh" defines subset "v9"'
-            ],
-        ),
     ],
 )
 def test_virtual_service_mistakes_are_named(http: str, expected: list[str]) -> None:

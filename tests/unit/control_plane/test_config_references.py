@@ -106,18 +106,23 @@ def test_destination_rule_host_must_be_declared() -> None:
     ]
 
 
-def test_subset_must_be_defined_by_a_destination_rule() -> None:
-    assert problems(
+def test_undefined_subset_loads_with_a_warning_as_in_istio() -> None:
+    # GitOps tools apply resources in any order: Istio takes the VirtualService
+    # and answers 503 NC for the subset until a DestinationRule defines it.
+    config = load(
         virtual_service(
             "vs",
             "reviews.mesh",
             {"host": "reviews.mesh", "subset": "v3"},
             {"host": "ratings.mesh", "subset": "v1"},
         )
-    ) == [
-        DEST + '.subset: no DestinationRule for host "reviews.mesh" defines subset "v3"',
+    )
+    assert [str(w) for w in config.warnings] == [
+        DEST + '.subset: no DestinationRule for host "reviews.mesh" defines subset "v3" (yet): '
+        "requests to it fail with 503 (NC) until one does",
         VS + "spec.http[0].route[1].destination.subset: no DestinationRule for host "
-        '"ratings.mesh" defines subset "v1"',
+        '"ratings.mesh" defines subset "v1" (yet): '
+        "requests to it fail with 503 (NC) until one does",
     ]
 
 

@@ -68,6 +68,7 @@ def analyze(offline: ConfigView) -> list[Finding]:
         *_routes(offline),
         *_idle_policies(offline),
         *_remote_keys(offline),
+        *(Finding(WARNING, w) for w in getattr(offline.config, "warnings", ())),
     ]
     return sorted(findings, key=lambda f: (f.problem.file, f.problem.resource))
 

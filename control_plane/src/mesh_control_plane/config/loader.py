@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -29,7 +30,7 @@ from .model import (
     WorkloadEntry,
     WorkloadGroup,
 )
-from .references import check_references
+from .references import check_references, reference_warnings
 from .schema import Problems
 from .short_hosts import qualify_rule, qualify_virtual_service
 
@@ -125,7 +126,7 @@ class _Builder:
         dangling = check_references(config)
         if dangling:
             raise ConfigLoadError(dangling)
-        return config
+        return replace(config, warnings=tuple(reference_warnings(config)))
 
 
 def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ConfigProblem
+
 
 @dataclass(frozen=True)
 class Meta:
@@ -450,3 +452,5 @@ class MeshConfig:
     settings: MeshSettings = MeshSettings()
     # Last, so positional construction of the fields above is unchanged.
     workload_groups: tuple[WorkloadGroup, ...] = ()
+    # What loads but does not resolve yet (see references.reference_warnings).
+    warnings: tuple[ConfigProblem, ...] = ()

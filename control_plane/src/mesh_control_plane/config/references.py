@@ -24,7 +24,7 @@ from __future__ import annotations
 from .errors import ConfigProblem
 from .model import Destination, DestinationRule, MeshConfig, Meta, ServiceEntry, VirtualService
 
-__all__ = ["check_references"]
+__all__ = ["check_references", "reference_warnings"]
 
 
 def check_references(config: MeshConfig) -> list[ConfigProblem]:
@@ -124,11 +124,6 @@ def _check_destination(
     if service is None:
         return [_problem(meta, f"{where}.host", _no_service(dest.host))]
     problems: list[ConfigProblem] = []
-    if dest.subset is not None:
-        rule = rules.get(dest.host)
-        if rule is None or all(s.name != dest.subset for s in rule.subsets):
-            message = f'no DestinationRule for host "{dest.host}" defines subset "{dest.subset}"'
-            problems.append(_problem(meta, f"{where}.subset", message))
     numbers = [port.number for port in service.ports]
     listed = ", ".join(map(str, numbers))
     if dest.port is not None and dest.port not in numbers:
@@ -143,6 +138,32 @@ def _check_destination(
             )
             problems.append(_problem(meta, f"{where}.port", message))
     return problems
+
+
+def reference_warnings(config: MeshConfig) -> list[ConfigProblem]:
+    """References Istio accepts although they do not resolve yet: a subset no
+    DestinationRule defines. GitOps tools apply resources in any order, so the
+    VirtualService is taken and requests to the subset fail as Istio's do
+    (503, flag NC: its cluster does not exist) until the subset is defined."""
+    subsets = {(dr.host, s.name) for dr in config.destination_rules for s in dr.subsets}
+    warnings: list[ConfigProblem] = []
+    for vs in config.virtual_services:
+        for i, route in enumerate(vs.http):
+            targets = [
+                (f"route[{j}].destination", d.destination) for j, d in enumerate(route.route)
+            ]
+            targets += [
+                (f"mirrors[{j}].destination" if m.in_list else "mirror", m.destination)
+                for j, m in enumerate(route.mirrors)
+            ]
+            for where, dest in targets:
+                if dest.subset is not None and (dest.host, dest.subset) not in subsets:
+                    message = (
+                        f'no DestinationRule for host "{dest.host}" defines subset '
+                        f'"{dest.subset}" (yet): requests to it fail with 503 (NC) until one does'
+                    )
+                    warnings.append(_problem(vs.meta, f"spec.http[{i}].{where}.subset", message))
+    return warnings
 
 
 def _or(numbers: list[int]) -> str:
