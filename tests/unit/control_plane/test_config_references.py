@@ -15,7 +15,12 @@ def service(name: str, host: str, *ports: int) -> dict[str, Any]:
         "apiVersion": API,
         "kind": "ServiceEntry",
         "metadata": {"name": name},
-        "spec": {"hosts": [host], "ports": [{"number": p, "name": f"http-{p}"} for p in ports]},
+        "spec": {
+            "resolution": "STATIC",
+            "location": "MESH_INTERNAL",
+            "hosts": [host],
+            "ports": [{"number": p, "name": f"http-{p}"} for p in ports],
+        },
     }
 
 
@@ -172,8 +177,23 @@ def test_a_host_is_routed_by_one_virtual_service() -> None:
 def test_reference_checks_wait_for_clean_parsing() -> None:
     """A ServiceEntry that fails to parse must not also show up as dangling references."""
     broken = service("broken", "broken.mesh", 80)
-    broken["spec"]["resolution"] = "DNS"
+    broken["spec"]["resolution"] = "DNSS"
     assert problems(broken, virtual_service("vs", "broken.mesh", {"host": "broken.mesh"})) == [
         "mesh.yaml: ServiceEntry default/broken: spec.resolution: "
-        "DNS is not supported yet (supported: STATIC)"
+        'unknown value "DNSS" (expected one of STATIC, NONE, DNS, DNS_ROUND_ROBIN)'
+    ]
+
+
+def test_routing_a_passthrough_host_is_refused_naming_why() -> None:
+    external = service("ext", "ext.mesh", 80)
+    del external["spec"]["resolution"]  # Istio's default: NONE
+    assert problems(external, virtual_service("vs", "ext.mesh", {"host": "ext.mesh"})) == [
+        'mesh.yaml: VirtualService default/vs: spec.hosts[0]: host "ext.mesh" is declared by '
+        "ServiceEntry default/ext (mesh.yaml) with resolution NONE (the default): requests "
+        "pass through to the host itself, so routing and traffic policy for it are not "
+        "supported yet in-process; use resolution: STATIC with endpoints",
+        "mesh.yaml: VirtualService default/vs: spec.http[0].route[0].destination.host: host "
+        '"ext.mesh" is declared by ServiceEntry default/ext (mesh.yaml) with resolution NONE '
+        "(the default): requests pass through to the host itself, so routing and traffic "
+        "policy for it are not supported yet in-process; use resolution: STATIC with endpoints",
     ]

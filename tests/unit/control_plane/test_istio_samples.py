@@ -106,3 +106,34 @@ def test_remote_keys_are_a_warning_not_a_crash() -> None:
         "by the running control plane, not offline: analyze did not check them\n"
         "0 errors, 1 warning\n"
     )
+
+
+def test_external_services_pass_through_to_the_host() -> None:
+    offline = load_offline(SAMPLES / "external-services")
+    config = offline.config
+    assert config.service_entries == ()  # nothing is routed or balanced for them
+    by_name = {se.meta.name: se for se in config.passthrough_entries}
+    api = by_name["api"]
+    assert (api.resolution, api.location) == ("NONE", "MESH_EXTERNAL")
+    assert api.ports[0].protocol == "HTTP"  # protocol "" is unset: taken from the name
+    assert by_name["search"].ports[0].protocol == "HTTPS"
+    outcome = simulate(offline, "GET", "http://api.example.net:8080/v1")["outcome"]
+    assert outcome == (
+        "passed through to api.example.net:8080 itself (ServiceEntry default/api, "
+        "resolution NONE, MESH_EXTERNAL: no mesh mTLS)"
+    )
+    assert render_findings(analyze_dir(SAMPLES / "external-services")) == "no problems found\n"
+
+
+def test_omitted_resolution_with_endpoints_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "se.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        "metadata: {name: db, namespace: data}\n"
+        "spec:\n  hosts: [db.data.internal]\n  ports: [{number: 5432, name: tcp}]\n"
+        "  endpoints: [{address: 10.3.0.1}]\n"
+    )
+    assert render_findings(analyze_dir(tmp_path)) == (
+        "error: se.yaml: ServiceEntry data/db: spec.resolution: NONE (Istio's default when "
+        "unset) with spec.endpoints is not supported yet: set resolution: STATIC to send "
+        "requests to the listed instances\n1 error, 0 warnings\n"
+    )

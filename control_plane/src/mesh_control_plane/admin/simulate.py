@@ -74,6 +74,17 @@ def simulate(
     snapshot = build_snapshot(offline.state)
     table = snapshot.routes.get(authority)
     if table is None:
+        host = authority.rpartition(":")[0]
+        declared = next(
+            (se for se in getattr(offline.config, "passthrough_entries", ()) if host in se.hosts),
+            None,
+        )
+        if declared is not None:
+            result["outcome"] = (
+                f"passed through to {authority} itself ({declared.meta.ref}, resolution "
+                f"{declared.resolution}, {declared.location}: no mesh mTLS)"
+            )
+            return result
         result["outcome"] = "not a mesh service: passed through (ALLOW_ANY) or refused"
         return result
     matched = next(

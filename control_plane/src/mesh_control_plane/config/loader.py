@@ -134,7 +134,12 @@ def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
     short host names qualified (see short_hosts)."""
     resources.sort(key=lambda r: (r.meta.namespace, r.meta.name))
     return MeshConfig(
-        service_entries=tuple(r for r in resources if isinstance(r, ServiceEntry)),
+        service_entries=tuple(
+            r for r in resources if isinstance(r, ServiceEntry) and not r.passthrough
+        ),
+        passthrough_entries=tuple(
+            r for r in resources if isinstance(r, ServiceEntry) and r.passthrough
+        ),
         workload_entries=tuple(r for r in resources if isinstance(r, WorkloadEntry)),
         destination_rules=tuple(
             qualify_rule(r, settings.domain) for r in resources if isinstance(r, DestinationRule)

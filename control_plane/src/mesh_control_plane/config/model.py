@@ -64,10 +64,20 @@ class ServiceEntry:
     meta: Meta
     hosts: tuple[str, ...]
     ports: tuple[ServicePort, ...]
-    resolution: str = "STATIC"  # only STATIC for now
+    # Defaults for code that builds entries; YAML gets Istio's (NONE, MESH_EXTERNAL).
+    resolution: str = "STATIC"
     location: str = "MESH_INTERNAL"
     endpoints: tuple[WorkloadEndpoint, ...] = ()
     workload_selector: Mapping[str, str] | None = None  # labels of WorkloadEntries
+
+    @property
+    def passthrough(self) -> bool:
+        """Resolution NONE or DNS (never with endpoints: refused at load).
+        Istio's NONE sends to the original destination address and DNS to what
+        the host name resolves to; in-process there is no original destination,
+        so both mean: the request goes to the host itself, by name, as DNS
+        resolves it. Nothing is translated to xDS for such an entry."""
+        return self.resolution != "STATIC"
 
 
 @dataclass(frozen=True)
@@ -454,3 +464,6 @@ class MeshConfig:
     workload_groups: tuple[WorkloadGroup, ...] = ()
     # What loads but does not resolve yet (see references.reference_warnings).
     warnings: tuple[ConfigProblem, ...] = ()
+    # ServiceEntries whose requests go to the host itself (ServiceEntry.passthrough):
+    # not in service_entries, so nothing routes or balances them.
+    passthrough_entries: tuple[ServiceEntry, ...] = ()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from .errors import ConfigProblem
 from .model import Destination, DestinationRule, MeshConfig, Meta, ServiceEntry, VirtualService
+from .schema import NOT_SUPPORTED
 
 __all__ = ["check_references", "reference_warnings"]
 
@@ -31,13 +32,14 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
     """Every dangling or conflicting reference in `config`, in resource order."""
     problems: list[ConfigProblem] = []
     services = _index_services(config, problems)
-    rules = _index_rules(config, services, problems)
+    passthrough = {host: se for se in config.passthrough_entries for host in se.hosts}
+    rules = _index_rules(config, services, passthrough, problems)
     routed: dict[str, VirtualService] = {}
     for vs in config.virtual_services:
         for i, host in enumerate(vs.hosts):
             where = f"spec.hosts[{i}]"
             if host not in services:
-                problems.append(_problem(vs.meta, where, _no_service(host)))
+                problems.append(_problem(vs.meta, where, _no_service(host, passthrough)))
             if host in routed:
                 claim = f'host "{host}" is already routed by {_where(routed[host].meta)}'
                 problems.append(_problem(vs.meta, where, claim))
@@ -51,7 +53,12 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                 where = f"spec.http[{i}].route[{j}].destination"
                 problems.extend(
                     _check_destination(
-                        vs.meta, where, weighted.destination, services, rules, listener_ports
+                        vs.meta,
+                        where,
+                        weighted.destination,
+                        (services, passthrough),
+                        rules,
+                        listener_ports,
                     )
                 )
             for j, mirror in enumerate(route.mirrors):
@@ -60,7 +67,12 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                 )
                 problems.extend(
                     _check_destination(
-                        vs.meta, where, mirror.destination, services, rules, listener_ports
+                        vs.meta,
+                        where,
+                        mirror.destination,
+                        (services, passthrough),
+                        rules,
+                        listener_ports,
                     )
                 )
     problems.extend(_check_peer_authentications(config))
@@ -98,12 +110,15 @@ def _index_services(config: MeshConfig, problems: list[ConfigProblem]) -> dict[s
 
 
 def _index_rules(
-    config: MeshConfig, services: dict[str, ServiceEntry], problems: list[ConfigProblem]
+    config: MeshConfig,
+    services: dict[str, ServiceEntry],
+    passthrough: dict[str, ServiceEntry],
+    problems: list[ConfigProblem],
 ) -> dict[str, DestinationRule]:
     rules: dict[str, DestinationRule] = {}
     for dr in config.destination_rules:
         if dr.host not in services:
-            problems.append(_problem(dr.meta, "spec.host", _no_service(dr.host)))
+            problems.append(_problem(dr.meta, "spec.host", _no_service(dr.host, passthrough)))
         if dr.host in rules:
             claim = f'host "{dr.host}" already has {_where(rules[dr.host].meta)}'
             problems.append(_problem(dr.meta, "spec.host", claim))
@@ -116,13 +131,14 @@ def _check_destination(
     meta: Meta,
     where: str,
     dest: Destination,
-    services: dict[str, ServiceEntry],
+    known: tuple[dict[str, ServiceEntry], dict[str, ServiceEntry]],
     rules: dict[str, DestinationRule],
     listener_ports: list[int],
 ) -> list[ConfigProblem]:
+    services, passthrough = known
     service = services.get(dest.host)
     if service is None:
-        return [_problem(meta, f"{where}.host", _no_service(dest.host))]
+        return [_problem(meta, f"{where}.host", _no_service(dest.host, passthrough))]
     problems: list[ConfigProblem] = []
     numbers = [port.number for port in service.ports]
     listed = ", ".join(map(str, numbers))
@@ -170,7 +186,15 @@ def _or(numbers: list[int]) -> str:
     return " or ".join(map(str, numbers))
 
 
-def _no_service(host: str) -> str:
+def _no_service(host: str, passthrough: dict[str, ServiceEntry]) -> str:
+    entry = passthrough.get(host)
+    if entry is not None:
+        given = entry.resolution + (" (the default)" if entry.resolution == "NONE" else "")
+        return (
+            f'host "{host}" is declared by {_where(entry.meta)} with resolution {given}: '
+            "requests pass through to the host itself, so routing and traffic policy for it "
+            f"are {NOT_SUPPORTED} in-process; use resolution: STATIC with endpoints"
+        )
     return f'no ServiceEntry declares host "{host}"'
 
 
