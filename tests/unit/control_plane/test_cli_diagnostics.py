@@ -159,7 +159,7 @@ def test_analyze_exits_non_zero_on_errors(
     assert main(["analyze", str(config_dir)]) == 1
     assert capsys.readouterr().out == (
         "error: orphan.yaml: DestinationRule default/orphan: spec.host: "
-        'no ServiceEntry declares host "unknown.default.mesh"\n'
+        'no ServiceEntry declares host "unknown.default.mesh" (IST0101)\n'
         "1 error, 0 warnings\n"
     )
 

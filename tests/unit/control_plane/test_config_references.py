@@ -94,20 +94,20 @@ def test_resolving_references_load() -> None:
 
 def test_virtual_service_host_must_be_declared() -> None:
     assert problems(virtual_service("vs", "nope.mesh", {"host": "ratings.mesh"})) == [
-        VS + 'spec.hosts[0]: no ServiceEntry declares host "nope.mesh"'
+        VS + 'spec.hosts[0]: no ServiceEntry declares host "nope.mesh" (IST0101)'
     ]
 
 
 def test_destination_host_must_be_declared() -> None:
     assert problems(virtual_service("vs", "ratings.mesh", {"host": "nope.mesh"})) == [
-        DEST + '.host: no ServiceEntry declares host "nope.mesh"'
+        DEST + '.host: no ServiceEntry declares host "nope.mesh" (IST0101)'
     ]
 
 
 def test_destination_rule_host_must_be_declared() -> None:
     assert problems(rule("dr", "nope.mesh")) == [
         "mesh.yaml: DestinationRule default/dr: "
-        'spec.host: no ServiceEntry declares host "nope.mesh"'
+        'spec.host: no ServiceEntry declares host "nope.mesh" (IST0101)'
     ]
 
 
@@ -124,17 +124,17 @@ def test_undefined_subset_loads_with_a_warning_as_in_istio() -> None:
     )
     assert [str(w) for w in config.warnings] == [
         DEST + '.subset: no DestinationRule for host "reviews.mesh" defines subset "v3" (yet): '
-        "requests to it fail with 503 (NC) until one does",
+        "requests to it fail with 503 (NC) until one does (IST0101)",
         VS + "spec.http[0].route[1].destination.subset: no DestinationRule for host "
         '"ratings.mesh" defines subset "v1" (yet): '
-        "requests to it fail with 503 (NC) until one does",
+        "requests to it fail with 503 (NC) until one does (IST0101)",
     ]
 
 
 def test_destination_port_must_be_a_port_of_the_service() -> None:
     dest = {"host": "ratings.mesh", "port": {"number": 9999}}
     assert problems(virtual_service("vs", "ratings.mesh", dest)) == [
-        DEST + ".port.number: ServiceEntry default/ratings has no port 9999 (ports: 8080)"
+        DEST + ".port.number: ServiceEntry default/ratings has no port 9999 (ports: 8080) (IST0101)"
     ]
 
 
@@ -142,7 +142,7 @@ def test_omitted_port_must_be_resolvable_on_every_listener_port() -> None:
     # details listens on 80; reviews has two ports and neither is 80: which one?
     assert problems(virtual_service("vs", "details.mesh", {"host": "reviews.mesh"})) == [
         DEST + '.port: required: host "reviews.mesh" has several ports (8080, 9090) '
-        "and none is 80, a port of this VirtualService's hosts"
+        "and none is 80, a port of this VirtualService's hosts (IST0112)"
     ]
 
 
@@ -191,9 +191,10 @@ def test_routing_a_passthrough_host_is_refused_naming_why() -> None:
         'mesh.yaml: VirtualService default/vs: spec.hosts[0]: host "ext.mesh" is declared by '
         "ServiceEntry default/ext (mesh.yaml) with resolution NONE (the default): requests "
         "pass through to the host itself, so routing and traffic policy for it are not "
-        "supported yet in-process; use resolution: STATIC with endpoints",
+        "supported yet in-process; use resolution: STATIC with endpoints (IST0101)",
         "mesh.yaml: VirtualService default/vs: spec.http[0].route[0].destination.host: host "
         '"ext.mesh" is declared by ServiceEntry default/ext (mesh.yaml) with resolution NONE '
         "(the default): requests pass through to the host itself, so routing and traffic "
-        "policy for it are not supported yet in-process; use resolution: STATIC with endpoints",
+        "policy for it are not supported yet in-process; use resolution: STATIC with endpoints "
+        "(IST0101)",
     ]

@@ -39,7 +39,9 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
         for i, host in enumerate(vs.hosts):
             where = f"spec.hosts[{i}]"
             if host not in services:
-                problems.append(_problem(vs.meta, where, _no_service(host, passthrough)))
+                problems.append(
+                    _problem(vs.meta, where, _no_service(host, passthrough), _NOT_FOUND)
+                )
             if host in routed:
                 claim = f'host "{host}" is already routed by {_where(routed[host].meta)}'
                 problems.append(_problem(vs.meta, where, claim))
@@ -118,7 +120,8 @@ def _index_rules(
     rules: dict[str, DestinationRule] = {}
     for dr in config.destination_rules:
         if dr.host not in services:
-            problems.append(_problem(dr.meta, "spec.host", _no_service(dr.host, passthrough)))
+            message = _no_service(dr.host, passthrough)
+            problems.append(_problem(dr.meta, "spec.host", message, _NOT_FOUND))
         if dr.host in rules:
             claim = f'host "{dr.host}" already has {_where(rules[dr.host].meta)}'
             problems.append(_problem(dr.meta, "spec.host", claim))
@@ -138,13 +141,13 @@ def _check_destination(
     services, passthrough = known
     service = services.get(dest.host)
     if service is None:
-        return [_problem(meta, f"{where}.host", _no_service(dest.host, passthrough))]
+        return [_problem(meta, f"{where}.host", _no_service(dest.host, passthrough), _NOT_FOUND)]
     problems: list[ConfigProblem] = []
     numbers = [port.number for port in service.ports]
     listed = ", ".join(map(str, numbers))
     if dest.port is not None and dest.port not in numbers:
         message = f"{service.meta.ref} has no port {dest.port} (ports: {listed})"
-        problems.append(_problem(meta, f"{where}.port.number", message))
+        problems.append(_problem(meta, f"{where}.port.number", message, _NOT_FOUND))
     elif dest.port is None and len(numbers) > 1:
         unmatched = [port for port in listener_ports if port not in numbers]
         if unmatched:
@@ -152,7 +155,7 @@ def _check_destination(
                 f'required: host "{dest.host}" has several ports ({listed}) '
                 f"and none is {_or(unmatched)}, a port of this VirtualService's hosts"
             )
-            problems.append(_problem(meta, f"{where}.port", message))
+            problems.append(_problem(meta, f"{where}.port", message, _PORT_SELECTOR_REQUIRED))
     return problems
 
 
@@ -178,7 +181,8 @@ def reference_warnings(config: MeshConfig) -> list[ConfigProblem]:
                         f'no DestinationRule for host "{dest.host}" defines subset '
                         f'"{dest.subset}" (yet): requests to it fail with 503 (NC) until one does'
                     )
-                    warnings.append(_problem(vs.meta, f"spec.http[{i}].{where}.subset", message))
+                    field = f"spec.http[{i}].{where}.subset"
+                    warnings.append(_problem(vs.meta, field, message, _NOT_FOUND))
     return warnings
 
 
@@ -202,5 +206,10 @@ def _where(meta: Meta) -> str:
     return f"{meta.ref} ({meta.file})"
 
 
-def _problem(meta: Meta, field: str, message: str) -> ConfigProblem:
-    return ConfigProblem(meta.file, meta.ref, field, message)
+# Istio's analyzer codes (istioctl analyze) for the problems found here.
+_NOT_FOUND = "IST0101"  # ReferencedResourceNotFound
+_PORT_SELECTOR_REQUIRED = "IST0112"  # VirtualServiceDestinationPortSelectorRequired
+
+
+def _problem(meta: Meta, field: str, message: str, code: str = "") -> ConfigProblem:
+    return ConfigProblem(meta.file, meta.ref, field, message, code=code)
