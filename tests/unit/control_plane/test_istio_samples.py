@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mesh_control_plane.cli.analyze_cmd import analyze_dir, render_findings
+from mesh_control_plane.cli.main import main
 from mesh_control_plane.cli.offline import load_offline
 from mesh_control_plane.cli.simulate_cmd import simulate
 from mesh_control_plane.config import load_config_dir
@@ -136,4 +138,16 @@ def test_omitted_resolution_with_endpoints_is_refused_naming_the_fix(tmp_path: P
         "error: se.yaml: ServiceEntry data/db: spec.resolution: NONE (Istio's default when "
         "unset) with spec.endpoints is not supported yet: set resolution: STATIC to send "
         "requests to the listed instances\n1 error, 0 warnings\n"
+    )
+
+
+def test_describe_of_a_passthrough_host_says_what_happens(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["describe", "api.example.net", "--config-dir", str(SAMPLES / "external-services")]
+    assert main(args) != 0
+    assert capsys.readouterr().err == (
+        "meshctl: 'api.example.net' is declared by ServiceEntry default/api (egress.yaml) with "
+        "resolution NONE: requests pass through to the host itself; nothing is routed or "
+        "balanced for it\n"
     )
