@@ -10,7 +10,7 @@ from mesh_control_plane.cli.analyze_cmd import analyze_dir, render_findings
 from mesh_control_plane.cli.main import main
 from mesh_control_plane.cli.offline import load_offline
 from mesh_control_plane.cli.simulate_cmd import simulate
-from mesh_control_plane.config import load_config_dir
+from mesh_control_plane.config import ConfigLoadError, load_config_dir, parse_documents
 from mesh_control_plane.config.model import MeshSettings
 
 SAMPLES = Path(__file__).resolve().parents[2] / "istio_samples"
@@ -151,3 +151,19 @@ def test_describe_of_a_passthrough_host_says_what_happens(
         "resolution NONE: requests pass through to the host itself; nothing is routed or "
         "balanced for it\n"
     )
+
+
+def test_names_as_long_as_kubernetes_allows() -> None:
+    def policy(name: str) -> dict[str, object]:
+        return {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "n" * 63},
+            "spec": {"action": "DENY", "rules": [{}]},
+        }
+
+    longest = "a" * 200 + ".b" + "c" * 51  # 253 characters, a part longer than 63
+    (loaded,) = parse_documents([("p.yaml", policy(longest))]).authorization_policies
+    assert loaded.meta.name == longest
+    with pytest.raises(ConfigLoadError, match="invalid name"):
+        parse_documents([("p.yaml", policy(longest + "d"))])
