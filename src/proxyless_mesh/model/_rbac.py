@@ -209,7 +209,7 @@ class JwtProvider:
     """jwt_authn JwtProvider with `local_jwks` (the JWKS JSON text; the
     control plane fetches `jwksUri` and inlines it, as istiod does).
 
-    Empty `from_headers` and `from_params` mean Envoy's defaults: the
+    Empty `from_headers`, `from_params` and `from_cookies` mean Envoy's defaults: the
     `Authorization: Bearer` header and the `access_token` query parameter."""
 
     name: str
@@ -218,6 +218,7 @@ class JwtProvider:
     audiences: tuple[str, ...] = ()
     from_headers: tuple[JwtHeader, ...] = ()
     from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()  # cookie names (Istio fromCookies)
     forward: bool = False
     claim_to_headers: tuple[ClaimToHeader, ...] = ()
     clock_skew_seconds: int = 60

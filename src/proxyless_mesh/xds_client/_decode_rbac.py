@@ -207,7 +207,6 @@ _JWT_UNSUPPORTED_FIELDS = (
     "require_expiration",
     "max_lifetime",
     "remote_jwks",
-    "from_cookies",
     "forward_payload_header",
     "header_in_metadata",
     "failed_status_in_metadata",
@@ -275,6 +274,7 @@ def jwt_provider_from_proto(name: str, p: jwt_pb2.JwtProvider) -> JwtProvider:
         audiences=tuple(p.audiences),
         from_headers=tuple(JwtHeader(h.name, h.value_prefix) for h in p.from_headers),
         from_params=tuple(p.from_params),
+        from_cookies=tuple(p.from_cookies),
         forward=p.forward,
         claim_to_headers=tuple(
             ClaimToHeader(c.header_name, c.claim_name) for c in p.claim_to_headers

@@ -78,6 +78,7 @@ _JWT_RULE_KEYS = {
     "jwksUri",
     "fromHeaders",
     "fromParams",
+    "fromCookies",
     "forwardOriginalToken",
     "outputClaimToHeaders",
 }
@@ -434,6 +435,7 @@ def _jwt_rule(rule: Mapping[str, Any], where: str, fetched: Mapping[str, str]) -
         audiences=tuple(str(a) for a in rule.get("audiences") or ()),
         from_headers=headers,
         from_params=tuple(str(p) for p in rule.get("fromParams") or ()),
+        from_cookies=tuple(str(c) for c in rule.get("fromCookies") or ()),
         forward=bool(rule.get("forwardOriginalToken", False)),
         claim_to_headers=claims,
     )

@@ -236,6 +236,7 @@ def jwt_provider_to_proto(p: JwtProvider) -> jwt_pb2.JwtProvider:
         audiences=list(p.audiences),
         forward=p.forward,
         from_params=list(p.from_params),
+        from_cookies=list(p.from_cookies),
         clock_skew_seconds=p.clock_skew_seconds,
     )
     out.local_jwks.inline_string = p.jwks
