@@ -84,6 +84,15 @@ class NoHealthyUpstreamError(MeshRequestError):
     response_flag = "UH"
 
 
+class NoClusterError(NoHealthyUpstreamError):
+    """The matched route sends to a cluster the control plane does not have
+    (Envoy flag NC, answered 503), typically a VirtualService naming a subset
+    no DestinationRule defines yet. A NoHealthyUpstreamError, so handlers of
+    that catch it too."""
+
+    response_flag = "NC"
+
+
 class OutsideMeshError(MeshRequestError):
     """The outbound policy is REGISTRY_ONLY and the host is not a mesh service."""
 

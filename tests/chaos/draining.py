@@ -46,6 +46,7 @@ def registry_config(lab: LocalMesh) -> Path:
                 "kind": "ServiceEntry",
                 "metadata": {"name": "chaos", "namespace": "default"},
                 "spec": {
+                    "location": "MESH_INTERNAL",
                     "hosts": [HOST],
                     "ports": [{"number": PORT, "name": "http", "protocol": "HTTP"}],
                     "resolution": "STATIC",

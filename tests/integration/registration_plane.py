@@ -51,6 +51,7 @@ def service_entry(name: str, port: dict[str, object], labels: dict[str, str]) ->
         "kind": "ServiceEntry",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {
+            "location": "MESH_INTERNAL",
             "hosts": [f"{name}.default.svc"],
             "ports": [port],
             "resolution": "STATIC",

@@ -199,6 +199,7 @@ def test_envoy_honours_distribute_locality_weights(lab: LocalMesh) -> None:
         "kind": "ServiceEntry",
         "metadata": {"name": "reviews"},
         "spec": {
+            "location": "MESH_INTERNAL",
             "hosts": [HOST],
             "ports": [{"number": 8080, "name": "http", "protocol": "HTTP"}],
             "resolution": "STATIC",

@@ -245,6 +245,8 @@ class Lab:
                 "kind": "ServiceEntry",
                 "metadata": {"name": host.split(".")[0], "namespace": namespace},
                 "spec": {
+                    "resolution": "STATIC",
+                    "location": "MESH_INTERNAL",
                     "hosts": [host],
                     "ports": [{"number": PORT, "name": "grpc", "protocol": "GRPC"}],
                     "endpoints": [

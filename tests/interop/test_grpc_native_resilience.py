@@ -56,6 +56,7 @@ def entry(host: str, backends: list[Proc]) -> dict[str, Any]:
         "kind": "ServiceEntry",
         "metadata": {"name": host.split(".")[0]},
         "spec": {
+            "location": "MESH_INTERNAL",
             "hosts": [host],
             "ports": [{"number": PORT, "name": "grpc", "protocol": "GRPC"}],
             "resolution": "STATIC",

@@ -53,6 +53,7 @@ def service_entry(host: str, port: int, protocol: str, instances: list[dict[str,
         "kind": "ServiceEntry",
         "metadata": {"name": host.split(".")[0]},
         "spec": {
+            "location": "MESH_INTERNAL",
             "hosts": [host],
             "ports": [{"number": port, "name": name, "protocol": protocol}],
             "resolution": "STATIC",

@@ -102,6 +102,8 @@ def config(port: int) -> str:
             "kind": "ServiceEntry",
             "metadata": {"name": "greeter", "namespace": "shop"},
             "spec": {
+                "resolution": "STATIC",
+                "location": "MESH_INTERNAL",
                 "hosts": [HOST],
                 "ports": [{"number": 50051, "name": "grpc", "protocol": "GRPC"}],
                 "endpoints": [

@@ -9,9 +9,15 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from mesh_control_plane.config.authorization import request_authentications_to_jwt
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2
+from mesh_control_plane.config.authorization import (
+    authorization_policies_to_rbac,
+    request_authentications_to_jwt,
+)
+from mesh_control_plane.translate.rbac_protos import jwt_authentication_to_proto
 
 from proxyless_mesh.policy import InboundRequest, PolicySet
+from proxyless_mesh.xds_client._decode_rbac import jwt_authentication_from_proto
 
 ISSUER = "https://issuer.example"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -144,3 +150,24 @@ def test_two_issuers_each_verified_with_their_keys() -> None:
     assert check(ps, {"authorization": f"Bearer {good_two}"}).status == 200
     forged = token(RSA_KEY, kid="rsa1", iss="https://two.example")
     assert check(ps, {"authorization": f"Bearer {forged}"}).status == 401
+
+
+def _over_xds(jwt_config: Any) -> PolicySet:
+    """Through the control plane's protobuf and the library's decoder, with an
+    ALLOW policy that only an authenticated request principal passes."""
+    wire = jwt_authentication_to_proto(jwt_config).SerializeToString()
+    decoded = jwt_authentication_from_proto(config_pb2.JwtAuthentication.FromString(wire))
+    rule = {"from": [{"source": {"requestPrincipals": ["*"]}}]}
+    allow = {"metadata": {"name": "authn", "namespace": "foo"}, "spec": {"rules": [rule]}}
+    return PolicySet(authorization_policies_to_rbac([allow]), decoded)
+
+
+def test_from_cookies_reads_the_token_from_the_named_cookie() -> None:
+    # Istio's RequestAuthentication fromCookies: only that cookie, not the defaults.
+    ps = _over_xds(request_authentications_to_jwt([reqauth(fromCookies=["session"])]))
+    good = check(ps, {"cookie": f"theme=dark; session={token()}"})
+    assert good.status == 200  # authenticated: the ALLOW policy needs a request principal
+    assert "cookie" not in good.remove_headers  # Envoy leaves the cookie in place
+    assert check(ps, {"cookie": f"session={token(OTHER_KEY)}"}).status == 401
+    # With fromCookies alone, the Authorization header is not read (no defaults): 403.
+    assert check(ps, {"authorization": f"Bearer {token()}"}).status == 403

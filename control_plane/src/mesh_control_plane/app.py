@@ -123,6 +123,7 @@ class ControlPlane:
                     self.xds.servicer.clients(),
                     self.config_errors,
                     ca.trust_domain if ca is not None else DEFAULT_TRUST_DOMAIN,
+                    self.config_warnings,
                 ),
                 "/metrics": lambda: metrics_page(
                     self.metrics,
@@ -143,6 +144,7 @@ class ControlPlane:
             },
         )
         self.config_errors: list[str] = []
+        self.config_warnings: list[str] = []  # what loads but does not resolve yet
         self._on_config_error = on_config_error
         self._poll_interval = poll_interval
         self._watcher: ConfigWatcher | None = None
@@ -219,6 +221,11 @@ class ControlPlane:
             self._report(exc.problems)
             return
         self.config_errors = []
+        warnings = [str(w) for w in config.warnings]
+        if warnings != self.config_warnings:
+            for warning in warnings:
+                log.warning("config: %s", warning)
+        self.config_warnings = warnings
 
     def _apply_resolved(self, config: MeshConfig, problems: Sequence[ConfigProblem]) -> None:
         """A config with its jwksUris inlined: applied even when a fetch failed

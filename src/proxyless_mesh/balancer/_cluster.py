@@ -204,6 +204,11 @@ class ClusterBalancer:
         return current.active.reason
 
     @property
+    def cluster_known(self) -> bool:
+        """False when the control plane has sent no such cluster (Envoy: NC)."""
+        return self._cluster is not None
+
+    @property
     def endpoints(self) -> tuple[Endpoint, ...]:
         """The endpoints currently taking new requests."""
         return self._current.endpoints

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
+from proxyless_mesh.integrations._dry_run import record_dry_run
 from proxyless_mesh.policy import (
     REFUSAL_BODIES,
     Decision,
@@ -75,6 +76,7 @@ class AuthorizationMiddleware:
             await self.app(scope, receive, send)
             return
         decision = self._policies().check(self._request(scope))
+        record_dry_run(decision)
         if not decision.allowed:
             await _refuse(kind, decision.status, send)
             return

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from proxyless_mesh.integrations._dry_run import record_dry_run
 from proxyless_mesh.policy import (
     Decision,
     InboundRequest,
@@ -101,6 +102,7 @@ class _Checker:
             http_version="2",
         )
         decision = self._policies().check(request)
+        record_dry_run(decision)
         if decision.allowed and decision.path != method:
             return _NOT_AS_SENT
         return decision

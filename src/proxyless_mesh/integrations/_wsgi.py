@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
+from proxyless_mesh.integrations._dry_run import record_dry_run
 from proxyless_mesh.policy import (
     BAD_REQUEST_BODY,
     REFUSAL_BODIES,
@@ -60,6 +61,7 @@ class WsgiAuthorizationMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         decision = self._policies().check(self._request(environ))
+        record_dry_run(decision)
         if not decision.allowed:
             body = REFUSAL_BODIES[decision.status]
             headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]

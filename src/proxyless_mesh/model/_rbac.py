@@ -175,10 +175,19 @@ class Policy:
 @dataclass(frozen=True, slots=True)
 class Rbac:
     """One RBAC HTTP filter's `rules`: an action and named policies (Envoy's
-    map, kept in order). ALLOW with no policies denies everything."""
+    map, kept in order). ALLOW with no policies denies everything.
+
+    `shadow` marks the filter's `shadow_rules` (Istio's dry-run policies):
+    evaluated and recorded, never deciding."""
 
     action: RbacAction
     policies: tuple[tuple[str, Policy], ...] = ()
+    shadow: bool = False
+
+    @property
+    def shadow_prefix(self) -> str:
+        """Istio's `shadow_rules_stat_prefix` for this engine's action."""
+        return f"istio_dry_run_{self.action.value.lower()}_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +209,7 @@ class JwtProvider:
     """jwt_authn JwtProvider with `local_jwks` (the JWKS JSON text; the
     control plane fetches `jwksUri` and inlines it, as istiod does).
 
-    Empty `from_headers` and `from_params` mean Envoy's defaults: the
+    Empty `from_headers`, `from_params` and `from_cookies` mean Envoy's defaults: the
     `Authorization: Bearer` header and the `access_token` query parameter."""
 
     name: str
@@ -209,6 +218,7 @@ class JwtProvider:
     audiences: tuple[str, ...] = ()
     from_headers: tuple[JwtHeader, ...] = ()
     from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()  # cookie names (Istio fromCookies)
     forward: bool = False
     claim_to_headers: tuple[ClaimToHeader, ...] = ()
     clock_skew_seconds: int = 60

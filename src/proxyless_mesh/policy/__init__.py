@@ -16,6 +16,7 @@ from proxyless_mesh.policy._engine import (
     Decision,
     InboundRequest,
     PolicySet,
+    ShadowResult,
     join_headers,
 )
 from proxyless_mesh.policy._errors import (
@@ -43,6 +44,7 @@ __all__ = [
     "PathNormalization",
     "PolicyConfigError",
     "PolicySet",
+    "ShadowResult",
     "UnsupportedPolicyError",
     "app_path",
     "join_headers",

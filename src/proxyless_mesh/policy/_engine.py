@@ -72,12 +72,33 @@ class InboundRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowResult:
+    """What a dry-run (shadow) engine would have decided, in Envoy's terms:
+    its dynamic metadata `<prefix>shadow_engine_result` ("allowed" or
+    "denied") and `<prefix>shadow_effective_policy_id` (the policy that
+    matched, "" when none did), with Istio's prefix `istio_dry_run_allow_` or
+    `istio_dry_run_deny_`."""
+
+    prefix: str
+    engine_result: str
+    effective_policy_id: str = ""
+
+    def metadata(self) -> dict[str, str]:
+        """The Envoy dynamic-metadata keys and values (the id only when set)."""
+        out = {f"{self.prefix}shadow_engine_result": self.engine_result}
+        if self.effective_policy_id:
+            out[f"{self.prefix}shadow_effective_policy_id"] = self.effective_policy_id
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome. `status` is 200 when allowed, else 400/401/403 (or 503
     while a registering server's policy is on its way). When
     allowed, the app must be given `path` (normalized, percent-encoded),
     `query`, and the headers minus `remove_headers` plus `add_headers`; and,
-    when `authority` is set (an absolute-form target), that as its Host."""
+    when `authority` is set (an absolute-form target), that as its Host.
+    `shadow` holds the dry-run policies' results (empty without any)."""
 
     status: int
     policy: str = ""
@@ -87,6 +108,7 @@ class Decision:
     remove_headers: frozenset[str] = frozenset()
     add_headers: tuple[tuple[str, str], ...] = ()
     authority: str | None = None
+    shadow: tuple[ShadowResult, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -97,6 +119,8 @@ class Decision:
 class _Engine:
     action: RbacAction
     policies: tuple[tuple[str, Predicate], ...]
+    shadow: bool = False
+    prefix: str = ""
 
     def first_match(self, ctx: RequestContext) -> str | None:
         for name, matches in self.policies:
@@ -138,7 +162,7 @@ class PolicySet:
                 perms = _any_of(tuple(compile_rule(r) for r in policy.permissions))
                 princ = _any_of(tuple(compile_rule(r) for r in policy.principals))
                 compiled.append((name, _compile_policy_pair(perms, princ)))
-            engines.append(_Engine(rbac.action, tuple(compiled)))
+            engines.append(_Engine(rbac.action, tuple(compiled), rbac.shadow, rbac.shadow_prefix))
         self._engines = tuple(engines)
         self._jwt = JwtAuthenticator(jwt or JwtAuthentication())
         self._mode = path_normalization
@@ -192,16 +216,19 @@ class PolicySet:
                 remove = remove | result.remove_headers
                 add = result.add_headers
                 query = strip_params(query, result.remove_params)
+        shadow: tuple[ShadowResult, ...] = ()
         for engine in self._engines:
             matched = engine.first_match(ctx)
-            if engine.action is RbacAction.LOG:
+            if engine.shadow:
+                shadow += (_shadow_result(engine, matched, ctx, request),)
+            elif engine.action is RbacAction.LOG:
                 if matched is not None:
                     _log("audit", matched, "matched AUDIT policy", ctx, request)
             elif engine.action is RbacAction.DENY:
                 if matched is not None:
-                    return self._refuse(403, matched, "matched DENY policy", request, ctx)
+                    return self._refuse(403, matched, "matched DENY policy", request, ctx, shadow)
             elif matched is None:
-                return self._refuse(403, "", "no ALLOW policy matched", request, ctx)
+                return self._refuse(403, "", "no ALLOW policy matched", request, ctx, shadow)
         return Decision(
             200,
             path=path,
@@ -209,6 +236,7 @@ class PolicySet:
             remove_headers=remove,
             add_headers=add,
             authority=replaced,
+            shadow=shadow,
         )
 
     def _refuse(
@@ -218,10 +246,11 @@ class PolicySet:
         reason: str,
         request: InboundRequest,
         ctx: RequestContext | None,
+        shadow: tuple[ShadowResult, ...] = (),
     ) -> Decision:
         kind = {400: "bad_request", 401: "unauthenticated", 403: "deny", 503: "not_ready"}[status]
         _log(kind, policy, reason, ctx, request)
-        return Decision(status, policy=policy, reason=reason)
+        return Decision(status, policy=policy, reason=reason, shadow=shadow)
 
 
 class _Awaiting(PolicySet):
@@ -232,6 +261,18 @@ class _Awaiting(PolicySet):
     def check(self, request: InboundRequest) -> Decision:
         reason = "this server registered moments ago; its inbound policy is on its way"
         return self._refuse(503, "", reason, request, None)
+
+
+def _shadow_result(
+    engine: _Engine, matched: str | None, ctx: RequestContext, request: InboundRequest
+) -> ShadowResult:
+    """A dry-run engine's verdict, as Envoy's RBAC filter computes it for
+    `shadow_rules`: an ALLOW engine allows what matches, a DENY engine denies it."""
+    allows = (matched is not None) == (engine.action is RbacAction.ALLOW)
+    result = ShadowResult(engine.prefix, "allowed" if allows else "denied", matched or "")
+    reason = f"{engine.prefix}shadow_engine_result={result.engine_result}"
+    _log("dry_run", result.effective_policy_id, reason, ctx, request)
+    return result
 
 
 def _ip(value: str | None) -> IpAddress | None:

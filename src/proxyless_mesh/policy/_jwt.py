@@ -73,6 +73,7 @@ class _CompiledProvider:
     keys: tuple[tuple[str | None, str | None, jwt.PyJWK], ...]  # (kid, declared alg, key)
     headers: tuple[JwtHeader, ...]
     params: tuple[str, ...]
+    cookies: tuple[str, ...]
 
 
 class JwtAuthenticator:
@@ -85,9 +86,9 @@ class JwtAuthenticator:
             keys = _parse_jwks(p.jwks, f"{where}.jwks")
             headers = tuple(JwtHeader(h.name.lower(), h.value_prefix) for h in p.from_headers)
             params = p.from_params
-            if not headers and not params:
+            if not headers and not params and not p.from_cookies:
                 headers, params = (_DEFAULT_HEADER,), (_DEFAULT_PARAM,)
-            compiled.append(_CompiledProvider(p, keys, headers, params))
+            compiled.append(_CompiledProvider(p, keys, headers, params, p.from_cookies))
         self._providers = tuple(compiled)
         self.claim_headers = frozenset(
             c.header_name.lower() for p in config.providers for c in p.claim_to_headers
@@ -114,12 +115,28 @@ class JwtAuthenticator:
             for name in cp.params:
                 for token in params.get(name, ()):
                     found.setdefault(token, []).append((cp, None, name))
+            if cp.cookies:
+                jar = _cookies(headers.get("cookie", ""))
+                for name in cp.cookies:
+                    cookie = jar.get(name)
+                    if cookie:  # a cookie is never removed from the request (as Envoy)
+                        found.setdefault(cookie, []).append((cp, None, None))
         if not found:
             return None
         if len(found) > 1:
             raise JwtAuthError("more than one JWT in the request")
         ((token, candidates),) = found.items()
         return _verify(token, candidates)
+
+
+def _cookies(header: str) -> dict[str, str]:
+    """`Cookie: a=1; b=2` -> {"a": "1", "b": "2"} (first of a repeated name wins)."""
+    jar: dict[str, str] = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in jar:
+            jar[name] = value.strip().strip('"')
+    return jar
 
 
 def _verify(

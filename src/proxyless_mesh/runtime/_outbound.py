@@ -12,6 +12,7 @@ import socket
 from typing import Final
 
 from proxyless_mesh.errors import (
+    NoClusterError,
     NoHealthyUpstreamError,
     NoRouteError,
     OutsideMeshError,
@@ -79,6 +80,15 @@ def route_request(
             f"no route of {authority} matches {method} {path}",
             request=request,  # type: ignore[arg-type]
         )
+    if decision.cluster:
+        balancer = snapshot.balancers.get(decision.cluster)
+        if balancer is None or not balancer.cluster_known:
+            raise NoClusterError(
+                f"{authority}: route {decision.route_name!r} sends to cluster "
+                f"{decision.cluster}, which the control plane does not have (a subset no "
+                "DestinationRule defines yet?)",
+                request=request,  # type: ignore[arg-type]
+            )
     return decision
 
 

@@ -171,9 +171,7 @@ def _http_filters(
             if url == RBAC_TYPE_URL:
                 rbac = http_rbac_pb2.RBAC()
                 _unpack(f.typed_config, rbac, where)
-                engine = rbac_filter_from_proto(rbac)
-                if engine is not None:
-                    engines.append(engine)
+                engines.extend(rbac_filter_from_proto(rbac))
             elif url == JWT_TYPE_URL:
                 if jwt is not None or engines:
                     raise XdsResourceError(f"{where}: jwt_authn must come once, before RBAC")

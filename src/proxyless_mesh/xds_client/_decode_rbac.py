@@ -50,14 +50,19 @@ from proxyless_mesh.model import (
 )
 
 
-def rbac_filter_from_proto(msg: http_rbac_pb2.RBAC) -> Rbac | None:
-    """The HTTP filter -> its engine; None when `rules` is unset (Envoy: the
-    filter then does nothing)."""
+def rbac_filter_from_proto(msg: http_rbac_pb2.RBAC) -> tuple[Rbac, ...]:
+    """The HTTP filter -> its engines: the `shadow_rules` one (Istio's dry-run
+    policies; never deciding) first, as Envoy evaluates it, then `rules`.
+    Neither set: the filter does nothing, so no engine."""
     if msg.HasField("matcher") or msg.HasField("shadow_matcher"):
         raise UnsupportedPolicyError("RBAC.matcher", "matcher-based RBAC is not supported")
-    if not msg.HasField("rules"):
-        return None
-    return rbac_from_proto(msg.rules)
+    engines = []
+    if msg.HasField("shadow_rules"):
+        shadow = rbac_from_proto(msg.shadow_rules)
+        engines.append(Rbac(shadow.action, shadow.policies, shadow=True))
+    if msg.HasField("rules"):
+        engines.append(rbac_from_proto(msg.rules))
+    return tuple(engines)
 
 
 def rbac_from_proto(msg: rbac_pb2.RBAC) -> Rbac:
@@ -202,7 +207,6 @@ _JWT_UNSUPPORTED_FIELDS = (
     "require_expiration",
     "max_lifetime",
     "remote_jwks",
-    "from_cookies",
     "forward_payload_header",
     "header_in_metadata",
     "failed_status_in_metadata",
@@ -270,6 +274,7 @@ def jwt_provider_from_proto(name: str, p: jwt_pb2.JwtProvider) -> JwtProvider:
         audiences=tuple(p.audiences),
         from_headers=tuple(JwtHeader(h.name, h.value_prefix) for h in p.from_headers),
         from_params=tuple(p.from_params),
+        from_cookies=tuple(p.from_cookies),
         forward=p.forward,
         claim_to_headers=tuple(
             ClaimToHeader(c.header_name, c.claim_name) for c in p.claim_to_headers

@@ -40,6 +40,8 @@ metadata:
   name: broken
   namespace: default
 spec:
+  resolution: STATIC
+  location: MESH_INTERNAL
   hosts: [broken.default.svc]
   frobnicate: true
   ports:

@@ -159,7 +159,7 @@ def test_analyze_exits_non_zero_on_errors(
     assert main(["analyze", str(config_dir)]) == 1
     assert capsys.readouterr().out == (
         "error: orphan.yaml: DestinationRule default/orphan: spec.host: "
-        'no ServiceEntry declares host "unknown.default.mesh"\n'
+        'no ServiceEntry declares host "unknown.default.mesh" (IST0101)\n'
         "1 error, 0 warnings\n"
     )
 
@@ -195,6 +195,8 @@ def test_simulate_route_cluster_endpoints_and_authorization(config_dir: Path) ->
         "authority: reviews.default.mesh:8080\n"
         "route:     default/reviews/0\n"
         "outcome:   routed\n"
+        "effect:    retries 2 on cancelled,connect-failure,refused-stream,"
+        "retriable-status-codes,unavailable (status 503)\n"
         "cluster:   100% outbound|8080|v1|reviews.default.mesh\n"
         "  endpoint 10.0.0.1:8080 HEALTHY\n"
         "authz:     outbound|8080|v1|reviews.default.mesh: ALLOW by default/web-only\n"

@@ -123,7 +123,7 @@ def test_control_plane_serves_then_exits_cleanly_on_sigterm(
     assert running.ready["xds"].startswith("127.0.0.1:")
     assert httpx.get(f"{running.admin}/healthz").json() == {"status": "ok"}
     status = httpx.get(f"{running.admin}/status").json()
-    assert status == {"version": "1", "clients": [], "config_errors": []}
+    assert status == {"version": "1", "clients": [], "config_errors": [], "config_warnings": []}
     assert stop(running) == 0
 
 
@@ -262,8 +262,13 @@ config errors (serving the last good config, version above):
 
 def test_render_status_matches_golden() -> None:
     assert render_status(STATUS) == GOLDEN
-    empty = {"version": "0", "clients": [], "config_errors": []}
+    empty = {"version": "0", "clients": [], "config_errors": [], "config_warnings": []}
     assert render_status(empty) == "config version: 0\nno clients connected\n"
+    warned = {**empty, "config_warnings": ["vs.yaml: VirtualService default/r: subset"]}
+    assert render_status(warned).endswith(
+        "config warnings (the config in use loads, but):\n"
+        "  vs.yaml: VirtualService default/r: subset\n"
+    )
 
 
 def test_bootstrap_to_file_and_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

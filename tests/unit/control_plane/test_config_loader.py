@@ -62,6 +62,7 @@ apiVersion: networking.istio.io/v1beta1
 kind: ServiceEntry
 metadata: {name: ratings, namespace: shop}
 spec:
+  resolution: STATIC
   hosts: [ratings.shop.mesh]
   location: MESH_EXTERNAL
   ports: [{number: 80, name: http-web}]
@@ -213,6 +214,8 @@ def test_resources_are_sorted_by_namespace_then_name(tmp_path: Path) -> None:
                 "kind": "ServiceEntry",
                 "metadata": {"name": name, "namespace": namespace},
                 "spec": {
+                    "resolution": "STATIC",
+                    "location": "MESH_INTERNAL",
                     "hosts": [f"{name}.{namespace}.mesh"],
                     "ports": [{"number": 80, "name": "http"}],
                 },
@@ -229,7 +232,8 @@ def test_namespace_defaults_to_default_and_resolution_to_static() -> None:
         apiVersion: networking.istio.io/v1
         kind: ServiceEntry
         metadata: {name: a}
-        spec: {hosts: [a.mesh], ports: [{number: 80, name: tcp}]}
+        spec: {resolution: STATIC, location: MESH_INTERNAL,
+          hosts: [a.mesh], ports: [{number: 80, name: tcp}]}
         """
     )
     (se,) = parse_documents([("a.yaml", doc)]).service_entries
@@ -250,7 +254,8 @@ def test_kubectl_list_output_is_expanded(tmp_path: Path) -> None:
         - apiVersion: networking.istio.io/v1
           kind: ServiceEntry
           metadata: {name: a, namespace: default}
-          spec: {hosts: [a.mesh], ports: [{number: 80, name: http}]}
+          spec: {resolution: STATIC, location: MESH_INTERNAL,
+            hosts: [a.mesh], ports: [{number: 80, name: http}]}
           status: {}
         """,
     )

@@ -28,6 +28,8 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews}
 spec:
+  resolution: STATIC
+  location: MESH_INTERNAL
   hosts: [reviews.mesh]
   ports: [{number: 8080, name: http}, {number: 9090, name: grpc}]
   endpoints: [{address: 10.0.0.1, labels: {version: v1}}]
@@ -36,6 +38,8 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: shadow}
 spec:
+  resolution: STATIC
+  location: MESH_INTERNAL
   hosts: [shadow.mesh]
   ports: [{number: 8080, name: http}]
 """
@@ -357,13 +361,6 @@ ROUTE = "  route: [{destination: {host: reviews.mesh}}]\n"
             "- mirror: {host: nowhere.mesh}\n" + ROUTE,
             ['spec.http[0].mirror.host: no ServiceEntry declares host "nowhere.mesh"'],
         ),
-        (
-            "- mirrors: [{destination: {host: shadow.mesh, subset: v9}}]\n" + ROUTE,
-            [
-                "spec.http[0].mirrors[0].destination.subset: no DestinationRule for host "
-                '"shadow.mesh" defines subset "v9"'
-            ],
-        ),
     ],
 )
 def test_virtual_service_mistakes_are_named(http: str, expected: list[str]) -> None:
@@ -373,3 +370,12 @@ def test_virtual_service_mistakes_are_named(http: str, expected: list[str]) -> N
 def test_attempts_zero_disables_retries_as_in_istio() -> None:
     (virtual,) = load(SERVICES, vs("- retries: {retryOn: 5xx}\n" + ROUTE)).virtual_services
     assert virtual.http[0].retries == HTTPRetry(attempts=0, retry_on=("5xx",))
+
+
+def test_unspecified_load_balancer_is_istios_default() -> None:
+    # Istio's SimpleLB enum has UNSPECIFIED ("Istio will select an appropriate default").
+    config = load(SERVICES, dr("loadBalancer: {simple: UNSPECIFIED}"))
+    (rule,) = config.destination_rules
+    assert rule.traffic_policy is not None
+    lb = rule.traffic_policy.load_balancer
+    assert lb is not None and lb.simple is None

@@ -15,7 +15,12 @@ def service(name: str, host: str, *ports: int) -> dict[str, Any]:
         "apiVersion": API,
         "kind": "ServiceEntry",
         "metadata": {"name": name},
-        "spec": {"hosts": [host], "ports": [{"number": p, "name": f"http-{p}"} for p in ports]},
+        "spec": {
+            "resolution": "STATIC",
+            "location": "MESH_INTERNAL",
+            "hosts": [host],
+            "ports": [{"number": p, "name": f"http-{p}"} for p in ports],
+        },
     }
 
 
@@ -89,42 +94,47 @@ def test_resolving_references_load() -> None:
 
 def test_virtual_service_host_must_be_declared() -> None:
     assert problems(virtual_service("vs", "nope.mesh", {"host": "ratings.mesh"})) == [
-        VS + 'spec.hosts[0]: no ServiceEntry declares host "nope.mesh"'
+        VS + 'spec.hosts[0]: no ServiceEntry declares host "nope.mesh" (IST0101)'
     ]
 
 
 def test_destination_host_must_be_declared() -> None:
     assert problems(virtual_service("vs", "ratings.mesh", {"host": "nope.mesh"})) == [
-        DEST + '.host: no ServiceEntry declares host "nope.mesh"'
+        DEST + '.host: no ServiceEntry declares host "nope.mesh" (IST0101)'
     ]
 
 
 def test_destination_rule_host_must_be_declared() -> None:
     assert problems(rule("dr", "nope.mesh")) == [
         "mesh.yaml: DestinationRule default/dr: "
-        'spec.host: no ServiceEntry declares host "nope.mesh"'
+        'spec.host: no ServiceEntry declares host "nope.mesh" (IST0101)'
     ]
 
 
-def test_subset_must_be_defined_by_a_destination_rule() -> None:
-    assert problems(
+def test_undefined_subset_loads_with_a_warning_as_in_istio() -> None:
+    # GitOps tools apply resources in any order: Istio takes the VirtualService
+    # and answers 503 NC for the subset until a DestinationRule defines it.
+    config = load(
         virtual_service(
             "vs",
             "reviews.mesh",
             {"host": "reviews.mesh", "subset": "v3"},
             {"host": "ratings.mesh", "subset": "v1"},
         )
-    ) == [
-        DEST + '.subset: no DestinationRule for host "reviews.mesh" defines subset "v3"',
+    )
+    assert [str(w) for w in config.warnings] == [
+        DEST + '.subset: no DestinationRule for host "reviews.mesh" defines subset "v3" (yet): '
+        "requests to it fail with 503 (NC) until one does (IST0101)",
         VS + "spec.http[0].route[1].destination.subset: no DestinationRule for host "
-        '"ratings.mesh" defines subset "v1"',
+        '"ratings.mesh" defines subset "v1" (yet): '
+        "requests to it fail with 503 (NC) until one does (IST0101)",
     ]
 
 
 def test_destination_port_must_be_a_port_of_the_service() -> None:
     dest = {"host": "ratings.mesh", "port": {"number": 9999}}
     assert problems(virtual_service("vs", "ratings.mesh", dest)) == [
-        DEST + ".port.number: ServiceEntry default/ratings has no port 9999 (ports: 8080)"
+        DEST + ".port.number: ServiceEntry default/ratings has no port 9999 (ports: 8080) (IST0101)"
     ]
 
 
@@ -132,7 +142,7 @@ def test_omitted_port_must_be_resolvable_on_every_listener_port() -> None:
     # details listens on 80; reviews has two ports and neither is 80: which one?
     assert problems(virtual_service("vs", "details.mesh", {"host": "reviews.mesh"})) == [
         DEST + '.port: required: host "reviews.mesh" has several ports (8080, 9090) '
-        "and none is 80, a port of this VirtualService's hosts"
+        "and none is 80, a port of this VirtualService's hosts (IST0112)"
     ]
 
 
@@ -167,8 +177,24 @@ def test_a_host_is_routed_by_one_virtual_service() -> None:
 def test_reference_checks_wait_for_clean_parsing() -> None:
     """A ServiceEntry that fails to parse must not also show up as dangling references."""
     broken = service("broken", "broken.mesh", 80)
-    broken["spec"]["resolution"] = "DNS"
+    broken["spec"]["resolution"] = "DNSS"
     assert problems(broken, virtual_service("vs", "broken.mesh", {"host": "broken.mesh"})) == [
         "mesh.yaml: ServiceEntry default/broken: spec.resolution: "
-        "DNS is not supported yet (supported: STATIC)"
+        'unknown value "DNSS" (expected one of STATIC, NONE, DNS, DNS_ROUND_ROBIN)'
+    ]
+
+
+def test_routing_a_passthrough_host_is_refused_naming_why() -> None:
+    external = service("ext", "ext.mesh", 80)
+    del external["spec"]["resolution"]  # Istio's default: NONE
+    assert problems(external, virtual_service("vs", "ext.mesh", {"host": "ext.mesh"})) == [
+        'mesh.yaml: VirtualService default/vs: spec.hosts[0]: host "ext.mesh" is declared by '
+        "ServiceEntry default/ext (mesh.yaml) with resolution NONE (the default): requests "
+        "pass through to the host itself, so routing and traffic policy for it are not "
+        "supported yet in-process; use resolution: STATIC with endpoints (IST0101)",
+        "mesh.yaml: VirtualService default/vs: spec.http[0].route[0].destination.host: host "
+        '"ext.mesh" is declared by ServiceEntry default/ext (mesh.yaml) with resolution NONE '
+        "(the default): requests pass through to the host itself, so routing and traffic "
+        "policy for it are not supported yet in-process; use resolution: STATIC with endpoints "
+        "(IST0101)",
     ]

@@ -20,6 +20,8 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: reviews, namespace: shop}
 spec:
+  resolution: STATIC
+  location: MESH_INTERNAL
   hosts: [reviews.mesh]
   ports: [{number: 8080, name: http}]
   endpoints: [{address: 10.0.0.1, serviceAccount: reviews, labels: {version: v1}}]

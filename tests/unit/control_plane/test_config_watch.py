@@ -18,7 +18,8 @@ def service_yaml(name: str, port: int = 80) -> str:
         "apiVersion: networking.istio.io/v1\n"
         "kind: ServiceEntry\n"
         f"metadata: {{name: {name}}}\n"
-        f"spec: {{hosts: [{name}.mesh], ports: [{{number: {port}, name: http}}]}}\n"
+        "spec: {resolution: STATIC, location: MESH_INTERNAL,\n"
+        f"  hosts: [{name}.mesh], ports: [{{number: {port}, name: http}}]}}\n"
     )
 
 

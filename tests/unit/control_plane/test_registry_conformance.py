@@ -41,6 +41,7 @@ def service_entry(selector: dict[str, str]) -> dict[str, Any]:
         "kind": "ServiceEntry",
         "metadata": {"name": "reviews", "namespace": "default"},
         "spec": {
+            "location": "MESH_INTERNAL",
             "hosts": [HOST],
             "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}],
             "resolution": "STATIC",

@@ -120,7 +120,9 @@ def test_consistency_follows_eds_service_name() -> None:
     assert len(problems) == 1 and "'elsewhere'" in problems[0]
 
 
-def test_route_to_unknown_subset_is_reported_not_hidden() -> None:
+def test_route_to_undefined_subset_is_pushed_without_its_cluster() -> None:
+    # As istiod does: the route names outbound|8080|v9|reviews, which does not
+    # exist (the library answers 503 NC); any other dangling cluster is still reported.
     config = dataclasses.replace(
         canary(),
         virtual_services=(
@@ -131,7 +133,12 @@ def test_route_to_unknown_subset_is_reported_not_hidden() -> None:
             ),
         ),
     )
-    problems = check_consistency(run(config))
+    rs = run(config)
+    assert cluster_name(REVIEWS, 8080, "v9") not in rs.resources[CLUSTER]
+    assert rs.undefined_subsets == {(REVIEWS, "v9")}
+    assert check_consistency(rs) == []
+    forgotten = dataclasses.replace(rs, undefined_subsets=frozenset())
+    problems = check_consistency(forgotten)
     assert len(problems) == 1 and cluster_name(REVIEWS, 8080, "v9") in problems[0]
 
 

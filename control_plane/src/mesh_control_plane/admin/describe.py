@@ -48,6 +48,13 @@ def describe_host(
     `policies` are raw AuthorizationPolicy documents (none when unsupported)."""
     service = next((se for se in config.service_entries if host in se.hosts), None)
     if service is None:
+        passthrough = next((se for se in config.passthrough_entries if host in se.hosts), None)
+        if passthrough is not None:
+            raise UnknownHostError(
+                f"{host!r} is declared by {passthrough.meta.ref} ({passthrough.meta.file}) with "
+                f"resolution {passthrough.resolution}: requests pass through to the host "
+                "itself; nothing is routed or balanced for it"
+            )
         known = ", ".join(sorted(h for se in config.service_entries for h in se.hosts))
         raise UnknownHostError(f"no ServiceEntry declares host {host!r} (hosts: {known or 'none'})")
     vs = next((v for v in config.virtual_services if host in v.hosts), None)

@@ -22,11 +22,16 @@ import httpx
 
 from mesh_control_plane.admin.describe import policies_of
 from mesh_control_plane.admin.mesh_view import mesh_view
-from mesh_control_plane.config.authorization import authorization_policies_to_rbac, selects_workload
+from mesh_control_plane.admin.simulate_effects import abort_outcome, route_effects
+from mesh_control_plane.config.authorization import (
+    authorization_policies_to_rbac,
+    is_dry_run,
+    selects_workload,
+)
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry import Registry
 from proxyless_mesh.integrations import url_parts
-from proxyless_mesh.policy import InboundRequest, PolicySet
+from proxyless_mesh.policy import InboundRequest, PolicySet, ShadowResult
 from proxyless_mesh.snapshot import build_snapshot
 from proxyless_mesh.xds_client import XdsState
 
@@ -69,6 +74,17 @@ def simulate(
     snapshot = build_snapshot(offline.state)
     table = snapshot.routes.get(authority)
     if table is None:
+        host = authority.rpartition(":")[0]
+        declared = next(
+            (se for se in getattr(offline.config, "passthrough_entries", ()) if host in se.hosts),
+            None,
+        )
+        if declared is not None:
+            result["outcome"] = (
+                f"passed through to {authority} itself ({declared.meta.ref}, resolution "
+                f"{declared.resolution}, {declared.location}: no mesh mTLS)"
+            )
+            return result
         result["outcome"] = "not a mesh service: passed through (ALLOW_ANY) or refused"
         return result
     matched = next(
@@ -78,6 +94,14 @@ def simulate(
         result["outcome"] = f"no route of {authority} matches {request.method} {path} (NR)"
         return result
     result["route"] = matched.name
+    route = matched.choose(0.0).route
+    effects = route_effects(route) if route is not None else []
+    if effects:
+        result["effects"] = effects
+    aborted = abort_outcome(route) if route is not None else None
+    if aborted is not None:
+        result["outcome"] = aborted
+        return result
     if not matched.clusters:  # forwards with no cluster: the route answers a redirect
         result["outcome"] = "redirect (answered by the mesh, no upstream)"
         return result
@@ -135,7 +159,11 @@ def _authorization(
         if not selected:
             verdicts.append(f"{cluster}: ALLOW (no AuthorizationPolicy applies)")
             continue
-        names = ", ".join(f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in selected)
+        names = ", ".join(
+            f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+            + (" (dry-run)" if is_dry_run(p) else "")
+            for p in selected
+        )
         decision = PolicySet(authorization_policies_to_rbac(selected)).check(
             InboundRequest(
                 method=request.method,
@@ -145,8 +173,16 @@ def _authorization(
             )
         )
         if decision.allowed:
-            verdicts.append(f"{cluster}: ALLOW by {names}")
+            verdict = f"{cluster}: ALLOW by {names}"
         else:
             why = f"{decision.reason}" + (f" ({decision.policy})" if decision.policy else "")
-            verdicts.append(f"{cluster}: DENY {decision.status}: {why}; policies {names}")
+            verdict = f"{cluster}: DENY {decision.status}: {why}; policies {names}"
+        verdicts.append(verdict + "".join(_dry_run(r) for r in decision.shadow))
     return verdicts
+
+
+def _dry_run(result: ShadowResult) -> str:
+    """A dry-run engine's verdict, which never changed the decision above."""
+    action = result.prefix.removeprefix("istio_dry_run_").rstrip("_").upper()
+    by = f" by {result.effective_policy_id}" if result.effective_policy_id else ""
+    return f"; dry-run {action} policies would have {result.engine_result} it{by}"

@@ -37,13 +37,16 @@ def status(
     clients: Sequence[ClientRecord],
     config_errors: Sequence[str],
     trust_domain: str = "cluster.local",
+    config_warnings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """`GET /status`: the version served, every connected client (with the
-    SPIFFE ID its node metadata claims, "" when it names none), config errors."""
+    SPIFFE ID its node metadata claims, "" when it names none), config errors,
+    and warnings of the config in use (e.g. a subset no DestinationRule defines yet)."""
     return {
         "version": version,
         "clients": [{**c.to_status(), "spiffe": c.spiffe_id(trust_domain)} for c in clients],
         "config_errors": list(config_errors),
+        "config_warnings": list(config_warnings),
     }
 
 

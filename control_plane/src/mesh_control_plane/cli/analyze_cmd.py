@@ -67,6 +67,8 @@ def analyze(offline: ConfigView) -> list[Finding]:
         *_unused_subsets(offline),
         *_routes(offline),
         *_idle_policies(offline),
+        *_remote_keys(offline),
+        *(Finding(WARNING, w) for w in getattr(offline.config, "warnings", ())),
     ]
     return sorted(findings, key=lambda f: (f.problem.file, f.problem.resource))
 
@@ -171,4 +173,20 @@ def _idle_policies(offline: ConfigView) -> list[Finding]:
         if not any(selects_workload(resource, ns, labels) for ns, labels in workloads):
             message = "selector matches no workload in the mesh: this policy applies to nothing"
             out.append(_warn(policy.meta, "spec.selector", message))
+    return out
+
+
+def _remote_keys(offline: ConfigView) -> list[Finding]:
+    """jwtRules whose keys are at a `jwksUri`: the running control plane fetches
+    them, analyze does not (it opens no connection), so it cannot check them."""
+    out = []
+    for ra in getattr(offline.config, "request_authentications", ()):
+        rules = (ra.resource().get("spec") or {}).get("jwtRules") or ()
+        for i, rule in enumerate(rules):
+            if isinstance(rule, dict) and rule.get("jwksUri") and not rule.get("jwks"):
+                message = (
+                    f"keys at {rule['jwksUri']} are fetched by the running control plane, "
+                    "not offline: analyze did not check them"
+                )
+                out.append(_warn(ra.meta, f"spec.jwtRules[{i}].jwksUri", message))
     return out

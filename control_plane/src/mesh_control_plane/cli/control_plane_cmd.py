@@ -42,6 +42,12 @@ def add_parser(commands: Any) -> None:
         help="security policies here without a selector apply mesh-wide (Istio's istio-system)",
     )
     p.add_argument(
+        "--domain",
+        default=DEFAULT_TRUST_DOMAIN,
+        help="DNS domain suffix (istiod's --domain): a short host `reviews` in a "
+        "VirtualService or DestinationRule means reviews.<namespace>.svc.<domain>",
+    )
+    p.add_argument(
         "--path-normalization",
         default="BASE",
         choices=("BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"),
@@ -177,6 +183,7 @@ async def _run(args: argparse.Namespace) -> None:
             trust_domain=args.trust_domain,
             root_namespace=args.root_namespace,
             path_normalization=args.path_normalization,
+            domain=args.domain,
         ),
     )
 

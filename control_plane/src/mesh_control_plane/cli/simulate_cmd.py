@@ -64,6 +64,7 @@ def render_simulation(result: Mapping[str, Any]) -> str:
     lines.append(f"outcome:   {result['outcome']}")
     if result.get("timeout") is not None:
         lines.append(f"timeout:   {result['timeout']:g}s")
+    lines += [f"effect:    {effect}" for effect in result.get("effects", ())]
     for cluster in result.get("clusters", ()):
         lines.append(f"cluster:   {cluster['percent']:g}% {cluster['name']}")
         endpoints = cluster["endpoints"] or [{"address": "(none: fails with UH)", "health": ""}]

@@ -101,6 +101,10 @@ def render_status(payload: Mapping[str, Any]) -> str:
     if errors:
         lines.append("config errors (serving the last good config, version above):")
         lines += [f"  {e}" for e in errors]
+    warnings: Sequence[str] = payload.get("config_warnings", [])
+    if warnings:
+        lines.append("config warnings (the config in use loads, but):")
+        lines += [f"  {w}" for w in warnings]
     return "\n".join(lines) + "\n"
 
 

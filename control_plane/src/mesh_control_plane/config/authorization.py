@@ -78,6 +78,7 @@ _JWT_RULE_KEYS = {
     "jwksUri",
     "fromHeaders",
     "fromParams",
+    "fromCookies",
     "forwardOriginalToken",
     "outputClaimToHeaders",
 }
@@ -86,21 +87,43 @@ _JWT_RULE_KEYS = {
 def authorization_policies_to_rbac(policies: Iterable[Mapping[str, Any]]) -> tuple[Rbac, ...]:
     """The RBAC engines (LOG, DENY, ALLOW; only those needed) for the
     AuthorizationPolicies that apply to one workload (selection is the
-    caller's: see `selects_workload`)."""
+    caller's: see `selects_workload`).
+
+    A policy annotated `istio.io/dry-run: "true"` goes into a shadow engine
+    (placed just before the engine of its action, as Envoy's `shadow_rules`
+    run before `rules`) and never changes a decision: a dry-run ALLOW alone
+    creates no enforcing ALLOW engine. A dry-run AUDIT policy is dropped
+    (AUDIT never decides; in dry-run it does not even log)."""
     by_action: dict[RbacAction, list[tuple[str, Policy]]] = {a: [] for a in RbacAction}
+    shadow: dict[RbacAction, list[tuple[str, Policy]]] = {a: [] for a in RbacAction}
     has_allow = False
     for i, resource in enumerate(policies):
         action, named = authorization_policy_to_rbac(resource, where=f"policies[{i}]")
+        if is_dry_run(resource):
+            shadow[action].extend(named)
+            continue
         has_allow = has_allow or action is RbacAction.ALLOW
         by_action[action].extend(named)
     engines = []
     if by_action[RbacAction.LOG]:
         engines.append(Rbac(RbacAction.LOG, tuple(by_action[RbacAction.LOG])))
-    if by_action[RbacAction.DENY]:
-        engines.append(Rbac(RbacAction.DENY, tuple(by_action[RbacAction.DENY])))
-    if has_allow:
-        engines.append(Rbac(RbacAction.ALLOW, tuple(by_action[RbacAction.ALLOW])))
+    for action in (RbacAction.DENY, RbacAction.ALLOW):
+        if shadow[action]:
+            engines.append(Rbac(action, tuple(shadow[action]), shadow=True))
+        if by_action[action] or (action is RbacAction.ALLOW and has_allow):
+            engines.append(Rbac(action, tuple(by_action[action])))
     return tuple(engines)
+
+
+DRY_RUN_ANNOTATION = "istio.io/dry-run"
+
+
+def is_dry_run(resource: Mapping[str, Any]) -> bool:
+    """Istio's dry-run annotation; its value is parsed as a boolean ("true", "True", "1")."""
+    meta = resource.get("metadata") or {}
+    annotations = meta.get("annotations") or {} if isinstance(meta, Mapping) else {}
+    value = annotations.get(DRY_RUN_ANNOTATION) if isinstance(annotations, Mapping) else None
+    return str(value).lower() in ("true", "1", "t")
 
 
 def authorization_policy_to_rbac(
@@ -412,6 +435,7 @@ def _jwt_rule(rule: Mapping[str, Any], where: str, fetched: Mapping[str, str]) -
         audiences=tuple(str(a) for a in rule.get("audiences") or ()),
         from_headers=headers,
         from_params=tuple(str(p) for p in rule.get("fromParams") or ()),
+        from_cookies=tuple(str(c) for c in rule.get("fromCookies") or ()),
         forward=bool(rule.get("forwardOriginalToken", False)),
         claim_to_headers=claims,
     )

@@ -8,7 +8,7 @@ keys) so a manifest that works here also applies to a cluster, and output of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .model import (
@@ -77,12 +77,12 @@ PARSERS: dict[str, _Parser] = {
 _SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 # Istio kinds a user may reasonably write: named so the error says "not yet", not "what?".
 _LATER_KINDS = (
-    "EnvoyFilter",
     "Gateway",
     "ProxyConfig",
     "Sidecar",
-    "WasmPlugin",
 )
+# Kinds that patch or extend Envoy itself: there is no Envoy in-process to apply them to.
+_ENVOY_KINDS = ("EnvoyFilter", "TrafficExtension", "WasmPlugin")
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 # Kubernetes ObjectMeta: what kubectl prints is accepted; only these four are read.
 _META_FIELDS = ("name", "namespace", "labels", "annotations")
@@ -167,11 +167,14 @@ def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
     if kind is None:
         return None
     if kind not in PARSERS:
-        if kind in _LATER_KINDS:
-            problems.add("kind", f"{kind} is {NOT_SUPPORTED}")
+        named = _refused_kind_problems(problems, kind, envelope.get("metadata"))
+        if kind in _ENVOY_KINDS:
+            named.add("kind", f"{kind} is Envoy-specific, not applicable in-process")
+        elif kind in _LATER_KINDS:
+            named.add("kind", f"{kind} is {NOT_SUPPORTED}")
         else:
             supported = ", ".join(sorted(PARSERS))
-            problems.add("kind", f'unknown kind "{kind}" (supported: {supported})')
+            named.add("kind", f'unknown kind "{kind}" (supported: {supported})')
         return None
     versions = SECURITY_API_VERSIONS if kind in _SECURITY_KINDS else NETWORKING_API_VERSIONS
     if kind == "Telemetry":
@@ -183,6 +186,16 @@ def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
         )
         return None
     return kind if api_version is not None else None
+
+
+def _refused_kind_problems(problems: Problems, kind: str, metadata: object) -> Problems:
+    """Problems naming the refused resource (`Kind ns/name`) when its metadata
+    says who it is, so the message names what to delete or change."""
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
+        return problems
+    namespace = metadata.get("namespace")
+    namespace = namespace if isinstance(namespace, str) and namespace else "default"
+    return Problems(problems.sink, problems.file, f"{kind} {namespace}/{metadata['name']}")
 
 
 def _parse_meta(problems: Problems, raw: object, kind: str, file: str) -> tuple[Meta, Problems]:
@@ -206,6 +219,10 @@ def _parse_meta(problems: Problems, raw: object, kind: str, file: str) -> tuple[
     for key in ("labels", "annotations"):
         if obj.get(key) is not None:
             check_str_map(scoped, obj[key], f"metadata.{key}")
+    annotations = obj.get("annotations")
+    if isinstance(annotations, Mapping) and annotations:
+        pairs = sorted((str(k), str(v)) for k, v in annotations.items())
+        meta = replace(meta, annotations=tuple(pairs))
     return meta, scoped
 
 

@@ -18,7 +18,8 @@ class ConfigProblem:
     """One thing wrong with the configuration, located as precisely as known.
 
     `str()` gives the line an operator reads, e.g.
-    ``bad.yaml: VirtualService default/bad: spec.http[0].frobnicate: unknown field``.
+    ``bad.yaml: VirtualService default/bad: spec.http[0].frobnicate: unknown field``,
+    ending in Istio's analyzer code when there is one: `... (IST0101)`.
     Parts that are unknown (resource, field, line) are left out of it.
     """
 
@@ -27,6 +28,9 @@ class ConfigProblem:
     field: str  # dotted/indexed path such as "spec.http[0].route", or ""
     message: str
     line: int | None = None  # 1-based; only set when no resource/field can say where
+    # Istio's analyzer code where one exists (istioctl analyze's IST0101 ...), so the
+    # message can be looked up in Istio's documentation.
+    code: str = ""
 
     def __str__(self) -> str:
         parts = [self.file] if self.file else []
@@ -36,7 +40,7 @@ class ConfigProblem:
             parts.append(self.resource)
         if self.field:
             parts.append(self.field)
-        parts.append(self.message)
+        parts.append(f"{self.message} ({self.code})" if self.code else self.message)
         return ": ".join(parts)
 
 

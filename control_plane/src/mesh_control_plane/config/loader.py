@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -30,8 +31,9 @@ from .model import (
     WorkloadGroup,
 )
 from .parse_telemetry import Telemetry
-from .references import check_references
+from .references import check_references, reference_warnings
 from .schema import Problems
+from .short_hosts import qualify_rule, qualify_virtual_service
 
 __all__ = ["config_files", "load_config_dir", "parse_documents"]
 
@@ -125,17 +127,29 @@ class _Builder:
         dangling = check_references(config)
         if dangling:
             raise ConfigLoadError(dangling)
-        return config
+        return replace(config, warnings=tuple(reference_warnings(config)))
 
 
 def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
-    """Group by kind and sort by (namespace, name) so translation is deterministic."""
+    """Group by kind and sort by (namespace, name) so translation is deterministic;
+    short host names qualified (see short_hosts)."""
     resources.sort(key=lambda r: (r.meta.namespace, r.meta.name))
     return MeshConfig(
-        service_entries=tuple(r for r in resources if isinstance(r, ServiceEntry)),
+        service_entries=tuple(
+            r for r in resources if isinstance(r, ServiceEntry) and not r.passthrough
+        ),
+        passthrough_entries=tuple(
+            r for r in resources if isinstance(r, ServiceEntry) and r.passthrough
+        ),
         workload_entries=tuple(r for r in resources if isinstance(r, WorkloadEntry)),
-        destination_rules=tuple(r for r in resources if isinstance(r, DestinationRule)),
-        virtual_services=tuple(r for r in resources if isinstance(r, VirtualService)),
+        destination_rules=tuple(
+            qualify_rule(r, settings.domain) for r in resources if isinstance(r, DestinationRule)
+        ),
+        virtual_services=tuple(
+            qualify_virtual_service(r, settings.domain)
+            for r in resources
+            if isinstance(r, VirtualService)
+        ),
         peer_authentications=tuple(r for r in resources if isinstance(r, PeerAuthentication)),
         authorization_policies=tuple(r for r in resources if isinstance(r, AuthorizationPolicy)),
         request_authentications=tuple(r for r in resources if isinstance(r, RequestAuthentication)),

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .parse_telemetry import Telemetry
 
+from .errors import ConfigProblem
+
 
 @dataclass(frozen=True)
 class Meta:
@@ -23,6 +25,8 @@ class Meta:
     name: str
     namespace: str
     file: str  # path relative to the config directory
+    # metadata.annotations, sorted; not part of what identifies the resource
+    annotations: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def ref(self) -> str:
@@ -63,10 +67,20 @@ class ServiceEntry:
     meta: Meta
     hosts: tuple[str, ...]
     ports: tuple[ServicePort, ...]
-    resolution: str = "STATIC"  # only STATIC for now
+    # Defaults for code that builds entries; YAML gets Istio's (NONE, MESH_EXTERNAL).
+    resolution: str = "STATIC"
     location: str = "MESH_INTERNAL"
     endpoints: tuple[WorkloadEndpoint, ...] = ()
     workload_selector: Mapping[str, str] | None = None  # labels of WorkloadEntries
+
+    @property
+    def passthrough(self) -> bool:
+        """Resolution NONE or DNS (never with endpoints: refused at load).
+        Istio's NONE sends to the original destination address and DNS to what
+        the host name resolves to; in-process there is no original destination,
+        so both mean: the request goes to the host itself, by name, as DNS
+        resolves it. Nothing is translated to xDS for such an entry."""
+        return self.resolution != "STATIC"
 
 
 @dataclass(frozen=True)
@@ -338,11 +352,12 @@ class AuthorizationPolicy:
     spec: Mapping[str, Any]
 
     def resource(self) -> dict[str, Any]:
-        """The Kubernetes-style dict the library's translator reads."""
-        return {
-            "metadata": {"name": self.meta.name, "namespace": self.meta.namespace},
-            "spec": self.spec,
-        }
+        """The Kubernetes-style dict the library's translator reads (with the
+        annotations: `istio.io/dry-run` changes what the policy does)."""
+        metadata: dict[str, Any] = {"name": self.meta.name, "namespace": self.meta.namespace}
+        if self.meta.annotations:
+            metadata["annotations"] = dict(self.meta.annotations)
+        return {"metadata": metadata, "spec": self.spec}
 
 
 @dataclass(frozen=True)
@@ -379,6 +394,9 @@ class MeshSettings:
     # BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES (NONE is not offered:
     # matching unnormalized paths is how authorization gets bypassed).
     path_normalization: str = "BASE"
+    # Istio's DNS domain suffix (istiod --domain): a short host `reviews` in a
+    # VirtualService or DestinationRule means reviews.<namespace>.svc.<domain>.
+    domain: str = DEFAULT_TRUST_DOMAIN
 
 
 @dataclass(frozen=True)
@@ -448,3 +466,8 @@ class MeshConfig:
     # Last, so positional construction of the fields above is unchanged.
     workload_groups: tuple[WorkloadGroup, ...] = ()
     telemetries: tuple[Telemetry, ...] = ()
+    # What loads but does not resolve yet (see references.reference_warnings).
+    warnings: tuple[ConfigProblem, ...] = ()
+    # ServiceEntries whose requests go to the host itself (ServiceEntry.passthrough):
+    # not in service_entries, so nothing routes or balances them.
+    passthrough_entries: tuple[ServiceEntry, ...] = ()

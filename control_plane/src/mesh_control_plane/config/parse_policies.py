@@ -147,7 +147,9 @@ def _load_balancer(p: Problems, obj: Mapping[str, Any], path: str) -> LoadBalanc
         return None
     where = join(path, "loadBalancer")
     simple = get_str(p, lb, "simple", where)
-    if simple == "LEAST_CONN":
+    if simple == "UNSPECIFIED":  # Istio: "Istio will select an appropriate default"
+        simple = None
+    elif simple == "LEAST_CONN":
         p.add(join(where, "simple"), "LEAST_CONN is deprecated in Istio; use LEAST_REQUEST")
         simple = None
     elif simple == "PASSTHROUGH":

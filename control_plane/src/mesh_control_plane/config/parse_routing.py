@@ -118,8 +118,8 @@ def parse_destination_rule(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> 
     )
 
 
-def parse_virtual_service(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> VirtualService:
-    spec = read_object(p, spec, "spec", _VS_FIELDS, _VS_UNSUPPORTED)
+def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> VirtualService:
+    spec = read_object(p, given, "spec", _VS_FIELDS, _VS_UNSUPPORTED)
     hosts: list[str] = []
     for i, raw in enumerate(get_list(p, spec, "hosts", "spec", required=True, non_empty=True)):
         host = check_host(p, raw, index("spec.hosts", i))
@@ -133,9 +133,11 @@ def parse_virtual_service(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> V
                 index("spec.gateways", i),
                 f'gateway "{name}" is {NOT_SUPPORTED} (only "mesh")',
             )
+    # With tcp/tls routes (already refused above) a missing `http` is not a second error.
+    http_required = not (isinstance(given, Mapping) and ("tcp" in given or "tls" in given))
+    raw_routes = get_list(p, spec, "http", "spec", required=http_required, non_empty=http_required)
     routes = tuple(
-        _parse_http_route(p, raw, index("spec.http", i))
-        for i, raw in enumerate(get_list(p, spec, "http", "spec", required=True, non_empty=True))
+        _parse_http_route(p, raw, index("spec.http", i)) for i, raw in enumerate(raw_routes)
     )
     return VirtualService(meta=meta, hosts=tuple(hosts), http=routes)
 

@@ -54,10 +54,11 @@ _JWT_FIELDS = (
     "jwksUri",  # fetched by the control plane before a config is applied (jwks.py)
     "fromHeaders",
     "fromParams",
+    "fromCookies",
     "forwardOriginalToken",
     "outputClaimToHeaders",
 )
-_JWT_UNSUPPORTED = ("fromCookies", "outputPayloadToHeader", "timeout")
+_JWT_UNSUPPORTED = ("outputPayloadToHeader", "timeout")
 _AP_FIELDS = ("selector", "action", "rules", "provider", "targetRef", "targetRefs")
 
 

@@ -32,7 +32,11 @@ from .schema import (
 SUPPORTED_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "TCP")
 # Istio protocols this mesh does not carry yet: named, so the error can say so.
 UNSUPPORTED_PROTOCOLS = ("HTTPS", "TLS", "GRPC-WEB", "MONGO", "MYSQL", "REDIS", "UDP")
-UNSUPPORTED_RESOLUTIONS = ("NONE", "DNS", "DNS_ROUND_ROBIN")
+RESOLUTIONS = ("STATIC", "NONE", "DNS", "DNS_ROUND_ROBIN")
+# Resolutions that, without endpoints, send requests to the host itself (see
+# ServiceEntry.passthrough): Istio's NONE goes to the original destination and
+# DNS resolves the host name; in-process both mean connecting to the host by name.
+PASSTHROUGH_RESOLUTIONS = ("NONE", "DNS", "DNS_ROUND_ROBIN")
 LOCATIONS = ("MESH_INTERNAL", "MESH_EXTERNAL")
 
 _SE_FIELDS = ("hosts", "ports", "resolution", "location", "endpoints", "workloadSelector")
@@ -51,18 +55,27 @@ _MAX_PORT = 65535
 
 
 def parse_service_entry(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> ServiceEntry:
+    """Istio's defaults: no `resolution` is NONE, no `location` is MESH_EXTERNAL."""
     spec = read_object(p, spec, "spec", _SE_FIELDS, _SE_UNSUPPORTED)
     hosts = _parse_hosts(p, spec)
-    ports = _parse_ports(p, spec)
-    resolution = "STATIC"
+    resolution = "NONE"
     text = get_str(p, spec, "resolution", "spec")
     if text is not None:
-        checked = check_enum(p, text, "spec.resolution", ("STATIC",), UNSUPPORTED_RESOLUTIONS)
-        resolution = checked or resolution
-    location = "MESH_INTERNAL"
+        resolution = check_enum(p, text, "spec.resolution", RESOLUTIONS) or ""
+    passthrough = resolution in PASSTHROUGH_RESOLUTIONS
+    if passthrough and ("endpoints" in spec or "workloadSelector" in spec):
+        given = "NONE (Istio's default when unset)" if text is None else resolution
+        field = "endpoints" if "endpoints" in spec else "workloadSelector"
+        p.add(
+            "spec.resolution",
+            f"{given} with spec.{field} is {NOT_SUPPORTED}: set resolution: STATIC "
+            "to send requests to the listed instances",
+        )
+    location = "MESH_EXTERNAL"
     text = get_str(p, spec, "location", "spec")
     if text is not None:
         location = check_enum(p, text, "spec.location", LOCATIONS) or location
+    ports = _parse_ports(p, spec, passthrough)
     port_names = {port.name for port in ports}
     endpoints = tuple(
         parse_endpoint(p, raw, index("spec.endpoints", i), port_names)
@@ -104,7 +117,11 @@ def _parse_hosts(p: Problems, spec: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(hosts)
 
 
-def _parse_ports(p: Problems, spec: Mapping[str, Any]) -> tuple[ServicePort, ...]:
+def _parse_ports(
+    p: Problems, spec: Mapping[str, Any], passthrough: bool
+) -> tuple[ServicePort, ...]:
+    """`passthrough`: nothing is translated for these ports (see
+    ServiceEntry.passthrough), so any Istio protocol is accepted."""
     ports: list[ServicePort] = []
     names: set[str] = set()
     numbers: set[int] = set()
@@ -116,7 +133,7 @@ def _parse_ports(p: Problems, spec: Mapping[str, Any]) -> tuple[ServicePort, ...
         if name == "":
             p.add(join(where, "name"), "must not be empty")
         target = get_int(p, obj, "targetPort", where, low=1, high=_MAX_PORT)
-        protocol = _parse_protocol(p, obj, where, name or "")
+        protocol = _parse_protocol(p, obj, where, name or "", passthrough)
         if name and name in names:
             p.add(join(where, "name"), f'duplicate port name "{name}"')
         if number is not None and number in numbers:
@@ -127,25 +144,34 @@ def _parse_ports(p: Problems, spec: Mapping[str, Any]) -> tuple[ServicePort, ...
     return tuple(ports)
 
 
-def _parse_protocol(p: Problems, obj: Mapping[str, Any], where: str, name: str) -> str | None:
+def _parse_protocol(
+    p: Problems, obj: Mapping[str, Any], where: str, name: str, passthrough: bool
+) -> str | None:
     """The port's protocol, upper-cased.
 
-    Like Istio, a port without `protocol` takes it from its name's prefix
-    ("http-web" is HTTP, "grpc" is GRPC); otherwise the protocol is required.
+    Like Istio, a port without `protocol` (or with ""), takes it from its
+    name's prefix ("http-web" is HTTP, "grpc" is GRPC). Where Istio would sniff
+    the protocol from the traffic, this mesh asks for it instead: requests are
+    translated per protocol before any byte is sent. A passthrough entry's
+    ports take any Istio protocol (TCP when neither says).
     """
     text = get_str(p, obj, "protocol", where)
     field = join(where, "protocol")
     if text is None and "protocol" in obj:
         return None
-    if text is None:
+    if not text:
         prefix = name.split("-", 1)[0].upper()
-        if prefix in SUPPORTED_PROTOCOLS:
+        if prefix in SUPPORTED_PROTOCOLS or (passthrough and prefix in UNSUPPORTED_PROTOCOLS):
             return prefix
+        if passthrough:
+            return "TCP"
         if prefix in UNSUPPORTED_PROTOCOLS:
             p.add(field, f"{prefix} (from the port name) is {NOT_SUPPORTED}")
             return None
         p.add(field, f'{MISSING} (or name the port "<protocol>-<suffix>", e.g. "http-web")')
         return None
+    if passthrough:
+        return check_enum(p, text.upper(), field, (*SUPPORTED_PROTOCOLS, *UNSUPPORTED_PROTOCOLS))
     return check_enum(p, text.upper(), field, SUPPORTED_PROTOCOLS, UNSUPPORTED_PROTOCOLS)
 
 

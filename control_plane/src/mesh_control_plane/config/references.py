@@ -23,21 +23,25 @@ from __future__ import annotations
 
 from .errors import ConfigProblem
 from .model import Destination, DestinationRule, MeshConfig, Meta, ServiceEntry, VirtualService
+from .schema import NOT_SUPPORTED
 
-__all__ = ["check_references"]
+__all__ = ["check_references", "reference_warnings"]
 
 
 def check_references(config: MeshConfig) -> list[ConfigProblem]:
     """Every dangling or conflicting reference in `config`, in resource order."""
     problems: list[ConfigProblem] = []
     services = _index_services(config, problems)
-    rules = _index_rules(config, services, problems)
+    passthrough = {host: se for se in config.passthrough_entries for host in se.hosts}
+    rules = _index_rules(config, services, passthrough, problems)
     routed: dict[str, VirtualService] = {}
     for vs in config.virtual_services:
         for i, host in enumerate(vs.hosts):
             where = f"spec.hosts[{i}]"
             if host not in services:
-                problems.append(_problem(vs.meta, where, _no_service(host)))
+                problems.append(
+                    _problem(vs.meta, where, _no_service(host, passthrough), _NOT_FOUND)
+                )
             if host in routed:
                 claim = f'host "{host}" is already routed by {_where(routed[host].meta)}'
                 problems.append(_problem(vs.meta, where, claim))
@@ -51,7 +55,12 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                 where = f"spec.http[{i}].route[{j}].destination"
                 problems.extend(
                     _check_destination(
-                        vs.meta, where, weighted.destination, services, rules, listener_ports
+                        vs.meta,
+                        where,
+                        weighted.destination,
+                        (services, passthrough),
+                        rules,
+                        listener_ports,
                     )
                 )
             for j, mirror in enumerate(route.mirrors):
@@ -60,7 +69,12 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                 )
                 problems.extend(
                     _check_destination(
-                        vs.meta, where, mirror.destination, services, rules, listener_ports
+                        vs.meta,
+                        where,
+                        mirror.destination,
+                        (services, passthrough),
+                        rules,
+                        listener_ports,
                     )
                 )
     problems.extend(_check_peer_authentications(config))
@@ -98,12 +112,16 @@ def _index_services(config: MeshConfig, problems: list[ConfigProblem]) -> dict[s
 
 
 def _index_rules(
-    config: MeshConfig, services: dict[str, ServiceEntry], problems: list[ConfigProblem]
+    config: MeshConfig,
+    services: dict[str, ServiceEntry],
+    passthrough: dict[str, ServiceEntry],
+    problems: list[ConfigProblem],
 ) -> dict[str, DestinationRule]:
     rules: dict[str, DestinationRule] = {}
     for dr in config.destination_rules:
         if dr.host not in services:
-            problems.append(_problem(dr.meta, "spec.host", _no_service(dr.host)))
+            message = _no_service(dr.host, passthrough)
+            problems.append(_problem(dr.meta, "spec.host", message, _NOT_FOUND))
         if dr.host in rules:
             claim = f'host "{dr.host}" already has {_where(rules[dr.host].meta)}'
             problems.append(_problem(dr.meta, "spec.host", claim))
@@ -116,24 +134,20 @@ def _check_destination(
     meta: Meta,
     where: str,
     dest: Destination,
-    services: dict[str, ServiceEntry],
+    known: tuple[dict[str, ServiceEntry], dict[str, ServiceEntry]],
     rules: dict[str, DestinationRule],
     listener_ports: list[int],
 ) -> list[ConfigProblem]:
+    services, passthrough = known
     service = services.get(dest.host)
     if service is None:
-        return [_problem(meta, f"{where}.host", _no_service(dest.host))]
+        return [_problem(meta, f"{where}.host", _no_service(dest.host, passthrough), _NOT_FOUND)]
     problems: list[ConfigProblem] = []
-    if dest.subset is not None:
-        rule = rules.get(dest.host)
-        if rule is None or all(s.name != dest.subset for s in rule.subsets):
-            message = f'no DestinationRule for host "{dest.host}" defines subset "{dest.subset}"'
-            problems.append(_problem(meta, f"{where}.subset", message))
     numbers = [port.number for port in service.ports]
     listed = ", ".join(map(str, numbers))
     if dest.port is not None and dest.port not in numbers:
         message = f"{service.meta.ref} has no port {dest.port} (ports: {listed})"
-        problems.append(_problem(meta, f"{where}.port.number", message))
+        problems.append(_problem(meta, f"{where}.port.number", message, _NOT_FOUND))
     elif dest.port is None and len(numbers) > 1:
         unmatched = [port for port in listener_ports if port not in numbers]
         if unmatched:
@@ -141,15 +155,50 @@ def _check_destination(
                 f'required: host "{dest.host}" has several ports ({listed}) '
                 f"and none is {_or(unmatched)}, a port of this VirtualService's hosts"
             )
-            problems.append(_problem(meta, f"{where}.port", message))
+            problems.append(_problem(meta, f"{where}.port", message, _PORT_SELECTOR_REQUIRED))
     return problems
+
+
+def reference_warnings(config: MeshConfig) -> list[ConfigProblem]:
+    """References Istio accepts although they do not resolve yet: a subset no
+    DestinationRule defines. GitOps tools apply resources in any order, so the
+    VirtualService is taken and requests to the subset fail as Istio's do
+    (503, flag NC: its cluster does not exist) until the subset is defined."""
+    subsets = {(dr.host, s.name) for dr in config.destination_rules for s in dr.subsets}
+    warnings: list[ConfigProblem] = []
+    for vs in config.virtual_services:
+        for i, route in enumerate(vs.http):
+            targets = [
+                (f"route[{j}].destination", d.destination) for j, d in enumerate(route.route)
+            ]
+            targets += [
+                (f"mirrors[{j}].destination" if m.in_list else "mirror", m.destination)
+                for j, m in enumerate(route.mirrors)
+            ]
+            for where, dest in targets:
+                if dest.subset is not None and (dest.host, dest.subset) not in subsets:
+                    message = (
+                        f'no DestinationRule for host "{dest.host}" defines subset '
+                        f'"{dest.subset}" (yet): requests to it fail with 503 (NC) until one does'
+                    )
+                    field = f"spec.http[{i}].{where}.subset"
+                    warnings.append(_problem(vs.meta, field, message, _NOT_FOUND))
+    return warnings
 
 
 def _or(numbers: list[int]) -> str:
     return " or ".join(map(str, numbers))
 
 
-def _no_service(host: str) -> str:
+def _no_service(host: str, passthrough: dict[str, ServiceEntry]) -> str:
+    entry = passthrough.get(host)
+    if entry is not None:
+        given = entry.resolution + (" (the default)" if entry.resolution == "NONE" else "")
+        return (
+            f'host "{host}" is declared by {_where(entry.meta)} with resolution {given}: '
+            "requests pass through to the host itself, so routing and traffic policy for it "
+            f"are {NOT_SUPPORTED} in-process; use resolution: STATIC with endpoints"
+        )
     return f'no ServiceEntry declares host "{host}"'
 
 
@@ -157,5 +206,10 @@ def _where(meta: Meta) -> str:
     return f"{meta.ref} ({meta.file})"
 
 
-def _problem(meta: Meta, field: str, message: str) -> ConfigProblem:
-    return ConfigProblem(meta.file, meta.ref, field, message)
+# Istio's analyzer codes (istioctl analyze) for the problems found here.
+_NOT_FOUND = "IST0101"  # ReferencedResourceNotFound
+_PORT_SELECTOR_REQUIRED = "IST0112"  # VirtualServiceDestinationPortSelectorRequired
+
+
+def _problem(meta: Meta, field: str, message: str, code: str = "") -> ConfigProblem:
+    return ConfigProblem(meta.file, meta.ref, field, message, code=code)

@@ -259,7 +259,10 @@ def is_dns_label(text: str) -> bool:
 
 
 def is_dns_subdomain(text: str) -> bool:
-    return len(text) <= 253 and all(is_dns_label(part) for part in text.split("."))
+    """Kubernetes' DNS-1123 subdomain (most object names): up to 253 characters,
+    dot-separated parts of letters, digits and "-"; unlike a DNS label, a part
+    may be longer than 63."""
+    return len(text) <= 253 and all(_DNS_LABEL.fullmatch(part) for part in text.split("."))
 
 
 def check_enum(

@@ -64,7 +64,7 @@ from mesh_control_plane.translate.rbac_protos import (
     JWT_FILTER_NAME,
     RBAC_FILTER_NAME,
     jwt_authentication_to_proto,
-    rbac_filter_to_proto,
+    rbac_filters_to_proto,
 )
 from mesh_control_plane.translate.tls import downstream_transport_socket
 from proxyless_mesh.model import INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH_PORT, RbacAction
@@ -180,12 +180,8 @@ def _http_filters(config: MeshConfig, node: NodeInfo) -> list[hcm_pb2.HttpFilter
         for ap in config.authorization_policies
         if selects_workload(ap.resource(), node.namespace, labels, root)
     ]
-    for engine in authorization_policies_to_rbac(policies):
-        filters.append(
-            hcm_pb2.HttpFilter(
-                name=_RBAC_NAMES[engine.action], typed_config=pack(rbac_filter_to_proto(engine))
-            )
-        )
+    for action, rbac in rbac_filters_to_proto(authorization_policies_to_rbac(policies)):
+        filters.append(hcm_pb2.HttpFilter(name=_RBAC_NAMES[action], typed_config=pack(rbac)))
     return filters
 
 

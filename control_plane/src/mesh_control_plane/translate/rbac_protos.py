@@ -11,6 +11,8 @@ leaves on the wrong side raise PolicyConfigError). Header matchers use
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from envoy.config.core.v3 import address_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2
@@ -37,6 +39,7 @@ from proxyless_mesh.model import (
     NotRule,
     OrRules,
     Rbac,
+    RbacAction,
     RbacRule,
     RemoteIp,
     RequestedServerName,
@@ -60,7 +63,40 @@ def rbac_to_proto(rbac: Rbac) -> rbac_pb2.RBAC:
 
 def rbac_filter_to_proto(rbac: Rbac) -> http_rbac_pb2.RBAC:
     """The HTTP filter config: one engine per filter, as istiod lays them out."""
+    if rbac.shadow:
+        return _shadow_only(rbac)
     return http_rbac_pb2.RBAC(rules=rbac_to_proto(rbac))
+
+
+def rbac_filters_to_proto(engines: Iterable[Rbac]) -> list[tuple[RbacAction, http_rbac_pb2.RBAC]]:
+    """The RBAC HTTP filters for a workload's engines: a shadow (dry-run)
+    engine goes into the `shadow_rules` of the filter enforcing the same
+    action, or alone in a filter with no `rules` (which then decides nothing),
+    with Istio's stat prefix (`istio_dry_run_allow_` / `istio_dry_run_deny_`)."""
+    filters: list[tuple[RbacAction, http_rbac_pb2.RBAC]] = []
+    pending: Rbac | None = None
+    for engine in engines:
+        if pending is not None and (engine.shadow or engine.action is not pending.action):
+            filters.append((pending.action, _shadow_only(pending)))
+            pending = None
+        if engine.shadow:
+            pending = engine
+            continue
+        msg = http_rbac_pb2.RBAC(rules=rbac_to_proto(engine))
+        if pending is not None:
+            msg.shadow_rules.CopyFrom(rbac_to_proto(pending))
+            msg.shadow_rules_stat_prefix = pending.shadow_prefix
+            pending = None
+        filters.append((engine.action, msg))
+    if pending is not None:
+        filters.append((pending.action, _shadow_only(pending)))
+    return filters
+
+
+def _shadow_only(rbac: Rbac) -> http_rbac_pb2.RBAC:
+    return http_rbac_pb2.RBAC(
+        shadow_rules=rbac_to_proto(rbac), shadow_rules_stat_prefix=rbac.shadow_prefix
+    )
 
 
 def rbac_filter_to_any(rbac: Rbac) -> any_pb2.Any:
@@ -200,6 +236,7 @@ def jwt_provider_to_proto(p: JwtProvider) -> jwt_pb2.JwtProvider:
         audiences=list(p.audiences),
         forward=p.forward,
         from_params=list(p.from_params),
+        from_cookies=list(p.from_cookies),
         clock_skew_seconds=p.clock_skew_seconds,
     )
     out.local_jwks.inline_string = p.jwks

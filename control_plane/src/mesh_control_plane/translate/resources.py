@@ -26,3 +26,6 @@ class ResourceSet:
     """
 
     resources: Mapping[str, Mapping[str, Message]]
+    # (host, subset) pairs routes name although no DestinationRule defines them
+    # (yet): their clusters are absent on purpose, as in Istio (Envoy: 503 NC).
+    undefined_subsets: frozenset[tuple[str, str]] = frozenset()

@@ -81,8 +81,21 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
                 CLUSTER: _by_name(clusters),
                 ENDPOINT: _by_name(assignments, name_field="cluster_name"),
             }
-        )
+        ),
+        undefined_subsets=_undefined_subsets(config),
     )
+
+
+def _undefined_subsets(config: MeshConfig) -> frozenset[tuple[str, str]]:
+    defined = {(dr.host, s.name) for dr in config.destination_rules for s in dr.subsets}
+    named = {
+        (d.host, d.subset)
+        for vs in config.virtual_services
+        for route in vs.http
+        for d in [*(rd.destination for rd in route.route), *(m.destination for m in route.mirrors)]
+        if d.subset is not None
+    }
+    return frozenset(named - defined)
 
 
 def _proxyless_listeners(index: MeshIndex) -> tuple[list[Message], list[Message]]:

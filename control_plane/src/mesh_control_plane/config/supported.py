@@ -1,0 +1,67 @@
+"""What the loader accepts, per kind and field, read from the parsers' own field
+lists: the README's "Fields by kind" table is rendered from this (and a test
+fails when the two disagree), so the manual cannot drift from the code."""
+
+from __future__ import annotations
+
+from .parse_http import _RETRY_FIELDS, _RETRY_UNSUPPORTED
+from .parse_policies import _TP_FIELDS, _TP_UNSUPPORTED
+from .parse_routing import (
+    _DR_FIELDS,
+    _DR_UNSUPPORTED,
+    _MATCH_FIELDS,
+    _MATCH_UNSUPPORTED,
+    _ROUTE_FIELDS,
+    _ROUTE_UNSUPPORTED,
+    _VS_FIELDS,
+    _VS_UNSUPPORTED,
+)
+from .parse_security import _JWT_FIELDS, _JWT_UNSUPPORTED, _PA_FIELDS, _RA_FIELDS, _TARGET_REFS
+from .parse_services import _ENDPOINT_FIELDS, _SE_FIELDS, _SE_UNSUPPORTED
+from .parse_workload_group import _SPEC_FIELDS as _WG_FIELDS
+
+# AuthorizationPolicy fields the loader reads and then refuses with a reason
+# (authorization.py): listed as refused.
+_AP_ACCEPTED = ("selector", "action", "rules")
+_AP_REFUSED = ("provider", "targetRef", "targetRefs")
+
+FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("ServiceEntry spec", _SE_FIELDS, _SE_UNSUPPORTED),
+    ("ServiceEntry endpoints[]", _ENDPOINT_FIELDS, ()),
+    ("WorkloadGroup spec", _WG_FIELDS, ()),
+    ("DestinationRule spec", _DR_FIELDS, _DR_UNSUPPORTED),
+    ("DestinationRule trafficPolicy", _TP_FIELDS, _TP_UNSUPPORTED),
+    ("VirtualService spec", _VS_FIELDS, _VS_UNSUPPORTED),
+    ("VirtualService http[]", _ROUTE_FIELDS, _ROUTE_UNSUPPORTED),
+    ("VirtualService http[].match[]", _MATCH_FIELDS, _MATCH_UNSUPPORTED),
+    ("VirtualService http[].retries", _RETRY_FIELDS, _RETRY_UNSUPPORTED),
+    ("PeerAuthentication spec", _PA_FIELDS, _TARGET_REFS),
+    ("AuthorizationPolicy spec", _AP_ACCEPTED, _AP_REFUSED),
+    ("RequestAuthentication spec", _RA_FIELDS, _TARGET_REFS),
+    ("RequestAuthentication jwtRules[]", _JWT_FIELDS, _JWT_UNSUPPORTED),
+)
+"""(where, fields accepted, Istio fields refused as "not supported yet")."""
+
+TABLE_START = "<!-- fields table: generated from config/supported.py -->"
+TABLE_END = "<!-- end of generated fields table -->"
+
+
+def fields_table() -> str:
+    """The README's "Fields by kind" table, markdown, between its markers."""
+    lines = [
+        TABLE_START,
+        "| where | fields accepted | Istio fields refused (not supported yet) |",
+        "|---|---|---|",
+    ]
+    for where, accepted, refused in FIELDS:
+        shown = [f for f in refused if "_" not in f]  # snake_case spellings are typos' aliases
+        lines.append(
+            f"| {where} | {', '.join(f'`{f}`' for f in accepted)} "
+            f"| {', '.join(f'`{f}`' for f in shown)} |"
+        )
+    lines.append(TABLE_END)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(fields_table(), end="")
