@@ -166,10 +166,19 @@ class _MtlsStream(HeadHoldingStream):
         return HeadHoldingStream(tls) if hold_heads(tls) else tls
 
 
-class _MtlsBackend(httpcore.NetworkBackend):
+class _BackendSetup:
+    """Both backends wrap httpcore's own (sync or asyncio) with one verifier."""
+
+    _inner_class: type[Any]
+
     def __init__(self, verifier: _Verifier) -> None:
-        self._inner = httpcore.SyncBackend()
+        self._inner = self._inner_class()
         self._verifier = verifier
+
+
+class _MtlsBackend(_BackendSetup, httpcore.NetworkBackend):
+    _inner: httpcore.SyncBackend
+    _inner_class = httpcore.SyncBackend
 
     def connect_tcp(
         self,
@@ -215,10 +224,9 @@ class _AsyncMtlsStream(AsyncHeadHoldingStream):
         return AsyncHeadHoldingStream(tls) if hold_heads(tls) else tls
 
 
-class _AsyncMtlsBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, verifier: _Verifier) -> None:
-        self._inner = httpcore.AnyIOBackend()
-        self._verifier = verifier
+class _AsyncMtlsBackend(_BackendSetup, httpcore.AsyncNetworkBackend):
+    _inner: httpcore.AnyIOBackend
+    _inner_class = httpcore.AnyIOBackend
 
     async def connect_tcp(
         self,
@@ -259,9 +267,14 @@ def _swap_pool(transport: Any, pool: Any) -> None:
     transport._pool = pool
 
 
-class MtlsTransport(httpx.BaseTransport):
-    """Sync httpx transport: mesh mTLS to any endpoint, accepting only servers
-    whose SPIFFE ID is in `expected` (empty: any the mesh roots vouch for)."""
+class _MtlsSetup:
+    """The construction both transports share: keep the expected IDs and SNI,
+    and give an httpx transport a pool whose connections speak mesh mTLS.
+    Subclasses name the sync or asyncio parts; requests never pass here."""
+
+    _http_class: type[Any]
+    _pool_class: type[Any]
+    _backend_class: type[Any]
 
     def __init__(
         self,
@@ -274,18 +287,28 @@ class MtlsTransport(httpx.BaseTransport):
     ) -> None:
         self.expected = frozenset(expected)
         self.sni = sni
-        self._transport = httpx.HTTPTransport(http2=http2, limits=limits)
+        self._transport = self._http_class(http2=http2, limits=limits)
         verifier = _Verifier(credentials, self.expected, http2)
-        pool = _SyncPool(
+        pool = self._pool_class(
             ssl_context=_scratch_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             http1=True,
             http2=http2,
-            network_backend=_MtlsBackend(verifier),
+            network_backend=self._backend_class(verifier),
         )
         _swap_pool(self._transport, pool)
+
+
+class MtlsTransport(_MtlsSetup, httpx.BaseTransport):
+    """Sync httpx transport: mesh mTLS to any endpoint, accepting only servers
+    whose SPIFFE ID is in `expected` (empty: any the mesh roots vouch for)."""
+
+    _transport: httpx.HTTPTransport
+    _http_class = httpx.HTTPTransport
+    _pool_class = _SyncPool
+    _backend_class = _MtlsBackend
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = _to_https(request)
@@ -303,32 +326,13 @@ class MtlsTransport(httpx.BaseTransport):
         self._transport.close()
 
 
-class AsyncMtlsTransport(httpx.AsyncBaseTransport):
+class AsyncMtlsTransport(_MtlsSetup, httpx.AsyncBaseTransport):
     """The asyncio twin of MtlsTransport."""
 
-    def __init__(
-        self,
-        credentials: CredentialsSource,
-        expected: Iterable[str] = (),
-        *,
-        sni: str = "",
-        http2: bool = False,
-        limits: httpx.Limits = DEFAULT_LIMITS,
-    ) -> None:
-        self.expected = frozenset(expected)
-        self.sni = sni
-        self._transport = httpx.AsyncHTTPTransport(http2=http2, limits=limits)
-        verifier = _Verifier(credentials, self.expected, http2)
-        pool = _AsyncPool(
-            ssl_context=_scratch_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=http2,
-            network_backend=_AsyncMtlsBackend(verifier),
-        )
-        _swap_pool(self._transport, pool)
+    _transport: httpx.AsyncHTTPTransport
+    _http_class = httpx.AsyncHTTPTransport
+    _pool_class = _AsyncPool
+    _backend_class = _AsyncMtlsBackend
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = _to_https(request)
@@ -394,14 +398,25 @@ def mesh_credentials(mesh: Any) -> CredentialsSource | None:
     return credentials
 
 
-class TlsTransports:
-    """The sync mTLS transports of one MeshTransport, one per expected-ID set."""
+class _TransportsByIdentity:
+    """One mTLS transport per expected-ID set, made on first use; subclasses
+    name the sync or asyncio transport class."""
+
+    _transport_class: type[Any]
 
     def __init__(self, mesh: Any, **options: Any) -> None:
+        transport_class = self._transport_class
+
         def factory(credentials: CredentialsSource, expected: frozenset[str], **kw: Any) -> Any:
-            return MtlsTransport(credentials, expected, **options, **kw)
+            return transport_class(credentials, expected, **options, **kw)
 
         self._registry = _Registry(mesh_credentials(mesh), factory)
+
+
+class TlsTransports(_TransportsByIdentity):
+    """The sync mTLS transports of one MeshTransport, one per expected-ID set."""
+
+    _transport_class = MtlsTransport
 
     def for_cluster(self, tls: UpstreamTls | None) -> MtlsTransport | None:
         """The transport for a cluster's upstream TLS; None: send it plaintext
@@ -414,14 +429,10 @@ class TlsTransports:
             transport.close()
 
 
-class AsyncTlsTransports:
+class AsyncTlsTransports(_TransportsByIdentity):
     """The asyncio twin of TlsTransports."""
 
-    def __init__(self, mesh: Any, **options: Any) -> None:
-        def factory(credentials: CredentialsSource, expected: frozenset[str], **kw: Any) -> Any:
-            return AsyncMtlsTransport(credentials, expected, **options, **kw)
-
-        self._registry = _Registry(mesh_credentials(mesh), factory)
+    _transport_class = AsyncMtlsTransport
 
     def for_cluster(self, tls: UpstreamTls | None) -> AsyncMtlsTransport | None:
         transport: AsyncMtlsTransport | None = self._registry.get(tls)
