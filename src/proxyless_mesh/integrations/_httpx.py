@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import httpx
 
@@ -47,16 +47,41 @@ if TYPE_CHECKING:
     from proxyless_mesh.runtime import Runtime
 
 
-class MeshTransport(httpx.BaseTransport):
+def _raise_passthrough_failure(
+    mesh: Runtime, host: str, exc: httpx.ConnectError, request: httpx.Request
+) -> NoReturn:
+    """A passthrough connection that failed: the typed mesh error when the
+    snapshot explains it, else the httpx error as it was. Called only on that
+    failure, never on a request that connects."""
+    typed = passthrough_failure(mesh.snapshot, host, exc, request)
+    if typed is None:
+        raise exc
+    raise typed from exc
+
+
+_Inner = TypeVar("_Inner", httpx.BaseTransport, httpx.AsyncBaseTransport)
+
+
+class _MeshSetup(Generic[_Inner]):
+    """The construction both mesh transports share; subclasses name httpx's
+    sync or asyncio transport and their mTLS registry. Requests never pass here."""
+
+    _default_inner: type[Any]
+    _tls_class: type[Any]
+
+    def __init__(self, mesh: Runtime, inner: _Inner | None = None) -> None:
+        self._mesh = mesh
+        self._inner: _Inner = inner if inner is not None else linear(self._default_inner())
+        # Mutual TLS toward clusters whose xDS says so; one pool per identity set.
+        self._tls = self._tls_class(mesh)
+
+
+class MeshTransport(_MeshSetup[httpx.BaseTransport], httpx.BaseTransport):
     """Sync httpx transport: `httpx.Client(transport=mesh.httpx_transport())`."""
 
-    def __init__(self, mesh: Runtime, inner: httpx.BaseTransport | None = None) -> None:
-        self._mesh = mesh
-        self._inner: httpx.BaseTransport = (
-            inner if inner is not None else linear(httpx.HTTPTransport())
-        )
-        # Mutual TLS toward clusters whose xDS says so; one pool per identity set.
-        self._tls = TlsTransports(mesh)
+    _tls: TlsTransports
+    _default_inner = httpx.HTTPTransport
+    _tls_class = TlsTransports
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         telemetry = self._mesh.telemetry
@@ -86,10 +111,7 @@ class MeshTransport(httpx.BaseTransport):
                     return self._inner.handle_request(request)
                 return breaker.send(parts[0], self._inner.handle_request, request)
             except httpx.ConnectError as exc:
-                typed = passthrough_failure(self._mesh.snapshot, parts[0], exc, request)
-                if typed is None:
-                    raise
-                raise typed from exc
+                _raise_passthrough_failure(self._mesh, parts[0], exc, request)
         if isinstance(routed, httpx.Response):
             return routed
         if routed.needs_body:
@@ -146,15 +168,15 @@ class MeshTransport(httpx.BaseTransport):
         self._inner.close()
 
 
-class AsyncMeshTransport(httpx.AsyncBaseTransport):
+class AsyncMeshTransport(_MeshSetup[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
     """Async httpx transport: `httpx.AsyncClient(transport=mesh.async_httpx_transport())`."""
 
+    _tls: AsyncTlsTransports
+    _default_inner = httpx.AsyncHTTPTransport
+    _tls_class = AsyncTlsTransports
+
     def __init__(self, mesh: Runtime, inner: httpx.AsyncBaseTransport | None = None) -> None:
-        self._mesh = mesh
-        self._inner: httpx.AsyncBaseTransport = (
-            inner if inner is not None else linear(httpx.AsyncHTTPTransport())
-        )
-        self._tls = AsyncTlsTransports(mesh)
+        super().__init__(mesh, inner)
         self._mirrors: set[asyncio.Task[None]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -188,10 +210,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                     return await self._inner.handle_async_request(request)
                 return await breaker.send_async(parts[0], self._inner.handle_async_request, request)
             except httpx.ConnectError as exc:
-                typed = passthrough_failure(self._mesh.snapshot, parts[0], exc, request)
-                if typed is None:
-                    raise
-                raise typed from exc
+                _raise_passthrough_failure(self._mesh, parts[0], exc, request)
         if isinstance(routed, httpx.Response):
             return routed
         if routed.needs_body:
