@@ -26,7 +26,6 @@ import grpc.aio
 
 from proxyless_mesh.integrations._dry_run import record_dry_run
 from proxyless_mesh.policy import (
-    Decision,
     InboundRequest,
     PolicySet,
     join_headers,
@@ -45,12 +44,16 @@ _CODES = {
 PeerPrincipal = Callable[[Any], "str | None"]
 # grpcio dispatches on the :path as sent, and an interceptor cannot change it:
 # a call whose path normalization changes (dot segments, escapes, a query)
-# would run a handler the policy did not judge, so it is refused.
-_NOT_AS_SENT = Decision(400, reason="gRPC :path is not in normal form")
+# would run a handler the policy did not judge, so it is refused as malformed.
+_NOT_AS_SENT = _CODES[400]
+Refusal = tuple[grpc.StatusCode, str]
 
 if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
     _SyncInterceptor = grpc.ServerInterceptor[Any, Any]
     _AioInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    _RpcHandler = grpc.RpcMethodHandler[Any, Any]
+    SyncContinuation = Callable[[grpc.HandlerCallDetails], _RpcHandler | None]
+    AioContinuation = Callable[[grpc.HandlerCallDetails], Awaitable[_RpcHandler]]
 else:
     _SyncInterceptor = grpc.ServerInterceptor
     _AioInterceptor = grpc.aio.ServerInterceptor
@@ -89,7 +92,8 @@ class _Checker:
         self._peer_principal = peer_principal
         self._port = destination_port
 
-    def check(self, method: str, metadata: Any, context: Any) -> Decision:
+    def refusal(self, method: str, metadata: Any, context: Any) -> Refusal | None:
+        """What to abort the call with, or None to let it through."""
         pairs = [(k, v) for k, v in (metadata or ()) if isinstance(v, str)]
         request = InboundRequest(
             method="POST",
@@ -103,9 +107,11 @@ class _Checker:
         )
         decision = self._policies().check(request)
         record_dry_run(decision)
-        if decision.allowed and decision.path != method:
+        if not decision.allowed:
+            return _CODES[decision.status]
+        if decision.path != method:
             return _NOT_AS_SENT
-        return decision
+        return None
 
 
 def _kind(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[str, Any]:
@@ -137,8 +143,8 @@ def _rebuild(
     )
 
 
-class AuthorizationServerInterceptor(_SyncInterceptor):
-    """Sync grpc server interceptor enforcing the current `PolicySet`."""
+class _AuthorizationSetup:
+    """The construction the sync and aio interceptors share (calls never pass here)."""
 
     def __init__(
         self,
@@ -149,61 +155,46 @@ class AuthorizationServerInterceptor(_SyncInterceptor):
     ) -> None:
         self._checker = _Checker(policies, peer_principal, destination_port)
 
+
+class AuthorizationServerInterceptor(_AuthorizationSetup, _SyncInterceptor):
+    """Sync grpc server interceptor enforcing the current `PolicySet`."""
+
     def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: SyncContinuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         kind, inner = _kind(handler)
-        method = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata
+        method, metadata = handler_call_details.method, handler_call_details.invocation_metadata
         checker = self._checker
 
         def behavior(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-            decision = checker.check(method, metadata, context)
-            if not decision.allowed:
-                code, message = _CODES[decision.status]
-                context.abort(code, message)
+            refused = checker.refusal(method, metadata, context)
+            if refused is not None:
+                context.abort(*refused)
             return inner(request_or_iterator, context)
 
         return _rebuild(handler, kind, behavior)
 
 
-class AioAuthorizationServerInterceptor(_AioInterceptor):
+class AioAuthorizationServerInterceptor(_AuthorizationSetup, _AioInterceptor):
     """grpc.aio server interceptor enforcing the current `PolicySet`."""
 
-    def __init__(
-        self,
-        *,
-        policies: Callable[[], PolicySet],
-        peer_principal: PeerPrincipal = auth_context_peer_principal,
-        destination_port: int | None = None,
-    ) -> None:
-        self._checker = _Checker(policies, peer_principal, destination_port)
-
     async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: AioContinuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         kind, inner = _kind(handler)
-        method = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata
+        method, metadata = handler_call_details.method, handler_call_details.invocation_metadata
         checker = self._checker
 
         async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            decision = checker.check(method, metadata, context)
-            if not decision.allowed:
-                code, message = _CODES[decision.status]
-                await context.abort(code, message)
+            refused = checker.refusal(method, metadata, context)
+            if refused is not None:
+                await context.abort(*refused)
 
         if kind in ("unary_unary", "stream_unary"):
 

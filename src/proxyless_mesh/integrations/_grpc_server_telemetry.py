@@ -11,7 +11,7 @@ recorded when its last message was produced.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -20,19 +20,17 @@ from opentelemetry import context as otel_context
 
 from proxyless_mesh.integrations._grpc_server import (
     PeerPrincipal,
+    _AioInterceptor,
     _kind,
     _rebuild,
+    _SyncInterceptor,
     auth_context_peer_principal,
 )
 from proxyless_mesh.integrations._http_server_telemetry import log_extra
 from proxyless_mesh.telemetry import NO_PEER, Call, Telemetry, hook_failed
 
 if TYPE_CHECKING:
-    _SyncInterceptor = grpc.ServerInterceptor[Any, Any]
-    _AioInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _SyncInterceptor = grpc.ServerInterceptor
-    _AioInterceptor = grpc.aio.ServerInterceptor
+    from proxyless_mesh.integrations._grpc_server import AioContinuation, SyncContinuation
 
 _STREAMING = ("unary_stream", "stream_stream")
 
@@ -124,8 +122,8 @@ class _Handler:
         self.response_serializer = serialize
 
 
-class TelemetryServerInterceptor(_SyncInterceptor):
-    """Sync grpc server interceptor recording every RPC."""
+class _TelemetrySetup:
+    """The construction the sync and aio interceptors share (calls never pass here)."""
 
     def __init__(
         self,
@@ -136,10 +134,12 @@ class TelemetryServerInterceptor(_SyncInterceptor):
     ) -> None:
         self._recorder = _Recorder(telemetry, service, peer_principal)
 
+
+class TelemetryServerInterceptor(_TelemetrySetup, _SyncInterceptor):
+    """Sync grpc server interceptor recording every RPC."""
+
     def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: SyncContinuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         if handler is None:
@@ -177,24 +177,11 @@ def _stream(result: Iterator[Any], call: Call, context: Any) -> Iterator[Any]:
     _Recorder.end(call, context, None)
 
 
-class AioTelemetryServerInterceptor(_AioInterceptor):
+class AioTelemetryServerInterceptor(_TelemetrySetup, _AioInterceptor):
     """grpc.aio server interceptor recording every RPC."""
 
-    def __init__(
-        self,
-        *,
-        telemetry: Telemetry,
-        service: str | None = None,
-        peer_principal: PeerPrincipal = auth_context_peer_principal,
-    ) -> None:
-        self._recorder = _Recorder(telemetry, service, peer_principal)
-
     async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+        self, continuation: AioContinuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         if handler is None:
