@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from proxyless_mesh.model import (
@@ -171,34 +171,34 @@ def _rule(rule: Mapping[str, Any], where: str) -> Policy:
     _check_keys(rule, _RULE_KEYS, where)
     principals: list[RbacRule] = []
     permissions: list[RbacRule] = []
-    sources = []
-    for i, item in enumerate(_sequence(rule.get("from") or [], f"{where}.from")):
-        item = _mapping(item, f"{where}.from[{i}]")
-        _check_keys(item, {"source"}, f"{where}.from[{i}]")
-        sources.append(
-            _source(
-                _mapping(item.get("source", {}), f"{where}.from[{i}].source"),
-                f"{where}.from[{i}].source",
-            )
-        )
+    sources = _clauses(rule, "from", "source", _source, where)
     if sources:
         principals.append(_or(sources))
-    operations = []
-    for i, item in enumerate(_sequence(rule.get("to") or [], f"{where}.to")):
-        item = _mapping(item, f"{where}.to[{i}]")
-        _check_keys(item, {"operation"}, f"{where}.to[{i}]")
-        operations.append(
-            _operation(
-                _mapping(item.get("operation", {}), f"{where}.to[{i}].operation"),
-                f"{where}.to[{i}].operation",
-            )
-        )
+    operations = _clauses(rule, "to", "operation", _operation, where)
     if operations:
         permissions.append(_or(operations))
     for i, cond in enumerate(_sequence(rule.get("when") or [], f"{where}.when")):
         is_permission, node = _condition(_mapping(cond, f"{where}.when[{i}]"), f"{where}.when[{i}]")
         (permissions if is_permission else principals).append(node)
     return Policy(permissions=(_and(permissions),), principals=(_and(principals),))
+
+
+def _clauses(
+    rule: Mapping[str, Any],
+    key: str,
+    inner: str,
+    parse: Callable[[Mapping[str, Any], str], RbacRule],
+    where: str,
+) -> list[RbacRule]:
+    """`from[].source` or `to[].operation`: each item's one key, parsed."""
+    out = []
+    for i, item in enumerate(_sequence(rule.get(key) or [], f"{where}.{key}")):
+        item_where = f"{where}.{key}[{i}]"
+        item = _mapping(item, item_where)
+        _check_keys(item, {inner}, item_where)
+        inner_where = f"{item_where}.{inner}"
+        out.append(parse(_mapping(item.get(inner, {}), inner_where), inner_where))
+    return out
 
 
 def _source(source: Mapping[str, Any], where: str) -> RbacRule:
