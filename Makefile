@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools test lint typecheck unit demo bench clean
+.PHONY: install tools test lint typecheck unit demo bench ab clean
 
 $(STAMP): pyproject.toml control_plane/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ demo: $(STAMP)
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--only data,cp".
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# The mesh transport's own CPU per request, a git ref (A) against the working tree (B),
+# in alternating processes: make ab REF=6fd74eb [AB_ARGS="--rounds 21 --telemetry-off"].
+REF ?= HEAD
+ab: $(STAMP)
+	$(PY) benchmarks/ab.py --ref $(REF) $(AB_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

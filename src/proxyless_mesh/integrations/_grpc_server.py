@@ -162,15 +162,13 @@ class AuthorizationServerInterceptor(_AuthorizationSetup, _SyncInterceptor):
     def intercept_service(
         self, continuation: SyncContinuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
+        if (handler := continuation(handler_call_details)) is None:
             return None
         kind, inner = _kind(handler)
-        method, metadata = handler_call_details.method, handler_call_details.invocation_metadata
-        checker = self._checker
+        refusal, details = self._checker.refusal, handler_call_details
 
         def behavior(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
-            refused = checker.refusal(method, metadata, context)
+            refused = refusal(details.method, details.invocation_metadata, context)
             if refused is not None:
                 context.abort(*refused)
             return inner(request_or_iterator, context)
@@ -184,15 +182,13 @@ class AioAuthorizationServerInterceptor(_AuthorizationSetup, _AioInterceptor):
     async def intercept_service(
         self, continuation: AioContinuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:
+        if (handler := await continuation(handler_call_details)) is None:
             return None
         kind, inner = _kind(handler)
-        method, metadata = handler_call_details.method, handler_call_details.invocation_metadata
-        checker = self._checker
+        refusal, details = self._checker.refusal, handler_call_details
 
         async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            refused = checker.refusal(method, metadata, context)
+            refused = refusal(details.method, details.invocation_metadata, context)
             if refused is not None:
                 await context.abort(*refused)
 

@@ -46,8 +46,11 @@ class _Recorder:
         self.peer_principal = peer_principal
 
     def begin(
-        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler[Any, Any]
+        self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler[Any, Any] | None
     ) -> tuple[Call, _Handler, str, Any] | None:
+        """None when nothing is recorded: no handler (unknown method) or telemetry off."""
+        if handler is None:
+            return None
         call = self.telemetry.call("destination", "grpc", "POST", "", details.method)
         if call is None:
             return None
@@ -87,7 +90,11 @@ class _Recorder:
         return otel_context.attach(ctx) if ctx is not None else None
 
     @staticmethod
-    def end(call: Call, context: Any, exc: BaseException | None) -> None:
+    def end(call: Call, context: Any, exc: BaseException | None, token: Any = None) -> None:
+        """Record the outcome; `token` (start's) is detached first, so the
+        wrappers need no `finally` of their own."""
+        if token is not None:
+            otel_context.detach(token)
         answer_peer(call, context)
         code: Any = None
         try:
@@ -142,11 +149,8 @@ class TelemetryServerInterceptor(_TelemetrySetup, _SyncInterceptor):
         self, continuation: SyncContinuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
         recorder = self._recorder
-        begun = recorder.begin(handler_call_details, handler)
-        if begun is None:
+        if (begun := recorder.begin(handler_call_details, handler)) is None:
             return handler
         call, counting, kind, (inner, metadata) = begun
 
@@ -155,14 +159,13 @@ class TelemetryServerInterceptor(_TelemetrySetup, _SyncInterceptor):
             try:
                 result = inner(request_or_iterator, context)
             except BaseException as exc:
-                recorder.end(call, context, exc)
+                recorder.end(call, context, exc, token)
                 raise
-            finally:
+            if kind in _STREAMING:  # recorded when the stream ends, off this context
                 if token is not None:
                     otel_context.detach(token)
-            if kind in _STREAMING:
                 return _stream(result, call, context)
-            recorder.end(call, context, None)
+            recorder.end(call, context, None, token)
             return result
 
         return _rebuild(counting, kind, behavior)  # type: ignore[arg-type]
@@ -184,11 +187,8 @@ class AioTelemetryServerInterceptor(_TelemetrySetup, _AioInterceptor):
         self, continuation: AioContinuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         recorder = self._recorder
-        begun = recorder.begin(handler_call_details, handler)
-        if begun is None:
+        if (begun := recorder.begin(handler_call_details, handler)) is None:
             return handler
         call, counting, kind, (inner, metadata) = begun
 
@@ -201,12 +201,9 @@ class AioTelemetryServerInterceptor(_TelemetrySetup, _AioInterceptor):
                     if inspect.isawaitable(result):
                         result = await result
                 except BaseException as exc:
-                    recorder.end(call, context, exc)
+                    recorder.end(call, context, exc, token)
                     raise
-                finally:
-                    if token is not None:
-                        otel_context.detach(token)
-                recorder.end(call, context, None)
+                recorder.end(call, context, None, token)
                 return result
 
             return _rebuild(counting, kind, unary_response)  # type: ignore[arg-type]
@@ -224,11 +221,8 @@ class AioTelemetryServerInterceptor(_TelemetrySetup, _AioInterceptor):
                     for item in result:
                         yield item
             except BaseException as exc:
-                recorder.end(call, context, exc)
+                recorder.end(call, context, exc, token)
                 raise
-            finally:
-                if token is not None:
-                    otel_context.detach(token)
-            recorder.end(call, context, None)
+            recorder.end(call, context, None, token)
 
         return _rebuild(counting, kind, streaming_response)  # type: ignore[arg-type]

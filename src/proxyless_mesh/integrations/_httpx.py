@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import httpx
@@ -102,7 +101,7 @@ class MeshTransport(_MeshSetup[httpx.BaseTransport], httpx.BaseTransport):
         self, request: httpx.Request, parts: tuple[str, str], call: Call | QuietCall | None
     ) -> httpx.Response:
         routed = passthrough_or_route(self._mesh, request, parts, blocking=True)
-        if routed is None:
+        if routed is None:  # the async twin differs by its awaits; a shared helper costs a call
             if call is not None:
                 telemetry_hooks.passthrough(call)
             breaker = self._mesh.passthrough_breaker
@@ -116,42 +115,15 @@ class MeshTransport(_MeshSetup[httpx.BaseTransport], httpx.BaseTransport):
             return routed
         if routed.needs_body:
             request.read()
-        exchange = Exchange(self._mesh, request, routed, call)
-        exchange.mirror(self._mirror_sync)
+        exchange = _SyncExchange(self._mesh, request, routed, call)
+        exchange.transport = self
+        if exchange.mirrors:
+            exchange.mirror(self._mirror_sync)
         try:
-            finish = drive(exchange.flow, partial(self._attempt, exchange), exchange.supersede)
+            finish = drive(exchange.flow, exchange.attempt, exchange.supersede)
             return exchange.conclude(finish, exchange.response)
         finally:
             exchange.restore()
-
-    def _attempt(self, exchange: Exchange, send: Send) -> AttemptResult:
-        """One try (what `drive` calls per Send), bounded as a whole by its timeout."""
-        if exchange.response is not None:  # a retry replaces it
-            exchange.supersede()
-        exchange.prepare(send)
-        inner = self._tls.for_cluster(exchange.tls) or self._inner
-        request = exchange.request
-        limit = send.timeout
-        started = time.monotonic() if limit is not None else 0.0
-        try:
-            response = inner.handle_request(request)
-        except httpx.TransportError as exc:
-            return exchange.failed(send, failure_kind(exc), exc)
-        if limit is not None:
-            # httpx bounded each phase by `limit`; the try as a whole must be too.
-            deadline = started + limit
-            if time.monotonic() >= deadline:
-                response.close()
-                late = TimeoutError(f"per-try timeout of {limit:g}s passed before the head")
-                return exchange.failed(send, FailureKind.TIMEOUT, late)
-            response.stream = SyncBoundedBody(
-                response.stream,  # type: ignore[arg-type]
-                response.extensions.get("network_stream"),
-                deadline,
-                lambda: body_timeout(request, limit),
-            )
-        exchange.response = response
-        return exchange.answered(send, response)
 
     def _mirror_sync(self, copy: httpx.Request) -> None:
         self._mesh.background.submit(self._send_mirror, copy)
@@ -215,40 +187,16 @@ class AsyncMeshTransport(_MeshSetup[httpx.AsyncBaseTransport], httpx.AsyncBaseTr
             return routed
         if routed.needs_body:
             await request.aread()
-        exchange = Exchange(self._mesh, request, routed, call)
-        exchange.mirror(self._mirror_async)
+        exchange = _AsyncExchange(self._mesh, request, routed, call)
+        exchange.transport = self
+        if exchange.mirrors:
+            exchange.mirror(self._mirror_async)
         try:
-            flow, attempt = exchange.flow, partial(self._attempt, exchange)
-            finish = await drive_async(flow, attempt, exchange.supersede_async)
+            flow = exchange.flow
+            finish = await drive_async(flow, exchange.attempt, exchange.supersede_async)
             return exchange.conclude(finish, exchange.response)
         finally:
             exchange.restore()
-
-    async def _attempt(self, exchange: Exchange, send: Send) -> AttemptResult:
-        """One try (what `drive_async` calls per Send), bounded as a whole by its timeout."""
-        if exchange.response is not None:  # a retry replaces it
-            response, exchange.response = exchange.response, None
-            await response.aclose()
-        exchange.prepare(send)
-        inner = self._tls.for_cluster(exchange.tls) or self._inner
-        request = exchange.request
-        limit = send.timeout
-        try:
-            if limit is None:
-                response = await inner.handle_async_request(request)
-            else:
-                deadline = asyncio.get_running_loop().time() + limit
-                async with asyncio.timeout_at(deadline):
-                    response = await inner.handle_async_request(request)
-                response.stream = AsyncBoundedBody(
-                    response.stream,  # type: ignore[arg-type]
-                    deadline,
-                    lambda: body_timeout(request, limit),
-                )
-        except (TimeoutError, httpx.TransportError) as exc:
-            return exchange.failed(send, failure_kind(exc), exc)
-        exchange.response = response
-        return exchange.answered(send, response)
 
     def _mirror_async(self, copy: httpx.Request) -> None:
         task = asyncio.get_running_loop().create_task(self._send_mirror(copy))
@@ -267,3 +215,72 @@ class AsyncMeshTransport(_MeshSetup[httpx.AsyncBaseTransport], httpx.AsyncBaseTr
             task.cancel()
         await self._tls.aclose()
         await self._inner.aclose()
+
+
+# The tries are methods of the request's Exchange (bound methods for the
+# drivers, no functools.partial made per request).
+
+
+class _SyncExchange(Exchange):
+    transport: MeshTransport
+
+    def attempt(self, send: Send) -> AttemptResult:
+        """One try (what `drive` calls per Send), bounded as a whole by its timeout."""
+        if self.response is not None:  # a retry replaces it
+            self.supersede()
+        self.prepare(send)
+        transport = self.transport
+        inner = transport._tls.for_cluster(self.tls) or transport._inner
+        request = self.request
+        limit = send.timeout
+        started = time.monotonic() if limit is not None else 0.0
+        try:
+            response = inner.handle_request(request)
+        except httpx.TransportError as exc:
+            return self.failed(send, failure_kind(exc), exc)
+        if limit is not None:
+            # httpx bounded each phase by `limit`; the try as a whole must be too.
+            deadline = started + limit
+            if time.monotonic() >= deadline:
+                response.close()
+                late = TimeoutError(f"per-try timeout of {limit:g}s passed before the head")
+                return self.failed(send, FailureKind.TIMEOUT, late)
+            response.stream = SyncBoundedBody(
+                response.stream,  # type: ignore[arg-type]
+                response.extensions.get("network_stream"),
+                deadline,
+                lambda: body_timeout(request, limit),
+            )
+        self.response = response
+        return self.answered(send, response)
+
+
+class _AsyncExchange(Exchange):
+    transport: AsyncMeshTransport
+
+    async def attempt(self, send: Send) -> AttemptResult:
+        """One try (what `drive_async` calls per Send), bounded as a whole by its timeout."""
+        if self.response is not None:  # a retry replaces it
+            response, self.response = self.response, None
+            await response.aclose()
+        self.prepare(send)
+        transport = self.transport
+        inner = transport._tls.for_cluster(self.tls) or transport._inner
+        request = self.request
+        limit = send.timeout
+        try:
+            if limit is None:
+                response = await inner.handle_async_request(request)
+            else:
+                deadline = asyncio.get_running_loop().time() + limit
+                async with asyncio.timeout_at(deadline):
+                    response = await inner.handle_async_request(request)
+                response.stream = AsyncBoundedBody(
+                    response.stream,  # type: ignore[arg-type]
+                    deadline,
+                    lambda: body_timeout(request, limit),
+                )
+        except (TimeoutError, httpx.TransportError) as exc:
+            return self.failed(send, failure_kind(exc), exc)
+        self.response = response
+        return self.answered(send, response)

@@ -27,7 +27,7 @@ from proxyless_mesh.errors import (
     UpstreamTimeoutError,
 )
 from proxyless_mesh.integrations._httpx_telemetry import routed as telemetry_routed
-from proxyless_mesh.model import Endpoint, Route
+from proxyless_mesh.model import Endpoint, MirrorPolicy, Route
 from proxyless_mesh.resilience import (
     AttemptResult,
     FailureKind,
@@ -109,9 +109,10 @@ def failure_kind(exc: BaseException) -> FailureKind:
     return FailureKind.RESET
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Routed:
-    """A request the mesh will handle (or must first resolve)."""
+    """A request the mesh will handle (or must first resolve). Made per
+    request, so not frozen (that costs ~0.4 µs); never changed once made."""
 
     authority: str
     path: str
@@ -178,12 +179,12 @@ def passthrough_or_route(
             match=route.match.path,
         )
         return httpx.Response(status, headers={"location": location}, request=request)
-    return Routed(authority, path, snapshot, decision, needs_body=_needs_buffering(request))
+    in_memory = isinstance(request.stream, httpx.ByteStream)  # the usual case: no call
+    return Routed(authority, path, snapshot, decision, needs_body=not in_memory and _sized(request))
 
 
-def _needs_buffering(request: httpx.Request) -> bool:
-    if isinstance(request.stream, httpx.ByteStream):
-        return False
+def _sized(request: httpx.Request) -> bool:
+    """A streamed body small enough to buffer for retries."""
     length = request.headers.get("content-length")
     return length is not None and length.isdigit() and int(length) <= MAX_REPLAY_BYTES
 
@@ -218,40 +219,37 @@ class Exchange:
         self.authority = routed.authority
         self.original_url = request.url
         self.base_timeout = request.extensions.get("timeout")
-        self.route: Route | None = decision.route
+        self.route: Route | None = (route := decision.route)
         self.last_error: BaseException | None = None
-        action = self.route.action if self.route is not None else None
-        balancer = routed.snapshot.balancers.get(decision.cluster)
-        self.balancer = balancer
-        key = None
+        self.balancer = routed.snapshot.balancers.get(decision.cluster)
+        self._key: int | None = None
         self.cookie = None
-        if action is not None and action.hash_policies:
-            key, self.cookie = hash_key(
-                action.hash_policies,
-                header=request.headers.get,
-                cookie=_cookie_lookup(request),
-                query=request.url.params.get,
-                source_ip=mesh.node_id,  # this process is the "downstream"
-            )
         self.path: str | None = None
         self.response: httpx.Response | None = None  # the last try's, until superseded
-        route = self.route
-        rewrites = action is not None and (
-            action.prefix_rewrite is not None or action.regex_rewrite is not None
-        )
-        if route is not None and action is not None and rewrites:
-            path = request.url.raw_path.decode("ascii")
-            self.path = rewrite_path(path, route.match.path, action)
-        if self.route is not None:
-            mutation = self.route.request_headers
+        self.mirrors: tuple[MirrorPolicy, ...] = ()  # the transports call mirror() if any
+        action = None
+        if route is not None:  # what the route changes, each asked once
+            action = route.action
+            if action is not None:
+                self.mirrors = action.mirrors
+                if action.hash_policies:
+                    self._key, self.cookie = hash_key(
+                        action.hash_policies,
+                        header=request.headers.get,
+                        cookie=_cookie_lookup(request),
+                        query=request.url.params.get,
+                        source_ip=mesh.node_id,  # this process is the "downstream"
+                    )
+                if action.prefix_rewrite is not None or action.regex_rewrite is not None:
+                    path = request.url.raw_path.decode("ascii")
+                    self.path = rewrite_path(path, route.match.path, action)
+            mutation = route.request_headers
             if mutation.set or mutation.add or mutation.remove:
                 request.headers = httpx.Headers(
                     apply_header_mutation(request.headers.multi_items(), mutation)
                 )
             if action is not None and action.host_rewrite:
                 request.headers["host"] = action.host_rewrite
-
-        self._key = key
         source = routed.snapshot.sources.get(decision.cluster)
         cluster = source.cluster if source is not None else None
         self.tls = cluster.tls if cluster is not None else None
@@ -268,7 +266,7 @@ class Exchange:
             clock=mesh.clock,
             rng=mesh.rng,
             replayable=isinstance(request.stream, httpx.ByteStream),
-            fault=self.route.fault if self.route is not None else None,
+            fault=route.fault if route is not None else None,
             no_endpoint_reason=self._no_endpoint_reason,
         )
 
@@ -399,13 +397,10 @@ class Exchange:
     def mirror(self, send_copy: Callable[[httpx.Request], None]) -> None:
         """Hand a copy to each mirror the route samples this request for.
         Only requests whose body is in memory are mirrored."""
-        route = self.route
-        if route is None or route.action is None or not route.action.mirrors:
-            return
         request = self.request
         if not isinstance(request.stream, httpx.ByteStream):
             return
-        for policy in route.action.mirrors:
+        for policy in self.mirrors:
             if not should_mirror(policy, self.mesh.rng):
                 continue
             balancer = self.mesh.snapshot.balancers.get(policy.cluster)

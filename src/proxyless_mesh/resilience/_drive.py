@@ -26,13 +26,10 @@ Attempt = Callable[[Send], AttemptResult]
 AsyncAttempt = Callable[[Send], Awaitable[AttemptResult]]
 
 
-def _finish(stop: StopIteration) -> Finish:
-    """The flow's return value; anything else means a StopIteration escaped
-    from an attempt, not from the flow: a bug to surface, not an outcome."""
-    finish = stop.value
-    if type(finish) is not Finish:
-        raise RuntimeError("a StopIteration escaped from a try, not from the flow") from stop
-    return finish
+def _escaped() -> RuntimeError:
+    """A StopIteration that carries no Finish escaped from a try, not from the
+    flow: a bug to surface, not an outcome."""
+    return RuntimeError("a StopIteration escaped from a try, not from the flow")
 
 
 def drive(flow: Flow, attempt: Attempt, supersede: Callable[[], None]) -> Finish:
@@ -52,7 +49,9 @@ def drive(flow: Flow, attempt: Attempt, supersede: Callable[[], None]) -> Finish
             supersede()
             reply = _wait(command)  # type: ignore[arg-type]
     except StopIteration as stop:
-        return _finish(stop)
+        if type(finish := stop.value) is not Finish:  # checked inline: once per request
+            raise _escaped() from stop
+        return finish  # type: ignore[no-any-return]
     finally:
         flow.close()
 
@@ -74,7 +73,9 @@ async def drive_async(
             else:
                 reply = await attempt(command)
     except StopIteration as stop:
-        return _finish(stop)
+        if type(finish := stop.value) is not Finish:
+            raise _escaped() from stop
+        return finish  # type: ignore[no-any-return]
     finally:
         flow.close()
 

@@ -160,7 +160,7 @@ class PassthroughBreaker:
     async def send_async(
         self, authority: str, send: Callable[[httpx.Request], Awaitable[_R]], request: httpx.Request
     ) -> _R:
-        """send() for asyncio."""
+        """send() for asyncio (its twin but for the awaits: sharing costs a call a request)."""
         host, trial = self._admit(authority, request)
         if host is None:
             return await send(request)

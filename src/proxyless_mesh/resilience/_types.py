@@ -3,7 +3,10 @@
 The engine (`request_flow`) yields commands (`Send`, `Sleep`, `WaitForSlot`)
 and returns a `Finish`; the driver performs each command and reports back
 (`AttemptResult` after a Send, None after a Sleep or a WaitForSlot). Plain
-frozen values, no I/O types, so one engine serves the sync and async drivers.
+values, no I/O types, so one engine serves the sync and async drivers.
+`Send` and `AttemptResult` are made on every try, so they are not frozen
+(a frozen dataclass sets each field through object.__setattr__: ~0.4 µs more
+per object); nothing changes them once made.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ class FailureKind(enum.Enum):
     REFUSED_STREAM = "refused-stream"  # HTTP/2 REFUSED_STREAM
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptResult:
     """What one attempt gave: a response (status, header lookup, grpc status)
     or a failure. `headers` looks up lower-case names in the response head."""
@@ -36,7 +39,7 @@ class AttemptResult:
     failure: FailureKind | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Send the request to `endpoint`, with `headers` set (replacing any of
     the same name), giving up after `timeout` seconds (None: no limit) and
