@@ -40,7 +40,7 @@ from proxyless_mesh.resilience import (
     shadow_host,
     should_mirror,
 )
-from proxyless_mesh.routing import RouteDecision
+from proxyless_mesh.routing import RouteDecision, cors
 from proxyless_mesh.runtime import UNRESOLVED, route_request
 from proxyless_mesh.telemetry import Call, QuietCall
 
@@ -118,8 +118,9 @@ class Routed:
     path: str
     snapshot: MeshSnapshot
     decision: RouteDecision | None
-    unresolved: bool = False
     needs_body: bool = False
+    cors_headers: tuple[tuple[str, str], ...] = ()  # what the CORS filter adds to the answer
+    unresolved: bool = False
 
 
 def _unresolved_error(
@@ -168,19 +169,37 @@ def passthrough_or_route(
     if not isinstance(decision, RouteDecision):
         return None
     route = decision.route
-    if route is not None and route.redirect is not None and not decision.cluster:
-        url = request.url
-        status, location = redirect_location(
-            scheme=url.scheme,
-            host=url.host,
-            port=url.port,
-            path=url.raw_path.decode("ascii"),
-            redirect=route.redirect,
-            match=route.match.path,
-        )
-        return httpx.Response(status, headers={"location": location}, request=request)
+    added: tuple[tuple[str, str], ...] = ()
+    if route is not None and route.cors is not None:  # Envoy's CORS filter, before the router
+        preflight, added = cors(route.cors, request.method, request.headers.get)
+        if preflight is not None:
+            return httpx.Response(200, headers=preflight, request=request)
+    if route is not None and not decision.cluster:
+        answer = _answer(request, route)
+        if answer is not None:
+            answer.headers.update(added)
+            return answer
     in_memory = isinstance(request.stream, httpx.ByteStream)  # the usual case: no call
-    return Routed(authority, path, snapshot, decision, needs_body=not in_memory and _sized(request))
+    return Routed(authority, path, snapshot, decision, not in_memory and _sized(request), added)
+
+
+def _answer(request: httpx.Request, route: Route) -> httpx.Response | None:
+    """The response of a route that answers itself: a redirect or a direct response."""
+    if route.direct_response is not None:
+        direct = route.direct_response
+        return httpx.Response(direct.status, content=direct.body, request=request)
+    if route.redirect is None:
+        return None
+    url = request.url
+    status, location = redirect_location(
+        scheme=url.scheme,
+        host=url.host,
+        port=url.port,
+        path=url.raw_path.decode("ascii"),
+        redirect=route.redirect,
+        match=route.match.path,
+    )
+    return httpx.Response(status, headers={"location": location}, request=request)
 
 
 def _sized(request: httpx.Request) -> bool:
@@ -227,6 +246,7 @@ class Exchange:
         self.path: str | None = None
         self.response: httpx.Response | None = None  # the last try's, until superseded
         self.mirrors: tuple[MirrorPolicy, ...] = ()  # the transports call mirror() if any
+        self.cors_headers = routed.cors_headers
         action = None
         if route is not None:  # what the route changes, each asked once
             action = route.action
@@ -349,6 +369,8 @@ class Exchange:
                 response.headers = httpx.Headers(
                     [*response.headers.multi_items(), ("set-cookie", _set_cookie(self.cookie))]
                 )
+            if self.cors_headers:
+                response.headers.update(self.cors_headers)
             if finish.flags:
                 response.extensions["mesh_response_flags"] = finish.flags
             return response
@@ -382,7 +404,10 @@ class Exchange:
         self, status: int, headers: dict[str, str], flags: tuple[str, ...]
     ) -> httpx.Response:
         response = httpx.Response(
-            status, headers=headers, content=b"fault filter abort", request=self.request
+            status,
+            headers=[*headers.items(), *self.cors_headers],
+            content=b"fault filter abort",
+            request=self.request,
         )
         response.extensions["mesh_response_flags"] = flags
         return response

@@ -273,6 +273,28 @@ class RedirectAction:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectResponse:
+    """Envoy DirectResponseAction: the route answers the request itself."""
+
+    status: int
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class CorsPolicy:
+    """Envoy CorsPolicy (the route's `envoy.filters.http.cors` config). The
+    header values are as Envoy sends them (Istio joins the lists with ",")."""
+
+    allow_origins: tuple[StringMatcher, ...] = ()
+    allow_methods: str = ""
+    allow_headers: str = ""
+    expose_headers: str = ""
+    max_age: str = ""
+    allow_credentials: bool = False
+    forward_not_matching_preflights: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class FaultDelay:
     delay: float  # seconds
     percentage: float  # 0..100
@@ -311,6 +333,8 @@ class Route:
     fault: FaultConfig | None = None
     request_headers: HeaderMutation = HeaderMutation()
     response_headers: HeaderMutation = HeaderMutation()
+    direct_response: DirectResponse | None = None
+    cors: CorsPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

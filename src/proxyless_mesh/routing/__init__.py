@@ -1,5 +1,6 @@
 """Request -> route -> weighted cluster choice (Envoy's route semantics)."""
 
+from proxyless_mesh.routing._cors import cors, origin_allowed
 from proxyless_mesh.routing._matching import (
     HeaderLookup,
     compile_header_matcher,
@@ -22,6 +23,8 @@ __all__ = [
     "compile_header_matcher",
     "compile_route_match",
     "compile_virtual_host",
+    "cors",
     "find_virtual_host",
     "mapping_lookup",
+    "origin_allowed",
 ]

@@ -18,7 +18,7 @@ from proxyless_mesh.routing._matching import HeaderLookup, RequestPredicate, com
 @dataclass(frozen=True, slots=True)
 class RouteDecision:
     """What routing decided for one request: the route's name, the chosen
-    cluster ("" for a redirect), the route timeout (seconds or None), and the
+    cluster ("" for a redirect or a direct response), the route timeout (seconds or None), and the
     route itself (retries, faults, rewrites, headers, redirect)."""
 
     route_name: str
@@ -54,7 +54,10 @@ class CompiledRoute:
         self._total = total
         # One decision object per cluster, made here so a request allocates none.
         self._choices = tuple(RouteDecision(name, c, timeout, route) for c, _ in live)
-        if not live and route is not None and route.redirect is not None:
+        answers = route is not None and (
+            route.redirect is not None or route.direct_response is not None
+        )
+        if not live and answers:
             self._choices = (RouteDecision(name, "", None, route),)
             self._cumulative = [1]
             self._total = 1

@@ -96,6 +96,12 @@ def pick_endpoint(
     snapshot: MeshSnapshot, authority: str, decision: RouteDecision, request: object = None
 ) -> Endpoint:
     """An endpoint of the decision's cluster, or NoHealthyUpstreamError saying why not."""
+    if not decision.cluster:  # as grpcio fails a call on a route with no cluster action
+        raise NoHealthyUpstreamError(
+            f"{authority}: route {decision.route_name!r} answers by itself (a redirect or a "
+            "direct response), which a gRPC call cannot take",
+            request=request,  # type: ignore[arg-type]
+        )
     balancer = snapshot.balancers.get(decision.cluster)
     if balancer is None:
         raise NoHealthyUpstreamError(

@@ -9,8 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from envoy.config.route.v3 import route_components_pb2 as rc_pb2
+
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import (
+    CorsPolicy,
+    DirectResponse,
     HashPolicy,
     HashPolicyKind,
     HeaderMatcher,
@@ -28,6 +32,8 @@ from proxyless_mesh.model import (
     WeightedCluster,
 )
 from proxyless_mesh.xds_client import _decode_policies as policies
+
+CORS_TYPE_URL = "type.googleapis.com/envoy.config.route.v3.CorsPolicy"
 
 _UINT32_MAX = 2**32 - 1
 _PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
@@ -77,22 +83,79 @@ def _route(r: Any, vh: Any, where: str) -> Route | None:
     which = r.WhichOneof("action")
     if which is None:
         raise XdsResourceError(f"{where}: route has no action")
-    # direct_response / filter_action / non_forwarding_action: the mesh does not
-    # serve these, but the route still matches (and then fails the request), so
-    # it is kept with action None instead of skipped.
+    # filter_action / non_forwarding_action: the mesh does not serve these, but
+    # the route still matches (and then fails the request), so it is kept with
+    # action None instead of skipped.
     action = _route_action(r.route, vh, f"{where}.route") if which == "route" else None
     redirect = policies.redirect(r.redirect, f"{where}.redirect") if which == "redirect" else None
+    direct = None
+    if which == "direct_response":
+        direct = _direct_response(r.direct_response, f"{where}.direct_response")
     return Route(
         name=r.name,
         match=match,
         action=action,
         redirect=redirect,
+        direct_response=direct,
+        cors=_cors(r, vh, where),
         fault=policies.fault(r, vh, where),
         request_headers=policies.header_mutation(
             r.request_headers_to_add, r.request_headers_to_remove, f"{where}.request_headers"
         ),
         response_headers=policies.header_mutation(
             r.response_headers_to_add, r.response_headers_to_remove, f"{where}.response_headers"
+        ),
+    )
+
+
+def _direct_response(d: Any, where: str) -> DirectResponse:
+    if not 200 <= d.status <= 599:
+        raise XdsResourceError(f"{where}.status {d.status} is not an HTTP status (200-599)")
+    which = d.body.WhichOneof("specifier") if d.HasField("body") else None
+    if which == "inline_string":
+        body = d.body.inline_string.encode()
+    elif which == "inline_bytes":
+        body = d.body.inline_bytes
+    elif which is None:
+        body = b""
+    else:
+        raise XdsResourceError(f"{where}.body.{which} is not supported (inline only)")
+    return DirectResponse(status=d.status, body=body)
+
+
+def _cors(route: Any, vhost: Any, where: str) -> CorsPolicy | None:
+    """The CorsPolicy that applies (the route's, else its virtual host's),
+    found by type in `typed_per_filter_config` as the fault is."""
+    for owner, owner_where in ((route, where), (vhost, "virtual_host")):
+        for name, packed in sorted(owner.typed_per_filter_config.items()):
+            config_where = f"{owner_where}.typed_per_filter_config[{name}]"
+            if packed.type_url == policies.FILTER_CONFIG_TYPE_URL:
+                wrapper = rc_pb2.FilterConfig()
+                packed.Unpack(wrapper)
+                packed = wrapper.config
+            if packed.type_url == CORS_TYPE_URL:
+                message = rc_pb2.CorsPolicy()
+                packed.Unpack(message)
+                return _cors_policy(message, config_where)
+    return None
+
+
+def _cors_policy(c: Any, where: str) -> CorsPolicy:
+    origins = tuple(
+        _string_matcher(m, f"{where}.allow_origin_string_match[{i}]")
+        for i, m in enumerate(c.allow_origin_string_match)
+    )
+    return CorsPolicy(
+        allow_origins=origins,
+        allow_methods=c.allow_methods,
+        allow_headers=c.allow_headers,
+        expose_headers=c.expose_headers,
+        max_age=c.max_age,
+        allow_credentials=c.allow_credentials.value if c.HasField("allow_credentials") else False,
+        forward_not_matching_preflights=(
+            c.forward_not_matching_preflights.value
+            if c.HasField("forward_not_matching_preflights")
+            else True
         ),
     )
 

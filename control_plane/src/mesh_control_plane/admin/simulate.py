@@ -102,6 +102,11 @@ def simulate(
     if aborted is not None:
         result["outcome"] = aborted
         return result
+    if not matched.clusters and route is not None and route.direct_response is not None:
+        result["outcome"] = (
+            f"direct response {route.direct_response.status} (answered by the mesh, no upstream)"
+        )
+        return result
     if not matched.clusters:  # forwards with no cluster: the route answers a redirect
         result["outcome"] = "redirect (answered by the mesh, no upstream)"
         return result

@@ -1,6 +1,7 @@
 """What a matched route does besides choosing a cluster, in words: faults,
-mirrors, rewrites, redirect, header changes, retries. `simulate` lists these so
-its answer is everything that applies to the request, not only where it goes
+mirrors, rewrites, redirect, direct response, CORS, header changes, retries.
+`simulate` lists these so its answer is everything that applies to the request,
+not only where it goes
 (a route that aborts every request must not read as "routed")."""
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ def route_effects(route: Route) -> list[str]:
             effects.append(f"fault abort {status} for {abort.percentage:g}% of requests (FI)")
     if route.redirect is not None:
         effects.append(_redirect(route.redirect))
+    if route.direct_response is not None:
+        direct = route.direct_response
+        effects.append(f"direct response {direct.status} ({len(direct.body)} bytes of body)")
+    if route.cors is not None:
+        cors = route.cors
+        effects.append(
+            f"CORS: {len(cors.allow_origins)} allowed origin matcher(s); preflights from them "
+            "answered by the mesh"
+            + ("" if cors.forward_not_matching_preflights else ", others answered without CORS")
+        )
     if route.action is not None:
         effects += _action(route.action)
     effects += _headers("request", route.request_headers)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .parse_cors import CorsPolicy, DirectResponse
     from .parse_telemetry import Telemetry
 
 from .errors import ConfigProblem
@@ -307,7 +308,8 @@ class Headers:
 
 @dataclass(frozen=True)
 class HTTPRoute:
-    """One http[] rule: forwarded (`route`) or answered with a `redirect`."""
+    """One http[] rule: forwarded (`route`) or answered with a `redirect` or
+    a `direct_response`."""
 
     name: str = ""
     match: tuple[HTTPMatchRequest, ...] = ()
@@ -319,6 +321,8 @@ class HTTPRoute:
     rewrite: HTTPRewrite | None = None
     redirect: HTTPRedirect | None = None
     headers: Headers = Headers()
+    cors: CorsPolicy | None = None
+    direct_response: DirectResponse | None = None
 
 
 @dataclass(frozen=True)

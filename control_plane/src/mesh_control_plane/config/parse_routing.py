@@ -24,6 +24,7 @@ from .model import (
     Subset,
     VirtualService,
 )
+from .parse_cors import ANSWER_EXCLUDES, parse_cors, parse_direct_response
 from .parse_http import (
     parse_fault,
     parse_headers,
@@ -69,8 +70,10 @@ _ROUTE_FIELDS = (
     "rewrite",
     "redirect",
     "headers",
+    "corsPolicy",
+    "directResponse",
 )
-_ROUTE_UNSUPPORTED = ("mirrorPercent", "mirror_percent", "corsPolicy", "delegate", "directResponse")
+_ROUTE_UNSUPPORTED = ("mirrorPercent", "mirror_percent", "delegate")
 _MATCH_FIELDS = ("name", "uri", "headers", "method", "ignoreUriCase")
 _MATCH_UNSUPPORTED = (
     "queryParams",
@@ -160,15 +163,21 @@ def _parse_http_route(p: Problems, raw: object, where: str) -> HTTPRoute:
                     f'invalid duration "{text}" (expected e.g. "1.5s", "300ms", "2m")',
                 )
     redirect = parse_redirect(p, obj, where)
+    direct = parse_direct_response(p, obj, where)
     if redirect is not None:
         # Istio: a redirect answers the request itself, so nothing may forward it.
-        for key in ("route", "rewrite", "mirror", "mirrors", "fault", "retries", "timeout"):
+        for key in (*ANSWER_EXCLUDES, "fault", "directResponse"):
             if key in obj:
                 p.add(join(where, key), "cannot be used together with redirect")
+    elif direct is not None:
+        for key in ANSWER_EXCLUDES:
+            if key in obj:
+                p.add(join(where, key), "cannot be used together with directResponse")
+    answers = redirect is not None or direct is not None
     return HTTPRoute(
         name=get_str(p, obj, "name", where) or "",
         match=matches,
-        route=() if redirect is not None else _parse_destinations(p, obj, where),
+        route=() if answers else _parse_destinations(p, obj, where),
         timeout=timeout,
         retries=parse_retries(p, obj, where),
         fault=parse_fault(p, obj, where),
@@ -176,6 +185,8 @@ def _parse_http_route(p: Problems, raw: object, where: str) -> HTTPRoute:
         rewrite=parse_rewrite(p, obj, where),
         redirect=redirect,
         headers=parse_headers(p, obj, where),
+        cors=parse_cors(p, obj, where, _parse_string_match),
+        direct_response=direct,
     )
 
 

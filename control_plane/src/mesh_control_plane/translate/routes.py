@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import any_pb2
 
 from mesh_control_plane.config.model import (
     ConsistentHash,
@@ -21,6 +22,7 @@ from mesh_control_plane.config.model import (
     HTTPRouteDestination,
     StringMatch,
 )
+from mesh_control_plane.config.parse_cors import CorsPolicy, DirectResponse
 from mesh_control_plane.translate.index import MeshIndex, Service
 from mesh_control_plane.translate.names import (
     DEFAULT_ROUTE_NAME,
@@ -29,7 +31,7 @@ from mesh_control_plane.translate.names import (
     route_name,
 )
 from mesh_control_plane.translate.policy import effective_policy, subset_of
-from mesh_control_plane.translate.protos import duration
+from mesh_control_plane.translate.protos import duration, pack
 from mesh_control_plane.translate.route_policies import (
     apply_fault,
     apply_headers,
@@ -41,6 +43,7 @@ from mesh_control_plane.translate.route_policies import (
 )
 
 METHOD_HEADER = ":method"
+CORS_FILTER = "envoy.filters.http.cors"
 
 
 def route_configuration(
@@ -93,6 +96,8 @@ def _routes(
         template = rc_pb2.Route(name=name)
         if http.redirect is not None:
             template.redirect.CopyFrom(redirect_action(http.redirect))
+        elif http.direct_response is not None:
+            template.direct_response.CopyFrom(_direct_response(http.direct_response))
         else:
             action_or_none = _action(index, http, port, disable_default_timeout)
             if action_or_none is None:
@@ -103,6 +108,8 @@ def _routes(
         if http.fault is not None:
             apply_fault(template, http.fault)
         apply_headers(template, http.headers.request, http.headers.response)
+        if http.cors is not None:
+            template.typed_per_filter_config[CORS_FILTER].CopyFrom(_cors(http.cors))
         # Several match blocks are alternatives (OR): one Route each, same action.
         for match in http.match or (HTTPMatchRequest(),):
             route = rc_pb2.Route()
@@ -248,3 +255,29 @@ def _string_matcher(field: str, match: StringMatch) -> string_pb2.StringMatcher:
     if match.kind == "regex":
         return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=match.value))
     raise ValueError(f"unknown StringMatch kind {match.kind!r} for {field} (exact|prefix|regex)")
+
+
+def _direct_response(direct: DirectResponse) -> rc_pb2.DirectResponseAction:
+    action = rc_pb2.DirectResponseAction(status=direct.status)
+    if direct.body is not None:
+        if direct.body_is_text:
+            action.body.inline_string = direct.body.decode()
+        else:
+            action.body.inline_bytes = direct.body
+    return action
+
+
+def _cors(policy: CorsPolicy) -> any_pb2.Any:
+    """Istio's translateCORSPolicy, wrapped as an optional filter config: a
+    gRPC client (which has no CORS filter) ignores it instead of NACKing."""
+    config = rc_pb2.CorsPolicy(
+        allow_origin_string_match=[_string_matcher("", m) for m in policy.allow_origins],
+        allow_methods=",".join(policy.allow_methods),
+        allow_headers=",".join(policy.allow_headers),
+        expose_headers=",".join(policy.expose_headers),
+        max_age=str(policy.max_age) if policy.max_age is not None else "",
+    )
+    if policy.allow_credentials is not None:
+        config.allow_credentials.value = policy.allow_credentials
+    config.forward_not_matching_preflights.value = policy.forward_unmatched_preflights
+    return pack(rc_pb2.FilterConfig(config=pack(config), is_optional=True))
