@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from .delegates import resolve_delegates
 from .documents import Document, Resource, expand_lists, parse_document
 from .errors import ConfigLoadError, ConfigProblem
 from .model import (
@@ -124,10 +125,12 @@ class _Builder:
             # that failed to parse would otherwise show up as a dangling reference.
             raise ConfigLoadError(self.problems)
         config = _assemble(self._resources, self.settings)
-        dangling = check_references(config)
+        dangling = check_references(config)  # before delegation: errors name the file written
         if dangling:
             raise ConfigLoadError(dangling)
-        return replace(config, warnings=tuple(reference_warnings(config)))
+        warnings = reference_warnings(config)
+        config, dropped = resolve_delegates(config)
+        return replace(config, warnings=(*dropped, *warnings))
 
 
 def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:

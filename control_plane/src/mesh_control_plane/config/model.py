@@ -323,6 +323,7 @@ class HTTPRoute:
     headers: Headers = Headers()
     cors: CorsPolicy | None = None
     direct_response: DirectResponse | None = None
+    delegate: tuple[str, str] | None = None  # (namespace, name) of the delegate VirtualService
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,9 @@ _ROUTE_FIELDS = (
     "headers",
     "corsPolicy",
     "directResponse",
+    "delegate",
 )
-_ROUTE_UNSUPPORTED = ("mirrorPercent", "mirror_percent", "delegate")
+_ROUTE_UNSUPPORTED = ("mirrorPercent", "mirror_percent")
 _MATCH_FIELDS = ("name", "uri", "headers", "method", "ignoreUriCase")
 _MATCH_UNSUPPORTED = (
     "queryParams",
@@ -122,9 +123,14 @@ def parse_destination_rule(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> 
 
 
 def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> VirtualService:
+    """A VirtualService; one without `hosts` is a delegate (Istio): its routes
+    serve the root VirtualServices whose http[].delegate names it."""
     spec = read_object(p, given, "spec", _VS_FIELDS, _VS_UNSUPPORTED)
     hosts: list[str] = []
-    for i, raw in enumerate(get_list(p, spec, "hosts", "spec", required=True, non_empty=True)):
+    is_delegate = isinstance(spec.get("hosts", []), list) and not spec.get("hosts")
+    if is_delegate and spec.get("gateways"):
+        p.add("spec.gateways", "a delegate VirtualService (no hosts) must not name gateways")
+    for i, raw in enumerate(get_list(p, spec, "hosts", "spec")):
         host = check_host(p, raw, index("spec.hosts", i))
         if host and host in hosts:
             p.add(index("spec.hosts", i), f'duplicate host "{host}"')
@@ -140,12 +146,16 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
     http_required = not (isinstance(given, Mapping) and ("tcp" in given or "tls" in given))
     raw_routes = get_list(p, spec, "http", "spec", required=http_required, non_empty=http_required)
     routes = tuple(
-        _parse_http_route(p, raw, index("spec.http", i)) for i, raw in enumerate(raw_routes)
+        _parse_http_route(p, raw, index("spec.http", i), meta.namespace)
+        for i, raw in enumerate(raw_routes)
     )
+    for i, route in enumerate(routes):
+        if is_delegate and route.delegate is not None:
+            p.add(index("spec.http", i) + ".delegate", "a delegate VirtualService cannot delegate")
     return VirtualService(meta=meta, hosts=tuple(hosts), http=routes)
 
 
-def _parse_http_route(p: Problems, raw: object, where: str) -> HTTPRoute:
+def _parse_http_route(p: Problems, raw: object, where: str, namespace: str) -> HTTPRoute:
     obj = read_object(p, raw, where, _ROUTE_FIELDS, _ROUTE_UNSUPPORTED)
     matches = tuple(
         _parse_match(p, m, index(join(where, "match"), i))
@@ -173,7 +183,12 @@ def _parse_http_route(p: Problems, raw: object, where: str) -> HTTPRoute:
         for key in ANSWER_EXCLUDES:
             if key in obj:
                 p.add(join(where, key), "cannot be used together with directResponse")
-    answers = redirect is not None or direct is not None
+    delegate = _parse_delegate(p, obj, where, namespace)
+    if delegate is not None:
+        for key in ("route", "redirect", "directResponse"):
+            if key in obj:
+                p.add(join(where, key), "cannot be used together with delegate")
+    answers = redirect is not None or direct is not None or delegate is not None
     return HTTPRoute(
         name=get_str(p, obj, "name", where) or "",
         match=matches,
@@ -187,7 +202,19 @@ def _parse_http_route(p: Problems, raw: object, where: str) -> HTTPRoute:
         headers=parse_headers(p, obj, where),
         cors=parse_cors(p, obj, where, _parse_string_match),
         direct_response=direct,
+        delegate=delegate,
     )
+
+
+def _parse_delegate(
+    p: Problems, obj: Mapping[str, Any], where: str, namespace: str
+) -> tuple[str, str] | None:
+    delegate = get_object(p, obj, "delegate", where, ("name", "namespace"))
+    if delegate is None:
+        return None
+    where = join(where, "delegate")
+    name = get_str(p, delegate, "name", where, required=True) or ""
+    return get_str(p, delegate, "namespace", where) or namespace, name
 
 
 def _parse_destinations(
