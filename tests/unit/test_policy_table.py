@@ -20,7 +20,12 @@ from mesh_control_plane.config.authorization import (
     request_authentications_to_jwt,
 )
 
-from proxyless_mesh.policy import InboundRequest, PolicySet, UnsupportedPolicyError
+from proxyless_mesh.policy import (
+    InboundRequest,
+    PolicyConfigError,
+    PolicySet,
+    UnsupportedPolicyError,
+)
 
 ISSUER = "testing@secure.istio.io"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -185,6 +190,23 @@ spec:
   rules: [{from: [{source: {principals: ["*"]}}]}]
 """
 
+TEMPLATES = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: templates, namespace: foo}
+spec:
+  rules:
+  - to: [{operation: {paths: ["/store/{*}/42", "/files/{**}"]}}]
+"""
+ACCOUNTS = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: accounts, namespace: foo}
+spec:
+  rules:
+  - from: [{source: {serviceAccounts: ["foo/sleep"]}}]
+"""
+
 CASES: list[tuple[str, str, InboundRequest, int]] = [
     ("allow-nothing", ALLOW_NOTHING, request(peer=SLEEP), 403),
     ("allow-nothing", ALLOW_NOTHING, request(), 403),
@@ -272,6 +294,22 @@ CASES: list[tuple[str, str, InboundRequest, int]] = [
     ("host wildcard", HOSTS_PORTS, request(host="a.Example.org"), 200),
     ("host other", HOSTS_PORTS, request(host="example.org"), 403),
     ("port other", HOSTS_PORTS, request(host="secret.com", port=9000), 403),
+    ("template one segment", TEMPLATES, request("/store/items/42"), 200),
+    ("template not two segments", TEMPLATES, request("/store/items/42/x"), 403),
+    ("template not empty segment", TEMPLATES, request("/store/items/"), 403),
+    ("template rest", TEMPLATES, request("/files/a/b/c.txt"), 200),
+    ("template rest empty", TEMPLATES, request("/files/"), 200),
+    ("template elsewhere", TEMPLATES, request("/filesx/a"), 403),
+    ("template percent-encoded", TEMPLATES, request("/store/a%20b/42"), 200),
+    ("service account", ACCOUNTS, request(peer=SLEEP), 200),
+    (
+        "service account other trust domain",
+        ACCOUNTS,
+        request(peer="spiffe://td2/ns/foo/sa/sleep"),
+        200,
+    ),
+    ("service account other", ACCOUNTS, request(peer=BAR), 403),
+    ("service account none", ACCOUNTS, request(), 403),
     ("deny ns bar first", AUDIT_AND_DENY, request("/audited/x", peer=BAR), 403),
     ("any principal", AUDIT_AND_DENY, request("/audited/x", peer=SLEEP), 200),
     ("no principal", AUDIT_AND_DENY, request("/x"), 403),
@@ -301,6 +339,29 @@ def test_audit_and_deny_lines_are_json_without_secrets(caplog: pytest.LogCapture
 
 
 @pytest.mark.parametrize(
+    ("source", "field", "message"),
+    [
+        ({"serviceAccounts": ["a/b"], "namespaces": ["a"]}, "source.serviceAccounts", "together"),
+        ({"serviceAccounts": ["b"]}, "serviceAccounts[0]", "<namespace>/<service account>"),
+        ({"paths": ["/a/{*}.txt"]}, "paths[0]", "whole path segment"),
+        ({"paths": ["/a/{**}/{*}"]}, "paths[0]", "must be the last operator"),
+    ],
+)
+def test_service_account_and_template_mistakes(
+    source: dict[str, Any], field: str, message: str
+) -> None:
+    block = {"to": [{"operation": source}]} if "paths" in source else {"from": [{"source": source}]}
+    doc = {
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "p", "namespace": "foo"},
+        "spec": {"rules": [block]},
+    }
+    with pytest.raises(PolicyConfigError) as err:
+        authorization_policies_to_rbac([doc])
+    assert field in err.value.field and message in str(err.value)
+
+
+@pytest.mark.parametrize(
     ("spec", "field"),
     [
         ({"action": "CUSTOM", "provider": {"name": "x"}}, "spec.provider"),
@@ -309,11 +370,6 @@ def test_audit_and_deny_lines_are_json_without_secrets(caplog: pytest.LogCapture
             "when[0].key",
         ),
         ({"rules": [{"to": [{"operation": {"pathz": ["/a"]}}]}]}, "operation.pathz"),
-        (
-            {"rules": [{"from": [{"source": {"serviceAccounts": ["a/b"]}}]}]},
-            "source.serviceAccounts",
-        ),
-        ({"rules": [{"to": [{"operation": {"paths": ["/a/{*}"]}}]}]}, "paths[0]"),
         ({"action": "MAYBE"}, "spec.action"),
     ],
 )

@@ -10,7 +10,9 @@ A pure function of its inputs, made the way istiod builds the RBAC filters:
   does; `notX` becomes a `not_rule` over the values;
 - principals get the `spiffe://` prefix (Istio writes
   `cluster.local/ns/x/sa/y`); namespaces become the principal regex
-  `.*/ns/<ns>/.*`; values take `*` as "any", `prefix*` and `*suffix`;
+  `.*/ns/<ns>/.*`, serviceAccounts (`<ns>/<sa>`) `spiffe://<any>/ns/<ns>/sa/<sa>`;
+  values take `*` as "any", `prefix*` and `*suffix`; paths with `{*}`/`{**}`
+  are Envoy uri templates, sent as the equivalent regex;
 - hosts match case-insensitively on the normalized authority, which has no
   port: a port written in a policy host is dropped (`foo.com:*` -> `foo.com`).
   An Envoy that enforces this RBAC needs HCM `strip_any_host_port: true`.
@@ -67,6 +69,7 @@ _SOURCE_FIELDS = (
     "principals",
     "requestPrincipals",
     "namespaces",
+    "serviceAccounts",
     "ipBlocks",
     "remoteIpBlocks",
 )
@@ -204,10 +207,17 @@ def _clauses(
 def _source(source: Mapping[str, Any], where: str) -> RbacRule:
     allowed = set(_SOURCE_FIELDS) | {"not" + f[0].upper() + f[1:] for f in _SOURCE_FIELDS}
     _check_keys(source, allowed, where)
+    accounts = [k for k in ("serviceAccounts", "notServiceAccounts") if source.get(k)]
+    others = [k for k in ("principals", "notPrincipals", "namespaces", "notNamespaces")]
+    if accounts and any(source.get(k) for k in others):  # Istio's validation
+        raise PolicyConfigError(
+            f"{where}.{accounts[0]}", "cannot be set together with principals or namespaces"
+        )
     makers = {
         "principals": _principal,
         "requestPrincipals": _request_principal,
         "namespaces": _namespace,
+        "serviceAccounts": _service_account,
         "ipBlocks": lambda v, w: DirectRemoteIp(_cidr(v, w)),
         "remoteIpBlocks": lambda v, w: RemoteIp(_cidr(v, w)),
     }
@@ -323,6 +333,15 @@ def _namespace(v: Any, where: str) -> RbacRule:
     return Authenticated(StringMatcher(MatchKind.REGEX, f".*/ns/{ns}/.*"))
 
 
+def _service_account(v: Any, where: str) -> RbacRule:
+    """`<namespace>/<name>`: that Kubernetes service account in any trust domain."""
+    namespace, _, name = str(v).partition("/")
+    if not namespace or not name or "/" in name or "*" in str(v):
+        raise PolicyConfigError(where, f"expected <namespace>/<service account>, got {v!r}")
+    ns, sa = re.escape(namespace), re.escape(name)
+    return Authenticated(StringMatcher(MatchKind.REGEX, f"spiffe://[^/]+/ns/{ns}/sa/{sa}"))
+
+
 def _host(v: Any, where: str) -> RbacRule:
     host = str(v).lower()
     if host.startswith("["):
@@ -336,8 +355,35 @@ def _host(v: Any, where: str) -> RbacRule:
 def _path(v: Any, where: str) -> RbacRule:
     path = str(v)
     if "{" in path or "}" in path:
-        raise UnsupportedPolicyError(where, f"path template {path!r} is not supported")
+        return UrlPath(StringMatcher(MatchKind.REGEX, path_template_regex(path, where)))
     return UrlPath(_string(path))
+
+
+# Envoy's uri_template (what istiod sends for a path with `{*}` or `{**}`):
+# `{*}` is one path segment of at least one character, `{**}` any rest (zero or
+# more segments, slashes included). The same matching is sent as a regex here.
+_SEGMENT = "[a-zA-Z0-9\\-._~%!$&'()+,;:@=]"
+
+
+def path_template_regex(path: str, where: str) -> str:
+    """The regex of an Istio path template, or PolicyConfigError as Istio's
+    validation refuses it: an operator must be a whole segment, `{**}` the last
+    operator, and no other `*`, `{` or `}`."""
+    parts: list[str] = []
+    seen_rest = False
+    for segment in path.split("/"):
+        if segment in ("{*}", "{**}"):
+            if seen_rest:
+                raise PolicyConfigError(where, f"{path!r}: {{**}} must be the last operator")
+            seen_rest = segment == "{**}"
+            parts.append(f"{_SEGMENT}+" if segment == "{*}" else f"[{_SEGMENT[1:-1]}/]*")
+        elif any(c in segment for c in "*{}"):
+            raise PolicyConfigError(
+                where, f"{path!r}: {{*}} and {{**}} must each be a whole path segment"
+            )
+        else:
+            parts.append(re.escape(segment))
+    return "/".join(parts)
 
 
 def _port(v: Any, where: str) -> int:
