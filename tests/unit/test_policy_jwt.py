@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -134,6 +135,26 @@ def test_custom_locations_forward_and_claim_headers() -> None:
     assert check(ps, {"authorization": "Bearer junk"}).status == 200
     # Without a token the client's own x-sub is still removed.
     assert "x-sub" in check(ps, {"x-sub": "forged"}).remove_headers
+
+
+def test_output_payload_to_header_carries_the_verified_payload() -> None:
+    """Envoy's forward_payload_header: the token's payload segment (base64url,
+    no padding), after the xDS round trip; a forged copy is always removed."""
+    jwt_config = request_authentications_to_jwt([reqauth(outputPayloadToHeader="X-Payload")])
+    wire = config_pb2.JwtAuthentication()
+    wire.CopyFrom(jwt_authentication_to_proto(jwt_config))
+    assert wire.providers[ISSUER].forward_payload_header == "X-Payload"
+    ps = PolicySet(jwt=jwt_authentication_from_proto(wire))
+    signed = token(role="admin")
+    d = check(ps, {"authorization": f"Bearer {signed}", "x-payload": "forged"})
+    assert d.status == 200
+    assert "x-payload" in d.remove_headers
+    ((name, value),) = d.add_headers
+    assert name == "x-payload" and "=" not in value
+    decoded = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    assert (decoded["sub"], decoded["role"]) == ("alice", "admin")
+    no_token = check(ps, {"x-payload": "forged"})
+    assert "x-payload" in no_token.remove_headers and no_token.add_headers == ()
 
 
 def test_no_audiences_configured_accepts_any_audience() -> None:

@@ -222,6 +222,9 @@ class JwtProvider:
     forward: bool = False
     claim_to_headers: tuple[ClaimToHeader, ...] = ()
     clock_skew_seconds: int = 60
+    # Envoy forward_payload_header (Istio outputPayloadToHeader): the verified
+    # token's payload, base64url without padding, is sent to the app in it.
+    forward_payload_header: str = ""
 
 
 @dataclass(frozen=True, slots=True)

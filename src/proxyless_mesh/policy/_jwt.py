@@ -90,9 +90,10 @@ class JwtAuthenticator:
                 headers, params = (_DEFAULT_HEADER,), (_DEFAULT_PARAM,)
             compiled.append(_CompiledProvider(p, keys, headers, params, p.from_cookies))
         self._providers = tuple(compiled)
+        # Headers only a verified token may set: incoming copies are removed.
         self.claim_headers = frozenset(
             c.header_name.lower() for p in config.providers for c in p.claim_to_headers
-        )
+        ) | {p.forward_payload_header.lower() for p in config.providers if p.forward_payload_header}
 
     @property
     def enabled(self) -> bool:
@@ -171,6 +172,8 @@ def _verify(
             add.append((c.header_name.lower(), "true" if value else "false"))
         elif isinstance(value, int | float) or (isinstance(value, str) and value.isprintable()):
             add.append((c.header_name.lower(), str(value)))
+    if p.forward_payload_header:  # the token's own payload segment, as Envoy forwards it
+        add.append((p.forward_payload_header.lower(), token.split(".")[1].rstrip("=")))
     principal = f"{claims.get('iss', '')}/{claims.get('sub', '')}"
     return JwtResult(
         principal, claims, frozenset(remove_headers), frozenset(remove_params), tuple(add)

@@ -207,7 +207,6 @@ _JWT_UNSUPPORTED_FIELDS = (
     "require_expiration",
     "max_lifetime",
     "remote_jwks",
-    "forward_payload_header",
     "header_in_metadata",
     "failed_status_in_metadata",
 )
@@ -280,6 +279,7 @@ def jwt_provider_from_proto(name: str, p: jwt_pb2.JwtProvider) -> JwtProvider:
             ClaimToHeader(c.header_name, c.claim_name) for c in p.claim_to_headers
         ),
         clock_skew_seconds=p.clock_skew_seconds or 60,  # 0: Envoy's default, 60 s
+        forward_payload_header=p.forward_payload_header,
     )
 
 

@@ -84,6 +84,7 @@ _JWT_RULE_KEYS = {
     "fromCookies",
     "forwardOriginalToken",
     "outputClaimToHeaders",
+    "outputPayloadToHeader",
 }
 
 
@@ -484,4 +485,5 @@ def _jwt_rule(rule: Mapping[str, Any], where: str, fetched: Mapping[str, str]) -
         from_cookies=tuple(str(c) for c in rule.get("fromCookies") or ()),
         forward=bool(rule.get("forwardOriginalToken", False)),
         claim_to_headers=claims,
+        forward_payload_header=str(rule.get("outputPayloadToHeader") or ""),
     )

@@ -12,6 +12,7 @@ library's translator trusts its caller for those.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,8 +58,10 @@ _JWT_FIELDS = (
     "fromCookies",
     "forwardOriginalToken",
     "outputClaimToHeaders",
+    "outputPayloadToHeader",
 )
-_JWT_UNSUPPORTED = ("outputPayloadToHeader", "timeout")
+_JWT_UNSUPPORTED = ("timeout",)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _AP_FIELDS = ("selector", "action", "rules", "provider", "targetRef", "targetRefs")
 
 
@@ -153,6 +156,9 @@ def _jwt_rule(p: Problems, raw: object, where: str) -> None:
         item = read_object(p, claim, item_where, ("header", "claim"))
         get_str(p, item, "header", item_where, required=True)
         get_str(p, item, "claim", item_where, required=True)
+    payload_header = get_str(p, rule, "outputPayloadToHeader", where)
+    if payload_header is not None and not _HEADER_NAME.fullmatch(payload_header.lower()):
+        p.add(join(where, "outputPayloadToHeader"), f"invalid header name {payload_header!r}")
 
 
 def _placeholder_jwks(spec: Mapping[str, Any]) -> dict[str, str]:

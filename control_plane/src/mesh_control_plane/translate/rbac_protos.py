@@ -238,6 +238,7 @@ def jwt_provider_to_proto(p: JwtProvider) -> jwt_pb2.JwtProvider:
         from_params=list(p.from_params),
         from_cookies=list(p.from_cookies),
         clock_skew_seconds=p.clock_skew_seconds,
+        forward_payload_header=p.forward_payload_header,
     )
     out.local_jwks.inline_string = p.jwks
     out.from_headers.extend(
