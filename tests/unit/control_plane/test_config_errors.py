@@ -98,9 +98,9 @@ def test_unknown_field_deep_in_virtual_service() -> None:
         """
     )
     assert problems(text) == [
-        VS + "spec.http[0].frobnicate: unknown field",
-        VS + "spec.http[0].route[0].destination.hots: unknown field",
-        VS + "spec.http[0].route[0].destination.host: missing required field",
+        VS + "spec.http[0].frobnicate: unknown field (IST0106)",
+        VS + "spec.http[0].route[0].destination.hots: unknown field (IST0106)",
+        VS + "spec.http[0].route[0].destination.host: missing required field (IST0106)",
     ]
 
 
@@ -113,32 +113,32 @@ def test_unknown_fields_at_top_level_and_in_metadata() -> None:
     spec: {resolution: STATIC, location: MESH_INTERNAL,
       hosts: [a.mesh], ports: [{number: 80, name: http}]}
     """
-    assert problems(text) == [SE + "metadata.namspace: unknown field", SE + "spex: unknown field"]
+    assert problems(text) == [SE + "metadata.namspace: unknown field (IST0106)", SE + "spex: unknown field (IST0106)"]
 
 
 def test_missing_required_fields() -> None:
     # No hosts is a delegate VirtualService (Istio), not a missing field.
     assert problems(VS_HEAD.replace("hosts: [reviews.mesh]", "{}")) == [
-        VS + "spec.http: missing required field",
+        VS + "spec.http: missing required field (IST0106)",
     ]
     no_spec = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: bad}\n"
     assert problems(no_spec) == [DR + "spec: missing required field"]
     assert problems(SE_HEAD + "  ports: [{name: http}]\n") == [
-        SE + "spec.ports[0].number: missing required field"
+        SE + "spec.ports[0].number: missing required field (IST0106)"
     ]
 
 
 def test_wrong_types() -> None:
     text = SE_HEAD.replace("[reviews.mesh]", "reviews.mesh") + "  ports: {number: 80}\n"
     assert problems(text) == [
-        SE + "spec.hosts: expected a list, got string",
-        SE + "spec.ports: expected a list, got mapping",
+        SE + "spec.hosts: expected a list, got string (IST0106)",
+        SE + "spec.ports: expected a list, got mapping (IST0106)",
     ]
     text = SE_HEAD + '  ports: [{number: "80", name: http}]\n'
-    assert problems(text) == [SE + "spec.ports[0].number: expected an integer, got string"]
+    assert problems(text) == [SE + "spec.ports[0].number: expected an integer, got string (IST0106)"]
     text = vs("http: [{route: [{destination: {host: reviews.mesh}}], timeout: 5}]")
     assert problems(text) == [
-        VS + "spec.http[0].timeout: expected a string, got integer (quote the value)"
+        VS + "spec.http[0].timeout: expected a string, got integer (quote the value) (IST0106)"
     ]
 
 
@@ -242,7 +242,7 @@ def test_route_weights() -> None:
         VS + "spec.http[1].route[0].weight: a single destination takes all traffic: "
         "omit weight or set it to 100",
         VS + "spec.http[2].route: must have at least one destination",
-        VS + "spec.http[3].route[0].weight: must be between 0 and 100, got 101",
+        VS + "spec.http[3].route[0].weight: must be between 0 and 100, got 101 (IST0106)",
         VS + "spec.http[4].route: missing required field (a route needs at least one destination)",
     ]
 
@@ -368,7 +368,7 @@ def test_metadata_rules() -> None:
     """
     assert problems(text) == [
         'bad.yaml: metadata.name: invalid name "Bad_Name" (lower-case letters, digits "-" and ".")',
-        SE + "metadata.labels.version: expected a string, got integer (quote the value)",
+        SE + "metadata.labels.version: expected a string, got integer (quote the value) (IST0106)",
     ]
 
 
@@ -394,8 +394,8 @@ def test_resource_without_name_is_located_by_line(tmp_path: Path) -> None:
     )
     assert dir_problems(tmp_path) == [
         "bad.yaml: line 11: metadata.name: missing required field",
-        "bad.yaml: line 11: spec.hosts: missing required field",
-        "bad.yaml: line 11: spec.ports: missing required field",
+        "bad.yaml: line 11: spec.hosts: missing required field (IST0106)",
+        "bad.yaml: line 11: spec.ports: missing required field (IST0106)",
     ]
 
 
@@ -432,7 +432,7 @@ def test_all_problems_of_all_files_are_reported_together(tmp_path: Path) -> None
         "b.yaml: VirtualService default/bad: spec.http[0].mirrorPercent: not supported yet",
         'b.yaml: VirtualService default/bad: spec.http[0].timeout: invalid duration "soon" '
         '(expected e.g. "1.5s", "300ms", "2m")',
-        "b.yaml: ServiceEntry default/bad: spec.ports: missing required field",
+        "b.yaml: ServiceEntry default/bad: spec.ports: missing required field (IST0106)",
     ]
     with pytest.raises(ConfigLoadError) as caught:
         load_config_dir(tmp_path)

@@ -180,7 +180,7 @@ def test_reference_checks_wait_for_clean_parsing() -> None:
     broken["spec"]["resolution"] = "DNSS"
     assert problems(broken, virtual_service("vs", "broken.mesh", {"host": "broken.mesh"})) == [
         "mesh.yaml: ServiceEntry default/broken: spec.resolution: "
-        'unknown value "DNSS" (expected one of STATIC, NONE, DNS, DNS_ROUND_ROBIN)'
+        'unknown value "DNSS" (expected one of STATIC, NONE, DNS, DNS_ROUND_ROBIN) (IST0106)'
     ]
 
 

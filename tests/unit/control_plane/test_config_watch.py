@@ -98,8 +98,8 @@ async def test_bad_edit_keeps_last_good_then_fix_is_picked_up(
     replace(tmp_path / "a.yaml", service_yaml("a").replace("hosts", "hostz"))
     error = await events.next_error()
     assert [str(p) for p in error.problems] == [
-        "a.yaml: ServiceEntry default/a: spec.hostz: unknown field",
-        "a.yaml: ServiceEntry default/a: spec.hosts: missing required field",
+        "a.yaml: ServiceEntry default/a: spec.hostz: unknown field (IST0106)",
+        "a.yaml: ServiceEntry default/a: spec.hosts: missing required field (IST0106)",
     ]
     assert watcher.last_good == good
     assert watcher.last_errors == error.problems

@@ -142,7 +142,7 @@ def parse_fault(p: Problems, obj: Mapping[str, Any], where: str) -> HTTPFaultInj
         delay_where = join(where, "delay")
         fixed = _duration(p, raw_delay, "fixedDelay", delay_where)
         if "fixedDelay" not in raw_delay:
-            p.add(join(delay_where, "fixedDelay"), MISSING)
+            p.schema(join(delay_where, "fixedDelay"), MISSING)
         elif fixed is not None and fixed < 0.001:
             p.add(join(delay_where, "fixedDelay"), "must be at least 1ms")
         delay = FaultDelay(fixed or 0.0, _percentage(p, raw_delay, "percentage", delay_where, 0.0))

@@ -95,7 +95,7 @@ def parse_destination_rule(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> 
     spec = read_object(p, spec, "spec", _DR_FIELDS, _DR_UNSUPPORTED)
     host = ""
     if "host" not in spec:
-        p.add("spec.host", MISSING)
+        p.schema("spec.host", MISSING)
     else:
         host = check_host(p, spec["host"], "spec.host")
     subsets: list[Subset] = []
@@ -259,7 +259,7 @@ def _parse_destination(p: Problems, item: Mapping[str, Any], where: str) -> Dest
     if "host" in obj:
         host = check_host(p, obj["host"], join(where, "host"))
     elif "destination" in item:
-        p.add(join(where, "host"), MISSING)
+        p.schema(join(where, "host"), MISSING)
     subset = get_str(p, obj, "subset", where)
     if subset is not None and not is_dns_label(subset):
         p.add(join(where, "subset"), f'invalid subset name "{subset}" (expected a DNS label)')

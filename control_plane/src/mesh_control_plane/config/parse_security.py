@@ -139,7 +139,7 @@ def _jwt_rule(p: Problems, raw: object, where: str) -> None:
         check_str(p, audience, index(join(where, "audiences"), i))
     jwks = get_str(p, rule, "jwks", where)
     if jwks is None and "jwks" not in rule and "jwksUri" not in rule:
-        p.add(join(where, "jwks"), MISSING)
+        p.schema(join(where, "jwks"), MISSING)
     elif jwks is not None:
         _check_jwks(p, jwks, join(where, "jwks"))
     for i, header in enumerate(get_list(p, rule, "fromHeaders", where)):

@@ -219,7 +219,7 @@ def _parse_address(p: Problems, obj: Mapping[str, Any], where: str) -> str:
     """An IP literal: with STATIC resolution nothing turns names into addresses."""
     field = join(where, "address")
     if "address" not in obj:
-        p.add(field, MISSING)
+        p.schema(field, MISSING)
         return ""
     text = check_str(p, obj["address"], field)
     if text is None:

@@ -19,6 +19,7 @@ from .errors import ConfigProblem
 NOT_SUPPORTED = "not supported yet"
 MISSING = "missing required field"
 UNKNOWN_FIELD = "unknown field"
+SCHEMA_ERROR = "IST0106"
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _HOST_CHARS = re.compile(r"[A-Za-z0-9.\-*]+")
@@ -39,8 +40,13 @@ class Problems:
         self.resource = resource
         self.line = None if resource else line
 
-    def add(self, field: str, message: str) -> None:
-        self.sink.append(ConfigProblem(self.file, self.resource, field, message, self.line))
+    def add(self, field: str, message: str, code: str = "") -> None:
+        self.sink.append(ConfigProblem(self.file, self.resource, field, message, self.line, code))
+
+    def schema(self, field: str, message: str) -> None:
+        """A value Istio's own schema refuses (wrong type, missing, unknown,
+        out of range): Istio's analyzer code IST0106 SchemaValidationError."""
+        self.add(field, message, SCHEMA_ERROR)
 
 
 def join(path: str, key: object) -> str:
@@ -87,15 +93,15 @@ def read_object(
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        p.add(path, f"expected a mapping, got {type_name(value)}")
+        p.schema(path, f"expected a mapping, got {type_name(value)}")
         return {}
     for key in value:
         if key in known:
             continue
         if key in unsupported:
-            p.add(join(path, key), NOT_SUPPORTED)
+            p.add(join(path, key), NOT_SUPPORTED)  # a valid Istio field
         else:
-            p.add(join(path, key), UNKNOWN_FIELD)
+            p.schema(join(path, key), UNKNOWN_FIELD)
     return {k: v for k, v in value.items() if k in known and v is not None}
 
 
@@ -113,7 +119,7 @@ def get_object(
     where = join(path, key)
     if key not in obj:
         if required:
-            p.add(where, MISSING)
+            p.schema(where, MISSING)
         return None
     return read_object(p, obj[key], where, known, unsupported)
 
@@ -125,7 +131,7 @@ def get_str(
     where = join(path, key)
     if key not in obj:
         if required:
-            p.add(where, MISSING)
+            p.schema(where, MISSING)
         return None
     return check_str(p, obj[key], where)
 
@@ -134,7 +140,7 @@ def check_str(p: Problems, value: object, where: str) -> str | None:
     if isinstance(value, str):
         return value
     hint = " (quote the value)" if isinstance(value, int | float | bool) else ""
-    p.add(where, f"expected a string, got {type_name(value)}{hint}")
+    p.schema(where, f"expected a string, got {type_name(value)}{hint}")
     return None
 
 
@@ -152,7 +158,7 @@ def get_int(
     where = join(path, key)
     if key not in obj:
         if required:
-            p.add(where, MISSING)
+            p.schema(where, MISSING)
         return None
     return check_int(p, obj[key], where, low=low, high=high)
 
@@ -162,13 +168,13 @@ def check_int(
 ) -> int | None:
     # bool is an int subclass in Python; `true` is never a number in Istio's API.
     if not isinstance(value, int) or isinstance(value, bool):
-        p.add(where, f"expected an integer, got {type_name(value)}")
+        p.schema(where, f"expected an integer, got {type_name(value)}")
         return None
     if low is not None and high is not None and not low <= value <= high:
-        p.add(where, f"must be between {low} and {high}, got {value}")
+        p.schema(where, f"must be between {low} and {high}, got {value}")
         return None
     if low is not None and value < low:
-        p.add(where, f"must be >= {low}, got {value}")
+        p.schema(where, f"must be >= {low}, got {value}")
         return None
     return value
 
@@ -179,7 +185,7 @@ def get_bool(p: Problems, obj: Mapping[str, Any], key: str, path: str) -> bool |
         return None
     value = obj[key]
     if not isinstance(value, bool):
-        p.add(where, f"expected a boolean, got {type_name(value)}")
+        p.schema(where, f"expected a boolean, got {type_name(value)}")
         return None
     return value
 
@@ -197,14 +203,14 @@ def get_list(
     where = join(path, key)
     if key not in obj:
         if required:
-            p.add(where, MISSING)
+            p.schema(where, MISSING)
         return []
     value = obj[key]
     if not isinstance(value, list):
-        p.add(where, f"expected a list, got {type_name(value)}")
+        p.schema(where, f"expected a list, got {type_name(value)}")
         return []
     if non_empty and not value:
-        p.add(where, "must not be empty")
+        p.schema(where, "must not be empty")
     return value
 
 
@@ -218,12 +224,12 @@ def get_str_map(p: Problems, obj: Mapping[str, Any], key: str, path: str) -> dic
 
 def check_str_map(p: Problems, value: object, where: str) -> dict[str, str]:
     if not isinstance(value, Mapping):
-        p.add(where, f"expected a mapping, got {type_name(value)}")
+        p.schema(where, f"expected a mapping, got {type_name(value)}")
         return {}
     result: dict[str, str] = {}
     for k, v in value.items():
         if not isinstance(k, str):
-            p.add(where, f"keys must be strings, got {type_name(k)} {k!r}")
+            p.schema(where, f"keys must be strings, got {type_name(k)} {k!r}")
             continue
         text = check_str(p, v, join(where, k))
         if text is not None:
@@ -250,7 +256,7 @@ def check_host(p: Problems, value: object, where: str) -> str:
         or len(host) > 253
         or not all(_DNS_LABEL.fullmatch(label) and len(label) <= 63 for label in labels)
     ):
-        p.add(where, f'invalid host name "{text}" (expected a DNS name like "reviews.shop.mesh")')
+        p.schema(where, f'invalid host name "{text}" (expected a DNS name like "reviews.shop.mesh")')
     return host
 
 
@@ -279,5 +285,5 @@ def check_enum(
     if value in unsupported:
         p.add(where, f"{value} is {NOT_SUPPORTED} (supported: {expected})")
     else:
-        p.add(where, f'unknown value "{value}" (expected one of {expected})')
+        p.schema(where, f'unknown value "{value}" (expected one of {expected})')
     return None
