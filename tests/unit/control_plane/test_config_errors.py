@@ -113,7 +113,10 @@ def test_unknown_fields_at_top_level_and_in_metadata() -> None:
     spec: {resolution: STATIC, location: MESH_INTERNAL,
       hosts: [a.mesh], ports: [{number: 80, name: http}]}
     """
-    assert problems(text) == [SE + "metadata.namspace: unknown field (IST0106)", SE + "spex: unknown field (IST0106)"]
+    assert problems(text) == [
+        SE + "metadata.namspace: unknown field (IST0106)",
+        SE + "spex: unknown field (IST0106)",
+    ]
 
 
 def test_missing_required_fields() -> None:
@@ -135,7 +138,9 @@ def test_wrong_types() -> None:
         SE + "spec.ports: expected a list, got mapping (IST0106)",
     ]
     text = SE_HEAD + '  ports: [{number: "80", name: http}]\n'
-    assert problems(text) == [SE + "spec.ports[0].number: expected an integer, got string (IST0106)"]
+    assert problems(text) == [
+        SE + "spec.ports[0].number: expected an integer, got string (IST0106)"
+    ]
     text = vs("http: [{route: [{destination: {host: reviews.mesh}}], timeout: 5}]")
     assert problems(text) == [
         VS + "spec.http[0].timeout: expected a string, got integer (quote the value) (IST0106)"

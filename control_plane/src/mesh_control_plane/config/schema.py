@@ -256,7 +256,9 @@ def check_host(p: Problems, value: object, where: str) -> str:
         or len(host) > 253
         or not all(_DNS_LABEL.fullmatch(label) and len(label) <= 63 for label in labels)
     ):
-        p.schema(where, f'invalid host name "{text}" (expected a DNS name like "reviews.shop.mesh")')
+        p.schema(
+            where, f'invalid host name "{text}" (expected a DNS name like "reviews.shop.mesh")'
+        )
     return host
 
 
