@@ -316,10 +316,13 @@ def test_destination_rule_rules() -> None:
     ]
 
 
-def test_gateways_other_than_mesh_are_refused() -> None:
-    text = vs("gateways: [mesh, istio-system/ingress]\nhttp: [{route: [{destination: {host: a}}]}]")
-    assert problems(text) == [
-        VS + 'spec.gateways[1]: gateway "istio-system/ingress" is not supported yet (only "mesh")'
+def test_gateway_names_and_wildcards_on_mesh_routes_are_refused() -> None:
+    text = vs("gateways: [mesh, a/b/c, mesh]\nhttp: [{route: [{destination: {host: a}}]}]")
+    found = problems(text.replace("reviews.mesh", "'*.mesh'"))
+    assert found[:3] == [
+        VS + 'spec.gateways[1]: invalid gateway "a/b/c" (expected "mesh", "name" or "ns/name")',
+        VS + 'spec.gateways[2]: duplicate gateway "mesh"',
+        VS + 'spec.hosts[0]: wildcard hosts are not supported yet: "*.mesh"',
     ]
 
 
@@ -330,7 +333,7 @@ def test_unknown_kind_and_api_version() -> None:
     metadata: {name: a}
     ---
     apiVersion: networking.istio.io/v1
-    kind: Gateway
+    kind: ProxyConfig
     metadata: {name: a}
     ---
     apiVersion: networking.istio.io/v2
@@ -341,10 +344,10 @@ def test_unknown_kind_and_api_version() -> None:
     """
     assert problems(text) == [
         'bad.yaml: Frobnicator default/a: kind: unknown kind "Frobnicator" '
-        "(supported: AuthorizationPolicy, DestinationRule, PeerAuthentication, "
+        "(supported: AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, "
         "RequestAuthentication, ServiceEntry, Telemetry, VirtualService, WorkloadEntry, "
         "WorkloadGroup)",
-        "bad.yaml: Gateway default/a: kind: Gateway is not supported yet",
+        "bad.yaml: ProxyConfig default/a: kind: ProxyConfig is not supported yet",
         'bad.yaml: apiVersion: unsupported apiVersion "networking.istio.io/v2" for ServiceEntry '
         "(expected networking.istio.io/v1, networking.istio.io/v1beta1, "
         "networking.istio.io/v1alpha3)",

@@ -22,6 +22,7 @@ from .model import (
     WorkloadEntry,
     WorkloadGroup,
 )
+from .parse_gateway import Gateway, parse_gateway
 from .parse_routing import parse_destination_rule, parse_virtual_service
 from .parse_security import (
     parse_authorization_policy,
@@ -54,6 +55,7 @@ Resource = (
     | RequestAuthentication
     | WorkloadGroup
     | Telemetry
+    | Gateway
 )
 _Parser = Callable[[Problems, Meta, Mapping[str, Any]], Resource]
 
@@ -66,6 +68,7 @@ SECURITY_API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 PARSERS: dict[str, _Parser] = {
     "AuthorizationPolicy": parse_authorization_policy,
     "DestinationRule": parse_destination_rule,
+    "Gateway": parse_gateway,
     "PeerAuthentication": parse_peer_authentication,
     "RequestAuthentication": parse_request_authentication,
     "ServiceEntry": parse_service_entry,
@@ -77,7 +80,6 @@ PARSERS: dict[str, _Parser] = {
 _SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 # Istio kinds a user may reasonably write: named so the error says "not yet", not "what?".
 _LATER_KINDS = (
-    "Gateway",
     "ProxyConfig",
     "Sidecar",
 )

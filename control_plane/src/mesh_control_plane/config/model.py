@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .parse_gateway import Gateway
     from .parse_telemetry import Telemetry
 
 from .errors import ConfigProblem
@@ -326,6 +327,12 @@ class VirtualService:
     meta: Meta
     hosts: tuple[str, ...]
     http: tuple[HTTPRoute, ...] = ()
+    # "mesh" (the mesh's clients) and/or gateways as "namespace/name"; Istio's default is mesh
+    gateways: tuple[str, ...] = ("mesh",)
+
+    @property
+    def for_mesh(self) -> bool:
+        return "mesh" in self.gateways
 
 
 @dataclass(frozen=True)
@@ -471,3 +478,4 @@ class MeshConfig:
     # ServiceEntries whose requests go to the host itself (ServiceEntry.passthrough):
     # not in service_entries, so nothing routes or balances them.
     passthrough_entries: tuple[ServiceEntry, ...] = ()
+    gateways: tuple[Gateway, ...] = ()

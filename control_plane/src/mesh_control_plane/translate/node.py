@@ -26,6 +26,13 @@ SERVICE_ACCOUNT_METADATA_KEY = "SERVICE_ACCOUNT"
 INSTANCE_IPS_METADATA_KEY = "INSTANCE_IPS"
 """Istio's keys: the workload's namespace, service account, and its IPs (comma-separated)."""
 DEFAULT_NAMESPACE = "default"
+ROUTER_ID_PREFIX = "router~"
+"""Istio's node id of a gateway (proxy type "router"): the Envoy gets the
+listeners of the Gateways selecting its LABELS instead of virtualOutbound."""
+BIND_ADDRESS_METADATA_KEY = "BIND_ADDRESS"
+FREE_PORTS_METADATA_KEY = "BIND_FREE_PORTS"
+"""A gateway's listen address (default 0.0.0.0) and, when "true", port 0 for
+every server (the kernel picks; tests read the ports from Envoy's admin)."""
 
 MESH_USER_AGENT = "proxyless-mesh"
 ENVOY_USER_AGENT = "envoy"
@@ -51,6 +58,9 @@ class NodeInfo:
     namespace: str = DEFAULT_NAMESPACE  # node.metadata NAMESPACE
     service_account: str = ""  # node.metadata SERVICE_ACCOUNT
     instance_ips: tuple[str, ...] = ()  # node.metadata INSTANCE_IPS, sorted
+    router: bool = False  # an Envoy gateway (node id "router~...")
+    bind_address: str = "0.0.0.0"  # a gateway's listeners' address
+    free_ports: bool = False  # a gateway's listeners on port 0
 
     @classmethod
     def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
@@ -81,6 +91,9 @@ class NodeInfo:
                     - {""}
                 )
             ),
+            router=kind is ClientKind.ENVOY and node.id.startswith(ROUTER_ID_PREFIX),
+            bind_address=_string(node, BIND_ADDRESS_METADATA_KEY) or "0.0.0.0",
+            free_ports=_string(node, FREE_PORTS_METADATA_KEY) == "true",
         )
 
     @property
@@ -98,6 +111,9 @@ class NodeInfo:
         translate() read more of the node must add it here, or cached translations
         would be shared wrongly.
         """
+        if self.kind is ClientKind.ENVOY and self.router:
+            gateway = (self.bind_address, self.free_ports, self.namespace)
+            return (self.kind.value, "router", self.locality, self.labels, gateway)
         if self.kind is ClientKind.ENVOY:
             return (self.kind.value, self.outbound_port, self.locality, self.labels)
         workload = (self.namespace, self.service_account, self.instance_ips)

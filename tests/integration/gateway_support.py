@@ -1,0 +1,163 @@
+"""Pieces the gateway tests share: a private CA for HTTPS server certificates
+(what an operator's credentialName holds) and `meshctl gateway run` as a real
+process, stopped on exit."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from meshlab import LocalMesh
+from processes import envoy_binary, stop
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class PrivateCa:
+    """A self-signed CA: only a client holding `cert_pem` trusts what it signs."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls, name: str) -> PrivateCa:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def server_pair(self, host: str) -> tuple[bytes, bytes, int]:
+        """(certificate PEM, key PEM, serial) for `host`, signed by this CA."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem, cert.serial_number
+
+    def write_credential(self, directory: Path, name: str, host: str) -> int:
+        """A Kubernetes-TLS-Secret-shaped credential `name` for `host`: written
+        key first, certificate last (the agent reads the pair when both are
+        there); returns the certificate's serial number."""
+        cert, key, serial = self.server_pair(host)
+        target = directory / name
+        target.mkdir(parents=True, exist_ok=True)
+        for file, data in (("tls.key", key), ("tls.crt", cert)):
+            staged = target / f".{file}.tmp"
+            staged.write_bytes(data)
+            staged.replace(target / file)
+        return serial
+
+
+def admin_get(address: str, path: str) -> str:
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def listener_ports(admin: str) -> dict[str, int]:
+    """Envoy's active listeners by name -> the port each is bound to."""
+    listeners = json.loads(admin_get(admin, "/listeners?format=json"))
+    return {
+        item["name"]: int(item["local_address"]["socket_address"]["port_value"])
+        for item in listeners.get("listener_statuses", [])
+    }
+
+
+@contextlib.contextmanager
+def running_gateway(
+    lab: LocalMesh, name: str, namespace: str, credentials: Path | None = None
+) -> Iterator[str]:
+    """`meshctl gateway run` (its Envoy on 127.0.0.1, free ports) with a join
+    token for `namespace/name`; yields Envoy's admin address."""
+    admin_file = lab.workdir / f"gateway-{name}-admin.txt"
+    command = [
+        str(BIN / "meshctl"),
+        "gateway",
+        "run",
+        "--name",
+        name,
+        "--namespace",
+        namespace,
+        "--xds-address",
+        lab.xds_address,
+        "--ca-address",
+        lab.ca_address,
+        "--token",
+        lab.token(namespace, name),
+        "--bind-address",
+        "127.0.0.1",
+        "--free-ports",
+        "--admin-address-path",
+        str(admin_file),
+        "--envoy",
+        envoy_binary(),
+    ]
+    if credentials is not None:
+        command += ["--credentials-dir", str(credentials)]
+    log_path = lab.workdir / f"gateway-{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while not admin_file.exists() or not admin_file.read_text().strip():
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "the gateway's Envoy admin did not come up"
+                time.sleep(0.05)
+            yield admin_file.read_text().strip()
+        finally:
+            stop(proc, grace=10)
+
+
+def wait_for_listener(admin: str, name: str, timeout: float = 30.0) -> int:
+    """The port of listener `name` once Envoy has it active (it waits for its
+    secrets by SDS before that)."""
+    deadline = time.monotonic() + timeout
+    while (port := listener_ports(admin).get(name)) is None:
+        assert time.monotonic() < deadline, f"no active listener {name}: {listener_ports(admin)}"
+        time.sleep(0.05)
+    return port
