@@ -264,7 +264,7 @@ def test_unsupported_features_are_named_not_ignored() -> None:
     ]
     text = DR_HEAD + (
         "  trafficPolicy:\n"
-        "    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}\n"
+        "    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem, insecureSkipVerify: true}\n"
         "    connectionPool: {tcp: {tcpKeepalive: {}}, http: {h2UpgradePolicy: UPGRADE}}\n"
         "    loadBalancer: {simple: PASSTHROUGH}\n"
     )
@@ -274,9 +274,7 @@ def test_unsupported_features_are_named_not_ignored() -> None:
         "by service name); use ROUND_ROBIN, LEAST_REQUEST or RANDOM",
         DR + "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive: not supported yet",
         DR + "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: not supported yet",
-        DR + "spec.trafficPolicy.tls.caCertificates: not supported yet",
-        DR + "spec.trafficPolicy.tls.mode: SIMPLE is not supported yet "
-        "(supported: ISTIO_MUTUAL, DISABLE)",
+        DR + "spec.trafficPolicy.tls.insecureSkipVerify: not supported yet",
     ]
     # HTTPS is refused where the mesh would carry it (STATIC); a DNS/NONE entry
     # passes requests through to the host and takes it (see test_istio_samples).

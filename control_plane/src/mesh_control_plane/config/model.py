@@ -168,10 +168,15 @@ class ConnectionPool:
 @dataclass(frozen=True)
 class ClientTls:
     """DestinationRule `tls` (Istio ClientTLSSettings): ISTIO_MUTUAL (the mesh's
-    certificates, peer SPIFFE IDs checked) or DISABLE (plaintext)."""
+    certificates, peer SPIFFE IDs checked), DISABLE (plaintext), or TLS
+    origination SIMPLE / MUTUAL with the operator's files (paths on the client)."""
 
-    mode: str  # ISTIO_MUTUAL | DISABLE
+    mode: str  # ISTIO_MUTUAL | DISABLE | SIMPLE | MUTUAL
     sni: str = ""
+    ca_certificates: str = ""
+    client_certificate: str = ""
+    private_key: str = ""
+    subject_alt_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,9 @@ from mesh_control_plane.translate.routes import route_configuration, virtual_hos
 from mesh_control_plane.translate.sds import gateway_upstream_socket
 from mesh_control_plane.translate.telemetry import attach_telemetry, telemetry_specs
 from mesh_control_plane.translate.tls import (
+    ORIGINATION_MODES,
     cluster_instances,
+    origination_socket,
     upstream_identities,
     upstream_sni,
     upstream_transport_socket,
@@ -57,13 +59,17 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     index = MeshIndex.build(config)
     specs = cluster_specs(index)
     clusters = [build_cluster(spec, node.kind) for spec in specs]
-    if node.kind is not ClientKind.ENVOY or node.router:
-        # A gateway's Envoy has its workload certificate by SDS (sds.py); a
-        # sidecar Envoy has none yet.
-        socket = gateway_upstream_socket if node.router else upstream_transport_socket
-        for spec, cluster in zip(specs, clusters, strict=True):
+    # A gateway's Envoy has its workload certificate by SDS (sds.py); a sidecar
+    # Envoy has none yet. TLS origination (files) is the same for every client.
+    mesh_tls = node.kind is not ClientKind.ENVOY or node.router
+    socket = gateway_upstream_socket if node.router else upstream_transport_socket
+    for spec, cluster in zip(specs, clusters, strict=True):
+        tls = spec.policy.tls
+        if tls is not None and tls.mode in ORIGINATION_MODES:
+            cluster.transport_socket.CopyFrom(origination_socket(tls, upstream_sni(spec)))
+        elif mesh_tls:
             identities = upstream_identities(spec, registry, config.settings)
-            auto = spec.policy.tls is None  # auto mTLS defers to the peers' mode
+            auto = tls is None  # auto mTLS defers to the peers' mode
             if identities is not None and auto and _peers_refuse_mtls(config, spec, registry):
                 identities = None
             if identities is not None:

@@ -1,19 +1,24 @@
-"""Pieces the gateway tests share: a private CA for HTTPS server certificates
-(what an operator's credentialName holds) and `meshctl gateway run` as a real
-process, stopped on exit."""
+"""Pieces the gateway and egress tests share: a private CA for HTTPS server
+certificates (what an operator's credentialName holds), an HTTPS server
+outside the mesh, and `meshctl gateway run` as a real process, stopped on exit."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import json
+import ssl
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -161,3 +166,114 @@ def wait_for_listener(admin: str, name: str, timeout: float = 30.0) -> int:
         assert time.monotonic() < deadline, f"no active listener {name}: {listener_ports(admin)}"
         time.sleep(0.05)
     return port
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _TlsServer
+
+    def do_GET(self) -> None:
+        peer = self.connection.getpeercert()  # type: ignore[attr-defined]
+        subject = dict(item[0] for item in peer["subject"])["commonName"] if peer else None
+        body = json.dumps({"sni": self.server.sni[-1], "client": subject, "path": self.path})
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _TlsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    sni: list[str | None]
+
+
+@contextlib.contextmanager
+def https_server(ca: PrivateCa, host: str, client_ca: PrivateCa | None = None) -> Iterator[int]:
+    """An HTTPS server for `host` (certificate from `ca`), demanding a client
+    certificate from `client_ca` when given; yields its port."""
+    cert, key, _ = ca.server_pair(host)
+    with tempfile.TemporaryDirectory() as tmp:  # ssl loads a key only from a file
+        (Path(tmp) / "c.pem").write_bytes(cert)
+        (Path(tmp) / "k.pem").write_bytes(key)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(Path(tmp) / "c.pem", Path(tmp) / "k.pem")
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=client_ca.cert_pem.decode())
+    server = _TlsServer(("127.0.0.1", 0), _Handler)
+    server.sni = [None]
+    context.sni_callback = lambda sock, name, ctx: server.sni.append(name)  # type: ignore[assignment]
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+API = "api.external.test"
+"""The external HTTPS service of the egress tests (SIMPLE origination); also
+mtls.external.test (MUTUAL) and wrong.external.test (SIMPLE, wrong names)."""
+
+
+def _entry(host: str, port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": host.split(".")[0]},
+        "spec": {
+            "hosts": [host],
+            "location": "MESH_EXTERNAL",
+            "resolution": "STATIC",
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "endpoints": [{"address": "127.0.0.1", "ports": {"http": port}}],
+        },
+    }
+
+
+def _rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": host.split(".")[0]},
+        "spec": {"host": host, "trafficPolicy": {"tls": tls}},
+    }
+
+
+@contextlib.contextmanager
+def external_servers(lab: LocalMesh, tmp_path: Path) -> Iterator[None]:
+    """Two HTTPS servers outside the mesh (their own CA; the second demands a
+    client certificate) and, in `lab`'s config, a ServiceEntry and an
+    originating DestinationRule for each of API, mtls. and wrong.external.test."""
+    server_ca, client_ca = PrivateCa.create("external CA"), PrivateCa.create("client CA")
+    (tmp_path / "ca.pem").write_bytes(server_ca.cert_pem)
+    cert, key, _ = client_ca.server_pair("client.shop")
+    (tmp_path / "client.pem").write_bytes(cert)
+    (tmp_path / "client-key.pem").write_bytes(key)
+    simple = {"mode": "SIMPLE", "caCertificates": str(tmp_path / "ca.pem")}
+    mutual = {
+        **simple,
+        "mode": "MUTUAL",
+        "clientCertificate": str(tmp_path / "client.pem"),
+        "privateKey": str(tmp_path / "client-key.pem"),
+    }
+    with (
+        https_server(server_ca, API) as api,
+        https_server(server_ca, "mtls.external.test", client_ca) as mtls,
+    ):
+        docs = [
+            _entry(API, api),
+            _rule(API, simple),
+            _entry("mtls.external.test", mtls),
+            _rule("mtls.external.test", mutual),
+            _entry("wrong.external.test", api),
+            _rule("wrong.external.test", {**simple, "sni": API, "subjectAltNames": ["x.test"]}),
+        ]
+        lab.write_config("external.yaml", "\n---\n".join(json.dumps(d) for d in docs))
+        yield
