@@ -9,9 +9,11 @@ STRICT mTLS, with an AuthorizationPolicy that admits only the gateway.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
-from gateway_support import PrivateCa, running_gateway, wait_for_listener
+from gateway_support import PrivateCa, admin_get, running_gateway, wait_for_listener
 from identities import (
     FRONTEND,
     NAMESPACE,
@@ -29,7 +31,6 @@ from identities import (
     listening_socket,
     service_entry,
     serving_asgi,
-    start_control_plane,
     workload_mesh,
 )
 from meshlab import LocalMesh
@@ -128,15 +129,15 @@ class Ingress:
         )
 
 
-@pytest.fixture
-def ingress(lab: LocalMesh, tmp_path: Path) -> Iterator[Ingress]:
+@contextlib.contextmanager
+def _ingress(lab: LocalMesh, tmp_path: Path, leaf_ttl: str) -> Iterator[Ingress]:
     sock = listening_socket()
     lab.write_config("reviews.yaml", json.dumps(service_entry(REVIEWS_HOST, sock.getsockname()[1])))
     lab.write_config("ingress.yaml", _gateway_config())
     ca = PrivateCa.create("gateway test CA")
     credentials = tmp_path / "credentials"
     serial = ca.write_credential(credentials, CREDENTIAL, PUBLIC_HOST)
-    start_control_plane(lab)
+    lab.start_control_plane(extra_args=["--leaf-ttl", leaf_ttl])
     reviews = workload_mesh(lab, "reviews-1", "reviews")
     with (
         reviews,
@@ -147,6 +148,13 @@ def ingress(lab: LocalMesh, tmp_path: Path) -> Iterator[Ingress]:
         http_port = wait_for_listener(admin, "0.0.0.0_80")
         yield Ingress(lab, ca, credentials, admin, https_port, http_port, serial)
     sock.close()
+
+
+@pytest.fixture
+def ingress(lab: LocalMesh, tmp_path: Path) -> Iterator[Ingress]:
+    """Hour-long workload certificates: none rotates during the test."""
+    with _ingress(lab, tmp_path, "1h") as running:
+        yield running
 
 
 def _served_serial(ingress: Ingress) -> int:
@@ -177,6 +185,12 @@ def test_https_ingress_reaches_a_strict_service_as_the_gateway(ingress: Ingress)
         )
         assert redirect.status_code == 301
         assert redirect.headers["location"] == f"https://{PUBLIC_HOST}/x"
+    # The gateway's Envoy accepted everything it was sent (ACK, never NACK).
+    status = json.loads(admin_get(ingress.lab.admin_address, "/status"))
+    (gateway,) = [c for c in status["clients"] if c["node_id"].startswith("router~")]
+    assert len(gateway["types"]) == 4, gateway["types"]
+    for name, record in gateway["types"].items():
+        assert record["acked"] and not record["nacked"], (name, record)
     # A client without the gateway's CA is refused by TLS itself.
     with (
         httpx.Client(timeout=5) as untrusting,
@@ -202,3 +216,74 @@ def test_a_replaced_credential_is_served_without_a_restart(ingress: Ingress) -> 
         time.sleep(0.1)
     with ingress.client() as client:
         assert ingress.get(client).text == INGRESS
+
+
+RATE = 200  # requests per second, over WORKERS keep-alive clients
+WORKERS = 4
+RUN = 6.0  # seconds: with 6 s certificates the gateway's renews at least once
+FRESH_CONNECTION_EVERY = 10  # every 10th request closes its connection: new handshakes
+
+
+def _workload_serials(admin: str) -> set[str]:
+    """Serial numbers of the certificates Envoy holds for the gateway's identity."""
+    certs = json.loads(admin_get(admin, "/certs"))
+    return {
+        cert["serial_number"]
+        for context in certs.get("certificates", [])
+        for cert in context.get("cert_chain", [])
+        if any(san.get("uri") == INGRESS for san in cert.get("subject_alt_names", []))
+    }
+
+
+def _load(ingress: Ingress, deadline: float, outcomes: list[object]) -> None:
+    """RATE / WORKERS requests a second until `deadline`, paced by the clock."""
+    interval, sent = WORKERS / RATE, 0
+    start = time.monotonic()
+    with ingress.client() as client:
+        while (now := time.monotonic()) < deadline:
+            time.sleep(max(0.0, start + sent * interval - now))
+            sent += 1
+            close = {"connection": "close"} if sent % FRESH_CONNECTION_EVERY == 0 else {}
+            try:
+                response = client.get(
+                    f"https://127.0.0.1:{ingress.https_port}/r",
+                    headers={"host": PUBLIC_HOST, **close},
+                    extensions={"sni_hostname": PUBLIC_HOST},
+                )
+                outcomes.append(response.status_code if response.text == INGRESS else response)
+            except httpx.HTTPError as exc:
+                outcomes.append(exc)
+
+
+def test_gateway_certificates_rotate_under_load_without_losing_a_request(
+    lab: LocalMesh, tmp_path: Path
+) -> None:
+    with _ingress(lab, tmp_path, "6s") as ingress:
+        with ingress.client() as client:
+            deadline = time.monotonic() + 20
+            while ingress.get(client).status_code != 200:
+                assert time.monotonic() < deadline, "no route through the gateway"
+                time.sleep(0.1)
+        workload_before = _workload_serials(ingress.admin)
+        outcomes: list[object] = []
+        end = time.monotonic() + RUN
+        workers = [
+            threading.Thread(target=_load, args=(ingress, end, outcomes)) for _ in range(WORKERS)
+        ]
+        for worker in workers:
+            worker.start()
+        renewed = []
+        for at in (RUN / 3, 2 * RUN / 3):  # the HTTPS certificate replaced twice
+            time.sleep(max(0.0, end - RUN + at - time.monotonic()))
+            renewed.append(
+                ingress.ca.write_credential(ingress.credentials, CREDENTIAL, PUBLIC_HOST)
+            )
+        for worker in workers:
+            worker.join(RUN + 30)
+        workload_after = _workload_serials(ingress.admin)
+        served = _served_serial(ingress)
+    failures = [outcome for outcome in outcomes if outcome != 200]
+    assert not failures, failures[:5]
+    assert len(outcomes) >= 0.8 * RATE * RUN, f"only {len(outcomes)} requests sent"
+    assert workload_before and workload_after and workload_before != workload_after
+    assert served == renewed[-1]
