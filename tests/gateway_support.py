@@ -222,7 +222,9 @@ API = "api.external.test"
 mtls.external.test (MUTUAL) and wrong.external.test (SIMPLE, wrong names)."""
 
 
-def _entry(host: str, port: int) -> dict[str, Any]:
+def _entry(host: str, port: int, address: str = "127.0.0.1") -> dict[str, Any]:
+    """A MESH_EXTERNAL service on `address`: a name is resolved by the control
+    plane (resolution DNS), an IP taken as is (STATIC)."""
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "ServiceEntry",
@@ -230,9 +232,9 @@ def _entry(host: str, port: int) -> dict[str, Any]:
         "spec": {
             "hosts": [host],
             "location": "MESH_EXTERNAL",
-            "resolution": "STATIC",
+            "resolution": "STATIC" if address[0].isdigit() else "DNS",
             "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
-            "endpoints": [{"address": "127.0.0.1", "ports": {"http": port}}],
+            "endpoints": [{"address": address, "ports": {"http": port}}],
         },
     }
 
@@ -250,7 +252,8 @@ def _rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
 def external_servers(lab: LocalMesh, tmp_path: Path) -> Iterator[None]:
     """Two HTTPS servers outside the mesh (their own CA; the second demands a
     client certificate) and, in `lab`'s config, a ServiceEntry and an
-    originating DestinationRule for each of API, mtls. and wrong.external.test."""
+    originating DestinationRule for each of API (resolution DNS, endpoint
+    "localhost"), mtls. and wrong.external.test."""
     server_ca, client_ca = PrivateCa.create("external CA"), PrivateCa.create("client CA")
     (tmp_path / "ca.pem").write_bytes(server_ca.cert_pem)
     cert, key, _ = client_ca.server_pair("client.shop")
@@ -268,7 +271,7 @@ def external_servers(lab: LocalMesh, tmp_path: Path) -> Iterator[None]:
         https_server(server_ca, "mtls.external.test", client_ca) as mtls,
     ):
         docs = [
-            _entry(API, api),
+            _entry(API, api, "localhost"),  # resolution DNS
             _rule(API, simple),
             _entry("mtls.external.test", mtls),
             _rule("mtls.external.test", mutual),

@@ -298,7 +298,7 @@ def test_service_entry_rules() -> None:
         '(or name the port "<protocol>-<suffix>", e.g. "http-web")',
         SE + "spec.ports[1].number: duplicate port number 80",
         SE + 'spec.endpoints[0].address: "reviews.internal" is not an IP address '
-        "(DNS names are not supported yet)",
+        "(a DNS name needs resolution: DNS or DNS_ROUND_ROBIN)",
         SE + 'spec.endpoints[0].ports.grpc: no port named "grpc" in spec.ports',
         SE + "spec.endpoints[0].weight: weight must be >= 1",
         SE

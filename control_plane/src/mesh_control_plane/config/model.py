@@ -76,12 +76,14 @@ class ServiceEntry:
 
     @property
     def passthrough(self) -> bool:
-        """Resolution NONE or DNS (never with endpoints: refused at load).
-        Istio's NONE sends to the original destination address and DNS to what
-        the host name resolves to; in-process there is no original destination,
-        so both mean: the request goes to the host itself, by name, as DNS
-        resolves it. Nothing is translated to xDS for such an entry."""
-        return self.resolution != "STATIC"
+        """Resolution NONE or DNS without endpoints (NONE with endpoints is
+        refused at load). Istio's NONE sends to the original destination
+        address and DNS to what the host name resolves to; in-process there is
+        no original destination, so both mean: the request goes to the host
+        itself, by name, as DNS resolves it. Nothing is translated to xDS for
+        such an entry. DNS with endpoints is a service: the control plane
+        resolves the endpoints' names (registry/dns.py)."""
+        return self.resolution != "STATIC" and not self.endpoints
 
 
 @dataclass(frozen=True)
