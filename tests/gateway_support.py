@@ -115,10 +115,15 @@ def listener_ports(admin: str) -> dict[str, int]:
 
 @contextlib.contextmanager
 def running_gateway(
-    lab: LocalMesh, name: str, namespace: str, credentials: Path | None = None
+    lab: LocalMesh,
+    name: str,
+    namespace: str,
+    credentials: Path | None = None,
+    labels: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """`meshctl gateway run` (its Envoy on 127.0.0.1, free ports) with a join
-    token for `namespace/name`; yields Envoy's admin address."""
+    token for `namespace/name` and `labels` ("k=v"; default istio=<name>);
+    yields Envoy's admin address."""
     admin_file = lab.workdir / f"gateway-{name}-admin.txt"
     command = [
         str(BIN / "meshctl"),
@@ -144,6 +149,8 @@ def running_gateway(
     ]
     if credentials is not None:
         command += ["--credentials-dir", str(credentials)]
+    for label in labels:
+        command += ["--label", label]
     log_path = lab.workdir / f"gateway-{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

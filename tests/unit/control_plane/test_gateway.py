@@ -244,3 +244,34 @@ def test_server_hosts_admit_by_namespace_and_wildcard() -> None:
     assert GatewayHost("shop", "a.example.com").admits("shop", "b.example.com") is None
     assert host_covers("*.example.com", "*.x.example.com")
     assert not host_covers("*.example.com", "example.com")
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (
+            "kind: GRPCRoute\nmetadata: {name: r}\nspec: {}",
+            "gw.yaml: GRPCRoute default/r: kind: GRPCRoute is not supported yet",
+        ),
+        (
+            "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: g}]\n"
+            "  rules: [{backendRefs: [{name: a, port: 80}], filters: []}]",
+            "gw.yaml: HTTPRoute default/r: spec.rules[0].filters: not supported yet",
+        ),
+        (
+            "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: g}, "
+            "{name: s, kind: Service}]\n  rules: [{backendRefs: [{name: a, port: 80}]}]",
+            "gw.yaml: HTTPRoute default/r: spec.parentRefs: Gateways and Services as parents "
+            "of one route: not supported yet",
+        ),
+        (
+            "kind: Gateway\nmetadata: {name: g}\nspec:\n  gatewayClassName: istio\n"
+            "  listeners: [{name: t, port: 443, protocol: TLS}]",
+            "gw.yaml: Gateway default/g: spec.listeners[0].protocol: TLS is not supported yet "
+            "(supported: HTTP, HTTPS)",
+        ),
+    ],
+)
+def test_gateway_api_refuses_what_it_cannot_do_yet(doc: str, expected: str) -> None:
+    text = "apiVersion: gateway.networking.k8s.io/v1\n" + doc
+    assert problems(text)[0] == expected

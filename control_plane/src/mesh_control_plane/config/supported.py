@@ -4,6 +4,7 @@ fails when the two disagree), so the manual cannot drift from the code."""
 
 from __future__ import annotations
 
+from . import parse_gateway_api as gwapi
 from .parse_gateway import (
     _GW_FIELDS,
     _PORT_FIELDS,
@@ -51,6 +52,15 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("Gateway servers[]", _SERVER_FIELDS, _SERVER_UNSUPPORTED),
     ("Gateway servers[].port", _PORT_FIELDS[:3], _PORT_FIELDS[3:]),
     ("Gateway servers[].tls", _TLS_FIELDS, _TLS_UNSUPPORTED),
+    ("Gateway (gateway.networking.k8s.io) spec", gwapi._GW_FIELDS, gwapi._GW_UNSUPPORTED),
+    (
+        "Gateway (gateway.networking.k8s.io) listeners[]",
+        gwapi._LISTENER_FIELDS[:-1],
+        gwapi._LISTENER_FIELDS[-1:],
+    ),
+    ("HTTPRoute spec", gwapi._ROUTE_FIELDS, ()),
+    ("HTTPRoute rules[]", gwapi._RULE_FIELDS, gwapi._RULE_UNSUPPORTED),
+    ("HTTPRoute rules[].matches[]", gwapi._MATCH_FIELDS, gwapi._MATCH_UNSUPPORTED),
 )
 """(where, fields accepted, Istio fields refused as "not supported yet")."""
 
