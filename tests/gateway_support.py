@@ -124,13 +124,43 @@ def running_gateway(
     """`meshctl gateway run` (its Envoy on 127.0.0.1, free ports) with a join
     token for `namespace/name` and `labels` ("k=v"; default istio=<name>);
     yields Envoy's admin address."""
-    admin_file = lab.workdir / f"gateway-{name}-admin.txt"
-    command = [
+    extra = ["--free-ports"]
+    if credentials is not None:
+        extra += ["--credentials-dir", str(credentials)]
+    with _running_agent(
+        lab, ["gateway", "run", "--name", name], name, namespace, labels, extra
+    ) as a:
+        yield a
+
+
+@contextlib.contextmanager
+def running_proxy(
+    lab: LocalMesh, workload: str, namespace: str, inbound: dict[int, int], labels: tuple[str, ...]
+) -> Iterator[str]:
+    """`meshctl proxy run` beside `workload` (instance 127.0.0.1; declared port
+    -> application port as in `inbound`; outbound on a free port); yields
+    Envoy's admin address."""
+    extra = ["--instance-ip", "127.0.0.1", "--outbound-port", "0"]
+    for port, app in inbound.items():
+        extra += ["--inbound", f"{port}={app}"]
+    command = ["proxy", "run", "--workload", workload]
+    with _running_agent(lab, command, workload, namespace, labels, extra) as admin:
+        yield admin
+
+
+@contextlib.contextmanager
+def _running_agent(
+    lab: LocalMesh,
+    command: list[str],
+    name: str,
+    namespace: str,
+    labels: tuple[str, ...],
+    extra: list[str],
+) -> Iterator[str]:
+    admin_file = lab.workdir / f"agent-{name}-admin.txt"
+    argv = [
         str(BIN / "meshctl"),
-        "gateway",
-        "run",
-        "--name",
-        name,
+        *command,
         "--namespace",
         namespace,
         "--xds-address",
@@ -141,24 +171,22 @@ def running_gateway(
         lab.token(namespace, name),
         "--bind-address",
         "127.0.0.1",
-        "--free-ports",
         "--admin-address-path",
         str(admin_file),
         "--envoy",
         envoy_binary(),
+        *extra,
     ]
-    if credentials is not None:
-        command += ["--credentials-dir", str(credentials)]
     for label in labels:
-        command += ["--label", label]
-    log_path = lab.workdir / f"gateway-{name}.log"
+        argv += ["--label", label]
+    log_path = lab.workdir / f"agent-{name}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30
             while not admin_file.exists() or not admin_file.read_text().strip():
                 assert proc.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "the gateway's Envoy admin did not come up"
+                assert time.monotonic() < deadline, "the agent's Envoy admin did not come up"
                 time.sleep(0.05)
             yield admin_file.read_text().strip()
         finally:

@@ -275,3 +275,17 @@ def test_server_hosts_admit_by_namespace_and_wildcard() -> None:
 def test_gateway_api_refuses_what_it_cannot_do_yet(doc: str, expected: str) -> None:
     text = "apiVersion: gateway.networking.k8s.io/v1\n" + doc
     assert problems(text)[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "roots"),
+    [("MUTUAL", "kubernetes://c-cacert"), ("ISTIO_MUTUAL", "ROOTCA"), ("SIMPLE", "")],
+)
+def test_mutual_servers_demand_and_check_client_certificates(mode: str, roots: str) -> None:
+    from mesh_control_plane.translate.sds import gateway_downstream_socket
+
+    downstream = tls_pb2.DownstreamTlsContext()
+    gateway_downstream_socket(mode, "c").typed_config.Unpack(downstream)
+    validation = downstream.common_tls_context.combined_validation_context
+    assert validation.validation_context_sds_secret_config.name == roots
+    assert downstream.require_client_certificate.value == bool(roots)

@@ -17,6 +17,7 @@ from mesh_control_plane.cli import (
     control_plane_cmd,
     describe_cmd,
     gateway_cmd,
+    proxy_cmd,
     simulate_cmd,
     status_cmd,
     token_cmd,
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze_cmd.add_parser(commands)
     simulate_cmd.add_parser(commands)
     gateway_cmd.add_parser(commands)
+    proxy_cmd.add_parser(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The gateway agent (Istio's pilot-agent for a gateway pod): identity, SDS, Envoy.
+"""The proxy agent (Istio's pilot-agent) of a gateway or a sidecar: identity, SDS, Envoy.
 
 It gets the gateway's workload certificate from the control plane's CA with a
 join token (a key made here, never sent anywhere but to its own Envoy over a
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from mesh_control_plane.gateway.bootstrap import GatewayNode, gateway_bootstrap
+from mesh_control_plane.gateway.bootstrap import ProxyNode, proxy_bootstrap
 from mesh_control_plane.gateway.sds import (
     SecretStore,
     roots_secret,
@@ -46,7 +46,7 @@ ENVOY_STOP_GRACE = 5.0
 
 @dataclass(frozen=True)
 class AgentOptions:
-    node: GatewayNode
+    node: ProxyNode
     xds_address: str
     ca_address: str
     token: str
@@ -126,7 +126,7 @@ async def run_agent(options: AgentOptions) -> int:
     socket_path = str(workdir / "sds.sock")
     server = await start_sds_server(store, socket_path)
     bootstrap = workdir / "envoy.json"
-    bootstrap.write_text(json.dumps(gateway_bootstrap(node, options.xds_address, socket_path)))
+    bootstrap.write_text(json.dumps(proxy_bootstrap(node, options.xds_address, socket_path)))
     command = [options.envoy, "-c", str(bootstrap), "-l", options.log_level]
     command += ["--disable-hot-restart", "--base-id", str(os.getpid())]
     if options.admin_address_path is not None:

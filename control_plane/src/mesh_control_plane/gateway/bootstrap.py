@@ -1,4 +1,4 @@
-"""The Envoy bootstrap of a gateway: who it is, where ADS and SDS are.
+"""The Envoy bootstrap of a gateway or a sidecar: who it is, where ADS and SDS are.
 
 Everything but the two static clusters comes over ADS from the control plane
 (listeners, routes, clusters, endpoints); secrets come from the agent's SDS
@@ -15,10 +15,14 @@ from typing import Any
 from mesh_control_plane.translate.node import (
     BIND_ADDRESS_METADATA_KEY,
     FREE_PORTS_METADATA_KEY,
+    INBOUND_PORTS_METADATA_KEY,
+    INSTANCE_IPS_METADATA_KEY,
     LABELS_METADATA_KEY,
     NAMESPACE_METADATA_KEY,
+    OUTBOUND_PORT_METADATA_KEY,
     ROUTER_ID_PREFIX,
     SERVICE_ACCOUNT_METADATA_KEY,
+    SIDECAR_ID_PREFIX,
 )
 from mesh_control_plane.translate.sds import SDS_CLUSTER
 
@@ -27,23 +31,30 @@ _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 @dataclass(frozen=True)
-class GatewayNode:
+class ProxyNode:
+    """A gateway (`sidecar` False) or a sidecar beside one workload."""
+
     name: str
     namespace: str
     service_account: str
     labels: Mapping[str, str] = field(default_factory=dict)
     bind_address: str = "0.0.0.0"
     free_ports: bool = False
+    sidecar: bool = False
+    inbound_ports: tuple[tuple[int, int], ...] = ()  # (declared port, application port)
+    outbound_port: int = 15001
+    instance_ips: tuple[str, ...] = ()
 
     @property
     def node_id(self) -> str:
-        """Istio's form: ``router~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local``."""
+        """Istio's form: ``<router|sidecar>~<ip>~<pod>.<ns>~<ns>.svc.cluster.local``."""
         ip = "127.0.0.1" if self.bind_address == "0.0.0.0" else self.bind_address
         pod, domain = f"{self.name}.{self.namespace}", f"{self.namespace}.svc.cluster.local"
-        return f"{ROUTER_ID_PREFIX}{ip}~{pod}~{domain}"
+        prefix = SIDECAR_ID_PREFIX if self.sidecar else ROUTER_ID_PREFIX
+        return f"{prefix}{ip}~{pod}~{domain}"
 
 
-def gateway_bootstrap(node: GatewayNode, xds_address: str, sds_socket: str) -> dict[str, Any]:
+def proxy_bootstrap(node: ProxyNode, xds_address: str, sds_socket: str) -> dict[str, Any]:
     host, _, port = xds_address.rpartition(":")
     metadata: dict[str, Any] = {
         LABELS_METADATA_KEY: dict(node.labels),
@@ -52,6 +63,10 @@ def gateway_bootstrap(node: GatewayNode, xds_address: str, sds_socket: str) -> d
         BIND_ADDRESS_METADATA_KEY: node.bind_address,
         FREE_PORTS_METADATA_KEY: "true" if node.free_ports else "false",
     }
+    if node.sidecar:
+        metadata[OUTBOUND_PORT_METADATA_KEY] = str(node.outbound_port)
+        metadata[INBOUND_PORTS_METADATA_KEY] = ",".join(f"{p}={a}" for p, a in node.inbound_ports)
+        metadata[INSTANCE_IPS_METADATA_KEY] = ",".join(node.instance_ips)
     address = {"socket_address": {"address": host or "127.0.0.1", "port_value": int(port)}}
     return {
         "node": {

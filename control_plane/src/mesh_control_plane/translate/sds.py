@@ -89,7 +89,7 @@ def gateway_downstream_socket(mode: str, credential_name: str) -> base_pb2.Trans
         alpn_protocols=DOWNSTREAM_ALPN,
     )
     downstream = tls_pb2.DownstreamTlsContext(common_tls_context=context)
-    if roots:
-        context.combined_validation_context.CopyFrom(_validation(roots))
+    if roots:  # (the constructor copied `context`: change the copy)
+        downstream.common_tls_context.combined_validation_context.CopyFrom(_validation(roots))
         downstream.require_client_certificate.value = True
     return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(downstream))

@@ -32,6 +32,7 @@ from mesh_control_plane.translate.resources import (
 )
 from mesh_control_plane.translate.routes import route_configuration, virtual_host
 from mesh_control_plane.translate.sds import gateway_upstream_socket
+from mesh_control_plane.translate.sidecar import sidecar_inbound
 from mesh_control_plane.translate.telemetry import attach_telemetry, telemetry_specs
 from mesh_control_plane.translate.tls import (
     ORIGINATION_MODES,
@@ -59,10 +60,11 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     index = MeshIndex.build(config)
     specs = cluster_specs(index)
     clusters = [build_cluster(spec, node.kind) for spec in specs]
-    # A gateway's Envoy has its workload certificate by SDS (sds.py); a sidecar
-    # Envoy has none yet. TLS origination (files) is the same for every client.
-    mesh_tls = node.kind is not ClientKind.ENVOY or node.router
-    socket = gateway_upstream_socket if node.router else upstream_transport_socket
+    # An Envoy run by an agent (gateway, sidecar) has its workload certificate
+    # by SDS (sds.py); a bare Envoy has none. TLS origination is the same for all.
+    by_sds = node.router or node.sidecar
+    mesh_tls = node.kind is not ClientKind.ENVOY or by_sds
+    socket = gateway_upstream_socket if by_sds else upstream_transport_socket
     for spec, cluster in zip(specs, clusters, strict=True):
         tls = spec.policy.tls
         if tls is not None and tls.mode in ORIGINATION_MODES:
@@ -79,6 +81,10 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
         listeners, routes = gateway_listeners(config, index, node)
     elif node.kind is ClientKind.ENVOY:
         listeners, routes = _envoy_listeners(index, node.outbound_port)
+        if node.sidecar:
+            inbound, app_clusters = sidecar_inbound(config, index, registry, node)
+            listeners += inbound
+            clusters += app_clusters
     else:
         listeners, routes = _proxyless_listeners(index)
         listeners += inbound_listeners(config, index, registry, node)
