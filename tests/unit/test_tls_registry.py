@@ -19,7 +19,7 @@ class _Made:
 def registry() -> tuple[_Registry, list[_Made]]:
     made: list[_Made] = []
 
-    def factory(credentials: Any, expected: frozenset[str], *, sni: str) -> _Made:
+    def factory(credentials: Any, expected: frozenset[str], *, sni: str, **_: Any) -> _Made:
         made.append(_Made(expected, sni))
         return made[-1]
 

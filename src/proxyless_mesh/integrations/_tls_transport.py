@@ -33,6 +33,7 @@ from __future__ import annotations
 import ssl
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import httpcore
@@ -44,12 +45,13 @@ from proxyless_mesh.integrations._coalescing import (
     HeadHoldingStream,
     hold_heads,
 )
+from proxyless_mesh.integrations._origination import origination_context, verify_names
 from proxyless_mesh.integrations._pool import (
     LinearAsyncConnectionPool,
     LinearConnectionPool,
     supported,
 )
-from proxyless_mesh.model import UpstreamTls
+from proxyless_mesh.model import OriginationTls, UpstreamTls
 from proxyless_mesh.security import Credentials, verify_peer
 
 __all__ = [
@@ -61,7 +63,6 @@ __all__ = [
 ]
 
 CredentialsSource = Callable[[], Credentials]
-PoolKey = tuple[frozenset[str], str]
 
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 # Pools that count idle connections right and plan in linear time where this
@@ -124,21 +125,39 @@ def _to_https(request: httpx.Request) -> httpx.URL:
 
 class _Verifier:
     """What every stream of one pool checks: the expected SPIFFE IDs, and
-    where the current workload credentials come from."""
+    where the current workload credentials come from; for TLS origination
+    (_origination.py), the rule's context and names instead."""
 
-    def __init__(self, credentials: CredentialsSource, expected: frozenset[str], http2: bool):
+    def __init__(
+        self,
+        credentials: CredentialsSource | None,
+        expected: frozenset[str],
+        http2: bool,
+        origination: tuple[OriginationTls, str] | None = None,
+    ):
         self.credentials = credentials
         self.expected = expected
         self.alpn = _alpn(http2)
+        self._fixed: ssl.SSLContext | None = None
+        if origination is not None:
+            tls, sni = origination
+            self._fixed = origination_context(tls, self.alpn)
+            self.expected = frozenset(tls.subject_alt_names or ((sni,) if sni else ()))
 
     def context(self) -> ssl.SSLContext:
+        if self._fixed is not None:
+            return self._fixed
+        assert self.credentials is not None  # mesh mTLS transports are made with credentials
         return self.credentials().client_ssl_context(self.alpn)
 
     def check(self, stream: Any, peer: str) -> None:
         ssl_object = stream.get_extra_info("ssl_object")
         if ssl_object is None:  # cannot happen after start_tls; refuse rather than trust
             raise PeerIdentityError(self.expected, None, peer=peer)
-        verify_peer(ssl_object, self.expected, peer=peer)
+        if self._fixed is not None:
+            verify_names(ssl_object, self.expected, peer=peer)
+        else:
+            verify_peer(ssl_object, self.expected, peer=peer)
 
 
 class _MtlsStream(HeadHoldingStream):
@@ -278,17 +297,19 @@ class _MtlsSetup:
 
     def __init__(
         self,
-        credentials: CredentialsSource,
+        credentials: CredentialsSource | None,
         expected: Iterable[str] = (),
         *,
         sni: str = "",
         http2: bool = False,
         limits: httpx.Limits = DEFAULT_LIMITS,
+        origination: OriginationTls | None = None,
     ) -> None:
         self.expected = frozenset(expected)
         self.sni = sni
         self._transport = self._http_class(http2=http2, limits=limits)
-        verifier = _Verifier(credentials, self.expected, http2)
+        tls = (origination, sni) if origination is not None else None
+        verifier = _Verifier(credentials, self.expected, http2, tls)
         pool = self._pool_class(
             ssl_context=_scratch_context(),
             max_connections=limits.max_connections,
@@ -357,25 +378,31 @@ class _Registry:
     def __init__(self, credentials: CredentialsSource | None, factory: Callable[..., Any]):
         self._credentials = credentials
         self._factory = factory
-        self._transports: dict[PoolKey, Any] = {}
+        self._transports: dict[UpstreamTls, Any] = {}
         self._lock = threading.Lock()
         # The last (UpstreamTls, transport) looked up: a cluster's TLS object
         # stays the same until its CDS changes, so most lookups end here.
         self._last: tuple[UpstreamTls | None, Any] = (None, None)
 
     def get(self, tls: UpstreamTls | None) -> Any:
-        if tls is None or self._credentials is None:
+        # Origination needs no mesh identity; mesh mTLS does.
+        if tls is None or (self._credentials is None and tls.origination is None):
             return None
         last_tls, last = self._last
         if last_tls is tls:
             return last
-        key = (frozenset(tls.expected_spiffe_ids), tls.sni)
+        key = replace(tls, expected_spiffe_ids=tuple(sorted(set(tls.expected_spiffe_ids))))
         transport = self._transports.get(key)
         if transport is None:
             with self._lock:
                 transport = self._transports.get(key)
                 if transport is None:
-                    transport = self._factory(self._credentials, key[0], sni=key[1])
+                    transport = self._factory(
+                        self._credentials,
+                        frozenset(key.expected_spiffe_ids),
+                        sni=key.sni,
+                        origination=key.origination,
+                    )
                     self._transports[key] = transport
         self._last = (tls, transport)
         return transport
@@ -407,7 +434,9 @@ class _TransportsByIdentity:
     def __init__(self, mesh: Any, **options: Any) -> None:
         transport_class = self._transport_class
 
-        def factory(credentials: CredentialsSource, expected: frozenset[str], **kw: Any) -> Any:
+        def factory(
+            credentials: CredentialsSource | None, expected: frozenset[str], **kw: Any
+        ) -> Any:
             return transport_class(credentials, expected, **options, **kw)
 
         self._registry = _Registry(mesh_credentials(mesh), factory)

@@ -73,6 +73,7 @@ from proxyless_mesh.model._security import (
     INBOUND_PASSTHROUGH,
     INBOUND_PASSTHROUGH_PORT,
     InboundListener,
+    OriginationTls,
     TlsMode,
     UpstreamTls,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "MirrorPolicy",
     "NotRule",
     "OrRules",
+    "OriginationTls",
     "OutlierDetection",
     "PathMatcher",
     "Permission",

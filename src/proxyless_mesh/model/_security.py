@@ -27,6 +27,22 @@ class UpstreamTls:
 
     expected_spiffe_ids: tuple[str, ...] = ()
     sni: str = ""
+    origination: OriginationTls | None = None
+    """Set: not mesh mTLS but TLS to a server outside the mesh (DestinationRule
+    `tls` SIMPLE or MUTUAL); `expected_spiffe_ids` is then empty."""
+
+
+@dataclass(frozen=True, slots=True)
+class OriginationTls:
+    """TLS origination (Istio's SIMPLE / MUTUAL): trust `ca_file` (empty: the
+    system's roots), present `cert_file`/`key_file` when both are set (MUTUAL),
+    and accept a server certificate naming one of `subject_alt_names` (DNS or
+    URI SANs; empty: the SNI, as Istio verifies by default)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    subject_alt_names: tuple[str, ...] = ()
 
 
 INBOUND_PASSTHROUGH = "virtualInbound"

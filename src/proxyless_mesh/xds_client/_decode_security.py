@@ -16,7 +16,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf.message import DecodeError
 
 from proxyless_mesh.errors import XdsResourceError
-from proxyless_mesh.model import UpstreamTls
+from proxyless_mesh.model import OriginationTls, UpstreamTls
 
 __all__ = ["TLS_SOCKET_TYPES", "decode_downstream_tls", "decode_upstream_tls"]
 
@@ -27,6 +27,7 @@ UPSTREAM_TLS_TYPE_URL = _PREFIX + "UpstreamTlsContext"
 DOWNSTREAM_TLS_TYPE_URL = _PREFIX + "DownstreamTlsContext"
 TLS_SOCKET_TYPES = (UPSTREAM_TLS_TYPE_URL, DOWNSTREAM_TLS_TYPE_URL)
 _URI_SAN = common_pb2.SubjectAltNameMatcher.URI
+_NAME_SANS = (common_pb2.SubjectAltNameMatcher.DNS, _URI_SAN)
 
 
 def decode_upstream_tls(cluster: Any) -> UpstreamTls | None:
@@ -39,8 +40,59 @@ def decode_upstream_tls(cluster: Any) -> UpstreamTls | None:
     where += ".UpstreamTlsContext"
     if ctx.allow_renegotiation or ctx.HasField("max_session_keys"):
         raise XdsResourceError(f"{where}: session renegotiation settings are not supported")
-    ids = _common_context(ctx.common_tls_context, f"{where}.common_tls_context")
+    common = ctx.common_tls_context
+    if not (
+        common.HasField("tls_certificate_provider_instance")
+        or common.HasField("tls_certificate_certificate_provider_instance")
+    ):
+        origination = _origination(common, f"{where}.common_tls_context")
+        return UpstreamTls(sni=ctx.sni, origination=origination)
+    ids = _common_context(common, f"{where}.common_tls_context")
     return UpstreamTls(expected_spiffe_ids=ids, sni=ctx.sni)
+
+
+def _origination(ctx: Any, where: str) -> OriginationTls:
+    """TLS origination (DestinationRule SIMPLE/MUTUAL): certificates and the
+    CA as file names, SANs as exact DNS or URI matchers; anything else is NACKed."""
+    for field in (
+        "tls_certificate_sds_secret_configs",
+        "validation_context_sds_secret_config",
+        "combined_validation_context",
+        "validation_context_certificate_provider_instance",
+        "custom_handshaker",
+        "custom_tls_certificate_selector",
+    ):
+        if _is_set(ctx, field):
+            raise XdsResourceError(f"{where}.{field} is not supported")
+    cert_file = key_file = ""
+    if len(ctx.tls_certificates) > 1:
+        raise XdsResourceError(f"{where}.tls_certificates: at most one certificate")
+    for certificate in ctx.tls_certificates:
+        cert_file = _filename(certificate.certificate_chain, f"{where}.tls_certificates[0]")
+        key_file = _filename(certificate.private_key, f"{where}.tls_certificates[0]")
+    validation = ctx.validation_context
+    here = f"{where}.validation_context"
+    for field in ("watched_directory", "verify_certificate_spki", "verify_certificate_hash"):
+        if _is_set(validation, field):
+            raise XdsResourceError(f"{here}.{field} is not supported")
+    ca_file = ""  # with system_root_certs, or nothing: the system's roots
+    if validation.HasField("trusted_ca"):
+        ca_file = _filename(validation.trusted_ca, f"{here}.trusted_ca")
+    names: list[str] = []
+    for i, typed in enumerate(validation.match_typed_subject_alt_names):
+        matcher = typed.matcher
+        if typed.san_type not in _NAME_SANS or matcher.WhichOneof("match_pattern") != "exact":
+            raise XdsResourceError(
+                f"{here}.match_typed_subject_alt_names[{i}]: only exact DNS or URI names"
+            )
+        names.append(str(matcher.exact))
+    return OriginationTls(ca_file, cert_file, key_file, tuple(names))
+
+
+def _filename(source: Any, where: str) -> str:
+    if source.WhichOneof("specifier") != "filename":
+        raise XdsResourceError(f"{where}: only certificates given as file names are supported")
+    return str(source.filename)
 
 
 def decode_downstream_tls(socket: Any, where: str) -> bool:

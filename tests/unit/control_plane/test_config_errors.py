@@ -269,7 +269,7 @@ def test_unsupported_features_are_named_not_ignored() -> None:
     ]
     text = DR_HEAD + (
         "  trafficPolicy:\n"
-        "    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}\n"
+        "    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem, insecureSkipVerify: true}\n"
         "    connectionPool: {tcp: {tcpKeepalive: {}}, http: {h2UpgradePolicy: UPGRADE}}\n"
         "    loadBalancer: {simple: PASSTHROUGH}\n"
     )
@@ -279,9 +279,7 @@ def test_unsupported_features_are_named_not_ignored() -> None:
         "by service name); use ROUND_ROBIN, LEAST_REQUEST or RANDOM",
         DR + "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive: not supported yet",
         DR + "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: not supported yet",
-        DR + "spec.trafficPolicy.tls.caCertificates: not supported yet",
-        DR + "spec.trafficPolicy.tls.mode: SIMPLE is not supported yet "
-        "(supported: ISTIO_MUTUAL, DISABLE)",
+        DR + "spec.trafficPolicy.tls.insecureSkipVerify: not supported yet",
     ]
     # HTTPS is refused where the mesh would carry it (STATIC); a DNS/NONE entry
     # passes requests through to the host and takes it (see test_istio_samples).
@@ -305,7 +303,7 @@ def test_service_entry_rules() -> None:
         '(or name the port "<protocol>-<suffix>", e.g. "http-web")',
         SE + "spec.ports[1].number: duplicate port number 80",
         SE + 'spec.endpoints[0].address: "reviews.internal" is not an IP address '
-        "(DNS names are not supported yet)",
+        "(a DNS name needs resolution: DNS or DNS_ROUND_ROBIN)",
         SE + 'spec.endpoints[0].ports.grpc: no port named "grpc" in spec.ports',
         SE + "spec.endpoints[0].weight: weight must be >= 1",
         SE
@@ -321,10 +319,13 @@ def test_destination_rule_rules() -> None:
     ]
 
 
-def test_gateways_other_than_mesh_are_refused() -> None:
-    text = vs("gateways: [mesh, istio-system/ingress]\nhttp: [{route: [{destination: {host: a}}]}]")
-    assert problems(text) == [
-        VS + 'spec.gateways[1]: gateway "istio-system/ingress" is not supported yet (only "mesh")'
+def test_gateway_names_and_wildcards_on_mesh_routes_are_refused() -> None:
+    text = vs("gateways: [mesh, a/b/c, mesh]\nhttp: [{route: [{destination: {host: a}}]}]")
+    found = problems(text.replace("reviews.mesh", "'*.mesh'"))
+    assert found[:3] == [
+        VS + 'spec.gateways[1]: invalid gateway "a/b/c" (expected "mesh", "name" or "ns/name")',
+        VS + 'spec.gateways[2]: duplicate gateway "mesh"',
+        VS + 'spec.hosts[0]: wildcard hosts are not supported yet: "*.mesh"',
     ]
 
 
@@ -335,7 +336,7 @@ def test_unknown_kind_and_api_version() -> None:
     metadata: {name: a}
     ---
     apiVersion: networking.istio.io/v1
-    kind: Gateway
+    kind: ProxyConfig
     metadata: {name: a}
     ---
     apiVersion: networking.istio.io/v2
@@ -346,10 +347,10 @@ def test_unknown_kind_and_api_version() -> None:
     """
     assert problems(text) == [
         'bad.yaml: Frobnicator default/a: kind: unknown kind "Frobnicator" '
-        "(supported: AuthorizationPolicy, DestinationRule, PeerAuthentication, "
+        "(supported: AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, "
         "RequestAuthentication, ServiceEntry, Telemetry, VirtualService, WorkloadEntry, "
         "WorkloadGroup)",
-        "bad.yaml: Gateway default/a: kind: Gateway is not supported yet",
+        "bad.yaml: ProxyConfig default/a: kind: ProxyConfig is not supported yet",
         'bad.yaml: apiVersion: unsupported apiVersion "networking.istio.io/v2" for ServiceEntry '
         "(expected networking.istio.io/v1, networking.istio.io/v1beta1, "
         "networking.istio.io/v1alpha3)",

@@ -282,8 +282,10 @@ def dr(policy: str) -> str:
             "portLevelSettings: [{port: {number: 1}}, {port: {number: 1}, tls: {mode: MUTUAL}}]",
             [
                 "spec.trafficPolicy.portLevelSettings[1].port.number: port 1 is set twice",
-                "spec.trafficPolicy.portLevelSettings[1].tls.mode: MUTUAL is not supported yet "
-                "(supported: ISTIO_MUTUAL, DISABLE)",
+                "spec.trafficPolicy.portLevelSettings[1].tls.clientCertificate: missing required "
+                "field (MUTUAL presents a client certificate)",
+                "spec.trafficPolicy.portLevelSettings[1].tls.privateKey: missing required "
+                "field (MUTUAL presents a client certificate)",
             ],
         ),
     ],

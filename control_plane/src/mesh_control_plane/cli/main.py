@@ -16,6 +16,8 @@ from mesh_control_plane.cli import (
     config_dump_cmd,
     control_plane_cmd,
     describe_cmd,
+    gateway_cmd,
+    proxy_cmd,
     simulate_cmd,
     status_cmd,
     token_cmd,
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     describe_cmd.add_parser(commands)
     analyze_cmd.add_parser(commands)
     simulate_cmd.add_parser(commands)
+    gateway_cmd.add_parser(commands)
+    proxy_cmd.add_parser(commands)
     return parser
 
 

@@ -22,6 +22,9 @@ from .model import (
     WorkloadEntry,
     WorkloadGroup,
 )
+from .parse_gateway import Gateway, parse_gateway
+from .parse_gateway_api import API_VERSIONS as GATEWAY_API_VERSIONS
+from .parse_gateway_api import parse_http_route, parse_k8s_gateway
 from .parse_routing import parse_destination_rule, parse_virtual_service
 from .parse_security import (
     parse_authorization_policy,
@@ -54,6 +57,7 @@ Resource = (
     | RequestAuthentication
     | WorkloadGroup
     | Telemetry
+    | Gateway
 )
 _Parser = Callable[[Problems, Meta, Mapping[str, Any]], Resource]
 
@@ -66,6 +70,7 @@ SECURITY_API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 PARSERS: dict[str, _Parser] = {
     "AuthorizationPolicy": parse_authorization_policy,
     "DestinationRule": parse_destination_rule,
+    "Gateway": parse_gateway,
     "PeerAuthentication": parse_peer_authentication,
     "RequestAuthentication": parse_request_authentication,
     "ServiceEntry": parse_service_entry,
@@ -74,10 +79,14 @@ PARSERS: dict[str, _Parser] = {
     "WorkloadEntry": parse_workload_entry,
     "WorkloadGroup": parse_workload_group_resource,
 }
+GATEWAY_API_PARSERS: dict[str, _Parser] = {
+    "Gateway": parse_k8s_gateway,
+    "HTTPRoute": parse_http_route,
+}
+_GATEWAY_API_LATER = ("GRPCRoute", "ReferenceGrant", "TLSRoute", "TCPRoute", "GatewayClass")
 _SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 # Istio kinds a user may reasonably write: named so the error says "not yet", not "what?".
 _LATER_KINDS = (
-    "Gateway",
     "ProxyConfig",
     "Sidecar",
 )
@@ -148,7 +157,8 @@ def parse_document(problems: Problems, doc: Document) -> tuple[Meta | None, Reso
     if data.get("spec") is None:
         scoped.add("spec", MISSING)
         return identity, None
-    resource = PARSERS[kind](scoped, meta, data["spec"])
+    parsers = GATEWAY_API_PARSERS if data.get("apiVersion") in GATEWAY_API_VERSIONS else PARSERS
+    resource = parsers[kind](scoped, meta, data["spec"])
     if len(problems.sink) != start or identity is None:
         return identity, None
     return identity, resource
@@ -165,6 +175,13 @@ def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
     if api_version is None:
         problems.add("apiVersion", MISSING)
     if kind is None:
+        return None
+    if api_version in GATEWAY_API_VERSIONS:
+        if kind in GATEWAY_API_PARSERS:
+            return kind
+        named = _refused_kind_problems(problems, kind, envelope.get("metadata"))
+        known = kind in _GATEWAY_API_LATER
+        named.add("kind", f"{kind} is {NOT_SUPPORTED}" if known else f'unknown kind "{kind}"')
         return None
     if kind not in PARSERS:
         named = _refused_kind_problems(problems, kind, envelope.get("metadata"))

@@ -31,6 +31,7 @@ from .model import (
     WorkloadEntry,
     WorkloadGroup,
 )
+from .parse_gateway import Gateway
 from .parse_telemetry import Telemetry
 from .references import check_references, reference_warnings
 from .schema import Problems
@@ -159,6 +160,7 @@ def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
         settings=settings,
         workload_groups=tuple(r for r in resources if isinstance(r, WorkloadGroup)),
         telemetries=tuple(r for r in resources if isinstance(r, Telemetry)),
+        gateways=tuple(r for r in resources if isinstance(r, Gateway)),
     )
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .parse_cors import CorsPolicy, DirectResponse
+    from .parse_gateway import Gateway
     from .parse_telemetry import Telemetry
 
 from .errors import ConfigProblem
@@ -76,12 +77,14 @@ class ServiceEntry:
 
     @property
     def passthrough(self) -> bool:
-        """Resolution NONE or DNS (never with endpoints: refused at load).
-        Istio's NONE sends to the original destination address and DNS to what
-        the host name resolves to; in-process there is no original destination,
-        so both mean: the request goes to the host itself, by name, as DNS
-        resolves it. Nothing is translated to xDS for such an entry."""
-        return self.resolution != "STATIC"
+        """Resolution NONE or DNS without endpoints (NONE with endpoints is
+        refused at load). Istio's NONE sends to the original destination
+        address and DNS to what the host name resolves to; in-process there is
+        no original destination, so both mean: the request goes to the host
+        itself, by name, as DNS resolves it. Nothing is translated to xDS for
+        such an entry. DNS with endpoints is a service: the control plane
+        resolves the endpoints' names (registry/dns.py)."""
+        return self.resolution != "STATIC" and not self.endpoints
 
 
 @dataclass(frozen=True)
@@ -168,10 +171,15 @@ class ConnectionPool:
 @dataclass(frozen=True)
 class ClientTls:
     """DestinationRule `tls` (Istio ClientTLSSettings): ISTIO_MUTUAL (the mesh's
-    certificates, peer SPIFFE IDs checked) or DISABLE (plaintext)."""
+    certificates, peer SPIFFE IDs checked), DISABLE (plaintext), or TLS
+    origination SIMPLE / MUTUAL with the operator's files (paths on the client)."""
 
-    mode: str  # ISTIO_MUTUAL | DISABLE
+    mode: str  # ISTIO_MUTUAL | DISABLE | SIMPLE | MUTUAL
     sni: str = ""
+    ca_certificates: str = ""
+    client_certificate: str = ""
+    private_key: str = ""
+    subject_alt_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -331,6 +339,12 @@ class VirtualService:
     meta: Meta
     hosts: tuple[str, ...]
     http: tuple[HTTPRoute, ...] = ()
+    # "mesh" (the mesh's clients) and/or gateways as "namespace/name"; Istio's default is mesh
+    gateways: tuple[str, ...] = ("mesh",)
+
+    @property
+    def for_mesh(self) -> bool:
+        return "mesh" in self.gateways
 
 
 @dataclass(frozen=True)
@@ -476,3 +490,4 @@ class MeshConfig:
     # ServiceEntries whose requests go to the host itself (ServiceEntry.passthrough):
     # not in service_entries, so nothing routes or balances them.
     passthrough_entries: tuple[ServiceEntry, ...] = ()
+    gateways: tuple[Gateway, ...] = ()

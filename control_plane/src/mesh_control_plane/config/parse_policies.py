@@ -23,6 +23,7 @@ from .model import (
     TrafficPolicy,
 )
 from .schema import (
+    MISSING,
     Problems,
     check_enum,
     check_int,
@@ -46,19 +47,12 @@ MAX_MAGLEV_TABLE = 5000011  # Envoy's bound (exclusive)
 _TP_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection", "portLevelSettings", "tls")
 _TP_UNSUPPORTED = ("tunnel", "proxyProtocol")
 _PORT_FIELDS = ("port", "loadBalancer", "connectionPool", "outlierDetection", "tls")
-TLS_MODES = ("ISTIO_MUTUAL", "DISABLE")
-_TLS_UNSUPPORTED_MODES = ("SIMPLE", "MUTUAL")
-_TLS_FIELDS = ("mode", "sni")
-# Certificates of the operator's own (SIMPLE/MUTUAL origination) are not carried yet.
-_TLS_UNSUPPORTED = (
-    "clientCertificate",
-    "privateKey",
-    "caCertificates",
-    "credentialName",
-    "subjectAltNames",
-    "insecureSkipVerify",
-    "caCrl",
-)
+TLS_MODES = ("ISTIO_MUTUAL", "DISABLE", "SIMPLE", "MUTUAL")
+_TLS_UNSUPPORTED_MODES = ()
+_FILE_FIELDS = ("caCertificates", "clientCertificate", "privateKey")
+_TLS_FIELDS = ("mode", "sni", *_FILE_FIELDS, "subjectAltNames")
+# SIMPLE/MUTUAL take certificates as files on the client (the library, Envoy).
+_TLS_UNSUPPORTED = ("credentialName", "insecureSkipVerify", "caCrl")
 _LB_FIELDS = ("simple", "consistentHash", "localityLbSetting", "warmupDurationSecs")
 _LB_UNSUPPORTED = ("warmup",)
 _HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
@@ -128,7 +122,27 @@ def _tls(p: Problems, obj: Mapping[str, Any], path: str) -> ClientTls | None:
     sni = get_str(p, tls, "sni", where) or ""
     if sni and checked == "DISABLE":
         p.add(join(where, "sni"), "has no effect with mode DISABLE")
-    return ClientTls(checked or "DISABLE", sni)
+    files = {key: get_str(p, tls, key, where) or "" for key in _FILE_FIELDS}
+    names = tuple(
+        check_str(p, raw, index(join(where, "subjectAltNames"), i)) or ""
+        for i, raw in enumerate(get_list(p, tls, "subjectAltNames", where))
+    )
+    origination = checked in ("SIMPLE", "MUTUAL")
+    for key in (*_FILE_FIELDS, "subjectAltNames"):
+        if key in tls and not origination:
+            p.add(join(where, key), f"is for SIMPLE or MUTUAL, not {checked}")
+    if checked == "MUTUAL":
+        for key in ("clientCertificate", "privateKey"):
+            if not files[key]:
+                p.add(join(where, key), f"{MISSING} (MUTUAL presents a client certificate)")
+    return ClientTls(
+        checked or "DISABLE",
+        sni,
+        ca_certificates=files["caCertificates"],
+        client_certificate=files["clientCertificate"],
+        private_key=files["privateKey"],
+        subject_alt_names=names,
+    )
 
 
 def _policy_fields(

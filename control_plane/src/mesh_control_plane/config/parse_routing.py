@@ -36,9 +36,9 @@ from .parse_http import (
 from .parse_policies import parse_traffic_policy
 from .schema import (
     MISSING,
-    NOT_SUPPORTED,
     Problems,
     check_host,
+    check_host_pattern,
     check_str,
     get_bool,
     get_int,
@@ -48,6 +48,7 @@ from .schema import (
     get_str_map,
     index,
     is_dns_label,
+    is_dns_subdomain,
     join,
     read_object,
 )
@@ -126,22 +127,19 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
     """A VirtualService; one without `hosts` is a delegate (Istio): its routes
     serve the root VirtualServices whose http[].delegate names it."""
     spec = read_object(p, given, "spec", _VS_FIELDS, _VS_UNSUPPORTED)
+    gateways = _parse_gateways(p, meta, spec)
     hosts: list[str] = []
     is_delegate = isinstance(spec.get("hosts", []), list) and not spec.get("hosts")
     if is_delegate and spec.get("gateways"):
         p.add("spec.gateways", "a delegate VirtualService (no hosts) must not name gateways")
     for i, raw in enumerate(get_list(p, spec, "hosts", "spec")):
-        host = check_host(p, raw, index("spec.hosts", i))
+        where = index("spec.hosts", i)
+        # Wildcards only where Envoy matches hosts: mesh clients look services up by name.
+        check = check_host if "mesh" in gateways else check_host_pattern
+        host = check(p, raw, where)
         if host and host in hosts:
             p.add(index("spec.hosts", i), f'duplicate host "{host}"')
         hosts.append(host)
-    for i, raw in enumerate(get_list(p, spec, "gateways", "spec")):
-        name = check_str(p, raw, index("spec.gateways", i))
-        if name is not None and name != "mesh":
-            p.add(
-                index("spec.gateways", i),
-                f'gateway "{name}" is {NOT_SUPPORTED} (only "mesh")',
-            )
     # With tcp/tls routes (already refused above) a missing `http` is not a second error.
     http_required = not (isinstance(given, Mapping) and ("tcp" in given or "tls" in given))
     raw_routes = get_list(p, spec, "http", "spec", required=http_required, non_empty=http_required)
@@ -152,7 +150,28 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
     for i, route in enumerate(routes):
         if is_delegate and route.delegate is not None:
             p.add(index("spec.http", i) + ".delegate", "a delegate VirtualService cannot delegate")
-    return VirtualService(meta=meta, hosts=tuple(hosts), http=routes)
+    return VirtualService(meta=meta, hosts=tuple(hosts), http=routes, gateways=gateways)
+
+
+def _parse_gateways(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """`gateways`: "mesh", or a Gateway as "name" (the VirtualService's
+    namespace) or "namespace/name"; absent means ["mesh"] (Istio's default)."""
+    names: list[str] = []
+    for i, raw in enumerate(get_list(p, spec, "gateways", "spec", non_empty=True)):
+        where = index("spec.gateways", i)
+        name = check_str(p, raw, where)
+        if name is None:
+            continue
+        namespace, _, gateway = name.rpartition("/")
+        if name != "mesh":
+            namespace = namespace or meta.namespace
+            if not (is_dns_label(namespace) and gateway and is_dns_subdomain(gateway)):
+                p.add(where, f'invalid gateway "{name}" (expected "mesh", "name" or "ns/name")')
+            name = f"{namespace}/{gateway}"
+        if name in names:
+            p.add(where, f'duplicate gateway "{raw}"')
+        names.append(name)
+    return tuple(names) if "gateways" in spec else ("mesh",)
 
 
 def _parse_http_route(p: Problems, raw: object, where: str, namespace: str) -> HTTPRoute:

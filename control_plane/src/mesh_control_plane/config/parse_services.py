@@ -37,6 +37,7 @@ RESOLUTIONS = ("STATIC", "NONE", "DNS", "DNS_ROUND_ROBIN")
 # ServiceEntry.passthrough): Istio's NONE goes to the original destination and
 # DNS resolves the host name; in-process both mean connecting to the host by name.
 PASSTHROUGH_RESOLUTIONS = ("NONE", "DNS", "DNS_ROUND_ROBIN")
+DNS_RESOLUTIONS = ("DNS", "DNS_ROUND_ROBIN")
 LOCATIONS = ("MESH_INTERNAL", "MESH_EXTERNAL")
 
 _SE_FIELDS = ("hosts", "ports", "resolution", "location", "endpoints", "workloadSelector")
@@ -62,7 +63,10 @@ def parse_service_entry(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Ser
     text = get_str(p, spec, "resolution", "spec")
     if text is not None:
         resolution = check_enum(p, text, "spec.resolution", RESOLUTIONS) or ""
-    passthrough = resolution in PASSTHROUGH_RESOLUTIONS
+    # DNS with endpoints: their names are resolved by the control plane
+    # (registry/dns.py); without endpoints the host itself is passed through.
+    dns = resolution in DNS_RESOLUTIONS and "endpoints" in spec
+    passthrough = resolution in PASSTHROUGH_RESOLUTIONS and not dns
     if passthrough and ("endpoints" in spec or "workloadSelector" in spec):
         given = "NONE (Istio's default when unset)" if text is None else resolution
         field = "endpoints" if "endpoints" in spec else "workloadSelector"
@@ -78,7 +82,7 @@ def parse_service_entry(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Ser
     ports = _parse_ports(p, spec, passthrough)
     port_names = {port.name for port in ports}
     endpoints = tuple(
-        parse_endpoint(p, raw, index("spec.endpoints", i), port_names)
+        parse_endpoint(p, raw, index("spec.endpoints", i), port_names, names=dns)
         for i, raw in enumerate(get_list(p, spec, "endpoints", "spec"))
     )
     selector_obj = get_object(p, spec, "workloadSelector", "spec", ("labels",))
@@ -176,11 +180,12 @@ def _parse_protocol(
 
 
 def parse_endpoint(
-    p: Problems, raw: object, where: str, port_names: set[str] | None
+    p: Problems, raw: object, where: str, port_names: set[str] | None, *, names: bool = False
 ) -> WorkloadEndpoint:
-    """One instance; `port_names` (a ServiceEntry's) limits the names `ports` may use."""
+    """One instance; `port_names` (a ServiceEntry's) limits the names `ports` may use;
+    `names`: the address may be a DNS name."""
     obj = read_object(p, raw, where, _ENDPOINT_FIELDS)
-    address = _parse_address(p, obj, where)
+    address = _parse_address(p, obj, where, names)
     ports: dict[str, int] = {}
     if "ports" in obj:
         ports_where = join(where, "ports")
@@ -215,8 +220,9 @@ def parse_endpoint(
     )
 
 
-def _parse_address(p: Problems, obj: Mapping[str, Any], where: str) -> str:
-    """An IP literal: with STATIC resolution nothing turns names into addresses."""
+def _parse_address(p: Problems, obj: Mapping[str, Any], where: str, names: bool) -> str:
+    """An IP literal; a DNS name too when `names` (resolution DNS, resolved by
+    the control plane): with STATIC nothing turns names into addresses."""
     field = join(where, "address")
     if "address" not in obj:
         p.schema(field, MISSING)
@@ -230,5 +236,10 @@ def _parse_address(p: Problems, obj: Mapping[str, Any], where: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        p.add(field, f'"{text}" is not an IP address (DNS names are {NOT_SUPPORTED})')
+        if names:
+            return check_host(p, text, field)
+        p.add(
+            field,
+            f'"{text}" is not an IP address (a DNS name needs resolution: DNS or DNS_ROUND_ROBIN)',
+        )
         return text

@@ -36,7 +36,9 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
     rules = _index_rules(config, services, passthrough, problems)
     routed: dict[str, VirtualService] = {}
     for vs in config.virtual_services:
-        for i, host in enumerate(vs.hosts):
+        # Hosts of a VirtualService bound only to gateways are names clients
+        # send to the gateway, not services, and gateways may share them.
+        for i, host in enumerate(vs.hosts if vs.for_mesh else ()):
             where = f"spec.hosts[{i}]"
             if host not in services:
                 problems.append(
@@ -166,7 +168,12 @@ def reference_warnings(config: MeshConfig) -> list[ConfigProblem]:
     (503, flag NC: its cluster does not exist) until the subset is defined."""
     subsets = {(dr.host, s.name) for dr in config.destination_rules for s in dr.subsets}
     warnings: list[ConfigProblem] = []
+    gateways = {gateway.ref for gateway in config.gateways}
     for vs in config.virtual_services:
+        for i, name in enumerate(vs.gateways):
+            if name != "mesh" and name not in gateways:
+                message = f'no Gateway "{name}" (yet): nothing is routed by it until one is'
+                warnings.append(_problem(vs.meta, f"spec.gateways[{i}]", message, _NOT_FOUND))
         for i, route in enumerate(vs.http):
             targets = [
                 (f"route[{j}].destination", d.destination) for j, d in enumerate(route.route)

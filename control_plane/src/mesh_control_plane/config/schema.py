@@ -262,6 +262,21 @@ def check_host(p: Problems, value: object, where: str) -> str:
     return host
 
 
+def check_host_pattern(p: Problems, value: object, where: str) -> str:
+    """A host that may be a wildcard: "*", "*.suffix" (Istio's gateway and
+    gateway-bound VirtualService hosts) or a DNS name as `check_host` reads it."""
+    text = check_str(p, value, where)
+    if text is None:
+        return ""
+    host = text.lower()
+    if host == "*":
+        return host
+    if host.startswith("*.") and "*" not in host[2:]:
+        check_host(p, host[2:], where)
+        return host
+    return check_host(p, text, where)
+
+
 def is_dns_label(text: str) -> bool:
     return len(text) <= 63 and _DNS_LABEL.fullmatch(text) is not None
 

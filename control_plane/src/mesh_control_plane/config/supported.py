@@ -4,6 +4,15 @@ fails when the two disagree), so the manual cannot drift from the code."""
 
 from __future__ import annotations
 
+from . import parse_gateway_api as gwapi
+from .parse_gateway import (
+    _GW_FIELDS,
+    _PORT_FIELDS,
+    _SERVER_FIELDS,
+    _SERVER_UNSUPPORTED,
+    _TLS_FIELDS,
+    _TLS_UNSUPPORTED,
+)
 from .parse_http import _RETRY_FIELDS, _RETRY_UNSUPPORTED
 from .parse_policies import _TP_FIELDS, _TP_UNSUPPORTED
 from .parse_routing import (
@@ -39,6 +48,19 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("AuthorizationPolicy spec", _AP_ACCEPTED, _AP_REFUSED),
     ("RequestAuthentication spec", _RA_FIELDS, _TARGET_REFS),
     ("RequestAuthentication jwtRules[]", _JWT_FIELDS, _JWT_UNSUPPORTED),
+    ("Gateway spec", _GW_FIELDS, ()),
+    ("Gateway servers[]", _SERVER_FIELDS, _SERVER_UNSUPPORTED),
+    ("Gateway servers[].port", _PORT_FIELDS[:3], _PORT_FIELDS[3:]),
+    ("Gateway servers[].tls", _TLS_FIELDS, _TLS_UNSUPPORTED),
+    ("Gateway (gateway.networking.k8s.io) spec", gwapi._GW_FIELDS, gwapi._GW_UNSUPPORTED),
+    (
+        "Gateway (gateway.networking.k8s.io) listeners[]",
+        gwapi._LISTENER_FIELDS[:-1],
+        gwapi._LISTENER_FIELDS[-1:],
+    ),
+    ("HTTPRoute spec", gwapi._ROUTE_FIELDS, ()),
+    ("HTTPRoute rules[]", gwapi._RULE_FIELDS, gwapi._RULE_UNSUPPORTED),
+    ("HTTPRoute rules[].matches[]", gwapi._MATCH_FIELDS, gwapi._MATCH_UNSUPPORTED),
 )
 """(where, fields accepted, Istio fields refused as "not supported yet")."""
 

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from mesh_control_plane.config.model import MeshConfig, ServiceEntry, WorkloadEndpoint
+from mesh_control_plane.registry.dns import DnsResolver
 from mesh_control_plane.registry.static import Registry, build_static_registry, instance_sort_key
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class RegistryHub:
         self._apply = apply
         self._debounce = debounce
         self._pending: asyncio.TimerHandle | None = None
+        self.dns = DnsResolver(on_change=self.changed)
 
     def augment(self, config: MeshConfig) -> MeshConfig:
         """`config` plus the ServiceEntries the sources declare."""
@@ -101,7 +103,7 @@ class RegistryHub:
         static = build_static_registry(config)
         dynamic = [i for source in self.sources for i in source.instances()]
         if not dynamic:
-            return static
+            return self.dns.resolve(config, static)
         by_host: dict[str, list[WorkloadEndpoint]] = {h: list(v) for h, v in static.items()}
         for entry in config.service_entries:
             selector = entry.workload_selector
@@ -115,7 +117,8 @@ class RegistryHub:
             ]
             for host in entry.hosts:
                 by_host.setdefault(host, []).extend(matched)
-        return MappingProxyType({h: _unique(by_host[h]) for h in sorted(by_host)})
+        merged = MappingProxyType({h: _unique(by_host[h]) for h in sorted(by_host)})
+        return self.dns.resolve(config, merged)
 
     def changed(self) -> None:
         """A source changed: re-apply soon (coalescing changes that come together).
@@ -131,6 +134,7 @@ class RegistryHub:
             self._apply()
 
     def close(self) -> None:
+        self.dns.close()
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None

@@ -86,7 +86,7 @@ def inbound_listeners(
     """The server listeners `node` may ask for (none for Envoy)."""
     if node.kind is ClientKind.ENVOY:
         return []
-    filters = _http_filters(config, node)
+    filters = http_filters(config, node)
     normalization = config.settings.path_normalization
     listeners: dict[str, listener_pb2.Listener] = {}
     for address, port in sorted(workload_ports(index, registry, node)):
@@ -161,12 +161,13 @@ def peer_mode(config: MeshConfig, node: NodeInfo, port: int) -> str:
     return "PERMISSIVE"
 
 
-def _http_filters(config: MeshConfig, node: NodeInfo) -> list[hcm_pb2.HttpFilter]:
-    """jwt_authn (library only), then the RBAC engines, for the node's workload."""
+def http_filters(config: MeshConfig, node: NodeInfo) -> list[hcm_pb2.HttpFilter]:
+    """jwt_authn (library and Envoy sidecars: gRPC does not implement it), then
+    the RBAC engines, for the node's workload."""
     labels = dict(node.labels)
     root = config.settings.root_namespace
     filters: list[hcm_pb2.HttpFilter] = []
-    if node.kind is ClientKind.MESH:
+    if node.kind is ClientKind.MESH or node.sidecar:
         authn = [
             ra.resource()
             for ra in config.request_authentications
@@ -199,7 +200,7 @@ def server_listener(
         # Only our library gets these HCM fields: it applies them before
         # authorization exactly as Envoy does. gRPC servers match RBAC on the
         # path as received and are not sent what they would not apply.
-        _normalization(manager, path_normalization)
+        apply_normalization(manager, path_normalization)
     listener = listener_pb2.Listener(
         name=name,
         address=address_pb2.Address(
@@ -236,7 +237,7 @@ def _chain(
     return chain
 
 
-def _normalization(manager: hcm_pb2.HttpConnectionManager, mode: str) -> None:
+def apply_normalization(manager: hcm_pb2.HttpConnectionManager, mode: str) -> None:
     """Istio's pathNormalization in Envoy's HCM terms: BASE normalizes
     (RFC 3986); MERGE_SLASHES also merges slashes; DECODE_AND_MERGE_SLASHES
     also decodes escaped slashes before matching."""

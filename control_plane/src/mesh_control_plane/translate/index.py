@@ -72,6 +72,6 @@ class MeshIndex:
             rules.setdefault(rule.host, rule)
         virtual_services: dict[str, VirtualService] = {}
         for vs in config.virtual_services:
-            for host in vs.hosts:
+            for host in vs.hosts if vs.for_mesh else ():  # gateway-only: not the mesh's
                 virtual_services.setdefault(host, vs)
         return cls(services, rules, virtual_services)

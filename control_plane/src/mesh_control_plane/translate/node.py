@@ -26,6 +26,20 @@ SERVICE_ACCOUNT_METADATA_KEY = "SERVICE_ACCOUNT"
 INSTANCE_IPS_METADATA_KEY = "INSTANCE_IPS"
 """Istio's keys: the workload's namespace, service account, and its IPs (comma-separated)."""
 DEFAULT_NAMESPACE = "default"
+ROUTER_ID_PREFIX = "router~"
+"""Istio's node id of a gateway (proxy type "router"): the Envoy gets the
+listeners of the Gateways selecting its LABELS instead of virtualOutbound."""
+SIDECAR_ID_PREFIX = "sidecar~"
+"""Istio's node id of a sidecar: here an Envoy run by ``meshctl proxy run``
+beside a workload (its agent serves SDS), given the workload's inbound
+listeners and mesh mTLS upstream."""
+INBOUND_PORTS_METADATA_KEY = "INBOUND_PORTS"
+"""A sidecar's "PORT=APP_PORT,...": listen on the workload's declared PORT,
+forward to the application on 127.0.0.1:APP_PORT."""
+BIND_ADDRESS_METADATA_KEY = "BIND_ADDRESS"
+FREE_PORTS_METADATA_KEY = "BIND_FREE_PORTS"
+"""A gateway's listen address (default 0.0.0.0) and, when "true", port 0 for
+every server (the kernel picks; tests read the ports from Envoy's admin)."""
 
 MESH_USER_AGENT = "proxyless-mesh"
 ENVOY_USER_AGENT = "envoy"
@@ -51,6 +65,11 @@ class NodeInfo:
     namespace: str = DEFAULT_NAMESPACE  # node.metadata NAMESPACE
     service_account: str = ""  # node.metadata SERVICE_ACCOUNT
     instance_ips: tuple[str, ...] = ()  # node.metadata INSTANCE_IPS, sorted
+    router: bool = False  # an Envoy gateway (node id "router~...")
+    bind_address: str = "0.0.0.0"  # a gateway's listeners' address
+    free_ports: bool = False  # a gateway's listeners on port 0
+    sidecar: bool = False  # an Envoy sidecar with an agent (node id "sidecar~...")
+    inbound_ports: tuple[tuple[int, int], ...] = ()  # a sidecar's (port, app port), sorted
 
     @classmethod
     def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
@@ -81,6 +100,11 @@ class NodeInfo:
                     - {""}
                 )
             ),
+            router=kind is ClientKind.ENVOY and node.id.startswith(ROUTER_ID_PREFIX),
+            bind_address=_string(node, BIND_ADDRESS_METADATA_KEY) or "0.0.0.0",
+            free_ports=_string(node, FREE_PORTS_METADATA_KEY) == "true",
+            sidecar=kind is ClientKind.ENVOY and node.id.startswith(SIDECAR_ID_PREFIX),
+            inbound_ports=_port_pairs(_string(node, INBOUND_PORTS_METADATA_KEY), node.id),
         )
 
     @property
@@ -98,6 +122,20 @@ class NodeInfo:
         translate() read more of the node must add it here, or cached translations
         would be shared wrongly.
         """
+        if self.kind is ClientKind.ENVOY and self.router:
+            gateway = (self.bind_address, self.free_ports, self.namespace)
+            return (self.kind.value, "router", self.locality, self.labels, gateway)
+        if self.kind is ClientKind.ENVOY and self.sidecar:
+            workload = (self.namespace, self.service_account, self.instance_ips)
+            sidecar = ("sidecar", self.inbound_ports)
+            return (
+                self.kind.value,
+                self.outbound_port,
+                self.locality,
+                self.labels,
+                workload,
+                sidecar,
+            )
         if self.kind is ClientKind.ENVOY:
             return (self.kind.value, self.outbound_port, self.locality, self.labels)
         workload = (self.namespace, self.service_account, self.instance_ips)
@@ -154,3 +192,17 @@ def _describe(value: struct_pb2.Value) -> str:
     if kind is None:
         return "an empty value"
     return f"{kind} {getattr(value, kind)!r}"
+
+
+def _port_pairs(text: str, node_id: str) -> tuple[tuple[int, int], ...]:
+    """INBOUND_PORTS "8080=9090,..." as sorted (port, app port) pairs."""
+    pairs: list[tuple[int, int]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        port, _, app = item.partition("=")
+        if not (port.isdigit() and app.isdigit() and 0 < int(port) < 65536 > int(app) > 0):
+            raise ValueError(
+                f"node {node_id!r}: metadata {INBOUND_PORTS_METADATA_KEY} entry {item!r} is "
+                "not PORT=APP_PORT; fix the sidecar's bootstrap"
+            )
+        pairs.append((int(port), int(app)))
+    return tuple(sorted(pairs))

@@ -21,6 +21,7 @@ from mesh_control_plane.config.model import (
     HTTPRoute,
     HTTPRouteDestination,
     StringMatch,
+    VirtualService,
 )
 from mesh_control_plane.config.parse_cors import CorsPolicy, DirectResponse
 from mesh_control_plane.translate.index import MeshIndex, Service
@@ -90,6 +91,14 @@ def _routes(
         return [
             rc_pb2.Route(name=DEFAULT_ROUTE_NAME, match=rc_pb2.RouteMatch(prefix="/"), route=action)
         ]
+    return http_routes(index, vs, port, disable_default_timeout)
+
+
+def http_routes(
+    index: MeshIndex, vs: VirtualService, port: int, disable_default_timeout: bool
+) -> list[rc_pb2.Route]:
+    """A VirtualService's http rules as routes for a listener on ``port`` (a
+    service port for the mesh, a server port for a gateway)."""
     routes: list[rc_pb2.Route] = []
     for position, http in enumerate(vs.http):
         name = route_name(vs.meta.namespace, vs.meta.name, http.name, position)

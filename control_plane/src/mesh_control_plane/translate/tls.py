@@ -30,7 +30,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
-from mesh_control_plane.config.model import MeshSettings, WorkloadEndpoint
+from mesh_control_plane.config.model import ClientTls, MeshSettings, WorkloadEndpoint
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.translate.clusters import ClusterSpec
 from mesh_control_plane.translate.protos import pack
@@ -39,6 +39,8 @@ TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 PROVIDER_INSTANCE = "default"
 IDENTITY_CERTIFICATE = "default"
 ROOT_CERTIFICATE = "ROOTCA"
+ORIGINATION_MODES = ("SIMPLE", "MUTUAL")
+_DNS = common_pb2.SubjectAltNameMatcher.DNS
 
 
 def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
@@ -69,7 +71,7 @@ def upstream_identities(
         )
         if not auto:
             return None
-    elif tls.mode == "DISABLE":
+    elif tls.mode != "ISTIO_MUTUAL":  # DISABLE, or origination (origination_socket)
         return None
     accounts = sorted({i.service_account for i in instances if i.service_account})
     namespace = spec.service.namespace
@@ -88,6 +90,29 @@ def upstream_transport_socket(spiffe_ids: Iterable[str], sni: str) -> base_pb2.T
     context.validation_context.match_subject_alt_names.extend(
         string_pb2.StringMatcher(exact=sid) for sid in spiffe_ids
     )
+    upstream = tls_pb2.UpstreamTlsContext(common_tls_context=context, sni=sni)
+    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(upstream))
+
+
+def origination_socket(tls: ClientTls, sni: str) -> base_pb2.TransportSocket:
+    """DestinationRule SIMPLE / MUTUAL: the operator's CA and client
+    certificate as file names (read where the client runs: the library or
+    Envoy), SNI, and the names the server's certificate must carry: the
+    rule's subjectAltNames, else the SNI name (Istio's default check)."""
+    context = tls_pb2.CommonTlsContext()
+    if tls.ca_certificates:
+        context.validation_context.trusted_ca.filename = tls.ca_certificates
+    else:  # Istio's default: the system's roots
+        context.validation_context.system_root_certs.SetInParent()
+    for name in tls.subject_alt_names or (sni,):
+        kind = common_pb2.SubjectAltNameMatcher.URI if "://" in name else _DNS
+        context.validation_context.match_typed_subject_alt_names.add(
+            san_type=kind, matcher=string_pb2.StringMatcher(exact=name)
+        )
+    if tls.mode == "MUTUAL":
+        certificate = context.tls_certificates.add()
+        certificate.certificate_chain.filename = tls.client_certificate
+        certificate.private_key.filename = tls.private_key
     upstream = tls_pb2.UpstreamTlsContext(common_tls_context=context, sni=sni)
     return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(upstream))
 

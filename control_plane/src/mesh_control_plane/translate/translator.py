@@ -17,6 +17,7 @@ from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.translate.clusters import ClusterSpec, build_cluster, cluster_specs
 from mesh_control_plane.translate.endpoints import build_load_assignment, endpoint_port
+from mesh_control_plane.translate.gateway import gateway_listeners
 from mesh_control_plane.translate.inbound import inbound_listeners, peer_mode
 from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.listeners import api_listener, envoy_outbound_listener
@@ -30,9 +31,13 @@ from mesh_control_plane.translate.resources import (
     ResourceSet,
 )
 from mesh_control_plane.translate.routes import route_configuration, virtual_host
+from mesh_control_plane.translate.sds import gateway_upstream_socket
+from mesh_control_plane.translate.sidecar import sidecar_inbound
 from mesh_control_plane.translate.telemetry import attach_telemetry, telemetry_specs
 from mesh_control_plane.translate.tls import (
+    ORIGINATION_MODES,
     cluster_instances,
+    origination_socket,
     upstream_identities,
     upstream_sni,
     upstream_transport_socket,
@@ -55,19 +60,31 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     index = MeshIndex.build(config)
     specs = cluster_specs(index)
     clusters = [build_cluster(spec, node.kind) for spec in specs]
-    if node.kind is not ClientKind.ENVOY:
-        for spec, cluster in zip(specs, clusters, strict=True):
+    # An Envoy run by an agent (gateway, sidecar) has its workload certificate
+    # by SDS (sds.py); a bare Envoy has none. TLS origination is the same for all.
+    by_sds = node.router or node.sidecar
+    mesh_tls = node.kind is not ClientKind.ENVOY or by_sds
+    socket = gateway_upstream_socket if by_sds else upstream_transport_socket
+    for spec, cluster in zip(specs, clusters, strict=True):
+        tls = spec.policy.tls
+        if tls is not None and tls.mode in ORIGINATION_MODES:
+            cluster.transport_socket.CopyFrom(origination_socket(tls, upstream_sni(spec)))
+        elif mesh_tls:
             identities = upstream_identities(spec, registry, config.settings)
-            auto = spec.policy.tls is None  # auto mTLS defers to the peers' mode
+            auto = tls is None  # auto mTLS defers to the peers' mode
             if identities is not None and auto and _peers_refuse_mtls(config, spec, registry):
                 identities = None
             if identities is not None:
-                cluster.transport_socket.CopyFrom(
-                    upstream_transport_socket(identities, upstream_sni(spec))
-                )
+                cluster.transport_socket.CopyFrom(socket(identities, upstream_sni(spec)))
     assignments = [build_load_assignment(spec, registry, node) for spec in specs]
-    if node.kind is ClientKind.ENVOY:
+    if node.router:
+        listeners, routes = gateway_listeners(config, index, node)
+    elif node.kind is ClientKind.ENVOY:
         listeners, routes = _envoy_listeners(index, node.outbound_port)
+        if node.sidecar:
+            inbound, app_clusters = sidecar_inbound(config, index, registry, node)
+            listeners += inbound
+            clusters += app_clusters
     else:
         listeners, routes = _proxyless_listeners(index)
         listeners += inbound_listeners(config, index, registry, node)

@@ -1,0 +1,202 @@
+"""Gateway API (gateway.networking.k8s.io/v1) as a second way to say the same.
+
+Read into the Istio model the rest of the control plane already serves, as
+Istio itself converts them: a Gateway becomes an Istio Gateway selecting the
+gateway workloads labelled ``gateway.networking.k8s.io/gateway-name: <name>``
+(``meshctl gateway run --label ...``); an HTTPRoute becomes a VirtualService
+bound to its parent Gateways, or, with a Service as parent (GAMMA), a
+VirtualService for that Service's host bound to ``mesh``, so the mesh's own
+clients route by it. Backends are Kubernetes Services by name:
+``<name>.<namespace>.svc.<domain>`` (a short host, qualified as Istio's are).
+
+PathPrefix matches whole path segments (``/a`` matches ``/a`` and ``/a/b``, not
+``/ab``): it becomes an exact and a prefix match, as Istio converts it.
+Weights are relative (0 drops a backend). Not yet, refused by field: filters,
+timeouts, query-parameter matches, sessionPersistence, listeners other than
+HTTP/HTTPS, TLS passthrough, parents of both kinds in one route, and the
+other kinds (GRPCRoute, ReferenceGrant, ...). Status conditions are not written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .model import (
+    Destination,
+    HTTPMatchRequest,
+    HTTPRoute,
+    HTTPRouteDestination,
+    Meta,
+    StringMatch,
+    VirtualService,
+)
+from .parse_gateway import Gateway, GatewayHost, GatewayServer, ServerTls
+from .schema import (
+    MISSING,
+    NOT_SUPPORTED,
+    Problems,
+    check_enum,
+    check_host_pattern,
+    get_int,
+    get_list,
+    get_object,
+    get_str,
+    index,
+    join,
+    read_object,
+)
+
+API_VERSIONS = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+_GW_FIELDS = ("gatewayClassName", "listeners")
+_GW_UNSUPPORTED = ("addresses", "infrastructure", "backendTLS")
+_LISTENER_FIELDS = ("name", "hostname", "port", "protocol", "tls", "allowedRoutes")
+_ROUTE_FIELDS = ("parentRefs", "hostnames", "rules")
+_RULE_FIELDS = ("name", "matches", "backendRefs")
+_RULE_UNSUPPORTED = ("filters", "timeouts", "retry", "sessionPersistence")
+_MATCH_FIELDS = ("path", "headers", "method")
+_MATCH_UNSUPPORTED = ("queryParams",)
+_BACKEND_FIELDS = ("name", "namespace", "port", "weight", "kind", "group")
+_PARENT_FIELDS = ("name", "namespace", "kind", "group", "port", "sectionName")
+_PATH_TYPES = {"PathPrefix": "prefix", "Exact": "exact", "RegularExpression": "regex"}
+_HEADER_TYPES = {"Exact": "exact", "RegularExpression": "regex"}
+
+
+def parse_k8s_gateway(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Gateway:
+    obj = read_object(p, spec, "spec", _GW_FIELDS, _GW_UNSUPPORTED)
+    get_str(p, obj, "gatewayClassName", "spec", required=True)
+    servers = []
+    for i, raw in enumerate(get_list(p, obj, "listeners", "spec", required=True, non_empty=True)):
+        where = index("spec.listeners", i)
+        listener = read_object(p, raw, where, _LISTENER_FIELDS)
+        number = get_int(p, listener, "port", where, required=True, low=1, high=65535) or 0
+        text = get_str(p, listener, "protocol", where, required=True) or ""
+        protocol = check_enum(p, text, join(where, "protocol"), ("HTTP", "HTTPS"), ("TLS",))
+        hostname = get_str(p, listener, "hostname", where) or "*"
+        host = GatewayHost(meta.namespace, check_host_pattern(p, hostname, join(where, "hostname")))
+        if "allowedRoutes" in listener:
+            p.add(join(where, "allowedRoutes"), f"{NOT_SUPPORTED} (routes of the same namespace)")
+        tls = ServerTls()
+        tls_obj = get_object(p, listener, "tls", where, ("mode", "certificateRefs"))
+        if protocol == "HTTPS":
+            tls = _listener_tls(p, tls_obj, join(where, "tls"))
+        elif tls_obj is not None:
+            p.add(join(where, "tls"), "only an HTTPS listener has tls")
+        name = get_str(p, listener, "name", where, required=True) or ""
+        if number and protocol:
+            servers.append(GatewayServer(number, protocol, name, (host,), tls, name))
+    return Gateway(meta=meta, selector={GATEWAY_NAME_LABEL: meta.name}, servers=tuple(servers))
+
+
+def _listener_tls(p: Problems, tls: dict[str, Any] | None, where: str) -> ServerTls:
+    if tls is None:
+        p.add(where, f"{MISSING} (an HTTPS listener terminates TLS)")
+        return ServerTls()
+    mode = get_str(p, tls, "mode", where) or "Terminate"
+    if mode != "Terminate":
+        p.add(join(where, "mode"), f"{mode} is {NOT_SUPPORTED} (supported: Terminate)")
+    refs = get_list(p, tls, "certificateRefs", where, required=True, non_empty=True)
+    if len(refs) > 1:
+        p.add(join(where, "certificateRefs"), f"several certificates are {NOT_SUPPORTED}")
+    ref = read_object(p, refs[0], index(join(where, "certificateRefs"), 0), _BACKEND_FIELDS[:2])
+    name = get_str(p, ref, "name", index(join(where, "certificateRefs"), 0), required=True)
+    return ServerTls("SIMPLE", name or "")
+
+
+def parse_http_route(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> VirtualService:
+    obj = read_object(p, spec, "spec", _ROUTE_FIELDS)
+    gateways: list[str] = []
+    services: list[str] = []
+    for i, raw in enumerate(get_list(p, obj, "parentRefs", "spec", required=True, non_empty=True)):
+        where = index("spec.parentRefs", i)
+        ref = read_object(p, raw, where, _PARENT_FIELDS)
+        for key in ("port", "sectionName"):
+            if key in ref:
+                p.add(join(where, key), NOT_SUPPORTED)
+        name = get_str(p, ref, "name", where, required=True) or ""
+        namespace = get_str(p, ref, "namespace", where) or meta.namespace
+        kind = get_str(p, ref, "kind", where) or "Gateway"
+        if namespace != meta.namespace:
+            p.add(join(where, "namespace"), f"another namespace's parent is {NOT_SUPPORTED}")
+        if check_enum(p, kind, join(where, "kind"), ("Gateway", "Service")) == "Service":
+            services.append(name)
+        elif name:
+            gateways.append(f"{namespace}/{name}")
+    if gateways and services:
+        p.add("spec.parentRefs", f"Gateways and Services as parents of one route: {NOT_SUPPORTED}")
+    hostnames = [
+        check_host_pattern(p, raw, index("spec.hostnames", i))
+        for i, raw in enumerate(get_list(p, obj, "hostnames", "spec"))
+    ]
+    if services and hostnames:
+        p.add("spec.hostnames", "a route for a Service (GAMMA) has no hostnames")
+    rules = tuple(
+        _rule(p, meta, raw, index("spec.rules", i))
+        for i, raw in enumerate(get_list(p, obj, "rules", "spec", required=True, non_empty=True))
+    )
+    hosts = tuple(services) if services else tuple(hostnames or ["*"])
+    binding = ("mesh",) if services else tuple(gateways)
+    return VirtualService(meta=meta, hosts=hosts, http=rules, gateways=binding)
+
+
+def _rule(p: Problems, meta: Meta, raw: object, where: str) -> HTTPRoute:
+    obj = read_object(p, raw, where, _RULE_FIELDS, _RULE_UNSUPPORTED)
+    matches: list[HTTPMatchRequest] = []
+    for i, item in enumerate(get_list(p, obj, "matches", where)):
+        matches.extend(_matches(p, item, index(join(where, "matches"), i)))
+    backends = []
+    for i, item in enumerate(get_list(p, obj, "backendRefs", where, required=True)):
+        here = index(join(where, "backendRefs"), i)
+        ref = read_object(p, item, here, _BACKEND_FIELDS)
+        if ref.get("kind", "Service") != "Service" or ref.get("group", "") != "":
+            p.add(here, f"backends other than Services are {NOT_SUPPORTED}")
+        name = get_str(p, ref, "name", here, required=True) or ""
+        namespace = get_str(p, ref, "namespace", here) or meta.namespace
+        port = get_int(p, ref, "port", here, required=True, low=1, high=65535)
+        weight = get_int(p, ref, "weight", here, low=0, high=1_000_000)
+        if namespace != meta.namespace:
+            p.add(join(here, "namespace"), f"{NOT_SUPPORTED} (a ReferenceGrant would be needed)")
+        if weight != 0:
+            backends.append(HTTPRouteDestination(Destination(name, None, port), weight or 1))
+    if not backends:
+        p.add(join(where, "backendRefs"), "needs a backend of non-zero weight")
+    return HTTPRoute(
+        name=get_str(p, obj, "name", where) or "", match=tuple(matches), route=tuple(backends)
+    )
+
+
+def _matches(p: Problems, raw: object, where: str) -> list[HTTPMatchRequest]:
+    obj = read_object(p, raw, where, _MATCH_FIELDS, _MATCH_UNSUPPORTED)
+    headers: dict[str, StringMatch] = {}
+    for i, item in enumerate(get_list(p, obj, "headers", where)):
+        here = index(join(where, "headers"), i)
+        header = read_object(p, item, here, ("type", "name", "value"))
+        kind = check_enum(p, header.get("type", "Exact"), join(here, "type"), tuple(_HEADER_TYPES))
+        name = (get_str(p, header, "name", here, required=True) or "").lower()
+        value = get_str(p, header, "value", here, required=True) or ""
+        if kind:
+            headers[name] = StringMatch(_HEADER_TYPES[kind], value)
+    method = get_str(p, obj, "method", where)
+    base = HTTPMatchRequest(
+        headers=headers, method=StringMatch("exact", method) if method else None
+    )
+    path = get_object(p, obj, "path", where, ("type", "value")) or {}
+    kind = check_enum(
+        p, path.get("type", "PathPrefix"), join(where, "path.type"), tuple(_PATH_TYPES)
+    )
+    value = str(path.get("value", "/"))
+    if not value.startswith("/"):
+        p.add(join(where, "path.value"), f'must start with "/", got "{value}"')
+    if kind == "PathPrefix" and value.rstrip("/"):
+        # Whole segments: "/a" is "/a" itself or anything under "/a/".
+        trimmed = value.rstrip("/")
+        return [
+            _with_uri(base, StringMatch("exact", trimmed)),
+            _with_uri(base, StringMatch("prefix", trimmed + "/")),
+        ]
+    return [_with_uri(base, StringMatch(_PATH_TYPES[kind or "PathPrefix"], value))]
+
+
+def _with_uri(match: HTTPMatchRequest, uri: StringMatch) -> HTTPMatchRequest:
+    return HTTPMatchRequest(uri=uri, method=match.method, headers=match.headers)

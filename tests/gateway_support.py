@@ -1,0 +1,317 @@
+"""Pieces the gateway and egress tests share: a private CA for HTTPS server
+certificates (what an operator's credentialName holds), an HTTPS server
+outside the mesh, and `meshctl gateway run` as a real process, stopped on exit."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from meshlab import LocalMesh
+from processes import envoy_binary, stop
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class PrivateCa:
+    """A self-signed CA: only a client holding `cert_pem` trusts what it signs."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def create(cls, name: str) -> PrivateCa:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def server_pair(self, host: str) -> tuple[bytes, bytes, int]:
+        """(certificate PEM, key PEM, serial) for `host`, signed by this CA."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem, cert.serial_number
+
+    def write_credential(self, directory: Path, name: str, host: str) -> int:
+        """A Kubernetes-TLS-Secret-shaped credential `name` for `host`: written
+        key first, certificate last (the agent reads the pair when both are
+        there); returns the certificate's serial number."""
+        cert, key, serial = self.server_pair(host)
+        target = directory / name
+        target.mkdir(parents=True, exist_ok=True)
+        for file, data in (("tls.key", key), ("tls.crt", cert)):
+            staged = target / f".{file}.tmp"
+            staged.write_bytes(data)
+            staged.replace(target / file)
+        return serial
+
+
+def admin_get(address: str, path: str) -> str:
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def listener_ports(admin: str) -> dict[str, int]:
+    """Envoy's active listeners by name -> the port each is bound to."""
+    listeners = json.loads(admin_get(admin, "/listeners?format=json"))
+    return {
+        item["name"]: int(item["local_address"]["socket_address"]["port_value"])
+        for item in listeners.get("listener_statuses", [])
+    }
+
+
+@contextlib.contextmanager
+def running_gateway(
+    lab: LocalMesh,
+    name: str,
+    namespace: str,
+    credentials: Path | None = None,
+    labels: tuple[str, ...] = (),
+) -> Iterator[str]:
+    """`meshctl gateway run` (its Envoy on 127.0.0.1, free ports) with a join
+    token for `namespace/name` and `labels` ("k=v"; default istio=<name>);
+    yields Envoy's admin address."""
+    extra = ["--free-ports"]
+    if credentials is not None:
+        extra += ["--credentials-dir", str(credentials)]
+    with _running_agent(
+        lab, ["gateway", "run", "--name", name], name, namespace, labels, extra
+    ) as a:
+        yield a
+
+
+@contextlib.contextmanager
+def running_proxy(
+    lab: LocalMesh, workload: str, namespace: str, inbound: dict[int, int], labels: tuple[str, ...]
+) -> Iterator[str]:
+    """`meshctl proxy run` beside `workload` (instance 127.0.0.1; declared port
+    -> application port as in `inbound`; outbound on a free port); yields
+    Envoy's admin address."""
+    extra = ["--instance-ip", "127.0.0.1", "--outbound-port", "0"]
+    for port, app in inbound.items():
+        extra += ["--inbound", f"{port}={app}"]
+    command = ["proxy", "run", "--workload", workload]
+    with _running_agent(lab, command, workload, namespace, labels, extra) as admin:
+        yield admin
+
+
+@contextlib.contextmanager
+def _running_agent(
+    lab: LocalMesh,
+    command: list[str],
+    name: str,
+    namespace: str,
+    labels: tuple[str, ...],
+    extra: list[str],
+) -> Iterator[str]:
+    admin_file = lab.workdir / f"agent-{name}-admin.txt"
+    argv = [
+        str(BIN / "meshctl"),
+        *command,
+        "--namespace",
+        namespace,
+        "--xds-address",
+        lab.xds_address,
+        "--ca-address",
+        lab.ca_address,
+        "--token",
+        lab.token(namespace, name),
+        "--bind-address",
+        "127.0.0.1",
+        "--admin-address-path",
+        str(admin_file),
+        "--envoy",
+        envoy_binary(),
+        *extra,
+    ]
+    for label in labels:
+        argv += ["--label", label]
+    log_path = lab.workdir / f"agent-{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while not admin_file.exists() or not admin_file.read_text().strip():
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "the agent's Envoy admin did not come up"
+                time.sleep(0.05)
+            yield admin_file.read_text().strip()
+        finally:
+            stop(proc, grace=10)
+
+
+def wait_for_listener(admin: str, name: str, timeout: float = 30.0) -> int:
+    """The port of listener `name` once Envoy has it active (it waits for its
+    secrets by SDS before that)."""
+    deadline = time.monotonic() + timeout
+    while (port := listener_ports(admin).get(name)) is None:
+        assert time.monotonic() < deadline, f"no active listener {name}: {listener_ports(admin)}"
+        time.sleep(0.05)
+    return port
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _TlsServer
+
+    def do_GET(self) -> None:
+        peer = self.connection.getpeercert()  # type: ignore[attr-defined]
+        subject = dict(item[0] for item in peer["subject"])["commonName"] if peer else None
+        body = json.dumps({"sni": self.server.sni[-1], "client": subject, "path": self.path})
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _TlsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    sni: list[str | None]
+
+
+@contextlib.contextmanager
+def https_server(ca: PrivateCa, host: str, client_ca: PrivateCa | None = None) -> Iterator[int]:
+    """An HTTPS server for `host` (certificate from `ca`), demanding a client
+    certificate from `client_ca` when given; yields its port."""
+    cert, key, _ = ca.server_pair(host)
+    with tempfile.TemporaryDirectory() as tmp:  # ssl loads a key only from a file
+        (Path(tmp) / "c.pem").write_bytes(cert)
+        (Path(tmp) / "k.pem").write_bytes(key)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(Path(tmp) / "c.pem", Path(tmp) / "k.pem")
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=client_ca.cert_pem.decode())
+    server = _TlsServer(("127.0.0.1", 0), _Handler)
+    server.sni = [None]
+    context.sni_callback = lambda sock, name, ctx: server.sni.append(name)  # type: ignore[assignment]
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+API = "api.external.test"
+"""The external HTTPS service of the egress tests (SIMPLE origination); also
+mtls.external.test (MUTUAL) and wrong.external.test (SIMPLE, wrong names)."""
+
+
+def _entry(host: str, port: int, address: str = "127.0.0.1") -> dict[str, Any]:
+    """A MESH_EXTERNAL service on `address`: a name is resolved by the control
+    plane (resolution DNS), an IP taken as is (STATIC)."""
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": host.split(".")[0]},
+        "spec": {
+            "hosts": [host],
+            "location": "MESH_EXTERNAL",
+            "resolution": "STATIC" if address[0].isdigit() else "DNS",
+            "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+            "endpoints": [{"address": address, "ports": {"http": port}}],
+        },
+    }
+
+
+def _rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": host.split(".")[0]},
+        "spec": {"host": host, "trafficPolicy": {"tls": tls}},
+    }
+
+
+@contextlib.contextmanager
+def external_servers(lab: LocalMesh, tmp_path: Path) -> Iterator[None]:
+    """Two HTTPS servers outside the mesh (their own CA; the second demands a
+    client certificate) and, in `lab`'s config, a ServiceEntry and an
+    originating DestinationRule for each of API (resolution DNS, endpoint
+    "localhost"), mtls. and wrong.external.test."""
+    server_ca, client_ca = PrivateCa.create("external CA"), PrivateCa.create("client CA")
+    (tmp_path / "ca.pem").write_bytes(server_ca.cert_pem)
+    cert, key, _ = client_ca.server_pair("client.shop")
+    (tmp_path / "client.pem").write_bytes(cert)
+    (tmp_path / "client-key.pem").write_bytes(key)
+    simple = {"mode": "SIMPLE", "caCertificates": str(tmp_path / "ca.pem")}
+    mutual = {
+        **simple,
+        "mode": "MUTUAL",
+        "clientCertificate": str(tmp_path / "client.pem"),
+        "privateKey": str(tmp_path / "client-key.pem"),
+    }
+    with (
+        https_server(server_ca, API) as api,
+        https_server(server_ca, "mtls.external.test", client_ca) as mtls,
+    ):
+        docs = [
+            _entry(API, api, "localhost"),  # resolution DNS
+            _rule(API, simple),
+            _entry("mtls.external.test", mtls),
+            _rule("mtls.external.test", mutual),
+            _entry("wrong.external.test", api),
+            _rule("wrong.external.test", {**simple, "sni": API, "subjectAltNames": ["x.test"]}),
+        ]
+        lab.write_config("external.yaml", "\n---\n".join(json.dumps(d) for d in docs))
+        yield

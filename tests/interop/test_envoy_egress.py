@@ -1,0 +1,40 @@
+"""Envoy originates TLS as the library does: the same ServiceEntries and
+DestinationRules (SIMPLE with the operator's CA file, MUTUAL with a client
+certificate, a wrong subjectAltNames) reach a real Envoy sidecar through our
+control plane, and it calls the HTTPS servers outside the mesh by them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from gateway_support import API, external_servers
+from meshlab import LocalMesh
+from test_envoy import running_envoy, wait_for_outbound
+
+pytestmark = pytest.mark.interop
+
+
+def test_envoy_originates_tls_by_the_destination_rules(lab: LocalMesh, tmp_path: Path) -> None:
+    with external_servers(lab, tmp_path):
+        lab.start_control_plane()
+        with running_envoy(lab) as admin, httpx.Client(timeout=10) as client:
+            url = f"http://127.0.0.1:{wait_for_outbound(admin)}"
+
+            def get(host: str, path: str) -> httpx.Response:
+                return client.get(url + path, headers={"host": f"{host}:80"})
+
+            served = get(API, "/v1/items")
+            assert served.status_code == 200, served.text
+            assert served.json() == {"sni": API, "client": None, "path": "/v1/items"}
+            both = get("mtls.external.test", "/x")
+            assert both.json() == {
+                "sni": "mtls.external.test",
+                "client": "client.shop",
+                "path": "/x",
+            }
+            # The server's certificate does not name x.test: Envoy refuses the
+            # connection (503, upstream connect error), as the library does.
+            refused = get("wrong.external.test", "/")
+            assert refused.status_code == 503 and "connect" in refused.text, refused.text

@@ -1,0 +1,119 @@
+"""Gateway API through a real Envoy gateway and the library, on 127.0.0.1.
+
+A Gateway API Gateway (programmed into `meshctl gateway run` labelled with
+its name) and an HTTPRoute splitting 90/10 between two Services; a GAMMA
+HTTPRoute (a Service as parent) that sends a meshed httpx client's requests
+for `reviews` to `reviews-v2`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from gateway_support import running_gateway, wait_for_listener
+from meshlab import LocalMesh, service_entry
+from stats import assert_binomial
+
+from proxyless_mesh import Mesh
+from proxyless_mesh.bootstrap import Bootstrap
+
+pytestmark = pytest.mark.interop
+
+NS = "shop"
+V1 = f"reviews.{NS}.svc.cluster.local"
+V2 = f"reviews-v2.{NS}.svc.cluster.local"
+SPLIT_CALLS = 400
+"""v2's share is checked at 5 sigma (tests/stats.py): 22-58 of 400 at p = 0.1."""
+
+
+def _route(
+    name: str, parent: dict[str, str], rules: list[dict[str, object]], **spec: object
+) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"parentRefs": [parent], "rules": rules, **spec},
+        }
+    )
+
+
+def _config(lab: LocalMesh) -> None:
+    v1, v2 = lab.start_http_backend("reviews", "v1"), lab.start_http_backend("reviews", "v2")
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {
+            "gatewayClassName": "istio",
+            "listeners": [
+                {"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.com"}
+            ],
+        },
+    }
+    split = _route(
+        "split",
+        {"name": "web"},
+        [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                "backendRefs": [
+                    {"name": "reviews", "port": 80, "weight": 90},
+                    {"name": "reviews-v2", "port": 80, "weight": 10},
+                ],
+            }
+        ],
+        hostnames=["reviews.example.com"],
+    )
+    gamma = _route(
+        "gamma",
+        {"name": "reviews", "kind": "Service", "group": ""},
+        [{"backendRefs": [{"name": "reviews-v2", "port": 80}]}],
+    )
+    lab.write_config(
+        "gateway-api.yaml",
+        "\n---\n".join(
+            [
+                service_entry(V1, 80, [("127.0.0.1", v1.ready["port"], {})], namespace=NS),
+                service_entry(V2, 80, [("127.0.0.1", v2.ready["port"], {})], namespace=NS),
+                json.dumps(gateway),
+                split,
+                gamma,
+            ]
+        ),
+    )
+
+
+def test_an_http_route_splits_90_10_through_the_gateway(lab: LocalMesh) -> None:
+    _config(lab)
+    lab.start_control_plane()
+    label = "gateway.networking.k8s.io/gateway-name=web"
+    with running_gateway(lab, "web", NS, labels=(label,)) as admin, httpx.Client(timeout=10) as c:
+        url = f"http://127.0.0.1:{wait_for_listener(admin, '0.0.0.0_80')}"
+        headers = {"host": "reviews.example.com"}
+        deadline = time.monotonic() + 20
+        while c.get(url + "/api", headers=headers).status_code != 200:
+            assert time.monotonic() < deadline, "no route through the gateway"
+            time.sleep(0.1)
+        versions = [
+            c.get(url + "/api/items", headers=headers).json()["version"] for _ in range(SPLIT_CALLS)
+        ]
+        # PathPrefix matches whole segments: /apix is not under /api.
+        assert c.get(url + "/apix", headers=headers).status_code == 404
+        assert c.get(url + "/api", headers={"host": "other.test"}).status_code == 404
+    assert versions.count("v1") + versions.count("v2") == SPLIT_CALLS
+    assert_binomial(versions.count("v2"), SPLIT_CALLS, 0.1, "v2 at weight 10 of 100")
+
+
+def test_a_gamma_route_changes_what_a_meshed_client_gets(lab: LocalMesh) -> None:
+    _config(lab)
+    lab.start_control_plane()
+    mesh = Mesh(Bootstrap.from_file(lab.bootstrap("client-1", NS, "client")), mtls=False)
+    with mesh, httpx.Client(transport=mesh.httpx_transport(), timeout=10) as client:
+        got = {client.get(f"http://{V1}/").json()["version"] for _ in range(20)}
+        assert got == {"v2"}  # the Service reviews, routed by its HTTPRoute
+        assert client.get(f"http://{V2}/").json()["version"] == "v2"
