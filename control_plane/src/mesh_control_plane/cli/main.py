@@ -16,6 +16,7 @@ from mesh_control_plane.cli import (
     config_dump_cmd,
     control_plane_cmd,
     describe_cmd,
+    install_cmd,
     simulate_cmd,
     status_cmd,
     token_cmd,
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     describe_cmd.add_parser(commands)
     analyze_cmd.add_parser(commands)
     simulate_cmd.add_parser(commands)
+    install_cmd.add_parser(commands)
     return parser
 
 
