@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ URL = f"http://{HOST}:9080/reviews"
 N = 1000  # 80/20 at 5 sigma (tests/stats.py): v2 in [137, 263]
 CHANGE_LIMIT = 10.0  # seconds for a kubectl apply to reach the client
 NOT_READY_LIMIT = 10.0  # seconds for a not-ready Pod to stop receiving requests
+OUTAGE = 30.0  # seconds the API server is stopped under load
+RATE = 200  # requests per second during the outage
+CHANGE_AFTER_OUTAGE = 20.0  # seconds for a change made after it returns to arrive
 
 
 def meshctl() -> str:
@@ -260,3 +264,56 @@ def test_invalid_virtual_service_gets_a_status_and_clients_keep_routing(
         kube.apply(virtual_service({"v1": 100, "v2": 0}))  # fixed: applies, and is accepted
         wait_until(client, lambda v: v in ("v1a", "v1b"), window=30, limit=CHANGE_LIMIT)
         assert accepted(kube).get("status") == "True"
+
+
+def test_api_server_down_30_s_under_load_fails_no_request_and_changes_arrive_after(
+    shop: Shop,
+) -> None:
+    """200 req/s through the mesh while the API server is stopped for OUTAGE
+    seconds: the control plane keeps the last known endpoints and routes (no
+    request fails), and a VirtualService applied after the API server returns
+    reaches the client within CHANGE_AFTER_OUTAGE (the control plane's watches back
+    off up to 10 s while it is away)."""
+    kube, bootstrap = shop.kube, shop.bootstrap
+    kube.apply(virtual_service({"v1": 100, "v2": 0}))
+    results: Counter[str] = Counter()
+    stop = threading.Event()
+    with (
+        Mesh.from_bootstrap(bootstrap) as mesh,
+        httpx.Client(transport=mesh.httpx_transport()) as client,
+    ):
+        wait_until(client, lambda v: v in ("v1a", "v1b"), window=30, limit=CHANGE_LIMIT)
+
+        def load() -> None:
+            next_at = time.monotonic()
+            while not stop.is_set():
+                try:
+                    response = client.get(URL)
+                    results["ok" if response.status_code == 200 else str(response.status_code)] += 1
+                    results[response.json()["version"]] += 1
+                except httpx.HTTPError as exc:
+                    results[type(exc).__name__] += 1
+                next_at += 1 / RATE
+                time.sleep(max(0.0, next_at - time.monotonic()))  # pacing, not waiting
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        try:
+            kube.stop_apiserver()
+            stop.wait(OUTAGE)  # the outage itself is what is measured
+            down = sum(results.values())
+            kube.start_apiserver()
+            kube.apply(virtual_service({"v1": 0, "v2": 100}))
+            returned = time.monotonic()
+            while results["v2"] < 50:
+                assert time.monotonic() - returned < CHANGE_AFTER_OUTAGE, results
+                time.sleep(0.1)
+            print(
+                f"change after the outage reached the client in {time.monotonic() - returned:.1f} s"
+            )
+        finally:
+            stop.set()
+            thread.join()
+    failed = {k: v for k, v in results.items() if k not in ("ok", "v1a", "v1b", "v2")}
+    assert failed == {}, results
+    assert down >= 0.8 * RATE * OUTAGE, f"the load did not run: {results}"
