@@ -284,7 +284,7 @@ class KubeCluster:
     def kubectl(self, *args: str, input: str | None = None) -> str:
         """Run the built kubectl as the admin; its stdout (stderr in the error)."""
         done = subprocess.run(
-            [tool("kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            [*self.kubectl_argv(), *args],
             input=input,
             capture_output=True,
             text=True,
@@ -293,6 +293,9 @@ class KubeCluster:
         if done.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
+
+    def kubectl_argv(self) -> list[str]:
+        return [tool("kubectl"), "--kubeconfig", str(self.kubeconfig)]
 
     def apply(self, *objects: dict[str, Any]) -> str:
         """`kubectl apply` of the objects."""
