@@ -31,9 +31,10 @@ def test_manifest_passes_a_server_side_dry_run(kube: KubeCluster) -> None:
     assert "clusterrole.rbac.authorization.k8s.io/proxyless-mesh-control-plane created" in out
 
 
-def can_i(kube: KubeCluster, verb: str, resource: str) -> bool:
+def can_i(kube: KubeCluster, verb: str, resource: str, namespace: str = "") -> bool:
     """`kubectl auth can-i` as the control plane's ServiceAccount (exit 1 means no)."""
-    argv = [*kube.kubectl_argv(), "auth", "can-i", verb, resource, "--as", SA, "-A"]
+    where = ["-n", namespace] if namespace else ["-A"]
+    argv = [*kube.kubectl_argv(), "auth", "can-i", verb, resource, "--as", SA, *where]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     return done.stdout.strip() == "yes"
 
@@ -48,6 +49,7 @@ def sa_kubeconfig(kube: KubeCluster, path: Path) -> Path:
         token = response.json()["status"]["token"]
     config = json.loads(kube.kubeconfig.read_text())
     config["users"] = [{"name": "admin", "user": {"token": token}}]
+    config["contexts"][0]["context"]["namespace"] = "proxyless-mesh"  # as in its Pod
     path.write_text(json.dumps(config))
     return path
 
@@ -66,17 +68,29 @@ def test_rbac_is_enough_for_the_control_plane_and_no_more(
         capture_output=True,
     )
     docs: list[dict[str, Any]] = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
-    rbac = [
-        d
-        for d in docs
-        if d["kind"] in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding")
-    ]
+    kinds = (
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    )
+    rbac = [d for d in docs if d["kind"] in kinds]
     kube.apply(*rbac)
     assert can_i(kube, "create", "tokenreviews.authentication.k8s.io")
     assert can_i(kube, "watch", "endpointslices.discovery.k8s.io")
     assert not can_i(kube, "list", "secrets")  # least privilege
     assert not can_i(kube, "patch", "virtualservices.networking.istio.io")  # only their status
     assert not can_i(kube, "delete", "pods")
+    own = "proxyless-mesh"
+    deadline = time.monotonic() + LIMIT  # the API server's RBAC cache takes the new Role
+    while not can_i(kube, "get", "secrets/mesh-ca", own):
+        assert time.monotonic() < deadline, "the Role does not grant the CA Secret"
+        time.sleep(0.2)
+    assert can_i(kube, "update", "leases.coordination.k8s.io/proxyless-mesh-control-plane", own)
+    assert not can_i(kube, "get", "secrets/other", own)
+    assert not can_i(kube, "get", "secrets/mesh-ca", "default")
 
     invalid = {
         "apiVersion": "networking.istio.io/v1",
@@ -91,7 +105,13 @@ def test_rbac_is_enough_for_the_control_plane_and_no_more(
     lab = LocalMesh(tmp_path)
     try:
         config = sa_kubeconfig(kube, tmp_path / "sa.kubeconfig")
-        lab.start_control_plane(extra_args=["--kubeconfig", str(config), "--kube-namespace", NS])
+        lab.start_control_plane(
+            extra_args=[
+                "--kubeconfig", str(config),
+                "--kube-namespace", NS,
+                "--ca-secret", "proxyless-mesh/mesh-ca",
+            ]
+        )  # fmt: skip
         deadline = time.monotonic() + LIMIT
         while True:
             out = kube.kubectl("get", "virtualservice", "web", "-n", NS, "-o", "json")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from mesh_control_plane.config import ConfigLoadError, ConfigWatcher, MeshSettin
 from mesh_control_plane.config.errors import ConfigProblem
 from mesh_control_plane.config.jwks import JwksRefresher, JwksResolver
 from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.kube.ca_secret import share_ca_dir
 from mesh_control_plane.kube.client import connection_from
 from mesh_control_plane.kube.config_source import KubeConfigSource
 from mesh_control_plane.kube.tokenreview import TokenReviewer
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 
 ConfigErrorCallback = Callable[[Sequence[str]], None]
 
+LEASE_NAME = "proxyless-mesh-control-plane"
 KUBE_SYNC_TIMEOUT = 30.0  # seconds the first load waits for the custom resources
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
@@ -104,6 +108,13 @@ class ControlPlane:
         self.ca_server: CaServer | None = None
         verify = None
         if ca is not None:  # opened here: bad CA files fail before anything listens
+            if registry is not None and registry.kubeconfig and registry.ca_secret:
+                share_ca_dir(
+                    connection_from(registry.kubeconfig),
+                    registry.ca_secret,
+                    ca.ca_dir,
+                    lambda: (CertificateAuthority.open(ca), TokenAuthority.open(ca.ca_dir)),
+                )
             authority = CertificateAuthority.open(ca)
             tokens = TokenAuthority.open(ca.ca_dir)
             on_kube = registry is not None and bool(registry.kubeconfig)
@@ -157,7 +168,11 @@ class ControlPlane:
         self.kube_config: KubeConfigSource | None = None
         self._reloads: set[asyncio.Task[bool]] = set()
         if registry is not None and registry.kubeconfig and registry.kube_resources:
-            self.kube_config = KubeConfigSource(connection_from(registry.kubeconfig))
+            connection = connection_from(registry.kubeconfig)
+            self.kube_config = KubeConfigSource(connection)
+            lease = registry.leader_lease or f"{connection.namespace}/{LEASE_NAME}"
+            identity = f"{socket.gethostname()}-{os.getpid()}"
+            self.kube_config.elect(lease, identity, registry.lease_duration)
         self._jwks = JwksRefresher(jwks or JwksResolver(), self._apply_resolved)
         self._first_load = asyncio.Event()
 

@@ -94,6 +94,24 @@ def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
         "(checked by the API server's TokenReview)",
     )
     reg.add_argument(
+        "--ca-secret",
+        default="",
+        help="with --kubeconfig: NAMESPACE/NAME of a Secret holding the CA's files, shared "
+        "by all replicas (created from this CA directory when missing)",
+    )
+    reg.add_argument(
+        "--leader-lease",
+        default="",
+        help="with --kubeconfig: NAMESPACE/NAME of the Lease electing the replica that "
+        "writes status (default: the kubeconfig's namespace/proxyless-mesh-control-plane)",
+    )
+    reg.add_argument(
+        "--lease-duration",
+        type=_duration,
+        default=15.0,
+        help="how long a silent leader keeps the Lease (e.g. 15s)",
+    )
+    reg.add_argument(
         "--no-kube-resources",
         action="store_true",
         help="with --kubeconfig: do not read Istio configuration from custom resources "
@@ -128,6 +146,9 @@ def registry_settings(args: argparse.Namespace) -> RegistrySettings:
         kubeconfig=args.kubeconfig,
         kubernetes=kubernetes,
         kube_resources=not args.no_kube_resources,
+        ca_secret=args.ca_secret,
+        leader_lease=args.leader_lease,
+        lease_duration=args.lease_duration,
     )
     if args.registration_grace is not None:
         settings = dataclasses.replace(settings, grace=args.registration_grace)

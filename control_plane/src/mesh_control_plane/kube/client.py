@@ -46,6 +46,12 @@ class KubeConnection:
             token = Path(self.token_file).read_text().strip()
         return {"Authorization": f"Bearer {token}"} if token else {}
 
+    def sync_client(self, *, timeout: float = 30.0) -> httpx.Client:
+        """For the few calls made before the event loop serves (startup)."""
+        return httpx.Client(
+            base_url=self.server, verify=self.ssl_context, headers=self.headers(), timeout=timeout
+        )
+
     def async_client(self, *, timeout: float | None = 30.0) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=self.server, verify=self.ssl_context, headers=self.headers(), timeout=timeout

@@ -33,6 +33,7 @@ from mesh_control_plane.config.documents import Document, parse_document
 from mesh_control_plane.config.schema import Problems
 from mesh_control_plane.kube.client import KubeConnection
 from mesh_control_plane.kube.crds import ACCEPTED, FIELD_MANAGER, KINDS
+from mesh_control_plane.kube.lease import LeaderElector
 from mesh_control_plane.kube.reflector import Reflector, Reflectors
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class KubeConfigSource:
         self._written: dict[str, tuple[Any, ...]] = {}  # the verdict in its status now
         self._documents: tuple[Document, ...] = ()
         self.watching = Reflectors(connection, tuple(self.reflectors.values()))
+        self.elector: LeaderElector | None = None
+        self._electing: asyncio.Task[None] | None = None
         self._watcher: ConfigWatcher | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._dirty = False
@@ -115,14 +118,37 @@ class KubeConfigSource:
             errors = self._watcher.last_errors
             await self.report(None if errors else self._watcher.last_good, errors)
 
+    def elect(self, lease: str, identity: str, duration: float = 15.0) -> None:
+        """Write status only while leader of `lease` (namespace/name) among replicas."""
+        self.elector = LeaderElector(
+            self.watching,
+            lease,
+            identity,
+            duration=duration,
+            retry=max(0.5, duration / 7),
+            on_change=self._leadership,
+        )
+
+    def _leadership(self, leader: bool) -> None:
+        if leader:  # the previous leader's verdicts may be stale: write all again
+            self._written.clear()
+            self._schedule()
+
     async def start(self) -> None:
         await self.watching.start()
+        if self.elector is not None:
+            self._electing = asyncio.create_task(self.elector.run(), name="kube leader election")
 
     async def wait_synced(self) -> None:
         await self.watching.wait_synced()
 
     async def stop(self) -> None:
         self._watcher = None
+        if self._electing is not None:
+            self._electing.cancel()
+            await asyncio.wait([self._electing])
+        if self.elector is not None:
+            await self.elector.release()
         await self.watching.stop(*([self._reloading] if self._reloading is not None else []))
 
     def documents(self) -> tuple[Document, ...]:
@@ -168,6 +194,8 @@ class KubeConfigSource:
     async def report(self, config: MeshConfig | None, problems: Sequence[ConfigProblem]) -> None:
         """After a load (`config` None when it failed with `problems`): write the
         verdict of every resource whose verdict changed."""
+        if self.elector is not None and not self.elector.is_leader:
+            return  # the leader writes; this replica serves
         by_file: dict[str, list[ConfigProblem]] = {}
         for problem in problems:
             by_file.setdefault(problem.file, []).append(problem)

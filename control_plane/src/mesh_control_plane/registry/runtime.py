@@ -59,6 +59,11 @@ class RegistrySettings:
     kubeconfig: str = ""  # a kubeconfig path or "in-cluster": watch Kubernetes
     kubernetes: KubernetesSettings | None = None
     kube_resources: bool = True  # with kubeconfig: Istio config from custom resources too
+    ca_secret: str = ""  # namespace/name: the CA's files shared by replicas through it
+    leader_lease: str = (
+        ""  # namespace/name; "": <kubeconfig namespace>/proxyless-mesh-control-plane
+    )
+    lease_duration: float = 15.0
 
 
 class RegistryRuntime:
