@@ -112,6 +112,12 @@ class Client:
     failure: str = ""  # why a stream first failed, if one did
     resets: int = 0  # streams that failed and were reopened
 
+    def note_change(self, differs: bool) -> None:
+        """The first response that differs from what was armed sets `changed`."""
+        if differs and not self.changed.is_set():
+            self.changed_at = time.monotonic()
+            self.changed.set()
+
 
 async def run_client(
     channel: grpc.aio.Channel, client: Client, authority: str, stop: asyncio.Event
@@ -226,22 +232,12 @@ async def _follow(call: Any, client: Client, first: bytes) -> None:
         versions[type_url] = response.version
         await call.write(response.ack(names.get(type_url, _NO_NAMES)))
         if type_url == RDS:
-            if (
-                client.armed_version is not None
-                and response.version != client.armed_version
-                and not client.changed.is_set()
-            ):
-                client.changed_at = time.monotonic()
-                client.changed.set()
+            armed = client.armed_version
+            client.note_change(armed is not None and response.version != armed)
         elif type_url == EDS:
             client.eds_content = response.content
-            if (
-                client.armed_content is not None
-                and response.content != client.armed_content
-                and not client.changed.is_set()
-            ):
-                client.changed_at = time.monotonic()
-                client.changed.set()
+            armed_content = client.armed_content
+            client.note_change(armed_content is not None and response.content != armed_content)
             if response.resources and not client.synced.is_set():
                 client.synced_at = time.monotonic()
                 client.synced.set()

@@ -12,6 +12,7 @@ server refuses loopback endpoints): v1a and v1b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -148,6 +149,16 @@ def _deploy(lab: LocalMesh, kube: KubeCluster, network: PodNetwork) -> Shop:
     return shop
 
 
+@contextlib.contextmanager
+def meshed(bootstrap: Path) -> Iterator[httpx.Client]:
+    """An httpx client through a Mesh of its own (the workload's view)."""
+    with (
+        Mesh.from_bootstrap(bootstrap) as mesh,
+        httpx.Client(transport=mesh.httpx_transport()) as client,
+    ):
+        yield client
+
+
 def versions(client: httpx.Client, n: int) -> Counter[str]:
     counts: Counter[str] = Counter()
     for _ in range(n):
@@ -178,10 +189,7 @@ def test_virtual_service_from_kubectl_splits_80_20_and_changes_reach_the_client(
 ) -> None:
     kube, bootstrap = shop.kube, shop.bootstrap
     kube.apply(virtual_service({"v1": 80, "v2": 20}))
-    with (
-        Mesh.from_bootstrap(bootstrap) as mesh,
-        httpx.Client(transport=mesh.httpx_transport()) as client,
-    ):
+    with meshed(bootstrap) as client:
         wait_until(client, lambda v: v in ("v1a", "v1b", "v2"), window=5, limit=CHANGE_LIMIT)
         counts = versions(client, N)
         assert set(counts) <= {"v1a", "v1b", "v2"}
@@ -198,11 +206,7 @@ def test_a_pod_turned_not_ready_stops_receiving(
 ) -> None:
     kube, bootstrap = shop.kube, shop.bootstrap
     kube.apply(virtual_service({"v1": 100, "v2": 0}))
-    with (
-        Mesh.from_bootstrap(bootstrap) as mesh,
-        httpx.Client(transport=mesh.httpx_transport()) as client,
-        kube.client() as api,
-    ):
+    with meshed(bootstrap) as client, kube.client() as api:
         wait_until(client, lambda v: v in ("v1a", "v1b"), window=30, limit=CHANGE_LIMIT)
         both = versions(client, 200)
         assert both["v1a"] > 0 and both["v1b"] > 0, both  # round robin over the subset
@@ -226,10 +230,7 @@ def test_invalid_virtual_service_gets_a_status_and_clients_keep_routing(
 ) -> None:
     kube, bootstrap = shop.kube, shop.bootstrap
     kube.apply(virtual_service({"v1": 0, "v2": 100}))
-    with (
-        Mesh.from_bootstrap(bootstrap) as mesh,
-        httpx.Client(transport=mesh.httpx_transport()) as client,
-    ):
+    with meshed(bootstrap) as client:
         wait_until(client, lambda v: v == "v2", window=30, limit=CHANGE_LIMIT)
         deadline = time.monotonic() + CHANGE_LIMIT
         while accepted(kube).get("status") != "True":
@@ -278,10 +279,7 @@ def test_api_server_down_30_s_under_load_fails_no_request_and_changes_arrive_aft
     kube.apply(virtual_service({"v1": 100, "v2": 0}))
     results: Counter[str] = Counter()
     stop = threading.Event()
-    with (
-        Mesh.from_bootstrap(bootstrap) as mesh,
-        httpx.Client(transport=mesh.httpx_transport()) as client,
-    ):
+    with meshed(bootstrap) as client:
         wait_until(client, lambda v: v in ("v1a", "v1b"), window=30, limit=CHANGE_LIMIT)
 
         def load() -> None:
