@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools test lint typecheck unit demo bench ab clean
+.PHONY: install tools kube-tools test lint typecheck unit demo bench ab clean
 
 $(STAMP): pyproject.toml control_plane/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,14 @@ typecheck: $(STAMP)
 tools:
 	command -v prometheus >/dev/null || (apt-get update && apt-get install -y prometheus)
 
-test: $(STAMP) tools lint typecheck
+# Kubernetes for the kube tests: etcd, kube-apiserver, kube-controller-manager and kubectl
+# built from Go modules (tools/kube, tools/etcd) once per machine, cached outside the
+# clone; a clone on a machine that has them takes seconds here (tools/build-kube.sh).
+export KUBE_TOOLS_DIR ?= $(HOME)/.cache/proxyless-mesh/kube-v1.37.2
+kube-tools:
+	tools/build-kube.sh "$(KUBE_TOOLS_DIR)"
+
+test: $(STAMP) tools kube-tools lint typecheck
 	$(PY) -m pytest -q -ra
 
 demo: $(STAMP)

@@ -73,7 +73,14 @@ class LoadClients:
     """The client processes of one run; each speaks the JSON-lines protocol."""
 
     def __init__(
-        self, lab: LocalMesh, n: int, timeout: float, streams_per_connection: int = 1
+        self,
+        lab: LocalMesh,
+        n: int,
+        timeout: float,
+        streams_per_connection: int = 1,
+        *,
+        authority: str = f"{HOST}:{PORT}",
+        changed: str = "rds",
     ) -> None:
         self.procs: list[subprocess.Popen[str]] = []
         per = max(1, math.ceil(n / math.ceil(n / CLIENTS_PER_PROCESS)))
@@ -90,7 +97,9 @@ class LoadClients:
                         "--count",
                         str(count),
                         "--authority",
-                        f"{HOST}:{PORT}",
+                        authority,
+                        "--changed",
+                        changed,
                         "--id-prefix",
                         f"load-{start}-",
                         "--timeout",

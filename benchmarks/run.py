@@ -16,6 +16,8 @@ Sections (benchmarks/README.md has the method):
   telemetry    telemetry cost per request (benchmarks/bench_telemetry.py)
   cp           control plane with 100 / 1,000 / 10,000 connected xDS clients
   propagation  VirtualService file write -> our library's routing snapshot
+  kube         the control plane on a real Kubernetes API server: 1,000 Services,
+               10,000 endpoints, 100 clients, 50 endpoint changes/s (bench_kube.py)
 `--only data` means http,grpc. Every table is printed at the end and written
 to benchmarks/results/ (bench.md, latency.png).
 """
@@ -59,6 +61,7 @@ SECTIONS = (
     "telemetry",
     "cp",
     "propagation",
+    "kube",
 )
 LAB_SECTIONS = {"http", "grpc", "resilience", "mtls", "outage", "propagation"}
 TITLES = {
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             ("policy", "Inbound authorization: policy evaluation cost per request"),
             ("balancer", "Balancer: pick cost per policy"),
             ("telemetry", "Telemetry: cost per request"),
+            ("kube", "Kubernetes: the control plane on a real API server at scale"),
         ):
             if section in args.sections:
                 print(f"  {section} ...", file=sys.stderr, flush=True)

@@ -22,6 +22,8 @@ Driven over stdin/stdout, one JSON object per line:
     "wait"  answer {"acks": [t, ...]} once every client has ACKed a route
             version other than the armed one (or after --timeout seconds,
             with the times of those that did)
+    With --changed eds, "arm" and "wait" follow the endpoints' content instead
+    of the route version (an endpoint change, whatever the version says).
     "quit"
 """
 
@@ -103,10 +105,18 @@ class Client:
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     synced_at: float = 0.0
     armed_version: str | None = None
+    eds_content: int = 0  # hash of the resources of the last EDS response
+    armed_content: int | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     changed_at: float = 0.0
     failure: str = ""  # why a stream first failed, if one did
     resets: int = 0  # streams that failed and were reopened
+
+    def note_change(self, differs: bool) -> None:
+        """The first response that differs from what was armed sets `changed`."""
+        if differs and not self.changed.is_set():
+            self.changed_at = time.monotonic()
+            self.changed.set()
 
 
 async def run_client(
@@ -136,7 +146,7 @@ class Seen:
     (which depends only on it and the names the stream asks for) is
     serialized once per name set and written as bytes."""
 
-    __slots__ = ("acks", "nonce", "resources", "type_url", "version", "wanted")
+    __slots__ = ("acks", "content", "nonce", "resources", "type_url", "version", "wanted")
 
     def __init__(self, payload: bytes) -> None:
         response = discovery_pb2.DiscoveryResponse.FromString(payload)
@@ -144,6 +154,7 @@ class Seen:
         self.version = response.version_info
         self.nonce = response.nonce
         self.resources = len(response.resources)
+        self.content = hash(tuple(any_.value for any_ in response.resources))
         self.wanted = frozenset(
             name for any_ in response.resources for name in references(self.type_url, any_.value)
         )
@@ -221,14 +232,12 @@ async def _follow(call: Any, client: Client, first: bytes) -> None:
         versions[type_url] = response.version
         await call.write(response.ack(names.get(type_url, _NO_NAMES)))
         if type_url == RDS:
-            if (
-                client.armed_version is not None
-                and response.version != client.armed_version
-                and not client.changed.is_set()
-            ):
-                client.changed_at = time.monotonic()
-                client.changed.set()
+            armed = client.armed_version
+            client.note_change(armed is not None and response.version != armed)
         elif type_url == EDS:
+            client.eds_content = response.content
+            armed_content = client.armed_content
+            client.note_change(armed_content is not None and response.content != armed_content)
             if response.resources and not client.synced.is_set():
                 client.synced_at = time.monotonic()
                 client.synced.set()
@@ -286,7 +295,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 )
             elif command == "arm":
                 for client in clients:
-                    client.armed_version = client.versions.get(RDS, "")
+                    if args.changed == "eds":
+                        client.armed_content = client.eds_content
+                    else:
+                        client.armed_version = client.versions.get(RDS, "")
                     client.changed.clear()
                 reply({"armed": len(clients)})
             elif command == "wait":
@@ -324,6 +336,12 @@ def main() -> None:
         type=int,
         default=1,
         help="independent ADS streams (each its own node) sharing one connection",
+    )
+    parser.add_argument(
+        "--changed",
+        choices=("rds", "eds"),
+        default="rds",
+        help="what arm/wait follow: the route version, or the endpoints' content",
     )
     asyncio.run(main_async(parser.parse_args()))
 

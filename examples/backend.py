@@ -3,7 +3,7 @@ with JSON naming its service and version, so callers can count who served.
 
     python examples/backend.py --service reviews --version v1 --ready-file F
 
-Binds 127.0.0.1 on a free port (or --port) and writes {"port": N} to the
+Binds 127.0.0.1 (or --host) on a free port (or --port) and writes {"port": N} to the
 ready file once it accepts connections.
 
 Failure modes for resilience tests: `--fail-rate 0.3` answers 503 (or
@@ -135,14 +135,19 @@ def write_ready(path: str, payload: dict[str, Any]) -> None:
 
 
 async def serve(
-    service: str, version: str, port: int, ready_file: str | None, behaviour: Behaviour
+    service: str,
+    version: str,
+    port: int,
+    ready_file: str | None,
+    behaviour: Behaviour,
+    host: str = "127.0.0.1",
 ) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted sockets inherit this on Linux: without it, a response written
     # in two pieces waits for the client's delayed ACK (about 40 ms).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", port))
+    sock.bind((host, port))
     config = uvicorn.Config(
         make_app(service, version, behaviour), log_level="warning", access_log=False
     )
@@ -162,13 +167,14 @@ def main() -> None:
     parser.add_argument("--service", required=True)
     parser.add_argument("--version", required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1", help="the address to bind")
     parser.add_argument("--ready-file")
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--fail-status", type=int, default=503)
     parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
     behaviour = Behaviour(args.fail_rate, args.fail_status, args.delay)
-    asyncio.run(serve(args.service, args.version, args.port, args.ready_file, behaviour))
+    asyncio.run(serve(args.service, args.version, args.port, args.ready_file, behaviour, args.host))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
+from kube import KubeCluster, kube_cluster
 from meshlab import LocalMesh
 
 
@@ -45,3 +46,12 @@ def lab(tmp_path: Path) -> Iterator[LocalMesh]:
         yield mesh
     finally:
         mesh.close()
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    """One real Kubernetes control plane (etcd, kube-apiserver,
+    kube-controller-manager) for the whole session: every kube test shares it, each
+    in its own namespace."""
+    with kube_cluster(tmp_path_factory.mktemp("kube")) as cluster:
+        yield cluster

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,16 +44,22 @@ from mesh_control_plane.config import ConfigLoadError, ConfigWatcher, MeshSettin
 from mesh_control_plane.config.errors import ConfigProblem
 from mesh_control_plane.config.jwks import JwksRefresher, JwksResolver
 from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.kube.ca_secret import share_ca_dir
+from mesh_control_plane.kube.client import connection_from
+from mesh_control_plane.kube.config_source import KubeConfigSource
+from mesh_control_plane.kube.tokenreview import TokenReviewer
 from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.registry.runtime import RegistryRuntime, RegistrySettings
 from mesh_control_plane.xds import InconsistentConfigError, SnapshotCache, XdsServer
 from mesh_control_plane.xds.registration import RegistrationService, StreamObserver
-from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN
+from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN, SpiffeId
 
 log = logging.getLogger(__name__)
 
 ConfigErrorCallback = Callable[[Sequence[str]], None]
 
+LEASE_NAME = "proxyless-mesh-control-plane"
+KUBE_SYNC_TIMEOUT = 30.0  # seconds the first load waits for the custom resources
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
 
@@ -100,9 +108,18 @@ class ControlPlane:
         self.ca_server: CaServer | None = None
         verify = None
         if ca is not None:  # opened here: bad CA files fail before anything listens
+            if registry is not None and registry.kubeconfig and registry.ca_secret:
+                share_ca_dir(
+                    connection_from(registry.kubeconfig),
+                    registry.ca_secret,
+                    ca.ca_dir,
+                    lambda: (CertificateAuthority.open(ca), TokenAuthority.open(ca.ca_dir)),
+                )
             authority = CertificateAuthority.open(ca)
             tokens = TokenAuthority.open(ca.ca_dir)
-            self.ca_server = CaServer(CertificateService(authority, tokens))
+            on_kube = registry is not None and bool(registry.kubeconfig)
+            reviewer = self._review_token if on_kube else None
+            self.ca_server = CaServer(CertificateService(authority, tokens, reviewer))
             verify = _token_verifier(tokens)
         self.registry = RegistryRuntime(registry or RegistrySettings(), verify)
         self.cache = SnapshotCache(registry_builder=self.registry.hub.build)
@@ -148,6 +165,14 @@ class ControlPlane:
         self._on_config_error = on_config_error
         self._poll_interval = poll_interval
         self._watcher: ConfigWatcher | None = None
+        self.kube_config: KubeConfigSource | None = None
+        self._reloads: set[asyncio.Task[bool]] = set()
+        if registry is not None and registry.kubeconfig and registry.kube_resources:
+            connection = connection_from(registry.kubeconfig)
+            self.kube_config = KubeConfigSource(connection)
+            lease = registry.leader_lease or f"{connection.namespace}/{LEASE_NAME}"
+            identity = f"{socket.gethostname()}-{os.getpid()}"
+            self.kube_config.elect(lease, identity, registry.lease_duration)
         self._jwks = JwksRefresher(jwks or JwksResolver(), self._apply_resolved)
         self._first_load = asyncio.Event()
 
@@ -186,13 +211,26 @@ class ControlPlane:
             first_load.set()
             self._report([str(p) for p in error.problems])
 
+        kube = self.kube_config
+        if kube is not None:  # the first load includes the custom resources
+            await kube.start()
+            try:
+                await asyncio.wait_for(kube.wait_synced(), KUBE_SYNC_TIMEOUT)
+            except TimeoutError:
+                log.warning("Kubernetes custom resources not listed yet: starting without")
         self._watcher = ConfigWatcher(
             self.config_dir,
             on_config,
             on_error,
             poll_interval=self._poll_interval,
             settings=self.settings,
+            extra=kube.documents if kube is not None else tuple,
+            known=lambda: self.registry.hub.augment(MeshConfig()).service_entries,
         )
+        if kube is not None:
+            kube.bind(self._watcher)
+        if self.registry.kubernetes is not None:
+            self.registry.kubernetes.on_hosts_change = self._hosts_changed
         watching = self._watcher.start()
         loaded = asyncio.create_task(first_load.wait())
         await asyncio.wait({watching, loaded}, return_when=asyncio.FIRST_COMPLETED)
@@ -201,12 +239,33 @@ class ControlPlane:
             await self._jwks.stop()
             await self._watcher.stop()  # re-raises why the watcher ended
 
+    async def _review_token(self, token: str) -> SpiffeId:
+        """A bearer token that is no join token: a Kubernetes ServiceAccount token,
+        when the control plane watches Kubernetes (TokenReview), else refused."""
+        kubernetes = self.registry.kubernetes
+        if kubernetes is None:
+            raise TokenError("ServiceAccount tokens need --kubeconfig")
+        reviewer = TokenReviewer(
+            kubernetes.watching, self.settings.trust_domain, kubernetes.settings.token_audience
+        )
+        return await reviewer.review(token)
+
+    def _hosts_changed(self) -> None:
+        """Kubernetes Services changed: reload, as references to them may resolve now."""
+        if self.kube_config is not None:
+            self.kube_config.poke()
+        elif self._watcher is not None:
+            self._reloads.add(task := asyncio.create_task(self._watcher.reload()))
+            task.add_done_callback(self._reloads.discard)
+
     async def stop(self, grace: float = 1.0) -> None:
         """Stop watching, stop admin, then end the ADS streams within `grace` seconds."""
         if self._watcher is not None:
             watcher, self._watcher = self._watcher, None
             await watcher.stop()
         await self._jwks.stop()
+        if self.kube_config is not None:
+            await self.kube_config.stop()
         await self.admin.stop()
         if self.ca_server is not None:
             await self.ca_server.stop(grace)

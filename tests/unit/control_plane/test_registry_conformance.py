@@ -2,14 +2,17 @@
 
 Static YAML (ServiceEntry + WorkloadEntries through the real loader), the embedded
 self-registration registry (registrations + ADS stream liveness), and the Consul
-backend against the Consul double (real HTTP, blocking queries). Each driver turns
+backend against the Consul double (real HTTP, blocking queries), and the Kubernetes
+backend against a real API server (tests/kube.py: Pods marked Ready through the
+status subresource, EndpointSlices written by the real controller). Each driver turns
 the same abstract operations into its backend's terms; every test then reads the
 `Registry` the translator would get (`RegistryHub.build`).
 
 "Served" means HEALTHY. A backend that `keeps_leaving` instances (embedded) lists one
 that is going away with its status (DRAINING after a clean removal, UNHEALTHY after
 a lost stream) until its grace period ends; the others (Consul: only passing
-instances are endpoints) drop it.
+instances are endpoints; Kubernetes: a not-ready or force-deleted Pod is no endpoint)
+drop it.
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ from typing import Any
 
 import pytest
 from mesh_control_plane.config import ConfigLoadError, MeshConfig, parse_documents
+from mesh_control_plane.kube.client import connection_from
 from mesh_control_plane.registry.consul import ConsulRegistry, ConsulSettings
 from mesh_control_plane.registry.embedded import EmbeddedRegistry, RegistrationRequest
 from mesh_control_plane.registry.hub import RegistryHub
+from mesh_control_plane.registry.kubernetes import KubernetesRegistry, KubernetesSettings
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.registry.workload_group import WorkloadGroup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from consul_double import ConsulDouble
+from kube import KubeCluster, pod_manifest, set_pod_ready
 
 HOST = "reviews.default.svc"
 
@@ -260,17 +266,139 @@ class ConsulDriver(Driver):
         self.double.close()
 
 
-@pytest.fixture(params=["static", "embedded", "consul"])
+class KubernetesDriver(Driver):
+    """A Service `reviews` selecting `app: reviews` in a namespace of its own; an
+    instance is a Pod bound to a Node (whose topology labels are the locality) and
+    marked Ready with its podIP through the status subresource."""
+
+    name = "kubernetes"
+
+    def __init__(self, cluster: KubeCluster, namespace: str) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.ns = namespace
+        self.host = f"reviews.{namespace}.svc.cluster.local"
+        self.api = cluster.client()
+        self.labels: dict[str, dict[str, str]] = {}
+        self.addresses: dict[str, str] = {}
+        self.kube: KubernetesRegistry | None = None
+
+    def registry(self) -> Registry:
+        # The host is the Service's: seen under the suite's HOST name.
+        return {HOST: super().registry().get(self.host, ())}
+
+    async def until(self, check: Callable[[Registry], bool], timeout: float = 5.0) -> Registry:
+        """Also wait until no deleted Pod is listed: a deletion passes through
+        "terminating" (DRAINING) on its way, which the suite must not catch."""
+        live = lambda r: {i.address for i in r.get(HOST, ())} <= set(self.addresses.values())  # noqa: E731
+        return await super().until(lambda r: check(r) and live(r), timeout)
+
+    def _call(self, method: str, path: str, body: Any = None, patch: bool = False) -> None:
+        headers = {"Content-Type": "application/merge-patch+json"} if patch else {}
+        response = self.api.request(method, path, json=body, headers=headers)
+        assert response.is_success, f"{method} {path}: {response.text}"
+
+    async def call(self, method: str, path: str, body: Any = None, patch: bool = False) -> None:
+        await asyncio.to_thread(self._call, method, path, body, patch)
+
+    async def start(self) -> None:
+        ns = self.ns
+        await self.call("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+        await self.call(
+            "POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "reviews"}}
+        )
+        await self.call("POST", "/api/v1/nodes", {"metadata": {"name": f"{ns}-node"}})
+        service = {
+            "metadata": {"name": "reviews"},
+            "spec": {
+                "selector": {"app": "reviews"},
+                "ports": [{"name": "http", "port": 9080, "targetPort": "http"}],
+            },
+        }
+        await self.call("POST", f"/api/v1/namespaces/{ns}/services", service)
+        settings = KubernetesSettings(namespaces=(ns,), backoff_initial=0.05, backoff_max=0.5)
+        connection = connection_from(str(self.cluster.kubeconfig))
+        self.kube = KubernetesRegistry(connection, settings, on_change=self.notify)
+        self.hub.sources = [self.kube]
+        await self.kube.start()
+
+    async def add(
+        self, name: str, address: str, port: int, labels: dict[str, str], loc: str = ""
+    ) -> None:
+        ns, node = self.ns, f"{self.ns}-node"
+        if loc:
+            region, _, zone = loc.partition("/")
+            node = f"{ns}-{name}"
+            topology = {
+                "topology.kubernetes.io/region": region,
+                "topology.kubernetes.io/zone": zone,
+            }
+            await self.call(
+                "POST", "/api/v1/nodes", {"metadata": {"name": node, "labels": topology}}
+            )
+        self.labels[name] = {"app": "reviews", **labels}
+        self.addresses[name] = address
+        pod = pod_manifest(ns, name, self.labels[name], port, node, "reviews")
+        await self.call("POST", f"/api/v1/namespaces/{ns}/pods", pod)
+        await asyncio.to_thread(set_pod_ready, self.api, ns, name, True, address)
+
+    async def remove(self, name: str) -> None:
+        """A force delete (no kubelet would ever confirm a graceful one). The API
+        server marks the Pod terminating first (its endpoint DRAINING for a moment),
+        then removes it: return once it is gone, so the suite sees the end state."""
+        path = f"/api/v1/namespaces/{self.ns}/pods/{name}"
+        del self.addresses[name]
+        await self.call("DELETE", f"{path}?gracePeriodSeconds=0")
+        async with asyncio.timeout(10):
+            while (await asyncio.to_thread(self.api.get, path)).status_code != 404:
+                await asyncio.sleep(0.05)
+
+    async def set_healthy(self, name: str, healthy: bool) -> None:
+        address = self.addresses[name]
+        await asyncio.to_thread(set_pod_ready, self.api, self.ns, name, healthy, address)
+
+    async def set_labels(self, name: str, labels: dict[str, str]) -> None:
+        new: dict[str, str | None] = {"app": "reviews", **labels}
+        new.update({k: None for k in self.labels[name] if k not in new})
+        self.labels[name] = {"app": "reviews", **labels}
+        path = f"/api/v1/namespaces/{self.ns}/pods/{name}"
+        await self.call("PATCH", path, {"metadata": {"labels": new}}, True)
+
+    async def break_source(self) -> None:
+        await asyncio.to_thread(self.cluster.stop_apiserver)
+
+    async def heal_source(self) -> None:
+        await asyncio.to_thread(self.cluster.start_apiserver)
+        self.api.close()  # its pooled connections went with the old process
+        self.api = self.cluster.client()
+
+    async def close(self) -> None:
+        if self.kube is not None:
+            await self.kube.stop()
+        with contextlib.suppress(AssertionError):  # best effort: the cluster is the test's
+            await self.call("DELETE", f"/api/v1/namespaces/{self.ns}")
+        self.api.close()
+
+
+_namespaces = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["static", "embedded", "consul", "kubernetes"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Driver]:
     driver: Driver
     if request.param == "static":
         driver = StaticDriver()
     elif request.param == "embedded":
         driver = EmbeddedDriver()
-    else:
+    elif request.param == "consul":
         consul = ConsulDriver()
         await consul.start()
         driver = consul
+    else:
+        cluster = request.getfixturevalue("kube")
+        kube = KubernetesDriver(cluster, f"conformance-{next(_namespaces)}")
+        await kube.start()
+        driver = kube
     try:
         yield driver
     finally:

@@ -21,7 +21,7 @@ gets TLS; renewal is safe on any network (see above).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,9 +54,17 @@ class Refusal(Exception):
 class CertificateService:
     """Authenticates, checks the CSR against the proven identity, signs."""
 
-    def __init__(self, ca: CertificateAuthority, tokens: TokenAuthority) -> None:
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        tokens: TokenAuthority,
+        reviewer: Callable[[str], Awaitable[SpiffeId]] | None = None,
+    ) -> None:
+        """`reviewer`: a bearer token that is no join token is asked of it (Kubernetes
+        ServiceAccount tokens, kube/tokenreview.py); TokenError refuses."""
         self.ca = ca
         self.tokens = tokens
+        self.reviewer = reviewer
 
     def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return grpc.method_handlers_generic_handler(
@@ -75,7 +83,10 @@ class CertificateService:
     ) -> Any:
         metadata = {k: v for k, v in (context.invocation_metadata() or ())}
         try:
-            chain, granted, how = self.sign(request.csr, request.validity_duration, metadata)
+            proven = await self._review(metadata)
+            chain, granted, how = self.sign(
+                request.csr, request.validity_duration, metadata, proven
+            )
         except Refusal as refusal:
             log.warning(
                 "refused a certificate request from %s: %s: %s",
@@ -96,12 +107,40 @@ class CertificateService:
             trust_bundle=[_pem(c) for c in self.ca.trust_bundle()],
         )
 
+    async def _review(self, metadata: Mapping[str, str | bytes]) -> tuple[SpiffeId, str] | None:
+        """A bearer token that is no join token, proven by the reviewer; None when
+        there is nothing to review (sign() then authenticates as before)."""
+        auth = metadata.get(ca_wire.AUTHORIZATION)
+        if self.reviewer is None or auth is None:
+            return None
+        scheme, _, token = str(auth).partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        try:
+            self.tokens.verify(token.strip())
+            return None
+        except TokenError as exc:
+            join_reason = exc.reason
+        try:
+            return await self.reviewer(token.strip()), "ServiceAccount token"
+        except TokenError as exc:
+            raise Refusal(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"not a valid join token ({join_reason}) nor a ServiceAccount token "
+                f"Kubernetes accepts ({exc.reason})",
+            ) from None
+
     def sign(
-        self, csr_pem: str, validity: int, metadata: Mapping[str, str | bytes]
+        self,
+        csr_pem: str,
+        validity: int,
+        metadata: Mapping[str, str | bytes],
+        proven: tuple[SpiffeId, str] | None = None,
     ) -> tuple[list[x509.Certificate], str, str]:
         """(chain, granted SPIFFE ID, how it was proven) or Refusal. Pure of
-        gRPC so it can be tested without a server."""
-        granted, how = self._authenticate(csr_pem, metadata)
+        gRPC so it can be tested without a server; `proven` is an identity
+        already established (by the reviewer)."""
+        granted, how = proven or self._authenticate(csr_pem, metadata)
         if granted.trust_domain != self.ca.trust_domain:
             raise Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -17,7 +17,9 @@ from typing import Any
 from mesh_control_plane.app import Addresses, serve
 from mesh_control_plane.ca import CaError, CaSettings, default_ca_dir, parse_duration
 from mesh_control_plane.config import DEFAULT_ROOT_NAMESPACE, MeshSettings
+from mesh_control_plane.kube.client import KubeConfigError
 from mesh_control_plane.registry.consul import ConsulSettings
+from mesh_control_plane.registry.kubernetes import KubernetesSettings
 from mesh_control_plane.registry.runtime import RegistrySettings
 from mesh_control_plane.xds.server import tune_gc
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN
@@ -79,6 +81,48 @@ def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
     reg.add_argument(
         "--consul-host-suffix", default=".service.consul", help="mesh host = <service><suffix>"
     )
+    reg.add_argument(
+        "--kubeconfig",
+        default="",
+        help="watch Kubernetes Services/EndpointSlices/Pods through this kubeconfig "
+        "(its current context), or 'in-cluster' for the Pod's ServiceAccount",
+    )
+    reg.add_argument(
+        "--kube-token-audience",
+        default="proxyless-mesh",
+        help="with --kubeconfig: the CA accepts ServiceAccount tokens for this audience "
+        "(checked by the API server's TokenReview)",
+    )
+    reg.add_argument(
+        "--ca-secret",
+        default="",
+        help="with --kubeconfig: NAMESPACE/NAME of a Secret holding the CA's files, shared "
+        "by all replicas (created from this CA directory when missing)",
+    )
+    reg.add_argument(
+        "--leader-lease",
+        default="",
+        help="with --kubeconfig: NAMESPACE/NAME of the Lease electing the replica that "
+        "writes status (default: the kubeconfig's namespace/proxyless-mesh-control-plane)",
+    )
+    reg.add_argument(
+        "--lease-duration",
+        type=_duration,
+        default=15.0,
+        help="how long a silent leader keeps the Lease (e.g. 15s)",
+    )
+    reg.add_argument(
+        "--no-kube-resources",
+        action="store_true",
+        help="with --kubeconfig: do not read Istio configuration from custom resources "
+        "(the config directory only; see `meshctl install`)",
+    )
+    reg.add_argument(
+        "--kube-namespace",
+        action="append",
+        default=[],
+        help="serve only Services of this namespace (repeatable; default: all)",
+    )
 
 
 def registry_settings(args: argparse.Namespace) -> RegistrySettings:
@@ -91,7 +135,21 @@ def registry_settings(args: argparse.Namespace) -> RegistrySettings:
             ca_file=args.consul_ca_file,
             host_suffix=args.consul_host_suffix,
         )
-    settings = RegistrySettings(workload_groups_dir=args.workload_groups_dir, consul=consul)
+    kubernetes = KubernetesSettings(
+        domain=args.domain,
+        namespaces=tuple(args.kube_namespace),
+        token_audience=args.kube_token_audience,
+    )
+    settings = RegistrySettings(
+        workload_groups_dir=args.workload_groups_dir,
+        consul=consul,
+        kubeconfig=args.kubeconfig,
+        kubernetes=kubernetes,
+        kube_resources=not args.no_kube_resources,
+        ca_secret=args.ca_secret,
+        leader_lease=args.leader_lease,
+        lease_duration=args.lease_duration,
+    )
     if args.registration_grace is not None:
         settings = dataclasses.replace(settings, grace=args.registration_grace)
     return settings
@@ -203,6 +261,9 @@ def run(args: argparse.Namespace) -> int:
     except CaError as exc:
         print(f"meshctl: CA: {exc}", file=sys.stderr)
         return 1
+    except KubeConfigError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"meshctl: cannot listen: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from mesh_control_plane.cli import (
     describe_cmd,
     gateway_cmd,
     proxy_cmd,
+    install_cmd,
     simulate_cmd,
     status_cmd,
     token_cmd,
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_cmd.add_parser(commands)
     gateway_cmd.add_parser(commands)
     proxy_cmd.add_parser(commands)
+    install_cmd.add_parser(commands)
     return parser
 
 

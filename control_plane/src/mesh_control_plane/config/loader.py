@@ -10,7 +10,7 @@ keeping the last good one (see watch.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,8 +61,18 @@ def config_files(root: Path) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(root).as_posix())
 
 
-def load_config_dir(path: Path, settings: MeshSettings | None = None) -> MeshConfig:
-    """Read, validate and cross-check every config file under `path`.
+def load_config_dir(
+    path: Path,
+    settings: MeshSettings | None = None,
+    extra: Iterable[Document] = (),
+    known: Sequence[ServiceEntry] = (),
+) -> MeshConfig:
+    """Read, validate and cross-check every config file under `path`, then `extra`
+    (documents from elsewhere: Kubernetes). A resource (kind, namespace, name) that a
+    file defines is the file's: the same one in `extra` is left out. `known` are
+    services that registries declare (Kubernetes Services, Consul): references to
+    their hosts resolve, but they are not part of the result (the registry hub adds
+    them to each config it applies).
 
     `settings` (trust domain, root namespace) come from control-plane flags and
     are carried in the result, since translation depends on them. Raises
@@ -75,7 +85,8 @@ def load_config_dir(path: Path, settings: MeshSettings | None = None) -> MeshCon
     builder = _Builder(settings or MeshSettings())
     for file in config_files(root):
         builder.add(_read_documents(root, file, builder.problems))
-    return builder.finish()
+    builder.add(extra, lower=True)
+    return builder.finish(known)
 
 
 def parse_documents(
@@ -100,18 +111,21 @@ class _Builder:
         self._resources: list[Resource] = []
         self._seen: dict[tuple[str, str, str], str] = {}
 
-    def add(self, documents: Iterable[Document]) -> None:
+    def add(self, documents: Iterable[Document], *, lower: bool = False) -> None:
+        """`lower`: these documents yield to a resource already added (no duplicate)."""
         for doc in documents:
             if doc.data is None:  # an empty document, e.g. after a trailing "---"
                 continue
             for item in expand_lists(doc, Problems(self.problems, doc.file, line=doc.line)):
-                self._add_one(item)
+                self._add_one(item, lower)
 
-    def _add_one(self, doc: Document) -> None:
+    def _add_one(self, doc: Document, lower: bool = False) -> None:
         meta, resource = parse_document(Problems(self.problems, doc.file, line=doc.line), doc)
         if meta is None:
             return
         key = (meta.kind, meta.namespace, meta.name)
+        if key in self._seen and lower:
+            return
         if key in self._seen:
             message = f"duplicate resource, also defined in {self._seen[key]}"
             self.problems.append(ConfigProblem(meta.file, meta.ref, "", message))
@@ -120,13 +134,17 @@ class _Builder:
         if resource is not None:
             self._resources.append(resource)
 
-    def finish(self) -> MeshConfig:
+    def finish(self, known: Sequence[ServiceEntry] = ()) -> MeshConfig:
         if self.problems:
             # References are checked only on a fully parsed configuration: a resource
             # that failed to parse would otherwise show up as a dangling reference.
             raise ConfigLoadError(self.problems)
         config = _assemble(self._resources, self.settings)
-        dangling = check_references(config)  # before delegation: errors name the file written
+        declared = {host for entry in config.service_entries for host in entry.hosts}
+        extra = tuple(e for e in known if not declared.intersection(e.hosts))
+        checked = replace(config, service_entries=config.service_entries + extra)
+        # Before delegation: errors name the file written.
+        dangling = check_references(checked if extra else config)
         if dangling:
             raise ConfigLoadError(dangling)
         warnings = reference_warnings(config)

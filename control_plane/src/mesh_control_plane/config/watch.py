@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from .documents import Document
 from .errors import ConfigLoadError, ConfigProblem
 from .loader import config_files, load_config_dir
-from .model import MeshConfig, MeshSettings
+from .model import MeshConfig, MeshSettings, ServiceEntry
 
 __all__ = ["ConfigWatcher", "directory_signature"]
 
@@ -72,11 +73,17 @@ class ConfigWatcher:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         settings: MeshSettings | None = None,
+        extra: Callable[[], Iterable[Document]] = tuple,
+        known: Callable[[], Sequence[ServiceEntry]] = tuple,
     ) -> None:
         """`settings` (trust domain, root namespace: control-plane flags) go
-        into every loaded MeshConfig."""
+        into every loaded MeshConfig; `extra()` gives documents loaded after the
+        directory's (Kubernetes custom resources; the files win), `known()` the
+        services registries declare (see `load_config_dir`)."""
         self.path = Path(path)
         self._settings = settings or MeshSettings()
+        self._extra = extra
+        self._known = known
         self._on_config = on_config
         self._on_error = on_error
         self._poll_interval = poll_interval
@@ -140,7 +147,9 @@ class ConfigWatcher:
         Returns whether the load succeeded.
         """
         try:
-            config = await asyncio.to_thread(load_config_dir, self.path, self._settings)
+            config = await asyncio.to_thread(
+                load_config_dir, self.path, self._settings, tuple(self._extra()), self._known()
+            )
         except ConfigLoadError as err:
             self._last_errors = err.problems
             logger.warning("%s; keeping the last good configuration", err)

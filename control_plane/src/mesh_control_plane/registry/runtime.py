@@ -1,7 +1,7 @@
 """Wiring of the registry backends into a running control plane.
 
 `RegistryRuntime` owns the hub, the embedded (self-registration) registry and the
-optional Consul watcher; the control plane (app.py) serves the embedded registry's
+optional Consul and Kubernetes watchers; the control plane (app.py) serves the embedded registry's
 registration service and stream observer beside ADS (xds/ depends on the registry,
 never the reverse). The control plane calls `augment()` on every
 config it applies and gives `hub.build` to the snapshot cache; a registry change
@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.kube.client import connection_from
 from mesh_control_plane.registry.consul import ConsulRegistry, ConsulSettings
 from mesh_control_plane.registry.embedded import DEFAULT_GRACE, EmbeddedRegistry
 from mesh_control_plane.registry.hub import RegistryHub, RegistrySource
+from mesh_control_plane.registry.kubernetes import KubernetesRegistry, KubernetesSettings
 from mesh_control_plane.registry.workload_group import (
     WorkloadGroup,
     WorkloadGroupError,
@@ -54,6 +56,14 @@ class RegistrySettings:
     workload_groups_dir: Path | None = None
     grace: float = DEFAULT_GRACE  # seconds an unhealthy self-registered instance is kept
     consul: ConsulSettings | None = None
+    kubeconfig: str = ""  # a kubeconfig path or "in-cluster": watch Kubernetes
+    kubernetes: KubernetesSettings | None = None
+    kube_resources: bool = True  # with kubeconfig: Istio config from custom resources too
+    ca_secret: str = ""  # namespace/name: the CA's files shared by replicas through it
+    leader_lease: str = (
+        ""  # namespace/name; "": <kubeconfig namespace>/proxyless-mesh-control-plane
+    )
+    lease_duration: float = 15.0
 
 
 class RegistryRuntime:
@@ -72,6 +82,13 @@ class RegistryRuntime:
         if settings.consul is not None:
             self.consul = ConsulRegistry(settings.consul, on_change=self.hub.changed)
             sources.append(self.consul)
+        self.kubernetes: KubernetesRegistry | None = None
+        if settings.kubeconfig:
+            connection = connection_from(settings.kubeconfig)
+            self.kubernetes = KubernetesRegistry(
+                connection, settings.kubernetes, on_change=self.hub.changed
+            )
+            sources.append(self.kubernetes)
         self.hub.sources = sources
 
     def workload_groups(self) -> tuple[WorkloadGroup, ...]:
@@ -141,6 +158,8 @@ class RegistryRuntime:
         self.workload_groups()
         if self.consul is not None:
             await self.consul.start()
+        if self.kubernetes is not None:
+            await self.kubernetes.start()
 
     async def stop(self) -> None:
         self._apply = None
@@ -148,6 +167,8 @@ class RegistryRuntime:
         self.embedded.close()
         if self.consul is not None:
             await self.consul.stop()
+        if self.kubernetes is not None:
+            await self.kubernetes.stop()
 
     def _reapply(self) -> None:
         if self._apply is not None:

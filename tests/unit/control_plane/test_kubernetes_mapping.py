@@ -1,0 +1,154 @@
+"""Pure logic of the Kubernetes backend: protocol rules, EndpointSlice conditions,
+kubeconfig reading, and the reflector's relist after 410 (over httpx's
+MockTransport: a 410 cannot be summoned from a real API server on demand). The
+backend against the real API server is in test_registry_conformance.py and
+tests/integration/test_kube_*.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mesh_control_plane.kube.client import KubeConfigError, connection_from
+from mesh_control_plane.kube.reflector import Reflector
+from mesh_control_plane.registry.kubernetes import _endpoint_slice, port_protocol
+
+
+@pytest.mark.parametrize(
+    ("port", "protocol"),
+    [
+        ({"name": "http-web", "port": 80}, "HTTP"),
+        ({"name": "grpc", "port": 80}, "GRPC"),
+        ({"name": "http2", "port": 80}, "HTTP2"),
+        ({"name": "web", "port": 80, "appProtocol": "http"}, "HTTP"),
+        ({"name": "http", "port": 80, "appProtocol": "kubernetes.io/h2c"}, "HTTP2"),
+        ({"name": "http", "port": 80, "appProtocol": "grpc"}, "GRPC"),  # appProtocol wins
+        ({"name": "web", "port": 80}, None),  # Istio would sniff: the mesh does not
+        ({"name": "https", "port": 443}, None),
+        ({"name": "http", "port": 53, "protocol": "UDP"}, None),
+        ({"name": "x", "port": 80, "appProtocol": "kubernetes.io/ws"}, None),
+    ],
+)
+def test_port_protocol(port: dict[str, Any], protocol: str | None) -> None:
+    assert port_protocol(port) == protocol
+
+
+def _slice(*conditions: dict[str, bool]) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "web-abc",
+            "namespace": "shop",
+            "resourceVersion": "1",
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [
+            {"addresses": [f"10.0.0.{n}"], "conditions": c} for n, c in enumerate(conditions, 1)
+        ],
+    }
+
+
+def test_endpoint_conditions() -> None:
+    parsed = _endpoint_slice(
+        _slice(
+            {"ready": True, "serving": True, "terminating": False},
+            {"ready": False, "serving": True, "terminating": True},  # draining
+            {"ready": False, "serving": False, "terminating": True},  # gone
+            {"ready": False, "serving": False, "terminating": False},  # not ready
+            {},  # unset conditions: ready (the API's rule)
+        )
+    )
+    assert parsed is not None
+    assert parsed.service == "shop/web"
+    assert parsed.ports == (("http", 8080),)
+    assert [(e.address, e.health) for e in parsed.endpoints] == [
+        ("10.0.0.1", "HEALTHY"),
+        ("10.0.0.2", "DRAINING"),
+        ("10.0.0.5", "HEALTHY"),
+    ]
+
+
+def test_kubeconfig_data_and_token(tmp_path: Path) -> None:
+    config = {
+        "current-context": "c",
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "ns"}}],
+        "clusters": [{"name": "k", "cluster": {"server": "https://10.1.2.3:6443"}}],
+        "users": [{"name": "u", "user": {"token": "t0k"}}],
+    }
+    path = tmp_path / "config"
+    path.write_text(json.dumps(config))
+    connection = connection_from(str(path))
+    assert connection.server == "https://10.1.2.3:6443"
+    assert connection.headers() == {"Authorization": "Bearer t0k"}
+    assert connection.namespace == "ns"
+
+    config["clusters"][0]["cluster"] = {  # type: ignore[index]
+        "server": "https://10.1.2.3:6443",
+        "certificate-authority-data": base64.b64encode(b"not a certificate").decode(),
+    }
+    path.write_text(json.dumps(config))
+    with pytest.raises(KubeConfigError, match="certificate-authority"):
+        connection_from(str(path))  # bad CA data is an error, never "trust anything"
+
+    config["clusters"][0]["cluster"] = {  # type: ignore[index]
+        "server": "https://10.1.2.3:6443",
+        "insecure-skip-tls-verify": True,
+    }
+    path.write_text(json.dumps(config))
+    with pytest.raises(KubeConfigError, match="insecure-skip-tls-verify"):
+        connection_from(str(path))
+
+
+def _pod(name: str, version: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": version}}
+
+
+async def test_relist_after_gone_keeps_items_until_the_new_list() -> None:
+    """list (a, b) -> watch: 410 -> list (a, c) -> watch: c deleted. The items go
+    from {a, b} straight to {a, c}: never empty, never a mix."""
+    seen: list[set[str]] = []
+    requests: list[str] = []
+    lists = iter(
+        [
+            {"metadata": {"resourceVersion": "5"}, "items": [_pod("a", "1"), _pod("b", "2")]},
+            {"metadata": {"resourceVersion": "9"}, "items": [_pod("a", "1"), _pod("c", "8")]},
+        ]
+    )
+    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
+    watches = iter(
+        [
+            json.dumps(gone) + "\n",
+            json.dumps({"type": "DELETED", "object": _pod("c", "10")}) + "\n",
+        ]
+    )
+    done = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(str(request.url.params))
+        if "watch" not in request.url.params:
+            return httpx.Response(200, json=next(lists))
+        body = next(watches, None)
+        if body is None:
+            done.set()
+            await asyncio.sleep(3600)
+        return httpx.Response(200, content=body.encode())
+
+    reflector = Reflector("/api/v1/pods", lambda o: o["metadata"]["name"], lambda: None)
+    reflector.on_change = lambda: seen.append(set(reflector.items))
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), base_url="https://k"
+    ) as client:
+        task = asyncio.create_task(reflector.run(client))
+        async with asyncio.timeout(5):
+            await done.wait()
+        task.cancel()
+    assert seen == [{"ns/a", "ns/b"}, {"ns/a", "ns/c"}, {"ns/a"}]
+    assert reflector.resource_version == "10"
+    assert "resourceVersion=5" in requests[1] and "allowWatchBookmarks=true" in requests[1]
+    assert "resourceVersion=9" in requests[3]
