@@ -14,8 +14,6 @@ on the status page with its reason, and the simulate form answers.
 from __future__ import annotations
 
 import queue
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from browser import BrowserMissing, chromium
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
@@ -35,17 +34,6 @@ from test_telemetry_e2e import Prometheus
 
 from proxyless_mesh import Mesh
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PRODUCTPAGE = "wl:default/productpage"
 EDGES = {
     (PRODUCTPAGE, f"svc:{REVIEWS}"),
@@ -198,19 +186,11 @@ class RefusingClient:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One headless Chromium (Debian's) for the module, with an empty profile."""
-    if shutil.which("chromium") is None:
-        pytest.fail("chromium is not installed: run `make tools` (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver, tempfile.TemporaryDirectory() as profile:
-        context = driver.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        context.set_default_timeout(STEP * 1000)
-        try:
+    try:
+        with chromium(timeout=STEP) as context:
             yield context
-        finally:
-            context.close()
+    except BrowserMissing as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

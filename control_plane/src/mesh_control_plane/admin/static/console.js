@@ -109,10 +109,15 @@ function drawGraph(graph) {
       x1: from.x + (dx * r) / length, y1: from.y + (dy * r) / length,
       x2: to.x - (dx * r) / length, y2: to.y - (dy * r) / length, "marker-end": "url(#arrow)",
     }));
-    const mx = (from.x + to.x) / 2, my = (from.y + to.y) / 2 - 8;
-    group.append(element("svg:text", { x: mx, y: my, "text-anchor": "middle", class: "label" },
+    // The label runs along the edge, just above it (never upside down).
+    const mx = (from.x + to.x) / 2, my = (from.y + to.y) / 2;
+    let angle = (Math.atan2(dy, dx) * 180) / Math.PI;
+    if (angle > 90 || angle < -90) angle += 180;
+    const along = element("svg:g", { transform: `rotate(${angle.toFixed(1)} ${mx} ${my})` });
+    along.append(element("svg:text", { x: mx, y: my - 7, "text-anchor": "middle", class: "label" },
       edgeLabel(e)));
-    if (e.mtls === 1) drawLock(group, mx - 5, my + 4);
+    if (e.mtls === 1) drawLock(along, mx - 5, my + 3);
+    group.append(along);
     group.append(element("svg:title", {},
       `${e.source} → ${e.target} (${e.protocol || "?"}, reported by ${e.reporter})`));
     svg.append(group);
