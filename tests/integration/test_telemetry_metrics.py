@@ -39,22 +39,26 @@ GRPC_HOST = "greeter.default.mesh"
 SERVER = Workload("echo-v1", "default", "spiffe://cluster.local/ns/default/sa/echo")
 
 
-def requests_total(reader: InMemoryMetricReader) -> dict[frozenset[tuple[str, Any]], int]:
-    """Every istio_requests_total series: its label set -> value."""
+def requests_total(
+    reader: InMemoryMetricReader, name: str = "istio_requests_total"
+) -> dict[frozenset[tuple[str, Any]], int]:
+    """Every series of counter `name` (istio_requests_total): its label set -> value."""
     data = reader.get_metrics_data()
     found: dict[frozenset[tuple[str, Any]], int] = {}
     for resource in data.resource_metrics if data else ():
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
-                if metric.name == "istio_requests_total":
+                if metric.name == name:
                     for point in metric.data.data_points:
                         found[frozenset(point.attributes.items())] = int(point.value)
     return found
 
 
-def summary(reader: InMemoryMetricReader, *keys: str) -> Counter[tuple[Any, ...]]:
+def summary(
+    reader: InMemoryMetricReader, *keys: str, name: str = "istio_requests_total"
+) -> Counter[tuple[Any, ...]]:
     out: Counter[tuple[Any, ...]] = Counter()
-    for labels, value in requests_total(reader).items():
+    for labels, value in requests_total(reader, name).items():
         d = dict(labels)
         out[tuple(d[k] for k in keys)] += value
     return out
@@ -363,6 +367,12 @@ def check_grpc(client_reader: InMemoryMetricReader, server: GrpcServer) -> None:
     # for calls that reached it; the NR refusal names no destination workload.
     seen = summary(client_reader, "destination_workload", "grpc_response_status")
     assert seen == {("greeter-v1", "0"): 3, ("greeter-v1", "13"): 2, ("unknown", "14"): 1}
+    # Istio's gRPC message counts, both sides: a unary call is one message each
+    # way; a failed call answers none; the NR refusal sent none (zero series).
+    for reader in (client_reader, server.reader):
+        sent = summary(reader, "grpc_response_status", name="istio_request_messages_total")
+        answered = summary(reader, "grpc_response_status", name="istio_response_messages_total")
+        assert (sent, answered) == (Counter({("0",): 3, ("13",): 2}), Counter({("0",): 3}))
 
 
 def test_grpc_sync_exact_counts(lab: LocalMesh, grpc_server: GrpcServer) -> None:

@@ -66,10 +66,12 @@ def outbound(
     def serialize(message: Any) -> Any:
         data = serializer(message) if serializer is not None else message
         call.request_bytes += len(data)
+        call.request_messages += 1
         return data
 
     def deserialize(data: bytes) -> Any:
         call.response_bytes += len(data)
+        call.response_messages += 1
         return deserializer(data) if deserializer is not None else data
 
     return serialize, deserialize, out

@@ -122,7 +122,9 @@ class Call:
         "request_bytes",
         "request_header",
         "request_id",
+        "request_messages",
         "response_bytes",
+        "response_messages",
         "route_name",
         "secure",
         "service",
@@ -172,6 +174,9 @@ class Call:
         self.grpc_status: int | None = None
         self.request_bytes = 0
         self.response_bytes = 0
+        #: gRPC messages each way (counted by the gRPC integrations)
+        self.request_messages = 0
+        self.response_messages = 0
         self.request_id = ""
         self.http_version = ""
         #: Access-log operator values only an integration knows (user agent,
@@ -377,6 +382,9 @@ class Call:
                     self.request_bytes,
                     self.response_bytes,
                     side,
+                    (self.request_messages, self.response_messages)
+                    if self.protocol == "grpc"
+                    else None,
                 )
             access = telemetry.access if self.logged else None
             if access is not None and (
