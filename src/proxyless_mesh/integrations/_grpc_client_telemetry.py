@@ -58,7 +58,7 @@ def outbound(
     def set_header(name: str, value: str) -> None:
         out.append((name, value))
 
-    call.attempt_start(1, endpoint.address, endpoint.port, set_header)
+    call.attempt_start(1, endpoint.address, endpoint.port, set_header, endpoint.workload)
     if call.idle:  # nothing would be recorded: no counting, no done-callback
         call.done = True
         return serializer, deserializer, out

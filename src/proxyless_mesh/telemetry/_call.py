@@ -34,6 +34,7 @@ from proxyless_mesh.telemetry._labels import (
     NO_PEER,
     PEER_HEADER,
     UNKNOWN,
+    endpoint_peer,
     parse_peer,
 )
 
@@ -70,7 +71,9 @@ class QuietCall:
     def routed(self, route_name: str, cluster: str, secure: bool, principal: str) -> None:
         return
 
-    def attempt_start(self, attempt: int, host: str, port: int, set_header: SetHeader) -> None:
+    def attempt_start(
+        self, attempt: int, host: str, port: int, set_header: SetHeader, workload: str = ""
+    ) -> None:
         telemetry = self.telemetry
         try:
             if telemetry.tracer is not None:
@@ -277,13 +280,18 @@ class Call:
             self.peer_principal = principal
         self.start_client_span()
 
-    def attempt_start(self, attempt: int, host: str, port: int, set_header: SetHeader) -> None:
+    def attempt_start(
+        self, attempt: int, host: str, port: int, set_header: SetHeader, workload: str = ""
+    ) -> None:
         """A try is about to go to `host:port`: open its span and put the
-        trace context (the try's), the peer header and x-request-id on it."""
+        trace context (the try's), the peer header and x-request-id on it.
+        `workload` is the endpoint's Istio telemetry metadata: the destination's
+        name until (unless) the server answers with its own (Istio's fallback)."""
         telemetry = self.telemetry
         try:
             self.attempts = attempt
             self.upstream_host = f"{host}:{port}"
+            self.peer_workload = endpoint_peer(workload)
             self._end_attempt(None, None)
             span = self.span
             tracer = telemetry.tracer
