@@ -21,9 +21,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# System tools the tests start (Debian packages): Prometheus for the telemetry tests.
+# System tools the tests start (Debian packages): Prometheus for the telemetry tests,
+# Chromium for the console's browser tests (driven by Playwright; no browser download).
 tools:
 	command -v prometheus >/dev/null || (apt-get update && apt-get install -y prometheus)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 # Kubernetes for the kube tests: etcd, kube-apiserver, kube-controller-manager and kubectl
 # built from Go modules (tools/kube, tools/etcd) once per machine, cached outside the

@@ -11,6 +11,11 @@ Failure modes for resilience tests: `--fail-rate 0.3` answers 503 (or
 answering. `GET /__stats` reports how many requests it served, by Host
 header (that request itself is not counted).
 
+`--metrics` reports Istio's standard metrics of the requests it serves
+(`reporter="destination"`, as workload `<service>-<version>` of service
+`<service>.default.mesh`) on a /metrics port of its own, named in the ready
+file as "metrics_port", for a Prometheus to scrape (the demo's console).
+
 `POST /__mode` with a JSON object changes those modes while the backend
 runs, so a test can make a live endpoint start failing and later recover
 without restarting it (a restart would change its port and its identity in
@@ -134,6 +139,26 @@ def write_ready(path: str, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def with_metrics(app: Any, service: str, version: str) -> tuple[Any, int]:
+    """`app` reporting Istio's metrics, and the port of their /metrics page."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import start_http_server
+
+    from proxyless_mesh.integrations import TelemetryMiddleware
+    from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, Workload
+
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
+    labels = {"app": service, "version": version}
+    telemetry = Telemetry(
+        TelemetryConfig(meter_provider=provider, tracing=False),
+        Workload(f"{service}-{version}", "default", labels=labels),
+    )
+    metrics_server, _ = start_http_server(0, addr="127.0.0.1")
+    host = f"{service}.default.mesh"
+    return TelemetryMiddleware(app, telemetry=telemetry, service=host), metrics_server.server_port
+
+
 async def serve(
     service: str,
     version: str,
@@ -141,6 +166,7 @@ async def serve(
     ready_file: str | None,
     behaviour: Behaviour,
     host: str = "127.0.0.1",
+    metrics: bool = False,
 ) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -148,9 +174,10 @@ async def serve(
     # in two pieces waits for the client's delayed ACK (about 40 ms).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(
-        make_app(service, version, behaviour), log_level="warning", access_log=False
-    )
+    app, ready = make_app(service, version, behaviour), dict[str, int]()
+    if metrics:
+        app, ready["metrics_port"] = with_metrics(app, service, version)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
@@ -158,7 +185,7 @@ async def serve(
             task.result()
         await asyncio.sleep(0.01)
     if ready_file:
-        write_ready(ready_file, {"port": sock.getsockname()[1], "pid": os.getpid()})
+        write_ready(ready_file, {"port": sock.getsockname()[1], "pid": os.getpid(), **ready})
     await task
 
 
@@ -172,9 +199,20 @@ def main() -> None:
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--fail-status", type=int, default=503)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--metrics", action="store_true", help="Istio's metrics on a /metrics port")
     args = parser.parse_args()
     behaviour = Behaviour(args.fail_rate, args.fail_status, args.delay)
-    asyncio.run(serve(args.service, args.version, args.port, args.ready_file, behaviour, args.host))
+    asyncio.run(
+        serve(
+            args.service,
+            args.version,
+            args.port,
+            args.ready_file,
+            behaviour,
+            args.host,
+            args.metrics,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ the CA: its non-mTLS twin panel is run, and the reporter=source series says
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,14 @@ class System:
 
 @pytest.fixture
 def system() -> Iterator[System]:
-    """The servers and one Prometheus endpoint for every side's metrics."""
+    with serve_system() as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serve_system() -> Iterator[System]:
+    """The servers and one Prometheus endpoint for every side's metrics
+    (also the console tests' meshed system)."""
     import uvicorn
 
     reader = PrometheusMetricReader()
@@ -132,7 +140,7 @@ def system() -> Iterator[System]:
         sock.close()
 
 
-def configure(lab: LocalMesh, system: System) -> None:
+def configure(lab: LocalMesh, system: System, control_plane_args: Sequence[str] = ()) -> None:
     lab.write_config(
         "reviews.yaml", service_entry(REVIEWS, 9080, [("127.0.0.1", system.reviews_port, {})])
     )
@@ -140,7 +148,7 @@ def configure(lab: LocalMesh, system: System) -> None:
         "greeter.yaml",
         service_entry(GREETER, 50051, [("127.0.0.1", system.greeter_port, {})], protocol="GRPC"),
     )
-    lab.start_control_plane()
+    lab.start_control_plane(extra_args=control_plane_args)
 
 
 def traffic(mesh: Mesh, stop: threading.Event) -> None:

@@ -15,12 +15,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import shutil
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -166,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ != "__main__":
     from meshlab import LocalMesh, Proc, service_entry, start_process
+    from prometheus_lab import PrometheusServer as Prometheus
 
 
 def start_service(lab: LocalMesh, role: str, bootstrap: Path | None = None) -> Proc:
@@ -269,89 +266,6 @@ def test_a_trace_spans_frontend_and_backend_with_one_span_per_attempt(lab: Local
 
 
 # -- Prometheus ---------------------------------------------------------------------
-
-
-LISTENING = re.compile(r'msg="Listening on" address=(127\.0\.0\.1:\d+)')
-
-
-class Prometheus:
-    """A real Prometheus (Debian's package) on 127.0.0.1 scraping `jobs`
-    every 250 ms. Other tests add targets (e.g. the control plane's admin
-    /metrics) by passing more jobs to `start()`."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.address = ""
-
-    def start(self, jobs: dict[str, list[str]]) -> None:
-        binary = shutil.which("prometheus")
-        if binary is None:
-            pytest.fail(
-                "prometheus is not installed: run `make tools` (apt-get install prometheus)"
-            )
-        config = self.workdir / "prometheus.yml"
-        scrape = [
-            {"job_name": name, "static_configs": [{"targets": targets}]}
-            for name, targets in jobs.items()
-        ]
-        config.write_text(
-            json.dumps({"global": {"scrape_interval": "250ms"}, "scrape_configs": scrape})
-        )
-        log_path = self.workdir / "prometheus.log"
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
-                    "--web.listen-address=127.0.0.1:0",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.address = self._listening_address(log_path)
-
-    def _listening_address(self, log: Path, timeout: float = 30.0) -> str:
-        """Prometheus binds port 0 and logs the address it got
-        (`msg="Listening on" address=127.0.0.1:PORT`)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if found := LISTENING.search(log.read_text(errors="replace")):
-                return found.group(1)
-            if self.proc is not None and self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        pytest.fail(f"prometheus reported no listening address: {log.read_text()[-3000:]}")
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        answer = httpx.get(f"http://{self.address}/api/v1/query", params={"query": promql})
-        answer.raise_for_status()
-        return list(answer.json()["data"]["result"])
-
-    def wait_for_value(self, promql: str, expected: float, timeout: float = 30.0) -> list[Any]:
-        """Poll the HTTP API until the query returns `expected` (Prometheus
-        has no push notification; scrapes come every 250 ms)."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = self.query(promql)
-            except httpx.HTTPError as exc:  # not listening yet
-                last = exc
-            else:
-                if last and float(last[0]["value"][1]) == expected:
-                    return last
-            if self.proc is not None and self.proc.poll() is not None:
-                pytest.fail(f"prometheus exited: {(self.workdir / 'prometheus.log').read_text()}")
-            time.sleep(0.1)
-        raise AssertionError(f"{promql} never returned {expected}; last answer: {last}")
-
-    def stop(self) -> None:
-        from processes import stop  # here: this module also runs as a script, without tests/
-
-        if self.proc is not None:
-            stop(self.proc)
 
 
 @pytest.fixture

@@ -39,22 +39,26 @@ GRPC_HOST = "greeter.default.mesh"
 SERVER = Workload("echo-v1", "default", "spiffe://cluster.local/ns/default/sa/echo")
 
 
-def requests_total(reader: InMemoryMetricReader) -> dict[frozenset[tuple[str, Any]], int]:
-    """Every istio_requests_total series: its label set -> value."""
+def requests_total(
+    reader: InMemoryMetricReader, name: str = "istio_requests_total"
+) -> dict[frozenset[tuple[str, Any]], int]:
+    """Every series of counter `name` (istio_requests_total): its label set -> value."""
     data = reader.get_metrics_data()
     found: dict[frozenset[tuple[str, Any]], int] = {}
     for resource in data.resource_metrics if data else ():
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
-                if metric.name == "istio_requests_total":
+                if metric.name == name:
                     for point in metric.data.data_points:
                         found[frozenset(point.attributes.items())] = int(point.value)
     return found
 
 
-def summary(reader: InMemoryMetricReader, *keys: str) -> Counter[tuple[Any, ...]]:
+def summary(
+    reader: InMemoryMetricReader, *keys: str, name: str = "istio_requests_total"
+) -> Counter[tuple[Any, ...]]:
     out: Counter[tuple[Any, ...]] = Counter()
-    for labels, value in requests_total(reader).items():
+    for labels, value in requests_total(reader, name).items():
         d = dict(labels)
         out[tuple(d[k] for k in keys)] += value
     return out
@@ -303,11 +307,17 @@ def grpc_server() -> Iterator[GrpcServer]:
         context.abort(grpc.StatusCode.INTERNAL, "broken on purpose")
         raise AssertionError("abort returns only by raising")
 
+    def chat(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for request in requests:  # two answers to each message
+            yield request
+            yield request.upper()
+
     handler = grpc.method_handlers_generic_handler(
         "greeter.Greeter",
         {
             "Ok": grpc.unary_unary_rpc_method_handler(ok),
             "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat),
         },
     )
     server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[interceptor])
@@ -344,25 +354,33 @@ def grpc_config(lab: LocalMesh, port: int) -> None:
 
 
 GRPC_SOURCE = {
-    ("source", "grpc", "200", "0", "-"): 3,
+    ("source", "grpc", "200", "0", "-"): 4,
     ("source", "grpc", "200", "13", "-"): 2,
     ("source", "grpc", "200", "14", "NR"): 1,
 }
 GRPC_DESTINATION = {
-    ("destination", "grpc", "200", "0", "-"): 3,
+    ("destination", "grpc", "200", "0", "-"): 4,
     ("destination", "grpc", "200", "13", "-"): 2,
 }
+CHAT = [b"a", b"b", b"c"]  # one Chat stream: 3 messages in, 6 out
 
 
 def check_grpc(client_reader: InMemoryMetricReader, server: GrpcServer) -> None:
     assert summary(client_reader, *KEYS) == GRPC_SOURCE
     assert summary(server.reader, *KEYS) == GRPC_DESTINATION
     workloads = summary(server.reader, "source_workload", "destination_workload")
-    assert workloads == {("frontend", "greeter-v1"): 5}
+    assert workloads == {("frontend", "greeter-v1"): 6}
     # The source learned the server from its exchange answer (in the trailers),
     # for calls that reached it; the NR refusal names no destination workload.
     seen = summary(client_reader, "destination_workload", "grpc_response_status")
-    assert seen == {("greeter-v1", "0"): 3, ("greeter-v1", "13"): 2, ("unknown", "14"): 1}
+    assert seen == {("greeter-v1", "0"): 4, ("greeter-v1", "13"): 2, ("unknown", "14"): 1}
+    # Istio's gRPC message counts, both sides: a unary call is one message each
+    # way; a failed call answers none; the NR refusal sent none (zero series);
+    # the Chat stream sent 3 and got 6.
+    for reader in (client_reader, server.reader):
+        sent = summary(reader, "grpc_response_status", name="istio_request_messages_total")
+        answered = summary(reader, "grpc_response_status", name="istio_response_messages_total")
+        assert (sent, answered) == (Counter({("0",): 6, ("13",): 2}), Counter({("0",): 9}))
 
 
 def test_grpc_sync_exact_counts(lab: LocalMesh, grpc_server: GrpcServer) -> None:
@@ -381,6 +399,8 @@ def test_grpc_sync_exact_counts(lab: LocalMesh, grpc_server: GrpcServer) -> None
         with pytest.raises(grpc.RpcError) as caught:
             channel.unary_unary("/other.Service/Call")(b"x", timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        chat = channel.stream_stream("/greeter.Greeter/Chat")
+        assert len(list(chat(iter(CHAT), timeout=5))) == 2 * len(CHAT)
         channel.close()
     check_grpc(reader, grpc_server)
 
@@ -400,6 +420,8 @@ async def test_grpc_aio_exact_counts(lab: LocalMesh, grpc_server: GrpcServer) ->
             assert caught.value.code() == grpc.StatusCode.INTERNAL
         with pytest.raises(grpc.RpcError):
             await channel.unary_unary("/other.Service/Call")(b"x", timeout=5)
+        chat = channel.stream_stream("/greeter.Greeter/Chat")
+        assert len([m async for m in chat(iter(CHAT), timeout=5)]) == 2 * len(CHAT)
         await channel.close()
         await asyncio.sleep(0)  # let the done-callbacks' recorders run
     check_grpc(reader, grpc_server)

@@ -38,13 +38,15 @@ def telemetry() -> tuple[Telemetry, InMemoryMetricReader, InMemorySpanExporter]:
     return Telemetry(config, ME), reader, exporter
 
 
-def series(reader: InMemoryMetricReader, *keys: str) -> dict[tuple[Any, ...], int]:
+def series(
+    reader: InMemoryMetricReader, *keys: str, name: str = "istio_requests_total"
+) -> dict[tuple[Any, ...], int]:
     data = reader.get_metrics_data()
     out: dict[tuple[Any, ...], int] = {}
     for rm in data.resource_metrics if data else ():
         for sm in rm.scope_metrics:
             for m in sm.metrics:
-                if m.name == "istio_requests_total":
+                if m.name == name:
                     for p in m.data.data_points:
                         key = tuple(p.attributes[k] for k in keys)
                         out[key] = out.get(key, 0) + int(p.value)
@@ -179,3 +181,28 @@ async def test_aio_interceptor_records_unary_stream_and_aborts(
         assert got == [b"A", b"B", b"C"]
     keys = ("request_protocol", "grpc_response_status", "response_code")
     assert series(reader, *keys) == {("grpc", "0", "200"): 2, ("grpc", "7", "200"): 1}
+    # Istio's gRPC message counts: one request message per call; responses:
+    # 1 (unary), 0 (aborted), 3 (the stream)
+    by_status = ("grpc_response_status",)
+    assert series(reader, *by_status, name="istio_request_messages_total") == {("0",): 2, ("7",): 1}
+    assert series(reader, *by_status, name="istio_response_messages_total") == {
+        ("0",): 4,
+        ("7",): 0,
+    }
+    # and their sizes: b"HI" and the stream's three bytes (the unary response
+    # is recorded once serialized, not when the handler returns)
+    assert response_bytes(reader) == {"0": 5, "7": 0}
+
+
+def response_bytes(reader: InMemoryMetricReader) -> dict[str, int]:
+    """istio_response_bytes' sum by grpc_response_status."""
+    data = reader.get_metrics_data()
+    out: dict[str, int] = {}
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name == "istio_response_bytes":
+                    for p in m.data.data_points:
+                        status = str(p.attributes["grpc_response_status"])
+                        out[status] = out.get(status, 0) + int(p.sum)
+    return out

@@ -17,6 +17,7 @@ from proxyless_mesh.telemetry._labels import (
     canonical_revision,
     canonical_service,
     default_workload_name,
+    endpoint_peer,
     parse_peer,
 )
 
@@ -226,3 +227,16 @@ def test_istio_build_gauge() -> None:
     builds = _series(reader, "istio_build")
     assert builds == [{"component": "proxy", "tag": builds[0]["tag"]}]
     assert builds[0]["tag"][0].isdigit()
+
+
+def test_endpoint_peer_reads_istiods_endpoint_metadata() -> None:
+    assert endpoint_peer("ratings-vm-1;shop;ratings;v3;east") == Peer(
+        "ratings-vm-1", "shop", "unknown", "unknown", "east", "ratings", "v3"
+    )
+    # istiod leaves out the default revision; an inline endpoint has no workload
+    assert endpoint_peer(";;details;;Kubernetes") == Peer(
+        cluster="Kubernetes", canonical_service="details", canonical_revision="latest"
+    )
+    assert endpoint_peer(";;;;Kubernetes") == Peer(cluster="Kubernetes")
+    for malformed in ("", "a;b;c", "a;b;c;d;e;f", "a b;ns;s;r;c", "x;" + "y" * 300 + ";s;r;c"):
+        assert endpoint_peer(malformed) == Peer(), malformed

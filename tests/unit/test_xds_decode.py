@@ -552,6 +552,17 @@ def test_cluster_load_assignment() -> None:
     )
 
 
+def test_endpoint_keeps_istios_telemetry_metadata() -> None:
+    named = lb_endpoint("10.0.0.1", 8080)
+    named.metadata.filter_metadata["istio"].fields[
+        "workload"
+    ].string_value = "ratings-vm-1;shop;ratings;v3;Kubernetes"
+    other = lb_endpoint("10.0.0.2", 8080)
+    other.metadata.filter_metadata["other"].fields["workload"].string_value = "not istio's"
+    [group] = decode_cluster_load_assignment(packed(cla(locality("a", named, other)))).localities
+    assert [e.workload for e in group.endpoints] == ["ratings-vm-1;shop;ratings;v3;Kubernetes", ""]
+
+
 @pytest.mark.parametrize(
     ("msg", "reason"),
     [

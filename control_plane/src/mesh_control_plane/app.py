@@ -24,8 +24,11 @@ from pathlib import Path
 
 from mesh_control_plane.admin import (
     JsonHttpServer,
+    PrometheusClient,
     config_dump,
+    console_pages,
     describe_view,
+    graph_view,
     healthz,
     metrics_page,
     node_config_dump,
@@ -97,8 +100,10 @@ class ControlPlane:
         registry: RegistrySettings | None = None,
         settings: MeshSettings | None = None,
         jwks: JwksResolver | None = None,
+        prometheus_url: str = "",
     ) -> None:
-        """`jwks` fetches RequestAuthentication jwksUris (timeouts, refresh period)."""
+        """`jwks` fetches RequestAuthentication jwksUris (timeouts, refresh period);
+        `prometheus_url` is where the console's service graph reads metrics."""
         self.config_dir = Path(config_dir)
         # Trust domain: the CA's, so the SPIFFE IDs the translator expects are
         # the ones the CA signs.
@@ -132,6 +137,7 @@ class ControlPlane:
             observer=StreamObserver(embedded),
             extra_handlers=[RegistrationService(embedded).handler()],
         )
+        prometheus = PrometheusClient(prometheus_url) if prometheus_url else None
         self.admin = JsonHttpServer(
             {
                 "/healthz": healthz,
@@ -149,6 +155,7 @@ class ControlPlane:
                     self.cache.version,
                 ),
                 "/registry": self.registry.status,
+                **console_pages(),
             },
             {
                 "/config_dump": lambda q: (
@@ -158,6 +165,7 @@ class ControlPlane:
                 ),
                 "/describe": lambda q: describe_view(self.cache, q.get("host", "")),
                 "/simulate": lambda q: simulate_view(self.cache, q),
+                "/api/graph": lambda q: graph_view(prometheus, q),
             },
         )
         self.config_errors: list[str] = []
@@ -322,12 +330,18 @@ async def serve(
     ca_address: str = "127.0.0.1:0",
     registry: RegistrySettings | None = None,
     settings: MeshSettings | None = None,
+    prometheus_url: str = "",
 ) -> None:
     """Run a control plane until `stop` is set (or, without one, until this
     task is cancelled); `on_ready` gets the addresses once both listen."""
     stop = stop or asyncio.Event()
     plane = ControlPlane(
-        config_dir, on_config_error=on_config_error, ca=ca, registry=registry, settings=settings
+        config_dir,
+        on_config_error=on_config_error,
+        ca=ca,
+        registry=registry,
+        settings=settings,
+        prometheus_url=prometheus_url,
     )
     addresses = await plane.start(xds_address, admin_address, ca_address)
     try:

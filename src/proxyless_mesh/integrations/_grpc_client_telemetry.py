@@ -58,7 +58,7 @@ def outbound(
     def set_header(name: str, value: str) -> None:
         out.append((name, value))
 
-    call.attempt_start(1, endpoint.address, endpoint.port, set_header)
+    call.attempt_start(1, endpoint.address, endpoint.port, set_header, endpoint.workload)
     if call.idle:  # nothing would be recorded: no counting, no done-callback
         call.done = True
         return serializer, deserializer, out
@@ -66,10 +66,12 @@ def outbound(
     def serialize(message: Any) -> Any:
         data = serializer(message) if serializer is not None else message
         call.request_bytes += len(data)
+        call.request_messages += 1
         return data
 
     def deserialize(data: bytes) -> Any:
         call.response_bytes += len(data)
+        call.response_messages += 1
         return deserializer(data) if deserializer is not None else data
 
     return serialize, deserialize, out

@@ -284,8 +284,13 @@ class _Exchange:
                 self.serializers = serializer, deserializer
             else:
                 serializer, deserializer = self.serializers
-                call.attempt_start(send.attempt, endpoint.address, endpoint.port,
-                                   lambda k, v: metadata.append((k, v)))  # fmt: skip
+
+                def add(name: str, value: str) -> None:
+                    metadata.append((name, value))
+
+                call.attempt_start(
+                    send.attempt, endpoint.address, endpoint.port, add, endpoint.workload
+                )
         metadata.extend(send.headers)
         sub = self.channel.subchannels.get(endpoint)
         multi = getattr(sub, c.kind)(

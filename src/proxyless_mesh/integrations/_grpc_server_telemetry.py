@@ -4,14 +4,15 @@ Put the telemetry interceptor first in `interceptors=[...]` so it wraps the
 authorization interceptor and refused RPCs are recorded. Message sizes are
 counted through the handler's (de)serializers, the status is the servicer
 context's code when the handler returns (OK unless set), or the code it
-aborted with (UNKNOWN for an uncaught exception). A streaming response is
-recorded when its last message was produced.
+aborted with (UNKNOWN for an uncaught exception). A unary response is
+recorded once serialized (before it is sent), a streaming response when its
+last message was produced.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -47,7 +48,7 @@ class _Recorder:
 
     def begin(
         self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler[Any, Any] | None
-    ) -> tuple[Call, _Handler, str, Any] | None:
+    ) -> tuple[Call, _Counting, str, Any] | None:
         """None when nothing is recorded: no handler (unknown method) or telemetry off."""
         if handler is None:
             return None
@@ -60,18 +61,7 @@ class _Recorder:
             call.service = self.service
         call.http_version = "HTTP/2"
         kind, inner = _kind(handler)
-        deserializer, serializer = handler.request_deserializer, handler.response_serializer
-
-        def deserialize(data: bytes) -> Any:
-            call.request_bytes += len(data)
-            return deserializer(data) if deserializer is not None else data
-
-        def serialize(message: Any) -> bytes:
-            data: bytes = serializer(message) if serializer is not None else message
-            call.response_bytes += len(data)
-            return data
-
-        return call, _Handler(deserialize, serialize), kind, (inner, metadata)
+        return call, _Counting(call, handler), kind, (inner, metadata)
 
     def start(self, call: Call, metadata: dict[str, str], context: Any) -> Any:
         """Peer identity, then the server span; returns a context token."""
@@ -121,12 +111,46 @@ def answer_peer(call: Call, context: Any) -> None:
         hook_failed(telemetry, exc)
 
 
-class _Handler:
-    """The counting (de)serializers, shaped like the handler fields _rebuild reads."""
+class _Counting:
+    """The counting (de)serializers, shaped like the handler fields _rebuild reads.
 
-    def __init__(self, deserialize: Callable[[bytes], Any], serialize: Callable[[Any], bytes]):
-        self.request_deserializer = deserialize
-        self.response_serializer = serialize
+    A unary response is serialized after the handler returned: the call is
+    recorded then (`answered`), with its size, still before it is sent;
+    `after_response` is the fallback when nothing is serialized."""
+
+    def __init__(self, call: Call, handler: grpc.RpcMethodHandler[Any, Any]) -> None:
+        self.call = call
+        self._deserializer = handler.request_deserializer
+        self._serializer = handler.response_serializer
+        self.answered: Any = None  # the servicer context, once a unary handler returned
+
+    def request_deserializer(self, data: bytes) -> Any:
+        self.call.request_bytes += len(data)
+        self.call.request_messages += 1
+        return self._deserializer(data) if self._deserializer is not None else data
+
+    def response_serializer(self, message: Any) -> bytes:
+        data: bytes = self._serializer(message) if self._serializer is not None else message
+        self.call.response_bytes += len(data)
+        self.call.response_messages += 1
+        if self.answered is not None:
+            _Recorder.end(self.call, self.answered, None)
+        return data
+
+    def after_response(self, context: Any, token: Any, aio: bool) -> None:
+        """Record the unary response when serialized, or when the RPC ends
+        without one (a context without callbacks: now); start's `token` is
+        detached now, in the handler's context."""
+        if token is not None:
+            otel_context.detach(token)
+        self.answered = context
+        try:
+            if aio:
+                context.add_done_callback(lambda _: _Recorder.end(self.call, context, None))
+            else:
+                context.add_callback(lambda: _Recorder.end(self.call, context, None))
+        except AttributeError:  # a context double: no termination callbacks
+            _Recorder.end(self.call, context, None)
 
 
 class _TelemetrySetup:
@@ -165,7 +189,7 @@ class TelemetryServerInterceptor(_TelemetrySetup, _SyncInterceptor):
                 if token is not None:
                     otel_context.detach(token)
                 return _stream(result, call, context)
-            recorder.end(call, context, None, token)
+            counting.after_response(context, token, aio=False)
             return result
 
         return _rebuild(counting, kind, behavior)  # type: ignore[arg-type]
@@ -203,7 +227,7 @@ class AioTelemetryServerInterceptor(_TelemetrySetup, _AioInterceptor):
                 except BaseException as exc:
                     recorder.end(call, context, exc, token)
                     raise
-                recorder.end(call, context, None, token)
+                counting.after_response(context, token, aio=True)
                 return result
 
             return _rebuild(counting, kind, unary_response)  # type: ignore[arg-type]

@@ -314,7 +314,11 @@ class Exchange:
         if self.call is not None:
             endpoint = send.endpoint
             self.call.attempt_start(
-                send.attempt, endpoint.address, endpoint.port, request.headers.__setitem__
+                send.attempt,
+                endpoint.address,
+                endpoint.port,
+                request.headers.__setitem__,
+                endpoint.workload,
             )
 
     def answered(self, send: Send, response: httpx.Response) -> AttemptResult:

@@ -55,6 +55,10 @@ class Endpoint:
     port: int
     weight: int = 1
     health: HealthStatus = HealthStatus.UNKNOWN
+    # Istio's endpoint telemetry metadata (`istio` filter metadata, key
+    # `workload`): "name;namespace;canonical service;canonical revision;cluster",
+    # "" without. It names the destination of a request no server answered.
+    workload: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,11 +16,14 @@ from proxyless_mesh.telemetry._call import LOCAL_REPLY_STATUS, Call, QuietCall
 from proxyless_mesh.telemetry._call import _contained as hook_failed
 from proxyless_mesh.telemetry._config import TelemetryConfig
 from proxyless_mesh.telemetry._labels import (
+    DEFAULT_CLUSTER,
     NO_PEER,
     PEER_HEADER,
     PEER_ID_HEADER,
     Peer,
     Workload,
+    canonical_revision,
+    canonical_service,
 )
 from proxyless_mesh.telemetry._metrics import IdentityMetrics, metrics_meter
 from proxyless_mesh.telemetry._policy import (
@@ -33,6 +36,7 @@ from proxyless_mesh.telemetry._policy import (
 from proxyless_mesh.telemetry._telemetry import Telemetry
 
 __all__ = [
+    "DEFAULT_CLUSTER",
     "LOCAL_REPLY_STATUS",
     "NO_PEER",
     "NO_POLICY",
@@ -48,6 +52,8 @@ __all__ = [
     "TelemetryPolicy",
     "TelemetrySpecError",
     "Workload",
+    "canonical_revision",
+    "canonical_service",
     "check_spec",
     "hook_failed",
     "metrics_meter",

@@ -34,6 +34,7 @@ from proxyless_mesh.telemetry._labels import (
     NO_PEER,
     PEER_HEADER,
     UNKNOWN,
+    endpoint_peer,
     parse_peer,
 )
 
@@ -70,7 +71,9 @@ class QuietCall:
     def routed(self, route_name: str, cluster: str, secure: bool, principal: str) -> None:
         return
 
-    def attempt_start(self, attempt: int, host: str, port: int, set_header: SetHeader) -> None:
+    def attempt_start(
+        self, attempt: int, host: str, port: int, set_header: SetHeader, workload: str = ""
+    ) -> None:
         telemetry = self.telemetry
         try:
             if telemetry.tracer is not None:
@@ -122,7 +125,9 @@ class Call:
         "request_bytes",
         "request_header",
         "request_id",
+        "request_messages",
         "response_bytes",
+        "response_messages",
         "route_name",
         "secure",
         "service",
@@ -172,6 +177,9 @@ class Call:
         self.grpc_status: int | None = None
         self.request_bytes = 0
         self.response_bytes = 0
+        #: gRPC messages each way (counted by the gRPC integrations)
+        self.request_messages = 0
+        self.response_messages = 0
         self.request_id = ""
         self.http_version = ""
         #: Access-log operator values only an integration knows (user agent,
@@ -272,13 +280,18 @@ class Call:
             self.peer_principal = principal
         self.start_client_span()
 
-    def attempt_start(self, attempt: int, host: str, port: int, set_header: SetHeader) -> None:
+    def attempt_start(
+        self, attempt: int, host: str, port: int, set_header: SetHeader, workload: str = ""
+    ) -> None:
         """A try is about to go to `host:port`: open its span and put the
-        trace context (the try's), the peer header and x-request-id on it."""
+        trace context (the try's), the peer header and x-request-id on it.
+        `workload` is the endpoint's Istio telemetry metadata: the destination's
+        name until (unless) the server answers with its own (Istio's fallback)."""
         telemetry = self.telemetry
         try:
             self.attempts = attempt
             self.upstream_host = f"{host}:{port}"
+            self.peer_workload = endpoint_peer(workload)
             self._end_attempt(None, None)
             span = self.span
             tracer = telemetry.tracer
@@ -377,6 +390,9 @@ class Call:
                     self.request_bytes,
                     self.response_bytes,
                     side,
+                    (self.request_messages, self.response_messages)
+                    if self.protocol == "grpc"
+                    else None,
                 )
             access = telemetry.access if self.logged else None
             if access is not None and (

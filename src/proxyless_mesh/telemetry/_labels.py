@@ -239,6 +239,39 @@ def _decode_peer(value: str) -> Peer | None:
     )
 
 
+_endpoint_peers: dict[str, Peer] = {}
+
+
+def endpoint_peer(workload: str) -> Peer:
+    """The Peer an endpoint's Istio telemetry metadata names ("name;namespace;
+    canonical service;canonical revision;cluster", as istiod writes it on EDS
+    endpoints), NO_PEER for "" or a malformed value. Empty parts are unknown;
+    an empty revision of a named service is Istio's default, `latest`
+    (istiod leaves it out).
+    The app/version labels are not carried: unknown. Parsed once per value."""
+    if not workload:
+        return NO_PEER
+    cached = _endpoint_peers.get(workload)
+    if cached is not None:
+        return cached
+    parts = workload.split(";")
+    peer = NO_PEER
+    if len(parts) == 5 and all(not part or _NAME.match(part) for part in parts):
+        name, namespace, service, revision, cluster = parts
+        peer = Peer(
+            name or UNKNOWN,
+            namespace or UNKNOWN,
+            UNKNOWN,
+            UNKNOWN,
+            cluster or UNKNOWN,
+            service or UNKNOWN,
+            revision or ("latest" if service else UNKNOWN),
+        )
+    if len(_endpoint_peers) < _MAX_CACHED_PEERS:
+        _endpoint_peers[workload] = peer
+    return peer
+
+
 def namespace_of(principal: str) -> str:
     """The namespace of a SPIFFE ID `spiffe://td/ns/NS/sa/SA`, or unknown."""
     parts = principal.split("/")

@@ -74,7 +74,8 @@ def _library_version() -> str:
 
 
 class IstioMetrics:
-    """The four instruments and a cache of prepared label sets."""
+    """The request instruments (four, and two more for gRPC) and a cache of
+    prepared label sets."""
 
     def __init__(self, meter: Meter, *, max_label_sets: int = 2048) -> None:
         self.requests = meter.create_counter(
@@ -98,6 +99,14 @@ class IstioMetrics:
             description="Response body size",
             explicit_bucket_boundaries_advisory=BYTES_BUCKETS,
         )
+        # Istio's gRPC message counts (its proxies' grpc_stats filter): every
+        # gRPC call adds its messages each way, 1 and 1 for a unary call.
+        self.request_messages = meter.create_counter(
+            "istio_request_messages_total", unit="1", description="gRPC messages sent by clients"
+        )
+        self.response_messages = meter.create_counter(
+            "istio_response_messages_total", unit="1", description="gRPC messages sent by servers"
+        )
         meter.create_observable_gauge(
             "istio_build",
             callbacks=[_build_observation],
@@ -109,12 +118,23 @@ class IstioMetrics:
             "istio_request_bytes": self.request_bytes,
             "istio_response_bytes": self.response_bytes,
         }
+        self._message_counters = {
+            "istio_request_messages_total": self.request_messages,
+            "istio_response_messages_total": self.response_messages,
+        }
         self._sets: dict[LabelValues, dict[str, str]] = {}
         self._max = max_label_sets
         self._made = self._instruments()
 
     def _instruments(self) -> tuple[object, ...]:
-        return (self.requests, self.duration, self.request_bytes, self.response_bytes)
+        return (
+            self.requests,
+            self.duration,
+            self.request_bytes,
+            self.response_bytes,
+            self.request_messages,
+            self.response_messages,
+        )
 
     def wanted(self, provider_records: bool) -> bool:
         """Is a record worth making? Not while the meter provider is the
@@ -148,15 +168,22 @@ class IstioMetrics:
         request_bytes: int,
         response_bytes: int,
         policy: SidePolicy | None = None,
+        messages: tuple[int, int] | None = None,
     ) -> None:
+        """One request; `messages` (request, response) for a gRPC call."""
         attributes = self.attributes(values)
         if policy is not None and (policy.disabled_metrics or policy.tag_overrides):
-            self._record_with(policy, attributes, duration_ms, request_bytes, response_bytes)
+            self._record_with(
+                policy, attributes, duration_ms, request_bytes, response_bytes, messages
+            )
             return
         self.requests.add(1, attributes)
         self.duration.record(duration_ms, attributes)
         self.request_bytes.record(request_bytes, attributes)
         self.response_bytes.record(response_bytes, attributes)
+        if messages is not None:
+            self.request_messages.add(messages[0], attributes)
+            self.response_messages.add(messages[1], attributes)
 
     def _record_with(
         self,
@@ -165,20 +192,29 @@ class IstioMetrics:
         duration_ms: float,
         request_bytes: int,
         response_bytes: int,
+        messages: tuple[int, int] | None,
     ) -> None:
         """The Telemetry API's metric overrides: disabled metrics, tags
         removed or set (the rewritten label dicts are cached by the policy)."""
-        for name, value in (
+        values: list[tuple[str, float]] = [
             ("istio_requests_total", 1),
             ("istio_request_duration_milliseconds", duration_ms),
             ("istio_request_bytes", request_bytes),
             ("istio_response_bytes", response_bytes),
-        ):
+        ]
+        if messages is not None:
+            values += [
+                ("istio_request_messages_total", messages[0]),
+                ("istio_response_messages_total", messages[1]),
+            ]
+        for name, value in values:
             if name in policy.disabled_metrics:
                 continue
             labels = policy.labels(name, attributes) if policy.tag_overrides else attributes
             if name == "istio_requests_total":
                 self.requests.add(1, labels)
+            elif name in self._message_counters:
+                self._message_counters[name].add(value, labels)
             else:
                 self._histograms[name].record(value, labels)
 

@@ -21,8 +21,8 @@ Supported (anything else is refused by field):
   workload's process); the exporter is the application's OpenTelemetry SDK,
   so `providers` is refused;
 - `metrics[]`: `providers` (only `prometheus`), `overrides[]` with
-  `match.metric` (Istio's names; TCP and gRPC message metrics are not
-  emitted here, so overrides of them change nothing), `match.mode`,
+  `match.metric` (Istio's names; TCP metrics are not emitted here, so
+  overrides of them change nothing), `match.mode`,
   `disabled`, `tagOverrides` with `operation: REMOVE`, or `UPSERT` of a
   string literal (`value: "'text'"`).
 """
@@ -45,8 +45,8 @@ METRICS = {
     "TCP_CLOSED_CONNECTIONS": (),
     "TCP_SENT_BYTES": (),
     "TCP_RECEIVED_BYTES": (),
-    "GRPC_REQUEST_MESSAGES": (),
-    "GRPC_RESPONSE_MESSAGES": (),
+    "GRPC_REQUEST_MESSAGES": ("istio_request_messages_total",),
+    "GRPC_RESPONSE_MESSAGES": ("istio_response_messages_total",),
 }
 METRICS["ALL_METRICS"] = tuple(name for names in METRICS.values() for name in names)
 _MODES: dict[str, tuple[str, ...]] = {

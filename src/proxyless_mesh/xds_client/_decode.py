@@ -215,6 +215,9 @@ def decode_cluster(resource: Any) -> Cluster:
     )
 
 
+ISTIO_METADATA = "istio"  # Istio's filter metadata namespace on endpoints
+
+
 def decode_cluster_load_assignment(resource: Any) -> ClusterLoadAssignment:
     """Endpoints by locality. As in gRPC, a locality without a (non-zero)
     load_balancing_weight is dropped, and priorities must have no gaps."""
@@ -340,4 +343,13 @@ def _endpoint(lb: Any, where: str, seen: set[tuple[str, int]]) -> Endpoint:
         health = HealthStatus(lb.health_status)
     except ValueError:
         health = HealthStatus.UNKNOWN
-    return Endpoint(address=sa.address, port=sa.port_value, weight=weight, health=health)
+    return Endpoint(sa.address, sa.port_value, weight, health, _workload_metadata(lb))
+
+
+def _workload_metadata(lb: Any) -> str:
+    """Istio's `istio` filter metadata `workload` string of an endpoint, "" if none."""
+    istio = lb.metadata.filter_metadata.get(ISTIO_METADATA)
+    if istio is None:
+        return ""
+    value = istio.fields.get("workload")
+    return value.string_value if value is not None else ""

@@ -4,6 +4,7 @@ control plane's /healthz, /status and /config_dump with a real ADS client."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -132,6 +133,8 @@ async def test_status_shows_connected_client_and_its_nack(
         "nacked": "1",
         "error": "no thanks",
     }
+    # the console's "last seen": the NACK and the barrier came after the connection
+    assert client["connected_at"] <= client["last_seen"] <= time.time()
 
 
 async def test_healthz_and_config_dump(plane: tuple[ControlPlane, str, str]) -> None:

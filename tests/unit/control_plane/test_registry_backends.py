@@ -83,6 +83,10 @@ async def test_unhealthy_at_once_then_removed_after_grace() -> None:
     assert reg.state_of("n1") is MemberState.CONNECTING and reg.instances() == []
     reg.stream_opened("n1")
     assert [i.endpoint.address for i in reg.instances()] == ["10.0.0.1"]
+    # named by its group, as Istio names auto-registered workloads
+    assert [(i.endpoint.workload_name, i.endpoint.namespace) for i in reg.instances()] == [
+        ("reviews", "shop")
+    ]
     reg.on_change = lambda: removed.set() if reg.state_of("n1") is None else None
     reg.stream_closed("n1")
     assert reg.state_of("n1") is MemberState.UNHEALTHY

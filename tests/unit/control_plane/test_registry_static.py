@@ -36,6 +36,11 @@ def test_inline_endpoints_sorted_by_address_then_ports() -> None:
 def test_workload_selector_picks_labelled_entries_of_the_same_namespace() -> None:
     registry = build_static_registry(workload_entries())
     assert [i.address for i in registry[INVENTORY]] == ["10.3.0.1", "10.3.0.2"]
+    # each named, for telemetry, by its WorkloadEntry (Istio's rule)
+    assert [(i.workload_name, i.namespace) for i in registry[INVENTORY]] == [
+        ("inv-a", "shop"),
+        ("inv-b", "shop"),
+    ]
 
 
 def test_empty_selector_selects_every_entry_of_the_namespace() -> None:

@@ -7,12 +7,15 @@ keeps the parser trivial.
 
 A view is called with no argument, or, when registered in `query_routes`,
 with the query parameters. It returns JSON-able data, or a `TextResponse`
-for other content types; raising `HttpError` answers with that status.
+for other content types (the console's pages), or an awaitable of either
+(a view that asks another server, e.g. Prometheus, must not block the
+control plane's event loop); raising `HttpError` answers with that status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import urllib.parse
@@ -27,7 +30,14 @@ QueryView = Callable[[Mapping[str, str]], Any]
 
 _READ_TIMEOUT = 10.0
 _MAX_HEADER_LINES = 100
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 _JSON = "application/json"
 
 
@@ -122,6 +132,7 @@ class JsonHttpServer:
         if method != "GET":
             return 405, {"error": f"{method} not allowed, use GET"}
         try:
-            return 200, view()
+            body = view()
+            return 200, (await body) if inspect.isawaitable(body) else body
         except HttpError as exc:
             return exc.status, {"error": exc.message}

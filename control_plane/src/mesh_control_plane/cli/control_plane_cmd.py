@@ -55,6 +55,12 @@ def add_parser(commands: Any) -> None:
         choices=("BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"),
         help="Istio's pathNormalization, applied before inbound authorization",
     )
+    p.add_argument(
+        "--prometheus-url",
+        default="",
+        help="a Prometheus scraping the workloads (http://HOST:9090): the console's "
+        "service graph (/console/graph on the admin port) reads Istio's metrics from it",
+    )
     _add_ca_arguments(p)
     _add_registry_arguments(p)
     p.set_defaults(run=run)
@@ -243,6 +249,7 @@ async def _run(args: argparse.Namespace) -> None:
             path_normalization=args.path_normalization,
             domain=args.domain,
         ),
+        prometheus_url=args.prometheus_url,
     )
 
 

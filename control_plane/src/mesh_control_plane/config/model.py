@@ -59,6 +59,11 @@ class WorkloadEndpoint:
     HEALTHY; a dynamic source keeps an instance that is going away (stream lost,
     clean shutdown) with its status instead of dropping it, so clients learn that
     it is draining or unhealthy from EDS rather than from failed requests."""
+    # Who runs it, as Istio names an endpoint's workload in telemetry: a
+    # WorkloadEntry's name and namespace (set by the registry; a self-registered
+    # member's: its WorkloadGroup's); "" for a ServiceEntry's inline endpoint.
+    workload_name: str = ""
+    namespace: str = ""
 
 
 ENDPOINT_HEALTH = ("HEALTHY", "UNHEALTHY", "DRAINING")

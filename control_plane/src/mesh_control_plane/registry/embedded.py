@@ -102,6 +102,8 @@ class _Member:
             network=group.network,
             service_account=group.service_account or "default",
             health=self.state.value,
+            workload_name=group.name,  # Istio names auto-registered workloads by their group
+            namespace=group.namespace,
         )
 
 

@@ -10,6 +10,7 @@ how they fill it differs, so they can share one conformance suite.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 
 from mesh_control_plane.config.model import MeshConfig, ServiceEntry, WorkloadEndpoint
@@ -44,8 +45,11 @@ def _instances_of(entry: ServiceEntry, config: MeshConfig) -> list[WorkloadEndpo
     if entry.workload_selector is None:
         return list(entry.endpoints)
     selector = entry.workload_selector
+    # Istio names a WorkloadEntry's workload (in telemetry) by the entry.
     return [
-        workload.endpoint
+        replace(
+            workload.endpoint, workload_name=workload.meta.name, namespace=workload.meta.namespace
+        )
         for workload in config.workload_entries
         if workload.meta.namespace == entry.meta.namespace
         and _labels_match(workload.endpoint.labels, selector)

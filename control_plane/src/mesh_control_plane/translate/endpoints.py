@@ -30,10 +30,12 @@ from mesh_control_plane.translate.locality import (
     label_priority,
 )
 from mesh_control_plane.translate.node import ClientKind, NodeInfo
+from proxyless_mesh.telemetry import DEFAULT_CLUSTER, canonical_revision, canonical_service
 
 Group = tuple[int, Locality]  # (priority, locality)
-Entry = tuple[str, int, int, int]  # (address, port, weight, health_status)
+Entry = tuple[str, int, int, int, str]  # (address, port, weight, health_status, workload)
 
+ISTIO_METADATA = "istio"  # the filter metadata namespace istiod writes on endpoints
 _STATUS: dict[str, int] = {
     "HEALTHY": health_check_pb2.HEALTHY,
     "DRAINING": health_check_pb2.DRAINING,
@@ -74,6 +76,7 @@ def build_load_assignment(
             endpoint_port(instance, spec.port),
             _weight(instance),
             _status(instance),
+            telemetry_metadata(instance),
         )
         groups.setdefault((priorities[i], locality), []).append(endpoint)
     weights = {group: locality_weight(node.kind, eps) for group, eps in groups.items()}
@@ -164,6 +167,18 @@ def endpoint_port(instance: WorkloadEndpoint, port: ServicePort) -> int:
     return port.number
 
 
+def telemetry_metadata(instance: WorkloadEndpoint) -> str:
+    """Istio's endpoint telemetry metadata, as istiod writes it: "workload name;
+    namespace;canonical service;canonical revision;cluster" (a revision of
+    `latest`, the default, left out). A client names the destination of a
+    request no server answered by it (a refused connection, a timeout)."""
+    service = canonical_service(instance.labels, instance.workload_name)
+    revision = canonical_revision(instance.labels)
+    revision = "" if revision == "latest" else revision
+    parts = (instance.workload_name, instance.namespace, service, revision, DEFAULT_CLUSTER)
+    return ";".join(parts)
+
+
 def parse_locality(locality: str) -> Locality:
     """``"region/zone/subzone"``, any part possibly missing, as a triple."""
     parts = [*locality.split("/", 2), "", ""] if locality else ["", "", ""]
@@ -183,7 +198,7 @@ def _locality_endpoints(
         locality=base_pb2.Locality(region=locality[0], zone=locality[1], sub_zone=locality[2]),
         priority=priority,
     )
-    for address, port, endpoint_weight, status in endpoints:
+    for address, port, endpoint_weight, status, workload in endpoints:
         lb_endpoint = group.lb_endpoints.add(health_status=status)
         lb_endpoint.endpoint.address.CopyFrom(
             address_pb2.Address(
@@ -191,5 +206,8 @@ def _locality_endpoints(
             )
         )
         lb_endpoint.load_balancing_weight.value = endpoint_weight
+        lb_endpoint.metadata.filter_metadata[ISTIO_METADATA].fields[
+            "workload"
+        ].string_value = workload
     group.load_balancing_weight.value = weight
     return group

@@ -103,6 +103,7 @@ class ClientRecord:
 
     peer: str
     connected_at: float = field(default_factory=time.time)
+    last_seen: float = 0.0  # wall time of the client's latest request (ACK, NACK, subscribe)
     node_id: str = ""
     kind: str = ""
     user_agent: str = ""
@@ -133,5 +134,6 @@ class ClientRecord:
             "namespace": self.namespace,
             "service_account": self.service_account,
             "connected_at": self.connected_at,
+            "last_seen": self.last_seen or self.connected_at,
             "types": {short_type_name(t): s.to_status() for t, s in sorted(self.types.items())},
         }

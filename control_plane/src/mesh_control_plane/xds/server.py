@@ -1,19 +1,17 @@
 """The ADS server: State of the World xDS over one bidirectional gRPC stream.
 
-Per stream, a reader task applies each DiscoveryRequest to the client's
-record (ACK, NACK, subscription change) and queues any response; the RPC
-handler itself is the one writer. Config changes are pushed through the same
-bounded outbox, only to streams whose resources actually changed. A stream
-that cannot keep up is closed (the client reconnects and gets a fresh State of
-the World) instead of stalling the push to everyone else. A client that stops
-reading altogether leaves the stream's last write blocked by HTTP/2 flow
-control, and grpc.aio can then neither finish that write nor send a status
-behind it: after WRITE_STALL_GRACE the stream is forgotten (no longer pushed
-to, counted, or holding its client kind or self-registration), while its
-handler still waits on that one write. Should the client read again (a paused
-process resumes), the write completes and the stream ends with UNAVAILABLE,
-so it reconnects rather than sit on a stream nobody feeds; if it never does,
-the call goes with its connection.
+Per stream, a reader task applies each DiscoveryRequest to the client's record (ACK,
+NACK, subscription change) and queues any response; the RPC handler itself is the one
+writer. Config changes are pushed through the same bounded outbox, only to streams whose
+resources actually changed. A stream that cannot keep up is closed (the client
+reconnects and gets a fresh State of the World) instead of stalling the push to everyone
+else. A client that stops reading altogether leaves the stream's last write blocked by
+HTTP/2 flow control, and grpc.aio can then neither finish that write nor send a status
+behind it: after WRITE_STALL_GRACE the stream is forgotten (no longer pushed to,
+counted, or holding its client kind or self-registration), while its handler still waits
+on that one write. Should the client read again (a paused process resumes), the write
+completes and the stream ends with UNAVAILABLE, so it reconnects rather than sit on a
+stream nobody feeds; if it never does, the call goes with its connection.
 
 Built for 10,000 streams on one event loop: responses are serialized once per
 (client kind, type, subscription) and the same bytes queued on every stream
@@ -29,6 +27,7 @@ import asyncio
 import gc
 import logging
 import sys
+import time
 from collections.abc import AsyncIterable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -281,6 +280,7 @@ class AdsServicer:
         possibly inside a NACK), or when the request carries no nonce at all."""
         if stream.closing:
             return  # closed (maybe forgotten): whatever it asks, it gets nothing more
+        stream.record.last_seen = time.time()  # the console's "last seen"
         if stream.node is None:
             self._identify(stream, request.node)
         # one string per type URL, not one per stream (it keys record.types)
