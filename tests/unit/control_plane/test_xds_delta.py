@@ -211,6 +211,8 @@ async def test_unsubscribe_then_push_sends_nothing_for_it(stub, clients, cache) 
     await client.send(ENDPOINT, [A_CLUSTER, B_CLUSTER])
     response = await client.recv()
     await client.send(ENDPOINT, unsubscribe=[A_CLUSTER], ack=response)
+    await client.send(LISTENER, ["a.mesh:80"])  # barrier: the unsubscription is read
+    assert (await client.recv()).type_url == LISTENER
     cache.set_config(MeshConfig(service_entries=(service("a.mesh", 80, "10.0.0.9"), B)))
-    await client.send(LISTENER, ["a.mesh:80"])  # barrier: no EDS push came before
+    await client.send(LISTENER, ["b.mesh:80"])  # barrier: no EDS push came before
     assert (await client.recv()).type_url == LISTENER
