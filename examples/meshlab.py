@@ -173,6 +173,7 @@ class LocalMesh:
     workdir: Path
     procs: list[Proc] = field(default_factory=list)
     control_plane: Proc | None = None
+    ads: str = "sotw"  # the ADS variant bootstraps written by `bootstrap` ask for
 
     @property
     def config_dir(self) -> Path:
@@ -335,6 +336,8 @@ class LocalMesh:
                 sa,
                 "-o",
                 str(path),
+                "--ads",
+                self.ads,
                 *identity,
             ],
             check=True,

@@ -26,6 +26,7 @@ class Relay:
         self._target = target
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self.to_client_bytes = 0  # forwarded from the control plane since point_at
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -35,6 +36,7 @@ class Relay:
         """New connections go to `target` ("HOST:PORT"); open ones are cut."""
         with self._lock:
             self._target = target
+            self.to_client_bytes = 0
             cut, self._open = self._open, set()
         for sock in cut:
             _close(sock)
@@ -58,12 +60,15 @@ class Relay:
                 continue
             with self._lock:
                 self._open.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, down in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(src, dst, down), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, to_client: bool) -> None:
         try:
             while data := src.recv(65536):
+                if to_client:
+                    with self._lock:
+                        self.to_client_bytes += len(data)
                 dst.sendall(data)
         except OSError:
             pass  # either side gone: both are closed below

@@ -168,6 +168,7 @@ def make_bootstrap_json(
     trust_domain: str | None = None,
     token: str | None = None,
     credentials_dir: str | None = None,
+    ads: str = "sotw",
 ) -> str:
     """The bootstrap `meshctl bootstrap` writes for one workload.
 
@@ -176,7 +177,8 @@ def make_bootstrap_json(
     The identity settings go into the top-level "proxyless_mesh" object (never
     node metadata, which every xDS request carries); `credentials_dir` also
     adds grpcio's `file_watcher` certificate provider ("default") for the
-    files the library keeps there.
+    files the library keeps there. `ads` "delta" makes the library's own
+    client use Delta xDS (xds_client/_delta.py).
     """
     meta = dict(metadata or {})
     meta["NAMESPACE"] = namespace
@@ -188,6 +190,7 @@ def make_bootstrap_json(
             ("trust_domain", trust_domain),
             ("token", token),
             ("credentials_dir", credentials_dir),
+            ("ads", ads if ads != "sotw" else None),
         )
         if v
     }

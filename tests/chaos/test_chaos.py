@@ -17,8 +17,30 @@ pytestmark = pytest.mark.chaos
 RATE, HOLD = 100.0, 1.0
 
 
+DELTA_SCENARIOS = [
+    "scale",
+    "subset_rule_first",
+    "subset_route_first",
+    "control_plane_restart",
+    "control_plane_replica_swap",
+]
+"""Those where the client follows config changes or a new control plane,
+run again with the library on Delta ADS (the data-path faults do not
+depend on the ADS variant)."""
+
+
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_no_request_fails_under_the_fault(lab: LocalMesh, name: str) -> None:
+    check_scenario(lab, name)
+
+
+@pytest.mark.parametrize("name", DELTA_SCENARIOS)
+def test_no_request_fails_over_delta_ads(lab: LocalMesh, name: str) -> None:
+    lab.ads = "delta"
+    check_scenario(lab, name)
+
+
+def check_scenario(lab: LocalMesh, name: str) -> None:
     results: list[Result] = []
     SCENARIOS[name](lab, RATE, HOLD, results)
     (result,) = results

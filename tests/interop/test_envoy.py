@@ -23,12 +23,13 @@ HOST = "reviews.default.mesh"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def envoy_bootstrap(xds_port: int) -> dict:  # type: ignore[type-arg]
+def envoy_bootstrap(xds_port: int, api_type: str = "GRPC") -> dict:  # type: ignore[type-arg]
+    """ADS over State of the World ("GRPC") or Delta ("DELTA_GRPC")."""
     return {
         "node": {"id": "envoy-1", "cluster": "sidecar", "metadata": {"OUTBOUND_PORT": "0"}},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": api_type,
                 "transport_api_version": "V3",
                 "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
             },
@@ -73,20 +74,26 @@ def envoy_bootstrap(xds_port: int) -> dict:  # type: ignore[type-arg]
     }
 
 
+@pytest.fixture(params=["GRPC", "DELTA_GRPC"])
+def api_type(request: pytest.FixtureRequest) -> str:
+    """Envoy's ADS variant: State of the World, then Delta (incremental)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def envoy(lab_with_reviews: LocalMesh) -> Iterator[str]:
+def envoy(lab_with_reviews: LocalMesh, api_type: str) -> Iterator[str]:
     """Start Envoy against the lab's control plane; yield its admin address."""
-    with running_envoy(lab_with_reviews) as admin:
+    with running_envoy(lab_with_reviews, api_type) as admin:
         yield admin
 
 
 @contextlib.contextmanager
-def running_envoy(lab: LocalMesh) -> Iterator[str]:
+def running_envoy(lab: LocalMesh, api_type: str = "GRPC") -> Iterator[str]:
     """Envoy following `lab`'s (started) control plane; yields its admin address
     and stops Envoy on exit."""
     xds_port = int(lab.xds_address.rsplit(":", 1)[1])
     config = lab.workdir / "envoy.json"
-    config.write_text(json.dumps(envoy_bootstrap(xds_port)))
+    config.write_text(json.dumps(envoy_bootstrap(xds_port, api_type)))
     admin_file = lab.workdir / "envoy-admin.txt"
     log = open(lab.workdir / "envoy.log", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
@@ -139,7 +146,9 @@ def lab_with_reviews(lab: LocalMesh) -> LocalMesh:
     return lab
 
 
-def test_envoy_acks_everything_and_routes_by_it(lab_with_reviews: LocalMesh, envoy: str) -> None:
+def test_envoy_acks_everything_and_routes_by_it(
+    lab_with_reviews: LocalMesh, envoy: str, api_type: str
+) -> None:
     lab = lab_with_reviews
     deadline = time.monotonic() + 30
     while (port := outbound_port(envoy)) is None:
@@ -165,6 +174,7 @@ def test_envoy_acks_everything_and_routes_by_it(lab_with_reviews: LocalMesh, env
     with urllib.request.urlopen(f"http://{lab.admin_address}/status", timeout=5) as r:
         status = json.loads(r.read())
     (client_status,) = [c for c in status["clients"] if c["node_id"] == "envoy-1"]
+    assert client_status["protocol"] == ("delta" if api_type == "DELTA_GRPC" else "sotw")
     types = client_status["types"]
     assert len(types) == 4, types
     for name, record in types.items():

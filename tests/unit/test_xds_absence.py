@@ -219,7 +219,8 @@ def _servicer_world(seed: int, *, config_changes: bool) -> int:
     from mesh_control_plane.config.model import MeshConfig, Meta, ServiceEntry, ServicePort
     from mesh_control_plane.xds import SnapshotCache
     from mesh_control_plane.xds.clients import ClientRecord
-    from mesh_control_plane.xds.server import AdsServicer, _Stream
+    from mesh_control_plane.xds.server import AdsServicer
+    from mesh_control_plane.xds.streams import Stream as _Stream
 
     def entry(host: str) -> ServiceEntry:
         return ServiceEntry(

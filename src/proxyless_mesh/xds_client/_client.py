@@ -28,11 +28,12 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import ControlPlaneUnavailableError
 from proxyless_mesh.xds_client._backoff import Backoff, WaitStrategy, default_wait
+from proxyless_mesh.xds_client._delta import DeltaAdsProtocol, wants_delta
 from proxyless_mesh.xds_client._disk_cache import ConfigCache
 from proxyless_mesh.xds_client._protocol import AdsProtocol
 from proxyless_mesh.xds_client._state import ResourceStatus, XdsState
@@ -105,7 +106,8 @@ async def _read_unless(call: Any, back: asyncio.Future[None] | None) -> Any:
 
 class XdsClient:
     """Follows the listeners it is asked to watch, and everything they reference,
-    over one ADS (State of the World) stream."""
+    over one ADS stream: State of the World, or Delta when the bootstrap's
+    `proxyless_mesh.ads` is "delta" (_delta.py)."""
 
     def __init__(
         self,
@@ -119,7 +121,9 @@ class XdsClient:
         self._servers = [s.server_uri for s in bootstrap.xds_servers]
         self._server_uri = self._servers[0]  # the one in use (or last tried)
         self._channels: list[grpc.aio.Channel] = []
-        self._protocol = AdsProtocol(build_node(bootstrap, user_agent_name))
+        node = build_node(bootstrap, user_agent_name)
+        delta = wants_delta(bootstrap.proxyless_mesh)
+        self._protocol = DeltaAdsProtocol(node) if delta else AdsProtocol(node)
         self._on_update = on_update
         self._backoff = Backoff(wait or default_wait())
         self._sleep = sleep
@@ -316,7 +320,7 @@ class XdsClient:
         if self._channel is None:
             raise RuntimeError("XdsClient.start() was not called")
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
-        call = stub.StreamAggregatedResources()
+        call = self._protocol.open_call(stub)
         outbox: asyncio.Queue[Any] = asyncio.Queue()
         for request in self._protocol.start_stream():
             outbox.put_nowait(request)
@@ -337,7 +341,7 @@ class XdsClient:
                 if response is _PRIMARY_BACK:
                     self._last_error = "the primary xDS server is back: switching to it"
                     return
-                if not isinstance(response, discovery_pb2.DiscoveryResponse):  # grpc.aio.EOF
+                if not self._protocol.is_response(response):  # grpc.aio.EOF
                     self._last_error = "stream closed by the server"
                     return
                 self._got_response = self._got_any_response = True
@@ -370,14 +374,14 @@ class XdsClient:
             log.warning(
                 "NACK %s version %r from %s: %s: %s",
                 kind,
-                response.version_info,
+                self._protocol.response_version(response),
                 self._server_uri,
                 name,
                 reason,
             )
         self._send(outcome.requests)
         if self._cache is not None:
-            self._cache.record(response, outcome.rejected)
+            self._cache.record(self._protocol.recordable(response), outcome.rejected)
         if outcome.changed:
             self._publish()
             if self._cache is not None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, status_pb2
 
@@ -145,6 +145,22 @@ class AdsProtocol:
         self._stream_active = False
         for ts in self._types.values():
             ts.asked_at.clear()
+
+    # -- the wire (what the Delta variant, _delta.py, changes) ------------------
+
+    def open_call(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> Any:
+        return stub.StreamAggregatedResources()
+
+    def is_response(self, message: Any) -> bool:
+        """False for grpc.aio.EOF (the stream ended)."""
+        return isinstance(message, discovery_pb2.DiscoveryResponse)
+
+    def response_version(self, response: Any) -> str:
+        return str(response.version_info)
+
+    def recordable(self, response: Any) -> Any:
+        """The response as the disk cache records it."""
+        return response
 
     # -- responses -------------------------------------------------------------
 

@@ -64,6 +64,7 @@ def node_config_dump(clients: Sequence[ClientRecord], node_id: str) -> dict[str,
             {
                 "kind": record.kind,
                 "peer": record.peer,
+                "protocol": "delta" if record.delta else "sotw",
                 "types": {
                     short_type_name(type_url): {
                         **state.to_status(),
@@ -72,7 +73,7 @@ def node_config_dump(clients: Sequence[ClientRecord], node_id: str) -> dict[str,
                             for name, packed in sorted(state.sent_resources.items())
                         },
                     }
-                    for type_url, state in sorted(record.types.items())
+                    for type_url, state in record.type_states()
                 },
             }
             for record in streams

@@ -37,6 +37,13 @@ def add_parser(commands: Any) -> None:
     )
     p.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     p.add_argument(
+        "--ads",
+        choices=("sotw", "delta"),
+        default="sotw",
+        help="the library's ADS variant: State of the World (default) or Delta (incremental: "
+        "a reconnect gets only what changed); grpcio's own xDS client always uses SotW",
+    )
+    p.add_argument(
         "--label",
         action="append",
         default=[],
@@ -153,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         trust_domain=args.trust_domain,
         token=args.token,
         credentials_dir=credentials_dir(args),
+        ads=args.ads,
     )
     if not text.endswith("\n"):
         text += "\n"

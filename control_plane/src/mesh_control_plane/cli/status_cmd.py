@@ -63,6 +63,12 @@ def _identity(client: Mapping[str, Any]) -> str:
     return f"{ns}/{sa}" if ns and sa else ""
 
 
+def _kind(client: Mapping[str, Any]) -> str:
+    """The client kind, marked when its stream speaks Delta xDS."""
+    kind = str(client.get("kind") or "?")
+    return f"{kind} (delta)" if client.get("protocol") == "delta" else kind
+
+
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
@@ -89,7 +95,7 @@ def render_status(payload: Mapping[str, Any]) -> str:
             rows.append(
                 [
                     str(client.get("node_id") or "?"),
-                    str(client.get("kind") or "?"),
+                    _kind(client),
                     *([_identity(client) or "-"] if with_identity else []),
                     *(_cell(types.get(t)) for t in columns),
                 ]

@@ -1,4 +1,4 @@
-"""The xDS side of the control plane: snapshot cache and ADS server (SotW)."""
+"""The xDS side of the control plane: snapshot cache and ADS server (SotW and Delta)."""
 
 from mesh_control_plane.xds.clients import ClientRecord, Subscription, TypeState, short_type_name
 from mesh_control_plane.xds.server import AdsServicer, XdsServer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from mesh_control_plane.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -53,6 +54,8 @@ class Subscription:
 
 
 _NOTHING: Mapping[str, PackedResource] = {}
+NOTHING_HELD: Mapping[str, PackedResource] = MappingProxyType({})
+"""What a new Delta stream holds (one shared object: moves are memoized by identity)."""
 
 
 @dataclass(slots=True)
@@ -98,6 +101,39 @@ class TypeState:
 
 
 @dataclass(slots=True)
+class DeltaTypeState:
+    """Protocol state for one type URL on one Delta (incremental) stream.
+
+    `held` is what the client holds as far as the server knows: every
+    resource it was sent (or said it had, when resuming) and not since
+    removed. After a push it is the very mapping of the client's kind and
+    subscription at that version, shared by every stream in the same place.
+    """
+
+    subscription: Subscription
+    held: Mapping[str, PackedResource] = field(default_factory=lambda: NOTHING_HELD)
+    sent_version: str = ""
+    sent_nonce: str = ""
+    acked_version: str = ""
+    nacked_version: str | None = None
+    nack_message: str | None = None
+
+    @property
+    def sent_resources(self) -> Mapping[str, PackedResource]:
+        return self.held
+
+    def to_status(self) -> dict[str, Any]:
+        sub = self.subscription
+        return {
+            "subscribed": ["*", *sorted(sub.names)] if sub.wildcard else sorted(sub.names),
+            "sent": self.sent_version,
+            "acked": self.acked_version,
+            "nacked": self.nacked_version,
+            "error": self.nack_message,
+        }
+
+
+@dataclass(slots=True)
 class ClientRecord:
     """One ADS stream: who the client is and where each type stands."""
 
@@ -109,7 +145,14 @@ class ClientRecord:
     user_agent: str = ""
     namespace: str = ""  # node metadata NAMESPACE (Istio's key), "" if not sent
     service_account: str = ""  # node metadata SERVICE_ACCOUNT
-    types: dict[str, TypeState] = field(default_factory=dict)
+    types: dict[str, TypeState] = field(default_factory=dict)  # State of the World
+    delta_types: dict[str, DeltaTypeState] = field(default_factory=dict)  # Delta
+    delta: bool = False  # the stream speaks Delta (incremental) xDS
+
+    def type_states(self) -> list[tuple[str, TypeState | DeltaTypeState]]:
+        """(type URL, state) of every type on the stream, whichever variant."""
+        states: dict[str, TypeState | DeltaTypeState] = {**self.types, **self.delta_types}
+        return sorted(states.items())
 
     def set_identity(self, node: Any) -> None:
         """Read who the workload says it is from its node metadata; shown by
@@ -135,5 +178,6 @@ class ClientRecord:
             "service_account": self.service_account,
             "connected_at": self.connected_at,
             "last_seen": self.last_seen or self.connected_at,
-            "types": {short_type_name(t): s.to_status() for t, s in sorted(self.types.items())},
+            "protocol": "delta" if self.delta else "sotw",
+            "types": {short_type_name(t): s.to_status() for t, s in self.type_states()},
         }

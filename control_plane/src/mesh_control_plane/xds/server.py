@@ -1,4 +1,5 @@
-"""The ADS server: State of the World xDS over one bidirectional gRPC stream.
+"""The ADS server: State of the World xDS over one bidirectional gRPC stream
+(and Delta xDS beside it, delta.py, sharing the stream life described here).
 
 Per stream, a reader task applies each DiscoveryRequest to the client's record (ACK,
 NACK, subscription change) and queues any response; the RPC handler itself is the one
@@ -28,8 +29,7 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import AsyncIterable, Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
 import grpc
@@ -40,15 +40,16 @@ from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.translate import NodeInfo
 from mesh_control_plane.xds.clients import (
     MAKE_BEFORE_BREAK,
-    PUSH_ORDER,
     WILDCARD_TYPES,
     ClientRecord,
     Subscription,
     TypeState,
     short_type_name,
 )
+from mesh_control_plane.xds.delta import DeltaResponses, DeltaStreams
 from mesh_control_plane.xds.responses import PreparedResponse, ResponseCache
 from mesh_control_plane.xds.snapshot import SnapshotCache
+from mesh_control_plane.xds.streams import BadNode, Stream, StreamObserver, push_order
 
 log = logging.getLogger(__name__)
 
@@ -84,43 +85,7 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-StreamObserver = Callable[[base_pb2.Node, bool], None]
-"""Told (node, True) when a stream identifies its node and (node, False) when that
-stream ends: self-registration ties a workload's health to its streams."""
-
-
-@dataclass(eq=False, slots=True)
-class _Stream:
-    """One ADS stream. An outbox list and one future stand in for an
-    asyncio.Queue, which costs four deques and an Event per stream."""
-
-    record: ClientRecord
-    outbox: list[bytes] = field(default_factory=list)
-    waiter: asyncio.Future[None] | None = None
-    node: NodeInfo | None = None
-    key: Hashable = None  # node.cache_key, computed once
-    node_proto: base_pb2.Node | None = None
-    close_reason: str | None = None
-    close_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
-    closing: bool = False
-    writing: bool = False  # the writer is inside context.write
-    forgotten: bool = False
-    abandon: asyncio.TimerHandle | None = None
-    # record.types in push order, kept as types are added: a push walks it
-    # for every stream, so it is not recomputed per push
-    order: Sequence[str] = ()
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-_Context = grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, bytes]
-
-
-class _BadNode(Exception):
-    """The first request's node cannot be served (e.g. bad Envoy metadata)."""
+_Context = grpc.aio.ServicerContext[Any, bytes]
 
 
 def _subscription(type_url: str, names: list[str], previous: Subscription | None) -> Subscription:
@@ -158,23 +123,32 @@ class AdsServicer:
         self._write_stall_grace = write_stall_grace
         self._observer = observer
         self.metrics = metrics or ControlPlaneMetrics()
-        self._streams: set[_Stream] = set()
+        self._streams: set[Stream] = set()
         self._responses = ResponseCache(cache.resources)
         self._responses.reset(cache.version)
+        self._delta_responses = DeltaResponses(cache.resources)
+        self._delta_responses.reset(cache.version)
+        self._delta = DeltaStreams(self._delta_responses, self.metrics, self._enqueue)
         self._remove_listener = cache.add_listener(self._on_config_change)
 
     def method_handlers(self) -> grpc.GenericRpcHandler[Any, Any]:
         """The ADS service for `grpc.aio.Server.add_generic_rpc_handlers`:
         requests are parsed, responses go out as the bytes they already are
-        (a None serializer is grpc's pass-through). Delta xDS is not served
-        (UNIMPLEMENTED, as grpc answers for an unknown method)."""
-        handler = grpc.stream_stream_rpc_method_handler(
+        (a None serializer is grpc's pass-through). State of the World and
+        Delta are both served."""
+        sotw = grpc.stream_stream_rpc_method_handler(
             self.StreamAggregatedResources,
             request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
             response_serializer=None,
         )
+        delta = grpc.stream_stream_rpc_method_handler(
+            self.DeltaAggregatedResources,
+            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=None,
+        )
         return grpc.method_handlers_generic_handler(
-            ADS_SERVICE, {"StreamAggregatedResources": handler}
+            ADS_SERVICE,
+            {"StreamAggregatedResources": sotw, "DeltaAggregatedResources": delta},
         )
 
     def clients(self) -> list[ClientRecord]:
@@ -200,7 +174,19 @@ class AdsServicer:
         request iterator is not used): each skips an async generator layer,
         and at 10,000 streams per push those layers were a visible share."""
         del request_iterator  # read through context.read() instead
-        stream = _Stream(ClientRecord(peer=context.peer()))
+        await self._serve(Stream(ClientRecord(peer=context.peer())), context)
+
+    async def DeltaAggregatedResources(
+        self,
+        request_iterator: AsyncIterable[discovery_pb2.DeltaDiscoveryRequest],
+        context: _Context,
+    ) -> None:
+        """Incremental xDS (delta.py), with the same stream life as SotW."""
+        del request_iterator  # read through context.read() instead
+        await self._serve(Stream(ClientRecord(peer=context.peer(), delta=True)), context)
+
+    async def _serve(self, stream: Stream, context: _Context) -> None:
+        """The one writer of a stream, until it closes."""
         self._streams.add(stream)
         reader = asyncio.create_task(self._read(stream, context))
         loop = asyncio.get_running_loop()
@@ -222,7 +208,7 @@ class AdsServicer:
                 stream.abandon.cancel()
             self._forget(stream)
 
-    def _forget(self, stream: _Stream) -> None:
+    def _forget(self, stream: Stream) -> None:
         """Drop everything the control plane holds for a stream that has
         ended, or whose peer stopped reading (once, whichever comes first)."""
         if stream.forgotten:
@@ -236,7 +222,7 @@ class AdsServicer:
             self._observer(stream.node_proto, False)
         log.info("ADS stream from %s (%s) ended", stream.record.node_id, stream.record.peer)
 
-    def _abandon(self, stream: _Stream) -> None:
+    def _abandon(self, stream: Stream) -> None:
         """A stream closed as too slow is still blocked in its last write:
         its peer does not read. Forget it now rather than when (if ever) the
         write completes."""
@@ -249,14 +235,24 @@ class AdsServicer:
             )
             self._forget(stream)
 
-    async def _read(self, stream: _Stream, context: _Context) -> None:
+    async def _read(self, stream: Stream, context: _Context) -> None:
         try:
             # read() gives grpc.aio.EOF (untyped in the stubs) once the client half-closes
-            while isinstance(request := await context.read(), discovery_pb2.DiscoveryRequest):
-                self._on_request(stream, request)
+            if stream.record.delta:
+                while isinstance(
+                    request := await context.read(), discovery_pb2.DeltaDiscoveryRequest
+                ):
+                    if stream.closing:
+                        return  # closed (maybe forgotten): it gets nothing more
+                    if stream.node is None:
+                        self._identify(stream, request.node)
+                    self._delta.on_request(stream, request)
+            else:
+                while isinstance(request := await context.read(), discovery_pb2.DiscoveryRequest):
+                    self._on_request(stream, request)
         except asyncio.CancelledError:
             raise
-        except _BadNode as exc:
+        except BadNode as exc:
             self._close(stream, str(exc), grpc.StatusCode.INVALID_ARGUMENT)
             return
         except Exception as exc:
@@ -270,7 +266,7 @@ class AdsServicer:
             return
         self._close(stream, None)
 
-    def _on_request(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> None:
+    def _on_request(self, stream: Stream, request: discovery_pb2.DiscoveryRequest) -> None:
         """Apply one request. A nonce that is not the latest sent for its type
         is stale (the client answered an older response) and ignored whole.
         Otherwise the request ACKs or NACKs (error_detail) the latest response;
@@ -322,7 +318,7 @@ class AdsServicer:
         if state is None:
             state = TypeState(subscription)
             stream.record.types[type_url] = state
-            stream.order = _push_order(stream.record.types)
+            stream.order = push_order(stream.record.types)
         elif subscription == state.subscription and nonce:
             return  # an ACK or NACK of what was sent: nothing new to say
         state.subscription = subscription
@@ -332,12 +328,12 @@ class AdsServicer:
                 response = self._responses.fresh_copy(response)
             self._send(stream, state, response)
 
-    def _identify(self, stream: _Stream, node_proto: base_pb2.Node) -> None:
+    def _identify(self, stream: Stream, node_proto: base_pb2.Node) -> None:
         stream.record.node_id = node_proto.id
         try:
             node = NodeInfo.from_proto(node_proto)
         except ValueError as exc:
-            raise _BadNode(str(exc)) from exc
+            raise BadNode(str(exc)) from exc
         stream.node, stream.key = node, node.cache_key
         stream.record.user_agent = sys.intern(
             " ".join(p for p in (node_proto.user_agent_name, node_proto.user_agent_version) if p)
@@ -356,16 +352,20 @@ class AdsServicer:
             stream.record.peer,
         )
 
-    def _send(self, stream: _Stream, state: TypeState, response: PreparedResponse) -> None:
+    def _send(self, stream: Stream, state: TypeState, response: PreparedResponse) -> None:
         state.sent = response
         # the subscription object of a shared response is shared too: one
         # frozenset of names per distinct subscription, not one per stream
         state.subscription = response.subscription
-        self.metrics.pushed(short_type_name(response.type_url))
+        self._enqueue(stream, response.payload, short_type_name(response.type_url))
+
+    def _enqueue(self, stream: Stream, payload: bytes, type_name: str) -> None:
+        """Queue one response, or close a stream that cannot keep up."""
+        self.metrics.pushed(type_name)
         if len(stream.outbox) >= self._queue_size:
             self._close(stream, f"client too slow: {self._queue_size} responses not yet written")
             return
-        stream.outbox.append(response.payload)
+        stream.outbox.append(payload)
         stream.wake()
 
     def _on_config_change(self, version: str) -> None:
@@ -379,37 +379,15 @@ class AdsServicer:
         ACK of the union carries a nonce no longer the latest: ignored)."""
         started = self.metrics.now()
         self._responses.reset(version)
-        responses = self._responses
-        round_pushes: list[tuple[_Stream, str]] = []
+        self._delta_responses.reset(version)
+        round_pushes: list[tuple[Stream, str]] = []
         for stream in list(self._streams):
-            node = stream.node
-            if node is None or stream.closing:
+            if stream.node is None or stream.closing:
                 continue
-            types = stream.record.types
-            finals: list[tuple[TypeState, PreparedResponse]] | None = None
-            for type_url in stream.order:
-                state = types[type_url]
-                response = responses.get(node, stream.key, type_url, state.subscription)
-                sent = state.sent
-                if sent is None or response.fingerprint != sent.fingerprint:
-                    round_pushes.append((stream, type_url))
-                    union = None
-                    if sent is not None and type_url in MAKE_BEFORE_BREAK:
-                        union = responses.transition(sent, response)
-                    if union is None:
-                        self._send(stream, state, response)
-                    else:
-                        finals = finals or []
-                        finals.append((state, response))
-                        if union is not sent:  # `sent` itself: it only removes, wait
-                            self._send(stream, state, union)
-                if stream.closing:
-                    break
-            if finals is not None:
-                for state, response in finals:
-                    if stream.closing:
-                        break
-                    self._send(stream, state, response)
+            if stream.record.delta:
+                self._delta.push(stream, round_pushes)
+            else:
+                self._push(stream, round_pushes)
         self.metrics.config_pushed(started, (p for p in round_pushes if not p[0].closing))
         log.info(
             "version %s: %d responses pushed to %d streams",
@@ -418,9 +396,39 @@ class AdsServicer:
             len(self._streams),
         )
 
+    def _push(self, stream: Stream, round_pushes: list[tuple[Stream, str]]) -> None:
+        """One SotW stream's share of a config change (see _on_config_change)."""
+        node, responses = stream.node, self._responses
+        assert node is not None  # checked by the caller
+        types = stream.record.types
+        finals: list[tuple[TypeState, PreparedResponse]] | None = None
+        for type_url in stream.order:
+            state = types[type_url]
+            response = responses.get(node, stream.key, type_url, state.subscription)
+            sent = state.sent
+            if sent is None or response.fingerprint != sent.fingerprint:
+                round_pushes.append((stream, type_url))
+                union = None
+                if sent is not None and type_url in MAKE_BEFORE_BREAK:
+                    union = responses.transition(sent, response)
+                if union is None:
+                    self._send(stream, state, response)
+                else:
+                    finals = finals or []
+                    finals.append((state, response))
+                    if union is not sent:  # `sent` itself: it only removes, wait
+                        self._send(stream, state, union)
+            if stream.closing:
+                break
+        if finals is not None:
+            for state, response in finals:
+                if stream.closing:
+                    break
+                self._send(stream, state, response)
+
     def _close(
         self,
-        stream: _Stream,
+        stream: Stream,
         reason: str | None,
         code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
         level: int = logging.WARNING,
@@ -439,14 +447,6 @@ class AdsServicer:
             stream.abandon = asyncio.get_running_loop().call_later(
                 self._write_stall_grace, self._abandon, stream
             )
-
-
-def _push_order(types: dict[str, TypeState]) -> Sequence[str]:
-    """Clusters and endpoints before the listeners and routes that refer to them."""
-    ordered = [t for t in PUSH_ORDER if t in types]
-    ordered += sorted(t for t in types if t not in PUSH_ORDER)
-    found = tuple(ordered)
-    return PUSH_ORDER if found == PUSH_ORDER else found  # shared by most streams
 
 
 class XdsServer:
