@@ -212,6 +212,13 @@ class KubeConfigSource:
                 )
             elif by_file.get(FILE_PREFIX + key):
                 verdict = ("False", "Invalid", _verdict(by_file[FILE_PREFIX + key]))
+            elif config is None:
+                verdict = (
+                    "True",
+                    "Pending",
+                    "valid, but the configuration as a whole does not load (another "
+                    "resource's problem, see `meshctl status`): the last good one serves",
+                )
             else:
                 verdict = ("True", "Accepted", "valid; served by the control plane")
             generation = obj["metadata"].get("generation", 0)
