@@ -157,9 +157,12 @@ class KubeConfigSource:
         return self._documents
 
     def status(self) -> dict[str, Any]:
+        elector = self.elector
         return {
             "resources": len(self._current),
             "rejected": sorted(k for k, v in self._problems.items() if v),
+            "leader": elector.is_leader if elector is not None else None,
+            "lease_holder": elector.holder if elector is not None else "",
             "watches": {k: r.status() for k, r in self.reflectors.items()},
         }
 
