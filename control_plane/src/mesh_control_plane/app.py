@@ -21,6 +21,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mesh_control_plane.admin import (
     JsonHttpServer,
@@ -154,7 +155,7 @@ class ControlPlane:
                     self.config_errors,
                     self.cache.version,
                 ),
-                "/registry": self.registry.status,
+                "/registry": self._registry_status,
                 **console_pages(),
             },
             {
@@ -257,6 +258,14 @@ class ControlPlane:
             kubernetes.watching, self.settings.trust_domain, kubernetes.settings.token_audience
         )
         return await reviewer.review(token)
+
+    def _registry_status(self) -> dict[str, Any]:
+        """The registry sources, and the custom resources' source when there is one
+        (which are rejected, the watches, whether this replica leads)."""
+        status = self.registry.status()
+        if self.kube_config is not None:
+            status["KubeConfigSource"] = self.kube_config.status()
+        return status
 
     def _hosts_changed(self) -> None:
         """Kubernetes Services changed: reload, as references to them may resolve now."""

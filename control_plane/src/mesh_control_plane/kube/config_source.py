@@ -157,9 +157,12 @@ class KubeConfigSource:
         return self._documents
 
     def status(self) -> dict[str, Any]:
+        elector = self.elector
         return {
             "resources": len(self._current),
             "rejected": sorted(k for k, v in self._problems.items() if v),
+            "leader": elector.is_leader if elector is not None else None,
+            "lease_holder": elector.holder if elector is not None else "",
             "watches": {k: r.status() for k, r in self.reflectors.items()},
         }
 
@@ -212,6 +215,13 @@ class KubeConfigSource:
                 )
             elif by_file.get(FILE_PREFIX + key):
                 verdict = ("False", "Invalid", _verdict(by_file[FILE_PREFIX + key]))
+            elif config is None:
+                verdict = (
+                    "True",
+                    "Pending",
+                    "valid, but the configuration as a whole does not load (another "
+                    "resource's problem, see `meshctl status`): the last good one serves",
+                )
             else:
                 verdict = ("True", "Accepted", "valid; served by the control plane")
             generation = obj["metadata"].get("generation", 0)

@@ -112,6 +112,7 @@ class LeaderElector:
             if created.status_code == 409:
                 return False
             created.raise_for_status()
+            self.holder = self.identity
             return True
         response.raise_for_status()
         lease: dict[str, Any] = response.json()
@@ -133,6 +134,7 @@ class LeaderElector:
         if updated.status_code == 409:
             return False  # another replica wrote first
         updated.raise_for_status()
+        self.holder = self.identity
         return True
 
     def _spec(self, transitions: int) -> dict[str, Any]:

@@ -195,12 +195,19 @@ class KubernetesRegistry:
         self.on_hosts_change: Callable[[], None] = lambda: None
         """Called when Services come, go or change ports: a config that named a
         host no Service had yet may load now (the control plane reloads)."""
-        self.services = self._reflector("/api/v1/services", _service, self._services_changed)
-        self.slices = self._reflector("/apis/discovery.k8s.io/v1/endpointslices", _endpoint_slice)
-        self.pods = self._reflector("/api/v1/pods", _pod)
+        # One watch per kind, or per kind and namespace with --kube-namespace (less
+        # to list and watch, and RBAC that can be namespaced). Nodes are cluster-wide.
+        self.services = self._per_namespace("/api/v1/services", _service, self._services_changed)
+        self.slices = self._per_namespace(
+            "/apis/discovery.k8s.io/v1/endpointslices", _endpoint_slice
+        )
+        self.pods = self._per_namespace("/api/v1/pods", _pod)
         self.nodes = self._reflector("/api/v1/nodes", _node_locality)
-        self.watching = Reflectors(connection, (self.services, self.slices, self.pods, self.nodes))
+        self.watching = Reflectors(
+            connection, (*self.services, *self.slices, *self.pods, self.nodes)
+        )
         self._entries: tuple[ServiceEntry, ...] | None = None  # cache, reset on change
+        self._pods: dict[str, _Pod] = {}  # all namespaces', while entries are built
         self._warned: set[str] = set()
 
     def _reflector(
@@ -217,6 +224,21 @@ class KubernetesRegistry:
             watch_timeout=s.watch_timeout,
             backoff_initial=s.backoff_initial,
             backoff_max=s.backoff_max,
+        )
+
+    def _per_namespace(
+        self,
+        path: str,
+        transform: Callable[[Any], T | None],
+        on_change: Callable[[], None] | None = None,
+    ) -> tuple[Reflector[T], ...]:
+        """`/api/v1/pods` -> that, or `/api/v1/namespaces/<ns>/pods` for each namespace."""
+        if not self.settings.namespaces:
+            return (self._reflector(path, transform, on_change),)
+        base, _, kind = path.rpartition("/")
+        return tuple(
+            self._reflector(f"{base}/namespaces/{ns}/{kind}", transform, on_change)
+            for ns in self.settings.namespaces
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -241,11 +263,11 @@ class KubernetesRegistry:
 
     def status(self) -> Mapping[str, Any]:
         skipped = {
-            key: list(svc.skipped) for key, svc in self.services.items.items() if svc.skipped
+            key: list(svc.skipped) for key, svc in _merged(self.services).items() if svc.skipped
         }
         return {
             "server": self.connection.server,
-            "services": len(self.services.items),
+            "services": sum(len(r.items) for r in self.services),
             "stale": self.watching.failing(),
             "watches": {r.path: r.status() for r in self.watching.reflectors},
             "skipped_ports": skipped,
@@ -271,12 +293,14 @@ class KubernetesRegistry:
 
     def _build_entries(self) -> tuple[ServiceEntry, ...]:
         by_service: dict[str, list[_Slice]] = {}
-        for slice_ in self.slices.items.values():
+        for slice_ in _merged(self.slices).values():
             by_service.setdefault(slice_.service, []).append(slice_)
         entries = []
-        for key in sorted(self.services.items):
+        services = _merged(self.services)
+        self._pods = _merged(self.pods)
+        for key in sorted(services):
             namespace, name = key.split("/", 1)
-            service = self.services.items[key]
+            service = services[key]
             if not self._wanted(namespace):
                 continue
             self._warn_skipped(key, service)
@@ -308,7 +332,7 @@ class KubernetesRegistry:
         return tuple(self._instance(first[k], ports[k]) for k in sorted(first))
 
     def _instance(self, ep: _Endpoint, ports: dict[str, int]) -> WorkloadEndpoint:
-        pod = self.pods.items.get(ep.pod) if ep.pod else None
+        pod = self._pods.get(ep.pod) if ep.pod else None
         node = ep.node or (pod.node if pod else "")
         locality = self.nodes.items.get(node, "") if node else ""
         if not locality and ep.zone:
@@ -327,3 +351,10 @@ class KubernetesRegistry:
             if f"{key} {why}" not in self._warned:
                 self._warned.add(f"{key} {why}")
                 log.warning("Kubernetes Service %s: port %s; not served by the mesh", key, why)
+
+
+def _merged(reflectors: Sequence[Reflector[T]]) -> dict[str, T]:
+    """The items of per-namespace reflectors as one mapping (keys are ns/name)."""
+    if len(reflectors) == 1:
+        return reflectors[0].items
+    return {k: v for r in reflectors for k, v in r.items.items()}
