@@ -341,7 +341,10 @@ def test_istio_dashboards_and_kiali_read_the_mesh(
     lab: LocalMesh, system: System, tmp_path: Path
 ) -> None:
     configure(lab, system)
-    prometheus = Prometheus(tmp_path)
+    # irate() reads the last two samples: 1 s apart, each holds several traffic
+    # rounds even on a loaded machine (at 250 ms, two equal samples made a
+    # panel's quantile NaN when the traffic thread was starved).
+    prometheus = Prometheus(tmp_path, scrape_interval="1s")
     stop = threading.Event()
     bootstrap = lab.bootstrap("productpage-1", labels={"app": "productpage", "version": "v1"})
     try:
@@ -362,7 +365,7 @@ def run_panels(prometheus: Prometheus) -> None:
     # Wait until both protocols' server-side series have been scraped twice
     # (irate needs two samples that differ).
     deadline = time.monotonic() + 60
-    while True:  # Prometheus pushes nothing: poll its API (scrapes every 250 ms)
+    while True:  # Prometheus pushes nothing: poll its API (scrapes every second)
         rates = prometheus.query(
             'sum by (request_protocol) (irate(istio_requests_total{reporter="source"}[1m])) > 0'
         )
