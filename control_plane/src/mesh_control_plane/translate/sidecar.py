@@ -113,7 +113,14 @@ def _connection_manager(
         forward_client_cert_details=hcm_pb2.HttpConnectionManager.SANITIZE_SET,
     )
     manager.set_current_client_cert_details.uri = True
+    # As the library's servers: HTTP/1.0 is served, and "host." is "host".
+    manager.http_protocol_options.accept_http_10 = True
+    manager.strip_trailing_host_dot = True
     apply_normalization(manager, normalization)
+    if normalization != "DECODE_AND_MERGE_SLASHES":
+        # As the library (CVE-2021-31920): an escaped slash is refused, not
+        # forwarded for the application to decode past the policy's view.
+        manager.path_with_escaped_slashes_action = hcm_pb2.HttpConnectionManager.REJECT_REQUEST
     return manager
 
 
