@@ -118,9 +118,10 @@ KNOWN_DIFFERENCES = {
     "host-userinfo": "Envoy forwards userinfo in Host",
     "host-comma": "Envoy forwards a comma in Host",
     "host-missing-http10": "Envoy refuses HTTP/1.0 without Host (400), the library serves it",
-    # Gaps of the RBAC translation for Envoy, said in the README.
-    "host-port": "operation.hosts match any port in the library, exactly in Envoy RBAC",
-    "allow-host-case-port": "operation.hosts match any case and port in the library only",
+    # Envoy's RBAC matches hosts on the port-stripped Host (as the library),
+    # and the stripped Host is what the application then gets.
+    "allow-host-case-port": "allowed by both; Envoy hands the app the Host without its port",
+    # A gap of the RBAC translation for Envoy, said in the README.
     "jwt-header": "requestPrincipals read istio_authn metadata, which upstream Envoy never sets",
     "jwt-query": "requestPrincipals read istio_authn metadata, which upstream Envoy never sets",
 }

@@ -113,9 +113,12 @@ def _connection_manager(
         forward_client_cert_details=hcm_pb2.HttpConnectionManager.SANITIZE_SET,
     )
     manager.set_current_client_cert_details.uri = True
-    # As the library's servers: HTTP/1.0 is served, and "host." is "host".
+    # As the library's servers: HTTP/1.0 is served, and "host." is "host";
+    # policy hosts match any port, which Envoy's RBAC does once the port is
+    # stripped (config/authorization.py).
     manager.http_protocol_options.accept_http_10 = True
     manager.strip_trailing_host_dot = True
+    manager.strip_any_host_port = True
     apply_normalization(manager, normalization)
     if normalization != "DECODE_AND_MERGE_SLASHES":
         # As the library (CVE-2021-31920): an escaped slash is refused, not
