@@ -120,11 +120,12 @@ def running_gateway(
     namespace: str,
     credentials: Path | None = None,
     labels: tuple[str, ...] = (),
+    free_ports: bool = True,
 ) -> Iterator[str]:
-    """`meshctl gateway run` (its Envoy on 127.0.0.1, free ports) with a join
-    token for `namespace/name` and `labels` ("k=v"; default istio=<name>);
-    yields Envoy's admin address."""
-    extra = ["--free-ports"]
+    """`meshctl gateway run` (its Envoy on 127.0.0.1, free ports unless told
+    to bind the servers' own) with a join token for `namespace/name` and
+    `labels` ("k=v"; default istio=<name>); yields Envoy's admin address."""
+    extra = ["--free-ports"] if free_ports else []
     if credentials is not None:
         extra += ["--credentials-dir", str(credentials)]
     with _running_agent(

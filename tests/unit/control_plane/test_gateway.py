@@ -289,3 +289,30 @@ def test_mutual_servers_demand_and_check_client_certificates(mode: str, roots: s
     validation = downstream.common_tls_context.combined_validation_context
     assert validation.validation_context_sds_secret_config.name == roots
     assert downstream.require_client_certificate.value == bool(roots)
+
+
+def test_match_gateways_and_port_split_one_virtual_service_between_mesh_and_gateway() -> None:
+    both = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: split, namespace: shop}
+    spec:
+      hosts: [reviews.shop.mesh]
+      gateways: [mesh, ingress]
+      http:
+      - match: [{gateways: [mesh], port: 8080}]
+        route: [{destination: {host: ratings.shop.mesh}}]
+      - match: [{gateways: [ingress]}]
+        route: [{destination: {host: reviews.shop.mesh}}]
+      - match: [{gateways: [mesh], port: 9999}]
+        route: [{destination: {host: reviews.shop.mesh}}]
+    """
+    config = load(SERVICE, GATEWAY, both)
+    mesh = run(config, NodeInfo(id="m", kind=ClientKind.MESH))
+    assert routes_of(mesh, "reviews.shop.mesh:8080") == {
+        "reviews.shop.mesh:8080": ["outbound|8080||ratings.shop.mesh"]
+    }
+    gateway = run(config, GATEWAY_NODE)
+    assert routes_of(gateway, "http.80") == {
+        "reviews.shop.mesh": ["outbound|8080||reviews.shop.mesh"]
+    }

@@ -231,6 +231,10 @@ class HTTPMatchRequest:
     method: StringMatch | None = None
     headers: Mapping[str, StringMatch] = field(default_factory=dict)  # lower-case names
     ignore_uri_case: bool = False
+    # Where the match applies: "mesh" and/or gateways "ns/name" (empty: all the
+    # VirtualService's), and the listener port (None: any). Applied at translation.
+    gateways: tuple[str, ...] = ()
+    port: int | None = None
 
 
 @dataclass(frozen=True)

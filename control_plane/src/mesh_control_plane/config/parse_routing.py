@@ -72,15 +72,13 @@ _ROUTE_FIELDS = (
     "headers",
 )
 _ROUTE_UNSUPPORTED = ("mirrorPercent", "mirror_percent", "corsPolicy", "delegate", "directResponse")
-_MATCH_FIELDS = ("name", "uri", "headers", "method", "ignoreUriCase")
+_MATCH_FIELDS = ("name", "uri", "headers", "method", "ignoreUriCase", "gateways", "port")
 _MATCH_UNSUPPORTED = (
     "queryParams",
-    "port",
     "sourceLabels",
     "authority",
     "scheme",
     "withoutHeaders",
-    "gateways",
     "sourceNamespace",
     "statPrefix",
 )
@@ -135,17 +133,19 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
     http_required = not (isinstance(given, Mapping) and ("tcp" in given or "tls" in given))
     raw_routes = get_list(p, spec, "http", "spec", required=http_required, non_empty=http_required)
     routes = tuple(
-        _parse_http_route(p, raw, index("spec.http", i)) for i, raw in enumerate(raw_routes)
+        _parse_http_route(p, meta, raw, index("spec.http", i)) for i, raw in enumerate(raw_routes)
     )
     return VirtualService(meta=meta, hosts=tuple(hosts), http=routes, gateways=gateways)
 
 
-def _parse_gateways(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> tuple[str, ...]:
+def _parse_gateways(
+    p: Problems, meta: Meta, spec: Mapping[str, Any], path: str = "spec"
+) -> tuple[str, ...]:
     """`gateways`: "mesh", or a Gateway as "name" (the VirtualService's
     namespace) or "namespace/name"; absent means ["mesh"] (Istio's default)."""
     names: list[str] = []
-    for i, raw in enumerate(get_list(p, spec, "gateways", "spec", non_empty=True)):
-        where = index("spec.gateways", i)
+    for i, raw in enumerate(get_list(p, spec, "gateways", path, non_empty=True)):
+        where = index(join(path, "gateways"), i)
         name = check_str(p, raw, where)
         if name is None:
             continue
@@ -161,10 +161,10 @@ def _parse_gateways(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> tuple[s
     return tuple(names) if "gateways" in spec else ("mesh",)
 
 
-def _parse_http_route(p: Problems, raw: object, where: str) -> HTTPRoute:
+def _parse_http_route(p: Problems, meta: Meta, raw: object, where: str) -> HTTPRoute:
     obj = read_object(p, raw, where, _ROUTE_FIELDS, _ROUTE_UNSUPPORTED)
     matches = tuple(
-        _parse_match(p, m, index(join(where, "match"), i))
+        _parse_match(p, meta, m, index(join(where, "match"), i))
         for i, m in enumerate(get_list(p, obj, "match", where))
     )
     timeout = None
@@ -251,7 +251,7 @@ def _parse_destination(p: Problems, item: Mapping[str, Any], where: str) -> Dest
     return Destination(host=host, subset=subset, port=port)
 
 
-def _parse_match(p: Problems, raw: object, where: str) -> HTTPMatchRequest:
+def _parse_match(p: Problems, meta: Meta, raw: object, where: str) -> HTTPMatchRequest:
     obj = read_object(p, raw, where, _MATCH_FIELDS, _MATCH_UNSUPPORTED)
     headers: dict[str, StringMatch] = {}
     if "headers" in obj:
@@ -272,6 +272,8 @@ def _parse_match(p: Problems, raw: object, where: str) -> HTTPMatchRequest:
                 elif match is not None:
                     headers[lowered] = match
     return HTTPMatchRequest(
+        gateways=_parse_gateways(p, meta, obj, where) if "gateways" in obj else (),
+        port=get_int(p, obj, "port", where, low=1, high=65535),
         name=get_str(p, obj, "name", where) or "",
         uri=_parse_string_match(p, obj.get("uri"), join(where, "uri")),
         method=_parse_string_match(p, obj.get("method"), join(where, "method")),

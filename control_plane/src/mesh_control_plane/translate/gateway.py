@@ -105,7 +105,9 @@ def _route_table(
                 vhost = rc_pb2.VirtualHost(
                     name=f"{domain}:{port}",
                     domains=[domain],
-                    routes=http_routes(index, vs, port, disable_default_timeout=True),
+                    routes=http_routes(
+                        index, vs, port, disable_default_timeout=True, bound_to=gateway.ref
+                    ),
                 )
                 if server.tls.https_redirect:
                     vhost.require_tls = rc_pb2.VirtualHost.ALL
