@@ -121,9 +121,6 @@ KNOWN_DIFFERENCES = {
     # Envoy's RBAC matches hosts on the port-stripped Host (as the library),
     # and the stripped Host is what the application then gets.
     "allow-host-case-port": "allowed by both; Envoy hands the app the Host without its port",
-    # A gap of the RBAC translation for Envoy, said in the README.
-    "jwt-header": "requestPrincipals read istio_authn metadata, which upstream Envoy never sets",
-    "jwt-query": "requestPrincipals read istio_authn metadata, which upstream Envoy never sets",
 }
 
 
