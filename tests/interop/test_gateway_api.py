@@ -117,3 +117,48 @@ def test_a_gamma_route_changes_what_a_meshed_client_gets(lab: LocalMesh) -> None
         got = {client.get(f"http://{V1}/").json()["version"] for _ in range(20)}
         assert got == {"v2"}  # the Service reviews, routed by its HTTPRoute
         assert client.get(f"http://{V2}/").json()["version"] == "v2"
+
+
+GREETER = f"greeter.{NS}.svc.cluster.local"
+GREETER_V2 = f"greeter-v2.{NS}.svc.cluster.local"
+
+
+def test_a_gamma_grpc_route_sends_a_method_to_another_service(lab: LocalMesh) -> None:
+    """A GRPCRoute on the Service greeter sends SayHello to greeter-v2 and
+    every other method of greeter.Greeter to greeter: the library's gRPC
+    channel follows it."""
+    v1, v2 = lab.start_grpc_backend("greeter", "v1"), lab.start_grpc_backend("greeter", "v2")
+    method = {"type": "Exact", "service": "greeter.Greeter", "method": "SayHello"}
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GRPCRoute",
+        "metadata": {"name": "greeter", "namespace": NS},
+        "spec": {
+            "parentRefs": [{"name": "greeter", "kind": "Service", "group": ""}],
+            "rules": [
+                {
+                    "matches": [{"method": method}],
+                    "backendRefs": [{"name": "greeter-v2", "port": 50051}],
+                },
+                {
+                    "matches": [{"method": {"service": "greeter.Greeter"}}],
+                    "backendRefs": [{"name": "greeter", "port": 50051}],
+                },
+            ],
+        },
+    }
+    entries = [
+        service_entry(
+            host, 50051, [("127.0.0.1", proc.ready["port"], {})], protocol="GRPC", namespace=NS
+        )
+        for host, proc in ((GREETER, v1), (GREETER_V2, v2))
+    ]
+    lab.write_config("grpc-route.yaml", "\n---\n".join([*entries, json.dumps(route)]))
+    lab.start_control_plane()
+    mesh = Mesh(Bootstrap.from_file(lab.bootstrap("grpc-client", NS, "client")), mtls=False)
+    with mesh, mesh.grpc_channel(f"{GREETER}:50051") as channel:
+        hello = channel.unary_unary("/greeter.Greeter/SayHello")
+        assert {hello(b"hi", timeout=10).decode() for _ in range(10)} == {"greeter/v2"}
+        stats = channel.unary_unary("/greeter.Greeter/Stats")
+        # Answered by greeter (v1), which served none of the ten SayHello calls.
+        assert json.loads(stats(b"", timeout=10))["calls"] == 0

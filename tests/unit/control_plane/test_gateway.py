@@ -250,8 +250,8 @@ def test_server_hosts_admit_by_namespace_and_wildcard() -> None:
     ("doc", "expected"),
     [
         (
-            "kind: GRPCRoute\nmetadata: {name: r}\nspec: {}",
-            "gw.yaml: GRPCRoute default/r: kind: GRPCRoute is not supported yet",
+            "kind: ReferenceGrant\nmetadata: {name: r}\nspec: {}",
+            "gw.yaml: ReferenceGrant default/r: kind: ReferenceGrant is not supported yet",
         ),
         (
             "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: g}]\n"
@@ -316,3 +316,29 @@ def test_match_gateways_and_port_split_one_virtual_service_between_mesh_and_gate
     assert routes_of(gateway, "http.80") == {
         "reviews.shop.mesh": ["outbound|8080||reviews.shop.mesh"]
     }
+
+
+def test_grpc_route_methods_become_grpc_paths() -> None:
+    route = """
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: GRPCRoute
+    metadata: {name: g, namespace: shop}
+    spec:
+      parentRefs: [{name: reviews, kind: Service}]
+      rules:
+      - matches:
+        - method: {service: a.B, method: Get}
+        - method: {service: a.B}
+        - method: {method: Get}
+        - method: {type: RegularExpression, service: "a\\\\..*"}
+        backendRefs: [{name: ratings, port: 8080}]
+    """
+    services = SERVICE.replace(".shop.mesh", ".shop.svc.cluster.local")
+    (vs,) = load(services, route).virtual_services
+    assert vs.hosts == ("reviews.shop.svc.cluster.local",) and vs.gateways == ("mesh",)
+    assert [(m.uri.kind, m.uri.value) for m in vs.http[0].match if m.uri] == [
+        ("exact", "/a.B/Get"),
+        ("prefix", "/a.B/"),
+        ("regex", "/[^/]+/Get"),
+        ("regex", "/(a\\..*)/([^/]+)"),
+    ]
