@@ -243,6 +243,13 @@ def https_server(ca: PrivateCa, host: str, client_ca: PrivateCa | None = None) -
     server.sni = [None]
     context.sni_callback = lambda sock, name, ctx: server.sni.append(name)  # type: ignore[assignment]
     server.socket = context.wrap_socket(server.socket, server_side=True)
+    with serving(server) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def serving(server: ThreadingHTTPServer) -> Iterator[int]:
+    """`server` served on a thread; yields its port, then shuts it down."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
