@@ -9,7 +9,10 @@ for `reviews` to `reviews-v2`.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -102,6 +105,17 @@ def test_an_http_route_splits_90_10_through_the_gateway(lab: LocalMesh) -> None:
         versions = [
             c.get(url + "/api/items", headers=headers).json()["version"] for _ in range(SPLIT_CALLS)
         ]
+        # The Gateway API status conditions, with the live control plane's view.
+        meshctl = str(Path(sys.executable).parent / "meshctl")
+        admin = ["--admin-address", lab.admin_address]
+        status = subprocess.run(
+            [meshctl, "gateway", "status", str(lab.config_dir), *admin],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert "Gateway shop/web: Programmed=True (Programmed)" in status, status
+        assert "HTTPRoute shop/split parent shop/web: Accepted=True (Accepted)" in status, status
         # PathPrefix matches whole segments: /apix is not under /api.
         assert c.get(url + "/apix", headers=headers).status_code == 404
         assert c.get(url + "/api", headers={"host": "other.test"}).status_code == 404
