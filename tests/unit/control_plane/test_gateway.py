@@ -182,13 +182,13 @@ def test_gateway_tls_and_upstream_mtls_come_by_sds() -> None:
         (
             "{port: {number: 9000, name: tcp, protocol: TCP}, hosts: ['*']}",
             "spec.servers[0].port.protocol: TCP is not supported yet "
-            "(supported: HTTP, HTTP2, GRPC, HTTPS)",
+            "(supported: HTTP, HTTP2, GRPC, HTTPS, TLS)",
         ),
         (
             "{port: {number: 443, name: h, protocol: HTTPS}, hosts: ['*'], "
-            "tls: {mode: PASSTHROUGH}}",
-            "spec.servers[0].tls.mode: PASSTHROUGH is not supported yet "
-            "(supported: SIMPLE, MUTUAL, ISTIO_MUTUAL)",
+            "tls: {mode: AUTO_PASSTHROUGH}}",
+            "spec.servers[0].tls.mode: AUTO_PASSTHROUGH is not supported yet "
+            "(supported: SIMPLE, MUTUAL, ISTIO_MUTUAL, PASSTHROUGH)",
         ),
         (
             "{port: {number: 443, name: h, protocol: HTTPS}, hosts: ['*'], "
@@ -232,7 +232,7 @@ def test_one_port_is_all_plaintext_or_all_tls() -> None:
         "gw.yaml: Gateway default/g: spec.selector: missing required field "
         "(the labels of the gateway workloads it programs)",
         "gw.yaml: Gateway default/g: spec.servers[1].port.protocol: "
-        "port 80 mixes plaintext and TLS servers (one listener per port)",
+        "port 80 mixes plaintext, TLS and passthrough servers (one listener per port)",
     ]
 
 
@@ -383,3 +383,38 @@ def test_gateway_api_status_conditions() -> None:
         "HTTPRoute shop/r parent shop/gone: ResolvedRefs=True (ResolvedRefs)",
     ]
     assert "Programmed=Unknown (Pending)" in str(conditions(config, None)[1])
+
+
+def test_tls_routes_are_for_gateways_only_and_pass_tls_through_by_sni() -> None:
+    mesh_tls = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: t, namespace: shop}
+    spec:
+      hosts: [reviews.shop.mesh]
+      tls:
+      - match: [{sniHosts: [reviews.shop.mesh]}]
+        route: [{destination: {host: reviews.shop.mesh}}]
+    """
+    assert problems(SERVICE, mesh_tls) == [
+        "gw.yaml: VirtualService shop/t: spec.tls: for mesh clients not supported yet "
+        "(bind it to gateways only)"
+    ]
+    gateway = """
+    apiVersion: networking.istio.io/v1
+    kind: Gateway
+    metadata: {name: edge, namespace: shop}
+    spec:
+      selector: {istio: ingress}
+      servers:
+      - {port: {number: 443, name: tls, protocol: TLS}, hosts: ["*"], tls: {mode: PASSTHROUGH}}
+    """
+    routed = mesh_tls.replace(
+        "hosts: [reviews.shop.mesh]", "hosts: [reviews.shop.mesh]\n      gateways: [edge]"
+    )
+    rs = run(load(SERVICE, gateway, routed), GATEWAY_NODE)
+    listener: Any = rs.resources[LISTENER]["0.0.0.0_443"]
+    (chain,) = listener.filter_chains
+    assert list(chain.filter_chain_match.server_names) == ["reviews.shop.mesh"]
+    assert chain.filters[0].name == "envoy.filters.network.tcp_proxy"
+    assert not chain.HasField("transport_socket")  # never decrypted

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .parse_gateway import Gateway
+    from .parse_gateway import Gateway, TlsRoute
     from .parse_telemetry import Telemetry
 
 from .errors import ConfigProblem
@@ -340,6 +340,7 @@ class VirtualService:
     http: tuple[HTTPRoute, ...] = ()
     # "mesh" (the mesh's clients) and/or gateways as "namespace/name"; Istio's default is mesh
     gateways: tuple[str, ...] = ("mesh",)
+    tls: tuple[TlsRoute, ...] = ()  # SNI routes: gateways only
 
     @property
     def for_mesh(self) -> bool:

@@ -24,6 +24,7 @@ from .model import (
     Subset,
     VirtualService,
 )
+from .parse_gateway import TlsMatch, TlsRoute
 from .parse_http import (
     parse_fault,
     parse_headers,
@@ -35,6 +36,7 @@ from .parse_http import (
 from .parse_policies import parse_traffic_policy
 from .schema import (
     MISSING,
+    NOT_SUPPORTED,
     Problems,
     check_host,
     check_host_pattern,
@@ -55,8 +57,10 @@ from .syntax import not_in_re2, parse_duration
 
 _DR_FIELDS = ("host", "trafficPolicy", "subsets")
 _DR_UNSUPPORTED = ("exportTo", "workloadSelector")
-_VS_FIELDS = ("hosts", "gateways", "http")
-_VS_UNSUPPORTED = ("tcp", "tls", "exportTo")
+_VS_FIELDS = ("hosts", "gateways", "http", "tls")
+_VS_UNSUPPORTED = ("tcp", "exportTo")
+_TLS_MATCH_FIELDS = ("sniHosts", "port", "gateways")
+_TLS_MATCH_UNSUPPORTED = ("destinationSubnets", "sourceLabels", "sourceNamespace")
 _ROUTE_FIELDS = (
     "name",
     "match",
@@ -135,7 +139,30 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
     routes = tuple(
         _parse_http_route(p, meta, raw, index("spec.http", i)) for i, raw in enumerate(raw_routes)
     )
-    return VirtualService(meta=meta, hosts=tuple(hosts), http=routes, gateways=gateways)
+    tls = tuple(
+        _parse_tls_route(p, meta, raw, index("spec.tls", i))
+        for i, raw in enumerate(get_list(p, spec, "tls", "spec"))
+    )
+    if tls and "mesh" in gateways:
+        p.add("spec.tls", f"for mesh clients {NOT_SUPPORTED} (bind it to gateways only)")
+    return VirtualService(meta=meta, hosts=tuple(hosts), http=routes, gateways=gateways, tls=tls)
+
+
+def _parse_tls_route(p: Problems, meta: Meta, raw: object, where: str) -> TlsRoute:
+    """`tls[]`: SNI matches and weighted destinations (TLS is passed through)."""
+    obj = read_object(p, raw, where, ("match", "route"))
+    matches = []
+    for i, item in enumerate(get_list(p, obj, "match", where, required=True, non_empty=True)):
+        here = index(join(where, "match"), i)
+        match = read_object(p, item, here, _TLS_MATCH_FIELDS, _TLS_MATCH_UNSUPPORTED)
+        sni = tuple(
+            check_host_pattern(p, host, index(join(here, "sniHosts"), j))
+            for j, host in enumerate(get_list(p, match, "sniHosts", here, required=True))
+        )
+        port = get_int(p, match, "port", here, low=1, high=65535)
+        gateways = _parse_gateways(p, meta, match, here) if "gateways" in match else ()
+        matches.append(TlsMatch(sni, port, gateways))
+    return TlsRoute(tuple(matches), _parse_destinations(p, obj, where))
 
 
 def _parse_gateways(
