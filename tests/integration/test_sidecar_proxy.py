@@ -18,7 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_support import listener_ports, running_proxy, serving, wait_for_listener
+from gateway_support import (
+    admin_get,
+    listener_ports,
+    running_proxy,
+    serving,
+    wait_for_listener,
+)
 from identities import (
     FRONTEND,
     NAMESPACE,
@@ -137,4 +143,9 @@ def test_a_plain_http_workload_behind_the_sidecar_is_a_strict_mesh_member(
                 f"http://127.0.0.1:{outbound}/", headers={"host": f"{REVIEWS_HOST}:80"}, timeout=10
             )
             assert called.status_code == 200 and called.text == LEGACY, called.text
+            # The sidecar's Envoy took everything it was sent (ACK, never NACK).
+            status = json.loads(admin_get(lab.admin_address, "/status"))
+            (sidecar,) = [c for c in status["clients"] if c["node_id"].startswith("sidecar~")]
+            for name, record in sidecar["types"].items():
+                assert record["acked"] and not record["nacked"], (name, record)
     reviews_sock.close()
