@@ -17,14 +17,16 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common import cpu_seconds, rss_kb
-from meshlab import LocalMesh
-from sidecars import start_sidecar_pair
+from meshlab import BIN, LocalMesh, Proc
+from sidecars import ENVOY, start_sidecar_pair
 
 HERE = Path(__file__).resolve().parent
 HTTP_PATH = "/bytes/1024"
@@ -204,6 +206,97 @@ def grpc_native_xds(setup: Setup) -> Running:
     return Running(Worker("grpc xds", argv, setup.lab.workdir, env))
 
 
+# -- ingress gateway rows: the 1 KB server through `meshctl gateway run` (its agent
+# and Envoy are the row's side processes), one gateway per row with its own
+# Gateway and VirtualService (hosts "*"), to a plaintext or an mTLS upstream.
+
+GATEWAY_NAMESPACE = "default"
+GATEWAY_PORT = 8000
+
+
+def _gateway_config(name: str, upstream: str) -> str:
+    host, port = upstream.rsplit(":", 1)
+    docs = [
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE},
+            "spec": {
+                "selector": {"istio": name},
+                "servers": [
+                    {
+                        "port": {"number": GATEWAY_PORT, "name": "http", "protocol": "HTTP"},
+                        "hosts": ["*"],
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": GATEWAY_NAMESPACE},
+            "spec": {
+                "hosts": ["*"],
+                "gateways": [name],
+                "http": [
+                    {"route": [{"destination": {"host": host, "port": {"number": int(port)}}}]}
+                ],
+            },
+        },
+    ]
+    return "\n---\n".join(json.dumps(d) for d in docs)
+
+
+def _listener_port(admin: str, name: str, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{admin}/listeners?format=json", timeout=5) as r:
+            for item in json.loads(r.read()).get("listener_statuses", []):
+                if item["name"] == name:
+                    return int(item["local_address"]["socket_address"]["port_value"])
+        time.sleep(0.05)
+    raise RuntimeError(f"the gateway has no listener {name} after {timeout}s")
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def _gateway_row(upstream: Callable[[Setup], str], label: str) -> Callable[[Setup], Running]:
+    def start(setup: Setup) -> Running:
+        lab = setup.lab
+        name = f"bench-gw-{label}"
+        lab.write_config(f"{name}.yaml", _gateway_config(name, upstream(setup)))
+        admin_file = lab.workdir / f"{name}-admin.txt"
+        log = lab.workdir / f"{name}.log"
+        argv = [
+            str(BIN / "meshctl"),
+            "gateway",
+            "run",
+            "--name",
+            name,
+            "--namespace",
+            GATEWAY_NAMESPACE,
+        ]
+        argv += ["--xds-address", lab.xds_address, "--ca-address", lab.ca_address]
+        argv += ["--token", lab.token(GATEWAY_NAMESPACE, name), "--bind-address", "127.0.0.1"]
+        argv += ["--free-ports", "--admin-address-path", str(admin_file), "--envoy", str(ENVOY)]
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        lab.procs.append(Proc(name, popen, {}, log))  # stopped with the lab
+        deadline = time.monotonic() + 30
+        while not admin_file.exists() or not admin_file.read_text().strip():
+            if popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        port = _listener_port(admin_file.read_text().strip(), f"0.0.0.0_{GATEWAY_PORT}")
+        worker = _http_worker(setup, name, f"http://127.0.0.1:{port}{HTTP_PATH}")
+        return Running(worker, [popen.pid, *_children(popen.pid)])
+
+    return start
+
+
 MESH_MTLS = "mesh transport, mTLS"
 ENVOY_MTLS = "Envoy sidecar pair, mTLS"
 
@@ -218,6 +311,16 @@ ROWS: list[Row] = [
     Row("http", MESH_MTLS, mesh_mtls),
     Row("http", ENVOY_MTLS, _envoy_pair(tls=True)),
     Row("http", "Envoy sidecar pair, plaintext", _envoy_pair(tls=False)),
+    Row(
+        "http",
+        "Envoy ingress gateway (meshctl gateway run), plaintext upstream",
+        _gateway_row(lambda setup: setup.http_authority, "plain"),
+    ),
+    Row(
+        "http",
+        "Envoy ingress gateway, ISTIO_MUTUAL upstream",
+        _gateway_row(lambda setup: setup.mtls_authority, "mtls"),
+    ),
     Row("grpc", "plain channel", plain_grpc),
     Row("grpc", "library mode (mesh.grpc_channel)", grpc_library_mode),
     Row("grpc", "grpcio native xDS (xds:///)", grpc_native_xds),

@@ -4,8 +4,9 @@
 
 Sections (benchmarks/README.md has the method):
   http         data path, HTTP: plain httpx vs the mesh transport vs an Envoy
-               sidecar pair (mTLS and plaintext), 1 KB each way, closed loop
-               and open loop at fixed rates
+               sidecar pair (mTLS and plaintext) vs an ingress gateway
+               (`meshctl gateway run`, plaintext or ISTIO_MUTUAL upstream),
+               1 KB each way, closed loop and open loop at fixed rates
   grpc         data path, gRPC unary 1 KB: plain channel vs library mode vs
                grpcio's native xDS
   resilience   mesh route with Istio's default retry policy vs attempts: 0

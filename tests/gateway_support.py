@@ -120,11 +120,12 @@ def running_gateway(
     namespace: str,
     credentials: Path | None = None,
     labels: tuple[str, ...] = (),
+    free_ports: bool = True,
 ) -> Iterator[str]:
-    """`meshctl gateway run` (its Envoy on 127.0.0.1, free ports) with a join
-    token for `namespace/name` and `labels` ("k=v"; default istio=<name>);
-    yields Envoy's admin address."""
-    extra = ["--free-ports"]
+    """`meshctl gateway run` (its Envoy on 127.0.0.1, free ports unless told
+    to bind the servers' own) with a join token for `namespace/name` and
+    `labels` ("k=v"; default istio=<name>); yields Envoy's admin address."""
+    extra = ["--free-ports"] if free_ports else []
     if credentials is not None:
         extra += ["--credentials-dir", str(credentials)]
     with _running_agent(
@@ -242,6 +243,13 @@ def https_server(ca: PrivateCa, host: str, client_ca: PrivateCa | None = None) -
     server.sni = [None]
     context.sni_callback = lambda sock, name, ctx: server.sni.append(name)  # type: ignore[assignment]
     server.socket = context.wrap_socket(server.socket, server_side=True)
+    with serving(server) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def serving(server: ThreadingHTTPServer) -> Iterator[int]:
+    """`server` served on a thread; yields its port, then shuts it down."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

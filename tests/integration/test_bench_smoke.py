@@ -33,6 +33,8 @@ def test_bench_quick_run_prints_and_writes_every_table(tmp_path: Path) -> None:
         "| mesh transport, mTLS |",
         "| Envoy sidecar pair, mTLS |",
         "| Envoy sidecar pair, plaintext |",
+        "| Envoy ingress gateway (meshctl gateway run), plaintext upstream |",
+        "| Envoy ingress gateway, ISTIO_MUTUAL upstream |",
         "| plain channel |",
         "| library mode (mesh.grpc_channel) |",
         "| grpcio native xDS (xds:///) |",

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
-from gateway_support import listener_ports, running_proxy, wait_for_listener
+from gateway_support import (
+    admin_get,
+    listener_ports,
+    running_proxy,
+    serving,
+    wait_for_listener,
+)
 from identities import (
     FRONTEND,
     NAMESPACE,
@@ -53,17 +57,9 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def plain_app() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def plain_app() -> contextlib.AbstractContextManager[int]:
+    """The stand-in: a plain http.server echoing path and XFCC; its port."""
+    return serving(ThreadingHTTPServer(("127.0.0.1", 0), _Echo))
 
 
 def _config(legacy_port: int, reviews_port: int) -> str:
@@ -147,4 +143,9 @@ def test_a_plain_http_workload_behind_the_sidecar_is_a_strict_mesh_member(
                 f"http://127.0.0.1:{outbound}/", headers={"host": f"{REVIEWS_HOST}:80"}, timeout=10
             )
             assert called.status_code == 200 and called.text == LEGACY, called.text
+            # The sidecar's Envoy took everything it was sent (ACK, never NACK).
+            status = json.loads(admin_get(lab.admin_address, "/status"))
+            (sidecar,) = [c for c in status["clients"] if c["node_id"].startswith("sidecar~")]
+            for name, record in sidecar["types"].items():
+                assert record["acked"] and not record["nacked"], (name, record)
     reviews_sock.close()

@@ -38,3 +38,6 @@ def test_envoy_originates_tls_by_the_destination_rules(lab: LocalMesh, tmp_path:
             # connection (503, upstream connect error), as the library does.
             refused = get("wrong.external.test", "/")
             assert refused.status_code == 503 and "connect" in refused.text, refused.text
+            # Envoy is REGISTRY_ONLY as the control plane programs it: a host no
+            # ServiceEntry declares has no route (404, Envoy's NR).
+            assert get("unknown.external.test", "/").status_code == 404

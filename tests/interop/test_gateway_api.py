@@ -9,7 +9,10 @@ for `reviews` to `reviews-v2`.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -102,6 +105,17 @@ def test_an_http_route_splits_90_10_through_the_gateway(lab: LocalMesh) -> None:
         versions = [
             c.get(url + "/api/items", headers=headers).json()["version"] for _ in range(SPLIT_CALLS)
         ]
+        # The Gateway API status conditions, with the live control plane's view.
+        meshctl = str(Path(sys.executable).parent / "meshctl")
+        admin = ["--admin-address", lab.admin_address]
+        status = subprocess.run(
+            [meshctl, "gateway", "status", str(lab.config_dir), *admin],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert "Gateway shop/web: Programmed=True (Programmed)" in status, status
+        assert "HTTPRoute shop/split parent shop/web: Accepted=True (Accepted)" in status, status
         # PathPrefix matches whole segments: /apix is not under /api.
         assert c.get(url + "/apix", headers=headers).status_code == 404
         assert c.get(url + "/api", headers={"host": "other.test"}).status_code == 404
@@ -117,3 +131,48 @@ def test_a_gamma_route_changes_what_a_meshed_client_gets(lab: LocalMesh) -> None
         got = {client.get(f"http://{V1}/").json()["version"] for _ in range(20)}
         assert got == {"v2"}  # the Service reviews, routed by its HTTPRoute
         assert client.get(f"http://{V2}/").json()["version"] == "v2"
+
+
+GREETER = f"greeter.{NS}.svc.cluster.local"
+GREETER_V2 = f"greeter-v2.{NS}.svc.cluster.local"
+
+
+def test_a_gamma_grpc_route_sends_a_method_to_another_service(lab: LocalMesh) -> None:
+    """A GRPCRoute on the Service greeter sends SayHello to greeter-v2 and
+    every other method of greeter.Greeter to greeter: the library's gRPC
+    channel follows it."""
+    v1, v2 = lab.start_grpc_backend("greeter", "v1"), lab.start_grpc_backend("greeter", "v2")
+    method = {"type": "Exact", "service": "greeter.Greeter", "method": "SayHello"}
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GRPCRoute",
+        "metadata": {"name": "greeter", "namespace": NS},
+        "spec": {
+            "parentRefs": [{"name": "greeter", "kind": "Service", "group": ""}],
+            "rules": [
+                {
+                    "matches": [{"method": method}],
+                    "backendRefs": [{"name": "greeter-v2", "port": 50051}],
+                },
+                {
+                    "matches": [{"method": {"service": "greeter.Greeter"}}],
+                    "backendRefs": [{"name": "greeter", "port": 50051}],
+                },
+            ],
+        },
+    }
+    entries = [
+        service_entry(
+            host, 50051, [("127.0.0.1", proc.ready["port"], {})], protocol="GRPC", namespace=NS
+        )
+        for host, proc in ((GREETER, v1), (GREETER_V2, v2))
+    ]
+    lab.write_config("grpc-route.yaml", "\n---\n".join([*entries, json.dumps(route)]))
+    lab.start_control_plane()
+    mesh = Mesh(Bootstrap.from_file(lab.bootstrap("grpc-client", NS, "client")), mtls=False)
+    with mesh, mesh.grpc_channel(f"{GREETER}:50051") as channel:
+        hello = channel.unary_unary("/greeter.Greeter/SayHello")
+        assert {hello(b"hi", timeout=10).decode() for _ in range(10)} == {"greeter/v2"}
+        stats = channel.unary_unary("/greeter.Greeter/Stats")
+        # Answered by greeter (v1), which served none of the ten SayHello calls.
+        assert json.loads(stats(b"", timeout=10))["calls"] == 0

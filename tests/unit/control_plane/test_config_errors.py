@@ -281,12 +281,12 @@ def test_unsupported_features_are_named_not_ignored() -> None:
         DR + "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: not supported yet",
         DR + "spec.trafficPolicy.tls.insecureSkipVerify: not supported yet",
     ]
-    # HTTPS is refused where the mesh would carry it (STATIC); a DNS/NONE entry
-    # passes requests through to the host and takes it (see test_istio_samples).
-    text = SE_HEAD + "  ports: [{number: 443, name: web, protocol: HTTPS}]\n"
+    # Protocols the mesh does not carry are refused where it would (STATIC); a
+    # DNS/NONE entry passes requests through to the host and takes them.
+    text = SE_HEAD + "  ports: [{number: 443, name: web, protocol: MONGO}]\n"
     assert problems(text) == [
-        SE
-        + "spec.ports[0].protocol: HTTPS is not supported yet (supported: HTTP, HTTP2, GRPC, TCP)",
+        SE + "spec.ports[0].protocol: MONGO is not supported yet "
+        "(supported: HTTP, HTTP2, GRPC, TCP, HTTPS, TLS)",
     ]
 
 

@@ -182,13 +182,13 @@ def test_gateway_tls_and_upstream_mtls_come_by_sds() -> None:
         (
             "{port: {number: 9000, name: tcp, protocol: TCP}, hosts: ['*']}",
             "spec.servers[0].port.protocol: TCP is not supported yet "
-            "(supported: HTTP, HTTP2, GRPC, HTTPS)",
+            "(supported: HTTP, HTTP2, GRPC, HTTPS, TLS)",
         ),
         (
             "{port: {number: 443, name: h, protocol: HTTPS}, hosts: ['*'], "
-            "tls: {mode: PASSTHROUGH}}",
-            "spec.servers[0].tls.mode: PASSTHROUGH is not supported yet "
-            "(supported: SIMPLE, MUTUAL, ISTIO_MUTUAL)",
+            "tls: {mode: AUTO_PASSTHROUGH}}",
+            "spec.servers[0].tls.mode: AUTO_PASSTHROUGH is not supported yet "
+            "(supported: SIMPLE, MUTUAL, ISTIO_MUTUAL, PASSTHROUGH)",
         ),
         (
             "{port: {number: 443, name: h, protocol: HTTPS}, hosts: ['*'], "
@@ -232,7 +232,7 @@ def test_one_port_is_all_plaintext_or_all_tls() -> None:
         "gw.yaml: Gateway default/g: spec.selector: missing required field "
         "(the labels of the gateway workloads it programs)",
         "gw.yaml: Gateway default/g: spec.servers[1].port.protocol: "
-        "port 80 mixes plaintext and TLS servers (one listener per port)",
+        "port 80 mixes plaintext, TLS and passthrough servers (one listener per port)",
     ]
 
 
@@ -250,8 +250,8 @@ def test_server_hosts_admit_by_namespace_and_wildcard() -> None:
     ("doc", "expected"),
     [
         (
-            "kind: GRPCRoute\nmetadata: {name: r}\nspec: {}",
-            "gw.yaml: GRPCRoute default/r: kind: GRPCRoute is not supported yet",
+            "kind: ReferenceGrant\nmetadata: {name: r}\nspec: {}",
+            "gw.yaml: ReferenceGrant default/r: kind: ReferenceGrant is not supported yet",
         ),
         (
             "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: g}]\n"
@@ -289,3 +289,132 @@ def test_mutual_servers_demand_and_check_client_certificates(mode: str, roots: s
     validation = downstream.common_tls_context.combined_validation_context
     assert validation.validation_context_sds_secret_config.name == roots
     assert downstream.require_client_certificate.value == bool(roots)
+
+
+def test_match_gateways_and_port_split_one_virtual_service_between_mesh_and_gateway() -> None:
+    both = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: split, namespace: shop}
+    spec:
+      hosts: [reviews.shop.mesh]
+      gateways: [mesh, ingress]
+      http:
+      - match: [{gateways: [mesh], port: 8080}]
+        route: [{destination: {host: ratings.shop.mesh}}]
+      - match: [{gateways: [ingress]}]
+        route: [{destination: {host: reviews.shop.mesh}}]
+      - match: [{gateways: [mesh], port: 9999}]
+        route: [{destination: {host: reviews.shop.mesh}}]
+    """
+    config = load(SERVICE, GATEWAY, both)
+    mesh = run(config, NodeInfo(id="m", kind=ClientKind.MESH))
+    assert routes_of(mesh, "reviews.shop.mesh:8080") == {
+        "reviews.shop.mesh:8080": ["outbound|8080||ratings.shop.mesh"]
+    }
+    gateway = run(config, GATEWAY_NODE)
+    assert routes_of(gateway, "http.80") == {
+        "reviews.shop.mesh": ["outbound|8080||reviews.shop.mesh"]
+    }
+
+
+def test_grpc_route_methods_become_grpc_paths() -> None:
+    route = """
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: GRPCRoute
+    metadata: {name: g, namespace: shop}
+    spec:
+      parentRefs: [{name: reviews, kind: Service}]
+      rules:
+      - matches:
+        - method: {service: a.B, method: Get}
+        - method: {service: a.B}
+        - method: {method: Get}
+        - method: {type: RegularExpression, service: "a\\\\..*"}
+        backendRefs: [{name: ratings, port: 8080}]
+    """
+    services = SERVICE.replace(".shop.mesh", ".shop.svc.cluster.local")
+    (vs,) = load(services, route).virtual_services
+    assert vs.hosts == ("reviews.shop.svc.cluster.local",) and vs.gateways == ("mesh",)
+    assert [(m.uri.kind, m.uri.value) for m in vs.http[0].match if m.uri] == [
+        ("exact", "/a.B/Get"),
+        ("prefix", "/a.B/"),
+        ("regex", "/[^/]+/Get"),
+        ("regex", "/(a\\..*)/([^/]+)"),
+    ]
+
+
+def test_gateway_api_status_conditions() -> None:
+    from mesh_control_plane.cli.gateway_status import conditions, programmed_gateways
+
+    web = """
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: Gateway
+    metadata: {name: web, namespace: shop}
+    spec:
+      gatewayClassName: istio
+      listeners: [{name: http, port: 80, protocol: HTTP}]
+    ---
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {name: r, namespace: shop}
+    spec:
+      parentRefs: [{name: web}, {name: gone}]
+      rules: [{backendRefs: [{name: ratings, port: 8080}]}]
+    """
+    services = SERVICE.replace(".shop.mesh", ".shop.svc.cluster.local")
+    config = load(services, GATEWAY, web)
+    status = {
+        "clients": [
+            {
+                "node_id": "router~127.0.0.1~web.shop~shop.svc.cluster.local",
+                "types": {"LDS": {"acked": True}},
+            },
+            {"node_id": "router~127.0.0.1~other.shop~shop.svc.cluster.local", "types": {"LDS": {}}},
+        ]
+    }
+    assert programmed_gateways(status) == {"shop/web"}
+    assert [str(c) for c in conditions(config, programmed_gateways(status))] == [
+        "Gateway shop/web: Accepted=True (Accepted)",
+        "Gateway shop/web: Programmed=True (Programmed)",
+        "HTTPRoute shop/r parent shop/web: Accepted=True (Accepted)",
+        "HTTPRoute shop/r parent shop/web: ResolvedRefs=True (ResolvedRefs)",
+        "HTTPRoute shop/r parent shop/gone: Accepted=False (NoMatchingParent)",
+        "HTTPRoute shop/r parent shop/gone: ResolvedRefs=True (ResolvedRefs)",
+    ]
+    assert "Programmed=Unknown (Pending)" in str(conditions(config, None)[1])
+
+
+def test_tls_routes_are_for_gateways_only_and_pass_tls_through_by_sni() -> None:
+    mesh_tls = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: t, namespace: shop}
+    spec:
+      hosts: [reviews.shop.mesh]
+      tls:
+      - match: [{sniHosts: [reviews.shop.mesh]}]
+        route: [{destination: {host: reviews.shop.mesh}}]
+    """
+    assert problems(SERVICE, mesh_tls) == [
+        "gw.yaml: VirtualService shop/t: spec.tls: for mesh clients not supported yet "
+        "(bind it to gateways only)"
+    ]
+    gateway = """
+    apiVersion: networking.istio.io/v1
+    kind: Gateway
+    metadata: {name: edge, namespace: shop}
+    spec:
+      selector: {istio: ingress}
+      servers:
+      - {port: {number: 443, name: tls, protocol: TLS}, hosts: ["*"], tls: {mode: PASSTHROUGH}}
+    """
+    routed = mesh_tls.replace(
+        "hosts: [reviews.shop.mesh]", "hosts: [reviews.shop.mesh]\n      gateways: [edge]"
+    )
+    rs = run(load(SERVICE, gateway, routed), GATEWAY_NODE)
+    listener: Any = rs.resources[LISTENER]["0.0.0.0_443"]
+    (chain,) = listener.filter_chains
+    assert list(chain.filter_chain_match.server_names) == ["reviews.shop.mesh"]
+    assert chain.filters[0].name == "envoy.filters.network.tcp_proxy"
+    assert not chain.HasField("transport_socket")  # never decrypted

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh_control_plane.cli.agent_args import add_agent_arguments, parse_pairs, run_agent_command
+from mesh_control_plane.cli.gateway_status import add_status_parser
 from mesh_control_plane.gateway.bootstrap import ProxyNode
 
 
@@ -30,6 +31,7 @@ def add_parser(commands: Any) -> None:
         "--free-ports", action="store_true", help="bind every server on a port the kernel picks"
     )
     run_p.set_defaults(run=run)
+    add_status_parser(actions)
 
 
 def run(args: argparse.Namespace) -> int:

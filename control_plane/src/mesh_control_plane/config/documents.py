@@ -24,7 +24,7 @@ from .model import (
 )
 from .parse_gateway import Gateway, parse_gateway
 from .parse_gateway_api import API_VERSIONS as GATEWAY_API_VERSIONS
-from .parse_gateway_api import parse_http_route, parse_k8s_gateway
+from .parse_gateway_api import parse_grpc_route, parse_http_route, parse_k8s_gateway
 from .parse_routing import parse_destination_rule, parse_virtual_service
 from .parse_security import (
     parse_authorization_policy,
@@ -82,8 +82,9 @@ PARSERS: dict[str, _Parser] = {
 GATEWAY_API_PARSERS: dict[str, _Parser] = {
     "Gateway": parse_k8s_gateway,
     "HTTPRoute": parse_http_route,
+    "GRPCRoute": parse_grpc_route,
 }
-_GATEWAY_API_LATER = ("GRPCRoute", "ReferenceGrant", "TLSRoute", "TCPRoute", "GatewayClass")
+_GATEWAY_API_LATER = ("ReferenceGrant", "TLSRoute", "TCPRoute", "GatewayClass")
 _SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 # Istio kinds a user may reasonably write: named so the error says "not yet", not "what?".
 _LATER_KINDS = (

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .parse_cors import CorsPolicy, DirectResponse
-    from .parse_gateway import Gateway
+    from .parse_gateway import Gateway, TlsRoute
     from .parse_telemetry import Telemetry
 
 from .errors import ConfigProblem
@@ -237,6 +237,10 @@ class HTTPMatchRequest:
     method: StringMatch | None = None
     headers: Mapping[str, StringMatch] = field(default_factory=dict)  # lower-case names
     ignore_uri_case: bool = False
+    # Where the match applies: "mesh" and/or gateways "ns/name" (empty: all the
+    # VirtualService's), and the listener port (None: any). Applied at translation.
+    gateways: tuple[str, ...] = ()
+    port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -346,6 +350,7 @@ class VirtualService:
     http: tuple[HTTPRoute, ...] = ()
     # "mesh" (the mesh's clients) and/or gateways as "namespace/name"; Istio's default is mesh
     gateways: tuple[str, ...] = ("mesh",)
+    tls: tuple[TlsRoute, ...] = ()  # SNI routes: gateways only
 
     @property
     def for_mesh(self) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .model import Meta
+from .model import HTTPRouteDestination, Meta
 from .schema import (
     MISSING,
     NOT_SUPPORTED,
@@ -59,9 +59,10 @@ _TLS_UNSUPPORTED = (
 )
 PLAIN_PROTOCOLS = ("HTTP", "HTTP2", "GRPC")
 TLS_PROTOCOLS = ("HTTPS",)
-_LATER_PROTOCOLS = ("TLS", "TCP", "MONGO", "REDIS", "MYSQL", "GRPC-WEB")
-TLS_MODES = ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL")
-_LATER_MODES = ("PASSTHROUGH", "AUTO_PASSTHROUGH", "OPTIONAL_MUTUAL")
+PASSTHROUGH_PROTOCOLS = ("TLS",)  # mode PASSTHROUGH: routed by SNI (VirtualService `tls`)
+_LATER_PROTOCOLS = ("TCP", "MONGO", "REDIS", "MYSQL", "GRPC-WEB")
+TLS_MODES = ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "PASSTHROUGH")
+_LATER_MODES = ("AUTO_PASSTHROUGH", "OPTIONAL_MUTUAL")
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,27 @@ class GatewayServer:
     def terminates_tls(self) -> bool:
         return self.protocol in TLS_PROTOCOLS
 
+    @property
+    def passthrough(self) -> bool:
+        return self.protocol in PASSTHROUGH_PROTOCOLS
+
+
+@dataclass(frozen=True)
+class TlsMatch:
+    """A VirtualService `tls[].match[]`: SNI names, and where it applies."""
+
+    sni_hosts: tuple[str, ...]
+    port: int | None = None
+    gateways: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TlsRoute:
+    """A VirtualService `tls[]` rule: TLS passed through by SNI (gateways only)."""
+
+    match: tuple[TlsMatch, ...]
+    route: tuple[HTTPRouteDestination, ...]
+
 
 @dataclass(frozen=True)
 class Gateway:
@@ -159,7 +181,7 @@ def _parse_server(p: Problems, meta: Meta, raw: object, where: str) -> GatewaySe
     number = get_int(p, port, "number", port_where, required=True, low=1, high=65535) or 0
     protocol = (get_str(p, port, "protocol", port_where, required=True) or "").upper()
     if protocol:
-        supported = (*PLAIN_PROTOCOLS, *TLS_PROTOCOLS)
+        supported = (*PLAIN_PROTOCOLS, *TLS_PROTOCOLS, *PASSTHROUGH_PROTOCOLS)
         checked = check_enum(p, protocol, join(port_where, "protocol"), supported, _LATER_PROTOCOLS)
         protocol = checked or ""
     if "targetPort" in port:
@@ -199,6 +221,10 @@ def _parse_tls(p: Problems, obj: Mapping[str, Any], where: str, protocol: str) -
             or ""
         )
     credential = (tls and get_str(p, tls, "credentialName", tls_where)) or ""
+    if protocol in PASSTHROUGH_PROTOCOLS and mode != "PASSTHROUGH":
+        p.add(join(tls_where, "mode"), f"a {protocol} server takes PASSTHROUGH here")
+    elif mode == "PASSTHROUGH" and protocol not in PASSTHROUGH_PROTOCOLS:
+        p.add(join(tls_where, "mode"), "PASSTHROUGH is for TLS servers")
     if protocol in TLS_PROTOCOLS and not mode:
         if tls is None or "mode" not in tls:
             p.add(join(tls_where, "mode"), f"{MISSING} (an {protocol} server terminates TLS)")
@@ -217,13 +243,14 @@ def _check_ports_agree(p: Problems, servers: list[GatewayServer | None]) -> None
     """One listener per port: its servers are all plaintext or all TLS, and two
     plaintext servers on a port would be one route table (Istio merges them;
     here their hosts simply join)."""
-    seen: dict[int, bool] = {}
+    seen: dict[int, tuple[bool, bool]] = {}
     for i, server in enumerate(servers):
         if server is None:
             continue
-        tls = server.terminates_tls
-        if seen.setdefault(server.number, tls) != tls:
+        kind = (server.terminates_tls, server.passthrough)
+        if seen.setdefault(server.number, kind) != kind:
             p.add(
                 join(index("spec.servers", i), "port.protocol"),
-                f"port {server.number} mixes plaintext and TLS servers (one listener per port)",
+                f"port {server.number} mixes plaintext, TLS and passthrough servers "
+                "(one listener per port)",
             )

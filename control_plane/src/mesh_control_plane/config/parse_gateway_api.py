@@ -11,15 +11,18 @@ clients route by it. Backends are Kubernetes Services by name:
 
 PathPrefix matches whole path segments (``/a`` matches ``/a`` and ``/a/b``, not
 ``/ab``): it becomes an exact and a prefix match, as Istio converts it.
-Weights are relative (0 drops a backend). Not yet, refused by field: filters,
-timeouts, query-parameter matches, sessionPersistence, listeners other than
-HTTP/HTTPS, TLS passthrough, parents of both kinds in one route, and the
-other kinds (GRPCRoute, ReferenceGrant, ...). Status conditions are not written.
+Weights are relative (0 drops a backend). A GRPCRoute is read the same
+way, its method matches becoming `:path` matches (`/service/method`). Not yet,
+refused by field: filters, timeouts, query-parameter matches,
+sessionPersistence, listeners other than HTTP/HTTPS, TLS passthrough, parents
+of both kinds in one route, cross-namespace references and the other kinds
+(ReferenceGrant, TLSRoute, ...). Status conditions are not written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .model import (
@@ -57,6 +60,7 @@ _RULE_FIELDS = ("name", "matches", "backendRefs")
 _RULE_UNSUPPORTED = ("filters", "timeouts", "retry", "sessionPersistence")
 _MATCH_FIELDS = ("path", "headers", "method")
 _MATCH_UNSUPPORTED = ("queryParams",)
+_GRPC_MATCH_FIELDS = ("method", "headers")
 _BACKEND_FIELDS = ("name", "namespace", "port", "weight", "kind", "group")
 _PARENT_FIELDS = ("name", "namespace", "kind", "group", "port", "sectionName")
 _PATH_TYPES = {"PathPrefix": "prefix", "Exact": "exact", "RegularExpression": "regex"}
@@ -105,6 +109,20 @@ def _listener_tls(p: Problems, tls: dict[str, Any] | None, where: str) -> Server
 
 
 def parse_http_route(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> VirtualService:
+    return _route(p, meta, spec, _matches)
+
+
+def parse_grpc_route(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> VirtualService:
+    """A GRPCRoute: an HTTPRoute whose matches name gRPC methods (`/service/method`)."""
+    return _route(p, meta, spec, _grpc_matches)
+
+
+_MatchReader = Callable[[Problems, object, str], list[HTTPMatchRequest]]
+
+
+def _route(
+    p: Problems, meta: Meta, spec: Mapping[str, Any], read_matches: _MatchReader
+) -> VirtualService:
     obj = read_object(p, spec, "spec", _ROUTE_FIELDS)
     gateways: list[str] = []
     services: list[str] = []
@@ -132,7 +150,7 @@ def parse_http_route(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Virtua
     if services and hostnames:
         p.add("spec.hostnames", "a route for a Service (GAMMA) has no hostnames")
     rules = tuple(
-        _rule(p, meta, raw, index("spec.rules", i))
+        _rule(p, meta, raw, index("spec.rules", i), read_matches)
         for i, raw in enumerate(get_list(p, obj, "rules", "spec", required=True, non_empty=True))
     )
     hosts = tuple(services) if services else tuple(hostnames or ["*"])
@@ -140,11 +158,13 @@ def parse_http_route(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Virtua
     return VirtualService(meta=meta, hosts=hosts, http=rules, gateways=binding)
 
 
-def _rule(p: Problems, meta: Meta, raw: object, where: str) -> HTTPRoute:
+def _rule(
+    p: Problems, meta: Meta, raw: object, where: str, read_matches: _MatchReader
+) -> HTTPRoute:
     obj = read_object(p, raw, where, _RULE_FIELDS, _RULE_UNSUPPORTED)
     matches: list[HTTPMatchRequest] = []
     for i, item in enumerate(get_list(p, obj, "matches", where)):
-        matches.extend(_matches(p, item, index(join(where, "matches"), i)))
+        matches.extend(read_matches(p, item, index(join(where, "matches"), i)))
     backends = []
     for i, item in enumerate(get_list(p, obj, "backendRefs", where, required=True)):
         here = index(join(where, "backendRefs"), i)
@@ -166,8 +186,7 @@ def _rule(p: Problems, meta: Meta, raw: object, where: str) -> HTTPRoute:
     )
 
 
-def _matches(p: Problems, raw: object, where: str) -> list[HTTPMatchRequest]:
-    obj = read_object(p, raw, where, _MATCH_FIELDS, _MATCH_UNSUPPORTED)
+def _headers(p: Problems, obj: Mapping[str, Any], where: str) -> dict[str, StringMatch]:
     headers: dict[str, StringMatch] = {}
     for i, item in enumerate(get_list(p, obj, "headers", where)):
         here = index(join(where, "headers"), i)
@@ -177,6 +196,39 @@ def _matches(p: Problems, raw: object, where: str) -> list[HTTPMatchRequest]:
         value = get_str(p, header, "value", here, required=True) or ""
         if kind:
             headers[name] = StringMatch(_HEADER_TYPES[kind], value)
+    return headers
+
+
+def _grpc_matches(p: Problems, raw: object, where: str) -> list[HTTPMatchRequest]:
+    """`method` {type Exact|RegularExpression, service, method} as the `:path`
+    gRPC sends, `/service/method`: Exact with both names is that path, with
+    the service alone every method of it, with the method alone that method
+    of any service; RegularExpression puts either (default: any) in a regex."""
+    obj = read_object(p, raw, where, _GRPC_MATCH_FIELDS)
+    headers = _headers(p, obj, where)
+    method = get_object(p, obj, "method", where, ("type", "service", "method")) or {}
+    here = join(where, "method")
+    kind = check_enum(
+        p, str(method.get("type", "Exact")), join(here, "type"), ("Exact", "RegularExpression")
+    )
+    service = get_str(p, method, "service", here) or ""
+    name = get_str(p, method, "method", here) or ""
+    if kind == "RegularExpression":
+        uri = StringMatch("regex", f"/({service or '[^/]+'})/({name or '[^/]+'})")
+    elif service and name:
+        uri = StringMatch("exact", f"/{service}/{name}")
+    elif service:
+        uri = StringMatch("prefix", f"/{service}/")
+    elif name:
+        uri = StringMatch("regex", f"/[^/]+/{re.escape(name)}")
+    else:
+        uri = StringMatch("prefix", "/")
+    return [HTTPMatchRequest(uri=uri, headers=headers)]
+
+
+def _matches(p: Problems, raw: object, where: str) -> list[HTTPMatchRequest]:
+    obj = read_object(p, raw, where, _MATCH_FIELDS, _MATCH_UNSUPPORTED)
+    headers = _headers(p, obj, where)
     method = get_str(p, obj, "method", where)
     base = HTTPMatchRequest(
         headers=headers, method=StringMatch("exact", method) if method else None

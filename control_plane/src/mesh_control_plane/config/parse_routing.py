@@ -25,6 +25,7 @@ from .model import (
     VirtualService,
 )
 from .parse_cors import ANSWER_EXCLUDES, parse_cors, parse_direct_response
+from .parse_gateway import TlsMatch, TlsRoute
 from .parse_http import (
     parse_fault,
     parse_headers,
@@ -36,6 +37,7 @@ from .parse_http import (
 from .parse_policies import parse_traffic_policy
 from .schema import (
     MISSING,
+    NOT_SUPPORTED,
     Problems,
     check_host,
     check_host_pattern,
@@ -56,8 +58,10 @@ from .syntax import not_in_re2, parse_duration
 
 _DR_FIELDS = ("host", "trafficPolicy", "subsets")
 _DR_UNSUPPORTED = ("exportTo", "workloadSelector")
-_VS_FIELDS = ("hosts", "gateways", "http")
-_VS_UNSUPPORTED = ("tcp", "tls", "exportTo")
+_VS_FIELDS = ("hosts", "gateways", "http", "tls")
+_VS_UNSUPPORTED = ("tcp", "exportTo")
+_TLS_MATCH_FIELDS = ("sniHosts", "port", "gateways")
+_TLS_MATCH_UNSUPPORTED = ("destinationSubnets", "sourceLabels", "sourceNamespace")
 _ROUTE_FIELDS = (
     "name",
     "match",
@@ -76,15 +80,13 @@ _ROUTE_FIELDS = (
     "delegate",
 )
 _ROUTE_UNSUPPORTED = ("mirrorPercent", "mirror_percent")
-_MATCH_FIELDS = ("name", "uri", "headers", "method", "ignoreUriCase")
+_MATCH_FIELDS = ("name", "uri", "headers", "method", "ignoreUriCase", "gateways", "port")
 _MATCH_UNSUPPORTED = (
     "queryParams",
-    "port",
     "sourceLabels",
     "authority",
     "scheme",
     "withoutHeaders",
-    "gateways",
     "sourceNamespace",
     "statPrefix",
 )
@@ -144,21 +146,45 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
     http_required = not (isinstance(given, Mapping) and ("tcp" in given or "tls" in given))
     raw_routes = get_list(p, spec, "http", "spec", required=http_required, non_empty=http_required)
     routes = tuple(
-        _parse_http_route(p, raw, index("spec.http", i), meta.namespace)
-        for i, raw in enumerate(raw_routes)
+        _parse_http_route(p, meta, raw, index("spec.http", i)) for i, raw in enumerate(raw_routes)
     )
     for i, route in enumerate(routes):
         if is_delegate and route.delegate is not None:
             p.add(index("spec.http", i) + ".delegate", "a delegate VirtualService cannot delegate")
-    return VirtualService(meta=meta, hosts=tuple(hosts), http=routes, gateways=gateways)
+    tls = tuple(
+        _parse_tls_route(p, meta, raw, index("spec.tls", i))
+        for i, raw in enumerate(get_list(p, spec, "tls", "spec"))
+    )
+    if tls and "mesh" in gateways:
+        p.add("spec.tls", f"for mesh clients {NOT_SUPPORTED} (bind it to gateways only)")
+    return VirtualService(meta=meta, hosts=tuple(hosts), http=routes, gateways=gateways, tls=tls)
 
 
-def _parse_gateways(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> tuple[str, ...]:
+def _parse_tls_route(p: Problems, meta: Meta, raw: object, where: str) -> TlsRoute:
+    """`tls[]`: SNI matches and weighted destinations (TLS is passed through)."""
+    obj = read_object(p, raw, where, ("match", "route"))
+    matches = []
+    for i, item in enumerate(get_list(p, obj, "match", where, required=True, non_empty=True)):
+        here = index(join(where, "match"), i)
+        match = read_object(p, item, here, _TLS_MATCH_FIELDS, _TLS_MATCH_UNSUPPORTED)
+        sni = tuple(
+            check_host_pattern(p, host, index(join(here, "sniHosts"), j))
+            for j, host in enumerate(get_list(p, match, "sniHosts", here, required=True))
+        )
+        port = get_int(p, match, "port", here, low=1, high=65535)
+        gateways = _parse_gateways(p, meta, match, here) if "gateways" in match else ()
+        matches.append(TlsMatch(sni, port, gateways))
+    return TlsRoute(tuple(matches), _parse_destinations(p, obj, where))
+
+
+def _parse_gateways(
+    p: Problems, meta: Meta, spec: Mapping[str, Any], path: str = "spec"
+) -> tuple[str, ...]:
     """`gateways`: "mesh", or a Gateway as "name" (the VirtualService's
     namespace) or "namespace/name"; absent means ["mesh"] (Istio's default)."""
     names: list[str] = []
-    for i, raw in enumerate(get_list(p, spec, "gateways", "spec", non_empty=True)):
-        where = index("spec.gateways", i)
+    for i, raw in enumerate(get_list(p, spec, "gateways", path, non_empty=True)):
+        where = index(join(path, "gateways"), i)
         name = check_str(p, raw, where)
         if name is None:
             continue
@@ -174,10 +200,10 @@ def _parse_gateways(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> tuple[s
     return tuple(names) if "gateways" in spec else ("mesh",)
 
 
-def _parse_http_route(p: Problems, raw: object, where: str, namespace: str) -> HTTPRoute:
+def _parse_http_route(p: Problems, meta: Meta, raw: object, where: str) -> HTTPRoute:
     obj = read_object(p, raw, where, _ROUTE_FIELDS, _ROUTE_UNSUPPORTED)
     matches = tuple(
-        _parse_match(p, m, index(join(where, "match"), i))
+        _parse_match(p, meta, m, index(join(where, "match"), i))
         for i, m in enumerate(get_list(p, obj, "match", where))
     )
     timeout = None
@@ -202,7 +228,7 @@ def _parse_http_route(p: Problems, raw: object, where: str, namespace: str) -> H
         for key in ANSWER_EXCLUDES:
             if key in obj:
                 p.add(join(where, key), "cannot be used together with directResponse")
-    delegate = _parse_delegate(p, obj, where, namespace)
+    delegate = _parse_delegate(p, obj, where, meta.namespace)
     if delegate is not None:
         for key in ("route", "redirect", "directResponse"):
             if key in obj:
@@ -289,7 +315,7 @@ def _parse_destination(p: Problems, item: Mapping[str, Any], where: str) -> Dest
     return Destination(host=host, subset=subset, port=port)
 
 
-def _parse_match(p: Problems, raw: object, where: str) -> HTTPMatchRequest:
+def _parse_match(p: Problems, meta: Meta, raw: object, where: str) -> HTTPMatchRequest:
     obj = read_object(p, raw, where, _MATCH_FIELDS, _MATCH_UNSUPPORTED)
     headers: dict[str, StringMatch] = {}
     if "headers" in obj:
@@ -310,6 +336,8 @@ def _parse_match(p: Problems, raw: object, where: str) -> HTTPMatchRequest:
                 elif match is not None:
                     headers[lowered] = match
     return HTTPMatchRequest(
+        gateways=_parse_gateways(p, meta, obj, where) if "gateways" in obj else (),
+        port=get_int(p, obj, "port", where, low=1, high=65535),
         name=get_str(p, obj, "name", where) or "",
         uri=_parse_string_match(p, obj.get("uri"), join(where, "uri")),
         method=_parse_string_match(p, obj.get("method"), join(where, "method")),

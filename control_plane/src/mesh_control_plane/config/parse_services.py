@@ -29,9 +29,11 @@ from .schema import (
     read_object,
 )
 
-SUPPORTED_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "TCP")
+# HTTPS and TLS (like TCP) get clusters and endpoints, which gateways route by
+# SNI (VirtualService `tls`); the library routes only the HTTP family.
+SUPPORTED_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "TCP", "HTTPS", "TLS")
 # Istio protocols this mesh does not carry yet: named, so the error can say so.
-UNSUPPORTED_PROTOCOLS = ("HTTPS", "TLS", "GRPC-WEB", "MONGO", "MYSQL", "REDIS", "UDP")
+UNSUPPORTED_PROTOCOLS = ("GRPC-WEB", "MONGO", "MYSQL", "REDIS", "UDP")
 RESOLUTIONS = ("STATIC", "NONE", "DNS", "DNS_ROUND_ROBIN")
 # Resolutions that, without endpoints, send requests to the host itself (see
 # ServiceEntry.passthrough): Istio's NONE goes to the original destination and

@@ -79,6 +79,13 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                         listener_ports,
                     )
                 )
+    for vs in config.virtual_services:
+        for i, tls in enumerate(vs.tls):
+            for j, weighted in enumerate(tls.route):
+                where = f"spec.tls[{i}].route[{j}].destination"
+                dest = weighted.destination
+                known = (services, passthrough)
+                problems.extend(_check_destination(vs.meta, where, dest, known, rules, []))
     problems.extend(_check_peer_authentications(config))
     return problems
 

@@ -61,6 +61,9 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("HTTPRoute spec", gwapi._ROUTE_FIELDS, ()),
     ("HTTPRoute rules[]", gwapi._RULE_FIELDS, gwapi._RULE_UNSUPPORTED),
     ("HTTPRoute rules[].matches[]", gwapi._MATCH_FIELDS, gwapi._MATCH_UNSUPPORTED),
+    ("GRPCRoute spec", gwapi._ROUTE_FIELDS, ()),
+    ("GRPCRoute rules[]", gwapi._RULE_FIELDS, gwapi._RULE_UNSUPPORTED),
+    ("GRPCRoute rules[].matches[]", gwapi._GRPC_MATCH_FIELDS, ()),
 )
 """(where, fields accepted, Istio fields refused as "not supported yet")."""
 

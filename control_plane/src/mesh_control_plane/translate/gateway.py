@@ -20,17 +20,24 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import Message
 
-from mesh_control_plane.config.model import MeshConfig, VirtualService
+from mesh_control_plane.config.model import HTTPRouteDestination, MeshConfig, VirtualService
 from mesh_control_plane.config.parse_gateway import Gateway, GatewayServer
 from mesh_control_plane.translate.index import MeshIndex
+from mesh_control_plane.translate.names import cluster_name
 from mesh_control_plane.translate.node import NodeInfo
 from mesh_control_plane.translate.protos import HCM_FILTER, pack, rds_connection_manager
-from mesh_control_plane.translate.routes import http_routes, route_configuration
+from mesh_control_plane.translate.routes import (
+    destination_port,
+    http_routes,
+    route_configuration,
+)
 from mesh_control_plane.translate.sds import gateway_downstream_socket
 
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
 _Server = tuple[Gateway, int, GatewayServer]  # the Gateway, the server's index, the server
 
 
@@ -57,7 +64,12 @@ def gateway_listeners(
                 )
             ),
         )
-        if servers[0][2].terminates_tls:
+        if servers[0][2].passthrough:
+            listener.listener_filters.add(
+                name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
+            )
+            listener.filter_chains.extend(_passthrough_chains(config, index, servers, port))
+        elif servers[0][2].terminates_tls:
             listener.listener_filters.add(
                 name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
             )
@@ -79,6 +91,50 @@ def gateway_listeners(
             routes.append(_route_table(name, config, index, servers, port))
         listeners.append(listener)
     return listeners, routes
+
+
+def _passthrough_chains(
+    config: MeshConfig, index: MeshIndex, servers: Iterable[_Server], port: int
+) -> list[listener_components_pb2.FilterChain]:
+    """One chain per SNI name a bound VirtualService's `tls` rule matches (and a
+    server host admits), proxying the TLS bytes untouched to its destination."""
+    chains: dict[str, listener_components_pb2.FilterChain] = {}
+    for gateway, _, server in servers:
+        for vs in _bound(config, gateway):
+            for rule in vs.tls:
+                for match in rule.match:
+                    if match.gateways and gateway.ref not in match.gateways:
+                        continue
+                    if match.port is not None and match.port != port:
+                        continue
+                    for sni in match.sni_hosts:
+                        name = next(
+                            (d for h in server.hosts if (d := h.admits(vs.meta.namespace, sni))),
+                            None,
+                        )
+                        if name is not None and name not in chains:  # first rule wins
+                            chains[name] = _tcp_chain(name, index, rule.route, port)
+    return [chains[name] for name in sorted(chains)]
+
+
+def _tcp_chain(
+    sni: str, index: MeshIndex, route: tuple[HTTPRouteDestination, ...], port: int
+) -> listener_components_pb2.FilterChain:
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=f"gateway_{port}_tls")
+    targets = [
+        (cluster_name(d.destination.host, destination_port(index, d.destination, port)), d.weight)
+        for d in route
+    ]
+    if len(targets) == 1:
+        proxy.cluster = targets[0][0]
+    else:
+        for name, weight in targets:
+            proxy.weighted_clusters.clusters.add(name=name, weight=weight)
+    chain = listener_components_pb2.FilterChain(
+        filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))]
+    )
+    chain.filter_chain_match.server_names.append(sni)
+    return chain
 
 
 def _filter_chain(route_name: str, port: int) -> listener_components_pb2.FilterChain:
@@ -105,7 +161,9 @@ def _route_table(
                 vhost = rc_pb2.VirtualHost(
                     name=f"{domain}:{port}",
                     domains=[domain],
-                    routes=http_routes(index, vs, port, disable_default_timeout=True),
+                    routes=http_routes(
+                        index, vs, port, disable_default_timeout=True, bound_to=gateway.ref
+                    ),
                 )
                 if server.tls.https_redirect:
                     vhost.require_tls = rc_pb2.VirtualHost.ALL

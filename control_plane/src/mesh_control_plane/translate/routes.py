@@ -95,12 +95,21 @@ def _routes(
 
 
 def http_routes(
-    index: MeshIndex, vs: VirtualService, port: int, disable_default_timeout: bool
+    index: MeshIndex,
+    vs: VirtualService,
+    port: int,
+    disable_default_timeout: bool,
+    bound_to: str = "mesh",
 ) -> list[rc_pb2.Route]:
     """A VirtualService's http rules as routes for a listener on ``port`` (a
-    service port for the mesh, a server port for a gateway)."""
+    service port for the mesh, a server port for a gateway) of ``bound_to``
+    ("mesh" or a Gateway's "ns/name"): a match naming other `gateways` or
+    another `port` is left out, and a rule none of whose matches is left."""
     routes: list[rc_pb2.Route] = []
     for position, http in enumerate(vs.http):
+        matches = [m for m in http.match if _applies(m, bound_to, port)]
+        if http.match and not matches:
+            continue
         name = route_name(vs.meta.namespace, vs.meta.name, http.name, position)
         template = rc_pb2.Route(name=name)
         if http.redirect is not None:
@@ -120,12 +129,18 @@ def http_routes(
         if http.cors is not None:
             template.typed_per_filter_config[CORS_FILTER].CopyFrom(_cors(http.cors))
         # Several match blocks are alternatives (OR): one Route each, same action.
-        for match in http.match or (HTTPMatchRequest(),):
+        for match in matches or (HTTPMatchRequest(),):
             route = rc_pb2.Route()
             route.CopyFrom(template)
             route.match.CopyFrom(_route_match(match))
             routes.append(route)
     return routes
+
+
+def _applies(match: HTTPMatchRequest, bound_to: str, port: int) -> bool:
+    if match.gateways and bound_to not in match.gateways:
+        return False
+    return match.port is None or match.port == port
 
 
 def _action(

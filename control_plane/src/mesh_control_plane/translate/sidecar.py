@@ -17,12 +17,14 @@ SANITIZE_SET: a client cannot forge it).
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -42,9 +44,11 @@ from mesh_control_plane.translate.inbound import (
 from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.node import NodeInfo
 from mesh_control_plane.translate.protos import HCM_FILTER, duration, pack, router_filter
+from mesh_control_plane.translate.rbac_protos import JWT_FILTER_NAME
 from mesh_control_plane.translate.sds import gateway_downstream_socket
 
 APP_ADDRESS = "127.0.0.1"
+LUA_FILTER = "envoy.filters.http.lua"
 
 
 def inbound_cluster_name(port: int) -> str:
@@ -55,7 +59,7 @@ def sidecar_inbound(
     config: MeshConfig, index: MeshIndex, registry: Registry, node: NodeInfo
 ) -> tuple[list[listener_pb2.Listener], list[cluster_pb2.Cluster]]:
     app_ports = dict(node.inbound_ports)
-    filters = http_filters(config, node)
+    filters = _with_istio_authn(http_filters(config, node))
     listeners: dict[str, listener_pb2.Listener] = {}
     clusters: dict[str, cluster_pb2.Cluster] = {}
     for address, port in sorted(workload_ports(index, registry, node)):
@@ -80,6 +84,53 @@ def sidecar_inbound(
         listeners.setdefault(listener.name, listener)
         clusters[inbound_cluster_name(port)] = _app_cluster(port, app_ports[port])
     return list(listeners.values()), list(clusters.values())
+
+
+ISTIO_AUTHN_LUA = """
+function envoy_on_request(handle)
+  local meta = handle:streamInfo():dynamicMetadata()
+  local jwt = meta:get("envoy.filters.http.jwt_authn")
+  if jwt == nil or jwt["payload"] == nil then
+    return
+  end
+  local p = jwt["payload"]
+  if type(p["iss"]) == "string" and type(p["sub"]) == "string" then
+    meta:set("istio_authn", "request.auth.principal", p["iss"] .. "/" .. p["sub"])
+  end
+  meta:set("istio_authn", "request.auth.claims", p)
+  local aud = p["aud"]
+  if type(aud) == "string" then
+    aud = {aud}
+  end
+  if aud ~= nil then
+    meta:set("istio_authn", "request.auth.audiences", aud)
+  end
+  if type(p["azp"]) == "string" then
+    meta:set("istio_authn", "request.auth.presenter", p["azp"])
+  end
+end
+"""
+"""Istio's istio_authn filter, which upstream Envoy lacks, for what RBAC reads:
+the request principal (iss/sub), claims, audiences and presenter of the token
+jwt_authn verified, as the library's JWT check records them."""
+
+
+def _with_istio_authn(filters: list[hcm_pb2.HttpFilter]) -> list[hcm_pb2.HttpFilter]:
+    """jwt_authn keeps the verified payload in its metadata, and the Lua filter
+    above turns it into Istio's `istio_authn` metadata, before RBAC."""
+    out: list[hcm_pb2.HttpFilter] = []
+    for item in filters:
+        if item.name != JWT_FILTER_NAME:
+            out.append(item)
+            continue
+        config = jwt_pb2.JwtAuthentication()
+        item.typed_config.Unpack(config)
+        for provider in config.providers.values():
+            provider.payload_in_metadata = "payload"
+        out.append(hcm_pb2.HttpFilter(name=JWT_FILTER_NAME, typed_config=pack(config)))
+        lua = lua_pb2.Lua(default_source_code=base_pb2.DataSource(inline_string=ISTIO_AUTHN_LUA))
+        out.append(hcm_pb2.HttpFilter(name=LUA_FILTER, typed_config=pack(lua)))
+    return out
 
 
 def _chain(
@@ -113,7 +164,17 @@ def _connection_manager(
         forward_client_cert_details=hcm_pb2.HttpConnectionManager.SANITIZE_SET,
     )
     manager.set_current_client_cert_details.uri = True
+    # As the library's servers: HTTP/1.0 is served, and "host." is "host";
+    # policy hosts match any port, which Envoy's RBAC does once the port is
+    # stripped (config/authorization.py).
+    manager.http_protocol_options.accept_http_10 = True
+    manager.strip_trailing_host_dot = True
+    manager.strip_any_host_port = True
     apply_normalization(manager, normalization)
+    if normalization != "DECODE_AND_MERGE_SLASHES":
+        # As the library (CVE-2021-31920): an escaped slash is refused, not
+        # forwarded for the application to decode past the policy's view.
+        manager.path_with_escaped_slashes_action = hcm_pb2.HttpConnectionManager.REJECT_REQUEST
     return manager
 
 

@@ -18,8 +18,11 @@ Upstream (CDS) - which clusters get mTLS:
 - The peer must present one of the SPIFFE IDs of the cluster's instances,
   `spiffe://<trust domain>/ns/<ServiceEntry namespace>/sa/<serviceAccount>`
   (exact `match_subject_alt_names`; none known: any identity the roots vouch for).
-- Envoy clients get no upstream TLS: Envoy 1.40 has no "default" certificate
-  provider instance (it would need SDS or static certificates).
+- A bare Envoy gets no upstream mesh TLS: Envoy 1.40 has no "default"
+  certificate provider instance. Envoys run by an agent (gateways, sidecars)
+  get the same identities with SDS certificates instead (sds.py).
+- DestinationRule SIMPLE / MUTUAL (TLS origination, `origination_socket`) is
+  the same for every client: the operator's files, SNI and names.
 """
 
 from __future__ import annotations

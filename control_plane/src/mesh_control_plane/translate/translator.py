@@ -50,7 +50,10 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     Proxyless clients (GRPC, MESH) get, per HTTP/HTTP2/GRPC service port, a listener
     and a route configuration named ``<host>:<port>``; Envoy gets the single
     ``virtualOutbound`` listener and route configuration covering the same virtual
-    hosts. Clusters and endpoints are the same for all kinds, except that gRPC gets
+    hosts; a gateway Envoy (node ``router~``) gets instead the listeners and routes
+    of the Gateways selecting it (gateway.py), a sidecar Envoy (``sidecar~``) also
+    its workload's inbound listeners (sidecar.py), both mesh mTLS by SDS (sds.py).
+    Clusters and endpoints are the same for all kinds, except that gRPC gets
     only the load-balancing policies it implements and Envoy is told to use HTTP/2
     towards HTTP2/GRPC ports, and EDS priorities and weights follow the node's
     locality where a DestinationRule asks for it. Proxyless clients also get

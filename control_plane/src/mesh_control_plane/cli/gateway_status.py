@@ -1,0 +1,117 @@
+"""`meshctl gateway status DIR [--admin-address A]`: Gateway API status
+conditions of the Gateways, HTTPRoutes and GRPCRoutes in a config directory,
+as the Gateway API specifies them (not yet written back to any resource).
+
+- Gateway: Accepted (it loaded), Programmed (a gateway named after it,
+  ``meshctl gateway run --name <name> --namespace <ns>``, is connected to the
+  control plane at ``--admin-address`` and ACKed its listeners; Unknown
+  without an address).
+- Route, per parent: Accepted (the parent Gateway exists; a Service parent,
+  GAMMA, exists or the config would not load), ResolvedRefs (every backend
+  Service is declared: the loader refuses a config where one is not, so a
+  loaded route is always True here).
+`conditions()` is pure; the command only loads and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mesh_control_plane.cli.admin_client import AdminError, get_json
+from mesh_control_plane.config import ConfigLoadError, MeshConfig, load_config_dir
+from mesh_control_plane.config.parse_gateway_api import GATEWAY_NAME_LABEL
+from mesh_control_plane.translate.node import ROUTER_ID_PREFIX
+from mesh_control_plane.translate.resources import LISTENER
+from mesh_control_plane.xds.clients import short_type_name
+
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+
+
+@dataclass(frozen=True)
+class Condition:
+    resource: str  # "Kind ns/name"
+    parent: str  # "" for a Gateway; the parent ("ns/name" or "mesh") for a route
+    type: str
+    status: str  # True | False | Unknown
+    reason: str
+
+    def __str__(self) -> str:
+        where = f" parent {self.parent}" if self.parent else ""
+        return f"{self.resource}{where}: {self.type}={self.status} ({self.reason})"
+
+
+def conditions(config: MeshConfig, programmed: frozenset[str] | None) -> list[Condition]:
+    """`programmed`: "ns/name" of the gateways whose Envoy ACKed its listeners
+    (None: not known, offline)."""
+    found: list[Condition] = []
+    gateways = {g.ref for g in config.gateways}
+    for gateway in config.gateways:
+        if GATEWAY_NAME_LABEL not in gateway.selector:
+            continue  # an Istio Gateway: no Gateway API status
+        ref = gateway.meta.ref
+        found.append(Condition(ref, "", "Accepted", "True", "Accepted"))
+        if programmed is None:
+            found.append(Condition(ref, "", "Programmed", "Unknown", "Pending"))
+        elif gateway.ref in programmed:
+            found.append(Condition(ref, "", "Programmed", "True", "Programmed"))
+        else:
+            found.append(Condition(ref, "", "Programmed", "False", "Pending"))
+    for vs in config.virtual_services:
+        if vs.meta.kind not in ROUTE_KINDS:
+            continue
+        for parent in vs.gateways:
+            known = parent == "mesh" or parent in gateways
+            reason = "Accepted" if known else "NoMatchingParent"
+            found.append(Condition(vs.meta.ref, parent, "Accepted", str(known), reason))
+            found.append(Condition(vs.meta.ref, parent, "ResolvedRefs", "True", "ResolvedRefs"))
+    return found
+
+
+def programmed_gateways(status: Any) -> frozenset[str]:
+    """From the admin `/status`: "ns/name" of each gateway node (``meshctl
+    gateway run`` names it ``router~<ip>~<name>.<ns>~...``) that ACKed LDS."""
+    names = set()
+    for client in status.get("clients", []):
+        node_id = str(client.get("node_id", ""))
+        lds = client.get("types", {}).get(short_type_name(LISTENER))
+        parts = node_id.split("~")
+        if node_id.startswith(ROUTER_ID_PREFIX) and len(parts) >= 3 and lds and lds.get("acked"):
+            name, _, namespace = parts[2].partition(".")
+            names.add(f"{namespace}/{name}")
+    return frozenset(names)
+
+
+def add_status_parser(actions: Any) -> None:
+    p: argparse.ArgumentParser = actions.add_parser(
+        "status", help="Gateway API status conditions of a config directory"
+    )
+    p.add_argument("config_dir", type=Path, metavar="DIR")
+    p.add_argument("--admin-address", help="the running control plane, for Programmed")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config_dir(args.config_dir)
+    except ConfigLoadError as exc:
+        print(f"meshctl: {exc}", file=sys.stderr)
+        return 1
+    programmed = None
+    if args.admin_address:
+        try:
+            programmed = programmed_gateways(get_json(args.admin_address, "/status"))
+        except (OSError, AdminError, ValueError) as exc:
+            print(f"meshctl: cannot read {args.admin_address}/status: {exc}", file=sys.stderr)
+            return 1
+    print(render(conditions(config, programmed)), end="")
+    return 0
+
+
+def render(found: Iterable[Condition]) -> str:
+    lines = [str(c) for c in found]
+    return "\n".join(lines) + "\n" if lines else "no Gateway API resources\n"
