@@ -51,6 +51,7 @@ from mesh_control_plane.kube.config_source import KubeConfigSource
 from mesh_control_plane.kube.tokenreview import TokenReviewer
 from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.registry.runtime import RegistryRuntime, RegistrySettings
+from mesh_control_plane.translate.incremental import IncrementalTranslator
 from mesh_control_plane.xds import InconsistentConfigError, SnapshotCache, XdsServer
 from mesh_control_plane.xds.registration import RegistrationService, StreamObserver
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN, SpiffeId
@@ -123,7 +124,10 @@ class ControlPlane:
             self.ca_server = CaServer(CertificateService(authority, tokens, reviewer))
             verify = _token_verifier(tokens)
         self.registry = RegistryRuntime(registry or RegistrySettings(), verify)
-        self.cache = SnapshotCache(registry_builder=self.registry.hub.build)
+        self.translator = IncrementalTranslator()
+        self.cache = SnapshotCache(
+            registry_builder=self.registry.hub.build, translator=self.translator
+        )
         self.metrics = ControlPlaneMetrics()
         # Self-registration is served beside ADS and follows its streams.
         embedded = self.registry.embedded
