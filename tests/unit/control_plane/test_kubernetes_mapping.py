@@ -14,9 +14,18 @@ from typing import Any
 
 import httpx
 import pytest
-from mesh_control_plane.kube.client import KubeConfigError, connection_from
+from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.kube.client import KubeConfigError, KubeConnection, connection_from
 from mesh_control_plane.kube.reflector import Reflector
-from mesh_control_plane.registry.kubernetes import _endpoint_slice, port_protocol
+from mesh_control_plane.registry.kubernetes import (
+    KubernetesRegistry,
+    _endpoint_slice,
+    _service,
+    port_protocol,
+)
+from mesh_control_plane.registry.kubernetes import (
+    _pod as pod_of,
+)
 
 
 @pytest.mark.parametrize(
@@ -152,3 +161,65 @@ async def test_relist_after_gone_keeps_items_until_the_new_list() -> None:
     assert reflector.resource_version == "10"
     assert "resourceVersion=5" in requests[1] and "allowWatchBookmarks=true" in requests[1]
     assert "resourceVersion=9" in requests[3]
+
+
+def _object(namespace: str, name: str, **fields: Any) -> dict[str, Any]:
+    return {"metadata": {"namespace": namespace, "name": name, **fields.pop("meta", {})}, **fields}
+
+
+def test_an_endpoint_change_rebuilds_only_its_services_entry() -> None:
+    """Entries are kept per Service while its Service and slices are unchanged; a
+    Pod change (labels, identity) rebuilds them all. Items are set as the
+    reflectors would, then their change callbacks are called."""
+
+    registry = KubernetesRegistry(KubeConnection("https://127.0.0.1:1", False))
+    services, slices, pods = registry.services[0], registry.slices[0], registry.pods[0]
+
+    def slice_of(name: str, ready: bool) -> Any:
+        return _endpoint_slice(
+            _object(
+                "shop",
+                f"{name}-1",
+                meta={"labels": {"kubernetes.io/service-name": name}},
+                addressType="IPv4",
+                ports=[{"name": "http", "port": 8080}],
+                endpoints=[
+                    {
+                        "addresses": [f"10.0.0.{len(name)}"],
+                        "conditions": {"ready": ready},
+                        "targetRef": {"kind": "Pod", "namespace": "shop", "name": f"{name}-pod"},
+                    }
+                ],
+            )
+        )
+
+    names = ("web", "cart", "search")
+    services.items = {
+        f"shop/{n}": _service(_object("shop", n, spec={"ports": [{"name": "http", "port": 80}]}))
+        for n in names
+    }
+    slices.items = {f"shop/{n}-1": slice_of(n, True) for n in names}
+    pods.items = {
+        f"shop/{n}-pod": pod_of(_object("shop", f"{n}-pod", meta={"labels": {"app": n}}))
+        for n in names
+    }
+    services.on_change()
+    first = {e.hosts[0]: e for e in registry.service_entries(MeshConfig())}
+    assert len(first) == 3
+
+    slices.items["shop/cart-1"] = slice_of("cart", False)
+    slices.on_change()
+    second = {e.hosts[0]: e for e in registry.service_entries(MeshConfig())}
+    cart = "cart.shop.svc.cluster.local"
+    assert second[cart].endpoints == ()  # not ready: not an instance
+    assert all(second[h] is first[h] for h in first if h != cart)
+
+    pods.items["shop/web-pod"] = pod_of(
+        _object("shop", "web-pod", meta={"labels": {"app": "web", "version": "v2"}})
+    )
+    pods.on_change()
+    third = {e.hosts[0]: e for e in registry.service_entries(MeshConfig())}
+    assert third["web.shop.svc.cluster.local"].endpoints[0].labels == {
+        "app": "web",
+        "version": "v2",
+    }

@@ -7,9 +7,13 @@ WorkloadEntries, extended). A source may also declare ServiceEntries of its own
 (Consul's `<service>.service.consul` hosts) which the hub adds to the config before
 it reaches the snapshot cache, unless the operator wrote one that selects them.
 
-Sources call `changed()`; the hub coalesces bursts (a hundred registrations in a
-second make a handful of pushes, not a hundred) and re-applies the config, so the
-translator stays a pure function of (config, registry, node).
+Sources call `changed()`; the hub coalesces bursts and re-applies the config, so
+the translator stays a pure function of (config, registry, node). The first change
+starts a window of `debounce` seconds (100 ms by default, istiod's
+PILOT_DEBOUNCE_AFTER); every change within it goes out in the one push at its end.
+Unlike istiod's (which restarts its wait on each event, up to 10 s), the window
+does not grow: at 50 changes a second there are 10 pushes a second, and no change
+waits more than the window plus one translation.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from mesh_control_plane.registry.static import Registry, build_static_registry, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DynamicInstance", "RegistryHub", "RegistrySource"]
+__all__ = ["DEFAULT_DEBOUNCE", "DynamicInstance", "RegistryHub", "RegistrySource"]
+
+DEFAULT_DEBOUNCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class RegistryHub:
         sources: Sequence[RegistrySource] = (),
         *,
         apply: Callable[[], None] | None = None,
-        debounce: float = 0.05,
+        debounce: float = DEFAULT_DEBOUNCE,
     ) -> None:
         """`apply` re-applies the current config (the control plane passes a function
         that calls `SnapshotCache.set_config(hub.augment(raw), force=True)`)."""

@@ -201,12 +201,15 @@ class KubernetesRegistry:
         self.slices = self._per_namespace(
             "/apis/discovery.k8s.io/v1/endpointslices", _endpoint_slice
         )
-        self.pods = self._per_namespace("/api/v1/pods", _pod)
-        self.nodes = self._reflector("/api/v1/nodes", _node_locality)
+        self.pods = self._per_namespace("/api/v1/pods", _pod, self._instances_changed)
+        self.nodes = self._reflector("/api/v1/nodes", _node_locality, self._instances_changed)
         self.watching = Reflectors(
             connection, (*self.services, *self.slices, *self.pods, self.nodes)
         )
         self._entries: tuple[ServiceEntry, ...] | None = None  # cache, reset on change
+        # Each Service's entry, kept while its Service and slices are the same (and
+        # no Pod or Node changed): an endpoint change rebuilds one entry, not all.
+        self._built: dict[str, tuple[_Service, tuple[_Slice, ...], ServiceEntry]] = {}
         self._pods: dict[str, _Pod] = {}  # all namespaces', while entries are built
         self._warned: set[str] = set()
 
@@ -279,6 +282,11 @@ class KubernetesRegistry:
         self._entries = None
         self.on_change()
 
+    def _instances_changed(self) -> None:
+        """Pods give labels and identities, Nodes localities: any entry may change."""
+        self._built.clear()
+        self._changed()
+
     def _services_changed(self) -> None:
         self._changed()
         self.on_hosts_change()
@@ -298,6 +306,7 @@ class KubernetesRegistry:
         entries = []
         services = _merged(self.services)
         self._pods = _merged(self.pods)
+        built: dict[str, tuple[_Service, tuple[_Slice, ...], ServiceEntry]] = {}
         for key in sorted(services):
             namespace, name = key.split("/", 1)
             service = services[key]
@@ -306,14 +315,20 @@ class KubernetesRegistry:
             self._warn_skipped(key, service)
             if not service.ports:
                 continue
-            entries.append(
-                ServiceEntry(
+            slices = tuple(by_service.get(key, ()))
+            known = self._built.get(key)
+            if known is not None and known[0] == service and known[1] == slices:
+                entry = known[2]
+            else:
+                entry = ServiceEntry(
                     meta=Meta("ServiceEntry", f"k8s-{name}", namespace, "<kubernetes>"),
                     hosts=(f"{name}.{namespace}.svc.{self.settings.domain}",),
                     ports=service.ports,
-                    endpoints=self._endpoints(by_service.get(key, ())),
+                    endpoints=self._endpoints(slices),
                 )
-            )
+            built[key] = (service, slices, entry)
+            entries.append(entry)
+        self._built = built
         return tuple(entries)
 
     def _endpoints(self, slices: Sequence[_Slice]) -> tuple[WorkloadEndpoint, ...]:
