@@ -223,3 +223,17 @@ def test_an_endpoint_change_rebuilds_only_its_services_entry() -> None:
         "app": "web",
         "version": "v2",
     }
+
+
+def test_an_external_name_service_is_refused_visibly() -> None:
+    """Not served (no DNS clusters here), and said so in the admin /registry."""
+    registry = KubernetesRegistry(KubeConnection("https://127.0.0.1:1", False))
+    registry.services[0].items = {
+        "shop/db": _service(
+            _object("shop", "db", spec={"type": "ExternalName", "externalName": "db.example.com"})
+        )
+    }
+    registry.services[0].on_change()
+    assert registry.service_entries(MeshConfig()) == []
+    (why,) = registry.status()["skipped_ports"]["shop/db"]
+    assert "ExternalName" in why and "db.example.com" in why

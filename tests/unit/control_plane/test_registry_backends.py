@@ -196,3 +196,30 @@ async def test_consul_wrong_token_is_an_error_not_an_empty_mesh() -> None:
     finally:
         await watcher.stop()
         double.close()
+
+
+async def test_a_burst_of_registry_changes_is_one_push() -> None:
+    """Fifty changes inside the debounce window are applied once, at its end
+    (not before the window has passed); a later change opens a new window."""
+    loop = asyncio.get_running_loop()
+    applied: list[float] = []
+    done = asyncio.Event()
+
+    def apply() -> None:
+        applied.append(loop.time())
+        done.set()
+
+    hub = RegistryHub(apply=apply, debounce=0.05)
+    start = loop.time()
+    for _ in range(50):
+        hub.changed()
+    await asyncio.wait_for(done.wait(), 5)
+    assert len(applied) == 1
+    assert (
+        applied[0] - start >= 0.05 - 0.001
+    )  # the loop may run a timer up to its clock resolution early
+    done.clear()
+    hub.changed()
+    await asyncio.wait_for(done.wait(), 5)
+    assert len(applied) == 2
+    hub.close()

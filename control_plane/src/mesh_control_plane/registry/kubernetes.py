@@ -7,7 +7,9 @@ mesh's services and instances, as Istio's Kubernetes registry does.
   the prefix of its name (`http-web`, `grpc`), Istio's rules. Istio would sniff a
   port that says neither; this mesh translates per protocol before any byte is
   sent, so such a port (and UDP, HTTPS, TLS ...) is left out, with a warning and
-  in `status()`. ExternalName Services are not served.
+  in `status()`. ExternalName Services are not served (also listed there): declare
+  a ServiceEntry for the name they alias. Headless Services are served like any
+  other (EDS of their ready endpoints); their per-Pod DNS names are not hosts.
 - Each EndpointSlice endpoint (kubernetes.io/service-name) is an instance: ready is
   HEALTHY; not ready but serving and terminating (a Pod shutting down gracefully) is
   DRAINING, so clients finish with it; anything else is not an instance.
@@ -114,13 +116,19 @@ def port_protocol(port: Mapping[str, Any]) -> str | None:
 def _service(obj: Mapping[str, Any]) -> _Service | None:
     spec = obj.get("spec") or {}
     if spec.get("type") == "ExternalName":
-        return None
+        # Istio serves it as a DNS alias; here a client would need a DNS cluster.
+        alias = spec.get("externalName", "")
+        why = f"not served: type ExternalName (an alias of {alias}; declare a ServiceEntry for it)"
+        return _Service((), (why,))
     ports, skipped = [], []
     for port in spec.get("ports") or ():
         name, number = str(port.get("name") or ""), int(port["port"])
         protocol = port_protocol(port)
         if protocol is None:
-            skipped.append(f"{name or number}: no protocol the mesh carries (appProtocol or name)")
+            skipped.append(
+                f"port {name or number} not served: no protocol the mesh carries "
+                "(appProtocol or name)"
+            )
             continue
         ports.append(ServicePort(number, protocol, name))
     return _Service(tuple(ports), tuple(skipped))
@@ -365,7 +373,7 @@ class KubernetesRegistry:
         for why in service.skipped:
             if f"{key} {why}" not in self._warned:
                 self._warned.add(f"{key} {why}")
-                log.warning("Kubernetes Service %s: port %s; not served by the mesh", key, why)
+                log.warning("Kubernetes Service %s: %s", key, why)
 
 
 def _merged(reflectors: Sequence[Reflector[T]]) -> dict[str, T]:
