@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.config.model import MeshConfig, Meta, ServiceEntry, ServicePort
 from mesh_control_plane.kube.client import KubeConfigError, KubeConnection, connection_from
 from mesh_control_plane.kube.reflector import Reflector
+from mesh_control_plane.registry.hub import RegistryHub
 from mesh_control_plane.registry.kubernetes import (
     KubernetesRegistry,
     _endpoint_slice,
@@ -237,3 +238,42 @@ def test_an_external_name_service_is_refused_visibly() -> None:
     assert registry.service_entries(MeshConfig()) == []
     (why,) = registry.status()["skipped_ports"]["shop/db"]
     assert "ExternalName" in why and "db.example.com" in why
+
+
+def test_a_service_entry_workload_selector_selects_ready_pods() -> None:
+    """Istio's rule: the ready Pods of the entry's namespace whose labels match;
+    a Ready Pod being deleted drains; not ready, other namespace, other labels:
+    not selected."""
+    registry = KubernetesRegistry(KubeConnection("https://127.0.0.1:1", False))
+
+    def pod(namespace: str, name: str, ip: str, app: str, ready: bool, **meta: Any) -> Any:
+        conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+        return pod_of(
+            _object(
+                namespace,
+                name,
+                meta={"labels": {"app": app}, **meta},
+                spec={"serviceAccountName": "db"},
+                status={"phase": "Running", "podIP": ip, "conditions": conditions},
+            )
+        )
+
+    registry.pods[0].items = {
+        "shop/db-0": pod("shop", "db-0", "10.1.0.1", "db", True),
+        "shop/db-1": pod("shop", "db-1", "10.1.0.2", "db", False),
+        "shop/db-2": pod("shop", "db-2", "10.1.0.3", "db", True, deletionTimestamp="now"),
+        "shop/web-0": pod("shop", "web-0", "10.1.0.4", "web", True),
+        "other/db-0": pod("other", "db-0", "10.2.0.1", "db", True),
+    }
+    registry.pods[0].on_change()
+    entry = ServiceEntry(
+        meta=Meta("ServiceEntry", "db", "shop", "db.yaml"),
+        hosts=("db.shop.mesh",),
+        ports=(ServicePort(5432, "TCP", "tcp"),),
+        workload_selector={"app": "db"},
+    )
+    built = RegistryHub([registry]).build(MeshConfig(service_entries=(entry,)))
+    assert [(i.address, i.health, i.service_account) for i in built["db.shop.mesh"]] == [
+        ("10.1.0.1", "HEALTHY", "db"),
+        ("10.1.0.3", "DRAINING", "db"),
+    ]

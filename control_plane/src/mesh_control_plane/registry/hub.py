@@ -1,7 +1,7 @@
 """The registry hub: static config plus every dynamic source, as one `Registry`.
 
-Dynamic sources (self-registration, Consul) give *instances* with labels, like
-WorkloadEntries that nobody wrote: a ServiceEntry with a `workloadSelector` is served
+Dynamic sources (self-registration, Consul, Kubernetes Pods) give *instances* with
+labels, like WorkloadEntries that nobody wrote: a ServiceEntry with a `workloadSelector` is served
 by the instances whose labels match it, whatever their source (Istio's rule for
 WorkloadEntries, extended). A source may also declare ServiceEntries of its own
 (Consul's `<service>.service.consul` hosts) which the hub adds to the config before

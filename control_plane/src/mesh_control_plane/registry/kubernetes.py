@@ -19,6 +19,9 @@ mesh's services and instances, as Istio's Kubernetes registry does.
   the Node is unknown).
 - A host the operator declared in a ServiceEntry of their own is theirs: the
   Service does not add another entry for it (as with Consul).
+- A ServiceEntry with a `workloadSelector` is served by the ready Pods of its
+  namespace whose labels match (as in Istio), on the entry's port numbers (or
+  targetPorts); a Ready Pod being deleted is DRAINING.
 
 Every collection is a `Reflector` (list + watch with bookmarks, resumed after a
 dropped connection, listed again after a 410): a lost API server never empties the
@@ -99,6 +102,8 @@ class _Pod:
     labels: tuple[tuple[str, str], ...]
     service_account: str
     node: str
+    address: str = ""  # status.podIP
+    health: str = ""  # HEALTHY (Ready), DRAINING (Ready, being deleted), "" otherwise
 
 
 def port_protocol(port: Mapping[str, Any]) -> str | None:
@@ -174,10 +179,20 @@ def _endpoint_slice(obj: Mapping[str, Any]) -> _Slice | None:
 def _pod(obj: Mapping[str, Any]) -> _Pod:
     spec = obj.get("spec") or {}
     labels = obj["metadata"].get("labels") or {}
+    status = obj.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or ()
+    )
+    health = ""
+    if ready and status.get("phase") == "Running":
+        health = "DRAINING" if obj["metadata"].get("deletionTimestamp") else "HEALTHY"
     return _Pod(
         tuple(sorted(labels.items())),
         str(spec.get("serviceAccountName") or "default"),
         str(spec.get("nodeName") or ""),
+        str(status.get("podIP") or ""),
+        health,
     )
 
 
@@ -219,6 +234,7 @@ class KubernetesRegistry:
         # no Pod or Node changed): an endpoint change rebuilds one entry, not all.
         self._built: dict[str, tuple[_Service, tuple[_Slice, ...], ServiceEntry]] = {}
         self._pods: dict[str, _Pod] = {}  # all namespaces', while entries are built
+        self._instances: tuple[DynamicInstance, ...] | None = None  # cache of instances()
         self._warned: set[str] = set()
 
     def _reflector(
@@ -266,7 +282,24 @@ class KubernetesRegistry:
     # -- RegistrySource -----------------------------------------------------------
 
     def instances(self) -> Sequence[DynamicInstance]:
-        return ()  # Services bring their own endpoints (see service_entries)
+        """Ready Pods, for ServiceEntries whose `workloadSelector` selects them (as
+        Istio does; Services bring their own endpoints, see service_entries)."""
+        if self._instances is None:
+            self._instances = tuple(
+                DynamicInstance(key.split("/", 1)[0], self._pod_instance(pod))
+                for key, pod in sorted(_merged(self.pods).items())
+                if pod.address and pod.health and self._wanted(key.split("/", 1)[0])
+            )
+        return self._instances
+
+    def _pod_instance(self, pod: _Pod) -> WorkloadEndpoint:
+        return WorkloadEndpoint(
+            address=pod.address,
+            labels=dict(pod.labels),
+            locality=self.nodes.items.get(pod.node, "") if pod.node else "",
+            service_account=pod.service_account,
+            health=pod.health,
+        )
 
     def service_entries(self, config: MeshConfig) -> Sequence[ServiceEntry]:
         declared = {h for entry in config.service_entries for h in entry.hosts}
@@ -293,6 +326,7 @@ class KubernetesRegistry:
     def _instances_changed(self) -> None:
         """Pods give labels and identities, Nodes localities: any entry may change."""
         self._built.clear()
+        self._instances = None
         self._changed()
 
     def _services_changed(self) -> None:
