@@ -266,9 +266,15 @@ class ControlPlane:
         return await reviewer.review(token)
 
     def _registry_status(self) -> dict[str, Any]:
-        """The registry sources, and the custom resources' source when there is one
-        (which are rejected, the watches, whether this replica leads)."""
+        """The registry sources, how their changes were translated, and the custom
+        resources' source when there is one (which are rejected, the watches,
+        whether this replica leads)."""
         status = self.registry.status()
+        status["Translations"] = {  # per client kind; see translate/incremental.py
+            "full": self.translator.full,
+            "endpoints_only": self.translator.incremental,
+            "debounce_seconds": self.registry.settings.debounce,
+        }
         if self.kube_config is not None:
             status["KubeConfigSource"] = self.kube_config.status()
         return status

@@ -64,7 +64,7 @@ class IncrementalTranslator:
         self._diff: tuple[Registry, Registry, set[str] | None] | None = None
         self._last: OrderedDict[Hashable, _Last] = OrderedDict()
         self.full = 0  # translations from scratch
-        self.incremental = 0  # endpoints-only updates (for tests and /registry)
+        self.incremental = 0  # endpoints-only updates (admin /registry)
 
     def __call__(self, config: MeshConfig, registry: Registry, node: NodeInfo) -> ResourceSet:
         if config is not self._config:  # the cache asks once per client kind
