@@ -33,6 +33,15 @@ def replica(
     return authority, CaSecretSync(connection, secret, ca_dir, authority.reload)
 
 
+def two_replicas(
+    kube: KubeCluster, tmp_path: Path, name: str
+) -> tuple[tuple[CertificateAuthority, CaSecretSync], tuple[CertificateAuthority, CaSecretSync]]:
+    """Replicas a and b sharing the Secret NS/name (a creates it, b loads it)."""
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    secret = f"{NS}/{name}"
+    return replica(kube, tmp_path / "a", secret), replica(kube, tmp_path / "b", secret)
+
+
 def root_ids(authority: CertificateAuthority) -> list[str]:
     return sorted(r.id for r in authority.roots())
 
@@ -40,14 +49,11 @@ def root_ids(authority: CertificateAuthority) -> list[str]:
 async def test_a_rotation_at_one_replica_reaches_the_other(
     kube: KubeCluster, tmp_path: Path
 ) -> None:
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-    secret = f"{NS}/mesh-ca-shared"
-    a, sync_a = replica(kube, tmp_path / "a", secret)
-    b, sync_b = replica(kube, tmp_path / "b", secret)
+    (a, sync_a), (b, sync_b) = two_replicas(kube, tmp_path, "mesh-ca-shared")
     assert root_ids(a) == root_ids(b)
     assert not await sync_b.poll(), "nothing new yet"
 
-    new = a.rotate_root(propagation=0)  # signs at once, so the signer can be checked
+    new = a.rotate_root()
     assert await sync_a.publish()
     assert await sync_b.poll()
     assert root_ids(b) == root_ids(a) and new.id in root_ids(b)
@@ -60,10 +66,7 @@ async def test_a_rotation_at_one_replica_reaches_the_other(
 async def test_two_replicas_rotating_together_end_with_one_root(
     kube: KubeCluster, tmp_path: Path
 ) -> None:
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-    secret = f"{NS}/mesh-ca-race"
-    a, sync_a = replica(kube, tmp_path / "a", secret)
-    b, sync_b = replica(kube, tmp_path / "b", secret)
+    (a, sync_a), (b, sync_b) = two_replicas(kube, tmp_path, "mesh-ca-race")
     first = a.rotate_root()
     second = b.rotate_root()
     assert await sync_a.publish()
