@@ -273,7 +273,7 @@ class ControlPlane:
         status["Translations"] = {  # per client kind; see translate/incremental.py
             "full": self.translator.full,
             "endpoints_only": self.translator.incremental,
-            "debounce_seconds": self.registry.settings.debounce,
+            "debounce_seconds": self.registry.hub.debounce,
         }
         if self.kube_config is not None:
             status["KubeConfigSource"] = self.kube_config.status()

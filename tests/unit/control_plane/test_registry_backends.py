@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from mesh_control_plane.cli.control_plane_cmd import registry_settings
+from mesh_control_plane.cli.main import build_parser
 from mesh_control_plane.config import MeshConfig
 from mesh_control_plane.registry.consul import ConsulRegistry, ConsulSettings
 from mesh_control_plane.registry.embedded import (
@@ -18,6 +20,7 @@ from mesh_control_plane.registry.embedded import (
     RegistrationRequest,
 )
 from mesh_control_plane.registry.hub import RegistryHub
+from mesh_control_plane.registry.runtime import RegistryRuntime
 from mesh_control_plane.registry.workload_group import (
     WorkloadGroupError,
     parse_workload_group,
@@ -223,3 +226,15 @@ async def test_a_burst_of_registry_changes_is_one_push() -> None:
     await asyncio.wait_for(done.wait(), 5)
     assert len(applied) == 2
     hub.close()
+
+
+def test_registry_debounce_flag() -> None:
+    """--registry-debounce reaches the hub; 100 ms (istiod's) by default."""
+
+    def debounce(*extra: str) -> float:
+        args = build_parser().parse_args(["control-plane", "--config-dir", ".", *extra])
+        runtime = RegistryRuntime(registry_settings(args), None)
+        return runtime.hub.debounce
+
+    assert debounce() == 0.1
+    assert debounce("--registry-debounce", "0.25s") == 0.25

@@ -128,8 +128,8 @@ def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
         "--registry-debounce",
         type=_duration,
         default=DEFAULT_DEBOUNCE,
-        help="registry changes within this time of the first are pushed together "
-        "(default 100ms, as istiod's PILOT_DEBOUNCE_AFTER; 0: push each at once)",
+        help="registry changes within this time of the first are pushed together, e.g. 0.1s "
+        "(the default, as istiod's PILOT_DEBOUNCE_AFTER; 0s: push each at once)",
     )
 
 

@@ -89,7 +89,7 @@ class RegistryHub:
         that calls `SnapshotCache.set_config(hub.augment(raw), force=True)`)."""
         self.sources = list(sources)
         self._apply = apply
-        self._debounce = debounce
+        self.debounce = debounce
         self._pending: asyncio.TimerHandle | None = None
 
     def augment(self, config: MeshConfig) -> MeshConfig:
@@ -129,7 +129,7 @@ class RegistryHub:
         if self._apply is None or self._pending is not None:
             return
         loop = asyncio.get_running_loop()
-        self._pending = loop.call_later(self._debounce, self._flush)
+        self._pending = loop.call_later(self.debounce, self._flush)
 
     def _flush(self) -> None:
         self._pending = None
