@@ -120,9 +120,9 @@ class Churn:
         self.api.close()
 
 
-def _registry(lab: LocalMesh) -> dict[str, Any]:
+def _registry(lab: LocalMesh, source: str = "KubernetesRegistry") -> dict[str, Any]:
     reply: dict[str, Any] = httpx.get(f"http://{lab.admin_address}/registry").json()
-    return dict(reply.get("KubernetesRegistry", {}))
+    return dict(reply.get(source, {}))
 
 
 def _requests(registry: dict[str, Any]) -> int:
@@ -176,6 +176,7 @@ def run(quick: bool = False) -> str:
             rss_mb = rss_kb(cp.popen.pid) / 1024
             churn = Churn(cluster, services, per, churn_rate)
             before = _requests(_registry(lab))
+            translations = _registry(lab, "Translations")
             churn.thread.start()
             t0 = time.monotonic()
             hist = HdrHistogram(1, 600_000_000, 3)
@@ -194,6 +195,8 @@ def run(quick: bool = False) -> str:
             churn.close()
             churn = None
             registry = _registry(lab)
+            after = _registry(lab, "Translations")
+            full, partial = (after[k] - translations[k] for k in ("full", "endpoints_only"))
             rate = (_requests(registry) - before) / elapsed
             watches = len(registry["watches"]) + 9  # + the Istio kinds' watches (KubeConfigSource)
         finally:
@@ -223,6 +226,10 @@ def run(quick: bool = False) -> str:
             "endpoint change -> every client (p50 / p99 / max)",
             f"{hist.get_value_at_percentile(50) / 1e3:.0f} / {p99_ms:.0f} / "
             f"{hist.get_max_value() / 1e3:.0f} ms ({measured} changes x {acked} clients)",
+        ],
+        [
+            "translations during the churn (per client kind): full / endpoints only",
+            f"{full} / {partial} (debounce {after['debounce_seconds'] * 1000:.0f} ms)",
         ],
         ["API server load: watch connections", f"{watches} (+1 Lease renewal every ~2 s)"],
         ["API server load: list/retry requests per second during churn", f"{rate:.2f}"],

@@ -2,7 +2,8 @@
 Secret (a certificate from either verifies against the other's root; a join token
 minted with one's files works at the other), one holds the Lease and writes status;
 SIGKILL the leader while certificates are being signed: the other keeps signing
-without a failure and writes status within FAILOVER_LIMIT."""
+without a failure and writes status within FAILOVER_LIMIT. A root rotated at one
+replica (SIGUSR1) reaches the other's trust bundle through the Secret."""
 
 from __future__ import annotations
 
@@ -124,3 +125,35 @@ async def test_two_replicas_share_the_ca_and_fail_over_status_writes(
         await signer
     assert signed > 0
     assert verdict(kube, "second") == "False"
+
+
+ROTATION_LIMIT = 30.0  # seconds: the Secret is read every 10 s
+
+
+async def test_a_root_rotated_at_one_replica_reaches_the_other(
+    kube: KubeCluster, replicas: Any
+) -> None:
+    """SIGUSR1 at replica a: b's trust bundle gets the new root (b reads the
+    Secret every 10 s) while both keep the old one signing."""
+    labs, procs = replicas
+    token = labs[0].token(NS, "web")
+
+    async def bundle(lab: LocalMesh) -> list[str]:
+        client = CaClient(lab.ca_address)
+        try:
+            signed = await client.create_certificate(
+                make_csr(new_private_key(), WEB), 0, token=token
+            )
+        finally:
+            await client.close()
+        return list(signed.trust_bundle)
+
+    before = await bundle(labs[1])
+    procs[0].popen.send_signal(signal.SIGUSR1)
+    start = time.monotonic()
+    while len(after := await bundle(labs[1])) == len(before):
+        assert time.monotonic() - start < ROTATION_LIMIT, "b never got a's new root"
+        await asyncio.sleep(0.5)  # another process's state: nothing to await
+    print(f"new root at the other replica {time.monotonic() - start:.1f} s after SIGUSR1")
+    assert set(before) < set(after)
+    assert set(after) == set(await bundle(labs[0]))

@@ -48,12 +48,13 @@ from mesh_control_plane.config import ConfigLoadError, ConfigWatcher, MeshSettin
 from mesh_control_plane.config.errors import ConfigProblem
 from mesh_control_plane.config.jwks import JwksRefresher, JwksResolver
 from mesh_control_plane.config.model import MeshConfig
-from mesh_control_plane.kube.ca_secret import share_ca_dir
+from mesh_control_plane.kube.ca_secret import CaSecretSync, share_ca_dir
 from mesh_control_plane.kube.client import connection_from
 from mesh_control_plane.kube.config_source import KubeConfigSource
 from mesh_control_plane.kube.tokenreview import TokenReviewer
 from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.registry.runtime import RegistryRuntime, RegistrySettings
+from mesh_control_plane.translate.incremental import IncrementalTranslator
 from mesh_control_plane.xds import InconsistentConfigError, SnapshotCache, XdsServer
 from mesh_control_plane.xds.registration import RegistrationService, StreamObserver
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN, SpiffeId
@@ -112,23 +113,34 @@ class ControlPlane:
             trust_domain=ca.trust_domain if ca is not None else DEFAULT_TRUST_DOMAIN
         )
         self.ca_server: CaServer | None = None
+        self._ca_sync: CaSecretSync | None = None  # roots shared by replicas
+        self._ca_sync_task: asyncio.Task[None] | None = None
         verify = None
         if ca is not None:  # opened here: bad CA files fail before anything listens
             if registry is not None and registry.kubeconfig and registry.ca_secret:
+                connection = connection_from(registry.kubeconfig)
                 share_ca_dir(
-                    connection_from(registry.kubeconfig),
+                    connection,
                     registry.ca_secret,
                     ca.ca_dir,
                     lambda: (CertificateAuthority.open(ca), TokenAuthority.open(ca.ca_dir)),
+                )
+                self._ca_sync = CaSecretSync(
+                    connection, registry.ca_secret, ca.ca_dir, lambda: authority.reload()
                 )
             authority = CertificateAuthority.open(ca)
             tokens = TokenAuthority.open(ca.ca_dir)
             on_kube = registry is not None and bool(registry.kubeconfig)
             reviewer = self._review_token if on_kube else None
             self.ca_server = CaServer(CertificateService(authority, tokens, reviewer))
+            if self._ca_sync is not None:
+                self.ca_server.on_rotated = self._ca_sync.publish_soon
             verify = _token_verifier(tokens)
         self.registry = RegistryRuntime(registry or RegistrySettings(), verify)
-        self.cache = SnapshotCache(registry_builder=self.registry.hub.build)
+        self.translator = IncrementalTranslator()
+        self.cache = SnapshotCache(
+            registry_builder=self.registry.hub.build, translator=self.translator
+        )
         self.metrics = ControlPlaneMetrics()
         # Self-registration is served beside ADS and follows its streams.
         embedded = self.registry.embedded
@@ -200,6 +212,8 @@ class ControlPlane:
             ca = ""
             if self.ca_server is not None:
                 ca_port = await self.ca_server.start(ca_address)
+                if self._ca_sync is not None:
+                    self._ca_sync_task = asyncio.create_task(self._ca_sync.run())
                 ca = _dialable(split_address(ca_address)[0], ca_port)
         except OSError:
             await self.stop(grace=0)
@@ -260,9 +274,15 @@ class ControlPlane:
         return await reviewer.review(token)
 
     def _registry_status(self) -> dict[str, Any]:
-        """The registry sources, and the custom resources' source when there is one
-        (which are rejected, the watches, whether this replica leads)."""
+        """The registry sources, how their changes were translated, and the custom
+        resources' source when there is one (which are rejected, the watches,
+        whether this replica leads)."""
         status = self.registry.status()
+        status["Translations"] = {  # per client kind; see translate/incremental.py
+            "full": self.translator.full,
+            "endpoints_only": self.translator.incremental,
+            "debounce_seconds": self.registry.hub.debounce,
+        }
         if self.kube_config is not None:
             status["KubeConfigSource"] = self.kube_config.status()
         return status
@@ -284,6 +304,9 @@ class ControlPlane:
         if self.kube_config is not None:
             await self.kube_config.stop()
         await self.admin.stop()
+        if self._ca_sync_task is not None:
+            self._ca_sync_task.cancel()
+            self._ca_sync_task = None
         if self.ca_server is not None:
             await self.ca_server.stop(grace)
         await self.registry.stop()

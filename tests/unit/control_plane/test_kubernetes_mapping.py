@@ -14,9 +14,19 @@ from typing import Any
 
 import httpx
 import pytest
-from mesh_control_plane.kube.client import KubeConfigError, connection_from
+from mesh_control_plane.config.model import MeshConfig, Meta, ServiceEntry, ServicePort
+from mesh_control_plane.kube.client import KubeConfigError, KubeConnection, connection_from
 from mesh_control_plane.kube.reflector import Reflector
-from mesh_control_plane.registry.kubernetes import _endpoint_slice, port_protocol
+from mesh_control_plane.registry.hub import RegistryHub
+from mesh_control_plane.registry.kubernetes import (
+    KubernetesRegistry,
+    _endpoint_slice,
+    _service,
+    port_protocol,
+)
+from mesh_control_plane.registry.kubernetes import (
+    _pod as pod_of,
+)
 
 
 @pytest.mark.parametrize(
@@ -152,3 +162,118 @@ async def test_relist_after_gone_keeps_items_until_the_new_list() -> None:
     assert reflector.resource_version == "10"
     assert "resourceVersion=5" in requests[1] and "allowWatchBookmarks=true" in requests[1]
     assert "resourceVersion=9" in requests[3]
+
+
+def _object(namespace: str, name: str, **fields: Any) -> dict[str, Any]:
+    return {"metadata": {"namespace": namespace, "name": name, **fields.pop("meta", {})}, **fields}
+
+
+def test_an_endpoint_change_rebuilds_only_its_services_entry() -> None:
+    """Entries are kept per Service while its Service and slices are unchanged; a
+    Pod change (labels, identity) rebuilds them all. Items are set as the
+    reflectors would, then their change callbacks are called."""
+
+    registry = KubernetesRegistry(KubeConnection("https://127.0.0.1:1", False))
+    services, slices, pods = registry.services[0], registry.slices[0], registry.pods[0]
+
+    def slice_of(name: str, ready: bool) -> Any:
+        return _endpoint_slice(
+            _object(
+                "shop",
+                f"{name}-1",
+                meta={"labels": {"kubernetes.io/service-name": name}},
+                addressType="IPv4",
+                ports=[{"name": "http", "port": 8080}],
+                endpoints=[
+                    {
+                        "addresses": [f"10.0.0.{len(name)}"],
+                        "conditions": {"ready": ready},
+                        "targetRef": {"kind": "Pod", "namespace": "shop", "name": f"{name}-pod"},
+                    }
+                ],
+            )
+        )
+
+    names = ("web", "cart", "search")
+    services.items = {
+        f"shop/{n}": _service(_object("shop", n, spec={"ports": [{"name": "http", "port": 80}]}))
+        for n in names
+    }
+    slices.items = {f"shop/{n}-1": slice_of(n, True) for n in names}
+    pods.items = {
+        f"shop/{n}-pod": pod_of(_object("shop", f"{n}-pod", meta={"labels": {"app": n}}))
+        for n in names
+    }
+    services.on_change()
+    first = {e.hosts[0]: e for e in registry.service_entries(MeshConfig())}
+    assert len(first) == 3
+
+    slices.items["shop/cart-1"] = slice_of("cart", False)
+    slices.on_change()
+    second = {e.hosts[0]: e for e in registry.service_entries(MeshConfig())}
+    cart = "cart.shop.svc.cluster.local"
+    assert second[cart].endpoints == ()  # not ready: not an instance
+    assert all(second[h] is first[h] for h in first if h != cart)
+
+    pods.items["shop/web-pod"] = pod_of(
+        _object("shop", "web-pod", meta={"labels": {"app": "web", "version": "v2"}})
+    )
+    pods.on_change()
+    third = {e.hosts[0]: e for e in registry.service_entries(MeshConfig())}
+    assert third["web.shop.svc.cluster.local"].endpoints[0].labels == {
+        "app": "web",
+        "version": "v2",
+    }
+
+
+def test_an_external_name_service_is_refused_visibly() -> None:
+    """Not served (no DNS clusters here), and said so in the admin /registry."""
+    registry = KubernetesRegistry(KubeConnection("https://127.0.0.1:1", False))
+    registry.services[0].items = {
+        "shop/db": _service(
+            _object("shop", "db", spec={"type": "ExternalName", "externalName": "db.example.com"})
+        )
+    }
+    registry.services[0].on_change()
+    assert registry.service_entries(MeshConfig()) == []
+    (why,) = registry.status()["skipped_ports"]["shop/db"]
+    assert "ExternalName" in why and "db.example.com" in why
+
+
+def test_a_service_entry_workload_selector_selects_ready_pods() -> None:
+    """Istio's rule: the ready Pods of the entry's namespace whose labels match;
+    a Ready Pod being deleted drains; not ready, other namespace, other labels:
+    not selected."""
+    registry = KubernetesRegistry(KubeConnection("https://127.0.0.1:1", False))
+
+    def pod(namespace: str, name: str, ip: str, app: str, ready: bool, **meta: Any) -> Any:
+        conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+        return pod_of(
+            _object(
+                namespace,
+                name,
+                meta={"labels": {"app": app}, **meta},
+                spec={"serviceAccountName": "db"},
+                status={"phase": "Running", "podIP": ip, "conditions": conditions},
+            )
+        )
+
+    registry.pods[0].items = {
+        "shop/db-0": pod("shop", "db-0", "10.1.0.1", "db", True),
+        "shop/db-1": pod("shop", "db-1", "10.1.0.2", "db", False),
+        "shop/db-2": pod("shop", "db-2", "10.1.0.3", "db", True, deletionTimestamp="now"),
+        "shop/web-0": pod("shop", "web-0", "10.1.0.4", "web", True),
+        "other/db-0": pod("other", "db-0", "10.2.0.1", "db", True),
+    }
+    registry.pods[0].on_change()
+    entry = ServiceEntry(
+        meta=Meta("ServiceEntry", "db", "shop", "db.yaml"),
+        hosts=("db.shop.mesh",),
+        ports=(ServicePort(5432, "TCP", "tcp"),),
+        workload_selector={"app": "db"},
+    )
+    built = RegistryHub([registry]).build(MeshConfig(service_entries=(entry,)))
+    assert [(i.address, i.health, i.service_account) for i in built["db.shop.mesh"]] == [
+        ("10.1.0.1", "HEALTHY", "db"),
+        ("10.1.0.3", "DRAINING", "db"),
+    ]

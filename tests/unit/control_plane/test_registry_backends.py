@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from mesh_control_plane.cli.control_plane_cmd import registry_settings
+from mesh_control_plane.cli.main import build_parser
 from mesh_control_plane.config import MeshConfig
 from mesh_control_plane.registry.consul import ConsulRegistry, ConsulSettings
 from mesh_control_plane.registry.embedded import (
@@ -18,6 +20,7 @@ from mesh_control_plane.registry.embedded import (
     RegistrationRequest,
 )
 from mesh_control_plane.registry.hub import RegistryHub
+from mesh_control_plane.registry.runtime import RegistryRuntime
 from mesh_control_plane.registry.workload_group import (
     WorkloadGroupError,
     parse_workload_group,
@@ -200,3 +203,42 @@ async def test_consul_wrong_token_is_an_error_not_an_empty_mesh() -> None:
     finally:
         await watcher.stop()
         double.close()
+
+
+async def test_a_burst_of_registry_changes_is_one_push() -> None:
+    """Fifty changes inside the debounce window are applied once, at its end
+    (not before the window has passed); a later change opens a new window."""
+    loop = asyncio.get_running_loop()
+    applied: list[float] = []
+    done = asyncio.Event()
+
+    def apply() -> None:
+        applied.append(loop.time())
+        done.set()
+
+    hub = RegistryHub(apply=apply, debounce=0.05)
+    start = loop.time()
+    for _ in range(50):
+        hub.changed()
+    await asyncio.wait_for(done.wait(), 5)
+    assert len(applied) == 1
+    assert (
+        applied[0] - start >= 0.05 - 0.001
+    )  # the loop may run a timer up to its clock resolution early
+    done.clear()
+    hub.changed()
+    await asyncio.wait_for(done.wait(), 5)
+    assert len(applied) == 2
+    hub.close()
+
+
+def test_registry_debounce_flag() -> None:
+    """--registry-debounce reaches the hub; 100 ms (istiod's) by default."""
+
+    def debounce(*extra: str) -> float:
+        args = build_parser().parse_args(["control-plane", "--config-dir", ".", *extra])
+        runtime = RegistryRuntime(registry_settings(args), None)
+        return runtime.hub.debounce
+
+    assert debounce() == 0.1
+    assert debounce("--registry-debounce", "0.25s") == 0.25

@@ -205,6 +205,16 @@ class CertificateAuthority:
         log.info("root rotation: new root %s signs from %s", new.id, _iso(activates))
         return new
 
+    def reload(self) -> None:
+        """Take the roots from the CA dir again: another replica rotated and its
+        files were written here (kube/ca_secret.py). Keeps the roots on error."""
+        if self._signer is not None:
+            return
+        roots = _load_state(self.settings.ca_dir)
+        with self._lock:
+            self._roots = roots
+        log.info("CA roots reloaded: %s", ", ".join(r.id for r in roots))
+
     # -- internals ------------------------------------------------------------------
 
     def _current_roots(self) -> list[RootRecord]:

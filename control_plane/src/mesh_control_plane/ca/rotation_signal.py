@@ -24,8 +24,11 @@ log = logging.getLogger(__name__)
 ROTATE_ROOT_SIGNAL = signal.SIGUSR1
 
 
-def install_rotation_signal(authority: CertificateAuthority) -> Callable[[], None]:
-    """Rotate the root on SIGUSR1 while the running loop lives; returns the
+def install_rotation_signal(
+    authority: CertificateAuthority, on_rotated: Callable[[], None] = lambda: None
+) -> Callable[[], None]:
+    """Rotate the root on SIGUSR1 while the running loop lives, then call
+    `on_rotated` (replicas share the new root through it); returns the
     function that removes the handler. Off the main thread (where asyncio
     cannot take signals) it does nothing and says so."""
     loop = asyncio.get_running_loop()
@@ -37,6 +40,7 @@ def install_rotation_signal(authority: CertificateAuthority) -> Callable[[], Non
             log.warning("root rotation requested by SIGUSR1 refused: %s", exc)
             return
         log.info("root rotation requested by SIGUSR1: new root %s", new.id)
+        on_rotated()
 
     try:
         loop.add_signal_handler(ROTATE_ROOT_SIGNAL, rotate)

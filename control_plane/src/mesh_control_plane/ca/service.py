@@ -240,6 +240,7 @@ class CaServer:
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self._remove_signal: Callable[[], None] = lambda: None
+        self.on_rotated: Callable[[], None] = lambda: None  # after a SIGUSR1 rotation
 
     async def start(self, address: str) -> int:
         """Listen on "HOST:PORT" (port 0 picks one); returns the bound port."""
@@ -254,7 +255,7 @@ class CaServer:
         await server.start()
         self._server, self.port = server, port
         # kill -USR1 <control plane> rotates the root (see rotation_signal).
-        self._remove_signal = install_rotation_signal(self.service.ca)
+        self._remove_signal = install_rotation_signal(self.service.ca, lambda: self.on_rotated())
         return port
 
     async def stop(self, grace: float | None = 1.0) -> None:

@@ -19,6 +19,7 @@ from mesh_control_plane.ca import CaError, CaSettings, default_ca_dir, parse_dur
 from mesh_control_plane.config import DEFAULT_ROOT_NAMESPACE, MeshSettings
 from mesh_control_plane.kube.client import KubeConfigError
 from mesh_control_plane.registry.consul import ConsulSettings
+from mesh_control_plane.registry.hub import DEFAULT_DEBOUNCE
 from mesh_control_plane.registry.kubernetes import KubernetesSettings
 from mesh_control_plane.registry.runtime import RegistrySettings
 from mesh_control_plane.xds.server import tune_gc
@@ -129,6 +130,13 @@ def _add_registry_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         help="serve only Services of this namespace (repeatable; default: all)",
     )
+    reg.add_argument(
+        "--registry-debounce",
+        type=_duration,
+        default=DEFAULT_DEBOUNCE,
+        help="registry changes within this time of the first are pushed together, e.g. 0.1s "
+        "(the default, as istiod's PILOT_DEBOUNCE_AFTER; 0s: push each at once)",
+    )
 
 
 def registry_settings(args: argparse.Namespace) -> RegistrySettings:
@@ -155,6 +163,7 @@ def registry_settings(args: argparse.Namespace) -> RegistrySettings:
         ca_secret=args.ca_secret,
         leader_lease=args.leader_lease,
         lease_duration=args.lease_duration,
+        debounce=args.registry_debounce,
     )
     if args.registration_grace is not None:
         settings = dataclasses.replace(settings, grace=args.registration_grace)

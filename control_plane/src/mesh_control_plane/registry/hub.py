@@ -1,15 +1,19 @@
 """The registry hub: static config plus every dynamic source, as one `Registry`.
 
-Dynamic sources (self-registration, Consul) give *instances* with labels, like
-WorkloadEntries that nobody wrote: a ServiceEntry with a `workloadSelector` is served
+Dynamic sources (self-registration, Consul, Kubernetes Pods) give *instances* with
+labels, like WorkloadEntries that nobody wrote: a ServiceEntry with a `workloadSelector` is served
 by the instances whose labels match it, whatever their source (Istio's rule for
 WorkloadEntries, extended). A source may also declare ServiceEntries of its own
 (Consul's `<service>.service.consul` hosts) which the hub adds to the config before
 it reaches the snapshot cache, unless the operator wrote one that selects them.
 
-Sources call `changed()`; the hub coalesces bursts (a hundred registrations in a
-second make a handful of pushes, not a hundred) and re-applies the config, so the
-translator stays a pure function of (config, registry, node).
+Sources call `changed()`; the hub coalesces bursts and re-applies the config, so
+the translator stays a pure function of (config, registry, node). The first change
+starts a window of `debounce` seconds (100 ms by default, istiod's
+PILOT_DEBOUNCE_AFTER); every change within it goes out in the one push at its end.
+Unlike istiod's (which restarts its wait on each event, up to 10 s), the window
+does not grow: at 50 changes a second there are 10 pushes a second, and no change
+waits more than the window plus one translation.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from mesh_control_plane.registry.static import Registry, build_static_registry, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DynamicInstance", "RegistryHub", "RegistrySource"]
+__all__ = ["DEFAULT_DEBOUNCE", "DynamicInstance", "RegistryHub", "RegistrySource"]
+
+DEFAULT_DEBOUNCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -78,13 +84,13 @@ class RegistryHub:
         sources: Sequence[RegistrySource] = (),
         *,
         apply: Callable[[], None] | None = None,
-        debounce: float = 0.05,
+        debounce: float = DEFAULT_DEBOUNCE,
     ) -> None:
         """`apply` re-applies the current config (the control plane passes a function
         that calls `SnapshotCache.set_config(hub.augment(raw), force=True)`)."""
         self.sources = list(sources)
         self._apply = apply
-        self._debounce = debounce
+        self.debounce = debounce
         self._pending: asyncio.TimerHandle | None = None
         self.dns = DnsResolver(on_change=self.changed)
 
@@ -126,7 +132,7 @@ class RegistryHub:
         if self._apply is None or self._pending is not None:
             return
         loop = asyncio.get_running_loop()
-        self._pending = loop.call_later(self._debounce, self._flush)
+        self._pending = loop.call_later(self.debounce, self._flush)
 
     def _flush(self) -> None:
         self._pending = None

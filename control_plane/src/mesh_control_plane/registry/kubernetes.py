@@ -7,7 +7,9 @@ mesh's services and instances, as Istio's Kubernetes registry does.
   the prefix of its name (`http-web`, `grpc`), Istio's rules. Istio would sniff a
   port that says neither; this mesh translates per protocol before any byte is
   sent, so such a port (and UDP, HTTPS, TLS ...) is left out, with a warning and
-  in `status()`. ExternalName Services are not served.
+  in `status()`. ExternalName Services are not served (also listed there): declare
+  a ServiceEntry for the name they alias. Headless Services are served like any
+  other (EDS of their ready endpoints); their per-Pod DNS names are not hosts.
 - Each EndpointSlice endpoint (kubernetes.io/service-name) is an instance: ready is
   HEALTHY; not ready but serving and terminating (a Pod shutting down gracefully) is
   DRAINING, so clients finish with it; anything else is not an instance.
@@ -17,6 +19,9 @@ mesh's services and instances, as Istio's Kubernetes registry does.
   the Node is unknown).
 - A host the operator declared in a ServiceEntry of their own is theirs: the
   Service does not add another entry for it (as with Consul).
+- A ServiceEntry with a `workloadSelector` is served by the ready Pods of its
+  namespace whose labels match (as in Istio), on the entry's port numbers (or
+  targetPorts); a Ready Pod being deleted is DRAINING.
 
 Every collection is a `Reflector` (list + watch with bookmarks, resumed after a
 dropped connection, listed again after a 410): a lost API server never empties the
@@ -97,6 +102,8 @@ class _Pod:
     labels: tuple[tuple[str, str], ...]
     service_account: str
     node: str
+    address: str = ""  # status.podIP
+    health: str = ""  # HEALTHY (Ready), DRAINING (Ready, being deleted), "" otherwise
 
 
 def port_protocol(port: Mapping[str, Any]) -> str | None:
@@ -114,13 +121,19 @@ def port_protocol(port: Mapping[str, Any]) -> str | None:
 def _service(obj: Mapping[str, Any]) -> _Service | None:
     spec = obj.get("spec") or {}
     if spec.get("type") == "ExternalName":
-        return None
+        # Istio serves it as a DNS alias; here a client would need a DNS cluster.
+        alias = spec.get("externalName", "")
+        why = f"not served: type ExternalName (an alias of {alias}; declare a ServiceEntry for it)"
+        return _Service((), (why,))
     ports, skipped = [], []
     for port in spec.get("ports") or ():
         name, number = str(port.get("name") or ""), int(port["port"])
         protocol = port_protocol(port)
         if protocol is None:
-            skipped.append(f"{name or number}: no protocol the mesh carries (appProtocol or name)")
+            skipped.append(
+                f"port {name or number} not served: no protocol the mesh carries "
+                "(appProtocol or name)"
+            )
             continue
         ports.append(ServicePort(number, protocol, name))
     return _Service(tuple(ports), tuple(skipped))
@@ -166,10 +179,20 @@ def _endpoint_slice(obj: Mapping[str, Any]) -> _Slice | None:
 def _pod(obj: Mapping[str, Any]) -> _Pod:
     spec = obj.get("spec") or {}
     labels = obj["metadata"].get("labels") or {}
+    status = obj.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or ()
+    )
+    health = ""
+    if ready and status.get("phase") == "Running":
+        health = "DRAINING" if obj["metadata"].get("deletionTimestamp") else "HEALTHY"
     return _Pod(
         tuple(sorted(labels.items())),
         str(spec.get("serviceAccountName") or "default"),
         str(spec.get("nodeName") or ""),
+        str(status.get("podIP") or ""),
+        health,
     )
 
 
@@ -201,13 +224,17 @@ class KubernetesRegistry:
         self.slices = self._per_namespace(
             "/apis/discovery.k8s.io/v1/endpointslices", _endpoint_slice
         )
-        self.pods = self._per_namespace("/api/v1/pods", _pod)
-        self.nodes = self._reflector("/api/v1/nodes", _node_locality)
+        self.pods = self._per_namespace("/api/v1/pods", _pod, self._instances_changed)
+        self.nodes = self._reflector("/api/v1/nodes", _node_locality, self._instances_changed)
         self.watching = Reflectors(
             connection, (*self.services, *self.slices, *self.pods, self.nodes)
         )
         self._entries: tuple[ServiceEntry, ...] | None = None  # cache, reset on change
+        # Each Service's entry, kept while its Service and slices are the same (and
+        # no Pod or Node changed): an endpoint change rebuilds one entry, not all.
+        self._built: dict[str, tuple[_Service, tuple[_Slice, ...], ServiceEntry]] = {}
         self._pods: dict[str, _Pod] = {}  # all namespaces', while entries are built
+        self._instances: tuple[DynamicInstance, ...] | None = None  # cache of instances()
         self._warned: set[str] = set()
 
     def _reflector(
@@ -255,7 +282,24 @@ class KubernetesRegistry:
     # -- RegistrySource -----------------------------------------------------------
 
     def instances(self) -> Sequence[DynamicInstance]:
-        return ()  # Services bring their own endpoints (see service_entries)
+        """Ready Pods, for ServiceEntries whose `workloadSelector` selects them (as
+        Istio does; Services bring their own endpoints, see service_entries)."""
+        if self._instances is None:
+            self._instances = tuple(
+                DynamicInstance(key.split("/", 1)[0], self._pod_instance(pod))
+                for key, pod in sorted(_merged(self.pods).items())
+                if pod.address and pod.health and self._wanted(key.split("/", 1)[0])
+            )
+        return self._instances
+
+    def _pod_instance(self, pod: _Pod) -> WorkloadEndpoint:
+        return WorkloadEndpoint(
+            address=pod.address,
+            labels=dict(pod.labels),
+            locality=self.nodes.items.get(pod.node, "") if pod.node else "",
+            service_account=pod.service_account,
+            health=pod.health,
+        )
 
     def service_entries(self, config: MeshConfig) -> Sequence[ServiceEntry]:
         declared = {h for entry in config.service_entries for h in entry.hosts}
@@ -279,6 +323,12 @@ class KubernetesRegistry:
         self._entries = None
         self.on_change()
 
+    def _instances_changed(self) -> None:
+        """Pods give labels and identities, Nodes localities: any entry may change."""
+        self._built.clear()
+        self._instances = None
+        self._changed()
+
     def _services_changed(self) -> None:
         self._changed()
         self.on_hosts_change()
@@ -298,6 +348,7 @@ class KubernetesRegistry:
         entries = []
         services = _merged(self.services)
         self._pods = _merged(self.pods)
+        built: dict[str, tuple[_Service, tuple[_Slice, ...], ServiceEntry]] = {}
         for key in sorted(services):
             namespace, name = key.split("/", 1)
             service = services[key]
@@ -306,14 +357,20 @@ class KubernetesRegistry:
             self._warn_skipped(key, service)
             if not service.ports:
                 continue
-            entries.append(
-                ServiceEntry(
+            slices = tuple(by_service.get(key, ()))
+            known = self._built.get(key)
+            if known is not None and known[0] == service and known[1] == slices:
+                entry = known[2]
+            else:
+                entry = ServiceEntry(
                     meta=Meta("ServiceEntry", f"k8s-{name}", namespace, "<kubernetes>"),
                     hosts=(f"{name}.{namespace}.svc.{self.settings.domain}",),
                     ports=service.ports,
-                    endpoints=self._endpoints(by_service.get(key, ())),
+                    endpoints=self._endpoints(slices),
                 )
-            )
+            built[key] = (service, slices, entry)
+            entries.append(entry)
+        self._built = built
         return tuple(entries)
 
     def _endpoints(self, slices: Sequence[_Slice]) -> tuple[WorkloadEndpoint, ...]:
@@ -350,7 +407,7 @@ class KubernetesRegistry:
         for why in service.skipped:
             if f"{key} {why}" not in self._warned:
                 self._warned.add(f"{key} {why}")
-                log.warning("Kubernetes Service %s: port %s; not served by the mesh", key, why)
+                log.warning("Kubernetes Service %s: %s", key, why)
 
 
 def _merged(reflectors: Sequence[Reflector[T]]) -> dict[str, T]:

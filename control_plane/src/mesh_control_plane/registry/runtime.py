@@ -36,7 +36,7 @@ from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.kube.client import connection_from
 from mesh_control_plane.registry.consul import ConsulRegistry, ConsulSettings
 from mesh_control_plane.registry.embedded import DEFAULT_GRACE, EmbeddedRegistry
-from mesh_control_plane.registry.hub import RegistryHub, RegistrySource
+from mesh_control_plane.registry.hub import DEFAULT_DEBOUNCE, RegistryHub, RegistrySource
 from mesh_control_plane.registry.kubernetes import KubernetesRegistry, KubernetesSettings
 from mesh_control_plane.registry.workload_group import (
     WorkloadGroup,
@@ -64,6 +64,7 @@ class RegistrySettings:
         ""  # namespace/name; "": <kubeconfig namespace>/proxyless-mesh-control-plane
     )
     lease_duration: float = 15.0
+    debounce: float = DEFAULT_DEBOUNCE  # seconds registry changes are gathered into one push
 
 
 class RegistryRuntime:
@@ -73,7 +74,7 @@ class RegistryRuntime:
         self._apply: Callable[[MeshConfig], None] | None = None
         self._groups: tuple[WorkloadGroup, ...] = ()
         self._shadowed: set[tuple[str, str, str]] = set()
-        self.hub = RegistryHub(apply=self._reapply)
+        self.hub = RegistryHub(apply=self._reapply, debounce=settings.debounce)
         self.embedded = EmbeddedRegistry(
             self.workload_groups, verify_token, grace=settings.grace, on_change=self.hub.changed
         )

@@ -8,7 +8,8 @@ by (config, registry, ``node.cache_key``) and push only when it changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence, Set
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from google.protobuf.message import Message
@@ -44,6 +45,20 @@ from mesh_control_plane.translate.tls import (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """translate()'s result with the parts an endpoints-only update reuses
+    (incremental.py): everything but clusters, assignments and inbound listeners
+    depends on the config alone."""
+
+    index: MeshIndex
+    specs: tuple[ClusterSpec, ...]
+    clusters: tuple[Message, ...]  # one per spec
+    assignments: tuple[Message, ...]  # one per spec
+    outbound: tuple[tuple[Message, ...], tuple[Message, ...]]  # listeners, routes
+    resource_set: ResourceSet
+
+
 def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> ResourceSet:
     """All resources ``node`` may ask for.
 
@@ -60,50 +75,113 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     upstream mTLS on clusters (tls.py) and their workload's inbound listeners
     (inbound.py). Reads only ``node.cache_key``'s fields.
     """
+    return full_translation(config, registry, node).resource_set
+
+
+def full_translation(config: MeshConfig, registry: Registry, node: NodeInfo) -> Translation:
+    """translate(), keeping the parts."""
     index = MeshIndex.build(config)
-    specs = cluster_specs(index)
-    clusters = [build_cluster(spec, node.kind) for spec in specs]
-    # An Envoy run by an agent (gateway, sidecar) has its workload certificate
-    # by SDS (sds.py); a bare Envoy has none. TLS origination is the same for all.
-    by_sds = node.router or node.sidecar
-    mesh_tls = node.kind is not ClientKind.ENVOY or by_sds
-    socket = gateway_upstream_socket if by_sds else upstream_transport_socket
-    for spec, cluster in zip(specs, clusters, strict=True):
-        tls = spec.policy.tls
-        if tls is not None and tls.mode in ORIGINATION_MODES:
-            cluster.transport_socket.CopyFrom(origination_socket(tls, upstream_sni(spec)))
-        elif mesh_tls:
-            identities = upstream_identities(spec, registry, config.settings)
-            auto = tls is None  # auto mTLS defers to the peers' mode
-            if identities is not None and auto and _peers_refuse_mtls(config, spec, registry):
-                identities = None
-            if identities is not None:
-                cluster.transport_socket.CopyFrom(socket(identities, upstream_sni(spec)))
-    assignments = [build_load_assignment(spec, registry, node) for spec in specs]
+    specs = tuple(cluster_specs(index))
     if node.router:
         listeners, routes = gateway_listeners(config, index, node)
     elif node.kind is ClientKind.ENVOY:
         listeners, routes = _envoy_listeners(index, node.outbound_port)
-        if node.sidecar:
-            inbound, app_clusters = sidecar_inbound(config, index, registry, node)
-            listeners += inbound
-            clusters += app_clusters
     else:
         listeners, routes = _proxyless_listeners(index)
-        listeners += inbound_listeners(config, index, registry, node)
         if node.kind is ClientKind.MESH:
             attach_telemetry(listeners, telemetry_specs(config, node))
-    return ResourceSet(
-        MappingProxyType(
-            {
-                LISTENER: _by_name(listeners),
-                ROUTE: _by_name(routes),
-                CLUSTER: _by_name(clusters),
-                ENDPOINT: _by_name(assignments, name_field="cluster_name"),
-            }
-        ),
-        undefined_subsets=_undefined_subsets(config),
+    return _assemble(
+        config,
+        registry,
+        node,
+        index,
+        specs,
+        [_cluster(spec, config, registry, node) for spec in specs],
+        [build_load_assignment(spec, registry, node) for spec in specs],
+        (tuple(listeners), tuple(routes)),
     )
+
+
+def update_endpoints(
+    previous: Translation,
+    config: MeshConfig,
+    registry: Registry,
+    node: NodeInfo,
+    hosts: Set[str],
+) -> Translation:
+    """``previous`` for a config that differs from its own only in the instances of
+    ``hosts``: their clusters (upstream identities) and assignments are rebuilt,
+    with the inbound listeners; every other message is reused as it is."""
+    clusters = list(previous.clusters)
+    assignments = list(previous.assignments)
+    for i, spec in enumerate(previous.specs):
+        if spec.service.host in hosts:
+            clusters[i] = _cluster(spec, config, registry, node)
+            assignments[i] = build_load_assignment(spec, registry, node)
+    return _assemble(
+        config,
+        registry,
+        node,
+        previous.index,
+        previous.specs,
+        clusters,
+        assignments,
+        previous.outbound,
+    )
+
+
+def _cluster(spec: ClusterSpec, config: MeshConfig, registry: Registry, node: NodeInfo) -> Message:
+    """The spec's cluster, with upstream mTLS for proxyless clients when its
+    instances (or its DestinationRule) call for it."""
+    cluster: Message = build_cluster(spec, node.kind)
+    tls = spec.policy.tls
+    if tls is not None and tls.mode in ORIGINATION_MODES:  # the same for every kind
+        origination = origination_socket(tls, upstream_sni(spec))
+        cluster.transport_socket.CopyFrom(origination)  # type: ignore[attr-defined]
+        return cluster
+    # An Envoy run by an agent (gateway, sidecar) has its workload certificate
+    # by SDS (sds.py); a bare Envoy has none.
+    by_sds = node.router or node.sidecar
+    if node.kind is ClientKind.ENVOY and not by_sds:
+        return cluster
+    identities = upstream_identities(spec, registry, config.settings)
+    auto = tls is None  # auto mTLS defers to the peers' mode
+    if identities is not None and auto and _peers_refuse_mtls(config, spec, registry):
+        identities = None
+    if identities is not None:
+        make_socket = gateway_upstream_socket if by_sds else upstream_transport_socket
+        socket = make_socket(identities, upstream_sni(spec))
+        cluster.transport_socket.CopyFrom(socket)  # type: ignore[attr-defined]
+    return cluster
+
+
+def _assemble(
+    config: MeshConfig,
+    registry: Registry,
+    node: NodeInfo,
+    index: MeshIndex,
+    specs: tuple[ClusterSpec, ...],
+    clusters: Sequence[Message],
+    assignments: Sequence[Message],
+    outbound: tuple[tuple[Message, ...], tuple[Message, ...]],
+) -> Translation:
+    inbound = inbound_listeners(config, index, registry, node)
+    if node.kind is ClientKind.MESH:
+        attach_telemetry(inbound, telemetry_specs(config, node))
+    app_clusters: Sequence[Message] = ()
+    if node.sidecar:  # the workload's inbound listeners and its app's clusters
+        sidecar_listeners, app_clusters = sidecar_inbound(config, index, registry, node)
+        inbound += sidecar_listeners
+    resources = {
+        LISTENER: _by_name([*outbound[0], *inbound]),
+        ROUTE: _by_name(outbound[1]),
+        CLUSTER: _by_name([*clusters, *app_clusters]),
+        ENDPOINT: _by_name(assignments, name_field="cluster_name"),
+    }
+    resource_set = ResourceSet(
+        MappingProxyType(resources), undefined_subsets=_undefined_subsets(config)
+    )
+    return Translation(index, specs, tuple(clusters), tuple(assignments), outbound, resource_set)
 
 
 def _undefined_subsets(config: MeshConfig) -> frozenset[tuple[str, str]]:

@@ -82,7 +82,11 @@ def _pack(
     msg: Message,
     interned: dict[tuple[str, str, str], PackedResource],
     previous: Mapping[tuple[str, str, str], PackedResource],
+    last: tuple[Message, PackedResource] | None = None,
 ) -> PackedResource:
+    if last is not None and last[0] is msg:  # reused as it is by an incremental translator
+        interned[(type_url, name, last[1].hash)] = last[1]
+        return last[1]
     data = msg.SerializeToString(deterministic=True)
     digest = hashlib.sha256(data).hexdigest()
     key = (type_url, name, digest)
@@ -225,10 +229,23 @@ class SnapshotCache:
         interned: dict[tuple[str, str, str], PackedResource],
     ) -> _Translation:
         resource_set = self._translate(config, registry, node)
+        before = self._memo.get(node.cache_key)
         packed: dict[str, dict[str, PackedResource]] = {}
         for type_url, by_name in resource_set.resources.items():
             packed[type_url] = {
-                name: _pack(type_url, name, msg, interned, self._interned)
+                name: _pack(
+                    type_url, name, msg, interned, self._interned, _last(before, type_url, name)
+                )
                 for name, msg in by_name.items()
             }
         return _Translation(resource_set, packed)
+
+
+def _last(
+    before: _Translation | None, type_url: str, name: str
+) -> tuple[Message, PackedResource] | None:
+    """The message this node was last given under that name, and its packing."""
+    if before is None:
+        return None
+    msg = before.resource_set.resources.get(type_url, {}).get(name)
+    return None if msg is None else (msg, before.packed[type_url][name])
