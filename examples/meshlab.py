@@ -206,14 +206,16 @@ class LocalMesh:
         weights: dict[str, int],
         *,
         protocol: str = "HTTP",
+        service_account: str | None = None,
     ) -> None:
         """Declare `host` served by one backend per version (labels
         version=<v>), a subset per version, and a split by `weights`. Files:
-        `<name>.yaml` for the service, `route.yaml` for the split."""
+        `<name>.yaml` for the service, `route.yaml` for the split.
+        `service_account`: the backends' identity (auto mTLS on)."""
         instances = [("127.0.0.1", p.ready["port"], {"version": v}) for v, p in backends.items()]
         self.write_config(
             f"{host.split('.')[0]}.yaml",
-            service_entry(host, port, instances, protocol=protocol)
+            service_entry(host, port, instances, protocol=protocol, service_account=service_account)
             + "\n---\n"
             + subsets_rule(host, list(backends)),
         )
