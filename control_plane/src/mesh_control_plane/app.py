@@ -130,6 +130,7 @@ class ControlPlane:
                     self.config_errors,
                     ca.trust_domain if ca is not None else DEFAULT_TRUST_DOMAIN,
                     self.config_warnings,
+                    self.config_problems,
                 ),
                 "/metrics": lambda: metrics_page(
                     self.metrics,
@@ -152,6 +153,7 @@ class ControlPlane:
             },
         )
         self.config_errors: list[str] = []
+        self.config_problems: list[ConfigProblem | str] = []  # the same, as found
         self.config_warnings: list[str] = []  # what loads but does not resolve yet
         self._on_config_error = on_config_error
         self._poll_interval = poll_interval
@@ -192,7 +194,7 @@ class ControlPlane:
 
         def on_error(error: ConfigLoadError) -> None:
             first_load.set()
-            self._report([str(p) for p in error.problems])
+            self._report(error.problems)
 
         self._watcher = ConfigWatcher(
             self.config_dir,
@@ -229,6 +231,7 @@ class ControlPlane:
             self._report(exc.problems)
             return
         self.config_errors = []
+        self.config_problems = []
         warnings = [str(w) for w in config.warnings]
         if warnings != self.config_warnings:
             for warning in warnings:
@@ -241,7 +244,7 @@ class ControlPlane:
         self._first_load.set()
         self.apply_config(config)
         if problems:
-            self._report([str(p) for p in problems])
+            self._report(problems)
 
     def _set_config(self, config: MeshConfig, *, force: bool) -> None:
         """A registry source changed: the same config now has other endpoints."""
@@ -250,9 +253,10 @@ class ControlPlane:
         except InconsistentConfigError as exc:
             self._report(exc.problems)
 
-    def _report(self, problems: Sequence[str]) -> None:
+    def _report(self, problems: Sequence[ConfigProblem | str]) -> None:
         # Not logged here: the watcher and the cache already log what they refuse.
-        self.config_errors = list(problems)
+        self.config_problems = list(problems)
+        self.config_errors = [str(p) for p in problems]
         self.metrics.config_rejected()
         if self._on_config_error is not None:
             self._on_config_error(self.config_errors)
