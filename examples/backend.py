@@ -16,6 +16,10 @@ header (that request itself is not counted).
 `<service>.default.mesh`) on a /metrics port of its own, named in the ready
 file as "metrics_port", for a Prometheus to scrape (the demo's console).
 
+`--bootstrap FILE` serves inside the mesh as that bootstrap's workload
+(`serve_asgi`: with an identity from the control plane's CA, mutual TLS as
+the control plane's PeerAuthentication says); without it, plain uvicorn.
+
 `POST /__mode` with a JSON object changes those modes while the backend
 runs, so a test can make a live endpoint start failing and later recover
 without restarting it (a restart would change its port and its identity in
@@ -167,6 +171,7 @@ async def serve(
     behaviour: Behaviour,
     host: str = "127.0.0.1",
     metrics: bool = False,
+    bootstrap: str | None = None,
 ) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -177,6 +182,9 @@ async def serve(
     app, ready = make_app(service, version, behaviour), dict[str, int]()
     if metrics:
         app, ready["metrics_port"] = with_metrics(app, service, version)
+    if bootstrap is not None:
+        await serve_in_mesh(app, sock, bootstrap, ready_file, ready)
+        return
     config = uvicorn.Config(app, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -187,6 +195,21 @@ async def serve(
     if ready_file:
         write_ready(ready_file, {"port": sock.getsockname()[1], "pid": os.getpid(), **ready})
     await task
+
+
+async def serve_in_mesh(
+    app: Any, sock: socket.socket, bootstrap: str, ready_file: str | None, ready: dict[str, int]
+) -> None:
+    """Serve `app` as the bootstrap's workload. Ready once listening: the
+    control plane learns this port from the ServiceEntry written after."""
+    from proxyless_mesh import Mesh
+    from proxyless_mesh.serving import serve_asgi
+
+    sock.listen(128)
+    with Mesh.from_bootstrap(bootstrap) as mesh:
+        if ready_file:
+            write_ready(ready_file, {"port": sock.getsockname()[1], "pid": os.getpid(), **ready})
+        await serve_asgi(app, mesh, sockets=[sock], log_level="warning", access_log=False)
 
 
 def main() -> None:
@@ -200,6 +223,7 @@ def main() -> None:
     parser.add_argument("--fail-status", type=int, default=503)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--metrics", action="store_true", help="Istio's metrics on a /metrics port")
+    parser.add_argument("--bootstrap", help="serve inside the mesh as this bootstrap's workload")
     args = parser.parse_args()
     behaviour = Behaviour(args.fail_rate, args.fail_status, args.delay)
     asyncio.run(
@@ -211,6 +235,7 @@ def main() -> None:
             behaviour,
             args.host,
             args.metrics,
+            args.bootstrap,
         )
     )
 

@@ -1,10 +1,13 @@
 """`make demo`: a canary rollout through the in-process mesh, start to finish,
 then the control plane's web console.
 
-Starts a control plane and three backends (reviews v1, reviews v2,
-ratings v1, which fails 5 % of its requests with 503) on 127.0.0.1, then a
-client that uses httpx through the mesh. The VirtualService for reviews moves
-90/10 -> 50/50 -> 0/100 while traffic flows; the demo prints who served each
+Starts a control plane (with its CA, and a mesh-wide PeerAuthentication
+STRICT) and three backends inside the mesh (reviews v1, reviews v2, ratings
+v1, which fails 5 % of its requests with 503) on 127.0.0.1, then a client
+that uses httpx through the mesh. Every workload holds an identity from the
+CA, so every call is mutual TLS (the console's graph shows the locks). The
+VirtualService for reviews moves 90/10 -> 50/50 -> 0/100 while traffic
+flows; the demo prints who served each
 phase and how long each change took to reach the client.
 
 Every side reports Istio's standard metrics. When Debian's `prometheus` is
@@ -28,6 +31,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 from meshlab import BIN, LocalMesh, service_entry
@@ -44,6 +48,26 @@ RATINGS = "ratings.default.mesh"
 PORT = 8080
 REQUESTS_PER_PHASE = 400
 GRAPH_EDGES = 5  # client -> reviews, -> ratings; reviews -> v1, v2; ratings -> v1
+#: Mesh-wide (root namespace, no selector): every workload's server demands mTLS.
+STRICT_MESH = """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+def in_mesh(lab: LocalMesh, service: str, version: str) -> list[str]:
+    """backend.py flags: Istio's metrics, and serving inside the mesh as
+    `<service>-<version>` with service account `service` (a CA join token)."""
+    token = lab.token("default", service)
+    bootstrap = lab.bootstrap(
+        f"{service}-{version}",
+        "default",
+        service,
+        token=token,
+        labels={"app": service, "version": version},
+    )
+    return ["--metrics", "--bootstrap", str(bootstrap)]
 
 
 def count_versions(client: httpx.Client, n: int) -> Counter[str]:
@@ -91,30 +115,46 @@ def start_prometheus(prometheus: PrometheusServer, jobs: dict[str, list[str]]) -
 
 
 def run(lab: LocalMesh, prometheus: PrometheusServer, screenshot: Path | None) -> None:
-    print("starting backends: reviews v1, reviews v2, ratings v1 ...")
-    v1 = lab.start_http_backend("reviews", "v1", "--metrics")
-    v2 = lab.start_http_backend("reviews", "v2", "--metrics")
-    ratings = lab.start_http_backend("ratings", "v1", "--metrics", "--fail-rate", "0.05")
-    lab.deploy_versions(REVIEWS, PORT, {"v1": v1, "v2": v2}, {"v1": 90, "v2": 10})
-    lab.write_config(
-        "ratings.yaml",
-        service_entry(RATINGS, PORT, [("127.0.0.1", ratings.ready["port"], {"version": "v1"})]),
-    )
     # The client's metrics: this process's own /metrics page.
     provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
     client_metrics, _ = start_http_server(0, addr="127.0.0.1")
-    jobs = {
-        "backends": [f"127.0.0.1:{p.ready['metrics_port']}" for p in (v1, v2, ratings)],
-        "demo-client": [f"127.0.0.1:{client_metrics.server_port}"],
-    }
+    jobs = {"demo-client": [f"127.0.0.1:{client_metrics.server_port}"]}
     with_prometheus = start_prometheus(prometheus, jobs)
+    # First the control plane: its CA gives every workload its identity, and
+    # a mesh-wide PeerAuthentication makes every server STRICT (mutual TLS).
+    lab.write_config("mtls.yaml", STRICT_MESH)
     cp = lab.start_control_plane(
         extra_args=["--prometheus-url", prometheus.url] if with_prometheus else []
     )
+    print(f"control plane: xDS {cp.ready['xds']}, admin {cp.ready['admin']}, CA {lab.ca_address}")
+    print("starting backends (mTLS, STRICT): reviews v1, reviews v2, ratings v1 ...")
+    v1 = lab.start_http_backend("reviews", "v1", *in_mesh(lab, "reviews", "v1"))
+    v2 = lab.start_http_backend("reviews", "v2", *in_mesh(lab, "reviews", "v2"))
+    ratings = lab.start_http_backend(
+        "ratings", "v1", *in_mesh(lab, "ratings", "v1"), "--fail-rate", "0.05"
+    )
+    lab.deploy_versions(
+        REVIEWS, PORT, {"v1": v1, "v2": v2}, {"v1": 90, "v2": 10}, service_account="reviews"
+    )
+    lab.write_config(
+        "ratings.yaml",
+        service_entry(
+            RATINGS,
+            PORT,
+            [("127.0.0.1", ratings.ready["port"], {"version": "v1"})],
+            service_account="ratings",
+        ),
+    )
     if with_prometheus:
-        prometheus.set_jobs({**jobs, "control-plane": [cp.ready["admin"]]})
-    print(f"control plane: xDS {cp.ready['xds']}, admin {cp.ready['admin']}")
-    bootstrap = lab.bootstrap("demo-client", labels={"app": "demo-client", "version": "v1"})
+        backends = [f"127.0.0.1:{p.ready['metrics_port']}" for p in (v1, v2, ratings)]
+        prometheus.set_jobs({**jobs, "backends": backends, "control-plane": [cp.ready["admin"]]})
+    bootstrap = lab.bootstrap(
+        "demo-client",
+        "default",
+        "demo-client",
+        token=lab.token("default", "demo-client"),
+        labels={"app": "demo-client", "version": "v1"},
+    )
 
     rows: list[tuple[str, Counter[str], float | None]] = []
     telemetry = TelemetryConfig(meter_provider=provider, tracing=False)
@@ -179,17 +219,33 @@ def show_console(
 def take_screenshot(lab: LocalMesh, console: str, path: Path) -> None:
     from browser import chromium
 
-    deadline = time.monotonic() + 60
-    while len(httpx.get(f"http://{lab.admin_address}/api/graph").json()["edges"]) < GRAPH_EDGES:
-        if time.monotonic() > deadline:
-            raise SystemExit("the console's graph did not show every edge within 60 s")
-        time.sleep(0.5)
+    edges = graph_edges(lab)
+    shares = sorted(f"{e['source']} -> {e['target']}: {e['mtls']:.0%}" for e in edges)
+    print("mutual TLS share of each edge of the graph:\n  " + "\n  ".join(shares))
     with chromium(viewport={"width": 1100, "height": 560}) as browser:
         page = browser.new_page()
         page.goto(console)
         page.locator("g.edge").nth(GRAPH_EDGES - 1).wait_for()
+        locks = sum(1 for e in edges if e["mtls"] == 1.0)
+        if locks:
+            page.locator("g.edge g.lock").nth(locks - 1).wait_for()
         page.screenshot(path=str(path), full_page=True)
     print(f"screenshot of the console: {path}")
+
+
+def graph_edges(lab: LocalMesh) -> list[dict[str, Any]]:
+    """/api/graph's edges once every edge has a rate and an mTLS share
+    (Prometheus scrapes every second; rate() needs two samples)."""
+    deadline = time.monotonic() + 60
+    while True:
+        edges: list[dict[str, Any]] = httpx.get(f"http://{lab.admin_address}/api/graph").json()[
+            "edges"
+        ]
+        if len(edges) >= GRAPH_EDGES and all(e["mtls"] is not None for e in edges):
+            return edges
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the console's graph did not show every edge within 60 s: {edges}")
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":

@@ -112,8 +112,11 @@ def service_entry(
     protocol: str = "HTTP",
     name: str | None = None,
     namespace: str = "default",
+    service_account: str | None = None,
 ) -> str:
-    """YAML for a STATIC ServiceEntry with one port and the given instances."""
+    """YAML for a STATIC ServiceEntry with one port and the given instances;
+    with `service_account` every instance runs as it (auto mTLS on)."""
+    account = {"serviceAccount": service_account} if service_account else {}
     doc = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "ServiceEntry",
@@ -124,7 +127,7 @@ def service_entry(
             "resolution": "STATIC",
             "location": "MESH_INTERNAL",
             "endpoints": [
-                {"address": addr, "ports": {protocol.lower(): p}, "labels": labels}
+                {"address": addr, "ports": {protocol.lower(): p}, "labels": labels, **account}
                 for addr, p, labels in endpoints
             ],
         },
@@ -204,14 +207,16 @@ class LocalMesh:
         weights: dict[str, int],
         *,
         protocol: str = "HTTP",
+        service_account: str | None = None,
     ) -> None:
         """Declare `host` served by one backend per version (labels
         version=<v>), a subset per version, and a split by `weights`. Files:
-        `<name>.yaml` for the service, `route.yaml` for the split."""
+        `<name>.yaml` for the service, `route.yaml` for the split.
+        `service_account`: the backends' identity (auto mTLS on)."""
         instances = [("127.0.0.1", p.ready["port"], {"version": v}) for v, p in backends.items()]
         self.write_config(
             f"{host.split('.')[0]}.yaml",
-            service_entry(host, port, instances, protocol=protocol)
+            service_entry(host, port, instances, protocol=protocol, service_account=service_account)
             + "\n---\n"
             + subsets_rule(host, list(backends)),
         )

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import httpx
@@ -265,3 +266,66 @@ def test_simulate_form_answers(console: Console, page: Any) -> None:
     page.locator("#message:not(:empty)").wait_for()
     assert "NAMESPACE/SERVICE_ACCOUNT" in page.locator("#message").text_content()
     assert page.locator("#result tr").count() == 0
+
+
+BAD_FIELD = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+  - frobnicate: true
+    route: [{destination: {host: reviews.default.svc.cluster.local}}]
+"""
+
+
+def test_status_page_shows_config_errors_by_file_kind_name_field(
+    console: Console, page: Any
+) -> None:
+    page.goto(f"{console.admin}/console/status")
+    page.locator('tr.client[data-node="productpage-1"]').wait_for()
+    assert page.locator("#config-errors").is_hidden()
+    console.lab.write_config("broken.yaml", BAD_FIELD)
+    try:
+        row = page.locator("#errors tr.config-error").filter(has_text="broken.yaml")
+        row.wait_for()  # the page refreshes every 2 s
+        cells = {
+            key: row.locator(f'td[data-key="{key}"]').text_content()
+            for key in ("file", "kind", "name", "field", "message")
+        }
+        assert cells == {
+            "file": "broken.yaml",
+            "kind": "VirtualService",
+            "name": "default/broken",
+            "field": "spec.http[0].frobnicate",
+            "message": "unknown field",
+        }
+    finally:
+        (console.lab.config_dir / "broken.yaml").unlink()
+    page.locator("#config-errors").wait_for(state="hidden")  # the next good load clears it
+
+
+def test_status_page_names_the_xds_protocol_when_the_record_has_it(
+    console: Console, page: Any
+) -> None:
+    """`protocol` (SotW/Delta) is shown when /status carries it: the answer is
+    the real one with the key added (this control plane's records have none)."""
+
+    def with_protocol(route: Any) -> None:
+        status = route.fetch().json()
+        for client in status["clients"]:
+            client["protocol"] = "Delta"
+        route.fulfill(json=status)
+
+    def is_status(url: str) -> bool:  # /status, not the page /console/status
+        return urlsplit(url).path == "/status"
+
+    page.route(is_status, with_protocol)
+    page.goto(f"{console.admin}/console/status")
+    kind = page.locator('tr.client[data-node="productpage-1"] td').nth(1)
+    kind.wait_for()
+    assert kind.text_content() == "MESH · Delta"
+    page.unroute(is_status)
+    page.reload()
+    page.locator('tr.client[data-node="productpage-1"]').wait_for()
+    assert kind.text_content() == "MESH"

@@ -13,10 +13,11 @@ would: `$__rate_interval` -> 1m, `$qrep` -> destination|source, `$service`,
 HTTP/gRPC panel must return data with a finite value, and Kiali's edges must
 name both ends by workload, app, canonical service/revision and cluster.
 
-Not run: the TCP panels (no TCP traffic is meshed in library mode) and the
+Not run here: the TCP panels (no TCP traffic is meshed in library mode) and the
 `connection_security_policy="mutual_tls"` variants (this system runs without
 the CA: its non-mTLS twin panel is run, and the reporter=source series says
-`unknown`, as Istio's do).
+`unknown`, as Istio's do); test_istio_dashboards_mtls.py runs both variants on
+a system with the CA and mTLS.
 """
 
 from __future__ import annotations
@@ -329,6 +330,14 @@ KIALI = [
     f"[60s])) by ({_KIALI_BY}) > 0",
 ]
 
+#: Kiali's edges of the meshed caller, as kiali_edges names them.
+MESH_EDGES = {
+    ("productpage", "productpage", "v1", "reviews-v1", "reviews", "v1", "reviews",
+     "Kubernetes", "Kubernetes"),
+    ("productpage", "productpage", "v1", "greeter-v1", "greeter", "v1", "greeter",
+     "Kubernetes", "Kubernetes"),
+}  # fmt: skip
+
 
 def has_data(prometheus: Prometheus, query: str) -> list[dict[str, Any]]:
     result = prometheus.query(query)
@@ -361,9 +370,9 @@ def test_istio_dashboards_and_kiali_read_the_mesh(
         prometheus.stop()
 
 
-def run_panels(prometheus: Prometheus) -> None:
-    # Wait until both protocols' server-side series have been scraped twice
-    # (irate needs two samples that differ).
+def wait_for_rates(prometheus: Prometheus) -> None:
+    """Until both protocols' series have been scraped twice (irate needs two
+    samples that differ)."""
     deadline = time.monotonic() + 60
     while True:  # Prometheus pushes nothing: poll its API (scrapes every second)
         rates = prometheus.query(
@@ -373,6 +382,10 @@ def run_panels(prometheus: Prometheus) -> None:
             break
         assert time.monotonic() < deadline, f"no rates of both protocols yet: {rates}"
         time.sleep(0.2)
+
+
+def run_panels(prometheus: Prometheus) -> None:
+    wait_for_rates(prometheus)
     for query in MESH:
         has_data(prometheus, fill(query))
     for service in (REVIEWS, GREETER):
@@ -383,7 +396,22 @@ def run_panels(prometheus: Prometheus) -> None:
             has_data(prometheus, fill(query, **{"$workload": workload}))
     for query in [*WORKLOAD_OUTBOUND, *WORKLOAD_VARIABLES]:
         has_data(prometheus, fill(query, **{"$workload": "productpage"}))
-    edges = {
+    assert kiali_edges(prometheus, KIALI) == MESH_EDGES
+    codes = {
+        (e["metric"]["request_protocol"], e["metric"]["response_code"],
+         e["metric"].get("grpc_response_status", ""))  # empty: not stored
+        for e in has_data(prometheus, KIALI[1])
+    }  # fmt: skip
+    assert codes == {
+        ("http", "200", ""), ("http", "404", ""), ("http", "503", ""),
+        ("grpc", "200", "0"), ("grpc", "200", "5"),
+    }  # fmt: skip
+
+
+def kiali_edges(prometheus: Prometheus, queries: Sequence[str]) -> set[tuple[str, ...]]:
+    """Kiali's edges (each query must answer): both ends by workload,
+    canonical service/revision, service name and cluster."""
+    return {
         (
             e["metric"]["source_workload"],
             e["metric"]["source_canonical_service"],
@@ -395,21 +423,6 @@ def run_panels(prometheus: Prometheus) -> None:
             e["metric"]["source_cluster"],
             e["metric"]["destination_cluster"],
         )
-        for query in KIALI
+        for query in queries
         for e in has_data(prometheus, query)
     }
-    assert edges == {
-        ("productpage", "productpage", "v1", "reviews-v1", "reviews", "v1", "reviews",
-         "Kubernetes", "Kubernetes"),
-        ("productpage", "productpage", "v1", "greeter-v1", "greeter", "v1", "greeter",
-         "Kubernetes", "Kubernetes"),
-    }  # fmt: skip
-    codes = {
-        (e["metric"]["request_protocol"], e["metric"]["response_code"],
-         e["metric"].get("grpc_response_status", ""))  # empty: not stored
-        for e in has_data(prometheus, KIALI[1])
-    }  # fmt: skip
-    assert codes == {
-        ("http", "200", ""), ("http", "404", ""), ("http", "503", ""),
-        ("grpc", "200", "0"), ("grpc", "200", "5"),
-    }  # fmt: skip

@@ -160,6 +160,7 @@ class ControlPlane:
                     self.config_errors,
                     ca.trust_domain if ca is not None else DEFAULT_TRUST_DOMAIN,
                     self.config_warnings,
+                    self.config_problems,
                 ),
                 "/metrics": lambda: metrics_page(
                     self.metrics,
@@ -182,6 +183,7 @@ class ControlPlane:
             },
         )
         self.config_errors: list[str] = []
+        self.config_problems: list[ConfigProblem | str] = []  # the same, as found
         self.config_warnings: list[str] = []  # what loads but does not resolve yet
         self._on_config_error = on_config_error
         self._poll_interval = poll_interval
@@ -232,7 +234,7 @@ class ControlPlane:
 
         def on_error(error: ConfigLoadError) -> None:
             first_load.set()
-            self._report([str(p) for p in error.problems])
+            self._report(error.problems)
 
         kube = self.kube_config
         if kube is not None:  # the first load includes the custom resources
@@ -320,6 +322,7 @@ class ControlPlane:
             self._report(exc.problems)
             return
         self.config_errors = []
+        self.config_problems = []
         warnings = [str(w) for w in config.warnings]
         if warnings != self.config_warnings:
             for warning in warnings:
@@ -332,7 +335,7 @@ class ControlPlane:
         self._first_load.set()
         self.apply_config(config)
         if problems:
-            self._report([str(p) for p in problems])
+            self._report(problems)
 
     def _set_config(self, config: MeshConfig, *, force: bool) -> None:
         """A registry source changed: the same config now has other endpoints."""
@@ -341,9 +344,10 @@ class ControlPlane:
         except InconsistentConfigError as exc:
             self._report(exc.problems)
 
-    def _report(self, problems: Sequence[str]) -> None:
+    def _report(self, problems: Sequence[ConfigProblem | str]) -> None:
         # Not logged here: the watcher and the cache already log what they refuse.
-        self.config_errors = list(problems)
+        self.config_problems = list(problems)
+        self.config_errors = [str(p) for p in problems]
         self.metrics.config_rejected()
         if self._on_config_error is not None:
             self._on_config_error(self.config_errors)

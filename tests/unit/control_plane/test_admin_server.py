@@ -119,7 +119,7 @@ async def test_status_shows_connected_client_and_its_nack(
         call.cancel()
 
     assert status["version"] == "1"
-    assert status["config_errors"] == []
+    assert status["config_errors"] == status["config_problems"] == []
     [client] = status["clients"]
     assert (client["node_id"], client["kind"], client["user_agent"]) == (
         "web-1",
@@ -166,6 +166,17 @@ async def test_bad_reload_is_reported_and_last_good_kept(
             status = (await http.get("/status")).json()
         assert status["version"] == "1"
         assert status["config_errors"] == problems
+        # the same problems by their parts, for the console's config errors panel
+        assert {
+            "file": "bad.yaml",
+            "kind": "ServiceEntry",
+            "name": "default/broken",
+            "field": "spec.frobnicate",
+            "message": "unknown field",
+            "code": "",
+            "line": None,
+        } in status["config_problems"]
+        assert len(status["config_problems"]) == len(problems)
         assert "reviews.default.svc:8080" in (await http_dump(addresses.admin))["LDS"]
     finally:
         await plane.stop(grace=0)

@@ -123,7 +123,13 @@ def test_control_plane_serves_then_exits_cleanly_on_sigterm(
     assert running.ready["xds"].startswith("127.0.0.1:")
     assert httpx.get(f"{running.admin}/healthz").json() == {"status": "ok"}
     status = httpx.get(f"{running.admin}/status").json()
-    assert status == {"version": "1", "clients": [], "config_errors": [], "config_warnings": []}
+    assert status == {
+        "version": "1",
+        "clients": [],
+        "config_errors": [],
+        "config_problems": [],
+        "config_warnings": [],
+    }
     assert stop(running) == 0
 
 

@@ -111,6 +111,20 @@ async def test_bad_edit_keeps_last_good_then_fix_is_picked_up(
     assert watcher.last_errors == ()
 
 
+async def test_a_bad_edit_undone_reports_the_last_good_config_again(
+    watcher: ConfigWatcher, events: Events, tmp_path: Path
+) -> None:
+    """The config equals the last good one, yet the consumer must learn that
+    the problems it was told of are gone (the console and `meshctl status`
+    would show them forever)."""
+    good = await events.next_config()
+    (tmp_path / "broken.yaml").write_text(service_yaml("b").replace("hosts", "hostz"))
+    await events.next_error()
+    (tmp_path / "broken.yaml").unlink()
+    assert await events.next_config() == good
+    assert watcher.last_errors == ()
+
+
 async def test_editor_temp_files_are_ignored(
     watcher: ConfigWatcher, events: Events, tmp_path: Path
 ) -> None:

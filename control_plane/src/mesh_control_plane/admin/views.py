@@ -18,6 +18,7 @@ from mesh_control_plane.admin.describe import UnknownHostError, describe_host, p
 from mesh_control_plane.admin.mesh_view import mesh_view
 from mesh_control_plane.admin.server import HttpError, TextResponse
 from mesh_control_plane.admin.simulate import ConfigView, simulate
+from mesh_control_plane.config.errors import ConfigProblem
 from mesh_control_plane.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from mesh_control_plane.translate import ClientKind, NodeInfo
 from mesh_control_plane.xds.clients import ClientRecord, short_type_name
@@ -38,15 +39,37 @@ def status(
     config_errors: Sequence[str],
     trust_domain: str = "cluster.local",
     config_warnings: Sequence[str] = (),
+    config_problems: Sequence[ConfigProblem | str] = (),
 ) -> dict[str, Any]:
     """`GET /status`: the version served, every connected client (with the
-    SPIFFE ID its node metadata claims, "" when it names none), config errors,
-    and warnings of the config in use (e.g. a subset no DestinationRule defines yet)."""
+    SPIFFE ID its node metadata claims, "" when it names none), config errors
+    (as lines, and as `config_problems`: the same by file, kind, name and
+    field, for the console), and warnings of the config in use (e.g. a subset
+    no DestinationRule defines yet)."""
     return {
         "version": version,
         "clients": [{**c.to_status(), "spiffe": c.spiffe_id(trust_domain)} for c in clients],
         "config_errors": list(config_errors),
+        "config_problems": [problem_fields(p) for p in config_problems],
         "config_warnings": list(config_warnings),
+    }
+
+
+def problem_fields(problem: ConfigProblem | str) -> dict[str, Any]:
+    """One refused config problem by its parts (a translation problem, which
+    names no file, is all message)."""
+    if isinstance(problem, str):
+        return {"file": "", "kind": "", "name": "", "field": "", "message": problem,
+                "code": "", "line": None}  # fmt: skip
+    kind, _, name = problem.resource.partition(" ")
+    return {
+        "file": problem.file,
+        "kind": kind,
+        "name": name,
+        "field": problem.field,
+        "message": problem.message,
+        "code": problem.code,
+        "line": problem.line,
     }
 
 

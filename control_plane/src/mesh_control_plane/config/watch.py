@@ -155,8 +155,10 @@ class ConfigWatcher:
             logger.warning("%s; keeping the last good configuration", err)
             self._notify(self._on_error, err)
             return False
-        self._last_errors = ()
-        if config != self._last_good:
+        # A failed load reverted to the last good config is reported again: the
+        # callbacks learn that the problems are gone.
+        recovered, self._last_errors = bool(self._last_errors), ()
+        if config != self._last_good or recovered:
             self._last_good = config
             self._notify(self._on_config, config)
         return True

@@ -175,11 +175,31 @@ function typeCell(name, state) {
   return item;
 }
 
+function drawConfigErrors(problems) {
+  document.getElementById("config-errors").hidden = problems.length === 0;
+  const body = document.querySelector("#errors tbody");
+  body.replaceChildren(...problems.map((p) => {
+    const row = element("tr", { class: "config-error" });
+    const where = p.line === null || p.line === undefined ? p.file : `${p.file}:${p.line}`;
+    const message = p.code ? `${p.message} (${p.code})` : p.message;
+    for (const [key, text] of [["file", where], ["kind", p.kind], ["name", p.name],
+      ["field", p.field], ["message", message]]) {
+      row.append(element("td", { "data-key": key }, text));
+    }
+    return row;
+  }));
+}
+
+function clientKind(c) {
+  // `protocol` (SotW or Delta) only when the control plane's record has it.
+  return c.protocol ? `${c.kind} · ${c.protocol}` : c.kind;
+}
+
 function drawStatus(status) {
   document.getElementById("version").textContent = status.version;
+  drawConfigErrors(status.config_problems || []);
   const problems = document.getElementById("problems");
   problems.replaceChildren(
-    ...status.config_errors.map((p) => element("li", { class: "error" }, `config error: ${p}`)),
     ...status.config_warnings.map((p) => element("li", { class: "warning" }, `warning: ${p}`)),
   );
   const body = document.querySelector("#clients tbody");
@@ -187,7 +207,7 @@ function drawStatus(status) {
   for (const c of status.clients) {
     const row = element("tr", { class: "client", "data-node": c.node_id });
     const identity = c.spiffe || (c.namespace ? `${c.namespace}/${c.service_account}` : "");
-    for (const text of [c.node_id, c.kind, identity, c.peer,
+    for (const text of [c.node_id, clientKind(c), identity, c.peer,
       new Date(c.connected_at * 1000).toLocaleTimeString(), ago(c.last_seen)]) {
       row.append(element("td", {}, text));
     }
