@@ -30,6 +30,18 @@ DRY_RUN_DENY = {
 }
 
 
+SCOPE = {
+    "type": "http",
+    "method": "GET",
+    "path": "/",
+    "raw_path": b"/",
+    "query_string": b"",
+    "headers": [(b"host", b"web")],
+    "server": ("127.0.0.1", 8080),
+    "client": ("127.0.0.1", 5000),
+}
+
+
 async def _app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
@@ -41,26 +53,8 @@ def test_dry_run_deny_is_served_and_recorded_on_the_span() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "headers": [(b"host", b"web")],
-        "server": ("127.0.0.1", 8080),
-        "client": ("127.0.0.1", 5000),
-    }
     with provider.get_tracer("test").start_as_current_span("inbound"):
-        asyncio.run(middleware(scope, receive, send))
+        sent = _served(middleware, dict(SCOPE))
     assert sent[0]["status"] == 200  # a dry-run DENY never denies
     (span,) = exporter.get_finished_spans()
     assert dict(span.attributes or {}) == {
@@ -102,19 +96,9 @@ def test_dry_run_results_on_the_access_line_and_counted(
         AuthorizationMiddleware(_app, policies=lambda: dry), telemetry=telemetry
     )
     plain = TelemetryMiddleware(_app, telemetry=telemetry)
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "headers": [(b"host", b"web")],
-        "server": ("127.0.0.1", 8080),
-        "client": ("127.0.0.1", 5000),
-    }
     caplog.set_level("INFO", logger="proxyless_mesh.access")
-    assert _served(app, dict(scope))[0]["status"] == 200
-    assert _served(plain, dict(scope))[0]["status"] == 200
+    assert _served(app, dict(SCOPE))[0]["status"] == 200
+    assert _served(plain, dict(SCOPE))[0]["status"] == 200
     seen, unseen = [r.getMessage() for r in caplog.records if r.name == "proxyless_mesh.access"]
     policy = "ns[web]-policy[deny-everyone]-rule[0]"
     if log_format == "json":
