@@ -73,6 +73,7 @@ class ServiceEntry:
     location: str = "MESH_INTERNAL"
     endpoints: tuple[WorkloadEndpoint, ...] = ()
     workload_selector: Mapping[str, str] | None = None  # labels of WorkloadEntries
+    export_to: tuple[str, ...] = ()  # Istio's exportTo; empty: everywhere (visibility.py)
 
     @property
     def passthrough(self) -> bool:
@@ -207,6 +208,7 @@ class DestinationRule:
     host: str
     traffic_policy: TrafficPolicy | None = None
     subsets: tuple[Subset, ...] = ()
+    export_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,7 @@ class VirtualService:
     meta: Meta
     hosts: tuple[str, ...]
     http: tuple[HTTPRoute, ...] = ()
+    export_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -52,11 +52,12 @@ from .schema import (
     read_object,
 )
 from .syntax import not_in_re2, parse_duration
+from .visibility import parse_export_to
 
-_DR_FIELDS = ("host", "trafficPolicy", "subsets")
-_DR_UNSUPPORTED = ("exportTo", "workloadSelector")
-_VS_FIELDS = ("hosts", "gateways", "http")
-_VS_UNSUPPORTED = ("tcp", "tls", "exportTo")
+_DR_FIELDS = ("host", "trafficPolicy", "subsets", "exportTo")
+_DR_UNSUPPORTED = ("workloadSelector",)
+_VS_FIELDS = ("hosts", "gateways", "http", "exportTo")
+_VS_UNSUPPORTED = ("tcp", "tls")
 _ROUTE_FIELDS = (
     "name",
     "match",
@@ -119,6 +120,7 @@ def parse_destination_rule(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> 
         host=host,
         traffic_policy=parse_traffic_policy(p, spec, "spec"),
         subsets=tuple(subsets),
+        export_to=parse_export_to(p, spec),
     )
 
 
@@ -152,7 +154,9 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
     for i, route in enumerate(routes):
         if is_delegate and route.delegate is not None:
             p.add(index("spec.http", i) + ".delegate", "a delegate VirtualService cannot delegate")
-    return VirtualService(meta=meta, hosts=tuple(hosts), http=routes)
+    return VirtualService(
+        meta=meta, hosts=tuple(hosts), http=routes, export_to=parse_export_to(p, spec)
+    )
 
 
 def _parse_http_route(p: Problems, raw: object, where: str, namespace: str) -> HTTPRoute:

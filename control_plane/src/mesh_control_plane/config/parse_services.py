@@ -28,6 +28,7 @@ from .schema import (
     join,
     read_object,
 )
+from .visibility import parse_export_to
 
 SUPPORTED_PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "TCP")
 # Istio protocols this mesh does not carry yet: named, so the error can say so.
@@ -39,8 +40,16 @@ RESOLUTIONS = ("STATIC", "NONE", "DNS", "DNS_ROUND_ROBIN")
 PASSTHROUGH_RESOLUTIONS = ("NONE", "DNS", "DNS_ROUND_ROBIN")
 LOCATIONS = ("MESH_INTERNAL", "MESH_EXTERNAL")
 
-_SE_FIELDS = ("hosts", "ports", "resolution", "location", "endpoints", "workloadSelector")
-_SE_UNSUPPORTED = ("addresses", "exportTo", "subjectAltNames")
+_SE_FIELDS = (
+    "hosts",
+    "ports",
+    "resolution",
+    "location",
+    "endpoints",
+    "workloadSelector",
+    "exportTo",
+)
+_SE_UNSUPPORTED = ("addresses", "subjectAltNames")
 _PORT_FIELDS = ("number", "protocol", "name", "targetPort")
 _ENDPOINT_FIELDS = (
     "address",
@@ -98,6 +107,7 @@ def parse_service_entry(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Ser
         location=location,
         endpoints=endpoints,
         workload_selector=selector,
+        export_to=parse_export_to(p, spec),
     )
 
 

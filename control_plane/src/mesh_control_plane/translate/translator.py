@@ -14,6 +14,7 @@ from types import MappingProxyType
 from google.protobuf.message import Message
 
 from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.config.visibility import visible_to
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.translate.clusters import ClusterSpec, build_cluster, cluster_specs
 from mesh_control_plane.translate.endpoints import build_load_assignment, endpoint_port
@@ -52,6 +53,7 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     upstream mTLS on clusters (tls.py) and their workload's inbound listeners
     (inbound.py). Reads only ``node.cache_key``'s fields.
     """
+    config = visible_to(config, node.namespace)  # exportTo: only what its namespace may see
     index = MeshIndex.build(config)
     specs = cluster_specs(index)
     clusters = [build_cluster(spec, node.kind) for spec in specs]
