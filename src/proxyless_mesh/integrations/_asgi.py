@@ -76,7 +76,7 @@ class AuthorizationMiddleware:
             await self.app(scope, receive, send)
             return
         decision = self._policies().check(self._request(scope))
-        record_dry_run(decision)
+        record_dry_run(decision, scope)
         if not decision.allowed:
             await _refuse(kind, decision.status, send)
             return

@@ -25,6 +25,7 @@ from proxyless_mesh.integrations._asgi import (
     Send,
     tls_peer_principal,
 )
+from proxyless_mesh.integrations._dry_run import CARRIER_KEY, report_dry_run
 from proxyless_mesh.integrations._wsgi import PEER_PRINCIPAL_KEY, Environ, StartResponse, WSGIApp
 from proxyless_mesh.telemetry import PEER_HEADER, Call, Telemetry, hook_failed
 
@@ -113,7 +114,11 @@ class TelemetryMiddleware:
 
         token = otel_context.attach(ctx) if ctx is not None else None
         try:
-            await self.app(scope, counted_receive, observed_send)
+            try:
+                await self.app(scope, counted_receive, observed_send)
+            finally:
+                if (shadow := scope.get(CARRIER_KEY)) is not None:  # a dry-run policy saw it
+                    report_dry_run(self.telemetry, call, shadow)
         except BaseException as exc:
             call.finish(state["status"] or 500, error=type(exc).__name__)
             raise
@@ -214,7 +219,11 @@ class WsgiTelemetryMiddleware:
 
         token = otel_context.attach(ctx) if ctx is not None else None
         try:
-            body = self.app(environ, observed_start)
+            try:
+                body = self.app(environ, observed_start)
+            finally:
+                if (shadow := environ.get(CARRIER_KEY)) is not None:  # a dry-run policy saw it
+                    report_dry_run(self.telemetry, call, shadow)
         except BaseException as exc:
             call.finish(status[0] or 500, error=type(exc).__name__)
             raise

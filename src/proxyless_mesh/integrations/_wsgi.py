@@ -61,7 +61,7 @@ class WsgiAuthorizationMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         decision = self._policies().check(self._request(environ))
-        record_dry_run(decision)
+        record_dry_run(decision, environ)
         if not decision.allowed:
             body = REFUSAL_BODIES[decision.status]
             headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]

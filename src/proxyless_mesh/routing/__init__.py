@@ -1,6 +1,6 @@
 """Request -> route -> weighted cluster choice (Envoy's route semantics)."""
 
-from proxyless_mesh.routing._cors import cors, origin_allowed
+from proxyless_mesh.routing._cors import cors
 from proxyless_mesh.routing._matching import (
     HeaderLookup,
     compile_header_matcher,
@@ -26,5 +26,4 @@ __all__ = [
     "cors",
     "find_virtual_host",
     "mapping_lookup",
-    "origin_allowed",
 ]

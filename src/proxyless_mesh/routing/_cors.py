@@ -21,7 +21,7 @@ from proxyless_mesh.routing._matching import compile_string_matcher
 Headers = tuple[tuple[str, str], ...]
 
 
-def origin_allowed(policy: CorsPolicy, origin: str) -> bool:
+def _origin_allowed(policy: CorsPolicy, origin: str) -> bool:
     """Envoy: a matcher allows an origin when it matches it, or matches "*"."""
     for matcher in policy.allow_origins:
         matches = compile_string_matcher(matcher)
@@ -39,7 +39,7 @@ def cors(
     if not origin:
         return None, ()
     preflight = method == "OPTIONS" and bool(header("access-control-request-method"))
-    if not origin_allowed(policy, origin):
+    if not _origin_allowed(policy, origin):
         if preflight and not policy.forward_not_matching_preflights:
             return (), ()
         return None, ()

@@ -106,6 +106,17 @@ def operators(call: Call, flag_text: str, duration_ms: float) -> dict[str, Value
     return values
 
 
+# Dry-run AuthorizationPolicy results (Envoy's RBAC dynamic metadata, Istio's
+# prefixes): written only on the lines of requests a dry-run policy saw, after
+# Istio's fields (text: ` key=value`; JSON: their own keys).
+DRY_RUN_KEYS = tuple(
+    f"istio_dry_run_{action}_shadow_{what}"
+    for action in ("allow", "deny")
+    for what in ("engine_result", "effective_policy_id")
+)
+_DRY_RUN = tuple((key, f"DYNAMIC_METADATA(envoy.filters.http.rbac:{key})") for key in DRY_RUN_KEYS)
+
+
 def render_text(values: dict[str, Value]) -> str:
     out = []
     for i, part in enumerate(_PARTS):
@@ -114,11 +125,17 @@ def render_text(values: dict[str, Value]) -> str:
         else:
             value = values.get(part)
             out.append("-" if value is None or value == "" else str(value))
+    for key, operator in _DRY_RUN:
+        if (value := values.get(operator)) is not None:
+            out.append(f" {key}={value}")
     return "".join(out)
 
 
 def render_json(values: dict[str, Value]) -> str:
     record = {key: values.get(operator) for key, operator in JSON_FORMAT}
+    for key, operator in _DRY_RUN:
+        if (value := values.get(operator)) is not None:
+            record[key] = value
     return json.dumps(record, separators=(",", ":"))
 
 

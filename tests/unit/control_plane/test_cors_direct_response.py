@@ -8,16 +8,16 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-import yaml
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from google.protobuf import any_pb2
-from mesh_control_plane.config import ConfigLoadError, MeshConfig, parse_documents
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import ROUTE, ClientKind, NodeInfo, translate
 
 from proxyless_mesh.model import CorsPolicy, MatchKind, StringMatcher
 from proxyless_mesh.routing import cors
 from proxyless_mesh.xds_client import decode_route_configuration
+
+from .test_config_policies import load, problems
 
 SERVICE = """
 apiVersion: networking.istio.io/v1
@@ -36,17 +36,6 @@ def vs(http: str) -> str:
     head = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\n"
     body = textwrap.indent(textwrap.dedent(http), "  ")
     return head + "spec:\n  hosts: [web.mesh]\n  http:\n" + body
-
-
-def load(*texts: str) -> MeshConfig:
-    docs = [("x.yaml", d) for text in texts for d in yaml.safe_load_all(textwrap.dedent(text))]
-    return parse_documents(docs)
-
-
-def problems(*texts: str) -> list[str]:
-    with pytest.raises(ConfigLoadError) as caught:
-        load(*texts)
-    return [f"{p.field}: {p.message}" for p in caught.value.problems]
 
 
 ROUTES = """

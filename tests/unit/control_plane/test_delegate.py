@@ -90,6 +90,16 @@ def test_a_missing_delegate_leaves_the_route_out_with_a_warning() -> None:
     assert "no delegate VirtualService team-cart/cart-routes" in warning.message
 
 
+def test_a_delegate_not_exported_to_the_roots_namespace_is_missing() -> None:
+    hidden = DELEGATE.replace("spec:\n", 'spec:\n  exportTo: ["."]\n', 1)
+    config = load(SERVICES, ROOT, hidden)
+    (front,) = config.virtual_services
+    assert [r.route[0].destination.host for r in front.http] == ["front.mesh"]
+    assert "exported to shop" in config.warnings[0].message
+    shared = DELEGATE.replace("spec:\n", "spec:\n  exportTo: [shop]\n", 1)
+    assert len(load(SERVICES, ROOT, shared).virtual_services[0].http) == 3
+
+
 def test_an_unused_delegate_is_reported() -> None:
     config = load(SERVICES, DELEGATE)
     (warning,) = config.warnings

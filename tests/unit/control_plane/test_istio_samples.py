@@ -167,3 +167,25 @@ def test_names_as_long_as_kubernetes_allows() -> None:
     assert loaded.meta.name == longest
     with pytest.raises(ConfigLoadError, match="invalid name"):
         parse_documents([("p.yaml", policy(longest + "d"))])
+
+
+HTTPBIN = "http://httpbin.httpbin.svc.cluster.local:8000"
+
+
+def test_direct_response_delegation_and_cors_as_istio_documents() -> None:
+    offline = load_offline(SAMPLES / "httpbin-routing")
+    legacy = simulate(offline, "GET", f"{HTTPBIN}/legacy/ip")
+    assert legacy["outcome"] == "direct response 410 (answered by the mesh, no upstream)"
+    # /status is the delegate's: its own subset, its fault on /status/5xx.
+    status = simulate(offline, "GET", f"{HTTPBIN}/status/200")
+    assert [c["name"] for c in status["clusters"]] == [
+        "outbound|8000|v2|httpbin.httpbin.svc.cluster.local"
+    ]
+    failing = simulate(offline, "GET", f"{HTTPBIN}/status/503")
+    assert failing["outcome"].startswith("aborted by fault injection: HTTP 503")
+    anything = simulate(offline, "GET", f"{HTTPBIN}/anything")
+    assert [c["name"] for c in anything["clusters"]] == [
+        "outbound|8000|v1|httpbin.httpbin.svc.cluster.local"
+    ]
+    assert any(effect.startswith("CORS:") for effect in anything["effects"])
+    assert render_findings(analyze_dir(SAMPLES / "httpbin-routing")) == "no problems found\n"

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 from .errors import ConfigProblem
 from .model import HTTPMatchRequest, HTTPRoute, MeshConfig, StringMatch, VirtualService
+from .visibility import exported
 
 
 def resolve_delegates(config: MeshConfig) -> tuple[MeshConfig, list[ConfigProblem]]:
@@ -54,11 +55,15 @@ def _merge_root(
             continue
         where = f"spec.http[{position}].delegate"
         delegate = delegates.get(route.delegate)
+        if delegate is not None and not exported(
+            delegate.meta, delegate.export_to, root.meta.namespace
+        ):
+            delegate = None  # Istio: a delegate the root's namespace cannot see is missing
         if delegate is None:
             namespace, name = route.delegate
             message = (
-                f"no delegate VirtualService {namespace}/{name} (one without hosts): "
-                "the route is left out until it exists"
+                f"no delegate VirtualService {namespace}/{name} (one without hosts) exported "
+                f"to {root.meta.namespace}: the route is left out until there is"
             )
             problem = ConfigProblem(root.meta.file, root.meta.ref, where, message, code="IST0101")
             warnings.append(problem)

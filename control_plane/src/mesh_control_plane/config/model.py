@@ -79,6 +79,7 @@ class ServiceEntry:
     location: str = "MESH_INTERNAL"
     endpoints: tuple[WorkloadEndpoint, ...] = ()
     workload_selector: Mapping[str, str] | None = None  # labels of WorkloadEntries
+    export_to: tuple[str, ...] = ()  # Istio's exportTo; empty: everywhere (visibility.py)
 
     @property
     def passthrough(self) -> bool:
@@ -220,6 +221,7 @@ class DestinationRule:
     host: str
     traffic_policy: TrafficPolicy | None = None
     subsets: tuple[Subset, ...] = ()
+    export_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -351,6 +353,7 @@ class VirtualService:
     # "mesh" (the mesh's clients) and/or gateways as "namespace/name"; Istio's default is mesh
     gateways: tuple[str, ...] = ("mesh",)
     tls: tuple[TlsRoute, ...] = ()  # SNI routes: gateways only
+    export_to: tuple[str, ...] = ()
 
     @property
     def for_mesh(self) -> bool:

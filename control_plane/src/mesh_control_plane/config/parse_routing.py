@@ -55,11 +55,12 @@ from .schema import (
     read_object,
 )
 from .syntax import not_in_re2, parse_duration
+from .visibility import parse_export_to
 
-_DR_FIELDS = ("host", "trafficPolicy", "subsets")
-_DR_UNSUPPORTED = ("exportTo", "workloadSelector")
-_VS_FIELDS = ("hosts", "gateways", "http", "tls")
-_VS_UNSUPPORTED = ("tcp", "exportTo")
+_DR_FIELDS = ("host", "trafficPolicy", "subsets", "exportTo")
+_DR_UNSUPPORTED = ("workloadSelector",)
+_VS_FIELDS = ("hosts", "gateways", "http", "tls", "exportTo")
+_VS_UNSUPPORTED = ("tcp",)
 _TLS_MATCH_FIELDS = ("sniHosts", "port", "gateways")
 _TLS_MATCH_UNSUPPORTED = ("destinationSubnets", "sourceLabels", "sourceNamespace")
 _ROUTE_FIELDS = (
@@ -122,6 +123,7 @@ def parse_destination_rule(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> 
         host=host,
         traffic_policy=parse_traffic_policy(p, spec, "spec"),
         subsets=tuple(subsets),
+        export_to=parse_export_to(p, spec),
     )
 
 
@@ -157,7 +159,14 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
     )
     if tls and "mesh" in gateways:
         p.add("spec.tls", f"for mesh clients {NOT_SUPPORTED} (bind it to gateways only)")
-    return VirtualService(meta=meta, hosts=tuple(hosts), http=routes, gateways=gateways, tls=tls)
+    return VirtualService(
+        meta=meta,
+        hosts=tuple(hosts),
+        http=routes,
+        gateways=gateways,
+        tls=tls,
+        export_to=parse_export_to(p, spec),
+    )
 
 
 def _parse_tls_route(p: Problems, meta: Meta, raw: object, where: str) -> TlsRoute:

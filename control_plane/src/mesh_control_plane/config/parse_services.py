@@ -28,6 +28,7 @@ from .schema import (
     join,
     read_object,
 )
+from .visibility import parse_export_to
 
 # HTTPS and TLS (like TCP) get clusters and endpoints, which gateways route by
 # SNI (VirtualService `tls`); the library routes only the HTTP family.
@@ -42,8 +43,16 @@ PASSTHROUGH_RESOLUTIONS = ("NONE", "DNS", "DNS_ROUND_ROBIN")
 DNS_RESOLUTIONS = ("DNS", "DNS_ROUND_ROBIN")
 LOCATIONS = ("MESH_INTERNAL", "MESH_EXTERNAL")
 
-_SE_FIELDS = ("hosts", "ports", "resolution", "location", "endpoints", "workloadSelector")
-_SE_UNSUPPORTED = ("addresses", "exportTo", "subjectAltNames")
+_SE_FIELDS = (
+    "hosts",
+    "ports",
+    "resolution",
+    "location",
+    "endpoints",
+    "workloadSelector",
+    "exportTo",
+)
+_SE_UNSUPPORTED = ("addresses", "subjectAltNames")
 _PORT_FIELDS = ("number", "protocol", "name", "targetPort")
 _ENDPOINT_FIELDS = (
     "address",
@@ -104,6 +113,7 @@ def parse_service_entry(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Ser
         location=location,
         endpoints=endpoints,
         workload_selector=selector,
+        export_to=parse_export_to(p, spec),
     )
 
 

@@ -118,7 +118,8 @@ class NodeInfo:
         failoverPriority compares its labels). Proxyless clients also get their
         inbound (server) listeners, which depend on the workload: namespace and
         labels select its security policies, service account and IPs say which
-        instances (ports) are its own. The id is not read; whoever makes
+        instances (ports) are its own. Every kind's namespace decides what `exportTo`
+        lets it see. The id is not read; whoever makes
         translate() read more of the node must add it here, or cached translations
         would be shared wrongly.
         """
@@ -136,8 +137,8 @@ class NodeInfo:
                 workload,
                 sidecar,
             )
-        if self.kind is ClientKind.ENVOY:
-            return (self.kind.value, self.outbound_port, self.locality, self.labels)
+        if self.kind is ClientKind.ENVOY:  # the namespace: what exportTo lets it see
+            return (self.kind.value, self.outbound_port, self.locality, self.labels, self.namespace)
         workload = (self.namespace, self.service_account, self.instance_ips)
         return (self.kind.value, None, self.locality, self.labels, workload)
 

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from google.protobuf.message import Message
 
 from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.config.visibility import visible_to
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.translate.clusters import ClusterSpec, build_cluster, cluster_specs
 from mesh_control_plane.translate.endpoints import build_load_assignment, endpoint_port
@@ -80,6 +81,7 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
 
 def full_translation(config: MeshConfig, registry: Registry, node: NodeInfo) -> Translation:
     """translate(), keeping the parts."""
+    config = visible_to(config, node.namespace)  # exportTo: only what its namespace may see
     index = MeshIndex.build(config)
     specs = tuple(cluster_specs(index))
     if node.router:
@@ -112,6 +114,7 @@ def update_endpoints(
     """``previous`` for a config that differs from its own only in the instances of
     ``hosts``: their clusters (upstream identities) and assignments are rebuilt,
     with the inbound listeners; every other message is reused as it is."""
+    config = visible_to(config, node.namespace)  # as full_translation saw it
     clusters = list(previous.clusters)
     assignments = list(previous.assignments)
     for i, spec in enumerate(previous.specs):

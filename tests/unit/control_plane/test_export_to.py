@@ -1,0 +1,101 @@
+"""exportTo on ServiceEntry, VirtualService and DestinationRule: each client is
+sent only what its namespace may see ("*" everywhere, "." the resource's own
+namespace, "~" nowhere, or named namespaces), as Istio decides visibility."""
+
+from __future__ import annotations
+
+import pytest
+from mesh_control_plane.config import ConfigLoadError
+from mesh_control_plane.registry import build_static_registry
+from mesh_control_plane.translate import CLUSTER, LISTENER, ROUTE, ClientKind, NodeInfo, translate
+
+from .test_config_policies import load
+
+CONFIG = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: private, namespace: shop}
+spec:
+  resolution: STATIC
+  location: MESH_INTERNAL
+  hosts: [private.mesh]
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.1, labels: {version: v1}}]
+  exportTo: ["."]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shared, namespace: shop}
+spec:
+  resolution: STATIC
+  location: MESH_INTERNAL
+  hosts: [shared.mesh]
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.2, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shared, namespace: shop}
+spec:
+  hosts: [shared.mesh]
+  exportTo: [web]
+  http:
+  - timeout: 2s
+    route: [{destination: {host: shared.mesh}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: shared, namespace: shop}
+spec:
+  host: shared.mesh
+  exportTo: ["~"]
+  subsets: [{name: v1, labels: {version: v1}}]
+"""
+
+
+def seen(
+    namespace: str, kind: ClientKind = ClientKind.MESH, text: str = CONFIG
+) -> tuple[set[str], set[str], bool]:
+    """(listeners, subset clusters, whether shared.mesh's route has the VS timeout)."""
+    config = load(text)
+    node = NodeInfo("n", kind, namespace=namespace)
+    resources = translate(config, build_static_registry(config), node).resources
+    listeners = set(resources[LISTENER])
+    subsets = {name for name in resources[CLUSTER] if "|v1|" in name}
+    route = resources[ROUTE].get("shared.mesh:80")
+    timed = route is not None and route.virtual_hosts[0].routes[0].route.timeout.seconds == 2
+    return listeners, subsets, timed
+
+
+def test_each_namespace_sees_what_is_exported_to_it() -> None:
+    shop, web, other = seen("shop"), seen("web"), seen("other")
+    # "." : the ServiceEntry's own namespace only; the other is everyone's.
+    assert {"private.mesh:80", "shared.mesh:80"} <= shop[0]
+    assert "private.mesh:80" not in web[0] and "private.mesh:80" not in other[0]
+    assert "shared.mesh:80" in web[0] and "shared.mesh:80" in other[0]
+    # The VirtualService is exported to "web" only: elsewhere the default route.
+    assert (shop[2], web[2], other[2]) == (False, True, False)
+    # "~": the DestinationRule's subsets reach no one.
+    assert shop[1] == web[1] == other[1] == set()
+    everywhere = CONFIG.replace('exportTo: ["~"]', 'exportTo: ["*"]')
+    assert seen("other", text=everywhere)[1] == {"outbound|80|v1|shared.mesh"}
+
+
+def test_an_envoy_node_is_cached_by_its_namespace() -> None:
+    base = NodeInfo("e", ClientKind.ENVOY, namespace="shop")
+    assert base.cache_key != NodeInfo("e", ClientKind.ENVOY, namespace="web").cache_key
+
+
+@pytest.mark.parametrize(
+    ("export_to", "message"),
+    [
+        ('["~", web]', '"~" cannot be combined with other values'),
+        ('["*", web]', '"*" cannot be combined with other values'),
+        ("[Web_1]", '"Web_1" is not ".", "*", "~" or a namespace name'),
+    ],
+)
+def test_export_to_mistakes_are_named(export_to: str, message: str) -> None:
+    text = CONFIG.replace('exportTo: ["."]', f"exportTo: {export_to}")
+    with pytest.raises(ConfigLoadError) as caught:
+        load(text)
+    assert any(message in p.message and p.code == "IST0106" for p in caught.value.problems)
