@@ -173,7 +173,7 @@ async def test_bad_reload_is_reported_and_last_good_kept(
             "name": "default/broken",
             "field": "spec.frobnicate",
             "message": "unknown field",
-            "code": "",
+            "code": "IST0106",
             "line": None,
         } in status["config_problems"]
         assert len(status["config_problems"]) == len(problems)
