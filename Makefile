@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools test lint typecheck unit demo bench clean
+.PHONY: install tools test lint typecheck unit demo bench adsload clean
 
 $(STAMP): pyproject.toml control_plane/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,13 @@ demo: $(STAMP)
 
 # All tables side by side (~10 min on 2 cores); results in benchmarks/results/.
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--only data,cp".
-bench: $(STAMP)
+bench: $(STAMP) adsload
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# The scale bench's Go load generator (benchmarks/adsload), built from the Go
+# module proxy's packages into ~/.cache/proxyless-mesh/ (outside the clone).
+adsload: $(STAMP)
+	cd benchmarks && ../$(PY) -c "import cp_go; print(cp_go.binary())"
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
