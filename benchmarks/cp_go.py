@@ -22,7 +22,6 @@ module proxy's packages into ~/.cache/proxyless-mesh/, outside the clone.
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import Verdict, cpu_seconds, md_table, rss_kb
-from cp_scale import PORT, start_quiet_control_plane
+from cp_scale import PORT, LoadProcesses, start_quiet_control_plane
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from meshlab import LocalMesh, service_entry, subsets_rule, weighted_route
 
@@ -80,8 +79,8 @@ def binary() -> Path:
     return path
 
 
-class GoClients:
-    """The adsload processes of one run (JSON lines, as LoadClients)."""
+class GoClients(LoadProcesses):
+    """The adsload processes of one run."""
 
     def __init__(self, lab: LocalMesh, n: int, timeout: float, delta: bool) -> None:
         self.procs: list[subprocess.Popen[str]] = []
@@ -101,37 +100,6 @@ class GoClients:
                 )
             )
         self.ask_all(None)
-
-    def ask_all(self, command: str | None) -> list[dict[str, object]]:
-        for proc in self.procs:
-            if command is not None and proc.stdin is not None:
-                proc.stdin.write(command + "\n")
-                proc.stdin.flush()
-        answers = []
-        for proc in self.procs:
-            line = proc.stdout.readline() if proc.stdout is not None else ""
-            if not line:
-                raise RuntimeError(f"adsload exited ({proc.poll()})")
-            answers.append(json.loads(line))
-        return answers
-
-    def cpu_seconds(self) -> float:
-        return sum(cpu_seconds(proc.pid) for proc in self.procs)
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None and proc.stdin is not None:
-                try:
-                    proc.stdin.write("quit\n")
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @dataclass

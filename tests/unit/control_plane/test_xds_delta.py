@@ -8,38 +8,28 @@ order and pushes are queued synchronously).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-import grpc
 import pytest
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.translate import CLUSTER, ENDPOINT, LISTENER
 from mesh_control_plane.xds import SnapshotCache
 
-from .test_xds_server import A_CLUSTER, B_CLUSTER, A, B, service
+from .test_xds_server import A_CLUSTER, B_CLUSTER, A, AdsClient, B, service
 
 TIMEOUT = 5.0
 C = service("c.mesh", 80, "10.0.0.3")
 C_CLUSTER = "outbound|80||c.mesh"
 
 
-class DeltaClient:
+class DeltaClient(AdsClient):
     """One scripted Delta ADS stream; responses are read into a queue."""
 
-    def __init__(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, node_id: str) -> None:
-        self.node = base_pb2.Node(id=node_id, user_agent_name="proxyless-mesh")
-        self.call = stub.DeltaAggregatedResources()
-        self.responses: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse] = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read())
-        self._first = True
-
-    async def _read(self) -> None:
-        while (response := await self.call.read()) is not grpc.aio.EOF:
-            await self.responses.put(response)
+    def open(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> Any:
+        return stub.DeltaAggregatedResources()
 
     async def send(
         self,
@@ -65,14 +55,6 @@ class DeltaClient:
         if error is not None:
             request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         await self.call.write(request)
-
-    async def recv(self) -> discovery_pb2.DeltaDiscoveryResponse:
-        return await asyncio.wait_for(self.responses.get(), TIMEOUT)
-
-    async def close(self) -> None:
-        self.call.cancel()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 def versions(response: discovery_pb2.DeltaDiscoveryResponse) -> dict[str, str]:
