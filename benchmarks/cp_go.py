@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import Verdict, cpu_seconds, md_table, rss_kb
+from common import Verdict, md_table, tree_cpu_seconds, tree_rss_kb
 from cp_scale import PORT, LoadProcesses, start_quiet_control_plane
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from meshlab import LocalMesh, service_entry, subsets_rule, weighted_route
@@ -125,7 +125,11 @@ def _total(answers: list[dict[str, object]], key: str) -> int:
     return sum(int(a[key]) for a in answers)  # type: ignore[call-overload]
 
 
-def measure(workdir: Path, n: int, timeout: float, delta: bool) -> GoResult:
+def _variant(delta: bool, workers: int) -> str:
+    return ("Delta" if delta else "SotW") + (f", {workers} ADS workers" if workers > 1 else "")
+
+
+def measure(workdir: Path, n: int, timeout: float, delta: bool, workers: int = 1) -> GoResult:
     workdir.mkdir(parents=True, exist_ok=True)
     lab = LocalMesh(workdir)
     clients: GoClients | None = None
@@ -137,26 +141,26 @@ def measure(workdir: Path, n: int, timeout: float, delta: bool) -> GoResult:
                 service_entry(host, PORT, endpoints) + "\n---\n" + subsets_rule(host, ["v1", "v2"]),
             )
             lab.write_config(f"route{i}.yaml", weighted_route(host, {"v1": 90, "v2": 10}))
-        cp = start_quiet_control_plane(lab)
+        cp = start_quiet_control_plane(lab, workers)
         pid = int(cp.popen.pid)
         clients = GoClients(lab, n, timeout, delta)
-        rss_before = rss_kb(pid)
+        rss_before = tree_rss_kb(pid)
         go = time.monotonic()
         synced_answers = clients.ask_all("go")
         synced = _total(synced_answers, "synced")
         storm = max(float(a["last"]) for a in synced_answers) - go  # type: ignore[arg-type]
         time.sleep(0.5)
-        rss_after = rss_kb(pid)
+        rss_after = tree_rss_kb(pid)
         hist = HdrHistogram(1, 600_000_000, 3)
         acked, push_cpu, clients_cpu = n, 0.0, 0.0
         for change in range(CHANGES):
             clients.ask_all("arm")
-            cpu0, clients0 = cpu_seconds(pid), clients.cpu_seconds()
+            cpu0, clients0 = tree_cpu_seconds(pid), clients.cpu_seconds()
             written = time.monotonic()
             weights = {"v1": 10, "v2": 90} if change % 2 == 0 else {"v1": 90, "v2": 10}
             lab.write_config("route0.yaml", weighted_route(HOSTS[0], weights))
             waited = clients.ask_all("wait")
-            push_cpu += cpu_seconds(pid) - cpu0
+            push_cpu += tree_cpu_seconds(pid) - cpu0
             clients_cpu += clients.cpu_seconds() - clients0
             acks = [float(t) for a in waited for t in a["acks"]]  # type: ignore[attr-defined]
             acked = min(acked, len(acks))
@@ -166,13 +170,13 @@ def measure(workdir: Path, n: int, timeout: float, delta: bool) -> GoResult:
         cp.kill()
         lab.procs.remove(cp)
         lab.write_config("route0.yaml", weighted_route(HOSTS[0], {"v1": 50, "v2": 50}))
-        new = start_quiet_control_plane(lab)
+        new = start_quiet_control_plane(lab, workers)
         new_pid = int(new.popen.pid)
-        cpu0 = cpu_seconds(new_pid)
+        cpu0 = tree_cpu_seconds(new_pid)
         resumed_at = time.monotonic()
         resumed = clients.ask_all(f"reconnect {lab.xds_address}")
         return GoResult(
-            variant="Delta" if delta else "SotW",
+            variant=_variant(delta, workers),
             clients=n,
             synced=synced,
             storm_s=storm,
@@ -186,7 +190,7 @@ def measure(workdir: Path, n: int, timeout: float, delta: bool) -> GoResult:
             resume_s=max(float(a["last"]) for a in resumed) - resumed_at,  # type: ignore[arg-type]
             resume_bytes=_total(resumed, "bytes"),
             resume_resources=_total(resumed, "resources"),
-            resume_cpu_s=cpu_seconds(new_pid) - cpu0,
+            resume_cpu_s=tree_cpu_seconds(new_pid) - cpu0,
         )
     finally:
         if clients is not None:
@@ -194,13 +198,17 @@ def measure(workdir: Path, n: int, timeout: float, delta: bool) -> GoResult:
         lab.close()
 
 
-def run(workdir: Path, sizes: list[int], timeout: float) -> tuple[str, list[Verdict]]:
+def run(
+    workdir: Path, sizes: list[int], timeout: float, workers: tuple[int, ...] = ()
+) -> tuple[str, list[Verdict]]:
+    """SotW and Delta per size, then Delta with each count of ADS `workers`."""
     results: list[GoResult] = []
     for n in sizes:
-        for delta in (False, True):
-            variant = "Delta" if delta else "SotW"
+        plan = [(False, 1), (True, 1), *((True, w) for w in workers if w > 1)]
+        for delta, count in plan:
+            variant = _variant(delta, count)
             print(f"  control plane, Go clients: {n} {variant} ...", file=sys.stderr, flush=True)
-            results.append(measure(workdir / f"go-{variant}-{n}", n, timeout, delta))
+            results.append(measure(workdir / f"go-{n}-{len(results)}", n, timeout, delta, count))
     rows = [
         [
             f"{r.clients:,} {r.variant}",

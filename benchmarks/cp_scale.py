@@ -147,7 +147,7 @@ class LoadClients(LoadProcesses):
         self.ask_all(None)  # wait for every process's "ready"
 
 
-def start_quiet_control_plane(lab: LocalMesh) -> Proc:
+def start_quiet_control_plane(lab: LocalMesh, xds_workers: int = 1) -> Proc:
     """meshctl at log level WARNING: at INFO it logs a line per stream, which
     at 10,000 clients would be a cost of the benchmark, not of the server."""
     proc = start_process(
@@ -163,6 +163,8 @@ def start_quiet_control_plane(lab: LocalMesh) -> Proc:
             "127.0.0.1:0",
             "--log-level",
             "WARNING",
+            "--xds-workers",
+            str(xds_workers),
         ],
         lab.workdir,
     )

@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cp-clients", default="100,1000,10000")
     parser.add_argument("--cp-timeout", type=float, default=120.0)
     parser.add_argument("--cpgo-clients", default="10000")
+    parser.add_argument(
+        "--cpgo-workers", default="2", help="also Delta with these counts of ADS workers"
+    )
     parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--quick", action="store_true", help="a smoke run (tests use it)")
@@ -93,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.requests, args.rounds, args.rates, args.open_seconds = 60, 1, "100", 0.3
         args.warmup, args.cp_clients, args.cp_timeout, args.changes = 10, "20", 20.0, 2
-        args.cpgo_clients = "20"
+        args.cpgo_clients, args.cpgo_workers = "20", ""
     only = set(args.only.replace("data", "http,grpc").split(","))
     unknown = only - set(SECTIONS)
     if unknown:
@@ -200,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
             report.append("\nGo clients: skipped in --quick until `make adsload` has built them.")
         elif "cpgo" in args.sections:
             sizes = [int(n) for n in args.cpgo_clients.split(",") if n]
-            table, cp_verdicts = cp_go.run(Path(tmp) / "cpgo", sizes, args.cp_timeout)
+            workers = tuple(int(w) for w in args.cpgo_workers.split(",") if w)
+            table, cp_verdicts = cp_go.run(Path(tmp) / "cpgo", sizes, args.cp_timeout, workers)
             verdicts += cp_verdicts
             report.append("\n## Control plane: Go xDS clients, SotW and Delta\n")
             report.append(cp_go.NOTE)
