@@ -200,3 +200,23 @@ async def test_unsubscribe_then_push_sends_nothing_for_it(stub, clients, cache) 
     cache.set_config(MeshConfig(service_entries=(service("a.mesh", 80, "10.0.0.9"), B)))
     await client.send(LISTENER, ["b.mesh:80"])  # barrier: no EDS push came before
     assert (await client.recv()).type_url == LISTENER
+
+
+async def test_changes_outside_a_named_subscription_are_never_pushed(stub, clients, cache) -> None:
+    """Scoping by subscription: a client following only a.mesh gets nothing
+    when other services appear, change or go, and only a.mesh's change."""
+    client = DeltaClient(stub, "scoped")
+    clients.append(client)
+    for type_url, name in ((LISTENER, "a.mesh:80"), (CLUSTER, A_CLUSTER), (ENDPOINT, A_CLUSTER)):
+        await client.send(type_url, [name])
+        await client.send(type_url, ack=await client.recv())
+    for config in (
+        MeshConfig(service_entries=(A, service("b.mesh", 80, "10.0.0.7"))),  # b moves
+        MeshConfig(service_entries=(A, B, C)),  # c appears
+        MeshConfig(service_entries=(A,)),  # b and c go
+    ):
+        cache.set_config(config)
+    cache.set_config(MeshConfig(service_entries=(service("a.mesh", 80, "10.0.0.8"),)))
+    pushed = await client.recv()  # the first thing it gets is a.mesh's own change
+    assert (pushed.type_url, sorted(versions(pushed))) == (ENDPOINT, [A_CLUSTER])
+    assert list(pushed.removed_resources) == []
