@@ -44,6 +44,8 @@ def test_killed_worker_loses_no_request(lab: LocalMesh) -> None:
         wait_for(lambda: serving_worker(lab, "client-1") is not None, 10, "a worker's report")
         worker = serving_worker(lab, "client-1")
         assert worker is not None and worker != lab.control_plane.popen.pid  # type: ignore[union-attr]
+        with urllib.request.urlopen(f"http://{lab.admin_address}/metrics", timeout=5) as r:
+            assert 'meshcp_xds_clients{kind="MESH"} 1' in r.read().decode().splitlines()
 
         os.kill(worker, signal.SIGKILL)
         wait_for(

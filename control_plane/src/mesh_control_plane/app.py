@@ -139,6 +139,7 @@ class ControlPlane:
                     self.xds.servicer.clients(),
                     self.config_errors,
                     self.cache.version,
+                    [c["kind"] for c in self.workers.client_statuses()] if self.workers else (),
                 ),
                 "/registry": self.registry.status,
             },

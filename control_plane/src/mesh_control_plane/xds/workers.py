@@ -14,8 +14,9 @@ meanwhile), and the leader starts a new worker.
 The leader's own gRPC server listens on a private loopback port, where the
 workers forward registration calls; the workers report their streams'
 opening and closing (self-registered workloads' health follows them) and,
-every second, their clients for `/status`. Not aggregated yet: `/metrics`
-and `/config_dump?node=` show the leader's own streams only (none).
+every second, their clients for `/status` (and the clients gauge of
+`/metrics`). Not aggregated yet: the push, ACK and convergence metrics and
+`/config_dump?node=` show the leader's own streams only (none).
 """
 
 from __future__ import annotations
