@@ -105,6 +105,9 @@ class DeltaResponses:
         self._version = version
         self._views, self._moves, self._responses = {}, {}, {}
         self._older_entries, self._entries = self._entries, {}
+        # streams keep the objects they hold; forgetting the rest bounds this
+        # by the subscriptions in use, not every one ever seen
+        self._subscriptions = {}
 
     def subscription(self, wildcard: bool, names: frozenset[str]) -> Subscription:
         """One shared object per distinct subscription (streams hold thousands)."""
