@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools kube-tools test lint typecheck unit demo bench ab clean
+.PHONY: install tools kube-tools test lint typecheck unit demo bench ab adsload clean
 
 $(STAMP): pyproject.toml control_plane/pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,7 @@ demo: $(STAMP)
 
 # All tables side by side (~10 min on 2 cores); results in benchmarks/results/.
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--only data,cp".
-bench: $(STAMP)
+bench: $(STAMP) adsload
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # The mesh transport's own CPU per request, a git ref (A) against the working tree (B),
@@ -50,6 +50,11 @@ bench: $(STAMP)
 REF ?= HEAD
 ab: $(STAMP)
 	$(PY) benchmarks/ab.py --ref $(REF) $(AB_ARGS)
+
+# The scale bench's Go load generator (benchmarks/adsload), built from the Go
+# module proxy's packages into ~/.cache/proxyless-mesh/ (outside the clone).
+adsload: $(STAMP)
+	cd benchmarks && ../$(PY) -c "import cp_go; print(cp_go.binary())"
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -6,9 +6,10 @@ harness's scripts are run from anywhere as plain files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,43 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     # After the command name: state is field 3, utime 14 and stime 15 (1-based).
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a control plane's ADS workers), from
+    /proc/<pid>/task/*/children; processes gone meanwhile are skipped."""
+    found = [pid]
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += process_tree(child)
+    return found
+
+
+def _tree_sum(pid: int, measure: Callable[[int], float]) -> float:
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            total += measure(p)
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of `pid` and its live descendants together."""
+    return _tree_sum(pid, cpu_seconds)
+
+
+def tree_rss_kb(pid: int) -> int:
+    """rss_kb of `pid` and its live descendants together."""
+    return int(_tree_sum(pid, rss_kb))
 
 
 def rss_kb(pid: int) -> int:

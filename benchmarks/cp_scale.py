@@ -69,8 +69,47 @@ class ScaleResult:
     note: str = ""
 
 
-class LoadClients:
-    """The client processes of one run; each speaks the JSON-lines protocol."""
+class LoadProcesses:
+    """Load-client processes that each speak the JSON-lines protocol of
+    xds_load_clients.py (commands in, one answer per process out)."""
+
+    procs: list[subprocess.Popen[str]]
+
+    def ask_all(self, command: str | None) -> list[dict[str, object]]:
+        for proc in self.procs:
+            if command is not None and proc.stdin is not None:
+                proc.stdin.write(command + "\n")
+                proc.stdin.flush()
+        answers = []
+        for proc in self.procs:
+            line = proc.stdout.readline() if proc.stdout is not None else ""
+            if not line:
+                raise RuntimeError(f"load client process exited ({proc.poll()})")
+            answers.append(json.loads(line))
+        return answers
+
+    def cpu_seconds(self) -> float:
+        """utime+stime of all the client processes together."""
+        return sum(cpu_seconds(proc.pid) for proc in self.procs)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None and proc.stdin is not None:
+                try:
+                    proc.stdin.write("quit\n")
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class LoadClients(LoadProcesses):
+    """The Python client processes of one run."""
 
     def __init__(
         self,
@@ -116,40 +155,8 @@ class LoadClients:
             start += count
         self.ask_all(None)  # wait for every process's "ready"
 
-    def ask_all(self, command: str | None) -> list[dict[str, object]]:
-        for proc in self.procs:
-            if command is not None and proc.stdin is not None:
-                proc.stdin.write(command + "\n")
-                proc.stdin.flush()
-        answers = []
-        for proc in self.procs:
-            line = proc.stdout.readline() if proc.stdout is not None else ""
-            if not line:
-                raise RuntimeError(f"load client process exited ({proc.poll()})")
-            answers.append(json.loads(line))
-        return answers
 
-    def cpu_seconds(self) -> float:
-        """utime+stime of all the client processes together."""
-        return sum(cpu_seconds(proc.pid) for proc in self.procs)
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None and proc.stdin is not None:
-                try:
-                    proc.stdin.write("quit\n")
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def start_quiet_control_plane(lab: LocalMesh) -> Proc:
+def start_quiet_control_plane(lab: LocalMesh, xds_workers: int = 1) -> Proc:
     """meshctl at log level WARNING: at INFO it logs a line per stream, which
     at 10,000 clients would be a cost of the benchmark, not of the server."""
     proc = start_process(
@@ -165,6 +172,8 @@ def start_quiet_control_plane(lab: LocalMesh) -> Proc:
             "127.0.0.1:0",
             "--log-level",
             "WARNING",
+            "--xds-workers",
+            str(xds_workers),
         ],
         lab.workdir,
     )

@@ -16,6 +16,8 @@ Sections (benchmarks/README.md has the method):
   balancer     pick cost per policy (benchmarks/bench_balancer.py)
   telemetry    telemetry cost per request (benchmarks/bench_telemetry.py)
   cp           control plane with 100 / 1,000 / 10,000 connected xDS clients
+  cpgo         control plane with 10,000 Go xDS clients, SotW and Delta: change,
+               connect storm, restart with resume (benchmarks/cp_go.py)
   propagation  VirtualService file write -> our library's routing snapshot
   kube         the control plane on a real Kubernetes API server: 1,000 Services,
                10,000 endpoints, 100 clients, 50 endpoint changes/s (bench_kube.py)
@@ -40,6 +42,7 @@ from pathlib import Path
 import bench_outage
 import bench_renewal
 import common  # also makes examples/ importable
+import cp_go
 import cp_scale
 import data_path
 import propagation
@@ -61,6 +64,7 @@ SECTIONS = (
     "balancer",
     "telemetry",
     "cp",
+    "cpgo",
     "propagation",
     "kube",
 )
@@ -85,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--cp-clients", default="100,1000,10000")
     parser.add_argument("--cp-timeout", type=float, default=120.0)
+    parser.add_argument("--cpgo-clients", default="10000")
+    parser.add_argument(
+        "--cpgo-workers", default="2", help="also Delta with these counts of ADS workers"
+    )
     parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--quick", action="store_true", help="a smoke run (tests use it)")
@@ -92,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.requests, args.rounds, args.rates, args.open_seconds = 60, 1, "100", 0.3
         args.warmup, args.cp_clients, args.cp_timeout, args.changes = 10, "20", 20.0, 2
+        args.cpgo_clients, args.cpgo_workers = "20", ""
     only = set(args.only.replace("data", "http,grpc").split(","))
     unknown = only - set(SECTIONS)
     if unknown:
@@ -194,6 +203,16 @@ def main(argv: list[str] | None = None) -> None:
             verdicts += cp_verdicts
             report.append("\n## Control plane: connected xDS clients, one config change\n")
             report.append(cp_scale.NOTE)
+            report.append("\n" + table)
+        if "cpgo" in args.sections and args.quick and not cp_go.built():
+            report.append("\nGo clients: skipped in --quick until `make adsload` has built them.")
+        elif "cpgo" in args.sections:
+            sizes = [int(n) for n in args.cpgo_clients.split(",") if n]
+            workers = tuple(int(w) for w in args.cpgo_workers.split(",") if w)
+            table, cp_verdicts = cp_go.run(Path(tmp) / "cpgo", sizes, args.cp_timeout, workers)
+            verdicts += cp_verdicts
+            report.append("\n## Control plane: Go xDS clients, SotW and Delta\n")
+            report.append(cp_go.NOTE)
             report.append("\n" + table)
     if verdicts:
         report.append("\n## Targets (issue 9)\n")

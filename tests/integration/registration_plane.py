@@ -97,20 +97,27 @@ def wait_for(check: Callable[[], bool], limit: float, what: str) -> None:
 class Plane:
     """A ControlPlane on its own event loop thread."""
 
-    def __init__(self, config_dir: Path, ca_dir: Path, registry: RegistrySettings) -> None:
+    def __init__(
+        self, config_dir: Path, ca_dir: Path, registry: RegistrySettings, xds_workers: int = 1
+    ) -> None:
         self.config_dir = config_dir
         self.ca_dir = ca_dir
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.plane = ControlPlane(config_dir, ca=CaSettings(ca_dir=ca_dir), registry=registry)
+        self.plane = ControlPlane(
+            config_dir, ca=CaSettings(ca_dir=ca_dir), registry=registry, xds_workers=xds_workers
+        )
         self.addresses = self._run(self.plane.start("127.0.0.1:0", "127.0.0.1:0"))
 
     @classmethod
-    def with_groups_dir(cls, workdir: Path, grpc_service: bool = False) -> Plane:
+    def with_groups_dir(
+        cls, workdir: Path, grpc_service: bool = False, xds_workers: int = 1
+    ) -> Plane:
         """reviews split 50/50 between subsets v1 and v2, the `reviews` and
         `ratings` WorkloadGroups in a --workload-groups-dir; with `grpc_service`
-        also GRPC_SERVICE_ENTRY (GRPC_HOST:9090)."""
+        also GRPC_SERVICE_ENTRY (GRPC_HOST:9090); `xds_workers` > 1: ADS served
+        by that many worker processes (registration forwarded to this one)."""
         config_dir = workdir / "config"
         groups_dir = workdir / "groups"
         for d in (config_dir, groups_dir):
@@ -127,7 +134,7 @@ class Plane:
             + json.dumps(group("ratings", "ratings"))
         )
         registry = RegistrySettings(workload_groups_dir=groups_dir, grace=GRACE)
-        return cls(config_dir, workdir / "mesh-ca", registry)
+        return cls(config_dir, workdir / "mesh-ca", registry, xds_workers)
 
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(20)

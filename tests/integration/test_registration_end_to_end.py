@@ -25,9 +25,11 @@ from registration_plane import GRACE, URL, Plane, serve_plane, start_workload, w
 from proxyless_mesh import Mesh
 
 
-@pytest.fixture
-def plane(lab: LocalMesh) -> Iterator[Plane]:
-    yield from serve_plane(lab, Plane.with_groups_dir(lab.workdir))
+@pytest.fixture(params=[1, 2], ids=["one process", "2 ADS workers"])
+def plane(lab: LocalMesh, request: pytest.FixtureRequest) -> Iterator[Plane]:
+    """With ADS workers, registration reaches the leader through them and a
+    workload's health follows its stream on whichever worker holds it."""
+    yield from serve_plane(lab, Plane.with_groups_dir(lab.workdir, xds_workers=request.param))
 
 
 class Load:

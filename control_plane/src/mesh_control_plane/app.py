@@ -56,7 +56,9 @@ from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.registry.runtime import RegistryRuntime, RegistrySettings
 from mesh_control_plane.translate.incremental import IncrementalTranslator
 from mesh_control_plane.xds import InconsistentConfigError, SnapshotCache, XdsServer
+from mesh_control_plane.xds.clients import spiffe_id
 from mesh_control_plane.xds.registration import RegistrationService, StreamObserver
+from mesh_control_plane.xds.workers import XdsWorkers
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN, SpiffeId
 
 log = logging.getLogger(__name__)
@@ -103,9 +105,12 @@ class ControlPlane:
         settings: MeshSettings | None = None,
         jwks: JwksResolver | None = None,
         prometheus_url: str = "",
+        xds_workers: int = 1,
+        worker_log_level: str = "WARNING",
     ) -> None:
         """`jwks` fetches RequestAuthentication jwksUris (timeouts, refresh period);
-        `prometheus_url` is where the console's service graph reads metrics."""
+        `prometheus_url` is where the console's service graph reads metrics;
+        `xds_workers` > 1 serves ADS from that many worker processes (workers.py)."""
         self.config_dir = Path(config_dir)
         # Trust domain: the CA's, so the SPIFFE IDs the translator expects are
         # the ones the CA signs.
@@ -150,23 +155,26 @@ class ControlPlane:
             observer=StreamObserver(embedded),
             extra_handlers=[RegistrationService(embedded).handler()],
         )
+        self.workers: XdsWorkers | None = None
+        if xds_workers > 1:
+            self.workers = XdsWorkers(
+                self.cache,
+                xds_workers,
+                observer=StreamObserver(embedded),
+                log_level=worker_log_level,
+            )
         prometheus = PrometheusClient(prometheus_url) if prometheus_url else None
+        trust_domain = ca.trust_domain if ca is not None else DEFAULT_TRUST_DOMAIN
         self.admin = JsonHttpServer(
             {
                 "/healthz": healthz,
-                "/status": lambda: status(
-                    self.cache.version,
-                    self.xds.servicer.clients(),
-                    self.config_errors,
-                    ca.trust_domain if ca is not None else DEFAULT_TRUST_DOMAIN,
-                    self.config_warnings,
-                    self.config_problems,
-                ),
+                "/status": lambda: self._status(trust_domain),
                 "/metrics": lambda: metrics_page(
                     self.metrics,
                     self.xds.servicer.clients(),
                     self.config_errors,
                     self.cache.version,
+                    [c["kind"] for c in self.workers.client_statuses()] if self.workers else (),
                 ),
                 "/registry": self._registry_status,
                 **console_pages(),
@@ -209,7 +217,11 @@ class ControlPlane:
         await self.registry.start(lambda c: self._set_config(c, force=True))
         await self._start_watching()
         try:
-            xds_port = await self.xds.start(xds_address)
+            if self.workers is None:
+                xds_port = await self.xds.start(xds_address)
+            else:  # the workers serve ADS; the leader takes their forwarded calls
+                leader = _dialable("127.0.0.1", await self.xds.start("127.0.0.1:0"))
+                xds_port = await self.workers.start(xds_address, leader)
             admin_port = await self.admin.start(admin_host.strip("[]") or None, admin_port)
             ca = ""
             if self.ca_server is not None:
@@ -312,7 +324,26 @@ class ControlPlane:
         if self.ca_server is not None:
             await self.ca_server.stop(grace)
         await self.registry.stop()
+        if self.workers is not None:
+            await self.workers.stop()
         await self.xds.stop(grace)
+
+    def _status(self, trust_domain: str) -> dict[str, Any]:
+        """`/status`, with the clients of every ADS worker."""
+        payload = status(
+            self.cache.version,
+            self.xds.servicer.clients(),
+            self.config_errors,
+            trust_domain,
+            self.config_warnings,
+            self.config_problems,
+        )
+        if self.workers is not None:
+            payload["clients"] += [
+                {**c, "spiffe": spiffe_id(trust_domain, c["namespace"], c["service_account"])}
+                for c in self.workers.client_statuses()
+            ]
+        return payload
 
     def apply_config(self, config: MeshConfig) -> None:
         """Make `config` current unless it is inconsistent (then keep the last good)."""
@@ -367,6 +398,8 @@ async def serve(
     registry: RegistrySettings | None = None,
     settings: MeshSettings | None = None,
     prometheus_url: str = "",
+    xds_workers: int = 1,
+    worker_log_level: str = "WARNING",
 ) -> None:
     """Run a control plane until `stop` is set (or, without one, until this
     task is cancelled); `on_ready` gets the addresses once both listen."""
@@ -378,6 +411,8 @@ async def serve(
         registry=registry,
         settings=settings,
         prometheus_url=prometheus_url,
+        xds_workers=xds_workers,
+        worker_log_level=worker_log_level,
     )
     addresses = await plane.start(xds_address, admin_address, ca_address)
     try:

@@ -92,20 +92,8 @@ class DeltaAdsProtocol(AdsProtocol):
         raws: dict[str, Any] = {}
         packed = [r.resource for r in response.resources]
         decoded, rejected, seen, _ = self._decode_all(rtype, ts, packed, raws)
-        changed = False
-        for name in seen:
-            ts.asked_at.pop(name, None)
-        for name, value in decoded.items():
-            changed |= ts.resources.get(name) != value or name in ts.absent
-            ts.resources[name] = value
-            ts.raw[name] = raws[name]
-            ts.versions[name] = version
-            ts.errors.pop(name, None)
-            ts.absent.discard(name)
-            held[name] = versions.get(name, "")
-        for name, reason in rejected.items():
-            if name in ts.names:
-                ts.errors[name] = (version, reason)
+        changed = self._apply(ts, seen, decoded, rejected, raws, version)
+        held.update((name, versions.get(name, "")) for name in decoded)
         for name in response.removed_resources:
             if name not in ts.names:
                 continue

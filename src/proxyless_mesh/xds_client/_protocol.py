@@ -177,19 +177,7 @@ class AdsProtocol:
         raws: dict[str, Any] = {}
         decoded, rejected, seen, complete = self._decode_all(rtype, ts, response.resources, raws)
         subscribed = ts.view.received(response.version_info, seen if complete else None)
-        changed = False
-        for name in seen:
-            ts.asked_at.pop(name, None)  # answered (valid or not): no timer
-        for name, value in decoded.items():
-            changed |= ts.resources.get(name) != value or name in ts.absent
-            ts.resources[name] = value
-            ts.raw[name] = raws[name]
-            ts.versions[name] = response.version_info
-            ts.errors.pop(name, None)
-            ts.absent.discard(name)
-        for name, reason in rejected.items():
-            if name in ts.names:
-                ts.errors[name] = (response.version_info, reason)
+        changed = self._apply(ts, seen, decoded, rejected, raws, response.version_info)
         # A name missing from a full-state (LDS/CDS) response does not exist. If
         # some resource could not even be named, it may be the missing one, so
         # nothing is declared absent from that response.
@@ -216,6 +204,32 @@ class AdsProtocol:
             self._state = None
             requests += self._resubscribe()
         return ResponseOutcome(requests, rejected, changed)
+
+    def _apply(
+        self,
+        ts: _TypeState,
+        seen: Iterable[str],
+        decoded: dict[str, Any],
+        rejected: dict[str, str],
+        raws: dict[str, Any],
+        version: str,
+    ) -> bool:
+        """Valid resources replace their last good value, rejected ones keep
+        theirs and record why; returns whether the published state changed."""
+        changed = False
+        for name in seen:
+            ts.asked_at.pop(name, None)  # answered (valid or not): no timer
+        for name, value in decoded.items():
+            changed |= ts.resources.get(name) != value or name in ts.absent
+            ts.resources[name] = value
+            ts.raw[name] = raws[name]
+            ts.versions[name] = version
+            ts.errors.pop(name, None)
+            ts.absent.discard(name)
+        for name, reason in rejected.items():
+            if name in ts.names:
+                ts.errors[name] = (version, reason)
+        return changed
 
     def _declare_absent(self, ts: _TypeState, name: str) -> bool:
         """Mark `name` as known not to exist; returns whether that is news."""

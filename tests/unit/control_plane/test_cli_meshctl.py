@@ -277,6 +277,22 @@ def test_render_status_matches_golden() -> None:
     )
 
 
+def test_render_status_marks_delta_streams() -> None:
+    web = {**STATUS["clients"][1], "protocol": "delta"}  # type: ignore[index]
+    text = render_status({**STATUS, "clients": [web]})
+    assert "web      MESH (delta)  -    -    7    -" in text.splitlines()
+
+
+def test_bootstrap_asks_for_delta_only_when_told(tmp_path: Path) -> None:
+    args = ["bootstrap", "--xds-address=127.0.0.1:1", "--node-id=w", "--namespace=n"]
+    args += ["--service-account=s"]
+    assert main([*args, "-o", str(tmp_path / "sotw.json")]) == 0
+    assert "proxyless_mesh" not in json.loads((tmp_path / "sotw.json").read_text())
+    assert main([*args, "--ads", "delta", "-o", str(tmp_path / "delta.json")]) == 0
+    written = json.loads((tmp_path / "delta.json").read_text())
+    assert written["proxyless_mesh"] == {"ads": "delta"}
+
+
 def test_bootstrap_to_file_and_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = [
         "bootstrap",

@@ -8,38 +8,28 @@ order and pushes are queued synchronously).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-import grpc
 import pytest
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.translate import CLUSTER, ENDPOINT, LISTENER
 from mesh_control_plane.xds import SnapshotCache
 
-from .test_xds_server import A_CLUSTER, B_CLUSTER, A, B, service
+from .test_xds_server import A_CLUSTER, B_CLUSTER, A, AdsClient, B, service
 
 TIMEOUT = 5.0
 C = service("c.mesh", 80, "10.0.0.3")
 C_CLUSTER = "outbound|80||c.mesh"
 
 
-class DeltaClient:
+class DeltaClient(AdsClient):
     """One scripted Delta ADS stream; responses are read into a queue."""
 
-    def __init__(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, node_id: str) -> None:
-        self.node = base_pb2.Node(id=node_id, user_agent_name="proxyless-mesh")
-        self.call = stub.DeltaAggregatedResources()
-        self.responses: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse] = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read())
-        self._first = True
-
-    async def _read(self) -> None:
-        while (response := await self.call.read()) is not grpc.aio.EOF:
-            await self.responses.put(response)
+    def open(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> Any:
+        return stub.DeltaAggregatedResources()
 
     async def send(
         self,
@@ -65,14 +55,6 @@ class DeltaClient:
         if error is not None:
             request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         await self.call.write(request)
-
-    async def recv(self) -> discovery_pb2.DeltaDiscoveryResponse:
-        return await asyncio.wait_for(self.responses.get(), TIMEOUT)
-
-    async def close(self) -> None:
-        self.call.cancel()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 def versions(response: discovery_pb2.DeltaDiscoveryResponse) -> dict[str, str]:
@@ -154,7 +136,7 @@ async def test_resume_with_initial_versions_gets_only_what_changed(stub, clients
     assert list(response.removed_resources) == [A_CLUSTER]
 
 
-async def test_resume_with_nothing_changed_gets_an_empty_answer(stub, clients) -> None:
+async def test_resume_with_nothing_changed_gets_no_answer(stub, clients, cache) -> None:
     first = DeltaClient(stub, "r1")
     clients.append(first)
     await first.send(CLUSTER)
@@ -162,9 +144,11 @@ async def test_resume_with_nothing_changed_gets_an_empty_answer(stub, clients) -
     resumed = DeltaClient(stub, "r2")
     clients.append(resumed)
     await resumed.send(CLUSTER, initial=versions(full))
-    empty = await resumed.recv()
-    assert (len(empty.resources), len(empty.removed_resources)) == (0, 0)
-    assert empty.ByteSize() < full.ByteSize() / 4
+    await resumed.send(LISTENER, ["a.mesh:80"])  # barrier: nothing came for CDS before
+    assert (await resumed.recv()).type_url == LISTENER
+    # ...and the resumed subscription is followed like any other
+    cache.set_config(MeshConfig(service_entries=(A, B, C)))
+    assert sorted(versions(await resumed.recv())) == [C_CLUSTER]
 
 
 async def test_ack_nack_and_status_per_delta_stream(stub, clients, server) -> None:
@@ -216,3 +200,23 @@ async def test_unsubscribe_then_push_sends_nothing_for_it(stub, clients, cache) 
     cache.set_config(MeshConfig(service_entries=(service("a.mesh", 80, "10.0.0.9"), B)))
     await client.send(LISTENER, ["b.mesh:80"])  # barrier: no EDS push came before
     assert (await client.recv()).type_url == LISTENER
+
+
+async def test_changes_outside_a_named_subscription_are_never_pushed(stub, clients, cache) -> None:
+    """Scoping by subscription: a client following only a.mesh gets nothing
+    when other services appear, change or go, and only a.mesh's change."""
+    client = DeltaClient(stub, "scoped")
+    clients.append(client)
+    for type_url, name in ((LISTENER, "a.mesh:80"), (CLUSTER, A_CLUSTER), (ENDPOINT, A_CLUSTER)):
+        await client.send(type_url, [name])
+        await client.send(type_url, ack=await client.recv())
+    for config in (
+        MeshConfig(service_entries=(A, service("b.mesh", 80, "10.0.0.7"))),  # b moves
+        MeshConfig(service_entries=(A, B, C)),  # c appears
+        MeshConfig(service_entries=(A,)),  # b and c go
+    ):
+        cache.set_config(config)
+    cache.set_config(MeshConfig(service_entries=(service("a.mesh", 80, "10.0.0.8"),)))
+    pushed = await client.recv()  # the first thing it gets is a.mesh's own change
+    assert (pushed.type_url, sorted(versions(pushed))) == (ENDPOINT, [A_CLUSTER])
+    assert list(pushed.removed_resources) == []

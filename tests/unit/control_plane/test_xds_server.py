@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 import pytest
@@ -63,10 +64,13 @@ class AdsClient:
 
     def __init__(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, node_id: str) -> None:
         self.node = base_pb2.Node(id=node_id, user_agent_name="proxyless-mesh")
-        self.call = stub.StreamAggregatedResources()
-        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
+        self.call = self.open(stub)
+        self.responses: asyncio.Queue[Any] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
         self._first = True
+
+    def open(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> Any:
+        return stub.StreamAggregatedResources()
 
     async def _read(self) -> None:
         while (response := await self.call.read()) is not grpc.aio.EOF:

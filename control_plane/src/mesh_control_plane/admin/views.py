@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -109,10 +109,14 @@ def metrics_page(
     clients: Sequence[ClientRecord],
     config_errors: Sequence[str],
     version: str,
+    other_kinds: Iterable[str] = (),
 ) -> TextResponse:
     """`GET /metrics`: Prometheus text; every client kind is listed (0 when
-    none is connected) so a dashboard's series never vanish."""
-    by_kind: Mapping[str, int] = Counter(c.kind for c in clients if c.kind)
+    none is connected) so a dashboard's series never vanish. `other_kinds`:
+    the kind of each client served by an ADS worker process."""
+    by_kind: Mapping[str, int] = Counter(
+        kind for kind in (*(c.kind for c in clients), *other_kinds) if kind
+    )
     counts = {kind.name: by_kind.get(kind.name, 0) for kind in ClientKind}
     page = metrics.render(clients_by_kind=counts, config_errors=len(config_errors), version=version)
     return TextResponse(page, CONTENT_TYPE)

@@ -40,6 +40,12 @@ def add_parser(commands: Any) -> None:
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument(
+        "--xds-workers",
+        type=int,
+        default=1,
+        help="processes serving ADS on the xDS port (SO_REUSEPORT); 1: this process alone",
+    )
+    p.add_argument(
         "--root-namespace",
         default=DEFAULT_ROOT_NAMESPACE,
         help="security policies here without a selector apply mesh-wide (Istio's istio-system)",
@@ -259,6 +265,8 @@ async def _run(args: argparse.Namespace) -> None:
             domain=args.domain,
         ),
         prometheus_url=args.prometheus_url,
+        xds_workers=args.xds_workers,
+        worker_log_level=args.log_level,
     )
 
 

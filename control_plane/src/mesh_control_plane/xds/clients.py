@@ -164,9 +164,7 @@ class ClientRecord:
 
     def spiffe_id(self, trust_domain: str) -> str:
         """`spiffe://<td>/ns/<ns>/sa/<sa>`, or "" when the node did not say."""
-        if not self.namespace or not self.service_account:
-            return ""
-        return f"spiffe://{trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+        return spiffe_id(trust_domain, self.namespace, self.service_account)
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -181,3 +179,10 @@ class ClientRecord:
             "protocol": "delta" if self.delta else "sotw",
             "types": {short_type_name(t): s.to_status() for t, s in self.type_states()},
         }
+
+
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    """The SPIFFE ID a node's metadata claims, or "" when it names none."""
+    if not namespace or not service_account:
+        return ""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"

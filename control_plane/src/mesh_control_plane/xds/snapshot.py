@@ -166,11 +166,14 @@ class SnapshotCache:
         else:
             self._retained[key] = (held[0], held[1] - 1)
 
-    def set_config(self, config: MeshConfig, *, force: bool = False) -> bool:
+    def set_config(
+        self, config: MeshConfig, *, force: bool = False, version: int | None = None
+    ) -> bool:
         """Make `config` current. Returns False when it equals the current one
         (nothing to push) unless `force` (a registry source changed: the same
-        config gives other endpoints, see registry/hub.py); raises
-        InconsistentConfigError (and keeps the last good config) when it
+        config gives other endpoints, see registry/hub.py). `version`: the
+        number to serve it as (an ADS worker follows its leader's), else the
+        next. Raises InconsistentConfigError (and keeps the last good config) when it
         translates to dangling references."""
         if config == self._config and not force:
             return False
@@ -196,7 +199,7 @@ class SnapshotCache:
             raise InconsistentConfigError(problems)
         self._config, self._registry = config, registry
         self._memo, self._interned = memo, interned
-        self._counter += 1
+        self._counter = self._counter + 1 if version is None else version
         log.info("config version %s is current (%d client kinds)", self.version, len(memo))
         for listener in list(self._listeners):
             listener(self.version)

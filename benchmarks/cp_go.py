@@ -1,0 +1,280 @@
+"""Control plane at scale, with the load generator in Go (adsload/main.go).
+
+The Python load clients cost 160-220 µs of CPU per stream per push, on the
+same 2 cores as the control plane: at 10,000 clients they bounded what the
+`cp` table could show. The Go clients do the same work (one ADS stream and
+connection per client, subscribing like the library, ACKing everything) for
+much less, and speak State of the World or Delta. For each variant and size:
+- connect storm: from "go" until every client has ACKed its endpoints;
+- CHANGES route changes (a VirtualService rewritten): from the write until
+  each client saw the new route (p50/p99), CPU of the control plane and of
+  the clients per change;
+- a control plane restart: the process is killed, the route changes while it
+  is down, a new one starts, and every client resumes against it; the bytes
+  (serialized responses) and resources it was sent until each client has an
+  answer for every type it follows. SotW re-sends everything; Delta, resuming
+  with initial_resource_versions, only what changed.
+
+The binary is built by `make adsload` (or here, on first use) from the Go
+module proxy's packages into ~/.cache/proxyless-mesh/, outside the clone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import Verdict, md_table, tree_cpu_seconds, tree_rss_kb
+from cp_scale import PORT, LoadProcesses, start_quiet_control_plane
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
+from meshlab import LocalMesh, service_entry, subsets_rule, weighted_route
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "adsload"
+CLIENTS_PER_PROCESS = 10_000  # one Go process schedules goroutines on every core
+CHANGES = 3
+SERVICES = 10
+"""Hosts every client calls (follows): a client of a mesh calls several
+services, and a change (here, one route's weights) touches one of them."""
+HOSTS = [f"scale{i}.default.mesh" for i in range(SERVICES)]
+NOTE = (
+    "Load generator in Go (benchmarks/adsload, grpc-go + go-control-plane's protos): one "
+    "ADS stream and TCP connection per client, subscribing like the library (an LDS name "
+    f"for each of the {SERVICES} services it calls, then RDS/CDS/EDS by reference), ACKing "
+    "every response; SotW or Delta. The change is to one service's route. A fresh control "
+    "plane (log level WARNING) per row. Storm: all connect at once, until every client "
+    f"has endpoints. {CHANGES} route changes (file write -> client saw the new route, "
+    "includes the 100 ms file poll); CPU per push = utime+stime from the write until the "
+    "last client saw it, mean per change, control plane and clients apart (same 2 cores). "
+    "Restart: control plane killed, the route changed while down, a new one started, every "
+    "client resumes: serialized response bytes until each has an answer for every type."
+)
+
+
+def _binary_path() -> Path:
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "main.go"):
+        digest.update((SOURCE / name).read_bytes())
+    # Not $XDG_CACHE_HOME: the tests point that at a temporary directory per
+    # test, and a build is worth keeping across them (as Go's module cache is).
+    return Path.home() / ".cache" / "proxyless-mesh" / f"adsload-{digest.hexdigest()[:12]}"
+
+
+def built() -> bool:
+    """Whether the binary for the current sources exists (a first build
+    fetches Go modules and compiles for a minute or more)."""
+    return _binary_path().exists()
+
+
+def binary() -> Path:
+    """The adsload binary for the current sources, built once per change of them."""
+    path = _binary_path()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-o", str(path), "."], cwd=SOURCE, check=True)
+    return path
+
+
+class GoClients(LoadProcesses):
+    """The adsload processes of one run."""
+
+    def __init__(self, lab: LocalMesh, n: int, timeout: float, delta: bool) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        exe = str(binary())
+        for start in range(0, n, CLIENTS_PER_PROCESS):
+            count = min(CLIENTS_PER_PROCESS, n - start)
+            argv = [exe, "-xds", lab.xds_address, "-count", str(count), "-timeout", str(timeout)]
+            authorities = ",".join(f"{host}:{PORT}" for host in HOSTS)
+            argv += ["-authority", authorities, "-id-prefix", f"go-{start}-"]
+            self.procs.append(
+                subprocess.Popen(
+                    [*argv, *(["-delta"] if delta else [])],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=open(lab.workdir / f"adsload-{start}.log", "w"),  # noqa: SIM115
+                    text=True,
+                )
+            )
+        self.ask_all(None)
+
+
+@dataclass
+class GoResult:
+    variant: str
+    clients: int
+    synced: int
+    storm_s: float
+    rss_per_client_kb: float
+    acked: int
+    p50_ms: float
+    p99_ms: float
+    push_cpu_s: float
+    clients_cpu_s: float
+    resynced: int
+    resume_s: float
+    resume_bytes: int
+    resume_resources: int
+    resume_cpu_s: float
+
+
+def _total(answers: list[dict[str, object]], key: str) -> int:
+    return sum(int(a[key]) for a in answers)  # type: ignore[call-overload]
+
+
+def _variant(delta: bool, workers: int) -> str:
+    return ("Delta" if delta else "SotW") + (f", {workers} ADS workers" if workers > 1 else "")
+
+
+def measure(workdir: Path, n: int, timeout: float, delta: bool, workers: int = 1) -> GoResult:
+    workdir.mkdir(parents=True, exist_ok=True)
+    lab = LocalMesh(workdir)
+    clients: GoClients | None = None
+    try:
+        endpoints = [("127.0.0.1", 9, {"version": "v1"}), ("127.0.0.1", 10, {"version": "v2"})]
+        for i, host in enumerate(HOSTS):
+            lab.write_config(
+                f"scale{i}.yaml",
+                service_entry(host, PORT, endpoints) + "\n---\n" + subsets_rule(host, ["v1", "v2"]),
+            )
+            lab.write_config(f"route{i}.yaml", weighted_route(host, {"v1": 90, "v2": 10}))
+        cp = start_quiet_control_plane(lab, workers)
+        pid = int(cp.popen.pid)
+        clients = GoClients(lab, n, timeout, delta)
+        rss_before = tree_rss_kb(pid)
+        go = time.monotonic()
+        synced_answers = clients.ask_all("go")
+        synced = _total(synced_answers, "synced")
+        storm = max(float(a["last"]) for a in synced_answers) - go  # type: ignore[arg-type]
+        time.sleep(0.5)
+        rss_after = tree_rss_kb(pid)
+        hist = HdrHistogram(1, 600_000_000, 3)
+        acked, push_cpu, clients_cpu = n, 0.0, 0.0
+        for change in range(CHANGES):
+            clients.ask_all("arm")
+            cpu0, clients0 = tree_cpu_seconds(pid), clients.cpu_seconds()
+            written = time.monotonic()
+            weights = {"v1": 10, "v2": 90} if change % 2 == 0 else {"v1": 90, "v2": 10}
+            lab.write_config("route0.yaml", weighted_route(HOSTS[0], weights))
+            waited = clients.ask_all("wait")
+            push_cpu += tree_cpu_seconds(pid) - cpu0
+            clients_cpu += clients.cpu_seconds() - clients0
+            acks = [float(t) for a in waited for t in a["acks"]]  # type: ignore[attr-defined]
+            acked = min(acked, len(acks))
+            for t in acks:
+                hist.record_value(max(1, int((t - written) * 1e6)))
+        # The restart: kill, change while down, start anew, resume.
+        cp.kill()
+        lab.procs.remove(cp)
+        lab.write_config("route0.yaml", weighted_route(HOSTS[0], {"v1": 50, "v2": 50}))
+        new = start_quiet_control_plane(lab, workers)
+        new_pid = int(new.popen.pid)
+        cpu0 = tree_cpu_seconds(new_pid)
+        resumed_at = time.monotonic()
+        resumed = clients.ask_all(f"reconnect {lab.xds_address}")
+        return GoResult(
+            variant=_variant(delta, workers),
+            clients=n,
+            synced=synced,
+            storm_s=storm,
+            rss_per_client_kb=(rss_after - rss_before) / max(1, synced),
+            acked=acked,
+            p50_ms=hist.get_value_at_percentile(50) / 1e3,
+            p99_ms=hist.get_value_at_percentile(99) / 1e3,
+            push_cpu_s=push_cpu / CHANGES,
+            clients_cpu_s=clients_cpu / CHANGES,
+            resynced=_total(resumed, "resynced"),
+            resume_s=max(float(a["last"]) for a in resumed) - resumed_at,  # type: ignore[arg-type]
+            resume_bytes=_total(resumed, "bytes"),
+            resume_resources=_total(resumed, "resources"),
+            resume_cpu_s=tree_cpu_seconds(new_pid) - cpu0,
+        )
+    finally:
+        if clients is not None:
+            clients.close()
+        lab.close()
+
+
+def run(
+    workdir: Path, sizes: list[int], timeout: float, workers: tuple[int, ...] = ()
+) -> tuple[str, list[Verdict]]:
+    """SotW and Delta per size, then Delta with each count of ADS `workers`."""
+    results: list[GoResult] = []
+    for n in sizes:
+        plan = [(False, 1), (True, 1), *((True, w) for w in workers if w > 1)]
+        for delta, count in plan:
+            variant = _variant(delta, count)
+            print(f"  control plane, Go clients: {n} {variant} ...", file=sys.stderr, flush=True)
+            results.append(measure(workdir / f"go-{n}-{len(results)}", n, timeout, delta, count))
+    rows = [
+        [
+            f"{r.clients:,} {r.variant}",
+            f"{r.storm_s:.2f}" + ("" if r.synced == r.clients else f" ({r.synced:,} synced)"),
+            f"{r.p50_ms:.0f}",
+            f"{r.p99_ms:.0f}" + ("" if r.acked == r.clients else f" ({r.acked:,} ACKed)"),
+            f"{r.push_cpu_s:.2f}",
+            f"{r.clients_cpu_s:.2f}",
+            f"{r.rss_per_client_kb:.1f}",
+            f"{r.resume_s:.2f}" + ("" if r.resynced == r.clients else f" ({r.resynced:,})"),
+            f"{r.resume_bytes / 1e6:.2f}",
+            f"{r.resume_resources:,}",
+            f"{r.resume_cpu_s:.2f}",
+        ]
+        for r in results
+    ]
+    table = md_table(
+        [
+            "clients",
+            "connect storm (s)",
+            "change seen p50 (ms)",
+            "p99 (ms)",
+            "CP CPU per push (s)",
+            "clients' CPU per push (s)",
+            "CP RSS per client (KB)",
+            "restart: all resumed (s)",
+            "resume MB sent",
+            "resources sent",
+            "new CP's CPU (s)",
+        ],
+        rows,
+    )
+    return table, _verdicts(results)
+
+
+def _verdicts(results: list[GoResult]) -> list[Verdict]:
+    largest = max(r.clients for r in results)
+    by = {r.variant: r for r in results if r.clients == largest}
+    out: list[Verdict] = []
+    delta, sotw = by.get("Delta"), by.get("SotW")
+    at = "" if largest >= 10_000 else f" (measured at {largest:,})"
+    if delta is not None:
+        ok = delta.acked == delta.clients and largest >= 10_000
+        out.append(
+            Verdict(
+                f"10,000 clients (Go, Delta): change seen within 1 s at p99{at}",
+                f"{delta.p99_ms / 1000:.2f} s / 1 s = {delta.p99_ms / 1000:.2f}",
+                (ok and delta.p99_ms < 1000) if largest >= 10_000 else None,
+            )
+        )
+        out.append(
+            Verdict(
+                f"10,000 clients (Go, Delta): connect storm under 5 s{at}",
+                f"{delta.storm_s:.2f} s / 5 s = {delta.storm_s / 5:.2f}",
+                (delta.synced == delta.clients and delta.storm_s < 5)
+                if largest >= 10_000
+                else None,
+            )
+        )
+    if delta is not None and sotw is not None and sotw.resume_bytes:
+        ratio = delta.resume_bytes / sotw.resume_bytes
+        out.append(
+            Verdict(
+                f"reconnect storm after a restart: resume sends < 10 % of a full re-send{at}",
+                f"{delta.resume_bytes:,} B / {sotw.resume_bytes:,} B = {ratio:.3f} (target 0.10)",
+                ratio < 0.10 and delta.resynced == delta.clients,
+            )
+        )
+    return out

@@ -1,0 +1,160 @@
+"""An ADS worker process: `python -m mesh_control_plane.xds.worker`.
+
+Started by its leader (`workers.py`) with `--xds-workers N`: it serves ADS
+(SotW and Delta) on the control plane's xDS port beside the other workers
+(SO_REUSEPORT: the kernel spreads new connections over them), from the
+snapshots the leader writes to its stdin: frames of a 4-byte length and a
+pickle of (version, config, registry). The leader is the parent process
+that started this one, over a pipe nobody else holds. It translates for the
+kinds of client connected here, as the leader would.
+
+To its stdout it writes JSON lines: {"port": P} once listening; {"stream":
+true/false, "node": base64} as streams open and close (the leader's
+registry ties self-registered workloads' health to them); {"clients": [...]}
+every STATUS_INTERVAL seconds, for `meshctl status`. Registration calls that
+arrive here are forwarded to the leader's private address. It exits when
+its stdin closes (the leader is gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import pickle
+import struct
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+
+from mesh_control_plane.config.model import MeshConfig, WorkloadEndpoint
+from mesh_control_plane.translate.incremental import IncrementalTranslator
+from mesh_control_plane.xds.registration import SERVICE_NAME
+from mesh_control_plane.xds.server import XdsServer, tune_gc
+from mesh_control_plane.xds.snapshot import InconsistentConfigError, SnapshotCache
+
+log = logging.getLogger("mesh_control_plane.xds.worker")
+
+STATUS_INTERVAL = 1.0
+FRAME = struct.Struct(">I")
+REGISTRATION_METHODS = ("Register", "Deregister")
+FORWARD_TIMEOUT = 10.0
+
+
+def frame(version: int, config: MeshConfig, registry: Mapping[str, Any]) -> bytes:
+    """One snapshot as the leader writes it to a worker's stdin."""
+    data = pickle.dumps((version, config, dict(registry)), protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME.pack(len(data)) + data
+
+
+class _Snapshots:
+    """The worker's cache, fed from stdin."""
+
+    def __init__(self) -> None:
+        self.registry: Mapping[str, tuple[WorkloadEndpoint, ...]] = {}
+        # Endpoint-only changes re-translate only what they touch, as the leader's do.
+        self.cache = SnapshotCache(
+            registry_builder=lambda config: self.registry, translator=IncrementalTranslator()
+        )
+
+    async def apply_next(self, reader: asyncio.StreamReader) -> bool:
+        """Apply the next frame; False at the end of stdin."""
+        try:
+            header = await reader.readexactly(FRAME.size)
+            (size,) = FRAME.unpack(header)
+            data = await reader.readexactly(size)
+        except asyncio.IncompleteReadError:
+            return False
+        version, config, registry = pickle.loads(data)  # our parent's pipe: trusted
+        self.registry = registry
+        try:
+            self.cache.set_config(config, force=True, version=version)
+        except InconsistentConfigError as exc:
+            log.error("worker %d keeps its last config: %s", os.getpid(), exc)
+        return True
+
+
+def _forwarder(leader: grpc.aio.Channel) -> grpc.GenericRpcHandler[Any, Any]:
+    """Registration calls, passed to the leader as the bytes they are."""
+
+    def forward(method: str) -> Any:
+        # None serializers: grpc's pass-through, the bytes go as they came
+        call = leader.unary_unary(f"/{SERVICE_NAME}/{method}", None, None)
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            try:
+                answer: bytes = await call(request, timeout=FORWARD_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details() or "")
+                raise  # abort raises; this line is for type checkers
+            return answer
+
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+    methods = {m: forward(m) for m in REGISTRATION_METHODS}
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+
+
+def _emit(message: Mapping[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _on_stream(node: base_pb2.Node, opened: bool) -> None:
+    _emit({"stream": opened, "node": base64.b64encode(node.SerializeToString()).decode()})
+
+
+async def _stdin() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    return reader
+
+
+async def _report(server: XdsServer) -> None:
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL)
+        _emit({"clients": [c.to_status() for c in server.servicer.clients()], "at": time.time()})
+
+
+async def run(xds_address: str, leader_address: str) -> None:
+    snapshots = _Snapshots()
+    reader = await _stdin()
+    if not await snapshots.apply_next(reader):  # serve the leader's config, not an empty one
+        return
+    async with grpc.aio.insecure_channel(leader_address) as leader:
+        forwarder = _forwarder(leader)
+        server = XdsServer(snapshots.cache, observer=_on_stream, extra_handlers=[forwarder])
+        _emit({"port": await server.start(xds_address)})
+        reporter = asyncio.create_task(_report(server))
+        try:
+            while await snapshots.apply_next(reader):
+                pass
+        finally:
+            reporter.cancel()
+            await server.stop(grace=1.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--xds-address", required=True, help="HOST:PORT shared with the others")
+    parser.add_argument("--leader", required=True, help="the leader's private HOST:PORT")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s xds-worker {os.getpid()} %(name)s: %(message)s",
+    )
+    tune_gc()
+    asyncio.run(run(args.xds_address, args.leader))
+
+
+if __name__ == "__main__":
+    main()

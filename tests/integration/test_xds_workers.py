@@ -1,0 +1,60 @@
+"""ADS streams on worker processes (`meshctl control-plane --xds-workers 2`).
+
+A library client under load is served by one of two workers sharing the xDS
+port (SO_REUSEPORT). That worker is killed (SIGKILL): the client must lose no
+request, reconnect to another worker, and follow a config change made after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import urllib.request
+from typing import Any
+
+import httpx
+from meshlab import LocalMesh
+from registration_plane import wait_for
+from test_failover_control_planes import HOST, Load
+
+from proxyless_mesh import Mesh
+
+
+def serving_worker(lab: LocalMesh, node_id: str) -> int | None:
+    """The pid of the worker serving `node_id`'s stream, per /status."""
+    with urllib.request.urlopen(f"http://{lab.admin_address}/status", timeout=5) as r:
+        status: dict[str, Any] = json.loads(r.read())
+    found = [c.get("worker") for c in status["clients"] if c["node_id"] == node_id]
+    return int(found[0]) if len(found) == 1 and found[0] else None
+
+
+def test_killed_worker_loses_no_request(lab: LocalMesh) -> None:
+    v1 = lab.start_http_backend("reviews", "v1")
+    v2 = lab.start_http_backend("reviews", "v2")
+    lab.deploy_versions(HOST, 8080, {"v1": v1, "v2": v2}, {"v1": 100, "v2": 0})
+    lab.start_control_plane(extra_args=["--xds-workers", "2", "--log-level", "INFO"])
+
+    with (
+        Mesh.from_bootstrap(lab.bootstrap("client-1"), preload=[f"{HOST}:8080"]) as mesh,
+        httpx.Client(transport=mesh.httpx_transport()) as client,
+        Load(client) as load,
+    ):
+        wait_for(lambda: load.counts["v1"] > 50, 15, "traffic to v1")
+        wait_for(lambda: serving_worker(lab, "client-1") is not None, 10, "a worker's report")
+        worker = serving_worker(lab, "client-1")
+        assert worker is not None and worker != lab.control_plane.popen.pid  # type: ignore[union-attr]
+        with urllib.request.urlopen(f"http://{lab.admin_address}/metrics", timeout=5) as r:
+            assert 'meshcp_xds_clients{kind="MESH"} 1' in r.read().decode().splitlines()
+
+        os.kill(worker, signal.SIGKILL)
+        wait_for(
+            lambda: serving_worker(lab, "client-1") not in (None, worker) and mesh.xds.connected,
+            15,
+            "the client on another worker",
+        )
+        served = sum(load.counts.values())
+        lab.set_weights(HOST, {"v1": 0, "v2": 100})  # only a live worker can send this
+        wait_for(lambda: load.counts["v2"] > 50, 15, "the change, from the new worker")
+        assert sum(load.counts.values()) > served
+    assert load.failures == []
