@@ -14,6 +14,7 @@ Sections (benchmarks/README.md has the method):
   policy       PolicySet.check cost for 1 / 10 / 100 AuthorizationPolicies
   balancer     pick cost per policy (benchmarks/bench_balancer.py)
   telemetry    telemetry cost per request (benchmarks/bench_telemetry.py)
+  native       native core vs Python: EDS decode CPU, import CPU and RSS
   cp           control plane with 100 / 1,000 / 10,000 connected xDS clients
   propagation  VirtualService file write -> our library's routing snapshot
 `--only data` means http,grpc. Every table is printed at the end and written
@@ -57,6 +58,7 @@ SECTIONS = (
     "policy",
     "balancer",
     "telemetry",
+    "native",
     "cp",
     "propagation",
 )
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             ("policy", "Inbound authorization: policy evaluation cost per request"),
             ("balancer", "Balancer: pick cost per policy"),
             ("telemetry", "Telemetry: cost per request"),
+            ("native", "Native core (issue 25): EDS decode and import cost"),
         ):
             if section in args.sections:
                 print(f"  {section} ...", file=sys.stderr, flush=True)
