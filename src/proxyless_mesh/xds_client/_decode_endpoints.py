@@ -106,10 +106,7 @@ def assignment_from_view(view: AssignmentView) -> ClusterLoadAssignment:
     for i, (region, zone, sub_zone, weight, priority, endpoint_views) in enumerate(locality_views):
         if not weight:
             continue
-        endpoints = tuple(
-            _endpoint(ev, f"endpoints[{i}].lb_endpoints[{j}]", seen)
-            for j, ev in enumerate(endpoint_views)
-        )
+        endpoints = tuple(_endpoint(ev, i, j, seen) for j, ev in enumerate(endpoint_views))
         localities.append(
             LocalityEndpoints(
                 locality=Locality(region, zone, sub_zone),
@@ -130,24 +127,29 @@ def assignment_from_view(view: AssignmentView) -> ClusterLoadAssignment:
     )
 
 
-def _endpoint(view: EndpointView, where: str, seen: set[tuple[str, int]]) -> Endpoint:
-    host_identifier, kind, address, port, weight, health_status = view
+# HealthStatus by number, looked up rather than called (an Enum call costs
+# more than the rest of an endpoint's checks).
+_HEALTH = tuple(HealthStatus(n) for n in range(len(HealthStatus)))
+
+
+def _endpoint(view: EndpointView, i: int, j: int, seen: set[tuple[str, int]]) -> Endpoint:
+    host_identifier, kind, address, port, weight, health = view
+    problem = None
     if host_identifier != "endpoint":
-        raise XdsResourceError(f"{where}: only inline endpoints are supported (no endpoint_name)")
-    if kind != "socket_address":
-        raise XdsResourceError(f"{where}: only socket_address endpoints are supported")
-    if not address:
-        raise XdsResourceError(f"{where}: empty address")
-    if port is None or not 0 < port <= 65535:
-        raise XdsResourceError(f"{where}: invalid port (need port_value in 1..65535)")
-    if weight == 0:
-        raise XdsResourceError(f"{where}: load_balancing_weight must be greater than 0")
-    key = (address, port)
-    if key in seen:
-        raise XdsResourceError(f"{where}: duplicate endpoint address {address}:{port}")
-    seen.add(key)
-    try:
-        health = HealthStatus(health_status)
-    except ValueError:
-        health = HealthStatus.UNKNOWN
-    return Endpoint(address=address, port=port, weight=weight or 1, health=health)
+        problem = "only inline endpoints are supported (no endpoint_name)"
+    elif kind != "socket_address":
+        problem = "only socket_address endpoints are supported"
+    elif not address:
+        problem = "empty address"
+    elif port is None or not 0 < port <= 65535:
+        problem = "invalid port (need port_value in 1..65535)"
+    elif weight == 0:
+        problem = "load_balancing_weight must be greater than 0"
+    elif (address, port) in seen:
+        problem = f"duplicate endpoint address {address}:{port}"
+    if problem is not None:
+        raise XdsResourceError(f"endpoints[{i}].lb_endpoints[{j}]: {problem}")
+    assert port is not None  # checked above; for the type checker
+    seen.add((address, port))
+    status = _HEALTH[health] if 0 <= health < len(_HEALTH) else HealthStatus.UNKNOWN
+    return Endpoint(address=address, port=port, weight=weight or 1, health=status)
