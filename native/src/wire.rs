@@ -1,6 +1,9 @@
 //! A protobuf wire-format reader: just enough to walk a message's fields,
 //! skip the unknown ones and hand length-delimited payloads to sub-decoders.
 
+/// Protobuf's largest field number (2^29 - 1).
+const MAX_FIELD: u64 = (1 << 29) - 1;
+
 pub type Result<T> = std::result::Result<T, String>;
 
 pub enum Value<'a> {
@@ -43,16 +46,38 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// Skip a (proto2) group up to its end marker, as the Python runtime
+    /// skips an unknown one; groups nest.
+    fn skip_group(&mut self, field: u32) -> Result<()> {
+        loop {
+            if self.pos >= self.data.len() {
+                return Err("unterminated group".into());
+            }
+            let start = self.pos;
+            let key = self.varint()?;
+            if key & 7 == 4 {
+                return if key >> 3 == u64::from(field) {
+                    Ok(())
+                } else {
+                    Err("group ends with another field number".into())
+                };
+            }
+            self.pos = start;
+            self.next()?;
+        }
+    }
+
     /// The next (field number, value), or None at the end of the message.
     pub fn next(&mut self) -> Result<Option<(u32, Value<'a>)>> {
         if self.pos >= self.data.len() {
             return Ok(None);
         }
         let key = self.varint()?;
-        let field = u32::try_from(key >> 3).map_err(|_| "field number out of range")?;
-        if field == 0 {
-            return Err("field number 0".into());
+        let field = key >> 3;
+        if field == 0 || field > MAX_FIELD {
+            return Err(format!("field number {field} out of range"));
         }
+        let field = field as u32;
         let value = match key & 7 {
             0 => Value::Varint(self.varint()?),
             1 => {
@@ -67,7 +92,12 @@ impl<'a> Reader<'a> {
                 self.take(4)?;
                 Value::Fixed
             }
-            other => return Err(format!("unsupported wire type {other}")),
+            3 => {
+                self.skip_group(field)?;
+                Value::Fixed
+            }
+            4 => return Err("end of a group that was not started".into()),
+            other => return Err(format!("invalid wire type {other}")),
         };
         Ok(Some((field, value)))
     }

@@ -83,9 +83,18 @@ def _built(view: endpoints.AssignmentView) -> object:
         return ("refused", str(exc))
 
 
-# An unknown field of each wire type (numbers the message does not use).
+# An unknown field of each wire type (numbers the message does not use),
+# groups (proto2, nested) included: the Python runtime skips them all.
 UNKNOWN = st.sampled_from(
-    [b"", b"\xb8\x3e\x05", b"\xc2\x3e\x02hi", b"\xc9\x3e" + bytes(8), b"\xcd\x3e" + bytes(4)]
+    [
+        b"",
+        b"\xb8\x3e\x05",
+        b"\xc2\x3e\x02hi",
+        b"\xc9\x3e" + bytes(8),
+        b"\xcd\x3e" + bytes(4),
+        b"\xc3\x3e\x08\x01\xc4\x3e",
+        b"\xc3\x3e\xcb\x3e\x08\x01\xcc\x3e\xc4\x3e",
+    ]
 )
 
 
@@ -134,3 +143,37 @@ def test_decoding_an_any_gives_the_python_model(msg: endpoint_pb2.ClusterLoadAss
     except XdsResourceError as exc:
         got = ("refused", str(exc))
     assert got == _built(endpoints.view_from_message(msg))
+
+
+@given(st.binary(max_size=64), st.binary(max_size=16))
+def test_arbitrary_bytes_are_refused_alike_or_read_alike(head: bytes, tail: bytes) -> None:
+    assert native is not None
+    data = head + endpoint_pb2.ClusterLoadAssignment(cluster_name="c").SerializeToString() + tail
+    try:
+        expected = _python_view(data)
+    except DecodeError:
+        with pytest.raises(ValueError):
+            native(data)
+        return
+    assert native(data) == expected
+
+
+@given(assignments(), st.data())
+def test_corrupted_messages_are_refused_alike_or_read_alike(
+    msg: endpoint_pb2.ClusterLoadAssignment, data: st.DataObject
+) -> None:
+    assert native is not None
+    raw = bytearray(msg.SerializeToString())
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(raw)))
+        raw[at:at] = data.draw(st.binary(min_size=1, max_size=2))
+        if raw and data.draw(st.booleans()):
+            del raw[data.draw(st.integers(0, len(raw) - 1))]
+    corrupted = bytes(raw)
+    try:
+        expected = _python_view(corrupted)
+    except DecodeError:
+        with pytest.raises(ValueError):
+            native(corrupted)
+        return
+    assert native(corrupted) == expected
