@@ -12,7 +12,17 @@ $(STAMP): pyproject.toml control_plane/pyproject.toml requirements-dev.txt
 	$(PY) -m pip install -q -e . -e ./control_plane -r requirements-dev.txt
 	touch $(STAMP)
 
-install: $(STAMP)
+# The native core (issue 25, native/): built into the venv when Rust is there
+# (cargo's target dir native/target keeps rebuilds incremental); without it
+# the library uses its pure-Python decoders, with the same results.
+NATIVE_STAMP := $(VENV)/.native
+$(NATIVE_STAMP): $(STAMP) native/Cargo.toml native/pyproject.toml $(wildcard native/src/*.rs)
+	@if command -v cargo >/dev/null; then \
+		VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -m native/Cargo.toml; \
+	else echo "no Rust toolchain (cargo): native core skipped, pure-Python fallback"; fi
+	touch $(NATIVE_STAMP)
+
+install: $(STAMP) $(NATIVE_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src control_plane/src tests examples benchmarks
@@ -34,15 +44,15 @@ export KUBE_TOOLS_DIR ?= $(HOME)/.cache/proxyless-mesh/kube-v1.37.2
 kube-tools:
 	tools/build-kube.sh "$(KUBE_TOOLS_DIR)"
 
-test: $(STAMP) tools kube-tools lint typecheck
+test: install tools kube-tools lint typecheck
 	$(PY) -m pytest -q -ra
 
-demo: $(STAMP)
+demo: install
 	$(PY) examples/demo.py
 
 # All tables side by side (~10 min on 2 cores); results in benchmarks/results/.
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--only data,cp".
-bench: $(STAMP) adsload
+bench: install adsload
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # The mesh transport's own CPU per request, a git ref (A) against the working tree (B),

@@ -15,6 +15,7 @@ Sections (benchmarks/README.md has the method):
   policy       PolicySet.check cost for 1 / 10 / 100 AuthorizationPolicies
   balancer     pick cost per policy (benchmarks/bench_balancer.py)
   telemetry    telemetry cost per request (benchmarks/bench_telemetry.py)
+  native       native core vs Python: EDS decode CPU, import CPU and RSS
   cp           control plane with 100 / 1,000 / 10,000 connected xDS clients
   cpgo         control plane with 10,000 Go xDS clients, SotW and Delta: change,
                connect storm, restart with resume (benchmarks/cp_go.py)
@@ -63,6 +64,7 @@ SECTIONS = (
     "policy",
     "balancer",
     "telemetry",
+    "native",
     "cp",
     "cpgo",
     "propagation",
@@ -192,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
             ("balancer", "Balancer: pick cost per policy"),
             ("telemetry", "Telemetry: cost per request"),
             ("kube", "Kubernetes: the control plane on a real API server at scale"),
+            ("native", "Native core (issue 25): EDS decode and import cost"),
         ):
             if section in args.sections:
                 print(f"  {section} ...", file=sys.stderr, flush=True)

@@ -23,9 +23,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
-import jwt
+if TYPE_CHECKING:
+    import jwt
 
 from proxyless_mesh.model import JwtAuthentication, JwtHeader, JwtProvider
 from proxyless_mesh.policy._errors import PolicyConfigError
@@ -143,6 +145,8 @@ def _cookies(header: str) -> dict[str, str]:
 def _verify(
     token: str, candidates: list[tuple[_CompiledProvider, str | None, str | None]]
 ) -> JwtResult:
+    import jwt  # PyJWT (and cryptography) load with the first JWT policy (issue 25)
+
     try:
         header = jwt.get_unverified_header(token)
         unverified = jwt.decode(token, options={"verify_signature": False})
@@ -183,6 +187,8 @@ def _verify(
 def _verify_signature(
     token: str, header: Mapping[str, object], cp: _CompiledProvider
 ) -> dict[str, object]:
+    import jwt
+
     alg = str(header["alg"])
     kid = header.get("kid")
     keys = [k for k_kid, k_alg, k in cp.keys if kid in (None, k_kid) and k_alg in (None, alg)]
@@ -210,6 +216,8 @@ def _verify_signature(
 
 def _parse_jwks(text: str, where: str) -> tuple[tuple[str | None, str | None, jwt.PyJWK], ...]:
     """Parse a JWKS document, keeping asymmetric signing keys only."""
+    import jwt
+
     try:
         doc = json.loads(text)
     except ValueError as exc:

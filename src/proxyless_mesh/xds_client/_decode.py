@@ -29,15 +29,12 @@ from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import (
     Cluster,
     ClusterLoadAssignment,
-    Endpoint,
-    HealthStatus,
     InboundListener,
     LbPolicy,
     Listener,
-    Locality,
-    LocalityEndpoints,
     RouteConfiguration,
 )
+from proxyless_mesh.xds_client import _decode_endpoints as endpoints
 from proxyless_mesh.xds_client import _decode_policies as policies
 from proxyless_mesh.xds_client._decode_inbound import decode_inbound_listener
 from proxyless_mesh.xds_client._decode_routes import decode_route_configuration_message
@@ -90,13 +87,15 @@ _TYPED_LB_POLICIES = {
 def unpack_resource(rtype: ResourceType, resource: Any) -> Any:
     """The typed message inside `resource` (an Any, a discovery `Resource` wrapper
     as allowed by the `xds.config.resource-in-sotw` client feature, or already the
-    message)."""
+    message). An unwrapped ClusterLoadAssignment is decoded natively when the
+    native core is installed: a `NativeAssignment`, not a protobuf message."""
     cls = _MESSAGE_CLASSES[rtype]
-    if isinstance(resource, cls):
+    if isinstance(resource, (cls, endpoints.NativeAssignment)):
         return resource
     if not isinstance(resource, any_pb2.Any):
         raise TypeError(f"expected an Any or {cls.__name__}, got {type(resource).__name__}")
-    if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
+    wrapped = resource.type_url == RESOURCE_WRAPPER_TYPE_URL
+    if wrapped:
         wrapper = discovery_pb2.Resource()
         _unpack_any(resource, wrapper, "Resource wrapper")
         resource = wrapper.resource
@@ -104,6 +103,8 @@ def unpack_resource(rtype: ResourceType, resource: Any) -> Any:
         raise XdsResourceError(
             f"resource has type {resource.type_url!r}, expected {rtype.type_url!r}"
         )
+    if rtype is ResourceType.CLUSTER_LOAD_ASSIGNMENT and not wrapped and endpoints.native_decode:
+        return endpoints.decode_native(resource.value)  # no protobuf objects (issue 25)
     msg = cls()
     _unpack_any(resource, msg, cls.__name__)
     return msg
@@ -215,45 +216,12 @@ def decode_cluster(resource: Any) -> Cluster:
     )
 
 
-ISTIO_METADATA = "istio"  # Istio's filter metadata namespace on endpoints
-
-
 def decode_cluster_load_assignment(resource: Any) -> ClusterLoadAssignment:
-    """Endpoints by locality. As in gRPC, a locality without a (non-zero)
-    load_balancing_weight is dropped, and priorities must have no gaps."""
+    """Endpoints by locality (see `_decode_endpoints`)."""
     msg = unpack_resource(ResourceType.CLUSTER_LOAD_ASSIGNMENT, resource)
-    if not msg.cluster_name:
-        raise XdsResourceError("ClusterLoadAssignment has no cluster_name")
-    localities: list[LocalityEndpoints] = []
-    seen: set[tuple[str, int]] = set()
-    for i, lle in enumerate(msg.endpoints):
-        if not lle.HasField("load_balancing_weight") or lle.load_balancing_weight.value == 0:
-            continue
-        endpoints = tuple(
-            _endpoint(lb, f"endpoints[{i}].lb_endpoints[{j}]", seen)
-            for j, lb in enumerate(lle.lb_endpoints)
-        )
-        localities.append(
-            LocalityEndpoints(
-                locality=Locality(lle.locality.region, lle.locality.zone, lle.locality.sub_zone),
-                endpoints=endpoints,
-                weight=lle.load_balancing_weight.value,
-                priority=lle.priority,
-            )
-        )
-    priorities = sorted({loc.priority for loc in localities})
-    if priorities != list(range(len(priorities))):
-        raise XdsResourceError(f"sparse priority list {priorities}: priorities must be 0..N-1")
-    factor = 140
-    if msg.policy.HasField("overprovisioning_factor"):
-        factor = msg.policy.overprovisioning_factor.value
-        if factor == 0:
-            raise XdsResourceError("policy.overprovisioning_factor must be greater than 0")
-    return ClusterLoadAssignment(
-        cluster_name=msg.cluster_name,
-        localities=tuple(localities),
-        overprovisioning_factor=factor,
-    )
+    if isinstance(msg, endpoints.NativeAssignment):
+        return endpoints.assignment_from_view(msg.view)
+    return endpoints.assignment_from_view(endpoints.view_from_message(msg))
 
 
 DECODERS: dict[ResourceType, Callable[[Any], Any]] = {
@@ -319,37 +287,3 @@ def _lb_policy(msg: Any) -> LbPolicy:
         name = cluster_pb2.Cluster.LbPolicy.Name(msg.lb_policy)
         raise XdsResourceError(f"lb_policy {name} is not supported")
     return policy
-
-
-def _endpoint(lb: Any, where: str, seen: set[tuple[str, int]]) -> Endpoint:
-    if lb.WhichOneof("host_identifier") != "endpoint":
-        raise XdsResourceError(f"{where}: only inline endpoints are supported (no endpoint_name)")
-    address = lb.endpoint.address
-    if address.WhichOneof("address") != "socket_address":
-        raise XdsResourceError(f"{where}: only socket_address endpoints are supported")
-    sa = address.socket_address
-    if not sa.address:
-        raise XdsResourceError(f"{where}: empty address")
-    if sa.WhichOneof("port_specifier") != "port_value" or not 0 < sa.port_value <= 65535:
-        raise XdsResourceError(f"{where}: invalid port (need port_value in 1..65535)")
-    weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
-    if weight == 0:
-        raise XdsResourceError(f"{where}: load_balancing_weight must be greater than 0")
-    key = (sa.address, sa.port_value)
-    if key in seen:
-        raise XdsResourceError(f"{where}: duplicate endpoint address {sa.address}:{sa.port_value}")
-    seen.add(key)
-    try:
-        health = HealthStatus(lb.health_status)
-    except ValueError:
-        health = HealthStatus.UNKNOWN
-    return Endpoint(sa.address, sa.port_value, weight, health, _workload_metadata(lb))
-
-
-def _workload_metadata(lb: Any) -> str:
-    """Istio's `istio` filter metadata `workload` string of an endpoint, "" if none."""
-    istio = lb.metadata.filter_metadata.get(ISTIO_METADATA)
-    if istio is None:
-        return ""
-    value = istio.fields.get("workload")
-    return value.string_value if value is not None else ""
