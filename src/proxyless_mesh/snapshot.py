@@ -79,10 +79,14 @@ def build_snapshot(state: XdsState, previous: MeshSnapshot | None = None) -> Mes
         arriving = {n for n in previous.absent if n in state.listeners and n not in routes}
         if arriving:
             absent = absent | arriving
+    awaited = frozenset(
+        name for name in wanted if name not in state.clusters and name not in state.absent_clusters
+    )
     return MeshSnapshot(
         routes=routes,
         balancers=balancers,
         absent=absent,
+        awaited=awaited,
         sources=sources,
         inbound=_inbound_policies(state, previous.inbound if previous else {}),
     )

@@ -298,7 +298,7 @@ def test_status_page_shows_config_errors_by_file_kind_name_field(
             "kind": "VirtualService",
             "name": "default/broken",
             "field": "spec.http[0].frobnicate",
-            "message": "unknown field",
+            "message": "unknown field (IST0106)",
         }
     finally:
         (console.lab.config_dir / "broken.yaml").unlink()
@@ -308,13 +308,13 @@ def test_status_page_shows_config_errors_by_file_kind_name_field(
 def test_status_page_names_the_xds_protocol_when_the_record_has_it(
     console: Console, page: Any
 ) -> None:
-    """`protocol` (SotW/Delta) is shown when /status carries it: the answer is
-    the real one with the key added (this control plane's records have none)."""
+    """`protocol` (sotw/delta) is shown as /status carries it: the real answer
+    (this client is on SotW), and the same answer with the key changed."""
 
     def with_protocol(route: Any) -> None:
         status = route.fetch().json()
         for client in status["clients"]:
-            client["protocol"] = "Delta"
+            client["protocol"] = "delta"
         route.fulfill(json=status)
 
     def is_status(url: str) -> bool:  # /status, not the page /console/status
@@ -324,8 +324,8 @@ def test_status_page_names_the_xds_protocol_when_the_record_has_it(
     page.goto(f"{console.admin}/console/status")
     kind = page.locator('tr.client[data-node="productpage-1"] td').nth(1)
     kind.wait_for()
-    assert kind.text_content() == "MESH · Delta"
+    assert kind.text_content() == "MESH · delta"
     page.unroute(is_status)
     page.reload()
     page.locator('tr.client[data-node="productpage-1"]').wait_for()
-    assert kind.text_content() == "MESH"
+    assert kind.text_content() == "MESH · sotw"

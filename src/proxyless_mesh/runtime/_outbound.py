@@ -59,7 +59,8 @@ def route_request(
 ) -> RouteDecision | _Unresolved | None:
     """The route decision for this request: a RouteDecision, None to pass it
     through untouched (not a mesh service, outbound policy ALLOW_ANY), or
-    UNRESOLVED when the snapshot has not heard of the authority yet.
+    UNRESOLVED when the snapshot has not heard of the authority yet, or of
+    the cluster its route picked (not yet received, not known absent).
 
     `request` is handed to the raised errors (httpx wants it on its errors).
     """
@@ -83,6 +84,8 @@ def route_request(
     if decision.cluster:
         balancer = snapshot.balancers.get(decision.cluster)
         if balancer is None or not balancer.cluster_known:
+            if decision.cluster in snapshot.awaited:
+                return UNRESOLVED  # on its way: wait as for a new authority
             raise NoClusterError(
                 f"{authority}: route {decision.route_name!r} sends to cluster "
                 f"{decision.cluster}, which the control plane does not have (a subset no "

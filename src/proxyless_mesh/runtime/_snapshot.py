@@ -42,6 +42,9 @@ class MeshSnapshot:
     routes: Mapping[str, RouteTable] = field(default_factory=dict)
     balancers: Mapping[str, ClusterBalancer] = field(default_factory=dict)
     absent: frozenset[str] = frozenset()
+    # Clusters the routes name that have not arrived and are not known absent
+    # (a named subscription's first answer is on its way): a request waits.
+    awaited: frozenset[str] = frozenset()
     # What each balancer was built from, to reuse unchanged ones next time.
     sources: Mapping[str, BalancerSource] = field(default_factory=dict)
     # Server listeners by name (the inbound half), with their compiled policy.
