@@ -347,6 +347,15 @@ class LocalMesh:
             ],
             check=True,
         )
+        if "XDG_CACHE_HOME" not in os.environ:
+            # The demo and benchmarks keep the workload's config (and certificate)
+            # cache in the lab's own directory, not the user's ~/.cache; the tests
+            # point XDG_CACHE_HOME at a directory of their own.
+            document = json.loads(path.read_text())
+            document.setdefault("proxyless_mesh", {})["config_cache_path"] = str(
+                self.workdir / f"xds-{node_id}.cache"
+            )
+            path.write_text(json.dumps(document, indent=2))
         return path
 
     def close(self) -> None:
