@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -248,12 +249,12 @@ def https_server(ca: PrivateCa, host: str, client_ca: PrivateCa | None = None) -
 
 
 @contextlib.contextmanager
-def serving(server: ThreadingHTTPServer) -> Iterator[int]:
+def serving(server: socketserver.BaseServer) -> Iterator[int]:
     """`server` served on a thread; yields its port, then shuts it down."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server.server_address[1]
+        yield server.server_address[1]  # type: ignore[attr-defined]
     finally:
         server.shutdown()
         server.server_close()

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .parse_cors import CorsPolicy, DirectResponse
-    from .parse_gateway import Gateway, TlsRoute
+    from .parse_gateway import Gateway, TcpRoute, TlsRoute
     from .parse_telemetry import Telemetry
 
 from .errors import ConfigProblem
+from .probe import Probe
 
 
 @dataclass(frozen=True)
@@ -351,6 +352,7 @@ class VirtualService:
     # "mesh" (the mesh's clients) and/or gateways as "namespace/name"; Istio's default is mesh
     gateways: tuple[str, ...] = ("mesh",)
     tls: tuple[TlsRoute, ...] = ()  # SNI routes: gateways only
+    tcp: tuple[TcpRoute, ...] = ()  # port routes: gateways only
 
     @property
     def for_mesh(self) -> bool:
@@ -426,22 +428,6 @@ class MeshSettings:
     # Istio's DNS domain suffix (istiod --domain): a short host `reviews` in a
     # VirtualService or DestinationRule means reviews.<namespace>.svc.<domain>.
     domain: str = DEFAULT_TRUST_DOMAIN
-
-
-@dataclass(frozen=True)
-class Probe:
-    """How the control plane checks a self-registered member is ready (a
-    WorkloadGroup's `probe`: one of http, tcp, grpc, with Kubernetes' timing)."""
-
-    kind: str  # "http" | "tcp" | "grpc"
-    port: int
-    path: str = "/"
-    grpc_service: str = ""
-    timeout: float = 1.0
-    period: float = 10.0
-    initial_delay: float = 0.0
-    failure_threshold: int = 3
-    success_threshold: int = 1
 
 
 @dataclass(frozen=True)

@@ -80,9 +80,11 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                     )
                 )
     for vs in config.virtual_services:
-        for i, tls in enumerate(vs.tls):
-            for j, weighted in enumerate(tls.route):
-                where = f"spec.tls[{i}].route[{j}].destination"
+        byte_routes = [("tls", i, rule.route) for i, rule in enumerate(vs.tls)]
+        byte_routes += [("tcp", i, rule.route) for i, rule in enumerate(vs.tcp)]
+        for kind, i, destinations in byte_routes:
+            for j, weighted in enumerate(destinations):
+                where = f"spec.{kind}[{i}].route[{j}].destination"
                 dest = weighted.destination
                 known = (services, passthrough)
                 problems.extend(_check_destination(vs.meta, where, dest, known, rules, []))
