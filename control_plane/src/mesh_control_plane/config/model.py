@@ -75,6 +75,7 @@ class ServiceEntry:
     meta: Meta
     hosts: tuple[str, ...]
     ports: tuple[ServicePort, ...]
+    addresses: tuple[str, ...] = ()  # virtual IPs: more names of the host for HTTP clients
     # Defaults for code that builds entries; YAML gets Istio's (NONE, MESH_EXTERNAL).
     resolution: str = "STATIC"
     location: str = "MESH_INTERNAL"

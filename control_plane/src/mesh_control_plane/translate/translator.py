@@ -123,10 +123,12 @@ def _proxyless_listeners(index: MeshIndex) -> tuple[list[Message], list[Message]
     routes: list[Message] = []
     for service in index.services.values():
         for port in service.http_ports:
-            name = authority(service.host, port.number)
-            listeners.append(api_listener(name))
             vhost = virtual_host(index, service, port.number, disable_default_timeout=False)
-            routes.append(route_configuration(name, [vhost]))
+            # Clients ask by the authority they call: the host, or one of its addresses.
+            for address in (service.host, *service.addresses):
+                name = authority(address, port.number)
+                listeners.append(api_listener(name))
+                routes.append(route_configuration(name, [vhost]))
     return listeners, routes
 
 
