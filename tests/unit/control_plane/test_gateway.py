@@ -256,8 +256,8 @@ def test_server_hosts_admit_by_namespace_and_wildcard() -> None:
     ("doc", "expected"),
     [
         (
-            "kind: ReferenceGrant\nmetadata: {name: r}\nspec: {}",
-            "gw.yaml: ReferenceGrant default/r: kind: ReferenceGrant is not supported yet",
+            "kind: TLSRoute\nmetadata: {name: r}\nspec: {}",
+            "gw.yaml: TLSRoute default/r: kind: TLSRoute is not supported yet",
         ),
         (
             "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: g}]\n"

@@ -7,9 +7,10 @@ as the Gateway API specifies them (not yet written back to any resource).
   control plane at ``--admin-address`` and ACKed its listeners; Unknown
   without an address).
 - Route, per parent: Accepted (the parent Gateway exists; a Service parent,
-  GAMMA, exists or the config would not load), ResolvedRefs (every backend
-  Service is declared: the loader refuses a config where one is not, so a
-  loaded route is always True here).
+  GAMMA, exists or the config would not load), ResolvedRefs (False with
+  reason BackendNotFound or RefNotPermitted when a backend names no declared
+  Service or one of another namespace no ReferenceGrant permits: see
+  config/gateway_api_refs.py).
 `conditions()` is pure; the command only loads and prints.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from mesh_control_plane.cli.admin_client import AdminError, get_json
 from mesh_control_plane.config import ConfigLoadError, MeshConfig, load_config_dir
+from mesh_control_plane.config.gateway_api_refs import resolved_refs
 from mesh_control_plane.config.parse_gateway_api import GATEWAY_NAME_LABEL
 from mesh_control_plane.translate.node import ROUTER_ID_PREFIX
 from mesh_control_plane.translate.resources import LISTENER
@@ -68,7 +70,8 @@ def conditions(config: MeshConfig, programmed: frozenset[str] | None) -> list[Co
             known = parent == "mesh" or parent in gateways
             reason = "Accepted" if known else "NoMatchingParent"
             found.append(Condition(vs.meta.ref, parent, "Accepted", str(known), reason))
-            found.append(Condition(vs.meta.ref, parent, "ResolvedRefs", "True", "ResolvedRefs"))
+            resolved, why = resolved_refs(config.warnings, vs.meta.ref)
+            found.append(Condition(vs.meta.ref, parent, "ResolvedRefs", resolved, why))
     return found
 
 
