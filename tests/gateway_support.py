@@ -122,6 +122,7 @@ def running_gateway(
     credentials: Path | None = None,
     labels: tuple[str, ...] = (),
     free_ports: bool = True,
+    kubeconfig: Path | None = None,
 ) -> Iterator[str]:
     """`meshctl gateway run` (its Envoy on 127.0.0.1, free ports unless told
     to bind the servers' own) with a join token for `namespace/name` and
@@ -129,6 +130,8 @@ def running_gateway(
     extra = ["--free-ports"] if free_ports else []
     if credentials is not None:
         extra += ["--credentials-dir", str(credentials)]
+    if kubeconfig is not None:
+        extra += ["--kubeconfig", str(kubeconfig)]
     with _running_agent(
         lab, ["gateway", "run", "--name", name], name, namespace, labels, extra
     ) as a:
