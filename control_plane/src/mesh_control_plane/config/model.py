@@ -179,7 +179,8 @@ class ConnectionPool:
 class ClientTls:
     """DestinationRule `tls` (Istio ClientTLSSettings): ISTIO_MUTUAL (the mesh's
     certificates, peer SPIFFE IDs checked), DISABLE (plaintext), or TLS
-    origination SIMPLE / MUTUAL with the operator's files (paths on the client)."""
+    origination SIMPLE / MUTUAL with the operator's files (paths on the client) or,
+    at gateways, a credentialName."""
 
     mode: str  # ISTIO_MUTUAL | DISABLE | SIMPLE | MUTUAL
     sni: str = ""
@@ -187,6 +188,7 @@ class ClientTls:
     client_certificate: str = ""
     private_key: str = ""
     subject_alt_names: tuple[str, ...] = ()
+    credential_name: str = ""  # gateways: SDS kubernetes://NAME (others use the files)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from mesh_control_plane.translate.resources import (
     ResourceSet,
 )
 from mesh_control_plane.translate.routes import route_configuration, virtual_host
-from mesh_control_plane.translate.sds import gateway_upstream_socket
+from mesh_control_plane.translate.sds import gateway_origination_socket, gateway_upstream_socket
 from mesh_control_plane.translate.sidecar import sidecar_inbound
 from mesh_control_plane.translate.telemetry import attach_telemetry, telemetry_specs
 from mesh_control_plane.translate.tls import (
@@ -71,7 +71,13 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     for spec, cluster in zip(specs, clusters, strict=True):
         tls = spec.policy.tls
         if tls is not None and tls.mode in ORIGINATION_MODES:
-            cluster.transport_socket.CopyFrom(origination_socket(tls, upstream_sni(spec)))
+            # credentialName is for gateways (Istio): other clients use the files.
+            originate = (
+                gateway_origination_socket
+                if node.router and tls.credential_name
+                else origination_socket
+            )
+            cluster.transport_socket.CopyFrom(originate(tls, upstream_sni(spec)))
         elif mesh_tls:
             identities = upstream_identities(spec, registry, config.settings)
             auto = tls is None  # auto mTLS defers to the peers' mode
