@@ -1,6 +1,7 @@
 """TCP through a real Envoy gateway: Gateway TCP servers and VirtualService
 `tcp` rules matched by port send raw bytes to TCP echo servers outside the
-mesh, one port to one server, another split by weight."""
+mesh, one port to one server, another split by weight; and to a STRICT meshed
+service over ISTIO_MUTUAL."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ from typing import Any
 
 import pytest
 from gateway_support import running_gateway, serving, wait_for_listener
+from identities import (
+    NAMESPACE,
+    REVIEWS_HOST,
+    listening_socket,
+    peer_echo,
+    service_entry,
+    serving_asgi,
+    workload_mesh,
+)
 from meshlab import LocalMesh
 
 pytestmark = pytest.mark.interop
@@ -136,3 +146,59 @@ def test_tcp_ports_are_proxied_by_port_and_weight(lab: LocalMesh) -> None:
     assert set(tags) == {b"a", b"b"}
     sigma = (CONNECTIONS * B_SHARE * (1 - B_SHARE)) ** 0.5
     assert abs(tags[b"b"] - CONNECTIONS * B_SHARE) <= 5 * sigma, tags
+
+
+def test_a_tcp_port_reaches_a_strict_meshed_service_as_the_gateway(lab: LocalMesh) -> None:
+    """TCP bytes to a STRICT Python service: the gateway's upstream is
+    ISTIO_MUTUAL by SDS (its workload certificate), so the service's inbound
+    side verifies the gateway's SPIFFE ID; the bytes are an HTTP request the
+    gateway never parses."""
+    gateway = "tcp-ingress"
+    sock = listening_socket()
+    strict = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "strict", "namespace": NAMESPACE},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
+    server = {"port": {"number": 9100, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]}
+    route = {"destination": {"host": REVIEWS_HOST, "port": {"number": 80}}}
+    docs = [
+        service_entry(REVIEWS_HOST, sock.getsockname()[1]),
+        strict,
+        _doc("Gateway", gateway, {"selector": {"istio": gateway}, "servers": [server]}),
+        _doc(
+            "VirtualService",
+            gateway,
+            {"hosts": ["*"], "gateways": [gateway], "tcp": [{"route": [route]}]},
+        ),
+    ]
+    for doc in docs[2:]:
+        doc["metadata"]["namespace"] = NAMESPACE
+    lab.write_config("tcp-mesh.yaml", "\n---\n".join(json.dumps(d) for d in docs))
+    lab.start_control_plane(extra_args=["--leaf-ttl", "1h"])
+    reviews = workload_mesh(lab, "reviews-1", "reviews")
+    request = b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n"
+    with (
+        reviews,
+        serving_asgi(peer_echo, reviews, sock),
+        running_gateway(lab, gateway, NAMESPACE) as admin,
+    ):
+        port = wait_for_listener(admin, "0.0.0.0_9100")
+        deadline = time.monotonic() + 20
+        while not (reply := _exchange(port, request)).startswith(b"HTTP/1.1 200"):
+            assert time.monotonic() < deadline, reply
+            time.sleep(0.1)
+    sock.close()
+    body = reply.partition(b"\r\n\r\n")[2]  # chunked: size, identity, end
+    assert f"spiffe://cluster.local/ns/{NAMESPACE}/sa/{gateway}".encode() in body, reply
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    """Send `data` and read until the other side closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(data)
+        reply = b""
+        while chunk := conn.recv(4096):
+            reply += chunk
+        return reply
