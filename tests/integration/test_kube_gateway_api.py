@@ -77,8 +77,10 @@ def test_gateway_api_status_is_written_to_the_resources(kube: KubeCluster, tmp_p
     try:
         lab.start_control_plane(
             extra_args=[
+                # Every namespace's Services: the custom resources are read
+                # cluster-wide, and other tests' routes must resolve for the
+                # configuration as a whole to load.
                 "--kubeconfig", str(kube.kubeconfig),
-                "--kube-namespace", NS,
                 "--leader-lease", f"{NS}/mesh-leader",
                 "--lease-duration", "4s",
             ]
