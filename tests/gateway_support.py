@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -121,6 +122,7 @@ def running_gateway(
     credentials: Path | None = None,
     labels: tuple[str, ...] = (),
     free_ports: bool = True,
+    kubeconfig: Path | None = None,
 ) -> Iterator[str]:
     """`meshctl gateway run` (its Envoy on 127.0.0.1, free ports unless told
     to bind the servers' own) with a join token for `namespace/name` and
@@ -128,6 +130,8 @@ def running_gateway(
     extra = ["--free-ports"] if free_ports else []
     if credentials is not None:
         extra += ["--credentials-dir", str(credentials)]
+    if kubeconfig is not None:
+        extra += ["--kubeconfig", str(kubeconfig)]
     with _running_agent(
         lab, ["gateway", "run", "--name", name], name, namespace, labels, extra
     ) as a:
@@ -248,12 +252,12 @@ def https_server(ca: PrivateCa, host: str, client_ca: PrivateCa | None = None) -
 
 
 @contextlib.contextmanager
-def serving(server: ThreadingHTTPServer) -> Iterator[int]:
+def serving(server: socketserver.BaseServer) -> Iterator[int]:
     """`server` served on a thread; yields its port, then shuts it down."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server.server_address[1]
+        yield server.server_address[1]  # type: ignore[attr-defined]
     finally:
         server.shutdown()
         server.server_close()

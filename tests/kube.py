@@ -301,6 +301,22 @@ class KubeCluster:
         """`kubectl apply` of the objects."""
         return self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
 
+    def service_account_kubeconfig(self, namespace: str, account: str, path: Path) -> Path:
+        """A kubeconfig at `path` that speaks as ServiceAccount `namespace/account`
+        (an hour's token from the TokenRequest API), namespace as in its Pod."""
+        with self.client() as api:
+            response = api.post(
+                f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+                json={"spec": {"expirationSeconds": 3600}},
+            )
+            assert response.is_success, response.text
+            token = response.json()["status"]["token"]
+        config = json.loads(self.kubeconfig.read_text())
+        config["users"] = [{"name": "admin", "user": {"token": token}}]
+        config["contexts"][0]["context"]["namespace"] = namespace
+        path.write_text(json.dumps(config))
+        return path
+
     # -- internals ------------------------------------------------------------------
 
     def _api_ready(self, port: int) -> bool:

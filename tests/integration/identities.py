@@ -21,6 +21,7 @@ from meshlab import LocalMesh
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
+from proxyless_mesh.integrations._asgi import tls_peer_principal
 from proxyless_mesh.serving import serve_asgi
 
 NAMESPACE = "shop"
@@ -81,6 +82,15 @@ def service_entry(host: str, port: int) -> dict[str, Any]:
             ],
         },
     }
+
+
+async def peer_echo(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app answering with the peer identity the mesh's inbound side verified."""
+    if scope["type"] != "http":
+        return
+    body = (tls_peer_principal(scope) or "plaintext").encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
 
 
 @contextlib.contextmanager

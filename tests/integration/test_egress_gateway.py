@@ -29,7 +29,7 @@ EGRESS_HOST = f"egress.{NAMESPACE}.svc.cluster.local"
 EGRESS = f"spiffe://cluster.local/ns/{NAMESPACE}/sa/egress"
 
 
-def _docs(port: int, gateway_port: int, ca_file: Path) -> list[dict[str, Any]]:
+def _docs(port: int, gateway_port: int, origination: dict[str, Any]) -> list[dict[str, Any]]:
     def doc(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         group = "networking.istio.io/v1"
         return {
@@ -113,24 +113,36 @@ def _docs(port: int, gateway_port: int, ca_file: Path) -> list[dict[str, Any]]:
             "originate-tls-for-api",
             {
                 "host": API,
-                "trafficPolicy": {"tls": {"mode": "SIMPLE", "caCertificates": str(ca_file)}},
+                "trafficPolicy": {"tls": {"mode": "SIMPLE", **origination}},
             },
         ),
     ]
 
 
+@pytest.mark.parametrize("ca_from", ["file", "credentialName"])
 def test_a_meshed_client_reaches_an_external_https_server_through_the_egress_gateway(
-    lab: LocalMesh, tmp_path: Path
+    lab: LocalMesh, tmp_path: Path, ca_from: str
 ) -> None:
+    """The gateway checks the external server with the CA of a file named by
+    the DestinationRule, or of a credentialName (`ca.crt` of the gateway's
+    credential `api-ca`, served to its Envoy by SDS as Istio's egress does)."""
     ca = PrivateCa.create("external CA")
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    credentials = tmp_path / "credentials"
+    (credentials / "api-ca").mkdir(parents=True)
+    (credentials / "api-ca" / "ca.crt").write_bytes(ca.cert_pem)
+    origination = (
+        {"caCertificates": str(tmp_path / "ca.pem")}
+        if ca_from == "file"
+        else {"credentialName": "api-ca"}
+    )
     with https_server(ca, API) as api_port, reserved_port() as gateway_port:
-        docs = _docs(api_port, gateway_port, tmp_path / "ca.pem")
+        docs = _docs(api_port, gateway_port, origination)
         lab.write_config("egress.yaml", "\n---\n".join(json.dumps(d) for d in docs))
         lab.start_control_plane(extra_args=["--leaf-ttl", "1h"])
         frontend = workload_mesh(lab, "frontend-1", "frontend")
         with (
-            running_gateway(lab, "egress", NAMESPACE, free_ports=False) as admin,
+            running_gateway(lab, "egress", NAMESPACE, credentials, free_ports=False) as admin,
             frontend,
             httpx.Client(transport=frontend.httpx_transport(), timeout=15) as client,
         ):

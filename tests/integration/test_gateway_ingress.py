@@ -29,13 +29,12 @@ from identities import (
     NAMESPACE,
     REVIEWS_HOST,
     listening_socket,
+    peer_echo,
     service_entry,
     serving_asgi,
     workload_mesh,
 )
 from meshlab import LocalMesh
-
-from proxyless_mesh.integrations._asgi import tls_peer_principal
 
 pytestmark = pytest.mark.interop
 
@@ -97,15 +96,6 @@ def _gateway_config() -> str:
     return _docs(gateway, route, strict, only_gateway)
 
 
-async def _echo(scope: Any, receive: Any, send: Any) -> None:
-    """Answers with the peer identity the mesh's inbound side verified."""
-    if scope["type"] != "http":
-        return
-    body = (tls_peer_principal(scope) or "plaintext").encode()
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": body})
-
-
 @dataclass
 class Ingress:
     lab: LocalMesh
@@ -141,7 +131,7 @@ def _ingress(lab: LocalMesh, tmp_path: Path, leaf_ttl: str) -> Iterator[Ingress]
     reviews = workload_mesh(lab, "reviews-1", "reviews")
     with (
         reviews,
-        serving_asgi(_echo, reviews, sock),
+        serving_asgi(peer_echo, reviews, sock),
         running_gateway(lab, "ingress", NAMESPACE, credentials) as admin,
     ):
         https_port = wait_for_listener(admin, "0.0.0.0_443")

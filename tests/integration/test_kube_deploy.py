@@ -40,18 +40,7 @@ def can_i(kube: KubeCluster, verb: str, resource: str, namespace: str = "") -> b
 
 
 def sa_kubeconfig(kube: KubeCluster, path: Path) -> Path:
-    with kube.client() as api:
-        response = api.post(
-            "/api/v1/namespaces/proxyless-mesh/serviceaccounts/control-plane/token",
-            json={"spec": {"expirationSeconds": 3600}},
-        )
-        assert response.is_success, response.text
-        token = response.json()["status"]["token"]
-    config = json.loads(kube.kubeconfig.read_text())
-    config["users"] = [{"name": "admin", "user": {"token": token}}]
-    config["contexts"][0]["context"]["namespace"] = "proxyless-mesh"  # as in its Pod
-    path.write_text(json.dumps(config))
-    return path
+    return kube.service_account_kubeconfig("proxyless-mesh", "control-plane", path)
 
 
 def test_rbac_is_enough_for_the_control_plane_and_no_more(

@@ -3,7 +3,9 @@
 A Gateway API Gateway (programmed into `meshctl gateway run` labelled with
 its name) and an HTTPRoute splitting 90/10 between two Services; a GAMMA
 HTTPRoute (a Service as parent) that sends a meshed httpx client's requests
-for `reviews` to `reviews-v2`.
+for `reviews` to `reviews-v2`; routes whose backend does not resolve (no such
+Service, another namespace without a ReferenceGrant) answer 500 and say
+ResolvedRefs=False.
 """
 
 from __future__ import annotations
@@ -77,6 +79,20 @@ def _config(lab: LocalMesh) -> None:
         {"name": "reviews", "kind": "Service", "group": ""},
         [{"backendRefs": [{"name": "reviews-v2", "port": 80}]}],
     )
+    # Unresolved backends: none such Service, and one of another namespace
+    # without a ReferenceGrant there. The configuration loads; these rules answer 500.
+    lost = _route(
+        "lost",
+        {"name": "web"},
+        [{"backendRefs": [{"name": "nowhere", "port": 80}]}],
+        hostnames=["lost.example.com"],
+    )
+    foreign = _route(
+        "foreign",
+        {"name": "web"},
+        [{"backendRefs": [{"name": "reviews", "namespace": "other", "port": 80}]}],
+        hostnames=["foreign.example.com"],
+    )
     lab.write_config(
         "gateway-api.yaml",
         "\n---\n".join(
@@ -86,6 +102,8 @@ def _config(lab: LocalMesh) -> None:
                 json.dumps(gateway),
                 split,
                 gamma,
+                lost,
+                foreign,
             ]
         ),
     )
@@ -116,6 +134,15 @@ def test_an_http_route_splits_90_10_through_the_gateway(lab: LocalMesh) -> None:
         ).stdout.splitlines()
         assert "Gateway shop/web: Programmed=True (Programmed)" in status, status
         assert "HTTPRoute shop/split parent shop/web: Accepted=True (Accepted)" in status, status
+        assert "HTTPRoute shop/split parent shop/web: ResolvedRefs=True (ResolvedRefs)" in status
+        for route, reason, host in (
+            ("lost", "BackendNotFound", "lost.example.com"),
+            ("foreign", "RefNotPermitted", "foreign.example.com"),
+        ):
+            assert (
+                f"HTTPRoute shop/{route} parent shop/web: ResolvedRefs=False ({reason})" in status
+            )
+            assert c.get(url + "/", headers={"host": host}).status_code == 500
         # PathPrefix matches whole segments: /apix is not under /api.
         assert c.get(url + "/apix", headers=headers).status_code == 404
         assert c.get(url + "/api", headers={"host": "other.test"}).status_code == 404

@@ -11,6 +11,7 @@ import yaml
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from mesh_control_plane.config import ConfigLoadError, MeshConfig, parse_documents
 from mesh_control_plane.config.parse_gateway import GatewayHost, host_covers
@@ -180,9 +181,14 @@ def test_gateway_tls_and_upstream_mtls_come_by_sds() -> None:
     ("server", "expected"),
     [
         (
-            "{port: {number: 9000, name: tcp, protocol: TCP}, hosts: ['*']}",
-            "spec.servers[0].port.protocol: TCP is not supported yet "
-            "(supported: HTTP, HTTP2, GRPC, HTTPS, TLS)",
+            "{port: {number: 9000, name: tcp, protocol: TCP}, hosts: ['*'], "
+            "tls: {mode: SIMPLE, credentialName: x}}",
+            "spec.servers[0].tls.mode: a plaintext TCP server has no TLS mode",
+        ),
+        (
+            "{port: {number: 9000, name: m, protocol: MONGO}, hosts: ['*']}",
+            "spec.servers[0].port.protocol: MONGO is not supported yet "
+            "(supported: HTTP, HTTP2, GRPC, HTTPS, TLS, TCP)",
         ),
         (
             "{port: {number: 443, name: h, protocol: HTTPS}, hosts: ['*'], "
@@ -232,7 +238,7 @@ def test_one_port_is_all_plaintext_or_all_tls() -> None:
         "gw.yaml: Gateway default/g: spec.selector: missing required field "
         "(the labels of the gateway workloads it programs)",
         "gw.yaml: Gateway default/g: spec.servers[1].port.protocol: "
-        "port 80 mixes plaintext, TLS and passthrough servers (one listener per port)",
+        "port 80 mixes plaintext HTTP, TLS, passthrough and TCP servers (one listener per port)",
     ]
 
 
@@ -250,8 +256,8 @@ def test_server_hosts_admit_by_namespace_and_wildcard() -> None:
     ("doc", "expected"),
     [
         (
-            "kind: ReferenceGrant\nmetadata: {name: r}\nspec: {}",
-            "gw.yaml: ReferenceGrant default/r: kind: ReferenceGrant is not supported yet",
+            "kind: TLSRoute\nmetadata: {name: r}\nspec: {}",
+            "gw.yaml: TLSRoute default/r: kind: TLSRoute is not supported yet",
         ),
         (
             "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: g}]\n"
@@ -418,3 +424,66 @@ def test_tls_routes_are_for_gateways_only_and_pass_tls_through_by_sni() -> None:
     assert list(chain.filter_chain_match.server_names) == ["reviews.shop.mesh"]
     assert chain.filters[0].name == "envoy.filters.network.tcp_proxy"
     assert not chain.HasField("transport_socket")  # never decrypted
+
+
+def test_tcp_routes_are_for_gateways_only_and_proxy_a_tcp_port() -> None:
+    mesh_tcp = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: t, namespace: shop}
+    spec:
+      hosts: ["*"]
+      tcp:
+      - match: [{port: 9001, sourceSubnet: 10.0.0.0/8}]
+        route: [{destination: {host: reviews.shop.mesh}}]
+    """
+    assert problems(SERVICE, mesh_tcp) == [
+        'gw.yaml: VirtualService shop/t: spec.hosts[0]: wildcard hosts are not supported yet: "*"',
+        "gw.yaml: VirtualService shop/t: spec.tcp[0].match[0].sourceSubnet: not supported yet",
+        "gw.yaml: VirtualService shop/t: spec.tcp: for mesh clients not supported yet "
+        "(bind it to gateways only)",
+    ]
+    gateway = """
+    apiVersion: networking.istio.io/v1
+    kind: Gateway
+    metadata: {name: edge, namespace: shop}
+    spec:
+      selector: {istio: ingress}
+      servers:
+      - {port: {number: 9000, name: tcp-a, protocol: TCP}, hosts: ["*"]}
+      - {port: {number: 9001, name: tcp-b, protocol: TCP}, hosts: ["*"]}
+      - {port: {number: 9002, name: tcp-c, protocol: TCP}, hosts: ["*"]}
+    """
+    routed = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: t, namespace: shop}
+    spec:
+      hosts: ["*"]
+      gateways: [edge]
+      tcp:
+      - match: [{port: 9001, gateways: [shop/edge]}]
+        route:
+        - {destination: {host: reviews.shop.mesh, port: {number: 8080}}, weight: 75}
+        - {destination: {host: ratings.shop.mesh, port: {number: 8080}}, weight: 25}
+      - match: [{port: 9000}]
+        route: [{destination: {host: ratings.shop.mesh, port: {number: 8080}}}]
+    """
+    rs = run(load(SERVICE, gateway, routed), GATEWAY_NODE)
+    proxies = {}
+    for name, listener in rs.resources[LISTENER].items():
+        (chain,) = listener.filter_chains  # type: ignore[attr-defined]
+        assert chain.filters[0].name == "envoy.filters.network.tcp_proxy"
+        assert not chain.HasField("filter_chain_match")  # every connection to the port
+        proxy = tcp_proxy_pb2.TcpProxy()
+        chain.filters[0].typed_config.Unpack(proxy)
+        weighted = [(c.name, c.weight) for c in proxy.weighted_clusters.clusters]
+        proxies[name] = proxy.cluster or weighted
+    # Port 9002: no tcp rule applies there, so no listener (Envoy would refuse an empty one).
+    assert proxies == {
+        "0.0.0.0_9000": "outbound|8080||ratings.shop.mesh",
+        "0.0.0.0_9001": [
+            ("outbound|8080||reviews.shop.mesh", 75),
+            ("outbound|8080||ratings.shop.mesh", 25),
+        ],
+    }

@@ -96,7 +96,8 @@ def test_envoy_specific_kinds_and_tcp_routes_are_refused_by_name() -> None:
         "EnvoyFilter is Envoy-specific, not applicable in-process\n"
         "error: envoy-specific.yaml: WasmPlugin istio-system/basic-auth: kind: "
         "WasmPlugin is Envoy-specific, not applicable in-process\n"
-        "error: envoy-specific.yaml: VirtualService echo/tcp-echo: spec.tcp: not supported yet\n"
+        "error: envoy-specific.yaml: VirtualService echo/tcp-echo: spec.tcp: "
+        "for mesh clients not supported yet (bind it to gateways only)\n"
         "3 errors, 0 warnings\n"
     )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mesh_control_plane.gateway.agent import AgentOptions, envoy_binary, run_agent
 from mesh_control_plane.gateway.bootstrap import ProxyNode
+from mesh_control_plane.kube.client import KubeConnection
 from proxyless_mesh.errors import IdentityError
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN, TOKEN_ENV
 
@@ -50,7 +51,10 @@ def parse_pairs(items: list[str], what: str) -> list[tuple[str, str]] | None:
 
 
 def run_agent_command(
-    args: argparse.Namespace, node: ProxyNode, credentials_dir: Path | None = None
+    args: argparse.Namespace,
+    node: ProxyNode,
+    credentials_dir: Path | None = None,
+    kube: KubeConnection | None = None,
 ) -> int:
     """Run the agent for `node` (its service account defaulting to its name)."""
     token = args.token or os.environ.get(TOKEN_ENV)
@@ -69,6 +73,7 @@ def run_agent_command(
         envoy=envoy,
         admin_address_path=args.admin_address_path,
         log_level=args.log_level,
+        kube=kube,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

@@ -10,12 +10,14 @@ service account: the name), proven to the CA with a join token
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from mesh_control_plane.cli.agent_args import add_agent_arguments, parse_pairs, run_agent_command
 from mesh_control_plane.cli.gateway_status import add_status_parser
 from mesh_control_plane.gateway.bootstrap import ProxyNode
+from mesh_control_plane.kube.client import KubeConfigError, connection_from
 
 
 def add_parser(commands: Any) -> None:
@@ -26,6 +28,12 @@ def add_parser(commands: Any) -> None:
     add_agent_arguments(run_p)
     run_p.add_argument(
         "--credentials-dir", type=Path, help="credentialName certificates: DIR/<name>/tls.crt ..."
+    )
+    run_p.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="credentialName also from the namespace's kubernetes.io/tls Secrets, read with "
+        "this kubeconfig (`in-cluster`: the Pod's ServiceAccount)",
     )
     run_p.add_argument(
         "--free-ports", action="store_true", help="bind every server on a port the kernel picks"
@@ -46,4 +54,11 @@ def run(args: argparse.Namespace) -> int:
         bind_address=args.bind_address,
         free_ports=args.free_ports,
     )
-    return run_agent_command(args, node, args.credentials_dir)
+    kube = None
+    if args.kubeconfig:
+        try:
+            kube = connection_from(args.kubeconfig)
+        except KubeConfigError as exc:
+            print(f"meshctl: --kubeconfig: {exc}", file=sys.stderr)
+            return 2
+    return run_agent_command(args, node, args.credentials_dir, kube)

@@ -1,15 +1,16 @@
 """`meshctl gateway status DIR [--admin-address A]`: Gateway API status
 conditions of the Gateways, HTTPRoutes and GRPCRoutes in a config directory,
-as the Gateway API specifies them (not yet written back to any resource).
+as the Gateway API specifies them (on Kubernetes, kube/gateway_status.py writes them).
 
 - Gateway: Accepted (it loaded), Programmed (a gateway named after it,
   ``meshctl gateway run --name <name> --namespace <ns>``, is connected to the
   control plane at ``--admin-address`` and ACKed its listeners; Unknown
   without an address).
 - Route, per parent: Accepted (the parent Gateway exists; a Service parent,
-  GAMMA, exists or the config would not load), ResolvedRefs (every backend
-  Service is declared: the loader refuses a config where one is not, so a
-  loaded route is always True here).
+  GAMMA, exists or the config would not load), ResolvedRefs (False with
+  reason BackendNotFound or RefNotPermitted when a backend names no declared
+  Service or one of another namespace no ReferenceGrant permits: see
+  config/gateway_api_refs.py).
 `conditions()` is pure; the command only loads and prints.
 """
 
@@ -18,58 +19,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mesh_control_plane.cli.admin_client import AdminError, get_json
-from mesh_control_plane.config import ConfigLoadError, MeshConfig, load_config_dir
-from mesh_control_plane.config.parse_gateway_api import GATEWAY_NAME_LABEL
+from mesh_control_plane.config import ConfigLoadError, load_config_dir
+from mesh_control_plane.config.gateway_api_status import Condition, conditions
 from mesh_control_plane.translate.node import ROUTER_ID_PREFIX
 from mesh_control_plane.translate.resources import LISTENER
 from mesh_control_plane.xds.clients import short_type_name
 
-ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
-
-
-@dataclass(frozen=True)
-class Condition:
-    resource: str  # "Kind ns/name"
-    parent: str  # "" for a Gateway; the parent ("ns/name" or "mesh") for a route
-    type: str
-    status: str  # True | False | Unknown
-    reason: str
-
-    def __str__(self) -> str:
-        where = f" parent {self.parent}" if self.parent else ""
-        return f"{self.resource}{where}: {self.type}={self.status} ({self.reason})"
-
-
-def conditions(config: MeshConfig, programmed: frozenset[str] | None) -> list[Condition]:
-    """`programmed`: "ns/name" of the gateways whose Envoy ACKed its listeners
-    (None: not known, offline)."""
-    found: list[Condition] = []
-    gateways = {g.ref for g in config.gateways}
-    for gateway in config.gateways:
-        if GATEWAY_NAME_LABEL not in gateway.selector:
-            continue  # an Istio Gateway: no Gateway API status
-        ref = gateway.meta.ref
-        found.append(Condition(ref, "", "Accepted", "True", "Accepted"))
-        if programmed is None:
-            found.append(Condition(ref, "", "Programmed", "Unknown", "Pending"))
-        elif gateway.ref in programmed:
-            found.append(Condition(ref, "", "Programmed", "True", "Programmed"))
-        else:
-            found.append(Condition(ref, "", "Programmed", "False", "Pending"))
-    for vs in config.virtual_services:
-        if vs.meta.kind not in ROUTE_KINDS:
-            continue
-        for parent in vs.gateways:
-            known = parent == "mesh" or parent in gateways
-            reason = "Accepted" if known else "NoMatchingParent"
-            found.append(Condition(vs.meta.ref, parent, "Accepted", str(known), reason))
-            found.append(Condition(vs.meta.ref, parent, "ResolvedRefs", "True", "ResolvedRefs"))
-    return found
+__all__ = ["Condition", "conditions", "programmed_gateways", "render", "run"]
 
 
 def programmed_gateways(status: Any) -> frozenset[str]:

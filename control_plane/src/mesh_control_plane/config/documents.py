@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .gateway_api_refs import ReferenceGrant, parse_reference_grant
 from .model import (
     AuthorizationPolicy,
     DestinationRule,
@@ -58,6 +59,7 @@ Resource = (
     | WorkloadGroup
     | Telemetry
     | Gateway
+    | ReferenceGrant
 )
 _Parser = Callable[[Problems, Meta, Mapping[str, Any]], Resource]
 
@@ -83,8 +85,9 @@ GATEWAY_API_PARSERS: dict[str, _Parser] = {
     "Gateway": parse_k8s_gateway,
     "HTTPRoute": parse_http_route,
     "GRPCRoute": parse_grpc_route,
+    "ReferenceGrant": parse_reference_grant,
 }
-_GATEWAY_API_LATER = ("ReferenceGrant", "TLSRoute", "TCPRoute", "GatewayClass")
+_GATEWAY_API_LATER = ("TLSRoute", "TCPRoute", "GatewayClass")
 _SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 # Istio kinds a user may reasonably write: named so the error says "not yet", not "what?".
 _LATER_KINDS = (

@@ -19,6 +19,7 @@ import yaml
 from .delegates import resolve_delegates
 from .documents import Document, Resource, expand_lists, parse_document
 from .errors import ConfigLoadError, ConfigProblem
+from .gateway_api_refs import ReferenceGrant, resolve_backend_refs
 from .model import (
     AuthorizationPolicy,
     DestinationRule,
@@ -142,6 +143,9 @@ class _Builder:
         config = _assemble(self._resources, self.settings)
         declared = {host for entry in config.service_entries for host in entry.hosts}
         extra = tuple(e for e in known if not declared.intersection(e.hosts))
+        grants = tuple(r for r in self._resources if isinstance(r, ReferenceGrant))
+        hosts = frozenset(declared.union(*(e.hosts for e in extra)))
+        config, unresolved = resolve_backend_refs(config, grants, hosts)
         checked = replace(config, service_entries=config.service_entries + extra)
         # Before delegation: errors name the file written.
         dangling = check_references(checked if extra else config)
@@ -149,7 +153,7 @@ class _Builder:
             raise ConfigLoadError(dangling)
         warnings = reference_warnings(config)
         config, dropped = resolve_delegates(config)
-        return replace(config, warnings=(*dropped, *warnings))
+        return replace(config, warnings=(*dropped, *unresolved, *warnings))
 
 
 def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:

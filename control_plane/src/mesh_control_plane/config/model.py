@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .parse_cors import CorsPolicy, DirectResponse
-    from .parse_gateway import Gateway, TlsRoute
+    from .parse_gateway import Gateway, TcpRoute, TlsRoute
     from .parse_telemetry import Telemetry
 
 from .errors import ConfigProblem
+from .probe import Probe
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class ServiceEntry:
     meta: Meta
     hosts: tuple[str, ...]
     ports: tuple[ServicePort, ...]
+    addresses: tuple[str, ...] = ()  # virtual IPs: more names of the host for HTTP clients
     # Defaults for code that builds entries; YAML gets Istio's (NONE, MESH_EXTERNAL).
     resolution: str = "STATIC"
     location: str = "MESH_INTERNAL"
@@ -178,7 +180,8 @@ class ConnectionPool:
 class ClientTls:
     """DestinationRule `tls` (Istio ClientTLSSettings): ISTIO_MUTUAL (the mesh's
     certificates, peer SPIFFE IDs checked), DISABLE (plaintext), or TLS
-    origination SIMPLE / MUTUAL with the operator's files (paths on the client)."""
+    origination SIMPLE / MUTUAL with the operator's files (paths on the client) or,
+    at gateways, a credentialName."""
 
     mode: str  # ISTIO_MUTUAL | DISABLE | SIMPLE | MUTUAL
     sni: str = ""
@@ -186,6 +189,7 @@ class ClientTls:
     client_certificate: str = ""
     private_key: str = ""
     subject_alt_names: tuple[str, ...] = ()
+    credential_name: str = ""  # gateways: SDS kubernetes://NAME (others use the files)
 
 
 @dataclass(frozen=True)
@@ -354,6 +358,7 @@ class VirtualService:
     gateways: tuple[str, ...] = ("mesh",)
     tls: tuple[TlsRoute, ...] = ()  # SNI routes: gateways only
     export_to: tuple[str, ...] = ()
+    tcp: tuple[TcpRoute, ...] = ()  # port routes: gateways only
 
     @property
     def for_mesh(self) -> bool:
@@ -429,22 +434,6 @@ class MeshSettings:
     # Istio's DNS domain suffix (istiod --domain): a short host `reviews` in a
     # VirtualService or DestinationRule means reviews.<namespace>.svc.<domain>.
     domain: str = DEFAULT_TRUST_DOMAIN
-
-
-@dataclass(frozen=True)
-class Probe:
-    """How the control plane checks a self-registered member is ready (a
-    WorkloadGroup's `probe`: one of http, tcp, grpc, with Kubernetes' timing)."""
-
-    kind: str  # "http" | "tcp" | "grpc"
-    port: int
-    path: str = "/"
-    grpc_service: str = ""
-    timeout: float = 1.0
-    period: float = 10.0
-    initial_delay: float = 0.0
-    failure_threshold: int = 3
-    success_threshold: int = 1
 
 
 @dataclass(frozen=True)

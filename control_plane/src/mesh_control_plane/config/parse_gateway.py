@@ -4,9 +4,10 @@ edge of the mesh, for the gateway workloads its `selector` picks.
 What is programmed into Envoy (translate/gateway.py): HTTP, HTTP2 and GRPC
 servers in plaintext (optionally `tls.httpsRedirect`), HTTPS servers with
 `tls.mode` SIMPLE or MUTUAL (certificate from `credentialName`) or
-ISTIO_MUTUAL (the gateway's workload certificate, mesh clients only).
-Everything else Istio defines is refused naming the field: TLS and TCP
-servers (they need `tls`/`tcp` routes), PASSTHROUGH, AUTO_PASSTHROUGH and
+ISTIO_MUTUAL (the gateway's workload certificate, mesh clients only), TLS
+servers with mode PASSTHROUGH (routed by SNI: VirtualService `tls`) and
+plaintext TCP servers (VirtualService `tcp`). Everything else Istio defines is
+refused naming the field: TLS on a TCP server, AUTO_PASSTHROUGH and
 OPTIONAL_MUTUAL, certificates given as files, cipher and version settings,
 `bind` and `defaultEndpoint`. Several servers on one port must agree on
 plaintext or TLS (one listener per port, as Istio builds it).
@@ -60,7 +61,8 @@ _TLS_UNSUPPORTED = (
 PLAIN_PROTOCOLS = ("HTTP", "HTTP2", "GRPC")
 TLS_PROTOCOLS = ("HTTPS",)
 PASSTHROUGH_PROTOCOLS = ("TLS",)  # mode PASSTHROUGH: routed by SNI (VirtualService `tls`)
-_LATER_PROTOCOLS = ("TCP", "MONGO", "REDIS", "MYSQL", "GRPC-WEB")
+TCP_PROTOCOLS = ("TCP",)  # plaintext bytes, routed by port (VirtualService `tcp`)
+_LATER_PROTOCOLS = ("MONGO", "REDIS", "MYSQL", "GRPC-WEB")
 TLS_MODES = ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "PASSTHROUGH")
 _LATER_MODES = ("AUTO_PASSTHROUGH", "OPTIONAL_MUTUAL")
 
@@ -123,6 +125,10 @@ class GatewayServer:
     def passthrough(self) -> bool:
         return self.protocol in PASSTHROUGH_PROTOCOLS
 
+    @property
+    def tcp(self) -> bool:
+        return self.protocol in TCP_PROTOCOLS
+
 
 @dataclass(frozen=True)
 class TlsMatch:
@@ -139,6 +145,28 @@ class TlsRoute:
 
     match: tuple[TlsMatch, ...]
     route: tuple[HTTPRouteDestination, ...]
+
+
+@dataclass(frozen=True)
+class TcpMatch:
+    """A VirtualService `tcp[].match[]`: where the rule applies."""
+
+    port: int | None = None
+    gateways: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TcpRoute:
+    """A VirtualService `tcp[]` rule: bytes proxied to weighted destinations
+    (gateways only). No `match` applies everywhere the VirtualService is bound."""
+
+    match: tuple[TcpMatch, ...]
+    route: tuple[HTTPRouteDestination, ...]
+
+    def applies(self, gateway: str, port: int) -> bool:
+        return not self.match or any(
+            (not m.gateways or gateway in m.gateways) and m.port in (None, port) for m in self.match
+        )
 
 
 @dataclass(frozen=True)
@@ -181,7 +209,7 @@ def _parse_server(p: Problems, meta: Meta, raw: object, where: str) -> GatewaySe
     number = get_int(p, port, "number", port_where, required=True, low=1, high=65535) or 0
     protocol = (get_str(p, port, "protocol", port_where, required=True) or "").upper()
     if protocol:
-        supported = (*PLAIN_PROTOCOLS, *TLS_PROTOCOLS, *PASSTHROUGH_PROTOCOLS)
+        supported = (*PLAIN_PROTOCOLS, *TLS_PROTOCOLS, *PASSTHROUGH_PROTOCOLS, *TCP_PROTOCOLS)
         checked = check_enum(p, protocol, join(port_where, "protocol"), supported, _LATER_PROTOCOLS)
         protocol = checked or ""
     if "targetPort" in port:
@@ -228,7 +256,7 @@ def _parse_tls(p: Problems, obj: Mapping[str, Any], where: str, protocol: str) -
     if protocol in TLS_PROTOCOLS and not mode:
         if tls is None or "mode" not in tls:
             p.add(join(tls_where, "mode"), f"{MISSING} (an {protocol} server terminates TLS)")
-    elif protocol in PLAIN_PROTOCOLS and mode:
+    elif protocol in (*PLAIN_PROTOCOLS, *TCP_PROTOCOLS) and mode:
         p.add(join(tls_where, "mode"), f"a plaintext {protocol} server has no TLS mode")
     if redirect and protocol not in PLAIN_PROTOCOLS:
         p.add(join(tls_where, "httpsRedirect"), "only a plaintext HTTP server redirects")
@@ -240,17 +268,18 @@ def _parse_tls(p: Problems, obj: Mapping[str, Any], where: str, protocol: str) -
 
 
 def _check_ports_agree(p: Problems, servers: list[GatewayServer | None]) -> None:
-    """One listener per port: its servers are all plaintext or all TLS, and two
+    """One listener per port: its servers are all plaintext HTTP, all TLS, all
+    passthrough or all TCP, and two
     plaintext servers on a port would be one route table (Istio merges them;
     here their hosts simply join)."""
-    seen: dict[int, tuple[bool, bool]] = {}
+    seen: dict[int, tuple[bool, bool, bool]] = {}
     for i, server in enumerate(servers):
         if server is None:
             continue
-        kind = (server.terminates_tls, server.passthrough)
+        kind = (server.terminates_tls, server.passthrough, server.tcp)
         if seen.setdefault(server.number, kind) != kind:
             p.add(
                 join(index("spec.servers", i), "port.protocol"),
-                f"port {server.number} mixes plaintext, TLS and passthrough servers "
+                f"port {server.number} mixes plaintext HTTP, TLS, passthrough and TCP servers "
                 "(one listener per port)",
             )

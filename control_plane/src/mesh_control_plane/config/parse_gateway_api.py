@@ -15,8 +15,10 @@ Weights are relative (0 drops a backend). A GRPCRoute is read the same
 way, its method matches becoming `:path` matches (`/service/method`). Not yet,
 refused by field: filters, timeouts, query-parameter matches,
 sessionPersistence, listeners other than HTTP/HTTPS, TLS passthrough, parents
-of both kinds in one route, cross-namespace references and the other kinds
-(ReferenceGrant, TLSRoute, ...). Status conditions are not written.
+of both kinds in one route, parents and certificates of another namespace
+and the other kinds (TLSRoute, ...). Backends of another namespace need a
+ReferenceGrant; unresolved backends do not refuse the configuration (see
+gateway_api_refs.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .gateway_api_refs import CROSS_NAMESPACE_SUFFIX
 from .model import (
     Destination,
     HTTPMatchRequest,
@@ -103,8 +106,11 @@ def _listener_tls(p: Problems, tls: dict[str, Any] | None, where: str) -> Server
     refs = get_list(p, tls, "certificateRefs", where, required=True, non_empty=True)
     if len(refs) > 1:
         p.add(join(where, "certificateRefs"), f"several certificates are {NOT_SUPPORTED}")
-    ref = read_object(p, refs[0], index(join(where, "certificateRefs"), 0), _BACKEND_FIELDS[:2])
-    name = get_str(p, ref, "name", index(join(where, "certificateRefs"), 0), required=True)
+    here = index(join(where, "certificateRefs"), 0)
+    ref = read_object(p, refs[0], here, ("name", "kind", "group"), ("namespace",))
+    if ref.get("kind", "Secret") != "Secret" or ref.get("group", "") != "":
+        p.add(here, f"certificates other than Secrets are {NOT_SUPPORTED}")
+    name = get_str(p, ref, "name", here, required=True)
     return ServerTls("SIMPLE", name or "")
 
 
@@ -136,7 +142,12 @@ def _route(
         namespace = get_str(p, ref, "namespace", where) or meta.namespace
         kind = get_str(p, ref, "kind", where) or "Gateway"
         if namespace != meta.namespace:
-            p.add(join(where, "namespace"), f"another namespace's parent is {NOT_SUPPORTED}")
+            p.add(
+                join(where, "namespace"),
+                f"another namespace's parent is {NOT_SUPPORTED}: a Gateway admits routes of "
+                "other namespaces by listeners[].allowedRoutes (not a ReferenceGrant), "
+                "and its default admits only its own",
+            )
         if check_enum(p, kind, join(where, "kind"), ("Gateway", "Service")) == "Service":
             services.append(name)
         elif name:
@@ -175,10 +186,13 @@ def _rule(
         namespace = get_str(p, ref, "namespace", here) or meta.namespace
         port = get_int(p, ref, "port", here, required=True, low=1, high=65535)
         weight = get_int(p, ref, "weight", here, low=0, high=1_000_000)
-        if namespace != meta.namespace:
-            p.add(join(here, "namespace"), f"{NOT_SUPPORTED} (a ReferenceGrant would be needed)")
+        # Another namespace's Service: permitted by a ReferenceGrant or not
+        # (gateway_api_refs.py, once every resource is read).
+        host = (
+            name if namespace == meta.namespace else f"{name}.{namespace}{CROSS_NAMESPACE_SUFFIX}"
+        )
         if weight != 0:
-            backends.append(HTTPRouteDestination(Destination(name, None, port), weight or 1))
+            backends.append(HTTPRouteDestination(Destination(host, None, port), weight or 1))
     if not backends:
         p.add(join(where, "backendRefs"), "needs a backend of non-zero weight")
     return HTTPRoute(

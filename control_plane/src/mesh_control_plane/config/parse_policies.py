@@ -50,9 +50,10 @@ _PORT_FIELDS = ("port", "loadBalancer", "connectionPool", "outlierDetection", "t
 TLS_MODES = ("ISTIO_MUTUAL", "DISABLE", "SIMPLE", "MUTUAL")
 _TLS_UNSUPPORTED_MODES = ()
 _FILE_FIELDS = ("caCertificates", "clientCertificate", "privateKey")
-_TLS_FIELDS = ("mode", "sni", *_FILE_FIELDS, "subjectAltNames")
-# SIMPLE/MUTUAL take certificates as files on the client (the library, Envoy).
-_TLS_UNSUPPORTED = ("credentialName", "insecureSkipVerify", "caCrl")
+_TLS_FIELDS = ("mode", "sni", *_FILE_FIELDS, "subjectAltNames", "credentialName")
+# SIMPLE/MUTUAL take certificates as files on the client (the library, Envoy);
+# credentialName (a TLS Secret's tls.crt/tls.key/ca.crt) at gateways only, as Istio.
+_TLS_UNSUPPORTED = ("insecureSkipVerify", "caCrl")
 _LB_FIELDS = ("simple", "consistentHash", "localityLbSetting", "warmupDurationSecs")
 _LB_UNSUPPORTED = ("warmup",)
 _HASH_KEYS = ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
@@ -127,11 +128,12 @@ def _tls(p: Problems, obj: Mapping[str, Any], path: str) -> ClientTls | None:
         check_str(p, raw, index(join(where, "subjectAltNames"), i)) or ""
         for i, raw in enumerate(get_list(p, tls, "subjectAltNames", where))
     )
+    credential = get_str(p, tls, "credentialName", where) or ""
     origination = checked in ("SIMPLE", "MUTUAL")
-    for key in (*_FILE_FIELDS, "subjectAltNames"):
+    for key in (*_FILE_FIELDS, "subjectAltNames", "credentialName"):
         if key in tls and not origination:
             p.add(join(where, key), f"is for SIMPLE or MUTUAL, not {checked}")
-    if checked == "MUTUAL":
+    if checked == "MUTUAL" and not credential:
         for key in ("clientCertificate", "privateKey"):
             if not files[key]:
                 p.add(join(where, key), f"{MISSING} (MUTUAL presents a client certificate)")
@@ -142,6 +144,7 @@ def _tls(p: Problems, obj: Mapping[str, Any], path: str) -> ClientTls | None:
         client_certificate=files["clientCertificate"],
         private_key=files["privateKey"],
         subject_alt_names=names,
+        credential_name=credential,
     )
 
 

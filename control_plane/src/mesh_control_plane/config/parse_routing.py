@@ -25,7 +25,7 @@ from .model import (
     VirtualService,
 )
 from .parse_cors import ANSWER_EXCLUDES, parse_cors, parse_direct_response
-from .parse_gateway import TlsMatch, TlsRoute
+from .parse_gateway import TcpMatch, TcpRoute, TlsMatch, TlsRoute
 from .parse_http import (
     parse_fault,
     parse_headers,
@@ -59,10 +59,12 @@ from .visibility import parse_export_to
 
 _DR_FIELDS = ("host", "trafficPolicy", "subsets", "exportTo")
 _DR_UNSUPPORTED = ("workloadSelector",)
-_VS_FIELDS = ("hosts", "gateways", "http", "tls", "exportTo")
-_VS_UNSUPPORTED = ("tcp",)
+_VS_FIELDS = ("hosts", "gateways", "http", "tls", "tcp", "exportTo")
+_VS_UNSUPPORTED: tuple[str, ...] = ()
 _TLS_MATCH_FIELDS = ("sniHosts", "port", "gateways")
 _TLS_MATCH_UNSUPPORTED = ("destinationSubnets", "sourceLabels", "sourceNamespace")
+_TCP_MATCH_FIELDS = ("port", "gateways")
+_TCP_MATCH_UNSUPPORTED = ("destinationSubnets", "sourceLabels", "sourceNamespace", "sourceSubnet")
 _ROUTE_FIELDS = (
     "name",
     "match",
@@ -144,7 +146,7 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
         if host and host in hosts:
             p.add(index("spec.hosts", i), f'duplicate host "{host}"')
         hosts.append(host)
-    # With tcp/tls routes (already refused above) a missing `http` is not a second error.
+    # With tcp/tls routes a missing `http` is not an error.
     http_required = not (isinstance(given, Mapping) and ("tcp" in given or "tls" in given))
     raw_routes = get_list(p, spec, "http", "spec", required=http_required, non_empty=http_required)
     routes = tuple(
@@ -159,6 +161,12 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
     )
     if tls and "mesh" in gateways:
         p.add("spec.tls", f"for mesh clients {NOT_SUPPORTED} (bind it to gateways only)")
+    tcp = tuple(
+        _parse_tcp_route(p, meta, raw, index("spec.tcp", i))
+        for i, raw in enumerate(get_list(p, spec, "tcp", "spec"))
+    )
+    if tcp and "mesh" in gateways:
+        p.add("spec.tcp", f"for mesh clients {NOT_SUPPORTED} (bind it to gateways only)")
     return VirtualService(
         meta=meta,
         hosts=tuple(hosts),
@@ -166,7 +174,21 @@ def parse_virtual_service(p: Problems, meta: Meta, given: Mapping[str, Any]) -> 
         gateways=gateways,
         tls=tls,
         export_to=parse_export_to(p, spec),
+        tcp=tcp,
     )
+
+
+def _parse_tcp_route(p: Problems, meta: Meta, raw: object, where: str) -> TcpRoute:
+    """`tcp[]`: optional port/gateway matches and weighted destinations."""
+    obj = read_object(p, raw, where, ("match", "route"))
+    matches = []
+    for i, item in enumerate(get_list(p, obj, "match", where)):
+        here = index(join(where, "match"), i)
+        match = read_object(p, item, here, _TCP_MATCH_FIELDS, _TCP_MATCH_UNSUPPORTED)
+        port = get_int(p, match, "port", here, low=1, high=65535)
+        gateways = _parse_gateways(p, meta, match, here) if "gateways" in match else ()
+        matches.append(TcpMatch(port, gateways))
+    return TcpRoute(tuple(matches), _parse_destinations(p, obj, where))
 
 
 def _parse_tls_route(p: Problems, meta: Meta, raw: object, where: str) -> TlsRoute:

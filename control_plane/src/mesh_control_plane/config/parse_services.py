@@ -45,6 +45,7 @@ LOCATIONS = ("MESH_INTERNAL", "MESH_EXTERNAL")
 
 _SE_FIELDS = (
     "hosts",
+    "addresses",
     "ports",
     "resolution",
     "location",
@@ -52,7 +53,11 @@ _SE_FIELDS = (
     "workloadSelector",
     "exportTo",
 )
-_SE_UNSUPPORTED = ("addresses", "subjectAltNames")
+_SE_UNSUPPORTED = ("subjectAltNames",)
+# Where Istio matches traffic by destination IP (a listener on address:port for
+# TCP-like ports, a CIDR, a passthrough entry's original destination), which
+# needs traffic capture this mesh does not have: clients here name what they call.
+_BY_DESTINATION_IP = ("TCP", "TLS", "HTTPS")
 _PORT_FIELDS = ("number", "protocol", "name", "targetPort")
 _ENDPOINT_FIELDS = (
     "address",
@@ -91,6 +96,7 @@ def parse_service_entry(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Ser
     if text is not None:
         location = check_enum(p, text, "spec.location", LOCATIONS) or location
     ports = _parse_ports(p, spec, passthrough)
+    addresses = _parse_addresses(p, spec, hosts, ports, passthrough)
     port_names = {port.name for port in ports}
     endpoints = tuple(
         parse_endpoint(p, raw, index("spec.endpoints", i), port_names, names=dns)
@@ -109,6 +115,7 @@ def parse_service_entry(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Ser
         meta=meta,
         hosts=hosts,
         ports=ports,
+        addresses=addresses,
         resolution=resolution,
         location=location,
         endpoints=endpoints,
@@ -230,6 +237,51 @@ def parse_endpoint(
         network=get_str(p, obj, "network", where) or "",
         service_account=get_str(p, obj, "serviceAccount", where) or "",
     )
+
+
+def _parse_addresses(
+    p: Problems,
+    spec: Mapping[str, Any],
+    hosts: tuple[str, ...],
+    ports: tuple[ServicePort, ...],
+    passthrough: bool,
+) -> tuple[str, ...]:
+    """`addresses`: virtual IPs by which HTTP clients may also name the service
+    (Istio adds them to the route domains; the Host header picks the
+    service). What Istio does with them by destination IP is refused."""
+    if "addresses" not in spec:
+        return ()
+    result: list[str] = []
+    for i, raw in enumerate(get_list(p, spec, "addresses", "spec")):
+        where = index("spec.addresses", i)
+        text = check_str(p, raw, where)
+        if text is None:
+            continue
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            p.add(where, f'"{text}" is not an IP address or CIDR range')
+            continue
+        if network.num_addresses > 1:
+            p.add(
+                where,
+                f"CIDR range {text} {NOT_SUPPORTED}: a range selects traffic by destination "
+                "IP, which needs traffic capture; clients here name the address they call",
+            )
+            continue
+        result.append(str(network.network_address))
+    by_ip = sorted({port.protocol for port in ports if port.protocol in _BY_DESTINATION_IP})
+    if by_ip or passthrough:
+        what = f"{'/'.join(by_ip)} ports" if by_ip else "a passthrough entry (no endpoints)"
+        p.add(
+            "spec.addresses",
+            f"on {what} {NOT_SUPPORTED}: Istio would match that traffic by destination IP "
+            "(a listener on address:port, no Host header), which needs traffic capture "
+            "this mesh does not have",
+        )
+    if len(hosts) > 1 and result:
+        p.add("spec.addresses", "with several hosts: which host an address names is ambiguous")
+    return tuple(result)
 
 
 def _parse_address(p: Problems, obj: Mapping[str, Any], where: str, names: bool) -> str:

@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .model import Meta, Probe, WorkloadGroup
+from .model import Meta, WorkloadGroup
+from .probe import Probe
 from .schema import Problems
 
 __all__ = ["Report", "parse_group_spec", "parse_workload_group_resource"]

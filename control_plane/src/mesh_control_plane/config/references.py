@@ -80,9 +80,11 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                     )
                 )
     for vs in config.virtual_services:
-        for i, tls in enumerate(vs.tls):
-            for j, weighted in enumerate(tls.route):
-                where = f"spec.tls[{i}].route[{j}].destination"
+        byte_routes = [("tls", i, rule.route) for i, rule in enumerate(vs.tls)]
+        byte_routes += [("tcp", i, rule.route) for i, rule in enumerate(vs.tcp)]
+        for kind, i, destinations in byte_routes:
+            for j, weighted in enumerate(destinations):
+                where = f"spec.{kind}[{i}].route[{j}].destination"
                 dest = weighted.destination
                 known = (services, passthrough)
                 problems.extend(_check_destination(vs.meta, where, dest, known, rules, []))
@@ -117,6 +119,13 @@ def _index_services(config: MeshConfig, problems: list[ConfigProblem]) -> dict[s
                 problems.append(_problem(se.meta, f"spec.hosts[{i}]", claim))
             else:
                 services[host] = se
+    named: dict[str, ServiceEntry] = {}
+    for se in config.service_entries:
+        for i, address in enumerate(se.addresses):
+            first = named.setdefault(address, se)
+            if first is not se:
+                claim = f"address {address} already names {first.hosts[0]}, {_where(first.meta)}"
+                problems.append(_problem(se.meta, f"spec.addresses[{i}]", claim))
     return services
 
 
@@ -172,7 +181,8 @@ def reference_warnings(config: MeshConfig) -> list[ConfigProblem]:
     """References Istio accepts although they do not resolve yet: a subset no
     DestinationRule defines. GitOps tools apply resources in any order, so the
     VirtualService is taken and requests to the subset fail as Istio's do
-    (503, flag NC: its cluster does not exist) until the subset is defined."""
+    (503, flag NC: its cluster does not exist) until the subset is defined.
+    Also what a client kind does not do with what it is given (addresses)."""
     subsets = {(dr.host, s.name) for dr in config.destination_rules for s in dr.subsets}
     warnings: list[ConfigProblem] = []
     gateways = {gateway.ref for gateway in config.gateways}
@@ -197,6 +207,14 @@ def reference_warnings(config: MeshConfig) -> list[ConfigProblem]:
                     )
                     field = f"spec.http[{i}].{where}.subset"
                     warnings.append(_problem(vs.meta, field, message, _NOT_FOUND))
+    for se in config.service_entries:
+        if se.addresses:
+            message = (
+                "Envoy and grpcio route these addresses as the host; the library never "
+                "looks an IP up in the mesh (a request to one goes to that IP, or is "
+                f"refused under REGISTRY_ONLY): library clients must call {se.hosts[0]}"
+            )
+            warnings.append(_problem(se.meta, "spec.addresses", message))
     return warnings
 
 

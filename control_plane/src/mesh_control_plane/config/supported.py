@@ -5,6 +5,7 @@ fails when the two disagree), so the manual cannot drift from the code."""
 from __future__ import annotations
 
 from . import parse_gateway_api as gwapi
+from .gateway_api_refs import _GRANT_FIELDS
 from .parse_gateway import (
     _GW_FIELDS,
     _PORT_FIELDS,
@@ -64,6 +65,7 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("GRPCRoute spec", gwapi._ROUTE_FIELDS, ()),
     ("GRPCRoute rules[]", gwapi._RULE_FIELDS, gwapi._RULE_UNSUPPORTED),
     ("GRPCRoute rules[].matches[]", gwapi._GRPC_MATCH_FIELDS, ()),
+    ("ReferenceGrant spec", _GRANT_FIELDS, ()),
 )
 """(where, fields accepted, Istio fields refused as "not supported yet")."""
 

@@ -27,12 +27,14 @@ from pathlib import Path
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from mesh_control_plane.gateway.bootstrap import ProxyNode, proxy_bootstrap
+from mesh_control_plane.gateway.kube_secrets import watch_kube_secrets
 from mesh_control_plane.gateway.sds import (
     SecretStore,
     roots_secret,
     start_sds_server,
     tls_secret,
 )
+from mesh_control_plane.kube.client import KubeConnection
 from mesh_control_plane.translate.sds import CACERT_SUFFIX, credential_secret
 from mesh_control_plane.translate.tls import IDENTITY_CERTIFICATE, ROOT_CERTIFICATE
 from proxyless_mesh.security import Credentials, IdentityConfig, IdentityManager, SpiffeId
@@ -55,6 +57,7 @@ class AgentOptions:
     envoy: str
     admin_address_path: Path | None = None
     log_level: str = "warning"
+    kube: KubeConnection | None = None  # credentialName from the namespace's TLS Secrets
 
 
 def envoy_binary() -> str | None:
@@ -123,6 +126,8 @@ async def run_agent(options: AgentOptions) -> int:
     tasks: list[asyncio.Task[None]] = []
     if options.credentials_dir is not None:
         tasks.append(asyncio.create_task(_watch_credentials(options.credentials_dir, store)))
+    if options.kube is not None:
+        tasks.append(asyncio.create_task(watch_kube_secrets(options.kube, node.namespace, store)))
     socket_path = str(workdir / "sds.sock")
     server = await start_sds_server(store, socket_path)
     bootstrap = workdir / "envoy.json"

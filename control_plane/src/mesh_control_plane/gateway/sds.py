@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -57,6 +57,14 @@ class SecretStore:
         self.version += 1
         for waiter in self._waiters:
             waiter.set()
+
+    def remove(self, names: Iterable[str]) -> None:
+        """Stop serving these names (Envoy keeps what it was sent)."""
+        gone = [n for n in names if self._secrets.pop(n, None) is not None]
+        if gone:
+            self.version += 1
+            for waiter in self._waiters:
+                waiter.set()
 
     def get(self, name: str) -> secret_pb2.Secret | None:
         return self._secrets.get(name)

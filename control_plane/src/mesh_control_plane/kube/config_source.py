@@ -33,6 +33,7 @@ from mesh_control_plane.config.documents import Document, parse_document
 from mesh_control_plane.config.schema import Problems
 from mesh_control_plane.kube.client import KubeConnection
 from mesh_control_plane.kube.crds import ACCEPTED, FIELD_MANAGER, KINDS
+from mesh_control_plane.kube.gateway_status import gateway_api_status
 from mesh_control_plane.kube.lease import LeaderElector
 from mesh_control_plane.kube.reflector import Reflector, Reflectors
 
@@ -225,10 +226,14 @@ class KubeConfigSource:
             else:
                 verdict = ("True", "Accepted", "valid; served by the control plane")
             generation = obj["metadata"].get("generation", 0)
-            if self._written.get(key) == (generation, *verdict):
+            own_shape = None  # the Gateway API's own status shape, for its accepted kinds
+            if config is not None and verdict[1] == "Accepted":
+                own_shape = gateway_api_status(obj, config, generation, _now())
+            written = (generation, *verdict, repr(_timeless(own_shape)))
+            if self._written.get(key) == written:
                 continue
-            if await self._write(key, obj, generation, *verdict):
-                self._written[key] = (generation, *verdict)
+            if await self._write(key, obj, generation, *verdict, body=own_shape):
+                self._written[key] = written
 
     async def _write(
         self,
@@ -238,12 +243,13 @@ class KubeConfigSource:
         status: str,
         reason: str,
         message: str,
+        body: dict[str, Any] | None = None,
     ) -> bool:
         client = self.watching.client
         if client is None:
             return False
         kind, namespace, name = key.split("/", 2)
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = _now()
         condition = {
             "type": ACCEPTED,
             "status": status,
@@ -253,7 +259,8 @@ class KubeConfigSource:
             "lastTransitionTime": now,
         }
         path = KINDS[kind].path(namespace, name) + "/status"
-        body = {"status": {"conditions": [condition]}}
+        status_body = body if body is not None else {"conditions": [condition]}
+        body = {"status": status_body}
         try:
             response = await client.patch(
                 path,
@@ -300,6 +307,19 @@ class KubeConfigSource:
         }
         response = await client.post(f"/api/v1/namespaces/{namespace}/events", json=event)
         response.raise_for_status()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _timeless(status: Any) -> Any:
+    """`status` without its timestamps: what decides whether it changed."""
+    if isinstance(status, dict):
+        return {k: _timeless(v) for k, v in status.items() if k != "lastTransitionTime"}
+    if isinstance(status, list):
+        return [_timeless(v) for v in status]
+    return status
 
 
 def _file_defined(config: MeshConfig) -> dict[str, str]:

@@ -21,14 +21,16 @@ import copy
 from typing import Any
 
 from mesh_control_plane.config.documents import (
+    GATEWAY_API_PARSERS,
     NETWORKING_API_VERSIONS,
     PARSERS,
     SECURITY_API_VERSIONS,
 )
+from mesh_control_plane.config.parse_gateway_api import API_VERSIONS as GATEWAY_API_VERSIONS
 from mesh_control_plane.config.parse_telemetry import API_VERSIONS as TELEMETRY_API_VERSIONS
 from mesh_control_plane.config.supported import FIELDS
 
-__all__ = ["ACCEPTED", "KINDS", "KindInfo", "crd", "crds"]
+__all__ = ["ACCEPTED", "GATEWAY_API_GROUP", "KINDS", "KindInfo", "crd", "crds"]
 
 ACCEPTED = "Accepted"  # the condition type the control plane writes
 FIELD_MANAGER = "proxyless-mesh"
@@ -37,12 +39,14 @@ FIELD_MANAGER = "proxyless-mesh"
 class KindInfo:
     """Where a kind lives in the API."""
 
-    def __init__(self, kind: str, group: str, versions: tuple[str, ...]) -> None:
+    def __init__(self, kind: str, group: str, versions: tuple[str, ...], label: str = "") -> None:
         self.kind = kind
         self.group = group
         self.versions = versions  # newest (storage) first
+        self.label = label or f"{kind} spec"  # its row in config/supported.py's FIELDS
         lower = kind.lower()
-        self.plural = lower[:-1] + "ies" if lower.endswith("y") else lower + "s"
+        consonant_y = lower.endswith("y") and lower[-2:-1] not in tuple("aeiou")
+        self.plural = lower[:-1] + "ies" if consonant_y else lower + "s"  # gateways, policies
 
     @property
     def crd_name(self) -> str:
@@ -72,22 +76,37 @@ def _kinds() -> dict[str, KindInfo]:
             else "networking.istio.io"
         )
         kinds[kind] = KindInfo(kind, group, by_group[group])
+    # Gateway API kinds, generated the same way (the upstream CRDs are not
+    # installed by us; a cluster that has them keeps them, see the docstring).
+    group = GATEWAY_API_GROUP
+    versions = tuple(v.partition("/")[2] for v in GATEWAY_API_VERSIONS)
+    for kind in sorted(GATEWAY_API_PARSERS):
+        if kind in kinds:  # Gateway: Istio's keeps the plain key
+            label = f"{kind} ({group}) spec"
+            kinds[f"{kind}.{group}"] = KindInfo(kind, group, versions, label)
+        else:
+            kinds[kind] = KindInfo(kind, group, versions)
     return kinds
 
 
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+
 KINDS = _kinds()
-"""Every kind the loader parses, with its group and served versions."""
+"""Every kind the loader parses, with its group and served versions; keyed by
+kind, the Gateway API's Gateway as `Gateway.gateway.networking.k8s.io`."""
 
 
-def _spec_schema(kind: str) -> dict[str, Any]:
+def _spec_schema(info: KindInfo) -> dict[str, Any]:
+    kind = info.kind
     properties: dict[str, Any] = {}
     for where, accepted, refused in FIELDS:
-        if where != f"{kind} spec":
+        if where != info.label:
             continue
         for name in accepted:
             properties[name] = {
                 "x-kubernetes-preserve-unknown-fields": True,
-                "description": f"Istio's {kind}.{name}; checked by the control plane.",
+                "description": f"{info.group} {kind}.{name}; checked by the control plane.",
             }
         for name in refused:
             if "_" not in name:  # snake_case spellings are aliases of typos
@@ -98,8 +117,8 @@ def _spec_schema(kind: str) -> dict[str, Any]:
     schema: dict[str, Any] = {
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": True,
-        "description": f"Istio's {kind} spec, validated by the proxyless-mesh control plane "
-        "(its verdict is in status.conditions).",
+        "description": f"{info.group} {kind} spec, validated by the proxyless-mesh control "
+        "plane (its verdict is in status).",
     }
     if properties:
         schema["properties"] = properties
@@ -111,7 +130,7 @@ def crd(info: KindInfo) -> dict[str, Any]:
     schema = {
         "type": "object",
         "properties": {
-            "spec": _spec_schema(info.kind),
+            "spec": _spec_schema(info),
             "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
         },
     }
@@ -146,6 +165,7 @@ def crd(info: KindInfo) -> dict[str, Any]:
         "metadata": {
             "name": info.crd_name,
             "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER},
+            **_approval(info),
         },
         "spec": {
             "group": info.group,
@@ -155,10 +175,26 @@ def crd(info: KindInfo) -> dict[str, Any]:
                 "listKind": f"{info.kind}List",
                 "plural": info.plural,
                 "singular": info.kind.lower(),
-                "categories": ["istio-io", "proxyless-mesh"],
+                "categories": [
+                    "gateway-api" if info.group == GATEWAY_API_GROUP else "istio-io",
+                    "proxyless-mesh",
+                ],
             },
             "versions": versions,
         },
+    }
+
+
+def _approval(info: KindInfo) -> dict[str, Any]:
+    """A *.k8s.io group is protected: the API server takes its CRDs only with
+    the approval annotation, a link to where the API was approved (the Gateway
+    API project, whose kinds and names these are)."""
+    if not info.group.endswith(".k8s.io"):
+        return {}
+    return {
+        "annotations": {
+            "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api"
+        }
     }
 
 

@@ -8,7 +8,10 @@ among the server's hosts, each with its own TLS (sds.py) and route table
 ``https.<port>.<server>.<gateway>.<namespace>``. A route table holds a
 virtual host per domain: each host of a VirtualService bound to the Gateway
 (``gateways``) that a server host admits (namespace and wildcard, see
-GatewayHost.admits), routed by the VirtualService's http rules.
+GatewayHost.admits), routed by the VirtualService's http rules. A TLS
+PASSTHROUGH port has a chain per SNI name of the bound `tls` rules; a TCP port
+one chain proxying to the destinations of the first bound `tcp` rule that
+applies there (no such rule: no listener, as nothing could be served).
 """
 
 from __future__ import annotations
@@ -64,7 +67,12 @@ def gateway_listeners(
                 )
             ),
         )
-        if servers[0][2].passthrough:
+        if servers[0][2].tcp:
+            chain = _tcp_port_chain(config, index, servers, port)
+            if chain is None:
+                continue
+            listener.filter_chains.append(chain)
+        elif servers[0][2].passthrough:
             listener.listener_filters.add(
                 name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
             )
@@ -117,10 +125,27 @@ def _passthrough_chains(
     return [chains[name] for name in sorted(chains)]
 
 
+def _tcp_port_chain(
+    config: MeshConfig, index: MeshIndex, servers: Iterable[_Server], port: int
+) -> listener_components_pb2.FilterChain | None:
+    """The first `tcp` rule (in VirtualService order) that applies to this
+    Gateway and port, of a VirtualService with a host a server admits."""
+    for gateway, _, server in servers:
+        for vs in _bound(config, gateway):
+            admitted = any(
+                h.admits(vs.meta.namespace, host) for h in server.hosts for host in vs.hosts
+            )
+            rule = next((r for r in vs.tcp if r.applies(gateway.ref, port)), None)
+            if admitted and rule is not None:
+                return _tcp_chain("", index, rule.route, port)
+    return None
+
+
 def _tcp_chain(
     sni: str, index: MeshIndex, route: tuple[HTTPRouteDestination, ...], port: int
 ) -> listener_components_pb2.FilterChain:
-    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=f"gateway_{port}_tls")
+    """tcp_proxy to weighted destinations; matched by `sni` when one is given."""
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=f"gateway_{port}_{'tls' if sni else 'tcp'}")
     targets = [
         (cluster_name(d.destination.host, destination_port(index, d.destination, port)), d.weight)
         for d in route
@@ -133,7 +158,8 @@ def _tcp_chain(
     chain = listener_components_pb2.FilterChain(
         filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))]
     )
-    chain.filter_chain_match.server_names.append(sni)
+    if sni:
+        chain.filter_chain_match.server_names.append(sni)
     return chain
 
 

@@ -33,6 +33,7 @@ class Service:
     ports: tuple[ServicePort, ...]
     namespace: str = "default"  # the declaring ServiceEntry's (its instances' identities)
     location: str = "MESH_INTERNAL"
+    addresses: tuple[str, ...] = ()  # virtual IPs that name it too (ServiceEntry `addresses`)
 
     def port(self, number: int) -> ServicePort | None:
         for port in self.ports:
@@ -56,11 +57,11 @@ class MeshIndex:
     @classmethod
     def build(cls, config: MeshConfig) -> MeshIndex:
         ports_by_host: dict[str, dict[int, ServicePort]] = {}
-        owner: dict[str, tuple[str, str]] = {}
+        owner: dict[str, tuple[str, str, tuple[str, ...]]] = {}
         for entry in config.service_entries:
             for host in entry.hosts:
                 known = ports_by_host.setdefault(host, {})
-                owner.setdefault(host, (entry.meta.namespace, entry.location))
+                owner.setdefault(host, (entry.meta.namespace, entry.location, entry.addresses))
                 for port in entry.ports:
                     known.setdefault(port.number, port)
         services = {

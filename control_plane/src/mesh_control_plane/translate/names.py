@@ -15,8 +15,9 @@ DEFAULT_ROUTE_NAME = "default"
 
 
 def authority(host: str, port: int) -> str:
-    """``<host>:<port>``: the listener, route configuration and virtual host name."""
-    return f"{host}:{port}"
+    """``<host>:<port>``: the listener, route configuration and virtual host name
+    (an IPv6 address in brackets, as in a URL)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def cluster_name(host: str, port: int, subset: str = "") -> str:

@@ -68,9 +68,12 @@ def virtual_host(
     """
     name = authority(service.host, port)
     domains = [name]
+    # A ServiceEntry's addresses name the service too (Istio's route domains).
+    domains += [authority(address, port) for address in service.addresses]
     if port == 80:
         # An http:// URL on the default port carries a Host header without the port.
         domains.append(service.host)
+        domains += [authority(address, port)[:-3] for address in service.addresses]
     return rc_pb2.VirtualHost(
         name=name,
         domains=domains,

@@ -17,8 +17,10 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from mesh_control_plane.config.model import ClientTls
 from mesh_control_plane.translate.protos import pack
 from mesh_control_plane.translate.tls import (
+    DNS_SAN,
     IDENTITY_CERTIFICATE,
     ROOT_CERTIFICATE,
     TLS_TRANSPORT_SOCKET,
@@ -93,3 +95,22 @@ def gateway_downstream_socket(mode: str, credential_name: str) -> base_pb2.Trans
         downstream.common_tls_context.combined_validation_context.CopyFrom(_validation(roots))
         downstream.require_client_certificate.value = True
     return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(downstream))
+
+
+def gateway_origination_socket(tls: ClientTls, sni: str) -> base_pb2.TransportSocket:
+    """DestinationRule SIMPLE/MUTUAL with credentialName at a gateway (Istio's
+    egress TLS origination): the server checked against the credential's
+    ``-cacert`` and the rule's subjectAltNames (else the SNI name); MUTUAL
+    presents the credential's certificate."""
+    certificate = credential_secret(tls.credential_name)
+    combined = _validation(certificate + CACERT_SUFFIX)
+    for name in tls.subject_alt_names or (sni,):
+        kind = common_pb2.SubjectAltNameMatcher.URI if "://" in name else DNS_SAN
+        combined.default_validation_context.match_typed_subject_alt_names.add(
+            san_type=kind, matcher=string_pb2.StringMatcher(exact=name)
+        )
+    context = tls_pb2.CommonTlsContext(combined_validation_context=combined)
+    if tls.mode == "MUTUAL":
+        context.tls_certificate_sds_secret_configs.append(_secret(certificate))
+    upstream = tls_pb2.UpstreamTlsContext(common_tls_context=context, sni=sni)
+    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(upstream))

@@ -43,7 +43,7 @@ PROVIDER_INSTANCE = "default"
 IDENTITY_CERTIFICATE = "default"
 ROOT_CERTIFICATE = "ROOTCA"
 ORIGINATION_MODES = ("SIMPLE", "MUTUAL")
-_DNS = common_pb2.SubjectAltNameMatcher.DNS
+DNS_SAN = common_pb2.SubjectAltNameMatcher.DNS
 
 
 def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
@@ -108,11 +108,11 @@ def origination_socket(tls: ClientTls, sni: str) -> base_pb2.TransportSocket:
     else:  # Istio's default: the system's roots
         context.validation_context.system_root_certs.SetInParent()
     for name in tls.subject_alt_names or (sni,):
-        kind = common_pb2.SubjectAltNameMatcher.URI if "://" in name else _DNS
+        kind = common_pb2.SubjectAltNameMatcher.URI if "://" in name else DNS_SAN
         context.validation_context.match_typed_subject_alt_names.add(
             san_type=kind, matcher=string_pb2.StringMatcher(exact=name)
         )
-    if tls.mode == "MUTUAL":
+    if tls.mode == "MUTUAL" and tls.client_certificate:  # (credentialName only: gateways)
         certificate = context.tls_certificates.add()
         certificate.certificate_chain.filename = tls.client_certificate
         certificate.private_key.filename = tls.private_key

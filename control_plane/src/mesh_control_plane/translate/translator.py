@@ -33,7 +33,7 @@ from mesh_control_plane.translate.resources import (
     ResourceSet,
 )
 from mesh_control_plane.translate.routes import route_configuration, virtual_host
-from mesh_control_plane.translate.sds import gateway_upstream_socket
+from mesh_control_plane.translate.sds import gateway_origination_socket, gateway_upstream_socket
 from mesh_control_plane.translate.sidecar import sidecar_inbound
 from mesh_control_plane.translate.telemetry import attach_telemetry, telemetry_specs
 from mesh_control_plane.translate.tls import (
@@ -139,7 +139,10 @@ def _cluster(spec: ClusterSpec, config: MeshConfig, registry: Registry, node: No
     cluster: Message = build_cluster(spec, node.kind)
     tls = spec.policy.tls
     if tls is not None and tls.mode in ORIGINATION_MODES:  # the same for every kind
-        origination = origination_socket(tls, upstream_sni(spec))
+        # credentialName is for gateways (Istio): other clients use the files.
+        by_credential = node.router and tls.credential_name
+        originate = gateway_origination_socket if by_credential else origination_socket
+        origination = originate(tls, upstream_sni(spec))
         cluster.transport_socket.CopyFrom(origination)  # type: ignore[attr-defined]
         return cluster
     # An Envoy run by an agent (gateway, sidecar) has its workload certificate
@@ -204,10 +207,12 @@ def _proxyless_listeners(index: MeshIndex) -> tuple[list[Message], list[Message]
     routes: list[Message] = []
     for service in index.services.values():
         for port in service.http_ports:
-            name = authority(service.host, port.number)
-            listeners.append(api_listener(name))
             vhost = virtual_host(index, service, port.number, disable_default_timeout=False)
-            routes.append(route_configuration(name, [vhost]))
+            # Clients ask by the authority they call: the host, or one of its addresses.
+            for address in (service.host, *service.addresses):
+                name = authority(address, port.number)
+                listeners.append(api_listener(name))
+                routes.append(route_configuration(name, [vhost]))
     return listeners, routes
 
 

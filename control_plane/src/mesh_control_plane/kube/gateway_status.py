@@ -1,0 +1,77 @@
+"""The Gateway API's own status shape for an accepted Gateway or route
+(config/gateway_api_status.py's conditions), written by the replica holding
+the Lease (kube/config_source.py): a Gateway's `status.conditions` (Accepted,
+Programmed), a route's `status.parents[]` (parentRef, controllerName, and
+Accepted and ResolvedRefs per parent).
+
+Programmed is Unknown (Pending) here: whether a gateway's Envoy ACKed its
+listeners is known to the serving replica (`meshctl gateway status
+--admin-address`), and the Lease holder writes for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mesh_control_plane.config.gateway_api_refs import GROUP, ROUTE_KINDS
+from mesh_control_plane.config.gateway_api_status import conditions
+from mesh_control_plane.config.model import MeshConfig
+
+CONTROLLER = "proxyless-mesh.io/gateway-controller"
+_MESSAGES = {
+    "Accepted": "accepted by the proxyless-mesh control plane",
+    "ResolvedRefs": "every backendRef resolves",
+    "Pending": "see `meshctl gateway status --admin-address` for the gateways' ACKs",
+    "NoMatchingParent": "no such parent Gateway",
+}
+
+
+def gateway_api_status(
+    obj: Mapping[str, Any], config: MeshConfig, generation: int, now: str
+) -> dict[str, Any] | None:
+    """The `status` of an accepted Gateway API Gateway or route; None for
+    another kind (its Accepted condition is written as for Istio's kinds)."""
+    if not str(obj.get("apiVersion", "")).startswith(f"{GROUP}/"):
+        return None
+    meta = obj["metadata"]
+    resource = f"{obj['kind']} {meta['namespace']}/{meta['name']}"
+    found = [c for c in conditions(config, None) if c.resource == resource]
+
+    def condition(type_: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
+        return {
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "message": message or _MESSAGES.get(reason, reason),
+            "observedGeneration": generation,
+            "lastTransitionTime": now,
+        }
+
+    if obj["kind"] == "Gateway":
+        return {"conditions": [condition(c.type, c.status, c.reason) for c in found]}
+    if obj["kind"] not in ROUTE_KINDS:
+        return None
+    warnings = [w for w in config.warnings if w.resource == resource]
+    parents = []
+    for ref in (obj.get("spec") or {}).get("parentRefs") or []:
+        kind = ref.get("kind", "Gateway")
+        namespace = ref.get("namespace", meta["namespace"])
+        key = "mesh" if kind == "Service" else f"{namespace}/{ref.get('name', '')}"
+        mine = [c for c in found if c.parent == key]
+        parent_ref = {
+            "group": ref.get("group", "" if kind == "Service" else GROUP),
+            "kind": kind,
+            "name": ref.get("name", ""),
+            "namespace": namespace,
+        }
+        listed = []
+        for c in mine:
+            message = ""
+            if c.type == "ResolvedRefs" and c.status == "False":
+                message = "; ".join(f"{w.field}: {w.message}" for w in warnings)
+            listed.append(condition(c.type, c.status, c.reason, message))
+        parents.append(
+            {"parentRef": parent_ref, "controllerName": CONTROLLER, "conditions": listed}
+        )
+    return {"parents": parents, "conditions": None}  # None: remove a former verdict's list

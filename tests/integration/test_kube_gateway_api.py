@@ -1,0 +1,115 @@
+"""Gateway API on a real Kubernetes API server (tests/kube.py): `meshctl install`
+applies the Gateway API CRDs generated from the loader's tables; a Gateway and
+HTTPRoutes applied with kubectl get their status written by the control plane
+replica holding the Lease, in the Gateway API's own shape: the Gateway's
+Accepted and Programmed conditions, each route's status.parents[] with
+Accepted and ResolvedRefs (False, BackendNotFound, for a route to no Service)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kube import KubeCluster
+from meshlab import LocalMesh
+
+NS = "gwapi"
+GROUP = "gateway.networking.k8s.io"
+STATUS_LIMIT = 20.0  # seconds for the status to be written
+
+
+def _route(name: str, backend: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "parentRefs": [{"name": "web"}],
+            "hostnames": [f"{name}.example.com"],
+            "rules": [{"backendRefs": [{"name": backend, "port": 9080}]}],
+        },
+    }
+
+
+def _status(kube: KubeCluster, kind: str, name: str, ready: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + STATUS_LIMIT
+    while True:
+        out = kube.kubectl("get", f"{kind}.{GROUP}", name, "-n", NS, "-o", "json")
+        status = json.loads(out).get("status") or {}
+        if ready(status):
+            return dict(status)
+        assert time.monotonic() < deadline, f"{kind} {name}: no status yet: {status}"
+        time.sleep(0.2)
+
+
+def _conditions(items: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in items}
+
+
+def test_gateway_api_status_is_written_to_the_resources(kube: KubeCluster, tmp_path: Path) -> None:
+    meshctl = str(Path(sys.executable).parent / "meshctl")
+    subprocess.run([meshctl, "install", "--kubeconfig", str(kube.kubeconfig)], check=True)
+    crds = kube.kubectl("get", "crd", "-o", "name")
+    for plural in ("gateways", "httproutes", "grpcroutes", "referencegrants"):
+        assert f"customresourcedefinition.apiextensions.k8s.io/{plural}.{GROUP}" in crds
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "reviews", "namespace": NS},
+        "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]},
+    }
+    gateway = {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {
+            "gatewayClassName": "proxyless-mesh",
+            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+        },
+    }
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    kube.apply(service, gateway, _route("good", "reviews"), _route("lost", "nowhere"))
+    lab = LocalMesh(tmp_path)
+    try:
+        lab.start_control_plane(
+            extra_args=[
+                # Every namespace's Services: the custom resources are read
+                # cluster-wide, and other tests' routes must resolve for the
+                # configuration as a whole to load.
+                "--kubeconfig", str(kube.kubeconfig),
+                "--leader-lease", f"{NS}/mesh-leader",
+                "--lease-duration", "4s",
+            ]
+        )  # fmt: skip
+        gateway_status = _status(kube, "gateway", "web", lambda s: s.get("conditions"))
+        assert _conditions(gateway_status["conditions"]) == {
+            "Accepted": ("True", "Accepted"),
+            "Programmed": ("Unknown", "Pending"),
+        }
+        for name, resolved in (
+            ("good", ("True", "ResolvedRefs")),
+            ("lost", ("False", "BackendNotFound")),
+        ):
+            status = _status(kube, "httproute", name, lambda s: s.get("parents"))
+            (parent,) = status["parents"]
+            assert parent["parentRef"] == {
+                "group": GROUP,
+                "kind": "Gateway",
+                "name": "web",
+                "namespace": NS,
+            }
+            assert parent["controllerName"] == "proxyless-mesh.io/gateway-controller"
+            conditions = _conditions(parent["conditions"])
+            assert conditions == {"Accepted": ("True", "Accepted"), "ResolvedRefs": resolved}
+        lost = _status(kube, "httproute", "lost", lambda s: s.get("parents"))
+        message = lost["parents"][0]["conditions"][1]["message"]
+        assert "no Service nowhere.gwapi.svc.cluster.local is declared" in message
+        # As kubectl shows it (the README's example).
+        yaml_out = kube.kubectl("get", f"httproute.{GROUP}", "lost", "-n", NS, "-o", "yaml")
+        assert "reason: BackendNotFound" in yaml_out
+    finally:
+        lab.close()
