@@ -259,11 +259,9 @@ def test_unsupported_features_are_named_not_ignored() -> None:
         - mirrorPercent: 5
           match: [{queryParams: {a: {exact: b}}}]
           route: [{destination: {host: reviews.mesh}}]
-        exportTo: ["."]
         """
     )
     assert problems(text) == [
-        VS + "spec.exportTo: not supported yet",
         VS + "spec.http[0].mirrorPercent: not supported yet",
         VS + "spec.http[0].match[0].queryParams: not supported yet",
     ]
