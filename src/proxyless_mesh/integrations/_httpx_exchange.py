@@ -26,6 +26,7 @@ from proxyless_mesh.errors import (
     UpstreamOverflowError,
     UpstreamTimeoutError,
 )
+from proxyless_mesh.integrations._httpx_telemetry import add_headers
 from proxyless_mesh.integrations._httpx_telemetry import routed as telemetry_routed
 from proxyless_mesh.model import Endpoint, MirrorPolicy, Route
 from proxyless_mesh.resilience import (
@@ -319,7 +320,11 @@ class Exchange:
                 endpoint.port,
                 request.headers.__setitem__,
                 endpoint.workload,
+                self.add_headers,
             )
+
+    def add_headers(self, pairs: tuple[tuple[str, str], ...]) -> None:
+        add_headers(self.request.headers, pairs)
 
     def answered(self, send: Send, response: httpx.Response) -> AttemptResult:
         status = response.status_code
