@@ -100,26 +100,29 @@ def raised(call: Call | QuietCall, exc: BaseException) -> None:
         call.finish(0, (), error=type(exc).__name__)
 
 
-# Header pairs as httpx keeps them (raw name, lower-case name, value), made
-# once per distinct tuple (one per Telemetry: its peer headers), or None when
-# they are not ASCII (then the public API sets them).
-_ENCODED: dict[tuple[tuple[str, str], ...], tuple[tuple[bytes, bytes, bytes], ...] | None] = {}
+# Header pairs as httpx keeps them (raw name, lower-case name, value) and
+# their lower-case names, made once per distinct tuple (one per Telemetry: its
+# peer headers); None when they are not ASCII (then the public API sets them).
+_Prepared = tuple[tuple[tuple[bytes, bytes, bytes], ...], frozenset[bytes]]
+_PREPARED: dict[tuple[tuple[str, str], ...], _Prepared | None] = {}
 
 
-def _encoded(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes, bytes], ...] | None:
-    encoded = _ENCODED.get(pairs, ())
-    if encoded == ():
-        try:
-            encoded = tuple(
-                (name.encode("ascii"), name.lower().encode("ascii"), value.encode("ascii"))
-                for name, value in pairs
-            )
-        except UnicodeEncodeError:
-            encoded = None
-        if len(_ENCODED) >= 64:
-            _ENCODED.clear()
-        _ENCODED[pairs] = encoded
-    return encoded
+def _prepared(pairs: tuple[tuple[str, str], ...]) -> _Prepared | None:
+    if pairs in _PREPARED:
+        return _PREPARED[pairs]
+    prepared: _Prepared | None
+    try:
+        encoded = tuple(
+            (name.encode("ascii"), name.lower().encode("ascii"), value.encode("ascii"))
+            for name, value in pairs
+        )
+        prepared = encoded, frozenset(lower for _, lower, _ in encoded)
+    except UnicodeEncodeError:
+        prepared = None
+    if len(_PREPARED) >= 64:
+        _PREPARED.clear()
+    _PREPARED[pairs] = prepared
+    return prepared
 
 
 def add_headers(headers: httpx.Headers, pairs: tuple[tuple[str, str], ...]) -> None:
@@ -132,10 +135,10 @@ def add_headers(headers: httpx.Headers, pairs: tuple[tuple[str, str], ...]) -> N
     httpx ever keeps headers differently, or a name is already present (a
     retry), the public API does it.
     """
-    encoded = _encoded(pairs)
+    prepared = _PREPARED.get(pairs) or _prepared(pairs)
     items = getattr(headers, "_list", None)
-    if encoded is not None and type(items) is list:
-        names = [lower for _, lower, _ in encoded]
+    if prepared is not None and type(items) is list:
+        encoded, names = prepared
         for item in items:
             if item[1] in names:
                 break
