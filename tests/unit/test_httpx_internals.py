@@ -79,3 +79,19 @@ def test_prepared_headers_take_the_fast_path_here_and_fall_back_when_not_ascii()
     _set_one_by_one(public, wide)
     assert _httpx_telemetry._prepared(wide) is None
     assert fast.raw == public.raw == [(b"x-envoy-peer-metadata-id", "nœud".encode())]
+
+
+def test_prepared_headers_are_taken_back_only_while_still_last() -> None:
+    headers = httpx.Headers({"accept": "*/*"})
+    added = _httpx_telemetry.add_headers(headers, PEERS)
+    assert added is not None
+    _httpx_telemetry.take_back(headers, added)
+    assert headers.raw == [(b"accept", b"*/*")]
+    added = _httpx_telemetry.add_headers(headers, PEERS)
+    assert added is not None
+    headers["x-request-id"] = "r1"  # set after them: they are left where they are
+    _httpx_telemetry.take_back(headers, added)
+    assert [name for name, _ in headers.raw][1:] == [name.encode() for name, _ in PEERS] + [
+        b"x-request-id"
+    ]
+    assert _httpx_telemetry.add_headers(headers, PEERS) is None  # present: the public API

@@ -125,8 +125,11 @@ def _prepared(pairs: tuple[tuple[str, str], ...]) -> _Prepared | None:
     return prepared
 
 
-def add_headers(headers: httpx.Headers, pairs: tuple[tuple[str, str], ...]) -> None:
-    """Set `pairs` on `headers` as `headers[name] = value` would, in one step.
+def add_headers(
+    headers: httpx.Headers, pairs: tuple[tuple[str, str], ...]
+) -> tuple[tuple[bytes, bytes, bytes], ...] | None:
+    """Set `pairs` on `headers` as `headers[name] = value` would, in one step;
+    the items appended, for `take_back()`, or None when the public API set them.
 
     `Headers.__setitem__` encodes, lower-cases and scans every header per
     call (~0.7 µs each); the peer headers go on every request, so when none
@@ -144,9 +147,26 @@ def add_headers(headers: httpx.Headers, pairs: tuple[tuple[str, str], ...]) -> N
                 break
         else:
             items.extend(encoded)
-            return
+            return encoded
     for name, value in pairs:
         headers[name] = value
+    return None
+
+
+def take_back(headers: httpx.Headers, added: tuple[tuple[bytes, bytes, bytes], ...]) -> None:
+    """Remove what `add_headers` appended once the request is sent, if still
+    last: the application's request shows the headers the mesh put on the wire
+    no more than Envoy's would (and httpx's cookie jar, which copies every
+    request header after each response, need not copy them)."""
+    items = getattr(headers, "_list", None)
+    count = len(added)
+    if (
+        type(items) is list
+        and len(items) >= count
+        and items[-1] is added[-1]
+        and items[-count] is added[0]
+    ):
+        del items[-count:]
 
 
 def passthrough(call: Call | QuietCall) -> None:
