@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, Workload
 from proxyless_mesh.telemetry._policy import (
+    NO_POLICY,
     TelemetrySpecError,
     check_spec,
     parse_filter,
@@ -232,3 +233,21 @@ def test_tracing_sampling_and_custom_tags(monkeypatch: pytest.MonkeyPatch) -> No
         "zone": "z1",
         "team": "shop",
     }
+
+
+def test_access_log_choice_per_side_follows_each_policy_set(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The choice is resolved when a policy is set (not per call): it must
+    # follow every replacement, whichever way the policy is set.
+    telemetry, _, _ = _telemetry(metrics=False, tracing=False, access_log=True)
+    telemetry.apply_policy(
+        policy_from_specs([{"accessLogging": [{"match": {"mode": "CLIENT"}, "disabled": True}]}])
+    )
+    with caplog.at_level(logging.INFO, logger="proxyless_mesh.access"):
+        _one(telemetry, 201, "source")
+        _one(telemetry, 202, "destination")
+        telemetry.policy = NO_POLICY
+        _one(telemetry, 203, "source")
+    logged = [r.getMessage().split('" ', 1)[1].split(" ", 1)[0] for r in caplog.records]
+    assert logged == ["202", "203"]

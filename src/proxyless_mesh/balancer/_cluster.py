@@ -104,6 +104,9 @@ class ClusterBalancer:
         self.local_locality = local_locality
         self.policy = cluster.lb_policy if cluster is not None else LbPolicy.ROUND_ROBIN
         self._cluster = cluster
+        #: False when the control plane has sent no such cluster (Envoy: NC).
+        #: A plain attribute: the router reads it on every request.
+        self.cluster_known = cluster is not None
         self._assignment = assignment
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
@@ -202,11 +205,6 @@ class ClusterBalancer:
         ):
             current = self._refresh()
         return current.active.reason
-
-    @property
-    def cluster_known(self) -> bool:
-        """False when the control plane has sent no such cluster (Envoy: NC)."""
-        return self._cluster is not None
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:

@@ -26,6 +26,7 @@ from proxyless_mesh.errors import (
     UpstreamOverflowError,
     UpstreamTimeoutError,
 )
+from proxyless_mesh.integrations._httpx_telemetry import add_headers, take_back
 from proxyless_mesh.integrations._httpx_telemetry import routed as telemetry_routed
 from proxyless_mesh.model import Endpoint, MirrorPolicy, Route
 from proxyless_mesh.resilience import (
@@ -274,6 +275,7 @@ class Exchange:
         cluster = source.cluster if source is not None else None
         self.tls = cluster.tls if cluster is not None else None
         self.call = call  # telemetry: told of the route and of each try
+        self.added: tuple[tuple[bytes, bytes, bytes], ...] | None = None  # peer headers
         if call is not None:
             telemetry_routed(call, decision.route_name, decision.cluster, cluster)
         self.flow = request_flow(
@@ -319,7 +321,13 @@ class Exchange:
                 endpoint.port,
                 request.headers.__setitem__,
                 endpoint.workload,
+                self.add_headers,
             )
+
+    def add_headers(self, pairs: tuple[tuple[str, str], ...]) -> None:
+        added = add_headers(self.request.headers, pairs)
+        if added is not None:
+            self.added = added
 
     def answered(self, send: Send, response: httpx.Response) -> AttemptResult:
         status = response.status_code
@@ -417,6 +425,8 @@ class Exchange:
         return response
 
     def restore(self) -> None:
+        if self.added is not None:
+            take_back(self.request.headers, self.added)
         self.request.url = self.original_url
         if self.base_timeout is not None:
             self.request.extensions["timeout"] = self.base_timeout

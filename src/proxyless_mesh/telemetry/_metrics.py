@@ -141,7 +141,17 @@ class IstioMetrics:
         API's no-op or unbound proxy (`provider_records` False) and the
         instruments are still the ones it handed out: they would drop it.
         An instrument swapped in since (a wrapper, a test double) is called."""
-        return provider_records or self._instruments() != self._made
+        if provider_records:
+            return True
+        made = self._made  # identity per instrument: no tuple built per request
+        return (
+            self.requests is not made[0]
+            or self.duration is not made[1]
+            or self.request_bytes is not made[2]
+            or self.response_bytes is not made[3]
+            or self.request_messages is not made[4]
+            or self.response_messages is not made[5]
+        )
 
     def attributes(self, values: LabelValues) -> dict[str, str]:
         """The prepared attribute dict for these label values (in LABELS order)."""

@@ -98,8 +98,21 @@ class Telemetry:
         self._prefixes: dict[tuple[str, Peer, str, bool, str], tuple[str, ...]] = {}
         self._quiet = QuietCall(self)
         #: The Telemetry API's policy for this workload (from the control
-        #: plane, see `apply_policy`); replaced whole, read per call.
+        #: plane, see `apply_policy`); replaced whole. Its access-log choice
+        #: per side is resolved when it is set, not per call.
         self.policy = NO_POLICY
+
+    @property
+    def policy(self) -> TelemetryPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: TelemetryPolicy) -> None:
+        default = self.config.access_log
+        source, destination = policy.source.access_log, policy.destination.access_log
+        self._log_source = default if source is None else source
+        self._log_destination = default if destination is None else destination
+        self._policy = policy
 
     def apply_policy(self, policy: TelemetryPolicy) -> None:
         """Follow a Telemetry API policy from now on (next calls). It may turn
@@ -185,7 +198,9 @@ class Telemetry:
         """A Call for one request, or None when every signal is off."""
         if not self.enabled:
             return None
-        logged, measured = self._signals(reporter)
+        logged, measured = self._signals(
+            self._log_source if reporter == "source" else self._log_destination
+        )
         return Call(self, reporter, protocol, method, authority, path, logged, measured)
 
     def client_call(self, method: str, authority: str, path: str) -> Call | QuietCall | None:
@@ -194,18 +209,18 @@ class Telemetry:
         API without an SDK), which only propagates; None when all is off."""
         if not self.enabled:
             return None
-        logged, measured = self._signals("source")
+        logged, measured = self._signals(self._log_source)
         if not logged and not measured and (self.tracer is None or not self.gate.tracing()):
             return self._quiet
         return Call(self, "source", "http", method, authority, path, logged, measured)
 
-    def _signals(self, reporter: str) -> tuple[bool, bool]:
-        """(access line, metrics) for one call. Decided once per call, as the
-        span is: a provider set mid-request starts with the next one."""
-        wanted = self.policy.side(reporter).access_log
+    def _signals(self, log_wanted: bool) -> tuple[bool, bool]:
+        """(access line, metrics) for one call, given whether the policy (or
+        the config) wants this side's access line. Decided once per call, as
+        the span is: a provider set mid-request starts with the next one."""
         logged = (
-            self.access is not None
-            and (self.config.access_log if wanted is None else wanted)
+            log_wanted
+            and self.access is not None
             and (self._sampling >= 1.0 or self._rng.random() < self._sampling)
         )
         istio = self.metrics
