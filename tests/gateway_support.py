@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import socket
 import socketserver
 import ssl
 import subprocess
@@ -200,12 +201,25 @@ def _running_agent(
 
 def wait_for_listener(admin: str, name: str, timeout: float = 30.0) -> int:
     """The port of listener `name` once Envoy has it active (it waits for its
-    secrets by SDS before that)."""
+    secrets by SDS before that) and its socket accepts connections: Envoy
+    lists a warmed listener on the main thread before a worker has it
+    listening, so on a busy machine a connect right after could be refused."""
     deadline = time.monotonic() + timeout
     while (port := listener_ports(admin).get(name)) is None:
         assert time.monotonic() < deadline, f"no active listener {name}: {listener_ports(admin)}"
         time.sleep(0.05)
+    while not _accepts(port):
+        assert time.monotonic() < deadline, f"listener {name} on port {port} refuses connections"
+        time.sleep(0.05)
     return port
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except ConnectionRefusedError:
+        return False
 
 
 class _Handler(BaseHTTPRequestHandler):
