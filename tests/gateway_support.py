@@ -296,11 +296,13 @@ def _rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def external_servers(lab: LocalMesh, tmp_path: Path) -> Iterator[None]:
+def external_servers(
+    lab: LocalMesh, tmp_path: Path, api_address: str = "localhost"
+) -> Iterator[None]:
     """Two HTTPS servers outside the mesh (their own CA; the second demands a
     client certificate) and, in `lab`'s config, a ServiceEntry and an
-    originating DestinationRule for each of API (resolution DNS, endpoint
-    "localhost"), mtls. and wrong.external.test."""
+    originating DestinationRule for each of API (endpoint `api_address`: by
+    default "localhost", resolution DNS), mtls. and wrong.external.test."""
     server_ca, client_ca = PrivateCa.create("external CA"), PrivateCa.create("client CA")
     (tmp_path / "ca.pem").write_bytes(server_ca.cert_pem)
     cert, key, _ = client_ca.server_pair("client.shop")
@@ -318,7 +320,7 @@ def external_servers(lab: LocalMesh, tmp_path: Path) -> Iterator[None]:
         https_server(server_ca, "mtls.external.test", client_ca) as mtls,
     ):
         docs = [
-            _entry(API, api, "localhost"),  # resolution DNS
+            _entry(API, api, api_address),  # a name: resolution DNS
             _rule(API, simple),
             _entry("mtls.external.test", mtls),
             _rule("mtls.external.test", mutual),
