@@ -16,6 +16,7 @@ from mesh_control_plane.translate import (
     NodeInfo,
     check_consistency,
 )
+
 from .test_gateway import GATEWAY_NODE, SERVICE, load, run
 
 CROSS_NETWORK = """
