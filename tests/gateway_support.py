@@ -140,14 +140,22 @@ def running_gateway(
 
 @contextlib.contextmanager
 def running_proxy(
-    lab: LocalMesh, workload: str, namespace: str, inbound: dict[int, int], labels: tuple[str, ...]
+    lab: LocalMesh,
+    workload: str,
+    namespace: str,
+    inbound: dict[int, int],
+    labels: tuple[str, ...],
+    outbound_tcp: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """`meshctl proxy run` beside `workload` (instance 127.0.0.1; declared port
-    -> application port as in `inbound`; outbound on a free port); yields
-    Envoy's admin address."""
+    -> application port as in `inbound`; outbound on a free port, and TCP
+    listeners for `outbound_tcp` "HOST:PORT=LOCAL_PORT"); yields Envoy's
+    admin address."""
     extra = ["--instance-ip", "127.0.0.1", "--outbound-port", "0"]
     for port, app in inbound.items():
         extra += ["--inbound", f"{port}={app}"]
+    for target in outbound_tcp:
+        extra += ["--outbound-tcp", target]
     command = ["proxy", "run", "--workload", workload]
     with _running_agent(lab, command, workload, namespace, labels, extra) as admin:
         yield admin
