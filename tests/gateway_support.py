@@ -294,7 +294,7 @@ def _entry(host: str, port: int, address: str = "127.0.0.1") -> dict[str, Any]:
     }
 
 
-def _rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
+def tls_rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
@@ -303,14 +303,12 @@ def _rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def external_servers(
-    lab: LocalMesh, tmp_path: Path, api_address: str = "localhost"
-) -> Iterator[None]:
-    """Two HTTPS servers outside the mesh (their own CA; the second demands a
-    client certificate) and, in `lab`'s config, a ServiceEntry and an
-    originating DestinationRule for each of API (endpoint `api_address`: by
-    default "localhost", resolution DNS), mtls. and wrong.external.test."""
+def origination_files(
+    tmp_path: Path,
+) -> tuple[PrivateCa, PrivateCa, dict[str, Any], dict[str, Any]]:
+    """A server CA and a client CA, their files in `tmp_path` (the server CA's
+    certificate; a client.shop certificate and key from the client CA), and
+    the DestinationRule `tls` of SIMPLE and MUTUAL origination using them."""
     server_ca, client_ca = PrivateCa.create("external CA"), PrivateCa.create("client CA")
     (tmp_path / "ca.pem").write_bytes(server_ca.cert_pem)
     cert, key, _ = client_ca.server_pair("client.shop")
@@ -323,17 +321,29 @@ def external_servers(
         "clientCertificate": str(tmp_path / "client.pem"),
         "privateKey": str(tmp_path / "client-key.pem"),
     }
+    return server_ca, client_ca, simple, mutual
+
+
+@contextlib.contextmanager
+def external_servers(
+    lab: LocalMesh, tmp_path: Path, api_address: str = "localhost"
+) -> Iterator[None]:
+    """Two HTTPS servers outside the mesh (their own CA; the second demands a
+    client certificate) and, in `lab`'s config, a ServiceEntry and an
+    originating DestinationRule for each of API (endpoint `api_address`: by
+    default "localhost", resolution DNS), mtls. and wrong.external.test."""
+    server_ca, client_ca, simple, mutual = origination_files(tmp_path)
     with (
         https_server(server_ca, API) as api,
         https_server(server_ca, "mtls.external.test", client_ca) as mtls,
     ):
         docs = [
             _entry(API, api, api_address),  # a name: resolution DNS
-            _rule(API, simple),
+            tls_rule(API, simple),
             _entry("mtls.external.test", mtls),
-            _rule("mtls.external.test", mutual),
+            tls_rule("mtls.external.test", mutual),
             _entry("wrong.external.test", api),
-            _rule("wrong.external.test", {**simple, "sni": API, "subjectAltNames": ["x.test"]}),
+            tls_rule("wrong.external.test", {**simple, "sni": API, "subjectAltNames": ["x.test"]}),
         ]
         lab.write_config("external.yaml", "\n---\n".join(json.dumps(d) for d in docs))
         yield

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
-from gateway_support import PrivateCa
+from gateway_support import PrivateCa, origination_files, tls_rule
 from meshlab import LocalMesh
 
 from proxyless_mesh import Mesh
@@ -74,44 +74,24 @@ def _entry(host: str, port: int) -> dict[str, Any]:
     }
 
 
-def _rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "DestinationRule",
-        "metadata": {"name": host.split(".")[0]},
-        "spec": {"host": host, "trafficPolicy": {"tls": tls}},
-    }
-
-
 @pytest.fixture
 def mesh(lab: LocalMesh, tmp_path: Path) -> Iterator[Mesh]:
-    server_ca, client_ca = PrivateCa.create("external CA"), PrivateCa.create("client CA")
-    (tmp_path / "ca.pem").write_bytes(server_ca.cert_pem)
-    cert, key, _ = client_ca.server_pair("client.shop")
-    (tmp_path / "client.pem").write_bytes(cert)
-    (tmp_path / "client-key.pem").write_bytes(key)
-    simple = {"mode": "SIMPLE", "caCertificates": str(tmp_path / "ca.pem")}
-    mutual = {
-        **simple,
-        "mode": "MUTUAL",
-        "clientCertificate": str(tmp_path / "client.pem"),
-        "privateKey": str(tmp_path / "client-key.pem"),
-    }
+    server_ca, client_ca, simple, mutual = origination_files(tmp_path)
     with (
         tls_grpc_server(server_ca, API, None) as api,
         tls_grpc_server(server_ca, MTLS, client_ca) as mtls,
     ):
         docs = [
             _entry(API, api),
-            _rule(API, simple),  # grpcio's TLS: the SNI is the host
+            tls_rule(API, simple),  # grpcio's TLS: the SNI is the host
             _entry(MTLS, mtls),
-            _rule(MTLS, mutual),  # grpcio's TLS with the client certificate
+            tls_rule(MTLS, mutual),  # grpcio's TLS with the client certificate
             _entry("names.grpc.test", api),  # the bridge: names other than the SNI
-            _rule("names.grpc.test", {**simple, "sni": "any.test", "subjectAltNames": [API]}),
+            tls_rule("names.grpc.test", {**simple, "sni": "any.test", "subjectAltNames": [API]}),
             _entry("wrong.grpc.test", api),  # the bridge: the certificate lacks x.test
-            _rule("wrong.grpc.test", {**simple, "sni": API, "subjectAltNames": ["x.test"]}),
+            tls_rule("wrong.grpc.test", {**simple, "sni": API, "subjectAltNames": ["x.test"]}),
             _entry("other.grpc.test", api),  # grpcio: the certificate lacks the SNI name
-            _rule("other.grpc.test", simple),
+            tls_rule("other.grpc.test", simple),
         ]
         lab.write_config("grpc-external.yaml", "\n---\n".join(json.dumps(d) for d in docs))
         lab.start_control_plane()

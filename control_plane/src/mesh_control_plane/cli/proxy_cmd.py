@@ -24,6 +24,7 @@ from typing import Any
 
 from mesh_control_plane.cli.agent_args import add_agent_arguments, parse_pairs, run_agent_command
 from mesh_control_plane.gateway.bootstrap import ProxyNode
+from mesh_control_plane.translate.node import tcp_targets
 
 
 def add_parser(commands: Any) -> None:
@@ -65,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     if not all(p.isdigit() and a.isdigit() for p, a in ports):
         print("meshctl: --inbound takes PORT=APP_PORT numbers", file=sys.stderr)
         return 2
-    outbound_tcp = _tcp_targets(args.outbound_tcp)
-    if outbound_tcp is None:
+    try:
+        outbound_tcp = tcp_targets(",".join(args.outbound_tcp), args.workload)
+    except ValueError:
         print("meshctl: --outbound-tcp takes HOST:PORT=LOCAL_PORT", file=sys.stderr)
         return 2
     node = ProxyNode(
@@ -83,13 +85,3 @@ def run(args: argparse.Namespace) -> int:
     )
     return run_agent_command(args, node)
 
-
-def _tcp_targets(items: list[str]) -> tuple[tuple[str, int, int], ...] | None:
-    targets = []
-    for item in items:
-        target, _, local = item.partition("=")
-        host, _, port = target.rpartition(":")
-        if not (host and port.isdigit() and local.isdigit()):
-            return None
-        targets.append((host, int(port), int(local)))
-    return tuple(sorted(targets))

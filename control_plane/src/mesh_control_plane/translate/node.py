@@ -110,7 +110,7 @@ class NodeInfo:
             free_ports=_string(node, FREE_PORTS_METADATA_KEY) == "true",
             sidecar=kind is ClientKind.ENVOY and node.id.startswith(SIDECAR_ID_PREFIX),
             inbound_ports=_port_pairs(_string(node, INBOUND_PORTS_METADATA_KEY), node.id),
-            outbound_tcp=_tcp_targets(_string(node, OUTBOUND_TCP_METADATA_KEY), node.id),
+            outbound_tcp=tcp_targets(_string(node, OUTBOUND_TCP_METADATA_KEY), node.id),
         )
 
     @property
@@ -215,7 +215,7 @@ def _port_pairs(text: str, node_id: str) -> tuple[tuple[int, int], ...]:
     return tuple(sorted(pairs))
 
 
-def _tcp_targets(text: str, node_id: str) -> tuple[tuple[str, int, int], ...]:
+def tcp_targets(text: str, node_id: str) -> tuple[tuple[str, int, int], ...]:
     """OUTBOUND_TCP "host:9000=19000,..." as sorted (host, port, local port)."""
     targets: list[tuple[str, int, int]] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
