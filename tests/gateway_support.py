@@ -141,14 +141,22 @@ def running_gateway(
 
 @contextlib.contextmanager
 def running_proxy(
-    lab: LocalMesh, workload: str, namespace: str, inbound: dict[int, int], labels: tuple[str, ...]
+    lab: LocalMesh,
+    workload: str,
+    namespace: str,
+    inbound: dict[int, int],
+    labels: tuple[str, ...],
+    outbound_tcp: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """`meshctl proxy run` beside `workload` (instance 127.0.0.1; declared port
-    -> application port as in `inbound`; outbound on a free port); yields
-    Envoy's admin address."""
+    -> application port as in `inbound`; outbound on a free port, and TCP
+    listeners for `outbound_tcp` "HOST:PORT=LOCAL_PORT"); yields Envoy's
+    admin address."""
     extra = ["--instance-ip", "127.0.0.1", "--outbound-port", "0"]
     for port, app in inbound.items():
         extra += ["--inbound", f"{port}={app}"]
+    for target in outbound_tcp:
+        extra += ["--outbound-tcp", target]
     command = ["proxy", "run", "--workload", workload]
     with _running_agent(lab, command, workload, namespace, labels, extra) as admin:
         yield admin
@@ -300,7 +308,7 @@ def _entry(host: str, port: int, address: str = "127.0.0.1") -> dict[str, Any]:
     }
 
 
-def _rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
+def tls_rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
@@ -309,12 +317,12 @@ def _rule(host: str, tls: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def external_servers(lab: LocalMesh, tmp_path: Path) -> Iterator[None]:
-    """Two HTTPS servers outside the mesh (their own CA; the second demands a
-    client certificate) and, in `lab`'s config, a ServiceEntry and an
-    originating DestinationRule for each of API (resolution DNS, endpoint
-    "localhost"), mtls. and wrong.external.test."""
+def origination_files(
+    tmp_path: Path,
+) -> tuple[PrivateCa, PrivateCa, dict[str, Any], dict[str, Any]]:
+    """A server CA and a client CA, their files in `tmp_path` (the server CA's
+    certificate; a client.shop certificate and key from the client CA), and
+    the DestinationRule `tls` of SIMPLE and MUTUAL origination using them."""
     server_ca, client_ca = PrivateCa.create("external CA"), PrivateCa.create("client CA")
     (tmp_path / "ca.pem").write_bytes(server_ca.cert_pem)
     cert, key, _ = client_ca.server_pair("client.shop")
@@ -327,17 +335,29 @@ def external_servers(lab: LocalMesh, tmp_path: Path) -> Iterator[None]:
         "clientCertificate": str(tmp_path / "client.pem"),
         "privateKey": str(tmp_path / "client-key.pem"),
     }
+    return server_ca, client_ca, simple, mutual
+
+
+@contextlib.contextmanager
+def external_servers(
+    lab: LocalMesh, tmp_path: Path, api_address: str = "localhost"
+) -> Iterator[None]:
+    """Two HTTPS servers outside the mesh (their own CA; the second demands a
+    client certificate) and, in `lab`'s config, a ServiceEntry and an
+    originating DestinationRule for each of API (endpoint `api_address`: by
+    default "localhost", resolution DNS), mtls. and wrong.external.test."""
+    server_ca, client_ca, simple, mutual = origination_files(tmp_path)
     with (
         https_server(server_ca, API) as api,
         https_server(server_ca, "mtls.external.test", client_ca) as mtls,
     ):
         docs = [
-            _entry(API, api, "localhost"),  # resolution DNS
-            _rule(API, simple),
+            _entry(API, api, api_address),  # a name: resolution DNS
+            tls_rule(API, simple),
             _entry("mtls.external.test", mtls),
-            _rule("mtls.external.test", mutual),
+            tls_rule("mtls.external.test", mutual),
             _entry("wrong.external.test", api),
-            _rule("wrong.external.test", {**simple, "sni": API, "subjectAltNames": ["x.test"]}),
+            tls_rule("wrong.external.test", {**simple, "sni": API, "subjectAltNames": ["x.test"]}),
         ]
         lab.write_config("external.yaml", "\n---\n".join(json.dumps(d) for d in docs))
         yield

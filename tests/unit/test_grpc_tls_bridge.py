@@ -8,13 +8,18 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from proxyless_mesh.integrations._grpc_tls_bridge import TlsBridge, TlsIndex
+from proxyless_mesh.integrations._grpc_tls_bridge import (
+    TlsBridge,
+    TlsIndex,
+    grpc_origination_credentials,
+)
 from proxyless_mesh.model import (
     Cluster,
     ClusterLoadAssignment,
     Endpoint,
     Locality,
     LocalityEndpoints,
+    OriginationTls,
     UpstreamTls,
 )
 from proxyless_mesh.runtime import BalancerSource as _BalancerSource
@@ -66,6 +71,42 @@ def test_by_address_keeps_what_every_cluster_agrees_on() -> None:
     )
     assert index.expected(Endpoint("10.0.0.1", 80)) == {GREETER}
     assert index.expected(Endpoint("10.0.0.3", 80)) == frozenset()  # any mesh identity
+
+
+def test_origination_is_indexed_by_its_rule_and_never_mixed_with_mtls() -> None:
+    simple = UpstreamTls(sni="api.test", origination=OriginationTls())
+    api, shared, shared_mtls = (
+        Endpoint("10.0.0.5", 443),
+        Endpoint("10.0.0.6", 443),
+        Endpoint("10.0.0.6", 443),
+    )
+    index = TlsIndex(
+        MeshSnapshot(
+            sources={
+                "api": source("api", simple, api, shared),
+                "mesh": source("mesh", UpstreamTls((GREETER,)), shared_mtls),
+            }
+        )
+    )
+    assert index.expected(api) == simple
+    assert index.expected(Endpoint("10.0.0.5", 443)) == simple  # by address: one rule
+    # One address both originated to and mesh mTLS: by address, neither (fail closed).
+    mixed = index.expected(Endpoint("10.0.0.6", 443))
+    assert isinstance(mixed, frozenset) and GREETER not in mixed
+
+
+def test_grpcio_originates_only_where_its_name_check_is_the_rules(tmp_path: Path) -> None:
+    """grpcio checks the server against the SNI alone: a rule naming other
+    subjectAltNames, or with files that cannot be read, goes to the bridge."""
+    (tmp_path / "ca.pem").write_text("not read here")
+    ca = str(tmp_path / "ca.pem")
+    assert grpc_origination_credentials(UpstreamTls(sni="a.test", origination=OriginationTls(ca)))
+    same = OriginationTls(ca, subject_alt_names=("a.test",))
+    assert grpc_origination_credentials(UpstreamTls(sni="a.test", origination=same))
+    other = OriginationTls(ca, subject_alt_names=("b.test",))
+    assert grpc_origination_credentials(UpstreamTls(sni="a.test", origination=other)) is None
+    missing = OriginationTls(str(tmp_path / "absent.pem"))
+    assert grpc_origination_credentials(UpstreamTls(sni="a.test", origination=missing)) is None
 
 
 def test_the_bridge_stops_and_removes_its_sockets_on_close_or_when_dropped() -> None:

@@ -204,7 +204,12 @@ class ControlPlane:
             lease = registry.leader_lease or f"{connection.namespace}/{LEASE_NAME}"
             identity = f"{socket.gethostname()}-{os.getpid()}"
             self.kube_config.elect(lease, identity, registry.lease_duration)
-        self._jwks = JwksRefresher(jwks or JwksResolver(), self._apply_resolved)
+        # A config's new DNS names are resolved before it is applied (registry/dns.py).
+        self._jwks = JwksRefresher(
+            jwks or JwksResolver(),
+            self._apply_resolved,
+            prepare=lambda c: self.registry.hub.dns.warm(c),
+        )
         self._first_load = asyncio.Event()
 
     async def start(
@@ -335,7 +340,7 @@ class ControlPlane:
             self.xds.servicer.clients(),
             self.config_errors,
             trust_domain,
-            self.config_warnings,
+            [*self.config_warnings, *self._dns_warnings()],
             self.config_problems,
         )
         if self.workers is not None:
@@ -344,6 +349,13 @@ class ControlPlane:
                 for c in self.workers.client_statuses()
             ]
         return payload
+
+    def _dns_warnings(self) -> list[str]:
+        return [
+            f"DNS name {name} does not resolve: the ServiceEntries naming it have "
+            "no endpoint for it until it does"
+            for name in self.registry.hub.dns.unresolved()
+        ]
 
     def apply_config(self, config: MeshConfig) -> None:
         """Make `config` current unless it is inconsistent (then keep the last good)."""

@@ -239,6 +239,7 @@ class AioMeshChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio.Channel whose calls the mesh routes: `mesh.aio_grpc_channel(target)`."""
 
     new_channel = staticmethod(grpc.aio.insecure_channel)
+    new_secure_channel = staticmethod(grpc.aio.secure_channel)
     callables = {
         "unary_unary": _AioUnaryUnary,
         "unary_stream": _AioUnaryStream,

@@ -290,11 +290,12 @@ class ChannelBase:
     its callable classes)."""
 
     new_channel: Callable[..., Any]  # grpc.insecure_channel or its aio twin
+    new_secure_channel: Callable[..., Any]  # grpc.secure_channel (TLS origination) or its twin
     callables: dict[str, type[_Callable]]
 
     def __init__(self, mesh: Runtime, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
         self.router = _Router(mesh, target)
-        self.subchannels = MeshSubChannels(mesh, options, self.new_channel)
+        self.subchannels = MeshSubChannels(mesh, options, self.new_channel, self.new_secure_channel)
         self._target = target
         self._options = tuple(options)
         self._passthrough: Any = None
@@ -315,6 +316,7 @@ class MeshChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
     """A sync grpc.Channel whose calls the mesh routes: `mesh.grpc_channel(target)`."""
 
     new_channel = staticmethod(grpc.insecure_channel)
+    new_secure_channel = staticmethod(grpc.secure_channel)
     callables = {
         "unary_unary": _UnaryUnary,
         "unary_stream": _UnaryStream,

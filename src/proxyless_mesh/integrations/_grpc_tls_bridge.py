@@ -24,6 +24,16 @@ from the snapshot (`TlsIndex`: clusters with upstream TLS and their
 endpoints), re-indexed when the snapshot changes, so a config change that
 turns mTLS on or off takes effect for new calls; sub-channels are kept per
 (endpoint, expected identities).
+
+TLS origination (DestinationRule `tls` SIMPLE/MUTUAL, no mesh identity
+needed) is grpcio's own TLS when its check is Istio's: a channel with
+`grpc.ssl_channel_credentials` from the rule's files and the SNI as
+`grpc.ssl_target_name_override`, whose hostname check is the SNI-name check
+Envoy makes when the rule names no other `subjectAltNames`. A rule whose
+names differ from the SNI goes through the bridge instead, which sends the SNI
+and checks the names as the httpx transports do (`_origination`); so does a
+rule whose files cannot be read, and the bridge then refuses each connection
+with the reason logged (fail closed).
 """
 
 from __future__ import annotations
@@ -41,9 +51,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from proxyless_mesh.errors import MeshError
+from proxyless_mesh.integrations._origination import origination_context, verify_names
 from proxyless_mesh.integrations._tls_transport import CredentialsSource, mesh_credentials
-from proxyless_mesh.model import Endpoint
+from proxyless_mesh.model import Endpoint, UpstreamTls
 from proxyless_mesh.security import verify_peer
 
 if TYPE_CHECKING:
@@ -57,6 +70,7 @@ _ALPN_H2 = ("h2",)
 _CONNECT_TIMEOUT = 10.0
 _BUFFER = 64 * 1024
 _Expected = frozenset[str]
+_Security = _Expected | UpstreamTls  # mesh mTLS (the IDs), or TLS origination (the rule)
 
 
 _CONFLICT = "(none: this address is in clusters that expect different SPIFFE IDs)"
@@ -64,7 +78,8 @@ _CONFLICT = "(none: this address is in clusters that expect different SPIFFE IDs
 
 class TlsIndex:
     """Which endpoints of a snapshot need mTLS, and the SPIFFE IDs each must
-    present (an empty set: any ID the mesh roots vouch for).
+    present (an empty set: any ID the mesh roots vouch for), or TLS
+    origination (the cluster's UpstreamTls).
 
     Keyed by the endpoint object first: each cluster's endpoints are its own
     objects, so one address in two clusters (two services on one server)
@@ -75,28 +90,34 @@ class TlsIndex:
 
     def __init__(self, snapshot: MeshSnapshot) -> None:
         self.snapshot = snapshot
-        self.by_object: dict[int, _Expected] = {}
-        by_address: dict[tuple[str, int], list[_Expected]] = {}
+        self.by_object: dict[int, _Security] = {}
+        by_address: dict[tuple[str, int], list[_Security]] = {}
         for source in snapshot.sources.values():
             cluster, assignment = source.cluster, source.assignment
             if cluster is None or cluster.tls is None or assignment is None:
                 continue
-            expected = frozenset(cluster.tls.expected_spiffe_ids)
+            expected: _Security = frozenset(cluster.tls.expected_spiffe_ids)
+            if cluster.tls.origination is not None:
+                expected = cluster.tls
             for locality in assignment.localities:
                 for endpoint in locality.endpoints:
                     self.by_object[id(endpoint)] = expected
                     by_address.setdefault((endpoint.address, endpoint.port), []).append(expected)
         self.by_address = {key: _agreed(sets) for key, sets in by_address.items()}
 
-    def expected(self, endpoint: Endpoint) -> _Expected | None:
-        """The IDs `endpoint` must present; None: plaintext."""
+    def expected(self, endpoint: Endpoint) -> _Security | None:
+        """The IDs `endpoint` must present, or its origination; None: plaintext."""
         found = self.by_object.get(id(endpoint))
         if found is not None:
             return found
         return self.by_address.get((endpoint.address, endpoint.port))
 
 
-def _agreed(sets: list[_Expected]) -> _Expected:
+def _agreed(found: list[_Security]) -> _Security:
+    rules = set(s for s in found if isinstance(s, UpstreamTls))
+    sets = [s for s in found if not isinstance(s, UpstreamTls)]
+    if rules:  # origination only if every cluster there originates alike
+        return rules.pop() if len(rules) == 1 and not sets else frozenset({_CONFLICT})
     named = [s for s in sets if s]
     if not named:
         return frozenset()
@@ -108,7 +129,7 @@ class TlsBridge:
     """Unix-socket listeners in a private directory, each bridging to one
     endpoint over verified mTLS, served on a loop thread of their own."""
 
-    def __init__(self, credentials: CredentialsSource) -> None:
+    def __init__(self, credentials: CredentialsSource | None) -> None:
         self._credentials = credentials
         self._dir = Path(tempfile.mkdtemp(prefix="proxyless-mesh-grpc-"))  # 0700
         self._loop = asyncio.new_event_loop()
@@ -122,7 +143,7 @@ class TlsBridge:
             self, _stop, self._loop, self._thread, self._servers, self._dir
         )
 
-    def listen(self, address: str, port: int, expected: _Expected) -> str:
+    def listen(self, address: str, port: int, expected: _Security) -> str:
         """The `unix:` target of a new listener bridging to address:port.
         The socket listens before this returns (connections wait in its
         backlog until the loop serves it), so grpcio can connect at once."""
@@ -148,27 +169,40 @@ class TlsBridge:
 
 
 async def _bridge(
-    credentials: CredentialsSource,
+    credentials: CredentialsSource | None,
     address: str,
     port: int,
-    expected: _Expected,
+    expected: _Security,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
 ) -> None:
     """One connection grpcio opened: mTLS to the endpoint, the server's
-    SPIFFE ID checked, then bytes both ways until either side closes."""
+    SPIFFE ID checked (or TLS origination, the rule's names checked), then
+    bytes both ways until either side closes."""
     peer = f"{address}:{port}"
     try:
-        context = credentials().client_ssl_context(_ALPN_H2)
+        if isinstance(expected, UpstreamTls):
+            assert expected.origination is not None  # TlsIndex makes it so
+            context = origination_context(expected.origination, _ALPN_H2)
+            sni = expected.sni or None
+        elif credentials is not None:
+            context, sni = credentials().client_ssl_context(_ALPN_H2), None
+        else:
+            raise MeshError("no workload certificate for mesh mTLS")
         up_reader, up_writer = await asyncio.wait_for(
-            asyncio.open_connection(address, port, ssl=context), _CONNECT_TIMEOUT
+            asyncio.open_connection(address, port, ssl=context, server_hostname=sni),
+            _CONNECT_TIMEOUT,
         )
     except (OSError, TimeoutError, MeshError) as exc:
-        log.warning("library-mode gRPC: no mTLS connection to %s: %s", peer, exc)
+        log.warning("library-mode gRPC: no TLS connection to %s: %s", peer, exc)
         writer.close()
         return
     try:
-        verify_peer(up_writer.get_extra_info("ssl_object"), expected, peer=peer)
+        ssl_object = up_writer.get_extra_info("ssl_object")
+        if isinstance(expected, UpstreamTls):
+            verify_names(ssl_object, origination_names(expected), peer=peer)
+        else:
+            verify_peer(ssl_object, expected, peer=peer)
     except MeshError as exc:  # PeerIdentityError: nothing was sent
         log.warning("library-mode gRPC: %s", exc)
         up_writer.close()
@@ -222,33 +256,67 @@ def _stop(
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def origination_names(tls: UpstreamTls) -> frozenset[str]:
+    """The names the server's certificate must have: the rule's
+    subjectAltNames, else the SNI name (Istio's default)."""
+    assert tls.origination is not None
+    return frozenset(tls.origination.subject_alt_names or ((tls.sni,) if tls.sni else ()))
+
+
+def grpc_origination_credentials(tls: UpstreamTls) -> Any | None:
+    """grpcio channel credentials for `tls`, when grpcio's own check (the
+    server's name against `ssl_target_name_override`, the SNI) is the rule's
+    check; None when it is not, or a file cannot be read (logged)."""
+    rule = tls.origination
+    assert rule is not None
+    if not tls.sni or origination_names(tls) != {tls.sni}:
+        return None
+    try:
+        roots = Path(rule.ca_file).read_bytes() if rule.ca_file else None
+        pair = rule.cert_file and rule.key_file
+        key = Path(rule.key_file).read_bytes() if pair else None
+        chain = Path(rule.cert_file).read_bytes() if pair else None
+    except OSError as exc:
+        log.warning("library-mode gRPC: cannot use the TLS origination files: %s", exc)
+        return None
+    return grpc.ssl_channel_credentials(roots, key, chain)
+
+
 class MeshSubChannels:
     """One grpcio channel per endpoint (and expected identities), created on
-    first use: plaintext to the endpoint, or through the TlsBridge when its
-    cluster requires mTLS. Lookups are lock-free dict reads."""
+    first use: plaintext to the endpoint, grpcio's TLS for origination it can
+    check, or through the TlsBridge (mTLS, other origination). Lookups are
+    lock-free dict reads."""
 
     def __init__(
-        self, mesh: Runtime, options: Sequence[tuple[str, Any]], factory: Callable[..., Any]
+        self,
+        mesh: Runtime,
+        options: Sequence[tuple[str, Any]],
+        factory: Callable[..., Any],
+        secure_factory: Callable[..., Any],
     ) -> None:
         self._mesh = mesh
         self._credentials = mesh_credentials(mesh)
         self._options = tuple(options)
         self._factory = factory
-        self._channels: dict[tuple[str, int, _Expected | None], Any] = {}
+        self._secure_factory = secure_factory
+        self._channels: dict[tuple[str, int, _Security | None], Any] = {}
         self._lock = threading.Lock()  # creation only
         self._index: TlsIndex | None = None
         self._bridge: TlsBridge | None = None
 
-    def expected(self, endpoint: Endpoint) -> _Expected | None:
-        """The SPIFFE IDs an mTLS endpoint must present; None for plaintext
-        (also from a mesh without an identity, as the httpx transports do)."""
-        if self._credentials is None:
-            return None
+    def expected(self, endpoint: Endpoint) -> _Security | None:
+        """The SPIFFE IDs an mTLS endpoint must present, or its origination
+        rule; None for plaintext (mesh mTLS also from a mesh without an
+        identity, as the httpx transports do; origination needs none)."""
         snapshot = self._mesh.snapshot
         index = self._index
         if index is None or index.snapshot is not snapshot:
             self._index = index = TlsIndex(snapshot)
-        return index.expected(endpoint)
+        found = index.expected(endpoint)
+        if self._credentials is None and not isinstance(found, UpstreamTls):
+            return None
+        return found
 
     def get(self, endpoint: Endpoint) -> Any:
         expected = self.expected(endpoint)
@@ -258,17 +326,23 @@ class MeshSubChannels:
             with self._lock:
                 channel = self._channels.get(key)
                 if channel is None:
-                    channel = self._factory(self._target(endpoint, expected), options=self._options)
+                    channel = self._new(endpoint, expected)
                     self._channels[key] = channel
         return channel
 
-    def _target(self, endpoint: Endpoint, expected: _Expected | None) -> str:
-        if expected is None or self._credentials is None:
-            host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
-            return f"{host}:{endpoint.port}"
+    def _new(self, endpoint: Endpoint, expected: _Security | None) -> Any:
+        host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
+        if expected is None:
+            return self._factory(f"{host}:{endpoint.port}", options=self._options)
+        if isinstance(expected, UpstreamTls):
+            credentials = grpc_origination_credentials(expected)
+            if credentials is not None:
+                options = (*self._options, ("grpc.ssl_target_name_override", expected.sni))
+                return self._secure_factory(f"{host}:{endpoint.port}", credentials, options=options)
         if self._bridge is None:
             self._bridge = TlsBridge(self._credentials)
-        return self._bridge.listen(endpoint.address, endpoint.port, expected)
+        target = self._bridge.listen(endpoint.address, endpoint.port, expected)
+        return self._factory(target, options=self._options)
 
     def all(self) -> list[Any]:
         return list(self._channels.values())

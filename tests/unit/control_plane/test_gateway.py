@@ -193,8 +193,18 @@ def test_gateway_tls_and_upstream_mtls_come_by_sds() -> None:
         (
             "{port: {number: 443, name: h, protocol: HTTPS}, hosts: ['*'], "
             "tls: {mode: AUTO_PASSTHROUGH}}",
-            "spec.servers[0].tls.mode: AUTO_PASSTHROUGH is not supported yet "
-            "(supported: SIMPLE, MUTUAL, ISTIO_MUTUAL, PASSTHROUGH)",
+            "spec.servers[0].tls.mode: AUTO_PASSTHROUGH is for TLS servers",
+        ),
+        (
+            "{port: {number: 443, name: h, protocol: TLS}, hosts: ['*'], "
+            "tls: {mode: SIMPLE, credentialName: x}}",
+            "spec.servers[0].tls.mode: a TLS server takes PASSTHROUGH or AUTO_PASSTHROUGH here",
+        ),
+        (
+            "{port: {number: 443, name: h, protocol: HTTPS}, hosts: ['*'], "
+            "tls: {mode: OPTIONAL_MUTUAL}}",
+            "spec.servers[0].tls.credentialName: missing required field "
+            "(the server certificate for OPTIONAL_MUTUAL)",
         ),
         (
             "{port: {number: 443, name: h, protocol: HTTPS}, hosts: ['*'], "
@@ -285,16 +295,24 @@ def test_gateway_api_refuses_what_it_cannot_do_yet(doc: str, expected: str) -> N
 
 @pytest.mark.parametrize(
     ("mode", "roots"),
-    [("MUTUAL", "kubernetes://c-cacert"), ("ISTIO_MUTUAL", "ROOTCA"), ("SIMPLE", "")],
+    [
+        ("MUTUAL", "kubernetes://c-cacert"),
+        ("ISTIO_MUTUAL", "ROOTCA"),
+        ("SIMPLE", ""),
+        ("OPTIONAL_MUTUAL", "kubernetes://c-cacert"),
+    ],
 )
 def test_mutual_servers_demand_and_check_client_certificates(mode: str, roots: str) -> None:
+    """OPTIONAL_MUTUAL checks a client certificate against the credential's CA
+    but does not demand one."""
     from mesh_control_plane.translate.sds import gateway_downstream_socket
 
     downstream = tls_pb2.DownstreamTlsContext()
     gateway_downstream_socket(mode, "c").typed_config.Unpack(downstream)
     validation = downstream.common_tls_context.combined_validation_context
     assert validation.validation_context_sds_secret_config.name == roots
-    assert downstream.require_client_certificate.value == bool(roots)
+    demanded = mode in ("MUTUAL", "ISTIO_MUTUAL")
+    assert downstream.require_client_certificate.value == demanded
 
 
 def test_match_gateways_and_port_split_one_virtual_service_between_mesh_and_gateway() -> None:

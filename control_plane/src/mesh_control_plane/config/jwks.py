@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
@@ -214,16 +214,27 @@ def _uris(ra: RequestAuthentication) -> list[tuple[int, str]]:
 
 
 Apply = Callable[[MeshConfig, Sequence[ConfigProblem]], None]
+Prepare = Callable[[MeshConfig], Awaitable[None]]
 
 
 class JwksRefresher:
     """Resolves the newest submitted config in a worker thread and hands the
     result to `apply`: at once for a new config, then every `tick` seconds
-    (the resolver only fetches what is due), re-applying only on a change."""
+    (the resolver only fetches what is due), re-applying only on a change.
+    `prepare` is awaited just before a config is applied (the control plane
+    resolves the config's new DNS names there, registry/dns.py)."""
 
-    def __init__(self, resolver: JwksResolver, apply: Apply, *, tick: float | None = None) -> None:
+    def __init__(
+        self,
+        resolver: JwksResolver,
+        apply: Apply,
+        *,
+        tick: float | None = None,
+        prepare: Prepare | None = None,
+    ) -> None:
         self._resolver = resolver
         self._apply = apply
+        self._prepare = prepare
         self._tick = tick or min(resolver.refresh_interval, resolver.retry_interval)
         self._latest: MeshConfig | None = None
         self._submitted = asyncio.Event()
@@ -260,6 +271,10 @@ class JwksRefresher:
                 if config is not self._latest:
                     continue  # a newer config arrived meanwhile: resolve that one next
                 if result != self._last:
+                    if self._prepare is not None:
+                        await self._prepare(result[0])
+                        if config is not self._latest:
+                            continue
                     self._last = result
                     self._apply(*result)
             except Exception:

@@ -3,14 +3,16 @@ edge of the mesh, for the gateway workloads its `selector` picks.
 
 What is programmed into Envoy (translate/gateway.py): HTTP, HTTP2 and GRPC
 servers in plaintext (optionally `tls.httpsRedirect`), HTTPS servers with
-`tls.mode` SIMPLE or MUTUAL (certificate from `credentialName`) or
-ISTIO_MUTUAL (the gateway's workload certificate, mesh clients only), TLS
-servers with mode PASSTHROUGH (routed by SNI: VirtualService `tls`) and
-plaintext TCP servers (VirtualService `tcp`). Everything else Istio defines is
-refused naming the field: TLS on a TCP server, AUTO_PASSTHROUGH and
-OPTIONAL_MUTUAL, certificates given as files, cipher and version settings,
-`bind` and `defaultEndpoint`. Several servers on one port must agree on
-plaintext or TLS (one listener per port, as Istio builds it).
+`tls.mode` SIMPLE, MUTUAL or OPTIONAL_MUTUAL (certificate from
+`credentialName`; a client certificate demanded, or verified when presented)
+or ISTIO_MUTUAL (the gateway's workload certificate, mesh clients only), TLS
+servers with mode PASSTHROUGH (routed by SNI: VirtualService `tls`) or
+AUTO_PASSTHROUGH (routed by the SNI Istio clients set, translate/gateway_sni.py)
+and plaintext TCP servers (VirtualService `tcp`). Everything else Istio
+defines is refused naming the field: TLS on a TCP server, certificates given
+as files, cipher and version settings, `bind` and `defaultEndpoint`. Several
+servers on one port must agree on plaintext or TLS (one listener per port, as
+Istio builds it).
 """
 
 from __future__ import annotations
@@ -60,11 +62,19 @@ _TLS_UNSUPPORTED = (
 )
 PLAIN_PROTOCOLS = ("HTTP", "HTTP2", "GRPC")
 TLS_PROTOCOLS = ("HTTPS",)
-PASSTHROUGH_PROTOCOLS = ("TLS",)  # mode PASSTHROUGH: routed by SNI (VirtualService `tls`)
+PASSTHROUGH_PROTOCOLS = ("TLS",)  # routed by SNI: VirtualService `tls`, or AUTO_PASSTHROUGH
 TCP_PROTOCOLS = ("TCP",)  # plaintext bytes, routed by port (VirtualService `tcp`)
 _LATER_PROTOCOLS = ("MONGO", "REDIS", "MYSQL", "GRPC-WEB")
-TLS_MODES = ("SIMPLE", "MUTUAL", "ISTIO_MUTUAL", "PASSTHROUGH")
-_LATER_MODES = ("AUTO_PASSTHROUGH", "OPTIONAL_MUTUAL")
+TLS_MODES = (
+    "SIMPLE",
+    "MUTUAL",
+    "OPTIONAL_MUTUAL",
+    "ISTIO_MUTUAL",
+    "PASSTHROUGH",
+    "AUTO_PASSTHROUGH",
+)
+PASSTHROUGH_MODES = ("PASSTHROUGH", "AUTO_PASSTHROUGH")
+CREDENTIAL_MODES = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ def host_covers(pattern: str, host: str) -> bool:
 
 @dataclass(frozen=True)
 class ServerTls:
-    mode: str = ""  # SIMPLE | MUTUAL | ISTIO_MUTUAL; "" on a plaintext server
+    mode: str = ""  # one of TLS_MODES; "" on a plaintext server
     credential_name: str = ""
     https_redirect: bool = False
 
@@ -242,17 +252,15 @@ def _parse_tls(p: Problems, obj: Mapping[str, Any], where: str, protocol: str) -
     redirect = bool(tls and get_bool(p, tls, "httpsRedirect", tls_where))
     mode = ""
     if tls is not None and "mode" in tls:
-        mode = (
-            check_enum(
-                p, str(tls["mode"]).upper(), join(tls_where, "mode"), TLS_MODES, _LATER_MODES
-            )
-            or ""
-        )
+        mode = check_enum(p, str(tls["mode"]).upper(), join(tls_where, "mode"), TLS_MODES) or ""
     credential = (tls and get_str(p, tls, "credentialName", tls_where)) or ""
-    if protocol in PASSTHROUGH_PROTOCOLS and mode != "PASSTHROUGH":
-        p.add(join(tls_where, "mode"), f"a {protocol} server takes PASSTHROUGH here")
-    elif mode == "PASSTHROUGH" and protocol not in PASSTHROUGH_PROTOCOLS:
-        p.add(join(tls_where, "mode"), "PASSTHROUGH is for TLS servers")
+    if protocol in PASSTHROUGH_PROTOCOLS and mode not in PASSTHROUGH_MODES:
+        p.add(
+            join(tls_where, "mode"),
+            f"a {protocol} server takes PASSTHROUGH or AUTO_PASSTHROUGH here",
+        )
+    elif mode in PASSTHROUGH_MODES and protocol not in PASSTHROUGH_PROTOCOLS:
+        p.add(join(tls_where, "mode"), f"{mode} is for TLS servers")
     if protocol in TLS_PROTOCOLS and not mode:
         if tls is None or "mode" not in tls:
             p.add(join(tls_where, "mode"), f"{MISSING} (an {protocol} server terminates TLS)")
@@ -260,7 +268,7 @@ def _parse_tls(p: Problems, obj: Mapping[str, Any], where: str, protocol: str) -
         p.add(join(tls_where, "mode"), f"a plaintext {protocol} server has no TLS mode")
     if redirect and protocol not in PLAIN_PROTOCOLS:
         p.add(join(tls_where, "httpsRedirect"), "only a plaintext HTTP server redirects")
-    if mode in ("SIMPLE", "MUTUAL") and not credential:
+    if mode in CREDENTIAL_MODES and not credential:
         p.add(join(tls_where, "credentialName"), f"{MISSING} (the server certificate for {mode})")
     if mode == "ISTIO_MUTUAL" and credential:
         p.add(join(tls_where, "credentialName"), "ISTIO_MUTUAL uses the gateway's workload cert")

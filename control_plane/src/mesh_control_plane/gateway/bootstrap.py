@@ -20,6 +20,7 @@ from mesh_control_plane.translate.node import (
     LABELS_METADATA_KEY,
     NAMESPACE_METADATA_KEY,
     OUTBOUND_PORT_METADATA_KEY,
+    OUTBOUND_TCP_METADATA_KEY,
     ROUTER_ID_PREFIX,
     SERVICE_ACCOUNT_METADATA_KEY,
     SIDECAR_ID_PREFIX,
@@ -44,6 +45,7 @@ class ProxyNode:
     inbound_ports: tuple[tuple[int, int], ...] = ()  # (declared port, application port)
     outbound_port: int = 15001
     instance_ips: tuple[str, ...] = ()
+    outbound_tcp: tuple[tuple[str, int, int], ...] = ()  # (host, port, local port)
 
     @property
     def node_id(self) -> str:
@@ -67,6 +69,9 @@ def proxy_bootstrap(node: ProxyNode, xds_address: str, sds_socket: str) -> dict[
         metadata[OUTBOUND_PORT_METADATA_KEY] = str(node.outbound_port)
         metadata[INBOUND_PORTS_METADATA_KEY] = ",".join(f"{p}={a}" for p, a in node.inbound_ports)
         metadata[INSTANCE_IPS_METADATA_KEY] = ",".join(node.instance_ips)
+        metadata[OUTBOUND_TCP_METADATA_KEY] = ",".join(
+            f"{host}:{port}={local}" for host, port, local in node.outbound_tcp
+        )
     address = {"socket_address": {"address": host or "127.0.0.1", "port_value": int(port)}}
     return {
         "node": {

@@ -11,10 +11,15 @@ REFRESH_SECONDS (Envoy's default dns_refresh_rate) and a change re-applies the
 config. The difference from Istio: the names resolve as the control plane's
 resolver sees them, not each client's.
 
-A name seen for the first time is resolved before the registry is built when
-no event loop runs (offline tools, tests); on the control plane's loop it is
-resolved in the background and the entry has no instance until then, as an
-Envoy DNS cluster has none before its first answer.
+A name seen for the first time is resolved before the config that
+introduces it is published, as Envoy warms a DNS cluster (its first answer,
+or a failed lookup, completes the cluster's initialization) before using it:
+the control plane awaits `warm(config)` (at most WARM_TIMEOUT seconds, the
+resolver's timeout) before it applies a new config. A name that does not
+answer in time is published with no instance (requests to it fail 'no
+healthy upstream' until it resolves), logged, and listed by `unresolved()`
+for the admin `/status`. Offline (no event loop: tools, tests) `resolve`
+answers a new name on the spot.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from mesh_control_plane.config.model import MeshConfig, WorkloadEndpoint
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 5.0
+WARM_TIMEOUT = 5.0  # seconds; c-ares' (Envoy's resolver) default query timeout
 Lookup = Callable[[str], Awaitable[tuple[str, ...]]]
 Registry = Mapping[str, tuple[WorkloadEndpoint, ...]]
 
@@ -67,6 +73,17 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def dns_names(config: MeshConfig) -> set[str]:
+    """The names (not IPs) of the endpoints of `config`'s DNS entries."""
+    return {
+        endpoint.address
+        for entry in config.service_entries
+        if entry.resolution in ("DNS", "DNS_ROUND_ROBIN")
+        for endpoint in entry.endpoints
+        if not _is_ip(endpoint.address)
+    }
+
+
 class DnsResolver:
     """Names of DNS ServiceEntries' endpoints -> their current addresses."""
 
@@ -77,11 +94,13 @@ class DnsResolver:
         lookup: Lookup = lookup_async,
         lookup_sync: Callable[[str], tuple[str, ...]] = lookup_now,
         refresh: float = REFRESH_SECONDS,
+        warm_timeout: float = WARM_TIMEOUT,
     ) -> None:
         self._on_change = on_change
         self._lookup = lookup
         self._lookup_sync = lookup_sync
         self._refresh = refresh
+        self._warm_timeout = warm_timeout
         self._answers: dict[str, tuple[str, ...]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -107,6 +126,39 @@ class DnsResolver:
                 instances.extend(replace(instance, address=a) for a in addresses)
             resolved[host] = tuple(instances)
         return MappingProxyType(resolved)
+
+    async def warm(self, config: MeshConfig) -> None:
+        """Resolve the names `config` introduces, together, each within the
+        warm timeout; a name with no answer is kept with none (and followed)."""
+        new = sorted(dns_names(config) - set(self._answers))
+        if not new:
+            return
+        answers = await asyncio.gather(*(self._first_answer(name) for name in new))
+        for name, answer in zip(new, answers, strict=True):
+            self._answers[name] = answer
+            if answer:
+                log.info("DNS %s -> %s", name, ", ".join(answer))
+            else:
+                log.warning(
+                    "DNS %s did not resolve within %gs: its ServiceEntry is published "
+                    "with no endpoint for it until it does",
+                    name,
+                    self._warm_timeout,
+                )
+
+    async def _first_answer(self, name: str) -> tuple[str, ...]:
+        try:
+            return await asyncio.wait_for(self._lookup(name), self._warm_timeout)
+        except TimeoutError:
+            return ()
+
+    def answers(self) -> dict[str, list[str]]:
+        """Each name in use -> its addresses now (for the admin `/registry`)."""
+        return {name: list(self._answers[name]) for name in sorted(self._answers)}
+
+    def unresolved(self) -> list[str]:
+        """The names in use that have no address now."""
+        return sorted(name for name, answer in self._answers.items() if not answer)
 
     def _learn(self, names: set[str]) -> None:
         for stale in set(self._answers) - names:

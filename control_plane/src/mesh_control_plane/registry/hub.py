@@ -146,7 +146,10 @@ class RegistryHub:
             self._pending = None
 
     def status(self) -> dict[str, Any]:
-        return {type(s).__name__: dict(s.status()) for s in self.sources}
+        status = {type(s).__name__: dict(s.status()) for s in self.sources}
+        if answers := self.dns.answers():
+            status["DNS"] = answers
+        return status
 
 
 def _unique(instances: list[WorkloadEndpoint]) -> tuple[WorkloadEndpoint, ...]:

@@ -9,7 +9,8 @@ among the server's hosts, each with its own TLS (sds.py) and route table
 virtual host per domain: each host of a VirtualService bound to the Gateway
 (``gateways``) that a server host admits (namespace and wildcard, see
 GatewayHost.admits), routed by the VirtualService's http rules. A TLS
-PASSTHROUGH port has a chain per SNI name of the bound `tls` rules; a TCP port
+PASSTHROUGH port has a chain per SNI name of the bound `tls` rules (and an
+AUTO_PASSTHROUGH server one per cluster, gateway_sni.py); a TCP port
 one chain proxying to the destinations of the first bound `tcp` rule that
 applies there (no such rule: no listener, as nothing could be served).
 """
@@ -28,6 +29,7 @@ from google.protobuf.message import Message
 
 from mesh_control_plane.config.model import HTTPRouteDestination, MeshConfig, VirtualService
 from mesh_control_plane.config.parse_gateway import Gateway, GatewayServer
+from mesh_control_plane.translate.gateway_sni import auto_passthrough_chains
 from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.names import cluster_name
 from mesh_control_plane.translate.node import NodeInfo
@@ -76,7 +78,10 @@ def gateway_listeners(
             listener.listener_filters.add(
                 name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
             )
-            listener.filter_chains.extend(_passthrough_chains(config, index, servers, port))
+            by_rules = [s for s in servers if s[2].tls.mode == "PASSTHROUGH"]
+            listener.filter_chains.extend(_passthrough_chains(config, index, by_rules, port))
+            auto = auto_passthrough_chains(index, [s for _, _, s in servers], port)
+            listener.filter_chains.extend(auto)
         elif servers[0][2].terminates_tls:
             listener.listener_filters.add(
                 name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())

@@ -37,7 +37,7 @@ set: PERMISSIVE, Istio's default):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc_pb2
@@ -111,11 +111,16 @@ def inbound_listeners(
     return list(listeners.values())
 
 
-def workload_ports(index: MeshIndex, registry: Registry, node: NodeInfo) -> set[tuple[str, int]]:
-    """(address, port) of every HTTP-family port of the node's own instances."""
+def workload_ports(
+    index: MeshIndex, registry: Registry, node: NodeInfo, protocols: Collection[str] = ()
+) -> set[tuple[str, int]]:
+    """(address, port) of every HTTP-family port (or port of `protocols`) of
+    the node's own instances."""
     found: set[tuple[str, int]] = set()
     for host, service in index.services.items():
         ports = service.http_ports
+        if protocols:
+            ports = tuple(p for p in service.ports if p.protocol in protocols)
         for instance in registry.get(host, ()):
             if ports and _is_node(instance, node):
                 found.update((instance.address, endpoint_port(instance, p)) for p in ports)

@@ -36,6 +36,10 @@ listeners and mesh mTLS upstream."""
 INBOUND_PORTS_METADATA_KEY = "INBOUND_PORTS"
 """A sidecar's "PORT=APP_PORT,...": listen on the workload's declared PORT,
 forward to the application on 127.0.0.1:APP_PORT."""
+OUTBOUND_TCP_METADATA_KEY = "OUTBOUND_TCP"
+"""A sidecar's "HOST:PORT=LOCAL_PORT,...": a listener on 127.0.0.1:LOCAL_PORT
+(0: a free port) proxying TCP to the mesh service HOST:PORT (no traffic
+capture here, as Istio's Sidecar egress listeners with captureMode NONE)."""
 BIND_ADDRESS_METADATA_KEY = "BIND_ADDRESS"
 FREE_PORTS_METADATA_KEY = "BIND_FREE_PORTS"
 """A gateway's listen address (default 0.0.0.0) and, when "true", port 0 for
@@ -70,6 +74,7 @@ class NodeInfo:
     free_ports: bool = False  # a gateway's listeners on port 0
     sidecar: bool = False  # an Envoy sidecar with an agent (node id "sidecar~...")
     inbound_ports: tuple[tuple[int, int], ...] = ()  # a sidecar's (port, app port), sorted
+    outbound_tcp: tuple[tuple[str, int, int], ...] = ()  # a sidecar's (host, port, local port)
 
     @classmethod
     def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
@@ -105,6 +110,7 @@ class NodeInfo:
             free_ports=_string(node, FREE_PORTS_METADATA_KEY) == "true",
             sidecar=kind is ClientKind.ENVOY and node.id.startswith(SIDECAR_ID_PREFIX),
             inbound_ports=_port_pairs(_string(node, INBOUND_PORTS_METADATA_KEY), node.id),
+            outbound_tcp=tcp_targets(_string(node, OUTBOUND_TCP_METADATA_KEY), node.id),
         )
 
     @property
@@ -128,7 +134,7 @@ class NodeInfo:
             return (self.kind.value, "router", self.locality, self.labels, gateway)
         if self.kind is ClientKind.ENVOY and self.sidecar:
             workload = (self.namespace, self.service_account, self.instance_ips)
-            sidecar = ("sidecar", self.inbound_ports)
+            sidecar = ("sidecar", self.inbound_ports, self.outbound_tcp)
             return (
                 self.kind.value,
                 self.outbound_port,
@@ -207,3 +213,20 @@ def _port_pairs(text: str, node_id: str) -> tuple[tuple[int, int], ...]:
             )
         pairs.append((int(port), int(app)))
     return tuple(sorted(pairs))
+
+
+def tcp_targets(text: str, node_id: str) -> tuple[tuple[str, int, int], ...]:
+    """OUTBOUND_TCP "host:9000=19000,..." as sorted (host, port, local port)."""
+    targets: list[tuple[str, int, int]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        target, _, local = item.partition("=")
+        host, _, port = target.rpartition(":")
+        if not (host and port.isdigit() and 0 < int(port) < 65536 and local.isdigit()):
+            raise ValueError(
+                f"node {node_id!r}: metadata {OUTBOUND_TCP_METADATA_KEY} entry {item!r} is "
+                "not HOST:PORT=LOCAL_PORT; fix the sidecar's bootstrap"
+            )
+        if int(local) > 65535:
+            raise ValueError(f"node {node_id!r}: {OUTBOUND_TCP_METADATA_KEY} port {local}")
+        targets.append((host, int(port), int(local)))
+    return tuple(sorted(targets))

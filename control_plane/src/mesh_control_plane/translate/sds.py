@@ -77,15 +77,16 @@ def gateway_upstream_socket(spiffe_ids: Iterable[str], sni: str) -> base_pb2.Tra
 
 
 def gateway_downstream_socket(mode: str, credential_name: str) -> base_pb2.TransportSocket:
-    """An HTTPS server's TLS: SIMPLE and MUTUAL present the credential's
-    certificate (MUTUAL also demands a client certificate signed by its
-    ``-cacert``); ISTIO_MUTUAL presents the workload certificate and demands a
-    mesh one."""
+    """An HTTPS server's TLS: SIMPLE, MUTUAL and OPTIONAL_MUTUAL present the
+    credential's certificate (MUTUAL also demands a client certificate signed
+    by its ``-cacert``; OPTIONAL_MUTUAL asks for one and verifies it when the
+    client presents one, Istio's meaning); ISTIO_MUTUAL presents the workload
+    certificate and demands a mesh one."""
     if mode == "ISTIO_MUTUAL":
         certificate, roots = IDENTITY_CERTIFICATE, ROOT_CERTIFICATE
     else:
         certificate = credential_secret(credential_name)
-        roots = certificate + CACERT_SUFFIX if mode == "MUTUAL" else ""
+        roots = certificate + CACERT_SUFFIX if mode in ("MUTUAL", "OPTIONAL_MUTUAL") else ""
     context = tls_pb2.CommonTlsContext(
         tls_certificate_sds_secret_configs=[_secret(certificate)],
         alpn_protocols=DOWNSTREAM_ALPN,
@@ -93,7 +94,7 @@ def gateway_downstream_socket(mode: str, credential_name: str) -> base_pb2.Trans
     downstream = tls_pb2.DownstreamTlsContext(common_tls_context=context)
     if roots:  # (the constructor copied `context`: change the copy)
         downstream.common_tls_context.combined_validation_context.CopyFrom(_validation(roots))
-        downstream.require_client_certificate.value = True
+        downstream.require_client_certificate.value = mode != "OPTIONAL_MUTUAL"
     return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(downstream))
 
 

@@ -72,18 +72,27 @@ def sidecar_inbound(
                 socket_address=address_pb2.SocketAddress(address=address, port_value=port)
             ),
         )
-        mode = peer_mode(config, node, port)
-        if mode in ("STRICT", "PERMISSIVE"):
-            listener.filter_chains.append(_chain(MTLS_CHAIN, manager, tls=True, both=mode))
-        if mode in ("DISABLE", "PERMISSIVE"):
-            listener.filter_chains.append(_chain(PLAINTEXT_CHAIN, manager, tls=False, both=mode))
-        if mode == "PERMISSIVE":
-            listener.listener_filters.add(
-                name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
-            )
+        hcm = lc_pb2.Filter(name=HCM_FILTER, typed_config=pack(manager))
+        add_peer_chains(listener, peer_mode(config, node, port), [hcm])
         listeners.setdefault(listener.name, listener)
-        clusters[inbound_cluster_name(port)] = _app_cluster(port, app_ports[port])
+        clusters[inbound_cluster_name(port)] = app_cluster(port, app_ports[port])
     return list(listeners.values()), list(clusters.values())
+
+
+def add_peer_chains(
+    listener: listener_pb2.Listener, mode: str, filters: list[lc_pb2.Filter]
+) -> None:
+    """The listener's filter chains for PeerAuthentication `mode` (STRICT:
+    mTLS; PERMISSIVE: mTLS and plaintext told apart by the tls_inspector;
+    DISABLE: plaintext), each running `filters`."""
+    if mode in ("STRICT", "PERMISSIVE"):
+        listener.filter_chains.append(_chain(MTLS_CHAIN, filters, tls=True, both=mode))
+    if mode in ("DISABLE", "PERMISSIVE"):
+        listener.filter_chains.append(_chain(PLAINTEXT_CHAIN, filters, tls=False, both=mode))
+    if mode == "PERMISSIVE":
+        listener.listener_filters.add(
+            name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
+        )
 
 
 ISTIO_AUTHN_LUA = """
@@ -133,12 +142,8 @@ def _with_istio_authn(filters: list[hcm_pb2.HttpFilter]) -> list[hcm_pb2.HttpFil
     return out
 
 
-def _chain(
-    name: str, manager: hcm_pb2.HttpConnectionManager, *, tls: bool, both: str
-) -> lc_pb2.FilterChain:
-    chain = lc_pb2.FilterChain(
-        name=name, filters=[lc_pb2.Filter(name=HCM_FILTER, typed_config=pack(manager))]
-    )
+def _chain(name: str, filters: list[lc_pb2.Filter], *, tls: bool, both: str) -> lc_pb2.FilterChain:
+    chain = lc_pb2.FilterChain(name=name, filters=filters)
     if both == "PERMISSIVE":
         chain.filter_chain_match.transport_protocol = "tls" if tls else "raw_buffer"
     if tls:
@@ -178,7 +183,7 @@ def _connection_manager(
     return manager
 
 
-def _app_cluster(port: int, app_port: int) -> cluster_pb2.Cluster:
+def app_cluster(port: int, app_port: int) -> cluster_pb2.Cluster:
     endpoint = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(
             address=address_pb2.Address(

@@ -19,7 +19,8 @@ from mesh_control_plane.config.visibility import visible_to
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.translate.clusters import ClusterSpec, build_cluster, cluster_specs
 from mesh_control_plane.translate.endpoints import build_load_assignment, endpoint_port
-from mesh_control_plane.translate.gateway import gateway_listeners
+from mesh_control_plane.translate.gateway import gateway_listeners, gateways_of
+from mesh_control_plane.translate.gateway_sni import sni_dnat_clusters
 from mesh_control_plane.translate.inbound import inbound_listeners, peer_mode
 from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.listeners import api_listener, envoy_outbound_listener
@@ -35,6 +36,7 @@ from mesh_control_plane.translate.resources import (
 from mesh_control_plane.translate.routes import route_configuration, virtual_host
 from mesh_control_plane.translate.sds import gateway_origination_socket, gateway_upstream_socket
 from mesh_control_plane.translate.sidecar import sidecar_inbound
+from mesh_control_plane.translate.sidecar_tcp import sidecar_tcp_inbound, sidecar_tcp_outbound
 from mesh_control_plane.translate.telemetry import attach_telemetry, telemetry_specs
 from mesh_control_plane.translate.tls import (
     ORIGINATION_MODES,
@@ -177,7 +179,11 @@ def _assemble(
     app_clusters: Sequence[Message] = ()
     if node.sidecar:  # the workload's inbound listeners and its app's clusters
         sidecar_listeners, app_clusters = sidecar_inbound(config, index, registry, node)
-        inbound += sidecar_listeners
+        tcp_listeners, tcp_clusters = sidecar_tcp_inbound(config, index, registry, node)
+        inbound += [*sidecar_listeners, *tcp_listeners, *sidecar_tcp_outbound(node)]
+        app_clusters = [*app_clusters, *tcp_clusters]
+    if node.router:  # AUTO_PASSTHROUGH servers' SNI-DNAT clusters (gateway_sni.py)
+        app_clusters = sni_dnat_clusters(gateways_of(config, node), specs, node)
     resources = {
         LISTENER: _by_name([*outbound[0], *inbound]),
         ROUTE: _by_name(outbound[1]),
