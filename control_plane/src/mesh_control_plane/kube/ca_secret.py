@@ -7,7 +7,7 @@ written into the CA directory (0600); if not, the CA directory is made as usual
 and uploaded as the Secret. Two replicas starting together race on the create: the
 loser (409 Conflict) takes the winner's files.
 
-While running (`CaSecretSync`): a root rotated on one replica (SIGUSR1) is written
+While running (`CaSecretSync`): a root rotated at the leader (SIGUSR1, schedule) is written
 to the Secret at once, unless the Secret already lists a root this replica does
 not know (two replicas rotated together: the later one drops its own and takes
 the other's; the update carries the read's resourceVersion, so the API server
