@@ -6,18 +6,21 @@ way are counted exactly, with Istio's labels on the source reporter (the
 gateway): its workload and, over mTLS, both SPIFFE IDs; the destination
 workload from the endpoint's telemetry metadata; `request_protocol` tcp,
 `connection_security_policy` unknown (the destination decides), response
-flags "-". A connection still open is counted as opened, not closed."""
+flags "-". A connection still open is counted as opened, not closed, and its
+bytes arrive with Envoy's periodic entry."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import socketserver
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from gateway_support import agent_metrics, running_gateway, wait_for_listener
+from gateway_support import agent_metrics, running_gateway, serving, wait_for_listener
 from identities import (
     NAMESPACE,
     REVIEWS_HOST,
@@ -27,9 +30,9 @@ from identities import (
     serving_asgi,
     workload_mesh,
 )
+from mesh_control_plane.translate.tcp_telemetry import TCP_FLUSH_SECONDS
 from meshlab import LocalMesh
 from prometheus_client.parser import text_string_to_metric_families
-from test_gateway_tcp import _exchange, echo_server
 
 pytestmark = pytest.mark.interop
 
@@ -43,6 +46,37 @@ METRICS = (
     "istio_tcp_sent_bytes_total",
 )
 Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+class _LineEcho(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:  # until the client closes its side
+            self.wfile.write(b"e:" + line)
+
+
+class _EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 answering each line with `e:line`, open until
+    the client closes."""
+    with serving(_EchoServer(("127.0.0.1", 0), _LineEcho)) as port:
+        yield port
+
+
+def _exchange(port: int, data: bytes, half_close: bool = True) -> bytes:
+    """Send `data`, close our side (unless the other side closes first, as an
+    HTTP server after `Connection: close`), read until the other side closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(data)
+        if half_close:
+            conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(4096):
+            reply += chunk
+        return reply
 
 
 def _doc(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -110,9 +144,11 @@ def _value(samples: Samples, name: str, host: str) -> float:
     return sum(v for labels, v in samples.get(name, []) if labels["destination_service"] == host)
 
 
-def _until(lab: LocalMesh, done: Callable[[Samples], bool], what: str) -> Samples:
+def _until(
+    lab: LocalMesh, done: Callable[[Samples], bool], what: str, limit: float = 20.0
+) -> Samples:
     """Scrape until `done` (the access logs reach the agent within a second)."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + limit
     while not done(samples := _scrape(lab)):
         assert time.monotonic() < deadline, f"{what}: {json.dumps(samples, indent=1)[:3000]}"
         time.sleep(0.2)  # another process's counters: nothing to await
@@ -122,7 +158,7 @@ def _until(lab: LocalMesh, done: Callable[[Samples], bool], what: str) -> Sample
 def test_tcp_connections_and_bytes_are_counted_with_istios_labels(lab: LocalMesh) -> None:
     sock = listening_socket()
     request = b"GET / HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n"
-    with echo_server(b"e") as echo_port:
+    with echo_server() as echo_port:
         docs = _config(echo_port, sock.getsockname()[1])
         lab.write_config("tcp-metrics.yaml", "\n---\n".join(json.dumps(d) for d in docs))
         lab.start_control_plane(extra_args=["--leaf-ttl", "1h"])
@@ -168,15 +204,24 @@ def test_tcp_connections_and_bytes_are_counted_with_istios_labels(lab: LocalMesh
 
             with socket.create_connection(("127.0.0.1", echo_port_gw), timeout=10) as held:
                 held.sendall(b"still open\n")
-                assert held.recv(100).startswith(b"e:")
+                assert held.recv(100) == b"e:still open\n"
                 still = _until(
                     lab,
                     lambda s: _value(s, METRICS[0], ECHO_HOST) == before[0] + CONNECTIONS + 1,
                     "the open connection",
                 )
                 assert _value(still, METRICS[1], ECHO_HOST) == before[1] + CONNECTIONS
+                # Its bytes come with Envoy's periodic entry (every 15 s), before its end.
+                flushed = _until(
+                    lab,
+                    lambda s: _value(s, METRICS[2], ECHO_HOST) == before[2] + sent + 11,
+                    "the open connection's periodic entry",
+                    limit=TCP_FLUSH_SECONDS + 10,
+                )
+                assert _value(flushed, METRICS[1], ECHO_HOST) == before[1] + CONNECTIONS
+                assert _value(flushed, METRICS[3], ECHO_HOST) == before[3] + received + 13
 
-            reply = _exchange(mesh_port_gw, request)
+            reply = _exchange(mesh_port_gw, request, half_close=False)
             assert reply.startswith(b"HTTP/1.1 200"), reply
             mesh = _until(
                 lab,
