@@ -193,7 +193,8 @@ def _workload(options: AgentOptions) -> Workload:
 async def _serve_metrics(
     options: AgentOptions, tcp: TcpMetrics, admin_path: Path
 ) -> JsonHttpServer | None:
-    """`/stats/prometheus`: istio_tcp_* and Envoy's own statistics."""
+    """`/stats/prometheus` (and `/metrics`, Prometheus' default path): istio_tcp_*
+    and Envoy's own statistics."""
     if not options.metrics_address:
         return None
 
@@ -208,7 +209,7 @@ async def _serve_metrics(
             log.warning("Envoy's statistics not read: %r", exc)
         return TextResponse(text, "text/plain; version=0.0.4; charset=utf-8")
 
-    server = JsonHttpServer({"/stats/prometheus": page})
+    server = JsonHttpServer({"/stats/prometheus": page, "/metrics": page})
     host, _, port = options.metrics_address.rpartition(":")
     bound = await server.start(host.strip("[]") or None, int(port))
     if options.metrics_address_path is not None:
