@@ -7,7 +7,8 @@ gateway): its workload and, over mTLS, both SPIFFE IDs; the destination
 workload from the endpoint's telemetry metadata; `request_protocol` tcp,
 `connection_security_policy` unknown (the destination decides), response
 flags "-". A connection still open is counted as opened, not closed, and its
-bytes arrive with Envoy's periodic entry."""
+bytes arrive with Envoy's periodic entry. A connection the upstream refused is
+flagged UF."""
 
 from __future__ import annotations
 
@@ -269,3 +270,35 @@ _EXPECTED_PLAIN = {
     "request_protocol": "tcp",
     "response_flags": "-",
 }
+
+
+def test_a_connection_the_upstream_refused_carries_envoys_response_flags(
+    lab: LocalMesh,
+) -> None:
+    """Nothing listens at the echo workload: Envoy closes the client's
+    connection, counted as opened and closed, flagged UF (upstream connection
+    failure), as Istio's TCP metrics flag it."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    nothing = closed.getsockname()[1]
+    closed.close()  # the port is free now: connecting to it is refused
+    sock = listening_socket()
+    docs = _config(nothing, sock.getsockname()[1])
+    lab.write_config("tcp-metrics.yaml", "\n---\n".join(json.dumps(d) for d in docs))
+    lab.start_control_plane(extra_args=["--leaf-ttl", "1h"])
+    with running_gateway(lab, GATEWAY, NAMESPACE) as admin:
+        port = wait_for_listener(admin, "0.0.0.0_9000")
+        with contextlib.suppress(ConnectionResetError):  # Envoy may reset rather than close
+            assert _exchange(port, b"anyone?\n") == b""
+        samples = _until(
+            lab, lambda s: _value(s, METRICS[1], ECHO_HOST) >= 1, "the refused connection"
+        )
+    sock.close()
+    rows = [
+        (labels, v)
+        for labels, v in samples[METRICS[1]]
+        if labels["destination_service"] == ECHO_HOST
+    ]
+    flags = {labels["response_flags"] for labels, _ in rows}
+    assert all("UF" in f.split(",") for f in flags), rows
+    assert _value(samples, METRICS[0], ECHO_HOST) == _value(samples, METRICS[1], ECHO_HOST)
