@@ -172,6 +172,7 @@ def _running_agent(
     extra: list[str],
 ) -> Iterator[str]:
     admin_file = lab.workdir / f"agent-{name}-admin.txt"
+    metrics_file = lab.workdir / f"agent-{name}-metrics.txt"
     argv = [
         str(BIN / "meshctl"),
         *command,
@@ -189,6 +190,10 @@ def _running_agent(
         str(admin_file),
         "--envoy",
         envoy_binary(),
+        "--metrics-address",
+        "127.0.0.1:0",
+        "--metrics-address-path",
+        str(metrics_file),
         *extra,
     ]
     for label in labels:
@@ -205,6 +210,13 @@ def _running_agent(
             yield admin_file.read_text().strip()
         finally:
             stop(proc, grace=10)
+
+
+def agent_metrics(lab: LocalMesh, name: str) -> str:
+    """The agent `name`'s /stats/prometheus (istio_tcp_* and Envoy's statistics)."""
+    address = (lab.workdir / f"agent-{name}-metrics.txt").read_text().strip()
+    with urllib.request.urlopen(f"http://{address}/stats/prometheus", timeout=10) as page:
+        return str(page.read().decode())
 
 
 def wait_for_listener(admin: str, name: str, timeout: float = 30.0) -> int:

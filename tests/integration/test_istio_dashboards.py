@@ -13,7 +13,8 @@ would: `$__rate_interval` -> 1m, `$qrep` -> destination|source, `$service`,
 HTTP/gRPC panel must return data with a finite value, and Kiali's edges must
 name both ends by workload, app, canonical service/revision and cluster.
 
-Not run here: the TCP panels (no TCP traffic is meshed in library mode) and the
+Not run here: the TCP panels (no TCP traffic is meshed in library mode;
+test_gateway_tcp_dashboards.py runs them against a gateway's Envoy) and the
 `connection_security_policy="mutual_tls"` variants (this system runs without
 the CA: its non-mTLS twin panel is run, and the reporter=source series says
 `unknown`, as Istio's do); test_istio_dashboards_mtls.py runs both variants on

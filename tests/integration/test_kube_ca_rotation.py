@@ -2,7 +2,8 @@
 a root rotated at one replica reaches the other (its trust bundle, then its
 signing root once the rotation's propagation time has passed); two replicas
 rotating together do not overwrite each other: the second update is refused
-(409) and that replica takes the first one's root."""
+(409) and that replica takes the first one's root; a rotation whose update failed
+is written at the next poll."""
 
 from __future__ import annotations
 
@@ -75,3 +76,16 @@ async def test_two_replicas_rotating_together_end_with_one_root(
     assert first.id in root_ids(b) and second.id not in root_ids(b)
     assert root_ids(a) == root_ids(b)
     assert not list((tmp_path / "b").glob(f"root-{second.id}.*")), "the lost root's files go"
+
+
+async def test_a_rotation_whose_update_failed_is_published_at_the_next_poll(
+    kube: KubeCluster, tmp_path: Path
+) -> None:
+    """The leader rotated but its update of the Secret did not happen (the API
+    server was away): its next poll writes it, and the other replica takes it."""
+    (a, sync_a), (b, sync_b) = two_replicas(kube, tmp_path, "mesh-ca-retry")
+    new = a.rotate_root()  # no publish: as if it had failed
+    assert not await sync_b.poll(), "nothing in the Secret yet"
+    assert not await sync_a.poll(), "a takes nothing: it publishes its root"
+    assert await sync_b.poll()
+    assert new.id in root_ids(b) and root_ids(a) == root_ids(b)

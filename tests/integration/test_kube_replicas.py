@@ -2,8 +2,9 @@
 Secret (a certificate from either verifies against the other's root; a join token
 minted with one's files works at the other), one holds the Lease and writes status;
 SIGKILL the leader while certificates are being signed: the other keeps signing
-without a failure and writes status within FAILOVER_LIMIT. A root rotated at one
-replica (SIGUSR1) reaches the other's trust bundle through the Secret."""
+without a failure and writes status within FAILOVER_LIMIT. Only the leader rotates
+the root (SIGUSR1 at the other is refused); its new root reaches the other's trust
+bundle through the Secret."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.x509 import verification
 from kube import KubeCluster
 from meshlab import LocalMesh, Proc
 
@@ -63,30 +66,70 @@ async def sign(address: str, token: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(signed.trust_bundle[0].encode())
 
 
-def start_replica(lab: LocalMesh, kube: KubeCluster) -> Proc:
+def start_replica(lab: LocalMesh, kube: KubeCluster, secret: str, *extra: str) -> Proc:
     return lab.start_control_plane(
         extra_args=[
             "--kubeconfig", str(kube.kubeconfig),
             "--kube-namespace", NS,
-            "--ca-secret", f"{NS}/mesh-ca",
+            "--ca-secret", f"{NS}/{secret}",
             "--leader-lease", LEASE,
             "--lease-duration", f"{LEASE_DURATION:g}s",
+            *extra,
         ]
     )  # fmt: skip
 
 
-@pytest.fixture
-def replicas(kube: KubeCluster, tmp_path: Path) -> Any:
+def start_replicas(
+    kube: KubeCluster, tmp_path: Path, secret: str, *extra: str
+) -> Iterator[tuple[list[LocalMesh], list[Proc]]]:
+    """Two replicas sharing the CA Secret NS/`secret` and the Lease."""
     meshctl = str(Path(sys.executable).parent / "meshctl")
     subprocess.run([meshctl, "install", "--kubeconfig", str(kube.kubeconfig)], check=True)
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     labs = [LocalMesh(tmp_path / "a"), LocalMesh(tmp_path / "b")]
     try:
-        procs = [start_replica(lab, kube) for lab in labs]
+        procs = [start_replica(lab, kube, secret, *extra) for lab in labs]
         yield labs, procs
     finally:
         for lab in labs:
             lab.close()
+
+
+@pytest.fixture
+def replicas(kube: KubeCluster, tmp_path: Path) -> Iterator[tuple[list[LocalMesh], list[Proc]]]:
+    yield from start_replicas(kube, tmp_path, "mesh-ca")
+
+
+def leader_index(kube: KubeCluster, procs: list[Proc], limit: float = FAILOVER_LIMIT) -> int:
+    """Which replica holds the Lease (its identity ends with its pid)."""
+    start = time.monotonic()
+    while True:
+        out = kube.kubectl(
+            "get", "lease", "control-plane", "-n", NS, "-o", "json", "--ignore-not-found"
+        )
+        holder = json.loads(out or "{}").get("spec", {}).get("holderIdentity", "")
+        found = [i for i, p in enumerate(procs) if holder.endswith(f"-{p.popen.pid}")]
+        if found:
+            return found[0]
+        assert time.monotonic() - start < limit, f"no replica took the Lease within {limit} s"
+        time.sleep(0.2)
+
+
+async def bundle(lab: LocalMesh, token: str) -> tuple[list[str], x509.Certificate]:
+    """The trust bundle a workload gets from `lab`'s CA, and its new leaf."""
+    client = CaClient(lab.ca_address)
+    try:
+        signed = await client.create_certificate(make_csr(new_private_key(), WEB), 0, token=token)
+    finally:
+        await client.close()
+    return list(signed.trust_bundle), x509.load_pem_x509_certificate(signed.cert_chain[0].encode())
+
+
+async def wait_log(proc: Proc, text: str, limit: float) -> None:
+    start = time.monotonic()
+    while text not in proc.log.read_text():
+        assert time.monotonic() - start < limit, f"{proc.name} never logged {text!r}"
+        await asyncio.sleep(0.2)  # another process's log: nothing to await
 
 
 async def test_two_replicas_share_the_ca_and_fail_over_status_writes(
@@ -99,9 +142,7 @@ async def test_two_replicas_share_the_ca_and_fail_over_status_writes(
 
     kube.apply(vs("first", bogus=1))
     await asyncio.to_thread(wait_verdict, kube, "first", FAILOVER_LIMIT)
-    lease = json.loads(kube.kubectl("get", "lease", "control-plane", "-n", NS, "-o", "json"))
-    holder = lease["spec"]["holderIdentity"]
-    leader = next(i for i, p in enumerate(procs) if holder.endswith(f"-{p.popen.pid}"))
+    leader = leader_index(kube, procs)
     survivor = labs[1 - leader]
 
     signed, stop = 0, asyncio.Event()
@@ -130,30 +171,71 @@ async def test_two_replicas_share_the_ca_and_fail_over_status_writes(
 ROTATION_LIMIT = 30.0  # seconds: the Secret is read every 10 s
 
 
-async def test_a_root_rotated_at_one_replica_reaches_the_other(
+async def test_only_the_leader_rotates_and_the_other_takes_its_root(
     kube: KubeCluster, replicas: Any
 ) -> None:
-    """SIGUSR1 at replica a: b's trust bundle gets the new root (b reads the
-    Secret every 10 s) while both keep the old one signing."""
+    """SIGUSR1 at the replica without the Lease is refused; at the leader, the
+    other replica's trust bundle gets the new root (it reads the Secret every
+    10 s) while both keep the old one."""
     labs, procs = replicas
     token = labs[0].token(NS, "web")
+    leader = leader_index(kube, procs)
+    follower = 1 - leader
+    before, _ = await bundle(labs[follower], token)
 
-    async def bundle(lab: LocalMesh) -> list[str]:
-        client = CaClient(lab.ca_address)
-        try:
-            signed = await client.create_certificate(
-                make_csr(new_private_key(), WEB), 0, token=token
-            )
-        finally:
-            await client.close()
-        return list(signed.trust_bundle)
+    procs[follower].popen.send_signal(signal.SIGUSR1)
+    await wait_log(procs[follower], "refused: this replica is not the leader", ROTATION_LIMIT)
+    assert (await bundle(labs[leader], token))[0] == before, "the follower rotated nothing"
 
-    before = await bundle(labs[1])
-    procs[0].popen.send_signal(signal.SIGUSR1)
+    procs[leader].popen.send_signal(signal.SIGUSR1)
     start = time.monotonic()
-    while len(after := await bundle(labs[1])) == len(before):
-        assert time.monotonic() - start < ROTATION_LIMIT, "b never got a's new root"
+    while len(after := (await bundle(labs[follower], token))[0]) == len(before):
+        assert time.monotonic() - start < ROTATION_LIMIT, "the follower never got the new root"
         await asyncio.sleep(0.5)  # another process's state: nothing to await
     print(f"new root at the other replica {time.monotonic() - start:.1f} s after SIGUSR1")
     assert set(before) < set(after)
-    assert set(after) == set(await bundle(labs[0]))
+    assert set(after) == set((await bundle(labs[leader], token))[0])
+
+
+# Scheduled rotation: 10 s leaves, a 45 s root replaced when 25 s are left, so
+# the leader makes the successor about 20 s after the root was made.
+SCHEDULE = ("--leaf-ttl", "10s", "--root-ttl", "45s", "--root-rotation-lead", "25s")
+
+
+@pytest.fixture
+def rotating_replicas(
+    kube: KubeCluster, tmp_path: Path
+) -> Iterator[tuple[list[LocalMesh], list[Proc]]]:
+    yield from start_replicas(kube, tmp_path, "mesh-ca-scheduled", *SCHEDULE)
+
+
+async def test_the_leader_rotates_on_schedule_with_overlapping_trust(
+    kube: KubeCluster, rotating_replicas: Any
+) -> None:
+    """The root nears its end: the Lease holder makes its successor, the other
+    replica takes it from the Secret without rotating itself, and a leaf issued
+    before the rotation still verifies against the bundle served after it."""
+    labs, procs = rotating_replicas
+    token = labs[0].token(NS, "web")
+    leader = leader_index(kube, procs)
+    follower = 1 - leader
+    before, old_leaf = await bundle(labs[follower], token)
+    assert len(before) == 1
+
+    start = time.monotonic()
+    while True:  # old_leaf: the follower's last leaf before it took the new root
+        after, leaf = await bundle(labs[follower], token)
+        if len(after) > 1:
+            break
+        old_leaf = leaf
+        assert time.monotonic() - start < 45.0, "no scheduled rotation reached the follower"
+        await asyncio.sleep(0.5)  # another process's state: nothing to await
+    print(f"scheduled root at the follower {time.monotonic() - start:.1f} s into the test")
+    assert after[0] == before[0] and len(after) == 2, "old and new root trusted together"
+    assert "scheduled root rotation" in procs[leader].log.read_text()
+    assert "scheduled root rotation" not in procs[follower].log.read_text()
+
+    roots = [x509.load_pem_x509_certificate(pem.encode()) for pem in after]
+    verifier = verification.PolicyBuilder().store(verification.Store(roots)).build_client_verifier()
+    assert old_leaf.issuer == roots[0].subject
+    verifier.verify(old_leaf, [])  # a peer's pre-rotation leaf: trusted still

@@ -49,7 +49,7 @@ from mesh_control_plane.config.errors import ConfigProblem
 from mesh_control_plane.config.jwks import JwksRefresher, JwksResolver
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.kube.ca_secret import CaSecretSync, share_ca_dir
-from mesh_control_plane.kube.client import connection_from
+from mesh_control_plane.kube.client import KubeConfigError, connection_from
 from mesh_control_plane.kube.config_source import KubeConfigSource
 from mesh_control_plane.kube.tokenreview import TokenReviewer
 from mesh_control_plane.metrics import ControlPlaneMetrics
@@ -204,6 +204,7 @@ class ControlPlane:
             lease = registry.leader_lease or f"{connection.namespace}/{LEASE_NAME}"
             identity = f"{socket.gethostname()}-{os.getpid()}"
             self.kube_config.elect(lease, identity, registry.lease_duration)
+        self._rotate_as_leader()
         # A config's new DNS names are resolved before it is applied (registry/dns.py).
         self._jwks = JwksRefresher(
             jwks or JwksResolver(),
@@ -211,6 +212,19 @@ class ControlPlane:
             prepare=lambda c: self.registry.hub.dns.warm(c),
         )
         self._first_load = asyncio.Event()
+
+    def _rotate_as_leader(self) -> None:
+        """Replicas sharing the root through the Secret: only the Lease holder
+        rotates it (by signal or schedule); the others take it from the Secret."""
+        if self.ca_server is None or self._ca_sync is None:
+            return
+        elector = self.kube_config.elector if self.kube_config is not None else None
+        if elector is None:
+            raise KubeConfigError(
+                "--ca-secret needs the leader Lease, which comes with the custom "
+                "resources: drop --no-kube-resources"
+            )
+        self.ca_server.may_rotate = lambda: elector.is_leader
 
     async def start(
         self, xds_address: str, admin_address: str, ca_address: str = "127.0.0.1:0"

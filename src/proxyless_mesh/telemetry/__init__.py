@@ -14,7 +14,7 @@ and WSGI, and call `hook_failed` when a telemetry hook raises.
 from proxyless_mesh.telemetry._b3 import B3Propagator
 from proxyless_mesh.telemetry._call import LOCAL_REPLY_STATUS, Call, QuietCall
 from proxyless_mesh.telemetry._call import _contained as hook_failed
-from proxyless_mesh.telemetry._config import TelemetryConfig
+from proxyless_mesh.telemetry._config import TelemetryConfig, service_labels
 from proxyless_mesh.telemetry._labels import (
     DEFAULT_CLUSTER,
     NO_PEER,
@@ -24,7 +24,10 @@ from proxyless_mesh.telemetry._labels import (
     Workload,
     canonical_revision,
     canonical_service,
+    endpoint_peer,
+    label_prefix,
 )
+from proxyless_mesh.telemetry._metrics import LABELS as STANDARD_LABELS
 from proxyless_mesh.telemetry._metrics import IdentityMetrics, metrics_meter
 from proxyless_mesh.telemetry._policy import (
     NO_POLICY,
@@ -42,6 +45,7 @@ __all__ = [
     "NO_POLICY",
     "PEER_HEADER",
     "PEER_ID_HEADER",
+    "STANDARD_LABELS",
     "B3Propagator",
     "Call",
     "IdentityMetrics",
@@ -55,7 +59,10 @@ __all__ = [
     "canonical_revision",
     "canonical_service",
     "check_spec",
+    "endpoint_peer",
     "hook_failed",
+    "label_prefix",
     "metrics_meter",
     "policy_from_specs",
+    "service_labels",
 ]

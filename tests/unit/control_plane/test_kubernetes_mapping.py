@@ -277,3 +277,46 @@ def test_a_service_entry_workload_selector_selects_ready_pods() -> None:
         ("10.1.0.1", "HEALTHY", "db"),
         ("10.1.0.3", "DRAINING", "db"),
     ]
+
+
+def test_headless_per_pod_hosts_from_the_slice_or_the_pod() -> None:
+    """The slice's endpoint hostname names the Pod's host; without it, the Pod's
+    spec.hostname when its spec.subdomain is this Service; a Service with a
+    cluster IP has no per-Pod hosts (as in Kubernetes DNS)."""
+    registry = KubernetesRegistry(KubeConnection("https://127.0.0.1:1", False))
+    services, slices, pods = registry.services[0], registry.slices[0], registry.pods[0]
+    endpoints = [
+        {"addresses": ["10.0.0.1"], "hostname": "db-0", "targetRef": {}},
+        {"addresses": ["10.0.0.2"], "targetRef": {"kind": "Pod", "namespace": "s", "name": "p2"}},
+        {"addresses": ["10.0.0.3"], "targetRef": {"kind": "Pod", "namespace": "s", "name": "p3"}},
+    ]
+    for name, cluster_ip in (("db", "None"), ("web", "10.96.0.9")):
+        services.items[f"s/{name}"] = _service(
+            _object(
+                "s", name, spec={"clusterIP": cluster_ip, "ports": [{"name": "tcp", "port": 1}]}
+            )
+        )
+        slices.items[f"s/{name}-1"] = _endpoint_slice(
+            _object(
+                "s",
+                f"{name}-1",
+                meta={"labels": {"kubernetes.io/service-name": name}},
+                addressType="IPv4",
+                ports=[{"name": "tcp", "port": 7}],
+                endpoints=endpoints,
+            )
+        )
+    pods.items = {
+        "s/p2": pod_of(_object("s", "p2", spec={"hostname": "db-1", "subdomain": "db"})),
+        "s/p3": pod_of(_object("s", "p3", spec={"hostname": "db-9", "subdomain": "elsewhere"})),
+    }
+    pods.on_change()
+    hosts = {
+        e.hosts[0]: [i.address for i in e.endpoints] for e in registry.service_entries(MeshConfig())
+    }
+    assert hosts == {
+        "db.s.svc.cluster.local": ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+        "db-0.db.s.svc.cluster.local": ["10.0.0.1"],
+        "db-1.db.s.svc.cluster.local": ["10.0.0.2"],
+        "web.s.svc.cluster.local": ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+    }

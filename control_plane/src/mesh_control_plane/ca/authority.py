@@ -87,6 +87,8 @@ class CertificateAuthority:
         ensure_private_dir(settings.ca_dir)
         if settings.ca_cert is not None or settings.ca_key is not None:
             return cls._open_operator(settings, clock)
+        if problem := settings.schedule_problem():
+            raise CaError(problem)
         roots = _load_state(settings.ca_dir)
         ca = cls(settings, roots, clock=clock)
         if not roots:
@@ -205,6 +207,18 @@ class CertificateAuthority:
         log.info("root rotation: new root %s signs from %s", new.id, _iso(activates))
         return new
 
+    def rotation_due(self) -> bool:
+        """Whether the newest generated root has no more than the rotation lead
+        left (its successor must be made now); never for an operator's CA."""
+        if self._signer is not None:
+            return False
+        with self._lock:
+            newest = max(self._current_roots(), key=lambda r: r.activates_at, default=None)
+            if newest is None:
+                return False
+            left = newest.cert.not_valid_after_utc.timestamp() - self._clock()
+        return left <= self.settings.rotation_lead
+
     def reload(self) -> None:
         """Take the roots from the CA dir again: another replica rotated and its
         files were written here (kube/ca_secret.py). Keeps the roots on error."""
@@ -242,7 +256,12 @@ class CertificateAuthority:
 
     def _add_root_locked(self, activates_at: float) -> RootRecord:
         root_id = secrets.token_hex(4)
-        key, cert = make_root(self.trust_domain, self._clock(), f"proxyless-mesh root {root_id}")
+        key, cert = make_root(
+            self.trust_domain,
+            self._clock(),
+            f"proxyless-mesh root {root_id}",
+            dt.timedelta(seconds=self.settings.root_ttl),
+        )
         cert_path, key_path = _root_files(self.settings.ca_dir, root_id)
         write_private_file(
             key_path,

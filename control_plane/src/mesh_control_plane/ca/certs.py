@@ -31,9 +31,10 @@ def _utc(ts: float) -> dt.datetime:
 
 
 def make_root(
-    trust_domain: str, now: float, name: str
+    trust_domain: str, now: float, name: str, validity: dt.timedelta = ROOT_VALIDITY
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A new self-signed ECDSA P-256 root valid ROOT_VALIDITY from `now`."""
+    """A new self-signed ECDSA P-256 root valid `validity` from `now` (and an
+    hour before it, for clocks behind ours)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
         [
@@ -42,6 +43,7 @@ def make_root(
         ]
     )
     start = _utc(now) - dt.timedelta(hours=1)
+    end = _utc(now) + validity
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -49,7 +51,7 @@ def make_root(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + ROOT_VALIDITY)
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

@@ -25,15 +25,24 @@ ROTATE_ROOT_SIGNAL = signal.SIGUSR1
 
 
 def install_rotation_signal(
-    authority: CertificateAuthority, on_rotated: Callable[[], None] = lambda: None
+    authority: CertificateAuthority,
+    on_rotated: Callable[[], None] = lambda: None,
+    may_rotate: Callable[[], bool] = lambda: True,
 ) -> Callable[[], None]:
     """Rotate the root on SIGUSR1 while the running loop lives, then call
-    `on_rotated` (replicas share the new root through it); returns the
+    `on_rotated` (replicas share the new root through it); a replica that is
+    not `may_rotate()` (not the leader) refuses and says so; returns the
     function that removes the handler. Off the main thread (where asyncio
     cannot take signals) it does nothing and says so."""
     loop = asyncio.get_running_loop()
 
     def rotate() -> None:
+        if not may_rotate():
+            log.warning(
+                "root rotation requested by SIGUSR1 refused: this replica is not the "
+                "leader (the Lease holder rotates the shared root): signal that one"
+            )
+            return
         try:
             new = authority.rotate_root()
         except CaError as exc:

@@ -20,6 +20,7 @@ gets TLS; renewal is safe on any network (see above).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 
 from mesh_control_plane.ca.authority import CertificateAuthority
+from mesh_control_plane.ca.root_schedule import RootSchedule
 from mesh_control_plane.ca.rotation_signal import install_rotation_signal
 from mesh_control_plane.ca.tokens import TokenAuthority, TokenError
 from proxyless_mesh import ca_wire
@@ -240,7 +242,10 @@ class CaServer:
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self._remove_signal: Callable[[], None] = lambda: None
-        self.on_rotated: Callable[[], None] = lambda: None  # after a SIGUSR1 rotation
+        self.on_rotated: Callable[[], None] = lambda: None  # after a rotation here
+        # Whether this replica rotates the root (the Lease holder when replicas share it).
+        self.may_rotate: Callable[[], bool] = lambda: True
+        self._schedule: asyncio.Task[None] | None = None
 
     async def start(self, address: str) -> int:
         """Listen on "HOST:PORT" (port 0 picks one); returns the bound port."""
@@ -254,13 +259,25 @@ class CaServer:
             ) from exc
         await server.start()
         self._server, self.port = server, port
-        # kill -USR1 <control plane> rotates the root (see rotation_signal).
-        self._remove_signal = install_rotation_signal(self.service.ca, lambda: self.on_rotated())
+        # kill -USR1 <control plane> rotates the root (see rotation_signal), and
+        # the schedule does when the root nears its end (root_schedule).
+        self._remove_signal = install_rotation_signal(
+            self.service.ca, lambda: self.on_rotated(), lambda: self.may_rotate()
+        )
+        schedule = RootSchedule(
+            self.service.ca,
+            may_rotate=lambda: self.may_rotate(),
+            on_rotated=lambda: self.on_rotated(),
+        )
+        self._schedule = asyncio.create_task(schedule.run(), name="root rotation schedule")
         return port
 
     async def stop(self, grace: float | None = 1.0) -> None:
         self._remove_signal()
         self._remove_signal = lambda: None
+        if self._schedule is not None:
+            self._schedule.cancel()
+            self._schedule = None
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)

@@ -13,6 +13,10 @@ __all__ = ["CA_DIR_ENV", "DEFAULT_LEAF_TTL", "CaSettings", "default_ca_dir"]
 CA_DIR_NAME = "mesh-ca"
 
 DEFAULT_LEAF_TTL = 24 * 3600.0
+DEFAULT_ROOT_TTL = 3650 * 24 * 3600.0
+#: Istio's self-signed root is replaced when 20 % of its life is left
+#: (CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE).
+DEFAULT_ROOT_ROTATION_SHARE = 0.2
 CA_DIR_ENV = "MESHCTL_CA_DIR"
 
 
@@ -41,7 +45,34 @@ class CaSettings:
     ca_cert: Path | None = None
     ca_key: Path | None = None
     ca_chain: Path | None = None
+    root_ttl: float = DEFAULT_ROOT_TTL  # a generated root's lifetime
+    root_rotation_lead: float | None = None  # rotate this long before expiry; None: 20 %
 
     @property
     def longest_leaf_ttl(self) -> float:
         return self.max_leaf_ttl if self.max_leaf_ttl is not None else self.leaf_ttl
+
+    @property
+    def rotation_lead(self) -> float:
+        """How long before a generated root expires its successor is made."""
+        if self.root_rotation_lead is not None:
+            return self.root_rotation_lead
+        return self.root_ttl * DEFAULT_ROOT_ROTATION_SHARE
+
+    def schedule_problem(self) -> str:
+        """Why the root lifetime and lead cannot work ("" when they can): the
+        successor needs one leaf lifetime to reach every workload before it
+        signs, and the old root must outlive the leaves it signed until then."""
+        longest, lead = self.longest_leaf_ttl, self.rotation_lead
+        if lead >= self.root_ttl:
+            return (
+                f"the root rotation lead ({lead:g} s) must be shorter than the root's "
+                f"life ({self.root_ttl:g} s)"
+            )
+        if lead < 2 * longest:
+            return (
+                f"the root rotation lead ({lead:g} s) must be at least twice the longest "
+                f"leaf lifetime ({longest:g} s): the new root is trusted one leaf lifetime "
+                "before it signs, and the old root's leaves live one more"
+            )
+        return ""

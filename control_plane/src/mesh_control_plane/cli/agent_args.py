@@ -36,6 +36,15 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-address-path", type=Path, help="Envoy writes its admin address here")
     p.add_argument("--envoy", help="the Envoy binary (default: beside Python, else PATH)")
     p.add_argument("--log-level", default="warning", help="Envoy's log level")
+    p.add_argument(
+        "--metrics-address",
+        default="",
+        help="HOST:PORT serving /stats/prometheus: istio_tcp_* and Envoy's statistics "
+        "(Istio's agent: 0.0.0.0:15020; default: not served)",
+    )
+    p.add_argument(
+        "--metrics-address-path", type=Path, help="write the bound metrics HOST:PORT here"
+    )
 
 
 def parse_pairs(items: list[str], what: str) -> list[tuple[str, str]] | None:
@@ -74,6 +83,8 @@ def run_agent_command(
         admin_address_path=args.admin_address_path,
         log_level=args.log_level,
         kube=kube,
+        metrics_address=args.metrics_address,
+        metrics_address_path=args.metrics_address_path,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

@@ -196,6 +196,18 @@ def _add_ca_arguments(p: argparse.ArgumentParser) -> None:
     ca.add_argument(
         "--leaf-ttl", default="24h", type=_duration, help="workload certificate lifetime (max)"
     )
+    ca.add_argument(
+        "--root-ttl",
+        default="87600h",
+        type=_duration,
+        help="a generated root's lifetime (default 10 years)",
+    )
+    ca.add_argument(
+        "--root-rotation-lead",
+        type=_duration,
+        help="make the root's successor this long before the root expires (default: 20%% "
+        "of --root-ttl; at least twice --leaf-ttl); with --ca-secret the leader does",
+    )
 
 
 def _duration(text: str) -> float:
@@ -217,6 +229,8 @@ def ca_settings(args: argparse.Namespace) -> CaSettings:
         ca_dir=args.ca_dir or default_ca_dir(args.config_dir),
         trust_domain=args.trust_domain,
         leaf_ttl=args.leaf_ttl,
+        root_ttl=args.root_ttl,
+        root_rotation_lead=args.root_rotation_lead,
         ca_cert=args.ca_cert,
         ca_key=args.ca_key,
         ca_chain=args.ca_chain,

@@ -7,7 +7,10 @@ for the HTTPS certificates Gateways name by ``credentialName``
 (``<dir>/<name>/tls.crt``, ``tls.key``, and ``ca.crt`` for MUTUAL, the keys of
 a Kubernetes TLS Secret), serves all of them by SDS, and runs Envoy with a
 bootstrap pointing at the control plane's ADS. Every change of a certificate
-is pushed to Envoy: no restart, no dropped listener.
+is pushed to Envoy: no restart, no dropped listener. Envoy's TCP access logs
+come back to it as Istio's `istio_tcp_*` metrics (tcp_metrics.py), served with
+Envoy's own at `--metrics-address` `/stats/prometheus`, as Istio's agent does on
+port 15020.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
+from mesh_control_plane.admin.server import JsonHttpServer, TextResponse
 from mesh_control_plane.gateway.bootstrap import ProxyNode, proxy_bootstrap
 from mesh_control_plane.gateway.kube_secrets import watch_kube_secrets
 from mesh_control_plane.gateway.sds import (
@@ -34,10 +39,12 @@ from mesh_control_plane.gateway.sds import (
     start_sds_server,
     tls_secret,
 )
+from mesh_control_plane.gateway.tcp_metrics import AccessLogServicer, TcpMetrics
 from mesh_control_plane.kube.client import KubeConnection
 from mesh_control_plane.translate.sds import CACERT_SUFFIX, credential_secret
 from mesh_control_plane.translate.tls import IDENTITY_CERTIFICATE, ROOT_CERTIFICATE
 from proxyless_mesh.security import Credentials, IdentityConfig, IdentityManager, SpiffeId
+from proxyless_mesh.telemetry import Workload
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,8 @@ class AgentOptions:
     admin_address_path: Path | None = None
     log_level: str = "warning"
     kube: KubeConnection | None = None  # credentialName from the namespace's TLS Secrets
+    metrics_address: str = ""  # HOST:PORT of /stats/prometheus ("": not served)
+    metrics_address_path: Path | None = None  # where the bound HOST:PORT is written
 
 
 def envoy_binary() -> str | None:
@@ -129,13 +138,15 @@ async def run_agent(options: AgentOptions) -> int:
     if options.kube is not None:
         tasks.append(asyncio.create_task(watch_kube_secrets(options.kube, node.namespace, store)))
     socket_path = str(workdir / "sds.sock")
-    server = await start_sds_server(store, socket_path)
+    tcp = TcpMetrics(_workload(options))
+    server = await start_sds_server(store, socket_path, AccessLogServicer(tcp).handler())
     bootstrap = workdir / "envoy.json"
     bootstrap.write_text(json.dumps(proxy_bootstrap(node, options.xds_address, socket_path)))
+    admin_path = options.admin_address_path or workdir / "admin.txt"
     command = [options.envoy, "-c", str(bootstrap), "-l", options.log_level]
     command += ["--disable-hot-restart", "--base-id", str(os.getpid())]
-    if options.admin_address_path is not None:
-        command += ["--admin-address-path", str(options.admin_address_path)]
+    command += ["--admin-address-path", str(admin_path)]
+    metrics = await _serve_metrics(options, tcp, admin_path)
     envoy = await asyncio.create_subprocess_exec(*command)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -157,7 +168,50 @@ async def run_agent(options: AgentOptions) -> int:
                 await exited
         for task in tasks:
             task.cancel()
+        if metrics is not None:
+            await metrics.stop()
         await server.stop(None)
         await identity.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if stopping.is_set() else (envoy.returncode or 0)
+
+
+def _workload(options: AgentOptions) -> Workload:
+    """The agent's Envoy as Istio's labels name it."""
+    node = options.node
+    principal = SpiffeId(options.trust_domain, node.namespace, node.service_account).uri
+    return Workload(
+        name=node.name,
+        namespace=node.namespace,
+        principal=principal,
+        labels=dict(node.labels),
+        node_id=node.node_id,
+        mesh_id=options.trust_domain,
+    )
+
+
+async def _serve_metrics(
+    options: AgentOptions, tcp: TcpMetrics, admin_path: Path
+) -> JsonHttpServer | None:
+    """`/stats/prometheus` (and `/metrics`, Prometheus' default path): istio_tcp_*
+    and Envoy's own statistics."""
+    if not options.metrics_address:
+        return None
+
+    async def page() -> TextResponse:
+        text = tcp.prometheus()
+        try:
+            admin = admin_path.read_text().strip()
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                response = await client.get(f"http://{admin}/stats/prometheus")
+            text += response.text if response.is_success else ""
+        except (OSError, httpx.HTTPError) as exc:  # Envoy not up (yet): ours still count
+            log.warning("Envoy's statistics not read: %r", exc)
+        return TextResponse(text, "text/plain; version=0.0.4; charset=utf-8")
+
+    server = JsonHttpServer({"/stats/prometheus": page, "/metrics": page})
+    host, _, port = options.metrics_address.rpartition(":")
+    bound = await server.start(host.strip("[]") or None, int(port))
+    if options.metrics_address_path is not None:
+        options.metrics_address_path.write_text(f"{host or '0.0.0.0'}:{bound}\n")
+    return server

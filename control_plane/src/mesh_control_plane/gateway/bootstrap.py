@@ -1,9 +1,10 @@
 """The Envoy bootstrap of a gateway or a sidecar: who it is, where ADS and SDS are.
 
-Everything but the two static clusters comes over ADS from the control plane
+Everything but the static clusters comes over ADS from the control plane
 (listeners, routes, clusters, endpoints); secrets come from the agent's SDS
 socket (cluster ``sds-grpc``, as in Istio), so keys never travel to or from
-the control plane.
+the control plane; TCP access logs go to the agent on the same socket
+(``mesh-als``, translate/tcp_telemetry.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mesh_control_plane.translate.node import (
     SIDECAR_ID_PREFIX,
 )
 from mesh_control_plane.translate.sds import SDS_CLUSTER
+from mesh_control_plane.translate.tcp_telemetry import ALS_CLUSTER
 
 XDS_CLUSTER = "xds-grpc"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -92,6 +94,8 @@ def proxy_bootstrap(node: ProxyNode, xds_address: str, sds_socket: str) -> dict[
             "clusters": [
                 _grpc_cluster(XDS_CLUSTER, address, "STRICT_DNS"),
                 _grpc_cluster(SDS_CLUSTER, {"pipe": {"path": sds_socket}}, "STATIC"),
+                # the agent's access-log service (istio_tcp_*), on the same socket
+                _grpc_cluster(ALS_CLUSTER, {"pipe": {"path": sds_socket}}, "STATIC"),
             ]
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},

@@ -138,9 +138,12 @@ class SdsServicer:
             waiter.cancel()
 
 
-async def start_sds_server(store: SecretStore, socket_path: str) -> grpc.aio.Server:
+async def start_sds_server(
+    store: SecretStore, socket_path: str, *others: grpc.GenericRpcHandler[Any, Any]
+) -> grpc.aio.Server:
+    """SDS (and the `others` services) on the Unix socket `socket_path`."""
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((SdsServicer(store).handler(),))
+    server.add_generic_rpc_handlers((SdsServicer(store).handler(), *others))
     server.add_insecure_port(f"unix:{socket_path}")
     await server.start()
     return server

@@ -7,13 +7,15 @@ written into the CA directory (0600); if not, the CA directory is made as usual
 and uploaded as the Secret. Two replicas starting together race on the create: the
 loser (409 Conflict) takes the winner's files.
 
-While running (`CaSecretSync`): a root rotated on one replica (SIGUSR1) is written
+While running (`CaSecretSync`): a root rotated at the leader (SIGUSR1, schedule) is written
 to the Secret at once, unless the Secret already lists a root this replica does
 not know (two replicas rotated together: the later one drops its own and takes
 the other's; the update carries the read's resourceVersion, so the API server
 refuses one that raced it),
 and every replica reads the Secret every `interval` seconds (10 s): one that lists a
-root this replica does not know is taken, files and roots.json, and the CA reloads.
+root this replica does not know is taken, files and roots.json, and the CA reloads;
+one that lacks a root of this replica (the update after the rotation failed) is
+updated again.
 A new root only starts signing after the longest leaf lifetime (hours), so the poll
 delay is far inside that window. Retirement needs no sharing: each replica retires
 a root at the same recorded time.
@@ -134,13 +136,18 @@ class CaSecretSync:
         return True
 
     async def poll(self) -> bool:
-        """Take the Secret's files when it lists a root unknown here; True if taken."""
+        """Take the Secret's files when it lists a root unknown here; True if
+        taken. When this replica has a root the Secret lacks (its update after a
+        rotation failed), the update is tried again."""
         async with self.connection.async_client() as client:
             response = await client.get(self._url)
             response.raise_for_status()
         data = response.json().get("data") or {}
         unknown = self._unknown_roots(data)
         if not unknown:
+            if self._missing_roots(data):
+                log.warning("CA Secret %s lacks a root rotated here: updated again", self.secret)
+                await self.publish()
             return False
         _write(self.secret, self.ca_dir, data)
         for stale in self.ca_dir.glob("root-*.pem"):  # a rotation of ours that lost
@@ -151,9 +158,17 @@ class CaSecretSync:
         return True
 
     def _unknown_roots(self, data: Mapping[str, str]) -> set[str]:
-        theirs = _root_ids(base64.b64decode(data.get(STATE_FILE, "")))
+        return self._theirs(data) - self._ours()
+
+    def _missing_roots(self, data: Mapping[str, str]) -> set[str]:
+        return self._ours() - self._theirs(data)
+
+    def _theirs(self, data: Mapping[str, str]) -> set[str]:
+        return _root_ids(base64.b64decode(data.get(STATE_FILE, "")))
+
+    def _ours(self) -> set[str]:
         state = self.ca_dir / STATE_FILE
-        return theirs - _root_ids(state.read_bytes() if state.exists() else b"")
+        return _root_ids(state.read_bytes() if state.exists() else b"")
 
     async def run(self) -> None:
         """Poll until cancelled; a failing API server is retried at the next tick."""

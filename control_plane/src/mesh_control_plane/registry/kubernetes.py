@@ -9,7 +9,10 @@ mesh's services and instances, as Istio's Kubernetes registry does.
   sent, so such a port (and UDP, HTTPS, TLS ...) is left out, with a warning and
   in `status()`. ExternalName Services are not served (also listed there): declare
   a ServiceEntry for the name they alias. Headless Services are served like any
-  other (EDS of their ready endpoints); their per-Pod DNS names are not hosts.
+  other (EDS of their ready endpoints), and, as Kubernetes DNS and Istio do for
+  StatefulSets, each endpoint with a hostname (the slice's `hostname`, set from
+  the Pod's `spec.hostname` when its `spec.subdomain` names the Service) is also
+  the host `<hostname>.<svc>.<ns>.svc.<domain>` with that one Pod.
 - Each EndpointSlice endpoint (kubernetes.io/service-name) is an instance: ready is
   HEALTHY; not ready but serving and terminating (a Pod shutting down gracefully) is
   DRAINING, so clients finish with it; anything else is not an instance.
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from mesh_control_plane.config.model import (
@@ -79,6 +82,7 @@ class KubernetesSettings:
 class _Service:
     ports: tuple[ServicePort, ...]
     skipped: tuple[str, ...]  # ports left out, with why
+    headless: bool = False  # clusterIP None: per-Pod hosts
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class _Endpoint:
     pod: str  # namespace/name, or "" when the endpoint is not a Pod
     node: str
     zone: str
+    hostname: str = ""  # a headless Service's per-Pod DNS label
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,8 @@ class _Pod:
     node: str
     address: str = ""  # status.podIP
     health: str = ""  # HEALTHY (Ready), DRAINING (Ready, being deleted), "" otherwise
+    hostname: str = ""  # spec.hostname, when spec.subdomain names a Service
+    subdomain: str = ""
 
 
 def port_protocol(port: Mapping[str, Any]) -> str | None:
@@ -136,7 +143,7 @@ def _service(obj: Mapping[str, Any]) -> _Service | None:
             )
             continue
         ports.append(ServicePort(number, protocol, name))
-    return _Service(tuple(ports), tuple(skipped))
+    return _Service(tuple(ports), tuple(skipped), spec.get("clusterIP") == "None")
 
 
 def _endpoint_slice(obj: Mapping[str, Any]) -> _Slice | None:
@@ -169,7 +176,12 @@ def _endpoint_slice(obj: Mapping[str, Any]) -> _Slice | None:
         for address in (ep.get("addresses") or ())[:1]:  # the API: consumers use the first
             endpoints.append(
                 _Endpoint(
-                    address, health, pod, str(ep.get("nodeName", "")), str(ep.get("zone", ""))
+                    address,
+                    health,
+                    pod,
+                    str(ep.get("nodeName", "")),
+                    str(ep.get("zone", "")),
+                    str(ep.get("hostname") or ""),
                 )
             )
     namespace = obj["metadata"]["namespace"]
@@ -193,6 +205,8 @@ def _pod(obj: Mapping[str, Any]) -> _Pod:
         str(spec.get("nodeName") or ""),
         str(status.get("podIP") or ""),
         health,
+        str(spec.get("hostname") or ""),
+        str(spec.get("subdomain") or ""),
     )
 
 
@@ -232,7 +246,7 @@ class KubernetesRegistry:
         self._entries: tuple[ServiceEntry, ...] | None = None  # cache, reset on change
         # Each Service's entry, kept while its Service and slices are the same (and
         # no Pod or Node changed): an endpoint change rebuilds one entry, not all.
-        self._built: dict[str, tuple[_Service, tuple[_Slice, ...], ServiceEntry]] = {}
+        self._built: dict[str, tuple[_Service, tuple[_Slice, ...], tuple[ServiceEntry, ...]]] = {}
         self._pods: dict[str, _Pod] = {}  # all namespaces', while entries are built
         self._instances: tuple[DynamicInstance, ...] | None = None  # cache of instances()
         self._warned: set[str] = set()
@@ -345,10 +359,10 @@ class KubernetesRegistry:
         by_service: dict[str, list[_Slice]] = {}
         for slice_ in _merged(self.slices).values():
             by_service.setdefault(slice_.service, []).append(slice_)
-        entries = []
+        entries: list[ServiceEntry] = []
         services = _merged(self.services)
         self._pods = _merged(self.pods)
-        built: dict[str, tuple[_Service, tuple[_Slice, ...], ServiceEntry]] = {}
+        built: dict[str, tuple[_Service, tuple[_Slice, ...], tuple[ServiceEntry, ...]]] = {}
         for key in sorted(services):
             namespace, name = key.split("/", 1)
             service = services[key]
@@ -360,7 +374,7 @@ class KubernetesRegistry:
             slices = tuple(by_service.get(key, ()))
             known = self._built.get(key)
             if known is not None and known[0] == service and known[1] == slices:
-                entry = known[2]
+                made = known[2]
             else:
                 entry = ServiceEntry(
                     meta=Meta("ServiceEntry", f"k8s-{name}", namespace, "<kubernetes>"),
@@ -368,25 +382,67 @@ class KubernetesRegistry:
                     ports=service.ports,
                     endpoints=self._endpoints(slices),
                 )
-            built[key] = (service, slices, entry)
-            entries.append(entry)
+                made = (
+                    (entry, *self._pod_entries(entry, name, slices))
+                    if service.headless
+                    else (entry,)
+                )
+            built[key] = (service, slices, made)
+            entries.extend(made)
         self._built = built
         return tuple(entries)
 
-    def _endpoints(self, slices: Sequence[_Slice]) -> tuple[WorkloadEndpoint, ...]:
+    def _endpoints(
+        self, slices: Sequence[_Slice], only: Callable[[_Endpoint], bool] = lambda ep: True
+    ) -> tuple[WorkloadEndpoint, ...]:
         """One instance per Pod (per address for endpoints without one), its ports
         gathered from every slice it is in: Pods sharing an address (host network)
-        stay apart."""
+        stay apart. `only` keeps some endpoints."""
         ports: dict[tuple[str, str], dict[str, int]] = {}
         first: dict[tuple[str, str], _Endpoint] = {}
         for slice_ in slices:
             for ep in slice_.endpoints:
+                if not only(ep):
+                    continue
                 key = (ep.address, ep.pod)
                 ports.setdefault(key, {}).update(slice_.ports)
                 known = first.get(key)
                 if known is None or (known.health != "HEALTHY" and ep.health == "HEALTHY"):
                     first[key] = ep
         return tuple(self._instance(first[k], ports[k]) for k in sorted(first))
+
+    def _pod_entries(
+        self, entry: ServiceEntry, service: str, slices: Sequence[_Slice]
+    ) -> list[ServiceEntry]:
+        """A headless Service's per-Pod hosts, one entry each with that Pod only."""
+        hostnames = {
+            (ep.address, ep.pod): ep.hostname or self._pod_hostname(ep.pod, service)
+            for slice_ in slices
+            for ep in slice_.endpoints
+        }
+        entries: list[ServiceEntry] = []
+        for hostname in sorted({h for h in hostnames.values() if h}):
+
+            def named(ep: _Endpoint, hostname: str = hostname) -> bool:
+                return hostnames[ep.address, ep.pod] == hostname
+
+            endpoints = self._endpoints(slices, named)
+            entries.append(
+                replace(
+                    entry,
+                    meta=replace(entry.meta, name=f"{entry.meta.name}-{hostname}"),
+                    hosts=(f"{hostname}.{entry.hosts[0]}",),
+                    endpoints=endpoints[:1],  # one Pod per name, as DNS answers
+                )
+            )
+        return entries
+
+    def _pod_hostname(self, pod_key: str, service: str) -> str:
+        """The Pod's own hostname when its subdomain is this Service (what the
+        endpointslice controller copies into the slice; read here too, for a
+        slice written before the Pod said so)."""
+        pod = self._pods.get(pod_key) if pod_key else None
+        return pod.hostname if pod is not None and pod.subdomain == service else ""
 
     def _instance(self, ep: _Endpoint, ports: dict[str, int]) -> WorkloadEndpoint:
         pod = self._pods.get(ep.pod) if ep.pod else None

@@ -40,6 +40,7 @@ from mesh_control_plane.translate.routes import (
     route_configuration,
 )
 from mesh_control_plane.translate.sds import gateway_downstream_socket
+from mesh_control_plane.translate.tcp_telemetry import add_tcp_telemetry
 
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -160,6 +161,7 @@ def _tcp_chain(
     else:
         for name, weight in targets:
             proxy.weighted_clusters.clusters.add(name=name, weight=weight)
+    add_tcp_telemetry(proxy, "source")  # istio_tcp_* (a gateway reports as the source)
     chain = listener_components_pb2.FilterChain(
         filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))]
     )
