@@ -84,4 +84,3 @@ def run(args: argparse.Namespace) -> int:
         outbound_tcp=outbound_tcp,
     )
     return run_agent_command(args, node)
-
