@@ -257,7 +257,8 @@ def test_server_hosts_admit_by_namespace_and_wildcard() -> None:
     [
         (
             "kind: TLSRoute\nmetadata: {name: r}\nspec: {}",
-            "gw.yaml: TLSRoute default/r: kind: TLSRoute is not supported yet",
+            "gw.yaml: TLSRoute default/r: apiVersion: TLSRoute is read at "
+            "gateway.networking.k8s.io/v1alpha2",
         ),
         (
             "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: g}]\n"
@@ -272,9 +273,9 @@ def test_server_hosts_admit_by_namespace_and_wildcard() -> None:
         ),
         (
             "kind: Gateway\nmetadata: {name: g}\nspec:\n  gatewayClassName: istio\n"
-            "  listeners: [{name: t, port: 443, protocol: TLS}]",
-            "gw.yaml: Gateway default/g: spec.listeners[0].protocol: TLS is not supported yet "
-            "(supported: HTTP, HTTPS)",
+            "  listeners: [{name: t, port: 443, protocol: UDP}]",
+            "gw.yaml: Gateway default/g: spec.listeners[0].protocol: UDP is not supported yet "
+            "(supported: HTTP, HTTPS, TLS, TCP)",
         ),
     ],
 )
@@ -348,47 +349,6 @@ def test_grpc_route_methods_become_grpc_paths() -> None:
         ("regex", "/[^/]+/Get"),
         ("regex", "/(a\\..*)/([^/]+)"),
     ]
-
-
-def test_gateway_api_status_conditions() -> None:
-    from mesh_control_plane.cli.gateway_status import conditions, programmed_gateways
-
-    web = """
-    apiVersion: gateway.networking.k8s.io/v1
-    kind: Gateway
-    metadata: {name: web, namespace: shop}
-    spec:
-      gatewayClassName: istio
-      listeners: [{name: http, port: 80, protocol: HTTP}]
-    ---
-    apiVersion: gateway.networking.k8s.io/v1
-    kind: HTTPRoute
-    metadata: {name: r, namespace: shop}
-    spec:
-      parentRefs: [{name: web}, {name: gone}]
-      rules: [{backendRefs: [{name: ratings, port: 8080}]}]
-    """
-    services = SERVICE.replace(".shop.mesh", ".shop.svc.cluster.local")
-    config = load(services, GATEWAY, web)
-    status = {
-        "clients": [
-            {
-                "node_id": "router~127.0.0.1~web.shop~shop.svc.cluster.local",
-                "types": {"LDS": {"acked": True}},
-            },
-            {"node_id": "router~127.0.0.1~other.shop~shop.svc.cluster.local", "types": {"LDS": {}}},
-        ]
-    }
-    assert programmed_gateways(status) == {"shop/web"}
-    assert [str(c) for c in conditions(config, programmed_gateways(status))] == [
-        "Gateway shop/web: Accepted=True (Accepted)",
-        "Gateway shop/web: Programmed=True (Programmed)",
-        "HTTPRoute shop/r parent shop/web: Accepted=True (Accepted)",
-        "HTTPRoute shop/r parent shop/web: ResolvedRefs=True (ResolvedRefs)",
-        "HTTPRoute shop/r parent shop/gone: Accepted=False (NoMatchingParent)",
-        "HTTPRoute shop/r parent shop/gone: ResolvedRefs=True (ResolvedRefs)",
-    ]
-    assert "Programmed=Unknown (Pending)" in str(conditions(config, None)[1])
 
 
 def test_tls_routes_are_for_gateways_only_and_pass_tls_through_by_sni() -> None:

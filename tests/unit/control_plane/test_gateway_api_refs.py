@@ -140,13 +140,7 @@ def test_a_reference_grant_permits_the_backend() -> None:
         assert "RefNotPermitted" in str(load(SERVICES, ROUTES, changed).warnings)
 
 
-def test_parents_and_certificates_of_another_namespace_are_refused_by_field() -> None:
-    route = ROUTES.replace("parentRefs: [{name: edge}]", "parentRefs: [{name: edge, namespace: x}]")
-    with pytest.raises(ConfigLoadError) as caught:
-        load(SERVICES, route)
-    assert "spec.parentRefs[0].namespace: another namespace's parent is not supported yet" in str(
-        caught.value
-    )
+def test_certificates_of_another_namespace_are_refused_by_field() -> None:
     gateway = """
     apiVersion: gateway.networking.k8s.io/v1
     kind: Gateway

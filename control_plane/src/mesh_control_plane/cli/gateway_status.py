@@ -2,10 +2,12 @@
 conditions of the Gateways, HTTPRoutes and GRPCRoutes in a config directory,
 as the Gateway API specifies them (on Kubernetes, kube/gateway_status.py writes them).
 
-- Gateway: Accepted (it loaded), Programmed (a gateway named after it,
-  ``meshctl gateway run --name <name> --namespace <ns>``, is connected to the
-  control plane at ``--admin-address`` and ACKed its listeners; Unknown
-  without an address).
+- Gateway: Accepted (it loaded), Programmed (True when the Envoy of
+  ``meshctl gateway run --name <name> --namespace <ns>``, connected to the
+  control plane at ``--admin-address``, ACKed the listeners and routes last
+  sent to it; False: NoResources with no such Envoy, Pending before its ACK,
+  Invalid when it NACKed, with its error; Unknown without an address; see
+  xds/gateway_acks.py).
 - Route, per parent: Accepted (the parent Gateway exists; a Service parent,
   GAMMA, exists or the config would not load), ResolvedRefs (False with
   reason BackendNotFound or RefNotPermitted when a backend names no declared
@@ -25,25 +27,9 @@ from typing import Any
 from mesh_control_plane.cli.admin_client import AdminError, get_json
 from mesh_control_plane.config import ConfigLoadError, load_config_dir
 from mesh_control_plane.config.gateway_api_status import Condition, conditions
-from mesh_control_plane.translate.node import ROUTER_ID_PREFIX
-from mesh_control_plane.translate.resources import LISTENER
-from mesh_control_plane.xds.clients import short_type_name
+from mesh_control_plane.xds.gateway_acks import programmed_gateways
 
 __all__ = ["Condition", "conditions", "programmed_gateways", "render", "run"]
-
-
-def programmed_gateways(status: Any) -> frozenset[str]:
-    """From the admin `/status`: "ns/name" of each gateway node (``meshctl
-    gateway run`` names it ``router~<ip>~<name>.<ns>~...``) that ACKed LDS."""
-    names = set()
-    for client in status.get("clients", []):
-        node_id = str(client.get("node_id", ""))
-        lds = client.get("types", {}).get(short_type_name(LISTENER))
-        parts = node_id.split("~")
-        if node_id.startswith(ROUTER_ID_PREFIX) and len(parts) >= 3 and lds and lds.get("acked"):
-            name, _, namespace = parts[2].partition(".")
-            names.add(f"{namespace}/{name}")
-    return frozenset(names)
 
 
 def add_status_parser(actions: Any) -> None:
@@ -64,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     programmed = None
     if args.admin_address:
         try:
-            programmed = programmed_gateways(get_json(args.admin_address, "/status"))
+            status = get_json(args.admin_address, "/status")
+            programmed = programmed_gateways(status.get("clients", []))
         except (OSError, AdminError, ValueError) as exc:
             print(f"meshctl: cannot read {args.admin_address}/status: {exc}", file=sys.stderr)
             return 1

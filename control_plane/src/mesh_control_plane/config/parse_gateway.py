@@ -116,6 +116,12 @@ class GatewayServer:
     hosts: tuple[GatewayHost, ...]
     tls: ServerTls = field(default_factory=ServerTls)
     name: str = ""
+    # The route kinds it serves (a Gateway API listener's allowedRoutes.kinds);
+    # () for an Istio server: any VirtualService.
+    route_kinds: tuple[str, ...] = ()
+
+    def serves(self, kind: str) -> bool:
+        return not self.route_kinds or kind in self.route_kinds
 
     @property
     def terminates_tls(self) -> bool:
@@ -198,7 +204,7 @@ def parse_gateway(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Gateway:
         _parse_server(p, meta, raw, index("spec.servers", i))
         for i, raw in enumerate(get_list(p, obj, "servers", "spec", required=True, non_empty=True))
     ]
-    _check_ports_agree(p, servers)
+    check_ports_agree(p, servers, "spec.servers", "port.protocol")
     return Gateway(meta=meta, selector=selector, servers=tuple(s for s in servers if s))
 
 
@@ -267,7 +273,9 @@ def _parse_tls(p: Problems, obj: Mapping[str, Any], where: str, protocol: str) -
     return ServerTls(mode, credential, redirect)
 
 
-def _check_ports_agree(p: Problems, servers: list[GatewayServer | None]) -> None:
+def check_ports_agree(
+    p: Problems, servers: list[GatewayServer | None], where: str, protocol: str
+) -> None:
     """One listener per port: its servers are all plaintext HTTP, all TLS, all
     passthrough or all TCP, and two
     plaintext servers on a port would be one route table (Istio merges them;
@@ -279,7 +287,7 @@ def _check_ports_agree(p: Problems, servers: list[GatewayServer | None]) -> None
         kind = (server.terminates_tls, server.passthrough, server.tcp)
         if seen.setdefault(server.number, kind) != kind:
             p.add(
-                join(index("spec.servers", i), "port.protocol"),
+                join(index(where, i), protocol),
                 f"port {server.number} mixes plaintext HTTP, TLS, passthrough and TCP servers "
                 "(one listener per port)",
             )

@@ -12,6 +12,8 @@ GatewayHost.admits), routed by the VirtualService's http rules. A TLS
 PASSTHROUGH port has a chain per SNI name of the bound `tls` rules; a TCP port
 one chain proxying to the destinations of the first bound `tcp` rule that
 applies there (no such rule: no listener, as nothing could be served).
+Gateway API TLSRoutes and TCPRoutes arrive as such `tls` and `tcp` rules; a
+Gateway API listener serves only the route kinds its allowedRoutes admit.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def _passthrough_chains(
     server host admits), proxying the TLS bytes untouched to its destination."""
     chains: dict[str, listener_components_pb2.FilterChain] = {}
     for gateway, _, server in servers:
-        for vs in _bound(config, gateway):
+        for vs in _bound(config, gateway, server):
             for rule in vs.tls:
                 for match in rule.match:
                     if match.gateways and gateway.ref not in match.gateways:
@@ -131,7 +133,7 @@ def _tcp_port_chain(
     """The first `tcp` rule (in VirtualService order) that applies to this
     Gateway and port, of a VirtualService with a host a server admits."""
     for gateway, _, server in servers:
-        for vs in _bound(config, gateway):
+        for vs in _bound(config, gateway, server):
             admitted = any(
                 h.admits(vs.meta.namespace, host) for h in server.hosts for host in vs.hosts
             )
@@ -158,7 +160,7 @@ def _tcp_chain(
     chain = listener_components_pb2.FilterChain(
         filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))]
     )
-    if sni:
+    if sni and sni != "*":  # "*": any SNI (a TLSRoute without hostnames)
         chain.filter_chain_match.server_names.append(sni)
     return chain
 
@@ -176,7 +178,7 @@ def _route_table(
 ) -> route_pb2.RouteConfiguration:
     hosts: dict[str, rc_pb2.VirtualHost] = {}
     for gateway, _, server in servers:
-        for vs in _bound(config, gateway):
+        for vs in _bound(config, gateway, server):
             for vs_host in vs.hosts:
                 domain = next(
                     (d for h in server.hosts if (d := h.admits(vs.meta.namespace, vs_host))),
@@ -197,5 +199,10 @@ def _route_table(
     return route_configuration(name, hosts.values())
 
 
-def _bound(config: MeshConfig, gateway: Gateway) -> list[VirtualService]:
-    return [vs for vs in config.virtual_services if gateway.ref in vs.gateways]
+def _bound(config: MeshConfig, gateway: Gateway, server: GatewayServer) -> list[VirtualService]:
+    """The routes bound to `gateway` of a kind `server` serves (allowedRoutes)."""
+    return [
+        vs
+        for vs in config.virtual_services
+        if gateway.ref in vs.gateways and server.serves(vs.meta.kind)
+    ]
