@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import socket
 import socketserver
 import ssl
 import subprocess
@@ -327,3 +328,44 @@ def external_servers(lab: LocalMesh, tmp_path: Path) -> Iterator[None]:
         ]
         lab.write_config("external.yaml", "\n---\n".join(json.dumps(d) for d in docs))
         yield
+
+
+class _Echo(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        self.wfile.write(self.server.tag + b":" + line)  # type: ignore[attr-defined]
+
+
+class _EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def echo_server(tag: bytes) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 answering a line with `tag:line`."""
+    server = _EchoServer(("127.0.0.1", 0), _Echo)
+    server.tag = tag  # type: ignore[attr-defined]
+    with serving(server) as port:
+        yield port
+
+
+def tcp_echo(port: int, line: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(line + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
+def first_echo(port: int) -> bytes:
+    """The first answer once the route's clusters have endpoints (until then
+    Envoy closes the connection)."""
+    deadline = time.monotonic() + 20
+    while not (reply := tcp_echo(port, b"hello")):
+        assert time.monotonic() < deadline, "the gateway never proxied a connection"
+        time.sleep(0.1)
+    return reply
