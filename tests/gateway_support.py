@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -369,3 +370,15 @@ def first_echo(port: int) -> bytes:
         assert time.monotonic() < deadline, "the gateway never proxied a connection"
         time.sleep(0.1)
     return reply
+
+
+def first_passthrough_get(client: httpx.Client, url: str, sni: str) -> httpx.Response:
+    """GET `url` with TLS server name `sni` once the gateway has a chain for it
+    (until then Envoy closes the connection)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return client.get(url, extensions={"sni_hostname": sni})
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, f"no passthrough chain for {sni}"
+            time.sleep(0.1)
