@@ -13,6 +13,7 @@ does not admit is Accepted=False, NotAllowedByListeners.
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -155,3 +156,33 @@ def test_tls_and_tcp_routes_through_the_gateway(lab: LocalMesh) -> None:
                 time.sleep(0.2)
     assert set(tags) == {b"a", b"b"}, tags
     assert_binomial(tags[b"b"], CONNECTIONS, B_SHARE, "TCPRoute echo-b share")
+
+
+def test_a_listener_its_envoy_cannot_bind_is_not_programmed(lab: LocalMesh) -> None:
+    """Envoy NACKs a listener on a port another socket holds: the Gateway is
+    Programmed=False, Invalid, with Envoy's own error."""
+    with socket.socket() as taken, echo_server(b"a") as port_a:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listeners = [{"name": "tcp", "port": port, "protocol": "TCP"}]
+        split = {
+            "parentRefs": [{"name": "edge"}],
+            "rules": [{"backendRefs": [{"name": "echo-a", "port": 7000}]}],
+        }
+        gateway = {"gatewayClassName": "proxyless-mesh", "listeners": listeners}
+        docs = [
+            _service("echo-a", "TCP", 7000, port_a),
+            _doc("gateway.networking.k8s.io/v1", "Gateway", "edge", gateway),
+            _doc(ALPHA, "TCPRoute", "bytes", split),
+        ]
+        lab.write_config("l4.yaml", "\n---\n".join(docs))
+        lab.start_control_plane()
+        label = "gateway.networking.k8s.io/gateway-name=edge"
+        with running_gateway(lab, "edge", NS, labels=(label,), free_ports=False):
+            deadline = time.monotonic() + 30
+            while "(Invalid)" not in (line := _programmed(lab)):
+                assert time.monotonic() < deadline, line
+                time.sleep(0.2)
+    assert "Programmed=False (Invalid): its Envoy rejected LDS" in line, line
+    assert f"{port}" in line and "Address already in use" in line, line

@@ -82,13 +82,16 @@ def test_programmed_follows_the_current_version_acked() -> None:
     # A version sent but not ACKed yet (the previous one was).
     assert "(Pending)" in _programmed(_client(NODE, LDS={"sent": "v3", "acked": "v2"}))
     assert "(Pending)" in _programmed(_client(NODE))
-    nacked = {"sent": "v3", "acked": "v2", "nacked": "v3", "error": "bad listener"}
+    # A NACK of the latest response (over SotW it carries the version last
+    # accepted; the control plane clears it at the next ACK).
+    nacked = {"sent": "v3", "acked": "v2", "nacked": "v2", "error": "bad listener"}
     assert "Programmed=False (Invalid): its Envoy rejected LDS v3: bad listener" in _programmed(
         _client(NODE, LDS=nacked)
     )
-    # An older NACK does not outlive a later ACK.
-    healed = {"sent": "v4", "acked": "v4", "nacked": "v3", "error": "bad listener"}
-    assert "(Programmed)" in _programmed(_client(NODE, LDS=healed))
+    never = {"sent": "v1", "acked": "", "nacked": "", "error": "cannot bind"}
+    assert "(Invalid): its Envoy rejected LDS v1: cannot bind" in _programmed(
+        _client(NODE, LDS=never)
+    )
     # Two Envoys for one Gateway: the worse verdict.
     both = (_client(NODE, LDS=lds), _client(NODE.replace("127.0.0.1", "10.0.0.9"), LDS=nacked))
     assert "(Invalid)" in _programmed(*both)

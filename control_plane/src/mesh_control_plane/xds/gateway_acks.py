@@ -47,7 +47,9 @@ def _node_verdict(types: Mapping[str, Any]) -> Programmed:
         sent = state.get("sent")
         if not sent:
             continue  # no route tables asked for (a TCP or TLS passthrough gateway)
-        if state.get("nacked") == sent:
+        # Set by a NACK of the latest response, cleared by an ACK (its value is
+        # the client's version_info: over SotW the last version it accepted).
+        if state.get("nacked") is not None:
             error = state.get("error") or "no reason given"
             return Programmed("False", "Invalid", f"its Envoy rejected {short} {sent}: {error}")
         if state.get("acked") != sent:
