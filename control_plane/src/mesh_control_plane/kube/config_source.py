@@ -100,6 +100,7 @@ class KubeConfigSource:
         self._watcher: ConfigWatcher | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._dirty = False
+        self._report_due = False
         self._programmed_source: Callable[[], Mapping[str, Programmed]] = dict
         self._programmed: Mapping[str, Programmed] = {}
         self._programmed_interval: float | None = None  # None: not followed
@@ -115,15 +116,20 @@ class KubeConfigSource:
         """Reload soon although no custom resource changed (a Service appeared)."""
         self._schedule()
 
-    def _schedule(self) -> None:
-        self._dirty = True
+    def _schedule(self, reload: bool = True) -> None:
+        """Reload and report (or only report again) in the one task that
+        does both, so verdicts are written in the order they were reached."""
+        self._dirty = self._dirty or reload
+        self._report_due = True
         if self._watcher is not None and (self._reloading is None or self._reloading.done()):
             self._reloading = asyncio.create_task(self._reload(), name="kube config reload")
 
     async def _reload(self) -> None:
-        while self._dirty and self._watcher is not None:
-            self._dirty = False
-            await self._watcher.reload()
+        while self._report_due and self._watcher is not None:
+            if self._dirty:
+                self._dirty = False
+                await self._watcher.reload()
+            self._report_due = False
             errors = self._watcher.last_errors
             await self.report(None if errors else self._watcher.last_good, errors)
 
@@ -150,10 +156,9 @@ class KubeConfigSource:
         while self._programmed_interval is not None:
             await asyncio.sleep(self._programmed_interval)
             now = self._programmed_source()
-            if now != self._programmed and self._watcher is not None:
+            if now != self._programmed:
                 self._programmed = now
-                errors = self._watcher.last_errors
-                await self.report(None if errors else self._watcher.last_good, errors)
+                self._schedule(reload=False)
 
     def _leadership(self, leader: bool) -> None:
         if leader:  # the previous leader's verdicts may be stale: write all again
