@@ -1,5 +1,5 @@
 """`meshctl gateway status DIR [--admin-address A]`: Gateway API status
-conditions of the Gateways, HTTPRoutes and GRPCRoutes in a config directory,
+conditions of the Gateways and routes in a config directory,
 as the Gateway API specifies them (on Kubernetes, kube/gateway_status.py writes them).
 
 - Gateway: Accepted (it loaded), Programmed (True when the Envoy of
@@ -8,7 +8,10 @@ as the Gateway API specifies them (on Kubernetes, kube/gateway_status.py writes 
   sent to it; False: NoResources with no such Envoy, Pending before its ACK,
   Invalid when it NACKed, with its error; Unknown without an address; see
   xds/gateway_acks.py).
-- Route, per parent: Accepted (the parent Gateway exists; a Service parent,
+- Route (HTTPRoute, GRPCRoute, TLSRoute, TCPRoute), per parent: Accepted (the
+  parent Gateway exists and a listener admits the route by allowedRoutes,
+  else NotAllowedByListeners, and one of its hostnames, else
+  NoMatchingListenerHostname: config/gateway_api_attach.py; a Service parent,
   GAMMA, exists or the config would not load), ResolvedRefs (False with
   reason BackendNotFound or RefNotPermitted when a backend names no declared
   Service or one of another namespace no ReferenceGrant permits: see
