@@ -131,7 +131,7 @@ def test_tls_and_tcp_routes_through_the_gateway(lab: LocalMesh) -> None:
         assert "Programmed=False (NoResources)" in _programmed(lab)
         assert (
             "TLSRoute other/foreign parent shop/edge: Accepted=False (NotAllowedByListeners): "
-            "no listener of Gateway shop/edge admits a TLSRoute of namespace other "
+            "no listener of Gateway shop/edge admits TLSRoutes of namespace other "
             "(listeners[].allowedRoutes)"
         ) in _status(lab)
         label = "gateway.networking.k8s.io/gateway-name=edge"

@@ -138,7 +138,7 @@ def test_routes_the_listeners_do_not_admit_are_not_served_and_say_why() -> None:
     assert "0.0.0.0_8443" not in chains(config)
     assert accepted(config) == [
         "TLSRoute data/sni parent edge/gw: Accepted=False (NotAllowedByListeners): no listener "
-        "of Gateway edge/gw admits a TLSRoute of namespace data (listeners[].allowedRoutes)",
+        "of Gateway edge/gw admits TLSRoutes of namespace data (listeners[].allowedRoutes)",
         "TLSRoute edge/other parent edge/gw: Accepted=False (NoMatchingListenerHostname): no "
         "hostname of the route intersects an admitting listener's of Gateway edge/gw",
     ]

@@ -132,7 +132,7 @@ def attachment(gateway: Gateway, route: VirtualService) -> tuple[str, str]:
     ]
     if not admitting:
         return NOT_ALLOWED, (
-            f"no listener of Gateway {gateway.ref} admits a {kind} of namespace {namespace} "
+            f"no listener of Gateway {gateway.ref} admits {kind}s of namespace {namespace} "
             "(listeners[].allowedRoutes)"
         )
     if not any(
