@@ -3,17 +3,15 @@ gateway's Envoy and the mesh's clients are each sent."""
 
 from __future__ import annotations
 
-import textwrap
 from typing import Any
 
 import pytest
-import yaml
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from mesh_control_plane.config import ConfigLoadError, MeshConfig, parse_documents
+from mesh_control_plane.config import MeshConfig
 from mesh_control_plane.config.parse_gateway import GatewayHost, host_covers
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import (
@@ -25,6 +23,8 @@ from mesh_control_plane.translate import (
     ResourceSet,
     translate,
 )
+
+from .yaml_docs import load, problems
 
 SERVICE = """
 apiVersion: networking.istio.io/v1
@@ -70,17 +70,6 @@ def vs(name: str, hosts: str, gateways: str | None, destination: str) -> str:
         + gateways_line
         + f"  http: [{{route: [{{destination: {{host: {destination}}}}}]}}]\n"
     )
-
-
-def load(*texts: str) -> MeshConfig:
-    docs = [d for text in texts for d in yaml.safe_load_all(textwrap.dedent(text)) if d]
-    return parse_documents([("gw.yaml", doc) for doc in docs])
-
-
-def problems(*texts: str) -> list[str]:
-    with pytest.raises(ConfigLoadError) as caught:
-        load(*texts)
-    return [str(problem) for problem in caught.value.problems]
 
 
 GATEWAY_NODE = NodeInfo(

@@ -5,16 +5,16 @@ route's Accepted reason as the spec names it."""
 
 from __future__ import annotations
 
-import textwrap
 from typing import Any
 
 import pytest
-import yaml
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from mesh_control_plane.cli.gateway_status import conditions
-from mesh_control_plane.config import ConfigLoadError, MeshConfig, parse_documents
+from mesh_control_plane.config import MeshConfig
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import LISTENER, ROUTE, ClientKind, NodeInfo, translate
+
+from .yaml_docs import load, problems
 
 SERVICES = "\n---\n".join(
     f"""
@@ -72,17 +72,6 @@ NODE = NodeInfo(
     labels=(("gateway.networking.k8s.io/gateway-name", "gw"),),
     router=True,
 )
-
-
-def load(*texts: str) -> MeshConfig:
-    docs = [d for text in texts for d in yaml.safe_load_all(textwrap.dedent(text)) if d]
-    return parse_documents([("gw.yaml", doc) for doc in docs])
-
-
-def problems(*texts: str) -> list[str]:
-    with pytest.raises(ConfigLoadError) as caught:
-        load(*texts)
-    return [str(problem) for problem in caught.value.problems]
 
 
 def chains(config: MeshConfig) -> dict[str, dict[tuple[str, ...], Any]]:

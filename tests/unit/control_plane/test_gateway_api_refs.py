@@ -5,15 +5,15 @@ answers 500."""
 
 from __future__ import annotations
 
-import textwrap
 from typing import Any
 
 import pytest
-import yaml
 from mesh_control_plane.cli.gateway_status import conditions
-from mesh_control_plane.config import ConfigLoadError, MeshConfig, parse_documents
+from mesh_control_plane.config import ConfigLoadError, MeshConfig
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import ROUTE, ClientKind, NodeInfo, translate
+
+from .yaml_docs import load
 
 SERVICES = """
 apiVersion: networking.istio.io/v1
@@ -78,11 +78,6 @@ NODE = NodeInfo(
     labels=(("gateway.networking.k8s.io/gateway-name", "edge"),),
     router=True,
 )
-
-
-def load(*texts: str) -> MeshConfig:
-    docs = [d for text in texts for d in yaml.safe_load_all(textwrap.dedent(text)) if d]
-    return parse_documents([("gw.yaml", doc) for doc in docs])
 
 
 def gateway_routes(config: MeshConfig) -> dict[str, list[Any]]:

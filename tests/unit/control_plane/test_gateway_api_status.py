@@ -4,12 +4,11 @@ parent."""
 
 from __future__ import annotations
 
-import textwrap
 from typing import Any
 
-import yaml
 from mesh_control_plane.cli.gateway_status import conditions, programmed_gateways
-from mesh_control_plane.config import MeshConfig, parse_documents
+
+from .yaml_docs import load
 
 WEB = """
 apiVersion: networking.istio.io/v1
@@ -37,11 +36,6 @@ spec:
   rules: [{backendRefs: [{name: ratings, port: 8080}]}]
 """
 NODE = "router~127.0.0.1~web.shop~shop.svc.cluster.local"
-
-
-def load(*texts: str) -> MeshConfig:
-    docs = [d for text in texts for d in yaml.safe_load_all(textwrap.dedent(text)) if d]
-    return parse_documents([("gw.yaml", doc) for doc in docs])
 
 
 def _client(node_id: str, **types: dict[str, Any]) -> dict[str, Any]:
