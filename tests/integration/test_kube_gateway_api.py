@@ -103,6 +103,12 @@ def test_gateway_api_status_is_written_to_the_resources(kube: KubeCluster, tmp_p
             "Accepted": ("True", "Accepted"),
             "Programmed": ("False", "NoResources"),
         }
+        (listener,) = gateway_status["listeners"]
+        assert listener["name"] == "http"
+        # The two HTTPRoutes; not the TCPRoute, which an HTTP listener does not serve.
+        assert listener["attachedRoutes"] == 2
+        assert [k["kind"] for k in listener["supportedKinds"]] == ["HTTPRoute", "GRPCRoute"]
+        assert _conditions(listener["conditions"])["Programmed"] == ("False", "NoResources")
         for name, resolved in (
             ("good", ("True", "ResolvedRefs")),
             ("lost", ("False", "BackendNotFound")),

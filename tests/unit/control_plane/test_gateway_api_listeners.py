@@ -11,6 +11,7 @@ import pytest
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from mesh_control_plane.cli.gateway_status import conditions
 from mesh_control_plane.config import MeshConfig
+from mesh_control_plane.config.gateway_api_attach import attached_routes
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import LISTENER, ROUTE, ClientKind, NodeInfo, translate
 
@@ -88,6 +89,12 @@ def chains(config: MeshConfig) -> dict[str, dict[tuple[str, ...], Any]]:
     return found
 
 
+def attached(config: MeshConfig) -> dict[str, int]:
+    """listener name -> routes attached to it (status.listeners[].attachedRoutes)."""
+    (gateway,) = config.gateways
+    return {s.name: attached_routes(gateway, s, config.virtual_services) for s in gateway.servers}
+
+
 def accepted(config: MeshConfig) -> list[str]:
     return [str(c) for c in conditions(config, None) if c.parent and c.type == "Accepted"]
 
@@ -108,6 +115,7 @@ def test_tls_and_tcp_routes_become_passthrough_and_tcp_chains() -> None:
         "TCPRoute data/bytes parent edge/gw: Accepted=True (Accepted)",
         "TLSRoute edge/sni parent edge/gw: Accepted=True (Accepted)",
     ]
+    assert attached(config) == {"tls": 1, "tcp": 1}
     # No hostnames: any SNI the listener's hostname admits.
     anyname = TLS_ROUTE.replace("hostnames: [a.example.com]", "")
     assert list(chains(load(SERVICES, GATEWAY, anyname))["0.0.0.0_8443"]) == [("*.example.com",)]
@@ -125,6 +133,7 @@ def test_routes_the_listeners_do_not_admit_are_not_served_and_say_why() -> None:
     elsewhere = TLS_ROUTE.replace("a.example.com", "b.other.com").replace("sni,", "other,")
     config = load(SERVICES, GATEWAY, foreign, elsewhere)
     assert "0.0.0.0_8443" not in chains(config)
+    assert attached(config) == {"tls": 0, "tcp": 0}
     assert accepted(config) == [
         "TLSRoute data/sni parent edge/gw: Accepted=False (NotAllowedByListeners): no listener "
         "of Gateway edge/gw admits TLSRoutes of namespace data (listeners[].allowedRoutes)",

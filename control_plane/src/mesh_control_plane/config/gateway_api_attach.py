@@ -19,12 +19,12 @@ intersect no admitting listener's is `NoMatchingListenerHostname`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .gateway_api_refs import GROUP
 from .model import VirtualService
-from .parse_gateway import Gateway
+from .parse_gateway import Gateway, GatewayServer
 from .schema import (
     MISSING,
     NOT_SUPPORTED,
@@ -142,3 +142,17 @@ def attachment(gateway: Gateway, route: VirtualService) -> tuple[str, str]:
             f"no hostname of the route intersects an admitting listener's of Gateway {gateway.ref}"
         )
     return "Accepted", ""
+
+
+def attached_routes(
+    gateway: Gateway, server: GatewayServer, routes: Iterable[VirtualService]
+) -> int:
+    """How many routes bound to `gateway` this listener admits (namespace, kind
+    and a hostname): its `status.listeners[].attachedRoutes`."""
+    return sum(
+        1
+        for route in routes
+        if gateway.ref in route.gateways
+        and server.serves(route.meta.kind)
+        and any(h.admits(route.meta.namespace, host) for h in server.hosts for host in route.hosts)
+    )

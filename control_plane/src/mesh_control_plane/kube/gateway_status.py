@@ -1,7 +1,8 @@
 """The Gateway API's own status shape for an accepted Gateway or route
 (config/gateway_api_status.py's conditions), written by the replica holding
 the Lease (kube/config_source.py): a Gateway's `status.conditions` (Accepted,
-Programmed), a route's `status.parents[]` (parentRef, controllerName, and
+Programmed) and `status.listeners[]` (supportedKinds, attachedRoutes, and the
+Gateway's Programmed per listener), a route's `status.parents[]` (parentRef, controllerName, and
 Accepted and ResolvedRefs per parent).
 
 Programmed comes from the ACKs of the gateway Envoys connected to the Lease
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mesh_control_plane.config.gateway_api_attach import attached_routes
 from mesh_control_plane.config.gateway_api_refs import GROUP, ROUTE_KINDS
 from mesh_control_plane.config.gateway_api_status import Programmed, conditions
 from mesh_control_plane.config.model import MeshConfig
@@ -54,7 +56,25 @@ def gateway_api_status(
         }
 
     if obj["kind"] == "Gateway":
-        return {"conditions": [condition(c.type, c.status, c.reason, c.message) for c in found]}
+        gateway = next(g for g in config.gateways if g.ref == f"{meta['namespace']}/{meta['name']}")
+        (verdict,) = [c for c in found if c.type == "Programmed"]
+        listeners = [
+            {
+                "name": server.name,
+                "supportedKinds": [{"group": GROUP, "kind": k} for k in server.route_kinds],
+                "attachedRoutes": attached_routes(gateway, server, config.virtual_services),
+                "conditions": [
+                    condition("Accepted", "True", "Accepted"),
+                    condition("ResolvedRefs", "True", "ResolvedRefs", "its references resolve"),
+                    condition("Programmed", verdict.status, verdict.reason, verdict.message),
+                ],
+            }
+            for server in gateway.servers
+        ]
+        return {
+            "conditions": [condition(c.type, c.status, c.reason, c.message) for c in found],
+            "listeners": listeners,
+        }
     if obj["kind"] not in ROUTE_KINDS:
         return None
     warnings = [w for w in config.warnings if w.resource == resource]
