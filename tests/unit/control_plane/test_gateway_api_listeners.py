@@ -229,3 +229,22 @@ def test_tls_and_tcp_routes_refuse_by_field() -> None:
         "gw.yaml: TLSRoute edge/sni: spec.parentRefs: a Service as parent (GAMMA) of a "
         "TLSRoute: not supported yet",
     ]
+
+
+def test_a_virtual_service_bound_to_a_gateway_api_gateway_is_warned_about() -> None:
+    """Not served there (a listener serves Gateway API route kinds), and said."""
+    istio = """
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: vs, namespace: edge}
+    spec:
+      hosts: ["*"]
+      gateways: [gw]
+      tcp: [{route: [{destination: {host: echo.edge.svc.cluster.local}}]}]
+    """
+    config = load(SERVICES, GATEWAY, istio)
+    assert "0.0.0.0_9000" not in chains(config)
+    assert [str(w) for w in config.warnings] == [
+        "gw.yaml: VirtualService edge/vs: spec.gateways[0]: edge/gw is a Gateway API Gateway: "
+        "it serves the routes its listeners admit (allowedRoutes), not VirtualServices (IST0101)"
+    ]
