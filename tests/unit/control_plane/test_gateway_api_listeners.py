@@ -248,3 +248,50 @@ def test_a_virtual_service_bound_to_a_gateway_api_gateway_is_warned_about() -> N
         "gw.yaml: VirtualService edge/vs: spec.gateways[0]: edge/gw is a Gateway API Gateway: "
         "it serves the routes its listeners admit (allowedRoutes), not VirtualServices (IST0101)"
     ]
+
+
+def test_a_parent_ref_may_name_one_listener_by_section_or_port() -> None:
+    gateway = """
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: Gateway
+    metadata: {name: gw, namespace: edge}
+    spec:
+      gatewayClassName: proxyless-mesh
+      listeners:
+      - {name: main, port: 80, protocol: HTTP}
+      - {name: alt, port: 8080, protocol: HTTP}
+    """
+    route = """
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {{name: {name}, namespace: edge}}
+    spec:
+      parentRefs: [{parent}]
+      hostnames: [{name}.example.com]
+      rules: [{{backendRefs: [{{name: echo, port: 9000}}]}}]
+    """
+    config = load(
+        SERVICES,
+        gateway,
+        route.format(name="alt", parent="{name: gw, sectionName: alt}"),
+        route.format(name="main", parent="{name: gw, port: 80}"),
+        route.format(name="both", parent="{name: gw}"),
+        route.format(name="lost", parent="{name: gw, sectionName: nope}"),
+    )
+    rs = translate(config, build_static_registry(config), NODE)
+    served = {
+        name: sorted(v.domains[0] for v in rs.resources[ROUTE][name].virtual_hosts)  # type: ignore[attr-defined]
+        for name in ("http.80", "http.8080")
+    }
+    assert served == {
+        "http.80": ["both.example.com", "main.example.com"],
+        "http.8080": ["alt.example.com", "both.example.com"],
+    }
+    assert accepted(config) == [
+        "HTTPRoute edge/alt parent edge/gw/alt: Accepted=True (Accepted)",
+        "HTTPRoute edge/both parent edge/gw: Accepted=True (Accepted)",
+        "HTTPRoute edge/lost parent edge/gw/nope: Accepted=False (NoMatchingParent): "
+        "Gateway edge/gw has no listener edge/gw/nope",
+        "HTTPRoute edge/main parent edge/gw:80: Accepted=True (Accepted)",
+    ]
+    assert attached(config) == {"main": 2, "alt": 2}

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .gateway_api_refs import GROUP
-from .model import VirtualService
+from .model import ParentRef, VirtualService
 from .parse_gateway import Gateway, GatewayServer
 from .schema import (
     MISSING,
@@ -121,13 +121,21 @@ def _name_label(p: Problems, key: str, where: str) -> bool:
     return key == NAME_LABEL
 
 
-def attachment(gateway: Gateway, route: VirtualService) -> tuple[str, str]:
-    """(reason, message) of `route`'s Accepted condition for parent `gateway`:
-    reason "Accepted" when a listener admits it and one of its hostnames."""
+def attachment(gateway: Gateway, route: VirtualService, parent: ParentRef) -> tuple[str, str]:
+    """(reason, message) of `route`'s Accepted condition for `parent` (this
+    Gateway, or one listener of it): reason "Accepted" when a listener there
+    admits it and one of its hostnames."""
     namespace, kind = route.meta.namespace, route.meta.kind
+    named = [
+        s
+        for s in gateway.servers
+        if parent.section in ("", s.name) and parent.port in (None, s.number)
+    ]
+    if not named:
+        return "NoMatchingParent", f"Gateway {gateway.ref} has no listener {parent}"
     admitting = [
         server
-        for server in gateway.servers
+        for server in named
         if server.serves(kind) and any(h.namespace in ("*", namespace) for h in server.hosts)
     ]
     if not admitting:
@@ -147,12 +155,12 @@ def attachment(gateway: Gateway, route: VirtualService) -> tuple[str, str]:
 def attached_routes(
     gateway: Gateway, server: GatewayServer, routes: Iterable[VirtualService]
 ) -> int:
-    """How many routes bound to `gateway` this listener admits (namespace, kind
-    and a hostname): its `status.listeners[].attachedRoutes`."""
+    """How many routes bound to this listener it admits (namespace, kind and a
+    hostname): its `status.listeners[].attachedRoutes`."""
     return sum(
         1
         for route in routes
-        if gateway.ref in route.gateways
+        if route.binds(gateway.ref, server.name, server.number)
         and server.serves(route.meta.kind)
         and any(h.admits(route.meta.namespace, host) for h in server.hosts for host in route.hosts)
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .gateway_api_attach import attachment
 from .gateway_api_refs import ROUTE_KINDS, resolved_refs
-from .model import MeshConfig
+from .model import MeshConfig, ParentRef
 from .parse_gateway_api import GATEWAY_NAME_LABEL
 
 
@@ -62,14 +62,17 @@ def conditions(config: MeshConfig, programmed: Mapping[str, Programmed] | None) 
     for vs in config.virtual_services:
         if vs.meta.kind not in ROUTE_KINDS:
             continue
-        for parent in vs.gateways:
+        # GAMMA: the mesh is the parent (its Service exists or the config would not load).
+        parents = vs.parent_refs or tuple(ParentRef(g) for g in vs.gateways)
+        for parent in parents:
             reason, message = "Accepted", ""
-            if parent in gateways:
-                reason, message = attachment(gateways[parent], vs)
-            elif parent != "mesh":
+            if parent.gateway in gateways:
+                reason, message = attachment(gateways[parent.gateway], vs, parent)
+            elif parent.gateway != "mesh":
                 reason = "NoMatchingParent"
             accepted = str(reason == "Accepted")
-            found.append(Condition(vs.meta.ref, parent, "Accepted", accepted, reason, message))
+            where = str(parent)
+            found.append(Condition(vs.meta.ref, where, "Accepted", accepted, reason, message))
             resolved, why = resolved_refs(config.warnings, vs.meta.ref)
-            found.append(Condition(vs.meta.ref, parent, "ResolvedRefs", resolved, why))
+            found.append(Condition(vs.meta.ref, where, "ResolvedRefs", resolved, why))
     return found

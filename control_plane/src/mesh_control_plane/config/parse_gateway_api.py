@@ -15,11 +15,12 @@ Weights are relative (0 drops a backend). A GRPCRoute is read the same
 way, its method matches becoming `:path` matches (`/service/method`).
 Listeners: HTTP, HTTPS (Terminate), TLS (Passthrough, for TLSRoutes:
 parse_gateway_api_l4.py) and TCP; `allowedRoutes` (namespaces Same, All or by
-name, kinds) and the route's attachment are in gateway_api_attach.py. Not yet,
+name, kinds) and the route's attachment (parentRefs to a whole Gateway or, by
+sectionName or port, one listener) are in gateway_api_attach.py. Not yet,
 refused by field: filters, timeouts, query-parameter matches,
-sessionPersistence, UDP listeners, parentRef port and sectionName, parents of
-both kinds in one route, certificates of another namespace and the other
-kinds. Backends of another namespace need a ReferenceGrant; unresolved
+sessionPersistence, UDP listeners, parents of both kinds in one route,
+certificates of another namespace and the other kinds. Backends of another
+namespace need a ReferenceGrant; unresolved
 backends do not refuse the configuration (see gateway_api_refs.py).
 """
 
@@ -37,6 +38,7 @@ from .model import (
     HTTPRoute,
     HTTPRouteDestination,
     Meta,
+    ParentRef,
     StringMatch,
     VirtualService,
 )
@@ -155,7 +157,7 @@ def _route(
     p: Problems, meta: Meta, spec: Mapping[str, Any], read_matches: _MatchReader
 ) -> VirtualService:
     obj = read_object(p, spec, "spec", _ROUTE_FIELDS)
-    gateways, services = parse_parents(p, meta, obj)
+    gateways, services, parent_refs = parse_parents(p, meta, obj)
     if gateways and services:
         p.add("spec.parentRefs", f"Gateways and Services as parents of one route: {NOT_SUPPORTED}")
     hostnames = parse_hostnames(p, obj)
@@ -166,31 +168,39 @@ def _route(
         for i, raw in enumerate(get_list(p, obj, "rules", "spec", required=True, non_empty=True))
     )
     hosts = tuple(services) if services else tuple(hostnames or ["*"])
-    binding = ("mesh",) if services else tuple(gateways)
-    return VirtualService(meta=meta, hosts=hosts, http=rules, gateways=binding)
+    binding = ("mesh",) if services else gateways
+    return VirtualService(
+        meta=meta, hosts=hosts, http=rules, gateways=binding, parent_refs=parent_refs
+    )
 
 
-def parse_parents(p: Problems, meta: Meta, obj: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """`spec.parentRefs`: (Gateways as "ns/name", Services by name). A Gateway
-    of another namespace admits the route by its listeners' allowedRoutes."""
-    gateways: list[str] = []
+def parse_parents(
+    p: Problems, meta: Meta, obj: Mapping[str, Any]
+) -> tuple[tuple[str, ...], list[str], tuple[ParentRef, ...]]:
+    """`spec.parentRefs`: (Gateways as "ns/name", Services by name, each
+    Gateway parent with its sectionName and port). A Gateway of another
+    namespace admits the route by its listeners' allowedRoutes."""
+    refs: list[ParentRef] = []
     services: list[str] = []
     for i, raw in enumerate(get_list(p, obj, "parentRefs", "spec", required=True, non_empty=True)):
         where = index("spec.parentRefs", i)
         ref = read_object(p, raw, where, _PARENT_FIELDS)
-        for key in ("port", "sectionName"):
-            if key in ref:
-                p.add(join(where, key), NOT_SUPPORTED)
         name = get_str(p, ref, "name", where, required=True) or ""
         namespace = get_str(p, ref, "namespace", where) or meta.namespace
         kind = get_str(p, ref, "kind", where) or "Gateway"
+        section = get_str(p, ref, "sectionName", where) or ""
+        port = get_int(p, ref, "port", where, low=1, high=65535)
         if check_enum(p, kind, join(where, "kind"), ("Gateway", "Service")) == "Service":
             if namespace != meta.namespace:
                 p.add(join(where, "namespace"), f"another namespace's Service: {NOT_SUPPORTED}")
+            for key in ("port", "sectionName"):
+                if key in ref:
+                    p.add(join(where, key), f"of a Service parent: {NOT_SUPPORTED}")
             services.append(name)
         elif name:
-            gateways.append(f"{namespace}/{name}")
-    return gateways, services
+            refs.append(ParentRef(f"{namespace}/{name}", section, port))
+    gateways = tuple(dict.fromkeys(r.gateway for r in refs))
+    return gateways, services, tuple(refs)
 
 
 def parse_hostnames(p: Problems, obj: Mapping[str, Any]) -> list[str]:

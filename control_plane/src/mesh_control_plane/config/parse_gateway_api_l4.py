@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .model import HTTPRouteDestination, Meta, VirtualService
+from .model import HTTPRouteDestination, Meta, ParentRef, VirtualService
 from .parse_gateway import TcpRoute, TlsMatch, TlsRoute
 from .parse_gateway_api import parse_backends, parse_hostnames, parse_parents
 from .schema import NOT_SUPPORTED, Problems, get_list, get_str, index, read_object
@@ -28,23 +28,28 @@ API_VERSIONS = ("gateway.networking.k8s.io/v1alpha2",)
 
 def parse_tls_route(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> VirtualService:
     obj = read_object(p, spec, "spec", _ROUTE_FIELDS)
-    gateways = _gateways(p, meta, obj)
+    gateways, refs = _gateways(p, meta, obj)
     hostnames = tuple(parse_hostnames(p, obj)) or ("*",)
     rule = TlsRoute((TlsMatch(hostnames),), _only_rule(p, meta, obj))
-    return VirtualService(meta=meta, hosts=hostnames, gateways=gateways, tls=(rule,))
+    return VirtualService(
+        meta=meta, hosts=hostnames, gateways=gateways, tls=(rule,), parent_refs=refs
+    )
 
 
 def parse_tcp_route(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> VirtualService:
     obj = read_object(p, spec, "spec", _TCP_ROUTE_FIELDS)
+    gateways, refs = _gateways(p, meta, obj)
     rule = TcpRoute((), _only_rule(p, meta, obj))
-    return VirtualService(meta=meta, hosts=("*",), gateways=_gateways(p, meta, obj), tcp=(rule,))
+    return VirtualService(meta=meta, hosts=("*",), gateways=gateways, tcp=(rule,), parent_refs=refs)
 
 
-def _gateways(p: Problems, meta: Meta, obj: Mapping[str, Any]) -> tuple[str, ...]:
-    gateways, services = parse_parents(p, meta, obj)
+def _gateways(
+    p: Problems, meta: Meta, obj: Mapping[str, Any]
+) -> tuple[tuple[str, ...], tuple[ParentRef, ...]]:
+    gateways, services, refs = parse_parents(p, meta, obj)
     if services:
         p.add("spec.parentRefs", f"a Service as parent (GAMMA) of a {meta.kind}: {NOT_SUPPORTED}")
-    return tuple(gateways)
+    return gateways, refs
 
 
 def _only_rule(p: Problems, meta: Meta, obj: Mapping[str, Any]) -> tuple[HTTPRouteDestination, ...]:

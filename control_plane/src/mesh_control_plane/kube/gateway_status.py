@@ -19,7 +19,7 @@ from typing import Any
 from mesh_control_plane.config.gateway_api_attach import attached_routes
 from mesh_control_plane.config.gateway_api_refs import GROUP, ROUTE_KINDS
 from mesh_control_plane.config.gateway_api_status import Programmed, conditions
-from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.config.model import MeshConfig, ParentRef
 
 CONTROLLER = "proxyless-mesh.io/gateway-controller"
 _MESSAGES = {
@@ -82,13 +82,17 @@ def gateway_api_status(
     for ref in (obj.get("spec") or {}).get("parentRefs") or []:
         kind = ref.get("kind", "Gateway")
         namespace = ref.get("namespace", meta["namespace"])
-        key = "mesh" if kind == "Service" else f"{namespace}/{ref.get('name', '')}"
+        gateway_ref = ParentRef(
+            f"{namespace}/{ref.get('name', '')}", ref.get("sectionName", ""), ref.get("port")
+        )
+        key = "mesh" if kind == "Service" else str(gateway_ref)
         mine = [c for c in found if c.parent == key]
         parent_ref = {
             "group": ref.get("group", "" if kind == "Service" else GROUP),
             "kind": kind,
             "name": ref.get("name", ""),
             "namespace": namespace,
+            **{k: ref[k] for k in ("sectionName", "port") if k in ref},
         }
         listed = []
         for c in mine:

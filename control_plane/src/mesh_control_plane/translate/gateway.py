@@ -200,9 +200,10 @@ def _route_table(
 
 
 def _bound(config: MeshConfig, gateway: Gateway, server: GatewayServer) -> list[VirtualService]:
-    """The routes bound to `gateway` of a kind `server` serves (allowedRoutes)."""
+    """The routes bound to `gateway` (or to this server: a parentRef's
+    sectionName or port) of a kind `server` serves (allowedRoutes)."""
     return [
         vs
         for vs in config.virtual_services
-        if gateway.ref in vs.gateways and server.serves(vs.meta.kind)
+        if vs.binds(gateway.ref, server.name, server.number) and server.serves(vs.meta.kind)
     ]
