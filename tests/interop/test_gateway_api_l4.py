@@ -134,6 +134,11 @@ def test_tls_and_tcp_routes_through_the_gateway(lab: LocalMesh) -> None:
             "no listener of Gateway shop/edge admits TLSRoutes of namespace other "
             "(listeners[].allowedRoutes)"
         ) in _status(lab)
+        # The foreign TLSRoute is not attached: one route per listener.
+        assert _status(lab)[-2:] == [
+            "Gateway shop/edge listener tls: attachedRoutes=1",
+            "Gateway shop/edge listener tcp: attachedRoutes=1",
+        ]
         label = "gateway.networking.k8s.io/gateway-name=edge"
         with running_gateway(lab, "edge", NS, labels=(label,)) as admin:
             tls_port = wait_for_listener(admin, "0.0.0.0_8443")

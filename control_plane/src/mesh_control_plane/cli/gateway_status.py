@@ -16,6 +16,7 @@ as the Gateway API specifies them (on Kubernetes, kube/gateway_status.py writes 
   reason BackendNotFound or RefNotPermitted when a backend names no declared
   Service or one of another namespace no ReferenceGrant permits: see
   config/gateway_api_refs.py).
+- Listener: how many routes are attached to it (attachedRoutes).
 `conditions()` is pure; the command only loads and prints.
 """
 
@@ -29,7 +30,10 @@ from typing import Any
 
 from mesh_control_plane.cli.admin_client import AdminError, get_json
 from mesh_control_plane.config import ConfigLoadError, load_config_dir
+from mesh_control_plane.config.gateway_api_attach import attached_routes
 from mesh_control_plane.config.gateway_api_status import Condition, conditions
+from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.config.parse_gateway_api import GATEWAY_NAME_LABEL
 from mesh_control_plane.xds.gateway_acks import programmed_gateways
 
 __all__ = ["Condition", "conditions", "programmed_gateways", "render", "run"]
@@ -58,10 +62,21 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, AdminError, ValueError) as exc:
             print(f"meshctl: cannot read {args.admin_address}/status: {exc}", file=sys.stderr)
             return 1
-    print(render(conditions(config, programmed)), end="")
+    print(render(conditions(config, programmed), listener_lines(config)), end="")
     return 0
 
 
-def render(found: Iterable[Condition]) -> str:
-    lines = [str(c) for c in found]
+def listener_lines(config: MeshConfig) -> list[str]:
+    """Each Gateway API listener with the routes attached to it."""
+    return [
+        f"Gateway {g.ref} listener {s.name}: "
+        f"attachedRoutes={attached_routes(g, s, config.virtual_services)}"
+        for g in config.gateways
+        if GATEWAY_NAME_LABEL in g.selector
+        for s in g.servers
+    ]
+
+
+def render(found: Iterable[Condition], listeners: Iterable[str] = ()) -> str:
+    lines = [str(c) for c in found] + list(listeners)
     return "\n".join(lines) + "\n" if lines else "no Gateway API resources\n"
