@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .gateway_api_refs import GROUP
-from .model import ParentRef, VirtualService
-from .parse_gateway import Gateway, GatewayServer
+from .model import VirtualService
+from .parse_gateway import Gateway, GatewayServer, ParentRef
 from .schema import (
     MISSING,
     NOT_SUPPORTED,
@@ -121,16 +121,20 @@ def _name_label(p: Problems, key: str, where: str) -> bool:
     return key == NAME_LABEL
 
 
+def binds(route: VirtualService, gateway: Gateway, server: GatewayServer) -> bool:
+    """Whether `route` is bound to this listener of `gateway`: to the whole
+    Gateway, or to this listener by a parentRef's sectionName or port."""
+    if gateway.ref not in route.gateways:
+        return False
+    return not route.parent_refs or any(r.names(gateway.ref, server) for r in route.parent_refs)
+
+
 def attachment(gateway: Gateway, route: VirtualService, parent: ParentRef) -> tuple[str, str]:
     """(reason, message) of `route`'s Accepted condition for `parent` (this
     Gateway, or one listener of it): reason "Accepted" when a listener there
     admits it and one of its hostnames."""
     namespace, kind = route.meta.namespace, route.meta.kind
-    named = [
-        s
-        for s in gateway.servers
-        if parent.section in ("", s.name) and parent.port in (None, s.number)
-    ]
+    named = [s for s in gateway.servers if parent.names(gateway.ref, s)]
     if not named:
         return "NoMatchingParent", f"Gateway {gateway.ref} has no listener {parent}"
     admitting = [
@@ -160,7 +164,7 @@ def attached_routes(
     return sum(
         1
         for route in routes
-        if route.binds(gateway.ref, server.name, server.number)
+        if binds(route, gateway, server)
         and server.serves(route.meta.kind)
         and any(h.admits(route.meta.namespace, host) for h in server.hosts for host in route.hosts)
     )

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from .gateway_api_attach import attachment
 from .gateway_api_refs import ROUTE_KINDS, resolved_refs
-from .model import MeshConfig, ParentRef
+from .model import MeshConfig
+from .parse_gateway import ParentRef
 from .parse_gateway_api import GATEWAY_NAME_LABEL
 
 

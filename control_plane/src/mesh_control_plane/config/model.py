@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .parse_cors import CorsPolicy, DirectResponse
-    from .parse_gateway import Gateway, TcpRoute, TlsRoute
+    from .parse_gateway import Gateway, ParentRef, TcpRoute, TlsRoute
     from .parse_telemetry import Telemetry
 
 from .errors import ConfigProblem
@@ -359,36 +359,12 @@ class VirtualService:
     tls: tuple[TlsRoute, ...] = ()  # SNI routes: gateways only
     export_to: tuple[str, ...] = ()
     tcp: tuple[TcpRoute, ...] = ()  # port routes: gateways only
-    # A Gateway API route's parentRefs to Gateways: (namespace/name, sectionName
-    # or "", port or None) each; () for a VirtualService (whole Gateways).
+    # A Gateway API route's parents, maybe one listener each (gateway_api_attach.py binds)
     parent_refs: tuple[ParentRef, ...] = ()
 
     @property
     def for_mesh(self) -> bool:
         return "mesh" in self.gateways
-
-    def binds(self, gateway: str, listener: str, port: int) -> bool:
-        """Whether it is bound to this listener (name, port) of `gateway`."""
-        if gateway not in self.gateways:
-            return False
-        return not self.parent_refs or any(
-            ref.gateway == gateway and ref.section in ("", listener) and ref.port in (None, port)
-            for ref in self.parent_refs
-        )
-
-
-@dataclass(frozen=True)
-class ParentRef:
-    """A Gateway API route's parent Gateway, or one listener of it (by name or port)."""
-
-    gateway: str  # namespace/name
-    section: str = ""
-    port: int | None = None
-
-    def __str__(self) -> str:
-        """How `meshctl gateway status` names the parent: ns/name[/section][:port]."""
-        section = f"/{self.section}" if self.section else ""
-        return self.gateway + section + (f":{self.port}" if self.port is not None else "")
 
 
 @dataclass(frozen=True)

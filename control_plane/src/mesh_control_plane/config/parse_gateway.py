@@ -176,6 +176,27 @@ class TcpRoute:
 
 
 @dataclass(frozen=True)
+class ParentRef:
+    """A Gateway API route's parent Gateway, or one listener of it (by name or port)."""
+
+    gateway: str  # namespace/name
+    section: str = ""
+    port: int | None = None
+
+    def names(self, gateway: str, server: GatewayServer) -> bool:
+        return (
+            self.gateway == gateway
+            and self.section in ("", server.name)
+            and (self.port in (None, server.number))
+        )
+
+    def __str__(self) -> str:
+        """How `meshctl gateway status` names the parent: ns/name[/section][:port]."""
+        section = f"/{self.section}" if self.section else ""
+        return self.gateway + section + (f":{self.port}" if self.port is not None else "")
+
+
+@dataclass(frozen=True)
 class Gateway:
     meta: Meta
     selector: Mapping[str, str]

@@ -38,11 +38,17 @@ from .model import (
     HTTPRoute,
     HTTPRouteDestination,
     Meta,
-    ParentRef,
     StringMatch,
     VirtualService,
 )
-from .parse_gateway import Gateway, GatewayHost, GatewayServer, ServerTls, check_ports_agree
+from .parse_gateway import (
+    Gateway,
+    GatewayHost,
+    GatewayServer,
+    ParentRef,
+    ServerTls,
+    check_ports_agree,
+)
 from .schema import (
     MISSING,
     NOT_SUPPORTED,

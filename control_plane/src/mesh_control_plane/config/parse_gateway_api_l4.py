@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .model import HTTPRouteDestination, Meta, ParentRef, VirtualService
-from .parse_gateway import TcpRoute, TlsMatch, TlsRoute
+from .model import HTTPRouteDestination, Meta, VirtualService
+from .parse_gateway import ParentRef, TcpRoute, TlsMatch, TlsRoute
 from .parse_gateway_api import parse_backends, parse_hostnames, parse_parents
 from .schema import NOT_SUPPORTED, Problems, get_list, get_str, index, read_object
 

@@ -19,7 +19,8 @@ from typing import Any
 from mesh_control_plane.config.gateway_api_attach import attached_routes
 from mesh_control_plane.config.gateway_api_refs import GROUP, ROUTE_KINDS
 from mesh_control_plane.config.gateway_api_status import Programmed, conditions
-from mesh_control_plane.config.model import MeshConfig, ParentRef
+from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.config.parse_gateway import ParentRef
 
 CONTROLLER = "proxyless-mesh.io/gateway-controller"
 _MESSAGES = {

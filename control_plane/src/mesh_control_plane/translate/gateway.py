@@ -28,6 +28,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import Message
 
+from mesh_control_plane.config.gateway_api_attach import binds
 from mesh_control_plane.config.model import HTTPRouteDestination, MeshConfig, VirtualService
 from mesh_control_plane.config.parse_gateway import Gateway, GatewayServer
 from mesh_control_plane.translate.index import MeshIndex
@@ -205,5 +206,5 @@ def _bound(config: MeshConfig, gateway: Gateway, server: GatewayServer) -> list[
     return [
         vs
         for vs in config.virtual_services
-        if vs.binds(gateway.ref, server.name, server.number) and server.serves(vs.meta.kind)
+        if binds(vs, gateway, server) and server.serves(vs.meta.kind)
     ]
