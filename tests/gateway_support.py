@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -373,3 +374,56 @@ def external_servers(
         ]
         lab.write_config("external.yaml", "\n---\n".join(json.dumps(d) for d in docs))
         yield
+
+
+class _Echo(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        self.wfile.write(self.server.tag + b":" + line)  # type: ignore[attr-defined]
+
+
+class _EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def echo_server(tag: bytes) -> Iterator[int]:
+    """A TCP server on 127.0.0.1 answering a line with `tag:line`."""
+    server = _EchoServer(("127.0.0.1", 0), _Echo)
+    server.tag = tag  # type: ignore[attr-defined]
+    with serving(server) as port:
+        yield port
+
+
+def tcp_echo(port: int, line: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(line + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
+def first_echo(port: int) -> bytes:
+    """The first answer once the route's clusters have endpoints (until then
+    Envoy closes the connection)."""
+    deadline = time.monotonic() + 20
+    while not (reply := tcp_echo(port, b"hello")):
+        assert time.monotonic() < deadline, "the gateway never proxied a connection"
+        time.sleep(0.1)
+    return reply
+
+
+def first_passthrough_get(client: httpx.Client, url: str, sni: str) -> httpx.Response:
+    """GET `url` with TLS server name `sni` once the gateway has a chain for it
+    (until then Envoy closes the connection)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return client.get(url, extensions={"sni_hostname": sni})
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, f"no passthrough chain for {sni}"
+            time.sleep(0.1)

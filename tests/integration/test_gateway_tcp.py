@@ -5,17 +5,14 @@ service over ISTIO_MUTUAL."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
-import socketserver
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gateway_support import running_gateway, serving, wait_for_listener
+from gateway_support import echo_server, first_echo, running_gateway, tcp_echo, wait_for_listener
 from identities import (
     NAMESPACE,
     REVIEWS_HOST,
@@ -32,25 +29,6 @@ pytestmark = pytest.mark.interop
 NS = "default"
 CONNECTIONS = 200
 B_SHARE = 0.2
-
-
-class _Echo(socketserver.StreamRequestHandler):
-    def handle(self) -> None:
-        line = self.rfile.readline()
-        self.wfile.write(self.server.tag + b":" + line)  # type: ignore[attr-defined]
-
-
-class _EchoServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-
-
-@contextlib.contextmanager
-def echo_server(tag: bytes) -> Iterator[int]:
-    """A TCP server on 127.0.0.1 answering a line with `tag:line`."""
-    server = _EchoServer(("127.0.0.1", 0), _Echo)
-    server.tag = tag  # type: ignore[attr-defined]
-    with serving(server) as port:
-        yield port
 
 
 def _doc(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -106,28 +84,6 @@ def _docs(port_a: int, port_b: int) -> list[dict[str, Any]]:
     ]
 
 
-def _echo(port: int, line: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(line + b"\n")
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-        return reply
-
-
-def _first_echo(port: int) -> bytes:
-    """The first answer once the route's clusters have endpoints (until then
-    Envoy closes the connection)."""
-    deadline = time.monotonic() + 20
-    while not (reply := _echo(port, b"hello")):
-        assert time.monotonic() < deadline, "the gateway never proxied a connection"
-        time.sleep(0.1)
-    return reply
-
-
 def test_tcp_ports_are_proxied_by_port_and_weight(lab: LocalMesh) -> None:
     with echo_server(b"a") as port_a, echo_server(b"b") as port_b:
         docs = _docs(port_a, port_b)
@@ -136,12 +92,12 @@ def test_tcp_ports_are_proxied_by_port_and_weight(lab: LocalMesh) -> None:
         with running_gateway(lab, "tcp-edge", NS) as admin:
             only_a = wait_for_listener(admin, "0.0.0.0_9000")
             split = wait_for_listener(admin, "0.0.0.0_9001")
-            assert _first_echo(only_a) == b"a:hello\n"
-            _first_echo(split)
-            assert {_echo(only_a, b"x%d" % i) for i in range(20)} == {
+            assert first_echo(only_a) == b"a:hello\n"
+            first_echo(split)
+            assert {tcp_echo(only_a, b"x%d" % i) for i in range(20)} == {
                 b"a:x%d\n" % i for i in range(20)
             }
-            tags = Counter(_echo(split, b"y")[:1] for _ in range(CONNECTIONS))
+            tags = Counter(tcp_echo(split, b"y")[:1] for _ in range(CONNECTIONS))
     # Binomial(200, 0.2): mean 40, sd 5.7; 5 sigma is +-28 connections.
     assert set(tags) == {b"a", b"b"}
     sigma = (CONNECTIONS * B_SHARE * (1 - B_SHARE)) ** 0.5

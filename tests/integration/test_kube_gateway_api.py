@@ -3,7 +3,10 @@ applies the Gateway API CRDs generated from the loader's tables; a Gateway and
 HTTPRoutes applied with kubectl get their status written by the control plane
 replica holding the Lease, in the Gateway API's own shape: the Gateway's
 Accepted and Programmed conditions, each route's status.parents[] with
-Accepted and ResolvedRefs (False, BackendNotFound, for a route to no Service)."""
+Accepted and ResolvedRefs (False, BackendNotFound, for a route to no Service;
+Accepted=False, NotAllowedByListeners, for a TCPRoute the HTTP listener does not
+serve). Programmed follows the gateway Envoy's live ACKs: NoResources until
+`meshctl gateway run` serves the Gateway, True once its Envoy ACKed."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway_support import running_gateway, wait_for_listener
 from kube import KubeCluster
 from meshlab import LocalMesh
 
@@ -54,7 +58,7 @@ def test_gateway_api_status_is_written_to_the_resources(kube: KubeCluster, tmp_p
     meshctl = str(Path(sys.executable).parent / "meshctl")
     subprocess.run([meshctl, "install", "--kubeconfig", str(kube.kubeconfig)], check=True)
     crds = kube.kubectl("get", "crd", "-o", "name")
-    for plural in ("gateways", "httproutes", "grpcroutes", "referencegrants"):
+    for plural in ("gateways", "httproutes", "grpcroutes", "referencegrants", "tcproutes"):
         assert f"customresourcedefinition.apiextensions.k8s.io/{plural}.{GROUP}" in crds
     service = {
         "apiVersion": "v1",
@@ -72,7 +76,16 @@ def test_gateway_api_status_is_written_to_the_resources(kube: KubeCluster, tmp_p
         },
     }
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-    kube.apply(service, gateway, _route("good", "reviews"), _route("lost", "nowhere"))
+    bytes_route = {
+        "apiVersion": f"{GROUP}/v1alpha2",
+        "kind": "TCPRoute",
+        "metadata": {"name": "bytes", "namespace": NS},
+        "spec": {
+            "parentRefs": [{"name": "web"}],
+            "rules": [{"backendRefs": [{"name": "reviews", "port": 9080}]}],
+        },
+    }
+    kube.apply(service, gateway, _route("good", "reviews"), _route("lost", "nowhere"), bytes_route)
     lab = LocalMesh(tmp_path)
     try:
         lab.start_control_plane(
@@ -88,8 +101,14 @@ def test_gateway_api_status_is_written_to_the_resources(kube: KubeCluster, tmp_p
         gateway_status = _status(kube, "gateway", "web", lambda s: s.get("conditions"))
         assert _conditions(gateway_status["conditions"]) == {
             "Accepted": ("True", "Accepted"),
-            "Programmed": ("Unknown", "Pending"),
+            "Programmed": ("False", "NoResources"),
         }
+        (listener,) = gateway_status["listeners"]
+        assert listener["name"] == "http"
+        # The two HTTPRoutes; not the TCPRoute, which an HTTP listener does not serve.
+        assert listener["attachedRoutes"] == 2
+        assert [k["kind"] for k in listener["supportedKinds"]] == ["HTTPRoute", "GRPCRoute"]
+        assert _conditions(listener["conditions"])["Programmed"] == ("False", "NoResources")
         for name, resolved in (
             ("good", ("True", "ResolvedRefs")),
             ("lost", ("False", "BackendNotFound")),
@@ -111,5 +130,27 @@ def test_gateway_api_status_is_written_to_the_resources(kube: KubeCluster, tmp_p
         # As kubectl shows it (the README's example).
         yaml_out = kube.kubectl("get", f"httproute.{GROUP}", "lost", "-n", NS, "-o", "yaml")
         assert "reason: BackendNotFound" in yaml_out
+        (parent,) = _status(kube, "tcproute", "bytes", lambda s: s.get("parents"))["parents"]
+        assert _conditions(parent["conditions"])["Accepted"] == ("False", "NotAllowedByListeners")
+        # The Gateway's Envoy starts and ACKs: the Lease holder writes Programmed=True.
+        label = f"{GROUP}/gateway-name=web"
+        with running_gateway(lab, "web", NS, labels=(label,)) as admin:
+            wait_for_listener(admin, "0.0.0.0_80")
+            programmed = _status(
+                kube,
+                "gateway",
+                "web",
+                lambda s: _conditions(s.get("conditions") or [])["Programmed"][0] == "True",
+            )
+        (condition,) = [c for c in programmed["conditions"] if c["type"] == "Programmed"]
+        assert condition["reason"] == "Programmed"
+        assert condition["message"] == "its Envoy ACKed the current listeners and routes"
+        # Its Envoy gone: no longer programmed.
+        _status(
+            kube,
+            "gateway",
+            "web",
+            lambda s: _conditions(s["conditions"])["Programmed"] == ("False", "NoResources"),
+        )
     finally:
         lab.close()

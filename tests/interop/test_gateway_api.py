@@ -35,13 +35,17 @@ SPLIT_CALLS = 400
 
 
 def _route(
-    name: str, parent: dict[str, str], rules: list[dict[str, object]], **spec: object
+    name: str,
+    parent: dict[str, str],
+    rules: list[dict[str, object]],
+    namespace: str = NS,
+    **spec: object,
 ) -> str:
     return json.dumps(
         {
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
-            "metadata": {"name": name, "namespace": NS},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {"parentRefs": [parent], "rules": rules, **spec},
         }
     )
@@ -49,6 +53,8 @@ def _route(
 
 def _config(lab: LocalMesh) -> None:
     v1, v2 = lab.start_http_backend("reviews", "v1"), lab.start_http_backend("reviews", "v2")
+    names = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [NS, "guests"]}
+    admitted = {"matchExpressions": [names]}
     gateway = {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "Gateway",
@@ -56,7 +62,14 @@ def _config(lab: LocalMesh) -> None:
         "spec": {
             "gatewayClassName": "istio",
             "listeners": [
-                {"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.com"}
+                {
+                    "name": "http",
+                    "port": 80,
+                    "protocol": "HTTP",
+                    "hostname": "*.example.com",
+                    # Routes of shop and of guests, not of strangers.
+                    "allowedRoutes": {"namespaces": {"from": "Selector", "selector": admitted}},
+                }
             ],
         },
     }
@@ -93,6 +106,7 @@ def _config(lab: LocalMesh) -> None:
         [{"backendRefs": [{"name": "reviews", "namespace": "other", "port": 80}]}],
         hostnames=["foreign.example.com"],
     )
+    v2_endpoint = [("127.0.0.1", v2.ready["port"], {})]
     lab.write_config(
         "gateway-api.yaml",
         "\n---\n".join(
@@ -104,6 +118,21 @@ def _config(lab: LocalMesh) -> None:
                 gamma,
                 lost,
                 foreign,
+                # Routes of other namespaces to their own Service reviews (v2's server).
+                *(
+                    service_entry(f"reviews.{ns}.svc.cluster.local", 80, v2_endpoint, namespace=ns)
+                    for ns in ("guests", "strangers")
+                ),
+                *(
+                    _route(
+                        ns[:-1],
+                        {"name": "web", "namespace": NS},
+                        [{"backendRefs": [{"name": "reviews", "port": 80}]}],
+                        namespace=ns,
+                        hostnames=[f"{ns[:-1]}.example.com"],
+                    )
+                    for ns in ("guests", "strangers")
+                ),
             ]
         ),
     )
@@ -132,7 +161,8 @@ def test_an_http_route_splits_90_10_through_the_gateway(lab: LocalMesh) -> None:
             text=True,
             check=True,
         ).stdout.splitlines()
-        assert "Gateway shop/web: Programmed=True (Programmed)" in status, status
+        programmed = "Gateway shop/web: Programmed=True (Programmed): its Envoy ACKed"
+        assert any(line.startswith(programmed) for line in status), status
         assert "HTTPRoute shop/split parent shop/web: Accepted=True (Accepted)" in status, status
         assert "HTTPRoute shop/split parent shop/web: ResolvedRefs=True (ResolvedRefs)" in status
         for route, reason, host in (
@@ -143,6 +173,14 @@ def test_an_http_route_splits_90_10_through_the_gateway(lab: LocalMesh) -> None:
                 f"HTTPRoute shop/{route} parent shop/web: ResolvedRefs=False ({reason})" in status
             )
             assert c.get(url + "/", headers={"host": host}).status_code == 500
+        # allowedRoutes: a route of guests is served, one of strangers is not.
+        assert c.get(url + "/", headers={"host": "guest.example.com"}).json()["version"] == "v2"
+        assert c.get(url + "/", headers={"host": "stranger.example.com"}).status_code == 404
+        assert (
+            "HTTPRoute strangers/stranger parent shop/web: Accepted=False (NotAllowedByListeners): "
+            "no listener of Gateway shop/web admits HTTPRoutes of namespace strangers "
+            "(listeners[].allowedRoutes)"
+        ) in status
         # PathPrefix matches whole segments: /apix is not under /api.
         assert c.get(url + "/apix", headers=headers).status_code == 404
         assert c.get(url + "/api", headers={"host": "other.test"}).status_code == 404

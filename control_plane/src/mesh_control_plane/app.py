@@ -57,6 +57,7 @@ from mesh_control_plane.registry.runtime import RegistryRuntime, RegistrySetting
 from mesh_control_plane.translate.incremental import IncrementalTranslator
 from mesh_control_plane.xds import InconsistentConfigError, SnapshotCache, XdsServer
 from mesh_control_plane.xds.clients import spiffe_id
+from mesh_control_plane.xds.gateway_acks import programmed_gateways
 from mesh_control_plane.xds.registration import RegistrationService, StreamObserver
 from mesh_control_plane.xds.workers import XdsWorkers
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN, SpiffeId
@@ -204,6 +205,7 @@ class ControlPlane:
             lease = registry.leader_lease or f"{connection.namespace}/{LEASE_NAME}"
             identity = f"{socket.gethostname()}-{os.getpid()}"
             self.kube_config.elect(lease, identity, registry.lease_duration)
+            self.kube_config.follow_programmed(lambda: programmed_gateways(self._client_statuses()))
         self._rotate_as_leader()
         # A config's new DNS names are resolved before it is applied (registry/dns.py).
         self._jwks = JwksRefresher(
@@ -346,6 +348,11 @@ class ControlPlane:
         if self.workers is not None:
             await self.workers.stop()
         await self.xds.stop(grace)
+
+    def _client_statuses(self) -> list[dict[str, Any]]:
+        """Every ADS client's `/status` form, the workers' included."""
+        mine = [c.to_status() for c in self.xds.servicer.clients()]
+        return mine + (list(self.workers.client_statuses()) if self.workers else [])
 
     def _status(self, trust_domain: str) -> dict[str, Any]:
         """`/status`, with the clients of every ADS worker."""

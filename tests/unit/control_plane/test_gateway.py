@@ -3,17 +3,15 @@ gateway's Envoy and the mesh's clients are each sent."""
 
 from __future__ import annotations
 
-import textwrap
 from typing import Any
 
 import pytest
-import yaml
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from mesh_control_plane.config import ConfigLoadError, MeshConfig, parse_documents
+from mesh_control_plane.config import MeshConfig
 from mesh_control_plane.config.parse_gateway import GatewayHost, host_covers
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import (
@@ -25,6 +23,8 @@ from mesh_control_plane.translate import (
     ResourceSet,
     translate,
 )
+
+from .yaml_docs import load, problems
 
 SERVICE = """
 apiVersion: networking.istio.io/v1
@@ -70,17 +70,6 @@ def vs(name: str, hosts: str, gateways: str | None, destination: str) -> str:
         + gateways_line
         + f"  http: [{{route: [{{destination: {{host: {destination}}}}}]}}]\n"
     )
-
-
-def load(*texts: str) -> MeshConfig:
-    docs = [d for text in texts for d in yaml.safe_load_all(textwrap.dedent(text)) if d]
-    return parse_documents([("gw.yaml", doc) for doc in docs])
-
-
-def problems(*texts: str) -> list[str]:
-    with pytest.raises(ConfigLoadError) as caught:
-        load(*texts)
-    return [str(problem) for problem in caught.value.problems]
 
 
 GATEWAY_NODE = NodeInfo(
@@ -267,7 +256,8 @@ def test_server_hosts_admit_by_namespace_and_wildcard() -> None:
     [
         (
             "kind: TLSRoute\nmetadata: {name: r}\nspec: {}",
-            "gw.yaml: TLSRoute default/r: kind: TLSRoute is not supported yet",
+            "gw.yaml: TLSRoute default/r: apiVersion: TLSRoute is read at "
+            "gateway.networking.k8s.io/v1alpha2",
         ),
         (
             "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: g}]\n"
@@ -282,9 +272,9 @@ def test_server_hosts_admit_by_namespace_and_wildcard() -> None:
         ),
         (
             "kind: Gateway\nmetadata: {name: g}\nspec:\n  gatewayClassName: istio\n"
-            "  listeners: [{name: t, port: 443, protocol: TLS}]",
-            "gw.yaml: Gateway default/g: spec.listeners[0].protocol: TLS is not supported yet "
-            "(supported: HTTP, HTTPS)",
+            "  listeners: [{name: t, port: 443, protocol: UDP}]",
+            "gw.yaml: Gateway default/g: spec.listeners[0].protocol: UDP is not supported yet "
+            "(supported: HTTP, HTTPS, TLS, TCP)",
         ),
     ],
 )
@@ -366,47 +356,6 @@ def test_grpc_route_methods_become_grpc_paths() -> None:
         ("regex", "/[^/]+/Get"),
         ("regex", "/(a\\..*)/([^/]+)"),
     ]
-
-
-def test_gateway_api_status_conditions() -> None:
-    from mesh_control_plane.cli.gateway_status import conditions, programmed_gateways
-
-    web = """
-    apiVersion: gateway.networking.k8s.io/v1
-    kind: Gateway
-    metadata: {name: web, namespace: shop}
-    spec:
-      gatewayClassName: istio
-      listeners: [{name: http, port: 80, protocol: HTTP}]
-    ---
-    apiVersion: gateway.networking.k8s.io/v1
-    kind: HTTPRoute
-    metadata: {name: r, namespace: shop}
-    spec:
-      parentRefs: [{name: web}, {name: gone}]
-      rules: [{backendRefs: [{name: ratings, port: 8080}]}]
-    """
-    services = SERVICE.replace(".shop.mesh", ".shop.svc.cluster.local")
-    config = load(services, GATEWAY, web)
-    status = {
-        "clients": [
-            {
-                "node_id": "router~127.0.0.1~web.shop~shop.svc.cluster.local",
-                "types": {"LDS": {"acked": True}},
-            },
-            {"node_id": "router~127.0.0.1~other.shop~shop.svc.cluster.local", "types": {"LDS": {}}},
-        ]
-    }
-    assert programmed_gateways(status) == {"shop/web"}
-    assert [str(c) for c in conditions(config, programmed_gateways(status))] == [
-        "Gateway shop/web: Accepted=True (Accepted)",
-        "Gateway shop/web: Programmed=True (Programmed)",
-        "HTTPRoute shop/r parent shop/web: Accepted=True (Accepted)",
-        "HTTPRoute shop/r parent shop/web: ResolvedRefs=True (ResolvedRefs)",
-        "HTTPRoute shop/r parent shop/gone: Accepted=False (NoMatchingParent)",
-        "HTTPRoute shop/r parent shop/gone: ResolvedRefs=True (ResolvedRefs)",
-    ]
-    assert "Programmed=Unknown (Pending)" in str(conditions(config, None)[1])
 
 
 def test_tls_routes_are_for_gateways_only_and_pass_tls_through_by_sni() -> None:

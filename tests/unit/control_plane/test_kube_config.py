@@ -30,7 +30,16 @@ def test_a_crd_per_supported_kind_with_istio_names() -> None:
         for d in by_name.values()
         if d["spec"]["group"] == "gateway.networking.k8s.io"
     }
-    assert set(gateway_api) == {"Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant"}
+    assert set(gateway_api) == {
+        "Gateway",
+        "HTTPRoute",
+        "GRPCRoute",
+        "ReferenceGrant",
+        "TLSRoute",
+        "TCPRoute",
+    }
+    # The experimental channel's kinds at its version, as the upstream CRDs serve them.
+    assert [v["name"] for v in gateway_api["TLSRoute"]["spec"]["versions"]] == ["v1alpha2"]
     route = gateway_api["HTTPRoute"]["spec"]["versions"][0]
     assert route["name"] == "v1"
     assert "backendRefs" not in route["schema"]["openAPIV3Schema"]["properties"]["spec"].get(

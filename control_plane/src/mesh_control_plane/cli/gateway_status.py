@@ -1,16 +1,22 @@
 """`meshctl gateway status DIR [--admin-address A]`: Gateway API status
-conditions of the Gateways, HTTPRoutes and GRPCRoutes in a config directory,
+conditions of the Gateways and routes in a config directory,
 as the Gateway API specifies them (on Kubernetes, kube/gateway_status.py writes them).
 
-- Gateway: Accepted (it loaded), Programmed (a gateway named after it,
-  ``meshctl gateway run --name <name> --namespace <ns>``, is connected to the
-  control plane at ``--admin-address`` and ACKed its listeners; Unknown
-  without an address).
-- Route, per parent: Accepted (the parent Gateway exists; a Service parent,
+- Gateway: Accepted (it loaded), Programmed (True when the Envoy of
+  ``meshctl gateway run --name <name> --namespace <ns>``, connected to the
+  control plane at ``--admin-address``, ACKed the listeners and routes last
+  sent to it; False: NoResources with no such Envoy, Pending before its ACK,
+  Invalid when it NACKed, with its error; Unknown without an address; see
+  xds/gateway_acks.py).
+- Route (HTTPRoute, GRPCRoute, TLSRoute, TCPRoute), per parent: Accepted (the
+  parent Gateway exists and a listener admits the route by allowedRoutes,
+  else NotAllowedByListeners, and one of its hostnames, else
+  NoMatchingListenerHostname: config/gateway_api_attach.py; a Service parent,
   GAMMA, exists or the config would not load), ResolvedRefs (False with
   reason BackendNotFound or RefNotPermitted when a backend names no declared
   Service or one of another namespace no ReferenceGrant permits: see
   config/gateway_api_refs.py).
+- Listener: how many routes are attached to it (attachedRoutes).
 `conditions()` is pure; the command only loads and prints.
 """
 
@@ -24,26 +30,13 @@ from typing import Any
 
 from mesh_control_plane.cli.admin_client import AdminError, get_json
 from mesh_control_plane.config import ConfigLoadError, load_config_dir
+from mesh_control_plane.config.gateway_api_attach import attached_routes
 from mesh_control_plane.config.gateway_api_status import Condition, conditions
-from mesh_control_plane.translate.node import ROUTER_ID_PREFIX
-from mesh_control_plane.translate.resources import LISTENER
-from mesh_control_plane.xds.clients import short_type_name
+from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.config.parse_gateway_api import GATEWAY_NAME_LABEL
+from mesh_control_plane.xds.gateway_acks import programmed_gateways
 
 __all__ = ["Condition", "conditions", "programmed_gateways", "render", "run"]
-
-
-def programmed_gateways(status: Any) -> frozenset[str]:
-    """From the admin `/status`: "ns/name" of each gateway node (``meshctl
-    gateway run`` names it ``router~<ip>~<name>.<ns>~...``) that ACKed LDS."""
-    names = set()
-    for client in status.get("clients", []):
-        node_id = str(client.get("node_id", ""))
-        lds = client.get("types", {}).get(short_type_name(LISTENER))
-        parts = node_id.split("~")
-        if node_id.startswith(ROUTER_ID_PREFIX) and len(parts) >= 3 and lds and lds.get("acked"):
-            name, _, namespace = parts[2].partition(".")
-            names.add(f"{namespace}/{name}")
-    return frozenset(names)
 
 
 def add_status_parser(actions: Any) -> None:
@@ -64,14 +57,26 @@ def run(args: argparse.Namespace) -> int:
     programmed = None
     if args.admin_address:
         try:
-            programmed = programmed_gateways(get_json(args.admin_address, "/status"))
+            status = get_json(args.admin_address, "/status")
+            programmed = programmed_gateways(status.get("clients", []))
         except (OSError, AdminError, ValueError) as exc:
             print(f"meshctl: cannot read {args.admin_address}/status: {exc}", file=sys.stderr)
             return 1
-    print(render(conditions(config, programmed)), end="")
+    print(render(conditions(config, programmed), listener_lines(config)), end="")
     return 0
 
 
-def render(found: Iterable[Condition]) -> str:
-    lines = [str(c) for c in found]
+def listener_lines(config: MeshConfig) -> list[str]:
+    """Each Gateway API listener with the routes attached to it."""
+    return [
+        f"Gateway {g.ref} listener {s.name}: "
+        f"attachedRoutes={attached_routes(g, s, config.virtual_services)}"
+        for g in config.gateways
+        if GATEWAY_NAME_LABEL in g.selector
+        for s in g.servers
+    ]
+
+
+def render(found: Iterable[Condition], listeners: Iterable[str] = ()) -> str:
+    lines = [str(c) for c in found] + list(listeners)
     return "\n".join(lines) + "\n" if lines else "no Gateway API resources\n"

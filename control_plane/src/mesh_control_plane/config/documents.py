@@ -26,6 +26,8 @@ from .model import (
 from .parse_gateway import Gateway, parse_gateway
 from .parse_gateway_api import API_VERSIONS as GATEWAY_API_VERSIONS
 from .parse_gateway_api import parse_grpc_route, parse_http_route, parse_k8s_gateway
+from .parse_gateway_api_l4 import API_VERSIONS as GATEWAY_API_ALPHA_VERSIONS
+from .parse_gateway_api_l4 import parse_tcp_route, parse_tls_route
 from .parse_routing import parse_destination_rule, parse_virtual_service
 from .parse_security import (
     parse_authorization_policy,
@@ -87,7 +89,12 @@ GATEWAY_API_PARSERS: dict[str, _Parser] = {
     "GRPCRoute": parse_grpc_route,
     "ReferenceGrant": parse_reference_grant,
 }
-_GATEWAY_API_LATER = ("TLSRoute", "TCPRoute", "GatewayClass")
+# Kinds the Gateway API serves only in its experimental channel (v1alpha2).
+GATEWAY_API_ALPHA_PARSERS: dict[str, _Parser] = {
+    "TLSRoute": parse_tls_route,
+    "TCPRoute": parse_tcp_route,
+}
+_GATEWAY_API_LATER = ("GatewayClass", "UDPRoute", "BackendTLSPolicy")
 _SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 # Istio kinds a user may reasonably write: named so the error says "not yet", not "what?".
 _LATER_KINDS = (
@@ -161,11 +168,20 @@ def parse_document(problems: Problems, doc: Document) -> tuple[Meta | None, Reso
     if data.get("spec") is None:
         scoped.add("spec", MISSING)
         return identity, None
-    parsers = GATEWAY_API_PARSERS if data.get("apiVersion") in GATEWAY_API_VERSIONS else PARSERS
+    parsers = _gateway_api_parsers(data.get("apiVersion")) or PARSERS
     resource = parsers[kind](scoped, meta, data["spec"])
     if len(problems.sink) != start or identity is None:
         return identity, None
     return identity, resource
+
+
+def _gateway_api_parsers(api_version: object) -> dict[str, _Parser] | None:
+    """The Gateway API kinds read at `api_version` (None: not the Gateway API's)."""
+    if api_version in GATEWAY_API_VERSIONS:
+        return GATEWAY_API_PARSERS
+    if api_version in GATEWAY_API_ALPHA_VERSIONS:
+        return GATEWAY_API_ALPHA_PARSERS
+    return None
 
 
 def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
@@ -180,12 +196,20 @@ def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
         problems.add("apiVersion", MISSING)
     if kind is None:
         return None
-    if api_version in GATEWAY_API_VERSIONS:
-        if kind in GATEWAY_API_PARSERS:
+    gateway_api = _gateway_api_parsers(api_version)
+    if gateway_api is not None:
+        if kind in gateway_api:
             return kind
         named = _refused_kind_problems(problems, kind, envelope.get("metadata"))
-        known = kind in _GATEWAY_API_LATER
-        named.add("kind", f"{kind} is {NOT_SUPPORTED}" if known else f'unknown kind "{kind}"')
+        if kind in GATEWAY_API_PARSERS or kind in GATEWAY_API_ALPHA_PARSERS:
+            where: tuple[str, ...] = GATEWAY_API_VERSIONS
+            if kind in GATEWAY_API_ALPHA_PARSERS:
+                where = GATEWAY_API_ALPHA_VERSIONS
+            named.add("apiVersion", f"{kind} is read at {', '.join(where)}")
+        elif kind in _GATEWAY_API_LATER:
+            named.add("kind", f"{kind} is {NOT_SUPPORTED}")
+        else:
+            named.add("kind", f'unknown kind "{kind}"')
         return None
     if kind not in PARSERS:
         named = _refused_kind_problems(problems, kind, envelope.get("metadata"))

@@ -6,7 +6,8 @@ route's kind and namespace, to Services, all or by name). A backend that is
 not permitted (RefNotPermitted) or names no declared Service
 (BackendNotFound) does not refuse the configuration: it is dropped from its
 rule, the route's ResolvedRefs condition is False (a warning here, read by
-`meshctl gateway status`), and a rule left with no backend answers 500. The
+`meshctl gateway status`), and a rule left with no backend answers 500 (a
+TLSRoute's or TCPRoute's is dropped: its connections are refused). The
 spec also wants the dropped backend's share of a split answered with 500;
 here its weight goes to the rule's other backends (said in the warning).
 """
@@ -23,7 +24,7 @@ from .parse_cors import DirectResponse
 from .schema import Problems, get_list, get_str, index, read_object
 
 GROUP = "gateway.networking.k8s.io"
-ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute")
 _GRANT_FIELDS = ("from", "to")
 CROSS_NAMESPACE_SUFFIX = ".svc"  # a backend of another namespace, until the domain is known
 BACKEND_NOT_FOUND = "BackendNotFound"
@@ -87,11 +88,10 @@ def _resolve_route(
     domain: str,
     problems: list[ConfigProblem],
 ) -> VirtualService:
-    rules = []
-    for i, rule in enumerate(vs.http):
+    def resolved(i: int, route: tuple[HTTPRouteDestination, ...]) -> list[HTTPRouteDestination]:
         kept: list[HTTPRouteDestination] = []
         dropped: list[tuple[int, str, str]] = []
-        for j, backend in enumerate(rule.route):
+        for j, backend in enumerate(route):
             host = backend.destination.host
             if host.endswith(CROSS_NAMESPACE_SUFFIX):
                 host = f"{host}.{domain}"
@@ -105,16 +105,24 @@ def _resolve_route(
             "its weight goes to the rule's other backends (the spec says 500 for that share)"
             if kept
             else "the rule answers 500"
+            if vs.http
+            else "the rule's connections are refused"
         )
         for j, reason, host in dropped:
             message = f"{reason}: {_explain(reason, host)}; {share}"
             field = f"spec.rules[{i}].backendRefs[{j}]"
             problems.append(ConfigProblem(vs.meta.file, vs.meta.ref, field, message))
-        if kept:
+        return kept
+
+    rules = []
+    for i, rule in enumerate(vs.http):
+        if kept := resolved(i, rule.route):
             rules.append(replace(rule, route=tuple(kept)))
         else:
             rules.append(replace(rule, route=(), direct_response=DirectResponse(500)))
-    return replace(vs, http=tuple(rules))
+    tls = [replace(r, route=tuple(k)) for i, r in enumerate(vs.tls) if (k := resolved(i, r.route))]
+    tcp = [replace(r, route=tuple(k)) for i, r in enumerate(vs.tcp) if (k := resolved(i, r.route))]
+    return replace(vs, http=tuple(rules), tls=tuple(tls), tcp=tuple(tcp))
 
 
 def _unresolved(

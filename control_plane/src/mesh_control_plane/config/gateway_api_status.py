@@ -4,10 +4,13 @@ the resources by the control plane on Kubernetes (kube/gateway_status.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .gateway_api_attach import attachment
 from .gateway_api_refs import ROUTE_KINDS, resolved_refs
 from .model import MeshConfig
+from .parse_gateway import ParentRef
 from .parse_gateway_api import GATEWAY_NAME_LABEL
 
 
@@ -18,17 +21,33 @@ class Condition:
     type: str
     status: str  # True | False | Unknown
     reason: str
+    message: str = ""
 
     def __str__(self) -> str:
         where = f" parent {self.parent}" if self.parent else ""
-        return f"{self.resource}{where}: {self.type}={self.status} ({self.reason})"
+        said = f": {self.message}" if self.message else ""
+        return f"{self.resource}{where}: {self.type}={self.status} ({self.reason}){said}"
 
 
-def conditions(config: MeshConfig, programmed: frozenset[str] | None) -> list[Condition]:
-    """`programmed`: "ns/name" of the gateways whose Envoy ACKed its listeners
-    (None: not known, offline)."""
+@dataclass(frozen=True)
+class Programmed:
+    """A Gateway's Programmed condition, from its Envoys' ACKs (xds/gateway_acks.py)."""
+
+    status: str
+    reason: str  # Programmed | Pending | Invalid (its Envoy NACKed)
+    message: str
+
+
+NO_ENVOY = Programmed(
+    "False", "NoResources", "no gateway Envoy for it is connected (`meshctl gateway run`)"
+)
+
+
+def conditions(config: MeshConfig, programmed: Mapping[str, Programmed] | None) -> list[Condition]:
+    """`programmed`: the verdict of each Gateway ("ns/name") with a connected
+    Envoy (None: not known, offline)."""
     found: list[Condition] = []
-    gateways = {g.ref for g in config.gateways}
+    gateways = {g.ref: g for g in config.gateways}
     for gateway in config.gateways:
         if GATEWAY_NAME_LABEL not in gateway.selector:
             continue  # an Istio Gateway: no Gateway API status
@@ -36,17 +55,25 @@ def conditions(config: MeshConfig, programmed: frozenset[str] | None) -> list[Co
         found.append(Condition(ref, "", "Accepted", "True", "Accepted"))
         if programmed is None:
             found.append(Condition(ref, "", "Programmed", "Unknown", "Pending"))
-        elif gateway.ref in programmed:
-            found.append(Condition(ref, "", "Programmed", "True", "Programmed"))
         else:
-            found.append(Condition(ref, "", "Programmed", "False", "Pending"))
+            state = programmed.get(gateway.ref, NO_ENVOY)
+            found.append(
+                Condition(ref, "", "Programmed", state.status, state.reason, state.message)
+            )
     for vs in config.virtual_services:
         if vs.meta.kind not in ROUTE_KINDS:
             continue
-        for parent in vs.gateways:
-            known = parent == "mesh" or parent in gateways
-            reason = "Accepted" if known else "NoMatchingParent"
-            found.append(Condition(vs.meta.ref, parent, "Accepted", str(known), reason))
+        # GAMMA: the mesh is the parent (its Service exists or the config would not load).
+        parents = vs.parent_refs or tuple(ParentRef(g) for g in vs.gateways)
+        for parent in parents:
+            reason, message = "Accepted", ""
+            if parent.gateway in gateways:
+                reason, message = attachment(gateways[parent.gateway], vs, parent)
+            elif parent.gateway != "mesh":
+                reason = "NoMatchingParent"
+            accepted = str(reason == "Accepted")
+            where = str(parent)
+            found.append(Condition(vs.meta.ref, where, "Accepted", accepted, reason, message))
             resolved, why = resolved_refs(config.warnings, vs.meta.ref)
-            found.append(Condition(vs.meta.ref, parent, "ResolvedRefs", resolved, why))
+            found.append(Condition(vs.meta.ref, where, "ResolvedRefs", resolved, why))
     return found

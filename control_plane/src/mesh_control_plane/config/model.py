@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .parse_cors import CorsPolicy, DirectResponse
-    from .parse_gateway import Gateway, TcpRoute, TlsRoute
+    from .parse_gateway import Gateway, ParentRef, TcpRoute, TlsRoute
     from .parse_telemetry import Telemetry
 
 from .errors import ConfigProblem
@@ -359,6 +359,8 @@ class VirtualService:
     tls: tuple[TlsRoute, ...] = ()  # SNI routes: gateways only
     export_to: tuple[str, ...] = ()
     tcp: tuple[TcpRoute, ...] = ()  # port routes: gateways only
+    # A Gateway API route's parents, maybe one listener each (gateway_api_attach.py binds)
+    parent_refs: tuple[ParentRef, ...] = ()
 
     @property
     def for_mesh(self) -> bool:

@@ -126,6 +126,12 @@ class GatewayServer:
     hosts: tuple[GatewayHost, ...]
     tls: ServerTls = field(default_factory=ServerTls)
     name: str = ""
+    # The route kinds it serves (a Gateway API listener's allowedRoutes.kinds);
+    # () for an Istio server: any VirtualService.
+    route_kinds: tuple[str, ...] = ()
+
+    def serves(self, kind: str) -> bool:
+        return not self.route_kinds or kind in self.route_kinds
 
     @property
     def terminates_tls(self) -> bool:
@@ -180,6 +186,27 @@ class TcpRoute:
 
 
 @dataclass(frozen=True)
+class ParentRef:
+    """A Gateway API route's parent Gateway, or one listener of it (by name or port)."""
+
+    gateway: str  # namespace/name
+    section: str = ""
+    port: int | None = None
+
+    def names(self, gateway: str, server: GatewayServer) -> bool:
+        return (
+            self.gateway == gateway
+            and self.section in ("", server.name)
+            and (self.port in (None, server.number))
+        )
+
+    def __str__(self) -> str:
+        """How `meshctl gateway status` names the parent: ns/name[/section][:port]."""
+        section = f"/{self.section}" if self.section else ""
+        return self.gateway + section + (f":{self.port}" if self.port is not None else "")
+
+
+@dataclass(frozen=True)
 class Gateway:
     meta: Meta
     selector: Mapping[str, str]
@@ -208,7 +235,7 @@ def parse_gateway(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Gateway:
         _parse_server(p, meta, raw, index("spec.servers", i))
         for i, raw in enumerate(get_list(p, obj, "servers", "spec", required=True, non_empty=True))
     ]
-    _check_ports_agree(p, servers)
+    check_ports_agree(p, servers, "spec.servers", "port.protocol")
     return Gateway(meta=meta, selector=selector, servers=tuple(s for s in servers if s))
 
 
@@ -275,7 +302,9 @@ def _parse_tls(p: Problems, obj: Mapping[str, Any], where: str, protocol: str) -
     return ServerTls(mode, credential, redirect)
 
 
-def _check_ports_agree(p: Problems, servers: list[GatewayServer | None]) -> None:
+def check_ports_agree(
+    p: Problems, servers: list[GatewayServer | None], where: str, protocol: str
+) -> None:
     """One listener per port: its servers are all plaintext HTTP, all TLS, all
     passthrough or all TCP, and two
     plaintext servers on a port would be one route table (Istio merges them;
@@ -287,7 +316,7 @@ def _check_ports_agree(p: Problems, servers: list[GatewayServer | None]) -> None
         kind = (server.terminates_tls, server.passthrough, server.tcp)
         if seen.setdefault(server.number, kind) != kind:
             p.add(
-                join(index("spec.servers", i), "port.protocol"),
+                join(index(where, i), protocol),
                 f"port {server.number} mixes plaintext HTTP, TLS, passthrough and TCP servers "
                 "(one listener per port)",
             )

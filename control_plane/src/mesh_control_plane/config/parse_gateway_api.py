@@ -12,13 +12,16 @@ clients route by it. Backends are Kubernetes Services by name:
 PathPrefix matches whole path segments (``/a`` matches ``/a`` and ``/a/b``, not
 ``/ab``): it becomes an exact and a prefix match, as Istio converts it.
 Weights are relative (0 drops a backend). A GRPCRoute is read the same
-way, its method matches becoming `:path` matches (`/service/method`). Not yet,
+way, its method matches becoming `:path` matches (`/service/method`).
+Listeners: HTTP, HTTPS (Terminate), TLS (Passthrough, for TLSRoutes:
+parse_gateway_api_l4.py) and TCP; `allowedRoutes` (namespaces Same, All or by
+name, kinds) and the route's attachment (parentRefs to a whole Gateway or, by
+sectionName or port, one listener) are in gateway_api_attach.py. Not yet,
 refused by field: filters, timeouts, query-parameter matches,
-sessionPersistence, listeners other than HTTP/HTTPS, TLS passthrough, parents
-of both kinds in one route, parents and certificates of another namespace
-and the other kinds (TLSRoute, ...). Backends of another namespace need a
-ReferenceGrant; unresolved backends do not refuse the configuration (see
-gateway_api_refs.py).
+sessionPersistence, UDP listeners, parents of both kinds in one route,
+certificates of another namespace and the other kinds. Backends of another
+namespace need a ReferenceGrant; unresolved
+backends do not refuse the configuration (see gateway_api_refs.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .gateway_api_attach import parse_allowed_routes
 from .gateway_api_refs import CROSS_NAMESPACE_SUFFIX
 from .model import (
     Destination,
@@ -37,7 +41,14 @@ from .model import (
     StringMatch,
     VirtualService,
 )
-from .parse_gateway import Gateway, GatewayHost, GatewayServer, ServerTls
+from .parse_gateway import (
+    Gateway,
+    GatewayHost,
+    GatewayServer,
+    ParentRef,
+    ServerTls,
+    check_ports_agree,
+)
 from .schema import (
     MISSING,
     NOT_SUPPORTED,
@@ -58,6 +69,7 @@ GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 _GW_FIELDS = ("gatewayClassName", "listeners")
 _GW_UNSUPPORTED = ("addresses", "infrastructure", "backendTLS")
 _LISTENER_FIELDS = ("name", "hostname", "port", "protocol", "tls", "allowedRoutes")
+_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP")
 _ROUTE_FIELDS = ("parentRefs", "hostnames", "rules")
 _RULE_FIELDS = ("name", "matches", "backendRefs")
 _RULE_UNSUPPORTED = ("filters", "timeouts", "retry", "sessionPersistence")
@@ -73,27 +85,48 @@ _HEADER_TYPES = {"Exact": "exact", "RegularExpression": "regex"}
 def parse_k8s_gateway(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Gateway:
     obj = read_object(p, spec, "spec", _GW_FIELDS, _GW_UNSUPPORTED)
     get_str(p, obj, "gatewayClassName", "spec", required=True)
-    servers = []
+    servers: list[GatewayServer | None] = []
     for i, raw in enumerate(get_list(p, obj, "listeners", "spec", required=True, non_empty=True)):
         where = index("spec.listeners", i)
         listener = read_object(p, raw, where, _LISTENER_FIELDS)
         number = get_int(p, listener, "port", where, required=True, low=1, high=65535) or 0
         text = get_str(p, listener, "protocol", where, required=True) or ""
-        protocol = check_enum(p, text, join(where, "protocol"), ("HTTP", "HTTPS"), ("TLS",))
-        hostname = get_str(p, listener, "hostname", where) or "*"
-        host = GatewayHost(meta.namespace, check_host_pattern(p, hostname, join(where, "hostname")))
-        if "allowedRoutes" in listener:
-            p.add(join(where, "allowedRoutes"), f"{NOT_SUPPORTED} (routes of the same namespace)")
+        protocol = check_enum(p, text, join(where, "protocol"), _PROTOCOLS, ("UDP",))
+        # A TCP listener has no hostname to match (the spec: ignored).
+        hostname = "*" if protocol == "TCP" else get_str(p, listener, "hostname", where) or "*"
+        pattern = check_host_pattern(p, hostname, join(where, "hostname"))
+        namespaces, kinds = parse_allowed_routes(p, listener, where, meta.namespace, protocol or "")
+        hosts = tuple(GatewayHost(namespace, pattern) for namespace in namespaces)
         tls = ServerTls()
         tls_obj = get_object(p, listener, "tls", where, ("mode", "certificateRefs"))
         if protocol == "HTTPS":
             tls = _listener_tls(p, tls_obj, join(where, "tls"))
+        elif protocol == "TLS":
+            tls = _passthrough_tls(p, tls_obj, join(where, "tls"))
         elif tls_obj is not None:
-            p.add(join(where, "tls"), "only an HTTPS listener has tls")
+            p.add(join(where, "tls"), "only an HTTPS or TLS listener has tls")
         name = get_str(p, listener, "name", where, required=True) or ""
         if number and protocol:
-            servers.append(GatewayServer(number, protocol, name, (host,), tls, name))
-    return Gateway(meta=meta, selector={GATEWAY_NAME_LABEL: meta.name}, servers=tuple(servers))
+            servers.append(GatewayServer(number, protocol, name, hosts, tls, name, kinds))
+        else:
+            servers.append(None)
+    check_ports_agree(p, servers, "spec.listeners", "protocol")
+    return Gateway(
+        meta=meta,
+        selector={GATEWAY_NAME_LABEL: meta.name},
+        servers=tuple(s for s in servers if s),
+    )
+
+
+def _passthrough_tls(p: Problems, tls: dict[str, Any] | None, where: str) -> ServerTls:
+    """A TLS listener passes TLS through, routed by SNI (TLSRoute)."""
+    mode = (tls or {}).get("mode", "Terminate")
+    if mode != "Passthrough":
+        p.add(join(where, "mode"), f"{mode} on a TLS listener is {NOT_SUPPORTED} "
+              "(supported: Passthrough; an HTTPS listener terminates TLS)")  # fmt: skip
+    if tls and "certificateRefs" in tls:
+        p.add(join(where, "certificateRefs"), "a Passthrough listener holds no certificate")
+    return ServerTls("PASSTHROUGH")
 
 
 def _listener_tls(p: Problems, tls: dict[str, Any] | None, where: str) -> ServerTls:
@@ -130,34 +163,10 @@ def _route(
     p: Problems, meta: Meta, spec: Mapping[str, Any], read_matches: _MatchReader
 ) -> VirtualService:
     obj = read_object(p, spec, "spec", _ROUTE_FIELDS)
-    gateways: list[str] = []
-    services: list[str] = []
-    for i, raw in enumerate(get_list(p, obj, "parentRefs", "spec", required=True, non_empty=True)):
-        where = index("spec.parentRefs", i)
-        ref = read_object(p, raw, where, _PARENT_FIELDS)
-        for key in ("port", "sectionName"):
-            if key in ref:
-                p.add(join(where, key), NOT_SUPPORTED)
-        name = get_str(p, ref, "name", where, required=True) or ""
-        namespace = get_str(p, ref, "namespace", where) or meta.namespace
-        kind = get_str(p, ref, "kind", where) or "Gateway"
-        if namespace != meta.namespace:
-            p.add(
-                join(where, "namespace"),
-                f"another namespace's parent is {NOT_SUPPORTED}: a Gateway admits routes of "
-                "other namespaces by listeners[].allowedRoutes (not a ReferenceGrant), "
-                "and its default admits only its own",
-            )
-        if check_enum(p, kind, join(where, "kind"), ("Gateway", "Service")) == "Service":
-            services.append(name)
-        elif name:
-            gateways.append(f"{namespace}/{name}")
+    gateways, services, parent_refs = parse_parents(p, meta, obj)
     if gateways and services:
         p.add("spec.parentRefs", f"Gateways and Services as parents of one route: {NOT_SUPPORTED}")
-    hostnames = [
-        check_host_pattern(p, raw, index("spec.hostnames", i))
-        for i, raw in enumerate(get_list(p, obj, "hostnames", "spec"))
-    ]
+    hostnames = parse_hostnames(p, obj)
     if services and hostnames:
         p.add("spec.hostnames", "a route for a Service (GAMMA) has no hostnames")
     rules = tuple(
@@ -165,8 +174,46 @@ def _route(
         for i, raw in enumerate(get_list(p, obj, "rules", "spec", required=True, non_empty=True))
     )
     hosts = tuple(services) if services else tuple(hostnames or ["*"])
-    binding = ("mesh",) if services else tuple(gateways)
-    return VirtualService(meta=meta, hosts=hosts, http=rules, gateways=binding)
+    binding = ("mesh",) if services else gateways
+    return VirtualService(
+        meta=meta, hosts=hosts, http=rules, gateways=binding, parent_refs=parent_refs
+    )
+
+
+def parse_parents(
+    p: Problems, meta: Meta, obj: Mapping[str, Any]
+) -> tuple[tuple[str, ...], list[str], tuple[ParentRef, ...]]:
+    """`spec.parentRefs`: (Gateways as "ns/name", Services by name, each
+    Gateway parent with its sectionName and port). A Gateway of another
+    namespace admits the route by its listeners' allowedRoutes."""
+    refs: list[ParentRef] = []
+    services: list[str] = []
+    for i, raw in enumerate(get_list(p, obj, "parentRefs", "spec", required=True, non_empty=True)):
+        where = index("spec.parentRefs", i)
+        ref = read_object(p, raw, where, _PARENT_FIELDS)
+        name = get_str(p, ref, "name", where, required=True) or ""
+        namespace = get_str(p, ref, "namespace", where) or meta.namespace
+        kind = get_str(p, ref, "kind", where) or "Gateway"
+        section = get_str(p, ref, "sectionName", where) or ""
+        port = get_int(p, ref, "port", where, low=1, high=65535)
+        if check_enum(p, kind, join(where, "kind"), ("Gateway", "Service")) == "Service":
+            if namespace != meta.namespace:
+                p.add(join(where, "namespace"), f"another namespace's Service: {NOT_SUPPORTED}")
+            for key in ("port", "sectionName"):
+                if key in ref:
+                    p.add(join(where, key), f"of a Service parent: {NOT_SUPPORTED}")
+            services.append(name)
+        elif name:
+            refs.append(ParentRef(f"{namespace}/{name}", section, port))
+    gateways = tuple(dict.fromkeys(r.gateway for r in refs))
+    return gateways, services, tuple(refs)
+
+
+def parse_hostnames(p: Problems, obj: Mapping[str, Any]) -> list[str]:
+    return [
+        check_host_pattern(p, raw, index("spec.hostnames", i))
+        for i, raw in enumerate(get_list(p, obj, "hostnames", "spec"))
+    ]
 
 
 def _rule(
@@ -176,6 +223,17 @@ def _rule(
     matches: list[HTTPMatchRequest] = []
     for i, item in enumerate(get_list(p, obj, "matches", where)):
         matches.extend(read_matches(p, item, index(join(where, "matches"), i)))
+    backends = parse_backends(p, meta, obj, where)
+    return HTTPRoute(
+        name=get_str(p, obj, "name", where) or "", match=tuple(matches), route=tuple(backends)
+    )
+
+
+def parse_backends(
+    p: Problems, meta: Meta, obj: Mapping[str, Any], where: str
+) -> tuple[HTTPRouteDestination, ...]:
+    """A rule's `backendRefs`: Services by name, port and relative weight (0
+    drops one); at least one must be left."""
     backends = []
     for i, item in enumerate(get_list(p, obj, "backendRefs", where, required=True)):
         here = index(join(where, "backendRefs"), i)
@@ -195,9 +253,7 @@ def _rule(
             backends.append(HTTPRouteDestination(Destination(host, None, port), weight or 1))
     if not backends:
         p.add(join(where, "backendRefs"), "needs a backend of non-zero weight")
-    return HTTPRoute(
-        name=get_str(p, obj, "name", where) or "", match=tuple(matches), route=tuple(backends)
-    )
+    return tuple(backends)
 
 
 def _headers(p: Problems, obj: Mapping[str, Any], where: str) -> dict[str, StringMatch]:

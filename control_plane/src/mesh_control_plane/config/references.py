@@ -186,10 +186,18 @@ def reference_warnings(config: MeshConfig) -> list[ConfigProblem]:
     subsets = {(dr.host, s.name) for dr in config.destination_rules for s in dr.subsets}
     warnings: list[ConfigProblem] = []
     gateways = {gateway.ref for gateway in config.gateways}
+    # A Gateway API Gateway's listeners all name the route kinds they serve.
+    gateway_api = {g.ref for g in config.gateways if all(s.route_kinds for s in g.servers)}
     for vs in config.virtual_services:
         for i, name in enumerate(vs.gateways):
             if name != "mesh" and name not in gateways:
                 message = f'no Gateway "{name}" (yet): nothing is routed by it until one is'
+                warnings.append(_problem(vs.meta, f"spec.gateways[{i}]", message, _NOT_FOUND))
+            elif vs.meta.kind == "VirtualService" and name in gateway_api:
+                message = (
+                    f"{name} is a Gateway API Gateway: it serves the routes its listeners "
+                    "admit (allowedRoutes), not VirtualServices"
+                )
                 warnings.append(_problem(vs.meta, f"spec.gateways[{i}]", message, _NOT_FOUND))
         for i, route in enumerate(vs.http):
             targets = [

@@ -9,8 +9,12 @@ are taken as written, as in Istio.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TypeVar
 
 from .model import Destination, DestinationRule, HTTPRoute, VirtualService
+from .parse_gateway import TcpRoute, TlsRoute
+
+_Layer4 = TypeVar("_Layer4", TlsRoute, TcpRoute)
 
 
 def qualify(host: str, namespace: str, domain: str) -> str:
@@ -38,5 +42,14 @@ def qualify_virtual_service(service: VirtualService, domain: str) -> VirtualServ
             mirrors=tuple(replace(m, destination=dest(m.destination)) for m in r.mirrors),
         )
 
+    def layer4(r: _Layer4) -> _Layer4:
+        return replace(r, route=tuple(replace(d, destination=dest(d.destination)) for d in r.route))
+
     hosts = tuple(qualify(h, namespace, domain) for h in service.hosts)
-    return replace(service, hosts=hosts, http=tuple(route(r) for r in service.http))
+    return replace(
+        service,
+        hosts=hosts,
+        http=tuple(route(r) for r in service.http),
+        tls=tuple(layer4(r) for r in service.tls),
+        tcp=tuple(layer4(r) for r in service.tcp),
+    )

@@ -5,6 +5,7 @@ fails when the two disagree), so the manual cannot drift from the code."""
 from __future__ import annotations
 
 from . import parse_gateway_api as gwapi
+from . import parse_gateway_api_l4 as gwapi_l4
 from .gateway_api_refs import _GRANT_FIELDS
 from .parse_gateway import (
     _GW_FIELDS,
@@ -54,17 +55,17 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("Gateway servers[].port", _PORT_FIELDS[:3], _PORT_FIELDS[3:]),
     ("Gateway servers[].tls", _TLS_FIELDS, _TLS_UNSUPPORTED),
     ("Gateway (gateway.networking.k8s.io) spec", gwapi._GW_FIELDS, gwapi._GW_UNSUPPORTED),
-    (
-        "Gateway (gateway.networking.k8s.io) listeners[]",
-        gwapi._LISTENER_FIELDS[:-1],
-        gwapi._LISTENER_FIELDS[-1:],
-    ),
+    ("Gateway (gateway.networking.k8s.io) listeners[]", gwapi._LISTENER_FIELDS, ()),
     ("HTTPRoute spec", gwapi._ROUTE_FIELDS, ()),
     ("HTTPRoute rules[]", gwapi._RULE_FIELDS, gwapi._RULE_UNSUPPORTED),
     ("HTTPRoute rules[].matches[]", gwapi._MATCH_FIELDS, gwapi._MATCH_UNSUPPORTED),
     ("GRPCRoute spec", gwapi._ROUTE_FIELDS, ()),
     ("GRPCRoute rules[]", gwapi._RULE_FIELDS, gwapi._RULE_UNSUPPORTED),
     ("GRPCRoute rules[].matches[]", gwapi._GRPC_MATCH_FIELDS, ()),
+    ("TLSRoute spec", gwapi_l4._ROUTE_FIELDS, ()),
+    ("TLSRoute rules[]", gwapi_l4._RULE_FIELDS, ()),
+    ("TCPRoute spec", gwapi_l4._TCP_ROUTE_FIELDS, ()),
+    ("TCPRoute rules[]", gwapi_l4._RULE_FIELDS, ()),
     ("ReferenceGrant spec", _GRANT_FIELDS, ()),
 )
 """(where, fields accepted, Istio fields refused as "not supported yet")."""

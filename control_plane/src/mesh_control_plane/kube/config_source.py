@@ -14,6 +14,9 @@ by a file and by Kubernetes is the file's; the custom resource is marked
 `Accepted=False, reason OverriddenByFile`. Files are what an operator set on this
 control plane's own machine, on purpose; Kubernetes is shared.
 
+A Gateway's Programmed condition follows its Envoys' ACKs (`follow_programmed`):
+polled every second, written when it changes.
+
 Status writes need `patch` on `<kind>/status` and `create` on Events (see the RBAC in
 the README); a failed write is logged and retried at the next change.
 """
@@ -30,6 +33,7 @@ import httpx
 
 from mesh_control_plane.config import ConfigProblem, ConfigWatcher, MeshConfig
 from mesh_control_plane.config.documents import Document, parse_document
+from mesh_control_plane.config.gateway_api_status import Programmed
 from mesh_control_plane.config.schema import Problems
 from mesh_control_plane.kube.client import KubeConnection
 from mesh_control_plane.kube.crds import ACCEPTED, FIELD_MANAGER, KINDS
@@ -96,6 +100,11 @@ class KubeConfigSource:
         self._watcher: ConfigWatcher | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._dirty = False
+        self._report_due = False
+        self._programmed_source: Callable[[], Mapping[str, Programmed]] = dict
+        self._programmed: Mapping[str, Programmed] = {}
+        self._programmed_interval: float | None = None  # None: not followed
+        self._following: asyncio.Task[None] | None = None
 
     def bind(self, watcher: ConfigWatcher) -> None:
         """Reload `watcher` (whose `extra` is `documents`) after each change, and
@@ -107,15 +116,20 @@ class KubeConfigSource:
         """Reload soon although no custom resource changed (a Service appeared)."""
         self._schedule()
 
-    def _schedule(self) -> None:
-        self._dirty = True
+    def _schedule(self, reload: bool = True) -> None:
+        """Reload and report (or only report again) in the one task that
+        does both, so verdicts are written in the order they were reached."""
+        self._dirty = self._dirty or reload
+        self._report_due = True
         if self._watcher is not None and (self._reloading is None or self._reloading.done()):
             self._reloading = asyncio.create_task(self._reload(), name="kube config reload")
 
     async def _reload(self) -> None:
-        while self._dirty and self._watcher is not None:
-            self._dirty = False
-            await self._watcher.reload()
+        while self._report_due and self._watcher is not None:
+            if self._dirty:
+                self._dirty = False
+                await self._watcher.reload()
+            self._report_due = False
             errors = self._watcher.last_errors
             await self.report(None if errors else self._watcher.last_good, errors)
 
@@ -130,6 +144,22 @@ class KubeConfigSource:
             on_change=self._leadership,
         )
 
+    def follow_programmed(
+        self, source: Callable[[], Mapping[str, Programmed]], interval: float = 1.0
+    ) -> None:
+        """Take Gateways' Programmed verdicts from `source` (the gateway Envoys'
+        ACKs, xds/gateway_acks.py), checked every `interval` seconds once started."""
+        self._programmed_source = source
+        self._programmed_interval = interval
+
+    async def _follow(self) -> None:
+        while self._programmed_interval is not None:
+            await asyncio.sleep(self._programmed_interval)
+            now = self._programmed_source()
+            if now != self._programmed:
+                self._programmed = now
+                self._schedule(reload=False)
+
     def _leadership(self, leader: bool) -> None:
         if leader:  # the previous leader's verdicts may be stale: write all again
             self._written.clear()
@@ -139,15 +169,18 @@ class KubeConfigSource:
         await self.watching.start()
         if self.elector is not None:
             self._electing = asyncio.create_task(self.elector.run(), name="kube leader election")
+        if self._programmed_interval is not None:
+            self._following = asyncio.create_task(self._follow(), name="gateway Programmed")
 
     async def wait_synced(self) -> None:
         await self.watching.wait_synced()
 
     async def stop(self) -> None:
         self._watcher = None
-        if self._electing is not None:
-            self._electing.cancel()
-            await asyncio.wait([self._electing])
+        for task in (self._electing, self._following):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         if self.elector is not None:
             await self.elector.release()
         await self.watching.stop(*([self._reloading] if self._reloading is not None else []))
@@ -228,7 +261,7 @@ class KubeConfigSource:
             generation = obj["metadata"].get("generation", 0)
             own_shape = None  # the Gateway API's own status shape, for its accepted kinds
             if config is not None and verdict[1] == "Accepted":
-                own_shape = gateway_api_status(obj, config, generation, _now())
+                own_shape = gateway_api_status(obj, config, generation, _now(), self._programmed)
             written = (generation, *verdict, repr(_timeless(own_shape)))
             if self._written.get(key) == written:
                 continue

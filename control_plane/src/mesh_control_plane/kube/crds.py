@@ -21,12 +21,14 @@ import copy
 from typing import Any
 
 from mesh_control_plane.config.documents import (
+    GATEWAY_API_ALPHA_PARSERS,
     GATEWAY_API_PARSERS,
     NETWORKING_API_VERSIONS,
     PARSERS,
     SECURITY_API_VERSIONS,
 )
 from mesh_control_plane.config.parse_gateway_api import API_VERSIONS as GATEWAY_API_VERSIONS
+from mesh_control_plane.config.parse_gateway_api_l4 import API_VERSIONS as ALPHA_VERSIONS
 from mesh_control_plane.config.parse_telemetry import API_VERSIONS as TELEMETRY_API_VERSIONS
 from mesh_control_plane.config.supported import FIELDS
 
@@ -86,6 +88,8 @@ def _kinds() -> dict[str, KindInfo]:
             kinds[f"{kind}.{group}"] = KindInfo(kind, group, versions, label)
         else:
             kinds[kind] = KindInfo(kind, group, versions)
+    for kind in sorted(GATEWAY_API_ALPHA_PARSERS):  # TLSRoute, TCPRoute: v1alpha2 only
+        kinds[kind] = KindInfo(kind, group, tuple(v.partition("/")[2] for v in ALPHA_VERSIONS))
     return kinds
 
 

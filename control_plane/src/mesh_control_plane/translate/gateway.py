@@ -13,6 +13,8 @@ PASSTHROUGH port has a chain per SNI name of the bound `tls` rules (and an
 AUTO_PASSTHROUGH server one per cluster, gateway_sni.py); a TCP port
 one chain proxying to the destinations of the first bound `tcp` rule that
 applies there (no such rule: no listener, as nothing could be served).
+Gateway API TLSRoutes and TCPRoutes arrive as such `tls` and `tcp` rules; a
+Gateway API listener serves only the route kinds its allowedRoutes admit.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import Message
 
+from mesh_control_plane.config.gateway_api_attach import binds
 from mesh_control_plane.config.model import HTTPRouteDestination, MeshConfig, VirtualService
 from mesh_control_plane.config.parse_gateway import Gateway, GatewayServer
 from mesh_control_plane.translate.gateway_sni import auto_passthrough_chains
@@ -114,7 +117,7 @@ def _passthrough_chains(
     server host admits), proxying the TLS bytes untouched to its destination."""
     chains: dict[str, listener_components_pb2.FilterChain] = {}
     for gateway, _, server in servers:
-        for vs in _bound(config, gateway):
+        for vs in _bound(config, gateway, server):
             for rule in vs.tls:
                 for match in rule.match:
                     if match.gateways and gateway.ref not in match.gateways:
@@ -137,7 +140,7 @@ def _tcp_port_chain(
     """The first `tcp` rule (in VirtualService order) that applies to this
     Gateway and port, of a VirtualService with a host a server admits."""
     for gateway, _, server in servers:
-        for vs in _bound(config, gateway):
+        for vs in _bound(config, gateway, server):
             admitted = any(
                 h.admits(vs.meta.namespace, host) for h in server.hosts for host in vs.hosts
             )
@@ -165,7 +168,7 @@ def _tcp_chain(
     chain = listener_components_pb2.FilterChain(
         filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))]
     )
-    if sni:
+    if sni and sni != "*":  # "*": any SNI (a TLSRoute without hostnames)
         chain.filter_chain_match.server_names.append(sni)
     return chain
 
@@ -183,7 +186,7 @@ def _route_table(
 ) -> route_pb2.RouteConfiguration:
     hosts: dict[str, rc_pb2.VirtualHost] = {}
     for gateway, _, server in servers:
-        for vs in _bound(config, gateway):
+        for vs in _bound(config, gateway, server):
             for vs_host in vs.hosts:
                 domain = next(
                     (d for h in server.hosts if (d := h.admits(vs.meta.namespace, vs_host))),
@@ -204,5 +207,11 @@ def _route_table(
     return route_configuration(name, hosts.values())
 
 
-def _bound(config: MeshConfig, gateway: Gateway) -> list[VirtualService]:
-    return [vs for vs in config.virtual_services if gateway.ref in vs.gateways]
+def _bound(config: MeshConfig, gateway: Gateway, server: GatewayServer) -> list[VirtualService]:
+    """The routes bound to `gateway` (or to this server: a parentRef's
+    sectionName or port) of a kind `server` serves (allowedRoutes)."""
+    return [
+        vs
+        for vs in config.virtual_services
+        if binds(vs, gateway, server) and server.serves(vs.meta.kind)
+    ]
