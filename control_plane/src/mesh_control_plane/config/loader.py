@@ -33,6 +33,7 @@ from .model import (
     WorkloadGroup,
 )
 from .parse_gateway import Gateway
+from .parse_sidecar import Sidecar, check_sidecars, overlapping_selectors
 from .parse_telemetry import Telemetry
 from .references import check_references, reference_warnings
 from .schema import Problems
@@ -149,9 +150,10 @@ class _Builder:
         checked = replace(config, service_entries=config.service_entries + extra)
         # Before delegation: errors name the file written.
         dangling = check_references(checked if extra else config)
+        dangling += check_sidecars(config.sidecars)
         if dangling:
             raise ConfigLoadError(dangling)
-        warnings = reference_warnings(config)
+        warnings = [*reference_warnings(config), *overlapping_selectors(config.sidecars)]
         config, dropped = resolve_delegates(config)
         return replace(config, warnings=(*dropped, *unresolved, *warnings))
 
@@ -183,6 +185,7 @@ def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
         workload_groups=tuple(r for r in resources if isinstance(r, WorkloadGroup)),
         telemetries=tuple(r for r in resources if isinstance(r, Telemetry)),
         gateways=tuple(r for r in resources if isinstance(r, Gateway)),
+        sidecars=tuple(r for r in resources if isinstance(r, Sidecar)),
     )
 
 

@@ -6,7 +6,11 @@ Values are "*" (every namespace, Istio's default when the field is absent),
 translator hands each client only what its namespace may see
 (`visible_to`), so a client never routes by a rule, or to a service, that is
 not exported to it: a hidden service is not a mesh service for that client.
-The `Sidecar` resource, which narrows this further per workload, is refused.
+A `Sidecar` (parse_sidecar.py) narrows this further per workload, as Istio's
+SidecarScope does: of what is exported to the namespace, the services whose
+host (in the namespace declaring it) its egress imports, the mesh
+VirtualServices whose host it imports (in the VirtualService's namespace),
+and the services those route to. DestinationRules follow the services.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from .model import MeshConfig, Meta
+from .model import MeshConfig, Meta, ServiceEntry
+from .parse_sidecar import Sidecar, sidecar_for
 from .schema import Problems, check_str, get_list, index, is_dns_label, join
 
 EVERYWHERE = "*"
@@ -49,9 +54,55 @@ def exported(meta: Meta, export_to: tuple[str, ...], namespace: str) -> bool:
     return namespace in export_to
 
 
-def visible_to(config: MeshConfig, namespace: str) -> MeshConfig:
-    """`config` as a client in `namespace` sees it (the same object when no
-    resource restricts its export)."""
+def visible_to(
+    config: MeshConfig, namespace: str, labels: Mapping[str, str] | None = None
+) -> MeshConfig:
+    """`config` as a client in `namespace` with `labels` sees it (the same
+    object when nothing restricts it). `labels` None: a gateway, which no
+    Sidecar scopes."""
+    config = _exported_to(config, namespace)
+    if labels is None or not config.sidecars:
+        return config
+    root = config.settings.root_namespace
+    sidecar = sidecar_for(config.sidecars, namespace, labels, root)
+    return config if sidecar is None else scoped_by(config, sidecar)
+
+
+def scoped_by(config: MeshConfig, sidecar: Sidecar) -> MeshConfig:
+    """What a workload under `sidecar` sees of the (already exported) `config`."""
+    routes = tuple(
+        vs
+        for vs in config.virtual_services
+        if not vs.for_mesh or any(sidecar.imports(h, vs.meta.namespace) for h in vs.hosts)
+    )
+    routed_to = {
+        d.host
+        for vs in routes
+        if vs.for_mesh
+        for route in vs.http
+        for d in [*(rd.destination for rd in route.route), *(m.destination for m in route.mirrors)]
+    }
+
+    def keep(entry: ServiceEntry) -> ServiceEntry | None:
+        hosts = tuple(
+            h for h in entry.hosts if h in routed_to or sidecar.imports(h, entry.meta.namespace)
+        )
+        if hosts == entry.hosts:
+            return entry
+        return replace(entry, hosts=hosts) if hosts else None
+
+    def kept(entries: tuple[ServiceEntry, ...]) -> tuple[ServiceEntry, ...]:
+        return tuple(e for e in map(keep, entries) if e is not None)
+
+    return replace(
+        config,
+        service_entries=kept(config.service_entries),
+        passthrough_entries=kept(config.passthrough_entries),
+        virtual_services=routes,
+    )
+
+
+def _exported_to(config: MeshConfig, namespace: str) -> MeshConfig:
     restricted = (
         any(r.export_to for r in config.service_entries)
         or any(r.export_to for r in config.passthrough_entries)

@@ -81,7 +81,7 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
 
 def full_translation(config: MeshConfig, registry: Registry, node: NodeInfo) -> Translation:
     """translate(), keeping the parts."""
-    config = visible_to(config, node.namespace)  # exportTo: only what its namespace may see
+    config = _visible(config, node)
     index = MeshIndex.build(config)
     specs = tuple(cluster_specs(index))
     if node.router:
@@ -114,7 +114,7 @@ def update_endpoints(
     """``previous`` for a config that differs from its own only in the instances of
     ``hosts``: their clusters (upstream identities) and assignments are rebuilt,
     with the inbound listeners; every other message is reused as it is."""
-    config = visible_to(config, node.namespace)  # as full_translation saw it
+    config = _visible(config, node)  # as full_translation saw it
     clusters = list(previous.clusters)
     assignments = list(previous.assignments)
     for i, spec in enumerate(previous.specs):
@@ -131,6 +131,12 @@ def update_endpoints(
         assignments,
         previous.outbound,
     )
+
+
+def _visible(config: MeshConfig, node: NodeInfo) -> MeshConfig:
+    """exportTo: only what its namespace may see; a Sidecar: only what it
+    imports (gateways have no Sidecar)."""
+    return visible_to(config, node.namespace, None if node.router else dict(node.labels))
 
 
 def _cluster(spec: ClusterSpec, config: MeshConfig, registry: Registry, node: NodeInfo) -> Message:

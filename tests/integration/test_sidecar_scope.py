@@ -1,0 +1,88 @@
+"""A Sidecar scopes what a meshed httpx client may reach, with a real control
+plane and real backends: a host its Sidecar hides is, for that client, not a
+mesh service (REGISTRY_ONLY refuses it, ALLOW_ANY passes it through to the
+host itself), while a client without a Sidecar is routed by the mesh; an
+edit of the Sidecar reaches the running client.
+
+The hidden host is `localhost` on the port of backend "direct" (v2), and its
+ServiceEntry sends it to backend "mesh" (v1): the x-version header says which
+way a request went."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from meshlab import LocalMesh, service_entry, write_file_atomically
+
+from proxyless_mesh import Mesh, OutsideMeshError
+from proxyless_mesh.runtime import ALLOW_ANY, REGISTRY_ONLY
+
+CATALOG = "catalog.web.mesh"
+
+
+def _sidecar(hosts: list[str]) -> str:
+    doc = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": "default", "namespace": "web"},
+        "spec": {"egress": [{"hosts": hosts}]},
+    }
+    return json.dumps(doc)
+
+
+def _version(client: httpx.Client, url: str) -> str:
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    return response.headers["x-version"]
+
+
+def test_a_hidden_host_is_not_a_mesh_service_for_the_scoped_client(lab: LocalMesh) -> None:
+    routed = lab.start_http_backend("mesh", "v1")
+    direct = lab.start_http_backend("direct", "v2")
+    port, direct_port = routed.ready["port"], direct.ready["port"]
+    lab.write_config(
+        "services.yaml",
+        service_entry(CATALOG, 8080, [("127.0.0.1", port, {})], namespace="web")
+        + "\n---\n"
+        + service_entry("localhost", direct_port, [("127.0.0.1", port, {})], namespace="shop"),
+    )
+    lab.write_config("sidecar.yaml", _sidecar(["./*"]))
+    lab.start_control_plane()
+    hidden = f"http://localhost:{direct_port}/"
+    with (
+        Mesh.from_bootstrap(lab.bootstrap("web-any", "web"), outbound_policy=ALLOW_ANY) as web,
+        Mesh.from_bootstrap(
+            lab.bootstrap("web-only", "web"), outbound_policy=REGISTRY_ONLY
+        ) as strict,
+        Mesh.from_bootstrap(
+            lab.bootstrap("other", "other"), outbound_policy=REGISTRY_ONLY
+        ) as other,
+        httpx.Client(transport=web.httpx_transport()) as web_client,
+        httpx.Client(transport=strict.httpx_transport()) as strict_client,
+        httpx.Client(transport=other.httpx_transport()) as other_client,
+    ):
+        # The service the Sidecar imports is routed by the mesh for both.
+        assert _version(web_client, f"http://{CATALOG}:8080/") == "v1"
+        assert _version(strict_client, f"http://{CATALOG}:8080/") == "v1"
+        # Without a Sidecar, "other" sees shop's service: routed to v1.
+        assert _version(other_client, hidden) == "v1"
+        # Under web's Sidecar it is no mesh service: passed through, or refused.
+        assert _version(web_client, hidden) == "v2"
+        with pytest.raises(OutsideMeshError):
+            strict_client.get(hidden)
+        # Importing shop's hosts reaches the running clients: now routed.
+        write_file_atomically(lab.config_dir / "sidecar.yaml", _sidecar(["./*", "shop/*"]))
+        _await_version(web_client, hidden, "v1")
+        assert _version(strict_client, hidden) == "v1"
+
+
+def _await_version(client: httpx.Client, url: str, version: str, limit: float = 15.0) -> None:
+    """The client follows the control plane: requests until one is answered by
+    `version` (each is a real round trip), failing after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while _version(client, url) != version:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url} not answered by {version} within {limit}s")
