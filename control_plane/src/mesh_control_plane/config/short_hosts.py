@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .model import Destination, DestinationRule, HTTPRoute, VirtualService
+from .model import Destination, DestinationRule, HTTPRoute, HTTPRouteDestination, VirtualService
 
 
 def qualify(host: str, namespace: str, domain: str) -> str:
@@ -34,9 +34,19 @@ def qualify_virtual_service(service: VirtualService, domain: str) -> VirtualServ
     def route(r: HTTPRoute) -> HTTPRoute:
         return replace(
             r,
-            route=tuple(replace(rd, destination=dest(rd.destination)) for rd in r.route),
+            route=weighted(r.route),
             mirrors=tuple(replace(m, destination=dest(m.destination)) for m in r.mirrors),
         )
 
+    def weighted(rds: tuple[HTTPRouteDestination, ...]) -> tuple[HTTPRouteDestination, ...]:
+        return tuple(replace(rd, destination=dest(rd.destination)) for rd in rds)
+
     hosts = tuple(qualify(h, namespace, domain) for h in service.hosts)
-    return replace(service, hosts=hosts, http=tuple(route(r) for r in service.http))
+    return replace(
+        service,
+        hosts=hosts,
+        http=tuple(route(r) for r in service.http),
+        # tcp and tls rules (gateways): their destinations are short names too
+        tcp=tuple(replace(r, route=weighted(r.route)) for r in service.tcp),
+        tls=tuple(replace(r, route=weighted(r.route)) for r in service.tls),
+    )
