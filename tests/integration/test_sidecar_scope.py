@@ -86,3 +86,44 @@ def _await_version(client: httpx.Client, url: str, version: str, limit: float = 
     while _version(client, url) != version:
         if time.monotonic() > deadline:
             raise AssertionError(f"{url} not answered by {version} within {limit}s")
+
+
+def _route_to(namespace: str, version: str) -> str:
+    doc = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": namespace},
+        "spec": {
+            "hosts": [REVIEWS],
+            "exportTo": ["."],
+            "http": [{"route": [{"destination": {"host": REVIEWS, "subset": version}}]}],
+        },
+    }
+    return json.dumps(doc)
+
+
+REVIEWS = "reviews.default.mesh"
+
+
+def test_each_namespace_is_routed_by_the_virtual_service_exported_to_it(lab: LocalMesh) -> None:
+    """Two VirtualServices for one host, each exported to its own namespace
+    only (Istio's fix for IST0109): each namespace's clients follow their own."""
+    v1, v2 = lab.start_http_backend("reviews", "v1"), lab.start_http_backend("reviews", "v2")
+    lab.deploy_versions(REVIEWS, 8080, {"v1": v1, "v2": v2}, {"v1": 50, "v2": 50})
+    (lab.config_dir / "route.yaml").unlink()
+    lab.write_config("routes.yaml", _route_to("web", "v1") + "\n---\n" + _route_to("shop", "v2"))
+    lab.start_control_plane()
+    url = f"http://{REVIEWS}:8080/"
+    with (
+        Mesh.from_bootstrap(lab.bootstrap("web", "web")) as web,
+        Mesh.from_bootstrap(lab.bootstrap("shop", "shop")) as shop,
+        Mesh.from_bootstrap(lab.bootstrap("other", "other")) as other,
+        httpx.Client(transport=web.httpx_transport()) as web_client,
+        httpx.Client(transport=shop.httpx_transport()) as shop_client,
+        httpx.Client(transport=other.httpx_transport()) as other_client,
+    ):
+        # 20 requests each. Without a VirtualService (namespace "other") they
+        # spread over both instances: all 20 on one has probability 2 * 2^-20.
+        assert {_version(other_client, url) for _ in range(20)} == {"v1", "v2"}
+        assert {_version(web_client, url) for _ in range(20)} == {"v1"}
+        assert {_version(shop_client, url) for _ in range(20)} == {"v2"}

@@ -170,7 +170,9 @@ def test_a_host_is_routed_by_one_virtual_service() -> None:
     second = virtual_service("b", "ratings.mesh", {"host": "ratings.mesh"})
     assert problems(second, first) == [
         "mesh.yaml: VirtualService default/b: spec.hosts[0]: "
-        'host "ratings.mesh" is already routed by VirtualService default/a (mesh.yaml)'
+        'host "ratings.mesh" is already routed by VirtualService default/a (mesh.yaml) for '
+        "every namespace (VirtualServices of one host are merged only for gateways: give them "
+        "exportTo that no namespace shares) (IST0109)"
     ]
 
 

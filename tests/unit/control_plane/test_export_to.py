@@ -99,3 +99,65 @@ def test_export_to_mistakes_are_named(export_to: str, message: str) -> None:
     with pytest.raises(ConfigLoadError) as caught:
         load(text)
     assert any(message in p.message and p.code == "IST0106" for p in caught.value.problems)
+
+
+def _route(namespace: str, export_to: str, seconds: int) -> str:
+    return f"""
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shared-{namespace}, namespace: {namespace}}}
+spec:
+  hosts: [shared.mesh]
+  exportTo: {export_to}
+  http:
+  - timeout: {seconds}s
+    route: [{{destination: {{host: shared.mesh}}}}]
+"""
+
+
+def _timeout(text: str, namespace: str) -> int | None:
+    config = load(text)
+    node = NodeInfo("n", ClientKind.MESH, namespace=namespace)
+    route = translate(config, build_static_registry(config), node).resources[ROUTE][
+        "shared.mesh:80"
+    ]
+    action = route.virtual_hosts[0].routes[0].route
+    return action.timeout.seconds if action.HasField("timeout") else None
+
+
+BASE = CONFIG.replace(
+    "  exportTo: [web]\n  http:\n  - timeout: 2s", '  exportTo: ["~"]\n  http:\n  - timeout: 2s'
+)
+
+
+def test_one_host_routed_per_namespace_by_virtual_services_exported_apart() -> None:
+    text = BASE + _route("web", '["."]', 3) + _route("api", "[api, batch]", 4)
+    assert _timeout(text, "web") == 3
+    assert _timeout(text, "api") == _timeout(text, "batch") == 4
+    assert _timeout(text, "shop") is None  # its own is exported nowhere: Istio's default route
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "shared"),
+    [
+        ('["."]', "[web, api]", "namespace 'web'"),  # "." of web and web
+        ('["*"]', "[api]", "namespace 'api'"),
+        ("[]", "[]", "every namespace"),
+    ],
+)
+def test_virtual_services_one_namespace_would_see_both_are_refused(
+    first: str, second: str, shared: str
+) -> None:
+    text = BASE + _route("web", first, 3) + _route("api", second, 4)
+    with pytest.raises(ConfigLoadError) as caught:
+        load(text.replace("  exportTo: []\n", ""))
+    (problem,) = caught.value.problems
+    assert (problem.resource, problem.field, problem.code) == (
+        "VirtualService web/shared-web",
+        "spec.hosts[0]",
+        "IST0109",
+    )
+    assert f"already routed by VirtualService api/shared-api (x.yaml) for {shared}" in (
+        problem.message
+    )

@@ -54,6 +54,34 @@ def exported(meta: Meta, export_to: tuple[str, ...], namespace: str) -> bool:
     return namespace in export_to
 
 
+def shared_namespace(
+    a: Meta, a_export: tuple[str, ...], b: Meta, b_export: tuple[str, ...]
+) -> str | None:
+    """A namespace that sees both resources ("every namespace" when both are
+    everyone's), or None when none does."""
+    a_set, b_set = _audience(a, a_export), _audience(b, b_export)
+    if a_set is None and b_set is None:
+        return "every namespace"
+    if a_set is None or b_set is None:
+        finite = a_set if b_set is None else b_set
+        first = min(finite) if finite else None
+    else:
+        common = a_set & b_set
+        first = min(common) if common else None
+    return None if first is None else f"namespace {first!r}"
+
+
+def _audience(meta: Meta, export_to: tuple[str, ...]) -> frozenset[str] | None:
+    """The namespaces that see a resource; None: every namespace."""
+    if not export_to or EVERYWHERE in export_to:
+        return None
+    return frozenset(
+        meta.namespace if value == OWN_NAMESPACE else value
+        for value in export_to
+        if value != NOWHERE
+    )
+
+
 def visible_to(
     config: MeshConfig, namespace: str, labels: Mapping[str, str] | None = None
 ) -> MeshConfig:
