@@ -39,7 +39,11 @@ def _version(client: httpx.Client, url: str) -> str:
     return response.headers["x-version"]
 
 
-def test_a_hidden_host_is_not_a_mesh_service_for_the_scoped_client(lab: LocalMesh) -> None:
+@pytest.mark.parametrize("ads", ["sotw", "delta"])
+def test_a_hidden_host_is_not_a_mesh_service_for_the_scoped_client(
+    lab: LocalMesh, ads: str
+) -> None:
+    lab.ads = ads
     routed = lab.start_http_backend("mesh", "v1")
     direct = lab.start_http_backend("direct", "v2")
     port, direct_port = routed.ready["port"], direct.ready["port"]

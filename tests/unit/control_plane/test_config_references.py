@@ -200,3 +200,19 @@ def test_routing_a_passthrough_host_is_refused_naming_why() -> None:
         "policy for it are not supported yet in-process; use resolution: STATIC with endpoints "
         "(IST0101)",
     ]
+
+
+def test_one_namespace_wide_peer_authentication_per_namespace() -> None:
+    def wide(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"mtls": {"mode": "STRICT"}},
+        }
+
+    assert problems(wide("a"), wide("b")) == [
+        "mesh.yaml: PeerAuthentication shop/b: spec: namespace 'shop' already has a "
+        "namespace-wide PeerAuthentication, PeerAuthentication shop/a (mesh.yaml); "
+        "give this one a selector or merge them"
+    ]

@@ -33,7 +33,7 @@ from .model import (
     WorkloadGroup,
 )
 from .parse_gateway import Gateway
-from .parse_sidecar import Sidecar, check_sidecars, overlapping_selectors
+from .parse_sidecar import Sidecar, overlapping_selectors
 from .parse_telemetry import Telemetry
 from .references import check_references, reference_warnings
 from .schema import Problems
@@ -150,7 +150,6 @@ class _Builder:
         checked = replace(config, service_entries=config.service_entries + extra)
         # Before delegation: errors name the file written.
         dangling = check_references(checked if extra else config)
-        dangling += check_sidecars(config.sidecars)
         if dangling:
             raise ConfigLoadError(dangling)
         warnings = [*reference_warnings(config), *overlapping_selectors(config.sidecars)]

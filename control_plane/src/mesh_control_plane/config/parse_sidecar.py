@@ -53,7 +53,6 @@ ANY_NAMESPACE = "*"
 OWN_NAMESPACE = "."
 NO_NAMESPACE = "~"
 IMPORT_ALL = ((ANY_NAMESPACE, "*"),)
-MULTIPLE_DEFAULTS = "IST0111"  # Istio's MultipleSidecarsWithoutWorkloadSelectors
 CONFLICTING_SELECTORS = "IST0110"  # Istio's ConflictingSidecarWorkloadSelectors
 
 
@@ -155,32 +154,6 @@ def sidecar_for(
         if sidecar.meta.namespace == root_namespace and sidecar.selector is None:
             return sidecar
     return None
-
-
-def check_sidecars(sidecars: Iterable[Sidecar]) -> list[ConfigProblem]:
-    """At most one selector-less Sidecar per namespace (IST0111)."""
-    problems: list[ConfigProblem] = []
-    defaults: dict[str, Meta] = {}
-    for sidecar in sidecars:
-        if sidecar.selector is not None:
-            continue
-        first = defaults.setdefault(sidecar.meta.namespace, sidecar.meta)
-        if first is not sidecar.meta:
-            message = (
-                f"namespace {sidecar.meta.namespace!r} already has a Sidecar without a "
-                f"workloadSelector, {first.name} ({first.file}); Istio's choice between "
-                "them is undefined"
-            )
-            problems.append(
-                ConfigProblem(
-                    sidecar.meta.file,
-                    sidecar.meta.ref,
-                    "spec.workloadSelector",
-                    message,
-                    code=MULTIPLE_DEFAULTS,
-                )
-            )
-    return problems
 
 
 def overlapping_selectors(sidecars: Iterable[Sidecar]) -> list[ConfigProblem]:

@@ -23,8 +23,19 @@ VirtualService's hosts: there the target port would be a guess.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .errors import ConfigProblem
-from .model import Destination, DestinationRule, MeshConfig, Meta, ServiceEntry, VirtualService
+from .model import (
+    Destination,
+    DestinationRule,
+    MeshConfig,
+    Meta,
+    PeerAuthentication,
+    ServiceEntry,
+    VirtualService,
+)
+from .parse_sidecar import Sidecar
 from .schema import NOT_SUPPORTED
 from .visibility import shared_namespace
 
@@ -100,24 +111,50 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                 known = (services, passthrough)
                 problems.extend(_check_destination(vs.meta, where, dest, known, rules, []))
     problems.extend(_check_peer_authentications(config))
+    problems.extend(_check_sidecars(config))
     return problems
 
 
 def _check_peer_authentications(config: MeshConfig) -> list[ConfigProblem]:
     """At most one namespace-wide (selector-less) PeerAuthentication per
     namespace: Istio would pick the oldest, which a directory cannot tell."""
+    return _one_default_per_namespace(
+        config.peer_authentications,
+        "a namespace-wide PeerAuthentication",
+        "give this one a selector or merge them",
+        "spec",
+    )
+
+
+def _check_sidecars(config: MeshConfig) -> list[ConfigProblem]:
+    """At most one Sidecar without a workloadSelector per namespace: Istio's
+    behaviour is undefined then (its analyzer's IST0111)."""
+    return _one_default_per_namespace(
+        config.sidecars,
+        "a Sidecar without a workloadSelector",
+        "Istio's choice between them is undefined",
+        "spec.workloadSelector",
+        _MULTIPLE_SIDECAR_DEFAULTS,
+    )
+
+
+def _one_default_per_namespace(
+    resources: Iterable[PeerAuthentication | Sidecar],
+    what: str,
+    fix: str,
+    field: str,
+    code: str = "",
+) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     wide: dict[str, Meta] = {}
-    for pa in config.peer_authentications:
-        if pa.selector is not None:
+    for resource in resources:
+        if resource.selector is not None:
             continue
-        first = wide.setdefault(pa.meta.namespace, pa.meta)
-        if first is not pa.meta:
-            message = (
-                f"namespace {pa.meta.namespace!r} already has a namespace-wide "
-                f"PeerAuthentication, {_where(first)}; give this one a selector or merge them"
-            )
-            problems.append(_problem(pa.meta, "spec", message))
+        meta = resource.meta
+        first = wide.setdefault(meta.namespace, meta)
+        if first is not meta:
+            message = f"namespace {meta.namespace!r} already has {what}, {_where(first)}; {fix}"
+            problems.append(_problem(meta, field, message, code))
     return problems
 
 
@@ -253,6 +290,7 @@ def _where(meta: Meta) -> str:
 _NOT_FOUND = "IST0101"  # ReferencedResourceNotFound
 _PORT_SELECTOR_REQUIRED = "IST0112"  # VirtualServiceDestinationPortSelectorRequired
 _CONFLICTING_MESH_HOSTS = "IST0109"  # ConflictingMeshGatewayVirtualServiceHosts
+_MULTIPLE_SIDECAR_DEFAULTS = "IST0111"  # MultipleSidecarsWithoutWorkloadSelectors
 
 
 def _problem(meta: Meta, field: str, message: str, code: str = "") -> ConfigProblem:
