@@ -59,6 +59,7 @@ from proxyless_mesh.integrations import (
     normalize_target,
 )
 from proxyless_mesh.model import (
+    OUTBOUND_POLICY_LISTENER,
     CircuitBreakers,
     Cluster,
 )
@@ -344,7 +345,10 @@ class Mesh(MeshIdentity, MeshInbound):
 
     async def _watch(self, authority: str) -> None:
         try:
-            await self.xds.watch([authority], timeout=self.resolve_timeout)
+            # With the listener carrying the Sidecar's outboundTrafficPolicy, if
+            # any: an authority found absent is then decided by it.
+            watched = [authority, OUTBOUND_POLICY_LISTENER]
+            await self.xds.watch(watched, timeout=self.resolve_timeout)
         except ControlPlaneUnavailableError as exc:
             log.warning("could not resolve %s: %s", authority, exc)
             return

@@ -23,12 +23,15 @@ from proxyless_mesh.runtime import ALLOW_ANY, REGISTRY_ONLY
 CATALOG = "catalog.web.mesh"
 
 
-def _sidecar(hosts: list[str]) -> str:
+def _sidecar(hosts: list[str], mode: str | None = None) -> str:
+    spec: dict[str, object] = {"egress": [{"hosts": hosts}]}
+    if mode is not None:
+        spec["outboundTrafficPolicy"] = {"mode": mode}
     doc = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "Sidecar",
         "metadata": {"name": "default", "namespace": "web"},
-        "spec": {"egress": [{"hosts": hosts}]},
+        "spec": spec,
     }
     return json.dumps(doc)
 
@@ -81,6 +84,35 @@ def test_a_hidden_host_is_not_a_mesh_service_for_the_scoped_client(
         write_file_atomically(lab.config_dir / "sidecar.yaml", _sidecar(["./*", "shop/*"]))
         _await_version(web_client, hidden, "v1")
         assert _version(strict_client, hidden) == "v1"
+
+
+def test_a_sidecars_outbound_policy_overrides_the_clients_own(lab: LocalMesh) -> None:
+    """Istio: the Sidecar's outboundTrafficPolicy overrides the mesh default,
+    here the client's own `outbound_policy`, and follows edits of the file."""
+    direct = lab.start_http_backend("direct", "v2")
+    outside = f"http://localhost:{direct.ready['port']}/"  # declared by nobody
+    lab.write_config("services.yaml", service_entry(CATALOG, 8080, [("127.0.0.1", 1, {})]))
+    lab.write_config("sidecar.yaml", _sidecar(["./*"], REGISTRY_ONLY))
+    lab.start_control_plane()
+    with (
+        Mesh.from_bootstrap(lab.bootstrap("any", "web"), outbound_policy=ALLOW_ANY) as loose,
+        Mesh.from_bootstrap(lab.bootstrap("only", "web"), outbound_policy=REGISTRY_ONLY) as strict,
+        Mesh.from_bootstrap(lab.bootstrap("other", "other"), outbound_policy=ALLOW_ANY) as other,
+        httpx.Client(transport=loose.httpx_transport()) as loose_client,
+        httpx.Client(transport=strict.httpx_transport()) as strict_client,
+        httpx.Client(transport=other.httpx_transport()) as other_client,
+    ):
+        for client in (loose_client, strict_client):
+            with pytest.raises(OutsideMeshError):  # the Sidecar's REGISTRY_ONLY wins
+                client.get(outside)
+        assert _version(other_client, outside) == "v2"  # no Sidecar: its own ALLOW_ANY
+        write_file_atomically(lab.config_dir / "sidecar.yaml", _sidecar(["./*"], ALLOW_ANY))
+        deadline = time.monotonic() + 15.0
+        while strict.snapshot.outbound_policy != ALLOW_ANY:  # the edit arrives by push
+            assert time.monotonic() < deadline, "the Sidecar's ALLOW_ANY never arrived"
+            time.sleep(0.02)
+        assert _version(strict_client, outside) == "v2"  # the Sidecar's ALLOW_ANY wins
+        assert _version(loose_client, outside) == "v2"
 
 
 def _await_version(client: httpx.Client, url: str, version: str, limit: float = 15.0) -> None:

@@ -5,9 +5,13 @@ let the control plane translate for it, as Istio's SidecarScope decides."""
 from __future__ import annotations
 
 import pytest
+from google.protobuf import any_pb2
 from mesh_control_plane.config import ConfigLoadError
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import LISTENER, ROUTE, ClientKind, NodeInfo, translate
+
+from proxyless_mesh.model import OUTBOUND_POLICY_LISTENER, Listener
+from proxyless_mesh.xds_client import decode_listener
 
 from .test_config_policies import load, problems
 
@@ -195,8 +199,12 @@ def test_an_envoy_node_is_scoped_alike() -> None:
             "spec.ingress: not supported yet",
         ),
         (
-            "outboundTrafficPolicy: {mode: REGISTRY_ONLY}",
-            "spec.outboundTrafficPolicy: not supported yet",
+            "outboundTrafficPolicy: {mode: ALLOW_ANY, egressProxy: {host: egress.mesh}}",
+            "spec.outboundTrafficPolicy.egressProxy: not supported yet",
+        ),
+        (
+            "outboundTrafficPolicy: {mode: PASSTHROUGH}",
+            'spec.outboundTrafficPolicy.mode: unknown value "PASSTHROUGH"',
         ),
         (
             "egress: [{hosts: [reviews]}]",
@@ -245,3 +253,48 @@ def test_overlapping_selectors_are_a_warning_naming_the_one_applied() -> None:
         "orders.shop.svc.cluster.local",
         "cart.shop.svc.cluster.local",
     }
+
+
+def _policy_sidecar(policy: str, selector: str = "") -> str:
+    body = f"  workloadSelector: {{labels: {selector}}}\n" if selector else ""
+    return f"""---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: {"only" if selector else "default"}, namespace: shop}}
+spec:
+{body}  outboundTrafficPolicy: {policy}
+"""
+
+
+def _sent_mode(text: str, kind: ClientKind, labels: dict[str, str] | None = None) -> str | None:
+    """The mode the library decodes from what `kind` is sent (None: no listener)."""
+    config = load(text)
+    node = NodeInfo("n", kind, namespace="shop", labels=tuple((labels or {}).items()))
+    listener = (
+        translate(config, build_static_registry(config), node)
+        .resources[LISTENER]
+        .get(OUTBOUND_POLICY_LISTENER)
+    )
+    if listener is None:
+        return None
+    any_msg = any_pb2.Any()
+    any_msg.Pack(listener)
+    decoded = decode_listener(any_msg)
+    assert isinstance(decoded, Listener)
+    return decoded.outbound_policy
+
+
+def test_a_sidecars_outbound_mode_reaches_library_clients_only() -> None:
+    text = SERVICES + _policy_sidecar("{mode: REGISTRY_ONLY}")
+    assert _sent_mode(text, ClientKind.MESH) == "REGISTRY_ONLY"
+    assert _sent_mode(SERVICES + _policy_sidecar("{mode: ALLOW_ANY}"), ClientKind.MESH) == (
+        "ALLOW_ANY"
+    )
+    assert _sent_mode(text, ClientKind.GRPC) is None  # grpcio has no passthrough
+    assert _sent_mode(SERVICES, ClientKind.MESH) is None  # no Sidecar: the client's own
+    # As istiod reads it: outboundTrafficPolicy without a mode is REGISTRY_ONLY.
+    assert _sent_mode(SERVICES + _policy_sidecar("{}"), ClientKind.MESH) == "REGISTRY_ONLY"
+    # The Sidecar that applies decides: a selecting one without a mode has none.
+    both = text + _sidecar("only", "shop", '["*/*"]', selector="{app: web}")
+    assert _sent_mode(both, ClientKind.MESH, {"app": "web"}) is None
+    assert _sent_mode(both, ClientKind.MESH, {"app": "batch"}) == "REGISTRY_ONLY"

@@ -21,8 +21,9 @@ Refused by field: `egress[].port`/`bind`/`captureMode` (there is no listener
 per port in-process: a proxyless client resolves each host itself), more
 than one egress entry (only the port-less catch-all is meaningful here),
 `ingress` and `inboundConnectionPool` (there is no inbound capture), and
-`outboundTrafficPolicy` (the library's outbound policy is the client's own
-`Mesh(outbound_policy=...)`, which the control plane does not deliver yet).
+`outboundTrafficPolicy.egressProxy`. `outboundTrafficPolicy.mode` overrides,
+for library clients, their own `Mesh(outbound_policy=...)` (the "mesh
+default"): see translate/outbound_policy.py.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .model import Meta
 from .schema import (
     NOT_SUPPORTED,
     Problems,
+    check_enum,
     check_host_pattern,
     check_str,
     get_list,
@@ -45,8 +47,11 @@ from .schema import (
     read_object,
 )
 
-_SIDECAR_FIELDS = ("workloadSelector", "egress")
-_SIDECAR_UNSUPPORTED = ("ingress", "inboundConnectionPool", "outboundTrafficPolicy")
+_SIDECAR_FIELDS = ("workloadSelector", "egress", "outboundTrafficPolicy")
+_SIDECAR_UNSUPPORTED = ("ingress", "inboundConnectionPool")
+_POLICY_FIELDS = ("mode",)
+_POLICY_UNSUPPORTED = ("egressProxy",)
+OUTBOUND_MODES = ("REGISTRY_ONLY", "ALLOW_ANY")
 _EGRESS_FIELDS = ("hosts",)
 _EGRESS_UNSUPPORTED = ("port", "bind", "captureMode")
 ANY_NAMESPACE = "*"
@@ -64,6 +69,7 @@ class Sidecar:
     meta: Meta
     selector: Mapping[str, str] | None = None
     hosts: tuple[tuple[str, str], ...] = IMPORT_ALL
+    outbound_policy: str | None = None  # outboundTrafficPolicy.mode, when set
 
     def selects(self, labels: Mapping[str, str]) -> bool:
         return self.selector is not None and all(
@@ -100,7 +106,20 @@ def parse_sidecar(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Sidecar:
         where = index("spec.egress", i)
         fields = read_object(p, entry, where, _EGRESS_FIELDS, _EGRESS_UNSUPPORTED)
         hosts = tuple(_egress_hosts(p, fields, where))
-    return Sidecar(meta, selector, hosts)
+    return Sidecar(meta, selector, hosts, _outbound_mode(p, checked))
+
+
+def _outbound_mode(p: Problems, spec: Mapping[str, Any]) -> str | None:
+    where = "spec.outboundTrafficPolicy"
+    policy = get_object(
+        p, spec, "outboundTrafficPolicy", "spec", _POLICY_FIELDS, _POLICY_UNSUPPORTED
+    )
+    if policy is None:
+        return None
+    # An unset mode is the enum's zero, REGISTRY_ONLY, as istiod reads it (the
+    # mesh's own default, ALLOW_ANY, applies only when the field is absent).
+    mode = check_str(p, policy.get("mode", "REGISTRY_ONLY"), f"{where}.mode")
+    return None if mode is None else check_enum(p, mode, f"{where}.mode", OUTBOUND_MODES)
 
 
 def _egress_hosts(p: Problems, entry: Mapping[str, Any], where: str) -> Iterable[tuple[str, str]]:

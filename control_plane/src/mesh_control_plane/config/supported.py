@@ -31,6 +31,8 @@ from .parse_services import _ENDPOINT_FIELDS, _SE_FIELDS, _SE_UNSUPPORTED
 from .parse_sidecar import (
     _EGRESS_FIELDS,
     _EGRESS_UNSUPPORTED,
+    _POLICY_FIELDS,
+    _POLICY_UNSUPPORTED,
     _SIDECAR_FIELDS,
     _SIDECAR_UNSUPPORTED,
 )
@@ -74,6 +76,7 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("ReferenceGrant spec", _GRANT_FIELDS, ()),
     ("Sidecar spec", _SIDECAR_FIELDS, _SIDECAR_UNSUPPORTED),
     ("Sidecar egress[]", _EGRESS_FIELDS, _EGRESS_UNSUPPORTED),
+    ("Sidecar outboundTrafficPolicy", _POLICY_FIELDS, _POLICY_UNSUPPORTED),
 )
 """(where, fields accepted, Istio fields refused as "not supported yet")."""
 

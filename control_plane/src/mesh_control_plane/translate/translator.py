@@ -25,6 +25,7 @@ from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.listeners import api_listener, envoy_outbound_listener
 from mesh_control_plane.translate.names import ENVOY_OUTBOUND, authority
 from mesh_control_plane.translate.node import ClientKind, NodeInfo
+from mesh_control_plane.translate.outbound_policy import outbound_policy_listeners
 from mesh_control_plane.translate.resources import (
     CLUSTER,
     ENDPOINT,
@@ -91,6 +92,7 @@ def full_translation(config: MeshConfig, registry: Registry, node: NodeInfo) -> 
     else:
         listeners, routes = _proxyless_listeners(index)
         if node.kind is ClientKind.MESH:
+            listeners += outbound_policy_listeners(config, node)  # a Sidecar's mode
             attach_telemetry(listeners, telemetry_specs(config, node))
     return _assemble(
         config,
