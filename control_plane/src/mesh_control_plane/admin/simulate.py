@@ -23,7 +23,12 @@ import httpx
 from mesh_control_plane.admin.describe import policies_of
 from mesh_control_plane.admin.mesh_view import mesh_view
 from mesh_control_plane.admin.simulate_effects import abort_outcome, route_effects
-from mesh_control_plane.admin.simulate_scope import caller_sidecar, caller_state, hidden_outcome
+from mesh_control_plane.admin.simulate_scope import (
+    caller_sidecar,
+    caller_state,
+    hidden_outcome,
+    outside_outcome,
+)
 from mesh_control_plane.config.authorization import (
     authorization_policies_to_rbac,
     is_dry_run,
@@ -76,6 +81,7 @@ def simulate(
     result: dict[str, Any] = {"request": f"{request.method} {url}", "authority": authority}
     state = offline.state
     config = offline.config
+    sidecar = None
     if source is not None and isinstance(config, MeshConfig):
         namespace = source.partition("/")[0]
         sidecar = caller_sidecar(config, namespace, labels or {})
@@ -99,7 +105,7 @@ def simulate(
                 f"{declared.resolution}, {declared.location}: no mesh mTLS)"
             )
             return result
-        result["outcome"] = "not a mesh service: passed through (ALLOW_ANY) or refused"
+        result["outcome"] = f"not a mesh service: {outside_outcome(sidecar)}"
         return result
     matched = next(
         (r for r in table.routes if r.matches(path, request.method, request.headers.get)), None

@@ -17,7 +17,7 @@ from mesh_control_plane.registry import Registry
 from mesh_control_plane.translate import ClientKind, NodeInfo
 from proxyless_mesh.xds_client import XdsState
 
-__all__ = ["caller_sidecar", "caller_state", "hidden_outcome"]
+__all__ = ["caller_sidecar", "caller_state", "hidden_outcome", "outside_outcome"]
 
 
 def caller_sidecar(config: MeshConfig, namespace: str, labels: Mapping[str, str]) -> Sidecar | None:
@@ -45,7 +45,14 @@ def hidden_outcome(sidecar: Sidecar | None, namespace: str) -> str:
         if sidecar is not None
         else f"not exported to namespace {namespace!r}"
     )
-    return (
-        f"{why}: not a mesh service for this caller: passed through (ALLOW_ANY) "
-        "or refused (REGISTRY_ONLY)"
-    )
+    return f"{why}: not a mesh service for this caller: {outside_outcome(sidecar)}"
+
+
+def outside_outcome(sidecar: Sidecar | None) -> str:
+    """What happens to a host outside the caller's mesh: its Sidecar's
+    outboundTrafficPolicy when it sets one, else the client's own policy."""
+    if sidecar is None or sidecar.outbound_policy is None:
+        return "passed through (ALLOW_ANY) or refused (REGISTRY_ONLY)"
+    if sidecar.outbound_policy == "REGISTRY_ONLY":
+        return f"refused (REGISTRY_ONLY, outboundTrafficPolicy of {sidecar.meta.ref})"
+    return f"passed through (ALLOW_ANY, outboundTrafficPolicy of {sidecar.meta.ref})"
