@@ -101,7 +101,9 @@ class Mesh(MeshIdentity, MeshInbound):
         preload: authorities (`host:port`) to fetch on start, so their first
             request does not wait for a round trip to the control plane.
         outbound_policy: `ALLOW_ANY` passes non-mesh hosts through untouched;
-            `REGISTRY_ONLY` refuses them with OutsideMeshError.
+            `REGISTRY_ONLY` refuses them with OutsideMeshError. The mesh
+            default: a Sidecar's `outboundTrafficPolicy` sent by the control
+            plane overrides it for the workloads it applies to.
         admin_address: `HOST:PORT` (port 0 picks one) to serve CSDS on while
             started (see `proxyless_mesh.diagnostics`); None (default): no
             admin endpoint. The bound address is `mesh.diagnostics.address`.
