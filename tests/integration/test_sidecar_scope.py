@@ -86,9 +86,11 @@ def test_a_hidden_host_is_not_a_mesh_service_for_the_scoped_client(
         assert _version(strict_client, hidden) == "v1"
 
 
-def test_a_sidecars_outbound_policy_overrides_the_clients_own(lab: LocalMesh) -> None:
+@pytest.mark.parametrize("ads", ["sotw", "delta"])
+def test_a_sidecars_outbound_policy_overrides_the_clients_own(lab: LocalMesh, ads: str) -> None:
     """Istio: the Sidecar's outboundTrafficPolicy overrides the mesh default,
     here the client's own `outbound_policy`, and follows edits of the file."""
+    lab.ads = ads
     direct = lab.start_http_backend("direct", "v2")
     outside = f"http://localhost:{direct.ready['port']}/"  # declared by nobody
     lab.write_config("services.yaml", service_entry(CATALOG, 8080, [("127.0.0.1", 1, {})]))
