@@ -42,6 +42,7 @@ from .schema import (
     check_str,
     get_list,
     get_object,
+    get_str_map,
     index,
     is_dns_label,
     read_object,
@@ -89,11 +90,9 @@ def parse_sidecar(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Sidecar:
     selector = None
     selector_obj = get_object(p, checked, "workloadSelector", "spec", ("labels",))
     if selector_obj is not None:
-        labels = selector_obj.get("labels")
-        if not isinstance(labels, Mapping) or not labels:
+        selector = get_str_map(p, selector_obj, "labels", "spec.workloadSelector")
+        if selector_obj.get("labels") in (None, {}):  # other types: named by get_str_map
             p.schema("spec.workloadSelector.labels", "required: at least one label")
-        else:
-            selector = {str(k): str(v) for k, v in labels.items()}
     egress = get_list(p, checked, "egress", "spec")
     if len(egress) > 1:
         p.add(
