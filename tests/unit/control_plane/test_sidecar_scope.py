@@ -101,8 +101,27 @@ def test_the_namespace_part_is_where_the_service_is_declared() -> None:
     assert hosts_seen(text, "shop") == {"cart.shop.svc.cluster.local"}
 
 
-def test_no_namespace_imports_nothing() -> None:
+def test_excluding_every_host_imports_nothing() -> None:
     assert hosts_seen(SERVICES + _sidecar("default", "shop", '["~/*"]'), "shop") == set()
+    assert hosts_seen(SERVICES + _sidecar("default", "shop", '["*/*", "~/*"]'), "shop") == set()
+
+
+def test_tilde_entries_exclude_hosts_from_what_the_others_import() -> None:
+    # "~<namespace>/host": that namespace's host, however it is imported.
+    text = SERVICES + _sidecar(
+        "default", "shop", '["*/*", "~finance/audit.finance.svc.cluster.local"]'
+    )
+    assert hosts_seen(text, "shop") == ALL - {"audit.finance.svc.cluster.local"}
+    # "~./": the Sidecar's own namespace; "~/": every namespace, with wildcards.
+    text = SERVICES + _sidecar(
+        "default",
+        "shop",
+        '["./*", "external/*", "~./cart.shop.svc.cluster.local", "~/*.example.com"]',
+    )
+    assert hosts_seen(text, "shop") == {"orders.shop.svc.cluster.local"}
+    # An exclusion scoped to another namespace does not hide a host declared elsewhere.
+    text = SERVICES + _sidecar("default", "shop", '["*/*", "~finance/api.example.com"]')
+    assert hosts_seen(text, "shop") == ALL
 
 
 def test_a_selecting_sidecar_wins_over_the_namespace_default_and_root_default() -> None:
@@ -210,7 +229,13 @@ def test_an_envoy_node_is_scoped_alike() -> None:
             "egress: [{hosts: [reviews]}]",
             'spec.egress[0].hosts[0]: "reviews" is not "namespace/dnsName"',
         ),
-        ("egress: [{hosts: [Bad_NS/*]}]", 'spec.egress[0].hosts[0]: "Bad_NS" is not "*", ".", "~"'),
+        ("egress: [{hosts: [Bad_NS/*]}]", 'spec.egress[0].hosts[0]: "Bad_NS" is not "*", "."'),
+        ("egress: [{hosts: [~Bad_NS/*]}]", 'spec.egress[0].hosts[0]: "Bad_NS" is not "*", "."'),
+        ("egress: [{hosts: [./reviews]}]", 'spec.egress[0].hosts[0]: "reviews" is a short name'),
+        (
+            "egress: [{hosts: [shop/]}]",
+            'spec.egress[0].hosts[0]: "shop/" is not "namespace/dnsName"',
+        ),
         ("egress: [{hosts: []}]", "spec.egress[0].hosts: must not be empty"),
         ("workloadSelector: {labels: {}}", "spec.workloadSelector.labels: required"),
         ("workloadSelector: {}", "spec.workloadSelector.labels: required"),
@@ -301,3 +326,19 @@ def test_a_sidecars_outbound_mode_reaches_library_clients_only() -> None:
     both = text + _sidecar("only", "shop", '["*/*"]', selector="{app: web}")
     assert _sent_mode(both, ClientKind.MESH, {"app": "web"}) is None
     assert _sent_mode(both, ClientKind.MESH, {"app": "batch"}) == "REGISTRY_ONLY"
+
+
+def test_an_excluded_host_does_not_bring_the_virtual_service_routing_it() -> None:
+    # The exclusion is scoped to shop, the VirtualService's namespace: the route
+    # is left out, while finance's service itself stays imported (default route).
+    text = (
+        SERVICES
+        + ROUTING
+        + _sidecar("default", "shop", '["./*", "finance/*", "~./ledger.finance.svc.cluster.local"]')
+    )
+    config = load(text)
+    node = NodeInfo("n", ClientKind.MESH, namespace="shop")
+    routes = translate(config, build_static_registry(config), node).resources[ROUTE]
+    action = routes["ledger.finance.svc.cluster.local:80"].virtual_hosts[0].routes[0].route
+    assert not action.HasField("timeout")
+    assert action.cluster == "outbound|80||ledger.finance.svc.cluster.local"

@@ -15,8 +15,12 @@ with selectors match one workload (undefined too, IST0110) the first by name
 wins and `meshctl analyze` says so.
 
 `egress[].hosts` are "namespace/dnsName": namespace "*" (any), "." (the
-Sidecar's own), "~" (none: imports nothing) or a name; dnsName "*", a
-left-most wildcard ("*.example.com") or a name. No `egress` imports "*/*".
+Sidecar's own) or a name; dnsName "*", a left-most wildcard
+("*.example.com") or a full name (Istio refuses short names here). A "~"
+before the namespace makes the entry an exclusion, as in current Istio:
+"~shop/cart.shop.svc.cluster.local" hides that host of shop even where
+"shop/*" or "*/*" imports it, "~/h" (no namespace: every one) hides h
+everywhere, so "~/*" imports nothing. No `egress` imports "*/*".
 Refused by field: `egress[].port`/`bind`/`captureMode` (there is no listener
 per port in-process: a proxyless client resolves each host itself), more
 than one egress entry (only the port-less catch-all is meaningful here),
@@ -57,20 +61,21 @@ _EGRESS_FIELDS = ("hosts",)
 _EGRESS_UNSUPPORTED = ("port", "bind", "captureMode")
 ANY_NAMESPACE = "*"
 OWN_NAMESPACE = "."
-NO_NAMESPACE = "~"
+EXCLUDE = "~"
 IMPORT_ALL = ((ANY_NAMESPACE, "*"),)
 CONFLICTING_SELECTORS = "IST0110"  # Istio's ConflictingSidecarWorkloadSelectors
 
 
 @dataclass(frozen=True)
 class Sidecar:
-    """A checked Sidecar: its selector (None: namespace-wide) and the
-    (namespace, dnsName) pairs its egress imports."""
+    """A checked Sidecar: its selector (None: namespace-wide), the
+    (namespace, dnsName) pairs its egress imports and those it excludes."""
 
     meta: Meta
     selector: Mapping[str, str] | None = None
     hosts: tuple[tuple[str, str], ...] = IMPORT_ALL
     outbound_policy: str | None = None  # outboundTrafficPolicy.mode, when set
+    excluded: tuple[tuple[str, str], ...] = ()
 
     def selects(self, labels: Mapping[str, str]) -> bool:
         return self.selector is not None and all(
@@ -78,10 +83,17 @@ class Sidecar:
         )
 
     def imports(self, host: str, namespace: str) -> bool:
-        """Whether a host declared (or routed) in `namespace` is in scope."""
+        """Whether a host declared (or routed) in `namespace` is in scope:
+        imported by an entry and excluded by none."""
+        return self._any(self.hosts, host, namespace) and not self._any(
+            self.excluded, host, namespace
+        )
+
+    def _any(self, entries: tuple[tuple[str, str], ...], host: str, namespace: str) -> bool:
+        own = self.meta.namespace
         return any(
-            _namespace_matches(ns, namespace, self.meta.namespace) and host_matches(dns, host)
-            for ns, dns in self.hosts
+            _namespace_matches(ns, namespace, own) and host_matches(dns, host)
+            for ns, dns in entries
         )
 
 
@@ -100,12 +112,18 @@ def parse_sidecar(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Sidecar:
             "only one egress entry (the catch-all without a port) is supported: "
             f"egress listeners per port are {NOT_SUPPORTED} in-process",
         )
-    hosts: tuple[tuple[str, str], ...] = IMPORT_ALL
+    entries: list[tuple[bool, str, str]] = [(False, ANY_NAMESPACE, "*")]
     for i, entry in enumerate(egress[:1]):
         where = index("spec.egress", i)
         fields = read_object(p, entry, where, _EGRESS_FIELDS, _EGRESS_UNSUPPORTED)
-        hosts = tuple(_egress_hosts(p, fields, where))
-    return Sidecar(meta, selector, hosts, _outbound_mode(p, checked))
+        entries = list(_egress_hosts(p, fields, where))
+    return Sidecar(
+        meta,
+        selector,
+        tuple((ns, dns) for excluded, ns, dns in entries if not excluded),
+        _outbound_mode(p, checked),
+        tuple((ns, dns) for excluded, ns, dns in entries if excluded),
+    )
 
 
 def _outbound_mode(p: Problems, spec: Mapping[str, Any]) -> str | None:
@@ -121,20 +139,30 @@ def _outbound_mode(p: Problems, spec: Mapping[str, Any]) -> str | None:
     return None if mode is None else check_enum(p, mode, f"{where}.mode", OUTBOUND_MODES)
 
 
-def _egress_hosts(p: Problems, entry: Mapping[str, Any], where: str) -> Iterable[tuple[str, str]]:
+def _egress_hosts(
+    p: Problems, entry: Mapping[str, Any], where: str
+) -> Iterable[tuple[bool, str, str]]:
+    """(excluded, namespace, dnsName) per host, as Istio validates them."""
     for i, raw in enumerate(get_list(p, entry, "hosts", where, required=True, non_empty=True)):
         at = index(f"{where}.hosts", i)
         text = check_str(p, raw, at)
         if text is None:
             continue
         namespace, slash, dns = text.partition("/")
-        if not slash:
+        if not slash or not dns:
             p.schema(at, f'"{text}" is not "namespace/dnsName" (e.g. "./*", "istio-system/*")')
             continue
-        special = (ANY_NAMESPACE, OWN_NAMESPACE, NO_NAMESPACE)
-        if namespace not in special and not is_dns_label(namespace):
-            p.schema(at, f'"{namespace}" is not "*", ".", "~" or a namespace name')
-        yield namespace, check_host_pattern(p, dns, at)
+        excluded = namespace.startswith(EXCLUDE)
+        namespace = namespace.removeprefix(EXCLUDE) or (ANY_NAMESPACE if excluded else "")
+        if namespace not in (ANY_NAMESPACE, OWN_NAMESPACE) and not is_dns_label(namespace):
+            p.schema(
+                at, f'"{namespace}" is not "*", "." or a namespace name (after an optional "~")'
+            )
+            continue
+        if dns != "*" and "." not in dns:
+            p.schema(at, f'"{dns}" is a short name: write the full host name (Istio refuses it)')
+            continue
+        yield excluded, namespace, check_host_pattern(p, dns, at)
 
 
 def host_matches(pattern: str, host: str) -> bool:
@@ -153,7 +181,7 @@ def _namespace_matches(pattern: str, namespace: str, own: str) -> bool:
         return True
     if pattern == OWN_NAMESPACE:
         return namespace == own
-    return pattern != NO_NAMESPACE and pattern == namespace
+    return pattern == namespace
 
 
 def sidecar_for(
