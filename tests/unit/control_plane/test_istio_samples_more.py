@@ -54,6 +54,9 @@ def test_sidecars_scope_each_caller_as_istio_resolves_them() -> None:
     stock = simulate(offline, "GET", REVIEWS, source="warehouse/inventory")
     assert stock["sidecar"] == "Sidecar istio-system/default (sidecars.yaml)"
     assert stock["outcome"].startswith("not imported by Sidecar istio-system/default")
+    # Its "./*" means the caller's namespace, as istiod converts it per namespace.
+    own = simulate(offline, "GET", INVENTORY, source="warehouse/inventory")
+    assert own["outcome"] == "routed"
     # Without a caller, simulate shows the mesh as a whole.
     assert simulate(offline, "GET", INVENTORY)["outcome"] == "routed"
     assert render_findings(analyze_dir(SAMPLES / "sidecar-scope")) == "no problems found\n"

@@ -144,6 +144,12 @@ def test_a_selecting_sidecar_wins_over_the_namespace_default_and_root_default() 
         "ledger.finance.svc.cluster.local",
         "audit.finance.svc.cluster.local",
     }
+    # In the root namespace's default, "./" is each workload's own namespace.
+    own = SERVICES + _sidecar("default", "istio-system", '["./*"]')
+    assert hosts_seen(own, "finance") == {
+        "ledger.finance.svc.cluster.local",
+        "audit.finance.svc.cluster.local",
+    }
     # A Sidecar with a selector in the root namespace is not a mesh-wide default.
     rooted = SERVICES + _sidecar("only", "istio-system", '["~/*"]', selector="{app: web}")
     assert hosts_seen(rooted, "web", {"app": "web"}) == ALL

@@ -15,8 +15,9 @@ with selectors match one workload (undefined too, IST0110) the first by name
 wins and `meshctl analyze` says so.
 
 `egress[].hosts` are "namespace/dnsName": namespace "*" (any), "." (the
-Sidecar's own) or a name; dnsName "*", a left-most wildcard
-("*.example.com") or a full name (Istio refuses short names here). A "~"
+workload's own: for the root namespace's default, each namespace's) or a
+name; dnsName "*", a left-most wildcard ("*.example.com") or a full name
+(Istio refuses short names here). A "~"
 before the namespace makes the entry an exclusion, as in current Istio:
 "~shop/cart.shop.svc.cluster.local" hides that host of shop even where
 "shop/*" or "*/*" imports it, "~/h" (no namespace: every one) hides h
@@ -82,15 +83,17 @@ class Sidecar:
             labels.get(k) == v for k, v in self.selector.items()
         )
 
-    def imports(self, host: str, namespace: str) -> bool:
-        """Whether a host declared (or routed) in `namespace` is in scope:
-        imported by an entry and excluded by none."""
-        return self._any(self.hosts, host, namespace) and not self._any(
-            self.excluded, host, namespace
+    def imports(self, host: str, namespace: str, workload_namespace: str) -> bool:
+        """Whether a host declared (or routed) in `namespace` is in scope for
+        a workload of `workload_namespace` (what "." means: the root
+        namespace's Sidecar applies to each namespace as its own, as istiod
+        converts it per namespace): imported by an entry and excluded by none."""
+        return self._any(self.hosts, host, namespace, workload_namespace) and not self._any(
+            self.excluded, host, namespace, workload_namespace
         )
 
-    def _any(self, entries: tuple[tuple[str, str], ...], host: str, namespace: str) -> bool:
-        own = self.meta.namespace
+    @staticmethod
+    def _any(entries: tuple[tuple[str, str], ...], host: str, namespace: str, own: str) -> bool:
         return any(
             _namespace_matches(ns, namespace, own) and host_matches(dns, host)
             for ns, dns in entries

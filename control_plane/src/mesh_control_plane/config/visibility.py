@@ -93,15 +93,17 @@ def visible_to(
         return config
     root = config.settings.root_namespace
     sidecar = sidecar_for(config.sidecars, namespace, labels, root)
-    return config if sidecar is None else scoped_by(config, sidecar)
+    return config if sidecar is None else scoped_by(config, sidecar, namespace)
 
 
-def scoped_by(config: MeshConfig, sidecar: Sidecar) -> MeshConfig:
-    """What a workload under `sidecar` sees of the (already exported) `config`."""
+def scoped_by(config: MeshConfig, sidecar: Sidecar, namespace: str) -> MeshConfig:
+    """What a workload of `namespace` under `sidecar` sees of the (already
+    exported) `config`."""
     routes = tuple(
         vs
         for vs in config.virtual_services
-        if not vs.for_mesh or any(sidecar.imports(h, vs.meta.namespace) for h in vs.hosts)
+        if not vs.for_mesh
+        or any(sidecar.imports(h, vs.meta.namespace, namespace) for h in vs.hosts)
     )
     routed_to = {
         d.host
@@ -113,7 +115,9 @@ def scoped_by(config: MeshConfig, sidecar: Sidecar) -> MeshConfig:
 
     def keep(entry: ServiceEntry) -> ServiceEntry | None:
         hosts = tuple(
-            h for h in entry.hosts if h in routed_to or sidecar.imports(h, entry.meta.namespace)
+            h
+            for h in entry.hosts
+            if h in routed_to or sidecar.imports(h, entry.meta.namespace, namespace)
         )
         if hosts == entry.hosts:
             return entry
