@@ -4,7 +4,10 @@ namespace, "~" nowhere, or named namespaces), as Istio decides visibility."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from mesh_control_plane.cli.main import main
 from mesh_control_plane.config import ConfigLoadError
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import CLUSTER, LISTENER, ROUTE, ClientKind, NodeInfo, translate
@@ -161,3 +164,13 @@ def test_virtual_services_one_namespace_would_see_both_are_refused(
     assert f"already routed by VirtualService api/shared-api (x.yaml) for {shared}" in (
         problem.message
     )
+
+
+def test_describe_names_every_virtual_service_of_the_host_and_its_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "x.yaml").write_text(BASE + _route("web", '["."]', 3))
+    assert main(["describe", "shared.mesh", "--config-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "routing:     VirtualService shop/shared (x.yaml), exported to ~\n" in out
+    assert "also:        VirtualService web/shared-web (x.yaml), exported to .\n" in out
