@@ -59,6 +59,7 @@ from proxyless_mesh.integrations import (
     normalize_target,
 )
 from proxyless_mesh.model import (
+    OUTBOUND_POLICY_LISTENER,
     CircuitBreakers,
     Cluster,
 )
@@ -100,7 +101,9 @@ class Mesh(MeshIdentity, MeshInbound):
         preload: authorities (`host:port`) to fetch on start, so their first
             request does not wait for a round trip to the control plane.
         outbound_policy: `ALLOW_ANY` passes non-mesh hosts through untouched;
-            `REGISTRY_ONLY` refuses them with OutsideMeshError.
+            `REGISTRY_ONLY` refuses them with OutsideMeshError. The mesh
+            default: a Sidecar's `outboundTrafficPolicy` sent by the control
+            plane overrides it for the workloads it applies to.
         admin_address: `HOST:PORT` (port 0 picks one) to serve CSDS on while
             started (see `proxyless_mesh.diagnostics`); None (default): no
             admin endpoint. The bound address is `mesh.diagnostics.address`.
@@ -344,7 +347,10 @@ class Mesh(MeshIdentity, MeshInbound):
 
     async def _watch(self, authority: str) -> None:
         try:
-            await self.xds.watch([authority], timeout=self.resolve_timeout)
+            # With the listener carrying the Sidecar's outboundTrafficPolicy, if
+            # any: an authority found absent is then decided by it.
+            watched = [authority, OUTBOUND_POLICY_LISTENER]
+            await self.xds.watch(watched, timeout=self.resolve_timeout)
         except ControlPlaneUnavailableError as exc:
             log.warning("could not resolve %s: %s", authority, exc)
             return

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Mapping
 
 from proxyless_mesh.balancer import ClusterBalancer
+from proxyless_mesh.model import OUTBOUND_POLICY_LISTENER
 from proxyless_mesh.policy import PathNormalization, PolicyConfigError, PolicySet
 from proxyless_mesh.routing import RouteTable, compile_virtual_host, find_virtual_host
 from proxyless_mesh.runtime import BalancerSource, InboundPolicy, MeshSnapshot
@@ -89,7 +90,13 @@ def build_snapshot(state: XdsState, previous: MeshSnapshot | None = None) -> Mes
         awaited=awaited,
         sources=sources,
         inbound=_inbound_policies(state, previous.inbound if previous else {}),
+        outbound_policy=_sidecar_outbound_policy(state),
     )
+
+
+def _sidecar_outbound_policy(state: XdsState) -> str | None:
+    listener = state.listeners.get(OUTBOUND_POLICY_LISTENER)
+    return None if listener is None else listener.outbound_policy
 
 
 def _inbound_policies(

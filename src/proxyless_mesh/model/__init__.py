@@ -72,6 +72,8 @@ from proxyless_mesh.model._resources import (
 from proxyless_mesh.model._security import (
     INBOUND_PASSTHROUGH,
     INBOUND_PASSTHROUGH_PORT,
+    OUTBOUND_POLICY_LISTENER,
+    OUTBOUND_POLICY_METADATA,
     InboundListener,
     OriginationTls,
     TlsMode,
@@ -81,6 +83,8 @@ from proxyless_mesh.model._security import (
 __all__ = [
     "INBOUND_PASSTHROUGH",
     "INBOUND_PASSTHROUGH_PORT",
+    "OUTBOUND_POLICY_LISTENER",
+    "OUTBOUND_POLICY_METADATA",
     "AndRules",
     "AnyRule",
     "Authenticated",

@@ -364,3 +364,5 @@ class Listener:
     # The Telemetry API specs that apply to this workload, as JSON (node-scoped
     # listener metadata, see xds_client/_decode.telemetry_metadata).
     telemetry: str | None = None
+    # On the OUTBOUND_POLICY_LISTENER only: the mode the workload's Sidecar sets.
+    outbound_policy: str | None = None

@@ -52,6 +52,13 @@ passthrough chain): the PeerAuthentication and AuthorizationPolicies that
 select the workload by its namespace and labels (node metadata)."""
 INBOUND_PASSTHROUGH_PORT = 15006
 """Its address port: Istio's virtual inbound port (nothing binds it here)."""
+OUTBOUND_POLICY_LISTENER = "virtualOutbound"
+"""The client listener a mesh workload also watches when it resolves a host:
+present only when the workload's Sidecar sets `outboundTrafficPolicy`, whose
+mode (ALLOW_ANY or REGISTRY_ONLY) it carries and which then overrides the
+client's own `outbound_policy` (Istio: the Sidecar overrides the mesh default)."""
+OUTBOUND_POLICY_METADATA = "proxyless_mesh.io/outbound"
+"""Its listener metadata key: `{"mode": "ALLOW_ANY" | "REGISTRY_ONLY"}`."""
 
 
 class TlsMode(enum.Enum):

@@ -67,7 +67,8 @@ def route_request(
     table = snapshot.routes.get(authority)
     if table is None:
         if authority in snapshot.absent or is_ip_literal(authority.rpartition(":")[0]):
-            if outbound_policy == REGISTRY_ONLY:
+            # The workload's Sidecar (outboundTrafficPolicy) overrides the client's own.
+            if (snapshot.outbound_policy or outbound_policy) == REGISTRY_ONLY:
                 raise OutsideMeshError(
                     f"{authority} is not a mesh service and the outbound policy is "
                     "REGISTRY_ONLY; declare it in a ServiceEntry or allow any",

@@ -49,6 +49,9 @@ class MeshSnapshot:
     sources: Mapping[str, BalancerSource] = field(default_factory=dict)
     # Server listeners by name (the inbound half), with their compiled policy.
     inbound: Mapping[str, InboundPolicy] = field(default_factory=dict)
+    # The workload's Sidecar outboundTrafficPolicy mode, when the control plane
+    # sent one: it overrides the client's own outbound policy.
+    outbound_policy: str | None = None
 
     def knows(self, authority: str) -> bool:
         return authority in self.routes or authority in self.absent

@@ -27,6 +27,8 @@ from google.protobuf.message import DecodeError, Message
 
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import (
+    OUTBOUND_POLICY_LISTENER,
+    OUTBOUND_POLICY_METADATA,
     Cluster,
     ClusterLoadAssignment,
     InboundListener,
@@ -129,7 +131,34 @@ def decode_listener(resource: Any) -> Listener | InboundListener:
         _client_listener(msg) if msg.HasField("api_listener") else decode_inbound_listener(msg)
     )
     telemetry = telemetry_metadata(msg)
-    return listener if telemetry is None else replace(listener, telemetry=telemetry)
+    if telemetry is not None:
+        listener = replace(listener, telemetry=telemetry)
+    if OUTBOUND_POLICY_METADATA in msg.metadata.filter_metadata:
+        mode = _outbound_policy(msg)  # raises unless a client listener, so a Listener
+        if isinstance(listener, Listener):
+            listener = replace(listener, outbound_policy=mode)
+    return listener
+
+
+_OUTBOUND_MODES = ("ALLOW_ANY", "REGISTRY_ONLY")
+
+
+def _outbound_policy(msg: Any) -> str:
+    """The Sidecar's outboundTrafficPolicy mode carried by the listener
+    named OUTBOUND_POLICY_LISTENER (and by no other)."""
+    if msg.name != OUTBOUND_POLICY_LISTENER or not msg.HasField("api_listener"):
+        raise XdsResourceError(
+            f"metadata {OUTBOUND_POLICY_METADATA!r} is only valid on the client listener "
+            f"{OUTBOUND_POLICY_LISTENER!r}"
+        )
+    value = json_format.MessageToDict(msg.metadata.filter_metadata[OUTBOUND_POLICY_METADATA])
+    mode = value.get("mode")
+    if mode not in _OUTBOUND_MODES:
+        raise XdsResourceError(
+            f"metadata {OUTBOUND_POLICY_METADATA!r}: mode {mode!r} is not one of "
+            f"{', '.join(_OUTBOUND_MODES)}"
+        )
+    return str(mode)
 
 
 #: Node-scoped listener metadata: the Telemetry API specs for this workload.

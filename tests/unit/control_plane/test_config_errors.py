@@ -346,8 +346,8 @@ def test_unknown_kind_and_api_version() -> None:
     assert problems(text) == [
         'bad.yaml: Frobnicator default/a: kind: unknown kind "Frobnicator" '
         "(supported: AuthorizationPolicy, DestinationRule, Gateway, PeerAuthentication, "
-        "RequestAuthentication, ServiceEntry, Telemetry, VirtualService, WorkloadEntry, "
-        "WorkloadGroup)",
+        "RequestAuthentication, ServiceEntry, Sidecar, Telemetry, VirtualService, "
+        "WorkloadEntry, WorkloadGroup)",
         "bad.yaml: ProxyConfig default/a: kind: ProxyConfig is not supported yet",
         'bad.yaml: apiVersion: unsupported apiVersion "networking.istio.io/v2" for ServiceEntry '
         "(expected networking.istio.io/v1, networking.istio.io/v1beta1, "

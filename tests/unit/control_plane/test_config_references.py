@@ -170,7 +170,9 @@ def test_a_host_is_routed_by_one_virtual_service() -> None:
     second = virtual_service("b", "ratings.mesh", {"host": "ratings.mesh"})
     assert problems(second, first) == [
         "mesh.yaml: VirtualService default/b: spec.hosts[0]: "
-        'host "ratings.mesh" is already routed by VirtualService default/a (mesh.yaml)'
+        'host "ratings.mesh" is already routed by VirtualService default/a (mesh.yaml) for '
+        "every namespace (VirtualServices of one host are merged only for gateways: give them "
+        "exportTo that no namespace shares) (IST0109)"
     ]
 
 
@@ -197,4 +199,20 @@ def test_routing_a_passthrough_host_is_refused_naming_why() -> None:
         "(the default): requests pass through to the host itself, so routing and traffic "
         "policy for it are not supported yet in-process; use resolution: STATIC with endpoints "
         "(IST0101)",
+    ]
+
+
+def test_one_namespace_wide_peer_authentication_per_namespace() -> None:
+    def wide(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"mtls": {"mode": "STRICT"}},
+        }
+
+    assert problems(wide("a"), wide("b")) == [
+        "mesh.yaml: PeerAuthentication shop/b: spec: namespace 'shop' already has a "
+        "namespace-wide PeerAuthentication, PeerAuthentication shop/a (mesh.yaml); "
+        "give this one a selector or merge them"
     ]

@@ -4,7 +4,10 @@ namespace, "~" nowhere, or named namespaces), as Istio decides visibility."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from mesh_control_plane.cli.main import main
 from mesh_control_plane.config import ConfigLoadError
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import CLUSTER, LISTENER, ROUTE, ClientKind, NodeInfo, translate
@@ -99,3 +102,75 @@ def test_export_to_mistakes_are_named(export_to: str, message: str) -> None:
     with pytest.raises(ConfigLoadError) as caught:
         load(text)
     assert any(message in p.message and p.code == "IST0106" for p in caught.value.problems)
+
+
+def _route(namespace: str, export_to: str, seconds: int) -> str:
+    return f"""
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shared-{namespace}, namespace: {namespace}}}
+spec:
+  hosts: [shared.mesh]
+  exportTo: {export_to}
+  http:
+  - timeout: {seconds}s
+    route: [{{destination: {{host: shared.mesh}}}}]
+"""
+
+
+def _timeout(text: str, namespace: str) -> int | None:
+    config = load(text)
+    node = NodeInfo("n", ClientKind.MESH, namespace=namespace)
+    route = translate(config, build_static_registry(config), node).resources[ROUTE][
+        "shared.mesh:80"
+    ]
+    action = route.virtual_hosts[0].routes[0].route
+    return action.timeout.seconds if action.HasField("timeout") else None
+
+
+BASE = CONFIG.replace(
+    "  exportTo: [web]\n  http:\n  - timeout: 2s", '  exportTo: ["~"]\n  http:\n  - timeout: 2s'
+)
+
+
+def test_one_host_routed_per_namespace_by_virtual_services_exported_apart() -> None:
+    text = BASE + _route("web", '["."]', 3) + _route("api", "[api, batch]", 4)
+    assert _timeout(text, "web") == 3
+    assert _timeout(text, "api") == _timeout(text, "batch") == 4
+    assert _timeout(text, "shop") is None  # its own is exported nowhere: Istio's default route
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "shared"),
+    [
+        ('["."]', "[web, api]", "namespace 'web'"),  # "." of web and web
+        ('["*"]', "[api]", "namespace 'api'"),
+        ("[]", "[]", "every namespace"),
+    ],
+)
+def test_virtual_services_one_namespace_would_see_both_are_refused(
+    first: str, second: str, shared: str
+) -> None:
+    text = BASE + _route("web", first, 3) + _route("api", second, 4)
+    with pytest.raises(ConfigLoadError) as caught:
+        load(text.replace("  exportTo: []\n", ""))
+    (problem,) = caught.value.problems
+    assert (problem.resource, problem.field, problem.code) == (
+        "VirtualService web/shared-web",
+        "spec.hosts[0]",
+        "IST0109",
+    )
+    assert f"already routed by VirtualService api/shared-api (x.yaml) for {shared}" in (
+        problem.message
+    )
+
+
+def test_describe_names_every_virtual_service_of_the_host_and_its_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "x.yaml").write_text(BASE + _route("web", '["."]', 3))
+    assert main(["describe", "shared.mesh", "--config-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "routing:     VirtualService shop/shared (x.yaml), exported to ~\n" in out
+    assert "also:        VirtualService web/shared-web (x.yaml), exported to .\n" in out

@@ -70,7 +70,17 @@ def describe_host(
         },
         "virtual_service": None
         if vs is None
-        else {**_where(vs.meta), "routes": [_route(vs.meta, i, r) for i, r in enumerate(vs.http)]},
+        else {
+            **_where(vs.meta),
+            "routes": [_route(vs.meta, i, r) for i, r in enumerate(vs.http)],
+            "export_to": list(vs.export_to),
+        },
+        # Other mesh VirtualServices of the host: exported to other namespaces.
+        "also_routed_by": [
+            {**_where(v.meta), "export_to": list(v.export_to)}
+            for v in config.virtual_services
+            if v is not vs and v.for_mesh and host in v.hosts
+        ],
         "routed_from": sorted(
             _where(v.meta)["resource"]
             for v in config.virtual_services

@@ -10,6 +10,7 @@ decoder's reading of each field.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -45,6 +46,8 @@ def mesh_view(config: MeshConfig, registry: Registry, node: NodeInfo = VIEW_NODE
     Raises proxyless_mesh.errors.XdsResourceError if the library would NACK
     a resource: the tools then say so instead of guessing.
     """
+    if node is VIEW_NODE and config.sidecars:  # the tools' view: the mesh, not one workload's
+        config = replace(config, sidecars=())
     resources = translate(config, registry, node).resources
     return XdsState(
         listeners=MappingProxyType(_client_listeners(resources.get(LISTENER, {}))),

@@ -14,7 +14,7 @@ from `NS/SA`, is reported beside it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,12 @@ import httpx
 from mesh_control_plane.admin.describe import policies_of
 from mesh_control_plane.admin.mesh_view import mesh_view
 from mesh_control_plane.admin.simulate_effects import abort_outcome, route_effects
+from mesh_control_plane.admin.simulate_scope import (
+    caller_sidecar,
+    caller_state,
+    hidden_outcome,
+    outside_outcome,
+)
 from mesh_control_plane.config.authorization import (
     authorization_policies_to_rbac,
     is_dry_run,
@@ -66,12 +72,26 @@ def simulate(
     url: str,
     headers: Sequence[tuple[str, str]] = (),
     source: str | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The decision for one request, as JSON-able data."""
+    """The decision for one request, as JSON-able data; with `source` (and
+    the caller's `labels`) as that caller is sent the config (exportTo, Sidecar)."""
     request = httpx.Request(method.upper(), url, headers=list(headers))
     authority, path = url_parts(request.url)
     result: dict[str, Any] = {"request": f"{request.method} {url}", "authority": authority}
-    snapshot = build_snapshot(offline.state)
+    state = offline.state
+    config = offline.config
+    sidecar = None
+    if source is not None and isinstance(config, MeshConfig):
+        namespace = source.partition("/")[0]
+        sidecar = caller_sidecar(config, namespace, labels or {})
+        if sidecar is not None:
+            result["sidecar"] = f"{sidecar.meta.ref} ({sidecar.meta.file})"
+        state = caller_state(config, offline.registry, namespace, labels or {})
+        if authority in offline.state.listeners and authority not in state.listeners:
+            result["outcome"] = hidden_outcome(sidecar, namespace)
+            return result
+    snapshot = build_snapshot(state)
     table = snapshot.routes.get(authority)
     if table is None:
         host = authority.rpartition(":")[0]
@@ -85,7 +105,7 @@ def simulate(
                 f"{declared.resolution}, {declared.location}: no mesh mTLS)"
             )
             return result
-        result["outcome"] = "not a mesh service: passed through (ALLOW_ANY) or refused"
+        result["outcome"] = f"not a mesh service: {outside_outcome(sidecar)}"
         return result
     matched = next(
         (r for r in table.routes if r.matches(path, request.method, request.headers.get)), None

@@ -152,7 +152,7 @@ def describe_view(cache: SnapshotCache, host: str) -> dict[str, Any]:
 
 
 def simulate_view(cache: SnapshotCache, query: Mapping[str, str]) -> dict[str, Any]:
-    """`GET /simulate?method=M&url=U[&headers=[[k,v],...]][&from=NS/SA]`:
+    """`GET /simulate?method=M&url=U[&headers=[[k,v],...]][&from=NS/SA[&labels={k: v}]]`:
     `simulate` on the config and registry being served."""
     method, url = query.get("method", "GET"), query.get("url", "")
     if not url:
@@ -166,7 +166,11 @@ def simulate_view(cache: SnapshotCache, query: Mapping[str, str]) -> dict[str, A
     if source is not None and source.count("/") != 1:
         raise HttpError(400, f"from wants NAMESPACE/SERVICE_ACCOUNT, got {source!r}")
     try:
+        labels = {str(k): str(v) for k, v in json.loads(query.get("labels", "{}")).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise HttpError(400, f"labels must be a JSON object of strings: {exc}") from None
+    try:
         view = ConfigView.of(cache.config, cache.registry)
-        return simulate(view, method, url, headers, source)
+        return simulate(view, method, url, headers, source, labels)
     except (XdsResourceError, httpx.InvalidURL) as exc:
         raise HttpError(400, str(exc)) from None

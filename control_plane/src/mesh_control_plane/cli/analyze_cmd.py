@@ -124,6 +124,10 @@ def _unused_subsets(offline: ConfigView) -> list[Finding]:
     routes = [route for vs in offline.config.virtual_services for route in vs.http]
     used = {(d.destination.host, d.destination.subset) for r in routes for d in r.route}
     used |= {(m.destination.host, m.destination.subset) for r in routes for m in r.mirrors}
+    configs = offline.config.virtual_services
+    byte_routes = [d for vs in configs for r in vs.tcp for d in r.route]
+    byte_routes += [d for vs in configs for r in vs.tls for d in r.route]
+    used |= {(d.destination.host, d.destination.subset) for d in byte_routes}
     out = []
     for dr in offline.config.destination_rules:
         for i, subset in enumerate(dr.subsets):

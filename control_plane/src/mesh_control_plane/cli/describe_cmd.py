@@ -46,7 +46,7 @@ def render_description(d: Mapping[str, Any]) -> str:
     if vs is None:
         lines.append("routing:     no VirtualService: every request to the service")
     else:
-        lines.append(f"routing:     {vs['resource']} ({vs['file']})")
+        lines.append(f"routing:     {vs['resource']} ({vs['file']}){_exported(vs)}")
         for route in vs["routes"]:
             lines.append(f"  route {route['name']}: when {' or '.join(route['match'])}")
             for dest in route["destinations"]:
@@ -60,6 +60,8 @@ def render_description(d: Mapping[str, Any]) -> str:
             ]
             if extras:
                 lines.append(f"    {'; '.join(extras)}")
+    for other in d.get("also_routed_by", ()):
+        lines.append(f"also:        {other['resource']} ({other['file']}){_exported(other)}")
     if d.get("routed_from"):
         lines.append(f"routed from: {', '.join(d['routed_from'])}")
     dr = d.get("destination_rule")
@@ -113,3 +115,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_description(description))
     return 0
+
+
+def _exported(vs: Mapping[str, Any]) -> str:
+    """`, exported to web, api` when the VirtualService's exportTo narrows it."""
+    export_to = vs.get("export_to") or []
+    return f", exported to {', '.join(export_to)}" if export_to else ""

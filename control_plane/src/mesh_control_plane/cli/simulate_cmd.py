@@ -38,6 +38,13 @@ def add_parser(commands: Any) -> None:
         "--header", action="append", default=[], metavar="K=V", help="request header (repeat)"
     )
     p.add_argument("--from", dest="source", metavar="NS/SA", help="the caller's identity")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="the caller's workload label, for its Sidecar (repeat; with --from)",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--config-dir", type=Path, help="directory of Istio YAML (offline)")
     source.add_argument("--admin-address", help="HOST:PORT of a running control plane's admin")
@@ -47,18 +54,26 @@ def add_parser(commands: Any) -> None:
 
 
 def simulate_query(
-    method: str, url: str, headers: Sequence[tuple[str, str]], source: str | None
+    method: str,
+    url: str,
+    headers: Sequence[tuple[str, str]],
+    source: str | None,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
     """The admin target `/simulate?...` for one request (headers as a JSON list
-    of pairs: the admin endpoint reads each parameter once)."""
+    of pairs, labels as a JSON object: the admin endpoint reads each parameter once)."""
     params = {"method": method, "url": url, "headers": json.dumps([list(h) for h in headers])}
     if source is not None:
         params["from"] = source
+    if labels:
+        params["labels"] = json.dumps(dict(labels))
     return f"/simulate?{urllib.parse.urlencode(params)}"
 
 
 def render_simulation(result: Mapping[str, Any]) -> str:
     lines = [f"request:   {result['request']}", f"authority: {result['authority']}"]
+    if "sidecar" in result:
+        lines.append(f"sidecar:   {result['sidecar']}")
     if "route" in result:
         lines.append(f"route:     {result['route']}")
     lines.append(f"outcome:   {result['outcome']}")
@@ -82,6 +97,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"meshctl: --header wants K=V, got {item!r}", file=sys.stderr)
             return 2
         headers.append((name.strip(), value))
+    labels = {}
+    for item in args.label:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"meshctl: --label wants K=V, got {item!r}", file=sys.stderr)
+            return 2
+        labels[name.strip()] = value
+    if labels and args.source is None:
+        print("meshctl: --label describes the caller: give --from NS/SA too", file=sys.stderr)
+        return 2
     if args.source is not None and args.source.count("/") != 1:
         print(
             f"meshctl: --from wants NAMESPACE/SERVICE_ACCOUNT, got {args.source!r}", file=sys.stderr
@@ -90,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.config_dir is not None:
             offline = load_offline(args.config_dir)
-            result = simulate(offline, args.method, args.url, headers, args.source)
+            result = simulate(offline, args.method, args.url, headers, args.source, labels)
         else:
-            target = simulate_query(args.method, args.url, headers, args.source)
+            target = simulate_query(args.method, args.url, headers, args.source, labels)
             result = get_json(args.admin_address, target, args.timeout)
     except ConfigLoadError as exc:
         print(f"meshctl: {exc}\n(run `meshctl analyze {args.config_dir}`)", file=sys.stderr)

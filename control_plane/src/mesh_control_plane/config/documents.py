@@ -35,6 +35,7 @@ from .parse_security import (
     parse_request_authentication,
 )
 from .parse_services import parse_service_entry, parse_workload_entry
+from .parse_sidecar import Sidecar, parse_sidecar
 from .parse_telemetry import API_VERSIONS as TELEMETRY_API_VERSIONS
 from .parse_telemetry import Telemetry, parse_telemetry
 from .parse_workload_group import parse_workload_group_resource
@@ -60,6 +61,7 @@ Resource = (
     | RequestAuthentication
     | WorkloadGroup
     | Telemetry
+    | Sidecar
     | Gateway
     | ReferenceGrant
 )
@@ -78,6 +80,7 @@ PARSERS: dict[str, _Parser] = {
     "PeerAuthentication": parse_peer_authentication,
     "RequestAuthentication": parse_request_authentication,
     "ServiceEntry": parse_service_entry,
+    "Sidecar": parse_sidecar,
     "Telemetry": parse_telemetry,
     "VirtualService": parse_virtual_service,
     "WorkloadEntry": parse_workload_entry,
@@ -97,10 +100,7 @@ GATEWAY_API_ALPHA_PARSERS: dict[str, _Parser] = {
 _GATEWAY_API_LATER = ("GatewayClass", "UDPRoute", "BackendTLSPolicy")
 _SECURITY_KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"})
 # Istio kinds a user may reasonably write: named so the error says "not yet", not "what?".
-_LATER_KINDS = (
-    "ProxyConfig",
-    "Sidecar",
-)
+_LATER_KINDS = ("ProxyConfig",)
 # Kinds that patch or extend Envoy itself: there is no Envoy in-process to apply them to.
 _ENVOY_KINDS = ("EnvoyFilter", "TrafficExtension", "WasmPlugin")
 _TOP_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")

@@ -33,6 +33,7 @@ from .model import (
     WorkloadGroup,
 )
 from .parse_gateway import Gateway
+from .parse_sidecar import Sidecar, overlapping_selectors
 from .parse_telemetry import Telemetry
 from .references import check_references, reference_warnings
 from .schema import Problems
@@ -151,7 +152,7 @@ class _Builder:
         dangling = check_references(checked if extra else config)
         if dangling:
             raise ConfigLoadError(dangling)
-        warnings = reference_warnings(config)
+        warnings = [*reference_warnings(config), *overlapping_selectors(config.sidecars)]
         config, dropped = resolve_delegates(config)
         return replace(config, warnings=(*dropped, *unresolved, *warnings))
 
@@ -183,6 +184,7 @@ def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
         workload_groups=tuple(r for r in resources if isinstance(r, WorkloadGroup)),
         telemetries=tuple(r for r in resources if isinstance(r, Telemetry)),
         gateways=tuple(r for r in resources if isinstance(r, Gateway)),
+        sidecars=tuple(r for r in resources if isinstance(r, Sidecar)),
     )
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .parse_cors import CorsPolicy, DirectResponse
     from .parse_gateway import Gateway, ParentRef, TcpRoute, TlsRoute
+    from .parse_sidecar import Sidecar
     from .parse_telemetry import Telemetry
 
 from .errors import ConfigProblem
@@ -495,3 +496,4 @@ class MeshConfig:
     # not in service_entries, so nothing routes or balances them.
     passthrough_entries: tuple[ServiceEntry, ...] = ()
     gateways: tuple[Gateway, ...] = ()
+    sidecars: tuple[Sidecar, ...] = ()  # parse_sidecar: each workload's egress scope

@@ -6,7 +6,9 @@ operator has to edit (or whose target they have to add).
 
 Hosts are global: two resources of one kind may not claim the same host,
 even in different namespaces. Istio merges such resources only for gateways,
-and silently picking one would route traffic by file order.
+and silently picking one would route traffic by file order. Two mesh
+VirtualServices of one host are accepted when their `exportTo` share no
+namespace (Istio's documented fix for IST0109): each namespace sees its own.
 
 Mirrors (`mirror`, `mirrors[]`) are destinations too and are checked alike.
 
@@ -21,9 +23,21 @@ VirtualService's hosts: there the target port would be a guess.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .errors import ConfigProblem
-from .model import Destination, DestinationRule, MeshConfig, Meta, ServiceEntry, VirtualService
+from .model import (
+    Destination,
+    DestinationRule,
+    MeshConfig,
+    Meta,
+    PeerAuthentication,
+    ServiceEntry,
+    VirtualService,
+)
+from .parse_sidecar import Sidecar
 from .schema import NOT_SUPPORTED
+from .visibility import shared_namespace
 
 __all__ = ["check_references", "reference_warnings"]
 
@@ -34,7 +48,7 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
     services = _index_services(config, problems)
     passthrough = {host: se for se in config.passthrough_entries for host in se.hosts}
     rules = _index_rules(config, services, passthrough, problems)
-    routed: dict[str, VirtualService] = {}
+    routed: dict[str, list[VirtualService]] = {}
     for vs in config.virtual_services:
         # Hosts of a VirtualService bound only to gateways are names clients
         # send to the gateway, not services, and gateways may share them.
@@ -44,11 +58,19 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                 problems.append(
                     _problem(vs.meta, where, _no_service(host, passthrough), _NOT_FOUND)
                 )
-            if host in routed:
-                claim = f'host "{host}" is already routed by {_where(routed[host].meta)}'
-                problems.append(_problem(vs.meta, where, claim))
-            else:
-                routed[host] = vs
+            # Istio merges VirtualServices of one host only for gateways: for
+            # mesh clients two may share a host only if no namespace sees both.
+            for other in routed.get(host, ()):
+                seen_by = shared_namespace(other.meta, other.export_to, vs.meta, vs.export_to)
+                if seen_by is not None:
+                    claim = (
+                        f'host "{host}" is already routed by {_where(other.meta)} for {seen_by} '
+                        "(VirtualServices of one host are merged only for gateways: "
+                        "give them exportTo that no namespace shares)"
+                    )
+                    problems.append(_problem(vs.meta, where, claim, _CONFLICTING_MESH_HOSTS))
+                    break
+            routed.setdefault(host, []).append(vs)
         listener_ports = sorted(
             {port.number for host in vs.hosts if host in services for port in services[host].ports}
         )
@@ -89,24 +111,50 @@ def check_references(config: MeshConfig) -> list[ConfigProblem]:
                 known = (services, passthrough)
                 problems.extend(_check_destination(vs.meta, where, dest, known, rules, []))
     problems.extend(_check_peer_authentications(config))
+    problems.extend(_check_sidecars(config))
     return problems
 
 
 def _check_peer_authentications(config: MeshConfig) -> list[ConfigProblem]:
     """At most one namespace-wide (selector-less) PeerAuthentication per
     namespace: Istio would pick the oldest, which a directory cannot tell."""
+    return _one_default_per_namespace(
+        config.peer_authentications,
+        "a namespace-wide PeerAuthentication",
+        "give this one a selector or merge them",
+        "spec",
+    )
+
+
+def _check_sidecars(config: MeshConfig) -> list[ConfigProblem]:
+    """At most one Sidecar without a workloadSelector per namespace: Istio's
+    behaviour is undefined then (its analyzer's IST0111)."""
+    return _one_default_per_namespace(
+        config.sidecars,
+        "a Sidecar without a workloadSelector",
+        "Istio's choice between them is undefined",
+        "spec.workloadSelector",
+        _MULTIPLE_SIDECAR_DEFAULTS,
+    )
+
+
+def _one_default_per_namespace(
+    resources: Iterable[PeerAuthentication | Sidecar],
+    what: str,
+    fix: str,
+    field: str,
+    code: str = "",
+) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     wide: dict[str, Meta] = {}
-    for pa in config.peer_authentications:
-        if pa.selector is not None:
+    for resource in resources:
+        if resource.selector is not None:
             continue
-        first = wide.setdefault(pa.meta.namespace, pa.meta)
-        if first is not pa.meta:
-            message = (
-                f"namespace {pa.meta.namespace!r} already has a namespace-wide "
-                f"PeerAuthentication, {_where(first)}; give this one a selector or merge them"
-            )
-            problems.append(_problem(pa.meta, "spec", message))
+        meta = resource.meta
+        first = wide.setdefault(meta.namespace, meta)
+        if first is not meta:
+            message = f"namespace {meta.namespace!r} already has {what}, {_where(first)}; {fix}"
+            problems.append(_problem(meta, field, message, code))
     return problems
 
 
@@ -249,6 +297,8 @@ def _where(meta: Meta) -> str:
 # Istio's analyzer codes (istioctl analyze) for the problems found here.
 _NOT_FOUND = "IST0101"  # ReferencedResourceNotFound
 _PORT_SELECTOR_REQUIRED = "IST0112"  # VirtualServiceDestinationPortSelectorRequired
+_CONFLICTING_MESH_HOSTS = "IST0109"  # ConflictingMeshGatewayVirtualServiceHosts
+_MULTIPLE_SIDECAR_DEFAULTS = "IST0111"  # MultipleSidecarsWithoutWorkloadSelectors
 
 
 def _problem(meta: Meta, field: str, message: str, code: str = "") -> ConfigProblem:

@@ -29,6 +29,14 @@ from .parse_routing import (
 )
 from .parse_security import _JWT_FIELDS, _JWT_UNSUPPORTED, _PA_FIELDS, _RA_FIELDS, _TARGET_REFS
 from .parse_services import _ENDPOINT_FIELDS, _SE_FIELDS, _SE_UNSUPPORTED
+from .parse_sidecar import (
+    _EGRESS_FIELDS,
+    _EGRESS_UNSUPPORTED,
+    _POLICY_FIELDS,
+    _POLICY_UNSUPPORTED,
+    _SIDECAR_FIELDS,
+    _SIDECAR_UNSUPPORTED,
+)
 from .parse_workload_group import _SPEC_FIELDS as _WG_FIELDS
 
 # AuthorizationPolicy fields the loader reads and then refuses with a reason
@@ -67,6 +75,9 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("TCPRoute spec", gwapi_l4._TCP_ROUTE_FIELDS, ()),
     ("TCPRoute rules[]", gwapi_l4._RULE_FIELDS, ()),
     ("ReferenceGrant spec", _GRANT_FIELDS, ()),
+    ("Sidecar spec", _SIDECAR_FIELDS, _SIDECAR_UNSUPPORTED),
+    ("Sidecar egress[]", _EGRESS_FIELDS, _EGRESS_UNSUPPORTED),
+    ("Sidecar outboundTrafficPolicy", _POLICY_FIELDS, _POLICY_UNSUPPORTED),
 )
 """(where, fields accepted, Istio fields refused as "not supported yet")."""
 

@@ -369,6 +369,7 @@ def _file_defined(config: MeshConfig) -> dict[str, str]:
         config.workload_groups,
         config.telemetries,
         config.passthrough_entries,
+        config.sidecars,
     ):
         for resource in group:
             meta = getattr(resource, "meta", None)

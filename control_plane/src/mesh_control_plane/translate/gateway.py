@@ -156,7 +156,14 @@ def _tcp_chain(
     """tcp_proxy to weighted destinations; matched by `sni` when one is given."""
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=f"gateway_{port}_{'tls' if sni else 'tcp'}")
     targets = [
-        (cluster_name(d.destination.host, destination_port(index, d.destination, port)), d.weight)
+        (
+            cluster_name(
+                d.destination.host,
+                destination_port(index, d.destination, port),
+                d.destination.subset or "",  # Istio's tcp-echo sample splits by subset
+            ),
+            d.weight,
+        )
         for d in route
     ]
     if len(targets) == 1:

@@ -26,6 +26,7 @@ from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.listeners import api_listener, envoy_outbound_listener
 from mesh_control_plane.translate.names import ENVOY_OUTBOUND, authority
 from mesh_control_plane.translate.node import ClientKind, NodeInfo
+from mesh_control_plane.translate.outbound_policy import outbound_policy_listeners
 from mesh_control_plane.translate.resources import (
     CLUSTER,
     ENDPOINT,
@@ -83,7 +84,7 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
 
 def full_translation(config: MeshConfig, registry: Registry, node: NodeInfo) -> Translation:
     """translate(), keeping the parts."""
-    config = visible_to(config, node.namespace)  # exportTo: only what its namespace may see
+    config = _visible(config, node)
     index = MeshIndex.build(config)
     specs = tuple(cluster_specs(index))
     if node.router:
@@ -93,6 +94,7 @@ def full_translation(config: MeshConfig, registry: Registry, node: NodeInfo) -> 
     else:
         listeners, routes = _proxyless_listeners(index)
         if node.kind is ClientKind.MESH:
+            listeners += outbound_policy_listeners(config, node)  # a Sidecar's mode
             attach_telemetry(listeners, telemetry_specs(config, node))
     return _assemble(
         config,
@@ -116,7 +118,7 @@ def update_endpoints(
     """``previous`` for a config that differs from its own only in the instances of
     ``hosts``: their clusters (upstream identities) and assignments are rebuilt,
     with the inbound listeners; every other message is reused as it is."""
-    config = visible_to(config, node.namespace)  # as full_translation saw it
+    config = _visible(config, node)  # as full_translation saw it
     clusters = list(previous.clusters)
     assignments = list(previous.assignments)
     for i, spec in enumerate(previous.specs):
@@ -133,6 +135,12 @@ def update_endpoints(
         assignments,
         previous.outbound,
     )
+
+
+def _visible(config: MeshConfig, node: NodeInfo) -> MeshConfig:
+    """exportTo: only what its namespace may see; a Sidecar: only what it
+    imports (gateways have no Sidecar)."""
+    return visible_to(config, node.namespace, None if node.router else dict(node.labels))
 
 
 def _cluster(spec: ClusterSpec, config: MeshConfig, registry: Registry, node: NodeInfo) -> Message:
