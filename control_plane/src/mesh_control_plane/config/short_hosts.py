@@ -38,7 +38,7 @@ def qualify_virtual_service(service: VirtualService, domain: str) -> VirtualServ
     def route(r: HTTPRoute) -> HTTPRoute:
         return replace(
             r,
-            route=weighted(r.route),
+            route=tuple(replace(rd, destination=dest(rd.destination)) for rd in r.route),
             mirrors=tuple(replace(m, destination=dest(m.destination)) for m in r.mirrors),
         )
 
