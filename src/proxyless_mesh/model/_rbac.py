@@ -225,6 +225,11 @@ class JwtProvider:
     # Envoy forward_payload_header (Istio outputPayloadToHeader): the verified
     # token's payload, base64url without padding, is sent to the app in it.
     forward_payload_header: str = ""
+    # Envoy normalize_payload_in_metadata.space_delimited_claims: these claims'
+    # string values are split on spaces for RBAC (`request.auth.claims[...]`);
+    # istiod sends `scope` and `permission` plus RequestAuthentication's
+    # spaceDelimitedClaims.
+    space_delimited_claims: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

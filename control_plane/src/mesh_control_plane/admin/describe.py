@@ -178,7 +178,8 @@ def _policies(
     label_sets = [dict(i.labels) for i in instances] or [{}]
     out = []
     for policy in policies:
-        if any(selects_workload(policy, namespace, labels) for labels in label_sets):
+        hosts = service.hosts
+        if any(selects_workload(policy, namespace, ls, services=hosts) for ls in label_sets):
             meta = policy.get("metadata") or {}
             spec = policy.get("spec") or {}
             out.append(

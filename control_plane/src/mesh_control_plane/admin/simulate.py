@@ -159,7 +159,10 @@ def _authorization(
         selected = [
             p
             for p in offline.policies
-            if any(selects_workload(p, service.meta.namespace, ls) for ls in label_sets)
+            if any(
+                selects_workload(p, service.meta.namespace, ls, services=service.hosts)
+                for ls in label_sets
+            )
         ]
         if not selected:
             verdicts.append(f"{cluster}: ALLOW (no AuthorizationPolicy applies)")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from proxyless_mesh.model import (
@@ -85,7 +85,10 @@ _JWT_RULE_KEYS = {
     "forwardOriginalToken",
     "outputClaimToHeaders",
     "outputPayloadToHeader",
+    "spaceDelimitedClaims",
 }
+# Claims istiod always treats as space-delimited (OAuth's `scope`, and `permission`).
+DEFAULT_SPACE_DELIMITED_CLAIMS = ("scope", "permission")
 
 
 def authorization_policies_to_rbac(policies: Iterable[Mapping[str, Any]]) -> tuple[Rbac, ...]:
@@ -140,9 +143,9 @@ def authorization_policy_to_rbac(
     where = f"AuthorizationPolicy {namespace}/{name}"
     spec = _mapping(resource.get("spec", {}), f"{where}.spec")
     _check_keys(spec, _SPEC_KEYS | {"provider", "targetRef", "targetRefs"}, f"{where}.spec")
-    for unsupported in ("provider", "targetRef", "targetRefs"):
-        if unsupported in spec:
-            raise UnsupportedPolicyError(f"{where}.spec.{unsupported}", "is not supported")
+    if "provider" in spec:
+        raise UnsupportedPolicyError(f"{where}.spec.provider", "is not supported")
+    target_services(spec, namespace, f"{where}.spec")
     action_name = str(spec.get("action", "ALLOW"))
     if action_name not in _ACTIONS:
         raise UnsupportedPolicyError(f"{where}.spec.action", f"{action_name!r} is not supported")
@@ -159,16 +162,62 @@ def selects_workload(
     namespace: str,
     labels: Mapping[str, str],
     root_namespace: str = "istio-system",
+    services: Collection[str] = (),
 ) -> bool:
     """Istio's applicability: same namespace (or the root namespace, mesh-wide)
-    and every `selector.matchLabels` entry present on the workload."""
+    and every `selector.matchLabels` entry present on the workload; with
+    `targetRef(s)`, the workload is an instance of a named Service of the
+    policy's namespace (`services`: the hosts it is an instance of)."""
     meta = resource.get("metadata") or {}
     ns = meta.get("namespace", "default")
+    spec = resource.get("spec") or {}
+    refs = [spec["targetRef"]] if spec.get("targetRef") else list(spec.get("targetRefs") or ())
+    if refs:
+        return ns == namespace and any(
+            host.startswith(f"{ref.get('name')}.{ns}.svc.") for ref in refs for host in services
+        )
     if ns not in (namespace, root_namespace):
         return False
-    selector = (resource.get("spec") or {}).get("selector") or {}
+    selector = spec.get("selector") or {}
     wanted = selector.get("matchLabels") or {}
     return all(labels.get(k) == v for k, v in wanted.items())
+
+
+_SERVICE_GROUPS = ("", "core")
+
+
+def target_services(spec: Mapping[str, Any], namespace: str, where: str) -> tuple[str, ...]:
+    """The Services `targetRef`/`targetRefs` name (Istio's policy attachment),
+    checked: only `kind: Service` (group "" or "core") of the policy's own
+    namespace, and not with a `selector`. Gateways are refused: the gateway
+    translation enforces no AuthorizationPolicy."""
+    if "targetRef" in spec and "targetRefs" in spec:
+        raise PolicyConfigError(f"{where}.targetRef", "cannot be set together with targetRefs")
+    key = "targetRef" if "targetRef" in spec else "targetRefs"
+    refs = [spec[key]] if key == "targetRef" else list(_sequence(spec.get(key) or [], where))
+    if refs and spec.get("selector"):
+        raise PolicyConfigError(f"{where}.{key}", "cannot be set together with selector")
+    names = []
+    for i, raw in enumerate(refs):
+        ref_where = f"{where}.{key}" + ("" if key == "targetRef" else f"[{i}]")
+        ref = _mapping(raw, ref_where)
+        _check_keys(ref, {"group", "kind", "name", "namespace"}, ref_where)
+        kind, group = str(ref.get("kind", "")), str(ref.get("group", ""))
+        if kind != "Service" or group not in _SERVICE_GROUPS:
+            raise UnsupportedPolicyError(
+                f"{ref_where}.kind",
+                f"{group + '/' if group else ''}{kind or '(none)'} is not supported: only a "
+                'Service (group "") selects workloads here; gateways enforce no '
+                "AuthorizationPolicy",
+            )
+        if not ref.get("name"):
+            raise PolicyConfigError(f"{ref_where}.name", "is required")
+        if ref.get("namespace") not in (None, "", namespace):
+            raise PolicyConfigError(
+                f"{ref_where}.namespace", "must be the policy's own namespace (as in Istio)"
+            )
+        names.append(str(ref["name"]))
+    return tuple(names)
 
 
 def _rule(rule: Mapping[str, Any], where: str) -> Policy:
@@ -443,7 +492,8 @@ def request_authentications_to_jwt(
         meta = _mapping(resource.get("metadata", {}), "RequestAuthentication.metadata")
         where = f"RequestAuthentication {meta.get('namespace', 'default')}/{meta.get('name', '')}"
         spec = _mapping(resource.get("spec", {}), f"{where}.spec")
-        _check_keys(spec, {"selector", "jwtRules"}, f"{where}.spec")
+        _check_keys(spec, {"selector", "jwtRules", "targetRef", "targetRefs"}, f"{where}.spec")
+        target_services(spec, str(meta.get("namespace", "default")), f"{where}.spec")
         for i, rule in enumerate(_sequence(spec.get("jwtRules") or [], f"{where}.spec.jwtRules")):
             providers.append(
                 _jwt_rule(
@@ -486,4 +536,12 @@ def _jwt_rule(rule: Mapping[str, Any], where: str, fetched: Mapping[str, str]) -
         forward=bool(rule.get("forwardOriginalToken", False)),
         claim_to_headers=claims,
         forward_payload_header=str(rule.get("outputPayloadToHeader") or ""),
+        space_delimited_claims=_space_delimited(rule, where),
     )
+
+
+def _space_delimited(rule: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    extra = _sequence(rule.get("spaceDelimitedClaims") or [], f"{where}.spaceDelimitedClaims")
+    names = list(DEFAULT_SPACE_DELIMITED_CLAIMS)
+    names.extend(str(c) for c in extra if str(c) not in names)
+    return tuple(names)

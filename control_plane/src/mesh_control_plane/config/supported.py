@@ -32,8 +32,8 @@ from .parse_workload_group import _SPEC_FIELDS as _WG_FIELDS
 
 # AuthorizationPolicy fields the loader reads and then refuses with a reason
 # (authorization.py): listed as refused.
-_AP_ACCEPTED = ("selector", "action", "rules")
-_AP_REFUSED = ("provider", "targetRef", "targetRefs")
+_AP_ACCEPTED = ("selector", "action", "rules", "targetRef", "targetRefs")
+_AP_REFUSED = ("provider",)
 
 FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("ServiceEntry spec", _SE_FIELDS, _SE_UNSUPPORTED),
@@ -47,7 +47,7 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("VirtualService http[].retries", _RETRY_FIELDS, _RETRY_UNSUPPORTED),
     ("PeerAuthentication spec", _PA_FIELDS, _TARGET_REFS),
     ("AuthorizationPolicy spec", _AP_ACCEPTED, _AP_REFUSED),
-    ("RequestAuthentication spec", _RA_FIELDS, _TARGET_REFS),
+    ("RequestAuthentication spec", _RA_FIELDS, ()),
     ("RequestAuthentication jwtRules[]", _JWT_FIELDS, _JWT_UNSUPPORTED),
     ("Gateway spec", _GW_FIELDS, ()),
     ("Gateway servers[]", _SERVER_FIELDS, _SERVER_UNSUPPORTED),

@@ -86,7 +86,7 @@ def inbound_listeners(
     """The server listeners `node` may ask for (none for Envoy)."""
     if node.kind is ClientKind.ENVOY:
         return []
-    filters = http_filters(config, node)
+    filters = http_filters(config, node, workload_hosts(index, registry, node))
     normalization = config.settings.path_normalization
     listeners: dict[str, listener_pb2.Listener] = {}
     for address, port in sorted(workload_ports(index, registry, node)):
@@ -120,6 +120,15 @@ def workload_ports(index: MeshIndex, registry: Registry, node: NodeInfo) -> set[
             if ports and _is_node(instance, node):
                 found.update((instance.address, endpoint_port(instance, p)) for p in ports)
     return found
+
+
+def workload_hosts(index: MeshIndex, registry: Registry, node: NodeInfo) -> frozenset[str]:
+    """The services the node's workload is an instance of (for `targetRefs`)."""
+    return frozenset(
+        host
+        for host in index.services
+        if any(_is_node(instance, node) for instance in registry.get(host, ()))
+    )
 
 
 def _is_node(instance: WorkloadEndpoint, node: NodeInfo) -> bool:
@@ -161,9 +170,11 @@ def peer_mode(config: MeshConfig, node: NodeInfo, port: int) -> str:
     return "PERMISSIVE"
 
 
-def http_filters(config: MeshConfig, node: NodeInfo) -> list[hcm_pb2.HttpFilter]:
+def http_filters(
+    config: MeshConfig, node: NodeInfo, services: frozenset[str] = frozenset()
+) -> list[hcm_pb2.HttpFilter]:
     """jwt_authn (library and Envoy sidecars: gRPC does not implement it), then
-    the RBAC engines, for the node's workload."""
+    the RBAC engines, for the node's workload (an instance of `services`)."""
     labels = dict(node.labels)
     root = config.settings.root_namespace
     filters: list[hcm_pb2.HttpFilter] = []
@@ -171,7 +182,7 @@ def http_filters(config: MeshConfig, node: NodeInfo) -> list[hcm_pb2.HttpFilter]
         authn = [
             ra.resource()
             for ra in config.request_authentications
-            if selects_workload(ra.resource(), node.namespace, labels, root)
+            if selects_workload(ra.resource(), node.namespace, labels, root, services)
         ]
         if authn:
             jwt = jwt_authentication_to_proto(request_authentications_to_jwt(authn))
@@ -179,7 +190,7 @@ def http_filters(config: MeshConfig, node: NodeInfo) -> list[hcm_pb2.HttpFilter]
     policies = [
         ap.resource()
         for ap in config.authorization_policies
-        if selects_workload(ap.resource(), node.namespace, labels, root)
+        if selects_workload(ap.resource(), node.namespace, labels, root, services)
     ]
     for action, rbac in rbac_filters_to_proto(authorization_policies_to_rbac(policies)):
         filters.append(hcm_pb2.HttpFilter(name=_RBAC_NAMES[action], typed_config=pack(rbac)))
