@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from proxyless_mesh.model import JwtAuthentication, Rbac, RbacAction
+from proxyless_mesh.model import ExtAuthz, JwtAuthentication, Rbac, RbacAction
 from proxyless_mesh.policy._compile import IpAddress, Predicate, RequestContext, compile_rule
 from proxyless_mesh.policy._errors import MalformedRequestError
 from proxyless_mesh.policy._hygiene import request_hygiene
@@ -109,6 +109,10 @@ class Decision:
     add_headers: tuple[tuple[str, str], ...] = ()
     authority: str | None = None
     shadow: tuple[ShadowResult, ...] = ()
+    # A CUSTOM policy (`policy`) matched: the authorizer decides first. The
+    # status stays 403, so a server that cannot ask it refuses (fail closed);
+    # one that can asks, then calls `check(..., after_custom=True)`.
+    ext_authz: ExtAuthz | None = None
 
     @property
     def allowed(self) -> bool:
@@ -121,6 +125,7 @@ class _Engine:
     policies: tuple[tuple[str, Predicate], ...]
     shadow: bool = False
     prefix: str = ""
+    ext_authz: ExtAuthz | None = None
 
     def first_match(self, ctx: RequestContext) -> str | None:
         for name, matches in self.policies:
@@ -162,7 +167,11 @@ class PolicySet:
                 perms = _any_of(tuple(compile_rule(r) for r in policy.permissions))
                 princ = _any_of(tuple(compile_rule(r) for r in policy.principals))
                 compiled.append((name, _compile_policy_pair(perms, princ)))
-            engines.append(_Engine(rbac.action, tuple(compiled), rbac.shadow, rbac.shadow_prefix))
+            engines.append(
+                _Engine(
+                    rbac.action, tuple(compiled), rbac.shadow, rbac.shadow_prefix, rbac.ext_authz
+                )
+            )
         self._engines = tuple(engines)
         self._jwt = JwtAuthenticator(jwt or JwtAuthentication())
         self._mode = path_normalization
@@ -177,7 +186,9 @@ class PolicySet:
         policy has it): the policy is known to be on its way but not here yet."""
         return _Awaiting()
 
-    def check(self, request: InboundRequest) -> Decision:
+    def check(self, request: InboundRequest, *, after_custom: bool = False) -> Decision:
+        """The decision; `after_custom`: the CUSTOM authorizer has allowed
+        `request` (with the headers it added), so its engine is skipped."""
         try:
             target, replaced = request_hygiene(
                 request.method, request.target, request.headers, request.http_version
@@ -218,8 +229,21 @@ class PolicySet:
                 query = strip_params(query, result.remove_params)
         shadow: tuple[ShadowResult, ...] = ()
         for engine in self._engines:
+            if engine.ext_authz is not None and after_custom:
+                continue
             matched = engine.first_match(ctx)
-            if engine.shadow:
+            if engine.ext_authz is not None:
+                if matched is not None:  # Istio's order: CUSTOM before DENY and ALLOW
+                    _log("ext_authz", matched, "matched CUSTOM policy", ctx, request)
+                    return Decision(
+                        403,
+                        policy=matched,
+                        reason="CUSTOM policy matched: the external authorizer decides",
+                        path=path,
+                        query=query,
+                        ext_authz=engine.ext_authz,
+                    )
+            elif engine.shadow:
                 shadow += (_shadow_result(engine, matched, ctx, request),)
             elif engine.action is RbacAction.LOG:
                 if matched is not None:
@@ -258,7 +282,7 @@ class _Awaiting(PolicySet):
 
     __slots__ = ()
 
-    def check(self, request: InboundRequest) -> Decision:
+    def check(self, request: InboundRequest, *, after_custom: bool = False) -> Decision:
         reason = "this server registered moments ago; its inbound policy is on its way"
         return self._refuse(503, "", reason, request, None)
 

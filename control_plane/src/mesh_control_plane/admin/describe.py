@@ -189,6 +189,8 @@ def _policies(
                     "action": str(spec.get("action", "ALLOW")),
                 }
             )
+            if spec.get("action") == "CUSTOM":
+                out[-1]["provider"] = str((spec.get("provider") or {}).get("name", ""))
     return out
 
 

@@ -26,6 +26,7 @@ from .model import (
 from .parse_gateway import Gateway, parse_gateway
 from .parse_gateway_api import API_VERSIONS as GATEWAY_API_VERSIONS
 from .parse_gateway_api import parse_grpc_route, parse_http_route, parse_k8s_gateway
+from .parse_mesh_config import MeshConfigMap, parse_mesh_config_map
 from .parse_routing import parse_destination_rule, parse_virtual_service
 from .parse_security import (
     parse_authorization_policy,
@@ -60,6 +61,7 @@ Resource = (
     | Telemetry
     | Gateway
     | ReferenceGrant
+    | MeshConfigMap
 )
 _Parser = Callable[[Problems, Meta, Mapping[str, Any]], Resource]
 
@@ -157,6 +159,10 @@ def parse_document(problems: Problems, doc: Document) -> tuple[Meta | None, Reso
         return None, None
     meta, scoped = _parse_meta(problems, data.get("metadata"), kind, doc.file)
     identity = meta if meta.name else None
+    if kind == "ConfigMap":
+        read_object(scoped, data, "", ("apiVersion", "kind", "metadata", "data"))
+        mesh = parse_mesh_config_map(scoped, meta, data.get("data"))
+        return identity, (mesh if len(problems.sink) == start and identity else None)
     read_object(scoped, data, "", _TOP_FIELDS)
     if data.get("spec") is None:
         scoped.add("spec", MISSING)
@@ -180,6 +186,8 @@ def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
         problems.add("apiVersion", MISSING)
     if kind is None:
         return None
+    if kind == "ConfigMap" and api_version == "v1":
+        return kind  # only Istio's mesh config (parse_mesh_config)
     if api_version in GATEWAY_API_VERSIONS:
         if kind in GATEWAY_API_PARSERS:
             return kind

@@ -33,6 +33,7 @@ from .model import (
     WorkloadGroup,
 )
 from .parse_gateway import Gateway
+from .parse_mesh_config import MeshConfigMap, mesh_config_problems
 from .parse_telemetry import Telemetry
 from .references import check_references, reference_warnings
 from .schema import Problems
@@ -141,6 +142,9 @@ class _Builder:
             # that failed to parse would otherwise show up as a dangling reference.
             raise ConfigLoadError(self.problems)
         config = _assemble(self._resources, self.settings)
+        mesh_problems, mesh_warnings = mesh_config_problems(self._resources, config)
+        if mesh_problems:
+            raise ConfigLoadError(mesh_problems)
         declared = {host for entry in config.service_entries for host in entry.hosts}
         extra = tuple(e for e in known if not declared.intersection(e.hosts))
         grants = tuple(r for r in self._resources if isinstance(r, ReferenceGrant))
@@ -153,7 +157,7 @@ class _Builder:
             raise ConfigLoadError(dangling)
         warnings = reference_warnings(config)
         config, dropped = resolve_delegates(config)
-        return replace(config, warnings=(*dropped, *unresolved, *warnings))
+        return replace(config, warnings=(*dropped, *unresolved, *warnings, *mesh_warnings))
 
 
 def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
@@ -183,6 +187,14 @@ def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
         workload_groups=tuple(r for r in resources if isinstance(r, WorkloadGroup)),
         telemetries=tuple(r for r in resources if isinstance(r, Telemetry)),
         gateways=tuple(r for r in resources if isinstance(r, Gateway)),
+        extension_providers=tuple(
+            sorted(
+                (name, provider)
+                for r in resources
+                if isinstance(r, MeshConfigMap) and r.meta.namespace == settings.root_namespace
+                for name, provider in r.providers.items()
+            )
+        ),
     )
 
 

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from .parse_gateway import Gateway, TcpRoute, TlsRoute
     from .parse_telemetry import Telemetry
 
+from proxyless_mesh.model import ExtAuthz
+
 from .errors import ConfigProblem
 from .probe import Probe
 
@@ -493,3 +495,5 @@ class MeshConfig:
     # not in service_entries, so nothing routes or balances them.
     passthrough_entries: tuple[ServiceEntry, ...] = ()
     gateways: tuple[Gateway, ...] = ()
+    # The mesh config's extension providers (AuthorizationPolicy CUSTOM): dict() it.
+    extension_providers: tuple[tuple[str, ExtAuthz], ...] = ()

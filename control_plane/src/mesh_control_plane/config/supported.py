@@ -15,6 +15,7 @@ from .parse_gateway import (
     _TLS_UNSUPPORTED,
 )
 from .parse_http import _RETRY_FIELDS, _RETRY_UNSUPPORTED
+from .parse_mesh_config import _GRPC_FIELDS, _GRPC_UNSUPPORTED, _HTTP_FIELDS, _HTTP_UNSUPPORTED
 from .parse_policies import _TP_FIELDS, _TP_UNSUPPORTED
 from .parse_routing import (
     _DR_FIELDS,
@@ -32,8 +33,8 @@ from .parse_workload_group import _SPEC_FIELDS as _WG_FIELDS
 
 # AuthorizationPolicy fields the loader reads and then refuses with a reason
 # (authorization.py): listed as refused.
-_AP_ACCEPTED = ("selector", "action", "rules", "targetRef", "targetRefs")
-_AP_REFUSED = ("provider",)
+_AP_ACCEPTED = ("selector", "action", "rules", "provider", "targetRef", "targetRefs")
+_AP_REFUSED: tuple[str, ...] = ()
 
 FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("ServiceEntry spec", _SE_FIELDS, _SE_UNSUPPORTED),
@@ -66,6 +67,8 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("GRPCRoute rules[]", gwapi._RULE_FIELDS, gwapi._RULE_UNSUPPORTED),
     ("GRPCRoute rules[].matches[]", gwapi._GRPC_MATCH_FIELDS, ()),
     ("ReferenceGrant spec", _GRANT_FIELDS, ()),
+    ("MeshConfig (ConfigMap istio) envoyExtAuthzHttp", _HTTP_FIELDS, _HTTP_UNSUPPORTED),
+    ("MeshConfig (ConfigMap istio) envoyExtAuthzGrpc", _GRPC_FIELDS, _GRPC_UNSUPPORTED),
 )
 """(where, fields accepted, Istio fields refused as "not supported yet")."""
 
