@@ -17,10 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-import grpc.aio
 import httpx
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 from proxyless_mesh.model import ExtAuthz
 from proxyless_mesh.policy import (
@@ -34,7 +31,7 @@ from proxyless_mesh.policy import (
 )
 
 CHECK_METHOD = "/envoy.service.auth.v3.Authorization/Check"
-_ERRORS = (httpx.HTTPError, grpc.RpcError, OSError)
+_HTTP_ERRORS = (httpx.HTTPError, OSError)
 
 
 class ExtAuthzClient:
@@ -45,62 +42,81 @@ class ExtAuthzClient:
         *,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
-        channel: Callable[[str], grpc.Channel] | None = None,
-        aio_channel: Callable[[str], grpc.aio.Channel] | None = None,
+        channel: Callable[[str], Any] | None = None,
+        aio_channel: Callable[[str], Any] | None = None,
     ) -> None:
         self._transport = transport
         self._async_transport = async_transport
-        self._channel = channel or grpc.insecure_channel
-        self._aio_channel = aio_channel or grpc.aio.insecure_channel
+        self._channel = channel
+        self._aio_channel = aio_channel
         self._http: httpx.Client | None = None
         self._async_http: httpx.AsyncClient | None = None
         self._channels: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def check(self, config: ExtAuthz, request: InboundRequest, decision: Decision) -> AuthzVerdict:
-        try:
-            if config.grpc:
+        if config.grpc:
+            import grpc  # only servers with a gRPC provider load grpcio (issue 25)
+
+            try:
                 stub = self._stub(config.target, aio=False)
                 answer = stub(_check_request(config, request, decision), timeout=config.timeout)
-                return _grpc_verdict(answer)
-            if self._http is None:
-                self._http = httpx.Client(transport=self._transport)
-            method, path, headers = http_check(config, request, decision)
-            response = self._http.request(
-                method, f"http://{config.target}{path}", headers=headers, timeout=config.timeout
-            )
-            return http_verdict(
-                config, response.status_code, response.headers.items(), response.content
-            )
-        except _ERRORS:
+            except (grpc.RpcError, OSError):
+                return error_verdict(config)
+            return _grpc_verdict(answer)
+        if self._http is None:
+            self._http = httpx.Client(transport=self._transport)
+        method, path, headers = http_check(config, request, decision)
+        url = f"http://{config.target}{path}"
+        try:
+            response = self._http.request(method, url, headers=headers, timeout=config.timeout)
+        except _HTTP_ERRORS:
             return error_verdict(config)
+        return http_verdict(
+            config, response.status_code, response.headers.items(), response.content
+        )
 
     async def check_async(
         self, config: ExtAuthz, request: InboundRequest, decision: Decision
     ) -> AuthzVerdict:
-        try:
-            if config.grpc:
+        if config.grpc:
+            import grpc
+
+            try:
                 stub = self._stub(config.target, aio=True)
-                call = stub(_check_request(config, request, decision), timeout=config.timeout)
-                return _grpc_verdict(await call)
-            if self._async_http is None:
-                self._async_http = httpx.AsyncClient(transport=self._async_transport)
-            method, path, headers = http_check(config, request, decision)
+                answer = await stub(
+                    _check_request(config, request, decision), timeout=config.timeout
+                )
+            except (grpc.RpcError, OSError):
+                return error_verdict(config)
+            return _grpc_verdict(answer)
+        if self._async_http is None:
+            self._async_http = httpx.AsyncClient(transport=self._async_transport)
+        method, path, headers = http_check(config, request, decision)
+        url = f"http://{config.target}{path}"
+        try:
             response = await self._async_http.request(
-                method, f"http://{config.target}{path}", headers=headers, timeout=config.timeout
+                method, url, headers=headers, timeout=config.timeout
             )
-            return http_verdict(
-                config, response.status_code, response.headers.items(), response.content
-            )
-        except _ERRORS:
+        except _HTTP_ERRORS:
             return error_verdict(config)
+        return http_verdict(
+            config, response.status_code, response.headers.items(), response.content
+        )
 
     def _stub(self, target: str, *, aio: bool) -> Any:
+        import grpc
+        import grpc.aio
+        from envoy.service.auth.v3 import external_auth_pb2
+
         key = f"{'aio' if aio else 'sync'}:{target}"
         with self._lock:
             stub = self._channels.get(key)
             if stub is None:
-                channel = (self._aio_channel if aio else self._channel)(target)
+                if aio:
+                    channel = (self._aio_channel or grpc.aio.insecure_channel)(target)
+                else:
+                    channel = (self._channel or grpc.insecure_channel)(target)
                 stub = channel.unary_unary(
                     CHECK_METHOD,
                     request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
@@ -110,11 +126,26 @@ class ExtAuthzClient:
         return stub
 
 
-def _check_request(
-    config: ExtAuthz, request: InboundRequest, decision: Decision
-) -> external_auth_pb2.CheckRequest:
-    """The attributes Envoy sends: the HTTP request (normalized path and query,
-    headers as for the HTTP service), the peer's address and SPIFFE ID."""
+def mesh_ext_authz_client(mesh: object) -> ExtAuthzClient:
+    """The authorizer client of a server of `mesh`: through its transports and
+    channels when it has them (a `Mesh`), else direct."""
+    if not hasattr(mesh, "httpx_transport"):
+        return ExtAuthzClient()
+    m: Any = mesh
+    return ExtAuthzClient(
+        transport=m.httpx_transport(),
+        async_transport=m.async_httpx_transport(),
+        channel=m.grpc_channel,
+        aio_channel=m.aio_grpc_channel,
+    )
+
+
+def _check_request(config: ExtAuthz, request: InboundRequest, decision: Decision) -> Any:
+    """The CheckRequest: the attributes Envoy sends, the HTTP request
+    (normalized path and query, headers as for the HTTP service), the peer's
+    address and SPIFFE ID."""
+    from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+
     context = attribute_context_pb2.AttributeContext()
     http = context.request.http
     http.method = request.method
@@ -133,7 +164,7 @@ def _check_request(
     return external_auth_pb2.CheckRequest(attributes=context)
 
 
-def _grpc_verdict(answer: external_auth_pb2.CheckResponse) -> AuthzVerdict:
+def _grpc_verdict(answer: Any) -> AuthzVerdict:
     """OK allows, with every `ok_response` header for the app (Envoy's rule for
     the gRPC service); anything else denies with `denied_response`'s status
     (403 when it has none), headers and body."""
