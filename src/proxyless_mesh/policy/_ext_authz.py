@@ -8,8 +8,8 @@ lists `includeRequestHeadersInCheck` those plus Host, Method, Path,
 Content-Length and Authorization). A 200 answer allows and its
 `headersToUpstreamOnAllow` headers go to the app; any other status denies,
 and that status, the body and the `headersToDownstreamOnDeny` headers go to
-the client. No answer (refused connection, timeout) is an error: denied with
-`statusOnError` unless `failOpen`.
+the client. No answer (refused connection, timeout) or a 5xx is an error:
+denied with `statusOnError` unless `failOpen`.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def http_check(
 def http_verdict(
     config: ExtAuthz, status: int, headers: Iterable[tuple[str, str]], body: bytes
 ) -> AuthzVerdict:
+    if 500 <= status <= 599:  # Envoy's HTTP client: a 5xx is the authorizer failing
+        return error_verdict(config)
     pairs = [(k.lower(), v) for k, v in headers]
     if status == 200:
         wanted = set(config.upstream_headers)

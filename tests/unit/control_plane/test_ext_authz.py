@@ -47,7 +47,8 @@ class _HttpAuthorizer(BaseHTTPRequestHandler):
         )
         allowed = self.headers.get("x-ext-authz") == "allow"
         body = b"" if allowed else b"denied by ext_authz"
-        self.send_response(200 if allowed else 403)
+        crashed = self.headers.get("x-ext-authz") == "crash"
+        self.send_response(500 if crashed else 200 if allowed else 403)
         self.send_header("x-ext-authz-check-result", "allowed" if allowed else "denied")
         self.send_header("x-not-listed", "never forwarded")
         self.send_header("content-length", str(len(body)))
@@ -328,3 +329,13 @@ def test_mesh_fields_not_read_are_warnings() -> None:
     config = _load(SERVICE, _mesh_config([_http_provider(1)]))
     assert [w.field for w in config.warnings] == ["data.mesh.accessLogFile"]
     assert dict(config.extension_providers)["sample-http"].target == "127.0.0.1:1"
+
+
+def test_a_5xx_from_the_authorizer_is_an_error(authorizers: tuple[int, int]) -> None:
+    """As Envoy's HTTP ext_authz client: statusOnError, not the 5xx itself."""
+    http_port, _ = authorizers
+    provider = _http_provider(http_port, statusOnError="502")
+    policies = _policies(_load(SERVICE, _mesh_config([provider]), _custom("sample-http")))
+    for get in GET.values():
+        assert get(policies, "/headers", {"x-ext-authz": "crash"}).status_code == 502
+        assert get(policies, "/headers", {"x-ext-authz": "no"}).status_code == 403

@@ -1,0 +1,130 @@
+"""AuthorizationPolicy CUSTOM end to end on 127.0.0.1: a real `meshctl
+control-plane` reads the mesh config (ConfigMap istio) and the policy from
+its config dir; the reviews server is an ASGI app under `serve_asgi` (its own
+Mesh); the external authorizer is a plain HTTP server registered as a mesh
+service (a ServiceEntry), reached by the server through its mesh; the client
+is a Mesh with another identity."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from identities import (
+    REVIEWS_HOST,
+    listening_socket,
+    service_entry,
+    serving_asgi,
+    start_control_plane,
+    workload_mesh,
+)
+from meshlab import LocalMesh
+
+AUTHZ_HOST = "ext-authz.shop.svc.cluster.local"
+ASKED: list[str] = []
+
+
+class _Authorizer(BaseHTTPRequestHandler):
+    """Istio's sample ext-authz: allow when `x-ext-authz: allow`."""
+
+    def do_GET(self) -> None:
+        ASKED.append(self.path)
+        allowed = self.headers.get("x-ext-authz") == "allow"
+        body = b"" if allowed else b"denied by ext_authz"
+        self.send_response(200 if allowed else 403)
+        self.send_header("x-ext-authz-check-result", "allowed" if allowed else "denied")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def authorizer() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Authorizer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _config(authz_port: int, reviews_port: int) -> str:
+    authz = service_entry(AUTHZ_HOST, authz_port)
+    authz["spec"]["ports"] = [{"number": 8000, "name": "http", "protocol": "HTTP"}]
+    del authz["spec"]["endpoints"][0]["serviceAccount"]  # a plaintext, unmeshed authorizer
+    authz["spec"]["endpoints"][0]["ports"] = {"http": authz_port}
+    provider = {
+        "name": "sample-ext-authz-http",
+        "envoyExtAuthzHttp": {
+            "service": AUTHZ_HOST,
+            "port": "8000",
+            "includeRequestHeadersInCheck": ["x-ext-authz"],
+            "headersToUpstreamOnAllow": ["x-ext-authz-check-result"],
+            "headersToDownstreamOnDeny": ["x-ext-authz-check-result"],
+        },
+    }
+    mesh_config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "istio-system"},
+        "data": {"mesh": yaml.safe_dump({"extensionProviders": [provider]})},
+    }
+    policy = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ext-authz", "namespace": "shop"},
+        "spec": {
+            "action": "CUSTOM",
+            "provider": {"name": "sample-ext-authz-http"},
+            "rules": [{"to": [{"operation": {"paths": ["/headers"]}}]}],
+        },
+    }
+    docs = [service_entry(REVIEWS_HOST, reviews_port), authz, mesh_config, policy]
+    return "\n---\n".join(json.dumps(d) for d in docs)
+
+
+async def _echo(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": json.dumps(headers).encode()})
+
+
+def test_custom_policy_through_the_mesh(lab: LocalMesh, authorizer: ThreadingHTTPServer) -> None:
+    sock = listening_socket()
+    try:
+        lab.write_config("mesh.yaml", _config(authorizer.server_address[1], sock.getsockname()[1]))
+        start_control_plane(lab)
+        reviews = workload_mesh(lab, "reviews-1", "reviews")
+        frontend = workload_mesh(lab, "frontend-1", "frontend")
+        client = httpx.Client(transport=frontend.httpx_transport(), timeout=30.0)
+        with reviews, frontend, serving_asgi(_echo, reviews, sock), client:
+            ASKED.clear()
+            allowed = client.get(f"http://{REVIEWS_HOST}/headers", headers={"x-ext-authz": "allow"})
+            assert allowed.status_code == 200, allowed.text
+            assert allowed.json()["x-ext-authz-check-result"] == "allowed"
+            assert ASKED == ["/headers"]
+            denied = client.get(f"http://{REVIEWS_HOST}/headers", headers={"x-ext-authz": "no"})
+            assert (denied.status_code, denied.text) == (403, "denied by ext_authz")
+            assert denied.headers["x-ext-authz-check-result"] == "denied"
+            assert client.get(f"http://{REVIEWS_HOST}/ip").status_code == 200
+            assert len(ASKED) == 2  # /ip matched no CUSTOM rule: not asked
+            authorizer.shutdown()
+            authorizer.server_close()  # the authorizer is down: fail closed
+            down = client.get(f"http://{REVIEWS_HOST}/headers", headers={"x-ext-authz": "allow"})
+            assert down.status_code == 403
+    finally:
+        sock.close()
