@@ -327,7 +327,11 @@ def test_mistakes_are_refused_by_field(texts: tuple[str, ...], expected: str) ->
 
 def test_mesh_fields_not_read_are_warnings() -> None:
     config = _load(SERVICE, _mesh_config([_http_provider(1)]))
-    assert [w.field for w in config.warnings] == ["data.mesh.accessLogFile"]
+    assert [w.field for w in config.warnings] == [
+        "data.mesh.accessLogFile",
+        "data.mesh.extensionProviders",  # 127.0.0.1 is no ServiceEntry of this config
+    ]
+    assert "'sample-http': 127.0.0.1 is no ServiceEntry here" in config.warnings[1].message
     assert dict(config.extension_providers)["sample-http"].target == "127.0.0.1:1"
 
 

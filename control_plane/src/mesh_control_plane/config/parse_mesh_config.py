@@ -176,6 +176,17 @@ def mesh_config_problems(
         for path in r.not_read:
             message = "not read: mesh-wide settings come from meshctl control-plane flags"
             warnings.append(ConfigProblem(r.meta.file, r.meta.ref, path, message))
+        hosts = {h for se in config.service_entries for h in se.hosts}
+        for name, provider in r.providers.items():
+            host = provider.target.rpartition(":")[0]
+            if host not in hosts:
+                message = (
+                    f"provider {name!r}: {host} is no ServiceEntry here; unless a registry "
+                    "provides it, what CUSTOM sends there fails (statusOnError)"
+                )
+                warnings.append(
+                    ConfigProblem(r.meta.file, r.meta.ref, "data.mesh.extensionProviders", message)
+                )
     providers = dict(config.extension_providers)
     for policy in config.authorization_policies:
         try:
