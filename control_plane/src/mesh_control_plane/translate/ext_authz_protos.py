@@ -61,12 +61,15 @@ def ext_authz_to_proto(config: ExtAuthz) -> ext_authz_pb2.ExtAuthz:
     service.server_uri.cluster = config.cluster
     service.server_uri.timeout.CopyFrom(duration(config.timeout))
     service.path_prefix = config.path_prefix
+    # Envoy refuses an empty ListStringMatcher: an empty list is not sent, and
+    # "only the defaults" is said by naming one of them (Host is always sent).
     if config.allowed_headers is not None:
-        out.allowed_headers.SetInParent()
-        out.allowed_headers.patterns.extend(_exact(config.allowed_headers))
+        out.allowed_headers.patterns.extend(_exact(config.allowed_headers or ("host",)))
     response = service.authorization_response
-    response.allowed_upstream_headers.patterns.extend(_exact(config.upstream_headers))
-    response.allowed_client_headers.patterns.extend(_exact(config.client_headers))
+    if config.upstream_headers:
+        response.allowed_upstream_headers.patterns.extend(_exact(config.upstream_headers))
+    if config.client_headers:
+        response.allowed_client_headers.patterns.extend(_exact(config.client_headers))
     return out
 
 
