@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
+import grpc.aio
 import httpx
 import pytest
 import yaml
@@ -28,7 +29,12 @@ from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import LISTENER, ClientKind, NodeInfo, translate
 
-from proxyless_mesh.integrations import AuthorizationMiddleware, WsgiAuthorizationMiddleware
+from proxyless_mesh.integrations import (
+    AioAuthorizationServerInterceptor,
+    AuthorizationMiddleware,
+    AuthorizationServerInterceptor,
+    WsgiAuthorizationMiddleware,
+)
 from proxyless_mesh.model import InboundListener, RbacAction
 from proxyless_mesh.policy import PolicySet
 from proxyless_mesh.xds_client import decode_listener
@@ -126,7 +132,7 @@ def _mesh_config(providers: list[dict[str, Any]]) -> str:
     )
 
 
-def _custom(provider: str, extra: str = "") -> str:
+def _custom(provider: str, extra: str = "", path: str = "/headers") -> str:
     return textwrap.dedent(
         f"""
         apiVersion: security.istio.io/v1
@@ -136,7 +142,7 @@ def _custom(provider: str, extra: str = "") -> str:
           selector: {{matchLabels: {{app: httpbin}}}}
           action: CUSTOM
           provider: {{name: {provider}}}
-          rules: [{{to: [{{operation: {{paths: ["/headers"]}}}}]}}]
+          rules: [{{to: [{{operation: {{paths: ["{path}"]}}}}]}}]
         """
     )
 
@@ -281,7 +287,7 @@ def test_custom_comes_before_deny(authorizers: tuple[int, int]) -> None:
     assert (denied_after.status_code, denied_after.text) == (403, "RBAC: access denied")
 
 
-def test_grpc_servers_deny_what_custom_matches(authorizers: tuple[int, int]) -> None:
+def test_grpcio_xds_servers_deny_what_custom_matches(authorizers: tuple[int, int]) -> None:
     """grpcio has no ext_authz: its listener denies the CUSTOM rules' requests."""
     http_port, _ = authorizers
     config = _load(SERVICE, _mesh_config([_http_provider(http_port)]), _custom("sample-http"))
@@ -343,3 +349,65 @@ def test_a_5xx_from_the_authorizer_is_an_error(authorizers: tuple[int, int]) -> 
     for get in GET.values():
         assert get(policies, "/headers", {"x-ext-authz": "crash"}).status_code == 502
         assert get(policies, "/headers", {"x-ext-authz": "no"}).status_code == 403
+
+
+def _echo_handler(aio: bool) -> grpc.GenericRpcHandler:
+    if aio:
+
+        async def unary(request: bytes, context: Any) -> bytes:
+            return b"ok"
+
+    else:
+
+        def unary(request: bytes, context: Any) -> bytes:  # type: ignore[misc]
+            return b"ok"
+
+    return grpc.method_handlers_generic_handler(
+        "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)}
+    )
+
+
+def test_library_grpc_servers_ask_the_provider(authorizers: tuple[int, int]) -> None:
+    """The library's interceptors (sync and aio) ask the authorizer too; its
+    denial becomes the gRPC status Envoy maps its HTTP status to."""
+    http_port, _ = authorizers
+    provider = _http_provider(http_port)
+    custom = _custom("sample-http", path="/test.Echo/*")
+    policies = _policies(_load(SERVICE, _mesh_config([provider]), custom))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2),
+        interceptors=[AuthorizationServerInterceptor(policies=lambda: policies)],
+    )
+    server.add_generic_rpc_handlers((_echo_handler(aio=False),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/test.Echo/Unary")
+            assert call(b"x", metadata=(("x-ext-authz", "allow"),), timeout=10) == b"ok"
+            with pytest.raises(grpc.RpcError) as denied:
+                call(b"x", metadata=(("x-ext-authz", "no"),), timeout=10)
+            assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert denied.value.details() == "denied by ext_authz"
+    finally:
+        server.stop(grace=None).wait(10)
+
+    async def aio_scenario() -> None:
+        aio_server = grpc.aio.server(
+            interceptors=[AioAuthorizationServerInterceptor(policies=lambda: policies)]
+        )
+        aio_server.add_generic_rpc_handlers((_echo_handler(aio=True),))
+        aio_port = aio_server.add_insecure_port("127.0.0.1:0")
+        await aio_server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{aio_port}") as channel:
+                call = channel.unary_unary("/test.Echo/Unary")
+                allowed = await call(b"x", metadata=(("x-ext-authz", "allow"),), timeout=10)
+                assert allowed == b"ok"
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(b"x", metadata=(("x-ext-authz", "no"),), timeout=10)
+                assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        finally:
+            await aio_server.stop(grace=None)
+
+    asyncio.run(aio_scenario())
