@@ -8,14 +8,14 @@ is a Mesh with another identity."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from ext_authz_support import ASKED, running_authorizer
 from identities import (
     REVIEWS_HOST,
     listening_socket,
@@ -27,37 +27,12 @@ from identities import (
 from meshlab import LocalMesh
 
 AUTHZ_HOST = "ext-authz.shop.svc.cluster.local"
-ASKED: list[str] = []
-
-
-class _Authorizer(BaseHTTPRequestHandler):
-    """Istio's sample ext-authz: allow when `x-ext-authz: allow`."""
-
-    def do_GET(self) -> None:
-        ASKED.append(self.path)
-        allowed = self.headers.get("x-ext-authz") == "allow"
-        body = b"" if allowed else b"denied by ext_authz"
-        self.send_response(200 if allowed else 403)
-        self.send_header("x-ext-authz-check-result", "allowed" if allowed else "denied")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
 def authorizer() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Authorizer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_authorizer() as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def _config(authz_port: int, reviews_port: int) -> str:

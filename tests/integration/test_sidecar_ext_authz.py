@@ -6,15 +6,14 @@ mesh service, for the requests the CUSTOM rule matches."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from ext_authz_support import running_authorizer
 from gateway_support import admin_get, running_proxy, wait_for_listener
 from identities import NAMESPACE, service_entry, workload_mesh
 from meshlab import LocalMesh
@@ -26,30 +25,10 @@ pytestmark = pytest.mark.interop
 AUTHZ_HOST = f"ext-authz.{NAMESPACE}.svc.cluster.local"
 
 
-class _Authorizer(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        allowed = self.headers.get("x-ext-authz") == "allow"
-        body = b"" if allowed else b"denied by ext_authz"
-        self.send_response(200 if allowed else 403)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def authorizer_port() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Authorizer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_authorizer() as server:
         yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def _config(legacy_port: int, authz_port: int) -> str:

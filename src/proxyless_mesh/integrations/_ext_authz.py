@@ -58,23 +58,19 @@ class ExtAuthzClient:
         if config.grpc:
             import grpc  # only servers with a gRPC provider load grpcio (issue 25)
 
+            check = _check_request(config, request, decision)
             try:
-                stub = self._stub(config.target, aio=False)
-                answer = stub(_check_request(config, request, decision), timeout=config.timeout)
+                answer = self._stub(config.target, aio=False)(check, timeout=config.timeout)
             except (grpc.RpcError, OSError):
                 return error_verdict(config)
             return _grpc_verdict(answer)
         if self._http is None:
             self._http = httpx.Client(transport=self._transport)
-        method, path, headers = http_check(config, request, decision)
-        url = f"http://{config.target}{path}"
         try:
-            response = self._http.request(method, url, headers=headers, timeout=config.timeout)
+            response = self._http.send(_http_request(config, request, decision))
         except _HTTP_ERRORS:
             return error_verdict(config)
-        return http_verdict(
-            config, response.status_code, response.headers.items(), response.content
-        )
+        return _http_answer(config, response)
 
     async def check_async(
         self, config: ExtAuthz, request: InboundRequest, decision: Decision
@@ -82,27 +78,19 @@ class ExtAuthzClient:
         if config.grpc:
             import grpc
 
+            check = _check_request(config, request, decision)
             try:
-                stub = self._stub(config.target, aio=True)
-                answer = await stub(
-                    _check_request(config, request, decision), timeout=config.timeout
-                )
+                answer = await self._stub(config.target, aio=True)(check, timeout=config.timeout)
             except (grpc.RpcError, OSError):
                 return error_verdict(config)
             return _grpc_verdict(answer)
         if self._async_http is None:
             self._async_http = httpx.AsyncClient(transport=self._async_transport)
-        method, path, headers = http_check(config, request, decision)
-        url = f"http://{config.target}{path}"
         try:
-            response = await self._async_http.request(
-                method, url, headers=headers, timeout=config.timeout
-            )
+            response = await self._async_http.send(_http_request(config, request, decision))
         except _HTTP_ERRORS:
             return error_verdict(config)
-        return http_verdict(
-            config, response.status_code, response.headers.items(), response.content
-        )
+        return _http_answer(config, response)
 
     def _stub(self, target: str, *, aio: bool) -> Any:
         import grpc
@@ -138,6 +126,21 @@ def mesh_ext_authz_client(mesh: object) -> ExtAuthzClient:
         channel=m.grpc_channel,
         aio_channel=m.aio_grpc_channel,
     )
+
+
+def _http_request(config: ExtAuthz, request: InboundRequest, decision: Decision) -> httpx.Request:
+    method, path, headers = http_check(config, request, decision)
+    timeout = httpx.Timeout(config.timeout)
+    return httpx.Request(
+        method,
+        f"http://{config.target}{path}",
+        headers=headers,
+        extensions={"timeout": timeout.as_dict()},
+    )
+
+
+def _http_answer(config: ExtAuthz, response: httpx.Response) -> AuthzVerdict:
+    return http_verdict(config, response.status_code, response.headers.items(), response.content)
 
 
 def _check_request(config: ExtAuthz, request: InboundRequest, decision: Decision) -> Any:

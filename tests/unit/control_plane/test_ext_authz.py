@@ -42,6 +42,7 @@ from proxyless_mesh.xds_client import decode_listener
 LABELS = (("app", "httpbin"),)
 SERVER = "grpc/server?xds.resource.listening_address=10.0.0.1:8000"
 CHECKED: list[dict[str, Any]] = []  # what the HTTP authorizer was asked
+SLOW_RELEASE = threading.Event()
 
 
 class _HttpAuthorizer(BaseHTTPRequestHandler):
@@ -53,6 +54,8 @@ class _HttpAuthorizer(BaseHTTPRequestHandler):
         )
         allowed = self.headers.get("x-ext-authz") == "allow"
         body = b"" if allowed else b"denied by ext_authz"
+        if self.headers.get("x-ext-authz") == "slow":
+            SLOW_RELEASE.wait(10)  # answers only once the test has seen the timeout
         crashed = self.headers.get("x-ext-authz") == "crash"
         self.send_response(500 if crashed else 200 if allowed else 403)
         self.send_header("x-ext-authz-check-result", "allowed" if allowed else "denied")
@@ -339,6 +342,18 @@ def test_mesh_fields_not_read_are_warnings() -> None:
     ]
     assert "'sample-http': 127.0.0.1 is no ServiceEntry here" in config.warnings[1].message
     assert dict(config.extension_providers)["sample-http"].target == "127.0.0.1:1"
+
+
+def test_an_authorizer_past_its_timeout_is_an_error(authorizers: tuple[int, int]) -> None:
+    http_port, _ = authorizers
+    provider = _http_provider(http_port, timeout="0.2s", statusOnError="504")
+    policies = _policies(_load(SERVICE, _mesh_config([provider]), _custom("sample-http")))
+    SLOW_RELEASE.clear()
+    try:
+        for get in GET.values():
+            assert get(policies, "/headers", {"x-ext-authz": "slow"}).status_code == 504
+    finally:
+        SLOW_RELEASE.set()
 
 
 def test_a_5xx_from_the_authorizer_is_an_error(authorizers: tuple[int, int]) -> None:
