@@ -25,6 +25,7 @@ from identities import (
     workload_mesh,
 )
 from meshlab import LocalMesh
+from test_inbound_from_xds import WSGI_HOST, Lab, _gunicorn
 
 AUTHZ_HOST = "ext-authz.shop.svc.cluster.local"
 
@@ -35,7 +36,7 @@ def authorizer() -> Iterator[ThreadingHTTPServer]:
         yield server
 
 
-def _config(authz_port: int, reviews_port: int) -> str:
+def _config(authz_port: int, reviews_port: int, wsgi_port: int = 0) -> str:
     authz = service_entry(AUTHZ_HOST, authz_port)
     authz["spec"]["ports"] = [{"number": 8000, "name": "http", "protocol": "HTTP"}]
     del authz["spec"]["endpoints"][0]["serviceAccount"]  # a plaintext, unmeshed authorizer
@@ -67,6 +68,8 @@ def _config(authz_port: int, reviews_port: int) -> str:
         },
     }
     docs = [service_entry(REVIEWS_HOST, reviews_port), authz, mesh_config, policy]
+    if wsgi_port:
+        docs.append(service_entry(WSGI_HOST, wsgi_port))
     return "\n---\n".join(json.dumps(d) for d in docs)
 
 
@@ -103,3 +106,26 @@ def test_custom_policy_through_the_mesh(lab: LocalMesh, authorizer: ThreadingHTT
             assert down.status_code == 403
     finally:
         sock.close()
+
+
+def test_custom_policy_under_gunicorn(lab: LocalMesh, authorizer: ThreadingHTTPServer) -> None:
+    """The same through a WSGI app in a real gunicorn process (MeshSyncWorker)."""
+    asgi_sock, wsgi_sock = listening_socket(), listening_socket()
+    try:
+        ports = (asgi_sock.getsockname()[1], wsgi_sock.getsockname()[1])
+        lab.write_config("mesh.yaml", _config(authorizer.server_address[1], *ports))
+        start_control_plane(lab)
+        frontend = workload_mesh(lab, "frontend-1", "frontend")
+        client = httpx.Client(transport=frontend.httpx_transport(), timeout=30.0)
+        with _gunicorn(Lab(lab, ports[0], asgi_sock, wsgi_sock)) as proc, frontend, client:
+            ASKED.clear()
+            allowed = client.get(f"http://{WSGI_HOST}/headers", headers={"x-ext-authz": "allow"})
+            assert allowed.status_code == 200, allowed.text
+            denied = client.get(f"http://{WSGI_HOST}/headers", headers={"x-ext-authz": "no"})
+            assert (denied.status_code, denied.text) == (403, "denied by ext_authz")
+            assert denied.headers["x-ext-authz-check-result"] == "denied"
+            assert ASKED == ["/headers", "/headers"]
+            assert proc.poll() is None
+    finally:
+        asgi_sock.close()
+        wsgi_sock.close()
