@@ -150,7 +150,7 @@ class PolicySet:
     Built once per config update (regexes, CIDRs and JWKS compiled here);
     `check` is the per-request call. A provider returns the current one."""
 
-    __slots__ = ("_engines", "_jwt", "_mode")
+    __slots__ = ("_custom", "_engines", "_jwt", "_mode")
 
     def __init__(
         self,
@@ -172,7 +172,9 @@ class PolicySet:
                     rbac.action, tuple(compiled), rbac.shadow, rbac.shadow_prefix, rbac.ext_authz
                 )
             )
-        self._engines = tuple(engines)
+        # The CUSTOM engine (at most one, first, as the translator sends it) apart.
+        self._custom = next((e for e in engines if e.ext_authz is not None), None)
+        self._engines = tuple(e for e in engines if e.ext_authz is None)
         self._jwt = JwtAuthenticator(jwt or JwtAuthentication())
         self._mode = path_normalization
 
@@ -227,23 +229,17 @@ class PolicySet:
                 remove = remove | result.remove_headers
                 add = result.add_headers
                 query = strip_params(query, result.remove_params)
+        custom = self._custom
+        if custom is not None and not after_custom:  # Istio's order: CUSTOM before the rest
+            matched = custom.first_match(ctx)
+            if matched is not None:
+                _log("ext_authz", matched, "matched CUSTOM policy", ctx, request)
+                reason = "CUSTOM policy matched: the external authorizer decides"
+                return Decision(403, matched, reason, path, query, ext_authz=custom.ext_authz)
         shadow: tuple[ShadowResult, ...] = ()
         for engine in self._engines:
-            if engine.ext_authz is not None and after_custom:
-                continue
             matched = engine.first_match(ctx)
-            if engine.ext_authz is not None:
-                if matched is not None:  # Istio's order: CUSTOM before DENY and ALLOW
-                    _log("ext_authz", matched, "matched CUSTOM policy", ctx, request)
-                    return Decision(
-                        403,
-                        policy=matched,
-                        reason="CUSTOM policy matched: the external authorizer decides",
-                        path=path,
-                        query=query,
-                        ext_authz=engine.ext_authz,
-                    )
-            elif engine.shadow:
+            if engine.shadow:
                 shadow += (_shadow_result(engine, matched, ctx, request),)
             elif engine.action is RbacAction.LOG:
                 if matched is not None:
