@@ -7,8 +7,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2
 
 ASKED: list[str] = []
 
@@ -40,3 +45,33 @@ def running_authorizer() -> Iterator[ThreadingHTTPServer]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+class _GrpcAuthorizer(external_auth_pb2_grpc.AuthorizationServicer):
+    """The same over envoy.service.auth.v3.Authorization/Check."""
+
+    def Check(self, request: Any, context: Any) -> Any:
+        headers = request.attributes.request.http.headers
+        ASKED.append(request.attributes.request.http.path)
+        response = external_auth_pb2.CheckResponse()
+        if headers.get("x-ext-authz") == "allow":
+            added = response.ok_response.headers.add().header
+            added.key, added.value = "x-ext-authz-check-result", "allowed"
+        else:
+            response.status.code = code_pb2.PERMISSION_DENIED
+            response.denied_response.status.code = 403  # type: ignore[assignment]
+            response.denied_response.body = "denied by grpc ext_authz"
+        return response
+
+
+@contextlib.contextmanager
+def running_grpc_authorizer() -> Iterator[int]:
+    """The gRPC authorizer on 127.0.0.1:0; its port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(_GrpcAuthorizer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(grace=None).wait(10)

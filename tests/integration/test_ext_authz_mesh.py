@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from ext_authz_support import ASKED, running_authorizer
+from ext_authz_support import ASKED, running_authorizer, running_grpc_authorizer
 from identities import (
     REVIEWS_HOST,
     listening_socket,
@@ -36,12 +36,15 @@ def authorizer() -> Iterator[ThreadingHTTPServer]:
         yield server
 
 
-def _config(authz_port: int, reviews_port: int, wsgi_port: int = 0) -> str:
+def _config(authz_port: int, reviews_port: int, wsgi_port: int = 0, grpc_port: int = 0) -> str:
     authz = service_entry(AUTHZ_HOST, authz_port)
-    authz["spec"]["ports"] = [{"number": 8000, "name": "http", "protocol": "HTTP"}]
+    authz["spec"]["ports"] = [
+        {"number": 8000, "name": "http", "protocol": "HTTP"},
+        {"number": 9000, "name": "grpc", "protocol": "GRPC"},
+    ]
     del authz["spec"]["endpoints"][0]["serviceAccount"]  # a plaintext, unmeshed authorizer
-    authz["spec"]["endpoints"][0]["ports"] = {"http": authz_port}
-    provider = {
+    authz["spec"]["endpoints"][0]["ports"] = {"http": authz_port, "grpc": grpc_port or 1}
+    provider: dict[str, Any] = {
         "name": "sample-ext-authz-http",
         "envoyExtAuthzHttp": {
             "service": AUTHZ_HOST,
@@ -51,6 +54,11 @@ def _config(authz_port: int, reviews_port: int, wsgi_port: int = 0) -> str:
             "headersToDownstreamOnDeny": ["x-ext-authz-check-result"],
         },
     }
+    if grpc_port:
+        provider = {
+            "name": "sample-ext-authz-http",  # the policy's provider, now over gRPC
+            "envoyExtAuthzGrpc": {"service": AUTHZ_HOST, "port": 9000},
+        }
     mesh_config = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -129,3 +137,25 @@ def test_custom_policy_under_gunicorn(lab: LocalMesh, authorizer: ThreadingHTTPS
     finally:
         asgi_sock.close()
         wsgi_sock.close()
+
+
+def test_grpc_provider_through_the_mesh(lab: LocalMesh) -> None:
+    sock = listening_socket()
+    try:
+        with running_grpc_authorizer() as grpc_port:
+            lab.write_config("mesh.yaml", _config(1, sock.getsockname()[1], grpc_port=grpc_port))
+            start_control_plane(lab)
+            reviews = workload_mesh(lab, "reviews-1", "reviews")
+            frontend = workload_mesh(lab, "frontend-1", "frontend")
+            client = httpx.Client(transport=frontend.httpx_transport(), timeout=30.0)
+            with reviews, frontend, serving_asgi(_echo, reviews, sock), client:
+                ASKED.clear()
+                url = f"http://{REVIEWS_HOST}/headers?q=1"
+                allowed = client.get(url, headers={"x-ext-authz": "allow"})
+                assert allowed.status_code == 200, allowed.text
+                assert allowed.json()["x-ext-authz-check-result"] == "allowed"
+                denied = client.get(url, headers={"x-ext-authz": "no"})
+                assert (denied.status_code, denied.text) == (403, "denied by grpc ext_authz")
+                assert ASKED == ["/headers?q=1", "/headers?q=1"]
+    finally:
+        sock.close()
