@@ -26,7 +26,7 @@ from proxyless_mesh.integrations import (
 from proxyless_mesh.policy import PolicySet
 from proxyless_mesh.telemetry import Telemetry, TelemetryConfig, Workload
 
-from .test_dry_run_span import DRY_RUN_DENY
+from .test_dry_run_span import DRY_RUN_DENY, shadow_points
 
 POLICY = "ns[web]-policy[deny-everyone]-rule[0]"
 UNARY = "/test.Echo/Unary"
@@ -71,17 +71,6 @@ def _handlers(aio: bool) -> grpc.GenericRpcHandler:
     )
 
 
-def _shadow_points(reader: InMemoryMetricReader) -> list[tuple[dict[str, Any], int]]:
-    return [
-        (dict(p.attributes or {}), p.value)
-        for rm in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]
-        for sm in rm.scope_metrics
-        for m in sm.metrics
-        if m.name == "envoy_rbac_shadow_results"
-        for p in m.data.data_points  # type: ignore[union-attr]
-    ]
-
-
 def _check(reader: InMemoryMetricReader, caplog: pytest.LogCaptureFixture) -> None:
     lines = [
         json.loads(r.getMessage()) for r in caplog.records if r.name == "proxyless_mesh.access"
@@ -95,7 +84,7 @@ def _check(reader: InMemoryMetricReader, caplog: pytest.LogCaptureFixture) -> No
         "result": "denied",
         "shadow_effective_policy_id": POLICY,
     }
-    assert _shadow_points(reader) == [(attributes, 2)]
+    assert shadow_points(reader) == [(attributes, 2)]
 
 
 def test_sync_grpc_server_reports_dry_run(caplog: pytest.LogCaptureFixture) -> None:
