@@ -325,6 +325,10 @@ def test_grpcio_xds_servers_deny_what_custom_matches(authorizers: tuple[int, int
             (_mesh_config([_http_provider(1, pathPrefix="check")]),),
             "pathPrefix: must start with /",
         ),
+        (
+            (_mesh_config([_http_provider(1, statusOnError="418")]),),
+            "statusOnError: not an HTTP status Envoy knows: '418'",
+        ),
     ],
 )
 def test_mistakes_are_refused_by_field(texts: tuple[str, ...], expected: str) -> None:
@@ -426,3 +430,25 @@ def test_library_grpc_servers_ask_the_provider(authorizers: tuple[int, int]) -> 
             await aio_server.stop(grace=None)
 
     asyncio.run(aio_scenario())
+
+
+def test_two_providers_on_one_workload_deny_what_custom_matches(
+    authorizers: tuple[int, int],
+) -> None:
+    """Istio allows one provider per workload: with two, fail closed."""
+    http_port, grpc_port = authorizers
+    grpc_provider = {
+        "name": "other",
+        "envoyExtAuthzGrpc": {"service": "127.0.0.1", "port": grpc_port},
+    }
+    second = _custom("other").replace("name: ext-authz,", "name: ext-authz-2,")
+    config = _load(
+        SERVICE,
+        _mesh_config([_http_provider(http_port), grpc_provider]),
+        _custom("sample-http"),
+        second,
+    )
+    policies = _policies(config)
+    denied = _asgi_get(policies, "/headers", {"x-ext-authz": "allow"})
+    assert (denied.status_code, denied.text) == (403, "RBAC: access denied")
+    assert _asgi_get(policies, "/ip", {}).status_code == 200

@@ -117,8 +117,11 @@ def _ext_authz(p: Problems, raw: object, where: str, *, grpc: bool) -> ExtAuthz 
         timeout = parsed or timeout
     status = 403
     if (text := get_str(p, spec, "statusOnError", where)) is not None:
-        if not (text.isdigit() and 200 <= int(text) <= 599):
-            p.add(join(where, "statusOnError"), f"expected an HTTP status code, got {text!r}")
+        # Envoy's HttpStatus takes the codes its StatusCode enum names (not 418, 599...).
+        from envoy.type.v3 import http_status_pb2
+
+        if not (text.isdigit() and int(text) in http_status_pb2.StatusCode.values()[1:]):
+            p.add(join(where, "statusOnError"), f"not an HTTP status Envoy knows: {text!r}")
         else:
             status = int(text)
     prefix = get_str(p, spec, "pathPrefix", where) or ""
