@@ -111,8 +111,11 @@ def test_rbac_is_enough_for_the_control_plane_and_no_more(
             time.sleep(0.2)
         assert conditions[0]["status"] == "False"
         assert "spec.http[0].bogus" in conditions[0]["message"]
-        registry = httpx.get(f"http://{lab.admin_address}/registry").json()["KubernetesRegistry"]
+        status = httpx.get(f"http://{lab.admin_address}/registry").json()
+        registry = status["KubernetesRegistry"]
         assert registry["stale"] is False
         assert all(w["errors"] == 0 and w["synced"] for w in registry["watches"].values()), registry
+        mesh_config = status["KubeConfigSource"]["watches"]["ConfigMap"]  # RBAC lets it read
+        assert mesh_config["errors"] == 0 and mesh_config["synced"], mesh_config
     finally:
         lab.close()

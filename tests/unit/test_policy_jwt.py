@@ -192,3 +192,40 @@ def test_from_cookies_reads_the_token_from_the_named_cookie() -> None:
     assert check(ps, {"cookie": f"session={token(OTHER_KEY)}"}).status == 401
     # With fromCookies alone, the Authorization header is not read (no defaults): 403.
     assert check(ps, {"authorization": f"Bearer {token()}"}).status == 403
+
+
+def _claims_policy(key: str, value: str) -> dict[str, Any]:
+    rule = {"when": [{"key": f"request.auth.claims[{key}]", "values": [value]}]}
+    return {"metadata": {"name": "claims", "namespace": "foo"}, "spec": {"rules": [rule]}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "claim", "value", "wanted", "status"),
+    [
+        ([], "scope", "read write", "write", 200),  # istiod's default: scope and permission
+        ([], "permission", "a b", "a", 200),
+        ([], "roles", "admin ops", "ops", 403),  # not listed: the whole string
+        ([], "roles", "admin ops", "admin ops", 200),
+        (["roles"], "roles", "admin ops", "ops", 200),  # spaceDelimitedClaims adds it
+        (["roles"], "roles", "admin ops", "admin ops", 403),
+        (["roles"], "roles", ["admin ops"], "admin ops", 200),  # a list is left as it is
+    ],
+)
+def test_space_delimited_claims_split_on_spaces_for_rbac(
+    extra: list[str], claim: str, value: Any, wanted: str, status: int
+) -> None:
+    """Envoy's normalize_payload_in_metadata as istiod configures it (scope and
+    permission by default, plus spaceDelimitedClaims), across the xDS round trip."""
+    config = request_authentications_to_jwt([reqauth(spaceDelimitedClaims=extra)])
+    wire = config_pb2.JwtAuthentication.FromString(
+        jwt_authentication_to_proto(config).SerializeToString()
+    )
+    assert list(wire.providers[ISSUER].normalize_payload_in_metadata.space_delimited_claims) == [
+        "scope",
+        "permission",
+        *extra,
+    ]
+    rbac = authorization_policies_to_rbac([_claims_policy(claim, wanted)])
+    ps = PolicySet(rbac, jwt_authentication_from_proto(wire))
+    d = check(ps, {"authorization": f"Bearer {token(**{claim: value})}"})
+    assert d.status == status

@@ -364,7 +364,7 @@ def test_service_account_and_template_mistakes(
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
-        ({"action": "CUSTOM", "provider": {"name": "x"}}, "spec.provider"),
+        ({"action": "CUSTOM", "provider": {"name": "x", "port": 1}}, "spec.provider.port"),
         (
             {"rules": [{"when": [{"key": "request.regex.headers[x]", "values": ["a"]}]}]},
             "when[0].key",

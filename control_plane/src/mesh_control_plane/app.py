@@ -201,7 +201,9 @@ class ControlPlane:
         self._reloads: set[asyncio.Task[bool]] = set()
         if registry is not None and registry.kubeconfig and registry.kube_resources:
             connection = connection_from(registry.kubeconfig)
-            self.kube_config = KubeConfigSource(connection)
+            self.kube_config = KubeConfigSource(
+                connection, mesh_config_namespace=self.settings.root_namespace
+            )
             lease = registry.leader_lease or f"{connection.namespace}/{LEASE_NAME}"
             identity = f"{socket.gethostname()}-{os.getpid()}"
             self.kube_config.elect(lease, identity, registry.lease_duration)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
+    from proxyless_mesh.integrations._ext_authz import ExtAuthzClient
     from proxyless_mesh.integrations._grpc_aio import AioMeshChannel
     from proxyless_mesh.integrations._grpc_client import MeshChannel
     from proxyless_mesh.integrations._grpc_exchange import normalize_target
@@ -46,6 +47,7 @@ _PUBLIC: dict[str, str] = {
     "AsyncMeshTransport": "proxyless_mesh.integrations._httpx",
     "AuthorizationMiddleware": "proxyless_mesh.integrations._asgi",
     "AuthorizationServerInterceptor": "proxyless_mesh.integrations._grpc_server",
+    "ExtAuthzClient": "proxyless_mesh.integrations._ext_authz",
     "MeshChannel": "proxyless_mesh.integrations._grpc_client",
     "MeshTransport": "proxyless_mesh.integrations._httpx",
     "TelemetryMiddleware": "proxyless_mesh.integrations._http_server_telemetry",
@@ -79,6 +81,7 @@ __all__ = [
     "AsyncMeshTransport",
     "AuthorizationMiddleware",
     "AuthorizationServerInterceptor",
+    "ExtAuthzClient",
     "MeshChannel",
     "MeshTransport",
     "TelemetryMiddleware",

@@ -20,11 +20,14 @@ from typing import Any
 from urllib.parse import quote
 
 from proxyless_mesh.integrations._dry_run import record_dry_run
+from proxyless_mesh.integrations._ext_authz import ExtAuthzClient
 from proxyless_mesh.policy import (
     REFUSAL_BODIES,
+    AuthzVerdict,
     Decision,
     InboundRequest,
     PolicySet,
+    after_verdict,
     app_path,
     join_headers,
     spiffe_id_from_pem,
@@ -64,18 +67,29 @@ class AuthorizationMiddleware:
         policies: Callable[[], PolicySet],
         peer_principal: Callable[[Scope], str | None] = tls_peer_principal,
         destination_port: int | None = None,
+        ext_authz: ExtAuthzClient | None = None,
     ) -> None:
         self.app = app
         self._policies = policies
         self._peer_principal = peer_principal
         self._port = destination_port
+        self._ext_authz = ext_authz
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        decision = self._policies().check(self._request(scope))
+        policies, request = self._policies(), self._request(scope)
+        decision = policies.check(request)
+        if decision.ext_authz is not None:  # a CUSTOM policy matched: its authorizer first
+            if self._ext_authz is None:
+                self._ext_authz = ExtAuthzClient()
+            verdict = await self._ext_authz.check_async(decision.ext_authz, request, decision)
+            if not verdict.allowed:
+                await _refuse_verdict(kind, verdict, send)
+                return
+            decision = after_verdict(policies, request, verdict)
         record_dry_run(decision, scope)
         if not decision.allowed:
             await _refuse(kind, decision.status, send)
@@ -121,6 +135,17 @@ def _rewritten(scope: Scope, decision: Decision) -> Scope:
         headers.extend((k.encode("latin-1"), v.encode("utf-8")) for k, v in decision.add_headers)
         new["headers"] = headers
     return new
+
+
+async def _refuse_verdict(kind: str, verdict: AuthzVerdict, send: Send) -> None:
+    """The authorizer's denial as it gave it (status, body, allowed headers)."""
+    if kind == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in verdict.client_headers]
+    headers.append((b"content-length", str(len(verdict.body)).encode()))
+    await send({"type": "http.response.start", "status": verdict.status, "headers": headers})
+    await send({"type": "http.response.body", "body": verdict.body})
 
 
 async def _refuse(kind: str, status: int, send: Send) -> None:

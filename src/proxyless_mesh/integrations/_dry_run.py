@@ -8,13 +8,19 @@ call `record_dry_run` after the policy decision: the server span is current
 there (TelemetryMiddleware wraps them), and the attributes use Envoy's key
 names. The ASGI scope / WSGI environ carries the results out to the
 telemetry middleware, which adds them to the request's access line and counts
-them (`report_dry_run`). Nothing is done for a decision without dry-run results.
+them (`report_dry_run`). gRPC has no scope to carry them: the telemetry
+interceptor names its call in a context variable around the inner handler
+(`reporting_to`), and the authorization interceptor, which runs inside it in
+the same thread or task, reports there. Nothing is done for a decision without
+dry-run results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
@@ -29,11 +35,28 @@ CARRIER_KEY = "proxyless_mesh.dry_run"
 RBAC_METADATA = "envoy.filters.http.rbac"
 
 
+_GRPC_CALL: ContextVar[tuple[Telemetry, Call] | None] = ContextVar(
+    "proxyless_mesh_dry_run_call", default=None
+)
+
+
+@contextlib.contextmanager
+def reporting_to(telemetry: Telemetry, call: Call) -> Iterator[None]:
+    """Dry-run results decided inside this block are reported on `call`."""
+    token = _GRPC_CALL.set((telemetry, call))
+    try:
+        yield
+    finally:
+        _GRPC_CALL.reset(token)
+
+
 def record_dry_run(decision: Decision, carrier: MutableMapping[str, Any] | None = None) -> None:
     if not decision.shadow:
         return
     if carrier is not None:
         carrier[CARRIER_KEY] = decision.shadow
+    elif (current := _GRPC_CALL.get()) is not None:
+        report_dry_run(*current, decision.shadow)
     span = trace.get_current_span()
     if not span.is_recording():
         return

@@ -25,9 +25,13 @@ import grpc
 import grpc.aio
 
 from proxyless_mesh.integrations._dry_run import record_dry_run
+from proxyless_mesh.integrations._ext_authz import ExtAuthzClient
 from proxyless_mesh.policy import (
+    AuthzVerdict,
+    Decision,
     InboundRequest,
     PolicySet,
+    after_verdict,
     join_headers,
     spiffe_id_from_names,
     spiffe_id_from_pem,
@@ -87,15 +91,38 @@ class _Checker:
         policies: Callable[[], PolicySet],
         peer_principal: PeerPrincipal,
         destination_port: int | None,
+        ext_authz: ExtAuthzClient | None,
     ) -> None:
         self._policies = policies
         self._peer_principal = peer_principal
         self._port = destination_port
+        self._ext_authz = ext_authz or ExtAuthzClient()
 
     def refusal(self, method: str, metadata: Any, context: Any) -> Refusal | None:
         """What to abort the call with, or None to let it through."""
+        policies, request = self._policies(), self._request(method, metadata, context)
+        decision = policies.check(request)
+        if decision.ext_authz is not None:  # a CUSTOM policy matched: its authorizer first
+            verdict = self._ext_authz.check(decision.ext_authz, request, decision)
+            if not verdict.allowed:
+                return _verdict_refusal(verdict)
+            decision = after_verdict(policies, request, verdict)
+        return self._outcome(method, decision)
+
+    async def refusal_async(self, method: str, metadata: Any, context: Any) -> Refusal | None:
+        """`refusal` for grpc.aio: the authorizer is asked without blocking the loop."""
+        policies, request = self._policies(), self._request(method, metadata, context)
+        decision = policies.check(request)
+        if decision.ext_authz is not None:
+            verdict = await self._ext_authz.check_async(decision.ext_authz, request, decision)
+            if not verdict.allowed:
+                return _verdict_refusal(verdict)
+            decision = after_verdict(policies, request, verdict)
+        return self._outcome(method, decision)
+
+    def _request(self, method: str, metadata: Any, context: Any) -> InboundRequest:
         pairs = [(k, v) for k, v in (metadata or ()) if isinstance(v, str)]
-        request = InboundRequest(
+        return InboundRequest(
             method="POST",
             target=method.encode("utf-8"),
             headers=join_headers(pairs),
@@ -105,13 +132,33 @@ class _Checker:
             scheme="https" if (context.auth_context() or {}).get("x509_pem_cert") else "http",
             http_version="2",
         )
-        decision = self._policies().check(request)
+
+    @staticmethod
+    def _outcome(method: str, decision: Decision) -> Refusal | None:
         record_dry_run(decision)
         if not decision.allowed:
             return _CODES[decision.status]
         if decision.path != method:
             return _NOT_AS_SENT
         return None
+
+
+# Envoy's HTTP-to-gRPC status mapping (httpToGrpcStatus) for an authorizer's denial.
+_HTTP_TO_GRPC = {
+    400: grpc.StatusCode.INTERNAL,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.UNIMPLEMENTED,
+    429: grpc.StatusCode.UNAVAILABLE,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _verdict_refusal(verdict: AuthzVerdict) -> Refusal:
+    code = _HTTP_TO_GRPC.get(verdict.status, grpc.StatusCode.UNKNOWN)
+    return code, verdict.body.decode("utf-8", "replace") or "ext_authz: access denied"
 
 
 def _kind(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[str, Any]:
@@ -152,8 +199,9 @@ class _AuthorizationSetup:
         policies: Callable[[], PolicySet],
         peer_principal: PeerPrincipal = auth_context_peer_principal,
         destination_port: int | None = None,
+        ext_authz: ExtAuthzClient | None = None,
     ) -> None:
-        self._checker = _Checker(policies, peer_principal, destination_port)
+        self._checker = _Checker(policies, peer_principal, destination_port, ext_authz)
 
 
 class AuthorizationServerInterceptor(_AuthorizationSetup, _SyncInterceptor):
@@ -185,10 +233,10 @@ class AioAuthorizationServerInterceptor(_AuthorizationSetup, _AioInterceptor):
         if (handler := await continuation(handler_call_details)) is None:
             return None
         kind, inner = _kind(handler)
-        refusal, details = self._checker.refusal, handler_call_details
+        refusal, details = self._checker.refusal_async, handler_call_details
 
         async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            refused = refusal(details.method, details.invocation_metadata, context)
+            refused = await refusal(details.method, details.invocation_metadata, context)
             if refused is not None:
                 await context.abort(*refused)
 

@@ -19,6 +19,7 @@ import grpc
 import grpc.aio
 from opentelemetry import context as otel_context
 
+from proxyless_mesh.integrations._dry_run import reporting_to
 from proxyless_mesh.integrations._grpc_server import (
     PeerPrincipal,
     _AioInterceptor,
@@ -181,7 +182,8 @@ class TelemetryServerInterceptor(_TelemetrySetup, _SyncInterceptor):
         def behavior(request_or_iterator: Any, context: grpc.ServicerContext) -> Any:
             token = recorder.start(call, metadata, context)
             try:
-                result = inner(request_or_iterator, context)
+                with reporting_to(recorder.telemetry, call):  # the check runs in this call
+                    result = inner(request_or_iterator, context)
             except BaseException as exc:
                 recorder.end(call, context, exc, token)
                 raise
@@ -221,9 +223,10 @@ class AioTelemetryServerInterceptor(_TelemetrySetup, _AioInterceptor):
             async def unary_response(request_or_iterator: Any, context: Any) -> Any:
                 token = recorder.start(call, metadata, context)
                 try:
-                    result = inner(request_or_iterator, context)
-                    if inspect.isawaitable(result):
-                        result = await result
+                    with reporting_to(recorder.telemetry, call):
+                        result = inner(request_or_iterator, context)
+                        if inspect.isawaitable(result):
+                            result = await result
                 except BaseException as exc:
                     recorder.end(call, context, exc, token)
                     raise
@@ -235,15 +238,16 @@ class AioTelemetryServerInterceptor(_TelemetrySetup, _AioInterceptor):
         async def streaming_response(request_or_iterator: Any, context: Any) -> AsyncIterator[Any]:
             token = recorder.start(call, metadata, context)
             try:
-                result = inner(request_or_iterator, context)
-                if hasattr(result, "__aiter__"):
-                    async for item in result:
-                        yield item
-                elif inspect.isawaitable(result):
-                    await result
-                else:
-                    for item in result:
-                        yield item
+                with reporting_to(recorder.telemetry, call):  # the check runs on first item
+                    result = inner(request_or_iterator, context)
+                    if hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    elif inspect.isawaitable(result):
+                        await result
+                    else:
+                        for item in result:
+                            yield item
             except BaseException as exc:
                 recorder.end(call, context, exc, token)
                 raise

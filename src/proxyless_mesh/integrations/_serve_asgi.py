@@ -20,6 +20,7 @@ import uvicorn
 
 from proxyless_mesh.errors import MeshError
 from proxyless_mesh.integrations._asgi import AuthorizationMiddleware
+from proxyless_mesh.integrations._ext_authz import mesh_ext_authz_client
 from proxyless_mesh.integrations._grpc_serving import ModeArg
 from proxyless_mesh.integrations._serving import asgi_config
 from proxyless_mesh.runtime import check_port
@@ -137,7 +138,11 @@ def authorized_asgi(app: Any, mesh: InboundRuntime, ports: list[int]) -> Any:
     """`app` behind the AuthorizationMiddleware fed by the mesh's policy for
     each of `ports` (each already followed with `mesh.serve_inbound`); with
     several ports the request's local port (`scope["server"]`) picks it."""
-    guarded = {p: AuthorizationMiddleware(app, policies=mesh.inbound_policies(p)) for p in ports}
+    ext_authz = mesh_ext_authz_client(mesh)  # CUSTOM providers, reached through the mesh
+    guarded = {
+        p: AuthorizationMiddleware(app, policies=mesh.inbound_policies(p), ext_authz=ext_authz)
+        for p in ports
+    }
     if len(guarded) == 1:
         return next(iter(guarded.values()))
     return _ByPort(app, guarded)

@@ -16,16 +16,19 @@ the mTLS serving helper puts the verified SPIFFE ID there.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
 from proxyless_mesh.integrations._dry_run import record_dry_run
+from proxyless_mesh.integrations._ext_authz import ExtAuthzClient
 from proxyless_mesh.policy import (
     BAD_REQUEST_BODY,
     REFUSAL_BODIES,
     Decision,
     InboundRequest,
     PolicySet,
+    after_verdict,
     app_path,
 )
 
@@ -41,6 +44,7 @@ _STATUS = {
     503: "503 Service Unavailable",
 }
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
+_PHRASES = frozenset(s.value for s in HTTPStatus)
 
 
 class WsgiAuthorizationMiddleware:
@@ -53,14 +57,27 @@ class WsgiAuthorizationMiddleware:
         policies: Callable[[], PolicySet],
         peer_principal_key: str = PEER_PRINCIPAL_KEY,
         destination_port: int | None = None,
+        ext_authz: ExtAuthzClient | None = None,
     ) -> None:
         self.app = app
         self._policies = policies
         self._key = peer_principal_key
         self._port = destination_port
+        self._ext_authz = ext_authz
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        decision = self._policies().check(self._request(environ))
+        policies, request = self._policies(), self._request(environ)
+        decision = policies.check(request)
+        if decision.ext_authz is not None:  # a CUSTOM policy matched: its authorizer first
+            if self._ext_authz is None:
+                self._ext_authz = ExtAuthzClient()
+            verdict = self._ext_authz.check(decision.ext_authz, request, decision)
+            if not verdict.allowed:
+                reason = HTTPStatus(verdict.status).phrase if verdict.status in _PHRASES else ""
+                headers = [*verdict.client_headers, ("Content-Length", str(len(verdict.body)))]
+                start_response(f"{verdict.status} {reason}".rstrip(), headers)
+                return [verdict.body]
+            decision = after_verdict(policies, request, verdict)
         record_dry_run(decision, environ)
         if not decision.allowed:
             body = REFUSAL_BODIES[decision.status]

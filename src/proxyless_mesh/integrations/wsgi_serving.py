@@ -40,6 +40,7 @@ from typing import Any
 from gunicorn.workers.sync import SyncWorker  # type: ignore[import-untyped]
 
 from proxyless_mesh.errors import MeshError
+from proxyless_mesh.integrations._ext_authz import mesh_ext_authz_client
 from proxyless_mesh.integrations._wsgi import (
     PEER_PRINCIPAL_KEY,
     StartResponse,
@@ -185,9 +186,12 @@ class InboundSyncWorker(SyncWorker):  # type: ignore[misc]  # gunicorn is untype
             raise MeshError("the worker's mesh is not started")
         app: WSGIApp = getattr(self, "wsgi")  # noqa: B009 - set by gunicorn, untyped
         guarded: dict[int, WSGIApp] = {}
+        ext_authz = mesh_ext_authz_client(mesh)  # CUSTOM providers, reached through the mesh
         for sock in self.sockets:
             port = sock.getsockname()[1]
-            guarded[port] = WsgiAuthorizationMiddleware(app, policies=mesh.inbound_policies(port))
+            guarded[port] = WsgiAuthorizationMiddleware(
+                app, policies=mesh.inbound_policies(port), ext_authz=ext_authz
+            )
         self.wsgi = self._with_peer(guarded)
 
     def _with_peer(self, guarded: dict[int, WSGIApp]) -> WSGIApp:

@@ -173,16 +173,49 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtAuthz:
+    """Envoy's ext_authz HTTP filter as istiod writes it for an
+    AuthorizationPolicy CUSTOM provider (MeshConfig `envoyExtAuthzHttp` /
+    `envoyExtAuthzGrpc`): the authorizer at `target` (`host:port`) is asked
+    over Envoy's HTTP check protocol or `envoy.service.auth.v3.Authorization/Check`.
+
+    `allowed_headers` None sends every request header (else those plus Host,
+    Method, Path, Content-Length and Authorization); `upstream_headers` are the
+    authorizer's response headers the app gets on allow, `client_headers` those
+    the client gets on deny. An unreachable authorizer (or a timeout) answers
+    `status_on_error` unless `fail_open`."""
+
+    target: str
+    grpc: bool = False
+    timeout: float = 600.0
+    fail_open: bool = False
+    status_on_error: int = 403
+    path_prefix: str = ""
+    allowed_headers: tuple[str, ...] | None = None
+    upstream_headers: tuple[str, ...] = ()
+    client_headers: tuple[str, ...] = ()
+
+    @property
+    def cluster(self) -> str:
+        """The Envoy cluster of the authorizer (Istio's outbound cluster name)."""
+        host, _, port = self.target.rpartition(":")
+        return f"outbound|{port}||{host}"
+
+
+@dataclass(frozen=True, slots=True)
 class Rbac:
     """One RBAC HTTP filter's `rules`: an action and named policies (Envoy's
     map, kept in order). ALLOW with no policies denies everything.
 
     `shadow` marks the filter's `shadow_rules` (Istio's dry-run policies):
-    evaluated and recorded, never deciding."""
+    evaluated and recorded, never deciding. `ext_authz` marks Istio's CUSTOM
+    engine (an RBAC filter whose shadow rules enable the ext_authz filter after
+    it): a request one of its policies matches is decided by that authorizer."""
 
     action: RbacAction
     policies: tuple[tuple[str, Policy], ...] = ()
     shadow: bool = False
+    ext_authz: ExtAuthz | None = None
 
     @property
     def shadow_prefix(self) -> str:
@@ -225,6 +258,11 @@ class JwtProvider:
     # Envoy forward_payload_header (Istio outputPayloadToHeader): the verified
     # token's payload, base64url without padding, is sent to the app in it.
     forward_payload_header: str = ""
+    # Envoy normalize_payload_in_metadata.space_delimited_claims: these claims'
+    # string values are split on spaces for RBAC (`request.auth.claims[...]`);
+    # istiod sends `scope` and `permission` plus RequestAuthentication's
+    # spaceDelimitedClaims.
+    space_delimited_claims: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,14 @@ from proxyless_mesh.policy._errors import (
     PolicyConfigError,
     UnsupportedPolicyError,
 )
+from proxyless_mesh.policy._ext_authz import (
+    AuthzVerdict,
+    after_verdict,
+    check_headers,
+    error_verdict,
+    http_check,
+    http_verdict,
+)
 from proxyless_mesh.policy._normalize import (
     PathNormalization,
     app_path,
@@ -38,6 +46,7 @@ __all__ = [
     "NOT_READY_BODY",
     "REFUSAL_BODIES",
     "UNAUTHENTICATED_BODY",
+    "AuthzVerdict",
     "Decision",
     "InboundRequest",
     "MalformedRequestError",
@@ -46,7 +55,12 @@ __all__ = [
     "PolicySet",
     "ShadowResult",
     "UnsupportedPolicyError",
+    "after_verdict",
     "app_path",
+    "check_headers",
+    "error_verdict",
+    "http_check",
+    "http_verdict",
     "join_headers",
     "normalize_host",
     "normalize_path",

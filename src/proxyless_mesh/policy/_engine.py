@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from proxyless_mesh.model import JwtAuthentication, Rbac, RbacAction
+from proxyless_mesh.model import ExtAuthz, JwtAuthentication, Rbac, RbacAction
 from proxyless_mesh.policy._compile import IpAddress, Predicate, RequestContext, compile_rule
 from proxyless_mesh.policy._errors import MalformedRequestError
 from proxyless_mesh.policy._hygiene import request_hygiene
@@ -109,6 +109,10 @@ class Decision:
     add_headers: tuple[tuple[str, str], ...] = ()
     authority: str | None = None
     shadow: tuple[ShadowResult, ...] = ()
+    # A CUSTOM policy (`policy`) matched: the authorizer decides first. The
+    # status stays 403, so a server that cannot ask it refuses (fail closed);
+    # one that can asks, then calls `check(..., after_custom=True)`.
+    ext_authz: ExtAuthz | None = None
 
     @property
     def allowed(self) -> bool:
@@ -121,6 +125,7 @@ class _Engine:
     policies: tuple[tuple[str, Predicate], ...]
     shadow: bool = False
     prefix: str = ""
+    ext_authz: ExtAuthz | None = None
 
     def first_match(self, ctx: RequestContext) -> str | None:
         for name, matches in self.policies:
@@ -145,7 +150,7 @@ class PolicySet:
     Built once per config update (regexes, CIDRs and JWKS compiled here);
     `check` is the per-request call. A provider returns the current one."""
 
-    __slots__ = ("_engines", "_jwt", "_mode")
+    __slots__ = ("_custom", "_engines", "_jwt", "_mode")
 
     def __init__(
         self,
@@ -162,8 +167,14 @@ class PolicySet:
                 perms = _any_of(tuple(compile_rule(r) for r in policy.permissions))
                 princ = _any_of(tuple(compile_rule(r) for r in policy.principals))
                 compiled.append((name, _compile_policy_pair(perms, princ)))
-            engines.append(_Engine(rbac.action, tuple(compiled), rbac.shadow, rbac.shadow_prefix))
-        self._engines = tuple(engines)
+            engines.append(
+                _Engine(
+                    rbac.action, tuple(compiled), rbac.shadow, rbac.shadow_prefix, rbac.ext_authz
+                )
+            )
+        # The CUSTOM engine (at most one, first, as the translator sends it) apart.
+        self._custom = next((e for e in engines if e.ext_authz is not None), None)
+        self._engines = tuple(e for e in engines if e.ext_authz is None)
         self._jwt = JwtAuthenticator(jwt or JwtAuthentication())
         self._mode = path_normalization
 
@@ -177,7 +188,9 @@ class PolicySet:
         policy has it): the policy is known to be on its way but not here yet."""
         return _Awaiting()
 
-    def check(self, request: InboundRequest) -> Decision:
+    def check(self, request: InboundRequest, *, after_custom: bool = False) -> Decision:
+        """The decision; `after_custom`: the CUSTOM authorizer has allowed
+        `request` (with the headers it added), so its engine is skipped."""
         try:
             target, replaced = request_hygiene(
                 request.method, request.target, request.headers, request.http_version
@@ -216,6 +229,13 @@ class PolicySet:
                 remove = remove | result.remove_headers
                 add = result.add_headers
                 query = strip_params(query, result.remove_params)
+        custom = self._custom
+        if custom is not None and not after_custom:  # Istio's order: CUSTOM before the rest
+            matched = custom.first_match(ctx)
+            if matched is not None:
+                _log("ext_authz", matched, "matched CUSTOM policy", ctx, request)
+                reason = "CUSTOM policy matched: the external authorizer decides"
+                return Decision(403, matched, reason, path, query, ext_authz=custom.ext_authz)
         shadow: tuple[ShadowResult, ...] = ()
         for engine in self._engines:
             matched = engine.first_match(ctx)
@@ -258,7 +278,7 @@ class _Awaiting(PolicySet):
 
     __slots__ = ()
 
-    def check(self, request: InboundRequest) -> Decision:
+    def check(self, request: InboundRequest, *, after_custom: bool = False) -> Decision:
         reason = "this server registered moments ago; its inbound policy is on its way"
         return self._refuse(503, "", reason, request, None)
 

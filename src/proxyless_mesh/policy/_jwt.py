@@ -180,8 +180,19 @@ def _verify(
         add.append((p.forward_payload_header.lower(), token.split(".")[1].rstrip("=")))
     principal = f"{claims.get('iss', '')}/{claims.get('sub', '')}"
     return JwtResult(
-        principal, claims, frozenset(remove_headers), frozenset(remove_params), tuple(add)
+        principal,
+        _split_claims(claims, p.space_delimited_claims),
+        frozenset(remove_headers),
+        frozenset(remove_params),
+        tuple(add),
     )
+
+
+def _split_claims(claims: dict[str, object], names: tuple[str, ...]) -> dict[str, object]:
+    """Envoy's normalize_payload_in_metadata: a listed claim whose value is a
+    string becomes the list of its space-separated words (what RBAC matches)."""
+    split = {n: v.split() for n in names if isinstance(v := claims.get(n), str)}
+    return {**claims, **split} if split else claims
 
 
 def _verify_signature(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -23,7 +24,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf.message import DecodeError, Message
 
 from proxyless_mesh.errors import PolicyConfigError, XdsResourceError
-from proxyless_mesh.model import InboundListener, JwtAuthentication, Rbac, TlsMode
+from proxyless_mesh.model import InboundListener, JwtAuthentication, Rbac, RbacAction, TlsMode
+from proxyless_mesh.xds_client._decode_ext_authz import (
+    EXT_AUTHZ_STAT_PREFIX,
+    EXT_AUTHZ_TYPE_URL,
+    ext_authz_from_proto,
+)
 from proxyless_mesh.xds_client._decode_rbac import (
     jwt_authentication_from_proto,
     rbac_filter_from_proto,
@@ -164,14 +170,32 @@ def _http_filters(
         raise XdsResourceError("the last http filter must be the router")
     engines: list[Rbac] = []
     jwt: JwtAuthentication | None = None
+    marking: Rbac | None = None  # the CUSTOM rules, waiting for their ext_authz filter
     for i, f in enumerate(filters[:-1]):
         where = f"http_filters[{i}] {f.name!r}"
         url = f.typed_config.type_url
         try:
+            if marking is not None and url != EXT_AUTHZ_TYPE_URL:
+                raise XdsResourceError(f"{where}: the istio_ext_authz_ rules need ext_authz next")
             if url == RBAC_TYPE_URL:
                 rbac = http_rbac_pb2.RBAC()
                 _unpack(f.typed_config, rbac, where)
+                if rbac.shadow_rules_stat_prefix == EXT_AUTHZ_STAT_PREFIX:
+                    if rbac.HasField("rules") or engines:
+                        raise XdsResourceError(f"{where}: CUSTOM rules must come first, alone")
+                    (marking,) = rbac_filter_from_proto(rbac)
+                    continue
                 engines.extend(rbac_filter_from_proto(rbac))
+            elif url == EXT_AUTHZ_TYPE_URL:
+                if marking is None:
+                    raise XdsResourceError(f"{where}: ext_authz without istio_ext_authz_ rules")
+                config = ext_authz_pb2.ExtAuthz()
+                _unpack(f.typed_config, config, where)
+                custom = Rbac(
+                    RbacAction.ALLOW, marking.policies, ext_authz=ext_authz_from_proto(config)
+                )
+                engines.append(custom)
+                marking = None
             elif url == JWT_TYPE_URL:
                 if jwt is not None or engines:
                     raise XdsResourceError(f"{where}: jwt_authn must come once, before RBAC")
@@ -184,6 +208,8 @@ def _http_filters(
                 raise XdsResourceError(f"{where}: {url or 'no config'} is not supported")
         except PolicyConfigError as exc:
             raise XdsResourceError(f"{where}: {exc}") from None
+    if marking is not None:
+        raise XdsResourceError("the istio_ext_authz_ rules need the ext_authz filter next")
     return tuple(engines), jwt
 
 

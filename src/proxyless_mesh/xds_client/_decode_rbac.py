@@ -280,6 +280,7 @@ def jwt_provider_from_proto(name: str, p: jwt_pb2.JwtProvider) -> JwtProvider:
         ),
         clock_skew_seconds=p.clock_skew_seconds or 60,  # 0: Envoy's default, 60 s
         forward_payload_header=p.forward_payload_header,
+        space_delimited_claims=tuple(p.normalize_payload_in_metadata.space_delimited_claims),
     )
 
 

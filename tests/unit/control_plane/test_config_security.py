@@ -98,7 +98,7 @@ def test_authorization_policy_is_checked_by_the_library_translator() -> None:
         security("AuthorizationPolicy", "bad", "rules: [{from: [{source: {bogus: [x]}}]}]\n")
     ) == [f"{ap}: spec.rules[0].from[0].source.bogus: is not a supported field"]
     assert problems(security("AuthorizationPolicy", "bad", "action: CUSTOM\n")) == [
-        f"{ap}: spec.action: 'CUSTOM' is not supported"
+        f"{ap}: spec.provider.name: is required for action CUSTOM"
     ]
     assert problems(security("AuthorizationPolicy", "bad", "selector: {labels: {a: b}}\n")) == [
         f"{ap}: spec.selector.labels: unknown field"

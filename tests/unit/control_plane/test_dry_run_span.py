@@ -112,15 +112,7 @@ def test_dry_run_results_on_the_access_line_and_counted(
             f" istio_dry_run_deny_shadow_effective_policy_id={policy}"
         )
         assert "istio_dry_run" not in unseen
-    points = [
-        (dict(p.attributes or {}), p.value)
-        for rm in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]
-        for sm in rm.scope_metrics
-        for m in sm.metrics
-        if m.name == "envoy_rbac_shadow_results"
-        for p in m.data.data_points  # type: ignore[union-attr]
-    ]
-    assert points == [
+    assert shadow_points(reader) == [
         (
             {
                 "shadow_rules_stat_prefix": "istio_dry_run_deny_",
@@ -129,4 +121,16 @@ def test_dry_run_results_on_the_access_line_and_counted(
             },
             1,
         )
+    ]
+
+
+def shadow_points(reader: InMemoryMetricReader) -> list[tuple[dict[str, Any], int]]:
+    """The envoy_rbac_shadow_results points: (attributes, count)."""
+    return [
+        (dict(p.attributes or {}), p.value)
+        for rm in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "envoy_rbac_shadow_results"
+        for p in m.data.data_points  # type: ignore[union-attr]
     ]

@@ -1,6 +1,6 @@
 """More of the Istio-shaped corpus (tests/istio_samples): Sidecar scoping,
-tcp-echo through a gateway, Telemetry scoping, and ext-authz's CUSTOM policy,
-each loading and behaving as Istio documents or refused naming
+tcp-echo through a gateway and Telemetry scoping (ext-authz is
+test_ext_authz_sample.py's), each loading and behaving as Istio documents or refused naming
 kind/name/field."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from mesh_control_plane.admin.simulate import simulate
 from mesh_control_plane.cli.analyze_cmd import analyze_dir, render_findings
 from mesh_control_plane.cli.main import main
 from mesh_control_plane.cli.offline import load_offline
-from mesh_control_plane.config import ConfigLoadError, load_config_dir
+from mesh_control_plane.config import load_config_dir
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import LISTENER, ClientKind, NodeInfo, translate
 from mesh_control_plane.translate.telemetry import telemetry_specs
@@ -108,20 +108,6 @@ def test_telemetry_mesh_namespace_and_workload_levels_merge() -> None:
     assert "istio_requests_total" in ratings.source.disabled_metrics
     assert "istio_requests_total" in ratings.destination.disabled_metrics
     assert render_findings(analyze_dir(SAMPLES / "telemetry")) == "no problems found\n"
-
-
-def test_ext_authz_custom_policy_loads_or_is_refused_by_kind_name_field() -> None:
-    """CUSTOM is another change's (ext_authz); until it lands the sample is
-    refused, and either way nothing is accepted silently."""
-    try:
-        config = load_config_dir(SAMPLES / "ext-authz")
-    except ConfigLoadError as exc:
-        by_resource = {p.resource: p.field for p in exc.problems}
-        assert by_resource["AuthorizationPolicy foo/ext-authz"].startswith("spec.")
-        assert all(p.file for p in exc.problems), exc.problems
-        return
-    (policy,) = config.authorization_policies
-    assert policy.meta.name == "ext-authz"
 
 
 def test_the_otel_tracing_sample_is_refused_by_field() -> None:

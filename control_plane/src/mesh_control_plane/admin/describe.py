@@ -188,7 +188,8 @@ def _policies(
     label_sets = [dict(i.labels) for i in instances] or [{}]
     out = []
     for policy in policies:
-        if any(selects_workload(policy, namespace, labels) for labels in label_sets):
+        hosts = service.hosts
+        if any(selects_workload(policy, namespace, ls, services=hosts) for ls in label_sets):
             meta = policy.get("metadata") or {}
             spec = policy.get("spec") or {}
             out.append(
@@ -198,6 +199,8 @@ def _policies(
                     "action": str(spec.get("action", "ALLOW")),
                 }
             )
+            if spec.get("action") == "CUSTOM":
+                out[-1]["provider"] = str((spec.get("provider") or {}).get("name", ""))
     return out
 
 

@@ -179,7 +179,10 @@ def _authorization(
         selected = [
             p
             for p in offline.policies
-            if any(selects_workload(p, service.meta.namespace, ls) for ls in label_sets)
+            if any(
+                selects_workload(p, service.meta.namespace, ls, services=service.hosts)
+                for ls in label_sets
+            )
         ]
         if not selected:
             verdicts.append(f"{cluster}: ALLOW (no AuthorizationPolicy applies)")
@@ -189,19 +192,30 @@ def _authorization(
             + (" (dry-run)" if is_dry_run(p) else "")
             for p in selected
         )
-        decision = PolicySet(authorization_policies_to_rbac(selected)).check(
-            InboundRequest(
-                method=request.method,
-                target=request.url.raw_path,
-                headers={k.lower(): v for k, v in request.headers.items()},
-                peer_principal=principal,
-            )
+        providers = dict(getattr(offline.config, "extension_providers", ()))
+        policies = PolicySet(authorization_policies_to_rbac(selected, providers))
+        inbound = InboundRequest(
+            method=request.method,
+            target=request.url.raw_path,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            peer_principal=principal,
         )
+        decision = policies.check(inbound)
+        custom = ""
+        if decision.ext_authz is not None:  # Istio's order: the authorizer, then DENY/ALLOW
+            name = next(n for n, p in providers.items() if p == decision.ext_authz)
+            custom = (
+                f"CUSTOM by {decision.policy}: extension provider {name} "
+                f"({decision.ext_authz.target}) decides first; if it allows: "
+            )
+            decision = policies.check(inbound, after_custom=True)
         if decision.allowed:
             verdict = f"{cluster}: ALLOW by {names}"
         else:
             why = f"{decision.reason}" + (f" ({decision.policy})" if decision.policy else "")
             verdict = f"{cluster}: DENY {decision.status}: {why}; policies {names}"
+        if custom:
+            verdict = verdict.replace(f"{cluster}: ", f"{cluster}: {custom}", 1)
         verdicts.append(verdict + "".join(_dry_run(r) for r in decision.shadow))
     return verdicts
 

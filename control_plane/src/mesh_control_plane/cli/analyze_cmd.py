@@ -22,7 +22,7 @@ from typing import Any
 from mesh_control_plane.admin.simulate import ConfigView
 from mesh_control_plane.cli.offline import load_offline
 from mesh_control_plane.config import ConfigLoadError, ConfigProblem
-from mesh_control_plane.config.authorization import selects_workload
+from mesh_control_plane.config.authorization import selects_workload, target_services
 from mesh_control_plane.config.model import Meta
 from mesh_control_plane.translate import cluster_name
 from proxyless_mesh.errors import XdsResourceError
@@ -170,8 +170,14 @@ def _idle_policies(offline: ConfigView) -> list[Finding]:
         for instance in offline.registry.get(host, ())
     ]
     out = []
+    hosts = [h for se in offline.config.service_entries for h in se.hosts]
     for policy in getattr(offline.config, "authorization_policies", ()):
         resource = policy.resource()
+        ns = policy.meta.namespace
+        for name in target_services(resource.get("spec") or {}, ns, "spec"):
+            if not any(h.startswith(f"{name}.{ns}.svc.") for h in hosts):
+                message = f"targetRefs: Service {ns}/{name} is not known: this applies to nothing"
+                out.append(_warn(policy.meta, "spec.targetRefs", message))
         if not (resource.get("spec") or {}).get("selector"):
             continue  # namespace- or mesh-wide: applies whether or not workloads exist yet
         if not any(selects_workload(resource, ns, labels) for ns, labels in workloads):

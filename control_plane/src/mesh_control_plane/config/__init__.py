@@ -46,11 +46,11 @@ from .model import (
     VirtualService,
     WorkloadEndpoint,
     WorkloadEntry,
-    WorkloadGroup,
 )
 from .references import check_references
 from .syntax import parse_duration
 from .watch import ConfigWatcher, directory_signature
+from .workload_group import WorkloadGroup
 
 __all__ = [
     "DEFAULT_ROOT_NAMESPACE",

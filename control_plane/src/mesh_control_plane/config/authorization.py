@@ -37,14 +37,11 @@ from proxyless_mesh.model import (
     AnyRule,
     Authenticated,
     CidrRange,
-    ClaimToHeader,
     DestinationIp,
     DestinationPort,
     DirectRemoteIp,
+    ExtAuthz,
     HeaderMatcher,
-    JwtAuthentication,
-    JwtHeader,
-    JwtProvider,
     MatchKind,
     Metadata,
     NotRule,
@@ -60,6 +57,20 @@ from proxyless_mesh.model import (
 )
 from proxyless_mesh.policy import PolicyConfigError, UnsupportedPolicyError
 
+from .jwt_rules import request_authentications_to_jwt
+from .policy_target import as_mapping, as_sequence, check_keys, selects_workload, target_services
+
+__all__ = [
+    "authorization_policies_to_rbac",
+    "authorization_policy_to_rbac",
+    "custom_provider",
+    "is_dry_run",
+    "path_template_regex",
+    "request_authentications_to_jwt",
+    "selects_workload",
+    "target_services",
+]
+
 SPIFFE_PREFIX = "spiffe://"
 AUTHN_FILTER = "istio_authn"
 _ACTIONS = {"ALLOW": RbacAction.ALLOW, "DENY": RbacAction.DENY, "AUDIT": RbacAction.LOG}
@@ -74,21 +85,12 @@ _SOURCE_FIELDS = (
     "remoteIpBlocks",
 )
 _OPERATION_FIELDS = ("hosts", "ports", "methods", "paths")
-_JWT_RULE_KEYS = {
-    "issuer",
-    "audiences",
-    "jwks",
-    "jwksUri",
-    "fromHeaders",
-    "fromParams",
-    "fromCookies",
-    "forwardOriginalToken",
-    "outputClaimToHeaders",
-    "outputPayloadToHeader",
-}
+CUSTOM_PREFIX = "istio-ext-authz-"
 
 
-def authorization_policies_to_rbac(policies: Iterable[Mapping[str, Any]]) -> tuple[Rbac, ...]:
+def authorization_policies_to_rbac(
+    policies: Iterable[Mapping[str, Any]], providers: Mapping[str, ExtAuthz] | None = None
+) -> tuple[Rbac, ...]:
     """The RBAC engines (LOG, DENY, ALLOW; only those needed) for the
     AuthorizationPolicies that apply to one workload (selection is the
     caller's: see `selects_workload`).
@@ -97,18 +99,35 @@ def authorization_policies_to_rbac(policies: Iterable[Mapping[str, Any]]) -> tup
     (placed just before the engine of its action, as Envoy's `shadow_rules`
     run before `rules`) and never changes a decision: a dry-run ALLOW alone
     creates no enforcing ALLOW engine. A dry-run AUDIT policy is dropped
-    (AUDIT never decides; in dry-run it does not even log)."""
+    (AUDIT never decides; in dry-run it does not even log).
+
+    CUSTOM policies (their provider in `providers`, the mesh config's
+    extension providers) make one engine first, as istiod puts the ext_authz
+    filter before the RBAC ones; their rules are named with Istio's
+    `istio-ext-authz-` prefix. Istio allows one provider per workload: with
+    several, the requests CUSTOM policies match are denied (fail closed)."""
     by_action: dict[RbacAction, list[tuple[str, Policy]]] = {a: [] for a in RbacAction}
     shadow: dict[RbacAction, list[tuple[str, Policy]]] = {a: [] for a in RbacAction}
+    custom: list[tuple[str, Policy]] = []
+    used: dict[str, ExtAuthz] = {}
     has_allow = False
     for i, resource in enumerate(policies):
         action, named = authorization_policy_to_rbac(resource, where=f"policies[{i}]")
+        provider = custom_provider(resource, providers or {})
+        if provider is not None:
+            custom.extend((CUSTOM_PREFIX + name, policy) for name, policy in named)
+            used[provider[0]] = provider[1]
+            continue
         if is_dry_run(resource):
             shadow[action].extend(named)
             continue
         has_allow = has_allow or action is RbacAction.ALLOW
         by_action[action].extend(named)
     engines = []
+    if len(used) == 1:
+        engines.append(Rbac(RbacAction.ALLOW, tuple(custom), ext_authz=next(iter(used.values()))))
+    elif used:
+        by_action[RbacAction.DENY][:0] = custom
     if by_action[RbacAction.LOG]:
         engines.append(Rbac(RbacAction.LOG, tuple(by_action[RbacAction.LOG])))
     for action in (RbacAction.DENY, RbacAction.ALLOW):
@@ -120,6 +139,27 @@ def authorization_policies_to_rbac(policies: Iterable[Mapping[str, Any]]) -> tup
 
 
 DRY_RUN_ANNOTATION = "istio.io/dry-run"
+
+
+def custom_provider(
+    resource: Mapping[str, Any], providers: Mapping[str, ExtAuthz]
+) -> tuple[str, ExtAuthz] | None:
+    """A CUSTOM policy's provider (name, config); None for other actions.
+    PolicyConfigError when the provider is not one of `providers`."""
+    spec = resource.get("spec") or {}
+    if spec.get("action") != "CUSTOM":
+        return None
+    meta = resource.get("metadata") or {}
+    where = f"AuthorizationPolicy {meta.get('namespace', 'default')}/{meta.get('name', '')}"
+    name = str((spec.get("provider") or {}).get("name", ""))
+    if name not in providers:
+        known = ", ".join(sorted(providers)) or "none"
+        raise PolicyConfigError(
+            f"{where}.spec.provider.name",
+            f"extension provider {name!r} is not defined in the mesh config's "
+            f"extensionProviders (defined: {known})",
+        )
+    return name, providers[name]
 
 
 def is_dry_run(resource: Mapping[str, Any]) -> bool:
@@ -134,45 +174,43 @@ def authorization_policy_to_rbac(
     resource: Mapping[str, Any], where: str = "AuthorizationPolicy"
 ) -> tuple[RbacAction, list[tuple[str, Policy]]]:
     """One AuthorizationPolicy -> its action and its named RBAC policies."""
-    meta = _mapping(resource.get("metadata", {}), f"{where}.metadata")
+    meta = as_mapping(resource.get("metadata", {}), f"{where}.metadata")
     name = str(meta.get("name", ""))
     namespace = str(meta.get("namespace", "default"))
     where = f"AuthorizationPolicy {namespace}/{name}"
-    spec = _mapping(resource.get("spec", {}), f"{where}.spec")
-    _check_keys(spec, _SPEC_KEYS | {"provider", "targetRef", "targetRefs"}, f"{where}.spec")
-    for unsupported in ("provider", "targetRef", "targetRefs"):
-        if unsupported in spec:
-            raise UnsupportedPolicyError(f"{where}.spec.{unsupported}", "is not supported")
+    spec = as_mapping(resource.get("spec", {}), f"{where}.spec")
+    check_keys(spec, _SPEC_KEYS | {"provider", "targetRef", "targetRefs"}, f"{where}.spec")
+    target_services(spec, namespace, f"{where}.spec")
     action_name = str(spec.get("action", "ALLOW"))
+    if action_name == "CUSTOM":
+        _check_custom(resource, spec, where)
+        action_name = "ALLOW"  # the rules say which requests go to the provider
+    elif "provider" in spec:
+        raise PolicyConfigError(f"{where}.spec.provider", "is only for action CUSTOM")
     if action_name not in _ACTIONS:
         raise UnsupportedPolicyError(f"{where}.spec.action", f"{action_name!r} is not supported")
     rules = spec.get("rules") or []
     named = []
-    for r, rule in enumerate(_sequence(rules, f"{where}.spec.rules")):
-        policy = _rule(_mapping(rule, f"{where}.spec.rules[{r}]"), f"{where}.spec.rules[{r}]")
+    for r, rule in enumerate(as_sequence(rules, f"{where}.spec.rules")):
+        policy = _rule(as_mapping(rule, f"{where}.spec.rules[{r}]"), f"{where}.spec.rules[{r}]")
         named.append((f"ns[{namespace}]-policy[{name}]-rule[{r}]", policy))
     return _ACTIONS[action_name], named
 
 
-def selects_workload(
-    resource: Mapping[str, Any],
-    namespace: str,
-    labels: Mapping[str, str],
-    root_namespace: str = "istio-system",
-) -> bool:
-    """Istio's applicability: same namespace (or the root namespace, mesh-wide)
-    and every `selector.matchLabels` entry present on the workload."""
-    meta = resource.get("metadata") or {}
-    ns = meta.get("namespace", "default")
-    if ns not in (namespace, root_namespace):
-        return False
-    selector = (resource.get("spec") or {}).get("selector") or {}
-    wanted = selector.get("matchLabels") or {}
-    return all(labels.get(k) == v for k, v in wanted.items())
+def _check_custom(resource: Mapping[str, Any], spec: Mapping[str, Any], where: str) -> None:
+    provider = as_mapping(spec.get("provider") or {}, f"{where}.spec.provider")
+    check_keys(provider, {"name"}, f"{where}.spec.provider")
+    if not provider.get("name"):
+        raise PolicyConfigError(f"{where}.spec.provider.name", "is required for action CUSTOM")
+    if is_dry_run(resource):  # Istio's dry-run supports ALLOW and DENY only
+        raise UnsupportedPolicyError(
+            f"{where}.metadata.annotations[{DRY_RUN_ANNOTATION}]",
+            "dry-run is supported for ALLOW and DENY policies only (as in Istio), not CUSTOM",
+        )
 
 
 def _rule(rule: Mapping[str, Any], where: str) -> Policy:
-    _check_keys(rule, _RULE_KEYS, where)
+    check_keys(rule, _RULE_KEYS, where)
     principals: list[RbacRule] = []
     permissions: list[RbacRule] = []
     sources = _clauses(rule, "from", "source", _source, where)
@@ -181,8 +219,10 @@ def _rule(rule: Mapping[str, Any], where: str) -> Policy:
     operations = _clauses(rule, "to", "operation", _operation, where)
     if operations:
         permissions.append(_or(operations))
-    for i, cond in enumerate(_sequence(rule.get("when") or [], f"{where}.when")):
-        is_permission, node = _condition(_mapping(cond, f"{where}.when[{i}]"), f"{where}.when[{i}]")
+    for i, cond in enumerate(as_sequence(rule.get("when") or [], f"{where}.when")):
+        is_permission, node = _condition(
+            as_mapping(cond, f"{where}.when[{i}]"), f"{where}.when[{i}]"
+        )
         (permissions if is_permission else principals).append(node)
     return Policy(permissions=(_and(permissions),), principals=(_and(principals),))
 
@@ -196,18 +236,18 @@ def _clauses(
 ) -> list[RbacRule]:
     """`from[].source` or `to[].operation`: each item's one key, parsed."""
     out = []
-    for i, item in enumerate(_sequence(rule.get(key) or [], f"{where}.{key}")):
+    for i, item in enumerate(as_sequence(rule.get(key) or [], f"{where}.{key}")):
         item_where = f"{where}.{key}[{i}]"
-        item = _mapping(item, item_where)
-        _check_keys(item, {inner}, item_where)
+        item = as_mapping(item, item_where)
+        check_keys(item, {inner}, item_where)
         inner_where = f"{item_where}.{inner}"
-        out.append(parse(_mapping(item.get(inner, {}), inner_where), inner_where))
+        out.append(parse(as_mapping(item.get(inner, {}), inner_where), inner_where))
     return out
 
 
 def _source(source: Mapping[str, Any], where: str) -> RbacRule:
     allowed = set(_SOURCE_FIELDS) | {"not" + f[0].upper() + f[1:] for f in _SOURCE_FIELDS}
-    _check_keys(source, allowed, where)
+    check_keys(source, allowed, where)
     accounts = [k for k in ("serviceAccounts", "notServiceAccounts") if source.get(k)]
     others = [k for k in ("principals", "notPrincipals", "namespaces", "notNamespaces")]
     if accounts and any(source.get(k) for k in others):  # Istio's validation
@@ -227,7 +267,7 @@ def _source(source: Mapping[str, Any], where: str) -> RbacRule:
 
 def _operation(op: Mapping[str, Any], where: str) -> RbacRule:
     allowed = set(_OPERATION_FIELDS) | {"not" + f[0].upper() + f[1:] for f in _OPERATION_FIELDS}
-    _check_keys(op, allowed, where)
+    check_keys(op, allowed, where)
     makers = {
         "hosts": _host,
         "ports": lambda v, w: DestinationPort(_port(v, w)),
@@ -241,7 +281,7 @@ def _fields(block: Mapping[str, Any], makers: Mapping[str, Any], where: str) -> 
     parts: list[RbacRule] = []
     for field, make in makers.items():
         for key, negate in ((field, False), ("not" + field[0].upper() + field[1:], True)):
-            values = _sequence(block.get(key) or [], f"{where}.{key}")
+            values = as_sequence(block.get(key) or [], f"{where}.{key}")
             if not values:
                 continue
             node = _or([make(v, f"{where}.{key}[{i}]") for i, v in enumerate(values)])
@@ -251,10 +291,10 @@ def _fields(block: Mapping[str, Any], makers: Mapping[str, Any], where: str) -> 
 
 def _condition(cond: Mapping[str, Any], where: str) -> tuple[bool, RbacRule]:
     """A `when` entry -> (goes to permissions?, rule)."""
-    _check_keys(cond, {"key", "values", "notValues"}, where)
+    check_keys(cond, {"key", "values", "notValues"}, where)
     key = str(cond.get("key", ""))
-    values = _sequence(cond.get("values") or [], f"{where}.values")
-    not_values = _sequence(cond.get("notValues") or [], f"{where}.notValues")
+    values = as_sequence(cond.get("values") or [], f"{where}.values")
+    not_values = as_sequence(cond.get("notValues") or [], f"{where}.notValues")
     if not values and not not_values:
         raise PolicyConfigError(where, f"condition {key!r} needs values or notValues")
     is_permission, make = _condition_maker(key, f"{where}.key")
@@ -413,77 +453,3 @@ def _and(nodes: Sequence[RbacRule]) -> RbacRule:
     if not nodes:
         return AnyRule()
     return nodes[0] if len(nodes) == 1 else AndRules(tuple(nodes))
-
-
-def _check_keys(block: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    for key in block:
-        if key not in allowed:
-            raise UnsupportedPolicyError(f"{where}.{key}", "is not a supported field")
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise PolicyConfigError(where, f"expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def _sequence(value: Any, where: str) -> Sequence[Any]:
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise PolicyConfigError(where, f"expected a list, got {type(value).__name__}")
-    return value
-
-
-def request_authentications_to_jwt(
-    resources: Iterable[Mapping[str, Any]], fetched_jwks: Mapping[str, str] | None = None
-) -> JwtAuthentication:
-    """RequestAuthentications -> jwt_authn providers. `jwksUri` keys are looked
-    up in `fetched_jwks` (the control plane fetches them, as istiod does)."""
-    providers = []
-    for resource in resources:
-        meta = _mapping(resource.get("metadata", {}), "RequestAuthentication.metadata")
-        where = f"RequestAuthentication {meta.get('namespace', 'default')}/{meta.get('name', '')}"
-        spec = _mapping(resource.get("spec", {}), f"{where}.spec")
-        _check_keys(spec, {"selector", "jwtRules"}, f"{where}.spec")
-        for i, rule in enumerate(_sequence(spec.get("jwtRules") or [], f"{where}.spec.jwtRules")):
-            providers.append(
-                _jwt_rule(
-                    _mapping(rule, f"{where}.spec.jwtRules[{i}]"),
-                    f"{where}.spec.jwtRules[{i}]",
-                    fetched_jwks or {},
-                )
-            )
-    return JwtAuthentication(tuple(providers))
-
-
-def _jwt_rule(rule: Mapping[str, Any], where: str, fetched: Mapping[str, str]) -> JwtProvider:
-    _check_keys(rule, _JWT_RULE_KEYS, where)
-    issuer = str(rule.get("issuer", ""))
-    if not issuer:
-        raise PolicyConfigError(f"{where}.issuer", "is required")
-    jwks = rule.get("jwks")
-    if jwks is None and "jwksUri" in rule:
-        jwks = fetched.get(str(rule["jwksUri"]))
-        if jwks is None:
-            raise PolicyConfigError(f"{where}.jwksUri", "was not fetched by the control plane")
-    if jwks is None:
-        raise PolicyConfigError(where, "needs jwks or jwksUri")
-    headers = tuple(
-        JwtHeader(str(h["name"]), str(h.get("prefix", "")))
-        for h in _sequence(rule.get("fromHeaders") or [], f"{where}.fromHeaders")
-    )
-    claims = tuple(
-        ClaimToHeader(str(c["header"]), str(c["claim"]))
-        for c in _sequence(rule.get("outputClaimToHeaders") or [], f"{where}.outputClaimToHeaders")
-    )
-    return JwtProvider(
-        name=issuer,
-        issuer=issuer,
-        jwks=str(jwks),
-        audiences=tuple(str(a) for a in rule.get("audiences") or ()),
-        from_headers=headers,
-        from_params=tuple(str(p) for p in rule.get("fromParams") or ()),
-        from_cookies=tuple(str(c) for c in rule.get("fromCookies") or ()),
-        forward=bool(rule.get("forwardOriginalToken", False)),
-        claim_to_headers=claims,
-        forward_payload_header=str(rule.get("outputPayloadToHeader") or ""),
-    )

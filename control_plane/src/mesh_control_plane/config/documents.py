@@ -21,13 +21,13 @@ from .model import (
     ServiceEntry,
     VirtualService,
     WorkloadEntry,
-    WorkloadGroup,
 )
 from .parse_gateway import Gateway, parse_gateway
 from .parse_gateway_api import API_VERSIONS as GATEWAY_API_VERSIONS
 from .parse_gateway_api import parse_grpc_route, parse_http_route, parse_k8s_gateway
 from .parse_gateway_api_l4 import API_VERSIONS as GATEWAY_API_ALPHA_VERSIONS
 from .parse_gateway_api_l4 import parse_tcp_route, parse_tls_route
+from .parse_mesh_config import MeshConfigMap, parse_mesh_config_map
 from .parse_routing import parse_destination_rule, parse_virtual_service
 from .parse_security import (
     parse_authorization_policy,
@@ -50,6 +50,7 @@ from .schema import (
     read_object,
     type_name,
 )
+from .workload_group import WorkloadGroup
 
 Resource = (
     ServiceEntry
@@ -64,6 +65,7 @@ Resource = (
     | Sidecar
     | Gateway
     | ReferenceGrant
+    | MeshConfigMap
 )
 _Parser = Callable[[Problems, Meta, Mapping[str, Any]], Resource]
 
@@ -164,6 +166,10 @@ def parse_document(problems: Problems, doc: Document) -> tuple[Meta | None, Reso
         return None, None
     meta, scoped = _parse_meta(problems, data.get("metadata"), kind, doc.file)
     identity = meta if meta.name else None
+    if kind == "ConfigMap":
+        read_object(scoped, data, "", ("apiVersion", "kind", "metadata", "data"))
+        mesh = parse_mesh_config_map(scoped, meta, data.get("data"))
+        return identity, (mesh if len(problems.sink) == start and identity else None)
     read_object(scoped, data, "", _TOP_FIELDS)
     if data.get("spec") is None:
         scoped.add("spec", MISSING)
@@ -196,6 +202,8 @@ def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
         problems.add("apiVersion", MISSING)
     if kind is None:
         return None
+    if kind == "ConfigMap" and api_version == "v1":
+        return kind  # only Istio's mesh config (parse_mesh_config)
     gateway_api = _gateway_api_parsers(api_version)
     if gateway_api is not None:
         if kind in gateway_api:

@@ -30,14 +30,15 @@ from .model import (
     ServiceEntry,
     VirtualService,
     WorkloadEntry,
-    WorkloadGroup,
 )
 from .parse_gateway import Gateway
+from .parse_mesh_config import MeshConfigMap, mesh_config_problems
 from .parse_sidecar import Sidecar, overlapping_selectors
 from .parse_telemetry import Telemetry
 from .references import check_references, reference_warnings
 from .schema import Problems
 from .short_hosts import qualify_rule, qualify_virtual_service
+from .workload_group import WorkloadGroup
 
 __all__ = ["config_files", "load_config_dir", "parse_documents"]
 
@@ -142,6 +143,9 @@ class _Builder:
             # that failed to parse would otherwise show up as a dangling reference.
             raise ConfigLoadError(self.problems)
         config = _assemble(self._resources, self.settings)
+        mesh_problems, mesh_warnings = mesh_config_problems(self._resources, config)
+        if mesh_problems:
+            raise ConfigLoadError(mesh_problems)
         declared = {host for entry in config.service_entries for host in entry.hosts}
         extra = tuple(e for e in known if not declared.intersection(e.hosts))
         grants = tuple(r for r in self._resources if isinstance(r, ReferenceGrant))
@@ -154,7 +158,7 @@ class _Builder:
             raise ConfigLoadError(dangling)
         warnings = [*reference_warnings(config), *overlapping_selectors(config.sidecars)]
         config, dropped = resolve_delegates(config)
-        return replace(config, warnings=(*dropped, *unresolved, *warnings))
+        return replace(config, warnings=(*dropped, *unresolved, *warnings, *mesh_warnings))
 
 
 def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
@@ -185,6 +189,14 @@ def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
         telemetries=tuple(r for r in resources if isinstance(r, Telemetry)),
         gateways=tuple(r for r in resources if isinstance(r, Gateway)),
         sidecars=tuple(r for r in resources if isinstance(r, Sidecar)),
+        extension_providers=tuple(
+            sorted(
+                (name, provider)
+                for r in resources
+                if isinstance(r, MeshConfigMap) and r.meta.namespace == settings.root_namespace
+                for name, provider in r.providers.items()
+            )
+        ),
     )
 
 

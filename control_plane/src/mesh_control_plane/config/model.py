@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from .parse_gateway import Gateway, ParentRef, TcpRoute, TlsRoute
     from .parse_sidecar import Sidecar
     from .parse_telemetry import Telemetry
+    from .workload_group import WorkloadGroup
+
+from proxyless_mesh.model import ExtAuthz
 
 from .errors import ConfigProblem
-from .probe import Probe
 
 
 @dataclass(frozen=True)
@@ -440,41 +442,6 @@ class MeshSettings:
 
 
 @dataclass(frozen=True)
-class WorkloadGroup:
-    """The template self-registering workloads are stamped from.
-
-    Not translated: the embedded registry (registry/embedded.py) admits members
-    into it, and they reach xDS as endpoints of the ServiceEntries that select
-    them. Flat fields (not a `Meta`) because the registry builds groups from
-    `--workload-groups-dir` too; `meta` gives the loader's view.
-    """
-
-    namespace: str
-    name: str
-    labels: Mapping[str, str] = field(default_factory=dict)  # spec.metadata.labels
-    service_account: str = ""
-    ports: Mapping[str, int] = field(default_factory=dict)
-    template_labels: Mapping[str, str] = field(default_factory=dict)
-    network: str = ""
-    locality: str = ""
-    weight: int = 1
-    probe: Probe | None = None
-    file: str = ""
-
-    @property
-    def ref(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def meta(self) -> Meta:
-        return Meta(kind="WorkloadGroup", name=self.name, namespace=self.namespace, file=self.file)
-
-    def member_labels(self, own: Mapping[str, str]) -> dict[str, str]:
-        """A member's labels: the group's, then the template's, then its own."""
-        return {**self.labels, **self.template_labels, **own}
-
-
-@dataclass(frozen=True)
 class MeshConfig:
     """Everything loaded from the config directory, in a stable order
     (by namespace, then name) so translation is deterministic."""
@@ -497,3 +464,5 @@ class MeshConfig:
     passthrough_entries: tuple[ServiceEntry, ...] = ()
     gateways: tuple[Gateway, ...] = ()
     sidecars: tuple[Sidecar, ...] = ()  # parse_sidecar: each workload's egress scope
+    # The mesh config's extension providers (AuthorizationPolicy CUSTOM): dict() it.
+    extension_providers: tuple[tuple[str, ExtAuthz], ...] = ()

@@ -46,8 +46,8 @@ __all__ = [
 
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE", "UNSET")
 _PA_FIELDS = ("selector", "mtls", "portLevelMtls")
-_TARGET_REFS = ("targetRef", "targetRefs")  # Kubernetes Gateway API attachment: no gateways here
-_RA_FIELDS = ("selector", "jwtRules")
+_TARGET_REFS = ("targetRef", "targetRefs")  # PeerAuthentication has no policy attachment
+_RA_FIELDS = ("selector", "jwtRules", "targetRef", "targetRefs")  # targetRefs: a Service
 _JWT_FIELDS = (
     "issuer",
     "audiences",
@@ -59,6 +59,7 @@ _JWT_FIELDS = (
     "forwardOriginalToken",
     "outputClaimToHeaders",
     "outputPayloadToHeader",
+    "spaceDelimitedClaims",
 )
 _JWT_UNSUPPORTED = ("timeout",)
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
@@ -114,7 +115,7 @@ def parse_request_authentication(
     p: Problems, meta: Meta, spec: Mapping[str, Any]
 ) -> RequestAuthentication:
     start = len(p.sink)
-    checked = read_object(p, spec, "spec", _RA_FIELDS, _TARGET_REFS)
+    checked = read_object(p, spec, "spec", _RA_FIELDS)
     _selector(p, checked)
     for i, raw in enumerate(get_list(p, checked, "jwtRules", "spec")):
         _jwt_rule(p, raw, index("spec.jwtRules", i))
@@ -156,6 +157,12 @@ def _jwt_rule(p: Problems, raw: object, where: str) -> None:
         item = read_object(p, claim, item_where, ("header", "claim"))
         get_str(p, item, "header", item_where, required=True)
         get_str(p, item, "claim", item_where, required=True)
+    claims = get_list(p, rule, "spaceDelimitedClaims", where)
+    if len(claims) > 64:  # Istio's CRD: maxItems 64, each minLength 1
+        p.add(join(where, "spaceDelimitedClaims"), f"at most 64 claims, got {len(claims)}")
+    for i, claim in enumerate(claims):
+        if check_str(p, claim, index(join(where, "spaceDelimitedClaims"), i)) == "":
+            p.add(index(join(where, "spaceDelimitedClaims"), i), "must not be empty")
     payload_header = get_str(p, rule, "outputPayloadToHeader", where)
     if payload_header is not None and not _HEADER_NAME.fullmatch(payload_header.lower()):
         p.add(join(where, "outputPayloadToHeader"), f"invalid header name {payload_header!r}")

@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .model import Meta, WorkloadGroup
+from .model import Meta
 from .probe import Probe
 from .schema import Problems
+from .workload_group import WorkloadGroup
 
 __all__ = ["Report", "parse_group_spec", "parse_workload_group_resource"]
 

@@ -16,6 +16,7 @@ from .parse_gateway import (
     _TLS_UNSUPPORTED,
 )
 from .parse_http import _RETRY_FIELDS, _RETRY_UNSUPPORTED
+from .parse_mesh_config import _GRPC_FIELDS, _GRPC_UNSUPPORTED, _HTTP_FIELDS, _HTTP_UNSUPPORTED
 from .parse_policies import _TP_FIELDS, _TP_UNSUPPORTED
 from .parse_routing import (
     _DR_FIELDS,
@@ -41,8 +42,8 @@ from .parse_workload_group import _SPEC_FIELDS as _WG_FIELDS
 
 # AuthorizationPolicy fields the loader reads and then refuses with a reason
 # (authorization.py): listed as refused.
-_AP_ACCEPTED = ("selector", "action", "rules")
-_AP_REFUSED = ("provider", "targetRef", "targetRefs")
+_AP_ACCEPTED = ("selector", "action", "rules", "provider", "targetRef", "targetRefs")
+_AP_REFUSED: tuple[str, ...] = ()
 
 FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("ServiceEntry spec", _SE_FIELDS, _SE_UNSUPPORTED),
@@ -56,7 +57,7 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("VirtualService http[].retries", _RETRY_FIELDS, _RETRY_UNSUPPORTED),
     ("PeerAuthentication spec", _PA_FIELDS, _TARGET_REFS),
     ("AuthorizationPolicy spec", _AP_ACCEPTED, _AP_REFUSED),
-    ("RequestAuthentication spec", _RA_FIELDS, _TARGET_REFS),
+    ("RequestAuthentication spec", _RA_FIELDS, ()),
     ("RequestAuthentication jwtRules[]", _JWT_FIELDS, _JWT_UNSUPPORTED),
     ("Gateway spec", _GW_FIELDS, ()),
     ("Gateway servers[]", _SERVER_FIELDS, _SERVER_UNSUPPORTED),
@@ -78,6 +79,8 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("Sidecar spec", _SIDECAR_FIELDS, _SIDECAR_UNSUPPORTED),
     ("Sidecar egress[]", _EGRESS_FIELDS, _EGRESS_UNSUPPORTED),
     ("Sidecar outboundTrafficPolicy", _POLICY_FIELDS, _POLICY_UNSUPPORTED),
+    ("MeshConfig (ConfigMap istio) envoyExtAuthzHttp", _HTTP_FIELDS, _HTTP_UNSUPPORTED),
+    ("MeshConfig (ConfigMap istio) envoyExtAuthzGrpc", _GRPC_FIELDS, _GRPC_UNSUPPORTED),
 )
 """(where, fields accepted, Istio fields refused as "not supported yet")."""
 

@@ -34,6 +34,8 @@ import httpx
 from mesh_control_plane.config import ConfigProblem, ConfigWatcher, MeshConfig
 from mesh_control_plane.config.documents import Document, parse_document
 from mesh_control_plane.config.gateway_api_status import Programmed
+from mesh_control_plane.config.model import DEFAULT_ROOT_NAMESPACE
+from mesh_control_plane.config.parse_mesh_config import MESH_CONFIG_MAP
 from mesh_control_plane.config.schema import Problems
 from mesh_control_plane.kube.client import KubeConnection
 from mesh_control_plane.kube.crds import ACCEPTED, FIELD_MANAGER, KINDS
@@ -61,6 +63,19 @@ def _keep(obj: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _keep_mesh_config(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Istio's mesh config, the ConfigMap `istio` (a list's items carry no kind)."""
+    meta = obj.get("metadata") or {}
+    if meta.get("name") != MESH_CONFIG_MAP:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {k: meta[k] for k in _KEPT_META if k in meta},
+        "data": obj.get("data"),
+    }
+
+
 def _verdict(problems: Sequence[ConfigProblem]) -> str:
     return "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems)
 
@@ -73,6 +88,7 @@ class KubeConfigSource:
         self,
         connection: KubeConnection,
         *,
+        mesh_config_namespace: str = DEFAULT_ROOT_NAMESPACE,
         on_change: Callable[[], None] = lambda: None,
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
@@ -89,6 +105,14 @@ class KubeConfigSource:
             )
             for kind, info in KINDS.items()
         }
+        # The mesh config (extension providers) lives in the root namespace's ConfigMap.
+        self.reflectors["ConfigMap"] = Reflector(
+            f"/api/v1/namespaces/{mesh_config_namespace}/configmaps",
+            _keep_mesh_config,
+            self._changed,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+        )
         self._good: dict[str, Document] = {}  # "Kind/ns/name" -> last good document
         self._current: dict[str, dict[str, Any]] = {}
         self._problems: dict[str, tuple[ConfigProblem, ...]] = {}
@@ -238,6 +262,8 @@ class KubeConfigSource:
             by_file.setdefault(problem.file, []).append(problem)
         files = _file_defined(config) if config is not None else {}
         for key, obj in list(self._current.items()):
+            if key.startswith("ConfigMap/"):
+                continue  # no status to write on a ConfigMap: its problems are in `status`
             own = self._problems.get(key, ())
             if own:
                 verdict = ("False", "Invalid", _verdict(own))

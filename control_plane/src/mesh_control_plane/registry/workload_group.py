@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from mesh_control_plane.config.model import WorkloadGroup
 from mesh_control_plane.config.parse_workload_group import parse_group_spec
 from mesh_control_plane.config.probe import Probe
+from mesh_control_plane.config.workload_group import WorkloadGroup
 
 __all__ = [
     "Probe",

@@ -56,6 +56,7 @@ from mesh_control_plane.config.authorization import (
 from mesh_control_plane.config.model import MeshConfig, PeerAuthentication, WorkloadEndpoint
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.translate.endpoints import endpoint_port
+from mesh_control_plane.translate.ext_authz_protos import ext_authz_filters
 from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.names import server_listener_name
 from mesh_control_plane.translate.node import ClientKind, NodeInfo
@@ -67,7 +68,7 @@ from mesh_control_plane.translate.rbac_protos import (
     rbac_filters_to_proto,
 )
 from mesh_control_plane.translate.tls import downstream_transport_socket
-from proxyless_mesh.model import INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH_PORT, RbacAction
+from proxyless_mesh.model import INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH_PORT, Rbac, RbacAction
 
 WILDCARD_ADDRESSES = ("0.0.0.0", "::")
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
@@ -86,7 +87,7 @@ def inbound_listeners(
     """The server listeners `node` may ask for (none for Envoy)."""
     if node.kind is ClientKind.ENVOY:
         return []
-    filters = http_filters(config, node)
+    filters = http_filters(config, node, workload_hosts(index, registry, node))
     normalization = config.settings.path_normalization
     listeners: dict[str, listener_pb2.Listener] = {}
     for address, port in sorted(workload_ports(index, registry, node)):
@@ -125,6 +126,15 @@ def workload_ports(
             if ports and _is_node(instance, node):
                 found.update((instance.address, endpoint_port(instance, p)) for p in ports)
     return found
+
+
+def workload_hosts(index: MeshIndex, registry: Registry, node: NodeInfo) -> frozenset[str]:
+    """The services the node's workload is an instance of (for `targetRefs`)."""
+    return frozenset(
+        host
+        for host in index.services
+        if any(_is_node(instance, node) for instance in registry.get(host, ()))
+    )
 
 
 def _is_node(instance: WorkloadEndpoint, node: NodeInfo) -> bool:
@@ -166,9 +176,11 @@ def peer_mode(config: MeshConfig, node: NodeInfo, port: int) -> str:
     return "PERMISSIVE"
 
 
-def http_filters(config: MeshConfig, node: NodeInfo) -> list[hcm_pb2.HttpFilter]:
+def http_filters(
+    config: MeshConfig, node: NodeInfo, services: frozenset[str] = frozenset()
+) -> list[hcm_pb2.HttpFilter]:
     """jwt_authn (library and Envoy sidecars: gRPC does not implement it), then
-    the RBAC engines, for the node's workload."""
+    the RBAC engines, for the node's workload (an instance of `services`)."""
     labels = dict(node.labels)
     root = config.settings.root_namespace
     filters: list[hcm_pb2.HttpFilter] = []
@@ -176,7 +188,7 @@ def http_filters(config: MeshConfig, node: NodeInfo) -> list[hcm_pb2.HttpFilter]
         authn = [
             ra.resource()
             for ra in config.request_authentications
-            if selects_workload(ra.resource(), node.namespace, labels, root)
+            if selects_workload(ra.resource(), node.namespace, labels, root, services)
         ]
         if authn:
             jwt = jwt_authentication_to_proto(request_authentications_to_jwt(authn))
@@ -184,11 +196,28 @@ def http_filters(config: MeshConfig, node: NodeInfo) -> list[hcm_pb2.HttpFilter]
     policies = [
         ap.resource()
         for ap in config.authorization_policies
-        if selects_workload(ap.resource(), node.namespace, labels, root)
+        if selects_workload(ap.resource(), node.namespace, labels, root, services)
     ]
-    for action, rbac in rbac_filters_to_proto(authorization_policies_to_rbac(policies)):
+    engines = list(authorization_policies_to_rbac(policies, dict(config.extension_providers)))
+    if engines and engines[0].ext_authz is not None:  # CUSTOM, first as in istiod
+        custom = engines.pop(0)
+        if node.kind is ClientKind.GRPC:  # no ext_authz in grpcio: what CUSTOM matches is denied
+            engines = _denying(custom, engines)
+        else:
+            filters.extend(ext_authz_filters(custom))
+    for action, rbac in rbac_filters_to_proto(engines):
         filters.append(hcm_pb2.HttpFilter(name=_RBAC_NAMES[action], typed_config=pack(rbac)))
     return filters
+
+
+def _denying(custom: Rbac, engines: list[Rbac]) -> list[Rbac]:
+    """The CUSTOM rules added to the enforcing DENY engine (made when none)."""
+    for i, engine in enumerate(engines):
+        if engine.action is RbacAction.DENY and not engine.shadow:
+            engines[i] = Rbac(RbacAction.DENY, custom.policies + engine.policies)
+            return engines
+    at = next((i for i, e in enumerate(engines) if e.action is RbacAction.ALLOW), len(engines))
+    return [*engines[:at], Rbac(RbacAction.DENY, custom.policies), *engines[at:]]
 
 
 def server_listener(

@@ -241,6 +241,8 @@ def jwt_provider_to_proto(p: JwtProvider) -> jwt_pb2.JwtProvider:
         forward_payload_header=p.forward_payload_header,
     )
     out.local_jwks.inline_string = p.jwks
+    if p.space_delimited_claims:
+        out.normalize_payload_in_metadata.space_delimited_claims.extend(p.space_delimited_claims)
     out.from_headers.extend(
         jwt_pb2.JwtHeader(name=h.name, value_prefix=h.value_prefix) for h in p.from_headers
     )

@@ -39,6 +39,7 @@ from mesh_control_plane.translate.inbound import (
     apply_normalization,
     http_filters,
     peer_mode,
+    workload_hosts,
     workload_ports,
 )
 from mesh_control_plane.translate.index import MeshIndex
@@ -59,7 +60,7 @@ def sidecar_inbound(
     config: MeshConfig, index: MeshIndex, registry: Registry, node: NodeInfo
 ) -> tuple[list[listener_pb2.Listener], list[cluster_pb2.Cluster]]:
     app_ports = dict(node.inbound_ports)
-    filters = _with_istio_authn(http_filters(config, node))
+    filters = _with_istio_authn(http_filters(config, node, workload_hosts(index, registry, node)))
     listeners: dict[str, listener_pb2.Listener] = {}
     clusters: dict[str, cluster_pb2.Cluster] = {}
     for address, port in sorted(workload_ports(index, registry, node)):
