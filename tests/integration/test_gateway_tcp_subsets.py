@@ -10,9 +10,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from gateway_support import running_gateway, wait_for_listener
+from gateway_support import echo_server, first_echo, running_gateway, tcp_echo, wait_for_listener
 from meshlab import LocalMesh
-from test_gateway_tcp import _echo, _first_echo, echo_server
 
 pytestmark = pytest.mark.interop
 
@@ -79,8 +78,8 @@ def test_tcp_echo_splits_by_subset(lab: LocalMesh) -> None:
         lab.start_control_plane()
         with running_gateway(lab, "tcp-echo", "default") as admin:
             port = wait_for_listener(admin, "0.0.0.0_31400")
-            _first_echo(port)
-            tags = Counter(_echo(port, b"y").partition(b":")[0] for _ in range(CONNECTIONS))
+            first_echo(port)
+            tags = Counter(tcp_echo(port, b"y").partition(b":")[0] for _ in range(CONNECTIONS))
     # Binomial(200, 0.2): mean 40, sd 5.7; 5 sigma is +-28 connections. Without
     # subsets both versions would share one cluster: about 100 each.
     assert set(tags) == {b"v1", b"v2"}
