@@ -1,6 +1,7 @@
 """The mesh's own per-request decision in isolation (issue 25): no httpx, no I/O.
 
-    python benchmarks/bench_decision.py [--requests 20000] [--rounds 7]
+    python benchmarks/bench_decision.py [--quick]
+    make bench BENCH_ARGS="--only decision"
 
 One request's decision as the httpx transport makes it, minus the transport:
 route (`route_request`: the authority's table, a header match that misses,
@@ -10,15 +11,18 @@ circuit breakers, the resilience engine's one try (`request_flow` run by
 in-flight counters (`on_start`/`on_finish`), the outcome and the release of
 the admission. The try itself answers 200 at once. Printed: CPU µs per
 request of the requesting thread (`time.thread_time`), min and lower
-quartile over the rounds (a busy machine inflates the rest), and the same for
-the route step alone.
+quartile over the rounds (a busy machine inflates the rest), for the route
+step alone and for the whole decision, each with the native route matcher
+(when the Rust core is built) and with the Python one, rounds alternating.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
+import dataclasses
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -144,25 +148,53 @@ def cpu_us(fn: Callable[[], object], requests: int) -> float:
     return (time.thread_time() - started) / requests * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--requests", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args()
+def _python_routes(snap: MeshSnapshot) -> MeshSnapshot:
+    """The same snapshot with each table's Python matcher (the fallback)."""
+    tables = {}
+    for authority, table in snap.routes.items():
+        python = copy.copy(table)
+        python.pick = table._pick
+        tables[authority] = python
+    return dataclasses.replace(snap, routes=tables)
+
+
+def rows() -> dict[str, Callable[[], object]]:
     snap = snapshot()
     resources = {name: ClusterResources(name) for name in snap.balancers}
-    rows = {"route + split": route_only(snap), "whole decision": decide(snap, resources)}
-    samples: dict[str, list[float]] = {name: [] for name in rows}
-    for fn in rows.values():
-        fn()  # warm
-    for _ in range(args.rounds):
-        for name, fn in rows.items():
-            samples[name].append(cpu_us(fn, args.requests))
-    print(f"{'step':<16} {'min µs':>8} {'q1 µs':>8} {'median':>8}")
+    python = _python_routes(snap)
+    native = next(iter(snap.routes.values())).native is not None
+    out = {}
+    for label, routed in (("Python route", python), ("native route", snap if native else None)):
+        if routed is None:
+            continue
+        out[f"route + split, {label}"] = route_only(routed)
+        out[f"whole decision, {label}"] = decide(routed, resources)
+    return out
+
+
+def run(quick: bool = False) -> str:
+    """The markdown section body (the `make bench` runner calls this)."""
+    requests, rounds = (2_000, 3) if quick else (20_000, 9)
+    steps = rows()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for fn in steps.values():
+        cpu_us(fn, 500)  # warm
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            samples[name].append(cpu_us(fn, requests))
+    lines = [
+        f"CPU µs per request, {rounds} alternating rounds of {requests:,} (target: the "
+        "whole decision under 3 µs):\n",
+        "| step | min | lower quartile | median |",
+        "|---|---:|---:|---:|",
+    ]
     for name, values in samples.items():
         q1 = statistics.quantiles(values, n=4)[0] if len(values) > 1 else values[0]
-        print(f"{name:<16} {min(values):8.2f} {q1:8.2f} {statistics.median(values):8.2f}")
+        lines.append(f"| {name} | {min(values):.2f} | {q1:.2f} | {statistics.median(values):.2f} |")
+    if not any("native" in name for name in steps):
+        lines.append("\nNative core not built: Python rows only.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main()
+    print(run(quick="--quick" in sys.argv[1:]))
