@@ -13,17 +13,16 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from route_matches import HEADERS, route_matches
 
 from proxyless_mesh.model import (
     DirectResponse,
-    HeaderMatcher,
     MatchKind,
     PathMatcher,
     RedirectAction,
     Route,
     RouteAction,
     RouteMatch,
-    StringMatcher,
     VirtualHost,
     WeightedCluster,
 )
@@ -39,27 +38,11 @@ CONFIG_ALPHABET = ["a", "b", "A", "/", "-", "ä", "Ä", "İ", "ẞ", "\ufffd"]
 text = st.text(alphabet=st.sampled_from(CONFIG_ALPHABET), max_size=5)
 request_text = st.text(alphabet=st.sampled_from([*CONFIG_ALPHABET, "\udc80"]), max_size=5)
 regexes = st.sampled_from(["a*", "/a.*", "/(a|b)+", "[ab/]*b", ".*", "/", "b?/?a", "ä+", "A"])
-HEADERS = ("x-a", "x-b", ":method")
-
-
-@st.composite
-def string_matchers(draw: st.DrawFn) -> StringMatcher:
-    kind = draw(st.sampled_from(list(MatchKind)))
-    value = draw(regexes) if kind is MatchKind.REGEX else draw(text)
-    return StringMatcher(kind, value, draw(st.booleans()))
 
 
 @st.composite
 def routes(draw: st.DrawFn, index: int) -> Route:
-    kind = draw(st.sampled_from([MatchKind.PREFIX, MatchKind.EXACT, MatchKind.REGEX]))
-    value = draw(regexes) if kind is MatchKind.REGEX else "/" + draw(text)
-    headers = draw(
-        st.lists(
-            st.builds(HeaderMatcher, st.sampled_from(HEADERS), string_matchers(), st.booleans()),
-            max_size=2,
-        )
-    )
-    match = RouteMatch(PathMatcher(kind, value, draw(st.booleans())), tuple(headers))
+    match = draw(route_matches(text, regexes))
     weights = draw(st.lists(st.sampled_from([0, 1, 3, 90, 2**31]), min_size=1, max_size=3))
     if draw(st.integers(0, 5)) == 0:
         weights = []
