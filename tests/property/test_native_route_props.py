@@ -8,6 +8,7 @@ routes that answer by themselves."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
@@ -26,7 +27,7 @@ from proxyless_mesh.model import (
     VirtualHost,
     WeightedCluster,
 )
-from proxyless_mesh.routing import RouteTable, compile_virtual_host
+from proxyless_mesh.routing import compile_virtual_host
 from proxyless_mesh.routing._native import matcher_class
 
 pytestmark = pytest.mark.skipif(matcher_class is None, reason="native core not built (no Rust)")
@@ -58,13 +59,14 @@ def routes(draw: st.DrawFn, index: int) -> Route:
 
 
 @st.composite
-def tables(draw: st.DrawFn) -> tuple[RouteTable, list[str]]:
-    """A table and the texts its matchers name (requests reuse them to match)."""
+def hosts(draw: st.DrawFn) -> tuple[VirtualHost, list[str]]:
+    """A virtual host and the texts its matchers name (requests reuse them to
+    match). The test compiles it: building a table draws from `random`."""
     count = draw(st.integers(1, 4))
     vhost = VirtualHost("h", ("h",), tuple(draw(routes(i)) for i in range(count)))
     texts = [r.match.path.value for r in vhost.routes]
     texts += [h.matcher.value for r in vhost.routes for h in r.match.headers]
-    return compile_virtual_host(vhost), texts
+    return vhost, texts
 
 
 @st.composite
@@ -88,11 +90,12 @@ def requests(draw: st.DrawFn, texts: list[str]) -> tuple[str, str, dict[str, str
 
 
 @settings(max_examples=max(300, settings.default.max_examples))  # ~2 s
-@given(tables(), st.data(), st.floats(0.0, 1.0, exclude_max=True))
+@given(hosts(), st.data(), st.floats(0.0, 1.0, exclude_max=True))
 def test_native_and_python_pick_the_same_decision(
-    built: tuple[RouteTable, list[str]], data: st.DataObject, rand: float
+    host: tuple[VirtualHost, list[str]], data: st.DataObject, rand: float
 ) -> None:
-    table, texts = built
+    vhost, texts = host
+    table = compile_virtual_host(vhost)
     assert table.native is not None and table.pick == table.native.pick
     for _ in range(4):
         path, method, headers = data.draw(requests(texts))
@@ -118,3 +121,17 @@ def test_a_hand_built_matcher_rust_cannot_read_keeps_the_python_table() -> None:
     table = compile_virtual_host(VirtualHost("h", ("h",), (route,)))
     assert table.native is None
     assert table.pick("/\udc80x", "GET", {}.get).cluster == "c"  # type: ignore[union-attr]
+
+
+def test_seeding_random_fixes_the_native_split() -> None:
+    """The native matcher's draw is seeded from `random`, as the Python table
+    draws from it: a test that seeds `random` gets the same splits again."""
+    split = RouteAction(clusters=(WeightedCluster("v1", 50), WeightedCluster("v2", 50)))
+    route = Route(name="split", match=RouteMatch(PathMatcher(MatchKind.PREFIX, "/")), action=split)
+    vhost = VirtualHost("h", ("h",), (route,))
+    runs = []
+    for _ in range(2):
+        random.seed(7)
+        table = compile_virtual_host(vhost)
+        runs.append([table.pick("/", "GET", {}.get).cluster for _ in range(64)])  # type: ignore[union-attr]
+    assert runs[0] == runs[1] and set(runs[0]) == {"v1", "v2"}
