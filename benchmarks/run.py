@@ -16,6 +16,7 @@ Sections (benchmarks/README.md has the method):
   balancer     pick cost per policy (benchmarks/bench_balancer.py)
   telemetry    telemetry cost per request (benchmarks/bench_telemetry.py)
   native       native core vs Python: EDS decode CPU, import CPU and RSS
+  decision     the per-request decision in isolation, native vs Python route
   cp           control plane with 100 / 1,000 / 10,000 connected xDS clients
   cpgo         control plane with 10,000 Go xDS clients, SotW and Delta: change,
                connect storm, restart with resume (benchmarks/cp_go.py)
@@ -65,6 +66,7 @@ SECTIONS = (
     "balancer",
     "telemetry",
     "native",
+    "decision",
     "cp",
     "cpgo",
     "propagation",
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             ("telemetry", "Telemetry: cost per request"),
             ("kube", "Kubernetes: the control plane on a real API server at scale"),
             ("native", "Native core (issue 25): EDS decode and import cost"),
+            ("decision", "Per-request decision in isolation (issue 25)"),
         ):
             if section in args.sections:
                 print(f"  {section} ...", file=sys.stderr, flush=True)

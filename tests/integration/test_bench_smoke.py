@@ -44,6 +44,7 @@ def test_bench_quick_run_prints_and_writes_every_table(tmp_path: Path) -> None:
         "| mesh mTLS, new connection per request |",
         "| default retry budget |",
         "| no budget (maxRetries set) |",
+        "| whole decision, Python route |",
     ):
         assert row in out, row
     for title in (
@@ -55,6 +56,7 @@ def test_bench_quick_run_prints_and_writes_every_table(tmp_path: Path) -> None:
         "## Telemetry: cost per request",
         "## Identity: workload certificate latency",
         "### Telemetry overhead per request",
+        "## Per-request decision in isolation",
     ):
         assert title in out, title
     # The policy table: one line per policy count, each with three timings.

@@ -7,14 +7,12 @@ import re
 
 from hypothesis import given
 from hypothesis import strategies as st
+from route_matches import HEADERS, route_matches
 
 from proxyless_mesh.model import (
-    HeaderMatcher,
     MatchKind,
-    PathMatcher,
     Route,
     RouteAction,
-    RouteMatch,
     StringMatcher,
     VirtualHost,
     WeightedCluster,
@@ -25,27 +23,11 @@ from proxyless_mesh.routing._matching import mapping_lookup
 ALPHA = "ab/"
 text = st.text(alphabet=ALPHA, max_size=5)
 regexes = st.sampled_from(["a*", "/a.*", "/(a|b)+", "[ab/]*b", ".*", "/", "b?/?a"])
-HEADERS = ("x-a", "x-b", ":method")
-
-
-@st.composite
-def string_matchers(draw: st.DrawFn) -> StringMatcher:
-    kind = draw(st.sampled_from(list(MatchKind)))
-    value = draw(regexes) if kind is MatchKind.REGEX else draw(text)
-    return StringMatcher(kind, value, draw(st.booleans()))
 
 
 @st.composite
 def routes(draw: st.DrawFn, index: int) -> Route:
-    kind = draw(st.sampled_from([MatchKind.PREFIX, MatchKind.EXACT, MatchKind.REGEX]))
-    value = draw(regexes) if kind is MatchKind.REGEX else "/" + draw(text)
-    headers = draw(
-        st.lists(
-            st.builds(HeaderMatcher, st.sampled_from(HEADERS), string_matchers(), st.booleans()),
-            max_size=2,
-        )
-    )
-    match = RouteMatch(PathMatcher(kind, value, draw(st.booleans())), tuple(headers))
+    match = draw(route_matches(text, regexes))
     action = RouteAction(clusters=(WeightedCluster(f"c{index}", 1),))
     return Route(name=f"r{index}", match=match, action=action)
 

@@ -230,3 +230,45 @@ def test_outcome_from_status() -> None:
     assert Outcome.of_status(500) is Outcome.HTTP_5XX
     assert Outcome.of_status(501) is Outcome.HTTP_5XX
     assert all(Outcome.of_status(s) is Outcome.GATEWAY_ERROR for s in (502, 503, 504))
+
+
+def test_in_flight_counts_stay_exact_across_threads_without_a_lock() -> None:
+    """8 threads each start and finish 2,000 requests on one endpoint, with the
+    interpreter switching threads every microsecond: every start is counted
+    while they run and every finish after (a lost update would leave a
+    count other than 16,000, then 0); a finish without a start never goes
+    below 0."""
+    import sys
+    import threading
+
+    eps = endpoints(1)
+    balancer = build(eps, Clock(), policy=LbPolicy.LEAST_REQUEST)
+    started = threading.Barrier(8)
+    all_started = threading.Barrier(9)
+    finish = threading.Event()
+
+    def worker() -> None:
+        started.wait()
+        for _ in range(2_000):
+            balancer.on_start(eps[0])
+        all_started.wait()
+        finish.wait()
+        for _ in range(2_000):
+            balancer.on_finish(eps[0], Outcome.SUCCESS)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        all_started.wait()
+        assert balancer.in_flight(eps[0]) == 16_000
+        finish.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert balancer.in_flight(eps[0]) == 0
+    balancer.on_finish(eps[0], Outcome.SUCCESS)
+    assert balancer.in_flight(eps[0]) == 0

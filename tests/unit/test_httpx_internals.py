@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpcore
 import httpx
 
-from proxyless_mesh.integrations import _httpx_exchange, _httpx_telemetry, _pool, _tls_transport
+from proxyless_mesh.integrations import _httpx_telemetry, _httpx_urls, _pool, _tls_transport
 from proxyless_mesh.model import Endpoint
 
 CHECKED = {("0.29.0", "1.0.9")}
@@ -25,7 +25,7 @@ def test_versions_are_the_checked_ones() -> None:
 
 def test_the_fast_paths_are_taken_on_these_versions() -> None:
     assert _pool.supported()
-    assert _httpx_exchange._FAST_URL and _tls_transport._FAST_URL
+    assert _httpx_urls._FAST_URL and _tls_transport._FAST_URL
     plain = _pool.linear(httpx.HTTPTransport())
     assert type(plain._pool) is _pool.LinearConnectionPool
     pool = plain._pool
@@ -36,10 +36,10 @@ def test_the_fast_paths_are_taken_on_these_versions() -> None:
 def test_the_fast_url_equals_the_public_one() -> None:
     url = httpx.URL("http://reviews.default.mesh:9080/a/b?x=1&y=%20")
     endpoint = Endpoint("10.0.0.7", 8080)
-    fast = _httpx_exchange.endpoint_url(url, endpoint)
+    fast = _httpx_urls.endpoint_url(url, endpoint)
     assert fast == url.copy_with(host="10.0.0.7", port=8080)
     assert str(fast) == "http://10.0.0.7:8080/a/b?x=1&y=%20"
-    assert _httpx_exchange.url_parts(url) == ("reviews.default.mesh:9080", "/a/b")
+    assert _httpx_urls.url_parts(url) == ("reviews.default.mesh:9080", "/a/b")
 
 
 PEERS = (
@@ -95,3 +95,13 @@ def test_prepared_headers_are_taken_back_only_while_still_last() -> None:
         b"x-request-id"
     ]
     assert _httpx_telemetry.add_headers(headers, PEERS) is None  # present: the public API
+
+
+def test_a_raw_header_reads_as_headers_get() -> None:
+    for raw in (
+        [(b"content-type", b"application/grpc")],
+        [(b"Grpc-Status", b"14")],
+        [(b"grpc-status", b"0"), (b"x", b"\xe9"), (b"GRPC-STATUS", b"2")],
+    ):
+        headers = httpx.Headers(raw)
+        assert _httpx_telemetry.raw_header(headers, b"grpc-status") == headers.get("grpc-status")

@@ -136,3 +136,25 @@ def test_a_runtime_that_is_not_a_mesh_drives_the_async_transport() -> None:
     response = asyncio.run(call())
     assert response.status_code == 200
     assert len(seen) == 2 and seen[0] != seen[1]
+
+
+def test_the_attempt_count_goes_on_the_wire_and_not_onto_the_callers_request() -> None:
+    """Each try carries x-envoy-attempt-count (1, then 2 on the retry); a
+    request answered by its first try gets the caller's headers back as they
+    were (the header was appended for the try and taken back, as the peer
+    headers are)."""
+    counts: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        counts.append(request.headers.get("x-envoy-attempt-count"))
+        return httpx.Response(503 if len(counts) == 1 else 200)
+
+    runtime: Runtime = FakeRuntime()
+    transport = MeshTransport(runtime, inner=httpx.MockTransport(answer))
+    with httpx.Client(transport=transport) as client:
+        retried = client.get(f"http://{AUTHORITY}/reviews/1", headers={"x-app": "1"})
+        first = client.get(f"http://{AUTHORITY}/reviews/1", headers={"x-app": "1"})
+    assert retried.status_code == first.status_code == 200
+    assert counts == ["1", "2", "1"]
+    assert "x-envoy-attempt-count" not in first.request.headers
+    assert first.request.headers["x-app"] == "1"

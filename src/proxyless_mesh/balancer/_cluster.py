@@ -262,8 +262,7 @@ class ClusterBalancer:
         """A request was sent to `endpoint` (in-flight + 1)."""
         state = self._state(endpoint)
         if state is not None:
-            with self._shared.lock:
-                state.in_flight += 1
+            state.flight.append(None)  # atomic: no lock (see HostState)
 
     def on_finish(self, endpoint: Endpoint, outcome: Outcome) -> None:
         """A request to `endpoint` ended (in-flight - 1) with `outcome`, which
@@ -272,12 +271,13 @@ class ClusterBalancer:
         state = self._state(endpoint)
         if state is None:
             return
+        del state.flight[-1:]  # atomic; a no-op when empty (on_start was not called)
         od = self._od
+        if od is None:
+            return
         shared = self._shared
         with shared.lock:
-            if state.in_flight > 0:
-                state.in_flight -= 1
-            if od is not None and (
+            if (
                 outcome is not Outcome.SUCCESS
                 or state.consecutive_5xx
                 or state.consecutive_gateway

@@ -47,7 +47,11 @@ from proxyless_mesh.model import OutlierDetection
 
 class HostState:
     """Mutable per-endpoint counters, keyed by (address, port) and carried
-    from one balancer to its successor so config pushes lose nothing."""
+    from one balancer to its successor so config pushes lose nothing.
+
+    `flight` holds one item per request in flight: `list.append` and
+    `list.pop` are atomic, so counting a request takes no lock (a locked
+    `+= 1` and `-= 1` cost ~0.5 µs a request)."""
 
     __slots__ = (
         "consecutive_5xx",
@@ -55,13 +59,13 @@ class HostState:
         "consecutive_local",
         "ejected_until",
         "first_seen",
-        "in_flight",
+        "flight",
         "readmitted_at",
         "times_ejected",
     )
 
     def __init__(self, first_seen: float) -> None:
-        self.in_flight = 0
+        self.flight: list[None] = []
         self.first_seen = first_seen
         self.consecutive_5xx = 0
         self.consecutive_gateway = 0
@@ -69,6 +73,10 @@ class HostState:
         self.ejected_until: float | None = None
         self.times_ejected = 0
         self.readmitted_at = -math.inf
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.flight)
 
 
 class ClusterState:

@@ -147,9 +147,9 @@ class LeastRequestPicker:
         j = flat.index()
         states = self._states
         if flat.uniform:
-            return flat.endpoints[i if states[i].in_flight <= states[j].in_flight else j]
+            return flat.endpoints[i if len(states[i].flight) <= len(states[j].flight) else j]
         weights = self._weights
-        if states[i].in_flight * weights[j] <= states[j].in_flight * weights[i]:
+        if len(states[i].flight) * weights[j] <= len(states[j].flight) * weights[i]:
             return flat.endpoints[i]
         return flat.endpoints[j]
 

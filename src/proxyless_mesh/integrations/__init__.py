@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         WsgiTelemetryMiddleware,
     )
     from proxyless_mesh.integrations._httpx import AsyncMeshTransport, MeshTransport
-    from proxyless_mesh.integrations._httpx_exchange import url_parts
+    from proxyless_mesh.integrations._httpx_urls import url_parts
     from proxyless_mesh.integrations._peer import peer_identity
     from proxyless_mesh.integrations._wsgi import WsgiAuthorizationMiddleware
 
@@ -57,7 +57,7 @@ _PUBLIC: dict[str, str] = {
     "native_channel": "proxyless_mesh.integrations._grpc_security",
     "normalize_target": "proxyless_mesh.integrations._grpc_exchange",
     "peer_identity": "proxyless_mesh.integrations._peer",
-    "url_parts": "proxyless_mesh.integrations._httpx_exchange",
+    "url_parts": "proxyless_mesh.integrations._httpx_urls",
 }
 
 

@@ -34,8 +34,8 @@ from proxyless_mesh.integrations._httpx_exchange import (
     Exchange,
     failure_kind,
     passthrough_or_route,
-    url_parts,
 )
+from proxyless_mesh.integrations._httpx_urls import url_parts
 from proxyless_mesh.integrations._pool import linear
 from proxyless_mesh.integrations._tls_transport import AsyncTlsTransports, TlsTransports
 from proxyless_mesh.resilience import AttemptResult, FailureKind, Send, drive, drive_async

@@ -26,8 +26,9 @@ from proxyless_mesh.errors import (
     UpstreamOverflowError,
     UpstreamTimeoutError,
 )
-from proxyless_mesh.integrations._httpx_telemetry import add_headers, take_back
+from proxyless_mesh.integrations._httpx_telemetry import add_headers, raw_header, take_back
 from proxyless_mesh.integrations._httpx_telemetry import routed as telemetry_routed
+from proxyless_mesh.integrations._httpx_urls import endpoint_url
 from proxyless_mesh.model import Endpoint, MirrorPolicy, Route
 from proxyless_mesh.resilience import (
     AttemptResult,
@@ -48,7 +49,6 @@ from proxyless_mesh.telemetry import Call, QuietCall
 if TYPE_CHECKING:
     from proxyless_mesh.runtime import MeshSnapshot, Runtime
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 # Bodies that are not already in memory are buffered for retries up to this
 # size (from Content-Length); larger or unsized streaming bodies are sent
 # once, never retried, and the reason is recorded on the response.
@@ -59,44 +59,6 @@ _ERRORS: dict[str, type[MeshRequestError]] = {
     "UO": UpstreamOverflowError,
     "UH": NoHealthyUpstreamError,
 }
-
-
-def _fast_url_ok() -> bool:
-    """httpx.URL keeps its parts in a NamedTuple; replacing host and port
-    there is ~10x cheaper than URL.copy_with(), which re-parses the URL. Use it
-    only when this httpx has that shape."""
-    try:
-        ref = httpx.URL("http://a:1/p?q")._uri_reference
-        return hasattr(ref, "_replace") and ref.host == "a" and ref.port == 1 and ref.query == "q"
-    except AttributeError:
-        return False
-
-
-_FAST_URL = _fast_url_ok()
-
-
-def url_parts(url: httpx.URL) -> tuple[str, str]:
-    """(authority as `host:port`, path without query) of a request URL."""
-    if _FAST_URL:
-        ref: Any = url._uri_reference
-        port = ref.port or _DEFAULT_PORTS.get(ref.scheme, 80)
-        return f"{ref.host}:{port}", ref.path or "/"
-    port = url.port or _DEFAULT_PORTS.get(url.scheme, 80)
-    return f"{url.host}:{port}", url.raw_path.split(b"?", 1)[0].decode("ascii") or "/"
-
-
-def endpoint_url(url: httpx.URL, endpoint: Endpoint, path: str | None = None) -> httpx.URL:
-    """`url` pointed at `endpoint`; `path` (with its query) replaces the
-    path when the route rewrote it."""
-    if _FAST_URL and path is None:
-        new = httpx.URL.__new__(httpx.URL)
-        ref: Any = url._uri_reference
-        new._uri_reference = ref._replace(host=endpoint.address, port=endpoint.port)
-        return new
-    target = url.copy_with(host=endpoint.address, port=endpoint.port)
-    if path is not None:
-        target = target.copy_with(raw_path=path.encode("ascii"))
-    return target
 
 
 def failure_kind(exc: BaseException) -> FailureKind:
@@ -276,6 +238,7 @@ class Exchange:
         self.tls = cluster.tls if cluster is not None else None
         self.call = call  # telemetry: told of the route and of each try
         self.added: tuple[tuple[bytes, bytes, bytes], ...] | None = None  # peer headers
+        self.attempt_added: tuple[tuple[bytes, bytes, bytes], ...] | None = None
         if call is not None:
             telemetry_routed(call, decision.route_name, decision.cluster, cluster)
         self.flow = request_flow(
@@ -307,9 +270,13 @@ class Exchange:
     def prepare(self, send: Send) -> None:
         request = self.request
         request.url = endpoint_url(self.original_url, send.endpoint, self.path)
-        for name, value in send.headers:
-            request.headers[name] = value
-        if send.timeout is not None:
+        if send.timeout is None:  # the usual first try: x-envoy-attempt-count: 1, prepared
+            added = add_headers(request.headers, send.headers)
+            if added is not None:
+                self.attempt_added = added
+        else:  # the expected-timeout value changes per try: nothing to prepare
+            for name, value in send.headers:
+                request.headers[name] = value
             request.extensions["timeout"] = _capped(self.base_timeout, send.timeout)
         if self.balancer is not None:
             self.balancer.on_start(send.endpoint)
@@ -331,7 +298,8 @@ class Exchange:
 
     def answered(self, send: Send, response: httpx.Response) -> AttemptResult:
         status = response.status_code
-        grpc = response.headers.get("grpc-status")
+        grpc = raw_header(response.headers, b"grpc-status")
+        grpc_status = int(grpc) if grpc is not None and grpc.isascii() and grpc.isdigit() else None
         if self.balancer is not None:
             if status >= 500:
                 outcome = Outcome.GATEWAY_ERROR if status in _GATEWAY else Outcome.HTTP_5XX
@@ -343,7 +311,7 @@ class Exchange:
         return AttemptResult(
             status=status,
             headers=response.headers.get,
-            grpc_status=int(grpc) if grpc is not None and grpc.isdigit() else None,
+            grpc_status=grpc_status,
         )
 
     def failed(self, send: Send, kind: FailureKind, exc: BaseException) -> AttemptResult:
@@ -427,6 +395,8 @@ class Exchange:
     def restore(self) -> None:
         if self.added is not None:
             take_back(self.request.headers, self.added)
+        if self.attempt_added is not None:
+            take_back(self.request.headers, self.attempt_added)
         self.request.url = self.original_url
         if self.base_timeout is not None:
             self.request.extensions["timeout"] = self.base_timeout

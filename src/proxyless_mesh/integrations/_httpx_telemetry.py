@@ -169,6 +169,20 @@ def take_back(headers: httpx.Headers, added: tuple[tuple[bytes, bytes, bytes], .
         del items[-count:]
 
 
+def raw_header(headers: httpx.Headers, name: bytes) -> str | None:
+    """`headers.get(name)` for a lower-case ASCII name whose values are ASCII
+    (grpc-status), read from the header list httpx keeps: `Headers.get` first
+    decodes every header of a new response to choose their encoding."""
+    items = getattr(headers, "_list", None)
+    if type(items) is not list:
+        public: str | None = headers.get(name.decode("ascii"))
+        return public
+    values = [value for _, key, value in items if key == name]
+    if not values:
+        return None
+    return b", ".join(values).decode("latin-1")
+
+
 def passthrough(call: Call | QuietCall) -> None:
     """Not a mesh request after all: nothing is recorded (no span was opened)."""
     call.done = True

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import bisect
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from proxyless_mesh.model import Route, RouteConfiguration, VirtualHost
+from proxyless_mesh.model import Route, RouteConfiguration, RouteMatch, VirtualHost
 from proxyless_mesh.routing._matching import HeaderLookup, RequestPredicate, compile_route_match
+from proxyless_mesh.routing._native import matcher_class as native_matcher_class
+from proxyless_mesh.routing._native import native_matcher, route_spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +34,16 @@ class RouteDecision:
 class CompiledRoute:
     """One route, ready for matching and weighted cluster choice."""
 
-    __slots__ = ("_choices", "_cumulative", "_total", "clusters", "matches", "name", "timeout")
+    __slots__ = (
+        "_choices",
+        "_cumulative",
+        "_total",
+        "clusters",
+        "match",
+        "matches",
+        "name",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -39,9 +52,13 @@ class CompiledRoute:
         clusters: tuple[tuple[str, int], ...],
         timeout: float | None,
         route: Route | None = None,
+        match: RouteMatch | None = None,
     ) -> None:
+        """`match` is what `matches` was compiled from: the native matcher
+        needs it (a route without it keeps its table in Python)."""
         self.name = name
         self.matches = matches
+        self.match = match
         self.clusters = clusters
         self.timeout = timeout
         live = [(c, w) for c, w in clusters if w > 0]
@@ -76,27 +93,53 @@ class CompiledRoute:
 
 
 class RouteTable:
-    """The routes of the virtual host that serves one authority."""
+    """The routes of the virtual host that serves one authority.
 
-    __slots__ = ("_rand", "routes", "virtual_host")
+    `pick(path, method, lookup)` is the first matching route's decision
+    (Envoy: routes are tried in order), None when no route matches or the
+    matching route does not forward (NR). It is the native matcher's when
+    the Rust core is built (one crossing), else `pick_with` in Python."""
+
+    __slots__ = ("_rand", "native", "pick", "routes", "virtual_host")
 
     def __init__(self, virtual_host: str, routes: tuple[CompiledRoute, ...]) -> None:
         self.virtual_host = virtual_host
         self.routes = routes
         self._rand = random.random
+        self.native = _native_table(routes)
+        self.pick: Callable[[str, str, HeaderLookup], RouteDecision | None] = (
+            self.native.pick if self.native is not None else self._pick
+        )
 
-    def pick(self, path: str, method: str, lookup: HeaderLookup) -> RouteDecision | None:
-        """First matching route (Envoy: routes are tried in order); None when no
-        route matches or the matching route does not forward (NR)."""
+    def _pick(self, path: str, method: str, lookup: HeaderLookup) -> RouteDecision | None:
+        return self.pick_with(path, method, lookup, self._rand())
+
+    def pick_with(
+        self, path: str, method: str, lookup: HeaderLookup, rand: float
+    ) -> RouteDecision | None:
+        """`pick` in Python, with the weighted split's uniform draw given."""
         for route in self.routes:
             if route.matches(path, method, lookup):
                 if not route.forwards:
                     return None
-                return route.choose(self._rand())
+                return route.choose(rand)
         return None
 
     def referenced_clusters(self) -> frozenset[str]:
         return frozenset(c for r in self.routes for c, w in r.clusters if w > 0)
+
+
+def _native_table(routes: tuple[CompiledRoute, ...]) -> Any:
+    """The native matcher of these routes, or None (no core, or a route
+    compiled by hand without its RouteMatch)."""
+    if native_matcher_class is None or not routes:
+        return None
+    specs = []
+    for route in routes:
+        if route.match is None:
+            return None
+        specs.append(route_spec(route.match, route._cumulative, route._total, route._choices))
+    return native_matcher(specs)
 
 
 def compile_virtual_host(vhost: VirtualHost) -> RouteTable:
@@ -107,6 +150,7 @@ def compile_virtual_host(vhost: VirtualHost) -> RouteTable:
             clusters=tuple((c.name, c.weight) for c in r.action.clusters) if r.action else (),
             timeout=r.action.timeout if r.action else None,
             route=r,
+            match=r.match,
         )
         for r in vhost.routes
     )
