@@ -222,25 +222,31 @@ def agent_metrics(lab: LocalMesh, name: str) -> str:
 
 def wait_for_listener(admin: str, name: str, timeout: float = 30.0) -> int:
     """The port of listener `name` once Envoy has it active (it waits for its
-    secrets by SDS before that) and its socket accepts connections: Envoy
-    lists a warmed listener on the main thread before a worker has it
-    listening, so on a busy machine a connect right after could be refused."""
+    secrets by SDS before that) and its socket is listening: Envoy lists a
+    warmed listener on the main thread before a worker calls listen(), so on a
+    busy machine a connect right after could be refused. The kernel's socket
+    table says so without a connection (which a TCP proxy would count)."""
     deadline = time.monotonic() + timeout
     while (port := listener_ports(admin).get(name)) is None:
         assert time.monotonic() < deadline, f"no active listener {name}: {listener_ports(admin)}"
         time.sleep(0.05)
-    while not _accepts(port):
-        assert time.monotonic() < deadline, f"listener {name} on port {port} refuses connections"
+    while port not in _listening_ports():
+        assert time.monotonic() < deadline, f"listener {name} on port {port} is not listening"
         time.sleep(0.05)
     return port
 
 
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except ConnectionRefusedError:
-        return False
+def _listening_ports() -> set[int]:
+    """Local ports of TCP sockets in LISTEN state (/proc/net/tcp and tcp6)."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                if fields[3] == "0A":
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 class _Handler(BaseHTTPRequestHandler):
