@@ -439,6 +439,10 @@ class MeshSettings:
     # Istio's DNS domain suffix (istiod --domain): a short host `reviews` in a
     # VirtualService or DestinationRule means reviews.<namespace>.svc.<domain>.
     domain: str = DEFAULT_TRUST_DOMAIN
+    # Istio's meshConfig.outboundTrafficPolicy.mode (ALLOW_ANY | REGISTRY_ONLY),
+    # the mesh default a Sidecar's overrides; None: unset (Envoy: ALLOW_ANY,
+    # library clients: their own). See translate/outbound_policy.py.
+    outbound_policy: str | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,14 @@ from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.listeners import api_listener, envoy_outbound_listener
 from mesh_control_plane.translate.names import ENVOY_OUTBOUND, authority
 from mesh_control_plane.translate.node import ClientKind, NodeInfo
-from mesh_control_plane.translate.outbound_policy import outbound_policy_listeners
+from mesh_control_plane.translate.outbound_policy import (
+    ALLOW_ANY,
+    catch_all_virtual_host,
+    envoy_mode,
+    outbound_policy_listeners,
+    passthrough_clusters,
+    passthrough_filter,
+)
 from mesh_control_plane.translate.resources import (
     CLUSTER,
     ENDPOINT,
@@ -90,7 +97,7 @@ def full_translation(config: MeshConfig, registry: Registry, node: NodeInfo) -> 
     if node.router:
         listeners, routes = gateway_listeners(config, index, node)
     elif node.kind is ClientKind.ENVOY:
-        listeners, routes = _envoy_listeners(index, node.outbound_port)
+        listeners, routes = _envoy_listeners(index, node.outbound_port, envoy_mode(config, node))
     else:
         listeners, routes = _proxyless_listeners(index)
         if node.kind is ClientKind.MESH:
@@ -192,6 +199,8 @@ def _assemble(
         app_clusters = [*app_clusters, *tcp_clusters]
     if node.router:  # AUTO_PASSTHROUGH servers' SNI-DNAT clusters (gateway_sni.py)
         app_clusters = sni_dnat_clusters(gateways_of(config, node), specs, node)
+    elif node.kind is ClientKind.ENVOY:  # ALLOW_ANY's PassthroughCluster
+        app_clusters = [*app_clusters, *passthrough_clusters(envoy_mode(config, node))]
     resources = {
         LISTENER: _by_name([*outbound[0], *inbound]),
         ROUTE: _by_name(outbound[1]),
@@ -230,17 +239,21 @@ def _proxyless_listeners(index: MeshIndex) -> tuple[list[Message], list[Message]
     return listeners, routes
 
 
-def _envoy_listeners(index: MeshIndex, outbound_port: int) -> tuple[list[Message], list[Message]]:
+def _envoy_listeners(
+    index: MeshIndex, outbound_port: int, mode: str
+) -> tuple[list[Message], list[Message]]:
     vhosts = [
         virtual_host(index, service, port.number, disable_default_timeout=True)
         for service in index.services.values()
         for port in service.http_ports
     ]
     # Always sent, even with no HTTP services: an empty route table is a valid answer.
-    return (
-        [envoy_outbound_listener(outbound_port)],
-        [route_configuration(ENVOY_OUTBOUND, vhosts)],
-    )
+    table = route_configuration(ENVOY_OUTBOUND, vhosts)
+    # Last, as Istio's: hosts outside the mesh, blocked or passed through
+    # (outbound_policy.py).
+    table.virtual_hosts.append(catch_all_virtual_host(mode))
+    filters = [passthrough_filter()] if mode == ALLOW_ANY else []
+    return [envoy_outbound_listener(outbound_port, filters)], [table]
 
 
 def _by_name(

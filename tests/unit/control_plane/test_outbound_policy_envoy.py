@@ -1,0 +1,124 @@
+"""outboundTrafficPolicy for Envoy and the mesh default: which mode a node
+gets (its Sidecar's, else the control plane's flag, else Istio's ALLOW_ANY for
+Envoy and nothing for library clients) and Istio's catch-all virtual host that
+carries it: `block_all` (502) or `allow_any` (PassthroughCluster, a dynamic
+forward proxy by the Host header)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import any_pb2
+from mesh_control_plane.config.model import MeshConfig
+from mesh_control_plane.registry import build_static_registry
+from mesh_control_plane.translate import CLUSTER, LISTENER, ROUTE, ClientKind, NodeInfo, translate
+
+from proxyless_mesh.model import OUTBOUND_POLICY_LISTENER, Listener
+from proxyless_mesh.xds_client import decode_listener
+
+from .test_config_policies import load
+from .test_sidecar_scope import SERVICES, _policy_sidecar
+
+DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
+
+
+def _with_default(config: MeshConfig, mode: str | None) -> MeshConfig:
+    return dataclasses.replace(
+        config, settings=dataclasses.replace(config.settings, outbound_policy=mode)
+    )
+
+
+def _envoy(config: MeshConfig, labels: dict[str, str] | None = None, router: bool = False) -> Any:
+    node = NodeInfo(
+        "e",
+        ClientKind.ENVOY,
+        namespace="shop",
+        labels=tuple((labels or {}).items()),
+        router=router,
+        sidecar=not router,
+    )
+    return translate(config, build_static_registry(config), node).resources
+
+
+def _catch_all(resources: Any) -> Any:
+    """The last virtual host of the outbound route table, checked to be `*`."""
+    vhost = resources[ROUTE]["virtualOutbound"].virtual_hosts[-1]
+    assert list(vhost.domains) == ["*"]
+    return vhost
+
+
+def _outbound_filters(resources: Any) -> list[str]:
+    (chain,) = resources[LISTENER]["virtualOutbound"].filter_chains
+    manager = hcm_pb2.HttpConnectionManager()
+    chain.filters[0].typed_config.Unpack(manager)
+    return [f.name for f in manager.http_filters]
+
+
+def test_envoy_passes_through_by_default_as_istio() -> None:
+    resources = _envoy(load(SERVICES))
+    vhost = _catch_all(resources)
+    assert vhost.name == vhost.routes[0].name == "allow_any"
+    assert vhost.routes[0].route.cluster == "PassthroughCluster"
+    assert vhost.routes[0].route.timeout.ToNanoseconds() == 0  # no timeout, as Istio's
+    passthrough = resources[CLUSTER]["PassthroughCluster"]
+    assert passthrough.cluster_type.name == "envoy.clusters.dynamic_forward_proxy"
+    # The filter resolving the Host goes before the router (last).
+    assert _outbound_filters(resources)[0] == DFP_FILTER
+    assert _outbound_filters(resources)[-1] == "envoy.filters.http.router"
+    # Every mesh host keeps its own virtual host, before the catch-all.
+    names = [v.name for v in resources[ROUTE]["virtualOutbound"].virtual_hosts]
+    assert "orders.shop.svc.cluster.local:80" in names[:-1]
+
+
+def test_registry_only_is_istios_block_all() -> None:
+    resources = _envoy(_with_default(load(SERVICES), "REGISTRY_ONLY"))
+    vhost = _catch_all(resources)
+    assert vhost.name == vhost.routes[0].name == "block_all"
+    assert vhost.routes[0].direct_response.status == 502
+    assert "PassthroughCluster" not in resources[CLUSTER]
+    assert DFP_FILTER not in _outbound_filters(resources)
+
+
+def test_the_sidecars_mode_overrides_the_mesh_default_for_its_workloads() -> None:
+    selected = _policy_sidecar("{mode: ALLOW_ANY}", selector="{app: loose}")
+    config = _with_default(load(SERVICES, selected), "REGISTRY_ONLY")
+    assert _catch_all(_envoy(config, {"app": "loose"})).name == "allow_any"
+    assert _catch_all(_envoy(config, {"app": "other"})).name == "block_all"
+    strict = load(SERVICES, _policy_sidecar("{mode: REGISTRY_ONLY}"))
+    assert _catch_all(_envoy(_with_default(strict, "ALLOW_ANY"))).name == "block_all"
+
+
+def test_gateways_get_no_catch_all() -> None:
+    """Istio's gateways answer 404 for a host no route names: no mode applies."""
+    resources = _envoy(_with_default(load(SERVICES), "ALLOW_ANY"), router=True)
+    assert "virtualOutbound" not in resources[ROUTE]
+    assert "PassthroughCluster" not in resources[CLUSTER]
+
+
+def _library_mode(config: MeshConfig, kind: ClientKind = ClientKind.MESH) -> str | None:
+    """The mode the library decodes from what `kind` is sent (None: no listener)."""
+    node = NodeInfo("n", kind, namespace="shop")
+    listeners = translate(config, build_static_registry(config), node).resources[LISTENER]
+    listener = listeners.get(OUTBOUND_POLICY_LISTENER)
+    if listener is None:
+        return None
+    packed = any_pb2.Any()
+    packed.Pack(listener)
+    decoded = decode_listener(packed)
+    assert isinstance(decoded, Listener)
+    return decoded.outbound_policy
+
+
+def test_the_mesh_default_reaches_library_clients_when_set() -> None:
+    """Unset, a library client keeps its own policy (no listener); set, it is
+    sent as a Sidecar's mode is, and a Sidecar's mode still wins."""
+    assert _library_mode(load(SERVICES)) is None
+    assert _library_mode(_with_default(load(SERVICES), "REGISTRY_ONLY")) == "REGISTRY_ONLY"
+    allow = load(SERVICES, _policy_sidecar("{mode: ALLOW_ANY}"))
+    assert _library_mode(_with_default(allow, "REGISTRY_ONLY")) == "ALLOW_ANY"
+    # grpcio has no passthrough: it is sent no mode.
+    assert _library_mode(_with_default(load(SERVICES), "ALLOW_ANY"), ClientKind.GRPC) is None
