@@ -13,6 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import any_pb2
+from mesh_control_plane.admin.simulate_scope import outside_outcome
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import CLUSTER, LISTENER, ROUTE, ClientKind, NodeInfo, translate
@@ -122,3 +123,13 @@ def test_the_mesh_default_reaches_library_clients_when_set() -> None:
     assert _library_mode(_with_default(allow, "REGISTRY_ONLY")) == "ALLOW_ANY"
     # grpcio has no passthrough: it is sent no mode.
     assert _library_mode(_with_default(load(SERVICES), "ALLOW_ANY"), ClientKind.GRPC) is None
+
+
+def test_simulate_names_the_mesh_default() -> None:
+    """The admin server's simulate says what the mesh default does to a host
+    outside the mesh; a Sidecar's mode still wins."""
+    config = load(SERVICES, _policy_sidecar("{mode: ALLOW_ANY}", selector="{app: loose}"))
+    (sidecar,) = config.sidecars
+    assert outside_outcome(None, "REGISTRY_ONLY") == "refused (REGISTRY_ONLY, the mesh default)"
+    assert outside_outcome(None, None).startswith("passed through (ALLOW_ANY) or refused")
+    assert outside_outcome(sidecar, "REGISTRY_ONLY").startswith("passed through (ALLOW_ANY, ")
