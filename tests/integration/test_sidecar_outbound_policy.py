@@ -63,10 +63,14 @@ def _get(outbound: int, host: str, path: str = "/") -> httpx.Response:
     return httpx.get(f"http://127.0.0.1:{outbound}{path}", headers={"host": host}, timeout=10)
 
 
-def _direct_responses(admin: str) -> int:
-    """Envoy's count of direct responses on the outbound listener (block_all's)."""
-    stats = admin_get(admin, "/stats?filter=^http.outbound.rq_direct_response$")
-    return int(stats.split(":")[1])
+def _stat(admin: str, name: str) -> int:
+    """One of Envoy's counters (0 before it exists)."""
+    stats = admin_get(admin, f"/stats?filter=^{name}$")
+    return int(stats.split(":")[1]) if stats.strip() else 0
+
+
+DIRECT = "http.outbound.rq_direct_response"  # block_all's 502s
+PASSED = "cluster.PassthroughCluster.upstream_rq_200"
 
 
 def _blocked(response: httpx.Response) -> None:
@@ -87,14 +91,16 @@ def test_registry_only_blocks_and_a_sidecar_allows_any(lab: LocalMesh, outside: 
     ):
         strict_port = wait_for_listener(strict, "virtualOutbound")
         loose_port = wait_for_listener(loose, "virtualOutbound")
-        before = _direct_responses(strict)
+        before = _stat(strict, DIRECT)
         _blocked(_get(strict_port, f"127.0.0.1:{outside}"))
         _blocked(_get(strict_port, "unknown.external.test"))
-        assert _direct_responses(strict) == before + 2
+        assert _stat(strict, DIRECT) == before + 2
         for host in (f"127.0.0.1:{outside}", f"localhost:{outside}"):
             passed = _get(loose_port, host, "/x?y=1")
             assert passed.status_code == 200, passed.text
             assert passed.json() == {"outside": True, "host": host, "path": "/x?y=1"}
+        assert _stat(loose, PASSED) == 2
+        assert _stat(strict, PASSED) == 0  # no PassthroughCluster under REGISTRY_ONLY
         # A mesh host is still routed by the mesh, not passed through: its
         # only endpoint (port 1) refuses, so Envoy answers 503, not 502.
         assert _get(strict_port, f"{CATALOG}:8080").status_code == 503
