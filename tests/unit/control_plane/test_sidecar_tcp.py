@@ -140,3 +140,43 @@ def test_outbound_tcp_metadata_is_read_and_checked() -> None:
     node.metadata.fields[OUTBOUND_TCP_METADATA_KEY].string_value = "a.mesh=1900"
     with pytest.raises(ValueError, match="HOST:PORT=LOCAL_PORT"):
         NodeInfo.from_proto(node)
+
+
+def _custom(provider_type: str) -> str:
+    """SERVICE's workload under a CUSTOM policy of a provider of `provider_type`
+    (instead of the ALLOW policy)."""
+    provider = f"{{name: authz, {provider_type}: {{service: authz.shop.mesh, port: 9001}}}}"
+    base = SERVICE.split("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy")[0]
+    return f"""{base}---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: "extensionProviders: [{provider}]"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: custom, namespace: shop}}
+spec:
+  action: CUSTOM
+  provider: {{name: authz}}
+  rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]
+"""
+
+
+def _tcp_filters(text: str) -> list[str]:
+    config = load(text)
+    rs = translate(config, build_static_registry(config), ECHO)
+    (chain,) = rs.resources[LISTENER]["inbound|9000"].filter_chains  # type: ignore[attr-defined]
+    return [f.name for f in chain.filters]
+
+
+def test_custom_policies_on_tcp_ports() -> None:
+    """Istio asks an HTTP provider for HTTP traffic only: nothing on TCP. A
+    gRPC provider it asks per connection (network ext_authz, not built here):
+    its rules deny instead, fail closed, their HTTP-only fields dropped."""
+    assert _tcp_filters(_custom("envoyExtAuthzHttp")) == ["envoy.filters.network.tcp_proxy"]
+    assert _tcp_filters(_custom("envoyExtAuthzGrpc")) == [
+        "envoy.filters.network.rbac.deny",
+        "envoy.filters.network.tcp_proxy",
+    ]

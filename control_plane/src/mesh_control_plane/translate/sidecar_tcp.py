@@ -10,6 +10,10 @@ an HTTP-only field (a request principal, hosts, methods, paths, a
 ``request.*`` condition) is dropped, as it can never match (so a policy left
 with no rule allows nothing); in a DENY policy the HTTP-only fields are
 dropped from the rule, which then denies more; AUDIT logs nothing on TCP.
+CUSTOM: Istio applies an HTTP provider (envoyExtAuthzHttp) to HTTP traffic
+only, so it is left out here; a gRPC provider it asks per connection (network
+ext_authz), which is not built here: its rules are applied as DENY (what they
+match is refused, fail closed) rather than let through unasked.
 
 Outbound, each OUTBOUND_TCP entry ``HOST:PORT=LOCAL_PORT`` gets a listener
 ``outbound|<port>||<host>`` on 127.0.0.1:LOCAL_PORT (0: a free port) that
@@ -47,6 +51,7 @@ from mesh_control_plane.translate.sidecar import (
     app_cluster,
     inbound_cluster_name,
 )
+from proxyless_mesh.model import ExtAuthz
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 NETWORK_RBAC = "envoy.filters.network.rbac"
@@ -106,11 +111,12 @@ def tcp_rbac_filters(config: MeshConfig, node: NodeInfo) -> list[lc_pb2.Filter]:
     TCP part (the module docstring)."""
     labels = dict(node.labels)
     root = config.settings.root_namespace
+    providers = dict(config.extension_providers)
     policies = [
         tcp
         for ap in config.authorization_policies
         if selects_workload(ap.resource(), node.namespace, labels, root)
-        and (tcp := tcp_part(ap.resource())) is not None
+        and (tcp := tcp_part(_custom_on_tcp(ap.resource(), providers))) is not None
     ]
     filters = []
     for action, http in rbac_filters_to_proto(authorization_policies_to_rbac(policies)):
@@ -123,6 +129,20 @@ def tcp_rbac_filters(config: MeshConfig, node: NodeInfo) -> list[lc_pb2.Filter]:
         name = f"{NETWORK_RBAC}.{action.value.lower()}"
         filters.append(lc_pb2.Filter(name=name, typed_config=pack(rbac)))
     return filters
+
+
+def _custom_on_tcp(
+    resource: Mapping[str, Any], providers: Mapping[str, ExtAuthz]
+) -> Mapping[str, Any]:
+    """A CUSTOM policy as applied to TCP (the module docstring): AUDIT (nothing)
+    for an HTTP provider, DENY for a gRPC one; other policies as they are."""
+    spec = resource.get("spec") or {}
+    if spec.get("action") != "CUSTOM":
+        return resource
+    provider = providers.get(str((spec.get("provider") or {}).get("name", "")))
+    action = "DENY" if provider is not None and provider.grpc else "AUDIT"
+    kept = {k: v for k, v in spec.items() if k != "provider"}
+    return {**resource, "spec": {**kept, "action": action}}
 
 
 def tcp_part(resource: Mapping[str, Any]) -> dict[str, Any] | None:
