@@ -9,11 +9,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
+import yaml
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import any_pb2
 from mesh_control_plane.admin.simulate_scope import outside_outcome
+from mesh_control_plane.config import ConfigLoadError, MeshSettings
+from mesh_control_plane.config.loader import parse_documents
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import CLUSTER, LISTENER, ROUTE, ClientKind, NodeInfo, translate
@@ -133,3 +137,34 @@ def test_simulate_names_the_mesh_default() -> None:
     assert outside_outcome(None, "REGISTRY_ONLY") == "refused (REGISTRY_ONLY, the mesh default)"
     assert outside_outcome(None, None).startswith("passed through (ALLOW_ANY) or refused")
     assert outside_outcome(sidecar, "REGISTRY_ONLY").startswith("passed through (ALLOW_ANY, ")
+
+
+def _mesh_config_map(mesh: str) -> str:
+    return f"""---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: "{mesh}"
+"""
+
+
+def _documents(*texts: str) -> list[tuple[str, Any]]:
+    return [("x.yaml", d) for text in texts for d in yaml.safe_load_all(text)]
+
+
+def test_the_mesh_configs_outbound_traffic_policy_is_the_default_unless_the_flag_says() -> None:
+    strict = _documents(SERVICES, _mesh_config_map("outboundTrafficPolicy: {mode: REGISTRY_ONLY}"))
+    assert parse_documents(strict).settings.outbound_policy == "REGISTRY_ONLY"
+    assert _catch_all(_envoy(parse_documents(strict))).name == "block_all"
+    flag = MeshSettings(outbound_policy="ALLOW_ANY")
+    assert parse_documents(strict, flag).settings.outbound_policy == "ALLOW_ANY"
+    # As istiod reads it: a policy without a mode is REGISTRY_ONLY.
+    bare = _documents(SERVICES, _mesh_config_map("outboundTrafficPolicy: {}"))
+    assert parse_documents(bare).settings.outbound_policy == "REGISTRY_ONLY"
+    assert parse_documents(_documents(SERVICES)).settings.outbound_policy is None
+    wrong = _documents(SERVICES, _mesh_config_map("outboundTrafficPolicy: {mode: NONE}"))
+    with pytest.raises(ConfigLoadError) as caught:
+        parse_documents(wrong)
+    (problem,) = caught.value.problems
+    assert problem.field == "data.mesh.outboundTrafficPolicy.mode"

@@ -67,7 +67,8 @@ def add_parser(commands: Any) -> None:
         default=None,
         choices=("ALLOW_ANY", "REGISTRY_ONLY"),
         help="Istio's mesh-wide outboundTrafficPolicy.mode, for hosts outside the mesh "
-        "(a Sidecar's overrides it); unset: Envoy ALLOW_ANY, library clients their own",
+        "(a Sidecar's overrides it); unset: the istio ConfigMap's, else Envoy ALLOW_ANY "
+        "and library clients their own",
     )
     p.add_argument(
         "--prometheus-url",

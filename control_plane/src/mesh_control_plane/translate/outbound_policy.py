@@ -1,8 +1,8 @@
 """`outboundTrafficPolicy`: what a client does with a host outside the mesh.
 
 The mode comes from the workload's Sidecar when it sets one, else from the
-mesh default (`meshctl control-plane --outbound-traffic-policy`, Istio's
-meshConfig.outboundTrafficPolicy).
+mesh default (Istio's meshConfig.outboundTrafficPolicy: `meshctl
+control-plane --outbound-traffic-policy`, else the istio ConfigMap's).
 
 Library clients decide by themselves (their `Mesh(outbound_policy=...)`); the
 control plane tells them the mode that overrides it with one more client
