@@ -11,9 +11,9 @@ an HTTP-only field (a request principal, hosts, methods, paths, a
 with no rule allows nothing); in a DENY policy the HTTP-only fields are
 dropped from the rule, which then denies more; AUDIT logs nothing on TCP.
 CUSTOM: Istio applies an HTTP provider (envoyExtAuthzHttp) to HTTP traffic
-only, so it is left out here; a gRPC provider it asks per connection (network
-ext_authz), which is not built here: its rules are applied as DENY (what they
-match is refused, fail closed) rather than let through unasked.
+only, so it is left out here; a gRPC provider is asked once per connection
+(network ext_authz) when a rule matches it, rules using HTTP-only fields
+being dropped as for ALLOW.
 
 Outbound, each OUTBOUND_TCP entry ``HOST:PORT=LOCAL_PORT`` gets a listener
 ``outbound|<port>||<host>`` on 127.0.0.1:LOCAL_PORT (0: a free port) that
@@ -40,6 +40,7 @@ from mesh_control_plane.config.authorization import (
 )
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry.static import Registry
+from mesh_control_plane.translate.ext_authz_protos import network_ext_authz_filters
 from mesh_control_plane.translate.inbound import peer_mode, workload_ports
 from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.names import cluster_name
@@ -118,8 +119,15 @@ def tcp_rbac_filters(config: MeshConfig, node: NodeInfo) -> list[lc_pb2.Filter]:
         if selects_workload(ap.resource(), node.namespace, labels, root)
         and (tcp := tcp_part(_custom_on_tcp(ap.resource(), providers))) is not None
     ]
-    filters = []
-    for action, http in rbac_filters_to_proto(authorization_policies_to_rbac(policies)):
+    engines = authorization_policies_to_rbac(policies, providers)
+    filters = [
+        f
+        for engine in engines
+        if engine.ext_authz is not None and engine.ext_authz.grpc
+        for f in network_ext_authz_filters(engine, "tcp.")
+    ]
+    plain = [e for e in engines if e.ext_authz is None]
+    for action, http in rbac_filters_to_proto(plain):
         rbac = network_rbac_pb2.RBAC(stat_prefix=f"tcp.{action.value.lower()}.")
         if http.HasField("rules"):
             rbac.rules.CopyFrom(http.rules)
@@ -134,15 +142,16 @@ def tcp_rbac_filters(config: MeshConfig, node: NodeInfo) -> list[lc_pb2.Filter]:
 def _custom_on_tcp(
     resource: Mapping[str, Any], providers: Mapping[str, ExtAuthz]
 ) -> Mapping[str, Any]:
-    """A CUSTOM policy as applied to TCP (the module docstring): AUDIT (nothing)
-    for an HTTP provider, DENY for a gRPC one; other policies as they are."""
+    """A CUSTOM policy of an HTTP provider as AUDIT (nothing on TCP, the
+    module docstring); other policies as they are."""
     spec = resource.get("spec") or {}
     if spec.get("action") != "CUSTOM":
         return resource
     provider = providers.get(str((spec.get("provider") or {}).get("name", "")))
-    action = "DENY" if provider is not None and provider.grpc else "AUDIT"
+    if provider is not None and provider.grpc:
+        return resource
     kept = {k: v for k, v in spec.items() if k != "provider"}
-    return {**resource, "spec": {**kept, "action": action}}
+    return {**resource, "spec": {**kept, "action": "AUDIT"}}
 
 
 def tcp_part(resource: Mapping[str, Any]) -> dict[str, Any] | None:
