@@ -14,7 +14,6 @@ import yaml
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import any_pb2
 from mesh_control_plane.admin.simulate_scope import outside_outcome
 from mesh_control_plane.config import ConfigLoadError, MeshSettings
 from mesh_control_plane.config.loader import parse_documents
@@ -22,11 +21,8 @@ from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import CLUSTER, LISTENER, ROUTE, ClientKind, NodeInfo, translate
 
-from proxyless_mesh.model import OUTBOUND_POLICY_LISTENER, Listener
-from proxyless_mesh.xds_client import decode_listener
-
 from .test_config_policies import load
-from .test_sidecar_scope import SERVICES, _policy_sidecar
+from .test_sidecar_scope import SERVICES, _policy_sidecar, sent_mode
 
 DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
 
@@ -104,29 +100,16 @@ def test_gateways_get_no_catch_all() -> None:
     assert "PassthroughCluster" not in resources[CLUSTER]
 
 
-def _library_mode(config: MeshConfig, kind: ClientKind = ClientKind.MESH) -> str | None:
-    """The mode the library decodes from what `kind` is sent (None: no listener)."""
-    node = NodeInfo("n", kind, namespace="shop")
-    listeners = translate(config, build_static_registry(config), node).resources[LISTENER]
-    listener = listeners.get(OUTBOUND_POLICY_LISTENER)
-    if listener is None:
-        return None
-    packed = any_pb2.Any()
-    packed.Pack(listener)
-    decoded = decode_listener(packed)
-    assert isinstance(decoded, Listener)
-    return decoded.outbound_policy
-
-
 def test_the_mesh_default_reaches_library_clients_when_set() -> None:
     """Unset, a library client keeps its own policy (no listener); set, it is
     sent as a Sidecar's mode is, and a Sidecar's mode still wins."""
-    assert _library_mode(load(SERVICES)) is None
-    assert _library_mode(_with_default(load(SERVICES), "REGISTRY_ONLY")) == "REGISTRY_ONLY"
+    assert sent_mode(load(SERVICES), ClientKind.MESH) is None
+    strict = _with_default(load(SERVICES), "REGISTRY_ONLY")
+    assert sent_mode(strict, ClientKind.MESH) == "REGISTRY_ONLY"
     allow = load(SERVICES, _policy_sidecar("{mode: ALLOW_ANY}"))
-    assert _library_mode(_with_default(allow, "REGISTRY_ONLY")) == "ALLOW_ANY"
+    assert sent_mode(_with_default(allow, "REGISTRY_ONLY"), ClientKind.MESH) == "ALLOW_ANY"
     # grpcio has no passthrough: it is sent no mode.
-    assert _library_mode(_with_default(load(SERVICES), "ALLOW_ANY"), ClientKind.GRPC) is None
+    assert sent_mode(_with_default(load(SERVICES), "ALLOW_ANY"), ClientKind.GRPC) is None
 
 
 def test_simulate_names_the_mesh_default() -> None:
