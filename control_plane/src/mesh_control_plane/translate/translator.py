@@ -76,7 +76,8 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     Proxyless clients (GRPC, MESH) get, per HTTP/HTTP2/GRPC service port, a listener
     and a route configuration named ``<host>:<port>``; Envoy gets the single
     ``virtualOutbound`` listener and route configuration covering the same virtual
-    hosts; a gateway Envoy (node ``router~``) gets instead the listeners and routes
+    hosts, then Istio's catch-all for other hosts (outbound_policy.py); a gateway
+    Envoy (node ``router~``) gets instead the listeners and routes
     of the Gateways selecting it (gateway.py), a sidecar Envoy (``sidecar~``) also
     its workload's inbound listeners (sidecar.py), both mesh mTLS by SDS (sds.py).
     Clusters and endpoints are the same for all kinds, except that gRPC gets
@@ -247,7 +248,7 @@ def _envoy_listeners(
         for service in index.services.values()
         for port in service.http_ports
     ]
-    # Always sent, even with no HTTP services: an empty route table is a valid answer.
+    # Always sent, even with no HTTP services (the catch-all alone).
     table = route_configuration(ENVOY_OUTBOUND, vhosts)
     # Last, as Istio's: hosts outside the mesh, blocked or passed through
     # (outbound_policy.py).
