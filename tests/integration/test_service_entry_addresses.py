@@ -33,7 +33,7 @@ def test_a_virtual_ip_names_the_service_for_envoy(lab: LocalMesh) -> None:
         },
     }
     lab.write_config("ratings.yaml", json.dumps(entry))
-    lab.start_control_plane()
+    lab.start_control_plane(extra_args=["--outbound-traffic-policy", "REGISTRY_ONLY"])
     with running_proxy(lab, "caller", "default", {}, ("app=caller",)) as admin:
         wait_for_listener(admin, "virtualOutbound")
         outbound = listener_ports(admin)["virtualOutbound"]
@@ -47,4 +47,5 @@ def test_a_virtual_ip_names_the_service_for_envoy(lab: LocalMesh) -> None:
     assert by_vip.status_code == by_name.status_code == 200, by_vip.text
     assert by_vip.json()["version"] == by_name.json()["version"] == "v1"
     assert by_vip.json()["host"] == f"{VIP}:8080"  # the request as the client made it
-    assert other_ip.status_code == 404  # an address no ServiceEntry gives: no route
+    # An address no ServiceEntry gives: outside the mesh, blocked (REGISTRY_ONLY).
+    assert other_ip.status_code == 502

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.interop
 
 def test_envoy_originates_tls_by_the_destination_rules(lab: LocalMesh, tmp_path: Path) -> None:
     with external_servers(lab, tmp_path):
-        lab.start_control_plane()
+        lab.start_control_plane(extra_args=["--outbound-traffic-policy", "REGISTRY_ONLY"])
         with running_envoy(lab) as admin, httpx.Client(timeout=10) as client:
             # No wait for API's endpoint (a DNS name): the control plane
             # resolved it before it published the config.
@@ -47,9 +47,9 @@ def test_envoy_originates_tls_by_the_destination_rules(lab: LocalMesh, tmp_path:
             # connection (503, upstream connect error), as the library does.
             refused = get("wrong.external.test", "/")
             assert refused.status_code == 503 and "connect" in refused.text, refused.text
-            # Envoy is REGISTRY_ONLY as the control plane programs it: a host no
-            # ServiceEntry declares has no route (404, Envoy's NR).
-            assert get("unknown.external.test", "/").status_code == 404
+            # REGISTRY_ONLY (the mesh default flag): a host no ServiceEntry
+            # declares gets Istio's block_all, a 502 (BlackHoleCluster).
+            assert get("unknown.external.test", "/").status_code == 502
 
 
 LATE = "late.external.test"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf import any_pb2
 from mesh_control_plane.config import ConfigLoadError
+from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import LISTENER, ROUTE, ClientKind, NodeInfo, translate
 
@@ -204,7 +205,8 @@ def test_an_envoy_node_is_scoped_alike() -> None:
     node = NodeInfo("e", ClientKind.ENVOY, namespace="shop")
     (table,) = translate(config, build_static_registry(config), node).resources[ROUTE].values()
     domains = {d for vh in table.virtual_hosts for d in vh.domains if ":" not in d}
-    assert domains == {"orders.shop.svc.cluster.local", "cart.shop.svc.cluster.local"}
+    # "*": the catch-all for hosts outside the mesh (outbound_policy.py).
+    assert domains == {"orders.shop.svc.cluster.local", "cart.shop.svc.cluster.local", "*"}
 
 
 @pytest.mark.parametrize(
@@ -301,8 +303,13 @@ spec:
 
 
 def _sent_mode(text: str, kind: ClientKind, labels: dict[str, str] | None = None) -> str | None:
+    return sent_mode(load(text), kind, labels)
+
+
+def sent_mode(
+    config: MeshConfig, kind: ClientKind, labels: dict[str, str] | None = None
+) -> str | None:
     """The mode the library decodes from what `kind` is sent (None: no listener)."""
-    config = load(text)
     node = NodeInfo("n", kind, namespace="shop", labels=tuple((labels or {}).items()))
     listener = (
         translate(config, build_static_registry(config), node)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from mesh_control_plane.registry import build_static_registry
@@ -140,3 +141,61 @@ def test_outbound_tcp_metadata_is_read_and_checked() -> None:
     node.metadata.fields[OUTBOUND_TCP_METADATA_KEY].string_value = "a.mesh=1900"
     with pytest.raises(ValueError, match="HOST:PORT=LOCAL_PORT"):
         NodeInfo.from_proto(node)
+
+
+def _custom(provider_type: str, rule: str = "{to: [{operation: {ports: ['9000']}}]}") -> str:
+    """SERVICE's workload under a CUSTOM policy of a provider of `provider_type`
+    (instead of the ALLOW policy), with one `rule`."""
+    provider = f"{{name: authz, {provider_type}: {{service: authz.shop.mesh, port: 9001}}}}"
+    base = SERVICE.split("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy")[0]
+    return f"""{base}---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: "extensionProviders: [{provider}]"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: custom, namespace: shop}}
+spec:
+  action: CUSTOM
+  provider: {{name: authz}}
+  rules: [{rule}]
+"""
+
+
+def _tcp_chain(text: str) -> Any:
+    config = load(text)
+    rs = translate(config, build_static_registry(config), ECHO)
+    (chain,) = rs.resources[LISTENER]["inbound|9000"].filter_chains  # type: ignore[attr-defined]
+    return chain
+
+
+def test_custom_policies_on_tcp_ports() -> None:
+    """Istio asks an HTTP provider for HTTP traffic only: nothing on TCP. A
+    gRPC provider is asked per connection (network ext_authz, enabled by the
+    marking RBAC filter's shadow rules), unless the rule needs HTTP."""
+    http = _tcp_chain(_custom("envoyExtAuthzHttp"))
+    assert [f.name for f in http.filters] == ["envoy.filters.network.tcp_proxy"]
+    chain = _tcp_chain(_custom("envoyExtAuthzGrpc"))
+    assert [f.name for f in chain.filters] == [
+        "envoy.filters.network.rbac.ext_authz",
+        "envoy.filters.network.ext_authz",
+        "envoy.filters.network.tcp_proxy",
+    ]
+    marking = rbac_pb2.RBAC()
+    chain.filters[0].typed_config.Unpack(marking)
+    assert not marking.HasField("rules")  # it decides nothing, it marks
+    assert list(marking.shadow_rules.policies) == [
+        "istio-ext-authz-ns[shop]-policy[custom]-rule[0]"
+    ]
+    check = ext_authz_pb2.ExtAuthz()
+    chain.filters[1].typed_config.Unpack(check)
+    assert check.grpc_service.envoy_grpc.cluster_name == "outbound|9001||authz.shop.mesh"
+    assert check.filter_enabled_metadata.filter == "envoy.filters.network.rbac"
+    # A rule needing HTTP (a path) never matches TCP: dropped, nothing marks
+    # a connection, so the check is never enabled.
+    paths = _tcp_chain(_custom("envoyExtAuthzGrpc", "{to: [{operation: {paths: [/a]}}]}"))
+    paths.filters[0].typed_config.Unpack(marking)
+    assert list(marking.shadow_rules.policies) == []

@@ -82,6 +82,7 @@ def simulate(
     state = offline.state
     config = offline.config
     sidecar = None
+    default = config.settings.outbound_policy if isinstance(config, MeshConfig) else None
     if source is not None and isinstance(config, MeshConfig):
         namespace = source.partition("/")[0]
         sidecar = caller_sidecar(config, namespace, labels or {})
@@ -89,7 +90,7 @@ def simulate(
             result["sidecar"] = f"{sidecar.meta.ref} ({sidecar.meta.file})"
         state = caller_state(config, offline.registry, namespace, labels or {})
         if authority in offline.state.listeners and authority not in state.listeners:
-            result["outcome"] = hidden_outcome(sidecar, namespace)
+            result["outcome"] = hidden_outcome(sidecar, namespace, default)
             return result
     snapshot = build_snapshot(state)
     table = snapshot.routes.get(authority)
@@ -105,7 +106,7 @@ def simulate(
                 f"{declared.resolution}, {declared.location}: no mesh mTLS)"
             )
             return result
-        result["outcome"] = f"not a mesh service: {outside_outcome(sidecar)}"
+        result["outcome"] = f"not a mesh service: {outside_outcome(sidecar, default)}"
         return result
     matched = next(
         (r for r in table.routes if r.matches(path, request.method, request.headers.get)), None

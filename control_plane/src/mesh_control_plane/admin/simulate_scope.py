@@ -38,20 +38,24 @@ def caller_state(
     return mesh_view(config, registry, node)
 
 
-def hidden_outcome(sidecar: Sidecar | None, namespace: str) -> str:
+def hidden_outcome(sidecar: Sidecar | None, namespace: str, default: str | None = None) -> str:
     """The outcome of a request to a mesh host the caller may not see."""
     why = (
         f"not imported by {sidecar.meta.ref} ({sidecar.meta.file})"
         if sidecar is not None
         else f"not exported to namespace {namespace!r}"
     )
-    return f"{why}: not a mesh service for this caller: {outside_outcome(sidecar)}"
+    return f"{why}: not a mesh service for this caller: {outside_outcome(sidecar, default)}"
 
 
-def outside_outcome(sidecar: Sidecar | None) -> str:
+def outside_outcome(sidecar: Sidecar | None, default: str | None = None) -> str:
     """What happens to a host outside the caller's mesh: its Sidecar's
-    outboundTrafficPolicy when it sets one, else the client's own policy."""
+    outboundTrafficPolicy when it sets one, else the mesh `default`
+    (--outbound-traffic-policy), else the client's own policy."""
     if sidecar is None or sidecar.outbound_policy is None:
+        if default is not None:
+            verb = "refused" if default == "REGISTRY_ONLY" else "passed through"
+            return f"{verb} ({default}, the mesh default)"
         return "passed through (ALLOW_ANY) or refused (REGISTRY_ONLY)"
     if sidecar.outbound_policy == "REGISTRY_ONLY":
         return f"refused (REGISTRY_ONLY, outboundTrafficPolicy of {sidecar.meta.ref})"

@@ -63,6 +63,14 @@ def add_parser(commands: Any) -> None:
         help="Istio's pathNormalization, applied before inbound authorization",
     )
     p.add_argument(
+        "--outbound-traffic-policy",
+        default=None,
+        choices=("ALLOW_ANY", "REGISTRY_ONLY"),
+        help="Istio's mesh-wide outboundTrafficPolicy.mode, for hosts outside the mesh "
+        "(a Sidecar's overrides it); unset: the istio ConfigMap's, else Envoy ALLOW_ANY "
+        "and library clients their own",
+    )
+    p.add_argument(
         "--prometheus-url",
         default="",
         help="a Prometheus scraping the workloads (http://HOST:9090): the console's "
@@ -277,6 +285,7 @@ async def _run(args: argparse.Namespace) -> None:
             root_namespace=args.root_namespace,
             path_normalization=args.path_normalization,
             domain=args.domain,
+            outbound_policy=args.outbound_traffic_policy,
         ),
         prometheus_url=args.prometheus_url,
         xds_workers=args.xds_workers,

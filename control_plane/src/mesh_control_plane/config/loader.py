@@ -165,6 +165,13 @@ def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
     """Group by kind and sort by (namespace, name) so translation is deterministic;
     short host names qualified (see short_hosts)."""
     resources.sort(key=lambda r: (r.meta.namespace, r.meta.name))
+    if settings.outbound_policy is None:  # the flag unset: the mesh config's, if any
+        modes = [
+            r.outbound_policy
+            for r in resources
+            if isinstance(r, MeshConfigMap) and r.meta.namespace == settings.root_namespace
+        ]
+        settings = replace(settings, outbound_policy=next(filter(None, modes), None))
     return MeshConfig(
         service_entries=tuple(
             r for r in resources if isinstance(r, ServiceEntry) and not r.passthrough

@@ -439,6 +439,10 @@ class MeshSettings:
     # Istio's DNS domain suffix (istiod --domain): a short host `reviews` in a
     # VirtualService or DestinationRule means reviews.<namespace>.svc.<domain>.
     domain: str = DEFAULT_TRUST_DOMAIN
+    # Istio's meshConfig.outboundTrafficPolicy.mode (ALLOW_ANY | REGISTRY_ONLY):
+    # the flag, else the istio ConfigMap's (loader); the mesh default a Sidecar's
+    # overrides; None: unset (Envoy: ALLOW_ANY, library clients: their own).
+    outbound_policy: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Istio's mesh config, as istiod reads it: the ConfigMap `istio` in the root
 namespace, its `data.mesh` a MeshConfig in YAML. Read from it here: the
 `extensionProviders` that AuthorizationPolicy CUSTOM names
-(`envoyExtAuthzHttp`, `envoyExtAuthzGrpc`), into the library's `ExtAuthz`.
+(`envoyExtAuthzHttp`, `envoyExtAuthzGrpc`), into the library's `ExtAuthz`,
+and `outboundTrafficPolicy.mode`, the mesh default for hosts outside the mesh
+(unless `meshctl control-plane --outbound-traffic-policy` says otherwise).
 
 Every other MeshConfig field, and providers of other types (tracing, access
 log), are not read: mesh-wide settings come from `meshctl control-plane`
@@ -56,6 +58,7 @@ class MeshConfigMap:
     meta: Meta
     providers: Mapping[str, ExtAuthz] = field(default_factory=dict)
     not_read: tuple[str, ...] = ()
+    outbound_policy: str | None = None  # outboundTrafficPolicy.mode, when set
 
 
 def parse_mesh_config_map(p: Problems, meta: Meta, data: object) -> MeshConfigMap:
@@ -74,7 +77,9 @@ def parse_mesh_config_map(p: Problems, meta: Meta, data: object) -> MeshConfigMa
     if not isinstance(mesh, Mapping):
         p.add("data.mesh", "expected a MeshConfig mapping")
         return MeshConfigMap(meta)
-    not_read = [f"data.mesh.{key}" for key in mesh if key != "extensionProviders"]
+    read = ("extensionProviders", "outboundTrafficPolicy")
+    not_read = [f"data.mesh.{key}" for key in mesh if key not in read]
+    outbound = _outbound_mode(p, mesh)
     not_read += ["data.meshNetworks"] if "meshNetworks" in entries else []
     providers: dict[str, ExtAuthz] = {}
     where = "data.mesh.extensionProviders"
@@ -97,7 +102,21 @@ def parse_mesh_config_map(p: Problems, meta: Meta, data: object) -> MeshConfigMa
             p.add(join(item_where, "name"), f"duplicate extension provider {name!r}")
         elif name and provider is not None:
             providers[name] = provider
-    return MeshConfigMap(meta, providers, tuple(not_read))
+    return MeshConfigMap(meta, providers, tuple(not_read), outbound)
+
+
+def _outbound_mode(p: Problems, mesh: Mapping[str, Any]) -> str | None:
+    """`outboundTrafficPolicy.mode`; an unset mode is the enum's zero,
+    REGISTRY_ONLY, as istiod reads it."""
+    if "outboundTrafficPolicy" not in mesh:
+        return None
+    where = "data.mesh.outboundTrafficPolicy"
+    policy = read_object(p, mesh["outboundTrafficPolicy"], where, ("mode",))
+    mode = check_str(p, policy.get("mode", "REGISTRY_ONLY"), join(where, "mode"))
+    if mode not in ("ALLOW_ANY", "REGISTRY_ONLY"):
+        p.add(join(where, "mode"), f"expected ALLOW_ANY or REGISTRY_ONLY, got {mode!r}")
+        return None
+    return mode
 
 
 def _ext_authz(p: Problems, raw: object, where: str, *, grpc: bool) -> ExtAuthz | None:

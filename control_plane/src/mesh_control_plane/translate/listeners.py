@@ -9,8 +9,13 @@ every service.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 
 from mesh_control_plane.translate.names import ENVOY_OUTBOUND
 from mesh_control_plane.translate.protos import HCM_FILTER, pack, rds_connection_manager
@@ -30,9 +35,15 @@ def api_listener(name: str) -> listener_pb2.Listener:
     )
 
 
-def envoy_outbound_listener(port: int) -> listener_pb2.Listener:
-    """Envoy's outbound listener on 127.0.0.1:<port>, routing by Host via RDS."""
+def envoy_outbound_listener(
+    port: int, extra_filters: Sequence[hcm_pb2.HttpFilter] = ()
+) -> listener_pb2.Listener:
+    """Envoy's outbound listener on 127.0.0.1:<port>, routing by Host via RDS;
+    `extra_filters` go before the connection manager's own."""
     manager = rds_connection_manager(ENVOY_OUTBOUND, stat_prefix=OUTBOUND_STAT_PREFIX)
+    own = list(manager.http_filters)
+    del manager.http_filters[:]
+    manager.http_filters.extend([*extra_filters, *own])
     return listener_pb2.Listener(
         name=ENVOY_OUTBOUND,
         address=address_pb2.Address(

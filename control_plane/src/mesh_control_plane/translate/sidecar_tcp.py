@@ -10,6 +10,10 @@ an HTTP-only field (a request principal, hosts, methods, paths, a
 ``request.*`` condition) is dropped, as it can never match (so a policy left
 with no rule allows nothing); in a DENY policy the HTTP-only fields are
 dropped from the rule, which then denies more; AUDIT logs nothing on TCP.
+CUSTOM: Istio applies an HTTP provider (envoyExtAuthzHttp) to HTTP traffic
+only, so it is left out here; a gRPC provider is asked once per connection
+(network ext_authz) when a rule matches it, rules using HTTP-only fields
+being dropped as for ALLOW.
 
 Outbound, each OUTBOUND_TCP entry ``HOST:PORT=LOCAL_PORT`` gets a listener
 ``outbound|<port>||<host>`` on 127.0.0.1:LOCAL_PORT (0: a free port) that
@@ -36,6 +40,7 @@ from mesh_control_plane.config.authorization import (
 )
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry.static import Registry
+from mesh_control_plane.translate.ext_authz_protos import network_ext_authz_filters
 from mesh_control_plane.translate.inbound import peer_mode, workload_ports
 from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.names import cluster_name
@@ -47,6 +52,7 @@ from mesh_control_plane.translate.sidecar import (
     app_cluster,
     inbound_cluster_name,
 )
+from proxyless_mesh.model import ExtAuthz
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 NETWORK_RBAC = "envoy.filters.network.rbac"
@@ -106,14 +112,22 @@ def tcp_rbac_filters(config: MeshConfig, node: NodeInfo) -> list[lc_pb2.Filter]:
     TCP part (the module docstring)."""
     labels = dict(node.labels)
     root = config.settings.root_namespace
+    providers = dict(config.extension_providers)
     policies = [
         tcp
         for ap in config.authorization_policies
         if selects_workload(ap.resource(), node.namespace, labels, root)
-        and (tcp := tcp_part(ap.resource())) is not None
+        and (tcp := tcp_part(_custom_on_tcp(ap.resource(), providers))) is not None
     ]
-    filters = []
-    for action, http in rbac_filters_to_proto(authorization_policies_to_rbac(policies)):
+    engines = authorization_policies_to_rbac(policies, providers)
+    filters = [
+        f
+        for engine in engines
+        if engine.ext_authz is not None and engine.ext_authz.grpc
+        for f in network_ext_authz_filters(engine, "tcp.")
+    ]
+    plain = [e for e in engines if e.ext_authz is None]
+    for action, http in rbac_filters_to_proto(plain):
         rbac = network_rbac_pb2.RBAC(stat_prefix=f"tcp.{action.value.lower()}.")
         if http.HasField("rules"):
             rbac.rules.CopyFrom(http.rules)
@@ -123,6 +137,21 @@ def tcp_rbac_filters(config: MeshConfig, node: NodeInfo) -> list[lc_pb2.Filter]:
         name = f"{NETWORK_RBAC}.{action.value.lower()}"
         filters.append(lc_pb2.Filter(name=name, typed_config=pack(rbac)))
     return filters
+
+
+def _custom_on_tcp(
+    resource: Mapping[str, Any], providers: Mapping[str, ExtAuthz]
+) -> Mapping[str, Any]:
+    """A CUSTOM policy of an HTTP provider as AUDIT (nothing on TCP, the
+    module docstring); other policies as they are."""
+    spec = resource.get("spec") or {}
+    if spec.get("action") != "CUSTOM":
+        return resource
+    provider = providers.get(str((spec.get("provider") or {}).get("name", "")))
+    if provider is not None and provider.grpc:
+        return resource
+    kept = {k: v for k, v in spec.items() if k != "provider"}
+    return {**resource, "spec": {**kept, "action": "AUDIT"}}
 
 
 def tcp_part(resource: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -26,7 +26,14 @@ from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.listeners import api_listener, envoy_outbound_listener
 from mesh_control_plane.translate.names import ENVOY_OUTBOUND, authority
 from mesh_control_plane.translate.node import ClientKind, NodeInfo
-from mesh_control_plane.translate.outbound_policy import outbound_policy_listeners
+from mesh_control_plane.translate.outbound_policy import (
+    ALLOW_ANY,
+    catch_all_virtual_host,
+    envoy_mode,
+    outbound_policy_listeners,
+    passthrough_clusters,
+    passthrough_filter,
+)
 from mesh_control_plane.translate.resources import (
     CLUSTER,
     ENDPOINT,
@@ -69,7 +76,8 @@ def translate(config: MeshConfig, registry: Registry, node: NodeInfo) -> Resourc
     Proxyless clients (GRPC, MESH) get, per HTTP/HTTP2/GRPC service port, a listener
     and a route configuration named ``<host>:<port>``; Envoy gets the single
     ``virtualOutbound`` listener and route configuration covering the same virtual
-    hosts; a gateway Envoy (node ``router~``) gets instead the listeners and routes
+    hosts, then Istio's catch-all for other hosts (outbound_policy.py); a gateway
+    Envoy (node ``router~``) gets instead the listeners and routes
     of the Gateways selecting it (gateway.py), a sidecar Envoy (``sidecar~``) also
     its workload's inbound listeners (sidecar.py), both mesh mTLS by SDS (sds.py).
     Clusters and endpoints are the same for all kinds, except that gRPC gets
@@ -90,7 +98,7 @@ def full_translation(config: MeshConfig, registry: Registry, node: NodeInfo) -> 
     if node.router:
         listeners, routes = gateway_listeners(config, index, node)
     elif node.kind is ClientKind.ENVOY:
-        listeners, routes = _envoy_listeners(index, node.outbound_port)
+        listeners, routes = _envoy_listeners(index, node.outbound_port, envoy_mode(config, node))
     else:
         listeners, routes = _proxyless_listeners(index)
         if node.kind is ClientKind.MESH:
@@ -192,6 +200,8 @@ def _assemble(
         app_clusters = [*app_clusters, *tcp_clusters]
     if node.router:  # AUTO_PASSTHROUGH servers' SNI-DNAT clusters (gateway_sni.py)
         app_clusters = sni_dnat_clusters(gateways_of(config, node), specs, node)
+    elif node.kind is ClientKind.ENVOY:  # ALLOW_ANY's PassthroughCluster
+        app_clusters = [*app_clusters, *passthrough_clusters(envoy_mode(config, node))]
     resources = {
         LISTENER: _by_name([*outbound[0], *inbound]),
         ROUTE: _by_name(outbound[1]),
@@ -230,17 +240,21 @@ def _proxyless_listeners(index: MeshIndex) -> tuple[list[Message], list[Message]
     return listeners, routes
 
 
-def _envoy_listeners(index: MeshIndex, outbound_port: int) -> tuple[list[Message], list[Message]]:
+def _envoy_listeners(
+    index: MeshIndex, outbound_port: int, mode: str
+) -> tuple[list[Message], list[Message]]:
     vhosts = [
         virtual_host(index, service, port.number, disable_default_timeout=True)
         for service in index.services.values()
         for port in service.http_ports
     ]
-    # Always sent, even with no HTTP services: an empty route table is a valid answer.
-    return (
-        [envoy_outbound_listener(outbound_port)],
-        [route_configuration(ENVOY_OUTBOUND, vhosts)],
-    )
+    # Always sent, even with no HTTP services (the catch-all alone).
+    table = route_configuration(ENVOY_OUTBOUND, vhosts)
+    # Last, as Istio's: hosts outside the mesh, blocked or passed through
+    # (outbound_policy.py).
+    table.virtual_hosts.append(catch_all_virtual_host(mode))
+    filters = [passthrough_filter()] if mode == ALLOW_ANY else []
+    return [envoy_outbound_listener(outbound_port, filters)], [table]
 
 
 def _by_name(
