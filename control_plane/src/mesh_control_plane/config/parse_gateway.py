@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .label_selector import LabelSelector
 from .model import HTTPRouteDestination, Meta
 from .schema import (
     MISSING,
@@ -126,12 +127,18 @@ class GatewayServer:
     hosts: tuple[GatewayHost, ...]
     tls: ServerTls = field(default_factory=ServerTls)
     name: str = ""
-    # The route kinds it serves (a Gateway API listener's allowedRoutes.kinds);
-    # () for an Istio server: any VirtualService.
-    route_kinds: tuple[str, ...] = ()
+    # The route kinds it serves (a Gateway API listener's allowedRoutes.kinds,
+    # the valid ones); None for an Istio server: any VirtualService.
+    route_kinds: tuple[str, ...] | None = None
+    # A Gateway API listener's kinds it cannot serve: (field, message) each,
+    # its ResolvedRefs=False (InvalidRouteKinds); the rest is served.
+    invalid_kinds: tuple[tuple[str, str], ...] = ()
+    # allowedRoutes `from: Selector`: `hosts` hold the namespaces it picks
+    # once every Namespace is read (gateway_api_attach.resolve_selectors).
+    namespace_selector: LabelSelector | None = None
 
     def serves(self, kind: str) -> bool:
-        return not self.route_kinds or kind in self.route_kinds
+        return self.route_kinds is None or kind in self.route_kinds
 
     @property
     def terminates_tls(self) -> bool:
