@@ -27,7 +27,12 @@ from typing import Any
 
 from .errors import ConfigProblem
 from .gateway_api_refs import GROUP, ROUTE_KINDS
-from .label_selector import LabelSelector, namespace_labels, parse_label_selector
+from .label_selector import (
+    SELECTOR_FIELDS,
+    LabelSelector,
+    namespace_labels,
+    parse_label_selector,
+)
 from .model import MeshConfig, VirtualService
 from .parse_gateway import Gateway, GatewayHost, GatewayServer, ParentRef
 from .schema import (
@@ -48,6 +53,9 @@ DEFAULT_KINDS = {
     "TLS": ("TLSRoute",),
     "TCP": ("TCPRoute",),
 }
+_ALLOWED_FIELDS = ("namespaces", "kinds")
+_NAMESPACES_FIELDS = ("from", "selector")
+_KIND_FIELDS = ("group", "kind")
 NOT_ALLOWED = "NotAllowedByListeners"
 NO_MATCHING_HOSTNAME = "NoMatchingListenerHostname"
 INVALID_ROUTE_KINDS = "InvalidRouteKinds"
@@ -71,8 +79,8 @@ def parse_allowed_routes(
 ) -> AllowedRoutes:
     here = join(where, "allowedRoutes")
     allowed = AllowedRoutes()
-    obj = get_object(p, listener, "allowedRoutes", where, ("namespaces", "kinds")) or {}
-    spaces = get_object(p, obj, "namespaces", here, ("from", "selector")) or {}
+    obj = get_object(p, listener, "allowedRoutes", where, _ALLOWED_FIELDS) or {}
+    spaces = get_object(p, obj, "namespaces", here, _NAMESPACES_FIELDS) or {}
     spaces_where = join(here, "namespaces")
     origin = check_enum(
         p, spaces.get("from", "Same"), join(spaces_where, "from"), ("Same", "All", "Selector")
@@ -84,8 +92,7 @@ def parse_allowed_routes(
         allowed.namespaces = ("*",)
     elif origin == "Selector":
         allowed.namespaces = (NO_NAMESPACE,)
-        fields = ("matchLabels", "matchExpressions")
-        selector = get_object(p, spaces, "selector", spaces_where, fields)
+        selector = get_object(p, spaces, "selector", spaces_where, SELECTOR_FIELDS)
         if selector is None:
             p.add(join(spaces_where, "selector"), f"{MISSING} (from: Selector)")
         else:
@@ -94,7 +101,7 @@ def parse_allowed_routes(
     kinds = []
     for i, raw in enumerate(get_list(p, obj, "kinds", here)):
         kind_where = index(join(here, "kinds"), i)
-        item = read_object(p, raw, kind_where, ("group", "kind"))
+        item = read_object(p, raw, kind_where, _KIND_FIELDS)
         kind = get_str(p, item, "kind", kind_where, required=True) or ""
         group = get_str(p, item, "group", kind_where)
         if group not in (None, GROUP) or (kind and kind not in defaults):

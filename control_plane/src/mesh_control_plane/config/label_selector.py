@@ -29,6 +29,9 @@ from .schema import (
 
 NAME_LABEL = "kubernetes.io/metadata.name"
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+SELECTOR_FIELDS = ("matchLabels", "matchExpressions")
+EXPRESSION_FIELDS = ("key", "operator", "values")
+NAMESPACE_FIELDS = ("metadata.name", "metadata.labels")  # spec and status: not read
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def parse_label_selector(p: Problems, selector: Mapping[str, Any], where: str) -
     ]
     for i, raw in enumerate(get_list(p, selector, "matchExpressions", where)):
         here = index(join(where, "matchExpressions"), i)
-        expr = read_object(p, raw, here, ("key", "operator", "values"))
+        expr = read_object(p, raw, here, EXPRESSION_FIELDS)
         key = get_str(p, expr, "key", here, required=True) or ""
         text = get_str(p, expr, "operator", here, required=True) or ""
         operator = check_enum(p, text, join(here, "operator"), OPERATORS) if text else None
