@@ -2,7 +2,7 @@
 leaves the rest served (ResolvedRefs=False, InvalidRouteKinds, supportedKinds
 the valid ones), and `from: Selector` picks namespaces by the labels of the
 Namespaces read (`v1 Namespace` documents here; a Kubernetes watch in
-tests/integration/test_kube_gateway_api_selectors.py)."""
+tests/integration/test_kube_gateway_api.py)."""
 
 from __future__ import annotations
 
