@@ -14,6 +14,11 @@ by a file and by Kubernetes is the file's; the custom resource is marked
 `Accepted=False, reason OverriddenByFile`. Files are what an operator set on this
 control plane's own machine, on purpose; Kubernetes is shared.
 
+Namespaces are watched too, only for their labels (Gateway API listeners pick
+route namespaces by them, `allowedRoutes.namespaces.from: Selector`): a
+relabelled Namespace reloads, so attachment is evaluated again; no status is
+written on a Namespace.
+
 A Gateway's Programmed condition follows its Envoys' ACKs (`follow_programmed`):
 polled every second, written when it changes.
 
