@@ -118,6 +118,12 @@ def test_a_listener_of_only_invalid_kinds_serves_no_route() -> None:
     assert listener_lines(config)[-1] == "Gateway edge/gw listener http: supportedKinds=none"
 
 
+def test_empty_kinds_are_the_protocols_kinds() -> None:
+    config = load(SERVICES, gateway("{kinds: []}"), route("edge"))
+    assert config.gateways[0].servers[0].route_kinds == ("HTTPRoute", "GRPCRoute")
+    assert served(config) == ["edge.example.com"]
+
+
 def test_a_valid_listener_resolves_its_refs() -> None:
     config = load(SERVICES, gateway("{kinds: [{kind: GRPCRoute}]}"), route("edge", "GRPCRoute"))
     (listener,) = config.gateways[0].servers

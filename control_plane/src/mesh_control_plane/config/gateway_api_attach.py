@@ -22,7 +22,7 @@ intersect no admitting listener's is `NoMatchingListenerHostname`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigProblem
@@ -64,14 +64,14 @@ INVALID_ROUTE_KINDS = "InvalidRouteKinds"
 NO_NAMESPACE = ""
 
 
+@dataclass
 class AllowedRoutes:
     """A listener's `allowedRoutes`, read."""
 
-    def __init__(self) -> None:
-        self.namespaces: tuple[str, ...] = ()  # "*" for all
-        self.selector: LabelSelector | None = None
-        self.kinds: tuple[str, ...] = ()
-        self.invalid_kinds: list[tuple[str, str]] = []  # (field, message)
+    namespaces: tuple[str, ...] = ()  # "*" for all
+    selector: LabelSelector | None = None
+    kinds: tuple[str, ...] = ()
+    invalid_kinds: list[tuple[str, str]] = field(default_factory=list)  # (field, message)
 
 
 def parse_allowed_routes(
@@ -112,7 +112,8 @@ def parse_allowed_routes(
             allowed.invalid_kinds.append((kind_where, message))
         elif kind and kind not in kinds:
             kinds.append(kind)
-    allowed.kinds = tuple(kinds) if "kinds" in obj else defaults
+    # Unspecified or empty: the protocol's kinds (the spec); only invalid ones: none.
+    allowed.kinds = tuple(kinds) if obj.get("kinds") else defaults
     return allowed
 
 
@@ -131,8 +132,8 @@ def resolve_selectors(
         servers = []
         for server in gateway.servers:
             warnings.extend(
-                ConfigProblem(gateway.meta.file, gateway.meta.ref, field, message)
-                for field, message in server.invalid_kinds
+                ConfigProblem(gateway.meta.file, gateway.meta.ref, where, message)
+                for where, message in server.invalid_kinds
             )
             selector = server.namespace_selector
             if selector is not None:
