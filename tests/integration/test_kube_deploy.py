@@ -69,6 +69,8 @@ def test_rbac_is_enough_for_the_control_plane_and_no_more(
     kube.apply(*rbac)
     assert can_i(kube, "create", "tokenreviews.authentication.k8s.io")
     assert can_i(kube, "watch", "endpointslices.discovery.k8s.io")
+    assert can_i(kube, "watch", "namespaces")  # their labels: allowedRoutes selectors
+    assert not can_i(kube, "update", "namespaces")
     assert not can_i(kube, "list", "secrets")  # least privilege
     assert not can_i(kube, "patch", "virtualservices.networking.istio.io")  # only their status
     assert not can_i(kube, "delete", "pods")
@@ -115,7 +117,9 @@ def test_rbac_is_enough_for_the_control_plane_and_no_more(
         registry = status["KubernetesRegistry"]
         assert registry["stale"] is False
         assert all(w["errors"] == 0 and w["synced"] for w in registry["watches"].values()), registry
-        mesh_config = status["KubeConfigSource"]["watches"]["ConfigMap"]  # RBAC lets it read
-        assert mesh_config["errors"] == 0 and mesh_config["synced"], mesh_config
+        # The RBAC lets it read the mesh config and the Namespaces (their labels).
+        for kind in ("ConfigMap", "Namespace"):
+            watch = status["KubeConfigSource"]["watches"][kind]
+            assert watch["errors"] == 0 and watch["synced"], (kind, watch)
     finally:
         lab.close()

@@ -7,7 +7,10 @@ server's certificate, not the gateway's); a TCPRoute splits connections 80/20
 between two echo servers. `meshctl gateway status --admin-address` reads the
 Gateway's Programmed condition from the live ACKs (NoResources before its
 Envoy runs, True once it ACKed), and a TLSRoute of a namespace the listener
-does not admit is Accepted=False, NotAllowedByListeners.
+does not admit is Accepted=False, NotAllowedByListeners. An HTTPS (Terminate)
+and a TLS (Passthrough) listener share one port, told apart by SNI: the
+HTTPS host gets the gateway's certificate and the HTTPRoute's backend, a
+TLSRoute's host the external server's own certificate, never decrypted.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,9 @@ from gateway_support import (
     first_echo,
     first_passthrough_get,
     https_server,
+    listener_ports,
     running_gateway,
+    serving,
     tcp_echo,
     wait_for_listener,
 )
@@ -191,3 +197,105 @@ def test_a_listener_its_envoy_cannot_bind_is_not_programmed(lab: LocalMesh) -> N
                 time.sleep(0.2)
     assert "Programmed=False (Invalid): its Envoy rejected LDS" in line, line
     assert f"{port}" in line and "Address already in use" in line, line
+
+
+WEB = "web.shop.test"
+
+
+class _Web(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "3")
+        self.end_headers()
+        self.wfile.write(b"web")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _shared_port_config(web_port: int, api_port: int) -> str:
+    listeners = [
+        {
+            "name": "https",
+            "port": 8443,
+            "protocol": "HTTPS",
+            "hostname": WEB,
+            "tls": {"mode": "Terminate", "certificateRefs": [{"name": "web-cert"}]},
+        },
+        {
+            "name": "tls",
+            "port": 8443,
+            "protocol": "TLS",
+            "hostname": "*.external.test",
+            "tls": {"mode": "Passthrough"},
+        },
+    ]
+    web = {
+        "parentRefs": [{"name": "edge", "sectionName": "https"}],
+        "hostnames": [WEB],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}],
+    }
+    api = {
+        "parentRefs": [{"name": "edge", "sectionName": "tls"}],
+        "hostnames": [API],
+        "rules": [{"backendRefs": [{"name": "api", "port": 443}]}],
+    }
+    gateway = {"gatewayClassName": "proxyless-mesh", "listeners": listeners}
+    return "\n---\n".join(
+        [
+            _service("web", "HTTP", 80, web_port),
+            _service("api", "TLS", 443, api_port),
+            _doc("gateway.networking.k8s.io/v1", "Gateway", "edge", gateway),
+            _doc("gateway.networking.k8s.io/v1", "HTTPRoute", "web", web),
+            _doc(ALPHA, "TLSRoute", "api", api),
+        ]
+    )
+
+
+def _routed_get(client: httpx.Client, url: str, host: str) -> httpx.Response:
+    """GET `url` as `host` (SNI and Host) once the gateway routes it (its
+    chain and then its route table arrive: until then, closed or 404)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            response = client.get(url, headers={"host": host}, extensions={"sni_hostname": host})
+            if response.status_code != 404:
+                return response
+        except httpx.ConnectError:
+            pass
+        assert time.monotonic() < deadline, f"{host} is not routed"
+        time.sleep(0.1)
+
+
+def test_https_and_tls_listeners_share_a_port_by_sni(lab: LocalMesh, tmp_path: Path) -> None:
+    gateway_ca, external_ca = PrivateCa.create("gateway CA"), PrivateCa.create("external CA")
+    credentials = tmp_path / "credentials"
+    gateway_ca.write_credential(credentials, "web-cert", WEB)
+    with (
+        serving(ThreadingHTTPServer(("127.0.0.1", 0), _Web)) as web_port,
+        https_server(external_ca, API) as api_port,
+    ):
+        lab.write_config("edge.yaml", _shared_port_config(web_port, api_port))
+        lab.start_control_plane()
+        label = "gateway.networking.k8s.io/gateway-name=edge"
+        with running_gateway(lab, "edge", NS, credentials, labels=(label,)) as admin:
+            port = wait_for_listener(admin, "0.0.0.0_8443")
+            assert list(listener_ports(admin)) == ["0.0.0.0_8443"]  # one Envoy listener
+            url = f"https://127.0.0.1:{port}/v1"
+            # Passed through: the external server's own certificate and SNI.
+            trusting_external = ssl.create_default_context(cadata=external_ca.cert_pem.decode())
+            with httpx.Client(verify=trusting_external, timeout=10) as client:
+                response = first_passthrough_get(client, url, API)
+                assert response.json() == {"sni": API, "client": None, "path": "/v1"}
+            # Terminated: the gateway's certificate for WEB (a client trusting only
+            # the gateway's CA), then the HTTPRoute's backend.
+            trusting_gateway = ssl.create_default_context(cadata=gateway_ca.cert_pem.decode())
+            with httpx.Client(verify=trusting_gateway, timeout=10) as client:
+                response = _routed_get(client, f"https://127.0.0.1:{port}/", WEB)
+                assert (response.status_code, response.text) == (200, "web")
+            # Neither listener's name: no chain, the connection is closed.
+            with (
+                httpx.Client(verify=False, timeout=10) as client,
+                pytest.raises(httpx.ConnectError),
+            ):
+                client.get(url, extensions={"sni_hostname": "nobody.other.test"})

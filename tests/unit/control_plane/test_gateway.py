@@ -237,7 +237,7 @@ def test_one_port_is_all_plaintext_or_all_tls() -> None:
         "gw.yaml: Gateway default/g: spec.selector: missing required field "
         "(the labels of the gateway workloads it programs)",
         "gw.yaml: Gateway default/g: spec.servers[1].port.protocol: "
-        "port 80 mixes plaintext HTTP, TLS, passthrough and TCP servers (one listener per port)",
+        "port 80 mixes plaintext HTTP, TLS and TCP servers (one listener per port)",
     ]
 
 

@@ -188,21 +188,21 @@ def test_allowed_routes_by_namespace_name_and_kind() -> None:
             "spec.listeners[0].tls.mode: Terminate on a TLS listener is not supported yet",
         ),
         (
-            "{name: t, port: 9000, protocol: TCP, allowedRoutes: {kinds: [{kind: HTTPRoute}]}}",
-            "spec.listeners[0].allowedRoutes.kinds[0]: a TCP listener serves TCPRoute",
-        ),
-        (
             "{name: h, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector, "
-            "selector: {matchLabels: {team: a}}}}}",
-            "spec.listeners[0].allowedRoutes.namespaces.selector.matchLabels.team: namespace "
-            "labels other than kubernetes.io/metadata.name are not supported yet",
-        ),
-        (
-            "{name: h, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector, "
-            "selector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, "
-            "values: [a]}]}}}}",
+            "selector: {matchExpressions: [{key: team, operator: Near, values: [a]}]}}}}",
             "spec.listeners[0].allowedRoutes.namespaces.selector.matchExpressions[0].operator: "
-            "NotIn is not supported yet (supported: In)",
+            'unknown value "Near"',
+        ),
+        (
+            "{name: h, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector, "
+            "selector: {matchExpressions: [{key: team, operator: In}]}}}}",
+            "spec.listeners[0].allowedRoutes.namespaces.selector.matchExpressions[0].values: "
+            "must not be empty for In",
+        ),
+        (
+            "{name: h, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector}}}",
+            "spec.listeners[0].allowedRoutes.namespaces.selector: missing required field "
+            "(from: Selector)",
         ),
     ],
 )

@@ -16,7 +16,9 @@ as the Gateway API specifies them (on Kubernetes, kube/gateway_status.py writes 
   reason BackendNotFound or RefNotPermitted when a backend names no declared
   Service or one of another namespace no ReferenceGrant permits: see
   config/gateway_api_refs.py).
-- Listener: how many routes are attached to it (attachedRoutes).
+- Listener: how many routes are attached to it (attachedRoutes); when
+  `allowedRoutes.kinds` names a kind it cannot serve, ResolvedRefs=False
+  (InvalidRouteKinds) and the supportedKinds it serves.
 `conditions()` is pure; the command only loads and prints.
 """
 
@@ -31,7 +33,11 @@ from typing import Any
 from mesh_control_plane.cli.admin_client import AdminError, get_json
 from mesh_control_plane.config import ConfigLoadError, load_config_dir
 from mesh_control_plane.config.gateway_api_attach import attached_routes
-from mesh_control_plane.config.gateway_api_status import Condition, conditions
+from mesh_control_plane.config.gateway_api_status import (
+    Condition,
+    conditions,
+    listener_resolved_refs,
+)
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.config.parse_gateway_api import GATEWAY_NAME_LABEL
 from mesh_control_plane.xds.gateway_acks import programmed_gateways
@@ -67,14 +73,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def listener_lines(config: MeshConfig) -> list[str]:
-    """Each Gateway API listener with the routes attached to it."""
-    return [
-        f"Gateway {g.ref} listener {s.name}: "
-        f"attachedRoutes={attached_routes(g, s, config.virtual_services)}"
-        for g in config.gateways
-        if GATEWAY_NAME_LABEL in g.selector
-        for s in g.servers
-    ]
+    """Each Gateway API listener with the routes attached to it, and its
+    ResolvedRefs condition when False (a route kind it cannot serve)."""
+    lines = []
+    for g in config.gateways:
+        if GATEWAY_NAME_LABEL not in g.selector:
+            continue
+        for s in g.servers:
+            head = f"Gateway {g.ref} listener {s.name}: "
+            lines.append(f"{head}attachedRoutes={attached_routes(g, s, config.virtual_services)}")
+            status, reason, message = listener_resolved_refs(s)
+            if status != "True":
+                kinds = ", ".join(s.route_kinds or ()) or "none"
+                lines.append(f"{head}ResolvedRefs={status} ({reason}): {message}")
+                lines.append(f"{head}supportedKinds={kinds}")
+    return lines
 
 
 def render(found: Iterable[Condition], listeners: Iterable[str] = ()) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .gateway_api_refs import ReferenceGrant, parse_reference_grant
+from .label_selector import Namespace, parse_namespace
 from .model import (
     AuthorizationPolicy,
     DestinationRule,
@@ -66,6 +67,7 @@ Resource = (
     | Gateway
     | ReferenceGrant
     | MeshConfigMap
+    | Namespace
 )
 _Parser = Callable[[Problems, Meta, Mapping[str, Any]], Resource]
 
@@ -170,6 +172,9 @@ def parse_document(problems: Problems, doc: Document) -> tuple[Meta | None, Reso
         read_object(scoped, data, "", ("apiVersion", "kind", "metadata", "data"))
         mesh = parse_mesh_config_map(scoped, meta, data.get("data"))
         return identity, (mesh if len(problems.sink) == start and identity else None)
+    if kind == "Namespace":
+        namespace = parse_namespace(scoped, meta, data)
+        return identity, (namespace if len(problems.sink) == start and identity else None)
     read_object(scoped, data, "", _TOP_FIELDS)
     if data.get("spec") is None:
         scoped.add("spec", MISSING)
@@ -204,6 +209,8 @@ def _check_kind(problems: Problems, envelope: Mapping[str, Any]) -> str | None:
         return None
     if kind == "ConfigMap" and api_version == "v1":
         return kind  # only Istio's mesh config (parse_mesh_config)
+    if kind == "Namespace" and api_version == "v1":
+        return kind  # its labels, for allowedRoutes selectors (label_selector.py)
     gateway_api = _gateway_api_parsers(api_version)
     if gateway_api is not None:
         if kind in gateway_api:

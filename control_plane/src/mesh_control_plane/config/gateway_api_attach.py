@@ -2,13 +2,15 @@
 Accepted condition per parent Gateway, as the Gateway API specifies them.
 
 A listener admits routes of its own namespace (`from: Same`, the default),
-of any (`All`), or of the namespaces a label selector picks (`Selector`).
-Namespace labels are not read by this control plane, so a selector may name
-namespaces only by the label Kubernetes puts on every namespace,
-``kubernetes.io/metadata.name`` (matchLabels, or matchExpressions with In);
-any other label is refused by field. `kinds` narrows the route kinds from the
-protocol's default (HTTP/HTTPS: HTTPRoute and GRPCRoute; TLS: TLSRoute; TCP:
-TCPRoute); a kind the protocol cannot serve is refused by field.
+of any (`All`), or of the namespaces a label selector picks (`Selector`:
+label_selector.py, applied to the labels of the Namespaces read, a
+Kubernetes watch or `v1 Namespace` documents of the config directory, once
+every resource is read: `resolve_selectors`). `kinds` narrows the route kinds
+from the protocol's default (HTTP/HTTPS: HTTPRoute and GRPCRoute; TLS:
+TLSRoute; TCP: TCPRoute); a kind the protocol cannot serve does not refuse the
+configuration: as the spec says, the listener's ResolvedRefs is False
+(InvalidRouteKinds), its supportedKinds list the valid ones only, and it
+serves those (none: no route).
 
 Admitted namespaces become the server hosts' namespaces (GatewayHost), and the
 kinds the server's `route_kinds`, so translate/gateway.py serves exactly what
@@ -20,20 +22,26 @@ intersect no admitting listener's is `NoMatchingListenerHostname`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .gateway_api_refs import GROUP
-from .model import VirtualService
-from .parse_gateway import Gateway, GatewayServer, ParentRef
+from .errors import ConfigProblem
+from .gateway_api_refs import GROUP, ROUTE_KINDS
+from .label_selector import (
+    SELECTOR_FIELDS,
+    LabelSelector,
+    namespace_labels,
+    parse_label_selector,
+)
+from .model import MeshConfig, VirtualService
+from .parse_gateway import Gateway, GatewayHost, GatewayServer, ParentRef
 from .schema import (
     MISSING,
-    NOT_SUPPORTED,
     Problems,
     check_enum,
     get_list,
     get_object,
     get_str,
-    get_str_map,
     index,
     join,
     read_object,
@@ -45,80 +53,101 @@ DEFAULT_KINDS = {
     "TLS": ("TLSRoute",),
     "TCP": ("TCPRoute",),
 }
-NAME_LABEL = "kubernetes.io/metadata.name"
+_ALLOWED_FIELDS = ("namespaces", "kinds")
+_NAMESPACES_FIELDS = ("from", "selector")
+_KIND_FIELDS = ("group", "kind")
 NOT_ALLOWED = "NotAllowedByListeners"
 NO_MATCHING_HOSTNAME = "NoMatchingListenerHostname"
+INVALID_ROUTE_KINDS = "InvalidRouteKinds"
+# The namespace of a selector's listener until resolved, or when it picks
+# none: no route's, so the listener keeps its hostname and admits nothing.
+NO_NAMESPACE = ""
+
+
+@dataclass
+class AllowedRoutes:
+    """A listener's `allowedRoutes`, read."""
+
+    namespaces: tuple[str, ...] = ()  # "*" for all
+    selector: LabelSelector | None = None
+    kinds: tuple[str, ...] = ()
+    invalid_kinds: list[tuple[str, str]] = field(default_factory=list)  # (field, message)
 
 
 def parse_allowed_routes(
     p: Problems, listener: Mapping[str, Any], where: str, namespace: str, protocol: str
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(namespaces admitted, "*" for all; route kinds admitted) of a listener."""
+) -> AllowedRoutes:
     here = join(where, "allowedRoutes")
-    obj = get_object(p, listener, "allowedRoutes", where, ("namespaces", "kinds")) or {}
-    spaces = get_object(p, obj, "namespaces", here, ("from", "selector")) or {}
+    allowed = AllowedRoutes()
+    obj = get_object(p, listener, "allowedRoutes", where, _ALLOWED_FIELDS) or {}
+    spaces = get_object(p, obj, "namespaces", here, _NAMESPACES_FIELDS) or {}
     spaces_where = join(here, "namespaces")
     origin = check_enum(
         p, spaces.get("from", "Same"), join(spaces_where, "from"), ("Same", "All", "Selector")
     )
     if "selector" in spaces and origin != "Selector":
         p.add(join(spaces_where, "selector"), "is read only with from: Selector")
-    namespaces: tuple[str, ...] = (namespace,)
+    allowed.namespaces = (namespace,)
     if origin == "All":
-        namespaces = ("*",)
+        allowed.namespaces = ("*",)
     elif origin == "Selector":
-        namespaces = _selected(p, spaces, spaces_where)
+        allowed.namespaces = (NO_NAMESPACE,)
+        selector = get_object(p, spaces, "selector", spaces_where, SELECTOR_FIELDS)
+        if selector is None:
+            p.add(join(spaces_where, "selector"), f"{MISSING} (from: Selector)")
+        else:
+            allowed.selector = parse_label_selector(p, selector, join(spaces_where, "selector"))
     defaults = DEFAULT_KINDS.get(protocol, ())
     kinds = []
     for i, raw in enumerate(get_list(p, obj, "kinds", here)):
         kind_where = index(join(here, "kinds"), i)
-        item = read_object(p, raw, kind_where, ("group", "kind"))
+        item = read_object(p, raw, kind_where, _KIND_FIELDS)
         kind = get_str(p, item, "kind", kind_where, required=True) or ""
         group = get_str(p, item, "group", kind_where)
         if group not in (None, GROUP) or (kind and kind not in defaults):
-            p.add(
-                kind_where,
-                f"a {protocol} listener serves {', '.join(defaults)} of {GROUP}, not "
-                f"{kind} of {group or GROUP}",
+            message = (
+                f"{kind} of {group or GROUP}: a {protocol} listener serves "
+                f"{', '.join(defaults)} of {GROUP} ({INVALID_ROUTE_KINDS}; not served)"
             )
-        kinds.append(kind)
-    return namespaces, tuple(kinds) or defaults
+            allowed.invalid_kinds.append((kind_where, message))
+        elif kind and kind not in kinds:
+            kinds.append(kind)
+    # Unspecified or empty: the protocol's kinds (the spec); only invalid ones: none.
+    allowed.kinds = tuple(kinds) if obj.get("kinds") else defaults
+    return allowed
 
 
-def _selected(p: Problems, spaces: Mapping[str, Any], where: str) -> tuple[str, ...]:
-    """The namespaces a selector names by `kubernetes.io/metadata.name`."""
-    here = join(where, "selector")
-    selector = get_object(p, spaces, "selector", where, ("matchLabels", "matchExpressions"))
-    if selector is None:
-        p.add(here, f"{MISSING} (from: Selector)")
-        return ()
-    found: set[str] | None = None
-    for key, value in get_str_map(p, selector, "matchLabels", here).items():
-        if _name_label(p, key, join(here, f"matchLabels.{key}")):
-            found = {value} if found is None else found & {value}
-    for i, raw in enumerate(get_list(p, selector, "matchExpressions", here)):
-        expr_where = index(join(here, "matchExpressions"), i)
-        expr = read_object(p, raw, expr_where, ("key", "operator", "values"))
-        key = get_str(p, expr, "key", expr_where, required=True) or ""
-        operator = get_str(p, expr, "operator", expr_where, required=True)
-        if operator != "In":
-            p.add(join(expr_where, "operator"), f"{operator} is {NOT_SUPPORTED} (supported: In)")
-        values = {str(v) for v in get_list(p, expr, "values", expr_where, required=True)}
-        if _name_label(p, key, join(expr_where, "key")):
-            found = values if found is None else found & values
-    if found is None:
-        p.add(here, f"names no namespace by {NAME_LABEL}")
-    return tuple(sorted(found or ()))
-
-
-def _name_label(p: Problems, key: str, where: str) -> bool:
-    if key != NAME_LABEL:
-        p.add(
-            where,
-            f"namespace labels other than {NAME_LABEL} are {NOT_SUPPORTED} (this control "
-            "plane does not read Namespaces)",
-        )
-    return key == NAME_LABEL
+def resolve_selectors(
+    config: MeshConfig, declared: Mapping[str, Mapping[str, str]]
+) -> tuple[MeshConfig, list[ConfigProblem]]:
+    """The Gateways with each selector's listener admitting the namespaces it
+    picks (among those of the routes: no other can attach), by the labels of
+    the `declared` Namespaces; and a warning per listener kind not served."""
+    route_namespaces = sorted(
+        {vs.meta.namespace for vs in config.virtual_services if vs.meta.kind in ROUTE_KINDS}
+    )
+    warnings: list[ConfigProblem] = []
+    gateways = []
+    for gateway in config.gateways:
+        servers = []
+        for server in gateway.servers:
+            warnings.extend(
+                ConfigProblem(gateway.meta.file, gateway.meta.ref, where, message)
+                for where, message in server.invalid_kinds
+            )
+            selector = server.namespace_selector
+            if selector is not None:
+                picked = [
+                    ns
+                    for ns in route_namespaces
+                    if selector.matches(namespace_labels(declared, ns))
+                ] or [NO_NAMESPACE]
+                hostname = server.hosts[0].host
+                hosts = tuple(GatewayHost(ns, hostname) for ns in picked)
+                server = replace(server, hosts=hosts)
+            servers.append(server)
+        gateways.append(replace(gateway, servers=tuple(servers)))
+    return replace(config, gateways=tuple(gateways)), warnings
 
 
 def binds(route: VirtualService, gateway: Gateway, server: GatewayServer) -> bool:

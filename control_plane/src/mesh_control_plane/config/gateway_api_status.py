@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .gateway_api_attach import attachment
+from .gateway_api_attach import INVALID_ROUTE_KINDS, attachment
 from .gateway_api_refs import ROUTE_KINDS, resolved_refs
 from .model import MeshConfig
-from .parse_gateway import ParentRef
+from .parse_gateway import GatewayServer, ParentRef
 from .parse_gateway_api import GATEWAY_NAME_LABEL
 
 
@@ -77,3 +77,13 @@ def conditions(config: MeshConfig, programmed: Mapping[str, Programmed] | None) 
             resolved, why = resolved_refs(config.warnings, vs.meta.ref)
             found.append(Condition(vs.meta.ref, where, "ResolvedRefs", resolved, why))
     return found
+
+
+def listener_resolved_refs(server: GatewayServer) -> tuple[str, str, str]:
+    """(status, reason, message) of a listener's ResolvedRefs condition:
+    False, InvalidRouteKinds, when `allowedRoutes.kinds` names a kind it
+    cannot serve (it serves the others)."""
+    if server.invalid_kinds:
+        said = "; ".join(f"{field}: {message}" for field, message in server.invalid_kinds)
+        return "False", INVALID_ROUTE_KINDS, said
+    return "True", "ResolvedRefs", "its references resolve"

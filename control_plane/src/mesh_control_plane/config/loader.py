@@ -19,7 +19,9 @@ import yaml
 from .delegates import resolve_delegates
 from .documents import Document, Resource, expand_lists, parse_document
 from .errors import ConfigLoadError, ConfigProblem
+from .gateway_api_attach import resolve_selectors
 from .gateway_api_refs import ReferenceGrant, resolve_backend_refs
+from .label_selector import Namespace
 from .model import (
     AuthorizationPolicy,
     DestinationRule,
@@ -151,6 +153,8 @@ class _Builder:
         grants = tuple(r for r in self._resources if isinstance(r, ReferenceGrant))
         hosts = frozenset(declared.union(*(e.hosts for e in extra)))
         config, unresolved = resolve_backend_refs(config, grants, hosts)
+        labels = {r.meta.name: r.labels for r in self._resources if isinstance(r, Namespace)}
+        config, listener_warnings = resolve_selectors(config, labels)
         checked = replace(config, service_entries=config.service_entries + extra)
         # Before delegation: errors name the file written.
         dangling = check_references(checked if extra else config)
@@ -158,7 +162,9 @@ class _Builder:
             raise ConfigLoadError(dangling)
         warnings = [*reference_warnings(config), *overlapping_selectors(config.sidecars)]
         config, dropped = resolve_delegates(config)
-        return replace(config, warnings=(*dropped, *unresolved, *warnings, *mesh_warnings))
+        return replace(
+            config, warnings=(*dropped, *unresolved, *listener_warnings, *warnings, *mesh_warnings)
+        )
 
 
 def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:

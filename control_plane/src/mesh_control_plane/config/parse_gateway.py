@@ -11,8 +11,9 @@ AUTO_PASSTHROUGH (routed by the SNI Istio clients set, translate/gateway_sni.py)
 and plaintext TCP servers (VirtualService `tcp`). Everything else Istio
 defines is refused naming the field: TLS on a TCP server, certificates given
 as files, cipher and version settings, `bind` and `defaultEndpoint`. Several
-servers on one port must agree on plaintext or TLS (one listener per port, as
-Istio builds it).
+servers on one port must agree on plaintext HTTP, TLS or TCP (one listener per
+port, as Istio builds it); TLS-terminating (HTTPS) and passthrough (TLS)
+servers may share a port, told apart by SNI, but not a host.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .label_selector import LabelSelector
 from .model import HTTPRouteDestination, Meta
 from .schema import (
     MISSING,
@@ -126,12 +128,18 @@ class GatewayServer:
     hosts: tuple[GatewayHost, ...]
     tls: ServerTls = field(default_factory=ServerTls)
     name: str = ""
-    # The route kinds it serves (a Gateway API listener's allowedRoutes.kinds);
-    # () for an Istio server: any VirtualService.
-    route_kinds: tuple[str, ...] = ()
+    # The route kinds it serves (a Gateway API listener's allowedRoutes.kinds,
+    # the valid ones); None for an Istio server: any VirtualService.
+    route_kinds: tuple[str, ...] | None = None
+    # A Gateway API listener's kinds it cannot serve: (field, message) each,
+    # its ResolvedRefs=False (InvalidRouteKinds); the rest is served.
+    invalid_kinds: tuple[tuple[str, str], ...] = ()
+    # allowedRoutes `from: Selector`: `hosts` hold the namespaces it picks
+    # once every Namespace is read (gateway_api_attach.resolve_selectors).
+    namespace_selector: LabelSelector | None = None
 
     def serves(self, kind: str) -> bool:
-        return not self.route_kinds or kind in self.route_kinds
+        return self.route_kinds is None or kind in self.route_kinds
 
     @property
     def terminates_tls(self) -> bool:
@@ -305,18 +313,30 @@ def _parse_tls(p: Problems, obj: Mapping[str, Any], where: str, protocol: str) -
 def check_ports_agree(
     p: Problems, servers: list[GatewayServer | None], where: str, protocol: str
 ) -> None:
-    """One listener per port: its servers are all plaintext HTTP, all TLS, all
-    passthrough or all TCP, and two
-    plaintext servers on a port would be one route table (Istio merges them;
-    here their hosts simply join)."""
-    seen: dict[int, tuple[bool, bool, bool]] = {}
+    """One listener per port: its servers are all plaintext HTTP, all TLS
+    (terminated or passed through: Envoy chooses by SNI) or all TCP. Two
+    plaintext servers on a port are one route table (Istio merges them; here
+    their hosts simply join); a host both terminated and passed through on a
+    port would be two filter chains for one SNI name (the Gateway API's
+    HostnameConflict)."""
+    seen: dict[int, str] = {}
+    sni: dict[tuple[int, str], bool] = {}  # (port, host) -> passed through
     for i, server in enumerate(servers):
         if server is None:
             continue
-        kind = (server.terminates_tls, server.passthrough, server.tcp)
+        kind = "tcp" if server.tcp else "plain"
+        if server.terminates_tls or server.passthrough:
+            kind = "tls"
+            for host in {h.host for h in server.hosts}:
+                if sni.setdefault((server.number, host), server.passthrough) != server.passthrough:
+                    p.add(
+                        join(index(where, i), protocol),
+                        f"port {server.number}: host {host} is both terminated and passed "
+                        "through (one SNI name, one filter chain)",
+                    )
         if seen.setdefault(server.number, kind) != kind:
             p.add(
                 join(index(where, i), protocol),
-                f"port {server.number} mixes plaintext HTTP, TLS, passthrough and TCP servers "
+                f"port {server.number} mixes plaintext HTTP, TLS and TCP servers "
                 "(one listener per port)",
             )

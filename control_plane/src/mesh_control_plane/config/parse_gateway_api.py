@@ -15,7 +15,7 @@ Weights are relative (0 drops a backend). A GRPCRoute is read the same
 way, its method matches becoming `:path` matches (`/service/method`).
 Listeners: HTTP, HTTPS (Terminate), TLS (Passthrough, for TLSRoutes:
 parse_gateway_api_l4.py) and TCP; `allowedRoutes` (namespaces Same, All or by
-name, kinds) and the route's attachment (parentRefs to a whole Gateway or, by
+label selector, kinds) and the route's attachment (parentRefs to a whole Gateway or, by
 sectionName or port, one listener) are in gateway_api_attach.py. Not yet,
 refused by field: filters, timeouts, query-parameter matches,
 sessionPersistence, UDP listeners, parents of both kinds in one route,
@@ -95,8 +95,8 @@ def parse_k8s_gateway(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Gatew
         # A TCP listener has no hostname to match (the spec: ignored).
         hostname = "*" if protocol == "TCP" else get_str(p, listener, "hostname", where) or "*"
         pattern = check_host_pattern(p, hostname, join(where, "hostname"))
-        namespaces, kinds = parse_allowed_routes(p, listener, where, meta.namespace, protocol or "")
-        hosts = tuple(GatewayHost(namespace, pattern) for namespace in namespaces)
+        allowed = parse_allowed_routes(p, listener, where, meta.namespace, protocol or "")
+        hosts = tuple(GatewayHost(namespace, pattern) for namespace in allowed.namespaces)
         tls = ServerTls()
         tls_obj = get_object(p, listener, "tls", where, ("mode", "certificateRefs"))
         if protocol == "HTTPS":
@@ -107,7 +107,19 @@ def parse_k8s_gateway(p: Problems, meta: Meta, spec: Mapping[str, Any]) -> Gatew
             p.add(join(where, "tls"), "only an HTTPS or TLS listener has tls")
         name = get_str(p, listener, "name", where, required=True) or ""
         if number and protocol:
-            servers.append(GatewayServer(number, protocol, name, hosts, tls, name, kinds))
+            servers.append(
+                GatewayServer(
+                    number,
+                    protocol,
+                    name,
+                    hosts,
+                    tls,
+                    name,
+                    allowed.kinds,
+                    tuple(allowed.invalid_kinds),
+                    allowed.selector,
+                )
+            )
         else:
             servers.append(None)
     check_ports_agree(p, servers, "spec.listeners", "protocol")

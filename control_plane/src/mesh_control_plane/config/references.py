@@ -235,7 +235,9 @@ def reference_warnings(config: MeshConfig) -> list[ConfigProblem]:
     warnings: list[ConfigProblem] = []
     gateways = {gateway.ref for gateway in config.gateways}
     # A Gateway API Gateway's listeners all name the route kinds they serve.
-    gateway_api = {g.ref for g in config.gateways if all(s.route_kinds for s in g.servers)}
+    gateway_api = {
+        g.ref for g in config.gateways if all(s.route_kinds is not None for s in g.servers)
+    }
     for vs in config.virtual_services:
         for i, name in enumerate(vs.gateways):
             if name != "mesh" and name not in gateways:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from . import parse_gateway_api as gwapi
 from . import parse_gateway_api_l4 as gwapi_l4
+from .gateway_api_attach import _ALLOWED_FIELDS, _KIND_FIELDS, _NAMESPACES_FIELDS
 from .gateway_api_refs import _GRANT_FIELDS
+from .label_selector import EXPRESSION_FIELDS, NAMESPACE_FIELDS, SELECTOR_FIELDS
 from .parse_gateway import (
     _GW_FIELDS,
     _PORT_FIELDS,
@@ -65,6 +67,12 @@ FIELDS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("Gateway servers[].tls", _TLS_FIELDS, _TLS_UNSUPPORTED),
     ("Gateway (gateway.networking.k8s.io) spec", gwapi._GW_FIELDS, gwapi._GW_UNSUPPORTED),
     ("Gateway (gateway.networking.k8s.io) listeners[]", gwapi._LISTENER_FIELDS, ()),
+    ("Gateway (gateway.networking.k8s.io) listeners[].allowedRoutes", _ALLOWED_FIELDS, ()),
+    ("allowedRoutes.namespaces", _NAMESPACES_FIELDS, ()),
+    ("allowedRoutes.namespaces.selector", SELECTOR_FIELDS, ()),
+    ("allowedRoutes.namespaces.selector.matchExpressions[]", EXPRESSION_FIELDS, ()),
+    ("allowedRoutes.kinds[]", _KIND_FIELDS, ()),
+    ("Namespace (v1), for allowedRoutes selectors", NAMESPACE_FIELDS, ()),
     ("HTTPRoute spec", gwapi._ROUTE_FIELDS, ()),
     ("HTTPRoute rules[]", gwapi._RULE_FIELDS, gwapi._RULE_UNSUPPORTED),
     ("HTTPRoute rules[].matches[]", gwapi._MATCH_FIELDS, gwapi._MATCH_UNSUPPORTED),

@@ -14,6 +14,11 @@ by a file and by Kubernetes is the file's; the custom resource is marked
 `Accepted=False, reason OverriddenByFile`. Files are what an operator set on this
 control plane's own machine, on purpose; Kubernetes is shared.
 
+Namespaces are watched too, only for their labels (Gateway API listeners pick
+route namespaces by them, `allowedRoutes.namespaces.from: Selector`): a
+relabelled Namespace reloads, so attachment is evaluated again; no status is
+written on a Namespace.
+
 A Gateway's Programmed condition follows its Envoys' ACKs (`follow_programmed`):
 polled every second, written when it changes.
 
@@ -76,6 +81,13 @@ def _keep_mesh_config(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _keep_namespace(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A Namespace's name and labels: what allowedRoutes selectors read."""
+    meta = obj.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "labels") if k in meta}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": kept}
+
+
 def _verdict(problems: Sequence[ConfigProblem]) -> str:
     return "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems)
 
@@ -109,6 +121,15 @@ class KubeConfigSource:
         self.reflectors["ConfigMap"] = Reflector(
             f"/api/v1/namespaces/{mesh_config_namespace}/configmaps",
             _keep_mesh_config,
+            self._changed,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+        )
+        # Namespaces' labels: Gateway API listeners pick namespaces by them
+        # (allowedRoutes `from: Selector`); a change re-evaluates attachment.
+        self.reflectors["Namespace"] = Reflector(
+            "/api/v1/namespaces",
+            _keep_namespace,
             self._changed,
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
@@ -262,8 +283,8 @@ class KubeConfigSource:
             by_file.setdefault(problem.file, []).append(problem)
         files = _file_defined(config) if config is not None else {}
         for key, obj in list(self._current.items()):
-            if key.startswith("ConfigMap/"):
-                continue  # no status to write on a ConfigMap: its problems are in `status`
+            if key.startswith(("ConfigMap/", "Namespace/")):
+                continue  # no status written on these: their problems are in `status`
             own = self._problems.get(key, ())
             if own:
                 verdict = ("False", "Invalid", _verdict(own))

@@ -1,7 +1,8 @@
 """The Gateway API's own status shape for an accepted Gateway or route
 (config/gateway_api_status.py's conditions), written by the replica holding
 the Lease (kube/config_source.py): a Gateway's `status.conditions` (Accepted,
-Programmed) and `status.listeners[]` (supportedKinds, attachedRoutes, and the
+Programmed) and `status.listeners[]` (supportedKinds, attachedRoutes,
+ResolvedRefs, False with InvalidRouteKinds for a kind it cannot serve, and the
 Gateway's Programmed per listener), a route's `status.parents[]` (parentRef, controllerName, and
 Accepted and ResolvedRefs per parent).
 
@@ -18,7 +19,11 @@ from typing import Any
 
 from mesh_control_plane.config.gateway_api_attach import attached_routes
 from mesh_control_plane.config.gateway_api_refs import GROUP, ROUTE_KINDS
-from mesh_control_plane.config.gateway_api_status import Programmed, conditions
+from mesh_control_plane.config.gateway_api_status import (
+    Programmed,
+    conditions,
+    listener_resolved_refs,
+)
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.config.parse_gateway import ParentRef
 
@@ -62,11 +67,11 @@ def gateway_api_status(
         listeners = [
             {
                 "name": server.name,
-                "supportedKinds": [{"group": GROUP, "kind": k} for k in server.route_kinds],
+                "supportedKinds": [{"group": GROUP, "kind": k} for k in server.route_kinds or ()],
                 "attachedRoutes": attached_routes(gateway, server, config.virtual_services),
                 "conditions": [
                     condition("Accepted", "True", "Accepted"),
-                    condition("ResolvedRefs", "True", "ResolvedRefs", "its references resolve"),
+                    condition("ResolvedRefs", *listener_resolved_refs(server)),
                     condition("Programmed", verdict.status, verdict.reason, verdict.message),
                 ],
             }

@@ -5,7 +5,8 @@ node's BIND_ADDRESS, on the port itself or, with BIND_FREE_PORTS, on a port
 the kernel picks. A plaintext port has one filter chain and one route table
 ``http.<port>``; an HTTPS port has a filter chain per server, chosen by SNI
 among the server's hosts, each with its own TLS (sds.py) and route table
-``https.<port>.<server>.<gateway>.<namespace>``. A route table holds a
+``https.<port>.<server>.<gateway>.<namespace>``; a port may hold both
+terminating and passthrough servers, chosen by SNI. A route table holds a
 virtual host per domain: each host of a VirtualService bound to the Gateway
 (``gateways``) that a server host admits (namespace and wildcard, see
 GatewayHost.admits), routed by the VirtualService's http rules. A TLS
@@ -78,36 +79,55 @@ def gateway_listeners(
             if chain is None:
                 continue
             listener.filter_chains.append(chain)
-        elif servers[0][2].passthrough:
+        elif servers[0][2].passthrough or servers[0][2].terminates_tls:
             listener.listener_filters.add(
                 name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
             )
-            by_rules = [s for s in servers if s[2].tls.mode == "PASSTHROUGH"]
-            listener.filter_chains.extend(_passthrough_chains(config, index, by_rules, port))
-            auto = auto_passthrough_chains(index, [s for _, _, s in servers], port)
-            listener.filter_chains.extend(auto)
-        elif servers[0][2].terminates_tls:
-            listener.listener_filters.add(
-                name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector())
-            )
-            for gateway, i, server in servers:
-                meta = gateway.meta
-                name = f"https.{port}.{server.name or i}.{meta.name}.{meta.namespace}"
-                chain = _filter_chain(name, port)
-                sni = sorted({h.host for h in server.hosts})
-                if "*" not in sni:
-                    chain.filter_chain_match.server_names.extend(sni)
-                chain.transport_socket.CopyFrom(
-                    gateway_downstream_socket(server.tls.mode, server.tls.credential_name)
-                )
-                listener.filter_chains.append(chain)
-                routes.append(_route_table(name, config, index, [(gateway, i, server)], port))
+            chains, tables = _tls_port_chains(config, index, servers, port)
+            listener.filter_chains.extend(chains)
+            routes.extend(tables)
         else:
             name = f"http.{port}"
             listener.filter_chains.append(_filter_chain(name, port))
             routes.append(_route_table(name, config, index, servers, port))
         listeners.append(listener)
     return listeners, routes
+
+
+def _tls_port_chains(
+    config: MeshConfig, index: MeshIndex, servers: list[_Server], port: int
+) -> tuple[list[listener_components_pb2.FilterChain], list[Message]]:
+    """A TLS port's chains, chosen by SNI: one per terminating server (its
+    hosts) with its route table, then the passthrough ones for SNI names no
+    terminating server claims (a name terminated there is its listener's
+    exactly, more specific than the passthrough listener's hostname)."""
+    chains: list[listener_components_pb2.FilterChain] = []
+    routes: list[Message] = []
+    claimed: set[str] = set()
+    for gateway, i, server in servers:
+        if not server.terminates_tls:
+            continue
+        meta = gateway.meta
+        name = f"https.{port}.{server.name or i}.{meta.name}.{meta.namespace}"
+        chain = _filter_chain(name, port)
+        sni = sorted({h.host for h in server.hosts})
+        if "*" not in sni:
+            chain.filter_chain_match.server_names.extend(sni)
+        claimed.update(chain.filter_chain_match.server_names or ["*"])
+        chain.transport_socket.CopyFrom(
+            gateway_downstream_socket(server.tls.mode, server.tls.credential_name)
+        )
+        chains.append(chain)
+        routes.append(_route_table(name, config, index, [(gateway, i, server)], port))
+    passing = [s for s in servers if s[2].passthrough]
+    by_rules = [s for s in passing if s[2].tls.mode == "PASSTHROUGH"]
+    for chain in (
+        *_passthrough_chains(config, index, by_rules, port),
+        *auto_passthrough_chains(index, [s for _, _, s in passing], port),
+    ):
+        if claimed.isdisjoint(chain.filter_chain_match.server_names or ["*"]):
+            chains.append(chain)
+    return chains, routes
 
 
 def _passthrough_chains(
