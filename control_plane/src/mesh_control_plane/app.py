@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 from mesh_control_plane.admin import (
     JsonHttpServer,
     PrometheusClient,
+    TextResponse,
     config_dump,
     console_pages,
     describe_view,
@@ -169,13 +171,7 @@ class ControlPlane:
             {
                 "/healthz": healthz,
                 "/status": lambda: self._status(trust_domain),
-                "/metrics": lambda: metrics_page(
-                    self.metrics,
-                    self.xds.servicer.clients(),
-                    self.config_errors,
-                    self.cache.version,
-                    [c["kind"] for c in self.workers.client_statuses()] if self.workers else (),
-                ),
+                "/metrics": self._metrics,
                 "/registry": self._registry_status,
                 **console_pages(),
             },
@@ -328,7 +324,21 @@ class ControlPlane:
             await self.workers.stop()
         await self.xds.stop(grace)
 
-    def _status(self, trust_domain: str) -> dict[str, Any]:
+    async def _metrics(self) -> TextResponse:
+        """`/metrics`, adding up the leader's and every ADS worker's."""
+        reports = await self.workers.reports(with_clients=False) if self.workers else []
+        worker_kinds: Counter[str] = Counter()
+        for report in reports:
+            worker_kinds.update(report["kinds"])
+        return metrics_page(
+            self.metrics.merged(r["metrics"] for r in reports),
+            self.xds.servicer.clients(),
+            self.config_errors,
+            self.cache.version,
+            worker_kinds,
+        )
+
+    async def _status(self, trust_domain: str) -> dict[str, Any]:
         """`/status`, with the clients of every ADS worker."""
         payload = status(
             self.cache.version,
@@ -341,7 +351,8 @@ class ControlPlane:
         if self.workers is not None:
             payload["clients"] += [
                 {**c, "spiffe": spiffe_id(trust_domain, c["namespace"], c["service_account"])}
-                for c in self.workers.client_statuses()
+                for report in await self.workers.reports(with_clients=True)
+                for c in report["clients"]
             ]
         return payload
 
