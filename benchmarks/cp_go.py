@@ -21,14 +21,17 @@ module proxy's packages into ~/.cache/proxyless-mesh/, outside the clone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import Verdict, md_table, tree_cpu_seconds, tree_rss_kb
+from common import Verdict, md_table, process_tree, tree_cpu_seconds, tree_rss_kb
 from cp_scale import PORT, LoadProcesses, start_quiet_control_plane
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from meshlab import LocalMesh, service_entry, subsets_rule, weighted_route
@@ -172,8 +175,14 @@ def measure(workdir: Path, n: int, timeout: float, delta: bool, workers: int = 1
             acked = min(acked, len(acks))
             for t in acks:
                 hist.record_value(max(1, int((t - written) * 1e6)))
-        # The restart: kill, change while down, start anew, resume.
+        # The restart: kill, change while down, start anew, resume. The ADS
+        # workers too (after the leader, which would replace them): left
+        # alone they would serve on until they next write to it.
+        workers_of_cp = process_tree(pid)[1:]
         cp.kill()
+        for child in workers_of_cp:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
         lab.procs.remove(cp)
         lab.write_config("route0.yaml", weighted_route(HOSTS[0], {"v1": 50, "v2": 50}))
         new = start_quiet_control_plane(lab, workers)

@@ -121,8 +121,15 @@ def _forwarder(leader: grpc.aio.Channel) -> grpc.GenericRpcHandler[Any, Any]:
 
 
 def _emit(message: Mapping[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The leader is gone (killed: its end of the pipe closed). Serving on
+        # would keep clients on a config nobody updates, and every stream's
+        # end would fail here again: leave now, the clients reconnect to the
+        # leader's next workers. os._exit: a normal exit flushes stdout again.
+        os._exit(0)
 
 
 def _on_stream(node: base_pb2.Node, opened: bool) -> None:
