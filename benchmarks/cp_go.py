@@ -175,6 +175,14 @@ def measure(workdir: Path, n: int, timeout: float, delta: bool, workers: int = 1
             acked = min(acked, len(acks))
             for t in acks:
                 hist.record_value(max(1, int((t - written) * 1e6)))
+        print(
+            f"    storm {storm:.1f} s ({storm_cpu:.1f} s CP CPU), change p99 "
+            f"{hist.get_value_at_percentile(99) / 1e6:.2f} s, CP CPU per push "
+            f"{push_cpu / CHANGES:.2f} s, RSS per client "
+            f"{(rss_after - rss_before) / max(1, synced):.1f} KB",
+            file=sys.stderr,
+            flush=True,
+        )
         # The restart: kill, change while down, start anew, resume. The ADS
         # workers too (after the leader, which would replace them): left
         # alone they would serve on until they next write to it.
@@ -185,7 +193,9 @@ def measure(workdir: Path, n: int, timeout: float, delta: bool, workers: int = 1
                 os.kill(child, signal.SIGKILL)
         lab.procs.remove(cp)
         lab.write_config("route0.yaml", weighted_route(HOSTS[0], {"v1": 50, "v2": 50}))
-        new = start_quiet_control_plane(lab, workers)
+        # while it starts, n clients retry every 0.1-1 s: at 50,000 that
+        # starves a start on 2 cores for longer than the default 20 s
+        new = start_quiet_control_plane(lab, workers, ready_timeout=max(20.0, n / 500))
         new_pid = int(new.popen.pid)
         cpu0 = tree_cpu_seconds(new_pid)
         resumed_at = time.monotonic()
