@@ -1,6 +1,6 @@
 """ADS streams sharded over worker processes on one port (`--xds-workers N`).
 
-One Python event loop serves a push to about 8,000 streams a second here
+One Python event loop serves a push to about 13,000 streams a CPU-second here
 (benchmarks/README.md); more clients need more cores. With N > 1 the leader
 (the control plane process: config watcher, registry, CA, admin) serves no
 ADS on the public port itself. It holds the port (a bound, not listening,
