@@ -41,8 +41,9 @@ from envoy.config.core.v3 import base_pb2
 from mesh_control_plane.config.model import MeshConfig, WorkloadEndpoint
 from mesh_control_plane.translate.incremental import IncrementalTranslator
 from mesh_control_plane.xds.registration import SERVICE_NAME
-from mesh_control_plane.xds.server import XdsServer, tune_gc
+from mesh_control_plane.xds.server import XdsServer
 from mesh_control_plane.xds.snapshot import InconsistentConfigError, SnapshotCache
+from mesh_control_plane.xds.tuning import tune_gc
 
 log = logging.getLogger("mesh_control_plane.xds.worker")
 
