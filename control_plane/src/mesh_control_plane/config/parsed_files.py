@@ -57,5 +57,5 @@ class ParsedFiles:
     def keep_only(self, paths: Iterable[Path]) -> None:
         """Forget files that are gone."""
         wanted = set(paths)
-        for path in [p for p in self._by_path if p not in wanted]:
-            del self._by_path[path]
+        for path in [p for p in list(self._by_path) if p not in wanted]:  # list(): one step
+            self._by_path.pop(path, None)
