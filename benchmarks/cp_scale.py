@@ -156,7 +156,9 @@ class LoadClients(LoadProcesses):
         self.ask_all(None)  # wait for every process's "ready"
 
 
-def start_quiet_control_plane(lab: LocalMesh, xds_workers: int = 1) -> Proc:
+def start_quiet_control_plane(
+    lab: LocalMesh, xds_workers: int = 1, ready_timeout: float = 20.0
+) -> Proc:
     """meshctl at log level WARNING: at INFO it logs a line per stream, which
     at 10,000 clients would be a cost of the benchmark, not of the server."""
     proc = start_process(
@@ -176,6 +178,7 @@ def start_quiet_control_plane(lab: LocalMesh, xds_workers: int = 1) -> Proc:
             str(xds_workers),
         ],
         lab.workdir,
+        timeout=ready_timeout,
     )
     lab.control_plane = proc
     lab.procs.append(proc)

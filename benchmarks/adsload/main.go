@@ -30,6 +30,7 @@ import (
 	"flag"
 	"fmt"
 	"math/rand"
+	"net"
 	"os"
 	"sort"
 	"strings"
@@ -150,6 +151,7 @@ type client struct {
 type run struct {
 	delta       bool
 	authorities []string
+	source      *net.TCPAddr // nil: the system picks
 	clients     []*client
 	stop        context.Context
 
@@ -195,7 +197,14 @@ func (r *run) serve(ctx context.Context, c *client, addr string) {
 }
 
 func (r *run) stream(ctx context.Context, c *client, addr string) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	options := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if r.source != nil { // beyond one source address's ~28,000 ephemeral ports
+		dialer := net.Dialer{LocalAddr: r.source}
+		options = append(options, grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "tcp", a)
+		}))
+	}
+	conn, err := grpc.NewClient(addr, options...)
 	if err != nil {
 		return err
 	}
@@ -489,11 +498,15 @@ func main() {
 	prefix := flag.String("id-prefix", "load-", "node id prefix")
 	timeoutS := flag.Float64("timeout", 120, "seconds to wait for each phase")
 	delta := flag.Bool("delta", false, "speak Delta (incremental) xDS")
+	source := flag.String("source", "", "local IP to connect from (e.g. 127.0.0.2)")
 	flag.Parse()
 	timeout := time.Duration(*timeoutS * float64(time.Second))
 	names := strings.Split(*authority, ",")
 	sort.Strings(names)
 	r := &run{delta: *delta, authorities: names}
+	if *source != "" {
+		r.source = &net.TCPAddr{IP: net.ParseIP(*source)}
+	}
 	for i := 0; i < *count; i++ {
 		r.clients = append(r.clients, &client{
 			id: fmt.Sprintf("%s%d", *prefix, i), names: map[string][]string{},

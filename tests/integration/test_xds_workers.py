@@ -3,6 +3,8 @@
 A library client under load is served by one of two workers sharing the xDS
 port (SO_REUSEPORT). That worker is killed (SIGKILL): the client must lose no
 request, reconnect to another worker, and follow a config change made after.
+The leader serves no ADS itself: the pushes and the convergence its /metrics
+shows are the workers'.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ def serving_worker(lab: LocalMesh, node_id: str) -> int | None:
     return int(found[0]) if len(found) == 1 and found[0] else None
 
 
+def metric(lab: LocalMesh, sample: str) -> float:
+    """One sample's value on the leader's /metrics page (0 when absent)."""
+    with urllib.request.urlopen(f"http://{lab.admin_address}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+    return 0.0
+
+
 def test_killed_worker_loses_no_request(lab: LocalMesh) -> None:
     v1 = lab.start_http_backend("reviews", "v1")
     v2 = lab.start_http_backend("reviews", "v2")
@@ -44,8 +56,8 @@ def test_killed_worker_loses_no_request(lab: LocalMesh) -> None:
         wait_for(lambda: serving_worker(lab, "client-1") is not None, 10, "a worker's report")
         worker = serving_worker(lab, "client-1")
         assert worker is not None and worker != lab.control_plane.popen.pid  # type: ignore[union-attr]
-        with urllib.request.urlopen(f"http://{lab.admin_address}/metrics", timeout=5) as r:
-            assert 'meshcp_xds_clients{kind="MESH"} 1' in r.read().decode().splitlines()
+        assert metric(lab, 'meshcp_xds_clients{kind="MESH"}') == 1
+        assert metric(lab, 'meshcp_xds_pushes_total{type="LDS"}') >= 1
 
         os.kill(worker, signal.SIGKILL)
         wait_for(
@@ -56,5 +68,10 @@ def test_killed_worker_loses_no_request(lab: LocalMesh) -> None:
         served = sum(load.counts.values())
         lab.set_weights(HOST, {"v1": 0, "v2": 100})  # only a live worker can send this
         wait_for(lambda: load.counts["v2"] > 50, 15, "the change, from the new worker")
+        wait_for(
+            lambda: metric(lab, "meshcp_convergence_seconds_count") >= 1,
+            10,
+            "the change's convergence, measured by the worker",
+        )
         assert sum(load.counts.values()) > served
     assert load.failures == []

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 from mesh_control_plane.admin import (
     JsonHttpServer,
     PrometheusClient,
+    TextResponse,
     config_dump,
     console_pages,
     describe_view,
@@ -46,6 +48,7 @@ from mesh_control_plane.ca import (
 from mesh_control_plane.ca.tokens import TokenError
 from mesh_control_plane.config import ConfigLoadError, ConfigWatcher, MeshSettings
 from mesh_control_plane.config.errors import ConfigProblem
+from mesh_control_plane.config.gateway_api_status import Programmed
 from mesh_control_plane.config.jwks import JwksRefresher, JwksResolver
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.kube.ca_secret import CaSecretSync, share_ca_dir
@@ -170,13 +173,7 @@ class ControlPlane:
             {
                 "/healthz": healthz,
                 "/status": lambda: self._status(trust_domain),
-                "/metrics": lambda: metrics_page(
-                    self.metrics,
-                    self.xds.servicer.clients(),
-                    self.config_errors,
-                    self.cache.version,
-                    [c["kind"] for c in self.workers.client_statuses()] if self.workers else (),
-                ),
+                "/metrics": self._metrics,
                 "/registry": self._registry_status,
                 **console_pages(),
             },
@@ -207,7 +204,7 @@ class ControlPlane:
             lease = registry.leader_lease or f"{connection.namespace}/{LEASE_NAME}"
             identity = f"{socket.gethostname()}-{os.getpid()}"
             self.kube_config.elect(lease, identity, registry.lease_duration)
-            self.kube_config.follow_programmed(lambda: programmed_gateways(self._client_statuses()))
+            self.kube_config.follow_programmed(self._programmed)
         self._rotate_as_leader()
         # A config's new DNS names are resolved before it is applied (registry/dns.py).
         self._jwks = JwksRefresher(
@@ -351,12 +348,29 @@ class ControlPlane:
             await self.workers.stop()
         await self.xds.stop(grace)
 
-    def _client_statuses(self) -> list[dict[str, Any]]:
-        """Every ADS client's `/status` form, the workers' included."""
-        mine = [c.to_status() for c in self.xds.servicer.clients()]
-        return mine + (list(self.workers.client_statuses()) if self.workers else [])
+    async def _programmed(self) -> dict[str, Programmed]:
+        """Gateways' Programmed from every ADS client's ACKs, the workers' included."""
+        clients = [c.to_status() for c in self.xds.servicer.clients()]
+        if self.workers is not None:
+            reports = await self.workers.reports(with_clients=True)
+            clients += [c for report in reports for c in report["clients"]]
+        return programmed_gateways(clients)
 
-    def _status(self, trust_domain: str) -> dict[str, Any]:
+    async def _metrics(self) -> TextResponse:
+        """`/metrics`, adding up the leader's and every ADS worker's."""
+        reports = await self.workers.reports(with_clients=False) if self.workers else []
+        worker_kinds: Counter[str] = Counter()
+        for report in reports:
+            worker_kinds.update(report["kinds"])
+        return metrics_page(
+            self.metrics.merged(r["metrics"] for r in reports),
+            self.xds.servicer.clients(),
+            self.config_errors,
+            self.cache.version,
+            worker_kinds,
+        )
+
+    async def _status(self, trust_domain: str) -> dict[str, Any]:
         """`/status`, with the clients of every ADS worker."""
         payload = status(
             self.cache.version,
@@ -369,7 +383,8 @@ class ControlPlane:
         if self.workers is not None:
             payload["clients"] += [
                 {**c, "spiffe": spiffe_id(trust_domain, c["namespace"], c["service_account"])}
-                for c in self.workers.client_statuses()
+                for report in await self.workers.reports(with_clients=True)
+                for c in report["clients"]
             ]
         return payload
 

@@ -17,6 +17,9 @@ locks. What is measured:
 - `meshcp_xds_nacks_total{type}`: NACKs received, by type;
 - `meshcp_config_errors` (gauge, problems in the current directory),
   `meshcp_config_rejected_total` (reloads refused), `meshcp_config_version`.
+
+With ADS worker processes (`--xds-workers`) each worker counts its own streams
+and the leader's page adds them up (`export` / `merged`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["CONTENT_TYPE", "ControlPlaneMetrics", "Histogram", "escape_label"]
 
@@ -84,6 +88,15 @@ class Histogram:
         out.append(f"{name}_sum {_number(self.total)}")
         out.append(f"{name}_count {self.count}")
         return out
+
+    def export(self) -> dict[str, Any]:
+        return {"counts": list(self.counts), "total": self.total, "count": self.count}
+
+    def add(self, exported: Mapping[str, Any]) -> None:
+        """Add another histogram's `export()` (same buckets: both are ours)."""
+        self.counts = [a + b for a, b in zip(self.counts, exported["counts"], strict=True)]
+        self.total += exported["total"]
+        self.count += exported["count"]
 
 
 @dataclass
@@ -175,6 +188,41 @@ class ControlPlaneMetrics:
         seconds = self._clock() - current.started
         self.convergence.observe(seconds)
         self.last_convergence = seconds
+
+    # -- ADS worker processes ----------------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """What an ADS worker reports to its leader (JSON), for `merged`."""
+        return {
+            "pushes": dict(self.pushes),
+            "nacks": dict(self.nacks),
+            "push_duration": self.push_duration.export(),
+            "convergence": self.convergence.export(),
+            "last_convergence": self.last_convergence,
+            "incomplete_rounds": self.incomplete_rounds,
+        }
+
+    def merged(self, workers: Iterable[Mapping[str, Any]]) -> ControlPlaneMetrics:
+        """These metrics plus the workers' (`export()`), for one page: counters
+        and histograms add up. Each worker times convergence over its own
+        streams, so the last convergence is the slowest worker's."""
+        total = ControlPlaneMetrics(self._clock)
+        total.pushes, total.nacks = Counter(self.pushes), Counter(self.nacks)
+        total.push_duration.add(self.push_duration.export())
+        total.convergence.add(self.convergence.export())
+        total.last_convergence = self.last_convergence
+        total.incomplete_rounds = self.incomplete_rounds
+        total.rejected_reloads = self.rejected_reloads
+        for worker in workers:
+            total.pushes.update(worker["pushes"])
+            total.nacks.update(worker["nacks"])
+            total.push_duration.add(worker["push_duration"])
+            total.convergence.add(worker["convergence"])
+            total.incomplete_rounds += worker["incomplete_rounds"]
+            last = worker["last_convergence"]
+            if last is not None:
+                total.last_convergence = max(last, total.last_convergence or 0.0)
+        return total
 
     # -- exposition --------------------------------------------------------------
 

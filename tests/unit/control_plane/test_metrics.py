@@ -5,6 +5,7 @@ whose ACKs and NACKs are known, and config changes written to its directory."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -258,3 +259,35 @@ def test_histogram_buckets_are_cumulative() -> None:
         "x_sum 3.65",
         "x_count 4",
     ]
+
+
+def test_workers_metrics_add_up_through_json() -> None:
+    """The leader's page with ADS workers: each worker's export() crosses a
+    pipe as JSON; counters and histograms add up, the last convergence is
+    the slowest worker's, and the leader's own figures are not changed."""
+    now = [0.0]
+
+    def worker(pushes: int, converged_after: float, nack: bool) -> dict[str, Any]:
+        metrics = ControlPlaneMetrics(clock=lambda: now[0])
+        for _ in range(pushes):
+            metrics.pushed("RDS")
+        now[0] = 0.0
+        metrics.config_pushed(0.0, [("s", "RDS")])
+        now[0] = converged_after
+        if nack:
+            metrics.nacked("s", "RDS", "RDS")
+        else:
+            metrics.acked("s", "RDS")
+        exported: dict[str, Any] = json.loads(json.dumps(metrics.export()))
+        return exported
+
+    leader = ControlPlaneMetrics()
+    leader.config_rejected()
+    total = leader.merged([worker(3, 0.2, False), worker(5, 0.7, False), worker(1, 9.0, True)])
+    assert total.pushes == {"RDS": 9}
+    assert total.nacks == {"RDS": 1}
+    assert (total.convergence.count, total.last_convergence) == (2, 0.7)
+    assert total.convergence.total == pytest.approx(0.9)
+    assert (total.push_duration.count, total.incomplete_rounds) == (3, 1)
+    assert total.rejected_reloads == 1
+    assert (leader.pushes, leader.convergence.count) == ({}, 0)

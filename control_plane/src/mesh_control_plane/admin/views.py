@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -109,14 +109,13 @@ def metrics_page(
     clients: Sequence[ClientRecord],
     config_errors: Sequence[str],
     version: str,
-    other_kinds: Iterable[str] = (),
+    worker_kinds: Mapping[str, int] | None = None,
 ) -> TextResponse:
     """`GET /metrics`: Prometheus text; every client kind is listed (0 when
-    none is connected) so a dashboard's series never vanish. `other_kinds`:
-    the kind of each client served by an ADS worker process."""
-    by_kind: Mapping[str, int] = Counter(
-        kind for kind in (*(c.kind for c in clients), *other_kinds) if kind
-    )
+    none is connected) so a dashboard's series never vanish. `worker_kinds`:
+    the clients the ADS worker processes serve, by kind."""
+    by_kind: Counter[str] = Counter(c.kind for c in clients if c.kind)
+    by_kind.update(worker_kinds or {})
     counts = {kind.name: by_kind.get(kind.name, 0) for kind in ClientKind}
     page = metrics.render(clients_by_kind=counts, config_errors=len(config_errors), version=version)
     return TextResponse(page, CONTENT_TYPE)

@@ -22,7 +22,7 @@ from mesh_control_plane.registry.consul import ConsulSettings
 from mesh_control_plane.registry.hub import DEFAULT_DEBOUNCE
 from mesh_control_plane.registry.kubernetes import KubernetesSettings
 from mesh_control_plane.registry.runtime import RegistrySettings
-from mesh_control_plane.xds.server import tune_gc
+from mesh_control_plane.xds.tuning import tune_gc
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -37,6 +38,7 @@ from .parse_gateway import Gateway
 from .parse_mesh_config import MeshConfigMap, mesh_config_problems
 from .parse_sidecar import Sidecar, overlapping_selectors
 from .parse_telemetry import Telemetry
+from .parsed_files import ParsedFiles
 from .references import check_references, reference_warnings
 from .schema import Problems
 from .short_hosts import qualify_rule, qualify_virtual_service
@@ -71,13 +73,15 @@ def load_config_dir(
     settings: MeshSettings | None = None,
     extra: Iterable[Document] = (),
     known: Sequence[ServiceEntry] = (),
+    parsed: ParsedFiles | None = None,
 ) -> MeshConfig:
     """Read, validate and cross-check every config file under `path`, then `extra`
     (documents from elsewhere: Kubernetes). A resource (kind, namespace, name) that a
     file defines is the file's: the same one in `extra` is left out. `known` are
     services that registries declare (Kubernetes Services, Consul): references to
     their hosts resolve, but they are not part of the result (the registry hub adds
-    them to each config it applies).
+    them to each config it applies). `parsed`: what files parsed to on the
+    last load (a watcher's), so unchanged files are not parsed again.
 
     `settings` (trust domain, root namespace) come from control-plane flags and
     are carried in the result, since translation depends on them. Raises
@@ -88,8 +92,11 @@ def load_config_dir(
         reason = "does not exist" if not root.exists() else "is not a directory"
         raise ConfigLoadError([ConfigProblem(str(root), "", "", f"config directory {reason}")])
     builder = _Builder(settings or MeshSettings())
-    for file in config_files(root):
-        builder.add(_read_documents(root, file, builder.problems))
+    files = config_files(root)
+    for file in files:
+        builder.add(_read_documents(root, file, builder.problems, parsed))
+    if parsed is not None:
+        parsed.keep_only(files)
     builder.add(extra, lower=True)
     return builder.finish(known)
 
@@ -213,7 +220,9 @@ def _assemble(resources: list[Resource], settings: MeshSettings) -> MeshConfig:
     )
 
 
-def _read_documents(root: Path, path: Path, sink: list[ConfigProblem]) -> list[Document]:
+def _read_documents(
+    root: Path, path: Path, sink: list[ConfigProblem], parsed: ParsedFiles | None
+) -> list[Document]:
     """The documents of one file; none when the file is not valid YAML.
 
     A file with a syntax error contributes nothing, not the documents before
@@ -228,8 +237,18 @@ def _read_documents(root: Path, path: Path, sink: list[ConfigProblem]) -> list[D
     except OSError as err:
         sink.append(ConfigProblem(file, "", "", f"could not read file: {err.strerror or err}"))
         return []
+    if parsed is None:
+        documents, problems = _parse_text(file, text)
+    else:
+        documents, problems = parsed.parse(path, text, partial(_parse_text, file))
+    sink.extend(problems)
+    return documents
+
+
+def _parse_text(file: str, text: str) -> tuple[list[Document], list[ConfigProblem]]:
+    """`file`'s documents and the problems found in it (then no documents)."""
     documents: list[Document] = []
-    before = len(sink)
+    sink: list[ConfigProblem] = []
     try:
         for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
             if _depth(node) > MAX_DEPTH:
@@ -242,7 +261,7 @@ def _read_documents(root: Path, path: Path, sink: list[ConfigProblem]) -> list[D
                         node.start_mark.line + 1,
                     )
                 )
-                return []
+                return [], sink
             sink.extend(
                 ConfigProblem(file, "", "", f'duplicate key "{key}"', line)
                 for key, line in sorted(_duplicate_keys(node), key=lambda pair: pair[1])
@@ -255,13 +274,13 @@ def _read_documents(root: Path, path: Path, sink: list[ConfigProblem]) -> list[D
             documents.append(Document(file, data, node.start_mark.line + 1))
     except yaml.YAMLError as err:
         sink.append(_yaml_problem(file, err))
-        return []
+        return [], sink
     except RecursionError:
         # PyYAML's composer recurses per nesting level; a hostile file must
         # be an error naming it, not a crash of the watcher.
         sink.append(ConfigProblem(file, "", "", "YAML nested too deeply to parse"))
-        return []
-    return documents if len(sink) == before else []
+        return [], sink
+    return (documents if not sink else []), sink
 
 
 # No Istio resource comes near this; deeper documents are rejected before

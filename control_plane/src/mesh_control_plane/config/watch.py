@@ -18,6 +18,7 @@ from .documents import Document
 from .errors import ConfigLoadError, ConfigProblem
 from .loader import config_files, load_config_dir
 from .model import MeshConfig, MeshSettings, ServiceEntry
+from .parsed_files import ParsedFiles
 
 __all__ = ["ConfigWatcher", "directory_signature"]
 
@@ -91,6 +92,7 @@ class ConfigWatcher:
         self._clock = clock
         self._sleep = sleep
         self._last_good: MeshConfig | None = None
+        self._parsed = ParsedFiles()  # unchanged files are not parsed again
         self._last_errors: tuple[ConfigProblem, ...] = ()
         self._task: asyncio.Task[None] | None = None
 
@@ -148,7 +150,12 @@ class ConfigWatcher:
         """
         try:
             config = await asyncio.to_thread(
-                load_config_dir, self.path, self._settings, tuple(self._extra()), self._known()
+                load_config_dir,
+                self.path,
+                self._settings,
+                tuple(self._extra()),
+                self._known(),
+                self._parsed,
             )
         except ConfigLoadError as err:
             self._last_errors = err.problems

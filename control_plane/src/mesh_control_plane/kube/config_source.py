@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -146,7 +146,7 @@ class KubeConfigSource:
         self._reloading: asyncio.Task[None] | None = None
         self._dirty = False
         self._report_due = False
-        self._programmed_source: Callable[[], Mapping[str, Programmed]] = dict
+        self._programmed_source: Callable[[], Awaitable[Mapping[str, Programmed]]] | None = None
         self._programmed: Mapping[str, Programmed] = {}
         self._programmed_interval: float | None = None  # None: not followed
         self._following: asyncio.Task[None] | None = None
@@ -190,7 +190,7 @@ class KubeConfigSource:
         )
 
     def follow_programmed(
-        self, source: Callable[[], Mapping[str, Programmed]], interval: float = 1.0
+        self, source: Callable[[], Awaitable[Mapping[str, Programmed]]], interval: float = 1.0
     ) -> None:
         """Take Gateways' Programmed verdicts from `source` (the gateway Envoys'
         ACKs, xds/gateway_acks.py), checked every `interval` seconds once started."""
@@ -200,7 +200,9 @@ class KubeConfigSource:
     async def _follow(self) -> None:
         while self._programmed_interval is not None:
             await asyncio.sleep(self._programmed_interval)
-            now = self._programmed_source()
+            if self._programmed_source is None:
+                return
+            now = await self._programmed_source()
             if now != self._programmed:
                 self._programmed = now
                 self._schedule(reload=False)

@@ -25,7 +25,6 @@ new first, the removal last), shared the same way.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import sys
 import time
@@ -50,6 +49,7 @@ from mesh_control_plane.xds.delta import DeltaResponses, DeltaStreams
 from mesh_control_plane.xds.responses import PreparedResponse, ResponseCache
 from mesh_control_plane.xds.snapshot import SnapshotCache
 from mesh_control_plane.xds.streams import BadNode, Stream, StreamObserver, push_order
+from mesh_control_plane.xds.tuning import SERVER_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -59,31 +59,6 @@ WRITE_STALL_GRACE = 5.0
 write (a peer that reads slowly still drains it) before it is forgotten."""
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-
-# A connect storm of thousands of clients arrives faster than one Python event
-# loop accepts calls, and grpc core's defaults for calls the application has not
-# picked up yet reset most of it (and every client retries, so the storm only
-# grows): a call left waiting more than 30 s (server_max_unrequested_time_in_
-# server) is CANCELLED, and beyond 1,000 waiting (max_pending_requests) new ones
-# are refused with RESOURCE_EXHAUSTED, certainly so beyond 3,000 (the hard
-# limit). A waiting call costs a few KB in core; 100,000 is a deliberate
-# ceiling, not "unlimited". Values: count, count, seconds.
-SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.server.max_pending_requests", 100_000),
-    ("grpc.server.max_pending_requests_hard_limit", 100_000),
-    ("grpc.server_max_unrequested_time_in_server", 300),
-)
-
-GC_THRESHOLDS = (50_000, 20, 10)
-"""Collector thresholds for a control plane process (see `tune_gc`)."""
-
-
-def tune_gc() -> None:
-    """Run the cyclic collector less often (the control plane's entry point
-    only): a push's short-lived objects per stream otherwise trigger collections
-    that walk every stream's long-lived state (figures in benchmarks/README)."""
-    gc.set_threshold(*GC_THRESHOLDS)
-
 
 _Context = grpc.aio.ServicerContext[Any, bytes]
 

@@ -1,6 +1,6 @@
 """ADS streams sharded over worker processes on one port (`--xds-workers N`).
 
-One Python event loop serves a push to about 8,000 streams a second here
+One Python event loop serves a push to about 13,000 streams a CPU-second here
 (benchmarks/README.md); more clients need more cores. With N > 1 the leader
 (the control plane process: config watcher, registry, CA, admin) serves no
 ADS on the public port itself. It holds the port (a bound, not listening,
@@ -14,9 +14,10 @@ meanwhile), and the leader starts a new worker.
 The leader's own gRPC server listens on a private loopback port, where the
 workers forward registration calls; the workers report their streams'
 opening and closing (self-registered workloads' health follows them) and,
-every second, their clients for `/status` (and the clients gauge of
-`/metrics`). Not aggregated yet: the push, ACK and convergence metrics and
-`/config_dump?node=` show the leader's own streams only (none).
+when the leader asks (`reports`: a scrape of `/metrics` or `/status`), their
+clients and metrics, which the leader's pages add to its own. Not
+aggregated yet: `/config_dump?node=` shows the leader's own streams only
+(none).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json
 import logging
 import socket
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ from google.protobuf.message import DecodeError
 
 from mesh_control_plane.xds.snapshot import SnapshotCache
 from mesh_control_plane.xds.streams import StreamObserver
-from mesh_control_plane.xds.worker import frame
+from mesh_control_plane.xds.worker import frame, report_request
 
 __all__ = ["XdsWorkers"]
 
@@ -46,15 +47,21 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0
 STOP_GRACE = 5.0
+REPORT_TIMEOUT = 5.0
+"""Seconds a page waits for the workers' reports (a worker busy with a
+push to thousands of streams answers after it)."""
 
 
 @dataclass(eq=False)
 class _Worker:
     index: int
     process: asyncio.subprocess.Process
-    clients: list[dict[str, Any]] = field(default_factory=list)
     nodes: Counter[bytes] = field(default_factory=Counter)  # open streams per node
     port: asyncio.Future[int] = field(default_factory=asyncio.Future)
+    # reports asked for and not yet answered, in order (None: the worker is gone)
+    replies: deque[tuple[bool, asyncio.Future[dict[str, Any] | None]]] = field(
+        default_factory=deque
+    )
 
 
 class XdsWorkers:
@@ -100,14 +107,35 @@ class XdsWorkers:
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers.values()]
 
-    def client_statuses(self) -> list[dict[str, Any]]:
-        """What each worker last reported of its clients, each marked with
-        the worker's pid."""
-        return [
-            {**client, "worker": w.process.pid}
-            for w in self._workers.values()
-            for client in w.clients
-        ]
+    async def reports(
+        self, with_clients: bool, timeout: float = REPORT_TIMEOUT
+    ) -> list[dict[str, Any]]:
+        """Ask every worker for a report ({"kinds", "metrics"} and with
+        `with_clients` "clients", each marked with the worker's pid) and
+        return those that answer within `timeout`. Concurrent callers share
+        a question already asked (when it asks for as much)."""
+        asked: list[tuple[int, asyncio.Future[dict[str, Any] | None]]] = []
+        for worker in self._workers.values():
+            stdin = worker.process.stdin
+            if stdin is None or stdin.is_closing():
+                continue
+            if worker.replies and (worker.replies[-1][0] or not with_clients):
+                reply = worker.replies[-1][1]
+            else:
+                reply = asyncio.get_running_loop().create_future()
+                worker.replies.append((with_clients, reply))
+                stdin.write(report_request(with_clients))
+            asked.append((worker.process.pid, reply))
+        if not asked:
+            return []
+        await asyncio.wait([reply for _, reply in asked], timeout=timeout)
+        out = []
+        for pid, reply in asked:
+            report = reply.result() if reply.done() else None
+            if report is not None:
+                clients = [{**c, "worker": pid} for c in report.get("clients", ())]
+                out.append({**report, "clients": clients})
+        return out
 
     async def stop(self) -> None:
         """Close every worker's stdin (it stops), kill what outlives the grace."""
@@ -175,6 +203,8 @@ class XdsWorkers:
         code = await worker.process.wait()
         if not worker.port.done():
             worker.port.set_exception(RuntimeError(f"ADS worker exited ({code}) before serving"))
+        while worker.replies:
+            worker.replies.popleft()[1].set_result(None)
         for node_bytes, open_streams in worker.nodes.items():  # its streams are gone
             for _ in range(open_streams):
                 self._tell(node_bytes, False)
@@ -191,8 +221,9 @@ class XdsWorkers:
     def _on_message(self, worker: _Worker, message: dict[str, Any]) -> None:
         if "port" in message and not worker.port.done():
             worker.port.set_result(int(message["port"]))
-        elif "clients" in message:
-            worker.clients = list(message["clients"])
+        elif "report" in message:
+            if worker.replies:
+                worker.replies.popleft()[1].set_result(message["report"])
         elif "stream" in message:
             node_bytes = base64.b64decode(message["node"])
             opened = bool(message["stream"])
