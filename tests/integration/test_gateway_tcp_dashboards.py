@@ -8,10 +8,11 @@ service, workload and mesh dashboards (their PromQL, template variables filled
 as Grafana would) and Kiali's TCP graph queries must return data, and Kiali's
 edge from the gateway to the echo workload must name both ends.
 
-Not run: the panels' `connection_security_policy="mutual_tls"` variants. Only a
-destination reporter says mutual_tls (Istio: the source says unknown), and
-the destinations here are not Envoys: the meshed service reports the HTTP
-requests it reads (istio_requests_total), not TCP.
+The panels' `connection_security_policy="mutual_tls"` variants are run in
+test_sidecar_tcp_metrics.py: only a destination reporter says mutual_tls
+(Istio: the source says unknown), and the destinations here are not Envoys
+(the meshed service reports the HTTP requests it reads, not TCP); there an
+Envoy sidecar is the destination.
 """
 
 from __future__ import annotations
