@@ -22,10 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_support import (
-    agent_metrics,
-    listener_ports,
-)
+from gateway_support import agent_metrics, listener_ports
 from identities import NAMESPACE
 from meshlab import LocalMesh
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,7 +43,7 @@ Rows = list[tuple[dict[str, str], float]]
 def sidecars(lab: LocalMesh) -> Iterator[tuple[int, int]]:
     """(the echo's declared port, sleep's local outbound port); agents named
     `tcp-echo` and `sleep` (their metrics: agent_metrics)."""
-    with echo_and_sleep(lab) as (echo_port, _, sleep_admin):  # a plaintext probe to echo's
+    with echo_and_sleep(lab) as (echo_port, _, sleep_admin):  # it probes echo's in plaintext
         yield echo_port, _outbound_port(sleep_admin)
 
 

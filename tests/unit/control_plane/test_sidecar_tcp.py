@@ -159,3 +159,14 @@ def test_outbound_tcp_metadata_is_read_and_checked() -> None:
     node.metadata.fields[OUTBOUND_TCP_METADATA_KEY].string_value = "a.mesh=1900"
     with pytest.raises(ValueError, match="HOST:PORT=LOCAL_PORT"):
         NodeInfo.from_proto(node)
+
+
+def test_a_port_two_services_declare_is_reported_as_the_first_by_name() -> None:
+    """Istio's stats take the first of the inbound cluster's services."""
+    other = SERVICE.split("---")[0].replace("name: echo", "name: alias")
+    config = load(SERVICE + "---" + other.replace("echo.shop.mesh", "alias.shop.mesh"))
+    rs = translate(config, build_static_registry(config), ECHO)
+    listener: Any = rs.resources[LISTENER]["inbound|9000"]
+    proxy = tcp_proxy_pb2.TcpProxy()
+    listener.filter_chains[0].filters[1].typed_config.Unpack(proxy)
+    assert _logged(proxy) == ("istio_tcp.destination", "alias.shop.mesh")
