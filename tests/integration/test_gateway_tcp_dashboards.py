@@ -89,7 +89,7 @@ MESH = [
     '"destination_workload_namespace")'
     for way in _IN
 ]
-_KIALI_BY = (
+KIALI_BY = (
     "source_cluster,source_workload_namespace,source_workload,source_canonical_service,"
     "source_canonical_revision,destination_cluster,destination_service_namespace,"
     "destination_service,destination_service_name,destination_workload_namespace,"
@@ -97,7 +97,7 @@ _KIALI_BY = (
 )
 KIALI = [
     f'sum(rate(istio_tcp_{way}_bytes_total{{reporter="source",source_workload_namespace='
-    f'"{NAMESPACE}"}}[60s])) by ({_KIALI_BY},response_flags) > 0'
+    f'"{NAMESPACE}"}}[60s])) by ({KIALI_BY},response_flags) > 0'
     for way in _IN
 ]
 

@@ -9,7 +9,9 @@ reporter="source" (connection_security_policy unknown: the destination
 decides), by echo's as reporter="destination" with connection_security_policy
 mutual_tls and the caller's SPIFFE ID from its certificate. A real Prometheus
 (Debian's) scraping both agents answers the `mutual_tls` variants of the TCP
-panels of Istio's service and workload dashboards."""
+panels of Istio's service and workload dashboards, Kiali's TCP edge from sleep
+and its security query (the destination side's policy, by TCP bytes) with
+the mTLS lock."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from identities import NAMESPACE
 from meshlab import LocalMesh
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_lab import PrometheusServer
-from test_gateway_tcp_dashboards import SERVICE, fill, has_data
+from test_gateway_tcp_dashboards import KIALI, KIALI_BY, SERVICE, fill, has_data
 from test_gateway_tcp_metrics import METRICS
 from test_sidecar_tcp import ECHO, ECHO_HOST, echo_and_sleep
 
@@ -193,6 +195,11 @@ MTLS_WORKLOAD_INBOUND = [
     for way in ("received", "sent")
 ]
 
+KIALI_TCP_SECURITY = (
+    f'sum(rate(istio_tcp_sent_bytes_total{{reporter="destination",destination_service_namespace='
+    f'"{NAMESPACE}"}}[60s])) by ({KIALI_BY},connection_security_policy) > 0'
+)
+
 
 def test_the_mutual_tls_tcp_panels_read_the_destination_sidecar(
     lab: LocalMesh, sidecars: tuple[int, int], tmp_path: Path
@@ -223,6 +230,16 @@ def test_the_mutual_tls_tcp_panels_read_the_destination_sidecar(
         for query in (*MTLS_SERVICE, *MTLS_WORKLOAD_INBOUND):
             rows = has_data(prometheus, fill(query, **variables))
             assert {r["metric"]["source_workload_namespace"] for r in rows} == {NAMESPACE}
+        # Kiali's TCP edge (source reporter) and the mTLS lock of its security
+        # appender (destination reporter) on the same connections.
+        (edge,) = has_data(prometheus, KIALI[0])
+        assert (edge["metric"]["source_workload"], edge["metric"]["destination_service"]) == (
+            "sleep",
+            ECHO_HOST,
+        )
+        (lock,) = has_data(prometheus, KIALI_TCP_SECURITY)
+        assert lock["metric"]["connection_security_policy"] == "mutual_tls"
+        assert lock["metric"]["destination_workload"] == "tcp-echo"
     finally:
         stop.set()
         worker.join(30)
