@@ -74,14 +74,20 @@ def _echo(port: int, line: bytes) -> bytes:
 
 
 def _rows(lab: LocalMesh, agent: str, name: str, **match: str) -> Rows:
-    rows: Rows = []
+    """The samples of `name` whose labels include `match`, from one scrape."""
+    return _matching(_scrape(lab, agent), name, match)
+
+
+def _scrape(lab: LocalMesh, agent: str) -> dict[str, Rows]:
+    samples: dict[str, Rows] = {}
     for family in text_string_to_metric_families(agent_metrics(lab, agent)):
-        rows += [
-            (sample.labels, sample.value)
-            for sample in family.samples
-            if sample.name == name and match.items() <= sample.labels.items()
-        ]
-    return rows
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def _matching(samples: dict[str, Rows], name: str, match: dict[str, str]) -> Rows:
+    return [(labels, v) for labels, v in samples.get(name, []) if match.items() <= labels.items()]
 
 
 SOURCE = {"reporter": "source", "destination_service": ECHO_HOST, "response_flags": "-"}
@@ -94,10 +100,14 @@ DESTINATION = {
 
 
 def _counts(lab: LocalMesh) -> tuple[list[float], list[float]]:
-    """The four counters on sleep's sidecar (source) and echo's (destination)."""
-    source = [sum(v for _, v in _rows(lab, "sleep", name, **SOURCE)) for name in METRICS]
-    dest = [sum(v for _, v in _rows(lab, "tcp-echo", name, **DESTINATION)) for name in METRICS]
-    return source, dest
+    """The four counters on sleep's sidecar (source) and echo's (destination),
+    each side from one scrape (its connections' first entries come before their
+    last)."""
+    sides = []
+    for agent, match in (("sleep", SOURCE), ("tcp-echo", DESTINATION)):
+        samples = _scrape(lab, agent)
+        sides.append([sum(v for _, v in _matching(samples, name, match)) for name in METRICS])
+    return sides[0], sides[1]
 
 
 def _until(lab: LocalMesh, done: Callable[[Any], bool], what: str) -> Any:
