@@ -8,10 +8,11 @@ service, workload and mesh dashboards (their PromQL, template variables filled
 as Grafana would) and Kiali's TCP graph queries must return data, and Kiali's
 edge from the gateway to the echo workload must name both ends.
 
-Not run: the panels' `connection_security_policy="mutual_tls"` variants. Only a
-destination reporter says mutual_tls (Istio: the source says unknown), and
-the destinations here are not Envoys: the meshed service reports the HTTP
-requests it reads (istio_requests_total), not TCP.
+The panels' `connection_security_policy="mutual_tls"` variants are run in
+test_sidecar_tcp_metrics.py: only a destination reporter says mutual_tls
+(Istio: the source says unknown), and the destinations here are not Envoys
+(the meshed service reports the HTTP requests it reads, not TCP); there an
+Envoy sidecar is the destination.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ MESH = [
     '"destination_workload_namespace")'
     for way in _IN
 ]
-_KIALI_BY = (
+KIALI_BY = (
     "source_cluster,source_workload_namespace,source_workload,source_canonical_service,"
     "source_canonical_revision,destination_cluster,destination_service_namespace,"
     "destination_service,destination_service_name,destination_workload_namespace,"
@@ -96,7 +97,7 @@ _KIALI_BY = (
 )
 KIALI = [
     f'sum(rate(istio_tcp_{way}_bytes_total{{reporter="source",source_workload_namespace='
-    f'"{NAMESPACE}"}}[60s])) by ({_KIALI_BY},response_flags) > 0'
+    f'"{NAMESPACE}"}}[60s])) by ({KIALI_BY},response_flags) > 0'
     for way in _IN
 ]
 

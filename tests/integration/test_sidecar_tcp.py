@@ -99,19 +99,17 @@ def _exchange(sock: socket.socket, line: bytes) -> bytes:
     return received
 
 
-@pytest.fixture
-def sidecars(lab: LocalMesh) -> Iterator[tuple[int, int, Any, str]]:
-    """(the echo's declared port, sleep's local outbound port, a meshed
-    frontend, the echo sidecar's Envoy admin)."""
+@contextlib.contextmanager
+def echo_and_sleep(lab: LocalMesh) -> Iterator[tuple[int, str, str]]:
+    """The control plane and both sidecars (agents `tcp-echo` and `sleep`):
+    (the echo's declared port, echo's Envoy admin, sleep's)."""
     with (
         reserved_port() as echo_port,
         serving(_Server(("127.0.0.1", 0), _Hello)) as app_port,
     ):
         lab.write_config("tcp.yaml", _config(echo_port))
         lab.start_control_plane(extra_args=["--leaf-ttl", "1h"])
-        frontend = workload_mesh(lab, "frontend-1", "frontend")
         with (
-            frontend,
             running_proxy(
                 lab, "tcp-echo", NAMESPACE, {echo_port: app_port}, ("app=tcp-echo",)
             ) as echo_admin,
@@ -120,8 +118,19 @@ def sidecars(lab: LocalMesh) -> Iterator[tuple[int, int, Any, str]]:
             ) as sleep_admin,
         ):
             wait_for_listener(echo_admin, f"inbound|{echo_port}")
-            local = wait_for_listener(sleep_admin, f"outbound|9000||{ECHO_HOST}")
-            yield echo_port, local, frontend, echo_admin
+            yield echo_port, echo_admin, sleep_admin
+
+
+@pytest.fixture
+def sidecars(lab: LocalMesh) -> Iterator[tuple[int, int, Any, str]]:
+    """(the echo's declared port, sleep's local outbound port, a meshed
+    frontend, the echo sidecar's Envoy admin)."""
+    with (
+        echo_and_sleep(lab) as (echo_port, echo_admin, sleep_admin),
+        workload_mesh(lab, "frontend-1", "frontend") as frontend,
+    ):
+        local = wait_for_listener(sleep_admin, f"outbound|9000||{ECHO_HOST}")
+        yield echo_port, local, frontend, echo_admin
 
 
 def test_tcp_goes_through_both_sidecars_in_mesh_mtls(

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -15,6 +16,7 @@ from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import CLUSTER, LISTENER, ClientKind, NodeInfo, translate
 from mesh_control_plane.translate.node import OUTBOUND_TCP_METADATA_KEY
 from mesh_control_plane.translate.sidecar_tcp import tcp_part
+from mesh_control_plane.translate.tcp_telemetry import ALS_CLUSTER, DESTINATION_SERVICE_TAG
 
 from .test_gateway import load
 
@@ -113,6 +115,22 @@ def test_a_declared_tcp_port_is_served_with_mtls_and_network_rbac() -> None:
     app: Any = rs.resources[CLUSTER]["inbound|9000||"]
     address = app.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (address.address, address.port_value) == ("127.0.0.1", 19000)
+    assert _logged(proxy) == ("istio_tcp.destination", "echo.shop.mesh")
+
+
+def _logged(proxy: tcp_proxy_pb2.TcpProxy) -> tuple[str, str]:
+    """The log name of the proxy's one TCP access log to the agent, and the
+    service host it names (istio_tcp_*: translate/tcp_telemetry.py)."""
+    (log,) = proxy.access_log
+    config = als_pb2.TcpGrpcAccessLogConfig()
+    log.typed_config.Unpack(config)
+    common = config.common_config
+    assert common.grpc_service.envoy_grpc.cluster_name == ALS_CLUSTER
+    services = [t.literal.value for t in common.custom_tags if t.tag == DESTINATION_SERVICE_TAG]
+    # The destination side's first entry waits for the caller's TLS handshake.
+    connected = proxy.access_log_options.flush_access_log_on_connected
+    assert connected == common.log_name.endswith(".source")
+    return common.log_name, "".join(services)
 
 
 def test_outbound_tcp_listeners_proxy_to_the_service_in_mesh_mtls() -> None:
@@ -126,6 +144,7 @@ def test_outbound_tcp_listeners_proxy_to_the_service_in_mesh_mtls() -> None:
     proxy = tcp_proxy_pb2.TcpProxy()
     listener.filter_chains[0].filters[0].typed_config.Unpack(proxy)
     assert proxy.cluster == "outbound|9000||echo.shop.mesh"
+    assert _logged(proxy) == ("istio_tcp.source", "")  # the cluster names the service
     cluster: Any = rs.resources[CLUSTER][proxy.cluster]
     assert cluster.HasField("transport_socket")  # mesh mTLS by SDS
     assert "inbound|9000" not in rs.resources[LISTENER]  # not its instance
@@ -199,3 +218,14 @@ def test_custom_policies_on_tcp_ports() -> None:
     paths = _tcp_chain(_custom("envoyExtAuthzGrpc", "{to: [{operation: {paths: [/a]}}]}"))
     paths.filters[0].typed_config.Unpack(marking)
     assert list(marking.shadow_rules.policies) == []
+
+
+def test_a_port_two_services_declare_is_reported_as_the_first_by_name() -> None:
+    """Istio's stats take the first of the inbound cluster's services."""
+    other = SERVICE.split("---")[0].replace("name: echo", "name: alias")
+    config = load(SERVICE + "---" + other.replace("echo.shop.mesh", "alias.shop.mesh"))
+    rs = translate(config, build_static_registry(config), ECHO)
+    listener: Any = rs.resources[LISTENER]["inbound|9000"]
+    proxy = tcp_proxy_pb2.TcpProxy()
+    listener.filter_chains[0].filters[1].typed_config.Unpack(proxy)
+    assert _logged(proxy) == ("istio_tcp.destination", "alias.shop.mesh")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from envoy.data.accesslog.v3 import accesslog_pb2
 from mesh_control_plane.gateway.tcp_metrics import TcpMetrics
-from mesh_control_plane.translate.tcp_telemetry import DOWNSTREAM_PEER_TAG
+from mesh_control_plane.translate.tcp_telemetry import DESTINATION_SERVICE_TAG, DOWNSTREAM_PEER_TAG
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxyless_mesh.telemetry import Workload
@@ -24,7 +24,7 @@ def entry(
 ) -> accesslog_pb2.TCPAccessLogEntry:
     return accesslog_pb2.TCPAccessLogEntry(
         common_properties=accesslog_pb2.AccessLogCommon(
-            stream_id=stream, access_log_type=kind, upstream_cluster=CLUSTER, **common
+            stream_id=stream, access_log_type=kind, **{"upstream_cluster": CLUSTER, **common}
         ),
         connection_properties=accesslog_pb2.ConnectionProperties(
             received_bytes=received, sent_bytes=sent
@@ -85,3 +85,38 @@ def test_response_flags_and_the_destination_reporter() -> None:
     assert labels["source_workload_namespace"] == "shop", "from the verified identity"
     assert labels["destination_principal"] == ME.principal
     assert labels["connection_security_policy"] == "mutual_tls"
+
+
+def test_a_sidecars_inbound_entry_names_its_service_by_tag() -> None:
+    """The inbound cluster (`inbound|9000||`) names no service: the tag does."""
+    metrics = TcpMetrics(ME)
+    inbound = entry(
+        "d",
+        T.TcpConnectionEnd,
+        3,
+        4,
+        upstream_cluster="inbound|9000||",
+        custom_tags={
+            DOWNSTREAM_PEER_TAG: "spiffe://cluster.local/ns/shop/sa/web",
+            DESTINATION_SERVICE_TAG: "echo.shop.svc.cluster.local",
+        },
+    )
+    metrics.record("destination", inbound)
+    ((labels, value),) = scrape(metrics)["istio_tcp_received_bytes_total"]
+    assert value == 3
+    assert labels["destination_service"] == "echo.shop.svc.cluster.local"
+    assert labels["destination_service_name"] == "echo"
+    assert labels["destination_service_namespace"] == "shop"
+    assert labels["destination_workload"] == "edge" and labels["source_workload"] == "unknown"
+
+
+def test_a_plaintext_caller_is_unknown_and_its_policy_none() -> None:
+    metrics = TcpMetrics(ME)
+    tags = {DOWNSTREAM_PEER_TAG: "-", DESTINATION_SERVICE_TAG: "db.shop"}
+    plain = entry(
+        "e", T.TcpConnectionEnd, 1, 1, upstream_cluster="inbound|9000||", custom_tags=tags
+    )
+    metrics.record("destination", plain)
+    ((labels, _),) = scrape(metrics)["istio_tcp_connections_opened_total"]
+    assert labels["connection_security_policy"] == "none"
+    assert labels["source_principal"] == "unknown" and labels["destination_principal"] == "unknown"

@@ -2,7 +2,7 @@
 
 Envoy logs each tcp_proxy connection to the agent by gRPC
 (envoy.service.accesslog.v3, set up by translate/tcp_telemetry.py): when the
-upstream connects, every 15 s while open, and at the end, each entry with the
+upstream connects (source side), every 15 s while open, and at the end, each entry with the
 connection's bytes so far. The agent keeps the last count per connection
 (`stream_id`) and adds the difference to Istio's counters:
 
@@ -18,7 +18,9 @@ have no response_code or grpc_response_status. The destination of a
 source-reported connection is the upstream endpoint's Istio telemetry metadata
 and the SPIFFE ID it presented (which also names the destination's namespace
 when the metadata does not); the source of a destination-reported one is
-the SPIFFE ID the downstream presented (TCP has no metadata exchange header).
+the SPIFFE ID the downstream presented (TCP has no metadata exchange header:
+its workload is unknown, its namespace the certificate's), and its service the
+inbound port's (translate/tcp_telemetry.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2
 
 from mesh_control_plane.translate.tcp_telemetry import (
+    DESTINATION_SERVICE_TAG,
     DESTINATION_WORKLOAD_TAG,
     DOWNSTREAM_PEER_TAG,
     LOG_NAME_PREFIX,
@@ -134,7 +137,7 @@ class TcpMetrics:
 
     def _labels(self, reporter: str, common: accesslog_pb2.AccessLogCommon) -> tuple[str, ...]:
         tags = common.custom_tags
-        host = _cluster_host(common.upstream_cluster)
+        host = _cluster_host(common.upstream_cluster) or tags.get(DESTINATION_SERVICE_TAG, "")
         service = (host, *service_labels(host)) if host else ("unknown", "unknown", "unknown")
         if reporter == "source":
             principal = _san(tags.get(UPSTREAM_PEER_TAG, ""))
@@ -144,7 +147,8 @@ class TcpMetrics:
         else:
             principal = _san(tags.get(DOWNSTREAM_PEER_TAG, ""))
             peer = NO_PEER
-        prefix = label_prefix(reporter, self.me, peer, service, bool(principal), principal)
+        secure = bool(principal)  # a peer certificate: mTLS
+        prefix = label_prefix(reporter, self.me, peer, service, secure, principal or UNKNOWN)
         return (*prefix, "tcp", _flags(common.response_flags))
 
     def prometheus(self) -> str:

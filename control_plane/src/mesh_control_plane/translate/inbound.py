@@ -117,14 +117,23 @@ def workload_ports(
 ) -> set[tuple[str, int]]:
     """(address, port) of every HTTP-family port (or port of `protocols`) of
     the node's own instances."""
-    found: set[tuple[str, int]] = set()
+    return set(workload_port_hosts(index, registry, node, protocols))
+
+
+def workload_port_hosts(
+    index: MeshIndex, registry: Registry, node: NodeInfo, protocols: Collection[str] = ()
+) -> dict[tuple[str, int], str]:
+    """workload_ports, each with the first (by name) service host it serves."""
+    found: dict[tuple[str, int], str] = {}
     for host, service in index.services.items():
         ports = service.http_ports
         if protocols:
             ports = tuple(p for p in service.ports if p.protocol in protocols)
         for instance in registry.get(host, ()):
             if ports and _is_node(instance, node):
-                found.update((instance.address, endpoint_port(instance, p)) for p in ports)
+                for p in ports:
+                    key = (instance.address, endpoint_port(instance, p))
+                    found[key] = min(host, found.get(key, host))
     return found
 
 

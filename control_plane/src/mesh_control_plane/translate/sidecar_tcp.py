@@ -20,6 +20,10 @@ Outbound, each OUTBOUND_TCP entry ``HOST:PORT=LOCAL_PORT`` gets a listener
 proxies to the service's cluster, with the cluster's upstream TLS (mesh mTLS
 by SDS): without traffic capture the application dials the local port, as
 with Istio's Sidecar egress listeners in captureMode NONE.
+
+Both report Istio's TCP metrics through the agent (translate/tcp_telemetry.py):
+inbound as reporter "destination" (its service: the port's), outbound as
+"source".
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from mesh_control_plane.config.authorization import (
 from mesh_control_plane.config.model import MeshConfig
 from mesh_control_plane.registry.static import Registry
 from mesh_control_plane.translate.ext_authz_protos import network_ext_authz_filters
-from mesh_control_plane.translate.inbound import peer_mode, workload_ports
+from mesh_control_plane.translate.inbound import peer_mode, workload_port_hosts
 from mesh_control_plane.translate.index import MeshIndex
 from mesh_control_plane.translate.names import cluster_name
 from mesh_control_plane.translate.node import NodeInfo
@@ -52,6 +56,7 @@ from mesh_control_plane.translate.sidecar import (
     app_cluster,
     inbound_cluster_name,
 )
+from mesh_control_plane.translate.tcp_telemetry import add_tcp_telemetry
 from proxyless_mesh.model import ExtAuthz
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -68,12 +73,14 @@ def sidecar_tcp_inbound(
     rbac = tcp_rbac_filters(config, node)
     listeners: dict[str, listener_pb2.Listener] = {}
     clusters: dict[str, cluster_pb2.Cluster] = {}
-    for address, port in sorted(workload_ports(index, registry, node, ("TCP",))):
+    hosts = workload_port_hosts(index, registry, node, ("TCP",))
+    for (address, port), host in sorted(hosts.items()):
         if port not in app_ports:
             continue
         proxy = tcp_proxy_pb2.TcpProxy(
             stat_prefix=f"inbound_{port}", cluster=inbound_cluster_name(port)
         )
+        add_tcp_telemetry(proxy, "destination", host)
         listener = listener_pb2.Listener(
             name=f"inbound|{port}",
             address=address_pb2.Address(
@@ -92,6 +99,7 @@ def sidecar_tcp_outbound(node: NodeInfo) -> list[listener_pb2.Listener]:
     for host, port, local in node.outbound_tcp:
         name = cluster_name(host, port)
         proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=name)
+        add_tcp_telemetry(proxy, "source")
         listener = listener_pb2.Listener(
             name=name,
             address=address_pb2.Address(

@@ -7,10 +7,17 @@ none, so the access log carries what the labels need:
 - the log name says the reporter (`source`: the connection leaves this proxy
   for a service; `destination`: it arrives at the workload beside it);
 - custom tags: the upstream endpoint's Istio telemetry metadata (the
-  destination workload, as istiod writes it on EDS endpoints) and the peers'
-  SPIFFE IDs (Envoy's formatter: empty without mTLS);
-- an entry when the upstream connects, every TCP_FLUSH_SECONDS while open, and
-  one at the end: bytes are cumulative per connection (`stream_id`).
+  destination workload, as istiod writes it on EDS endpoints), the peers'
+  SPIFFE IDs (Envoy's formatter: empty without mTLS) and, on a sidecar's
+  inbound port (whose cluster `inbound|<port>||` names no service), the
+  service the port belongs to, as Istio's stats read it from the inbound
+  cluster's metadata;
+- an entry when the upstream connects (source side only), every
+  TCP_FLUSH_SECONDS while open, and one at the end: bytes are cumulative per
+  connection (`stream_id`). On the destination side tcp_proxy connects to the
+  application before the caller's TLS handshake has ended, so that entry
+  could not name the caller (nor say mTLS): the connection is first counted
+  at its first periodic entry or its end.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from mesh_control_plane.translate.protos import pack
 
 __all__ = [
     "ALS_CLUSTER",
+    "DESTINATION_SERVICE_TAG",
     "DESTINATION_WORKLOAD_TAG",
     "DOWNSTREAM_PEER_TAG",
     "LOG_NAME_PREFIX",
@@ -41,13 +49,16 @@ LOG_NAME_PREFIX = "istio_tcp."  # + the reporter
 #: Istio's stats filter reports open TCP connections every 15 s (tcp_reporting_duration).
 TCP_FLUSH_SECONDS = 15
 DESTINATION_WORKLOAD_TAG = "destination_workload"
+DESTINATION_SERVICE_TAG = "destination_service"
 UPSTREAM_PEER_TAG = "upstream_peer"
 DOWNSTREAM_PEER_TAG = "downstream_peer"
 TCP_GRPC_LOGGER = "envoy.access_loggers.tcp_grpc"
 
 
-def add_tcp_telemetry(proxy: tcp_proxy_pb2.TcpProxy, reporter: str) -> None:
-    """Log `proxy`'s connections to the agent as `reporter` ("source" or "destination")."""
+def add_tcp_telemetry(proxy: tcp_proxy_pb2.TcpProxy, reporter: str, service: str = "") -> None:
+    """Log `proxy`'s connections to the agent as `reporter` ("source" or
+    "destination"); `service`: the destination service's host when the
+    upstream cluster does not name it (a sidecar's inbound port)."""
     endpoint = metadata_pb2.MetadataKind(host=metadata_pb2.MetadataKind.Host())
     workload_key = metadata_pb2.MetadataKey(
         key="istio", path=[metadata_pb2.MetadataKey.PathSegment(key="workload")]
@@ -73,12 +84,16 @@ def add_tcp_telemetry(proxy: tcp_proxy_pb2.TcpProxy, reporter: str) -> None:
             ],
         )
     )
+    if service:
+        config.common_config.custom_tags.add(
+            tag=DESTINATION_SERVICE_TAG, literal=custom_tag_pb2.CustomTag.Literal(value=service)
+        )
     proxy.access_log.append(
         accesslog_pb2.AccessLog(name=TCP_GRPC_LOGGER, typed_config=pack(config))
     )
     proxy.access_log_options.CopyFrom(
         tcp_proxy_pb2.TcpProxy.TcpAccessLogOptions(
             access_log_flush_interval=duration_pb2.Duration(seconds=TCP_FLUSH_SECONDS),
-            flush_access_log_on_connected=True,
+            flush_access_log_on_connected=reporter == "source",
         )
     )
