@@ -26,11 +26,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import code_pb2, status_pb2
 
 from proxyless_mesh.errors import BootstrapError
-from proxyless_mesh.xds_client._protocol import AdsProtocol, ResponseOutcome
+from proxyless_mesh.xds_client._protocol import ADS_SERVICE, AdsProtocol, ResponseOutcome
 from proxyless_mesh.xds_client._types import ResourceType
 
 __all__ = ["ADS_SETTING", "DeltaAdsProtocol", "wants_delta"]
@@ -59,11 +59,8 @@ class DeltaAdsProtocol(AdsProtocol):
 
     # -- the wire ----------------------------------------------------------------
 
-    def open_call(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> Any:
-        return stub.DeltaAggregatedResources()
-
-    def is_response(self, message: Any) -> bool:
-        return isinstance(message, discovery_pb2.DeltaDiscoveryResponse)
+    METHOD = f"/{ADS_SERVICE}/DeltaAggregatedResources"
+    RESPONSE = discovery_pb2.DeltaDiscoveryResponse
 
     def response_version(self, response: Any) -> str:
         return str(response.system_version_info)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, status_pb2
 
@@ -37,6 +37,8 @@ _LDS = ResourceType.LISTENER
 _RDS = ResourceType.ROUTE_CONFIGURATION
 _CDS = ResourceType.CLUSTER
 _EDS = ResourceType.CLUSTER_LOAD_ASSIGNMENT
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 DOES_NOT_EXIST_TIMEOUT = 15.0
 """Seconds a subscribed LDS/CDS name may stay unanswered on a connected stream
@@ -148,12 +150,13 @@ class AdsProtocol:
 
     # -- the wire (what the Delta variant, _delta.py, changes) ------------------
 
-    def open_call(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> Any:
-        return stub.StreamAggregatedResources()
+    #: The ADS method this variant calls, and the message class it answers with.
+    METHOD = f"/{ADS_SERVICE}/StreamAggregatedResources"
+    RESPONSE: type[Any] = discovery_pb2.DiscoveryResponse
 
     def is_response(self, message: Any) -> bool:
-        """False for grpc.aio.EOF (the stream ended)."""
-        return isinstance(message, discovery_pb2.DiscoveryResponse)
+        """False for the end of the stream (None, or grpc.aio.EOF)."""
+        return isinstance(message, self.RESPONSE)
 
     def response_version(self, response: Any) -> str:
         return str(response.version_info)
