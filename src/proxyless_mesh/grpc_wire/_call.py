@@ -25,6 +25,9 @@ T = TypeVar("T")
 #: MB, and acknowledging 64 KiB at a time would cost a round trip each.
 _WINDOW = 16 * 1024 * 1024
 _READ_SIZE = 65536
+#: grpcio's default limit on a received message (4 MiB): a bigger one fails the
+#: call with RESOURCE_EXHAUSTED, as with grpcio.
+MAX_RECEIVE = 4 * 1024 * 1024
 
 
 def _encode_metadata(metadata: Metadata) -> list[tuple[bytes, bytes]]:
@@ -40,8 +43,10 @@ def _encode_metadata(metadata: Metadata) -> list[tuple[bytes, bytes]]:
 class _Stream:
     """What the reader task delivers to one call: messages, then a status."""
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, max_receive: int) -> None:
         self.id = stream_id
+        self.max_receive = max_receive
+        self.refused = False  # we ended it (bad message): the peer gets RST_STREAM
         self.messages: asyncio.Queue[bytes | GrpcCallError | None] = asyncio.Queue()
         self.buffer = bytearray()
         self.http_status: str | None = None
@@ -51,10 +56,13 @@ class _Stream:
         self.buffer += data
         while len(self.buffer) >= 5:
             length = int.from_bytes(self.buffer[1:5], "big")
-            if len(self.buffer) < 5 + length:
+            if length > self.max_receive:
+                self.refuse("RESOURCE_EXHAUSTED", f"message of {length} bytes > {self.max_receive}")
                 return
             if self.buffer[0]:
-                self.finish(GrpcCallError("INTERNAL", "compressed message (none was offered)"))
+                self.refuse("INTERNAL", "compressed message (none was offered)")
+                return
+            if len(self.buffer) < 5 + length:
                 return
             self.messages.put_nowait(bytes(self.buffer[5 : 5 + length]))
             del self.buffer[: 5 + length]
@@ -73,16 +81,26 @@ class _Stream:
             message = headers.get(b"grpc-message", b"").decode(errors="replace")
             self.finish(GrpcCallError.from_status(status.decode(), message))
 
+    def refuse(self, code: str, details: str) -> None:
+        self.buffer.clear()
+        self.refused = not self.done
+        self.finish(GrpcCallError(code, details))
+
     def finish(self, outcome: GrpcCallError | None) -> None:
         if not self.done:
             self.done = True
             self.messages.put_nowait(outcome)
 
 
+_CANCEL = 8  # HTTP/2 error code CANCEL
+
+
 class _Connection:
     """The socket, h2's state machine and the reader task."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_receive: int
+    ) -> None:
         import h2.config
         import h2.connection
         import h2.settings
@@ -100,6 +118,7 @@ class _Connection:
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(_WINDOW - 65535)
         self.streams: dict[int, _Stream] = {}
+        self.max_receive = max_receive
         self.ready = asyncio.get_running_loop().create_future()
         self.window = asyncio.Event()  # set when the peer opens a send window
         self.closed: GrpcCallError | None = None
@@ -160,6 +179,8 @@ class _Connection:
             stream.end({})  # no trailers: finishes only if nothing did before
         if stream is not None and stream.done:
             self.streams.pop(stream.id, None)
+            if stream.refused:
+                self.h2.reset_stream(stream.id, _CANCEL)
 
     def close(self, error: GrpcCallError) -> None:
         if self.closed is None:
@@ -209,8 +230,15 @@ class H2Channel:
     on the next call after the connection is lost (no retries: callers keep
     their own backoff, as with grpcio)."""
 
-    def __init__(self, target: str, *, user_agent: str = "proxyless-mesh") -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        user_agent: str = "proxyless-mesh",
+        max_receive_message_length: int = MAX_RECEIVE,
+    ) -> None:
         self.target = target
+        self._max_receive = max_receive_message_length
         self._target = parse_target(target)
         self._user_agent = user_agent
         self._connection: _Connection | None = None
@@ -238,7 +266,7 @@ class H2Channel:
                 reader, writer = await asyncio.open_connection(t.host, t.port)
         except OSError as exc:
             raise GrpcCallError("UNAVAILABLE", f"cannot connect to {self.target}: {exc}") from None
-        connection = _Connection(reader, writer)
+        connection = _Connection(reader, writer, self._max_receive)
         await connection.ready
         self._connection = connection
         return connection
@@ -344,7 +372,8 @@ class StreamCall(Generic[T]):
         connection = await self._channel.connection()
         try:
             stream_id = connection.h2.get_next_available_stream_id()
-            self._stream = connection.streams[stream_id] = _Stream(stream_id)
+            stream = _Stream(stream_id, connection.max_receive)
+            self._stream = connection.streams[stream_id] = stream
             self._connection = connection
             connection.h2.send_headers(stream_id, self._headers)
             connection.flush()

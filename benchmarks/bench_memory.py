@@ -1,0 +1,128 @@
+"""What a meshed httpx-only process costs in memory and start-up (issue 25).
+
+    python benchmarks/bench_memory.py [--rounds N]
+
+Against a real control plane and a real HTTP backend (examples/meshlab.py),
+each row is a fresh interpreter that imports, starts a Mesh (or not), sends
+200 requests through httpx, and reports its VmRSS, its peak (VmHWM), the CPU
+of `from proxyless_mesh import Mesh` and which heavy packages it loaded.
+Rows: plain httpx; meshed with the ADS/CA calls over grpcio
+(PROXYLESS_MESH_CONTROL_TRANSPORT=grpcio, what the library did before); meshed
+over h2 (grpc_wire, the default now). Median of `--rounds` (5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "examples"))
+
+from meshlab import LocalMesh, service_entry, start_process  # noqa: E402
+
+HOST, PORT = "memory.default.mesh", 8080
+HEAVY = ("grpc", "google.protobuf", "envoy", "cryptography", "opentelemetry", "h2")
+
+PROBE = """
+import json, sys, time
+def status(key):
+    return int([l for l in open('/proc/self/status') if l.startswith(key)][0].split()[1])
+url, bootstrap, heavy = sys.argv[1], sys.argv[2], sys.argv[3].split(',')
+import httpx
+before = time.process_time()
+if bootstrap == '-':
+    import_ms = 0.0
+    client = httpx.Client()
+    for _ in range(200): client.post(url, content=b'x' * 1024).raise_for_status()
+else:
+    from proxyless_mesh import Mesh
+    import_ms = (time.process_time() - before) * 1000
+    with Mesh.from_bootstrap(bootstrap) as mesh:
+        client = httpx.Client(transport=mesh.httpx_transport())
+        for _ in range(200): client.post(url, content=b'x' * 1024).raise_for_status()
+        rss = status('VmRSS:')
+loaded = sorted({h for h in heavy for m in sys.modules if m == h or m.startswith(h + '.')})
+print(json.dumps({"rss": status('VmRSS:') if bootstrap == '-' else rss, "hwm": status('VmHWM:'),
+                  "import_ms": import_ms, "loaded": loaded, "modules": len(sys.modules)}))
+"""
+
+ROWS = {
+    "plain httpx": (None, False),
+    "meshed, ADS/CA over grpcio (before)": ("grpcio", True),
+    "meshed, ADS/CA over h2 (grpc_wire)": ("h2", True),
+}
+
+
+def _probe(url: str, bootstrap: str, transport: str | None) -> dict[str, object]:
+    env = dict(os.environ)
+    if transport:
+        env["PROXYLESS_MESH_CONTROL_TRANSPORT"] = transport
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, url, bootstrap, ",".join(HEAVY)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
+    )
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(rounds: int) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "lab").mkdir()
+        lab = LocalMesh(Path(tmp) / "lab")
+        try:
+            server = start_process(
+                "server", [sys.executable, str(HERE / "servers.py"), "--kind", "http"], lab.workdir
+            )
+            lab.procs.append(server)
+            port = server.ready["port"]
+            lab.write_config("svc.yaml", service_entry(HOST, PORT, [("127.0.0.1", port, {})]))
+            lab.start_control_plane()
+            bootstrap = str(lab.bootstrap("memory"))
+            samples: dict[str, list[dict[str, object]]] = {row: [] for row in ROWS}
+            for _ in range(rounds):  # rows interleaved: drift hits all alike
+                for row, (transport, meshed) in ROWS.items():
+                    url = f"http://{HOST}:{PORT}/" if meshed else f"http://127.0.0.1:{port}/"
+                    samples[row].append(_probe(url, bootstrap if meshed else "-", transport))
+        finally:
+            lab.close()
+    base = statistics.median(float(str(s["rss"])) for s in samples["plain httpx"]) / 1024
+    lines = [
+        f"Fresh interpreter, 200 requests sent, median of {rounds}:",
+        "",
+        "| process | VmRSS | added | peak (VmHWM) | `from proxyless_mesh import Mesh` CPU"
+        " | modules | heavy packages loaded |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row, runs in samples.items():
+        rss = statistics.median(float(str(s["rss"])) for s in runs) / 1024
+        hwm = statistics.median(float(str(s["hwm"])) for s in runs) / 1024
+        cpu = statistics.median(float(str(s["import_ms"])) for s in runs)
+        modules = statistics.median(int(str(s["modules"])) for s in runs)
+        loaded = ", ".join(runs[-1]["loaded"]) or "-"  # type: ignore[arg-type]
+        added = f"+{rss - base:.1f} MB" if row != "plain httpx" else "-"
+        lines.append(
+            f"| {row} | {rss:.1f} MB | {added} | {hwm:.1f} MB | {cpu:.0f} ms | {modules:.0f}"
+            f" | {loaded} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    print(measure(parser.parse_args().rounds))
+
+
+if __name__ == "__main__":
+    main()
