@@ -1,5 +1,6 @@
 """A meshed httpx-only process does not load grpcio (issue 25): its ADS
-stream goes over h2 (grpc_wire). A fresh interpreter joins a real control
+stream goes over h2 (grpc_wire); without a CA it does not load cryptography
+either. A fresh interpreter joins a real control
 plane, sends requests through the mesh transport to a real backend, and
 reports what it imported; with `PROXYLESS_MESH_CONTROL_TRANSPORT=grpcio` the
 same process does load grpcio (so the probe can tell the difference)."""
@@ -58,6 +59,7 @@ def test_meshed_httpx_process_does_not_load_grpcio(bootstrap: Path) -> None:
     over_h2 = _run_probe(bootstrap, None)
     assert over_h2["versions"] == ["v1"] * 5
     assert "grpc" not in over_h2["loaded"], over_h2
+    assert "cryptography" not in over_h2["loaded"], over_h2  # no CA here: no key to make
 
     over_grpcio = _run_probe(bootstrap, "grpcio")
     assert over_grpcio["versions"] == ["v1"] * 5

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from proxyless_mesh import ca_wire, grpc_wire
 from proxyless_mesh.errors import CertificateAuthorityUnavailableError, TokenRejectedError
 from proxyless_mesh.grpc_wire import GrpcCallError
@@ -63,6 +60,9 @@ class CaClient:
         if token is not None and renewal is None:
             metadata = ((ca_wire.AUTHORIZATION, f"Bearer {token}"),)
         elif renewal is not None and token is None:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.asymmetric import ec
+
             proof = renewal.key.sign(ca_wire.renewal_payload(csr_pem), ec.ECDSA(hashes.SHA256()))
             metadata = (
                 (ca_wire.RENEWAL_CHAIN, renewal.chain_pem.encode()),
