@@ -26,6 +26,8 @@ ROOTS = (
     ("envoy.service.discovery.v3.discovery_pb2", "DiscoveryResponse"),
     ("envoy.service.discovery.v3.discovery_pb2", "DeltaDiscoveryResponse"),
     ("envoy.service.discovery.v3.discovery_pb2", "Resource"),
+    ("envoy.service.discovery.v3.discovery_pb2", "DiscoveryRequest"),
+    ("envoy.service.discovery.v3.discovery_pb2", "DeltaDiscoveryRequest"),
     ("envoy.config.listener.v3.listener_pb2", "Listener"),
     ("envoy.config.route.v3.route_pb2", "RouteConfiguration"),
     ("envoy.config.route.v3.route_components_pb2", "FilterConfig"),

@@ -22,7 +22,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["WireError", "WireMessage", "enum_name", "message_type", "parse"]
+__all__ = ["MESSAGE", "WireError", "WireMessage", "enum_name", "message_type", "parse"]
 
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
 # protobuf's FieldDescriptor.TYPE_* numbers
@@ -41,6 +41,7 @@ _WIRE_TYPE = {
     _MESSAGE: _LEN,
     _GROUP: _SGROUP,
 }
+MESSAGE = _MESSAGE
 _DEFAULTS: dict[int, Any] = {_DOUBLE: 0.0, _FLOAT: 0.0, _BOOL: False, _STRING: "", _BYTES: b""}
 _MAX_DEPTH = 100  # protobuf's default recursion limit
 
@@ -333,8 +334,8 @@ class WireMessage:
         by_name = self._type.by_name
         return sorted(((by_name[n], v) for n, v in self._values.items()), key=lambda p: p[0].number)
 
-    @property
-    def type_name(self) -> str:
+    def message_type_name(self) -> str:
+        """This message's full type name (a method: a property could shadow a field)."""
         return self._type.name
 
     def __repr__(self) -> str:
