@@ -1,6 +1,6 @@
 """A meshed httpx-only process does not load grpcio (issue 25): its ADS
-stream goes over h2 (grpc_wire); without a CA it does not load cryptography
-either. A fresh interpreter joins a real control
+stream goes over h2 (grpc_wire); with the native core it loads no protobuf
+(xds_client/_wire.py), and without a CA no cryptography. A fresh interpreter joins a real control
 plane, sends requests through the mesh transport to a real backend, and
 reports what it imported; with `PROXYLESS_MESH_CONTROL_TRANSPORT=grpcio` the
 same process does load grpcio (so the probe can tell the difference)."""
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from meshlab import LocalMesh
+
+from proxyless_mesh.xds_client._decode_endpoints import native_decode
 
 HOST = "reviews.default.mesh"
 
@@ -60,6 +62,9 @@ def test_meshed_httpx_process_does_not_load_grpcio(bootstrap: Path) -> None:
     assert over_h2["versions"] == ["v1"] * 5
     assert "grpc" not in over_h2["loaded"], over_h2
     assert "cryptography" not in over_h2["loaded"], over_h2  # no CA here: no key to make
+    if native_decode is not None:  # without the native core, protobuf decodes (fallback)
+        assert "google.protobuf" not in over_h2["loaded"], over_h2
+        assert "envoy" not in over_h2["loaded"], over_h2
 
     over_grpcio = _run_probe(bootstrap, "grpcio")
     assert over_grpcio["versions"] == ["v1"] * 5

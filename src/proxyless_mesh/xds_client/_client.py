@@ -28,12 +28,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from importlib import metadata
 from typing import Any
 
-from envoy.config.core.v3 import base_pb2
-
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import ControlPlaneUnavailableError
 from proxyless_mesh.grpc_wire import GrpcCallError
 from proxyless_mesh.xds_client._backoff import Backoff, WaitStrategy, default_wait
+from proxyless_mesh.xds_client._codec import Codec, WireCodec, default_codec, struct_fields
 from proxyless_mesh.xds_client._delta import DeltaAdsProtocol, wants_delta
 from proxyless_mesh.xds_client._disk_cache import ConfigCache
 from proxyless_mesh.xds_client._protocol import AdsProtocol
@@ -41,7 +40,7 @@ from proxyless_mesh.xds_client._state import ResourceStatus, XdsState
 from proxyless_mesh.xds_client._transport import AdsCall, Transport, open_transport
 from proxyless_mesh.xds_client._types import ResourceType
 
-__all__ = ["XdsClient", "build_node"]
+__all__ = ["XdsClient", "build_node", "node_fields"]
 
 log = logging.getLogger("proxyless_mesh.xds_client")
 
@@ -55,8 +54,30 @@ def _package_version() -> str:
         return "0+unknown"
 
 
+def node_fields(bootstrap: Bootstrap, user_agent_name: str) -> dict[str, Any]:
+    """The envoy.config.core.v3.Node sent on the first request of each stream,
+    as the field mapping `_wire.encode` takes (build_node: the same as protobuf)."""
+    fields: dict[str, Any] = {
+        "id": bootstrap.node_id,
+        "cluster": bootstrap.node_cluster,
+        "user_agent_name": user_agent_name,
+        "user_agent_version": _package_version(),
+        "client_features": list(CLIENT_FEATURES),
+        "locality": {
+            "region": bootstrap.locality.region,
+            "zone": bootstrap.locality.zone,
+            "sub_zone": bootstrap.locality.sub_zone,
+        },
+    }
+    if bootstrap.node_metadata:
+        fields["metadata"] = struct_fields(_plain(bootstrap.node_metadata))
+    return fields
+
+
 def build_node(bootstrap: Bootstrap, user_agent_name: str) -> Any:
     """The envoy.config.core.v3.Node sent on the first request of each stream."""
+    from envoy.config.core.v3 import base_pb2
+
     node = base_pb2.Node(
         id=bootstrap.node_id,
         cluster=bootstrap.node_cluster,
@@ -112,15 +133,18 @@ class XdsClient:
         wait: WaitStrategy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         transport: str | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self._servers = [s.server_uri for s in bootstrap.xds_servers]
         self._server_uri = self._servers[0]  # the one in use (or last tried)
         self._transport_choice = transport  # "h2" / "grpcio"; None: _transport.py decides
         self._user_agent = user_agent_name
         self._channels: list[Transport] = []
-        node = build_node(bootstrap, user_agent_name)
-        delta = wants_delta(bootstrap.proxyless_mesh)
-        self._protocol = DeltaAdsProtocol(node) if delta else AdsProtocol(node)
+        codec = codec or default_codec()  # without protobuf when native is there
+        wire = isinstance(codec, WireCodec)
+        node = (node_fields if wire else build_node)(bootstrap, user_agent_name)
+        protocol = DeltaAdsProtocol if wants_delta(bootstrap.proxyless_mesh) else AdsProtocol
+        self._protocol = protocol(node, codec=codec)
         self._on_update = on_update
         self._backoff = Backoff(wait or default_wait())
         self._sleep = sleep
@@ -313,7 +337,8 @@ class XdsClient:
         primary's channel is READY, so the next attempt goes back to it."""
         if self._channel is None:
             raise RuntimeError("XdsClient.start() was not called")
-        call = self._channel.open(self._protocol.METHOD, self._protocol.RESPONSE)
+        protocol = self._protocol
+        call = self._channel.open(protocol.METHOD, protocol.codec.parser(protocol.RESPONSE))
         outbox: asyncio.Queue[Any] = asyncio.Queue()
         for request in self._protocol.start_stream():
             outbox.put_nowait(request)

@@ -14,18 +14,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from envoy.admin.v3 import config_dump_shared_pb2 as shared_pb2
-from envoy.service.status.v3 import csds_pb2
-
 from proxyless_mesh.xds_client._state import ClientStatus, ResourceStatus
 
 __all__ = ["client_config"]
 
+# envoy.admin.v3.ClientResourceStatus numbers
 _CLIENT_STATUS = {
-    ClientStatus.REQUESTED: shared_pb2.REQUESTED,
-    ClientStatus.DOES_NOT_EXIST: shared_pb2.DOES_NOT_EXIST,
-    ClientStatus.ACKED: shared_pb2.ACKED,
-    ClientStatus.NACKED: shared_pb2.NACKED,
+    ClientStatus.REQUESTED: 1,
+    ClientStatus.DOES_NOT_EXIST: 2,
+    ClientStatus.ACKED: 3,
+    ClientStatus.NACKED: 4,
 }
 
 
@@ -33,7 +31,10 @@ def client_config(node: Any, statuses: Iterable[ResourceStatus]) -> Any:
     """One `envoy.service.status.v3.ClientConfig`: `node` and, per subscribed
     resource, a GenericXdsConfig with the last good resource (`xds_config`),
     its version, the ACK status and, when NACKED, the rejected version and
-    why (`error_state`), as grpcio's own CSDS fills them."""
+    why (`error_state`), as grpcio's own CSDS fills them. (Protobuf loads
+    here: only a process serving CSDS pays for it.)"""
+    from envoy.service.status.v3 import csds_pb2
+
     config = csds_pb2.ClientConfig(node=node)
     for status in statuses:
         entry = config.generic_xds_configs.add(
@@ -42,8 +43,9 @@ def client_config(node: Any, statuses: Iterable[ResourceStatus]) -> Any:
             version_info=status.version,
             client_status=_CLIENT_STATUS[status.status],
         )
-        if status.xds_config is not None:
-            entry.xds_config.CopyFrom(status.xds_config)
+        if status.xds_config is not None:  # an Any, protobuf's or _wire's
+            entry.xds_config.type_url = status.xds_config.type_url
+            entry.xds_config.value = status.xds_config.value
         if status.error is not None:
             entry.error_state.details = status.error
             entry.error_state.version_info = status.error_version or ""

@@ -7,6 +7,7 @@ _client.py is one."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from proxyless_mesh import grpc_wire
@@ -23,7 +24,7 @@ class AdsCall(Protocol):
 
 
 class Transport(Protocol):
-    def open(self, method: str, response_class: type[Any]) -> AdsCall: ...
+    def open(self, method: str, parse: Callable[[bytes], Any]) -> AdsCall: ...
     async def wait_ready(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -37,8 +38,8 @@ class _H2Transport:
     def __init__(self, uri: str, user_agent: str) -> None:
         self._channel = grpc_wire.H2Channel(uri, user_agent=user_agent)
 
-    def open(self, method: str, response_class: type[Any]) -> AdsCall:
-        return self._channel.stream(method, _serialize, response_class.FromString)
+    def open(self, method: str, parse: Callable[[bytes], Any]) -> AdsCall:
+        return self._channel.stream(method, _serialize, parse)
 
     async def wait_ready(self) -> None:
         await self._channel.wait_ready()
@@ -94,9 +95,9 @@ class _GrpcioTransport:
         ]
         self._channel = grpc.aio.insecure_channel(uri, options=options)
 
-    def open(self, method: str, response_class: type[Any]) -> AdsCall:
+    def open(self, method: str, parse: Callable[[bytes], Any]) -> AdsCall:
         call = self._channel.stream_stream(
-            method, request_serializer=_serialize, response_deserializer=response_class.FromString
+            method, request_serializer=_serialize, response_deserializer=parse
         )()  # type: ignore[call-arg]  # no request iterator: written with write()
         return _GrpcioCall(call)
 

@@ -22,7 +22,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["MESSAGE", "WireError", "WireMessage", "enum_name", "message_type", "parse"]
+__all__ = ["MESSAGE", "WireError", "WireMessage", "encode", "enum_name", "message_type", "parse"]
 
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
 # protobuf's FieldDescriptor.TYPE_* numbers
@@ -345,3 +345,55 @@ class WireMessage:
 def parse(type_name: str, data: bytes) -> WireMessage:
     """Decode `data` as message `type_name`; WireError for malformed bytes."""
     return WireMessage(message_type(type_name), data)
+
+
+# -- encoding -----------------------------------------------------------------------
+
+
+def _encode_varint(value: int) -> bytes:
+    value &= 0xFFFFFFFFFFFFFFFF  # negatives: ten bytes, two's complement (int32 too)
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _encode_value(field: Field, value: Any) -> bytes:
+    kind = field.kind
+    if kind == _MESSAGE:
+        body = encode(field.type_name, value)
+    elif kind in (_STRING, _BYTES):
+        body = value.encode() if isinstance(value, str) else bytes(value)
+    elif kind in (_SINT32, _SINT64):
+        bits = 32 if kind == _SINT32 else 64
+        return _encode_varint((value << 1) ^ (value >> (bits - 1)))
+    elif kind in (_DOUBLE, _FLOAT, _FIXED64, _FIXED32, _SFIXED32, _SFIXED64):
+        fmt = {_DOUBLE: "<d", _FLOAT: "<f", _FIXED64: "<Q", _FIXED32: "<I"}
+        return struct.pack(fmt.get(kind, "<i" if kind == _SFIXED32 else "<q"), value)
+    else:
+        return _encode_varint(int(value))
+    return _encode_varint(len(body)) + body
+
+
+def encode(type_name: str, values: Any) -> bytes:
+    """Message `type_name` from a mapping of field name -> value (messages as
+    mappings, repeated fields as lists, maps as dicts), in field-number order
+    as protobuf writes it; proto3 defaults of fields without presence are
+    left out, as protobuf does."""
+    mtype = message_type(type_name)
+    out = bytearray()
+    for field in sorted((mtype.by_name[n] for n in values), key=lambda f: f.number):
+        value = values[field.name]
+        key = _encode_varint(field.number << 3 | field.wire_type)
+        if field.kind == _MESSAGE and message_type(field.type_name).is_map:
+            for k, v in value.items():
+                entry = encode(field.type_name, {"key": k, "value": v})
+                out += key + _encode_varint(len(entry)) + entry
+        elif field.repeated:
+            for item in value:
+                out += key + _encode_value(field, item)
+        elif field.kind == _MESSAGE or field.presence or value != _DEFAULTS.get(field.kind, 0):
+            out += key + _encode_value(field, value)
+    return bytes(out)
