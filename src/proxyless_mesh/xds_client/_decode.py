@@ -28,7 +28,7 @@ from proxyless_mesh.xds_client import _decode_policies as policies
 from proxyless_mesh.xds_client._decode_inbound import decode_inbound_listener
 from proxyless_mesh.xds_client._decode_routes import decode_route_configuration_message
 from proxyless_mesh.xds_client._decode_security import decode_upstream_tls
-from proxyless_mesh.xds_client._message import enum_name, struct_to_python, unpack_any
+from proxyless_mesh.xds_client._message import enum_name, struct_to_python, type_name, unpack_any
 from proxyless_mesh.xds_client._types import (
     HCM_TYPE_URL,
     RESOURCE_WRAPPER_TYPE_URL,
@@ -104,10 +104,9 @@ def unpack_resource(rtype: ResourceType, resource: Any) -> Any:
 
 def _message_type(msg: Any) -> str | None:
     """The full type name of a protobuf or _wire message; None for anything else."""
-    if isinstance(msg, WireMessage):
-        return msg.message_type_name()
-    descriptor = getattr(type(msg), "DESCRIPTOR", None)
-    return None if descriptor is None else str(descriptor.full_name)
+    if isinstance(msg, WireMessage) or hasattr(type(msg), "DESCRIPTOR"):
+        return type_name(msg)
+    return None
 
 
 def resource_name(rtype: ResourceType, msg: Any) -> str:

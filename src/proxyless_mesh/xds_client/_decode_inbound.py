@@ -31,7 +31,6 @@ _FILTERS = "type.googleapis.com/envoy.extensions.filters."
 RBAC_TYPE_URL = _FILTERS + "http.rbac.v3.RBAC"
 JWT_TYPE_URL = _FILTERS + "http.jwt_authn.v3.JwtAuthentication"
 TLS_INSPECTOR_TYPE_URL = _FILTERS + "listener.tls_inspector.v3.TlsInspector"
-_FILTER_CHAIN_MATCH = "envoy.config.listener.v3.FilterChainMatch"
 _UNESCAPE_AND_FORWARD = 4  # HttpConnectionManager.PathWithEscapedSlashesAction
 _MATCH_FIELDS_UNSUPPORTED = (
     "destination_port",
@@ -113,7 +112,7 @@ def _path_normalization(manager: Any) -> str:
 def _chain_is_tls(chain: Any, where: str) -> bool:
     match = chain.filter_chain_match
     for field in _MATCH_FIELDS_UNSUPPORTED:
-        if is_set(match, _FILTER_CHAIN_MATCH, field):
+        if is_set(match, field):
             raise XdsResourceError(f"{where}.filter_chain_match.{field} is not supported")
     if match.source_type:
         raise XdsResourceError(f"{where}.filter_chain_match.source_type is not supported")

@@ -41,7 +41,7 @@ from proxyless_mesh.model import (
     StringMatcher,
     UrlPath,
 )
-from proxyless_mesh.xds_client._message import enum_name
+from proxyless_mesh.xds_client._message import enum_name, is_set
 
 
 def rbac_filter_from_proto(msg: Any) -> tuple[Rbac, ...]:
@@ -254,7 +254,7 @@ def jwt_authentication_from_proto(msg: Any) -> JwtAuthentication:
 def jwt_provider_from_proto(name: str, p: Any) -> JwtProvider:
     where = f"JwtAuthentication.providers[{name}]"
     for field in _JWT_UNSUPPORTED_FIELDS:
-        if _is_set(p, field):
+        if is_set(p, field):
             raise UnsupportedPolicyError(f"{where}.{field}", "is not supported")
     if not p.issuer:
         raise UnsupportedPolicyError(f"{where}.issuer", "is required")
@@ -275,12 +275,3 @@ def jwt_provider_from_proto(name: str, p: Any) -> JwtProvider:
         clock_skew_seconds=p.clock_skew_seconds or 60,  # 0: Envoy's default, 60 s
         forward_payload_header=p.forward_payload_header,
     )
-
-
-def _is_set(msg: Any, field: str) -> bool:
-    descriptor = msg.DESCRIPTOR.fields_by_name[field]
-    if descriptor.is_repeated:
-        return bool(getattr(msg, field))
-    if descriptor.message_type is not None:
-        return bool(msg.HasField(field))
-    return bool(getattr(msg, field))

@@ -14,7 +14,7 @@ from typing import Any
 
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import OriginationTls, UpstreamTls
-from proxyless_mesh.xds_client._message import unpack_any
+from proxyless_mesh.xds_client._message import is_set, unpack_any
 
 __all__ = ["TLS_SOCKET_TYPES", "decode_downstream_tls", "decode_upstream_tls"]
 
@@ -60,7 +60,7 @@ def _origination(ctx: Any, where: str) -> OriginationTls:
         "custom_handshaker",
         "custom_tls_certificate_selector",
     ):
-        if _is_set(ctx, field):
+        if is_set(ctx, field):
             raise XdsResourceError(f"{where}.{field} is not supported")
     cert_file = key_file = ""
     if len(ctx.tls_certificates) > 1:
@@ -71,7 +71,7 @@ def _origination(ctx: Any, where: str) -> OriginationTls:
     validation = ctx.validation_context
     here = f"{where}.validation_context"
     for field in ("watched_directory", "verify_certificate_spki", "verify_certificate_hash"):
-        if _is_set(validation, field):
+        if is_set(validation, field):
             raise XdsResourceError(f"{here}.{field} is not supported")
     ca_file = ""  # with system_root_certs, or nothing: the system's roots
     if validation.HasField("trusted_ca"):
@@ -135,7 +135,7 @@ def _common_context(ctx: Any, where: str) -> tuple[str, ...]:
         "custom_tls_certificate_selector",
     )
     for field in unsupported:
-        if _is_set(ctx, field):
+        if is_set(ctx, field):
             raise XdsResourceError(f"{where}.{field} is not supported")
     identity = ctx.tls_certificate_provider_instance
     if not ctx.HasField("tls_certificate_provider_instance"):
@@ -173,7 +173,7 @@ def _spiffe_ids(validation: Any, where: str) -> tuple[str, ...]:
         "custom_validator_config",
         "system_root_certs",
     ):
-        if _is_set(validation, field):
+        if is_set(validation, field):
             raise XdsResourceError(f"{where}.{field} is not supported")
     if validation.allow_expired_certificate:
         raise XdsResourceError(f"{where}.allow_expired_certificate is not supported")
@@ -196,12 +196,3 @@ def _exact_spiffe(matcher: Any, where: str) -> str:
     if not matcher.exact.startswith("spiffe://"):
         raise XdsResourceError(f"{where}: {matcher.exact!r} is not a SPIFFE ID")
     return str(matcher.exact)
-
-
-def _is_set(msg: Any, field: str) -> bool:
-    descriptor = msg.DESCRIPTOR.fields_by_name[field]
-    if descriptor.is_repeated:
-        return bool(getattr(msg, field))
-    if descriptor.message_type is not None:
-        return bool(msg.HasField(field))
-    return bool(getattr(msg, field))

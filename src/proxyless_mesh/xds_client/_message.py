@@ -20,6 +20,7 @@ __all__ = [
     "is_set",
     "pb2_class",
     "struct_to_python",
+    "type_name",
     "unpack_any",
 ]
 
@@ -98,13 +99,20 @@ def enum_name(enum: str, number: int) -> str:
     return _wire.enum_name(enum, number)
 
 
-def is_set(msg: Any, type_name: str, field: str) -> bool:
-    """Whether `field` of `msg` (a `type_name`) holds anything: present for a
-    message field, non-empty or non-zero otherwise."""
-    spec = _wire.message_type(type_name).by_name[field]
+def is_set(msg: Any, field: str) -> bool:
+    """Whether `field` of `msg` holds anything: present for a message field,
+    non-empty or non-zero otherwise."""
+    spec = _wire.message_type(type_name(msg)).by_name[field]
     if spec.kind == _wire.MESSAGE and not spec.repeated:
         return bool(msg.HasField(field))
     return bool(getattr(msg, field))
+
+
+def type_name(msg: Any) -> str:
+    """The full type name of a protobuf or _wire message."""
+    if isinstance(msg, _wire.WireMessage):
+        return msg.message_type_name()
+    return str(type(msg).DESCRIPTOR.full_name)
 
 
 def struct_to_python(struct: Any) -> dict[str, Any]:
