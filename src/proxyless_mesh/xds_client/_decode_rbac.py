@@ -61,6 +61,8 @@ def rbac_filter_from_proto(msg: Any) -> tuple[Rbac, ...]:
 
 def rbac_from_proto(msg: Any) -> Rbac:
     action = enum_name("envoy.config.rbac.v3.RBAC.Action", msg.action)
+    if action not in RbacAction.__members__:
+        raise UnsupportedPolicyError("RBAC.action", f"action {action} is not supported")
     policies = []
     for name in sorted(msg.policies):  # Envoy keeps policies in a std::map: name order
         p = msg.policies[name]

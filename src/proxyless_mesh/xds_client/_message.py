@@ -95,8 +95,13 @@ def unpack_any(packed: Any, type_name: str, what: str) -> Any:
 
 
 def enum_name(enum: str, number: int) -> str:
-    """The name of value `number` of enum `enum` (its full name)."""
-    return _wire.enum_name(enum, number)
+    """The name of value `number` of enum `enum` (its full name), or the
+    number itself for a value the enum does not define (proto3 enums are
+    open: such a value reaches the decoders, which refuse it by this name)."""
+    try:
+        return _wire.enum_name(enum, number)
+    except ValueError:
+        return str(number)
 
 
 def is_set(msg: Any, field: str) -> bool:
