@@ -6,9 +6,13 @@ Against a real control plane and a real HTTP backend (examples/meshlab.py),
 each row is a fresh interpreter that imports, starts a Mesh (or not), sends
 200 requests through httpx, and reports its VmRSS, its peak (VmHWM), the CPU
 of `from proxyless_mesh import Mesh` and which heavy packages it loaded.
-Rows: plain httpx; meshed with the ADS/CA calls over grpcio
-(PROXYLESS_MESH_CONTROL_TRANSPORT=grpcio, what the library did before); meshed
-over h2 (grpc_wire, the default now). Median of `--rounds` (5).
+Rows: plain httpx; meshed as before issue 25's second round (ADS/CA over
+grpcio, xDS decoded by protobuf: PROXYLESS_MESH_CONTROL_TRANSPORT=grpcio,
+PROXYLESS_MESH_NATIVE=off); meshed over h2 but decoded by protobuf (what a
+user without the native core gets); meshed the default way (h2, and the
+native core: EDS in Rust, the rest by xds_client/_wire.py, no protobuf).
+No CA in the lab: cryptography loads only for a workload identity. Median of
+`--rounds` (5).
 """
 
 from __future__ import annotations
@@ -53,17 +57,18 @@ print(json.dumps({"rss": status('VmRSS:') if bootstrap == '-' else rss, "hwm": s
                   "import_ms": import_ms, "loaded": loaded, "modules": len(sys.modules)}))
 """
 
-ROWS = {
-    "plain httpx": (None, False),
-    "meshed, ADS/CA over grpcio (before)": ("grpcio", True),
-    "meshed, ADS/CA over h2 (grpc_wire)": ("h2", True),
+TRANSPORT, NATIVE = "PROXYLESS_MESH_CONTROL_TRANSPORT", "PROXYLESS_MESH_NATIVE"
+ROWS: dict[str, tuple[dict[str, str], bool]] = {
+    "plain httpx": ({}, False),
+    "meshed: grpcio + protobuf (before)": ({TRANSPORT: "grpcio", NATIVE: "off"}, True),
+    "meshed: h2 + protobuf (no native core)": ({TRANSPORT: "h2", NATIVE: "off"}, True),
+    "meshed: h2 + native/_wire (default)": ({TRANSPORT: "h2"}, True),
 }
 
 
-def _probe(url: str, bootstrap: str, transport: str | None) -> dict[str, object]:
-    env = dict(os.environ)
-    if transport:
-        env["PROXYLESS_MESH_CONTROL_TRANSPORT"] = transport
+def _probe(url: str, bootstrap: str, settings: dict[str, str]) -> dict[str, object]:
+    env = {k: v for k, v in os.environ.items() if k not in (TRANSPORT, NATIVE)}
+    env.update(settings)
     done = subprocess.run(
         [sys.executable, "-c", PROBE, url, bootstrap, ",".join(HEAVY)],
         capture_output=True,
@@ -91,9 +96,9 @@ def measure(rounds: int) -> str:
             bootstrap = str(lab.bootstrap("memory"))
             samples: dict[str, list[dict[str, object]]] = {row: [] for row in ROWS}
             for _ in range(rounds):  # rows interleaved: drift hits all alike
-                for row, (transport, meshed) in ROWS.items():
+                for row, (settings, meshed) in ROWS.items():
                     url = f"http://{HOST}:{PORT}/" if meshed else f"http://127.0.0.1:{port}/"
-                    samples[row].append(_probe(url, bootstrap if meshed else "-", transport))
+                    samples[row].append(_probe(url, bootstrap if meshed else "-", settings))
         finally:
             lab.close()
     base = statistics.median(float(str(s["rss"])) for s in samples["plain httpx"]) / 1024

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxyless_mesh.xds_client import _wire
 from proxyless_mesh.xds_client._wire import WireError, WireMessage, parse
 
 ROOTS = (
@@ -165,6 +166,12 @@ def test_wire_decoding_matches_protobuf(case: tuple[type[Message], bytes]) -> No
     assert_same(parse(cls.DESCRIPTOR.full_name, data), expected)
 
 
+def test_a_field_number_over_2_29_is_kept_as_unknown_as_protobuf_does() -> None:
+    data = b"\xf8\xff\xff\xff\x0f\x01\x0a\x01x"  # field 2^29 = 1, then name = "x"
+    assert listener_pb2.Listener.FromString(data).name == "x"
+    assert parse("envoy.config.listener.v3.Listener", data).name == "x"
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -180,3 +187,27 @@ def test_malformed_bytes_are_refused_by_both(data: bytes) -> None:
         listener_pb2.Listener.FromString(data)
     with pytest.raises(WireError):
         parse("envoy.config.listener.v3.Listener", data)
+
+
+NATIVE_SCAN = _wire._native_scan()
+
+
+@pytest.mark.skipif(NATIVE_SCAN is None, reason="native core not built (no Rust)")
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    data=st.one_of(
+        messages().map(lambda case: case[1]),
+        st.binary(max_size=40),
+        st.lists(st.sampled_from([b"\x0b", b"\x0c", b"\x13\x08\x01\x14", b"\x08\x80"])).map(
+            b"".join
+        ),  # groups, nested and not
+    )
+)
+def test_native_field_scan_matches_python(data: bytes) -> None:
+    try:
+        expected = _wire.scan_fields(data)
+    except WireError:
+        with pytest.raises(ValueError):
+            NATIVE_SCAN(data)
+        return
+    assert list(NATIVE_SCAN(data)) == expected
