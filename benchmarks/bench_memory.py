@@ -1,18 +1,19 @@
 """What a meshed httpx-only process costs in memory and start-up (issue 25).
 
-    python benchmarks/bench_memory.py [--rounds N]
+    python benchmarks/bench_memory.py [--rounds N] [--ref GIT_REF]
 
 Against a real control plane and a real HTTP backend (examples/meshlab.py),
 each row is a fresh interpreter that imports, starts a Mesh (or not), sends
 200 requests through httpx, and reports its VmRSS, its peak (VmHWM), the CPU
 of `from proxyless_mesh import Mesh` and which heavy packages it loaded.
-Rows: plain httpx; meshed as before issue 25's second round (ADS/CA over
+Rows: plain httpx; meshed with both fallbacks (ADS/CA over
 grpcio, xDS decoded by protobuf: PROXYLESS_MESH_CONTROL_TRANSPORT=grpcio,
 PROXYLESS_MESH_NATIVE=off); meshed over h2 but decoded by protobuf (what a
 user without the native core gets); meshed the default way (h2, and the
 native core: EDS in Rust, the rest by xds_client/_wire.py, no protobuf).
-No CA in the lab: cryptography loads only for a workload identity. Median of
-`--rounds` (5).
+With `--ref`, one more row runs that commit's library (its `src` from `git
+archive`, the same native core). No CA in the lab: cryptography loads only
+for a workload identity. Median of `--rounds` (5).
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ print(json.dumps({"rss": status('VmRSS:') if bootstrap == '-' else rss, "hwm": s
 TRANSPORT, NATIVE = "PROXYLESS_MESH_CONTROL_TRANSPORT", "PROXYLESS_MESH_NATIVE"
 ROWS: dict[str, tuple[dict[str, str], bool]] = {
     "plain httpx": ({}, False),
-    "meshed: grpcio + protobuf (before)": ({TRANSPORT: "grpcio", NATIVE: "off"}, True),
+    "meshed: grpcio + protobuf (both fallbacks)": ({TRANSPORT: "grpcio", NATIVE: "off"}, True),
     "meshed: h2 + protobuf (no native core)": ({TRANSPORT: "h2", NATIVE: "off"}, True),
     "meshed: h2 + native/_wire (default)": ({TRANSPORT: "h2"}, True),
 }
 
 
 def _probe(url: str, bootstrap: str, settings: dict[str, str]) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if k not in (TRANSPORT, NATIVE)}
+    env = {k: v for k, v in os.environ.items() if k not in (TRANSPORT, NATIVE, "PYTHONPATH")}
     env.update(settings)
     done = subprocess.run(
         [sys.executable, "-c", PROBE, url, bootstrap, ",".join(HEAVY)],
@@ -81,8 +82,21 @@ def _probe(url: str, bootstrap: str, settings: dict[str, str]) -> dict[str, obje
     return result
 
 
-def measure(rounds: int) -> str:
+def _export(ref: str, into: Path) -> str:
+    """`ref`'s src directory, for PYTHONPATH."""
+    root = HERE.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", ref, "src"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return str(into / "src")
+
+
+def measure(rounds: int, ref: str | None = None) -> str:
+    rows = dict(ROWS)
     with tempfile.TemporaryDirectory() as tmp:
+        if ref is not None:
+            rows[f"meshed at {ref}"] = ({"PYTHONPATH": _export(ref, Path(tmp))}, True)
         (Path(tmp) / "lab").mkdir()
         lab = LocalMesh(Path(tmp) / "lab")
         try:
@@ -94,9 +108,9 @@ def measure(rounds: int) -> str:
             lab.write_config("svc.yaml", service_entry(HOST, PORT, [("127.0.0.1", port, {})]))
             lab.start_control_plane()
             bootstrap = str(lab.bootstrap("memory"))
-            samples: dict[str, list[dict[str, object]]] = {row: [] for row in ROWS}
+            samples: dict[str, list[dict[str, object]]] = {row: [] for row in rows}
             for _ in range(rounds):  # rows interleaved: drift hits all alike
-                for row, (settings, meshed) in ROWS.items():
+                for row, (settings, meshed) in rows.items():
                     url = f"http://{HOST}:{PORT}/" if meshed else f"http://127.0.0.1:{port}/"
                     samples[row].append(_probe(url, bootstrap if meshed else "-", settings))
         finally:
@@ -126,7 +140,9 @@ def measure(rounds: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    print(measure(parser.parse_args().rounds))
+    parser.add_argument("--ref", help="also measure this commit's library (git ref)")
+    args = parser.parse_args()
+    print(measure(args.rounds, args.ref))
 
 
 if __name__ == "__main__":

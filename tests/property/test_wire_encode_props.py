@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxyless_mesh.bootstrap import Bootstrap, Locality, XdsServer
-from proxyless_mesh.xds_client._node import build_node, node_fields
 from proxyless_mesh.xds_client._codec import ProtobufCodec, WireCodec
 from proxyless_mesh.xds_client._delta import DeltaAdsProtocol
+from proxyless_mesh.xds_client._node import build_node, node_fields
 from proxyless_mesh.xds_client._protocol import AdsProtocol
 
 TEXT = st.one_of(st.sampled_from(["", "a", "outbound|80||svc.ns.svc.cluster.local"]), st.text())
