@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 
 from proxyless_mesh.grpc_wire._call import H2Channel, StreamCall
-from proxyless_mesh.grpc_wire._status import GrpcCallError, parse_target
+from proxyless_mesh.grpc_wire._status import CODE_NAMES, GrpcCallError, parse_target
 from proxyless_mesh.grpc_wire._unary import UnaryChannel
 
 __all__ = [
+    "CODE_NAMES",
     "TRANSPORT_ENV",
     "GrpcCallError",
     "H2Channel",

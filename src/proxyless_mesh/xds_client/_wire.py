@@ -24,7 +24,16 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["MESSAGE", "WireError", "WireMessage", "encode", "enum_name", "message_type", "parse"]
+__all__ = [
+    "MESSAGE",
+    "WireError",
+    "WireMessage",
+    "encode",
+    "enum_name",
+    "message_type",
+    "native_module",
+    "parse",
+]
 
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
 # protobuf's FieldDescriptor.TYPE_* numbers
@@ -250,16 +259,20 @@ def scan_fields(data: bytes) -> list[tuple[int, int, Any]]:
     return out
 
 
-def _native_scan() -> Any:
-    """The native core's scan_fields, unless absent or turned off
-    (PROXYLESS_MESH_NATIVE=off); then the Python one."""
+def native_module() -> Any:
+    """The native core (proxyless_mesh_native), or None when it is not built
+    or turned off (PROXYLESS_MESH_NATIVE=off: the Python twins run)."""
     if os.environ.get("PROXYLESS_MESH_NATIVE", "").lower() in ("0", "off", "false"):
         return None
     try:
-        native = importlib.import_module("proxyless_mesh_native")
+        return importlib.import_module("proxyless_mesh_native")
     except ImportError:
         return None
-    return getattr(native, "scan_fields", None)
+
+
+def _native_scan() -> Any:
+    """The native core's scan_fields, else None (the Python one runs)."""
+    return getattr(native_module(), "scan_fields", None)
 
 
 _native_scan_fields = _native_scan()
