@@ -20,6 +20,7 @@ import importlib
 import os
 import struct
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -70,10 +71,13 @@ class Field:
     oneof: str
     presence: bool
     type_name: str
+    wire_type: int = dataclass_field(init=False)  # the wire type it is written with
+    packable: bool = dataclass_field(init=False)  # repeated scalars may come packed
 
-    @property
-    def wire_type(self) -> int:
-        return _WIRE_TYPE.get(self.kind, _VARINT)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire_type", _WIRE_TYPE.get(self.kind, _VARINT))
+        scalar = self.kind not in (_STRING, _BYTES, _MESSAGE, _GROUP)
+        object.__setattr__(self, "packable", self.repeated and scalar)
 
 
 class MessageType:
@@ -300,23 +304,21 @@ class WireMessage:
         self._values: dict[str, Any] = {}
         self._case: dict[str, str] = {}  # oneof -> the member set last
         chunks: dict[str, list[bytes]] = {}  # singular messages: merged at the end
+        by_number = mtype.by_number
         for number, wire, raw in _scan(data):
-            field = mtype.by_number.get(number)
-            packed = (
-                field is not None
-                and field.repeated
-                and wire == _LEN
-                and field.kind not in (_STRING, _BYTES, _MESSAGE, _GROUP)
-            )
-            if field is None or (wire != field.wire_type and not packed):
+            spec = by_number.get(number)
+            if spec is None:
                 continue  # unknown, as protobuf keeps it
-            if field.oneof and self._case.get(field.oneof) != field.name:
-                previous = self._case.get(field.oneof)
+            packed = wire == _LEN and spec.packable
+            if wire != spec.wire_type and not packed:
+                continue  # an unexpected wire type: unknown too
+            if spec.oneof and self._case.get(spec.oneof) != spec.name:
+                previous = self._case.get(spec.oneof)
                 if previous is not None:
                     self._values.pop(previous, None)
                     chunks.pop(previous, None)
-                self._case[field.oneof] = field.name
-            self._store(field, raw, packed, chunks, depth)
+                self._case[spec.oneof] = spec.name
+            self._store(spec, raw, packed, chunks, depth)
         for name, parts in chunks.items():
             sub = message_type(mtype.by_name[name].type_name)
             self._values[name] = WireMessage(sub, b"".join(parts), depth + 1)
