@@ -12,8 +12,9 @@ PROXYLESS_MESH_NATIVE=off); meshed over h2 but decoded by protobuf (what a
 user without the native core gets); meshed the default way (h2, and the
 native core: EDS in Rust, the rest by xds_client/_wire.py, no protobuf).
 With `--ref`, one more row runs that commit's library (its `src` from `git
-archive`, the same native core). No CA in the lab: cryptography loads only
-for a workload identity. Median of `--rounds` (5).
+archive`, the same native core). The last row's bootstrap carries a CA and a
+join token: the workload makes its key and gets its certificate (cryptography
+loads for that). Median of `--rounds` (5).
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ print(json.dumps({"rss": status('VmRSS:') if bootstrap == '-' else rss, "hwm": s
 """
 
 TRANSPORT, NATIVE = "PROXYLESS_MESH_CONTROL_TRANSPORT", "PROXYLESS_MESH_NATIVE"
-ROWS: dict[str, tuple[dict[str, str], bool]] = {
-    "plain httpx": ({}, False),
-    "meshed: grpcio + protobuf (both fallbacks)": ({TRANSPORT: "grpcio", NATIVE: "off"}, True),
-    "meshed: h2 + protobuf (no native core)": ({TRANSPORT: "h2", NATIVE: "off"}, True),
-    "meshed: h2 + native/_wire (default)": ({TRANSPORT: "h2"}, True),
+# row -> (environment, which bootstrap: "" plain httpx, "plain" no CA, "identity")
+ROWS: dict[str, tuple[dict[str, str], str]] = {
+    "plain httpx": ({}, ""),
+    "meshed: grpcio + protobuf (both fallbacks)": ({TRANSPORT: "grpcio", NATIVE: "off"}, "plain"),
+    "meshed: h2 + protobuf (no native core)": ({TRANSPORT: "h2", NATIVE: "off"}, "plain"),
+    "meshed: h2 + native/_wire (default)": ({TRANSPORT: "h2"}, "plain"),
+    "meshed with a workload identity (default)": ({TRANSPORT: "h2"}, "identity"),
 }
 
 
@@ -96,7 +99,7 @@ def measure(rounds: int, ref: str | None = None) -> str:
     rows = dict(ROWS)
     with tempfile.TemporaryDirectory() as tmp:
         if ref is not None:
-            rows[f"meshed at {ref}"] = ({"PYTHONPATH": _export(ref, Path(tmp))}, True)
+            rows[f"meshed at {ref}"] = ({"PYTHONPATH": _export(ref, Path(tmp))}, "plain")
         (Path(tmp) / "lab").mkdir()
         lab = LocalMesh(Path(tmp) / "lab")
         try:
@@ -107,12 +110,16 @@ def measure(rounds: int, ref: str | None = None) -> str:
             port = server.ready["port"]
             lab.write_config("svc.yaml", service_entry(HOST, PORT, [("127.0.0.1", port, {})]))
             lab.start_control_plane()
-            bootstrap = str(lab.bootstrap("memory"))
+            bootstraps = {
+                "": "-",
+                "plain": str(lab.bootstrap("memory")),
+                "identity": str(lab.bootstrap("memory-id", token=lab.token("default", "default"))),
+            }
             samples: dict[str, list[dict[str, object]]] = {row: [] for row in rows}
             for _ in range(rounds):  # rows interleaved: drift hits all alike
-                for row, (settings, meshed) in rows.items():
-                    url = f"http://{HOST}:{PORT}/" if meshed else f"http://127.0.0.1:{port}/"
-                    samples[row].append(_probe(url, bootstrap if meshed else "-", settings))
+                for row, (settings, boot) in rows.items():
+                    url = f"http://{HOST}:{PORT}/" if boot else f"http://127.0.0.1:{port}/"
+                    samples[row].append(_probe(url, bootstraps[boot], settings))
         finally:
             lab.close()
     base = statistics.median(float(str(s["rss"])) for s in samples["plain httpx"]) / 1024
