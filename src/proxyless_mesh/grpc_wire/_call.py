@@ -161,6 +161,9 @@ class _Connection:
         elif isinstance(event, ev.WindowUpdated):
             self.window.set()
         elif isinstance(event, ev.ConnectionTerminated):
+            # h2 closes its state machine on GOAWAY (later frames are protocol
+            # errors), so calls in flight cannot drain: they fail UNAVAILABLE,
+            # the ADS stream reconnects and the CA client retries with backoff.
             self.close(GrpcCallError("UNAVAILABLE", f"GOAWAY ({event.error_code!r})"))
         elif stream is None:
             return
