@@ -3,6 +3,7 @@
 //! tests/property demands both give the same result.
 
 mod cla;
+mod decode_fields;
 mod route;
 mod wire;
 
@@ -67,6 +68,7 @@ fn decode_cluster_load_assignment(
 #[pymodule]
 fn proxyless_mesh_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_cluster_load_assignment, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_fields::scan_fields, m)?)?;
     m.add_class::<route::RouteMatcher>()?;
     Ok(())
 }

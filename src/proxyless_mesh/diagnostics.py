@@ -12,18 +12,39 @@ and it is meant for loopback.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import grpc.aio
-from envoy.service.status.v3 import csds_pb2_grpc
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from proxyless_mesh.errors import MeshError
-from proxyless_mesh.xds_client import CsdsServicer, XdsClient, build_node, client_config
+from proxyless_mesh.xds_client import XdsClient, build_node, client_config
 
-__all__ = ["DiagnosticsServer"]
+__all__ = ["CsdsServicer", "DiagnosticsServer"]
 
 _USER_AGENT = "proxyless-mesh"
+
+
+class CsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]
+    """Answers every request with the one ClientConfig `source()` builds now.
+
+    A process holds one xDS client, so node matchers are not consulted: there
+    is nothing else to choose from (grpcio's CSDS does the same).
+    """
+
+    def __init__(self, source: Callable[[], Any]) -> None:
+        self._source = source
+
+    async def FetchClientStatus(self, request: Any, context: Any) -> Any:  # gRPC method name
+        return csds_pb2.ClientStatusResponse(config=[self._source()])
+
+    async def StreamClientStatus(  # gRPC method name
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        async for _ in request_iterator:
+            yield csds_pb2.ClientStatusResponse(config=[self._source()])
 
 
 class DiagnosticsServer:

@@ -34,10 +34,8 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-import grpc
-import grpc.aio
 import httpx
 
 from proxyless_mesh._background import Background
@@ -45,25 +43,16 @@ from proxyless_mesh._joining import Joining
 from proxyless_mesh._mesh_identity import MeshIdentity
 from proxyless_mesh._mesh_inbound import MeshInbound, on_loop_thread
 from proxyless_mesh.bootstrap import Bootstrap
-from proxyless_mesh.diagnostics import DiagnosticsServer
 from proxyless_mesh.errors import (
     ControlPlaneUnavailableError,
     MeshError,
 )
-from proxyless_mesh.integrations import (
-    AioMeshChannel,
-    AsyncMeshTransport,
-    MeshChannel,
-    MeshTransport,
-    native_channel,
-    normalize_target,
-)
+from proxyless_mesh.integrations import AsyncMeshTransport, MeshTransport
 from proxyless_mesh.model import (
     OUTBOUND_POLICY_LISTENER,
     CircuitBreakers,
     Cluster,
 )
-from proxyless_mesh.registration import Registrar
 from proxyless_mesh.resilience import ClusterResources, PassthroughBreaker
 from proxyless_mesh.runtime import ALLOW_ANY, REGISTRY_ONLY, MeshSnapshot
 from proxyless_mesh.security import (
@@ -81,6 +70,13 @@ from proxyless_mesh.telemetry import (
     policy_from_specs,
 )
 from proxyless_mesh.xds_client import XdsClient, XdsState, config_cache_path
+
+if TYPE_CHECKING:  # gRPC is loaded only by an application that uses it (issue 25)
+    import grpc
+    import grpc.aio
+
+    from proxyless_mesh.diagnostics import DiagnosticsServer
+    from proxyless_mesh.registration import Registrar
 
 log = logging.getLogger("proxyless_mesh")
 _T = TypeVar("_T")
@@ -217,6 +213,8 @@ class Mesh(MeshIdentity, MeshInbound):
         (`xds:///` target) follows the same control plane; see the README for
         what each mode supports.
         """
+        from proxyless_mesh.integrations import MeshChannel, native_channel
+
         if native:
             channel: grpc.Channel = native_channel(
                 self._native_target(target), options, **self._native_security()
@@ -228,6 +226,8 @@ class Mesh(MeshIdentity, MeshInbound):
         self, target: str, *, native: bool = False, options: Sequence[tuple[str, Any]] = ()
     ) -> grpc.aio.Channel:
         """The asyncio twin of grpc_channel()."""
+        from proxyless_mesh.integrations import AioMeshChannel, native_channel
+
         if native:
             aio: grpc.aio.Channel = native_channel(
                 self._native_target(target), options, aio=True, **self._native_security()
@@ -242,6 +242,8 @@ class Mesh(MeshIdentity, MeshInbound):
         """grpcio reads its bootstrap from the environment when it creates its
         xDS client (once per process). Unless the application set one, give it
         this mesh's bootstrap, so both clients follow the same control plane."""
+        from proxyless_mesh.integrations import normalize_target
+
         if "GRPC_XDS_BOOTSTRAP" not in os.environ and "GRPC_XDS_BOOTSTRAP_CONFIG" not in os.environ:
             os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = self.bootstrap.to_json()
         return f"xds:///{normalize_target(target)}"
@@ -294,6 +296,8 @@ class Mesh(MeshIdentity, MeshInbound):
         await self._xds.start()
         try:
             if self.admin_address is not None:
+                from proxyless_mesh.diagnostics import DiagnosticsServer
+
                 self.diagnostics = DiagnosticsServer.for_client(self._xds, self.bootstrap)
                 await self.diagnostics.start(self.admin_address)
             await self._start_identity()

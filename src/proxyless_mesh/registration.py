@@ -40,9 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import grpc
-import grpc.aio
-
+from proxyless_mesh import grpc_wire
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import ControlPlaneUnavailableError, RegistrationError
 from proxyless_mesh.runtime import check_port
@@ -109,7 +107,7 @@ class Registration:
     token: str | None = None
     drain_seconds: float = 1.0
     timeout: float = 5.0
-    _channel: grpc.aio.Channel | None = field(default=None, init=False, repr=False)
+    _channel: grpc_wire.UnaryChannel | None = field(default=None, init=False, repr=False)
     _node_id: str = field(default="", init=False, repr=False)
     _token: str = field(default="", init=False, repr=False)
     _announced: dict[str, int] = field(default_factory=dict, init=False, repr=False)
@@ -184,7 +182,7 @@ class Registration:
         bootstrap = mesh.bootstrap
         self._node_id = bootstrap.node_id
         self._token = self.token or str(bootstrap.proxyless_mesh.get("token") or "")
-        self._channel = grpc.aio.insecure_channel(mesh.xds.server_uri)
+        self._channel = grpc_wire.unary_channel(mesh.xds.server_uri)
         for name, port in mesh.announced_ports.items():
             self._accept(name, port)
         await self._register_when_ready(mesh)
@@ -228,12 +226,12 @@ class Registration:
         try:
             try:
                 answer = await self._call("Register", body)
-            except grpc.aio.AioRpcError as exc:
+            except grpc_wire.GrpcCallError as exc:
                 if self._registered is None:  # keep the channel to deregister with
                     await self._close_channel()
                 raise RegistrationError(
                     f"registration of {self._node_id} into WorkloadGroup {self.group} "
-                    f"refused by {mesh.xds.server_uri}: {exc.code().name}: {exc.details()}"
+                    f"refused by {mesh.xds.server_uri}: {exc.code}: {exc.details}"
                 ) from None
             self._registered = ports
             log.info("registered into %s with %s (%s)", self.group, ports, answer.get("state"))
@@ -266,24 +264,22 @@ class Registration:
         try:
             await self._call("Deregister", {"node_id": self._node_id, "token": self._token})
             await asyncio.sleep(self.drain_seconds)
-        except grpc.aio.AioRpcError as exc:
+        except grpc_wire.GrpcCallError as exc:
             # The control plane is gone: it will drop us when our stream ends.
-            log.warning("could not deregister %s: %s", self._node_id, exc.details())
+            log.warning("could not deregister %s: %s", self._node_id, exc.details)
         finally:
             await self._close_channel()
 
     async def _call(self, method: str, body: Mapping[str, Any]) -> Any:
         if self._channel is None:
             raise RuntimeError("Registration.start() was not called")
-        call = self._channel.unary_unary(
-            _SERVICE + method, request_serializer=_dump, response_deserializer=_load
-        )
-        return await call(body, timeout=self.timeout)
+        answer = await self._channel.call(_SERVICE + method, _dump(body), timeout=self.timeout)
+        return _load(answer)
 
     async def _close_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None:
-            await channel.close(grace=None)
+            await channel.close()
 
 
 @dataclass

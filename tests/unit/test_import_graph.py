@@ -35,7 +35,7 @@ SOURCES = {
 # what starts it) is everything not listed, above the integrations.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("model", "errors"),
-    ("bootstrap",),
+    ("bootstrap", "grpc_wire"),
     (
         "routing",
         "balancer",

@@ -219,8 +219,8 @@ async def test_failed_renewal_keeps_the_certificate_and_retries(ca: CapturingCa)
     client = CaClient(ca.address)
     manager = _manager(ca, client=client, clock=fake.clock, sleep=fake.sleep)
     first = await manager.start()
-    await client.close()
     client.address = "127.0.0.1:1"  # the CA is gone: nothing listens there
+    await client.close()  # (after: a renewal while closing must not reach the CA)
     await asyncio.wait_for(fake.parked.wait(), 10)
     await manager.close()
     assert manager.credentials is first

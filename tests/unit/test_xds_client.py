@@ -208,12 +208,14 @@ def bootstrap(uri: str) -> Bootstrap:
     )
 
 
-@pytest.fixture
-async def make_client() -> AsyncIterator[Callable[..., XdsClient]]:
+@pytest.fixture(params=["h2", "grpcio"])
+async def make_client(request: Any) -> AsyncIterator[Callable[..., XdsClient]]:
+    """Clients over grpc_wire (h2) and over grpcio: the same stream logic."""
     clients: list[XdsClient] = []
 
     def make(uri: str, **kw: Any) -> XdsClient:
         kw.setdefault("on_update", lambda state: None)
+        kw.setdefault("transport", request.param)
         client = XdsClient(bootstrap(uri), **kw)
         clients.append(client)
         return client

@@ -20,6 +20,11 @@ modules if an application imports those. Field numbers and types are Istio's
 workloads learn a new root before it signs anything. Istio's clients skip the
 unknown field; ours fall back to the last cert of `cert_chain` without it.
 
+The library's client encodes the request and decodes the response by hand
+(`encode_request`, `decode_response`: no protobuf in a process that only
+meshes HTTP, issue 25); the message classes, for the control plane's server
+and the tests, are built on first use.
+
 Authentication travels in call metadata (see `AUTHORIZATION`, `RENEWAL_CHAIN`,
 `RENEWAL_PROOF`): a join token, or, for renewal, the current certificate chain
 plus a signature by the current key over the new CSR (`renewal_payload`).
@@ -30,7 +35,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, struct_pb2
+from proxyless_mesh.ca_wire._codec import decode_response, encode_request
 
 __all__ = [
     "AUTHORIZATION",
@@ -40,6 +45,8 @@ __all__ = [
     "SERVICE_NAME",
     "CertificateRequest",
     "CertificateResponse",
+    "decode_response",
+    "encode_request",
     "renewal_payload",
 ]
 
@@ -63,42 +70,11 @@ def renewal_payload(csr_pem: str) -> bytes:
     return _PROOF_CONTEXT + hashlib.sha256(csr_pem.encode()).digest()
 
 
-def _build() -> tuple[Any, Any]:
-    pool = descriptor_pool.DescriptorPool()
-    struct_file = descriptor_pb2.FileDescriptorProto()
-    struct_pb2.DESCRIPTOR.CopyToProto(struct_file)
-    pool.Add(struct_file)
+def __getattr__(name: str) -> Any:
+    """CertificateRequest / CertificateResponse: protobuf classes, built on first
+    use so that importing this package does not import protobuf."""
+    if name in ("CertificateRequest", "CertificateResponse"):
+        from proxyless_mesh.ca_wire import _messages
 
-    f = descriptor_pb2.FileDescriptorProto(
-        name="proxyless_mesh/istio_ca.proto",
-        package="istio.v1.auth",
-        syntax="proto3",
-        dependency=["google/protobuf/struct.proto"],
-    )
-    T = descriptor_pb2.FieldDescriptorProto
-    req = f.message_type.add(name="IstioCertificateRequest")
-    req.field.add(name="csr", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
-    req.field.add(name="validity_duration", number=3, type=T.TYPE_INT64, label=T.LABEL_OPTIONAL)
-    req.field.add(
-        name="metadata",
-        number=4,
-        type=T.TYPE_MESSAGE,
-        label=T.LABEL_OPTIONAL,
-        type_name=".google.protobuf.Struct",
-    )
-    resp = f.message_type.add(name="IstioCertificateResponse")
-    resp.field.add(name="cert_chain", number=1, type=T.TYPE_STRING, label=T.LABEL_REPEATED)
-    resp.field.add(name="trust_bundle", number=100, type=T.TYPE_STRING, label=T.LABEL_REPEATED)
-    pool.Add(f)
-    return (
-        message_factory.GetMessageClass(
-            pool.FindMessageTypeByName("istio.v1.auth.IstioCertificateRequest")
-        ),
-        message_factory.GetMessageClass(
-            pool.FindMessageTypeByName("istio.v1.auth.IstioCertificateResponse")
-        ),
-    )
-
-
-#: Message classes (protobuf `Message` subclasses; typed Any: built at runtime).
-CertificateRequest, CertificateResponse = _build()
+        return getattr(_messages, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cryptography import x509
-
 SPIFFE_SCHEME = "spiffe://"
 
 
 def spiffe_id_from_pem(pem: str | bytes) -> str | None:
     """The single `spiffe://` URI SAN of a PEM certificate, else None (a
     certificate with several SPIFFE IDs is invalid per the SPIFFE spec)."""
+    from cryptography import x509  # here: a plaintext mesh never loads it (issue 25)
+
     data = pem.encode("ascii") if isinstance(pem, str) else pem
     try:
         cert = x509.load_pem_x509_certificate(data)

@@ -5,29 +5,24 @@ chain and a signature by the current key over the new CSR) and returns the
 chain and trust bundle. Refusals become TokenRejectedError, everything else
 CertificateAuthorityUnavailableError, so the renewal loop knows whether retrying
 can help.
+
+The call goes over `h2` (grpc_wire) when it is installed, else over grpcio;
+the messages are encoded by hand (ca_wire), so neither grpcio nor protobuf is
+loaded for it (issue 25).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from proxyless_mesh import ca_wire
+from proxyless_mesh import ca_wire, grpc_wire
 from proxyless_mesh.errors import CertificateAuthorityUnavailableError, TokenRejectedError
+from proxyless_mesh.grpc_wire import GrpcCallError
 from proxyless_mesh.security._credentials import Credentials
 
 __all__ = ["CaClient", "SignedChain"]
 
-_REFUSALS = frozenset(
-    {
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.INVALID_ARGUMENT,
-    }
-)
+_REFUSALS = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"})
 
 
 @dataclass(frozen=True)
@@ -40,12 +35,16 @@ class SignedChain:
 
 
 class CaClient:
-    """One grpc.aio channel to the CA, opened on first use on the running loop."""
+    """One channel to the CA (grpc_wire's, or grpcio's with `transport="grpcio"`
+    or without h2), opened on first use on the running loop."""
 
-    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, address: str, *, timeout: float = 10.0, transport: str | None = None
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel: grpc.aio.Channel | None = None
+        self._transport = transport
+        self._channel: grpc_wire.UnaryChannel | None = None
 
     async def create_certificate(
         self,
@@ -61,6 +60,9 @@ class CaClient:
         if token is not None and renewal is None:
             metadata = ((ca_wire.AUTHORIZATION, f"Bearer {token}"),)
         elif renewal is not None and token is None:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.asymmetric import ec
+
             proof = renewal.key.sign(ca_wire.renewal_payload(csr_pem), ec.ECDSA(hashes.SHA256()))
             metadata = (
                 (ca_wire.RENEWAL_CHAIN, renewal.chain_pem.encode()),
@@ -68,37 +70,38 @@ class CaClient:
             )
         else:
             raise ValueError("authenticate with exactly one of token or renewal")
-        request = ca_wire.CertificateRequest(csr=csr_pem, validity_duration=validity_seconds)
-        call = self._get_channel().unary_unary(
-            ca_wire.CREATE_CERTIFICATE,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=ca_wire.CertificateResponse.FromString,
-        )
+        request = ca_wire.encode_request(csr_pem, validity_seconds)
         try:
-            response = await call(request, metadata=metadata, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
-            code, details = exc.code(), exc.details() or ""
-            if code in _REFUSALS:
+            data = await self._get_channel().call(
+                ca_wire.CREATE_CERTIFICATE, request, metadata=metadata, timeout=self.timeout
+            )
+            cert_chain, trust_bundle = ca_wire.decode_response(data)
+        except GrpcCallError as exc:
+            if exc.code in _REFUSALS:
                 raise TokenRejectedError(
-                    f"the CA at {self.address} refused to sign: {code.name}: {details}",
-                    code=code.name,
-                    reason=details,
+                    f"the CA at {self.address} refused to sign: {exc.code}: {exc.details}",
+                    code=exc.code,
+                    reason=exc.details,
                 ) from None
             raise CertificateAuthorityUnavailableError(
-                f"the CA at {self.address} failed: {code.name}: {details}"
+                f"the CA at {self.address} failed: {exc.code}: {exc.details}"
             ) from None
-        if not response.cert_chain:
+        except ValueError as exc:
+            raise CertificateAuthorityUnavailableError(
+                f"the CA at {self.address} answered with a malformed response: {exc}"
+            ) from None
+        if not cert_chain:
             raise CertificateAuthorityUnavailableError(
                 f"the CA at {self.address} answered without a certificate chain"
             )
-        return SignedChain(tuple(response.cert_chain), tuple(response.trust_bundle))
+        return SignedChain(cert_chain, trust_bundle)
 
-    def _get_channel(self) -> grpc.aio.Channel:
+    def _get_channel(self) -> grpc_wire.UnaryChannel:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = grpc_wire.unary_channel(self.address, self._transport)
         return self._channel
 
     async def close(self) -> None:
         if self._channel is not None:
             channel, self._channel = self._channel, None
-            await channel.close(None)
+            await channel.close()

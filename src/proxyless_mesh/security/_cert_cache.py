@@ -23,10 +23,6 @@ import json
 import logging
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.security._credentials import Credentials, pem_of
 from proxyless_mesh.security._files import ensure_private_dir, write_private_file
@@ -110,6 +106,10 @@ class CertificateCache:
 def _decode(doc: dict[str, object]) -> Credentials:
     if doc.get("format") != FORMAT or doc.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"not a {FORMAT} file of schema {SCHEMA_VERSION}")
+    from cryptography import x509  # here: a mesh without a CA never loads it
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = serialization.load_pem_private_key(str(doc["key"]).encode(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError("the key is not an EC key")

@@ -17,13 +17,14 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING
 
 from proxyless_mesh.security._keys import private_key_pem
 from proxyless_mesh.security._spiffe import spiffe_id_of
+
+if TYPE_CHECKING:  # loaded by whoever made the key and certificates
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["Credentials", "pem_of"]
 
@@ -128,6 +129,8 @@ class Credentials:
 
 
 def pem_of(cert: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 

@@ -36,8 +36,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-
 from proxyless_mesh.errors import (
     CertificateAuthorityUnavailableError,
     IdentityConfigError,
@@ -55,6 +53,7 @@ from proxyless_mesh.security._keys import make_csr, new_private_key
 from proxyless_mesh.security._spiffe import spiffe_id_of
 
 if TYPE_CHECKING:
+    from cryptography import x509
     from opentelemetry.metrics import Meter
 
     from proxyless_mesh.telemetry import IdentityMetrics
@@ -323,6 +322,8 @@ class IdentityManager:
 
     def _accept(self, key: Any, signed: SignedChain) -> Credentials:
         """Check the answer is a chain for our key and our identity, then wrap it."""
+        from cryptography import x509  # here: a mesh without a CA never loads it
+
         try:
             chain = tuple(x509.load_pem_x509_certificate(p.encode()) for p in signed.cert_chain)
             bundle = tuple(x509.load_pem_x509_certificate(p.encode()) for p in signed.trust_bundle)

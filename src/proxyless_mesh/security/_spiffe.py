@@ -10,10 +10,12 @@ from __future__ import annotations
 import ssl
 from collections.abc import Collection
 from dataclasses import dataclass
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from proxyless_mesh.errors import PeerIdentityError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
@@ -64,6 +66,10 @@ class SpiffeId:
 def spiffe_id_of(cert: x509.Certificate) -> str | None:
     """The certificate's SPIFFE ID, or None if it has not exactly one URI SAN
     starting with spiffe:// (the SVID rule: one identity per certificate)."""
+    from cryptography import (
+        x509,  # here, not at import: a mesh without a CA never loads it (issue 25)
+    )
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -82,6 +88,8 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
     roots (the contexts of `Credentials` require that); this function reads,
     it does not verify.
     """
+    from cryptography import x509
+
     der = ssl_object.getpeercert(True)  # positional: httpcore hands out _ssl._SSLSocket
     if not der:
         return None

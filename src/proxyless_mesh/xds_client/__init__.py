@@ -5,7 +5,7 @@ cannot (keeping the last good value), and publishes an immutable `XdsState`.
 
 from proxyless_mesh.xds_client._backoff import WaitStrategy, default_wait
 from proxyless_mesh.xds_client._client import XdsClient, build_node
-from proxyless_mesh.xds_client._csds import CsdsServicer, client_config
+from proxyless_mesh.xds_client._csds import client_config
 from proxyless_mesh.xds_client._decode import (
     decode_cluster,
     decode_cluster_load_assignment,
@@ -18,7 +18,6 @@ from proxyless_mesh.xds_client._types import ResourceType
 
 __all__ = [
     "ClientStatus",
-    "CsdsServicer",
     "ResourceStatus",
     "ResourceType",
     "WaitStrategy",

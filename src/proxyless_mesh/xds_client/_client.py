@@ -10,9 +10,11 @@ server failed in a row. The last good config stays published throughout.
 Logs: an outage (every server failed in a row) is one WARNING, the connection
 that ends it one INFO; the retries in between are DEBUG.
 
-Our own channel is a plain `grpc.aio` channel, never passed through the
-library's interceptors: meshing the connection that delivers the mesh's config
-would make it depend on itself (and trace/retry its own control traffic).
+The stream goes over `h2` (grpc_wire: no grpcio in the process) when it is
+installed, else over a plain `grpc.aio` channel (_transport.py); either way
+it never passes through the library's interceptors: meshing the connection
+that delivers the mesh's config would make it depend on itself (and
+trace/retry its own control traffic).
 """
 
 from __future__ import annotations
@@ -23,76 +25,31 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from importlib import metadata
 from typing import Any
-
-import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import ControlPlaneUnavailableError
+from proxyless_mesh.grpc_wire import GrpcCallError
 from proxyless_mesh.xds_client._backoff import Backoff, WaitStrategy, default_wait
+from proxyless_mesh.xds_client._codec import Codec, WireCodec, default_codec
 from proxyless_mesh.xds_client._delta import DeltaAdsProtocol, wants_delta
 from proxyless_mesh.xds_client._disk_cache import ConfigCache
+from proxyless_mesh.xds_client._node import build_node, node_fields
 from proxyless_mesh.xds_client._protocol import AdsProtocol
 from proxyless_mesh.xds_client._state import ResourceStatus, XdsState
+from proxyless_mesh.xds_client._transport import AdsCall, Transport, open_transport
 from proxyless_mesh.xds_client._types import ResourceType
 
-__all__ = ["XdsClient", "build_node"]
+__all__ = ["XdsClient", "build_node", "node_fields"]  # the node: see _node.py
 
 log = logging.getLogger("proxyless_mesh.xds_client")
-
-CLIENT_FEATURES = ("envoy.lb.does_not_support_overprovisioning", "xds.config.resource-in-sotw")
-
-
-def _package_version() -> str:
-    try:
-        return metadata.version("proxyless-mesh")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-def build_node(bootstrap: Bootstrap, user_agent_name: str) -> Any:
-    """The envoy.config.core.v3.Node sent on the first request of each stream."""
-    node = base_pb2.Node(
-        id=bootstrap.node_id,
-        cluster=bootstrap.node_cluster,
-        user_agent_name=user_agent_name,
-        user_agent_version=_package_version(),
-        client_features=list(CLIENT_FEATURES),
-    )
-    node.locality.region = bootstrap.locality.region
-    node.locality.zone = bootstrap.locality.zone
-    node.locality.sub_zone = bootstrap.locality.sub_zone
-    if bootstrap.node_metadata:
-        node.metadata.update(_plain(bootstrap.node_metadata))
-    return node
-
-
-def _plain(value: Any) -> Any:
-    """Mapping proxies -> dicts, tuples -> lists, as Struct.update wants."""
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
 
 _PRIMARY_BACK = object()
 #: Until the first stream, reconnect at least this often (seconds, jittered below).
 START_RECONNECT_CAP = 2.0
 
 
-async def _ready(channel: grpc.aio.Channel) -> None:
-    """Return once `channel` is READY (asking it to connect meanwhile)."""
-    state = channel.get_state(try_to_connect=True)
-    while state is not grpc.ChannelConnectivity.READY:
-        await channel.wait_for_state_change(state)
-        state = channel.get_state(try_to_connect=True)
-
-
-async def _read_unless(call: Any, back: asyncio.Future[None] | None) -> Any:
+async def _read_unless(call: AdsCall, back: asyncio.Future[None] | None) -> Any:
     """`call.read()`, or _PRIMARY_BACK when `back` completes first."""
     if back is None:
         return await call.read()
@@ -117,17 +74,23 @@ class XdsClient:
         user_agent_name: str = "proxyless-mesh",
         wait: WaitStrategy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        transport: str | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self._servers = [s.server_uri for s in bootstrap.xds_servers]
         self._server_uri = self._servers[0]  # the one in use (or last tried)
-        self._channels: list[grpc.aio.Channel] = []
-        node = build_node(bootstrap, user_agent_name)
-        delta = wants_delta(bootstrap.proxyless_mesh)
-        self._protocol = DeltaAdsProtocol(node) if delta else AdsProtocol(node)
+        self._transport_choice = transport  # "h2" / "grpcio"; None: _transport.py decides
+        self._user_agent = user_agent_name
+        self._channels: list[Transport] = []
+        codec = codec or default_codec()  # without protobuf when native is there
+        wire = isinstance(codec, WireCodec)
+        node = (node_fields if wire else build_node)(bootstrap, user_agent_name)
+        protocol = DeltaAdsProtocol if wants_delta(bootstrap.proxyless_mesh) else AdsProtocol
+        self._protocol = protocol(node, codec=codec)
         self._on_update = on_update
         self._backoff = Backoff(wait or default_wait())
         self._sleep = sleep
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: Transport | None = None
         self._task: asyncio.Task[None] | None = None
         self._outbox: asyncio.Queue[Any] | None = None  # the live stream's, else None
         self._connected = False
@@ -163,13 +126,10 @@ class XdsClient:
             raise RuntimeError("XdsClient is closed")
         if self._task is not None:
             return
-        # Plain channels on purpose: see the module docstring. A short reconnect
-        # backoff lets the primary's return be noticed within seconds (A71).
-        options = [
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
+        # Plain channels on purpose: see the module docstring.
+        self._channels = [
+            open_transport(u, self._user_agent, self._transport_choice) for u in self._servers
         ]
-        self._channels = [grpc.aio.insecure_channel(u, options=options) for u in self._servers]
         self._channel = self._channels[0]
         if self._cache is not None and self._cache.restore(self._protocol):
             self.restored_from_cache = True
@@ -188,7 +148,7 @@ class XdsClient:
         if self._cache is not None:
             self._cache.flush()
         for channel in self._channels:
-            await channel.close(grace=None)
+            await channel.close()
         self._set_connected(False)
 
     async def watch(self, listener_names: Iterable[str], *, timeout: float | None) -> None:
@@ -274,8 +234,8 @@ class XdsClient:
             self._channel, self._server_uri = self._channels[index], self._servers[index]
             try:
                 await self._run_stream(primary=self._channels[0] if index else None)
-            except grpc.aio.AioRpcError as exc:
-                self._last_error = f"{exc.code().name}: {exc.details()}"
+            except GrpcCallError as exc:
+                self._last_error = f"{exc.code}: {exc.details}"
             except Exception as exc:
                 # A bug while handling a response must not end this task: that
                 # would freeze the config silently forever. Log it loudly and
@@ -283,8 +243,8 @@ class XdsClient:
                 log.exception("xDS stream to %s failed", self._server_uri)
                 self._last_error = repr(exc)
             if self._closed:
-                # close() cancelled us, and grpc.aio may have turned that
-                # cancellation into an RpcError (CANCELLED) caught above.
+                # close() cancelled us, and the transport may have turned that
+                # cancellation into a CANCELLED status caught above.
                 return
             self._protocol.end_stream()
             self._arm_expiry()
@@ -313,14 +273,14 @@ class XdsClient:
             log.debug("reconnecting to %s in %.2fs", self._server_uri, delay)
             await self._sleep(delay)
 
-    async def _run_stream(self, primary: grpc.aio.Channel | None = None) -> None:
+    async def _run_stream(self, primary: Transport | None = None) -> None:
         """One ADS stream, until the server ends it (returns) or it fails (raises).
         With `primary` (we are on a fallback server) it also returns once the
         primary's channel is READY, so the next attempt goes back to it."""
         if self._channel is None:
             raise RuntimeError("XdsClient.start() was not called")
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
-        call = self._protocol.open_call(stub)
+        protocol = self._protocol
+        call = self._channel.open(protocol.METHOD, protocol.codec.parser(protocol.RESPONSE))
         outbox: asyncio.Queue[Any] = asyncio.Queue()
         for request in self._protocol.start_stream():
             outbox.put_nowait(request)
@@ -329,19 +289,19 @@ class XdsClient:
         writer = asyncio.create_task(self._write_loop(call, outbox))
         back: asyncio.Future[None] | None = None
         try:
-            await call.wait_for_connection()
+            await call.start()
             self._log_connected()
             self._ever_connected = True
             self._send(self._protocol.identify())
             self._set_connected(True)
             if primary is not None:
-                back = asyncio.ensure_future(_ready(primary))
+                back = asyncio.ensure_future(primary.wait_ready())
             while True:
                 response = await _read_unless(call, back)
                 if response is _PRIMARY_BACK:
                     self._last_error = "the primary xDS server is back: switching to it"
                     return
-                if not self._protocol.is_response(response):  # grpc.aio.EOF
+                if not self._protocol.is_response(response):  # None: ended with OK
                     self._last_error = "stream closed by the server"
                     return
                 self._got_response = self._got_any_response = True
@@ -354,14 +314,14 @@ class XdsClient:
             call.cancel()
             await asyncio.wait([writer])
 
-    async def _write_loop(self, call: Any, outbox: asyncio.Queue[Any]) -> None:
+    async def _write_loop(self, call: AdsCall, outbox: asyncio.Queue[Any]) -> None:
         """Send queued requests in order. gRPC allows one write at a time, and
         watch()/unwatch() enqueue from other tasks, hence one writer per stream."""
         while True:
             request = await outbox.get()
             try:
                 await call.write(request)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            except GrpcCallError as exc:
                 # The stream is broken; the reader sees why and reconnects.
                 log.debug("xDS write failed: %s", exc)
                 return

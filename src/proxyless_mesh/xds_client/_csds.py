@@ -3,28 +3,27 @@ and grpcio (gRFC A40, the `grpcio-csds` package) report it.
 
 `client_config()` turns the client's per-resource status into one
 `ClientConfig` (a pure function, so the mapping is tested without sockets);
-`CsdsServicer` answers `FetchClientStatus` and `StreamClientStatus` with it.
+diagnostics' `CsdsServicer` answers `FetchClientStatus` and
+`StreamClientStatus` with it (there, so that grpcio loads only with it).
 Tools that already speak CSDS (`grpcdebug`, `istioctl`-like scripts, our
 `meshctl config-dump --csds`) can read a proxyless-mesh process unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
-
-from envoy.admin.v3 import config_dump_shared_pb2 as shared_pb2
-from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from proxyless_mesh.xds_client._state import ClientStatus, ResourceStatus
 
-__all__ = ["CsdsServicer", "client_config"]
+__all__ = ["client_config"]
 
+# envoy.admin.v3.ClientResourceStatus numbers
 _CLIENT_STATUS = {
-    ClientStatus.REQUESTED: shared_pb2.REQUESTED,
-    ClientStatus.DOES_NOT_EXIST: shared_pb2.DOES_NOT_EXIST,
-    ClientStatus.ACKED: shared_pb2.ACKED,
-    ClientStatus.NACKED: shared_pb2.NACKED,
+    ClientStatus.REQUESTED: 1,
+    ClientStatus.DOES_NOT_EXIST: 2,
+    ClientStatus.ACKED: 3,
+    ClientStatus.NACKED: 4,
 }
 
 
@@ -32,7 +31,10 @@ def client_config(node: Any, statuses: Iterable[ResourceStatus]) -> Any:
     """One `envoy.service.status.v3.ClientConfig`: `node` and, per subscribed
     resource, a GenericXdsConfig with the last good resource (`xds_config`),
     its version, the ACK status and, when NACKED, the rejected version and
-    why (`error_state`), as grpcio's own CSDS fills them."""
+    why (`error_state`), as grpcio's own CSDS fills them. (Protobuf loads
+    here: only a process serving CSDS pays for it.)"""
+    from envoy.service.status.v3 import csds_pb2
+
     config = csds_pb2.ClientConfig(node=node)
     for status in statuses:
         entry = config.generic_xds_configs.add(
@@ -41,29 +43,10 @@ def client_config(node: Any, statuses: Iterable[ResourceStatus]) -> Any:
             version_info=status.version,
             client_status=_CLIENT_STATUS[status.status],
         )
-        if status.xds_config is not None:
-            entry.xds_config.CopyFrom(status.xds_config)
+        if status.xds_config is not None:  # an Any, protobuf's or _wire's
+            entry.xds_config.type_url = status.xds_config.type_url
+            entry.xds_config.value = status.xds_config.value
         if status.error is not None:
             entry.error_state.details = status.error
             entry.error_state.version_info = status.error_version or ""
     return config
-
-
-class CsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]
-    """Answers every request with the one ClientConfig `source()` builds now.
-
-    A process holds one xDS client, so node matchers are not consulted: there
-    is nothing else to choose from (grpcio's CSDS does the same).
-    """
-
-    def __init__(self, source: Callable[[], Any]) -> None:
-        self._source = source
-
-    async def FetchClientStatus(self, request: Any, context: Any) -> Any:  # gRPC method name
-        return csds_pb2.ClientStatusResponse(config=[self._source()])
-
-    async def StreamClientStatus(  # gRPC method name
-        self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[Any]:
-        async for _ in request_iterator:
-            yield csds_pb2.ClientStatusResponse(config=[self._source()])

@@ -14,17 +14,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2 as hcm_pb2,
-)
-from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2, json_format
-from google.protobuf.message import DecodeError, Message
-
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import (
     OUTBOUND_POLICY_LISTENER,
@@ -41,12 +30,14 @@ from proxyless_mesh.xds_client import _decode_policies as policies
 from proxyless_mesh.xds_client._decode_inbound import decode_inbound_listener
 from proxyless_mesh.xds_client._decode_routes import decode_route_configuration_message
 from proxyless_mesh.xds_client._decode_security import decode_upstream_tls
+from proxyless_mesh.xds_client._message import enum_name, struct_to_python, type_name, unpack_any
 from proxyless_mesh.xds_client._types import (
     HCM_TYPE_URL,
     RESOURCE_WRAPPER_TYPE_URL,
     ROUTER_TYPE_URL,
     ResourceType,
 )
+from proxyless_mesh.xds_client._wire import WireMessage
 
 __all__ = [
     "decode_cluster",
@@ -58,19 +49,18 @@ __all__ = [
     "unpack_resource",
 ]
 
-_MESSAGE_CLASSES: dict[ResourceType, type[Message]] = {
-    ResourceType.LISTENER: listener_pb2.Listener,
-    ResourceType.ROUTE_CONFIGURATION: route_pb2.RouteConfiguration,
-    ResourceType.CLUSTER: cluster_pb2.Cluster,
-    ResourceType.CLUSTER_LOAD_ASSIGNMENT: endpoint_pb2.ClusterLoadAssignment,
-}
+_CLUSTER = "envoy.config.cluster.v3.Cluster"
+_RESOURCE_WRAPPER = "envoy.service.discovery.v3.Resource"
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_EDS = 3  # Cluster.DiscoveryType.EDS
 
+# Cluster.LbPolicy numbers -> our enum
 _LB_POLICIES = {
-    cluster_pb2.Cluster.ROUND_ROBIN: LbPolicy.ROUND_ROBIN,
-    cluster_pb2.Cluster.LEAST_REQUEST: LbPolicy.LEAST_REQUEST,
-    cluster_pb2.Cluster.RANDOM: LbPolicy.RANDOM,
-    cluster_pb2.Cluster.RING_HASH: LbPolicy.RING_HASH,
-    cluster_pb2.Cluster.MAGLEV: LbPolicy.MAGLEV,
+    0: LbPolicy.ROUND_ROBIN,
+    1: LbPolicy.LEAST_REQUEST,
+    3: LbPolicy.RANDOM,
+    2: LbPolicy.RING_HASH,
+    5: LbPolicy.MAGLEV,
 }
 
 # load_balancing_policy (the typed form) -> our enum; gRPC uses the first it knows.
@@ -89,17 +79,21 @@ _TYPED_LB_POLICIES = {
 def unpack_resource(rtype: ResourceType, resource: Any) -> Any:
     """The typed message inside `resource` (an Any, a discovery `Resource` wrapper
     as allowed by the `xds.config.resource-in-sotw` client feature, or already the
-    message). An unwrapped ClusterLoadAssignment is decoded natively when the
-    native core is installed: a `NativeAssignment`, not a protobuf message."""
-    cls = _MESSAGE_CLASSES[rtype]
-    if isinstance(resource, (cls, endpoints.NativeAssignment)):
+    message), decoded as `resource` was (protobuf or _wire). An unwrapped
+    ClusterLoadAssignment is decoded natively when the native core is
+    installed: a `NativeAssignment`, not a message."""
+    type_name = rtype.type_url.rsplit("/", 1)[-1]
+    if isinstance(resource, endpoints.NativeAssignment) or _message_type(resource) == type_name:
         return resource
-    if not isinstance(resource, any_pb2.Any):
-        raise TypeError(f"expected an Any or {cls.__name__}, got {type(resource).__name__}")
+    if _message_type(resource) != "google.protobuf.Any":
+        raise TypeError(
+            f"expected an Any or {type_name}, got {_message_type(resource) or type(resource)}"
+        )
     wrapped = resource.type_url == RESOURCE_WRAPPER_TYPE_URL
     if wrapped:
-        wrapper = discovery_pb2.Resource()
-        _unpack_any(resource, wrapper, "Resource wrapper")
+        wrapper = unpack_any(
+            resource, RESOURCE_WRAPPER_TYPE_URL.rsplit("/", 1)[-1], "Resource wrapper"
+        )
         resource = wrapper.resource
     if resource.type_url != rtype.type_url:
         raise XdsResourceError(
@@ -107,9 +101,14 @@ def unpack_resource(rtype: ResourceType, resource: Any) -> Any:
         )
     if rtype is ResourceType.CLUSTER_LOAD_ASSIGNMENT and not wrapped and endpoints.native_decode:
         return endpoints.decode_native(resource.value)  # no protobuf objects (issue 25)
-    msg = cls()
-    _unpack_any(resource, msg, cls.__name__)
-    return msg
+    return unpack_any(resource, type_name, type_name.rsplit(".", 1)[-1])
+
+
+def _message_type(msg: Any) -> str | None:
+    """The full type name of a protobuf or _wire message; None for anything else."""
+    if isinstance(msg, WireMessage) or hasattr(type(msg), "DESCRIPTOR"):
+        return type_name(msg)
+    return None
 
 
 def resource_name(rtype: ResourceType, msg: Any) -> str:
@@ -170,7 +169,10 @@ def telemetry_metadata(msg: Any) -> str | None:
     canonical JSON, checked when applied (Mesh); None when it carries none."""
     if TELEMETRY_METADATA not in msg.metadata.filter_metadata:
         return None
-    value = json_format.MessageToDict(msg.metadata.filter_metadata[TELEMETRY_METADATA])
+    try:
+        value = struct_to_python(msg.metadata.filter_metadata[TELEMETRY_METADATA])
+    except ValueError as exc:
+        raise XdsResourceError(f"metadata {TELEMETRY_METADATA!r}: {exc}") from None
     specs = value.get("specs")
     if not isinstance(specs, list):
         raise XdsResourceError(f"metadata {TELEMETRY_METADATA!r}: expected a list 'specs'")
@@ -183,8 +185,7 @@ def _client_listener(msg: Any) -> Listener:
         raise XdsResourceError(
             f"api_listener holds {inner.type_url!r}, expected an HttpConnectionManager"
         )
-    hcm = hcm_pb2.HttpConnectionManager()
-    _unpack_any(inner, hcm, "HttpConnectionManager")
+    hcm = unpack_any(inner, _HCM, "HttpConnectionManager")
     _check_http_filters(hcm.http_filters)
     which = hcm.WhichOneof("route_specifier")
     if which == "rds":
@@ -219,8 +220,8 @@ def decode_cluster(resource: Any) -> Cluster:
         raise XdsResourceError(
             f"cluster_type {msg.cluster_type.name!r} (custom cluster types) is not supported"
         )
-    if msg.type != cluster_pb2.Cluster.EDS:
-        kind = cluster_pb2.Cluster.DiscoveryType.Name(msg.type)
+    if msg.type != _EDS:
+        kind = enum_name(f"{_CLUSTER}.DiscoveryType", msg.type)
         raise XdsResourceError(f"discovery type {kind} is not supported (only EDS)")
     _check_config_source(msg.eds_cluster_config.eds_config, "eds_cluster_config.eds_config")
     lb_policy = _lb_policy(msg)
@@ -266,15 +267,6 @@ def decode_resource(rtype: ResourceType, msg: Any) -> Any:
     return DECODERS[rtype](msg)
 
 
-def _unpack_any(any_msg: any_pb2.Any, into: Message, what: str) -> None:
-    try:
-        ok = any_msg.Unpack(into)
-    except DecodeError as exc:
-        raise XdsResourceError(f"cannot parse {what}: {exc}") from None
-    if not ok:
-        raise XdsResourceError(f"cannot unpack {any_msg.type_url!r} as {what}")
-
-
 def _check_config_source(source: Any, where: str) -> None:
     """Only ADS is spoken: the resource must come over this same stream."""
     if source.WhichOneof("config_source_specifier") not in ("ads", "self"):
@@ -313,6 +305,6 @@ def _lb_policy(msg: Any) -> LbPolicy:
         raise XdsResourceError(f"load_balancing_policy has no supported policy (got {urls})")
     policy = _LB_POLICIES.get(msg.lb_policy)
     if policy is None:
-        name = cluster_pb2.Cluster.LbPolicy.Name(msg.lb_policy)
+        name = enum_name(f"{_CLUSTER}.LbPolicy", msg.lb_policy)
         raise XdsResourceError(f"lb_policy {name} is not supported")
     return policy

@@ -10,8 +10,6 @@ PROXYLESS_MESH_NATIVE=off, the Python protobuf runtime decodes."""
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +21,7 @@ from proxyless_mesh.model import (
     Locality,
     LocalityEndpoints,
 )
+from proxyless_mesh.xds_client._wire import native_module
 
 # (host_identifier, address kind, address, port_value or None, weight or None, health,
 #  Istio's workload metadata or "")
@@ -35,11 +34,8 @@ AssignmentView = tuple[str, int | None, list[LocalityView]]
 
 
 def _load_native() -> Callable[[bytes], AssignmentView] | None:
-    if os.environ.get("PROXYLESS_MESH_NATIVE", "").lower() in ("0", "off", "false"):
-        return None
-    try:
-        module = importlib.import_module("proxyless_mesh_native")
-    except ImportError:
+    module = native_module()
+    if module is None:
         return None
     decode: Callable[[bytes], AssignmentView] = module.decode_cluster_load_assignment
     return decode

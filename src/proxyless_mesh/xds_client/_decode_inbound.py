@@ -15,14 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
-from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
-from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import (
-    http_connection_manager_pb2 as hcm_pb2,
-)
-from google.protobuf.message import DecodeError, Message
-
 from proxyless_mesh.errors import PolicyConfigError, XdsResourceError
 from proxyless_mesh.model import InboundListener, JwtAuthentication, Rbac, RbacAction, TlsMode
 from proxyless_mesh.xds_client._decode_ext_authz import (
@@ -35,6 +27,7 @@ from proxyless_mesh.xds_client._decode_rbac import (
     rbac_filter_from_proto,
 )
 from proxyless_mesh.xds_client._decode_security import decode_downstream_tls
+from proxyless_mesh.xds_client._message import is_set, unpack_any
 from proxyless_mesh.xds_client._types import HCM_TYPE_URL, ROUTER_TYPE_URL
 
 __all__ = ["decode_inbound_listener"]
@@ -43,6 +36,7 @@ _FILTERS = "type.googleapis.com/envoy.extensions.filters."
 RBAC_TYPE_URL = _FILTERS + "http.rbac.v3.RBAC"
 JWT_TYPE_URL = _FILTERS + "http.jwt_authn.v3.JwtAuthentication"
 TLS_INSPECTOR_TYPE_URL = _FILTERS + "listener.tls_inspector.v3.TlsInspector"
+_UNESCAPE_AND_FORWARD = 4  # HttpConnectionManager.PathWithEscapedSlashesAction
 _MATCH_FIELDS_UNSUPPORTED = (
     "destination_port",
     "prefix_ranges",
@@ -77,7 +71,7 @@ def decode_inbound_listener(msg: Any) -> InboundListener:
         raise XdsResourceError("server Listener has no filter_chains")
     modes: set[bool] = set()
     filters: bytes | None = None
-    manager = hcm_pb2.HttpConnectionManager()
+    manager: Any = None
     for i, chain in enumerate(chains):
         where = f"filter_chains[{i}]"
         modes.add(_chain_is_tls(chain, where))
@@ -114,10 +108,7 @@ def decode_inbound_listener(msg: Any) -> InboundListener:
 def _path_normalization(manager: Any) -> str:
     """Istio's pathNormalization from the HCM's fields. Never weaker than BASE:
     the library always normalizes before it authorizes."""
-    decode = (
-        manager.path_with_escaped_slashes_action
-        == hcm_pb2.HttpConnectionManager.UNESCAPE_AND_FORWARD
-    )
+    decode = manager.path_with_escaped_slashes_action == _UNESCAPE_AND_FORWARD
     if decode:
         return "DECODE_AND_MERGE_SLASHES"
     return "MERGE_SLASHES" if manager.merge_slashes else "BASE"
@@ -126,13 +117,7 @@ def _path_normalization(manager: Any) -> str:
 def _chain_is_tls(chain: Any, where: str) -> bool:
     match = chain.filter_chain_match
     for field in _MATCH_FIELDS_UNSUPPORTED:
-        descriptor = match.DESCRIPTOR.fields_by_name[field]
-        is_set = bool(
-            getattr(match, field)
-            if descriptor.is_repeated or descriptor.message_type is None
-            else match.HasField(field)
-        )
-        if is_set:
+        if is_set(match, field):
             raise XdsResourceError(f"{where}.filter_chain_match.{field} is not supported")
     if match.source_type:
         raise XdsResourceError(f"{where}.filter_chain_match.source_type is not supported")
@@ -148,21 +133,20 @@ def _chain_is_tls(chain: Any, where: str) -> bool:
     return tls
 
 
-def _connection_manager(chain: Any, where: str) -> hcm_pb2.HttpConnectionManager:
+def _connection_manager(chain: Any, where: str) -> Any:
     if len(chain.filters) != 1:
         raise XdsResourceError(f"{where}: expected exactly one filter, the HttpConnectionManager")
     config = chain.filters[0].typed_config
     if config.type_url != HCM_TYPE_URL:
         raise XdsResourceError(f"{where}.filters[0]: expected an HttpConnectionManager")
-    manager = hcm_pb2.HttpConnectionManager()
-    _unpack(config, manager, f"{where}.filters[0]")
+    manager = _unpack(config, f"{where}.filters[0]")
     if manager.WhichOneof("route_specifier") != "route_config":
         raise XdsResourceError(f"{where}: the server's HttpConnectionManager needs route_config")
     return manager
 
 
 def _http_filters(
-    manager: hcm_pb2.HttpConnectionManager,
+    manager: Any,
 ) -> tuple[tuple[Rbac, ...], JwtAuthentication | None]:
     """jwt_authn (at most one, before any RBAC), RBAC engines in order, router last."""
     filters = list(manager.http_filters)
@@ -178,8 +162,7 @@ def _http_filters(
             if marking is not None and url != EXT_AUTHZ_TYPE_URL:
                 raise XdsResourceError(f"{where}: the istio_ext_authz_ rules need ext_authz next")
             if url == RBAC_TYPE_URL:
-                rbac = http_rbac_pb2.RBAC()
-                _unpack(f.typed_config, rbac, where)
+                rbac = _unpack(f.typed_config, where)
                 if rbac.shadow_rules_stat_prefix == EXT_AUTHZ_STAT_PREFIX:
                     if rbac.HasField("rules") or engines:
                         raise XdsResourceError(f"{where}: CUSTOM rules must come first, alone")
@@ -189,8 +172,7 @@ def _http_filters(
             elif url == EXT_AUTHZ_TYPE_URL:
                 if marking is None:
                     raise XdsResourceError(f"{where}: ext_authz without istio_ext_authz_ rules")
-                config = ext_authz_pb2.ExtAuthz()
-                _unpack(f.typed_config, config, where)
+                config = _unpack(f.typed_config, where)
                 custom = Rbac(
                     RbacAction.ALLOW, marking.policies, ext_authz=ext_authz_from_proto(config)
                 )
@@ -199,8 +181,7 @@ def _http_filters(
             elif url == JWT_TYPE_URL:
                 if jwt is not None or engines:
                     raise XdsResourceError(f"{where}: jwt_authn must come once, before RBAC")
-                config = jwt_pb2.JwtAuthentication()
-                _unpack(f.typed_config, config, where)
+                config = _unpack(f.typed_config, where)
                 jwt = jwt_authentication_from_proto(config)
             elif url == ROUTER_TYPE_URL:
                 raise XdsResourceError(f"{where}: the router must be the last http filter")
@@ -213,10 +194,6 @@ def _http_filters(
     return tuple(engines), jwt
 
 
-def _unpack(config: Any, into: Message, where: str) -> None:
-    try:
-        ok = config.Unpack(into)
-    except DecodeError as exc:
-        raise XdsResourceError(f"{where}: cannot parse: {exc}") from None
-    if not ok:
-        raise XdsResourceError(f"{where}: cannot unpack {config.type_url!r}")
+def _unpack(config: Any, where: str) -> Any:
+    """The message of the type its type_url names (callers checked the URL)."""
+    return unpack_any(config, config.type_url.rsplit("/", 1)[-1], where)

@@ -12,14 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
-from envoy.config.route.v3 import route_components_pb2 as rc_pb2
-from envoy.extensions.filters.http.fault.v3 import fault_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.v3 import percent_pb2
-from google.protobuf.message import DecodeError
-
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import (
     CircuitBreakers,
@@ -34,27 +26,25 @@ from proxyless_mesh.model import (
     RingHashConfig,
     SlowStartConfig,
 )
+from proxyless_mesh.xds_client._message import enum_name, unpack_any
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 FAULT_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 FILTER_CONFIG_TYPE_URL = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+FILTER_CONFIG = "envoy.config.route.v3.FilterConfig"
+_FAULT = "envoy.extensions.filters.http.fault.v3.HTTPFault"
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 MAX_RING_SIZE = 8 * 1024 * 1024
 MAX_MAGLEV_TABLE = 5000011
 
-_DENOMINATORS = {
-    percent_pb2.FractionalPercent.HUNDRED: 100,
-    percent_pb2.FractionalPercent.TEN_THOUSAND: 10_000,
-    percent_pb2.FractionalPercent.MILLION: 1_000_000,
-}
-_REDIRECT_CODES = {
-    rc_pb2.RedirectAction.MOVED_PERMANENTLY: 301,
-    rc_pb2.RedirectAction.FOUND: 302,
-    rc_pb2.RedirectAction.SEE_OTHER: 303,
-    rc_pb2.RedirectAction.TEMPORARY_REDIRECT: 307,
-    rc_pb2.RedirectAction.PERMANENT_REDIRECT: 308,
-}
-_APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
-_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+# Enum numbers of the Envoy protos (xds_schema.txt lists them by name).
+_DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}  # FractionalPercent HUNDRED, ...
+# RedirectAction MOVED_PERMANENTLY, FOUND, SEE_OTHER, TEMPORARY_REDIRECT, PERMANENT_REDIRECT
+_REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
+_APPEND = 0  # HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+_OVERWRITE = 2  # HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_XX_HASH = 0  # Cluster.RingHashLbConfig.XX_HASH
+_DEFAULT_PRIORITY = 0  # RoutingPriority.DEFAULT
 
 
 def seconds(duration: Any, where: str) -> float:
@@ -83,7 +73,7 @@ def _percent(value: float, where: str) -> float:
 
 def ring_hash(msg: Any) -> RingHashConfig:
     config = msg.ring_hash_lb_config
-    if config.hash_function != cluster_pb2.Cluster.RingHashLbConfig.XX_HASH:
+    if config.hash_function != _XX_HASH:
         raise XdsResourceError("ring_hash_lb_config.hash_function: only XX_HASH is supported")
     low = config.minimum_ring_size.value if config.HasField("minimum_ring_size") else 1024
     high = config.maximum_ring_size.value if config.HasField("maximum_ring_size") else MAX_RING_SIZE
@@ -185,7 +175,7 @@ def _duration_or(msg: Any, field: str, default: float, where: str) -> float:
 def circuit_breakers(msg: Any) -> CircuitBreakers:
     """The DEFAULT-priority thresholds (the first such entry, as Envoy and gRPC)."""
     for i, t in enumerate(msg.circuit_breakers.thresholds):
-        if t.priority != base_pb2.DEFAULT:
+        if t.priority != _DEFAULT_PRIORITY:
             continue
         budget = None
         if t.HasField("retry_budget"):
@@ -223,15 +213,11 @@ def http_options(msg: Any) -> tuple[float | None, int | None]:
     if HTTP_PROTOCOL_OPTIONS not in msg.typed_extension_protocol_options:
         return None, None
     packed = msg.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS]
-    options = http_protocol_options_pb2.HttpProtocolOptions()
-    try:
-        if not packed.Unpack(options):
-            raise XdsResourceError(
-                f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}] holds "
-                f"{packed.type_url!r}"
-            )
-    except DecodeError as exc:
-        raise XdsResourceError(f"cannot parse HttpProtocolOptions: {exc}") from None
+    if packed.type_url.rsplit("/", 1)[-1] != _HTTP_OPTIONS:
+        raise XdsResourceError(
+            f"typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS}] holds {packed.type_url!r}"
+        )
+    options = unpack_any(packed, _HTTP_OPTIONS, "HttpProtocolOptions")
     common = options.common_http_protocol_options
     where = "HttpProtocolOptions.common_http_protocol_options"
     idle = (
@@ -264,17 +250,10 @@ def fault(route: Any, vhost: Any, where: str) -> FaultConfig | None:
 
 def _fault_message(packed: Any, where: str) -> Any:
     if packed.type_url == FILTER_CONFIG_TYPE_URL:
-        wrapper = rc_pb2.FilterConfig()
-        packed.Unpack(wrapper)
-        packed = wrapper.config
+        packed = unpack_any(packed, FILTER_CONFIG, where).config
     if packed.type_url != FAULT_TYPE_URL:
         return None
-    config = fault_pb2.HTTPFault()
-    try:
-        packed.Unpack(config)
-    except DecodeError as exc:
-        raise XdsResourceError(f"{where}: cannot parse HTTPFault: {exc}") from None
-    return config
+    return unpack_any(packed, _FAULT, f"{where}: HTTPFault")
 
 
 def _fault(config: Any, where: str) -> FaultConfig | None:
@@ -349,7 +328,9 @@ def header_mutation(to_add: Any, to_remove: Any, where: str) -> HeaderMutation:
         elif option.append_action in (_APPEND, _OVERWRITE):
             append = option.append_action == _APPEND
         else:
-            action = base_pb2.HeaderValueOption.HeaderAppendAction.Name(option.append_action)
+            action = enum_name(
+                "envoy.config.core.v3.HeaderValueOption.HeaderAppendAction", option.append_action
+            )
             raise XdsResourceError(f"{where}[{i}]: append_action {action} is not supported")
         (adds if append else sets).append((key, value))
     return HeaderMutation(

@@ -13,13 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.config.core.v3 import address_pb2
-from envoy.config.rbac.v3 import rbac_pb2
-from envoy.config.route.v3 import route_components_pb2
-from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
-from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
-from envoy.type.matcher.v3 import metadata_pb2, string_pb2
-
 from proxyless_mesh.errors import UnsupportedPolicyError
 from proxyless_mesh.model import (
     AndRules,
@@ -48,9 +41,10 @@ from proxyless_mesh.model import (
     StringMatcher,
     UrlPath,
 )
+from proxyless_mesh.xds_client._message import enum_name, is_set
 
 
-def rbac_filter_from_proto(msg: http_rbac_pb2.RBAC) -> tuple[Rbac, ...]:
+def rbac_filter_from_proto(msg: Any) -> tuple[Rbac, ...]:
     """The HTTP filter -> its engines: the `shadow_rules` one (Istio's dry-run
     policies; never deciding) first, as Envoy evaluates it, then `rules`.
     Neither set: the filter does nothing, so no engine."""
@@ -65,8 +59,10 @@ def rbac_filter_from_proto(msg: http_rbac_pb2.RBAC) -> tuple[Rbac, ...]:
     return tuple(engines)
 
 
-def rbac_from_proto(msg: rbac_pb2.RBAC) -> Rbac:
-    action = rbac_pb2.RBAC.Action.Name(msg.action)
+def rbac_from_proto(msg: Any) -> Rbac:
+    action = enum_name("envoy.config.rbac.v3.RBAC.Action", msg.action)
+    if action not in RbacAction.__members__:
+        raise UnsupportedPolicyError("RBAC.action", f"action {action} is not supported")
     policies = []
     for name in sorted(msg.policies):  # Envoy keeps policies in a std::map: name order
         p = msg.policies[name]
@@ -79,7 +75,7 @@ def rbac_from_proto(msg: rbac_pb2.RBAC) -> Rbac:
     return Rbac(RbacAction(action), tuple(policies))
 
 
-def string_matcher_from_proto(m: string_pb2.StringMatcher, where: str) -> StringMatcher:
+def string_matcher_from_proto(m: Any, where: str) -> StringMatcher:
     which = m.WhichOneof("match_pattern")
     if which == "exact":
         return StringMatcher(MatchKind.EXACT, m.exact, m.ignore_case)
@@ -94,11 +90,11 @@ def string_matcher_from_proto(m: string_pb2.StringMatcher, where: str) -> String
     raise UnsupportedPolicyError(where, f"string matcher {which!r} is not supported")
 
 
-def _cidr(c: address_pb2.CidrRange) -> CidrRange:
+def _cidr(c: Any) -> CidrRange:
     return CidrRange(c.address_prefix, c.prefix_len.value)
 
 
-def _header(h: route_components_pb2.HeaderMatcher, where: str) -> HeaderMatcher:
+def _header(h: Any, where: str) -> HeaderMatcher:
     which = h.WhichOneof("header_match_specifier")
     name, invert = h.name.lower(), h.invert_match
     if h.treat_missing_header_as_empty:
@@ -121,7 +117,7 @@ def _header(h: route_components_pb2.HeaderMatcher, where: str) -> HeaderMatcher:
     raise UnsupportedPolicyError(where, f"header matcher {which!r} is not supported")
 
 
-def _metadata(m: metadata_pb2.MetadataMatcher, where: str) -> Metadata:
+def _metadata(m: Any, where: str) -> Metadata:
     path = tuple(seg.key for seg in m.path)
     value = m.value
     which = value.WhichOneof("match_pattern")
@@ -154,7 +150,7 @@ def _common(msg: Any, which: str | None, where: str) -> RbacRule | None:
     return None
 
 
-def permission_from_proto(msg: rbac_pb2.Permission, where: str = "permission") -> RbacRule:
+def permission_from_proto(msg: Any, where: str = "permission") -> RbacRule:
     which = msg.WhichOneof("rule")
     common = _common(msg, which, where)
     if common is not None:
@@ -178,7 +174,7 @@ def permission_from_proto(msg: rbac_pb2.Permission, where: str = "permission") -
     raise UnsupportedPolicyError(f"{where}.{which}", "permission rule is not supported")
 
 
-def principal_from_proto(msg: rbac_pb2.Principal, where: str = "principal") -> RbacRule:
+def principal_from_proto(msg: Any, where: str = "principal") -> RbacRule:
     which = msg.WhichOneof("identifier")
     common = _common(msg, which, where)
     if common is not None:
@@ -212,7 +208,7 @@ _JWT_UNSUPPORTED_FIELDS = (
 )
 
 
-def jwt_authentication_from_proto(msg: jwt_pb2.JwtAuthentication) -> JwtAuthentication:
+def jwt_authentication_from_proto(msg: Any) -> JwtAuthentication:
     """The jwt_authn filter -> the model. Only Istio's layout is accepted: one
     rule for every path (`prefix: "/"`) requiring any of the providers or none
     (`allow_missing`); anything else would mean other semantics."""
@@ -257,10 +253,10 @@ def jwt_authentication_from_proto(msg: jwt_pb2.JwtAuthentication) -> JwtAuthenti
     return JwtAuthentication(tuple(providers))
 
 
-def jwt_provider_from_proto(name: str, p: jwt_pb2.JwtProvider) -> JwtProvider:
+def jwt_provider_from_proto(name: str, p: Any) -> JwtProvider:
     where = f"JwtAuthentication.providers[{name}]"
     for field in _JWT_UNSUPPORTED_FIELDS:
-        if _is_set(p, field):
+        if is_set(p, field):
             raise UnsupportedPolicyError(f"{where}.{field}", "is not supported")
     if not p.issuer:
         raise UnsupportedPolicyError(f"{where}.issuer", "is required")
@@ -282,12 +278,3 @@ def jwt_provider_from_proto(name: str, p: jwt_pb2.JwtProvider) -> JwtProvider:
         forward_payload_header=p.forward_payload_header,
         space_delimited_claims=tuple(p.normalize_payload_in_metadata.space_delimited_claims),
     )
-
-
-def _is_set(msg: Any, field: str) -> bool:
-    descriptor = msg.DESCRIPTOR.fields_by_name[field]
-    if descriptor.is_repeated:
-        return bool(getattr(msg, field))
-    if descriptor.message_type is not None:
-        return bool(msg.HasField(field))
-    return bool(getattr(msg, field))

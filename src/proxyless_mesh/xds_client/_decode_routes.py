@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from envoy.config.route.v3 import route_components_pb2 as rc_pb2
-
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import (
     CorsPolicy,
@@ -32,6 +30,7 @@ from proxyless_mesh.model import (
     WeightedCluster,
 )
 from proxyless_mesh.xds_client import _decode_policies as policies
+from proxyless_mesh.xds_client._message import unpack_any
 
 CORS_TYPE_URL = "type.googleapis.com/envoy.config.route.v3.CorsPolicy"
 
@@ -130,12 +129,10 @@ def _cors(route: Any, vhost: Any, where: str) -> CorsPolicy | None:
         for name, packed in sorted(owner.typed_per_filter_config.items()):
             config_where = f"{owner_where}.typed_per_filter_config[{name}]"
             if packed.type_url == policies.FILTER_CONFIG_TYPE_URL:
-                wrapper = rc_pb2.FilterConfig()
-                packed.Unpack(wrapper)
+                wrapper = unpack_any(packed, policies.FILTER_CONFIG, config_where)
                 packed = wrapper.config
             if packed.type_url == CORS_TYPE_URL:
-                message = rc_pb2.CorsPolicy()
-                packed.Unpack(message)
+                message = unpack_any(packed, CORS_TYPE_URL.rsplit("/", 1)[-1], config_where)
                 return _cors_policy(message, config_where)
     return None
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
-from google.protobuf.message import DecodeError
-
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import OriginationTls, UpstreamTls
+from proxyless_mesh.xds_client._message import is_set, unpack_any
 
 __all__ = ["TLS_SOCKET_TYPES", "decode_downstream_tls", "decode_upstream_tls"]
 
@@ -26,8 +24,9 @@ _PREFIX = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
 UPSTREAM_TLS_TYPE_URL = _PREFIX + "UpstreamTlsContext"
 DOWNSTREAM_TLS_TYPE_URL = _PREFIX + "DownstreamTlsContext"
 TLS_SOCKET_TYPES = (UPSTREAM_TLS_TYPE_URL, DOWNSTREAM_TLS_TYPE_URL)
-_URI_SAN = common_pb2.SubjectAltNameMatcher.URI
-_NAME_SANS = (common_pb2.SubjectAltNameMatcher.DNS, _URI_SAN)
+_URI_SAN = 3  # SubjectAltNameMatcher.URI
+_NAME_SANS = (2, _URI_SAN)  # DNS, URI
+_VERIFY_TRUST_CHAIN = 0  # CertificateValidationContext.VERIFY_TRUST_CHAIN
 
 
 def decode_upstream_tls(cluster: Any) -> UpstreamTls | None:
@@ -35,8 +34,7 @@ def decode_upstream_tls(cluster: Any) -> UpstreamTls | None:
     if not cluster.HasField("transport_socket"):
         return None
     where = "transport_socket"
-    ctx = tls_pb2.UpstreamTlsContext()
-    _unpack(cluster.transport_socket, ctx, UPSTREAM_TLS_TYPE_URL, where)
+    ctx = _unpack(cluster.transport_socket, UPSTREAM_TLS_TYPE_URL, where)
     where += ".UpstreamTlsContext"
     if ctx.allow_renegotiation or ctx.HasField("max_session_keys"):
         raise XdsResourceError(f"{where}: session renegotiation settings are not supported")
@@ -62,7 +60,7 @@ def _origination(ctx: Any, where: str) -> OriginationTls:
         "custom_handshaker",
         "custom_tls_certificate_selector",
     ):
-        if _is_set(ctx, field):
+        if is_set(ctx, field):
             raise XdsResourceError(f"{where}.{field} is not supported")
     cert_file = key_file = ""
     if len(ctx.tls_certificates) > 1:
@@ -73,7 +71,7 @@ def _origination(ctx: Any, where: str) -> OriginationTls:
     validation = ctx.validation_context
     here = f"{where}.validation_context"
     for field in ("watched_directory", "verify_certificate_spki", "verify_certificate_hash"):
-        if _is_set(validation, field):
+        if is_set(validation, field):
             raise XdsResourceError(f"{here}.{field} is not supported")
     ca_file = ""  # with system_root_certs, or nothing: the system's roots
     if validation.HasField("trusted_ca"):
@@ -98,8 +96,7 @@ def _filename(source: Any, where: str) -> str:
 def decode_downstream_tls(socket: Any, where: str) -> bool:
     """A filter chain's DownstreamTlsContext: True when it requires (and checks)
     a client certificate, which is the only server-side TLS the mesh does."""
-    ctx = tls_pb2.DownstreamTlsContext()
-    _unpack(socket, ctx, DOWNSTREAM_TLS_TYPE_URL, where)
+    ctx = _unpack(socket, DOWNSTREAM_TLS_TYPE_URL, where)
     where += ".DownstreamTlsContext"
     if ctx.HasField("require_sni") and ctx.require_sni.value:
         raise XdsResourceError(f"{where}.require_sni is not supported")
@@ -115,18 +112,13 @@ def decode_downstream_tls(socket: Any, where: str) -> bool:
     return True
 
 
-def _unpack(socket: Any, into: Any, type_url: str, where: str) -> None:
+def _unpack(socket: Any, type_url: str, where: str) -> Any:
     if socket.name and socket.name != TLS_TRANSPORT_SOCKET:
         raise XdsResourceError(f"{where}: transport socket {socket.name!r} is not supported")
     config = socket.typed_config
     if config.type_url != type_url:
         raise XdsResourceError(f"{where}: expected {type_url!r}, got {config.type_url!r}")
-    try:
-        ok = config.Unpack(into)
-    except DecodeError as exc:
-        raise XdsResourceError(f"{where}: cannot parse: {exc}") from None
-    if not ok:
-        raise XdsResourceError(f"{where}: cannot unpack {config.type_url!r}")
+    return unpack_any(config, type_url.rsplit("/", 1)[-1], where)
 
 
 def _common_context(ctx: Any, where: str) -> tuple[str, ...]:
@@ -143,7 +135,7 @@ def _common_context(ctx: Any, where: str) -> tuple[str, ...]:
         "custom_tls_certificate_selector",
     )
     for field in unsupported:
-        if _is_set(ctx, field):
+        if is_set(ctx, field):
             raise XdsResourceError(f"{where}.{field} is not supported")
     identity = ctx.tls_certificate_provider_instance
     if not ctx.HasField("tls_certificate_provider_instance"):
@@ -181,14 +173,11 @@ def _spiffe_ids(validation: Any, where: str) -> tuple[str, ...]:
         "custom_validator_config",
         "system_root_certs",
     ):
-        if _is_set(validation, field):
+        if is_set(validation, field):
             raise XdsResourceError(f"{where}.{field} is not supported")
     if validation.allow_expired_certificate:
         raise XdsResourceError(f"{where}.allow_expired_certificate is not supported")
-    if (
-        validation.trust_chain_verification
-        != common_pb2.CertificateValidationContext.VERIFY_TRUST_CHAIN
-    ):
+    if validation.trust_chain_verification != _VERIFY_TRUST_CHAIN:
         raise XdsResourceError(f"{where}.trust_chain_verification must be VERIFY_TRUST_CHAIN")
     ids: list[str] = []
     for i, m in enumerate(validation.match_subject_alt_names):
@@ -207,12 +196,3 @@ def _exact_spiffe(matcher: Any, where: str) -> str:
     if not matcher.exact.startswith("spiffe://"):
         raise XdsResourceError(f"{where}: {matcher.exact!r} is not a SPIFFE ID")
     return str(matcher.exact)
-
-
-def _is_set(msg: Any, field: str) -> bool:
-    descriptor = msg.DESCRIPTOR.fields_by_name[field]
-    if descriptor.is_repeated:
-        return bool(getattr(msg, field))
-    if descriptor.message_type is not None:
-        return bool(msg.HasField(field))
-    return bool(getattr(msg, field))

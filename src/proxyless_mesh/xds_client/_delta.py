@@ -26,11 +26,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.rpc import code_pb2, status_pb2
-
 from proxyless_mesh.errors import BootstrapError
-from proxyless_mesh.xds_client._protocol import AdsProtocol, ResponseOutcome
+from proxyless_mesh.xds_client._protocol import (
+    ADS_SERVICE,
+    AdsProtocol,
+    Recorded,
+    ResponseOutcome,
+)
 from proxyless_mesh.xds_client._types import ResourceType
 
 __all__ = ["ADS_SETTING", "DeltaAdsProtocol", "wants_delta"]
@@ -59,20 +61,16 @@ class DeltaAdsProtocol(AdsProtocol):
 
     # -- the wire ----------------------------------------------------------------
 
-    def open_call(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> Any:
-        return stub.DeltaAggregatedResources()
-
-    def is_response(self, message: Any) -> bool:
-        return isinstance(message, discovery_pb2.DeltaDiscoveryResponse)
+    METHOD = f"/{ADS_SERVICE}/DeltaAggregatedResources"
+    REQUEST = "envoy.service.discovery.v3.DeltaDiscoveryRequest"
+    RESPONSE = "envoy.service.discovery.v3.DeltaDiscoveryResponse"
 
     def response_version(self, response: Any) -> str:
         return str(response.system_version_info)
 
     def recordable(self, response: Any) -> Any:
         """The resources as a SotW response carries them (for the disk cache)."""
-        return discovery_pb2.DiscoveryResponse(
-            type_url=response.type_url, resources=[r.resource for r in response.resources]
-        )
+        return Recorded(response.type_url, [r.resource for r in response.resources])
 
     # -- responses ---------------------------------------------------------------
 
@@ -168,18 +166,11 @@ class DeltaAdsProtocol(AdsProtocol):
         nonce: str = "",
         error: str | None = None,
     ) -> Any:
-        request = discovery_pb2.DeltaDiscoveryRequest(
-            type_url=type_url,
-            resource_names_subscribe=subscribe or [],
-            resource_names_unsubscribe=unsubscribe or [],
-            initial_resource_versions=dict(initial or {}),
-            response_nonce=nonce,
-        )
-        if error is not None:
-            request.error_detail.CopyFrom(
-                status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=error)
-            )
-        if not self._node_sent:
-            request.node.CopyFrom(self._node)
-            self._node_sent = True
-        return request
+        fields: dict[str, Any] = {
+            "type_url": type_url,
+            "resource_names_subscribe": subscribe or [],
+            "resource_names_unsubscribe": unsubscribe or [],
+            "initial_resource_versions": dict(initial or {}),
+            "response_nonce": nonce,
+        }
+        return self._request(fields, error)

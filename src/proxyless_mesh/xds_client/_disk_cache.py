@@ -45,11 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import any_pb2, symbol_database
-from google.protobuf.message import DecodeError, Message
-
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import XdsResourceError
+from proxyless_mesh.xds_client import _wire
+from proxyless_mesh.xds_client._codec import Codec, WireCodec
 from proxyless_mesh.xds_client._decode import decode_resource, resource_name, unpack_resource
 from proxyless_mesh.xds_client._state import XdsState
 from proxyless_mesh.xds_client._types import ResourceType
@@ -76,6 +75,12 @@ _ORPHAN_AGE = 600.0  # seconds: a temporary file this old belongs to a writer th
 
 
 @dataclass(frozen=True)
+class _Packed:
+    type_url: str
+    value: bytes
+
+
+@dataclass(frozen=True)
 class CachedConfig:
     """What a cache file held: serialized resources by type and name, and when
     it was written (seconds since the epoch), for the log line on restore."""
@@ -83,14 +88,15 @@ class CachedConfig:
     resources: Mapping[ResourceType, Mapping[str, bytes]]
     written_at: float
 
-    def decoded(self) -> dict[ResourceType, dict[str, Any]]:
-        """Decode every resource again; one that no longer decodes (the library
-        got stricter) is dropped with a warning, the rest are kept."""
+    def decoded(self, codec: Codec | None = None) -> dict[ResourceType, dict[str, Any]]:
+        """Decode every resource again (with the client's codec); one that no
+        longer decodes (the library got stricter) is dropped with a warning,
+        the rest are kept."""
         out: dict[ResourceType, dict[str, Any]] = {t: {} for t in ResourceType}
         for rtype, by_name in self.resources.items():
             for name, raw in by_name.items():
                 try:
-                    msg = unpack_resource(rtype, any_pb2.Any(type_url=rtype.type_url, value=raw))
+                    msg = unpack_resource(rtype, (codec or WireCodec()).any(rtype.type_url, raw))
                     out[rtype][name] = decode_resource(rtype, msg)
                 except XdsResourceError as exc:
                     log.warning("cached %s %r no longer decodes: %s", rtype.short_name, name, exc)
@@ -124,56 +130,40 @@ def config_cache_path(
     return None
 
 
-def contains_key_material(resource: any_pb2.Any) -> bool:
-    """True when a resource carries secrets (a PEM private key anywhere, or a
-    set field named like a key/certificate holder, also inside nested Any)."""
+def contains_key_material(resource: Any) -> bool:
+    """True when a resource (an Any: `type_url`, `value`) carries secrets (a
+    PEM private key anywhere, or a set field named like a key/certificate
+    holder, also inside nested Any). Read with `_wire`, protobuf or not."""
     if b"PRIVATE KEY" in resource.value:
         return True
     if not resource.type_url.endswith(_MAY_HOLD_SECRETS):
         return False  # routes and endpoints have no TLS fields: skip the walk
-    db = symbol_database.Default()
     try:
-        cls = db.GetSymbol(resource.type_url.rsplit("/", 1)[-1])
+        msg = _wire.parse(resource.type_url.rsplit("/", 1)[-1], resource.value)
     except KeyError:
         return False  # unknown type: the byte scan above is all we can do
-    msg = cls()
-    try:
-        msg.ParseFromString(resource.value)
-    except DecodeError:
+    except _wire.WireError:
         return False  # it will not decode for use either, so it is never cached
-    return _walk_for_secrets(msg, db, depth=0)
+    return _walk_for_secrets(msg, depth=0)
 
 
-def _walk_for_secrets(msg: Message, db: Any, depth: int) -> bool:
+def _walk_for_secrets(msg: _wire.WireMessage, depth: int) -> bool:
     if depth > 32:
         return True  # absurdly deep: refuse to cache rather than guess
-    if isinstance(msg, any_pb2.Any):
+    if msg.message_type_name() == "google.protobuf.Any":
         try:
-            inner = db.GetSymbol(msg.type_url.rsplit("/", 1)[-1])()
-            inner.ParseFromString(msg.value)
-        except (KeyError, DecodeError):
+            inner = _wire.parse(msg.type_url.rsplit("/", 1)[-1], msg.value)
+        except (KeyError, _wire.WireError):
             return False
-        return _walk_for_secrets(inner, db, depth + 1)
+        return _walk_for_secrets(inner, depth + 1)
     for field, value in msg.ListFields():
         if field.name in _SECRET_FIELDS:
             return True
-        if field.message_type is None:
-            continue
-        values = value if _is_repeated(field) else [value]
-        if field.message_type.GetOptions().map_entry:
-            values = [v for v in value.values() if isinstance(v, Message)]
-        for item in values:
-            if _walk_for_secrets(item, db, depth + 1):
+        items = value.values() if isinstance(value, dict) else value
+        for item in items if isinstance(value, dict | list) else [value]:
+            if isinstance(item, _wire.WireMessage) and _walk_for_secrets(item, depth + 1):
                 return True
     return False
-
-
-def _is_repeated(field: Any) -> bool:
-    # protobuf >= 5 has is_repeated; older versions only `label`.
-    flag = getattr(field, "is_repeated", None)
-    if flag is not None:
-        return bool(flag)
-    return bool(field.label == field.LABEL_REPEATED)
 
 
 class ConfigCache:
@@ -269,7 +259,7 @@ class ConfigCache:
         cached = self.load()
         if cached is None:
             return False
-        decoded = cached.decoded()
+        decoded = cached.decoded(protocol.codec)
         if not decoded[ResourceType.LISTENER]:
             return False
         types = protocol._types  # the wiring recipe keeps this one private access here
@@ -316,7 +306,7 @@ class ConfigCache:
                 continue
             # A `Resource`-wrapped one is stored unwrapped: restore reads plain ones.
             raw = res.value if res.type_url == rtype.type_url else msg.SerializeToString()
-            if contains_key_material(any_pb2.Any(type_url=rtype.type_url, value=raw)):
+            if contains_key_material(_Packed(rtype.type_url, raw)):
                 store.pop(name, None)  # keys and certificates stay in memory only
                 continue
             store[name] = raw

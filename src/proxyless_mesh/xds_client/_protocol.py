@@ -15,12 +15,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, status_pb2
-
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import InboundListener, Listener
+from proxyless_mesh.xds_client._codec import Codec, ProtobufCodec
 from proxyless_mesh.xds_client._decode import decode_resource, resource_name, unpack_resource
 from proxyless_mesh.xds_client._server_view import ServerView
 from proxyless_mesh.xds_client._state import (
@@ -37,6 +34,8 @@ _LDS = ResourceType.LISTENER
 _RDS = ResourceType.ROUTE_CONFIGURATION
 _CDS = ResourceType.CLUSTER
 _EDS = ResourceType.CLUSTER_LOAD_ASSIGNMENT
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 DOES_NOT_EXIST_TIMEOUT = 15.0
 """Seconds a subscribed LDS/CDS name may stay unanswered on a connected stream
@@ -71,6 +70,14 @@ class _TypeState:
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """What the disk cache records of a response: its type and resources (Anys)."""
+
+    type_url: str
+    resources: list[Any]
+
+
+@dataclass(frozen=True)
 class ResponseOutcome:
     """What handling one DiscoveryResponse produced."""
 
@@ -88,8 +95,10 @@ class AdsProtocol:
         *,
         clock: Callable[[], float] = time.monotonic,
         does_not_exist_timeout: float = DOES_NOT_EXIST_TIMEOUT,
+        codec: Codec | None = None,
     ) -> None:
-        self._node = node
+        self._node = node  # as `codec` takes it: a protobuf Node, or a field mapping
+        self.codec: Codec = codec or ProtobufCodec()
         self._clock = clock
         self._dne_timeout = does_not_exist_timeout
         self._types = {t: _TypeState() for t in ResourceType}
@@ -148,12 +157,14 @@ class AdsProtocol:
 
     # -- the wire (what the Delta variant, _delta.py, changes) ------------------
 
-    def open_call(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> Any:
-        return stub.StreamAggregatedResources()
+    #: The ADS method this variant calls, and the messages it sends and reads.
+    METHOD = f"/{ADS_SERVICE}/StreamAggregatedResources"
+    REQUEST = "envoy.service.discovery.v3.DiscoveryRequest"
+    RESPONSE = "envoy.service.discovery.v3.DiscoveryResponse"
 
     def is_response(self, message: Any) -> bool:
-        """False for grpc.aio.EOF (the stream ended)."""
-        return isinstance(message, discovery_pb2.DiscoveryResponse)
+        """False for the end of the stream (None)."""
+        return message is not None
 
     def response_version(self, response: Any) -> str:
         return str(response.version_info)
@@ -294,7 +305,11 @@ class AdsProtocol:
             except XdsResourceError as exc:
                 rejected[name] = str(exc)
                 continue
-            raws[name] = res if res.type_url == rtype.type_url else _packed(msg)
+            raws[name] = (
+                res
+                if res.type_url == rtype.type_url
+                else self.codec.any(rtype.type_url, msg.SerializeToString())
+            )
         return decoded, rejected, seen, complete
 
     def _check_side(self, rtype: ResourceType, name: str, value: Any) -> Any:
@@ -425,20 +440,23 @@ class AdsProtocol:
     def _make_request(
         self, type_url: str, names: list[str], version: str, nonce: str, error: str | None
     ) -> Any:
-        request = discovery_pb2.DiscoveryRequest(
-            type_url=type_url, resource_names=names, version_info=version, response_nonce=nonce
-        )
+        fields: dict[str, Any] = {
+            "type_url": type_url,
+            "resource_names": names,
+            "version_info": version,
+            "response_nonce": nonce,
+        }
+        return self._request(fields, error)
+
+    def _request(self, fields: dict[str, Any], error: str | None) -> Any:
+        """The request of this variant's type: `fields`, the NACK's status, and
+        the node on the first request of a stream."""
         if error is not None:
-            request.error_detail.CopyFrom(
-                status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=error)
-            )
+            fields["error_detail"] = {"code": INVALID_ARGUMENT, "message": error}
         if not self._node_sent:
-            request.node.CopyFrom(self._node)
+            fields["node"] = self._node
             self._node_sent = True
-        return request
+        return self.codec.request(self.REQUEST, fields)
 
 
-def _packed(msg: Any) -> Any:
-    out = any_pb2.Any()
-    out.Pack(msg)
-    return out
+INVALID_ARGUMENT = 3  # google.rpc.Code

@@ -123,19 +123,21 @@ async def test_refuses_a_forged_token(ca: Ca, tmp_path: Path) -> None:
 
 
 async def test_refuses_a_request_without_a_token(ca: Ca) -> None:
-    call = ca.client._get_channel().unary_unary(
-        ca_wire.CREATE_CERTIFICATE,
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=ca_wire.CertificateResponse.FromString,
-    )
-    request = ca_wire.CertificateRequest(csr=make_csr(new_private_key(), ALICE))
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call(request, timeout=5)
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert (info.value.details() or "").startswith("no credentials: send 'authorization: Bearer")
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call(request, metadata=(("authorization", "Basic abc"),), timeout=5)
-    assert "must be 'Bearer <join token>'" in (info.value.details() or "")
+    async with grpc.aio.insecure_channel(ca.client.address) as channel:
+        call = channel.unary_unary(
+            ca_wire.CREATE_CERTIFICATE,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=ca_wire.CertificateResponse.FromString,
+        )
+        request = ca_wire.CertificateRequest(csr=make_csr(new_private_key(), ALICE))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(request, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        details = info.value.details() or ""
+        assert details.startswith("no credentials: send 'authorization: Bearer")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(request, metadata=(("authorization", "Basic abc"),), timeout=5)
+        assert "must be 'Bearer <join token>'" in (info.value.details() or "")
 
 
 async def test_renewal_with_the_current_certificate(ca: Ca, tmp_path: Path) -> None:

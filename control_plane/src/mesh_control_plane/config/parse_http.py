@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from proxyless_mesh.grpc_wire import CODE_NAMES
+
 from .model import (
     Destination,
     FaultAbort,
@@ -55,30 +57,7 @@ HTTP_RETRY_ON = (
     "http3-post-connect-failure",
 )
 GRPC_RETRY_ON = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
-GRPC_STATUS_CODES = {
-    name: code
-    for code, name in enumerate(
-        (
-            "OK",
-            "CANCELLED",
-            "UNKNOWN",
-            "INVALID_ARGUMENT",
-            "DEADLINE_EXCEEDED",
-            "NOT_FOUND",
-            "ALREADY_EXISTS",
-            "PERMISSION_DENIED",
-            "RESOURCE_EXHAUSTED",
-            "FAILED_PRECONDITION",
-            "ABORTED",
-            "OUT_OF_RANGE",
-            "UNIMPLEMENTED",
-            "INTERNAL",
-            "UNAVAILABLE",
-            "DATA_LOSS",
-            "UNAUTHENTICATED",
-        )
-    )
-}
+GRPC_STATUS_CODES = {name: code for code, name in enumerate(CODE_NAMES)}
 REDIRECT_CODES = (301, 302, 303, 307, 308)  # what Envoy's RedirectAction can send
 
 _RETRY_FIELDS = ("attempts", "perTryTimeout", "retryOn", "retryRemoteLocalities")

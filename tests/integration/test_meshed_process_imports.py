@@ -1,0 +1,71 @@
+"""A meshed httpx-only process does not load grpcio (issue 25): its ADS
+stream goes over h2 (grpc_wire); with the native core it loads no protobuf
+(xds_client/_wire.py), and without a CA no cryptography. A fresh interpreter joins a real control
+plane, sends requests through the mesh transport to a real backend, and
+reports what it imported; with `PROXYLESS_MESH_CONTROL_TRANSPORT=grpcio` the
+same process does load grpcio (so the probe can tell the difference)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from meshlab import LocalMesh
+
+from proxyless_mesh.xds_client._decode_endpoints import native_decode
+
+HOST = "reviews.default.mesh"
+
+PROBE = """
+import json, sys
+import httpx
+from proxyless_mesh import Mesh
+with Mesh.from_bootstrap(sys.argv[1]) as mesh, httpx.Client(transport=mesh.httpx_transport()) as c:
+    versions = [c.get(sys.argv[2]).json()["version"] for _ in range(5)]
+heavy = ("grpc", "google.protobuf", "envoy", "cryptography")
+loaded = sorted({h for h in heavy for m in sys.modules if m == h or m.startswith(h + ".")})
+print(json.dumps({"versions": versions, "loaded": loaded}))
+"""
+
+
+def _run_probe(bootstrap: Path, transport: str | None) -> dict[str, list[str]]:
+    env = dict(os.environ)
+    env.pop("PROXYLESS_MESH_CONTROL_TRANSPORT", None)
+    if transport is not None:
+        env["PROXYLESS_MESH_CONTROL_TRANSPORT"] = transport
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(bootstrap), f"http://{HOST}:8080/reviews"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
+
+
+@pytest.fixture
+def bootstrap(lab: LocalMesh) -> Path:
+    v1 = lab.start_http_backend("reviews", "v1")
+    lab.deploy_versions(HOST, 8080, {"v1": v1}, {"v1": 100})
+    lab.start_control_plane()
+    return lab.bootstrap("imports-probe")
+
+
+def test_meshed_httpx_process_does_not_load_grpcio(bootstrap: Path) -> None:
+    over_h2 = _run_probe(bootstrap, None)
+    assert over_h2["versions"] == ["v1"] * 5
+    assert "grpc" not in over_h2["loaded"], over_h2
+    assert "cryptography" not in over_h2["loaded"], over_h2  # no CA here: no key to make
+    if native_decode is not None:  # without the native core, protobuf decodes (fallback)
+        assert "google.protobuf" not in over_h2["loaded"], over_h2
+        assert "envoy" not in over_h2["loaded"], over_h2
+
+    over_grpcio = _run_probe(bootstrap, "grpcio")
+    assert over_grpcio["versions"] == ["v1"] * 5
+    assert "grpc" in over_grpcio["loaded"], over_grpcio
