@@ -43,6 +43,7 @@ ROOTS = (
     ("envoy.extensions.filters.http.rbac.v3.rbac_pb2", "RBAC"),
     ("envoy.extensions.filters.http.rbac.v3.rbac_pb2", "RBACPerRoute"),
     ("envoy.extensions.filters.http.jwt_authn.v3.config_pb2", "JwtAuthentication"),
+    ("envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2", "ExtAuthz"),
     ("envoy.extensions.transport_sockets.tls.v3.tls_pb2", "UpstreamTlsContext"),
     ("envoy.extensions.transport_sockets.tls.v3.tls_pb2", "DownstreamTlsContext"),
     ("envoy.extensions.upstreams.http.v3.http_protocol_options_pb2", "HttpProtocolOptions"),

@@ -150,7 +150,10 @@ def _outbound_policy(msg: Any) -> str:
             f"metadata {OUTBOUND_POLICY_METADATA!r} is only valid on the client listener "
             f"{OUTBOUND_POLICY_LISTENER!r}"
         )
-    value = json_format.MessageToDict(msg.metadata.filter_metadata[OUTBOUND_POLICY_METADATA])
+    try:
+        value = struct_to_python(msg.metadata.filter_metadata[OUTBOUND_POLICY_METADATA])
+    except ValueError as exc:
+        raise XdsResourceError(f"metadata {OUTBOUND_POLICY_METADATA!r}: {exc}") from None
     mode = value.get("mode")
     if mode not in _OUTBOUND_MODES:
         raise XdsResourceError(

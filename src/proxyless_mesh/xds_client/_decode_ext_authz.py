@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
-
 from proxyless_mesh.errors import UnsupportedPolicyError
 from proxyless_mesh.model import ExtAuthz
+from proxyless_mesh.xds_client._decode_policies import seconds
+from proxyless_mesh.xds_client._message import is_set
 
 EXT_AUTHZ_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 EXT_AUTHZ_STAT_PREFIX = "istio_ext_authz_"
@@ -27,12 +27,11 @@ _UNSUPPORTED = (
 )
 
 
-def ext_authz_from_proto(msg: ext_authz_pb2.ExtAuthz) -> ExtAuthz:
+def ext_authz_from_proto(msg: Any) -> ExtAuthz:
+    """`msg`: an ExtAuthz, protobuf's or `_wire`'s."""
     where = "ExtAuthz"
     for field in _UNSUPPORTED:
-        descriptor = msg.DESCRIPTOR.fields_by_name[field]
-        is_set = msg.HasField(field) if descriptor.message_type else bool(getattr(msg, field))
-        if is_set:
+        if is_set(msg, field):
             raise UnsupportedPolicyError(f"{where}.{field}", "is not supported")
     enabled = msg.filter_enabled_metadata
     keys = [p.key for p in enabled.path]
@@ -48,7 +47,11 @@ def ext_authz_from_proto(msg: ext_authz_pb2.ExtAuthz) -> ExtAuthz:
     if msg.HasField("grpc_service"):
         grpc = msg.grpc_service
         cluster = grpc.envoy_grpc.cluster_name
-        timeout = grpc.timeout.ToTimedelta().total_seconds() if grpc.HasField("timeout") else 0.2
+        timeout = (
+            seconds(grpc.timeout, f"{where}.grpc_service.timeout")
+            if grpc.HasField("timeout")
+            else 0.2
+        )
         return ExtAuthz(_target(cluster, where), grpc=True, timeout=timeout, **common)
     if not msg.HasField("http_service"):
         raise UnsupportedPolicyError(where, "needs an http_service or a grpc_service")
@@ -57,7 +60,7 @@ def ext_authz_from_proto(msg: ext_authz_pb2.ExtAuthz) -> ExtAuthz:
     response = service.authorization_response
     return ExtAuthz(
         _target(uri.cluster, where),
-        timeout=uri.timeout.ToTimedelta().total_seconds(),
+        timeout=seconds(uri.timeout, f"{where}.http_service.server_uri.timeout"),
         path_prefix=service.path_prefix,
         allowed_headers=_names(msg.allowed_headers) if msg.HasField("allowed_headers") else None,
         upstream_headers=_names(response.allowed_upstream_headers),

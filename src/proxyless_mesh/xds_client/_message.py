@@ -54,6 +54,9 @@ PB2_MODULES = {
     "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication": (
         "envoy.extensions.filters.http.jwt_authn.v3.config_pb2"
     ),
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": (
+        "envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2"
+    ),
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext": (
         "envoy.extensions.transport_sockets.tls.v3.tls_pb2"
     ),
