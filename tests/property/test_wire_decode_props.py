@@ -14,6 +14,9 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -33,6 +36,9 @@ ROOTS = (
     cluster_pb2.Cluster,
     hcm_pb2.HttpConnectionManager,
     tls_pb2.UpstreamTlsContext,
+    ext_authz_pb2.ExtAuthz,
+    rbac_pb2.RBAC,
+    jwt_pb2.JwtAuthentication,
     discovery_pb2.DiscoveryResponse,
     discovery_pb2.DeltaDiscoveryResponse,
 )

@@ -1,9 +1,11 @@
 """Differential test of the library's xDS decoders on the two ways a resource
 reaches them (issue 25): as protobuf messages (the fallback) and as
 `_wire` messages (no protobuf). Resources are what the control plane
-translates from generated Istio configs, for every client kind, sometimes
-with random fields set on top (most of which the decoders must refuse); both
-ways must give the same model, or refuse with the same error."""
+translates from generated Istio configs (routing, and one workload's
+policies: ext_authz CUSTOM, RBAC, jwt_authn with spaceDelimitedClaims, the
+Sidecar's outbound mode), for every client kind, sometimes with random
+fields set on top (most of which the decoders must refuse); both ways must
+give the same model, or refuse with the same error."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from istio_configs import mesh_documents
+from istio_policy_configs import LABELS, NAMESPACE, SERVICE_ACCOUNT, policy_documents
 from mesh_control_plane.config import parse_documents
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, ClientKind, NodeInfo
@@ -44,14 +47,40 @@ def outcome(rtype: ResourceType, packed: Any) -> tuple[str, Any]:
         return type(exc).__name__, str(exc)
 
 
+def features(model: Any) -> list[str]:
+    """The policy features a decoded listener carries (so the statistics
+    show the generators reach them)."""
+    found = []
+    if any(engine.ext_authz is not None for engine in getattr(model, "rbac", ())):
+        found.append("ext_authz CUSTOM")
+    jwt = getattr(model, "jwt", None)
+    if jwt is not None and any(p.space_delimited_claims for p in jwt.providers):
+        found.append("jwt spaceDelimitedClaims")
+    if getattr(model, "outbound_policy", None):
+        found.append(f"outbound policy {model.outbound_policy}")
+    return found
+
+
 @st.composite
 def resources(draw: st.DrawFn) -> tuple[ResourceType, Message]:
-    docs = draw(mesh_documents())
     kind = draw(st.sampled_from(list(ClientKind)))
+    policies = draw(st.booleans())
+    if policies:
+        docs = draw(policy_documents())
+        labels = tuple(LABELS.items())
+        node = NodeInfo(
+            "httpbin", kind, labels=labels, namespace=NAMESPACE, service_account=SERVICE_ACCOUNT
+        )
+    else:
+        docs = draw(mesh_documents())
+        node = NodeInfo(id="n", kind=kind)
     config = parse_documents(("gen.yaml", d) for d in docs)
-    rs = translate_config(config, build_static_registry(config), NodeInfo(id="n", kind=kind))
+    rs = translate_config(config, build_static_registry(config), node)
     candidates = [
-        (TYPES[url], msg) for url, by_name in rs.resources.items() for msg in by_name.values()
+        (TYPES[url], msg)
+        for url, by_name in rs.resources.items()
+        for msg in by_name.values()
+        if not policies or url == LISTENER  # the policies are in the listeners
     ]
     rtype, original = draw(st.sampled_from(candidates))
     msg = type(original)()
@@ -71,4 +100,6 @@ def test_decoders_give_the_same_result_from_protobuf_and_from_wire(
     from_protobuf = outcome(rtype, any_pb2.Any(type_url=rtype.type_url, value=data))
     from_wire = outcome(rtype, WireCodec().any(rtype.type_url, data))
     event(f"{rtype.short_name}: {from_protobuf[0]}")
+    for feature in features(from_protobuf[1]):
+        event(feature)
     assert from_wire == from_protobuf
