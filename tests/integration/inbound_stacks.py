@@ -53,14 +53,29 @@ from proxyless_mesh.serving import MeshUvicornConfig
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+ANY_ISSUER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 _JWK = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(KEY.public_key()))
 JWKS = json.dumps({"keys": [_JWK]})
+_JWKS_BY_NAME = {
+    "JWKS": JWKS,
+    "ANY_ISSUER_JWKS": json.dumps(
+        {"keys": [json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(ANY_ISSUER_KEY.public_key()))]}
+    ),
+}
 _NOW = int(time.time())
 TOKENS = {
     b"{TOKEN}": jwt.encode({"iss": ISSUER, "sub": "admin", "exp": _NOW + 3600}, KEY, "RS256"),
     b"{EXPIRED}": jwt.encode({"iss": ISSUER, "sub": "admin", "exp": _NOW - 3600}, KEY, "RS256"),
     b"{FORGED}": jwt.encode(
         {"iss": ISSUER, "sub": "admin", "exp": _NOW + 3600}, OTHER_KEY, "RS256"
+    ),
+    b"{ANY_ISS}": jwt.encode(
+        {"iss": "https://elsewhere.example", "sub": "admin", "exp": _NOW + 3600},
+        ANY_ISSUER_KEY,
+        "RS256",
+    ),
+    b"{ANY_KEY}": jwt.encode(
+        {"iss": ISSUER, "sub": "admin", "exp": _NOW + 3600}, ANY_ISSUER_KEY, "RS256"
     ),
 }
 GROUPS = sorted(POLICIES)
@@ -78,7 +93,7 @@ def policy_documents(group: str) -> list[dict[str, Any]]:
     docs = [d for d in yaml.safe_load_all(POLICIES[group]) if d]
     for doc in docs:
         for rule in doc["spec"].get("jwtRules", ()):
-            rule["jwks"] = JWKS
+            rule["jwks"] = _JWKS_BY_NAME[rule["jwks"]]
     return docs
 
 

@@ -12,7 +12,7 @@ a short reason why it does not apply there. `grpc_status` is set where gRPC
 answers otherwise on purpose (RAW_PATH_ONLY), the only allowed difference.
 
 Requests are written without `Connection: close` (the test adds it) and with
-`{TOKEN}` / `{EXPIRED}` / `{FORGED}` where a JWT goes.
+`{TOKEN}` / `{EXPIRED}` / `{FORGED}` / `{ANY_ISS}` / `{ANY_KEY}` where a JWT goes.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ spec:
   rules:
   - to: [{operation: {hosts: ["api.example.com"], paths: ["/public", "/public/*"]}}]
 """,
-    # JWT required for /admin (requestPrincipals), /public open.
+    # JWT required for /admin (requestPrincipals), /public open. The second
+    # rule has no issuer: its keys accept a token whatever its `iss`.
     "jwt": f"""
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
@@ -54,6 +55,7 @@ spec:
   jwtRules:
   - issuer: "{ISSUER}"
     jwks: "JWKS"
+  - jwks: "ANY_ISSUER_JWKS"
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -265,5 +267,15 @@ ROWS = [
         "jwt_authn"),
     Row("jwt-encoded-admin", "jwt", b"GET /public/%2e%2e/admin HTTP/1.1" + H, 403,
         "CVE-2019-9901"),
+    # -- a JWTRule without issuer (istio/istio#56158): its keys, any `iss`
+    Row("jwt-any-iss-public", "jwt",
+        b"GET /public HTTP/1.1" + H + b"\r\nAuthorization: Bearer {ANY_ISS}", 200,
+        "JWTRule without issuer", path="/public", grpc=True),
+    Row("jwt-any-iss-admin", "jwt",
+        b"GET /admin HTTP/1.1" + H + b"\r\nAuthorization: Bearer {ANY_ISS}", 403,
+        "the principal is the token's own iss/sub", grpc=True),
+    Row("jwt-any-key-named-iss", "jwt",
+        b"GET /admin HTTP/1.1" + H + b"\r\nAuthorization: Bearer {ANY_KEY}", 200,
+        "Envoy requires_any: the issuer-less rule's keys verify it", path="/admin", grpc=True),
 ]
 # fmt: on

@@ -229,3 +229,59 @@ def test_space_delimited_claims_split_on_spaces_for_rbac(
     ps = PolicySet(rbac, jwt_authentication_from_proto(wire))
     d = check(ps, {"authorization": f"Bearer {token(**{claim: value})}"})
     assert d.status == status
+
+
+def _no_issuer(**rule: Any) -> dict[str, Any]:
+    """A JWTRule without `issuer` (Istio accepts one when keys are given)."""
+    ra = reqauth(**rule)
+    del ra["spec"]["jwtRules"][0]["issuer"]
+    return ra
+
+
+def test_rule_without_issuer_accepts_any_iss_its_keys_verify() -> None:
+    """Istio's JWTRule without issuer: any `iss` (or none) is accepted, but the
+    signature, expiry and audiences are still checked; the principal is the
+    token's own `iss/sub`. Also across the xDS round trip (Envoy's empty issuer)."""
+    config = request_authentications_to_jwt([_no_issuer()])
+    ((name, provider),) = jwt_authentication_to_proto(config).providers.items()
+    assert provider.issuer == "" and name == "RequestAuthentication foo/jwt.spec.jwtRules[0]"
+    ps = _over_xds(config)
+    for iss in ("https://anyone.example", "https://other.example"):
+        # the ALLOW policy needs a request principal
+        assert check(ps, {"authorization": f"Bearer {token(iss=iss)}"}).status == 200
+    rule = {"from": [{"source": {"requestPrincipals": ["https://anyone.example/alice"]}}]}
+    only = {"metadata": {"name": "only", "namespace": "foo"}, "spec": {"rules": [rule]}}
+    exact = PolicySet(authorization_policies_to_rbac([only]), config)
+    assert check(exact, {"authorization": f"Bearer {token(iss='https://anyone.example')}"}).allowed
+    assert check(exact, {"authorization": f"Bearer {token(iss='https://x.example')}"}).status == 403
+    # Verified without `iss`, but then it has no request principal (as Istio).
+    body = {"sub": "alice", "aud": "api", "exp": int(time.time()) + 60}
+    no_iss = jwt.encode(body, RSA_KEY, algorithm="RS256", headers={"kid": "rsa1"})
+    assert check(ps, {"authorization": f"Bearer {no_iss}"}).status == 403
+    assert check(ps, {"authorization": f"Bearer {token(OTHER_KEY, iss='x')}"}).status == 401
+    assert check(ps, {"authorization": f"Bearer {token(iss='x', aud='other')}"}).status == 401
+    expired = token(iss="x", exp=int(time.time()) - 3600)
+    assert check(ps, {"authorization": f"Bearer {expired}"}).status == 401
+    assert check(ps, {}).status == 403  # no token: no principal
+
+
+def test_rule_naming_the_issuer_is_tried_before_a_rule_without_one() -> None:
+    """Envoy's requires_any: any provider that reads the location and whose
+    issuer is the token's (or unset) may accept it; the one naming the issuer
+    is tried first, so its claim headers apply; a token only the issuer-less
+    rule's keys verify is still accepted, whatever its `iss`."""
+    other = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(OTHER_KEY.public_key()))
+    other["kid"] = "rsa1"  # same kid as the named rule's key: only the signature differs
+    any_iss = _no_issuer(
+        jwks=json.dumps({"keys": [other]}),
+        outputClaimToHeaders=[{"header": "x-by", "claim": "sub"}],
+    )
+    named = reqauth(outputClaimToHeaders=[{"header": "x-named", "claim": "sub"}])
+    ps = PolicySet(jwt=request_authentications_to_jwt([any_iss, named]))
+    d = check(ps, {"authorization": f"Bearer {token()}"})
+    assert (d.status, d.add_headers) == (200, (("x-named", "alice"),))
+    # iss names the first rule's issuer, but only the issuer-less rule's keys verify it.
+    d = check(ps, {"authorization": f"Bearer {token(OTHER_KEY)}"})
+    assert (d.status, d.add_headers) == (200, (("x-by", "alice"),))
+    third = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert check(ps, {"authorization": f"Bearer {token(third)}"}).status == 401

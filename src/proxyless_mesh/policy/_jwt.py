@@ -6,16 +6,20 @@ against which provider, the way Envoy's jwt_authn does for Istio:
   `Authorization: Bearer` header and the `access_token` query parameter);
 - no token anywhere -> no request principal (the policies decide);
 - a token present in a location -> it must verify against a provider that
-  uses that location and whose issuer is the token's `iss`, else 401;
+  uses that location and whose issuer is the token's `iss` or that has no
+  issuer (Istio's JWTRule without `issuer`: any `iss`), else 401; as Envoy's
+  `requires_any`, any such provider may accept it, those naming the issuer
+  tried first (their claim headers apply when several would accept);
 - only asymmetric algorithms are accepted (`none` and HMAC are refused, which
   also closes the RS256/HS256 key-confusion trick);
 - `exp`/`nbf` are checked with the provider's clock skew (60 s by default);
 - audiences, when configured, must intersect the token's `aud`;
 - more than one distinct token in one request -> 401 (Istio leaves the
   principal of such a request undefined; refusing is the safe reading).
-On success the request principal is `iss/sub`, the token is removed unless
-`forward`, and configured claims are copied to headers (incoming copies of
-those headers are always removed so a client cannot forge them).
+On success the request principal is `iss/sub` (none when the token lacks
+either, as Istio), the token is removed unless `forward`, and configured
+claims are copied to headers (incoming copies of those headers are always
+removed so a client cannot forge them).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class JwtAuthError(Exception):
 class JwtResult:
     """A verified token: what RBAC and the app may see of it."""
 
-    principal: str
+    principal: str  # "" when the token has no `iss` or no `sub`
     claims: Mapping[str, object]
     remove_headers: frozenset[str]
     remove_params: frozenset[str]
@@ -60,10 +64,11 @@ class JwtResult:
         aud = self.claims.get("aud")
         audiences = [aud] if isinstance(aud, str) else list(aud) if isinstance(aud, list) else []
         meta: dict[str, object] = {
-            "request.auth.principal": self.principal,
             "request.auth.audiences": audiences,
             "request.auth.claims": self.claims,
         }
+        if self.principal:  # Istio: none unless the token has both `iss` and `sub`
+            meta["request.auth.principal"] = self.principal
         if isinstance(self.claims.get("azp"), str):
             meta["request.auth.presenter"] = self.claims["azp"]
         return meta
@@ -156,17 +161,45 @@ def _verify(
     if alg not in ASYMMETRIC_ALGORITHMS:
         raise JwtAuthError(f"JWT algorithm {alg!r} is not accepted")
     issuer = unverified.get("iss")
-    matching = [c for c in candidates if c[0].provider.issuer in ("", issuer)]
+    named = [c for c in candidates if c[0].provider.issuer and c[0].provider.issuer == issuer]
+    matching = named + [c for c in candidates if not c[0].provider.issuer]
     if not matching:
         raise JwtAuthError("JWT issuer is not configured for this location")
-    cp = matching[0][0]
+    failures: list[JwtAuthError] = []
+    tried: list[_CompiledProvider] = []
+    for cp, _, _ in matching:
+        if any(cp is seen for seen in tried):  # one provider, several locations
+            continue
+        tried.append(cp)
+        try:
+            claims = _verify_claims(token, header, cp)
+        except JwtAuthError as exc:
+            failures.append(exc)
+            continue
+        return _result(token, claims, cp.provider, matching)
+    raise failures[0]  # the reason of the provider naming the issuer, if one does
+
+
+def _verify_claims(
+    token: str, header: Mapping[str, object], cp: _CompiledProvider
+) -> dict[str, object]:
+    """Signature, time and issuer (PyJWT), then the provider's audiences."""
     claims = _verify_signature(token, header, cp)
-    p = cp.provider
-    if p.audiences:
+    audiences = cp.provider.audiences
+    if audiences:
         aud = claims.get("aud")
         token_auds = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
-        if not token_auds.intersection(p.audiences):
+        if not token_auds.intersection(audiences):
             raise JwtAuthError("JWT audience is not allowed")
+    return claims
+
+
+def _result(
+    token: str,
+    claims: dict[str, object],
+    p: JwtProvider,
+    matching: list[tuple[_CompiledProvider, str | None, str | None]],
+) -> JwtResult:
     remove_headers = {n for c, n, _ in matching if n is not None and not c.provider.forward}
     remove_params = {n for c, _, n in matching if n is not None and not c.provider.forward}
     add = []
@@ -178,7 +211,8 @@ def _verify(
             add.append((c.header_name.lower(), str(value)))
     if p.forward_payload_header:  # the token's own payload segment, as Envoy forwards it
         add.append((p.forward_payload_header.lower(), token.split(".")[1].rstrip("=")))
-    principal = f"{claims.get('iss', '')}/{claims.get('sub', '')}"
+    iss, sub = claims.get("iss"), claims.get("sub")
+    principal = f"{iss}/{sub}" if isinstance(iss, str) and isinstance(sub, str) else ""
     return JwtResult(
         principal,
         _split_claims(claims, p.space_delimited_claims),

@@ -258,8 +258,6 @@ def jwt_provider_from_proto(name: str, p: Any) -> JwtProvider:
     for field in _JWT_UNSUPPORTED_FIELDS:
         if is_set(p, field):
             raise UnsupportedPolicyError(f"{where}.{field}", "is not supported")
-    if not p.issuer:
-        raise UnsupportedPolicyError(f"{where}.issuer", "is required")
     if p.local_jwks.WhichOneof("specifier") != "inline_string":
         raise UnsupportedPolicyError(f"{where}.local_jwks", "only inline_string is supported")
     return JwtProvider(

@@ -124,6 +124,27 @@ def test_request_authentication_jwks() -> None:
     ]
 
 
+def test_request_authentication_issuer_is_optional_when_keys_are_given() -> None:
+    """As Istio (istio/istio#56158): a JWTRule may omit `issuer` (or leave it
+    empty) when it has jwks or jwksUri; one with neither is refused by field."""
+    for rule in (
+        f"{{jwks: '{JWKS}'}}",
+        f"{{issuer: '', jwks: '{JWKS}'}}",
+        "{jwksUri: 'https://keys.example/jwks.json', audiences: [api]}",
+    ):
+        spec = f"jwtRules: [{rule}]\n"
+        (ra,) = load(security("RequestAuthentication", "jwt", spec)).request_authentications
+        assert not ra.spec["jwtRules"][0].get("issuer")
+    ra_ref = "RequestAuthentication shop/jwt"
+    for rule in ("{audiences: [api]}", "{issuer: iss}", "{issuer: ''}"):
+        assert problems(security("RequestAuthentication", "jwt", f"jwtRules: [{rule}]\n")) == [
+            f"{ra_ref}: spec.jwtRules[0].jwks: missing required field"
+        ]
+    assert problems(security("RequestAuthentication", "jwt", "jwtRules: [{issuer: 7}]\n"))[
+        0
+    ].startswith(f"{ra_ref}: spec.jwtRules[0].issuer: ")
+
+
 def test_destination_rule_tls_modes() -> None:
     rule = """
     apiVersion: networking.istio.io/v1

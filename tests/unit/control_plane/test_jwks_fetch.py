@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -204,6 +205,32 @@ def test_never_fetched_fails_closed() -> None:
     assert "are rejected until it is" in problems[0].message
     with pytest.raises(JwtAuthError):
         _authenticator(resolved).authenticate({"authorization": f"Bearer {_token(key)}"}, "")
+
+
+def test_a_rule_without_issuer_fails_closed_then_accepts_any_iss_its_keys_verify() -> None:
+    """No issuer: the fetched keys alone decide. Until they are fetched every
+    token is refused, whatever its `iss`, and the problem says so."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    fetch, clock = _Fetcher(_jwks(key)), _Clock()
+    fetch.answer = None
+    resolver = JwksResolver(fetch, refresh_interval=300, retry_interval=30, clock=clock)
+    config = _config("http://idp/jwks")
+    (ra,) = config.request_authentications
+    rule = {"jwksUri": "http://idp/jwks"}
+    config = replace(config, request_authentications=(replace(ra, spec={"jwtRules": [rule]}),))
+    unfetched, problems = resolver.resolve(config)
+    assert [p.message for p in problems] == [
+        "could not fetch http://idp/jwks: connection refused; the tokens this rule accepts "
+        "(any issuer) are rejected until it is"
+    ]
+    token = jwt.encode({"iss": "https://elsewhere.example", "sub": "bob"}, key, "ES256")
+    with pytest.raises(JwtAuthError):
+        _authenticator(unfetched).authenticate({"authorization": f"Bearer {token}"}, "")
+    fetch.answer, clock.now = _jwks(key), 30.0
+    fetched, problems = resolver.resolve(config)
+    assert problems == ()
+    result = _authenticator(fetched).authenticate({"authorization": f"Bearer {token}"}, "")
+    assert result is not None and result.principal == "https://elsewhere.example/bob"
 
 
 def test_configs_without_jwks_uri_are_untouched() -> None:

@@ -9,7 +9,16 @@ from dataclasses import replace
 
 import pytest
 from envoy.config.listener.v3 import listener_pb2
-from mesh_control_plane.config.model import MeshSettings, PeerAuthentication
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from mesh_control_plane.config.model import (
+    MeshConfig,
+    MeshSettings,
+    PeerAuthentication,
+    RequestAuthentication,
+)
 from mesh_control_plane.registry import build_static_registry
 from mesh_control_plane.translate import (
     CLUSTER,
@@ -21,6 +30,7 @@ from mesh_control_plane.translate import (
     translate,
 )
 from mesh_control_plane.translate.inbound import peer_mode
+from mesh_control_plane.translate.rbac_protos import JWT_FILTER_NAME
 
 from proxyless_mesh.model import InboundListener, RbacAction, TlsMode, UpstreamTls
 from proxyless_mesh.xds_client import decode_cluster, decode_listener
@@ -37,8 +47,8 @@ PAYMENTS_NODE = dict(
 SERVER = "grpc/server?xds.resource.listening_address="
 
 
-def resources(kind: ClientKind, **node: object) -> ResourceSet:
-    config = security()
+def resources(kind: ClientKind, config: MeshConfig | None = None, **node: object) -> ResourceSet:
+    config = config or security()
     info = NodeInfo(**{"id": "n", "kind": kind, **node})  # type: ignore[arg-type]
     rs = translate(config, build_static_registry(config), info)
     assert check_consistency(rs) == []
@@ -108,6 +118,36 @@ def test_inbound_listeners_carry_the_workload_policies() -> None:
     assert listener.jwt is not None
     assert [(p.issuer, p.jwks) for p in listener.jwt.providers] == [
         ("https://issuer.example", JWKS)
+    ]
+
+
+def test_a_jwt_rule_without_issuer_becomes_a_provider_with_an_empty_issuer() -> None:
+    """Envoy does not check `iss` for a JwtProvider whose issuer is empty: that
+    is what a JWTRule without issuer means, and what the library decodes."""
+    config = security()
+    (ra,) = config.request_authentications
+    rules = [*ra.spec["jwtRules"], {"jwks": JWKS, "audiences": ["api"]}]
+    config = replace(
+        config,
+        request_authentications=(RequestAuthentication(ra.meta, {**ra.spec, "jwtRules": rules}),),
+    )
+    rs = resources(ClientKind.MESH, config, **PAYMENTS_NODE)
+    raw = rs.resources[LISTENER][SERVER + "10.4.0.1:9000"]
+    assert isinstance(raw, listener_pb2.Listener)
+    manager = hcm_pb2.HttpConnectionManager()
+    assert raw.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    (jwt_filter,) = [f for f in manager.http_filters if f.name == JWT_FILTER_NAME]
+    wire = jwt_pb2.JwtAuthentication()
+    assert jwt_filter.typed_config.Unpack(wire)
+    assert sorted((p.issuer, list(p.audiences)) for p in wire.providers.values()) == [
+        ("", ["api"]),
+        ("https://issuer.example", []),
+    ]
+    decoded = decode_listener(raw)
+    assert isinstance(decoded, InboundListener) and decoded.jwt is not None
+    assert [(p.issuer, p.audiences) for p in decoded.jwt.providers] == [
+        ("https://issuer.example", ()),
+        ("", ("api",)),
     ]
 
 

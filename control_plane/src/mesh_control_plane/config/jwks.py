@@ -188,7 +188,7 @@ class JwksResolver:
                 consequence = (
                     "keeping the JWKS fetched before"
                     if entry.jwks is not None
-                    else f"tokens of issuer {rules[i].get('issuer')!r} are rejected until it is"
+                    else f"{_whose_tokens(rules[i])} are rejected until it is"
                 )
                 problems.append(
                     ConfigProblem(
@@ -281,3 +281,8 @@ class JwksRefresher:
                 # Stated reason: this loop is what applies every later config and
                 # key rotation; one bug must not end it. Logged with its traceback.
                 log.exception("resolving jwksUris failed")
+
+
+def _whose_tokens(rule: Mapping[str, Any]) -> str:
+    issuer = rule.get("issuer")
+    return f"tokens of issuer {issuer!r}" if issuer else "the tokens this rule accepts (any issuer)"

@@ -53,16 +53,16 @@ def request_authentications_to_jwt(
 
 def _jwt_rule(rule: Mapping[str, Any], where: str, fetched: Mapping[str, str]) -> JwtProvider:
     check_keys(rule, _JWT_RULE_KEYS, where)
-    issuer = str(rule.get("issuer", ""))
-    if not issuer:
-        raise PolicyConfigError(f"{where}.issuer", "is required")
+    # Without an issuer Istio accepts any `iss` the keys verify (Envoy's empty
+    # JwtProvider.issuer); the provider is then named after its rule.
+    issuer = str(rule.get("issuer") or "")
     jwks = rule.get("jwks")
     if jwks is None and "jwksUri" in rule:
         jwks = fetched.get(str(rule["jwksUri"]))
         if jwks is None:
             raise PolicyConfigError(f"{where}.jwksUri", "was not fetched by the control plane")
     if jwks is None:
-        raise PolicyConfigError(where, "needs jwks or jwksUri")
+        raise PolicyConfigError(f"{where}.jwks", "is required when jwksUri is not set")
     headers = tuple(
         JwtHeader(str(h["name"]), str(h.get("prefix", "")))
         for h in as_sequence(rule.get("fromHeaders") or [], f"{where}.fromHeaders")
@@ -74,7 +74,7 @@ def _jwt_rule(rule: Mapping[str, Any], where: str, fetched: Mapping[str, str]) -
         )
     )
     return JwtProvider(
-        name=issuer,
+        name=issuer or where,
         issuer=issuer,
         jwks=str(jwks),
         audiences=tuple(str(a) for a in rule.get("audiences") or ()),

@@ -133,9 +133,9 @@ def _jwt_rule(p: Problems, raw: object, where: str) -> None:
     uri = get_str(p, rule, "jwksUri", where)
     if uri is not None and urlsplit(uri).scheme not in ("http", "https"):
         p.add(join(where, "jwksUri"), "must be an http:// or https:// URL")
-    issuer = get_str(p, rule, "issuer", where, required=True)
-    if issuer == "":
-        p.add(join(where, "issuer"), "must not be empty")
+    # No issuer (or ""): any `iss` is accepted, the keys alone decide (as Istio
+    # since istio/istio#56158); a rule without jwks or jwksUri is refused below.
+    get_str(p, rule, "issuer", where)
     for i, audience in enumerate(get_list(p, rule, "audiences", where)):
         check_str(p, audience, index(join(where, "audiences"), i))
     jwks = get_str(p, rule, "jwks", where)
