@@ -108,9 +108,16 @@ def fill(query: str, **more: str) -> str:
     return query
 
 
-def has_data(prometheus: PrometheusServer, query: str) -> list[dict[str, Any]]:
-    result = prometheus.query(query)
-    finite = [r for r in result if math.isfinite(float(r["value"][1]))]
+def has_data(prometheus: PrometheusServer, query: str, wait: float = 30.0) -> list[dict[str, Any]]:
+    """The query's finite rows, polled for up to `wait` seconds: each agent is
+    scraped on its own schedule and a rate needs two points of its series."""
+    deadline = time.monotonic() + wait
+    while True:
+        result = prometheus.query(query)
+        finite = [r for r in result if math.isfinite(float(r["value"][1]))]
+        if finite or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # Prometheus pushes nothing: poll its API
     assert finite, f"no data for panel query:\n{query}\nanswer: {result}"
     return finite
 
