@@ -116,6 +116,19 @@ def listener_ports(admin: str) -> dict[str, int]:
     }
 
 
+def http_gateway(name: str, namespace: str) -> dict[str, Any]:
+    """A Gateway API Gateway of our class with one HTTP listener on port 80."""
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "gatewayClassName": "proxyless-mesh",
+            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+        },
+    }
+
+
 @contextlib.contextmanager
 def running_gateway(
     lab: LocalMesh,

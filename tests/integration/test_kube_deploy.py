@@ -81,6 +81,8 @@ def test_rbac_is_enough_for_the_control_plane_and_no_more(
         time.sleep(0.2)
     assert can_i(kube, "update", "leases.coordination.k8s.io/proxyless-mesh-control-plane", own)
     assert not can_i(kube, "get", "secrets/other", own)
+    assert can_i(kube, "list", "leases.coordination.k8s.io", own)  # the replicas' verdicts
+    assert not can_i(kube, "list", "leases.coordination.k8s.io", "default")
     assert not can_i(kube, "get", "secrets/mesh-ca", "default")
 
     invalid = {
@@ -117,6 +119,17 @@ def test_rbac_is_enough_for_the_control_plane_and_no_more(
         registry = status["KubernetesRegistry"]
         assert registry["stale"] is False
         assert all(w["errors"] == 0 and w["synced"] for w in registry["watches"].values()), registry
+        # It publishes its gateway verdicts (for the Lease holder's Programmed) in a
+        # Lease of its own, listing the others'.
+        while not status["KubeConfigSource"]["gateway_verdicts"]["published"]:
+            assert time.monotonic() < deadline, "no gateway verdicts Lease published"
+            time.sleep(0.2)
+            status = httpx.get(f"http://{lab.admin_address}/registry").json()
+        assert status["KubeConfigSource"]["gateway_verdicts"]["errors"] == 0
+        own_leases = kube.kubectl(
+            "get", "lease", "-n", own, "-l", "proxyless-mesh.io/gateway-verdicts", "-o", "name"
+        )
+        assert own_leases.strip().startswith("lease.coordination.k8s.io/gateway-verdicts-")
         # The RBAC lets it read the mesh config and the Namespaces (their labels).
         for kind in ("ConfigMap", "Namespace"):
             watch = status["KubeConfigSource"]["watches"][kind]

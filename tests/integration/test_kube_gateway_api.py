@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway_support import running_gateway, wait_for_listener
+from gateway_support import http_gateway, running_gateway, wait_for_listener
 from kube import KubeCluster
 from meshlab import LocalMesh
 
@@ -73,15 +73,7 @@ def test_gateway_api_status_is_written_to_the_resources(kube: KubeCluster, tmp_p
         "metadata": {"name": "reviews", "namespace": NS},
         "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080}]},
     }
-    gateway = {
-        "apiVersion": f"{GROUP}/v1",
-        "kind": "Gateway",
-        "metadata": {"name": "web", "namespace": NS},
-        "spec": {
-            "gatewayClassName": "proxyless-mesh",
-            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
-        },
-    }
+    gateway = http_gateway("web", NS)
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     bytes_route = {
         "apiVersion": f"{GROUP}/v1alpha2",

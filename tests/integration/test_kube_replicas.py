@@ -4,7 +4,9 @@ minted with one's files works at the other), one holds the Lease and writes stat
 SIGKILL the leader while certificates are being signed: the other keeps signing
 without a failure and writes status within FAILOVER_LIMIT. Only the leader rotates
 the root (SIGUSR1 at the other is refused); its new root reaches the other's trust
-bundle through the Secret."""
+bundle through the Secret. A gateway Envoy connected to the replica that does NOT
+hold the Lease makes its Gateway Programmed=True (each replica publishes its
+verdicts in a Lease of its own; the holder merges them), NoResources once it stops."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.x509 import verification
+from gateway_support import http_gateway, running_gateway, wait_for_listener
 from kube import KubeCluster
 from meshlab import LocalMesh, Proc
 
@@ -239,3 +242,46 @@ async def test_the_leader_rotates_on_schedule_with_overlapping_trust(
     verifier = verification.PolicyBuilder().store(verification.Store(roots)).build_client_verifier()
     assert old_leaf.issuer == roots[0].subject
     verifier.verify(old_leaf, [])  # a peer's pre-rotation leaf: trusted still
+
+
+GATEWAY_API = "gateway.networking.k8s.io"
+VERDICTS_LABEL = "proxyless-mesh.io/gateway-verdicts"
+
+
+def programmed(kube: KubeCluster, wanted: tuple[str, str], limit: float = 20.0) -> dict[str, Any]:
+    """The Gateway `web`'s Programmed condition once it is `wanted` (status, reason)."""
+    deadline = time.monotonic() + limit
+    while True:
+        out = kube.kubectl("get", f"gateway.{GATEWAY_API}", "web", "-n", NS, "-o", "json")
+        conditions = json.loads(out).get("status", {}).get("conditions") or []
+        found = [c for c in conditions if c["type"] == "Programmed"]
+        if found and (found[0]["status"], found[0]["reason"]) == wanted:
+            return dict(found[0])
+        assert time.monotonic() < deadline, f"Programmed not {wanted} within {limit} s: {found}"
+        time.sleep(0.2)
+
+
+def test_a_gateway_envoy_at_the_other_replica_counts_for_programmed(
+    kube: KubeCluster, replicas: tuple[list[LocalMesh], list[Proc]]
+) -> None:
+    labs, procs = replicas
+    kube.apply(http_gateway("web", NS))
+    leader = leader_index(kube, procs)
+    other = 1 - leader
+    programmed(kube, ("False", "NoResources"))
+    label = f"{GATEWAY_API}/gateway-name=web"
+    with running_gateway(labs[other], "web", NS, labels=(label,)) as admin:
+        wait_for_listener(admin, "0.0.0.0_80")
+        condition = programmed(kube, ("True", "Programmed"))
+        assert condition["message"] == "its Envoy ACKed the current listeners and routes"
+        # Each replica's verdicts are in a Lease of its own, the Envoy's in the other's.
+        out = kube.kubectl("get", "lease", "-n", NS, "-l", VERDICTS_LABEL, "-o", "json")
+        holders = {x["spec"]["holderIdentity"]: x for x in json.loads(out)["items"]}
+        (mine,) = [v for k, v in holders.items() if k.endswith(f"-{procs[other].popen.pid}")]
+        annotations = mine["metadata"]["annotations"]
+        assert json.loads(annotations[VERDICTS_LABEL])[f"{NS}/web"][0] == "True"
+        assert any(k.endswith(f"-{procs[leader].popen.pid}") for k in holders)
+    # Its Envoy gone: no replica has one.
+    programmed(kube, ("False", "NoResources"))
+    # The Lease holder never changed: it was its merge of the other's verdicts.
+    assert leader_index(kube, procs) == leader

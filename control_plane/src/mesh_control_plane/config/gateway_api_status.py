@@ -38,6 +38,17 @@ class Programmed:
     message: str
 
 
+# The worse verdict wins when several Envoys serve one Gateway.
+_RANK = {"Programmed": 0, "Pending": 1, "Invalid": 2}
+
+
+def worst(verdicts: Mapping[str, Programmed], into: dict[str, Programmed]) -> None:
+    """Merge `verdicts` ("ns/name" -> Programmed) into `into`, the worse one winning."""
+    for ref, verdict in verdicts.items():
+        if ref not in into or _RANK.get(verdict.reason, 2) > _RANK.get(into[ref].reason, 2):
+            into[ref] = verdict
+
+
 NO_ENVOY = Programmed(
     "False", "NoResources", "no gateway Envoy for it is connected (`meshctl gateway run`)"
 )

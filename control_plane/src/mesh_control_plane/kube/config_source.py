@@ -20,7 +20,9 @@ relabelled Namespace reloads, so attachment is evaluated again; no status is
 written on a Namespace.
 
 A Gateway's Programmed condition follows its Envoys' ACKs (`follow_programmed`):
-polled every second, written when it changes.
+polled every second, written when it changes. With leader election, every
+replica publishes its own verdicts and the Lease holder merges them all
+(kube/gateway_verdicts.py), so an Envoy connected to any replica counts.
 
 Status writes need `patch` on `<kind>/status` and `create` on Events (see the RBAC in
 the README); a failed write is logged and retried at the next change.
@@ -45,6 +47,7 @@ from mesh_control_plane.config.schema import Problems
 from mesh_control_plane.kube.client import KubeConnection
 from mesh_control_plane.kube.crds import ACCEPTED, FIELD_MANAGER, KINDS
 from mesh_control_plane.kube.gateway_status import gateway_api_status
+from mesh_control_plane.kube.gateway_verdicts import VerdictPublisher
 from mesh_control_plane.kube.lease import LeaderElector
 from mesh_control_plane.kube.reflector import Reflector, Reflectors
 
@@ -141,6 +144,7 @@ class KubeConfigSource:
         self._documents: tuple[Document, ...] = ()
         self.watching = Reflectors(connection, tuple(self.reflectors.values()))
         self.elector: LeaderElector | None = None
+        self.verdicts: VerdictPublisher | None = None
         self._electing: asyncio.Task[None] | None = None
         self._watcher: ConfigWatcher | None = None
         self._reloading: asyncio.Task[None] | None = None
@@ -188,6 +192,8 @@ class KubeConfigSource:
             retry=max(0.5, duration / 7),
             on_change=self._leadership,
         )
+        namespace = lease.partition("/")[0]
+        self.verdicts = VerdictPublisher(self.watching, namespace, identity, duration=duration)
 
     def follow_programmed(
         self, source: Callable[[], Awaitable[Mapping[str, Programmed]]], interval: float = 1.0
@@ -203,6 +209,8 @@ class KubeConfigSource:
             if self._programmed_source is None:
                 return
             now = await self._programmed_source()
+            if self.verdicts is not None:
+                now = await self.verdicts.exchange(now)
             if now != self._programmed:
                 self._programmed = now
                 self._schedule(reload=False)
@@ -228,6 +236,8 @@ class KubeConfigSource:
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])
+        if self.verdicts is not None:
+            await self.verdicts.withdraw()
         if self.elector is not None:
             await self.elector.release()
         await self.watching.stop(*([self._reloading] if self._reloading is not None else []))
@@ -244,6 +254,7 @@ class KubeConfigSource:
             "rejected": sorted(k for k, v in self._problems.items() if v),
             "leader": elector.is_leader if elector is not None else None,
             "lease_holder": elector.holder if elector is not None else "",
+            "gateway_verdicts": self.verdicts.status() if self.verdicts is not None else None,
             "watches": {k: r.status() for k, r in self.reflectors.items()},
         }
 

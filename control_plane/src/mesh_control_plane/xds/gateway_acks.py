@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mesh_control_plane.config.gateway_api_status import Programmed
+from mesh_control_plane.config.gateway_api_status import Programmed, worst
 from mesh_control_plane.translate.node import ROUTER_ID_PREFIX
 from mesh_control_plane.translate.resources import LISTENER, ROUTE
 from mesh_control_plane.xds.clients import short_type_name
 
 _TYPES = (short_type_name(LISTENER), short_type_name(ROUTE))
-# The worse verdict wins when several Envoys serve one Gateway.
-_RANK = {"Programmed": 0, "Pending": 1, "Invalid": 2}
 
 
 def programmed_gateways(clients: Iterable[Mapping[str, Any]]) -> dict[str, Programmed]:
@@ -33,9 +31,7 @@ def programmed_gateways(clients: Iterable[Mapping[str, Any]]) -> dict[str, Progr
             continue
         name, _, namespace = parts[2].partition(".")
         verdict = _node_verdict(client.get("types") or {})
-        ref = f"{namespace}/{name}"
-        if ref not in found or _RANK[verdict.reason] > _RANK[found[ref].reason]:
-            found[ref] = verdict
+        worst({f"{namespace}/{name}": verdict}, found)
     return found
 
 
