@@ -265,10 +265,29 @@ def test_a_gateway_envoy_at_the_other_replica_counts_for_programmed(
     kube: KubeCluster, replicas: tuple[list[LocalMesh], list[Proc]]
 ) -> None:
     labs, procs = replicas
-    kube.apply(http_gateway("web", NS))
+    # The verdicts Lease of a replica that died: it counts until it expires (its
+    # leaseDurationSeconds without a renewal, long enough to be seen on a busy
+    # machine), then the Lease holder deletes it.
+    dead = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": "gateway-verdicts-dead",
+            "namespace": NS,
+            "labels": {VERDICTS_LABEL: "true"},
+            "annotations": {VERDICTS_LABEL: json.dumps({f"{NS}/web": ["False", "Invalid", "x"]})},
+        },
+        "spec": {"holderIdentity": "dead", "leaseDurationSeconds": 8},
+    }
+    kube.apply(http_gateway("web", NS), dead)
     leader = leader_index(kube, procs)
     other = 1 - leader
+    programmed(kube, ("False", "Invalid"))
     programmed(kube, ("False", "NoResources"))
+    deadline = time.monotonic() + FAILOVER_LIMIT
+    while kube.kubectl("get", "lease", "gateway-verdicts-dead", "-n", NS, "--ignore-not-found"):
+        assert time.monotonic() < deadline, "the expired verdicts Lease was not deleted"
+        time.sleep(0.2)
     label = f"{GATEWAY_API}/gateway-name=web"
     with running_gateway(labs[other], "web", NS, labels=(label,)) as admin:
         wait_for_listener(admin, "0.0.0.0_80")

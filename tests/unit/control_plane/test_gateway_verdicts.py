@@ -30,7 +30,11 @@ class Clock:
 
 def lease(name: str, renewed: str, verdicts: dict[str, Programmed], duration: int = 4) -> Any:
     return {
-        "metadata": {"name": name, "annotations": {ANNOTATION: encode(verdicts)}},
+        "metadata": {
+            "name": name,
+            "resourceVersion": "7",
+            "annotations": {ANNOTATION: encode(verdicts)},
+        },
         "spec": {"renewTime": renewed, "leaseDurationSeconds": duration},
     }
 
@@ -65,12 +69,14 @@ def test_a_peer_that_stops_renewing_expires_on_this_replicas_clock() -> None:
     assert peers.merge({}, [lease("gateway-verdicts-b", "t1", {"shop/web": OK})]) == {
         "shop/web": OK
     }
-    clock.now += 0.2  # 4.1 s without a renewal: gone
+    clock.now += 0.2  # 4.1 s without a renewal: gone, for the Lease holder to delete
     assert peers.merge({}, [lease("gateway-verdicts-b", "t1", {"shop/web": OK})]) == {}
+    assert peers.expired == {"gateway-verdicts-b": "7"}
     # Renewed again: it counts again, its clock restarted.
     assert peers.merge({}, [lease("gateway-verdicts-b", "t2", {"shop/web": OK})]) == {
         "shop/web": OK
     }
+    assert peers.expired == {}
     clock.now += 3.0
     assert peers.merge({}, [lease("gateway-verdicts-b", "t2", {"shop/web": OK})]) == {
         "shop/web": OK

@@ -210,7 +210,8 @@ class KubeConfigSource:
                 return
             now = await self._programmed_source()
             if self.verdicts is not None:
-                now = await self.verdicts.exchange(now)
+                leader = self.elector is not None and self.elector.is_leader
+                now = await self.verdicts.exchange(now, collect=leader)
             if now != self._programmed:
                 self._programmed = now
                 self._schedule(reload=False)

@@ -10,7 +10,8 @@ unexpired ones, the worst verdict winning; NoResources only when no replica has 
 Envoy of that Gateway. A peer's Lease expires when its renewTime has not changed for
 its `leaseDurationSeconds` as observed on this replica's own clock, as leader
 election does (kube/lease.py): no timestamps compared across machines. A clean stop
-deletes the replica's own Lease.
+deletes the replica's own Lease; the Lease holder deletes the expired ones of
+replicas that died.
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ class PeerVerdicts:
         self.own_name = own_name
         self.clock = clock
         self._observed: dict[str, tuple[str, float]] = {}  # name -> (renewTime, seen at)
+        self.expired: dict[str, str] = {}  # name -> resourceVersion, of the last merge
 
     def merge(
         self, own: Mapping[str, Programmed], leases: Iterable[Mapping[str, Any]]
     ) -> dict[str, Programmed]:
         merged = dict(own)
         observed: dict[str, tuple[str, float]] = {}
+        self.expired = {}
         now = self.clock()
         for lease in leases:
             meta = lease.get("metadata") or {}
@@ -78,7 +81,9 @@ class PeerVerdicts:
             seen_at = previous[1] if previous is not None and previous[0] == renewed else now
             observed[name] = (renewed, seen_at)
             if now - seen_at > float(spec.get("leaseDurationSeconds") or 0):
-                continue  # its replica stopped renewing: its Envoys are not known
+                # Its replica stopped renewing: its Envoys are not known.
+                self.expired[name] = str(meta.get("resourceVersion", ""))
+                continue
             worst(decode(str((meta.get("annotations") or {}).get(ANNOTATION, "{}"))), merged)
         self._observed = observed
         return merged
@@ -117,10 +122,13 @@ class VerdictPublisher:
         self._published: tuple[str, float] | None = None  # (annotation, when)
         self.errors = 0  # failed exchanges (admin /registry)
 
-    async def exchange(self, own: Mapping[str, Programmed]) -> dict[str, Programmed]:
+    async def exchange(
+        self, own: Mapping[str, Programmed], collect: bool = False
+    ) -> dict[str, Programmed]:
         """Publish `own` (when changed or a third of the duration old) and return
-        it merged with the peers' unexpired verdicts. A failed call is logged; the
-        last listed peers keep counting until they expire."""
+        it merged with the peers' unexpired verdicts; `collect` (the Lease holder
+        only) deletes the expired Leases of replicas that died. A failed call is
+        logged; the last listed peers keep counting until they expire."""
         client = self.watching.client
         if client is not None:
             try:
@@ -128,10 +136,21 @@ class VerdictPublisher:
                 response.raise_for_status()
                 self._leases = list(response.json().get("items") or [])
                 await self._publish(client, encode(own))
+                if collect:
+                    await self._collect(client)
             except (httpx.HTTPError, ValueError, KeyError) as exc:
                 self.errors += 1
                 log.warning("gateway verdicts %s: %r", self.collection, exc)
         return self.peers.merge(own, self._leases)
+
+    async def _collect(self, client: httpx.AsyncClient) -> None:
+        """Delete the Leases the previous merge found expired, unless renewed since
+        (the resourceVersion precondition)."""
+        for name, version in self.peers.expired.items():
+            body = {"preconditions": {"resourceVersion": version}}
+            response = await client.request("DELETE", f"{self.collection}/{name}", json=body)
+            if response.status_code not in (404, 409):
+                response.raise_for_status()
 
     async def _publish(self, client: httpx.AsyncClient, annotation: str) -> None:
         now = self.clock()
