@@ -58,6 +58,7 @@ from mesh_control_plane.kube.tokenreview import TokenReviewer
 from mesh_control_plane.metrics import ControlPlaneMetrics
 from mesh_control_plane.registry.runtime import RegistryRuntime, RegistrySettings
 from mesh_control_plane.translate.incremental import IncrementalTranslator
+from mesh_control_plane.translate.node import ROUTER_ID_PREFIX
 from mesh_control_plane.xds import InconsistentConfigError, SnapshotCache, XdsServer
 from mesh_control_plane.xds.clients import spiffe_id
 from mesh_control_plane.xds.gateway_acks import programmed_gateways
@@ -349,8 +350,13 @@ class ControlPlane:
         await self.xds.stop(grace)
 
     async def _programmed(self) -> dict[str, Programmed]:
-        """Gateways' Programmed from every ADS client's ACKs, the workers' included."""
-        clients = [c.to_status() for c in self.xds.servicer.clients()]
+        """Gateways' Programmed from every ADS client's ACKs, the workers' included.
+        Asked every second: without Gateways nobody is asked, and only gateway
+        Envoys' states are built (not every client's)."""
+        if not self.cache.config.gateways:
+            return {}
+        own = self.xds.servicer.clients()
+        clients = [c.to_status() for c in own if c.node_id.startswith(ROUTER_ID_PREFIX)]
         if self.workers is not None:
             reports = await self.workers.reports(with_clients=True)
             clients += [c for report in reports for c in report["clients"]]

@@ -11,7 +11,9 @@ from proxyless_mesh.policy import PolicyConfigError
 
 from .policy_target import as_mapping, as_sequence, check_keys, target_services
 
-_JWT_RULE_KEYS = {
+# A JWTRule's fields (also the loader's, parse_security.py). `jwksUri` is
+# fetched by the control plane before a config is applied (jwks.py).
+JWT_RULE_FIELDS = (
     "issuer",
     "audiences",
     "jwks",
@@ -23,7 +25,7 @@ _JWT_RULE_KEYS = {
     "outputClaimToHeaders",
     "outputPayloadToHeader",
     "spaceDelimitedClaims",
-}
+)
 # Claims istiod always treats as space-delimited (OAuth's `scope`, and `permission`).
 DEFAULT_SPACE_DELIMITED_CLAIMS = ("scope", "permission")
 
@@ -52,7 +54,7 @@ def request_authentications_to_jwt(
 
 
 def _jwt_rule(rule: Mapping[str, Any], where: str, fetched: Mapping[str, str]) -> JwtProvider:
-    check_keys(rule, _JWT_RULE_KEYS, where)
+    check_keys(rule, set(JWT_RULE_FIELDS), where)
     # Without an issuer Istio accepts any `iss` the keys verify (Envoy's empty
     # JwtProvider.issuer); the provider is then named after its rule.
     issuer = str(rule.get("issuer") or "")

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from proxyless_mesh.policy import PolicyConfigError
 
 from .authorization import authorization_policy_to_rbac, request_authentications_to_jwt
+from .jwt_rules import JWT_RULE_FIELDS
 from .model import AuthorizationPolicy, Meta, PeerAuthentication, RequestAuthentication
 from .schema import (
     MISSING,
@@ -48,19 +49,7 @@ MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE", "UNSET")
 _PA_FIELDS = ("selector", "mtls", "portLevelMtls")
 _TARGET_REFS = ("targetRef", "targetRefs")  # PeerAuthentication has no policy attachment
 _RA_FIELDS = ("selector", "jwtRules", "targetRef", "targetRefs")  # targetRefs: a Service
-_JWT_FIELDS = (
-    "issuer",
-    "audiences",
-    "jwks",
-    "jwksUri",  # fetched by the control plane before a config is applied (jwks.py)
-    "fromHeaders",
-    "fromParams",
-    "fromCookies",
-    "forwardOriginalToken",
-    "outputClaimToHeaders",
-    "outputPayloadToHeader",
-    "spaceDelimitedClaims",
-)
+_JWT_FIELDS = JWT_RULE_FIELDS
 _JWT_UNSUPPORTED = ("timeout",)
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _AP_FIELDS = ("selector", "action", "rules", "provider", "targetRef", "targetRefs")
