@@ -153,14 +153,12 @@ class PassthroughBreaker:
         except BaseException as exc:
             self._record(host, trial, exc)
             raise
-        failed = _Failed(response.status_code) if response.status_code >= 500 else None
-        self._record(host, trial, failed)
-        return response
+        return self._answered(host, trial, response)
 
     async def send_async(
         self, authority: str, send: Callable[[httpx.Request], Awaitable[_R]], request: httpx.Request
     ) -> _R:
-        """send() for asyncio (its twin but for the awaits: sharing costs a call a request)."""
+        """send() for asyncio: its twin but for the awaits."""
         host, trial = self._admit(authority, request)
         if host is None:
             return await send(request)
@@ -169,8 +167,12 @@ class PassthroughBreaker:
         except BaseException as exc:
             self._record(host, trial, exc)
             raise
-        failed = _Failed(response.status_code) if response.status_code >= 500 else None
-        self._record(host, trial, failed)
+        return self._answered(host, trial, response)
+
+    def _answered(self, host: _Host, trial: bool, response: _R) -> _R:
+        """Record an answer (a 5xx counts as a failure) and hand it back."""
+        status = response.status_code
+        self._record(host, trial, _Failed(status) if status >= 500 else None)
         return response
 
     def _host(self, authority: str) -> _Host | None:
