@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib
-import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from proxyless_mesh.native_core import module as native_core_module
 
 __all__ = ["Certificate", "native_core", "pem_decode", "pem_encode"]
 
@@ -32,12 +32,7 @@ Facts = tuple[int, int, list[str], bytes]
 def native_core() -> Any:
     """The native core if it is built with the identity functions and not
     turned off (PROXYLESS_MESH_NATIVE=off), else None."""
-    if os.environ.get("PROXYLESS_MESH_NATIVE", "").lower() in ("0", "off", "false"):
-        return None
-    try:
-        module = importlib.import_module("proxyless_mesh_native")
-    except ImportError:
-        return None
+    module = native_core_module()
     return module if hasattr(module, "EcKey") else None  # None: a core built before them
 
 
