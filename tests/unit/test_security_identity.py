@@ -38,7 +38,6 @@ from proxyless_mesh.security import (
     SpiffeId,
     WorkloadKey,
     load_private_key,
-    spiffe_id_of,
 )
 
 ALICE = SpiffeId("cluster.local", "shop", "alice")
@@ -224,7 +223,7 @@ async def test_renews_at_half_life_twice_without_a_gap(ca: CapturingCa) -> None:
         assert 0.4 * lifetime <= slept <= 0.5 * lifetime  # half life, jittered earlier
         assert after.fetched_at < before.expires_at  # renewed while still valid: no gap
         assert after.key is not before.key
-        assert spiffe_id_of(after.leaf) == ALICE.uri
+        assert after.leaf.spiffe_id == ALICE.uri
     assert fake.sleeps[0] != fake.sleeps[1]  # jitter
     # Renewals authenticated with the certificate, not the token.
     assert [dict(md).get("authorization") is None for md in ca.metadata] == [False, True, True]

@@ -50,7 +50,6 @@ from proxyless_mesh.security._spiffe import (
     DEFAULT_TRUST_DOMAIN,
     SpiffeId,
     peer_spiffe_id,
-    spiffe_id_of,
     verify_peer,
 )
 
@@ -82,7 +81,6 @@ __all__ = [
     "new_private_key",
     "peer_spiffe_id",
     "plaintext_refusal",
-    "spiffe_id_of",
     "verify_peer",
     "write_private_file",
 ]

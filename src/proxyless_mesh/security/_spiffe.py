@@ -18,7 +18,6 @@ __all__ = [
     "DEFAULT_TRUST_DOMAIN",
     "SpiffeId",
     "peer_spiffe_id",
-    "spiffe_id_of",
     "verify_peer",
 ]
 
@@ -58,12 +57,6 @@ class SpiffeId:
         if len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa":
             raise ValueError(f"not of the form spiffe://<td>/ns/<ns>/sa/<sa>: {uri!r}")
         return cls(parts[0], parts[2], parts[4])
-
-
-def spiffe_id_of(cert: Certificate) -> str | None:
-    """The certificate's SPIFFE ID, or None if it has not exactly one URI SAN
-    starting with spiffe:// (the SVID rule: one identity per certificate)."""
-    return cert.spiffe_id
 
 
 def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:

@@ -35,7 +35,6 @@ from proxyless_mesh.security import (
     SpiffeId,
     make_csr,
     new_private_key,
-    spiffe_id_of,
 )
 
 ALICE = SpiffeId("cluster.local", "shop", "alice")
@@ -77,7 +76,7 @@ async def test_token_gets_its_identity_leaf_first_root_last(ca: Ca) -> None:
         make_csr(key, ALICE), 60, token=ca.tokens.mint(ALICE, 600)
     )
     leaf, root = (Certificate.from_pem(p) for p in signed.cert_chain)
-    assert spiffe_id_of(leaf) == ALICE.uri
+    assert leaf.spiffe_id == ALICE.uri
     assert leaf.public_key_der == key.public_key_der()
     assert root == as_certificates(ca.authority.trust_bundle())[0]
     assert [Certificate.from_pem(p) for p in signed.trust_bundle] == [root]
@@ -147,7 +146,7 @@ async def test_renewal_with_the_current_certificate(ca: Ca, tmp_path: Path) -> N
     key = new_private_key()
     signed = await ca.client.create_certificate(make_csr(key, ALICE), 0, renewal=current)
     leaf = Certificate.from_pem(signed.cert_chain[0])
-    assert spiffe_id_of(leaf) == ALICE.uri and leaf.public_key_der == key.public_key_der()
+    assert leaf.spiffe_id == ALICE.uri and leaf.public_key_der == key.public_key_der()
 
     # The current certificate grants its own identity only.
     err = await _refused(ca, make_csr(new_private_key(), BOB), renewal=current)
