@@ -38,7 +38,11 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     if n < 0x80 {
         out.push(n as u8);
     } else {
-        let bytes: Vec<u8> = n.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        let bytes: Vec<u8> = n
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
         out.push(0x80 | bytes.len() as u8);
         out.extend(bytes);
     }
@@ -78,7 +82,8 @@ impl EcKey {
     /// is not an unencrypted P-256 key.
     #[staticmethod]
     fn from_pkcs8_pem(pem: &str) -> PyResult<Self> {
-        let secret = SecretKey::from_pkcs8_pem(pem).map_err(|e| value_error("not a P-256 PKCS#8 key", e))?;
+        let secret =
+            SecretKey::from_pkcs8_pem(pem).map_err(|e| value_error("not a P-256 PKCS#8 key", e))?;
         Ok(EcKey { secret })
     }
 
@@ -111,7 +116,9 @@ impl EcKey {
     /// A non-ASCII `uri` is ValueError (an IA5String holds ASCII only).
     fn csr_der<'py>(&self, py: Python<'py>, uri: &str) -> PyResult<Bound<'py, PyBytes>> {
         if !uri.is_ascii() {
-            return Err(PyValueError::new_err(format!("the URI is not ASCII: {uri:?}")));
+            return Err(PyValueError::new_err(format!(
+                "the URI is not ASCII: {uri:?}"
+            )));
         }
         let spki = self
             .secret
