@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from cryptography import x509
 
 from proxyless_mesh import Mesh
 from proxyless_mesh.bootstrap import Bootstrap
-from proxyless_mesh.security import Credentials
+from proxyless_mesh.security import Certificate, Credentials
 from proxyless_mesh.serving import asgi_config
 
 
@@ -42,11 +43,15 @@ async def ok_app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
+def _x509(cert: Certificate) -> x509.Certificate:
+    return x509.load_der_x509_certificate(cert.der)
+
+
 def describe(creds: Credentials, rotations: int) -> dict[str, object]:
     return {
         "rotations": rotations,
-        "roots": sorted(r.subject.rfc4514_string() for r in creds.roots),
-        "leaf_issuer": creds.leaf.issuer.rfc4514_string(),
+        "roots": sorted(_x509(r).subject.rfc4514_string() for r in creds.roots),
+        "leaf_issuer": _x509(creds.leaf).issuer.rfc4514_string(),
     }
 
 

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from cryptography import x509
 from harness import HOST, PORT, Result, ScenarioCheckFailed, endpoint_health, measured
 from meshlab import LocalMesh, Proc, start_process
 from replicas import wait_until
@@ -73,7 +74,8 @@ def start_servers(lab: LocalMesh, count: int) -> list[tuple[Proc, Path]]:
 
 
 def subjects(creds: Credentials) -> tuple[set[str], str]:
-    return {r.subject.rfc4514_string() for r in creds.roots}, creds.leaf.issuer.rfc4514_string()
+    roots = {x509.load_der_x509_certificate(r.der).subject.rfc4514_string() for r in creds.roots}
+    return roots, x509.load_der_x509_certificate(creds.leaf.der).issuer.rfc4514_string()
 
 
 class Rotations:

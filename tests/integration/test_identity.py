@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from identity_support import as_certificates
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
 from meshlab import LocalMesh
 
@@ -123,7 +124,9 @@ async def test_a_client_with_another_cas_certificate_is_refused(
     chain = other.sign(csr, FRONTEND, 600)
     # Claims frontend's identity and trusts the mesh roots, so the server's
     # check of the client certificate is the only thing that can stop it.
-    impostor = Credentials(key, tuple(chain[:1]), reviews.credentials.roots, fetched_at=0.0)
+    impostor = Credentials(
+        key, as_certificates(chain[:1]), reviews.credentials.roots, fetched_at=0.0
+    )
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, ssl=impostor.client_ssl_context()
     )

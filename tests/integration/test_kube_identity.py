@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from cryptography import x509
 from kube import KubeCluster
 from mesh_control_plane.ca import (
     CaServer,
@@ -28,7 +27,7 @@ from mesh_control_plane.kube.reflector import Reflectors
 from mesh_control_plane.kube.tokenreview import TokenReviewer
 
 from proxyless_mesh.errors import TokenRejectedError
-from proxyless_mesh.security import CaClient, SpiffeId, make_csr, new_private_key, spiffe_id_of
+from proxyless_mesh.security import CaClient, Certificate, SpiffeId, make_csr, new_private_key
 
 NS = "identity"
 AUDIENCE = "proxyless-mesh"
@@ -80,7 +79,7 @@ async def ca(kube: KubeCluster, tmp_path: Path) -> AsyncIterator[tuple[CaClient,
 
 async def identity_of(client: CaClient, identity: SpiffeId, token: str) -> str:
     signed = await client.create_certificate(make_csr(new_private_key(), identity), 0, token=token)
-    return spiffe_id_of(x509.load_pem_x509_certificate(signed.cert_chain[0].encode()))
+    return Certificate.from_pem(signed.cert_chain[0]).spiffe_id
 
 
 async def refusal(client: CaClient, identity: SpiffeId, token: str) -> TokenRejectedError:

@@ -1,6 +1,8 @@
 """A meshed httpx-only process does not load grpcio (issue 25): its ADS
 stream goes over h2 (grpc_wire); with the native core it loads no protobuf
-(xds_client/_wire.py), and without a CA no cryptography. A fresh interpreter joins a real control
+(xds_client/_wire.py), and no cryptography: without a CA there is no key to
+make, and with one the native core makes the key and CSR and reads the
+certificates (security/_keys.py, _certificates.py). A fresh interpreter joins a real control
 plane (whose Sidecar makes it decode the virtualOutbound listener too), sends
 requests through the mesh transport to a real backend, and reports what it
 imported; with `PROXYLESS_MESH_CONTROL_TRANSPORT=grpcio` the
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 from meshlab import LocalMesh
 
+from proxyless_mesh.security._certificates import native_core
 from proxyless_mesh.xds_client._decode_endpoints import native_decode
 
 HOST = "reviews.default.mesh"
@@ -36,9 +39,12 @@ with Mesh.from_bootstrap(sys.argv[1]) as mesh, httpx.Client(transport=mesh.httpx
         outbound = "REGISTRY_ONLY"
     except httpx.ConnectError:
         outbound = "ALLOW_ANY"
+    manager = mesh.identity_manager
+    identity = None if manager is None else manager.credentials.spiffe_id
 heavy = ("grpc", "google.protobuf", "envoy", "cryptography")
 loaded = sorted({h for h in heavy for m in sys.modules if m == h or m.startswith(h + ".")})
-print(json.dumps({"versions": versions, "outbound": outbound, "loaded": loaded}))
+print(json.dumps({"versions": versions, "outbound": outbound, "loaded": loaded,
+                  "identity": identity}))
 """
 
 SIDECAR = json.dumps(
@@ -54,11 +60,16 @@ SIDECAR = json.dumps(
 )
 
 
-def _run_probe(bootstrap: Path, transport: str | None) -> dict[str, Any]:
+def _run_probe(
+    bootstrap: Path, transport: str | None, *, native: str | None = None
+) -> dict[str, Any]:
     env = dict(os.environ)
     env.pop("PROXYLESS_MESH_CONTROL_TRANSPORT", None)
+    env.pop("PROXYLESS_MESH_NATIVE", None)
     if transport is not None:
         env["PROXYLESS_MESH_CONTROL_TRANSPORT"] = transport
+    if native is not None:
+        env["PROXYLESS_MESH_NATIVE"] = native
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(bootstrap), f"http://{HOST}:8080/reviews"],
         capture_output=True,
@@ -72,12 +83,17 @@ def _run_probe(bootstrap: Path, transport: str | None) -> dict[str, Any]:
 
 
 @pytest.fixture
-def bootstrap(lab: LocalMesh) -> Path:
+def started_lab(lab: LocalMesh) -> LocalMesh:
     v1 = lab.start_http_backend("reviews", "v1")
     lab.deploy_versions(HOST, 8080, {"v1": v1}, {"v1": 100})
     lab.write_config("sidecar.yaml", SIDECAR)  # the virtualOutbound listener, decoded too
     lab.start_control_plane()
-    return lab.bootstrap("imports-probe")
+    return lab
+
+
+@pytest.fixture
+def bootstrap(started_lab: LocalMesh) -> Path:
+    return started_lab.bootstrap("imports-probe")
 
 
 def test_meshed_httpx_process_does_not_load_grpcio(bootstrap: Path) -> None:
@@ -94,3 +110,21 @@ def test_meshed_httpx_process_does_not_load_grpcio(bootstrap: Path) -> None:
     assert over_grpcio["versions"] == ["v1"] * 5
     assert over_grpcio["outbound"] == "REGISTRY_ONLY", over_grpcio
     assert "grpc" in over_grpcio["loaded"], over_grpcio
+
+
+@pytest.mark.skipif(native_core() is None, reason="native core not built (no Rust)")
+def test_a_workload_identity_without_cryptography(started_lab: LocalMesh) -> None:
+    """With a CA and a join token the workload gets its certificate (key, CSR
+    and certificate reading in Rust) without importing cryptography; with
+    the native core turned off, the same process needs it."""
+    token = started_lab.token("default", "default")
+    bootstrap = started_lab.bootstrap("imports-identity", token=token)
+    native = _run_probe(bootstrap, None)
+    assert native["identity"] == "spiffe://cluster.local/ns/default/sa/default", native
+    assert native["versions"] == ["v1"] * 5
+    assert "cryptography" not in native["loaded"], native
+    assert "grpc" not in native["loaded"], native
+
+    fallback = _run_probe(bootstrap, None, native="off")
+    assert fallback["identity"] == native["identity"], fallback
+    assert "cryptography" in fallback["loaded"], fallback

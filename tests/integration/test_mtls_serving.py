@@ -26,6 +26,7 @@ from identities import (
     start_control_plane,
     workload_mesh,
 )
+from identity_support import as_certificates
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
 from meshlab import LocalMesh
 
@@ -135,7 +136,9 @@ def test_refusals_each_with_its_own_error(
     key = new_private_key()
     csr = x509.load_pem_x509_csr(make_csr(key, SpiffeId.parse(FRONTEND)).encode())
     roots = workloads.frontend.credentials().roots
-    impostor = Credentials(key, tuple(other.sign(csr, FRONTEND, 600)[:1]), roots, fetched_at=0)
+    impostor = Credentials(
+        key, as_certificates(other.sign(csr, FRONTEND, 600)[:1]), roots, fetched_at=0
+    )
     transport = TlsTransports(_Fixed(impostor)).for_cluster(UpstreamTls((REVIEWS,)))
     assert transport is not None
     with httpx.Client(transport=transport) as client, pytest.raises(httpx.TransportError) as t:

@@ -29,7 +29,7 @@ def _status(mesh: Mesh, client: httpx.Client, url: str) -> dict[str, Any]:
     manager = mesh.identity_manager
     line: dict[str, Any] = {
         "connected": mesh.xds.connected,
-        "cert_serial": None if manager is None else manager.credentials.leaf.serial_number,
+        "cert_serial": None if manager is None else manager.credentials.leaf.der.hex(),
     }
     try:
         response = client.get(url, timeout=2.0)

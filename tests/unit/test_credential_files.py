@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from identity_support import as_certificates
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
 
 from proxyless_mesh.security import (
@@ -28,7 +29,9 @@ def issue(ca: CertificateAuthority) -> Credentials:
     key = new_private_key()
     csr = x509.load_pem_x509_csr(make_csr(key, WORKER).encode())
     chain = ca.sign(csr, WORKER.uri, 600)
-    return Credentials(key, tuple(chain[:-1]), tuple(ca.trust_bundle()), fetched_at=0.0)
+    return Credentials(
+        key, as_certificates(chain[:-1]), as_certificates(ca.trust_bundle()), fetched_at=0.0
+    )
 
 
 def pair_matches(files: CredentialFiles) -> bool:

@@ -197,7 +197,7 @@ async def test_a_cached_certificate_starts_at_once_and_is_replaced_when_the_ca_a
         renewed = second.credentials
         assert renewed.leaf != issued.leaf and renewed.spiffe_id == ALICE.uri
         on_disk = json.loads(cache.path.read_text())["chain"][0]
-        assert on_disk == renewed.leaf.public_bytes(Encoding.PEM).decode()
+        assert on_disk == renewed.leaf.pem
     finally:
         await second.close()
 

@@ -30,6 +30,7 @@ import httpcore
 import httpx
 import pytest
 from cryptography import x509
+from identity_support import as_certificates
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
 
 from proxyless_mesh.integrations._pool import LinearConnectionPool
@@ -45,7 +46,9 @@ def issue(ca: CertificateAuthority, uri: str) -> Credentials:
     key = new_private_key()
     csr = x509.load_pem_x509_csr(make_csr(key, SpiffeId.parse(uri)).encode())
     chain = ca.sign(csr, uri, 600)
-    return Credentials(key, tuple(chain[:-1]), tuple(ca.trust_bundle()), fetched_at=0.0)
+    return Credentials(
+        key, as_certificates(chain[:-1]), as_certificates(ca.trust_bundle()), fetched_at=0.0
+    )
 
 
 @dataclass

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from cryptography import x509
+from identity_support import as_certificates
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
 
 from proxyless_mesh.errors import PeerIdentityError
@@ -31,7 +32,13 @@ from proxyless_mesh.integrations._tls_transport import (
     TlsTransports,
 )
 from proxyless_mesh.model import TlsMode, UpstreamTls
-from proxyless_mesh.security import Credentials, SpiffeId, make_csr, new_private_key
+from proxyless_mesh.security import (
+    Certificate,
+    Credentials,
+    SpiffeId,
+    make_csr,
+    new_private_key,
+)
 from proxyless_mesh.security._inbound import InboundTls
 
 ALICE = SpiffeId("cluster.local", "shop", "alice").uri
@@ -43,7 +50,9 @@ def issue(ca: CertificateAuthority, uri: str) -> Credentials:
     key = new_private_key()
     csr = x509.load_pem_x509_csr(make_csr(key, SpiffeId.parse(uri)).encode())
     chain = ca.sign(csr, uri, 600)
-    return Credentials(key, tuple(chain[:-1]), tuple(ca.trust_bundle()), fetched_at=0.0)
+    return Credentials(
+        key, as_certificates(chain[:-1]), as_certificates(ca.trust_bundle()), fetched_at=0.0
+    )
 
 
 @pytest.fixture
@@ -109,7 +118,7 @@ def test_mutual_tls_both_sides_verified(ca: CertificateAuthority, server: Served
     tls = server.scopes[0]["extensions"]["tls"]
     assert server.scopes[0]["scheme"] == "https"
     assert tls["tls_version"] == 0x0304 and isinstance(tls["cipher_suite"], int)
-    assert x509.load_pem_x509_certificate(tls["client_cert_chain"][0].encode()) == alice.leaf
+    assert Certificate.from_pem(tls["client_cert_chain"][0]) == alice.leaf
     assert tls["client_cert_error"] is None
 
 
@@ -248,8 +257,7 @@ def test_rotation_reaches_new_connections_only(ca: CertificateAuthority, server:
         client.get(server.url, headers={"connection": "close"})
         client.get(server.url)  # a new connection: the new certificate
     leaves = [
-        x509.load_pem_x509_certificate(s["extensions"]["tls"]["client_cert_chain"][0].encode())
-        for s in server.scopes
+        Certificate.from_pem(s["extensions"]["tls"]["client_cert_chain"][0]) for s in server.scopes
     ]
     assert leaves == [current[0].leaf] * 3 + [current[1].leaf]
 
@@ -306,8 +314,8 @@ def test_grpc_server_credentials_rotate_and_require_a_client_certificate(
         assert settings != b""  # accepted: grpc speaks HTTP/2 to us
         current.append(issue(ca, BOB))
         second, _ = handshake(alice.client_ssl_context(("h2",)))
-        assert x509.load_der_x509_certificate(first) == current[0].leaf
-        assert x509.load_der_x509_certificate(second) == current[1].leaf
+        assert Certificate.from_der(first) == current[0].leaf
+        assert Certificate.from_der(second) == current[1].leaf
         anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         anonymous.check_hostname = False
         anonymous.load_verify_locations(cadata=alice.roots_pem)

@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from identity_support import as_certificates
 from mesh_control_plane.ca import (
     CaSettings,
     CertificateAuthority,
@@ -30,11 +31,13 @@ from proxyless_mesh import ca_wire
 from proxyless_mesh.errors import IdentityConfigError, IdentityError, TokenRejectedError
 from proxyless_mesh.security import (
     CaClient,
+    Certificate,
     Credentials,
     IdentityConfig,
     IdentityManager,
     SpiffeId,
-    spiffe_id_of,
+    WorkloadKey,
+    load_private_key,
 )
 
 ALICE = SpiffeId("cluster.local", "shop", "alice")
@@ -132,8 +135,10 @@ def _manager(ca: CapturingCa, tmp_path: Path | None = None, **kw: Any) -> Identi
     return IdentityManager(config, **kw)
 
 
-def _secrets_of(key: ec.EllipticCurvePrivateKey) -> list[bytes]:
+def _secrets_of(workload_key: WorkloadKey) -> list[bytes]:
     """Every form the private key could leak in."""
+    key = serialization.load_pem_private_key(workload_key.private_key_pem(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -142,6 +147,13 @@ def _secrets_of(key: ec.EllipticCurvePrivateKey) -> list[bytes]:
     )
     scalar = key.private_numbers().private_value.to_bytes(32, "big")
     return [pem, der, scalar, pem.split(b"\n")[1]]
+
+
+def _certificates(path: Path) -> list[Certificate]:
+    """Each PEM certificate in the file at `path`."""
+    end = "-----END CERTIFICATE-----"
+    blocks = path.read_text().split(end)[:-1]
+    return [Certificate.from_pem(block + end) for block in blocks]
 
 
 async def test_the_private_key_never_leaves(
@@ -167,7 +179,12 @@ async def test_the_private_key_never_leaves(
     # What was sent is a CSR for our identity and our public key, nothing else.
     request = ca_wire.CertificateRequest.FromString(ca.raw[0])
     csr = x509.load_pem_x509_csr(request.csr.encode())
-    assert csr.public_key() == keys[0].public_key()
+    assert (
+        csr.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        == keys[0].public_key_der()
+    )
     assert [f.name for f, _ in request.ListFields()] == ["csr"]
 
 
@@ -182,12 +199,10 @@ async def test_credential_files_are_0600_and_match(ca: CapturingCa, tmp_path: Pa
     assert set(files) == {"cert-chain.pem", "key.pem", "root-cert.pem", ".write.lock"}
     for path in files.values():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    key = serialization.load_pem_private_key(files["key.pem"].read_bytes(), None)
-    assert key.public_key() == creds.key.public_key()
-    assert x509.load_pem_x509_certificates(files["cert-chain.pem"].read_bytes()) == list(
-        creds.chain
-    )
-    assert x509.load_pem_x509_certificates(files["root-cert.pem"].read_bytes()) == list(creds.roots)
+    key = load_private_key(files["key.pem"].read_bytes())
+    assert key.public_key_der() == creds.key.public_key_der()
+    assert _certificates(files["cert-chain.pem"]) == list(creds.chain)
+    assert _certificates(files["root-cert.pem"]) == list(creds.roots)
     config = manager.certificate_providers()["default"]["config"]
     assert config["private_key_file"] == str(files["key.pem"])
     assert manager.certificate_providers()["default"]["plugin_name"] == "file_watcher"
@@ -208,7 +223,7 @@ async def test_renews_at_half_life_twice_without_a_gap(ca: CapturingCa) -> None:
         assert 0.4 * lifetime <= slept <= 0.5 * lifetime  # half life, jittered earlier
         assert after.fetched_at < before.expires_at  # renewed while still valid: no gap
         assert after.key is not before.key
-        assert spiffe_id_of(after.leaf) == ALICE.uri
+        assert after.leaf.spiffe_id == ALICE.uri
     assert fake.sleeps[0] != fake.sleeps[1]  # jitter
     # Renewals authenticated with the certificate, not the token.
     assert [dict(md).get("authorization") is None for md in ca.metadata] == [False, True, True]
@@ -236,11 +251,11 @@ async def test_a_new_root_is_picked_up_at_renewal(ca: CapturingCa, tmp_path: Pat
     new_root = ca.authority.rotate_root(propagation=0).cert
     after = await manager.renew()
     await manager.close()
-    assert set(after.roots) == {old_root, new_root}
-    assert after.leaf.issuer == new_root.subject
+    (new,) = as_certificates([new_root])
+    assert set(after.roots) == {old_root, new}
+    assert x509.load_der_x509_certificate(after.leaf.der).issuer == new_root.subject
     assert seen[-1] is after and manager.credentials is after
-    on_disk = x509.load_pem_x509_certificates((tmp_path / "creds/root-cert.pem").read_bytes())
-    assert set(on_disk) == {old_root, new_root}
+    assert set(_certificates(tmp_path / "creds/root-cert.pem")) == {old_root, new}
     assert manager.client_ssl_context() is after.client_ssl_context()
     assert manager.client_ssl_context() is not before.client_ssl_context()
 

@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from proxyless_mesh.grpc_wire._goaway import Goaway, GoawayFilter
 from proxyless_mesh.grpc_wire._status import GrpcCallError, parse_target
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class _Stream:
 
 
 _CANCEL = 8  # HTTP/2 error code CANCEL
+_NO_ERROR = 0
 
 
 class _Connection:
@@ -122,12 +124,21 @@ class _Connection:
         self.ready = asyncio.get_running_loop().create_future()
         self.window = asyncio.Event()  # set when the peer opens a send window
         self.closed: GrpcCallError | None = None
+        # After a GOAWAY: no new streams here; those it promised finish, then we close.
+        self.goaway: Goaway | None = None
+        self.going_away = asyncio.Event()  # set with `goaway`
+        self._goaway_filter = GoawayFilter()
         self.flush()
         self.task = asyncio.ensure_future(self._read_loop())
 
+    @property
+    def usable(self) -> bool:
+        """Whether a new call may start here (open, and no GOAWAY received)."""
+        return self.closed is None and self.goaway is None
+
     def flush(self) -> None:
         data = self.h2.data_to_send()
-        if data:
+        if data and self.closed is None:
             self.writer.write(data)
 
     async def _read_loop(self) -> None:
@@ -139,9 +150,13 @@ class _Connection:
                 data = await self.reader.read(_READ_SIZE)
                 if not data:
                     break
-                for event in self.h2.receive_data(data):
-                    self._on_event(event)
+                data, goaways = self._goaway_filter.feed(data)
+                if data:
+                    for event in self.h2.receive_data(data):
+                        self._on_event(event)
                 self.flush()
+                for goaway in goaways:
+                    self._on_goaway(goaway)
         except (OSError, h2.exceptions.ProtocolError) as exc:
             error = GrpcCallError("UNAVAILABLE", f"connection failed: {exc!r}")
         finally:
@@ -160,11 +175,6 @@ class _Connection:
             self.window.set()
         elif isinstance(event, ev.WindowUpdated):
             self.window.set()
-        elif isinstance(event, ev.ConnectionTerminated):
-            # h2 closes its state machine on GOAWAY (later frames are protocol
-            # errors), so calls in flight cannot drain: they fail UNAVAILABLE,
-            # the ADS stream reconnects and the CA client retries with backoff.
-            self.close(GrpcCallError("UNAVAILABLE", f"GOAWAY ({event.error_code!r})"))
         elif stream is None:
             return
         elif isinstance(event, ev.ResponseReceived):
@@ -181,9 +191,32 @@ class _Connection:
         elif isinstance(event, ev.StreamEnded):
             stream.end({})  # no trailers: finishes only if nothing did before
         if stream is not None and stream.done:
-            self.streams.pop(stream.id, None)
             if stream.refused:
                 self.h2.reset_stream(stream.id, _CANCEL)
+            self.release(stream.id)
+
+    def _on_goaway(self, goaway: Goaway) -> None:
+        """Streams above its last-stream-id were not processed: they fail
+        UNAVAILABLE (safe to retry); the others go on to their end (see _goaway.py)."""
+        self.goaway = goaway
+        self.going_away.set()
+        code = "NO_ERROR" if goaway.error_code == _NO_ERROR else f"error {goaway.error_code}"
+        error = GrpcCallError("UNAVAILABLE", f"GOAWAY ({code}): the server did not take the call")
+        for stream in list(self.streams.values()):
+            if stream.id > goaway.last_stream_id:
+                stream.finish(error)
+                self.streams.pop(stream.id, None)
+        self._close_if_drained()
+
+    def release(self, stream_id: int) -> None:
+        """Forget a finished stream; the last one on a GOAWAY'd connection closes it."""
+        self.streams.pop(stream_id, None)
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.goaway is not None and not self.streams and self.closed is None:
+            self.flush()
+            self.close(GrpcCallError("UNAVAILABLE", "connection closed after GOAWAY"))
 
     def close(self, error: GrpcCallError) -> None:
         if self.closed is None:
@@ -246,12 +279,18 @@ class H2Channel:
         self._user_agent = user_agent
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
+        self._draining: set[_Connection] = set()  # GOAWAY'd, finishing their calls
 
     async def connection(self) -> _Connection:
-        """The live connection, opening one (TCP, preface, SETTINGS) if needed;
-        raises GrpcCallError(UNAVAILABLE) if the target cannot be reached."""
-        if self._connection is not None and self._connection.closed is None:
-            return self._connection
+        """The live connection, opening one (TCP, preface, SETTINGS) if needed
+        (also after a GOAWAY: the old one only finishes its calls); raises
+        GrpcCallError(UNAVAILABLE) if the target cannot be reached."""
+        current = self._connection
+        if current is not None and current.usable:
+            return current
+        if current is not None and current.closed is None:
+            self._draining.add(current)
+        self._draining = {c for c in self._draining if c.closed is None}
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
         try:
@@ -337,11 +376,13 @@ class H2Channel:
         if self._connecting is not None:
             self._connecting.cancel()
             self._connecting = None
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
+        connections = {*self._draining, *([self._connection] if self._connection else [])}
+        self._connection, self._draining = None, set()
+        for connection in connections:
             connection.close(GrpcCallError("CANCELLED", "channel closed"))
+        if connections:
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([connection.task])
+                await asyncio.wait([c.task for c in connections])
 
 
 class StreamCall(Generic[T]):
@@ -416,7 +457,7 @@ class StreamCall(Generic[T]):
             return
         if not stream.done:
             stream.finish(GrpcCallError("CANCELLED", "cancelled by the client"))
-        connection.streams.pop(stream.id, None)
         with contextlib.suppress(h2.exceptions.H2Error):
             connection.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
             connection.flush()
+        connection.release(stream.id)

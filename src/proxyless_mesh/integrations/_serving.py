@@ -40,7 +40,6 @@ import ssl
 from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
-from cryptography.hazmat.primitives.serialization import Encoding
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -300,7 +299,7 @@ class _MeshProtocolMixin:
 
     @staticmethod
     def _server_pem(inbound: InboundTls) -> str:
-        return inbound.credentials().leaf.public_bytes(Encoding.PEM).decode("ascii")
+        return inbound.credentials().leaf.pem
 
     def _refuse(self, transport: asyncio.Transport, answer: bytes, head: bytes) -> None:
         if not answer:

@@ -17,15 +17,14 @@ SPIFFE_SCHEME = "spiffe://"
 def spiffe_id_from_pem(pem: str | bytes) -> str | None:
     """The single `spiffe://` URI SAN of a PEM certificate, else None (a
     certificate with several SPIFFE IDs is invalid per the SPIFFE spec)."""
-    from cryptography import x509  # here: a plaintext mesh never loads it (issue 25)
+    # Here: a plaintext mesh never loads the certificate reader (issue 25).
+    from proxyless_mesh.security import Certificate
 
-    data = pem.encode("ascii") if isinstance(pem, str) else pem
     try:
-        cert = x509.load_pem_x509_certificate(data)
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except (ValueError, x509.ExtensionNotFound):
+        cert = Certificate.from_pem(pem)
+    except ValueError:
         return None
-    return _single_spiffe(san.value.get_values_for_type(x509.UniformResourceIdentifier))
+    return _single_spiffe(cert.uris)
 
 
 def spiffe_id_from_names(names: Iterable[str | bytes]) -> str | None:

@@ -9,24 +9,19 @@ pattern means (tests/property/test_native_route_props.py).
 
 from __future__ import annotations
 
-import importlib
-import os
 import random
 import re
 from collections.abc import Sequence
 from typing import Any
 
+from proxyless_mesh import native_core
 from proxyless_mesh.model import MatchKind, RouteMatch, StringMatcher
 
 
 def _load() -> Any:
-    if os.environ.get("PROXYLESS_MESH_NATIVE", "").lower() in ("0", "off", "false"):
-        return None
-    try:
-        module = importlib.import_module("proxyless_mesh_native")
-    except ImportError:
-        return None
-    return getattr(module, "RouteMatcher", None)  # None: a core built before it existed
+    return getattr(
+        native_core.module(), "RouteMatcher", None
+    )  # None: a core built before it existed
 
 
 matcher_class = _load()

@@ -12,6 +12,9 @@ in-process, and the TLS pieces built from them.
 - `CertificateCache`: the workload key and certificate on disk (0600) for a
   restart during a CA outage; the trade-off is in _cert_cache.py.
 - `Credentials`: one immutable key/chain/roots set and its cached SSL contexts.
+- `WorkloadKey` (`new_private_key`, `load_private_key`, `make_csr`) and
+  `Certificate`: the key, CSR and certificate facts, in Rust when the native
+  core is built (no `cryptography` import), else on `cryptography`.
 - `peer_spiffe_id()` / `verify_peer()`: who the peer of a TLS connection is,
   checked after the handshake (Python's ssl cannot match URI SANs).
 - `InboundTls`, `asgi_tls_extension()`: the serving side
@@ -23,6 +26,7 @@ in-process, and the TLS pieces built from them.
 
 from proxyless_mesh.security._ca_client import CaClient, SignedChain
 from proxyless_mesh.security._cert_cache import CERTIFICATE_CACHE_FIELD, CertificateCache
+from proxyless_mesh.security._certificates import Certificate
 from proxyless_mesh.security._config import TOKEN_ENV, IdentityConfig
 from proxyless_mesh.security._credentials import Credentials
 from proxyless_mesh.security._expiry import IdentityState, IdentityStatus
@@ -36,12 +40,16 @@ from proxyless_mesh.security._inbound import (
     asgi_tls_extension,
     plaintext_refusal,
 )
-from proxyless_mesh.security._keys import make_csr, new_private_key
+from proxyless_mesh.security._keys import (
+    WorkloadKey,
+    load_private_key,
+    make_csr,
+    new_private_key,
+)
 from proxyless_mesh.security._spiffe import (
     DEFAULT_TRUST_DOMAIN,
     SpiffeId,
     peer_spiffe_id,
-    spiffe_id_of,
     verify_peer,
 )
 
@@ -51,6 +59,7 @@ __all__ = [
     "TLS_HANDSHAKE_BYTE",
     "TOKEN_ENV",
     "CaClient",
+    "Certificate",
     "CertificateCache",
     "CredentialFiles",
     "Credentials",
@@ -63,14 +72,15 @@ __all__ = [
     "MeshHealth",
     "SignedChain",
     "SpiffeId",
+    "WorkloadKey",
     "asgi_tls_extension",
     "ensure_private_dir",
     "file_watcher_provider",
+    "load_private_key",
     "make_csr",
     "new_private_key",
     "peer_spiffe_id",
     "plaintext_refusal",
-    "spiffe_id_of",
     "verify_peer",
     "write_private_file",
 ]

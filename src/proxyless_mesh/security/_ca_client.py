@@ -60,10 +60,7 @@ class CaClient:
         if token is not None and renewal is None:
             metadata = ((ca_wire.AUTHORIZATION, f"Bearer {token}"),)
         elif renewal is not None and token is None:
-            from cryptography.hazmat.primitives import hashes
-            from cryptography.hazmat.primitives.asymmetric import ec
-
-            proof = renewal.key.sign(ca_wire.renewal_payload(csr_pem), ec.ECDSA(hashes.SHA256()))
+            proof = renewal.key.sign(ca_wire.renewal_payload(csr_pem))
             metadata = (
                 (ca_wire.RENEWAL_CHAIN, renewal.chain_pem.encode()),
                 (ca_wire.RENEWAL_PROOF, proof),

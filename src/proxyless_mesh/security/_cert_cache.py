@@ -24,9 +24,10 @@ import logging
 from pathlib import Path
 
 from proxyless_mesh.bootstrap import Bootstrap
-from proxyless_mesh.security._credentials import Credentials, pem_of
+from proxyless_mesh.security._certificates import Certificate
+from proxyless_mesh.security._credentials import Credentials
 from proxyless_mesh.security._files import ensure_private_dir, write_private_file
-from proxyless_mesh.security._spiffe import spiffe_id_of
+from proxyless_mesh.security._keys import load_private_key
 
 __all__ = ["CERTIFICATE_CACHE_FIELD", "CertificateCache"]
 
@@ -90,8 +91,8 @@ class CertificateCache:
             "spiffe_id": credentials.spiffe_id,
             "fetched_at": credentials.fetched_at,
             "key": credentials.private_key_pem().decode(),
-            "chain": [pem_of(c) for c in credentials.chain],
-            "roots": [pem_of(c) for c in credentials.roots],
+            "chain": [c.pem for c in credentials.chain],
+            "roots": [c.pem for c in credentials.roots],
         }
         try:
             ensure_private_dir(self.path.parent)
@@ -106,15 +107,9 @@ class CertificateCache:
 def _decode(doc: dict[str, object]) -> Credentials:
     if doc.get("format") != FORMAT or doc.get("schema") != SCHEMA_VERSION:
         raise ValueError(f"not a {FORMAT} file of schema {SCHEMA_VERSION}")
-    from cryptography import x509  # here: a mesh without a CA never loads it
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = serialization.load_pem_private_key(str(doc["key"]).encode(), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError("the key is not an EC key")
-    chain = tuple(x509.load_pem_x509_certificate(p.encode()) for p in _strings(doc["chain"]))
-    roots = tuple(x509.load_pem_x509_certificate(p.encode()) for p in _strings(doc["roots"]))
+    key = load_private_key(str(doc["key"]).encode())
+    chain = tuple(Certificate.from_pem(p) for p in _strings(doc["chain"]))
+    roots = tuple(Certificate.from_pem(p) for p in _strings(doc["roots"]))
     return Credentials(key, chain, roots, fetched_at=float(str(doc["fetched_at"])))
 
 
@@ -127,12 +122,12 @@ def _strings(value: object) -> list[str]:
 def _unusable(credentials: Credentials, spiffe_id: str, now: float) -> str | None:
     """Why these credentials must not be used, or None."""
     leaf = credentials.leaf
-    if spiffe_id_of(leaf) != spiffe_id:
-        return f"it is for {spiffe_id_of(leaf)}, this workload is {spiffe_id}"
-    if leaf.public_key() != credentials.key.public_key():
+    if leaf.spiffe_id != spiffe_id:
+        return f"it is for {leaf.spiffe_id}, this workload is {spiffe_id}"
+    if leaf.public_key_der != credentials.key.public_key_der():
         return "the key does not match the certificate"
     if now >= credentials.expires_at:
         return f"it expired at {credentials.not_after.isoformat()}"
-    if now < leaf.not_valid_before_utc.timestamp():
+    if now < leaf.not_before:
         return f"it is not valid before {leaf.not_valid_before_utc.isoformat()}"
     return None

@@ -17,16 +17,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-from proxyless_mesh.security._keys import private_key_pem
-from proxyless_mesh.security._spiffe import spiffe_id_of
+from proxyless_mesh.security._certificates import Certificate
+from proxyless_mesh.security._keys import WorkloadKey
 
-if TYPE_CHECKING:  # loaded by whoever made the key and certificates
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-__all__ = ["Credentials", "pem_of"]
+__all__ = ["Credentials"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,9 +34,9 @@ class Credentials:
     notBefore, which the CA back-dates for clock skew.
     """
 
-    key: ec.EllipticCurvePrivateKey = field(repr=False)
-    chain: tuple[x509.Certificate, ...]
-    roots: tuple[x509.Certificate, ...]
+    key: WorkloadKey = field(repr=False)
+    chain: tuple[Certificate, ...]
+    roots: tuple[Certificate, ...]
     fetched_at: float
     _contexts: dict[tuple[str, tuple[str, ...]], ssl.SSLContext] = field(
         default_factory=dict, repr=False
@@ -53,12 +48,12 @@ class Credentials:
             raise ValueError("credentials need a certificate chain and at least one root")
 
     @property
-    def leaf(self) -> x509.Certificate:
+    def leaf(self) -> Certificate:
         return self.chain[0]
 
     @property
     def spiffe_id(self) -> str:
-        sid = spiffe_id_of(self.leaf)
+        sid = self.leaf.spiffe_id
         if sid is None:
             raise ValueError("the leaf certificate has no SPIFFE ID")
         return sid
@@ -70,20 +65,20 @@ class Credentials:
     @property
     def expires_at(self) -> float:
         """notAfter as a POSIX timestamp."""
-        return self.not_after.timestamp()
+        return self.leaf.not_after
 
     @property
     def chain_pem(self) -> str:
-        return "".join(pem_of(c) for c in self.chain)
+        return "".join(c.pem for c in self.chain)
 
     @property
     def roots_pem(self) -> str:
-        return "".join(pem_of(c) for c in self.roots)
+        return "".join(c.pem for c in self.roots)
 
     def private_key_pem(self) -> bytes:
         """The key as PKCS#8 PEM: a method, not a property, so it is never
         rendered by accident (repr, debuggers, logging of attributes)."""
-        return private_key_pem(self.key)
+        return self.key.private_key_pem()
 
     def client_ssl_context(self, alpn_protocols: Sequence[str] = ()) -> ssl.SSLContext:
         """Context for outbound mTLS: presents this workload's chain, verifies the
@@ -126,12 +121,6 @@ class Credentials:
         if alpn:
             ctx.set_alpn_protocols(list(alpn))
         return ctx
-
-
-def pem_of(cert: x509.Certificate) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @contextlib.contextmanager

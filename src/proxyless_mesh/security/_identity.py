@@ -45,15 +45,14 @@ from proxyless_mesh.errors import (
 )
 from proxyless_mesh.security._ca_client import CaClient, SignedChain
 from proxyless_mesh.security._cert_cache import CertificateCache
+from proxyless_mesh.security._certificates import Certificate
 from proxyless_mesh.security._config import TOKEN_ENV, IdentityConfig
 from proxyless_mesh.security._credentials import Credentials
 from proxyless_mesh.security._expiry import ExpiryWatch, IdentityStatus
 from proxyless_mesh.security._grpc_files import CredentialFiles, file_watcher_provider
-from proxyless_mesh.security._keys import make_csr, new_private_key
-from proxyless_mesh.security._spiffe import spiffe_id_of
+from proxyless_mesh.security._keys import WorkloadKey, make_csr, new_private_key
 
 if TYPE_CHECKING:
-    from cryptography import x509
     from opentelemetry.metrics import Meter
 
     from proxyless_mesh.telemetry import IdentityMetrics
@@ -151,7 +150,7 @@ class IdentityManager:
         return self._watch.status(self._credentials)
 
     @property
-    def roots(self) -> tuple[x509.Certificate, ...]:
+    def roots(self) -> tuple[Certificate, ...]:
         return self.credentials.roots
 
     def client_ssl_context(self, alpn_protocols: Sequence[str] = ()) -> ssl.SSLContext:
@@ -320,22 +319,20 @@ class IdentityManager:
         self._install(credentials)
         return credentials
 
-    def _accept(self, key: Any, signed: SignedChain) -> Credentials:
+    def _accept(self, key: WorkloadKey, signed: SignedChain) -> Credentials:
         """Check the answer is a chain for our key and our identity, then wrap it."""
-        from cryptography import x509  # here: a mesh without a CA never loads it
-
         try:
-            chain = tuple(x509.load_pem_x509_certificate(p.encode()) for p in signed.cert_chain)
-            bundle = tuple(x509.load_pem_x509_certificate(p.encode()) for p in signed.trust_bundle)
+            chain = tuple(Certificate.from_pem(p) for p in signed.cert_chain)
+            bundle = tuple(Certificate.from_pem(p) for p in signed.trust_bundle)
         except ValueError as exc:
             raise CertificateAuthorityUnavailableError(
                 f"the CA at {self.config.ca_address} sent an unreadable certificate: {exc}"
             ) from None
         leaf = chain[0]
-        if leaf.public_key() != key.public_key() or spiffe_id_of(leaf) != self.spiffe_id:
+        if leaf.public_key_der != key.public_key_der() or leaf.spiffe_id != self.spiffe_id:
             raise CertificateAuthorityUnavailableError(
                 f"the CA at {self.config.ca_address} returned a certificate for another key "
-                f"or identity ({spiffe_id_of(leaf)}), not for {self.spiffe_id}"
+                f"or identity ({leaf.spiffe_id}), not for {self.spiffe_id}"
             )
         # Without the bundle extension, the root is the chain's last element.
         roots = bundle or chain[-1:]

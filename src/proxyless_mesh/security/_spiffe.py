@@ -10,18 +10,14 @@ from __future__ import annotations
 import ssl
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from proxyless_mesh.errors import PeerIdentityError
-
-if TYPE_CHECKING:
-    from cryptography import x509
+from proxyless_mesh.security._certificates import Certificate
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
     "SpiffeId",
     "peer_spiffe_id",
-    "spiffe_id_of",
     "verify_peer",
 ]
 
@@ -63,23 +59,6 @@ class SpiffeId:
         return cls(parts[0], parts[2], parts[4])
 
 
-def spiffe_id_of(cert: x509.Certificate) -> str | None:
-    """The certificate's SPIFFE ID, or None if it has not exactly one URI SAN
-    starting with spiffe:// (the SVID rule: one identity per certificate)."""
-    from cryptography import (
-        x509,  # here, not at import: a mesh without a CA never loads it (issue 25)
-    )
-
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if len(uris) != 1 or not uris[0].startswith(_SCHEME):
-        return None
-    return uris[0]
-
-
 def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
     """The SPIFFE ID in the certificate the peer presented, or None if it
     presented none (or one without a SPIFFE ID).
@@ -88,12 +67,10 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str | None:
     roots (the contexts of `Credentials` require that); this function reads,
     it does not verify.
     """
-    from cryptography import x509
-
     der = ssl_object.getpeercert(True)  # positional: httpcore hands out _ssl._SSLSocket
     if not der:
         return None
-    return spiffe_id_of(x509.load_der_x509_certificate(der))
+    return Certificate.from_der(der).spiffe_id
 
 
 def verify_peer(

@@ -16,14 +16,14 @@ tests/property demand the same view as the protobuf runtime.
 
 from __future__ import annotations
 
-import importlib
-import os
 import struct
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from proxyless_mesh import native_core
 
 __all__ = [
     "MESSAGE",
@@ -266,12 +266,7 @@ def scan_fields(data: bytes) -> list[tuple[int, int, Any]]:
 def native_module() -> Any:
     """The native core (proxyless_mesh_native), or None when it is not built
     or turned off (PROXYLESS_MESH_NATIVE=off: the Python twins run)."""
-    if os.environ.get("PROXYLESS_MESH_NATIVE", "").lower() in ("0", "off", "false"):
-        return None
-    try:
-        return importlib.import_module("proxyless_mesh_native")
-    except ImportError:
-        return None
+    return native_core.module()
 
 
 def _native_scan() -> Any:

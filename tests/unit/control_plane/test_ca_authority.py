@@ -11,10 +11,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from identity_support import as_certificates
 from mesh_control_plane.ca import CaError, CaSettings, CertificateAuthority, parse_duration
 from mesh_control_plane.ca.certs import make_root, sign_leaf
 
-from proxyless_mesh.security import SpiffeId, make_csr, new_private_key, spiffe_id_of
+from proxyless_mesh.security import SpiffeId, make_csr, new_private_key
 
 ALICE = SpiffeId("cluster.local", "shop", "alice")
 DAY = 86400.0
@@ -56,7 +57,7 @@ def test_signs_exactly_the_spiffe_id_for_the_lifetime(tmp_path: Path) -> None:
     chain = ca.sign(_csr(), ALICE.uri, ca.leaf_ttl(0))
     leaf, root = chain
     assert root == ca.trust_bundle()[0]
-    assert spiffe_id_of(leaf) == "spiffe://cluster.local/ns/shop/sa/alice"
+    assert as_certificates([leaf])[0].spiffe_id == "spiffe://cluster.local/ns/shop/sa/alice"
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert sans.critical and len(sans.value) == 1
     assert leaf.not_valid_after_utc.timestamp() == pytest.approx(clock.now + 3600, abs=1)

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from identity_support import as_certificates
 from mesh_control_plane.ca import (
     CaServer,
     CaSettings,
@@ -29,11 +30,11 @@ from proxyless_mesh import ca_wire
 from proxyless_mesh.errors import TokenRejectedError
 from proxyless_mesh.security import (
     CaClient,
+    Certificate,
     Credentials,
     SpiffeId,
     make_csr,
     new_private_key,
-    spiffe_id_of,
 )
 
 ALICE = SpiffeId("cluster.local", "shop", "alice")
@@ -65,7 +66,7 @@ async def ca(tmp_path: Path) -> AsyncIterator[Ca]:
 async def _get(ca: Ca, identity: SpiffeId, token: str) -> Credentials:
     key = new_private_key()
     signed = await ca.client.create_certificate(make_csr(key, identity), 0, token=token)
-    chain = tuple(x509.load_pem_x509_certificate(p.encode()) for p in signed.cert_chain)
+    chain = tuple(Certificate.from_pem(p) for p in signed.cert_chain)
     return Credentials(key, chain[:-1], chain[-1:], fetched_at=0.0)
 
 
@@ -74,13 +75,13 @@ async def test_token_gets_its_identity_leaf_first_root_last(ca: Ca) -> None:
     signed = await ca.client.create_certificate(
         make_csr(key, ALICE), 60, token=ca.tokens.mint(ALICE, 600)
     )
-    leaf, root = (x509.load_pem_x509_certificate(p.encode()) for p in signed.cert_chain)
-    assert spiffe_id_of(leaf) == ALICE.uri
-    assert leaf.public_key() == key.public_key()
-    assert root == ca.authority.trust_bundle()[0]
-    assert [x509.load_pem_x509_certificate(p.encode()) for p in signed.trust_bundle] == [root]
-    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
-    assert 60 <= lifetime.total_seconds() <= 60 + 31  # requested 60 s, back-dated for skew
+    leaf, root = (Certificate.from_pem(p) for p in signed.cert_chain)
+    assert leaf.spiffe_id == ALICE.uri
+    assert leaf.public_key_der == key.public_key_der()
+    assert root == as_certificates(ca.authority.trust_bundle())[0]
+    assert [Certificate.from_pem(p) for p in signed.trust_bundle] == [root]
+    lifetime = leaf.not_after - leaf.not_before
+    assert 60 <= lifetime <= 60 + 31  # requested 60 s, back-dated for skew
 
 
 async def _refused(ca: Ca, csr: str, **auth: object) -> TokenRejectedError:
@@ -144,8 +145,8 @@ async def test_renewal_with_the_current_certificate(ca: Ca, tmp_path: Path) -> N
     current = await _get(ca, ALICE, ca.tokens.mint(ALICE, 600))
     key = new_private_key()
     signed = await ca.client.create_certificate(make_csr(key, ALICE), 0, renewal=current)
-    leaf = x509.load_pem_x509_certificate(signed.cert_chain[0].encode())
-    assert spiffe_id_of(leaf) == ALICE.uri and leaf.public_key() == key.public_key()
+    leaf = Certificate.from_pem(signed.cert_chain[0])
+    assert leaf.spiffe_id == ALICE.uri and leaf.public_key_der == key.public_key_der()
 
     # The current certificate grants its own identity only.
     err = await _refused(ca, make_csr(new_private_key(), BOB), renewal=current)
@@ -160,7 +161,9 @@ async def test_renewal_refused_for_a_foreign_chain_or_a_proof_by_another_key(
     chain = other_authority.sign(
         x509.load_pem_x509_csr(make_csr(key, ALICE).encode()), ALICE.uri, 600
     )
-    foreign = Credentials(key, tuple(chain[:1]), tuple(chain[1:]), fetched_at=0.0)
+    foreign = Credentials(
+        key, as_certificates(chain[:1]), as_certificates(chain[1:]), fetched_at=0.0
+    )
     err = await _refused(ca, make_csr(new_private_key(), ALICE), renewal=foreign)
     assert err.code == "UNAUTHENTICATED" and "does not verify" in err.reason
 

@@ -35,7 +35,7 @@ from cryptography.x509 import verification
 
 from mesh_control_plane.ca.certs import SigningKey, make_root, sign_leaf
 from mesh_control_plane.ca.settings import CaSettings
-from proxyless_mesh.security import ensure_private_dir, spiffe_id_of, write_private_file
+from proxyless_mesh.security import Certificate, ensure_private_dir, write_private_file
 
 __all__ = ["CaError", "CertificateAuthority", "RootRecord"]
 
@@ -182,7 +182,7 @@ class CertificateAuthority:
             verifier.verify(chain[0], list(chain[1:]))
         except verification.VerificationError as exc:
             raise ValueError(f"the certificate chain does not verify: {exc}") from None
-        sid = spiffe_id_of(chain[0])
+        sid = Certificate.from_der(chain[0].public_bytes(serialization.Encoding.DER)).spiffe_id
         if sid is None:
             raise ValueError("the certificate has no SPIFFE ID")
         return sid
