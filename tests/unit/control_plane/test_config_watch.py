@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mesh_control_plane.config import ConfigLoadError, ConfigWatcher, MeshConfig
 from mesh_control_plane.config.inotify import DirectoryEvents
+from mesh_control_plane.config.watch import BACKSTOP_POLL_INTERVAL
 
 TIMEOUT = 5.0
 
@@ -283,6 +284,33 @@ async def test_without_inotify_polling_still_sees_changes(
         await events.next_config()
         assert not w.notified
         replace(tmp_path / "a.yaml", service_yaml("a", port=81))
+        assert (await events.next_config()).service_entries[0].ports[0].number == 81
+    finally:
+        await w.stop()
+
+
+async def test_with_inotify_polling_is_only_a_slow_backstop(tmp_path: Path, events: Events) -> None:
+    """The poll asked for (10 ms) is slowed to the backstop while inotify
+    watches; without inotify it is kept."""
+    (tmp_path / "a.yaml").write_text(service_yaml("a"))
+    timeouts: list[float] = []
+    idle = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        timeouts.append(seconds)
+        if seconds < BACKSTOP_POLL_INTERVAL:  # the debounce
+            await asyncio.sleep(seconds)
+            return
+        idle.set()
+        await asyncio.sleep(3600)  # only an inotify event ends an idle wait
+
+    w = ConfigWatcher(tmp_path, events.on_config, events.on_error, poll_interval=0.01, sleep=sleep)
+    w.start()
+    try:
+        await events.next_config()
+        await asyncio.wait_for(idle.wait(), TIMEOUT)
+        assert timeouts[0] == BACKSTOP_POLL_INTERVAL
+        replace(tmp_path / "a.yaml", service_yaml("a", port=81))  # still seen at once
         assert (await events.next_config()).service_entries[0].ports[0].number == 81
     finally:
         await w.stop()
