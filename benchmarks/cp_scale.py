@@ -10,8 +10,8 @@ clients spread over a few processes (xds_load_clients.py), then:
   of the control plane and of the load clients over that interval, per change.
   The clients share the machine's cores with the server, so both are shown:
   on 2 cores their sum bounds how fast the push can possibly be.
-The time from the write includes the control plane's file polling (100 ms
-interval, 50 ms debounce); "spread" is from the first client's ACK to each
+The time from the write includes the control plane's config watch (inotify,
+then a 20 ms debounce); "spread" is from the first client's ACK to each
 client's, i.e. the push itself.
 """
 
@@ -43,7 +43,7 @@ NOTE = (
     "one LDS name, then RDS/CDS/EDS by reference, ACKing. Connect storm: all start at "
     f"once, until every client has ACKed endpoints. {CHANGES} changes, one after the other: "
     "a VirtualService file rewritten with new weights; ACKed = from the write (includes "
-    "the control plane's 100 ms file poll and 50 ms debounce) until the client ACKed the "
+    "the control plane's 20 ms debounce after inotify sees it) until the client ACKed the "
     "new route version, over all changes; push spread = from the first client's ACK. "
     "CPU per push = utime+stime from the write until the last ACK, mean per change, of "
     "the control plane and of all load client processes (they share the cores). RSS "

@@ -96,13 +96,13 @@ def _resilience_config(lab: LocalMesh, http_port: int, outage_port: int) -> None
 
 def _wait_served(lab: LocalMesh, needle: str, timeout: float = 15.0) -> None:
     """Until the control plane's config dump holds `needle` (a file written
-    after it started is picked up by polling), so no row starts early."""
+    after it started is picked up by its config watch), so no row starts early."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         dump = httpx.get(f"http://{lab.admin_address}/config_dump", timeout=5).text
         if needle in dump:
             return
-        time.sleep(0.05)  # the control plane polls its files every 100 ms
+        time.sleep(0.05)  # the control plane's config dump has no change to wait on
     raise RuntimeError(f"the control plane did not serve {needle} within {timeout} s")
 
 

@@ -1,5 +1,5 @@
 """File-to-client propagation: write a VirtualService, time until our library's
-routing snapshot holds the new weights (control plane poll + debounce +
+routing snapshot holds the new weights (control plane inotify + debounce +
 translate + push + client decode + snapshot build), in the harness process."""
 
 from __future__ import annotations

@@ -75,3 +75,29 @@ def test_killed_worker_loses_no_request(lab: LocalMesh) -> None:
         )
         assert sum(load.counts.values()) > served
     assert load.failures == []
+
+
+def test_config_dump_of_a_node_on_a_worker(lab: LocalMesh) -> None:
+    """`/config_dump?node=` at the leader shows what the worker serving that
+    node sent it (the leader serves no ADS stream itself)."""
+    v1 = lab.start_http_backend("reviews", "v1")
+    lab.deploy_versions(HOST, 8080, {"v1": v1}, {"v1": 100})
+    lab.start_control_plane(extra_args=["--xds-workers", "2"])
+
+    with Mesh.from_bootstrap(lab.bootstrap("client-1"), preload=[f"{HOST}:8080"]):
+        wait_for(lambda: serving_worker(lab, "client-1") is not None, 10, "a worker's report")
+        worker = serving_worker(lab, "client-1")
+        with httpx.Client(base_url=f"http://{lab.admin_address}", timeout=10) as admin:
+            dump = admin.get("/config_dump", params={"node": "client-1"})
+            missing = admin.get("/config_dump", params={"node": "nobody"})
+
+    assert dump.status_code == 200, dump.text
+    [stream] = dump.json()["streams"]
+    assert stream["worker"] == worker != lab.control_plane.popen.pid  # type: ignore[union-attr]
+    assert stream["kind"] == "MESH"
+    listeners = stream["types"]["LDS"]
+    assert listeners["sent"]
+    assert f"{HOST}:8080" in listeners["resources"]
+    assert any(HOST in name for name in stream["types"]["CDS"]["resources"])
+    assert missing.status_code == 404
+    assert "asked the leader and 2 ADS workers" in missing.text

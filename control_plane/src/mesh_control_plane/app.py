@@ -180,9 +180,7 @@ class ControlPlane:
             },
             {
                 "/config_dump": lambda q: (
-                    node_config_dump(self.xds.servicer.clients(), q["node"])
-                    if "node" in q
-                    else config_dump(self.cache)
+                    self._node_dump(q["node"]) if "node" in q else config_dump(self.cache)
                 ),
                 "/describe": lambda q: describe_view(self.cache, q.get("host", "")),
                 "/simulate": lambda q: simulate_view(self.cache, q),
@@ -361,6 +359,13 @@ class ControlPlane:
             reports = await self.workers.reports(with_clients=True)
             clients += [c for report in reports for c in report["clients"]]
         return programmed_gateways(clients)
+
+    async def _node_dump(self, node_id: str) -> dict[str, Any]:
+        """`/config_dump?node=`, the ADS workers' streams of that node included."""
+        workers = self.workers
+        reports = await workers.reports(False, node=node_id) if workers is not None else []
+        more = [s for report in reports for s in report["node_streams"]]
+        return node_config_dump(self.xds.servicer.clients(), node_id, more, len(reports))
 
     async def _metrics(self) -> TextResponse:
         """`/metrics`, adding up the leader's and every ADS worker's."""

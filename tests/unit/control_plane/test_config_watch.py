@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from mesh_control_plane.config import ConfigLoadError, ConfigWatcher, MeshConfig
+from mesh_control_plane.config.inotify import DirectoryEvents
+from mesh_control_plane.config.watch import BACKSTOP_POLL_INTERVAL
 
 TIMEOUT = 5.0
 
@@ -179,3 +181,136 @@ async def test_stop_ends_the_task(tmp_path: Path, events: Events) -> None:
     await w.stop()
     assert task.done()
     await w.stop()  # idempotent
+
+
+# inotify: the poll interval is an hour, so only an inotify wake-up explains a
+# change seen within TIMEOUT.
+HOUR = 3600.0
+
+
+@pytest.fixture
+async def notified(tmp_path: Path, events: Events) -> AsyncIterator[ConfigWatcher]:
+    (tmp_path / "a.yaml").write_text(service_yaml("a"))
+    w = ConfigWatcher(tmp_path, events.on_config, events.on_error, poll_interval=HOUR)
+    w.start()
+    await events.next_config()
+    assert w.notified, "inotify is not watching the directory"
+    yield w
+    await w.stop()
+
+
+async def test_inotify_sees_a_write_without_polling(
+    notified: ConfigWatcher, events: Events, tmp_path: Path
+) -> None:
+    replace(tmp_path / "a.yaml", service_yaml("a", port=81))
+    assert (await events.next_config()).service_entries[0].ports[0].number == 81
+    # An in-place write (no rename) too.
+    (tmp_path / "a.yaml").write_text(service_yaml("a", port=82))
+    assert (await events.next_config()).service_entries[0].ports[0].number == 82
+
+
+async def test_inotify_watches_a_new_subdirectory(
+    notified: ConfigWatcher, events: Events, tmp_path: Path
+) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "deeper").mkdir()
+    (tmp_path / "sub" / "deeper" / "b.yaml").write_text(service_yaml("b"))
+    assert hosts(await events.next_config()) == ["a.mesh", "b.mesh"]
+    # The new directory is watched itself: a later edit inside it is seen.
+    (tmp_path / "sub" / "deeper" / "b.yaml").unlink()
+    assert hosts(await events.next_config()) == ["a.mesh"]
+
+
+async def test_inotify_follows_a_configmap_swap(tmp_path: Path, events: Events) -> None:
+    """A ConfigMap volume: visible symlinks into `..data`, itself a symlink that
+    the kubelet renames over with a new timestamped directory."""
+
+    def publish(generation: int, port: int) -> None:
+        data = tmp_path / f"..gen{generation}"
+        data.mkdir()
+        (data / "a.yaml").write_text(service_yaml("a", port=port))
+        (tmp_path / "..data_tmp").symlink_to(data.name)
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+
+    publish(1, 80)
+    (tmp_path / "a.yaml").symlink_to("..data/a.yaml")
+    w = ConfigWatcher(tmp_path, events.on_config, events.on_error, poll_interval=HOUR)
+    w.start()
+    try:
+        assert (await events.next_config()).service_entries[0].ports[0].number == 80
+        publish(2, 90)
+        assert (await events.next_config()).service_entries[0].ports[0].number == 90
+    finally:
+        await w.stop()
+
+
+async def test_a_bad_write_seen_by_inotify_keeps_the_last_good_config(
+    notified: ConfigWatcher, events: Events, tmp_path: Path
+) -> None:
+    good = notified.last_good
+    (tmp_path / "a.yaml").write_text("kind: [broken\n")
+    await events.next_error()
+    assert notified.last_good is good
+
+
+async def test_an_edit_in_several_steps_is_loaded_once(tmp_path: Path, events: Events) -> None:
+    """Each step inside the debounce window restarts it: the half-written file
+    (a ServiceEntry without its hosts) is never loaded."""
+    (tmp_path / "a.yaml").write_text(service_yaml("a"))
+    w = ConfigWatcher(tmp_path, events.on_config, events.on_error, poll_interval=HOUR, debounce=2.0)
+    w.start()
+    try:
+        await events.next_config()
+        head, tail = service_yaml("b").split("  hosts:")
+        with (tmp_path / "b.yaml").open("w") as file:
+            file.write(head)
+            file.flush()
+            await asyncio.sleep(0.3)  # an editor's pause between writes, inside the window
+            file.write("  hosts:" + tail)
+        assert hosts(await events.next_config()) == ["a.mesh", "b.mesh"]
+        assert events.queue.empty()
+    finally:
+        await w.stop()
+
+
+async def test_without_inotify_polling_still_sees_changes(
+    tmp_path: Path, events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DirectoryEvents, "open", classmethod(lambda cls, root: None))
+    (tmp_path / "a.yaml").write_text(service_yaml("a"))
+    w = ConfigWatcher(tmp_path, events.on_config, events.on_error, poll_interval=0.01)
+    w.start()
+    try:
+        await events.next_config()
+        assert not w.notified
+        replace(tmp_path / "a.yaml", service_yaml("a", port=81))
+        assert (await events.next_config()).service_entries[0].ports[0].number == 81
+    finally:
+        await w.stop()
+
+
+async def test_with_inotify_polling_is_only_a_slow_backstop(tmp_path: Path, events: Events) -> None:
+    """The poll asked for (10 ms) is slowed to the backstop while inotify
+    watches; without inotify it is kept."""
+    (tmp_path / "a.yaml").write_text(service_yaml("a"))
+    timeouts: list[float] = []
+    idle = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        timeouts.append(seconds)
+        if seconds < BACKSTOP_POLL_INTERVAL:  # the debounce
+            await asyncio.sleep(seconds)
+            return
+        idle.set()
+        await asyncio.sleep(3600)  # only an inotify event ends an idle wait
+
+    w = ConfigWatcher(tmp_path, events.on_config, events.on_error, poll_interval=0.01, sleep=sleep)
+    w.start()
+    try:
+        await events.next_config()
+        await asyncio.wait_for(idle.wait(), TIMEOUT)
+        assert timeouts[0] == BACKSTOP_POLL_INTERVAL
+        replace(tmp_path / "a.yaml", service_yaml("a", port=81))  # still seen at once
+        assert (await events.next_config()).service_entries[0].ports[0].number == 81
+    finally:
+        await w.stop()

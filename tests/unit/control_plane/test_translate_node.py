@@ -64,3 +64,39 @@ def test_labels_come_from_istio_labels_metadata() -> None:
     proto.metadata.fields["LABELS"].struct_value.fields["app"].string_value = "web"
     proto.metadata.fields["LABELS"].struct_value.fields["n"].number_value = 1
     assert NodeInfo.from_proto(proto).labels == (("app", "web"),)
+
+
+def test_nodes_differing_only_in_id_are_read_once_and_keep_their_ids() -> None:
+    first = NodeInfo.from_proto(node("proxyless-mesh", NAMESPACE="shop", LABELS={"app": "web"}))
+    other = node("proxyless-mesh", NAMESPACE="shop", LABELS={"app": "web"})
+    other.id = "node-2"
+    second = NodeInfo.from_proto(other)
+    assert second.id == "node-2" and first.id == "node-1"
+    assert second == NodeInfo._read(other)  # the same reading as from scratch
+    assert second.cache_key == first.cache_key
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda p: p.metadata.update({"NAMESPACE": "other"}), "namespace"),
+        (lambda p: setattr(p.locality, "zone", "z2"), "locality"),
+        (lambda p: setattr(p, "id", "router~10.0.0.1~gw~default.svc"), "router"),
+        (lambda p: setattr(p, "id", "sidecar~10.0.0.1~web~default.svc"), "sidecar"),
+    ],
+)
+def test_what_the_reading_depends_on_is_not_shared(change: object, field: str) -> None:
+    """Every field `_read` takes from the node but the id makes a node read anew."""
+    base = node("envoy", NAMESPACE="shop")
+    NodeInfo.from_proto(base)
+    changed = node("envoy", NAMESPACE="shop")
+    change(changed)  # type: ignore[operator]
+    info = NodeInfo.from_proto(changed)
+    assert info == NodeInfo._read(changed)
+    assert getattr(info, field) != getattr(NodeInfo._read(base), field)
+
+
+def test_a_node_that_fails_to_read_is_refused_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(ValueError, match="OUTBOUND_PORT"):
+            NodeInfo.from_proto(node("envoy", OUTBOUND_PORT="nope"))

@@ -189,6 +189,25 @@ async def test_streams_of_one_kind_share_one_serialized_push(stub, clients, cach
     assert [sorted(versions(p)) for p in pushed] == [[C_CLUSTER], [C_CLUSTER]]
 
 
+async def test_clients_subscribing_alike_share_one_answer(stub, clients) -> None:
+    """A connect storm: the answer to one subscription is made once; one that
+    names a resource that does not exist gets its own, with the removal."""
+    one, two, odd = DeltaClient(stub, "s1"), DeltaClient(stub, "s2"), DeltaClient(stub, "s3")
+    clients += [one, two, odd]
+    answers = []
+    for client in (one, two):
+        await client.send(LISTENER, ["a.mesh:80", "b.mesh:80"])
+        answers.append(await client.recv())
+    await odd.send(LISTENER, ["a.mesh:80", "b.mesh:80", "nope.mesh:80"])
+    third = await odd.recv()
+    assert answers[0].nonce == answers[1].nonce != third.nonce
+    assert [sorted(versions(a)) for a in answers] == [["a.mesh:80", "b.mesh:80"]] * 2
+    assert (sorted(versions(third)), list(third.removed_resources)) == (
+        ["a.mesh:80", "b.mesh:80"],
+        ["nope.mesh:80"],
+    )
+
+
 async def test_unsubscribe_then_push_sends_nothing_for_it(stub, clients, cache) -> None:
     client = DeltaClient(stub, "u1")
     clients.append(client)

@@ -73,35 +73,24 @@ def problem_fields(problem: ConfigProblem | str) -> dict[str, Any]:
     }
 
 
-def node_config_dump(clients: Sequence[ClientRecord], node_id: str) -> dict[str, Any]:
+def node_config_dump(
+    clients: Sequence[ClientRecord],
+    node_id: str,
+    more: Sequence[dict[str, Any]] = (),
+    workers: int = 0,
+) -> dict[str, Any]:
     """`GET /config_dump?node=ID`: what the control plane last sent each
     stream of that node, per type: versions, ACK/NACK and the resources.
-    404 (HttpError) when no client with that node id is connected."""
-    streams = [c for c in clients if c.node_id == node_id]
+    `more` are the streams of that node on the `workers` ADS worker processes
+    (`ClientRecord.to_dump`, each with its worker's pid). 404 (HttpError) when
+    no client with that node id is connected."""
+    streams = [c.to_dump() for c in clients if c.node_id == node_id] + list(more)
     if not streams:
-        known = ", ".join(sorted({c.node_id for c in clients})) or "none"
-        raise HttpError(404, f"no connected client has node id {node_id!r} (connected: {known})")
-    return {
-        "node_id": node_id,
-        "streams": [
-            {
-                "kind": record.kind,
-                "peer": record.peer,
-                "protocol": "delta" if record.delta else "sotw",
-                "types": {
-                    short_type_name(type_url): {
-                        **state.to_status(),
-                        "resources": {
-                            name: _to_dict(packed.message)
-                            for name, packed in sorted(state.sent_resources.items())
-                        },
-                    }
-                    for type_url, state in record.type_states()
-                },
-            }
-            for record in streams
-        ],
-    }
+        known = "connected: " + (", ".join(sorted({c.node_id for c in clients})) or "none")
+        if workers:  # listing every worker's thousands of clients would help nobody
+            known = f"asked the leader and {workers} ADS workers"
+        raise HttpError(404, f"no connected client has node id {node_id!r} ({known})")
+    return {"node_id": node_id, "streams": streams}
 
 
 def metrics_page(

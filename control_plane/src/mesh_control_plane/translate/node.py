@@ -78,6 +78,28 @@ class NodeInfo:
 
     @classmethod
     def from_proto(cls, node: base_pb2.Node) -> NodeInfo:
+        """Read a node as sent in a DiscoveryRequest (see `_read`).
+
+        Nodes that differ only in their id (the replicas of a workload; at a
+        connect storm, thousands of them) are read once: the rest copy that
+        reading with their own id. A node that fails to read is not kept.
+        """
+        shape = _shape(node)
+        found = _SHAPES.get(shape)
+        if found is None:
+            found = cls._read(node)
+            if len(_SHAPES) >= SHAPES_KEPT:  # bounded: per-Pod IPs make many shapes
+                _SHAPES.clear()
+            _SHAPES[shape] = found
+        if found.id == node.id:
+            return found
+        copy = object.__new__(cls)  # a frozen dataclass's replace(), without its cost
+        copy.__dict__.update(found.__dict__)
+        object.__setattr__(copy, "id", node.id)
+        return copy
+
+    @classmethod
+    def _read(cls, node: base_pb2.Node) -> NodeInfo:
         """Read a node as sent in a DiscoveryRequest.
 
         Unknown user agents are treated as gRPC: the gRPC shape is the one every
@@ -147,6 +169,26 @@ class NodeInfo:
             return (self.kind.value, self.outbound_port, self.locality, self.labels, self.namespace)
         workload = (self.namespace, self.service_account, self.instance_ips)
         return (self.kind.value, None, self.locality, self.labels, workload)
+
+
+SHAPES_KEPT = 4096
+"""Distinct node shapes whose reading is kept (then forgotten all at once)."""
+_SHAPES: dict[tuple[object, ...], NodeInfo] = {}
+
+
+def _shape(node: base_pb2.Node) -> tuple[object, ...]:
+    """Everything `NodeInfo._read` reads of a node but its id, whose only part
+    it reads is the gateway or sidecar prefix."""
+    locality = node.locality
+    return (
+        node.user_agent_name,
+        locality.region,
+        locality.zone,
+        locality.sub_zone,
+        node.metadata.SerializeToString(deterministic=True),
+        node.id.startswith(ROUTER_ID_PREFIX),
+        node.id.startswith(SIDECAR_ID_PREFIX),
+    )
 
 
 def _labels(value: struct_pb2.Value | None) -> tuple[tuple[str, str], ...]:

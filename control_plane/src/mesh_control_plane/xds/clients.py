@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf import json_format
+
 from mesh_control_plane.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from mesh_control_plane.xds.snapshot import PackedResource
 
@@ -178,6 +180,27 @@ class ClientRecord:
             "last_seen": self.last_seen or self.connected_at,
             "protocol": "delta" if self.delta else "sotw",
             "types": {short_type_name(t): s.to_status() for t, s in self.type_states()},
+        }
+
+    def to_dump(self) -> dict[str, Any]:
+        """What this stream was last sent, per type: versions, ACK/NACK and the
+        resources as JSON (`/config_dump?node=`; made in the process serving it)."""
+        return {
+            "kind": self.kind,
+            "peer": self.peer,
+            "protocol": "delta" if self.delta else "sotw",
+            "types": {
+                short_type_name(type_url): {
+                    **state.to_status(),
+                    "resources": {
+                        name: json_format.MessageToDict(
+                            packed.message, preserving_proto_field_name=True
+                        )
+                        for name, packed in sorted(state.sent_resources.items())
+                    },
+                }
+                for type_url, state in self.type_states()
+            },
         }
 
 

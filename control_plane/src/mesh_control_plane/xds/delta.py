@@ -85,6 +85,7 @@ class _Move:
     updated: tuple[PackedResource, ...]
     removed: tuple[str, ...]
     responses: tuple[DeltaResponse, ...] | None = None  # filled on first use
+    answer: DeltaResponse | None = None  # the answer to a subscription, filled on first use
 
 
 class DeltaResponses:
@@ -159,6 +160,16 @@ class DeltaResponses:
             else:
                 move.responses = (self.response(type_url, move.updated, move.removed),)
         return move.responses
+
+    def answer(self, type_url: str, move: _Move, absent: Sequence[str]) -> DeltaResponse:
+        """The answer to a subscription: `move` whole, plus the names that do not
+        exist as removed. At a connect storm thousands of clients get the same
+        answer, made once (a response's key spells every resource's name)."""
+        if absent:
+            return self.response(type_url, move.updated, (*move.removed, *absent))
+        if move.answer is None:
+            move.answer = self.response(type_url, move.updated, move.removed)
+        return move.answer
 
     def response(
         self, type_url: str, updated: Sequence[PackedResource], removed: Sequence[str]
@@ -239,7 +250,7 @@ class DeltaStreams:
                 move = responses.resumed(initial, view)
             else:
                 move = responses.move(NOTHING_HELD, view)
-            absent = [n for n in sorted(sub.names) if n not in view and n not in initial]
+            absent = sorted(n for n in sub.names.difference(view) if n not in initial)
         else:
             if not subscribe and not unsubscribe:
                 return  # an ACK or NACK only
@@ -252,14 +263,13 @@ class DeltaStreams:
             if unsubscribe:  # the client forgets these itself: not "removed"
                 held = {n: r for n, r in held.items() if n in view or n not in unsubscribe}
             move = responses.move(held, view)
-            absent = [n for n in sorted(subscribe - old.names) if n not in view and n not in held]
+            absent = sorted(n for n in (subscribe - old.names).difference(view) if n not in held)
         state.subscription = sub
         state.held = view
         resumed_unchanged = state.sent_nonce == "" and request.initial_resource_versions
         if move.updated or move.removed or absent or not (state.sent_nonce or resumed_unchanged):
             # an answer: nothing routes through what it adds yet, no split
-            removed = (*move.removed, *absent)
-            self._send(stream, state, responses.response(type_url, move.updated, removed))
+            self._send(stream, state, responses.answer(type_url, move, absent))
 
     def push(self, stream: Stream, pushed: list[tuple[Stream, str]]) -> None:
         """Bring `stream` to the current version: per type (clusters first)

@@ -56,8 +56,21 @@ class Stream:
 
 
 def push_order(types: Iterable[str]) -> Sequence[str]:
-    """Clusters and endpoints before the listeners and routes that refer to them."""
-    present = set(types)
+    """Clusters and endpoints before the listeners and routes that refer to them
+    (once per set of types seen: every connecting stream asks per type it adds)."""
+    present = frozenset(types)
+    found = _ORDERS.get(present)
+    if found is None:
+        if len(_ORDERS) >= 256:  # type URLs are the clients' to choose: bounded
+            _ORDERS.clear()
+        found = _ORDERS[present] = _push_order(present)
+    return found
+
+
+_ORDERS: dict[frozenset[str], Sequence[str]] = {}
+
+
+def _push_order(present: frozenset[str]) -> Sequence[str]:
     ordered = [t for t in PUSH_ORDER if t in present]
     ordered += sorted(t for t in present if t not in PUSH_ORDER)
     found = tuple(ordered)

@@ -12,8 +12,8 @@ client connected here, as the leader would.
 To its stdout it writes JSON lines: {"port": P} once listening; {"stream":
 true/false, "node": base64} as streams open and close (the leader's
 registry ties self-registered workloads' health to them); {"report":
-{"kinds", "metrics", "clients"?}} when asked, for the leader's `/metrics`
-and `/status`. Reports are on demand: one of thousands of clients costs
+{"kinds", "metrics", "clients"?, "node_streams"?}} when asked, for the leader's `/metrics`
+and `/status` (and `/config_dump?node=`). Reports are on demand: one of thousands of clients costs
 both processes milliseconds of CPU, which a report every second spent
 whether anyone looked or not. Registration calls that arrive here are
 forwarded to the leader's private address. It exits when its stdin closes
@@ -58,10 +58,11 @@ def frame(version: int, config: MeshConfig, registry: Mapping[str, Any]) -> byte
     return _pack((version, config, dict(registry)))
 
 
-def report_request(with_clients: bool) -> bytes:
-    """The leader asking for a report (clients' kinds and metrics, and with
-    `with_clients` every client's status)."""
-    return _pack((REPORT, with_clients))
+def report_request(with_clients: bool, node: str | None = None) -> bytes:
+    """The leader asking for a report (clients' kinds and metrics, with
+    `with_clients` every client's status, with `node` what the streams of
+    that node id were sent: `/config_dump?node=`)."""
+    return _pack((REPORT, with_clients, node))
 
 
 def _pack(message: tuple[Any, ...]) -> bytes:
@@ -149,7 +150,7 @@ async def _stdin() -> asyncio.StreamReader:
     return reader
 
 
-def _report(server: XdsServer, with_clients: bool) -> dict[str, Any]:
+def _report(server: XdsServer, with_clients: bool, node: str | None) -> dict[str, Any]:
     servicer = server.servicer
     clients = servicer.clients()
     report: dict[str, Any] = {
@@ -158,6 +159,8 @@ def _report(server: XdsServer, with_clients: bool) -> dict[str, Any]:
     }
     if with_clients:
         report["clients"] = [c.to_status() for c in clients]
+    if node is not None:
+        report["node_streams"] = [c.to_dump() for c in clients if c.node_id == node]
     return report
 
 
@@ -175,7 +178,7 @@ async def run(xds_address: str, leader_address: str) -> None:
         try:
             while (message := await _next_frame(reader)) is not None:
                 if message[0] == REPORT:
-                    _emit({"report": _report(server, bool(message[1]))})
+                    _emit({"report": _report(server, bool(message[1]), message[2])})
                 else:
                     snapshots.apply(message)
         finally:

@@ -15,9 +15,8 @@ The leader's own gRPC server listens on a private loopback port, where the
 workers forward registration calls; the workers report their streams'
 opening and closing (self-registered workloads' health follows them) and,
 when the leader asks (`reports`: a scrape of `/metrics` or `/status`), their
-clients and metrics, which the leader's pages add to its own. Not
-aggregated yet: `/config_dump?node=` shows the leader's own streams only
-(none).
+clients and metrics, which the leader's pages add to its own, and for
+`/config_dump?node=` what their streams of that node were sent.
 """
 
 from __future__ import annotations
@@ -58,8 +57,9 @@ class _Worker:
     process: asyncio.subprocess.Process
     nodes: Counter[bytes] = field(default_factory=Counter)  # open streams per node
     port: asyncio.Future[int] = field(default_factory=asyncio.Future)
-    # reports asked for and not yet answered, in order (None: the worker is gone)
-    replies: deque[tuple[bool, asyncio.Future[dict[str, Any] | None]]] = field(
+    # reports asked for ((with_clients, node)) and not yet answered, in order
+    # (None: the worker is gone)
+    replies: deque[tuple[tuple[bool, str | None], asyncio.Future[dict[str, Any] | None]]] = field(
         default_factory=deque
     )
 
@@ -108,23 +108,26 @@ class XdsWorkers:
         return [w.process.pid for w in self._workers.values()]
 
     async def reports(
-        self, with_clients: bool, timeout: float = REPORT_TIMEOUT
+        self, with_clients: bool, timeout: float = REPORT_TIMEOUT, node: str | None = None
     ) -> list[dict[str, Any]]:
-        """Ask every worker for a report ({"kinds", "metrics"} and with
-        `with_clients` "clients", each marked with the worker's pid) and
-        return those that answer within `timeout`. Concurrent callers share
-        a question already asked (when it asks for as much)."""
+        """Ask every worker for a report ({"kinds", "metrics"}, with
+        `with_clients` "clients", with `node` "node_streams": what its streams
+        of that node id were sent; each client and stream marked with the
+        worker's pid) and return those that answer within `timeout`.
+        Concurrent callers share a question already asked (when it asks for
+        as much)."""
         asked: list[tuple[int, asyncio.Future[dict[str, Any] | None]]] = []
         for worker in self._workers.values():
             stdin = worker.process.stdin
             if stdin is None or stdin.is_closing():
                 continue
-            if worker.replies and (worker.replies[-1][0] or not with_clients):
+            last = worker.replies[-1][0] if worker.replies else None
+            if last is not None and last[1] == node and (last[0] or not with_clients):
                 reply = worker.replies[-1][1]
             else:
                 reply = asyncio.get_running_loop().create_future()
-                worker.replies.append((with_clients, reply))
-                stdin.write(report_request(with_clients))
+                worker.replies.append(((with_clients, node), reply))
+                stdin.write(report_request(with_clients, node))
             asked.append((worker.process.pid, reply))
         if not asked:
             return []
@@ -134,7 +137,8 @@ class XdsWorkers:
             report = reply.result() if reply.done() else None
             if report is not None:
                 clients = [{**c, "worker": pid} for c in report.get("clients", ())]
-                out.append({**report, "clients": clients})
+                streams = [{**s, "worker": pid} for s in report.get("node_streams", ())]
+                out.append({**report, "clients": clients, "node_streams": streams})
         return out
 
     async def stop(self) -> None:
