@@ -4,6 +4,7 @@
 
 mod cla;
 mod decode_fields;
+mod limits;
 mod route;
 mod wire;
 
@@ -70,5 +71,6 @@ fn proxyless_mesh_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_cluster_load_assignment, m)?)?;
     m.add_function(wrap_pyfunction!(decode_fields::scan_fields, m)?)?;
     m.add_class::<route::RouteMatcher>()?;
+    m.add_class::<limits::ClusterCounters>()?;
     Ok(())
 }
