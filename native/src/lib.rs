@@ -5,6 +5,7 @@
 mod cla;
 mod decode_fields;
 mod limits;
+mod pick;
 mod route;
 mod wire;
 
@@ -72,5 +73,6 @@ fn proxyless_mesh_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_fields::scan_fields, m)?)?;
     m.add_class::<route::RouteMatcher>()?;
     m.add_class::<limits::ClusterCounters>()?;
+    m.add_class::<pick::FlatPicker>()?;
     Ok(())
 }

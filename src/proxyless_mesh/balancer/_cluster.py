@@ -31,11 +31,9 @@ from proxyless_mesh.balancer._outcome import Outcome
 from proxyless_mesh.balancer._outlier import ClusterState, HostState
 from proxyless_mesh.balancer._pickers import (
     Flat,
-    LeastRequestPicker,
     MaglevPicker,
-    RandomPicker,
     RingHashPicker,
-    RoundRobinPicker,
+    flat_pick,
 )
 from proxyless_mesh.model import (
     Cluster,
@@ -177,11 +175,11 @@ class ClusterBalancer:
         policy = cluster.lb_policy
         pick: Callable[[int | None], Endpoint | None]
         if policy is LbPolicy.ROUND_ROBIN:
-            pick = RoundRobinPicker(flat, shared.counter).pick
+            pick = flat_pick("round_robin", flat, shared.counter)
         elif policy is LbPolicy.LEAST_REQUEST:
-            pick = LeastRequestPicker(flat).pick
+            pick = flat_pick("least_request", flat, shared.counter)
         elif policy is LbPolicy.RANDOM:
-            pick = RandomPicker(flat).pick
+            pick = flat_pick("random", flat, shared.counter)
         elif policy is LbPolicy.RING_HASH:
             pick = RingHashPicker(active.groups, flat, cluster.ring_hash or RingHashConfig()).pick
         else:

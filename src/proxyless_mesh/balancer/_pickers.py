@@ -15,10 +15,12 @@ import itertools
 import math
 import random
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from hashlib import blake2b
 
 from proxyless_mesh.balancer._active import Group
 from proxyless_mesh.balancer._hashing import hash64
+from proxyless_mesh.balancer._native import flat_picker_class
 from proxyless_mesh.balancer._outlier import HostState
 from proxyless_mesh.balancer._schedule import smooth_schedule
 from proxyless_mesh.model import Endpoint, MaglevConfig, RingHashConfig
@@ -152,6 +154,30 @@ class LeastRequestPicker:
         if len(states[i].flight) * weights[j] <= len(states[j].flight) * weights[i]:
             return flat.endpoints[i]
         return flat.endpoints[j]
+
+
+def flat_pick(
+    policy: str, flat: Flat, counter: itertools.count[int]
+) -> Callable[[int | None], Endpoint]:
+    """The pick of a flat policy ("random", "least_request", "round_robin"):
+    the native core's when built (the same picks), else the Python picker's."""
+    schedule: tuple[Endpoint, ...] = ()
+    python: RoundRobinPicker | LeastRequestPicker | RandomPicker
+    if policy == "round_robin":
+        python = round_robin = RoundRobinPicker(flat, counter)
+        schedule = round_robin._schedule
+    elif policy == "least_request":
+        python = LeastRequestPicker(flat)
+    else:
+        python = RandomPicker(flat)
+    if flat_picker_class is None:
+        return python.pick
+    native = flat_picker_class(
+        policy, list(flat.endpoints), list(flat.weights), list(flat._prob), list(flat._alias),
+        flat.uniform, [state.flight for state in flat.states], flat._random, list(schedule),
+        counter,
+    )  # fmt: skip
+    return native.pick  # type: ignore[no-any-return]
 
 
 class _HashPicker:
