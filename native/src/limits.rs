@@ -101,6 +101,20 @@ impl ClusterCounters {
         })
     }
 
+    /// An active request ended and nobody waits: active - 1 (True). False
+    /// when a request waits: the owner then calls `release_request` under
+    /// its lock, to hand the slot to the oldest ticket.
+    fn release_now(&self) -> bool {
+        self.with(|s| {
+            if s.pending > 0 {
+                false
+            } else {
+                s.active -= 1;
+                true
+            }
+        })
+    }
+
     /// One waiting request takes a free slot (after the limits rose).
     fn take_waiting(&self) -> bool {
         self.with(|s| {

@@ -48,6 +48,7 @@ OPERATIONS = (
     "admit_now",
     "admit",
     "release_request",
+    "release_now",
     "take_waiting",
     "leave_line",
     "try_acquire_retry",
@@ -64,9 +65,12 @@ def test_native_counters_answer_as_the_python_ones(
     native, python = native_counters(limits_spec(first)), Counters(limits_spec(first))
     for name, new_limits in steps:
         active, pending, retries, _, _ = python.snapshot()
-        if {"release_request": active, "leave_line": pending, "release_retry": retries}.get(
-            name, 1
-        ) <= 0:
+        if {
+            "release_request": active,
+            "release_now": active,
+            "leave_line": pending,
+            "release_retry": retries,
+        }.get(name, 1) <= 0:
             continue  # the owner never releases what nobody holds
         args = (limits_spec(new_limits),) if name == "set_limits" else ()
         assert getattr(native, name)(*args) == getattr(python, name)(*args), name

@@ -258,7 +258,7 @@ class ClusterBalancer:
 
     def on_start(self, endpoint: Endpoint) -> None:
         """A request was sent to `endpoint` (in-flight + 1)."""
-        state = self._state(endpoint)
+        state = self._by_id.get(id(endpoint)) or self._state(endpoint)  # the first: no call
         if state is not None:
             state.flight.append(None)  # atomic: no lock (see HostState)
 
@@ -266,7 +266,7 @@ class ClusterBalancer:
         """A request to `endpoint` ended (in-flight - 1) with `outcome`, which
         outlier detection counts. Call it on the balancer `on_start` was
         called on; state is shared with newer balancers of the cluster."""
-        state = self._state(endpoint)
+        state = self._by_id.get(id(endpoint)) or self._state(endpoint)
         if state is None:
             return
         del state.flight[-1:]  # atomic; a no-op when empty (on_start was not called)

@@ -69,6 +69,13 @@ class Counters:
         self.active -= 1
         return False
 
+    def release_now(self) -> bool:
+        """Nobody waits: active - 1 (True); else False (then `release_request`)."""
+        if self.pending > 0:
+            return False
+        self.active -= 1
+        return True
+
     def take_waiting(self) -> bool:
         """One waiting request takes a free slot (after the limits rose)."""
         if self.pending > 0 and self.active < self._limits[0]:

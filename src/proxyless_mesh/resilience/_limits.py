@@ -111,7 +111,7 @@ class ClusterResources:
     the Rust core's, or its Python twin); the queue of tickets is here,
     changed under `_lock` together with the counters' `pending`."""
 
-    __slots__ = ("_counters", "_limits", "_lock", "_queue", "admit_now", "cluster")
+    __slots__ = ("_counters", "_limits", "_lock", "_native", "_queue", "admit_now", "cluster")
 
     def __init__(self, cluster: str, limits: CircuitBreakers = _ENVOY_DEFAULTS) -> None:
         self.cluster = cluster
@@ -119,14 +119,13 @@ class ClusterResources:
         self._lock = threading.Lock()
         self._queue: deque[SlotTicket] = deque()
         spec = limits_spec(limits)
-        self._counters: Counters = (
-            native_counters(spec) if native_counters is not None else Counters(spec)
-        )
+        self._native = native_counters is not None
+        self._counters: Counters = native_counters(spec) if self._native else Counters(spec)
         #: `() -> bool`: take an active slot if one is free and nobody waits;
         #: False otherwise (then `admit()` queues or overflows the request).
         #: The native counters' own method: one crossing, no lock.
         self.admit_now: Callable[[], bool] = (
-            self._counters.admit_now if native_counters is not None else self._admit_now_locked
+            self._counters.admit_now if self._native else self._admit_now_locked
         )
 
     @property
@@ -186,6 +185,8 @@ class ClusterResources:
 
     def release_request(self) -> None:
         """An active request ended: its slot goes to the oldest ticket, if any."""
+        if self._native and self._counters.release_now():
+            return  # nobody waits: one crossing, no lock
         with self._lock:
             if not self._counters.release_request():
                 return
