@@ -154,6 +154,11 @@ class ClusterResources:
         """Envoy's upstream_rq_retry_overflow."""
         return self._counters.snapshot()[4]
 
+    def counts(self) -> tuple[int, int, int, int, int]:
+        """(active, pending, active retries, request overflows, retry
+        overflows), read at once (what a metrics scrape asks)."""
+        return self._counters.snapshot()
+
     def update(self, limits: CircuitBreakers) -> None:
         """New thresholds from CDS; the counters carry over. Raising
         max_requests lets waiting tickets in at once."""
