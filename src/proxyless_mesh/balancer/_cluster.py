@@ -271,7 +271,10 @@ class ClusterBalancer:
             return
         del state.flight[-1:]  # atomic; a no-op when empty (on_start was not called)
         od = self._od
-        if od is None:
+        if od is None or (
+            outcome is Outcome.SUCCESS
+            and not (state.consecutive_5xx or state.consecutive_gateway or state.consecutive_local)
+        ):  # nothing to count or reset: no lock (as if it came before a failure being counted)
             return
         shared = self._shared
         with shared.lock:
