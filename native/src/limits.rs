@@ -34,7 +34,10 @@ pub struct ClusterCounters {
 
 impl ClusterCounters {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut state)
     }
 }
@@ -43,7 +46,9 @@ impl ClusterCounters {
 impl ClusterCounters {
     #[new]
     fn new(limits: LimitsSpec) -> Self {
-        let counters = ClusterCounters { state: Mutex::new(State::default()) };
+        let counters = ClusterCounters {
+            state: Mutex::new(State::default()),
+        };
         counters.set_limits(limits);
         counters
     }
@@ -160,6 +165,14 @@ impl ClusterCounters {
 
     /// (active, pending, retries, request_overflows, retry_overflows)
     fn snapshot(&self) -> (i64, i64, i64, i64, i64) {
-        self.with(|s| (s.active, s.pending, s.retries, s.request_overflows, s.retry_overflows))
+        self.with(|s| {
+            (
+                s.active,
+                s.pending,
+                s.retries,
+                s.request_overflows,
+                s.retry_overflows,
+            )
+        })
     }
 }

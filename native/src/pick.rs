@@ -5,7 +5,7 @@
 //! counts are the hosts' own `flight` lists, so a pick here is the very pick
 //! the Python pickers make (tests/property/test_native_pick_props.py).
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 
@@ -37,7 +37,12 @@ impl FlatPicker {
         let u: f64 = self.random.call0(py)?.extract(py)?;
         let u = u * n as f64;
         let i = u as usize;
-        if self.uniform || u - (i as f64) < self.prob[i] {
+        // Out of range only if random() broke its contract: IndexError, as Python's.
+        let prob = *self
+            .prob
+            .get(i)
+            .ok_or_else(|| PyIndexError::new_err("draw out of range"))?;
+        if self.uniform || u - (i as f64) < prob {
             Ok(i)
         } else {
             Ok(self.alias[i])
@@ -74,13 +79,29 @@ impl FlatPicker {
             other => return Err(PyValueError::new_err(format!("no flat picker for {other}"))),
         };
         let n = endpoints.len();
-        if n == 0 || weights.len() != n || prob.len() != n || alias.len() != n || flights.len() != n {
-            return Err(PyValueError::new_err("a flat picker needs n > 0 endpoints and n of each"));
+        if n == 0 || weights.len() != n || prob.len() != n || alias.len() != n || flights.len() != n
+        {
+            return Err(PyValueError::new_err(
+                "a flat picker needs n > 0 endpoints and n of each",
+            ));
         }
         if alias.iter().any(|&a| a >= n) || (policy == Policy::RoundRobin && schedule.is_empty()) {
-            return Err(PyValueError::new_err("alias out of range or empty schedule"));
+            return Err(PyValueError::new_err(
+                "alias out of range or empty schedule",
+            ));
         }
-        Ok(FlatPicker { policy, endpoints, weights, prob, alias, uniform, flights, random, schedule, counter })
+        Ok(FlatPicker {
+            policy,
+            endpoints,
+            weights,
+            prob,
+            alias,
+            uniform,
+            flights,
+            random,
+            schedule,
+            counter,
+        })
     }
 
     /// An endpoint (`hash_key` is ignored, as by the Python flat pickers).
@@ -99,7 +120,11 @@ impl FlatPicker {
                 let j = self.index(py)?;
                 let (fi, fj) = (self.flight(py, i), self.flight(py, j));
                 let winner = if self.uniform {
-                    if fi <= fj { i } else { j }
+                    if fi <= fj {
+                        i
+                    } else {
+                        j
+                    }
                 } else if fi * self.weights[j] <= fj * self.weights[i] {
                     i
                 } else {
