@@ -74,5 +74,6 @@ fn proxyless_mesh_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<route::RouteMatcher>()?;
     m.add_class::<limits::ClusterCounters>()?;
     m.add_class::<pick::FlatPicker>()?;
+    m.add_class::<pick::HashPicker>()?;
     Ok(())
 }

@@ -135,3 +135,81 @@ impl FlatPicker {
         }
     }
 }
+
+const MIX: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Ring hash and Maglev picks over the structures `RingHashPicker` and
+/// `MaglevPicker` build (one ring or table per group, the group chosen from
+/// the key as `_HashPicker._group` does). Without a key, or with one that is
+/// not a 64-bit unsigned integer, the Python picker given picks.
+#[pyclass(frozen, module = "proxyless_mesh_native")]
+pub struct HashPicker {
+    bounds: Vec<f64>,
+    rings: Vec<(Vec<u64>, Vec<PyObject>)>,
+    tables: Vec<Vec<PyObject>>,
+    size: u64,
+    python: PyObject,
+}
+
+impl HashPicker {
+    fn group(&self, key: u64) -> usize {
+        let n = self.bounds.len();
+        if n == 1 {
+            return 0;
+        }
+        let u = (key.wrapping_mul(MIX) >> 11) as f64
+            * (1.0 / 9_007_199_254_740_992.0)
+            * self.bounds[n - 1];
+        self.bounds.partition_point(|&b| b <= u).min(n - 1)
+    }
+}
+
+#[pymethods]
+impl HashPicker {
+    /// `rings` (ring hash: per group, sorted hashes and their owners) or
+    /// `tables` (Maglev: per group, `size` slots); `python` is the Python
+    /// picker's pick, for a pick without a usable key.
+    #[new]
+    fn new(
+        bounds: Vec<f64>,
+        rings: Vec<(Vec<u64>, Vec<PyObject>)>,
+        tables: Vec<Vec<PyObject>>,
+        size: u64,
+        python: PyObject,
+    ) -> PyResult<Self> {
+        let groups = rings.len().max(tables.len());
+        let sound = !bounds.is_empty()
+            && groups == bounds.len()
+            && (rings.is_empty() != tables.is_empty())
+            && rings
+                .iter()
+                .all(|(h, o)| !h.is_empty() && h.len() == o.len())
+            && tables.iter().all(|t| size > 0 && t.len() as u64 == size);
+        if !sound {
+            return Err(PyValueError::new_err(
+                "a hash picker needs one non-empty ring or table per group",
+            ));
+        }
+        Ok(HashPicker {
+            bounds,
+            rings,
+            tables,
+            size,
+            python,
+        })
+    }
+
+    #[pyo3(signature = (hash_key=None))]
+    fn pick(&self, py: Python<'_>, hash_key: Option<&Bound<'_, PyAny>>) -> PyResult<PyObject> {
+        let key = match hash_key.map(|k| k.extract::<u64>()) {
+            Some(Ok(key)) => key,
+            _ => return self.python.call1(py, (hash_key,)),
+        };
+        let group = self.group(key);
+        if let Some((hashes, owners)) = self.rings.get(group) {
+            let i = hashes.partition_point(|&h| h < key);
+            return Ok(owners[if i < hashes.len() { i } else { 0 }].clone_ref(py));
+        }
+        Ok(self.tables[group][(key % self.size) as usize].clone_ref(py))
+    }
+}

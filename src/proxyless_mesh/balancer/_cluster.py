@@ -34,6 +34,7 @@ from proxyless_mesh.balancer._pickers import (
     MaglevPicker,
     RingHashPicker,
     flat_pick,
+    hash_pick,
 )
 from proxyless_mesh.model import (
     Cluster,
@@ -181,9 +182,10 @@ class ClusterBalancer:
         elif policy is LbPolicy.RANDOM:
             pick = flat_pick("random", flat, shared.counter)
         elif policy is LbPolicy.RING_HASH:
-            pick = RingHashPicker(active.groups, flat, cluster.ring_hash or RingHashConfig()).pick
+            ring = RingHashPicker(active.groups, flat, cluster.ring_hash or RingHashConfig())
+            pick = hash_pick(ring)
         else:
-            pick = MaglevPicker(active.groups, flat, cluster.maglev or MaglevConfig()).pick
+            pick = hash_pick(MaglevPicker(active.groups, flat, cluster.maglev or MaglevConfig()))
         return _Current(active, pick, flat.endpoints, version)
 
     def _refresh(self) -> _Current:

@@ -20,7 +20,7 @@ from hashlib import blake2b
 
 from proxyless_mesh.balancer._active import Group
 from proxyless_mesh.balancer._hashing import hash64
-from proxyless_mesh.balancer._native import flat_picker_class
+from proxyless_mesh.balancer._native import flat_picker_class, hash_picker_class
 from proxyless_mesh.balancer._outlier import HostState
 from proxyless_mesh.balancer._schedule import smooth_schedule
 from proxyless_mesh.model import Endpoint, MaglevConfig, RingHashConfig
@@ -217,6 +217,19 @@ class RingHashPicker(_HashPicker):
         hashes, owners = self._rings[self._group(hash_key)]
         i = bisect_left(hashes, hash_key)
         return owners[i if i < len(hashes) else 0]
+
+
+def hash_pick(picker: RingHashPicker | MaglevPicker) -> Callable[[int | None], Endpoint]:
+    """The pick of a hash picker: the native core's when built (the same
+    picks; a pick without a key is still the Python picker's)."""
+    if hash_picker_class is None:
+        return picker.pick
+    if isinstance(picker, RingHashPicker):
+        rings, tables, size = [(list(h), list(o)) for h, o in picker._rings], [], 0
+    else:
+        rings, tables, size = [], [list(t) for t in picker._tables], picker._size
+    native = hash_picker_class(list(picker._bounds), rings, tables, size, picker.pick)
+    return native.pick  # type: ignore[no-any-return]
 
 
 def _build_ring(group: Group, config: RingHashConfig) -> tuple[list[int], list[Endpoint]]:
