@@ -5,6 +5,8 @@
 mod cla;
 mod decode_fields;
 mod identity;
+mod limits;
+mod pick;
 mod route;
 mod wire;
 
@@ -73,5 +75,8 @@ fn proxyless_mesh_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<route::RouteMatcher>()?;
     m.add_class::<identity::EcKey>()?;
     m.add_function(wrap_pyfunction!(identity::read_certificate, m)?)?;
+    m.add_class::<limits::ClusterCounters>()?;
+    m.add_class::<pick::FlatPicker>()?;
+    m.add_class::<pick::HashPicker>()?;
     Ok(())
 }

@@ -63,6 +63,7 @@ from proxyless_mesh.security import (
 from proxyless_mesh.snapshot import build_snapshot
 from proxyless_mesh.telemetry import (
     NO_POLICY,
+    ClusterLimitMetrics,
     Telemetry,
     TelemetryConfig,
     TelemetrySpecError,
@@ -158,6 +159,10 @@ class Mesh(MeshIdentity, MeshInbound):
         # this process and kept across config updates (only limits change).
         self._resources: dict[str, ClusterResources] = {}
         self._resources_lock = threading.Lock()
+        if (meter := metrics_meter(self.telemetry.config)) is not None:  # read on a scrape
+            ClusterLimitMetrics(
+                meter, lambda: [(n, r.counts()) for n, r in list(self._resources.items())]
+            )
         # Mirrored copies are sent from here, so they never slow the caller.
         self.background = Background(max_workers=4, max_queued=64)
         self.mirror_failures = 0

@@ -31,11 +31,10 @@ from proxyless_mesh.balancer._outcome import Outcome
 from proxyless_mesh.balancer._outlier import ClusterState, HostState
 from proxyless_mesh.balancer._pickers import (
     Flat,
-    LeastRequestPicker,
     MaglevPicker,
-    RandomPicker,
     RingHashPicker,
-    RoundRobinPicker,
+    flat_pick,
+    hash_pick,
 )
 from proxyless_mesh.model import (
     Cluster,
@@ -177,15 +176,16 @@ class ClusterBalancer:
         policy = cluster.lb_policy
         pick: Callable[[int | None], Endpoint | None]
         if policy is LbPolicy.ROUND_ROBIN:
-            pick = RoundRobinPicker(flat, shared.counter).pick
+            pick = flat_pick("round_robin", flat, shared.counter)
         elif policy is LbPolicy.LEAST_REQUEST:
-            pick = LeastRequestPicker(flat).pick
+            pick = flat_pick("least_request", flat, shared.counter)
         elif policy is LbPolicy.RANDOM:
-            pick = RandomPicker(flat).pick
+            pick = flat_pick("random", flat, shared.counter)
         elif policy is LbPolicy.RING_HASH:
-            pick = RingHashPicker(active.groups, flat, cluster.ring_hash or RingHashConfig()).pick
+            ring = RingHashPicker(active.groups, flat, cluster.ring_hash or RingHashConfig())
+            pick = hash_pick(ring)
         else:
-            pick = MaglevPicker(active.groups, flat, cluster.maglev or MaglevConfig()).pick
+            pick = hash_pick(MaglevPicker(active.groups, flat, cluster.maglev or MaglevConfig()))
         return _Current(active, pick, flat.endpoints, version)
 
     def _refresh(self) -> _Current:
@@ -260,7 +260,7 @@ class ClusterBalancer:
 
     def on_start(self, endpoint: Endpoint) -> None:
         """A request was sent to `endpoint` (in-flight + 1)."""
-        state = self._state(endpoint)
+        state = self._by_id.get(id(endpoint)) or self._state(endpoint)  # the first: no call
         if state is not None:
             state.flight.append(None)  # atomic: no lock (see HostState)
 
@@ -268,12 +268,15 @@ class ClusterBalancer:
         """A request to `endpoint` ended (in-flight - 1) with `outcome`, which
         outlier detection counts. Call it on the balancer `on_start` was
         called on; state is shared with newer balancers of the cluster."""
-        state = self._state(endpoint)
+        state = self._by_id.get(id(endpoint)) or self._state(endpoint)
         if state is None:
             return
         del state.flight[-1:]  # atomic; a no-op when empty (on_start was not called)
         od = self._od
-        if od is None:
+        if od is None or (
+            outcome is Outcome.SUCCESS
+            and not (state.consecutive_5xx or state.consecutive_gateway or state.consecutive_local)
+        ):  # nothing to count or reset: no lock (as if it came before a failure being counted)
             return
         shared = self._shared
         with shared.lock:

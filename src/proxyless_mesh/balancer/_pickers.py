@@ -15,10 +15,12 @@ import itertools
 import math
 import random
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from hashlib import blake2b
 
 from proxyless_mesh.balancer._active import Group
 from proxyless_mesh.balancer._hashing import hash64
+from proxyless_mesh.balancer._native import flat_picker_class, hash_picker_class
 from proxyless_mesh.balancer._outlier import HostState
 from proxyless_mesh.balancer._schedule import smooth_schedule
 from proxyless_mesh.model import Endpoint, MaglevConfig, RingHashConfig
@@ -154,6 +156,30 @@ class LeastRequestPicker:
         return flat.endpoints[j]
 
 
+def flat_pick(
+    policy: str, flat: Flat, counter: itertools.count[int]
+) -> Callable[[int | None], Endpoint]:
+    """The pick of a flat policy ("random", "least_request", "round_robin"):
+    the native core's when built (the same picks), else the Python picker's."""
+    schedule: tuple[Endpoint, ...] = ()
+    python: RoundRobinPicker | LeastRequestPicker | RandomPicker
+    if policy == "round_robin":
+        python = round_robin = RoundRobinPicker(flat, counter)
+        schedule = round_robin._schedule
+    elif policy == "least_request":
+        python = LeastRequestPicker(flat)
+    else:
+        python = RandomPicker(flat)
+    if flat_picker_class is None:
+        return python.pick
+    native = flat_picker_class(
+        policy, list(flat.endpoints), list(flat.weights), list(flat._prob), list(flat._alias),
+        flat.uniform, [state.flight for state in flat.states], flat._random, list(schedule),
+        counter,
+    )  # fmt: skip
+    return native.pick  # type: ignore[no-any-return]
+
+
 class _HashPicker:
     """Shared by ring hash and Maglev: choose the group from the hash (only
     when there is more than one), then look the key up in its structure.
@@ -191,6 +217,19 @@ class RingHashPicker(_HashPicker):
         hashes, owners = self._rings[self._group(hash_key)]
         i = bisect_left(hashes, hash_key)
         return owners[i if i < len(hashes) else 0]
+
+
+def hash_pick(picker: RingHashPicker | MaglevPicker) -> Callable[[int | None], Endpoint]:
+    """The pick of a hash picker: the native core's when built (the same
+    picks; a pick without a key is still the Python picker's)."""
+    if hash_picker_class is None:
+        return picker.pick
+    if isinstance(picker, RingHashPicker):
+        rings, tables, size = [(list(h), list(o)) for h, o in picker._rings], [], 0
+    else:
+        rings, tables, size = [], [list(t) for t in picker._tables], picker._size
+    native = hash_picker_class(list(picker._bounds), rings, tables, size, picker.pick)
+    return native.pick  # type: ignore[no-any-return]
 
 
 def _build_ring(group: Group, config: RingHashConfig) -> tuple[list[int], list[Endpoint]]:

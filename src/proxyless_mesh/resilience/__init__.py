@@ -1,8 +1,9 @@
 """Resilience, sans I/O: retries, timeouts, circuit breaking, faults, mirroring.
 
-`request_flow` is one request's life as a generator of commands; `drive` and
-`drive_async` run it for every integration (httpx and gRPC, sync and async),
-which supply only what one try is. The flow takes its clock and RNG as
+`request_flow` is one request's life as a generator of commands (or, without
+a fault or a timeout, a `FirstTry` that acts as one until a try is retried);
+`drive` and `drive_async` run it for every integration (httpx and gRPC, sync
+and async), which supply only what one try is. The flow takes its clock and RNG as
 arguments and never sleeps; the drivers do the waiting.
 """
 

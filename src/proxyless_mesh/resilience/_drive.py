@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from proxyless_mesh.resilience._flow import Flow
+from proxyless_mesh.resilience._flow import FirstTry, Flow
 from proxyless_mesh.resilience._types import (
     AttemptResult,
     Finish,
@@ -39,15 +39,20 @@ def drive(flow: Flow, attempt: Attempt, supersede: Callable[[], None]) -> Finish
     try's outcome itself (close a response). `supersede()` does that before a
     backoff or a wait, so nothing is held while the flow waits."""
     send = flow.send
-    reply = None
     try:
+        command = send(None)  # the flow's StopIteration carries the Finish
+        if type(flow) is FirstTry and type(command) is Send:  # the common case, no exception
+            after = flow.answered(attempt(command))
+            if type(after) is Finish:
+                return after
+            command = after  # type: ignore[assignment]
         while True:
-            command = send(reply)  # the flow's StopIteration carries the Finish
             if type(command) is Send:
                 reply = attempt(command)
-                continue
-            supersede()
-            reply = _wait(command)  # type: ignore[arg-type]
+            else:
+                supersede()
+                reply = _wait(command)  # type: ignore[arg-type,assignment]
+            command = send(reply)
     except StopIteration as stop:
         if type(finish := stop.value) is not Finish:  # checked inline: once per request
             raise _escaped() from stop
@@ -62,16 +67,21 @@ async def drive_async(
     """`drive` for asyncio: the same commands, awaited instead of blocked on.
     `supersede()` returns what to await for the release, or None."""
     send = flow.send
-    reply = None
     try:
+        command = send(None)
+        if type(flow) is FirstTry and type(command) is Send:
+            after = flow.answered(await attempt(command))
+            if type(after) is Finish:
+                return after
+            command = after  # type: ignore[assignment]
         while True:
-            command = send(reply)
             if type(command) is not Send:
                 if (releasing := supersede()) is not None:
                     await releasing
                 reply = await _wait_async(command)  # type: ignore[arg-type]
             else:
                 reply = await attempt(command)
+            command = send(reply)
     except StopIteration as stop:
         if type(finish := stop.value) is not Finish:
             raise _escaped() from stop

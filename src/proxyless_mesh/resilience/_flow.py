@@ -46,7 +46,7 @@ from proxyless_mesh.resilience._types import (
     WaitForSlot,
 )
 
-Flow = Generator[Command, AttemptResult | None, Finish]
+_Flow = Generator[Command, AttemptResult | None, Finish]
 
 _FAILURE_FLAGS = {
     FailureKind.CONNECT_FAILURE: ("UF", "connect failure"),
@@ -87,7 +87,34 @@ def request_flow(
     the cluster has none; `no_endpoint_reason()` then says why (flag UH).
     `replayable` is False when the body cannot be sent again (not buffered):
     such a request gets one try. `route_timeout` None or 0 means no deadline.
+    Without a fault or a timeout the flow is a `FirstTry` (no generator
+    until a try fails or waits); it yields and returns what this one would.
     """
+    if fault is None and not route_timeout and (policy is None or policy.per_try_timeout is None):
+        return FirstTry(
+            route_name, cluster, policy, pick, resources, clock, rng, replayable,
+            no_endpoint_reason,
+        )  # fmt: skip
+    return _flow(
+        route_name, cluster, policy, route_timeout, pick, resources, clock, rng, replayable,
+        fault, no_endpoint_reason,
+    )  # fmt: skip
+
+
+def _flow(
+    route_name: str,
+    cluster: str,
+    policy: RetryPolicy | None,
+    route_timeout: float | None,
+    pick: Callable[[Collection[Endpoint]], Endpoint | None],
+    resources: ClusterResources,
+    clock: Callable[[], float],
+    rng: random.Random,
+    replayable: bool,
+    fault: FaultConfig | None,
+    no_endpoint_reason: Callable[[], str],
+) -> Generator[Command, AttemptResult | None, Finish]:
+    """`request_flow` in general: every rule, as a generator."""
     flags: list[str] = []
     if fault is not None:
         if fault.delay is not None and fault_draw(rng, fault.delay.percentage):
@@ -124,6 +151,120 @@ def request_flow(
         return (yield from tries)
     finally:
         lease.release()
+
+
+def _released(lease: _Lease, flow: Generator[Command, AttemptResult | None, Finish]) -> _Flow:
+    """`flow`, then `lease` released however it ends (as `_flow`'s finally)."""
+    try:
+        return (yield from flow)
+    finally:
+        lease.release()
+
+
+class FirstTry:
+    """`request_flow` without a fault or a timeout, as a plain object with
+    a generator's `send`, `throw` and `close`: admission, the pick and the
+    first Send, then the usual ending when that try answers and is not
+    retried. Anything else (a queue or an overflow at admission, a try to
+    retry or that failed) continues in the generator's own code (`_flow`,
+    `_tries`), so each rule is written once. The drivers call `answered`
+    after the first try, which returns the Finish instead of raising
+    StopIteration. Two generators per request cost ~1 µs more."""
+
+    __slots__ = ("_args", "_endpoint", "_held", "_rest", "_retriable", "_started")
+
+    def __init__(
+        self,
+        route_name: str,
+        cluster: str,
+        policy: RetryPolicy | None,
+        pick: Callable[[Collection[Endpoint]], Endpoint | None],
+        resources: ClusterResources,
+        clock: Callable[[], float],
+        rng: random.Random,
+        replayable: bool,
+        no_endpoint_reason: Callable[[], str],
+    ) -> None:
+        self._args = (
+            route_name, cluster, policy, pick, resources, clock, rng, replayable,
+            no_endpoint_reason,
+        )  # fmt: skip
+        self._retriable = compile_retry_on(policy) if policy is not None else None
+        self._started = False
+        self._held = False  # an active slot of `resources`
+        self._endpoint: Endpoint | None = None
+        self._rest: _Flow | None = None
+
+    def send(self, reply: AttemptResult | None) -> Command:
+        """The next command; StopIteration carries the Finish, as a generator's."""
+        if self._rest is not None:
+            return self._rest.send(reply)
+        if self._started:
+            if reply is None or self._endpoint is None:
+                raise TypeError("the driver must send an AttemptResult after a Send")
+            after = self.answered(reply)
+            if type(after) is Finish:
+                raise StopIteration(after)
+            return after  # type: ignore[return-value]
+        self._started = True
+        route_name, cluster, policy, pick, resources, clock, rng, replayable, reason = self._args
+        if not resources.admit_now():  # a queue, or over the limits: the general flow
+            self._rest = _flow(
+                route_name, cluster, policy, None, pick, resources, clock, rng, replayable,
+                None, reason,
+            )  # fmt: skip
+            return self._rest.send(None)
+        self._held = True
+        endpoint = pick(())
+        if endpoint is None:
+            self.close()
+            facts: _TryFacts = (cluster, route_name, None, [], [], [])
+            raise StopIteration(_end(None, _no_upstream(cluster, reason), 1, facts))
+        self._endpoint = endpoint
+        return Send(endpoint, None, 1, _FIRST_ATTEMPT)
+
+    def answered(self, result: AttemptResult) -> Finish | Command:
+        """After the first Send: the Finish, or the next command."""
+        retriable = self._retriable
+        if result.status is not None and (retriable is None or not retriable(result)):
+            if self._held:
+                self._held = False
+                self._args[4].release_request()
+            return _FIRST_TRY_ANSWERED
+        route_name, cluster, policy, pick, resources, clock, rng, replayable, reason = self._args
+        lease = _Lease(resources)
+        lease.holds_request, self._held = self._held, False
+        assert self._endpoint is not None  # set with the first Send
+        tries = _tries(
+            lease, route_name, cluster, policy, None, None, pick, clock, rng, replayable,
+            reason, [], first=(self._endpoint, result),
+        )  # fmt: skip
+        self._rest = _released(lease, tries)
+        return self._rest.send(None)
+
+    def __iter__(self) -> FirstTry:
+        return self
+
+    def __next__(self) -> Command:
+        return self.send(None)
+
+    def throw(self, error: BaseException) -> Command:
+        """As a generator's: raised where the flow waits (its cleanup runs)."""
+        if self._rest is not None:
+            return self._rest.throw(error)
+        self.close()
+        raise error
+
+    def close(self) -> None:
+        """Release what the flow holds (a generator's close() runs its finally)."""
+        if self._rest is not None:
+            self._rest.close()
+        elif self._held:
+            self._held = False
+            self._args[4].release_request()
+
+
+Flow = _Flow | FirstTry
 
 
 class _Lease:
@@ -194,6 +335,10 @@ def _limited(
     return None
 
 
+def _no_upstream(cluster: str, reason: Callable[[], str]) -> MeshFailure:
+    return MeshFailure("UH", f"no healthy upstream in cluster {cluster}: {reason()}")
+
+
 def _route_timeout(route_name: str, limit: float | None, attempts: int) -> MeshFailure:
     return MeshFailure(
         "UT",
@@ -216,7 +361,10 @@ def _tries(
     replayable: bool,
     no_endpoint_reason: Callable[[], str],
     flags: list[str],
+    first: tuple[Endpoint, AttemptResult] | None = None,
 ) -> Generator[Command, AttemptResult | None, Finish]:
+    """The tries; `first` is a first try already made (by `FirstTry`),
+    without a deadline."""
     notes: list[str] = []
     per_try = policy.per_try_timeout if policy is not None else None
     retriable = compile_retry_on(policy) if policy is not None else None
@@ -227,29 +375,33 @@ def _tries(
 
     while True:
         attempt += 1
-        endpoint = pick(tried if avoid_tried else ())
-        if endpoint is None:
-            failure = MeshFailure(
-                "UH", f"no healthy upstream in cluster {cluster}: {no_endpoint_reason()}"
-            )
-            return _end(None, failure, attempt, facts)
-        timeout = per_try
         by_route = False
-        if deadline is not None:
-            remaining = deadline - clock()
-            if remaining <= 0:
-                failure = _route_timeout(route_name, route_timeout, attempt - 1)
-                return _end(None, failure, attempt, facts)
-            if timeout is None or remaining <= timeout:
-                timeout, by_route = remaining, True
-        headers = _FIRST_ATTEMPT if attempt == 1 else (("x-envoy-attempt-count", str(attempt)),)
-        if timeout is not None:
-            headers += (("x-envoy-expected-rq-timeout-ms", expected_timeout_ms(timeout)),)
-        tried.append(endpoint)
-        result = yield Send(endpoint, timeout, attempt, headers)
-        lease.end_retry()
-        if result is None:
-            raise TypeError("the driver must send an AttemptResult after a Send")
+        if first is not None:
+            endpoint, result = first
+            first = None
+            tried.append(endpoint)
+        else:
+            picked = pick(tried if avoid_tried else ())
+            if picked is None:
+                return _end(None, _no_upstream(cluster, no_endpoint_reason), attempt, facts)
+            endpoint = picked
+            timeout = per_try
+            if deadline is not None:
+                remaining = deadline - clock()
+                if remaining <= 0:
+                    failure = _route_timeout(route_name, route_timeout, attempt - 1)
+                    return _end(None, failure, attempt, facts)
+                if timeout is None or remaining <= timeout:
+                    timeout, by_route = remaining, True
+            headers = _FIRST_ATTEMPT if attempt == 1 else (("x-envoy-attempt-count", str(attempt)),)
+            if timeout is not None:
+                headers += (("x-envoy-expected-rq-timeout-ms", expected_timeout_ms(timeout)),)
+            tried.append(endpoint)
+            reply = yield Send(endpoint, timeout, attempt, headers)
+            lease.end_retry()
+            if reply is None:
+                raise TypeError("the driver must send an AttemptResult after a Send")
+            result = reply
         if result.failure is FailureKind.TIMEOUT and by_route:
             return _end(None, _route_timeout(route_name, route_timeout, attempt), attempt, facts)
         if retriable is None or policy is None or not retriable(result):

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 
 from proxyless_mesh.model import CircuitBreakers
+from proxyless_mesh.resilience._counters import Counters, limits_spec, native_counters
 
 _ENVOY_DEFAULTS = CircuitBreakers()
 
@@ -104,28 +105,28 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class ClusterResources:
-    """The circuit-breaker counters of one cluster (see the module docstring)."""
+    """The circuit-breaker counters of one cluster (see the module docstring).
 
-    __slots__ = (
-        "_active",
-        "_limits",
-        "_lock",
-        "_queue",
-        "_retries",
-        "cluster",
-        "request_overflows",
-        "retry_overflows",
-    )
+    The numbers and the rules on them are a counters object (`_counters`:
+    the Rust core's, or its Python twin); the queue of tickets is here,
+    changed under `_lock` together with the counters' `pending`."""
+
+    __slots__ = ("_counters", "_limits", "_lock", "_native", "_queue", "admit_now", "cluster")
 
     def __init__(self, cluster: str, limits: CircuitBreakers = _ENVOY_DEFAULTS) -> None:
         self.cluster = cluster
         self._limits = limits
         self._lock = threading.Lock()
-        self._active = 0
-        self._retries = 0
         self._queue: deque[SlotTicket] = deque()
-        self.request_overflows = 0  # Envoy upstream_rq_pending_overflow
-        self.retry_overflows = 0  # Envoy upstream_rq_retry_overflow
+        spec = limits_spec(limits)
+        self._native = native_counters is not None
+        self._counters: Counters = native_counters(spec) if self._native else Counters(spec)
+        #: `() -> bool`: take an active slot if one is free and nobody waits;
+        #: False otherwise (then `admit()` queues or overflows the request).
+        #: The native counters' own method: one crossing, no lock.
+        self.admit_now: Callable[[], bool] = (
+            self._counters.admit_now if self._native else self._admit_now_locked
+        )
 
     @property
     def limits(self) -> CircuitBreakers:
@@ -133,50 +134,68 @@ class ClusterResources:
 
     @property
     def active_requests(self) -> int:
-        return self._active
+        return self._counters.snapshot()[0]
 
     @property
     def pending_requests(self) -> int:
-        return len(self._queue)
+        return self._counters.snapshot()[1]
 
     @property
     def active_retries(self) -> int:
-        return self._retries
+        return self._counters.snapshot()[2]
+
+    @property
+    def request_overflows(self) -> int:
+        """Envoy's upstream_rq_pending_overflow."""
+        return self._counters.snapshot()[3]
+
+    @property
+    def retry_overflows(self) -> int:
+        """Envoy's upstream_rq_retry_overflow."""
+        return self._counters.snapshot()[4]
+
+    def counts(self) -> tuple[int, int, int, int, int]:
+        """(active, pending, active retries, request overflows, retry
+        overflows), read at once (what a metrics scrape asks)."""
+        return self._counters.snapshot()
 
     def update(self, limits: CircuitBreakers) -> None:
         """New thresholds from CDS; the counters carry over. Raising
         max_requests lets waiting tickets in at once."""
+        counters = self._counters
         with self._lock:
             self._limits = limits
+            counters.set_limits(limits_spec(limits))
             granted = []
-            while self._queue and self._active < limits.max_requests:
-                self._active += 1
+            while self._queue and counters.take_waiting():
                 granted.append(self._grant_locked(self._queue.popleft()))
         for callbacks in granted:
             _run(callbacks)
 
+    def _admit_now_locked(self) -> bool:
+        with self._lock:
+            return self._counters.admit_now()
+
     def admit(self) -> tuple[Admission, SlotTicket | None]:
         """Take an active slot, a place in line (with its ticket), or overflow."""
         with self._lock:
-            limits = self._limits
-            if self._active < limits.max_requests and not self._queue:
-                self._active += 1
+            decided = self._counters.admit()
+            if decided == 0:
                 return Admission.ADMITTED, None
-            if len(self._queue) < limits.max_pending_requests:
+            if decided == 1:
                 ticket = SlotTicket(self)
                 self._queue.append(ticket)
                 return Admission.PENDING, ticket
-            self.request_overflows += 1
             return Admission.OVERFLOW, None
 
     def release_request(self) -> None:
         """An active request ended: its slot goes to the oldest ticket, if any."""
+        if self._native and self._counters.release_now():
+            return  # nobody waits: one crossing, no lock
         with self._lock:
-            if self._queue and self._active <= self._limits.max_requests:
-                callbacks = self._grant_locked(self._queue.popleft())
-            else:
-                self._active -= 1
+            if not self._counters.release_request():
                 return
+            callbacks = self._grant_locked(self._queue.popleft())
         _run(callbacks)
 
     def cancel(self, ticket: SlotTicket) -> bool:
@@ -185,31 +204,23 @@ class ClusterResources:
         with self._lock:
             if ticket._granted:
                 return True
-            # ValueError: already out of line (cancelled twice), nothing to undo.
-            with contextlib.suppress(ValueError):
+            try:
                 self._queue.remove(ticket)
+            except ValueError:
+                pass  # already out of line (cancelled twice): nothing to undo
+            else:
+                self._counters.leave_line()
             ticket._callbacks.clear()
             return False
 
     def try_acquire_retry(self) -> bool:
         """Admit one more concurrent retry, or count a retry overflow."""
         with self._lock:
-            budget = self._limits.retry_budget
-            if budget is not None:
-                # Whole retries, rounded down, as Envoy's integer conversion does.
-                share = int(budget.budget_percent / 100.0 * (self._active + len(self._queue)))
-                allowed = max(budget.min_retry_concurrency, share)
-            else:
-                allowed = self._limits.max_retries
-            if self._retries < allowed:
-                self._retries += 1
-                return True
-            self.retry_overflows += 1
-            return False
+            return self._counters.try_acquire_retry()
 
     def release_retry(self) -> None:
         with self._lock:
-            self._retries -= 1
+            self._counters.release_retry()
 
     def _grant_locked(self, ticket: SlotTicket) -> list[Callable[[], None]]:
         ticket._granted = True

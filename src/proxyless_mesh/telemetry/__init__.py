@@ -28,7 +28,7 @@ from proxyless_mesh.telemetry._labels import (
     label_prefix,
 )
 from proxyless_mesh.telemetry._metrics import LABELS as STANDARD_LABELS
-from proxyless_mesh.telemetry._metrics import IdentityMetrics, metrics_meter
+from proxyless_mesh.telemetry._metrics import ClusterLimitMetrics, IdentityMetrics, metrics_meter
 from proxyless_mesh.telemetry._policy import (
     NO_POLICY,
     TelemetryPolicy,
@@ -48,6 +48,7 @@ __all__ = [
     "STANDARD_LABELS",
     "B3Propagator",
     "Call",
+    "ClusterLimitMetrics",
     "IdentityMetrics",
     "Peer",
     "QuietCall",

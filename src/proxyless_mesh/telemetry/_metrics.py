@@ -280,6 +280,52 @@ class IdentityMetrics:
         return [] if value is None else [Observation(value, self._attributes)]
 
 
+#: Each cluster's circuit-breaker numbers, by Envoy's stat names (cluster_name label).
+CLUSTER_RQ_ACTIVE = "envoy_cluster_upstream_rq_active"
+CLUSTER_RQ_PENDING_ACTIVE = "envoy_cluster_upstream_rq_pending_active"
+CLUSTER_RQ_PENDING_OVERFLOW = "envoy_cluster_upstream_rq_pending_overflow"
+CLUSTER_RQ_RETRY_OVERFLOW = "envoy_cluster_upstream_rq_retry_overflow"
+#: (active, pending, active retries, request overflows, retry overflows)
+ClusterCounts = tuple[int, int, int, int, int]
+
+
+class ClusterLimitMetrics:
+    """The clusters' circuit-breaker counters, read when a metric reader
+    collects (`counts()` gives each cluster's name and numbers): requests
+    add nothing per request here, the counters are kept where admission
+    keeps them (natively with the Rust core)."""
+
+    def __init__(self, meter: Meter, counts: Callable[[], Iterable[tuple[str, ClusterCounts]]]):
+        self._counts = counts
+        for name, index, description in (
+            (CLUSTER_RQ_ACTIVE, 0, "Requests in flight (Envoy upstream_rq_active)"),
+            (
+                CLUSTER_RQ_PENDING_ACTIVE,
+                1,
+                "Requests waiting for a slot (upstream_rq_pending_active)",
+            ),
+        ):
+            meter.create_observable_up_down_counter(
+                name, callbacks=[self._observer(index)], unit="1", description=description
+            )
+        for name, index, description in (
+            (CLUSTER_RQ_PENDING_OVERFLOW, 3, "Requests refused by the circuit breakers (UO)"),
+            (CLUSTER_RQ_RETRY_OVERFLOW, 4, "Retries refused by max_retries or the retry budget"),
+        ):
+            meter.create_observable_counter(
+                name, callbacks=[self._observer(index)], unit="1", description=description
+            )
+
+    def _observer(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(numbers[index], {"cluster_name": cluster})
+                for cluster, numbers in self._counts()
+            ]
+
+        return observe
+
+
 def metrics_meter(config: TelemetryConfig) -> Meter | None:
     """The meter the mesh's own (non-request) metrics use: the configured
     provider's, the global one's by default, None with metrics off."""
