@@ -9,7 +9,7 @@ import importlib
 import os
 from typing import Any
 
-__all__ = ["ENV", "module"]
+__all__ = ["ENV", "member", "module"]
 
 ENV = "PROXYLESS_MESH_NATIVE"
 
@@ -22,3 +22,9 @@ def module() -> Any:
         return importlib.import_module("proxyless_mesh_native")
     except ImportError:
         return None
+
+
+def member(name: str) -> Any:
+    """One class or function of the native core, or None: no core, turned
+    off, or a core built before `name` existed."""
+    return getattr(module(), name, None)

@@ -11,20 +11,9 @@ PROXYLESS_MESH_NATIVE=0, the Python pickers pick.
 
 from __future__ import annotations
 
-import importlib
-import os
 from typing import Any
 
+from proxyless_mesh import native_core
 
-def _load(name: str) -> Any:
-    if os.environ.get("PROXYLESS_MESH_NATIVE", "").lower() in ("0", "off", "false"):
-        return None
-    try:
-        module = importlib.import_module("proxyless_mesh_native")
-    except ImportError:
-        return None
-    return getattr(module, name, None)  # None: a core built before it existed
-
-
-flat_picker_class = _load("FlatPicker")
-hash_picker_class = _load("HashPicker")
+flat_picker_class: Any = native_core.member("FlatPicker")
+hash_picker_class: Any = native_core.member("HashPicker")

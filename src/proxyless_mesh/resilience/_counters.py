@@ -11,10 +11,9 @@ tests/property/test_native_limits_props.py demands both answer alike.
 
 from __future__ import annotations
 
-import importlib
-import os
 from typing import Any
 
+from proxyless_mesh import native_core
 from proxyless_mesh.model import CircuitBreakers
 
 # (max_requests, max_pending_requests, max_retries, (budget_percent, min_retry_concurrency) or None)
@@ -115,14 +114,4 @@ class Counters:
         )
 
 
-def _native_class() -> Any:
-    if os.environ.get("PROXYLESS_MESH_NATIVE", "").lower() in ("0", "off", "false"):
-        return None
-    try:
-        module = importlib.import_module("proxyless_mesh_native")
-    except ImportError:
-        return None
-    return getattr(module, "ClusterCounters", None)  # None: a core built before it existed
-
-
-native_counters = _native_class()
+native_counters: Any = native_core.member("ClusterCounters")

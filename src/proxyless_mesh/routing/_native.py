@@ -17,14 +17,7 @@ from typing import Any
 from proxyless_mesh import native_core
 from proxyless_mesh.model import MatchKind, RouteMatch, StringMatcher
 
-
-def _load() -> Any:
-    return getattr(
-        native_core.module(), "RouteMatcher", None
-    )  # None: a core built before it existed
-
-
-matcher_class = _load()
+matcher_class: Any = native_core.member("RouteMatcher")
 
 # (kind, value, ignore_case, fullmatch): what the native matcher tests a value with.
 StrSpec = tuple[str, str, bool, Any]
