@@ -112,10 +112,12 @@ class ControlPlane:
         prometheus_url: str = "",
         xds_workers: int = 1,
         worker_log_level: str = "WARNING",
+        xds_engine: str = "grpc",
     ) -> None:
         """`jwks` fetches RequestAuthentication jwksUris (timeouts, refresh period);
         `prometheus_url` is where the console's service graph reads metrics;
-        `xds_workers` > 1 serves ADS from that many worker processes (workers.py)."""
+        `xds_workers` > 1 serves ADS from that many worker processes (workers.py);
+        `xds_engine` is the xDS port's transport ("grpc" or "native", server.py)."""
         self.config_dir = Path(config_dir)
         # Trust domain: the CA's, so the SPIFFE IDs the translator expects are
         # the ones the CA signs.
@@ -159,6 +161,7 @@ class ControlPlane:
             metrics=self.metrics,
             observer=StreamObserver(embedded),
             extra_handlers=[RegistrationService(embedded).handler()],
+            engine=xds_engine,
         )
         self.workers: XdsWorkers | None = None
         if xds_workers > 1:
@@ -167,6 +170,7 @@ class ControlPlane:
                 xds_workers,
                 observer=StreamObserver(embedded),
                 log_level=worker_log_level,
+                engine=xds_engine,
             )
         prometheus = PrometheusClient(prometheus_url) if prometheus_url else None
         trust_domain = ca.trust_domain if ca is not None else DEFAULT_TRUST_DOMAIN
@@ -456,6 +460,7 @@ async def serve(
     prometheus_url: str = "",
     xds_workers: int = 1,
     worker_log_level: str = "WARNING",
+    xds_engine: str = "grpc",
 ) -> None:
     """Run a control plane until `stop` is set (or, without one, until this
     task is cancelled); `on_ready` gets the addresses once both listen."""
@@ -469,6 +474,7 @@ async def serve(
         prometheus_url=prometheus_url,
         xds_workers=xds_workers,
         worker_log_level=worker_log_level,
+        xds_engine=xds_engine,
     )
     addresses = await plane.start(xds_address, admin_address, ca_address)
     try:

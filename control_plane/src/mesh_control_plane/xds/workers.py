@@ -74,8 +74,10 @@ class XdsWorkers:
         *,
         observer: StreamObserver | None = None,
         log_level: str = "WARNING",
+        engine: str = "grpc",
     ) -> None:
         self._cache = cache
+        self._engine = engine
         self._count = count
         self._observer = observer
         self._log_level = log_level
@@ -169,6 +171,8 @@ class XdsWorkers:
             self._leader,
             "--log-level",
             self._log_level,
+            "--xds-engine",
+            self._engine,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=2**26,  # a status line of thousands of clients
