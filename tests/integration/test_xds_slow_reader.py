@@ -36,6 +36,8 @@ from mesh_control_plane.translate import ENDPOINT
 from mesh_control_plane.xds import SnapshotCache, XdsServer
 from mesh_control_plane.xds.server import DEFAULT_QUEUE_SIZE
 
+pytestmark = pytest.mark.usefixtures("xds_engine")  # grpc.aio and the native engine
+
 TIMEOUT = 10.0
 CLUSTER = "outbound|80||big.mesh"
 CHANGES = DEFAULT_QUEUE_SIZE + 30  # more than the slow stream's queue holds

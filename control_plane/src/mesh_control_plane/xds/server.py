@@ -446,9 +446,11 @@ class XdsServer:
         observer: StreamObserver | None = None,
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
         write_stall_grace: float = WRITE_STALL_GRACE,
-        engine: str = DEFAULT_XDS_ENGINE,
+        engine: str | None = None,
     ) -> None:
-        """`extra_handlers` are served on the same port (the registration service)."""
+        """`extra_handlers` are served on the same port (the registration service);
+        `engine`: one of XDS_ENGINES, by default DEFAULT_XDS_ENGINE."""
+        engine = engine or DEFAULT_XDS_ENGINE
         if engine not in XDS_ENGINES:
             raise ValueError(f"unknown xDS engine {engine!r}: one of {', '.join(XDS_ENGINES)}")
         self.engine = engine
