@@ -26,7 +26,8 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 
-use stream::{open_stream, Command, StreamState};
+pub(crate) use stream::StreamState;
+use stream::{open_stream, Command};
 
 /// Bytes a stream may hold queued (not yet given to HTTP/2 flow control)
 /// before `send` tells Python to wait for a `Writable` event: the meaning of
@@ -34,13 +35,32 @@ use stream::{open_stream, Command, StreamState};
 const WRITE_BACKLOG: usize = 64 * 1024;
 /// The largest request message accepted (grpc's default receive limit).
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// Request bytes of one stream received and not yet taken by `poll`: beyond
+/// this the stream is not read, so HTTP/2 flow control stops its client (a
+/// stalled event loop does not make the engine buffer without bound).
+const READ_BACKLOG: usize = 1024 * 1024;
 
 pub(crate) enum Event {
-    Open { id: u64, path: String, metadata: Vec<(String, Vec<u8>)>, peer: String },
-    Message { id: u64, data: Bytes },
-    HalfClose { id: u64 },
-    Closed { id: u64 },
-    Writable { id: u64 },
+    Open {
+        id: u64,
+        path: String,
+        metadata: Vec<(String, Vec<u8>)>,
+        peer: String,
+    },
+    Message {
+        id: u64,
+        data: Bytes,
+        state: Arc<StreamState>,
+    },
+    HalfClose {
+        id: u64,
+    },
+    Closed {
+        id: u64,
+    },
+    Writable {
+        id: u64,
+    },
 }
 
 const OPEN: u8 = 0;
@@ -122,7 +142,11 @@ struct Engine {
 }
 
 fn bind(address: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
-    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     if reuseport {
         socket.set_reuseport(true)?;
@@ -216,7 +240,10 @@ impl Engine {
         let listener = runtime
             .block_on(async { bind(resolved, reuseport) })
             .map_err(|e| PyOSError::new_err(format!("cannot listen for xDS on {address}: {e}")))?;
-        let port = listener.local_addr().map_err(|e| PyOSError::new_err(e.to_string()))?.port();
+        let port = listener
+            .local_addr()
+            .map_err(|e| PyOSError::new_err(e.to_string()))?
+            .port();
         let (wake, wake_reader) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         wake_reader.set_nonblocking(true)?;
@@ -230,7 +257,13 @@ impl Engine {
         });
         let (shutdown, stopped) = watch::channel(false);
         runtime.spawn(accept_loop(listener, shared.clone(), stopped));
-        Ok(Engine { shared, wake_reader, runtime: Mutex::new(Some(runtime)), shutdown, port })
+        Ok(Engine {
+            shared,
+            wake_reader,
+            runtime: Mutex::new(Some(runtime)),
+            shutdown,
+            port,
+        })
     }
 
     /// The descriptor that becomes readable when events are waiting.
@@ -248,19 +281,33 @@ impl Engine {
         let list = PyList::empty(py);
         for event in events {
             let item = match event {
-                Event::Open { id, path, metadata, peer } => {
+                Event::Open {
+                    id,
+                    path,
+                    metadata,
+                    peer,
+                } => {
                     let pairs = PyList::empty(py);
                     for (key, value) in metadata {
                         let value: PyObject = if key.ends_with("-bin") {
                             PyBytes::new(py, &value).into_any().unbind()
                         } else {
-                            String::from_utf8_lossy(&value).into_pyobject(py)?.into_any().unbind()
+                            String::from_utf8_lossy(&value)
+                                .into_pyobject(py)?
+                                .into_any()
+                                .unbind()
                         };
-                        pairs.append(PyTuple::new(py, [key.into_pyobject(py)?.into_any().unbind(), value])?)?;
+                        pairs.append(PyTuple::new(
+                            py,
+                            [key.into_pyobject(py)?.into_any().unbind(), value],
+                        )?)?;
                     }
                     (OPEN, id, path, pairs, peer).into_pyobject(py)?
                 }
-                Event::Message { id, data } => (MESSAGE, id, PyBytes::new(py, &data)).into_pyobject(py)?,
+                Event::Message { id, data, state } => {
+                    state.taken(data.len());
+                    (MESSAGE, id, PyBytes::new(py, &data)).into_pyobject(py)?
+                }
                 Event::HalfClose { id } => (HALF_CLOSE, id).into_pyobject(py)?,
                 Event::Closed { id } => (CLOSED, id).into_pyobject(py)?,
                 Event::Writable { id } => (WRITABLE, id).into_pyobject(py)?,
@@ -275,11 +322,21 @@ impl Engine {
     /// drains. A stream already gone takes the message and drops it.
     fn send(&self, id: u64, data: Bound<'_, PyBytes>) -> bool {
         let streams = self.shared.streams.lock().unwrap();
-        let Some(handle) = streams.get(&id) else { return true };
+        let Some(handle) = streams.get(&id) else {
+            return true;
+        };
         let len = data.as_bytes().len();
-        let buffer = PyBuffer { ptr: data.as_bytes().as_ptr(), len, _owner: data.unbind() };
+        let buffer = PyBuffer {
+            ptr: data.as_bytes().as_ptr(),
+            len,
+            _owner: data.unbind(),
+        };
         let queued = handle.state.queued.fetch_add(len + 5, Ordering::AcqRel) + len + 5;
-        if handle.commands.send(Command::Message(Bytes::from_owner(buffer))).is_err() {
+        if handle
+            .commands
+            .send(Command::Message(Bytes::from_owner(buffer)))
+            .is_err()
+        {
             return true;
         }
         if queued <= WRITE_BACKLOG {
@@ -294,7 +351,9 @@ impl Engine {
     fn finish(&self, id: u64, code: u32, message: &str) {
         if let Some(handle) = self.shared.streams.lock().unwrap().get(&id) {
             handle.state.finished.store(true, Ordering::Release);
-            let _ = handle.commands.send(Command::Finish(code, message.to_owned()));
+            let _ = handle
+                .commands
+                .send(Command::Finish(code, message.to_owned()));
         }
     }
 
@@ -306,7 +365,9 @@ impl Engine {
     /// Stop accepting, say GOAWAY to every connection, wait up to `grace`
     /// seconds for them to end (the GIL released), then drop the rest.
     fn close(&self, py: Python<'_>, grace: f64) {
-        let Some(runtime) = self.runtime.lock().unwrap().take() else { return };
+        let Some(runtime) = self.runtime.lock().unwrap().take() else {
+            return;
+        };
         let _ = self.shutdown.send(true);
         let shared = self.shared.clone();
         py.allow_threads(|| {
@@ -345,5 +406,6 @@ fn proxyless_mesh_ads(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add("WRITE_BACKLOG", WRITE_BACKLOG)?;
     m.add("MAX_MESSAGE", MAX_MESSAGE)?;
+    m.add("READ_BACKLOG", READ_BACKLOG)?;
     Ok(())
 }

@@ -9,9 +9,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Request, Response};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
-use crate::{Event, Handle, Shared, MAX_MESSAGE};
+use crate::{Event, Handle, Shared, MAX_MESSAGE, READ_BACKLOG};
 
 pub(crate) enum Command {
     Message(Bytes),
@@ -29,12 +29,32 @@ pub(crate) struct StreamState {
     pub(crate) finished: AtomicBool,
     /// the Closed event was sent
     closed: AtomicBool,
+    /// request bytes emitted and not yet taken by `poll`
+    unread: AtomicUsize,
+    /// `poll` took enough for the reader to go on
+    resume: Notify,
+}
+
+impl StreamState {
+    /// `poll` handed a request of `length` bytes to Python.
+    pub(crate) fn taken(&self, length: usize) {
+        let before = self.unread.fetch_sub(length, Ordering::AcqRel);
+        if before > READ_BACKLOG && before - length <= READ_BACKLOG {
+            self.resume.notify_one();
+        }
+    }
 }
 
 const RESOURCE_EXHAUSTED: u32 = 8;
 const INTERNAL: u32 = 13;
 /// Request headers that are transport, not the application's metadata.
-const TRANSPORT_HEADERS: [&str; 5] = ["content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"];
+const TRANSPORT_HEADERS: [&str; 5] = [
+    "content-type",
+    "te",
+    "grpc-timeout",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+];
 
 pub(crate) fn open_stream(
     shared: &Arc<Shared>,
@@ -52,10 +72,34 @@ pub(crate) fn open_stream(
         .collect();
     let (commands, queue) = mpsc::unbounded_channel();
     let state = Arc::new(StreamState::default());
-    shared.streams.lock().unwrap().insert(id, Handle { commands: commands.clone(), state: state.clone() });
-    shared.emit(Event::Open { id, path: parts.uri.path().to_owned(), metadata, peer: peer.to_string() });
-    let reader = tokio::spawn(read_requests(shared.clone(), id, state.clone(), body, commands));
-    tokio::spawn(write_responses(shared.clone(), id, state, respond, queue, reader));
+    shared.streams.lock().unwrap().insert(
+        id,
+        Handle {
+            commands: commands.clone(),
+            state: state.clone(),
+        },
+    );
+    shared.emit(Event::Open {
+        id,
+        path: parts.uri.path().to_owned(),
+        metadata,
+        peer: peer.to_string(),
+    });
+    let reader = tokio::spawn(read_requests(
+        shared.clone(),
+        id,
+        state.clone(),
+        body,
+        commands,
+    ));
+    tokio::spawn(write_responses(
+        shared.clone(),
+        id,
+        state,
+        respond,
+        queue,
+        reader,
+    ));
 }
 
 fn report_closed(shared: &Shared, id: u64, state: &StreamState) {
@@ -78,7 +122,9 @@ async fn read_requests(
                 let _ = body.flow_control().release_capacity(chunk.len());
                 pending.extend_from_slice(&chunk);
                 while pending.len() >= 5 {
-                    let length = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+                    let length =
+                        u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]])
+                            as usize;
                     if pending[0] != 0 {
                         break;
                     }
@@ -90,13 +136,27 @@ async fn read_requests(
                         break;
                     }
                     pending.advance(5);
-                    shared.emit(Event::Message { id, data: pending.split_to(length).freeze() });
+                    state.unread.fetch_add(length, Ordering::AcqRel);
+                    let data = pending.split_to(length).freeze();
+                    shared.emit(Event::Message {
+                        id,
+                        data,
+                        state: state.clone(),
+                    });
+                }
+                while state.unread.load(Ordering::Acquire) > READ_BACKLOG {
+                    state.resume.notified().await;
                 }
                 if pending.len() >= 5 && pending[0] != 0 {
-                    break Some((INTERNAL, "compressed request messages are not accepted".to_owned()));
+                    break Some((
+                        INTERNAL,
+                        "compressed request messages are not accepted".to_owned(),
+                    ));
                 }
                 if pending.len() >= 5 {
-                    let length = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+                    let length =
+                        u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]])
+                            as usize;
                     if length > MAX_MESSAGE {
                         break Some((
                             RESOURCE_EXHAUSTED,
@@ -168,7 +228,9 @@ fn status_headers(code: u32, message: &str, into: &mut HeaderMap) {
 
 fn response_head() -> Response<()> {
     let mut response = Response::new(());
-    response.headers_mut().insert("content-type", HeaderValue::from_static("application/grpc"));
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/grpc"));
     response
 }
 
@@ -197,7 +259,8 @@ async fn write_responses(
                 }
                 let written = match send.as_mut() {
                     Some(stream) => {
-                        write_all(stream, frame_header(length)).await.is_ok() && write_all(stream, data).await.is_ok()
+                        write_all(stream, frame_header(length)).await.is_ok()
+                            && write_all(stream, data).await.is_ok()
                     }
                     None => false,
                 };
