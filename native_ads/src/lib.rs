@@ -322,29 +322,23 @@ impl Engine {
     /// drains. A stream already gone takes the message and drops it.
     fn send(&self, id: u64, data: Bound<'_, PyBytes>) -> bool {
         let streams = self.shared.streams.lock().unwrap();
-        let Some(handle) = streams.get(&id) else {
-            return true;
-        };
-        let len = data.as_bytes().len();
-        let buffer = PyBuffer {
-            ptr: data.as_bytes().as_ptr(),
-            len,
-            _owner: data.unbind(),
-        };
-        let queued = handle.state.queued.fetch_add(len + 5, Ordering::AcqRel) + len + 5;
-        if handle
-            .commands
-            .send(Command::Message(Bytes::from_owner(buffer)))
-            .is_err()
-        {
-            return true;
+        streams.get(&id).is_none_or(|handle| queue_message(handle, data))
+    }
+
+    /// `send` for many (stream, message) pairs in one call (one wake-up of
+    /// the I/O thread for a loop turn's writes); returns the ids whose
+    /// backlog is full, each of which gets a (4, id) event once it drains.
+    fn send_many(&self, ids: Vec<u64>, messages: Vec<Bound<'_, PyBytes>>) -> Vec<u64> {
+        let streams = self.shared.streams.lock().unwrap();
+        let mut full = Vec::new();
+        for (id, data) in ids.into_iter().zip(messages) {
+            if let Some(handle) = streams.get(&id) {
+                if !queue_message(handle, data) {
+                    full.push(id);
+                }
+            }
         }
-        if queued <= WRITE_BACKLOG {
-            return true;
-        }
-        handle.state.want_writable.store(true, Ordering::Release);
-        handle.state.queued.load(Ordering::Acquire) <= WRITE_BACKLOG
-            && handle.state.want_writable.swap(false, Ordering::AcqRel)
+        full
     }
 
     /// End a stream with a gRPC status (after what was queued on it).
@@ -387,6 +381,22 @@ impl Engine {
         });
         self.shared.streams.lock().unwrap().clear();
     }
+}
+
+/// Queue `data` on a stream; false when its backlog is over WRITE_BACKLOG
+/// (then a Writable event is owed: exactly one of this and the writer task
+/// wins the `want_writable` swap).
+fn queue_message(handle: &Handle, data: Bound<'_, PyBytes>) -> bool {
+    let len = data.as_bytes().len();
+    let buffer = PyBuffer { ptr: data.as_bytes().as_ptr(), len, _owner: data.unbind() };
+    let state = &handle.state;
+    let queued = state.queued.fetch_add(len + 5, Ordering::AcqRel) + len + 5;
+    let message = Command::Message(Bytes::from_owner(buffer));
+    if handle.commands.send(message).is_err() || queued <= WRITE_BACKLOG {
+        return true;
+    }
+    state.want_writable.store(true, Ordering::Release);
+    state.queued.load(Ordering::Acquire) <= WRITE_BACKLOG && state.want_writable.swap(false, Ordering::AcqRel)
 }
 
 trait ReadNonblocking {

@@ -27,13 +27,16 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from mesh_control_plane.config.model import (
     MeshConfig,
-    Meta,
-    ServiceEntry,
-    ServicePort,
-    WorkloadEndpoint,
 )
 from mesh_control_plane.xds import SnapshotCache, XdsServer
-from test_xds_slow_reader import CLUSTER, NEVER_READS, TIMEOUT, StreamEvents, subscribe
+from test_xds_slow_reader import (
+    CLUSTER,
+    NEVER_READS,
+    TIMEOUT,
+    StreamEvents,
+    big_service,
+    subscribe,
+)
 
 pytestmark = pytest.mark.usefixtures("xds_engine")
 
@@ -41,17 +44,7 @@ ENDPOINTS = 4000  # an EDS response of about 150 KB
 
 
 def many_endpoints() -> MeshConfig:
-    endpoints = tuple(
-        WorkloadEndpoint(f"10.{i // 62500}.{i // 250 % 250}.{i % 250}", {"http": 80})
-        for i in range(ENDPOINTS)
-    )
-    entry = ServiceEntry(
-        meta=Meta("ServiceEntry", "big", "default", "services.yaml"),
-        hosts=("big.mesh",),
-        ports=(ServicePort(80, "HTTP", "http"),),
-        endpoints=endpoints,
-    )
-    return MeshConfig(service_entries=(entry,))
+    return big_service(0, ENDPOINTS)
 
 
 @contextlib.asynccontextmanager

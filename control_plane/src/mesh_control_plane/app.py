@@ -112,12 +112,11 @@ class ControlPlane:
         prometheus_url: str = "",
         xds_workers: int = 1,
         worker_log_level: str = "WARNING",
-        xds_engine: str = "grpc",
+        xds_engine: str | None = None,
     ) -> None:
         """`jwks` fetches RequestAuthentication jwksUris (timeouts, refresh period);
         `prometheus_url` is where the console's service graph reads metrics;
-        `xds_workers` > 1 serves ADS from that many worker processes (workers.py);
-        `xds_engine` is the xDS port's transport ("grpc" or "native", server.py)."""
+        `xds_workers` > 1 serves ADS from that many worker processes (workers.py)."""
         self.config_dir = Path(config_dir)
         # Trust domain: the CA's, so the SPIFFE IDs the translator expects are
         # the ones the CA signs.
@@ -460,7 +459,7 @@ async def serve(
     prometheus_url: str = "",
     xds_workers: int = 1,
     worker_log_level: str = "WARNING",
-    xds_engine: str = "grpc",
+    xds_engine: str | None = None,
 ) -> None:
     """Run a control plane until `stop` is set (or, without one, until this
     task is cancelled); `on_ready` gets the addresses once both listen."""
