@@ -325,22 +325,6 @@ impl Engine {
         streams.get(&id).is_none_or(|handle| queue_message(handle, data))
     }
 
-    /// `send` for many (stream, message) pairs in one call (one wake-up of
-    /// the I/O thread for a loop turn's writes); returns the ids whose
-    /// backlog is full, each of which gets a (4, id) event once it drains.
-    fn send_many(&self, ids: Vec<u64>, messages: Vec<Bound<'_, PyBytes>>) -> Vec<u64> {
-        let streams = self.shared.streams.lock().unwrap();
-        let mut full = Vec::new();
-        for (id, data) in ids.into_iter().zip(messages) {
-            if let Some(handle) = streams.get(&id) {
-                if !queue_message(handle, data) {
-                    full.push(id);
-                }
-            }
-        }
-        full
-    }
-
     /// End a stream with a gRPC status (after what was queued on it).
     fn finish(&self, id: u64, code: u32, message: &str) {
         if let Some(handle) = self.shared.streams.lock().unwrap().get(&id) {
