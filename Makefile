@@ -22,7 +22,16 @@ $(NATIVE_STAMP): $(STAMP) native/Cargo.toml native/pyproject.toml $(wildcard nat
 	else echo "no Rust toolchain (cargo): native core skipped, pure-Python fallback"; fi
 	touch $(NATIVE_STAMP)
 
-install: $(STAMP) $(NATIVE_STAMP)
+# The ADS port's native transport (issue 24, native_ads/: tokio + h2, its own
+# crate so the native core's build stays small): `meshctl serve --xds-engine native`.
+ADS_STAMP := $(VENV)/.native-ads
+$(ADS_STAMP): $(STAMP) native_ads/Cargo.toml native_ads/pyproject.toml $(wildcard native_ads/src/*.rs)
+	@if command -v cargo >/dev/null; then \
+		VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -m native_ads/Cargo.toml; \
+	else echo "no Rust toolchain (cargo): native xDS engine skipped (--xds-engine grpc only)"; fi
+	touch $(ADS_STAMP)
+
+install: $(STAMP) $(NATIVE_STAMP) $(ADS_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src control_plane/src tests examples benchmarks

@@ -136,11 +136,18 @@ def _total(answers: list[dict[str, object]], key: str) -> int:
     return sum(int(a[key]) for a in answers)  # type: ignore[call-overload]
 
 
-def _variant(delta: bool, workers: int) -> str:
-    return ("Delta" if delta else "SotW") + (f", {workers} ADS workers" if workers > 1 else "")
+def _variant(delta: bool, workers: int, engine: str = "grpc") -> str:
+    kind = "Delta" if delta else "SotW"
+    return kind + (f", {workers} ADS workers" if workers > 1 else "") + ENGINE_LABEL[engine]
 
 
-def measure(workdir: Path, n: int, timeout: float, delta: bool, workers: int = 1) -> GoResult:
+ENGINE_LABEL = {"grpc": "", "native": ", native engine"}
+"""How a row names the xDS port's transport (`--xds-engine`; grpc unnamed)."""
+
+
+def measure(
+    workdir: Path, n: int, timeout: float, delta: bool, workers: int = 1, engine: str = "grpc"
+) -> GoResult:
     workdir.mkdir(parents=True, exist_ok=True)
     lab = LocalMesh(workdir)
     clients: GoClients | None = None
@@ -152,7 +159,7 @@ def measure(workdir: Path, n: int, timeout: float, delta: bool, workers: int = 1
                 service_entry(host, PORT, endpoints) + "\n---\n" + subsets_rule(host, ["v1", "v2"]),
             )
             lab.write_config(f"route{i}.yaml", weighted_route(host, {"v1": 90, "v2": 10}))
-        cp = start_quiet_control_plane(lab, workers)
+        cp = start_quiet_control_plane(lab, workers, engine=engine)
         pid = int(cp.popen.pid)
         clients = GoClients(lab, n, timeout, delta)
         rss_before = tree_rss_kb(pid)
@@ -199,13 +206,15 @@ def measure(workdir: Path, n: int, timeout: float, delta: bool, workers: int = 1
         lab.write_config("route0.yaml", weighted_route(HOSTS[0], {"v1": 50, "v2": 50}))
         # while it starts, n clients retry every 0.1-1 s: at 50,000 that
         # starves a start on 2 cores for longer than the default 20 s
-        new = start_quiet_control_plane(lab, workers, ready_timeout=max(20.0, n / 500))
+        new = start_quiet_control_plane(
+            lab, workers, ready_timeout=max(20.0, n / 500), engine=engine
+        )
         new_pid = int(new.popen.pid)
         cpu0 = tree_cpu_seconds(new_pid)
         resumed_at = time.monotonic()
         resumed = clients.ask_all(f"reconnect {lab.xds_address}")
         return GoResult(
-            variant=_variant(delta, workers),
+            variant=_variant(delta, workers, engine),
             clients=n,
             synced=synced,
             storm_s=storm,
@@ -229,18 +238,27 @@ def measure(workdir: Path, n: int, timeout: float, delta: bool, workers: int = 1
 
 
 def run(
-    workdir: Path, sizes: list[int], timeout: float, workers: tuple[int, ...] = ()
+    workdir: Path,
+    sizes: list[int],
+    timeout: float,
+    workers: tuple[int, ...] = (),
+    engines: tuple[str, ...] = ("grpc",),
 ) -> tuple[str, list[Verdict]]:
     """SotW and Delta per size, then Delta with each count of ADS `workers`
-    (the count whose processes each hold under STREAMS_PER_PROCESS streams)."""
+    (the count whose processes each hold under STREAMS_PER_PROCESS streams);
+    each row once per xDS port transport in `engines`, alternating (A/B)."""
     results: list[GoResult] = []
     for n in sizes:
         plan = [(False, 1), (True, 1), *((True, w) for w in workers if w > 1)]
         plan = [(delta, w) for delta, w in plan if n / w < STREAMS_PER_PROCESS]
         for delta, count in plan:
-            variant = _variant(delta, count)
-            print(f"  control plane, Go clients: {n} {variant} ...", file=sys.stderr, flush=True)
-            results.append(measure(workdir / f"go-{n}-{len(results)}", n, timeout, delta, count))
+            for engine in engines:
+                variant = _variant(delta, count, engine)
+                print(
+                    f"  control plane, Go clients: {n} {variant} ...", file=sys.stderr, flush=True
+                )
+                where = workdir / f"go-{n}-{len(results)}"
+                results.append(measure(where, n, timeout, delta, count, engine))
     rows = [
         [
             f"{r.clients:,} {r.variant}",
@@ -285,8 +303,17 @@ def _verdicts(results: list[GoResult]) -> list[Verdict]:
         return out
     largest = max(r.clients for r in results)
     by = {r.variant: r for r in results if r.clients == largest}
-    delta, sotw = by.get("Delta"), by.get("SotW")
-    at = "" if largest >= 10_000 else f" (measured at {largest:,})"
+    for label in ENGINE_LABEL.values():
+        out += _ten_thousand(by.get("Delta" + label), by.get("SotW" + label), largest, label)
+    return out
+
+
+def _ten_thousand(
+    delta: GoResult | None, sotw: GoResult | None, largest: int, label: str
+) -> list[Verdict]:
+    """The issue's targets for 10,000 clients, for one transport."""
+    out: list[Verdict] = []
+    at = ("" if largest >= 10_000 else f" (measured at {largest:,})") + label
     if delta is not None:
         ok = delta.acked == delta.clients and largest >= 10_000
         out.append(

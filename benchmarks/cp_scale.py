@@ -157,7 +157,7 @@ class LoadClients(LoadProcesses):
 
 
 def start_quiet_control_plane(
-    lab: LocalMesh, xds_workers: int = 1, ready_timeout: float = 20.0
+    lab: LocalMesh, xds_workers: int = 1, ready_timeout: float = 20.0, engine: str = "grpc"
 ) -> Proc:
     """meshctl at log level WARNING: at INFO it logs a line per stream, which
     at 10,000 clients would be a cost of the benchmark, not of the server."""
@@ -176,6 +176,8 @@ def start_quiet_control_plane(
             "WARNING",
             "--xds-workers",
             str(xds_workers),
+            "--xds-engine",
+            engine,
         ],
         lab.workdir,
         timeout=ready_timeout,

@@ -97,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cpgo-workers", default="2", help="also Delta with these counts of ADS workers"
     )
+    parser.add_argument(
+        "--cpgo-engines", default="grpc", help="xDS port transports, e.g. grpc,native (A/B)"
+    )
     parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--quick", action="store_true", help="a smoke run (tests use it)")
@@ -215,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
         elif "cpgo" in args.sections:
             sizes = [int(n) for n in args.cpgo_clients.split(",") if n]
             workers = tuple(int(w) for w in args.cpgo_workers.split(",") if w)
-            table, cp_verdicts = cp_go.run(Path(tmp) / "cpgo", sizes, args.cp_timeout, workers)
+            engines = tuple(e for e in args.cpgo_engines.split(",") if e)
+            table, cp_verdicts = cp_go.run(
+                Path(tmp) / "cpgo", sizes, args.cp_timeout, workers, engines
+            )
             verdicts += cp_verdicts
             report.append("\n## Control plane: Go xDS clients, SotW and Delta\n")
             report.append(cp_go.NOTE)

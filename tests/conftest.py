@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 from kube import KubeCluster, kube_cluster
+from mesh_control_plane.xds import server
+from mesh_control_plane.xds.native_engine import native_engine_available
 from meshlab import LocalMesh
 
 
@@ -55,3 +57,16 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
     in its own namespace."""
     with kube_cluster(tmp_path_factory.mktemp("kube")) as cluster:
         yield cluster
+
+
+# The xDS port's transport (issue 24): a test module or test that uses this
+# fixture runs once on grpc.aio and once on the native engine, in this process
+# (XdsServer's default) and in the control planes it starts (MESH_XDS_ENGINE).
+@pytest.fixture(params=["grpc", "native"])
+def xds_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    engine = str(request.param)
+    if engine == "native" and not native_engine_available():
+        pytest.skip("the native xDS engine is not built (make install, with cargo)")
+    monkeypatch.setattr(server, "DEFAULT_XDS_ENGINE", engine)
+    monkeypatch.setenv("MESH_XDS_ENGINE", engine)
+    return engine

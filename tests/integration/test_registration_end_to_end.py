@@ -24,6 +24,9 @@ from registration_plane import GRACE, URL, Plane, serve_plane, start_workload, w
 
 from proxyless_mesh import Mesh
 
+# Register/Deregister (unary, on the xDS port) over grpc.aio and the native engine
+pytestmark = pytest.mark.usefixtures("xds_engine")
+
 
 @pytest.fixture(params=[1, 2], ids=["one process", "2 ADS workers"])
 def plane(lab: LocalMesh, request: pytest.FixtureRequest) -> Iterator[Plane]:

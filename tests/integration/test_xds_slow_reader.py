@@ -36,6 +36,8 @@ from mesh_control_plane.translate import ENDPOINT
 from mesh_control_plane.xds import SnapshotCache, XdsServer
 from mesh_control_plane.xds.server import DEFAULT_QUEUE_SIZE
 
+pytestmark = pytest.mark.usefixtures("xds_engine")  # grpc.aio and the native engine
+
 TIMEOUT = 10.0
 CLUSTER = "outbound|80||big.mesh"
 CHANGES = DEFAULT_QUEUE_SIZE + 30  # more than the slow stream's queue holds
@@ -43,11 +45,11 @@ CHANGES = DEFAULT_QUEUE_SIZE + 30  # more than the slow stream's queue holds
 NEVER_READS = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024))
 
 
-def big_service(generation: int) -> MeshConfig:
-    """300 endpoints (an EDS response of several KB); each generation moves them."""
+def big_service(generation: int, count: int = 300) -> MeshConfig:
+    """`count` endpoints (300: an EDS response of several KB); each generation moves them."""
     endpoints = tuple(
         WorkloadEndpoint(f"10.{generation % 250}.{i // 250}.{i % 250}", {"http": 80})
-        for i in range(300)
+        for i in range(count)
     )
     entry = ServiceEntry(
         meta=Meta("ServiceEntry", "big", "default", "services.yaml"),

@@ -16,11 +16,14 @@ import urllib.request
 from typing import Any
 
 import httpx
+import pytest
 from meshlab import LocalMesh
 from registration_plane import wait_for
 from test_failover_control_planes import HOST, Load
 
 from proxyless_mesh import Mesh
+
+pytestmark = pytest.mark.usefixtures("xds_engine")  # grpc.aio and the native engine
 
 
 def serving_worker(lab: LocalMesh, node_id: str) -> int | None:

@@ -146,6 +146,7 @@ def lab_with_reviews(lab: LocalMesh) -> LocalMesh:
     return lab
 
 
+@pytest.mark.usefixtures("xds_engine")
 def test_envoy_acks_everything_and_routes_by_it(
     lab_with_reviews: LocalMesh, envoy: str, api_type: str
 ) -> None:

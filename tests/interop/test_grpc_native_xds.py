@@ -13,7 +13,7 @@ import pytest
 from meshlab import LocalMesh
 from stats import assert_binomial
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("xds_engine")]
 
 HOST = "greeter.default.mesh"
 CALLS = 1000

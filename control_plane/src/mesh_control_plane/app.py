@@ -112,6 +112,7 @@ class ControlPlane:
         prometheus_url: str = "",
         xds_workers: int = 1,
         worker_log_level: str = "WARNING",
+        xds_engine: str | None = None,
     ) -> None:
         """`jwks` fetches RequestAuthentication jwksUris (timeouts, refresh period);
         `prometheus_url` is where the console's service graph reads metrics;
@@ -159,6 +160,7 @@ class ControlPlane:
             metrics=self.metrics,
             observer=StreamObserver(embedded),
             extra_handlers=[RegistrationService(embedded).handler()],
+            engine=xds_engine,
         )
         self.workers: XdsWorkers | None = None
         if xds_workers > 1:
@@ -167,6 +169,7 @@ class ControlPlane:
                 xds_workers,
                 observer=StreamObserver(embedded),
                 log_level=worker_log_level,
+                engine=xds_engine,
             )
         prometheus = PrometheusClient(prometheus_url) if prometheus_url else None
         trust_domain = ca.trust_domain if ca is not None else DEFAULT_TRUST_DOMAIN
@@ -461,6 +464,7 @@ async def serve(
     prometheus_url: str = "",
     xds_workers: int = 1,
     worker_log_level: str = "WARNING",
+    xds_engine: str | None = None,
 ) -> None:
     """Run a control plane until `stop` is set (or, without one, until this
     task is cancelled); `on_ready` gets the addresses once both listen."""
@@ -474,6 +478,7 @@ async def serve(
         prometheus_url=prometheus_url,
         xds_workers=xds_workers,
         worker_log_level=worker_log_level,
+        xds_engine=xds_engine,
     )
     addresses = await plane.start(xds_address, admin_address, ca_address)
     try:

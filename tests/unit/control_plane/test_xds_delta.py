@@ -20,6 +20,8 @@ from mesh_control_plane.xds import SnapshotCache
 
 from .test_xds_server import A_CLUSTER, B_CLUSTER, A, AdsClient, B, service
 
+pytestmark = pytest.mark.usefixtures("xds_engine")  # grpc.aio and the native engine
+
 TIMEOUT = 5.0
 C = service("c.mesh", 80, "10.0.0.3")
 C_CLUSTER = "outbound|80||c.mesh"

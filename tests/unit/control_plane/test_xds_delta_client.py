@@ -31,6 +31,8 @@ from proxyless_mesh.xds_client._delta import DeltaAdsProtocol
 
 from .test_xds_server import service
 
+pytestmark = pytest.mark.usefixtures("xds_engine")  # grpc.aio and the native engine
+
 STEP = 10.0
 HOSTS = [f"svc{i}.mesh" for i in range(8)]
 LISTENERS = [f"{h}:80" for h in HOSTS]

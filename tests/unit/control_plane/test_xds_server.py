@@ -35,6 +35,8 @@ from mesh_control_plane.config.model import (
 from mesh_control_plane.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from mesh_control_plane.xds import SnapshotCache, XdsServer
 
+pytestmark = pytest.mark.usefixtures("xds_engine")  # grpc.aio and the native engine
+
 TIMEOUT = 5.0
 
 

@@ -22,6 +22,7 @@ from mesh_control_plane.registry.consul import ConsulSettings
 from mesh_control_plane.registry.hub import DEFAULT_DEBOUNCE
 from mesh_control_plane.registry.kubernetes import KubernetesSettings
 from mesh_control_plane.registry.runtime import RegistrySettings
+from mesh_control_plane.xds.server import DEFAULT_XDS_ENGINE, XDS_ENGINES
 from mesh_control_plane.xds.tuning import tune_gc
 from proxyless_mesh.security import DEFAULT_TRUST_DOMAIN
 
@@ -44,6 +45,13 @@ def add_parser(commands: Any) -> None:
         type=int,
         default=1,
         help="processes serving ADS on the xDS port (SO_REUSEPORT); 1: this process alone",
+    )
+    p.add_argument(
+        "--xds-engine",
+        choices=XDS_ENGINES,
+        default=DEFAULT_XDS_ENGINE,
+        help="the xDS port's transport: grpc (grpc.aio) or native (Rust: HTTP/2 and gRPC "
+        "framing off the event loop; the xDS logic is the same); default: $MESH_XDS_ENGINE or grpc",
     )
     p.add_argument(
         "--root-namespace",
@@ -289,6 +297,7 @@ async def _run(args: argparse.Namespace) -> None:
         ),
         prometheus_url=args.prometheus_url,
         xds_workers=args.xds_workers,
+        xds_engine=args.xds_engine,
         worker_log_level=args.log_level,
     )
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterable, Sequence
@@ -46,6 +47,7 @@ from mesh_control_plane.xds.clients import (
     short_type_name,
 )
 from mesh_control_plane.xds.delta import DeltaResponses, DeltaStreams
+from mesh_control_plane.xds.native_engine import NativeGrpcServer
 from mesh_control_plane.xds.responses import PreparedResponse, ResponseCache
 from mesh_control_plane.xds.snapshot import SnapshotCache
 from mesh_control_plane.xds.streams import BadNode, Stream, StreamObserver, push_order
@@ -59,6 +61,11 @@ WRITE_STALL_GRACE = 5.0
 write (a peer that reads slowly still drains it) before it is forgotten."""
 
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+XDS_ENGINES = ("grpc", "native")
+"""The xDS port's transports: grpc.aio, or the Rust one (native_engine.py)."""
+DEFAULT_XDS_ENGINE = os.environ.get("MESH_XDS_ENGINE", "grpc")
+"""The transport when none is named (`MESH_XDS_ENGINE`: how the test suite runs on either)."""
 
 _Context = grpc.aio.ServicerContext[Any, bytes]
 
@@ -425,8 +432,10 @@ class AdsServicer:
 
 
 class XdsServer:
-    """A grpc.aio server carrying the ADS service; holds the server reference
-    (a collected grpc server stops serving)."""
+    """A gRPC server carrying the ADS service: grpc.aio, or with
+    `engine="native"` the Rust transport (native_engine.py), which serves the
+    same handlers; holds the server reference (a collected grpc server stops
+    serving)."""
 
     def __init__(
         self,
@@ -437,8 +446,14 @@ class XdsServer:
         observer: StreamObserver | None = None,
         extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
         write_stall_grace: float = WRITE_STALL_GRACE,
+        engine: str | None = None,
     ) -> None:
-        """`extra_handlers` are served on the same port (the registration service)."""
+        """`extra_handlers` are served on the same port (the registration service);
+        `engine`: one of XDS_ENGINES, by default DEFAULT_XDS_ENGINE."""
+        engine = engine or DEFAULT_XDS_ENGINE
+        if engine not in XDS_ENGINES:
+            raise ValueError(f"unknown xDS engine {engine!r}: one of {', '.join(XDS_ENGINES)}")
+        self.engine = engine
         self.servicer = AdsServicer(
             cache,
             queue_size=queue_size,
@@ -447,13 +462,19 @@ class XdsServer:
             write_stall_grace=write_stall_grace,
         )
         self._extra_handlers = tuple(extra_handlers)
-        self._server: grpc.aio.Server | None = None
+        self._server: grpc.aio.Server | NativeGrpcServer | None = None
         self.port = 0
 
     async def start(self, address: str) -> int:
         """Listen on "HOST:PORT" (port 0 picks one); returns the bound port."""
+        handlers = (self.servicer.method_handlers(), *self._extra_handlers)
+        if self.engine == "native":
+            native = NativeGrpcServer(handlers)
+            self.port = await native.start(address)
+            self._server = native
+            return self.port
         server = grpc.aio.server(options=SERVER_OPTIONS)
-        server.add_generic_rpc_handlers((self.servicer.method_handlers(), *self._extra_handlers))
+        server.add_generic_rpc_handlers(handlers)
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpcio's way of saying the bind failed

@@ -41,7 +41,7 @@ from envoy.config.core.v3 import base_pb2
 from mesh_control_plane.config.model import MeshConfig, WorkloadEndpoint
 from mesh_control_plane.translate.incremental import IncrementalTranslator
 from mesh_control_plane.xds.registration import SERVICE_NAME
-from mesh_control_plane.xds.server import XdsServer
+from mesh_control_plane.xds.server import XDS_ENGINES, XdsServer
 from mesh_control_plane.xds.snapshot import InconsistentConfigError, SnapshotCache
 from mesh_control_plane.xds.tuning import tune_gc
 
@@ -164,7 +164,7 @@ def _report(server: XdsServer, with_clients: bool, node: str | None) -> dict[str
     return report
 
 
-async def run(xds_address: str, leader_address: str) -> None:
+async def run(xds_address: str, leader_address: str, engine: str = "grpc") -> None:
     snapshots = _Snapshots()
     reader = await _stdin()
     first = await _next_frame(reader)  # the leader's config (it writes that first)
@@ -173,7 +173,9 @@ async def run(xds_address: str, leader_address: str) -> None:
     snapshots.apply(first)
     async with grpc.aio.insecure_channel(leader_address) as leader:
         forwarder = _forwarder(leader)
-        server = XdsServer(snapshots.cache, observer=_on_stream, extra_handlers=[forwarder])
+        server = XdsServer(
+            snapshots.cache, observer=_on_stream, extra_handlers=[forwarder], engine=engine
+        )
         _emit({"port": await server.start(xds_address)})
         try:
             while (message := await _next_frame(reader)) is not None:
@@ -190,13 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--xds-address", required=True, help="HOST:PORT shared with the others")
     parser.add_argument("--leader", required=True, help="the leader's private HOST:PORT")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--xds-engine", choices=XDS_ENGINES, default="grpc")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s xds-worker {os.getpid()} %(name)s: %(message)s",
     )
     tune_gc()
-    asyncio.run(run(args.xds_address, args.leader))
+    asyncio.run(run(args.xds_address, args.leader, args.xds_engine))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import DecodeError
 
+from mesh_control_plane.xds import server as xds_server
 from mesh_control_plane.xds.snapshot import SnapshotCache
 from mesh_control_plane.xds.streams import StreamObserver
 from mesh_control_plane.xds.worker import frame, report_request
@@ -74,8 +75,10 @@ class XdsWorkers:
         *,
         observer: StreamObserver | None = None,
         log_level: str = "WARNING",
+        engine: str | None = None,
     ) -> None:
         self._cache = cache
+        self._engine = engine or xds_server.DEFAULT_XDS_ENGINE  # the leader's default
         self._count = count
         self._observer = observer
         self._log_level = log_level
@@ -173,6 +176,8 @@ class XdsWorkers:
             self._leader,
             "--log-level",
             self._log_level,
+            "--xds-engine",
+            self._engine,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=2**26,  # a status line of thousands of clients
