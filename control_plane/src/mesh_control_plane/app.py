@@ -146,7 +146,7 @@ class ControlPlane:
             self.ca_server = CaServer(CertificateService(authority, tokens, reviewer))
             if self._ca_sync is not None:
                 self.ca_server.on_rotated = self._ca_sync.publish_soon
-            verify = _token_verifier(tokens)
+            verify = tokens.registration_identity
         self.registry = RegistryRuntime(registry or RegistrySettings(), verify)
         self.translator = IncrementalTranslator()
         self.cache = SnapshotCache(
@@ -490,16 +490,3 @@ async def serve(
         await stop.wait()
     finally:
         await plane.stop(grace)
-
-
-def _token_verifier(tokens: TokenAuthority) -> Callable[[str], tuple[str, str]]:
-    """Join token -> (namespace, service account), ValueError(reason) if refused."""
-
-    def verify(token: str) -> tuple[str, str]:
-        try:
-            identity = tokens.verify(token)
-        except TokenError as exc:
-            raise ValueError(exc.reason) from None
-        return identity.namespace, identity.service_account
-
-    return verify

@@ -118,6 +118,15 @@ class TokenAuthority:
         r, s = decode_dss_signature(der)
         return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
+    def registration_identity(self, token: str) -> tuple[str, str]:
+        """A join token's (namespace, service account) for the registry;
+        ValueError(reason) when it is refused."""
+        try:
+            identity = self.verify(token)
+        except TokenError as exc:
+            raise ValueError(exc.reason) from None
+        return identity.namespace, identity.service_account
+
     def verify(self, token: str, *, now: float | None = None) -> SpiffeId:
         """The identity `token` grants; TokenError(reason) if it grants none."""
         parts = token.split(".")
