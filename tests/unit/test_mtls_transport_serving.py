@@ -22,8 +22,10 @@ from cryptography import x509
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
 
 from proxyless_mesh.errors import PeerIdentityError
+from proxyless_mesh.integrations import _tls_stream
 from proxyless_mesh.integrations._grpc_serving import grpc_server_credentials
 from proxyless_mesh.integrations._serving import MeshUvicornConfig
+from proxyless_mesh.integrations._tls_stream import TlsSocketStream
 from proxyless_mesh.integrations._tls_transport import (
     AsyncMtlsTransport,
     AsyncTlsTransports,
@@ -65,6 +67,23 @@ class Served:
         return f"http://127.0.0.1:{self.port}/hello"
 
 
+async def _echo(scope: Any, receive: Any, send: Any) -> None:
+    """The request body back in 64 KiB chunks, chunked transfer encoding (no
+    content-length); /slow first waits 2 s."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/slow":
+        await asyncio.sleep(2)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for at in range(0, len(body), 65536):
+        await send({"type": "http.response.body", "body": body[at : at + 65536], "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
 @pytest.fixture(params=["auto", "asyncio"])
 def server(ca: CertificateAuthority, request: pytest.FixtureRequest) -> Iterator[Served]:
     """uvicorn serving BOB's certificate; mode and credentials swappable. On
@@ -79,6 +98,9 @@ def server(ca: CertificateAuthority, request: pytest.FixtureRequest) -> Iterator
             return
         served.scopes.append(scope)
         served.loops.add(type(asyncio.get_running_loop()))
+        if scope["path"] in ("/echo", "/slow"):
+            await _echo(scope, receive, send)
+            return
         tls = scope.get("extensions", {}).get("tls")
         body = (tls["spiffe_id"] if tls else "plaintext").encode()
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -349,3 +371,42 @@ def test_accepted_connections_turn_nagle_off(use_uvloop: bool) -> None:
 
     (uvloop.run if use_uvloop else asyncio.run)(main())
     assert seen == [1]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-stream", "httpcore-stream"])
+def test_bodies_arrive_intact_over_one_kept_alive_connection(
+    ca: CertificateAuthority, server: Served, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the TLS stream mTLS connections use (the direct one by default,
+    httpcore's with PROXYLESS_MESH_TLS_STREAM=httpcore): a 3 MiB body both
+    ways (many records each way), a chunked request body with a piece over
+    the head-joining limit, a body-less request; one connection throughout."""
+    monkeypatch.setattr(_tls_stream, "DIRECT", direct)
+    alice = issue(ca, ALICE)
+    big = bytes(range(256)) * (3 * 4096)
+    pieces = [b"a" * 10, b"b" * 20_000, b"", b"c" * 70_000, b"d"]
+    echo = server.url.replace("/hello", "/echo")
+    with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB})) as client:
+        first = client.post(echo, content=big)
+        assert first.content == big and "content-length" not in first.headers
+        assert client.post(echo, content=iter(pieces)).content == b"".join(pieces)
+        assert client.get(server.url).text == ALICE  # peer identity seen by the app
+        assert client.post(echo, content=b"x" * 1024).content == b"x" * 1024
+        stream = first.extensions["network_stream"]
+        assert isinstance(stream._stream, TlsSocketStream) is direct
+        assert stream.get_extra_info("ssl_object").version() == "TLSv1.3"
+    assert len({s["client"] for s in server.scopes}) == 1  # one connection, kept alive
+
+
+def test_direct_stream_times_out_and_recovers(ca: CertificateAuthority, server: Served) -> None:
+    """The direct stream's own timeouts: a server slower than the read timeout
+    gives httpx.ReadTimeout in about that time; the pool then connects anew."""
+    alice = issue(ca, ALICE)
+    slow = server.url.replace("/hello", "/slow")
+    with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB}), timeout=5) as client:
+        assert client.get(server.url).text == ALICE
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(slow, content=b"z", timeout=httpx.Timeout(5, read=0.3))
+        response = client.post(server.url.replace("/hello", "/echo"), content=b"after")
+        assert response.content == b"after"
+        assert isinstance(response.extensions["network_stream"]._stream, TlsSocketStream)
