@@ -1,22 +1,30 @@
-"""Where the client CPU of one request goes, in situ, split by native code (issue 25).
+"""Where the CPU of one request goes, in situ: perf, py-spy, strace (issue 25).
 
     python benchmarks/profile_tls.py [--requests 3000] [--rate 100] [--seconds 20]
-                                     [--rounds 2] [--strace]
+                                     [--rounds 2] [--strace] [--pyspy]
 
-The bench's own rows (rows.py: plain httpx, mesh plaintext, mesh mTLS with a
-STRICT mesh server), each a load_worker.py process on one kept-alive
-connection, closed loop and open loop at `--rate`. While a worker runs a
-scenario, `perf record -e cpu-clock -g -p PID` samples it (on-CPU time only,
-every thread of the process, kernel included). Each sample is charged by its
-innermost frame: OpenSSL, the `_ssl` module, the CPython interpreter (all
-Python code: httpx, h11, the mesh), libc, the native core, or the kernel,
-the kernel split by the system call it serves (found in the call chain).
-Shares times the process's CPU per request (process_time of the worker)
-give microseconds per request. Python 3.11 has no `-X perf`, so Python
-frames are not split here; profile_request.py splits them (cProfile).
+Needs `perf` (and with --pyspy, py-spy in the venv; --strace, strace). The
+bench's lab (lab.py) and three rows, each a load_worker.py process on one
+kept-alive connection: plain httpx and the mesh transport to the plaintext
+uvicorn server, the mesh transport with mTLS to the STRICT mesh server (the
+library's uvicorn protocol, uvloop). Closed loop and open loop at `--rate`,
+rounds alternating the rows. While a row runs, `perf record -e cpu-clock -g`
+samples its client process and its server process (on-CPU time only, every
+thread, kernel included). Each sample is charged by its innermost frame:
+OpenSSL, the `_ssl` module, the CPython interpreter (all Python code), libc,
+the native core, other native modules, or the kernel, split by the system
+call found in the call chain. Shares times the process's CPU per request give
+microseconds per request.
 
-`--strace` then counts each row's system calls per request (strace -f -c
-over 500 closed-loop requests; strace slows the run, so no timing from it).
+Python 3.11 has no `-X perf`, so perf cannot name Python functions. `--pyspy`
+adds a py-spy pass per row (`--native`, 1,000 Hz): its samples outside system
+calls and OpenSSL split perf's user-space CPU by package (httpx, httpcore,
+h11, the mesh's parts; the stdlib and C a package calls are charged to it).
+py-spy counts a thread preempted inside a system call as running, so system
+calls are taken from perf only.
+
+`--strace` counts each row's system calls per request (strace -f -c over 500
+closed-loop requests; strace slows the run, so no timing from it).
 """
 
 from __future__ import annotations
@@ -35,17 +43,18 @@ from pathlib import Path
 from typing import Any
 
 import common  # noqa: F401  (makes examples/ importable)
-from ab_tls import server_pid, variant_row
 from common import cpu_seconds, md_table
 from lab import start_lab
 from meshlab import LocalMesh
 from profile_request import COMPONENTS
-from rows import Running, Setup, plain_httpx
+from rows import HTTP_PATH, Running, Setup, Worker, own_bootstrap, plain_httpx
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 PY_SPY_RECORD = ("record", "--native", "--full-filenames", "-r", "1000", "--format", "raw")
 
-HTTPCORE_STREAM = {"PROXYLESS_MESH_TLS_STREAM": "httpcore"}
+
+def server_pid(setup: Setup, name: str) -> int:
+    return next(p.popen.pid for p in setup.lab.procs if p.name == name)
 
 
 def plain_httpx_to_v1(setup: Setup) -> Running:
@@ -55,11 +64,25 @@ def plain_httpx_to_v1(setup: Setup) -> Running:
     return running
 
 
+def mesh_row(mtls: bool) -> Callable[[Setup], Running]:
+    """The mesh transport to the plaintext server or, with mTLS, to the STRICT
+    mesh server; that server's process is the row's side process."""
+
+    def start(setup: Setup) -> Running:
+        label = f"profile-mesh-{'mtls' if mtls else 'plain'}"
+        authority = setup.mtls_authority if mtls else setup.http_authority
+        argv = ["--kind", "http", "--target", f"http://{authority}{HTTP_PATH}"]
+        argv += ["--mesh-bootstrap", str(own_bootstrap(setup, label, mtls))]
+        server = server_pid(setup, "server-http-mtls" if mtls else "server-http-v1")
+        return Running(Worker(label, argv, setup.lab.workdir, {}), [server])
+
+    return start
+
+
 ROWS: tuple[tuple[str, Callable[[Setup], Running]], ...] = (
     ("plain httpx", plain_httpx_to_v1),
-    ("mesh plaintext", variant_row("mesh plaintext", False, {})),
-    ("mesh mTLS, httpcore's stream", variant_row("mtls-httpcore", True, HTTPCORE_STREAM)),
-    ("mesh mTLS (direct stream)", variant_row("mtls-direct", True, {})),
+    ("mesh plaintext", mesh_row(mtls=False)),
+    ("mesh mTLS", mesh_row(mtls=True)),
 )
 PERF_RECORD = ("perf", "record", "-q", "-e", "cpu-clock", "-F", "4000", "-g")
 SYSCALL_GROUPS = (

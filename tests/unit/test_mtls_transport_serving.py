@@ -22,10 +22,8 @@ from cryptography import x509
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
 
 from proxyless_mesh.errors import PeerIdentityError
-from proxyless_mesh.integrations import _tls_stream
 from proxyless_mesh.integrations._grpc_serving import grpc_server_credentials
 from proxyless_mesh.integrations._serving import MeshUvicornConfig
-from proxyless_mesh.integrations._tls_stream import TlsSocketStream
 from proxyless_mesh.integrations._tls_transport import (
     AsyncMtlsTransport,
     AsyncTlsTransports,
@@ -373,15 +371,13 @@ def test_accepted_connections_turn_nagle_off(use_uvloop: bool) -> None:
     assert seen == [1]
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["direct-stream", "httpcore-stream"])
 def test_bodies_arrive_intact_over_one_kept_alive_connection(
-    ca: CertificateAuthority, server: Served, direct: bool, monkeypatch: pytest.MonkeyPatch
+    ca: CertificateAuthority, server: Served
 ) -> None:
-    """Through the TLS stream mTLS connections use (the direct one by default,
-    httpcore's with PROXYLESS_MESH_TLS_STREAM=httpcore): a 3 MiB body both
-    ways (many records each way), a chunked request body with a piece over
-    the head-joining limit, a body-less request; one connection throughout."""
-    monkeypatch.setattr(_tls_stream, "DIRECT", direct)
+    """Through the head-joining stream (_coalescing.py) over real mTLS: a 3 MiB
+    body both ways (many records each way), a chunked request body with a
+    piece over the joining limit and an empty one, a body-less request; one
+    connection throughout, TLS 1.3."""
     alice = issue(ca, ALICE)
     big = bytes(range(256)) * (3 * 4096)
     pieces = [b"a" * 10, b"b" * 20_000, b"", b"c" * 70_000, b"d"]
@@ -393,14 +389,13 @@ def test_bodies_arrive_intact_over_one_kept_alive_connection(
         assert client.get(server.url).text == ALICE  # peer identity seen by the app
         assert client.post(echo, content=b"x" * 1024).content == b"x" * 1024
         stream = first.extensions["network_stream"]
-        assert isinstance(stream._stream, TlsSocketStream) is direct
         assert stream.get_extra_info("ssl_object").version() == "TLSv1.3"
     assert len({s["client"] for s in server.scopes}) == 1  # one connection, kept alive
 
 
-def test_direct_stream_times_out_and_recovers(ca: CertificateAuthority, server: Served) -> None:
-    """The direct stream's own timeouts: a server slower than the read timeout
-    gives httpx.ReadTimeout in about that time; the pool then connects anew."""
+def test_read_timeout_then_a_new_connection(ca: CertificateAuthority, server: Served) -> None:
+    """A server slower than the read timeout gives httpx.ReadTimeout; the pool
+    then connects anew and the next request succeeds."""
     alice = issue(ca, ALICE)
     slow = server.url.replace("/hello", "/slow")
     with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB}), timeout=5) as client:
@@ -409,4 +404,4 @@ def test_direct_stream_times_out_and_recovers(ca: CertificateAuthority, server: 
             client.post(slow, content=b"z", timeout=httpx.Timeout(5, read=0.3))
         response = client.post(server.url.replace("/hello", "/echo"), content=b"after")
         assert response.content == b"after"
-        assert isinstance(response.extensions["network_stream"]._stream, TlsSocketStream)
+    assert len({s["client"] for s in server.scopes}) == 2

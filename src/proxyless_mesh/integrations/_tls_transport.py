@@ -16,8 +16,7 @@ inner one:
   writes a request byte: the check wraps the network stream's `start_tls`.
   A mismatch closes the connection and raises `PeerIdentityError` naming
   both identities. An HTTP/1.1 connection then sends each request's head
-  and body as one TLS record (`_coalescing.py`), over a stream that makes
-  fewer system calls than httpcore's (`_tls_stream.py`).
+  and body as one TLS record (`_coalescing.py`).
 - Rotation needs no hook: new connections read the new credentials; open
   connections keep the handshake they made (as Envoy's do), so requests in
   flight are never cut.
@@ -52,7 +51,6 @@ from proxyless_mesh.integrations._pool import (
     LinearConnectionPool,
     supported,
 )
-from proxyless_mesh.integrations._tls_stream import direct
 from proxyless_mesh.model import OriginationTls, UpstreamTls
 from proxyless_mesh.security import Credentials, verify_peer
 
@@ -184,7 +182,6 @@ class _MtlsStream(HeadHoldingStream):
         except PeerIdentityError:
             tls.close()
             raise
-        tls = direct(tls)
         return HeadHoldingStream(tls) if hold_heads(tls) else tls
 
 
