@@ -17,8 +17,9 @@ call found in the call chain. Shares times the process's CPU per request give
 microseconds per request.
 
 Python 3.11 has no `-X perf`, so perf cannot name Python functions. `--pyspy`
-adds a py-spy pass per row (`--native`, 1,000 Hz): its samples outside system
-calls and OpenSSL split perf's user-space CPU by package (httpx, httpcore,
+adds a py-spy pass per row (`--native`, 1,000 Hz): the requesting thread's
+samples outside system calls and OpenSSL split perf's user-space CPU (all
+threads; the others' is small) by package (httpx, httpcore,
 h11, the mesh's parts; the stdlib and C a package calls are charged to it).
 py-spy counts a thread preempted inside a system call as running, so system
 calls are taken from perf only.
@@ -216,11 +217,12 @@ def component(stack: str) -> str:
         for needle, name in COMPONENTS:
             if needle in path:
                 return name
-    return "stdlib and the bench loop" if paths else "native, no Python frame"
+    return "stdlib and the bench loop (load_worker.py)" if paths else "native, no Python frame"
 
 
 def pyspy(running: Running, command: dict[str, object], out: Path) -> Counter[str]:
-    """One scenario under py-spy (--native, 1,000 Hz, idle samples dropped)."""
+    """One scenario under py-spy (--native, 1,000 Hz, idle samples dropped):
+    categories of the requesting thread's samples."""
     spy = subprocess.Popen(
         [str(PY_SPY), *PY_SPY_RECORD, "-o", str(out), "-p", str(running.worker.popen.pid)],
         stdout=subprocess.DEVNULL,
@@ -233,7 +235,9 @@ def pyspy(running: Running, command: dict[str, object], out: Path) -> Counter[st
     counts: Counter[str] = Counter()
     for line in out.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        if stack and n.isdigit():
+        # The requesting thread only: the mesh's background threads wait in
+        # futexes py-spy often cannot name, and would count as running.
+        if "load_worker.py" in stack and n.isdigit():
             counts[component(stack)] += int(n)
     return counts
 
