@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,6 +271,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strace", action="store_true")
     parser.add_argument("--pyspy", action="store_true", help="and a py-spy pass per scenario")
     args = parser.parse_args(argv)
+    needed = [("perf", shutil.which("perf"))]
+    needed += [("py-spy (pip install py-spy)", PY_SPY.exists() or None)] if args.pyspy else []
+    needed += [("strace", shutil.which("strace"))] if args.strace else []
+    missing = [name for name, found in needed if not found]
+    if missing:
+        parser.error(f"not installed: {', '.join(missing)}")
     plan = {
         "closed loop": {"op": "closed", "n": args.requests},
         f"open loop @ {args.rate} req/s": {
