@@ -74,6 +74,23 @@ class Served:
         return f"http://127.0.0.1:{self.port}/hello"
 
 
+async def _echo(scope: Any, receive: Any, send: Any) -> None:
+    """The request body back in 64 KiB chunks, chunked transfer encoding (no
+    content-length); /slow first waits 2 s."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/slow":
+        await asyncio.sleep(2)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for at in range(0, len(body), 65536):
+        await send({"type": "http.response.body", "body": body[at : at + 65536], "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
 @pytest.fixture(params=["auto", "asyncio"])
 def server(ca: CertificateAuthority, request: pytest.FixtureRequest) -> Iterator[Served]:
     """uvicorn serving BOB's certificate; mode and credentials swappable. On
@@ -88,6 +105,9 @@ def server(ca: CertificateAuthority, request: pytest.FixtureRequest) -> Iterator
             return
         served.scopes.append(scope)
         served.loops.add(type(asyncio.get_running_loop()))
+        if scope["path"] in ("/echo", "/slow"):
+            await _echo(scope, receive, send)
+            return
         tls = scope.get("extensions", {}).get("tls")
         body = (tls["spiffe_id"] if tls else "plaintext").encode()
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -357,3 +377,39 @@ def test_accepted_connections_turn_nagle_off(use_uvloop: bool) -> None:
 
     (uvloop.run if use_uvloop else asyncio.run)(main())
     assert seen == [1]
+
+
+def test_bodies_arrive_intact_over_one_kept_alive_connection(
+    ca: CertificateAuthority, server: Served
+) -> None:
+    """Through the head-joining stream (_coalescing.py) over real mTLS: a 3 MiB
+    body both ways (many records each way), a chunked request body with a
+    piece over the joining limit and an empty one, a body-less request; one
+    connection throughout, TLS 1.3."""
+    alice = issue(ca, ALICE)
+    big = bytes(range(256)) * (3 * 4096)
+    pieces = [b"a" * 10, b"b" * 20_000, b"", b"c" * 70_000, b"d"]
+    echo = server.url.replace("/hello", "/echo")
+    with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB})) as client:
+        first = client.post(echo, content=big)
+        assert first.content == big and "content-length" not in first.headers
+        assert client.post(echo, content=iter(pieces)).content == b"".join(pieces)
+        assert client.get(server.url).text == ALICE  # peer identity seen by the app
+        assert client.post(echo, content=b"x" * 1024).content == b"x" * 1024
+        stream = first.extensions["network_stream"]
+        assert stream.get_extra_info("ssl_object").version() == "TLSv1.3"
+    assert len({s["client"] for s in server.scopes}) == 1  # one connection, kept alive
+
+
+def test_read_timeout_then_a_new_connection(ca: CertificateAuthority, server: Served) -> None:
+    """A server slower than the read timeout gives httpx.ReadTimeout; the pool
+    then connects anew and the next request succeeds."""
+    alice = issue(ca, ALICE)
+    slow = server.url.replace("/hello", "/slow")
+    with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB}), timeout=5) as client:
+        assert client.get(server.url).text == ALICE
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(slow, content=b"z", timeout=httpx.Timeout(5, read=0.3))
+        response = client.post(server.url.replace("/hello", "/echo"), content=b"after")
+        assert response.content == b"after"
+    assert len({s["client"] for s in server.scopes}) == 2
