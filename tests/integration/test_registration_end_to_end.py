@@ -19,20 +19,31 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from mesh_control_plane.xds import server
+from mesh_control_plane.xds.native_engine import native_engine_available
 from meshlab import LocalMesh
 from registration_plane import GRACE, URL, Plane, serve_plane, start_workload, wait_for
 
 from proxyless_mesh import Mesh
 
-# Register/Deregister (unary, on the xDS port) over grpc.aio and the native engine
-pytestmark = pytest.mark.usefixtures("xds_engine")
 
-
-@pytest.fixture(params=[1, 2], ids=["one process", "2 ADS workers"])
-def plane(lab: LocalMesh, request: pytest.FixtureRequest) -> Iterator[Plane]:
+# Register/Deregister (unary, on the xDS port): over grpc.aio in one process and
+# with ADS workers, and over the native engine with workers (its deployment).
+@pytest.fixture(
+    params=[("grpc", 1), ("grpc", 2), ("native", 2)],
+    ids=["grpc-one process", "grpc-2 ADS workers", "native-2 ADS workers"],
+)
+def plane(
+    lab: LocalMesh, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Plane]:
     """With ADS workers, registration reaches the leader through them and a
     workload's health follows its stream on whichever worker holds it."""
-    yield from serve_plane(lab, Plane.with_groups_dir(lab.workdir, xds_workers=request.param))
+    engine, workers = request.param
+    if engine == "native" and not native_engine_available():
+        pytest.skip("the native xDS engine is not built (make install, with cargo)")
+    monkeypatch.setattr(server, "DEFAULT_XDS_ENGINE", engine)  # as the xds_engine fixture
+    monkeypatch.setenv("MESH_XDS_ENGINE", engine)
+    yield from serve_plane(lab, Plane.with_groups_dir(lab.workdir, xds_workers=workers))
 
 
 class Load:
