@@ -171,12 +171,10 @@ class _MtlsStream(HeadHoldingStream):
         self._peer = peer
 
     def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
+        self, ssl_context: ssl.SSLContext, *args: Any, **kwargs: Any
     ) -> httpcore.NetworkStream:
-        tls = self._stream.start_tls(self._verifier.context(), server_hostname, timeout)
+        """httpcore's start_tls (server_hostname, timeout) with the mesh's context."""
+        tls = self._stream.start_tls(self._verifier.context(), *args, **kwargs)
         try:
             self._verifier.check(tls, self._peer)
         except PeerIdentityError:
@@ -200,14 +198,10 @@ class _MtlsBackend(_BackendSetup, httpcore.NetworkBackend):
     _inner_class = httpcore.SyncBackend
 
     def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
+        self, host: str, port: int, *args: Any, **kwargs: Any
     ) -> httpcore.NetworkStream:
-        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        """httpcore's connect_tcp; timeout, local_address and socket_options pass on."""
+        stream = self._inner.connect_tcp(host, port, *args, **kwargs)
         return _MtlsStream(stream, self._verifier, f"{host}:{port}")
 
     def connect_unix_socket(
@@ -229,12 +223,9 @@ class _AsyncMtlsStream(AsyncHeadHoldingStream):
         self._peer = peer
 
     async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
+        self, ssl_context: ssl.SSLContext, *args: Any, **kwargs: Any
     ) -> httpcore.AsyncNetworkStream:
-        tls = await self._stream.start_tls(self._verifier.context(), server_hostname, timeout)
+        tls = await self._stream.start_tls(self._verifier.context(), *args, **kwargs)
         try:
             self._verifier.check(tls, self._peer)
         except PeerIdentityError:
@@ -248,14 +239,9 @@ class _AsyncMtlsBackend(_BackendSetup, httpcore.AsyncNetworkBackend):
     _inner_class = httpcore.AnyIOBackend
 
     async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
+        self, host: str, port: int, *args: Any, **kwargs: Any
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        stream = await self._inner.connect_tcp(host, port, *args, **kwargs)
         return _AsyncMtlsStream(stream, self._verifier, f"{host}:{port}")
 
     async def connect_unix_socket(
