@@ -22,6 +22,30 @@ ALICE = SpiffeId("cluster.local", "shop", "alice")
 BOB = SpiffeId("cluster.local", "shop", "bob")
 
 
+def _listeners_on(port: int) -> int:
+    """How many TCP sockets listen on `port` (the kernel's table, no connection)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                count += fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port
+    return count
+
+
+async def _one_listener_left(port: int, timeout: float = 10.0) -> None:
+    """The stopping server closes its listening socket on its own thread, maybe
+    after its GOAWAY: a connect in between can land in that socket's queue and
+    be reset. Wait (polling the table: no event tells it) until only the
+    second server listens."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while _listeners_on(port) > 1:
+        assert loop.time() < deadline, f"the stopping server still listens on {port}"
+        await asyncio.sleep(0.01)
+
+
 def _leaf_identity(response: bytes) -> str | None:
     chain, _ = ca_wire.decode_response(response)
     return Certificate.from_pem(chain[0]).spiffe_id
@@ -61,6 +85,7 @@ async def test_a_call_in_flight_completes_through_goaway_and_new_calls_reconnect
         await asyncio.wait_for(old.going_away.wait(), 10)
         assert old.goaway is not None and old.goaway.error_code == 0
         assert not held.done()  # still in flight after the GOAWAY
+        await _one_listener_left(port)
 
         fresh = await channel.unary(
             ca_wire.CREATE_CERTIFICATE,
