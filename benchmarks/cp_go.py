@@ -169,6 +169,15 @@ def measure(
         storm_cpu = tree_cpu_seconds(pid) - storm_cpu
         synced = _total(synced_answers, "synced")
         storm = max(float(a["last"]) for a in synced_answers) - go  # type: ignore[arg-type]
+        synced_at = sorted(float(t) - go for a in synced_answers for t in a["times"])  # type: ignore[attr-defined]
+        resets = _total(synced_answers, "resets")
+        print(
+            f"    storm: synced p50 {synced_at[len(synced_at) // 2]:.2f} s, p90 "
+            f"{synced_at[len(synced_at) * 9 // 10]:.2f} s; {resets} stream resets "
+            f"{[a['why'] for a in synced_answers if a['why']][:1]}",
+            file=sys.stderr,
+            flush=True,
+        )
         time.sleep(0.5)
         rss_after = tree_rss_kb(pid)
         hist = HdrHistogram(1, 600_000_000, 3)

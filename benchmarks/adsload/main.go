@@ -11,7 +11,7 @@
 // stream per push). Driven over stdin/stdout, one JSON object per line, the
 // protocol of benchmarks/xds_load_clients.py, plus "reconnect ADDR":
 //
-//	"go"              connect; answer {"synced", "last", "resets", "why"}
+//	"go"              connect; answer {"synced", "last", "times", "resets", "why"}
 //	"arm"             remember each client's route version; {"armed": n}
 //	"wait"            until each ACKed another route version; {"acks": [t...]}
 //	"reconnect ADDR"  every stream ends and resumes against ADDR; answer
@@ -36,6 +36,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	clusterpb "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -199,7 +200,19 @@ func (r *run) serve(ctx context.Context, c *client, addr string) {
 func (r *run) stream(ctx context.Context, c *client, addr string) error {
 	options := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	if r.source != nil { // beyond one source address's ~28,000 ephemeral ports
-		dialer := net.Dialer{LocalAddr: r.source}
+		// IP_BIND_ADDRESS_NO_PORT: the port is chosen at connect(), unique per
+		// destination, not at bind(), where every port still in TIME_WAIT
+		// from the previous run's 10,000 connections is taken: without it a
+		// storm right after another spent seconds of CPU searching for ports.
+		dialer := net.Dialer{LocalAddr: r.source, Control: func(_, _ string, raw syscall.RawConn) error {
+			var set error
+			if err := raw.Control(func(fd uintptr) {
+				set = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+			}); err != nil {
+				return err
+			}
+			return set
+		}}
 		options = append(options, grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
 			return dialer.DialContext(ctx, "tcp", a)
 		}))
@@ -540,7 +553,7 @@ func main() {
 			start(*xds)
 			r.waitAll(timeout)
 			ts := r.times()
-			reply(map[string]any{"synced": len(ts), "last": maxOf(ts), "resets": r.resets, "why": r.why})
+			reply(map[string]any{"synced": len(ts), "last": maxOf(ts), "times": ts, "resets": r.resets, "why": r.why})
 		case "arm":
 			r.begin("change")
 			reply(map[string]int{"armed": len(r.clients)})
