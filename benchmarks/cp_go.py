@@ -141,8 +141,8 @@ def _variant(delta: bool, workers: int, engine: str = "grpc") -> str:
     return kind + (f", {workers} ADS workers" if workers > 1 else "") + ENGINE_LABEL[engine]
 
 
-ENGINE_LABEL = {"grpc": "", "native": ", native engine"}
-"""How a row names the xDS port's transport (`--xds-engine`; grpc unnamed)."""
+ENGINE_LABEL = {"native": ", native engine", "grpc": ", grpc engine"}
+"""How a row names the xDS port's transport (`--xds-engine`)."""
 
 
 def measure(

@@ -157,10 +157,11 @@ class LoadClients(LoadProcesses):
 
 
 def start_quiet_control_plane(
-    lab: LocalMesh, xds_workers: int = 1, ready_timeout: float = 20.0, engine: str = "grpc"
+    lab: LocalMesh, xds_workers: int = 1, ready_timeout: float = 20.0, engine: str | None = None
 ) -> Proc:
     """meshctl at log level WARNING: at INFO it logs a line per stream, which
-    at 10,000 clients would be a cost of the benchmark, not of the server."""
+    at 10,000 clients would be a cost of the benchmark, not of the server.
+    `engine` None: the control plane's default transport."""
     proc = start_process(
         "control-plane",
         [
@@ -176,8 +177,7 @@ def start_quiet_control_plane(
             "WARNING",
             "--xds-workers",
             str(xds_workers),
-            "--xds-engine",
-            engine,
+            *(["--xds-engine", engine] if engine else []),
         ],
         lab.workdir,
         timeout=ready_timeout,

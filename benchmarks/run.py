@@ -98,7 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cpgo-workers", default="2", help="also Delta with these counts of ADS workers"
     )
     parser.add_argument(
-        "--cpgo-engines", default="grpc", help="xDS port transports, e.g. grpc,native (A/B)"
+        "--cpgo-engines",
+        default="native,grpc" if importlib.util.find_spec("proxyless_mesh_ads") else "grpc",
+        help="xDS port transports, alternating (A/B); default: both when native is built",
     )
     parser.add_argument("--changes", type=int, default=10)
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -108,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.requests, args.rounds, args.rates, args.open_seconds = 60, 1, "100", 0.3
         args.warmup, args.cp_clients, args.cp_timeout, args.changes = 10, "20", 20.0, 2
         args.cpgo_clients, args.cpgo_workers = "20", ""
+        args.cpgo_engines = args.cpgo_engines.split(",")[0]
     only = set(args.only.replace("data", "http,grpc").split(","))
     unknown = only - set(SECTIONS)
     if unknown:

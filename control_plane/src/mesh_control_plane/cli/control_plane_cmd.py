@@ -51,7 +51,8 @@ def add_parser(commands: Any) -> None:
         choices=XDS_ENGINES,
         default=DEFAULT_XDS_ENGINE,
         help="the xDS port's transport: grpc (grpc.aio) or native (Rust: HTTP/2 and gRPC "
-        "framing off the event loop; the xDS logic is the same); default: $MESH_XDS_ENGINE or grpc",
+        "framing off the event loop; the xDS logic is the same); default: $MESH_XDS_ENGINE, "
+        "else native when built, else grpc",
     )
     p.add_argument(
         "--root-namespace",
