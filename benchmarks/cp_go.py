@@ -170,11 +170,11 @@ def measure(
         synced = _total(synced_answers, "synced")
         storm = max(float(a["last"]) for a in synced_answers) - go  # type: ignore[arg-type]
         synced_at = sorted(float(t) - go for a in synced_answers for t in a["times"])  # type: ignore[attr-defined]
-        resets = _total(synced_answers, "resets")
+        why = next((a["why"] for a in synced_answers if a["why"]), "")
         print(
             f"    storm: synced p50 {synced_at[len(synced_at) // 2]:.2f} s, p90 "
-            f"{synced_at[len(synced_at) * 9 // 10]:.2f} s; {resets} stream resets "
-            f"{[a['why'] for a in synced_answers if a['why']][:1]}",
+            f"{synced_at[len(synced_at) * 9 // 10]:.2f} s; "
+            f"{_total(synced_answers, 'resets')} stream resets {why}",
             file=sys.stderr,
             flush=True,
         )

@@ -51,6 +51,7 @@ import propagation
 from chart import write_chart
 from common import Verdict, verdict_table
 from lab import HTTP_HOST, HTTP_PORT, start_lab
+from mesh_control_plane.xds.native_engine import native_engine_available
 from meshlab import LocalMesh
 from rows import ROWS
 from sidecars import ENVOY
@@ -99,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cpgo-engines",
-        default="native,grpc" if importlib.util.find_spec("proxyless_mesh_ads") else "grpc",
+        default="native,grpc" if native_engine_available() else "grpc",
         help="xDS port transports, alternating (A/B); default: both when native is built",
     )
     parser.add_argument("--changes", type=int, default=10)

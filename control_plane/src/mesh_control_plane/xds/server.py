@@ -25,7 +25,6 @@ new first, the removal last), shared the same way.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import sys
@@ -48,7 +47,7 @@ from mesh_control_plane.xds.clients import (
     short_type_name,
 )
 from mesh_control_plane.xds.delta import DeltaResponses, DeltaStreams
-from mesh_control_plane.xds.native_engine import NativeGrpcServer
+from mesh_control_plane.xds.native_engine import NativeGrpcServer, native_engine_available
 from mesh_control_plane.xds.responses import PreparedResponse, ResponseCache
 from mesh_control_plane.xds.snapshot import SnapshotCache
 from mesh_control_plane.xds.streams import BadNode, Stream, StreamObserver, push_order
@@ -66,7 +65,7 @@ ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 XDS_ENGINES = ("grpc", "native")
 """The xDS port's transports: grpc.aio, or the Rust one (native_engine.py)."""
 DEFAULT_XDS_ENGINE = os.environ.get("MESH_XDS_ENGINE") or (
-    "native" if importlib.util.find_spec("proxyless_mesh_ads") else "grpc"
+    "native" if native_engine_available() else "grpc"
 )
 """The transport when none is named: `$MESH_XDS_ENGINE` (how the test suite runs
 on either), else native when it is built (half the CPU per push, the 10,000 and
