@@ -259,4 +259,21 @@ impl RouteMatcher {
         }
         Ok(None)
     }
+
+    /// The index of the first route whose match holds, forwarding or not
+    /// (what `meshctl simulate` shows), or None.
+    fn first_match(
+        &self,
+        py: Python<'_>,
+        path: &Bound<'_, PyString>,
+        method: &Bound<'_, PyString>,
+        lookup: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<usize>> {
+        for (index, route) in self.routes.iter().enumerate() {
+            if route.matches(py, path, method, lookup)? {
+                return Ok(Some(index));
+            }
+        }
+        Ok(None)
+    }
 }

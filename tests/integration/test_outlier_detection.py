@@ -94,7 +94,7 @@ def wait_for_policies(mesh: Mesh) -> None:
         snapshot = mesh.snapshot
         table = snapshot.routes.get(f"{HOST}:8080")
         route = table.routes[0] if table and table.routes else None
-        decision = route.choose(0.0) if route is not None else None
+        decision = route.choices[0] if route is not None else None
         action = decision.route.action if decision and decision.route else None
         detected = any(
             source.cluster is not None and source.cluster.outlier_detection is not None

@@ -97,7 +97,7 @@ def wait_for_retry_policy(mesh: Mesh) -> None:
     while True:
         table = mesh.snapshot.routes.get(f"{HOST}:8080")
         route = table.routes[0] if table and table.routes else None
-        decision = route.choose(0.0) if route is not None else None
+        decision = route.choices[0] if route is not None else None
         policy = (
             decision.route.action.retry_policy
             if decision and decision.route and decision.route.action

@@ -194,7 +194,7 @@ def configure(lab: LocalMesh, port: int) -> None:
 
 def wait_pending(mesh: Mesh, app: App) -> None:
     assert app.slow_arrived.wait(10)
-    decision = mesh.snapshot.routes[f"{HOST}:8080"].routes[0].choose(0.0)
+    decision = mesh.snapshot.routes[f"{HOST}:8080"].routes[0].choices[0]
     assert decision is not None
     resources = mesh.cluster_resources(
         decision.cluster, mesh.snapshot.sources[decision.cluster].cluster

@@ -228,7 +228,7 @@ def slow_in_flight_and_pending(mesh: Mesh, server: HttpServer) -> None:
     """Wait until one /slow holds the only request slot and one is pending."""
     assert server.app.slow_arrived.wait(10)
     table = mesh.snapshot.routes[f"{HOST}:8080"]
-    decision = table.routes[0].choose(0.0)
+    decision = table.routes[0].choices[0]
     assert decision is not None
     source = mesh.snapshot.sources[decision.cluster]
     resources = mesh.cluster_resources(decision.cluster, source.cluster)

@@ -1,8 +1,8 @@
 """Differential test of the whole per-request decision after the route
 (issue 25): one world built with the native core (circuit-breaker counters,
-flat and hash picks) and one with `PROXYLESS_MESH_NATIVE=off`'s Python
-counters and pickers run the same generated cluster (policy, weights, limits,
-outlier detection), retry policies, hash keys and interleaved request/answer
+flat and hash picks) and one with the Python references patched in at the
+same seams (tests/oracles: `ClusterCounters`, `FlatPicker`, `HashPicker`)
+run the same generated cluster (policy, weights, limits, outlier detection), retry policies, hash keys and interleaved request/answer
 schedules through `request_flow`, the balancer's in-flight and outcome
 counting, and demand the same trace: every command, every Finish, the
 counters, the in-flight counts and the ejections after every step."""
@@ -13,11 +13,12 @@ import random
 from typing import Any
 from unittest import mock
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import limits as limits_oracle
+from oracles import pickers as pickers_oracle
 
-from proxyless_mesh.balancer import ClusterBalancer, Outcome
+from proxyless_mesh.balancer import ClusterBalancer, Outcome, _cluster
 from proxyless_mesh.balancer import _pickers as pickers
 from proxyless_mesh.model import (
     CircuitBreakers,
@@ -41,13 +42,7 @@ from proxyless_mesh.resilience import (
     Sleep,
     request_flow,
 )
-from proxyless_mesh.resilience import _limits as limits_module
-from proxyless_mesh.resilience._counters import native_counters
-
-pytestmark = pytest.mark.skipif(
-    native_counters is None or pickers.flat_picker_class is None,
-    reason="native core not built (no Rust)",
-)
+from proxyless_mesh.resilience import _counters as counters_module
 
 ANSWERS = (
     AttemptResult(status=200),
@@ -96,7 +91,7 @@ cases = st.fixed_dictionaries(
 )
 
 
-def _run(case: dict[str, Any]) -> tuple[list[Any], tuple[str, str]]:
+def _run(case: dict[str, Any]) -> tuple[list[Any], tuple[type, type]]:
     """The trace, and which counters and picker built it."""
     now = [100.0]
 
@@ -181,7 +176,7 @@ def _run(case: dict[str, Any]) -> tuple[list[Any], tuple[str, str]]:
         state["flow"].close()
     trace.append(("closed", resources.counts()))
     picker = getattr(balancer._current.pick, "__self__", None)
-    return trace, (type(resources._counters).__name__, type(picker).__name__)
+    return trace, (type(resources._counters), type(picker))
 
 
 @settings(max_examples=200)  # ~1 s: cheap, and ties in least request need many
@@ -189,12 +184,14 @@ def _run(case: dict[str, Any]) -> tuple[list[Any], tuple[str, str]]:
 def test_the_native_decision_traces_the_python_one(case: dict[str, Any]) -> None:
     native, built_native = _run(case)
     with (
-        mock.patch.object(limits_module, "native_counters", None),
-        mock.patch.object(pickers, "flat_picker_class", None),
-        mock.patch.object(pickers, "hash_picker_class", None),
+        mock.patch.object(counters_module, "native_counters", limits_oracle.ClusterCounters),
+        mock.patch.object(pickers, "flat_picker_class", pickers_oracle.FlatPicker),
+        mock.patch.object(pickers, "hash_picker_class", pickers_oracle.HashPicker),
     ):
         python, built_python = _run(case)
-    assert built_native[0] == "ClusterCounters" and built_python[0] == "Counters"
-    assert built_native[1] in ("FlatPicker", "HashPicker", "_Picker")  # _Picker: none left
-    assert built_python[1] not in ("FlatPicker", "HashPicker")
+    # Each world ran on its own parts (a picker of `_cluster`: no endpoint left).
+    assert built_native[0].__module__ == "proxyless_mesh_native"
+    assert built_python[0] is limits_oracle.ClusterCounters
+    assert built_native[1].__module__ in ("proxyless_mesh_native", _cluster.__name__)
+    assert built_python[1].__module__ in (pickers_oracle.__name__, _cluster.__name__)
     assert native == python

@@ -1,7 +1,7 @@
 """Differential tests of the per-request decision's two split-offs (issue 25).
 
-1. The Rust core's `ClusterCounters` against its Python twin `Counters`
-   (what users without the core run): the same answers and the same numbers
+1. The Rust core's `ClusterCounters` against its Python reference
+   (tests/oracles/limits.py): the same answers and the same numbers
    after every operation of generated sequences on generated limits.
 2. `FirstTry` (the flow without generators for requests without a fault or
    a timeout) against the general generator flow (`_flow`): on generated
@@ -15,9 +15,9 @@ import random
 from collections.abc import Callable, Collection
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from oracles.limits import ClusterCounters as PythonCounters
 
 from proxyless_mesh.model import CircuitBreakers, Endpoint, RetryBudget, RetryPolicy
 from proxyless_mesh.resilience import (
@@ -29,7 +29,7 @@ from proxyless_mesh.resilience import (
     Sleep,
     WaitForSlot,
 )
-from proxyless_mesh.resilience._counters import Counters, limits_spec, native_counters
+from proxyless_mesh.resilience._counters import limits_spec, native_counters
 from proxyless_mesh.resilience._flow import FirstTry, _flow, request_flow
 
 limits = st.builds(
@@ -57,12 +57,11 @@ OPERATIONS = (
 )
 
 
-@pytest.mark.skipif(native_counters is None, reason="native core not built (no Rust)")
 @given(limits, st.lists(st.tuples(st.sampled_from(OPERATIONS), limits), max_size=60))
 def test_native_counters_answer_as_the_python_ones(
     first: CircuitBreakers, steps: list[tuple[str, CircuitBreakers]]
 ) -> None:
-    native, python = native_counters(limits_spec(first)), Counters(limits_spec(first))
+    native, python = native_counters(limits_spec(first)), PythonCounters(limits_spec(first))
     for name, new_limits in steps:
         active, pending, retries, _, _ = python.snapshot()
         if {

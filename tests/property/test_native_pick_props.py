@@ -1,38 +1,43 @@
-"""Differential test of the native flat picker (issue 25): on generated
-groups (equal and unequal weights, several groups), in-flight counts that
-change between picks and seeds, the Rust `FlatPicker` and the Python
-random, least-request and round-robin pickers, each drawing from its own
-`random.Random` with the same seed and counting on its own counter from the
-same start, pick the very same endpoint every time; so do the native
-`HashPicker` and the ring hash and Maglev pickers for generated keys."""
+"""Differential test of the native pickers (issue 25): on generated groups
+(equal and unequal weights, several groups), in-flight counts that change
+between picks and seeds, the Rust `FlatPicker` and its Python reference
+(tests/oracles/pickers.py) for random, least request and round robin, each
+drawing from its own `random.Random` with the same seed and counting on its
+own counter from the same start, pick the very same endpoint every time; so
+do the native `HashPicker` and the reference for ring hash and Maglev on
+generated keys."""
 
 from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
+from unittest import mock
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from oracles import pickers as oracle
 
+from proxyless_mesh.balancer import _pickers as pickers
 from proxyless_mesh.balancer._active import Group
 from proxyless_mesh.balancer._native import flat_picker_class, hash_picker_class
 from proxyless_mesh.balancer._outlier import HostState
 from proxyless_mesh.balancer._pickers import (
     Flat,
-    LeastRequestPicker,
     MaglevPicker,
-    RandomPicker,
     RingHashPicker,
-    RoundRobinPicker,
     flat_pick,
     hash_pick,
 )
 from proxyless_mesh.model import Endpoint, MaglevConfig, RingHashConfig
 
-pytestmark = pytest.mark.skipif(
-    flat_picker_class is None or hash_picker_class is None, reason="native core not built (no Rust)"
-)
+
+def python_pickers() -> Any:
+    """The reference pickers in place of the native ones (a context manager)."""
+    return mock.patch.multiple(
+        pickers, flat_picker_class=oracle.FlatPicker, hash_picker_class=oracle.HashPicker
+    )
+
 
 group_weights = st.lists(st.sampled_from([1.0, 1.0, 2.0, 3.0, 0.5, 100.0]), min_size=1, max_size=5)
 
@@ -71,11 +76,8 @@ def test_native_flat_picks_are_the_python_picks(
     python_flat = Flat(tuple(groups), random.Random(seed))
     native_flat = Flat(tuple(groups), random.Random(seed))
     python_counter, native_counter = itertools.count(start), itertools.count(start)
-    python = {
-        "random": lambda: RandomPicker(python_flat),
-        "least_request": lambda: LeastRequestPicker(python_flat),
-        "round_robin": lambda: RoundRobinPicker(python_flat, python_counter),
-    }[policy]().pick
+    with python_pickers():
+        python = flat_pick(policy, python_flat, python_counter)
     native = flat_pick(policy, native_flat, native_counter)
     assert native.__self__.__class__ is flat_picker_class  # type: ignore[attr-defined]
     for host, starts in load:  # change in-flight counts between picks
@@ -113,7 +115,8 @@ def test_native_hash_picks_are_the_python_picks(
             return RingHashPicker(tuple(groups), flat, config)
         return MaglevPicker(tuple(groups), flat, MaglevConfig(table_size=table_size))
 
-    python = picker(Flat(tuple(groups), random.Random(seed))).pick
+    with python_pickers():
+        python = hash_pick(picker(Flat(tuple(groups), random.Random(seed))))
     native = hash_pick(picker(Flat(tuple(groups), random.Random(seed))))
     assert native.__self__.__class__ is hash_picker_class  # type: ignore[attr-defined]
     for key in keys:  # None: a random pick from each one's own Random, same seed

@@ -1,12 +1,15 @@
-"""The per-policy pickers: immutable arrays built per active set, read per pick.
+"""The per-policy pickers: immutable arrays built here per active set, read
+per pick by the native core (issue 25: `FlatPicker`, `HashPicker`; the rules
+are stated where they are built and in native/src/pick.rs).
 
-Every picker is built from the active set's groups (see _active.py) and has
-one method, `pick(hash_key) -> Endpoint`, never called on an empty set.
+Every pick is `pick(hash_key) -> Endpoint`, never called on an empty set.
 Round robin, random and least request flatten the groups into one weighted
 list (group load x weight within group), so priority and locality cost
 nothing per pick. The hash pickers keep one ring / table per group, as
 Envoy does per priority, and choose the group from the hash, so a key stays
 on its endpoint while the groups' loads stay the same.
+tests/property/test_native_pick_props.py holds the native picks to a Python
+reference (tests/oracles/pickers.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from hashlib import blake2b
 
@@ -25,24 +27,14 @@ from proxyless_mesh.balancer._outlier import HostState
 from proxyless_mesh.balancer._schedule import smooth_schedule
 from proxyless_mesh.model import Endpoint, MaglevConfig, RingHashConfig
 
-_MASK64 = (1 << 64) - 1
-_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant; decorrelates group choice from ring position
-
 
 class Flat:
     """The groups flattened: every active endpoint once, with its share of all
-    traffic, plus a weighted sampler over it."""
+    traffic, plus Walker's alias tables for sampling by share in O(1) (one
+    `random()` for both the column and the coin, drawn by the native picker
+    from this balancer's `random.Random`)."""
 
-    __slots__ = (
-        "_alias",
-        "_n",
-        "_prob",
-        "_random",
-        "endpoints",
-        "states",
-        "uniform",
-        "weights",
-    )
+    __slots__ = ("alias", "endpoints", "prob", "random", "states", "uniform", "weights")
 
     def __init__(self, groups: tuple[Group, ...], rng: random.Random) -> None:
         endpoints: list[Endpoint] = []
@@ -59,21 +51,8 @@ class Flat:
         # Equal within float noise: uniform sampling is exact and cheaper.
         self.uniform = high - low <= 1e-9 * high
         self.weights = tuple(1.0 for _ in weights) if self.uniform else tuple(weights)
-        self._n = len(endpoints)
-        self._prob, self._alias = _alias_table(self.weights)
-        self._random = rng.random
-
-    def index(self) -> int:
-        """A random index, weighted by share, in O(1) whatever the size:
-        Walker's alias method, one random() for both the column and the coin."""
-        u = self._random() * self._n
-        i = int(u)
-        if self.uniform or u - i < self._prob[i]:
-            return i
-        return self._alias[i]
-
-    def sample(self, hash_key: int | None = None) -> Endpoint:
-        return self.endpoints[self.index()]
+        self.prob, self.alias = _alias_table(self.weights)
+        self.random = rng.random
 
 
 def _alias_table(weights: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[int, ...]]:
@@ -95,107 +74,46 @@ def _alias_table(weights: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[i
     return tuple(prob), tuple(alias)
 
 
-class RoundRobinPicker:
-    """Smooth weighted round robin over a schedule built here, advanced by a
-    counter shared with the cluster's previous balancers (positions survive
-    updates)."""
-
-    __slots__ = ("_counter", "_n", "_schedule")
-
-    def __init__(self, flat: Flat, counter: itertools.count[int]) -> None:
-        if flat.uniform:
-            self._schedule = flat.endpoints
-        else:
-            order = smooth_schedule(list(flat.weights))
-            self._schedule = tuple(flat.endpoints[i] for i in order)
-        self._n = len(self._schedule)
-        self._counter = counter
-
-    def pick(self, hash_key: int | None = None) -> Endpoint:
-        return self._schedule[next(self._counter) % self._n]
-
-
-class RandomPicker:
-    __slots__ = ("pick",)
-
-    def __init__(self, flat: Flat) -> None:
-        self.pick = flat.sample
-
-
-class LeastRequestPicker:
-    """Power of two choices on in-flight requests (Envoy's default
-    choice_count 2).
-
-    Both candidates are drawn weighted by share, and the one with fewer
-    in-flight requests per unit of weight wins (ties: the first). With no
-    load this sends traffic exactly in proportion to the weights; under load
-    it steers away from busy endpoints, a heavier endpoint being allowed
-    proportionally more in flight. Envoy, for unequal weights, instead runs
-    an EDF scheduler on weight / (active + 1)^bias; re-sorting a scheduler on
-    every request costs too much in Python, and the P2C rule above keeps the
-    same two properties (proportional when idle, load-aware when busy).
-    With equal weights it is exactly Envoy's P2C."""
-
-    __slots__ = ("_flat", "_states", "_weights")
-
-    def __init__(self, flat: Flat) -> None:
-        self._flat = flat
-        self._states = flat.states
-        self._weights = flat.weights
-
-    def pick(self, hash_key: int | None = None) -> Endpoint:
-        flat = self._flat
-        i = flat.index()
-        j = flat.index()
-        states = self._states
-        if flat.uniform:
-            return flat.endpoints[i if len(states[i].flight) <= len(states[j].flight) else j]
-        weights = self._weights
-        if len(states[i].flight) * weights[j] <= len(states[j].flight) * weights[i]:
-            return flat.endpoints[i]
-        return flat.endpoints[j]
-
-
 def flat_pick(
     policy: str, flat: Flat, counter: itertools.count[int]
 ) -> Callable[[int | None], Endpoint]:
-    """The pick of a flat policy ("random", "least_request", "round_robin"):
-    the native core's when built (the same picks), else the Python picker's."""
+    """The native pick of a flat policy:
+    - "random": an endpoint by share (the alias tables);
+    - "least_request": power of two choices on in-flight requests (Envoy's
+      default choice_count 2), both drawn by share, the one with fewer
+      in-flight requests per unit of weight winning (ties: the first). Idle,
+      this sends traffic in proportion to the weights; busy, it steers away
+      from loaded endpoints. With equal weights it is Envoy's P2C; for
+      unequal ones Envoy runs an EDF scheduler on weight / (active + 1)^bias,
+      and this rule keeps its two properties without re-sorting per request;
+    - "round_robin": smooth weighted round robin over a schedule built here,
+      advanced by a counter shared with the cluster's previous balancers
+      (positions survive updates)."""
     schedule: tuple[Endpoint, ...] = ()
-    python: RoundRobinPicker | LeastRequestPicker | RandomPicker
     if policy == "round_robin":
-        python = round_robin = RoundRobinPicker(flat, counter)
-        schedule = round_robin._schedule
-    elif policy == "least_request":
-        python = LeastRequestPicker(flat)
-    else:
-        python = RandomPicker(flat)
-    if flat_picker_class is None:
-        return python.pick
+        if flat.uniform:
+            schedule = flat.endpoints
+        else:
+            schedule = tuple(flat.endpoints[i] for i in smooth_schedule(list(flat.weights)))
     native = flat_picker_class(
-        policy, list(flat.endpoints), list(flat.weights), list(flat._prob), list(flat._alias),
-        flat.uniform, [state.flight for state in flat.states], flat._random, list(schedule),
+        policy, list(flat.endpoints), list(flat.weights), list(flat.prob), list(flat.alias),
+        flat.uniform, [state.flight for state in flat.states], flat.random, list(schedule),
         counter,
     )  # fmt: skip
     return native.pick  # type: ignore[no-any-return]
 
 
 class _HashPicker:
-    """Shared by ring hash and Maglev: choose the group from the hash (only
-    when there is more than one), then look the key up in its structure.
-    Without a hash key the pick is random, as in Envoy."""
+    """Shared by ring hash and Maglev: the group is chosen from the hash (only
+    when there is more than one; `bounds` are the groups' cumulative loads),
+    then the key is looked up in its group's structure. Without a hash key
+    the pick is random by share, as in Envoy."""
 
-    __slots__ = ("_bounds", "_flat")
+    __slots__ = ("bounds", "flat")
 
     def __init__(self, groups: tuple[Group, ...], flat: Flat) -> None:
-        self._flat = flat
-        self._bounds = tuple(itertools.accumulate(g.load for g in groups))
-
-    def _group(self, hash_key: int) -> int:
-        if len(self._bounds) == 1:
-            return 0
-        u = (((hash_key * _MIX) & _MASK64) >> 11) * (1.0 / (1 << 53)) * self._bounds[-1]
-        return min(bisect_right(self._bounds, u), len(self._bounds) - 1)
+        self.flat = flat
+        self.bounds = tuple(itertools.accumulate(g.load for g in groups))
 
 
 class RingHashPicker(_HashPicker):
@@ -205,30 +123,22 @@ class RingHashPicker(_HashPicker):
     Entry k of an endpoint sits at hash64("address:port_k"); a key goes to
     the first entry at or after it, wrapping around."""
 
-    __slots__ = ("_rings",)
+    __slots__ = ("rings",)
 
     def __init__(self, groups: tuple[Group, ...], flat: Flat, config: RingHashConfig) -> None:
         super().__init__(groups, flat)
-        self._rings = tuple(_build_ring(g, config) for g in groups)
-
-    def pick(self, hash_key: int | None = None) -> Endpoint:
-        if hash_key is None:
-            return self._flat.sample()
-        hashes, owners = self._rings[self._group(hash_key)]
-        i = bisect_left(hashes, hash_key)
-        return owners[i if i < len(hashes) else 0]
+        self.rings = tuple(_build_ring(g, config) for g in groups)
 
 
 def hash_pick(picker: RingHashPicker | MaglevPicker) -> Callable[[int | None], Endpoint]:
-    """The pick of a hash picker: the native core's when built (the same
-    picks; a pick without a key is still the Python picker's)."""
-    if hash_picker_class is None:
-        return picker.pick
+    """The native pick of a hash picker's structures; a pick without a key
+    is the flat random pick's (`flat_pick("random", ...)`)."""
     if isinstance(picker, RingHashPicker):
-        rings, tables, size = [(list(h), list(o)) for h, o in picker._rings], [], 0
+        rings, tables, size = [(list(h), list(o)) for h, o in picker.rings], [], 0
     else:
-        rings, tables, size = [], [list(t) for t in picker._tables], picker._size
-    native = hash_picker_class(list(picker._bounds), rings, tables, size, picker.pick)
+        rings, tables, size = [], [list(t) for t in picker.tables], picker.size
+    keyless = flat_pick("random", picker.flat, itertools.count())
+    native = hash_picker_class(list(picker.bounds), rings, tables, size, keyless)
     return native.pick  # type: ignore[no-any-return]
 
 
@@ -261,17 +171,12 @@ class MaglevPicker(_HashPicker):
     goes to table[key % table_size]. Removing an endpoint frees its slots
     and the others mostly keep theirs."""
 
-    __slots__ = ("_size", "_tables")
+    __slots__ = ("size", "tables")
 
     def __init__(self, groups: tuple[Group, ...], flat: Flat, config: MaglevConfig) -> None:
         super().__init__(groups, flat)
-        self._size = max(2, config.table_size)
-        self._tables = tuple(_build_table(g, self._size) for g in groups)
-
-    def pick(self, hash_key: int | None = None) -> Endpoint:
-        if hash_key is None:
-            return self._flat.sample()
-        return self._tables[self._group(hash_key)][hash_key % self._size]
+        self.size = max(2, config.table_size)
+        self.tables = tuple(_build_table(g, self.size) for g in groups)
 
 
 def _build_table(group: Group, size: int) -> list[Endpoint]:

@@ -1,8 +1,10 @@
 """Per-cluster circuit-breaker counters: concurrent requests, pending requests, retries.
 
 One `ClusterResources` per cluster, shared by every request of the process (sync
-threads and async tasks alike), so the counters are guarded by a `threading.Lock`
-held only for a few integer operations; nothing ever blocks while holding it.
+threads and async tasks alike). The numbers are native counters with their own
+mutex (_counters.py); the queue of waiting tickets is guarded by a
+`threading.Lock` held only for a few operations, taken only when a request
+waits or a limit is reached; nothing ever blocks while holding it.
 
 The model, stated exactly (an in-process reading of Envoy's thresholds):
 - `max_requests` requests may be *active* (sending or waiting for a response,
@@ -27,9 +29,11 @@ import enum
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from proxyless_mesh.model import CircuitBreakers
-from proxyless_mesh.resilience._counters import Counters, limits_spec, native_counters
+from proxyless_mesh.resilience import _counters
+from proxyless_mesh.resilience._counters import limits_spec
 
 _ENVOY_DEFAULTS = CircuitBreakers()
 
@@ -107,26 +111,22 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class ClusterResources:
     """The circuit-breaker counters of one cluster (see the module docstring).
 
-    The numbers and the rules on them are a counters object (`_counters`:
-    the Rust core's, or its Python twin); the queue of tickets is here,
-    changed under `_lock` together with the counters' `pending`."""
+    The numbers and the rules on them are the native counters (`_counters`);
+    the queue of tickets is here, changed under `_lock` together with the
+    counters' `pending`."""
 
-    __slots__ = ("_counters", "_limits", "_lock", "_native", "_queue", "admit_now", "cluster")
+    __slots__ = ("_counters", "_limits", "_lock", "_queue", "admit_now", "cluster")
 
     def __init__(self, cluster: str, limits: CircuitBreakers = _ENVOY_DEFAULTS) -> None:
         self.cluster = cluster
         self._limits = limits
         self._lock = threading.Lock()
         self._queue: deque[SlotTicket] = deque()
-        spec = limits_spec(limits)
-        self._native = native_counters is not None
-        self._counters: Counters = native_counters(spec) if self._native else Counters(spec)
+        self._counters: Any = _counters.native_counters(limits_spec(limits))
         #: `() -> bool`: take an active slot if one is free and nobody waits;
         #: False otherwise (then `admit()` queues or overflows the request).
         #: The native counters' own method: one crossing, no lock.
-        self.admit_now: Callable[[], bool] = (
-            self._counters.admit_now if self._native else self._admit_now_locked
-        )
+        self.admit_now: Callable[[], bool] = self._counters.admit_now
 
     @property
     def limits(self) -> CircuitBreakers:
@@ -134,30 +134,31 @@ class ClusterResources:
 
     @property
     def active_requests(self) -> int:
-        return self._counters.snapshot()[0]
+        return self.counts()[0]
 
     @property
     def pending_requests(self) -> int:
-        return self._counters.snapshot()[1]
+        return self.counts()[1]
 
     @property
     def active_retries(self) -> int:
-        return self._counters.snapshot()[2]
+        return self.counts()[2]
 
     @property
     def request_overflows(self) -> int:
         """Envoy's upstream_rq_pending_overflow."""
-        return self._counters.snapshot()[3]
+        return self.counts()[3]
 
     @property
     def retry_overflows(self) -> int:
         """Envoy's upstream_rq_retry_overflow."""
-        return self._counters.snapshot()[4]
+        return self.counts()[4]
 
     def counts(self) -> tuple[int, int, int, int, int]:
         """(active, pending, active retries, request overflows, retry
         overflows), read at once (what a metrics scrape asks)."""
-        return self._counters.snapshot()
+        counts: tuple[int, int, int, int, int] = self._counters.snapshot()
+        return counts
 
     def update(self, limits: CircuitBreakers) -> None:
         """New thresholds from CDS; the counters carry over. Raising
@@ -171,10 +172,6 @@ class ClusterResources:
                 granted.append(self._grant_locked(self._queue.popleft()))
         for callbacks in granted:
             _run(callbacks)
-
-    def _admit_now_locked(self) -> bool:
-        with self._lock:
-            return self._counters.admit_now()
 
     def admit(self) -> tuple[Admission, SlotTicket | None]:
         """Take an active slot, a place in line (with its ticket), or overflow."""
@@ -190,7 +187,7 @@ class ClusterResources:
 
     def release_request(self) -> None:
         """An active request ended: its slot goes to the oldest ticket, if any."""
-        if self._native and self._counters.release_now():
+        if self._counters.release_now():
             return  # nobody waits: one crossing, no lock
         with self._lock:
             if not self._counters.release_request():
@@ -216,7 +213,8 @@ class ClusterResources:
     def try_acquire_retry(self) -> bool:
         """Admit one more concurrent retry, or count a retry overflow."""
         with self._lock:
-            return self._counters.try_acquire_retry()
+            admitted: bool = self._counters.try_acquire_retry()
+        return admitted
 
     def release_retry(self) -> None:
         with self._lock:

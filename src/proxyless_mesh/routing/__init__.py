@@ -4,7 +4,6 @@ from proxyless_mesh.routing._cors import cors
 from proxyless_mesh.routing._matching import (
     HeaderLookup,
     compile_header_matcher,
-    compile_route_match,
     mapping_lookup,
 )
 from proxyless_mesh.routing._table import (
@@ -21,7 +20,6 @@ __all__ = [
     "RouteDecision",
     "RouteTable",
     "compile_header_matcher",
-    "compile_route_match",
     "compile_virtual_host",
     "cors",
     "find_virtual_host",

@@ -1,9 +1,9 @@
-"""Compiled matchers: a model RouteMatch turned into a plain predicate.
+"""String and header matchers compiled to plain predicates, for what is
+matched outside the route table: retriable response headers (retry_on) and
+CORS origins. Routes themselves are matched natively (_native.py).
 
-Compilation happens once per config update; a request only calls the
-resulting functions. Semantics follow Envoy's RouteMatch: the path is matched
-without the query string, regexes must match the whole value, a header that
-appears several times is matched against its values joined with ",", and a
+Compilation happens once per config update. Semantics follow Envoy's
+StringMatcher and HeaderMatcher: regexes must match the whole value, and a
 header matcher with `invert` matches when the inner matcher does not
 (including when the header is absent, as Envoy does).
 """
@@ -13,13 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from proxyless_mesh.model import HeaderMatcher, MatchKind, PathMatcher, RouteMatch, StringMatcher
+from proxyless_mesh.model import HeaderMatcher, MatchKind, StringMatcher
 
 StrPredicate = Callable[[str], bool]
-# A request as routing sees it: path without query, method, and a header
-# lookup returning the (comma-joined) value or None. Names are lower-case.
+# A request's headers as routing sees them: a lookup returning the
+# (comma-joined) value or None. Names are lower-case.
 HeaderLookup = Callable[[str], "str | None"]
-RequestPredicate = Callable[[str, str, HeaderLookup], bool]
 
 
 def compile_string_matcher(m: StringMatcher) -> StrPredicate:
@@ -49,12 +48,6 @@ def _plain_predicate(kind: MatchKind, want: str) -> StrPredicate:
     raise ValueError(f"unsupported string match kind {kind}")
 
 
-def compile_path_matcher(p: PathMatcher) -> StrPredicate:
-    return compile_string_matcher(
-        StringMatcher(kind=p.kind, value=p.value, ignore_case=not p.case_sensitive)
-    )
-
-
 def compile_header_matcher(h: HeaderMatcher) -> Callable[[HeaderLookup, str], bool]:
     """Predicate over (lookup, method); `:method` is served from the method."""
     test = compile_string_matcher(h.matcher)
@@ -67,20 +60,6 @@ def compile_header_matcher(h: HeaderMatcher) -> Callable[[HeaderLookup, str], bo
         return hit != invert
 
     return check
-
-
-def compile_route_match(match: RouteMatch) -> RequestPredicate:
-    path_ok = compile_path_matcher(match.path)
-    header_checks = tuple(compile_header_matcher(h) for h in match.headers)
-    if not header_checks:
-        return lambda path, method, lookup: path_ok(path)
-
-    def predicate(path: str, method: str, lookup: HeaderLookup) -> bool:
-        if not path_ok(path):
-            return False
-        return all(check(lookup, method) for check in header_checks)
-
-    return predicate
 
 
 def mapping_lookup(headers: Mapping[str, str]) -> HeaderLookup:

@@ -1,10 +1,8 @@
-"""The native route matcher (issue 25), when the Rust core is built.
-
-`proxyless_mesh_native.RouteMatcher` answers a RouteTable's `pick` in one
-crossing with the same RouteDecision objects; without the core, or with
-PROXYLESS_MESH_NATIVE=0, the tables match in Python. Regexes stay Python's
-(`re`): the matcher calls the compiled pattern, so both agree on what a
-pattern means (tests/property/test_native_route_props.py).
+"""The route matcher is native (issue 25): `proxyless_mesh_native.RouteMatcher`
+answers a RouteTable's `pick` in one crossing with RouteDecision objects made
+here. Regexes stay Python's (`re`): the matcher calls the compiled pattern,
+so a pattern means what Python's `re` says. tests/property/test_native_route_props.py
+holds it to a Python reference (tests/oracles/routing.py).
 """
 
 from __future__ import annotations
@@ -43,12 +41,7 @@ def route_spec(
 
 
 def native_matcher(specs: list[tuple[Any, ...]]) -> Any:
-    """A RouteMatcher over `specs`, or None without the native core or when
-    a matcher's text is not UTF-8 (lone surrogates: never from xDS, whose
-    strings are UTF-8, only from a model built by hand)."""
-    if matcher_class is None:
-        return None
-    try:  # seeded from `random`, as the Python table draws: random.seed() fixes both
-        return matcher_class(specs, random.getrandbits(64))
-    except UnicodeEncodeError:
-        return None
+    """A RouteMatcher over `specs`, its split seeded from `random` (so
+    random.seed() fixes it). A matcher's text must be UTF-8: xDS strings are;
+    a model built by hand with lone surrogates raises UnicodeEncodeError."""
+    return matcher_class(specs, random.getrandbits(64))

@@ -7,15 +7,12 @@ RouteConfiguration; `RouteTable.pick()` is the per-request entry point.
 
 from __future__ import annotations
 
-import bisect
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from proxyless_mesh.model import Route, RouteConfiguration, RouteMatch, VirtualHost
-from proxyless_mesh.routing._matching import HeaderLookup, RequestPredicate, compile_route_match
-from proxyless_mesh.routing._native import matcher_class as native_matcher_class
+from proxyless_mesh.routing._matching import HeaderLookup
 from proxyless_mesh.routing._native import native_matcher, route_spec
 
 
@@ -32,32 +29,20 @@ class RouteDecision:
 
 
 class CompiledRoute:
-    """One route, ready for matching and weighted cluster choice."""
+    """One route, ready for the native matcher: its match, and its weighted
+    clusters as cumulative weights with one decision object per cluster."""
 
-    __slots__ = (
-        "_choices",
-        "_cumulative",
-        "_total",
-        "clusters",
-        "match",
-        "matches",
-        "name",
-        "timeout",
-    )
+    __slots__ = ("choices", "clusters", "cumulative", "match", "name", "timeout", "total")
 
     def __init__(
         self,
         name: str,
-        matches: RequestPredicate,
+        match: RouteMatch,
         clusters: tuple[tuple[str, int], ...],
         timeout: float | None,
         route: Route | None = None,
-        match: RouteMatch | None = None,
     ) -> None:
-        """`match` is what `matches` was compiled from: the native matcher
-        needs it (a route without it keeps its table in Python)."""
         self.name = name
-        self.matches = matches
         self.match = match
         self.clusters = clusters
         self.timeout = timeout
@@ -67,29 +52,21 @@ class CompiledRoute:
         for _, weight in live:
             total += weight
             cumulative.append(total)
-        self._cumulative = cumulative
-        self._total = total
+        self.cumulative = cumulative
+        self.total = total
         # One decision object per cluster, made here so a request allocates none.
-        self._choices = tuple(RouteDecision(name, c, timeout, route) for c, _ in live)
+        self.choices = tuple(RouteDecision(name, c, timeout, route) for c, _ in live)
         answers = route is not None and (
             route.redirect is not None or route.direct_response is not None
         )
         if not live and answers:
-            self._choices = (RouteDecision(name, "", None, route),)
-            self._cumulative = [1]
-            self._total = 1
+            self.choices = (RouteDecision(name, "", None, route),)
+            self.cumulative = [1]
+            self.total = 1
 
     @property
     def forwards(self) -> bool:
-        return bool(self._choices)
-
-    def choose(self, rand: float) -> RouteDecision:
-        """Pick a cluster by weight; `rand` is uniform in [0, 1)."""
-        choices = self._choices
-        if len(choices) == 1:
-            return choices[0]
-        index = bisect.bisect_right(self._cumulative, rand * self._total)
-        return choices[min(index, len(choices) - 1)]
+        return bool(self.choices)
 
 
 class RouteTable:
@@ -97,60 +74,40 @@ class RouteTable:
 
     `pick(path, method, lookup)` is the first matching route's decision
     (Envoy: routes are tried in order), None when no route matches or the
-    matching route does not forward (NR). It is the native matcher's when
-    the Rust core is built (one crossing), else `pick_with` in Python."""
+    matching route does not forward (NR): the native matcher's, one crossing
+    (routing/_native.py)."""
 
-    __slots__ = ("_rand", "native", "pick", "routes", "virtual_host")
+    __slots__ = ("native", "pick", "pick_with", "routes", "virtual_host")
 
     def __init__(self, virtual_host: str, routes: tuple[CompiledRoute, ...]) -> None:
         self.virtual_host = virtual_host
         self.routes = routes
-        self._rand = random.random
-        self.native = _native_table(routes)
-        self.pick: Callable[[str, str, HeaderLookup], RouteDecision | None] = (
-            self.native.pick if self.native is not None else self._pick
+        self.native: Any = native_matcher(
+            [route_spec(r.match, r.cumulative, r.total, r.choices) for r in routes]
+        )
+        self.pick: Callable[[str, str, HeaderLookup], RouteDecision | None] = self.native.pick
+        #: `pick` with the weighted split's uniform draw in [0, 1) given.
+        self.pick_with: Callable[[str, str, HeaderLookup, float], RouteDecision | None] = (
+            self.native.pick_with
         )
 
-    def _pick(self, path: str, method: str, lookup: HeaderLookup) -> RouteDecision | None:
-        return self.pick_with(path, method, lookup, self._rand())
-
-    def pick_with(
-        self, path: str, method: str, lookup: HeaderLookup, rand: float
-    ) -> RouteDecision | None:
-        """`pick` in Python, with the weighted split's uniform draw given."""
-        for route in self.routes:
-            if route.matches(path, method, lookup):
-                if not route.forwards:
-                    return None
-                return route.choose(rand)
-        return None
+    def first_match(self, path: str, method: str, lookup: HeaderLookup) -> CompiledRoute | None:
+        """The first route whose match holds, forwarding or not (simulate)."""
+        index = self.native.first_match(path, method, lookup)
+        return None if index is None else self.routes[index]
 
     def referenced_clusters(self) -> frozenset[str]:
         return frozenset(c for r in self.routes for c, w in r.clusters if w > 0)
-
-
-def _native_table(routes: tuple[CompiledRoute, ...]) -> Any:
-    """The native matcher of these routes, or None (no core, or a route
-    compiled by hand without its RouteMatch)."""
-    if native_matcher_class is None or not routes:
-        return None
-    specs = []
-    for route in routes:
-        if route.match is None:
-            return None
-        specs.append(route_spec(route.match, route._cumulative, route._total, route._choices))
-    return native_matcher(specs)
 
 
 def compile_virtual_host(vhost: VirtualHost) -> RouteTable:
     routes = tuple(
         CompiledRoute(
             name=r.name,
-            matches=compile_route_match(r.match),
+            match=r.match,
             clusters=tuple((c.name, c.weight) for c in r.action.clusters) if r.action else (),
             timeout=r.action.timeout if r.action else None,
             route=r,
-            match=r.match,
         )
         for r in vhost.routes
     )

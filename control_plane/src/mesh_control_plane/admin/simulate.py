@@ -108,14 +108,12 @@ def simulate(
             return result
         result["outcome"] = f"not a mesh service: {outside_outcome(sidecar, default)}"
         return result
-    matched = next(
-        (r for r in table.routes if r.matches(path, request.method, request.headers.get)), None
-    )
+    matched = table.first_match(path, request.method, request.headers.get)
     if matched is None or not matched.forwards:
         result["outcome"] = f"no route of {authority} matches {request.method} {path} (NR)"
         return result
     result["route"] = matched.name
-    route = matched.choose(0.0).route
+    route = matched.choices[0].route
     effects = route_effects(route) if route is not None else []
     if effects:
         result["effects"] = effects
