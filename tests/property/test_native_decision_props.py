@@ -4,8 +4,9 @@ flat and hash picks) and one with the Python references patched in at the
 same seams (tests/oracles: `ClusterCounters`, `FlatPicker`, `HashPicker`)
 run the same generated cluster (policy, weights, limits, outlier detection),
 retry policies, hash keys and interleaved request/answer schedules through
-`request_flow`, the balancer's in-flight and outcome counting, and demand the same trace: every command, every Finish, the
-counters, the in-flight counts and the ejections after every step."""
+`request_flow`, the balancer's in-flight and outcome counting, and demand
+the same trace: every command, every Finish, the counters, the in-flight
+counts and the ejections after every step."""
 
 from __future__ import annotations
 
