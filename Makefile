@@ -4,23 +4,29 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install tools kube-tools test lint typecheck unit demo bench ab adsload clean
+.PHONY: install tools kube-tools test lint typecheck unit demo bench ab adsload wheels clean
 
-$(STAMP): pyproject.toml control_plane/pyproject.toml requirements-dev.txt
+# The venv and the build tool the native core needs before the library installs.
+BASE := $(VENV)/.base
+$(BASE):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip "maturin>=1.7,<2"
+	touch $(BASE)
+
+# The native core (issue 25, native/: route matching, picks, circuit-breaker
+# counters, xDS decoding, the workload key): a required dependency of the
+# library (`proxyless-mesh-native`), built here from source with Rust; cargo's
+# target dir native/target keeps rebuilds incremental. Users without a compiler
+# install the wheel `make wheels` builds.
+NATIVE_STAMP := $(VENV)/.native
+$(NATIVE_STAMP): $(BASE) native/Cargo.toml native/pyproject.toml $(wildcard native/src/*.rs)
+	@command -v cargo >/dev/null || { echo "the native core needs Rust to build from source (cargo not found): install it (rustup.rs), or install the proxyless-mesh-native wheel"; exit 1; }
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -m native/Cargo.toml
+	touch $(NATIVE_STAMP)
+
+$(STAMP): pyproject.toml control_plane/pyproject.toml requirements-dev.txt | $(NATIVE_STAMP)
 	$(PY) -m pip install -q -e . -e ./control_plane -r requirements-dev.txt
 	touch $(STAMP)
-
-# The native core (issue 25, native/): built into the venv when Rust is there
-# (cargo's target dir native/target keeps rebuilds incremental); without it
-# the library uses its pure-Python decoders, with the same results.
-NATIVE_STAMP := $(VENV)/.native
-$(NATIVE_STAMP): $(STAMP) native/Cargo.toml native/pyproject.toml $(wildcard native/src/*.rs)
-	@if command -v cargo >/dev/null; then \
-		VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q -m native/Cargo.toml; \
-	else echo "no Rust toolchain (cargo): native core skipped, pure-Python fallback"; fi
-	touch $(NATIVE_STAMP)
 
 # The ADS port's native transport (issue 24, native_ads/: tokio + h2, its own
 # crate so the native core's build stays small): `meshctl serve --xds-engine native`.
@@ -74,6 +80,13 @@ ab: $(STAMP)
 # module proxy's packages into ~/.cache/proxyless-mesh/ (outside the clone).
 adsload: $(STAMP)
 	cd benchmarks && ../$(PY) -c "import cp_go; print(cp_go.binary())"
+
+# Wheels for users (dist/): the native core's, one abi3 wheel for every CPython
+# >= 3.11 on this platform (maturin tags it manylinux for the glibc it needs),
+# and the two pure-Python packages.
+wheels: install
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin build --release -q -m native/Cargo.toml -o dist
+	$(PY) -m pip wheel -q --no-deps -w dist . ./control_plane
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
