@@ -13,8 +13,8 @@ in-process, and the TLS pieces built from them.
   restart during a CA outage; the trade-off is in _cert_cache.py.
 - `Credentials`: one immutable key/chain/roots set and its cached SSL contexts.
 - `WorkloadKey` (`new_private_key`, `load_private_key`, `make_csr`) and
-  `Certificate`: the key, CSR and certificate facts, in Rust when the native
-  core is built (no `cryptography` import), else on `cryptography`.
+  `Certificate`: the key, CSR and certificate facts, in the native core's
+  Rust (no `cryptography` import).
 - `peer_spiffe_id()` / `verify_peer()`: who the peer of a TLS connection is,
   checked after the handshake (Python's ssl cannot match URI SANs).
 - `InboundTls`, `asgi_tls_extension()`: the serving side

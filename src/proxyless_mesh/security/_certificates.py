@@ -1,12 +1,10 @@
 """`Certificate`: the facts the mesh reads off an X.509 certificate (validity,
 URI SANs, public key), and the DER it came from.
 
-The native core (`proxyless_mesh_native.read_certificate`, Rust) reads them
-when it is built; without it (or with PROXYLESS_MESH_NATIVE=off) the
-`cryptography` package does, loaded on first use. Either way nothing else in
-the library holds a `cryptography` object, so a process with the native core
-never imports it for its identity (issue 25). tests/property/
-test_native_identity_props.py demands both readers agree.
+The native core reads them (`proxyless_mesh_native.read_certificate`, Rust
+x509-cert), so nothing in the library holds a `cryptography` object and a
+meshed process never imports it for its identity (issue 25). tests/property/
+test_native_identity_props.py holds the reader to `cryptography`'s reading.
 """
 
 from __future__ import annotations
@@ -17,53 +15,17 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from proxyless_mesh.native_core import module as native_core_module
+from proxyless_mesh import native_core
 
-__all__ = ["Certificate", "native_core", "pem_decode", "pem_encode"]
+__all__ = ["Certificate", "pem_decode", "pem_encode"]
 
 _SPIFFE_SCHEME = "spiffe://"
 
 # (not_before, not_after) POSIX seconds, URI SANs in order, SubjectPublicKeyInfo DER
 Facts = tuple[int, int, list[str], bytes]
 
-
-def native_core() -> Any:
-    """The native core if it is built with the identity functions and not
-    turned off (PROXYLESS_MESH_NATIVE=off), else None."""
-    module = native_core_module()
-    return module if hasattr(module, "EcKey") else None  # None: a core built before them
-
-
-def read_with_cryptography(der: bytes) -> Facts:
-    """The Python reader: `cryptography`, for processes without the native core."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    cert = x509.load_der_x509_certificate(der)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = list(san.get_values_for_type(x509.UniformResourceIdentifier))
-    except x509.ExtensionNotFound:
-        uris = []
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return (
-        int(cert.not_valid_before_utc.timestamp()),
-        int(cert.not_valid_after_utc.timestamp()),
-        uris,
-        spki,
-    )
-
-
-def _reader() -> Callable[[bytes], Facts]:
-    core = native_core()
-    return core.read_certificate if core is not None else read_with_cryptography
-
-
-_read: Callable[[bytes], Facts] = _reader()
+_read: Callable[[bytes], Facts] = native_core.member("read_certificate")
 
 
 @dataclass(frozen=True)
