@@ -6,16 +6,13 @@ Against a real control plane and a real HTTP backend (examples/meshlab.py),
 each row is a fresh interpreter that imports, starts a Mesh (or not), sends
 200 requests through httpx, and reports its VmRSS, its peak (VmHWM), the CPU
 of `from proxyless_mesh import Mesh` and which heavy packages it loaded.
-Rows: plain httpx; meshed with both fallbacks (ADS/CA over
-grpcio, xDS decoded by protobuf: PROXYLESS_MESH_CONTROL_TRANSPORT=grpcio,
-PROXYLESS_MESH_NATIVE=off); meshed over h2 but decoded by protobuf (what a
-user without the native core gets); meshed the default way (h2, and the
-native core: EDS in Rust, the rest by xds_client/_wire.py, no protobuf).
-With `--ref`, two more rows run that commit's library (its `src` from `git
-archive`, the same native core), without and with an identity. The identity
-rows' bootstrap carries a CA and a join token: the workload makes its key and
-gets its certificate (in Rust with the native core; with
-PROXYLESS_MESH_NATIVE=off, by cryptography). The library's bytecode is
+Rows: plain httpx; meshed with ADS/CA over grpcio
+(PROXYLESS_MESH_CONTROL_TRANSPORT=grpcio); meshed the default way (h2, and
+the native core decoding xDS: no protobuf). With `--ref`, two more rows run
+that commit's library (its `src` from `git archive`, the same native core),
+without and with an identity. The identity rows' bootstrap carries a CA and a
+join token: the workload makes its key and gets its certificate (in Rust, the
+native core's). The library's bytecode is
 compiled first (`compileall`), as pip does when it installs a wheel: without
 it every start compiles ~120 modules from source, which roughly doubled the
 import CPU measured before (and PYTHONDONTWRITEBYTECODE, set on the bench
@@ -64,23 +61,18 @@ print(json.dumps({"rss": status('VmRSS:') if bootstrap == '-' else rss, "hwm": s
                   "import_ms": import_ms, "loaded": loaded, "modules": len(sys.modules)}))
 """
 
-TRANSPORT, NATIVE = "PROXYLESS_MESH_CONTROL_TRANSPORT", "PROXYLESS_MESH_NATIVE"
+TRANSPORT = "PROXYLESS_MESH_CONTROL_TRANSPORT"
 # row -> (environment, which bootstrap: "" plain httpx, "plain" no CA, "identity")
 ROWS: dict[str, tuple[dict[str, str], str]] = {
     "plain httpx": ({}, ""),
-    "meshed: grpcio + protobuf (both fallbacks)": ({TRANSPORT: "grpcio", NATIVE: "off"}, "plain"),
-    "meshed: h2 + protobuf (no native core)": ({TRANSPORT: "h2", NATIVE: "off"}, "plain"),
-    "meshed: h2 + native/_wire (default)": ({TRANSPORT: "h2"}, "plain"),
+    "meshed: ADS and CA over grpcio": ({TRANSPORT: "grpcio"}, "plain"),
+    "meshed (default: h2, native decoding)": ({TRANSPORT: "h2"}, "plain"),
     "meshed with a workload identity (default)": ({TRANSPORT: "h2"}, "identity"),
-    "meshed with a workload identity, no native core (cryptography)": (
-        {TRANSPORT: "h2", NATIVE: "off"},
-        "identity",
-    ),
 }
 
 
 def _probe(url: str, bootstrap: str, settings: dict[str, str]) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if k not in (TRANSPORT, NATIVE, "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k not in (TRANSPORT, "PYTHONPATH")}
     env.update(settings)
     done = subprocess.run(
         [sys.executable, "-c", PROBE, url, bootstrap, ",".join(HEAVY)],
