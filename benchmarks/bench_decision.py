@@ -12,14 +12,11 @@ in-flight counters (`on_start`/`on_finish`), the outcome and the release of
 the admission. The try itself answers 200 at once. Printed: CPU µs per
 request of the requesting thread (`time.thread_time`), min and lower
 quartile over the rounds (a busy machine inflates the rest), for the route
-step alone and for the whole decision, each with the native route matcher
-(when the Rust core is built) and with the Python one, rounds alternating.
+step alone and for the whole decision, rounds alternating.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import random
 import statistics
 import sys
@@ -148,28 +145,10 @@ def cpu_us(fn: Callable[[], object], requests: int) -> float:
     return (time.thread_time() - started) / requests * 1e6
 
 
-def _python_routes(snap: MeshSnapshot) -> MeshSnapshot:
-    """The same snapshot with each table's Python matcher (the fallback)."""
-    tables = {}
-    for authority, table in snap.routes.items():
-        python = copy.copy(table)
-        python.pick = table._pick
-        tables[authority] = python
-    return dataclasses.replace(snap, routes=tables)
-
-
 def rows() -> dict[str, Callable[[], object]]:
     snap = snapshot()
     resources = {name: ClusterResources(name) for name in snap.balancers}
-    python = _python_routes(snap)
-    native = next(iter(snap.routes.values())).native is not None
-    out = {}
-    for label, routed in (("Python route", python), ("native route", snap if native else None)):
-        if routed is None:
-            continue
-        out[f"route + split, {label}"] = route_only(routed)
-        out[f"whole decision, {label}"] = decide(routed, resources)
-    return out
+    return {"route + split": route_only(snap), "whole decision": decide(snap, resources)}
 
 
 def run(quick: bool = False) -> str:
@@ -191,8 +170,6 @@ def run(quick: bool = False) -> str:
     for name, values in samples.items():
         q1 = statistics.quantiles(values, n=4)[0] if len(values) > 1 else values[0]
         lines.append(f"| {name} | {min(values):.2f} | {q1:.2f} | {statistics.median(values):.2f} |")
-    if not any("native" in name for name in steps):
-        lines.append("\nNative core not built: Python rows only.")
     return "\n".join(lines)
 
 
