@@ -1,6 +1,6 @@
 """A meshed httpx-only process does not load grpcio (issue 25): its ADS
-stream goes over h2 (grpc_wire); with the native core it loads no protobuf
-(xds_client/_wire.py), and no cryptography: without a CA there is no key to
+stream goes over h2 (grpc_wire); it loads no protobuf (xds_client/_wire.py
+and the native core decode), and no cryptography: without a CA there is no key to
 make, and with one the native core makes the key and CSR and reads the
 certificates (security/_keys.py, _certificates.py). A fresh interpreter joins a real control
 plane (whose Sidecar makes it decode the virtualOutbound listener too), sends
@@ -21,7 +21,6 @@ import pytest
 from meshlab import LocalMesh
 
 from proxyless_mesh.security._certificates import native_core
-from proxyless_mesh.xds_client._decode_endpoints import native_decode
 
 HOST = "reviews.default.mesh"
 
@@ -102,9 +101,8 @@ def test_meshed_httpx_process_does_not_load_grpcio(bootstrap: Path) -> None:
     assert over_h2["outbound"] == "REGISTRY_ONLY", over_h2
     assert "grpc" not in over_h2["loaded"], over_h2
     assert "cryptography" not in over_h2["loaded"], over_h2  # no CA here: no key to make
-    if native_decode is not None:  # without the native core, protobuf decodes (fallback)
-        assert "google.protobuf" not in over_h2["loaded"], over_h2
-        assert "envoy" not in over_h2["loaded"], over_h2
+    assert "google.protobuf" not in over_h2["loaded"], over_h2
+    assert "envoy" not in over_h2["loaded"], over_h2
 
     over_grpcio = _run_probe(bootstrap, "grpcio")
     assert over_grpcio["versions"] == ["v1"] * 5
