@@ -132,7 +132,7 @@ def config_cache_path(
 def contains_key_material(resource: Any) -> bool:
     """True when a resource (an Any: `type_url`, `value`) carries secrets (a
     PEM private key anywhere, or a set field named like a key/certificate
-    holder, also inside nested Any). Read with `_wire`, protobuf or not."""
+    holder, also inside nested Any). Read with `_wire`."""
     if b"PRIVATE KEY" in resource.value:
         return True
     if not resource.type_url.endswith(_MAY_HOLD_SECRETS):
