@@ -1,8 +1,9 @@
 //! One protobuf message level, tokenized for Python (issue 25): the xDS
 //! client's `_wire.WireMessage` decodes Listener, RouteConfiguration and
 //! Cluster against its field tables and asks this for the fields of each
-//! message. Same tokens and the same refusals as `_wire.scan_fields` (the
-//! Python twin; tests/property/test_wire_decode_props.py compares them).
+//! message. Same tokens and the same refusals as the Python reference in
+//! tests/oracles/wire.py (tests/property/test_wire_decode_props.py compares
+//! them; it also holds whole messages to the protobuf runtime).
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;

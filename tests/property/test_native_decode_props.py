@@ -1,6 +1,7 @@
 """Differential test of the native core (issue 25): the Rust decoder of
-ClusterLoadAssignment bytes and the Python protobuf runtime must give the same
-view on the same generated messages, including unknown fields, merged
+ClusterLoadAssignment bytes and the Python protobuf runtime (read into the
+same view by tests/oracles/endpoints.py) must give the same view on the same
+generated messages, including unknown fields, merged
 (concatenated) messages and truncated bytes; and the model built from either
 is the same, or both are refused with the same message."""
 
@@ -12,6 +13,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
+from oracles.endpoints import protobuf_view, view_from_message
 
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.xds_client import _decode_endpoints as endpoints
@@ -19,7 +21,6 @@ from proxyless_mesh.xds_client._decode import decode_cluster_load_assignment
 from proxyless_mesh.xds_client._types import ResourceType
 
 native = endpoints.native_decode
-pytestmark = pytest.mark.skipif(native is None, reason="native core not built (no Rust)")
 
 U32 = st.one_of(st.integers(0, 4), st.integers(0, 2**32 - 1))
 TEXT = st.one_of(st.sampled_from(["", "a", "10.0.0.1", "zone-ä"]), st.text(max_size=8))
@@ -93,18 +94,11 @@ def assignments(draw: st.DrawFn) -> endpoint_pb2.ClusterLoadAssignment:
     return msg
 
 
-def _python_view(data: bytes) -> endpoints.AssignmentView:
-    msg = endpoint_pb2.ClusterLoadAssignment()
-    msg.ParseFromString(data)
-    return endpoints.view_from_message(msg)
-
-
 def _refused_alike_or_read_alike(data: bytes) -> None:
-    """Bytes the Python runtime refuses the native core refuses too; bytes it
+    """Bytes the protobuf runtime refuses the native core refuses too; bytes it
     reads, the native core reads into the same view."""
-    assert native is not None
     try:
-        expected = _python_view(data)
+        expected = protobuf_view(data)
     except DecodeError:
         with pytest.raises(ValueError):
             native(data)
@@ -120,7 +114,7 @@ def _built(view: endpoints.AssignmentView) -> object:
 
 
 # An unknown field of each wire type (numbers the message does not use),
-# groups (proto2, nested) included: the Python runtime skips them all.
+# groups (proto2, nested) included: the protobuf runtime skips them all.
 UNKNOWN = st.sampled_from(
     [
         b"",
@@ -135,23 +129,21 @@ UNKNOWN = st.sampled_from(
 
 
 @given(assignments(), UNKNOWN)
-def test_native_and_python_views_agree(
+def test_native_and_protobuf_views_agree(
     msg: endpoint_pb2.ClusterLoadAssignment, extra: bytes
 ) -> None:
-    assert native is not None
     data = msg.SerializeToString() + extra
     view = native(data)
-    assert view == _python_view(data)
-    assert _built(view) == _built(_python_view(data))
+    assert view == protobuf_view(data)
+    assert _built(view) == _built(protobuf_view(data))
 
 
 @given(assignments(), assignments())
 def test_concatenated_messages_merge_alike(
     first: endpoint_pb2.ClusterLoadAssignment, second: endpoint_pb2.ClusterLoadAssignment
 ) -> None:
-    assert native is not None
     data = first.SerializeToString() + second.SerializeToString()
-    assert native(data) == _python_view(data)
+    assert native(data) == protobuf_view(data)
 
 
 @given(assignments(), st.data())
@@ -164,14 +156,14 @@ def test_truncated_bytes_fail_or_agree(
 
 
 @given(assignments())
-def test_decoding_an_any_gives_the_python_model(msg: endpoint_pb2.ClusterLoadAssignment) -> None:
+def test_decoding_an_any_gives_the_protobuf_model(msg: endpoint_pb2.ClusterLoadAssignment) -> None:
     packed = any_pb2.Any(type_url=ResourceType.CLUSTER_LOAD_ASSIGNMENT.type_url)
     packed.value = msg.SerializeToString()
     try:
         got: object = decode_cluster_load_assignment(packed)
     except XdsResourceError as exc:
         got = ("refused", str(exc))
-    assert got == _built(endpoints.view_from_message(msg))
+    assert got == _built(view_from_message(msg))
 
 
 @given(st.binary(max_size=64), st.binary(max_size=16))

@@ -16,6 +16,7 @@ from mesh_control_plane.config.authorization import (
     request_authentications_to_jwt,
 )
 from mesh_control_plane.translate.rbac_protos import jwt_authentication_to_proto
+from wire_support import as_wire
 
 from proxyless_mesh.policy import InboundRequest, PolicySet
 from proxyless_mesh.xds_client._decode_rbac import jwt_authentication_from_proto
@@ -144,7 +145,7 @@ def test_output_payload_to_header_carries_the_verified_payload() -> None:
     wire = config_pb2.JwtAuthentication()
     wire.CopyFrom(jwt_authentication_to_proto(jwt_config))
     assert wire.providers[ISSUER].forward_payload_header == "X-Payload"
-    ps = PolicySet(jwt=jwt_authentication_from_proto(wire))
+    ps = PolicySet(jwt=jwt_authentication_from_proto(as_wire(wire)))
     signed = token(role="admin")
     d = check(ps, {"authorization": f"Bearer {signed}", "x-payload": "forged"})
     assert d.status == 200
@@ -177,7 +178,7 @@ def _over_xds(jwt_config: Any) -> PolicySet:
     """Through the control plane's protobuf and the library's decoder, with an
     ALLOW policy that only an authenticated request principal passes."""
     wire = jwt_authentication_to_proto(jwt_config).SerializeToString()
-    decoded = jwt_authentication_from_proto(config_pb2.JwtAuthentication.FromString(wire))
+    decoded = jwt_authentication_from_proto(as_wire(config_pb2.JwtAuthentication.FromString(wire)))
     rule = {"from": [{"source": {"requestPrincipals": ["*"]}}]}
     allow = {"metadata": {"name": "authn", "namespace": "foo"}, "spec": {"rules": [rule]}}
     return PolicySet(authorization_policies_to_rbac([allow]), decoded)
@@ -226,7 +227,7 @@ def test_space_delimited_claims_split_on_spaces_for_rbac(
         *extra,
     ]
     rbac = authorization_policies_to_rbac([_claims_policy(claim, wanted)])
-    ps = PolicySet(rbac, jwt_authentication_from_proto(wire))
+    ps = PolicySet(rbac, jwt_authentication_from_proto(as_wire(wire)))
     d = check(ps, {"authorization": f"Bearer {token(**{claim: value})}"})
     assert d.status == status
 

@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.config.core.v3 import config_source_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -23,6 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
+from wire_support import read_requests
 
 from proxyless_mesh.xds_client import ClientStatus, ResourceType
 from proxyless_mesh.xds_client._protocol import DOES_NOT_EXIST_TIMEOUT, AdsProtocol
@@ -63,12 +64,12 @@ def response(type_url: str, version: str, *resources: Any) -> Any:
 
 
 def lds(requests: list[Any]) -> list[list[str]]:
-    return [list(r.resource_names) for r in requests if r.type_url == LDS]
+    return [list(r.resource_names) for r in read_requests(requests) if r.type_url == LDS]
 
 
 def new_protocol() -> tuple[AdsProtocol, Clock]:
     clock = Clock()
-    return AdsProtocol(base_pb2.Node(id="n1"), clock=clock), clock
+    return AdsProtocol({"id": "n1"}, clock=clock), clock
 
 
 def absent(protocol: AdsProtocol) -> frozenset[str]:
@@ -116,7 +117,7 @@ def test_one_request_without_nonce_names_wait_for_the_ack() -> None:
     outcome = protocol.handle_response(response(LDS, "1"))
     assert absent(protocol) == {"a"}  # asked for in the answered request
     assert lds(outcome.requests) == [["a", "b"]]
-    assert outcome.requests[0].response_nonce  # an ACK, not a new request
+    assert read_requests(outcome.requests)[0].response_nonce  # an ACK, not a new request
     protocol.handle_response(response(LDS, "1"))
     assert absent(protocol) == {"a", "b"}
 
@@ -164,10 +165,12 @@ def test_cluster_gets_the_same_rule() -> None:
     protocol.start_stream()
     protocol.watch(["a"])
     out = protocol.handle_response(response(LDS, "1", listener_to("a", "c1")))
-    assert [list(r.resource_names) for r in out.requests if r.type_url == CDS] == [["c1"]]
+    cds = [r for r in read_requests(out.requests) if r.type_url == CDS]
+    assert [list(r.resource_names) for r in cds] == [["c1"]]
     protocol.handle_response(response(CDS, "1", eds_cluster("c1")))
     out = protocol.handle_response(response(LDS, "2", listener_to("a", "c1", "c2")))
-    assert [list(r.resource_names) for r in out.requests if r.type_url == CDS] == [["c1", "c2"]]
+    cds = [r for r in read_requests(out.requests) if r.type_url == CDS]
+    assert [list(r.resource_names) for r in cds] == [["c1", "c2"]]
     protocol.handle_response(response(CDS, "2", eds_cluster("c1")))
     assert protocol.state.absent_clusters == frozenset()  # maybe a push: wait
     protocol.handle_response(response(CDS, "2", eds_cluster("c1")))
@@ -246,14 +249,14 @@ def _servicer_world(seed: int, *, config_changes: bool) -> int:
     stream = _Stream(ClientRecord(peer="sim"))
     servicer._streams.add(stream)
     clock = Clock()
-    protocol = AdsProtocol(base_pb2.Node(id="n1", user_agent_name="proxyless-mesh"), clock=clock)
-    to_server: list[Any] = list(protocol.start_stream())
+    protocol = AdsProtocol({"id": "n1", "user_agent_name": "proxyless-mesh"}, clock=clock)
+    to_server: list[Any] = read_requests(protocol.start_stream())
     watched: set[str] = set()
 
     def deliver() -> None:
         reply = discovery_pb2.DiscoveryResponse.FromString(stream.outbox.pop(0))
         before = protocol.state.absent_listeners
-        to_server.extend(protocol.handle_response(reply).requests)
+        to_server.extend(read_requests(protocol.handle_response(reply).requests))
         for name in protocol.state.absent_listeners - before:
             assert name in built_for[reply.nonce], (seed, name, reply.nonce)
 
@@ -262,7 +265,7 @@ def _servicer_world(seed: int, *, config_changes: bool) -> int:
         if step < 0.25:
             name = f"{rng.choice(hosts)}:80"
             watched.add(name)
-            to_server.extend(protocol.watch([name]))
+            to_server.extend(read_requests(protocol.watch([name])))
         elif step < 0.55 and to_server:
             servicer._on_request(stream, to_server.pop(0))
         elif step < 0.85 and stream.outbox:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from test_xds_decode import packed, rejects
 
 from proxyless_mesh.model import (
@@ -16,7 +17,12 @@ from proxyless_mesh.model import (
     Locality,
     LocalityEndpoints,
 )
-from proxyless_mesh.xds_client import decode_cluster_load_assignment
+from proxyless_mesh.xds_client import ResourceType, decode_cluster_load_assignment
+from proxyless_mesh.xds_client._codec import any_message
+from proxyless_mesh.xds_client._decode import unpack_resource
+from proxyless_mesh.xds_client._decode_endpoints import NativeAssignment
+
+EDS = ResourceType.CLUSTER_LOAD_ASSIGNMENT
 
 
 def lb_endpoint(address: str, port: int, weight: int | None = None, health: int = 0) -> Any:
@@ -87,6 +93,22 @@ def test_endpoint_keeps_istios_telemetry_metadata() -> None:
     other.metadata.filter_metadata["other"].fields["workload"].string_value = "not istio's"
     [group] = decode_cluster_load_assignment(packed(cla(locality("a", named, other)))).localities
     assert [e.workload for e in group.endpoints] == ["ratings-vm-1;shop;ratings;v3;Kubernetes", ""]
+
+
+def test_every_form_of_an_assignment_is_decoded_natively() -> None:
+    """Packed, wrapped in a discovery Resource (xds.config.resource-in-sotw),
+    already parsed, or protobuf's message: the native core decodes the bytes,
+    which stay what the client records (CSDS, the disk cache), unwrapped."""
+    msg = cla(locality("a", lb_endpoint("10.0.0.1", 8080)))
+    wrapped = packed(discovery_pb2.Resource(name="svc", resource=packed(msg)))
+    parsed = any_message(EDS.type_url, msg.SerializeToString())
+    for form in (packed(msg), wrapped, parsed, msg):
+        unpacked = unpack_resource(EDS, form)
+        assert isinstance(unpacked, NativeAssignment)
+        assert unpacked.SerializeToString() == msg.SerializeToString()
+        assert decode_cluster_load_assignment(form).localities[0].endpoints == (
+            Endpoint("10.0.0.1", 8080),
+        )
 
 
 @pytest.mark.parametrize(

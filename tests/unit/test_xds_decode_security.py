@@ -24,6 +24,7 @@ from mesh_control_plane.translate.rbac_protos import (
     jwt_authentication_to_proto,
     rbac_filter_to_proto,
 )
+from wire_support import as_wire
 
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import (
@@ -221,23 +222,23 @@ def test_server_listeners_the_mesh_cannot_enforce_are_nacked() -> None:
 
 
 def test_jwt_filter_round_trips_and_refuses_other_layouts() -> None:
-    assert jwt_authentication_from_proto(jwt_authentication_to_proto(JWT)) == JWT
+    assert jwt_authentication_from_proto(as_wire(jwt_authentication_to_proto(JWT))) == JWT
     same_issuer = JwtAuthentication((JWT.providers[0], JWT.providers[0]))
     proto = jwt_authentication_to_proto(same_issuer)
     assert sorted(proto.providers) == ["a", "a#1"]
-    assert len(jwt_authentication_from_proto(proto).providers) == 2
+    assert len(jwt_authentication_from_proto(as_wire(proto)).providers) == 2
     strict = jwt_authentication_to_proto(JWT)
     del strict.rules[0].requires.requires_any.requirements[-1]  # no allow_missing
     with pytest.raises(PolicyConfigError, match="allow_missing"):
-        jwt_authentication_from_proto(strict)
+        jwt_authentication_from_proto(as_wire(strict))
     remote = jwt_authentication_to_proto(JWT)
     remote.providers["a"].remote_jwks.http_uri.uri = "https://a/jwks"
     with pytest.raises(PolicyConfigError, match="remote_jwks"):
-        jwt_authentication_from_proto(remote)
+        jwt_authentication_from_proto(as_wire(remote))
 
 
 def test_protocol_checks_the_side_a_listener_was_watched_for() -> None:
-    protocol = AdsProtocol(base_pb2.Node(id="n"))
+    protocol = AdsProtocol({"id": "n"})
     name = "grpc/server?xds.resource.listening_address=0.0.0.0:9000"
     protocol.watch([name], inbound=True)
     protocol.start_stream()

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from test_xds_client import assignment, cluster, listener, packed, routes
+from wire_support import read_requests
 
 from proxyless_mesh.bootstrap import Bootstrap, XdsServer
 from proxyless_mesh.xds_client import ResourceType, XdsState
@@ -58,7 +58,7 @@ def good_config(port: int = 8080) -> list[Any]:
 
 
 def new_protocol() -> AdsProtocol:
-    protocol = AdsProtocol(base_pb2.Node(id="node-1"))
+    protocol = AdsProtocol({"id": "node-1"})
     protocol.start_stream()
     protocol.watch(["p.mesh:80"])
     return protocol
@@ -76,7 +76,7 @@ def test_a_restarted_client_starts_from_the_cached_config(tmp_path: Path) -> Non
     before = feed(new_protocol(), make_cache(path), *good_config())
     assert before.is_resolved("p.mesh:80")
 
-    fresh = AdsProtocol(base_pb2.Node(id="node-1"))  # a new process, no stream yet
+    fresh = AdsProtocol({"id": "node-1"})  # a new process, no stream yet
     assert make_cache(path).restore(fresh)
     after = fresh.state
     assert after.is_resolved("p.mesh:80")
@@ -88,7 +88,7 @@ def test_a_restarted_client_starts_from_the_cached_config(tmp_path: Path) -> Non
     )
     # The first stream re-subscribes to all of it, with no version: the
     # server sends everything fresh.
-    requests = fresh.start_stream()
+    requests = read_requests(fresh.start_stream())
     assert [(r.type_url, list(r.resource_names), r.version_info) for r in requests] == [
         (LDS, ["p.mesh:80"], ""),
         (RDS, ["r1"], ""),
@@ -132,7 +132,7 @@ def test_a_damaged_or_foreign_cache_is_ignored(tmp_path: Path, damage: Any) -> N
     path = tmp_path / "xds.cache"
     feed(new_protocol(), make_cache(path), *good_config())
     path.write_bytes(damage(path.read_bytes()))
-    fresh = AdsProtocol(base_pb2.Node(id="node-1"))
+    fresh = AdsProtocol({"id": "node-1"})
     assert make_cache(path).load() is None
     assert not make_cache(path).restore(fresh)
     assert not fresh.state.listeners
@@ -155,7 +155,7 @@ def test_rejected_updates_are_not_cached_the_last_good_one_is(tmp_path: Path) ->
     cache.record(response(RDS, "2", bad), outcome.rejected)
     cache.save(protocol.state)
     cache.flush()
-    fresh = AdsProtocol(base_pb2.Node(id="node-1"))
+    fresh = AdsProtocol({"id": "node-1"})
     assert make_cache(path).restore(fresh)
     weights = [
         (c.name, c.weight)

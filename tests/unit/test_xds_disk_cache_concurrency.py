@@ -18,7 +18,7 @@ HERE = Path(__file__).parent
 
 _WRITER = """
 import sys
-sys.path.insert(0, {here!r})
+sys.path[:0] = [{here!r}, {tests!r}]  # test_xds_disk_cache, and its wire_support
 from pathlib import Path
 from test_xds_disk_cache import feed, good_config, make_cache, new_protocol
 path, base = Path(sys.argv[1]), int(sys.argv[2])
@@ -61,7 +61,7 @@ def ranges(*bases: int) -> set[int]:
 
 def test_two_processes_writing_one_path_never_corrupt_it(tmp_path: Path) -> None:
     path = tmp_path / "shared" / "xds.cache"
-    script = _WRITER.format(here=str(HERE), writes=WRITES)
+    script = _WRITER.format(here=str(HERE), tests=str(HERE.parent), writes=WRITES)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(path), str(base)],

@@ -31,7 +31,7 @@ from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import ControlPlaneUnavailableError
 from proxyless_mesh.grpc_wire import GrpcCallError
 from proxyless_mesh.xds_client._backoff import Backoff, WaitStrategy, default_wait
-from proxyless_mesh.xds_client._codec import Codec, WireCodec, default_codec
+from proxyless_mesh.xds_client._codec import parser
 from proxyless_mesh.xds_client._delta import DeltaAdsProtocol, wants_delta
 from proxyless_mesh.xds_client._disk_cache import ConfigCache
 from proxyless_mesh.xds_client._node import build_node, node_fields
@@ -75,18 +75,15 @@ class XdsClient:
         wait: WaitStrategy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         transport: str | None = None,
-        codec: Codec | None = None,
     ) -> None:
         self._servers = [s.server_uri for s in bootstrap.xds_servers]
         self._server_uri = self._servers[0]  # the one in use (or last tried)
         self._transport_choice = transport  # "h2" / "grpcio"; None: _transport.py decides
         self._user_agent = user_agent_name
         self._channels: list[Transport] = []
-        codec = codec or default_codec()  # without protobuf when native is there
-        wire = isinstance(codec, WireCodec)
-        node = (node_fields if wire else build_node)(bootstrap, user_agent_name)
+        node = node_fields(bootstrap, user_agent_name)
         protocol = DeltaAdsProtocol if wants_delta(bootstrap.proxyless_mesh) else AdsProtocol
-        self._protocol = protocol(node, codec=codec)
+        self._protocol = protocol(node)
         self._on_update = on_update
         self._backoff = Backoff(wait or default_wait())
         self._sleep = sleep
@@ -280,7 +277,7 @@ class XdsClient:
         if self._channel is None:
             raise RuntimeError("XdsClient.start() was not called")
         protocol = self._protocol
-        call = self._channel.open(protocol.METHOD, protocol.codec.parser(protocol.RESPONSE))
+        call = self._channel.open(protocol.METHOD, parser(protocol.RESPONSE))
         outbox: asyncio.Queue[Any] = asyncio.Queue()
         for request in self._protocol.start_stream():
             outbox.put_nowait(request)

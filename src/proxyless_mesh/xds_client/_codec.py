@@ -1,18 +1,16 @@
-"""How the ADS protocol makes its requests and reads responses: with protobuf's
-generated classes, or without protobuf at all (issue 25: `_wire`, the
-default when the native core is available). The protocol hands both the same
-field mappings; what comes back answers the same attribute API."""
+"""How the ADS protocol makes its requests and reads responses, without
+protobuf (issue 25): requests are encoded from field mappings by `_wire`
+(the node a mapping too, see `struct_fields`), responses decoded by `_wire`
+over the native core's tokenizer."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
-from proxyless_mesh.xds_client import _decode_endpoints as endpoints
 from proxyless_mesh.xds_client import _wire
-from proxyless_mesh.xds_client._message import pb2_class
 
-__all__ = ["Codec", "Encoded", "ProtobufCodec", "WireCodec", "default_codec", "struct_fields"]
+__all__ = ["Encoded", "any_message", "parser", "request", "struct_fields"]
 
 _ANY = "google.protobuf.Any"
 
@@ -30,54 +28,23 @@ class Encoded:
         return self.data
 
 
-class Codec(Protocol):
-    def request(self, type_name: str, fields: Mapping[str, Any]) -> Any: ...
-    def parser(self, type_name: str) -> Callable[[bytes], Any]: ...
-    def any(self, type_url: str, value: bytes) -> Any: ...
+def request(type_name: str, fields: Mapping[str, Any]) -> Encoded:
+    """Message `type_name` (a discovery request) from its field mapping."""
+    return Encoded(_wire.encode(type_name, fields), fields)
 
 
-class ProtobufCodec:
-    """Generated classes: requests are protobuf messages, responses too."""
+def parser(type_name: str) -> Callable[[bytes], _wire.WireMessage]:
+    """What the transports decode each received message with."""
 
-    def request(self, type_name: str, fields: Mapping[str, Any]) -> Any:
-        values = dict(fields)
-        if isinstance(values.get("error_detail"), Mapping):
-            from google.rpc import status_pb2
+    def parse(data: bytes) -> _wire.WireMessage:
+        return _wire.parse(type_name, data)
 
-            values["error_detail"] = status_pb2.Status(**values["error_detail"])
-        return pb2_class(type_name)(**values)
-
-    def parser(self, type_name: str) -> Callable[[bytes], Any]:
-        parse: Callable[[bytes], Any] = pb2_class(type_name).FromString
-        return parse
-
-    def any(self, type_url: str, value: bytes) -> Any:
-        from google.protobuf import any_pb2
-
-        return any_pb2.Any(type_url=type_url, value=value)
+    return parse
 
 
-class WireCodec:
-    """No protobuf: requests encoded from the mappings (the node a mapping too,
-    see `struct_fields`), responses decoded by `_wire`."""
-
-    def request(self, type_name: str, fields: Mapping[str, Any]) -> Any:
-        return Encoded(_wire.encode(type_name, fields), fields)
-
-    def parser(self, type_name: str) -> Callable[[bytes], Any]:
-        def parse(data: bytes) -> Any:
-            return _wire.parse(type_name, data)
-
-        return parse
-
-    def any(self, type_url: str, value: bytes) -> Any:
-        return _wire.parse(_ANY, _wire.encode(_ANY, {"type_url": type_url, "value": value}))
-
-
-def default_codec() -> Codec:
-    """Without protobuf when the native core is available (it decodes EDS; the
-    rest goes through `_wire`), else the protobuf runtime (the fallback)."""
-    return WireCodec() if endpoints.native_decode is not None else ProtobufCodec()
+def any_message(type_url: str, value: bytes) -> _wire.WireMessage:
+    """A google.protobuf.Any holding `value`, as a received one reads."""
+    return _wire.parse(_ANY, _wire.encode(_ANY, {"type_url": type_url, "value": value}))
 
 
 def struct_fields(value: Mapping[str, Any]) -> dict[str, Any]:

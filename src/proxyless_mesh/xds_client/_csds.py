@@ -43,7 +43,7 @@ def client_config(node: Any, statuses: Iterable[ResourceStatus]) -> Any:
             version_info=status.version,
             client_status=_CLIENT_STATUS[status.status],
         )
-        if status.xds_config is not None:  # an Any, protobuf's or _wire's
+        if status.xds_config is not None:  # an Any: its type_url and value
             entry.xds_config.type_url = status.xds_config.type_url
             entry.xds_config.value = status.xds_config.value
         if status.error is not None:

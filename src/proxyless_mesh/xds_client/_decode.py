@@ -1,4 +1,4 @@
-"""xDS protobufs -> model objects, with the validation gRPC applies.
+"""xDS resources -> model objects, with the validation gRPC applies.
 
 Each decoder takes one resource (an `Any`, possibly wrapped in a discovery
 `Resource`, or the message itself) and either returns the model object or raises
@@ -27,10 +27,11 @@ from proxyless_mesh.model import (
 )
 from proxyless_mesh.xds_client import _decode_endpoints as endpoints
 from proxyless_mesh.xds_client import _decode_policies as policies
+from proxyless_mesh.xds_client import _wire
 from proxyless_mesh.xds_client._decode_inbound import decode_inbound_listener
 from proxyless_mesh.xds_client._decode_routes import decode_route_configuration_message
 from proxyless_mesh.xds_client._decode_security import decode_upstream_tls
-from proxyless_mesh.xds_client._message import enum_name, struct_to_python, type_name, unpack_any
+from proxyless_mesh.xds_client._message import enum_name, struct_to_python, unpack_any
 from proxyless_mesh.xds_client._types import (
     HCM_TYPE_URL,
     RESOURCE_WRAPPER_TYPE_URL,
@@ -49,6 +50,7 @@ __all__ = [
     "unpack_resource",
 ]
 
+_ANY = "google.protobuf.Any"
 _CLUSTER = "envoy.config.cluster.v3.Cluster"
 _RESOURCE_WRAPPER = "envoy.service.discovery.v3.Resource"
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -79,36 +81,45 @@ _TYPED_LB_POLICIES = {
 def unpack_resource(rtype: ResourceType, resource: Any) -> Any:
     """The typed message inside `resource` (an Any, a discovery `Resource` wrapper
     as allowed by the `xds.config.resource-in-sotw` client feature, or already the
-    message), decoded as `resource` was (protobuf or _wire). An unwrapped
-    ClusterLoadAssignment is decoded natively when the native core is
-    installed: a `NativeAssignment`, not a message."""
-    type_name = rtype.type_url.rsplit("/", 1)[-1]
-    if isinstance(resource, endpoints.NativeAssignment) or _message_type(resource) == type_name:
+    message) as a `WireMessage`; a ClusterLoadAssignment as the native core's
+    `NativeAssignment`. A message of another implementation (protobuf's, as the
+    control plane's tools and the tests build them) is read from its bytes, so
+    every resource is decoded one way."""
+    if isinstance(resource, endpoints.NativeAssignment):
         return resource
-    if _message_type(resource) != "google.protobuf.Any":
-        raise TypeError(
-            f"expected an Any or {type_name}, got {_message_type(resource) or type(resource)}"
-        )
-    wrapped = resource.type_url == RESOURCE_WRAPPER_TYPE_URL
-    if wrapped:
-        wrapper = unpack_any(
-            resource, RESOURCE_WRAPPER_TYPE_URL.rsplit("/", 1)[-1], "Resource wrapper"
-        )
+    type_name = rtype.type_url.rsplit("/", 1)[-1]
+    resource = _as_wire(resource, type_name)
+    eds = rtype is ResourceType.CLUSTER_LOAD_ASSIGNMENT
+    if resource.message_type_name() == type_name:
+        return endpoints.decode(resource.SerializeToString()) if eds else resource
+    if resource.message_type_name() != _ANY:
+        raise TypeError(f"expected an Any or {type_name}, got {resource.message_type_name()}")
+    if resource.type_url == RESOURCE_WRAPPER_TYPE_URL:
+        wrapper = unpack_any(resource, _RESOURCE_WRAPPER, "Resource wrapper")
         resource = wrapper.resource
     if resource.type_url != rtype.type_url:
         raise XdsResourceError(
             f"resource has type {resource.type_url!r}, expected {rtype.type_url!r}"
         )
-    if rtype is ResourceType.CLUSTER_LOAD_ASSIGNMENT and not wrapped and endpoints.native_decode:
-        return endpoints.decode_native(resource.value)  # no protobuf objects (issue 25)
+    if eds:
+        return endpoints.decode(resource.value)  # no message objects (issue 25)
     return unpack_any(resource, type_name, type_name.rsplit(".", 1)[-1])
 
 
-def _message_type(msg: Any) -> str | None:
-    """The full type name of a protobuf or _wire message; None for anything else."""
-    if isinstance(msg, WireMessage) or hasattr(type(msg), "DESCRIPTOR"):
-        return type_name(msg)
-    return None
+def _as_wire(msg: Any, expected: str) -> WireMessage:
+    """`msg` as a WireMessage: read again from its bytes when another
+    implementation (protobuf's generated classes) built it."""
+    if isinstance(msg, WireMessage):
+        return msg
+    name = getattr(getattr(type(msg), "DESCRIPTOR", None), "full_name", None)
+    if not isinstance(name, str):
+        raise TypeError(f"expected an Any or {expected}, got {type(msg)}")
+    try:
+        return _wire.parse(name, msg.SerializeToString())
+    except KeyError:  # a type the decoders never read
+        raise TypeError(f"expected an Any or {expected}, got {name}") from None
+    except _wire.WireError as exc:
+        raise XdsResourceError(f"cannot parse {name}: {exc}") from None
 
 
 def resource_name(rtype: ResourceType, msg: Any) -> str:
@@ -251,10 +262,8 @@ def decode_cluster(resource: Any) -> Cluster:
 
 def decode_cluster_load_assignment(resource: Any) -> ClusterLoadAssignment:
     """Endpoints by locality (see `_decode_endpoints`)."""
-    msg = unpack_resource(ResourceType.CLUSTER_LOAD_ASSIGNMENT, resource)
-    if isinstance(msg, endpoints.NativeAssignment):
-        return endpoints.assignment_from_view(msg.view)
-    return endpoints.assignment_from_view(endpoints.view_from_message(msg))
+    view = unpack_resource(ResourceType.CLUSTER_LOAD_ASSIGNMENT, resource).view
+    return endpoints.assignment_from_view(view)
 
 
 DECODERS: dict[ResourceType, Callable[[Any], Any]] = {

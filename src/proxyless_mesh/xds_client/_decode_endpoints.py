@@ -1,18 +1,15 @@
-"""ClusterLoadAssignment (EDS) decoding, natively when the native core is
-installed (issue 25). Both decoders produce the same plain view of the fields
-the client reads, from bytes (Rust, `proxyless_mesh_native`) or from a
-Python protobuf message; `assignment_from_view` validates it and builds the
-model, so there is one validation. tests/property/test_native_decode.py runs
-both on the same generated messages and demands the same view.
-
-Without the native core (no Rust at install time) or with
-PROXYLESS_MESH_NATIVE=off, the Python protobuf runtime decodes."""
+"""ClusterLoadAssignment (EDS) decoding by the native core (issue 25): Rust
+(`proxyless_mesh_native.decode_cluster_load_assignment`) reads the bytes
+into a plain view of the fields the client uses; `assignment_from_view`
+validates it and builds the model. tests/property/test_native_decode_props.py
+holds the view to the protobuf runtime's reading of the same generated
+bytes (tests/oracles/endpoints.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from proxyless_mesh import native_core
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import (
     ClusterLoadAssignment,
@@ -21,86 +18,45 @@ from proxyless_mesh.model import (
     Locality,
     LocalityEndpoints,
 )
-from proxyless_mesh.xds_client._wire import native_module
 
 # (host_identifier, address kind, address, port_value or None, weight or None, health,
-#  Istio's workload metadata or "")
+#  Istio's workload metadata (filter metadata "istio", field "workload") or "")
 EndpointView = tuple[str | None, str | None, str, int | None, int | None, int, str]
-ISTIO_METADATA = "istio"  # Istio's filter metadata namespace on endpoints
 # (region, zone, sub_zone, weight or None, priority, endpoints)
 LocalityView = tuple[str, str, str, int | None, int, list[EndpointView]]
 # (cluster_name, overprovisioning_factor or None, localities)
 AssignmentView = tuple[str, int | None, list[LocalityView]]
 
-
-def _load_native() -> Callable[[bytes], AssignmentView] | None:
-    module = native_module()
-    if module is None:
-        return None
-    decode: Callable[[bytes], AssignmentView] = module.decode_cluster_load_assignment
-    return decode
-
-
-native_decode = _load_native()
+native_decode: Callable[[bytes], AssignmentView] = native_core.member(
+    "decode_cluster_load_assignment"
+)
 
 
 class NativeAssignment:
     """A ClusterLoadAssignment decoded natively from its bytes, not yet
-    validated: what `unpack_resource` returns instead of a protobuf message."""
+    validated: what `unpack_resource` returns instead of a message. It keeps
+    the bytes, which the client records for CSDS and the disk cache."""
 
-    __slots__ = ("view",)
+    __slots__ = ("data", "view")
 
-    def __init__(self, view: AssignmentView) -> None:
+    def __init__(self, view: AssignmentView, data: bytes) -> None:
         self.view = view
+        self.data = data
 
     @property
     def cluster_name(self) -> str:
         return self.view[0]
 
+    def SerializeToString(self, **_: object) -> bytes:  # a message's name for it
+        return self.data
 
-def decode_native(data: bytes) -> NativeAssignment:
-    """Decode with the native core (only call when `native_decode` is set)."""
-    assert native_decode is not None
+
+def decode(data: bytes) -> NativeAssignment:
+    """The assignment in `data`; XdsResourceError for bytes that do not parse."""
     try:
-        return NativeAssignment(native_decode(data))
+        return NativeAssignment(native_decode(data), data)
     except ValueError as exc:
         raise XdsResourceError(f"cannot parse ClusterLoadAssignment: {exc}") from None
-
-
-def view_from_message(msg: Any) -> AssignmentView:
-    """The same view from an envoy.config.endpoint.v3.ClusterLoadAssignment."""
-    factor = (
-        msg.policy.overprovisioning_factor.value
-        if msg.policy.HasField("overprovisioning_factor")
-        else None
-    )
-    return (msg.cluster_name, factor, [_locality_view(lle) for lle in msg.endpoints])
-
-
-def _locality_view(lle: Any) -> LocalityView:
-    weight = lle.load_balancing_weight.value if lle.HasField("load_balancing_weight") else None
-    endpoints = [_endpoint_view(lb) for lb in lle.lb_endpoints]
-    loc = lle.locality
-    return (loc.region, loc.zone, loc.sub_zone, weight, lle.priority, endpoints)
-
-
-def _endpoint_view(lb: Any) -> EndpointView:
-    address = lb.endpoint.address
-    kind = address.WhichOneof("address")
-    sa = address.socket_address
-    port = sa.port_value if sa.WhichOneof("port_specifier") == "port_value" else None
-    weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else None
-    host = lb.WhichOneof("host_identifier")
-    return (host, kind, sa.address, port, weight, lb.health_status, _workload_metadata(lb))
-
-
-def _workload_metadata(lb: Any) -> str:
-    """Istio's `istio` filter metadata `workload` string of an endpoint, "" if none."""
-    istio = lb.metadata.filter_metadata.get(ISTIO_METADATA)
-    if istio is None:
-        return ""
-    value = istio.fields.get("workload")
-    return value.string_value if value is not None else ""
 
 
 def assignment_from_view(view: AssignmentView) -> ClusterLoadAssignment:

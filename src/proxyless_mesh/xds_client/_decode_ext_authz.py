@@ -28,7 +28,7 @@ _UNSUPPORTED = (
 
 
 def ext_authz_from_proto(msg: Any) -> ExtAuthz:
-    """`msg`: an ExtAuthz, protobuf's or `_wire`'s."""
+    """`msg`: an ExtAuthz (a `_wire` message)."""
     where = "ExtAuthz"
     for field in _UNSUPPORTED:
         if is_set(msg, field):

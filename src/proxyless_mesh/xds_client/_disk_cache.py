@@ -48,7 +48,7 @@ from typing import Any
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.xds_client import _wire
-from proxyless_mesh.xds_client._codec import Codec, WireCodec
+from proxyless_mesh.xds_client._codec import any_message
 from proxyless_mesh.xds_client._decode import decode_resource, resource_name, unpack_resource
 from proxyless_mesh.xds_client._state import XdsState
 from proxyless_mesh.xds_client._types import ResourceType
@@ -88,15 +88,14 @@ class CachedConfig:
     resources: Mapping[ResourceType, Mapping[str, bytes]]
     written_at: float
 
-    def decoded(self, codec: Codec | None = None) -> dict[ResourceType, dict[str, Any]]:
-        """Decode every resource again (with the client's codec); one that no
-        longer decodes (the library got stricter) is dropped with a warning,
-        the rest are kept."""
+    def decoded(self) -> dict[ResourceType, dict[str, Any]]:
+        """Decode every resource again; one that no longer decodes (the
+        library got stricter) is dropped with a warning, the rest are kept."""
         out: dict[ResourceType, dict[str, Any]] = {t: {} for t in ResourceType}
         for rtype, by_name in self.resources.items():
             for name, raw in by_name.items():
                 try:
-                    msg = unpack_resource(rtype, (codec or WireCodec()).any(rtype.type_url, raw))
+                    msg = unpack_resource(rtype, any_message(rtype.type_url, raw))
                     out[rtype][name] = decode_resource(rtype, msg)
                 except XdsResourceError as exc:
                     log.warning("cached %s %r no longer decodes: %s", rtype.short_name, name, exc)
@@ -133,7 +132,7 @@ def config_cache_path(
 def contains_key_material(resource: Any) -> bool:
     """True when a resource (an Any: `type_url`, `value`) carries secrets (a
     PEM private key anywhere, or a set field named like a key/certificate
-    holder, also inside nested Any). Read with `_wire`, protobuf or not."""
+    holder, also inside nested Any). Read with `_wire`."""
     if b"PRIVATE KEY" in resource.value:
         return True
     if not resource.type_url.endswith(_MAY_HOLD_SECRETS):
@@ -259,7 +258,7 @@ class ConfigCache:
         cached = self.load()
         if cached is None:
             return False
-        decoded = cached.decoded(protocol.codec)
+        decoded = cached.decoded()
         if not decoded[ResourceType.LISTENER]:
             return False
         types = protocol._types  # the wiring recipe keeps this one private access here

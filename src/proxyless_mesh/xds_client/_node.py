@@ -1,6 +1,7 @@
-"""The envoy.config.core.v3.Node an ADS client sends: as protobuf (build_node,
-for the protobuf path and CSDS) or as the field mapping `_wire.encode` takes
-(node_fields: no protobuf)."""
+"""The envoy.config.core.v3.Node an ADS client sends: as the field mapping
+`_wire.encode` takes (node_fields, what the client sends), and as protobuf
+(build_node, for CSDS: diagnostics serves it with grpcio's generated
+classes, server side)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from proxyless_mesh.errors import XdsResourceError
 from proxyless_mesh.model import InboundListener, Listener
-from proxyless_mesh.xds_client._codec import Codec, ProtobufCodec
+from proxyless_mesh.xds_client import _codec
 from proxyless_mesh.xds_client._decode import decode_resource, resource_name, unpack_resource
 from proxyless_mesh.xds_client._server_view import ServerView
 from proxyless_mesh.xds_client._state import (
@@ -95,10 +95,8 @@ class AdsProtocol:
         *,
         clock: Callable[[], float] = time.monotonic,
         does_not_exist_timeout: float = DOES_NOT_EXIST_TIMEOUT,
-        codec: Codec | None = None,
     ) -> None:
-        self._node = node  # as `codec` takes it: a protobuf Node, or a field mapping
-        self.codec: Codec = codec or ProtobufCodec()
+        self._node = node  # the field mapping `_wire.encode` takes (_node.node_fields)
         self._clock = clock
         self._dne_timeout = does_not_exist_timeout
         self._types = {t: _TypeState() for t in ResourceType}
@@ -308,7 +306,7 @@ class AdsProtocol:
             raws[name] = (
                 res
                 if res.type_url == rtype.type_url
-                else self.codec.any(rtype.type_url, msg.SerializeToString())
+                else _codec.any_message(rtype.type_url, msg.SerializeToString())
             )
         return decoded, rejected, seen, complete
 
@@ -456,7 +454,7 @@ class AdsProtocol:
         if not self._node_sent:
             fields["node"] = self._node
             self._node_sent = True
-        return self.codec.request(self.REQUEST, fields)
+        return _codec.request(self.REQUEST, fields)
 
 
 INVALID_ARGUMENT = 3  # google.rpc.Code

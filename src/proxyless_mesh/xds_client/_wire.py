@@ -1,17 +1,17 @@
 """xDS messages decoded from their bytes without the protobuf runtime or the
 Envoy modules (issue 25: together ~8 MB of every meshed process).
 
-`WireMessage` reads protobuf's wire format against the field tables in
-`xds_schema.txt` (written from the Envoy descriptors by
-tools/gen_xds_schema.py) and answers the part of the generated classes' API
-the decoders use: attribute access with proto3 defaults, `HasField`,
-`WhichOneof`, repeated fields as lists, maps as dicts, and Any as a message
-whose payload `unpack` decodes. It parses eagerly and as protobuf does:
-unknown fields and fields of an unexpected wire type are skipped, a repeated
-occurrence of a singular message merges into it, the last scalar and the
-last oneof member win, strings must be UTF-8; malformed bytes raise
-WireError where protobuf raises DecodeError. The differential tests in
-tests/property demand the same view as the protobuf runtime.
+`WireMessage` reads protobuf's wire format, tokenized by the native core's
+`scan_fields`, against the field tables in `xds_schema.txt` (written from
+the Envoy descriptors by tools/gen_xds_schema.py) and answers the part of
+the generated classes' API the decoders use: attribute access with proto3
+defaults, `HasField`, `WhichOneof`, repeated fields as lists, maps as dicts,
+and Any as a message whose payload `unpack` decodes. It parses eagerly and
+as protobuf does: unknown fields and fields of an unexpected wire type are
+skipped, a repeated occurrence of a singular message merges into it, the
+last scalar and the last oneof member win, strings must be UTF-8; malformed
+bytes raise WireError where protobuf raises DecodeError. The differential
+tests in tests/property hold it to the protobuf runtime.
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ __all__ = [
     "encode",
     "enum_name",
     "message_type",
-    "native_module",
     "parse",
 ]
 
-_VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
+_VARINT, _I64, _LEN, _SGROUP, _I32 = 0, 1, 2, 3, 5
 # protobuf's FieldDescriptor.TYPE_* numbers
 _DOUBLE, _FLOAT, _INT64, _UINT64, _INT32, _FIXED64, _FIXED32, _BOOL = 1, 2, 3, 4, 5, 6, 7, 8
 _STRING, _GROUP, _MESSAGE, _BYTES, _UINT32, _ENUM = 9, 10, 11, 12, 13, 14
@@ -208,80 +207,16 @@ def _packed(kind: int, data: bytes) -> list[Any]:
     return [_scalar(kind, data[i : i + size]) for i in range(0, len(data), size)]
 
 
-def _skip_group(data: bytes, pos: int, number: int, depth: int) -> int:
-    if depth > _MAX_DEPTH:
-        raise WireError("groups nested too deep")
-    while True:
-        key, pos = _varint(data, pos)
-        wire = key & 7
-        if wire == _EGROUP:
-            if key >> 3 != number:
-                raise WireError("mismatched end of group")
-            return pos
-        pos = _skip(data, pos, key, depth + 1)
-
-
-def _skip(data: bytes, pos: int, key: int, depth: int) -> int:
-    wire = key & 7
-    if wire == _VARINT:
-        return _varint(data, pos)[1]
-    if wire in (_I64, _I32):
-        pos += 8 if wire == _I64 else 4
-    elif wire == _LEN:
-        length, pos = _varint(data, pos)
-        pos += length
-    elif wire == _SGROUP:
-        return _skip_group(data, pos, key >> 3, depth)
-    else:
-        raise WireError(f"invalid wire type {wire}")
-    if pos > len(data):
-        raise WireError("truncated field")
-    return pos
-
-
-def scan_fields(data: bytes) -> list[tuple[int, int, Any]]:
-    """One message level's fields in order: (number, wire type, value), the
-    value an int for a varint, the bytes otherwise (a length-delimited
-    field's content, a fixed field's 4 or 8 bytes); groups are skipped.
-    WireError for malformed bytes. The native core has the same (faster)."""
-    out: list[tuple[int, int, Any]] = []
-    pos, end = 0, len(data)
-    while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise WireError("field number 0")
-        start = pos
-        pos = _skip(data, pos, key, 0)
-        if wire == _VARINT:
-            out.append((number, wire, _varint(data, start)[0]))
-        elif wire == _LEN:
-            length, body = _varint(data, start)
-            out.append((number, wire, data[body : body + length]))
-        elif wire != _SGROUP:
-            out.append((number, wire, data[start:pos]))
-    return out
-
-
-def native_module() -> Any:
-    """The native core (proxyless_mesh_native), or None when it is not built
-    or turned off (PROXYLESS_MESH_NATIVE=off: the Python twins run)."""
-    return native_core.module()
-
-
-def _native_scan() -> Any:
-    """The native core's scan_fields, else None (the Python one runs)."""
-    return getattr(native_module(), "scan_fields", None)
-
-
-_native_scan_fields = _native_scan()
+#: The native core's tokenizer of one message level: (number, wire type,
+#: value) per field in order, the value an int for a varint, the bytes
+#: otherwise (a length-delimited field's content, a fixed field's 4 or 8
+#: bytes); groups skipped; ValueError for malformed bytes.
+_scan_fields = native_core.member("scan_fields")
 
 
 def _scan(data: bytes) -> list[tuple[int, int, Any]]:
-    if _native_scan_fields is None:
-        return scan_fields(data)
     try:
-        return list(_native_scan_fields(data))
+        return list(_scan_fields(data))
     except ValueError as exc:
         raise WireError(str(exc)) from None
 

@@ -11,6 +11,7 @@ import pytest
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from mesh_control_plane.config.authorization import authorization_policies_to_rbac
 from mesh_control_plane.translate.rbac_protos import rbac_filters_to_proto
+from wire_support import as_wire
 
 from proxyless_mesh.model import RbacAction
 from proxyless_mesh.policy import InboundRequest, PolicySet, ShadowResult
@@ -37,7 +38,7 @@ def _over_the_wire(policies: list[dict[str, Any]]) -> PolicySet:
     engines = []
     for _action, msg in rbac_filters_to_proto(authorization_policies_to_rbac(policies)):
         parsed = http_rbac_pb2.RBAC.FromString(msg.SerializeToString())
-        engines.extend(rbac_filter_from_proto(parsed))
+        engines.extend(rbac_filter_from_proto(as_wire(parsed)))
     return PolicySet(engines)
 
 

@@ -13,6 +13,7 @@ from mesh_control_plane.translate.rbac_protos import (
     rbac_filter_to_proto,
     rbac_to_proto,
 )
+from wire_support import as_wire
 
 from proxyless_mesh.model import (
     Authenticated,
@@ -86,7 +87,7 @@ def test_istio_policies_round_trip_through_protobuf() -> None:
         packed = type(rbac_filter_to_any(engine))()
         packed.ParseFromString(wire)
         assert packed.Unpack(parsed)
-        (back,) = rbac_filter_from_proto(parsed)
+        (back,) = rbac_filter_from_proto(as_wire(parsed))
         assert back.action == engine.action
         assert dict(back.policies) == dict(engine.policies)
 
@@ -102,12 +103,12 @@ def test_hand_built_leaves_round_trip() -> None:
         principals=(Authenticated(None), DirectRemoteIp(CidrRange("::", 0))),
     )
     rbac = Rbac(RbacAction.ALLOW, (("p", policy),))
-    assert rbac_from_proto(rbac_to_proto(rbac)) == rbac
+    assert rbac_from_proto(as_wire(rbac_to_proto(rbac))) == rbac
 
 
 def test_decisions_are_unchanged_by_the_round_trip() -> None:
     engines = authorization_policies_to_rbac(EVERYTHING)
-    back = [b for e in engines for b in rbac_filter_from_proto(rbac_filter_to_proto(e))]
+    back = [b for e in engines for b in rbac_filter_from_proto(as_wire(rbac_filter_to_proto(e)))]
     a = PolicySet(engines)
     b = PolicySet(back)
     reqs = [
@@ -129,7 +130,7 @@ def test_decisions_are_unchanged_by_the_round_trip() -> None:
 
 
 def test_filter_without_rules_is_a_no_op() -> None:
-    assert rbac_filter_from_proto(http_rbac_pb2.RBAC()) == ()
+    assert rbac_filter_from_proto(as_wire(http_rbac_pb2.RBAC())) == ()
 
 
 def _policy_with(**fields: Any) -> rbac_pb2.RBAC:
@@ -143,11 +144,11 @@ def test_unenforceable_protobufs_are_refused() -> None:
     cel = rbac_pb2.RBAC()
     cel.policies["p"].condition.const_expr.bool_value = True
     with pytest.raises(UnsupportedPolicyError, match="condition"):
-        rbac_from_proto(cel)
+        rbac_from_proto(as_wire(cel))
     msg = _policy_with()
     msg.policies["p"].permissions[0].header.range_match.start = 1
     with pytest.raises(UnsupportedPolicyError, match="range_match"):
-        rbac_from_proto(msg)
+        rbac_from_proto(as_wire(msg))
 
 
 def test_wrong_side_leaf_is_refused() -> None:

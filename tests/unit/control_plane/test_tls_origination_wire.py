@@ -12,6 +12,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from mesh_control_plane.config import ConfigLoadError, parse_documents
 from mesh_control_plane.config.model import ClientTls
 from mesh_control_plane.translate.tls import origination_socket
+from wire_support import as_wire
 
 from proxyless_mesh.errors import PeerIdentityError
 from proxyless_mesh.integrations._origination import verify_names
@@ -21,7 +22,7 @@ from proxyless_mesh.xds_client._decode_security import decode_upstream_tls
 
 def _decoded(tls: ClientTls, sni: str) -> UpstreamTls | None:
     cluster = cluster_pb2.Cluster(name="c", transport_socket=origination_socket(tls, sni))
-    return decode_upstream_tls(cluster)
+    return decode_upstream_tls(as_wire(cluster))
 
 
 def test_simple_and_mutual_reach_the_library_as_written() -> None:

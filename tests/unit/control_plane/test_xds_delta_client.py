@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from mesh_control_plane.config.model import MeshConfig, ServiceEntry
 from mesh_control_plane.xds import SnapshotCache, XdsServer
 from relay import Relay
 from test_xds_client import CDS, LDS, RDS, cluster, listener, packed, routes
+from wire_support import read_requests
 
 from proxyless_mesh.bootstrap import Bootstrap
 from proxyless_mesh.bootstrap import XdsServer as BootstrapServer
@@ -177,9 +177,9 @@ def delta_response(type_url: str, version: str, nonce: str, *resources: Any) -> 
 
 
 def test_nacked_resource_keeps_last_good_and_resumes_with_its_version() -> None:
-    protocol = DeltaAdsProtocol(base_pb2.Node(id="n1"))
+    protocol = DeltaAdsProtocol({"id": "n1"})
     protocol.watch(["p.mesh:80"])
-    [lds] = protocol.start_stream()
+    [lds] = read_requests(protocol.start_stream(), delta=True)
     assert (list(lds.resource_names_subscribe), lds.node.id) == (["p.mesh:80"], "n1")
     steps = [
         delta_response(LDS, "1", "a", ("p.mesh:80", "l1", listener("p.mesh:80", "r1"))),
@@ -187,21 +187,21 @@ def test_nacked_resource_keeps_last_good_and_resumes_with_its_version() -> None:
         delta_response(CDS, "1", "c", ("c1", "good", cluster("c1"))),
     ]
     for response in steps:
-        outcome = protocol.handle_response(response)
-        assert outcome.requests[0].response_nonce == response.nonce
-        assert not outcome.requests[0].HasField("error_detail")
+        ack = read_requests(protocol.handle_response(response).requests, delta=True)[0]
+        assert ack.response_nonce == response.nonce
+        assert not ack.HasField("error_detail")
     good = protocol.state.clusters["c1"]
 
     bad = cluster_pb2.Cluster(name="c1", type=cluster_pb2.Cluster.STATIC)
     outcome = protocol.handle_response(delta_response(CDS, "2", "d", ("c1", "bad", bad)))
-    [nack] = outcome.requests
+    [nack] = read_requests(outcome.requests, delta=True)
     assert (nack.response_nonce, nack.error_detail.code) == ("d", 3)
     assert "STATIC" in nack.error_detail.message
     assert protocol.state.clusters["c1"] is good
 
     # A new stream asks for each type with the versions held: c1 at its last good one.
     protocol.end_stream()
-    requests = {r.type_url: r for r in protocol.start_stream()}
+    requests = {r.type_url: r for r in read_requests(protocol.start_stream(), delta=True)}
     assert dict(requests[CDS].initial_resource_versions) == {"c1": "good"}
     assert dict(requests[LDS].initial_resource_versions) == {"p.mesh:80": "l1"}
 
