@@ -1,11 +1,10 @@
-"""The native core (issue 25): EDS decoding and import cost, before/after.
+"""The native core (issue 25): EDS decoding and import cost.
 
     python benchmarks/bench_native.py [--quick]
 
 - EDS: `decode_cluster_load_assignment` on a packed ClusterLoadAssignment
-  (the xDS client's entry point), with the native core (bytes -> view in Rust,
-  model in Python) and with the Python protobuf runtime (PROXYLESS_MESH_NATIVE
-  =off does the same for a whole process). CPU time per decode
+  (the xDS client's entry point: bytes -> view in Rust, model in Python; the
+  protobuf decoder it was measured against is gone). CPU time per decode
   (`time.process_time_ns`, so other jobs on the machine count little),
   median of repetitions.
 - Import: CPU time and peak RSS of the imports in a fresh interpreter, median
@@ -25,7 +24,6 @@ from pathlib import Path
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
-from proxyless_mesh.xds_client import _decode_endpoints as endpoints
 from proxyless_mesh.xds_client import decode_cluster_load_assignment
 
 SHAPES = ((1, 10), (10, 10), (10, 100))  # (localities, endpoints per locality)
@@ -65,25 +63,16 @@ def _cpu_us(call: Callable[[], object], n: int, repetitions: int) -> float:
     return statistics.median(rounds)
 
 
-def decode_rows(quick: bool) -> list[tuple[str, float, float | None]]:
-    """(shape, Python us, native us or None when the core is not built)."""
-    native = endpoints.native_decode
+def decode_rows(quick: bool) -> list[tuple[str, float]]:
+    """(shape, native decode to the model us)."""
     rows = []
     for localities, per in SHAPES:
         packed = _packed(localities, per)
         n = max(3, (200 if quick else 2000) // (localities * per))
-        repetitions = 3 if quick else 7
-        endpoints.native_decode = None
-        python_model = decode_cluster_load_assignment(packed)
-        python_us = _cpu_us(lambda p=packed: decode_cluster_load_assignment(p), n, repetitions)
-        native_us = None
-        if native is not None:
-            endpoints.native_decode = native
-            if decode_cluster_load_assignment(packed) != python_model:
-                raise RuntimeError("native and Python decoders disagree")
-            native_us = _cpu_us(lambda p=packed: decode_cluster_load_assignment(p), n, repetitions)
-        rows.append((f"{localities} x {per} endpoints", python_us, native_us))
-    endpoints.native_decode = native
+        native_us = _cpu_us(
+            lambda p=packed: decode_cluster_load_assignment(p), n, 3 if quick else 7
+        )
+        rows.append((f"{localities} x {per} endpoints", native_us))
     return rows
 
 
@@ -122,15 +111,11 @@ def run(quick: bool = False) -> str:
     lines = [
         "EDS decode, `decode_cluster_load_assignment(Any)`, CPU µs per decode "
         "(median of repetitions):\n",
-        "| ClusterLoadAssignment | Python protobuf | native core | ratio |",
-        "|---|---:|---:|---:|",
+        "| ClusterLoadAssignment | bytes to model |",
+        "|---|---:|",
     ]
-    for shape, python_us, native_us in decode_rows(quick):
-        if native_us is None:
-            lines.append(f"| {shape} | {python_us:.1f} | not built | — |")
-        else:
-            ratio = native_us / python_us
-            lines.append(f"| {shape} | {python_us:.1f} | {native_us:.1f} | {ratio:.2f} |")
+    for shape, native_us in decode_rows(quick):
+        lines.append(f"| {shape} | {native_us:.1f} |")
     lines += [
         "\nImport in a fresh interpreter (CPU ms, peak RSS MB; median):\n",
         "| statement | CPU | peak RSS |",

@@ -1,6 +1,8 @@
-//! proxyless-mesh's native core (issue 25). Optional: without it the library
-//! decodes with the Python protobuf runtime; the differential test in
-//! tests/property demands both give the same result.
+//! proxyless-mesh's native core (issue 25), a required dependency of the
+//! library: route matching, picks, circuit-breaker counters, xDS decoding and
+//! the workload key, with no Python twin. The differential tests in
+//! tests/property hold it to references in tests/oracles, protobuf and
+//! cryptography.
 
 mod cla;
 mod decode_fields;
