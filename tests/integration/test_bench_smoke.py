@@ -44,7 +44,7 @@ def test_bench_quick_run_prints_and_writes_every_table(tmp_path: Path) -> None:
         "| mesh mTLS, new connection per request |",
         "| default retry budget |",
         "| no budget (maxRetries set) |",
-        "| whole decision, Python route |",
+        "| whole decision |",
     ):
         assert row in out, row
     for title in (
