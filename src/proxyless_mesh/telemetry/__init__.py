@@ -28,7 +28,12 @@ from proxyless_mesh.telemetry._labels import (
     label_prefix,
 )
 from proxyless_mesh.telemetry._metrics import LABELS as STANDARD_LABELS
-from proxyless_mesh.telemetry._metrics import ClusterLimitMetrics, IdentityMetrics, metrics_meter
+from proxyless_mesh.telemetry._metrics import (
+    ClusterCounts,
+    ClusterLimitMetrics,
+    IdentityMetrics,
+    metrics_meter,
+)
 from proxyless_mesh.telemetry._policy import (
     NO_POLICY,
     TelemetryPolicy,
@@ -48,6 +53,7 @@ __all__ = [
     "STANDARD_LABELS",
     "B3Propagator",
     "Call",
+    "ClusterCounts",
     "ClusterLimitMetrics",
     "IdentityMetrics",
     "Peer",
