@@ -137,6 +137,8 @@ class DiagnosticsServer:
             pass  # the peer went away, or sent a head too large to be a scrape
         except ValueError:
             pass  # not HTTP (a Content-Length that is no number): no answer
+        except asyncio.CancelledError:
+            pass  # stop(): end quietly (asyncio's stream callback reports a cancelled task)
         finally:
             if task is not None:
                 self._connections.discard(task)
