@@ -1,4 +1,7 @@
-"""Telemetry: Istio's standard metrics, traces and access logs, through the
+"""Telemetry: Istio's standard metrics, traces and access logs. The request
+metrics are kept in the native core and read on a scrape
+(`Telemetry.prometheus_text()`, the mesh admin port's `/stats/prometheus`),
+as a sidecar keeps its stats; metrics and traces also go through the
 OpenTelemetry API (the SDK and exporters are the application's choice: the
 `otel` extra).
 

@@ -1,5 +1,7 @@
 """Istio's standard request metrics (and the mesh's identity metrics) through
-the OpenTelemetry metrics API.
+the OpenTelemetry metrics API: the path for applications that export with
+their own SDK pipeline. The same request metrics are also kept natively and
+read on a scrape (_stats.py); the label-set bound (`bounded`) is shared.
 
 Names, units and labels are Istio's, so existing Prometheus dashboards and
 alerts work unchanged. Instruments are created once per Telemetry; label
