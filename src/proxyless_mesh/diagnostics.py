@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -99,9 +100,7 @@ class DiagnosticsServer:
         )
         try:
             self._grpc_port = server.add_insecure_port("127.0.0.1:0")
-            front = await asyncio.start_server(
-                self._accept, host.strip("[]") or None, int(port or 0)
-            )
+            front = await asyncio.start_server(self._accept, sock=_bound(host, port))
         except (RuntimeError, OSError, ValueError) as exc:  # grpcio says RuntimeError
             raise MeshError(f"cannot bind the mesh admin endpoint on {address}: {exc}") from exc
         await server.start()
@@ -207,6 +206,22 @@ class DiagnosticsServer:
             return "405 Method Not Allowed", b"GET only\n"
         # Rendered off the loop: the native core formats without the GIL.
         return "200 OK", (await asyncio.to_thread(self._stats)).encode()
+
+
+def _bound(host: str, port: str) -> socket.socket:
+    """One listening socket for HOST:PORT: its first address only, so port 0
+    is one port even where the name has an IPv4 and an IPv6 address."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host.strip("[]") or None, int(port or 0), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -83,6 +83,7 @@ def test_http_calls_scraped_from_the_admin_port(lab: LocalMesh, http_server: Htt
             client.get(f"{url}/nope")
         stats = scrape(mesh)
         csds = csds_over_the_same_port(mesh)
+        other_answers = admin_http_answers(mesh)
 
     assert by(stats["istio_requests_total"], *CODES) == {
         ("source", "200", "-", "echo-v1"): 3,
@@ -118,6 +119,19 @@ def test_http_calls_scraped_from_the_admin_port(lab: LocalMesh, http_server: Htt
     }
     assert clusters == {f"outbound|8080||{HOST}": 0}
     assert csds.config[0].node.id == "frontend"
+    assert other_answers == [200, 200, 404, 405]
+
+
+def admin_http_answers(mesh: Mesh) -> list[int]:
+    """Two scrapes on one kept-alive connection, another path, another method."""
+    assert mesh.diagnostics is not None
+    with httpx.Client(base_url=f"http://{mesh.diagnostics.address}", timeout=10) as client:
+        return [
+            client.get("/stats/prometheus").status_code,
+            client.get("/stats/prometheus?format=text").status_code,
+            client.get("/config_dump").status_code,
+            client.post("/stats/prometheus", content=b"x").status_code,
+        ]
 
 
 def csds_over_the_same_port(mesh: Mesh) -> Any:
