@@ -23,7 +23,11 @@ const FAMILIES: usize = 6;
 const HISTOGRAMS: [usize; 3] = [1, 2, 3];
 /// (name, type, help) in the order `register` and `record` take them.
 const META: [(&str, &str, &str); FAMILIES] = [
-    ("istio_requests_total", "counter", "Requests, by Istio's labels"),
+    (
+        "istio_requests_total",
+        "counter",
+        "Requests, by Istio's labels",
+    ),
     (
         "istio_request_duration_milliseconds",
         "histogram",
@@ -76,7 +80,7 @@ pub struct RequestMetrics {
 }
 
 /// What a scrape copies out under the lock.
-struct Copy {
+struct Snapshot {
     labels: Vec<Vec<String>>,
     counters: Vec<Vec<u64>>,
     histograms: Vec<Vec<Histogram>>,
@@ -85,6 +89,8 @@ struct Copy {
 /// One scrape-time family the caller adds: (name, type, help, [(label
 /// pairs, value)]).
 type Extra = (String, String, String, Vec<(Vec<(String, String)>, f64)>);
+/// The same with each sample's labels rendered.
+type RenderedExtra = (String, String, String, Vec<(String, f64)>);
 
 impl RequestMetrics {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -205,7 +211,9 @@ impl RequestMetrics {
     /// always gets the same id; the same pairs of one metric share a series.
     fn register(&self, group: Vec<Option<Vec<(String, String)>>>) -> PyResult<u32> {
         if group.len() != FAMILIES {
-            return Err(PyValueError::new_err("a label group has one entry per metric (6)"));
+            return Err(PyValueError::new_err(
+                "a label group has one entry per metric (6)",
+            ));
         }
         let mut texts: Vec<Option<String>> = Vec::with_capacity(FAMILIES);
         for pairs in &group {
@@ -305,17 +313,21 @@ impl RequestMetrics {
             }
             extras.push((name, kind, help, rows));
         }
-        let copy = self.with(|state| Copy {
+        let copy = self.with(|state| Snapshot {
             labels: state.families.iter().map(|f| f.labels.clone()).collect(),
             counters: state.families.iter().map(|f| f.counters.clone()).collect(),
-            histograms: state.families.iter().map(|f| f.histograms.clone()).collect(),
+            histograms: state
+                .families
+                .iter()
+                .map(|f| f.histograms.clone())
+                .collect(),
         });
         Ok(py.allow_threads(|| self.write(&copy, &extras)))
     }
 }
 
 impl RequestMetrics {
-    fn write(&self, copy: &Copy, extras: &[(String, String, String, Vec<(String, f64)>)]) -> String {
+    fn write(&self, copy: &Snapshot, extras: &[RenderedExtra]) -> String {
         let mut out = String::new();
         let mut le = String::new();
         for (family, (name, kind, help)) in META.iter().enumerate() {
