@@ -28,11 +28,16 @@ class PrometheusError(RuntimeError):
 
 
 class PrometheusServer:
-    """One Prometheus scraping `jobs` ({job name: ["HOST:PORT", ...]})."""
+    """One Prometheus scraping `jobs` ({job name: ["HOST:PORT", ...]}), each
+    on /metrics unless `paths` names another path for its job (an Envoy
+    sidecar's and the mesh admin port's: /stats/prometheus)."""
 
-    def __init__(self, workdir: Path, scrape_interval: str = "250ms") -> None:
+    def __init__(
+        self, workdir: Path, scrape_interval: str = "250ms", paths: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.scrape_interval = scrape_interval
+        self.paths = dict(paths or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
 
@@ -71,7 +76,11 @@ class PrometheusServer:
     def _write_config(self, jobs: dict[str, list[str]]) -> Path:
         config = self.workdir / "prometheus.yml"
         scrape = [
-            {"job_name": name, "static_configs": [{"targets": targets}]}
+            {
+                "job_name": name,
+                "metrics_path": self.paths.get(name, "/metrics"),
+                "static_configs": [{"targets": targets}],
+            }
             for name, targets in jobs.items()
         ]
         tmp = config.with_suffix(".tmp")

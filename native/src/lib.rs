@@ -8,6 +8,7 @@ mod cla;
 mod decode_fields;
 mod identity;
 mod limits;
+mod metrics;
 mod pick;
 mod route;
 mod wire;
@@ -78,6 +79,7 @@ fn proxyless_mesh_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<identity::EcKey>()?;
     m.add_function(wrap_pyfunction!(identity::read_certificate, m)?)?;
     m.add_class::<limits::ClusterCounters>()?;
+    m.add_class::<metrics::RequestMetrics>()?;
     m.add_class::<pick::FlatPicker>()?;
     m.add_class::<pick::HashPicker>()?;
     Ok(())

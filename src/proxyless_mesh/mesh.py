@@ -63,6 +63,7 @@ from proxyless_mesh.security import (
 from proxyless_mesh.snapshot import build_snapshot
 from proxyless_mesh.telemetry import (
     NO_POLICY,
+    ClusterCounts,
     ClusterLimitMetrics,
     Telemetry,
     TelemetryConfig,
@@ -101,9 +102,10 @@ class Mesh(MeshIdentity, MeshInbound):
             `REGISTRY_ONLY` refuses them with OutsideMeshError. The mesh
             default: a Sidecar's `outboundTrafficPolicy` sent by the control
             plane overrides it for the workloads it applies to.
-        admin_address: `HOST:PORT` (port 0 picks one) to serve CSDS on while
-            started (see `proxyless_mesh.diagnostics`); None (default): no
-            admin endpoint. The bound address is `mesh.diagnostics.address`.
+        admin_address: `HOST:PORT` (port 0 picks one) to serve CSDS and
+            Istio's metrics (`/stats/prometheus`) on while started (see
+            `proxyless_mesh.diagnostics`); None (default): no admin
+            endpoint. The bound address is `mesh.diagnostics.address`.
         mtls: None (default): get an identity and talk mTLS when the bootstrap
             names a CA; False: never (plaintext even with a CA configured);
             True: require it (IdentityConfigError if the bootstrap has no CA).
@@ -159,10 +161,15 @@ class Mesh(MeshIdentity, MeshInbound):
         # this process and kept across config updates (only limits change).
         self._resources: dict[str, ClusterResources] = {}
         self._resources_lock = threading.Lock()
-        if (meter := metrics_meter(self.telemetry.config)) is not None:  # read on a scrape
-            ClusterLimitMetrics(
-                meter, lambda: [(n, r.counts()) for n, r in list(self._resources.items())]
-            )
+
+        def clusters() -> list[tuple[str, ClusterCounts]]:
+            return [(n, r.counts()) for n, r in list(self._resources.items())]
+
+        if self.telemetry.stats is not None:  # read on a scrape of /stats/prometheus
+            self.telemetry.stats.clusters = clusters
+        meter = metrics_meter(self.telemetry.config) if self.telemetry.metrics else None
+        if meter is not None:  # read when the SDK's reader collects
+            ClusterLimitMetrics(meter, clusters)
         # Mirrored copies are sent from here, so they never slow the caller.
         self.background = Background(max_workers=4, max_queued=64)
         self.mirror_failures = 0
@@ -303,7 +310,9 @@ class Mesh(MeshIdentity, MeshInbound):
             if self.admin_address is not None:
                 from proxyless_mesh.diagnostics import DiagnosticsServer
 
-                self.diagnostics = DiagnosticsServer.for_client(self._xds, self.bootstrap)
+                self.diagnostics = DiagnosticsServer.for_client(
+                    self._xds, self.bootstrap, lambda: self.telemetry.prometheus_text()
+                )
                 await self.diagnostics.start(self.admin_address)
             await self._start_identity()
             remaining = max(0.0, deadline - asyncio.get_running_loop().time())

@@ -93,14 +93,32 @@ def system() -> Iterator[System]:
 def serve_system() -> Iterator[System]:
     """The servers and one Prometheus endpoint for every side's metrics
     (also the console tests' meshed system)."""
-    import uvicorn
-
     reader = PrometheusMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     config = TelemetryConfig(meter_provider=provider, tracing=False)
+    reviews, greeter = workloads(config)
+    metrics_server, _ = start_http_server(0, addr="127.0.0.1")
+    try:
+        with serve_servers(reviews, greeter) as (reviews_port, grpc_port):
+            yield System(reviews_port, grpc_port, int(metrics_server.server_port), config)
+    finally:
+        metrics_server.shutdown()
+        provider.shutdown()  # unregisters the reader from prometheus_client's registry
+
+
+def workloads(config: TelemetryConfig) -> tuple[Telemetry, Telemetry]:
+    """The telemetry of the two server workloads (reviews, greeter)."""
     reviews = Workload("reviews-v1", NS, labels={"app": "reviews", "version": "v1"})
     greeter = Workload("greeter-v1", NS, labels={"app": "greeter", "version": "v1"})
-    app = TelemetryMiddleware(ReviewsApp(), telemetry=Telemetry(config, reviews), service=REVIEWS)
+    return Telemetry(config, reviews), Telemetry(config, greeter)
+
+
+@contextlib.contextmanager
+def serve_servers(reviews: Telemetry, greeter: Telemetry) -> Iterator[tuple[int, int]]:
+    """The HTTP (reviews) and gRPC (greeter) servers; yields their ports."""
+    import uvicorn
+
+    app = TelemetryMiddleware(ReviewsApp(), telemetry=reviews, service=REVIEWS)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -115,7 +133,7 @@ def serve_system() -> Iterator[System]:
         context.abort(grpc.StatusCode.NOT_FOUND, "no such greeting")
         raise AssertionError("abort returns only by raising")
 
-    interceptor = TelemetryServerInterceptor(telemetry=Telemetry(config, greeter), service=GREETER)
+    interceptor = TelemetryServerInterceptor(telemetry=greeter, service=GREETER)
     grpc_server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[interceptor])
     grpc_server.add_generic_rpc_handlers(
         (
@@ -130,12 +148,9 @@ def serve_system() -> Iterator[System]:
     )
     grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
-    metrics_server, _ = start_http_server(0, addr="127.0.0.1")
     try:
-        yield System(sock.getsockname()[1], grpc_port, int(metrics_server.server_port), config)
+        yield sock.getsockname()[1], grpc_port
     finally:
-        metrics_server.shutdown()
-        provider.shutdown()  # unregisters the reader from prometheus_client's registry
         grpc_server.stop(None).wait(5)
         server.should_exit = True
         http_thread.join(10)

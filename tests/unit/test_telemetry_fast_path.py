@@ -1,7 +1,9 @@
 """The no-SDK fast path: while no OpenTelemetry provider records, a call
-opens no spans and records no metrics, yet still propagates the caller's
-trace context, and it starts recording once the application sets real
-global providers (the API proxies' late binding)."""
+opens no spans and makes no OpenTelemetry measurement (Istio's request
+metrics are still kept natively, as a sidecar keeps its stats), yet still
+propagates the caller's trace context, and it starts recording through
+OpenTelemetry once the application sets real global providers (the API
+proxies' late binding)."""
 
 from __future__ import annotations
 
@@ -81,10 +83,14 @@ def test_tracing_off_propagates_nothing_on_either_way_in(incoming: None) -> None
 
 
 def test_client_call_is_shared_and_quiet_only_while_nothing_records() -> None:
-    quiet = Telemetry(TelemetryConfig(tracer_provider=NOOP, meter_provider=NoOpMeterProvider()))
+    quiet = Telemetry(TelemetryConfig(tracer_provider=NOOP, metrics=False))
     first = quiet.client_call("GET", "reviews.shop.mesh:9080", "/r")
     assert isinstance(first, QuietCall)
     assert quiet.client_call("GET", "ratings.shop.mesh:9080", "/") is first  # no per-request state
+
+    # Without an SDK the request metrics are still kept (natively): a Call.
+    no_sdk = Telemetry(TelemetryConfig(tracer_provider=NOOP, meter_provider=NoOpMeterProvider()))
+    assert isinstance(no_sdk.client_call("GET", "reviews.shop.mesh:9080", "/r"), Call)
 
     logged = Telemetry(TelemetryConfig(tracer_provider=NOOP, access_log=True))
     assert isinstance(logged.client_call("GET", "reviews.shop.mesh:9080", "/r"), Call)
@@ -136,6 +142,7 @@ def test_noop_meter_provider_records_nothing() -> None:
     telemetry.metrics.record = lambda *a: recorded.append(a)  # type: ignore[method-assign]
     outbound(telemetry)
     assert recorded == []
+    assert 'istio_requests_total{reporter="source"' in telemetry.prometheus_text()
 
 
 # The global providers can be set once per process: the late-binding check
@@ -181,8 +188,13 @@ LATE_BINDING = textwrap.dedent(
         for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
         if m.name == "istio_requests_total" for p in m.data.data_points
     ]
+    native = sum(
+        int(line.rpartition(" ")[2])
+        for line in telemetry.prometheus_text().splitlines()
+        if line.startswith("istio_requests_total{")
+    )
     print(json.dumps({
-        "before": before, "after": after, "counted": counted,
+        "before": before, "after": after, "counted": counted, "native": native,
         "before_quiet": before_quiet, "after_quiet": after_quiet,
         "spans": sorted(s.name for s in exporter.get_finished_spans()),
     }))
@@ -204,11 +216,12 @@ def test_fast_path_starts_recording_once_a_real_provider_is_set() -> None:
     # The two requests made after the SDK was set, one per way in.
     assert result["spans"] == ["reviews.shop.mesh:9080/*"] * 4
     assert result["counted"] == [2]  # the requests before the SDK were not counted
+    assert result["native"] == 4  # natively, every request was
 
 
 def test_idle_call_leaves_the_response_body_alone() -> None:
-    """With nothing to record (no SDK, no access log) the body is not
-    wrapped for byte counting; with a real meter provider it is."""
+    """With nothing to record (metrics off, no access log) the body is not
+    wrapped for byte counting; with the metrics on it is, SDK or not."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -225,9 +238,16 @@ def test_idle_call_leaves_the_response_body_alone() -> None:
         out = hooks.responded(call, response)
         return out.stream is stream, out
 
-    quiet = Telemetry(TelemetryConfig(tracer_provider=NOOP, meter_provider=NoOpMeterProvider()))
+    quiet = Telemetry(TelemetryConfig(tracer_provider=NOOP, metrics=False))
     unwrapped, _ = answer(quiet)
     assert unwrapped
+
+    no_sdk = Telemetry(TelemetryConfig(tracer_provider=NOOP, meter_provider=NoOpMeterProvider()))
+    unwrapped, response = answer(no_sdk)
+    assert not unwrapped
+    response.read()
+    response.close()
+    assert "istio_response_bytes_sum{" in no_sdk.prometheus_text()
 
     reader = InMemoryMetricReader()
     meter = MeterProvider(metric_readers=[reader])

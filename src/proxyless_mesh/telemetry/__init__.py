@@ -1,4 +1,7 @@
-"""Telemetry: Istio's standard metrics, traces and access logs, through the
+"""Telemetry: Istio's standard metrics, traces and access logs. The request
+metrics are kept in the native core and read on a scrape
+(`Telemetry.prometheus_text()`, the mesh admin port's `/stats/prometheus`),
+as a sidecar keeps its stats; metrics and traces also go through the
 OpenTelemetry API (the SDK and exporters are the application's choice: the
 `otel` extra).
 
@@ -28,7 +31,12 @@ from proxyless_mesh.telemetry._labels import (
     label_prefix,
 )
 from proxyless_mesh.telemetry._metrics import LABELS as STANDARD_LABELS
-from proxyless_mesh.telemetry._metrics import ClusterLimitMetrics, IdentityMetrics, metrics_meter
+from proxyless_mesh.telemetry._metrics import (
+    ClusterCounts,
+    ClusterLimitMetrics,
+    IdentityMetrics,
+    metrics_meter,
+)
 from proxyless_mesh.telemetry._policy import (
     NO_POLICY,
     TelemetryPolicy,
@@ -48,6 +56,7 @@ __all__ = [
     "STANDARD_LABELS",
     "B3Propagator",
     "Call",
+    "ClusterCounts",
     "ClusterLimitMetrics",
     "IdentityMetrics",
     "Peer",

@@ -39,6 +39,7 @@ from proxyless_mesh.telemetry._labels import (
 )
 
 if TYPE_CHECKING:
+    from proxyless_mesh.telemetry._policy import SidePolicy
     from proxyless_mesh.telemetry._telemetry import Telemetry
 
 log = logging.getLogger("proxyless_mesh.telemetry")
@@ -168,7 +169,7 @@ class Call:
         self.authority = authority
         self.path = path
         self.logged = logged
-        #: The request metrics will be recorded (a provider records them).
+        #: Istio's request metrics will be recorded (they are on).
         self.measured = measured
         self.start_ns = time.time_ns()
         self._t0 = time.perf_counter()
@@ -403,19 +404,9 @@ class Call:
             span = self.span
             if span is not None:
                 self._end_span(span, flag_text, error)
-            istio = telemetry.metrics
             side = telemetry.policy.side(self.reporter)
-            if istio is not None and self.measured:
-                istio.record(
-                    self._labels(flag_text),
-                    duration_ms,
-                    self.request_bytes,
-                    self.response_bytes,
-                    side,
-                    (self.request_messages, self.response_messages)
-                    if self.protocol == "grpc"
-                    else None,
-                )
+            if self.measured:
+                self._measure(telemetry, side, flag_text, duration_ms)
             access = telemetry.access if self.logged else None
             if access is not None and (
                 side.log_filter is None or side.log_filter(status, duration_ms)
@@ -444,6 +435,31 @@ class Call:
                 span.set_status(Status(StatusCode.ERROR, error))
             span.set_attributes(attributes)
         span.end()
+
+    def _measure(
+        self, telemetry: Telemetry, side: SidePolicy, flag_text: str, duration_ms: float
+    ) -> None:
+        """Istio's request metrics: kept natively, and through OpenTelemetry
+        when an SDK records them."""
+        values = self._labels(flag_text)
+        stats = telemetry.stats
+        if stats is not None:
+            stats.record(
+                values,
+                side,
+                duration_ms,
+                self.request_bytes,
+                self.response_bytes,
+                self.request_messages,
+                self.response_messages,
+            )
+        istio = telemetry.metrics
+        if istio is not None and telemetry.otel_measured():
+            grpc = self.protocol == "grpc"
+            messages = (self.request_messages, self.response_messages) if grpc else None
+            istio.record(
+                values, duration_ms, self.request_bytes, self.response_bytes, side, messages
+            )
 
     def _labels(self, flag_text: str) -> tuple[str, ...]:
         prefix = self.telemetry.labels(

@@ -2,9 +2,11 @@
 
 `TelemetryConfig` is the one knob an application passes to `Mesh(...,
 telemetry=...)` (or to the inbound middleware). The defaults follow Istio's
-promise of instrumentation without code changes: metrics and traces are on
-and go to the *global* OpenTelemetry providers, which are no-ops until the
-application installs an SDK; access logs cost more and are off by default.
+promise of instrumentation without code changes: Istio's request metrics are
+kept natively and always, as a sidecar keeps its stats (read on a scrape);
+they and the traces also go to the *global* OpenTelemetry providers, which
+are no-ops until the application installs an SDK; access logs cost more and
+are off by default.
 """
 
 from __future__ import annotations
@@ -42,7 +44,14 @@ class TelemetryConfig:
     """Which signals a Mesh (and the inbound middleware) produces.
 
     Args:
-        metrics: Istio's standard request metrics through the OTel metrics API.
+        metrics: Istio's standard request metrics, kept natively (read with
+            `Telemetry.prometheus_text()` or the mesh admin endpoint's
+            `/stats/prometheus`, as Prometheus scrapes a sidecar).
+        otel_metrics: also record them through the OTel metrics API (they
+            reach an exporter once the application installs an SDK). Turn
+            it off when Prometheus scrapes `/stats/prometheus` and the SDK
+            exports to the same Prometheus: each request would be counted
+            in both.
         tracing: client/server spans and trace-context propagation.
         access_log: one line per request on `access_logger`.
         access_log_format: "text" (Envoy's default format, as Istio's
@@ -59,6 +68,7 @@ class TelemetryConfig:
     """
 
     metrics: bool = True
+    otel_metrics: bool = True
     tracing: bool = True
     access_log: bool = False
     access_log_sampling: float = 1.0

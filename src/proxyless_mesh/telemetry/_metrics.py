@@ -1,5 +1,7 @@
 """Istio's standard request metrics (and the mesh's identity metrics) through
-the OpenTelemetry metrics API.
+the OpenTelemetry metrics API: the path for applications that export with
+their own SDK pipeline. The same request metrics are also kept natively and
+read on a scrape (_stats.py); the label-set bound (`bounded`) is shared.
 
 Names, units and labels are Istio's, so existing Prometheus dashboards and
 alerts work unchanged. Instruments are created once per Telemetry; label
@@ -9,7 +11,8 @@ per-request cost is a dict lookup plus four instrument calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Callable, Collection, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
@@ -66,7 +69,22 @@ BYTES_BUCKETS = tuple(float(1 << (2 * i)) for i in range(0, 13))  # 1 B .. 16 Mi
 LabelValues = tuple[str, ...]
 
 
-def _library_version() -> str:
+def bounded(values: LabelValues, known: Collection[LabelValues], limit: int) -> LabelValues:
+    """The label values a request is counted under: its own while they are
+    `known` or fewer than `limit` sets are, else with the peer-chosen labels
+    collapsed to "unknown" (the cardinality guard; both the native and the
+    OpenTelemetry path apply it, each to the sets it has seen)."""
+    if len(known) < limit or values in known:
+        return values
+    collapsed = list(values)
+    for i in _PEER_CHOSEN:
+        collapsed[i] = UNKNOWN
+    return tuple(collapsed)
+
+
+@functools.cache
+def build_tag() -> str:
+    """istio_build's `tag`: this library's version."""
     try:
         return version("proxyless-mesh")
     except PackageNotFoundError:  # pragma: no cover - run from a source tree
@@ -158,14 +176,10 @@ class IstioMetrics:
         prepared = self._sets.get(values)
         if prepared is not None:
             return prepared
-        if len(self._sets) >= self._max:
-            bounded = list(values)
-            for i in _PEER_CHOSEN:
-                bounded[i] = UNKNOWN
-            values = tuple(bounded)
-            prepared = self._sets.get(values)
-            if prepared is not None:
-                return prepared
+        values = bounded(values, self._sets, self._max)
+        prepared = self._sets.get(values)
+        if prepared is not None:
+            return prepared
         prepared = dict(zip(LABELS, values, strict=True))
         # A benign race: two threads may both build the same dict; either is fine.
         self._sets[values] = prepared
@@ -234,7 +248,7 @@ def _build_observation(options: CallbackOptions) -> Iterable[Observation]:
 
 
 #: Istio's build gauge, as its proxies report it (value 1).
-_BUILD = Observation(1, {"component": "proxy", "tag": _library_version()})
+_BUILD = Observation(1, {"component": "proxy", "tag": build_tag()})
 
 
 #: The workload identity's signals (not Istio's: Envoy's nearest is

@@ -92,15 +92,21 @@ class SidePolicy:
         key = (metric, id(base))
         found = self._labels.get(key)
         if found is None:
-            found = dict(base)
-            for name, tag, value in self.tag_overrides:
-                if name == metric:
-                    if value is None:
-                        found.pop(tag, None)
-                    else:
-                        found[tag] = value
+            found = self.overridden(metric, base)
             if len(self._labels) < 4096:
                 self._labels[key] = found
+        return found
+
+    def overridden(self, metric: str, base: Mapping[str, str]) -> dict[str, str]:
+        """A copy of `base` with this side's tag overrides for `metric`, in
+        order: REMOVE drops a label, UPSERT sets (or adds) it."""
+        found = dict(base)
+        for name, tag, value in self.tag_overrides:
+            if name == metric:
+                if value is None:
+                    found.pop(tag, None)
+                else:
+                    found[tag] = value
         return found
 
     def span_tags(self, get_header: Callable[[str], str | None] | None) -> dict[str, str]:

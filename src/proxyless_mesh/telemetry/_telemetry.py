@@ -24,6 +24,7 @@ from proxyless_mesh.telemetry._labels import (
 )
 from proxyless_mesh.telemetry._metrics import IstioMetrics
 from proxyless_mesh.telemetry._policy import NO_POLICY, TelemetryPolicy
+from proxyless_mesh.telemetry._stats import IstioStats
 
 if TYPE_CHECKING:
     from opentelemetry.propagators.textmap import TextMapPropagator
@@ -66,9 +67,12 @@ class Telemetry:
         self.enabled = config.enabled
         #: Hook failures swallowed so far (telemetry never fails a request).
         self.errors = 0
+        #: Istio's request metrics, natively (always, unless metrics are off).
+        self.stats = IstioStats(config.max_label_sets) if config.metrics else None
+        #: The same through the OpenTelemetry API (`otel_metrics`).
         self.metrics: IstioMetrics | None = None
         meter_provider = None
-        if config.metrics:
+        if config.metrics and config.otel_metrics:
             meter_provider = config.meter_provider or metrics.get_meter_provider()
             self.metrics = IstioMetrics(
                 meter_provider.get_meter("proxyless_mesh"), max_label_sets=config.max_label_sets
@@ -86,7 +90,7 @@ class Telemetry:
             else None
         )
         #: Send/answer PEER_HEADER: only the peer-labelled signals need it.
-        self.exchange_peers = self.metrics is not None or self.access is not None
+        self.exchange_peers = self.stats is not None or self.access is not None
         self._sampling = config.access_log_sampling
         self._rng = random.Random()
         self._hosts: dict[str, tuple[str, str, str]] = {}
@@ -205,8 +209,8 @@ class Telemetry:
 
     def client_call(self, method: str, authority: str, path: str) -> Call | QuietCall | None:
         """An outbound HTTP request's Call; the shared QuietCall when nothing
-        would be recorded (no access line, no metrics, no span of ours: the
-        API without an SDK), which only propagates; None when all is off."""
+        would be recorded (no access line, metrics off, no span of ours),
+        which only propagates; None when all is off."""
         if not self.enabled:
             return None
         logged, measured = self._signals(self._log_source)
@@ -216,12 +220,24 @@ class Telemetry:
 
     def _signals(self, log_wanted: bool) -> tuple[bool, bool]:
         """(access line, metrics) for one call, given whether the policy (or
-        the config) wants this side's access line. Decided once per call, as
-        the span is: a provider set mid-request starts with the next one."""
+        the config) wants this side's access line. The metrics are kept
+        natively whenever they are on; whether an OpenTelemetry SDK records
+        them too is asked when the call ends (`otel_measured`)."""
         logged = (
             log_wanted
             and self.access is not None
             and (self._sampling >= 1.0 or self._rng.random() < self._sampling)
         )
+        return logged, self.stats is not None
+
+    def otel_measured(self) -> bool:
+        """Is a request's OpenTelemetry record worth making now (an SDK records it)?"""
         istio = self.metrics
-        return logged, istio is not None and istio.wanted(self.gate.metrics())
+        return istio is not None and istio.wanted(self.gate.metrics())
+
+    def prometheus_text(self) -> str:
+        """Istio's request metrics kept so far (both reporters of the calls
+        this Telemetry saw), `istio_build` and the mesh clusters'
+        circuit-breaker numbers, in the Prometheus text format (0.0.4): what
+        a scrape of `/stats/prometheus` returns. Empty with metrics off."""
+        return self.stats.prometheus_text() if self.stats is not None else ""
