@@ -60,8 +60,11 @@ def _variants() -> dict[str, TelemetryConfig]:
     meter = MeterProvider(metric_readers=[InMemoryMetricReader()])
     return {
         "telemetry off": TelemetryConfig.off(),
-        "defaults, no SDK (no-op API)": TelemetryConfig(),
-        "metrics on (SDK)": TelemetryConfig(meter_provider=meter, tracing=False),
+        "defaults, no SDK (native stats, no-op API)": TelemetryConfig(),
+        "native stats only (otel_metrics=False, no tracing)": TelemetryConfig(
+            otel_metrics=False, tracing=False
+        ),
+        "metrics on (SDK, and native)": TelemetryConfig(meter_provider=meter, tracing=False),
         "tracing sampled 0 %": TelemetryConfig(metrics=False, tracer_provider=_tracer(False)),
         "tracing sampled 100 %": TelemetryConfig(metrics=False, tracer_provider=_tracer(True)),
         "access logs on": TelemetryConfig(metrics=False, tracing=False, access_log=True),
