@@ -8,6 +8,7 @@ mod identity;
 mod limits;
 mod pick;
 mod route;
+mod tls;
 mod wire;
 
 use pyo3::exceptions::PyValueError;
@@ -78,5 +79,6 @@ fn proxyless_mesh_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<limits::ClusterCounters>()?;
     m.add_class::<pick::FlatPicker>()?;
     m.add_class::<pick::HashPicker>()?;
+    tls::register(m)?;
     Ok(())
 }
