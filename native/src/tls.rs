@@ -17,6 +17,7 @@ use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
 use std::net::TcpStream;
 use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,10 +27,14 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyType};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, Resumption};
-use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::crypto::{
+    ring, verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 use crate::identity::EcKey;
 
@@ -188,13 +193,19 @@ struct Timeout(Option<Option<Duration>>);
 
 impl Timeout {
     fn duration(seconds: Option<f64>) -> Option<Duration> {
-        // A zero timeout is not allowed by the socket API: the shortest one.
-        seconds.map(|s| Duration::from_secs_f64(s.max(0.0)).max(Duration::from_micros(1)))
+        // A zero timeout is not allowed by the socket API: the shortest one;
+        // one too large for a Duration (inf) is none.
+        let seconds = seconds?;
+        let d = Duration::try_from_secs_f64(seconds.max(0.0)).ok()?;
+        Some(d.max(Duration::from_micros(1)))
     }
 }
 
 struct ReadSide {
     timeout: Timeout,
+    /// Plaintext out (kept: httpcore asks for 64 KiB on every read).
+    plain: Vec<u8>,
+    /// Ciphertext in, `start..end` not yet given to rustls.
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -215,6 +226,8 @@ pub struct TlsStream {
     reading: Mutex<ReadSide>,
     writing: Mutex<WriteSide>,
     hold_heads: bool,
+    /// Set by close(): the descriptor may then be another file's.
+    closed: AtomicBool,
     peer: Option<Vec<u8>>,
     alpn: Option<String>,
     version: Option<&'static str>,
@@ -257,17 +270,28 @@ impl TlsStream {
         self.send_wire(side, &wire, timeout)
     }
 
-    fn send_wire(&self, side: &mut WriteSide, wire: &[u8], timeout: Option<f64>) -> Result<(), Stop> {
+    fn send_wire(
+        &self,
+        side: &mut WriteSide,
+        wire: &[u8],
+        timeout: Option<f64>,
+    ) -> Result<(), Stop> {
         self.set_write_timeout(&mut side.timeout, timeout)
             .map_err(|e| Stop::io(Kind::Write, e))?;
-        (&*self.tcp).write_all(wire).map_err(|e| Stop::io(Kind::Write, e))
+        (&*self.tcp)
+            .write_all(wire)
+            .map_err(|e| Stop::io(Kind::Write, e))
     }
 
     /// The HTTP/1.1 head-holding rule of integrations/_coalescing.py.
     fn write_blocking(&self, buffer: &[u8], timeout: Option<f64>) -> Result<(), Stop> {
         let mut side = lock(&self.writing);
         if !self.hold_heads {
-            return if buffer.is_empty() { Ok(()) } else { self.send(&mut side, buffer, timeout) };
+            return if buffer.is_empty() {
+                Ok(())
+            } else {
+                self.send(&mut side, buffer, timeout)
+            };
         }
         if let Some(mut held) = side.held.take() {
             if !buffer.is_empty() && buffer.len() <= JOIN_LIMIT {
@@ -297,29 +321,36 @@ impl TlsStream {
         }
     }
 
-    /// Up to `max_bytes` of plaintext; empty at the end of the stream (a close
-    /// without close_notify included, as Python's ssl reports it).
-    fn read_blocking(&self, max_bytes: usize, timeout: Option<f64>) -> Result<Vec<u8>, Stop> {
+    /// Up to `max_bytes` of plaintext into `side.plain`, returning how many;
+    /// 0 at the end of the stream (a close without close_notify included, as
+    /// Python's ssl reports it).
+    fn read_blocking(
+        &self,
+        side: &mut ReadSide,
+        max_bytes: usize,
+        timeout: Option<f64>,
+    ) -> Result<usize, Stop> {
         if self.hold_heads {
             self.release_held(timeout)?;
         }
-        let mut side = lock(&self.reading);
-        let mut out = vec![0u8; max_bytes.max(1)];
+        let want = max_bytes.max(1);
+        if side.plain.len() < want {
+            side.plain.resize(want, 0);
+        }
         loop {
             {
                 let mut alert = Vec::new();
                 let mut conn = lock(&self.conn);
-                match conn.reader().read(&mut out) {
-                    Ok(n) => {
-                        out.truncate(n);
-                        return Ok(out);
-                    }
+                match conn.reader().read(&mut side.plain[..want]) {
+                    Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Vec::new()),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                     Err(e) => return Err(Stop::Failed(Kind::Read, e.to_string())),
                 }
                 if side.start < side.end {
-                    let ReadSide { buf, start, end, .. } = &mut *side;
+                    let ReadSide {
+                        buf, start, end, ..
+                    } = &mut *side;
                     let mut pending = &buf[*start..*end];
                     let fed = conn.read_tls(&mut pending);
                     *start = *end - pending.len();
@@ -340,8 +371,9 @@ impl TlsStream {
                         // A TLS 1.3 key update asks for an answer: send it
                         // under the write lock.
                         let mut w = lock(&self.writing);
-                        self.send_wire(&mut w, &alert, timeout)
-                            .map_err(|_| Stop::Failed(Kind::Read, "sending a TLS message".into()))?;
+                        self.send_wire(&mut w, &alert, timeout).map_err(|_| {
+                            Stop::Failed(Kind::Read, "sending a TLS message".into())
+                        })?;
                     }
                     continue; // plaintext may be there now
                 }
@@ -399,10 +431,16 @@ fn handshake_error(err: &io::Error) -> String {
     }
 }
 
-fn handshake(conn: &mut ClientConnection, tcp: &TcpStream, timeout: Option<f64>) -> Result<(), Stop> {
+fn handshake(
+    conn: &mut ClientConnection,
+    tcp: &TcpStream,
+    timeout: Option<f64>,
+) -> Result<(), Stop> {
     let d = Timeout::duration(timeout);
-    tcp.set_read_timeout(d).map_err(|e| Stop::io(Kind::Connect, e))?;
-    tcp.set_write_timeout(d).map_err(|e| Stop::io(Kind::Connect, e))?;
+    tcp.set_read_timeout(d)
+        .map_err(|e| Stop::io(Kind::Connect, e))?;
+    tcp.set_write_timeout(d)
+        .map_err(|e| Stop::io(Kind::Connect, e))?;
     let mut io = tcp;
     while conn.is_handshaking() {
         match conn.complete_io(&mut io) {
@@ -412,7 +450,10 @@ fn handshake(conn: &mut ClientConnection, tcp: &TcpStream, timeout: Option<f64>)
                 return Err(Stop::Failed(Kind::Connect, handshake_error(&e)))
             }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(Stop::Failed(Kind::Connect, "the peer closed the connection during the TLS handshake".into()))
+                return Err(Stop::Failed(
+                    Kind::Connect,
+                    "the peer closed the connection during the TLS handshake".into(),
+                ))
             }
             Err(e) => return Err(Stop::io(Kind::Connect, e)),
         }
@@ -472,6 +513,7 @@ impl TlsStream {
             conn: Mutex::new(conn),
             reading: Mutex::new(ReadSide {
                 timeout: Timeout(None),
+                plain: Vec::new(),
                 buf: vec![0u8; SOCKET_READ],
                 start: 0,
                 end: 0,
@@ -482,6 +524,7 @@ impl TlsStream {
                 fresh: true,
             }),
             hold_heads: alpn.as_deref() != Some("h2"),
+            closed: AtomicBool::new(false),
             peer,
             alpn,
             version,
@@ -499,8 +542,18 @@ impl TlsStream {
         max_bytes: usize,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(self.raise(py, Stop::Failed(Kind::Read, "the stream is closed".into())));
+        }
         loop {
-            match py.allow_threads(|| self.read_blocking(max_bytes, timeout)) {
+            // The lock is taken and released without the GIL: a thread that
+            // waited for it while holding the GIL could deadlock.
+            let read = py.allow_threads(|| {
+                let mut side = lock(&self.reading);
+                self.read_blocking(&mut side, max_bytes, timeout)
+                    .map(|n| side.plain[..n].to_vec())
+            });
+            match read {
                 Ok(data) => return Ok(PyBytes::new(py, &data)),
                 Err(Stop::Interrupted) => py.check_signals()?,
                 Err(stop) => return Err(self.raise(py, stop)),
@@ -510,6 +563,9 @@ impl TlsStream {
 
     #[pyo3(signature = (buffer, timeout=None))]
     fn write(&self, py: Python<'_>, buffer: PyBackedBytes, timeout: Option<f64>) -> PyResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(self.raise(py, Stop::Failed(Kind::Write, "the stream is closed".into())));
+        }
         let data: &[u8] = &buffer;
         match py.allow_threads(|| self.write_blocking(data, timeout)) {
             Ok(()) => Ok(()),
@@ -523,7 +579,10 @@ impl TlsStream {
 
     /// Closes the socket, as httpcore's stream does (no close_notify).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        lock(&self.writing).held = None;
+        self.closed.store(true, Ordering::Release);
+        if let Ok(mut side) = self.writing.try_lock() {
+            side.held = None; // an unsent head belongs to a request given up
+        }
         self.sock.call_method0(py, "close")?;
         Ok(())
     }
@@ -536,7 +595,9 @@ impl TlsStream {
         timeout: Option<f64>,
     ) -> PyResult<()> {
         let _ = (ssl_context, server_hostname, timeout);
-        Err(pyo3::exceptions::PyNotImplementedError::new_err("TLS inside mesh TLS"))
+        Err(pyo3::exceptions::PyNotImplementedError::new_err(
+            "TLS inside mesh TLS",
+        ))
     }
 
     /// httpcore's names: "ssl_object" (this stream answers the SSLObject
@@ -550,7 +611,12 @@ impl TlsStream {
             "socket" => this.sock.clone_ref(py),
             "client_addr" => this.sock.call_method0(py, "getsockname")?,
             "server_addr" => this.sock.call_method0(py, "getpeername")?,
-            "is_readable" => this.is_readable().into_pyobject(py)?.to_owned().into_any().unbind(),
+            "is_readable" => this
+                .is_readable()
+                .into_pyobject(py)?
+                .to_owned()
+                .into_any()
+                .unbind(),
             _ => py.None(),
         })
     }
@@ -558,6 +624,9 @@ impl TlsStream {
     /// Whether the socket has bytes or an end to read (httpcore asks of an
     /// idle connection: then the server has closed it or broken the protocol).
     fn is_readable(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return true; // as a closed socket polls: readable (at its end)
+        }
         let mut pfd = libc::pollfd {
             fd: self.fd,
             events: libc::POLLIN,
@@ -577,7 +646,9 @@ impl TlsStream {
         binary_form: bool,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         if !binary_form {
-            return Err(PyValueError::new_err("the rustls stream offers getpeercert(True) only"));
+            return Err(PyValueError::new_err(
+                "the rustls stream offers getpeercert(True) only",
+            ));
         }
         Ok(self.peer.as_ref().map(|der| PyBytes::new(py, der)))
     }

@@ -190,7 +190,7 @@ def test_plaintext_client_to_strict_gets_426(server: Served) -> None:
 def test_client_from_another_ca_is_refused(server: Served, tmp_path: Path) -> None:
     stranger = issue(CertificateAuthority.open(CaSettings(tmp_path / "other")), ALICE)
     client = httpx.Client(transport=MtlsTransport(lambda: stranger, {BOB}))
-    with client, pytest.raises(httpx.ConnectError, match="(?i)certificate.verify.failed"):
+    with client, pytest.raises(httpx.ConnectError, match=r"(?i)certificate verify failed"):
         client.get(server.url)  # our side cannot verify the server either
     # A client that trusts the mesh root but holds another CA's certificate.
     lax = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -213,7 +213,7 @@ def test_server_from_another_root_is_refused(
     alice = issue(ca, ALICE)
     with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB})) as client:
         for _ in range(2):
-            with pytest.raises(httpx.ConnectError, match="(?i)certificate.verify.failed"):
+            with pytest.raises(httpx.ConnectError, match=r"(?i)certificate verify failed"):
                 client.get(server.url)
     assert server.scopes == []
 
