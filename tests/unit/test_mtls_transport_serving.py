@@ -12,20 +12,15 @@ import ssl
 import threading
 from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
 import pytest
-import uvicorn
-from cryptography import x509
-from identity_support import as_certificates
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
+from mtls_server_support import ALICE, BOB, CAROL, Served, issue, serve
 
 from proxyless_mesh.errors import PeerIdentityError
-from proxyless_mesh.integrations import _tls_transport
 from proxyless_mesh.integrations._grpc_serving import grpc_server_credentials
 from proxyless_mesh.integrations._rustls import ENV as TLS_STACK_ENV
 from proxyless_mesh.integrations._serving import MeshUvicornConfig
@@ -39,24 +34,8 @@ from proxyless_mesh.model import TlsMode, UpstreamTls
 from proxyless_mesh.security import (
     Certificate,
     Credentials,
-    SpiffeId,
-    make_csr,
-    new_private_key,
 )
 from proxyless_mesh.security._inbound import InboundTls
-
-ALICE = SpiffeId("cluster.local", "shop", "alice").uri
-BOB = SpiffeId("cluster.local", "shop", "bob").uri
-CAROL = SpiffeId("cluster.local", "shop", "carol").uri
-
-
-def issue(ca: CertificateAuthority, uri: str) -> Credentials:
-    key = new_private_key()
-    csr = x509.load_pem_x509_csr(make_csr(key, SpiffeId.parse(uri)).encode())
-    chain = ca.sign(csr, uri, 600)
-    return Credentials(
-        key, as_certificates(chain[:-1]), as_certificates(ca.trust_bundle()), fetched_at=0.0
-    )
 
 
 @pytest.fixture(params=["rustls", "openssl"])
@@ -72,73 +51,12 @@ def ca(tmp_path: Path) -> CertificateAuthority:
     return CertificateAuthority.open(CaSettings(tmp_path / "ca"))
 
 
-@dataclass
-class Served:
-    port: int
-    mode: list[TlsMode]
-    creds: list[Credentials]
-    scopes: list[dict[str, Any]] = field(default_factory=list)
-    loops: set[type[asyncio.AbstractEventLoop]] = field(default_factory=set)
-    loop: str = "auto"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hello"
-
-
-async def _echo(scope: Any, receive: Any, send: Any) -> None:
-    """The request body back in 64 KiB chunks, chunked transfer encoding (no
-    content-length); /slow first waits 2 s."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    if scope["path"] == "/slow":
-        await asyncio.sleep(2)
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    for at in range(0, len(body), 65536):
-        await send({"type": "http.response.body", "body": body[at : at + 65536], "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
-
-
 @pytest.fixture(params=["auto", "asyncio"])
 def server(ca: CertificateAuthority, request: pytest.FixtureRequest) -> Iterator[Served]:
-    """uvicorn serving BOB's certificate; mode and credentials swappable. On
-    the default loop (uvloop when importable) and on asyncio's, the fallback."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    served = Served(sock.getsockname()[1], [TlsMode.STRICT], [issue(ca, BOB)], loop=request.param)
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        served.scopes.append(scope)
-        served.loops.add(type(asyncio.get_running_loop()))
-        if scope["path"] in ("/echo", "/slow"):
-            await _echo(scope, receive, send)
-            return
-        tls = scope.get("extensions", {}).get("tls")
-        body = (tls["spiffe_id"] if tls else "plaintext").encode()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": body})
-
-    inbound = InboundTls(
-        credentials=lambda: served.creds[-1], mode=lambda port: served.mode[-1], sniff_timeout=1.0
-    )
-    loop = {} if served.loop == "auto" else {"loop": served.loop}  # "auto": left unset
-    config = MeshUvicornConfig(app, inbound=inbound, log_level="warning", lifespan="off", **loop)
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
+    """The mTLS server (mtls_server_support.py) on the default loop (uvloop
+    when importable) and on asyncio's, the fallback."""
+    with serve(ca, request.param) as served:
         yield served
-    finally:
-        uv.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.mark.usefixtures("tls_stack")
@@ -201,50 +119,6 @@ def test_client_from_another_ca_is_refused(server: Served, tmp_path: Path) -> No
     with pytest.raises(httpx.TransportError):
         httpx.get(server.url.replace("http:", "https:"), verify=lax)
     assert server.scopes == []
-
-
-def test_server_from_another_root_is_refused(
-    server: Served, ca: CertificateAuthority, tmp_path: Path, tls_stack: str
-) -> None:
-    """A server whose certificate chains to another root (it names the
-    expected identity) is refused by the handshake: ConnectError, before a
-    request byte, on both stacks; the connection is not kept."""
-    server.creds.append(issue(CertificateAuthority.open(CaSettings(tmp_path / "other")), BOB))
-    alice = issue(ca, ALICE)
-    with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB})) as client:
-        for _ in range(2):
-            with pytest.raises(httpx.ConnectError, match=r"(?i)certificate verify failed"):
-                client.get(server.url)
-    assert server.scopes == []
-
-
-def test_the_selected_stack_carries_the_requests(
-    ca: CertificateAuthority, server: Served, tls_stack: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PROXYLESS_MESH_TLS picks the stack: rustls makes the handshake (and is
-    the stream httpcore reads) unless it says openssl."""
-    handshakes: list[str | None] = []
-    real = _tls_transport.start_rustls
-
-    def spy(tcp: Any, config: Any, server_hostname: str | None, timeout: float | None) -> Any:
-        handshakes.append(server_hostname)
-        return real(tcp, config, server_hostname, timeout)
-
-    monkeypatch.setattr(_tls_transport, "start_rustls", spy)
-    alice = issue(ca, ALICE)
-    with httpx.Client(transport=MtlsTransport(lambda: alice, {BOB})) as client:
-        response = client.get(server.url)
-        assert response.text == ALICE
-        stream = response.extensions["network_stream"]
-        ssl_object = stream.get_extra_info("ssl_object")
-        assert ssl_object.selected_alpn_protocol() is None  # this server selects none
-        assert ssl_object.getpeercert(True) == server.creds[-1].leaf.der
-    if tls_stack == "rustls":
-        assert handshakes == ["127.0.0.1"]
-        assert type(stream).__name__ == "TlsStream"
-    else:
-        assert handshakes == []
-        assert type(stream).__name__ != "TlsStream"
 
 
 @pytest.mark.usefixtures("tls_stack")
