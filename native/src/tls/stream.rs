@@ -1,204 +1,32 @@
-//! Mesh mTLS for httpcore's sync connections in Rust (issue 25): rustls on the
-//! `ring` provider, behind httpcore's network-stream interface.
-//!
-//! `TlsClientConfig` is one workload certificate + key + mesh roots + ALPN
-//! (built once per credentials, like the ssl contexts). `TlsStream.connect`
-//! takes a connected socket from httpcore's own backend, makes the handshake
-//! and is then the stream httpcore reads and writes: no Python between
-//! httpcore and the socket. The chain is verified against the mesh roots with
-//! no name check (mesh peers are named by SPIFFE ID, which the library checks
-//! on `getpeercert(True)`, exactly as on the ssl path). Session resumption is
-//! off: every connection verifies the server's certificate, as Python's does.
-//!
-//! The Python socket keeps the file descriptor (so the deadline watchdog can
-//! still shut it down, and closing is Python's); this side only borrows it.
+//! `TlsStream`: one mesh mTLS connection as httpcore's sync network stream
+//! (see mod.rs). Reads and writes run without the GIL; the rustls state is
+//! locked only to move bytes through it, so a reader blocked on the socket
+//! does not hold up a writer.
 
 use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
 use std::net::TcpStream;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyType};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, Resumption};
-use rustls::crypto::{
-    ring, verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
 
-use crate::identity::EcKey;
+use super::blocking::{handshake, raise, Errors, Kind, Stop, Timeout};
+use super::TlsClientConfig;
 
 /// A request head and a body chunk up to this size leave as one record (as
 /// the Python HeadHoldingStream does).
 const JOIN_LIMIT: usize = 16 * 1024;
 const SOCKET_READ: usize = 64 * 1024;
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<TlsClientConfig>()?;
-    m.add_class::<TlsStream>()?;
-    Ok(())
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-// -- the server check: mesh roots, no name --------------------------------------
-
-#[derive(Debug)]
-struct MeshRoots {
-    roots: RootCertStore,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for MeshRoots {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// The client side of mesh mTLS for one set of credentials and ALPN list.
-#[pyclass(frozen, module = "proxyless_mesh_native")]
-pub struct TlsClientConfig {
-    config: Arc<ClientConfig>,
-}
-
-#[pymethods]
-impl TlsClientConfig {
-    /// `chain`: DER certificates, leaf first; `roots`: DER mesh roots; `key`:
-    /// the workload's EcKey; `alpn`: protocols in preference order.
-    /// ValueError if a certificate or the key cannot be used.
-    #[new]
-    fn new(
-        chain: Vec<Vec<u8>>,
-        roots: Vec<Vec<u8>>,
-        key: PyRef<'_, EcKey>,
-        alpn: Vec<String>,
-    ) -> PyResult<Self> {
-        // `ring`, not aws-lc-rs: no cmake or C toolchain in the build. Its
-        // deprecation is about post-quantum key exchange, which the mesh's
-        // OpenSSL servers do not offer here either.
-        #[allow(deprecated)]
-        let provider = Arc::new(ring::default_provider());
-        let mut store = RootCertStore::empty();
-        for der in roots {
-            store
-                .add(CertificateDer::from(der))
-                .map_err(|e| PyValueError::new_err(format!("mesh root: {e}")))?;
-        }
-        let verifier = MeshRoots {
-            roots: store,
-            algorithms: provider.signature_verification_algorithms,
-        };
-        let pkcs8 = key
-            .pkcs8_der()
-            .map_err(|e| PyValueError::new_err(format!("workload key: {e}")))?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec()));
-        let chain = chain.into_iter().map(CertificateDer::from).collect();
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| PyValueError::new_err(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| PyValueError::new_err(format!("workload certificate: {e}")))?;
-        config.alpn_protocols = alpn.into_iter().map(String::into_bytes).collect();
-        config.resumption = Resumption::disabled();
-        Ok(TlsClientConfig {
-            config: Arc::new(config),
-        })
-    }
-}
-
-// -- the stream ------------------------------------------------------------------
-
-/// httpcore's exception classes, handed over by the Python backend:
-/// ConnectError, ConnectTimeout, ReadError, ReadTimeout, WriteError, WriteTimeout.
-struct Errors([Py<PyType>; 6]);
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Connect = 0,
-    Read = 2,
-    Write = 4,
-}
-
-/// Why a blocking step stopped; turned into a Python exception with the GIL.
-enum Stop {
-    Failed(Kind, String),
-    TimedOut(Kind),
-    Interrupted,
-}
-
-impl Stop {
-    fn io(kind: Kind, err: io::Error) -> Stop {
-        match err.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Stop::TimedOut(kind),
-            io::ErrorKind::Interrupted => Stop::Interrupted,
-            _ => Stop::Failed(kind, err.to_string()),
-        }
-    }
-}
-
-/// A socket timeout applied once and re-applied only when it changes (httpcore
-/// passes the same one on every call).
-struct Timeout(Option<Option<Duration>>);
-
-impl Timeout {
-    fn duration(seconds: Option<f64>) -> Option<Duration> {
-        // A zero timeout is not allowed by the socket API: the shortest one;
-        // one too large for a Duration (inf) is none.
-        let seconds = seconds?;
-        let d = Duration::try_from_secs_f64(seconds.max(0.0)).ok()?;
-        Some(d.max(Duration::from_micros(1)))
-    }
 }
 
 struct ReadSide {
@@ -406,59 +234,6 @@ impl TlsStream {
     fn raise(&self, py: Python<'_>, stop: Stop) -> PyErr {
         raise(py, &self.errors, stop)
     }
-}
-
-fn raise(py: Python<'_>, errors: &Errors, stop: Stop) -> PyErr {
-    let (index, message) = match stop {
-        Stop::Failed(kind, message) => (kind as usize, message),
-        Stop::TimedOut(kind) => (kind as usize + 1, "timed out".to_string()),
-        Stop::Interrupted => return PyErr::fetch(py),
-    };
-    PyErr::from_type(errors.0[index].bind(py).clone(), message)
-}
-
-/// The words Python's ssl uses for a chain it refuses, so a log reads the
-/// same whichever TLS stack made the connection.
-fn handshake_error(err: &io::Error) -> String {
-    let refused = err
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
-    if refused {
-        format!("certificate verify failed: {err}")
-    } else {
-        err.to_string()
-    }
-}
-
-fn handshake(
-    conn: &mut ClientConnection,
-    tcp: &TcpStream,
-    timeout: Option<f64>,
-) -> Result<(), Stop> {
-    let d = Timeout::duration(timeout);
-    tcp.set_read_timeout(d)
-        .map_err(|e| Stop::io(Kind::Connect, e))?;
-    tcp.set_write_timeout(d)
-        .map_err(|e| Stop::io(Kind::Connect, e))?;
-    let mut io = tcp;
-    while conn.is_handshaking() {
-        match conn.complete_io(&mut io) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(Stop::Failed(Kind::Connect, handshake_error(&e)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(Stop::Failed(
-                    Kind::Connect,
-                    "the peer closed the connection during the TLS handshake".into(),
-                ))
-            }
-            Err(e) => return Err(Stop::io(Kind::Connect, e)),
-        }
-    }
-    Ok(())
 }
 
 #[pymethods]
