@@ -62,6 +62,12 @@ pub struct EcKey {
 }
 
 impl EcKey {
+    /// The key as PKCS#8 DER for the native TLS client (tls.rs): it stays in
+    /// Rust, in memory that is zeroed when dropped.
+    pub(crate) fn pkcs8_der(&self) -> Result<p256::pkcs8::SecretDocument, p256::pkcs8::Error> {
+        self.secret.to_pkcs8_der()
+    }
+
     fn sign_der(&self, data: &[u8]) -> Vec<u8> {
         let signature: Signature = SigningKey::from(&self.secret).sign(data);
         signature.to_der().as_bytes().to_vec()

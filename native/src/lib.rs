@@ -11,6 +11,7 @@ mod limits;
 mod metrics;
 mod pick;
 mod route;
+mod tls;
 mod wire;
 
 use pyo3::exceptions::PyValueError;
@@ -82,5 +83,6 @@ fn proxyless_mesh_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<metrics::RequestMetrics>()?;
     m.add_class::<pick::FlatPicker>()?;
     m.add_class::<pick::HashPicker>()?;
+    tls::register(m)?;
     Ok(())
 }

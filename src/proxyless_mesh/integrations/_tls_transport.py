@@ -17,6 +17,9 @@ inner one:
   A mismatch closes the connection and raises `PeerIdentityError` naming
   both identities. An HTTP/1.1 connection then sends each request's head
   and body as one TLS record (`_coalescing.py`).
+- The sync HTTP/1.1 transports speak that TLS in Rust (rustls,
+  `_rustls.py`) unless PROXYLESS_MESH_TLS=openssl; the asyncio ones, HTTP/2
+  and TLS origination use Python's ssl.
 - Rotation needs no hook: new connections read the new credentials; open
   connections keep the handshake they made (as Envoy's do), so requests in
   flight are never cut.
@@ -51,6 +54,7 @@ from proxyless_mesh.integrations._pool import (
     LinearConnectionPool,
     supported,
 )
+from proxyless_mesh.integrations._rustls import rustls_selected, start_rustls
 from proxyless_mesh.model import OriginationTls, UpstreamTls
 from proxyless_mesh.security import Credentials, verify_peer
 
@@ -139,6 +143,7 @@ class _Verifier:
         self.expected = expected
         self.alpn = _alpn(http2)
         self._fixed: ssl.SSLContext | None = None
+        self.native = False  # rustls (sync mesh mTLS only): set by the transport
         if origination is not None:
             tls, sni = origination
             self._fixed = origination_context(tls, self.alpn)
@@ -149,6 +154,10 @@ class _Verifier:
             return self._fixed
         assert self.credentials is not None  # mesh mTLS transports are made with credentials
         return self.credentials().client_ssl_context(self.alpn)
+
+    def native_config(self) -> Any:
+        assert self.credentials is not None
+        return self.credentials().client_tls_config(self.alpn)
 
     def check(self, stream: Any, peer: str) -> None:
         ssl_object = stream.get_extra_info("ssl_object")
@@ -171,15 +180,27 @@ class _MtlsStream(HeadHoldingStream):
         self._peer = peer
 
     def start_tls(
-        self, ssl_context: ssl.SSLContext, *args: Any, **kwargs: Any
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        """httpcore's start_tls (server_hostname, timeout) with the mesh's context."""
-        tls = self._stream.start_tls(self._verifier.context(), *args, **kwargs)
+        """httpcore's start_tls with the mesh's credentials: in rustls (which
+        holds heads itself) or in Python's ssl."""
+        verifier = self._verifier
+        native = verifier.native
+        if native:
+            tls = start_rustls(self._stream, verifier.native_config(), server_hostname, timeout)
+        else:
+            tls = self._stream.start_tls(verifier.context(), server_hostname, timeout)
         try:
-            self._verifier.check(tls, self._peer)
+            verifier.check(tls, self._peer)
         except PeerIdentityError:
             tls.close()
             raise
+        if native:
+            stream: httpcore.NetworkStream = tls
+            return stream
         return HeadHoldingStream(tls) if hold_heads(tls) else tls
 
 
@@ -280,6 +301,7 @@ class _MtlsSetup:
     _http_class: type[Any]
     _pool_class: type[Any]
     _backend_class: type[Any]
+    _native_tls = False
 
     def __init__(
         self,
@@ -296,6 +318,10 @@ class _MtlsSetup:
         self._transport = self._http_class(http2=http2, limits=limits)
         tls = (origination, sni) if origination is not None else None
         verifier = _Verifier(credentials, self.expected, http2, tls)
+        # HTTP/1.1 only: an HTTP/2 connection is read and written from
+        # several threads at once, which the native stream allows but no test
+        # drives yet.
+        verifier.native = self._native_tls and tls is None and not http2 and rustls_selected()
         pool = self._pool_class(
             ssl_context=_scratch_context(),
             max_connections=limits.max_connections,
@@ -316,6 +342,7 @@ class MtlsTransport(_MtlsSetup, httpx.BaseTransport):
     _http_class = httpx.HTTPTransport
     _pool_class = _SyncPool
     _backend_class = _MtlsBackend
+    _native_tls = True
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = _to_https(request)

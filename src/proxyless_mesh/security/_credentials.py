@@ -17,7 +17,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+from proxyless_mesh import native_core
 from proxyless_mesh.security._certificates import Certificate
 from proxyless_mesh.security._keys import WorkloadKey
 
@@ -41,6 +43,7 @@ class Credentials:
     _contexts: dict[tuple[str, tuple[str, ...]], ssl.SSLContext] = field(
         default_factory=dict, repr=False
     )
+    _native: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +89,26 @@ class Credentials:
         peers are named by SPIFFE ID, checked with `verify_peer` after the
         handshake. Built once per credentials and ALPN list, then shared."""
         return self._context("client", tuple(alpn_protocols))
+
+    def client_tls_config(self, alpn_protocols: Sequence[str] = ()) -> Any:
+        """What `client_ssl_context` is for the native (rustls) TLS client: a
+        `proxyless_mesh_native.TlsClientConfig` that presents this chain,
+        verifies the server's chain against the mesh roots and checks no
+        name. The native key goes to it as it is, so it never leaves Rust.
+        Built once per credentials and ALPN list, then shared."""
+        alpn = tuple(alpn_protocols)
+        with self._lock:
+            config = self._native.get(alpn)
+            if config is None:
+                core = native_core.module()
+                key: Any = self.key
+                if not isinstance(key, core.EcKey):
+                    key = core.EcKey.from_pkcs8_pem(self.private_key_pem().decode("ascii"))
+                config = core.TlsClientConfig(
+                    [c.der for c in self.chain], [c.der for c in self.roots], key, list(alpn)
+                )
+                self._native[alpn] = config
+            return config
 
     def server_ssl_context(
         self, alpn_protocols: Sequence[str] = (), *, require_client_cert: bool = True
