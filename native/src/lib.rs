@@ -1,6 +1,7 @@
 //! proxyless-mesh's native core (issue 25), a required dependency of the
-//! library: route matching, picks, circuit-breaker counters, xDS decoding and
-//! the workload key, with no Python twin. The differential tests in
+//! library: route matching, picks, circuit-breaker counters, Istio's request
+//! metrics, xDS decoding, the workload key and the sync mTLS stream (rustls),
+//! with no Python twin. The differential tests in
 //! tests/property hold it to references in tests/oracles, protobuf and
 //! cryptography.
 
