@@ -15,7 +15,7 @@ Sections (benchmarks/README.md has the method):
   policy       PolicySet.check cost for 1 / 10 / 100 AuthorizationPolicies
   balancer     pick cost per policy (benchmarks/bench_balancer.py)
   telemetry    telemetry cost per request (benchmarks/bench_telemetry.py)
-  native       native core vs Python: EDS decode CPU, import CPU and RSS
+  native       native core: EDS decode CPU, import CPU and RSS
   decision     the per-request decision in isolation (route + split, whole decision)
   cp           control plane with 100 / 1,000 / 10,000 connected xDS clients
   cpgo         control plane with 10,000 Go xDS clients, SotW and Delta: change,
