@@ -40,6 +40,8 @@ STATS_PATH = "/stats/prometheus"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _HTTP2_PREFACE = b"PRI"
 _MAX_HEAD = 16 * 1024
+# A request body is read and dropped (scrapes send none); a larger one is refused.
+_MAX_BODY = 16 * 1024
 
 
 class CsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]
@@ -182,7 +184,15 @@ class DiagnosticsServer:
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
-            await reader.readexactly(int(headers.get("content-length", "0") or 0))
+            length = int(headers.get("content-length", "0") or 0)
+            if length > _MAX_BODY:  # a scrape sends no body: refuse it rather than buffer it
+                writer.write(
+                    b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
+                await writer.drain()
+                return
+            await reader.readexactly(length)
             status, body = await self._answer(method, target.partition("?")[0])
             close = version != "HTTP/1.1" or headers.get("connection", "").lower() == "close"
             writer.write(
