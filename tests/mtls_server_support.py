@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import uvicorn
 from cryptography import x509
 from identity_support import as_certificates
-from mesh_control_plane.ca import CertificateAuthority
+from mesh_control_plane.ca import CaSettings, CertificateAuthority
 
+from proxyless_mesh.integrations._rustls import ENV as TLS_STACK_ENV
 from proxyless_mesh.integrations._serving import MeshUvicornConfig
 from proxyless_mesh.model import TlsMode
 from proxyless_mesh.security import Credentials, SpiffeId, make_csr, new_private_key
@@ -34,6 +36,19 @@ def issue(ca: CertificateAuthority, uri: str) -> Credentials:
     return Credentials(
         key, as_certificates(chain[:-1]), as_certificates(ca.trust_bundle()), fetched_at=0.0
     )
+
+
+@pytest.fixture(params=["rustls", "openssl"])
+def tls_stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The sync transport's TLS stack, read when a transport is made."""
+    monkeypatch.setenv(TLS_STACK_ENV, request.param)
+    stack: str = request.param
+    return stack
+
+
+@pytest.fixture
+def ca(tmp_path: Any) -> CertificateAuthority:
+    return CertificateAuthority.open(CaSettings(tmp_path / "ca"))
 
 
 @dataclass

@@ -23,32 +23,23 @@ import random
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpcore
 import httpx
 import pytest
-from cryptography import x509
-from identity_support import as_certificates
-from mesh_control_plane.ca import CaSettings, CertificateAuthority
+from mesh_control_plane.ca import CertificateAuthority
+from mtls_server_support import ca, issue
 
 from proxyless_mesh.integrations._pool import LinearConnectionPool
 from proxyless_mesh.integrations._tls_transport import AsyncMtlsTransport, MtlsTransport
-from proxyless_mesh.security import Credentials, SpiffeId, make_csr, new_private_key
+from proxyless_mesh.security import Credentials, SpiffeId
+
+__all__ = ["ca"]  # the shared fixtures (mtls_server_support.py)
 
 CLIENT = SpiffeId("cluster.local", "shop", "client").uri
 SERVER = SpiffeId("cluster.local", "shop", "server").uri
 WAVE = 20  # all of them kept alive (the default max_keepalive_connections)
-
-
-def issue(ca: CertificateAuthority, uri: str) -> Credentials:
-    key = new_private_key()
-    csr = x509.load_pem_x509_csr(make_csr(key, SpiffeId.parse(uri)).encode())
-    chain = ca.sign(csr, uri, 600)
-    return Credentials(
-        key, as_certificates(chain[:-1]), as_certificates(ca.trust_bundle()), fetched_at=0.0
-    )
 
 
 @dataclass
@@ -97,11 +88,6 @@ class Held:
         for writer in list(self.writers):
             writer.close()
         await asyncio.gather(*self.handlers)
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> CertificateAuthority:
-    return CertificateAuthority.open(CaSettings(tmp_path / "ca"))
 
 
 @contextlib.asynccontextmanager

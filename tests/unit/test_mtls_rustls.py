@@ -14,25 +14,14 @@ from typing import Any
 import httpx
 import pytest
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
-from mtls_server_support import ALICE, BOB, Served, issue, serve
+from mtls_server_support import ALICE, BOB, Served, ca, issue, serve, tls_stack
 
 from proxyless_mesh.errors import UpstreamTimeoutError
 from proxyless_mesh.integrations import _tls_transport
 from proxyless_mesh.integrations._httpx_deadline import SyncBoundedBody, body_timeout
-from proxyless_mesh.integrations._rustls import ENV as TLS_STACK_ENV
 from proxyless_mesh.integrations._tls_transport import MtlsTransport
 
-
-@pytest.fixture(params=["rustls", "openssl"])
-def tls_stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(TLS_STACK_ENV, request.param)
-    stack: str = request.param
-    return stack
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> CertificateAuthority:
-    return CertificateAuthority.open(CaSettings(tmp_path / "ca"))
+__all__ = ["ca", "tls_stack"]  # the shared fixtures (mtls_server_support.py)
 
 
 @pytest.fixture

@@ -18,11 +18,10 @@ import grpc
 import httpx
 import pytest
 from mesh_control_plane.ca import CaSettings, CertificateAuthority
-from mtls_server_support import ALICE, BOB, CAROL, Served, issue, serve
+from mtls_server_support import ALICE, BOB, CAROL, Served, ca, issue, serve, tls_stack
 
 from proxyless_mesh.errors import PeerIdentityError
 from proxyless_mesh.integrations._grpc_serving import grpc_server_credentials
-from proxyless_mesh.integrations._rustls import ENV as TLS_STACK_ENV
 from proxyless_mesh.integrations._serving import MeshUvicornConfig
 from proxyless_mesh.integrations._tls_transport import (
     AsyncMtlsTransport,
@@ -37,18 +36,7 @@ from proxyless_mesh.security import (
 )
 from proxyless_mesh.security._inbound import InboundTls
 
-
-@pytest.fixture(params=["rustls", "openssl"])
-def tls_stack(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The sync transport's TLS stack, read when a transport is made."""
-    monkeypatch.setenv(TLS_STACK_ENV, request.param)
-    stack: str = request.param
-    return stack
-
-
-@pytest.fixture
-def ca(tmp_path: Path) -> CertificateAuthority:
-    return CertificateAuthority.open(CaSettings(tmp_path / "ca"))
+__all__ = ["ca", "tls_stack"]  # the shared fixtures (mtls_server_support.py)
 
 
 @pytest.fixture(params=["auto", "asyncio"])
